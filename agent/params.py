@@ -1,0 +1,377 @@
+"""Every run parameter, defined once: name, type, default, allowed values, help.
+
+The command line (`python -m agent.train --help`), validation of sweep and run configs, and the
+README's parameter table are all derived from PARAMS. Allowed names for model, optimizer,
+dataset, schedule and sink come from their registries, so adding an entry there is enough.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Any, Callable
+
+import yaml
+
+from agent.errors import UserError
+
+
+@dataclass(frozen=True)
+class Param:
+    name: str
+    type: type  # int, float, str, bool or list
+    default: Any
+    help: str
+    group: str
+    choices: Callable[[], tuple] | tuple | None = None  # allowed values (of each item for lists)
+    item_type: type | None = None  # element type of list parameters
+    minimum: float | None = None
+    maximum: float | None = None
+    exclusive_minimum: bool = False
+    exclusive_maximum: bool = False
+    hyper: bool = True  # a hyper-parameter (TensorBoard's HPARAMS) rather than a runtime option
+    min_items: int = 1  # lists: the fewest items allowed
+
+    def allowed_choices(self) -> tuple | None:
+        return self.choices() if callable(self.choices) else self.choices
+
+    def allowed(self) -> str:
+        """What is allowed, in words, for errors and the help table."""
+        choices = self.allowed_choices()
+        if choices is not None:
+            text = "one of " + ", ".join(str(c) for c in choices)
+            return f"a list of: {text[7:]}" if self.type is list else text
+        if self.type is bool:
+            return "True or False"
+        kind = {int: "an integer", float: "a number", str: "text"}.get(self.type)
+        if self.type is list:
+            kind = f"a list of {self.item_type.__name__}"
+        low, high = self.minimum, self.maximum
+        if low is not None and high is not None:
+            left = "(" if self.exclusive_minimum else "["
+            right = ")" if self.exclusive_maximum else "]"
+            return f"{kind} in {left}{_fmt(low)}, {_fmt(high)}{right}"
+        if low is not None:
+            suffix = f" > {_fmt(low)}" if self.exclusive_minimum else f" >= {_fmt(low)}"
+            return ("a list of integers, each" if self.type is list else kind) + suffix
+        return kind
+
+
+def _fmt(number: float) -> str:
+    return str(int(number)) if float(number).is_integer() else str(number)
+
+
+def _models():
+    from nn.models import MODELS
+    return tuple(MODELS)
+
+
+def _optimizers():
+    from nn.optimizers import OPTIMIZERS
+    return tuple(OPTIMIZERS)
+
+
+def _base_optimizers():
+    from nn.optimizers import OPTIMIZERS
+    return tuple(name for name in OPTIMIZERS if name != "sam")
+
+
+def _schedules():
+    from nn.schedules import SCHEDULES
+    return tuple(SCHEDULES)
+
+
+def _datasets():
+    from util.datasets import DATASETS
+    return tuple(DATASETS)
+
+
+def _sinks():
+    from agent.sinks import SINKS
+    return tuple(SINKS)
+
+
+PARAMS: tuple[Param, ...] = (
+    # --- data -------------------------------------------------------------------------------
+    Param("dataset", str, "cifar10", "image set to train on; digits ships with scikit-learn "
+          "and needs no network", "data", choices=_datasets),
+    Param("val_split", float, 0.1, "fraction of the training set held out for validation "
+          "(the same images for every run, whatever the seed)", "data",
+          minimum=0, maximum=1, exclusive_maximum=True),
+    Param("train_subset", int, 0, "train on the first N training images only (0: all), "
+          "for quick trials", "data", minimum=0),
+    Param("data_dir", str, "data", "where datasets are downloaded and the decoded uint8 cache "
+          "(data_dir/cache) is kept", "data", hyper=False),
+    # --- model ------------------------------------------------------------------------------
+    Param("model", str, "cnn", "network architecture", "model", choices=_models),
+    Param("hidden", int, 512, "dense: width of both hidden layers", "model", minimum=1),
+    Param("widths", list, [512, 256, 256], "skip_mlp: widths of the residual blocks; a block "
+          "whose width differs from its input's gets a linear projection on the skip path",
+          "model", item_type=int, minimum=1),
+    Param("channels", list, [64, 128, 256], "cnn: output channels of each conv block "
+          "(conv, batch norm, ReLU, max-pool, dropout)", "model", item_type=int, minimum=1),
+    Param("kernel_size", int, 3, "cnn: convolution kernel size (odd)", "model", minimum=1),
+    Param("batch_norm", bool, True, "cnn: batch normalisation after each convolution", "model"),
+    Param("width", int, 64, "resnet: channels of the first stage (doubled at each of the "
+          "4 stages; 64 is ResNet-18)", "model", minimum=1),
+    Param("dropout", float, 0.0, "dropout probability (every model)", "model",
+          minimum=0, maximum=1, exclusive_maximum=True),
+    # --- optimisation -----------------------------------------------------------------------
+    Param("optimizer", str, "sgd", "optimizer; sam wraps sam_base", "optim",
+          choices=_optimizers),
+    Param("lr", float, 0.05, "peak learning rate", "optim", minimum=0, exclusive_minimum=True),
+    Param("momentum", float, 0.9, "momentum (sgd, rmsprop) or beta1 (adam, adamw)", "optim",
+          minimum=0, maximum=1, exclusive_maximum=True),
+    Param("nesterov", bool, False, "Nesterov momentum (sgd; needs momentum > 0)", "optim"),
+    Param("weight_decay", float, 5e-4, "weight decay (decoupled for adamw)", "optim",
+          minimum=0),
+    Param("sam_base", str, "sgd", "sam: the optimizer that takes the descent step", "optim",
+          choices=_base_optimizers),
+    Param("rho", float, 0.05, "sam: radius of the weight perturbation", "optim",
+          minimum=0, exclusive_minimum=True),
+    Param("adaptive", bool, False, "sam: scale-invariant ASAM perturbation (Kwon et al. use "
+          "a larger rho, e.g. 0.5-2)", "optim"),
+    Param("batch_size", int, 128, "images per training step", "optim", minimum=1),
+    Param("epochs", int, 10, "passes over the training set", "optim", minimum=1),
+    Param("schedule", str, "cosine", "learning-rate schedule over all steps", "optim",
+          choices=_schedules),
+    Param("warmup_epochs", float, 0.0, "linear warm-up from 0 to lr before the schedule",
+          "optim", minimum=0),
+    Param("label_smoothing", float, 0.0, "label smoothing of the cross-entropy loss", "optim",
+          minimum=0, maximum=1, exclusive_maximum=True),
+    Param("augment", bool, False, "random crop with 4-pixel zero padding and horizontal flip, "
+          "on whole batches on the device (meant for CIFAR; flips hurt digits)", "optim"),
+    Param("seed", int, 0, "seed of weights, batch order and augmentation", "optim", minimum=0),
+    # --- execution --------------------------------------------------------------------------
+    Param("device", str, "auto", "auto: CUDA, else MPS, else CPU", "run",
+          choices=("auto", "cuda", "mps", "cpu"), hyper=False),
+    Param("precision", str, "auto", "autocast precision; auto is bf16 on CUDA, fp32 elsewhere",
+          "run", choices=("auto", "fp32", "bf16", "fp16")),
+    Param("channels_last", bool, True, "channels-last memory format for conv models (faster "
+          "convolutions on CPUs and tensor cores)", "run"),
+    Param("compile", bool, False, "torch.compile the model", "run", hyper=False),
+    Param("num_threads", int, 0, "CPU threads for torch (0: torch's default)", "run",
+          minimum=0, hyper=False),
+    Param("sinks", list, ["wandb", "tensorboard", "console"], "where metrics go; W&B honours "
+          "WANDB_MODE, WANDB_PROJECT and WANDB_ENTITY", "run", item_type=str, choices=_sinks,
+          hyper=False, min_items=0),
+    Param("group", str, "", "run group in W&B and TensorBoard (default: the sweep id, "
+          "else 'default')", "run", hyper=False),
+    Param("run_name", str, "", "display name (default: the run id)", "run", hyper=False),
+    Param("run_id", str, "", "run id; a run started again with the same id resumes from its "
+          "checkpoint (default: a new id)", "run", hyper=False),
+    Param("log_dir", str, "data/logs", "TensorBoard logs go to log_dir/<group>/<run>", "run",
+          hyper=False),
+    Param("run_dir", str, "data/runs", "checkpoints and tracebacks go to run_dir/<run id>",
+          "run", hyper=False),
+    Param("log_interval", int, 20, "steps between logged training losses and gradient norms",
+          "run", minimum=1, hyper=False),
+    Param("histograms", bool, True, "per-layer weight histograms each epoch", "run",
+          hyper=False),
+    Param("checkpoint", bool, True, "checkpoint into the run directory each epoch", "run",
+          hyper=False),
+)
+
+BY_NAME: dict[str, Param] = {p.name: p for p in PARAMS}
+TRUE_WORDS = {"true", "1", "yes", "on"}
+FALSE_WORDS = {"false", "0", "no", "off"}
+
+
+class RunConfig(dict):
+    """A validated run configuration: every parameter present, read as attributes."""
+
+    def __getattr__(self, name: str) -> Any:
+        try:
+            return self[name]
+        except KeyError:
+            raise AttributeError(name) from None
+
+
+def defaults() -> dict[str, Any]:
+    return {p.name: (list(p.default) if p.type is list else p.default) for p in PARAMS}
+
+
+def _coerce_scalar(param: Param, value: Any, kind: type) -> Any:
+    bad = UserError(f"{param.name}={value!r} is not allowed: expected {param.allowed()}")
+    if kind is bool:
+        if isinstance(value, bool):
+            return value
+        if isinstance(value, str) and value.strip().lower() in TRUE_WORDS | FALSE_WORDS:
+            return value.strip().lower() in TRUE_WORDS
+        if isinstance(value, int) and value in (0, 1):
+            return bool(value)
+        raise bad
+    if kind is int:
+        if isinstance(value, bool):
+            raise bad
+        if isinstance(value, int):
+            return value
+        try:
+            number = float(value)  # sweep distributions can hand back 64.0 for an integer
+        except (TypeError, ValueError):
+            raise bad from None
+        if not number.is_integer():
+            raise bad
+        return int(number)
+    if kind is float:
+        if isinstance(value, bool):
+            raise bad
+        try:
+            number = float(value)
+        except (TypeError, ValueError):
+            raise bad from None
+        if not math.isfinite(number):
+            raise bad
+        return number
+    if isinstance(value, (dict, list)):
+        raise bad
+    return str(value)
+
+
+def _check_range(param: Param, value: Any, shown: Any) -> None:
+    bad = UserError(f"{param.name}={shown!r} is not allowed: expected {param.allowed()}")
+    choices = param.allowed_choices()
+    if choices is not None and value not in choices:
+        raise bad
+    if param.minimum is not None:
+        if value < param.minimum or (param.exclusive_minimum and value == param.minimum):
+            raise bad
+    if param.maximum is not None:
+        if value > param.maximum or (param.exclusive_maximum and value == param.maximum):
+            raise bad
+
+
+def coerce(param: Param, value: Any) -> Any:
+    """Turn a value from the command line, a YAML file or wandb.config into the param's type."""
+    if param.type is not list:
+        typed = _coerce_scalar(param, value, param.type)
+        _check_range(param, typed, value)
+        return typed
+    items = value
+    if isinstance(value, str):
+        text = value.strip()
+        try:
+            items = yaml.safe_load(text if text.startswith("[") else f"[{text}]")
+        except yaml.YAMLError:
+            raise UserError(f"{param.name}={value!r} is not allowed: expected "
+                            f"{param.allowed()}") from None
+    if isinstance(items, tuple):
+        items = list(items)
+    if not isinstance(items, list) or len(items) < param.min_items:
+        raise UserError(f"{param.name}={value!r} is not allowed: expected a list of at least "
+                        f"{param.min_items} ({param.allowed()})")
+    typed = [_coerce_scalar(param, item, param.item_type) for item in items]
+    for item in typed:
+        _check_range(param, item, value)
+    return typed
+
+
+def validate(values: dict[str, Any]) -> RunConfig:
+    """Defaults overlaid with `values`, each coerced and checked; raises UserError."""
+    config = defaults()
+    for key, value in values.items():
+        param = BY_NAME.get(key)
+        if param is None:
+            raise UserError(f"unknown parameter {key!r}: allowed are "
+                            + ", ".join(p.name for p in PARAMS))
+        config[key] = coerce(param, value)
+    _check_combinations(config)
+    return RunConfig(config)
+
+
+def _check_combinations(config: dict[str, Any]) -> None:
+    uses_sgd = config["optimizer"] == "sgd" or (
+        config["optimizer"] == "sam" and config["sam_base"] == "sgd")
+    if config["nesterov"] and (not uses_sgd or config["momentum"] == 0):
+        raise UserError(f"nesterov=True is not allowed with optimizer={config['optimizer']!r}"
+                        f" and momentum={config['momentum']}: it needs sgd with momentum > 0")
+    if config["kernel_size"] % 2 == 0:
+        raise UserError(f"kernel_size={config['kernel_size']} is not allowed: expected an odd "
+                        "integer >= 1")
+
+
+def parse_args(argv: list[str]) -> dict[str, Any]:
+    """Parse `--key=value` / `--key value` pairs (the form `wandb agent` passes as ${args}).
+
+    Returns the raw values; `--config FILE` is read as a flat YAML mapping that the other
+    arguments override. Unknown keys raise UserError.
+    """
+    raw: dict[str, Any] = {}
+    from_file: dict[str, Any] = {}
+    index = 0
+    while index < len(argv):
+        token = argv[index]
+        if not token.startswith("--") or token == "--":
+            raise UserError(f"unexpected argument {token!r}: expected --key=value")
+        key, sep, value = token[2:].partition("=")
+        if not sep:
+            if index + 1 >= len(argv):
+                raise UserError(f"--{key} needs a value: --{key}=VALUE")
+            index += 1
+            value = argv[index]
+        key = key.replace("-", "_") if key.replace("-", "_") in BY_NAME else key
+        if key == "config":
+            from_file = read_config_file(value)
+        elif key not in BY_NAME:
+            raise UserError(f"unknown parameter {key!r}: allowed are "
+                            + ", ".join(p.name for p in PARAMS))
+        else:
+            raw[key] = value
+        index += 1
+    return {**from_file, **raw}
+
+
+def read_config_file(path: str) -> dict[str, Any]:
+    try:
+        with open(path, encoding="utf-8") as handle:
+            loaded = yaml.safe_load(handle)
+    except FileNotFoundError:
+        raise UserError(f"config={path!r}: no such file") from None
+    except yaml.YAMLError as error:
+        mark = getattr(error, "problem_mark", None)
+        where = f" at line {mark.line + 1}" if mark is not None else ""
+        raise UserError(f"config={path!r}: not valid YAML{where}") from None
+    if loaded is None:
+        return {}
+    if not isinstance(loaded, dict):
+        raise UserError(f"config={path!r}: expected a mapping of parameter: value")
+    return loaded
+
+
+def hyperparameters(config: dict[str, Any]) -> dict[str, Any]:
+    """The hyper-parameters of a run, as scalars TensorBoard's HPARAMS tab accepts."""
+    out = {}
+    for param in PARAMS:
+        if param.hyper:
+            value = config[param.name]
+            out[param.name] = str(value) if isinstance(value, list) else value
+    return out
+
+
+def help_table(markdown: bool = False) -> str:
+    """The parameter reference: the CLI's --help and the README's table."""
+    rows = [(p.name, p.type.__name__ if p.type is not list else f"list[{p.item_type.__name__}]",
+             _show_default(p.default), p.allowed(), p.help) for p in PARAMS]
+    if markdown:
+        lines = ["| parameter | type | default | allowed | what it does |",
+                 "| --- | --- | --- | --- | --- |"]
+        lines += ["| `" + r[0] + "` | " + " | ".join(r[1:]) + " |" for r in rows]
+        return "\n".join(lines)
+    width = max(len(r[0]) for r in rows)
+    lines = []
+    for name, kind, default, allowed, text in rows:
+        lines.append(f"  --{name:<{width}}  {kind}, default {default}; {allowed}")
+        lines.append(f"    {'':<{width}}{text}")
+    return "\n".join(lines)
+
+
+def _show_default(value: Any) -> str:
+    if isinstance(value, list):
+        return "[" + ", ".join(str(v) for v in value) + "]"
+    if value == "":
+        return '""'
+    return str(value)
+
+
+if __name__ == "__main__":
+    print(help_table(markdown=True))  # the README's parameter table

@@ -1,0 +1,65 @@
+"""Where a trial's metrics go, in the SINKS registry.
+
+Every sink receives the same metric names (`train/loss`, `val/acc`, ...) through the same calls,
+in this order: start, then per epoch epoch_start / log_step... / log_epoch, then log_confusion
+and finish. A run parameter (`sinks`) switches each one on or off.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass
+class RunInfo:
+    id: str
+    name: str
+    group: str
+    log_dir: str  # TensorBoard event files of this run
+    run_dir: str  # checkpoint, summary, traceback of this run
+    resumed_epoch: int = 0  # epochs already done before this start (resume)
+
+
+class Sink:
+    """The calls a trial makes; a sink overrides the ones it uses."""
+
+    def start(self, run: RunInfo, config: dict, hparams: dict) -> None:
+        pass
+
+    def epoch_start(self, epoch: int, steps: int) -> None:
+        pass
+
+    def log_step(self, step: int, metrics: dict) -> None:
+        pass
+
+    def log_epoch(self, step: int, metrics: dict, histograms: dict) -> None:
+        pass
+
+    def log_confusion(self, step: int, matrix, classes: list[str]) -> None:
+        pass
+
+    def finish(self, summary: dict, state: str) -> None:
+        """state: finished, diverged, stopped, preempted or failed."""
+
+
+def _wandb():
+    from agent.sinks.wandb_sink import WandbSink
+    return WandbSink()
+
+
+def _tensorboard():
+    from agent.sinks.tensorboard_sink import TensorBoardSink
+    return TensorBoardSink()
+
+
+def _console():
+    from agent.sinks.console_sink import ConsoleSink
+    return ConsoleSink()
+
+
+# Constructors import their library only when chosen: a run without W&B never imports wandb.
+SINKS = {
+    "wandb": _wandb,
+    "tensorboard": _tensorboard,
+    "console": _console,
+}

@@ -1,0 +1,70 @@
+"""Console sink: a rich progress bar per epoch with live loss, accuracy and throughput, one
+line per finished epoch, and a closing summary table."""
+
+from __future__ import annotations
+
+from rich.console import Console
+from rich.progress import (BarColumn, MofNCompleteColumn, Progress, TextColumn,
+                           TimeElapsedColumn)
+from rich.table import Table
+
+from agent.sinks import RunInfo, Sink
+
+SUMMARY_ROWS = ("val/best_acc", "val/best_epoch", "test/acc", "test/loss", "train/loss",
+                "params", "diverged", "epochs_done", "perf/images_per_s", "wall_s")
+
+
+class ConsoleSink(Sink):
+    def __init__(self):
+        self.console = Console()
+
+    def start(self, run: RunInfo, config: dict, hparams: dict) -> None:
+        self.epochs = config["epochs"]
+        self.progress = None
+        resumed = f", resumed after epoch {run.resumed_epoch}" if run.resumed_epoch else ""
+        self.console.print(
+            f"[bold]run {run.name}[/] ({config['model']}, {config['optimizer']}, "
+            f"lr={config['lr']:g}, batch_size={config['batch_size']}, "
+            f"dataset={config['dataset']}){resumed}")
+
+    def epoch_start(self, epoch: int, steps: int) -> None:
+        if not self.console.is_terminal:  # logs and CI get the epoch lines only
+            return
+        self.progress = Progress(
+            TextColumn(f"epoch {epoch + 1}/{self.epochs}"), BarColumn(), MofNCompleteColumn(),
+            TextColumn("{task.fields[live]}"), TimeElapsedColumn(), console=self.console,
+            transient=True)
+        self.progress.start()
+        self.task = self.progress.add_task("train", total=steps, live="")
+        self.first_step = epoch * steps  # every epoch has the same number of steps
+
+    def log_step(self, step: int, metrics: dict) -> None:
+        if self.progress is None:
+            return
+        live = (f"loss {metrics['train/step_loss']:.4f}  acc {metrics['train/step_acc']:.3f}  "
+                f"{metrics['perf/images_per_s']:,.0f} img/s")
+        self.progress.update(self.task, completed=step - self.first_step, live=live)
+
+    def log_epoch(self, step: int, metrics: dict, histograms: dict) -> None:
+        if self.progress is not None:
+            self.progress.stop()
+            self.progress = None
+        val = (f"  val {metrics['val/loss']:.4f} {metrics['val/acc']:6.2%}"
+               if "val/acc" in metrics else "")
+        self.console.print(
+            f"epoch {metrics['epoch']}/{self.epochs}  train {metrics['train/loss']:.4f} "
+            f"{metrics['train/acc']:6.2%}{val}  lr {metrics['lr']:.3g}  "
+            f"{metrics['perf/images_per_s']:,.0f} img/s  {metrics['perf/epoch_s']:.1f}s",
+            highlight=False)
+
+    def finish(self, summary: dict, state: str) -> None:
+        if self.progress is not None:
+            self.progress.stop()
+        table = Table(title=f"run {summary.get('run_id', '')}: {state}")
+        table.add_column("metric")
+        table.add_column("value", justify="right")
+        for key in SUMMARY_ROWS:
+            if key in summary and summary[key] is not None:
+                value = summary[key]
+                table.add_row(key, f"{value:.4f}" if isinstance(value, float) else str(value))
+        self.console.print(table)

@@ -1,0 +1,73 @@
+"""W&B sink: one wandb run per trial, online, offline or disabled as WANDB_MODE says.
+
+Without WANDB_MODE and without credentials it writes an offline run (`wandb sync` uploads it
+later) instead of stopping to ask for a login. The API key is never read, printed or stored here.
+"""
+
+from __future__ import annotations
+
+import netrc
+import os
+
+import wandb
+
+from agent.sinks import RunInfo, Sink
+
+DEFAULT_PROJECT = "hp-study"
+EPOCH_METRICS = ("train/loss", "train/acc", "val/*", "lr", "batch_size", "grad_norm/*",
+                 "weight_norm/*", "perf/*", "weights/*")
+
+
+def has_credentials() -> bool:
+    """True when an API key is configured (only its presence is checked)."""
+    if os.environ.get("WANDB_API_KEY"):
+        return True
+    try:
+        hosts = netrc.netrc().hosts
+    except (FileNotFoundError, netrc.NetrcParseError, OSError):
+        return False
+    base = os.environ.get("WANDB_BASE_URL", "https://api.wandb.ai").split("://")[-1]
+    return base.split("/")[0] in hosts
+
+
+def chosen_mode() -> str:
+    return os.environ.get("WANDB_MODE") or ("online" if has_credentials() else "offline")
+
+
+class WandbSink(Sink):
+    def start(self, run: RunInfo, config: dict, hparams: dict) -> None:
+        self.run = wandb.init(
+            project=os.environ.get("WANDB_PROJECT") or DEFAULT_PROJECT,
+            entity=os.environ.get("WANDB_ENTITY") or None,
+            group=run.group, name=run.name, id=run.id, resume="allow", config=config,
+            mode=chosen_mode(), settings=wandb.Settings(silent=True, console="off"))
+        self.run.define_metric("epoch")
+        for pattern in EPOCH_METRICS:
+            self.run.define_metric(pattern, step_metric="epoch")
+
+    def sweep_overrides(self) -> dict:
+        """Inside a W&B sweep, the parameters the sweep chose (they win over the defaults)."""
+        if not os.environ.get("WANDB_SWEEP_ID"):
+            return {}
+        return dict(self.run.config)
+
+    def log_step(self, step: int, metrics: dict) -> None:
+        self.run.log(metrics, step=step)
+
+    def log_epoch(self, step: int, metrics: dict, histograms: dict) -> None:
+        row = dict(metrics)
+        for name, values in histograms.items():
+            row[name] = wandb.Histogram(values.numpy())
+        self.run.log(row, step=step)
+
+    def log_confusion(self, step: int, matrix, classes: list[str]) -> None:
+        table = wandb.Table(columns=["true", "predicted", "count"],
+                            data=[[classes[i], classes[j], int(matrix[i, j])]
+                                  for i in range(len(classes)) for j in range(len(classes))])
+        self.run.log({"test/confusion_matrix": table}, step=step)
+
+    def finish(self, summary: dict, state: str) -> None:
+        self.run.summary.update(summary)
+        if state == "preempted":
+            self.run.mark_preempting()
+        self.run.finish(exit_code=0 if state in ("finished", "diverged", "stopped") else 1)

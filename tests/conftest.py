@@ -1,0 +1,47 @@
+"""Shared test fixtures: a small dataset in CIFAR-10's own on-disk format, and isolation."""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+
+from util.cifar_files import register_with_torchvision, write_cifar10  # noqa: E402
+
+
+@pytest.fixture
+def cifar_root(tmp_path, monkeypatch):
+    """A data directory holding a small CIFAR-format set, registered with torchvision (whose
+    MD5 tables name the real archive's files) for the length of the test."""
+    data_dir = tmp_path / "data"
+    register_with_torchvision(write_cifar10(data_dir, per_batch=40, test_size=60),
+                              monkeypatch.setattr)
+    return data_dir
+
+
+@pytest.fixture
+def workdir(tmp_path, monkeypatch):
+    """Run in an empty directory with W&B offline and quiet; data goes to ./data."""
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    monkeypatch.setenv("WANDB_SILENT", "true")
+    monkeypatch.setenv("WANDB_DIR", str(tmp_path))
+    monkeypatch.delenv("WANDB_SWEEP_ID", raising=False)
+    monkeypatch.delenv("WANDB_RUN_ID", raising=False)
+    return tmp_path
+
+
+def subprocess_env(**extra: str) -> dict:
+    """Environment for a child `python -m agent...`: the repo importable, W&B offline."""
+    env = dict(os.environ)
+    env.update({"PYTHONPATH": str(ROOT), "WANDB_MODE": "offline", "WANDB_SILENT": "true"})
+    env.pop("WANDB_SWEEP_ID", None)
+    env.pop("WANDB_RUN_ID", None)
+    env.update(extra)
+    return env

@@ -1,0 +1,107 @@
+"""The run-parameter table: parsing the forms `wandb agent` passes, validation, help, README."""
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from agent.errors import UserError
+from agent.params import PARAMS, help_table, parse_args, validate
+from conftest import ROOT, subprocess_env
+
+
+def test_wandb_agent_argument_forms_are_parsed_and_typed():
+    raw = parse_args(["--optimizer=sam", "--lr=0.05", "--batch_size=128", "--augment=True",
+                      "--nesterov=false", "--channels=[32, 64]", "--epochs", "3",
+                      "--batch_size=64.0"])
+    cfg = validate(raw)
+    assert cfg.optimizer == "sam" and cfg.lr == 0.05 and cfg.epochs == 3
+    assert cfg.augment is True and cfg.nesterov is False
+    assert cfg.channels == [32, 64]
+    assert cfg.batch_size == 64 and isinstance(cfg.batch_size, int)  # 64.0 from a sweep
+
+
+def test_config_file_is_overridden_by_the_command_line(tmp_path):
+    path = tmp_path / "run.yaml"
+    path.write_text("optimizer: adam\nlr: 0.001\nwidths: [64, 32]\n")
+    cfg = validate(parse_args([f"--config={path}", "--lr=0.002"]))
+    assert (cfg.optimizer, cfg.lr, cfg.widths) == ("adam", 0.002, [64, 32])
+
+
+@pytest.mark.parametrize("values, named", [
+    ({"learning_rate": 0.1}, "learning_rate"),
+    ({"lr": 0}, "lr=0"),
+    ({"lr": -1.0}, "lr=-1.0"),
+    ({"lr": "fast"}, "lr='fast'"),
+    ({"batch_size": 0}, "batch_size=0"),
+    ({"batch_size": 12.5}, "batch_size=12.5"),
+    ({"dropout": 1.0}, "dropout=1.0"),
+    ({"dropout": -0.1}, "dropout=-0.1"),
+    ({"model": "vit"}, "model='vit'"),
+    ({"optimizer": "lion"}, "optimizer='lion'"),
+    ({"dataset": "imagenet"}, "dataset='imagenet'"),
+    ({"schedule": "linear"}, "schedule='linear'"),
+    ({"augment": "maybe"}, "augment='maybe'"),
+    ({"sam_base": "sam"}, "sam_base='sam'"),
+    ({"channels": "[32, -1]"}, "channels="),
+    ({"nesterov": True, "momentum": 0.0}, "nesterov=True"),
+])
+def test_bad_values_name_key_value_and_what_is_allowed(values, named):
+    with pytest.raises(UserError) as caught:
+        validate(values)
+    message = str(caught.value)
+    assert named in message and "\n" not in message
+    assert "allowed" in message or "expected" in message or "needs" in message
+
+
+def test_every_parameter_has_a_valid_default_and_help():
+    cfg = validate({})
+    for param in PARAMS:
+        assert param.help and param.name in cfg
+    text = help_table()
+    for param in PARAMS:
+        assert f"--{param.name}" in text
+
+
+def test_readme_parameter_table_is_the_generated_one():
+    readme = (ROOT / "README.md").read_text()
+    assert help_table(markdown=True) in readme, (
+        "README's parameter table is stale: paste `python -m agent.params` output")
+
+
+@pytest.mark.timeout(120)
+@pytest.mark.parametrize("args, named", [
+    (["--lr=-1"], "lr='-1'"),
+    (["--optimizer=lion"], "optimizer='lion'"),
+    (["--bogus=1"], "bogus"),
+    (["--dropout=1"], "dropout='1'"),
+    (["--config=missing.yaml"], "missing.yaml"),
+])
+def test_cli_bad_input_exits_2_with_one_line_and_writes_nothing(tmp_path, args, named):
+    result = subprocess.run([sys.executable, "-m", "agent.train", "--dataset=digits", *args],
+                            cwd=tmp_path, env=subprocess_env(), capture_output=True, text=True,
+                            timeout=100)
+    assert result.returncode == 2
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: ") and named in lines[0]
+    assert "Traceback" not in result.stderr
+    assert list(Path(tmp_path).iterdir()) == []  # no data, logs, runs or wandb directory
+
+
+def test_cli_bad_yaml_names_the_line(tmp_path):
+    bad = tmp_path / "run.yaml"
+    bad.write_text("lr: 0.1\noptimizer: [sgd\n")
+    with pytest.raises(UserError, match="line"):
+        parse_args([f"--config={bad}"])
+
+
+@pytest.mark.timeout(120)
+def test_cli_help_lists_every_parameter_with_default_and_allowed_values(tmp_path):
+    result = subprocess.run([sys.executable, "-m", "agent.train", "--help"], cwd=tmp_path,
+                            env=subprocess_env(), capture_output=True, text=True, timeout=100)
+    assert result.returncode == 0
+    for param in PARAMS:
+        assert f"--{param.name}" in result.stdout
+    assert "default 0.05; a number > 0" in result.stdout  # lr
+    assert "one of sgd, adam, adamw, rmsprop, sam" in result.stdout

@@ -1,0 +1,172 @@
+"""The trial runner end to end on real data: learning, every optimizer, determinism,
+divergence, checkpoint and resume, and what lands in TensorBoard."""
+
+import math
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from agent.trial import Preempted, TrialHooks, train
+from conftest import subprocess_env
+
+QUICK = {"dataset": "digits", "sinks": [], "histograms": False, "num_threads": 2}
+
+
+def run(workdir, **overrides):
+    return train({**QUICK, "data_dir": str(workdir / "data"), "log_dir": str(workdir / "logs"),
+                  "run_dir": str(workdir / "runs"), **overrides})
+
+
+@pytest.mark.timeout(120)
+def test_cnn_learns_digits_to_95_percent(workdir):
+    summary = run(workdir, model="cnn", channels=[32, 64, 128], epochs=4, batch_size=64,
+                  optimizer="sgd", lr=0.05)
+    assert summary["test/acc"] >= 0.95, summary
+    assert summary["state"] == "finished" and summary["diverged"] is False
+    assert summary["val/best_acc"] >= 0.9 and 1 <= summary["val/best_epoch"] <= 4
+    assert summary["params"] == 3 * 3 * (1 * 32 + 32 * 64 + 64 * 128) + 2 * (32 + 64 + 128) \
+        + 128 * 10 + 10  # conv weights (no bias under batch norm), bn affine, head
+    class_acc = [summary[f"test/class_acc/{d}"] for d in range(10)]
+    assert min(class_acc) > 0.8
+    assert (Path(workdir) / "runs" / summary["run_id"] / "confusion.json").exists()
+
+
+LEARNING_RATES = {"sgd": 0.05, "adam": 3e-3, "adamw": 3e-3, "rmsprop": 1e-3, "sam": 0.05}
+
+
+@pytest.mark.timeout(120)
+@pytest.mark.parametrize("optimizer", sorted(LEARNING_RATES))
+def test_every_optimizer_lowers_the_loss(workdir, optimizer):
+    summary = run(workdir, model="dense", hidden=64, optimizer=optimizer,
+                  lr=LEARNING_RATES[optimizer], epochs=2, batch_size=32)
+    chance = math.log(10)  # cross-entropy of a uniform guess over 10 classes
+    assert summary["train/loss"] < 0.5 * chance and summary["val/loss"] < 0.5 * chance
+
+
+@pytest.mark.timeout(120)
+def test_sam_with_batch_norm_and_adaptive_variant_trains(workdir):
+    summary = run(workdir, model="cnn", channels=[16, 32], optimizer="sam", sam_base="adam",
+                  lr=2e-3, adaptive=True, rho=0.5, epochs=2, batch_size=64)
+    assert summary["test/acc"] > 0.8
+
+
+@pytest.mark.timeout(120)
+@pytest.mark.parametrize("model", ["dense", "skip_mlp", "cnn"])
+def test_same_seed_and_config_give_identical_metrics(workdir, model):
+    config = dict(model=model, hidden=32, widths=[32, 16], channels=[8, 16], dropout=0.1,
+                  augment=True, epochs=2, batch_size=64, seed=7)
+    first, second = run(workdir, **config), run(workdir, **config)
+    for key in ("train/loss", "val/loss", "val/acc", "test/acc", "test/loss"):
+        assert first[key] == second[key], key
+    third = run(workdir, **{**config, "seed": 8})
+    assert third["train/loss"] != first["train/loss"]
+
+
+@pytest.mark.timeout(120)
+def test_non_finite_loss_stops_at_once_and_is_a_result(workdir):
+    summary = run(workdir, model="dense", optimizer="sgd", lr=1e6, momentum=0.0, epochs=5,
+                  batch_size=32)
+    assert summary["diverged"] is True and summary["state"] == "diverged"
+    assert summary["epochs_done"] < 5 and "test/acc" not in summary
+    for value in summary.values():
+        if isinstance(value, float):
+            assert math.isfinite(value)
+
+
+@pytest.mark.timeout(120)
+def test_diverged_run_exits_0_from_the_command_line(workdir):
+    result = subprocess.run(
+        [sys.executable, "-m", "agent.train", "--dataset=digits", "--model=dense",
+         "--lr=1000000", "--momentum=0", "--epochs=2", "--sinks=[console]"],
+        cwd=workdir, env=subprocess_env(), capture_output=True, text=True, timeout=100)
+    assert result.returncode == 0, result.stderr
+    assert "diverged" in result.stdout
+
+
+@pytest.mark.timeout(180)
+def test_interrupted_run_resumes_from_its_checkpoint_to_identical_results(workdir):
+    config = dict(model="cnn", channels=[8, 16], optimizer="sam", augment=True, dropout=0.1,
+                  epochs=3, batch_size=64)
+    straight = run(workdir, run_id="straight", **config)
+
+    steps = {"n": 0}
+
+    def interrupt_in_epoch_two():
+        steps["n"] += 1
+        return steps["n"] > 25  # 20 steps per epoch: stops inside the second epoch
+
+    with pytest.raises(Preempted):
+        train({**QUICK, **config, "run_id": "resumed", "data_dir": str(workdir / "data"),
+               "log_dir": str(workdir / "logs"), "run_dir": str(workdir / "runs")},
+              TrialHooks(interrupted=interrupt_in_epoch_two))
+    saved = torch.load(workdir / "runs" / "resumed" / "checkpoint.pt", weights_only=True)
+    assert saved["progress"]["epoch"] == 1
+    resumed = run(workdir, run_id="resumed", **config)
+    assert resumed["epochs_done"] == 3 and resumed["global_step"] == straight["global_step"]
+    for key in ("train/loss", "val/acc", "test/acc", "test/loss"):
+        assert resumed[key] == straight[key], key
+
+
+@pytest.mark.timeout(120)
+def test_should_stop_hook_ends_the_run_early_as_stopped(workdir):
+    summary = train({**QUICK, "model": "dense", "epochs": 5, "data_dir": str(workdir / "data"),
+                     "run_dir": str(workdir / "runs")},
+                    TrialHooks(should_stop=lambda epoch, history: "hyperband" if epoch == 2
+                               else None))
+    assert summary["state"] == "stopped" and summary["epochs_done"] == 2
+    assert summary["stop_reason"] == "hyperband" and "test/acc" in summary
+
+
+@pytest.mark.timeout(120)
+@pytest.mark.parametrize("precision", ["bf16", "fp16"])
+def test_autocast_precisions_train(workdir, precision):
+    summary = run(workdir, model="cnn", channels=[16, 32], precision=precision, epochs=2,
+                  batch_size=64, channels_last=True)
+    assert summary["test/acc"] > 0.7
+
+
+@pytest.mark.timeout(180)
+def test_resnet_trains_on_the_cifar_fixture(workdir, cifar_root):
+    summary = train({"dataset": "cifar10", "data_dir": str(cifar_root), "model": "resnet",
+                     "width": 8, "epochs": 1, "batch_size": 32, "augment": True,
+                     "sinks": ["tensorboard"], "log_dir": str(workdir / "logs"),
+                     "run_dir": str(workdir / "runs"), "num_threads": 2})
+    assert summary["state"] == "finished" and 0 <= summary["test/acc"] <= 1
+    assert "test/class_acc/airplane" in summary
+
+
+@pytest.mark.timeout(120)
+def test_tensorboard_holds_scalars_histograms_and_hparams(workdir):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+    from tensorboard.plugins.hparams import plugin_data_pb2
+
+    summary = run(workdir, model="dense", hidden=32, epochs=2, sinks=["tensorboard"],
+                  histograms=True, group="study", run_name="r1", optimizer="adam", lr=1e-3)
+    events = EventAccumulator(str(workdir / "logs" / "study" / "r1"),
+                              size_guidance={"scalars": 0, "histograms": 0}).Reload()
+    tags = events.Tags()
+    for tag in ("train/loss", "train/acc", "val/loss", "val/acc", "lr", "train/step_loss",
+                "grad_norm/global", "weight_norm/global", "perf/images_per_s",
+                "perf/epoch_s", "perf/peak_mem_mb", "test/acc", "val/best_acc"):
+        assert tag in tags["scalars"], tag
+    assert [e.step for e in events.Scalars("val/acc")] == [events.Scalars("val/acc")[0].step,
+                                                             summary["global_step"]]
+    assert events.Scalars("test/acc")[-1].value == pytest.approx(summary["test/acc"])
+    assert any(tag.startswith("weights/") for tag in tags["histograms"])
+    assert any(tag.startswith("grad_norm/1") or tag.startswith("grad_norm/4")
+               for tag in tags["scalars"])  # per-layer norms of the Sequential's Linear layers
+    assert "test/confusion_matrix" in tags["images"]
+
+    content = events.PluginTagToContent("hparams")
+    assert set(content) >= {"_hparams_/experiment", "_hparams_/session_start_info",
+                            "_hparams_/session_end_info"}
+    start = plugin_data_pb2.HParamsPluginData.FromString(
+        content["_hparams_/session_start_info"]).session_start_info
+    assert start.hparams["optimizer"].string_value == "adam"
+    assert start.hparams["lr"].number_value == pytest.approx(1e-3)
+    experiment = plugin_data_pb2.HParamsPluginData.FromString(
+        content["_hparams_/experiment"]).experiment
+    assert {m.name.tag for m in experiment.metric_infos} >= {"val/acc", "test/acc"}

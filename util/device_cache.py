@@ -1,0 +1,125 @@
+"""Datasets held on the training device, and batches cut from them there.
+
+The uint8 images are moved to the device once per process and kept between trials. A batch is
+an index permutation into them; augmentation (random crop with zero padding, horizontal flip)
+and normalisation run on whole batches on the device. No DataLoader, no PIL, no per-image
+Python in the training loop.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+
+from util.datasets import load_decoded
+
+CROP_PADDING = 4  # the standard CIFAR recipe (He et al. 2016): pad 4 pixels, crop back
+SPLIT_SEED = 0  # the validation split is the same for every run of a study, whatever its seed
+
+
+@dataclass
+class Splits:
+    """Train / validation / test tensors on one device, with the train split's statistics."""
+
+    train_x: torch.Tensor
+    train_y: torch.Tensor
+    val_x: torch.Tensor
+    val_y: torch.Tensor
+    test_x: torch.Tensor
+    test_y: torch.Tensor
+    mean: torch.Tensor  # per channel, on the 0..1 scale
+    std: torch.Tensor
+    classes: list[str]
+
+    @property
+    def input_shape(self) -> tuple[int, int, int]:
+        return tuple(self.train_x.shape[1:])
+
+
+_ON_DEVICE: dict[tuple, dict[str, torch.Tensor | list]] = {}
+_SPLITS: dict[tuple, Splits] = {}
+
+
+def device_splits(name: str, data_dir: str, device: torch.device, val_split: float) -> Splits:
+    """The dataset's splits on `device`, loaded once per process and then reused."""
+    key = (name, os.path.abspath(data_dir), str(device))
+    split_key = key + (val_split,)
+    if split_key in _SPLITS:
+        return _SPLITS[split_key]
+    if key not in _ON_DEVICE:
+        decoded = load_decoded(name, data_dir)
+        _ON_DEVICE[key] = {
+            "train_x": decoded.train_x.to(device), "train_y": decoded.train_y.to(device),
+            "test_x": decoded.test_x.to(device), "test_y": decoded.test_y.to(device),
+            "classes": decoded.classes}
+    full = _ON_DEVICE[key]
+    n = len(full["train_y"])
+    order = torch.randperm(n, generator=torch.Generator().manual_seed(SPLIT_SEED)).to(device)
+    n_val = int(round(n * val_split))
+    val_idx, train_idx = order[:n_val].sort().values, order[n_val:].sort().values
+    train_x = full["train_x"][train_idx]
+    pixels = train_x.float().div_(255).transpose(0, 1).flatten(1)  # (C, N*H*W)
+    splits = Splits(train_x, full["train_y"][train_idx], full["train_x"][val_idx],
+                    full["train_y"][val_idx], full["test_x"], full["test_y"],
+                    pixels.mean(1), pixels.std(1).clamp_min(1e-6), full["classes"])
+    del pixels
+    _SPLITS[split_key] = splits
+    return splits
+
+
+def forget_device_data() -> None:
+    """Drop every cached tensor (tests use it to measure a cold start)."""
+    _ON_DEVICE.clear()
+    _SPLITS.clear()
+
+
+def random_crop_flip(images: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+    """Random crop after zero padding, and a random horizontal flip, for a uint8 batch."""
+    n, c, h, w = images.shape
+    device = images.device
+    padded = F.pad(images, (CROP_PADDING,) * 4)
+    shift = torch.randint(0, 2 * CROP_PADDING + 1, (2, n, 1), device=device, generator=generator)
+    rows = (shift[0] + torch.arange(h, device=device))[:, None, :, None]  # (n, 1, h, 1)
+    cols = (shift[1] + torch.arange(w, device=device))[:, None, None, :]  # (n, 1, 1, w)
+    batch = torch.arange(n, device=device)[:, None, None, None]
+    channel = torch.arange(c, device=device)[None, :, None, None]
+    cropped = padded[batch, channel, rows, cols]
+    flip = torch.rand(n, device=device, generator=generator) < 0.5
+    return torch.where(flip[:, None, None, None], cropped.flip(3), cropped)
+
+
+class DeviceLoader:
+    """Batches of (normalised float images, labels) cut from device tensors."""
+
+    def __init__(self, images: torch.Tensor, labels: torch.Tensor, mean: torch.Tensor,
+                 std: torch.Tensor, batch_size: int, shuffle: bool = False,
+                 augment: bool = False, generator: torch.Generator | None = None,
+                 drop_last: bool = False, channels_last: bool = False):
+        self.images, self.labels = images, labels
+        self.scale = (1.0 / (255.0 * std)).view(1, -1, 1, 1)
+        self.shift = (-mean / std).view(1, -1, 1, 1)
+        self.batch_size, self.shuffle, self.augment = batch_size, shuffle, augment
+        self.generator = generator
+        # Dropping a ragged last batch keeps batch norm away from a batch of one.
+        self.drop_last = drop_last and len(labels) >= batch_size
+        self.memory_format = torch.channels_last if channels_last else torch.contiguous_format
+
+    def __len__(self) -> int:
+        n = len(self.labels)
+        return n // self.batch_size if self.drop_last else -(-n // self.batch_size)
+
+    def __iter__(self):
+        n = len(self.labels)
+        device = self.images.device
+        order = (torch.randperm(n, device=device, generator=self.generator) if self.shuffle
+                 else torch.arange(n, device=device))
+        for step in range(len(self)):
+            index = order[step * self.batch_size:(step + 1) * self.batch_size]
+            images = self.images[index]
+            if self.augment:
+                images = random_crop_flip(images, self.generator)
+            images = images.float().mul_(self.scale).add_(self.shift)
+            yield images.contiguous(memory_format=self.memory_format), self.labels[index]

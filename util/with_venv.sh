@@ -1,0 +1,19 @@
+#!/usr/bin/env bash
+# Run a command inside the project's virtualenv (.venv), creating it and installing the
+# requirements on first use or when a requirements file changed. Usage: util/with_venv.sh CMD...
+set -euo pipefail
+root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+venv="$root/.venv"
+stamp="$venv/.requirements.sha256"
+wanted="$(cat "$root"/requirements.txt "$root"/requirements-dev.txt | sha256sum | cut -d' ' -f1)"
+if [ ! -x "$venv/bin/python" ] || [ "$(cat "$stamp" 2>/dev/null)" != "$wanted" ]; then
+  echo "setting up $venv (first use: installs torch and the other requirements)..." >&2
+  "${PYTHON:-python3}" -m venv "$venv"
+  "$venv/bin/python" -m pip install --quiet --disable-pip-version-check --upgrade pip >&2
+  "$venv/bin/python" -m pip install --quiet --disable-pip-version-check \
+    -r "$root/requirements-dev.txt" >&2
+  echo "$wanted" > "$stamp"
+fi
+export PATH="$venv/bin:$PATH" VIRTUAL_ENV="$venv"
+cd "$root"
+exec "$@"
