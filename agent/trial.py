@@ -80,16 +80,18 @@ def run_identity(cfg: RunConfig) -> RunInfo:
                    run_dir=str(Path(cfg.run_dir) / safe(run_id)))
 
 
-def train(config: dict, hooks: TrialHooks | None = None) -> dict:
+def train(config: dict, hooks: TrialHooks | None = None, sweep: dict | None = None) -> dict:
     """Train one configuration and return its summary (also written to run_dir/summary.json).
 
-    Raises UserError for a bad configuration before anything is loaded or written, and
-    Preempted when hooks.interrupted() turns true.
+    `sweep` ({"id", "name", "config"}) tags the run as part of a local sweep. Raises UserError
+    for a bad configuration before anything is loaded or written, and Preempted when
+    hooks.interrupted() turns true.
     """
     started = time.perf_counter()
     hooks = hooks or TrialHooks()
     cfg = validate(config)
     run = run_identity(cfg)
+    run.sweep = sweep
     sinks = {name: SINKS[name]() for name in cfg.sinks}
     started_sinks = []
     state = "failed"

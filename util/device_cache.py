@@ -77,16 +77,19 @@ def forget_device_data() -> None:
 
 
 def random_crop_flip(images: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
-    """Random crop after zero padding, and a random horizontal flip, for a uint8 batch."""
+    """Random crop after zero padding, and a random horizontal flip, for a uint8 batch.
+
+    The crop is two gathers (rows, then columns) with per-image offsets: about twice as fast
+    on a CPU as one four-index gather, and free of Python loops on any device.
+    """
     n, c, h, w = images.shape
     device = images.device
     padded = F.pad(images, (CROP_PADDING,) * 4)
     shift = torch.randint(0, 2 * CROP_PADDING + 1, (2, n, 1), device=device, generator=generator)
     rows = (shift[0] + torch.arange(h, device=device))[:, None, :, None]  # (n, 1, h, 1)
+    cropped = padded.gather(2, rows.expand(n, c, h, w + 2 * CROP_PADDING))
     cols = (shift[1] + torch.arange(w, device=device))[:, None, None, :]  # (n, 1, 1, w)
-    batch = torch.arange(n, device=device)[:, None, None, None]
-    channel = torch.arange(c, device=device)[None, :, None, None]
-    cropped = padded[batch, channel, rows, cols]
+    cropped = cropped.gather(3, cols.expand(n, c, h, w))
     flip = torch.rand(n, device=device, generator=generator) < 0.5
     return torch.where(flip[:, None, None, None], cropped.flip(3), cropped)
 

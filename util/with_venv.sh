@@ -15,5 +15,5 @@ if [ ! -x "$venv/bin/python" ] || [ "$(cat "$stamp" 2>/dev/null)" != "$wanted" ]
   echo "$wanted" > "$stamp"
 fi
 export PATH="$venv/bin:$PATH" VIRTUAL_ENV="$venv"
-cd "$root"
+export PYTHONPATH="$root${PYTHONPATH:+:$PYTHONPATH}"  # `python -m agent...` from any directory
 exec "$@"

@@ -39,7 +39,8 @@ class WandbSink(Sink):
         self.run = wandb.init(
             project=os.environ.get("WANDB_PROJECT") or DEFAULT_PROJECT,
             entity=os.environ.get("WANDB_ENTITY") or None,
-            group=run.group, name=run.name, id=run.id, resume="allow", config=config,
+            group=run.group, name=run.name, id=run.id, resume="allow",
+            config={**config, **({"sweep": run.sweep} if run.sweep else {})},
             mode=chosen_mode(), settings=wandb.Settings(silent=True, console="off"))
         self.run.define_metric("epoch")
         for pattern in EPOCH_METRICS:
@@ -47,7 +48,7 @@ class WandbSink(Sink):
 
     def sweep_overrides(self) -> dict:
         """Inside a W&B sweep, the parameters the sweep chose (they win over the defaults)."""
-        if not os.environ.get("WANDB_SWEEP_ID"):
+        if not (getattr(self.run, "sweep_id", None) or os.environ.get("WANDB_SWEEP_ID")):
             return {}
         return dict(self.run.config)
 

@@ -1,0 +1,118 @@
+"""The embedded sweep controller: what an agent runs next, and when a run should stop.
+
+Decisions are pure functions of the sweep config and the runs so far, built on W&B's own
+engine (`sweeps.next_run`, `sweeps.stop_runs`); `claim_next_run` applies one decision to the
+store inside a single write transaction, so concurrent agents never take the same work.
+"""
+
+from __future__ import annotations
+
+import warnings
+from dataclasses import dataclass
+
+from agent.sweep_store import SweepStore
+from agent.trial import new_run_id
+
+with warnings.catch_warnings():
+    warnings.simplefilter("ignore")  # the engine warns about its pydantic settings on import
+    import sweeps
+
+HEARTBEAT_TIMEOUT_S = 60.0  # a running run silent this long is taken for crashed
+ENGINE_STATES = {
+    "pending": sweeps.RunState.pending, "running": sweeps.RunState.running,
+    "finished": sweeps.RunState.finished, "stopped": sweeps.RunState.finished,
+    "failed": sweeps.RunState.failed, "crashed": sweeps.RunState.crashed,
+    "preempted": sweeps.RunState.preempted,
+}
+
+
+@dataclass
+class Claim:
+    """The outcome of asking for work: a run to train, or `wait` / `done`."""
+
+    kind: str  # "run", "wait" or "done"
+    run_id: str | None = None
+    config: dict | None = None
+    resumed: bool = False
+
+
+def engine_run(run: dict) -> "sweeps.SweepRun":
+    """A stored run as the engine sees it ({"lr": {"value": 0.1}} configs)."""
+    history = run["history"]
+    summary = run["summary"] or (history[-1] if history else {})
+    return sweeps.SweepRun(name=run["id"], state=ENGINE_STATES[run["state"]],
+                           config={k: {"value": v} for k, v in run["config"].items()},
+                           history=history, summary_metrics=summary)
+
+
+def proposed_params(sweep_config: dict, runs: list[dict]) -> dict | None:
+    """The engine's next configuration as plain {name: value}, or None when exhausted."""
+    proposal = sweeps.next_run(sweep_config, [engine_run(r) for r in runs], validate=True)
+    if proposal is None:
+        return None
+    return {name: spec["value"] for name, spec in proposal.config.items()}
+
+
+def plan_claim(sweep_config: dict, runs: list[dict], now: float,
+               timeout: float) -> tuple[list[str], list[dict], Claim]:
+    """Pure: (runs gone stale -> crashed, crashed configs to re-queue, the claim)."""
+    stale = [r["id"] for r in runs if r["state"] == "running"
+             and (r["heartbeat"] or 0) < now - timeout]
+    requeue = []
+    repeated = {r["requeued_from"] for r in runs if r["requeued_from"]}
+    for run in runs:
+        crashed = run["state"] == "crashed" or run["id"] in stale
+        # Re-queue once: not a run that is itself a repeat, nor one already repeated.
+        if crashed and not run["requeued_from"] and run["id"] not in repeated:
+            requeue.append(run)
+    if requeue:
+        return stale, requeue, Claim("requeue")
+    for state in ("preempted", "pending"):  # work already begun comes first
+        waiting = [r for r in runs if r["state"] == state]
+        if waiting:
+            return stale, [], Claim("run", waiting[0]["id"], waiting[0]["config"],
+                                    resumed=state == "preempted")
+    originals = [r for r in runs if not r["requeued_from"]]
+    run_cap = sweep_config.get("run_cap")
+    params = None
+    if not run_cap or len(originals) < run_cap:
+        params = proposed_params(sweep_config, runs)
+    if params is not None:
+        return stale, [], Claim("run", None, params)
+    still_running = [r for r in runs if r["state"] == "running" and r["id"] not in stale]
+    return stale, [], Claim("wait" if still_running else "done")
+
+
+def claim_next_run(store: SweepStore, owner: str, timeout: float = HEARTBEAT_TIMEOUT_S,
+                   now: float | None = None) -> Claim:
+    """Take the next piece of work for `owner`, in one transaction."""
+    import time
+
+    with store.transaction() as db:
+        sweep_config = store.sweep()["config"]
+        runs = store.runs(db)
+        stale, requeue, claim = plan_claim(sweep_config, runs, now or time.time(), timeout)
+        for run_id in stale:
+            store.set_state(db, run_id, "crashed")
+        for run in requeue:
+            store.insert_run(db, new_run_id(), run["config"], "pending", None,
+                             requeued_from=run["id"])
+        if claim.kind == "requeue":  # the repeats are pending now: take the first
+            runs = store.runs(db)
+            _, _, claim = plan_claim(sweep_config, runs, now or time.time(), timeout)
+        if claim.kind == "run":
+            if claim.run_id is None:
+                claim.run_id = new_run_id()
+                store.insert_run(db, claim.run_id, claim.config, "running", owner)
+            else:
+                store.set_state(db, claim.run_id, "running", owner)
+    return claim
+
+
+def should_stop(store: SweepStore, run_id: str) -> bool:
+    """Hyperband (or any early_terminate) says this run should stop now."""
+    sweep_config = store.sweep()["config"]
+    if not sweep_config.get("early_terminate"):
+        return False
+    runs = [engine_run(r) for r in store.runs()]
+    return any(r.name == run_id for r in sweeps.stop_runs(sweep_config, runs, validate=True))

@@ -1,0 +1,150 @@
+"""Local (offline) sweeps with real agent processes, signals and a real SQLite store."""
+
+from __future__ import annotations
+
+import os
+import signal
+import sqlite3
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import yaml
+
+from agent.sweep_store import SweepStore, create_store
+from conftest import ROOT, subprocess_env
+
+COMMAND = ["${env}", "python", "-m", "agent.train", "${args}"]
+
+
+def make_sweep(workdir: Path, sweep_id: str, parameters: dict, method: str = "grid",
+               **extra) -> SweepStore:
+    config = {"program": "agent/train.py", "command": COMMAND, "method": method,
+              "metric": {"name": "val/acc", "goal": "maximize"},
+              "parameters": {"dataset": {"value": "digits"}, "data_dir": {"value":
+                             str(workdir / "data")}, **parameters}, **extra}
+    return create_store(workdir / "data" / "sweeps" / sweep_id, sweep_id, sweep_id, config)
+
+
+def start_agent(workdir: Path, store: SweepStore, *args: str) -> subprocess.Popen:
+    return subprocess.Popen(
+        [sys.executable, "-m", "agent.agent", str(store.directory), "--heartbeat", "0.3",
+         *args], cwd=workdir, env=subprocess_env(OMP_NUM_THREADS="1"),
+        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+
+
+def wait_for(predicate, timeout: float, what: str):
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        result = predicate()
+        if result:
+            return result
+        time.sleep(0.2)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+def states(store: SweepStore) -> list[str]:
+    return [run["state"] for run in store.runs()]
+
+
+# Slow enough to interrupt (a few seconds a run), cheap in memory.
+LONG_RUN = {"model": {"value": "dense"}, "hidden": {"value": 256}, "batch_size": {"value": 8},
+            "sinks": {"value": ["tensorboard"]}}
+
+
+@pytest.mark.timeout(240)
+def test_four_agents_on_a_grid_run_each_point_exactly_once(workdir):
+    store = make_sweep(workdir, "grid4", {
+        "model": {"value": "dense"}, "hidden": {"value": 32}, "epochs": {"value": 1},
+        "sinks": {"value": []}, "lr": {"values": [0.1, 0.05, 0.02, 0.01]},
+        "batch_size": {"values": [32, 64]}})
+    agents = [start_agent(workdir, store) for _ in range(4)]
+    for agent in agents:
+        assert agent.wait(timeout=200) == 0, agent.stderr.read()
+    runs = store.runs()
+    points = [(r["config"]["lr"], r["config"]["batch_size"]) for r in runs]
+    assert len(points) == 8 and len(set(points)) == 8
+    assert all(r["state"] == "finished" and r["summary"]["test/acc"] > 0 for r in runs)
+    assert len({r["owner"] for r in runs}) >= 2  # the work was shared out
+
+
+@pytest.mark.timeout(240)
+def test_sigkilled_agent_run_is_crashed_and_requeued_once(workdir):
+    store = make_sweep(workdir, "crash", {**LONG_RUN, "epochs": {"value": 3},
+                                          "lr": {"values": [0.01, 0.02]}})
+    victim = start_agent(workdir, store, "--heartbeat-timeout", "3")
+    wait_for(lambda: any(r["epoch"] >= 1 for r in store.runs()), 120, "a first epoch")
+    victim.send_signal(signal.SIGKILL)
+    victim.wait(timeout=30)
+    killed = [r for r in store.runs() if r["state"] == "running"][0]
+
+    survivor = start_agent(workdir, store, "--heartbeat-timeout", "3")
+    assert survivor.wait(timeout=200) == 0, survivor.stderr.read()
+    runs = {r["id"]: r for r in store.runs()}
+    assert runs[killed["id"]]["state"] == "crashed"
+    repeats = [r for r in runs.values() if r["requeued_from"] == killed["id"]]
+    assert len(repeats) == 1 and repeats[0]["state"] == "finished"
+    assert repeats[0]["config"] == killed["config"]
+    finished = [r for r in runs.values() if r["state"] == "finished"]
+    assert sorted(r["config"]["lr"] for r in finished) == [0.01, 0.02]
+
+
+@pytest.mark.timeout(240)
+def test_sigterm_preempts_and_the_next_agent_resumes_the_epoch_count(workdir):
+    store = make_sweep(workdir, "preempt", {**LONG_RUN, "epochs": {"value": 4},
+                                            "lr": {"value": 0.01}})
+    first = start_agent(workdir, store)
+    wait_for(lambda: any(r["epoch"] >= 1 for r in store.runs()), 120, "a first epoch")
+    first.send_signal(signal.SIGTERM)
+    assert first.wait(timeout=60) == 0
+    (run,) = store.runs()
+    assert run["state"] == "preempted"
+    done_before = run["epoch"]
+    assert done_before < 4
+    assert (workdir / "data" / "runs" / run["id"] / "checkpoint.pt").exists()
+
+    second = start_agent(workdir, store)
+    assert second.wait(timeout=200) == 0, second.stderr.read()
+    (resumed,) = store.runs()
+    assert resumed["id"] == run["id"] and resumed["state"] == "finished"
+    assert [h["epoch"] for h in resumed["history"]] == [1, 2, 3, 4]
+    assert resumed["summary"]["epochs_done"] == 4
+
+
+@pytest.mark.timeout(300)
+def test_hyperband_stops_poor_runs_and_keeps_their_metrics(workdir):
+    store = make_sweep(workdir, "hyper", {
+        "model": {"value": "dense"}, "hidden": {"value": 32}, "epochs": {"value": 6},
+        "batch_size": {"value": 64}, "sinks": {"value": []}, "schedule": {"value": "constant"},
+        "optimizer": {"value": "sgd"}, "momentum": {"value": 0.0},
+        "lr": {"values": [0.1, 0.05, 1e-5, 3e-5, 1e-4, 2e-5]}},
+        early_terminate={"type": "hyperband", "min_iter": 1, "eta": 2})
+    agent = start_agent(workdir, store)
+    assert agent.wait(timeout=280) == 0, agent.stderr.read()
+    runs = store.runs()
+    stopped = [r for r in runs if r["state"] == "stopped"]
+    assert stopped, [(r["config"]["lr"], r["state"], r["epoch"]) for r in runs]
+    for run in stopped:
+        assert run["epoch"] < 6 and run["history"] and "val/acc" in run["summary"]
+    assert all(r["state"] in ("finished", "stopped") for r in runs)
+
+
+@pytest.mark.timeout(120)
+def test_store_is_a_wal_sqlite_file_readable_by_plain_sqlite(workdir):
+    store = make_sweep(workdir, "plain", {"lr": {"value": 0.1}})
+    with sqlite3.connect(store.path) as db:
+        assert db.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+        (config,) = db.execute("SELECT config FROM sweep").fetchone()
+    assert yaml.safe_load(config)["method"] == "grid"
+
+
+@pytest.mark.timeout(120)
+@pytest.mark.parametrize("target", ["no-such-sweep", "data/sweeps/missing"])
+def test_unknown_sweep_is_one_line_exit_2_and_creates_nothing(tmp_path, target):
+    result = subprocess.run([sys.executable, "-m", "agent.launch", target], cwd=tmp_path,
+                            env=subprocess_env(), capture_output=True, text=True, timeout=100)
+    assert result.returncode == 2, result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1 and "Traceback" not in result.stderr
+    assert list(tmp_path.iterdir()) == []
