@@ -41,7 +41,10 @@ class WandbSink(Sink):
             entity=os.environ.get("WANDB_ENTITY") or None,
             group=run.group, name=run.name, id=run.id, resume="allow",
             config={**config, **({"sweep": run.sweep} if run.sweep else {})},
-            mode=chosen_mode(), settings=wandb.Settings(silent=True, console="off"))
+            mode=chosen_mode(), settings=wandb.Settings(silent=True, console="off"),
+            # wandb reads WANDB_DIR once per process; pass it per run so each run honours
+            # the directory in force when it starts.
+            dir=os.environ.get("WANDB_DIR") or os.getcwd())
         self.run.define_metric("epoch")
         for pattern in EPOCH_METRICS:
             self.run.define_metric(pattern, step_metric="epoch")

@@ -1,0 +1,56 @@
+"""The W&B sink writes a real offline run, and our reader reads it back."""
+
+import pytest
+
+from agent.trial import train
+from util.wandb_offline import find_runs, read_records, read_run
+
+
+@pytest.mark.timeout(180)
+def test_offline_run_is_written_and_read_back(workdir):
+    summary = train({"dataset": "digits", "model": "dense", "hidden": 32, "epochs": 2,
+                     "optimizer": "adam", "lr": 3e-3, "sinks": ["wandb"], "group": "study",
+                     "run_name": "first", "data_dir": str(workdir / "data")})
+    (run,) = find_runs(workdir / "wandb")
+    assert run.run_id == summary["run_id"] and run.group == "study" and run.name == "first"
+    assert run.project == "hp-study" and run.exit_code == 0
+    assert run.summary["test/acc"] == pytest.approx(summary["test/acc"])
+    assert run.summary["val/best_acc"] == pytest.approx(summary["val/best_acc"])
+    assert run.summary["diverged"] is False
+    assert run.config["optimizer"] == "adam" and run.config["lr"] == pytest.approx(3e-3)
+    epochs = [row for row in run.history if "val/acc" in row]
+    assert [row["epoch"] for row in epochs] == [1, 2]
+    assert any("train/step_loss" in row for row in run.history)
+
+
+@pytest.mark.timeout(180)
+def test_without_wandb_mode_or_credentials_the_run_goes_offline(workdir, monkeypatch):
+    monkeypatch.delenv("WANDB_MODE")
+    monkeypatch.delenv("WANDB_API_KEY", raising=False)
+    monkeypatch.setenv("HOME", str(workdir))  # no ~/.netrc
+    monkeypatch.setenv("NETRC", str(workdir / "absent-netrc"))
+    from agent.sinks.wandb_sink import chosen_mode
+
+    assert chosen_mode() == "offline"
+    summary = train({"dataset": "digits", "model": "dense", "hidden": 16, "epochs": 1,
+                     "sinks": ["wandb"], "data_dir": str(workdir / "data")})
+    assert [r.run_id for r in find_runs(workdir / "wandb")] == [summary["run_id"]]
+
+
+@pytest.mark.timeout(180)
+def test_reader_survives_a_torn_tail_and_rejects_a_foreign_file(workdir, tmp_path):
+    train({"dataset": "digits", "model": "dense", "hidden": 16, "epochs": 1,
+           "sinks": ["wandb"], "data_dir": str(workdir / "data")})
+    (run,) = find_runs(workdir / "wandb")
+    whole = run.path.read_bytes()
+    complete = list(read_records(run.path))
+    torn = tmp_path / "torn.wandb"
+    torn.write_bytes(whole[:len(whole) - 5])
+    records = list(read_records(torn))
+    assert 0 < len(records) < len(complete)
+    assert read_run(torn).run_id == run.run_id
+
+    foreign = tmp_path / "foreign.wandb"
+    foreign.write_bytes(b"not a wandb file")
+    with pytest.raises(ValueError, match="foreign.wandb"):
+        list(read_records(foreign))
