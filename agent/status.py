@@ -41,7 +41,11 @@ def render_status(store: SweepStore, console: Console | None = None) -> None:
     best = best_run(store)
     if best:
         console.print(f"best so far: {best['id']} {best['metric']}={best['value']:.4f}")
-    table = Table("run", "state", "epoch", "val/acc", "test/acc", "ETA", "config")
+    # Only what the sweep varies is worth a column; the fixed values are in the YAML.
+    varying = [name for name, spec in sweep["config"].get("parameters", {}).items()
+               if "value" not in spec]
+    show = lambda v: f"{v:.4g}" if isinstance(v, float) else str(v)  # noqa: E731
+    table = Table("run", "state", "epoch", "val/acc", "test/acc", "ETA", *varying)
     epochs_of = lambda run: run["config"].get("epochs", BY_NAME["epochs"].default)  # noqa: E731
     for run in runs:
         summary = run["summary"] or {}
@@ -55,7 +59,7 @@ def render_status(store: SweepStore, console: Console | None = None) -> None:
         table.add_row(run["id"], run["state"], f"{run['epoch']}/{epochs_of(run) or '?'}",
                       f"{val:.4f}" if isinstance(val, float) else "",
                       f"{test:.4f}" if isinstance(test, float) else "", eta,
-                      " ".join(f"{k}={v}" for k, v in run["config"].items()))
+                      *(show(run["config"].get(name, "")) for name in varying))
     console.print(table)
 
 

@@ -148,3 +148,34 @@ def test_unknown_sweep_is_one_line_exit_2_and_creates_nothing(tmp_path, target):
     assert result.returncode == 2, result.stderr
     assert len(result.stderr.strip().splitlines()) == 1 and "Traceback" not in result.stderr
     assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(400)
+def test_quickstart_with_two_agents_completes_offline_through_run_sweep_sh(workdir):
+    from agent.sweep_store import open_store
+    from util.wandb_offline import find_runs
+
+    result = subprocess.run([str(ROOT / "run_sweep.sh"), str(ROOT / "sweeps" / "quickstart.yaml"),
+                             "--agents", "2"], cwd=workdir, env=subprocess_env(),
+                            capture_output=True, text=True, timeout=380)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "Created local sweep" in result.stdout and "Best run:" in result.stdout
+    (store_dir,) = (workdir / "data" / "sweeps").iterdir()
+    store = open_store(str(store_dir))
+    runs = store.runs()
+    assert len(runs) == 8  # the file's run_cap
+    assert all(r["state"] in ("finished", "stopped") for r in runs)
+    assert len({r["owner"] for r in runs}) == 2
+    for run in runs:
+        assert run["history"] and run["summary"]["val/acc"] > 0
+        assert [h["epoch"] for h in run["history"]] == list(range(1, run["epoch"] + 1))
+    offline = {r.run_id: r for r in find_runs(workdir / "wandb")}
+    for run in runs:
+        assert run["id"] in offline
+        assert offline[run["id"]].group == "quickstart"
+        assert offline[run["id"]].config["sweep"]["id"] == store_dir.name
+        if run["state"] == "finished":
+            assert offline[run["id"]].summary["test/acc"] == pytest.approx(
+                run["summary"]["test/acc"])
+    assert (workdir / "data" / "logs" / "quickstart").is_dir()
