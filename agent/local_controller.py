@@ -13,9 +13,9 @@ from dataclasses import dataclass
 from agent.sweep_store import SweepStore
 from agent.trial import new_run_id
 
-with warnings.catch_warnings():
-    warnings.simplefilter("ignore")  # the engine warns about its pydantic settings on import
-    import sweeps
+# The engine's pydantic settings trigger a warning on import and use; it is harmless.
+warnings.filterwarnings("ignore", message="Valid config keys have changed", category=UserWarning)
+import sweeps  # noqa: E402
 
 HEARTBEAT_TIMEOUT_S = 60.0  # a running run silent this long is taken for crashed
 ENGINE_STATES = {

@@ -280,6 +280,7 @@ def train(config: dict, hooks: TrialHooks | None = None, sweep: dict | None = No
         throughput = [h["perf/images_per_s"] for h in progress.history]
         if throughput:
             summary["perf/images_per_s"] = sum(throughput) / len(throughput)
+            summary["perf/train_s"] = sum(h["perf/epoch_s"] for h in progress.history)
         if not diverged:
             test_loss, test_acc, predictions = evaluate(
                 model, forward, evaluation(data.test_x, data.test_y), eval_criterion, autocast,

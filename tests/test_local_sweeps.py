@@ -179,3 +179,83 @@ def test_quickstart_with_two_agents_completes_offline_through_run_sweep_sh(workd
             assert offline[run["id"]].summary["test/acc"] == pytest.approx(
                 run["summary"]["test/acc"])
     assert (workdir / "data" / "logs" / "quickstart").is_dir()
+
+
+@pytest.mark.timeout(240)
+def test_failing_trials_are_recorded_and_three_in_a_row_stop_the_agent(workdir):
+    # mnist cannot be downloaded here: every trial raises inside train().
+    store = make_sweep(workdir, "fails", {"dataset": {"value": "mnist"},
+                                          "sinks": {"value": []},
+                                          "lr": {"values": [0.1, 0.2, 0.3, 0.4, 0.5]}})
+    agent = start_agent(workdir, store)
+    assert agent.wait(timeout=200) == 1
+    message = agent.stderr.read()
+    assert "stopping after 3 failed runs in a row" in message
+    runs = store.runs()
+    assert [r["state"] for r in runs] == ["failed"] * 3
+    for run in runs:
+        assert "UserError" in run["error"]
+        assert "Traceback" in (workdir / "data" / "runs" / run["id"] / "traceback.txt").read_text()
+
+
+@pytest.mark.timeout(240)
+def test_ctrl_c_stops_every_agent_cleanly_and_keeps_the_runs_resumable(workdir):
+    sweep_file = workdir / "long.yaml"
+    sweep_file.write_text(yaml.safe_dump({
+        "program": "agent/train.py", "command": COMMAND, "method": "grid",
+        "metric": {"name": "val/acc", "goal": "maximize"},
+        "parameters": {**LONG_RUN, "dataset": {"value": "digits"}, "epochs": {"value": 30},
+                       "lr": {"values": [0.01, 0.02, 0.03]}}}))
+    launcher = subprocess.Popen([sys.executable, "-m", "agent.launch", str(sweep_file),
+                                 "--agents", "2"], cwd=workdir, env=subprocess_env(),
+                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                                start_new_session=True)
+    from agent.sweep_store import open_store
+
+    store = wait_for(lambda: next((open_store(str(d)) for d in
+                                   (workdir / "data" / "sweeps").glob("*")), None)
+                     if (workdir / "data" / "sweeps").exists() else None, 60, "the store")
+    wait_for(lambda: sum(r["state"] == "running" and r["epoch"] >= 1
+                         for r in store.runs()) == 2, 120, "two running runs")
+    os.killpg(launcher.pid, signal.SIGINT)  # what Ctrl-C sends to the foreground group
+    out, err = launcher.communicate(timeout=60)
+    assert launcher.returncode == 0, err[-2000:]
+    runs = store.runs()
+    assert sorted(r["state"] for r in runs) == ["preempted", "preempted"]
+    assert "Results:" in out
+
+
+@pytest.mark.timeout(120)
+def test_bad_sweep_file_through_the_launcher_is_exit_2_and_creates_nothing(tmp_path):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("method: grid\nparameters:\n  learning_rate: {values: [0.1]}\n")
+    result = subprocess.run([sys.executable, "-m", "agent.launch", str(bad)], cwd=tmp_path,
+                            env=subprocess_env(), capture_output=True, text=True, timeout=100)
+    assert result.returncode == 2 and "learning_rate" in result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["bad.yaml"]
+
+
+@pytest.mark.timeout(120)
+def test_status_shows_runs_by_state_and_the_best(workdir):
+    store = make_sweep(workdir, "stat", {"model": {"value": "dense"}, "hidden": {"value": 16},
+                                         "epochs": {"value": 1}, "sinks": {"value": []},
+                                         "lr": {"values": [0.1, 0.001]}})
+    assert start_agent(workdir, store).wait(timeout=100) == 0
+    result = subprocess.run([sys.executable, "-m", "agent.status", str(store.directory)],
+                            cwd=workdir, env=subprocess_env(COLUMNS="200"),
+                            capture_output=True, text=True, timeout=100)
+    assert result.returncode == 0
+    assert "2 finished" in result.stdout and "best so far" in result.stdout
+    best = max(store.runs(), key=lambda r: r["summary"]["val/acc"])
+    assert best["id"] in result.stdout.split("best so far:")[1].splitlines()[0]
+
+
+def test_agent_slots_give_each_agent_its_gpu_or_a_share_of_the_cpu():
+    from agent.launch import agent_slots
+
+    slots = agent_slots(["0", "1"], 2, 1)
+    assert [s["CUDA_VISIBLE_DEVICES"] for s in slots] == ["0", "0", "1", "1"]
+    cpu = agent_slots([], 4, 2)
+    assert len(cpu) == 2 and all(s["CUDA_VISIBLE_DEVICES"] == "" for s in cpu)
+    assert all(int(s["OMP_NUM_THREADS"]) >= 1 for s in cpu)

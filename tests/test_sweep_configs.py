@@ -1,69 +1,185 @@
-"""Sweep files: valid for W&B's engine unchanged, naming only parameters the runner knows."""
+"""The sweep files in sweeps/: valid for W&B's sweep engine as written, proposing only runs the
+trial runner accepts, grids of the advertised size; and load_sweep_config's one-line errors."""
 
+from __future__ import annotations
+
+import copy
 import warnings
-from pathlib import Path
 
 import pytest
+import yaml
 
 from agent.errors import UserError
-from agent.local_controller import proposed_params
 from agent.params import validate
-from agent.sweep_config import load_sweep_config
+from agent.sweep_config import load_sweep_config, parameter_names
 from conftest import ROOT
 
 with warnings.catch_warnings():
-    warnings.simplefilter("ignore")
+    warnings.simplefilter("ignore")  # the engine's pydantic model warns on import
     import sweeps
 
-SWEEP_FILES = sorted((ROOT / "sweeps").glob("*.yaml"))
+SWEEPS = ROOT / "sweeps"
+SWEEP_FILES = sorted(SWEEPS.glob("*.yaml"))
+COMMAND = ["${env}", "python", "-m", "agent.train", "${args}"]
 
 
-def test_the_four_sweeps_exist():
+def plain(run: sweeps.SweepRun) -> dict:
+    """A proposal's config without the engine's {"value": x} wrapping."""
+    return {name: spec["value"] for name, spec in run.config.items()}
+
+
+def enumerate_grid(config: dict) -> list[dict]:
+    """Every configuration the engine proposes, each fed back as a finished run."""
+    runs: list[sweeps.SweepRun] = []
+    while (proposal := sweeps.next_run(config, runs, validate=True)) is not None:
+        runs.append(sweeps.SweepRun(name=f"run{len(runs)}", state=sweeps.RunState.finished,
+                                    config=proposal.config,
+                                    summary_metrics={"val/acc": 0.5},
+                                    history=[{"val/acc": 0.5}]))
+        assert len(runs) <= 1000, "the grid does not end"
+    return [plain(run) for run in runs]
+
+
+def test_the_four_studies_are_there():
     assert {p.name for p in SWEEP_FILES} >= {"cifar_optim.yaml", "cifar_optim_grid.yaml",
                                              "mnist_dense_cnn_grid.yaml", "quickstart.yaml"}
 
 
 @pytest.mark.parametrize("path", SWEEP_FILES, ids=lambda p: p.name)
-def test_sweep_file_is_valid_and_its_proposals_are_valid_runs(path):
+def test_file_as_written_is_valid_for_the_engine_and_runs_the_module(path):
+    text = path.read_text()
+    assert text.startswith("#") and "wandb sweep sweeps/" in text and "./run_sweep.sh" in text
+    raw = yaml.safe_load(text)
+    assert sweeps.schema_violations_from_proposed_config(raw) == []
+    sweeps.SweepConfig(raw)  # raises on anything the engine refuses
+    assert raw["command"] == COMMAND and raw["program"] == "agent/train.py"
+    assert raw["metric"]["name"] == "val/acc" and raw["metric"]["goal"] == "maximize"
+
+
+@pytest.mark.parametrize("path", SWEEP_FILES, ids=lambda p: p.name)
+def test_file_loads_and_the_engines_first_proposal_is_a_valid_run(path):
     config = load_sweep_config(path)
-    assert "${args}" in config["command"]
-    assert sweeps.schema_violations_from_proposed_config(config) == []
-    params = proposed_params(config, [])
-    validate(params)  # raises on anything the trial runner would refuse
+    assert parameter_names(config) == set(yaml.safe_load(path.read_text())["parameters"])
+    proposal = sweeps.next_run(config, [], validate=True)
+    assert proposal is not None
+    run = validate(plain(proposal))  # raises UserError on anything the trial would refuse
+    assert set(plain(proposal)) == parameter_names(config)
+    assert run.dataset in {"cifar10", "mnist", "digits"}
 
 
-def grid_size(config: dict) -> int:
-    runs = []
-    while (params := proposed_params(config, runs)) is not None:
-        runs.append({"id": f"r{len(runs)}", "state": "finished", "config": params,
-                     "history": [], "summary": {"val/acc": 0.5}, "requeued_from": None})
-        assert len(runs) < 500
-    return len(runs)
+@pytest.mark.parametrize("name", ["cifar_optim.yaml", "quickstart.yaml"])
+def test_many_draws_from_the_search_spaces_are_valid_runs(name):
+    config = copy.deepcopy(load_sweep_config(SWEEPS / name))
+    config["method"] = "random"  # the same space, drawn quickly (bayes starts from it too)
+    proposals = sweeps.next_runs(config, [], validate=True, n=200)
+    for proposal in proposals:
+        validate(plain(proposal))
+    lrs = [plain(p)["lr"] for p in proposals]
+    low, high = config["parameters"]["lr"]["min"], config["parameters"]["lr"]["max"]
+    assert low <= min(lrs) and max(lrs) <= high and max(lrs) / min(lrs) > 10
 
 
-@pytest.mark.parametrize("name, size", [("mnist_dense_cnn_grid.yaml", 80),
-                                        ("cifar_optim_grid.yaml", 30)])
-def test_grids_enumerate_every_point_once(name, size):
-    assert grid_size(load_sweep_config(ROOT / "sweeps" / name)) == size
+@pytest.mark.parametrize("name, size, swept", [
+    ("mnist_dense_cnn_grid.yaml", 80, {"model": 2, "lr": 5, "optimizer": 2, "dropout": 4}),
+    ("cifar_optim_grid.yaml", 30, {"optimizer": 5, "batch_size": 3, "lr": 2}),
+])
+def test_grid_enumerates_every_point_exactly_once(name, size, swept):
+    configs = enumerate_grid(load_sweep_config(SWEEPS / name))
+    assert len(configs) == size
+    points = {tuple(sorted((k, str(v)) for k, v in c.items())) for c in configs}
+    assert len(points) == size
+    for key, count in swept.items():
+        assert len({c[key] for c in configs}) == count
+    for config in configs:
+        validate(config)
+
+
+def test_mnist_grid_values_come_back_as_written():
+    configs = enumerate_grid(load_sweep_config(SWEEPS / "mnist_dense_cnn_grid.yaml"))
+    assert {c["lr"] for c in configs} == {0.1, 0.01, 0.001, 0.0001, 0.00001}
+    assert {c["dropout"] for c in configs} == {0.0, 0.1, 0.3, 0.5}
+    assert all(c["dataset"] == "mnist" and c["epochs"] == 2 for c in configs)
+
+
+def test_loaded_config_has_the_engines_defaults_filled_in():
+    config = load_sweep_config(SWEEPS / "quickstart.yaml")
+    assert config["parameters"]["optimizer"]["distribution"] == "categorical"
+    assert config["parameters"]["channels"] == {"value": [16, 32], "distribution": "constant"}
+    assert config["early_terminate"]["strict"] is True
+    assert config["metric"]["impute"] == "worst"
+
+
+HEAD = "method: grid\nmetric: {name: val/acc, goal: maximize}\n"
 
 
 @pytest.mark.parametrize("text, words", [
-    ("method: grid\nparameters:\n  lr: {values: [0.1\n", "line"),
-    ("method: nonsense\nparameters:\n  lr: {value: 0.1}\n", "nonsense"),
-    ("method: grid\nparameters:\n  learning_rate: {value: 0.1}\n", "learning_rate"),
-    ("method: grid\nparameters:\n  batch_size: {values: [0, 32]}\n", "batch_size=0"),
-    ("method: random\nparameters:\n  lr: {min: -1.0, max: 0.1}\n", "lr=-1.0"),
-    ("method: grid\nmetric: {name: accuracy}\nparameters:\n  lr: {value: 0.1}\n",
-     "accuracy"),
+    ("method: grid\nparameters:\n  lr: {values: [0.1\n", ["not valid YAML", "line 4"]),
+    ("method: grid\n  parameters: 1\n", ["not valid YAML", "line 2"]),
+    ("method: nonsense\nparameters:\n  lr: {value: 0.1}\n", ["method", "'nonsense'"]),
+    (HEAD + "extra: 1\nparameters:\n  lr: {value: 0.1}\n", ["'extra' was unexpected"]),
+    (HEAD + "early_terminate: {type: hyperband}\nparameters:\n  lr: {value: 0.1}\n",
+     ["early_terminate", "min_iter"]),
+    (HEAD + "parameters:\n  lr: {distribution: log_uniform_values, min: -1, max: 0.1}\n",
+     ["parameters.lr", "minimum of 0"]),
+    (HEAD + "parameters:\n  lr: {distribution: log_uniform_values, min: 1e-4, max: 0.1}\n",
+     ["parameters.lr", "'1e-4'", "1.0e-4"]),
+    (HEAD + "parameters:\n  lr: {distribution: lognormal, mu: 0, sigma: 1}\n",
+     ["unknown distribution 'lognormal'"]),
+    (HEAD + "parameters:\n  lr: {vals: [0.1]}\n", ["parameters.lr", "got keys vals"]),
+    (HEAD + "parameters:\n  lr: 0.1\n", ["parameters.lr", "expected a mapping"]),
+    ("method: random\nparameters:\n  lr: {min: 0.5, max: 0.1}\n", ["not less than max"]),
+    (HEAD + "parameters:\n  learning_rate: {value: 0.1}\n",
+     ["unknown parameter 'learning_rate'", "allowed are", "lr"]),
+    (HEAD + "parameters:\n  batchsize: {value: 32}\n", ["did you mean batch_size"]),
+    ("method: random\nparameters:\n  lr: {min: -1.0, max: 0.1}\n",
+     ["parameters.lr.min", "lr=-1.0", "not allowed"]),
+    (HEAD + "parameters:\n  batch_size: {values: [0, 32]}\n",
+     ["parameters.batch_size.values[0]", "batch_size=0"]),
+    (HEAD + "parameters:\n  optimizer: {values: [sgd, adagrad]}\n", ["optimizer='adagrad'"]),
+    (HEAD + "parameters:\n  channels: {value: [16, 0]}\n", ["channels=[16, 0]"]),
+    ("method: random\nparameters:\n  batch_size: {distribution: uniform, min: 16, max: 64}\n",
+     ["batch_size", "non-integers"]),
+    ("method: random\nparameters:\n  lr: {distribution: normal, mu: 0.1, sigma: 0.05}\n",
+     ["lr", "normal", "outside"]),
+    (HEAD + "parameters:\n  optimizer: {value: adam}\n  nesterov: {value: true}\n",
+     ["nesterov=True"]),
+    (HEAD + "parameters:\n  optim:\n    parameters:\n      lr: {value: 0.1}\n",
+     ["parameters.optim", "nested parameters are not supported"]),
+    ("method: grid\nmetric: {name: accuracy, goal: maximize}\nparameters:\n  lr: {value: 0.1}\n",
+     ["metric.name", "'accuracy'", "val/acc"]),
+    ("method: grid\nmetric: {name: val/acc}\nparameters:\n  lr: {value: 0.1}\n",
+     ["metric.goal", "maximize"]),
+    ("method: grid\nmetric: {name: val/loss, goal: maximize}\nparameters:\n  lr: {value: 0.1}\n",
+     ["metric.goal", "minimize"]),
+    ("method: grid\nmetric: {name: test/acc, goal: maximize}\n"
+     "early_terminate: {type: hyperband, min_iter: 1}\nparameters:\n  lr: {value: 0.1}\n",
+     ["early_terminate needs a metric logged every epoch"]),
+    ("method: bayes\nparameters:\n  lr: {min: 0.01, max: 0.1}\n", ["metric: required"]),
+    (HEAD + "parameters:\n  lr: {min: 0.01, max: 0.1}\n", ["engine rejects", "grid search"]),
+    ("", ["empty"]),
+    ("- method: grid\n", ["expected a mapping"]),
 ])
-def test_bad_sweep_files_give_one_line_naming_the_problem(tmp_path, text, words):
+def test_bad_sweep_file_gives_one_line_naming_the_problem(tmp_path, text, words):
     path = tmp_path / "bad.yaml"
     path.write_text(text)
     with pytest.raises(UserError) as caught:
         load_sweep_config(path)
-    assert words in str(caught.value) and "\n" not in str(caught.value)
+    message = str(caught.value)
+    assert "\n" not in message and str(path) in message
+    for word in words:
+        assert word in message
 
 
-def test_missing_sweep_file_is_a_user_error(tmp_path):
-    with pytest.raises(UserError, match="no such file"):
-        load_sweep_config(tmp_path / "absent.yaml")
+def test_missing_file_names_the_path(tmp_path):
+    path = tmp_path / "absent.yaml"
+    with pytest.raises(UserError, match="no such file") as caught:
+        load_sweep_config(path)
+    assert str(path) in str(caught.value)
+
+
+def test_parameter_names_recurse_into_nested_parameters():
+    config = {"parameters": {"lr": {"value": 0.1},
+                             "group": {"parameters": {"optimizer": {"value": "sgd"},
+                                                      "inner": {"parameters": {
+                                                          "rho": {"value": 0.05}}}}}}}
+    assert parameter_names(config) == {"lr", "optimizer", "rho"}
