@@ -54,3 +54,24 @@ def test_reader_survives_a_torn_tail_and_rejects_a_foreign_file(workdir, tmp_pat
     foreign.write_bytes(b"not a wandb file")
     with pytest.raises(ValueError, match="foreign.wandb"):
         list(read_records(foreign))
+
+
+@pytest.mark.timeout(180)
+def test_preempted_run_marks_wandb_preempting_and_exits_nonzero(workdir):
+    from agent.trial import Preempted, TrialHooks
+
+    steps = {"n": 0}
+
+    def interrupt_after_a_few_steps():
+        steps["n"] += 1
+        return steps["n"] > 3
+
+    with pytest.raises(Preempted):
+        train({"dataset": "digits", "model": "dense", "hidden": 16, "epochs": 2,
+               "batch_size": 32, "sinks": ["wandb"], "run_id": "pre1",
+               "data_dir": str(workdir / "data")},
+              TrialHooks(interrupted=interrupt_after_a_few_steps))
+    (run,) = find_runs(workdir / "wandb")
+    assert run.run_id == "pre1" and run.exit_code == 1
+    kinds = {record.WhichOneof("record_type") for record in read_records(run.path)}
+    assert "preempting" in kinds  # wandb.mark_preempting() reached the run's record log
