@@ -7,6 +7,7 @@ store inside a single write transaction, so concurrent agents never take the sam
 
 from __future__ import annotations
 
+import time
 import warnings
 from dataclasses import dataclass
 
@@ -53,53 +54,46 @@ def proposed_params(sweep_config: dict, runs: list[dict]) -> dict | None:
     return {name: spec["value"] for name, spec in proposal.config.items()}
 
 
-def plan_claim(sweep_config: dict, runs: list[dict], now: float,
-               timeout: float) -> tuple[list[str], list[dict], Claim]:
-    """Pure: (runs gone stale -> crashed, crashed configs to re-queue, the claim)."""
+def crash_repairs(runs: list[dict], now: float, timeout: float) -> tuple[list[str], list[dict]]:
+    """Pure: (running runs whose heartbeat went stale, crashed runs to re-queue once)."""
     stale = [r["id"] for r in runs if r["state"] == "running"
              and (r["heartbeat"] or 0) < now - timeout]
-    requeue = []
     repeated = {r["requeued_from"] for r in runs if r["requeued_from"]}
-    for run in runs:
-        crashed = run["state"] == "crashed" or run["id"] in stale
-        # Re-queue once: not a run that is itself a repeat, nor one already repeated.
-        if crashed and not run["requeued_from"] and run["id"] not in repeated:
-            requeue.append(run)
-    if requeue:
-        return stale, requeue, Claim("requeue")
-    for state in ("preempted", "pending"):  # work already begun comes first
+    # Re-queue once: not a run that is itself a repeat, nor one already repeated.
+    requeue = [r for r in runs if (r["state"] == "crashed" or r["id"] in stale)
+               and not r["requeued_from"] and r["id"] not in repeated]
+    return stale, requeue
+
+
+def choose_work(sweep_config: dict, runs: list[dict]) -> Claim:
+    """Pure: resume preempted work first, then pending repeats, then the engine's proposal;
+    else wait for running runs (one may still crash and need repeating), else done."""
+    for state in ("preempted", "pending"):
         waiting = [r for r in runs if r["state"] == state]
         if waiting:
-            return stale, [], Claim("run", waiting[0]["id"], waiting[0]["config"],
-                                    resumed=state == "preempted")
+            return Claim("run", waiting[0]["id"], waiting[0]["config"],
+                         resumed=state == "preempted")
     originals = [r for r in runs if not r["requeued_from"]]
     run_cap = sweep_config.get("run_cap")
-    params = None
     if not run_cap or len(originals) < run_cap:
         params = proposed_params(sweep_config, runs)
-    if params is not None:
-        return stale, [], Claim("run", None, params)
-    still_running = [r for r in runs if r["state"] == "running" and r["id"] not in stale]
-    return stale, [], Claim("wait" if still_running else "done")
+        if params is not None:
+            return Claim("run", None, params)
+    return Claim("wait" if any(r["state"] == "running" for r in runs) else "done")
 
 
 def claim_next_run(store: SweepStore, owner: str, timeout: float = HEARTBEAT_TIMEOUT_S,
                    now: float | None = None) -> Claim:
     """Take the next piece of work for `owner`, in one transaction."""
-    import time
-
     with store.transaction() as db:
         sweep_config = store.sweep()["config"]
-        runs = store.runs(db)
-        stale, requeue, claim = plan_claim(sweep_config, runs, now or time.time(), timeout)
+        stale, requeue = crash_repairs(store.runs(db), now or time.time(), timeout)
         for run_id in stale:
             store.set_state(db, run_id, "crashed")
         for run in requeue:
             store.insert_run(db, new_run_id(), run["config"], "pending", None,
                              requeued_from=run["id"])
-        if claim.kind == "requeue":  # the repeats are pending now: take the first
-            runs = store.runs(db)
-            _, _, claim = plan_claim(sweep_config, runs, now or time.time(), timeout)
+        claim = choose_work(sweep_config, store.runs(db))
         if claim.kind == "run":
             if claim.run_id is None:
                 claim.run_id = new_run_id()

@@ -14,6 +14,7 @@ from typing import Any, Callable
 import yaml
 
 from agent.errors import UserError
+from agent.yaml_file import read_yaml
 
 
 @dataclass(frozen=True)
@@ -322,15 +323,7 @@ def parse_args(argv: list[str]) -> dict[str, Any]:
 
 
 def read_config_file(path: str) -> dict[str, Any]:
-    try:
-        with open(path, encoding="utf-8") as handle:
-            loaded = yaml.safe_load(handle)
-    except FileNotFoundError:
-        raise UserError(f"config={path!r}: no such file") from None
-    except yaml.YAMLError as error:
-        mark = getattr(error, "problem_mark", None)
-        where = f" at line {mark.line + 1}" if mark is not None else ""
-        raise UserError(f"config={path!r}: not valid YAML{where}") from None
+    loaded = read_yaml(path, f"config={path!r}")
     if loaded is None:
         return {}
     if not isinstance(loaded, dict):

@@ -12,10 +12,10 @@ from pathlib import Path
 from typing import Any
 
 import jsonschema
-import yaml
 
 from agent.errors import UserError
 from agent.params import BY_NAME, PARAMS, coerce, validate
+from agent.yaml_file import read_yaml
 
 with warnings.catch_warnings():
     warnings.simplefilter("ignore")  # the engine's pydantic model warns on import
@@ -79,23 +79,7 @@ def parameter_names(config: dict) -> set[str]:
 # --- reading -------------------------------------------------------------------------------
 
 def _read_yaml(where: str) -> dict:
-    try:
-        with open(where, encoding="utf-8") as handle:
-            loaded = yaml.safe_load(handle)
-    except FileNotFoundError:
-        raise UserError(f"sweep config {where!r}: no such file") from None
-    except IsADirectoryError:
-        raise UserError(f"sweep config {where!r}: is a directory, not a YAML file") from None
-    except OSError as error:
-        raise UserError(f"sweep config {where!r}: cannot be read ({error.strerror})") from None
-    except UnicodeDecodeError:
-        raise UserError(f"sweep config {where!r}: not UTF-8 text") from None
-    except yaml.YAMLError as error:
-        mark = getattr(error, "problem_mark", None) or getattr(error, "context_mark", None)
-        at = f" at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
-        problem = getattr(error, "problem", None)
-        raise UserError(_one_line(f"{where}: not valid YAML{at}"
-                                  + (f": {problem}" if problem else ""))) from None
+    loaded = read_yaml(where, f"sweep config {where!r}")
     if loaded is None:
         raise UserError(f"{where}: the file is empty: expected method, metric and parameters")
     if not isinstance(loaded, dict):
