@@ -208,15 +208,15 @@ def train(config: dict, hooks: TrialHooks | None = None, sweep: dict | None = No
                 batch = len(labels)
                 seen += batch
                 loss_sum += loss.detach() * batch
-                correct += (logits.argmax(1) == labels).sum()
+                hits = logits.argmax(1) == labels
+                correct += hits.sum()
                 if step_in_epoch % check_every == 0 and not torch.isfinite(loss_sum):
                     diverged = True
                     break
                 if log_now:
                     now = time.perf_counter()
-                    step_loss = loss.item()
-                    metrics = {"train/step_loss": step_loss,
-                               "train/step_acc": (logits.argmax(1) == labels).float().mean().item(),
+                    metrics = {"train/step_loss": loss.item(),
+                               "train/step_acc": hits.float().mean().item(),
                                "grad_norm/step_global": float(step_grad_norm),
                                "perf/images_per_s": (seen - last_log_seen) / max(now - last_log_time, 1e-9),
                                "epoch": progress.global_step / steps_per_epoch}
