@@ -1,0 +1,148 @@
+"""A sweep's runs as the report and the repeat command see them, whatever their source: a
+local sweep store or a W&B sweep read through `wandb.Api`. Also finds the repeat sweeps
+(`python -m agent.repeat`) made from a sweep's best runs."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from agent.errors import UserError
+from agent.params import RunConfig, validate
+from agent.sweep_store import STORE_NAME, SWEEPS_DIR, SweepStore, open_store
+
+
+@dataclass
+class RunRecord:
+    id: str
+    state: str
+    config: dict  # what the sweep chose for this run
+    params: RunConfig  # every run parameter (the sweep's choices over the defaults)
+    summary: dict
+    history: list[dict]  # one row per epoch
+    run_dir: Path | None  # checkpoint.pt and confusion.json, when the run was local
+    error: str | None = None  # why it failed, when it did
+
+    def metric(self, name: str) -> float | None:
+        value = self.summary.get(name)
+        if value is None and self.history:
+            value = self.history[-1].get(name)
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            return None
+        return float(value) if math.isfinite(value) else None
+
+
+@dataclass
+class Study:
+    name: str
+    sweep_id: str
+    source: str  # "local" or "wandb"
+    sweep_config: dict
+    runs: list[RunRecord] = field(default_factory=list)
+    wandb_path: str | None = None  # entity/project/id of a W&B sweep
+
+    @property
+    def metric(self) -> str:
+        return (self.sweep_config.get("metric") or {}).get("name", "val/acc")
+
+    @property
+    def goal(self) -> str:
+        return (self.sweep_config.get("metric") or {}).get("goal", "maximize")
+
+    def scored_runs(self) -> list[RunRecord]:
+        """Runs with a value of the sweep's metric, best first."""
+        scored = [r for r in self.runs if r.metric(self.metric) is not None]
+        return sorted(scored, key=lambda r: r.metric(self.metric),
+                      reverse=self.goal == "maximize")
+
+
+def repeat_description(sweep_id: str, run_id: str) -> str:
+    return f"repeat of {sweep_id}: run {run_id}"
+
+
+def _params(config: dict) -> RunConfig:
+    known = {k: v for k, v in config.items() if k != "sweep"}
+    try:
+        return validate(known)
+    except UserError:
+        return validate({})  # a run from another tool's sweep: report what we can
+
+
+def local_study(store: SweepStore) -> Study:
+    sweep = store.sweep()
+    runs = []
+    for run in store.runs():
+        params = _params(run["config"])
+        runs.append(RunRecord(run["id"], run["state"], run["config"], params,
+                              run["summary"] or {}, run["history"],
+                              Path(params.run_dir) / run["id"], run["error"]))
+    return Study(sweep["name"], sweep["id"], "local", sweep["config"], runs)
+
+
+def wandb_study(path: str) -> Study:
+    """A W&B sweep `entity/project/sweep_id`, read through the public API."""
+    import wandb
+
+    try:
+        sweep = wandb.Api(timeout=20).sweep(path)
+        runs = []
+        for run in sweep.runs:
+            config = {k: v for k, v in run.config.items() if not k.startswith("_")}
+            # Epoch rows carry train/acc; the per-step rows carry train/step_acc instead.
+            history = [row for row in run.scan_history() if "train/acc" in row]
+            runs.append(RunRecord(run.id, run.state, config, _params(config),
+                                  dict(run.summary._json_dict), history, None))
+        config = dict(sweep.config)
+        name = config.get("name") or sweep.id
+    except Exception as error:  # no network, no key, unknown sweep: one line either way
+        raise UserError(f"sweep={path!r}: could not read it from W&B "
+                        f"({type(error).__name__}: {str(error).splitlines()[0][:120]})") from None
+    return Study(name, sweep.id, "wandb", config, runs, path)
+
+
+def load_study(target: str) -> Study:
+    """A local sweep (directory or id) or a W&B sweep path entity/project/sweep_id."""
+    if (Path(target) / STORE_NAME).exists() or (SWEEPS_DIR / target / STORE_NAME).exists() \
+            or Path(target).name == STORE_NAME:
+        return local_study(open_store(target))
+    if target.count("/") == 2:
+        return wandb_study(target)
+    raise UserError(f"sweep={target!r}: no local sweep of that name or directory, and not a "
+                    "W&B sweep path (entity/project/sweep_id)")
+
+
+def repeats_of(study: Study) -> dict[str, Study]:
+    """The repeat sweeps of `study`'s runs, by the id of the run they repeat: local sweeps
+    for a local study, the W&B project's sweeps for a W&B study."""
+    if study.source == "local":
+        return local_repeats(study)
+    import wandb
+
+    entity, project, _ = study.wandb_path.split("/")
+    prefix = repeat_description(study.sweep_id, "")
+    found = {}
+    try:
+        for sweep in wandb.Api(timeout=20).project(project, entity=entity).sweeps():
+            description = (sweep.config or {}).get("description", "")
+            if description.startswith(prefix):
+                found[description[len(prefix):]] = wandb_study(
+                    f"{entity}/{project}/{sweep.id}")
+    except UserError:
+        raise
+    except Exception as error:
+        raise UserError(f"sweep={study.wandb_path!r}: could not list the project's sweeps on W&B "
+                        f"({type(error).__name__})") from None
+    return found
+
+
+def local_repeats(study: Study) -> dict[str, Study]:
+    """Local repeat sweeps of `study`'s runs, by the id of the run they repeat."""
+    found = {}
+    prefix = repeat_description(study.sweep_id, "")
+    for path in sorted(SWEEPS_DIR.glob(f"*/{STORE_NAME}")):
+        store = SweepStore(path)
+        description = store.sweep()["config"].get("description", "")
+        if description.startswith(prefix):
+            found[description[len(prefix):]] = local_study(store)
+    return found
