@@ -45,3 +45,23 @@ def subprocess_env(**extra: str) -> dict:
     env.pop("WANDB_RUN_ID", None)
     env.update(extra)
     return env
+
+
+def closed_offline_runs(wandb_dir, count: int, timeout: float = 30.0) -> list:
+    """The offline runs under `wandb_dir` once `count` of them carry their exit record.
+
+    wandb's service process writes the end of a run's .wandb file a moment after
+    `wandb.finish()` returns in the training process, so a reader right after a run may see
+    the file without its last records (seen here about once in twenty runs)."""
+    import time
+
+    from util.wandb_offline import find_runs
+
+    deadline = time.time() + timeout
+    while True:
+        runs = find_runs(wandb_dir)
+        if len(runs) >= count and all(r.exit_code is not None for r in runs):
+            return runs
+        if time.time() > deadline:
+            return runs
+        time.sleep(0.2)

@@ -14,7 +14,7 @@ import pytest
 import yaml
 
 from agent.sweep_store import SweepStore, create_store
-from conftest import ROOT, subprocess_env
+from conftest import ROOT, closed_offline_runs, subprocess_env
 
 COMMAND = ["${env}", "python", "-m", "agent.train", "${args}"]
 
@@ -157,7 +157,6 @@ def test_unknown_sweep_is_one_line_exit_2_and_creates_nothing(tmp_path, target):
 @pytest.mark.timeout(400)
 def test_quickstart_with_two_agents_completes_offline_through_run_sweep_sh(workdir):
     from agent.sweep_store import open_store
-    from util.wandb_offline import find_runs
 
     result = subprocess.run([str(ROOT / "run_sweep.sh"), str(ROOT / "sweeps" / "quickstart.yaml"),
                              "--agents", "2"], cwd=workdir, env=subprocess_env(),
@@ -173,7 +172,7 @@ def test_quickstart_with_two_agents_completes_offline_through_run_sweep_sh(workd
     for run in runs:
         assert run["history"] and run["summary"]["val/acc"] > 0
         assert [h["epoch"] for h in run["history"]] == list(range(1, run["epoch"] + 1))
-    offline = {r.run_id: r for r in find_runs(workdir / "wandb")}
+    offline = {r.run_id: r for r in closed_offline_runs(workdir / "wandb", len(runs))}
     for run in runs:
         assert run["id"] in offline
         assert offline[run["id"]].group == "quickstart"

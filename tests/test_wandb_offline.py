@@ -9,6 +9,7 @@ import textwrap
 
 import pytest
 
+from conftest import closed_offline_runs
 from util.wandb_offline import OfflineRun, find_runs, read_records, read_run
 
 LOSSES = [1.5, 0.75, 0.5]
@@ -36,6 +37,7 @@ def offline(tmp_path_factory):
     result = subprocess.run([sys.executable, "-c", SCRIPT], cwd=cwd, env=env,
                             capture_output=True, text=True, timeout=100)
     assert result.returncode == 0, result.stderr[-3000:]
+    closed_offline_runs(cwd / "wandb", 1)  # wandb's service may still be closing the file
     return cwd / "wandb", result.stdout.split()[-1]
 
 

@@ -3,7 +3,8 @@
 import pytest
 
 from agent.trial import train
-from util.wandb_offline import find_runs, read_records, read_run
+from conftest import closed_offline_runs
+from util.wandb_offline import read_records, read_run
 
 
 @pytest.mark.timeout(180)
@@ -11,7 +12,7 @@ def test_offline_run_is_written_and_read_back(workdir):
     summary = train({"dataset": "digits", "model": "dense", "hidden": 32, "epochs": 2,
                      "optimizer": "adam", "lr": 3e-3, "sinks": ["wandb"], "group": "study",
                      "run_name": "first", "data_dir": str(workdir / "data")})
-    (run,) = find_runs(workdir / "wandb")
+    (run,) = closed_offline_runs(workdir / "wandb", 1)
     assert run.run_id == summary["run_id"] and run.group == "study" and run.name == "first"
     assert run.project == "hp-study" and run.exit_code == 0
     assert run.summary["test/acc"] == pytest.approx(summary["test/acc"])
@@ -34,14 +35,14 @@ def test_without_wandb_mode_or_credentials_the_run_goes_offline(workdir, monkeyp
     assert chosen_mode() == "offline"
     summary = train({"dataset": "digits", "model": "dense", "hidden": 16, "epochs": 1,
                      "sinks": ["wandb"], "data_dir": str(workdir / "data")})
-    assert [r.run_id for r in find_runs(workdir / "wandb")] == [summary["run_id"]]
+    assert [r.run_id for r in closed_offline_runs(workdir / "wandb", 1)] == [summary["run_id"]]
 
 
 @pytest.mark.timeout(180)
 def test_reader_survives_a_torn_tail_and_rejects_a_foreign_file(workdir, tmp_path):
     train({"dataset": "digits", "model": "dense", "hidden": 16, "epochs": 1,
            "sinks": ["wandb"], "data_dir": str(workdir / "data")})
-    (run,) = find_runs(workdir / "wandb")
+    (run,) = closed_offline_runs(workdir / "wandb", 1)
     whole = run.path.read_bytes()
     complete = list(read_records(run.path))
     torn = tmp_path / "torn.wandb"
@@ -71,7 +72,7 @@ def test_preempted_run_marks_wandb_preempting_and_exits_nonzero(workdir):
                "batch_size": 32, "sinks": ["wandb"], "run_id": "pre1",
                "data_dir": str(workdir / "data")},
               TrialHooks(interrupted=interrupt_after_a_few_steps))
-    (run,) = find_runs(workdir / "wandb")
+    (run,) = closed_offline_runs(workdir / "wandb", 1)
     assert run.run_id == "pre1" and run.exit_code == 1
     kinds = {record.WhichOneof("record_type") for record in read_records(run.path)}
     assert "preempting" in kinds  # wandb.mark_preempting() reached the run's record log
