@@ -1,15 +1,24 @@
 #!/usr/bin/env bash
-# Serve the offline dashboard (TensorBoard, HPARAMS tab included) on localhost.
+# Serve the offline dashboard (TensorBoard, HPARAMS tab included) on localhost (127.0.0.1 only).
 # Usage: ./run_tensorboard.sh [--logdir data/logs] [--port 6006]
+# A bad option is one line on stderr and exit code 2, before TensorBoard starts.
 set -euo pipefail
 logdir=data/logs
 port=6006
+usage="allowed: --logdir DIR, --port N"
 while [ $# -gt 0 ]; do
   case "$1" in
-    --logdir) logdir="${2:?--logdir needs a directory}"; shift 2 ;;
-    --port) port="${2:?--port needs a number}"; shift 2 ;;
-    *) echo "error: unknown option $1 (allowed: --logdir DIR, --port N)" >&2; exit 2 ;;
+    --logdir|--port)
+      if [ $# -lt 2 ] || [ -z "$2" ]; then
+        echo "error: $1 needs a value ($usage)" >&2; exit 2
+      fi
+      if [ "$1" = --logdir ]; then logdir="$2"; else port="$2"; fi
+      shift 2 ;;
+    *) echo "error: unknown option $1 ($usage)" >&2; exit 2 ;;
   esac
 done
+if ! [[ "$port" =~ ^[0-9]+$ ]] || [ "$port" -lt 1 ] || [ "$port" -gt 65535 ]; then
+  echo "error: --port=$port is not a port number (1-65535)" >&2; exit 2
+fi
 exec "$(dirname "$0")/util/with_venv.sh" tensorboard --logdir "$logdir" --host 127.0.0.1 \
   --port "$port"

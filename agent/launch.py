@@ -14,6 +14,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+from agent import submit
 from agent.errors import UserError, exit_on_user_error
 from agent.sweep_store import SWEEPS_DIR, SweepStore, create_store, open_store
 
@@ -112,9 +113,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--project", default=os.environ.get("WANDB_PROJECT"))
     parser.add_argument("--heartbeat-timeout", type=float, default=None,
                         help="seconds before a silent run counts as crashed")
+    submit.add_submit_options(parser)
     args = parser.parse_args(argv)
     if args.agents_per_gpu < 1 or args.agents < 1:
         raise UserError("--agents-per-gpu and --agents must be >= 1")
+    if submit.requested(args):  # --pbs/--slurm: job scripts for a scheduler, no agents here
+        return submit.submit_from_args(args, argv)
 
     gpus = args.gpus.split(",") if args.gpus else visible_gpus()
     slots = agent_slots(gpus, args.agents_per_gpu, args.agents)

@@ -1,0 +1,177 @@
+"""A real one-node SLURM cluster (Debian's munge, slurmctld, slurmd) started for the test:
+`./run_sweep.sh <local sweep> --slurm 2` submits a job array whose two agents finish the sweep.
+
+Configured for a container: no cgroups (proctrack/linuxproc, task/none), everything (munge's
+key and socket, state, spool, logs, pid files) in a temporary directory, free ports.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import signal
+import socket
+import subprocess
+import tempfile
+import time
+from pathlib import Path
+
+import pytest
+
+from agent.sweep_store import SweepStore, create_store
+from conftest import ROOT, subprocess_env
+
+DAEMONS = ("munged", "slurmctld", "slurmd")
+CLIENTS = ("sbatch", "squeue", "sinfo", "scontrol", "scancel", "munge")
+
+
+def find_binary(name: str) -> str | None:
+    return shutil.which(name) or shutil.which(name, path="/usr/sbin:/usr/bin:/sbin")
+
+
+def require_slurm() -> None:
+    """In CI the cluster must be there (.ci/setup_clusters.sh installs it); elsewhere the test
+    is skipped, saying what to install."""
+    missing = [name for name in DAEMONS + CLIENTS if find_binary(name) is None]
+    problem = None
+    if missing:
+        problem = (f"SLURM test needs {', '.join(missing)}: apt-get install slurmd slurmctld "
+                   "slurm-client munge (what .ci/setup_clusters.sh does)")
+    elif os.geteuid() != 0:
+        problem = "SLURM test needs root: slurmd starts jobs as their user"
+    if problem and os.environ.get("CI"):
+        pytest.fail(problem)
+    if problem:
+        pytest.skip(problem)
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+def wait_for(predicate, timeout: float, what: str, logs: Path):
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        if predicate():
+            return
+        time.sleep(0.3)
+    tails = "\n".join(f"--- {log.name}\n{log.read_text()[-1500:]}"
+                      for log in sorted(logs.glob("*.log")))
+    raise AssertionError(f"timed out waiting for {what}\n{tails}")
+
+
+def slurm_conf(root: Path, host: str, ports: tuple[int, int]) -> str:
+    memory_mb = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") // 2 ** 20
+    return "\n".join([
+        "ClusterName=sweeptest",
+        f"SlurmctldHost={host}(127.0.0.1)",
+        "SlurmUser=root", "SlurmdUser=root",
+        "AuthType=auth/munge", "CredType=cred/munge",
+        f"AuthInfo=socket={root}/munge/munge.socket",
+        f"StateSaveLocation={root}/state", f"SlurmdSpoolDir={root}/spool",
+        f"SlurmctldPidFile={root}/slurmctld.pid", f"SlurmdPidFile={root}/slurmd.pid",
+        f"SlurmctldLogFile={root}/logs/slurmctld.log", f"SlurmdLogFile={root}/logs/slurmd.log",
+        f"SlurmctldPort={ports[0]}", f"SlurmdPort={ports[1]}",
+        # No cgroups in a container: track processes through /proc, bind nothing.
+        "ProctrackType=proctrack/linuxproc", "TaskPlugin=task/none",
+        "JobAcctGatherType=jobacct_gather/none",
+        "SelectType=select/cons_tres", "SelectTypeParameters=CR_Core",
+        "ReturnToService=2", "MpiDefault=none",
+        f"NodeName={host} NodeAddr=127.0.0.1 CPUs={os.cpu_count()} "
+        f"RealMemory={int(memory_mb * 0.8)} State=UNKNOWN",
+        f"PartitionName=debug Nodes={host} Default=YES MaxTime=INFINITE State=UP", ""])
+
+
+@pytest.fixture
+def slurm_cluster():
+    """munged, slurmctld and slurmd running; yields the environment for sbatch & co."""
+    require_slurm()
+    # Not under pytest's temporary directory (mode 700): munged wants every directory above
+    # its socket searchable by all.
+    root = Path(tempfile.mkdtemp(prefix="slurm-test-"))
+    root.chmod(0o755)
+    for sub in ("munge", "state", "spool", "logs"):
+        (root / sub).mkdir(mode=0o755)
+    key = root / "munge" / "munge.key"
+    key.write_bytes(os.urandom(1024))
+    key.chmod(0o400)
+    host = socket.gethostname().split(".")[0]
+    conf = root / "slurm.conf"
+    conf.write_text(slurm_conf(root, host, (free_port(), free_port())))
+    env = {**os.environ, "SLURM_CONF": str(conf)}
+    logs = root / "logs"
+
+    def start(name, *args):
+        out = open(logs / f"{name}.out.log", "w")
+        return subprocess.Popen([find_binary(name), *args], stdout=out, stderr=out, env=env)
+
+    def client(*args):
+        return subprocess.run([find_binary(args[0]), *args[1:]], env=env, capture_output=True,
+                              text=True, timeout=30)
+
+    daemons = [start("munged", "-F", f"--socket={root}/munge/munge.socket",
+                     f"--key-file={key}", f"--pid-file={root}/munge/munged.pid",
+                     f"--log-file={logs}/munged.log", f"--seed-file={root}/munge/seed")]
+    try:
+        wait_for(lambda: (root / "munge" / "munge.socket").exists(), 20, "munged", logs)
+        daemons.append(start("slurmctld", "-D", "-f", str(conf)))
+        wait_for(lambda: client("sinfo").returncode == 0, 30, "slurmctld", logs)
+        daemons.append(start("slurmd", "-D", "-f", str(conf)))
+        wait_for(lambda: client("sinfo", "-h", "-o", "%T").stdout.strip() == "idle", 60,
+                 "the node to be idle", logs)
+        yield {"SLURM_CONF": str(conf), "PATH": f"{Path(find_binary('sbatch')).parent}:"
+               f"{os.environ['PATH']}", "logs": logs, "client": client}
+    finally:
+        if len(daemons) == 3:
+            client("scancel", "--user", "root")
+        # Stop them by the pids they wrote, last started first (the Popen pid if none).
+        for name, daemon in reversed(list(zip(DAEMONS, daemons))):
+            pid_file = root / ("munge/munged.pid" if name == "munged" else f"{name}.pid")
+            pid = int(pid_file.read_text()) if pid_file.exists() else daemon.pid
+            try:
+                os.kill(pid, signal.SIGTERM)
+            except ProcessLookupError:
+                pass
+            try:
+                daemon.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                daemon.kill()
+                daemon.wait(timeout=10)
+        shutil.rmtree(root, ignore_errors=True)
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(300)
+def test_two_slurm_jobs_finish_a_local_sweep(workdir, slurm_cluster):
+    config = {"program": "agent/train.py", "method": "grid",
+              "metric": {"name": "val/acc", "goal": "maximize"},
+              "parameters": {"dataset": {"value": "digits"}, "model": {"value": "dense"},
+                             "hidden": {"value": 32}, "epochs": {"value": 3},
+                             "sinks": {"value": []},
+                             "lr": {"values": [0.02, 0.05, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6]}}}
+    create_store(workdir / "data" / "sweeps" / "slurm8", "slurm8", "slurm8", config)
+    env = subprocess_env(SLURM_CONF=slurm_cluster["SLURM_CONF"], PATH=slurm_cluster["PATH"],
+                         OMP_NUM_THREADS="1")
+    result = subprocess.run(
+        [str(ROOT / "run_sweep.sh"), "slurm8", "--slurm", "2", "--gpus-per-job", "0",
+         "--mem", "1gb", "--walltime", "0:10:00"], cwd=workdir, env=env,
+        capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr
+    job_id = re.search(r"Submitted SLURM job\(s\) (\d+)", result.stdout)[1]
+    client = slurm_cluster["client"]
+
+    wait_for(lambda: client("squeue", "-h", "-j", job_id).stdout.strip() == "", 200,
+             "the job array to end", slurm_cluster["logs"])
+    shown = client("scontrol", "show", "job", job_id).stdout
+    tasks = re.findall(r"ArrayTaskId=(\d+).*?JobState=(\w+).*?ExitCode=(\S+)", shown, re.S)
+    (job_dir,) = (workdir / "data" / "jobs").iterdir()
+    outputs = "\n".join(p.read_text() for p in sorted(job_dir.glob("slurm-*.out")))
+    assert sorted(tasks) == [("0", "COMPLETED", "0:0"), ("1", "COMPLETED", "0:0")], outputs
+
+    runs = SweepStore(workdir / "data" / "sweeps" / "slurm8" / "sweep.db").runs()
+    assert len(runs) == 8 and all(r["state"] == "finished" for r in runs), outputs
+    assert len({r["owner"] for r in runs}) == 2  # both jobs' agents trained
+    assert len(list(job_dir.glob(f"slurm-{job_id}_*.out"))) == 2
