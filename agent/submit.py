@@ -331,7 +331,7 @@ def job_spec(args: argparse.Namespace, kind: str, count: int, sweep: str,
         if not container.is_file():
             raise UserError(f"--container={args.container!r}: no such image file (build one "
                             "with `apptainer build sweep.sif docker-daemon://...`, see "
-                            "docs/clusters.md)")
+                            "README.md, Agents anywhere)")
     launch_args = ["--agents-per-gpu", str(args.agents_per_gpu)] if gpus else [
         "--agents", str(args.agents)]
     for option, value in (("--count", args.count), ("--project", args.project),
