@@ -12,11 +12,11 @@ import os
 import signal
 import subprocess
 import sys
-from pathlib import Path
 
-from agent import submit
-from agent.errors import UserError, exit_on_user_error
-from agent.sweep_store import SWEEPS_DIR, SweepStore, create_store, open_store
+from agent.cluster import submit
+from agent.sweep.store import SweepStore
+from agent.sweep.target import check_wandb_sweep, create_local_sweep, resolve_target
+from util.errors import UserError, exit_on_user_error
 
 
 def visible_gpus() -> list[str]:
@@ -38,40 +38,6 @@ def agent_slots(gpus: list[str], per_gpu: int, cpu_agents: int) -> list[dict]:
             for _ in range(cpu_agents)]
 
 
-def new_local_sweep(yaml_path: str) -> SweepStore:
-    from agent.sweep_config import load_sweep_config
-    from agent.trial import new_run_id
-
-    config = load_sweep_config(yaml_path)
-    sweep_id = new_run_id()
-    name = config.get("name") or Path(yaml_path).stem
-    store = create_store(SWEEPS_DIR / sweep_id, sweep_id, name, config)
-    print(f"Created local sweep {sweep_id} ({name}) in {store.directory}")
-    print(f"Add agents from another shell: ./run_sweep.sh {sweep_id}")
-    return store
-
-
-def check_wandb_sweep(target: str, project: str | None) -> None:
-    """Before any agent starts: the target must be a W&B sweep we can reach."""
-    from agent.sinks.wandb_sink import has_credentials
-
-    nowhere = f"sweep={target!r}: not a YAML file, not a local sweep"
-    if target.count("/") != 2 and not ("/" not in target and project):
-        raise UserError(f"{nowhere}, and not a W&B sweep path (entity/project/id, or an id "
-                        "with --project)")
-    if not has_credentials():
-        raise UserError(f"{nowhere}, and W&B has no API key here (run `wandb login`, or set "
-                        "WANDB_API_KEY) to reach it as a W&B sweep")
-    import wandb
-
-    path = target if "/" in target else f"{project}/{target}"
-    try:
-        wandb.Api().sweep(path)
-    except Exception as error:  # unknown sweep, no network: either way one line
-        raise UserError(f"sweep={target!r}: W&B could not find it "
-                        f"({type(error).__name__}: {str(error).splitlines()[0][:100]})") from None
-
-
 def start_agents(command: list[str], slots: list[dict]) -> int:
     """Run one agent process per slot; Ctrl-C or SIGTERM is passed on to every agent."""
     agents = [subprocess.Popen(command, env={**os.environ, **slot}) for slot in slots]
@@ -88,7 +54,7 @@ def start_agents(command: list[str], slots: list[dict]) -> int:
 
 
 def report_local(store: SweepStore) -> None:
-    from agent.status import best_run, render_status
+    from agent.sweep.status import best_run, render_status
 
     render_status(store)
     best = best_run(store)
@@ -122,23 +88,21 @@ def main(argv: list[str] | None = None) -> int:
 
     gpus = args.gpus.split(",") if args.gpus else visible_gpus()
     slots = agent_slots(gpus, args.agents_per_gpu, args.agents)
-    agent_cmd = [sys.executable, "-m", "agent.agent"]
+    agent_cmd = [sys.executable, "-m", "agent.sweep.agent_loop"]
     if args.count:
         agent_cmd += ["--count", str(args.count)]
     if args.heartbeat_timeout:
         agent_cmd += ["--heartbeat-timeout", str(args.heartbeat_timeout)]
 
-    target = args.target
-    if target.endswith((".yaml", ".yml")):
-        store = new_local_sweep(target)
-    elif (Path(target) / "sweep.db").exists() or (SWEEPS_DIR / target / "sweep.db").exists():
-        store = open_store(target)
+    target = resolve_target(args.target, args.project)
+    if target.kind == "yaml":
+        store = create_local_sweep(target.path)
+    elif target.kind == "local":
+        store = SweepStore(target.store_path)
     else:
-        check_wandb_sweep(target, args.project)
-        wandb_cmd = agent_cmd + ["--wandb", target]
-        if args.project:
-            wandb_cmd += ["--project", args.project]
-        print(f"Starting {len(slots)} agent(s) on W&B sweep {target}")
+        check_wandb_sweep(target)
+        wandb_cmd = agent_cmd + ["--wandb", target.wandb_path]
+        print(f"Starting {len(slots)} agent(s) on W&B sweep {target.text}")
         return start_agents(wandb_cmd, slots)
 
     print(f"Starting {len(slots)} agent(s) on "

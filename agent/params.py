@@ -13,7 +13,7 @@ from typing import Any, Callable
 
 import yaml
 
-from agent.errors import UserError
+from util.errors import UserError
 from agent.yaml_file import read_yaml
 
 
@@ -88,7 +88,7 @@ def _datasets():
 
 
 def _sinks():
-    from agent.sinks import SINKS
+    from agent.trial.sinks import SINKS
     return tuple(SINKS)
 
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 import signal
 import sys
 
-from agent.errors import exit_on_user_error
+from util.errors import exit_on_user_error
 from agent.params import help_table, parse_args, validate
 
 PREEMPTED_EXIT_CODE = 143  # 128 + SIGTERM, what a shell reports for a terminated job
@@ -32,7 +32,7 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     config = validate(parse_args(argv))
 
-    from agent.trial import Preempted, TrialHooks, train
+    from agent.trial.loop import Preempted, TrialHooks, train
 
     terminated = []
     signal.signal(signal.SIGTERM, lambda signum, frame: terminated.append(signum))

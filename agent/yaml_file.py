@@ -7,7 +7,7 @@ from typing import Any
 
 import yaml
 
-from agent.errors import UserError
+from util.errors import UserError
 
 
 def read_yaml(path: str, label: str) -> Any:

@@ -29,8 +29,8 @@ TRIAL = {"dataset": "digits", "model": "dense", "hidden": 32, "epochs": 1,
 
 
 def in_process_overhead(work: Path, trials: int) -> float:
-    from agent.agent import run_local_agent
-    from agent.sweep_store import create_store
+    from agent.sweep.agent_loop import run_local_agent
+    from agent.sweep.store import create_store
 
     os.chdir(work)
     params = {name: {"value": value} for name, value in TRIAL.items()}

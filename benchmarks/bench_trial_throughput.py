@@ -25,7 +25,7 @@ import torch  # noqa: E402
 from torch import nn  # noqa: E402
 
 from agent.params import validate  # noqa: E402
-from agent.trial import train  # noqa: E402
+from agent.trial.loop import train  # noqa: E402
 from nn.models import MODELS  # noqa: E402
 from util.cifar_files import register_with_torchvision, write_cifar10  # noqa: E402
 from util.device import pick_device  # noqa: E402

@@ -30,7 +30,7 @@ def test_cifar_fixture_goes_through_torchvision_and_into_the_cache(cifar_root):
 
 
 def test_missing_dataset_without_network_is_a_user_error(tmp_path):
-    from agent.errors import UserError
+    from util.errors import UserError
 
     with pytest.raises(UserError, match="dataset='mnist'"):
         load_decoded("mnist", tmp_path / "nothing-here")  # the download fails offline

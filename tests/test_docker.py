@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from agent.sweep_store import SweepStore, create_store
+from agent.sweep.store import SweepStore, create_store
 from conftest import ROOT, subprocess_env
 
 DOCKER = ROOT / "docker"

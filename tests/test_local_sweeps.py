@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from agent.sweep_store import SweepStore, create_store
+from agent.sweep.store import SweepStore, create_store
 from conftest import ROOT, closed_offline_runs, subprocess_env
 
 COMMAND = ["${env}", "python", "-m", "agent.train", "${args}"]
@@ -30,7 +30,7 @@ def make_sweep(workdir: Path, sweep_id: str, parameters: dict, method: str = "gr
 
 def start_agent(workdir: Path, store: SweepStore, *args: str) -> subprocess.Popen:
     return subprocess.Popen(
-        [sys.executable, "-m", "agent.agent", str(store.directory), "--heartbeat", "0.3",
+        [sys.executable, "-m", "agent.sweep.agent_loop", str(store.directory), "--heartbeat", "0.3",
          *args], cwd=workdir, env=subprocess_env(OMP_NUM_THREADS="1"),
         stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
 
@@ -156,7 +156,7 @@ def test_unknown_sweep_is_one_line_exit_2_and_creates_nothing(tmp_path, target):
 @pytest.mark.slow
 @pytest.mark.timeout(400)
 def test_quickstart_with_two_agents_completes_offline_through_run_sweep_sh(workdir):
-    from agent.sweep_store import open_store
+    from agent.sweep.target import open_store
 
     result = subprocess.run([str(ROOT / "run_sweep.sh"), str(ROOT / "sweeps" / "quickstart.yaml"),
                              "--agents", "2"], cwd=workdir, env=subprocess_env(),
@@ -212,7 +212,7 @@ def test_ctrl_c_stops_every_agent_cleanly_and_keeps_the_runs_resumable(workdir):
                                  "--agents", "2"], cwd=workdir, env=subprocess_env(),
                                 stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                                 start_new_session=True)
-    from agent.sweep_store import open_store
+    from agent.sweep.target import open_store
 
     store = wait_for(lambda: next((open_store(str(d)) for d in
                                    (workdir / "data" / "sweeps").glob("*")), None)

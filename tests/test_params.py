@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from agent.errors import UserError
+from util.errors import UserError
 from agent.params import PARAMS, help_table, parse_args, validate
 from conftest import ROOT, subprocess_env
 

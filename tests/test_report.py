@@ -14,7 +14,8 @@ from pathlib import Path
 import pytest
 from scipy import stats as scipy_stats
 
-from agent.sweep_store import create_store, open_store
+from agent.sweep.store import create_store
+from agent.sweep.target import open_store
 from conftest import subprocess_env
 
 COMMAND = ["${env}", "python", "-m", "agent.train", "${args}"]
@@ -39,7 +40,7 @@ def study_dir(tmp_path_factory):
                              "optimizer": {"values": ["sgd", "adam"]},
                              "lr": {"values": [0.01, 1000.0]}}}
     store = create_store(work / "data" / "sweeps" / "base", "base", "digits-study", config)
-    agent = run_module(work, "agent.agent", str(store.directory))
+    agent = run_module(work, "agent.sweep.agent_loop", str(store.directory))
     assert agent.returncode == 0, agent.stderr[-2000:]
     repeat = run_module(work, "agent.repeat", "base", "--top", "1", "--by", "model",
                         "--seeds", "3", "--run")
@@ -131,7 +132,7 @@ def test_only_failed_runs_give_a_report_that_says_so(tmp_path):
                          {"method": "grid", "parameters": {
                              "dataset": {"value": "mnist"}, "sinks": {"value": []},
                              "lr": {"values": [0.1, 0.2, 0.3]}}})
-    assert run_module(tmp_path, "agent.agent", str(store.directory)).returncode == 1
+    assert run_module(tmp_path, "agent.sweep.agent_loop", str(store.directory)).returncode == 1
     result = run_module(tmp_path, "agent.report", "failing")
     assert result.returncode == 0, result.stderr
     text = (tmp_path / "reports" / "failing" / "report.md").read_text()

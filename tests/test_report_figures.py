@@ -12,7 +12,7 @@ import pytest
 import torch
 from torch import nn
 
-from agent import report_figures as figures
+from agent.report import figures
 from agent.params import validate
 from nn.gradcam import grad_cam, last_conv_layer
 from nn.models import MODELS
@@ -156,7 +156,7 @@ def test_confusion_matrix_many_classes_without_counts(tmp_path):
 
 
 def test_weight_norms_best_against_worst(trained_cnn, tmp_path):
-    from agent.metering import weight_norms
+    from agent.trial.metering import weight_norms
 
     model = trained_cnn[0]
     norms = {k[len("weight_norm/"):]: v for k, v in weight_norms(model).items()

@@ -19,7 +19,7 @@ from pathlib import Path
 
 import pytest
 
-from agent.sweep_store import SweepStore, create_store
+from agent.sweep.store import SweepStore, create_store
 from conftest import ROOT, subprocess_env
 
 DAEMONS = ("munged", "slurmctld", "slurmd")

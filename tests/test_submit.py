@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from agent.sweep_store import SweepStore, create_store
+from agent.sweep.store import SweepStore, create_store
 from conftest import ROOT, subprocess_env
 
 FAKE_ID = "4242.pbs-test"

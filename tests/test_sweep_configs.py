@@ -9,9 +9,9 @@ import warnings
 import pytest
 import yaml
 
-from agent.errors import UserError
+from util.errors import UserError
 from agent.params import validate
-from agent.sweep_config import load_sweep_config, parameter_names
+from agent.sweep.config import load_sweep_config, parameter_names
 from conftest import ROOT
 
 with warnings.catch_warnings():

@@ -21,7 +21,7 @@ from pathlib import Path
 
 import pytest
 
-from agent.sweep_store import SweepStore, create_store
+from agent.sweep.store import SweepStore, create_store
 from conftest import ROOT, subprocess_env
 
 SCRIPT = ROOT / "run_tensorboard.sh"
@@ -90,7 +90,7 @@ def metric_values(entries: list[dict]) -> dict[str, float]:
 @pytest.mark.timeout(180)
 def test_hparams_tab_shows_every_run_with_its_hparams_and_final_metrics(workdir):
     store = make_sweep(workdir)
-    agent = subprocess.run([sys.executable, "-m", "agent.agent", str(store.directory)],
+    agent = subprocess.run([sys.executable, "-m", "agent.sweep.agent_loop", str(store.directory)],
                            cwd=workdir, env=subprocess_env(OMP_NUM_THREADS="1"),
                            capture_output=True, text=True, timeout=120)
     assert agent.returncode == 0, agent.stderr[-3000:]

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from agent.trial import Preempted, TrialHooks, train
+from agent.trial.loop import Preempted, TrialHooks, train
 from conftest import subprocess_env
 
 QUICK = {"dataset": "digits", "sinks": [], "histograms": False, "num_threads": 2}

@@ -2,7 +2,7 @@
 
 import pytest
 
-from agent.trial import train
+from agent.trial.loop import train
 from conftest import closed_offline_runs
 from util.wandb_offline import read_records, read_run
 
@@ -30,7 +30,7 @@ def test_without_wandb_mode_or_credentials_the_run_goes_offline(workdir, monkeyp
     monkeypatch.delenv("WANDB_API_KEY", raising=False)
     monkeypatch.setenv("HOME", str(workdir))  # no ~/.netrc
     monkeypatch.setenv("NETRC", str(workdir / "absent-netrc"))
-    from agent.sinks.wandb_sink import chosen_mode
+    from agent.trial.sinks.wandb_sink import chosen_mode
 
     assert chosen_mode() == "offline"
     summary = train({"dataset": "digits", "model": "dense", "hidden": 16, "epochs": 1,
@@ -59,7 +59,7 @@ def test_reader_survives_a_torn_tail_and_rejects_a_foreign_file(workdir, tmp_pat
 
 @pytest.mark.timeout(180)
 def test_preempted_run_marks_wandb_preempting_and_exits_nonzero(workdir):
-    from agent.trial import Preempted, TrialHooks
+    from agent.trial.loop import Preempted, TrialHooks
 
     steps = {"n": 0}
 

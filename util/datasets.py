@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from agent.errors import UserError
+from util.errors import UserError
 
 CACHE_VERSION = 1  # bump when the cache layout changes, so stale files are decoded again
 

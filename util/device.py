@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from agent.errors import UserError
+from util.errors import UserError
 
 AUTOCAST_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
 

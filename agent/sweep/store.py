@@ -3,7 +3,7 @@
 It holds the sweep config, each run's config, state, owner, heartbeat, per-epoch history and
 summary. Every change is one short transaction, so an agent killed at any point leaves the
 file consistent, and finished runs are never lost. What to run next is decided elsewhere
-(agent/local_controller.py); this module only stores.
+(agent/sweep/controller.py); this module only stores.
 """
 
 from __future__ import annotations
@@ -15,7 +15,6 @@ import time
 from contextlib import contextmanager
 from pathlib import Path
 
-from agent.errors import UserError
 
 STORE_NAME = "sweep.db"
 SWEEPS_DIR = Path("data") / "sweeps"
@@ -146,13 +145,3 @@ def create_store(directory: str | os.PathLike, sweep_id: str, name: str,
     store = SweepStore(directory / STORE_NAME)
     store.init_sweep(sweep_id, name, config)
     return store
-
-
-def open_store(sweep: str) -> SweepStore:
-    """An existing local sweep, given as its directory, its sweep.db, or its id."""
-    candidates = [Path(sweep), Path(sweep) / STORE_NAME, SWEEPS_DIR / sweep / STORE_NAME]
-    for candidate in candidates:
-        if candidate.is_file() and candidate.name == STORE_NAME:
-            return SweepStore(candidate)
-    raise UserError(f"sweep={sweep!r}: no local sweep there (looked for {STORE_NAME} in "
-                    f"{sweep!r} and {str(SWEEPS_DIR / sweep)!r})")

@@ -13,7 +13,7 @@ from typing import Any
 
 import jsonschema
 
-from agent.errors import UserError
+from util.errors import UserError
 from agent.params import BY_NAME, PARAMS, coerce, validate
 from agent.yaml_file import read_yaml
 

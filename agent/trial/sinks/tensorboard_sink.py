@@ -11,7 +11,7 @@ import torch
 from torch.utils.tensorboard import SummaryWriter
 from torch.utils.tensorboard.summary import hparams as hparams_summaries
 
-from agent.sinks import RunInfo, Sink
+from agent.trial.sinks import RunInfo, Sink
 
 # The metrics HPARAMS shows as columns; each is a scalar tag written during or at the end of
 # the run.

@@ -11,9 +11,6 @@ import contextlib
 import json
 import math
 import os
-import re
-import secrets
-import string
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -22,11 +19,12 @@ from typing import Callable
 import torch
 from torch import nn
 
-from agent.checkpoint import load_checkpoint, save_checkpoint
-from agent.metering import (GradientMeter, confusion_matrix, peak_memory_mb,
+from agent.trial.checkpoint import load_checkpoint, save_checkpoint
+from agent.trial.metering import (GradientMeter, confusion_matrix, peak_memory_mb,
                             per_class_accuracy, weight_histograms, weight_norms)
+from agent.ids import new_run_id, path_safe
 from agent.params import RunConfig, hyperparameters, validate
-from agent.sinks import SINKS, RunInfo
+from agent.trial.sinks import SINKS, RunInfo
 from nn.models import CONV_MODELS, MODELS
 from nn.optimizers import OPTIMIZERS
 from nn.sam import SAM, preserved_batchnorm_stats
@@ -65,19 +63,13 @@ class Progress:
     history: list[dict] = field(default_factory=list)
 
 
-def new_run_id() -> str:
-    alphabet = string.ascii_lowercase + string.digits
-    return "".join(secrets.choice(alphabet) for _ in range(8))
-
-
 def run_identity(cfg: RunConfig) -> RunInfo:
     run_id = cfg.run_id or os.environ.get("WANDB_RUN_ID") or new_run_id()
     group = cfg.group or os.environ.get("WANDB_SWEEP_ID") or "default"
     name = cfg.run_name or run_id
-    safe = lambda text: re.sub(r"[^A-Za-z0-9._-]+", "_", text)  # noqa: E731
     return RunInfo(id=run_id, name=name, group=group,
-                   log_dir=str(Path(cfg.log_dir) / safe(group) / safe(name)),
-                   run_dir=str(Path(cfg.run_dir) / safe(run_id)))
+                   log_dir=str(Path(cfg.log_dir) / path_safe(group) / path_safe(name)),
+                   run_dir=str(Path(cfg.run_dir) / path_safe(run_id)))
 
 
 def train(config: dict, hooks: TrialHooks | None = None, sweep: dict | None = None) -> dict:

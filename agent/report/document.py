@@ -20,10 +20,10 @@ from pathlib import Path
 import torch
 from rich.console import Console
 
-from agent import report_figures as figures
-from agent import report_stats as stats
-from agent.errors import UserError, exit_on_user_error
-from agent.study import RunRecord, Study, load_study, repeats_of
+from agent.report import figures
+from agent.report import stats
+from util.errors import UserError
+from agent.report.study import RunRecord, Study, load_study, repeats_of
 
 SUMMARY_COLUMNS = ("val/acc", "val/best_acc", "test/acc", "test/loss", "train/loss",
                    "diverged", "epochs_done", "params", "wall_s")
@@ -257,7 +257,7 @@ def weight_norm_section(report: Report, scored: list[RunRecord]) -> None:
 
 
 def gradcam_section(report: Report, scored: list[RunRecord]) -> None:
-    from agent.checkpoint import load_checkpoint
+    from agent.trial.checkpoint import load_checkpoint
     from nn.gradcam import grad_cam
     from nn.models import MODELS
     from util.device_cache import DeviceLoader, device_splits
@@ -367,6 +367,3 @@ def main(argv: list[str] | None = None) -> int:
     print(f"report: {path} and {path.with_suffix('.html')}")
     return 0
 
-
-if __name__ == "__main__":
-    raise SystemExit(exit_on_user_error(main))

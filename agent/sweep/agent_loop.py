@@ -1,7 +1,7 @@
 """An agent: claim a configuration, train it in this process, record it, repeat.
 
-`python -m agent.agent <local-sweep> [--count N]` works on a local sweep store;
-`python -m agent.agent --wandb <entity/project/sweep-id>` pulls from W&B's server instead.
+`python -m agent.sweep.agent_loop <local-sweep> [--count N]` works on a local sweep store;
+`python -m agent.sweep.agent_loop --wandb <entity/project/sweep-id>` pulls from W&B's server instead.
 Trials run in-process with `agent.trial.train`, so the dataset stays on the device between
 them. SIGTERM or SIGINT ends the current trial as `preempted` (its checkpoint kept; the next
 agent resumes it) and the agent exits.
@@ -19,10 +19,11 @@ import time
 import traceback
 from pathlib import Path
 
-from agent.errors import exit_on_user_error
-from agent.local_controller import HEARTBEAT_TIMEOUT_S, claim_next_run, should_stop
-from agent.sweep_store import SweepStore, open_store
-from agent.trial import Preempted, TrialHooks, train
+from util.errors import exit_on_user_error
+from agent.sweep.controller import HEARTBEAT_TIMEOUT_S, claim_next_run, should_stop
+from agent.sweep.store import SweepStore
+from agent.sweep.target import open_store
+from agent.trial.loop import Preempted, TrialHooks, train
 
 MAX_FAILURES_IN_A_ROW = 3
 WAIT_POLL_S = 2.0
@@ -127,7 +128,7 @@ def run_wandb_agent(sweep_path: str, count: int | None, project: str | None) -> 
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m agent.agent",
+    parser = argparse.ArgumentParser(prog="python -m agent.sweep.agent_loop",
                                      description="Run one sweep agent in this process.")
     parser.add_argument("sweep", help="local sweep (directory or id), or with --wandb a W&B "
                         "sweep id or entity/project/id")

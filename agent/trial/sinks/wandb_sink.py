@@ -11,7 +11,7 @@ import os
 
 import wandb
 
-from agent.sinks import RunInfo, Sink
+from agent.trial.sinks import RunInfo, Sink
 
 DEFAULT_PROJECT = "hp-study"
 EPOCH_METRICS = ("train/loss", "train/acc", "val/*", "lr", "batch_size", "grad_norm/*",

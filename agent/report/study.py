@@ -8,9 +8,10 @@ import math
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from agent.errors import UserError
+from util.errors import UserError
 from agent.params import RunConfig, validate
-from agent.sweep_store import STORE_NAME, SWEEPS_DIR, SweepStore, open_store
+from agent.sweep.store import STORE_NAME, SWEEPS_DIR, SweepStore
+from agent.sweep.target import resolve_target
 
 
 @dataclass
@@ -103,13 +104,10 @@ def wandb_study(path: str) -> Study:
 
 def load_study(target: str) -> Study:
     """A local sweep (directory or id) or a W&B sweep path entity/project/sweep_id."""
-    if (Path(target) / STORE_NAME).exists() or (SWEEPS_DIR / target / STORE_NAME).exists() \
-            or Path(target).name == STORE_NAME:
-        return local_study(open_store(target))
-    if target.count("/") == 2:
-        return wandb_study(target)
-    raise UserError(f"sweep={target!r}: no local sweep of that name or directory, and not a "
-                    "W&B sweep path (entity/project/sweep_id)")
+    resolved = resolve_target(target, allow=("local", "wandb"))
+    if resolved.kind == "local":
+        return local_study(SweepStore(resolved.store_path))
+    return wandb_study(resolved.wandb_path)
 
 
 def repeats_of(study: Study) -> dict[str, Study]:

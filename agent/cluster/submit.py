@@ -32,9 +32,11 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from agent.errors import UserError
+from agent.sweep.target import (SweepTarget, check_wandb_sweep, create_local_sweep,
+                                resolve_target)
+from util.errors import UserError
 
-CODE_DIR = Path(__file__).resolve().parents[1]
+CODE_DIR = Path(__file__).resolve().parents[2]
 JOBS_DIR = Path("data") / "jobs"
 COMMANDS = {"pbs": "qsub", "slurm": "sbatch"}
 # Settings of the submitting shell that a job keeps (qsub passes no environment). Never the
@@ -403,35 +405,25 @@ def submit(scripts: dict[str, str], kind: str, dry_run: bool, job_dir: Path) -> 
     return ids
 
 
-def resolve_target(target: str, project: str | None, kind: str, count: int,
-                   dry_run: bool) -> tuple[str, Path | None, Path | None]:
-    """(launcher target in the job, local sweep dir or None, sweep YAML to create or None)."""
-    from agent.sweep_store import STORE_NAME, SWEEPS_DIR
+def resolve_job_target(text: str, project: str | None, kind: str, count: int,
+                       dry_run: bool) -> SweepTarget:
+    """The sweep the jobs work on; bad files and unreachable W&B sweeps stop here, before
+    anything is written."""
+    target = resolve_target(text, project)
+    if target.kind == "yaml":
+        from agent.sweep.config import load_sweep_config
 
-    yaml_file = None
-    if target.endswith((".yaml", ".yml")):
-        from agent.sweep_config import load_sweep_config
-
-        load_sweep_config(target)  # bad files stop here, before anything is written
-        yaml_file, local = Path(target), None
-    else:
-        local = next((d.resolve() for d in (Path(target), SWEEPS_DIR / target)
-                      if (d / STORE_NAME).is_file()), None)
-        if local is None:
-            if not dry_run:
-                from agent.launch import check_wandb_sweep
-
-                check_wandb_sweep(target, project)
-            elif target.count("/") != 2 and not ("/" not in target and project):
-                raise UserError(f"sweep={target!r}: not a YAML file, not a local sweep, and "
-                                "not a W&B sweep path (entity/project/id)")
-            return target, None, None
+        load_sweep_config(target.path)
+    elif target.kind == "wandb":
+        if not dry_run:
+            check_wandb_sweep(target)
+        return target
     if kind == "pbs" and count > 1:
         raise UserError(f"--pbs {count} on a local sweep: its store is one SQLite file for one "
                         "machine, and PBS jobs may land on different nodes; use --pbs 1 "
                         "--gpus-per-job K (K agents on one node) or a W&B sweep (wandb sweep "
                         "FILE)")
-    return target, local, yaml_file
+    return target
 
 
 def submit_from_args(args: argparse.Namespace, argv: list[str] | None = None) -> int:
@@ -445,17 +437,16 @@ def submit_from_args(args: argparse.Namespace, argv: list[str] | None = None) ->
     job_dir = new_job_dir().resolve()
     # Every check before anything is written: options, then the target, then the command.
     job_spec(args, kind, count, args.target, None, job_dir, argv)
-    _, local, yaml_file = resolve_target(args.target, args.project, kind, count, args.dry_run)
+    target = resolve_job_target(args.target, args.project, kind, count, args.dry_run)
     if not args.dry_run:
         find_command(kind)
-    if yaml_file is not None:
+    local = target.path.resolve() if target.kind == "local" else None
+    if target.kind == "yaml":
         if args.dry_run:
             local = (Path("data") / "sweeps" / "NEW-SWEEP-ID").resolve()
-            print(f"# dry run: would create a local sweep from {yaml_file} as {local}")
+            print(f"# dry run: would create a local sweep from {target.path} as {local}")
         else:
-            from agent.launch import new_local_sweep
-
-            local = new_local_sweep(str(yaml_file)).directory.resolve()
+            local = create_local_sweep(target.path).directory.resolve()
     if local is not None:
         # PBS jobs work on a copy in scratch (data/sweeps/<id> there); SLURM on the store.
         sweep = f"data/sweeps/{local.name}" if kind == "pbs" else str(local)

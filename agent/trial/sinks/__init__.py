@@ -44,17 +44,17 @@ class Sink:
 
 
 def _wandb():
-    from agent.sinks.wandb_sink import WandbSink
+    from agent.trial.sinks.wandb_sink import WandbSink
     return WandbSink()
 
 
 def _tensorboard():
-    from agent.sinks.tensorboard_sink import TensorBoardSink
+    from agent.trial.sinks.tensorboard_sink import TensorBoardSink
     return TensorBoardSink()
 
 
 def _console():
-    from agent.sinks.console_sink import ConsoleSink
+    from agent.trial.sinks.console_sink import ConsoleSink
     return ConsoleSink()
 
 

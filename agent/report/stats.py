@@ -8,7 +8,7 @@ from collections import Counter
 
 import numpy as np
 
-from agent.study import RunRecord
+from agent.report.study import RunRecord
 
 CONVERGENCE_RULE = ("a run is **divergent** when its loss went non-finite (the trial stopped it "
                     "and flagged `diverged`), or when its last validation loss is above its "

@@ -8,23 +8,13 @@ store inside a single write transaction, so concurrent agents never take the sam
 from __future__ import annotations
 
 import time
-import warnings
 from dataclasses import dataclass
 
-from agent.sweep_store import SweepStore
-from agent.trial import new_run_id
-
-# The engine's pydantic settings trigger a warning on import and use; it is harmless.
-warnings.filterwarnings("ignore", message="Valid config keys have changed", category=UserWarning)
-import sweeps  # noqa: E402
+from agent.ids import new_run_id
+from agent.sweep.engine import proposed_params, stop_decisions
+from agent.sweep.store import SweepStore
 
 HEARTBEAT_TIMEOUT_S = 60.0  # a running run silent this long is taken for crashed
-ENGINE_STATES = {
-    "pending": sweeps.RunState.pending, "running": sweeps.RunState.running,
-    "finished": sweeps.RunState.finished, "stopped": sweeps.RunState.finished,
-    "failed": sweeps.RunState.failed, "crashed": sweeps.RunState.crashed,
-    "preempted": sweeps.RunState.preempted,
-}
 
 
 @dataclass
@@ -35,23 +25,6 @@ class Claim:
     run_id: str | None = None
     config: dict | None = None
     resumed: bool = False
-
-
-def engine_run(run: dict) -> "sweeps.SweepRun":
-    """A stored run as the engine sees it ({"lr": {"value": 0.1}} configs)."""
-    history = run["history"]
-    summary = run["summary"] or (history[-1] if history else {})
-    return sweeps.SweepRun(name=run["id"], state=ENGINE_STATES[run["state"]],
-                           config={k: {"value": v} for k, v in run["config"].items()},
-                           history=history, summary_metrics=summary)
-
-
-def proposed_params(sweep_config: dict, runs: list[dict]) -> dict | None:
-    """The engine's next configuration as plain {name: value}, or None when exhausted."""
-    proposal = sweeps.next_run(sweep_config, [engine_run(r) for r in runs], validate=True)
-    if proposal is None:
-        return None
-    return {name: spec["value"] for name, spec in proposal.config.items()}
 
 
 def crash_repairs(runs: list[dict], now: float, timeout: float) -> tuple[list[str], list[dict]]:
@@ -108,5 +81,4 @@ def should_stop(store: SweepStore, run_id: str) -> bool:
     sweep_config = store.sweep()["config"]
     if not sweep_config.get("early_terminate"):
         return False
-    runs = [engine_run(r) for r in store.runs()]
-    return any(r.name == run_id for r in sweeps.stop_runs(sweep_config, runs, validate=True))
+    return run_id in stop_decisions(sweep_config, store.runs())

@@ -1,0 +1,102 @@
+"""`python -m agent.repeat <sweep> --top 2 --by model --seeds 5`: repeat a sweep's best runs.
+
+For each value of `--by` (model, optimizer, ...) the best `--top` runs by the sweep's metric
+each get a repeat sweep: a grid over `seed` with every other parameter fixed at that run's
+value, local or on W&B like the sweep itself. The report finds them by their description and
+turns them into means with confidence intervals. `--run` runs local repeat sweeps right away.
+"""
+
+from __future__ import annotations
+
+import argparse
+
+from util.errors import UserError
+from agent.report.stats import best_per_group
+from agent.report.study import Study, load_study, repeat_description, repeats_of
+from agent.sweep.store import SWEEPS_DIR, SweepStore, create_store
+from agent.ids import new_run_id
+
+COPIED_KEYS = ("program", "command", "metric")  # what a repeat keeps of the original sweep
+
+
+def repeat_configs(study: Study, top: int, by: str, seeds: int) -> list[tuple[str, dict]]:
+    """(run id, sweep config) for each run to repeat."""
+    out = []
+    for runs in best_per_group(study.scored_runs(), by, top).values():
+        for run in runs:
+            fixed = {name: {"value": value} for name, value in run.config.items()
+                     if name not in ("seed", "sweep")}
+            if by not in fixed:  # the grouping parameter stays visible in the repeat
+                fixed[by] = {"value": run.params[by]}
+            config = {key: study.sweep_config[key] for key in COPIED_KEYS
+                      if key in study.sweep_config}
+            config.update({"name": f"{study.name}-repeat-{run.id}", "method": "grid",
+                           "description": repeat_description(study.sweep_id, run.id),
+                           "parameters": {**fixed, "seed": {"values": list(range(seeds))}}})
+            out.append((run.id, config))
+    return out
+
+
+def create_local(study: Study, configs: list[tuple[str, dict]]) -> list[SweepStore]:
+    existing = repeats_of(study)
+    stores = []
+    for run_id, config in configs:
+        if run_id in existing:
+            print(f"run {run_id}: repeat sweep {existing[run_id].sweep_id} exists already")
+            stores.append(SweepStore(SWEEPS_DIR / existing[run_id].sweep_id / "sweep.db"))
+            continue
+        sweep_id = new_run_id()
+        stores.append(create_store(SWEEPS_DIR / sweep_id, sweep_id, config["name"], config))
+        print(f"run {run_id}: created local repeat sweep {sweep_id}; run it with "
+              f"./run_sweep.sh {sweep_id}")
+    return stores
+
+
+def create_on_wandb(target: str, configs: list[tuple[str, dict]]) -> None:
+    import wandb
+
+    entity, project, _ = target.split("/")
+    for run_id, config in configs:
+        try:
+            sweep_id = wandb.sweep(config, entity=entity, project=project)
+        except Exception as error:
+            raise UserError(f"sweep={target!r}: W&B refused the repeat sweep "
+                            f"({type(error).__name__}: {str(error).splitlines()[0][:100]})"
+                            ) from None
+        print(f"run {run_id}: created W&B repeat sweep; run it with "
+              f"./run_sweep.sh {entity}/{project}/{sweep_id}")
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m agent.repeat", description=__doc__
+                                     .splitlines()[0])
+    parser.add_argument("sweep", help="local sweep id or directory, or entity/project/id")
+    parser.add_argument("--top", type=int, default=2, help="best runs per group")
+    parser.add_argument("--by", default="model", help="parameter that forms the groups")
+    parser.add_argument("--seeds", type=int, default=5, help="seeds 0..N-1 for each run")
+    parser.add_argument("--run", action="store_true",
+                        help="run the local repeat sweeps now, with one agent in this process")
+    args = parser.parse_args(argv)
+    from agent.params import BY_NAME
+
+    if args.by not in BY_NAME:
+        raise UserError(f"--by={args.by!r}: not a run parameter")
+    if args.top < 1 or args.seeds < 2:
+        raise UserError("--top must be >= 1 and --seeds >= 2 (a confidence interval needs "
+                        "two or more runs)")
+    study = load_study(args.sweep)
+    configs = repeat_configs(study, args.top, args.by, args.seeds)
+    if not configs:
+        raise UserError(f"sweep={args.sweep!r}: no run has a value of its metric "
+                        f"{study.metric!r} yet: nothing to repeat")
+    if study.source == "wandb":
+        create_on_wandb(args.sweep, configs)
+        return 0
+    stores = create_local(study, configs)
+    if args.run:
+        from agent.sweep.agent_loop import run_local_agent
+
+        for store in stores:
+            run_local_agent(store)
+    return 0
+

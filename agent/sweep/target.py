@@ -1,0 +1,97 @@
+"""What a user means by a sweep on the command line, decided in one place.
+
+Every command that takes a sweep (`run_sweep.sh`, `--pbs`/`--slurm`, `agent.status`,
+`agent.report`, `agent.repeat`) resolves it here: a sweep YAML file (a new local sweep), an
+existing local sweep (its id, directory or sweep.db), or a W&B sweep (`entity/project/id`, or
+a bare id with a project). No torch is imported.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+from agent.sweep.store import STORE_NAME, SWEEPS_DIR, SweepStore
+from util.errors import UserError
+
+YAML_SUFFIXES = (".yaml", ".yml")
+
+
+@dataclass(frozen=True)
+class SweepTarget:
+    kind: str  # "yaml", "local" or "wandb"
+    text: str  # as the user wrote it
+    path: Path | None = None  # the YAML file, or the local sweep's directory
+    wandb_path: str | None = None  # entity/project/id or project/id
+
+    @property
+    def store_path(self) -> Path:
+        return self.path / STORE_NAME
+
+
+def local_sweep_dir(text: str) -> Path | None:
+    """The directory of an existing local sweep named by `text` (id, directory or sweep.db)."""
+    for candidate in (Path(text), Path(text) / STORE_NAME, SWEEPS_DIR / text / STORE_NAME):
+        if candidate.name == STORE_NAME and candidate.is_file():
+            return candidate.parent
+    return None
+
+
+def resolve_target(text: str, project: str | None = None, allow: tuple[str, ...] =
+                   ("yaml", "local", "wandb")) -> SweepTarget:
+    """The sweep `text` names; UserError (one line) when it names none of the kinds allowed.
+
+    A W&B target is only checked for its form here; `check_wandb_sweep` asks the server.
+    """
+    if "yaml" in allow and text.endswith(YAML_SUFFIXES):
+        return SweepTarget("yaml", text, Path(text))
+    directory = local_sweep_dir(text) if "local" in allow else None
+    if directory is not None:
+        return SweepTarget("local", text, directory)
+    if "wandb" in allow:
+        if text.count("/") == 2:
+            return SweepTarget("wandb", text, wandb_path=text)
+        if "/" not in text and project:
+            return SweepTarget("wandb", text, wandb_path=f"{project}/{text}")
+    kinds = {"yaml": "a sweep YAML file", "local": "a local sweep (id or directory)",
+             "wandb": "a W&B sweep path (entity/project/id, or an id with --project)"}
+    raise UserError(f"sweep={text!r}: not " + ", nor ".join(kinds[k] for k in allow)
+                    + (f" (no {STORE_NAME} in {text!r} or {str(SWEEPS_DIR / text)!r})"
+                       if "local" in allow else ""))
+
+
+def open_store(text: str) -> SweepStore:
+    """An existing local sweep's store, named by its id, directory or sweep.db."""
+    return SweepStore(resolve_target(text, allow=("local",)).store_path)
+
+
+def check_wandb_sweep(target: SweepTarget) -> None:
+    """Before any agent starts or job is submitted: the W&B sweep must be reachable."""
+    from agent.trial.sinks.wandb_sink import has_credentials
+
+    if not has_credentials():
+        raise UserError(f"sweep={target.text!r}: not a YAML file nor a local sweep, and W&B "
+                        "has no API key here (run `wandb login`, or set WANDB_API_KEY) to "
+                        "reach it as a W&B sweep")
+    import wandb
+
+    try:
+        wandb.Api().sweep(target.wandb_path)
+    except Exception as error:  # unknown sweep, no network: either way one line
+        raise UserError(f"sweep={target.text!r}: W&B could not find it "
+                        f"({type(error).__name__}: {str(error).splitlines()[0][:100]})") from None
+
+
+def create_local_sweep(yaml_path: str | Path):
+    """A new local sweep from a sweep YAML (checked first: a bad file creates nothing)."""
+    from agent.ids import new_run_id
+    from agent.sweep.config import load_sweep_config
+    from agent.sweep.store import create_store
+
+    config = load_sweep_config(yaml_path)
+    sweep_id = new_run_id()
+    name = config.get("name") or Path(yaml_path).stem
+    store = create_store(SWEEPS_DIR / sweep_id, sweep_id, name, config)
+    print(f"Created local sweep {sweep_id} ({name}) in {store.directory}")
+    print(f"Add agents from another shell: ./run_sweep.sh {sweep_id}")
+    return store
