@@ -20,13 +20,13 @@ from pathlib import Path
 import torch
 from rich.console import Console
 
+from agent import metrics
 from agent.report import figures
 from agent.report import stats
 from util.errors import UserError
 from agent.report.study import RunRecord, Study, load_study, repeats_of
 
-SUMMARY_COLUMNS = ("val/acc", "val/best_acc", "test/acc", "test/loss", "train/loss",
-                   "diverged", "epochs_done", "params", "wall_s")
+SUMMARY_COLUMNS = metrics.names(summary=True)
 GRADCAM_IMAGES = 6
 
 

@@ -14,6 +14,7 @@ from typing import Any
 import jsonschema
 
 from util.errors import UserError
+from agent import metrics
 from agent.params import BY_NAME, PARAMS, coerce, validate
 from agent.yaml_file import read_yaml
 
@@ -23,12 +24,9 @@ with warnings.catch_warnings():
     from sweeps.config.schema import (dereferenced_sweep_config_jsonschema,
                                       fill_validate_metric, format_checker, validator)
 
-# What a trial reports, with the direction that makes a run better. These must match the names
-# agent/trial.py logs each epoch (`metrics`) and puts in the summary (`summary`).
-EPOCH_METRICS = {"val/acc": "maximize", "val/loss": "minimize",
-                 "train/acc": "maximize", "train/loss": "minimize"}
-SUMMARY_METRICS = {"val/best_acc": "maximize", "test/acc": "maximize", "test/loss": "minimize"}
-METRICS = {**EPOCH_METRICS, **SUMMARY_METRICS}
+# What a trial reports, with the direction that makes a run better (agent/metrics.py).
+EPOCH_METRICS = metrics.optimisable(when=(metrics.EPOCH,))
+METRICS = metrics.optimisable()
 
 # Distributions whose min/max are the values drawn (the engine rejects the old base-e forms).
 BOUNDED = {"int_uniform", "uniform", "q_uniform", "log_uniform_values",

@@ -8,10 +8,10 @@ from rich.progress import (BarColumn, MofNCompleteColumn, Progress, TextColumn,
                            TimeElapsedColumn)
 from rich.table import Table
 
+from agent import metrics
 from agent.trial.sinks import RunInfo, Sink
 
-SUMMARY_ROWS = ("val/best_acc", "val/best_epoch", "test/acc", "test/loss", "train/loss",
-                "params", "diverged", "epochs_done", "perf/images_per_s", "wall_s")
+SUMMARY_ROWS = metrics.names(summary=True)
 
 
 class ConsoleSink(Sink):

@@ -11,12 +11,12 @@ import torch
 from torch.utils.tensorboard import SummaryWriter
 from torch.utils.tensorboard.summary import hparams as hparams_summaries
 
+from agent import metrics
 from agent.trial.sinks import RunInfo, Sink
 
 # The metrics HPARAMS shows as columns; each is a scalar tag written during or at the end of
 # the run.
-HPARAM_METRICS = ("val/acc", "val/best_acc", "val/loss", "train/loss", "test/acc",
-                  "diverged", "wall_s")
+HPARAM_METRICS = metrics.names(hparams=True)
 
 
 class TensorBoardSink(Sink):
@@ -51,7 +51,7 @@ class TensorBoardSink(Sink):
 
     def finish(self, summary: dict, state: str) -> None:
         step = summary.get("global_step", 0)
-        for name in ("val/best_acc", "test/acc", "wall_s", "diverged"):
+        for name in metrics.names(when=metrics.END, hparams=True):
             if summary.get(name) is not None:
                 self.writer.add_scalar(name, float(summary[name]), step)
         self.writer.file_writer.add_summary(self._session_end)

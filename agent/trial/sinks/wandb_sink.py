@@ -11,11 +11,12 @@ import os
 
 import wandb
 
+from agent import metrics
 from agent.trial.sinks import RunInfo, Sink
 
 DEFAULT_PROJECT = "hp-study"
-EPOCH_METRICS = ("train/loss", "train/acc", "val/*", "lr", "batch_size", "grad_norm/*",
-                 "weight_norm/*", "perf/*", "weights/*")
+# Epoch metrics are plotted against `epoch` in W&B, the step metrics against the step.
+EPOCH_METRICS = tuple(dict.fromkeys(m.pattern for m in metrics.METRICS if m.when == metrics.EPOCH))
 
 
 def has_credentials() -> bool:
