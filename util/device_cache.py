@@ -1,13 +1,14 @@
 """Datasets held on the training device, and batches cut from them there.
 
 The uint8 images are moved to the device once per process and kept between trials. A batch is
-an index permutation into them; augmentation (random crop with zero padding, horizontal flip)
-and normalisation run on whole batches on the device. No DataLoader, no PIL, no per-image
-Python in the training loop.
+an index permutation into them; augmentation (random crop with zero padding, horizontal flip,
+random erasing) and normalisation run on whole batches on the device. No DataLoader, no PIL,
+no per-image Python in the training loop.
 """
 
 from __future__ import annotations
 
+import math
 import os
 from dataclasses import dataclass
 
@@ -17,6 +18,10 @@ import torch.nn.functional as F
 from util.datasets import load_decoded
 
 CROP_PADDING = 4  # the standard CIFAR recipe (He et al. 2016): pad 4 pixels, crop back
+# Random erasing's ranges as Zhong et al. (2017) give them: a rectangle of 2% to 40% of the
+# image, aspect ratio between 0.3 and 1/0.3.
+ERASE_AREA = (0.02, 0.4)
+ERASE_ASPECT = (0.3, 1 / 0.3)
 SPLIT_SEED = 0  # the validation split is the same for every run of a study, whatever its seed
 
 
@@ -43,14 +48,16 @@ _ON_DEVICE: dict[tuple, dict[str, torch.Tensor | list]] = {}
 _SPLITS: dict[tuple, Splits] = {}
 
 
-def device_splits(name: str, data_dir: str, device: torch.device, val_split: float) -> Splits:
-    """The dataset's splits on `device`, loaded once per process and then reused."""
+def device_splits(name: str, data_dir: str, device: torch.device, val_split: float,
+                  dataset_dir: str = "") -> Splits:
+    """The dataset's splits on `device`, loaded once per process and then reused; files are
+    looked for as util.datasets.load_decoded says (dataset_dir: a read-only folder of them)."""
     key = (name, os.path.abspath(data_dir), str(device))
     split_key = key + (val_split,)
     if split_key in _SPLITS:
         return _SPLITS[split_key]
     if key not in _ON_DEVICE:
-        decoded = load_decoded(name, data_dir)
+        decoded = load_decoded(name, data_dir, dataset_dir)
         _ON_DEVICE[key] = {
             "train_x": decoded.train_x.to(device), "train_y": decoded.train_y.to(device),
             "test_x": decoded.test_x.to(device), "test_y": decoded.test_y.to(device),
@@ -76,22 +83,79 @@ def forget_device_data() -> None:
     _SPLITS.clear()
 
 
-def random_crop_flip(images: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
-    """Random crop after zero padding, and a random horizontal flip, for a uint8 batch.
+@dataclass(frozen=True)
+class Augmentation:
+    """Which whole-batch transforms a training loader applies, and how strongly."""
+
+    crop_padding: int = 0  # random crop after this much zero padding, in pixels (0: none)
+    flip: bool = False  # random horizontal flip
+    erasing: float = 0.0  # probability of erasing one random rectangle of an image
+
+    @classmethod
+    def from_config(cls, cfg) -> "Augmentation":
+        """From a run config: `augment` switches crop (`crop_padding`) and `flip` on;
+        `random_erasing` acts on its own."""
+        return cls(cfg.crop_padding if cfg.augment else 0, bool(cfg.augment and cfg.flip),
+                   cfg.random_erasing)
+
+    def __bool__(self) -> bool:
+        return bool(self.crop_padding or self.flip or self.erasing)
+
+
+def random_crop(images: torch.Tensor, padding: int, generator: torch.Generator) -> torch.Tensor:
+    """Random crop after `padding` pixels of zero padding, for a batch (N, C, H, W).
 
     The crop is two gathers (rows, then columns) with per-image offsets: about twice as fast
     on a CPU as one four-index gather, and free of Python loops on any device.
     """
     n, c, h, w = images.shape
     device = images.device
-    padded = F.pad(images, (CROP_PADDING,) * 4)
-    shift = torch.randint(0, 2 * CROP_PADDING + 1, (2, n, 1), device=device, generator=generator)
+    padded = F.pad(images, (padding,) * 4)
+    shift = torch.randint(0, 2 * padding + 1, (2, n, 1), device=device, generator=generator)
     rows = (shift[0] + torch.arange(h, device=device))[:, None, :, None]  # (n, 1, h, 1)
-    cropped = padded.gather(2, rows.expand(n, c, h, w + 2 * CROP_PADDING))
+    cropped = padded.gather(2, rows.expand(n, c, h, w + 2 * padding))
     cols = (shift[1] + torch.arange(w, device=device))[:, None, None, :]  # (n, 1, 1, w)
-    cropped = cropped.gather(3, cols.expand(n, c, h, w))
-    flip = torch.rand(n, device=device, generator=generator) < 0.5
-    return torch.where(flip[:, None, None, None], cropped.flip(3), cropped)
+    return cropped.gather(3, cols.expand(n, c, h, w))
+
+
+def random_flip(images: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+    """Each image of (N, C, H, W) mirrored left-right with probability 1/2."""
+    flip = torch.rand(len(images), device=images.device, generator=generator) < 0.5
+    return torch.where(flip[:, None, None, None], images.flip(3), images)
+
+
+def random_crop_flip(images: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+    """The CIFAR recipe: crop after 4 pixels of zero padding, then a random flip."""
+    return random_flip(random_crop(images, CROP_PADDING, generator), generator)
+
+
+def random_erasing(images: torch.Tensor, probability: float,
+                   generator: torch.Generator) -> torch.Tensor:
+    """Random erasing (Zhong et al., AAAI 2020, arXiv:1708.04896) on a normalised float batch
+    (N, C, H, W): with `probability`, one rectangle of each image is set to 0, the dataset's
+    mean after normalisation (torchvision's RandomErasing default).
+
+    Area fraction and aspect ratio are drawn once per image from ERASE_AREA and (log-uniform)
+    ERASE_ASPECT; where the paper draws again until the rectangle fits, its sides are clipped
+    to the image instead, so all images are handled in one tensor operation.
+    """
+    n, _, h, w = images.shape
+    device = images.device
+    draw = torch.rand(4, n, device=device, generator=generator)
+    area = (ERASE_AREA[0] + draw[0] * (ERASE_AREA[1] - ERASE_AREA[0])) * h * w
+    low, high = math.log(ERASE_ASPECT[0]), math.log(ERASE_ASPECT[1])
+    aspect = torch.exp(low + draw[1] * (high - low))
+    eh = (area * aspect).sqrt().round().clamp(1, h)
+    ew = (area / aspect).sqrt().round().clamp(1, w)
+    top = (draw[2] * (h - eh + 1)).floor()
+    left = (draw[3] * (w - ew + 1)).floor()
+    rows = torch.arange(h, device=device)[None, :]
+    cols = torch.arange(w, device=device)[None, :]
+    inside_rows = (rows >= top[:, None]) & (rows < (top + eh)[:, None])  # (n, h)
+    inside_cols = (cols >= left[:, None]) & (cols < (left + ew)[:, None])  # (n, w)
+    chosen = torch.rand(n, device=device, generator=generator) < probability
+    mask = inside_rows[:, :, None] & inside_cols[:, None, :] & chosen[:, None, None]
+    return images.masked_fill(mask[:, None], 0.0)
 
 
 class DeviceLoader:
@@ -99,11 +163,13 @@ class DeviceLoader:
 
     def __init__(self, images: torch.Tensor, labels: torch.Tensor, mean: torch.Tensor,
                  std: torch.Tensor, batch_size: int, shuffle: bool = False,
-                 augment: bool = False, generator: torch.Generator | None = None,
+                 augment: bool | Augmentation = False, generator: torch.Generator | None = None,
                  drop_last: bool = False, channels_last: bool = False):
         self.images, self.labels = images, labels
         self.scale = (1.0 / (255.0 * std)).view(1, -1, 1, 1)
         self.shift = (-mean / std).view(1, -1, 1, 1)
+        if not isinstance(augment, Augmentation):  # True: the CIFAR recipe, crop and flip
+            augment = Augmentation(CROP_PADDING, True) if augment else Augmentation()
         self.batch_size, self.shuffle, self.augment = batch_size, shuffle, augment
         self.generator = generator
         # Dropping a ragged last batch keeps batch norm away from a batch of one.
@@ -122,7 +188,11 @@ class DeviceLoader:
         for step in range(len(self)):
             index = order[step * self.batch_size:(step + 1) * self.batch_size]
             images = self.images[index]
-            if self.augment:
-                images = random_crop_flip(images, self.generator)
+            if self.augment.crop_padding:
+                images = random_crop(images, self.augment.crop_padding, self.generator)
+            if self.augment.flip:
+                images = random_flip(images, self.generator)
             images = images.float().mul_(self.scale).add_(self.shift)
+            if self.augment.erasing:
+                images = random_erasing(images, self.augment.erasing, self.generator)
             yield images.contiguous(memory_format=self.memory_format), self.labels[index]

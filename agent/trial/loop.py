@@ -30,7 +30,7 @@ from nn.optimizers import OPTIMIZERS
 from nn.sam import SAM, preserved_batchnorm_stats
 from nn.schedules import build_scheduler
 from util.device import autocast_dtype, pick_device
-from util.device_cache import DeviceLoader, device_splits
+from util.device_cache import Augmentation, DeviceLoader, device_splits
 
 EVAL_BATCH = 1024  # evaluation needs no gradients: bigger batches, fewer kernel launches
 
@@ -101,13 +101,14 @@ def train(config: dict, hooks: TrialHooks | None = None, sweep: dict | None = No
         generator = torch.Generator(device=device).manual_seed(cfg.seed)
 
         # --- data: on the device once per process
-        data = device_splits(cfg.dataset, cfg.data_dir, device, cfg.val_split)
+        data = device_splits(cfg.dataset, cfg.data_dir, device, cfg.val_split, cfg.dataset_dir)
         train_x, train_y = data.train_x, data.train_y
         if cfg.train_subset:
             train_x, train_y = train_x[:cfg.train_subset], train_y[:cfg.train_subset]
         channels_last = cfg.channels_last and cfg.model in CONV_MODELS
         loader = DeviceLoader(train_x, train_y, data.mean, data.std, cfg.batch_size,
-                              shuffle=True, augment=cfg.augment, generator=generator,
+                              shuffle=True, augment=Augmentation.from_config(cfg),
+                              generator=generator,
                               drop_last=True, channels_last=channels_last)
         evaluation = lambda x, y: DeviceLoader(  # noqa: E731
             x, y, data.mean, data.std, EVAL_BATCH, channels_last=channels_last)
