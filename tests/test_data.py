@@ -7,11 +7,19 @@ import shutil
 import pytest
 import torch
 
-from util.datasets import cache_path, load_decoded
 from agent.params import validate
-from util.device_cache import (ERASE_AREA, Augmentation, DeviceLoader, device_splits,
-                               forget_device_data, random_crop, random_crop_flip,
-                               random_erasing, random_flip)
+from util.datasets import cache_path, load_decoded
+from util.device_cache import (
+    ERASE_AREA,
+    Augmentation,
+    DeviceLoader,
+    device_splits,
+    forget_device_data,
+    random_crop,
+    random_crop_flip,
+    random_erasing,
+    random_flip,
+)
 
 
 def test_cifar_fixture_goes_through_torchvision_and_into_the_cache(cifar_root):

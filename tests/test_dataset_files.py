@@ -14,8 +14,13 @@ import numpy as np
 import pytest
 import torch
 
-from util.cifar_files import (expected_content, register_expected, write_archive,
-                              write_cifar10, write_cifar100)
+from util.cifar_files import (
+    expected_content,
+    register_expected,
+    write_archive,
+    write_cifar10,
+    write_cifar100,
+)
 from util.dataset_files import sha256
 from util.datasets import cache_path, load_decoded
 from util.errors import UserError

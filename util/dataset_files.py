@@ -99,7 +99,8 @@ class _ArraysOnly(pickle.Unpickler):
     """An unpickler for CIFAR's batches: dicts, lists, strings, numbers and numpy arrays, and
     nothing else (a pickle can name any callable; these files never need one)."""
 
-    ALLOWED = {("numpy.core.multiarray", "_reconstruct"), ("numpy._core.multiarray", "_reconstruct"),
+    ALLOWED = {("numpy.core.multiarray", "_reconstruct"),
+               ("numpy._core.multiarray", "_reconstruct"),
                ("numpy.core.multiarray", "scalar"), ("numpy._core.multiarray", "scalar"),
                ("numpy", "ndarray"), ("numpy", "dtype"),
                # Python 3 writes bytes into a protocol-2 pickle as _codecs.encode(text, latin1)

@@ -15,8 +15,15 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from util.dataset_files import (BadFile, CifarArchive, CifarFolder, cifar_images, read_idx,
-                                sha256, unpickle_batch)
+from util.dataset_files import (
+    BadFile,
+    CifarArchive,
+    CifarFolder,
+    cifar_images,
+    read_idx,
+    sha256,
+    unpickle_batch,
+)
 from util.errors import UserError
 
 CACHE_VERSION = 2  # 2: files checked by content; bump when the layout changes
@@ -42,14 +49,14 @@ class DecodedSet:
 class Expected:
     """What a publisher's files decode to, recorded once from the real files.
 
-    train / test: image counts; per_class: images of each class in (train, test) for a
-    balanced set; sha256: util.dataset_files.sha256 of each decoded array by role (images
-    uint8 (N, C, H, W), labels int64), None where the real files were not at hand.
+    train / test: image counts; per_class: images of each class, (train list, test list);
+    sha256: util.dataset_files.sha256 of each decoded array by role (images uint8
+    (N, C, H, W), labels int64), None where the real files were not at hand.
     """
 
     train: int
     test: int
-    per_class: tuple[int, int] | None = None
+    per_class: tuple[list[int], list[int]] | None = None
     sha256: dict[str, str] | None = None
 
 
@@ -69,11 +76,11 @@ def _fail_unless_expected(title: str, expected: Expected, arrays: dict[str, np.n
             raise BadFile(where[f"{split}_images"], f"{len(images)} images, but {title}'s "
                           f"{split} set has {want}")
         if expected.per_class is not None:
-            counts = np.bincount(labels, minlength=classes)
-            per_class = expected.per_class[split == "test"]
-            if (counts != per_class).any():
-                raise BadFile(where[f"{split}_labels"], f"class counts {counts.tolist()}, "
-                              f"but {title} has {per_class} images of each class")
+            counts = np.bincount(labels, minlength=classes).tolist()
+            per_class = list(expected.per_class[split == "test"])
+            if counts != per_class:
+                raise BadFile(where[f"{split}_labels"], f"class counts {counts}, but "
+                              f"{title}'s {split} set has {per_class}")
     for role, want in (expected.sha256 or {}).items():
         got = sha256(arrays[role])
         if got != want:
@@ -129,9 +136,10 @@ class FileSet:
                 cls(str(data_dir), train=train, download=True)
         except Exception as error:  # offline, a proxy, a full disk: the user can act on each
             looked = ", ".join([str(data_dir), *self.system_dirs])
+            first_line = (str(error).splitlines() or [""])[0][:100]
             raise UserError(
                 f"no {self.title} files in {looked} and the download failed "
-                f"({type(error).__name__}: {str(error).splitlines()[0][:100]}); put the "
+                f"({type(error).__name__}: {first_line}); put the "
                 f"publisher's files ({self.file_names()}) in data_dir, or give their folder as "
                 "dataset_dir=FOLDER") from None
         found = self.find_in(data_dir)
@@ -263,27 +271,36 @@ def _digits(root: Path, dataset_dir: str = "") -> DecodedSet:
 FASHION_CLASSES = ["T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt",
                    "Sneaker", "Bag", "Ankle boot"]
 
+def _balanced(train: int, test: int, classes: int) -> tuple[list[int], list[int]]:
+    return [train] * classes, [test] * classes
+
+
 DATASETS = {
     # Counts from the publishers' pages. No checksums: the real CIFAR files were not at hand
     # when this table was written (no download here); per-class counts are the published ones.
     "cifar10": CifarSet(
-        "CIFAR-10", "CIFAR10", Expected(50000, 10000, per_class=(5000, 1000)),
+        "CIFAR-10", "CIFAR10", Expected(50000, 10000, per_class=_balanced(5000, 1000, 10)),
         top="cifar-10-batches-py", archive="cifar-10-python.tar.gz",
         train_files=tuple(f"data_batch_{i}" for i in range(1, 6)), test_file="test_batch",
         meta_file="batches.meta", labels_key="labels", names_key="label_names", classes=10),
     "cifar100": CifarSet(
-        "CIFAR-100", "CIFAR100", Expected(50000, 10000, per_class=(500, 100)),
+        "CIFAR-100", "CIFAR100", Expected(50000, 10000, per_class=_balanced(500, 100, 100)),
         top="cifar-100-python", archive="cifar-100-python.tar.gz", train_files=("train",),
         test_file="test", meta_file="meta", labels_key="fine_labels",
         names_key="fine_label_names", classes=100),
-    # MNIST's classes are not balanced and its real files were not at hand: counts only.
-    "mnist": IdxSet("MNIST", "MNIST", Expected(60000, 10000), folder="MNIST",
+    # MNIST's real files were not at hand: no checksums. Its class counts are the widely
+    # published ones (they sum to 60,000 and 10,000); they also tell Fashion-MNIST's files,
+    # which share MNIST's file names, from MNIST's.
+    "mnist": IdxSet("MNIST", "MNIST", Expected(60000, 10000, per_class=(
+        [5923, 6742, 5958, 6131, 5842, 5421, 5918, 6265, 5851, 5949],
+        [980, 1135, 1032, 1010, 982, 892, 958, 1028, 974, 1009])), folder="MNIST",
                     classes=[f"{d} - {w}" for d, w in enumerate(
                         "zero one two three four five six seven eight nine".split())]),
     # Recorded from Debian's dataset-fashion-mnist (files of 2020-06-05, recompressed by
     # Debian; what they decode to is Zalando's release).
     "fashion_mnist": IdxSet(
-        "Fashion-MNIST", "FashionMNIST", Expected(60000, 10000, per_class=(6000, 1000), sha256={
+        "Fashion-MNIST", "FashionMNIST", Expected(60000, 10000, per_class=_balanced(
+            6000, 1000, 10), sha256={
             "train_images": "2e487a6c89124f78f2d7521542223cafe96f7123c3ca13d447772ac6ecbb3012",
             "train_labels": "e3245b63f7c40d1c8b652835f19744d970c1613b40ddac6bcfc87b9c46e16a0b",
             "test_images": "c867c93ff95360594e8ec3287995350b824dd110b11595c0e13d5423f621867a",

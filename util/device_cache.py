@@ -92,7 +92,7 @@ class Augmentation:
     erasing: float = 0.0  # probability of erasing one random rectangle of an image
 
     @classmethod
-    def from_config(cls, cfg) -> "Augmentation":
+    def from_config(cls, cfg) -> Augmentation:
         """From a run config: `augment` switches crop (`crop_padding`) and `flip` on;
         `random_erasing` acts on its own."""
         return cls(cfg.crop_padding if cfg.augment else 0, bool(cfg.augment and cfg.flip),
