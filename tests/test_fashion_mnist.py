@@ -142,7 +142,7 @@ def real_sweep(tmp_path_factory, fashion_data_dir):
               "method": "grid", "metric": {"name": "val/acc", "goal": "maximize"},
               "parameters": {"dataset": {"value": "fashion_mnist"},
                              "train_subset": {"value": 3000}, "epochs": {"value": 2},
-                             "model": {"value": "cnn"}, "channels": {"value": [16, 32]},
+                             "model": {"value": "cnn"}, "channels": {"value": [16, 32, 64]},
                              "batch_size": {"value": 64}, "sinks": {"value": []},
                              "optimizer": {"value": "adam"},
                              "lr": {"values": [0.002, 0.005]}}}
