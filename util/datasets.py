@@ -330,6 +330,9 @@ def load_decoded(name: str, data_dir: str | os.PathLike, dataset_dir: str = "") 
         raise UserError(f"dataset={name!r}: {error}") from None
     path.parent.mkdir(parents=True, exist_ok=True)
     partial = path.with_suffix(f".{os.getpid()}.tmp")
-    torch.save(decoded.to_dict(), partial)
-    os.replace(partial, path)  # atomic: a concurrent agent sees the old file or the whole new one
+    try:
+        torch.save(decoded.to_dict(), partial)
+        os.replace(partial, path)  # atomic: a concurrent agent sees no file or a whole one
+    finally:
+        partial.unlink(missing_ok=True)  # a full disk leaves no half-written cache behind
     return decoded
