@@ -59,11 +59,10 @@ def report_local(store: SweepStore) -> None:
     render_status(store)
     best = best_run(store)
     print(f"Results: sweep store {store.path}, TensorBoard logs in data/logs/"
-          f"{store.sweep()['name']}/ (./run_tensorboard.sh), W&B offline runs in wandb/ "
+          f"{store.sweep().name}/ (./run_tensorboard.sh), W&B offline runs in wandb/ "
           "(wandb sync wandb/offline-run-*)")
     if best is not None:
-        print(f"Best run: {best['id']} {best['metric']}={best['value']:.4f} "
-              f"with {best['config']}")
+        print(f"Best run: {best.run.id} {best.metric}={best.value:.4f} with {best.run.config}")
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -159,5 +159,5 @@ def test_entrypoint_with_the_compose_environment_runs_a_local_sweep(workdir):
                             capture_output=True, text=True, timeout=180)
     assert result.returncode == 0, result.stderr[-3000:]
     runs = SweepStore(workdir / "data" / "sweeps" / "ep" / "sweep.db").runs()
-    assert [r["state"] for r in runs] == ["finished", "finished"]
+    assert [r.state for r in runs] == ["finished", "finished"]
     assert len(list((workdir / "wandb").glob("offline-run-*"))) == 2

@@ -46,7 +46,7 @@ def wait_for(predicate, timeout: float, what: str):
 
 
 def states(store: SweepStore) -> list[str]:
-    return [run["state"] for run in store.runs()]
+    return [run.state for run in store.runs()]
 
 
 # Slow enough to interrupt (a few seconds a run), cheap in memory.
@@ -64,10 +64,10 @@ def test_four_agents_on_a_grid_run_each_point_exactly_once(workdir):
     for agent in agents:
         assert agent.wait(timeout=200) == 0, agent.stderr.read()
     runs = store.runs()
-    points = [(r["config"]["lr"], r["config"]["batch_size"]) for r in runs]
+    points = [(r.config["lr"], r.config["batch_size"]) for r in runs]
     assert len(points) == 8 and len(set(points)) == 8
-    assert all(r["state"] == "finished" and r["summary"]["test/acc"] > 0 for r in runs)
-    assert len({r["owner"] for r in runs}) >= 2  # the work was shared out
+    assert all(r.state == "finished" and r.summary["test/acc"] > 0 for r in runs)
+    assert len({r.owner for r in runs}) >= 2  # the work was shared out
 
 
 @pytest.mark.timeout(240)
@@ -75,23 +75,23 @@ def test_sigkilled_agent_run_is_crashed_and_requeued_once(workdir):
     store = make_sweep(workdir, "crash", {**LONG_RUN, "epochs": {"value": 6},
                                           "lr": {"values": [0.01, 0.02]}})
     victim = start_agent(workdir, store, "--heartbeat-timeout", "3")
-    killed_id = wait_for(lambda: next((r["id"] for r in store.runs() if r["state"] == "running"
-                                       and r["epoch"] >= 1), None), 120, "a first epoch")
+    killed_id = wait_for(lambda: next((r.id for r in store.runs() if r.state == "running"
+                                       and r.epoch >= 1), None), 120, "a first epoch")
     victim.send_signal(signal.SIGKILL)
     victim.wait(timeout=30)
     killed = store.run(killed_id)
-    assert killed["state"] == "running", [(r["id"], r["state"], r["epoch"])
+    assert killed.state == "running", [(r.id, r.state, r.epoch)
                                           for r in store.runs()]
 
     survivor = start_agent(workdir, store, "--heartbeat-timeout", "3")
     assert survivor.wait(timeout=200) == 0, survivor.stderr.read()
-    runs = {r["id"]: r for r in store.runs()}
-    assert runs[killed["id"]]["state"] == "crashed"
-    repeats = [r for r in runs.values() if r["requeued_from"] == killed["id"]]
-    assert len(repeats) == 1 and repeats[0]["state"] == "finished"
-    assert repeats[0]["config"] == killed["config"]
-    finished = [r for r in runs.values() if r["state"] == "finished"]
-    assert sorted(r["config"]["lr"] for r in finished) == [0.01, 0.02]
+    runs = {r.id: r for r in store.runs()}
+    assert runs[killed.id].state == "crashed"
+    repeats = [r for r in runs.values() if r.requeued_from == killed.id]
+    assert len(repeats) == 1 and repeats[0].state == "finished"
+    assert repeats[0].config == killed.config
+    finished = [r for r in runs.values() if r.state == "finished"]
+    assert sorted(r.config["lr"] for r in finished) == [0.01, 0.02]
 
 
 @pytest.mark.timeout(240)
@@ -99,21 +99,21 @@ def test_sigterm_preempts_and_the_next_agent_resumes_the_epoch_count(workdir):
     store = make_sweep(workdir, "preempt", {**LONG_RUN, "epochs": {"value": 10},
                                             "lr": {"value": 0.01}})
     first = start_agent(workdir, store)
-    wait_for(lambda: any(r["epoch"] >= 1 for r in store.runs()), 120, "a first epoch")
+    wait_for(lambda: any(r.epoch >= 1 for r in store.runs()), 120, "a first epoch")
     first.send_signal(signal.SIGTERM)
     assert first.wait(timeout=60) == 0, first.stderr.read()
     (run,) = store.runs()
-    assert run["state"] == "preempted", (run["state"], run["epoch"], run["error"])
-    done_before = run["epoch"]
+    assert run.state == "preempted", (run.state, run.epoch, run.error)
+    done_before = run.epoch
     assert done_before < 10
-    assert (workdir / "data" / "runs" / run["id"] / "checkpoint.pt").exists()
+    assert (workdir / "data" / "runs" / run.id / "checkpoint.pt").exists()
 
     second = start_agent(workdir, store)
     assert second.wait(timeout=200) == 0, second.stderr.read()
     (resumed,) = store.runs()
-    assert resumed["id"] == run["id"] and resumed["state"] == "finished"
-    assert [h["epoch"] for h in resumed["history"]] == list(range(1, 11))
-    assert resumed["summary"]["epochs_done"] == 10
+    assert resumed.id == run.id and resumed.state == "finished"
+    assert [h["epoch"] for h in resumed.history] == list(range(1, 11))
+    assert resumed.summary["epochs_done"] == 10
 
 
 @pytest.mark.timeout(300)
@@ -127,11 +127,11 @@ def test_hyperband_stops_poor_runs_and_keeps_their_metrics(workdir):
     agent = start_agent(workdir, store)
     assert agent.wait(timeout=280) == 0, agent.stderr.read()
     runs = store.runs()
-    stopped = [r for r in runs if r["state"] == "stopped"]
-    assert stopped, [(r["config"]["lr"], r["state"], r["epoch"]) for r in runs]
+    stopped = [r for r in runs if r.state == "stopped"]
+    assert stopped, [(r.config["lr"], r.state, r.epoch) for r in runs]
     for run in stopped:
-        assert run["epoch"] < 6 and run["history"] and "val/acc" in run["summary"]
-    assert all(r["state"] in ("finished", "stopped") for r in runs)
+        assert run.epoch < 6 and run.history and "val/acc" in run.summary
+    assert all(r.state in ("finished", "stopped") for r in runs)
 
 
 @pytest.mark.timeout(120)
@@ -167,19 +167,19 @@ def test_quickstart_with_two_agents_completes_offline_through_run_sweep_sh(workd
     store = open_store(str(store_dir))
     runs = store.runs()
     assert len(runs) == 8  # the file's run_cap
-    assert all(r["state"] in ("finished", "stopped") for r in runs)
-    assert len({r["owner"] for r in runs}) == 2
+    assert all(r.state in ("finished", "stopped") for r in runs)
+    assert len({r.owner for r in runs}) == 2
     for run in runs:
-        assert run["history"] and run["summary"]["val/acc"] > 0
-        assert [h["epoch"] for h in run["history"]] == list(range(1, run["epoch"] + 1))
+        assert run.history and run.summary["val/acc"] > 0
+        assert [h["epoch"] for h in run.history] == list(range(1, run.epoch + 1))
     offline = {r.run_id: r for r in closed_offline_runs(workdir / "wandb", len(runs))}
     for run in runs:
-        assert run["id"] in offline
-        assert offline[run["id"]].group == "quickstart"
-        assert offline[run["id"]].config["sweep"]["id"] == store_dir.name
-        if run["state"] == "finished":
-            assert offline[run["id"]].summary["test/acc"] == pytest.approx(
-                run["summary"]["test/acc"])
+        assert run.id in offline
+        assert offline[run.id].group == "quickstart"
+        assert offline[run.id].config["sweep"]["id"] == store_dir.name
+        if run.state == "finished":
+            assert offline[run.id].summary["test/acc"] == pytest.approx(
+                run.summary["test/acc"])
     assert (workdir / "data" / "logs" / "quickstart").is_dir()
 
 
@@ -194,10 +194,10 @@ def test_failing_trials_are_recorded_and_three_in_a_row_stop_the_agent(workdir):
     message = agent.stderr.read()
     assert "stopping after 3 failed runs in a row" in message
     runs = store.runs()
-    assert [r["state"] for r in runs] == ["failed"] * 3
+    assert [r.state for r in runs] == ["failed"] * 3
     for run in runs:
-        assert "UserError" in run["error"]
-        assert "Traceback" in (workdir / "data" / "runs" / run["id"] / "traceback.txt").read_text()
+        assert "UserError" in run.error
+        assert "Traceback" in (workdir / "data" / "runs" / run.id / "traceback.txt").read_text()
 
 
 @pytest.mark.timeout(240)
@@ -217,13 +217,13 @@ def test_ctrl_c_stops_every_agent_cleanly_and_keeps_the_runs_resumable(workdir):
     store = wait_for(lambda: next((open_store(str(d)) for d in
                                    (workdir / "data" / "sweeps").glob("*")), None)
                      if (workdir / "data" / "sweeps").exists() else None, 60, "the store")
-    wait_for(lambda: sum(r["state"] == "running" and r["epoch"] >= 1
+    wait_for(lambda: sum(r.state == "running" and r.epoch >= 1
                          for r in store.runs()) == 2, 120, "two running runs")
     os.killpg(launcher.pid, signal.SIGINT)  # what Ctrl-C sends to the foreground group
     out, err = launcher.communicate(timeout=60)
     assert launcher.returncode == 0, err[-2000:]
     runs = store.runs()
-    assert sorted(r["state"] for r in runs) == ["preempted", "preempted"]
+    assert sorted(r.state for r in runs) == ["preempted", "preempted"]
     assert "Results:" in out
 
 
@@ -249,8 +249,8 @@ def test_status_shows_runs_by_state_and_the_best(workdir):
                             capture_output=True, text=True, timeout=100)
     assert result.returncode == 0
     assert "2 finished" in result.stdout and "best so far" in result.stdout
-    best = max(store.runs(), key=lambda r: r["summary"]["val/acc"])
-    assert best["id"] in result.stdout.split("best so far:")[1].splitlines()[0]
+    best = max(store.runs(), key=lambda r: r.summary["val/acc"])
+    assert best.id in result.stdout.split("best so far:")[1].splitlines()[0]
 
 
 def test_agent_slots_give_each_agent_its_gpu_or_a_share_of_the_cpu():
@@ -261,3 +261,27 @@ def test_agent_slots_give_each_agent_its_gpu_or_a_share_of_the_cpu():
     cpu = agent_slots([], 4, 2)
     assert len(cpu) == 2 and all(s["CUDA_VISIBLE_DEVICES"] == "" for s in cpu)
     assert all(int(s["OMP_NUM_THREADS"]) >= 1 for s in cpu)
+
+
+@pytest.mark.e2e
+@pytest.mark.timeout(120)
+@pytest.mark.parametrize("module", ["agent.status", "agent.sweep.agent_loop"])
+def test_a_store_of_the_previous_schema_is_refused_in_one_line(workdir, module):
+    old = workdir / "data" / "sweeps" / "old"
+    old.mkdir(parents=True)
+    with sqlite3.connect(old / "sweep.db") as db:  # as the code before schema versions made it
+        db.executescript(
+            "CREATE TABLE sweep (id TEXT PRIMARY KEY, name TEXT NOT NULL, config TEXT NOT NULL,"
+            " created REAL NOT NULL);"
+            "CREATE TABLE runs (id TEXT PRIMARY KEY, seq INTEGER NOT NULL, config TEXT NOT NULL,"
+            " state TEXT NOT NULL, owner TEXT, heartbeat REAL, requeued_from TEXT,"
+            " epoch INTEGER NOT NULL DEFAULT 0, summary TEXT, error TEXT, created REAL NOT NULL,"
+            " started REAL, ended REAL);")
+    before = (old / "sweep.db").read_bytes()
+    result = subprocess.run([sys.executable, "-m", module, "old"], cwd=workdir,
+                            env=subprocess_env(), capture_output=True, text=True, timeout=100)
+    assert result.returncode == 2
+    (line,) = result.stderr.strip().splitlines()
+    assert line.startswith(f"error: {Path('data/sweeps/old/sweep.db')}: a sweep store of "
+                           "schema version 0")
+    assert (old / "sweep.db").read_bytes() == before

@@ -172,6 +172,6 @@ def test_two_slurm_jobs_finish_a_local_sweep(workdir, slurm_cluster):
     assert sorted(tasks) == [("0", "COMPLETED", "0:0"), ("1", "COMPLETED", "0:0")], outputs
 
     runs = SweepStore(workdir / "data" / "sweeps" / "slurm8" / "sweep.db").runs()
-    assert len(runs) == 8 and all(r["state"] == "finished" for r in runs), outputs
-    assert len({r["owner"] for r in runs}) == 2  # both jobs' agents trained
+    assert len(runs) == 8 and all(r.state == "finished" for r in runs), outputs
+    assert len({r.owner for r in runs}) == 2  # both jobs' agents trained
     assert len(list(job_dir.glob(f"slurm-{job_id}_*.out"))) == 2

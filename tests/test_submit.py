@@ -115,12 +115,12 @@ def test_pbs_job_runs_a_local_sweep_in_scratch_and_copies_everything_back(workdi
     out, err = job.communicate(timeout=180)
     assert job.returncode == 0, err[-3000:]
     runs = SweepStore(workdir / "data" / "sweeps" / "tiny" / "sweep.db").runs()
-    assert [r["state"] for r in runs] == ["finished", "finished"]
-    assert sorted(r["config"]["lr"] for r in runs) == [0.05, 0.1]
+    assert [r.state for r in runs] == ["finished", "finished"]
+    assert sorted(r.config["lr"] for r in runs) == [0.05, 0.1]
     for run in runs:  # every result is back in the submit directory
-        assert (workdir / "data" / "logs" / "tiny" / run["id"]).is_dir()
-        assert list((workdir / "wandb").glob(f"offline-run-*-{run['id']}/run-*.wandb"))
-        assert (workdir / "data" / "runs" / run["id"] / "checkpoint.pt").is_file()
+        assert (workdir / "data" / "logs" / "tiny" / run.id).is_dir()
+        assert list((workdir / "wandb").glob(f"offline-run-*-{run.id}/run-*.wandb"))
+        assert (workdir / "data" / "runs" / run.id / "checkpoint.pt").is_file()
     assert (workdir / "data" / "cache").is_dir()
     assert not (workdir / "data" / "sweeps" / "tiny.incoming").exists()
     assert list((aux / "scratch").iterdir()) == []  # scratch emptied
@@ -141,20 +141,20 @@ def test_pbs_job_stopped_at_walltime_or_by_sigterm_leaves_a_run_the_next_job_res
     assert first.returncode == 0, err[-3000:]
     assert "agents stopped 1 s before the walltime" in err
     (run,) = SweepStore(store_path).runs()
-    assert run["state"] == "preempted" and 1 <= run["epoch"] < 2000, (run["state"], err[-2000:])
-    assert (workdir / "data" / "runs" / run["id"] / "checkpoint.pt").is_file()
+    assert run.state == "preempted" and 1 <= run.epoch < 2000, (run.state, err[-2000:])
+    assert (workdir / "data" / "runs" / run.id / "checkpoint.pt").is_file()
     assert list(scratch.iterdir()) == []
 
     # Job 2: SIGTERM, as PBS sends at the walltime or on qdel, once it has trained further.
     second = pbs_job(workdir, aux, submit_pbs(workdir, aux, "long", "--walltime", "1:00:00"))
-    wait_for(lambda: scratch_epoch(scratch, "long") > run["epoch"], 120, "a resumed epoch")
+    wait_for(lambda: scratch_epoch(scratch, "long") > run.epoch, 120, "a resumed epoch")
     second.send_signal(signal.SIGTERM)  # to the job shell only: it passes it on
     out, err = second.communicate(timeout=60)
     assert second.returncode == 0, err[-3000:]
     (resumed,) = SweepStore(store_path).runs()
-    assert resumed["id"] == run["id"] and resumed["state"] == "preempted"
-    assert resumed["epoch"] > run["epoch"]
-    assert [h["epoch"] for h in resumed["history"]] == list(range(1, resumed["epoch"] + 1))
+    assert resumed.id == run.id and resumed.state == "preempted"
+    assert resumed.epoch > run.epoch
+    assert [h["epoch"] for h in resumed.history] == list(range(1, resumed.epoch + 1))
     assert list(scratch.iterdir()) == []
 
 

@@ -20,7 +20,7 @@ import traceback
 from pathlib import Path
 
 from util.errors import exit_on_user_error
-from agent.sweep.controller import HEARTBEAT_TIMEOUT_S, claim_next_run, should_stop
+from agent.sweep.controller import HEARTBEAT_TIMEOUT_S, claim, should_stop
 from agent.sweep.store import SweepStore
 from agent.sweep.target import open_store
 from agent.trial.loop import Preempted, TrialHooks, train
@@ -57,31 +57,31 @@ def run_local_agent(store: SweepStore, count: int | None = None,
         signal.signal(signum, lambda number, frame: signalled.append(number))
     failures = done = 0
     while (count is None or done < count) and not signalled:
-        claim = claim_next_run(store, owner, timeout)
-        if claim.kind == "done":
+        work = claim(store, owner, timeout=timeout)
+        if work.kind == "done":
             break
-        if claim.kind == "wait":  # others still run; one may crash and need repeating
+        if work.kind == "wait":  # others still run; one may crash and need repeating
             time.sleep(WAIT_POLL_S)
             continue
-        run_id = claim.run_id
+        (claimed,) = work.runs
+        run_id = claimed.run_id
 
         def after_epoch(epoch: int, history: list[dict]) -> str | None:
-            store.record_epoch(run_id, epoch, history[-1])
+            store.record_epoch(run_id, owner, epoch, history[-1])
             return "early_terminate" if should_stop(store, run_id) else None
 
-        config = {**claim.config, "run_id": run_id, "group": sweep["name"]}
+        config = {**claimed.config, "run_id": run_id, "group": sweep.name}
         beat = Heartbeat(store.path, run_id, owner, heartbeat_s)
         try:
             summary = train(config, TrialHooks(should_stop=after_epoch,
                                                interrupted=lambda: bool(signalled)),
-                            sweep={"id": sweep["id"], "name": sweep["name"],
-                                   "config": sweep["config"]})
+                            sweep={"id": sweep.id, "name": sweep.name, "config": sweep.config})
             # A diverged run is a result: finished, with diverged=true in its summary.
             state = "stopped" if summary["state"] == "stopped" else "finished"
-            store.finish_run(run_id, state, summary)
+            store.finish(run_id, owner, state, summary)
             failures = 0
         except Preempted:
-            store.finish_run(run_id, "preempted")
+            store.finish(run_id, owner, "preempted")
             print(f"agent {owner}: run {run_id} preempted; its checkpoint is kept for the "
                   "next agent", file=sys.stderr)
             break
@@ -91,7 +91,7 @@ def run_local_agent(store: SweepStore, count: int | None = None,
             run_dir.mkdir(parents=True, exist_ok=True)
             (run_dir / "traceback.txt").write_text(trace)
             line = f"{type(error).__name__}: {str(error).splitlines()[0] if str(error) else ''}"
-            store.finish_run(run_id, "failed", error=line)
+            store.finish(run_id, owner, "failed", error=line)
             failures += 1
             print(f"agent {owner}: run {run_id} failed ({line}); traceback in "
                   f"{run_dir / 'traceback.txt'}", file=sys.stderr)
