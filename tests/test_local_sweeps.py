@@ -264,6 +264,42 @@ def test_agent_slots_give_each_agent_its_gpu_or_a_share_of_the_cpu():
 
 
 @pytest.mark.e2e
+@pytest.mark.timeout(300)
+def test_a_stalled_agent_finds_its_run_taken_writes_nothing_and_moves_on(workdir):
+    store = make_sweep(workdir, "stall", {**LONG_RUN, "epochs": {"value": 8},
+                                          "lr": {"values": [0.01, 0.02]}})
+    timeout = ("--heartbeat-timeout", "1.5")  # five beats of 0.3 s
+    stalled = start_agent(workdir, store, *timeout)
+    taken_id = wait_for(lambda: next((r.id for r in store.runs() if r.state == "running"
+                                      and r.epoch >= 1), None), 120, "a first epoch")
+    stalled.send_signal(signal.SIGSTOP)
+    try:
+        time.sleep(2.5)  # silent past the timeout
+        other = start_agent(workdir, store, *timeout)
+        repeat = wait_for(lambda: next((r for r in store.runs() if r.requeued_from == taken_id
+                                        and r.state == "running"), None), 120, "the repeat")
+        taken = store.run(taken_id)
+        assert taken.state == "crashed"
+    finally:
+        stalled.send_signal(signal.SIGCONT)  # it wakes while its run's repeat trains
+    assert stalled.wait(timeout=200) == 0 and other.wait(timeout=200) == 0
+    lines = stalled.stderr.read().splitlines()
+    assert [line for line in lines if taken_id in line] == [
+        f"agent {taken.owner}: run {taken_id} was declared crashed while this agent was silent "
+        "and is re-queued; this copy stops without recording anything"]
+    assert "Traceback" not in "\n".join(lines)
+    runs = store.runs()
+    assert store.run(taken_id) == taken  # not one write after it was taken: no epoch, no end
+    assert not (workdir / "data" / "runs" / taken_id / "summary.json").exists()  # cut short
+    assert store.run(repeat.id).state == "finished" and store.run(repeat.id).owner != taken.owner
+    finished = [r for r in runs if r.state == "finished"]
+    assert sorted(r.config["lr"] for r in finished) == [0.01, 0.02]  # each point once
+    # The stalled agent went on to the next claim: the other grid point.
+    (moved_on,) = [r for r in finished if r.id not in (taken_id, repeat.id)]
+    assert moved_on.owner == taken.owner and len(runs) == 3
+
+
+@pytest.mark.e2e
 @pytest.mark.timeout(120)
 @pytest.mark.parametrize("module", ["agent.status", "agent.sweep.agent_loop"])
 def test_a_store_of_the_previous_schema_is_refused_in_one_line(workdir, module):

@@ -4,7 +4,9 @@
 `python -m agent.sweep.agent_loop --wandb <entity/project/sweep-id>` pulls from W&B's server instead.
 Trials run in-process with `agent.trial.train`, so the dataset stays on the device between
 them. SIGTERM or SIGINT ends the current trial as `preempted` (its checkpoint kept; the next
-agent resumes it) and the agent exits.
+agent resumes it) and the agent exits. An agent that finds its run taken from it (it was
+silent past the heartbeat timeout, and its run was declared crashed and re-queued) drops
+that trial without writing to the store and claims the next.
 """
 
 from __future__ import annotations
@@ -19,21 +21,23 @@ import time
 import traceback
 from pathlib import Path
 
-from util.errors import exit_on_user_error
 from agent.sweep.controller import HEARTBEAT_TIMEOUT_S, claim, should_stop
 from agent.sweep.store import SweepStore
 from agent.sweep.target import open_store
 from agent.trial.loop import Preempted, TrialHooks, train
+from util.errors import exit_on_user_error
 
 MAX_FAILURES_IN_A_ROW = 3
 WAIT_POLL_S = 2.0
 
 
 class Heartbeat:
-    """Refreshes a run's heartbeat from a thread (with its own SQLite connection)."""
+    """Refreshes a run's heartbeat from a thread (with its own SQLite connection); `taken`
+    is set once the store refuses a beat: the run is no longer this agent's."""
 
     def __init__(self, store_path: Path, run_id: str, owner: str, every: float):
         self.stop_event = threading.Event()
+        self.taken = threading.Event()
         self.thread = threading.Thread(target=self._beat, daemon=True,
                                        args=(store_path, run_id, owner, every))
         self.thread.start()
@@ -41,11 +45,19 @@ class Heartbeat:
     def _beat(self, store_path, run_id, owner, every):
         store = SweepStore(store_path)
         while not self.stop_event.wait(every):
-            store.heartbeat(run_id, owner)
+            if not store.heartbeat(run_id, owner):
+                self.taken.set()
+                break
+        store.close()
 
     def stop(self):
         self.stop_event.set()
         self.thread.join()
+
+
+def taken_over(owner: str, run_id: str) -> None:
+    print(f"agent {owner}: run {run_id} was declared crashed while this agent was silent and "
+          "is re-queued; this copy stops without recording anything", file=sys.stderr)
 
 
 def run_local_agent(store: SweepStore, count: int | None = None,
@@ -65,33 +77,42 @@ def run_local_agent(store: SweepStore, count: int | None = None,
             continue
         (claimed,) = work.runs
         run_id = claimed.run_id
+        beat = Heartbeat(store.path, run_id, owner, heartbeat_s)
 
-        def after_epoch(epoch: int, history: list[dict]) -> str | None:
-            store.record_epoch(run_id, owner, epoch, history[-1])
+        def after_epoch(epoch: int, history: list[dict], run_id=run_id, beat=beat) -> str | None:
+            if not store.record_epoch(run_id, owner, epoch, history[-1]):
+                beat.taken.set()  # the next step's interrupted() ends the trial
+                return None
             return "early_terminate" if should_stop(store, run_id) else None
 
+        def interrupted(beat=beat) -> bool:  # SIGTERM, or the run is no longer ours
+            return bool(signalled) or beat.taken.is_set()
+
         config = {**claimed.config, "run_id": run_id, "group": sweep.name}
-        beat = Heartbeat(store.path, run_id, owner, heartbeat_s)
         try:
-            summary = train(config, TrialHooks(should_stop=after_epoch,
-                                               interrupted=lambda: bool(signalled)),
+            summary = train(config, TrialHooks(should_stop=after_epoch, interrupted=interrupted),
                             sweep={"id": sweep.id, "name": sweep.name, "config": sweep.config})
             # A diverged run is a result: finished, with diverged=true in its summary.
             state = "stopped" if summary["state"] == "stopped" else "finished"
-            store.finish(run_id, owner, state, summary)
+            if not store.finish(run_id, owner, state, summary):
+                taken_over(owner, run_id)
+                continue
             failures = 0
         except Preempted:
-            store.finish(run_id, owner, "preempted")
+            if beat.taken.is_set() or not store.finish(run_id, owner, "preempted"):
+                taken_over(owner, run_id)
+                continue  # to the next claim, or out of the loop after a signal
             print(f"agent {owner}: run {run_id} preempted; its checkpoint is kept for the "
                   "next agent", file=sys.stderr)
             break
         except Exception as error:  # a failing trial is recorded, not fatal to the agent
-            trace = traceback.format_exc()
+            line = f"{type(error).__name__}: {str(error).splitlines()[0] if str(error) else ''}"
+            if not store.finish(run_id, owner, "failed", error=line):
+                taken_over(owner, run_id)
+                continue
             run_dir = Path(config.get("run_dir", "data/runs")) / run_id
             run_dir.mkdir(parents=True, exist_ok=True)
-            (run_dir / "traceback.txt").write_text(trace)
-            line = f"{type(error).__name__}: {str(error).splitlines()[0] if str(error) else ''}"
-            store.finish(run_id, owner, "failed", error=line)
+            (run_dir / "traceback.txt").write_text(traceback.format_exc())
             failures += 1
             print(f"agent {owner}: run {run_id} failed ({line}); traceback in "
                   f"{run_dir / 'traceback.txt'}", file=sys.stderr)
