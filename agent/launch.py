@@ -14,6 +14,12 @@ import subprocess
 import sys
 
 from agent.cluster import submit
+from agent.sweep.controller import (
+    HEARTBEAT_S,
+    HEARTBEAT_TIMEOUT_S,
+    MIN_BEATS_PER_TIMEOUT,
+    check_heartbeat,
+)
 from agent.sweep.store import SweepStore
 from agent.sweep.target import check_wandb_sweep, create_local_sweep, resolve_target
 from util.errors import UserError, exit_on_user_error
@@ -76,12 +82,18 @@ def main(argv: list[str] | None = None) -> int:
                         help="agents on a machine without GPUs (default 1)")
     parser.add_argument("--count", type=int, default=None, help="runs per agent")
     parser.add_argument("--project", default=os.environ.get("WANDB_PROJECT"))
+    parser.add_argument("--heartbeat", type=float, default=None,
+                        help=f"seconds between an agent's heartbeats (default {HEARTBEAT_S:g})")
     parser.add_argument("--heartbeat-timeout", type=float, default=None,
-                        help="seconds before a silent run counts as crashed")
+                        help="seconds before a silent run counts as crashed (default "
+                        f"{HEARTBEAT_TIMEOUT_S:g}; at least {MIN_BEATS_PER_TIMEOUT} heartbeats)")
     submit.add_submit_options(parser)
     args = parser.parse_args(argv)
     if args.agents_per_gpu < 1 or args.agents < 1:
         raise UserError("--agents-per-gpu and --agents must be >= 1")
+    check_heartbeat(HEARTBEAT_S if args.heartbeat is None else args.heartbeat,
+                    HEARTBEAT_TIMEOUT_S if args.heartbeat_timeout is None
+                    else args.heartbeat_timeout)
     if submit.requested(args):  # --pbs/--slurm: job scripts for a scheduler, no agents here
         return submit.submit_from_args(args, argv)
 
@@ -90,8 +102,10 @@ def main(argv: list[str] | None = None) -> int:
     agent_cmd = [sys.executable, "-m", "agent.sweep.agent_loop"]
     if args.count:
         agent_cmd += ["--count", str(args.count)]
-    if args.heartbeat_timeout:
-        agent_cmd += ["--heartbeat-timeout", str(args.heartbeat_timeout)]
+    for option, value in (("--heartbeat", args.heartbeat),
+                          ("--heartbeat-timeout", args.heartbeat_timeout)):
+        if value is not None:
+            agent_cmd += [option, repr(value)]
 
     target = resolve_target(args.target, args.project)
     if target.kind == "yaml":

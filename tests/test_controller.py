@@ -4,14 +4,23 @@ generated runs, with W&B's real engine behind the proposals; no store, no proces
 from __future__ import annotations
 
 import itertools
+import math
 
 import pytest
 from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 
-from agent.sweep.controller import PROPOSALS_PER_MEMBER, choose_work, crash_repairs
+from agent.sweep.controller import (
+    MAX_HEARTBEAT_S,
+    MIN_BEATS_PER_TIMEOUT,
+    PROPOSALS_PER_MEMBER,
+    check_heartbeat,
+    choose_work,
+    crash_repairs,
+)
 from agent.sweep.engine import proposed_params
 from agent.sweep.store import STATES, Run
+from util.errors import UserError
 
 # A grid whose points fall into two pack keys (model) of 6 points each.
 PARAMETERS = {"model": {"values": ["dense", "cnn"]}, "lr": {"values": [0.1, 0.01, 0.001]},
@@ -206,3 +215,19 @@ def test_the_run_cap_counts_parked_proposals_and_ignores_repeats():
     repeat = Run(id="p", seq=2, config=POINTS[0], state="finished", requeued_from="c")
     work = choose_work(grid(run_cap=3), [crashed, repeat], 4, lambda config: config["seed"])
     assert len(work.start) + len(work.park) == 2  # 3 originals in all; the repeat is free
+
+
+# --- the heartbeat options --------------------------------------------------------------------
+
+@PURE
+@given(st.floats(allow_nan=True, allow_infinity=True) | st.floats(0.01, 10),
+       st.floats(allow_nan=True, allow_infinity=True) | st.floats(0, 100))
+def test_heartbeat_timeout_is_finite_and_at_least_three_beats(heartbeat, timeout):
+    valid = (math.isfinite(heartbeat) and 0 < heartbeat <= MAX_HEARTBEAT_S
+             and math.isfinite(timeout) and timeout >= MIN_BEATS_PER_TIMEOUT * heartbeat)
+    if valid:
+        check_heartbeat(heartbeat, timeout)
+    else:
+        with pytest.raises(UserError) as refused:
+            check_heartbeat(heartbeat, timeout)
+        assert "\n" not in str(refused.value) and "--heartbeat" in str(refused.value)

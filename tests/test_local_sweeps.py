@@ -299,6 +299,30 @@ def test_a_stalled_agent_finds_its_run_taken_writes_nothing_and_moves_on(workdir
     assert moved_on.owner == taken.owner and len(runs) == 3
 
 
+BAD_HEARTBEATS = [["--heartbeat-timeout", "nan"], ["--heartbeat-timeout", "inf"],
+                  ["--heartbeat-timeout", "0"], ["--heartbeat-timeout", "2"],
+                  ["--heartbeat", "0"], ["--heartbeat", "-1"],
+                  ["--heartbeat", "1", "--heartbeat-timeout", "2.9"]]
+
+
+@pytest.mark.e2e
+@pytest.mark.timeout(120)
+@pytest.mark.parametrize("options", BAD_HEARTBEATS, ids=" ".join)
+def test_heartbeat_options_that_duplicate_or_never_repair_runs_are_refused(workdir, options):
+    store = make_sweep(workdir, "beats", {"lr": {"value": 0.1}})
+    sweep_file = workdir / "beats.yaml"
+    sweep_file.write_text(yaml.safe_dump(store.sweep().config))
+    for command in ([sys.executable, "-m", "agent.sweep.agent_loop", str(store.directory)],
+                    [str(ROOT / "run_sweep.sh"), str(sweep_file)]):
+        result = subprocess.run(command + options, cwd=workdir, env=subprocess_env(),
+                                capture_output=True, text=True, timeout=100)
+        assert result.returncode == 2, result.stderr
+        (line,) = result.stderr.strip().splitlines()
+        assert line.startswith(f"error: {options[-2]}=") and "heartbeat" in line
+    assert [p.name for p in (workdir / "data" / "sweeps").iterdir()] == ["beats"]
+    assert store.runs() == []
+
+
 @pytest.mark.e2e
 @pytest.mark.timeout(120)
 @pytest.mark.parametrize("module", ["agent.status", "agent.sweep.agent_loop"])

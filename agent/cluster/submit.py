@@ -337,6 +337,7 @@ def job_spec(args: argparse.Namespace, kind: str, count: int, sweep: str,
     launch_args = ["--agents-per-gpu", str(args.agents_per_gpu)] if gpus else [
         "--agents", str(args.agents)]
     for option, value in (("--count", args.count), ("--project", args.project),
+                          ("--heartbeat", args.heartbeat),
                           ("--heartbeat-timeout", args.heartbeat_timeout)):
         if value:
             launch_args += [option, str(value)]

@@ -21,7 +21,13 @@ import time
 import traceback
 from pathlib import Path
 
-from agent.sweep.controller import HEARTBEAT_TIMEOUT_S, claim, should_stop
+from agent.sweep.controller import (
+    HEARTBEAT_S,
+    HEARTBEAT_TIMEOUT_S,
+    check_heartbeat,
+    claim,
+    should_stop,
+)
 from agent.sweep.store import SweepStore
 from agent.sweep.target import open_store
 from agent.trial.loop import Preempted, TrialHooks, train
@@ -61,7 +67,7 @@ def taken_over(owner: str, run_id: str) -> None:
 
 
 def run_local_agent(store: SweepStore, count: int | None = None,
-                    heartbeat_s: float = 5.0, timeout: float = HEARTBEAT_TIMEOUT_S) -> int:
+                    heartbeat_s: float = HEARTBEAT_S, timeout: float = HEARTBEAT_TIMEOUT_S) -> int:
     owner = f"{socket.gethostname()}:{os.getpid()}"
     sweep = store.sweep()
     signalled = []
@@ -156,10 +162,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--wandb", action="store_true", help="pull configs from W&B's server")
     parser.add_argument("--count", type=int, default=None, help="stop after N runs")
     parser.add_argument("--project", default=os.environ.get("WANDB_PROJECT"))
-    parser.add_argument("--heartbeat", type=float, default=5.0, help="seconds between beats")
+    parser.add_argument("--heartbeat", type=float, default=HEARTBEAT_S,
+                        help="seconds between beats")
     parser.add_argument("--heartbeat-timeout", type=float, default=HEARTBEAT_TIMEOUT_S,
                         help="seconds of silence after which a running run is crashed")
     args = parser.parse_args(argv)
+    check_heartbeat(args.heartbeat, args.heartbeat_timeout)
     if args.wandb:
         return run_wandb_agent(args.sweep, args.count, args.project)
     return run_local_agent(open_store(args.sweep), args.count, args.heartbeat,

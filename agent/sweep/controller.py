@@ -17,8 +17,12 @@ from dataclasses import dataclass, field
 from agent.ids import new_run_id
 from agent.sweep.engine import proposed_params, stop_decisions
 from agent.sweep.store import Run, SweepStore
+from util.errors import UserError
 
+HEARTBEAT_S = 5.0  # seconds between an agent's heartbeats
 HEARTBEAT_TIMEOUT_S = 60.0  # a running run silent this long is taken for crashed
+MIN_BEATS_PER_TIMEOUT = 3  # a run is declared crashed only after this many missed beats
+MAX_HEARTBEAT_S = 3600.0  # beyond an hour, a crash would go unnoticed for hours
 PROPOSALS_PER_MEMBER = 4  # engine proposals one claim may ask for, per member wanted
 
 PackKey = Callable[[dict], Hashable]
@@ -54,6 +58,20 @@ class Work:
     take: list[Run] = field(default_factory=list)
     start: list[dict] = field(default_factory=list)
     park: list[dict] = field(default_factory=list)
+
+
+def check_heartbeat(heartbeat_s: float, timeout_s: float) -> None:
+    """UserError (one line) unless 0 < heartbeat_s <= MAX_HEARTBEAT_S and timeout_s is a
+    finite number of seconds of at least MIN_BEATS_PER_TIMEOUT heartbeats: a shorter one
+    takes live runs for crashed (and runs them twice), an infinite one never repairs any."""
+    if not (math.isfinite(heartbeat_s) and 0 < heartbeat_s <= MAX_HEARTBEAT_S):
+        raise UserError(f"--heartbeat={heartbeat_s!r}: expected seconds between heartbeats, "
+                        f"a number in (0, {MAX_HEARTBEAT_S:g}]")
+    if not (math.isfinite(timeout_s) and timeout_s >= MIN_BEATS_PER_TIMEOUT * heartbeat_s):
+        raise UserError(f"--heartbeat-timeout={timeout_s!r}: expected a finite number of "
+                        f"seconds, at least {MIN_BEATS_PER_TIMEOUT} heartbeats "
+                        f"({MIN_BEATS_PER_TIMEOUT * heartbeat_s:g} s with --heartbeat "
+                        f"{heartbeat_s:g})")
 
 
 def crash_repairs(runs: list[Run], now: float, timeout: float) -> tuple[list[str], list[Run]]:
