@@ -56,7 +56,23 @@ def start_agents(command: list[str], slots: list[dict]) -> int:
     signal.signal(signal.SIGINT, pass_on)
     signal.signal(signal.SIGTERM, pass_on)
     codes = [agent.wait() for agent in agents]
-    return max(codes, default=0)
+    return launcher_exit_code([agent.pid for agent in agents], codes)
+
+
+def launcher_exit_code(pids: list[int], codes: list[int]) -> int:
+    """The agents' worst exit code; an agent killed by signal N (Popen's code -N) gives
+    128 + N, as a shell reports it, with one line on stderr per agent that died so."""
+    worst = 0
+    for pid, code in zip(pids, codes):
+        if code < 0:
+            try:
+                name = signal.Signals(-code).name
+            except ValueError:
+                name = f"signal {-code}"
+            print(f"agent {pid} was killed by {name}", file=sys.stderr)
+            code = 128 - code
+        worst = max(worst, code)
+    return worst
 
 
 def report_local(store: SweepStore) -> None:

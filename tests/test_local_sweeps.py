@@ -324,6 +324,37 @@ def test_heartbeat_options_that_duplicate_or_never_repair_runs_are_refused(workd
 
 
 @pytest.mark.e2e
+@pytest.mark.timeout(300)
+def test_the_launcher_exit_code_says_an_agent_was_killed(workdir):
+    sweep_file = workdir / "two.yaml"
+    sweep_file.write_text(yaml.safe_dump({
+        "program": "agent/train.py", "command": COMMAND, "method": "grid",
+        "metric": {"name": "val/acc", "goal": "maximize"},
+        "parameters": {**LONG_RUN, "dataset": {"value": "digits"}, "epochs": {"value": 3},
+                       "lr": {"values": [0.01, 0.02]}}}))
+    launcher = subprocess.Popen([sys.executable, "-m", "agent.launch", str(sweep_file),
+                                 "--agents", "2", "--heartbeat", "0.3",
+                                 "--heartbeat-timeout", "1"], cwd=workdir,
+                                env=subprocess_env(), stdout=subprocess.PIPE,
+                                stderr=subprocess.PIPE, text=True)
+    from agent.sweep.target import open_store
+
+    store = wait_for(lambda: next((open_store(str(d)) for d in
+                                   (workdir / "data" / "sweeps").glob("*")), None)
+                     if (workdir / "data" / "sweeps").exists() else None, 60, "the store")
+    victim = wait_for(lambda: next((r for r in store.runs() if r.state == "running"), None),
+                      120, "a running run")
+    pid = int(victim.owner.rsplit(":", 1)[1])
+    os.kill(pid, signal.SIGKILL)
+    out, err = launcher.communicate(timeout=240)
+    assert launcher.returncode == 128 + signal.SIGKILL, err[-2000:]
+    assert f"agent {pid} was killed by SIGKILL" in err
+    runs = store.runs()  # the survivor repaired the killed agent's run
+    assert store.run(victim.id).state == "crashed"
+    assert sorted(r.config["lr"] for r in runs if r.state == "finished") == [0.01, 0.02]
+
+
+@pytest.mark.e2e
 @pytest.mark.timeout(120)
 @pytest.mark.parametrize("module", ["agent.status", "agent.sweep.agent_loop"])
 def test_a_store_of_the_previous_schema_is_refused_in_one_line(workdir, module):
@@ -345,3 +376,14 @@ def test_a_store_of_the_previous_schema_is_refused_in_one_line(workdir, module):
     assert line.startswith(f"error: {Path('data/sweeps/old/sweep.db')}: a sweep store of "
                            "schema version 0")
     assert (old / "sweep.db").read_bytes() == before
+
+
+def test_an_agent_killed_by_a_signal_is_never_hidden_by_the_others_exit_codes(capsys):
+    from agent.launch import launcher_exit_code
+
+    assert launcher_exit_code([11, 12], [0, 0]) == 0
+    assert launcher_exit_code([11, 12], [0, 1]) == 1
+    assert launcher_exit_code([11, 12], [-signal.SIGKILL, 0]) == 128 + signal.SIGKILL
+    assert launcher_exit_code([11, 12], [2, -signal.SIGTERM]) == 128 + signal.SIGTERM
+    assert capsys.readouterr().err.splitlines() == ["agent 11 was killed by SIGKILL",
+                                                    "agent 12 was killed by SIGTERM"]
