@@ -20,6 +20,7 @@ from agent.sweep.controller import (
     MIN_BEATS_PER_TIMEOUT,
     check_heartbeat,
 )
+from agent.sweep.pack_size import parse_pack
 from agent.sweep.store import SweepStore
 from agent.sweep.target import check_wandb_sweep, create_local_sweep, resolve_target
 from util.errors import UserError, exit_on_user_error
@@ -103,8 +104,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--heartbeat-timeout", type=float, default=None,
                         help="seconds before a silent run counts as crashed (default "
                         f"{HEARTBEAT_TIMEOUT_S:g}; at least {MIN_BEATS_PER_TIMEOUT} heartbeats)")
+    parser.add_argument("--pack", default="1", help="runs each agent trains together as one "
+                        "packed model (local sweeps): an integer, or auto (as many as still "
+                        "raise throughput)")
     submit.add_submit_options(parser)
     args = parser.parse_args(argv)
+    try:
+        parse_pack(args.pack)
+    except ValueError as error:
+        raise UserError(str(error)) from None
     if args.agents_per_gpu < 1 or args.agents < 1:
         raise UserError("--agents-per-gpu and --agents must be >= 1")
     check_heartbeat(HEARTBEAT_S if args.heartbeat is None else args.heartbeat,
@@ -118,6 +126,8 @@ def main(argv: list[str] | None = None) -> int:
     agent_cmd = [sys.executable, "-m", "agent.sweep.agent_loop"]
     if args.count:
         agent_cmd += ["--count", str(args.count)]
+    if args.pack != "1":
+        agent_cmd += ["--pack", args.pack]
     for option, value in (("--heartbeat", args.heartbeat),
                           ("--heartbeat-timeout", args.heartbeat_timeout)):
         if value is not None:
@@ -129,6 +139,10 @@ def main(argv: list[str] | None = None) -> int:
     elif target.kind == "local":
         store = SweepStore(target.store_path)
     else:
+        if args.pack != "1":
+            raise UserError(f"--pack {args.pack}: packed trials need a local sweep; W&B's "
+                            "agent protocol hands each agent one run at a time (use "
+                            "--agents-per-gpu to share a GPU between W&B runs)")
         check_wandb_sweep(target)
         wandb_cmd = agent_cmd + ["--wandb", target.wandb_path]
         print(f"Starting {len(slots)} agent(s) on W&B sweep {target.text}")
