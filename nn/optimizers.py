@@ -222,21 +222,25 @@ class PackedSGD(PackedOptimizer):
     (torch docs' pseudo-code, dampening 0): g += wd*w; b = mu*b + g (b = g at the first step);
     g = g + mu*b if nesterov else b; w -= lr*g. A member with momentum 0 is plain SGD."""
 
-    hyper_defaults: ClassVar[dict[str, float]] = {"momentum": 0.0, "weight_decay": 0.0, "nesterov": False}
+    hyper_defaults: ClassVar[dict[str, float]] = {"momentum": 0.0, "weight_decay": 0.0,
+                                                  "nesterov": False}
     flag_names = ("nesterov",)
     state_names = ("momentum_buffer",)
 
     def _update(self, group, params, grads, states) -> None:
-        momentum = _views(group["momentum"], params)
+        lr, momentum = group["lr"], group["momentum"]
         grads = torch._foreach_addcmul(grads, params, _views(group["weight_decay"], params))
         buffers = self._state_list(states, "momentum_buffer")
         # The buffer starts at zero, so the first step leaves b = g, as torch's clone does.
-        torch._foreach_mul_(buffers, momentum)
+        torch._foreach_mul_(buffers, _views(momentum, params))
         torch._foreach_add_(buffers, grads)
-        nesterov = torch._foreach_addcmul(grads, buffers, momentum)
-        directions = [torch.where(flag, n, b) for flag, n, b in
-                      zip(_views(group["nesterov"], params), nesterov, buffers)]
-        torch._foreach_addcmul_(params, directions, _views(group["lr"], params), value=-1)
+        # One rule for both kinds of member, n = 1 for Nesterov, else 0:
+        # w -= lr*n*g + lr*(n*mu + 1 - n)*b, i.e. lr*(g + mu*b) or exactly lr*b.
+        nesterov = group["nesterov"].to(lr.dtype)
+        torch._foreach_addcmul_(params, grads, _views(lr * nesterov, params), value=-1)
+        torch._foreach_addcmul_(params, buffers,
+                                _views(lr * (nesterov * momentum + 1 - nesterov), params),
+                                value=-1)
 
 
 class PackedAdam(PackedOptimizer):
@@ -259,9 +263,9 @@ class PackedAdam(PackedOptimizer):
         exp_avgs = self._state_list(states, "exp_avg")
         exp_avg_sqs = self._state_list(states, "exp_avg_sq")
         torch._foreach_lerp_(exp_avgs, grads, _views(1 - beta1, params))
-        torch._foreach_mul_(exp_avg_sqs, _views(beta2, params))
-        torch._foreach_addcmul_(exp_avg_sqs, torch._foreach_mul(grads, grads),
-                                _views(1 - beta2, params))
+        # b2*v + (1-b2)*g^2 as a lerp: one pass fewer than mul and addcmul
+        torch._foreach_lerp_(exp_avg_sqs, torch._foreach_mul(grads, grads),
+                             _views(1 - beta2, params))
         step_size = lr / (1 - beta1 ** step)
         bias_correction2_sqrt = (1 - beta2 ** step).sqrt()
         denominators = torch._foreach_sqrt(exp_avg_sqs)
@@ -291,15 +295,14 @@ class PackedRMSprop(PackedOptimizer):
     def _update(self, group, params, grads, states) -> None:
         grads = torch._foreach_addcmul(grads, params, _views(group["weight_decay"], params))
         square_avgs = self._state_list(states, "square_avg")
-        alpha = group["alpha"]
-        torch._foreach_mul_(square_avgs, _views(alpha, params))
-        torch._foreach_addcmul_(square_avgs, torch._foreach_mul(grads, grads),
-                                _views(1 - alpha, params))
+        # a*v + (1-a)*g^2 as a lerp: one pass fewer than mul and addcmul
+        torch._foreach_lerp_(square_avgs, torch._foreach_mul(grads, grads),
+                             _views(1 - group["alpha"], params))
         averages = torch._foreach_sqrt(square_avgs)
         torch._foreach_add_(averages, _views(group["eps"], params))
         buffers = self._state_list(states, "momentum_buffer")
         torch._foreach_mul_(buffers, _views(group["momentum"], params))
-        torch._foreach_add_(buffers, torch._foreach_div(grads, averages))
+        torch._foreach_addcdiv_(buffers, grads, averages)
         torch._foreach_addcmul_(params, buffers, _views(group["lr"], params), value=-1)
 
 
