@@ -29,8 +29,10 @@ def _stack(tensors: list[torch.Tensor | None], requires_grad: bool | None = None
 class PackedLinear(nn.Module):
     """K nn.Linear as one batched matmul: (B, K, *, in) -> (B, K, *, out).
 
-    weight (K, out, in), bias (K, out) or None. The output is returned as a view of a
-    member-first (K, B, *, out) result, so that a following PackedLinear reads it without a copy.
+    weight (K, out, in), bias (K, out) or None. Computed as out^T = W x^T per member, so that
+    the weight's gradient comes out in the weight's own layout (no copy in autograd's
+    accumulation) and the output, a view of a (K, out, B) result, is the next PackedLinear's
+    x^T without a copy: about twice as fast as x W^T on a CPU.
     """
 
     def __init__(self, weight: torch.Tensor, bias: torch.Tensor | None):
@@ -51,13 +53,13 @@ class PackedLinear(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         members_first = x.movedim(1, 0)  # (K, B, *, in): a view
-        flat = members_first.reshape(self.members, -1, self.in_features)
-        weight_t = self.weight.transpose(1, 2)
+        x_t = members_first.reshape(self.members, -1, self.in_features).transpose(1, 2)
         if self.bias is None:
-            out = torch.bmm(flat, weight_t)
+            out_t = torch.bmm(self.weight, x_t)
         else:
-            out = torch.baddbmm(self.bias.unsqueeze(1), flat, weight_t)
-        return out.view(*members_first.shape[:-1], self.out_features).movedim(0, 1)
+            out_t = torch.baddbmm(self.bias.unsqueeze(2), self.weight, x_t)
+        out = out_t.transpose(1, 2).unflatten(1, members_first.shape[1:-1])
+        return out.movedim(0, 1)
 
 
 class PackedConv2d(nn.Module):
@@ -209,8 +211,8 @@ class PackedDropout(nn.Module):
             else:
                 mask = torch.empty(member_shape, dtype=x.dtype, device=x.device)
                 masks.append(mask.bernoulli_(1 - p, generator=generator).div_(1 - p))
-        # stacked member-first, so the product follows a PackedLinear output's memory order
-        return x * torch.stack(masks).movedim(0, 1)
+        # x first: the product keeps x's memory order (a PackedLinear's (K, out, B) output)
+        return x * torch.stack(masks, 1)
 
 
 class PackedChannelwise(nn.Module):
@@ -255,7 +257,13 @@ class PackedFlatten(nn.Module):
 
 
 def _elementwise(layers: Sequence[nn.Module]) -> nn.Module:
-    return copy.deepcopy(layers[0])  # acts on each element: the layout does not matter
+    """The module itself (it acts on each element, the layout does not matter), made
+    out-of-place: the packed layers hand on views (transposes, unflatten), and an in-place op on
+    a view makes autograd copy the whole base tensor back in the backward pass."""
+    module = copy.deepcopy(layers[0])
+    if getattr(module, "inplace", False):
+        module.inplace = False
+    return module
 
 
 # Exact leaf type -> builder from the K members' modules. Subclasses are refused on purpose: they
