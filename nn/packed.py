@@ -183,15 +183,20 @@ class PackedDropout(nn.Module):
     """K nn.Dropout with per-member probabilities p (K,) and per-member random streams.
 
     (B, K, *) -> same shape. In training, member k's mask has its own slice's shape (B, *) and
-    is drawn from `generators[k]` (torch's default generator when None), so a member draws the
-    same masks in a pack of 1 as in a pack of K; a member with p = 0 draws nothing. Kept
-    elements are scaled by 1/(1-p), as in torch.nn.Dropout (Srivastava et al., JMLR 2014).
+    is drawn from `generators[k]` (torch's default generator when None) into a contiguous block,
+    so a member draws the same masks in a pack of 1 as in a pack of K; a member with p = 0 draws
+    nothing. Kept elements are scaled by 1/(1-p), as in torch.nn.Dropout (Srivastava et al.,
+    JMLR 2014). Costs one draw per member with p > 0 and two fused multiplications.
     """
 
     def __init__(self, p: Sequence[float]):
         super().__init__()
         self.p = tuple(float(v) for v in p)
         self.generators: list[torch.Generator | None] = [None] * len(self.p)
+        # 1/(1-p) per member, moved with the module; not part of a checkpoint
+        self.register_buffer("scale", torch.tensor([1 / (1 - v) if v < 1 else 0.0
+                                                    for v in self.p]),
+                             persistent=False)
 
     @classmethod
     def from_plain(cls, layers: Sequence[nn.Dropout]) -> PackedDropout:
@@ -203,16 +208,16 @@ class PackedDropout(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if not self.training or not any(self.p):
             return x
-        member_shape = (x.shape[0], *x.shape[2:])
-        masks = []
-        for p, generator in zip(self.p, self.generators):
+        keep = torch.empty((len(self.p), x.shape[0], *x.shape[2:]), dtype=x.dtype,
+                           device=x.device)
+        for k, (p, generator) in enumerate(zip(self.p, self.generators)):
             if p == 0:
-                masks.append(torch.ones(member_shape, dtype=x.dtype, device=x.device))
+                keep[k].fill_(1)
             else:
-                mask = torch.empty(member_shape, dtype=x.dtype, device=x.device)
-                masks.append(mask.bernoulli_(1 - p, generator=generator).div_(1 - p))
+                keep[k].bernoulli_(1 - p, generator=generator)
+        mask = keep * self.scale.to(x.dtype).view(-1, *([1] * (keep.ndim - 1)))
         # x first: the product keeps x's memory order (a PackedLinear's (K, out, B) output)
-        return x * torch.stack(masks, 1)
+        return x * mask.movedim(0, 1)
 
 
 class PackedChannelwise(nn.Module):
