@@ -66,7 +66,8 @@ class PackedConv2d(nn.Module):
     """K nn.Conv2d as one grouped convolution: (B, K, C, H, W) -> (B, K, out, H', W').
 
     weight (K, out, C/groups, kh, kw), seen as (K*out, C/groups, kh, kw) by a convolution with
-    K*groups groups on the (B, K*C, H, W) view of the input (HFTA, section 3); bias (K, out).
+    K*groups groups on the (B, K*C, H, W) view of the input, as HFTA fuses convolutions;
+    bias (K, out).
     """
 
     def __init__(self, weight: torch.Tensor, bias: torch.Tensor | None, plain: nn.Conv2d):
@@ -316,24 +317,26 @@ def _check_alike(modules: Sequence[nn.Module], path: str) -> None:
 
 
 def _pack_module(modules: Sequence[nn.Module], path: str) -> nn.Module:
-    _check_alike(modules, path)
+    """The packed version of one module of the K members; `path` is its plain name."""
+    where = path or "the model"
+    _check_alike(modules, where)
     first = modules[0]
     children = [name for name, _ in first.named_children()]
     for other in modules[1:]:
         if [name for name, _ in other.named_children()] != children:
-            raise ValueError(f"cannot pack {path or 'the model'}: members have different layers")
+            raise ValueError(f"cannot pack {where}: members have different layers")
     if type(first) in PACKED_LEAVES:
         packed = PACKED_LEAVES[type(first)](modules)
         packed.train(first.training)
         return packed
     if not children and not _is_sequential(first):
-        raise ValueError(f"cannot pack {path}: {type(first).__name__} has no packed version "
+        raise ValueError(f"cannot pack {where}: {type(first).__name__} has no packed version "
                          f"(nn.packed.PACKED_LEAVES lists those that do)")
     if not (_is_sequential(first) or type(first) in PACKED_CONTAINERS):
-        raise ValueError(f"cannot pack {path}: {type(first).__name__}'s forward is not known to "
+        raise ValueError(f"cannot pack {where}: {type(first).__name__}'s forward is not known to "
                          "work on the packed layout (nn.packed.PACKED_CONTAINERS)")
     if any(True for _ in first.parameters(recurse=False)) or any(True for _ in first.buffers(False)):
-        raise ValueError(f"cannot pack {path}: a container holding its own tensors")
+        raise ValueError(f"cannot pack {where}: a container holding its own tensors")
     container = type(first).__new__(type(first))
     nn.Module.__init__(container)
     for key, value in first.__dict__.items():  # plain attributes a forward may read
