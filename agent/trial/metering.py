@@ -30,7 +30,7 @@ class GradientMeter:
 
     def sample(self) -> torch.Tensor:
         """Record the current gradients; returns each member's global norm, shape (K,)."""
-        self.names, norms = self.model.layer_norms(grads=True)  # (L, K)
+        self.names, norms = list(self.model.layers()), self.model.grad_norms()  # (L, K)
         global_norm = norms.square().sum(0).sqrt()
         row = torch.cat([global_norm.unsqueeze(0), norms])
         self.total = row if self.total is None else self.total + row
@@ -56,7 +56,7 @@ class GradientMeter:
 
 def weight_norms(model) -> list[dict[str, float]]:
     """One dict per member: weight_norm/global and weight_norm/<layer>."""
-    names, norms = model.layer_norms(grads=False)  # (L, K)
+    names, norms = list(model.layers()), model.weight_norms()  # (L, K)
     global_norm = norms.square().sum(0).sqrt()
     rows = torch.cat([global_norm.unsqueeze(0), norms]).t().tolist()
     return [{"weight_norm/global": row[0],
@@ -66,8 +66,8 @@ def weight_norms(model) -> list[dict[str, float]]:
 
 def weight_histograms(model, member: int) -> dict[str, torch.Tensor]:
     """A member's weights per layer (biases left out), flattened on the CPU, for histograms."""
-    return {f"weights/{name}": values.cpu()
-            for name, values in model.layer_weights(member).items()}
+    return {f"weights/{name}": values[member].cpu()
+            for name, values in model.layer_weights().items()}
 
 
 def confusion_matrix(y_true: torch.Tensor, y_pred: torch.Tensor, classes: int) -> torch.Tensor:

@@ -16,8 +16,8 @@ import torch
 from agent.trial.member import Member
 from agent.trial.metering import GradientMeter
 from agent.trial.steps import StepContext, step_for
-from nn.models import MODELS
-from nn.packed import PackedModel, PackedOptimizer, pack_models
+from nn.models import CONV_MODELS, MODELS
+from nn.packed import PackedModel, pack_models
 from nn.optimizers import OPTIMIZERS
 from nn.schedules import lr_table
 from util.device import autocast_dtype
@@ -30,7 +30,7 @@ class TrainingPack:
 
     members: list[Member]
     model: PackedModel
-    optimizer: PackedOptimizer
+    optimizer: torch.optim.Optimizer  # a packed optimizer (nn/optimizers.py), or SAM on one
     scaler: torch.amp.GradScaler
     generators: list[torch.Generator]
     loader: PackLoader
@@ -47,8 +47,10 @@ class TrainingPack:
     def select(self, keep: list[int]) -> None:
         """Shrink the pack to the members in slots `keep`, each exactly as it was."""
         self.members = [self.members[k] for k in keep]
+        if not keep:
+            return  # nothing left to train
         self.model = self.model.select(keep)
-        self.optimizer = self.optimizer.select(keep, self.model)
+        self.optimizer = self.optimizer.select(keep, self.model.parameters())
         self.generators = [self.generators[k] for k in keep]
         self.model.set_generators(self.generators)
         self.loader.select(keep)
@@ -68,6 +70,8 @@ def build_pack(members: list[Member], data: Splits, device: torch.device) -> Tra
         torch.manual_seed(member.cfg.seed)  # the same initial weights as the run alone
         plain.append(MODELS[cfg.model](member.cfg, data.input_shape, len(data.classes)))
     model = pack_models(plain).to(device)
+    if cfg.channels_last and cfg.model in CONV_MODELS:
+        model = model.to(memory_format=torch.channels_last)
     generators = [torch.Generator(device=device).manual_seed(m.cfg.seed) for m in members]
     model.set_generators(generators)
     train_x, train_y = data.train_x, data.train_y
@@ -78,7 +82,7 @@ def build_pack(members: list[Member], data: Splits, device: torch.device) -> Tra
     total = cfg.epochs * len(loader)
     lr = lr_table([m.cfg.lr for m in members], total,
                   [round(m.cfg.warmup_epochs * len(loader)) for m in members], cfg.schedule)
-    optimizer = PackedOptimizer(model, [m.cfg for m in members], OPTIMIZERS[cfg.optimizer])
+    optimizer = OPTIMIZERS[cfg.optimizer](model.parameters(), [m.cfg for m in members])
     amp_dtype = autocast_dtype(cfg.precision, device)
     scaler = torch.amp.GradScaler(device.type, enabled=amp_dtype == torch.float16)
     forward = torch.compile(model) if cfg.compile else model
