@@ -16,6 +16,11 @@ import pytest
 from util.cifar_files import register_with_torchvision, write_cifar10
 
 ROOT = Path(__file__).resolve().parents[1]
+# Tests share few cores (pytest-xdist workers, agents in child processes, other jobs). OpenMP
+# threads spin while they wait by default, which on an oversubscribed CPU turned a 1 s
+# training test into a 120 s timeout here; PASSIVE makes them sleep. Set before torch loads
+# (nothing above imports it); child processes inherit it.
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 
 @pytest.fixture
