@@ -126,7 +126,7 @@ def test_nan_in_one_member_leaves_the_others_alone(optimizer_case):
     assert not torch.isfinite(pack.member_state_dict(1)["head.weight"]).all()
 
 
-# --- checkpoints and select ------------------------------------------------------------------------
+# --- checkpoints and select ----------------------------------------------------------------------
 
 def _through_bytes(obj):
     buffer = io.BytesIO()  # through serialization, as a real checkpoint would
@@ -221,7 +221,7 @@ def test_whole_pack_state_dict_round_trip():
         assert torch.equal(a, b), name
 
 
-# --- the optimizer's own rules ---------------------------------------------------------------------
+# --- the optimizer's own rules -------------------------------------------------------------------
 
 def test_hyper_parameters_are_member_tensors_and_lr_is_settable():
     cfgs, _, optimizer, _ = _pack_and_references("dense", "sgd")
