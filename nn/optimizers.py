@@ -248,7 +248,8 @@ class PackedAdam(PackedOptimizer):
     (no amsgrad): g += wd*w; m = lerp(m, g, 1-b1); v = b2*v + (1-b2)*g^2;
     w -= lr/(1-b1^t) * m / (sqrt(v)/sqrt(1-b2^t) + eps). The step count t is per member."""
 
-    hyper_defaults: ClassVar[dict[str, float]] = {"beta1": 0.9, "beta2": 0.999, "eps": 1e-8, "weight_decay": 0.0}
+    hyper_defaults: ClassVar[dict[str, float]] = {"beta1": 0.9, "beta2": 0.999, "eps": 1e-8,
+                                                  "weight_decay": 0.0}
     state_names = ("exp_avg", "exp_avg_sq")
     counts_steps = True
     decoupled = False
@@ -263,23 +264,30 @@ class PackedAdam(PackedOptimizer):
         exp_avgs = self._state_list(states, "exp_avg")
         exp_avg_sqs = self._state_list(states, "exp_avg_sq")
         torch._foreach_lerp_(exp_avgs, grads, _views(1 - beta1, params))
+        if self.decoupled:  # grads are the p.grad themselves: square into new tensors
+            squares = torch._foreach_mul(grads, grads)
+        else:  # grads are this step's weight-decayed copies: square them in place
+            squares = grads
+            torch._foreach_mul_(squares, squares)
         # b2*v + (1-b2)*g^2 as a lerp: one pass fewer than mul and addcmul
-        torch._foreach_lerp_(exp_avg_sqs, torch._foreach_mul(grads, grads),
-                             _views(1 - beta2, params))
+        torch._foreach_lerp_(exp_avg_sqs, squares, _views(1 - beta2, params))
         step_size = lr / (1 - beta1 ** step)
         bias_correction2_sqrt = (1 - beta2 ** step).sqrt()
+        # w -= step_size * m / (sqrt(v)/sqrt(bc2) + eps), as m / (denominator / step_size): no
+        # temporary for the quotient, and lr = 0 gives an infinite denominator, not 0 * inf
         denominators = torch._foreach_sqrt(exp_avg_sqs)
         torch._foreach_div_(denominators, _views(bias_correction2_sqrt, params))
         torch._foreach_add_(denominators, _views(group["eps"], params))
-        updates = torch._foreach_div(exp_avgs, denominators)
-        torch._foreach_addcmul_(params, updates, _views(step_size, params), value=-1)
+        torch._foreach_div_(denominators, _views(step_size, params))
+        torch._foreach_addcdiv_(params, exp_avgs, denominators, value=-1)
 
 
 class PackedAdamW(PackedAdam):
     """AdamW per member (Loshchilov & Hutter, ICLR 2019), following torch.optim.AdamW: the
     weight decay is decoupled, w *= 1 - lr*wd, then the Adam step without it."""
 
-    hyper_defaults: ClassVar[dict[str, float]] = {"beta1": 0.9, "beta2": 0.999, "eps": 1e-8, "weight_decay": 1e-2}
+    hyper_defaults: ClassVar[dict[str, float]] = {"beta1": 0.9, "beta2": 0.999, "eps": 1e-8,
+                                                  "weight_decay": 1e-2}
     decoupled = True
 
 
@@ -288,7 +296,8 @@ class PackedRMSprop(PackedOptimizer):
     g += wd*w; v = a*v + (1-a)*g^2; b = mu*b + g/(sqrt(v) + eps); w -= lr*b. With momentum 0
     this is w -= lr*g/(sqrt(v) + eps), torch's branch for that case."""
 
-    hyper_defaults: ClassVar[dict[str, float]] = {"alpha": 0.99, "eps": 1e-8, "weight_decay": 0.0, "momentum": 0.0}
+    hyper_defaults: ClassVar[dict[str, float]] = {"alpha": 0.99, "eps": 1e-8,
+                                                  "weight_decay": 0.0, "momentum": 0.0}
     state_names = ("square_avg", "momentum_buffer")
     counts_steps = True
 

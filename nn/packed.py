@@ -335,7 +335,7 @@ def _pack_module(modules: Sequence[nn.Module], path: str) -> nn.Module:
     if not (_is_sequential(first) or type(first) in PACKED_CONTAINERS):
         raise ValueError(f"cannot pack {where}: {type(first).__name__}'s forward is not known to "
                          "work on the packed layout (nn.packed.PACKED_CONTAINERS)")
-    if any(True for _ in first.parameters(recurse=False)) or any(True for _ in first.buffers(False)):
+    if list(first.parameters(recurse=False)) or list(first.buffers(recurse=False)):
         raise ValueError(f"cannot pack {where}: a container holding its own tensors")
     container = type(first).__new__(type(first))
     nn.Module.__init__(container)

@@ -130,7 +130,8 @@ class SAM(torch.optim.Optimizer):
         for p, group, w, scale, scaled in entries:
             # T^2 g / ||T g|| = T * (T g) / ||T g||; for plain SAM T = 1
             direction = scaled if scale is None else scale * scaled
-            factor = torch.where(usable, group["rho"] / norm, 0.0).to(device=p.device, dtype=p.dtype)
+            factor = torch.where(usable, group["rho"] / norm, 0.0)
+            factor = factor.to(device=p.device, dtype=p.dtype)
             e = direction * factor.view(-1, *([1] * (w.ndim - 1)))
             e = torch.where(usable.to(p.device).view(-1, *([1] * (w.ndim - 1))), e, 0.0)
             # keep an exact copy rather than subtracting e later: w + e - e need not equal w in floats
@@ -206,8 +207,9 @@ class SAM(torch.optim.Optimizer):
         base = self.base_optimizer.select(indices, params)
         selected = SAM.__new__(SAM)
         selected._packed = self._packed
+        first = base.param_groups[0]  # the selected members' values, for groups added later
         torch.optim.Optimizer.__init__(selected, base.param_groups, {
-            name: self.defaults[name] for name in ("rho", "adaptive", "eta")})
+            name: first[name] for name in ("rho", "adaptive", "eta")})
         selected._adopt(base)
         return selected
 

@@ -136,6 +136,7 @@ def test_hadolint_passes_the_dockerfile():
     assert result.returncode == 0, result.stdout + result.stderr
 
 
+@pytest.mark.e2e
 @pytest.mark.timeout(200)
 def test_entrypoint_with_the_compose_environment_runs_a_local_sweep(workdir):
     """What a compose service runs, minus Docker: run_sweep.sh in the data's directory with

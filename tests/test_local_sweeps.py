@@ -54,6 +54,7 @@ LONG_RUN = {"model": {"value": "dense"}, "hidden": {"value": 256}, "batch_size":
             "sinks": {"value": ["tensorboard"]}}
 
 
+@pytest.mark.e2e
 @pytest.mark.timeout(240)
 def test_four_agents_on_a_grid_run_each_point_exactly_once(workdir):
     store = make_sweep(workdir, "grid4", {
@@ -70,6 +71,7 @@ def test_four_agents_on_a_grid_run_each_point_exactly_once(workdir):
     assert len({r.owner for r in runs}) >= 2  # the work was shared out
 
 
+@pytest.mark.e2e
 @pytest.mark.timeout(240)
 def test_sigkilled_agent_run_is_crashed_and_requeued_once(workdir):
     store = make_sweep(workdir, "crash", {**LONG_RUN, "epochs": {"value": 6},
@@ -94,6 +96,7 @@ def test_sigkilled_agent_run_is_crashed_and_requeued_once(workdir):
     assert sorted(r.config["lr"] for r in finished) == [0.01, 0.02]
 
 
+@pytest.mark.e2e
 @pytest.mark.timeout(240)
 def test_sigterm_preempts_and_the_next_agent_resumes_the_epoch_count(workdir):
     store = make_sweep(workdir, "preempt", {**LONG_RUN, "epochs": {"value": 10},
@@ -116,6 +119,7 @@ def test_sigterm_preempts_and_the_next_agent_resumes_the_epoch_count(workdir):
     assert resumed.summary["epochs_done"] == 10
 
 
+@pytest.mark.e2e
 @pytest.mark.timeout(300)
 def test_hyperband_stops_poor_runs_and_keeps_their_metrics(workdir):
     store = make_sweep(workdir, "hyper", {
@@ -143,6 +147,7 @@ def test_store_is_a_wal_sqlite_file_readable_by_plain_sqlite(workdir):
     assert yaml.safe_load(config)["method"] == "grid"
 
 
+@pytest.mark.e2e
 @pytest.mark.timeout(120)
 @pytest.mark.parametrize("target", ["no-such-sweep", "data/sweeps/missing"])
 def test_unknown_sweep_is_one_line_exit_2_and_creates_nothing(tmp_path, target):
@@ -153,6 +158,7 @@ def test_unknown_sweep_is_one_line_exit_2_and_creates_nothing(tmp_path, target):
     assert list(tmp_path.iterdir()) == []
 
 
+@pytest.mark.e2e
 @pytest.mark.slow
 @pytest.mark.timeout(400)
 def test_quickstart_with_two_agents_completes_offline_through_run_sweep_sh(workdir):
@@ -183,6 +189,7 @@ def test_quickstart_with_two_agents_completes_offline_through_run_sweep_sh(workd
     assert (workdir / "data" / "logs" / "quickstart").is_dir()
 
 
+@pytest.mark.e2e
 @pytest.mark.timeout(240)
 def test_failing_trials_are_recorded_and_three_in_a_row_stop_the_agent(workdir):
     # mnist cannot be downloaded here: every trial raises inside train().
@@ -200,6 +207,7 @@ def test_failing_trials_are_recorded_and_three_in_a_row_stop_the_agent(workdir):
         assert "Traceback" in (workdir / "data" / "runs" / run.id / "traceback.txt").read_text()
 
 
+@pytest.mark.e2e
 @pytest.mark.timeout(240)
 def test_ctrl_c_stops_every_agent_cleanly_and_keeps_the_runs_resumable(workdir):
     sweep_file = workdir / "long.yaml"
@@ -227,6 +235,7 @@ def test_ctrl_c_stops_every_agent_cleanly_and_keeps_the_runs_resumable(workdir):
     assert "Results:" in out
 
 
+@pytest.mark.e2e
 @pytest.mark.timeout(120)
 def test_bad_sweep_file_through_the_launcher_is_exit_2_and_creates_nothing(tmp_path):
     bad = tmp_path / "bad.yaml"
@@ -238,6 +247,7 @@ def test_bad_sweep_file_through_the_launcher_is_exit_2_and_creates_nothing(tmp_p
     assert sorted(p.name for p in tmp_path.iterdir()) == ["bad.yaml"]
 
 
+@pytest.mark.e2e
 @pytest.mark.timeout(120)
 def test_status_shows_runs_by_state_and_the_best(workdir):
     store = make_sweep(workdir, "stat", {"model": {"value": "dense"}, "hidden": {"value": 16},

@@ -36,7 +36,7 @@ def _randomise_batchnorm(models):
                     t.copy_(torch.randn(t.shape, generator=generator))
 
 
-# --- forward: each member computes its plain model's logits ----------------------------------------
+# --- forward: each member computes its plain model's logits --------------------------------------
 
 @pytest.mark.parametrize("members", [1, 3])
 @pytest.mark.parametrize("kind", sorted(MODEL_CASES))
@@ -81,7 +81,7 @@ def test_shared_inputs_through_expand():
         torch.testing.assert_close(logits[:, k], model.eval()(x[:, 0]))
 
 
-# --- members in the plain model's terms --------------------------------------------------------------
+# --- members in the plain model's terms ----------------------------------------------------------
 
 @pytest.mark.parametrize("kind", sorted(MODEL_CASES))
 def test_member_state_round_trips(kind):
@@ -174,7 +174,7 @@ def test_members_with_different_dropout_only_differ_in_p():
     assert pack.plain_model(1).drop1.p == 0.5 and pack.plain_model(0).drop2.p == 0.0
 
 
-# --- what cannot be packed is refused by name ------------------------------------------------------
+# --- what cannot be packed is refused by name ----------------------------------------------------
 
 def test_different_shapes_are_refused_naming_the_layer():
     small = MODELS["dense"](validate({"model": "dense", "hidden": 16}), (1, 8, 8), 10)

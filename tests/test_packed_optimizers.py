@@ -126,7 +126,7 @@ def test_nan_in_one_member_leaves_the_others_alone(optimizer_case):
     assert not torch.isfinite(pack.member_state_dict(1)["head.weight"]).all()
 
 
-# --- checkpoints and select ------------------------------------------------------------------------
+# --- checkpoints and select ----------------------------------------------------------------------
 
 def _through_bytes(obj):
     buffer = io.BytesIO()  # through serialization, as a real checkpoint would
@@ -221,7 +221,7 @@ def test_whole_pack_state_dict_round_trip():
         assert torch.equal(a, b), name
 
 
-# --- the optimizer's own rules ---------------------------------------------------------------------
+# --- the optimizer's own rules -------------------------------------------------------------------
 
 def test_hyper_parameters_are_member_tensors_and_lr_is_settable():
     cfgs, _, optimizer, _ = _pack_and_references("dense", "sgd")
@@ -283,3 +283,36 @@ def test_every_packed_optimizer_derives_from_the_base():
                                                      member_configs("dense", name)[:1])
         base = optimizer.base_optimizer if isinstance(optimizer, SAM) else optimizer
         assert isinstance(base, PackedOptimizer), name
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="host syncs exist on CUDA only")
+@pytest.mark.parametrize("optimizer_case", sorted(OPTIMIZER_CASES))
+def test_training_steps_never_wait_for_the_gpu(optimizer_case):
+    cfgs = member_configs("cnn", optimizer_case, dropout=0.1)
+    pack = pack_models([build(c, seed=k, dtype=torch.float32) for k, c in enumerate(cfgs)])
+    pack = pack.cuda()
+    pack.set_generators([torch.Generator("cuda").manual_seed(k) for k in range(3)])
+    optimizer = OPTIMIZERS[cfgs[0].optimizer](pack.parameters(), cfgs)
+    x, y = member_batches(3, BATCH, 0, torch.float32)
+    x, y = x.cuda(), y.cuda()
+    peak = optimizer.param_groups[0]["lr"]
+    schedule = torch.linspace(0.1, 1.0, 5, device="cuda", dtype=peak.dtype).view(-1, 1) * peak
+    host_schedule = schedule.tolist()
+    torch.cuda.synchronize()
+    torch.cuda.set_sync_debug_mode("error")
+    try:
+        for step in range(5):  # the lr from the device and from the host, in turn
+            optimizer.set_lr(schedule[step] if step % 2 else host_schedule[step])
+            optimizer.zero_grad()
+            packed_cross_entropy(pack(x), y).sum().backward()
+            if isinstance(optimizer, SAM):
+                optimizer.perturb()
+                optimizer.zero_grad()
+                with preserved_batchnorm_stats(pack):
+                    packed_cross_entropy(pack(x), y).sum().backward()
+                optimizer.descend()
+            else:
+                optimizer.step()
+            pack.weight_norms(), pack.grad_norms()
+    finally:
+        torch.cuda.set_sync_debug_mode("default")

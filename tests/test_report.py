@@ -18,6 +18,7 @@ from agent.sweep.store import create_store
 from agent.sweep.target import open_store
 from conftest import subprocess_env
 
+pytestmark = pytest.mark.e2e  # every test runs the commands (agent loop, report) as processes
 COMMAND = ["${env}", "python", "-m", "agent.train", "${args}"]
 
 

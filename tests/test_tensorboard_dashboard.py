@@ -24,6 +24,7 @@ import pytest
 from agent.sweep.store import SweepStore, create_store
 from conftest import ROOT, subprocess_env
 
+pytestmark = pytest.mark.e2e  # agents, then TensorBoard's server, as processes
 SCRIPT = ROOT / "run_tensorboard.sh"
 COMMAND = ["${env}", "python", "-m", "agent.train", "${args}"]
 OPTIMIZERS = ["sgd", "adam"]

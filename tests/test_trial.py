@@ -76,6 +76,7 @@ def test_non_finite_loss_stops_at_once_and_is_a_result(workdir):
             assert math.isfinite(value)
 
 
+@pytest.mark.e2e
 @pytest.mark.timeout(120)
 def test_diverged_run_exits_0_from_the_command_line(workdir):
     result = subprocess.run(
@@ -86,6 +87,7 @@ def test_diverged_run_exits_0_from_the_command_line(workdir):
     assert "diverged" in result.stdout
 
 
+@pytest.mark.slow
 @pytest.mark.timeout(180)
 def test_interrupted_run_resumes_from_its_checkpoint_to_identical_results(workdir):
     config = dict(model="cnn", channels=[8, 16], optimizer="sam", augment=True, dropout=0.1,
