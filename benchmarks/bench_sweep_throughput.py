@@ -82,7 +82,7 @@ def trained_images(store: Path) -> tuple[int, int]:
     db = sqlite3.connect(store)
     rows = db.execute("SELECT state, summary FROM runs").fetchall()
     images = 0
-    for state, summary in rows:
+    for _, summary in rows:
         if summary:
             s = json.loads(summary)
             images += int((s.get("perf/images_per_s") or 0) * (s.get("perf/train_s") or 0))

@@ -19,12 +19,6 @@ from conftest import ROOT
 
 PACKAGES = ("agent", "nn", "util", "benchmarks")
 MAX_FUNCTION_LINES = 80
-# Offenders another change is removing; each entry names it and the change. When the change
-# lands, the strict xfail below turns into a failure: delete the entry then.
-PENDING_LONG_FUNCTIONS = {
-    "agent/trial/loop.py:train": "227 lines; the trial-loop rewrite (issue 9) splits it",
-}
-
 # The layers, top to bottom, and what each may import besides itself. A module belongs to
 # the layer of its longest matching prefix in LAYER_OF. Function-level imports are held to
 # the same table: a lazy import hides a dependency from import time, not from the reader.
@@ -166,17 +160,8 @@ def long_functions() -> dict[str, int]:
                                                 str(path.relative_to(ROOT))).items()}
 
 
-def test_no_function_over_80_lines_but_the_pending_rewrites():
-    offenders = {name: lines for name, lines in long_functions().items()
-                 if name not in PENDING_LONG_FUNCTIONS}
-    assert not offenders, f"over {MAX_FUNCTION_LINES} lines: {offenders}"
-
-
-@pytest.mark.xfail(strict=True, reason="agent/trial/loop.py train() is 227 lines until the "
-                   "trial-loop rewrite lands; then delete this xfail and its "
-                   "PENDING_LONG_FUNCTIONS entry")
-def test_no_function_over_80_lines_at_all():
-    assert not long_functions()
+def test_no_function_over_80_lines():
+    assert not long_functions(), f"over {MAX_FUNCTION_LINES} lines: {long_functions()}"
 
 
 def test_function_length_check_sees_methods_and_nested_functions():

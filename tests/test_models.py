@@ -8,9 +8,10 @@ import torch
 import torch.nn.functional as F
 
 from agent.params import validate
-from agent.trial.metering import GradientMeter, parameters_by_layer, weight_histograms
+from agent.trial.metering import GradientMeter, member_weight_histograms, parameters_by_layer
 from nn.gradcam import last_conv_layer
 from nn.models import MODELS
+from nn.packed import pack_models
 from packed_cases import MODEL_CASES, digits
 
 # The layers that own parameters, per model kind, for the small cases of packed_cases.
@@ -48,12 +49,13 @@ def test_metrics_and_histograms_carry_layer_names(kind):
     model = _model(kind)
     x, y = digits()
     x, y = x[:32].float(), y[:32]
-    meter = GradientMeter(model)
-    F.cross_entropy(model(x), y).backward()
+    pack = pack_models([model])  # the trial meters its members through their pack
+    meter = GradientMeter(pack)
+    F.cross_entropy(pack(x.unsqueeze(1))[:, 0], y).backward()
     meter.sample()
-    metrics = meter.epoch_metrics()
+    (metrics,) = meter.epoch_metrics()
     assert {f"grad_norm/{n}" for n in EXPECTED_LAYERS[kind]} <= set(metrics)
-    histograms = weight_histograms(model)
+    histograms = member_weight_histograms(pack, 0)
     first = EXPECTED_LAYERS[kind][0]
     assert f"weights/{first}" in histograms
     assert all(not key.rpartition("/")[2].split(".")[-1].isdigit() for key in histograms)

@@ -2,7 +2,8 @@
 model with `--pack K`), record each run, repeat.
 
 `python -m agent.sweep.agent_loop <local-sweep> [--count N]` works on a local sweep store;
-`python -m agent.sweep.agent_loop --wandb <entity/project/sweep-id>` pulls from W&B's server instead.
+`python -m agent.sweep.agent_loop --wandb <entity/project/sweep-id>` pulls from W&B's server
+instead.
 Trials run in-process with `agent.trial.train`, so the dataset stays on the device between
 them. SIGTERM or SIGINT ends the current trial as `preempted` (its checkpoint kept; the next
 agent resumes it) and the agent exits. An agent that finds its run taken from it (it was
@@ -30,9 +31,9 @@ from agent.sweep.controller import (
     claim,
     should_stop,
 )
+from agent.sweep.pack_size import PackSizer, parse_pack
 from agent.sweep.store import SweepStore
 from agent.sweep.target import open_store
-from agent.sweep.pack_size import PackSizer, parse_pack
 from agent.trial.loop import Preempted, TrialHooks, train, train_pack
 from agent.trial.member import pack_key
 from util.errors import UserError, exit_on_user_error
@@ -116,7 +117,7 @@ class LocalAgent:
                 break
             failures = failures + 1 if outcome.failed else 0
             if failures >= MAX_FAILURES_IN_A_ROW:
-                print(f"agent {self.owner}: stopping after {failures} failed trials in a row; "
+                print(f"agent {self.owner}: stopping after {failures} failed runs in a row; "
                       "see their traceback.txt files", file=sys.stderr)
                 return 1
             done += len(work.runs)

@@ -18,8 +18,13 @@ from agent.params import hyperparameters, validate
 from agent.trial import checkpoint
 from agent.trial.evaluation import evaluate
 from agent.trial.member import Member, TrialHooks, check_packable, run_identity
-from agent.trial.metering import (confusion_matrix, peak_memory_mb, per_class_accuracy,
-                                  weight_histograms, weight_norms)
+from agent.trial.metering import (
+    confusion_matrix,
+    member_weight_histograms,
+    member_weight_norms,
+    peak_memory_mb,
+    per_class_accuracy,
+)
 from agent.trial.pack import TrainingPack, build_pack
 from agent.trial.sinks import SINKS
 from agent.trial.sinks.run_dir_sink import RunDirSink
@@ -158,9 +163,8 @@ def _train_epoch(pack: TrainingPack, data: Splits, device: torch.device,
         progress = pack.members[0].progress
         pack.optimizer.set_lr(pack.lr[progress.global_step])
         log_now = progress.global_step % cfg.log_interval == 0
-        grad_norm = []
-        sample = (lambda: grad_norm.append(pack.meter.sample())) if log_now else None
-        losses, logits = pack.step(pack.ctx, images, labels, sample)
+        step = pack.step(pack.ctx, images, labels, pack.meter if log_now else None)
+        losses, logits = step.losses, step.logits
         for member in pack.members:
             member.progress.global_step += 1
         seen += len(labels)
@@ -171,7 +175,7 @@ def _train_epoch(pack: TrainingPack, data: Splits, device: torch.device,
             now = time.perf_counter()
             rate = (seen - last_seen) / max(now - last_log, 1e-9)
             last_log, last_seen = now, seen
-            _log_step(pack, losses, hits, grad_norm[0], rate, len(pack.loader))
+            _log_step(pack, losses, hits, step.grad_norm, rate, len(pack.loader))
         if step_in_epoch % check_every == 0:
             finite = torch.isfinite(loss_sum).tolist()
             if not all(finite):
@@ -204,7 +208,7 @@ def _log_step(pack: TrainingPack, losses, hits, grad_norm, rate: float, steps: i
 def _epoch_metrics(pack: TrainingPack, sums: dict, validation, device) -> list[dict]:
     """Each member's epoch row: losses, accuracies, lr, norms, speed, memory."""
     gradients = pack.meter.epoch_metrics()
-    weights = weight_norms(pack.model)
+    weights = member_weight_norms(pack.model)
     memory = peak_memory_mb(device)
     rows = []
     for k, member in enumerate(pack.members):
@@ -235,7 +239,7 @@ def _record_epoch(pack: TrainingPack, k: int, row: dict) -> None:
     if "val/acc" in row and (progress.best_val_acc is None
                              or row["val/acc"] > progress.best_val_acc):
         progress.best_val_acc, progress.best_epoch = row["val/acc"], progress.epoch
-    histograms = weight_histograms(pack.model, k) if member.cfg.histograms else {}
+    histograms = member_weight_histograms(pack.model, k) if member.cfg.histograms else {}
     for sink in member.sinks:
         sink.log_epoch(progress.global_step, row, histograms)
     if member.cfg.checkpoint:

@@ -9,9 +9,9 @@ augmentation, and where their results go.
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable
 
 from agent.ids import new_run_id, path_safe
 from agent.params import PARAMS, RunConfig

@@ -10,6 +10,29 @@ import resource
 import sys
 
 import torch
+from torch import nn
+
+
+def parameters_by_layer(model: nn.Module) -> dict[str, list[torch.Tensor]]:
+    """A plain model's trainable parameters grouped by the module that owns them ("conv2",
+    "stage1.block1.bn1"): the layers every per-layer metric is named after."""
+    layers: dict[str, list[torch.Tensor]] = {}
+    for name, param in model.named_parameters():
+        if param.requires_grad:
+            layers.setdefault(name.rpartition(".")[0] or name, []).append(param)
+    return layers
+
+
+def weight_norms(model: nn.Module) -> dict[str, float]:
+    """A plain model's weight_norm/global and weight_norm/<layer> (e.g. from a checkpoint)."""
+    layers = {name: [p.detach() for p in params]
+              for name, params in parameters_by_layer(model).items()}
+    flat = [t for tensors in layers.values() for t in tensors]
+    squares = torch.stack(torch._foreach_norm(flat)).float().square()
+    norms = torch.stack([part.sum() for part in squares.split([len(v) for v in layers.values()])])
+    norms = norms.sqrt()
+    return {"weight_norm/global": float(norms.square().sum().sqrt()),
+            **{f"weight_norm/{name}": value for name, value in zip(layers, norms.tolist())}}
 
 
 class GradientMeter:
@@ -54,8 +77,8 @@ class GradientMeter:
                 for row in means]
 
 
-def weight_norms(model) -> list[dict[str, float]]:
-    """One dict per member: weight_norm/global and weight_norm/<layer>."""
+def member_weight_norms(model) -> list[dict[str, float]]:
+    """One dict per member of a PackedModel: weight_norm/global and weight_norm/<layer>."""
     names, norms = list(model.layers()), model.weight_norms()  # (L, K)
     global_norm = norms.square().sum(0).sqrt()
     rows = torch.cat([global_norm.unsqueeze(0), norms]).t().tolist()
@@ -64,7 +87,7 @@ def weight_norms(model) -> list[dict[str, float]]:
             for row in rows]
 
 
-def weight_histograms(model, member: int) -> dict[str, torch.Tensor]:
+def member_weight_histograms(model, member: int) -> dict[str, torch.Tensor]:
     """A member's weights per layer (biases left out), flattened on the CPU, for histograms."""
     return {f"weights/{name}": values[member].cpu()
             for name, values in model.layer_weights().items()}

@@ -17,8 +17,8 @@ from agent.trial.member import Member
 from agent.trial.metering import GradientMeter
 from agent.trial.steps import StepContext, step_for
 from nn.models import CONV_MODELS, MODELS
-from nn.packed import PackedModel, pack_models
 from nn.optimizers import OPTIMIZERS
+from nn.packed import PackedModel, pack_models
 from nn.schedules import lr_table
 from util.device import autocast_dtype
 from util.device_cache import PackLoader, Splits

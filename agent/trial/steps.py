@@ -8,28 +8,22 @@ optimizer update every member at once. Nothing here reads a value back to the ho
 from __future__ import annotations
 
 import contextlib
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
+from agent.trial.metering import GradientMeter
+from nn.packed import packed_cross_entropy
 from nn.sam import preserved_batchnorm_stats
 
 
-def member_losses(logits: torch.Tensor, labels: torch.Tensor,
-                  smoothing: torch.Tensor) -> torch.Tensor:
-    """Each member's mean cross-entropy with its own label smoothing, shape (K,).
-
-    logits (B, K, classes), labels (B, K), smoothing (K,). With smoothing e the loss is
-    (1 - e) * NLL + e * (mean over classes of -log p), as torch's
-    `cross_entropy(label_smoothing=e)` defines it (Szegedy et al. 2016).
-    """
-    log_probs = F.log_softmax(logits.float(), dim=-1)
-    nll = -log_probs.gather(-1, labels.unsqueeze(-1)).squeeze(-1)  # (B, K)
-    uniform = -log_probs.mean(-1)
-    return ((1 - smoothing) * nll + smoothing * uniform).mean(0)
+@dataclass
+class StepResult:
+    losses: torch.Tensor  # (K,) each member's mean loss on the batch
+    logits: torch.Tensor  # (B, K, classes)
+    grad_norm: torch.Tensor | None  # (K,) global gradient norms, when the step was metered
 
 
 @dataclass
@@ -53,35 +47,33 @@ class StepContext:
         """(per-member losses (K,), logits (B, K, classes))."""
         with self.autocast():
             logits = self.forward(images)
-        return member_losses(logits, labels, self.smoothing), logits
+        return packed_cross_entropy(logits.float(), labels, self.smoothing), logits
 
 
 def plain_step(ctx: StepContext, images: torch.Tensor, labels: torch.Tensor,
-               sample_gradients: Callable[[], None] | None = None):
-    """Forward, backward, optimizer step. Returns (losses (K,), logits)."""
+               meter: GradientMeter | None = None) -> StepResult:
+    """Forward, backward, optimizer step; the gradients go to `meter` when one is given."""
     losses, logits = ctx.losses(images, labels)
     ctx.optimizer.zero_grad(set_to_none=True)
     ctx.scaler.scale(losses.sum()).backward()
     _unscale(ctx)
-    if sample_gradients is not None:
-        sample_gradients()
+    grad_norm = meter.sample() if meter is not None else None
     ctx.scaler.step(ctx.optimizer)
     ctx.scaler.update()
-    return losses.detach(), logits.detach()
+    return StepResult(losses.detach(), logits.detach(), grad_norm)
 
 
 def sam_step(ctx: StepContext, images: torch.Tensor, labels: torch.Tensor,
-             sample_gradients: Callable[[], None] | None = None):
+             meter: GradientMeter | None = None) -> StepResult:
     """SAM (Foret et al., ICLR 2021): gradient at w, move to the worst point w + e(w) within
     each member's rho, gradient there, back to w, base step with that gradient. The second
-    pass leaves batch-norm running statistics alone. Returns the first pass's (losses, logits).
+    pass leaves batch-norm running statistics alone. Reports the first pass (at w).
     """
     losses, logits = ctx.losses(images, labels)
     ctx.optimizer.zero_grad(set_to_none=True)
     ctx.scaler.scale(losses.sum()).backward()
     _unscale(ctx)
-    if sample_gradients is not None:
-        sample_gradients()
+    grad_norm = meter.sample() if meter is not None else None
     ctx.optimizer.perturb()
     ctx.optimizer.zero_grad(set_to_none=True)
     with preserved_batchnorm_stats(ctx.model):
@@ -89,7 +81,7 @@ def sam_step(ctx: StepContext, images: torch.Tensor, labels: torch.Tensor,
     ctx.optimizer.restore()
     ctx.scaler.step(ctx.optimizer.base_optimizer)
     ctx.scaler.update()
-    return losses.detach(), logits.detach()
+    return StepResult(losses.detach(), logits.detach(), grad_norm)
 
 
 def _unscale(ctx: StepContext) -> None:

@@ -4,8 +4,7 @@ line per finished epoch, and a closing summary table."""
 from __future__ import annotations
 
 from rich.console import Console
-from rich.progress import (BarColumn, MofNCompleteColumn, Progress, TextColumn,
-                           TimeElapsedColumn)
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
 from agent import metrics
@@ -15,7 +14,7 @@ SUMMARY_ROWS = metrics.names(summary=True)
 
 
 class ConsoleSink(Sink):
-    bar_owner: "ConsoleSink | None" = None  # the sink whose progress bar is live, if any
+    bar_owner: ConsoleSink | None = None  # the sink whose progress bar is live, if any
 
     def __init__(self):
         self.console = Console()
