@@ -103,6 +103,10 @@ PARAMS: tuple[Param, ...] = (
           "for quick trials", "data", minimum=0),
     Param("data_dir", str, "data", "where datasets are downloaded and the decoded uint8 cache "
           "(data_dir/cache) is kept", "data", hyper=False),
+    Param("dataset_dir", str, "", "a folder (read-only is fine) holding the dataset's original "
+          "files: IDX .gz or unpacked (mnist, fashion_mnist), cifar-10/100-python.tar.gz or its "
+          "extracted folder; looked in after data_dir, before Debian's "
+          "/usr/share/datasets/fashion-mnist and a download", "data", hyper=False),
     # --- model ------------------------------------------------------------------------------
     Param("model", str, "cnn", "network architecture", "model", choices=_models),
     Param("hidden", int, 512, "dense: width of both hidden layers", "model", minimum=1),
@@ -140,8 +144,16 @@ PARAMS: tuple[Param, ...] = (
           "optim", minimum=0),
     Param("label_smoothing", float, 0.0, "label smoothing of the cross-entropy loss", "optim",
           minimum=0, maximum=1, exclusive_maximum=True),
-    Param("augment", bool, False, "random crop with 4-pixel zero padding and horizontal flip, "
-          "on whole batches on the device (meant for CIFAR; flips hurt digits)", "optim"),
+    Param("augment", bool, False, "random crop with crop_padding pixels of zero padding and "
+          "(if flip) horizontal flip, on whole batches on the device (meant for CIFAR and "
+          "clothes; flips hurt digits)", "optim"),
+    Param("crop_padding", int, 4, "augment: zero padding of the random crop, in pixels "
+          "(4 is the CIFAR recipe; 0: no crop)", "optim", minimum=0),
+    Param("flip", bool, True, "augment: random horizontal flips (mirror-symmetric classes: "
+          "clothes, CIFAR; not digits)", "optim"),
+    Param("random_erasing", float, 0.0, "probability of erasing one random rectangle (2-40% "
+          "of the image) of each training image, Zhong et al. 2017; with or without augment",
+          "optim", minimum=0, maximum=1),
     Param("seed", int, 0, "seed of weights, batch order and augmentation", "optim", minimum=0),
     # --- execution --------------------------------------------------------------------------
     Param("device", str, "auto", "auto: CUDA, else MPS, else CPU", "run",

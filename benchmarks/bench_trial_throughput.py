@@ -27,7 +27,7 @@ from torch import nn  # noqa: E402
 from agent.params import validate  # noqa: E402
 from agent.trial.loop import train  # noqa: E402
 from nn.models import MODELS  # noqa: E402
-from util.cifar_files import register_with_torchvision, write_cifar10  # noqa: E402
+from util.cifar_files import register_fixture, write_cifar10  # noqa: E402
 from util.device import pick_device  # noqa: E402
 
 BATCH = 256
@@ -115,8 +115,8 @@ def main() -> None:
     data_dir = args.data_dir
     if not (Path(data_dir) / "cifar-10-batches-py").exists():
         data_dir = str(work / "data")
-        register_with_torchvision(write_cifar10(data_dir, per_batch=args.images // 5,
-                                                test_size=1000))
+        register_fixture(write_cifar10(data_dir, per_batch=args.images // 5,
+                                       test_size=1000))
         source = f"CIFAR-format stand-in, {args.images} train images"
     else:
         source = "real CIFAR-10"

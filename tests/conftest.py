@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from util.cifar_files import register_with_torchvision, write_cifar10
+from util.cifar_files import register_fixture, write_cifar10
 
 ROOT = Path(__file__).resolve().parents[1]
 # Tests share few cores (pytest-xdist workers, agents in child processes, other jobs). OpenMP
@@ -26,10 +26,11 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 @pytest.fixture
 def cifar_root(tmp_path, monkeypatch):
     """A data directory holding a small CIFAR-format set, registered with torchvision (whose
-    MD5 tables name the real archive's files) for the length of the test."""
+    MD5 tables name the real archive's files) and util.datasets (which expects the real set's
+    counts) for the length of the test."""
     data_dir = tmp_path / "data"
-    register_with_torchvision(write_cifar10(data_dir, per_batch=40, test_size=60),
-                              monkeypatch.setattr)
+    register_fixture(write_cifar10(data_dir, per_batch=40, test_size=60),
+                     monkeypatch.setattr)
     return data_dir
 
 

@@ -1,13 +1,25 @@
 """Data: torchvision's real CIFAR10 reader on a CIFAR-format fixture, the uint8 cache file,
-device-resident reuse, and whole-batch augmentation."""
+device-resident reuse, and whole-batch augmentation (crop, flip, random erasing) checked
+against what each transform is defined to do."""
 
 import shutil
 
 import pytest
 import torch
 
+from agent.params import validate
 from util.datasets import cache_path, load_decoded
-from util.device_cache import DeviceLoader, device_splits, forget_device_data, random_crop_flip
+from util.device_cache import (
+    ERASE_AREA,
+    Augmentation,
+    DeviceLoader,
+    device_splits,
+    forget_device_data,
+    random_crop,
+    random_crop_flip,
+    random_erasing,
+    random_flip,
+)
 
 
 def test_cifar_fixture_goes_through_torchvision_and_into_the_cache(cifar_root):
@@ -27,13 +39,6 @@ def test_cifar_fixture_goes_through_torchvision_and_into_the_cache(cifar_root):
     shutil.rmtree(cifar_root / "cifar-10-batches-py")
     again = load_decoded("cifar10", cifar_root)
     assert torch.equal(again.train_x, decoded.train_x)
-
-
-def test_missing_dataset_without_network_is_a_user_error(tmp_path):
-    from util.errors import UserError
-
-    with pytest.raises(UserError, match="dataset='mnist'"):
-        load_decoded("mnist", tmp_path / "nothing-here")  # the download fails offline
 
 
 def test_second_trial_in_a_process_reuses_the_device_tensors(tmp_path):
@@ -82,3 +87,66 @@ def test_loader_normalises_with_train_statistics_and_covers_every_image(tmp_path
     dropping = DeviceLoader(splits.train_x, splits.train_y, splits.mean, splits.std, 100,
                             drop_last=True)
     assert len(dropping) == len(splits.train_y) // 100
+
+
+@pytest.mark.parametrize("padding", [1, 2, 4])
+def test_crop_is_a_window_of_the_zero_padded_image(padding):
+    images = torch.randint(1, 256, (16, 2, 7, 7), dtype=torch.uint8)
+    out = random_crop(images, padding, torch.Generator().manual_seed(padding))
+    padded = torch.nn.functional.pad(images, (padding,) * 4)
+    offsets = set()
+    for i in range(len(images)):
+        found = [(dy, dx) for dy in range(2 * padding + 1) for dx in range(2 * padding + 1)
+                 if torch.equal(out[i], padded[i, :, dy:dy + 7, dx:dx + 7])]
+        assert found, i
+        offsets.add(found[0])
+    assert len(offsets) > 3  # the offsets vary between images
+
+
+def test_flip_mirrors_about_half_of_the_images():
+    images = torch.randint(0, 256, (400, 1, 5, 5), dtype=torch.uint8)
+    out = random_flip(images, torch.Generator().manual_seed(0))
+    same = [torch.equal(o, i) for o, i in zip(out, images)]
+    mirrored = [torch.equal(o, i.flip(2)) for o, i in zip(out, images)]
+    assert all(s or m for s, m in zip(same, mirrored))
+    assert 150 < sum(mirrored) < 250
+
+
+def test_random_erasing_blanks_one_rectangle_of_the_drawn_size():
+    n, h, w = 2000, 28, 28
+    images = torch.ones(n, 1, h, w)
+    out = random_erasing(images, 1.0, torch.Generator().manual_seed(0))
+    erased = out[:, 0] == 0
+    assert erased.flatten(1).any(1).all()  # probability 1: every image
+    fractions = []
+    for mask in erased[:200]:
+        rows, cols = mask.any(1).nonzero().flatten(), mask.any(0).nonzero().flatten()
+        box = mask[rows.min():rows.max() + 1, cols.min():cols.max() + 1]
+        assert box.all()  # one solid rectangle, nothing outside it
+        fractions.append(mask.sum().item() / (h * w))
+    # Zhong et al.'s area range; clipping the sides to the image only makes it smaller.
+    assert max(fractions) <= ERASE_AREA[1] + 0.03 and min(fractions) >= 0.01
+    assert 0.08 < sum(fractions) / len(fractions) < ERASE_AREA[1]
+    assert torch.equal(random_erasing(images, 0.0, torch.Generator()), images)
+    half = random_erasing(images, 0.5, torch.Generator().manual_seed(1))
+    assert 900 < (half == 0).flatten(1).any(1).sum() < 1100
+
+
+def test_augmentation_parameters_reach_the_loader(tmp_path):
+    plain = Augmentation.from_config(validate({"random_erasing": 0.25}))
+    assert plain == Augmentation(crop_padding=0, flip=False, erasing=0.25)
+    clothes = Augmentation.from_config(validate({"augment": True, "crop_padding": 2}))
+    assert clothes == Augmentation(crop_padding=2, flip=True, erasing=0.0)
+    no_flip = Augmentation.from_config(validate({"augment": True, "flip": False}))
+    assert no_flip == Augmentation(crop_padding=4, flip=False) and not Augmentation()
+
+    forget_device_data()
+    splits = device_splits("digits", str(tmp_path), torch.device("cpu"), 0.1)
+    loader = DeviceLoader(splits.train_x, splits.train_y, splits.mean, splits.std, 64,
+                          augment=Augmentation(erasing=1.0),
+                          generator=torch.Generator().manual_seed(0))
+    images, _ = next(iter(loader))
+    plain_images, _ = next(iter(DeviceLoader(splits.train_x, splits.train_y, splits.mean,
+                                             splits.std, 64)))
+    changed = (images != plain_images).flatten(1).any(1)
+    assert changed.all() and (images[images != plain_images] == 0).all()

@@ -100,7 +100,9 @@ def test_every_model_kind_and_optimizer_packs_equivalently(workdir, model, optim
 @pytest.mark.timeout(300)
 def test_dropout_and_augmentation_are_each_members_own_streams(workdir):
     configs = members("sgd", dropout=0.3, augment=True)
-    configs[1]["dropout"], configs[2]["augment"] = 0.0, False
+    configs[0]["random_erasing"] = 0.3  # crop, flip and erasing
+    configs[1].update(dropout=0.0, flip=False, crop_padding=2)  # a smaller crop, no flip
+    configs[2].update(augment=False, random_erasing=0.5)  # erasing alone
     packed, alone = pack_and_alone(workdir, "dense", configs)
     for p, a in zip(packed, alone):
         assert_same(p, a, tolerance=1e-3)

@@ -64,7 +64,7 @@ def test_file_loads_and_the_engines_first_proposal_is_a_valid_run(path):
     assert proposal is not None
     run = validate(plain(proposal))  # raises UserError on anything the trial would refuse
     assert set(plain(proposal)) == parameter_names(config)
-    assert run.dataset in {"cifar10", "mnist", "digits"}
+    assert run.dataset in {"cifar10", "mnist", "fashion_mnist", "digits"}
 
 
 @pytest.mark.parametrize("name", ["cifar_optim.yaml", "quickstart.yaml"])

@@ -1,9 +1,11 @@
-"""Write image sets in CIFAR-10's own on-disk format (cifar-10-batches-py).
+"""Write image sets in CIFAR's own on-disk formats (cifar-10-batches-py, cifar-100-python,
+and the .tar.gz archives they ship in).
 
 The layout is the real archive's: five pickled `data_batch_N` dicts and a `test_batch`, each
 with "data" (rows of 3072 uint8 values, channel-major) and "labels", plus `batches.meta` with
-"label_names". (The real files are Python 2 pickles that torchvision loads with latin1, which
-yields these str keys.) Tests and benchmarks use it where the real CIFAR-10 cannot be
+"label_names"; CIFAR-100 has `train`, `test` ("fine_labels", "coarse_labels") and `meta`.
+(The real files are protocol-2 pickles from Python 2, which torchvision loads with latin1 and
+which yield these str keys.) Tests and benchmarks use it where the real CIFAR cannot be
 downloaded; torchvision's own CIFAR10 class reads the result.
 """
 
@@ -11,6 +13,7 @@ from __future__ import annotations
 
 import hashlib
 import pickle
+import tarfile
 from pathlib import Path
 
 import numpy as np
@@ -36,14 +39,86 @@ def write_cifar10(root: str | Path, per_batch: int, test_size: int, seed: int = 
                 "filenames": [f"{name}_{i}.png" for i in range(n)]}
 
     for i in range(1, 6):
-        with open(folder / f"data_batch_{i}", "wb") as handle:
-            pickle.dump(batch(per_batch, f"training batch {i} of 5"), handle)
-    with open(folder / "test_batch", "wb") as handle:
-        pickle.dump(batch(test_size, "testing batch 1 of 1"), handle)
-    with open(folder / "batches.meta", "wb") as handle:
-        pickle.dump({"label_names": CIFAR10_CLASSES, "num_cases_per_batch": per_batch,
-                     "num_vis": 3072}, handle)
+        _dump(folder / f"data_batch_{i}", batch(per_batch, f"training batch {i} of 5"))
+    _dump(folder / "test_batch", batch(test_size, "testing batch 1 of 1"))
+    _dump(folder / "batches.meta", {"label_names": CIFAR10_CLASSES,
+                                    "num_cases_per_batch": per_batch, "num_vis": 3072})
     return folder
+
+
+def _dump(path: Path, payload: dict) -> None:
+    with open(path, "wb") as handle:
+        pickle.dump(payload, handle, protocol=2)  # the protocol of the Python 2 originals
+
+
+def write_cifar100(root: str | Path, train: int, test: int, seed: int = 0) -> Path:
+    """Write cifar-100-python under `root` (one `train` and one `test` pickle, `meta`); fine
+    label k is coarse label k // 5. Returns the folder."""
+    rng = np.random.default_rng(seed)
+    folder = Path(root) / "cifar-100-python"
+    folder.mkdir(parents=True, exist_ok=True)
+    for name, n in (("train", train), ("test", test)):
+        fine = rng.integers(0, 100, size=n)
+        data = rng.integers(0, 256, size=(n, 3072)).astype(np.uint8)
+        _dump(folder / name, {"batch_label": f"{name}ing batch 1 of 1", "data": data,
+                              "fine_labels": fine.tolist(),
+                              "coarse_labels": (fine // 5).tolist(),
+                              "filenames": [f"{name}_{i}.png" for i in range(n)]})
+    _dump(folder / "meta", {"fine_label_names": [f"fine_{k}" for k in range(100)],
+                            "coarse_label_names": [f"coarse_{k}" for k in range(20)]})
+    return folder
+
+
+def write_archive(folder: str | Path, archive: str | Path) -> Path:
+    """Pack an extracted CIFAR folder as its .tar.gz: members under the folder's name, as in
+    cifar-10-python.tar.gz (cifar-10-batches-py/data_batch_1, ...)."""
+    folder, archive = Path(folder), Path(archive)
+    archive.parent.mkdir(parents=True, exist_ok=True)
+    with tarfile.open(archive, "w:gz") as tar:
+        for path in sorted(folder.iterdir()):
+            tar.add(path, arcname=f"{folder.name}/{path.name}")
+    return archive
+
+
+def expected_content(folder: str | Path) -> dict:
+    """What a written folder decodes to, read back with plain pickle: counts and the SHA-256
+    of each array by role (images uint8 (N, 3, 32, 32), labels int64), as util.datasets
+    records the publisher's sets."""
+    from util.dataset_files import sha256
+
+    folder = Path(folder)
+    cifar100 = (folder / "meta").exists()
+    splits = ({"train": ["train"], "test": ["test"]} if cifar100 else
+              {"train": [f"data_batch_{i}" for i in range(1, 6)], "test": ["test_batch"]})
+    key = "fine_labels" if cifar100 else "labels"
+    arrays = {}
+    for split, names in splits.items():
+        batches = [pickle.loads((folder / name).read_bytes(), encoding="latin1")
+                   for name in names]
+        arrays[f"{split}_images"] = np.concatenate(
+            [b["data"] for b in batches]).reshape(-1, 3, 32, 32)
+        arrays[f"{split}_labels"] = np.concatenate(
+            [np.asarray(b[key], dtype=np.int64) for b in batches])
+    return {"train": len(arrays["train_labels"]), "test": len(arrays["test_labels"]),
+            "sha256": {role: sha256(array) for role, array in arrays.items()}}
+
+
+def register_expected(name: str, folder: str | Path, setter=setattr) -> None:
+    """Make util.datasets expect a written folder's content for dataset `name` ("cifar10",
+    "cifar100") where it expects the real set's counts. Tests pass monkeypatch.setattr as
+    `setter`, so the real table is put back afterwards."""
+    from util.datasets import DATASETS, Expected
+
+    content = expected_content(folder)
+    setter(DATASETS[name], "expected",
+           Expected(content["train"], content["test"], sha256=content["sha256"]))
+
+
+def register_fixture(folder: str | Path, setter=setattr) -> None:
+    """Make both readers accept a written CIFAR-10 folder: torchvision's CIFAR10 (its MD5
+    table names the real files) and util.datasets (see register_expected)."""
+    register_with_torchvision(folder, setter)
+    register_expected("cifar10", folder, setter)
 
 
 def checksums(folder: str | Path) -> dict[str, str]:

@@ -1,22 +1,33 @@
 """Image sets, decoded once into uint8 tensors, in the DATASETS registry.
 
-Each decoder reads a dataset the way its owner ships it (torchvision's downloaders and on-disk
-formats, scikit-learn's bundled digits) and returns a `DecodedSet`. Decoding happens once per
-machine: `load_decoded` keeps the result as a cache file under <data_dir>/cache/.
+A set is looked for, in order: the decoded cache (<data_dir>/cache/<name>.pt); data_dir in
+torchvision's layout; the publisher's files in data_dir, then in `dataset_dir`; a known system
+copy (Debian's); only then a download through torchvision. Files are checked by what they
+decode to (util.dataset_files), and nothing is cached from a file that fails a check.
 """
 
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 import torch
 
+from util.dataset_files import (
+    BadFile,
+    CifarArchive,
+    CifarFolder,
+    cifar_images,
+    read_idx,
+    sha256,
+    unpickle_batch,
+)
 from util.errors import UserError
 
-CACHE_VERSION = 1  # bump when the cache layout changes, so stale files are decoded again
+CACHE_VERSION = 2  # 2: files checked by content; bump when the layout changes
+ROLES = ("train_images", "train_labels", "test_images", "test_labels")
 
 
 @dataclass
@@ -26,40 +37,223 @@ class DecodedSet:
     test_x: torch.Tensor
     test_y: torch.Tensor
     classes: list[str]
+    source: str = ""  # where the files were read from
 
     def to_dict(self) -> dict:
         return {"version": CACHE_VERSION, "train_x": self.train_x, "train_y": self.train_y,
-                "test_x": self.test_x, "test_y": self.test_y, "classes": list(self.classes)}
+                "test_x": self.test_x, "test_y": self.test_y, "classes": list(self.classes),
+                "source": self.source}
 
 
-def _torchvision_set(cls_name: str):
-    def decode(root: Path) -> DecodedSet:
+@dataclass
+class Expected:
+    """What a publisher's files decode to, recorded once from the real files.
+
+    train / test: image counts; per_class: images of each class, (train list, test list);
+    sha256: util.dataset_files.sha256 of each decoded array by role (images uint8
+    (N, C, H, W), labels int64), None where the real files were not at hand.
+    """
+
+    train: int
+    test: int
+    per_class: tuple[list[int], list[int]] | None = None
+    sha256: dict[str, str] | None = None
+
+
+def _fail_unless_expected(title: str, expected: Expected, arrays: dict[str, np.ndarray],
+                          where: dict[str, str], classes: int) -> None:
+    """Raise BadFile for decoded arrays that are not the publisher's set."""
+    for split in ("train", "test"):
+        images, labels = arrays[f"{split}_images"], arrays[f"{split}_labels"]
+        if len(images) != len(labels):
+            raise BadFile(where[f"{split}_labels"], f"{len(labels)} labels for the "
+                          f"{len(images)} images of {where[f'{split}_images']}")
+        if len(labels) and (labels.min() < 0 or labels.max() >= classes):
+            raise BadFile(where[f"{split}_labels"], f"labels run {labels.min()}.."
+                          f"{labels.max()}, expected 0..{classes - 1}")
+        want = getattr(expected, split)
+        if len(images) != want:
+            raise BadFile(where[f"{split}_images"], f"{len(images)} images, but {title}'s "
+                          f"{split} set has {want}")
+        if expected.per_class is not None:
+            counts = np.bincount(labels, minlength=classes).tolist()
+            per_class = list(expected.per_class[split == "test"])
+            if counts != per_class:
+                raise BadFile(where[f"{split}_labels"], f"class counts {counts}, but "
+                              f"{title}'s {split} set has {per_class}")
+    for role, want in (expected.sha256 or {}).items():
+        got = sha256(arrays[role])
+        if got != want:
+            raise BadFile(where[role], f"decodes to other {role.split('_')[1]} than {title}'s "
+                          f"(sha256 {got[:12]}..., expected {want[:12]}...): the file is "
+                          "damaged or from another dataset")
+
+
+def _decoded(arrays: dict[str, np.ndarray], classes: list[str], source: str) -> DecodedSet:
+    images = {k: torch.from_numpy(np.array(v)) for k, v in arrays.items()}
+    return DecodedSet(images["train_images"], images["train_labels"], images["test_images"],
+                      images["test_labels"], list(classes), source)
+
+
+@dataclass
+class FileSet:
+    """A downloadable image set; subclasses know its files and their format.
+
+    Calling it with (data_dir, dataset_dir) finds the files in the documented order, decodes
+    and checks them, and returns a DecodedSet; a missing, damaged or foreign file raises
+    UserError (BadFile) with one line naming the file and the fault.
+    """
+
+    title: str  # as its publisher writes it
+    torchvision_class: str  # the torchvision.datasets class that downloads it
+    expected: Expected
+    system_dirs: tuple[str, ...] = ()  # copies an OS package installs
+
+    def __call__(self, data_dir: str | os.PathLike, dataset_dir: str = "") -> DecodedSet:
+        data_dir = Path(data_dir)
+        found = self.find_in(data_dir)
+        if found is None and dataset_dir:
+            if not Path(dataset_dir).is_dir():
+                raise UserError(f"dataset_dir={dataset_dir!r} is not a folder")
+            found = self.find_in(Path(dataset_dir))
+            if found is None:  # named on purpose: a download would hide the mistake
+                raise UserError(f"dataset_dir={dataset_dir!r} holds no {self.title} files "
+                                f"({self.file_names()})")
+        for system_dir in self.system_dirs:
+            if found is None:
+                found = self.find_in(Path(system_dir))
+        if found is None:
+            found = self.download(data_dir)
+        return self.decode(found)
+
+    def download(self, data_dir: Path):
+        """Files fetched by torchvision into data_dir (its MD5 checks of the archives apply)."""
         import torchvision
 
-        cls = getattr(torchvision.datasets, cls_name)
+        cls = getattr(torchvision.datasets, self.torchvision_class)
         try:
-            train = cls(str(root), train=True, download=True)
-            test = cls(str(root), train=False, download=True)
-        except Exception as error:  # no network, corrupt files: a user can fix either
+            for train in (True, False):
+                cls(str(data_dir), train=train, download=True)
+        except Exception as error:  # offline, a proxy, a full disk: the user can act on each
+            looked = ", ".join([str(data_dir), *self.system_dirs])
+            first_line = (str(error).splitlines() or [""])[0][:100]
             raise UserError(
-                f"dataset={cls_name.lower()!r}: could not load or download it into "
-                f"{str(root)!r} ({type(error).__name__}: {str(error).splitlines()[0][:120]}); "
-                "copy the dataset's files there or use dataset=digits") from None
-        return DecodedSet(_images(train.data), torch.as_tensor(np.asarray(train.targets)),
-                          _images(test.data), torch.as_tensor(np.asarray(test.targets)),
-                          list(train.classes))
-    return decode
+                f"no {self.title} files in {looked} and the download failed "
+                f"({type(error).__name__}: {first_line}); put the "
+                f"publisher's files ({self.file_names()}) in data_dir, or give their folder as "
+                "dataset_dir=FOLDER") from None
+        found = self.find_in(data_dir)
+        if found is None:
+            raise UserError(f"torchvision's download left no {self.title} files in {data_dir}")
+        return found
+
+    def find_in(self, place: Path):
+        """The set's files in `place` (torchvision's layout first, then as published), None
+        when there are none; BadFile when only some are there."""
+        raise NotImplementedError
+
+    def decode(self, found) -> DecodedSet:
+        raise NotImplementedError
+
+    def file_names(self) -> str:
+        raise NotImplementedError
 
 
-def _images(data) -> torch.Tensor:
-    """torchvision's arrays (N, H, W, C) uint8 or (N, H, W) -> uint8 (N, C, H, W)."""
-    tensor = torch.as_tensor(np.asarray(data))
-    if tensor.ndim == 3:
-        return tensor.unsqueeze(1).contiguous()
-    return tensor.permute(0, 3, 1, 2).contiguous()
+IDX_FILES = {"train_images": "train-images-idx3-ubyte", "train_labels": "train-labels-idx1-ubyte",
+             "test_images": "t10k-images-idx3-ubyte", "test_labels": "t10k-labels-idx1-ubyte"}
 
 
-def _digits(root: Path) -> DecodedSet:
+@dataclass
+class IdxSet(FileSet):
+    """MNIST and Fashion-MNIST: four IDX files, each gzip-compressed (as published) or not
+    (as torchvision unpacks them into <data_dir>/<folder>/raw)."""
+
+    folder: str = ""  # torchvision's folder under data_dir
+    classes: list[str] = field(default_factory=list)
+
+    def file_names(self) -> str:
+        return ", ".join(f"{name}[.gz]" for name in IDX_FILES.values())
+
+    def find_in(self, place: Path) -> dict[str, Path] | None:
+        for folder in (place / self.folder / "raw", place):
+            found = {}
+            for role, name in IDX_FILES.items():
+                for candidate in (folder / name, folder / f"{name}.gz"):
+                    if candidate.is_file():
+                        found[role] = candidate
+                        break
+            if len(found) == len(IDX_FILES):
+                return found
+            if found:
+                missing = [IDX_FILES[r] for r in IDX_FILES if r not in found]
+                raise BadFile(folder, f"holds {found[next(iter(found))].name} but not "
+                              f"{missing[0]}[.gz]")
+        return None
+
+    def decode(self, found: dict[str, Path]) -> DecodedSet:
+        arrays = {}
+        for role, path in found.items():
+            if role.endswith("images"):
+                arrays[role] = read_idx(path, (28, 28))[:, None]  # (N, 1, 28, 28)
+            else:
+                arrays[role] = read_idx(path, ()).astype(np.int64)
+        _fail_unless_expected(self.title, self.expected, arrays,
+                              {role: str(path) for role, path in found.items()},
+                              len(self.classes))
+        return _decoded(arrays, self.classes, str(found["train_images"].parent))
+
+
+@dataclass
+class CifarSet(FileSet):
+    """CIFAR-10 and CIFAR-100 in their python version: pickled batches in `top`, shipped as
+    <top>.tar.gz's `archive`; torchvision keeps the archive and the extracted folder in
+    data_dir itself."""
+
+    top: str = ""  # the archive's folder: cifar-10-batches-py, cifar-100-python
+    archive: str = ""
+    train_files: tuple[str, ...] = ()
+    test_file: str = ""
+    meta_file: str = ""
+    labels_key: str = ""  # "labels"; CIFAR-100's "fine_labels"
+    names_key: str = ""  # in the meta file
+    classes: int = 10
+
+    def file_names(self) -> str:
+        return f"{self.archive}, or its folder {self.top}"
+
+    def find_in(self, place: Path) -> CifarFolder | CifarArchive | None:
+        if (place / self.top).is_dir():
+            return CifarFolder(place / self.top)
+        if (place / self.archive).is_file():
+            return CifarArchive(place / self.archive, self.top)
+        loose = CifarFolder(place)  # the folder's files copied without the folder
+        if loose.has(self.meta_file) and loose.has(self.test_file):
+            return loose
+        return None
+
+    def decode(self, found: CifarFolder | CifarArchive) -> DecodedSet:
+        meta = unpickle_batch(found.read(self.meta_file), found.where(self.meta_file))
+        names = meta.get(self.names_key)
+        if not isinstance(names, list) or len(names) != self.classes:
+            raise BadFile(found.where(self.meta_file), f"{self.names_key!r} should list "
+                          f"{self.classes} class names")
+        arrays, where = {}, {}
+        for split, files in (("train", self.train_files), ("test", (self.test_file,))):
+            parts = [cifar_images(unpickle_batch(found.read(name), found.where(name)),
+                                  found.where(name), self.labels_key, self.classes)
+                     for name in files]
+            arrays[f"{split}_images"] = np.concatenate([p[0] for p in parts])
+            arrays[f"{split}_labels"] = np.concatenate([p[1] for p in parts])
+            shown = found.where(files[0]) if len(files) == 1 else \
+                f"{found.where(files[0])}..{files[-1]}"
+            where[f"{split}_images"] = where[f"{split}_labels"] = shown
+        _fail_unless_expected(self.title, self.expected, arrays, where, self.classes)
+        source = str(found.path if isinstance(found, CifarArchive) else found.folder)
+        return _decoded(arrays, [str(n) for n in names], source)
+
+
+def _digits(root: Path, dataset_dir: str = "") -> DecodedSet:
+    """scikit-learn's bundled 8x8 digits: no files to find, no network."""
     from sklearn.datasets import load_digits
 
     bunch = load_digits()
@@ -71,14 +265,48 @@ def _digits(root: Path) -> DecodedSet:
     n_test = len(labels) // 5
     test, train = order[:n_test], order[n_test:]
     return DecodedSet(images[train].unsqueeze(1), labels[train], images[test].unsqueeze(1),
-                      labels[test], [str(d) for d in range(10)])
+                      labels[test], [str(d) for d in range(10)], "sklearn.datasets.load_digits")
+
+
+FASHION_CLASSES = ["T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt",
+                   "Sneaker", "Bag", "Ankle boot"]
+
+def _balanced(train: int, test: int, classes: int) -> tuple[list[int], list[int]]:
+    return [train] * classes, [test] * classes
 
 
 DATASETS = {
-    "cifar10": _torchvision_set("CIFAR10"),
-    "cifar100": _torchvision_set("CIFAR100"),
-    "mnist": _torchvision_set("MNIST"),
-    "fashion_mnist": _torchvision_set("FashionMNIST"),
+    # Counts from the publishers' pages. No checksums: the real CIFAR files were not at hand
+    # when this table was written (no download here); per-class counts are the published ones.
+    "cifar10": CifarSet(
+        "CIFAR-10", "CIFAR10", Expected(50000, 10000, per_class=_balanced(5000, 1000, 10)),
+        top="cifar-10-batches-py", archive="cifar-10-python.tar.gz",
+        train_files=tuple(f"data_batch_{i}" for i in range(1, 6)), test_file="test_batch",
+        meta_file="batches.meta", labels_key="labels", names_key="label_names", classes=10),
+    "cifar100": CifarSet(
+        "CIFAR-100", "CIFAR100", Expected(50000, 10000, per_class=_balanced(500, 100, 100)),
+        top="cifar-100-python", archive="cifar-100-python.tar.gz", train_files=("train",),
+        test_file="test", meta_file="meta", labels_key="fine_labels",
+        names_key="fine_label_names", classes=100),
+    # MNIST's real files were not at hand: no checksums. Its class counts are the widely
+    # published ones (they sum to 60,000 and 10,000); they also tell Fashion-MNIST's files,
+    # which share MNIST's file names, from MNIST's.
+    "mnist": IdxSet("MNIST", "MNIST", Expected(60000, 10000, per_class=(
+        [5923, 6742, 5958, 6131, 5842, 5421, 5918, 6265, 5851, 5949],
+        [980, 1135, 1032, 1010, 982, 892, 958, 1028, 974, 1009])), folder="MNIST",
+                    classes=[f"{d} - {w}" for d, w in enumerate(
+                        "zero one two three four five six seven eight nine".split())]),
+    # Recorded from Debian's dataset-fashion-mnist (files of 2020-06-05, recompressed by
+    # Debian; what they decode to is Zalando's release).
+    "fashion_mnist": IdxSet(
+        "Fashion-MNIST", "FashionMNIST", Expected(60000, 10000, per_class=_balanced(
+            6000, 1000, 10), sha256={
+            "train_images": "2e487a6c89124f78f2d7521542223cafe96f7123c3ca13d447772ac6ecbb3012",
+            "train_labels": "e3245b63f7c40d1c8b652835f19744d970c1613b40ddac6bcfc87b9c46e16a0b",
+            "test_images": "c867c93ff95360594e8ec3287995350b824dd110b11595c0e13d5423f621867a",
+            "test_labels": "d51d859896c55775b9e9e219b77ff03bcec1b6ac322f313544dc3f9e7bc94fae"}),
+        system_dirs=("/usr/share/datasets/fashion-mnist",), folder="FashionMNIST",
+        classes=FASHION_CLASSES),
     "digits": _digits,
 }
 
@@ -87,17 +315,24 @@ def cache_path(name: str, data_dir: str | os.PathLike) -> Path:
     return Path(data_dir) / "cache" / f"{name}.pt"
 
 
-def load_decoded(name: str, data_dir: str | os.PathLike) -> DecodedSet:
-    """The dataset as uint8 tensors on the CPU: from the cache file, else decoded and cached."""
+def load_decoded(name: str, data_dir: str | os.PathLike, dataset_dir: str = "") -> DecodedSet:
+    """The dataset as uint8 tensors on the CPU: from the cache file, else found, checked,
+    decoded and cached. Raises UserError (nothing cached) for missing or bad files."""
     path = cache_path(name, data_dir)
     if path.exists():
         stored = torch.load(path, weights_only=True)
         if stored.get("version") == CACHE_VERSION:
             return DecodedSet(stored["train_x"], stored["train_y"], stored["test_x"],
-                              stored["test_y"], stored["classes"])
-    decoded = DATASETS[name](Path(data_dir))
+                              stored["test_y"], stored["classes"], stored.get("source", ""))
+    try:
+        decoded = DATASETS[name](Path(data_dir), dataset_dir)
+    except UserError as error:
+        raise UserError(f"dataset={name!r}: {error}") from None
     path.parent.mkdir(parents=True, exist_ok=True)
     partial = path.with_suffix(f".{os.getpid()}.tmp")
-    torch.save(decoded.to_dict(), partial)
-    os.replace(partial, path)  # atomic: a concurrent agent sees the old file or the whole new one
+    try:
+        torch.save(decoded.to_dict(), partial)
+        os.replace(partial, path)  # atomic: a concurrent agent sees no file or a whole one
+    finally:
+        partial.unlink(missing_ok=True)  # a full disk leaves no half-written cache behind
     return decoded

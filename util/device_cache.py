@@ -1,13 +1,14 @@
 """Datasets held on the training device, and batches cut from them there.
 
 The uint8 images are moved to the device once per process and kept between trials. A batch is
-an index permutation into them; augmentation (random crop with zero padding, horizontal flip)
-and normalisation run on whole batches on the device. No DataLoader, no PIL, no per-image
-Python in the training loop.
+an index permutation into them; augmentation (random crop with zero padding, horizontal flip,
+random erasing) and normalisation run on whole batches on the device. No DataLoader, no PIL,
+no per-image Python in the training loop.
 """
 
 from __future__ import annotations
 
+import math
 import os
 from dataclasses import dataclass
 
@@ -17,6 +18,10 @@ import torch.nn.functional as F
 from util.datasets import load_decoded
 
 CROP_PADDING = 4  # the standard CIFAR recipe (He et al. 2016): pad 4 pixels, crop back
+# Random erasing's ranges as Zhong et al. (2017) give them: a rectangle of 2% to 40% of the
+# image, aspect ratio between 0.3 and 1/0.3.
+ERASE_AREA = (0.02, 0.4)
+ERASE_ASPECT = (0.3, 1 / 0.3)
 SPLIT_SEED = 0  # the validation split is the same for every run of a study, whatever its seed
 
 
@@ -43,14 +48,16 @@ _ON_DEVICE: dict[tuple, dict[str, torch.Tensor | list]] = {}
 _SPLITS: dict[tuple, Splits] = {}
 
 
-def device_splits(name: str, data_dir: str, device: torch.device, val_split: float) -> Splits:
-    """The dataset's splits on `device`, loaded once per process and then reused."""
+def device_splits(name: str, data_dir: str, device: torch.device, val_split: float,
+                  dataset_dir: str = "") -> Splits:
+    """The dataset's splits on `device`, loaded once per process and then reused; files are
+    looked for as util.datasets.load_decoded says (dataset_dir: a read-only folder of them)."""
     key = (name, os.path.abspath(data_dir), str(device))
     split_key = key + (val_split,)
     if split_key in _SPLITS:
         return _SPLITS[split_key]
     if key not in _ON_DEVICE:
-        decoded = load_decoded(name, data_dir)
+        decoded = load_decoded(name, data_dir, dataset_dir)
         _ON_DEVICE[key] = {
             "train_x": decoded.train_x.to(device), "train_y": decoded.train_y.to(device),
             "test_x": decoded.test_x.to(device), "test_y": decoded.test_y.to(device),
@@ -76,34 +83,112 @@ def forget_device_data() -> None:
     _SPLITS.clear()
 
 
-def random_crop_flip(images: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
-    """Random crop after zero padding, and a random horizontal flip, for a uint8 batch
-    (N, C, H, W); the draws come from `generator`."""
-    return apply_crop_flip(images, *draw_crop_flip(len(images), generator, images.device))
+@dataclass(frozen=True)
+class Augmentation:
+    """Which whole-batch transforms a training loader applies, and how strongly."""
+
+    crop_padding: int = 0  # random crop after this much zero padding, in pixels (0: none)
+    flip: bool = False  # random horizontal flip
+    erasing: float = 0.0  # probability of erasing one random rectangle of an image
+
+    @classmethod
+    def from_config(cls, cfg) -> Augmentation:
+        """From a run config: `augment` switches crop (`crop_padding`) and `flip` on;
+        `random_erasing` acts on its own."""
+        return cls(cfg.crop_padding if cfg.augment else 0, bool(cfg.augment and cfg.flip),
+                   cfg.random_erasing)
+
+    def __bool__(self) -> bool:
+        return bool(self.crop_padding or self.flip or self.erasing)
 
 
-def draw_crop_flip(n: int, generator: torch.Generator,
-                   device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
-    """The random part of `random_crop_flip` for n images: (shifts (2, n, 1), flips (n,))."""
-    shift = torch.randint(0, 2 * CROP_PADDING + 1, (2, n, 1), device=device, generator=generator)
-    flip = torch.rand(n, device=device, generator=generator) < 0.5
-    return shift, flip
+# Each transform is a draw (from one generator, in a fixed order: crop, flip, erasing) and an
+# application. A loader draws for its images and applies; a pack draws for each member from
+# that member's generator, so its stream is exactly the one it would have alone, then
+# applies to all members' images at once.
+
+def draw_crop(n: int, padding: int, generator: torch.Generator,
+              device: torch.device) -> torch.Tensor:
+    """Per-image (row, column) offsets of a random crop, shape (2, n, 1)."""
+    return torch.randint(0, 2 * padding + 1, (2, n, 1), device=device, generator=generator)
 
 
-def apply_crop_flip(images: torch.Tensor, shift: torch.Tensor, flip: torch.Tensor) -> torch.Tensor:
-    """Crop and flip a uint8 batch (N, C, H, W) as drawn by `draw_crop_flip`.
+def apply_crop(images: torch.Tensor, padding: int, shift: torch.Tensor) -> torch.Tensor:
+    """Crop (N, C, H, W) after `padding` pixels of zero padding at the offsets `shift`.
 
     The crop is two gathers (rows, then columns) with per-image offsets: about twice as fast
     on a CPU as one four-index gather, and free of Python loops on any device.
     """
     n, c, h, w = images.shape
     device = images.device
-    padded = F.pad(images, (CROP_PADDING,) * 4)
+    padded = F.pad(images, (padding,) * 4)
     rows = (shift[0] + torch.arange(h, device=device))[:, None, :, None]  # (n, 1, h, 1)
-    cropped = padded.gather(2, rows.expand(n, c, h, w + 2 * CROP_PADDING))
+    cropped = padded.gather(2, rows.expand(n, c, h, w + 2 * padding))
     cols = (shift[1] + torch.arange(w, device=device))[:, None, None, :]  # (n, 1, 1, w)
-    cropped = cropped.gather(3, cols.expand(n, c, h, w))
-    return torch.where(flip[:, None, None, None], cropped.flip(3), cropped)
+    return cropped.gather(3, cols.expand(n, c, h, w))
+
+
+def draw_flip(n: int, generator: torch.Generator, device: torch.device) -> torch.Tensor:
+    """Which of n images to mirror left-right (probability 1/2 each), bool (n,)."""
+    return torch.rand(n, device=device, generator=generator) < 0.5
+
+
+def apply_flip(images: torch.Tensor, flip: torch.Tensor) -> torch.Tensor:
+    return torch.where(flip[:, None, None, None], images.flip(3), images)
+
+
+def draw_erasing(n: int, h: int, w: int, probability: float, generator: torch.Generator,
+                 device: torch.device) -> torch.Tensor:
+    """Random erasing's rectangles (Zhong et al., AAAI 2020, arXiv:1708.04896): bool (n, h, w),
+    true inside the rectangle of each image chosen with `probability`.
+
+    Area fraction and aspect ratio are drawn once per image from ERASE_AREA and (log-uniform)
+    ERASE_ASPECT; where the paper draws again until the rectangle fits, its sides are clipped
+    to the image instead, so all images are handled in one tensor operation.
+    """
+    draw = torch.rand(4, n, device=device, generator=generator)
+    area = (ERASE_AREA[0] + draw[0] * (ERASE_AREA[1] - ERASE_AREA[0])) * h * w
+    low, high = math.log(ERASE_ASPECT[0]), math.log(ERASE_ASPECT[1])
+    aspect = torch.exp(low + draw[1] * (high - low))
+    eh = (area * aspect).sqrt().round().clamp(1, h)
+    ew = (area / aspect).sqrt().round().clamp(1, w)
+    top = (draw[2] * (h - eh + 1)).floor()
+    left = (draw[3] * (w - ew + 1)).floor()
+    rows = torch.arange(h, device=device)[None, :]
+    cols = torch.arange(w, device=device)[None, :]
+    inside_rows = (rows >= top[:, None]) & (rows < (top + eh)[:, None])  # (n, h)
+    inside_cols = (cols >= left[:, None]) & (cols < (left + ew)[:, None])  # (n, w)
+    chosen = torch.rand(n, device=device, generator=generator) < probability
+    return inside_rows[:, :, None] & inside_cols[:, None, :] & chosen[:, None, None]
+
+
+def apply_erasing(images: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """Set the rectangles of a normalised float batch to 0, the dataset's mean after
+    normalisation (torchvision's RandomErasing default)."""
+    return images.masked_fill(mask[:, None], 0.0)
+
+
+def random_crop(images: torch.Tensor, padding: int, generator: torch.Generator) -> torch.Tensor:
+    """Random crop after `padding` pixels of zero padding, for a batch (N, C, H, W)."""
+    return apply_crop(images, padding, draw_crop(len(images), padding, generator,
+                                                 images.device))
+
+
+def random_flip(images: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+    """Each image of (N, C, H, W) mirrored left-right with probability 1/2."""
+    return apply_flip(images, draw_flip(len(images), generator, images.device))
+
+
+def random_crop_flip(images: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+    """The CIFAR recipe: crop after 4 pixels of zero padding, then a random flip."""
+    return random_flip(random_crop(images, CROP_PADDING, generator), generator)
+
+
+def random_erasing(images: torch.Tensor, probability: float,
+                   generator: torch.Generator) -> torch.Tensor:
+    """Random erasing with `probability` on a normalised float batch (N, C, H, W)."""
+    n, _, h, w = images.shape
+    return apply_erasing(images, draw_erasing(n, h, w, probability, generator, images.device))
 
 
 class DeviceLoader:
@@ -111,11 +196,13 @@ class DeviceLoader:
 
     def __init__(self, images: torch.Tensor, labels: torch.Tensor, mean: torch.Tensor,
                  std: torch.Tensor, batch_size: int, shuffle: bool = False,
-                 augment: bool = False, generator: torch.Generator | None = None,
+                 augment: bool | Augmentation = False, generator: torch.Generator | None = None,
                  drop_last: bool = False, channels_last: bool = False):
         self.images, self.labels = images, labels
         self.scale = (1.0 / (255.0 * std)).view(1, -1, 1, 1)
         self.shift = (-mean / std).view(1, -1, 1, 1)
+        if not isinstance(augment, Augmentation):  # True: the CIFAR recipe, crop and flip
+            augment = Augmentation(CROP_PADDING, True) if augment else Augmentation()
         self.batch_size, self.shuffle, self.augment = batch_size, shuffle, augment
         self.generator = generator
         # Dropping a ragged last batch keeps batch norm away from a batch of one.
@@ -134,32 +221,37 @@ class DeviceLoader:
         for step in range(len(self)):
             index = order[step * self.batch_size:(step + 1) * self.batch_size]
             images = self.images[index]
-            if self.augment:
-                images = random_crop_flip(images, self.generator)
+            if self.augment.crop_padding:
+                images = random_crop(images, self.augment.crop_padding, self.generator)
+            if self.augment.flip:
+                images = random_flip(images, self.generator)
             images = images.float().mul_(self.scale).add_(self.shift)
+            if self.augment.erasing:
+                images = random_erasing(images, self.augment.erasing, self.generator)
             yield images.contiguous(memory_format=self.memory_format), self.labels[index]
 
 
 class PackLoader:
     """Each member's own batches of one training split, stacked member-second for a pack.
 
-    Member k shuffles with its own generator and, when `augment[k]`, crops and flips with it,
-    drawing exactly what a DeviceLoader with that generator draws: a member's batches inside
-    a pack of K are the batches it would see alone. Yields (images (B, K, C, H, W) float,
+    Member k shuffles and augments with its own generator and its own `Augmentation`, drawing
+    exactly what a DeviceLoader with that generator draws: a member's batches inside a pack of
+    K are the batches it would see alone. The draws are per member; each transform is then
+    applied to all members that use it at once. Yields (images (B, K, C, H, W) float,
     normalised; labels (B, K) int64); the ragged last batch is dropped.
     """
 
     def __init__(self, images: torch.Tensor, labels: torch.Tensor, mean: torch.Tensor,
                  std: torch.Tensor, batch_size: int, generators: list[torch.Generator],
-                 augment: list[bool]):
+                 augmentations: list[Augmentation]):
         self.images, self.labels = images, labels
         self.scale = (1.0 / (255.0 * std)).view(1, -1, 1, 1)
         self.shift = (-mean / std).view(1, -1, 1, 1)
         # Batch norm needs more than one image a batch: a subset smaller than one batch is
         # one batch of all of it.
         self.batch_size = min(batch_size, len(labels))
-        self.generators, self.augment = list(generators), list(augment)
-        self._orders: torch.Tensor | None = None  # (K, n) this epoch's order of each member
+        self.generators, self.augmentations = list(generators), list(augmentations)
+        self._orders: torch.Tensor | None = None  # (K, n): this epoch's order of each member
 
     def __len__(self) -> int:
         return len(self.labels) // self.batch_size
@@ -167,7 +259,7 @@ class PackLoader:
     def select(self, indices: list[int]) -> None:
         """Keep only these members (in this order), with their generators as they are."""
         self.generators = [self.generators[i] for i in indices]
-        self.augment = [self.augment[i] for i in indices]
+        self.augmentations = [self.augmentations[i] for i in indices]
         if self._orders is not None:  # mid-epoch: the running iteration goes on with them
             self._orders = self._orders[indices]
 
@@ -178,24 +270,49 @@ class PackLoader:
         for step in range(len(self)):
             index = self._orders[:, step * size:(step + 1) * size]  # (K, B)
             k = len(index)
-            images = self.images[index.reshape(-1)]  # (K*B, C, H, W) uint8
-            if any(self.augment):
-                images = self._augment(images.view(k, size, *images.shape[1:]))
-            images = images.float().mul_(self.scale).add_(self.shift)
-            images = images.view(k, size, *images.shape[1:]).transpose(0, 1).contiguous()
-            yield images, self.labels[index].t()
+            images = self.images[index.reshape(-1)].view(k, size, *self.images.shape[1:])
+            images = self._crop_and_flip(images)
+            images = images.float().mul_(self.scale.unsqueeze(0)).add_(self.shift.unsqueeze(0))
+            images = self._erase(images)
+            yield images.transpose(0, 1).contiguous(), self.labels[index].t()
 
-    def _augment(self, images: torch.Tensor) -> torch.Tensor:
-        """Crop and flip the augmenting members' images (K, B, C, H, W), each member's draws
-        from its own generator, applied to all of them at once."""
-        chosen = [k for k, on in enumerate(self.augment) if on]
-        draws = [draw_crop_flip(images.shape[1], self.generators[k], images.device)
-                 for k in chosen]
-        shift = torch.cat([s for s, _ in draws], 1)
-        flip = torch.cat([f for _, f in draws])
-        picked = images[chosen].flatten(0, 1)
-        out = images.clone() if len(chosen) < len(images) else images.flatten(0, 1)
-        if len(chosen) < len(images):
-            out[chosen] = apply_crop_flip(picked, shift, flip).view(len(chosen), *images.shape[1:])
-            return out.flatten(0, 1)
-        return apply_crop_flip(picked, shift, flip)
+    def _members(self, wanted) -> list[int]:
+        return [k for k, a in enumerate(self.augmentations) if wanted(a)]
+
+    def _crop_and_flip(self, images: torch.Tensor) -> torch.Tensor:
+        """uint8 (K, B, C, H, W): each member's crop, then flip, drawn in that order."""
+        size, device = images.shape[1], images.device
+        cropping = self._members(lambda a: a.crop_padding)
+        flipping = self._members(lambda a: a.flip)
+        if not cropping and not flipping:
+            return images
+        shifts, flips = {}, {}
+        for k in sorted(set(cropping) | set(flipping)):  # member k's draws, in solo order
+            a, g = self.augmentations[k], self.generators[k]
+            if a.crop_padding:
+                shifts[k] = draw_crop(size, a.crop_padding, g, device)
+            if a.flip:
+                flips[k] = draw_flip(size, g, device)
+        images = images.clone()
+        for padding in sorted({self.augmentations[k].crop_padding for k in cropping}):
+            chosen = [k for k in cropping if self.augmentations[k].crop_padding == padding]
+            shift = torch.cat([shifts[k] for k in chosen], 1)
+            images[chosen] = apply_crop(images[chosen].flatten(0, 1), padding,
+                                        shift).view(len(chosen), *images.shape[1:])
+        if flipping:
+            flip = torch.cat([flips[k] for k in flipping])
+            images[flipping] = apply_flip(images[flipping].flatten(0, 1),
+                                          flip).view(len(flipping), *images.shape[1:])
+        return images
+
+    def _erase(self, images: torch.Tensor) -> torch.Tensor:
+        """float (K, B, C, H, W): each erasing member's rectangles, from its generator."""
+        erasing = self._members(lambda a: a.erasing)
+        if not erasing:
+            return images
+        _, size, _, h, w = images.shape
+        mask = torch.cat([draw_erasing(size, h, w, self.augmentations[k].erasing,
+                                       self.generators[k], images.device) for k in erasing])
+        images[erasing] = apply_erasing(images[erasing].flatten(0, 1),
+                                        mask).view(len(erasing), *images.shape[1:])
+        return images

@@ -70,7 +70,7 @@ def train_pack(configs: list[dict], hooks: list[TrialHooks] | None = None,
         if cfg.num_threads:
             torch.set_num_threads(cfg.num_threads)
         device = pick_device(cfg.device)
-        data = device_splits(cfg.dataset, cfg.data_dir, device, cfg.val_split)
+        data = device_splits(cfg.dataset, cfg.data_dir, device, cfg.val_split, cfg.dataset_dir)
         pack = build_pack(members, data, device)
         _restore(pack)
         _start_sinks(members, pack)

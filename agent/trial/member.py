@@ -24,7 +24,8 @@ RUN_IDENTITY = ("group", "run_name", "run_id", "log_dir", "run_dir", "sinks", "h
 # What a member may differ in besides its identity: the per-member hyper-parameters of the
 # fused model (dropout), its optimizer (per-member tensors) and its own data stream.
 PER_MEMBER = ("lr", "momentum", "nesterov", "weight_decay", "rho", "adaptive", "dropout",
-              "label_smoothing", "warmup_epochs", "seed", "augment")
+              "label_smoothing", "warmup_epochs", "seed", "augment", "crop_padding", "flip",
+              "random_erasing")
 PACK_SHARED = tuple(p.name for p in PARAMS if p.name not in RUN_IDENTITY + PER_MEMBER)
 
 

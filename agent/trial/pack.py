@@ -21,7 +21,7 @@ from nn.optimizers import OPTIMIZERS
 from nn.packed import PackedModel, pack_models
 from nn.schedules import lr_table
 from util.device import autocast_dtype
-from util.device_cache import PackLoader, Splits
+from util.device_cache import Augmentation, PackLoader, Splits
 
 
 @dataclass
@@ -78,7 +78,7 @@ def build_pack(members: list[Member], data: Splits, device: torch.device) -> Tra
     if cfg.train_subset:
         train_x, train_y = train_x[:cfg.train_subset], train_y[:cfg.train_subset]
     loader = PackLoader(train_x, train_y, data.mean, data.std, cfg.batch_size, generators,
-                        [m.cfg.augment for m in members])
+                        [Augmentation.from_config(m.cfg) for m in members])
     total = cfg.epochs * len(loader)
     lr = lr_table([m.cfg.lr for m in members], total,
                   [round(m.cfg.warmup_epochs * len(loader)) for m in members], cfg.schedule)
