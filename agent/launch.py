@@ -14,6 +14,13 @@ import subprocess
 import sys
 
 from agent.cluster import submit
+from agent.sweep.controller import (
+    HEARTBEAT_S,
+    HEARTBEAT_TIMEOUT_S,
+    MIN_BEATS_PER_TIMEOUT,
+    check_heartbeat,
+)
+from agent.sweep.pack_size import parse_pack
 from agent.sweep.store import SweepStore
 from agent.sweep.target import check_wandb_sweep, create_local_sweep, resolve_target
 from util.errors import UserError, exit_on_user_error
@@ -50,7 +57,23 @@ def start_agents(command: list[str], slots: list[dict]) -> int:
     signal.signal(signal.SIGINT, pass_on)
     signal.signal(signal.SIGTERM, pass_on)
     codes = [agent.wait() for agent in agents]
-    return max(codes, default=0)
+    return launcher_exit_code([agent.pid for agent in agents], codes)
+
+
+def launcher_exit_code(pids: list[int], codes: list[int]) -> int:
+    """The agents' worst exit code; an agent killed by signal N (Popen's code -N) gives
+    128 + N, as a shell reports it, with one line on stderr per agent that died so."""
+    worst = 0
+    for pid, code in zip(pids, codes):
+        if code < 0:
+            try:
+                name = signal.Signals(-code).name
+            except ValueError:
+                name = f"signal {-code}"
+            print(f"agent {pid} was killed by {name}", file=sys.stderr)
+            code = 128 - code
+        worst = max(worst, code)
+    return worst
 
 
 def report_local(store: SweepStore) -> None:
@@ -59,11 +82,10 @@ def report_local(store: SweepStore) -> None:
     render_status(store)
     best = best_run(store)
     print(f"Results: sweep store {store.path}, TensorBoard logs in data/logs/"
-          f"{store.sweep()['name']}/ (./run_tensorboard.sh), W&B offline runs in wandb/ "
+          f"{store.sweep().name}/ (./run_tensorboard.sh), W&B offline runs in wandb/ "
           "(wandb sync wandb/offline-run-*)")
     if best is not None:
-        print(f"Best run: {best['id']} {best['metric']}={best['value']:.4f} "
-              f"with {best['config']}")
+        print(f"Best run: {best.run.id} {best.metric}={best.value:.4f} with {best.run.config}")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -77,12 +99,25 @@ def main(argv: list[str] | None = None) -> int:
                         help="agents on a machine without GPUs (default 1)")
     parser.add_argument("--count", type=int, default=None, help="runs per agent")
     parser.add_argument("--project", default=os.environ.get("WANDB_PROJECT"))
+    parser.add_argument("--heartbeat", type=float, default=None,
+                        help=f"seconds between an agent's heartbeats (default {HEARTBEAT_S:g})")
     parser.add_argument("--heartbeat-timeout", type=float, default=None,
-                        help="seconds before a silent run counts as crashed")
+                        help="seconds before a silent run counts as crashed (default "
+                        f"{HEARTBEAT_TIMEOUT_S:g}; at least {MIN_BEATS_PER_TIMEOUT} heartbeats)")
+    parser.add_argument("--pack", default="1", help="runs each agent trains together as one "
+                        "packed model (local sweeps): an integer, or auto (as many as still "
+                        "raise throughput)")
     submit.add_submit_options(parser)
     args = parser.parse_args(argv)
+    try:
+        parse_pack(args.pack)
+    except ValueError as error:
+        raise UserError(str(error)) from None
     if args.agents_per_gpu < 1 or args.agents < 1:
         raise UserError("--agents-per-gpu and --agents must be >= 1")
+    check_heartbeat(HEARTBEAT_S if args.heartbeat is None else args.heartbeat,
+                    HEARTBEAT_TIMEOUT_S if args.heartbeat_timeout is None
+                    else args.heartbeat_timeout)
     if submit.requested(args):  # --pbs/--slurm: job scripts for a scheduler, no agents here
         return submit.submit_from_args(args, argv)
 
@@ -91,8 +126,12 @@ def main(argv: list[str] | None = None) -> int:
     agent_cmd = [sys.executable, "-m", "agent.sweep.agent_loop"]
     if args.count:
         agent_cmd += ["--count", str(args.count)]
-    if args.heartbeat_timeout:
-        agent_cmd += ["--heartbeat-timeout", str(args.heartbeat_timeout)]
+    if args.pack != "1":
+        agent_cmd += ["--pack", args.pack]
+    for option, value in (("--heartbeat", args.heartbeat),
+                          ("--heartbeat-timeout", args.heartbeat_timeout)):
+        if value is not None:
+            agent_cmd += [option, repr(value)]
 
     target = resolve_target(args.target, args.project)
     if target.kind == "yaml":
@@ -100,6 +139,10 @@ def main(argv: list[str] | None = None) -> int:
     elif target.kind == "local":
         store = SweepStore(target.store_path)
     else:
+        if args.pack != "1":
+            raise UserError(f"--pack {args.pack}: packed trials need a local sweep; W&B's "
+                            "agent protocol hands each agent one run at a time (use "
+                            "--agents-per-gpu to share a GPU between W&B runs)")
         check_wandb_sweep(target)
         wandb_cmd = agent_cmd + ["--wandb", target.wandb_path]
         print(f"Starting {len(slots)} agent(s) on W&B sweep {target.text}")

@@ -42,8 +42,8 @@ def in_process_overhead(work: Path, trials: int) -> float:
     run_local_agent(store, count=trials)
     elapsed = time.perf_counter() - started
     runs = store.runs()[1:]
-    assert len(runs) == trials and all(r["state"] == "finished" for r in runs)
-    return (elapsed - sum(r["summary"]["perf/train_s"] for r in runs)) / trials
+    assert len(runs) == trials and all(r.state == "finished" for r in runs)
+    return (elapsed - sum(r.summary["perf/train_s"] for r in runs)) / trials
 
 
 def subprocess_overhead(work: Path, trials: int) -> float:

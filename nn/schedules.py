@@ -1,7 +1,7 @@
 """Learning-rate schedules, as pure functions of progress, in the SCHEDULES registry.
 
-Each maps t in [0, 1] (the fraction of post-warm-up steps done) to a multiplier of the peak lr.
-Warm-up is linear from 0 and applies to every schedule.
+Each maps t in [0, 1] (the fraction of post-warm-up steps done; a float or a tensor of them)
+to a multiplier of the peak lr. Warm-up is linear from 0 and applies to every schedule.
 """
 
 from __future__ import annotations
@@ -11,18 +11,24 @@ import math
 import torch
 
 
-def _onecycle(t: float) -> float:
+def _cos(t):
+    return torch.cos(t) if isinstance(t, torch.Tensor) else math.cos(t)
+
+
+def _onecycle(t):
     # Smith's one-cycle as a triangle: up to the peak over the first 30% (his suggested
     # fraction), then down to zero.
+    if isinstance(t, torch.Tensor):
+        return torch.where(t < 0.3, t / 0.3, (1.0 - t) / 0.7)
     return t / 0.3 if t < 0.3 else (1.0 - t) / 0.7
 
 
 SCHEDULES = {
-    "constant": lambda t: 1.0,
-    "cosine": lambda t: 0.5 * (1.0 + math.cos(math.pi * t)),
+    "constant": lambda t: 1.0 + 0.0 * t,
+    "cosine": lambda t: 0.5 * (1.0 + _cos(math.pi * t)),
     "onecycle": _onecycle,
     # The classic step decay: x0.1 at 50% and at 75% of training.
-    "step": lambda t: 0.1 ** ((t >= 0.5) + (t >= 0.75)),
+    "step": lambda t: 0.1 ** ((t >= 0.5) * 1.0 + (t >= 0.75) * 1.0),
 }
 
 
@@ -34,8 +40,17 @@ def lr_multiplier(step: int, total_steps: int, warmup_steps: int, schedule: str)
     return SCHEDULES[schedule](t)
 
 
-def build_scheduler(optimizer: torch.optim.Optimizer, total_steps: int, warmup_steps: int,
-                    schedule: str) -> torch.optim.lr_scheduler.LambdaLR:
-    """A per-step scheduler; its state_dict holds only the step count, so checkpoints resume."""
-    return torch.optim.lr_scheduler.LambdaLR(
-        optimizer, lambda step: lr_multiplier(step, total_steps, warmup_steps, schedule))
+def lr_table(base_lr: list[float], total_steps: int, warmup_steps: list[int],
+             schedule: str) -> torch.Tensor:
+    """Every member's learning rate at every step, shape (total_steps + 1, K), float64.
+
+    Row s is what `lr_multiplier(s, ...)` times the member's peak lr gives; the last row is
+    the rate after the final step (what a scheduler reports at the end).
+    """
+    steps = torch.arange(total_steps + 1, dtype=torch.float64).unsqueeze(1)  # (S, 1)
+    warmup = torch.tensor(warmup_steps, dtype=torch.float64).unsqueeze(0)  # (1, K)
+    t = ((steps - warmup) / (total_steps - warmup).clamp_min(1)).clamp(0.0, 1.0)
+    after = SCHEDULES[schedule](t)
+    during = (steps + 1) / warmup.clamp_min(1)
+    multiplier = torch.where(steps < warmup, during, after)
+    return multiplier * torch.tensor(base_lr, dtype=torch.float64).unsqueeze(0)

@@ -1,18 +1,26 @@
-"""Shared test fixtures: a small dataset in CIFAR-10's own on-disk format, and isolation."""
+"""Shared test fixtures: a small dataset in CIFAR-10's own on-disk format, and isolation.
+
+Tiers (markers declared in pyproject.toml): `e2e` for tests that start our own processes,
+send signals or run a server or cluster; `slow` for those over ~20 s. The fast tier,
+`-m "not slow and not e2e"`, runs in parallel (`-n 2`): every test works in its own
+temporary directory and asks the kernel for free ports.
+"""
 
 from __future__ import annotations
 
 import os
-import sys
 from pathlib import Path
 
 import pytest
 
-ROOT = Path(__file__).resolve().parents[1]
-if str(ROOT) not in sys.path:
-    sys.path.insert(0, str(ROOT))
+from util.cifar_files import register_fixture, write_cifar10
 
-from util.cifar_files import register_fixture, write_cifar10  # noqa: E402
+ROOT = Path(__file__).resolve().parents[1]
+# Tests share few cores (pytest-xdist workers, agents in child processes, other jobs). OpenMP
+# threads spin while they wait by default, which on an oversubscribed CPU turned a 1 s
+# training test into a 120 s timeout here; PASSIVE makes them sleep. Set before torch loads
+# (nothing above imports it); child processes inherit it.
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 
 @pytest.fixture

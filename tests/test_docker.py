@@ -136,6 +136,7 @@ def test_hadolint_passes_the_dockerfile():
     assert result.returncode == 0, result.stdout + result.stderr
 
 
+@pytest.mark.e2e
 @pytest.mark.timeout(200)
 def test_entrypoint_with_the_compose_environment_runs_a_local_sweep(workdir):
     """What a compose service runs, minus Docker: run_sweep.sh in the data's directory with
@@ -159,5 +160,5 @@ def test_entrypoint_with_the_compose_environment_runs_a_local_sweep(workdir):
                             capture_output=True, text=True, timeout=180)
     assert result.returncode == 0, result.stderr[-3000:]
     runs = SweepStore(workdir / "data" / "sweeps" / "ep" / "sweep.db").runs()
-    assert [r["state"] for r in runs] == ["finished", "finished"]
+    assert [r.state for r in runs] == ["finished", "finished"]
     assert len(list((workdir / "wandb").glob("offline-run-*"))) == 2

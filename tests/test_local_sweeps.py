@@ -46,7 +46,7 @@ def wait_for(predicate, timeout: float, what: str):
 
 
 def states(store: SweepStore) -> list[str]:
-    return [run["state"] for run in store.runs()]
+    return [run.state for run in store.runs()]
 
 
 # Slow enough to interrupt (a few seconds a run), cheap in memory.
@@ -54,6 +54,7 @@ LONG_RUN = {"model": {"value": "dense"}, "hidden": {"value": 256}, "batch_size":
             "sinks": {"value": ["tensorboard"]}}
 
 
+@pytest.mark.e2e
 @pytest.mark.timeout(240)
 def test_four_agents_on_a_grid_run_each_point_exactly_once(workdir):
     store = make_sweep(workdir, "grid4", {
@@ -64,58 +65,61 @@ def test_four_agents_on_a_grid_run_each_point_exactly_once(workdir):
     for agent in agents:
         assert agent.wait(timeout=200) == 0, agent.stderr.read()
     runs = store.runs()
-    points = [(r["config"]["lr"], r["config"]["batch_size"]) for r in runs]
+    points = [(r.config["lr"], r.config["batch_size"]) for r in runs]
     assert len(points) == 8 and len(set(points)) == 8
-    assert all(r["state"] == "finished" and r["summary"]["test/acc"] > 0 for r in runs)
-    assert len({r["owner"] for r in runs}) >= 2  # the work was shared out
+    assert all(r.state == "finished" and r.summary["test/acc"] > 0 for r in runs)
+    assert len({r.owner for r in runs}) >= 2  # the work was shared out
 
 
+@pytest.mark.e2e
 @pytest.mark.timeout(240)
 def test_sigkilled_agent_run_is_crashed_and_requeued_once(workdir):
     store = make_sweep(workdir, "crash", {**LONG_RUN, "epochs": {"value": 6},
                                           "lr": {"values": [0.01, 0.02]}})
     victim = start_agent(workdir, store, "--heartbeat-timeout", "3")
-    killed_id = wait_for(lambda: next((r["id"] for r in store.runs() if r["state"] == "running"
-                                       and r["epoch"] >= 1), None), 120, "a first epoch")
+    killed_id = wait_for(lambda: next((r.id for r in store.runs() if r.state == "running"
+                                       and r.epoch >= 1), None), 120, "a first epoch")
     victim.send_signal(signal.SIGKILL)
     victim.wait(timeout=30)
     killed = store.run(killed_id)
-    assert killed["state"] == "running", [(r["id"], r["state"], r["epoch"])
+    assert killed.state == "running", [(r.id, r.state, r.epoch)
                                           for r in store.runs()]
 
     survivor = start_agent(workdir, store, "--heartbeat-timeout", "3")
     assert survivor.wait(timeout=200) == 0, survivor.stderr.read()
-    runs = {r["id"]: r for r in store.runs()}
-    assert runs[killed["id"]]["state"] == "crashed"
-    repeats = [r for r in runs.values() if r["requeued_from"] == killed["id"]]
-    assert len(repeats) == 1 and repeats[0]["state"] == "finished"
-    assert repeats[0]["config"] == killed["config"]
-    finished = [r for r in runs.values() if r["state"] == "finished"]
-    assert sorted(r["config"]["lr"] for r in finished) == [0.01, 0.02]
+    runs = {r.id: r for r in store.runs()}
+    assert runs[killed.id].state == "crashed"
+    repeats = [r for r in runs.values() if r.requeued_from == killed.id]
+    assert len(repeats) == 1 and repeats[0].state == "finished"
+    assert repeats[0].config == killed.config
+    finished = [r for r in runs.values() if r.state == "finished"]
+    assert sorted(r.config["lr"] for r in finished) == [0.01, 0.02]
 
 
+@pytest.mark.e2e
 @pytest.mark.timeout(240)
 def test_sigterm_preempts_and_the_next_agent_resumes_the_epoch_count(workdir):
     store = make_sweep(workdir, "preempt", {**LONG_RUN, "epochs": {"value": 10},
                                             "lr": {"value": 0.01}})
     first = start_agent(workdir, store)
-    wait_for(lambda: any(r["epoch"] >= 1 for r in store.runs()), 120, "a first epoch")
+    wait_for(lambda: any(r.epoch >= 1 for r in store.runs()), 120, "a first epoch")
     first.send_signal(signal.SIGTERM)
     assert first.wait(timeout=60) == 0, first.stderr.read()
     (run,) = store.runs()
-    assert run["state"] == "preempted", (run["state"], run["epoch"], run["error"])
-    done_before = run["epoch"]
+    assert run.state == "preempted", (run.state, run.epoch, run.error)
+    done_before = run.epoch
     assert done_before < 10
-    assert (workdir / "data" / "runs" / run["id"] / "checkpoint.pt").exists()
+    assert (workdir / "data" / "runs" / run.id / "checkpoint.pt").exists()
 
     second = start_agent(workdir, store)
     assert second.wait(timeout=200) == 0, second.stderr.read()
     (resumed,) = store.runs()
-    assert resumed["id"] == run["id"] and resumed["state"] == "finished"
-    assert [h["epoch"] for h in resumed["history"]] == list(range(1, 11))
-    assert resumed["summary"]["epochs_done"] == 10
+    assert resumed.id == run.id and resumed.state == "finished"
+    assert [h["epoch"] for h in resumed.history] == list(range(1, 11))
+    assert resumed.summary["epochs_done"] == 10
 
 
+@pytest.mark.e2e
 @pytest.mark.timeout(300)
 def test_hyperband_stops_poor_runs_and_keeps_their_metrics(workdir):
     store = make_sweep(workdir, "hyper", {
@@ -127,11 +131,11 @@ def test_hyperband_stops_poor_runs_and_keeps_their_metrics(workdir):
     agent = start_agent(workdir, store)
     assert agent.wait(timeout=280) == 0, agent.stderr.read()
     runs = store.runs()
-    stopped = [r for r in runs if r["state"] == "stopped"]
-    assert stopped, [(r["config"]["lr"], r["state"], r["epoch"]) for r in runs]
+    stopped = [r for r in runs if r.state == "stopped"]
+    assert stopped, [(r.config["lr"], r.state, r.epoch) for r in runs]
     for run in stopped:
-        assert run["epoch"] < 6 and run["history"] and "val/acc" in run["summary"]
-    assert all(r["state"] in ("finished", "stopped") for r in runs)
+        assert run.epoch < 6 and run.history and "val/acc" in run.summary
+    assert all(r.state in ("finished", "stopped") for r in runs)
 
 
 @pytest.mark.timeout(120)
@@ -143,6 +147,7 @@ def test_store_is_a_wal_sqlite_file_readable_by_plain_sqlite(workdir):
     assert yaml.safe_load(config)["method"] == "grid"
 
 
+@pytest.mark.e2e
 @pytest.mark.timeout(120)
 @pytest.mark.parametrize("target", ["no-such-sweep", "data/sweeps/missing"])
 def test_unknown_sweep_is_one_line_exit_2_and_creates_nothing(tmp_path, target):
@@ -153,6 +158,7 @@ def test_unknown_sweep_is_one_line_exit_2_and_creates_nothing(tmp_path, target):
     assert list(tmp_path.iterdir()) == []
 
 
+@pytest.mark.e2e
 @pytest.mark.slow
 @pytest.mark.timeout(400)
 def test_quickstart_with_two_agents_completes_offline_through_run_sweep_sh(workdir):
@@ -167,22 +173,23 @@ def test_quickstart_with_two_agents_completes_offline_through_run_sweep_sh(workd
     store = open_store(str(store_dir))
     runs = store.runs()
     assert len(runs) == 8  # the file's run_cap
-    assert all(r["state"] in ("finished", "stopped") for r in runs)
-    assert len({r["owner"] for r in runs}) == 2
+    assert all(r.state in ("finished", "stopped") for r in runs)
+    assert len({r.owner for r in runs}) == 2
     for run in runs:
-        assert run["history"] and run["summary"]["val/acc"] > 0
-        assert [h["epoch"] for h in run["history"]] == list(range(1, run["epoch"] + 1))
+        assert run.history and run.summary["val/acc"] > 0
+        assert [h["epoch"] for h in run.history] == list(range(1, run.epoch + 1))
     offline = {r.run_id: r for r in closed_offline_runs(workdir / "wandb", len(runs))}
     for run in runs:
-        assert run["id"] in offline
-        assert offline[run["id"]].group == "quickstart"
-        assert offline[run["id"]].config["sweep"]["id"] == store_dir.name
-        if run["state"] == "finished":
-            assert offline[run["id"]].summary["test/acc"] == pytest.approx(
-                run["summary"]["test/acc"])
+        assert run.id in offline
+        assert offline[run.id].group == "quickstart"
+        assert offline[run.id].config["sweep"]["id"] == store_dir.name
+        if run.state == "finished":
+            assert offline[run.id].summary["test/acc"] == pytest.approx(
+                run.summary["test/acc"])
     assert (workdir / "data" / "logs" / "quickstart").is_dir()
 
 
+@pytest.mark.e2e
 @pytest.mark.timeout(240)
 def test_failing_trials_are_recorded_and_three_in_a_row_stop_the_agent(workdir):
     # mnist cannot be downloaded here: every trial raises inside train().
@@ -194,12 +201,13 @@ def test_failing_trials_are_recorded_and_three_in_a_row_stop_the_agent(workdir):
     message = agent.stderr.read()
     assert "stopping after 3 failed runs in a row" in message
     runs = store.runs()
-    assert [r["state"] for r in runs] == ["failed"] * 3
+    assert [r.state for r in runs] == ["failed"] * 3
     for run in runs:
-        assert "UserError" in run["error"]
-        assert "Traceback" in (workdir / "data" / "runs" / run["id"] / "traceback.txt").read_text()
+        assert "UserError" in run.error
+        assert "Traceback" in (workdir / "data" / "runs" / run.id / "traceback.txt").read_text()
 
 
+@pytest.mark.e2e
 @pytest.mark.timeout(240)
 def test_ctrl_c_stops_every_agent_cleanly_and_keeps_the_runs_resumable(workdir):
     sweep_file = workdir / "long.yaml"
@@ -217,16 +225,17 @@ def test_ctrl_c_stops_every_agent_cleanly_and_keeps_the_runs_resumable(workdir):
     store = wait_for(lambda: next((open_store(str(d)) for d in
                                    (workdir / "data" / "sweeps").glob("*")), None)
                      if (workdir / "data" / "sweeps").exists() else None, 60, "the store")
-    wait_for(lambda: sum(r["state"] == "running" and r["epoch"] >= 1
+    wait_for(lambda: sum(r.state == "running" and r.epoch >= 1
                          for r in store.runs()) == 2, 120, "two running runs")
     os.killpg(launcher.pid, signal.SIGINT)  # what Ctrl-C sends to the foreground group
     out, err = launcher.communicate(timeout=60)
     assert launcher.returncode == 0, err[-2000:]
     runs = store.runs()
-    assert sorted(r["state"] for r in runs) == ["preempted", "preempted"]
+    assert sorted(r.state for r in runs) == ["preempted", "preempted"]
     assert "Results:" in out
 
 
+@pytest.mark.e2e
 @pytest.mark.timeout(120)
 def test_bad_sweep_file_through_the_launcher_is_exit_2_and_creates_nothing(tmp_path):
     bad = tmp_path / "bad.yaml"
@@ -238,6 +247,7 @@ def test_bad_sweep_file_through_the_launcher_is_exit_2_and_creates_nothing(tmp_p
     assert sorted(p.name for p in tmp_path.iterdir()) == ["bad.yaml"]
 
 
+@pytest.mark.e2e
 @pytest.mark.timeout(120)
 def test_status_shows_runs_by_state_and_the_best(workdir):
     store = make_sweep(workdir, "stat", {"model": {"value": "dense"}, "hidden": {"value": 16},
@@ -249,8 +259,8 @@ def test_status_shows_runs_by_state_and_the_best(workdir):
                             capture_output=True, text=True, timeout=100)
     assert result.returncode == 0
     assert "2 finished" in result.stdout and "best so far" in result.stdout
-    best = max(store.runs(), key=lambda r: r["summary"]["val/acc"])
-    assert best["id"] in result.stdout.split("best so far:")[1].splitlines()[0]
+    best = max(store.runs(), key=lambda r: r.summary["val/acc"])
+    assert best.id in result.stdout.split("best so far:")[1].splitlines()[0]
 
 
 def test_agent_slots_give_each_agent_its_gpu_or_a_share_of_the_cpu():
@@ -261,3 +271,129 @@ def test_agent_slots_give_each_agent_its_gpu_or_a_share_of_the_cpu():
     cpu = agent_slots([], 4, 2)
     assert len(cpu) == 2 and all(s["CUDA_VISIBLE_DEVICES"] == "" for s in cpu)
     assert all(int(s["OMP_NUM_THREADS"]) >= 1 for s in cpu)
+
+
+@pytest.mark.e2e
+@pytest.mark.timeout(300)
+def test_a_stalled_agent_finds_its_run_taken_writes_nothing_and_moves_on(workdir):
+    store = make_sweep(workdir, "stall", {**LONG_RUN, "epochs": {"value": 8},
+                                          "lr": {"values": [0.01, 0.02]}})
+    timeout = ("--heartbeat-timeout", "1.5")  # five beats of 0.3 s
+    stalled = start_agent(workdir, store, *timeout)
+    taken_id = wait_for(lambda: next((r.id for r in store.runs() if r.state == "running"
+                                      and r.epoch >= 1), None), 120, "a first epoch")
+    stalled.send_signal(signal.SIGSTOP)
+    try:
+        time.sleep(2.5)  # silent past the timeout
+        other = start_agent(workdir, store, *timeout)
+        repeat = wait_for(lambda: next((r for r in store.runs() if r.requeued_from == taken_id
+                                        and r.state == "running"), None), 120, "the repeat")
+        taken = store.run(taken_id)
+        assert taken.state == "crashed"
+    finally:
+        stalled.send_signal(signal.SIGCONT)  # it wakes while its run's repeat trains
+    assert stalled.wait(timeout=200) == 0 and other.wait(timeout=200) == 0
+    lines = stalled.stderr.read().splitlines()
+    assert [line for line in lines if taken_id in line] == [
+        f"agent {taken.owner}: run {taken_id} was declared crashed while this agent was silent "
+        "and is re-queued; this copy stops without recording anything"]
+    assert "Traceback" not in "\n".join(lines)
+    runs = store.runs()
+    assert store.run(taken_id) == taken  # not one write after it was taken: no epoch, no end
+    assert not (workdir / "data" / "runs" / taken_id / "summary.json").exists()  # cut short
+    assert store.run(repeat.id).state == "finished" and store.run(repeat.id).owner != taken.owner
+    finished = [r for r in runs if r.state == "finished"]
+    assert sorted(r.config["lr"] for r in finished) == [0.01, 0.02]  # each point once
+    # The stalled agent went on to the next claim: the other grid point.
+    (moved_on,) = [r for r in finished if r.id not in (taken_id, repeat.id)]
+    assert moved_on.owner == taken.owner and len(runs) == 3
+
+
+BAD_HEARTBEATS = [["--heartbeat-timeout", "nan"], ["--heartbeat-timeout", "inf"],
+                  ["--heartbeat-timeout", "0"], ["--heartbeat-timeout", "2"],
+                  ["--heartbeat", "0"], ["--heartbeat", "-1"],
+                  ["--heartbeat", "1", "--heartbeat-timeout", "2.9"]]
+
+
+@pytest.mark.e2e
+@pytest.mark.timeout(120)
+@pytest.mark.parametrize("options", BAD_HEARTBEATS, ids=" ".join)
+def test_heartbeat_options_that_duplicate_or_never_repair_runs_are_refused(workdir, options):
+    store = make_sweep(workdir, "beats", {"lr": {"value": 0.1}})
+    sweep_file = workdir / "beats.yaml"
+    sweep_file.write_text(yaml.safe_dump(store.sweep().config))
+    for command in ([sys.executable, "-m", "agent.sweep.agent_loop", str(store.directory)],
+                    [str(ROOT / "run_sweep.sh"), str(sweep_file)]):
+        result = subprocess.run(command + options, cwd=workdir, env=subprocess_env(),
+                                capture_output=True, text=True, timeout=100)
+        assert result.returncode == 2, result.stderr
+        (line,) = result.stderr.strip().splitlines()
+        assert line.startswith(f"error: {options[-2]}=") and "heartbeat" in line
+    assert [p.name for p in (workdir / "data" / "sweeps").iterdir()] == ["beats"]
+    assert store.runs() == []
+
+
+@pytest.mark.e2e
+@pytest.mark.timeout(300)
+def test_the_launcher_exit_code_says_an_agent_was_killed(workdir):
+    sweep_file = workdir / "two.yaml"
+    sweep_file.write_text(yaml.safe_dump({
+        "program": "agent/train.py", "command": COMMAND, "method": "grid",
+        "metric": {"name": "val/acc", "goal": "maximize"},
+        "parameters": {**LONG_RUN, "dataset": {"value": "digits"}, "epochs": {"value": 3},
+                       "lr": {"values": [0.01, 0.02]}}}))
+    launcher = subprocess.Popen([sys.executable, "-m", "agent.launch", str(sweep_file),
+                                 "--agents", "2", "--heartbeat", "0.3",
+                                 "--heartbeat-timeout", "1"], cwd=workdir,
+                                env=subprocess_env(), stdout=subprocess.PIPE,
+                                stderr=subprocess.PIPE, text=True)
+    from agent.sweep.target import open_store
+
+    store = wait_for(lambda: next((open_store(str(d)) for d in
+                                   (workdir / "data" / "sweeps").glob("*")), None)
+                     if (workdir / "data" / "sweeps").exists() else None, 60, "the store")
+    victim = wait_for(lambda: next((r for r in store.runs() if r.state == "running"), None),
+                      120, "a running run")
+    pid = int(victim.owner.rsplit(":", 1)[1])
+    os.kill(pid, signal.SIGKILL)
+    out, err = launcher.communicate(timeout=240)
+    assert launcher.returncode == 128 + signal.SIGKILL, err[-2000:]
+    assert f"agent {pid} was killed by SIGKILL" in err
+    runs = store.runs()  # the survivor repaired the killed agent's run
+    assert store.run(victim.id).state == "crashed"
+    assert sorted(r.config["lr"] for r in runs if r.state == "finished") == [0.01, 0.02]
+
+
+@pytest.mark.e2e
+@pytest.mark.timeout(120)
+@pytest.mark.parametrize("module", ["agent.status", "agent.sweep.agent_loop"])
+def test_a_store_of_the_previous_schema_is_refused_in_one_line(workdir, module):
+    old = workdir / "data" / "sweeps" / "old"
+    old.mkdir(parents=True)
+    with sqlite3.connect(old / "sweep.db") as db:  # as the code before schema versions made it
+        db.executescript(
+            "CREATE TABLE sweep (id TEXT PRIMARY KEY, name TEXT NOT NULL, config TEXT NOT NULL,"
+            " created REAL NOT NULL);"
+            "CREATE TABLE runs (id TEXT PRIMARY KEY, seq INTEGER NOT NULL, config TEXT NOT NULL,"
+            " state TEXT NOT NULL, owner TEXT, heartbeat REAL, requeued_from TEXT,"
+            " epoch INTEGER NOT NULL DEFAULT 0, summary TEXT, error TEXT, created REAL NOT NULL,"
+            " started REAL, ended REAL);")
+    before = (old / "sweep.db").read_bytes()
+    result = subprocess.run([sys.executable, "-m", module, "old"], cwd=workdir,
+                            env=subprocess_env(), capture_output=True, text=True, timeout=100)
+    assert result.returncode == 2
+    (line,) = result.stderr.strip().splitlines()
+    assert line.startswith(f"error: {Path('data/sweeps/old/sweep.db')}: a sweep store of "
+                           "schema version 0")
+    assert (old / "sweep.db").read_bytes() == before
+
+
+def test_an_agent_killed_by_a_signal_is_never_hidden_by_the_others_exit_codes(capsys):
+    from agent.launch import launcher_exit_code
+
+    assert launcher_exit_code([11, 12], [0, 0]) == 0
+    assert launcher_exit_code([11, 12], [0, 1]) == 1
+    assert launcher_exit_code([11, 12], [-signal.SIGKILL, 0]) == 128 + signal.SIGKILL
+    assert launcher_exit_code([11, 12], [2, -signal.SIGTERM]) == 128 + signal.SIGTERM
+    assert capsys.readouterr().err.splitlines() == ["agent 11 was killed by SIGKILL",
+                                                    "agent 12 was killed by SIGTERM"]

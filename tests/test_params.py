@@ -70,6 +70,7 @@ def test_readme_parameter_table_is_the_generated_one():
         "README's parameter table is stale: paste `python -m agent.params` output")
 
 
+@pytest.mark.e2e
 @pytest.mark.timeout(120)
 @pytest.mark.parametrize("args, named", [
     (["--lr=-1"], "lr='-1'"),
@@ -96,6 +97,7 @@ def test_cli_bad_yaml_names_the_line(tmp_path):
         parse_args([f"--config={bad}"])
 
 
+@pytest.mark.e2e
 @pytest.mark.timeout(120)
 def test_cli_help_lists_every_parameter_with_default_and_allowed_values(tmp_path):
     result = subprocess.run([sys.executable, "-m", "agent.train", "--help"], cwd=tmp_path,

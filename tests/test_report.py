@@ -18,6 +18,7 @@ from agent.sweep.store import create_store
 from agent.sweep.target import open_store
 from conftest import subprocess_env
 
+pytestmark = pytest.mark.e2e  # every test runs the commands (agent loop, report) as processes
 COMMAND = ["${env}", "python", "-m", "agent.train", "${args}"]
 
 
@@ -79,13 +80,13 @@ def test_confidence_intervals_match_a_direct_computation(study_dir):
         "*/sweep.db") if p.parent.name != "base"]
     assert len(repeats) == 2  # one per model
     for store in repeats:
-        values = [r["summary"]["val/acc"] for r in store.runs()]
-        assert len(values) == 3 and sorted(r["config"]["seed"] for r in store.runs()) == [0, 1, 2]
+        values = [r.summary["val/acc"] for r in store.runs()]
+        assert len(values) == 3 and sorted(r.config["seed"] for r in store.runs()) == [0, 1, 2]
         mean = sum(values) / 3
         sd = math.sqrt(sum((v - mean) ** 2 for v in values) / 2)
         half = scipy_stats.t.ppf(0.975, 2) * sd / math.sqrt(3)
         assert f"{mean:.4f} ± {half:.4f} (n=3)" in text
-        assert store.sweep()["id"] in text  # the table names its repeat sweep
+        assert store.sweep().id in text  # the table names its repeat sweep
 
 
 @pytest.mark.slow
@@ -108,7 +109,7 @@ def test_baselines_match_the_test_set_class_counts(study_dir):
 def test_divergent_runs_are_named_by_the_written_rule(study_dir):
     text = (study_dir / "reports" / "base" / "report.md").read_text()
     store = open_store(str(study_dir / "data" / "sweeps" / "base"))
-    diverged = [r["id"] for r in store.runs() if r["summary"] and r["summary"]["diverged"]]
+    diverged = [r.id for r in store.runs() if r.summary and r.summary["diverged"]]
     assert diverged  # lr=1000 blew up
     line = next(line for line in text.splitlines() if line.startswith("Convergent:"))
     for run_id in diverged:

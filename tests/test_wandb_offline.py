@@ -12,6 +12,7 @@ import pytest
 from conftest import closed_offline_runs
 from util.wandb_offline import OfflineRun, find_runs, read_records, read_run
 
+pytestmark = pytest.mark.e2e  # each test reads a run written by wandb in a child process
 LOSSES = [1.5, 0.75, 0.5]
 
 SCRIPT = textwrap.dedent(f"""

@@ -102,8 +102,19 @@ class Augmentation:
         return bool(self.crop_padding or self.flip or self.erasing)
 
 
-def random_crop(images: torch.Tensor, padding: int, generator: torch.Generator) -> torch.Tensor:
-    """Random crop after `padding` pixels of zero padding, for a batch (N, C, H, W).
+# Each transform is a draw (from one generator, in a fixed order: crop, flip, erasing) and an
+# application. A loader draws for its images and applies; a pack draws for each member from
+# that member's generator, so its stream is exactly the one it would have alone, then
+# applies to all members' images at once.
+
+def draw_crop(n: int, padding: int, generator: torch.Generator,
+              device: torch.device) -> torch.Tensor:
+    """Per-image (row, column) offsets of a random crop, shape (2, n, 1)."""
+    return torch.randint(0, 2 * padding + 1, (2, n, 1), device=device, generator=generator)
+
+
+def apply_crop(images: torch.Tensor, padding: int, shift: torch.Tensor) -> torch.Tensor:
+    """Crop (N, C, H, W) after `padding` pixels of zero padding at the offsets `shift`.
 
     The crop is two gathers (rows, then columns) with per-image offsets: about twice as fast
     on a CPU as one four-index gather, and free of Python loops on any device.
@@ -111,36 +122,30 @@ def random_crop(images: torch.Tensor, padding: int, generator: torch.Generator) 
     n, c, h, w = images.shape
     device = images.device
     padded = F.pad(images, (padding,) * 4)
-    shift = torch.randint(0, 2 * padding + 1, (2, n, 1), device=device, generator=generator)
     rows = (shift[0] + torch.arange(h, device=device))[:, None, :, None]  # (n, 1, h, 1)
     cropped = padded.gather(2, rows.expand(n, c, h, w + 2 * padding))
     cols = (shift[1] + torch.arange(w, device=device))[:, None, None, :]  # (n, 1, 1, w)
     return cropped.gather(3, cols.expand(n, c, h, w))
 
 
-def random_flip(images: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
-    """Each image of (N, C, H, W) mirrored left-right with probability 1/2."""
-    flip = torch.rand(len(images), device=images.device, generator=generator) < 0.5
+def draw_flip(n: int, generator: torch.Generator, device: torch.device) -> torch.Tensor:
+    """Which of n images to mirror left-right (probability 1/2 each), bool (n,)."""
+    return torch.rand(n, device=device, generator=generator) < 0.5
+
+
+def apply_flip(images: torch.Tensor, flip: torch.Tensor) -> torch.Tensor:
     return torch.where(flip[:, None, None, None], images.flip(3), images)
 
 
-def random_crop_flip(images: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
-    """The CIFAR recipe: crop after 4 pixels of zero padding, then a random flip."""
-    return random_flip(random_crop(images, CROP_PADDING, generator), generator)
-
-
-def random_erasing(images: torch.Tensor, probability: float,
-                   generator: torch.Generator) -> torch.Tensor:
-    """Random erasing (Zhong et al., AAAI 2020, arXiv:1708.04896) on a normalised float batch
-    (N, C, H, W): with `probability`, one rectangle of each image is set to 0, the dataset's
-    mean after normalisation (torchvision's RandomErasing default).
+def draw_erasing(n: int, h: int, w: int, probability: float, generator: torch.Generator,
+                 device: torch.device) -> torch.Tensor:
+    """Random erasing's rectangles (Zhong et al., AAAI 2020, arXiv:1708.04896): bool (n, h, w),
+    true inside the rectangle of each image chosen with `probability`.
 
     Area fraction and aspect ratio are drawn once per image from ERASE_AREA and (log-uniform)
     ERASE_ASPECT; where the paper draws again until the rectangle fits, its sides are clipped
     to the image instead, so all images are handled in one tensor operation.
     """
-    n, _, h, w = images.shape
-    device = images.device
     draw = torch.rand(4, n, device=device, generator=generator)
     area = (ERASE_AREA[0] + draw[0] * (ERASE_AREA[1] - ERASE_AREA[0])) * h * w
     low, high = math.log(ERASE_ASPECT[0]), math.log(ERASE_ASPECT[1])
@@ -154,8 +159,36 @@ def random_erasing(images: torch.Tensor, probability: float,
     inside_rows = (rows >= top[:, None]) & (rows < (top + eh)[:, None])  # (n, h)
     inside_cols = (cols >= left[:, None]) & (cols < (left + ew)[:, None])  # (n, w)
     chosen = torch.rand(n, device=device, generator=generator) < probability
-    mask = inside_rows[:, :, None] & inside_cols[:, None, :] & chosen[:, None, None]
+    return inside_rows[:, :, None] & inside_cols[:, None, :] & chosen[:, None, None]
+
+
+def apply_erasing(images: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """Set the rectangles of a normalised float batch to 0, the dataset's mean after
+    normalisation (torchvision's RandomErasing default)."""
     return images.masked_fill(mask[:, None], 0.0)
+
+
+def random_crop(images: torch.Tensor, padding: int, generator: torch.Generator) -> torch.Tensor:
+    """Random crop after `padding` pixels of zero padding, for a batch (N, C, H, W)."""
+    return apply_crop(images, padding, draw_crop(len(images), padding, generator,
+                                                 images.device))
+
+
+def random_flip(images: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+    """Each image of (N, C, H, W) mirrored left-right with probability 1/2."""
+    return apply_flip(images, draw_flip(len(images), generator, images.device))
+
+
+def random_crop_flip(images: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+    """The CIFAR recipe: crop after 4 pixels of zero padding, then a random flip."""
+    return random_flip(random_crop(images, CROP_PADDING, generator), generator)
+
+
+def random_erasing(images: torch.Tensor, probability: float,
+                   generator: torch.Generator) -> torch.Tensor:
+    """Random erasing with `probability` on a normalised float batch (N, C, H, W)."""
+    n, _, h, w = images.shape
+    return apply_erasing(images, draw_erasing(n, h, w, probability, generator, images.device))
 
 
 class DeviceLoader:
@@ -196,3 +229,90 @@ class DeviceLoader:
             if self.augment.erasing:
                 images = random_erasing(images, self.augment.erasing, self.generator)
             yield images.contiguous(memory_format=self.memory_format), self.labels[index]
+
+
+class PackLoader:
+    """Each member's own batches of one training split, stacked member-second for a pack.
+
+    Member k shuffles and augments with its own generator and its own `Augmentation`, drawing
+    exactly what a DeviceLoader with that generator draws: a member's batches inside a pack of
+    K are the batches it would see alone. The draws are per member; each transform is then
+    applied to all members that use it at once. Yields (images (B, K, C, H, W) float,
+    normalised; labels (B, K) int64); the ragged last batch is dropped.
+    """
+
+    def __init__(self, images: torch.Tensor, labels: torch.Tensor, mean: torch.Tensor,
+                 std: torch.Tensor, batch_size: int, generators: list[torch.Generator],
+                 augmentations: list[Augmentation]):
+        self.images, self.labels = images, labels
+        self.scale = (1.0 / (255.0 * std)).view(1, -1, 1, 1)
+        self.shift = (-mean / std).view(1, -1, 1, 1)
+        # Batch norm needs more than one image a batch: a subset smaller than one batch is
+        # one batch of all of it.
+        self.batch_size = min(batch_size, len(labels))
+        self.generators, self.augmentations = list(generators), list(augmentations)
+        self._orders: torch.Tensor | None = None  # (K, n): this epoch's order of each member
+
+    def __len__(self) -> int:
+        return len(self.labels) // self.batch_size
+
+    def select(self, indices: list[int]) -> None:
+        """Keep only these members (in this order), with their generators as they are."""
+        self.generators = [self.generators[i] for i in indices]
+        self.augmentations = [self.augmentations[i] for i in indices]
+        if self._orders is not None:  # mid-epoch: the running iteration goes on with them
+            self._orders = self._orders[indices]
+
+    def __iter__(self):
+        n, size, device = len(self.labels), self.batch_size, self.images.device
+        self._orders = torch.stack([torch.randperm(n, device=device, generator=g)
+                                    for g in self.generators])
+        for step in range(len(self)):
+            index = self._orders[:, step * size:(step + 1) * size]  # (K, B)
+            k = len(index)
+            images = self.images[index.reshape(-1)].view(k, size, *self.images.shape[1:])
+            images = self._crop_and_flip(images)
+            images = images.float().mul_(self.scale.unsqueeze(0)).add_(self.shift.unsqueeze(0))
+            images = self._erase(images)
+            yield images.transpose(0, 1).contiguous(), self.labels[index].t()
+
+    def _members(self, wanted) -> list[int]:
+        return [k for k, a in enumerate(self.augmentations) if wanted(a)]
+
+    def _crop_and_flip(self, images: torch.Tensor) -> torch.Tensor:
+        """uint8 (K, B, C, H, W): each member's crop, then flip, drawn in that order."""
+        size, device = images.shape[1], images.device
+        cropping = self._members(lambda a: a.crop_padding)
+        flipping = self._members(lambda a: a.flip)
+        if not cropping and not flipping:
+            return images
+        shifts, flips = {}, {}
+        for k in sorted(set(cropping) | set(flipping)):  # member k's draws, in solo order
+            a, g = self.augmentations[k], self.generators[k]
+            if a.crop_padding:
+                shifts[k] = draw_crop(size, a.crop_padding, g, device)
+            if a.flip:
+                flips[k] = draw_flip(size, g, device)
+        images = images.clone()
+        for padding in sorted({self.augmentations[k].crop_padding for k in cropping}):
+            chosen = [k for k in cropping if self.augmentations[k].crop_padding == padding]
+            shift = torch.cat([shifts[k] for k in chosen], 1)
+            images[chosen] = apply_crop(images[chosen].flatten(0, 1), padding,
+                                        shift).view(len(chosen), *images.shape[1:])
+        if flipping:
+            flip = torch.cat([flips[k] for k in flipping])
+            images[flipping] = apply_flip(images[flipping].flatten(0, 1),
+                                          flip).view(len(flipping), *images.shape[1:])
+        return images
+
+    def _erase(self, images: torch.Tensor) -> torch.Tensor:
+        """float (K, B, C, H, W): each erasing member's rectangles, from its generator."""
+        erasing = self._members(lambda a: a.erasing)
+        if not erasing:
+            return images
+        _, size, _, h, w = images.shape
+        mask = torch.cat([draw_erasing(size, h, w, self.augmentations[k].erasing,
+                                       self.generators[k], images.device) for k in erasing])
+        images[erasing] = apply_erasing(images[erasing].flatten(0, 1),
+                                        mask).view(len(erasing), *images.shape[1:])
+        return images

@@ -74,11 +74,10 @@ def local_study(store: SweepStore) -> Study:
     sweep = store.sweep()
     runs = []
     for run in store.runs():
-        params = _params(run["config"])
-        runs.append(RunRecord(run["id"], run["state"], run["config"], params,
-                              run["summary"] or {}, run["history"],
-                              Path(params.run_dir) / run["id"], run["error"]))
-    return Study(sweep["name"], sweep["id"], "local", sweep["config"], runs)
+        params = _params(run.config)
+        runs.append(RunRecord(run.id, run.state, run.config, params, run.summary or {},
+                              run.history, Path(params.run_dir) / run.id, run.error))
+    return Study(sweep.name, sweep.id, "local", sweep.config, runs)
 
 
 def wandb_study(path: str) -> Study:
@@ -139,8 +138,14 @@ def local_repeats(study: Study) -> dict[str, Study]:
     found = {}
     prefix = repeat_description(study.sweep_id, "")
     for path in sorted(SWEEPS_DIR.glob(f"*/{STORE_NAME}")):
-        store = SweepStore(path)
-        description = store.sweep()["config"].get("description", "")
+        try:
+            store = SweepStore(path)
+        except UserError:
+            # A store of another schema version was made by other code, so it is no
+            # repeat of this study's runs (repeats are made by this code from a readable
+            # study); it must not stop the report of this one.
+            continue
+        description = store.sweep().config.get("description", "")
         if description.startswith(prefix):
             found[description[len(prefix):]] = local_study(store)
     return found

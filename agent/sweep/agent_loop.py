@@ -1,10 +1,14 @@
-"""An agent: claim a configuration, train it in this process, record it, repeat.
+"""An agent: claim configurations, train them in this process (K at a time as one packed
+model with `--pack K`), record each run, repeat.
 
 `python -m agent.sweep.agent_loop <local-sweep> [--count N]` works on a local sweep store;
-`python -m agent.sweep.agent_loop --wandb <entity/project/sweep-id>` pulls from W&B's server instead.
+`python -m agent.sweep.agent_loop --wandb <entity/project/sweep-id>` pulls from W&B's server
+instead.
 Trials run in-process with `agent.trial.train`, so the dataset stays on the device between
 them. SIGTERM or SIGINT ends the current trial as `preempted` (its checkpoint kept; the next
-agent resumes it) and the agent exits.
+agent resumes it) and the agent exits. An agent that finds its run taken from it (it was
+silent past the heartbeat timeout, and its run was declared crashed and re-queued) drops
+that trial without writing to the store and claims the next.
 """
 
 from __future__ import annotations
@@ -17,92 +21,208 @@ import sys
 import threading
 import time
 import traceback
+from dataclasses import dataclass
 from pathlib import Path
 
-from util.errors import exit_on_user_error
-from agent.sweep.controller import HEARTBEAT_TIMEOUT_S, claim_next_run, should_stop
+from agent.sweep.controller import (
+    HEARTBEAT_S,
+    HEARTBEAT_TIMEOUT_S,
+    check_heartbeat,
+    claim,
+    should_stop,
+)
+from agent.sweep.pack_size import PackSizer, parse_pack
 from agent.sweep.store import SweepStore
 from agent.sweep.target import open_store
-from agent.trial.loop import Preempted, TrialHooks, train
+from agent.trial.loop import Preempted, TrialHooks, train, train_pack
+from agent.trial.member import pack_key
+from util.errors import UserError, exit_on_user_error
 
 MAX_FAILURES_IN_A_ROW = 3
 WAIT_POLL_S = 2.0
 
 
 class Heartbeat:
-    """Refreshes a run's heartbeat from a thread (with its own SQLite connection)."""
+    """Refreshes the heartbeats of a pack's runs from a thread (with its own SQLite
+    connection); `taken` is set once the store refuses a beat: a run is no longer ours."""
 
-    def __init__(self, store_path: Path, run_id: str, owner: str, every: float):
+    def __init__(self, store_path: Path, run_ids: list[str], owner: str, every: float):
         self.stop_event = threading.Event()
+        self.taken = threading.Event()
         self.thread = threading.Thread(target=self._beat, daemon=True,
-                                       args=(store_path, run_id, owner, every))
+                                       args=(store_path, list(run_ids), owner, every))
         self.thread.start()
 
-    def _beat(self, store_path, run_id, owner, every):
+    def _beat(self, store_path, run_ids, owner, every):
         store = SweepStore(store_path)
         while not self.stop_event.wait(every):
-            store.heartbeat(run_id, owner)
+            if not all([store.heartbeat(run_id, owner) for run_id in run_ids]):
+                self.taken.set()
+                break
+        store.close()
 
     def stop(self):
         self.stop_event.set()
         self.thread.join()
 
 
-def run_local_agent(store: SweepStore, count: int | None = None,
-                    heartbeat_s: float = 5.0, timeout: float = HEARTBEAT_TIMEOUT_S) -> int:
-    owner = f"{socket.gethostname()}:{os.getpid()}"
-    sweep = store.sweep()
-    signalled = []
-    for signum in (signal.SIGTERM, signal.SIGINT):
-        signal.signal(signum, lambda number, frame: signalled.append(number))
-    failures = done = 0
-    while (count is None or done < count) and not signalled:
-        claim = claim_next_run(store, owner, timeout)
-        if claim.kind == "done":
-            break
-        if claim.kind == "wait":  # others still run; one may crash and need repeating
-            time.sleep(WAIT_POLL_S)
-            continue
-        run_id = claim.run_id
+def taken_over(owner: str, run_id: str) -> None:
+    print(f"agent {owner}: run {run_id} was declared crashed while this agent was silent and "
+          "is re-queued; this copy stops without recording anything", file=sys.stderr)
 
-        def after_epoch(epoch: int, history: list[dict]) -> str | None:
-            store.record_epoch(run_id, epoch, history[-1])
-            return "early_terminate" if should_stop(store, run_id) else None
 
-        config = {**claim.config, "run_id": run_id, "group": sweep["name"]}
-        beat = Heartbeat(store.path, run_id, owner, heartbeat_s)
-        try:
-            summary = train(config, TrialHooks(should_stop=after_epoch,
-                                               interrupted=lambda: bool(signalled)),
-                            sweep={"id": sweep["id"], "name": sweep["name"],
-                                   "config": sweep["config"]})
-            # A diverged run is a result: finished, with diverged=true in its summary.
-            state = "stopped" if summary["state"] == "stopped" else "finished"
-            store.finish_run(run_id, state, summary)
-            failures = 0
-        except Preempted:
-            store.finish_run(run_id, "preempted")
-            print(f"agent {owner}: run {run_id} preempted; its checkpoint is kept for the "
-                  "next agent", file=sys.stderr)
-            break
-        except Exception as error:  # a failing trial is recorded, not fatal to the agent
-            trace = traceback.format_exc()
-            run_dir = Path(config.get("run_dir", "data/runs")) / run_id
-            run_dir.mkdir(parents=True, exist_ok=True)
-            (run_dir / "traceback.txt").write_text(trace)
-            line = f"{type(error).__name__}: {str(error).splitlines()[0] if str(error) else ''}"
-            store.finish_run(run_id, "failed", error=line)
-            failures += 1
-            print(f"agent {owner}: run {run_id} failed ({line}); traceback in "
-                  f"{run_dir / 'traceback.txt'}", file=sys.stderr)
+def packable(config: dict):
+    """The trial layer's pack key, or a key of its own for a configuration the trial will
+    refuse (it then fails alone, with its one-line reason recorded)."""
+    try:
+        return pack_key(config)
+    except UserError:
+        return ("unpackable", repr(sorted(config.items())))
+
+
+@dataclass
+class PackOutcome:
+    failed: bool = False  # the trial raised: every member still training failed
+    preempted: bool = False  # SIGTERM/SIGINT ended it; the agent stops
+
+
+class LocalAgent:
+    """Claims packs of runs from a local sweep store and trains each pack in this process."""
+
+    def __init__(self, store: SweepStore, heartbeat_s: float, timeout: float,
+                 sizer: PackSizer):
+        self.store, self.heartbeat_s, self.timeout, self.sizer = store, heartbeat_s, timeout, sizer
+        self.owner = f"{socket.gethostname()}:{os.getpid()}"
+        self.sweep = store.sweep()
+        self.signalled: list[int] = []
+        self.key = None  # the pack key of the last pack trained (for --pack auto)
+
+    def run(self, count: int | None) -> int:
+        for signum in (signal.SIGTERM, signal.SIGINT):
+            signal.signal(signum, lambda number, frame: self.signalled.append(number))
+        failures = done = 0
+        while (count is None or done < count) and not self.signalled:
+            wanted = self.sizer.next_size(self.key)
+            if count is not None:
+                wanted = min(wanted, count - done)
+            work = claim(self.store, self.owner, count=wanted, pack_key=packable,
+                         timeout=self.timeout)
+            if work.kind == "done":
+                break
+            if work.kind == "wait":  # others still run; one may crash and need repeating
+                time.sleep(WAIT_POLL_S)
+                continue
+            outcome = self.train_claim(work)
+            if outcome.preempted:
+                break
+            failures = failures + 1 if outcome.failed else 0
             if failures >= MAX_FAILURES_IN_A_ROW:
-                print(f"agent {owner}: stopping after {failures} failed runs in a row; "
+                print(f"agent {self.owner}: stopping after {failures} failed runs in a row; "
                       "see their traceback.txt files", file=sys.stderr)
                 return 1
+            done += len(work.runs)
+        return 0
+
+    def train_claim(self, work) -> PackOutcome:
+        """Train the claimed runs as one pack; each member is recorded as it ends."""
+        run_ids = [c.run_id for c in work.runs]
+        beat = Heartbeat(self.store.path, run_ids, self.owner, self.heartbeat_s)
+        configs = [{**c.config, "run_id": c.run_id, "group": self.sweep.name}
+                   for c in work.runs]
+        ended: dict[str, dict] = {}
+        hooks = [self.member_hooks(run_id, beat, ended) for run_id in run_ids]
+        outcome = PackOutcome()
+        try:
+            train_pack(configs, hooks, sweep={"id": self.sweep.id, "name": self.sweep.name,
+                                              "config": self.sweep.config})
+            outcome.preempted = any(s["state"] == "preempted" for s in ended.values()) \
+                and bool(self.signalled)
+        except Exception as error:  # a failing trial is recorded, not fatal to the agent
+            outcome.failed = True
+            self.record_failure(configs, [r for r in run_ids if r not in ended], error)
         finally:
             beat.stop()
-        done += 1
-    return 0
+        if ended:
+            self.observe(configs, ended)
+        return outcome
+
+    def member_hooks(self, run_id: str, beat: Heartbeat, ended: dict) -> TrialHooks:
+        store, owner = self.store, self.owner
+
+        def after_epoch(epoch: int, history: list[dict]) -> str | None:
+            if not store.record_epoch(run_id, owner, epoch, history[-1]):
+                beat.taken.set()  # the next step's interrupted() ends the pack
+                return None
+            return "early_terminate" if should_stop(store, run_id) else None
+
+        def interrupted() -> bool:  # SIGTERM, or a run of the pack is no longer ours
+            return bool(self.signalled) or beat.taken.is_set()
+
+        def on_end(summary: dict) -> None:
+            ended[run_id] = summary
+            # A diverged run is a result: finished, with diverged=true in its summary.
+            state = {"stopped": "stopped", "preempted": "preempted"}.get(summary["state"],
+                                                                       "finished")
+            if beat.taken.is_set() or not store.finish(run_id, owner, state,
+                                                       None if state == "preempted"
+                                                       else summary):
+                taken_over(owner, run_id)
+            elif state == "preempted":
+                print(f"agent {owner}: run {run_id} preempted; its checkpoint is kept for "
+                      "the next agent", file=sys.stderr)
+
+        return TrialHooks(should_stop=after_epoch, interrupted=interrupted, ended=on_end)
+
+    def record_failure(self, configs: list[dict], run_ids: list[str], error: Exception) -> None:
+        """The members that had not ended failed: their traceback goes to their run dirs."""
+        line = f"{type(error).__name__}: {str(error).splitlines()[0] if str(error) else ''}"
+        trace = traceback.format_exc()
+        for config in configs:
+            run_id = config["run_id"]
+            if run_id not in run_ids:
+                continue
+            if not self.store.finish(run_id, self.owner, "failed", error=line):
+                taken_over(self.owner, run_id)
+                continue
+            run_dir = Path(config.get("run_dir") or "data/runs") / run_id
+            run_dir.mkdir(parents=True, exist_ok=True)
+            (run_dir / "traceback.txt").write_text(trace)
+            print(f"agent {self.owner}: run {run_id} failed ({line}); traceback in "
+                  f"{run_dir / 'traceback.txt'}", file=sys.stderr)
+
+    def observe(self, configs: list[dict], ended: dict[str, dict]) -> None:
+        """Tell --pack auto how fast this pack trained, all members together."""
+        speeds = [s.get("perf/images_per_s") for s in ended.values() if s.get("perf/images_per_s")]
+        if not speeds:
+            return
+        self.key = packable(configs[0])
+        memory = [s.get("perf/peak_mem_mb") for s in ended.values() if s.get("perf/peak_mem_mb")]
+        self.sizer.observe(self.key, len(configs), len(configs) * sum(speeds) / len(speeds),
+                           max(memory) if memory else None)
+
+
+def run_local_agent(store: SweepStore, count: int | None = None,
+                    heartbeat_s: float = HEARTBEAT_S, timeout: float = HEARTBEAT_TIMEOUT_S,
+                    pack: int | None = 1) -> int:
+    """Work on a local sweep until it is done (or `count` runs), `pack` runs a trial (None:
+    --pack auto). Returns the agent's exit code: 1 after 3 failed trials in a row."""
+    sizer = PackSizer(fixed=pack, start=4 if _cuda() else 2)
+    sizer.memory_mb = _device_memory_mb()
+    return LocalAgent(store, heartbeat_s, timeout, sizer).run(count)
+
+
+def _cuda() -> bool:
+    import torch
+
+    return torch.cuda.is_available()
+
+
+def _device_memory_mb() -> float | None:
+    import torch
+
+    if not torch.cuda.is_available():
+        return None
+    return torch.cuda.get_device_properties(0).total_memory / 2**20
 
 
 def run_wandb_agent(sweep_path: str, count: int | None, project: str | None) -> int:
@@ -135,14 +255,22 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--wandb", action="store_true", help="pull configs from W&B's server")
     parser.add_argument("--count", type=int, default=None, help="stop after N runs")
     parser.add_argument("--project", default=os.environ.get("WANDB_PROJECT"))
-    parser.add_argument("--heartbeat", type=float, default=5.0, help="seconds between beats")
+    parser.add_argument("--heartbeat", type=float, default=HEARTBEAT_S,
+                        help="seconds between beats")
     parser.add_argument("--heartbeat-timeout", type=float, default=HEARTBEAT_TIMEOUT_S,
                         help="seconds of silence after which a running run is crashed")
+    parser.add_argument("--pack", default="1", help="runs trained together as one packed "
+                        "model: an integer, or auto (as many as still raise throughput)")
     args = parser.parse_args(argv)
+    check_heartbeat(args.heartbeat, args.heartbeat_timeout)
+    try:
+        pack = parse_pack(args.pack)
+    except ValueError as error:
+        raise UserError(str(error)) from None
     if args.wandb:
         return run_wandb_agent(args.sweep, args.count, args.project)
     return run_local_agent(open_store(args.sweep), args.count, args.heartbeat,
-                           args.heartbeat_timeout)
+                           args.heartbeat_timeout, pack)
 
 
 if __name__ == "__main__":

@@ -1,84 +1,180 @@
 """The embedded sweep controller: what an agent runs next, and when a run should stop.
 
-Decisions are pure functions of the sweep config and the runs so far, built on W&B's own
-engine (`sweeps.next_run`, `sweeps.stop_runs`); `claim_next_run` applies one decision to the
-store inside a single write transaction, so concurrent agents never take the same work.
+Decisions are pure functions of the sweep config and the runs so far (`crash_repairs`,
+`choose_work`), built on W&B's own engine (`sweeps.next_run`, `sweeps.stop_runs`); `claim`
+applies one decision to the store inside a single write transaction, so concurrent agents
+never take the same work. No torch here: which configs can share one packed trial is the
+caller's `pack_key`.
 """
 
 from __future__ import annotations
 
+import math
 import time
-from dataclasses import dataclass
+from collections.abc import Callable, Hashable
+from dataclasses import dataclass, field
 
 from agent.ids import new_run_id
 from agent.sweep.engine import proposed_params, stop_decisions
-from agent.sweep.store import SweepStore
+from agent.sweep.store import Run, SweepStore
+from util.errors import UserError
 
+HEARTBEAT_S = 5.0  # seconds between an agent's heartbeats
 HEARTBEAT_TIMEOUT_S = 60.0  # a running run silent this long is taken for crashed
+MIN_BEATS_PER_TIMEOUT = 3  # a run is declared crashed only after this many missed beats
+MAX_HEARTBEAT_S = 3600.0  # beyond an hour, a crash would go unnoticed for hours
+PROPOSALS_PER_MEMBER = 4  # engine proposals one claim may ask for, per member wanted
+
+PackKey = Callable[[dict], Hashable]
+
+
+@dataclass(frozen=True)
+class ClaimedRun:
+    """One run handed to an agent: train `config` as run `run_id`, from epoch `epoch`
+    (a preempted run's checkpoint) when `resumed`."""
+
+    run_id: str
+    config: dict
+    resumed: bool = False
+    epoch: int = 0
 
 
 @dataclass
 class Claim:
-    """The outcome of asking for work: a run to train, or `wait` / `done`."""
+    """The outcome of asking for work: `run` (the runs to train together, sharing the
+    store's `pack` id when more than one was asked for), `wait` or `done`."""
 
     kind: str  # "run", "wait" or "done"
-    run_id: str | None = None
-    config: dict | None = None
-    resumed: bool = False
+    runs: list[ClaimedRun] = field(default_factory=list)
+    pack: str | None = None
 
 
-def crash_repairs(runs: list[dict], now: float, timeout: float) -> tuple[list[str], list[dict]]:
-    """Pure: (running runs whose heartbeat went stale, crashed runs to re-queue once)."""
-    stale = [r["id"] for r in runs if r["state"] == "running"
-             and (r["heartbeat"] or 0) < now - timeout]
-    repeated = {r["requeued_from"] for r in runs if r["requeued_from"]}
-    # Re-queue once: not a run that is itself a repeat, nor one already repeated.
-    requeue = [r for r in runs if (r["state"] == "crashed" or r["id"] in stale)
-               and not r["requeued_from"] and r["id"] not in repeated]
+@dataclass
+class Work:
+    """A decision of `choose_work`: stored runs to take (all preempted, or all pending),
+    new engine proposals to start, and proposals of another pack key to store as pending."""
+
+    kind: str  # "run", "wait" or "done"
+    take: list[Run] = field(default_factory=list)
+    start: list[dict] = field(default_factory=list)
+    park: list[dict] = field(default_factory=list)
+
+
+def check_heartbeat(heartbeat_s: float, timeout_s: float) -> None:
+    """UserError (one line) unless 0 < heartbeat_s <= MAX_HEARTBEAT_S and timeout_s is a
+    finite number of seconds of at least MIN_BEATS_PER_TIMEOUT heartbeats: a shorter one
+    takes live runs for crashed (and runs them twice), an infinite one never repairs any."""
+    if not (math.isfinite(heartbeat_s) and 0 < heartbeat_s <= MAX_HEARTBEAT_S):
+        raise UserError(f"--heartbeat={heartbeat_s!r}: expected seconds between heartbeats, "
+                        f"a number in (0, {MAX_HEARTBEAT_S:g}]")
+    if not (math.isfinite(timeout_s) and timeout_s >= MIN_BEATS_PER_TIMEOUT * heartbeat_s):
+        raise UserError(f"--heartbeat-timeout={timeout_s!r}: expected a finite number of "
+                        f"seconds, at least {MIN_BEATS_PER_TIMEOUT} heartbeats "
+                        f"({MIN_BEATS_PER_TIMEOUT * heartbeat_s:g} s with --heartbeat "
+                        f"{heartbeat_s:g})")
+
+
+def crash_repairs(runs: list[Run], now: float, timeout: float) -> tuple[list[str], list[Run]]:
+    """Pure: (ids of running runs whose heartbeat is older than `timeout` seconds at `now`,
+    runs to re-queue: those and the crashed runs, each once, never a repeat itself)."""
+    stale = [r.id for r in runs if r.state == "running" and (r.heartbeat or 0) < now - timeout]
+    repeated = {r.requeued_from for r in runs if r.requeued_from}
+    requeue = [r for r in runs if (r.state == "crashed" or r.id in stale)
+               and not r.requeued_from and r.id not in repeated]
     return stale, requeue
 
 
-def choose_work(sweep_config: dict, runs: list[dict]) -> Claim:
-    """Pure: resume preempted work first, then pending repeats, then the engine's proposal;
-    else wait for running runs (one may still crash and need repeating), else done."""
-    for state in ("preempted", "pending"):
-        waiting = [r for r in runs if r["state"] == state]
-        if waiting:
-            return Claim("run", waiting[0]["id"], waiting[0]["config"],
-                         resumed=state == "preempted")
-    originals = [r for r in runs if not r["requeued_from"]]
-    run_cap = sweep_config.get("run_cap")
-    if not run_cap or len(originals) < run_cap:
-        params = proposed_params(sweep_config, runs)
-        if params is not None:
-            return Claim("run", None, params)
-    return Claim("wait" if any(r["state"] == "running" for r in runs) else "done")
+def choose_work(sweep_config: dict, runs: list[Run], count: int = 1,
+                pack_key: PackKey | None = None) -> Work:
+    """Pure: up to `count` runs that can share one packed trial (equal `pack_key(config)`).
+
+    Preempted runs first, a group of equal (pack key, epoch) so that a preempted pack
+    resumes together; else pending runs of the first one's key, topped up with engine
+    proposals of that key (`propose_members`); else `wait` while runs are running (one may
+    still crash and need repeating), else `done`.
+    """
+    key = pack_key or (lambda config: None)
+    preempted = [r for r in runs if r.state == "preempted"]
+    if preempted:
+        first = (key(preempted[0].config), preempted[0].epoch)
+        return Work("run", take=[r for r in preempted
+                                 if (key(r.config), r.epoch) == first][:count])
+    pending = [r for r in runs if r.state == "pending"]
+    take = []
+    if pending:
+        first = key(pending[0].config)
+        take = [r for r in pending if key(r.config) == first][:count]
+    start, park = propose_members(sweep_config, runs, count - len(take), key,
+                                  take[0].config if take else None)
+    if take or start:
+        return Work("run", take, start, park)
+    return Work("wait" if any(r.state == "running" for r in runs) else "done")
 
 
-def claim_next_run(store: SweepStore, owner: str, timeout: float = HEARTBEAT_TIMEOUT_S,
-                   now: float | None = None) -> Claim:
-    """Take the next piece of work for `owner`, in one transaction."""
-    with store.transaction() as db:
-        sweep_config = store.sweep()["config"]
-        stale, requeue = crash_repairs(store.runs(db), now or time.time(), timeout)
+def propose_members(sweep_config: dict, runs: list[Run], wanted: int, key: PackKey,
+                    like: dict | None) -> tuple[list[dict], list[dict]]:
+    """Pure: (up to `wanted` engine proposals whose pack key is that of `like`, or of the
+    first proposal when `like` is None; the proposals of other keys, to park as pending).
+
+    The engine sees every earlier proposal of this call as a running run, so grid, random
+    and bayes give distinct ones. At most PROPOSALS_PER_MEMBER * wanted proposals are asked
+    for, and never more than the sweep's `run_cap` allows (repeats of crashed runs do not
+    count against it)."""
+    room = math.inf
+    if sweep_config.get("run_cap"):
+        room = sweep_config["run_cap"] - sum(not r.requeued_from for r in runs)
+    start: list[dict] = []
+    park: list[dict] = []
+    seen = list(runs)
+    for asked in range(PROPOSALS_PER_MEMBER * wanted):
+        if len(start) == wanted or asked >= room:
+            break
+        params = proposed_params(sweep_config, seen)
+        if params is None:
+            break
+        seen.append(Run(id=f"proposal-{asked}", seq=len(seen) + 1, config=params,
+                        state="running"))
+        if like is None:
+            like = params
+        (start if key(params) == key(like) else park).append(params)
+    return start, park
+
+
+def claim(store: SweepStore, owner: str, count: int = 1, pack_key: PackKey | None = None,
+          timeout: float = HEARTBEAT_TIMEOUT_S, now: float | None = None) -> Claim:
+    """Take up to `count` runs for `owner`, in one transaction: repair crashes (a running
+    run silent for `timeout` seconds at `now` becomes crashed and is re-queued once), then
+    apply `choose_work`. Runs claimed with count > 1 share a new pack id in the store."""
+    if count < 1:
+        raise ValueError(f"count={count}: a claim asks for one run or more")
+    with store.transaction() as tx:
+        stale, requeue = crash_repairs(tx.runs(), time.time() if now is None else now,
+                                       timeout)
         for run_id in stale:
-            store.set_state(db, run_id, "crashed")
+            tx.mark_crashed(run_id)
         for run in requeue:
-            store.insert_run(db, new_run_id(), run["config"], "pending", None,
-                             requeued_from=run["id"])
-        claim = choose_work(sweep_config, store.runs(db))
-        if claim.kind == "run":
-            if claim.run_id is None:
-                claim.run_id = new_run_id()
-                store.insert_run(db, claim.run_id, claim.config, "running", owner)
-            else:
-                store.set_state(db, claim.run_id, "running", owner)
-    return claim
+            tx.insert_run(new_run_id(), run.config, "pending", requeued_from=run.id)
+        work = choose_work(tx.sweep().config, tx.runs(), count, pack_key)
+        if work.kind != "run":
+            return Claim(work.kind)
+        pack = new_run_id() if count > 1 else None
+        claimed = []
+        for run in work.take:
+            tx.start(run.id, owner, pack)
+            claimed.append(ClaimedRun(run.id, run.config, resumed=run.state == "preempted",
+                                      epoch=run.epoch))
+        for config in work.start:
+            run_id = new_run_id()
+            tx.insert_run(run_id, config, "running", owner=owner, pack=pack)
+            claimed.append(ClaimedRun(run_id, config))
+        for config in work.park:
+            tx.insert_run(new_run_id(), config, "pending")
+    return Claim("run", claimed, pack)
 
 
 def should_stop(store: SweepStore, run_id: str) -> bool:
     """Hyperband (or any early_terminate) says this run should stop now."""
-    sweep_config = store.sweep()["config"]
+    sweep_config = store.sweep().config
     if not sweep_config.get("early_terminate"):
         return False
     return run_id in stop_decisions(sweep_config, store.runs())

@@ -22,12 +22,12 @@ ENGINE_STATES = {
 }
 
 
-def engine_run(run: dict) -> "sweeps.SweepRun":
-    """A stored run as the engine sees it ({"lr": {"value": 0.1}} configs)."""
-    history = run["history"]
-    summary = run["summary"] or (history[-1] if history else {})
-    return sweeps.SweepRun(name=run["id"], state=ENGINE_STATES[run["state"]],
-                           config={k: {"value": v} for k, v in run["config"].items()},
+def engine_run(run) -> "sweeps.SweepRun":
+    """A stored run (agent.sweep.store.Run) as the engine sees it ({"lr": {"value": 0.1}})."""
+    history = run.history
+    summary = run.summary or (history[-1] if history else {})
+    return sweeps.SweepRun(name=run.id, state=ENGINE_STATES[run.state],
+                           config={k: {"value": v} for k, v in run.config.items()},
                            history=history, summary_metrics=summary)
 
 

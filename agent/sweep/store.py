@@ -1,63 +1,208 @@
 """The local sweep store: one SQLite file (WAL) per sweep, shared by the agents of one machine.
 
-It holds the sweep config, each run's config, state, owner, heartbeat, per-epoch history and
-summary. Every change is one short transaction, so an agent killed at any point leaves the
-file consistent, and finished runs are never lost. What to run next is decided elsewhere
-(agent/sweep/controller.py); this module only stores.
+It holds the sweep (`Sweep`) and its runs (`Run`: config, state, owner, heartbeat, per-epoch
+history, summary). The contract, in the spirit of optuna's storages, is what
+tests/test_store_contract.py checks against every backend: typed runs; every agent write
+guarded by owner and `state='running'`, reporting whether it took; a schema version; claims
+as one write-locked transaction (`SweepStore.transaction`). What to run next is decided
+elsewhere (agent/sweep/controller.py); this module only stores.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import shutil
 import sqlite3
 import time
+from collections.abc import Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass, field
 from pathlib import Path
 
+from util.errors import UserError
 
 STORE_NAME = "sweep.db"
 SWEEPS_DIR = Path("data") / "sweeps"
 STATES = ("pending", "running", "finished", "failed", "crashed", "preempted", "stopped")
+# What an agent may turn its running run into; `crashed` is the controller's verdict only.
+AGENT_END_STATES = ("finished", "stopped", "failed", "preempted")
+# 2: the `pack` column (runs claimed together as one packed trial). Stores made before had
+# user_version 0 and no such column.
+SCHEMA_VERSION = 2
 
-SCHEMA = """
-CREATE TABLE IF NOT EXISTS sweep (
-    id TEXT PRIMARY KEY, name TEXT NOT NULL, config TEXT NOT NULL, created REAL NOT NULL);
-CREATE TABLE IF NOT EXISTS runs (
-    id TEXT PRIMARY KEY,
-    seq INTEGER NOT NULL,            -- order of creation
-    config TEXT NOT NULL,            -- the parameters as a JSON object
-    state TEXT NOT NULL,
-    owner TEXT,                      -- the agent running it (host:pid)
-    heartbeat REAL,
-    requeued_from TEXT,              -- a crashed run this one repeats
-    epoch INTEGER NOT NULL DEFAULT 0,
-    summary TEXT,
-    error TEXT,
-    created REAL NOT NULL, started REAL, ended REAL);
-CREATE TABLE IF NOT EXISTS history (
-    run_id TEXT NOT NULL, epoch INTEGER NOT NULL, metrics TEXT NOT NULL,
-    PRIMARY KEY (run_id, epoch));
-"""
+TABLES = (
+    """CREATE TABLE sweep (
+        id TEXT PRIMARY KEY, name TEXT NOT NULL, config TEXT NOT NULL, created REAL NOT NULL)""",
+    """CREATE TABLE runs (
+        id TEXT PRIMARY KEY,
+        seq INTEGER NOT NULL,            -- order of creation
+        config TEXT NOT NULL,            -- the parameters as a JSON object
+        state TEXT NOT NULL,
+        owner TEXT,                      -- the agent running it (host:pid)
+        heartbeat REAL,
+        requeued_from TEXT,              -- a crashed run this one repeats
+        epoch INTEGER NOT NULL DEFAULT 0,
+        summary TEXT,
+        error TEXT,
+        created REAL NOT NULL, started REAL, ended REAL,
+        pack TEXT)                       -- shared by the runs claimed as one packed trial""",
+    """CREATE TABLE history (
+        run_id TEXT NOT NULL, epoch INTEGER NOT NULL, metrics TEXT NOT NULL,
+        PRIMARY KEY (run_id, epoch))""",
+)
+
+
+@dataclass(frozen=True)
+class Sweep:
+    id: str
+    name: str
+    config: dict  # the sweep YAML as a dict
+    created: float  # Unix time, seconds
+
+
+@dataclass(frozen=True)
+class Run:
+    """One run of a sweep as stored. Times are Unix seconds; `history` has one row of
+    metrics per completed epoch; `pack` is the id shared by runs claimed as one packed
+    trial (None for a run claimed alone)."""
+
+    id: str
+    seq: int
+    config: dict
+    state: str
+    owner: str | None = None
+    heartbeat: float | None = None
+    requeued_from: str | None = None
+    epoch: int = 0
+    summary: dict | None = None
+    error: str | None = None
+    created: float = 0.0
+    started: float | None = None
+    ended: float | None = None
+    history: list[dict] = field(default_factory=list)
+    pack: str | None = None
+
+
+def _run_of(row: sqlite3.Row, history: list[dict]) -> Run:
+    return Run(id=row["id"], seq=row["seq"], config=json.loads(row["config"]),
+               state=row["state"], owner=row["owner"], heartbeat=row["heartbeat"],
+               requeued_from=row["requeued_from"], epoch=row["epoch"],
+               summary=json.loads(row["summary"]) if row["summary"] else None,
+               error=row["error"], created=row["created"], started=row["started"],
+               ended=row["ended"], history=history, pack=row["pack"])
+
+
+def _read_runs(db: sqlite3.Connection) -> list[Run]:
+    history: dict[str, list[dict]] = {}
+    for h in db.execute("SELECT run_id, metrics FROM history ORDER BY run_id, epoch"):
+        history.setdefault(h["run_id"], []).append(json.loads(h["metrics"]))
+    return [_run_of(row, history.get(row["id"], []))
+            for row in db.execute("SELECT * FROM runs ORDER BY seq")]
+
+
+def _read_sweep(db: sqlite3.Connection) -> Sweep:
+    row = db.execute("SELECT * FROM sweep").fetchone()
+    return Sweep(row["id"], row["name"], json.loads(row["config"]), row["created"])
+
+
+class StoreTransaction:
+    """The controller's writes, inside one write-locked transaction (see `claim` in
+    agent/sweep/controller.py): reads see every earlier write of the same transaction."""
+
+    def __init__(self, db: sqlite3.Connection):
+        self.db = db
+
+    def sweep(self) -> Sweep:
+        return _read_sweep(self.db)
+
+    def runs(self) -> list[Run]:
+        return _read_runs(self.db)
+
+    def insert_run(self, run_id: str, config: dict, state: str, owner: str | None = None,
+                   requeued_from: str | None = None, pack: str | None = None) -> None:
+        """A new run, `pending` (no owner) or `running` (owned by `owner`)."""
+        if state not in ("pending", "running") or (state == "running") != (owner is not None):
+            raise ValueError(f"a new run is pending without owner or running with one, "
+                             f"not {state!r} with owner {owner!r}")
+        seq = self.db.execute("SELECT COALESCE(MAX(seq), 0) + 1 FROM runs").fetchone()[0]
+        now = time.time()
+        running = now if state == "running" else None
+        self.db.execute(
+            "INSERT INTO runs (id, seq, config, state, owner, heartbeat, requeued_from, created,"
+            " started, pack) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            (run_id, seq, json.dumps(config), state, owner, running, requeued_from, now,
+             running, pack))
+
+    def start(self, run_id: str, owner: str, pack: str | None = None) -> None:
+        """A pending or preempted run becomes `owner`'s running run."""
+        now = time.time()
+        taken = self.db.execute(
+            "UPDATE runs SET state='running', owner=?, heartbeat=?, started=?, pack=?"
+            " WHERE id=? AND state IN ('pending', 'preempted')",
+            (owner, now, now, pack, run_id)).rowcount
+        if not taken:
+            raise ValueError(f"run {run_id} is not pending or preempted")
+
+    def mark_crashed(self, run_id: str) -> None:
+        """A running run whose agent went silent is `crashed` (nothing else is)."""
+        self.db.execute("UPDATE runs SET state='crashed', ended=? WHERE id=? AND state='running'",
+                        (time.time(), run_id))
 
 
 class SweepStore:
-    def __init__(self, path: str | os.PathLike):
+    """One sweep's store file. Opening it checks its schema version; `create=True` makes
+    the schema in a new file. Raises UserError (one line naming the file) for a file that
+    is not a sweep store or has another schema version."""
+
+    def __init__(self, path: str | os.PathLike, create: bool = False):
         self.path = Path(path)
-        # isolation_level=None: we issue BEGIN IMMEDIATE ourselves, so a claim is one
-        # write-locked transaction across agent processes.
+        if not create and not self.path.is_file():
+            raise UserError(f"{self.path}: no sweep store there")
+        # isolation_level=None: we issue BEGIN ourselves, so a claim is one write-locked
+        # transaction across agent processes.
         self.db = sqlite3.connect(self.path, timeout=60, isolation_level=None)
         self.db.row_factory = sqlite3.Row
-        self.db.execute("PRAGMA journal_mode=WAL")
-        self.db.execute("PRAGMA synchronous=NORMAL")
-        self.db.executescript(SCHEMA)
+        try:
+            self._check_schema(create)
+            # WAL: readers (status, report) never block the agents' writes. Set only once the
+            # schema is ours, so that a refused store is left exactly as it was.
+            self.db.execute("PRAGMA journal_mode=WAL")
+            self.db.execute("PRAGMA synchronous=NORMAL")
+        except sqlite3.DatabaseError as error:
+            self.db.close()
+            raise UserError(f"{self.path}: not a sweep store ({error})") from None
+        except UserError:
+            self.db.close()
+            raise
+
+    def _check_schema(self, create: bool) -> None:
+        version = self.db.execute("PRAGMA user_version").fetchone()[0]
+        tables = self.db.execute("SELECT COUNT(*) FROM sqlite_master WHERE type='table'"
+                                 ).fetchone()[0]
+        if create and not tables and version == 0:
+            with self._write() as db:
+                for table in TABLES:
+                    db.execute(table)
+                db.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
+            return
+        if not tables:
+            raise UserError(f"{self.path}: not a sweep store (an empty database)")
+        if version != SCHEMA_VERSION:
+            raise UserError(
+                f"{self.path}: a sweep store of schema version {version}, but this agent reads "
+                f"version {SCHEMA_VERSION} only; finish or read that sweep with the code that "
+                "made it, or start the sweep anew from its YAML (./run_sweep.sh sweeps/X.yaml)")
 
     @property
     def directory(self) -> Path:
         return self.path.parent
 
+    def close(self) -> None:
+        self.db.close()
+
     @contextmanager
-    def transaction(self):
+    def _write(self) -> Iterator[sqlite3.Connection]:
         self.db.execute("BEGIN IMMEDIATE")
         try:
             yield self.db
@@ -66,82 +211,84 @@ class SweepStore:
             raise
         self.db.execute("COMMIT")
 
-    # --- the sweep -------------------------------------------------------------------------
-    def init_sweep(self, sweep_id: str, name: str, config: dict) -> None:
-        with self.transaction() as db:
-            db.execute("INSERT INTO sweep VALUES (?, ?, ?, ?)",
-                       (sweep_id, name, json.dumps(config), time.time()))
+    @contextmanager
+    def _read(self) -> Iterator[sqlite3.Connection]:
+        # One read transaction: the runs and their history come from the same snapshot.
+        self.db.execute("BEGIN")
+        try:
+            yield self.db
+        finally:
+            self.db.execute("COMMIT")
 
-    def sweep(self) -> dict:
-        row = self.db.execute("SELECT * FROM sweep").fetchone()
-        return {"id": row["id"], "name": row["name"], "config": json.loads(row["config"]),
-                "created": row["created"]}
+    @contextmanager
+    def transaction(self) -> Iterator[StoreTransaction]:
+        """One write-locked transaction for the controller: no other agent claims,
+        repairs or writes until it ends; an exception inside rolls everything back."""
+        with self._write() as db:
+            yield StoreTransaction(db)
 
-    # --- runs ------------------------------------------------------------------------------
-    def runs(self, db: sqlite3.Connection | None = None) -> list[dict]:
-        db = db or self.db
-        rows = db.execute("SELECT * FROM runs ORDER BY seq").fetchall()
-        history: dict[str, list[dict]] = {}
-        for h in db.execute("SELECT run_id, metrics FROM history ORDER BY run_id, epoch"):
-            history.setdefault(h["run_id"], []).append(json.loads(h["metrics"]))
-        return [{**dict(row), "config": json.loads(row["config"]),
-                 "summary": json.loads(row["summary"]) if row["summary"] else None,
-                 "history": history.get(row["id"], [])} for row in rows]
+    # --- reading ---------------------------------------------------------------------------
+    def sweep(self) -> Sweep:
+        with self._read() as db:
+            return _read_sweep(db)
 
-    def run(self, run_id: str) -> dict:
+    def runs(self) -> list[Run]:
+        """Every run in order of creation, with its history."""
+        with self._read() as db:
+            return _read_runs(db)
+
+    def run(self, run_id: str) -> Run:
+        """One run; KeyError when the store has none of that id."""
         for run in self.runs():
-            if run["id"] == run_id:
+            if run.id == run_id:
                 return run
         raise KeyError(run_id)
 
-    def insert_run(self, db: sqlite3.Connection, run_id: str, config: dict, state: str,
-                   owner: str | None, requeued_from: str | None = None) -> None:
-        seq = db.execute("SELECT COALESCE(MAX(seq), 0) + 1 FROM runs").fetchone()[0]
-        now = time.time()
-        db.execute("INSERT INTO runs (id, seq, config, state, owner, heartbeat, requeued_from,"
-                   " created, started) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                   (run_id, seq, json.dumps(config), state, owner,
-                    now if state == "running" else None, requeued_from, now,
-                    now if state == "running" else None))
+    # --- an agent's writes: each takes only on `owner`'s running run ------------------------
+    def heartbeat(self, run_id: str, owner: str) -> bool:
+        """Mark `owner`'s running run alive now; False when the run is not (or no longer)
+        `owner`'s running run (it was declared crashed and re-queued, or finished)."""
+        with self._write() as db:
+            return db.execute("UPDATE runs SET heartbeat=? WHERE id=? AND owner=? AND "
+                              "state='running'", (time.time(), run_id, owner)).rowcount == 1
 
-    def set_state(self, db: sqlite3.Connection, run_id: str, state: str,
-                  owner: str | None = None) -> None:
-        now = time.time()
-        if state == "running":
-            db.execute("UPDATE runs SET state=?, owner=?, heartbeat=?, started=? WHERE id=?",
-                       (state, owner, now, now, run_id))
-        else:
-            db.execute("UPDATE runs SET state=?, ended=? WHERE id=?", (state, now, run_id))
+    def record_epoch(self, run_id: str, owner: str, epoch: int, metrics: dict) -> bool:
+        """Store epoch `epoch` (1-based) of `owner`'s running run, and count it as a
+        heartbeat; False, and nothing stored, when the run is not `owner`'s running run."""
+        with self._write() as db:
+            took = db.execute("UPDATE runs SET epoch=?, heartbeat=? WHERE id=? AND owner=? AND "
+                              "state='running'", (epoch, time.time(), run_id, owner)).rowcount
+            if took:
+                db.execute("INSERT OR REPLACE INTO history VALUES (?, ?, ?)",
+                           (run_id, epoch, json.dumps(metrics, default=float)))
+        return took == 1
 
-    def heartbeat(self, run_id: str, owner: str) -> None:
-        with self.transaction() as db:
-            db.execute("UPDATE runs SET heartbeat=? WHERE id=? AND owner=? AND state='running'",
-                       (time.time(), run_id, owner))
-
-    def record_epoch(self, run_id: str, epoch: int, metrics: dict) -> None:
-        with self.transaction() as db:
-            db.execute("INSERT OR REPLACE INTO history VALUES (?, ?, ?)",
-                       (run_id, epoch, json.dumps(metrics, default=float)))
-            db.execute("UPDATE runs SET epoch=?, heartbeat=? WHERE id=?",
-                       (epoch, time.time(), run_id))
-
-    def finish_run(self, run_id: str, state: str, summary: dict | None = None,
-                   error: str | None = None) -> None:
-        assert state in STATES
-        with self.transaction() as db:
-            self.set_state(db, run_id, state)
-            if summary is not None:
-                db.execute("UPDATE runs SET summary=? WHERE id=?",
-                           (json.dumps(summary, default=float), run_id))
-            if error is not None:
-                db.execute("UPDATE runs SET error=? WHERE id=?", (error, run_id))
+    def finish(self, run_id: str, owner: str, state: str, summary: dict | None = None,
+               error: str | None = None) -> bool:
+        """End `owner`'s running run as `state` (one of AGENT_END_STATES) with its summary
+        or error line; False, and nothing changed, when it is not `owner`'s running run."""
+        if state not in AGENT_END_STATES:
+            raise ValueError(f"an agent ends a run as one of {AGENT_END_STATES}, not {state!r}")
+        summary_json = None if summary is None else json.dumps(summary, default=float)
+        with self._write() as db:
+            return db.execute(
+                "UPDATE runs SET state=?, ended=?, summary=COALESCE(?, summary),"
+                " error=COALESCE(?, error) WHERE id=? AND owner=? AND state='running'",
+                (state, time.time(), summary_json, error, run_id, owner)).rowcount == 1
 
 
 def create_store(directory: str | os.PathLike, sweep_id: str, name: str,
                  config: dict) -> SweepStore:
-    """A new sweep directory and store; refuses to overwrite an existing one."""
+    """A new sweep directory and store; refuses to overwrite an existing one, and leaves
+    nothing behind when the store cannot be made."""
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=False)
-    store = SweepStore(directory / STORE_NAME)
-    store.init_sweep(sweep_id, name, config)
+    try:
+        store = SweepStore(directory / STORE_NAME, create=True)
+        with store._write() as db:
+            db.execute("INSERT INTO sweep VALUES (?, ?, ?, ?)",
+                       (sweep_id, name, json.dumps(config), time.time()))
+    except BaseException:
+        shutil.rmtree(directory, ignore_errors=True)
+        raise
     return store

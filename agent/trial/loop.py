@@ -1,331 +1,320 @@
-"""One trial: receive a configuration, train a metered model on device-cached data, report.
+"""A trial: K configurations trained together as one fused model, each reported as its own run.
 
-`train(config) -> summary` is the whole job, readable top to bottom: set-up, data, model,
-training, evaluation. Agents call it many times in one process (the data stays on the device);
-`python -m agent.train` calls it once.
+`train_pack(configs) -> summaries` reads top to bottom: set-up (members, data, the pack),
+restore, then per epoch: train, validate, record, let members leave (hyperband, divergence);
+then test and summaries. `train(config) -> summary` is a pack of one. Agents call them many
+times in one process (the data stays on the device); `python -m agent.train` calls `train` once.
 """
 
 from __future__ import annotations
 
-import contextlib
-import json
 import math
-import os
 import time
-from dataclasses import dataclass, field
-from pathlib import Path
-from typing import Callable
+from dataclasses import replace
 
 import torch
-from torch import nn
 
-from agent.trial.checkpoint import load_checkpoint, save_checkpoint
-from agent.trial.metering import (GradientMeter, confusion_matrix, peak_memory_mb,
-                            per_class_accuracy, weight_histograms, weight_norms)
-from agent.ids import new_run_id, path_safe
-from agent.params import RunConfig, hyperparameters, validate
-from agent.trial.sinks import SINKS, RunInfo
-from nn.models import CONV_MODELS, MODELS
-from nn.optimizers import OPTIMIZERS
-from nn.sam import SAM, preserved_batchnorm_stats
-from nn.schedules import build_scheduler
-from util.device import autocast_dtype, pick_device
-from util.device_cache import Augmentation, DeviceLoader, device_splits
+from agent.params import hyperparameters, validate
+from agent.trial import checkpoint
+from agent.trial.evaluation import evaluate
+from agent.trial.member import Member, TrialHooks, check_packable, run_identity
+from agent.trial.metering import (
+    confusion_matrix,
+    member_weight_histograms,
+    member_weight_norms,
+    peak_memory_mb,
+    per_class_accuracy,
+)
+from agent.trial.pack import TrainingPack, build_pack
+from agent.trial.sinks import SINKS
+from agent.trial.sinks.run_dir_sink import RunDirSink
+from nn.schedules import lr_multiplier
+from util.device import pick_device
+from util.device_cache import Splits, device_splits
 
-EVAL_BATCH = 1024  # evaluation needs no gradients: bigger batches, fewer kernel launches
+__all__ = ["Preempted", "TrialHooks", "train", "train_pack"]
 
 
 class Preempted(Exception):
     """The trial was asked to stop (SIGTERM at walltime); its last checkpoint stands."""
 
 
-@dataclass
-class TrialHooks:
-    """How the caller steers a running trial.
-
-    should_stop(epoch, history) runs after every epoch and returns a reason to stop early
-    (hyperband) or None. interrupted() is polled every step; True ends the trial with
-    Preempted, keeping the checkpoint of the last whole epoch.
-    """
-
-    should_stop: Callable[[int, list[dict]], str | None] = lambda epoch, history: None
-    interrupted: Callable[[], bool] = lambda: False
-
-
-@dataclass
-class Progress:
-    """What a checkpoint carries besides the tensors: enough to continue the run exactly."""
-
-    epoch: int = 0  # epochs completed
-    global_step: int = 0
-    best_val_acc: float | None = None
-    best_epoch: int | None = None
-    history: list[dict] = field(default_factory=list)
-
-
-def run_identity(cfg: RunConfig) -> RunInfo:
-    run_id = cfg.run_id or os.environ.get("WANDB_RUN_ID") or new_run_id()
-    group = cfg.group or os.environ.get("WANDB_SWEEP_ID") or "default"
-    name = cfg.run_name or run_id
-    return RunInfo(id=run_id, name=name, group=group,
-                   log_dir=str(Path(cfg.log_dir) / path_safe(group) / path_safe(name)),
-                   run_dir=str(Path(cfg.run_dir) / path_safe(run_id)))
-
-
 def train(config: dict, hooks: TrialHooks | None = None, sweep: dict | None = None) -> dict:
-    """Train one configuration and return its summary (also written to run_dir/summary.json).
+    """Train one configuration and return its summary (also run_dir/summary.json).
 
     `sweep` ({"id", "name", "config"}) tags the run as part of a local sweep. Raises UserError
     for a bad configuration before anything is loaded or written, and Preempted when
-    hooks.interrupted() turns true.
+    hooks.interrupted() turns true (the checkpoint of the last whole epoch stands).
+    """
+    (summary,) = train_pack([config], [hooks or TrialHooks()], sweep)
+    if summary["state"] == "preempted":
+        raise Preempted(f"run {summary['run_id']} interrupted in epoch "
+                        f"{summary['epochs_done'] + 1}")
+    return summary
+
+
+def train_pack(configs: list[dict], hooks: list[TrialHooks] | None = None,
+               sweep: dict | None = None) -> list[dict]:
+    """Train K compatible configurations as one packed model; one summary per configuration,
+    in order, each with its `state` (finished, stopped, diverged or preempted).
+
+    Members must agree in agent/trial/member.py's PACK_SHARED (ValueError otherwise). Each is
+    its own run everywhere: sinks, checkpoint, history, summary. A member that hyperband stops
+    or whose loss goes non-finite leaves the pack; the others go on. interrupted() ends every
+    member still training as preempted.
     """
     started = time.perf_counter()
-    hooks = hooks or TrialHooks()
-    cfg = validate(config)
-    run = run_identity(cfg)
-    run.sweep = sweep
-    sinks = {name: SINKS[name]() for name in cfg.sinks}
-    started_sinks = []
-    state = "failed"
-    summary: dict = {}
+    members = _members(configs, hooks or [TrialHooks() for _ in configs], sweep)
     try:
-        # --- set-up: the W&B sink starts first, because inside a W&B sweep it holds the config
-        if "wandb" in sinks:
-            sinks["wandb"].start(run, dict(cfg), hyperparameters(cfg))
-            started_sinks.append(sinks["wandb"])
-            cfg = validate({**cfg, **sinks["wandb"].sweep_overrides()})
+        cfg = members[0].cfg
         if cfg.num_threads:
             torch.set_num_threads(cfg.num_threads)
         device = pick_device(cfg.device)
-        torch.manual_seed(cfg.seed)
-        generator = torch.Generator(device=device).manual_seed(cfg.seed)
-
-        # --- data: on the device once per process
         data = device_splits(cfg.dataset, cfg.data_dir, device, cfg.val_split, cfg.dataset_dir)
-        train_x, train_y = data.train_x, data.train_y
-        if cfg.train_subset:
-            train_x, train_y = train_x[:cfg.train_subset], train_y[:cfg.train_subset]
-        channels_last = cfg.channels_last and cfg.model in CONV_MODELS
-        loader = DeviceLoader(train_x, train_y, data.mean, data.std, cfg.batch_size,
-                              shuffle=True, augment=Augmentation.from_config(cfg),
-                              generator=generator,
-                              drop_last=True, channels_last=channels_last)
-        evaluation = lambda x, y: DeviceLoader(  # noqa: E731
-            x, y, data.mean, data.std, EVAL_BATCH, channels_last=channels_last)
-
-        # --- model and optimiser
-        model = MODELS[cfg.model](cfg, data.input_shape, len(data.classes)).to(device)
-        if channels_last:
-            model = model.to(memory_format=torch.channels_last)
-        n_params = sum(p.numel() for p in model.parameters())
-        optimizer = OPTIMIZERS[cfg.optimizer](model.parameters(), cfg)
-        steps_per_epoch = len(loader)
-        # SAM's descent is its base optimizer's step(): the scheduler follows that object.
-        stepper = optimizer.base_optimizer if isinstance(optimizer, SAM) else optimizer
-        scheduler = build_scheduler(stepper, cfg.epochs * steps_per_epoch,
-                                    round(cfg.warmup_epochs * steps_per_epoch), cfg.schedule)
-        amp_dtype = autocast_dtype(cfg.precision, device)
-        scaler = torch.amp.GradScaler(device.type, enabled=amp_dtype == torch.float16)
-        criterion = nn.CrossEntropyLoss(label_smoothing=cfg.label_smoothing)
-        eval_criterion = nn.CrossEntropyLoss()  # reported losses are plain cross-entropy
-        forward = torch.compile(model) if cfg.compile else model
-
-        progress = Progress()
-        checkpoint = load_checkpoint(run.run_dir) if cfg.checkpoint else None
-        if checkpoint is not None:
-            model.load_state_dict(checkpoint["model"])
-            optimizer.load_state_dict(checkpoint["optimizer"])
-            scheduler.load_state_dict(checkpoint["scheduler"])
-            scaler.load_state_dict(checkpoint["scaler"])
-            torch.set_rng_state(checkpoint["rng_cpu"])
-            generator.set_state(checkpoint["rng_data"])
-            if device.type == "cuda" and "rng_cuda" in checkpoint:
-                torch.cuda.set_rng_state(checkpoint["rng_cuda"], device)
-            progress = Progress(**checkpoint["progress"])
-            run.resumed_epoch = progress.epoch
-
-        for name, sink in sinks.items():
-            if sink not in started_sinks:
-                sink.start(run, dict(cfg), hyperparameters(cfg))
-                started_sinks.append(sink)
+        pack = build_pack(members, data, device)
+        _restore(pack)
+        _start_sinks(members, pack)
         if device.type == "cuda":
             torch.cuda.reset_peak_memory_stats(device)
-
-        def autocast():
-            if amp_dtype is None:
-                return contextlib.nullcontext()
-            return torch.autocast(device.type, dtype=amp_dtype)
-
-        def loss_of(images, labels):
-            with autocast():
-                logits = forward(images)
-                return criterion(logits.float(), labels), logits
-
-        # --- training
-        meter = GradientMeter(model)
-        check_every = 1 if device.type == "cpu" else cfg.log_interval  # a check syncs a GPU
-        diverged = False
-        stop_reason = None
-        for epoch in range(progress.epoch, cfg.epochs):
-            for sink in started_sinks:
-                sink.epoch_start(epoch, steps_per_epoch)
-            model.train()
-            loss_sum = torch.zeros((), device=device)
-            correct = torch.zeros((), device=device, dtype=torch.long)
-            seen = 0
-            epoch_started = last_log_time = time.perf_counter()
-            last_log_seen = 0
-            for step_in_epoch, (images, labels) in enumerate(loader, start=1):
-                if hooks.interrupted():
-                    raise Preempted(f"run {run.id} interrupted in epoch {epoch + 1}")
-                loss, logits = loss_of(images, labels)
-                optimizer.zero_grad(set_to_none=True)
-                scaler.scale(loss).backward()
-                if scaler.is_enabled():
-                    scaler.unscale_(optimizer)
-                log_now = progress.global_step % cfg.log_interval == 0
-                step_grad_norm = meter.sample() if log_now else None
-                if isinstance(optimizer, SAM):
-                    optimizer.perturb()
-                    optimizer.zero_grad(set_to_none=True)
-                    with preserved_batchnorm_stats(model):
-                        scaler.scale(loss_of(images, labels)[0]).backward()
-                    optimizer.restore()
-                    scaler.step(optimizer.base_optimizer)
-                else:
-                    scaler.step(optimizer)
-                scaler.update()
-                scheduler.step()
-                progress.global_step += 1
-
-                batch = len(labels)
-                seen += batch
-                loss_sum += loss.detach() * batch
-                hits = logits.argmax(1) == labels
-                correct += hits.sum()
-                if step_in_epoch % check_every == 0 and not torch.isfinite(loss_sum):
-                    diverged = True
-                    break
-                if log_now:
-                    now = time.perf_counter()
-                    metrics = {"train/step_loss": loss.item(),
-                               "train/step_acc": hits.float().mean().item(),
-                               "grad_norm/step_global": float(step_grad_norm),
-                               "perf/images_per_s": (seen - last_log_seen) / max(now - last_log_time, 1e-9),
-                               "epoch": progress.global_step / steps_per_epoch}
-                    last_log_time, last_log_seen = now, seen
-                    for sink in started_sinks:
-                        sink.log_step(progress.global_step, metrics)
-            if not diverged and not torch.isfinite(loss_sum):
-                diverged = True
-            if device.type == "cuda":
-                torch.cuda.synchronize(device)
-            epoch_seconds = time.perf_counter() - epoch_started
-            if diverged:
-                break
-
-            # --- evaluation on the validation split, once per epoch
-            metrics = {"epoch": epoch + 1, "train/loss": loss_sum.item() / seen,
-                       "train/acc": correct.item() / seen, "lr": scheduler.get_last_lr()[0],
-                       "batch_size": cfg.batch_size}
-            if len(data.val_y):
-                val_loss, val_acc, _ = evaluate(model, forward, evaluation(data.val_x, data.val_y),
-                                                eval_criterion, autocast)
-                if not math.isfinite(val_loss):
-                    diverged = True
-                    break
-                metrics.update({"val/loss": val_loss, "val/acc": val_acc})
-                if progress.best_val_acc is None or val_acc > progress.best_val_acc:
-                    progress.best_val_acc, progress.best_epoch = val_acc, epoch + 1
-            metrics.update(meter.epoch_metrics())
-            metrics.update(weight_norms(model))
-            metrics.update({"perf/images_per_s": seen / epoch_seconds,
-                            "perf/epoch_s": epoch_seconds,
-                            "perf/peak_mem_mb": peak_memory_mb(device)})
-            progress.epoch = epoch + 1
-            progress.history.append(metrics)
-            histograms = weight_histograms(model) if cfg.histograms else {}
-            for sink in started_sinks:
-                sink.log_epoch(progress.global_step, metrics, histograms)
-            if cfg.checkpoint:
-                save_checkpoint(run.run_dir, {
-                    "model": model.state_dict(), "optimizer": optimizer.state_dict(),
-                    "scheduler": scheduler.state_dict(), "scaler": scaler.state_dict(),
-                    "rng_cpu": torch.get_rng_state(), "rng_data": generator.get_state(),
-                    **({"rng_cuda": torch.cuda.get_rng_state(device)}
-                       if device.type == "cuda" else {}),
-                    "progress": progress.__dict__})
-            stop_reason = hooks.should_stop(epoch + 1, progress.history)
-            if stop_reason:
-                break
-
-        # --- final evaluation on the test set (skipped for weights that went non-finite)
-        last = progress.history[-1] if progress.history else {}
-        summary = {
-            "run_id": run.id, "run_name": run.name, "group": run.group,
-            "optimizer": cfg.optimizer, "model": cfg.model, "dataset": cfg.dataset,
-            "val/best_acc": progress.best_val_acc, "val/best_epoch": progress.best_epoch,
-            "params": n_params, "diverged": diverged, "epochs_done": progress.epoch,
-            "global_step": progress.global_step,
-            **{k: last[k] for k in ("train/loss", "train/acc", "val/loss", "val/acc")
-               if k in last},
-        }
-        throughput = [h["perf/images_per_s"] for h in progress.history]
-        if throughput:
-            summary["perf/images_per_s"] = sum(throughput) / len(throughput)
-            summary["perf/train_s"] = sum(h["perf/epoch_s"] for h in progress.history)
-        if not diverged:
-            test_loss, test_acc, predictions = evaluate(
-                model, forward, evaluation(data.test_x, data.test_y), eval_criterion, autocast,
-                keep_predictions=True)
-            matrix = confusion_matrix(data.test_y, predictions, len(data.classes))
-            class_acc = per_class_accuracy(matrix)
-            summary.update({"test/loss": test_loss, "test/acc": test_acc})
-            summary.update({f"test/class_acc/{name}": acc
-                            for name, acc in zip(data.classes, class_acc)})
-            for sink in started_sinks:
-                sink.log_confusion(progress.global_step, matrix, data.classes)
-            _write_json(Path(run.run_dir) / "confusion.json",
-                        {"classes": data.classes, "matrix": matrix.tolist()})
-        state = "diverged" if diverged else "stopped" if stop_reason else "finished"
-        if stop_reason:
-            summary["stop_reason"] = stop_reason
-        summary["state"] = state
-        summary["wall_s"] = time.perf_counter() - started
-        _write_json(Path(run.run_dir) / "summary.json", summary)
-        return summary
-    except Preempted:
-        state = "preempted"
-        raise
+        while pack.size and pack.members[0].progress.epoch < cfg.epochs:
+            _epoch(pack, data, device, started)
+        return [m.summary for m in members]
     finally:
-        for sink in reversed(started_sinks):
-            sink.finish(summary, state)
+        for member in members:
+            if member.active:  # an exception: the member ends without a result
+                member.state = "failed"
+            member.close_sinks()
 
 
-@torch.no_grad()
-def evaluate(model: nn.Module, forward, loader: DeviceLoader, criterion, autocast,
-             keep_predictions: bool = False) -> tuple[float, float, torch.Tensor | None]:
-    """Mean loss and accuracy over a loader, in eval mode; optionally every prediction."""
-    model.eval()
-    loss_sum = torch.zeros((), device=loader.labels.device)
-    correct = torch.zeros((), device=loader.labels.device, dtype=torch.long)
-    predictions = []
-    for images, labels in loader:
-        with autocast():
-            logits = forward(images).float()
-        loss_sum += criterion(logits, labels) * len(labels)
-        predicted = logits.argmax(1)
-        correct += (predicted == labels).sum()
-        if keep_predictions:
-            predictions.append(predicted)
-    n = max(len(loader.labels), 1)
-    model.train()
-    return (loss_sum.item() / n, correct.item() / n,
-            torch.cat(predictions) if keep_predictions else None)
+def _members(configs: list[dict], hooks: list[TrialHooks], sweep: dict | None) -> list[Member]:
+    """Validated members with their identities and sinks (nothing is started yet)."""
+    validated = [validate(config) for config in configs]
+    check_packable(validated)
+    members = []
+    for cfg, hook in zip(validated, hooks):
+        sinks = [SINKS[name]() for name in cfg.sinks] + [RunDirSink()]
+        members.append(Member(cfg, run_identity(cfg, sweep), hook, sinks))
+    return members
 
 
-def _write_json(path: Path, payload: dict) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    partial = path.with_suffix(".json.tmp")
-    partial.write_text(json.dumps(payload, indent=1, default=float))
-    os.replace(partial, path)
+def _restore(pack: TrainingPack) -> None:
+    """Members with a checkpoint continue from it; all must be at the same epoch."""
+    for k, member in enumerate(pack.members):
+        saved = checkpoint.load_checkpoint(member.run.run_dir) if member.cfg.checkpoint else None
+        if saved is not None:
+            checkpoint.restore(pack, k, saved)
+    epochs = {m.progress.epoch for m in pack.members}
+    if len(epochs) > 1:
+        raise ValueError(f"members resume at different epochs ({sorted(epochs)}): a pack "
+                         "trains in step; resume them in separate packs")
+
+
+def _start_sinks(members: list[Member], pack: TrainingPack) -> None:
+    for member in members:
+        member.start_sinks(dict(member.cfg), hyperparameters(member.cfg))
+
+
+def _epoch(pack: TrainingPack, data: Splits, device: torch.device, started: float) -> None:
+    """One epoch of every member still in the pack: train, validate, record, let some leave."""
+    epoch = pack.members[0].progress.epoch
+    for member in pack.members:
+        for sink in member.sinks:
+            sink.epoch_start(epoch, len(pack.loader))
+    sums = _train_epoch(pack, data, device, started)
+    if sums is None or not pack.size:
+        return  # preempted, or every member diverged
+    diverged = {k for k in range(pack.size) if not math.isfinite(sums["loss"][k])}
+    validation = None
+    if len(data.val_y):
+        validation = evaluate(pack.ctx, data.val_x, data.val_y, data.mean, data.std, pack.size)
+        diverged |= {k for k in range(pack.size) if not math.isfinite(validation.loss[k])}
+    metrics = _epoch_metrics(pack, sums, validation, device)
+    leaving = {k: ("diverged", None) for k in diverged}
+    for k, member in enumerate(pack.members):
+        if k in diverged:
+            continue
+        _record_epoch(pack, k, metrics[k])
+        reason = member.hooks.should_stop(member.progress.epoch, member.progress.history)
+        if member.progress.epoch >= member.cfg.epochs:
+            leaving[k] = ("finished", None)  # all epochs trained: finished, whatever the stop
+        elif reason:
+            leaving[k] = ("stopped", reason)
+    _end_members(pack, data, leaving, started)
+
+
+def _train_epoch(pack: TrainingPack, data: Splits, device: torch.device,
+                 started: float) -> dict | None:
+    """The steps of one epoch; per-member sums read back once at its end (None: preempted).
+
+    A member whose running loss goes non-finite is noticed at the next check (every step on a
+    CPU; every log_interval steps on a GPU, where each check would stall the device) and
+    leaves the pack at once, as diverged; the others go on.
+    """
+    cfg = pack.members[0].cfg
+    loss_sum = torch.zeros(pack.size, device=device)
+    correct = torch.zeros(pack.size, device=device, dtype=torch.long)
+    seen = last_seen = 0
+    epoch_started = last_log = time.perf_counter()
+    check_every = 1 if device.type == "cpu" else cfg.log_interval
+    for step_in_epoch, (images, labels) in enumerate(pack.loader, start=1):
+        if any(m.hooks.interrupted() for m in pack.members):
+            _preempt(pack)
+            return None
+        progress = pack.members[0].progress
+        pack.optimizer.set_lr(pack.lr[progress.global_step])
+        log_now = progress.global_step % cfg.log_interval == 0
+        step = pack.step(pack.ctx, images, labels, pack.meter if log_now else None)
+        losses, logits = step.losses, step.logits
+        for member in pack.members:
+            member.progress.global_step += 1
+        seen += len(labels)
+        loss_sum += losses * len(labels)
+        hits = logits.argmax(-1) == labels  # (B, K)
+        correct += hits.sum(0)
+        if log_now:
+            now = time.perf_counter()
+            rate = (seen - last_seen) / max(now - last_log, 1e-9)
+            last_log, last_seen = now, seen
+            _log_step(pack, losses, hits, step.grad_norm, rate, len(pack.loader))
+        if step_in_epoch % check_every == 0:
+            finite = torch.isfinite(loss_sum).tolist()
+            if not all(finite):
+                keep = [k for k, ok in enumerate(finite) if ok]
+                _end_members(pack, data, {k: ("diverged", None) for k, ok in enumerate(finite)
+                                          if not ok}, started)
+                loss_sum, correct = loss_sum[keep], correct[keep]
+                if not pack.size:
+                    return None
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    epoch_s = time.perf_counter() - epoch_started
+    return {"loss": (loss_sum / max(seen, 1)).tolist(),
+            "acc": (correct.double() / max(seen, 1)).tolist(),
+            "seen": seen, "epoch_s": epoch_s}
+
+
+def _log_step(pack: TrainingPack, losses, hits, grad_norm, rate: float, steps: int) -> None:
+    """The logged step's loss, accuracy and gradient norm of every member (one read-back)."""
+    values = torch.stack([losses.float(), hits.float().mean(0), grad_norm.float()]).tolist()
+    for k, member in enumerate(pack.members):
+        step = member.progress.global_step
+        metrics = {"train/step_loss": values[0][k], "train/step_acc": values[1][k],
+                   "grad_norm/step_global": values[2][k], "perf/images_per_s": rate,
+                   "epoch": step / steps}
+        for sink in member.sinks:
+            sink.log_step(step, metrics)
+
+
+def _epoch_metrics(pack: TrainingPack, sums: dict, validation, device) -> list[dict]:
+    """Each member's epoch row: losses, accuracies, lr, norms, speed, memory."""
+    gradients = pack.meter.epoch_metrics()
+    weights = member_weight_norms(pack.model)
+    memory = peak_memory_mb(device)
+    rows = []
+    for k, member in enumerate(pack.members):
+        cfg, progress = member.cfg, member.progress
+        steps = len(pack.loader)
+        warmup = round(cfg.warmup_epochs * steps)
+        row = {"epoch": progress.epoch + 1, "train/loss": sums["loss"][k],
+               "train/acc": sums["acc"][k],
+               "lr": cfg.lr * lr_multiplier(progress.global_step, cfg.epochs * steps, warmup,
+                                            cfg.schedule),
+               "batch_size": cfg.batch_size}
+        if validation is not None:
+            row.update({"val/loss": validation.loss[k], "val/acc": validation.acc[k]})
+        row.update(gradients[k] if gradients else {})
+        row.update(weights[k])
+        row.update({"perf/images_per_s": sums["seen"] / sums["epoch_s"],
+                    "perf/epoch_s": sums["epoch_s"], "perf/peak_mem_mb": memory})
+        rows.append(row)
+    return rows
+
+
+def _record_epoch(pack: TrainingPack, k: int, row: dict) -> None:
+    """Member k's epoch: progress, history, sinks, checkpoint."""
+    member = pack.members[k]
+    progress = member.progress
+    progress.epoch = row["epoch"]
+    progress.history.append(row)
+    if "val/acc" in row and (progress.best_val_acc is None
+                             or row["val/acc"] > progress.best_val_acc):
+        progress.best_val_acc, progress.best_epoch = row["val/acc"], progress.epoch
+    histograms = member_weight_histograms(pack.model, k) if member.cfg.histograms else {}
+    for sink in member.sinks:
+        sink.log_epoch(progress.global_step, row, histograms)
+    if member.cfg.checkpoint:
+        checkpoint.save_checkpoint(member.run.run_dir, checkpoint.capture(pack, k))
+
+
+def _end_members(pack: TrainingPack, data: Splits, leaving: dict[int, tuple[str, str | None]],
+                 started: float) -> None:
+    """End the members in slots `leaving` ({slot: (state, stop reason)}): test the ones that
+    did not diverge, write their summaries, tell their hooks, and shrink the pack."""
+    if not leaving:
+        return
+    tested = sorted(k for k, (state, _) in leaving.items() if state != "diverged")
+    test = _test(pack, data, tested) if tested else None
+    for k, (state, reason) in sorted(leaving.items()):
+        member = pack.members[k]
+        member.state, member.stop_reason = state, reason
+        column = tested.index(k) if k in tested else None
+        member.summary = _summary(member, pack, data, test, column, started)
+        member.close_sinks()
+        member.hooks.ended(member.summary)
+    pack.select([k for k in range(pack.size) if k not in leaving])
+
+
+def _test(pack: TrainingPack, data: Splits, slots: list[int]):
+    """Test-set evaluation of the members in `slots` (only those: a fused forward costs one
+    member's work per member)."""
+    ctx = pack.ctx
+    if len(slots) < pack.size:
+        model = pack.model.select(slots)
+        ctx = replace(ctx, model=model, forward=model, smoothing=ctx.smoothing[slots])
+    return evaluate(ctx, data.test_x, data.test_y, data.mean, data.std, len(slots),
+                    keep_predictions=True)
+
+
+def _summary(member: Member, pack: TrainingPack, data: Splits, test, column: int | None,
+             started: float) -> dict:
+    """A member's summary; test metrics and the confusion matrix unless it diverged."""
+    cfg, progress = member.cfg, member.progress
+    last = progress.history[-1] if progress.history else {}
+    summary = {
+        "run_id": member.run.id, "run_name": member.run.name, "group": member.run.group,
+        "optimizer": cfg.optimizer, "model": cfg.model, "dataset": cfg.dataset,
+        "val/best_acc": progress.best_val_acc, "val/best_epoch": progress.best_epoch,
+        "params": pack.params_per_member, "diverged": member.state == "diverged",
+        "epochs_done": progress.epoch, "global_step": progress.global_step,
+        **{key: last[key] for key in ("train/loss", "train/acc", "val/loss", "val/acc")
+           if key in last},
+    }
+    if progress.history:
+        speeds = [row["perf/images_per_s"] for row in progress.history]
+        summary["perf/images_per_s"] = sum(speeds) / len(speeds)
+        summary["perf/train_s"] = sum(row["perf/epoch_s"] for row in progress.history)
+        summary["perf/peak_mem_mb"] = max(row["perf/peak_mem_mb"] for row in progress.history)
+    if column is not None:
+        matrix = confusion_matrix(data.test_y, test.predictions[:, column], len(data.classes))
+        summary.update({"test/loss": test.loss[column], "test/acc": test.acc[column]})
+        summary.update({f"test/class_acc/{name}": acc
+                        for name, acc in zip(data.classes, per_class_accuracy(matrix))})
+        for sink in member.sinks:
+            sink.log_confusion(progress.global_step, matrix, data.classes)
+    if member.stop_reason:
+        summary["stop_reason"] = member.stop_reason
+    summary["state"] = member.state
+    summary["wall_s"] = time.perf_counter() - started
+    return summary
+
+
+def _preempt(pack: TrainingPack) -> None:
+    """Every member still training ends as preempted; its last checkpoint stands."""
+    for member in pack.members:
+        member.state = "preempted"
+        member.summary = {"run_id": member.run.id, "state": "preempted",
+                          "epochs_done": member.progress.epoch,
+                          "global_step": member.progress.global_step}
+        member.close_sinks()
+        member.hooks.ended(member.summary)
+    pack.select([])

@@ -1,6 +1,6 @@
 """What a trial measures besides loss and accuracy: norms, histograms, confusion, memory.
 
-Norms are computed on the device with foreach kernels and read back once per epoch, so
+Norms are computed per member of the pack on the device and read back once per epoch, so
 metering adds no host-device synchronisation to the training steps in between.
 """
 
@@ -8,82 +8,89 @@ from __future__ import annotations
 
 import resource
 import sys
-from collections import defaultdict
 
 import torch
 from torch import nn
 
 
 def parameters_by_layer(model: nn.Module) -> dict[str, list[torch.Tensor]]:
-    """Trainable parameters grouped by the module that owns them ("stages.0.conv1", ...)."""
-    layers: dict[str, list[torch.Tensor]] = defaultdict(list)
+    """A plain model's trainable parameters grouped by the module that owns them ("conv2",
+    "stage1.block1.bn1"): the layers every per-layer metric is named after."""
+    layers: dict[str, list[torch.Tensor]] = {}
     for name, param in model.named_parameters():
         if param.requires_grad:
-            layers[name.rpartition(".")[0] or name].append(param)
-    return dict(layers)
+            layers.setdefault(name.rpartition(".")[0] or name, []).append(param)
+    return layers
 
 
-def _layer_norms(tensors_by_layer: dict[str, list[torch.Tensor]]) -> torch.Tensor:
-    """One L2 norm per layer, as a device tensor."""
-    flat = [t for tensors in tensors_by_layer.values() for t in tensors]
+def weight_norms(model: nn.Module) -> dict[str, float]:
+    """A plain model's weight_norm/global and weight_norm/<layer> (e.g. from a checkpoint)."""
+    layers = {name: [p.detach() for p in params]
+              for name, params in parameters_by_layer(model).items()}
+    flat = [t for tensors in layers.values() for t in tensors]
     squares = torch.stack(torch._foreach_norm(flat)).float().square()
-    sizes = [len(tensors) for tensors in tensors_by_layer.values()]
-    return torch.stack([part.sum() for part in squares.split(sizes)]).sqrt()
+    norms = torch.stack([part.sum() for part in squares.split([len(v) for v in layers.values()])])
+    norms = norms.sqrt()
+    return {"weight_norm/global": float(norms.square().sum().sqrt()),
+            **{f"weight_norm/{name}": value for name, value in zip(layers, norms.tolist())}}
 
 
 class GradientMeter:
-    """Averages per-layer gradient norms over the steps it is asked to sample."""
+    """Averages each member's per-layer gradient norms over the steps it is asked to sample.
 
-    def __init__(self, model: nn.Module):
-        self.layers = parameters_by_layer(model)
+    Sampling stays on the device (a (layers + 1, K) running sum); `epoch_metrics` reads it
+    back once per epoch.
+    """
+
+    def __init__(self, model):
+        self.model = model
         self.reset()
 
     def reset(self) -> None:
         self.total: torch.Tensor | None = None
         self.samples = 0
+        self.names: list[str] = []
 
     def sample(self) -> torch.Tensor:
-        """Record the current gradients; returns the global norm (a device scalar)."""
-        grads = {name: [p.grad for p in params if p.grad is not None]
-                 for name, params in self.layers.items()}
-        grads = {name: g for name, g in grads.items() if g}
-        if not grads:
-            return torch.zeros(())
-        norms = _layer_norms(grads)
-        global_norm = norms.square().sum().sqrt()
-        row = torch.cat([global_norm.view(1), norms])
+        """Record the current gradients; returns each member's global norm, shape (K,)."""
+        self.names, norms = list(self.model.layers()), self.model.grad_norms()  # (L, K)
+        global_norm = norms.square().sum(0).sqrt()
+        row = torch.cat([global_norm.unsqueeze(0), norms])
         self.total = row if self.total is None else self.total + row
         self.samples += 1
-        self._names = list(grads)
         return global_norm
 
-    def epoch_metrics(self) -> dict[str, float]:
+    def select(self, indices: list[int]) -> None:
+        """Keep only these members' sums (a member left the pack)."""
+        if self.total is not None:
+            self.total = self.total[:, indices]
+
+    def epoch_metrics(self) -> list[dict[str, float]]:
+        """One dict per member: grad_norm/global and grad_norm/<layer>, means of the epoch."""
         if self.total is None:
-            return {}
-        means = (self.total / self.samples).tolist()
-        metrics = {"grad_norm/global": means[0]}
-        metrics.update({f"grad_norm/{name}": value for name, value in zip(self._names, means[1:])})
+            return []
+        means = (self.total / self.samples).t().tolist()  # (K, L + 1)
+        names = self.names
         self.reset()
-        return metrics
+        return [{"grad_norm/global": row[0],
+                 **{f"grad_norm/{name}": value for name, value in zip(names, row[1:])}}
+                for row in means]
 
 
-def weight_norms(model: nn.Module) -> dict[str, float]:
-    layers = {name: [p.detach() for p in params]
-              for name, params in parameters_by_layer(model).items()}
-    norms = _layer_norms(layers)
-    values = norms.tolist()
-    metrics = {"weight_norm/global": float(norms.square().sum().sqrt())}
-    metrics.update({f"weight_norm/{name}": value for name, value in zip(layers, values)})
-    return metrics
+def member_weight_norms(model) -> list[dict[str, float]]:
+    """One dict per member of a PackedModel: weight_norm/global and weight_norm/<layer>."""
+    names, norms = list(model.layers()), model.weight_norms()  # (L, K)
+    global_norm = norms.square().sum(0).sqrt()
+    rows = torch.cat([global_norm.unsqueeze(0), norms]).t().tolist()
+    return [{"weight_norm/global": row[0],
+             **{f"weight_norm/{name}": value for name, value in zip(names, row[1:])}}
+            for row in rows]
 
 
-def weight_histograms(model: nn.Module) -> dict[str, torch.Tensor]:
-    """Each layer's weights (biases left out), flattened on the CPU, for histogram sinks."""
-    out = {}
-    for name, param in model.named_parameters():
-        if name.endswith("weight") and param.ndim > 1:
-            out[f"weights/{name.rpartition('.')[0]}"] = param.detach().float().flatten().cpu()
-    return out
+def member_weight_histograms(model, member: int) -> dict[str, torch.Tensor]:
+    """A member's weights per layer (biases left out), flattened on the CPU, for histograms."""
+    return {f"weights/{name}": values[member].cpu()
+            for name, values in model.layer_weights().items()}
 
 
 def confusion_matrix(y_true: torch.Tensor, y_pred: torch.Tensor, classes: int) -> torch.Tensor:

@@ -4,8 +4,7 @@ line per finished epoch, and a closing summary table."""
 from __future__ import annotations
 
 from rich.console import Console
-from rich.progress import (BarColumn, MofNCompleteColumn, Progress, TextColumn,
-                           TimeElapsedColumn)
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
 from agent import metrics
@@ -15,8 +14,11 @@ SUMMARY_ROWS = metrics.names(summary=True)
 
 
 class ConsoleSink(Sink):
+    bar_owner: ConsoleSink | None = None  # the sink whose progress bar is live, if any
+
     def __init__(self):
         self.console = Console()
+        self.progress = None
 
     def start(self, run: RunInfo, config: dict, hparams: dict) -> None:
         self.epochs = config["epochs"]
@@ -30,6 +32,9 @@ class ConsoleSink(Sink):
     def epoch_start(self, epoch: int, steps: int) -> None:
         if not self.console.is_terminal:  # logs and CI get the epoch lines only
             return
+        if ConsoleSink.bar_owner not in (None, self):  # one live bar a process: a pack's
+            return                                     # first member shows it
+        ConsoleSink.bar_owner = self
         self.progress = Progress(
             TextColumn(f"epoch {epoch + 1}/{self.epochs}"), BarColumn(), MofNCompleteColumn(),
             TextColumn("{task.fields[live]}"), TimeElapsedColumn(), console=self.console,
@@ -45,10 +50,15 @@ class ConsoleSink(Sink):
                 f"{metrics['perf/images_per_s']:,.0f} img/s")
         self.progress.update(self.task, completed=step - self.first_step, live=live)
 
-    def log_epoch(self, step: int, metrics: dict, histograms: dict) -> None:
+    def _stop_bar(self) -> None:
         if self.progress is not None:
             self.progress.stop()
             self.progress = None
+        if ConsoleSink.bar_owner is self:
+            ConsoleSink.bar_owner = None
+
+    def log_epoch(self, step: int, metrics: dict, histograms: dict) -> None:
+        self._stop_bar()
         val = (f"  val {metrics['val/loss']:.4f} {metrics['val/acc']:6.2%}"
                if "val/acc" in metrics else "")
         self.console.print(
@@ -58,8 +68,7 @@ class ConsoleSink(Sink):
             highlight=False)
 
     def finish(self, summary: dict, state: str) -> None:
-        if self.progress is not None:
-            self.progress.stop()
+        self._stop_bar()
         table = Table(title=f"run {summary.get('run_id', '')}: {state}")
         table.add_column("metric")
         table.add_column("value", justify="right")

@@ -1,0 +1,66 @@
+"""What a batch job is, whatever the scheduler: the JobSpec, and the option values it is
+built from (walltime, sizes), parsed with one-line errors. No scheduler-specific code here.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from util.errors import UserError
+
+# Agents get SIGTERM this long before the walltime (a tenth of it when shorter): enough for
+# the trial to stop at once and for the job to copy its results back before the scheduler's
+# own SIGTERM and, seconds later, SIGKILL.
+STOP_MARGIN_S = 300
+
+
+@dataclass
+class JobSpec:
+    """Everything a job script needs; built from the command line by `Scheduler.job_spec`."""
+    name: str
+    sweep: str                   # the launcher's target inside the job
+    local_sweep: Path | None     # the local sweep's directory (absolute), None for W&B
+    launch_args: list[str]
+    jobs: int
+    walltime_s: int
+    gpus: int
+    cpus: int
+    mem_mb: int
+    scratch_mb: int | None
+    queue: str | None
+    container: Path | None
+    python: str
+    code_dir: Path
+    submit_dir: Path
+    job_dir: Path
+    settings: dict[str, str] = field(default_factory=dict)
+    command_line: list[str] = field(default_factory=list)  # the submitting command's words
+
+    @property
+    def stop_after_s(self) -> int:
+        """When `timeout` stops the agents: STOP_MARGIN_S (or a tenth) before the walltime."""
+        return self.walltime_s - min(STOP_MARGIN_S, max(1, self.walltime_s // 10))
+
+
+def parse_walltime(text: str) -> int:
+    """'H:MM:SS' (any number of hours) to seconds."""
+    match = re.fullmatch(r"(\d+):([0-5]\d):([0-5]\d)", text.strip())
+    seconds = (int(match[1]) * 3600 + int(match[2]) * 60 + int(match[3])) if match else 0
+    if seconds <= 0:
+        raise UserError(f"--walltime={text!r}: expected H:MM:SS above zero, e.g. 4:00:00")
+    return seconds
+
+
+def parse_size_mb(option: str, text: str) -> int:
+    """'16gb', '500mb', '16G' (PBS and SLURM spellings) to megabytes."""
+    match = re.fullmatch(r"(\d+)\s*([kmgt])b?", text.strip().lower())
+    if not match or int(match[1]) == 0:
+        raise UserError(f"{option}={text!r}: expected a size with a unit, e.g. 16gb or 500mb")
+    factor = {"k": 1 / 1024, "m": 1, "g": 1024, "t": 1024 ** 2}[match[2]]
+    return max(1, int(int(match[1]) * factor))
+
+
+def format_hms(seconds: int) -> str:
+    return f"{seconds // 3600}:{seconds // 60 % 60:02d}:{seconds % 60:02d}"

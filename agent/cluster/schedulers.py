@@ -1,0 +1,209 @@
+"""PBS Pro and SLURM as two classes on one base: options -> JobSpec -> script text -> submit
+command. What differs (directives, where the job works, how a job id comes back) is in the
+subclasses and their templates (templates/pbs.sh, templates/slurm.sh); the rest is shared.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import re
+import sys
+from pathlib import Path
+
+from agent.cluster.jobs import JobSpec, format_hms, parse_size_mb, parse_walltime
+from agent.cluster.scripts import needs_no_quoting, render
+from util.errors import UserError
+
+CODE_DIR = Path(__file__).resolve().parents[2]
+# Settings of the submitting shell that a job keeps (qsub passes no environment). Never the
+# API key: a job finds it at run time in its environment or in the netrc file W&B reads
+# (~/.netrc, or the file NETRC names).
+PASSED_SETTINGS = ("WANDB_MODE", "WANDB_PROJECT", "WANDB_ENTITY", "WANDB_BASE_URL", "NETRC")
+IMAGE_PYTHON = "/app/.venv/bin/python"  # where docker/Dockerfile puts the environment
+
+
+class Scheduler:
+    """A batch system: `job_spec` (options to JobSpec), `scripts` (JobSpec to job-script
+    text), `submit_argv` and `job_id` (the submit command and what it prints)."""
+    kind = ""           # pbs or slurm: the option --pbs N / --slurm N
+    title = ""          # as users write it
+    command = ""        # what submits a script
+    template = ""       # under templates/
+    queue_option = ""   # the option naming a queue or partition
+    default_scratch: str | None = None
+    watch = ""          # how to watch the jobs
+    status_note = ""    # said after the progress command
+
+    @property
+    def queue_dest(self) -> str:
+        return self.queue_option.lstrip("-").replace("-", "_")
+
+    # --- options -> JobSpec ---------------------------------------------------------------
+    def job_spec(self, args: argparse.Namespace, count: int, sweep: str,
+                 local_sweep: Path | None, job_dir: Path, argv: list[str]) -> JobSpec:
+        """Validated options as a JobSpec (UserError, one line, for anything wrong)."""
+        gpus, cpus, launch_args = self.agents(args)
+        container = self.container(args.container)
+        queue = self.queue(args, gpus)
+        scratch = args.scratch if args.scratch is not None else self.default_scratch
+        spec = JobSpec(
+            name=re.sub(r"[^A-Za-z0-9_.-]", "", f"sweep-{Path(sweep).name}")[:15],
+            sweep=sweep, local_sweep=local_sweep, launch_args=launch_args, jobs=count,
+            walltime_s=parse_walltime(args.walltime or "4:00:00"), gpus=gpus, cpus=cpus,
+            mem_mb=parse_size_mb("--mem", args.mem or "16gb"),
+            scratch_mb=parse_size_mb("--scratch", scratch) if scratch else None, queue=queue,
+            container=container, python=sys.executable, code_dir=CODE_DIR,
+            submit_dir=Path.cwd(), job_dir=job_dir.resolve(),
+            settings={k: os.environ[k] for k in PASSED_SETTINGS if os.environ.get(k)},
+            # a comment line in the script: one line, whatever the arguments hold
+            command_line=["./run_sweep.sh", *(re.sub(r"[\x00-\x1f\x7f]", " ", a)
+                                              for a in argv)])
+        for what, path in (("submit directory", spec.submit_dir), ("job directory",
+                                                                  spec.job_dir)):
+            if not needs_no_quoting(path):  # job directives cannot quote a path
+                raise UserError(f"{what} {str(path)!r}: {self.title} job directives cannot "
+                                "hold a path with spaces, quotes or shell characters; submit "
+                                "from a path without them")
+        self.scripts(spec)  # a value no script can hold stops here, before anything is made
+        return spec
+
+    def agents(self, args: argparse.Namespace) -> tuple[int, int, list[str]]:
+        """GPUs and CPU cores per job, and the options of the launcher inside it."""
+        gpus = 1 if args.gpus_per_job is None else args.gpus_per_job
+        if gpus < 0:
+            raise UserError(f"--gpus-per-job={gpus}: expected 0 or more")
+        agents = gpus * args.agents_per_gpu if gpus else args.agents
+        cpus = args.cpus_per_job if args.cpus_per_job is not None else (4 * gpus or agents)
+        if cpus < 1:
+            raise UserError(f"--cpus-per-job={cpus}: expected 1 or more")
+        if args.gpus:
+            raise UserError("--gpus picks GPUs of this machine; a job gets --gpus-per-job of "
+                            "its node's")
+        launch_args = (["--agents-per-gpu", str(args.agents_per_gpu)] if gpus
+                       else ["--agents", str(args.agents)])
+        for option, value in (("--count", args.count), ("--project", args.project),
+                              ("--heartbeat", args.heartbeat),
+                              ("--heartbeat-timeout", args.heartbeat_timeout),
+                              ("--pack", None if args.pack in (None, "1") else args.pack)):
+            if value:
+                launch_args += [option, str(value)]
+        return gpus, cpus, launch_args
+
+    def container(self, image: str | None) -> Path | None:
+        if not image:
+            return None
+        path = Path(image).resolve()
+        if not path.is_file():
+            raise UserError(f"--container={image!r}: no such image file (build one with "
+                            "`apptainer build sweep.sif docker-daemon://...`, see README.md, "
+                            "Agents anywhere)")
+        return path
+
+    def queue(self, args: argparse.Namespace, gpus: int) -> str | None:
+        """This scheduler's queue option, checked; the other scheduler's is refused."""
+        for other in SCHEDULERS.values():
+            if other is not self and getattr(args, other.queue_dest) is not None:
+                raise UserError(f"{other.queue_option} is {other.title}'s; {self.title} "
+                                f"takes {self.queue_option}")
+        queue = getattr(args, self.queue_dest)
+        if queue is not None and not re.fullmatch(r"[\w.@-]+", queue):
+            raise UserError(f"{self.queue_option}={queue!r}: expected a name such as gpu or "
+                            "gpu@pbs-m1.metacentrum.cz")
+        return queue
+
+    def check_local_sweep(self, count: int) -> None:
+        """UserError when `count` jobs cannot share one local sweep."""
+
+    def sweep_in_job(self, local_sweep: Path) -> str:
+        """The launcher's target for a local sweep, as the job sees it."""
+        return str(local_sweep)
+
+    # --- JobSpec -> script text -> submit command ------------------------------------------
+    def scripts(self, spec: JobSpec) -> dict[str, str]:
+        """File name -> job-script text."""
+        raise NotImplementedError
+
+    def render(self, spec: JobSpec, **values) -> str:
+        """This scheduler's template filled with the spec (every value shell-quoted)."""
+        return render(self.template, **vars(spec), **values,
+                      stop_after_s=spec.stop_after_s,
+                      margin_s=spec.walltime_s - spec.stop_after_s,
+                      launch=["-m", "agent.launch", spec.sweep, *spec.launch_args],
+                      image_python=IMAGE_PYTHON)
+
+    def submit_argv(self, command: str, script: Path) -> list[str]:
+        return [command, str(script)]
+
+    def job_id(self, stdout: str) -> str:
+        return stdout.strip()
+
+
+class PBS(Scheduler):
+    """PBS Pro (MetaCentrum): one script per job; each job works in $SCRATCHDIR on a copy of
+    the code and of a local sweep, and copies the results back when it ends."""
+    kind, title, command, template = "pbs", "PBS", "qsub", "pbs.sh"
+    queue_option = "--queue"
+    default_scratch = "20gb"
+    watch = "qstat -u $USER"
+    status_note = " (updated when the job ends: it works on a copy in scratch)"
+    # Left out of the code copied to scratch: environments, results and history.
+    NOT_CODE = ("./.venv", "./data", "./wandb", "./reports", "./.git", "./.pytest_cache",
+                "./.ruff_cache", "./.hypothesis", "__pycache__")
+    # data/ parts not copied to scratch: the sweep and the checkpoints are handled on their
+    # own, logs and job files are outputs.
+    NOT_INPUT_DATA = ("sweeps", "runs", "logs", "jobs")
+
+    def queue(self, args: argparse.Namespace, gpus: int) -> str | None:
+        queue = super().queue(args, gpus)
+        return "gpu" if queue is None and gpus else queue  # MetaCentrum's GPU queue
+
+    def check_local_sweep(self, count: int) -> None:
+        # Two jobs on copies of one store would each overwrite the other's results, and
+        # running them one after another silently is not what N jobs promise.
+        if count > 1:
+            raise UserError(f"--pbs {count} on a local sweep: its store is one SQLite file for "
+                            "one machine, and PBS jobs may land on different nodes; use --pbs 1 "
+                            "--gpus-per-job K (K agents on one node) or a W&B sweep (wandb "
+                            "sweep FILE)")
+
+    def sweep_in_job(self, local_sweep: Path) -> str:
+        return f"data/sweeps/{local_sweep.name}"  # the copy in scratch
+
+    def scripts(self, spec: JobSpec) -> dict[str, str]:
+        return {f"pbs-{index}.sh": self.render(
+                    spec, index=index, walltime=format_hms(spec.walltime_s),
+                    mem=self.size(spec.mem_mb),
+                    scratch=self.size(spec.scratch_mb) if spec.scratch_mb else None,
+                    not_code=self.NOT_CODE, not_input_data=self.NOT_INPUT_DATA)
+                for index in range(1, spec.jobs + 1)}
+
+    @staticmethod
+    def size(mb: int) -> str:
+        return f"{mb // 1024}gb" if mb % 1024 == 0 else f"{mb}mb"
+
+
+class SLURM(Scheduler):
+    """SLURM: one job array of N tasks, each running agents in the submit directory (shared
+    storage) on the sweep itself; tasks of a local sweep stay on one node."""
+    kind, title, command, template = "slurm", "SLURM", "sbatch", "slurm.sh"
+    queue_option = "--partition"
+    watch = "squeue --me"
+
+    def scripts(self, spec: JobSpec) -> dict[str, str]:
+        return {"slurm.sh": self.render(spec, time=self.time(spec.walltime_s))}
+
+    def submit_argv(self, command: str, script: Path) -> list[str]:
+        return [command, "--parsable", str(script)]
+
+    def job_id(self, stdout: str) -> str:
+        return stdout.strip().split(";")[0]  # --parsable: id[;cluster]
+
+    @staticmethod
+    def time(seconds: int) -> str:
+        """SLURM's days-hours:minutes:seconds (its H:MM:SS form is meant for under a day)."""
+        days, rest = divmod(seconds, 86400)
+        return f"{days}-{format_hms(rest).zfill(8)}" if days else format_hms(seconds)
+
+
+SCHEDULERS: dict[str, Scheduler] = {scheduler.kind: scheduler for scheduler in (PBS(), SLURM())}

@@ -1,0 +1,16 @@
+{## The start of every job script, after the directives: shell settings, where the code is,
+    the W&B settings of the submitting shell, and (container) the apptainer binary. ##}
+set -uo pipefail
+trap 'exit 143' TERM INT  # until the agents run
+
+code_dir={{ code_dir }}
+{% for name, value in settings.items() %}
+{## `{{-` keeps `${NAME+set}` together: the job's own environment wins ##}
+[ -n "${ {{- name }}+set}" ] || export {{ name }}={{ value }}
+{% endfor %}
+{% if not gpus %}
+export CUDA_VISIBLE_DEVICES=""  # a CPU job: leave the node's GPUs alone
+{% endif %}
+{% if container %}
+apptainer="$(command -v apptainer || command -v singularity)" || { echo "error: neither apptainer nor singularity on this node" >&2; exit 2; }
+{% endif %}

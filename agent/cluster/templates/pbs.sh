@@ -1,0 +1,75 @@
+{## One PBS Pro job: agents in $SCRATCHDIR on a copy of the code (and of a local sweep); logs,
+    offline runs, dataset cache and sweep store copied back on exit. Directive values are
+    checked to need no quoting (`Scheduler.job_spec`): qsub reads these lines itself. ##}
+#!/bin/bash
+#PBS -N {{ name }}
+{% if queue %}
+#PBS -q {{ queue }}
+{% endif %}
+#PBS -l select=1:ncpus={{ cpus }}{% if gpus %}:ngpus={{ gpus }}{% endif %}:mem={{ mem }}{% if scratch %}:scratch_local={{ scratch }}{% endif +%}
+#PBS -l walltime={{ walltime }}
+#PBS -j oe
+#PBS -o {{ job_dir }}/pbs-{{ index }}.out
+# Job {{ index }} of {{ jobs }}, written by: {{ command_line }}
+# Submit again with: qsub {{ job_dir }}/pbs-{{ index }}.sh
+
+{% include "environment.sh" %}
+submit_dir={{ submit_dir }}
+[ -z "${PBS_O_WORKDIR:-}" ] || submit_dir="$PBS_O_WORKDIR"
+[ -n "${SCRATCHDIR:-}" ] || { echo "error: no \$SCRATCHDIR (ask for scratch_local in -l select)" >&2; exit 2; }
+work="$SCRATCHDIR/sweep-job"
+{% if local_sweep %}
+sweep_dir={{ local_sweep }}
+sweep_copy="$work/data/sweeps/"{{ local_sweep.name }}
+{% endif %}
+copied_in=0
+
+# shellcheck disable=SC2329  # called by the EXIT trap below
+copy_back() {
+  # Results go back to the submit directory; scratch is emptied only when they did.
+  local failed=0
+  cd / || true  # out of $work before it is removed
+  rm -f "$work/data/runs"  # the link to the shared checkpoints, not the checkpoints
+{% if local_sweep %}
+  if [ "$copied_in" = 1 ] && [ -d "$sweep_copy" ]; then
+    # The store is replaced as a whole: an old -wal file left beside a newer
+    # sweep.db would be replayed into it.
+    rm -rf "$sweep_dir.incoming" "$sweep_dir.old"
+    cp -a "$sweep_copy" "$sweep_dir.incoming" &&
+      mv "$sweep_dir" "$sweep_dir.old" && mv "$sweep_dir.incoming" "$sweep_dir" &&
+      rm -rf "$sweep_dir.old" || failed=1
+    rm -rf "$work/data/sweeps"
+  fi
+{% endif %}
+  if [ "$copied_in" = 1 ]; then
+    # -u: only what is new or changed (logs, offline runs, a new dataset cache)
+    cp -a -u "$work/data/." "$submit_dir/data/" || failed=1
+    if [ -d "$work/wandb" ]; then
+      mkdir -p "$submit_dir/wandb" &&
+        cp -a -u "$work/wandb/." "$submit_dir/wandb/" || failed=1
+    fi
+  fi
+  if [ "$failed" = 0 ]; then rm -rf "$work"
+  else echo "error: copying results back failed; they are in $(hostname):$work" >&2; fi
+}
+trap copy_back EXIT
+
+mkdir -p "$work/data" "$submit_dir/data/runs" || exit 1
+# The code, without environments and results
+tar -C "$code_dir"{% for path in not_code %} --exclude={{ path }}{% endfor %} -cf - . | tar -C "$work" -xf - || exit 1
+# Datasets and their decoded cache (read by every trial)
+if [ -d "$submit_dir/data" ]; then
+  tar -C "$submit_dir/data"{% for path in not_input_data %} --exclude=./{{ path }}{% endfor %} -cf - . | tar -C "$work/data" -xf - || exit 1
+fi
+# Checkpoints stay on shared storage: a preempted run's checkpoint must be there for
+# the next job, and one write per epoch is light.
+ln -s "$submit_dir/data/runs" "$work/data/runs"
+{% if local_sweep %}
+mkdir -p "$work/data/sweeps" && cp -a "$sweep_dir" "$sweep_copy" || exit 1
+{% endif %}
+copied_in=1
+
+cd "$work" || exit 1
+{% set code_var = "work" %}
+{% set bind_vars = ["work", "submit_dir"] %}
+{% include "agents.sh" %}

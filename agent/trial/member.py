@@ -1,0 +1,133 @@
+"""A member of a pack: one run's configuration, identity, hooks, sinks and progress.
+
+A trial trains K members at once as one fused model (K = 1 for a single run). Members share
+what the fused model and the batch stream need (`PACK_SHARED`) and may differ in everything
+else a sweep varies: lr, momentum, weight decay, dropout, label smoothing, rho, warm-up, seed,
+augmentation, and where their results go.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from agent.ids import new_run_id, path_safe
+from agent.params import PARAMS, RunConfig
+from agent.trial.sinks import RunInfo, Sink
+
+# Run parameters that do not change what is trained (where results go, how often they are
+# logged): members may differ in them too.
+RUN_IDENTITY = ("group", "run_name", "run_id", "log_dir", "run_dir", "sinks", "histograms",
+                "checkpoint")
+# What a member may differ in besides its identity: the per-member hyper-parameters of the
+# fused model (dropout), its optimizer (per-member tensors) and its own data stream.
+PER_MEMBER = ("lr", "momentum", "nesterov", "weight_decay", "rho", "adaptive", "dropout",
+              "label_smoothing", "warmup_epochs", "seed", "augment", "crop_padding", "flip",
+              "random_erasing")
+PACK_SHARED = tuple(p.name for p in PARAMS if p.name not in RUN_IDENTITY + PER_MEMBER)
+
+
+def pack_key(config: dict) -> tuple:
+    """Configurations with equal keys can train together as one packed trial.
+
+    `config` is a validated RunConfig or a sweep's raw {name: value} (missing names take their
+    defaults, so equal meanings give equal keys). Pure and torch-free: the controller groups
+    claims with it.
+    """
+    from agent.params import validate
+
+    full = config if isinstance(config, RunConfig) else validate(
+        {k: v for k, v in config.items() if v is not None})
+    return tuple((name, _hashable(full[name])) for name in PACK_SHARED)
+
+
+def _hashable(value):
+    return tuple(value) if isinstance(value, list) else value
+
+
+@dataclass
+class TrialHooks:
+    """How the caller steers a running member.
+
+    should_stop(epoch, history) runs after every epoch and returns a reason to stop early
+    (hyperband) or None. interrupted() is polled every step; True ends the whole pack as
+    preempted, keeping each member's checkpoint of its last whole epoch. ended(summary) is
+    called once when the member ends (finished, stopped, diverged or preempted), before the
+    next member's epoch goes on, so the caller can record it at once.
+    """
+
+    should_stop: Callable[[int, list[dict]], str | None] = lambda epoch, history: None
+    interrupted: Callable[[], bool] = lambda: False
+    ended: Callable[[dict], None] = lambda summary: None
+
+
+@dataclass
+class Progress:
+    """What a checkpoint carries besides the tensors: enough to continue the run exactly."""
+
+    epoch: int = 0  # epochs completed
+    global_step: int = 0
+    best_val_acc: float | None = None
+    best_epoch: int | None = None
+    history: list[dict] = field(default_factory=list)
+
+
+@dataclass
+class Member:
+    """One run inside a pack. `index` is its slot in the fused model while it trains."""
+
+    cfg: RunConfig
+    run: RunInfo
+    hooks: TrialHooks
+    sinks: list[Sink] = field(default_factory=list)
+    started_sinks: list[Sink] = field(default_factory=list)
+    progress: Progress = field(default_factory=Progress)
+    state: str = "running"  # then finished, stopped, diverged, preempted or failed
+    stop_reason: str | None = None
+    summary: dict = field(default_factory=dict)
+
+    @property
+    def active(self) -> bool:
+        return self.state == "running"
+
+    def start_sinks(self, config: dict, hparams: dict) -> None:
+        for sink in self.sinks:
+            sink.start(self.run, config, hparams)
+            self.started_sinks.append(sink)
+
+    def close_sinks(self) -> None:
+        """Finish every started sink with the member's summary and state (once)."""
+        while self.started_sinks:
+            self.started_sinks.pop().finish(self.summary, self.state)
+
+    def restore_progress(self, saved: dict) -> None:
+        """Continue from a checkpoint's progress (agent/trial/checkpoint.py)."""
+        self.progress = Progress(**saved)
+        self.run.resumed_epoch = self.progress.epoch
+
+
+def run_identity(cfg: RunConfig, sweep: dict | None = None) -> RunInfo:
+    """Where a run's results go: its id, name, group, TensorBoard and run directories."""
+    # Under `wandb agent` a program run gets its id and sweep from the environment.
+    run_id = cfg.run_id or os.environ.get("WANDB_RUN_ID") or new_run_id()
+    group = cfg.group or os.environ.get("WANDB_SWEEP_ID") or "default"
+    name = cfg.run_name or run_id
+    return RunInfo(id=run_id, name=name, group=group,
+                   log_dir=str(Path(cfg.log_dir) / path_safe(group) / path_safe(name)),
+                   run_dir=str(Path(cfg.run_dir) / path_safe(run_id)), sweep=sweep)
+
+
+def check_packable(configs: list[RunConfig]) -> None:
+    """ValueError unless every configuration shares the first one's PACK_SHARED values."""
+    first = configs[0]
+    for cfg in configs[1:]:
+        differing = [n for n in PACK_SHARED if cfg[n] != first[n]]
+        if differing:
+            raise ValueError("these configurations cannot share one packed model: they "
+                             f"differ in {', '.join(differing)}")
+    ids = [c.run_id for c in configs if c.run_id]
+    if len(ids) != len(set(ids)):
+        raise ValueError(f"two members of one pack have the same run_id: {ids}")
+

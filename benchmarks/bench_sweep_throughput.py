@@ -1,0 +1,201 @@
+"""A whole sweep, four ways, side by side: how fast does a course grid finish?
+
+(a) a new Python process per trial, as `wandb agent` runs a program (`python -m agent.train`);
+(b) one in-process agent (`./run_sweep.sh grid.yaml --agents 1`);
+(c) several agents sharing the device (4 per GPU; on a CPU, 2 agents splitting the cores);
+(d) packed trials: one agent training compatible runs as one fused model (`--pack`).
+Each prints wall time, trials per hour, images per second (all trials' training images over
+the wall time) and, on a GPU, mean utilisation sampled from nvidia-smi while it runs.
+
+The grid is the course's: model {dense, cnn} x lr {1e-1..1e-5} x optimizer {sgd, adam} x
+dropout {0, .1, .3, .5}, 2 epochs, on real Fashion-MNIST (80 runs); `--cpu-grid` is a smaller
+one on scikit-learn's digits (24 runs) for machines without a GPU. Way (a) runs
+`--subprocess-sample` trials of the grid and scales their mean to the whole grid (said in the
+table). Runs unchanged on a CUDA machine without network or wandb: every way uses the
+TensorBoard sink only. A measurement, not a test.
+
+    python benchmarks/bench_sweep_throughput.py [--cpu-grid] [--out DIR] [--ways a,b,c,d]
+"""
+
+from __future__ import annotations
+
+import argparse
+import itertools
+import json
+import os
+import shutil
+import sqlite3
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+import yaml
+
+ROOT = Path(__file__).resolve().parents[1]
+
+COURSE_GRID = {"model": ["dense", "cnn"], "lr": [0.1, 0.01, 0.001, 0.0001, 0.00001],
+               "optimizer": ["sgd", "adam"], "dropout": [0.0, 0.1, 0.3, 0.5]}
+CPU_GRID = {"model": ["dense", "cnn"], "lr": [0.1, 0.01, 0.001],
+            "optimizer": ["sgd", "adam"], "dropout": [0.0, 0.3]}
+
+
+def sweep_yaml(grid: dict, fixed: dict) -> dict:
+    return {"name": "bench-grid", "method": "grid",
+            "metric": {"name": "val/acc", "goal": "maximize"},
+            "parameters": {**{k: {"value": v} for k, v in fixed.items()},
+                           **{k: {"values": v} for k, v in grid.items()}}}
+
+
+class GpuSampler:
+    """Mean GPU utilisation (%) from `nvidia-smi` every 200 ms while it runs; None without."""
+
+    def __init__(self):
+        self.samples: list[float] = []
+        self.process = None
+        if shutil.which("nvidia-smi"):
+            self.process = subprocess.Popen(
+                ["nvidia-smi", "--query-gpu=utilization.gpu", "--format=csv,noheader,nounits",
+                 "-lms", "200"], stdout=subprocess.PIPE, text=True)
+            self.thread = threading.Thread(target=self._read, daemon=True)
+            self.thread.start()
+
+    def _read(self):
+        for line in self.process.stdout:
+            try:
+                self.samples.append(float(line.split(",")[0]))
+            except ValueError:
+                pass
+
+    def stop(self) -> float | None:
+        if self.process is None:
+            return None
+        self.process.terminate()
+        self.process.wait()
+        return sum(self.samples) / len(self.samples) if self.samples else None
+
+
+def trained_images(store: Path) -> tuple[int, int]:
+    """(finished runs, training images they went through) from a local sweep store."""
+    db = sqlite3.connect(store)
+    rows = db.execute("SELECT state, summary FROM runs").fetchall()
+    images = 0
+    for _, summary in rows:
+        if summary:
+            s = json.loads(summary)
+            images += int((s.get("perf/images_per_s") or 0) * (s.get("perf/train_s") or 0))
+    return sum(1 for state, _ in rows if state in ("finished", "stopped")), images
+
+
+def run_launcher(work: Path, sweep: dict, options: list[str]) -> dict:
+    work.mkdir(parents=True)
+    (work / "grid.yaml").write_text(yaml.safe_dump(sweep))
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "WANDB_MODE": "disabled"}
+    sampler = GpuSampler()
+    started = time.perf_counter()
+    done = subprocess.run([sys.executable, "-m", "agent.launch", "grid.yaml", *options],
+                          cwd=work, env=env, capture_output=True, text=True)
+    wall = time.perf_counter() - started
+    utilisation = sampler.stop()
+    if done.returncode != 0:
+        raise SystemExit(f"launcher {options} failed:\n{done.stderr[-3000:]}")
+    (store,) = (work / "data" / "sweeps").glob("*/sweep.db")
+    finished, images = trained_images(store)
+    return {"wall_s": wall, "trials": finished, "images": images, "gpu_util": utilisation}
+
+
+def run_subprocesses(work: Path, grid: dict, fixed: dict, sample: int) -> dict:
+    work.mkdir(parents=True)
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "WANDB_MODE": "disabled"}
+    points = [dict(zip(grid, values)) for values in itertools.product(*grid.values())]
+    chosen = points[:: max(1, len(points) // sample)][:sample]
+    sampler = GpuSampler()
+    walls, images = [], 0
+    for k, point in enumerate(chosen):
+        args = [f"--{name}={json.dumps(value) if isinstance(value, list) else value}"
+                for name, value in {**fixed, **point}.items()]
+        started = time.perf_counter()
+        subprocess.run([sys.executable, "-m", "agent.train", *args, f"--run_id=sub{k}"],
+                       cwd=work, env=env, check=True, stdout=subprocess.DEVNULL,
+                       stderr=subprocess.DEVNULL)
+        walls.append(time.perf_counter() - started)
+        summary = json.loads((work / "data" / "runs" / f"sub{k}" / "summary.json").read_text())
+        images += int(summary.get("perf/images_per_s", 0) * summary.get("perf/train_s", 0))
+    utilisation = sampler.stop()
+    scale = len(points) / len(chosen)
+    return {"wall_s": sum(walls) * scale, "trials": len(points), "images": images * scale,
+            "gpu_util": utilisation, "note": f"{len(chosen)} of {len(points)} trials run, "
+            "scaled to the grid"}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--cpu-grid", action="store_true", help="digits, 24 runs (no GPU)")
+    parser.add_argument("--ways", default="a,b,c,d")
+    parser.add_argument("--pack", default="auto", help="--pack value for way (d)")
+    parser.add_argument("--subprocess-sample", type=int, default=8)
+    parser.add_argument("--out", default=None, help="also write the table here (markdown)")
+    args = parser.parse_args()
+
+    import torch
+
+    gpu = torch.cuda.is_available()
+    grid = CPU_GRID if args.cpu_grid else COURSE_GRID
+    fixed = {"dataset": "digits" if args.cpu_grid else "fashion_mnist", "epochs": 2,
+             "sinks": ["tensorboard"], "data_dir": str(ROOT / "data"), "histograms": False}
+    sweep = sweep_yaml(grid, fixed)
+    work = Path(tempfile.mkdtemp(prefix="bench-sweep-"))
+    # the dataset decoded once, before any way is timed
+    subprocess.run([sys.executable, "-m", "agent.train", f"--dataset={fixed['dataset']}",
+                    f"--data_dir={fixed['data_dir']}", "--epochs=1", "--train_subset=256",
+                    "--sinks=[]", f"--run_dir={work / 'warm'}"],
+                   cwd=work, env={**os.environ, "PYTHONPATH": str(ROOT),
+                                  "WANDB_MODE": "disabled"},
+                   check=True, stdout=subprocess.DEVNULL)
+    ways = {
+        "a": ("a new process per trial", lambda: run_subprocesses(
+            work / "a", grid, fixed, args.subprocess_sample)),
+        "b": ("one in-process agent", lambda: run_launcher(work / "b", sweep, ["--agents", "1"]
+                                                           if not gpu else [])),
+        "c": (("4 agents per GPU" if gpu else "2 agents sharing the CPU"), lambda: run_launcher(
+            work / "c", sweep, ["--agents-per-gpu", "4"] if gpu else ["--agents", "2"])),
+        "d": (f"packed (--pack {args.pack})", lambda: run_launcher(
+            work / "d", sweep, ["--pack", args.pack] + ([] if gpu else ["--agents", "1"]))),
+    }
+    results = {}
+    for key in args.ways.split(","):
+        label, run = ways[key]
+        print(f"running ({key}) {label} ...", flush=True)
+        results[key] = (label, run())
+    table = render(results, grid, fixed, gpu)
+    print(table)
+    if args.out:
+        Path(args.out).mkdir(parents=True, exist_ok=True)
+        (Path(args.out) / "sweep_throughput.md").write_text(table + "\n")
+
+
+def render(results: dict, grid: dict, fixed: dict, gpu: bool) -> str:
+    runs = 1
+    for values in grid.values():
+        runs *= len(values)
+    lines = [f"grid: {runs} runs of {fixed['dataset']}, {fixed['epochs']} epochs, "
+             + " x ".join(f"{k} {v}" for k, v in grid.items()),
+             "", "| way | wall s | trials/hour | images/s | mean GPU util | vs (a) | vs (b) |",
+             "| --- | ---: | ---: | ---: | ---: | ---: | ---: |"]
+    base_a = results.get("a", (None, {}))[1].get("wall_s")
+    base_b = results.get("b", (None, {}))[1].get("wall_s")
+    for key, (label, r) in results.items():
+        util = f"{r['gpu_util']:.0f}%" if r.get("gpu_util") is not None else "-"
+        ratio_a = f"{base_a / r['wall_s']:.2f}x" if base_a else "-"
+        ratio_b = f"{base_b / r['wall_s']:.2f}x" if base_b else "-"
+        note = f" ({r['note']})" if r.get("note") else ""
+        lines.append(f"| ({key}) {label}{note} | {r['wall_s']:.1f} | "
+                     f"{3600 * r['trials'] / r['wall_s']:.0f} | {r['images'] / r['wall_s']:,.0f}"
+                     f" | {util} | {ratio_a} | {ratio_b} |")
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,233 @@
+"""The controller's pure decisions (`crash_repairs`, `choose_work`, pack grouping) on
+generated runs, with W&B's real engine behind the proposals; no store, no processes."""
+
+from __future__ import annotations
+
+import itertools
+import math
+
+import pytest
+from hypothesis import assume, given, settings
+from hypothesis import strategies as st
+
+from agent.sweep.controller import (
+    MAX_HEARTBEAT_S,
+    MIN_BEATS_PER_TIMEOUT,
+    PROPOSALS_PER_MEMBER,
+    check_heartbeat,
+    choose_work,
+    crash_repairs,
+)
+from agent.sweep.engine import proposed_params
+from agent.sweep.store import STATES, Run
+from util.errors import UserError
+
+# A grid whose points fall into two pack keys (model) of 6 points each.
+PARAMETERS = {"model": {"values": ["dense", "cnn"]}, "lr": {"values": [0.1, 0.01, 0.001]},
+              "seed": {"values": [0, 1]}}
+POINTS = [dict(zip(PARAMETERS, values)) for values in
+          itertools.product(*(spec["values"] for spec in PARAMETERS.values()))]
+NOW = 1000.0
+# The engine is W&B's and validates the sweep on every call (a few ms): few examples suffice.
+ENGINE = settings(max_examples=40, deadline=None)
+PURE = settings(max_examples=300, deadline=None)
+
+
+def grid(**extra) -> dict:
+    return {"method": "grid", "metric": {"name": "val/acc", "goal": "maximize"},
+            "parameters": PARAMETERS, **extra}
+
+
+def model_key(config: dict) -> str:
+    return config["model"]
+
+
+def point(config: dict) -> tuple:
+    """A config as a grid point, whatever the order of its keys."""
+    return tuple(sorted(config.items()))
+
+
+@st.composite
+def stored_runs(draw, states=STATES, max_size=12):
+    """Runs as a store could hold them: distinct grid points in order of creation, any
+    state, and some crashed runs repeated once (a repeat may itself be in any state)."""
+    points = draw(st.lists(st.sampled_from(range(len(POINTS))), unique=True,
+                           max_size=max_size))
+    runs: list[Run] = []
+    for index in points:
+        state = draw(st.sampled_from(states))
+        runs.append(Run(
+            id=f"r{len(runs)}", seq=len(runs) + 1, config=POINTS[index], state=state,
+            epoch=draw(st.integers(0, 5)),
+            heartbeat=draw(st.none() | st.floats(0, NOW)) if state == "running" else None))
+        if state == "crashed" and draw(st.booleans()):
+            runs.append(Run(id=f"r{len(runs)}", seq=len(runs) + 1, config=POINTS[index],
+                            state=draw(st.sampled_from(states)), requeued_from=runs[-1].id,
+                            heartbeat=draw(st.floats(0, NOW))))
+    return runs
+
+
+# --- crash repairs ----------------------------------------------------------------------------
+
+@PURE
+@given(stored_runs(), st.floats(0.01, NOW))
+def test_crash_repairs_are_the_silent_runs_and_each_crash_is_repeated_once(runs, timeout):
+    stale, requeue = crash_repairs(runs, NOW, timeout)
+    assert stale == [r.id for r in runs
+                     if r.state == "running" and (r.heartbeat or 0) < NOW - timeout]
+    repeated = {r.requeued_from for r in runs}
+    wanted = [r.id for r in runs if (r.state == "crashed" or r.id in stale)
+              and r.requeued_from is None and r.id not in repeated]
+    assert [r.id for r in requeue] == wanted
+
+    # Applied, the repairs leave nothing to repair: no crash is ever repeated twice.
+    after = [Run(**{**r.__dict__, "state": "crashed"}) if r.id in stale else r for r in runs]
+    after += [Run(id=f"repeat-{r.id}", seq=len(after) + i + 1, config=r.config,
+                  state="pending", requeued_from=r.id) for i, r in enumerate(requeue)]
+    assert crash_repairs(after, NOW, timeout) == ([], [])
+
+
+def test_a_run_beating_within_the_timeout_is_left_alone():
+    alive = Run(id="a", seq=1, config=POINTS[0], state="running", heartbeat=NOW - 59.9)
+    silent = Run(id="s", seq=2, config=POINTS[1], state="running", heartbeat=NOW - 60.1)
+    never = Run(id="n", seq=3, config=POINTS[2], state="running", heartbeat=None)
+    stale, requeue = crash_repairs([alive, silent, never], NOW, 60.0)
+    assert stale == ["s", "n"] and [r.id for r in requeue] == ["s", "n"]
+
+
+# --- choose_work with one run: exactly the rule of the single-run claim -------------------------
+
+def single_run_rule(sweep_config: dict, runs: list[Run]) -> tuple:
+    """The claim of one run as it was before packs: first preempted, else first pending,
+    else the engine's proposal under run_cap, else wait while running, else done."""
+    for state in ("preempted", "pending"):
+        waiting = [r for r in runs if r.state == state]
+        if waiting:
+            return ("take", waiting[0].id)
+    cap = sweep_config.get("run_cap")
+    if not cap or sum(not r.requeued_from for r in runs) < cap:
+        params = proposed_params(sweep_config, runs)
+        if params is not None:
+            return ("start", params)
+    return ("wait" if any(r.state == "running" for r in runs) else "done",)
+
+
+def as_tuple(work) -> tuple:
+    if work.kind != "run":
+        return (work.kind,)
+    assert len(work.take) + len(work.start) == 1 and not work.park
+    return ("take", work.take[0].id) if work.take else ("start", work.start[0])
+
+
+@ENGINE
+@given(stored_runs(), st.none() | st.integers(1, 14), st.booleans())
+def test_one_run_claims_follow_the_single_run_rule(runs, run_cap, with_key):
+    config = grid(run_cap=run_cap) if run_cap else grid()
+    work = choose_work(config, runs, 1, model_key if with_key else None)
+    assert as_tuple(work) == single_run_rule(config, runs)
+
+
+# --- packs ------------------------------------------------------------------------------------
+
+@PURE
+@given(stored_runs(), st.integers(1, 6))
+def test_preempted_runs_resume_together_by_pack_key_and_epoch(runs, count):
+    preempted = [r for r in runs if r.state == "preempted"]
+    assume(preempted)
+    work = choose_work(grid(), runs, count, model_key)
+    group = [r for r in preempted if (model_key(r.config), r.epoch)
+             == (model_key(preempted[0].config), preempted[0].epoch)]
+    assert work.kind == "run" and work.take == group[:count]
+    assert work.start == [] and work.park == []  # a resumed pack is not mixed with new runs
+
+
+@PURE
+@given(stored_runs(states=("pending", "pending", "running", "finished")), st.integers(1, 6))
+def test_pending_runs_are_taken_oldest_first_with_the_oldest_ones_key(runs, count):
+    pending = [r for r in runs if r.state == "pending"]
+    assume(pending)
+    work = choose_work(grid(), runs, count, model_key)
+    key = model_key(pending[0].config)
+    assert work.take == [r for r in pending if model_key(r.config) == key][:count]
+
+
+@ENGINE
+@given(stored_runs(states=("pending", "running", "finished", "failed", "crashed", "stopped")),
+       st.integers(1, 5), st.none() | st.integers(1, 14))
+def test_a_pack_shares_one_key_and_proposals_of_other_keys_are_parked(runs, count, run_cap):
+    config = grid(run_cap=run_cap) if run_cap else grid()
+    work = choose_work(config, runs, count, model_key)
+    pending = [r for r in runs if r.state == "pending"]
+    originals = sum(not r.requeued_from for r in runs)
+    proposed = work.start + work.park
+    if work.kind != "run":
+        assert not pending and not proposed
+        assert work.kind == ("wait" if any(r.state == "running" for r in runs) else "done")
+        return
+    members = [r.config for r in work.take] + work.start
+    key = model_key(members[0])
+    if pending:  # the oldest pending run decides the key, and its kind go first
+        assert key == model_key(pending[0].config)
+        assert work.take == [r for r in pending if model_key(r.config) == key][:count]
+    assert 1 <= len(members) <= count and {model_key(m) for m in members} == {key}
+    assert all(model_key(p) != key for p in work.park)
+    assert len(proposed) <= PROPOSALS_PER_MEMBER * (count - len(work.take))
+    if run_cap:
+        assert originals + len(proposed) <= max(run_cap, originals)
+    # A grid point is proposed once, and never one that is already a run.
+    stored = {point(r.config) for r in runs}
+    fresh = [point(c) for c in proposed]
+    assert len(fresh) == len(set(fresh)) and not stored & set(fresh)
+    # Fewer members than asked for only when the engine, the cap or the budget ran out.
+    if len(members) < count:
+        left = [p for p in POINTS if point(p) not in stored | set(fresh)]
+        assert (not [p for p in left if model_key(p) == key]
+                or len(proposed) == PROPOSALS_PER_MEMBER * (count - len(work.take))
+                or (run_cap and originals + len(proposed) >= run_cap))
+
+
+def test_a_pack_keyed_by_the_fastest_varying_parameter_parks_every_other_proposal():
+    # The engine walks the grid with the last parameter by name (seed) varying fastest, so
+    # its proposals alternate seed 0, 1, 0, ...: four of seed 0 take seven proposals.
+    work = choose_work(grid(), [], 4, lambda config: config["seed"])
+    assert [c["seed"] for c in work.start] == [0] * 4
+    assert [c["seed"] for c in work.park] == [1] * 3
+
+
+@pytest.mark.parametrize("method, parameters", [
+    ("random", {"lr": {"min": 0.0001, "max": 0.1}, "model": {"values": ["dense", "cnn"]}}),
+    ("bayes", {"lr": {"min": 0.0001, "max": 0.1}, "model": {"values": ["dense", "cnn"]}}),
+    ("grid", PARAMETERS),
+])
+def test_every_method_proposes_distinct_members_in_one_claim(method, parameters):
+    config = {"method": method, "metric": {"name": "val/acc", "goal": "maximize"},
+              "parameters": parameters}
+    done = [Run(id=f"d{i}", seq=i + 1, config={"lr": lr, "model": "dense"}, state="finished",
+                summary={"val/acc": acc}, history=[{"val/acc": acc}])
+            for i, (lr, acc) in enumerate([(0.05, 0.5), (0.001, 0.9), (0.01, 0.7)])]
+    work = choose_work(config, done if method == "bayes" else [], 3, model_key)
+    assert len(work.start) == 3 and len({model_key(c) for c in work.start}) == 1
+    assert len({point(c) for c in work.start}) == 3
+
+
+def test_the_run_cap_counts_parked_proposals_and_ignores_repeats():
+    crashed = Run(id="c", seq=1, config=POINTS[0], state="crashed")
+    repeat = Run(id="p", seq=2, config=POINTS[0], state="finished", requeued_from="c")
+    work = choose_work(grid(run_cap=3), [crashed, repeat], 4, lambda config: config["seed"])
+    assert len(work.start) + len(work.park) == 2  # 3 originals in all; the repeat is free
+
+
+# --- the heartbeat options --------------------------------------------------------------------
+
+@PURE
+@given(st.floats(allow_nan=True, allow_infinity=True) | st.floats(0.01, 10),
+       st.floats(allow_nan=True, allow_infinity=True) | st.floats(0, 100))
+def test_heartbeat_timeout_is_finite_and_at_least_three_beats(heartbeat, timeout):
+    valid = (math.isfinite(heartbeat) and 0 < heartbeat <= MAX_HEARTBEAT_S
+             and math.isfinite(timeout) and timeout >= MIN_BEATS_PER_TIMEOUT * heartbeat)
+    if valid:
+        check_heartbeat(heartbeat, timeout)
+    else:
+        with pytest.raises(UserError) as refused:
+            check_heartbeat(heartbeat, timeout)
+        assert "\n" not in str(refused.value) and "--heartbeat" in str(refused.value)

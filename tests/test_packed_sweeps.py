@@ -1,0 +1,84 @@
+"""Packed trials in local sweeps, with real agent processes: `--pack K` claims K compatible
+runs, trains them as one fused model, and records each as a run of its own."""
+
+from __future__ import annotations
+
+import signal
+import subprocess
+import sys
+
+import pytest
+
+from conftest import subprocess_env
+from test_local_sweeps import make_sweep, start_agent, wait_for
+
+pytestmark = pytest.mark.e2e
+
+GRID = {"model": {"values": ["dense", "cnn"]}, "hidden": {"value": 24},
+        "channels": {"value": [6, 12]}, "epochs": {"value": 2},
+        "train_subset": {"value": 512}, "sinks": {"value": ["tensorboard"]},
+        "lr": {"values": [0.1, 0.03, 0.01]}, "optimizer": {"values": ["sgd", "adam"]},
+        "log_dir": {"value": "logs"}}
+
+
+def results(store) -> dict:
+    """{(model, lr, optimizer): (state, test/acc)} of a finished grid."""
+    return {(r.config["model"], r.config["lr"], r.config["optimizer"]):
+            (r.state, r.summary and r.summary.get("test/acc")) for r in store.runs()}
+
+
+@pytest.mark.timeout(400)
+def test_a_packed_sweep_gives_every_point_the_result_it_gets_alone(workdir):
+    alone = make_sweep(workdir, "alone", GRID)
+    packed = make_sweep(workdir, "packed", GRID)
+    for store, pack in ((alone, "1"), (packed, "3")):
+        agent = start_agent(workdir, store, "--pack", pack)
+        assert agent.wait(timeout=300) == 0, agent.stderr.read()
+    single, fused = results(alone), results(packed)
+    assert len(fused) == 12 and set(fused) == set(single)
+    for point, (state, accuracy) in fused.items():
+        assert state == "finished"
+        assert accuracy == pytest.approx(single[point][1], abs=2e-3), point
+    packs = {}
+    for run in packed.runs():
+        packs.setdefault(run.pack, []).append(run)
+    assert all(pack is not None for pack in packs)
+    assert max(len(members) for members in packs.values()) == 3
+    for members in packs.values():  # a pack holds one model and one optimizer
+        assert len({(r.config["model"], r.config["optimizer"]) for r in members}) == 1
+    for run in packed.runs():  # each member is a run of its own in TensorBoard
+        assert (workdir / "logs" / "packed" / run.id).is_dir()
+
+
+@pytest.mark.timeout(300)
+def test_sigterm_preempts_the_whole_pack_and_the_next_agent_resumes_every_member(workdir):
+    store = make_sweep(workdir, "term", {**GRID, "model": {"value": "dense"},
+                                         "hidden": {"value": 256}, "batch_size": {"value": 8},
+                                         "train_subset": {"value": 1400},
+                                         "optimizer": {"value": "sgd"}, "epochs": {"value": 4}})
+    agent = start_agent(workdir, store, "--pack", "3")
+    wait_for(lambda: any(r.epoch >= 1 for r in store.runs()), 200, "a first epoch")
+    agent.send_signal(signal.SIGTERM)
+    assert agent.wait(timeout=60) == 0, agent.stderr.read()
+    preempted = [r for r in store.runs() if r.state == "preempted"]
+    assert len(preempted) == 3 and len({r.epoch for r in preempted}) == 1
+    resumer = start_agent(workdir, store, "--pack", "3")
+    assert resumer.wait(timeout=240) == 0, resumer.stderr.read()
+    runs = {r.id: r for r in store.runs()}
+    for run in preempted:  # the same runs went on from their epoch to the end
+        finished = runs[run.id]
+        assert finished.state == "finished" and finished.epoch == 4
+        assert [row["epoch"] for row in finished.history] == [1, 2, 3, 4]
+
+
+def test_pack_option_is_checked_and_refused_for_w_and_b_sweeps(workdir):
+    for bad in ("0", "x", "1.5"):
+        result = subprocess.run([sys.executable, "-m", "agent.launch", "s.yaml", "--pack", bad],
+                                cwd=workdir, env=subprocess_env(), capture_output=True,
+                                text=True, timeout=60)
+        assert result.returncode == 2 and result.stderr.count("\n") == 1, result.stderr
+        assert "--pack" in result.stderr
+    result = subprocess.run([sys.executable, "-m", "agent.launch", "ent/proj/abc123",
+                             "--pack", "4"], cwd=workdir, env=subprocess_env(),
+                            capture_output=True, text=True, timeout=60)
+    assert result.returncode == 2 and "local sweep" in result.stderr

@@ -1,0 +1,399 @@
+"""The sweep store's contract, run against every backend (`backend` fixture): typed runs,
+guarded agent writes, immutable ended runs, history and summary round trips, the schema
+version, re-queue once, and exactly-once claims of singles and packs from real processes.
+
+Only SQLite exists today; a second backend (PostgreSQL, for sweeps across nodes) adds a
+class like `SqliteBackend` to BACKENDS and must pass this file unchanged.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import multiprocessing
+import sqlite3
+import time
+from itertools import product
+from pathlib import Path
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from agent.sweep.controller import claim
+from agent.sweep.engine import proposed_params
+from agent.sweep.store import (
+    AGENT_END_STATES,
+    SCHEMA_VERSION,
+    STATES,
+    Run,
+    Sweep,
+    SweepStore,
+    create_store,
+)
+from util.errors import UserError
+
+FAR_FUTURE = 10 ** 7  # seconds: every heartbeat is stale by then
+GRID = {"method": "grid", "metric": {"name": "val/acc", "goal": "maximize"},
+        "parameters": {"lr": {"values": [0.1, 0.03, 0.01, 0.003, 0.001, 0.0003]},
+                       "model": {"values": ["dense", "cnn", "resnet", "vgg"]}}}
+GRID_POINTS = {(lr, model) for lr, model in product(*(p["values"] for p in
+                                                       GRID["parameters"].values()))}
+
+
+def model_key(config: dict) -> str:
+    return config["model"]
+
+
+def lr_key(config: dict) -> float:
+    return config["lr"]
+
+
+# The layout of the stores made before the schema had a version (user_version 0).
+VERSION_0_TABLES = """
+CREATE TABLE sweep (id TEXT PRIMARY KEY, name TEXT NOT NULL, config TEXT NOT NULL,
+                    created REAL NOT NULL);
+CREATE TABLE runs (id TEXT PRIMARY KEY, seq INTEGER NOT NULL, config TEXT NOT NULL,
+    state TEXT NOT NULL, owner TEXT, heartbeat REAL, requeued_from TEXT,
+    epoch INTEGER NOT NULL DEFAULT 0, summary TEXT, error TEXT, created REAL NOT NULL,
+    started REAL, ended REAL);
+CREATE TABLE history (run_id TEXT NOT NULL, epoch INTEGER NOT NULL, metrics TEXT NOT NULL,
+    PRIMARY KEY (run_id, epoch));
+"""
+
+
+class SqliteBackend:
+    """Stores as files under `root`; an address is the path of a store file."""
+
+    name = "sqlite"
+
+    def __init__(self, root: Path):
+        self.root = root
+        self.made = 0
+
+    def create(self, config: dict) -> str:
+        self.made += 1
+        sweep_id = f"contract{self.made}"
+        return str(create_store(self.root / sweep_id, sweep_id, sweep_id, config).path)
+
+    @staticmethod
+    def open(address: str) -> SweepStore:
+        return SweepStore(address)
+
+    def store_of_version(self, version: int) -> str:
+        """A store as code of another schema version left it."""
+        if version == 0:
+            path = self.root / "old" / "sweep.db"
+            path.parent.mkdir()
+            with sqlite3.connect(path) as db:
+                db.executescript(VERSION_0_TABLES)
+                db.execute("INSERT INTO sweep VALUES ('old', 'old', ?, 0)", (json.dumps(GRID),))
+            return str(path)
+        address = self.create(GRID)
+        with sqlite3.connect(address) as db:
+            db.execute(f"PRAGMA user_version = {version}")
+        return address
+
+
+BACKENDS = {"sqlite": SqliteBackend}
+
+
+@pytest.fixture(params=sorted(BACKENDS))
+def backend(request, tmp_path):
+    return BACKENDS[request.param](tmp_path)
+
+
+def new_store(backend, config: dict = GRID) -> SweepStore:
+    return backend.open(backend.create(config))
+
+
+def run_in_state(store: SweepStore, state: str) -> Run:
+    """A run brought into `state` through the public API only."""
+    if state == "pending":  # parked: proposed in a claim of another key's pack
+        claim(store, "parker", count=2, pack_key=model_key)
+        return next(r for r in store.runs() if r.state == "pending")
+    (claimed,) = claim(store, "owner").runs
+    if state == "crashed":
+        claim(store, "repairer", now=time.time() + FAR_FUTURE)
+    elif state != "running":
+        assert store.finish(claimed.run_id, "owner", state)
+    run = store.run(claimed.run_id)
+    assert run.state == state
+    return run
+
+
+def agent_writes(run_id: str, owner: str) -> dict:
+    return {
+        "heartbeat": lambda store: store.heartbeat(run_id, owner),
+        "record_epoch": lambda store: store.record_epoch(run_id, owner, 3, {"val/acc": 0.5}),
+        **{f"finish:{end}": (lambda store, end=end: store.finish(run_id, owner, end, {"x": 1},
+                                                                   "an error"))
+           for end in AGENT_END_STATES},
+    }
+
+
+# --- typed runs and guarded writes ------------------------------------------------------------
+
+def test_runs_and_the_sweep_are_typed(backend):
+    store = new_store(backend)
+    work = claim(store, "agent-1")
+    assert isinstance(store.sweep(), Sweep) and store.sweep().config == GRID
+    (run,) = store.runs()
+    assert isinstance(run, Run) and run.id == work.runs[0].run_id
+    assert (run.state, run.owner, run.epoch, run.history, run.pack) == (
+        "running", "agent-1", 0, [], None)
+    assert run.config == work.runs[0].config and run.started and run.heartbeat
+
+
+def test_the_owner_of_a_running_run_writes_and_each_write_reports_it_took(backend):
+    store = new_store(backend)
+    (claimed,) = claim(store, "me").runs
+    before = store.run(claimed.run_id).heartbeat
+    time.sleep(0.01)
+    assert store.heartbeat(claimed.run_id, "me")
+    assert store.run(claimed.run_id).heartbeat > before
+    assert store.record_epoch(claimed.run_id, "me", 1, {"val/acc": 0.25})
+    assert store.finish(claimed.run_id, "me", "finished", {"val/acc": 0.25})
+    run = store.run(claimed.run_id)
+    assert (run.state, run.epoch, run.summary, run.ended is not None) == (
+        "finished", 1, {"val/acc": 0.25}, True)
+
+
+@pytest.mark.parametrize("write", sorted(agent_writes("", "")))
+def test_a_write_by_another_agent_is_refused_and_changes_nothing(backend, write):
+    store = new_store(backend)
+    (claimed,) = claim(store, "owner").runs
+    store.record_epoch(claimed.run_id, "owner", 1, {"val/acc": 0.1})
+    before = store.runs()
+    assert agent_writes(claimed.run_id, "intruder")[write](store) is False
+    assert store.runs() == before
+
+
+@pytest.mark.parametrize("state", [s for s in STATES if s != "running"])
+@pytest.mark.parametrize("write", sorted(agent_writes("", "")))
+def test_a_run_that_is_not_running_is_never_changed_by_an_agent_write(backend, state, write):
+    store = new_store(backend)
+    run = run_in_state(store, state)
+    before = store.runs()
+    assert agent_writes(run.id, run.owner or "owner")[write](store) is False
+    assert store.runs() == before
+
+
+@pytest.mark.parametrize("end", ["finished", "failed", "stopped"])
+def test_ended_runs_stay_as_they_are_through_later_claims_and_repairs(backend, end):
+    store = new_store(backend, {**GRID, "run_cap": 2})
+    (claimed,) = claim(store, "owner").runs
+    assert store.finish(claimed.run_id, "owner", end, {"val/acc": 0.5}, error="why")
+    ended = store.run(claimed.run_id)
+    for _ in range(3):
+        claim(store, "other", now=time.time() + FAR_FUTURE)
+    assert store.run(claimed.run_id) == ended
+    assert claimed.run_id not in {r.requeued_from for r in store.runs()}
+
+
+def test_an_agent_cannot_declare_its_run_crashed(backend):
+    store = new_store(backend)
+    (claimed,) = claim(store, "owner").runs
+    with pytest.raises(ValueError):
+        store.finish(claimed.run_id, "owner", "crashed")
+    assert store.run(claimed.run_id).state == "running"
+
+
+# --- round trips ------------------------------------------------------------------------------
+
+METRIC_VALUES = (st.floats(allow_nan=False) | st.integers(-2 ** 63, 2 ** 63) | st.booleans()
+                 | st.text(max_size=20) | st.none())
+
+
+@settings(max_examples=40, deadline=None,
+          suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(epochs=st.lists(st.dictionaries(st.text(max_size=30), METRIC_VALUES, max_size=8),
+                       min_size=1, max_size=5),
+       summary=st.dictionaries(st.text(max_size=30), METRIC_VALUES | st.lists(METRIC_VALUES),
+                               max_size=8))
+def test_history_and_summary_come_back_as_they_were_written(backend, epochs, summary):
+    store = new_store(backend)
+    (claimed,) = claim(store, "owner").runs
+    for epoch, metrics in enumerate(epochs, start=1):
+        assert store.record_epoch(claimed.run_id, "owner", epoch, metrics)
+    assert store.finish(claimed.run_id, "owner", "finished", summary)
+    run = store.run(claimed.run_id)
+    assert run.history == epochs and run.summary == summary and run.epoch == len(epochs)
+
+
+def test_non_finite_metrics_come_back_non_finite(backend):
+    # A diverged run's last losses are inf or nan, and the report must see them so.
+    store = new_store(backend)
+    (claimed,) = claim(store, "owner").runs
+    store.record_epoch(claimed.run_id, "owner", 1, {"train/loss": math.inf, "val/loss": math.nan})
+    store.finish(claimed.run_id, "owner", "finished", {"train/loss": -math.inf})
+    run = store.run(claimed.run_id)
+    assert run.history[0]["train/loss"] == math.inf and math.isnan(run.history[0]["val/loss"])
+    assert run.summary == {"train/loss": -math.inf}
+
+
+def test_an_epoch_recorded_again_replaces_the_row_of_that_epoch(backend):
+    # A preempted run resumed from its checkpoint repeats the epoch it was in.
+    store = new_store(backend)
+    (claimed,) = claim(store, "owner").runs
+    store.record_epoch(claimed.run_id, "owner", 1, {"val/acc": 0.1})
+    store.record_epoch(claimed.run_id, "owner", 1, {"val/acc": 0.2})
+    assert store.run(claimed.run_id).history == [{"val/acc": 0.2}]
+
+
+# --- the schema version -----------------------------------------------------------------------
+
+@pytest.mark.parametrize("version", [0, 1, SCHEMA_VERSION + 1])
+def test_a_store_of_another_schema_version_is_refused_in_one_line(backend, version):
+    address = backend.store_of_version(version)
+    with pytest.raises(UserError) as refused:
+        backend.open(address)
+    message = str(refused.value)
+    assert "\n" not in message and address in message
+    assert f"schema version {version}" in message and f"version {SCHEMA_VERSION}" in message
+    assert "start the sweep anew" in message
+
+
+def test_a_file_that_is_no_store_is_refused_in_one_line(tmp_path):
+    garbage = tmp_path / "sweep.db"
+    garbage.write_bytes(b"not a database at all" * 100)
+    with pytest.raises(UserError, match="not a sweep store"):
+        SweepStore(garbage)
+    with pytest.raises(UserError, match="no sweep store there"):
+        SweepStore(tmp_path / "missing" / "sweep.db")
+    assert not (tmp_path / "missing").exists()
+
+
+# --- repairs ----------------------------------------------------------------------------------
+
+def test_a_silent_run_is_crashed_and_requeued_once_and_a_repeat_is_never_repeated(backend):
+    store = new_store(backend)
+    (first,) = claim(store, "a").runs
+    later = time.time() + FAR_FUTURE
+    (repeat,) = claim(store, "b", now=later).runs  # a is silent: its run is repeated by b
+    assert store.run(first.run_id).state == "crashed"
+    assert store.run(repeat.run_id).requeued_from == first.run_id
+    assert repeat.config == first.config and not repeat.resumed
+
+    claim(store, "c", now=later + FAR_FUTURE)  # b is silent too: crashed, not repeated
+    runs = store.runs()
+    assert store.run(repeat.run_id).state == "crashed"
+    assert [r.requeued_from for r in runs].count(first.run_id) == 1
+    assert [r.requeued_from for r in runs].count(repeat.run_id) == 0
+
+
+def test_a_preempted_pack_resumes_together_at_its_epoch_in_a_new_pack(backend):
+    store = new_store(backend)
+    packed = claim(store, "a", count=3, pack_key=model_key)
+    assert len(packed.runs) == 3 and packed.pack
+    for member in packed.runs:
+        assert store.record_epoch(member.run_id, "a", 2, {"val/acc": 0.3})
+        assert store.finish(member.run_id, "a", "preempted")
+    resumed = claim(store, "b", count=3, pack_key=model_key)
+    assert sorted(r.run_id for r in resumed.runs) == sorted(r.run_id for r in packed.runs)
+    assert all(r.resumed and r.epoch == 2 for r in resumed.runs)
+    assert resumed.pack not in (None, packed.pack)
+    assert {r.pack for r in store.runs() if r.state == "running"} == {resumed.pack}
+
+
+# --- claims: parking, run_cap, exactly once -------------------------------------------------
+
+def test_proposals_of_another_key_are_parked_pending_and_claimed_later(backend):
+    store = new_store(backend)
+    # The engine varies `model` fastest: a pack of one lr parks nothing, one model parks.
+    first = claim(store, "a", count=4, pack_key=model_key)
+    members = [r.config for r in first.runs]
+    assert len(members) == 4 and len({c["model"] for c in members}) == 1
+    parked = [r for r in store.runs() if r.state == "pending"]
+    assert parked and all(r.owner is None and r.pack is None and r.heartbeat is None
+                          and r.config["model"] != members[0]["model"] for r in parked)
+    second = claim(store, "b", count=4, pack_key=model_key)
+    assert {r.run_id for r in second.runs} >= {r.id for r in parked
+                                               if r.config["model"] == parked[0].config["model"]}
+    for owner, work in (("a", first), ("b", second)):
+        assert all(store.finish(r.run_id, owner, "finished") for r in work.runs)
+    drain(store, "c", 4, model_key)
+    assert {(r.config["lr"], r.config["model"]) for r in store.runs()} == GRID_POINTS
+    assert len(store.runs()) == len(GRID_POINTS)
+
+
+@pytest.mark.parametrize("count, key", [(3, None), (4, lr_key), (5, model_key)])
+def test_packs_never_take_the_sweep_beyond_its_run_cap(backend, count, key):
+    store = new_store(backend, {**GRID, "run_cap": 5})
+    drain(store, "a", count, key)
+    runs = store.runs()
+    assert len(runs) == 5 and all(r.state == "finished" for r in runs)
+
+
+def drain(store: SweepStore, owner: str, count: int, key) -> list:
+    """Claim and finish packs until the sweep is done; the claims, in order."""
+    claims = []
+    while (work := claim(store, owner, count=count, pack_key=key)).kind == "run":
+        claims.append(work)
+        for member in work.runs:
+            assert store.finish(member.run_id, owner, "finished", {"val/acc": 0.5})
+    assert work.kind == "done"
+    return claims
+
+
+def claim_until_done(backend_name: str, address: str, owner: str, count: int, start,
+                     results) -> None:
+    """One agent process: claim packs of `count` and finish them until the sweep is done."""
+    store = BACKENDS[backend_name].open(address)
+    # The engine's first call imports its search modules (about a second) and a claim holds
+    # the write lock meanwhile; warm it up first so that the claims below really contend.
+    proposed_params(GRID, [])
+    claims = []
+    start.wait()  # a barrier: every agent has its store open and claims at once
+    deadline = time.time() + 120
+    while time.time() < deadline:
+        work = claim(store, owner, count=count, pack_key=model_key)
+        if work.kind == "done":
+            break
+        if work.kind == "wait":
+            time.sleep(0.01)
+            continue
+        claims.append((work.pack, [(r.run_id, r.config) for r in work.runs]))
+        time.sleep(0.05)  # a trial's length, so that claims interleave
+        took = [store.finish(r.run_id, owner, "finished", {"val/acc": 0.5}) for r in work.runs]
+        claims.append(("took", took))
+    results.put((owner, count, claims))
+
+
+@pytest.mark.e2e
+@pytest.mark.timeout(180)
+def test_agents_claiming_singles_and_packs_at_once_run_each_point_exactly_once(backend):
+    address = backend.create(GRID)
+    context = multiprocessing.get_context("spawn")
+    counts = [1, 1, 2, 3, 4, 3]
+    start, results = context.Barrier(len(counts)), context.Queue()
+    agents = [context.Process(target=claim_until_done, args=(
+        backend.name, address, f"agent-{i}", count, start, results))
+        for i, count in enumerate(counts)]
+    for agent in agents:
+        agent.start()
+    reports = [results.get(timeout=150) for _ in agents]
+    for agent in agents:
+        agent.join(timeout=30)
+        assert agent.exitcode == 0
+
+    claimed: dict[str, str] = {}  # run id -> the agent that claimed it
+    packs = []
+    for owner, count, entries in reports:
+        for pack, members in entries:
+            if pack == "took":
+                assert all(members)  # every finish by the claimant took
+                continue
+            assert 1 <= len(members) <= count
+            assert len({model_key(config) for _, config in members}) == 1
+            assert (pack is None) == (count == 1)
+            packs += [pack] if pack else []
+            for run_id, _ in members:
+                assert run_id not in claimed, (run_id, claimed.get(run_id), owner)
+                claimed[run_id] = owner
+    assert len(packs) == len(set(packs))
+    runs = BACKENDS[backend.name].open(address).runs()
+    assert {r.id: r.owner for r in runs} == claimed
+    assert sorted((r.config["lr"], r.config["model"]) for r in runs) == sorted(GRID_POINTS)
+    assert all(r.state == "finished" for r in runs)
+    assert len({r.owner for r in runs}) >= 2
