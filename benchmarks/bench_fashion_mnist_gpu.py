@@ -7,7 +7,8 @@ A small dry run on a CPU (the same code path, tiny sizes):
     ./util/with_venv.sh python benchmarks/bench_fashion_mnist_gpu.py \
         --set epochs=1 --set train_subset=1024 --set width=8
 The configurations are the sweep engine's own proposals (as ./run_sweep.sh would run them),
-with W&B left out: the sinks are --sinks (TensorBoard by default).
+with W&B left out: the sinks are --sinks (TensorBoard by default). `--pack 3` trains the
+three runs as one packed model instead of one after the other.
 """
 
 from __future__ import annotations
@@ -29,7 +30,7 @@ import torch  # noqa: E402
 
 from agent.sweep.config import load_sweep_config  # noqa: E402
 from agent.sweep.engine import proposed_params  # noqa: E402
-from agent.trial.loop import train  # noqa: E402
+from agent.trial.loop import train, train_pack  # noqa: E402
 
 # Zalando's Fashion-MNIST README, benchmark table (test accuracy).
 PUBLISHED = [("2 conv + pooling", 0.916), ("2 conv + pooling + batch norm", 0.934),
@@ -48,6 +49,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                         help="override a parameter of every run (dry runs)")
     parser.add_argument("--max-runs", type=int, default=50, help="stop a random search here")
+    parser.add_argument("--pack", type=int, default=1, help="runs trained together as one "
+                        "packed model (as ./run_sweep.sh --pack K); 1: one after the other")
     parser.add_argument("--out", default=os.path.join(os.environ["OUT"], "fashion_mnist.json")
                         if os.environ.get("OUT") else "", help="write the results as JSON")
     return parser.parse_args(argv)
@@ -70,20 +73,31 @@ def run_sweep(args: argparse.Namespace, sweep: dict, work: Path) -> tuple[list[d
         overrides[key] = value  # validate() coerces it like a command-line value
     runs: list[dict] = []
     started = time.perf_counter()
-    while len(runs) < args.max_runs:
-        params = proposed_params(sweep, runs)
-        if params is None:  # a grid is done
-            break
-        summary = train({**params, **overrides, "run_name": f"run{len(runs) + 1}"})
-        runs.append({"id": summary["run_id"], "state": "finished", "config": params,
-                     "summary": summary, "history": []})
+    while claimed := claim(sweep, runs, args):
+        configs = [{**r["config"], **overrides, "run_name": r["id"]} for r in claimed]
+        summaries = train_pack(configs) if len(configs) > 1 else [train(configs[0])]
         elapsed = time.perf_counter() - started
-        print(f"  run {len(runs)}: {json.dumps(varied(sweep, params))} test "
-              f"{summary.get('test/acc', float('nan')):.4f} in {summary['wall_s']:.0f} s "
-              f"(sweep so far {elapsed / 60:.1f} min)", flush=True)
+        for run, summary in zip(claimed, summaries):
+            run.update(state="finished", summary=summary)
+            print(f"  {run['id']}: {json.dumps(varied(sweep, run['config']))} test "
+                  f"{summary.get('test/acc', float('nan')):.4f} in {summary['wall_s']:.0f} s "
+                  f"(sweep so far {elapsed / 60:.1f} min)", flush=True)
         if args.out:
             write_results(args.out, sweep, runs, elapsed, args)
     return runs, time.perf_counter() - started
+
+
+def claim(sweep: dict, runs: list[dict], args: argparse.Namespace) -> list[dict]:
+    """The engine's next --pack proposals, recorded as running (as an agent claims them)."""
+    claimed: list[dict] = []
+    while len(claimed) < args.pack and len(runs) < args.max_runs:
+        params = proposed_params(sweep, runs)
+        if params is None:  # a grid is done
+            break
+        runs.append({"id": f"run{len(runs) + 1}", "state": "running", "config": params,
+                     "summary": None, "history": []})
+        claimed.append(runs[-1])
+    return claimed
 
 
 def varied(sweep: dict, params: dict) -> dict:
@@ -97,7 +111,9 @@ def write_results(path: str, sweep: dict, runs: list[dict], wall_s: float, args)
     Path(path).write_text(json.dumps({
         "sweep": args.sweep, "device": describe_device(args.device), "wall_s": wall_s,
         "overrides": args.set,
-        "runs": [{"config": r["config"], "summary": r["summary"]} for r in runs]},
+        "pack": args.pack,
+        "runs": [{"config": r["config"], "summary": r["summary"]} for r in runs
+                 if r["summary"]]},
         indent=1, default=float))
 
 
