@@ -20,6 +20,7 @@ import platform
 import sys
 import tempfile
 import time
+from dataclasses import replace
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -30,6 +31,7 @@ import torch  # noqa: E402
 
 from agent.sweep.config import load_sweep_config  # noqa: E402
 from agent.sweep.engine import proposed_params  # noqa: E402
+from agent.sweep.store import Run  # noqa: E402
 from agent.trial.loop import train, train_pack  # noqa: E402
 
 # Zalando's Fashion-MNIST README, benchmark table (test accuracy).
@@ -63,7 +65,7 @@ def describe_device(device: str) -> str:
            f"torch {torch.__version__}"
 
 
-def run_sweep(args: argparse.Namespace, sweep: dict, work: Path) -> tuple[list[dict], float]:
+def run_sweep(args: argparse.Namespace, sweep: dict, work: Path) -> tuple[list[Run], float]:
     """Every proposal of the engine, trained in turn; returns the runs and the wall seconds."""
     overrides = {"sinks": [s for s in args.sinks.split(",") if s], "data_dir": args.data_dir,
                  "dataset_dir": args.dataset_dir, "device": args.device,
@@ -71,15 +73,15 @@ def run_sweep(args: argparse.Namespace, sweep: dict, work: Path) -> tuple[list[d
     for item in args.set:
         key, _, value = item.partition("=")
         overrides[key] = value  # validate() coerces it like a command-line value
-    runs: list[dict] = []
+    runs: list[Run] = []
     started = time.perf_counter()
     while claimed := claim(sweep, runs, args):
-        configs = [{**r["config"], **overrides, "run_name": r["id"]} for r in claimed]
+        configs = [{**runs[i].config, **overrides, "run_name": runs[i].id} for i in claimed]
         summaries = train_pack(configs) if len(configs) > 1 else [train(configs[0])]
         elapsed = time.perf_counter() - started
-        for run, summary in zip(claimed, summaries):
-            run.update(state="finished", summary=summary)
-            print(f"  {run['id']}: {json.dumps(varied(sweep, run['config']))} test "
+        for i, summary in zip(claimed, summaries):
+            runs[i] = replace(runs[i], state="finished", summary=summary)
+            print(f"  {runs[i].id}: {json.dumps(varied(sweep, runs[i].config))} test "
                   f"{summary.get('test/acc', float('nan')):.4f} in {summary['wall_s']:.0f} s "
                   f"(sweep so far {elapsed / 60:.1f} min)", flush=True)
         if args.out:
@@ -87,16 +89,17 @@ def run_sweep(args: argparse.Namespace, sweep: dict, work: Path) -> tuple[list[d
     return runs, time.perf_counter() - started
 
 
-def claim(sweep: dict, runs: list[dict], args: argparse.Namespace) -> list[dict]:
-    """The engine's next --pack proposals, recorded as running (as an agent claims them)."""
-    claimed: list[dict] = []
+def claim(sweep: dict, runs: list[Run], args: argparse.Namespace) -> list[int]:
+    """The engine's next --pack proposals, recorded as running (as an agent claims them);
+    returns their places in `runs`."""
+    claimed: list[int] = []
     while len(claimed) < args.pack and len(runs) < args.max_runs:
         params = proposed_params(sweep, runs)
         if params is None:  # a grid is done
             break
-        runs.append({"id": f"run{len(runs) + 1}", "state": "running", "config": params,
-                     "summary": None, "history": []})
-        claimed.append(runs[-1])
+        runs.append(Run(id=f"run{len(runs) + 1}", seq=len(runs), config=params,
+                        state="running"))
+        claimed.append(len(runs) - 1)
     return claimed
 
 
@@ -106,28 +109,27 @@ def varied(sweep: dict, params: dict) -> dict:
             if "value" not in spec}
 
 
-def write_results(path: str, sweep: dict, runs: list[dict], wall_s: float, args) -> None:
+def write_results(path: str, sweep: dict, runs: list[Run], wall_s: float, args) -> None:
     Path(path).parent.mkdir(parents=True, exist_ok=True)
     Path(path).write_text(json.dumps({
         "sweep": args.sweep, "device": describe_device(args.device), "wall_s": wall_s,
         "overrides": args.set,
         "pack": args.pack,
-        "runs": [{"config": r["config"], "summary": r["summary"]} for r in runs
-                 if r["summary"]]},
+        "runs": [{"config": r.config, "summary": r.summary} for r in runs if r.summary]},
         indent=1, default=float))
 
 
-def print_table(sweep: dict, runs: list[dict], wall_s: float) -> None:
+def print_table(sweep: dict, runs: list[Run], wall_s: float) -> None:
     head = ["run", "varied", "epochs", "val/acc", "test/acc", "train s", "wall s", "img/s"]
     print("\n| " + " | ".join(head) + " |\n|" + " --- |" * len(head))
     for i, run in enumerate(runs, start=1):
-        s = run["summary"]
-        print(f"| {i} | {json.dumps(varied(sweep, run['config']))} | {s['epochs_done']} | "
+        s = run.summary
+        print(f"| {i} | {json.dumps(varied(sweep, run.config))} | {s['epochs_done']} | "
               f"{s.get('val/acc', float('nan')):.4f} | {s.get('test/acc', float('nan')):.4f} | "
               f"{s.get('perf/train_s', 0):.0f} | {s['wall_s']:.0f} | "
               f"{s.get('perf/images_per_s', 0):,.0f} |")
-    best = max(runs, key=lambda r: r["summary"].get("val/acc") or 0.0)["summary"]
-    top = max(r["summary"].get("test/acc") or 0.0 for r in runs)
+    best = max(runs, key=lambda r: r.summary.get("val/acc") or 0.0).summary
+    top = max(r.summary.get("test/acc") or 0.0 for r in runs)
     print(f"\nwhole sweep: {len(runs)} runs in {wall_s:.0f} s ({wall_s / 60:.2f} min)")
     print(f"best run by val/acc ({best['run_name']}): test/acc {best.get('test/acc', 0):.4f}; "
           f"highest test/acc of any run: {top:.4f}")
