@@ -277,7 +277,7 @@ def _check_program_file(where: str, config: dict) -> None:
     """W&B's agent runs `python <program>` from the directory it starts in."""
     program_path = config.get("program")
     if program_path and "${program}" in map(str, command_of(config) or []) \
-            and not Path(program_path).is_file():
+            and not Path(program_path).is_file() and not runs_our_trainer(config):
         raise UserError(f"{where}: program: {program_path!r} is not a file in {Path.cwd()} "
                         "(W&B's agent runs it from the directory it starts in): start from "
                         "the directory that holds it")

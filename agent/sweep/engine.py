@@ -106,7 +106,7 @@ class _EngineView:
         self.config = copy.deepcopy(sweep_config)
         self.choices: dict[str, list] = {}  # the engine's own values of discrete parameters
         self.tokens: set[str] = set()
-        self.drawn: set[str] = set()  # numbers from a distribution, stored as [x] for a list
+        self.drawn: set[str] = set()  # parameters drawn from a distribution
         method = sweep_config.get("method")
         for name, spec in self.config.get("parameters", {}).items():
             if "value" not in spec and "values" not in spec:
@@ -123,11 +123,14 @@ class _EngineView:
                 self.choices[name] = np.arange(spec["min"], spec["max"], spec["q"]).tolist()
 
     def encode(self, name: str, value: Any) -> Any:
-        if name in self.drawn and isinstance(value, list) and len(value) == 1:
-            value = value[0]  # as_type made the engine's 32 the list parameter's [32]
+        # as_type made the engine's 32 the list parameter's [32]: the engine knows it as 32
+        forms = [value, value[0]] if isinstance(value, list) and len(value) == 1 else [value]
+        if name in self.drawn:
+            return forms[-1]
         if name not in self.choices:
             return value
-        index = _index_of(self.choices[name], value)
+        index = next((i for i in map(lambda form: _index_of(self.choices[name], form), forms)
+                      if i is not None), None)
         if name in self.tokens:
             return None if index is None else index + 1
         return value if index is None else self.choices[name][index]
@@ -158,6 +161,12 @@ def engine_run(run: Any, encode=None) -> "sweeps.SweepRun":
         name=run_field(run, "id"), state=ENGINE_STATES[run_field(run, "state")],
         config={k: {"value": encode(k, v) if encode else v} for k, v in config.items()},
         history=history, summary_metrics=summary)
+
+
+def engine_inputs(sweep_config: dict, runs: list) -> tuple[dict, list]:
+    """The sweep config and runs exactly as proposed_params hands them to sweeps.next_run."""
+    view = _EngineView(sweep_config)
+    return view.config, [engine_run(run, view.encode) for run in runs]
 
 
 def proposed_params(sweep_config: dict, runs: list) -> dict | None:

@@ -135,9 +135,20 @@ def trainer_args(argv: list[str]) -> list[str] | None:
         tokens = tokens[1:]
     if tokens[:2] == ["-m", TRAINER_MODULE]:
         return tokens[2:]
-    if tokens and tokens[0].endswith(".py") and Path(tokens[0]).resolve() == TRAINER_SCRIPT:
+    if tokens and tokens[0].endswith(".py") and _is_trainer_script(tokens[0]):
         return tokens[1:]
     return None
+
+
+def _is_trainer_script(path: str) -> bool:
+    """`path` is agent/train.py: from here, or, when nothing by that name is here, from the
+    repository root (batch jobs start agents in scratch directories; the trial runs in-process
+    there, so the file is never opened)."""
+    candidate = Path(path)
+    if candidate.resolve() == TRAINER_SCRIPT:
+        return True
+    return not candidate.is_absolute() and not candidate.exists() and \
+        (TRAINER_SCRIPT.parents[1] / candidate).resolve() == TRAINER_SCRIPT
 
 
 def runs_our_trainer(sweep_config: dict) -> bool:
@@ -166,6 +177,7 @@ def local_run_environment(sweep_config: dict) -> None:
     say otherwise (`wandb sweep` gives the environment the same precedence)."""
     for name in RUN_VARIABLES:
         os.environ.pop(name, None)
+    known_macros()  # loads wandb's command builder now, not inside the first claim's transaction
     for key in ("project", "entity"):
         if sweep_config.get(key):
             os.environ.setdefault(f"WANDB_{key.upper()}", str(sweep_config[key]))
