@@ -180,7 +180,7 @@ def test_cell_is_claimed_stored_and_valid_or_refused_in_one_line(
     store = create_local_sweep(path)
     first = claim_and_check(store, name)
     if method == "random":
-        for _ in range(5):
+        for _ in range(2):  # draws differ from claim to claim
             claim_and_check(store, name)
         return
     # bayes and grid read the runs so far: feed the first back as finished and claim again

@@ -126,14 +126,17 @@ class _EngineView:
         # as_type made the engine's 32 the list parameter's [32]: the engine knows it as 32
         forms = [value, value[0]] if isinstance(value, list) and len(value) == 1 else [value]
         if name in self.drawn:
-            return forms[-1]
+            forms = forms[-1:]
         if name not in self.choices:
-            return value
-        index = next((i for i in map(lambda form: _index_of(self.choices[name], form), forms)
-                      if i is not None), None)
+            return forms[0]
+        index = None
+        for form in forms:
+            index = _index_of(self.choices[name], form)
+            if index is not None:
+                break
         if name in self.tokens:
             return None if index is None else index + 1
-        return value if index is None else self.choices[name][index]
+        return forms[0] if index is None else self.choices[name][index]
 
     def decode(self, name: str, value: Any) -> Any:
         if name in self.tokens:
