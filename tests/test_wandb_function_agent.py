@@ -40,6 +40,8 @@ class ScriptedServer:
         monkeypatch.setattr(public_sweeps, "_register_agent", self.register)
         monkeypatch.setattr(public_sweeps, "_agent_heartbeat", self.heartbeat)
         monkeypatch.setattr(pyagent.Agent, "HEARTBEAT_SLEEP_SECONDS", 0.1)
+        for name in ("WANDB_PROJECT", "WANDB_ENTITY"):  # W&B's agent exports the sweep's;
+            monkeypatch.setenv(name, "")  # recorded here, so they are gone after the test
 
     def register(self, api, host, *, sweep_id, project=None, entity=None):
         self.registered.append((sweep_id, project, entity))

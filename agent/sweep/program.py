@@ -18,8 +18,6 @@ from typing import Any, Callable
 
 from util.errors import UserError
 
-# wandb's default (wandb/sdk/launch/sweeps/utils.py DEFAULT_SWEEP_COMMAND).
-DEFAULT_COMMAND = ("${env}", "${interpreter}", "${program}", "${args}")
 # The macros W&B's agent fills in itself in Agent._command_run (wandb/wandb_agent.py), on top of
 # create_sweep_command_args: no function of wandb's returns them, so they are written here and
 # tests/test_wandb_macros.py checks them against that method.
@@ -50,10 +48,12 @@ def known_macros() -> set[str]:
 def command_of(sweep_config: dict) -> list | None:
     """The sweep's command; wandb's default when it names only a program; None with neither
     (a sweep for `wandb.agent(function=...)`: our trainer is called with the config)."""
+    from wandb.sdk.launch.sweeps.utils import DEFAULT_SWEEP_COMMAND
+
     command = sweep_config.get("command")
     if command:
         return list(command)
-    return list(DEFAULT_COMMAND) if sweep_config.get("program") else None
+    return list(DEFAULT_SWEEP_COMMAND) if sweep_config.get("program") else None
 
 
 @dataclass
@@ -179,8 +179,8 @@ def local_run_environment(sweep_config: dict) -> None:
         os.environ.pop(name, None)
     known_macros()  # loads wandb's command builder now, not inside the first claim's transaction
     for key in ("project", "entity"):
-        if sweep_config.get(key):
-            os.environ.setdefault(f"WANDB_{key.upper()}", str(sweep_config[key]))
+        if sweep_config.get(key) and not os.environ.get(f"WANDB_{key.upper()}"):
+            os.environ[f"WANDB_{key.upper()}"] = str(sweep_config[key])
 
 
 # --- a program that is not our trainer, run as W&B's agent runs it ----------------------------
@@ -298,6 +298,7 @@ def check_program_command(sweep_config: dict) -> None:
     if not command:
         return
     known = known_macros()
+    usable = ", ".join("${" + name + "}" for name in sorted(known - set(REFUSED_MACROS)))
     for index, token in enumerate(command):
         text = str(token)
         if not (text.startswith("${") and text.endswith("}")):
@@ -307,8 +308,7 @@ def check_program_command(sweep_config: dict) -> None:
             raise UserError(f"command[{index}]: {text} is refused: {REFUSED_MACROS[name]}")
         if name not in known:
             raise UserError(f"command[{index}]: {text} is not a macro W&B's agent knows (it "
-                            "would expand to nothing): known are "
-                            + ", ".join("${" + m + "}" for m in sorted(known - set(REFUSED_MACROS))))
+                            f"would expand to nothing): known are {usable}")
         if name == "program" and not sweep_config.get("program"):
             raise UserError(f"command[{index}]: ${{program}} needs a top-level `program` "
                             "(the script to run)")
