@@ -57,7 +57,7 @@ def test_hyperband_stops_a_foreign_program_from_its_offline_history(workdir):
     assert run_field(finished, "summary")["val_loss"] == pytest.approx(1 / (1 + 2.0 * 6))
 
     offline = {r.run_id: r for r in closed_offline_runs(workdir / "wandb", 4)}
-    sweep_id = store.sweep()["id"]
+    sweep_id = store.sweep().id
     for run in runs:
         run_id = run_field(run, "id")
         seen = offline[run_id]

@@ -9,7 +9,7 @@ import pytest
 import yaml
 
 from agent.sweep.config import TOP_LEVEL_KEYS, load_sweep_config
-from agent.sweep.controller import claim_next_run
+from agent.sweep.controller import claim
 from agent.sweep.engine import run_field
 from agent.sweep.target import create_local_sweep
 from conftest import ROOT
@@ -97,14 +97,15 @@ def test_metric_target_stops_new_runs_once_a_run_reaches_it(tmp_path, monkeypatc
     name = "val/acc" if goal == "maximize" else "val/loss"
     store = create_local_sweep(write(tmp_path, {**BASE, "metric": {
         "name": name, "goal": goal, "target": 0.9 if goal == "maximize" else 0.1}}))
-    first = claim_next_run(store, "agent-a")
-    store.finish_run(first.run_id, "finished", {name: other})
-    second = claim_next_run(store, "agent-a")
+    (first,) = claim(store, "agent-a").runs
+    store.finish(first.run_id, "agent-a", "finished", {name: other})
+    second = claim(store, "agent-a")
     assert second.kind == "run"  # not reached yet: the sweep goes on
-    store.record_epoch(second.run_id, 1, {name: reached})  # reached while still running
-    assert claim_next_run(store, "agent-b").kind == "wait"  # no new run; the running one ends
-    store.finish_run(second.run_id, "finished", {name: reached})
-    assert claim_next_run(store, "agent-b").kind == "done"
+    (running,) = second.runs
+    store.record_epoch(running.run_id, "agent-a", 1, {name: reached})  # reached, still running
+    assert claim(store, "agent-b").kind == "wait"  # no new run; the running one ends
+    store.finish(running.run_id, "agent-a", "finished", {name: reached})
+    assert claim(store, "agent-b").kind == "done"
     assert len(store.runs()) == 2 and all(run_field(r, "state") == "finished"
                                           for r in store.runs())
 
@@ -113,6 +114,6 @@ def test_run_cap_caps_the_runs(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     store = create_local_sweep(write(tmp_path, {**BASE, "run_cap": 2}))
     for _ in range(2):
-        claim = claim_next_run(store, "agent-a")
-        store.finish_run(claim.run_id, "finished", {"val/acc": 0.5})
-    assert claim_next_run(store, "agent-a").kind == "done"
+        (claimed,) = claim(store, "agent-a").runs
+        store.finish(claimed.run_id, "agent-a", "finished", {"val/acc": 0.5})
+    assert claim(store, "agent-a").kind == "done"

@@ -12,7 +12,7 @@ import pytest
 import yaml
 
 from agent.params import BY_NAME, PARAMS, validate
-from agent.sweep.controller import claim_next_run
+from agent.sweep.controller import claim
 from agent.sweep.engine import run_field
 from agent.sweep.target import create_local_sweep
 from util.errors import UserError
@@ -135,6 +135,9 @@ def test_the_matrix_is_read_from_the_engine_and_the_parameter_table():
     assert len(CELLS) == 360
 
 
+OWNER = "matrix-agent"
+
+
 def exact_type(name: str, value) -> bool:
     param = BY_NAME[name]
     if param.type is list:
@@ -145,11 +148,12 @@ def exact_type(name: str, value) -> bool:
 def claim_and_check(store, name: str) -> dict:
     """One claim: the stored config (read back from SQLite) is the claim's, of the parameter's
     exact Python type, and a valid trial config."""
-    claim = claim_next_run(store, "matrix-agent")
-    assert claim.kind == "run", claim
-    stored = next(r for r in store.runs() if run_field(r, "id") == claim.run_id)
+    work = claim(store, OWNER)
+    assert work.kind == "run", work
+    (claimed,) = work.runs
+    stored = next(r for r in store.runs() if run_field(r, "id") == claimed.run_id)
     config = run_field(stored, "config")
-    assert config == claim.config
+    assert config == claimed.config
     assert exact_type(name, config[name]), (config[name], type(config[name]))
     validate(config)
     return stored
@@ -184,16 +188,17 @@ def test_cell_is_claimed_stored_and_valid_or_refused_in_one_line(
             claim_and_check(store, name)
         return
     # bayes and grid read the runs so far: feed the first back as finished and claim again
-    store.finish_run(run_field(first, "id"), "finished", {"train/loss": 1.0})
+    store.finish(run_field(first, "id"), OWNER, "finished", {"train/loss": 1.0})
     if method == "bayes":
         claim_and_check(store, name)
         return
     point = lambda config: repr((config[name], config["label_smoothing"]))  # noqa: E731
     seen = {point(run_field(first, "config"))}
-    while (claim := claim_next_run(store, "matrix-agent")).kind == "run":
-        assert point(claim.config) not in seen  # every point once: the engine knows our values
-        seen.add(point(claim.config))
-        store.finish_run(claim.run_id, "finished", {"train/loss": 1.0})
+    while (work := claim(store, OWNER)).kind == "run":
+        (claimed,) = work.runs
+        assert point(claimed.config) not in seen  # every point once: the engine knows ours
+        seen.add(point(claimed.config))
+        store.finish(claimed.run_id, OWNER, "finished", {"train/loss": 1.0})
     assert len(seen) <= 400, "the grid does not end"
     assert len(seen) == 2 * grid_size(spec)
 

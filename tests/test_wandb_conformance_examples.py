@@ -13,7 +13,7 @@ import yaml
 
 from agent.params import validate
 from agent.sweep.config import load_sweep_config
-from agent.sweep.controller import claim_next_run
+from agent.sweep.controller import claim
 from agent.sweep.engine import engine_inputs, engine_run, proposed_params, run_field
 from agent.sweep.store import create_store
 from agent.sweep.target import create_local_sweep
@@ -41,10 +41,10 @@ def test_quantised_batch_size_is_claimed_as_an_int_and_the_sweep_rejoins(tmp_pat
     store = create_local_sweep(write(tmp_path, method=method, parameters={"batch_size": {
         "distribution": "q_log_uniform_values", "min": 32, "max": 128, "q": 32}}))
     for owner in ("first-agent", "rejoining-agent"):
-        claim = claim_next_run(store, owner)
+        (claimed,) = claim(store, owner).runs
         stored = run_field(store.runs()[-1], "config")["batch_size"]
         assert type(stored) is int and stored in (32, 64, 96, 128)
-        store.finish_run(claim.run_id, "finished", {"val/acc": 0.5})
+        store.finish(claimed.run_id, owner, "finished", {"val/acc": 0.5})
 
 
 @pytest.mark.e2e
@@ -128,8 +128,9 @@ def test_a_grid_of_one_block_channel_lists_ends(tmp_path, monkeypatch, values):
     store = create_local_sweep(write(tmp_path, method="grid", parameters={
         "channels": {"values": values}}))
     claimed = []
-    while (claim := claim_next_run(store, "agent")).kind == "run":
-        claimed.append(claim.config["channels"])
-        store.finish_run(claim.run_id, "finished", {"val/acc": 0.5})
+    while (work := claim(store, "agent")).kind == "run":
+        (run,) = work.runs
+        claimed.append(run.config["channels"])
+        store.finish(run.run_id, "agent", "finished", {"val/acc": 0.5})
         assert len(claimed) <= 2
     assert claimed == [[16], [32]]

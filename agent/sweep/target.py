@@ -8,7 +8,6 @@ a bare id with a project). No torch is imported.
 
 from __future__ import annotations
 
-import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -92,14 +91,7 @@ def create_local_sweep(yaml_path: str | Path):
     config = load_sweep_config(yaml_path)
     sweep_id = new_run_id()
     name = config.get("name") or Path(yaml_path).stem
-    directory = SWEEPS_DIR / sweep_id
-    if directory.exists():
-        raise UserError(f"sweep id {sweep_id} is taken in {SWEEPS_DIR}: run the command again")
-    try:
-        store = create_store(directory, sweep_id, name, config)
-    except BaseException:
-        shutil.rmtree(directory, ignore_errors=True)  # no half-made sweep to rejoin later
-        raise
+    store = create_store(SWEEPS_DIR / sweep_id, sweep_id, name, config)
     print(f"Created local sweep {sweep_id} ({name}) in {store.directory}")
     print(f"Add agents from another shell: ./run_sweep.sh {sweep_id}")
     return store
