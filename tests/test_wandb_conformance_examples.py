@@ -18,7 +18,6 @@ from agent.sweep.engine import engine_inputs, engine_run, proposed_params, run_f
 from agent.sweep.store import create_store
 from agent.sweep.target import create_local_sweep
 from conftest import subprocess_env
-from util.errors import UserError
 
 with warnings.catch_warnings():
     warnings.simplefilter("ignore")

@@ -155,7 +155,7 @@ def _index_of(choices: list, value: Any) -> int | None:
     return None
 
 
-def engine_run(run: Any, encode=None) -> "sweeps.SweepRun":
+def engine_run(run: Any, encode=None) -> sweeps.SweepRun:
     """A stored run as the engine sees it ({"lr": {"value": 0.1}} configs)."""
     history = run_field(run, "history") or []
     summary = run_field(run, "summary") or (history[-1] if history else {})
