@@ -7,7 +7,9 @@ dataset, schedule and sink come from their registries, so adding an entry there 
 
 from __future__ import annotations
 
+import json
 import math
+import os
 from dataclasses import dataclass
 from typing import Any, Callable
 
@@ -270,6 +272,8 @@ def coerce(param: Param, value: Any) -> Any:
                             f"{param.allowed()}") from None
     if isinstance(items, tuple):
         items = list(items)
+    elif not isinstance(items, (list, dict)) and items is not None:
+        items = [items]  # one item, as `--channels=32` (${args} of a scalar value) reads
     if not isinstance(items, list) or len(items) < param.min_items:
         raise UserError(f"{param.name}={value!r} is not allowed: expected a list of at least "
                         f"{param.min_items} ({param.allowed()})")
@@ -280,13 +284,17 @@ def coerce(param: Param, value: Any) -> Any:
 
 
 def validate(values: dict[str, Any]) -> RunConfig:
-    """Defaults overlaid with `values`, each coerced and checked; raises UserError."""
+    """Defaults overlaid with `values`, each coerced and checked; raises UserError.
+
+    A value of None keeps the parameter's default."""
     config = defaults()
     for key, value in values.items():
         param = BY_NAME.get(key)
         if param is None:
             raise UserError(f"unknown parameter {key!r}: allowed are "
                             + ", ".join(p.name for p in PARAMS))
+        if value is None:  # a null (`run_name: null`, `--run_name=None`) means the default
+            continue
         config[key] = coerce(param, value)
     _check_combinations(config)
     return RunConfig(config)
@@ -304,34 +312,82 @@ def _check_combinations(config: dict[str, Any]) -> None:
 
 
 def parse_args(argv: list[str]) -> dict[str, Any]:
-    """Parse `--key=value` / `--key value` pairs (the form `wandb agent` passes as ${args}).
+    """Parse what every command macro of `wandb agent` produces into raw {name: value}.
 
-    Returns the raw values; `--config FILE` is read as a flat YAML mapping that the other
-    arguments override. Unknown keys raise UserError.
+    The forms (wandb/sdk/launch/sweeps/utils.py, create_sweep_command_args): `--key=value`
+    (${args}), `--key value` (${args_no_equals}), `key=value` (${args_no_hyphens}), `+key=value`
+    and `++key=value` (${args_append_hydra}, ${args_override_hydra}), a bare `--flag` for a true
+    boolean, false ones left out (${args_no_boolean_flags}), one JSON object (${args_json}) and
+    the path of a JSON file holding one (${args_json_file}). The text None (what str(None) gives
+    for a null sweep value) is a null, which `validate` reads as the default. Later arguments
+    win; `--config FILE`, a flat YAML mapping, is overridden by everything else. Unknown keys
+    raise UserError.
     """
     raw: dict[str, Any] = {}
     from_file: dict[str, Any] = {}
     index = 0
     while index < len(argv):
-        token = argv[index]
-        if not token.startswith("--") or token == "--":
-            raise UserError(f"unexpected argument {token!r}: expected --key=value")
-        key, sep, value = token[2:].partition("=")
-        if not sep:
-            if index + 1 >= len(argv):
-                raise UserError(f"--{key} needs a value: --{key}=VALUE")
-            index += 1
-            value = argv[index]
-        key = key.replace("-", "_") if key.replace("-", "_") in BY_NAME else key
+        token = str(argv[index])
+        index += 1
+        if token.startswith("{"):
+            raw.update(_mapping_argument(json_text=token))
+            continue
+        if token.startswith("--") and token != "--":
+            key, sep, value = token[2:].partition("=")
+            if not sep:
+                key = _param_name(key)
+                takes_word = index < len(argv) and str(argv[index]).strip().lower() in (
+                    TRUE_WORDS | FALSE_WORDS | {"none"})
+                if key in BY_NAME and BY_NAME[key].type is bool and not takes_word:
+                    value = True  # a bare --flag: ${args_no_boolean_flags} for a true boolean
+                elif index < len(argv):
+                    value = str(argv[index])
+                    index += 1
+                else:
+                    raise UserError(f"--{key} needs a value: --{key}=VALUE")
+        elif "=" in token and not token.startswith("-"):
+            key, _, value = token.lstrip("+").partition("=")  # key=value, +key=value, ++key=value
+        elif not token.startswith(("-", "+")) and os.path.isfile(token):
+            raw.update(_mapping_argument(path=token))  # ${args_json_file}
+            continue
+        else:
+            raise UserError(f"unexpected argument {token!r}: expected --key=value, key=value, "
+                            "a JSON object or the path of a JSON file")
+        key = _param_name(key)
         if key == "config":
             from_file = read_config_file(value)
         elif key not in BY_NAME:
             raise UserError(f"unknown parameter {key!r}: allowed are "
                             + ", ".join(p.name for p in PARAMS))
         else:
-            raw[key] = value
-        index += 1
+            raw[key] = None if value == NULL_TEXT else value
     return {**from_file, **raw}
+
+
+NULL_TEXT = "None"  # str(None): how wandb's argument macros write a null value
+
+
+def _param_name(key: str) -> str:
+    return key.replace("-", "_") if key.replace("-", "_") in BY_NAME else key
+
+
+def _mapping_argument(json_text: str | None = None, path: str | None = None) -> dict[str, Any]:
+    """A JSON object given as one argument or in a file, checked to name parameters only."""
+    label = f"argument {json_text!r}" if path is None else f"JSON file {path!r}"
+    try:
+        if path is not None:
+            with open(path, encoding="utf-8") as handle:
+                json_text = handle.read()
+        loaded = json.loads(json_text)
+    except (OSError, UnicodeDecodeError, ValueError) as error:
+        raise UserError(f"{label}: not a JSON object ({' '.join(str(error).split())})") from None
+    if not isinstance(loaded, dict):
+        raise UserError(f"{label}: expected a JSON object of parameter: value")
+    for key in loaded:
+        if key not in BY_NAME:
+            raise UserError(f"{label}: unknown parameter {key!r}: allowed are "
+                            + ", ".join(p.name for p in PARAMS))
+    return loaded
 
 
 def read_config_file(path: str) -> dict[str, Any]:

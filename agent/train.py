@@ -1,28 +1,49 @@
-"""`python -m agent.train --key=value ...`: run one trial from the command line.
+"""`python -m agent.train ...` or `python agent/train.py ...`: run one trial from the command line.
 
-Accepts exactly what `wandb agent` passes as ${args} (`--lr=0.05 --augment=True`), plus
-`--config run.yaml` and `--help`. Bad input: one line, exit code 2, nothing loaded or written.
+Accepts what every `wandb agent` command macro produces (agent.params.parse_args), plus
+`--config run.yaml` and `--help`. Started by `wandb agent`, the run's parameter file completes
+the arguments as wandb.config would. Bad input: one line, exit code 2, nothing written.
 """
 
 from __future__ import annotations
 
+import os
 import signal
 import sys
 
-from util.errors import exit_on_user_error
-from agent.params import help_table, parse_args, validate
+if __name__ == "__main__" and not __package__:
+    # `python agent/train.py` (W&B's default command for `program: agent/train.py`) puts agent/
+    # first on sys.path, where its modules shadow top-level ones: import from the repository.
+    _here = os.path.dirname(os.path.abspath(__file__))
+    sys.path[:] = [p for p in sys.path if os.path.abspath(p or os.curdir) != _here]
+    sys.path.insert(0, os.path.dirname(_here))
+
+from util.errors import exit_on_user_error  # noqa: E402
+from agent.params import RunConfig, help_table, parse_args, validate  # noqa: E402
 
 PREEMPTED_EXIT_CODE = 143  # 128 + SIGTERM, what a shell reports for a terminated job
 
 USAGE = """usage: python -m agent.train [--config FILE] [--PARAMETER=VALUE ...]
 
-Train one configuration and report it to the sinks chosen by --sinks. Booleans take
-True/False/true/false; lists take [a, b] or a,b. --config reads a YAML mapping of
-parameter: value that the command line overrides. A run started again with the same
---run_id resumes from its last checkpoint.
+Train one configuration and report it to the sinks chosen by --sinks. Takes every form
+`wandb agent` passes: --key=value, --key value, key=value, +key=value, ++key=value, a bare
+--flag for a true boolean, a JSON object, or the path of a JSON file. Booleans take
+True/False/true/false; lists take [a, b] or a,b; None means the default. --config reads a
+YAML mapping of parameter: value that the command line overrides. A run started again with
+the same --run_id resumes from its last checkpoint.
 
 parameters:
 """
+
+
+def run_config(argv: list[str], environ: dict | None = None) -> RunConfig:
+    """The validated config of this trial: the arguments, completed under `wandb agent` by the
+    run's parameter file (the values wandb.config holds), with the wandb sink on."""
+    from agent.sweep.wandb_agent import agent_run_values, with_wandb_sink
+
+    from_agent = agent_run_values(environ)  # {} unless W&B's agent started this run
+    config = validate({**parse_args(argv), **from_agent})
+    return with_wandb_sink(config) if from_agent else config
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -30,7 +51,7 @@ def main(argv: list[str] | None = None) -> int:
     if any(arg in ("-h", "--help") for arg in argv):
         print(USAGE + help_table())
         return 0
-    config = validate(parse_args(argv))
+    config = run_config(argv)
 
     from agent.trial.loop import Preempted, TrialHooks, train
 

@@ -132,7 +132,7 @@ HEAD = "method: grid\nmetric: {name: val/acc, goal: maximize}\n"
      ["unknown parameter 'learning_rate'", "allowed are", "lr"]),
     (HEAD + "parameters:\n  batchsize: {value: 32}\n", ["did you mean batch_size"]),
     ("method: random\nparameters:\n  lr: {min: -1.0, max: 0.1}\n",
-     ["parameters.lr.min", "lr=-1.0", "not allowed"]),
+     ["parameters.lr", "uniform", "lr=-1.0", "not allowed"]),
     (HEAD + "parameters:\n  batch_size: {values: [0, 32]}\n",
      ["parameters.batch_size.values[0]", "batch_size=0"]),
     (HEAD + "parameters:\n  optimizer: {values: [sgd, adagrad]}\n", ["optimizer='adagrad'"]),

@@ -24,6 +24,7 @@ import traceback
 from dataclasses import dataclass
 from pathlib import Path
 
+from agent.sweep import program
 from agent.sweep.controller import (
     HEARTBEAT_S,
     HEARTBEAT_TIMEOUT_S,
@@ -34,7 +35,7 @@ from agent.sweep.controller import (
 from agent.sweep.pack_size import PackSizer, parse_pack
 from agent.sweep.store import SweepStore
 from agent.sweep.target import open_store
-from agent.trial.loop import Preempted, TrialHooks, train, train_pack
+from agent.trial.loop import TrialHooks, train_pack
 from agent.trial.member import pack_key
 from util.errors import UserError, exit_on_user_error
 
@@ -96,11 +97,15 @@ class LocalAgent:
         self.sweep = store.sweep()
         self.signalled: list[int] = []
         self.key = None  # the pack key of the last pack trained (for --pack auto)
+        program.local_run_environment(self.sweep.config)  # W&B agent variables: ignored
+        self.wandb_dir = os.environ.get("WANDB_DIR") or os.getcwd()
+        if not program.runs_our_trainer(self.sweep.config):
+            self.sizer = PackSizer(fixed=1)  # another program: one subprocess a run
 
     def run(self, count: int | None) -> int:
         for signum in (signal.SIGTERM, signal.SIGINT):
             signal.signal(signum, lambda number, frame: self.signalled.append(number))
-        failures = done = 0
+        failures = done = failed = 0
         while (count is None or done < count) and not self.signalled:
             wanted = self.sizer.next_size(self.key)
             if count is not None:
@@ -116,25 +121,37 @@ class LocalAgent:
             if outcome.preempted:
                 break
             failures = failures + 1 if outcome.failed else 0
+            failed += len(work.runs) if outcome.failed else 0
             if failures >= MAX_FAILURES_IN_A_ROW:
                 print(f"agent {self.owner}: stopping after {failures} failed runs in a row; "
                       "see their traceback.txt files", file=sys.stderr)
                 return 1
             done += len(work.runs)
+        if done and failed == done:
+            print(f"agent {self.owner}: all {done} runs failed", file=sys.stderr)
+            return 1
         return 0
 
     def train_claim(self, work) -> PackOutcome:
         """Train the claimed runs as one pack; each member is recorded as it ends."""
         run_ids = [c.run_id for c in work.runs]
         beat = Heartbeat(self.store.path, run_ids, self.owner, self.heartbeat_s)
-        configs = [{**c.config, "run_id": c.run_id, "group": self.sweep.name}
-                   for c in work.runs]
+        # each run as `wandb agent` would start it: our trainer in-process, else a subprocess
+        commands = [program.build_run(self.sweep.config, c.config, sweep_id=self.sweep.id,
+                                      run_id=c.run_id, wandb_dir=self.wandb_dir)
+                    for c in work.runs]
+        configs = [{**c.config, "run_id": c.run_id} for c in work.runs]
         ended: dict[str, dict] = {}
         hooks = [self.member_hooks(run_id, beat, ended) for run_id in run_ids]
         outcome = PackOutcome()
         try:
-            train_pack(configs, hooks, sweep={"id": self.sweep.id, "name": self.sweep.name,
-                                              "config": self.sweep.config})
+            if commands[0].trainer_args is None:
+                (command,) = commands  # another program: packs of one
+                self.run_program(command, hooks[0], beat)
+            else:
+                configs = [self.trial_config(command) for command in commands]
+                train_pack(configs, hooks, sweep={"id": self.sweep.id, "name": self.sweep.name,
+                                                  "config": self.sweep.config})
             outcome.preempted = any(s["state"] == "preempted" for s in ended.values()) \
                 and bool(self.signalled)
         except Exception as error:  # a failing trial is recorded, not fatal to the agent
@@ -145,6 +162,25 @@ class LocalAgent:
         if ended:
             self.observe(configs, ended)
         return outcome
+
+    def trial_config(self, command: program.RunCommand) -> dict:
+        """Our trainer's config for a run: what its argv describes, its id, the group."""
+        config = {**program.trial_values(command), "run_id": command.run_id}
+        config["group"] = config.get("group") or self.sweep.name
+        return config
+
+    def run_program(self, command: program.RunCommand, hooks: TrialHooks,
+                    beat: Heartbeat) -> None:
+        """A run of another program, as W&B's agent runs it: each history row holding the
+        metric is an epoch for the store and hyperband; the run ends through hooks.ended."""
+        def on_row(number: int, row: dict) -> bool:
+            return hooks.should_stop(number, [row]) is not None or beat.taken.is_set()
+
+        metric = (self.sweep.config.get("metric") or {}).get("name")
+        result = program.run_program(command, self.wandb_dir, metric, on_row, hooks.interrupted)
+        if result.state == "failed":
+            raise program.RunFailed(result.error)
+        hooks.ended({**result.summary, "state": result.state})
 
     def member_hooks(self, run_id: str, beat: Heartbeat, ended: dict) -> TrialHooks:
         store, owner = self.store, self.owner
@@ -226,25 +262,12 @@ def _device_memory_mb() -> float | None:
 
 
 def run_wandb_agent(sweep_path: str, count: int | None, project: str | None) -> int:
-    """W&B's own agent loop, with our trial as the function: configs come from the server."""
-    import wandb
+    """Agents on a W&B sweep: configs come from the server (agent/sweep/wandb_agent.py)."""
+    from agent.sweep.wandb_agent import run_wandb_sweep
 
     signalled = []
     signal.signal(signal.SIGTERM, lambda number, frame: signalled.append(number))
-
-    def one_trial():
-        # Inside wandb.agent, WANDB_SWEEP_ID and WANDB_RUN_ID are set: the W&B sink joins that
-        # run, and train() takes the sweep's parameters from wandb.config.
-        try:
-            train({}, TrialHooks(interrupted=lambda: bool(signalled)))
-        except Preempted:
-            pass  # the sink has called wandb.mark_preempting(); W&B re-queues the run
-
-    parts = sweep_path.split("/")
-    entity = parts[-3] if len(parts) == 3 else None
-    project = parts[-2] if len(parts) >= 2 else project
-    wandb.agent(parts[-1], function=one_trial, entity=entity, project=project, count=count)
-    return 0
+    return run_wandb_sweep(sweep_path, count, project, interrupted=lambda: bool(signalled))
 
 
 def main(argv: list[str] | None = None) -> int:

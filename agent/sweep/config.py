@@ -1,12 +1,16 @@
-"""Read a W&B sweep YAML and check it before any agent starts: the sweep engine's own schema,
-then every parameter against agent/params.py, the metric against what a trial reports, and one
-dry proposal from the engine. Every problem is one UserError line; nothing is trained.
+"""Read a W&B sweep YAML and check it before any agent starts: the engine's schema, every sweep
+key and command macro (honoured or refused), a dry claim through the engine boundary, and, when
+the runs are our trainer, every configuration it can draw and the metric it must report. Every
+problem is one UserError line; nothing is created.
 """
 
 from __future__ import annotations
 
 import difflib
+import itertools
+import json
 import math
+import tempfile
 import warnings
 from pathlib import Path
 from typing import Any
@@ -15,7 +19,11 @@ import jsonschema
 
 from util.errors import UserError
 from agent import metrics
-from agent.params import BY_NAME, PARAMS, coerce, validate
+from agent.params import BY_NAME, PARAMS, validate
+from agent.sweep.engine import (Draws, EngineError, as_type, draws, proposed_params,
+                                stop_decisions)
+from agent.sweep.program import (build_run, check_program_command, command_of, runs_our_trainer,
+                                 trial_values)
 from agent.yaml_file import read_yaml
 
 with warnings.catch_warnings():
@@ -28,16 +36,26 @@ with warnings.catch_warnings():
 EPOCH_METRICS = metrics.optimisable(when=(metrics.EPOCH,))
 METRICS = metrics.optimisable()
 
-# Distributions whose min/max are the values drawn (the engine rejects the old base-e forms).
-BOUNDED = {"int_uniform", "uniform", "q_uniform", "log_uniform_values",
-           "q_log_uniform_values", "inv_log_uniform_values"}
-# Distributions without min/max: (lowest, highest, a typical value) of what they draw.
-SUPPORT = {"normal": (-math.inf, math.inf, lambda spec: spec.get("mu", 0.0)),
-           "log_normal": (0.0, math.inf, lambda spec: math.exp(spec.get("mu", 0.0))),
-           "beta": (0.0, 1.0, lambda spec: 0.5)}
-# Distributions that draw non-integers unless quantised.
-CONTINUOUS = {"uniform", "log_uniform_values", "inv_log_uniform_values", "normal",
-              "log_normal", "beta"}
+# Metrics measured on the validation split (agent/metrics.py names them val/...): a run with
+# val_split 0 never reports them.
+VALIDATION_PREFIX = "val/"
+COMBINATION_LIMIT = 4096  # swept values validated together; beyond it, every three parameters
+# Parameters the agent sets for each run, which a sweep cannot set.
+AGENT_PARAMETERS = {"run_id": "the agent gives each run its own id (W&B's run id); a sweep "
+                    "cannot set it"}
+# Every top-level key of the engine's schema (sweeps/config/schema.json): None when a local
+# sweep honours it (docs/wandb_compatibility.md says how), else why it is refused. A key the
+# schema gains later is refused until it is listed here: none is silently dropped.
+LAUNCH = "it runs through W&B Launch (a launch queue on W&B's server)"
+TOP_LEVEL_KEYS = {
+    "method": None, "parameters": None, "metric": None, "early_terminate": None,
+    "run_cap": None, "name": None, "description": None, "command": None, "program": None,
+    "project": None, "entity": None, "controller": None, "apiVersion": None, "kind": None,
+    "metrics": "multi-objective search runs only in W&B's custom schedulers (method: custom)",
+    "scheduler": "custom schedulers (Optuna, Ax) run in W&B's launch service; only "
+                 "{engine: wandb}, the engine used here, is accepted",
+    "job": LAUNCH, "image_uri": LAUNCH,
+}
 
 
 def load_sweep_config(path: str | Path) -> dict:
@@ -51,9 +69,17 @@ def load_sweep_config(path: str | Path) -> dict:
     where = str(path)
     config = _read_yaml(where)
     filled = _engine_validate(where, config)
-    _check_parameters(where, filled.get("parameters", {}))
-    _check_metric(where, filled)
+    _check_keys(where, filled)
+    _check_command(where, filled)
+    _check_metric_present(where, filled)
+    _check_program_file(where, filled)
+    _check_storable(where, filled)
+    _check_bayes_categories(where, filled)
     _dry_run(where, filled)
+    if runs_our_trainer(filled):
+        fixed = _fixed_arguments(where, filled)
+        drawn = _check_trial_configs(where, filled, fixed)
+        _check_metric(where, filled, fixed, drawn)
     return filled
 
 
@@ -98,7 +124,7 @@ def _engine_validate(where: str, config: dict) -> dict:
                                 f"{{value: x}} or {{values: [...]}}, got {spec!r}")
     try:
         messages = sweeps.schema_violations_from_proposed_config(config)
-    except (ValueError, TypeError) as error:
+    except Exception as error:  # the engine raises rather than report some shapes
         raise UserError(_one_line(f"{where}: {error}")) from None
     if messages:
         schema_errors = list(validator.iter_errors(config))
@@ -116,7 +142,7 @@ def _engine_validate(where: str, config: dict) -> dict:
     _reject_nested(where, config.get("parameters") or {})
     try:
         filled = fill_validate_metric(dict(sweeps.SweepConfig(config)))
-    except (jsonschema.ValidationError, ValueError, TypeError) as error:
+    except Exception as error:  # the engine's own checks, whatever they raise
         message = error.message if isinstance(error, jsonschema.ValidationError) else error
         raise UserError(_one_line(f"{where}: not a valid sweep config: {message}")) from None
     return filled
@@ -194,69 +220,221 @@ def _reject_nested(where: str, parameters: dict) -> None:
                 f"parameter at the top level of parameters")
 
 
-# --- our parameters and metrics ------------------------------------------------------------
+# --- W&B's sweep keys -----------------------------------------------------------------------
 
-def _check_parameters(where: str, parameters: dict) -> None:
-    for name, spec in parameters.items():
-        param = BY_NAME.get(name)
-        if param is None:
+def _check_keys(where: str, config: dict) -> None:
+    for key in config:
+        if key not in TOP_LEVEL_KEYS:
+            raise UserError(f"{where}: {key}: a sweep key this tool does not know, so it cannot "
+                            "honour it offline: remove it, or run the sweep on W&B")
+        reason = TOP_LEVEL_KEYS[key]
+        if reason and not (key == "scheduler" and config[key] == {"engine": "wandb"}):
+            raise UserError(f"{where}: {key}: not supported offline: {reason}")
+    if config.get("method") == "custom":
+        raise UserError(f"{where}: method: custom needs a custom scheduler (Optuna or Ax) run "
+                        "by W&B's launch service; use grid, random or bayes")
+
+
+def _check_command(where: str, config: dict) -> None:
+    try:
+        check_program_command(config)
+    except UserError as error:
+        raise UserError(f"{where}: {error}") from None
+
+
+def _check_metric_present(where: str, config: dict) -> None:
+    if config.get("metric") is None and (config.get("method") == "bayes"
+                                         or "early_terminate" in config):
+        raise UserError(f"{where}: metric: required for method bayes and for "
+                        "early_terminate, e.g. metric: {name: val/acc, goal: maximize}")
+
+
+def _check_storable(where: str, config: dict) -> None:
+    """The config goes into the store and to W&B as JSON; YAML reads unquoted dates as dates."""
+    def find(value: Any, path: str) -> tuple[str, Any] | None:
+        if isinstance(value, dict):
+            for key, item in value.items():
+                found = find(item, f"{path}.{key}" if path else str(key))
+                if found:
+                    return found
+        elif isinstance(value, list):
+            for index, item in enumerate(value):
+                found = find(item, f"{path}[{index}]")
+                if found:
+                    return found
+        elif not isinstance(value, (type(None), bool, int, float, str)):
+            return path, value
+        return None
+
+    found = find(config, "")
+    if found:
+        path, value = found
+        raise UserError(f"{where}: {path}: YAML reads {value!s} as a {type(value).__name__}, "
+                        "which a sweep cannot store or pass on: quote it")
+
+
+def _check_program_file(where: str, config: dict) -> None:
+    """W&B's agent runs `python <program>` from the directory it starts in."""
+    program_path = config.get("program")
+    if program_path and "${program}" in map(str, command_of(config) or []) \
+            and not Path(program_path).is_file() and not runs_our_trainer(config):
+        raise UserError(f"{where}: program: {program_path!r} is not a file in {Path.cwd()} "
+                        "(W&B's agent runs it from the directory it starts in): start from "
+                        "the directory that holds it")
+
+
+def _check_bayes_categories(where: str, config: dict) -> None:
+    if config.get("method") != "bayes":
+        return
+    for name, spec in config.get("parameters", {}).items():
+        if spec.get("distribution") == "categorical_w_probabilities":
+            raise UserError(f"{where}: parameters.{name}: bayes cannot search "
+                            "categorical_w_probabilities (the engine's Gaussian process fails "
+                            "on it with an IndexError): drop probabilities, or use method random")
+
+
+def _dry_run(where: str, config: dict) -> None:
+    """Ask the engine what the first claim asks it, through the same boundary: catches what it
+    only checks then (a uniform distribution in a grid, hyperband without bands, bayes on
+    categorical_w_probabilities) and anything the store could not hold."""
+    try:
+        proposal = proposed_params(config, [])
+        json.dumps(proposal)
+        if config.get("early_terminate"):
+            stop_decisions(config, [])
+    except EngineError as error:
+        raise UserError(f"{where}: {error}") from None
+
+
+# --- what our trainer receives ---------------------------------------------------------------
+
+def _fixed_arguments(where: str, config: dict) -> dict:
+    """The trainer's arguments that the command fixes (`--dataset=digits` before ${args})."""
+    with tempfile.TemporaryDirectory() as scratch:
+        run = build_run(config, {}, sweep_id="check", run_id="check", wandb_dir=scratch)
+        try:
+            return trial_values(run)
+        except UserError as error:
+            raise UserError(f"{where}: command: {error}") from None
+
+
+def _check_trial_configs(where: str, config: dict, fixed: dict) -> dict[str, list]:
+    """Every configuration the sweep can hand the trial must pass `validate`: each value every
+    parameter can draw (all of them when few, else a range's ends and middle), then
+    combinations of a few of each (nesterov needs sgd, ...). Returns those values by name."""
+    parameters = config["parameters"]
+    for name in parameters:
+        if name not in BY_NAME:
             close = difflib.get_close_matches(name, list(BY_NAME), n=1)
             hint = f" (did you mean {close[0]}?)" if close else ""
             raise UserError(f"{where}: parameters.{name}: unknown parameter {name!r}{hint}: "
                             "allowed are " + ", ".join(p.name for p in PARAMS))
-        _check_values(where, param, spec)
-    # the fixed values together (e.g. nesterov with adam); combinations involving swept values
-    # are only known run by run
-    fixed = {name: spec["value"] for name, spec in parameters.items() if "value" in spec}
+        if name in AGENT_PARAMETERS:
+            raise UserError(f"{where}: parameters.{name}: {AGENT_PARAMETERS[name]}")
+    kinds = {name: (BY_NAME[name].type, BY_NAME[name].item_type) for name in parameters}
+    base = {**fixed, **{name: as_type(spec["value"], *kinds[name])
+                        for name, spec in parameters.items() if "value" in spec}}
     try:
-        validate(fixed)
+        validate(base)
     except UserError as error:
         raise UserError(f"{where}: parameters (fixed values): {error}") from None
+    drawn: dict[str, list] = {}
+    for name, spec in parameters.items():
+        if "value" in spec:
+            continue
+        spread = draws(spec, config["method"])
+        values = _candidates(where, name, spread, kinds[name])
+        for index, value in enumerate(values):
+            try:
+                validate({**base, name: value})
+            except UserError as error:
+                at = f".values[{index}]" if "values" in spec else \
+                    f": {spread.how} can draw a value the trial refuses"
+                raise UserError(f"{where}: parameters.{name}{at}: {error}") from None
+        drawn[name] = values
+    _check_drawn_together(where, base, drawn)
+    return drawn
 
 
-def _check_values(where: str, param, spec: dict) -> None:
-    """Every value the spec can hand a trial must pass `coerce` for `param`."""
-    def check(key: str, value: Any) -> None:
-        try:
-            coerce(param, value)
-        except UserError as error:
-            raise UserError(f"{where}: parameters.{param.name}.{key}: {error}") from None
+def _candidates(where: str, name: str, spread: Draws, kind: tuple) -> list:
+    """The values to check for one parameter: all it can draw, or a range's ends and middle
+    (an infinite end the parameter cannot take is refused here, with a value it would draw)."""
+    if spread.values is not None:
+        return [as_type(value, *kind) for value in spread.values]
+    param = BY_NAME[name]
+    integral = kind[0] in (int, bool) or kind[1] is int
+    if integral and not spread.whole:
+        raise UserError(f"{where}: parameters.{name}: {spread.how} draws non-integers, and "
+                        f"{name} is {param.allowed()}: use int_uniform, or a q_ distribution "
+                        "with an integer q")
+    ends = []
+    for end in (spread.low, spread.high):
+        if math.isfinite(end):
+            ends.append(end)
+            continue
+        bound = param.minimum if end < 0 else param.maximum
+        if bound is None and param.allowed_choices() is None and param.type is not bool:
+            continue
+        step = spread.step or 1.0
+        bound = bound if bound is not None else 0
+        example = (math.ceil(bound / step) - 1) * step if end < 0 else \
+            (math.floor(bound / step) + 1) * step
+        raise UserError(f"{where}: parameters.{name}: {spread.how} can draw values outside "
+                        f"what {name} allows, e.g. {name}={as_type(example, *kind)!r}, and "
+                        f"{name} is {param.allowed()}")
+    if math.isfinite(spread.low) and math.isfinite(spread.high):
+        inside = (spread.low + spread.high) / 2
+    else:  # one infinite end: a value one step inside the finite one (or 1 on the whole line)
+        inside = spread.low + 1 if math.isfinite(spread.low) else \
+            spread.high - 1 if math.isfinite(spread.high) else 1.0
+    step = spread.step or 1
+    ends.append(round(inside / step) * step if spread.whole else inside)
+    return [as_type(value, *kind) for value in ends]
 
-    distribution = spec.get("distribution")
-    if "value" in spec:
-        check("value", spec["value"])
-    elif "values" in spec:
-        for index, value in enumerate(spec["values"]):
-            check(f"values[{index}]", value)
-    elif distribution in BOUNDED:
-        check("min", spec["min"])
-        check("max", spec["max"])
-    elif distribution.removeprefix("q_") in SUPPORT:  # no min/max: check range and centre
-        low, high, centre = SUPPORT[distribution.removeprefix("q_")]
-        if (param.minimum is not None and low < param.minimum) or (
-                param.maximum is not None and high > param.maximum):
-            raise UserError(f"{where}: parameters.{param.name}: distribution {distribution} "
-                            f"can draw values outside what {param.name} allows "
-                            f"({param.allowed()}); use a bounded one such as uniform or "
-                            "log_uniform_values")
-        check("distribution", centre(spec))
-    integral = param.type is int or (param.type is list and param.item_type is int)
-    if integral and distribution in CONTINUOUS:
-        raise UserError(f"{where}: parameters.{param.name}: distribution {distribution} draws "
-                        f"non-integers but {param.name} is an integer; use int_uniform, or a "
-                        "q_ distribution with an integer q")
-    if integral and "q" in spec and not float(spec["q"]).is_integer():
-        raise UserError(f"{where}: parameters.{param.name}.q: q={spec['q']!r} draws "
-                        f"non-integers but {param.name} is an integer; use an integer q")
+
+def _check_drawn_together(where: str, base: dict, drawn: dict[str, list]) -> None:
+    """Combinations of a few drawn values of every swept parameter (all of them when the
+    product is small, else every three parameters), each validated; a failure names the
+    fewest parameters that fail together."""
+    few = {name: _few(values) for name, values in drawn.items() if len(values) > 1}
+    names = sorted(few)
+    if math.prod(len(few[name]) for name in names) <= COMBINATION_LIMIT:
+        groups = [names]
+    else:
+        groups = list(itertools.combinations(names, 3))
+    for group in groups:
+        for values in itertools.product(*(few[name] for name in group)):
+            combination = dict(zip(group, values))
+            if _refusal(base, combination) is None:
+                continue
+            for size in range(2, len(combination) + 1):
+                for subset in itertools.combinations(combination, size):
+                    chosen = {name: combination[name] for name in subset}
+                    error = _refusal(base, chosen)
+                    if error is not None:
+                        together = ", ".join(f"{k}={v!r}" for k, v in chosen.items())
+                        raise UserError(f"{where}: parameters: {together} can be drawn "
+                                        f"together: {error}")
 
 
-def _check_metric(where: str, config: dict) -> None:
+def _refusal(base: dict, values: dict) -> UserError | None:
+    try:
+        validate({**base, **values})
+    except UserError as error:
+        return error
+    return None
+
+
+def _few(values: list) -> list:
+    if len(values) <= 6:
+        return values
+    picks = [values[round(i * (len(values) - 1) / 5)] for i in range(6)]
+    return list({repr(v): v for v in picks}.values())
+
+
+def _check_metric(where: str, config: dict, fixed: dict, drawn: dict[str, list]) -> None:
     metric = config.get("metric")
-    needs_metric = config.get("method") == "bayes" or "early_terminate" in config
     if metric is None:
-        if needs_metric:
-            raise UserError(f"{where}: metric: required for method bayes and for "
-                            "early_terminate, e.g. metric: {name: val/acc, goal: maximize}")
         return
     name = metric["name"]
     if name not in METRICS:
@@ -273,15 +451,16 @@ def _check_metric(where: str, config: dict) -> None:
         got = "no goal" if goal is None else f"goal {goal}"
         raise UserError(f"{where}: metric.goal: {name} with {got} would look for the worst "
                         f"runs: use goal: {METRICS[name]}")
-
-
-def _dry_run(where: str, config: dict) -> None:
-    """Ask the engine for a first run: catches what it only checks then (e.g. a uniform
-    distribution in a grid, method custom)."""
-    try:
-        sweeps.next_run(config, [], validate=True)
-    except (ValueError, TypeError, AssertionError) as error:
-        raise UserError(_one_line(f"{where}: the sweep engine rejects it: {error}")) from None
+    if name.startswith(VALIDATION_PREFIX):
+        parameters = config["parameters"]
+        splits = drawn.get("val_split") or [validate(
+            {**fixed, **{k: s["value"] for k, s in parameters.items() if "value" in s}}).val_split]
+        for split in splits:
+            if not split > 0:
+                raise UserError(f"{where}: metric.name: {name} is measured on the validation "
+                                f"split, and this sweep can give val_split={split!r}, which "
+                                "leaves none, so no run would report it: use val_split > 0, or "
+                                "a train/ or test/ metric")
 
 
 def _one_line(text: str) -> str:

@@ -1,14 +1,22 @@
 """The one boundary to W&B's sweep engine (the `sweeps` package that `wandb[sweeps]` installs).
 
-Everything the controller asks the engine goes through here: the next configuration
-(`sweeps.next_run`) and which running runs to stop (`sweeps.stop_runs`). Stored runs are
-converted to the engine's `SweepRun`s on the way in, and the engine's proposals to plain
-{name: value} dicts on the way out.
+Everything asked of the engine goes through here: the next configuration (`sweeps.next_run`),
+which running runs to stop (`sweeps.stop_runs`) and what a distribution can draw. What the
+engine hands back becomes plain Python values of each parameter's type before anything stores,
+validates or trains it; any exception of the engine becomes one EngineError line.
 """
 
 from __future__ import annotations
 
+import copy
+import math
 import warnings
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from util.errors import UserError
 
 # The engine's pydantic settings trigger a warning on import and use; it is harmless.
 warnings.filterwarnings("ignore", message="Valid config keys have changed", category=UserWarning)
@@ -20,26 +28,259 @@ ENGINE_STATES = {
     "failed": sweeps.RunState.failed, "crashed": sweeps.RunState.crashed,
     "preempted": sweeps.RunState.preempted,
 }
+ENUMERATE_LIMIT = 1000  # a distribution with at most this many values is checked value by value
 
 
-def engine_run(run) -> "sweeps.SweepRun":
-    """A stored run (agent.sweep.store.Run) as the engine sees it ({"lr": {"value": 0.1}})."""
-    history = run.history
-    summary = run.summary or (history[-1] if history else {})
-    return sweeps.SweepRun(name=run.id, state=ENGINE_STATES[run.state],
-                           config={k: {"value": v} for k, v in run.config.items()},
-                           history=history, summary_metrics=summary)
+class EngineError(UserError):
+    """The sweep engine failed on this sweep (an exception of any type), as one line."""
 
 
-def proposed_params(sweep_config: dict, runs: list[dict]) -> dict | None:
-    """The engine's next configuration as plain {name: value}, or None when exhausted."""
-    proposal = sweeps.next_run(sweep_config, [engine_run(r) for r in runs], validate=True)
+def run_field(run: Any, name: str) -> Any:
+    """One field of a stored run (id, state, config, history, summary), whether the store
+    hands out dicts or typed runs."""
+    return run[name] if isinstance(run, dict) else getattr(run, name)
+
+
+# --- plain values ----------------------------------------------------------------------------
+
+def plain(value: Any) -> Any:
+    """numpy scalars and arrays, and tuples, as plain Python values (recursively)."""
+    if isinstance(value, np.generic):
+        return value.item()
+    if isinstance(value, np.ndarray):
+        return [plain(item) for item in value.tolist()]
+    if isinstance(value, (list, tuple)):
+        return [plain(item) for item in value]
+    if isinstance(value, dict):
+        return {key: plain(item) for key, item in value.items()}
+    return value
+
+
+def as_type(value: Any, kind: type | None, item_type: type | None = None) -> Any:
+    """A value from the engine as a plain value of the parameter's type, where that is exact:
+    64.0 -> 64 (int), 1 or 1.0 -> True (bool), 3 -> 3.0 (float), 0.5 -> '0.5' (str), 32 -> [32]
+    (list). Anything else is returned plain and unchanged, for validation to refuse."""
+    value = plain(value)
+    if value is None or kind is None:
+        return value
+    number = isinstance(value, (int, float)) and not isinstance(value, bool)
+    if kind is list:
+        items = value if isinstance(value, list) else [value]
+        return [as_type(item, item_type) for item in items]
+    if kind is bool and number and value in (0, 1):
+        return bool(value)
+    if kind is int and isinstance(value, float) and value.is_integer():
+        return int(value)
+    if kind is float and isinstance(value, int) and not isinstance(value, bool):
+        return float(value)
+    if kind is str and number:
+        return str(value)
+    return value
+
+
+def value_types(sweep_config: dict) -> dict[str, tuple[type, type | None]]:
+    """{name: (type, item type)} of the parameters, when the sweep runs our trainer; {} for
+    another program, whose values keep the engine's own types."""
+    from agent.params import BY_NAME
+    from agent.sweep.program import runs_our_trainer
+
+    if not runs_our_trainer(sweep_config):
+        return {}
+    return {name: (BY_NAME[name].type, BY_NAME[name].item_type)
+            for name in sweep_config.get("parameters", {}) if name in BY_NAME}
+
+
+# --- what the engine sees of our runs, and what it proposes ----------------------------------
+
+class _EngineView:
+    """Stored runs as the engine sees them, and its proposals read back, for one sweep.
+
+    Grid recognises a finished point by hashing its YAML: a value stored as 64 (int) must be
+    shown as the engine's own 64.0, True as its 1. Bayes gives the Gaussian process index 0 for
+    every falsy categorical value (sweeps/params.py normalize_runs_as_array skips `not _val`),
+    so False, 0 and '' teach it nothing: categorical values are handed to bayes as the tokens
+    1..n instead, all truthy, and proposals are mapped back.
+    """
+
+    def __init__(self, sweep_config: dict):
+        self.config = copy.deepcopy(sweep_config)
+        self.choices: dict[str, list] = {}  # the engine's own values of discrete parameters
+        self.tokens: set[str] = set()
+        self.drawn: set[str] = set()  # parameters drawn from a distribution
+        method = sweep_config.get("method")
+        for name, spec in self.config.get("parameters", {}).items():
+            if "value" not in spec and "values" not in spec:
+                self.drawn.add(name)
+            distribution = spec.get("distribution", "categorical" if "values" in spec else None)
+            if distribution == "categorical" and "values" in spec:
+                self.choices[name] = list(spec["values"])
+                if method == "bayes":
+                    spec["values"] = list(range(1, len(spec["values"]) + 1))
+                    self.tokens.add(name)
+            elif method == "grid" and distribution == "int_uniform":
+                self.choices[name] = list(range(spec["min"], spec["max"] + 1))
+            elif method == "grid" and distribution == "q_uniform":  # as grid_search.py builds it
+                self.choices[name] = np.arange(spec["min"], spec["max"], spec["q"]).tolist()
+
+    def encode(self, name: str, value: Any) -> Any:
+        # as_type made the engine's 32 the list parameter's [32]: the engine knows it as 32
+        forms = [value, value[0]] if isinstance(value, list) and len(value) == 1 else [value]
+        if name in self.drawn:
+            forms = forms[-1:]
+        if name not in self.choices:
+            return forms[0]
+        index = None
+        for form in forms:
+            index = _index_of(self.choices[name], form)
+            if index is not None:
+                break
+        if name in self.tokens:
+            return None if index is None else index + 1
+        return forms[0] if index is None else self.choices[name][index]
+
+    def decode(self, name: str, value: Any) -> Any:
+        if name in self.tokens:
+            return self.choices[name][int(value) - 1]
+        return value
+
+
+def _index_of(choices: list, value: Any) -> int | None:
+    """The position of `value` among `choices`: same type first (True is not 1), then ==."""
+    for index, choice in enumerate(choices):
+        if type(choice) is type(value) and choice == value:
+            return index
+    for index, choice in enumerate(choices):
+        if choice == value:
+            return index
+    return None
+
+
+def engine_run(run: Any, encode=None) -> sweeps.SweepRun:
+    """A stored run as the engine sees it ({"lr": {"value": 0.1}} configs)."""
+    history = run_field(run, "history") or []
+    summary = run_field(run, "summary") or (history[-1] if history else {})
+    config = run_field(run, "config")
+    return sweeps.SweepRun(
+        name=run_field(run, "id"), state=ENGINE_STATES[run_field(run, "state")],
+        config={k: {"value": encode(k, v) if encode else v} for k, v in config.items()},
+        history=history, summary_metrics=summary)
+
+
+def engine_inputs(sweep_config: dict, runs: list) -> tuple[dict, list]:
+    """The sweep config and runs exactly as proposed_params hands them to sweeps.next_run."""
+    view = _EngineView(sweep_config)
+    return view.config, [engine_run(run, view.encode) for run in runs]
+
+
+def proposed_params(sweep_config: dict, runs: list) -> dict | None:
+    """The engine's next configuration as {name: plain value of the parameter's type}, or None
+    when the sweep is exhausted or a run has reached metric.target. Raises EngineError."""
+    if target_reached(sweep_config, runs):
+        return None
+    view = _EngineView(sweep_config)
+    engine_runs = [engine_run(run, view.encode) for run in runs]
+    try:
+        proposal = sweeps.next_run(view.config, engine_runs, validate=True)
+    except Exception as error:  # the engine's own failure, whatever its type
+        raise EngineError(_failure("proposing the next run", error)) from None
     if proposal is None:
         return None
-    return {name: spec["value"] for name, spec in proposal.config.items()}
+    types = value_types(sweep_config)
+    return {name: as_type(view.decode(name, spec["value"]), *types.get(name, (None, None)))
+            for name, spec in proposal.config.items()}
 
 
-def stop_decisions(sweep_config: dict, runs: list[dict]) -> set[str]:
-    """Ids of the runs the sweep's early_terminate (hyperband) would stop now."""
-    engine_runs = [engine_run(r) for r in runs]
-    return {r.name for r in sweeps.stop_runs(sweep_config, engine_runs, validate=True)}
+def stop_decisions(sweep_config: dict, runs: list) -> set[str]:
+    """Ids of the runs the sweep's early_terminate (hyperband) would stop now. Raises
+    EngineError."""
+    engine_runs = [engine_run(run) for run in runs]
+    try:
+        stopped = sweeps.stop_runs(sweep_config, engine_runs, validate=True)
+    except Exception as error:
+        raise EngineError(_failure("deciding which runs to stop", error)) from None
+    return {run.name for run in stopped}
+
+
+def target_reached(sweep_config: dict, runs: list) -> bool:
+    """True once any run's metric has reached metric.target (W&B then creates no new runs)."""
+    metric = sweep_config.get("metric") or {}
+    if metric.get("target") is None:
+        return False
+    name, target = metric["name"], metric["target"]
+    maximize = metric.get("goal") == "maximize"
+    for run in runs:
+        rows = list(run_field(run, "history") or []) + [run_field(run, "summary") or {}]
+        for row in rows:
+            value = row.get(name)
+            if isinstance(value, (int, float)) and not isinstance(value, bool) \
+                    and math.isfinite(value) and (value >= target if maximize
+                                                  else value <= target):
+                return True
+    return False
+
+
+def _failure(doing: str, error: BaseException) -> str:
+    text = " ".join(str(error).split()) or "(no message)"
+    return f"the sweep engine rejects the sweep ({doing}): {type(error).__name__}: {text}"
+
+
+# --- what a distribution can draw ------------------------------------------------------------
+
+@dataclass(frozen=True)
+class Draws:
+    """What one parameter's spec can hand a run: every value when there are few (`values`),
+    else the closed range [low, high] (infinite ends allowed) and whether all are whole."""
+
+    how: str  # the spec in words, for messages
+    values: tuple | None = None
+    low: float = -math.inf
+    high: float = math.inf
+    whole: bool = False
+    step: float | None = None  # quantised: every value is a multiple of it
+
+
+def draws(spec: dict, method: str) -> Draws:
+    """The values `spec` (filled by sweeps.SweepConfig) can draw under `method`, computed as
+    the engine computes them (sweeps/params.py HyperParameter.ppf, grid_search.py): q_
+    distributions round to np.round(x / q) * q, integers when q is an int; grid takes
+    q_uniform as np.arange(min, max, q) and int_uniform as min..max."""
+    distribution = spec.get("distribution")
+    if "value" in spec:
+        return Draws("value", values=(spec["value"],))
+    if "values" in spec:
+        return Draws("values", values=tuple(spec["values"]))
+    low, high, q = spec.get("min"), spec.get("max"), spec.get("q", 1.0)
+    if distribution == "int_uniform":
+        return _quantised(f"int_uniform [{low}, {high}]", low, high, 1)
+    if distribution == "q_uniform" and method == "grid":
+        return Draws(f"q_uniform in a grid (np.arange({low}, {high}, {q}))",
+                     values=tuple(np.arange(low, high, q).tolist()))
+    continuous = {"uniform": (low, high), "log_uniform_values": (low, high),
+                  "inv_log_uniform_values": (low, high), "normal": (-math.inf, math.inf),
+                  "log_normal": (0.0, math.inf), "beta": (0.0, 1.0)}
+    if distribution in continuous:
+        start, end = continuous[distribution]
+        return Draws(f"{distribution} (any number in [{start}, {end}])", low=start, high=end)
+    quantised = {"q_uniform": (low, high), "q_log_uniform_values": (low, high),
+                 "q_normal": (-math.inf, math.inf), "q_log_normal": (0.0, math.inf),
+                 "q_beta": (0.0, 1.0)}
+    if distribution in quantised:
+        start, end = quantised[distribution]
+        return _quantised(f"{distribution} (multiples of q={q!r} in [{start}, {end}])",
+                          start, end, q)
+    return Draws(f"{distribution}")  # deprecated base-e forms: the engine refuses them
+
+
+def _quantised(how: str, low: float, high: float, q: float) -> Draws:
+    first = -math.inf if low == -math.inf else float(np.round(low / q))
+    last = math.inf if high == math.inf else float(np.round(high / q))
+    whole = isinstance(q, int) or float(q).is_integer()
+
+    def value(k: float):
+        number = np.float64(k) * q  # the engine's arithmetic, so 3 * 0.1 is its 0.30000000000000004
+        return int(number) if isinstance(q, int) else float(number)
+
+    if math.isfinite(first) and math.isfinite(last) and last - first < ENUMERATE_LIMIT:
+        return Draws(how, values=tuple(value(k) for k in np.arange(first, last + 1)))
+    return Draws(how, low=first * q if math.isfinite(first) else -math.inf,
+                 high=last * q if math.isfinite(last) else math.inf, whole=whole, step=q)

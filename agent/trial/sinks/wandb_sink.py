@@ -51,7 +51,11 @@ def chosen_mode() -> str:
 
 class WandbSink(Sink):
     def start(self, run: RunInfo, config: dict, hparams: dict) -> None:
-        self.run = wandb.init(
+        # a W&B sweep run started by the W&B adapter (agent/sweep/wandb_agent.py) is adopted
+        adopted = wandb.run if wandb.run is not None and wandb.run.id == run.id else None
+        if adopted is not None:
+            adopted.config.update(config, allow_val_change=True)
+        self.run = adopted if adopted is not None else wandb.init(
             project=os.environ.get("WANDB_PROJECT") or DEFAULT_PROJECT,
             entity=os.environ.get("WANDB_ENTITY") or None,
             group=run.group, name=run.name, id=run.id, resume="allow",
@@ -64,12 +68,6 @@ class WandbSink(Sink):
         self.run.define_metric("epoch")
         for pattern in EPOCH_METRICS:
             self.run.define_metric(pattern, step_metric="epoch")
-
-    def sweep_overrides(self) -> dict:
-        """Inside a W&B sweep, the parameters the sweep chose (they win over the defaults)."""
-        if not (getattr(self.run, "sweep_id", None) or os.environ.get("WANDB_SWEEP_ID")):
-            return {}
-        return dict(self.run.config)
 
     def log_step(self, step: int, metrics: dict) -> None:
         self.run.log(metrics, step=step)

@@ -1,0 +1,82 @@
+"""Local sweeps of a program that is not our trainer (any W&B-instrumented script): each run is
+the argv `wandb agent` would run, in a subprocess with W&B's agent environment, offline; its
+metric comes from the run's own W&B offline history as it is written, so hyperband stops runs.
+Real agent processes, a real SQLite store, a real W&B-instrumented program."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import pytest
+import yaml
+
+from agent.sweep.engine import run_field
+from agent.sweep.store import SweepStore
+from agent.sweep.target import create_local_sweep
+from agent.sweep.wandb_agent import read_param_file
+from conftest import ROOT, closed_offline_runs, subprocess_env
+
+TOY = ROOT / "tests" / "programs" / "toy_train.py"
+
+
+def make_sweep(workdir, parameters: dict, **extra) -> SweepStore:
+    config = {"program": str(TOY), "method": "grid",
+              "metric": {"name": "val_loss", "goal": "minimize"},
+              "parameters": parameters, **extra}
+    path = workdir / "toy.yaml"
+    path.write_text(yaml.safe_dump(config))
+    return create_local_sweep(path)
+
+
+def run_agent(workdir, store: SweepStore, **env) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "agent.sweep.agent_loop", str(store.directory),
+                           "--heartbeat", "0.3"], cwd=workdir, env=subprocess_env(**env),
+                          capture_output=True, text=True, timeout=280)
+
+
+@pytest.mark.e2e
+@pytest.mark.slow
+@pytest.mark.timeout(300)
+def test_hyperband_stops_a_foreign_program_from_its_offline_history(workdir):
+    store = make_sweep(workdir, {"lr": {"values": [2.0, 1.0, 0.02, 0.01]},
+                                 "epochs": {"value": 6}},
+                       early_terminate={"type": "hyperband", "min_iter": 1, "eta": 2})
+    result = run_agent(workdir, store)
+    assert result.returncode == 0, result.stderr[-3000:]
+    runs = store.runs()
+    states = {run_field(r, "config")["lr"]: run_field(r, "state") for r in runs}
+    assert len(runs) == 4 and states[2.0] == "finished", states
+    stopped = [r for r in runs if run_field(r, "state") == "stopped"]
+    assert stopped, [(run_field(r, "config"), run_field(r, "state")) for r in runs]
+    for run in stopped:  # stopped while running, with the rows it had logged
+        history = run_field(run, "history")
+        assert 1 <= len(history) < 6 and all("val_loss" in row for row in history)
+    finished = next(r for r in runs if run_field(r, "config")["lr"] == 2.0)
+    assert [row["epoch"] for row in run_field(finished, "history")] == [1, 2, 3, 4, 5, 6]
+    assert run_field(finished, "summary")["val_loss"] == pytest.approx(1 / (1 + 2.0 * 6))
+
+    offline = {r.run_id: r for r in closed_offline_runs(workdir / "wandb", 4)}
+    sweep_id = store.sweep().id
+    for run in runs:
+        run_id = run_field(run, "id")
+        seen = offline[run_id]
+        assert seen.config["lr"] == run_field(run, "config")["lr"]  # the argv it was given
+        if run_field(run, "state") == "finished":
+            environment = seen.summary["agent_environment"]
+            assert environment["WANDB_SWEEP_ID"] == sweep_id
+            assert environment["WANDB_RUN_ID"] == run_id and environment["WANDB_MODE"] == "offline"
+            assert read_param_file(environment["WANDB_SWEEP_PARAM_PATH"]) == \
+                run_field(run, "config")
+
+
+@pytest.mark.e2e
+@pytest.mark.timeout(200)
+def test_a_failing_program_is_failed_and_an_agent_whose_runs_all_failed_exits_1(workdir):
+    store = make_sweep(workdir, {"lr": {"values": [0.1, 0.2]}, "exit_code": {"value": 3}})
+    result = run_agent(workdir, store)
+    assert result.returncode == 1, result.stderr[-3000:]
+    assert "all 2 runs failed" in result.stderr
+    for run in store.runs():
+        assert run_field(run, "state") == "failed"
+        assert "exited with code 3" in run_field(run, "error")

@@ -1,0 +1,101 @@
+"""The online path without a server: our agent on a W&B sweep runs inside W&B's own Python agent
+(wandb.agent -> wandb/agents/pyagent.py), which calls our function with the run's variables and
+parameter file exactly as it does on W&B. Only the server's answers are scripted: registering
+the agent and the heartbeat that hands out runs. Runs are offline W&B runs, read back."""
+
+from __future__ import annotations
+
+import json
+import warnings
+
+import pytest
+
+from agent.sweep.wandb_agent import run_wandb_sweep
+from conftest import closed_offline_runs
+
+with warnings.catch_warnings():
+    warnings.simplefilter("ignore")
+    import wandb
+    import wandb.apis.public.sweeps as public_sweeps
+    from wandb.agents import pyagent
+    from wandb.sdk import wandb_login
+
+
+class ScriptedServer:
+    """W&B's server as the agent sees it: one `run` command per proposal, then nothing."""
+
+    def __init__(self, proposals: list[dict]):
+        self.commands = [{"type": "run", "run_id": f"wbrun{i:03d}",
+                          "args": {k: {"value": v} for k, v in params.items()}}
+                         for i, params in enumerate(proposals)]
+        self.registered = []
+
+    def install(self, monkeypatch):
+        class OfflineApi:  # the agent only hands it back to the functions scripted here
+            def __init__(self, *args, **kwargs):
+                pass
+
+        monkeypatch.setattr(wandb, "Api", OfflineApi)
+        monkeypatch.setattr(wandb_login, "_login", lambda *args, **kwargs: True)
+        monkeypatch.setattr(public_sweeps, "_register_agent", self.register)
+        monkeypatch.setattr(public_sweeps, "_agent_heartbeat", self.heartbeat)
+        monkeypatch.setattr(pyagent.Agent, "HEARTBEAT_SLEEP_SECONDS", 0.1)
+        for name in ("WANDB_PROJECT", "WANDB_ENTITY"):  # W&B's agent exports the sweep's;
+            monkeypatch.setenv(name, "")  # recorded here, so they are gone after the test
+
+    def register(self, api, host, *, sweep_id, project=None, entity=None):
+        self.registered.append((sweep_id, project, entity))
+        return {"id": "agent001"}
+
+    def heartbeat(self, api, agent_id, metrics, run_states):
+        return [self.commands.pop(0)] if self.commands else []
+
+
+COMMAND = ["${env}", "python", "-m", "agent.train", "--dataset=digits", "--epochs=1",
+           "${args_no_boolean_flags}"]
+
+
+def sweep_config(**parameters) -> dict:
+    return {"command": COMMAND, "method": "random",
+            "metric": {"name": "val/acc", "goal": "maximize"},
+            "parameters": {name: {"value": value} for name, value in parameters.items()}}
+
+
+@pytest.mark.e2e
+@pytest.mark.timeout(300)
+def test_wandb_python_agent_calls_our_function_with_the_proposal(workdir, monkeypatch):
+    proposal = {"model": "dense", "hidden": 32, "lr": 0.02, "batch_size": 64,
+                "batch_norm": False, "augment": False, "train_subset": 512,
+                "run_name": "named-by-sweep", "group": "group-by-sweep",
+                "run_dir": str(workdir / "sweep_runs"), "log_dir": str(workdir / "sweep_logs"),
+                "sinks": ["wandb", "tensorboard"], "data_dir": str(workdir / "data")}
+    server = ScriptedServer([proposal])
+    server.install(monkeypatch)
+    code = run_wandb_sweep("team/study/sw001", count=1, project=None,
+                           interrupted=lambda: False, sweep_config=sweep_config(**proposal))
+    assert code == 0
+    assert server.registered == [("sw001", "study", "team")]
+    (run,) = closed_offline_runs(workdir / "wandb", 1)
+    assert run.run_id == "wbrun000" and run.exit_code == 0
+    for key, value in proposal.items():  # the W&B run's config is the proposal
+        assert run.config[key] == value, key
+    assert run.config["dataset"] == "digits" and run.config["epochs"] == 1  # command's own args
+    assert run.name == "named-by-sweep" and run.group == "group-by-sweep"
+    # the trial trained with those values, and put its files where the sweep said
+    summary = json.loads((workdir / "sweep_runs" / "wbrun000" / "summary.json").read_text())
+    assert summary["dataset"] == "digits" and summary["epochs_done"] == 1
+    assert summary["run_name"] == "named-by-sweep" and summary["group"] == "group-by-sweep"
+    assert (workdir / "sweep_logs" / "group-by-sweep" / "named-by-sweep").is_dir()
+    assert [row["batch_size"] for row in run.history if "val/acc" in row] == [64]
+    assert not (workdir / "data" / "runs").exists() and not (workdir / "data" / "logs").exists()
+
+
+@pytest.mark.e2e
+@pytest.mark.timeout(300)
+def test_an_agent_whose_every_run_failed_exits_non_zero(workdir, monkeypatch):
+    bad = {"lr": "fast", "data_dir": str(workdir / "data")}  # a W&B sweep made elsewhere
+    server = ScriptedServer([bad, bad])
+    server.install(monkeypatch)
+    code = run_wandb_sweep("team/study/sw002", count=2, project=None,
+                           interrupted=lambda: False, sweep_config=sweep_config(**bad))
+    assert code == 1

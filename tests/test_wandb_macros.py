@@ -1,0 +1,195 @@
+"""Every command macro W&B's agent knows, checked against W&B's own agent code: the argv,
+environment and parameter file our local sweeps build equal what wandb's Agent._command_run
+starts, and our trainer reads each macro's output as the run's proposal. The macro list is read
+from wandb (create_sweep_command_args and the assignments in Agent._command_run)."""
+
+from __future__ import annotations
+
+import inspect
+import json
+import re
+import subprocess
+import warnings
+
+import pytest
+import yaml
+
+from agent.params import parse_args, validate
+from agent.sweep import program
+from agent.sweep.config import load_sweep_config
+from agent.sweep.engine import proposed_params
+from agent.train import run_config
+from conftest import ROOT, closed_offline_runs, subprocess_env
+from util.errors import UserError
+
+with warnings.catch_warnings():
+    warnings.simplefilter("ignore")
+    from wandb import wandb_agent
+    from wandb.sdk.launch.sweeps import utils as sweep_utils
+
+SWEEP_FILES = sorted((ROOT / "sweeps").glob("*.yaml"))
+
+
+def wandb_macros() -> set[str]:
+    """Every ${macro} wandb's CLI agent expands, read from its code."""
+    builder = set(sweep_utils.create_sweep_command_args({"args": {}}))
+    source = inspect.getsource(wandb_agent.Agent._command_run)
+    added = set(re.findall(r'sweep_vars\["(\w+)"\]\s*=', source))
+    return builder | added
+
+
+MACROS = sorted(wandb_macros())
+ARGUMENT_MACROS = [m for m in MACROS if m.startswith("args") and m not in program.REFUSED_MACROS]
+# Values that exercise every way a macro writes one: false booleans (left out by
+# ${args_no_boolean_flags}, with a default of True for batch_norm), a null, a list, text.
+EDGE_VALUES = {"batch_norm": False, "nesterov": False, "run_name": None,
+               "channels": [16, 32], "schedule": "cosine"}
+
+
+def test_the_macro_list_is_wandbs_and_ours_knows_every_one():
+    assert {"args", "args_no_hyphens", "args_json", "args_json_file", "args_no_boolean_flags",
+            "env", "interpreter", "program"} <= set(MACROS)
+    assert program.known_macros() == set(MACROS)
+    assert set(program.AGENT_ADDED_MACROS) == wandb_macros() - set(
+        sweep_utils.create_sweep_command_args({"args": {}}))
+
+
+def wandb_agent_start(monkeypatch, tmp_path, sweep_config: dict, params: dict,
+                      run_id: str = "run00001", sweep_id: str = "sweep001"):
+    """What W&B's own agent starts for one run (argv, environment, parameter file), with its
+    AgentProcess replaced by a recorder: no server and no process needed."""
+    started = []
+
+    class Recorder:
+        def __init__(self, env=None, command=None, function=None, **kwargs):
+            started.append((command, env))
+
+    monkeypatch.setattr(wandb_agent, "AgentProcess", Recorder)
+    for name in ("WANDB_RUN_ID", "WANDB_SWEEP_PARAM_PATH"):  # the agent sets these; undone
+        monkeypatch.setenv(name, "")
+    monkeypatch.setenv("WANDB_SWEEP_ID", sweep_id)
+    monkeypatch.setenv("WANDB_DIR", str(tmp_path))
+    agent = wandb_agent.Agent(api=None, queue=None, sweep_id=sweep_id)
+    agent._sweep_command = list(sweep_config.get("command") or [])  # as Agent.run reads it
+    agent._command_run({"type": "run", "run_id": run_id, "program": sweep_config.get("program"),
+                        "args": {name: {"value": value} for name, value in params.items()}})
+    (argv, env), = started
+    return argv, env
+
+
+def sweep_with(macro: str, base: dict) -> dict:
+    return {**base, "program": "agent/train.py",
+            "command": ["${env}", "${interpreter}", "${program}", "${" + macro + "}"]}
+
+
+def proposal_of(path) -> dict:
+    config = load_sweep_config(path)
+    return {**proposed_params(config, []), **EDGE_VALUES}
+
+
+@pytest.mark.parametrize("macro", MACROS)
+@pytest.mark.parametrize("path", SWEEP_FILES, ids=lambda p: p.name)
+def test_our_run_is_the_one_wandbs_agent_starts(monkeypatch, tmp_path, path, macro):
+    monkeypatch.chdir(ROOT)  # where W&B's agent finds program: agent/train.py
+    base = yaml.safe_load(path.read_text())
+    sweep = sweep_with(macro, base) if macro.startswith("args") else base
+    params = proposal_of(path)
+    argv, env = wandb_agent_start(monkeypatch, tmp_path, sweep, params)
+    ours = program.build_run(sweep, params, sweep_id="sweep001", run_id="run00001",
+                             wandb_dir=tmp_path)
+    assert ours.argv == argv
+    for name, value in ours.env.items():
+        assert env[name] == value
+    written = (tmp_path / "wandb" / "sweep-sweep001" / "config-run00001.yaml").read_text()
+    program.write_run_files(ours)
+    assert ours.param_path.read_text() == written
+    assert ours.trainer_args is not None  # our trainer, in-process for a local sweep
+
+
+@pytest.mark.parametrize("macro", ARGUMENT_MACROS)
+@pytest.mark.parametrize("path", SWEEP_FILES, ids=lambda p: p.name)
+def test_our_trainer_reads_every_macro_as_the_proposal(monkeypatch, tmp_path, path, macro):
+    monkeypatch.chdir(ROOT)
+    sweep = sweep_with(macro, yaml.safe_load(path.read_text()))
+    params = proposal_of(path)
+    argv, env = wandb_agent_start(monkeypatch, tmp_path, sweep, params)  # writes its files
+    arguments = program.trainer_args(argv)
+    expected = validate(params)
+    config = run_config(arguments, env)  # what `python agent/train.py ...` trains
+    assert {k: config[k] for k in params} == {k: expected[k] for k in params}
+    from_argv = validate(parse_args(arguments))  # the arguments alone agree where they speak
+    written = [k for k in params if macro != "args_no_boolean_flags" or params[k] is not False]
+    assert {k: from_argv[k] for k in written} == {k: expected[k] for k in written}
+
+
+@pytest.mark.parametrize("token, words", [
+    ("${args_dict}", ["${args_dict}", "names without their values", "${args_json}"]),
+    ("${project}", ["${project}", "not a macro", "${args}"]),
+    ("${arg}", ["${arg}", "not a macro"]),
+])
+def test_a_macro_wandb_would_expand_to_nothing_or_to_names_is_refused(tmp_path, token, words):
+    path = tmp_path / "sweep.yaml"
+    path.write_text("command:\n  - ${env}\n  - python\n  - -m\n  - agent.train\n  - " + token
+                    + "\nmethod: grid\nparameters:\n  lr: {values: [0.1]}\n")
+    with pytest.raises(UserError) as caught:
+        load_sweep_config(path)
+    assert "\n" not in str(caught.value)
+    for word in words:
+        assert word in str(caught.value)
+
+
+@pytest.mark.e2e
+def test_program_runs_as_a_script_from_the_repository():
+    env = {k: v for k, v in subprocess_env().items() if k != "PYTHONPATH"}
+    result = subprocess.run(["python", "agent/train.py", "--help"], cwd=ROOT, env=env,
+                            capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr
+    assert "--lr" in result.stdout
+    bad = subprocess.run(["python", "agent/train.py", "--lr=fast"], cwd=ROOT, env=env,
+                         capture_output=True, text=True, timeout=120)
+    assert bad.returncode == 2 and bad.stderr.strip().count("\n") == 0
+    assert bad.stderr.startswith("error: lr='fast'")
+
+
+def quick(params: dict, tmp_path) -> dict:
+    """The proposal, made quick to train here: digits, one epoch, files under tmp_path."""
+    return {**params, "dataset": "digits", "epochs": 1, "train_subset": 512,
+            "data_dir": str(tmp_path / "data"), "run_dir": str(tmp_path / "runs"),
+            "log_dir": str(tmp_path / "logs"), "num_threads": 1}
+
+
+E2E_CASES = ([("quickstart.yaml", macro) for macro in ARGUMENT_MACROS]
+             + [(path.name, None) for path in SWEEP_FILES])
+
+
+@pytest.mark.e2e
+@pytest.mark.slow
+@pytest.mark.timeout(300)
+@pytest.mark.parametrize("name, macro", E2E_CASES)
+def test_wandb_agents_run_trains_the_proposal_offline(monkeypatch, tmp_path, name, macro):
+    """The argv and environment W&B's agent builds, run as it runs them (offline): the W&B run's
+    config is the proposal and the trial trained with those values."""
+    monkeypatch.chdir(ROOT)
+    path = ROOT / "sweeps" / name
+    base = yaml.safe_load(path.read_text())
+    sweep = sweep_with(macro, base) if macro else base
+    params = quick(proposal_of(path), tmp_path)
+    argv, env = wandb_agent_start(monkeypatch, tmp_path, sweep, params)
+    env = {**subprocess_env(), **{k: env[k] for k in program.RUN_VARIABLES},
+           "WANDB_DIR": str(tmp_path), "WANDB_MODE": "offline"}
+    env.pop("PYTHONPATH")  # as W&B's agent would start it: nothing but the command
+    result = subprocess.run(argv, cwd=ROOT, env=env, capture_output=True, text=True,
+                            timeout=280, stdin=subprocess.DEVNULL)
+    assert result.returncode == 0, result.stderr[-2000:]
+    (run,) = closed_offline_runs(tmp_path / "wandb", 1)
+    expected = validate(params)
+    assert run.run_id == "run00001" and run.exit_code == 0
+    for key in params:  # the sweep's values, as W&B's server would show them
+        assert run.config[key] == params[key], key
+    epochs = [row for row in run.history if "val/acc" in row]
+    assert [row["epoch"] for row in epochs] == [1]
+    assert epochs[0]["batch_size"] == expected["batch_size"]
+    assert run.summary["epochs_done"] == 1 and run.summary["dataset"] == "digits"
+    trained = json.loads((tmp_path / "runs" / "run00001" / "summary.json").read_text())
+    assert trained["run_name"] == "run00001"  # run_name: null is the default, not "None"
+    assert (tmp_path / "logs" / "sweep001" / "run00001").is_dir()
