@@ -79,6 +79,7 @@ class PackedConv2d(nn.Module):
         self.bias = bias
         self.stride, self.padding = plain.stride, plain.padding
         self.dilation, self.groups = plain.dilation, plain.groups
+        self.memory_format = torch.contiguous_format  # use_channels_last changes it
 
     @classmethod
     def from_plain(cls, layers: Sequence[nn.Conv2d]) -> PackedConv2d:
@@ -97,13 +98,25 @@ class PackedConv2d(nn.Module):
         contiguous): the 5-D weight itself has no such format. Call before building the
         optimizer's state; the Parameter object stays the same."""
         fmt = torch.channels_last if enabled else torch.contiguous_format
+        self.memory_format = fmt
         with torch.no_grad():
-            flat = self.weight.detach().flatten(0, 1).contiguous(memory_format=fmt)
+            # clone, not contiguous: with one input channel both layouts are "contiguous" and
+            # contiguous() would keep the strides that make mkldnn choose NCHW outputs
+            flat = self.weight.detach().flatten(0, 1).clone(memory_format=fmt)
             self.weight.data = flat.unflatten(0, (self.members, self.out_channels))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         bias = None if self.bias is None else self.bias.flatten()
-        out = F.conv2d(x.flatten(1, 2), self.weight.flatten(0, 1), bias, self.stride,
+        # The input in the weight's memory format: a mismatch makes the convolution convert
+        # its input, its output and both again in the backward pass. Channels-last is asked for
+        # by strides (channel stride 1): with one input channel both layouts pass
+        # is_contiguous, and the convolution would then pick NCHW for its output.
+        flat = x.flatten(1, 2)
+        if self.memory_format == torch.channels_last and flat.stride(1) != 1:
+            flat = flat.clone(memory_format=torch.channels_last)
+        elif self.memory_format == torch.contiguous_format:
+            flat = flat.contiguous()
+        out = F.conv2d(flat, self.weight.flatten(0, 1), bias, self.stride,
                        self.padding, self.dilation, self.groups * self.members)
         return out.unflatten(1, (self.members, self.out_channels))
 

@@ -251,3 +251,21 @@ def test_batchnorm_guard_covers_packed_batchnorm():
     pack(x)
     assert not torch.equal(pack.bn1.running_mean, before["bn1.running_mean"])
     assert pack.bn1.num_batches_tracked.tolist() == [1, 1]
+
+
+@pytest.mark.parametrize("in_channels", [1, 3])
+def test_channels_last_packs_keep_every_convolution_in_channels_last(in_channels):
+    """A layout mismatch makes each convolution convert its input and output (forward and
+    backward): measured 1.35x the CPU time of the plain model for a cnn on 8x8 digits. With
+    one input channel both layouts pass is_contiguous, so the strides are what count."""
+    cfg = validate({"model": "cnn", "channels": [8, 16]})
+    models = [MODELS["cnn"](cfg, (in_channels, 8, 8), 10) for _ in range(2)]
+    pack = pack_models(models).to(memory_format=torch.channels_last)
+    seen = []
+    for module in pack.modules():
+        if type(module).__name__ == "PackedConv2d":
+            module.register_forward_hook(lambda m, i, out: seen.append(out.flatten(1, 2)))
+    pack(torch.randn(4, 2, in_channels, 8, 8))
+    assert len(seen) == 2
+    for out in seen:
+        assert out.stride(1) == 1 and out.is_contiguous(memory_format=torch.channels_last)
