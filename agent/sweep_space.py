@@ -14,7 +14,8 @@ LOG_SPAN = 100.0  # values spanning more than two decades are read on a log scal
 @dataclass(frozen=True)
 class SweptParameter:
     name: str
-    log: bool  # log-distributed (a log_uniform* distribution, or values over > 2 decades)
+    log: bool  # log-distributed (a log_uniform* / log_normal* distribution, or values over
+    # more than two decades)
     values: tuple | None  # the choices of a `values` list; None for a distribution
 
 
@@ -30,7 +31,7 @@ def swept_parameters(sweep_config: dict | None) -> list[SweptParameter]:
         if "values" in spec and isinstance(spec["values"], list):
             out.append(SweptParameter(name, spans_decades(spec["values"]), tuple(spec["values"])))
         elif "distribution" in spec or ("min" in spec and "max" in spec):
-            log = "log_uniform" in str(spec.get("distribution", ""))
+            log = "log_" in str(spec.get("distribution", ""))  # log_uniform*, log_normal...
             out.append(SweptParameter(name, log, None))
     return out
 

@@ -9,6 +9,7 @@ import sys
 import time
 from collections import Counter
 from dataclasses import dataclass
+from pathlib import Path
 
 from rich import box
 from rich.console import Console
@@ -120,7 +121,8 @@ def status_table(sweep_config: dict, runs: list[Run]) -> Table:
     runs), then the swept parameters, numbers in short form (0.001 and 0.0001 stay apart)."""
     varying = [p.name for p in swept_parameters(sweep_config)]
     running = any(r.state == "running" for r in runs)
-    table = Table(box=box.SIMPLE_HEAD, pad_edge=False, padding=(0, 1))
+    # No padding: the box's column separator is the one space between columns.
+    table = Table(box=box.SIMPLE_HEAD, pad_edge=False, padding=(0, 0))
     for header in ["run", "state", "ep", "val/acc", "test/acc"] + (["ETA"] if running else []):
         table.add_column(header, no_wrap=True,
                          justify="right" if header in ("ep", "val/acc", "test/acc") else "left")
@@ -150,17 +152,22 @@ def closing_lines(store: SweepStore) -> list[str]:
     and the commands to run next (repeat, report, TensorBoard), each under 80 columns."""
     sweep = store.sweep()
     best = best_run(store)
-    lines = [f"Results: {store.path}", f"  TensorBoard logs: data/logs/{sweep.name}/",
+    where = Path(store.path)
+    if where.is_absolute() and where.is_relative_to(Path.cwd()):
+        where = where.relative_to(Path.cwd())
+    lines = [f"Results: {where}", f"  TensorBoard logs: data/logs/{sweep.name}/",
              "  W&B offline runs: wandb/ (upload: wandb sync wandb/offline-run-*)"]
     if best is not None:
         swept = [p.name for p in swept_parameters(sweep.config)]
         setting = " ".join(f"{n}={short_number(best.run.config[n])}" for n in swept
                            if n in best.run.config)
-        lines.append(f"Best run: {best.run.id} {best.metric}={best.value:.4f}"
-                     + (f" ({setting})" if setting else ""))
+        line = f"Best run: {best.run.id} {best.metric}={best.value:.4f}"
+        if setting:
+            line += f" ({setting})" if len(line) + len(setting) + 3 <= 80 else f"\n  {setting}"
+        lines += line.split("\n")
     prefix = "./util/with_venv.sh python -m"
-    lines += ["Next:",
-              f"  {prefix} agent.repeat {sweep.id} --run     # best 2 per model, 5 seeds",
+    lines += ["Next: repeat (the best 2 runs per model, 5 seeds), report, TensorBoard:",
+              f"  {prefix} agent.repeat {sweep.id} --run",
               f"  {prefix} agent.report {sweep.id}",
               f"  ./run_tensorboard.sh --logdir data/logs/{sweep.name}"]
     return lines

@@ -90,10 +90,10 @@ class ConsoleSink(Sink):
 
     def log_epoch(self, step: int, metrics: dict, histograms: dict) -> None:
         self._stop_bar()
-        val = (f"  val {metrics['val/loss']:.4f} {metrics['val/acc']:6.2%}"
+        val = (f"  val {_loss(metrics['val/loss'])} {metrics['val/acc']:6.2%}"
                if "val/acc" in metrics else "")
         self.console.print(
-            f"epoch {metrics['epoch']}/{self.epochs}  train {metrics['train/loss']:.4f} "
+            f"epoch {metrics['epoch']}/{self.epochs}  train {_loss(metrics['train/loss'])} "
             f"{metrics['train/acc']:6.2%}{val}  lr {short_number(metrics['lr'])}  "
             f"{metrics['perf/images_per_s']:,.0f} img/s {metrics['perf/epoch_s']:.1f}s",
             highlight=False, soft_wrap=True)
@@ -114,6 +114,11 @@ class ConsoleSink(Sink):
         self.console.print(table)
         self.console.print(f"TensorBoard: ./run_tensorboard.sh --logdir {self.run.log_dir}",
                            highlight=False, markup=False, soft_wrap=True)
+
+
+def _loss(value: float) -> str:
+    """0.5123 as such; a loss that blew up (1.2e+04, inf) in as few characters."""
+    return f"{value:.4f}" if abs(value) < 1000 else f"{value:.3g}"
 
 
 def end_line(run: RunInfo, summary: dict, state: str) -> str:
