@@ -395,8 +395,9 @@ def test_terminal_lines_fit_80_columns_and_end_with_the_next_commands(course):
     assert {s[2] for s in shown} == {"1", "0.001", "1e-05"}
     assert any("left" in line for line in lines if line.startswith("  sweep course"))
     assert "…" not in out and "{" not in out  # nothing cut, no Python dict
+    assert "W&B offline runs" not in out  # the sweep's sinks leave W&B out
     tail = lines[-4:]
-    assert tail == ["Next: repeat (the best 2 runs per model, 5 seeds), report, TensorBoard:",
+    assert tail == ["Next: repeat the best runs over 5 seeds, write the report, open TensorBoard:",
                     f"  ./util/with_venv.sh python -m agent.repeat {sweep_id} --run",
                     f"  ./util/with_venv.sh python -m agent.report {sweep_id}",
                     "  ./run_tensorboard.sh --logdir data/logs/course"]

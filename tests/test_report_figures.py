@@ -175,21 +175,28 @@ def test_empty_group_says_so(tmp_path):
 
 
 def test_training_curves_label_runs_by_configuration(tmp_path):
-    def history(rate: float) -> list[dict]:
-        return [{"epoch": e, "train/loss": 2.3 * math.exp(-rate * e),
-                 "val/loss": 2.3 * math.exp(-rate * e) + 0.1, "train/acc": 1 - math.exp(-rate * e),
-                 "val/acc": 0.95 - math.exp(-rate * e), "lr": 0.1} for e in range(1, 6)]
+    def series(label: str, rate: float) -> figures.TrainingSeries:
+        steps = list(range(1, 51))
+        epochs = [10, 20, 30, 40, 50]
+        return figures.TrainingSeries(
+            label, {"loss": (steps, [2.3 * math.exp(-rate * s / 10) for s in steps]),
+                    "acc": (steps, [1 - math.exp(-rate * s / 10) for s in steps])},
+            {"loss": (epochs, [2.3 * math.exp(-rate * e / 10) + 0.1 for e in epochs]),
+             "acc": (epochs, [0.95 - math.exp(-rate * e / 10) for e in epochs])})
 
-    runs = [("lr=0.1 dropout=0 [0.95]", history(0.8)), ("lr=0.01 dropout=0 [0.90]", history(0.4)),
-            ("no-history", [])]
+    runs = [series("lr=0.1 dropout=0 [0.95]", 0.8), series("lr=0.01 dropout=0 [0.90]", 0.4),
+            figures.TrainingSeries("no-history", {}, {})]
     drawn = figures.training_curves(runs, tmp_path / "training.png")
     assert_png(drawn.path)
     loss, acc = drawn.axes
-    assert loss.title == "loss (train dashed, val solid)" and acc.ylabel == "accuracy"
+    assert loss.title == "loss (training thin, validation thick)"
+    assert acc.ylabel == "accuracy" and loss.xlabel == "training step"
     assert drawn.legends == ["lr=0.1 dropout=0 [0.95] (train)", "lr=0.1 dropout=0 [0.95] (val)",
                              "lr=0.01 dropout=0 [0.90] (train)", "lr=0.01 dropout=0 [0.90] (val)"]
     label, xs, ys = acc.lines[1]
-    assert list(xs) == [1, 2, 3, 4, 5] and ys[-1] == pytest.approx(0.95 - math.exp(-4))
+    assert label == "lr=0.1 dropout=0 [0.95] (val)" and list(xs) == [10, 20, 30, 40, 50]
+    assert ys[-1] == pytest.approx(0.95 - math.exp(-4))
+    assert len(loss.lines[0][1]) == 50  # the training loss step by step
 
 
 def test_confusion_and_per_class_from_a_trained_cnn(trained_cnn, digits, tmp_path):

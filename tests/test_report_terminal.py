@@ -113,7 +113,8 @@ def test_status_table_fits_80_columns_with_distinct_values(course_store):
 def test_closing_lines_name_the_next_commands(course_store, monkeypatch):
     monkeypatch.chdir(course_store.directory.parent)  # where ./run_sweep.sh ran
     lines = closing_lines(course_store)
-    assert lines[0] == "Results: course/sweep.db"
+    assert lines[:3] == ["Results: course/sweep.db", "  TensorBoard logs: data/logs/course/",
+                         "  W&B offline runs: wandb/ (upload: wandb sync wandb/offline-run-*)"]
     assert all(len(line) <= 80 for line in lines)
     assert "{" not in "".join(lines)  # no Python dict
     best = lines.index(next(line for line in lines if line.startswith("Best run:")))

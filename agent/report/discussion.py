@@ -66,7 +66,7 @@ def heatmap_section(report: Report, ctx: Context) -> None:
             diverged = [r for r in cell if ctx.group_of(r) == stats.DIVERGED]
             if scores and not (diverged and len(diverged) == len(cell)):
                 values[i, j] = float(np.mean(scores))
-            notes[i][j] = "div" if diverged else ("–" if not cell else "n/a")
+            notes[i][j] = "div" if diverged else ("–" if not cell else "no value")
         title = ", ".join(f"{f}={short_number(v)}" for f, v in zip(facets, key)) or "all runs"
         panels.append(HeatPanel(title, values, notes))
     low = ctx.base.chance if ctx.base else np.nanmin([p.values for p in panels])
@@ -82,8 +82,9 @@ def heatmap_section(report: Report, ctx: Context) -> None:
 
 
 def marginals(ctx: Context) -> list[MarginalPanel]:
-    """Per swept parameter: the metric at each value, mean / min / max over every other
-    parameter, one series per optimizer (per model for the optimizer's own panel)."""
+    """Per swept parameter: the metric at each value, its mean and 25th / 75th percentiles
+    over every other parameter, one series per optimizer (per model for the optimizer's own
+    panel)."""
     study, metric = ctx.study, ctx.study.metric
     categorical, numeric = split_axes(ctx)
     panels = []
@@ -98,7 +99,8 @@ def marginals(ctx: Context) -> list[MarginalPanel]:
                 scores = [r.metric(metric) for r in ctx.scored if value(r, name) == level
                           and (split is None or value(r, split) == group)]
                 if scores:
-                    points.append((level, float(np.mean(scores)), min(scores), max(scores),
+                    low, high = np.percentile(scores, [25, 75])
+                    points.append((level, float(np.mean(scores)), float(low), float(high),
                                    len(scores)))
             if points:
                 panel.series[f"{split}={group}" if split else "all runs"] = points
@@ -113,12 +115,13 @@ def marginal_section(report: Report, ctx: Context) -> None:
     metric = ctx.study.metric
     report.add("## Sensitivity to each parameter", "",
                f"For each parameter: `{metric}` at each of its values, averaged over every "
-               "other parameter (line) with the range of those runs (band), one colour per "
+               "other parameter (line) with the middle half of those runs (band: 25th to 75th "
+               "percentile), one colour per "
                "optimizer. A flat line: the parameter hardly matters here; a bend: it has a "
                "best value.", "")
     report.figure(marginal_figure(panels, metric, ctx.base.chance if ctx.base else None,
                                   ctx.out_dir / "marginals.png",
-                                  f"{metric} by parameter (mean and min-max)"),
+                                  f"{metric} by parameter (mean; band: middle half of the runs)"),
                   "marginal sensitivity")
 
 

@@ -26,6 +26,7 @@ from matplotlib.ticker import MaxNLocator  # noqa: E402
 
 DPI = 110
 LOG_SPAN = 100.0  # "more than two decades": the ratio above which an axis goes to log10
+FEW_VALUES = 8  # a linear axis with at most this many distinct values is ticked at them
 BEST, WORST, INIT = "tab:blue", "tab:red", "0.6"
 WRONG = "tab:red"  # titles of misclassified images
 
@@ -192,6 +193,7 @@ class _Axis:
             scaled = [math.log10(v) for v in numbers_] if self.log else numbers_
             self.low, self.high = (min(scaled), max(scaled)) if scaled else (0.0, 1.0)
             self.label = f"{name} (log)" if self.log else name
+            self.values = sorted(set(numbers_))
 
     def position(self, value) -> float:
         """Where the value sits on [0, 1]; nan when it is missing."""
@@ -214,6 +216,8 @@ class _Axis:
             decades = range(math.ceil(self.low), math.floor(self.high) + 1)
             points = list(decades) if len(decades) >= 2 else [self.low, self.high]
             return [(self._scale(t), _number_text(10 ** t)) for t in points]
+        if len(self.values) <= FEW_VALUES:  # a grid's choices: ticks at the choices
+            return [(self._scale(v), _number_text(v)) for v in self.values]
         return [(self._scale(t), _number_text(t)) for t in np.linspace(self.low, self.high, 5)]
 
 
@@ -391,32 +395,43 @@ def _draw_group_panel(ax, curves: list[GroupCurve], colour, style, colours, styl
     ax.tick_params(labelsize=7)
 
 
-def training_curves(runs: list[tuple[str, list[dict]]], path) -> Drawn:
-    """Loss and accuracy against epoch: train dashed, validation solid, one colour per run
-    (labelled by its configuration), the legend below the panels.
-    Rows without a metric are skipped; a row without "epoch" uses its 1-based position."""
+@dataclass
+class TrainingSeries:
+    """One run's curves: {"loss": (x, y), "acc": (x, y)} for training and for validation."""
+
+    label: str
+    train: dict[str, tuple[list[float], list[float]]]
+    val: dict[str, tuple[list[float], list[float]]]
+
+
+def training_curves(runs: list[TrainingSeries], path, xlabel: str = "training step") -> Drawn:
+    """Loss and accuracy against `xlabel`: training as a thin line (step by step when the
+    runs logged steps), validation as a thick line with a dot per epoch; one colour per run
+    (labelled by its configuration); the legend below the panels. Log y for a loss past two
+    decades; non-finite values are left out."""
     fig, (loss_ax, acc_ax) = plt.subplots(1, 2, figsize=(11.0, 4.2))
-    colours = plt.get_cmap("tab10")
     for ax, kind in ((loss_ax, "loss"), (acc_ax, "acc")):
         values = []
-        for i, (label, history) in enumerate(runs):
-            for split, style in (("train", "--"), ("val", "-")):
-                key = f"{split}/{kind}"
-                points = [(row.get("epoch", n + 1), row[key]) for n, row in enumerate(history)
-                          if _is_number(row.get(key)) and math.isfinite(row[key])]
+        for i, run in enumerate(runs):
+            for split, style in (("train", dict(linewidth=0.9, alpha=0.7)),
+                                 ("val", dict(linewidth=2.0, marker="o", markersize=4))):
+                xs, ys = getattr(run, split).get(kind, ([], []))
+                points = [(x, y) for x, y in zip(xs, ys) if _is_number(y) and math.isfinite(y)]
                 if points:
                     values += [y for _, y in points]
-                    ax.plot(*zip(*points), style, color=colours(i % 10), linewidth=1.3,
-                            marker="o", markersize=3, label=f"{label} ({split})")
+                    ax.plot(*zip(*points), color=f"C{i % 10}", label=f"{run.label} ({split})",
+                            **style)
         if not values:
             _note(ax, f"no {kind} recorded")
             continue
         if kind == "loss":
             _log_y_if_wide(ax, values)
-        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
-        ax.set_xlabel("epoch")
+        if xlabel == "epoch":
+            ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+        ax.set_xlabel(xlabel)
         ax.set_ylabel("loss" if kind == "loss" else "accuracy")
-        ax.set_title(f"{'loss' if kind == 'loss' else 'accuracy'} (train dashed, val solid)")
+        ax.set_title(f"{'loss' if kind == 'loss' else 'accuracy'} (training thin, "
+                     "validation thick)")
         ax.grid(alpha=0.3)
     handles, labels = loss_ax.get_legend_handles_labels()
     if handles:

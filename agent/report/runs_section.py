@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 
 from agent.report import figures, stats
+from agent.report.curves import tensorboard_scalars
 from agent.report.markdown import Context, Report, config_text, fmt
 from agent.report.study import RunRecord
 
@@ -36,7 +37,9 @@ def parallel_section(report: Report, ctx: Context) -> None:
                f"binomial quantile; a run without a test accuracy, one that diverged, is "
                f"left out). **{len(kept)} of {len(kept) + len(left)}** runs pass; "
                f"{len(left)} {'does' if len(left) == 1 else 'do'} not"
-               + (f", among them {_count_groups(ctx, left)}" if left else "") + ".", "")
+               + (f", among them {_count_groups(ctx, left)}" if left else "") + ". This "
+               "tests against guessing, not for learning: a run at 12% passes it, yet "
+               "counts as stuck below.", "")
     kept_rows = [row for row, run in zip(rows, ctx.scored) if run in kept]
     report.figure(figures.parallel_coordinates(
         kept_rows, ctx.swept, study.metric, study.goal, report.out_dir / "parallel_better.png",
@@ -103,10 +106,34 @@ def group_figure(ctx: Context, group: str, runs: list[RunRecord]) -> figures.Dra
 
 def curves_section(report: Report, ctx: Context) -> None:
     best = ctx.scored[:3]
-    report.add("## Training curves of the best runs", "")
+    steps = all(ctx.curves[r.id].source != "epoch" for r in best)
+    report.add("## Training curves of the best runs", "",
+               ("Training loss and accuracy step by step (the logged steps), validation after "
+                "each epoch." if steps else "Per epoch (no step-level record was found)."), "")
     report.figure(figures.training_curves(
-        [(f"{config_text(r, ctx.swept, ' ')} [{fmt(r.metric(ctx.study.metric))}]", r.history)
-         for r in best], ctx.out_dir / "training_curves.png"), "training curves")
+        [training_series(ctx, r, steps) for r in best], ctx.out_dir / "training_curves.png",
+        "training step" if steps else "epoch"), "training curves")
+
+
+def training_series(ctx: Context, run: RunRecord, steps: bool) -> figures.TrainingSeries:
+    """A run's curves: training per logged step (TensorBoard or W&B) when `steps`, else per
+    epoch; validation per epoch, placed at the epoch's last step."""
+    label = f"{config_text(run, ctx.swept, ' ')} [{fmt(run.metric(ctx.study.metric))}]"
+    rows = [r for r in run.history if "epoch" in r]
+    per_epoch = (run.summary.get("global_step", 0) / run.summary["epochs_done"]
+                 if steps and run.summary.get("epochs_done") else 1)
+    at = [row["epoch"] * per_epoch for row in rows]
+    val = {k: (at, [row.get(f"val/{k}") for row in rows]) for k in ("loss", "acc")}
+    if not steps:
+        return figures.TrainingSeries(label, {k: (at, [row.get(f"train/{k}") for row in rows])
+                                              for k in ("loss", "acc")}, val)
+    curve = ctx.curves[run.id]
+    accuracy = tensorboard_scalars(run.log_dir, "train/step_acc") if curve.source == \
+        "tensorboard" else [(r.get("_step", i), r["train/step_acc"])
+                            for i, r in enumerate(run.steps or []) if "train/step_acc" in r]
+    return figures.TrainingSeries(label, {"loss": (curve.steps, curve.losses),
+                                          "acc": tuple(map(list, zip(*accuracy))) or ([], [])},
+                                  val)
 
 
 def best_run_section(report: Report, ctx: Context) -> None:

@@ -79,6 +79,22 @@ def seeds_section(report: Report, ctx: Context) -> None:
         report.figure(seed_figure(rows, metric, ctx.out_dir / "seeds.png",
                                   f"{metric} per seed of each repeated configuration"),
                       "values per seed")
+        report.add(winners_curse(rows, metric), "")
+
+
+def winners_curse(rows: list[SeedRow], metric: str) -> str:
+    """How far the picked runs sit above their configurations' means over fresh seeds."""
+    excess = [r.selected - r.mean for r in rows if r.selected is not None]
+    if not excess:
+        return ""
+    mean = sum(excess) / len(excess)
+    above = sum(1 for e in excess if e > 0)
+    verdict = ("a sweep's best run is partly a lucky seed, which is why it is not counted in "
+               "the mean" if mean > 0 else "here the picks were not luckier than their "
+               "configurations; the fresh seeds keep the estimate fair either way")
+    return (f"The picked run scored above its configuration's mean over fresh seeds in "
+            f"{above} of {len(excess)} configurations ({metric} {mean:+.4f} on average): "
+            f"{verdict}.")
 
 
 def _seed_list(seeds: list[int]) -> str:
@@ -128,7 +144,7 @@ def _repeated_row(ctx: Context, group: str, run: RunRecord, rep: Repeated, other
 
 def _bold_sentence(samples: dict, leader: str | None, adjusted: dict,
                    rows: list[tuple[str, RunRecord]], ctx: Context, goal: str) -> str:
-    names = {run.id: f"{group}: {config_text(run, ctx.swept)}" for group, run in rows}
+    names = {run.id: config_text(run, ctx.swept) for group, run in rows}
     if len(samples) < 2:
         return "One repeated configuration: nothing to compare, nothing bold."
     test = (f"Welch's t-test (two-sided, unequal variances) of the best mean against every "

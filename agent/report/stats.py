@@ -140,7 +140,7 @@ class GroupRule:
                 f"{math.log(classes):.2f} is the loss of a uniform guess); **stuck**: not "
                 f"diverged, and the best validation accuracy never reached chance 1/{classes} "
                 f"+ {self.stuck_margin:g} = {self.stuck_below(classes):.3f}; **converged**: "
-                "every other run")
+                "every other run (it left chance; it need not have finished learning)")
 
 
 @dataclass(frozen=True)

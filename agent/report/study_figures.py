@@ -75,14 +75,15 @@ class MarginalPanel:
     log: bool  # numeric values over > 2 decades: a log x axis
     categorical: bool
     levels: list  # the parameter's values, in axis order
-    # {series label: [(level, mean, min, max, n) ...]}
+    # {series label: [(level, mean, low, high, n) ...]}: low..high is the band drawn
     series: dict[str, list[tuple]] = field(default_factory=dict)
 
 
 def marginal_figure(panels: list[MarginalPanel], metric: str, chance: float | None, path,
                     title: str) -> Drawn:
     """One panel per parameter: the metric's mean over every other parameter at each of its
-    values (line), and the range min..max (band), one colour per series (an optimizer)."""
+    values (line) and a band low..high (error bars on a categorical axis), one colour per
+    series (an optimizer)."""
     cols = max(1, min(len(panels), 4))
     rows = max(1, math.ceil(len(panels) / cols))
     fig, axes = plt.subplots(rows, cols, figsize=(3.8 * cols + 0.6, 3.2 * rows + 0.6),
@@ -117,9 +118,10 @@ def marginal_figure(panels: list[MarginalPanel], metric: str, chance: float | No
         elif panel.log:
             ax.set_xscale("log")
         ax.set_xlabel(panel.parameter)
-        ax.set_ylabel(f"{metric}: mean, min-max", fontsize=8)
+        ax.set_ylabel(f"{metric}: mean, middle half", fontsize=8)
         ax.grid(alpha=0.3)
-        ax.legend(fontsize=7)
+        ax.legend(fontsize=7, loc="upper center", bbox_to_anchor=(0.5, -0.2), ncol=2,
+                  frameon=False)  # below the panel: it hides no band
     fig.tight_layout()
     return _save(fig, path)
 
@@ -177,7 +179,7 @@ COLOURS = {"init": INIT, "best": BEST, "worst": WORST}
 def weight_distributions(model: str, layers: list[str], sets: list[WeightSet], path) -> Drawn:
     """One panel per layer: a violin of the layer's weights for the initial weights and each
     best and worst run of one architecture, with its standard deviation written above."""
-    cols = max(1, min(len(layers), 4))
+    cols = 2 if len(layers) == 4 else max(1, min(len(layers), 3))
     rows = max(1, math.ceil(len(layers) / cols))
     fig, axes = plt.subplots(rows, cols, figsize=(0.55 * len(sets) * cols + 1.6 * cols,
                                                   3.0 * rows + 0.8), squeeze=False)

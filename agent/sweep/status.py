@@ -155,8 +155,13 @@ def closing_lines(store: SweepStore) -> list[str]:
     where = Path(store.path)
     if where.is_absolute() and where.is_relative_to(Path.cwd()):
         where = where.relative_to(Path.cwd())
-    lines = [f"Results: {where}", f"  TensorBoard logs: data/logs/{sweep.name}/",
-             "  W&B offline runs: wandb/ (upload: wandb sync wandb/offline-run-*)"]
+    sinks = {s for run in store.runs()
+             for s in run.config.get("sinks", BY_NAME["sinks"].default)}
+    lines = [f"Results: {where}"]
+    if "tensorboard" in sinks:
+        lines.append(f"  TensorBoard logs: data/logs/{sweep.name}/")
+    if "wandb" in sinks:
+        lines.append("  W&B offline runs: wandb/ (upload: wandb sync wandb/offline-run-*)")
     if best is not None:
         swept = [p.name for p in swept_parameters(sweep.config)]
         setting = " ".join(f"{n}={short_number(best.run.config[n])}" for n in swept
@@ -166,7 +171,7 @@ def closing_lines(store: SweepStore) -> list[str]:
             line += f" ({setting})" if len(line) + len(setting) + 3 <= 80 else f"\n  {setting}"
         lines += line.split("\n")
     prefix = "./util/with_venv.sh python -m"
-    lines += ["Next: repeat (the best 2 runs per model, 5 seeds), report, TensorBoard:",
+    lines += ["Next: repeat the best runs over 5 seeds, write the report, open TensorBoard:",
               f"  {prefix} agent.repeat {sweep.id} --run",
               f"  {prefix} agent.report {sweep.id}",
               f"  ./run_tensorboard.sh --logdir data/logs/{sweep.name}"]
