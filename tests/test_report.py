@@ -288,7 +288,7 @@ def test_seeds_are_fresh_listed_and_bold_only_when_welch_supports_it(course):
     for row in seeds:
         by_selected.setdefault(row["selected_run"], []).append(row)
     assert len(by_selected) == 2  # the best run of each model
-    samples = {}
+    samples, picked = {}, {}
     for selected, rows in by_selected.items():
         assert sorted(int(r["seed"]) for r in rows) == [1, 2, 3]  # never the picked seed 0
         store = open_store(str(work / "data" / "sweeps" / rows[0]["repeat_sweep"]))
@@ -300,6 +300,7 @@ def test_seeds_are_fresh_listed_and_bold_only_when_welch_supports_it(course):
         assert f"{mean:.4f} ± {half:.4f} (n=3)" in text
         assert " ".join(f"{v:.4f}" for v in ordered) in text  # per-seed values shown
         samples[selected] = ordered
+        picked[selected] = course["store"].run(selected).summary["val/acc"] - mean
     (a, b) = samples.values()
     p = scipy_stats.ttest_ind(a, b, equal_var=False).pvalue
     section = text.split("### By model")[1].split("### By optimizer")[0]
@@ -309,6 +310,9 @@ def test_seeds_are_fresh_listed_and_bold_only_when_welch_supports_it(course):
         assert "**" not in section and f"adjusted p = {p:.3g}" in section
     assert "Single runs (n = 1" in text.split("### By optimizer")[1]
     assert "winner's curse" in text and "Seeds used: 1-3" in text
+    above = sum(1 for excess in picked.values() if excess > 0)
+    assert (f"The picked run scored above its configuration's mean over fresh seeds in {above} "
+            f"of 2 configurations (val/acc {np.mean(list(picked.values())):+.4f}") in text
 
 
 # ---------------------------------------------------------------- 6. discussion
