@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # CI, before the tests: what some tests need so that they run instead of failing. From
-# Debian: the one-node SLURM of tests/test_slurm.py (slurmd, slurmctld, the clients, munge)
-# and the real Fashion-MNIST files (/usr/share/datasets/fashion-mnist). In .venv, from
+# Debian: the one-node SLURM of tests/test_slurm.py (slurmd, slurmctld, the clients, munge),
+# the real Fashion-MNIST files (/usr/share/datasets/fashion-mnist) and chromium. In .venv, from
 # requirements-dev.txt: hadolint (tests/test_docker.py), shellcheck (tests/test_submit.py and
 # the lint step of .ci/run), ruff. Idempotent: installs only what is missing.
 set -euo pipefail
@@ -14,6 +14,8 @@ for binary in munged slurmctld slurmd sbatch; do
   fi
 done
 [ -d /usr/share/datasets/fashion-mnist ] || packages+=(dataset-fashion-mnist)
+# the headless browser of tests/test_tensorboard_dashboard.py (driven by playwright)
+command -v chromium >/dev/null 2>&1 || packages+=(chromium)
 if [ "${#packages[@]}" -gt 0 ]; then
   sudo=""
   [ "$(id -u)" = 0 ] || sudo="sudo"

@@ -77,15 +77,10 @@ def launcher_exit_code(pids: list[int], codes: list[int]) -> int:
 
 
 def report_local(store: SweepStore) -> None:
-    from agent.sweep.status import best_run, render_status
+    from agent.sweep.status import closing_lines, render_status
 
-    render_status(store)
-    best = best_run(store)
-    print(f"Results: sweep store {store.path}, TensorBoard logs in data/logs/"
-          f"{store.sweep().name}/ (./run_tensorboard.sh), W&B offline runs in wandb/ "
-          "(wandb sync wandb/offline-run-*)")
-    if best is not None:
-        print(f"Best run: {best.run.id} {best.metric}={best.value:.4f} with {best.run.config}")
+    render_status(store, limit=10)
+    print("\n".join(closing_lines(store)))
 
 
 def main(argv: list[str] | None = None) -> int:

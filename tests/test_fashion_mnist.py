@@ -56,8 +56,8 @@ def test_baselines_on_the_real_test_set_are_ten_percent(fashion_data_dir):
 
     decoded = load_decoded("fashion_mnist", fashion_data_dir)
     base = baselines(decoded.train_y.tolist(), decoded.test_y.tolist(), 10)
-    assert base["majority"] == 0.1  # balanced: 1,000 test images of every class
-    assert abs(base["random"] - 0.1) < 0.01  # uniform guesses, drawn: 0.1 +- 3 sd
+    assert base.majority == 0.1  # balanced: 1,000 test images of every class
+    assert abs(base.random_draw - 0.1) < 0.01  # uniform guesses, drawn: 0.1 +- 3 sd
 
 
 def test_debian_files_copied_into_torchvisions_layout_just_work(tmp_path, debian_copy):
@@ -160,9 +160,9 @@ def real_sweep(tmp_path_factory, fashion_data_dir):
 def test_real_sweep_report_has_baselines_on_the_real_test_set(real_sweep):
     work, store = real_sweep
     text = (work / "reports" / "fm" / "report.md").read_text()
-    assert "`fashion_mnist`: 60000 training images" in text and "10000 test images" in text
+    assert "60,000 training and 10,000 test images" in text
     assert "| majority class | 0.1000 |" in text  # 1,000 of each class in the test set
-    random_row = re.search(r"\| random \| ([\d.]+) \|", text)
+    random_row = re.search(r"\| random \(one seeded draw\) \| ([\d.]+) \|", text)
     assert random_row and 0.09 < float(random_row.group(1)) < 0.11  # drawn, ~1/10
     runs = store.runs()
     assert len(runs) == 2 and all(r.state == "finished" for r in runs)

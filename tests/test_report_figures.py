@@ -1,6 +1,7 @@
 """The report's figures and Grad-CAM on real data: every figure function writes a PNG that
-reads back, edge cases included; Grad-CAM maps are well-formed, localise the evidence, and
-leave the model as they found it."""
+reads back and draws what it is given, checked on the matplotlib objects themselves (titles,
+tick labels, legend entries, texts, line and image data), edge cases included; Grad-CAM maps
+are well-formed, localise the evidence, and leave the model as they found it."""
 
 from __future__ import annotations
 
@@ -8,12 +9,13 @@ import math
 from pathlib import Path
 
 import matplotlib.image
+import numpy as np
 import pytest
 import torch
 from torch import nn
 
-from agent.report import figures
 from agent.params import validate
+from agent.report import figures
 from nn.gradcam import grad_cam, last_conv_layer
 from nn.models import MODELS
 from util.datasets import DATASETS
@@ -59,14 +61,25 @@ def trained_cnn(digits):
     return model, test_images, test_labels
 
 
-# ---------------------------------------------------------------- figures
+# ---------------------------------------------------------------- figures: what they draw
 
-def test_class_histograms_of_digits(digits, tmp_path):
-    train = [int((digits.train_y == c).sum()) for c in range(10)]
-    test = [int((digits.test_y == c).sum()) for c in range(10)]
-    path = figures.class_histograms(train, test, digits.classes, tmp_path / "hist.png")
-    assert path == tmp_path / "hist.png"
-    assert_png(path)
+def test_class_histograms_show_each_split_with_the_legend_off_the_bars(digits, tmp_path):
+    k = len(digits.classes)
+    counts = {"trained on": [int((digits.train_y[:500] == c).sum()) for c in range(k)],
+              "validation": [int((digits.train_y[500:] == c).sum()) for c in range(k)],
+              "test": [int((digits.test_y == c).sum()) for c in range(k)]}
+    drawn = figures.class_histograms(counts, digits.classes, tmp_path / "hist.png",
+                                     "digits: images per class")
+    assert drawn.path == tmp_path / "hist.png"
+    assert_png(drawn.path)
+    (ax,) = drawn.axes
+    assert ax.title == "digits: images per class"
+    assert ax.legend == [f"trained on ({sum(counts['trained on']):,})",
+                         f"validation ({sum(counts['validation']):,})",
+                         f"test ({sum(counts['test']):,})"]
+    assert ax.xticks == digits.classes and ax.ylabel == "images"
+    assert ax.collections == 3 * k  # a bar per class and split
+    assert ax.legend_covers == 0  # the legend hides no bar
 
 
 RUNS = [  # a sweep's rows: categorical (str, bool, list), a log-range lr, a linear one
@@ -98,39 +111,92 @@ def test_parallel_axes_scale_categories_and_decades():
 
 
 @pytest.mark.parametrize("goal", ["maximize", "minimize"])
-def test_parallel_coordinates_mixed_axes(tmp_path, goal):
-    path = figures.parallel_coordinates(RUNS, AXES, "val/acc", goal, tmp_path / "pc.png",
-                                        "all runs")
-    assert_png(path)
+def test_parallel_coordinates_draw_one_line_per_scored_run(tmp_path, goal):
+    drawn = figures.parallel_coordinates(RUNS, AXES, "val/acc", goal, tmp_path / "pc.png",
+                                         "all runs")
+    assert_png(drawn.path)
+    ax = drawn.axes[0]
+    assert ax.title == "all runs (4 runs)"  # the run without a metric is left out
+    assert ax.xticks == ["optimizer", "lr (log)", "batch_size", "augment", "channels",
+                         "val/acc"]
+    assert len(ax.lines) == 4 + len(AXES) + 1  # a polyline per run, a vertical per axis
+    texts = set(ax.texts)  # tick labels in the values' own units
+    assert {"adam", "sam", "sgd", "1e-05", "0.1", "[8, 16]", "False", "True"} <= texts
+    colourbar = drawn.axes[1]
+    assert colourbar.ylabel == "val/acc (" + ("higher" if goal == "maximize" else "lower") \
+        + " is better)"
 
 
 @pytest.mark.parametrize("rows", [[], [RUNS[0]], [{"lr": 0.1}]], ids=["none", "one", "no-metric"])
 def test_parallel_coordinates_with_zero_or_one_row(tmp_path, rows):
-    path = figures.parallel_coordinates(rows, AXES, "val/acc", "maximize", tmp_path / "pc.png",
-                                        "edge")
-    assert_png(path)
+    drawn = figures.parallel_coordinates(rows, AXES, "val/acc", "maximize",
+                                         tmp_path / "pc.png", "edge")
+    assert_png(drawn.path)
+    scored = sum(1 for r in rows if "val/acc" in r)
+    assert drawn.axes[0].title == f"edge ({scored} run{'s' if scored != 1 else ''})"
+    if not scored:
+        assert drawn.axes[0].texts == ["no runs with a value of val/acc to show"]
 
 
-def test_metric_curves_by_group(tmp_path):
-    series = {
-        "convergent": [([1, 2, 3, 4], [2.3, 1.1, 0.6, 0.4]), ([1, 2, 3], [2.2, 0.9, 0.5])],
-        "divergent": [([1, 2, 3], [2.3, 40.0, math.inf]), ([1, 2], [2.3, math.nan])],
-        "empty": [],
-    }
-    assert_png(figures.metric_curves(series, "validation loss", tmp_path / "curves.png",
-                                     "validation loss by group"))
-    assert_png(figures.metric_curves({}, "validation loss", tmp_path / "none.png", "empty"))
+def curve(config: dict, losses: list[float]) -> figures.GroupCurve:
+    return figures.GroupCurve(config, list(range(0, 5 * len(losses), 5)), losses)
 
 
-def test_training_curves_two_runs(tmp_path):
-    def history(rate: float) -> list[dict]:
-        return [{"epoch": e, "train/loss": 2.3 * math.exp(-rate * e),
-                 "val/loss": 2.3 * math.exp(-rate * e) + 0.1, "train/acc": 1 - math.exp(-rate * e),
-                 "val/acc": 0.95 - math.exp(-rate * e), "lr": 0.1} for e in range(1, 6)]
+def test_group_loss_figure_facets_by_model_and_optimizer_and_labels_configurations(tmp_path):
+    curves = [curve({"model": "cnn", "optimizer": "adam", "lr": 0.1, "dropout": 0.0},
+                    [2.3, 40.0, 900.0, math.inf]),
+              curve({"model": "cnn", "optimizer": "adam", "lr": 0.01, "dropout": 0.5},
+                    [2.3, 30.0, math.nan]),
+              curve({"model": "dense", "optimizer": "sgd", "lr": 0.1, "dropout": 0.0},
+                    [2.3, 2.0, 50.0, 60.0])]
+    drawn = figures.group_loss_figure(curves, ["model", "optimizer"], "lr", "dropout",
+                                      tmp_path / "diverged.png", "diverged runs (3)",
+                                      threshold=23.0)
+    assert_png(drawn.path)
+    assert drawn.suptitle == "diverged runs (3)"
+    panels = [ax for ax in drawn.axes if ax.title]
+    assert [ax.title for ax in panels] == ["model=cnn, optimizer=adam (2 runs)",
+                                           "model=dense, optimizer=sgd (1 run)"]
+    # The legend names configurations (colour: lr, style: dropout), never run ids.
+    assert drawn.legends == ["lr=0.01", "lr=0.1", "dropout=0", "dropout=0.5",
+                             "diverged above 23.0"]
+    labels = [line[0] for line in panels[0].lines]
+    assert "model=cnn optimizer=adam lr=0.1 dropout=0" in labels
+    assert "x: loss non-finite (2)" in panels[0].texts  # both cnn runs blew up
+    assert panels[0].yscale == "log" and panels[0].xlabel == "training step"
+    threshold = [line for line in panels[1].lines if line[0] == "diverged above 23.0"]
+    assert threshold and set(threshold[0][2]) == {23.0}
 
-    runs = [("abc123 (0.95)", history(0.8)), ("def456 (0.90)", history(0.4)),
-            ("no-history", [])]
-    assert_png(figures.training_curves(runs, tmp_path / "training.png"))
+
+def test_empty_group_says_so(tmp_path):
+    drawn = figures.group_loss_figure([], ["model"], "lr", None, tmp_path / "stuck.png",
+                                      "stuck at chance runs (0): training loss")
+    assert drawn.axes[0].texts == ["no run in this group"]
+
+
+def test_training_curves_label_runs_by_configuration(tmp_path):
+    def series(label: str, rate: float) -> figures.TrainingSeries:
+        steps = list(range(1, 51))
+        epochs = [10, 20, 30, 40, 50]
+        return figures.TrainingSeries(
+            label, {"loss": (steps, [2.3 * math.exp(-rate * s / 10) for s in steps]),
+                    "acc": (steps, [1 - math.exp(-rate * s / 10) for s in steps])},
+            {"loss": (epochs, [2.3 * math.exp(-rate * e / 10) + 0.1 for e in epochs]),
+             "acc": (epochs, [0.95 - math.exp(-rate * e / 10) for e in epochs])})
+
+    runs = [series("lr=0.1 dropout=0 [0.95]", 0.8), series("lr=0.01 dropout=0 [0.90]", 0.4),
+            figures.TrainingSeries("no-history", {}, {})]
+    drawn = figures.training_curves(runs, tmp_path / "training.png")
+    assert_png(drawn.path)
+    loss, acc = drawn.axes
+    assert loss.title == "loss (training thin, validation thick)"
+    assert acc.ylabel == "accuracy" and loss.xlabel == "training step"
+    assert drawn.legends == ["lr=0.1 dropout=0 [0.95] (train)", "lr=0.1 dropout=0 [0.95] (val)",
+                             "lr=0.01 dropout=0 [0.90] (train)", "lr=0.01 dropout=0 [0.90] (val)"]
+    label, xs, ys = acc.lines[1]
+    assert label == "lr=0.1 dropout=0 [0.95] (val)" and list(xs) == [10, 20, 30, 40, 50]
+    assert ys[-1] == pytest.approx(0.95 - math.exp(-4))
+    assert len(loss.lines[0][1]) == 50  # the training loss step by step
 
 
 def test_confusion_and_per_class_from_a_trained_cnn(trained_cnn, digits, tmp_path):
@@ -140,10 +206,21 @@ def test_confusion_and_per_class_from_a_trained_cnn(trained_cnn, digits, tmp_pat
               for t in range(10)]
     assert sum(map(sum, matrix)) == len(labels)
     accuracies = [row[i] / max(sum(row), 1) for i, row in enumerate(matrix)]
-    assert_png(figures.confusion_matrix_figure(matrix, digits.classes, tmp_path / "cm.png",
-                                               "confusion matrix (test set)"))
-    assert_png(figures.per_class_accuracy_figure(accuracies, digits.classes,
-                                                 tmp_path / "per_class.png"))
+    drawn = figures.confusion_matrix_figure(matrix, digits.classes, tmp_path / "cm.png",
+                                            "confusion matrix (test set)")
+    assert_png(drawn.path)
+    ax = drawn.axes[0]
+    rates = ax.images[0]
+    for t in range(10):
+        assert rates[t, t] == pytest.approx(matrix[t][t] / sum(matrix[t]))
+    assert ax.texts == [str(matrix[i][j]) for i in range(10) for j in range(10)]
+    assert ax.xlabel == "predicted class" and ax.yticks == digits.classes
+    bars = figures.per_class_accuracy_figure(accuracies, digits.classes,
+                                             tmp_path / "per_class.png")
+    assert_png(bars.path)
+    hardest_first = sorted(range(10), key=lambda i: accuracies[i])
+    assert bars.axes[0].yticks == [digits.classes[i] for i in hardest_first]
+    assert bars.axes[0].texts == [f"{accuracies[i]:.3f}" for i in hardest_first]
 
 
 def test_confusion_matrix_many_classes_without_counts(tmp_path):
@@ -151,20 +228,92 @@ def test_confusion_matrix_many_classes_without_counts(tmp_path):
     matrix = [[5 if i == j else (1 if j == (i + 1) % k else 0) for j in range(k)]
               for i in range(k)]
     matrix[3] = [0] * k  # a class absent from the test set: its row stays zero
-    assert_png(figures.confusion_matrix_figure(matrix, [f"class {i}" for i in range(k)],
-                                               tmp_path / "cm.png", "30 classes"))
+    drawn = figures.confusion_matrix_figure(matrix, [f"class {i}" for i in range(k)],
+                                            tmp_path / "cm.png", "30 classes")
+    assert_png(drawn.path)
+    assert drawn.axes[0].texts == []  # no counts past 20 classes
+    assert not drawn.axes[0].images[0][3].any() and drawn.axes[0].images[0][4, 4] == 5 / 6
 
 
-def test_weight_norms_best_against_worst(trained_cnn, tmp_path):
-    from agent.trial.metering import weight_norms
+def test_weight_distributions_name_the_layers_and_their_spread(trained_cnn, tmp_path):
+    from agent.report.study_figures import WeightSet, weight_distributions
+    from agent.report.weights_section import layer_weights
 
     model = trained_cnn[0]
-    norms = {k[len("weight_norm/"):]: v for k, v in weight_norms(model).items()
-             if k != "weight_norm/global"}
-    best = [norms, {k: v * 1.1 for k, v in norms.items()}]
-    worst = [{k: v * 3 for k, v in norms.items()}, {}]  # a run without norms adds nothing
-    assert_png(figures.weight_norms_figure(best, worst, tmp_path / "norms.png"))
-    assert_png(figures.weight_norms_figure([], [], tmp_path / "empty.png"))
+    trained = layer_weights(model)
+    fresh = layer_weights(MODELS["cnn"](validate({"channels": [8, 16]}), (1, 8, 8), 10))
+    assert list(trained) == ["conv1", "conv2", "head"]  # named layers, no index, no bn scale
+    sets = [WeightSet("init", "init", "initial weights", fresh),
+            WeightSet("B1", "best", "adam lr=0.01", trained),
+            WeightSet("W1", "worst", "sgd lr=1e-05", {k: v * 0.5 for k, v in trained.items()})]
+    drawn = weight_distributions("cnn", list(trained), sets, tmp_path / "weights.png")
+    assert_png(drawn.path)
+    assert drawn.suptitle == "cnn: weights per layer (biases and norm scales left out)"
+    panels = [ax for ax in drawn.axes if ax.title]
+    assert [ax.title for ax in panels] == [f"{name} ({trained[name].size:,} weights)"
+                                           for name in trained]
+    for ax, name in zip(panels, trained):
+        assert ax.xticks == ["init", "B1", "W1"]
+        assert ax.texts == [f"{fresh[name].std():.2g}", f"{trained[name].std():.2g}",
+                            f"{(trained[name] * 0.5).std():.2g}"]
+        assert ax.collections == 3  # a violin each
+    assert drawn.legends == ["init: initial weights", "B1: adam lr=0.01", "W1: sgd lr=1e-05"]
+
+
+def test_heatmap_cells_are_the_values_given(tmp_path):
+    from agent.report.study_figures import HeatPanel, heatmap_grid
+
+    values = np.array([[0.81, 0.79], [np.nan, 0.12]])
+    panels = [HeatPanel("model=cnn, optimizer=adam", values, [["", ""], ["div", ""]]),
+              HeatPanel("model=dense, optimizer=sgd", values[::-1].copy(),
+                        [["div", ""], ["", ""]])]
+    drawn = heatmap_grid(panels, "lr", [0.1, 0.001], "dropout", [0.0, 0.5], "val/acc", 0.1,
+                         0.81, tmp_path / "grid.png", "val/acc over the grid", flip_rows=True)
+    assert_png(drawn.path)
+    first, second = [ax for ax in drawn.axes if ax.title]
+    assert first.title == "model=cnn, optimizer=adam"
+    cells = np.ma.filled(first.images[0].astype(float), np.nan)
+    assert np.allclose(cells, values, equal_nan=True)
+    assert first.texts == ["0.81", "0.79", "div", "0.12"]
+    assert first.yticks == ["0.1", "0.001"] and first.xticks == ["0", "0.5"]
+    assert first.ylabel == "lr" and first.xlabel == "dropout"
+    assert second.texts == ["div", "0.12", "0.81", "0.79"]
+
+
+def test_marginal_lines_are_the_means_given(tmp_path):
+    from agent.report.study_figures import MarginalPanel, marginal_figure
+
+    lr = MarginalPanel("lr", True, False, [1e-5, 1e-3, 1e-1],
+                       {"optimizer=adam": [(1e-5, 0.3, 0.2, 0.4, 4), (1e-3, 0.85, 0.8, 0.9, 4),
+                                           (1e-1, 0.15, 0.1, 0.2, 4)],
+                        "optimizer=sgd": [(1e-5, 0.1, 0.1, 0.1, 4), (1e-3, 0.5, 0.4, 0.6, 4),
+                                          (1e-1, 0.84, 0.8, 0.88, 4)]})
+    model = MarginalPanel("model", False, True, ["cnn", "dense"],
+                          {"optimizer=adam": [("cnn", 0.6, 0.1, 0.9, 10),
+                                              ("dense", 0.5, 0.1, 0.85, 10)]})
+    drawn = marginal_figure([lr, model], "val/acc", 0.1, tmp_path / "m.png", "by parameter")
+    assert_png(drawn.path)
+    lr_ax, model_ax = [ax for ax in drawn.axes if ax.xlabel]
+    assert lr_ax.xscale == "log" and lr_ax.legend == ["optimizer=adam", "optimizer=sgd",
+                                                      "chance"]
+    adam = next(line for line in lr_ax.lines if line[0] == "optimizer=adam")
+    assert list(adam[2]) == [0.3, 0.85, 0.15]
+    assert model_ax.xticks == ["cnn", "dense"]
+
+
+def test_seed_figure_shows_every_seed_and_the_selected_run(tmp_path):
+    from agent.report.study_figures import SeedRow, seed_figure
+
+    rows = [SeedRow("model=cnn lr=0.001", [0.80, 0.82, 0.81], 0.81, 0.02, 0.84),
+            SeedRow("model=dense lr=0.01", [0.78, 0.79], 0.785, 0.06, None)]
+    drawn = seed_figure(rows, "val/acc", tmp_path / "seeds.png", "val/acc per seed")
+    assert_png(drawn.path)
+    ax = drawn.axes[0]
+    assert ax.yticks == ["model=cnn lr=0.001", "model=dense lr=0.01"]
+    assert ax.legend == ["one seed", "the sweep's run (selected; not in the mean)",
+                         "mean, 95% interval"]
+    seeds = [line for line in ax.lines if line[0] in ("one seed", "_seed")]
+    assert [list(line[1]) for line in seeds] == [[0.80, 0.82, 0.81], [0.78, 0.79]]
 
 
 # ---------------------------------------------------------------- Grad-CAM
@@ -184,8 +333,13 @@ def test_grad_cam_maps_of_a_trained_cnn(trained_cnn, digits, tmp_path):
     predicted = model.eval()(images).argmax(1)
     titles = [f"true {digits.classes[t]} / pred {digits.classes[p]}"
               for t, p in zip(labels[:6].tolist(), predicted.tolist())]
-    assert_png(figures.gradcam_grid(digits.test_x[:6].float() / 255, cams, titles,
-                                    tmp_path / "gradcam.png"))
+    drawn = figures.gradcam_grid(digits.test_x[:6].float() / 255, cams, titles,
+                                 tmp_path / "gradcam.png")
+    assert_png(drawn.path)
+    overlays = [ax for ax in drawn.axes if len(ax.images) == 2]  # the image, then its map
+    assert len(overlays) == 6
+    for ax, cam in zip(overlays, cams):
+        assert np.allclose(ax.images[1], cam.numpy())
 
 
 def test_grad_cam_same_under_channels_last(trained_cnn):
@@ -199,12 +353,20 @@ def test_grad_cam_same_under_channels_last(trained_cnn):
     assert torch.allclose(plain, cams, atol=1e-5)
 
 
-def test_gradcam_grid_colour_images(tmp_path):
+def test_gradcam_grid_colour_images_and_misclassified_titles(tmp_path):
     generator = torch.Generator().manual_seed(0)
     images = torch.rand(10, 3, 32, 32, generator=generator)
     cams = torch.rand(10, 32, 32, generator=generator)
-    titles = [f"true airplane / pred automobile {i}" for i in range(10)]
-    assert_png(figures.gradcam_grid(images, cams, titles, tmp_path / "colour.png"))
+    titles = [f"true airplane / pred {'airplane' if i < 5 else 'automobile'}" for i in range(10)]
+    wrong = [i >= 5 for i in range(10)]
+    drawn = figures.gradcam_grid(images, cams, titles, tmp_path / "colour.png", wrong,
+                                 "run x: 5 correct, 5 misclassified (red)")
+    assert_png(drawn.path)
+    assert drawn.suptitle == "run x: 5 correct, 5 misclassified (red)"
+    titled = [ax for ax in drawn.axes if ax.title.startswith("true")]
+    red = [ax.title.replace("\n", " ") for ax in titled if ax.title_color[0] > 0.7
+           and ax.title_color[1] < 0.3]
+    assert len(titled) == 10 and len(red) == 5 and all("automobile" in t for t in red)
 
 
 class TwoDetectors(nn.Module):

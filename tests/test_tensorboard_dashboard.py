@@ -1,15 +1,20 @@
-"""The offline dashboard: ./run_tensorboard.sh on a real local sweep, read back over HTTP.
+"""The offline dashboard: ./run_tensorboard.sh on a real local sweep, read back over HTTP and
+looked at in a headless browser.
 
-A small sweep (digits, optimizer x lr, TensorBoard sink only) runs first; then TensorBoard is
-started on loopback through run_tensorboard.sh, and its HTTP API must list every run, and the
-hparams plugin must show each run as a session group with the run's hyper-parameters and final
-metrics, exactly what the HPARAMS tab (table and parallel coordinates) draws.
+A small course-like grid (digits, optimizer x lr over four decades x dropout, TensorBoard sink
+only) runs first, then repeat sweeps of its best runs. TensorBoard serves the sweep's own log
+directory; its HTTP API must list exactly the sweep's runs with only the swept parameters as
+hparams (log10 of lr, which the sweep spreads over decades) and the rest as run text, and a
+headless Chromium (playwright) must see the HPARAMS parallel coordinates open with those axes
+and the metrics, without anyone ticking a column or choosing a scale.
 """
 
 from __future__ import annotations
 
 import json
+import math
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -24,14 +29,19 @@ import pytest
 from agent.sweep.store import SweepStore, create_store
 from conftest import ROOT, subprocess_env
 
-pytestmark = pytest.mark.e2e  # agents, then TensorBoard's server, as processes
+pytestmark = pytest.mark.e2e  # agents, then TensorBoard's server (and a browser), as processes
 SCRIPT = ROOT / "run_tensorboard.sh"
 COMMAND = ["${env}", "python", "-m", "agent.train", "${args}"]
 OPTIMIZERS = ["sgd", "adam"]
-LRS = [0.05, 0.002]
+LRS = [0.1, 0.001, 0.00001]  # four decades: the sweep is log-distributed in lr
+DROPOUTS = [0.0, 0.5]
+SWEPT_COLUMNS = {"optimizer", "log10(lr)", "dropout"}
+# The five metrics the HPARAMS frontend ticks first, in the sink's order.
+SHOWN_METRICS = ["val/acc", "test/acc", "val/loss", "train/loss", "wall_s"]
 # What the HPARAMS tab's query pane sends (tf-hparams-query-pane in TensorBoard's frontend):
 # GetExperimentRequest, then ListSessionGroupsRequest with one colParam per hparam and metric.
 STATUSES = ["STATUS_UNKNOWN", "STATUS_SUCCESS", "STATUS_FAILURE", "STATUS_RUNNING"]
+SCREENSHOT_ENV = "HPARAMS_SCREENSHOT"  # a path: the browser test also saves its picture there
 
 
 def make_sweep(workdir: Path) -> SweepStore:
@@ -42,7 +52,8 @@ def make_sweep(workdir: Path) -> SweepStore:
                              "model": {"value": "dense"}, "hidden": {"value": 32},
                              "epochs": {"value": 2}, "batch_size": {"value": 64},
                              "sinks": {"value": ["tensorboard"]},
-                             "optimizer": {"values": OPTIMIZERS}, "lr": {"values": LRS}}}
+                             "optimizer": {"values": OPTIMIZERS}, "lr": {"values": LRS},
+                             "dropout": {"values": DROPOUTS}}}
     return create_store(workdir / "data" / "sweeps" / "tbdash", "tbdash", "tbdash", config)
 
 
@@ -88,76 +99,53 @@ def metric_values(entries: list[dict]) -> dict[str, float]:
             if not entry["name"].get("group")}
 
 
-@pytest.mark.timeout(180)
-def test_hparams_tab_shows_every_run_with_its_hparams_and_final_metrics(workdir):
-    store = make_sweep(workdir)
-    agent = subprocess.run([sys.executable, "-m", "agent.sweep.agent_loop", str(store.directory)],
-                           cwd=workdir, env=subprocess_env(OMP_NUM_THREADS="1"),
-                           capture_output=True, text=True, timeout=120)
-    assert agent.returncode == 0, agent.stderr[-3000:]
-    runs = store.runs()
-    assert len(runs) == len(OPTIMIZERS) * len(LRS)
-    assert all(r.state == "finished" for r in runs), [r.state for r in runs]
-    # TensorBoard names a run by its directory under the logdir: <sweep name>/<run id>.
-    expected = {f"tbdash/{r.id}": r for r in runs}
+def run_module(workdir: Path, *args: str) -> None:
+    done = subprocess.run([sys.executable, "-m", *args], cwd=workdir,
+                          env=subprocess_env(OMP_NUM_THREADS="1"), capture_output=True,
+                          text=True, timeout=240)
+    assert done.returncode == 0, done.stderr[-3000:]
 
+
+@pytest.fixture(scope="module")
+def dashboard(tmp_path_factory):
+    """The sweep, its repeats (best run per optimizer, 2 seeds), and TensorBoard serving the
+    sweep's directory: (workdir, store, base url, experiment, session groups)."""
+    workdir = tmp_path_factory.mktemp("tbdash")
+    store = make_sweep(workdir)
+    run_module(workdir, "agent.sweep.agent_loop", str(store.directory))
+    run_module(workdir, "agent.repeat", "tbdash", "--top", "1", "--by", "optimizer",
+               "--seeds", "2", "--run")
     port = free_port()
     base = f"http://127.0.0.1:{port}"
     log = workdir / "tensorboard.log"
+    expected = {r.id for r in store.runs()}
     with open(log, "w") as out:
-        server = subprocess.Popen([str(SCRIPT), "--logdir", str(workdir / "data" / "logs"),
-                                   "--port", str(port)], cwd=workdir, env=subprocess_env(),
-                                  stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
+        server = subprocess.Popen([str(SCRIPT), "--logdir", str(workdir / "data" / "logs" /
+                                                                "tbdash"), "--port", str(port)],
+                                  cwd=workdir, env=subprocess_env(), stdout=out,
+                                  stderr=subprocess.STDOUT, start_new_session=True)
     try:
-        # Every run is loaded (TensorBoard reads the logdir in the background).
-        listed = wait_for(lambda: set(expected) <= set(get_json(base, "/data/runs"))
-                          and get_json(base, "/data/runs"), 60, "the runs in /data/runs",
-                          server, log)
-        assert set(listed) == set(expected)
-
+        wait_for(lambda: set(get_json(base, "/data/runs")) >= expected, 60, "the runs",
+                 server, log)
         experiment = wait_for(
             lambda: (e := post_json(base, "/data/plugin/hparams/experiment",
                                     {"experimentName": "", "hparamsLimit": 1000}))
             .get("hparamInfos") and e, 30, "the hparams experiment", server, log)
-        hparam_names = {info["name"] for info in experiment["hparamInfos"]}
-        metric_tags = {info["name"]["tag"] for info in experiment["metricInfos"]}
-        assert {"optimizer", "lr", "batch_size", "model"} <= hparam_names
-        assert {"val/acc", "test/acc", "val/loss", "val/best_acc"} <= metric_tags
-
-        col_params = ([{"hparam": info["name"], "includeInResult": True}
-                       for info in experiment["hparamInfos"]]
-                      + [{"metric": info["name"], "includeInResult": True}
-                         for info in experiment["metricInfos"]])
-        request = {"experimentName": "", "allowedStatuses": STATUSES, "colParams": col_params,
-                   "startIndex": 0, "sliceSize": 100}
+        request = {"experimentName": "", "allowedStatuses": STATUSES, "startIndex": 0,
+                   "sliceSize": 100,
+                   "colParams": [{"hparam": i["name"], "includeInResult": True}
+                                 for i in experiment["hparamInfos"]]
+                   + [{"metric": i["name"], "includeInResult": True}
+                      for i in experiment["metricInfos"]]}
 
         def complete_groups():
-            answer = post_json(base, "/data/plugin/hparams/session_groups", request)
-            groups = answer.get("sessionGroups", [])
-            sessions = {s["name"] for g in groups for s in g["sessions"]}
+            groups = post_json(base, "/data/plugin/hparams/session_groups",
+                               request).get("sessionGroups", [])
             done = all("test/acc" in metric_values(g.get("metricValues", [])) for g in groups)
-            return answer if sessions == set(expected) and done else None
+            return groups if len(groups) == len(expected) and done else None
 
-        answer = wait_for(complete_groups, 30, "a session group per run", server, log)
-        assert answer["totalSize"] == len(runs)
-        for group in answer["sessionGroups"]:
-            (session,) = group["sessions"]  # every configuration of the grid is its own group
-            run = expected[session["name"]]
-            config, summary = run.config, run.summary
-            assert group["hparams"]["optimizer"] == config["optimizer"]
-            assert group["hparams"]["lr"] == pytest.approx(config["lr"], rel=1e-12)
-            assert group["hparams"]["epochs"] == config["epochs"] == 2
-            assert session["status"] == "STATUS_SUCCESS"
-            metrics = metric_values(group["metricValues"])
-            # Scalars are stored as float32: equal to the store's summary within that precision.
-            for tag in ("val/acc", "test/acc", "val/best_acc", "val/loss"):
-                assert metrics[tag] == pytest.approx(summary[tag], rel=1e-6, abs=1e-7), tag
-            assert metric_values(session["metricValues"])["test/acc"] == pytest.approx(
-                summary["test/acc"], rel=1e-6, abs=1e-7)
-        # The parallel-coordinates axes: both optimizers and both learning rates are there.
-        groups = answer["sessionGroups"]
-        assert sorted({g["hparams"]["optimizer"] for g in groups}) == sorted(OPTIMIZERS)
-        assert sorted({g["hparams"]["lr"] for g in groups}) == sorted(LRS)
+        groups = wait_for(complete_groups, 30, "a session group per run", server, log)
+        yield workdir, store, base, experiment, groups
     finally:
         try:
             os.killpg(server.pid, signal.SIGTERM)
@@ -167,6 +155,127 @@ def test_hparams_tab_shows_every_run_with_its_hparams_and_final_metrics(workdir)
             server.wait(timeout=20)
         except ProcessLookupError:
             pass
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(400)
+def test_hparams_are_the_swept_parameters_with_lr_in_log10(dashboard):
+    workdir, store, base, experiment, groups = dashboard
+    infos = {info["name"]: info for info in experiment["hparamInfos"]}
+    assert set(infos) == SWEPT_COLUMNS  # no constant column (epochs, model, hidden...)
+    assert sorted(infos["log10(lr)"]["domainDiscrete"]) == [-5.0, -3.0, -1.0]
+    assert sorted(infos["optimizer"]["domainDiscrete"]) == sorted(OPTIMIZERS)
+    assert all(info["differs"] for info in infos.values())
+    assert [m["name"]["tag"] for m in experiment["metricInfos"]][:5] == SHOWN_METRICS
+
+    runs = {r.id: r for r in store.runs()}
+    assert {s["name"] for g in groups for s in g["sessions"]} == set(runs)  # no repeat run
+    for group in groups:
+        (session,) = group["sessions"]  # every configuration of the grid is its own group
+        run = runs[session["name"]]
+        assert set(group["hparams"]) == SWEPT_COLUMNS
+        assert group["hparams"]["optimizer"] == run.config["optimizer"]
+        assert group["hparams"]["log10(lr)"] == round(math.log10(run.config["lr"]), 6)
+        assert group["hparams"]["dropout"] == run.config["dropout"]
+        assert session["status"] == "STATUS_SUCCESS"
+        metrics = metric_values(group["metricValues"])
+        # Scalars are stored as float32: equal to the store's summary within that precision.
+        for tag in ("val/acc", "test/acc", "val/loss", "val/best_acc"):
+            assert metrics[tag] == pytest.approx(run.summary[tag], rel=1e-6, abs=1e-7), tag
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(400)
+def test_the_fixed_parameters_are_the_runs_text(dashboard):
+    workdir, store, base, experiment, groups = dashboard
+    run = store.runs()[0]
+    (entry,) = get_json(base, f"/data/plugin/text/text?run={run.id}"
+                              "&tag=run/config/text_summary")
+    text = entry["text"]  # TensorBoard renders the markdown table as HTML
+    for name, value, kind in (("epochs", "2", "fixed"), ("hidden", "32", "fixed"),
+                              ("batch_size", "64", "fixed"), ("momentum", "0.9", "fixed"),
+                              ("optimizer", run.config["optimizer"], "swept")):
+        assert f"<td>{name}</td>\n<td>{value}</td>\n<td>{kind}</td>" in text, name
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(400)
+def test_repeat_runs_log_apart_from_the_sweep(dashboard):
+    from tensorboard.backend.event_processing.event_file_loader import EventFileLoader
+    from tensorboard.plugins.hparams import metadata
+
+    workdir, store, base, experiment, groups = dashboard
+    logs = workdir / "data" / "logs"
+    assert {p.name for p in (logs / "tbdash").iterdir()} == {r.id for r in store.runs()}
+    repeat_runs = sorted((logs / "tbdash-repeats").glob("*/*"))
+    assert len(repeat_runs) == 2 * len(OPTIMIZERS)  # best run per optimizer, 2 seeds each
+    for run_dir in repeat_runs:
+        (events,) = run_dir.glob("events.out.tfevents.*")
+        starts = [metadata.parse_session_start_info_plugin_data(
+            value.metadata.plugin_data.content)
+            for event in EventFileLoader(str(events)).Load() for value in event.summary.value
+            if value.tag == metadata.SESSION_START_INFO_TAG]
+        # The original sweep's search space stays the columns (one value each), with seed.
+        assert set(starts[0].hparams) == {"optimizer", "lr", "dropout", "seed"}
+        assert starts[0].hparams["seed"].number_value in (1.0, 2.0)  # fresh seeds, not 0
+
+
+def chromium_executable() -> str | None:
+    return shutil.which("chromium") or shutil.which("chromium-browser")
+
+
+def require_browser() -> None:
+    """A headless Chromium driven by playwright; CI installs both (.ci/setup_clusters.sh,
+    requirements-dev.txt) and fails without them, elsewhere the test is skipped."""
+    problem = None
+    try:
+        import playwright.sync_api  # noqa: F401
+    except ImportError:
+        problem = "playwright is not installed (pip install -r requirements-dev.txt)"
+    if problem is None and chromium_executable() is None:
+        problem = "no chromium on the PATH (apt-get install chromium)"
+    if problem and os.environ.get("CI"):
+        pytest.fail(problem)
+    if problem:
+        pytest.skip(problem)
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(400)
+def test_hparams_parallel_coordinates_open_on_the_course_chart(dashboard, tmp_path):
+    """What a student sees after one click on PARALLEL COORDINATES VIEW (no URL selects the
+    sub-tab): the swept parameters and the first metrics as axes, lr in log10, nothing to
+    tick or rescale first. The picture is saved (and to $HPARAMS_SCREENSHOT when set)."""
+    require_browser()
+    from playwright.sync_api import sync_playwright
+
+    workdir, store, base, experiment, groups = dashboard
+    picture = tmp_path / "hparams.png"
+    with sync_playwright() as driver:
+        browser = driver.chromium.launch(
+            executable_path=chromium_executable(),
+            args=["--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage", "--no-first-run",
+                  "--disable-background-networking", "--disable-component-update"])
+        try:
+            page = browser.new_page(viewport={"width": 1400, "height": 900})
+            page.goto(base + "/#hparams", wait_until="networkidle")
+            page.get_by_text("Parallel Coordinates View").click()
+            plot = page.locator("tf-hparams-parallel-coords-plot")
+            plot.locator("path").first.wait_for(timeout=30_000)
+            time.sleep(1)  # the lines are drawn in a transition
+            titles = plot.locator("text.axis-title").all_text_contents()
+            ticks = plot.locator("g.axis .tick text").all_text_contents()
+            lines = plot.locator("g.foreground path").count()
+            page.screenshot(path=str(picture))
+        finally:
+            browser.close()
+    # Exactly the swept parameters (TensorBoard sorts them by name), then the first metrics.
+    assert titles == sorted(SWEPT_COLUMNS) + SHOWN_METRICS, titles
+    assert {"-1.0", "-3.0", "-5.0"} <= set(ticks) and {"adam", "sgd"} <= set(ticks), ticks
+    assert lines >= len(store.runs())  # a line per run (TensorBoard adds shadow paths)
+    assert picture.stat().st_size > 30_000
+    if os.environ.get(SCREENSHOT_ENV):
+        shutil.copy(picture, os.environ[SCREENSHOT_ENV])
 
 
 @pytest.mark.timeout(60)

@@ -1,6 +1,8 @@
 """The study report's figures: pure functions from plain numbers to one PNG each.
 
-Each draws with matplotlib's Agg backend, saves at 110 dpi, closes the figure, returns the Path.
+Each draws with matplotlib's Agg backend, saves at 110 dpi, closes the figure and returns a
+`Drawn`: the PNG's path and what the figure holds (titles, axis labels, tick labels, legend
+entries, texts, lines and images), read back from matplotlib's own objects before saving.
 """
 
 from __future__ import annotations
@@ -8,6 +10,7 @@ from __future__ import annotations
 import math
 import numbers
 import textwrap
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import matplotlib
@@ -18,20 +21,96 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 from matplotlib.colors import Normalize  # noqa: E402
-from matplotlib.patches import Patch  # noqa: E402
+from matplotlib.lines import Line2D  # noqa: E402
 from matplotlib.ticker import MaxNLocator  # noqa: E402
 
 DPI = 110
 LOG_SPAN = 100.0  # "more than two decades": the ratio above which an axis goes to log10
-BEST, WORST = "tab:blue", "tab:red"
+FEW_VALUES = 8  # a linear axis with at most this many distinct values is ticked at them
+BEST, WORST, INIT = "tab:blue", "tab:red", "0.6"
+WRONG = "tab:red"  # titles of misclassified images
 
 
-def _save(fig, path) -> Path:
+@dataclass
+class AxesContent:
+    """What one matplotlib Axes shows, as text and numbers."""
+
+    title: str
+    xlabel: str
+    ylabel: str
+    xscale: str
+    yscale: str
+    xticks: list[str]
+    yticks: list[str]
+    legend: list[str]
+    texts: list[str]
+    lines: list[tuple[str, np.ndarray, np.ndarray]]  # (label, x, y) of each line ("_..." when
+    # it has no label of its own)
+    images: list[np.ndarray]  # the data arrays of imshow images (heat maps)
+    collections: int  # bars' and violins' patches and collections drawn
+    title_color: tuple = (0.0, 0.0, 0.0, 1.0)  # RGBA
+    legend_covers: int = 0  # bars and texts the axes' legend overlaps
+
+
+@dataclass
+class Drawn:
+    """A saved figure and its content (tests assert on the content, the report links the
+    path)."""
+
+    path: Path
+    suptitle: str = ""
+    axes: list[AxesContent] = field(default_factory=list)
+    legends: list[str] = field(default_factory=list)  # figure-level legend entries
+
+    def __fspath__(self) -> str:
+        return str(self.path)
+
+    def all_text(self) -> str:
+        """Every string the figure shows, one per line (for assertions)."""
+        parts = [self.suptitle, *self.legends]
+        for ax in self.axes:
+            parts += [ax.title, ax.xlabel, ax.ylabel, *ax.xticks, *ax.yticks, *ax.legend,
+                      *ax.texts]
+        return "\n".join(p for p in parts if p)
+
+
+def _covered(ax, legend) -> int:
+    """How many of the axes' bars and texts lie (partly) under its legend (a line's box
+    spans the plot, so lines are not counted)."""
+    if legend is None:
+        return 0
+    box = legend.get_window_extent()
+    artists = [a for a in ax.patches + ax.texts if a.get_visible()]
+    return sum(1 for a in artists if a.get_window_extent().overlaps(box))
+
+
+def _content(ax) -> AxesContent:
+    from matplotlib.colors import to_rgba
+
+    legend = ax.get_legend()
+    return AxesContent(
+        ax.get_title(), ax.get_xlabel(), ax.get_ylabel(), ax.get_xscale(), ax.get_yscale(),
+        [t.get_text() for t in ax.get_xticklabels()], [t.get_text() for t in ax.get_yticklabels()],
+        [t.get_text() for t in legend.get_texts()] if legend else [],
+        [t.get_text() for t in ax.texts],
+        [(line.get_label(), np.asarray(line.get_xdata(), dtype=float),
+          np.asarray(line.get_ydata(), dtype=float))
+         for line in ax.get_lines()],
+        [np.asarray(image.get_array()) for image in ax.get_images()],
+        len(ax.patches) + len(ax.collections), to_rgba(ax.title.get_color()),
+        _covered(ax, legend))
+
+
+def _save(fig, path) -> Drawn:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
+    fig.canvas.draw()  # tick labels exist only once drawn
+    suptitle = fig._suptitle.get_text() if fig._suptitle else ""
+    legends = [t.get_text() for legend in fig.legends for t in legend.get_texts()]
+    drawn = Drawn(path, suptitle, [_content(ax) for ax in fig.axes], legends)
     fig.savefig(path, dpi=DPI, bbox_inches="tight")
     plt.close(fig)
-    return path
+    return drawn
 
 
 def _note(ax, text: str) -> None:
@@ -53,7 +132,7 @@ def _spans_decades(values: list[float]) -> bool:
 
 
 def _log_y_if_wide(ax, values: list[float]) -> None:
-    """Losses that blow up, or norms of layers of very different size, read better on log y."""
+    """Losses that blow up read better on a log y axis."""
     if _spans_decades(_finite(values)):
         ax.set_yscale("log")
 
@@ -69,21 +148,30 @@ def _class_ticks(ax, classes: list[str], axis: str = "x") -> None:
         ax.set_yticks(positions, classes, fontsize=6 if many else 9)
 
 
+def _number_text(value: float) -> str:
+    return f"{value:.3g}"
+
+
 # ---------------------------------------------------------------- the dataset
 
-def class_histograms(train_counts: list[int], test_counts: list[int], classes: list[str],
-                     path) -> Path:
-    """Images per class, train and test bars side by side."""
-    k = len(classes)
-    fig, ax = plt.subplots(figsize=(min(max(6.0, 0.35 * k + 2), 24.0), 4.0))
+def class_histograms(counts: dict[str, list[int]], classes: list[str], path,
+                     title: str = "images per class") -> Drawn:
+    """Images per class, one bar per split side by side ({split label: counts}, e.g. the
+    training images a run used, validation, test); the legend sits above the bars."""
+    k, n = len(classes), max(1, len(counts))
+    fig, ax = plt.subplots(figsize=(min(max(7.0, 0.45 * k * n / 2 + 2), 24.0), 4.2))
+    width = 0.8 / n
     x = np.arange(k)
-    ax.bar(x - 0.2, train_counts, width=0.4, label=f"train ({sum(train_counts)})")
-    ax.bar(x + 0.2, test_counts, width=0.4, label=f"test ({sum(test_counts)})")
+    for i, (label, values) in enumerate(counts.items()):
+        ax.bar(x + (i - (n - 1) / 2) * width, values, width=width,
+               label=f"{label} ({sum(values):,})")
     _class_ticks(ax, classes)
     ax.set_xlabel("class")
     ax.set_ylabel("images")
-    ax.set_title("images per class")
-    ax.legend()
+    ax.set_title(title, pad=28)
+    ax.legend(loc="lower center", bbox_to_anchor=(0.5, 1.0), ncol=n, frameon=False,
+              fontsize=8)
+    ax.grid(axis="y", alpha=0.3)
     return _save(fig, path)
 
 
@@ -105,6 +193,7 @@ class _Axis:
             scaled = [math.log10(v) for v in numbers_] if self.log else numbers_
             self.low, self.high = (min(scaled), max(scaled)) if scaled else (0.0, 1.0)
             self.label = f"{name} (log)" if self.log else name
+            self.values = sorted(set(numbers_))
 
     def position(self, value) -> float:
         """Where the value sits on [0, 1]; nan when it is missing."""
@@ -127,6 +216,8 @@ class _Axis:
             decades = range(math.ceil(self.low), math.floor(self.high) + 1)
             points = list(decades) if len(decades) >= 2 else [self.low, self.high]
             return [(self._scale(t), _number_text(10 ** t)) for t in points]
+        if len(self.values) <= FEW_VALUES:  # a grid's choices: ticks at the choices
+            return [(self._scale(v), _number_text(v)) for v in self.values]
         return [(self._scale(t), _number_text(t)) for t in np.linspace(self.low, self.high, 5)]
 
 
@@ -147,12 +238,8 @@ def _category_order(value):
     return (1, 0.0, str(value))
 
 
-def _number_text(value: float) -> str:
-    return f"{value:.3g}"
-
-
 def parallel_coordinates(rows: list[dict], axes: list[str], metric: str, goal: str, path,
-                         title: str) -> Path:
+                         title: str) -> Drawn:
     """One polyline per row across `axes` and a last axis for `metric`, coloured by the metric
     (viridis, brighter = better for either goal).
 
@@ -199,67 +286,164 @@ def parallel_coordinates(rows: list[dict], axes: list[str], metric: str, goal: s
 
 # ---------------------------------------------------------------- curves
 
-def metric_curves(series: dict[str, list[tuple[list[float], list[float]]]], ylabel: str, path,
-                  title: str, xlabel: str = "epoch") -> Path:
-    """Thin curves, one colour per group; non-finite points are gaps; log y past 2 decades."""
-    fig, ax = plt.subplots(figsize=(7.0, 4.2))
-    colours = plt.get_cmap("tab10")
-    values = []
-    for i, (group, curves) in enumerate(series.items()):
-        colour = colours(i % 10)
-        ax.plot([], [], color=colour, label=f"{group} ({len(curves)})")
-        for xs, ys in curves:
-            ys = [float(y) if _is_number(y) and math.isfinite(y) else math.nan for y in ys]
-            values += ys
-            ax.plot(xs, ys, color=colour, linewidth=0.9, alpha=0.7)
-    if not any(curves for curves in series.values()):
-        _note(ax, "no curves to show")
-    else:
-        _log_y_if_wide(ax, values)
-        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
-        ax.set_xlabel(xlabel)
-        ax.set_ylabel(ylabel)
-        ax.grid(alpha=0.3)
-    if series:
-        ax.legend(title="group (curves)", fontsize=8)
-    ax.set_title(title)
+@dataclass
+class GroupCurve:
+    """One run's training loss in a group figure."""
+
+    config: dict  # the swept parameters' values: the legend and the facets come from here
+    steps: list[float]
+    losses: list[float]  # inf / nan where the run blew up (drawn as a cross, not a line)
+
+
+LINE_STYLES = ("-", "--", ":", "-.")
+
+
+def _config_label(config: dict) -> str:
+    return " ".join(f"{k}={_value_text(v)}" for k, v in config.items())
+
+
+def _value_text(value) -> str:
+    return _number_text(value) if _is_number(value) and isinstance(value, float) else str(value)
+
+
+def _encodings(curves: list[GroupCurve], colour: str | None, style: str | None):
+    """{value: colour} for the colour parameter and {value: line style} for the style one
+    (ordered numbers get an ordered colour map, the rest tab10)."""
+    def values(key):
+        present = {c.config.get(key) for c in curves}
+        return sorted(present, key=lambda v: (not _is_number(v), v if _is_number(v) else str(v)))
+
+    colours, styles = {}, {}
+    if colour:
+        levels = values(colour)
+        cmap = plt.get_cmap("viridis" if all(_is_number(v) for v in levels) else "tab10")
+        colours = {v: cmap(i / max(1, len(levels) - 1) * 0.9 if cmap.name == "viridis" else i)
+                   for i, v in enumerate(levels)}
+    if style:
+        styles = {v: LINE_STYLES[i % len(LINE_STYLES)] for i, v in enumerate(values(style))}
+    return colours, styles
+
+
+def group_loss_figure(curves: list[GroupCurve], facets: list[str], colour: str | None,
+                      style: str | None, path, title: str, xlabel: str = "training step",
+                      threshold: float | None = None) -> Drawn:
+    """Training loss against step, one panel per value of the `facets` parameters (model x
+    optimizer), colour by `colour` (lr), line style by `style` (dropout); the figure legend
+    names those values, each line is labelled with its whole configuration. A point where
+    the loss went non-finite is a cross at the top of its panel. Log y past two decades.
+    `threshold`: a loss level drawn as a dashed line in every panel (the explosion rule)."""
+    keys = sorted({tuple(c.config.get(f) for f in facets) for c in curves}, key=str)
+    cols = max(1, min(len(keys), 4))
+    rows = max(1, math.ceil(len(keys) / cols))
+    fig, axes = plt.subplots(rows, cols, figsize=(3.6 * cols + 2.2, 3.0 * rows + 0.6),
+                             squeeze=False, sharex=True)
+    fig.suptitle(title)
+    for ax in axes.flat[len(keys):]:
+        ax.axis("off")
+    if not curves:
+        _note(axes[0, 0], "no run in this group")
+        return _save(fig, path)
+    colours, styles = _encodings(curves, colour, style)
+    for ax, key in zip(axes.flat, keys):
+        mine = [c for c in curves if tuple(c.config.get(f) for f in facets) == key]
+        _draw_group_panel(ax, mine, colour, style, colours, styles)
+        if threshold is not None:
+            ax.axhline(threshold, color="tab:red", linestyle="--", linewidth=1,
+                       label=f"diverged above {threshold:.1f}")
+            ax.text(0.98, threshold, f"{threshold:.1f}", color="tab:red", fontsize=7,
+                    ha="right", va="bottom", transform=ax.get_yaxis_transform())
+        ax.set_title(", ".join(f"{f}={_value_text(v)}" for f, v in zip(facets, key))
+                     + f" ({len(mine)} run{'s' if len(mine) != 1 else ''})", fontsize=9)
+        ax.set_xlabel(xlabel, fontsize=8)
+        ax.set_ylabel("training loss", fontsize=8)
+    handles = [Line2D([], [], color=c, label=f"{colour}={_value_text(v)}")
+               for v, c in colours.items()]
+    handles += [Line2D([], [], color="0.3", linestyle=s, label=f"{style}={_value_text(v)}")
+                for v, s in styles.items()]
+    if threshold is not None:
+        handles.append(Line2D([], [], color="tab:red", linestyle="--",
+                              label=f"diverged above {threshold:.1f}"))
+    if handles:
+        fig.legend(handles=handles, loc="center left", bbox_to_anchor=(1.0, 0.5),
+                   fontsize=8, frameon=False)
+    fig.tight_layout()
     return _save(fig, path)
 
 
-def training_curves(runs: list[tuple[str, list[dict]]], path) -> Path:
-    """Loss and accuracy against epoch: train dashed, validation solid, one colour per run.
-    Rows without a metric are skipped; a row without "epoch" uses its 1-based position."""
+def _draw_group_panel(ax, curves: list[GroupCurve], colour, style, colours, styles) -> None:
+    values = []
+    blow_ups = []
+    for i, curve in enumerate(curves):
+        ys = [float(y) if _is_number(y) and math.isfinite(y) else math.nan for y in curve.losses]
+        values += ys
+        ax.plot(curve.steps, ys, color=colours.get(curve.config.get(colour), f"C{i % 10}"),
+                linestyle=styles.get(curve.config.get(style), "-"), linewidth=1.1, alpha=0.85,
+                label=_config_label(curve.config))
+        bad = [s for s, y in zip(curve.steps, curve.losses)
+               if not (_is_number(y) and math.isfinite(y))]
+        if bad:
+            blow_ups.append((bad[0], colours.get(curve.config.get(colour), f"C{i % 10}")))
+    _log_y_if_wide(ax, values)
+    finite = _finite(values)
+    top = max(finite) if finite else 1.0
+    for step, colour_ in blow_ups:
+        ax.plot([step], [top], marker="x", markersize=8, color=colour_, linestyle="none")
+    if blow_ups:
+        ax.text(0.02, 0.97, f"x: loss non-finite ({len(blow_ups)})", transform=ax.transAxes,
+                fontsize=7, va="top")
+    ax.grid(alpha=0.3)
+    ax.tick_params(labelsize=7)
+
+
+@dataclass
+class TrainingSeries:
+    """One run's curves: {"loss": (x, y), "acc": (x, y)} for training and for validation."""
+
+    label: str
+    train: dict[str, tuple[list[float], list[float]]]
+    val: dict[str, tuple[list[float], list[float]]]
+
+
+def training_curves(runs: list[TrainingSeries], path, xlabel: str = "training step") -> Drawn:
+    """Loss and accuracy against `xlabel`: training as a thin line (step by step when the
+    runs logged steps), validation as a thick line with a dot per epoch; one colour per run
+    (labelled by its configuration); the legend below the panels. Log y for a loss past two
+    decades; non-finite values are left out."""
     fig, (loss_ax, acc_ax) = plt.subplots(1, 2, figsize=(11.0, 4.2))
-    colours = plt.get_cmap("tab10")
     for ax, kind in ((loss_ax, "loss"), (acc_ax, "acc")):
         values = []
-        for i, (label, history) in enumerate(runs):
-            for split, style in (("train", "--"), ("val", "-")):
-                key = f"{split}/{kind}"
-                points = [(row.get("epoch", n + 1), row[key]) for n, row in enumerate(history)
-                          if _is_number(row.get(key)) and math.isfinite(row[key])]
+        for i, run in enumerate(runs):
+            for split, style in (("train", dict(linewidth=0.9, alpha=0.7)),
+                                 ("val", dict(linewidth=2.0, marker="o", markersize=4))):
+                xs, ys = getattr(run, split).get(kind, ([], []))
+                points = [(x, y) for x, y in zip(xs, ys) if _is_number(y) and math.isfinite(y)]
                 if points:
                     values += [y for _, y in points]
-                    ax.plot(*zip(*points), style, color=colours(i % 10), linewidth=1.3,
-                            label=f"{label} {split}")
+                    ax.plot(*zip(*points), color=f"C{i % 10}", label=f"{run.label} ({split})",
+                            **style)
         if not values:
             _note(ax, f"no {kind} recorded")
             continue
         if kind == "loss":
             _log_y_if_wide(ax, values)
-        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
-        ax.set_xlabel("epoch")
+        if xlabel == "epoch":
+            ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+        ax.set_xlabel(xlabel)
         ax.set_ylabel("loss" if kind == "loss" else "accuracy")
-        ax.set_title(f"{'loss' if kind == 'loss' else 'accuracy'} (train dashed, val solid)")
+        ax.set_title(f"{'loss' if kind == 'loss' else 'accuracy'} (training thin, "
+                     "validation thick)")
         ax.grid(alpha=0.3)
-        ax.legend(fontsize=7)
+    handles, labels = loss_ax.get_legend_handles_labels()
+    if handles:
+        fig.legend(handles, labels, loc="upper center", bbox_to_anchor=(0.5, 0.0), ncol=2,
+                   fontsize=7, frameon=False)
     return _save(fig, path)
 
 
 # ---------------------------------------------------------------- one run's test results
 
 def confusion_matrix_figure(matrix: list[list[int]], classes: list[str], path,
-                            title: str) -> Path:
+                            title: str) -> Drawn:
     """Rates normalised by row (true class); counts written in the cells when k <= 20."""
     counts = np.asarray(matrix, dtype=float).reshape(len(classes), len(classes))
     totals = counts.sum(1, keepdims=True)
@@ -281,8 +465,9 @@ def confusion_matrix_figure(matrix: list[list[int]], classes: list[str], path,
     return _save(fig, path)
 
 
-def per_class_accuracy_figure(accuracies: list[float], classes: list[str], path) -> Path:
-    """Horizontal bars, hardest class on top."""
+def per_class_accuracy_figure(accuracies: list[float], classes: list[str], path,
+                              title: str = "test accuracy per class (hardest first)") -> Drawn:
+    """Horizontal bars, hardest class on top, each bar's value written beside it."""
     order = sorted(range(len(classes)), key=lambda i: accuracies[i])
     k = len(classes)
     fig, ax = plt.subplots(figsize=(6.5, min(max(3.0, 0.25 * k + 1), 22.0)))
@@ -295,47 +480,12 @@ def per_class_accuracy_figure(accuracies: list[float], classes: list[str], path)
             ax.text(value + 0.01, y, f"{value:.3f}", va="center", fontsize=7)
     ax.set_xlim(0, 1.1)
     ax.set_xlabel("test accuracy")
-    ax.set_title("accuracy per class (hardest first)")
+    ax.set_title(title)
     ax.grid(axis="x", alpha=0.3)
     return _save(fig, path)
 
 
-# ---------------------------------------------------------------- weights and Grad-CAM
-
-def weight_norms_figure(best: list[dict[str, float]], worst: list[dict[str, float]],
-                        path) -> Path:
-    """Box plots of the final weight norm per layer, best runs beside worst runs.
-    Layers follow the order they first appear in; a run lacking a layer adds nothing to it."""
-    layers = list(dict.fromkeys(name for norms in best + worst for name in norms))
-    fig, ax = plt.subplots(figsize=(min(max(6.0, 0.7 * len(layers) + 2), 24.0), 4.5))
-    if not layers:
-        _note(ax, "no weight norms recorded")
-        ax.set_title("final weight norm per layer")
-        return _save(fig, path)
-    values = []
-    for offset, group, colour in ((-0.2, best, BEST), (0.2, worst, WORST)):
-        data = [(i + offset, _finite(norms.get(name) for norms in group))
-                for i, name in enumerate(layers)]
-        data = [(x, v) for x, v in data if v]
-        values += [v for _, vs in data for v in vs]
-        if data:
-            boxes = ax.boxplot([v for _, v in data], positions=[x for x, _ in data], widths=0.35,
-                               patch_artist=True, manage_ticks=False)
-            for box in boxes["boxes"]:
-                box.set(facecolor=colour, alpha=0.5)
-            for median in boxes["medians"]:
-                median.set(color="black")
-    _log_y_if_wide(ax, values)
-    ax.set_xticks(range(len(layers)), layers, rotation=45, ha="right", fontsize=8)
-    ax.set_xlim(-0.6, len(layers) - 0.4)
-    ax.set_xlabel("layer")
-    ax.set_ylabel("L2 norm of the layer's weights")
-    ax.set_title("final weight norm per layer")
-    ax.legend(handles=[Patch(facecolor=BEST, alpha=0.5, label=f"best runs ({len(best)})"),
-                       Patch(facecolor=WORST, alpha=0.5, label=f"worst runs ({len(worst)})")])
-    ax.grid(axis="y", alpha=0.3)
-    return _save(fig, path)
-
+# ---------------------------------------------------------------- Grad-CAM
 
 def _displayable(image: torch.Tensor) -> tuple[np.ndarray, str | None]:
     """(C, H, W) in [0, 1] -> an array imshow takes, and the colormap (gray for 1 channel)."""
@@ -345,14 +495,18 @@ def _displayable(image: torch.Tensor) -> tuple[np.ndarray, str | None]:
     return image.mean(0).numpy(), "gray"
 
 
-def gradcam_grid(images: torch.Tensor, cams: torch.Tensor, titles: list[str], path) -> Path:
+def gradcam_grid(images: torch.Tensor, cams: torch.Tensor, titles: list[str], path,
+                 wrong: list[bool] | None = None, title: str = "") -> Drawn:
     """Each image (N, C, H, W in [0, 1]) above its Grad-CAM overlay (N, H, W in [0, 1]);
-    at most 8 pairs per row of the grid."""
+    at most 8 pairs per row of the grid; titles of misclassified images (`wrong`) in red."""
     n = len(images)
+    wrong = wrong or [False] * n
     cols = max(1, min(n, 8))
     pair_rows = max(1, math.ceil(n / cols))
     fig, grid = plt.subplots(2 * pair_rows, cols, figsize=(1.8 * cols + 0.6, 3.8 * pair_rows),
                              squeeze=False)
+    if title:
+        fig.suptitle(title, fontsize=9)
     for ax in grid.flat:
         ax.axis("off")
     if n == 0:
@@ -362,7 +516,8 @@ def gradcam_grid(images: torch.Tensor, cams: torch.Tensor, titles: list[str], pa
         top, bottom = grid[2 * (i // cols), i % cols], grid[2 * (i // cols) + 1, i % cols]
         picture, cmap = _displayable(images[i])
         top.imshow(picture, cmap=cmap, vmin=0, vmax=1, interpolation="nearest")
-        top.set_title(textwrap.fill(titles[i] if i < len(titles) else "", 18), fontsize=7)
+        top.set_title(textwrap.fill(titles[i] if i < len(titles) else "", 18), fontsize=7,
+                      color=WRONG if wrong[i] else "black")
         bottom.imshow(picture, cmap=cmap, vmin=0, vmax=1, interpolation="nearest")
         heat = bottom.imshow(cams[i].numpy(), cmap="jet", vmin=0, vmax=1, alpha=0.5,
                              interpolation="nearest")

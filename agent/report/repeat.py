@@ -2,53 +2,72 @@
 
 For each value of `--by` (model, optimizer, ...) the best `--top` runs by the sweep's metric
 each get a repeat sweep: a grid over `seed` with every other parameter fixed at that run's
-value, local or on W&B like the sweep itself. The report finds them by their description and
-turns them into means with confidence intervals. `--run` runs local repeat sweeps right away.
+value, local or on W&B like the sweep itself. The seeds are fresh: the picked run's own seed
+is left out (it was picked for being best; running it again would only repeat its luck).
+The parameters the original sweep searched stay `values: [x]` (the HPARAMS columns of the
+repeats' TensorBoard logs, which go to <log_dir>/<sweep name>-repeats/, apart from the
+sweep's). The report finds the repeats by their description and turns them into means with
+confidence intervals. `--run` runs local repeat sweeps right away.
 """
 
 from __future__ import annotations
 
 import argparse
 
-from util.errors import UserError
+from agent.ids import new_run_id, path_safe
 from agent.report.stats import best_per_group
 from agent.report.study import Study, load_study, repeat_description, repeats_of
 from agent.sweep.store import SWEEPS_DIR, SweepStore, create_store
-from agent.ids import new_run_id
+from agent.sweep_space import swept_parameters
+from util.errors import UserError
 
 COPIED_KEYS = ("program", "command", "metric")  # what a repeat keeps of the original sweep
 
 
+def fresh_seeds(picked: int, count: int) -> list[int]:
+    """`count` seeds from 0 up, without the picked run's own seed."""
+    return [s for s in range(count + 1) if s != picked][:count]
+
+
 def repeat_configs(study: Study, top: int, by: str, seeds: int) -> list[tuple[str, dict]]:
     """(run id, sweep config) for each run to repeat."""
+    searched = {p.name for p in swept_parameters(study.sweep_config)}
     out = []
     for runs in best_per_group(study.scored_runs(), by, top).values():
         for run in runs:
-            fixed = {name: {"value": value} for name, value in run.config.items()
-                     if name not in ("seed", "sweep")}
+            fixed = {name: ({"values": [value]} if name in searched else {"value": value})
+                     for name, value in run.config.items() if name not in ("seed", "sweep")}
             if by not in fixed:  # the grouping parameter stays visible in the repeat
                 fixed[by] = {"value": run.params[by]}
+            fixed["log_dir"] = {"value": f"{run.params.log_dir}/{path_safe(study.name)}-repeats"}
             config = {key: study.sweep_config[key] for key in COPIED_KEYS
                       if key in study.sweep_config}
             config.update({"name": f"{study.name}-repeat-{run.id}", "method": "grid",
                            "description": repeat_description(study.sweep_id, run.id),
-                           "parameters": {**fixed, "seed": {"values": list(range(seeds))}}})
+                           "parameters": {**fixed, "seed": {
+                               "values": fresh_seeds(run.params.seed, seeds)}}})
             out.append((run.id, config))
     return out
 
 
-def create_local(study: Study, configs: list[tuple[str, dict]]) -> list[SweepStore]:
+def create_local(study: Study, configs: list[tuple[str, dict]],
+                 running: bool) -> list[SweepStore]:
+    """The local repeat sweeps (existing ones are reused), each announced in one line that
+    says what happens next: run now (`--run`) or the command that runs it."""
     existing = repeats_of(study)
     stores = []
     for run_id, config in configs:
+        seeds = config["parameters"]["seed"]["values"]
         if run_id in existing:
-            print(f"run {run_id}: repeat sweep {existing[run_id].sweep_id} exists already")
-            stores.append(SweepStore(SWEEPS_DIR / existing[run_id].sweep_id / "sweep.db"))
-            continue
-        sweep_id = new_run_id()
-        stores.append(create_store(SWEEPS_DIR / sweep_id, sweep_id, config["name"], config))
-        print(f"run {run_id}: created local repeat sweep {sweep_id}; run it with "
-              f"./run_sweep.sh {sweep_id}")
+            sweep_id = existing[run_id].sweep_id
+            stores.append(SweepStore(SWEEPS_DIR / sweep_id / "sweep.db"))
+            what = "exists already"
+        else:
+            sweep_id = new_run_id()
+            stores.append(create_store(SWEEPS_DIR / sweep_id, sweep_id, config["name"], config))
+            what = f"created (seeds {', '.join(map(str, seeds))})"
+        print(f"run {run_id}: repeat sweep {sweep_id} {what}"
+              + ("; running it now" if running else f"; run it: ./run_sweep.sh {sweep_id}"))
     return stores
 
 
@@ -63,7 +82,7 @@ def create_on_wandb(target: str, configs: list[tuple[str, dict]]) -> None:
             raise UserError(f"sweep={target!r}: W&B refused the repeat sweep "
                             f"({type(error).__name__}: {str(error).splitlines()[0][:100]})"
                             ) from None
-        print(f"run {run_id}: created W&B repeat sweep; run it with "
+        print(f"run {run_id}: created W&B repeat sweep; run it: "
               f"./run_sweep.sh {entity}/{project}/{sweep_id}")
 
 
@@ -73,7 +92,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("sweep", help="local sweep id or directory, or entity/project/id")
     parser.add_argument("--top", type=int, default=2, help="best runs per group")
     parser.add_argument("--by", default="model", help="parameter that forms the groups")
-    parser.add_argument("--seeds", type=int, default=5, help="seeds 0..N-1 for each run")
+    parser.add_argument("--seeds", type=int, default=5, help="N fresh seeds for each run: "
+                        "0, 1, ... without the picked run's own")
     parser.add_argument("--run", action="store_true",
                         help="run the local repeat sweeps now, with one agent in this process")
     args = parser.parse_args(argv)
@@ -92,11 +112,16 @@ def main(argv: list[str] | None = None) -> int:
     if study.source == "wandb":
         create_on_wandb(args.sweep, configs)
         return 0
-    stores = create_local(study, configs)
+    stores = create_local(study, configs, args.run)
+    code = 0
     if args.run:
         from agent.sweep.agent_loop import run_local_agent
 
         for store in stores:
-            run_local_agent(store)
-    return 0
+            code = max(code, run_local_agent(store))
+        print(f"Next: ./util/with_venv.sh python -m agent.report {study.sweep_id}")
+    else:
+        print(f"Or all now: ./util/with_venv.sh python -m agent.repeat {study.sweep_id} --run")
+        print(f"Then: ./util/with_venv.sh python -m agent.report {study.sweep_id}")
+    return code
 

@@ -1,55 +1,186 @@
-"""The numbers of a study report, as pure functions of runs and labels: baselines, confidence
-intervals, the convergence rule, hyper-parameter importance, hardest classes."""
+"""The numbers of a study report, as pure functions of runs and labels: baselines and the
+chance bound, confidence intervals and tests between configurations, the groups (diverged,
+stuck, converged), hyper-parameter importance, hardest classes."""
 
 from __future__ import annotations
 
 import math
 from collections import Counter
+from dataclasses import dataclass
 
 import numpy as np
 
 from agent.report.study import RunRecord
 
-CONVERGENCE_RULE = ("a run is **divergent** when its loss went non-finite (the trial stopped it "
-                    "and flagged `diverged`), or when its last validation loss is above its "
-                    "first; every other run with a validation loss is **convergent**")
+DIVERGED, STUCK, CONVERGED = "diverged", "stuck", "converged"
+GROUPS = (DIVERGED, STUCK, CONVERGED)
 
 
-def baselines(train_labels: list[int], test_labels: list[int], classes: int,
-              seed: int = 0) -> dict[str, float]:
-    """Accuracy on the real test set of a random model (uniform guesses, seeded) and of a
-    majority-class model (the training set's most frequent class)."""
+# ---------------------------------------------------------------- baselines
+
+@dataclass(frozen=True)
+class Baselines:
+    """What a model that learnt nothing scores on the real test set."""
+
+    classes: int
+    test_size: int
+    random_draw: float  # accuracy of one seeded draw of uniform guesses
+    chance: float  # its expectation, 1 / classes (whatever the class balance)
+    chance_bound: float  # accuracy uniform guessing stays at or below in `level` of draws
+    level: float
+    majority: float  # accuracy of always predicting majority_classes[0]
+    majority_classes: list[int]  # the most frequent class(es) of the training images used
+    majority_count: int  # training images of each of them
+    majority_range: tuple[float, float]  # its accuracy over the tied classes (min, max)
+
+    @property
+    def tied(self) -> bool:
+        return len(self.majority_classes) > 1
+
+
+def baselines(train_labels: list[int], test_labels: list[int], classes: int, seed: int = 0,
+              level: float = 0.95) -> Baselines:
+    """A random model (uniform guesses: one seeded draw, its expectation 1/K and the one-sided
+    `level` binomial upper bound on the test size) and a majority-class model (the most
+    frequent class of `train_labels`; every class tied for most frequent is listed, the
+    baseline predicts the smallest index of them)."""
+    from scipy import stats
+
     test = np.asarray(test_labels)
     guesses = np.random.default_rng(seed).integers(0, classes, size=len(test))
-    majority = Counter(train_labels).most_common(1)[0][0]
-    return {"random": float((guesses == test).mean()),
-            "majority": float((test == majority).mean()),
-            "majority_class": int(majority)}
+    counts = Counter(train_labels)
+    top = max(counts.values())
+    tied = sorted(c for c, n in counts.items() if n == top)
+    accuracy = [float((test == c).mean()) for c in tied]
+    bound = float(stats.binom.ppf(level, len(test), 1 / classes) / len(test))
+    return Baselines(classes, len(test), float((guesses == test).mean()), 1 / classes, bound,
+                     level, accuracy[0], tied, top, (min(accuracy), max(accuracy)))
 
 
-def t_interval(values: list[float]) -> tuple[float, float | None, int]:
-    """Mean, half-width of the 95% t-interval (None for n < 2), n."""
+def better_than_random(runs: list[RunRecord], base: Baselines,
+                       metric: str = "test/acc") -> tuple[list[RunRecord], list[RunRecord]]:
+    """(kept, left out): a run is kept when its test accuracy is above the random model's
+    upper bound on the test size (Baselines.chance_bound); a run without one is left out."""
+    kept = [r for r in runs if (r.metric(metric) or -1.0) > base.chance_bound]
+    return kept, [r for r in runs if r not in kept]
+
+
+# ---------------------------------------------------------------- intervals and tests
+
+def t_interval(values: list[float], level: float = 0.95) -> tuple[float, float | None, int]:
+    """Mean, half-width of the `level` Student-t interval (None for n < 2), n."""
     from scipy import stats
 
     n = len(values)
     mean = float(np.mean(values))
     if n < 2:
         return mean, None, n
-    half = float(stats.t.ppf(0.975, n - 1) * np.std(values, ddof=1) / math.sqrt(n))
+    half = float(stats.t.ppf(0.5 + level / 2, n - 1) * np.std(values, ddof=1) / math.sqrt(n))
     return mean, half, n
 
 
-def is_divergent(run: RunRecord) -> bool | None:
-    """The CONVERGENCE_RULE; None when the run has no validation loss to judge by."""
-    if run.summary.get("diverged"):
-        return True
-    losses = [row["val/loss"] for row in run.history if "val/loss" in row]
-    if not losses:
-        return None
-    if not all(math.isfinite(v) for v in losses):
-        return True
-    return losses[-1] > losses[0]
+def welch_p(a: list[float], b: list[float]) -> float:
+    """Two-sided p-value of Welch's t-test (unequal variances) for equal means; 1.0 when
+    both samples are constant and equal, 0.0 when constant and different."""
+    from scipy import stats
 
+    if np.std(a) == 0 and np.std(b) == 0:
+        return 1.0 if np.mean(a) == np.mean(b) else 0.0
+    return float(stats.ttest_ind(a, b, equal_var=False).pvalue)
+
+
+def supported_best(samples: dict[str, list[float]], goal: str,
+                   alpha: float = 0.05) -> tuple[str | None, dict[str, float]]:
+    """The configuration whose mean is best, if Welch's t-test finds it better than every
+    other one at family-wise level `alpha` (Holm's step-down correction over those
+    comparisons); else None. Also the Holm-adjusted p-value of each comparison.
+    Samples with fewer than 2 values take no part."""
+    usable = {k: v for k, v in samples.items() if len(v) >= 2}
+    if len(usable) < 2:
+        return None, {}
+    pick = max if goal == "maximize" else min
+    leader = pick(usable, key=lambda k: np.mean(usable[k]))
+    raw = {k: welch_p(usable[leader], v) for k, v in usable.items() if k != leader}
+    adjusted = holm(raw)
+    return (leader if all(p < alpha for p in adjusted.values()) else None), adjusted
+
+
+def holm(p_values: dict[str, float]) -> dict[str, float]:
+    """Holm-Bonferroni adjusted p-values (Holm 1979), monotone, capped at 1."""
+    order = sorted(p_values, key=p_values.get)
+    m, running, out = len(order), 0.0, {}
+    for i, key in enumerate(order):
+        running = max(running, min(1.0, (m - i) * p_values[key]))
+        out[key] = running
+    return out
+
+
+# ---------------------------------------------------------------- groups
+
+@dataclass(frozen=True)
+class GroupRule:
+    """Diverged: a loss went non-finite, or some loss (training step, epoch or validation)
+    rose above `explode_factor` x ln K, ln K being the loss of a uniform prediction.
+    Stuck: not diverged, and the best validation accuracy (training accuracy without a
+    validation split) stayed below chance 1/K + `stuck_margin`. Converged: every other run."""
+
+    explode_factor: float = 10.0
+    stuck_margin: float = 0.05
+
+    def explode_at(self, classes: int) -> float:
+        return self.explode_factor * math.log(classes)
+
+    def stuck_below(self, classes: int) -> float:
+        return 1 / classes + self.stuck_margin
+
+    def describe(self, classes: int) -> str:
+        return (f"**diverged**: a loss went non-finite (the trial stopped the run), or a "
+                f"training-step, epoch or validation loss rose above {self.explode_factor:g} "
+                f"x ln {classes} = {self.explode_at(classes):.1f} (ln {classes} = "
+                f"{math.log(classes):.2f} is the loss of a uniform guess); **stuck**: not "
+                f"diverged, and the best validation accuracy never reached chance 1/{classes} "
+                f"+ {self.stuck_margin:g} = {self.stuck_below(classes):.3f}; **converged**: "
+                "every other run (it left chance; it need not have finished learning)")
+
+
+@dataclass(frozen=True)
+class Verdict:
+    group: str
+    reason: str  # the numbers that decided it
+    peak_loss: float | None  # the largest finite loss seen
+    best_acc: float | None  # the best validation (else training) accuracy
+
+
+def classify(run: RunRecord, step_losses: list[float], classes: int,
+             rule: GroupRule) -> Verdict | None:
+    """The run's group under `rule`, from its step losses and epoch history; None for a run
+    with no loss and no accuracy at all (it never finished an epoch nor diverged)."""
+    sources = {"training-step loss": [float(v) for v in step_losses]}
+    for key, name in (("train/loss", "epoch training loss"), ("val/loss", "validation loss")):
+        sources[name] = [float(row[key]) for row in run.history
+                         if isinstance(row.get(key), (int, float))]
+    peaks = {name: max(v for v in values if math.isfinite(v)) for name, values in
+             sources.items() if any(math.isfinite(v) for v in values)}
+    peak = max(peaks.values()) if peaks else None
+    accuracies = [row.get("val/acc", row.get("train/acc")) for row in run.history]
+    accuracies = [float(a) for a in accuracies if isinstance(a, (int, float))]
+    best = max(accuracies) if accuracies else None
+    if run.summary.get("diverged") or not all(
+            math.isfinite(v) for values in sources.values() for v in values):
+        return Verdict(DIVERGED, "loss went non-finite", peak, best)
+    if peak is not None and peak > rule.explode_at(classes):
+        name = max(peaks, key=peaks.get)
+        return Verdict(DIVERGED, f"{name} reached {peak:.3g} > {rule.explode_at(classes):.1f}",
+                       peak, best)
+    if best is None:
+        return None
+    if best < rule.stuck_below(classes):
+        return Verdict(STUCK, f"best accuracy {best:.3f} < {rule.stuck_below(classes):.3f}",
+                       peak, best)
+    return Verdict(CONVERGED, f"best accuracy {best:.3f}", peak, best)
+
+
+# ---------------------------------------------------------------- parameters
 
 def best_per_group(runs: list[RunRecord], by: str, count: int) -> dict[str, list[RunRecord]]:
     """The first `count` runs (already best first) for each value of the parameter `by`."""
@@ -70,7 +201,7 @@ def varying_parameters(runs: list[RunRecord]) -> list[str]:
             if len({repr(r.config.get(n)) for r in runs if n in r.config}) > 1]
 
 
-def _numeric(values: list) -> np.ndarray | None:
+def numeric_values(values: list) -> np.ndarray | None:
     """Values as numbers (log10 where they span more than two decades), or None if any
     is categorical."""
     if any(isinstance(v, (bool, str, list)) or v is None for v in values):
@@ -81,11 +212,18 @@ def _numeric(values: list) -> np.ndarray | None:
     return array
 
 
+def correlation(x: np.ndarray, y: np.ndarray) -> float | None:
+    """Pearson's r, None when either side is constant or there are fewer than 3 points."""
+    if len(x) < 3 or x.std() == 0 or y.std() == 0:
+        return None
+    return float(np.corrcoef(x, y)[0, 1])
+
+
 def importance(runs: list[RunRecord], parameters: list[str], metric: str,
                seed: int = 0) -> list[dict]:
-    """Per parameter: Pearson correlation with the metric (numeric parameters) and a random
-    forest's impurity importance (categorical ones one-hot encoded, summed back), as W&B's
-    importance panel shows them. Needs at least 4 scored runs."""
+    """Per parameter: Pearson correlation with the metric (numeric parameters, log10 past
+    two decades) and a random forest's impurity importance (categorical ones one-hot
+    encoded, summed back), as W&B's importance panel shows them. Needs 4 scored runs."""
     from sklearn.ensemble import RandomForestRegressor
 
     scored = [r for r in runs if r.metric(metric) is not None]
@@ -95,12 +233,11 @@ def importance(runs: list[RunRecord], parameters: list[str], metric: str,
     columns, owners, rows = [], [], []
     for name in parameters:
         values = [r.params.get(name) for r in scored]
-        numeric = _numeric(values)
+        numeric = numeric_values(values)
         if numeric is not None:
             columns.append(numeric)
             owners.append(name)
-            corr = (float(np.corrcoef(numeric, target)[0, 1])
-                    if numeric.std() > 0 and target.std() > 0 else None)
+            corr = correlation(numeric, target)
         else:
             for level in sorted({repr(v) for v in values}):
                 columns.append(np.asarray([repr(v) == level for v in values], dtype=float))

@@ -8,10 +8,14 @@ import math
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from util.errors import UserError
+from agent.ids import path_safe
 from agent.params import RunConfig, validate
 from agent.sweep.store import STORE_NAME, SWEEPS_DIR, SweepStore
 from agent.sweep.target import resolve_target
+from util.errors import UserError
+
+# A run in one of these states may still change (W&B's own are running and pending too).
+OPEN_STATES = ("pending", "running", "preempted")
 
 
 @dataclass
@@ -24,6 +28,19 @@ class RunRecord:
     history: list[dict]  # one row per epoch
     run_dir: Path | None  # checkpoint.pt and confusion.json, when the run was local
     error: str | None = None  # why it failed, when it did
+    started: float | None = None  # Unix seconds
+    ended: float | None = None
+    host: str | None = None  # where it ran (a local agent's host name)
+    log_dir: Path | None = None  # its TensorBoard event files, when the run was local
+    steps: list[dict] | None = None  # W&B's per-step rows (train/step_loss...), when from W&B
+
+    @property
+    def duration(self) -> float | None:
+        """Seconds from start to end (the trial's own wall_s when the times are missing)."""
+        if self.started and self.ended:
+            return self.ended - self.started
+        wall = self.summary.get("wall_s", self.summary.get("_runtime"))
+        return float(wall) if isinstance(wall, (int, float)) else None
 
     def metric(self, name: str) -> float | None:
         value = self.summary.get(name)
@@ -51,9 +68,13 @@ class Study:
     def goal(self) -> str:
         return (self.sweep_config.get("metric") or {}).get("goal", "maximize")
 
+    def ended_runs(self) -> list[RunRecord]:
+        """Runs that will not change any more (not pending, running or preempted)."""
+        return [r for r in self.runs if r.state not in OPEN_STATES]
+
     def scored_runs(self) -> list[RunRecord]:
-        """Runs with a value of the sweep's metric, best first."""
-        scored = [r for r in self.runs if r.metric(self.metric) is not None]
+        """Ended runs with a value of the sweep's metric, best first."""
+        scored = [r for r in self.ended_runs() if r.metric(self.metric) is not None]
         return sorted(scored, key=lambda r: r.metric(self.metric),
                       reverse=self.goal == "maximize")
 
@@ -75,8 +96,13 @@ def local_study(store: SweepStore) -> Study:
     runs = []
     for run in store.runs():
         params = _params(run.config)
+        # The agent names a run's group after its sweep (agent/sweep/agent_loop.py).
+        log_dir = Path(params.log_dir) / path_safe(params.group or sweep.name) / path_safe(
+            params.run_name or run.id)
         runs.append(RunRecord(run.id, run.state, run.config, params, run.summary or {},
-                              run.history, Path(params.run_dir) / run.id, run.error))
+                              run.history, Path(params.run_dir) / run.id, run.error,
+                              run.started, run.ended, (run.owner or "").rpartition(":")[0]
+                              or None, log_dir))
     return Study(sweep.name, sweep.id, "local", sweep.config, runs)
 
 
@@ -89,10 +115,12 @@ def wandb_study(path: str) -> Study:
         runs = []
         for run in sweep.runs:
             config = {k: v for k, v in run.config.items() if not k.startswith("_")}
-            # Epoch rows carry train/acc; the per-step rows carry train/step_acc instead.
-            history = [row for row in run.scan_history() if "train/acc" in row]
+            # Epoch rows carry train/acc; the per-step rows carry train/step_loss instead.
+            rows = list(run.scan_history())
+            history = [row for row in rows if "train/acc" in row]
+            steps = [row for row in rows if "train/step_loss" in row]
             runs.append(RunRecord(run.id, run.state, config, _params(config),
-                                  dict(run.summary._json_dict), history, None))
+                                  dict(run.summary._json_dict), history, None, steps=steps))
         config = dict(sweep.config)
         name = config.get("name") or sweep.id
     except Exception as error:  # no network, no key, unknown sweep: one line either way

@@ -33,6 +33,7 @@ from agent.sweep.controller import (
     should_stop,
 )
 from agent.sweep.pack_size import PackSizer, parse_pack
+from agent.sweep.status import sweep_progress
 from agent.sweep.store import SweepStore
 from agent.sweep.target import open_store
 from agent.trial.loop import TrialHooks, train_pack
@@ -150,8 +151,9 @@ class LocalAgent:
                 self.run_program(command, hooks[0], beat)
             else:
                 configs = [self.trial_config(command) for command in commands]
-                train_pack(configs, hooks, sweep={"id": self.sweep.id, "name": self.sweep.name,
-                                                  "config": self.sweep.config})
+                train_pack(configs, hooks, sweep={
+                    "id": self.sweep.id, "name": self.sweep.name, "config": self.sweep.config,
+                    "progress": sweep_progress(self.store.runs(), self.sweep.config, run_ids)})
             outcome.preempted = any(s["state"] == "preempted" for s in ended.values()) \
                 and bool(self.signalled)
         except Exception as error:  # a failing trial is recorded, not fatal to the agent

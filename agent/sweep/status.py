@@ -1,19 +1,26 @@
 """`python -m agent.status <sweep>`: a local sweep's runs by state, the best so far, and the
-running runs with their epoch and an ETA."""
+running runs with their epoch and an ETA; also the sweep's progress ("run k/N", ETA) that
+agents hand to the console, and the closing lines (best run, next commands) of a sweep."""
 
 from __future__ import annotations
 
+import math
 import sys
 import time
 from collections import Counter
 from dataclasses import dataclass
+from pathlib import Path
 
+from rich import box
 from rich.console import Console
 from rich.table import Table
 
 from agent.params import BY_NAME
 from agent.sweep.store import STATES, Run, SweepStore
 from agent.sweep.target import open_store
+from agent.sweep_space import duration_text, short_number, swept_parameters
+
+ENDED = ("finished", "failed", "stopped")  # states that count as a run done
 
 
 @dataclass(frozen=True)
@@ -30,7 +37,8 @@ def best_run(store: SweepStore) -> BestRun | None:
     scored = []
     for run in store.runs():
         value = (run.summary or {}).get(name)
-        if run.state in ("finished", "stopped") and isinstance(value, (int, float)):
+        if run.state in ("finished", "stopped") and isinstance(value, (int, float)) \
+                and math.isfinite(value):
             scored.append((value, run))
     if not scored:
         return None
@@ -38,36 +46,136 @@ def best_run(store: SweepStore) -> BestRun | None:
     return BestRun(run, name, value)
 
 
-def render_status(store: SweepStore, console: Console | None = None) -> None:
+def planned_runs(sweep_config: dict) -> int | None:
+    """How many runs the sweep will make: a grid's size (capped by run_cap), else run_cap;
+    None when open-ended (random or bayes without run_cap)."""
+    cap = sweep_config.get("run_cap") or None
+    if sweep_config.get("method") != "grid":
+        return cap
+    size = 1
+    for spec in (sweep_config.get("parameters") or {}).values():
+        if isinstance(spec, dict) and isinstance(spec.get("values"), list):
+            size *= max(1, len(spec["values"]))
+    return min(size, cap) if cap else size
+
+
+def sweep_progress(runs: list[Run], sweep_config: dict, run_ids: list[str],
+                   now: float | None = None) -> dict:
+    """{"index": {run id: k}, "total": N or None, "done": runs ended, "eta_s": seconds or
+    None}: k counts the sweep's runs in creation order (a re-queued copy of a crashed run
+    keeps its original's number); the ETA is the runs left at the pace of the runs ended so
+    far (all agents and packs together), None before the first ends or when N is open."""
+    now = time.time() if now is None else now
+    numbers: dict[str, int] = {}
+    count = 0
+    for run in sorted(runs, key=lambda r: r.seq):
+        if run.requeued_from and run.requeued_from in numbers:
+            numbers[run.id] = numbers[run.requeued_from]
+        else:
+            count += 1
+            numbers[run.id] = count
+    total = planned_runs(sweep_config)
+    ended = [r for r in runs if r.state in ENDED]
+    starts = [r.started for r in runs if r.started]
+    eta = None
+    if total is not None and ended and starts and now > min(starts):
+        pace = len(ended) / (now - min(starts))  # runs ended per second so far
+        eta = max(0, total - len(ended)) / pace
+    return {"index": {run_id: numbers.get(run_id) for run_id in run_ids}, "total": total,
+            "done": len(ended), "eta_s": eta}
+
+
+def render_status(store: SweepStore, console: Console | None = None,
+                  limit: int | None = None) -> None:
+    """The sweep's counts, best run and a table of its runs (the best `limit` first when a
+    limit is given, else all in creation order), sized for an 80-column terminal."""
     console = console or Console()
     sweep = store.sweep()
     runs = store.runs()
     counts = Counter(run.state for run in runs)
-    console.print(f"[bold]sweep {sweep.id}[/] ({sweep.name}, {sweep.config.get('method')}): "
-                  + ", ".join(f"{counts[s]} {s}" for s in STATES if counts[s]))
+    total = planned_runs(sweep.config)
+    console.print(f"[bold]sweep {sweep.id}[/] ({sweep.name}, {sweep.config.get('method')}"
+                  + (f", {total} runs planned" if total else "") + "): "
+                  + ", ".join(f"{counts[s]} {s}" for s in STATES if counts[s]), highlight=False)
     best = best_run(store)
     if best:
-        console.print(f"best so far: {best.run.id} {best.metric}={best.value:.4f}")
-    # Only what the sweep varies is worth a column; the fixed values are in the YAML.
-    varying = [name for name, spec in sweep.config.get("parameters", {}).items()
-               if "value" not in spec]
-    show = lambda v: f"{v:.4g}" if isinstance(v, float) else str(v)  # noqa: E731
-    table = Table("run", "state", "epoch", "val/acc", "test/acc", "ETA", *varying)
+        console.print(f"best so far: {best.run.id} {best.metric}={best.value:.4f}",
+                      highlight=False)
+    shown = runs
+    if limit is not None:
+        metric = best.metric if best else "val/acc"
+        shown = sorted(runs, key=lambda r: -_number((r.summary or {}).get(metric)))[:limit]
+    console.print(status_table(sweep.config, shown))
+    if limit is not None and len(runs) > len(shown):
+        console.print(f"(the best {len(shown)} of {len(runs)} runs; all of them: "
+                      f"python -m agent.status {sweep.id})", highlight=False)
+
+
+def _number(value) -> float:
+    ok = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+    return float(value) if ok else -math.inf
+
+
+def status_table(sweep_config: dict, runs: list[Run]) -> Table:
+    """One row per run: id, state, epoch, val/acc, test/acc, ETA (only while some run
+    runs), then the swept parameters, numbers in short form (0.001 and 0.0001 stay apart)."""
+    varying = [p.name for p in swept_parameters(sweep_config)]
+    running = any(r.state == "running" for r in runs)
+    # No padding: the box's column separator is the one space between columns.
+    table = Table(box=box.SIMPLE_HEAD, pad_edge=False, padding=(0, 0))
+    for header in ["run", "state", "ep", "val/acc", "test/acc"] + (["ETA"] if running else []):
+        table.add_column(header, no_wrap=True,
+                         justify="right" if header in ("ep", "val/acc", "test/acc") else "left")
+    for name in varying:
+        table.add_column(name, no_wrap=True, justify="right")
     epochs_of = lambda run: run.config.get("epochs", BY_NAME["epochs"].default)  # noqa: E731
     for run in runs:
         summary = run.summary or {}
         last = run.history[-1] if run.history else {}
-        eta = ""
-        if run.state == "running" and run.epoch and epochs_of(run):
-            per_epoch = (time.time() - run.started) / run.epoch
-            eta = f"{per_epoch * (epochs_of(run) - run.epoch):.0f}s"
         val = summary.get("val/acc", last.get("val/acc"))
         test = summary.get("test/acc")
-        table.add_row(run.id, run.state, f"{run.epoch}/{epochs_of(run) or '?'}",
-                      f"{val:.4f}" if isinstance(val, float) else "",
-                      f"{test:.4f}" if isinstance(test, float) else "", eta,
-                      *(show(run.config.get(name, "")) for name in varying))
-    console.print(table)
+        cells = [run.id, run.state, f"{run.epoch}/{epochs_of(run)}",
+                 f"{val:.4f}" if isinstance(val, float) else "",
+                 f"{test:.4f}" if isinstance(test, float) else ""]
+        if running:
+            eta = ""
+            if run.state == "running" and run.epoch and run.started:
+                per_epoch = (time.time() - run.started) / run.epoch
+                eta = duration_text(per_epoch * (epochs_of(run) - run.epoch))
+            cells.append(eta)
+        table.add_row(*cells, *(short_number(run.config.get(name, "")) for name in varying))
+    return table
+
+
+def closing_lines(store: SweepStore) -> list[str]:
+    """What a finished `./run_sweep.sh` prints last: where the results are, the best run,
+    and the commands to run next (repeat, report, TensorBoard), each under 80 columns."""
+    sweep = store.sweep()
+    best = best_run(store)
+    where = Path(store.path)
+    if where.is_absolute() and where.is_relative_to(Path.cwd()):
+        where = where.relative_to(Path.cwd())
+    sinks = {s for run in store.runs()
+             for s in run.config.get("sinks", BY_NAME["sinks"].default)}
+    lines = [f"Results: {where}"]
+    if "tensorboard" in sinks:
+        lines.append(f"  TensorBoard logs: data/logs/{sweep.name}/")
+    if "wandb" in sinks:
+        lines.append("  W&B offline runs: wandb/ (upload: wandb sync wandb/offline-run-*)")
+    if best is not None:
+        swept = [p.name for p in swept_parameters(sweep.config)]
+        setting = " ".join(f"{n}={short_number(best.run.config[n])}" for n in swept
+                           if n in best.run.config)
+        line = f"Best run: {best.run.id} {best.metric}={best.value:.4f}"
+        if setting:
+            line += f" ({setting})" if len(line) + len(setting) + 3 <= 80 else f"\n  {setting}"
+        lines += line.split("\n")
+    prefix = "./util/with_venv.sh python -m"
+    lines += ["Next: repeat the best runs over 5 seeds, write the report, open TensorBoard:",
+              f"  {prefix} agent.repeat {sweep.id} --run",
+              f"  {prefix} agent.report {sweep.id}",
+              f"  ./run_tensorboard.sh --logdir data/logs/{sweep.name}"]
+    return lines
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -77,4 +185,3 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     render_status(open_store(argv[0]))
     return 0
-

@@ -1,5 +1,7 @@
-"""Console sink: a rich progress bar per epoch with live loss, accuracy and throughput, one
-line per finished epoch, and a closing summary table."""
+"""Console sink: a header naming the run's place in its sweep ("run 12/80", ETA) and every
+swept parameter, a rich progress bar per epoch with live loss, accuracy and throughput, one
+line per finished epoch, and a closing line (a sweep's run) or table (a lone run). Lines fit
+80 columns."""
 
 from __future__ import annotations
 
@@ -8,9 +10,39 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 
 from agent import metrics
+from agent.sweep_space import duration_text, short_number, swept_parameters
 from agent.trial.sinks import RunInfo, Sink
 
 SUMMARY_ROWS = metrics.names(summary=True)
+# What a lone run's header shows (a sweep's run shows what its sweep varies instead).
+LONE_RUN_PARAMETERS = ("dataset", "model", "optimizer", "lr", "batch_size", "dropout", "epochs")
+
+
+def header_lines(run: RunInfo, config: dict) -> list[str]:
+    """`run 12/80 k3x9q0ab  model=cnn optimizer=adam lr=0.001 dropout=0.3` and, in a sweep,
+    a second line with the sweep's name, runs done and ETA."""
+    sweep = run.sweep or {}
+    swept = [p.name for p in swept_parameters(sweep.get("config"))] if sweep else []
+    names = swept or [n for n in LONE_RUN_PARAMETERS if n in config]
+    setting = " ".join(f"{n}={short_number(config.get(n))}" for n in names)
+    progress = sweep.get("progress") or {}
+    index = (progress.get("index") or {}).get(run.id)
+    place = f"run {index}/{progress.get('total') or '?'}" if index else "run"
+    resumed = f" (resumed after epoch {run.resumed_epoch})" if run.resumed_epoch else ""
+    lines = [f"{place} {run.name}{resumed}  {setting}"]
+    if sweep:
+        eta = progress.get("eta_s")
+        line = (f"  sweep {sweep.get('name')} ({sweep.get('id')}): {progress.get('done', 0)} "
+                "done" + (f", about {duration_text(eta)} left" if eta is not None else ""))
+        fixed = _fixed(config, swept)
+        lines.append(f"{line}; {fixed}" if fixed and len(line) + len(fixed) < 78 else line)
+    return lines
+
+
+def _fixed(config: dict, swept: list[str]) -> str:
+    """The fixed values a reader needs beside the swept ones to judge a run: epochs, batch."""
+    keys = [k for k in ("epochs", "batch_size") if k not in swept and k in config]
+    return " ".join(f"{k}={short_number(config[k])}" for k in keys)
 
 
 class ConsoleSink(Sink):
@@ -23,11 +55,10 @@ class ConsoleSink(Sink):
     def start(self, run: RunInfo, config: dict, hparams: dict) -> None:
         self.epochs = config["epochs"]
         self.progress = None
-        resumed = f", resumed after epoch {run.resumed_epoch}" if run.resumed_epoch else ""
-        self.console.print(
-            f"[bold]run {run.name}[/] ({config['model']}, {config['optimizer']}, "
-            f"lr={config['lr']:g}, batch_size={config['batch_size']}, "
-            f"dataset={config['dataset']}){resumed}")
+        self.run = run
+        for line in header_lines(run, config):
+            self.console.print(line, style="bold" if line.startswith("run") else None,
+                               highlight=False, markup=False, soft_wrap=True)
 
     def epoch_start(self, epoch: int, steps: int) -> None:
         if not self.console.is_terminal:  # logs and CI get the epoch lines only
@@ -36,9 +67,9 @@ class ConsoleSink(Sink):
             return                                     # first member shows it
         ConsoleSink.bar_owner = self
         self.progress = Progress(
-            TextColumn(f"epoch {epoch + 1}/{self.epochs}"), BarColumn(), MofNCompleteColumn(),
-            TextColumn("{task.fields[live]}"), TimeElapsedColumn(), console=self.console,
-            transient=True)
+            TextColumn(f"epoch {epoch + 1}/{self.epochs}"), BarColumn(bar_width=20),
+            MofNCompleteColumn(), TextColumn("{task.fields[live]}"), TimeElapsedColumn(),
+            console=self.console, transient=True)
         self.progress.start()
         self.task = self.progress.add_task("train", total=steps, live="")
         self.first_step = epoch * steps  # every epoch has the same number of steps
@@ -46,7 +77,7 @@ class ConsoleSink(Sink):
     def log_step(self, step: int, metrics: dict) -> None:
         if self.progress is None:
             return
-        live = (f"loss {metrics['train/step_loss']:.4f}  acc {metrics['train/step_acc']:.3f}  "
+        live = (f"loss {metrics['train/step_loss']:.3f} acc {metrics['train/step_acc']:.2f} "
                 f"{metrics['perf/images_per_s']:,.0f} img/s")
         self.progress.update(self.task, completed=step - self.first_step, live=live)
 
@@ -59,21 +90,44 @@ class ConsoleSink(Sink):
 
     def log_epoch(self, step: int, metrics: dict, histograms: dict) -> None:
         self._stop_bar()
-        val = (f"  val {metrics['val/loss']:.4f} {metrics['val/acc']:6.2%}"
+        val = (f"  val {_loss(metrics['val/loss'])} {metrics['val/acc']:6.2%}"
                if "val/acc" in metrics else "")
         self.console.print(
-            f"epoch {metrics['epoch']}/{self.epochs}  train {metrics['train/loss']:.4f} "
-            f"{metrics['train/acc']:6.2%}{val}  lr {metrics['lr']:.3g}  "
-            f"{metrics['perf/images_per_s']:,.0f} img/s  {metrics['perf/epoch_s']:.1f}s",
-            highlight=False)
+            f"epoch {metrics['epoch']}/{self.epochs}  train {_loss(metrics['train/loss'])} "
+            f"{metrics['train/acc']:6.2%}{val}  lr {short_number(metrics['lr'])}  "
+            f"{metrics['perf/images_per_s']:,.0f} img/s {metrics['perf/epoch_s']:.1f}s",
+            highlight=False, soft_wrap=True)
 
     def finish(self, summary: dict, state: str) -> None:
         self._stop_bar()
+        if self.run.sweep:  # one line a run: a sweep of 80 runs stays readable
+            self.console.print(end_line(self.run, summary, state), highlight=False,
+                               markup=False, soft_wrap=True)
+            return
         table = Table(title=f"run {summary.get('run_id', '')}: {state}")
-        table.add_column("metric")
-        table.add_column("value", justify="right")
+        table.add_column("metric", no_wrap=True)
+        table.add_column("value", justify="right", no_wrap=True)
         for key in SUMMARY_ROWS:
             if key in summary and summary[key] is not None:
                 value = summary[key]
                 table.add_row(key, f"{value:.4f}" if isinstance(value, float) else str(value))
         self.console.print(table)
+        self.console.print(f"TensorBoard: ./run_tensorboard.sh --logdir {self.run.log_dir}",
+                           highlight=False, markup=False, soft_wrap=True)
+
+
+def _loss(value: float) -> str:
+    """0.5123 as such; a loss that blew up (1.2e+04, inf) in as few characters."""
+    return f"{value:.4f}" if abs(value) < 1000 else f"{value:.3g}"
+
+
+def end_line(run: RunInfo, summary: dict, state: str) -> str:
+    """`run 12/80 k3x9q0ab finished: val/acc 0.8123 test/acc 0.8050 (45 s)`."""
+    progress = (run.sweep or {}).get("progress") or {}
+    index = (progress.get("index") or {}).get(run.id)
+    place = f"run {index}/{progress.get('total') or '?'}" if index else "run"
+    parts = [f"{name} {summary[name]:.4f}" for name in ("val/acc", "test/acc")
+             if isinstance(summary.get(name), float)]
+    wall = summary.get("wall_s")
+    return (f"{place} {run.name} {state}" + (": " + " ".join(parts) if parts else "")
+            + (f" ({duration_text(wall)})" if isinstance(wall, (int, float)) else ""))

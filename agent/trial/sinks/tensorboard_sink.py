@@ -1,31 +1,136 @@
-"""TensorBoard sink: scalars, histograms, a confusion image, and hparams for the HPARAMS tab.
+"""TensorBoard sink: scalars, histograms, a confusion image, and the HPARAMS tab's session.
 
-The hparams summaries go into the run's own event file (not a sub-run, as add_hparams does), so
-HPARAMS lists the run itself and reads its final metrics from the same scalar tags the
-SCALARS tab shows.
+HPARAMS gets the sweep's search space only (the parameters its file gives `values` or a
+distribution for), log10 of the log-distributed ones (HPARAMS has no way to open an axis on
+a log scale), and the metrics with the sweep's own first; every other parameter is the run's
+text (TEXT tab, `run/config`). The hparams summaries go into the run's own event file (not a
+sub-run, as add_hparams does), so HPARAMS lists the run itself.
 """
 
 from __future__ import annotations
 
+import math
+import time
+
 import torch
+from google.protobuf import struct_pb2
+from tensorboard.compat.proto.summary_pb2 import Summary, SummaryMetadata
+from tensorboard.plugins.hparams import api_pb2, metadata, plugin_data_pb2
 from torch.utils.tensorboard import SummaryWriter
-from torch.utils.tensorboard.summary import hparams as hparams_summaries
 
 from agent import metrics
+from agent.sweep_space import SweptParameter, short_number, swept_parameters
 from agent.trial.sinks import RunInfo, Sink
 
-# The metrics HPARAMS shows as columns; each is a scalar tag written during or at the end of
-# the run.
-HPARAM_METRICS = metrics.names(hparams=True)
+# The metrics HPARAMS shows as columns, in this order after the sweep's own metric; the
+# frontend ticks the first five. Each is a scalar tag written during or at the end of the run.
+# `diverged` is not among the five: a diverged run has no test/acc, and the parallel
+# coordinates leave out a session missing any shown metric, so its axis would always read 0.
+PREFERRED_ORDER = ("val/acc", "test/acc", "val/loss", "train/loss", "wall_s", "val/best_acc",
+                   "diverged")
+HPARAM_METRICS = tuple(sorted(metrics.names(hparams=True), key=lambda m: (
+    PREFERRED_ORDER.index(m) if m in PREFERRED_ORDER else len(PREFERRED_ORDER))))
+STATUS = {"finished": "STATUS_SUCCESS", "stopped": "STATUS_SUCCESS",
+          "diverged": "STATUS_FAILURE", "failed": "STATUS_FAILURE"}
+LOG_DIGITS = 6  # log10 values are rounded so that equal choices compare equal in filters
+
+
+def hparam_name(parameter: SweptParameter) -> str:
+    """The HPARAMS column of a swept parameter: `log10(lr)` for a log-distributed one."""
+    return f"log10({parameter.name})" if parameter.log else parameter.name
+
+
+def hparam_value(parameter: SweptParameter | None, value):
+    """The value HPARAMS stores: a number, bool or text; log10 of a log-distributed one."""
+    if isinstance(value, (list, tuple)):
+        return str(list(value))
+    if parameter is not None and parameter.log and isinstance(value, (int, float)) \
+            and not isinstance(value, bool) and value > 0:
+        return round(math.log10(value), LOG_DIGITS)
+    return value
+
+
+def session_hparams(config: dict, hparams: dict, sweep: dict | None) -> dict:
+    """{HPARAMS column: value} for the run: the swept parameters when the run belongs to a
+    sweep, else every hyper-parameter."""
+    if not sweep:
+        return {name: hparam_value(None, value) for name, value in hparams.items()}
+    return {hparam_name(p): hparam_value(p, config.get(p.name))
+            for p in swept_parameters(sweep.get("config"))}
+
+
+def experiment_summary(sweep: dict | None, session: dict) -> Summary:
+    """The HPARAMS experiment: one column per hparam (with the sweep's choices as its domain
+    when it offers two or more), then the metrics, the sweep's metric first."""
+    swept = {hparam_name(p): p for p in swept_parameters((sweep or {}).get("config"))}
+    infos = []
+    for name, value in session.items():
+        info = api_pb2.HParamInfo(name=name, type=_data_type(value))
+        parameter = swept.get(name)
+        if parameter is not None and parameter.values and len(set(parameter.values)) > 1:
+            info.domain_discrete.extend(hparam_value(parameter, v) for v in parameter.values)
+            info.differs = True
+        infos.append(info)
+    first = ((sweep or {}).get("config") or {}).get("metric", {}).get("name")
+    order = ([first] if first in HPARAM_METRICS else []) + [
+        m for m in HPARAM_METRICS if m != first]
+    experiment = api_pb2.Experiment(
+        hparam_infos=infos,
+        metric_infos=[api_pb2.MetricInfo(name=api_pb2.MetricName(tag=m)) for m in order])
+    return _summary(metadata.EXPERIMENT_TAG, plugin_data_pb2.HParamsPluginData(
+        experiment=experiment))
+
+
+def config_text(config: dict, hparams: dict, session: dict, sweep: dict | None) -> str:
+    """The run's parameters as markdown: the swept ones (HPARAMS columns), then the rest."""
+    swept = [p.name for p in swept_parameters((sweep or {}).get("config"))] if sweep else []
+    lines = []
+    if sweep:
+        lines += [f"sweep `{sweep.get('id')}` ({sweep.get('name')}); HPARAMS columns: "
+                  + ", ".join(f"`{name}`" for name in session), ""]
+    lines += ["| parameter | value | in the sweep |", "|---|---|---|"]
+    for name in swept + [n for n in hparams if n not in swept]:
+        if name in config:
+            lines.append(f"| {name} | {short_number(config[name])} | "
+                         f"{'swept' if name in swept else 'fixed'} |")
+    return "\n".join(lines)
+
+
+def _data_type(value) -> int:
+    if isinstance(value, bool):
+        return api_pb2.DATA_TYPE_BOOL
+    if isinstance(value, (int, float)):
+        return api_pb2.DATA_TYPE_FLOAT64
+    return api_pb2.DATA_TYPE_STRING
+
+
+def _proto_value(value) -> struct_pb2.Value:
+    if isinstance(value, bool):
+        return struct_pb2.Value(bool_value=value)
+    if isinstance(value, (int, float)):
+        return struct_pb2.Value(number_value=float(value))
+    return struct_pb2.Value(string_value=str(value))
+
+
+def _summary(tag: str, data: plugin_data_pb2.HParamsPluginData) -> Summary:
+    data.version = metadata.PLUGIN_DATA_VERSION
+    plugin = SummaryMetadata.PluginData(plugin_name=metadata.PLUGIN_NAME,
+                                        content=data.SerializeToString())
+    return Summary(value=[Summary.Value(tag=tag, metadata=SummaryMetadata(plugin_data=plugin))])
 
 
 class TensorBoardSink(Sink):
     def start(self, run: RunInfo, config: dict, hparams: dict) -> None:
         self.writer = SummaryWriter(log_dir=run.log_dir)
-        experiment, session_start, self._session_end = hparams_summaries(
-            hparams, {name: 0.0 for name in HPARAM_METRICS})
-        self.writer.file_writer.add_summary(experiment)
-        self.writer.file_writer.add_summary(session_start)
+        session = session_hparams(config, hparams, run.sweep)
+        start = plugin_data_pb2.SessionStartInfo(start_time_secs=time.time())
+        for name, value in session.items():
+            start.hparams[name].CopyFrom(_proto_value(value))
+        self.writer.file_writer.add_summary(experiment_summary(run.sweep, session))
+        self.writer.file_writer.add_summary(_summary(
+            metadata.SESSION_START_INFO_TAG,
+            plugin_data_pb2.HParamsPluginData(session_start_info=start)))
+        self.writer.add_text("run/config", config_text(config, hparams, session, run.sweep), 0)
         self.writer.flush()
 
     def log_step(self, step: int, metrics: dict) -> None:
@@ -54,7 +159,12 @@ class TensorBoardSink(Sink):
         for name in metrics.names(when=metrics.END, hparams=True):
             if summary.get(name) is not None:
                 self.writer.add_scalar(name, float(summary[name]), step)
-        self.writer.file_writer.add_summary(self._session_end)
+        end = plugin_data_pb2.SessionEndInfo(
+            status=api_pb2.Status.Value(STATUS.get(state, "STATUS_UNKNOWN")),
+            end_time_secs=time.time())
+        self.writer.file_writer.add_summary(_summary(
+            metadata.SESSION_END_INFO_TAG, plugin_data_pb2.HParamsPluginData(
+                session_end_info=end)))
         self.writer.close()
 
 

@@ -1,0 +1,272 @@
+"""What a student discusses from: a heat map of the whole grid (the log-distributed numeric
+parameter against the other numeric one, one panel per combination of the categorical
+ones), marginal sensitivity per parameter and per optimizer, observations stated with their
+numbers, and hyper-parameter importance with its limits."""
+
+from __future__ import annotations
+
+import itertools
+
+import numpy as np
+
+from agent.report import stats
+from agent.report.markdown import Context, Report, config_text, fmt
+from agent.report.study import RunRecord
+from agent.report.study_figures import HeatPanel, MarginalPanel, heatmap_grid, marginal_figure
+from agent.sweep_space import short_number, spans_decades
+
+NEAR_BEST = 0.02  # "within 2 points of the best": the window of good values
+FAILED = (stats.DIVERGED, stats.STUCK)
+
+
+def value(run: RunRecord, name: str):
+    return run.config.get(name, run.params.get(name))
+
+
+def _levels(runs: list[RunRecord], name: str) -> list:
+    found = {repr(value(r, name)): value(r, name) for r in runs}
+    items = list(found.values())
+    if all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in items):
+        return sorted(items)
+    return sorted(items, key=str)
+
+
+def split_axes(ctx: Context) -> tuple[list[str], list[str]]:
+    """(categorical, numeric) swept parameters, numeric ones with more levels first and a
+    log-distributed one before the others; seeds are not a study axis."""
+    runs = ctx.study.runs
+    swept = [a for a in ctx.swept if a != "seed"]
+    categorical = [a for a in swept if any(isinstance(value(r, a), (str, bool, list))
+                                           for r in runs)]
+    numeric = [a for a in swept if a not in categorical]
+    numeric.sort(key=lambda a: (not spans_decades(_levels(runs, a)), -len(_levels(runs, a))))
+    return categorical, numeric
+
+
+def heatmap_section(report: Report, ctx: Context) -> None:
+    study, metric = ctx.study, ctx.study.metric
+    categorical, numeric = split_axes(ctx)
+    report.add("## The whole grid", "")
+    if not numeric:
+        report.add("The sweep varies no numeric parameter: no heat map.", "")
+        return
+    row = numeric[0]
+    col = numeric[1] if len(numeric) > 1 else (categorical[-1] if categorical else None)
+    facets = [a for a in categorical if a != col]
+    rows, cols = _levels(study.runs, row), _levels(study.runs, col) if col else [None]
+    panels = []
+    for key in itertools.product(*(_levels(study.runs, f) for f in facets)):
+        mine = [r for r in study.runs if all(value(r, f) == v for f, v in zip(facets, key))]
+        values = np.full((len(rows), len(cols)), np.nan)
+        notes = [["" for _ in cols] for _ in rows]
+        for i, j in itertools.product(range(len(rows)), range(len(cols))):
+            cell = [r for r in mine if value(r, row) == rows[i]
+                    and (col is None or value(r, col) == cols[j])]
+            scores = [r.metric(metric) for r in cell if r.metric(metric) is not None]
+            diverged = [r for r in cell if ctx.group_of(r) == stats.DIVERGED]
+            if scores and not (diverged and len(diverged) == len(cell)):
+                values[i, j] = float(np.mean(scores))
+            notes[i][j] = "div" if diverged else ("–" if not cell else "no value")
+        title = ", ".join(f"{f}={short_number(v)}" for f, v in zip(facets, key)) or "all runs"
+        panels.append(HeatPanel(title, values, notes))
+    low = ctx.base.chance if ctx.base else np.nanmin([p.values for p in panels])
+    high = max(float(np.nanmax(p.values)) if np.isfinite(p.values).any() else low
+               for p in panels)
+    report.add(f"`{metric}` of every run: rows are `{row}`, columns `{col}`, one panel per "
+               + (" x ".join(f"`{f}`" for f in facets) or "study") + ". The colour runs from "
+               f"chance ({low:.2f}, dark) to the best ({high:.2f}, bright); \"div\" marks a run "
+               "that diverged (its last value means nothing).", "")
+    report.figure(heatmap_grid(panels, row, rows, col or "", cols, metric, low, high,
+                               ctx.out_dir / "grid_heatmap.png", f"{metric} over the grid",
+                               flip_rows=spans_decades(rows)), "heat map of the grid")
+
+
+def marginals(ctx: Context) -> list[MarginalPanel]:
+    """Per swept parameter: the metric at each value, its mean and 25th / 75th percentiles
+    over every other parameter, one series per optimizer (per model for the optimizer's own
+    panel)."""
+    study, metric = ctx.study, ctx.study.metric
+    categorical, numeric = split_axes(ctx)
+    panels = []
+    for name in categorical + numeric:
+        levels = _levels(study.runs, name)
+        split = next((s for s in ("optimizer", "model") if s in ctx.swept and s != name), None)
+        groups = _levels(study.runs, split) if split else [None]
+        panel = MarginalPanel(name, spans_decades(levels), name in categorical, levels)
+        for group in groups:
+            points = []
+            for level in levels:
+                scores = [r.metric(metric) for r in ctx.scored if value(r, name) == level
+                          and (split is None or value(r, split) == group)]
+                if scores:
+                    low, high = np.percentile(scores, [25, 75])
+                    points.append((level, float(np.mean(scores)), float(low), float(high),
+                                   len(scores)))
+            if points:
+                panel.series[f"{split}={group}" if split else "all runs"] = points
+        panels.append(panel)
+    return panels
+
+
+def marginal_section(report: Report, ctx: Context) -> None:
+    panels = marginals(ctx)
+    if not panels:
+        return
+    metric = ctx.study.metric
+    report.add("## Sensitivity to each parameter", "",
+               f"For each parameter: `{metric}` at each of its values, averaged over every "
+               "other parameter (line) with the middle half of those runs (band: 25th to 75th "
+               "percentile), one colour per "
+               "optimizer. A flat line: the parameter hardly matters here; a bend: it has a "
+               "best value.", "")
+    report.figure(marginal_figure(panels, metric, ctx.base.chance if ctx.base else None,
+                                  ctx.out_dir / "marginals.png",
+                                  f"{metric} by parameter (mean; band: middle half of the runs)"),
+                  "marginal sensitivity")
+
+
+def observations(ctx: Context) -> list[str]:
+    """A few sentences a discussion can start from, each with its numbers."""
+    categorical, numeric = split_axes(ctx)
+    out = _best_per_combination(ctx, categorical, numeric)
+    if numeric:
+        out += _windows_and_failures(ctx, numeric[0])
+        out += _correlation_caveat(ctx, numeric[0])
+    if len(numeric) > 1:
+        out += _paired_effect(ctx, numeric[1], categorical)
+    return out
+
+
+def _best_per_combination(ctx: Context, categorical: list[str], numeric: list[str]) -> list:
+    metric, out = ctx.study.metric, []
+    for key in itertools.product(*(_levels(ctx.study.runs, c) for c in categorical)):
+        mine = [r for r in ctx.scored if all(value(r, c) == v for c, v in zip(categorical, key))]
+        if mine:
+            name = ", ".join(f"{c}={v}" for c, v in zip(categorical, key)) or "all runs"
+            out.append(f"{name}: best {metric} {mine[0].metric(metric):.4f} at "
+                       f"{config_text(mine[0], numeric) or 'its only setting'}.")
+    return out
+
+
+def _windows_and_failures(ctx: Context, name: str) -> list[str]:
+    """Per optimizer: the values of `name` within NEAR_BEST of its best, and those where
+    every run diverged or got stuck."""
+    metric, out = ctx.study.metric, []
+    split = "optimizer" if "optimizer" in ctx.swept else None
+    for group in (_levels(ctx.study.runs, split) if split else [None]):
+        runs = [r for r in ctx.study.runs if split is None or value(r, split) == group]
+        scored = [r for r in ctx.scored if r in runs]
+        if not scored:
+            continue
+        top = scored[0].metric(metric)
+        good = sorted({value(r, name) for r in scored if r.metric(metric) >= top - NEAR_BEST})
+        failed = [lv for lv in _levels(runs, name)
+                  if all(ctx.group_of(r) in FAILED for r in runs if value(r, name) == lv)]
+        who = f"{split}={group}" if split else "all runs"
+        text = (f"{who}: {name} within {NEAR_BEST:g} of its best ({top:.4f}): "
+                + ", ".join(short_number(v) for v in good))
+        if failed:
+            count = sum(1 for r in runs if value(r, name) in failed)
+            text += (f"; at {name}=" + ", ".join(short_number(v) for v in failed)
+                      + f" every run diverged or got stuck ({count} runs)")
+        out.append(text + ".")
+    return out
+
+
+def _correlation_caveat(ctx: Context, name: str) -> list[str]:
+    metric = ctx.study.metric
+    runs = [r for r in ctx.scored if isinstance(value(r, name), (int, float))]
+    x = stats.numeric_values([value(r, name) for r in runs])
+    if x is None or len(runs) < 4:
+        return []
+    r_all = stats.correlation(x, np.asarray([r.metric(metric) for r in runs]))
+    split = "optimizer" if "optimizer" in ctx.swept else None
+    bends = []
+    for group in (_levels(ctx.study.runs, split) if split else [None]):
+        mine = [r for r in ctx.scored if split is None or value(r, split) == group]
+        levels = _levels(mine, name)
+        if mine and len(levels) > 2 and value(mine[0], name) not in (levels[0], levels[-1]):
+            bends.append(f"{split}={group} peaks at {name}={short_number(value(mine[0], name))}"
+                         if split else f"the best is at {name}="
+                         f"{short_number(value(mine[0], name))}")
+    axis = f"log10 {name}" if spans_decades(_levels(runs, name)) else name
+    if r_all is None:
+        return []
+    text = f"Pearson r({axis}, {metric}) over all runs is {r_all:+.2f}"
+    if bends:
+        return [text + ", yet " + "; ".join(bends) + ": inside the range, so the relation "
+                "bends and one correlation (or \"higher is better\") misleads."]
+    return [text + "."]
+
+
+def _paired_effect(ctx: Context, name: str, categorical: list[str]) -> list[str]:
+    """The metric's change from the lowest to the highest value of `name`, paired over
+    every other setting (converged runs only), per model."""
+    metric, out = ctx.study.metric, []
+    levels = _levels(ctx.study.runs, name)
+    low, high = levels[0], levels[-1]
+    if repr(low) == repr(high):
+        return []
+    others = [a for a in ctx.swept if a not in (name, "seed")]
+    split = "model" if "model" in categorical else None
+    for group in (_levels(ctx.study.runs, split) if split else [None]):
+        runs = [r for r in ctx.scored if ctx.group_of(r) == stats.CONVERGED
+                and (split is None or value(r, split) == group)]
+        by_setting = {}
+        for r in runs:
+            by_setting.setdefault(tuple(repr(value(r, a)) for a in others), {})[
+                repr(value(r, name))] = r.metric(metric)
+        diffs = [s[repr(high)] - s[repr(low)] for s in by_setting.values()
+                 if repr(high) in s and repr(low) in s]
+        if diffs:
+            mean, half, n = stats.t_interval(diffs)
+            out.append(f"{split + '=' + str(group) + ': ' if split else ''}{name} "
+                       f"{short_number(low)} -> {short_number(high)} changes {metric} by "
+                       f"{mean:+.4f} on average" + (f" (± {half:.4f})" if half else "")
+                       + f" over {n} paired settings of the converged runs.")
+    return out
+
+
+def discussion_section(report: Report, ctx: Context) -> None:
+    heatmap_section(report, ctx)
+    marginal_section(report, ctx)
+    notes = observations(ctx)
+    report.add("## Observations", "", "Generated from the runs above (one seed each unless "
+               "the seeds section says otherwise); starting points for a discussion, not "
+               "conclusions:", "")
+    report.add(*(f"- {line}" for line in notes), "")
+    importance_section(report, ctx)
+
+
+def importance_section(report: Report, ctx: Context) -> None:
+    study = ctx.study
+    axes = [a for a in ctx.swept if a != "seed"]
+    rows = stats.importance(study.runs, axes, study.metric)
+    report.add("## Hyper-parameter importance", "")
+    if not rows:
+        report.add("Needs at least 4 runs with a metric and one varying parameter.", "")
+        return
+    split = "optimizer" if "optimizer" in axes else None
+    groups = _levels(study.runs, split) if split else []
+    report.add(f"Against `{study.metric}`: a random forest's impurity importance (200 trees; "
+               "categorical parameters one-hot encoded, their columns summed) and the "
+               "Pearson correlation of numeric parameters (log10 of those spanning more than "
+               "two decades), as in W&B's parameter-importance panel, over all runs"
+               + (" and within each optimizer" if split else "") + ". A correlation only "
+               "measures a straight-line trend: read it beside the sensitivity plot.", "")
+    header = ["parameter", "importance", "r (all runs)"] + [f"r ({split}={g})" for g in groups]
+    table = []
+    for row in rows:
+        within = []
+        for group in groups:
+            mine = [r for r in ctx.scored if value(r, split) == group]
+            x = stats.numeric_values([r.params.get(row["parameter"]) for r in mine])
+            corr = None if x is None else stats.correlation(
+                x, np.asarray([r.metric(study.metric) for r in mine]))
+            within.append(fmt(corr, 3))
+        table.append([row["parameter"], fmt(row["importance"], 3), fmt(row["correlation"], 3),
+                      *within])
+    report.table(header, table)
+
+
+

@@ -1,0 +1,96 @@
+"""What every report section shares: the markdown being written (`Report`), the study's
+computed context (`Context`: swept parameters, groups, baselines, the data actually used),
+and how numbers and configurations are written."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from agent.report import stats
+from agent.report.curves import LossCurve
+from agent.report.figures import Drawn
+from agent.report.study import RunRecord, Study
+from agent.sweep_space import short_number
+
+
+class Report:
+    """Markdown lines and figure files, gathered section by section."""
+
+    def __init__(self, out_dir: Path):
+        self.out_dir = out_dir
+        self.path = out_dir / "report.md"
+        self.lines: list[str] = []
+        self.figures: dict[str, Drawn] = {}  # file name -> what it shows
+
+    def add(self, *lines: str) -> None:
+        self.lines.extend(lines)
+
+    def table(self, header: list[str], rows: list[list[str]]) -> None:
+        self.add("| " + " | ".join(header) + " |", "|" + " --- |" * len(header))
+        self.add(*("| " + " | ".join(row) + " |" for row in rows))
+        self.add("")
+
+    def figure(self, drawn: Drawn, alt: str) -> None:
+        self.figures[drawn.path.name] = drawn
+        self.add(f"![{alt}]({drawn.path.name})", "")
+
+
+@dataclass
+class DataUsed:
+    """The images the runs actually trained, validated and were tested on."""
+
+    dataset: str
+    source: str  # the files they were decoded from
+    classes: list[str]
+    full_train: int  # the dataset's training set before the validation split
+    val_split: float
+    train_subset: int  # 0: all
+    train_labels: list[int]  # of the images trained on
+    val_labels: list[int]
+    test_labels: list[int]
+
+
+@dataclass
+class Context:
+    """The study and what every section computes from it once."""
+
+    study: Study
+    out_dir: Path
+    rule: stats.GroupRule
+    swept: list[str]  # the sweep's search space (else the parameters that vary)
+    scored: list[RunRecord]  # runs with a value of the sweep's metric, best first
+    curves: dict[str, LossCurve] = field(default_factory=dict)  # by run id
+    verdicts: dict[str, stats.Verdict] = field(default_factory=dict)  # by run id
+    data: DataUsed | None = None
+    base: stats.Baselines | None = None
+    level: float = 0.95
+
+    @property
+    def classes(self) -> int | None:
+        if self.data is not None:
+            return len(self.data.classes)
+        found = {r.summary.get("classes") for r in self.study.runs} - {None}
+        return found.pop() if len(found) == 1 else None
+
+    def group_of(self, run: RunRecord) -> str:
+        verdict = self.verdicts.get(run.id)
+        return verdict.group if verdict else ""
+
+
+def fmt(value, digits: int = 4) -> str:
+    if value is None:
+        return "–"
+    if isinstance(value, float):
+        return f"{value:.{digits}f}"
+    return str(value)
+
+
+def ci_text(values: list[float], level: float = 0.95) -> str:
+    mean, half, n = stats.t_interval(values, level)
+    return f"{mean:.4f} ± {half:.4f} (n={n})" if half is not None else f"{mean:.4f} (n={n})"
+
+
+def config_text(run: RunRecord, names: list[str], sep: str = ", ") -> str:
+    """`model=cnn, lr=0.001`: the run's values of `names` (numbers in short form)."""
+    return sep.join(f"{n}={short_number(run.config.get(n, run.params.get(n)))}" for n in names)

@@ -1,0 +1,164 @@
+"""The report's view of the runs themselves: all runs and those better than random in
+parallel coordinates, the groups (diverged, stuck, converged) with their loss curves, the
+training curves of the best runs, and the best run's test results."""
+
+from __future__ import annotations
+
+import json
+
+from agent.report import figures, stats
+from agent.report.curves import tensorboard_scalars
+from agent.report.markdown import Context, Report, config_text, fmt
+from agent.report.study import RunRecord
+
+GROUP_TITLES = {stats.DIVERGED: "diverged", stats.STUCK: "stuck at chance",
+                stats.CONVERGED: "converged"}
+
+
+def parallel_section(report: Report, ctx: Context) -> None:
+    study = ctx.study
+    rows = [{**{a: r.config.get(a, r.params.get(a)) for a in ctx.swept},
+             study.metric: r.metric(study.metric)} for r in ctx.scored]
+    report.add("## All runs in parallel coordinates", "",
+               f"One line per run with a value of `{study.metric}`; the axes are the "
+               "parameters the sweep varies (log axes where they span more than two "
+               "decades); colour is the metric (brighter is better).", "")
+    report.figure(figures.parallel_coordinates(
+        rows, ctx.swept, study.metric, study.goal, report.out_dir / "parallel_all.png",
+        "all runs"), "parallel coordinates, all runs")
+    base = ctx.base
+    if base is None:
+        return
+    kept, left = stats.better_than_random(study.ended_runs(), base)
+    report.add("### Runs better than random", "",
+               f"Kept: a run whose test accuracy is above {base.chance_bound:.4f}, the "
+               f"accuracy that uniform guessing on the {base.test_size:,} test images stays "
+               f"at or below in {base.level:.0%} of draws (chance is {base.chance:.4f}; "
+               f"binomial quantile; a run without a test accuracy, one that diverged, is "
+               f"left out). **{len(kept)} of {len(kept) + len(left)}** runs pass; "
+               f"{len(left)} {'does' if len(left) == 1 else 'do'} not"
+               + (f", among them {_count_groups(ctx, left)}" if left else "") + ". This "
+               "tests against guessing, not for learning: a run at 12% passes it, yet "
+               "counts as stuck below.", "")
+    kept_rows = [row for row, run in zip(rows, ctx.scored) if run in kept]
+    report.figure(figures.parallel_coordinates(
+        kept_rows, ctx.swept, study.metric, study.goal, report.out_dir / "parallel_better.png",
+        f"runs better than random (test accuracy > {base.chance_bound:.4f})"),
+        "parallel coordinates, better than random")
+
+
+def _count_groups(ctx: Context, runs: list[RunRecord]) -> str:
+    counts = {g: sum(ctx.group_of(r) == g for r in runs) for g in stats.GROUPS}
+    return ", ".join(f"{n} {GROUP_TITLES[g]}" for g, n in counts.items() if n)
+
+
+def groups_section(report: Report, ctx: Context) -> None:
+    classes = ctx.classes
+    report.add("## Diverged, stuck and converged runs", "")
+    if classes is None:
+        report.add("The number of classes is unknown here (no dataset files), so the rule "
+                   "cannot be applied.", "")
+        return
+    members = {g: [r for r in ctx.study.runs if ctx.group_of(r) == g] for g in stats.GROUPS}
+    sources = {ctx.curves[r.id].source for r in ctx.study.runs if r.id in ctx.curves}
+    report.add(f"Rule: {ctx.rule.describe(classes)}. The thresholds are parameters: "
+               f"`python -m agent.report {ctx.study.sweep_id} --explode-factor "
+               f"{ctx.rule.explode_factor:g} --stuck-margin {ctx.rule.stuck_margin:g}`.", "",
+               "Counts: " + ", ".join(f"{len(members[g])} {g}" for g in stats.GROUPS)
+               + f" (runs without an epoch or a loss: "
+               f"{len(ctx.study.runs) - sum(map(len, members.values()))}). Each run's group "
+               "is the `group` column of runs.csv.", "")
+    if sources - {"tensorboard", "wandb"}:
+        report.add("Some runs have no step-level losses (no TensorBoard or W&B history): "
+                   "their curves and the rule use the epoch means instead.", "")
+    for group in (stats.DIVERGED, stats.STUCK):
+        if members[group]:
+            report.add(f"### {GROUP_TITLES[group].capitalize()} ({len(members[group])})", "")
+            report.table(ctx.swept + ["why", "run"], [
+                [fmt_value(r, a) for a in ctx.swept]
+                + [ctx.verdicts[r.id].reason, r.id] for r in members[group]])
+    for group in stats.GROUPS:
+        report.figure(group_figure(ctx, group, members[group]), f"{group} runs")
+
+
+def fmt_value(run: RunRecord, name: str) -> str:
+    return config_text(run, [name]).split("=", 1)[1]
+
+
+def group_figure(ctx: Context, group: str, runs: list[RunRecord]) -> figures.Drawn:
+    """The group's training losses, faceted by the categorical swept parameters and
+    coloured / styled by the numeric ones."""
+    categorical = [a for a in ctx.swept if any(
+        isinstance(r.config.get(a), (str, bool, list)) for r in ctx.study.runs)]
+    numeric = [a for a in ctx.swept if a not in categorical]
+    curves = [figures.GroupCurve({a: r.config.get(a, r.params.get(a)) for a in ctx.swept},
+                                 ctx.curves[r.id].steps, ctx.curves[r.id].losses)
+              for r in runs if r.id in ctx.curves]
+    steps = all(ctx.curves[r.id].source != "epoch" for r in runs if r.id in ctx.curves)
+    return figures.group_loss_figure(
+        curves, categorical[:2], numeric[0] if numeric else None,
+        numeric[1] if len(numeric) > 1 else None,
+        ctx.out_dir / f"loss_{group}.png",
+        f"{GROUP_TITLES[group]} runs ({len(curves)}): training loss",
+        "training step" if steps else "epoch",
+        ctx.rule.explode_at(ctx.classes) if group == stats.DIVERGED else None)
+
+
+def curves_section(report: Report, ctx: Context) -> None:
+    best = ctx.scored[:3]
+    steps = all(ctx.curves[r.id].source != "epoch" for r in best)
+    report.add("## Training curves of the best runs", "",
+               ("Training loss and accuracy step by step (the logged steps), validation after "
+                "each epoch." if steps else "Per epoch (no step-level record was found)."), "")
+    report.figure(figures.training_curves(
+        [training_series(ctx, r, steps) for r in best], ctx.out_dir / "training_curves.png",
+        "training step" if steps else "epoch"), "training curves")
+
+
+def training_series(ctx: Context, run: RunRecord, steps: bool) -> figures.TrainingSeries:
+    """A run's curves: training per logged step (TensorBoard or W&B) when `steps`, else per
+    epoch; validation per epoch, placed at the epoch's last step."""
+    label = f"{config_text(run, ctx.swept, ' ')} [{fmt(run.metric(ctx.study.metric))}]"
+    rows = [r for r in run.history if "epoch" in r]
+    per_epoch = (run.summary.get("global_step", 0) / run.summary["epochs_done"]
+                 if steps and run.summary.get("epochs_done") else 1)
+    at = [row["epoch"] * per_epoch for row in rows]
+    val = {k: (at, [row.get(f"val/{k}") for row in rows]) for k in ("loss", "acc")}
+    if not steps:
+        return figures.TrainingSeries(label, {k: (at, [row.get(f"train/{k}") for row in rows])
+                                              for k in ("loss", "acc")}, val)
+    curve = ctx.curves[run.id]
+    accuracy = tensorboard_scalars(run.log_dir, "train/step_acc") if curve.source == \
+        "tensorboard" else [(r.get("_step", i), r["train/step_acc"])
+                            for i, r in enumerate(run.steps or []) if "train/step_acc" in r]
+    return figures.TrainingSeries(label, {"loss": (curve.steps, curve.losses),
+                                          "acc": tuple(map(list, zip(*accuracy))) or ([], [])},
+                                  val)
+
+
+def best_run_section(report: Report, ctx: Context) -> None:
+    study, top = ctx.study, ctx.scored[0]
+    report.add(f"## The best run: {top.id}", "",
+               f"{study.metric} = {fmt(top.metric(study.metric))}, test/acc = "
+               f"{fmt(top.metric('test/acc'))}; configuration: "
+               f"{config_text(top, ctx.swept)}. One run of one seed: the intervals over "
+               "seeds are in the section on seeds above.", "")
+    classes = ctx.data.classes if ctx.data else None
+    confusion = top.run_dir / "confusion.json" if top.run_dir else None
+    if confusion is not None and confusion.exists():
+        saved = json.loads(confusion.read_text())
+        classes, matrix = saved["classes"], saved["matrix"]
+        report.figure(figures.confusion_matrix_figure(
+            matrix, classes, ctx.out_dir / "confusion.png",
+            f"confusion matrix of {top.id} (test set)"), "confusion matrix")
+        accuracies = [row[i] / max(sum(row), 1) for i, row in enumerate(matrix)]
+    elif classes and all(f"test/class_acc/{c}" in top.summary for c in classes):
+        accuracies = [top.summary[f"test/class_acc/{c}"] for c in classes]
+    else:
+        report.add("No confusion matrix or per-class accuracy was recorded for this run.", "")
+        return
+    report.figure(figures.per_class_accuracy_figure(
+        accuracies, classes, ctx.out_dir / "per_class.png",
+        f"test accuracy per class of {top.id} (hardest first)"), "per-class accuracy")
+    report.add("Hardest classes: " + ", ".join(stats.hardest_classes(accuracies, classes))
+               + ".", "")

@@ -1,0 +1,240 @@
+"""The report's opening: whether the sweep is finished, the set-up as it was actually run
+(the images used, every fixed parameter, hardware, wall time, the sweep file), the class
+counts of what was trained on, and the baselines of a model that learnt nothing."""
+
+from __future__ import annotations
+
+import datetime
+import os
+import platform
+from collections import Counter
+
+import yaml
+
+from agent.params import PARAMS
+from agent.report import figures
+from agent.report.markdown import Context, DataUsed, Report, fmt
+from agent.report.study import RunRecord, Study
+from agent.sweep.status import planned_runs
+from agent.sweep_space import duration_text, short_number
+from util.errors import UserError
+
+ENDED = ("finished", "stopped", "failed", "crashed")
+# What the sweep engine adds to a sweep's metric when it stores the sweep.
+ENGINE_DEFAULTS = (("impute", "worst"), ("impute_while_running", "false"),
+                   ("impute_while_running", False))
+# A parameter whose help starts with one of these applies only when the condition holds.
+APPLIES_TO = {"dense:": ("model", "dense"), "cnn:": ("model", "cnn"),
+              "resnet:": ("model", "resnet"), "skip_mlp:": ("model", "skip_mlp"),
+              "sam:": ("optimizer", "sam"), "augment:": ("augment", True)}
+
+
+def header_section(report: Report, study: Study) -> None:
+    states = Counter(r.state for r in study.runs)
+    report.add(f"# Study report: {study.name}", "",
+               f"Sweep `{study.sweep_id}` ({study.source}), method "
+               f"`{study.sweep_config.get('method')}`, metric `{study.metric}` "
+               f"({study.goal}). Generated {datetime.date.today().isoformat()}.", "",
+               f"Runs: {len(study.runs)} (" + (", ".join(f"{n} {s}" for s, n in
+                                                       sorted(states.items())) or "none")
+               + "). One row per run: [runs.csv](runs.csv).", "")
+    planned = planned_runs(study.sweep_config)
+    ended = sum(states[s] for s in ENDED)
+    open_runs = len(study.runs) - ended
+    if (planned and ended < planned) or open_runs:
+        report.add(f"**This sweep is not finished**: {ended} of "
+                   f"{planned or len(study.runs)} planned runs have ended"
+                   + (f" ({open_runs} pending or running)" if open_runs else "")
+                   + ". Every number below covers the ended runs only; run the report "
+                   "again when the sweep is done.", "")
+
+
+def load_data_used(run: RunRecord) -> DataUsed | None:
+    """The split the trials made (util/device_cache.py): validation carved out of the
+    training set with a fixed seed, then the first `train_subset` of the rest trained on."""
+    import torch
+
+    from util.datasets import load_decoded
+    from util.device_cache import device_splits
+
+    p = run.params
+    try:
+        decoded = load_decoded(p.dataset, p.data_dir, p.dataset_dir)
+        splits = device_splits(p.dataset, p.data_dir, torch.device("cpu"), p.val_split,
+                               p.dataset_dir)
+    except UserError:
+        return None
+    train = splits.train_y[:p.train_subset] if p.train_subset else splits.train_y
+    return DataUsed(p.dataset, str(decoded.source), list(splits.classes), len(decoded.train_y),
+                    p.val_split, p.train_subset, train.tolist(), splits.val_y.tolist(),
+                    splits.test_y.tolist())
+
+
+def setup_section(report: Report, ctx: Context) -> None:
+    study, data = ctx.study, ctx.data
+    report.add("## Set-up", "")
+    if data is None:
+        report.add("The dataset's files are not on this machine, so the data actually used "
+                   "cannot be counted here.", "")
+    else:
+        report.add(*data_lines(data, study), "")
+    report.add("### Fixed parameters", "",
+               "Every hyper-parameter that is the same in all runs, with where its value "
+               "came from (parameters of a model or optimizer the study does not use are "
+               "left out).", "")
+    report.table(["parameter", "value", "from", "what it does"], fixed_rows(study, ctx.swept))
+    report.add("### Hardware and time", "", *hardware_lines(study), "")
+    report.add("### The sweep file", "", "As stored with the sweep, less the defaults the sweep "
+               "engine adds (`distribution: constant` / `categorical`, `impute`):", "",
+               "```yaml",
+               sweep_yaml(study.sweep_config).rstrip(), "```", "")
+
+
+def data_lines(data: DataUsed, study: Study) -> list[str]:
+    varying = [k for k in ("dataset", "val_split", "train_subset")
+               if len({repr(r.params.get(k)) for r in study.runs}) > 1]
+    n_val, n_test = len(data.val_labels), len(data.test_labels)
+    used = len(data.train_labels)
+    lines = [f"- Data: `{data.dataset}`, read from `{data.source}`: {data.full_train:,} "
+             f"training and {n_test:,} test images, {len(data.classes)} classes.",
+             f"- Validation: {n_val:,} images (`val_split={data.val_split:g}`), carved out "
+             "of the training set with a fixed seed: the same images for every run.",
+             f"- Trained on: {used:,} images"
+             + (f" (`train_subset={data.train_subset}`: the first {used:,} of the "
+                f"{data.full_train - n_val:,} left after the validation split)."
+                if data.train_subset else " (all that is left after the validation split)."),
+             f"- Tested on: all {n_test:,} test images; the test set chose nothing (runs "
+             f"are ranked by `{study.metric}`).",
+             "- Per-class counts of the images trained on: "
+             + ", ".join(f"{c} {n}" for c, n in zip(data.classes, class_counts(
+                 data.train_labels, len(data.classes)))) + "."]
+    if varying:
+        lines.append(f"- Runs differ in {', '.join(varying)}: the counts above are the best "
+                     "run's; runs.csv has each run's values.")
+    return lines
+
+
+def class_counts(labels: list[int], classes: int) -> list[int]:
+    counts = Counter(labels)
+    return [counts[i] for i in range(classes)]
+
+
+def fixed_rows(study: Study, swept: list[str]) -> list[list[str]]:
+    runs = study.runs
+    in_file = study.sweep_config.get("parameters") or {}
+    rows = []
+    for param in PARAMS:
+        values = {repr(r.params.get(param.name)) for r in runs}
+        if not param.hyper or len(values) != 1 or param.name in swept \
+                or not _applies(param, runs):
+            continue
+        value = runs[0].params.get(param.name)
+        shown = (", ".join(map(str, value)) if isinstance(value, list)
+                 else short_number(value))
+        rows.append([f"`{param.name}`", shown,
+                     "sweep file" if param.name in in_file else "default", param.help])
+    return rows
+
+
+def _applies(param, runs: list[RunRecord]) -> bool:
+    for prefix, (key, wanted) in APPLIES_TO.items():
+        if param.help.startswith(prefix):
+            return any(r.params.get(key) == wanted for r in runs)
+    return True
+
+
+def hardware_lines(study: Study) -> list[str]:
+    hosts = sorted({r.host for r in study.runs if r.host})
+    here = platform.node()
+    lines = []
+    if hosts:
+        lines.append(f"- Ran on host{'s' if len(hosts) > 1 else ''} {', '.join(hosts)} "
+                     "(the agents' names in the sweep store).")
+    if hosts == [here]:
+        lines.append(f"- That host, where this report was written: {machine_text()}.")
+    elif study.source == "wandb":
+        lines.append("- Hardware: see each run's System tab on W&B.")
+    else:
+        lines.append(f"- This report was written on {here} ({machine_text()}), not where "
+                     "the runs trained.")
+    ended = [r for r in study.runs if r.duration]
+    starts = [r.started for r in study.runs if r.started]
+    ends = [r.ended for r in study.runs if r.ended]
+    if starts and ends:
+        lines.append(f"- Wall time of the sweep: {duration_text(max(ends) - min(starts))} "
+                     "from the first run's start to the last run's end.")
+    if ended:
+        lines.append(f"- Run time: {duration_text(sum(r.duration for r in ended))} summed "
+                     f"over {len(ended)} runs; per run, mean by model: " + ", ".join(
+                         f"{m} {duration_text(sum(r.duration for r in rs) / len(rs))}"
+                         for m, rs in _by(ended, "model").items()) + ".")
+    return lines
+
+
+def _by(runs: list[RunRecord], key: str) -> dict[str, list[RunRecord]]:
+    out: dict[str, list[RunRecord]] = {}
+    for run in runs:
+        out.setdefault(str(run.params.get(key)), []).append(run)
+    return out
+
+
+def machine_text() -> str:
+    import torch
+
+    cpu = platform.processor() or platform.machine()
+    try:
+        with open("/proc/cpuinfo") as info:
+            cpu = next(line.split(":", 1)[1].strip() for line in info
+                       if line.startswith("model name"))
+    except (OSError, StopIteration):
+        pass
+    gpu = (torch.cuda.get_device_name(0) if torch.cuda.is_available() else "no CUDA GPU")
+    return f"{cpu}, {os.cpu_count()} CPU threads, {gpu}, torch {torch.__version__}"
+
+
+def sweep_yaml(config: dict) -> str:
+    parameters = {}
+    for name, spec in (config.get("parameters") or {}).items():
+        if isinstance(spec, dict) and spec.get("distribution") in ("constant", "categorical") \
+                and ("value" in spec or "values" in spec):
+            spec = {k: v for k, v in spec.items() if k != "distribution"}
+        parameters[name] = spec
+    metric = {k: v for k, v in (config.get("metric") or {}).items()
+              if (k, v) not in ENGINE_DEFAULTS}
+    return yaml.safe_dump({**config, "metric": metric, "parameters": parameters},
+                          sort_keys=False,
+                          default_flow_style=None, width=88)
+
+
+def dataset_section(report: Report, ctx: Context) -> None:
+    """Class histograms of what was trained on, and the baselines."""
+    data, base = ctx.data, ctx.base
+    report.add("## Dataset and baselines", "")
+    if data is None or base is None:
+        report.add("The dataset's files are not on this machine: no class counts or "
+                   "baselines.", "")
+        return
+    k = len(data.classes)
+    drawn = figures.class_histograms(
+        {"trained on": class_counts(data.train_labels, k),
+         "validation": class_counts(data.val_labels, k),
+         "test": class_counts(data.test_labels, k)},
+        data.classes, report.out_dir / "class_histograms.png",
+        f"{data.dataset}: images per class, as used by the runs")
+    report.figure(drawn, "class histograms")
+    names = [data.classes[c] for c in base.majority_classes]
+    tie = (f" Classes {', '.join(names)} are tied at {base.majority_count} training images "
+           f"each; the baseline predicts the first, {names[0]} (any of them scores "
+           f"{base.majority_range[0]:.4f}-{base.majority_range[1]:.4f})."
+           if base.tied else "")
+    report.add("Computed on the real test set: a random model guessing each class with equal "
+               f"probability, and a majority-class model that always predicts the most "
+               f"frequent class of the images trained on (`{names[0]}`, "
+               f"{base.majority_count} images).{tie}", "")
+    report.table(["model", "test accuracy", "how"], [
+        ["random (expected)", fmt(base.chance), f"1/{k}"],
+        ["random (one seeded draw)", fmt(base.random_draw), f"{base.test_size:,} guesses"],
+        [f"random, {base.level:.0%} upper bound", fmt(base.chance_bound),
+         f"binomial({base.test_size:,}, 1/{k}) quantile {base.level:g} / {base.test_size:,}"],
+        ["majority class" + (" (tied)" if base.tied else ""), fmt(base.majority),
+         f"always `{names[0]}`"]])

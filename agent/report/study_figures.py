@@ -1,0 +1,219 @@
+"""The report's figures about the whole study (what a student discusses from): heat maps of
+the grid, marginal sensitivity per parameter, values per seed, and the weight distributions
+per layer of one architecture. Same conventions as agent/report/figures.py (Agg, 110 dpi,
+a `Drawn` back)."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+import matplotlib.pyplot as plt
+import numpy as np
+from matplotlib.colors import Normalize
+from matplotlib.patches import Patch
+
+from agent.report.figures import BEST, INIT, WORST, Drawn, _note, _save, _value_text
+
+KDE_POINTS = 20_000  # weights drawn (seeded) for a violin's density; its std uses them all
+
+
+# ---------------------------------------------------------------- the grid
+
+@dataclass
+class HeatPanel:
+    title: str  # the fixed values of this panel, e.g. "model=cnn, optimizer=adam"
+    values: np.ndarray  # (rows, cols) metric, nan where no run scored
+    notes: list[list[str]]  # (rows, cols) text for cells without a value ("div", "")
+
+
+def heatmap_grid(panels: list[HeatPanel], row_label: str, row_values: list,
+                 col_label: str, col_values: list, metric: str, low: float, high: float,
+                 path, title: str, flip_rows: bool = False) -> Drawn:
+    """One annotated heat map per panel: rows x columns of the metric (viridis from `low`,
+    e.g. chance, to `high`), each cell written; a cell without a value shows its note.
+    `flip_rows` puts the last row value on top."""
+    cols = max(1, min(len(panels), 4))
+    rows = max(1, math.ceil(len(panels) / cols))
+    width = max(3.0, 0.62 * len(col_values) + 1.6)
+    height = max(2.6, 0.42 * len(row_values) + 1.2)
+    fig, axes = plt.subplots(rows, cols, figsize=(width * cols + 1.0, height * rows + 0.6),
+                             squeeze=False, layout="constrained")
+    fig.suptitle(title)
+    for ax in axes.flat[len(panels):]:
+        ax.axis("off")
+    if not panels:
+        _note(axes[0, 0], "no grid to show")
+        return _save(fig, path)
+    norm = Normalize(low, high if high > low else low + 1e-6)
+    image = None
+    for ax, panel in zip(axes.flat, panels):
+        image = ax.imshow(np.ma.masked_invalid(panel.values), cmap="viridis", norm=norm,
+                          aspect="auto")
+        ax.set_facecolor("0.85")  # cells without a value
+        for (i, j), value in np.ndenumerate(panel.values):
+            text = f"{value:.2f}" if np.isfinite(value) else panel.notes[i][j]
+            bright = np.isfinite(value) and norm(value) > 0.6
+            ax.text(j, i, text, ha="center", va="center", fontsize=7,
+                    color="black" if bright or not np.isfinite(value) else "white")
+        ax.set_xticks(range(len(col_values)), [_value_text(v) for v in col_values], fontsize=8)
+        ax.set_yticks(range(len(row_values)), [_value_text(v) for v in row_values], fontsize=8)
+        if flip_rows:
+            ax.invert_yaxis()  # the largest value (lr 0.1) on top, as tables list it
+        ax.set_xlabel(col_label, fontsize=8)
+        ax.set_ylabel(row_label, fontsize=8)
+        ax.set_title(panel.title, fontsize=9)
+    fig.colorbar(image, ax=axes.ravel().tolist(), fraction=0.03, pad=0.01, label=metric)
+    return _save(fig, path)
+
+
+# ---------------------------------------------------------------- marginals
+
+@dataclass
+class MarginalPanel:
+    parameter: str
+    log: bool  # numeric values over > 2 decades: a log x axis
+    categorical: bool
+    levels: list  # the parameter's values, in axis order
+    # {series label: [(level, mean, low, high, n) ...]}: low..high is the band drawn
+    series: dict[str, list[tuple]] = field(default_factory=dict)
+
+
+def marginal_figure(panels: list[MarginalPanel], metric: str, chance: float | None, path,
+                    title: str) -> Drawn:
+    """One panel per parameter: the metric's mean over every other parameter at each of its
+    values (line) and a band low..high (error bars on a categorical axis), one colour per
+    series (an optimizer)."""
+    cols = max(1, min(len(panels), 4))
+    rows = max(1, math.ceil(len(panels) / cols))
+    fig, axes = plt.subplots(rows, cols, figsize=(3.8 * cols + 0.6, 3.2 * rows + 0.6),
+                             squeeze=False, sharey=True)
+    fig.suptitle(title)
+    for ax in axes.flat[len(panels):]:
+        ax.axis("off")
+    if not panels:
+        _note(axes[0, 0], "no parameter varies")
+        return _save(fig, path)
+    for ax, panel in zip(axes.flat, panels):
+        position = ({v: i for i, v in enumerate(panel.levels)} if panel.categorical
+                    else {v: v for v in panel.levels})
+        shift = 0.12 * (len(panel.series) - 1) / 2
+        for i, (label, points) in enumerate(panel.series.items()):
+            means = [p[1] for p in points]
+            if panel.categorical:  # no line between categories: a mean and its range each
+                xs = [position[p[0]] - shift + 0.12 * i for p in points]
+                ax.errorbar(xs, means, yerr=[[m - p[2] for m, p in zip(means, points)],
+                                             [p[3] - m for m, p in zip(means, points)]],
+                            fmt="o", color=f"C{i}", capsize=3, label=label)
+                continue
+            xs = [position[p[0]] for p in points]
+            ax.plot(xs, means, marker="o", color=f"C{i}", label=label)
+            ax.fill_between(xs, [p[2] for p in points], [p[3] for p in points],
+                            color=f"C{i}", alpha=0.15, linewidth=0)
+        if chance is not None:
+            ax.axhline(chance, color="0.4", linestyle=":", linewidth=1, label="chance")
+        if panel.categorical:
+            ax.set_xticks(range(len(panel.levels)), [_value_text(v) for v in panel.levels])
+            ax.set_xlim(-0.5, len(panel.levels) - 0.5)
+        elif panel.log:
+            ax.set_xscale("log")
+        ax.set_xlabel(panel.parameter)
+        ax.set_ylabel(f"{metric}: mean, middle half", fontsize=8)
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=7, loc="upper center", bbox_to_anchor=(0.5, -0.2), ncol=2,
+                  frameon=False)  # below the panel: it hides no band
+    fig.tight_layout()
+    return _save(fig, path)
+
+
+# ---------------------------------------------------------------- seeds
+
+@dataclass
+class SeedRow:
+    label: str  # the configuration
+    values: list[float]  # one per seed
+    mean: float
+    half: float | None  # half-width of the confidence interval
+    selected: float | None = None  # the sweep's own run of it (the one that was picked)
+
+
+def seed_figure(rows: list[SeedRow], metric: str, path, title: str) -> Drawn:
+    """Per configuration: a dot per seed, the mean with its interval, and a hollow diamond
+    for the sweep run that selected the configuration (not part of the mean)."""
+    fig, ax = plt.subplots(figsize=(8.0, 0.55 * max(2, len(rows)) + 1.4))
+    ax.set_title(title, fontsize=10, pad=24)
+    if not rows:
+        _note(ax, "no configuration was repeated")
+        return _save(fig, path)
+    for y, row in enumerate(rows):
+        ax.plot(row.values, [y] * len(row.values), "o", color="tab:blue", alpha=0.6,
+                markersize=5, label="one seed" if y == 0 else "_seed")
+        ax.errorbar([row.mean], [y], xerr=[[row.half or 0], [row.half or 0]], fmt="|",
+                    color="black", markersize=14, capsize=4,
+                    label="mean, 95% interval" if y == 0 else "_mean")
+        if row.selected is not None:
+            ax.plot([row.selected], [y], "D", markerfacecolor="none", color="tab:red",
+                    label="the sweep's run (selected; not in the mean)" if y == 0 else "_sel")
+    ax.set_yticks(range(len(rows)), [r.label for r in rows], fontsize=8)
+    ax.invert_yaxis()
+    ax.set_xlabel(metric)
+    ax.grid(axis="x", alpha=0.3)
+    ax.legend(fontsize=7, loc="lower center", bbox_to_anchor=(0.5, 1.0), ncol=3,
+              frameon=False)
+    return _save(fig, path)
+
+
+# ---------------------------------------------------------------- weights
+
+@dataclass
+class WeightSet:
+    key: str  # short name on the x axis: init, B1, W1...
+    kind: str  # "init", "best" or "worst"
+    description: str  # its configuration and score, for the legend
+    layers: dict[str, np.ndarray]  # layer name -> every weight of that layer
+
+
+COLOURS = {"init": INIT, "best": BEST, "worst": WORST}
+
+
+def weight_distributions(model: str, layers: list[str], sets: list[WeightSet], path) -> Drawn:
+    """One panel per layer: a violin of the layer's weights for the initial weights and each
+    best and worst run of one architecture, with its standard deviation written above."""
+    cols = 2 if len(layers) == 4 else max(1, min(len(layers), 3))
+    rows = max(1, math.ceil(len(layers) / cols))
+    fig, axes = plt.subplots(rows, cols, figsize=(0.55 * len(sets) * cols + 1.6 * cols,
+                                                  3.0 * rows + 0.8), squeeze=False)
+    fig.suptitle(f"{model}: weights per layer (biases and norm scales left out)")
+    for ax in axes.flat[len(layers):]:
+        ax.axis("off")
+    if not layers or not sets:
+        _note(axes[0, 0], "no weights to show")
+        return _save(fig, path)
+    sample = np.random.default_rng(0)
+    for ax, layer in zip(axes.flat, layers):
+        present = [s for s in sets if layer in s.layers and s.layers[layer].size]
+        data = [s.layers[layer] for s in present]
+        drawn = [d if d.size <= KDE_POINTS else sample.choice(d, KDE_POINTS, replace=False)
+                 for d in data]
+        parts = ax.violinplot(drawn, positions=range(len(present)), showextrema=False,
+                              widths=0.8, points=200)
+        for body, s in zip(parts["bodies"], present):
+            body.set_facecolor(COLOURS[s.kind])
+            body.set_alpha(0.6)
+        # The scale of most weights, not of a few outliers: 99.9% of each set inside it.
+        top = max(float(np.quantile(np.abs(d), 0.999)) for d in drawn) or 1.0
+        for x, values in enumerate(data):
+            ax.text(x, top * 1.08, f"{values.std():.2g}", ha="center", fontsize=6)
+        ax.set_ylim(-top * 1.2, top * 1.2)
+        ax.set_xticks(range(len(present)), [s.key for s in present], fontsize=7)
+        ax.set_title(f"{layer} ({data[0].size:,} weights)", fontsize=9)
+        ax.set_ylabel("weight", fontsize=8)
+        ax.tick_params(axis="y", labelsize=7)
+        ax.grid(axis="y", alpha=0.3)
+    fig.legend(handles=[Patch(color=COLOURS[s.kind], alpha=0.6,
+                              label=f"{s.key}: {s.description}") for s in sets],
+               loc="upper center", bbox_to_anchor=(0.5, 0.0), ncol=1, fontsize=7,
+               frameon=False, title="numbers above the violins: standard deviation",
+               title_fontsize=7)
+    fig.tight_layout()
+    return _save(fig, path)

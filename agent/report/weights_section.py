@@ -1,0 +1,134 @@
+"""The report's look inside the models: the distributions of the weights of each named layer
+(initial, best and worst runs of one architecture, from their checkpoints) and Grad-CAM maps
+of correctly and wrongly classified test images for the best convolutional run."""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from agent.report import figures, stats
+from agent.report.markdown import Context, Report, config_text
+from agent.report.study import RunRecord
+from agent.report.study_figures import WeightSet, weight_distributions
+
+PER_SIDE = 3  # best and worst runs shown per architecture
+GRADCAM_IMAGES = 4  # of each kind: correct, misclassified
+
+
+def _model(run: RunRecord, classes: int, shape: tuple[int, int, int]):
+    from nn.models import MODELS
+
+    torch.manual_seed(run.params.seed)  # the trial's own initial weights for this seed
+    return MODELS[run.params.model](run.params, shape, classes)
+
+
+def layer_weights(model) -> dict[str, np.ndarray]:
+    """Every weight matrix or kernel (ndim >= 2) by its layer's name, flattened: the same
+    layers as the trial's `weights/<layer>` histograms (biases and norm scales left out)."""
+    return {name.rpartition(".")[0]: p.detach().float().flatten().numpy()
+            for name, p in model.named_parameters() if name.endswith("weight") and p.ndim >= 2}
+
+
+def _checkpoint_weights(run: RunRecord, model) -> dict[str, np.ndarray] | None:
+    from agent.trial.checkpoint import load_checkpoint
+
+    saved = load_checkpoint(run.run_dir) if run.run_dir else None
+    if saved is None:
+        return None
+    model.load_state_dict(saved["model"])
+    weights = layer_weights(model)
+    return weights if all(np.isfinite(w).all() for w in weights.values()) else None
+
+
+def weights_section(report: Report, ctx: Context) -> None:
+    report.add("## Weight distributions per layer", "")
+    if ctx.data is None:
+        report.add("Needs the dataset's files (for the input shape).", "")
+        return
+    classes = len(ctx.data.classes)
+    shape = _input_shape(ctx)
+    architectures = sorted({r.params.model for r in ctx.scored})
+    report.add("Per architecture (layers are only comparable within one), the weights of "
+               f"each named layer: the initial weights, the {PER_SIDE} best runs (B) and the "
+               f"{PER_SIDE} worst runs (W) by `{ctx.study.metric}` among the runs that did not "
+               "diverge (a diverged run's weights are garbage, often NaN) and have a "
+               "checkpoint. The "
+               "shape and width of each violin is the distribution; the number above it, its "
+               "standard deviation.", "")
+    for model_name in architectures:
+        runs = [r for r in ctx.scored if r.params.model == model_name
+                and ctx.group_of(r) != stats.DIVERGED]
+        if not runs:
+            continue
+        init_model = _model(runs[0], classes, shape)
+        init = layer_weights(init_model)
+        chosen = []
+        for kind, candidates in (("best", runs), ("worst", list(reversed(runs)))):
+            for run in candidates:
+                if len([c for c in chosen if c[0] == kind]) == PER_SIDE or (
+                        kind == "worst" and any(run is c[1] for c in chosen)):
+                    continue
+                weights = _checkpoint_weights(run, _model(run, classes, shape))
+                if weights is not None:
+                    chosen.append((kind, run, weights))
+        if not chosen:
+            report.add(f"`{model_name}`: no run with a checkpoint on this machine.", "")
+            continue
+        sets = [WeightSet("init", "init", f"initial weights (seed {runs[0].params.seed})",
+                          init)]
+        for kind in ("best", "worst"):
+            mine = [c for c in chosen if c[0] == kind]
+            sets += [WeightSet(f"{kind[0].upper()}{i}", kind,
+                               f"{config_text(run, [a for a in ctx.swept if a != 'model'], ' ')} "
+                               f"({ctx.study.metric} {run.metric(ctx.study.metric):.3f})", w)
+                     for i, (_, run, w) in enumerate(mine, start=1)]
+        report.figure(weight_distributions(model_name, list(init), sets,
+                                           ctx.out_dir / f"weights_{model_name}.png"),
+                      f"weight distributions, {model_name}")
+
+
+def _input_shape(ctx: Context) -> tuple[int, int, int]:
+    from util.datasets import load_decoded
+
+    p = ctx.scored[0].params
+    return tuple(load_decoded(p.dataset, p.data_dir, p.dataset_dir).train_x.shape[1:])
+
+
+def gradcam_section(report: Report, ctx: Context) -> None:
+    from agent.trial.checkpoint import load_checkpoint
+    from nn.gradcam import grad_cam
+    from util.device_cache import DeviceLoader, device_splits
+
+    report.add("## Grad-CAM of the best convolutional run", "")
+    run = next((r for r in ctx.scored if r.params.model in ("cnn", "resnet") and r.run_dir
+                and (r.run_dir / "checkpoint.pt").exists()), None)
+    if run is None:
+        report.add("No cnn or resnet run with a checkpoint on this machine.", "")
+        return
+    p = run.params
+    data = device_splits(p.dataset, p.data_dir, torch.device("cpu"), p.val_split, p.dataset_dir)
+    model = _model(run, len(data.classes), data.input_shape)
+    model.load_state_dict(load_checkpoint(run.run_dir)["model"])
+    model.eval()
+    images, labels = next(iter(DeviceLoader(data.test_x[:512], data.test_y[:512], data.mean,
+                                            data.std, 512)))
+    with torch.no_grad():
+        predicted = model(images).argmax(1)
+    right = (predicted == labels).nonzero().flatten()[:GRADCAM_IMAGES].tolist()
+    wrong = (predicted != labels).nonzero().flatten()[:GRADCAM_IMAGES].tolist()
+    chosen = right + wrong
+    cams = grad_cam(model, images[chosen])
+    titles = [f"true {data.classes[labels[i]]} / pred {data.classes[predicted[i]]}"
+              for i in chosen]
+    drawn = figures.gradcam_grid(
+        data.test_x[chosen].float() / 255, cams, titles, ctx.out_dir / "gradcam.png",
+        [i in wrong for i in chosen],
+        f"{run.id} ({config_text(run, ctx.swept, ' ')}): {len(right)} correct, "
+        f"{len(wrong)} misclassified (red) test images")
+    report.figure(drawn, "Grad-CAM")
+    report.add(f"Run {run.id}: the first {len(right)} correctly and the first {len(wrong)} "
+               "wrongly classified of the first 512 test images. The map shows where the "
+               "predicted class's score is most sensitive (Selvaraju et al., 2017), at the "
+               "last convolution; on a misclassified image it shows what the model took as "
+               "evidence for the wrong class.", "")

@@ -1,0 +1,67 @@
+"""What a sweep file searches over, read from its `parameters`: the names it offers choices
+for (`values`, a distribution, or min/max) and which of them are log-distributed; and how
+their values and durations are written in 80 columns. The console header, TensorBoard's
+HPARAMS columns, the status table and the report use these. No torch here."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+LOG_SPAN = 100.0  # values spanning more than two decades are read on a log scale
+
+
+@dataclass(frozen=True)
+class SweptParameter:
+    name: str
+    log: bool  # log-distributed (a log_uniform* / log_normal* distribution, or values over
+    # more than two decades)
+    values: tuple | None  # the choices of a `values` list; None for a distribution
+
+
+def swept_parameters(sweep_config: dict | None) -> list[SweptParameter]:
+    """The parameters `sweep_config` chooses among, in its order. A `value:` is fixed; a
+    `values:` list (even of one item: a repeat sweep keeps its original's choices so) or a
+    distribution (`distribution:` or `min`/`max`) is swept."""
+    out = []
+    for name, spec in ((sweep_config or {}).get("parameters") or {}).items():
+        if not isinstance(spec, dict) or "parameters" in spec or "value" in spec \
+                or spec.get("distribution") == "constant":
+            continue  # fixed (the engine adds distribution: constant), or nested
+        if "values" in spec and isinstance(spec["values"], list):
+            out.append(SweptParameter(name, spans_decades(spec["values"]), tuple(spec["values"])))
+        elif "distribution" in spec or ("min" in spec and "max" in spec):
+            log = "log_" in str(spec.get("distribution", ""))  # log_uniform*, log_normal...
+            out.append(SweptParameter(name, log, None))
+    return out
+
+
+def spans_decades(values) -> bool:
+    """All numbers, all positive, and the largest over LOG_SPAN times the smallest."""
+    numbers = [v for v in values if isinstance(v, (int, float)) and not isinstance(v, bool)]
+    if len(numbers) < 2 or len(numbers) != len(values) or min(numbers) <= 0:
+        return False
+    return max(numbers) / min(numbers) > LOG_SPAN
+
+
+def short_number(value) -> str:
+    """A number in at most ~7 characters that keeps 1e-3 and 1e-4 apart: 0.1, 0.001,
+    1e-05, 0.3, 128, 2.5e+04; anything else as str()."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return str(value)
+    if isinstance(value, int):
+        return str(value) if abs(value) < 10**6 else f"{value:.3g}"
+    if not math.isfinite(value):
+        return str(value)
+    return f"{value:.3g}"
+
+
+def duration_text(seconds: float | None) -> str:
+    """12 s, 7 min, 1 h 05 min; '?' when unknown."""
+    if seconds is None or not math.isfinite(seconds):
+        return "?"
+    if seconds < 90:
+        return f"{seconds:.0f} s"
+    if seconds < 5400:
+        return f"{seconds / 60:.0f} min"
+    return f"{int(seconds // 3600)} h {int(seconds % 3600 // 60):02d} min"

@@ -1,0 +1,116 @@
+"""The report's numbers as pure functions, on cases generated from their definitions: the
+random model's bound (binomial), the majority model with tied classes, Welch's test with
+Holm's correction behind a bold row, and the group rule on every branch."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import numpy as np
+import pytest
+from scipy import stats as scipy_stats
+
+from agent.params import validate
+from agent.report import stats
+from agent.report.study import RunRecord
+
+pytestmark = pytest.mark.timeout(60)
+
+
+@pytest.mark.parametrize("classes", [2, 10, 100])
+@pytest.mark.parametrize("n", [100, 1000, 10000])
+def test_chance_bound_is_the_binomial_quantile(classes, n):
+    labels = [i % classes for i in range(n)]
+    base = stats.baselines(labels, labels, classes)
+    k = round(base.chance_bound * n)
+    # The smallest k with P(X <= k) >= 0.95 for X ~ Binomial(n, 1/K): the definition.
+    assert scipy_stats.binom.cdf(k, n, 1 / classes) >= 0.95
+    assert scipy_stats.binom.cdf(k - 1, n, 1 / classes) < 0.95
+    assert base.chance == 1 / classes and base.test_size == n
+
+
+def test_random_draw_is_seeded_and_near_chance():
+    labels = [i % 10 for i in range(10000)]
+    first = stats.baselines(labels, labels, 10, seed=3)
+    assert first.random_draw == stats.baselines(labels, labels, 10, seed=3).random_draw
+    assert abs(first.random_draw - 0.1) < 0.015  # 5 standard deviations
+
+
+def test_majority_names_every_tied_class():
+    train = [0] * 5 + [1] * 5 + [2] * 3
+    test = [0] * 10 + [1] * 30 + [2] * 60
+    base = stats.baselines(train, test, 3)
+    assert base.tied and base.majority_classes == [0, 1] and base.majority_count == 5
+    assert base.majority == 0.1 and base.majority_range == (0.1, 0.3)
+    single = stats.baselines([2, 2, 1], test, 3)
+    assert not single.tied and single.majority == 0.6
+
+
+def test_holm_adjusts_step_down():
+    adjusted = stats.holm({"a": 0.01, "b": 0.04, "c": 0.03})
+    assert adjusted == pytest.approx({"a": 0.03, "c": 0.06, "b": 0.06})
+
+
+def welch_by_hand(a, b) -> float:
+    """Welch (1947): t on unequal variances, Welch-Satterthwaite degrees of freedom."""
+    va, vb = np.var(a, ddof=1) / len(a), np.var(b, ddof=1) / len(b)
+    t = (np.mean(a) - np.mean(b)) / math.sqrt(va + vb)
+    df = (va + vb) ** 2 / (va ** 2 / (len(a) - 1) + vb ** 2 / (len(b) - 1))
+    return 2 * scipy_stats.t.sf(abs(t), df)
+
+
+def test_welch_p_matches_the_formula():
+    a, b = [0.81, 0.83, 0.80, 0.82, 0.84], [0.79, 0.80, 0.78]
+    assert stats.welch_p(a, b) == pytest.approx(welch_by_hand(a, b))
+    assert stats.welch_p([0.5, 0.5], [0.5, 0.5]) == 1.0
+
+
+def test_bold_only_when_the_best_beats_every_other_row():
+    clear = {"a": [0.90, 0.91, 0.905, 0.908], "b": [0.80, 0.81, 0.805, 0.79],
+             "c": [0.70, 0.72, 0.71, 0.69], "single": [0.99]}
+    leader, adjusted = stats.supported_best(clear, "maximize")
+    assert leader == "a" and set(adjusted) == {"b", "c"}  # n = 1 takes no part
+    close = {"a": [0.90, 0.85, 0.93], "b": [0.89, 0.88, 0.90]}
+    leader, adjusted = stats.supported_best(close, "maximize")
+    assert leader is None and adjusted["b"] == pytest.approx(welch_by_hand(close["a"],
+                                                                           close["b"]))
+    assert stats.supported_best({"a": [0.1, 0.2], "b": [0.9, 0.8]}, "minimize")[0] == "a"
+
+
+def run(history: list[dict], diverged: bool = False) -> RunRecord:
+    return RunRecord("r1", "finished", {}, validate({}), {"diverged": diverged}, history,
+                     Path("unused"))
+
+
+EPOCHS = [{"epoch": 1, "train/loss": 1.2, "val/loss": 0.9, "val/acc": 0.7},
+          {"epoch": 2, "train/loss": 0.7, "val/loss": 0.6, "val/acc": 0.8}]
+RULE = stats.GroupRule(explode_factor=10, stuck_margin=0.05)
+
+
+@pytest.mark.parametrize("history, steps, diverged, group", [
+    (EPOCHS, [2.3, 1.0, 0.6], False, "converged"),
+    (EPOCHS, [2.3, math.inf], False, "diverged"),  # a step went non-finite
+    (EPOCHS, [2.3, 1.0], True, "diverged"),  # the trial flagged it
+    (EPOCHS, [2.3, 24.0, 0.6], False, "diverged"),  # above 10 ln 10 = 23.03
+    (EPOCHS, [2.3, 23.0, 0.6], False, "converged"),  # just below
+    ([{"epoch": 1, "train/loss": 117.0, "val/loss": 82.0, "val/acc": 0.2}], [], False,
+     "diverged"),  # the issue's dense + adam at lr 0.1, from epoch means alone
+    ([{"epoch": 1, "train/loss": 2.3, "val/loss": 2.3, "val/acc": 0.149}], [2.3], False,
+     "stuck"),
+    ([{"epoch": 1, "train/loss": 2.3, "val/loss": 2.3, "val/acc": 0.151}], [2.3], False,
+     "converged"),
+    ([{"epoch": 1, "train/loss": 2.31, "train/acc": 0.1}], [2.3], False, "stuck"),  # no val
+])
+def test_group_rule_on_every_branch(history, steps, diverged, group):
+    verdict = stats.classify(run(history, diverged), steps, 10, RULE)
+    assert verdict.group == group, verdict
+
+
+def test_no_epoch_and_no_loss_is_no_verdict():
+    assert stats.classify(run([]), [], 10, RULE) is None
+
+
+def test_rule_text_states_its_thresholds():
+    text = stats.GroupRule(explode_factor=5, stuck_margin=0.02).describe(100)
+    assert "5 x ln 100 = 23.0" in text and "1/100 + 0.02 = 0.030" in text

@@ -1,0 +1,157 @@
+"""What the terminal and TensorBoard show of a sweep, without training: the search space
+read from every distribution the sweep engine knows, numbers that stay distinct in short
+form, the 80-column status table of a real SQLite store holding the course grid, the sweep's
+progress and ETA, a run's header and the closing lines of ./run_sweep.sh."""
+
+from __future__ import annotations
+
+import io
+import json
+import math
+from pathlib import Path
+
+import pytest
+from rich.console import Console
+
+from agent.sweep.controller import claim
+from agent.sweep.status import closing_lines, planned_runs, render_status, sweep_progress
+from agent.sweep.store import create_store
+from agent.sweep_space import short_number, spans_decades, swept_parameters
+from agent.trial.sinks import RunInfo
+from agent.trial.sinks.console_sink import end_line, header_lines
+
+pytestmark = pytest.mark.timeout(120)
+COURSE = {"method": "grid", "metric": {"name": "val/acc", "goal": "maximize"},
+          "parameters": {"dataset": {"value": "fashion_mnist"}, "epochs": {"value": 2},
+                         "model": {"values": ["dense", "cnn"]},
+                         "optimizer": {"values": ["sgd", "adam"]},
+                         "lr": {"values": [0.1, 0.01, 0.001, 0.0001, 0.00001]},
+                         "dropout": {"values": [0.0, 0.1, 0.3, 0.5]}}}
+
+
+def engine_distributions() -> list[str]:
+    """Every `distribution` the sweeps engine's own JSON schema allows."""
+    import sweeps
+
+    schema = json.loads((Path(sweeps.__file__).parent / "config" / "schema.json").read_text())
+    found = set()
+
+    def walk(node):
+        if isinstance(node, dict):
+            spec = node.get("distribution")
+            if isinstance(spec, dict) and "enum" in spec:
+                found.update(spec["enum"])
+            for value in node.values():
+                walk(value)
+        elif isinstance(node, list):
+            for value in node:
+                walk(value)
+
+    walk(schema)
+    return sorted(found)
+
+
+@pytest.mark.parametrize("distribution", engine_distributions())
+def test_every_engine_distribution_is_read(distribution):
+    spec = {"distribution": distribution, "min": 0.001, "max": 0.1, "mu": 0.0, "sigma": 1.0}
+    if distribution in ("categorical", "categorical_w_probabilities"):
+        spec = {"distribution": distribution, "values": [0.1, 0.001, 0.00001]}
+    if distribution == "constant":
+        spec = {"distribution": distribution, "value": 0.1}
+    found = swept_parameters({"parameters": {"lr": spec, "epochs": {"value": 2}}})
+    if distribution == "constant":
+        assert found == []
+        return
+    (lr,) = found
+    assert lr.name == "lr"
+    # Log-distributed: the log_* families, or choices spread over more than two decades.
+    assert lr.log == ("log_" in distribution or "values" in spec)
+
+
+def test_values_are_log_only_past_two_decades():
+    assert spans_decades([0.1, 0.00001]) and not spans_decades([0.1, 0.001])
+    assert not spans_decades([0.0, 0.5]) and not spans_decades(["sgd", "adam"])
+    assert not spans_decades([True, 1000])
+
+
+def test_short_numbers_keep_the_course_values_apart_in_seven_characters():
+    values = [1.0, 0.1, 0.01, 0.001, 0.0001, 0.00001, 0.000001, 0.3, 0.5, 0.0005, 128, 5e-4]
+    texts = [short_number(v) for v in values]
+    assert texts[:7] == ["1", "0.1", "0.01", "0.001", "0.0001", "1e-05", "1e-06"]
+    assert len(set(texts[:-1])) == len(values) - 1 and texts[-1] == texts[-3]
+    assert all(len(t) <= 7 for t in texts)
+    assert short_number("adam") == "adam" and short_number(True) == "True"
+
+
+@pytest.fixture
+def course_store(tmp_path):
+    """The course grid in a real store: every run claimed, most finished with a summary."""
+    store = create_store(tmp_path / "course", "course1", "course", COURSE)
+    work = claim(store, "host:1", count=80)
+    assert len(work.runs) == planned_runs(COURSE) == 80
+    for i, run in enumerate(work.runs[:-3]):
+        store.finish(run.run_id, "host:1", "finished",
+                     {"val/acc": 0.1 + i / 100, "test/acc": 0.09 + i / 100})
+    return store
+
+
+def test_status_table_fits_80_columns_with_distinct_values(course_store):
+    out = io.StringIO()
+    render_status(course_store, Console(file=out, width=80, color_system=None))
+    lines = out.getvalue().splitlines()
+    assert max(len(line) for line in lines) <= 80
+    assert "…" not in out.getvalue()
+    rows = [line.split() for line in lines if line.strip()[:8] in
+            {r.id for r in course_store.runs()}]
+    assert len(rows) == 80
+    assert {row[-2] for row in rows} == {"0.1", "0.01", "0.001", "0.0001", "1e-05"}
+    assert {row[-1] for row in rows} == {"0", "0.1", "0.3", "0.5"}
+    header = next(line for line in lines if "optimizer" in line).split()
+    assert header[-4:] == ["model", "optimizer", "lr", "dropout"]
+
+
+def test_closing_lines_name_the_next_commands(course_store, monkeypatch):
+    monkeypatch.chdir(course_store.directory.parent)  # where ./run_sweep.sh ran
+    lines = closing_lines(course_store)
+    assert lines[:3] == ["Results: course/sweep.db", "  TensorBoard logs: data/logs/course/",
+                         "  W&B offline runs: wandb/ (upload: wandb sync wandb/offline-run-*)"]
+    assert all(len(line) <= 80 for line in lines)
+    assert "{" not in "".join(lines)  # no Python dict
+    best = lines.index(next(line for line in lines if line.startswith("Best run:")))
+    assert "val/acc=0.8600" in lines[best]
+    # The setting goes on the next line when both would pass 80 columns.
+    assert lines[best + 1] == "  model=dense optimizer=sgd lr=1e-05 dropout=0.5"
+    assert lines[-3:] == ["  ./util/with_venv.sh python -m agent.repeat course1 --run",
+                          "  ./util/with_venv.sh python -m agent.report course1",
+                          "  ./run_tensorboard.sh --logdir data/logs/course"]
+
+
+def test_progress_counts_runs_and_paces_the_eta(course_store):
+    runs = course_store.runs()
+    first = min(r.started for r in runs)
+    progress = sweep_progress(runs, COURSE, [runs[5].id, runs[6].id], now=first + 770.0)
+    assert progress["index"] == {runs[5].id: 6, runs[6].id: 7}
+    assert progress["total"] == 80 and progress["done"] == 77
+    # 77 runs ended in 770 s: 0.1 run/s, 3 left
+    assert progress["eta_s"] == pytest.approx(3 / (77 / 770.0))
+    assert sweep_progress(runs, {**COURSE, "method": "random"}, [])["eta_s"] is None
+
+
+def test_run_header_shows_every_swept_parameter_and_the_sweep_pace():
+    info = RunInfo("k3x9q0ab", "k3x9q0ab", "course", "logs", "runs", sweep={
+        "id": "course1", "name": "course", "config": COURSE,
+        "progress": {"index": {"k3x9q0ab": 12}, "total": 80, "done": 11, "eta_s": 1500.0}})
+    config = {"dataset": "fashion_mnist", "epochs": 2, "batch_size": 128, "model": "cnn",
+              "optimizer": "adam", "lr": 0.0001, "dropout": 0.3}
+    first, second = header_lines(info, config)
+    assert first == "run 12/80 k3x9q0ab  model=cnn optimizer=adam lr=0.0001 dropout=0.3"
+    assert second == ("  sweep course (course1): 11 done, about 25 min left; epochs=2 "
+                      "batch_size=128")
+    assert len(second) <= 80
+    line = end_line(info, {"val/acc": 0.8123, "test/acc": 0.805, "wall_s": 45.2}, "finished")
+    assert line == "run 12/80 k3x9q0ab finished: val/acc 0.8123 test/acc 0.8050 (45 s)"
+    lone = RunInfo("abc", "abc", "default", "logs", "runs")
+    (only,) = header_lines(lone, config)
+    assert only == ("run abc  dataset=fashion_mnist model=cnn optimizer=adam lr=0.0001 "
+                    "batch_size=128 dropout=0.3 epochs=2")
+    assert math.isfinite(len(only))
