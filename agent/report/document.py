@@ -8,7 +8,6 @@ the dataset; a section without data says so.
 
 from __future__ import annotations
 
-import argparse
 import base64
 import csv
 import datetime
@@ -21,10 +20,9 @@ import torch
 from rich.console import Console
 
 from agent import metrics
-from agent.report import figures
-from agent.report import stats
-from util.errors import UserError
+from agent.report import figures, stats
 from agent.report.study import RunRecord, Study, load_study, repeats_of
+from util.errors import CommandParser, UserError
 
 SUMMARY_COLUMNS = metrics.names(summary=True)
 GRADCAM_IMAGES = 6
@@ -271,7 +269,13 @@ def gradcam_section(report: Report, scored: list[RunRecord]) -> None:
     params = run.params
     data = device_splits(params.dataset, params.data_dir, torch.device("cpu"), params.val_split)
     model = MODELS[params.model](params, data.input_shape, len(data.classes))
-    model.load_state_dict(load_checkpoint(run.run_dir)["model"])
+    saved = load_checkpoint(run.run_dir)
+    try:
+        model.load_state_dict(saved["model"])
+    except (TypeError, RuntimeError):  # no checkpoint loads (damaged), or another model's
+        report.add(f"The checkpoint of run {run.id} is damaged or of another model: no "
+                   "Grad-CAM.", "")
+        return
     raw = data.test_x[:GRADCAM_IMAGES]
     images, labels = next(iter(DeviceLoader(raw, data.test_y[:GRADCAM_IMAGES], data.mean,
                                             data.std, GRADCAM_IMAGES)))
@@ -356,12 +360,16 @@ def write_html(markdown_path: Path, html_path: Path, title: str) -> None:
                          encoding="utf-8")
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m agent.report",
-                                     description=__doc__.splitlines()[0])
+def parse_options(argv: list[str] | None):
+    """The report's options, checked (UserError, one line)."""
+    parser = CommandParser(prog="python -m agent.report", description=__doc__.splitlines()[0])
     parser.add_argument("sweep", help="local sweep id or directory, or entity/project/sweep_id")
     parser.add_argument("--out", default="reports", help="reports go to OUT/<sweep id>/")
-    args = parser.parse_args(argv)
+    return parser.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_options(argv)
     study = load_study(args.sweep)
     path = build_report(study, Path(args.out) / study.sweep_id)
     print(f"report: {path} and {path.with_suffix('.html')}")

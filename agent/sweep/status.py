@@ -3,7 +3,6 @@ running runs with their epoch and an ETA."""
 
 from __future__ import annotations
 
-import sys
 import time
 from collections import Counter
 from dataclasses import dataclass
@@ -14,6 +13,7 @@ from rich.table import Table
 from agent.params import BY_NAME
 from agent.sweep.store import STATES, Run, SweepStore
 from agent.sweep.target import open_store
+from util.errors import CommandParser
 
 
 @dataclass(frozen=True)
@@ -71,10 +71,8 @@ def render_status(store: SweepStore, console: Console | None = None) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    argv = sys.argv[1:] if argv is None else argv
-    if len(argv) != 1 or argv[0].startswith("-"):
-        print("usage: python -m agent.status <local-sweep-id-or-directory>", file=sys.stderr)
-        return 2
-    render_status(open_store(argv[0]))
+    parser = CommandParser(prog="python -m agent.status", description=__doc__.splitlines()[0])
+    parser.add_argument("sweep", help="local sweep id or directory")
+    render_status(open_store(parser.parse_args(argv).sweep))
     return 0
 
