@@ -361,7 +361,7 @@ def train_cases(draw) -> dict:
 
 
 # --- every command's options ---------------------------------------------------------------------
-SWEEP_TARGETS = [FIXTURE, f"data/sweeps/{FIXTURE}", f"data/sweeps/{FIXTURE}/sweep.db",
+SWEEP_TARGETS = [FIXTURE, f"data/sweeps/{FIXTURE}", f"data/sweeps/{FIXTURE}/sweep.db", "odd",
                  "nosuch", "nosuch.yaml", "ent/proj/abc123", "a/b", "", "-", ".", "..", "/",
                  "{file:sweep.yaml}", "{file:fifo.yaml}", "x" * 300, "\udcff", "a\x00b"]
 COMMON = {"--help": None, "-h": None, "--bogus": number_text, "-x": None, "--": None}
@@ -396,7 +396,7 @@ def command_cases(draw, entry: str) -> dict:
     options = {**OPTIONS[entry], **COMMON}
     argv: list[str] = []
     if draw(st.integers(0, 9)):
-        argv.append(draw(st.just(FIXTURE) | st.sampled_from(SWEEP_TARGETS)
+        argv.append(draw(st.sampled_from([FIXTURE, "odd"]) | st.sampled_from(SWEEP_TARGETS)
                          | st.text(max_size=8)))
     for _ in range(draw(st.integers(0, 5))):
         option = draw(st.sampled_from(sorted(options)) | st.sampled_from(EDGE_TEXT))

@@ -87,6 +87,19 @@ def make_fixture(root: Path) -> None:
                       "optimizer": "sgd", "dataset": "digits"})
     assert claim(store, "fixture:1").kind == "done"
     store.close()
+    # data/sweeps/odd: another program's sweep whose names and values are hostile text (rich
+    # markup, an escape character), with a run running, one finished, one failed
+    odd = {"program": "other.py", "method": "grid", "command": ["python", "other.py", "${args}"],
+           "metric": {"name": "[/m]", "goal": "maximize"},
+           "parameters": {"p": {"values": ["[/v]", 3, 2.5]}, "epochs": {"value": "abc"}}}
+    store = create_store(root / SWEEPS_DIR / "odd", "odd", "[/x]\x1b odd", odd)
+    for end in ("finished", "failed", None):
+        (run,) = claim(store, "fixture:2").runs
+        store.record_epoch(run.run_id, "fixture:2", 1, {"[/m]": 1.0, "epoch": 1})
+        if end:
+            store.finish(run.run_id, "fixture:2", end, {"[/m]": 0.5, "model": "[/y]"},
+                         error="[/e] failed" if end == "failed" else None)
+    store.close()
 
 
 # --- each entry point's validation edge ------------------------------------------------------

@@ -8,6 +8,7 @@ from collections import Counter
 from dataclasses import dataclass
 
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from agent.params import BY_NAME
@@ -43,17 +44,23 @@ def render_status(store: SweepStore, console: Console | None = None) -> None:
     sweep = store.sweep()
     runs = store.runs()
     counts = Counter(run.state for run in runs)
-    console.print(f"[bold]sweep {sweep.id}[/] ({sweep.name}, {sweep.config.get('method')}): "
+    # names and values are the user's text: escaped, so that "[/x]" is shown, not parsed
+    console.print(f"[bold]sweep {sweep.id}[/] ({escape(sweep.name)}, "
+                  f"{escape(str(sweep.config.get('method')))}): "
                   + ", ".join(f"{counts[s]} {s}" for s in STATES if counts[s]))
     best = best_run(store)
     if best:
-        console.print(f"best so far: {best.run.id} {best.metric}={best.value:.4f}")
+        console.print(f"best so far: {best.run.id} {escape(best.metric)}={best.value:.4f}")
     # Only what the sweep varies is worth a column; the fixed values are in the YAML.
     varying = [name for name, spec in sweep.config.get("parameters", {}).items()
                if "value" not in spec]
-    show = lambda v: f"{v:.4g}" if isinstance(v, float) else str(v)  # noqa: E731
-    table = Table("run", "state", "epoch", "val/acc", "test/acc", "ETA", *varying)
-    epochs_of = lambda run: run.config.get("epochs", BY_NAME["epochs"].default)  # noqa: E731
+    show = lambda v: f"{v:.4g}" if isinstance(v, float) else escape(str(v))  # noqa: E731
+    table = Table("run", "state", "epoch", "val/acc", "test/acc", "ETA",
+                  *(escape(str(name)) for name in varying))
+    def epochs_of(run: Run) -> int | None:  # another program's `epochs` may be anything
+        epochs = run.config.get("epochs", BY_NAME["epochs"].default)
+        return epochs if isinstance(epochs, int) and not isinstance(epochs, bool) else None
+
     for run in runs:
         summary = run.summary or {}
         last = run.history[-1] if run.history else {}

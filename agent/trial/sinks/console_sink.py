@@ -4,6 +4,7 @@ line per finished epoch, and a closing summary table."""
 from __future__ import annotations
 
 from rich.console import Console
+from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
@@ -25,7 +26,7 @@ class ConsoleSink(Sink):
         self.progress = None
         resumed = f", resumed after epoch {run.resumed_epoch}" if run.resumed_epoch else ""
         self.console.print(
-            f"[bold]run {run.name}[/] ({config['model']}, {config['optimizer']}, "
+            f"[bold]run {escape(run.name)}[/] ({config['model']}, {config['optimizer']}, "
             f"lr={config['lr']:g}, batch_size={config['batch_size']}, "
             f"dataset={config['dataset']}){resumed}")
 
@@ -75,5 +76,6 @@ class ConsoleSink(Sink):
         for key in SUMMARY_ROWS:
             if key in summary and summary[key] is not None:
                 value = summary[key]
-                table.add_row(key, f"{value:.4f}" if isinstance(value, float) else str(value))
+                table.add_row(escape(key), f"{value:.4f}" if isinstance(value, float)
+                              else escape(str(value)))  # class names come from users' files
         self.console.print(table)
