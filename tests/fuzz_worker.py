@@ -231,10 +231,11 @@ def check_trainable(config) -> str | None:
     refusal (a refusal before training, which the oracle allows)."""
     import torch
 
-    from agent.trial.preflight import check_fits
+    from agent.trial.preflight import check_compilable, check_fits
 
     try:
         check_fits([config], torch.device("cpu"))
+        check_compilable(config, torch.device("cpu"))
     except _user_error() as error:
         return str(error)
     return None

@@ -8,7 +8,9 @@ cannot fit is refused in one line (UserError) instead of failing minutes into it
 
 from __future__ import annotations
 
+import importlib.util
 import os
+import shutil
 
 import torch
 
@@ -83,6 +85,23 @@ def check_fits(configs: list, device: torch.device) -> None:
             f"{cfg.epochs} on {cfg.dataset} needs about {needed / 2**30:,.1f} GiB, more than "
             f"{MEMORY_SHARE:.0%} of the {memory / 2**30:,.1f} GiB of {device.type}: use a "
             "smaller model or batch (or fewer epochs, a larger batch for the lr table)")
+
+
+def check_compilable(config, device: torch.device) -> None:
+    """UserError unless torch.compile can build kernels for `device`: inductor compiles C++
+    with the system's compiler on a CPU, and Triton kernels on a GPU. Without them it fails at
+    the first step, minutes in; here it is one line before anything starts."""
+    if not config.compile:
+        return
+    if device.type == "cpu":
+        compilers = [os.environ.get("CXX") or "", "c++", "g++", "clang++"]
+        if not any(shutil.which(name) for name in compilers if name):
+            raise UserError("compile=True on the CPU needs a C++ compiler (torch.compile builds "
+                            "C++ kernels): none found (CXX, c++, g++, clang++); install one or "
+                            "use compile=False")
+    elif device.type == "cuda" and importlib.util.find_spec("triton") is None:
+        raise UserError("compile=True on a GPU needs Triton (torch.compile's GPU kernels), "
+                        "which is not installed: use compile=False")
 
 
 def check_training_set(config, train_images: int) -> None:
