@@ -30,8 +30,8 @@ OUR_COMMAND = ["${env}", "python", "-m", "agent.train", "${args}"]
 # --- values no spec allows ---------------------------------------------------------------------
 EDGE_INTS = [0, 1, -1, 2, 3, 2**31 - 1, 2**31, 2**53 + 1, 2**63 - 1, 2**63, 2**64, 10**19,
              10**20]
-EDGE_FLOATS = [0.0, -0.0, 1e-300, 5e-324, 0.5, 1.0, 1e30, 1e39, 1e308, math.inf, -math.inf,
-               math.nan]
+EDGE_FLOATS = [0.0, -0.0, 1e-300, 5e-324, 0.5, 1.0, 1.000001, 1e30, 1e39, 1e308, math.inf,
+               -math.inf, math.nan]
 EDGE_TEXT = ["", " ", ".", "..", "a/b", "/", "../x", "x" * 300, "\x00", "a\x00b", "\ud800",
              "\udcff", "é", "2020-01-01", "yes", "no", "on", "None", "null", "~", "nan", "inf",
              "-1", "1e20", "0x1f", "1_000", "[1, 2]", "{a: 1}", "*a", "&a x", "!!binary aGk=",
@@ -192,6 +192,9 @@ def parameter_spec(draw, name, wild: bool = True) -> object:
     return spec
 
 
+MACROS = ["${env}", "${interpreter}", "${program}", "${args}", "${args_no_hyphens}",
+          "${args_json}", "${args_json_file}", "${args_no_boolean_flags}", "${args_dict}",
+          "${envvar:HOME}", "${envvar:}", "${bogus}", "python", "-m", "agent.train"]
 COMMANDS = [{"program": "agent/train.py", "command": OUR_COMMAND}, {"program": "agent/train.py"},
             {}, {"command": ["python", "nosuch.py", "${args}"]},
             {"command": ["${env}", "python", "-m", "agent.train", "${args_json}"]},
@@ -232,7 +235,11 @@ def sweep_configs(draw) -> dict:
               ("name", st.text(max_size=8) | st.sampled_from(EDGE_TEXT)),
               ("description", st.text(max_size=20))]
     if wild:
-        extras += [("project", st.text(max_size=8)), (draw(st.text(max_size=6)), hostile_values)]
+        extras += [("project", st.text(max_size=8)), (draw(st.text(max_size=6)), hostile_values),
+                   ("command", st.lists(st.sampled_from(MACROS) | st.text(max_size=6)
+                                        | hostile_scalars, max_size=5) | hostile_values),
+                   ("program", st.sampled_from(EDGE_TEXT) | hostile_values),
+                   ("metric", hostile_values), ("early_terminate", hostile_values)]
     for key, strategy in extras:
         if draw(st.integers(0, 3)) == 0 and (wild or key != "early_terminate"
                                              or "metric" in config):
@@ -361,7 +368,7 @@ def train_cases(draw) -> dict:
 
 
 # --- every command's options ---------------------------------------------------------------------
-SWEEP_TARGETS = [FIXTURE, f"data/sweeps/{FIXTURE}", f"data/sweeps/{FIXTURE}/sweep.db", "odd",
+SWEEP_TARGETS = [FIXTURE, f"data/sweeps/{FIXTURE}", f"data/sweeps/{FIXTURE}/sweep.db", "odd", "cut",
                  "nosuch", "nosuch.yaml", "ent/proj/abc123", "a/b", "", "-", ".", "..", "/",
                  "{file:sweep.yaml}", "{file:fifo.yaml}", "x" * 300, "\udcff", "a\x00b"]
 COMMON = {"--help": None, "-h": None, "--bogus": number_text, "-x": None, "--": None}

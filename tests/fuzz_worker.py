@@ -70,7 +70,7 @@ def make_fixture(root: Path) -> None:
     """data/sweeps/done: a grid of two digits runs, both finished with a history and summary,
     written through the store's own API as an agent writes it."""
     from agent.sweep.controller import claim
-    from agent.sweep.store import SWEEPS_DIR, create_store
+    from agent.sweep.store import SWEEPS_DIR, SweepStore, create_store
 
     config = {"program": "agent/train.py", "method": "grid",
               "command": ["${env}", "python", "-m", "agent.train", "${args}"],
@@ -100,6 +100,9 @@ def make_fixture(root: Path) -> None:
             store.finish(run.run_id, "fixture:2", end, {"[/m]": 0.5, "model": "[/y]"},
                          error="[/e] failed" if end == "failed" else None)
     store.close()
+    # data/sweeps/cut: a store whose creation was cut short (its schema, no sweep)
+    (root / SWEEPS_DIR / "cut").mkdir()
+    SweepStore(root / SWEEPS_DIR / "cut" / "sweep.db", create=True).close()
 
 
 # --- each entry point's validation edge ------------------------------------------------------

@@ -271,3 +271,12 @@ def test_every_command_refuses_bad_options_in_one_line_and_creates_nothing(tmp_p
         assert result.returncode == 2 and len(lines) == 1, (module, args, result.stderr)
         assert lines[0].startswith("error: ") and says in lines[0], (module, args, lines)
         assert sorted(tmp_path.iterdir()) == before, (module, args)
+
+
+def test_a_store_whose_creation_was_cut_short_is_refused_in_one_line(tmp_path):
+    from agent.sweep.store import SweepStore
+
+    (tmp_path / "cut").mkdir()
+    SweepStore(tmp_path / "cut" / "sweep.db", create=True).close()  # schema, then killed
+    with pytest.raises(UserError, match="it holds no sweep"):
+        SweepStore(tmp_path / "cut" / "sweep.db")

@@ -89,6 +89,7 @@ def load_sweep_config(path: str | Path) -> dict:
     filled = _engine_validate(where, config)
     _check_grid_size(where, filled)
     _check_integer_ranges(where, filled)
+    _check_hyperband_brackets(where, filled)
     _check_keys(where, filled)
     _check_name(where, filled)
     _check_command(where, filled)
@@ -281,6 +282,26 @@ def _check_integer_ranges(where: str, config: dict) -> None:
                             f"{spec['max']}]: the engine draws integers through 64-bit floats, "
                             f"exact only within +-2**53 ({EXACT_INTEGERS:,}): use a smaller "
                             "range")
+
+
+MAX_BRACKETS = 100  # hyperband's min_iter form makes exactly 100
+
+
+def _check_hyperband_brackets(where: str, config: dict) -> None:
+    """The engine lists hyperband's brackets one by one (sweeps/hyperband_stopping.py: up to
+    `s` of them, dividing max_iter by eta until it is below 1) at every stop decision: count
+    them first, so that s = 10**18 with eta = 1.000001 is refused, not enumerated."""
+    terminate = config.get("early_terminate") or {}
+    if terminate.get("type") != "hyperband" or "max_iter" not in terminate:
+        return
+    max_iter, eta, s = terminate["max_iter"], terminate.get("eta", 3), terminate.get("s", 0)
+    if max_iter < 1 or eta <= 1:
+        return  # the engine refuses these in one line itself
+    brackets = min(s, math.floor(math.log(max_iter) / math.log(eta)) + 1)
+    if brackets > MAX_BRACKETS:
+        raise UserError(f"{where}: early_terminate: hyperband with max_iter={max_iter}, "
+                        f"eta={eta} and s={s} has {brackets:,} brackets, more than the "
+                        f"{MAX_BRACKETS} it may have: use a larger eta or a smaller s")
 
 
 def _count(number: int | float) -> str:

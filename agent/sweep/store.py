@@ -212,6 +212,9 @@ class SweepStore:
                 f"{self.path}: a sweep store of schema version {version}, but this agent reads "
                 f"version {SCHEMA_VERSION} only; finish or read that sweep with the code that "
                 "made it, or start the sweep anew from its YAML (./run_sweep.sh sweeps/X.yaml)")
+        if not create and self.db.execute("SELECT COUNT(*) FROM sweep").fetchone()[0] != 1:
+            raise UserError(f"{self.path}: not a sweep store (it holds no sweep: its creation "
+                            "was cut short); remove its directory and create the sweep again")
 
     @property
     def directory(self) -> Path:
