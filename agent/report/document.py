@@ -20,9 +20,10 @@ import torch
 from rich.console import Console
 
 from agent import metrics
+from agent.params import TEXT_KINDS
 from agent.report import figures, stats
 from agent.report.study import RunRecord, Study, load_study, repeats_of
-from util.errors import CommandParser, UserError
+from util.errors import CommandParser, UserError, brief
 
 SUMMARY_COLUMNS = metrics.names(summary=True)
 GRADCAM_IMAGES = 6
@@ -365,13 +366,20 @@ def parse_options(argv: list[str] | None):
     parser = CommandParser(prog="python -m agent.report", description=__doc__.splitlines()[0])
     parser.add_argument("sweep", help="local sweep id or directory, or entity/project/sweep_id")
     parser.add_argument("--out", default="reports", help="reports go to OUT/<sweep id>/")
-    return parser.parse_args(argv)
+    args = parser.parse_args(argv)
+    allowed, is_path = TEXT_KINDS["path"]
+    if not is_path(args.out):
+        raise UserError(f"--out={brief(args.out)}: expected {allowed}")
+    return args
 
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_options(argv)
     study = load_study(args.sweep)
-    path = build_report(study, Path(args.out) / study.sweep_id)
+    try:
+        path = build_report(study, Path(args.out) / study.sweep_id)
+    except OSError as error:  # --out is a file, not writable, on a full disk...
+        raise UserError(f"cannot write the report: {error.filename}: {error.strerror}") from None
     print(f"report: {path} and {path.with_suffix('.html')}")
     return 0
 
