@@ -165,9 +165,9 @@ def test_real_sweep_report_has_baselines_on_the_real_test_set(real_sweep):
     random_row = re.search(r"\| random \| ([\d.]+) \|", text)
     assert random_row and 0.09 < float(random_row.group(1)) < 0.11  # drawn, ~1/10
     runs = store.runs()
-    assert len(runs) == 2 and all(r["state"] == "finished" for r in runs)
-    accuracies = [r["summary"]["test/acc"] for r in runs]
+    assert len(runs) == 2 and all(r.state == "finished" for r in runs)
+    accuracies = [r.summary["test/acc"] for r in runs]
     assert min(accuracies) > 0.6, accuracies  # learnt: far above the 10% baselines
-    best = max(runs, key=lambda r: r["summary"]["val/acc"])
-    assert best["id"] in text and "## The best run" in text
+    best = max(runs, key=lambda r: r.summary["val/acc"])
+    assert best.id in text and "## The best run" in text
 

@@ -29,7 +29,7 @@ def run_module(cwd: Path, *args: str, timeout: int = 300) -> subprocess.Complete
 
 @pytest.fixture(scope="module")
 def study_dir(tmp_path_factory):
-    """A grid over model x optimizer x lr on digits (lr=1000 diverges), its repeat sweeps
+    """A grid over model x optimizer x lr on digits (lr=100 diverges), its repeat sweeps
     (best run per model, 3 seeds) and the report."""
     work = tmp_path_factory.mktemp("study")
     config = {"program": "agent/train.py", "command": COMMAND, "method": "grid",
@@ -39,7 +39,7 @@ def study_dir(tmp_path_factory):
                              "sinks": {"value": []}, "batch_size": {"value": 64},
                              "model": {"values": ["dense", "cnn"]},
                              "optimizer": {"values": ["sgd", "adam"]},
-                             "lr": {"values": [0.01, 1000.0]}}}
+                             "lr": {"values": [0.01, 100.0]}}}
     store = create_store(work / "data" / "sweeps" / "base", "base", "digits-study", config)
     agent = run_module(work, "agent.sweep.agent_loop", str(store.directory))
     assert agent.returncode == 0, agent.stderr[-2000:]
@@ -110,7 +110,7 @@ def test_divergent_runs_are_named_by_the_written_rule(study_dir):
     text = (study_dir / "reports" / "base" / "report.md").read_text()
     store = open_store(str(study_dir / "data" / "sweeps" / "base"))
     diverged = [r.id for r in store.runs() if r.summary and r.summary["diverged"]]
-    assert diverged  # lr=1000 blew up
+    assert diverged  # lr=100 blew up
     line = next(line for line in text.splitlines() if line.startswith("Convergent:"))
     for run_id in diverged:
         assert run_id in line
