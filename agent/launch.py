@@ -8,7 +8,9 @@ TARGET is a sweep YAML (a new local sweep, no W&B server needed), an existing lo
 from __future__ import annotations
 
 import argparse
+import glob
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -23,7 +25,7 @@ from agent.sweep.controller import (
 from agent.sweep.pack_size import parse_pack
 from agent.sweep.store import SweepStore
 from agent.sweep.target import check_wandb_sweep, create_local_sweep, resolve_target
-from util.errors import UserError, exit_on_user_error
+from util.errors import CommandParser, UserError, brief, exit_on_user_error, int_option
 
 
 def visible_gpus() -> list[str]:
@@ -31,9 +33,20 @@ def visible_gpus() -> list[str]:
     listed = os.environ.get("CUDA_VISIBLE_DEVICES")
     if listed is not None:
         return [g for g in listed.split(",") if g.strip() and g.strip() != "-1"]
+    if not glob.glob("/dev/nvidia[0-9]*") and not os.path.exists("/dev/kfd"):
+        return []  # no NVIDIA or ROCm device node: no GPU, and no need to load torch to see it
     import torch
 
     return [str(i) for i in range(torch.cuda.device_count())]
+
+
+def check_gpus(text: str) -> None:
+    """`--gpus` names GPUs as CUDA_VISIBLE_DEVICES does: indices or GPU-/MIG- UUIDs."""
+    items = text.split(",")
+    if len(items) > MAX_AGENTS or not all(re.fullmatch(r"[0-9]+|(GPU|MIG)-[A-Za-z0-9/-]+",
+                                                       item.strip()) for item in items):
+        raise UserError(f"--gpus={brief(text)}: expected comma-separated GPU indices "
+                        "(0,1) or UUIDs, as CUDA_VISIBLE_DEVICES takes them")
 
 
 def agent_slots(gpus: list[str], per_gpu: int, cpu_agents: int) -> list[dict]:
@@ -83,16 +96,23 @@ def report_local(store: SweepStore) -> None:
     print("\n".join(closing_lines(store)))
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="./run_sweep.sh", description=__doc__.splitlines()[0])
+MAX_AGENTS = 64  # agents of one launcher (per GPU, or on the CPU)
+MAX_COUNT = 10**9  # runs per agent: any number a sweep can have
+
+
+def parse_options(argv: list[str] | None) -> argparse.Namespace:
+    """The launcher's options, every one checked (UserError, one line): the command's one
+    validation edge before anything is read, created or started."""
+    parser = CommandParser(prog="./run_sweep.sh", description=__doc__.splitlines()[0])
     parser.add_argument("target", help="sweeps/x.yaml, a local sweep id or directory, or a "
                         "W&B sweep id")
     parser.add_argument("--gpus", default=None, help="comma-separated GPU indices "
                         "(default: all visible)")
-    parser.add_argument("--agents-per-gpu", type=int, default=1)
-    parser.add_argument("--agents", type=int, default=1,
+    parser.add_argument("--agents-per-gpu", type=int_option(1, MAX_AGENTS), default=1)
+    parser.add_argument("--agents", type=int_option(1, MAX_AGENTS), default=1,
                         help="agents on a machine without GPUs (default 1)")
-    parser.add_argument("--count", type=int, default=None, help="runs per agent")
+    parser.add_argument("--count", type=int_option(1, MAX_COUNT), default=None,
+                        help="runs per agent")
     parser.add_argument("--project", default=os.environ.get("WANDB_PROJECT"))
     parser.add_argument("--heartbeat", type=float, default=None,
                         help=f"seconds between an agent's heartbeats (default {HEARTBEAT_S:g})")
@@ -108,45 +128,52 @@ def main(argv: list[str] | None = None) -> int:
         parse_pack(args.pack)
     except ValueError as error:
         raise UserError(str(error)) from None
-    if args.agents_per_gpu < 1 or args.agents < 1:
-        raise UserError("--agents-per-gpu and --agents must be >= 1")
+    if args.gpus is not None:
+        check_gpus(args.gpus)
     check_heartbeat(HEARTBEAT_S if args.heartbeat is None else args.heartbeat,
                     HEARTBEAT_TIMEOUT_S if args.heartbeat_timeout is None
                     else args.heartbeat_timeout)
-    if submit.requested(args):  # --pbs/--slurm: job scripts for a scheduler, no agents here
-        return submit.submit_from_args(args, argv)
+    return args
 
-    gpus = args.gpus.split(",") if args.gpus else visible_gpus()
-    slots = agent_slots(gpus, args.agents_per_gpu, args.agents)
-    agent_cmd = [sys.executable, "-m", "agent.sweep.agent_loop"]
-    if args.count:
-        agent_cmd += ["--count", str(args.count)]
+
+def agent_command(args: argparse.Namespace) -> list[str]:
+    """The agent process's command line, passing on the options it shares."""
+    command = [sys.executable, "-m", "agent.sweep.agent_loop"]
+    if args.count is not None:
+        command += ["--count", str(args.count)]
     if args.pack != "1":
-        agent_cmd += ["--pack", args.pack]
+        command += ["--pack", args.pack]
     for option, value in (("--heartbeat", args.heartbeat),
                           ("--heartbeat-timeout", args.heartbeat_timeout)):
         if value is not None:
-            agent_cmd += [option, repr(value)]
+            command += [option, repr(value)]
+    return command
 
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_options(argv)
+    if submit.requested(args):  # --pbs/--slurm: job scripts for a scheduler, no agents here
+        return submit.submit_from_args(args, argv)
     target = resolve_target(args.target, args.project)
-    if target.kind == "yaml":
-        store = create_local_sweep(target.path)
-    elif target.kind == "local":
-        store = SweepStore(target.store_path)
-    else:
+    if target.kind == "wandb":
         if args.pack != "1":
             raise UserError(f"--pack {args.pack}: packed trials need a local sweep; W&B's "
                             "agent protocol hands each agent one run at a time (use "
                             "--agents-per-gpu to share a GPU between W&B runs)")
         check_wandb_sweep(target)
-        wandb_cmd = agent_cmd + ["--wandb", target.wandb_path]
+    # The sweep is checked (and made) before the GPUs are counted: that imports torch, which
+    # a bad sweep file need not wait for.
+    store = create_local_sweep(target.path) if target.kind == "yaml" else \
+        SweepStore(target.store_path) if target.kind == "local" else None
+    gpus = args.gpus.split(",") if args.gpus else visible_gpus()
+    slots = agent_slots(gpus, args.agents_per_gpu, args.agents)
+    if store is None:
         print(f"Starting {len(slots)} agent(s) on W&B sweep {target.text}")
-        return start_agents(wandb_cmd, slots)
-
+        return start_agents(agent_command(args) + ["--wandb", target.wandb_path], slots)
     print(f"Starting {len(slots)} agent(s) on "
           + (", ".join(f"GPU {s['CUDA_VISIBLE_DEVICES']}" for s in slots) if gpus
              else "the CPU"))
-    code = start_agents(agent_cmd + [str(store.directory)], slots)
+    code = start_agents(agent_command(args) + [str(store.directory)], slots)
     report_local(store)
     return code
 

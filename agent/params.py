@@ -10,13 +10,49 @@ from __future__ import annotations
 import json
 import math
 import os
+import re
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Any
 
-import yaml
+from agent.yaml_file import load_text, read_yaml
+from util.errors import UserError, brief
 
-from util.errors import UserError
-from agent.yaml_file import read_yaml
+# Bounds of the numeric parameters: what torch and the hardware can honour (int64 seeds, widths
+# whose weight matrices stay indexable and allocatable), generous beyond any study of these
+# image sets. A model too large for the device's memory is refused by the trial before it
+# trains (agent/trial/loop.py); these bounds keep every number finite and every size countable.
+MAX_WIDTH = 65536  # units of a dense layer (hidden, widths)
+MAX_CHANNELS = 16384  # output channels of a conv block
+MAX_ITEMS = 64  # blocks of a model (channels, widths)
+MAX_EPOCHS = 10000
+MAX_BATCH = 65536
+MAX_SEED = 2**63 - 1  # torch.Generator.manual_seed takes an int64
+MAX_LR = 100.0
+MAX_THREADS = 1024
+MAX_NAME = 128  # W&B's limit on group and display names
+MAX_ID = 64
+MAX_PATH_BYTES = 4095  # Linux PATH_MAX less the terminating NUL
+MAX_COMPONENT_BYTES = 255  # Linux NAME_MAX
+# str parameters by what their text becomes: (what is allowed, in words; the check)
+ID_PATTERN = re.compile(rf"[A-Za-z0-9][A-Za-z0-9._-]{{0,{MAX_ID - 1}}}")
+TEXT_KINDS: dict[str, tuple[str, Callable[[str], bool]]] = {
+    # a run id is W&B's run id and a directory name: letters, digits, . _ -, not . or ..
+    "id": (f"an id of 1 to {MAX_ID} letters, digits, '.', '_' or '-', starting with a letter "
+           "or digit", lambda text: ID_PATTERN.fullmatch(text) is not None),
+    "name": (f"printable text of at most {MAX_NAME} characters",
+             lambda text: len(text) <= MAX_NAME and text.isprintable()),
+    "path": (f"a path of printable UTF-8 text, each part at most {MAX_COMPONENT_BYTES} bytes",
+             lambda text: _is_path(text)),
+}
+
+
+def _is_path(text: str) -> bool:
+    if not text.isprintable():  # NUL, newlines, and the lone surrogates of non-UTF-8 bytes
+        return False
+    encoded = text.encode("utf-8")
+    return len(encoded) <= MAX_PATH_BYTES and all(
+        len(part) <= MAX_COMPONENT_BYTES for part in encoded.split(b"/"))
 
 
 @dataclass(frozen=True)
@@ -34,6 +70,8 @@ class Param:
     exclusive_maximum: bool = False
     hyper: bool = True  # a hyper-parameter (TensorBoard's HPARAMS) rather than a runtime option
     min_items: int = 1  # lists: the fewest items allowed
+    max_items: int = MAX_ITEMS  # lists: the most items allowed
+    text: str = "name"  # str parameters: what the text becomes, a key of TEXT_KINDS
 
     def allowed_choices(self) -> tuple | None:
         return self.choices() if callable(self.choices) else self.choices
@@ -46,18 +84,21 @@ class Param:
             return f"a list of: {text[7:]}" if self.type is list else text
         if self.type is bool:
             return "True or False"
-        kind = {int: "an integer", float: "a number", str: "text"}.get(self.type)
-        if self.type is list:
-            kind = f"a list of {self.item_type.__name__}"
+        if self.type is str:
+            return TEXT_KINDS[self.text][0]
+        kind = "an integer" if int in (self.type, self.item_type) else "a number"
         low, high = self.minimum, self.maximum
         if low is not None and high is not None:
             left = "(" if self.exclusive_minimum else "["
             right = ")" if self.exclusive_maximum else "]"
-            return f"{kind} in {left}{_fmt(low)}, {_fmt(high)}{right}"
-        if low is not None:
-            suffix = f" > {_fmt(low)}" if self.exclusive_minimum else f" >= {_fmt(low)}"
-            return ("a list of integers, each" if self.type is list else kind) + suffix
-        return kind
+            bounds = f"in {left}{_fmt(low)}, {_fmt(high)}{right}"
+        elif low is not None:
+            bounds = f"> {_fmt(low)}" if self.exclusive_minimum else f">= {_fmt(low)}"
+        else:
+            bounds = ""
+        if self.type is list:
+            return f"a list of {self.min_items} to {self.max_items} integers, each {bounds}"
+        return f"{kind} {bounds}".strip()
 
 
 def _fmt(number: float) -> str:
@@ -102,61 +143,71 @@ PARAMS: tuple[Param, ...] = (
           "(the same images for every run, whatever the seed)", "data",
           minimum=0, maximum=1, exclusive_maximum=True),
     Param("train_subset", int, 0, "train on the first N training images only (0: all), "
-          "for quick trials", "data", minimum=0),
+          "for quick trials", "data", minimum=0, maximum=2**31 - 1),
     Param("data_dir", str, "data", "where datasets are downloaded and the decoded uint8 cache "
-          "(data_dir/cache) is kept", "data", hyper=False),
+          "(data_dir/cache) is kept", "data", hyper=False, text="path"),
     Param("dataset_dir", str, "", "a folder (read-only is fine) holding the dataset's original "
           "files: IDX .gz or unpacked (mnist, fashion_mnist), cifar-10/100-python.tar.gz or its "
           "extracted folder; looked in after data_dir, before Debian's "
-          "/usr/share/datasets/fashion-mnist and a download", "data", hyper=False),
+          "/usr/share/datasets/fashion-mnist and a download", "data", hyper=False,
+          text="path"),
     # --- model ------------------------------------------------------------------------------
     Param("model", str, "cnn", "network architecture", "model", choices=_models),
-    Param("hidden", int, 512, "dense: width of both hidden layers", "model", minimum=1),
+    Param("hidden", int, 512, "dense: width of both hidden layers", "model", minimum=1,
+          maximum=MAX_WIDTH),
     Param("widths", list, [512, 256, 256], "skip_mlp: widths of the residual blocks; a block "
           "whose width differs from its input's gets a linear projection on the skip path",
-          "model", item_type=int, minimum=1),
+          "model", item_type=int, minimum=1, maximum=MAX_WIDTH),
     Param("channels", list, [64, 128, 256], "cnn: output channels of each conv block "
-          "(conv, batch norm, ReLU, max-pool, dropout)", "model", item_type=int, minimum=1),
-    Param("kernel_size", int, 3, "cnn: convolution kernel size (odd)", "model", minimum=1),
+          "(conv, batch norm, ReLU, max-pool, dropout)", "model", item_type=int, minimum=1,
+          maximum=MAX_CHANNELS),
+    Param("kernel_size", int, 3, "cnn: convolution kernel size (odd; beyond 31 it outgrows "
+          "every image here)", "model", minimum=1, maximum=31),
     Param("batch_norm", bool, True, "cnn: batch normalisation after each convolution", "model"),
     Param("width", int, 64, "resnet: channels of the first stage (doubled at each of the "
-          "4 stages; 64 is ResNet-18)", "model", minimum=1),
+          "4 stages; 64 is ResNet-18)", "model", minimum=1,
+          maximum=MAX_CHANNELS // 8),
     Param("dropout", float, 0.0, "dropout probability (every model)", "model",
           minimum=0, maximum=1, exclusive_maximum=True),
     # --- optimisation -----------------------------------------------------------------------
     Param("optimizer", str, "sgd", "optimizer; sam wraps sam_base", "optim",
           choices=_optimizers),
-    Param("lr", float, 0.05, "peak learning rate", "optim", minimum=0, exclusive_minimum=True),
+    Param("lr", float, 0.05, "peak learning rate", "optim", minimum=0, exclusive_minimum=True,
+          maximum=MAX_LR),
     Param("momentum", float, 0.9, "momentum (sgd, rmsprop) or beta1 (adam, adamw)", "optim",
           minimum=0, maximum=1, exclusive_maximum=True),
     Param("nesterov", bool, False, "Nesterov momentum (sgd; needs momentum > 0)", "optim"),
     Param("weight_decay", float, 5e-4, "weight decay (decoupled for adamw)", "optim",
-          minimum=0),
+          minimum=0, maximum=10),
     Param("sam_base", str, "sgd", "sam: the optimizer that takes the descent step", "optim",
           choices=_base_optimizers),
     Param("rho", float, 0.05, "sam: radius of the weight perturbation", "optim",
-          minimum=0, exclusive_minimum=True),
+          minimum=0, exclusive_minimum=True, maximum=10),
     Param("adaptive", bool, False, "sam: scale-invariant ASAM perturbation (Kwon et al. use "
           "a larger rho, e.g. 0.5-2)", "optim"),
-    Param("batch_size", int, 128, "images per training step", "optim", minimum=1),
-    Param("epochs", int, 10, "passes over the training set", "optim", minimum=1),
+    Param("batch_size", int, 128, "images per training step (a training set smaller than "
+          "one batch is one batch of all of it)", "optim", minimum=1, maximum=MAX_BATCH),
+    Param("epochs", int, 10, "passes over the training set", "optim", minimum=1,
+          maximum=MAX_EPOCHS),
     Param("schedule", str, "cosine", "learning-rate schedule over all steps", "optim",
           choices=_schedules),
     Param("warmup_epochs", float, 0.0, "linear warm-up from 0 to lr before the schedule",
-          "optim", minimum=0),
+          "optim", minimum=0, maximum=MAX_EPOCHS),
     Param("label_smoothing", float, 0.0, "label smoothing of the cross-entropy loss", "optim",
           minimum=0, maximum=1, exclusive_maximum=True),
     Param("augment", bool, False, "random crop with crop_padding pixels of zero padding and "
           "(if flip) horizontal flip, on whole batches on the device (meant for CIFAR and "
           "clothes; flips hurt digits)", "optim"),
     Param("crop_padding", int, 4, "augment: zero padding of the random crop, in pixels "
-          "(4 is the CIFAR recipe; 0: no crop)", "optim", minimum=0),
+          "(4 is the CIFAR recipe; 0: no crop)", "optim", minimum=0,
+          maximum=32),
     Param("flip", bool, True, "augment: random horizontal flips (mirror-symmetric classes: "
           "clothes, CIFAR; not digits)", "optim"),
     Param("random_erasing", float, 0.0, "probability of erasing one random rectangle (2-40% "
           "of the image) of each training image, Zhong et al. 2017; with or without augment",
           "optim", minimum=0, maximum=1),
-    Param("seed", int, 0, "seed of weights, batch order and augmentation", "optim", minimum=0),
+    Param("seed", int, 0, "seed of weights, batch order and augmentation", "optim", minimum=0,
+          maximum=MAX_SEED),
     # --- execution --------------------------------------------------------------------------
     Param("device", str, "auto", "auto: CUDA, else MPS, else CPU", "run",
           choices=("auto", "cuda", "mps", "cpu"), hyper=False),
@@ -166,7 +217,7 @@ PARAMS: tuple[Param, ...] = (
           "convolutions on CPUs and tensor cores)", "run"),
     Param("compile", bool, False, "torch.compile the model", "run", hyper=False),
     Param("num_threads", int, 0, "CPU threads for torch (0: torch's default)", "run",
-          minimum=0, hyper=False),
+          minimum=0, maximum=MAX_THREADS, hyper=False),
     Param("sinks", list, ["wandb", "tensorboard", "console"], "where metrics go; W&B honours "
           "WANDB_MODE, WANDB_PROJECT and WANDB_ENTITY", "run", item_type=str, choices=_sinks,
           hyper=False, min_items=0),
@@ -174,13 +225,13 @@ PARAMS: tuple[Param, ...] = (
           "else 'default')", "run", hyper=False),
     Param("run_name", str, "", "display name (default: the run id)", "run", hyper=False),
     Param("run_id", str, "", "run id; a run started again with the same id resumes from its "
-          "checkpoint (default: a new id)", "run", hyper=False),
+          "checkpoint (default: a new id)", "run", hyper=False, text="id"),
     Param("log_dir", str, "data/logs", "TensorBoard logs go to log_dir/<group>/<run>", "run",
-          hyper=False),
+          hyper=False, text="path"),
     Param("run_dir", str, "data/runs", "checkpoints and tracebacks go to run_dir/<run id>",
-          "run", hyper=False),
+          "run", hyper=False, text="path"),
     Param("log_interval", int, 20, "steps between logged training losses and gradient norms",
-          "run", minimum=1, hyper=False),
+          "run", minimum=1, maximum=10**6, hyper=False),
     Param("histograms", bool, True, "per-layer weight histograms each epoch", "run",
           hyper=False),
     Param("checkpoint", bool, True, "checkpoint into the run directory each epoch", "run",
@@ -206,8 +257,12 @@ def defaults() -> dict[str, Any]:
     return {p.name: (list(p.default) if p.type is list else p.default) for p in PARAMS}
 
 
+def _refusal(param: Param, shown: Any) -> UserError:
+    return UserError(f"{param.name}={brief(shown)} is not allowed: expected {param.allowed()}")
+
+
 def _coerce_scalar(param: Param, value: Any, kind: type) -> Any:
-    bad = UserError(f"{param.name}={value!r} is not allowed: expected {param.allowed()}")
+    bad = _refusal(param, value)
     if kind is bool:
         if isinstance(value, bool):
             return value
@@ -216,26 +271,23 @@ def _coerce_scalar(param: Param, value: Any, kind: type) -> Any:
         if isinstance(value, int) and value in (0, 1):
             return bool(value)
         raise bad
+    if kind in (int, float) and isinstance(value, bool):
+        raise bad
     if kind is int:
-        if isinstance(value, bool):
-            raise bad
         if isinstance(value, int):
             return value
-        try:
-            number = float(value)  # sweep distributions can hand back 64.0 for an integer
-        except (TypeError, ValueError):
-            raise bad from None
-        if not number.is_integer():
+        if isinstance(value, str):
+            try:
+                return int(value.strip())  # exact, where float() would round 2**63 - 1
+            except ValueError:
+                pass
+        number = _finite(value)  # sweep distributions can hand back 64.0 for an integer
+        if number is None or not number.is_integer():
             raise bad
         return int(number)
     if kind is float:
-        if isinstance(value, bool):
-            raise bad
-        try:
-            number = float(value)
-        except (TypeError, ValueError):
-            raise bad from None
-        if not math.isfinite(number):
+        number = _finite(value)
+        if number is None:
             raise bad
         return number
     if isinstance(value, (dict, list)):
@@ -243,11 +295,26 @@ def _coerce_scalar(param: Param, value: Any, kind: type) -> Any:
     return str(value)
 
 
+def _finite(value: Any) -> float | None:
+    """`value` as a finite float, or None (text that is no number, inf, nan, 10**400)."""
+    try:
+        number = float(value)
+    except (TypeError, ValueError, OverflowError):
+        return None
+    return number if math.isfinite(number) else None
+
+
 def _check_range(param: Param, value: Any, shown: Any) -> None:
-    bad = UserError(f"{param.name}={shown!r} is not allowed: expected {param.allowed()}")
+    bad = _refusal(param, shown)
     choices = param.allowed_choices()
-    if choices is not None and value not in choices:
-        raise bad
+    if choices is not None:
+        if value not in choices:
+            raise bad
+        return
+    if isinstance(value, str):
+        if value and not TEXT_KINDS[param.text][1](value):  # "" means the default
+            raise bad
+        return
     if param.minimum is not None:
         if value < param.minimum or (param.exclusive_minimum and value == param.minimum):
             raise bad
@@ -265,21 +332,21 @@ def coerce(param: Param, value: Any) -> Any:
     items = value
     if isinstance(value, str):
         text = value.strip()
-        try:
-            items = yaml.safe_load(text if text.startswith("[") else f"[{text}]")
-        except yaml.YAMLError:
-            raise UserError(f"{param.name}={value!r} is not allowed: expected "
-                            f"{param.allowed()}") from None
+        items = load_text(text if text.startswith("[") else f"[{text}]",
+                          f"{param.name}={brief(value)}")
     if isinstance(items, tuple):
         items = list(items)
     elif not isinstance(items, (list, dict)) and items is not None:
         items = [items]  # one item, as `--channels=32` (${args} of a scalar value) reads
-    if not isinstance(items, list) or len(items) < param.min_items:
-        raise UserError(f"{param.name}={value!r} is not allowed: expected a list of at least "
-                        f"{param.min_items} ({param.allowed()})")
+    if not isinstance(items, list) or not param.min_items <= len(items) <= param.max_items:
+        raise UserError(f"{param.name}={brief(value)} is not allowed: expected "
+                        f"{param.allowed()}")
     typed = [_coerce_scalar(param, item, param.item_type) for item in items]
     for item in typed:
         _check_range(param, item, value)
+    if param.allowed_choices() is not None and len(set(typed)) < len(typed):
+        raise UserError(f"{param.name}={brief(value)} is not allowed: each of "
+                        f"{param.allowed()} at most once")
     return typed
 
 
@@ -291,7 +358,7 @@ def validate(values: dict[str, Any]) -> RunConfig:
     for key, value in values.items():
         param = BY_NAME.get(key)
         if param is None:
-            raise UserError(f"unknown parameter {key!r}: allowed are "
+            raise UserError(f"unknown parameter {brief(key)}: allowed are "
                             + ", ".join(p.name for p in PARAMS))
         if value is None:  # a null (`run_name: null`, `--run_name=None`) means the default
             continue
@@ -300,15 +367,32 @@ def validate(values: dict[str, Any]) -> RunConfig:
     return RunConfig(config)
 
 
-def _check_combinations(config: dict[str, Any]) -> None:
+def _nesterov_needs_sgd(config: dict[str, Any]) -> None:
     uses_sgd = config["optimizer"] == "sgd" or (
         config["optimizer"] == "sam" and config["sam_base"] == "sgd")
     if config["nesterov"] and (not uses_sgd or config["momentum"] == 0):
         raise UserError(f"nesterov=True is not allowed with optimizer={config['optimizer']!r}"
                         f" and momentum={config['momentum']}: it needs sgd with momentum > 0")
+
+
+def _odd_kernel(config: dict[str, Any]) -> None:
     if config["kernel_size"] % 2 == 0:
         raise UserError(f"kernel_size={config['kernel_size']} is not allowed: expected an odd "
                         "integer >= 1")
+
+
+# Checks of values that must go together: (the parameters a rule reads, the rule). A sweep
+# check (agent/sweep/config.py) draws combinations of exactly these parameters, so a rule
+# added here is checked for every sweep without more code.
+RULES: tuple[tuple[tuple[str, ...], Callable[[dict[str, Any]], None]], ...] = (
+    (("nesterov", "optimizer", "sam_base", "momentum"), _nesterov_needs_sgd),
+    (("kernel_size",), _odd_kernel),
+)
+
+
+def _check_combinations(config: dict[str, Any]) -> None:
+    for _, rule in RULES:
+        rule(config)
 
 
 def parse_args(argv: list[str]) -> dict[str, Any]:
@@ -344,20 +428,21 @@ def parse_args(argv: list[str]) -> dict[str, Any]:
                     value = str(argv[index])
                     index += 1
                 else:
-                    raise UserError(f"--{key} needs a value: --{key}=VALUE")
+                    raise UserError(f"--{brief(key, quote=False)} needs a value: "
+                                    f"--{brief(key, quote=False)}=VALUE")
         elif "=" in token and not token.startswith("-"):
             key, _, value = token.lstrip("+").partition("=")  # key=value, +key=value, ++key=value
         elif not token.startswith(("-", "+")) and os.path.isfile(token):
             raw.update(_mapping_argument(path=token))  # ${args_json_file}
             continue
         else:
-            raise UserError(f"unexpected argument {token!r}: expected --key=value, key=value, "
+            raise UserError(f"unexpected argument {brief(token)}: expected --key=value, key=value, "
                             "a JSON object or the path of a JSON file")
         key = _param_name(key)
         if key == "config":
             from_file = read_config_file(value)
         elif key not in BY_NAME:
-            raise UserError(f"unknown parameter {key!r}: allowed are "
+            raise UserError(f"unknown parameter {brief(key)}: allowed are "
                             + ", ".join(p.name for p in PARAMS))
         else:
             raw[key] = None if value == NULL_TEXT else value
@@ -373,29 +458,29 @@ def _param_name(key: str) -> str:
 
 def _mapping_argument(json_text: str | None = None, path: str | None = None) -> dict[str, Any]:
     """A JSON object given as one argument or in a file, checked to name parameters only."""
-    label = f"argument {json_text!r}" if path is None else f"JSON file {path!r}"
+    label = f"argument {brief(json_text)}" if path is None else f"JSON file {brief(path)}"
     try:
         if path is not None:
             with open(path, encoding="utf-8") as handle:
                 json_text = handle.read()
         loaded = json.loads(json_text)
-    except (OSError, UnicodeDecodeError, ValueError) as error:
+    except (OSError, UnicodeDecodeError, ValueError, RecursionError) as error:
         raise UserError(f"{label}: not a JSON object ({' '.join(str(error).split())})") from None
     if not isinstance(loaded, dict):
         raise UserError(f"{label}: expected a JSON object of parameter: value")
     for key in loaded:
         if key not in BY_NAME:
-            raise UserError(f"{label}: unknown parameter {key!r}: allowed are "
+            raise UserError(f"{label}: unknown parameter {brief(key)}: allowed are "
                             + ", ".join(p.name for p in PARAMS))
     return loaded
 
 
 def read_config_file(path: str) -> dict[str, Any]:
-    loaded = read_yaml(path, f"config={path!r}")
+    loaded = read_yaml(path, f"config={brief(path)}")
     if loaded is None:
         return {}
     if not isinstance(loaded, dict):
-        raise UserError(f"config={path!r}: expected a mapping of parameter: value")
+        raise UserError(f"config={brief(path)}: expected a mapping of parameter: value")
     return loaded
 
 

@@ -18,8 +18,8 @@ if __name__ == "__main__" and not __package__:
     sys.path[:] = [p for p in sys.path if os.path.abspath(p or os.curdir) != _here]
     sys.path.insert(0, os.path.dirname(_here))
 
-from util.errors import exit_on_user_error  # noqa: E402
 from agent.params import RunConfig, help_table, parse_args, validate  # noqa: E402
+from util.errors import UserError, exit_on_user_error, storage_problem  # noqa: E402
 
 PREEMPTED_EXIT_CODE = 143  # 128 + SIGTERM, what a shell reports for a terminated job
 
@@ -63,6 +63,12 @@ def main(argv: list[str] | None = None) -> int:
         print(f"preempted: {stop}; run it again with the same --run_id to resume",
               file=sys.stderr)
         return PREEMPTED_EXIT_CODE
+    except OSError as error:
+        problem = storage_problem(error)  # a full or read-only disk: one line, not a bug
+        if problem is None:
+            raise
+        raise UserError(f"{problem}; the last whole epoch's checkpoint stands: run it again "
+                        "with the same --run_id to resume") from None
     return 0
 
 

@@ -12,7 +12,9 @@ from hypothesis import strategies as st
 
 from agent.sweep.controller import (
     MAX_HEARTBEAT_S,
+    MAX_HEARTBEAT_TIMEOUT_S,
     MIN_BEATS_PER_TIMEOUT,
+    MIN_HEARTBEAT_S,
     PROPOSALS_PER_MEMBER,
     check_heartbeat,
     choose_work,
@@ -223,8 +225,9 @@ def test_the_run_cap_counts_parked_proposals_and_ignores_repeats():
 @given(st.floats(allow_nan=True, allow_infinity=True) | st.floats(0.01, 10),
        st.floats(allow_nan=True, allow_infinity=True) | st.floats(0, 100))
 def test_heartbeat_timeout_is_finite_and_at_least_three_beats(heartbeat, timeout):
-    valid = (math.isfinite(heartbeat) and 0 < heartbeat <= MAX_HEARTBEAT_S
-             and math.isfinite(timeout) and timeout >= MIN_BEATS_PER_TIMEOUT * heartbeat)
+    valid = (math.isfinite(heartbeat) and MIN_HEARTBEAT_S <= heartbeat <= MAX_HEARTBEAT_S
+             and math.isfinite(timeout)
+             and MIN_BEATS_PER_TIMEOUT * heartbeat <= timeout <= MAX_HEARTBEAT_TIMEOUT_S)
     if valid:
         check_heartbeat(heartbeat, timeout)
     else:

@@ -202,9 +202,10 @@ def test_failing_trials_are_recorded_and_three_in_a_row_stop_the_agent(workdir):
     assert "stopping after 3 failed runs in a row" in message
     runs = store.runs()
     assert [r.state for r in runs] == ["failed"] * 3
-    for run in runs:
-        assert "UserError" in run.error
-        assert "Traceback" in (workdir / "data" / "runs" / run.id / "traceback.txt").read_text()
+    for run in runs:  # refused before training: the one line, no traceback
+        assert run.error.startswith("dataset='mnist': ") and "\n" not in run.error
+        assert f"run {run.id} failed (dataset='mnist': " in message
+        assert not (workdir / "data" / "runs" / run.id / "traceback.txt").exists()
 
 
 @pytest.mark.e2e

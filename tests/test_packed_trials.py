@@ -133,7 +133,8 @@ def test_hyperband_stops_one_member_and_the_others_go_on_undisturbed(workdir):
 def test_a_member_that_diverges_leaves_and_the_others_are_unharmed(workdir):
     configs = [{**BASE, **dirs(workdir), "model": "dense", **MODEL_KINDS["dense"], **c,
                 "run_id": f"d{k}"} for k, c in enumerate(members("sgd"))]
-    configs[1].update(lr=1e6, momentum=0.0, warmup_epochs=0.0)
+    # the largest lr and weight decay allowed: w <- (1 - lr * wd) w grows a thousandfold a step
+    configs[1].update(lr=100, momentum=0.0, warmup_epochs=0.0, weight_decay=10)
     packed = train_pack(configs)
     assert packed[1]["state"] == "diverged" and packed[1]["diverged"] is True
     assert "test/acc" not in packed[1]

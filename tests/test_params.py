@@ -105,5 +105,5 @@ def test_cli_help_lists_every_parameter_with_default_and_allowed_values(tmp_path
     assert result.returncode == 0
     for param in PARAMS:
         assert f"--{param.name}" in result.stdout
-    assert "default 0.05; a number > 0" in result.stdout  # lr
+    assert "default 0.05; a number in (0, 100]" in result.stdout  # lr
     assert "one of sgd, adam, adamw, rmsprop, sam" in result.stdout

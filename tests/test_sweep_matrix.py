@@ -65,13 +65,14 @@ POSITIVE_MIN = {"bool": 0.5, "str": 0.5}
 
 # What a parameter of each type cannot take (random and bayes), from the distributions'
 # definitions (W&B's sweep-configuration reference) and the parameter's range in PARAMS:
-# continuous draws are not whole numbers; q_normal's multiples reach below any bound;
-# q_log_normal and q_beta round small draws to 0; numbers are not optimizer names.
+# continuous draws are not whole numbers; q_normal's multiples reach below any bound, and
+# (log_)normal ones above any maximum (seed and weight_decay have one); q_log_normal and q_beta
+# round small draws to 0; numbers are not optimizer names.
 CONTINUOUS = {"uniform", "log_uniform_values", "inv_log_uniform_values", "normal", "log_normal",
               "beta"}
 REFUSED_FOR_TYPE = {
-    "int": CONTINUOUS | {"q_normal"},
-    "float": {"normal", "q_normal"},
+    "int": CONTINUOUS | {"q_normal", "q_log_normal"},
+    "float": {"normal", "q_normal", "log_normal", "q_log_normal"},
     "bool": CONTINUOUS | {"q_normal", "q_log_normal"},
     "str": CONTINUOUS | {"int_uniform", "q_uniform", "q_log_uniform_values", "q_normal",
                          "q_log_normal", "q_beta"},

@@ -67,7 +67,7 @@ def test_same_seed_and_config_give_identical_metrics(workdir, model):
 
 @pytest.mark.timeout(120)
 def test_non_finite_loss_stops_at_once_and_is_a_result(workdir):
-    summary = run(workdir, model="dense", optimizer="sgd", lr=1e6, momentum=0.0, epochs=5,
+    summary = run(workdir, model="dense", optimizer="sgd", lr=100, momentum=0.0, epochs=5,
                   batch_size=32)
     assert summary["diverged"] is True and summary["state"] == "diverged"
     assert summary["epochs_done"] < 5 and "test/acc" not in summary
@@ -81,7 +81,7 @@ def test_non_finite_loss_stops_at_once_and_is_a_result(workdir):
 def test_diverged_run_exits_0_from_the_command_line(workdir):
     result = subprocess.run(
         [sys.executable, "-m", "agent.train", "--dataset=digits", "--model=dense",
-         "--lr=1000000", "--momentum=0", "--epochs=2", "--sinks=[console]"],
+         "--lr=100", "--momentum=0", "--epochs=2", "--sinks=[console]"],
         cwd=workdir, env=subprocess_env(), capture_output=True, text=True, timeout=100)
     assert result.returncode == 0, result.stderr
     assert "diverged" in result.stdout

@@ -1,10 +1,22 @@
-"""The one exception type for mistakes a user can fix.
+"""The one exception type for mistakes a user can fix, and the command-line parser every
+command uses.
 
-It is raised wherever bad input is found and caught once at each command-line edge, which
-prints its single line and exits with code 2. Anything else is a bug and keeps its traceback.
+UserError is raised wherever bad input is found and caught once at each command-line edge,
+which prints its single line and exits with code 2. `CommandParser` turns argparse's own
+complaints (unknown option, missing value, a number out of range) into the same UserError, so
+every command answers bad arguments alike: one `error: ...` line, no usage text, exit code 2.
+Anything else is a bug and keeps its traceback.
 """
 
+from __future__ import annotations
+
+import argparse
+import errno
+import math
+import os
 import sys
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 
 USAGE_EXIT_CODE = 2
 
@@ -13,10 +25,97 @@ class UserError(Exception):
     """Bad input: the message is one line naming the key, the value and what is allowed."""
 
 
+def one_line(text: object) -> str:
+    """`text` with every run of whitespace (newlines included) as one space."""
+    return " ".join(str(text).split())
+
+
+def brief(value: object, limit: int = 80, quote: bool = True) -> str:
+    """`value` for an error message: its repr (or str), cut to `limit` characters, so a
+    megabyte of input never becomes a megabyte of error line."""
+    text = repr(value) if quote else str(value)
+    return text if len(text) <= limit else text[:limit - 3] + "..."
+
+
+# What the file system can refuse that the user, not the code, must fix: no space, a quota, a
+# read-only mount, a file-size limit, no permission, a failing device.
+STORAGE_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EFBIG, errno.EACCES,
+                            errno.EPERM, errno.EIO})
+
+
+def storage_problem(error: BaseException) -> UserError | None:
+    """A UserError naming the file and the cause when `error` is an OSError the storage
+    raised (a full disk, a read-only file system...), else None."""
+    if not isinstance(error, OSError) or error.errno not in STORAGE_ERRNOS:
+        return None
+    cause = error.strerror or os.strerror(error.errno)
+    return UserError(f"{error.filename}: {cause}" if error.filename else cause)
+
+
+@contextmanager
+def naming(path: object) -> Iterator[None]:
+    """An OSError raised inside names `path` (a write's own error, ENOSPC say, names no file)."""
+    try:
+        yield
+    except OSError as error:
+        if error.filename is None and error.errno is not None:
+            raise OSError(error.errno, error.strerror, str(path)) from None
+        raise
+
+
 def exit_on_user_error(main):
     """Run `main()`; turn a UserError into one line on stderr and exit code 2."""
     try:
         return main()
     except UserError as error:
-        print(f"error: {error}", file=sys.stderr)
+        print(f"error: {one_line(error)}", file=sys.stderr)
         raise SystemExit(USAGE_EXIT_CODE) from None
+
+
+class CommandParser(argparse.ArgumentParser):
+    """argparse.ArgumentParser whose errors are a UserError (one line, exit code 2 at the
+    command's edge) instead of a usage dump; `--help` still prints the full help."""
+
+    def __init__(self, *args, **kwargs):
+        kwargs.setdefault("allow_abbrev", False)  # `--count` is never read from `--c`
+        super().__init__(*args, **kwargs)
+
+    def error(self, message: str):
+        raise UserError(one_line(message))
+
+
+def int_option(low: int, high: int) -> Callable[[str], int]:
+    """An argparse `type`: a whole number in [low, high] (as text: 3, 3.0 or 3e2)."""
+
+    def convert(text: str) -> int:
+        value = _number(text)
+        if value is None or not value.is_integer() or not low <= value <= high:
+            raise argparse.ArgumentTypeError(
+                f"expected an integer in [{low}, {high}], got {text!r}")
+        return int(value)
+
+    convert.__name__ = "integer"
+    return convert
+
+
+def seconds_option(low: float, high: float) -> Callable[[str], float]:
+    """An argparse `type`: a finite number in (low, high] (seconds, say)."""
+
+    def convert(text: str) -> float:
+        value = _number(text)
+        if value is None or not low < value <= high:
+            raise argparse.ArgumentTypeError(
+                f"expected a number in ({low:g}, {high:g}], got {text!r}")
+        return value
+
+    convert.__name__ = "number"
+    return convert
+
+
+def _number(text: str) -> float | None:
+    """A finite float read from text, or None (a 4,000-digit integer is None, not an error)."""
+    try:
+        value = float(text)
+    except (TypeError, ValueError, OverflowError):
+        return None
+    return value if math.isfinite(value) else None

@@ -94,7 +94,7 @@ class Scheduler:
         if not image:
             return None
         path = Path(image).resolve()
-        if not path.is_file():
+        if not os.path.isfile(path):  # False, not an error, for a name too long
             raise UserError(f"--container={image!r}: no such image file (build one with "
                             "`apptainer build sweep.sif docker-daemon://...`, see README.md, "
                             "Agents anywhere)")

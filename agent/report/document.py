@@ -10,7 +10,6 @@ section without data says so.
 
 from __future__ import annotations
 
-import argparse
 import base64
 import csv
 import json
@@ -20,6 +19,7 @@ from pathlib import Path
 from rich.console import Console
 
 from agent import metrics
+from agent.params import TEXT_KINDS
 from agent.report import stats
 from agent.report.curves import loss_curve, step_losses
 from agent.report.discussion import discussion_section
@@ -40,7 +40,7 @@ from agent.report.setup_section import (
 from agent.report.study import Study, load_study
 from agent.report.weights_section import gradcam_section, weights_section
 from agent.sweep_space import swept_parameters
-from util.errors import UserError
+from util.errors import CommandParser, UserError, brief
 
 SUMMARY_COLUMNS = metrics.names(summary=True)
 
@@ -143,9 +143,9 @@ def write_html(markdown_path: Path, html_path: Path, title: str) -> None:
                          encoding="utf-8")
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m agent.report",
-                                     description=__doc__.splitlines()[0])
+def parse_options(argv: list[str] | None):
+    """The report's options, checked (UserError, one line)."""
+    parser = CommandParser(prog="python -m agent.report", description=__doc__.splitlines()[0])
     parser.add_argument("sweep", help="local sweep id or directory, or entity/project/sweep_id")
     parser.add_argument("--out", default="reports", help="reports go to OUT/<sweep id>/")
     parser.add_argument("--explode-factor", type=float, default=stats.GroupRule.explode_factor,
@@ -156,9 +156,19 @@ def main(argv: list[str] | None = None) -> int:
     if not args.explode_factor > 1 or not 0 <= args.stuck_margin < 1:
         raise UserError(f"--explode-factor={args.explode_factor} and --stuck-margin="
                         f"{args.stuck_margin}: expected a factor > 1 and a margin in [0, 1)")
+    allowed, is_path = TEXT_KINDS["path"]
+    if not is_path(args.out):
+        raise UserError(f"--out={brief(args.out)}: expected {allowed}")
+    return args
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_options(argv)
     study = load_study(args.sweep)
-    path = build_report(study, Path(args.out) / study.sweep_id,
-                        rule=stats.GroupRule(args.explode_factor, args.stuck_margin)).path
+    try:
+        path = build_report(study, Path(args.out) / study.sweep_id,
+                            rule=stats.GroupRule(args.explode_factor, args.stuck_margin)).path
+    except OSError as error:  # --out is a file, not writable, on a full disk...
+        raise UserError(f"cannot write the report: {error.filename}: {error.strerror}") from None
     print(f"report: {path} and {path.with_suffix('.html')}")
     return 0
-

@@ -12,14 +12,12 @@ confidence intervals. `--run` runs local repeat sweeps right away.
 
 from __future__ import annotations
 
-import argparse
-
 from agent.ids import new_run_id, path_safe
 from agent.report.stats import best_per_group
 from agent.report.study import Study, load_study, repeat_description, repeats_of
 from agent.sweep.store import SWEEPS_DIR, SweepStore, create_store
 from agent.sweep_space import swept_parameters
-from util.errors import UserError
+from util.errors import CommandParser, UserError, brief, int_option
 
 COPIED_KEYS = ("program", "command", "metric")  # what a repeat keeps of the original sweep
 
@@ -86,13 +84,14 @@ def create_on_wandb(target: str, configs: list[tuple[str, dict]]) -> None:
               f"./run_sweep.sh {entity}/{project}/{sweep_id}")
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m agent.repeat", description=__doc__
-                                     .splitlines()[0])
+def parse_options(argv: list[str] | None):
+    """The command's options, checked (UserError, one line)."""
+    parser = CommandParser(prog="python -m agent.repeat", description=__doc__.splitlines()[0])
     parser.add_argument("sweep", help="local sweep id or directory, or entity/project/id")
-    parser.add_argument("--top", type=int, default=2, help="best runs per group")
+    parser.add_argument("--top", type=int_option(1, 1000), default=2, help="best runs per group")
     parser.add_argument("--by", default="model", help="parameter that forms the groups")
-    parser.add_argument("--seeds", type=int, default=5, help="N fresh seeds for each run: "
+    parser.add_argument("--seeds", type=int_option(2, 1000), default=5,
+                        help="N fresh seeds for each run (2 or more: an interval needs two): "
                         "0, 1, ... without the picked run's own")
     parser.add_argument("--run", action="store_true",
                         help="run the local repeat sweeps now, with one agent in this process")
@@ -100,10 +99,12 @@ def main(argv: list[str] | None = None) -> int:
     from agent.params import BY_NAME
 
     if args.by not in BY_NAME:
-        raise UserError(f"--by={args.by!r}: not a run parameter")
-    if args.top < 1 or args.seeds < 2:
-        raise UserError("--top must be >= 1 and --seeds >= 2 (a confidence interval needs "
-                        "two or more runs)")
+        raise UserError(f"--by={brief(args.by)}: not a run parameter")
+    return args
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_options(argv)
     study = load_study(args.sweep)
     configs = repeat_configs(study, args.top, args.by, args.seeds)
     if not configs:

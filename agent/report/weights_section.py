@@ -36,7 +36,10 @@ def _checkpoint_weights(run: RunRecord, model) -> dict[str, np.ndarray] | None:
     saved = load_checkpoint(run.run_dir) if run.run_dir else None
     if saved is None:
         return None
-    model.load_state_dict(saved["model"])
+    try:
+        model.load_state_dict(saved["model"])
+    except (KeyError, TypeError, RuntimeError):  # damaged, or another model's checkpoint
+        return None
     weights = layer_weights(model)
     return weights if all(np.isfinite(w).all() for w in weights.values()) else None
 
@@ -109,7 +112,13 @@ def gradcam_section(report: Report, ctx: Context) -> None:
     p = run.params
     data = device_splits(p.dataset, p.data_dir, torch.device("cpu"), p.val_split, p.dataset_dir)
     model = _model(run, len(data.classes), data.input_shape)
-    model.load_state_dict(load_checkpoint(run.run_dir)["model"])
+    saved = load_checkpoint(run.run_dir)
+    try:
+        model.load_state_dict(saved["model"])
+    except (KeyError, TypeError, RuntimeError):  # damaged, or another model's checkpoint
+        report.add(f"The checkpoint of run {run.id} is damaged or of another model: no "
+                   "Grad-CAM.", "")
+        return
     model.eval()
     images, labels = next(iter(DeviceLoader(data.test_x[:512], data.test_y[:512], data.mean,
                                             data.std, 512)))

@@ -23,7 +23,9 @@ import time
 import traceback
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
+from agent.ids import run_directory
 from agent.sweep import program
 from agent.sweep.controller import (
     HEARTBEAT_S,
@@ -34,11 +36,21 @@ from agent.sweep.controller import (
 )
 from agent.sweep.pack_size import PackSizer, parse_pack
 from agent.sweep.status import sweep_progress
-from agent.sweep.store import SweepStore
-from agent.sweep.target import open_store
-from agent.trial.loop import TrialHooks, train_pack
-from agent.trial.member import pack_key
-from util.errors import UserError, exit_on_user_error
+from agent.sweep.store import StoreError, SweepStore
+from agent.sweep.target import SweepTarget, check_wandb_sweep, open_store
+from util.errors import (
+    CommandParser,
+    UserError,
+    exit_on_user_error,
+    int_option,
+    naming,
+    storage_problem,
+)
+
+# The trial layer (torch) is imported when the first trial starts, not with this module: a
+# bad option or an unknown sweep is answered in a fraction of a second.
+if TYPE_CHECKING:
+    from agent.trial.member import TrialHooks
 
 MAX_FAILURES_IN_A_ROW = 3
 WAIT_POLL_S = 2.0
@@ -46,26 +58,49 @@ WAIT_POLL_S = 2.0
 
 class Heartbeat:
     """Refreshes the heartbeats of a pack's runs from a thread (with its own SQLite
-    connection); `taken` is set once the store refuses a beat: a run is no longer ours."""
+    connection); `taken` is set once the store refuses a beat: a run is no longer ours;
+    `failed` holds the StoreError once the store cannot be written at all."""
 
     def __init__(self, store_path: Path, run_ids: list[str], owner: str, every: float):
         self.stop_event = threading.Event()
         self.taken = threading.Event()
+        self.failed: StoreError | None = None
         self.thread = threading.Thread(target=self._beat, daemon=True,
                                        args=(store_path, list(run_ids), owner, every))
         self.thread.start()
 
     def _beat(self, store_path, run_ids, owner, every):
-        store = SweepStore(store_path)
-        while not self.stop_event.wait(every):
-            if not all([store.heartbeat(run_id, owner) for run_id in run_ids]):
-                self.taken.set()
-                break
-        store.close()
+        try:
+            store = SweepStore(store_path)
+            try:
+                while not self.stop_event.wait(every):
+                    if not all([store.heartbeat(run_id, owner) for run_id in run_ids]):
+                        self.taken.set()
+                        break
+            finally:
+                store.close()
+        except StoreError as error:  # the trial stops at its next step; the agent says why
+            self.failed = error
 
     def stop(self):
         self.stop_event.set()
         self.thread.join()
+
+
+def write_text_atomic(path: Path, text: str) -> bool:
+    """Write `text` to `path` whole or not at all (no empty file on a full disk); whether it
+    was written."""
+    partial = path.with_name(path.name + ".tmp")
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with naming(partial):
+            partial.write_text(text)
+        os.replace(partial, path)
+        return True
+    except OSError:
+        return False
+    finally:
+        partial.unlink(missing_ok=True)
 
 
 def taken_over(owner: str, run_id: str) -> None:
@@ -76,6 +111,8 @@ def taken_over(owner: str, run_id: str) -> None:
 def packable(config: dict):
     """The trial layer's pack key, or a key of its own for a configuration the trial will
     refuse (it then fails alone, with its one-line reason recorded)."""
+    from agent.trial.member import pack_key
+
     try:
         return pack_key(config)
     except UserError:
@@ -135,6 +172,8 @@ class LocalAgent:
 
     def train_claim(self, work) -> PackOutcome:
         """Train the claimed runs as one pack; each member is recorded as it ends."""
+        from agent.trial.loop import train_pack
+
         run_ids = [c.run_id for c in work.runs]
         beat = Heartbeat(self.store.path, run_ids, self.owner, self.heartbeat_s)
         # each run as `wandb agent` would start it: our trainer in-process, else a subprocess
@@ -156,14 +195,33 @@ class LocalAgent:
                     "progress": sweep_progress(self.store.runs(), self.sweep.config, run_ids)})
             outcome.preempted = any(s["state"] == "preempted" for s in ended.values()) \
                 and bool(self.signalled)
+        except StoreError:
+            raise  # nothing more can be recorded: the agent stops, saying why in one line
         except Exception as error:  # a failing trial is recorded, not fatal to the agent
+            problem = storage_problem(error)
+            if problem is not None:  # a full or read-only disk: no fault of the runs'
+                raise self.left_for_the_next_agent(
+                    [r for r in run_ids if r not in ended], problem) from None
             outcome.failed = True
             self.record_failure(configs, [r for r in run_ids if r not in ended], error)
         finally:
             beat.stop()
+        if beat.failed is not None:
+            raise beat.failed
         if ended:
             self.observe(configs, ended)
         return outcome
+
+    def left_for_the_next_agent(self, run_ids: list[str], problem: UserError) -> UserError:
+        """The runs a storage failure cut short, left `preempted` (their last whole epoch's
+        checkpoint stands) for the next agent; the one line the agent stops with."""
+        try:
+            for run_id in run_ids:
+                self.store.finish(run_id, self.owner, "preempted")
+            left = "left preempted: the next agent resumes them from their last checkpoint"
+        except StoreError:  # the store is on the same disk: its heartbeats go silent instead
+            left = ("left running: the next agent finds them silent and repeats them")
+        return UserError(f"{problem}; run(s) {', '.join(run_ids)} {left}")
 
     def trial_config(self, command: program.RunCommand) -> dict:
         """Our trainer's config for a run: what its argv describes, its id, the group."""
@@ -185,6 +243,8 @@ class LocalAgent:
         hooks.ended({**result.summary, "state": result.state})
 
     def member_hooks(self, run_id: str, beat: Heartbeat, ended: dict) -> TrialHooks:
+        from agent.trial.member import TrialHooks
+
         store, owner = self.store, self.owner
 
         def after_epoch(epoch: int, history: list[dict]) -> str | None:
@@ -193,8 +253,8 @@ class LocalAgent:
                 return None
             return "early_terminate" if should_stop(store, run_id) else None
 
-        def interrupted() -> bool:  # SIGTERM, or a run of the pack is no longer ours
-            return bool(self.signalled) or beat.taken.is_set()
+        def interrupted() -> bool:  # SIGTERM, a run of the pack no longer ours, no store
+            return bool(self.signalled) or beat.taken.is_set() or beat.failed is not None
 
         def on_end(summary: dict) -> None:
             ended[run_id] = summary
@@ -212,9 +272,11 @@ class LocalAgent:
         return TrialHooks(should_stop=after_epoch, interrupted=interrupted, ended=on_end)
 
     def record_failure(self, configs: list[dict], run_ids: list[str], error: Exception) -> None:
-        """The members that had not ended failed: their traceback goes to their run dirs."""
-        line = f"{type(error).__name__}: {str(error).splitlines()[0] if str(error) else ''}"
-        trace = traceback.format_exc()
+        """The members that had not ended failed: their traceback goes to their run dirs
+        (a UserError, a run refused before training, is its one line alone)."""
+        line = " ".join(str(error).split()) if isinstance(error, UserError) else \
+            f"{type(error).__name__}: {str(error).splitlines()[0] if str(error) else ''}"
+        trace = None if isinstance(error, UserError) else traceback.format_exc()
         for config in configs:
             run_id = config["run_id"]
             if run_id not in run_ids:
@@ -222,11 +284,12 @@ class LocalAgent:
             if not self.store.finish(run_id, self.owner, "failed", error=line):
                 taken_over(self.owner, run_id)
                 continue
-            run_dir = Path(config.get("run_dir") or "data/runs") / run_id
-            run_dir.mkdir(parents=True, exist_ok=True)
-            (run_dir / "traceback.txt").write_text(trace)
-            print(f"agent {self.owner}: run {run_id} failed ({line}); traceback in "
-                  f"{run_dir / 'traceback.txt'}", file=sys.stderr)
+            where = ""
+            if trace is not None:
+                path = run_directory(config.get("run_dir") or "data/runs", run_id)
+                where = f"; traceback in {path / 'traceback.txt'}" \
+                    if write_text_atomic(path / "traceback.txt", trace) else ""
+            print(f"agent {self.owner}: run {run_id} failed ({line}){where}", file=sys.stderr)
 
     def observe(self, configs: list[dict], ended: dict[str, dict]) -> None:
         """Tell --pack auto how fast this pack trained, all members together."""
@@ -244,8 +307,10 @@ def run_local_agent(store: SweepStore, count: int | None = None,
                     pack: int | None = 1) -> int:
     """Work on a local sweep until it is done (or `count` runs), `pack` runs a trial (None:
     --pack auto). Returns the agent's exit code: 1 after 3 failed trials in a row."""
-    sizer = PackSizer(fixed=pack, start=4 if _cuda() else 2)
-    sizer.memory_mb = _device_memory_mb()
+    sizer = PackSizer(fixed=pack)
+    if pack is None:  # only --pack auto sizes packs by the device (torch is imported for it)
+        sizer = PackSizer(fixed=None, start=4 if _cuda() else 2)
+        sizer.memory_mb = _device_memory_mb()
     return LocalAgent(store, heartbeat_s, timeout, sizer).run(count)
 
 
@@ -272,13 +337,15 @@ def run_wandb_agent(sweep_path: str, count: int | None, project: str | None) -> 
     return run_wandb_sweep(sweep_path, count, project, interrupted=lambda: bool(signalled))
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m agent.sweep.agent_loop",
-                                     description="Run one sweep agent in this process.")
+def parse_options(argv: list[str] | None) -> argparse.Namespace:
+    """The agent's options, every one checked (UserError, one line)."""
+    parser = CommandParser(prog="python -m agent.sweep.agent_loop",
+                           description="Run one sweep agent in this process.")
     parser.add_argument("sweep", help="local sweep (directory or id), or with --wandb a W&B "
                         "sweep id or entity/project/id")
     parser.add_argument("--wandb", action="store_true", help="pull configs from W&B's server")
-    parser.add_argument("--count", type=int, default=None, help="stop after N runs")
+    parser.add_argument("--count", type=int_option(1, 10**9), default=None,
+                        help="stop after N runs")
     parser.add_argument("--project", default=os.environ.get("WANDB_PROJECT"))
     parser.add_argument("--heartbeat", type=float, default=HEARTBEAT_S,
                         help="seconds between beats")
@@ -289,13 +356,19 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     check_heartbeat(args.heartbeat, args.heartbeat_timeout)
     try:
-        pack = parse_pack(args.pack)
+        args.pack = parse_pack(args.pack)
     except ValueError as error:
         raise UserError(str(error)) from None
-    if args.wandb:
+    return args
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_options(argv)
+    if args.wandb:  # reachable with credentials, or one line (never a login prompt)
+        check_wandb_sweep(SweepTarget("wandb", args.sweep, wandb_path=args.sweep))
         return run_wandb_agent(args.sweep, args.count, args.project)
     return run_local_agent(open_store(args.sweep), args.count, args.heartbeat,
-                           args.heartbeat_timeout, pack)
+                           args.heartbeat_timeout, args.pack)
 
 
 if __name__ == "__main__":

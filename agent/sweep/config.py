@@ -10,6 +10,7 @@ import difflib
 import itertools
 import json
 import math
+import os
 import tempfile
 import warnings
 from pathlib import Path
@@ -17,20 +18,38 @@ from typing import Any
 
 import jsonschema
 
-from util.errors import UserError
 from agent import metrics
-from agent.params import BY_NAME, PARAMS, validate
-from agent.sweep.engine import (Draws, EngineError, as_type, draws, proposed_params,
-                                stop_decisions)
-from agent.sweep.program import (build_run, check_program_command, command_of, runs_our_trainer,
-                                 trial_values)
+from agent.params import BY_NAME, MAX_NAME, PARAMS, RULES, validate
+from agent.sweep.engine import (
+    GRID_LIMIT,
+    Draws,
+    EngineError,
+    as_type,
+    draws,
+    grid_points,
+    proposed_params,
+    stop_decisions,
+)
+from agent.sweep.program import (
+    build_run,
+    check_program_command,
+    command_of,
+    runs_our_trainer,
+    trial_values,
+)
 from agent.yaml_file import read_yaml
+from util.errors import UserError, brief
 
 with warnings.catch_warnings():
     warnings.simplefilter("ignore")  # the engine's pydantic model warns on import
+    from sweeps.config.schema import (
+        dereferenced_sweep_config_jsonschema,
+        fill_validate_metric,
+        format_checker,
+        validator,
+    )
+
     import sweeps
-    from sweeps.config.schema import (dereferenced_sweep_config_jsonschema,
-                                      fill_validate_metric, format_checker, validator)
 
 # What a trial reports, with the direction that makes a run better (agent/metrics.py).
 EPOCH_METRICS = metrics.optimisable(when=(metrics.EPOCH,))
@@ -39,7 +58,6 @@ METRICS = metrics.optimisable()
 # Metrics measured on the validation split (agent/metrics.py names them val/...): a run with
 # val_split 0 never reports them.
 VALIDATION_PREFIX = "val/"
-COMBINATION_LIMIT = 4096  # swept values validated together; beyond it, every three parameters
 # Parameters the agent sets for each run, which a sweep cannot set.
 AGENT_PARAMETERS = {"run_id": "the agent gives each run its own id (W&B's run id); a sweep "
                     "cannot set it"}
@@ -69,7 +87,11 @@ def load_sweep_config(path: str | Path) -> dict:
     where = str(path)
     config = _read_yaml(where)
     filled = _engine_validate(where, config)
+    _check_grid_size(where, filled)
+    _check_integer_ranges(where, filled)
+    _check_hyperband_brackets(where, filled)
     _check_keys(where, filled)
+    _check_name(where, filled)
     _check_command(where, filled)
     _check_metric_present(where, filled)
     _check_program_file(where, filled)
@@ -117,6 +139,9 @@ def _read_yaml(where: str) -> dict:
 def _engine_validate(where: str, config: dict) -> dict:
     """The engine's schema checks, reduced to one line; returns the engine-filled config."""
     parameters = config.get("parameters")
+    if "parameters" in config and not isinstance(parameters, dict):
+        raise UserError(f"{where}: parameters: expected a mapping of parameter name: spec, "
+                        f"got {type(parameters).__name__}")
     if isinstance(parameters, dict):
         for name, spec in parameters.items():
             if not isinstance(spec, dict):  # the engine raises rather than report this
@@ -220,6 +245,73 @@ def _reject_nested(where: str, parameters: dict) -> None:
                 f"parameter at the top level of parameters")
 
 
+def _check_grid_size(where: str, config: dict) -> None:
+    """A grid's size, computed before anything enumerates it (the engine lists every point at
+    each proposal): each parameter's values, then their product, at most GRID_LIMIT."""
+    if config.get("method") != "grid":
+        return
+    size = 1
+    for name, spec in config["parameters"].items():
+        points = grid_points(spec)
+        if points is None:
+            continue  # not a grid distribution: the dry run reports the engine's refusal
+        if points > GRID_LIMIT:
+            raise UserError(f"{where}: parameters.{name}: a grid over {_count(points)} values "
+                            f"of {name}, more than the {GRID_LIMIT:,} points a grid may have: "
+                            "use fewer values, or method random (with run_cap)")
+        size *= points
+    if size > GRID_LIMIT:
+        raise UserError(f"{where}: a grid of {_count(size)} points (the product of each "
+                        f"parameter's values), more than the {GRID_LIMIT:,} a grid may have: "
+                        "use fewer values, or method random (with run_cap)")
+
+
+EXACT_INTEGERS = 2**53  # float64 holds every integer up to here, and not all beyond
+
+
+def _check_integer_ranges(where: str, config: dict) -> None:
+    """random and bayes draw int_uniform through scipy in float64 (sweeps/params.py ppf, then
+    astype(int)): beyond 2**53 the draws are not the integers asked for, and near 2**63 they
+    wrap to negative numbers."""
+    if config.get("method") == "grid":
+        return  # grid counts int_uniform out with Python's range: exact
+    for name, spec in config["parameters"].items():
+        if spec.get("distribution") == "int_uniform" and max(
+                abs(spec["min"]), abs(spec["max"])) > EXACT_INTEGERS:
+            raise UserError(f"{where}: parameters.{name}: int_uniform [{spec['min']}, "
+                            f"{spec['max']}]: the engine draws integers through 64-bit floats, "
+                            f"exact only within +-2**53 ({EXACT_INTEGERS:,}): use a smaller "
+                            "range")
+
+
+MAX_BRACKETS = 100  # hyperband's min_iter form makes exactly 100
+
+
+def _check_hyperband_brackets(where: str, config: dict) -> None:
+    """The engine lists hyperband's brackets one by one (sweeps/hyperband_stopping.py: up to
+    `s` of them, dividing max_iter by eta until it is below 1) at every stop decision: count
+    them first, so that s = 10**18 with eta = 1.000001 is refused, not enumerated."""
+    terminate = config.get("early_terminate") or {}
+    if terminate.get("type") != "hyperband" or "max_iter" not in terminate:
+        return
+    max_iter, eta, s = terminate["max_iter"], terminate.get("eta", 3), terminate.get("s", 0)
+    if max_iter < 1 or eta <= 1:
+        return  # the engine refuses these in one line itself
+    brackets = min(s, math.floor(math.log(max_iter) / math.log(eta)) + 1)
+    if brackets > MAX_BRACKETS:
+        raise UserError(f"{where}: early_terminate: hyperband with max_iter={max_iter}, "
+                        f"eta={eta} and s={s} has {brackets:,} brackets, more than the "
+                        f"{MAX_BRACKETS} it may have: use a larger eta or a smaller s")
+
+
+def _count(number: int | float) -> str:
+    if number == math.inf:
+        return "infinitely many"
+    if number < 10**15:
+        return f"{int(number):,}"
+    return f"about 10^{len(str(int(number))) - 1}"
+
+
 # --- W&B's sweep keys -----------------------------------------------------------------------
 
 def _check_keys(where: str, config: dict) -> None:
@@ -233,6 +325,15 @@ def _check_keys(where: str, config: dict) -> None:
     if config.get("method") == "custom":
         raise UserError(f"{where}: method: custom needs a custom scheduler (Optuna or Ax) run "
                         "by W&B's launch service; use grid, random or bayes")
+
+
+def _check_name(where: str, config: dict) -> None:
+    """The sweep's name is the group of its runs in W&B and TensorBoard (log_dir/<name>/)."""
+    name = config.get("name")
+    if name is not None and not (isinstance(name, str) and len(name) <= MAX_NAME
+                                 and name.isprintable()):
+        raise UserError(f"{where}: name: {brief(name)} is not allowed: expected printable "
+                        f"text of at most {MAX_NAME} characters (W&B's limit on a group)")
 
 
 def _check_command(where: str, config: dict) -> None:
@@ -277,7 +378,7 @@ def _check_program_file(where: str, config: dict) -> None:
     """W&B's agent runs `python <program>` from the directory it starts in."""
     program_path = config.get("program")
     if program_path and "${program}" in map(str, command_of(config) or []) \
-            and not Path(program_path).is_file() and not runs_our_trainer(config):
+            and not os.path.isfile(program_path) and not runs_our_trainer(config):
         raise UserError(f"{where}: program: {program_path!r} is not a file in {Path.cwd()} "
                         "(W&B's agent runs it from the directory it starts in): start from "
                         "the directory that holds it")
@@ -393,16 +494,15 @@ def _candidates(where: str, name: str, spread: Draws, kind: tuple) -> list:
 
 
 def _check_drawn_together(where: str, base: dict, drawn: dict[str, list]) -> None:
-    """Combinations of a few drawn values of every swept parameter (all of them when the
-    product is small, else every three parameters), each validated; a failure names the
-    fewest parameters that fail together."""
+    """Combinations of a few drawn values of the swept parameters each rule of the parameter
+    table reads (agent/params.py RULES), each validated; a failure names the fewest parameters
+    that fail together. At most 6 values of each of a rule's few parameters: bounded whatever
+    the sweep's size."""
     few = {name: _few(values) for name, values in drawn.items() if len(values) > 1}
-    names = sorted(few)
-    if math.prod(len(few[name]) for name in names) <= COMBINATION_LIMIT:
-        groups = [names]
-    else:
-        groups = list(itertools.combinations(names, 3))
-    for group in groups:
+    for names, _ in RULES:
+        group = [name for name in names if name in few]
+        if len(group) < 2:
+            continue  # one swept parameter: each of its values was validated alone
         for values in itertools.product(*(few[name] for name in group)):
             combination = dict(zip(group, values))
             if _refusal(base, combination) is None:

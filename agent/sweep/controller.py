@@ -22,7 +22,9 @@ from util.errors import UserError
 HEARTBEAT_S = 5.0  # seconds between an agent's heartbeats
 HEARTBEAT_TIMEOUT_S = 60.0  # a running run silent this long is taken for crashed
 MIN_BEATS_PER_TIMEOUT = 3  # a run is declared crashed only after this many missed beats
+MIN_HEARTBEAT_S = 0.1  # more often, the beats of many agents keep the store's lock busy
 MAX_HEARTBEAT_S = 3600.0  # beyond an hour, a crash would go unnoticed for hours
+MAX_HEARTBEAT_TIMEOUT_S = 86400.0  # a day: a killed run is repeated the same day
 PROPOSALS_PER_MEMBER = 4  # engine proposals one claim may ask for, per member wanted
 
 PackKey = Callable[[dict], Hashable]
@@ -61,17 +63,19 @@ class Work:
 
 
 def check_heartbeat(heartbeat_s: float, timeout_s: float) -> None:
-    """UserError (one line) unless 0 < heartbeat_s <= MAX_HEARTBEAT_S and timeout_s is a
-    finite number of seconds of at least MIN_BEATS_PER_TIMEOUT heartbeats: a shorter one
-    takes live runs for crashed (and runs them twice), an infinite one never repairs any."""
-    if not (math.isfinite(heartbeat_s) and 0 < heartbeat_s <= MAX_HEARTBEAT_S):
+    """UserError (one line) unless MIN_HEARTBEAT_S <= heartbeat_s <= MAX_HEARTBEAT_S and
+    timeout_s is a finite number of seconds of at least MIN_BEATS_PER_TIMEOUT heartbeats and
+    at most MAX_HEARTBEAT_TIMEOUT_S: a shorter one takes live runs for crashed (and runs them
+    twice), an endless one never repairs any."""
+    if not (math.isfinite(heartbeat_s) and MIN_HEARTBEAT_S <= heartbeat_s <= MAX_HEARTBEAT_S):
         raise UserError(f"--heartbeat={heartbeat_s!r}: expected seconds between heartbeats, "
-                        f"a number in (0, {MAX_HEARTBEAT_S:g}]")
-    if not (math.isfinite(timeout_s) and timeout_s >= MIN_BEATS_PER_TIMEOUT * heartbeat_s):
+                        f"a number in [{MIN_HEARTBEAT_S:g}, {MAX_HEARTBEAT_S:g}]")
+    least = MIN_BEATS_PER_TIMEOUT * heartbeat_s
+    if not (math.isfinite(timeout_s) and least <= timeout_s <= MAX_HEARTBEAT_TIMEOUT_S):
         raise UserError(f"--heartbeat-timeout={timeout_s!r}: expected a finite number of "
-                        f"seconds, at least {MIN_BEATS_PER_TIMEOUT} heartbeats "
-                        f"({MIN_BEATS_PER_TIMEOUT * heartbeat_s:g} s with --heartbeat "
-                        f"{heartbeat_s:g})")
+                        f"seconds, at least {MIN_BEATS_PER_TIMEOUT} heartbeats ({least:g} s "
+                        f"with --heartbeat {heartbeat_s:g}) and at most "
+                        f"{MAX_HEARTBEAT_TIMEOUT_S:g}")
 
 
 def crash_repairs(runs: list[Run], now: float, timeout: float) -> tuple[list[str], list[Run]]:

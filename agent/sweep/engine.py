@@ -29,6 +29,10 @@ ENGINE_STATES = {
     "preempted": sweeps.RunState.preempted,
 }
 ENUMERATE_LIMIT = 1000  # a distribution with at most this many values is checked value by value
+# The most points a grid may have. The engine lists every point of a grid at each proposal
+# (sweeps/grid_search.py: itertools.product into a list, int_uniform as list(range(...))), so
+# a grid's size must be known, and bounded, before anything asks the engine about it.
+GRID_LIMIT = 100_000
 
 
 class EngineError(UserError):
@@ -222,6 +226,30 @@ def target_reached(sweep_config: dict, runs: list) -> bool:
 def _failure(doing: str, error: BaseException) -> str:
     text = " ".join(str(error).split()) or "(no message)"
     return f"the sweep engine rejects the sweep ({doing}): {type(error).__name__}: {text}"
+
+
+# --- how many points a grid has ---------------------------------------------------------------
+
+def grid_points(spec: dict) -> int | float | None:
+    """How many values a filled parameter spec gives a grid, computed, never enumerated: exact
+    for value, values and int_uniform; q_uniform as np.arange(min, max, q) counts them (inf
+    when q is too small for a float); None for a distribution a grid cannot enumerate."""
+    if "value" in spec:
+        return 1
+    if "values" in spec:
+        return len(spec["values"])
+    distribution = spec.get("distribution")
+    low, high = spec.get("min"), spec.get("max")
+    if distribution == "int_uniform" and isinstance(low, int) and isinstance(high, int):
+        return max(0, high - low + 1)
+    if distribution == "q_uniform":
+        try:
+            count = (float(high) - float(low)) / float(spec.get("q", 1.0))
+        except (TypeError, ValueError, OverflowError, ZeroDivisionError):
+            return None
+        return math.ceil(count) if math.isfinite(count) and count > 0 else \
+            (math.inf if count > 0 else 0)
+    return None
 
 
 # --- what a distribution can draw ------------------------------------------------------------

@@ -148,7 +148,7 @@ def _is_trainer_script(path: str) -> bool:
     candidate = Path(path)
     if candidate.resolve() == TRAINER_SCRIPT:
         return True
-    return not candidate.is_absolute() and not candidate.exists() and \
+    return not candidate.is_absolute() and not os.path.exists(candidate) and \
         (TRAINER_SCRIPT.parents[1] / candidate).resolve() == TRAINER_SCRIPT
 
 

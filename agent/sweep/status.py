@@ -5,7 +5,6 @@ agents hand to the console, and the closing lines (best run, next commands) of a
 from __future__ import annotations
 
 import math
-import sys
 import time
 from collections import Counter
 from dataclasses import dataclass
@@ -13,12 +12,14 @@ from pathlib import Path
 
 from rich import box
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from agent.params import BY_NAME
 from agent.sweep.store import STATES, Run, SweepStore
 from agent.sweep.target import open_store
 from agent.sweep_space import duration_text, short_number, swept_parameters
+from util.errors import CommandParser
 
 ENDED = ("finished", "failed", "stopped")  # states that count as a run done
 
@@ -94,12 +95,14 @@ def render_status(store: SweepStore, console: Console | None = None,
     runs = store.runs()
     counts = Counter(run.state for run in runs)
     total = planned_runs(sweep.config)
-    console.print(f"[bold]sweep {sweep.id}[/] ({sweep.name}, {sweep.config.get('method')}"
+    # names and values are the user's text: escaped, so that "[/x]" is shown, not parsed
+    console.print(f"[bold]sweep {sweep.id}[/] ({escape(sweep.name)}, "
+                  f"{escape(str(sweep.config.get('method')))}"
                   + (f", {total} runs planned" if total else "") + "): "
                   + ", ".join(f"{counts[s]} {s}" for s in STATES if counts[s]), highlight=False)
     best = best_run(store)
     if best:
-        console.print(f"best so far: {best.run.id} {best.metric}={best.value:.4f}",
+        console.print(f"best so far: {best.run.id} {escape(best.metric)}={best.value:.4f}",
                       highlight=False)
     shown = runs
     if limit is not None:
@@ -127,23 +130,28 @@ def status_table(sweep_config: dict, runs: list[Run]) -> Table:
         table.add_column(header, no_wrap=True,
                          justify="right" if header in ("ep", "val/acc", "test/acc") else "left")
     for name in varying:
-        table.add_column(name, no_wrap=True, justify="right")
-    epochs_of = lambda run: run.config.get("epochs", BY_NAME["epochs"].default)  # noqa: E731
+        table.add_column(escape(str(name)), no_wrap=True, justify="right")
+
+    def epochs_of(run: Run) -> int | None:  # another program's `epochs` may be anything
+        epochs = run.config.get("epochs", BY_NAME["epochs"].default)
+        return epochs if isinstance(epochs, int) and not isinstance(epochs, bool) else None
+
     for run in runs:
         summary = run.summary or {}
         last = run.history[-1] if run.history else {}
         val = summary.get("val/acc", last.get("val/acc"))
         test = summary.get("test/acc")
-        cells = [run.id, run.state, f"{run.epoch}/{epochs_of(run)}",
+        cells = [run.id, run.state, f"{run.epoch}/{epochs_of(run) or '?'}",
                  f"{val:.4f}" if isinstance(val, float) else "",
                  f"{test:.4f}" if isinstance(test, float) else ""]
         if running:
             eta = ""
-            if run.state == "running" and run.epoch and run.started:
+            if run.state == "running" and run.epoch and run.started and epochs_of(run):
                 per_epoch = (time.time() - run.started) / run.epoch
                 eta = duration_text(per_epoch * (epochs_of(run) - run.epoch))
             cells.append(eta)
-        table.add_row(*cells, *(short_number(run.config.get(name, "")) for name in varying))
+        table.add_row(*cells, *(escape(short_number(run.config.get(name, "")))
+                                for name in varying))
     return table
 
 
@@ -179,9 +187,7 @@ def closing_lines(store: SweepStore) -> list[str]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    argv = sys.argv[1:] if argv is None else argv
-    if len(argv) != 1 or argv[0].startswith("-"):
-        print("usage: python -m agent.status <local-sweep-id-or-directory>", file=sys.stderr)
-        return 2
-    render_status(open_store(argv[0]))
+    parser = CommandParser(prog="python -m agent.status", description=__doc__.splitlines()[0])
+    parser.add_argument("sweep", help="local sweep id or directory")
+    render_status(open_store(parser.parse_args(argv).sweep))
     return 0

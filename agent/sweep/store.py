@@ -53,6 +53,21 @@ TABLES = (
 )
 
 
+class StoreError(UserError):
+    """The store file cannot be read or written now (a read-only file or directory, a full
+    disk, a lock held past the timeout, a damaged file): one line naming the file and the
+    cause. An agent stops on it; its running runs stay `running` until the next agent finds
+    them silent and repairs them (crashed, re-queued)."""
+
+
+@contextmanager
+def _store_errors(path: Path) -> Iterator[None]:
+    try:
+        yield
+    except sqlite3.Error as error:  # OperationalError (read-only, full, locked) and the rest
+        raise StoreError(f"{path}: the sweep store cannot be used ({error})") from None
+
+
 @dataclass(frozen=True)
 class Sweep:
     id: str
@@ -161,7 +176,8 @@ class SweepStore:
             raise UserError(f"{self.path}: no sweep store there")
         # isolation_level=None: we issue BEGIN ourselves, so a claim is one write-locked
         # transaction across agent processes.
-        self.db = sqlite3.connect(self.path, timeout=60, isolation_level=None)
+        with _store_errors(self.path):
+            self.db = sqlite3.connect(self.path, timeout=60, isolation_level=None)
         self.db.row_factory = sqlite3.Row
         try:
             self._check_schema(create)
@@ -169,6 +185,9 @@ class SweepStore:
             # schema is ours, so that a refused store is left exactly as it was.
             self.db.execute("PRAGMA journal_mode=WAL")
             self.db.execute("PRAGMA synchronous=NORMAL")
+        except sqlite3.OperationalError as error:  # read-only, full, locked: not the file's fault
+            self.db.close()
+            raise StoreError(f"{self.path}: the sweep store cannot be used ({error})") from None
         except sqlite3.DatabaseError as error:
             self.db.close()
             raise UserError(f"{self.path}: not a sweep store ({error})") from None
@@ -193,6 +212,9 @@ class SweepStore:
                 f"{self.path}: a sweep store of schema version {version}, but this agent reads "
                 f"version {SCHEMA_VERSION} only; finish or read that sweep with the code that "
                 "made it, or start the sweep anew from its YAML (./run_sweep.sh sweeps/X.yaml)")
+        if not create and self.db.execute("SELECT COUNT(*) FROM sweep").fetchone()[0] != 1:
+            raise UserError(f"{self.path}: not a sweep store (it holds no sweep: its creation "
+                            "was cut short); remove its directory and create the sweep again")
 
     @property
     def directory(self) -> Path:
@@ -203,22 +225,26 @@ class SweepStore:
 
     @contextmanager
     def _write(self) -> Iterator[sqlite3.Connection]:
-        self.db.execute("BEGIN IMMEDIATE")
-        try:
-            yield self.db
-        except BaseException:
-            self.db.execute("ROLLBACK")
-            raise
-        self.db.execute("COMMIT")
+        with _store_errors(self.path):
+            self.db.execute("BEGIN IMMEDIATE")
+            try:
+                yield self.db
+            except BaseException:
+                if self.db.in_transaction:  # a full disk can end it already
+                    self.db.execute("ROLLBACK")
+                raise
+            self.db.execute("COMMIT")
 
     @contextmanager
     def _read(self) -> Iterator[sqlite3.Connection]:
         # One read transaction: the runs and their history come from the same snapshot.
-        self.db.execute("BEGIN")
-        try:
-            yield self.db
-        finally:
-            self.db.execute("COMMIT")
+        with _store_errors(self.path):
+            self.db.execute("BEGIN")
+            try:
+                yield self.db
+            finally:
+                if self.db.in_transaction:
+                    self.db.execute("COMMIT")
 
     @contextmanager
     def transaction(self) -> Iterator[StoreTransaction]:
@@ -282,7 +308,13 @@ def create_store(directory: str | os.PathLike, sweep_id: str, name: str,
     """A new sweep directory and store; refuses to overwrite an existing one, and leaves
     nothing behind when the store cannot be made."""
     directory = Path(directory)
-    directory.mkdir(parents=True, exist_ok=False)
+    try:
+        directory.mkdir(parents=True, exist_ok=False)
+    except FileExistsError:
+        raise
+    except OSError as error:  # a read-only or full disk, no permission
+        raise StoreError(f"{error.filename or directory}: cannot create the sweep's directory "
+                         f"({error.strerror})") from None
     try:
         store = SweepStore(directory / STORE_NAME, create=True)
         with store._write() as db:

@@ -32,8 +32,11 @@ class SweepTarget:
 def local_sweep_dir(text: str) -> Path | None:
     """The directory of an existing local sweep named by `text` (id, directory or sweep.db)."""
     for candidate in (Path(text), Path(text) / STORE_NAME, SWEEPS_DIR / text / STORE_NAME):
-        if candidate.name == STORE_NAME and candidate.is_file():
-            return candidate.parent
+        try:
+            if candidate.name == STORE_NAME and candidate.is_file():
+                return candidate.parent
+        except (OSError, ValueError):  # a name too long, a NUL: no sweep of that name
+            continue
     return None
 
 
@@ -82,6 +85,17 @@ def check_wandb_sweep(target: SweepTarget) -> None:
                         f"({type(error).__name__}: {str(error).splitlines()[0][:100]})") from None
 
 
+def sweep_name(config: dict, yaml_path: str | Path) -> str:
+    """The sweep's `name`, else its file's name without .yaml, made a valid run group
+    (printable, at most MAX_NAME characters: a file name may be neither)."""
+    from agent.params import MAX_NAME
+
+    if config.get("name"):
+        return config["name"]
+    stem = "".join(c if c.isprintable() else "_" for c in Path(yaml_path).stem)
+    return stem[:MAX_NAME] or "sweep"
+
+
 def create_local_sweep(yaml_path: str | Path):
     """A new local sweep from a sweep YAML (checked first: a bad file creates nothing)."""
     from agent.ids import new_run_id
@@ -90,7 +104,7 @@ def create_local_sweep(yaml_path: str | Path):
 
     config = load_sweep_config(yaml_path)
     sweep_id = new_run_id()
-    name = config.get("name") or Path(yaml_path).stem
+    name = sweep_name(config, yaml_path)
     store = create_store(SWEEPS_DIR / sweep_id, sweep_id, name, config)
     print(f"Created local sweep {sweep_id} ({name}) in {store.directory}")
     print(f"Add agents from another shell: ./run_sweep.sh {sweep_id}")

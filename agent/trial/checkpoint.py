@@ -5,18 +5,24 @@ drift apart. A member's weights are stored in the plain model's layout (the mode
 builds), whatever pack it trained in, so a checkpoint loads into a pack of any size or into
 the plain model (Grad-CAM). Files are written atomically (temporary file, then rename) so a
 kill mid-write leaves the previous checkpoint intact, and read with weights_only=True, so a
-checkpoint cannot run code.
+checkpoint cannot run code. The checkpoint before the newest is kept: a damaged checkpoint
+(truncated, empty, another file) is passed over, not fatal, and the run resumes from the one
+before it, or from scratch, saying so.
 """
 
 from __future__ import annotations
 
+import io
 import os
+import shutil
 from collections.abc import Callable
-from dataclasses import asdict
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
 import torch
+
+from util.errors import naming
 
 CHECKPOINT_NAME = "checkpoint.pt"
 
@@ -47,17 +53,92 @@ def restore(pack, k: int, state: dict) -> None:
         put(pack, k, state[name])
 
 
+PREVIOUS_NAME = "checkpoint.prev.pt"  # the one before: where a damaged checkpoint resumes
+
+
 def save_checkpoint(run_dir: str | os.PathLike, state: dict) -> Path:
+    """Write `state` as the run's checkpoint, keeping the one it replaces as PREVIOUS_NAME.
+    Atomic: a kill or a full disk mid-write leaves both earlier files as they were and no
+    partial file behind (the error goes on to the caller)."""
     path = Path(run_dir) / CHECKPOINT_NAME
     path.parent.mkdir(parents=True, exist_ok=True)
     partial = path.with_suffix(".pt.tmp")
-    torch.save(state, partial)
-    os.replace(partial, path)
+    try:
+        # serialised in memory, then written by Python: a full disk is an OSError naming the
+        # file (torch.save writing a file itself reports a short write as an opaque
+        # RuntimeError of its zip writer)
+        buffer = io.BytesIO()
+        torch.save(state, buffer)
+        with naming(partial), open(partial, "wb") as handle:
+            handle.write(buffer.getbuffer())
+        previous = path.with_name(PREVIOUS_NAME)
+        for target in (path, previous):
+            if target.is_dir() and not target.is_symlink():
+                shutil.rmtree(target)  # no checkpoint: loading passed over it, saying so
+        if path.exists():
+            os.replace(path, previous)
+        os.replace(partial, path)
+    finally:
+        partial.unlink(missing_ok=True)
     return path
 
 
+@dataclass
+class Saved:
+    """A run's checkpoints that load, newest file first, and why any other was passed over."""
+
+    loaded: list[tuple[int, Path, dict]] = field(default_factory=list)  # (epoch, file, state)
+    problems: list[str] = field(default_factory=list)
+
+    def epochs(self) -> set[int]:
+        return {epoch for epoch, _, _ in self.loaded}
+
+    def state(self, epoch: int) -> dict:
+        return next(state for at, _, state in self.loaded if at == epoch)
+
+    def pass_over(self, epoch: int, why: str) -> None:
+        """The state of `epoch` loaded but could not be restored: forget it, say why."""
+        index = next(i for i, (at, _, _) in enumerate(self.loaded) if at == epoch)
+        _, path, _ = self.loaded.pop(index)
+        self.problems.append(f"{path} does not fit this run ({why})")
+
+
+def load_saved(run_dir: str | os.PathLike, epochs: int) -> Saved:
+    """The checkpoint and the one before it, each read with weights_only=True (a checkpoint
+    runs no code) and checked to hold every part of PARTS and a progress within `epochs`.
+    A file that fails (cut short, empty, not a torch file, other keys) is a problem, not an
+    error: the run goes on from what did load, or from scratch."""
+    saved = Saved()
+    for name in (CHECKPOINT_NAME, PREVIOUS_NAME):
+        path = Path(run_dir) / name
+        if not path.exists():
+            continue
+        try:
+            state = torch.load(path, weights_only=True, map_location="cpu")
+            saved.loaded.append((_checked_epoch(state, epochs), path, state))
+        except Exception as error:  # whatever a damaged file makes torch.load raise
+            saved.problems.append(f"{path} is damaged ({describe(error)})")
+    return saved
+
+
+def _checked_epoch(state: Any, epochs: int) -> int:
+    if not isinstance(state, dict) or set(PARTS) - set(state):
+        missing = sorted(set(PARTS) - set(state)) if isinstance(state, dict) else list(PARTS)
+        raise ValueError(f"no {', '.join(missing)} in it")
+    progress = state["progress"]
+    epoch = progress.get("epoch") if isinstance(progress, dict) else None
+    if not isinstance(epoch, int) or not 1 <= epoch <= epochs:
+        raise ValueError(f"its progress says epoch {epoch!r}, not one of 1..{epochs}")
+    return epoch
+
+
+def describe(error: Exception) -> str:
+    """An exception as one short line: its type and message."""
+    text = " ".join(str(error).split())[:120]
+    return f"{type(error).__name__}: {text}" if text else type(error).__name__
+
+
 def load_checkpoint(run_dir: str | os.PathLike) -> dict | None:
-    path = Path(run_dir) / CHECKPOINT_NAME
-    if not path.exists():
-        return None
-    return torch.load(path, weights_only=True, map_location="cpu")
+    """The run's newest checkpoint that loads (see load_saved), or None."""
+    saved = load_saved(run_dir, epochs=2**31)
+    return saved.state(max(saved.epochs())) if saved.loaded else None

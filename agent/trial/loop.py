@@ -9,6 +9,7 @@ times in one process (the data stays on the device); `python -m agent.train` cal
 from __future__ import annotations
 
 import math
+import sys
 import time
 from dataclasses import replace
 
@@ -26,6 +27,7 @@ from agent.trial.metering import (
     per_class_accuracy,
 )
 from agent.trial.pack import TrainingPack, build_pack
+from agent.trial.preflight import check_compilable, check_fits, check_training_set
 from agent.trial.sinks import SINKS
 from agent.trial.sinks.run_dir_sink import RunDirSink
 from nn.schedules import lr_multiplier
@@ -70,9 +72,11 @@ def train_pack(configs: list[dict], hooks: list[TrialHooks] | None = None,
         if cfg.num_threads:
             torch.set_num_threads(cfg.num_threads)
         device = pick_device(cfg.device)
+        check_fits([m.cfg for m in members], device)  # before any data or memory is taken
+        check_compilable(cfg, device)
         data = device_splits(cfg.dataset, cfg.data_dir, device, cfg.val_split, cfg.dataset_dir)
-        pack = build_pack(members, data, device)
-        _restore(pack)
+        check_training_set(cfg, len(data.train_y))
+        pack = _built_and_restored(members, data, device)
         _start_sinks(members, pack)
         if device.type == "cuda":
             torch.cuda.reset_peak_memory_stats(device)
@@ -97,16 +101,33 @@ def _members(configs: list[dict], hooks: list[TrialHooks], sweep: dict | None) -
     return members
 
 
-def _restore(pack: TrainingPack) -> None:
-    """Members with a checkpoint continue from it; all must be at the same epoch."""
-    for k, member in enumerate(pack.members):
-        saved = checkpoint.load_checkpoint(member.run.run_dir) if member.cfg.checkpoint else None
-        if saved is not None:
-            checkpoint.restore(pack, k, saved)
-    epochs = {m.progress.epoch for m in pack.members}
-    if len(epochs) > 1:
-        raise ValueError(f"members resume at different epochs ({sorted(epochs)}): a pack "
-                         "trains in step; resume them in separate packs")
+def _built_and_restored(members: list[Member], data: Splits,
+                        device: torch.device) -> TrainingPack:
+    """The pack, each member continued from its checkpoint at the newest epoch every member can
+    resume from (checkpoint.py keeps two), else from scratch. A checkpoint that is damaged, or
+    loads but does not fit the model, is passed over; each member that resumes from less than
+    its newest checkpoint says so on stderr, naming the file and the reason."""
+    saved = [checkpoint.load_saved(m.run.run_dir, m.cfg.epochs) if m.cfg.checkpoint
+             else checkpoint.Saved() for m in members]
+    while True:
+        pack = build_pack(members, data, device)  # seeded: the same fresh pack every time
+        epoch = max(set.intersection(*(s.epochs() for s in saved)), default=0)
+        k = 0
+        try:
+            for k, member in enumerate(members):
+                member.restore_progress({})  # from scratch, unless restored below
+                if epoch:
+                    checkpoint.restore(pack, k, saved[k].state(epoch))
+            break
+        except Exception as error:  # a checkpoint of another model or optimizer
+            saved[k].pass_over(epoch, checkpoint.describe(error))
+    for member, runs_saved in zip(members, saved):
+        newest = max(runs_saved.epochs(), default=0)
+        if runs_saved.problems or newest > epoch:
+            where = f"resuming from epoch {epoch}" if epoch else "starting from scratch"
+            reasons = runs_saved.problems or [f"the pack resumes together at epoch {epoch}"]
+            print(f"run {member.run.id}: {'; '.join(reasons)}: {where}", file=sys.stderr)
+    return pack
 
 
 def _start_sinks(members: list[Member], pack: TrainingPack) -> None:

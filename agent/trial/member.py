@@ -13,7 +13,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from agent.ids import new_run_id, path_safe
+from agent.ids import new_run_id, path_safe, run_directory
 from agent.params import PARAMS, RunConfig
 from agent.trial.sinks import RunInfo, Sink
 
@@ -116,7 +116,7 @@ def run_identity(cfg: RunConfig, sweep: dict | None = None) -> RunInfo:
     name = cfg.run_name or run_id
     return RunInfo(id=run_id, name=name, group=group,
                    log_dir=str(Path(cfg.log_dir) / path_safe(group) / path_safe(name)),
-                   run_dir=str(Path(cfg.run_dir) / path_safe(run_id)), sweep=sweep)
+                   run_dir=str(run_directory(cfg.run_dir, run_id)), sweep=sweep)
 
 
 def check_packable(configs: list[RunConfig]) -> None:

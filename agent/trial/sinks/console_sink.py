@@ -6,6 +6,7 @@ line per finished epoch, and a closing line (a sweep's run) or table (a lone run
 from __future__ import annotations
 
 from rich.console import Console
+from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
@@ -110,7 +111,8 @@ class ConsoleSink(Sink):
         for key in SUMMARY_ROWS:
             if key in summary and summary[key] is not None:
                 value = summary[key]
-                table.add_row(key, f"{value:.4f}" if isinstance(value, float) else str(value))
+                table.add_row(escape(key), f"{value:.4f}" if isinstance(value, float)
+                              else escape(str(value)))  # class names come from users' files
         self.console.print(table)
         self.console.print(f"TensorBoard: ./run_tensorboard.sh --logdir {self.run.log_dir}",
                            highlight=False, markup=False, soft_wrap=True)

@@ -11,6 +11,7 @@ import os
 from pathlib import Path
 
 from agent.trial.sinks import RunInfo, Sink
+from util.errors import naming
 
 
 class RunDirSink(Sink):
@@ -29,5 +30,9 @@ class RunDirSink(Sink):
 def write_json(path: Path, payload: dict) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     partial = path.with_suffix(".json.tmp")
-    partial.write_text(json.dumps(payload, indent=1, default=float))
-    os.replace(partial, path)
+    try:
+        with naming(partial):
+            partial.write_text(json.dumps(payload, indent=1, default=float))
+        os.replace(partial, path)
+    finally:
+        partial.unlink(missing_ok=True)  # a full disk leaves no partial file behind

@@ -1,0 +1,114 @@
+"""Before a trial loads data or allocates anything: can this pack train on this device at all?
+
+The model is built on torch's `meta` device (shapes only, no memory) and run forward once on a
+meta batch, which gives its parameters and its activations exactly; with the optimizer's state,
+the learning-rate table and the data this estimates the memory the pack needs. A pack that
+cannot fit is refused in one line (UserError) instead of failing minutes into its first epoch.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+import shutil
+
+import torch
+
+from nn.models import MODELS
+from util.errors import UserError
+
+# What each image set holds, known without reading it: (image shape (C, H, W), classes,
+# images in its training and test sets). A set found in a user's files (dataset_dir) holds no
+# more than the official one.
+IMAGE_SETS = {
+    "cifar10": ((3, 32, 32), 10, 60000), "cifar100": ((3, 32, 32), 100, 60000),
+    "mnist": ((1, 28, 28), 10, 70000), "fashion_mnist": ((1, 28, 28), 10, 70000),
+    "digits": ((1, 8, 8), 10, 1797),
+}
+# fp32 copies of the weights a member keeps while it trains: the weights, their gradients,
+# and the optimizer's state (momentum; Adam's two moments; SAM's saved weights on top).
+COPIES = {"sgd": 3, "rmsprop": 4, "adam": 4, "adamw": 4}
+SAM_COPIES = 1
+# Activations are kept for the backward pass and a gradient of each is made: twice their size,
+# and as much again for what autograd saves beside them (masks, norms' statistics).
+ACTIVATION_FACTOR = 4
+MEMORY_SHARE = 0.9  # of the device's memory a trial may plan to use
+
+
+def model_size(config, shape: tuple[int, int, int], classes: int, batch: int) -> tuple[int, int]:
+    """(parameters, activation values of one forward pass of `batch` images) of the plain
+    model `config` asks for, measured on the meta device (no memory is allocated)."""
+    with torch.device("meta"):
+        model = MODELS[config.model](config, shape, classes)
+        outputs = []
+        hooks = [module.register_forward_hook(lambda m, i, out: outputs.append(out.numel()))
+                 for module in model.modules() if not list(module.children())]
+        model.train()
+        model(torch.empty(batch, *shape))
+    for hook in hooks:
+        hook.remove()
+    return sum(p.numel() for p in model.parameters()), sum(outputs)
+
+
+def needed_bytes(configs: list) -> int:
+    """Bytes the pack of `configs` needs on its device, roughly: each member's weights with
+    gradients and optimizer state, its activations of one batch, its learning-rate table,
+    and the image set in uint8."""
+    cfg = configs[0]
+    shape, classes, images = IMAGE_SETS[cfg.dataset]
+    train = min(images, cfg.train_subset or images)
+    batch = max(1, min(cfg.batch_size, train))
+    params, activations = model_size(cfg, shape, classes, batch)
+    base = cfg.sam_base if cfg.optimizer == "sam" else cfg.optimizer
+    copies = COPIES[base] + (SAM_COPIES if cfg.optimizer == "sam" else 0)
+    steps = cfg.epochs * max(1, train // batch) + 1
+    per_member = 4 * (params * copies + activations * ACTIVATION_FACTOR) + 8 * steps
+    return len(configs) * per_member + images * shape[0] * shape[1] * shape[2]
+
+
+def device_memory(device: torch.device) -> int:
+    """Bytes of memory on `device`: the GPU's own, else the machine's RAM."""
+    if device.type == "cuda":
+        return torch.cuda.get_device_properties(device).total_memory
+    return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+
+
+def check_fits(configs: list, device: torch.device) -> None:
+    """UserError (one line) when the pack would need more than MEMORY_SHARE of `device`'s
+    memory: names the estimate, the memory, and what makes it large."""
+    needed, memory = needed_bytes(configs), device_memory(device)
+    if needed > MEMORY_SHARE * memory:
+        cfg = configs[0]
+        members = f"{len(configs)} members of " if len(configs) > 1 else ""
+        raise UserError(
+            f"{members}model={cfg.model} with batch_size={cfg.batch_size} and epochs="
+            f"{cfg.epochs} on {cfg.dataset} needs about {needed / 2**30:,.1f} GiB, more than "
+            f"{MEMORY_SHARE:.0%} of the {memory / 2**30:,.1f} GiB of {device.type}: use a "
+            "smaller model or batch (or fewer epochs, a larger batch for the lr table)")
+
+
+def check_compilable(config, device: torch.device) -> None:
+    """UserError unless torch.compile can build kernels for `device`: inductor compiles C++
+    with the system's compiler on a CPU, and Triton kernels on a GPU. Without them it fails at
+    the first step, minutes in; here it is one line before anything starts."""
+    if not config.compile:
+        return
+    if device.type == "cpu":
+        compilers = [os.environ.get("CXX") or "", "c++", "g++", "clang++"]
+        if not any(shutil.which(name) for name in compilers if name):
+            raise UserError("compile=True on the CPU needs a C++ compiler (torch.compile builds "
+                            "C++ kernels): none found (CXX, c++, g++, clang++); install one or "
+                            "use compile=False")
+    elif device.type == "cuda" and importlib.util.find_spec("triton") is None:
+        raise UserError("compile=True on a GPU needs Triton (torch.compile's GPU kernels), "
+                        "which is not installed: use compile=False")
+
+
+def check_training_set(config, train_images: int) -> None:
+    """UserError unless the training split (after val_split and train_subset) holds two or
+    more images: batch norm and the loss both need them."""
+    kept = min(train_images, config.train_subset or train_images)
+    if kept < 2:
+        raise UserError(f"val_split={config.val_split} and train_subset={config.train_subset} "
+                        f"leave {kept} training image(s) of {config.dataset}: a trial needs 2 "
+                        "or more")

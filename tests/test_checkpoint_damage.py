@@ -1,0 +1,155 @@
+"""A damaged checkpoint never fails a run for good: the run resumes from the checkpoint before
+it, or from scratch, and says so; the results are those of a run never interrupted. Every kind
+of damage a file can have: cut short, empty, another file, other keys, another model's, a
+directory, a pickle that would run code."""
+
+from __future__ import annotations
+
+import os
+import pickle
+import shutil
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from agent.trial.checkpoint import CHECKPOINT_NAME, PREVIOUS_NAME
+from agent.trial.loop import train, train_pack
+from conftest import subprocess_env
+
+QUICK = {"dataset": "digits", "sinks": [], "histograms": False, "num_threads": 1,
+         "model": "dense", "hidden": 32, "batch_size": 64, "optimizer": "adam", "lr": 3e-3,
+         "schedule": "constant"}  # a run of 2 epochs is then the first 2 of a run of 3
+
+
+def config(workdir: Path, **overrides) -> dict:
+    return {**QUICK, "data_dir": str(workdir / "data"), "log_dir": str(workdir / "logs"),
+            "run_dir": str(workdir / "runs"), **overrides}
+
+
+class Exploit:
+    """A pickle that would run a command when loaded without weights_only."""
+
+    def __reduce__(self):
+        return (os.system, ("touch exploited",))
+
+
+def _other_model(path: Path) -> None:
+    other = path.parent.parent / "other"
+    train(config(path.parent.parent.parent, run_id="other", hidden=16, epochs=1))
+    shutil.copy(other / CHECKPOINT_NAME, path)
+
+
+def _directory(path: Path) -> None:
+    path.unlink()
+    path.mkdir()
+
+
+DAMAGE = {
+    "cut short": lambda path: path.write_bytes(path.read_bytes()[: path.stat().st_size // 2]),
+    "empty": lambda path: path.write_bytes(b""),
+    "not a torch file": lambda path: path.write_text("checkpoint\n"),
+    "other keys": lambda path: torch.save({"weights": torch.zeros(3)}, path),
+    "progress beyond the run": lambda path: torch.save(
+        {**torch.load(path, weights_only=True), "progress": {"epoch": 99}}, path),
+    "another model's": _other_model,
+    "a directory": _directory,
+    "code in a pickle": lambda path: path.write_bytes(pickle.dumps({"model": Exploit()})),
+}
+COMPARED = ("train/loss", "val/acc", "test/acc", "test/loss", "global_step", "epochs_done")
+
+
+@pytest.fixture(scope="module")
+def straight(tmp_path_factory):
+    """A run of 3 epochs never interrupted: what every resumed run must equal."""
+    workdir = tmp_path_factory.mktemp("straight")
+    return train(config(workdir, run_id="straight", epochs=3))
+
+
+@pytest.mark.timeout(180)
+@pytest.mark.parametrize("damage", sorted(DAMAGE))
+def test_a_damaged_checkpoint_resumes_from_the_one_before_and_says_so(workdir, capfd, damage,
+                                                                      straight):
+    train(config(workdir, run_id="r1", epochs=2))  # checkpoints of epochs 2 and 1
+    path = workdir / "runs" / "r1" / CHECKPOINT_NAME
+    DAMAGE[damage](path)
+    capfd.readouterr()
+    resumed = train(config(workdir, run_id="r1", epochs=3))
+    (line,) = [line for line in capfd.readouterr().err.splitlines() if line.startswith("run r1")]
+    assert str(path) in line and line.endswith("resuming from epoch 1"), line
+    assert {k: resumed[k] for k in COMPARED} == {k: straight[k] for k in COMPARED}
+    assert resumed["state"] == "finished"
+    assert not (workdir / "exploited").exists()
+    saved = torch.load(path, weights_only=True)  # the new checkpoint replaced the damaged one
+    assert saved["progress"]["epoch"] == 3
+
+
+@pytest.mark.timeout(180)
+@pytest.mark.parametrize("damage", ["cut short", "empty", "a directory"])
+def test_with_both_checkpoints_damaged_the_run_starts_from_scratch_and_says_so(
+        workdir, capfd, damage, straight):
+    train(config(workdir, run_id="r2", epochs=2))
+    for name in (CHECKPOINT_NAME, PREVIOUS_NAME):
+        DAMAGE[damage](workdir / "runs" / "r2" / name)
+    capfd.readouterr()
+    resumed = train(config(workdir, run_id="r2", epochs=3))
+    (line,) = [line for line in capfd.readouterr().err.splitlines() if line.startswith("run r2")]
+    assert line.count("is damaged") == 2 and line.endswith("starting from scratch"), line
+    assert {k: resumed[k] for k in COMPARED} == {k: straight[k] for k in COMPARED}
+
+
+@pytest.mark.timeout(180)
+def test_a_pack_resumes_together_at_the_newest_epoch_every_member_has(workdir, capfd):
+    configs = [config(workdir, run_id=f"m{k}", lr=lr, epochs=2) for k, lr in
+               enumerate((1e-3, 3e-3))]
+    train_pack(configs)
+    DAMAGE["cut short"](workdir / "runs" / "m1" / CHECKPOINT_NAME)
+    capfd.readouterr()
+    summaries = train_pack([{**c, "epochs": 3} for c in configs])
+    lines = [line for line in capfd.readouterr().err.splitlines() if line.startswith("run m")]
+    assert len(lines) == 2 and all(line.endswith("resuming from epoch 1") for line in lines)
+    assert "the pack resumes together at epoch 1" in lines[0] and "is damaged" in lines[1]
+    straight = train_pack([config(workdir / "straight", run_id=f"s{k}", lr=c["lr"], epochs=3)
+                           for k, c in enumerate(configs)])
+    for summary, reference in zip(summaries, straight):
+        assert {k: summary[k] for k in COMPARED} == {k: reference[k] for k in COMPARED}
+
+
+@pytest.mark.e2e
+@pytest.mark.timeout(300)
+def test_an_agent_resumes_a_preempted_run_whose_checkpoint_was_damaged(workdir):
+    from test_local_sweeps import LONG_RUN, make_sweep, start_agent, wait_for
+
+    store = make_sweep(workdir, "damaged", {**LONG_RUN, "epochs": {"value": 4},
+                                            "lr": {"value": 0.01}})
+    first = start_agent(workdir, store)
+    wait_for(lambda: any(r.epoch >= 2 for r in store.runs()), 120, "two epochs")
+    first.send_signal(signal.SIGTERM)
+    assert first.wait(timeout=60) == 0, first.stderr.read()
+    (run,) = store.runs()
+    assert run.state == "preempted"
+    (workdir / "data" / "runs" / run.id / CHECKPOINT_NAME).write_bytes(b"")
+    second = start_agent(workdir, store)
+    assert second.wait(timeout=200) == 0
+    err = second.stderr.read()
+    assert f"run {run.id}: " in err and "is damaged" in err and "Traceback" not in err
+    (resumed,) = store.runs()
+    assert resumed.state == "finished" and resumed.summary["epochs_done"] == 4
+    assert [h["epoch"] for h in resumed.history] == [1, 2, 3, 4]
+
+
+@pytest.mark.e2e
+@pytest.mark.timeout(180)
+def test_the_trainer_command_resumes_past_a_damaged_checkpoint(workdir):
+    args = [f"--{k}={v}" for k, v in config(workdir, run_id="cli", epochs=1).items()
+            if k != "sinks"] + ["--sinks=[]"]
+    command = [sys.executable, "-m", "agent.train", *args]
+    assert subprocess.run(command, cwd=workdir, env=subprocess_env(), timeout=150).returncode == 0
+    (workdir / "runs" / "cli" / CHECKPOINT_NAME).write_text("not a checkpoint")
+    again = subprocess.run([*command, "--epochs=2"], cwd=workdir, env=subprocess_env(),
+                           capture_output=True, text=True, timeout=150)
+    assert again.returncode == 0, again.stderr
+    assert "is damaged" in again.stderr and "starting from scratch" in again.stderr

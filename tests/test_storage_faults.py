@@ -1,0 +1,194 @@
+"""A full disk, a file-size limit and a read-only sweep store, met by real agents: one line on
+stderr naming the file and the cause, exit code 2, the run left `preempted` (or, when the store
+itself cannot be written, `running` until the next agent repairs it), no empty or partial
+files, and the next agent finishes the run. The full disk and the read-only store are real
+file systems (a small tmpfs, remounted read-only), which needs root; the file-size limit
+(RLIMIT_FSIZE) runs anywhere."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import resource
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from agent.trial.checkpoint import CHECKPOINT_NAME
+from conftest import subprocess_env
+from test_local_sweeps import make_sweep, wait_for
+
+# About 1 MB a checkpoint (dense, hidden 256, Adam's two moments): a 1.5 MB disk holds one.
+RUN = {"model": {"value": "dense"}, "hidden": {"value": 256}, "batch_size": {"value": 32},
+       "optimizer": {"value": "adam"}, "lr": {"value": 1e-3}, "epochs": {"value": 3},
+       "sinks": {"value": []}}
+
+
+def agent(workdir: Path, store, *options: str, fsize: int | None = None) -> subprocess.Popen:
+    def limit():
+        if fsize is not None:
+            signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # a write past it fails (EFBIG)
+            resource.setrlimit(resource.RLIMIT_FSIZE, (fsize, fsize))
+
+    return subprocess.Popen([sys.executable, "-m", "agent.sweep.agent_loop",
+                             str(store.directory), "--heartbeat", "0.2", *options],
+                            cwd=workdir, env=subprocess_env(OMP_NUM_THREADS="1"),
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+                            preexec_fn=limit)
+
+
+@contextlib.contextmanager
+def tmpfs(path: Path, size: str):
+    """A tmpfs of `size` at `path` (skips the test where mounting is not allowed)."""
+    path.mkdir(parents=True, exist_ok=True)
+    if os.geteuid() != 0:
+        pytest.skip("mounting a small file system needs root")
+    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(path)],
+                             capture_output=True, text=True)
+    if mounted.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs here: {mounted.stderr.strip()}")
+    try:
+        yield path
+    finally:
+        subprocess.run(["umount", "-l", str(path)], check=False)
+
+
+def remount(path: Path, options: str) -> None:
+    subprocess.run(["mount", "-o", f"remount,{options}", str(path)], check=True)
+
+
+def files_left(folder: Path) -> list[tuple[str, int]]:
+    return sorted((str(p.relative_to(folder)), p.stat().st_size) for p in folder.rglob("*")
+                  if p.is_file())
+
+
+def one_error_line(stderr: str) -> str:
+    lines = [line for line in stderr.splitlines() if line.startswith("error: ")]
+    assert len(lines) == 1 and "Traceback" not in stderr, stderr
+    return lines[0]
+
+
+@pytest.mark.e2e
+@pytest.mark.timeout(300)
+def test_a_full_disk_leaves_the_run_preempted_and_the_next_agent_finishes_it(workdir):
+    with tmpfs(workdir / "disk", "1500k") as disk:
+        store = make_sweep(workdir, "full", {**RUN, "run_dir": {"value": str(disk / "runs")}})
+        first = agent(workdir, store)
+        assert first.wait(timeout=200) == 2
+        line = one_error_line(first.stderr.read())
+        (run,) = store.runs()
+        run_dir = disk / "runs" / run.id
+        assert line.startswith(f"error: {run_dir / CHECKPOINT_NAME}.tmp: No space left on "
+                               f"device; run(s) {run.id} left preempted"), line
+        assert run.state == "preempted" and run.epoch == 1
+        assert files_left(run_dir) == [(CHECKPOINT_NAME, (run_dir / CHECKPOINT_NAME)
+                                        .stat().st_size)]  # no .tmp, no empty traceback
+        remount(disk, "size=20m")
+        second = agent(workdir, store)
+        assert second.wait(timeout=200) == 0, second.stderr.read()
+        (done,) = store.runs()
+        assert done.state == "finished" and [h["epoch"] for h in done.history] == [1, 2, 3]
+
+
+@pytest.mark.e2e
+@pytest.mark.timeout(300)
+def test_a_file_size_limit_is_one_line_and_the_run_resumes_elsewhere(workdir):
+    store = make_sweep(workdir, "fsize", RUN)
+    first = agent(workdir, store, fsize=600_000)  # the store fits; a checkpoint does not
+    assert first.wait(timeout=200) == 2
+    line = one_error_line(first.stderr.read())
+    (run,) = store.runs()
+    run_dir = workdir / "data" / "runs" / run.id
+    assert line.startswith(f"error: data/runs/{run.id}/{CHECKPOINT_NAME}.tmp: File too large; "
+                           f"run(s) {run.id} left preempted"), line
+    assert run.state == "preempted" and files_left(run_dir) == []
+    second = agent(workdir, store)
+    assert second.wait(timeout=200) == 0, second.stderr.read()
+    assert [r.state for r in store.runs()] == ["finished"]
+
+
+def repair_and_finish(workdir: Path, store_dir: Path, killed_id: str) -> None:
+    """The next agent finds the silent run, declares it crashed, repeats it and finishes."""
+    from agent.sweep.store import SweepStore
+
+    fixed = subprocess.run([sys.executable, "-m", "agent.sweep.agent_loop", str(store_dir),
+                            "--heartbeat", "0.2", "--heartbeat-timeout", "1"], cwd=workdir,
+                           env=subprocess_env(OMP_NUM_THREADS="1"), capture_output=True,
+                           text=True, timeout=200)
+    assert fixed.returncode == 0, fixed.stderr
+    store = SweepStore(store_dir / "sweep.db")
+    killed, repeat = store.runs()
+    assert killed.id == killed_id and killed.state == "crashed"
+    assert repeat.requeued_from == killed_id and repeat.state == "finished"
+    store.close()
+
+
+@pytest.mark.e2e
+@pytest.mark.timeout(300)
+def test_a_read_only_store_is_one_line_and_the_next_agent_repairs_its_run(workdir):
+    with tmpfs(workdir / "ro", "20m") as place:
+        store = make_sweep(place, "readonly", {**RUN, "epochs": {"value": 20},
+                                               "run_dir": {"value": str(workdir / "runs")},
+                                               "data_dir": {"value": str(workdir / "data")}})
+        first = agent(workdir, store)
+        wait_for(lambda: any(r.epoch >= 1 for r in store.runs()), 120, "a first epoch")
+        first.kill()  # its run stays `running`
+        first.wait()
+        (run,) = store.runs()
+        store.close()
+        before = files_left(place)
+        remount(place, "ro")
+        second = agent(workdir, store, "--heartbeat-timeout", "1")
+        assert second.wait(timeout=120) == 2
+        line = one_error_line(second.stderr.read())
+        assert line.startswith(f"error: {store.path}: the sweep store cannot be used ("), line
+        assert "readonly" in line or "read-only" in line or "unable to open" in line, line
+        remount(place, "rw")
+        assert files_left(place) == before
+        repair_and_finish(workdir, store.directory, run.id)
+
+
+@pytest.mark.e2e
+@pytest.mark.timeout(300)
+def test_a_store_whose_disk_fills_mid_run_stops_the_agent_in_one_line(workdir):
+    with tmpfs(workdir / "small", "4m") as place:
+        store = make_sweep(place, "filled", {**RUN, "epochs": {"value": 20},
+                                             "run_dir": {"value": str(workdir / "runs")},
+                                             "data_dir": {"value": str(workdir / "data")}})
+        first = agent(workdir, store)
+        wait_for(lambda: any(r.epoch >= 1 for r in store.runs()), 120, "a first epoch")
+        filler = place / "filler"
+        with open(filler, "wb") as handle:  # the rest of the disk, as another program might
+            with contextlib.suppress(OSError):
+                while True:
+                    handle.write(b"\0" * 65536)
+                    handle.flush()
+        assert first.wait(timeout=120) == 2
+        line = one_error_line(first.stderr.read())
+        assert line.startswith(f"error: {store.path}: the sweep store cannot be used ("), line
+        assert "full" in line, line
+        (run,) = [r for r in store.runs()]
+        assert run.state == "running"
+        filler.unlink()
+        store.close()
+        repair_and_finish(workdir, store.directory, run.id)
+
+
+@pytest.mark.e2e
+@pytest.mark.timeout(120)
+def test_a_sweep_cannot_be_created_on_a_read_only_disk_and_nothing_is_left(workdir):
+    sweep_file = workdir / "s.yaml"
+    sweep_file.write_text("program: agent/train.py\nmethod: grid\nparameters:\n"
+                          "  dataset: {value: digits}\n  lr: {values: [0.1]}\n")
+    with tmpfs(workdir / "data", "1m") as data:
+        remount(data, "ro")
+        result = subprocess.run([sys.executable, "-m", "agent.launch", str(sweep_file)],
+                                cwd=workdir, env=subprocess_env(), capture_output=True,
+                                text=True, timeout=100)
+        assert result.returncode == 2
+        line = one_error_line(result.stderr)
+        assert "data/sweeps" in line and "Read-only file system" in line, line
+        assert list(data.iterdir()) == []
