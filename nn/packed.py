@@ -154,7 +154,10 @@ class PackedBatchNorm2d(nn.Module):
         if self.training and self.track_running_stats:
             self.num_batches_tracked.add_(1)
         use_running = not self.training or self.track_running_stats
-        flat = lambda t: None if t is None else t.view(-1)
+
+        def flat(t):
+            return None if t is None else t.view(-1)
+
         out = F.batch_norm(
             x.flatten(1, 2),
             flat(self.running_mean) if use_running else None,

@@ -1,4 +1,5 @@
-"""Sharpness-Aware Minimization (Foret et al., ICLR 2021) and its adaptive variant ASAM (Kwon et al., ICML 2021).
+"""Sharpness-Aware Minimization (Foret et al., ICLR 2021) and its adaptive variant ASAM
+(Kwon et al., ICML 2021).
 
 SAM wraps a torch optimizer or a packed one (nn.optimizers): it moves the weights to the worst point
 within radius rho, takes the gradient there, returns to the original weights and lets the wrapped
@@ -29,13 +30,14 @@ class SAM(torch.optim.Optimizer):
         sam.descend()                      # w + e(w) -> w, then the base optimizer steps
         sam.zero_grad()
 
-    With an fp16 GradScaler replace `sam.descend()` by `sam.restore(); scaler.step(sam.base_optimizer)`
-    so that the scaler can unscale the gradients and skip the step when they overflowed.
+    With an fp16 GradScaler replace `sam.descend()` by
+    `sam.restore(); scaler.step(sam.base_optimizer)` so that the scaler can unscale the gradients
+    and skip the step when they overflowed.
 
     The param_groups are shared with `base_optimizer`, so an LR scheduler may be attached to either
     object. Attaching it to `sam.base_optimizer` avoids PyTorch's "scheduler.step() before
-    optimizer.step()" warning when the loop uses perturb/descend instead of `step`, since the scheduler
-    watches the `step` method of the optimizer it was given.
+    optimizer.step()" warning when the loop uses perturb/descend instead of `step`, since the
+    scheduler watches the `step` method of the optimizer it was given.
 
     Packed: when `base_optimizer` is a packed optimizer class (nn.optimizers.PackedOptimizer), the
     parameters are a PackedModel's (K, ...) tensors, rho is (K,) floats and adaptive (K,) booleans;
@@ -54,8 +56,9 @@ class SAM(torch.optim.Optimizer):
         if eta < 0:
             raise ValueError(f"ASAM needs a non-negative eta, got {eta}")
         super().__init__(params, dict(rho=rho, adaptive=adaptive, eta=eta, **base_kwargs))
-        # Hand the base optimizer our group dicts (it fills in its own defaults in place) and then adopt
-        # its list: both objects see one set of groups, so a scheduler's group["lr"] reaches the step.
+        # Hand the base optimizer our group dicts (it fills in its own defaults in place) and
+        # then adopt its list: both objects see one set of groups, so a scheduler's group["lr"]
+        # reaches the step.
         self._adopt(base_optimizer(self.param_groups, **base_kwargs))
 
     def _adopt(self, base: torch.optim.Optimizer) -> None:
@@ -102,8 +105,8 @@ class SAM(torch.optim.Optimizer):
         """First step: move every parameter with a gradient to w + e(w), remembering w.
 
         SAM: e = rho * g / ||g||.  ASAM: with T = |w| + eta (element-wise),
-        e = rho * T^2 g / ||T g||, i.e. a step of length rho measured in the T^-1-scaled weight space,
-        which makes the sharpness measure invariant to rescaling of the weights.
+        e = rho * T^2 g / ||T g||, i.e. a step of length rho measured in the T^-1-scaled weight
+        space, which makes the sharpness measure invariant to rescaling of the weights.
         The norm is global, over all parameters, as in both papers; in a pack it is global over
         each member's slices, one norm per member.
         """
@@ -134,7 +137,8 @@ class SAM(torch.optim.Optimizer):
             factor = factor.to(device=p.device, dtype=p.dtype)
             e = direction * factor.view(-1, *([1] * (w.ndim - 1)))
             e = torch.where(usable.to(p.device).view(-1, *([1] * (w.ndim - 1))), e, 0.0)
-            # keep an exact copy rather than subtracting e later: w + e - e need not equal w in floats
+            # keep an exact copy rather than subtracting e later: w + e - e need not equal w in
+            # floats
             self.state[p]["original"] = p.detach().clone()
             w.add_(e)
 

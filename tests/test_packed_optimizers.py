@@ -13,8 +13,7 @@ import torch.nn.functional as F
 from nn.optimizers import OPTIMIZERS, PackedOptimizer, plain_optimizer
 from nn.packed import pack_models, packed_cross_entropy
 from nn.sam import SAM, preserved_batchnorm_stats
-from packed_cases import (MODEL_CASES, OPTIMIZER_CASES, build, member_batches,
-                          member_configs)
+from packed_cases import MODEL_CASES, OPTIMIZER_CASES, build, member_batches, member_configs
 
 BATCH = 16
 

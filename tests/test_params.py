@@ -6,9 +6,9 @@ from pathlib import Path
 
 import pytest
 
-from util.errors import UserError
 from agent.params import PARAMS, help_table, parse_args, validate
 from conftest import ROOT, subprocess_env
+from util.errors import UserError
 
 
 def test_wandb_agent_argument_forms_are_parsed_and_typed():

@@ -1,4 +1,5 @@
-"""Tests for nn/sam.py: SAM/ASAM against hand-computed two-pass steps, plus the training-loop helpers."""
+"""Tests for nn/sam.py: SAM/ASAM against hand-computed two-pass steps, plus the training-loop
+helpers."""
 
 import copy
 import io
@@ -81,7 +82,8 @@ def test_zero_or_nonfinite_gradient_does_not_perturb():
     w = torch.nn.Parameter(torch.randn(3))
     sam = SAM([w], torch.optim.SGD, lr=0.1)
     before = w.detach().clone()
-    for bad in (torch.zeros(3), torch.tensor([1.0, float("nan"), 0.0]), torch.tensor([float("inf"), 0, 0])):
+    for bad in (torch.zeros(3), torch.tensor([1.0, float("nan"), 0.0]),
+                torch.tensor([float("inf"), 0, 0])):
         w.grad = bad
         sam.perturb()
         assert torch.equal(w.detach(), before)
@@ -174,7 +176,8 @@ def test_second_pass_leaves_batchnorm_stats_alone():
 
     torch.nn.functional.mse_loss(model(x), y).backward()
     after_first = _bn_stats(bn)
-    assert not any(torch.equal(a, b) for a, b in zip(initial, after_first))  # pass 1 did update them
+    # pass 1 did update them
+    assert not any(torch.equal(a, b) for a, b in zip(initial, after_first))
 
     sam.perturb()
     sam.zero_grad()
@@ -229,7 +232,8 @@ def test_state_dict_round_trip_keeps_base_momentum():
     for p, q in zip(model.parameters(), model_resumed.parameters()):
         assert torch.equal(p, q)
     # without the momentum buffers the step differs, so the equality above is meaningful
-    assert not all(torch.allclose(p, q) for p, q in zip(model.parameters(), model_fresh.parameters()))
+    assert not all(torch.allclose(p, q)
+                   for p, q in zip(model.parameters(), model_fresh.parameters()))
     # groups are still shared after loading
     assert sam_resumed.param_groups is sam_resumed.base_optimizer.param_groups
 

@@ -9,10 +9,10 @@ import warnings
 import pytest
 import yaml
 
-from util.errors import UserError
 from agent.params import validate
 from agent.sweep.config import load_sweep_config, parameter_names
 from conftest import ROOT
+from util.errors import UserError
 
 with warnings.catch_warnings():
     warnings.simplefilter("ignore")  # the engine's pydantic model warns on import
