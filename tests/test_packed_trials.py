@@ -61,9 +61,13 @@ def assert_same(packed: dict, alone: dict, tolerance: float = 2e-3,
             assert packed[key] == pytest.approx(alone[key], rel=tolerance, abs=1e-5), key
 
 
-def pack_and_alone(workdir, model: str, configs: list[dict]):
-    full = [{**BASE, **dirs(workdir), "model": model, **MODEL_KINDS[model], **c,
+def _full(workdir, model: str, configs: list[dict]) -> list[dict]:
+    return [{**BASE, **dirs(workdir), "model": model, **MODEL_KINDS[model], **c,
              "run_id": f"p{k}"} for k, c in enumerate(configs)]
+
+
+def pack_and_alone(workdir, model: str, configs: list[dict]):
+    full = _full(workdir, model, configs)
     packed = train_pack(full)
     alone = [train({**c, "run_id": f"a{k}"}) for k, c in enumerate(full)]
     return packed, alone
@@ -93,8 +97,19 @@ def test_every_model_kind_and_optimizer_packs_equivalently(workdir, model, optim
     # RMSprop's first steps are nearly sign(g) * lr * 10 (its square average starts at 0.01 g^2),
     # so a gradient component that rounds across zero moves a weight by a whole step.
     tolerance = 3e-3 if optimizer == "rmsprop" or model == "resnet" else 1e-4
-    for p, a in zip(packed, alone):
-        assert_same(p, a, tolerance=tolerance, accuracy_tolerance=0.014)
+    floors = [0.0] * len(alone)
+    if model == "resnet":
+        # The float noise floor of each member: the same run alone in the other memory layout
+        # (NCHW instead of channels-last) sums in another order. A pack's grouped convolution
+        # is a third order, so a member may lie a few such distances from its run alone: within
+        # 3 of them (RMSprop at lr 2e-3 without momentum, near chance, measured 2.7).
+        other = [train({**c, "channels_last": False, "run_id": f"n{k}"})
+                 for k, c in enumerate(_full(workdir, model, short))]
+        floors = [3 * max(abs(o[key] - a[key]) / max(abs(a[key]), 1e-5)
+                          for key in ("train/loss", "val/loss", "test/loss"))
+                  for o, a in zip(other, alone)]
+    for p, a, floor in zip(packed, alone, floors):
+        assert_same(p, a, tolerance=max(tolerance, floor), accuracy_tolerance=0.014)
 
 
 @pytest.mark.timeout(300)

@@ -449,7 +449,11 @@ def test_only_failed_runs_give_a_report_that_says_so(tmp_path):
     result = run_module(tmp_path, "agent.report", "failing")
     assert result.returncode == 0, result.stderr
     text = (tmp_path / "reports" / "failing" / "report.md").read_text()
-    assert "all 3 runs failed" in text and "UserError" in text
+    assert "all 3 runs failed" in text
+    # each run's reason is its one-line refusal (no traceback was kept for it)
+    reasons = [line for line in text.splitlines() if line.startswith("- ")]
+    assert len(reasons) == 3 and all("no MNIST files" in line for line in reasons)
+    assert "Traceback" not in text
 
 
 @pytest.mark.timeout(120)

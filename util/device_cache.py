@@ -69,9 +69,13 @@ def device_splits(name: str, data_dir: str, device: torch.device, val_split: flo
     val_idx, train_idx = order[:n_val].sort().values, order[n_val:].sort().values
     train_x = full["train_x"][train_idx]
     pixels = train_x.float().div_(255).transpose(0, 1).flatten(1)  # (C, N*H*W)
+    if pixels.shape[1] > 1:
+        mean, std = pixels.mean(1), pixels.std(1).clamp_min(1e-6)
+    else:  # no training image (the trial's pre-flight check refuses such a split): no scaling
+        mean, std = torch.zeros(len(pixels), device=device), torch.ones(len(pixels), device=device)
     splits = Splits(train_x, full["train_y"][train_idx], full["train_x"][val_idx],
                     full["train_y"][val_idx], full["test_x"], full["test_y"],
-                    pixels.mean(1), pixels.std(1).clamp_min(1e-6), full["classes"])
+                    mean, std, full["classes"])
     del pixels
     _SPLITS[split_key] = splits
     return splits
