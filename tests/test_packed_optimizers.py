@@ -23,10 +23,15 @@ def _warmup_lr(cfg, k: int, step: int) -> float:
     return cfg.lr * min(1.0, (step + 1) / (k + 1))
 
 
-def _train_pack(pack, optimizer, cfgs, steps, first_step=0, offset=0, dtype=torch.float64):
+def _train_pack(pack, optimizer, cfgs, steps, first_step=0, offset=0, dtype=torch.float64,
+                member_index=None):
+    """`steps` steps of the pack; with `member_index`, position j trains on the batches and
+    warm-up of member member_index[j] of the original pack."""
+    index = list(range(len(cfgs))) if member_index is None else member_index
     for step in range(first_step, first_step + steps):
-        optimizer.set_lr([_warmup_lr(c, k, step) for k, c in enumerate(cfgs)])
-        x, y = member_batches(len(cfgs), BATCH, step, dtype, offset)
+        optimizer.set_lr([_warmup_lr(c, k, step) for c, k in zip(cfgs, index)])
+        x, y = member_batches(max(index) + 1, BATCH, step, dtype, offset)
+        x, y = x[:, index], y[:, index]
         optimizer.zero_grad()
         packed_cross_entropy(pack(x), y).sum().backward()
         if isinstance(optimizer, SAM):
@@ -158,22 +163,7 @@ def test_member_checkpoint_resumes_in_another_pack(optimizer_case):
 
 
 def _train_pack_shifted(pack, optimizer, cfgs, member_index, first_step, steps):
-    """_train_pack where position j trains on the batches and warm-up of member
-    member_index[j] of the original pack."""
-    for step in range(first_step, first_step + steps):
-        optimizer.set_lr([_warmup_lr(c, k, step) for c, k in zip(cfgs, member_index)])
-        x, y = member_batches(max(member_index) + 1, BATCH, step)
-        x, y = x[:, member_index], y[:, member_index]
-        optimizer.zero_grad()
-        packed_cross_entropy(pack(x), y).sum().backward()
-        if isinstance(optimizer, SAM):
-            optimizer.perturb()
-            optimizer.zero_grad()
-            with preserved_batchnorm_stats(pack):
-                packed_cross_entropy(pack(x), y).sum().backward()
-            optimizer.descend()
-        else:
-            optimizer.step()
+    _train_pack(pack, optimizer, cfgs, steps, first_step, member_index=member_index)
 
 
 @pytest.mark.parametrize("optimizer_case", ["sgd", "adam", "rmsprop", "sam_adam"])

@@ -113,6 +113,20 @@ def _save(fig, path) -> Drawn:
     return drawn
 
 
+def panel_grid(count: int, cols: int, panel: tuple[float, float], margin: tuple[float, float],
+               title: str, **subplots):
+    """(fig, axes (rows, cols)) for `count` panels in rows of `cols`, each `panel` inches
+    (width, height) plus `margin` inches for the whole figure; the panels left over are off."""
+    rows = max(1, math.ceil(count / cols))
+    fig, axes = plt.subplots(rows, cols, figsize=(panel[0] * cols + margin[0],
+                                                  panel[1] * rows + margin[1]),
+                             squeeze=False, **subplots)
+    fig.suptitle(title)
+    for ax in axes.flat[count:]:
+        ax.axis("off")
+    return fig, axes
+
+
 def _note(ax, text: str) -> None:
     ax.text(0.5, 0.5, text, ha="center", va="center", transform=ax.transAxes, color="0.4")
     ax.set_xticks([])
@@ -333,13 +347,8 @@ def group_loss_figure(curves: list[GroupCurve], facets: list[str], colour: str |
     the loss went non-finite is a cross at the top of its panel. Log y past two decades.
     `threshold`: a loss level drawn as a dashed line in every panel (the explosion rule)."""
     keys = sorted({tuple(c.config.get(f) for f in facets) for c in curves}, key=str)
-    cols = max(1, min(len(keys), 4))
-    rows = max(1, math.ceil(len(keys) / cols))
-    fig, axes = plt.subplots(rows, cols, figsize=(3.6 * cols + 2.2, 3.0 * rows + 0.6),
-                             squeeze=False, sharex=True)
-    fig.suptitle(title)
-    for ax in axes.flat[len(keys):]:
-        ax.axis("off")
+    fig, axes = panel_grid(len(keys), max(1, min(len(keys), 4)), (3.6, 3.0), (2.2, 0.6), title,
+                           sharex=True)
     if not curves:
         _note(axes[0, 0], "no run in this group")
         return _save(fig, path)

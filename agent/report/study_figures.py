@@ -5,7 +5,6 @@ a `Drawn` back)."""
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass, field
 
 import matplotlib.pyplot as plt
@@ -13,7 +12,16 @@ import numpy as np
 from matplotlib.colors import Normalize
 from matplotlib.patches import Patch
 
-from agent.report.figures import BEST, INIT, WORST, Drawn, _note, _save, _value_text
+from agent.report.figures import (
+    BEST,
+    INIT,
+    WORST,
+    Drawn,
+    _note,
+    _save,
+    _value_text,
+    panel_grid,
+)
 
 KDE_POINTS = 20_000  # weights drawn (seeded) for a violin's density; its std uses them all
 
@@ -33,15 +41,10 @@ def heatmap_grid(panels: list[HeatPanel], row_label: str, row_values: list,
     """One annotated heat map per panel: rows x columns of the metric (viridis from `low`,
     e.g. chance, to `high`), each cell written; a cell without a value shows its note.
     `flip_rows` puts the last row value on top."""
-    cols = max(1, min(len(panels), 4))
-    rows = max(1, math.ceil(len(panels) / cols))
     width = max(3.0, 0.62 * len(col_values) + 1.6)
     height = max(2.6, 0.42 * len(row_values) + 1.2)
-    fig, axes = plt.subplots(rows, cols, figsize=(width * cols + 1.0, height * rows + 0.6),
-                             squeeze=False, layout="constrained")
-    fig.suptitle(title)
-    for ax in axes.flat[len(panels):]:
-        ax.axis("off")
+    fig, axes = panel_grid(len(panels), max(1, min(len(panels), 4)), (width, height),
+                           (1.0, 0.6), title, layout="constrained")
     if not panels:
         _note(axes[0, 0], "no grid to show")
         return _save(fig, path)
@@ -84,13 +87,8 @@ def marginal_figure(panels: list[MarginalPanel], metric: str, chance: float | No
     """One panel per parameter: the metric's mean over every other parameter at each of its
     values (line) and a band low..high (error bars on a categorical axis), one colour per
     series (an optimizer)."""
-    cols = max(1, min(len(panels), 4))
-    rows = max(1, math.ceil(len(panels) / cols))
-    fig, axes = plt.subplots(rows, cols, figsize=(3.8 * cols + 0.6, 3.2 * rows + 0.6),
-                             squeeze=False, sharey=True)
-    fig.suptitle(title)
-    for ax in axes.flat[len(panels):]:
-        ax.axis("off")
+    fig, axes = panel_grid(len(panels), max(1, min(len(panels), 4)), (3.8, 3.2), (0.6, 0.6),
+                           title, sharey=True)
     if not panels:
         _note(axes[0, 0], "no parameter varies")
         return _save(fig, path)
@@ -180,12 +178,8 @@ def weight_distributions(model: str, layers: list[str], sets: list[WeightSet], p
     """One panel per layer: a violin of the layer's weights for the initial weights and each
     best and worst run of one architecture, with its standard deviation written above."""
     cols = 2 if len(layers) == 4 else max(1, min(len(layers), 3))
-    rows = max(1, math.ceil(len(layers) / cols))
-    fig, axes = plt.subplots(rows, cols, figsize=(0.55 * len(sets) * cols + 1.6 * cols,
-                                                  3.0 * rows + 0.8), squeeze=False)
-    fig.suptitle(f"{model}: weights per layer (biases and norm scales left out)")
-    for ax in axes.flat[len(layers):]:
-        ax.axis("off")
+    fig, axes = panel_grid(len(layers), cols, (0.55 * len(sets) + 1.6, 3.0), (0.0, 0.8),
+                           f"{model}: weights per layer (biases and norm scales left out)")
     if not layers or not sets:
         _note(axes[0, 0], "no weights to show")
         return _save(fig, path)
