@@ -58,3 +58,55 @@ def test_a_split_without_two_training_images_is_refused(workdir, extra):
         train({**QUICK, **extra, "data_dir": str(workdir / "data"),
                "run_dir": str(workdir / "runs")})
     assert not (workdir / "runs").exists()
+
+
+def _unusable_folders(workdir) -> dict[str, str]:
+    """Folders no run can write to, one of each kind: a file, a device, a path through a
+    file, and a place the file system refuses to make a folder in (/proc)."""
+    (workdir / "a_file").write_text("x")
+    return {"a file": str(workdir / "a_file"), "a device": "/dev/null",
+            "through a file": str(workdir / "a_file" / "runs"), "in /proc": "/proc/no_such"}
+
+
+@pytest.mark.timeout(120)
+@pytest.mark.parametrize("name", ["data_dir", "run_dir", "log_dir"])
+@pytest.mark.parametrize("kind", ["a file", "a device", "through a file", "in /proc"])
+def test_a_folder_that_cannot_be_made_is_one_line_before_training(workdir, name, kind):
+    folders = {"data_dir": str(workdir / "data"), "run_dir": str(workdir / "runs"),
+               "log_dir": str(workdir / "logs")}
+    folders[name] = _unusable_folders(workdir)[kind]
+    with pytest.raises(UserError) as refused:
+        train({**QUICK, **folders, "sinks": ["tensorboard"], "run_id": "r1"})
+    message = str(refused.value)
+    assert message.startswith(f"{name}=") and ("not a folder" in message
+                                               or "cannot make" in message), message
+    assert sorted(p.name for p in workdir.iterdir()) == ["a_file"]  # nothing else made
+
+
+@pytest.mark.e2e
+@pytest.mark.timeout(300)
+def test_a_sweep_whose_run_dir_is_a_file_fails_its_runs_in_one_line_each(workdir):
+    """The agent records each run failed with its reason and stops after three in a row; no
+    traceback, no file written through the file."""
+    import subprocess
+    import sys
+
+    import yaml
+
+    from conftest import subprocess_env
+
+    (workdir / "a_file").write_text("x")
+    sweep = {"name": "baddir", "method": "grid", "metric": {"name": "val/acc",
+                                                            "goal": "maximize"},
+             "parameters": {"dataset": {"value": "digits"}, "model": {"value": "dense"},
+                            "hidden": {"value": 16}, "epochs": {"value": 1},
+                            "sinks": {"value": []}, "run_dir": {"value": "a_file"},
+                            "lr": {"values": [0.1, 0.01, 0.001, 0.0001]}}}
+    (workdir / "baddir.yaml").write_text(yaml.safe_dump(sweep))
+    done = subprocess.run([sys.executable, "-m", "agent.launch", "baddir.yaml"], cwd=workdir,
+                          env=subprocess_env(), capture_output=True, text=True, timeout=240)
+    assert done.returncode == 1 and "Traceback" not in done.stderr, done.stderr[-2000:]
+    failed = [line for line in done.stderr.splitlines() if " failed (" in line]
+    assert len(failed) == 3
+    assert all("run_dir='a_file': a_file is not a folder" in line for line in failed)
+    assert (workdir / "a_file").read_text() == "x"

@@ -100,7 +100,10 @@ def write_text_atomic(path: Path, text: str) -> bool:
     except OSError:
         return False
     finally:
-        partial.unlink(missing_ok=True)
+        try:
+            partial.unlink(missing_ok=True)
+        except OSError:  # its folder cannot exist (a path through a file): nothing was written
+            pass
 
 
 def taken_over(owner: str, run_id: str) -> None:
@@ -162,7 +165,7 @@ class LocalAgent:
             failed += len(work.runs) if outcome.failed else 0
             if failures >= MAX_FAILURES_IN_A_ROW:
                 print(f"agent {self.owner}: stopping after {failures} failed runs in a row; "
-                      "see their traceback.txt files", file=sys.stderr)
+                      "each one's reason is above (and in the report)", file=sys.stderr)
                 return 1
             done += len(work.runs)
         if done and failed == done:

@@ -27,7 +27,12 @@ from agent.trial.metering import (
     per_class_accuracy,
 )
 from agent.trial.pack import TrainingPack, build_pack
-from agent.trial.preflight import check_compilable, check_fits, check_training_set
+from agent.trial.preflight import (
+    check_compilable,
+    check_directories,
+    check_fits,
+    check_training_set,
+)
 from agent.trial.sinks import SINKS
 from agent.trial.sinks.run_dir_sink import RunDirSink
 from nn.schedules import lr_multiplier
@@ -74,6 +79,7 @@ def train_pack(configs: list[dict], hooks: list[TrialHooks] | None = None,
         device = pick_device(cfg.device)
         check_fits([m.cfg for m in members], device)  # before any data or memory is taken
         check_compilable(cfg, device)
+        check_directories([m.cfg for m in members])
         data = device_splits(cfg.dataset, cfg.data_dir, device, cfg.val_split, cfg.dataset_dir)
         check_training_set(cfg, len(data.train_y))
         pack = _built_and_restored(members, data, device)

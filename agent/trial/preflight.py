@@ -11,6 +11,7 @@ from __future__ import annotations
 import importlib.util
 import os
 import shutil
+from pathlib import Path
 
 import torch
 
@@ -126,3 +127,43 @@ def check_training_set(config, train_images: int) -> None:
         raise UserError(f"val_split={config.val_split} and train_subset={config.train_subset} "
                         f"leave {kept} training image(s) of {config.dataset}: a trial needs 2 "
                         "or more")
+
+
+def check_directories(configs: list) -> None:
+    """UserError (one line) when a folder a member writes to cannot be made: `data_dir` (the
+    decoded cache), `run_dir` (checkpoints, summary) and, with the TensorBoard sink, `log_dir`.
+    The nearest part of each path that exists must be a folder; the missing parts are made
+    and removed again, so that a path the file system refuses (read-only, /proc, no
+    permission) is named now, not after the first epoch. A folder that exists is fine
+    (a read-only data_dir that holds the cache is)."""
+    for config in configs:
+        wanted = [("data_dir", config.data_dir), ("run_dir", config.run_dir)]
+        if "tensorboard" in config.sinks:
+            wanted.append(("log_dir", config.log_dir))
+        for name, folder in wanted:
+            problem = _folder_problem(Path(folder or "."))
+            if problem:
+                raise UserError(f"{name}={str(folder)!r}: {problem}")
+
+
+def _folder_problem(folder: Path) -> str | None:
+    missing, existing = [], folder
+    while not existing.exists() and existing != existing.parent:
+        missing.append(existing)
+        existing = existing.parent
+    if not existing.is_dir():
+        return f"{existing} is not a folder"
+    made = []
+    try:
+        for part in reversed(missing):
+            os.mkdir(part)
+            made.append(part)
+    except OSError as error:
+        return f"cannot make {error.filename or part}: {error.strerror}"
+    finally:
+        for part in reversed(made):
+            try:
+                os.rmdir(part)
+            except OSError:
+                pass
+    return None
