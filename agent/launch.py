@@ -49,6 +49,26 @@ def check_gpus(text: str) -> None:
                         "(0,1) or UUIDs, as CUDA_VISIBLE_DEVICES takes them")
 
 
+def check_gpus_exist(gpus: list[str]) -> None:
+    """UserError unless each GPU named by --gpus is one this machine has: on a machine
+    without a GPU, agents on "GPU 0" would train on the CPU while saying otherwise. Where
+    CUDA_VISIBLE_DEVICES is set (a batch job's allocation), the GPUs must be among those it
+    lists; else indices must be below CUDA's count. UUIDs are left to CUDA."""
+    available = visible_gpus()
+    named = ",".join(gpus)
+    if not available:
+        raise UserError(f"--gpus={named}: this machine has no GPU that CUDA sees; leave --gpus "
+                        "out to train on the CPU")
+    allocated = os.environ.get("CUDA_VISIBLE_DEVICES") is not None
+    for gpu in (g.strip() for g in gpus):
+        if allocated and gpu not in available:
+            raise UserError(f"--gpus={named}: GPU {gpu} is not among CUDA_VISIBLE_DEVICES="
+                            f"{','.join(available)}")
+        if not allocated and gpu.isdigit() and int(gpu) >= len(available):
+            raise UserError(f"--gpus={named}: there is no GPU {gpu}; this machine has "
+                            f"{len(available)} (0-{len(available) - 1})")
+
+
 def agent_slots(gpus: list[str], per_gpu: int, cpu_agents: int) -> list[dict]:
     """One environment per agent: its own CUDA_VISIBLE_DEVICES, or CPU threads shared out."""
     if gpus:
@@ -163,6 +183,8 @@ def main(argv: list[str] | None = None) -> int:
         check_wandb_sweep(target)
     # The sweep is checked (and made) before the GPUs are counted: that imports torch, which
     # a bad sweep file need not wait for.
+    if args.gpus:  # before a sweep is made for agents that could not start
+        check_gpus_exist(args.gpus.split(","))
     store = create_local_sweep(target.path) if target.kind == "yaml" else \
         SweepStore(target.store_path) if target.kind == "local" else None
     gpus = args.gpus.split(",") if args.gpus else visible_gpus()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import shutil
 import signal
 import sqlite3
 import subprocess
@@ -398,3 +399,25 @@ def test_an_agent_killed_by_a_signal_is_never_hidden_by_the_others_exit_codes(ca
     assert launcher_exit_code([11, 12], [2, -signal.SIGTERM]) == 128 + signal.SIGTERM
     assert capsys.readouterr().err.splitlines() == ["agent 11 was killed by SIGKILL",
                                                     "agent 12 was killed by SIGTERM"]
+
+
+@pytest.mark.e2e
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize("gpus, visible, expected", [
+    ("0", None, "no GPU that CUDA sees"), ("7,9", None, "no GPU that CUDA sees"),
+    ("0", "", "no GPU that CUDA sees"), ("0", "2,3", "GPU 0 is not among"),
+    ("2,5", "2,3", "GPU 5 is not among")])
+def test_gpus_this_machine_lacks_are_refused_before_a_sweep_is_made(tmp_path, gpus, visible,
+                                                                    expected):
+    """On this CPU machine (or outside a job's allocation) `--gpus` is one line and exit 2,
+    not agents that say "GPU 0" and train on the CPU."""
+    env = subprocess_env()
+    env.pop("CUDA_VISIBLE_DEVICES", None)
+    if visible is not None:
+        env["CUDA_VISIBLE_DEVICES"] = visible
+    shutil.copy(ROOT / "sweeps" / "quickstart.yaml", tmp_path / "q.yaml")
+    done = subprocess.run([sys.executable, "-m", "agent.launch", "q.yaml", "--gpus", gpus],
+                          cwd=tmp_path, env=env, capture_output=True, text=True, timeout=50)
+    assert done.returncode == 2 and done.stderr.count("\n") == 1, done.stderr
+    assert expected in done.stderr
+    assert not (tmp_path / "data").exists()  # no sweep was made
