@@ -439,6 +439,25 @@ def test_empty_sweep_gives_a_report_that_says_so(tmp_path):
     assert "This sweep has no runs yet" in text
 
 
+@pytest.mark.timeout(300)
+def test_a_sweep_stopped_by_its_metric_target_is_not_called_unfinished(tmp_path):
+    config = {"program": "agent/train.py", "command": COMMAND, "method": "grid",
+              "metric": {"name": "val/acc", "goal": "maximize", "target": 0.05},
+              "parameters": {"dataset": {"value": "digits"}, "epochs": {"value": 1},
+                             "model": {"value": "dense"}, "hidden": {"value": 16},
+                             "sinks": {"value": []}, "lr": {"values": [0.1, 0.01, 0.001]}}}
+    store = create_store(tmp_path / "data" / "sweeps" / "tgt", "tgt", "tgt", config)
+    agent = run_module(tmp_path, "agent.sweep.agent_loop", str(store.directory))
+    assert agent.returncode == 0, agent.stderr[-2000:]
+    assert [r.state for r in store.runs()] == ["finished"]  # the target stopped the sweep
+    result = run_module(tmp_path, "agent.report", "tgt")
+    assert result.returncode == 0, result.stderr[-2000:]
+    text = (tmp_path / "reports" / "tgt" / "report.md").read_text()
+    assert ("**The sweep stopped early**: metric.target val/acc >= 0.05 reached: no new runs"
+            in text) and "after 1 of 3 planned runs" in text
+    assert "not finished" not in text
+
+
 @pytest.mark.timeout(240)
 def test_only_failed_runs_give_a_report_that_says_so(tmp_path):
     store = create_store(tmp_path / "data" / "sweeps" / "failing", "failing", "failing",

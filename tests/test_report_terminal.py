@@ -155,3 +155,35 @@ def test_run_header_shows_every_swept_parameter_and_the_sweep_pace():
     assert only == ("run abc  dataset=fashion_mnist model=cnn optimizer=adam lr=0.0001 "
                     "batch_size=128 dropout=0.3 epochs=2")
     assert math.isfinite(len(only))
+
+
+def test_an_unfinished_sweep_ends_with_how_to_go_on(course_store, monkeypatch):
+    """Stopped by Ctrl-C or SIGTERM (3 of 80 runs still open): the last lines say so and name
+    the command that goes on with the same sweep, before the next steps."""
+    monkeypatch.chdir(course_store.directory.parent)
+    lines = closing_lines(course_store)
+    at = lines.index("Not finished (77 of 80 runs ended): go on where it stopped with")
+    assert lines[at + 1] == "  ./run_sweep.sh course1"
+    assert at < lines.index(next(line for line in lines if line.startswith("Next:")))
+    assert all(len(line) <= 80 for line in lines)
+    for run in course_store.runs():
+        if run.state == "running":
+            course_store.finish(run.id, "host:1", "finished", {"val/acc": 0.2})
+    assert not any(line.startswith("Not finished") for line in closing_lines(course_store))
+
+
+def test_a_sweep_stopped_by_its_metric_target_says_so(tmp_path, monkeypatch):
+    """W&B makes no new runs once a run reaches metric.target: status and the closing lines
+    say that, not 'not finished'."""
+    config = {**COURSE, "metric": {"name": "val/acc", "goal": "maximize", "target": 0.5}}
+    store = create_store(tmp_path / "t", "tgt1", "tgt", config)
+    (run,) = claim(store, "host:1", count=1).runs
+    store.finish(run.run_id, "host:1", "finished", {"val/acc": 0.6})
+    monkeypatch.chdir(tmp_path)
+    lines = closing_lines(store)
+    assert "metric.target val/acc >= 0.5 reached: no new runs" in lines
+    assert not any(line.startswith("Not finished") for line in lines)
+    out = io.StringIO()
+    render_status(store, Console(file=out, width=80, color_system=None))
+    assert "metric.target val/acc >= 0.5 reached: no new runs" in out.getvalue()
+    assert claim(store, "host:1", count=1).runs == []  # and indeed nothing more is proposed

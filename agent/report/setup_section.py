@@ -15,7 +15,7 @@ from agent.params import PARAMS
 from agent.report import figures
 from agent.report.markdown import Context, DataUsed, Report, fmt
 from agent.report.study import RunRecord, Study
-from agent.sweep.status import planned_runs
+from agent.sweep.status import planned_runs, target_text
 from agent.sweep_space import duration_text, short_number
 from util.errors import UserError
 
@@ -41,7 +41,11 @@ def header_section(report: Report, study: Study) -> None:
     planned = planned_runs(study.sweep_config)
     ended = sum(states[s] for s in ENDED)
     open_runs = len(study.runs) - ended
-    if (planned and ended < planned) or open_runs:
+    reached = target_text(study.sweep_config, study.runs)
+    if reached and not open_runs:
+        report.add(f"**The sweep stopped early**: {reached} (as W&B stops a sweep), after "
+                   f"{ended} of {planned or len(study.runs)} planned runs.", "")
+    elif (planned and ended < planned) or open_runs:
         report.add(f"**This sweep is not finished**: {ended} of "
                    f"{planned or len(study.runs)} planned runs have ended"
                    + (f" ({open_runs} pending or running)" if open_runs else "")

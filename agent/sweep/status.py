@@ -60,6 +60,19 @@ def planned_runs(sweep_config: dict) -> int | None:
     return min(size, cap) if cap else size
 
 
+def target_text(sweep_config: dict, runs: list) -> str | None:
+    """`metric.target val/acc >= 0.5 reached: no new runs` once a run has reached the sweep's
+    metric.target (W&B's server then creates no new runs; engine.target_reached), else
+    None. `runs`: the store's runs or the report's records."""
+    from agent.sweep.engine import target_reached
+
+    metric = sweep_config.get("metric") or {}
+    if metric.get("target") is None or not target_reached(sweep_config, runs):
+        return None
+    sign = ">=" if metric.get("goal") == "maximize" else "<="
+    return f"metric.target {metric.get('name')} {sign} {metric['target']} reached: no new runs"
+
+
 def sweep_progress(runs: list[Run], sweep_config: dict, run_ids: list[str],
                    now: float | None = None) -> dict:
     """{"index": {run id: k}, "total": N or None, "done": runs ended, "eta_s": seconds or
@@ -100,6 +113,9 @@ def render_status(store: SweepStore, console: Console | None = None,
                   f"{escape(str(sweep.config.get('method')))}"
                   + (f", {total} runs planned" if total else "") + "): "
                   + ", ".join(f"{counts[s]} {s}" for s in STATES if counts[s]), highlight=False)
+    reached = target_text(sweep.config, runs)
+    if reached:
+        console.print(escape(reached), highlight=False)
     best = best_run(store)
     if best:
         console.print(f"best so far: {best.run.id} {escape(best.metric)}={best.value:.4f}",
@@ -178,6 +194,15 @@ def closing_lines(store: SweepStore) -> list[str]:
         if setting:
             line += f" ({setting})" if len(line) + len(setting) + 3 <= 80 else f"\n  {setting}"
         lines += line.split("\n")
+    runs = store.runs()
+    ended = sum(r.state in ENDED for r in runs)
+    planned = planned_runs(sweep.config)
+    reached = target_text(sweep.config, runs)
+    if reached:
+        lines.append(reached)
+    elif ended < len(runs) or (planned and ended < planned):  # stopped (Ctrl-C, SIGTERM...)
+        lines += [f"Not finished ({ended} of {planned or len(runs)} runs ended): go on where "
+                  "it stopped with", f"  ./run_sweep.sh {sweep.id}"]
     prefix = "./util/with_venv.sh python -m"
     lines += ["Next: repeat the best runs over 5 seeds, write the report, open TensorBoard:",
               f"  {prefix} agent.repeat {sweep.id} --run",
