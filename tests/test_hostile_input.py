@@ -252,6 +252,8 @@ COMMAND_REFUSALS = [
     ("agent.status", ["a", "b"], "unrecognized arguments: b"),
     ("agent.status", ["--x"], "arguments"),
     ("agent.report", ["nosuch", "--outt", "x"], "unrecognized arguments"),
+    ("agent.report", ["nosuch", "--explode-factor", "inf"], "--explode-factor=inf"),
+    ("agent.report", ["nosuch", "--stuck-margin", "nan"], "--stuck-margin=nan"),
     ("agent.repeat", ["nosuch", "--seeds", "1e20"], "argument --seeds"),
     ("agent.repeat", ["nosuch", "--top", "0"], "argument --top"),
     ("agent.repeat", ["nosuch", "--by", "colour"], "--by='colour'"),

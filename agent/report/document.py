@@ -13,6 +13,7 @@ from __future__ import annotations
 import base64
 import csv
 import json
+import math
 import re
 from pathlib import Path
 
@@ -153,9 +154,9 @@ def parse_options(argv: list[str] | None):
     parser.add_argument("--stuck-margin", type=float, default=stats.GroupRule.stuck_margin,
                         help="stuck: best validation accuracy below 1/classes + this")
     args = parser.parse_args(argv)
-    if not args.explode_factor > 1 or not 0 <= args.stuck_margin < 1:
+    if not 1 < args.explode_factor < math.inf or not 0 <= args.stuck_margin < 1:
         raise UserError(f"--explode-factor={args.explode_factor} and --stuck-margin="
-                        f"{args.stuck_margin}: expected a factor > 1 and a margin in [0, 1)")
+                        f"{args.stuck_margin}: expected a finite factor > 1 and a margin in [0, 1)")
     allowed, is_path = TEXT_KINDS["path"]
     if not is_path(args.out):
         raise UserError(f"--out={brief(args.out)}: expected {allowed}")

@@ -38,8 +38,10 @@ def parallel_section(report: Report, ctx: Context) -> None:
                f"left out). **{len(kept)} of {len(kept) + len(left)}** runs pass; "
                f"{len(left)} {'does' if len(left) == 1 else 'do'} not"
                + (f", among them {_count_groups(ctx, left)}" if left else "") + ". This "
-               "tests against guessing, not for learning: a run at 12% passes it, yet "
-               "counts as stuck below.", "")
+               "tests against guessing, not for learning: a run just above "
+               f"{base.chance_bound:.1%} passes it, yet one whose best validation accuracy "
+               f"stays below {base.chance + ctx.rule.stuck_margin:.1%} counts as stuck "
+               "below.", "")
     kept_rows = [row for row, run in zip(rows, ctx.scored) if run in kept]
     report.figure(figures.parallel_coordinates(
         kept_rows, ctx.swept, study.metric, study.goal, report.out_dir / "parallel_better.png",

@@ -5,6 +5,7 @@ stuck, converged), hyper-parameter importance, hardest classes."""
 from __future__ import annotations
 
 import math
+import warnings
 from collections import Counter
 from dataclasses import dataclass
 
@@ -86,7 +87,9 @@ def welch_p(a: list[float], b: list[float]) -> float:
 
     if np.std(a) == 0 and np.std(b) == 0:
         return 1.0 if np.mean(a) == np.mean(b) else 0.0
-    return float(stats.ttest_ind(a, b, equal_var=False).pvalue)
+    with warnings.catch_warnings():  # nearly equal values: scipy warns of precision loss,
+        warnings.simplefilter("ignore", RuntimeWarning)  # and its p-value is still right
+        return float(stats.ttest_ind(a, b, equal_var=False).pvalue)
 
 
 def supported_best(samples: dict[str, list[float]], goal: str,
