@@ -8,7 +8,6 @@ dataset, schedule and sink come from their registries, so adding an entry there 
 from __future__ import annotations
 
 import json
-import math
 import os
 import re
 from collections.abc import Callable
@@ -16,7 +15,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from agent.yaml_file import load_text, read_yaml
-from util.errors import UserError, brief
+from util.errors import UserError, brief, finite_number
 
 # Bounds of the numeric parameters: what torch and the hardware can honour (int64 seeds, widths
 # whose weight matrices stay indexable and allocatable), generous beyond any study of these
@@ -281,27 +280,18 @@ def _coerce_scalar(param: Param, value: Any, kind: type) -> Any:
                 return int(value.strip())  # exact, where float() would round 2**63 - 1
             except ValueError:
                 pass
-        number = _finite(value)  # sweep distributions can hand back 64.0 for an integer
+        number = finite_number(value)  # sweep distributions can hand back 64.0 for an integer
         if number is None or not number.is_integer():
             raise bad
         return int(number)
     if kind is float:
-        number = _finite(value)
+        number = finite_number(value)
         if number is None:
             raise bad
         return number
     if isinstance(value, (dict, list)):
         raise bad
     return str(value)
-
-
-def _finite(value: Any) -> float | None:
-    """`value` as a finite float, or None (text that is no number, inf, nan, 10**400)."""
-    try:
-        number = float(value)
-    except (TypeError, ValueError, OverflowError):
-        return None
-    return number if math.isfinite(number) else None
 
 
 def _check_range(param: Param, value: Any, shown: Any) -> None:

@@ -8,7 +8,6 @@ from __future__ import annotations
 import os
 import pickle
 import shutil
-import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -121,16 +120,11 @@ def test_a_pack_resumes_together_at_the_newest_epoch_every_member_has(workdir, c
 @pytest.mark.e2e
 @pytest.mark.timeout(300)
 def test_an_agent_resumes_a_preempted_run_whose_checkpoint_was_damaged(workdir):
-    from test_local_sweeps import LONG_RUN, make_sweep, start_agent, wait_for
+    from test_local_sweeps import LONG_RUN, make_sweep, preempt_after, start_agent
 
     store = make_sweep(workdir, "damaged", {**LONG_RUN, "epochs": {"value": 4},
                                             "lr": {"value": 0.01}})
-    first = start_agent(workdir, store)
-    wait_for(lambda: any(r.epoch >= 2 for r in store.runs()), 120, "two epochs")
-    first.send_signal(signal.SIGTERM)
-    assert first.wait(timeout=60) == 0, first.stderr.read()
-    (run,) = store.runs()
-    assert run.state == "preempted"
+    run = preempt_after(workdir, store, 2)
     (workdir / "data" / "runs" / run.id / CHECKPOINT_NAME).write_bytes(b"")
     second = start_agent(workdir, store)
     assert second.wait(timeout=200) == 0

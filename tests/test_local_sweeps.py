@@ -46,6 +46,27 @@ def wait_for(predicate, timeout: float, what: str):
     raise AssertionError(f"timed out waiting for {what}")
 
 
+def preempt_after(workdir: Path, store: SweepStore, epochs: int):
+    """Start an agent on the one-run sweep, SIGTERM it once `epochs` epochs are done, and
+    return the run it leaves: preempted, with its checkpoint."""
+    first = start_agent(workdir, store)
+    wait_for(lambda: any(r.epoch >= epochs for r in store.runs()), 120, f"{epochs} epoch(s)")
+    first.send_signal(signal.SIGTERM)
+    assert first.wait(timeout=60) == 0, first.stderr.read()
+    (run,) = store.runs()
+    assert run.state == "preempted", (run.state, run.epoch, run.error)
+    return run
+
+
+def write_grid(path: Path, epochs: int, lrs: list[float]) -> None:
+    """A sweep file for the launcher: LONG_RUN's digits runs, a grid over `lrs`."""
+    path.write_text(yaml.safe_dump({
+        "program": "agent/train.py", "command": COMMAND, "method": "grid",
+        "metric": {"name": "val/acc", "goal": "maximize"},
+        "parameters": {**LONG_RUN, "dataset": {"value": "digits"}, "epochs": {"value": epochs},
+                       "lr": {"values": lrs}}}))
+
+
 def states(store: SweepStore) -> list[str]:
     return [run.state for run in store.runs()]
 
@@ -102,12 +123,7 @@ def test_sigkilled_agent_run_is_crashed_and_requeued_once(workdir):
 def test_sigterm_preempts_and_the_next_agent_resumes_the_epoch_count(workdir):
     store = make_sweep(workdir, "preempt", {**LONG_RUN, "epochs": {"value": 10},
                                             "lr": {"value": 0.01}})
-    first = start_agent(workdir, store)
-    wait_for(lambda: any(r.epoch >= 1 for r in store.runs()), 120, "a first epoch")
-    first.send_signal(signal.SIGTERM)
-    assert first.wait(timeout=60) == 0, first.stderr.read()
-    (run,) = store.runs()
-    assert run.state == "preempted", (run.state, run.epoch, run.error)
+    run = preempt_after(workdir, store, 1)
     done_before = run.epoch
     assert done_before < 10
     assert (workdir / "data" / "runs" / run.id / "checkpoint.pt").exists()
@@ -213,11 +229,7 @@ def test_failing_trials_are_recorded_and_three_in_a_row_stop_the_agent(workdir):
 @pytest.mark.timeout(240)
 def test_ctrl_c_stops_every_agent_cleanly_and_keeps_the_runs_resumable(workdir):
     sweep_file = workdir / "long.yaml"
-    sweep_file.write_text(yaml.safe_dump({
-        "program": "agent/train.py", "command": COMMAND, "method": "grid",
-        "metric": {"name": "val/acc", "goal": "maximize"},
-        "parameters": {**LONG_RUN, "dataset": {"value": "digits"}, "epochs": {"value": 30},
-                       "lr": {"values": [0.01, 0.02, 0.03]}}}))
+    write_grid(sweep_file, epochs=30, lrs=[0.01, 0.02, 0.03])
     launcher = subprocess.Popen([sys.executable, "-m", "agent.launch", str(sweep_file),
                                  "--agents", "2"], cwd=workdir, env=subprocess_env(),
                                 stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
@@ -339,11 +351,7 @@ def test_heartbeat_options_that_duplicate_or_never_repair_runs_are_refused(workd
 @pytest.mark.timeout(300)
 def test_the_launcher_exit_code_says_an_agent_was_killed(workdir):
     sweep_file = workdir / "two.yaml"
-    sweep_file.write_text(yaml.safe_dump({
-        "program": "agent/train.py", "command": COMMAND, "method": "grid",
-        "metric": {"name": "val/acc", "goal": "maximize"},
-        "parameters": {**LONG_RUN, "dataset": {"value": "digits"}, "epochs": {"value": 3},
-                       "lr": {"values": [0.01, 0.02]}}}))
+    write_grid(sweep_file, epochs=3, lrs=[0.01, 0.02])
     launcher = subprocess.Popen([sys.executable, "-m", "agent.launch", str(sweep_file),
                                  "--agents", "2", "--heartbeat", "0.3",
                                  "--heartbeat-timeout", "1"], cwd=workdir,

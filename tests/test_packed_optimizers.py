@@ -23,6 +23,25 @@ def _warmup_lr(cfg, k: int, step: int) -> float:
     return cfg.lr * min(1.0, (step + 1) / (k + 1))
 
 
+def _step(model, optimizer, loss) -> None:
+    """One training step of `model` (a pack or a plain model) on loss(): SAM's two passes
+    (batch-norm statistics kept from the first), or the optimizer's step."""
+    optimizer.zero_grad()
+    loss().backward()
+    if isinstance(optimizer, SAM):
+        optimizer.perturb()
+        optimizer.zero_grad()
+        with preserved_batchnorm_stats(model):
+            loss().backward()
+        optimizer.descend()
+    else:
+        optimizer.step()
+
+
+def _pack_step(pack, optimizer, x, y) -> None:
+    _step(pack, optimizer, lambda: packed_cross_entropy(pack(x), y).sum())
+
+
 def _train_pack(pack, optimizer, cfgs, steps, first_step=0, offset=0, dtype=torch.float64,
                 member_index=None):
     """`steps` steps of the pack; with `member_index`, position j trains on the batches and
@@ -32,16 +51,7 @@ def _train_pack(pack, optimizer, cfgs, steps, first_step=0, offset=0, dtype=torc
         optimizer.set_lr([_warmup_lr(c, k, step) for c, k in zip(cfgs, index)])
         x, y = member_batches(max(index) + 1, BATCH, step, dtype, offset)
         x, y = x[:, index], y[:, index]
-        optimizer.zero_grad()
-        packed_cross_entropy(pack(x), y).sum().backward()
-        if isinstance(optimizer, SAM):
-            optimizer.perturb()
-            optimizer.zero_grad()
-            with preserved_batchnorm_stats(pack):
-                packed_cross_entropy(pack(x), y).sum().backward()
-            optimizer.descend()
-        else:
-            optimizer.step()
+        _pack_step(pack, optimizer, x, y)
 
 
 def _train_plain(model, optimizer, cfg, k, members, steps, first_step=0, offset=0,
@@ -51,16 +61,7 @@ def _train_plain(model, optimizer, cfg, k, members, steps, first_step=0, offset=
             group["lr"] = _warmup_lr(cfg, k, step)
         x, y = member_batches(members, BATCH, step, dtype, offset)
         x, y = x[:, k], y[:, k]
-        optimizer.zero_grad()
-        F.cross_entropy(model(x), y).backward()
-        if isinstance(optimizer, SAM):
-            optimizer.perturb()
-            optimizer.zero_grad()
-            with preserved_batchnorm_stats(model):
-                F.cross_entropy(model(x), y).backward()
-            optimizer.descend()
-        else:
-            optimizer.step()
+        _step(model, optimizer, lambda x=x, y=y: F.cross_entropy(model(x), y))
 
 
 def _assert_member_equals(pack, k, model, **tolerance):
@@ -292,16 +293,7 @@ def test_training_steps_never_wait_for_the_gpu(optimizer_case):
     try:
         for step in range(5):  # the lr from the device and from the host, in turn
             optimizer.set_lr(schedule[step] if step % 2 else host_schedule[step])
-            optimizer.zero_grad()
-            packed_cross_entropy(pack(x), y).sum().backward()
-            if isinstance(optimizer, SAM):
-                optimizer.perturb()
-                optimizer.zero_grad()
-                with preserved_batchnorm_stats(pack):
-                    packed_cross_entropy(pack(x), y).sum().backward()
-                optimizer.descend()
-            else:
-                optimizer.step()
+            _pack_step(pack, optimizer, x, y)
             pack.weight_norms(), pack.grad_norms()
     finally:
         torch.cuda.set_sync_debug_mode("default")

@@ -126,15 +126,22 @@ def repair_and_finish(workdir: Path, store_dir: Path, killed_id: str) -> None:
     store.close()
 
 
+def training_in(place: Path, workdir: Path, sweep_id: str):
+    """A 20-epoch sweep whose store is in `place` (its runs and data in workdir), and an agent
+    on it past its first epoch: (store, agent process)."""
+    store = make_sweep(place, sweep_id, {**RUN, "epochs": {"value": 20},
+                                         "run_dir": {"value": str(workdir / "runs")},
+                                         "data_dir": {"value": str(workdir / "data")}})
+    first = agent(workdir, store)
+    wait_for(lambda: any(r.epoch >= 1 for r in store.runs()), 120, "a first epoch")
+    return store, first
+
+
 @pytest.mark.e2e
 @pytest.mark.timeout(300)
 def test_a_read_only_store_is_one_line_and_the_next_agent_repairs_its_run(workdir):
     with tmpfs(workdir / "ro", "20m") as place:
-        store = make_sweep(place, "readonly", {**RUN, "epochs": {"value": 20},
-                                               "run_dir": {"value": str(workdir / "runs")},
-                                               "data_dir": {"value": str(workdir / "data")}})
-        first = agent(workdir, store)
-        wait_for(lambda: any(r.epoch >= 1 for r in store.runs()), 120, "a first epoch")
+        store, first = training_in(place, workdir, "readonly")
         first.kill()  # its run stays `running`
         first.wait()
         (run,) = store.runs()
@@ -155,11 +162,7 @@ def test_a_read_only_store_is_one_line_and_the_next_agent_repairs_its_run(workdi
 @pytest.mark.timeout(300)
 def test_a_store_whose_disk_fills_mid_run_stops_the_agent_in_one_line(workdir):
     with tmpfs(workdir / "small", "4m") as place:
-        store = make_sweep(place, "filled", {**RUN, "epochs": {"value": 20},
-                                             "run_dir": {"value": str(workdir / "runs")},
-                                             "data_dir": {"value": str(workdir / "data")}})
-        first = agent(workdir, store)
-        wait_for(lambda: any(r.epoch >= 1 for r in store.runs()), 120, "a first epoch")
+        store, first = training_in(place, workdir, "filled")
         filler = place / "filler"
         with open(filler, "wb") as handle:  # the rest of the disk, as another program might
             with contextlib.suppress(OSError):

@@ -88,7 +88,7 @@ def int_option(low: int, high: int) -> Callable[[str], int]:
     """An argparse `type`: a whole number in [low, high] (as text: 3, 3.0 or 3e2)."""
 
     def convert(text: str) -> int:
-        value = _number(text)
+        value = finite_number(text)
         if value is None or not value.is_integer() or not low <= value <= high:
             raise argparse.ArgumentTypeError(
                 f"expected an integer in [{low}, {high}], got {text!r}")
@@ -102,7 +102,7 @@ def seconds_option(low: float, high: float) -> Callable[[str], float]:
     """An argparse `type`: a finite number in (low, high] (seconds, say)."""
 
     def convert(text: str) -> float:
-        value = _number(text)
+        value = finite_number(text)
         if value is None or not low < value <= high:
             raise argparse.ArgumentTypeError(
                 f"expected a number in ({low:g}, {high:g}], got {text!r}")
@@ -112,10 +112,11 @@ def seconds_option(low: float, high: float) -> Callable[[str], float]:
     return convert
 
 
-def _number(text: str) -> float | None:
-    """A finite float read from text, or None (a 4,000-digit integer is None, not an error)."""
+def finite_number(value: object) -> float | None:
+    """`value` (a number or its text) as a finite float, or None: text that is no number, inf,
+    nan, or an integer too large for a float (a 4,000-digit one is None, not an error)."""
     try:
-        value = float(text)
+        number = float(value)
     except (TypeError, ValueError, OverflowError):
         return None
-    return value if math.isfinite(value) else None
+    return number if math.isfinite(number) else None

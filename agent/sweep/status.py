@@ -179,8 +179,8 @@ def closing_lines(store: SweepStore) -> list[str]:
     where = Path(store.path)
     if where.is_absolute() and where.is_relative_to(Path.cwd()):
         where = where.relative_to(Path.cwd())
-    sinks = {s for run in store.runs()
-             for s in run.config.get("sinks", BY_NAME["sinks"].default)}
+    runs = store.runs()
+    sinks = {s for run in runs for s in run.config.get("sinks", BY_NAME["sinks"].default)}
     lines = [f"Results: {where}"]
     if "tensorboard" in sinks:
         lines.append(f"  TensorBoard logs: data/logs/{sweep.name}/")
@@ -194,7 +194,6 @@ def closing_lines(store: SweepStore) -> list[str]:
         if setting:
             line += f" ({setting})" if len(line) + len(setting) + 3 <= 80 else f"\n  {setting}"
         lines += line.split("\n")
-    runs = store.runs()
     ended = sum(r.state in ENDED for r in runs)
     planned = planned_runs(sweep.config)
     reached = target_text(sweep.config, runs)
