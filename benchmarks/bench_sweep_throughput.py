@@ -9,12 +9,15 @@ the wall time) and, on a GPU, mean utilisation sampled from nvidia-smi while it 
 
 The grid is the course's: model {dense, cnn} x lr {1e-1..1e-5} x optimizer {sgd, adam} x
 dropout {0, .1, .3, .5}, 2 epochs, on real Fashion-MNIST (80 runs); `--cpu-grid` is a smaller
-one on scikit-learn's digits (24 runs) for machines without a GPU. Way (a) runs
-`--subprocess-sample` trials of the grid and scales their mean to the whole grid (said in the
-table). Runs unchanged on a CUDA machine without network or wandb: every way uses the
+one on scikit-learn's digits (24 runs) for machines without a GPU, with the models' default
+widths; `--small` trains the narrow models a CPU packs well (dense hidden 64, cnn channels
+[16, 32]: their steps are per-step overhead, not arithmetic), `--epochs` sets the epochs.
+Way (a) runs `--subprocess-sample` trials of the grid and scales their mean to the whole grid
+(said in the table). Runs unchanged on a CUDA machine without network or wandb: every way uses the
 TensorBoard sink only. A measurement, not a test.
 
-    python benchmarks/bench_sweep_throughput.py [--cpu-grid] [--out DIR] [--ways a,b,c,d]
+    python benchmarks/bench_sweep_throughput.py [--cpu-grid] [--small] [--epochs N]
+        [--out DIR] [--ways a,b,c,d]
 """
 
 from __future__ import annotations
@@ -133,6 +136,9 @@ def run_subprocesses(work: Path, grid: dict, fixed: dict, sample: int) -> dict:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--cpu-grid", action="store_true", help="digits, 24 runs (no GPU)")
+    parser.add_argument("--small", action="store_true",
+                        help="narrow models: dense hidden 64, cnn channels [16, 32]")
+    parser.add_argument("--epochs", type=int, default=2)
     parser.add_argument("--ways", default="a,b,c,d")
     parser.add_argument("--pack", default="auto", help="--pack value for way (d)")
     parser.add_argument("--subprocess-sample", type=int, default=8)
@@ -143,8 +149,10 @@ def main() -> None:
 
     gpu = torch.cuda.is_available()
     grid = CPU_GRID if args.cpu_grid else COURSE_GRID
-    fixed = {"dataset": "digits" if args.cpu_grid else "fashion_mnist", "epochs": 2,
+    fixed = {"dataset": "digits" if args.cpu_grid else "fashion_mnist", "epochs": args.epochs,
              "sinks": ["tensorboard"], "data_dir": str(ROOT / "data"), "histograms": False}
+    if args.small:
+        fixed.update(hidden=64, channels=[16, 32])
     sweep = sweep_yaml(grid, fixed)
     work = Path(tempfile.mkdtemp(prefix="bench-sweep-"))
     # the dataset decoded once, before any way is timed
@@ -180,7 +188,8 @@ def render(results: dict, grid: dict, fixed: dict, gpu: bool) -> str:
     runs = 1
     for values in grid.values():
         runs *= len(values)
-    lines = [f"grid: {runs} runs of {fixed['dataset']}, {fixed['epochs']} epochs, "
+    widths = "".join(f", {k} {fixed[k]}" for k in ("hidden", "channels") if k in fixed)
+    lines = [f"grid: {runs} runs of {fixed['dataset']}, {fixed['epochs']} epochs{widths}, "
              + " x ".join(f"{k} {v}" for k, v in grid.items()),
              "", "| way | wall s | trials/hour | images/s | mean GPU util | vs (a) | vs (b) |",
              "| --- | ---: | ---: | ---: | ---: | ---: | ---: |"]

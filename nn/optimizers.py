@@ -68,6 +68,14 @@ class PackedOptimizer(torch.optim.Optimizer):
             group[name] = self._member_tensor(group[name], name, device, kind)
         if self.counts_steps:
             group["step"] = self._member_tensor(group.get("step", 0), "step", device, dtype)
+        self._note_zeros(group)
+
+    def _note_zeros(self, group: dict[str, Any]) -> None:
+        """group["zero"]: the hyper-parameters that are 0 (or False) for every member, read
+        from the device here, when values are set, so that step() skips their passes (a
+        weight decay of 0, plain SGD, no Nesterov member) without a host sync."""
+        group["zero"] = tuple(name for name in self.hyper_defaults
+                              if not bool(group[name].any()))
 
     def _member_tensor(self, value, name: str, device, dtype) -> torch.Tensor:
         # straight to dtype: a float32 detour would round lr=0.1 before a float64 pack sees it
@@ -137,6 +145,7 @@ class PackedOptimizer(torch.optim.Optimizer):
             device = group["params"][0].device
             for name in self.member_keys(group):
                 group[name] = group[name].to(device)
+            self._note_zeros(group)
 
     def _all_params(self) -> list[torch.Tensor]:
         return [p for group in self.param_groups for p in group["params"]]
@@ -166,6 +175,7 @@ class PackedOptimizer(torch.optim.Optimizer):
                 if name not in group:
                     raise ValueError(f"member state has an unknown entry {name!r}")
                 group[name][k] = value
+            self._note_zeros(group)
         params = self._all_params()
         for i, saved in member_state["state"].items():
             p = params[int(i)]
@@ -228,12 +238,19 @@ class PackedSGD(PackedOptimizer):
     state_names = ("momentum_buffer",)
 
     def _update(self, group, params, grads, states) -> None:
-        lr, momentum = group["lr"], group["momentum"]
-        grads = torch._foreach_addcmul(grads, params, _views(group["weight_decay"], params))
+        lr, momentum, zero = group["lr"], group["momentum"], group["zero"]
+        if "weight_decay" not in zero:
+            grads = torch._foreach_addcmul(grads, params, _views(group["weight_decay"], params))
+        if "momentum" in zero:  # every member plain SGD: w -= lr*g (torch keeps no buffer)
+            torch._foreach_addcmul_(params, grads, _views(lr, params), value=-1)
+            return
         buffers = self._state_list(states, "momentum_buffer")
         # The buffer starts at zero, so the first step leaves b = g, as torch's clone does.
         torch._foreach_mul_(buffers, _views(momentum, params))
         torch._foreach_add_(buffers, grads)
+        if "nesterov" in zero:  # no Nesterov member: w -= lr*b
+            torch._foreach_addcmul_(params, buffers, _views(lr, params), value=-1)
+            return
         # One rule for both kinds of member, n = 1 for Nesterov, else 0:
         # w -= lr*n*g + lr*(n*mu + 1 - n)*b, i.e. lr*(g + mu*b) or exactly lr*b.
         nesterov = group["nesterov"].to(lr.dtype)
@@ -256,15 +273,15 @@ class PackedAdam(PackedOptimizer):
 
     def _update(self, group, params, grads, states) -> None:
         step, lr, beta1, beta2 = group["step"], group["lr"], group["beta1"], group["beta2"]
-        decay = group["weight_decay"]
-        if self.decoupled:  # AdamW: w *= 1 - lr*wd before the Adam step
+        decay, decays = group["weight_decay"], "weight_decay" not in group["zero"]
+        if self.decoupled and decays:  # AdamW: w *= 1 - lr*wd before the Adam step
             torch._foreach_mul_(params, _views(1 - lr * decay, params))
-        else:
+        elif decays:
             grads = torch._foreach_addcmul(grads, params, _views(decay, params))
         exp_avgs = self._state_list(states, "exp_avg")
         exp_avg_sqs = self._state_list(states, "exp_avg_sq")
         torch._foreach_lerp_(exp_avgs, grads, _views(1 - beta1, params))
-        if self.decoupled:  # grads are the p.grad themselves: square into new tensors
+        if self.decoupled or not decays:  # grads are the p.grad themselves: square anew
             squares = torch._foreach_mul(grads, grads)
         else:  # grads are this step's weight-decayed copies: square them in place
             squares = grads
@@ -302,7 +319,8 @@ class PackedRMSprop(PackedOptimizer):
     counts_steps = True
 
     def _update(self, group, params, grads, states) -> None:
-        grads = torch._foreach_addcmul(grads, params, _views(group["weight_decay"], params))
+        if "weight_decay" not in group["zero"]:
+            grads = torch._foreach_addcmul(grads, params, _views(group["weight_decay"], params))
         square_avgs = self._state_list(states, "square_avg")
         # a*v + (1-a)*g^2 as a lerp: one pass fewer than mul and addcmul
         torch._foreach_lerp_(square_avgs, torch._foreach_mul(grads, grads),

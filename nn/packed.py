@@ -203,7 +203,8 @@ class PackedDropout(nn.Module):
     is drawn from `generators[k]` (torch's default generator when None) into a contiguous block,
     so a member draws the same masks in a pack of 1 as in a pack of K; a member with p = 0 draws
     nothing. Kept elements are scaled by 1/(1-p), as in torch.nn.Dropout (Srivastava et al.,
-    JMLR 2014). Costs one draw per member with p > 0 and two fused multiplications.
+    JMLR 2014): an element is kept where a uniform draw u in [0, 1) has u < 1 - p. Costs one
+    draw per member with p > 0, a comparison and two multiplications.
     """
 
     def __init__(self, p: Sequence[float]):
@@ -214,6 +215,7 @@ class PackedDropout(nn.Module):
         self.register_buffer("scale", torch.tensor([1 / (1 - v) if v < 1 else 0.0
                                                     for v in self.p]),
                              persistent=False)
+        self.register_buffer("keep", torch.tensor([1 - v for v in self.p]), persistent=False)
 
     @classmethod
     def from_plain(cls, layers: Sequence[nn.Dropout]) -> PackedDropout:
@@ -225,14 +227,16 @@ class PackedDropout(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if not self.training or not any(self.p):
             return x
-        keep = torch.empty((len(self.p), x.shape[0], *x.shape[2:]), dtype=x.dtype,
-                           device=x.device)
+        # uniform noise in float32 (also under autocast: no 1/256 steps in p), kept where
+        # u < 1 - p; uniform_ into a slice is ~3x faster than bernoulli_ on a CPU
+        noise = torch.empty((len(self.p), x.shape[0], *x.shape[2:]), device=x.device)
         for k, (p, generator) in enumerate(zip(self.p, self.generators)):
             if p == 0:
-                keep[k].fill_(1)
+                noise[k].zero_()  # 0 < 1: every element kept
             else:
-                keep[k].bernoulli_(1 - p, generator=generator)
-        mask = keep * self.scale.to(x.dtype).view(-1, *([1] * (keep.ndim - 1)))
+                noise[k].uniform_(generator=generator)
+        view = (-1, *([1] * (noise.ndim - 1)))
+        mask = ((noise < self.keep.view(view)) * self.scale.view(view)).to(x.dtype)
         # x first: the product keeps x's memory order (a PackedLinear's (K, out, B) output)
         return x * mask.movedim(0, 1)
 

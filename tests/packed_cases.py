@@ -24,8 +24,8 @@ assert set(MODEL_CASES) == set(MODELS), "a new model needs its packed test case"
 # Per optimizer, three members that differ in every hyper-parameter the optimizer reads.
 _BASE_MEMBERS = {
     "sgd": [dict(lr=0.1, momentum=0.9, nesterov=True, weight_decay=5e-4),
-            dict(lr=0.05, momentum=0.0, weight_decay=0.0),
-            dict(lr=0.02, momentum=0.5, weight_decay=1e-2)],
+            dict(lr=0.05, momentum=0.0, nesterov=False, weight_decay=0.0),
+            dict(lr=0.02, momentum=0.5, nesterov=False, weight_decay=1e-2)],
     "adam": [dict(lr=1e-2, momentum=0.9, weight_decay=5e-4),
              dict(lr=3e-3, momentum=0.5, weight_decay=0.0),
              dict(lr=2e-2, momentum=0.0, weight_decay=1e-2)],
@@ -42,6 +42,14 @@ _SAM_MEMBERS = [dict(rho=0.05, adaptive=False), dict(rho=0.5, adaptive=True),
 
 OPTIMIZER_CASES = {name: [dict(optimizer=name, **m) for m in members]
                    for name, members in _BASE_MEMBERS.items()}
+# A hyper-parameter that is 0 (False) for every member lets the step skip its passes
+# (PackedOptimizer's group["zero"]): each such case, for every optimizer that reads it.
+OPTIMIZER_CASES.update({
+    f"{name}_no_{hyper}": [{"optimizer": name, **m, hyper: 0,
+                            **({"nesterov": False} if hyper == "momentum" else {})}
+                           for m in members]
+    for name, members in _BASE_MEMBERS.items()
+    for hyper in ("weight_decay", "momentum", "nesterov") if hyper in members[0]})
 OPTIMIZER_CASES.update({
     f"sam_{base}": [dict(optimizer="sam", sam_base=base, **m, **s)
                     for m, s in zip(members, _SAM_MEMBERS)]

@@ -188,6 +188,23 @@ def test_a_pack_shares_one_key_and_proposals_of_other_keys_are_parked(runs, coun
                 or (run_cap and originals + len(proposed) >= run_cap))
 
 
+@ENGINE
+@given(stored_runs(states=("pending", "preempted", "running", "finished", "crashed")),
+       st.integers(1, 5), st.integers(1, 5))
+def test_a_size_per_kind_of_pack_is_the_size_of_the_kind_the_work_has(runs, dense, cnn):
+    # --pack auto asks with a function of the pack key: the work is what a claim of that
+    # kind's size would be, whichever kind the oldest preempted, pending or proposed run has
+    sizes = {"dense": dense, "cnn": cnn}
+    asked = []
+    work = choose_work(grid(), runs, lambda key: asked.append(key) or sizes[key], model_key)
+    if work.kind != "run":
+        assert work == choose_work(grid(), runs, 1, model_key)
+        return
+    key = model_key((work.take[0].config if work.take else work.start[0]))
+    assert set(asked) == {key} and work.size == sizes[key]
+    assert work == choose_work(grid(), runs, sizes[key], model_key)
+
+
 def test_a_pack_keyed_by_the_fastest_varying_parameter_parks_every_other_proposal():
     # The engine walks the grid with the last parameter by name (seed) varying fastest, so
     # its proposals alternate seed 0, 1, 0, ...: four of seed 0 take seven proposals.

@@ -13,6 +13,7 @@ from util.device_cache import (
     ERASE_AREA,
     Augmentation,
     DeviceLoader,
+    apply_crop_flip,
     device_splits,
     forget_device_data,
     random_crop,
@@ -72,6 +73,25 @@ def test_crop_and_flip_move_pixels_within_the_padding():
             seen_shift |= not torch.equal(out[i], images[i]) and not torch.equal(
                 out[i], images[i].flip(2))
     assert seen_shift
+
+
+@pytest.mark.parametrize("padding", [0, 1, 2, 4])
+@pytest.mark.parametrize("shape", [(5, 3, 7, 9), (4, 1, 8, 8)])
+def test_the_one_gather_crop_and_flip_is_the_transforms_definition(padding, shape):
+    generator = torch.Generator().manual_seed(padding)
+    images = torch.randint(1, 256, shape, dtype=torch.uint8, generator=generator)
+    n, _, h, w = shape
+    shift = torch.randint(0, 2 * padding + 1, (2, n, 1), generator=generator)
+    flip = torch.arange(n) % 2 == 1
+    padded = torch.nn.functional.pad(images, (padding,) * 4)
+    for flips in (None, flip):
+        expected = torch.stack([
+            padded[i, :, int(shift[0, i]):int(shift[0, i]) + h,
+                   int(shift[1, i]):int(shift[1, i]) + w] for i in range(n)])
+        if flips is not None:
+            expected = torch.stack([e.flip(2) if f else e for e, f in zip(expected, flips)])
+        out = apply_crop_flip(images, padding, shift if padding else None, flips)
+        assert torch.equal(out, expected)
 
 
 def test_loader_normalises_with_train_statistics_and_covers_every_image(tmp_path):

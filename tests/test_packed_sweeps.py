@@ -50,6 +50,18 @@ def test_a_packed_sweep_gives_every_point_the_result_it_gets_alone(workdir):
         assert (workdir / "logs" / "packed" / run.id).is_dir()
 
 
+@pytest.mark.timeout(400)
+def test_pack_auto_measures_a_run_alone_first_and_trains_every_point_once(workdir):
+    store = make_sweep(workdir, "auto", GRID)
+    agent = start_agent(workdir, store, "--pack", "auto")
+    assert agent.wait(timeout=300) == 0, agent.stderr.read()
+    runs = sorted(store.runs(), key=lambda r: r.seq)
+    points = [(r.config["model"], r.config["lr"], r.config["optimizer"]) for r in runs]
+    assert len(points) == 12 and len(set(points)) == 12  # the whole grid, each point once
+    assert all(r.state == "finished" and r.summary.get("test/acc") is not None for r in runs)
+    assert runs[0].pack is None  # the baseline: the first run trained alone
+
+
 @pytest.mark.timeout(300)
 def test_sigterm_preempts_the_whole_pack_and_the_next_agent_resumes_every_member(workdir):
     store = make_sweep(workdir, "term", {**GRID, "model": {"value": "dense"},

@@ -137,7 +137,6 @@ class LocalAgent:
         self.owner = f"{socket.gethostname()}:{os.getpid()}"
         self.sweep = store.sweep()
         self.signalled: list[int] = []
-        self.key = None  # the pack key of the last pack trained (for --pack auto)
         program.local_run_environment(self.sweep.config)  # W&B agent variables: ignored
         self.wandb_dir = os.environ.get("WANDB_DIR") or os.getcwd()
         if not program.runs_our_trainer(self.sweep.config):
@@ -148,9 +147,12 @@ class LocalAgent:
             signal.signal(signum, lambda number, frame: self.signalled.append(number))
         failures = done = failed = 0
         while (count is None or done < count) and not self.signalled:
-            wanted = self.sizer.next_size(self.key)
-            if count is not None:
-                wanted = min(wanted, count - done)
+            left = None if count is None else count - done
+
+            def wanted(key, left=left) -> int:  # this kind of pack's size (--pack auto)
+                size = self.sizer.next_size(key)
+                return size if left is None else min(size, left)
+
             work = claim(self.store, self.owner, count=wanted, pack_key=packable,
                          timeout=self.timeout)
             if work.kind == "done":
@@ -299,9 +301,9 @@ class LocalAgent:
         speeds = [s.get("perf/images_per_s") for s in ended.values() if s.get("perf/images_per_s")]
         if not speeds:
             return
-        self.key = packable(configs[0])
         memory = [s.get("perf/peak_mem_mb") for s in ended.values() if s.get("perf/peak_mem_mb")]
-        self.sizer.observe(self.key, len(configs), len(configs) * sum(speeds) / len(speeds),
+        self.sizer.observe(packable(configs[0]), len(configs),
+                           len(configs) * sum(speeds) / len(speeds),
                            max(memory) if memory else None)
 
 

@@ -28,6 +28,20 @@ MAX_HEARTBEAT_TIMEOUT_S = 86400.0  # a day: a killed run is repeated the same da
 PROPOSALS_PER_MEMBER = 4  # engine proposals one claim may ask for, per member wanted
 
 PackKey = Callable[[dict], Hashable]
+# How many runs a claim takes: a number, or a function of the pack key of the runs it takes
+# (--pack auto sizes each kind of pack by what that kind measured).
+PackSize = int | Callable[[Hashable], int]
+
+
+def _sized(wanted: PackSize, key: Hashable) -> int:
+    return _size_for(wanted, key) if callable(wanted) else wanted
+
+
+def _size_for(count: PackSize, key: Hashable) -> int:
+    wanted = count(key) if callable(count) else count
+    if wanted < 1:
+        raise ValueError(f"count={wanted}: a claim asks for one run or more")
+    return wanted
 
 
 @dataclass(frozen=True)
@@ -60,6 +74,7 @@ class Work:
     take: list[Run] = field(default_factory=list)
     start: list[dict] = field(default_factory=list)
     park: list[dict] = field(default_factory=list)
+    size: int = 1  # how many runs were asked for (the pack size for this kind of pack)
 
 
 def check_heartbeat(heartbeat_s: float, timeout_s: float) -> None:
@@ -88,9 +103,10 @@ def crash_repairs(runs: list[Run], now: float, timeout: float) -> tuple[list[str
     return stale, requeue
 
 
-def choose_work(sweep_config: dict, runs: list[Run], count: int = 1,
+def choose_work(sweep_config: dict, runs: list[Run], count: PackSize = 1,
                 pack_key: PackKey | None = None) -> Work:
-    """Pure: up to `count` runs that can share one packed trial (equal `pack_key(config)`).
+    """Pure: up to `count` runs that can share one packed trial (equal `pack_key(config)`);
+    a callable `count` is asked for the size once the pack key of the work is known.
 
     Preempted runs first, a group of equal (pack key, epoch) so that a preempted pack
     resumes together; else pending runs of the first one's key, topped up with engine
@@ -101,24 +117,30 @@ def choose_work(sweep_config: dict, runs: list[Run], count: int = 1,
     preempted = [r for r in runs if r.state == "preempted"]
     if preempted:
         first = (key(preempted[0].config), preempted[0].epoch)
+        wanted = _size_for(count, first[0])
         return Work("run", take=[r for r in preempted
-                                 if (key(r.config), r.epoch) == first][:count])
+                                 if (key(r.config), r.epoch) == first][:wanted], size=wanted)
     pending = [r for r in runs if r.state == "pending"]
     take = []
+    wanted: PackSize = count
     if pending:
         first = key(pending[0].config)
-        take = [r for r in pending if key(r.config) == first][:count]
-    start, park = propose_members(sweep_config, runs, count - len(take), key,
+        wanted = _size_for(count, first)
+        take = [r for r in pending if key(r.config) == first][:wanted]
+    more = wanted - len(take) if take else wanted
+    start, park = propose_members(sweep_config, runs, more, key,
                                   take[0].config if take else None)
     if take or start:
-        return Work("run", take, start, park)
+        like = (take[0].config if take else start[0])
+        return Work("run", take, start, park, size=_size_for(count, key(like)))
     return Work("wait" if any(r.state == "running" for r in runs) else "done")
 
 
-def propose_members(sweep_config: dict, runs: list[Run], wanted: int, key: PackKey,
+def propose_members(sweep_config: dict, runs: list[Run], wanted: PackSize, key: PackKey,
                     like: dict | None) -> tuple[list[dict], list[dict]]:
     """Pure: (up to `wanted` engine proposals whose pack key is that of `like`, or of the
     first proposal when `like` is None; the proposals of other keys, to park as pending).
+    A callable `wanted` is asked with that key once it is known.
 
     The engine sees every earlier proposal of this call as a running run, so grid, random
     and bayes give distinct ones. At most PROPOSALS_PER_MEMBER * wanted proposals are asked
@@ -130,26 +152,32 @@ def propose_members(sweep_config: dict, runs: list[Run], wanted: int, key: PackK
     start: list[dict] = []
     park: list[dict] = []
     seen = list(runs)
-    for asked in range(PROPOSALS_PER_MEMBER * wanted):
-        if len(start) == wanted or asked >= room:
+    size = None if like is None else _sized(wanted, key(like))
+    asked = 0
+    while size is None or (len(start) < size and asked < PROPOSALS_PER_MEMBER * size):
+        if asked >= room:
             break
         params = proposed_params(sweep_config, seen)
         if params is None:
             break
         seen.append(Run(id=f"proposal-{asked}", seq=len(seen) + 1, config=params,
                         state="running"))
+        asked += 1
         if like is None:
             like = params
+            size = _sized(wanted, key(like))
         (start if key(params) == key(like) else park).append(params)
     return start, park
 
 
-def claim(store: SweepStore, owner: str, count: int = 1, pack_key: PackKey | None = None,
-          timeout: float = HEARTBEAT_TIMEOUT_S, now: float | None = None) -> Claim:
-    """Take up to `count` runs for `owner`, in one transaction: repair crashes (a running
-    run silent for `timeout` seconds at `now` becomes crashed and is re-queued once), then
-    apply `choose_work`. Runs claimed with count > 1 share a new pack id in the store."""
-    if count < 1:
+def claim(store: SweepStore, owner: str, count: PackSize = 1,
+          pack_key: PackKey | None = None, timeout: float = HEARTBEAT_TIMEOUT_S,
+          now: float | None = None) -> Claim:
+    """Take up to `count` runs for `owner` (a number, or a function of the pack key of the
+    runs taken), in one transaction: repair crashes (a running run silent for `timeout`
+    seconds at `now` becomes crashed and is re-queued once), then apply `choose_work`. Runs
+    claimed when more than one was asked for share a new pack id in the store."""
+    if not callable(count) and count < 1:
         raise ValueError(f"count={count}: a claim asks for one run or more")
     with store.transaction() as tx:
         stale, requeue = crash_repairs(tx.runs(), time.time() if now is None else now,
@@ -161,7 +189,7 @@ def claim(store: SweepStore, owner: str, count: int = 1, pack_key: PackKey | Non
         work = choose_work(tx.sweep().config, tx.runs(), count, pack_key)
         if work.kind != "run":
             return Claim(work.kind)
-        pack = new_run_id() if count > 1 else None
+        pack = new_run_id() if work.size > 1 else None
         claimed = []
         for run in work.take:
             tx.start(run.id, owner, pack)

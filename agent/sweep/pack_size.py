@@ -1,9 +1,11 @@
 """How many runs an agent packs into one trial: a fixed `--pack K`, or `--pack auto`.
 
 auto grows the pack while it pays: each kind of pack (the trial layer's pack key: model
-shapes, batch size, ...) starts small, doubles while the images per second of the whole pack
-rise by at least `GAIN`, never beyond what the device's free memory holds, and settles on the
-best size seen. Pure bookkeeping: the agent reports what each pack measured. No torch here.
+shapes, batch size, ...) first trains one run alone (the baseline), then `start` members, then
+doubles while the images per second of the whole pack rise by at least `GAIN` over the best
+smaller size, never beyond what the device's free memory holds, and settles on the best size
+seen, which is 1 where packing does not pay (a CPU's grouped convolution on tiny maps).
+Pure bookkeeping: the agent reports what each pack measured. No torch here.
 """
 
 from __future__ import annotations
@@ -25,7 +27,7 @@ class SizeRecord:
 
 class PackSizer:
     """Chooses the size of the next pack (`next_size`) from what earlier packs measured
-    (`observe`). `fixed` is `--pack K`; None means auto, starting at `start` members."""
+    (`observe`). `fixed` is `--pack K`; None means auto: sizes 1, `start`, 2*start, ..."""
 
     def __init__(self, fixed: int | None = 1, start: int = 2, largest: int = 64):
         if fixed is not None and fixed < 1:
@@ -39,7 +41,7 @@ class PackSizer:
             return self.fixed
         record = self.records.get(key)
         if record is None or not record.throughput:
-            return self.start
+            return 1  # the baseline: what a run alone does on this device
         if record.settled is not None:
             return record.settled
         tried = sorted(record.throughput)
@@ -48,7 +50,7 @@ class PackSizer:
             if record.throughput[size] >= GAIN * record.throughput[best]:
                 best = size
         largest = tried[-1]
-        candidate = 2 * largest
+        candidate = self.start if largest < self.start else 2 * largest
         if best != largest or candidate > self._memory_cap(record):
             record.settled = best
             return best
