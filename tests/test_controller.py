@@ -200,7 +200,7 @@ def test_a_size_per_kind_of_pack_is_the_size_of_the_kind_the_work_has(runs, dens
     if work.kind != "run":
         assert work == choose_work(grid(), runs, 1, model_key)
         return
-    key = model_key((work.take[0].config if work.take else work.start[0]))
+    key = model_key(work.take[0].config if work.take else work.start[0])
     assert set(asked) == {key} and work.size == sizes[key]
     assert work == choose_work(grid(), runs, sizes[key], model_key)
 

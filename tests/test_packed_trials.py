@@ -162,10 +162,27 @@ def test_a_member_that_diverges_leaves_and_the_others_are_unharmed(workdir):
 
 
 @pytest.mark.timeout(300)
-def test_an_interrupted_pack_is_preempted_whole_and_resumes_to_identical_results(workdir):
+def test_in_fp16_a_member_that_overflows_does_not_skip_the_others_steps(workdir):
+    # one loss scale per member (nn/loss_scale.py): with one scale for the pack, the step in
+    # which member 1's gradients overflow would be skipped by every member
+    configs = [{**BASE, **dirs(workdir), "model": "dense", **MODEL_KINDS["dense"], **c,
+                "precision": "fp16", "run_id": f"h{k}"} for k, c in enumerate(members("sgd"))]
+    configs[1].update(lr=100, momentum=0.0, warmup_epochs=0.0, weight_decay=10)
+    packed = train_pack(configs)
+    assert packed[1]["state"] == "diverged"
+    for k in (0, 2):
+        alone = train({**configs[k], "run_id": f"h-alone{k}"})
+        assert packed[k]["global_step"] == alone["global_step"]
+        assert_same(packed[k], alone, tolerance=1e-3)
+
+
+@pytest.mark.timeout(300)
+@pytest.mark.parametrize("precision", ["fp32", "fp16"])  # fp16: per-member loss scales
+def test_an_interrupted_pack_is_preempted_whole_and_resumes_to_identical_results(workdir,
+                                                                                 precision):
     configs = [{**BASE, **dirs(workdir), "model": "cnn", **MODEL_KINDS["cnn"], **c,
-                "epochs": 3, "dropout": 0.2, "augment": True, "checkpoint": True}
-               for c in members("sam")]
+                "epochs": 3, "dropout": 0.2, "augment": True, "checkpoint": True,
+                "precision": precision} for c in members("sam")]
     straight = train_pack([{**c, "run_id": f"s{k}"} for k, c in enumerate(configs)])
     steps = {"n": 0}
 

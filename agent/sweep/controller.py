@@ -131,7 +131,7 @@ def choose_work(sweep_config: dict, runs: list[Run], count: PackSize = 1,
     start, park = propose_members(sweep_config, runs, more, key,
                                   take[0].config if take else None)
     if take or start:
-        like = (take[0].config if take else start[0])
+        like = take[0].config if take else start[0]
         return Work("run", take, start, park, size=_size_for(count, key(like)))
     return Work("wait" if any(r.state == "running" for r in runs) else "done")
 

@@ -16,6 +16,7 @@ import torch
 from agent.trial.member import Member
 from agent.trial.metering import GradientMeter
 from agent.trial.steps import StepContext, step_for
+from nn.loss_scale import PackedGradScaler
 from nn.models import CONV_MODELS, MODELS
 from nn.optimizers import OPTIMIZERS
 from nn.packed import PackedModel, pack_models
@@ -31,7 +32,7 @@ class TrainingPack:
     members: list[Member]
     model: PackedModel
     optimizer: torch.optim.Optimizer  # a packed optimizer (nn/optimizers.py), or SAM on one
-    scaler: torch.amp.GradScaler
+    scaler: PackedGradScaler  # one fp16 loss scale per member
     generators: list[torch.Generator]
     loader: PackLoader
     meter: GradientMeter
@@ -51,6 +52,7 @@ class TrainingPack:
             return  # nothing left to train
         self.model = self.model.select(keep)
         self.optimizer = self.optimizer.select(keep, self.model.parameters())
+        self.scaler = self.ctx.scaler = self.scaler.select(keep)
         self.generators = [self.generators[k] for k in keep]
         self.model.set_generators(self.generators)
         self.loader.select(keep)
@@ -84,7 +86,7 @@ def build_pack(members: list[Member], data: Splits, device: torch.device) -> Tra
                   [round(m.cfg.warmup_epochs * len(loader)) for m in members], cfg.schedule)
     optimizer = OPTIMIZERS[cfg.optimizer](model.parameters(), [m.cfg for m in members])
     amp_dtype = autocast_dtype(cfg.precision, device)
-    scaler = torch.amp.GradScaler(device.type, enabled=amp_dtype == torch.float16)
+    scaler = PackedGradScaler(len(members), device, enabled=amp_dtype == torch.float16)
     forward = torch.compile(model) if cfg.compile else model
     smoothing = torch.tensor([m.cfg.label_smoothing for m in members], device=device)
     ctx = StepContext(model, forward, optimizer, scaler, amp_dtype, smoothing)

@@ -15,6 +15,7 @@ import torch
 from torch import nn
 
 from agent.trial.metering import GradientMeter
+from nn.loss_scale import PackedGradScaler
 from nn.packed import packed_cross_entropy
 from nn.sam import preserved_batchnorm_stats
 
@@ -33,7 +34,7 @@ class StepContext:
     model: nn.Module
     forward: Callable[[torch.Tensor], torch.Tensor]  # the model, or its torch.compile'd form
     optimizer: object  # a packed optimizer (nn/optimizers.py), SAM-wrapped for sam
-    scaler: torch.amp.GradScaler
+    scaler: PackedGradScaler  # per-member fp16 loss scaling (disabled otherwise)
     amp_dtype: torch.dtype | None
     smoothing: torch.Tensor  # (K,) label smoothing per member
 
@@ -55,8 +56,8 @@ def plain_step(ctx: StepContext, images: torch.Tensor, labels: torch.Tensor,
     """Forward, backward, optimizer step; the gradients go to `meter` when one is given."""
     losses, logits = ctx.losses(images, labels)
     ctx.optimizer.zero_grad(set_to_none=True)
-    ctx.scaler.scale(losses.sum()).backward()
-    _unscale(ctx)
+    ctx.scaler.scale(losses).backward()
+    ctx.scaler.unscale_(ctx.optimizer)  # fp16: before the gradients are measured or used
     grad_norm = meter.sample() if meter is not None else None
     ctx.scaler.step(ctx.optimizer)
     ctx.scaler.update()
@@ -71,23 +72,18 @@ def sam_step(ctx: StepContext, images: torch.Tensor, labels: torch.Tensor,
     """
     losses, logits = ctx.losses(images, labels)
     ctx.optimizer.zero_grad(set_to_none=True)
-    ctx.scaler.scale(losses.sum()).backward()
-    _unscale(ctx)
+    ctx.scaler.scale(losses).backward()
+    ctx.scaler.unscale_(ctx.optimizer)
     grad_norm = meter.sample() if meter is not None else None
     ctx.optimizer.perturb()
     ctx.optimizer.zero_grad(set_to_none=True)
     with preserved_batchnorm_stats(ctx.model):
-        ctx.scaler.scale(ctx.losses(images, labels)[0].sum()).backward()
+        ctx.scaler.scale(ctx.losses(images, labels)[0]).backward()
+    ctx.scaler.unscale_(ctx.optimizer)  # a member whose either pass overflowed skips the step
     ctx.optimizer.restore()
     ctx.scaler.step(ctx.optimizer.base_optimizer)
     ctx.scaler.update()
     return StepResult(losses.detach(), logits.detach(), grad_norm)
-
-
-def _unscale(ctx: StepContext) -> None:
-    # fp16 only: gradients must be unscaled before they are measured or used to perturb.
-    if ctx.scaler.is_enabled():
-        ctx.scaler.unscale_(ctx.optimizer)
 
 
 STEPS = {"plain": plain_step, "sam": sam_step}
