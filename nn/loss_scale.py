@@ -7,8 +7,9 @@ In a pack, one member's overflow would then skip every member's step and shrink 
 member's scale, so a member would not train as it trains alone. PackedGradScaler applies the
 same rule to each member on its own: member k's loss is multiplied by its scale s_k, its
 gradients are divided by s_k, and only the members whose gradients overflowed skip the step
-(their weights, optimizer state and step count are put back exactly). Nothing reads a value
-back to the host (torch's GradScaler.step does, every step).
+(their weights, optimizer state and step count are put back exactly, from a copy taken
+before each fp16 step: one pass over the parameters and optimizer state). Nothing reads a
+value back to the host (torch's GradScaler.step does, every step).
 """
 
 from __future__ import annotations
