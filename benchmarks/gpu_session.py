@@ -1,11 +1,12 @@
 """Every GPU measurement of the benchmarks, as one script for a lent CUDA machine.
 
 A device session is short (15 minutes, its start included), so the measurements come in two
-parts of about 7 minutes each, in the order they matter, each under its own time limit:
+parts of 7-9 minutes each, in the order they matter, each under its own time limit:
   part 1: trial-loop throughput against the model-only ceiling and the DataLoader pipeline
           (bench_trial_throughput), fused vs one-after-the-other members (bench_packed_model),
-          per-trial overhead by stage (profile_trial_overhead), and the course grid four ways
-          (bench_sweep_throughput: a new process per trial, one agent, 4 agents, packed);
+          whole trials alone vs packed (bench_packed_trials), per-trial overhead by stage
+          (profile_trial_overhead), and the course grid four ways (bench_sweep_throughput:
+          a new process per trial, one agent, 4 agents, packed);
   part 2: the Fashion-MNIST recipe (bench_fashion_mnist_gpu: best run >= 95% in 10 minutes).
 Each writes its output to OUT/<name>.txt (OUT: --out, else $OUT). Runs unchanged on a CUDA
 machine without network or wandb (../shared/gpu/README.md):
@@ -36,6 +37,11 @@ PARTS = {
         ("packed_model", 90, ["benchmarks/bench_packed_model.py", "--members", "1", "4", "16",
                               "64"],
          ["benchmarks/bench_packed_model.py", "--members", "1", "2", "--steps", "2"]),
+        ("packed_trials", 75, ["benchmarks/bench_packed_trials.py", "--dataset",
+                               "fashion_mnist", "--model", "cnn", "--channels", "32", "64",
+                               "--members", "4", "16", "--epochs", "1", "--repeats", "1"],
+         ["benchmarks/bench_packed_trials.py", "--model", "cnn", "--channels", "4", "8",
+          "--members", "2", "--epochs", "1", "--repeats", "1"]),
         ("trial_overhead", 60, ["benchmarks/profile_trial_overhead.py", "--sinks",
                                 "tensorboard", "--trials", "8"],
          ["benchmarks/profile_trial_overhead.py", "--sinks", "tensorboard", "--trials", "2"]),
