@@ -109,11 +109,27 @@ def launcher_exit_code(pids: list[int], codes: list[int]) -> int:
     return worst
 
 
-def report_local(store: SweepStore) -> None:
+def report_local(store: SweepStore, options: str = "") -> None:
     from agent.sweep.status import closing_lines, render_status
 
     render_status(store, limit=10)
-    print("\n".join(closing_lines(store)))
+    print("\n".join(closing_lines(store, options)))
+
+
+def agent_options(args: argparse.Namespace) -> str:
+    """The options that shape this launch's agents, as a command-line tail (" --pack 4"):
+    the hints to add agents or to go on with a sweep repeat them, so that a sweep started
+    packed goes on packed."""
+    tail = ""
+    if args.pack != "1":
+        tail += f" --pack {args.pack}"
+    if args.gpus:
+        tail += f" --gpus {args.gpus}"
+    if args.agents_per_gpu != 1:
+        tail += f" --agents-per-gpu {args.agents_per_gpu}"
+    if args.agents != 1:
+        tail += f" --agents {args.agents}"
+    return tail
 
 
 MAX_AGENTS = 64  # agents of one launcher (per GPU, or on the CPU)
@@ -185,7 +201,7 @@ def main(argv: list[str] | None = None) -> int:
     # a bad sweep file need not wait for.
     if args.gpus:  # before a sweep is made for agents that could not start
         check_gpus_exist(args.gpus.split(","))
-    store = create_local_sweep(target.path) if target.kind == "yaml" else \
+    store = create_local_sweep(target.path, agent_options(args)) if target.kind == "yaml" else \
         SweepStore(target.store_path) if target.kind == "local" else None
     gpus = args.gpus.split(",") if args.gpus else visible_gpus()
     slots = agent_slots(gpus, args.agents_per_gpu, args.agents)
@@ -196,7 +212,7 @@ def main(argv: list[str] | None = None) -> int:
           + (", ".join(f"GPU {s['CUDA_VISIBLE_DEVICES']}" for s in slots) if gpus
              else "the CPU"))
     code = start_agents(agent_command(args) + [str(store.directory)], slots)
-    report_local(store)
+    report_local(store, agent_options(args))
     return code
 
 

@@ -3,11 +3,13 @@ runs, trains them as one fused model, and records each as a run of its own."""
 
 from __future__ import annotations
 
+import re
 import signal
 import subprocess
 import sys
 
 import pytest
+import yaml
 
 from conftest import subprocess_env
 from test_local_sweeps import make_sweep, start_agent, wait_for
@@ -60,6 +62,22 @@ def test_pack_auto_measures_a_run_alone_first_and_trains_every_point_once(workdi
     assert len(points) == 12 and len(set(points)) == 12  # the whole grid, each point once
     assert all(r.state == "finished" and r.summary.get("test/acc") is not None for r in runs)
     assert runs[0].pack is None  # the baseline: the first run trained alone
+
+
+@pytest.mark.timeout(300)
+def test_the_launchers_hints_repeat_its_pack_option(workdir):
+    (workdir / "s.yaml").write_text(yaml.safe_dump({
+        "method": "grid", "metric": {"name": "val/acc", "goal": "maximize"},
+        "parameters": {**GRID, "model": {"value": "dense"}, "optimizer": {"value": "sgd"},
+                       "dataset": {"value": "digits"},
+                       "data_dir": {"value": str(workdir / "data")}}}))
+    done = subprocess.run([sys.executable, "-m", "agent.launch", "s.yaml", "--pack", "3"],
+                          cwd=workdir, env=subprocess_env(), capture_output=True, text=True,
+                          timeout=240)
+    assert done.returncode == 0, done.stderr[-3000:]
+    (line,) = [x for x in done.stdout.splitlines() if x.startswith("Add agents")]
+    assert re.fullmatch(r"Add agents from another shell: \./run_sweep\.sh \w{8} --pack 3",
+                        line), line
 
 
 @pytest.mark.timeout(300)

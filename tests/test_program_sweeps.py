@@ -29,9 +29,9 @@ def make_sweep(workdir, parameters: dict, **extra) -> SweepStore:
     return create_local_sweep(path)
 
 
-def run_agent(workdir, store: SweepStore, **env) -> subprocess.CompletedProcess:
+def run_agent(workdir, store: SweepStore, *args: str, **env) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, "-m", "agent.sweep.agent_loop", str(store.directory),
-                           "--heartbeat", "0.3"], cwd=workdir, env=subprocess_env(**env),
+                           "--heartbeat", "0.3", *args], cwd=workdir, env=subprocess_env(**env),
                           capture_output=True, text=True, timeout=280)
 
 
@@ -80,3 +80,15 @@ def test_a_failing_program_is_failed_and_an_agent_whose_runs_all_failed_exits_1(
     for run in store.runs():
         assert run_field(run, "state") == "failed"
         assert "exited with code 3" in run_field(run, "error")
+
+
+@pytest.mark.e2e
+@pytest.mark.timeout(200)
+def test_pack_says_it_does_not_apply_to_another_programs_runs(workdir):
+    store = make_sweep(workdir, {"lr": {"values": [0.1, 0.2]}, "epochs": {"value": 1}})
+    result = run_agent(workdir, store, "--pack", "4")
+    assert result.returncode == 0, result.stderr[-3000:]
+    notice = [line for line in result.stderr.splitlines() if "--pack 4 does not apply" in line]
+    assert len(notice) == 1 and "another program, one process a run" in notice[0]
+    assert [run_field(r, "state") for r in store.runs()] == ["finished", "finished"]
+    assert all(run_field(r, "pack") is None for r in store.runs())

@@ -114,3 +114,24 @@ def test_no_epoch_and_no_loss_is_no_verdict():
 def test_rule_text_states_its_thresholds():
     text = stats.GroupRule(explode_factor=5, stuck_margin=0.02).describe(100)
     assert "5 x ln 100 = 23.0" in text and "1/100 + 0.02 = 0.030" in text
+
+
+def test_run_time_counts_a_packed_trial_once_with_its_longest_member():
+    from agent.report.setup_section import run_time_lines
+
+    def record(run_id, model, pack, started, ended):
+        config = {"model": model}
+        return RunRecord(run_id, "finished", config, validate(config), {}, [], None,
+                         started=1e9 + started, ended=1e9 + ended, pack=pack)
+
+    runs = [record("a", "cnn", "p1", 0, 40), record("b", "cnn", "p1", 0, 41),
+            record("c", "cnn", "p1", 0, 39), record("d", "dense", "p2", 50, 60),
+            record("e", "dense", None, 70, 74)]
+    packed, times = run_time_lines(runs)
+    assert packed.startswith("- Packed trials (`--pack`): 5 runs trained as 3 trials of up "
+                             "to 3 runs each")
+    # 41 s (pack p1) + 10 s (pack p2) + 4 s (run e alone), not 40 + 41 + 39 + 10 + 4
+    assert times == ("- Run time: 55 s summed over 3 trials; per trial, mean by model: "
+                     "cnn 41 s, dense 7 s.")
+    (alone,) = run_time_lines(runs[-1:])
+    assert alone == "- Run time: 4 s summed over 1 run; per run, mean by model: dense 4 s."

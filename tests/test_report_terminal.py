@@ -18,7 +18,7 @@ from agent.sweep.status import closing_lines, planned_runs, render_status, sweep
 from agent.sweep.store import create_store
 from agent.sweep_space import short_number, spans_decades, swept_parameters
 from agent.trial.sinks import RunInfo
-from agent.trial.sinks.console_sink import end_line, header_lines
+from agent.trial.sinks.console_sink import end_line, epoch_line, header_lines
 
 pytestmark = pytest.mark.timeout(120)
 COURSE = {"method": "grid", "metric": {"name": "val/acc", "goal": "maximize"},
@@ -164,6 +164,9 @@ def test_an_unfinished_sweep_ends_with_how_to_go_on(course_store, monkeypatch):
     lines = closing_lines(course_store)
     at = lines.index("Not finished (77 of 80 runs ended): go on where it stopped with")
     assert lines[at + 1] == "  ./run_sweep.sh course1"
+    # a launch with agent options goes on with the same ones (a packed sweep stays packed)
+    packed = closing_lines(course_store, " --pack 4 --agents 2")
+    assert packed[packed.index(lines[at]) + 1] == "  ./run_sweep.sh course1 --pack 4 --agents 2"
     assert at < lines.index(next(line for line in lines if line.startswith("Next:")))
     assert all(len(line) <= 80 for line in lines)
     for run in course_store.runs():
@@ -187,3 +190,26 @@ def test_a_sweep_stopped_by_its_metric_target_says_so(tmp_path, monkeypatch):
     render_status(store, Console(file=out, width=80, color_system=None))
     assert "metric.target val/acc >= 0.5 reached: no new runs" in out.getvalue()
     assert claim(store, "host:1", count=1).runs == []  # and indeed nothing more is proposed
+
+
+def test_a_diverged_run_is_counted_and_shown_as_diverged(course_store):
+    run = next(r for r in course_store.runs() if r.state == "running")
+    course_store.finish(run.id, "host:1", "finished", {"diverged": True, "val/acc": 0.1})
+    out = io.StringIO()
+    render_status(course_store, Console(file=out, width=80, color_system=None))
+    text = out.getvalue()
+    assert "2 running, 77 finished, 1 diverged" in " ".join(text.split())
+    row = next(line for line in text.splitlines() if line.strip().startswith(run.id))
+    assert row.split()[1] == "diverged"
+
+
+@pytest.mark.parametrize("epochs", [3, 100])
+def test_a_packs_epoch_lines_name_their_run_within_80_columns(epochs):
+    metrics = {"epoch": epochs, "train/loss": 12345.6, "train/acc": 0.1, "val/loss": 0.4311,
+               "val/acc": 0.872, "lr": 0.0001, "perf/images_per_s": 123456.0,
+               "perf/epoch_s": 123.4}
+    alone = RunInfo("k3x9q0ab", "k3x9q0ab", "g", "logs", "runs")
+    member = RunInfo("k3x9q0ab", "k3x9q0ab", "g", "logs", "runs", pack=16)
+    assert epoch_line(alone, epochs, metrics).startswith(f"epoch {epochs}/{epochs}  train")
+    line = epoch_line(member, epochs, metrics)
+    assert line.startswith(f"k3x9q0ab {epochs}/{epochs} train 1.23e+04 ") and len(line) <= 80

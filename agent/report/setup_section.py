@@ -168,11 +168,40 @@ def hardware_lines(study: Study) -> list[str]:
         lines.append(f"- Wall time of the sweep: {duration_text(max(ends) - min(starts))} "
                      "from the first run's start to the last run's end.")
     if ended:
-        lines.append(f"- Run time: {duration_text(sum(r.duration for r in ended))} summed "
-                     f"over {len(ended)} runs; per run, mean by model: " + ", ".join(
-                         f"{m} {duration_text(sum(r.duration for r in rs) / len(rs))}"
-                         for m, rs in _by(ended, "model").items()) + ".")
+        lines += run_time_lines(ended)
     return lines
+
+
+def run_time_lines(ended: list[RunRecord]) -> list[str]:
+    """The device time the runs took. The runs of a packed trial trained together, each
+    over the whole trial's time: a trial counts once, with its longest member."""
+    trials = _trial_times(ended)
+    packs = {r.pack for r in ended if r.pack}
+    lines = []
+    if packs:
+        largest = max(sum(r.pack == p for r in ended) for p in packs)
+        lines.append(f"- Packed trials (`--pack`): {len(ended)} runs trained as {len(trials)} "
+                     f"trials of up to {largest} runs each, a pack's runs in one fused model "
+                     "on one device.")
+    per = "trial" if packs else "run"
+    means = []
+    for model, runs in _by(ended, "model").items():
+        times = list(_trial_times(runs).values())
+        means.append(f"{model} {duration_text(sum(times) / len(times))}")
+    lines.append(f"- Run time: {duration_text(sum(trials.values()))} summed over "
+                 f"{len(trials)} {per}{'s' if len(trials) != 1 else ''}; per {per}, mean by "
+                 f"model: {', '.join(means)}.")
+    return lines
+
+
+def _trial_times(runs: list[RunRecord]) -> dict[str, float]:
+    """Seconds of each trial the runs trained in: a packed trial's longest member, else the
+    run's own."""
+    trials: dict[str, float] = {}
+    for run in runs:
+        key = run.pack or f"run {run.id}"
+        trials[key] = max(trials.get(key, 0.0), run.duration)
+    return trials
 
 
 def _by(runs: list[RunRecord], key: str) -> dict[str, list[RunRecord]]:

@@ -33,6 +33,7 @@ class RunRecord:
     host: str | None = None  # where it ran (a local agent's host name)
     log_dir: Path | None = None  # its TensorBoard event files, when the run was local
     steps: list[dict] | None = None  # W&B's per-step rows (train/step_loss...), when from W&B
+    pack: str | None = None  # the packed trial it trained in (the store's pack id), if any
 
     @property
     def duration(self) -> float | None:
@@ -102,7 +103,7 @@ def local_study(store: SweepStore) -> Study:
         runs.append(RunRecord(run.id, run.state, run.config, params, run.summary or {},
                               run.history, Path(params.run_dir) / run.id, run.error,
                               run.started, run.ended, (run.owner or "").rpartition(":")[0]
-                              or None, log_dir))
+                              or None, log_dir, pack=run.pack))
     return Study(sweep.name, sweep.id, "local", sweep.config, runs)
 
 

@@ -140,6 +140,10 @@ class LocalAgent:
         program.local_run_environment(self.sweep.config)  # W&B agent variables: ignored
         self.wandb_dir = os.environ.get("WANDB_DIR") or os.getcwd()
         if not program.runs_our_trainer(self.sweep.config):
+            if sizer.fixed != 1:
+                print(f"agent {self.owner}: --pack {sizer.fixed or 'auto'} does not apply: this "
+                      "sweep's command runs another program, one process a run (as W&B's "
+                      "agent runs it)", file=sys.stderr)
             self.sizer = PackSizer(fixed=1)  # another program: one subprocess a run
 
     def run(self, count: int | None) -> int:

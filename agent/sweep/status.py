@@ -22,6 +22,16 @@ from agent.sweep_space import duration_text, short_number, swept_parameters
 from util.errors import CommandParser
 
 ENDED = ("finished", "failed", "stopped")  # states that count as a run done
+# What the console shows: a finished run whose loss went non-finite is a result (finished in
+# the store, diverged=true in its summary), shown as diverged.
+SHOWN_STATES = (*STATES[:STATES.index("finished") + 1], "diverged",
+                *STATES[STATES.index("finished") + 1:])
+
+
+def shown_state(run: Run) -> str:
+    if run.state == "finished" and (run.summary or {}).get("diverged") is True:
+        return "diverged"
+    return run.state
 
 
 @dataclass(frozen=True)
@@ -106,13 +116,14 @@ def render_status(store: SweepStore, console: Console | None = None,
     console = console or Console()
     sweep = store.sweep()
     runs = store.runs()
-    counts = Counter(run.state for run in runs)
+    counts = Counter(shown_state(run) for run in runs)
     total = planned_runs(sweep.config)
     # names and values are the user's text: escaped, so that "[/x]" is shown, not parsed
     console.print(f"[bold]sweep {sweep.id}[/] ({escape(sweep.name)}, "
                   f"{escape(str(sweep.config.get('method')))}"
                   + (f", {total} runs planned" if total else "") + "): "
-                  + ", ".join(f"{counts[s]} {s}" for s in STATES if counts[s]), highlight=False)
+                  + ", ".join(f"{counts[s]} {s}" for s in SHOWN_STATES if counts[s]),
+                  highlight=False)
     reached = target_text(sweep.config, runs)
     if reached:
         console.print(escape(reached), highlight=False)
@@ -157,7 +168,7 @@ def status_table(sweep_config: dict, runs: list[Run]) -> Table:
         last = run.history[-1] if run.history else {}
         val = summary.get("val/acc", last.get("val/acc"))
         test = summary.get("test/acc")
-        cells = [run.id, run.state, f"{run.epoch}/{epochs_of(run) or '?'}",
+        cells = [run.id, shown_state(run), f"{run.epoch}/{epochs_of(run) or '?'}",
                  f"{val:.4f}" if isinstance(val, float) else "",
                  f"{test:.4f}" if isinstance(test, float) else ""]
         if running:
@@ -171,9 +182,10 @@ def status_table(sweep_config: dict, runs: list[Run]) -> Table:
     return table
 
 
-def closing_lines(store: SweepStore) -> list[str]:
+def closing_lines(store: SweepStore, options: str = "") -> list[str]:
     """What a finished `./run_sweep.sh` prints last: where the results are, the best run,
-    and the commands to run next (repeat, report, TensorBoard), each under 80 columns."""
+    and the commands to run next (repeat, report, TensorBoard), each under 80 columns;
+    `options` (" --pack 4") repeat the launch's agent options in the command to go on."""
     sweep = store.sweep()
     best = best_run(store)
     where = Path(store.path)
@@ -201,7 +213,7 @@ def closing_lines(store: SweepStore) -> list[str]:
         lines.append(reached)
     elif ended < len(runs) or (planned and ended < planned):  # stopped (Ctrl-C, SIGTERM...)
         lines += [f"Not finished ({ended} of {planned or len(runs)} runs ended): go on where "
-                  "it stopped with", f"  ./run_sweep.sh {sweep.id}"]
+                  "it stopped with", f"  ./run_sweep.sh {sweep.id}{options}"]
     prefix = "./util/with_venv.sh python -m"
     lines += ["Next: repeat the best runs over 5 seeds, write the report, open TensorBoard:",
               f"  {prefix} agent.repeat {sweep.id} --run",
@@ -211,7 +223,8 @@ def closing_lines(store: SweepStore) -> list[str]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = CommandParser(prog="python -m agent.status", description=__doc__.splitlines()[0])
+    parser = CommandParser(prog="python -m agent.status",
+                           description=" ".join(__doc__.split(";")[0].split()) + ".")
     parser.add_argument("sweep", help="local sweep id or directory")
     render_status(open_store(parser.parse_args(argv).sweep))
     return 0

@@ -104,6 +104,8 @@ def _members(configs: list[dict], hooks: list[TrialHooks], sweep: dict | None) -
     for cfg, hook in zip(validated, hooks):
         sinks = [SINKS[name]() for name in cfg.sinks] + [RunDirSink()]
         members.append(Member(cfg, run_identity(cfg, sweep), hook, sinks))
+    for member in members:
+        member.run.pack = len(members)
     return members
 
 

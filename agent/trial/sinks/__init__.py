@@ -19,6 +19,7 @@ class RunInfo:
     run_dir: str  # checkpoint, summary, traceback of this run
     resumed_epoch: int = 0  # epochs already done before this start (resume)
     sweep: dict | None = None  # {"id", "name", "config"} when the run belongs to a local sweep
+    pack: int = 1  # members of the pack the run trains in (1: alone)
 
 
 class Sink:

@@ -91,13 +91,8 @@ class ConsoleSink(Sink):
 
     def log_epoch(self, step: int, metrics: dict, histograms: dict) -> None:
         self._stop_bar()
-        val = (f"  val {_loss(metrics['val/loss'])} {metrics['val/acc']:6.2%}"
-               if "val/acc" in metrics else "")
-        self.console.print(
-            f"epoch {metrics['epoch']}/{self.epochs}  train {_loss(metrics['train/loss'])} "
-            f"{metrics['train/acc']:6.2%}{val}  lr {short_number(metrics['lr'])}  "
-            f"{metrics['perf/images_per_s']:,.0f} img/s {metrics['perf/epoch_s']:.1f}s",
-            highlight=False, soft_wrap=True)
+        self.console.print(epoch_line(self.run, self.epochs, metrics), highlight=False,
+                           soft_wrap=True)
 
     def finish(self, summary: dict, state: str) -> None:
         self._stop_bar()
@@ -116,6 +111,21 @@ class ConsoleSink(Sink):
         self.console.print(table)
         self.console.print(f"TensorBoard: ./run_tensorboard.sh --logdir {self.run.log_dir}",
                            highlight=False, markup=False, soft_wrap=True)
+
+
+def epoch_line(run: RunInfo, epochs: int, metrics: dict) -> str:
+    """`epoch 3/10  train 0.4123 88.10%  val 0.4311 87.20%  lr 0.05  12,345 img/s 1.2s`; in a
+    pack, whose members' lines interleave, the run's name replaces the word epoch, and single
+    spaces and no epoch time (the pack's, the same on every member's line) keep the line
+    within 80 columns."""
+    gap = "  " if run.pack == 1 else " "
+    val = (f"{gap}val {_loss(metrics['val/loss'])} {metrics['val/acc']:6.2%}"
+           if "val/acc" in metrics else "")
+    who = "epoch" if run.pack == 1 else run.name[:12]
+    seconds = f" {metrics['perf/epoch_s']:.1f}s" if run.pack == 1 else ""
+    return (f"{who} {metrics['epoch']}/{epochs}{gap}train {_loss(metrics['train/loss'])} "
+            f"{metrics['train/acc']:6.2%}{val}{gap}lr {short_number(metrics['lr'])}{gap}"
+            f"{metrics['perf/images_per_s']:,.0f} img/s{seconds}")
 
 
 def _loss(value: float) -> str:
