@@ -110,3 +110,13 @@ def test_a_sweep_whose_run_dir_is_a_file_fails_its_runs_in_one_line_each(workdir
     assert len(failed) == 3
     assert all("run_dir='a_file': a_file is not a folder" in line for line in failed)
     assert (workdir / "a_file").read_text() == "x"
+
+
+@pytest.mark.parametrize("precision", ["auto", "fp32", "bf16", "fp16"])
+def test_only_fp16_on_a_cpu_gets_a_note_that_it_is_slow(precision):
+    from agent.trial.preflight import precision_note
+
+    note = precision_note(validate({"precision": precision}), torch.device("cpu"))
+    assert (note is not None) == (precision == "fp16")
+    if note:
+        assert note.startswith("note: precision=fp16 on a CPU") and "\n" not in note

@@ -32,6 +32,7 @@ from agent.trial.preflight import (
     check_directories,
     check_fits,
     check_training_set,
+    precision_note,
 )
 from agent.trial.sinks import SINKS
 from agent.trial.sinks.run_dir_sink import RunDirSink
@@ -79,6 +80,9 @@ def train_pack(configs: list[dict], hooks: list[TrialHooks] | None = None,
         device = pick_device(cfg.device)
         check_fits([m.cfg for m in members], device)  # before any data or memory is taken
         check_compilable(cfg, device)
+        note = precision_note(cfg, device)
+        if note:
+            print(note, file=sys.stderr)
         check_directories([m.cfg for m in members])
         data = device_splits(cfg.dataset, cfg.data_dir, device, cfg.val_split, cfg.dataset_dir)
         check_training_set(cfg, len(data.train_y))

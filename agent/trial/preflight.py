@@ -102,6 +102,15 @@ def check_fits(configs: list, device: torch.device) -> None:
             "smaller model or batch (or fewer epochs, a larger batch for the lr table)")
 
 
+def precision_note(config, device: torch.device) -> str | None:
+    """A line to print when the precision asked for is much slower than fp32 on `device`:
+    fp16 on a CPU, which torch mostly emulates (a cnn ran 5x slower here). None otherwise."""
+    if config.precision == "fp16" and device.type == "cpu":
+        return ("note: precision=fp16 on a CPU is emulated by torch and runs several times "
+                "slower than fp32 (bf16 or fp32 are the CPU's fast precisions)")
+    return None
+
+
 def check_compilable(config, device: torch.device) -> None:
     """UserError unless torch.compile can build kernels for `device`: inductor compiles C++
     with the system's compiler on a CPU, and Triton kernels on a GPU. Without them it fails at
