@@ -62,3 +62,15 @@ def test_pack_option_values(text, value):
 def test_bad_pack_option_values_are_refused(text):
     with pytest.raises(ValueError, match="--pack"):
         parse_pack(text)
+
+
+def test_auto_says_what_it_settled_on_and_why():
+    sizer = PackSizer(fixed=None, start=2)
+    for size, rate in ((1, 3100.0), (2, 5800.0), (4, 5900.0)):
+        assert sizer.settled_text("cnn") is None
+        assert sizer.next_size("cnn") == size
+        sizer.observe("cnn", size, rate)
+    assert sizer.next_size("cnn") == 2
+    assert sizer.settled_text("cnn") == "packs of 2 (images/s: 1 -> 3,100, 2 -> 5,800, " \
+                                        "4 -> 5,900)"
+    assert PackSizer(fixed=4).settled_text("cnn") is None

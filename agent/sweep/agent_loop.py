@@ -306,9 +306,17 @@ class LocalAgent:
         if not speeds:
             return
         memory = [s.get("perf/peak_mem_mb") for s in ended.values() if s.get("perf/peak_mem_mb")]
-        self.sizer.observe(packable(configs[0]), len(configs),
-                           len(configs) * sum(speeds) / len(speeds),
+        key = packable(configs[0])
+        before = self.sizer.settled_text(key)
+        self.sizer.observe(key, len(configs), len(configs) * sum(speeds) / len(speeds),
                            max(memory) if memory else None)
+        self.sizer.next_size(key)  # settles the size once the measurements say so
+        settled = self.sizer.settled_text(key)
+        if settled and not before:
+            kind = " ".join(f"{name}={configs[0].get(name)}" for name in ("model", "optimizer")
+                            if configs[0].get(name) is not None)
+            print(f"agent {self.owner}: --pack auto for {kind or 'these runs'}: {settled}",
+                  file=sys.stderr)
 
 
 def run_local_agent(store: SweepStore, count: int | None = None,

@@ -65,6 +65,16 @@ class PackSizer:
         if peak_memory_mb:
             record.member_mb = peak_memory_mb / size
 
+    def settled_text(self, key: object) -> str | None:
+        """`packs of 4 (images/s: 1 -> 3,100, 2 -> 5,800, 4 -> 9,900, 8 -> 10,100)` once
+        --pack auto has settled for this kind of pack, else None."""
+        record = self.records.get(key)
+        if self.fixed is not None or record is None or record.settled is None:
+            return None
+        tried = ", ".join(f"{size} -> {rate:,.0f}" for size, rate in
+                          sorted(record.throughput.items()))
+        return f"packs of {record.settled} (images/s: {tried})"
+
     def _memory_cap(self, record: SizeRecord) -> int:
         if self.memory_mb is None or not record.member_mb:
             return self.largest
