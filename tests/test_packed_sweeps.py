@@ -81,6 +81,27 @@ def test_the_launchers_hints_repeat_its_pack_option(workdir):
 
 
 @pytest.mark.timeout(300)
+def test_hyperband_stops_members_of_a_pack_and_the_others_finish_unhindered(workdir):
+    # the agent beats every 0.3 s for the pack's runs: a stopped member's beats must end with
+    # it, not read as the run being taken (which would end the whole pack as preempted)
+    store = make_sweep(workdir, "hyperpack", {
+        "model": {"value": "dense"}, "hidden": {"value": 32}, "epochs": {"value": 8},
+        "batch_size": {"value": 16}, "sinks": {"value": []}, "schedule": {"value": "constant"},
+        "optimizer": {"value": "sgd"}, "momentum": {"value": 0.0},
+        "lr": {"values": [0.1, 0.05, 1e-5, 2e-5]}},
+        early_terminate={"type": "hyperband", "min_iter": 1, "eta": 2})
+    agent = start_agent(workdir, store, "--pack", "4")
+    assert agent.wait(timeout=240) == 0, agent.stderr.read()
+    runs = store.runs()
+    assert len({r.pack for r in runs}) == 1 and len(runs) == 4  # one pack, no repeats
+    stopped = [r for r in runs if r.state == "stopped"]
+    assert stopped and all(r.epoch < 8 for r in stopped), [(r.state, r.epoch) for r in runs]
+    finished = [r for r in runs if r.state == "finished"]
+    assert finished and all(r.epoch == 8 for r in finished)
+    assert len(stopped) + len(finished) == 4
+
+
+@pytest.mark.timeout(300)
 def test_sigterm_preempts_the_whole_pack_and_the_next_agent_resumes_every_member(workdir):
     store = make_sweep(workdir, "term", {**GRID, "model": {"value": "dense"},
                                          "hidden": {"value": 256}, "batch_size": {"value": 8},

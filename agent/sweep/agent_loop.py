@@ -59,22 +59,37 @@ WAIT_POLL_S = 2.0
 class Heartbeat:
     """Refreshes the heartbeats of a pack's runs from a thread (with its own SQLite
     connection); `taken` is set once the store refuses a beat: a run is no longer ours;
-    `failed` holds the StoreError once the store cannot be written at all."""
+    `failed` holds the StoreError once the store cannot be written at all. A member that ends
+    (finished, stopped by hyperband, diverged) is `forget`-ten before it is recorded, so that
+    its beats stop and the refusal of a beat for it does not count as the run being taken."""
 
     def __init__(self, store_path: Path, run_ids: list[str], owner: str, every: float):
         self.stop_event = threading.Event()
         self.taken = threading.Event()
         self.failed: StoreError | None = None
+        self.lock = threading.Lock()
+        self.beating = list(run_ids)
+        self.ended: set[str] = set()
         self.thread = threading.Thread(target=self._beat, daemon=True,
-                                       args=(store_path, list(run_ids), owner, every))
+                                       args=(store_path, owner, every))
         self.thread.start()
 
-    def _beat(self, store_path, run_ids, owner, every):
+    def forget(self, run_id: str) -> None:
+        """Stop beating for a run that ends; call before the store records its end."""
+        with self.lock:
+            self.ended.add(run_id)
+
+    def _beat(self, store_path, owner, every):
         try:
             store = SweepStore(store_path)
             try:
                 while not self.stop_event.wait(every):
-                    if not all([store.heartbeat(run_id, owner) for run_id in run_ids]):
+                    with self.lock:
+                        live = [r for r in self.beating if r not in self.ended]
+                    refused = [r for r in live if not store.heartbeat(r, owner)]
+                    with self.lock:  # a run that ended meanwhile was refused for that
+                        refused = [r for r in refused if r not in self.ended]
+                    if refused:
                         self.taken.set()
                         break
             finally:
@@ -267,6 +282,7 @@ class LocalAgent:
 
         def on_end(summary: dict) -> None:
             ended[run_id] = summary
+            beat.forget(run_id)  # before the store says it ended: its beats stop here
             # A diverged run is a result: finished, with diverged=true in its summary.
             state = {"stopped": "stopped", "preempted": "preempted"}.get(summary["state"],
                                                                        "finished")
