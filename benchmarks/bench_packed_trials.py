@@ -63,7 +63,7 @@ def main() -> None:
           f"{args.model} {args.hidden or args.channels or '(default width)'}, "
           f"{args.optimizer}, {args.epochs} epochs, sinks {args.sinks}")
     print(f"{'K':>3} {'alone s':>8} {'per run ms':>11} {'packed s':>9} {'per run ms':>11} "
-          f"{'ratio':>6}")
+          f"{'alone/packed':>13}")
     for members in args.members:
         configs = member_configs(base, members)
         alone = packed = float("inf")
@@ -76,7 +76,7 @@ def main() -> None:
             train_pack(configs)
             packed = min(packed, time.perf_counter() - started)
         print(f"{members:>3} {alone:>8.2f} {1000 * alone / members:>11.1f} {packed:>9.2f} "
-              f"{1000 * packed / members:>11.1f} {alone / packed:>5.2f}x", flush=True)
+              f"{1000 * packed / members:>11.1f} {alone / packed:>12.2f}x", flush=True)
 
 
 if __name__ == "__main__":

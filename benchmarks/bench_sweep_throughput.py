@@ -139,7 +139,9 @@ def main() -> None:
     parser.add_argument("--small", action="store_true",
                         help="narrow models: dense hidden 64, cnn channels [16, 32]")
     parser.add_argument("--epochs", type=int, default=2)
-    parser.add_argument("--ways", default="a,b,c,d")
+    parser.add_argument("--ways", default="a,b,c,d",
+                        help="which ways to run, of a (a new process per trial), b (one "
+                        "in-process agent), c (several agents sharing the device), d (packed)")
     parser.add_argument("--pack", default="auto", help="--pack value for way (d)")
     parser.add_argument("--subprocess-sample", type=int, default=8)
     parser.add_argument("--out", default=None, help="also write the table here (markdown)")
