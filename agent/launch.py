@@ -201,7 +201,8 @@ def main(argv: list[str] | None = None) -> int:
     # a bad sweep file need not wait for.
     if args.gpus:  # before a sweep is made for agents that could not start
         check_gpus_exist(args.gpus.split(","))
-    store = create_local_sweep(target.path, agent_options(args)) if target.kind == "yaml" else \
+    options = agent_options(args)  # repeated by the hints to add agents and to go on
+    store = create_local_sweep(target.path, options) if target.kind == "yaml" else \
         SweepStore(target.store_path) if target.kind == "local" else None
     gpus = args.gpus.split(",") if args.gpus else visible_gpus()
     slots = agent_slots(gpus, args.agents_per_gpu, args.agents)
@@ -212,7 +213,7 @@ def main(argv: list[str] | None = None) -> int:
           + (", ".join(f"GPU {s['CUDA_VISIBLE_DEVICES']}" for s in slots) if gpus
              else "the CPU"))
     code = start_agents(agent_command(args) + [str(store.directory)], slots)
-    report_local(store, agent_options(args))
+    report_local(store, options)
     return code
 
 

@@ -113,10 +113,12 @@ def _save(fig, path) -> Drawn:
     return drawn
 
 
-def panel_grid(count: int, cols: int, panel: tuple[float, float], margin: tuple[float, float],
-               title: str, **subplots):
-    """(fig, axes (rows, cols)) for `count` panels in rows of `cols`, each `panel` inches
-    (width, height) plus `margin` inches for the whole figure; the panels left over are off."""
+def panel_grid(count: int, panel: tuple[float, float], margin: tuple[float, float],
+               title: str, cols: int | None = None, **subplots):
+    """(fig, axes (rows, cols)) for `count` panels in rows of `cols` (at most 4 when not
+    given), each `panel` inches (width, height) plus `margin` inches for the whole figure;
+    the panels left over are off."""
+    cols = cols or max(1, min(count, 4))
     rows = max(1, math.ceil(count / cols))
     fig, axes = plt.subplots(rows, cols, figsize=(panel[0] * cols + margin[0],
                                                   panel[1] * rows + margin[1]),
@@ -347,8 +349,7 @@ def group_loss_figure(curves: list[GroupCurve], facets: list[str], colour: str |
     the loss went non-finite is a cross at the top of its panel. Log y past two decades.
     `threshold`: a loss level drawn as a dashed line in every panel (the explosion rule)."""
     keys = sorted({tuple(c.config.get(f) for f in facets) for c in curves}, key=str)
-    fig, axes = panel_grid(len(keys), max(1, min(len(keys), 4)), (3.6, 3.0), (2.2, 0.6), title,
-                           sharex=True)
+    fig, axes = panel_grid(len(keys), (3.6, 3.0), (2.2, 0.6), title, sharex=True)
     if not curves:
         _note(axes[0, 0], "no run in this group")
         return _save(fig, path)

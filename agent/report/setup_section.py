@@ -177,19 +177,20 @@ def run_time_lines(ended: list[RunRecord]) -> list[str]:
     over the whole trial's time: a trial counts once, with its longest member."""
     trials = _trial_times(ended)
     packs = {r.pack for r in ended if r.pack}
+    per = "trial" if packs else "run"
+    plural = "s" if len(trials) != 1 else ""
     lines = []
     if packs:
         largest = max(sum(r.pack == p for r in ended) for p in packs)
         lines.append(f"- Packed trials (`--pack`): {len(ended)} runs trained as {len(trials)} "
-                     f"trials of up to {largest} runs each, a pack's runs in one fused model "
-                     "on one device.")
-    per = "trial" if packs else "run"
+                     f"trial{plural} of up to {largest} runs each, a pack's runs in one fused "
+                     "model on one device.")
     means = []
     for model, runs in _by(ended, "model").items():
         times = list(_trial_times(runs).values())
         means.append(f"{model} {duration_text(sum(times) / len(times))}")
     lines.append(f"- Run time: {duration_text(sum(trials.values()))} summed over "
-                 f"{len(trials)} {per}{'s' if len(trials) != 1 else ''}; per {per}, mean by "
+                 f"{len(trials)} {per}{plural}; per {per}, mean by "
                  f"model: {', '.join(means)}.")
     return lines
 

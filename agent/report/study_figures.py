@@ -43,8 +43,8 @@ def heatmap_grid(panels: list[HeatPanel], row_label: str, row_values: list,
     `flip_rows` puts the last row value on top."""
     width = max(3.0, 0.62 * len(col_values) + 1.6)
     height = max(2.6, 0.42 * len(row_values) + 1.2)
-    fig, axes = panel_grid(len(panels), max(1, min(len(panels), 4)), (width, height),
-                           (1.0, 0.6), title, layout="constrained")
+    fig, axes = panel_grid(len(panels), (width, height), (1.0, 0.6), title,
+                           layout="constrained")
     if not panels:
         _note(axes[0, 0], "no grid to show")
         return _save(fig, path)
@@ -87,8 +87,7 @@ def marginal_figure(panels: list[MarginalPanel], metric: str, chance: float | No
     """One panel per parameter: the metric's mean over every other parameter at each of its
     values (line) and a band low..high (error bars on a categorical axis), one colour per
     series (an optimizer)."""
-    fig, axes = panel_grid(len(panels), max(1, min(len(panels), 4)), (3.8, 3.2), (0.6, 0.6),
-                           title, sharey=True)
+    fig, axes = panel_grid(len(panels), (3.8, 3.2), (0.6, 0.6), title, sharey=True)
     if not panels:
         _note(axes[0, 0], "no parameter varies")
         return _save(fig, path)
@@ -178,8 +177,9 @@ def weight_distributions(model: str, layers: list[str], sets: list[WeightSet], p
     """One panel per layer: a violin of the layer's weights for the initial weights and each
     best and worst run of one architecture, with its standard deviation written above."""
     cols = 2 if len(layers) == 4 else max(1, min(len(layers), 3))
-    fig, axes = panel_grid(len(layers), cols, (0.55 * len(sets) + 1.6, 3.0), (0.0, 0.8),
-                           f"{model}: weights per layer (biases and norm scales left out)")
+    fig, axes = panel_grid(len(layers), (0.55 * len(sets) + 1.6, 3.0), (0.0, 0.8),
+                           f"{model}: weights per layer (biases and norm scales left out)",
+                           cols=cols)
     if not layers or not sets:
         _note(axes[0, 0], "no weights to show")
         return _save(fig, path)

@@ -68,10 +68,9 @@ class Heartbeat:
         self.taken = threading.Event()
         self.failed: StoreError | None = None
         self.lock = threading.Lock()
-        self.beating = list(run_ids)
         self.ended: set[str] = set()
         self.thread = threading.Thread(target=self._beat, daemon=True,
-                                       args=(store_path, owner, every))
+                                       args=(store_path, list(run_ids), owner, every))
         self.thread.start()
 
     def forget(self, run_id: str) -> None:
@@ -79,13 +78,13 @@ class Heartbeat:
         with self.lock:
             self.ended.add(run_id)
 
-    def _beat(self, store_path, owner, every):
+    def _beat(self, store_path, run_ids, owner, every):
         try:
             store = SweepStore(store_path)
             try:
                 while not self.stop_event.wait(every):
                     with self.lock:
-                        live = [r for r in self.beating if r not in self.ended]
+                        live = [r for r in run_ids if r not in self.ended]
                     refused = [r for r in live if not store.heartbeat(r, owner)]
                     with self.lock:  # a run that ended meanwhile was refused for that
                         refused = [r for r in refused if r not in self.ended]
@@ -326,7 +325,6 @@ class LocalAgent:
         before = self.sizer.settled_text(key)
         self.sizer.observe(key, len(configs), len(configs) * sum(speeds) / len(speeds),
                            max(memory) if memory else None)
-        self.sizer.next_size(key)  # settles the size once the measurements say so
         settled = self.sizer.settled_text(key)
         if settled and not before:
             kind = " ".join(f"{name}={configs[0].get(name)}" for name in ("model", "optimizer")

@@ -44,6 +44,10 @@ class PackSizer:
             return 1  # the baseline: what a run alone does on this device
         if record.settled is not None:
             return record.settled
+        return self._decide(record)[0]
+
+    def _decide(self, record: SizeRecord) -> tuple[int, bool]:
+        """(the next size to try, or the best one, and whether that best is final)."""
         tried = sorted(record.throughput)
         best = tried[0]  # the smallest size no larger size beats by GAIN
         for size in tried[1:]:
@@ -52,9 +56,8 @@ class PackSizer:
         largest = tried[-1]
         candidate = self.start if largest < self.start else 2 * largest
         if best != largest or candidate > self._memory_cap(record):
-            record.settled = best
-            return best
-        return candidate
+            return best, True
+        return candidate, False
 
     def observe(self, key: object, size: int, images_per_s: float,
                 peak_memory_mb: float | None = None) -> None:
@@ -64,6 +67,9 @@ class PackSizer:
         record.throughput[size] = max(images_per_s, record.throughput.get(size, 0.0))
         if peak_memory_mb:
             record.member_mb = peak_memory_mb / size
+        if record.settled is None:
+            size, final = self._decide(record)
+            record.settled = size if final else None
 
     def settled_text(self, key: object) -> str | None:
         """`packs of 4 (images/s: 1 -> 3,100, 2 -> 5,800, 4 -> 9,900, 8 -> 10,100)` once
