@@ -5,7 +5,9 @@ from __future__ import annotations
 
 import itertools
 import math
+import random
 
+import numpy as np
 import pytest
 from hypothesis import assume, given, settings
 from hypothesis import strategies as st
@@ -219,6 +221,10 @@ def test_a_pack_keyed_by_the_fastest_varying_parameter_parks_every_other_proposa
     ("grid", PARAMETERS),
 ])
 def test_every_method_proposes_distinct_members_in_one_claim(method, parameters):
+    # The engine draws from Python's and numpy's global generators: seeded, so that random's
+    # 12 proposals (a coin per model) do not, once in ~200 runs, hold fewer than 3 of a kind.
+    random.seed(0)
+    np.random.seed(0)
     config = {"method": method, "metric": {"name": "val/acc", "goal": "maximize"},
               "parameters": parameters}
     done = [Run(id=f"d{i}", seq=i + 1, config={"lr": lr, "model": "dense"}, state="finished",
