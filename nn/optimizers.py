@@ -14,6 +14,7 @@ from typing import Any, ClassVar
 
 import torch
 
+from nn.optimizer_base import Optimizer
 from nn.sam import SAM
 
 
@@ -22,7 +23,7 @@ def _views(values: torch.Tensor, params: list[torch.Tensor]) -> list[torch.Tenso
     return [values.view(-1, *([1] * (p.ndim - 1))) for p in params]
 
 
-class PackedOptimizer(torch.optim.Optimizer):
+class PackedOptimizer(Optimizer):
     """Base of the packed optimizers: K members' parameters stacked member-first (K, ...).
 
     Every hyper-parameter in `hyper_defaults` (and lr) is held in the param group as a (K,)

@@ -16,8 +16,10 @@ from typing import Any
 import torch
 from torch.nn.modules.batchnorm import _NormBase
 
+from nn.optimizer_base import Optimizer
 
-class SAM(torch.optim.Optimizer):
+
+class SAM(Optimizer):
     """Two-pass optimizer: `perturb()` after the first backward, `descend()` after the second.
 
     Typical loop (or call `step(closure)`, which does exactly this)::

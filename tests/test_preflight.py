@@ -7,6 +7,7 @@ import pytest
 import torch
 
 from agent.params import validate
+from agent.trial import preflight
 from agent.trial.loop import train
 from agent.trial.preflight import IMAGE_SETS, check_fits, model_size, needed_bytes
 from nn.models import MODELS
@@ -20,14 +21,19 @@ QUICK = {"dataset": "digits", "sinks": [], "histograms": False, "num_threads": 1
                                           ("cnn", {"channels": [8, 16], "kernel_size": 5}),
                                           ("resnet", {"width": 4})])
 @pytest.mark.parametrize("dataset", sorted(IMAGE_SETS))
-def test_the_meta_model_has_the_real_models_parameters(model, extra, dataset):
+def test_the_measured_size_is_the_real_models_and_both_ways_agree(model, extra, dataset,
+                                                                   monkeypatch):
     config = validate({"model": model, "dataset": dataset, **extra})
     shape, classes, _ = IMAGE_SETS[dataset]
-    params, activations = model_size(config, shape, classes, batch=8)
+    params, activations = preflight._measured_size(config, shape, classes, batch=8)
     real = MODELS[model](config, shape, classes)
     assert params == sum(p.numel() for p in real.parameters())
     outputs = real(torch.zeros(8, *shape))
     assert outputs.shape == (8, classes) and activations > outputs.numel()
+    # a model too large to build for real is measured on the meta device: the same figures
+    monkeypatch.setattr(preflight, "REAL_FORWARD_PARAMS", 0)
+    assert preflight._measured_size(config, shape, classes, batch=8) == (params, activations)
+    assert model_size(config, shape, classes, batch=8) == (params, activations)
 
 
 def test_the_estimate_grows_with_members_batch_and_epochs():

@@ -51,18 +51,37 @@ def model_size(config, shape: tuple[int, int, int], classes: int, batch: int) ->
     return _SIZES[key]
 
 
+# Up to this many parameters a model is also built on the CPU to measure its activations on a
+# batch of two images (a few ms); a larger one is measured on the meta device, whose forward
+# pass runs torch's Python decompositions and imports torch._dynamo (~1.2 s, once a process).
+REAL_FORWARD_PARAMS = 50_000_000
+PROBE_BATCH = 2  # batch norm in training mode needs two values a channel
+
+
 def _measured_size(config, shape: tuple[int, int, int], classes: int,
                    batch: int) -> tuple[int, int]:
     with torch.device("meta"):
         model = MODELS[config.model](config, shape, classes)
-        outputs = []
-        hooks = [module.register_forward_hook(lambda m, i, out: outputs.append(out.numel()))
-                 for module in model.modules() if not list(module.children())]
-        model.train()
-        model(torch.empty(batch, *shape))
+    params = sum(p.numel() for p in model.parameters())
+    if params <= REAL_FORWARD_PARAMS:
+        # activations grow in proportion to the batch: measure two images, scale
+        with torch.random.fork_rng(devices=[]):  # the build draws initial weights
+            model = MODELS[config.model](config, shape, classes)
+        return params, _activations(model, PROBE_BATCH, shape) * batch // PROBE_BATCH
+    return params, _activations(model, batch, shape, device="meta")
+
+
+def _activations(model, batch: int, shape: tuple[int, int, int], device: str = "cpu") -> int:
+    """Values output by the model's leaf modules in one training-mode forward of `batch`."""
+    outputs = []
+    hooks = [module.register_forward_hook(lambda m, i, out: outputs.append(out.numel()))
+             for module in model.modules() if not list(module.children())]
+    model.train()
+    with torch.no_grad():
+        model(torch.zeros(batch, *shape, device=device))
     for hook in hooks:
         hook.remove()
-    return sum(p.numel() for p in model.parameters()), sum(outputs)
+    return sum(outputs)
 
 
 def needed_bytes(configs: list) -> int:
