@@ -1,6 +1,7 @@
 """The trial runner end to end on real data: learning, every optimizer, determinism,
 divergence, checkpoint and resume, and what lands in TensorBoard."""
 
+import dataclasses
 import math
 import subprocess
 import sys
@@ -10,6 +11,7 @@ import pytest
 import torch
 
 from agent.trial.loop import Preempted, TrialHooks, train
+from agent.trial.member import Progress
 from conftest import subprocess_env
 
 QUICK = {"dataset": "digits", "sinks": [], "histograms": False, "num_threads": 2}
@@ -106,6 +108,10 @@ def test_interrupted_run_resumes_from_its_checkpoint_to_identical_results(workdi
               TrialHooks(interrupted=interrupt_in_epoch_two))
     saved = torch.load(workdir / "runs" / "resumed" / "checkpoint.pt", weights_only=True)
     assert saved["progress"]["epoch"] == 1
+    # the checkpoint's progress is the whole Progress (every field), its epoch-1 row included
+    assert set(saved["progress"]) == {f.name for f in dataclasses.fields(Progress)}
+    assert [row["epoch"] for row in saved["progress"]["history"]] == [1]
+    assert saved["progress"]["global_step"] == 20
     resumed = run(workdir, run_id="resumed", **config)
     assert resumed["epochs_done"] == 3 and resumed["global_step"] == straight["global_step"]
     for key in ("train/loss", "val/acc", "test/acc", "test/loss"):
@@ -172,3 +178,25 @@ def test_tensorboard_holds_scalars_histograms_and_hparams(workdir):
     experiment = plugin_data_pb2.HParamsPluginData.FromString(
         content["_hparams_/experiment"]).experiment
     assert {m.name.tag for m in experiment.metric_infos} >= {"val/acc", "test/acc"}
+
+
+@pytest.mark.timeout(120)
+def test_a_trial_process_never_imports_torch_dynamo(workdir):
+    """torch.compile's machinery (torch._dynamo) costs ~1.2 s to import, once a process: no
+    trial needs it, whatever its optimizer, precision or model (the preflight's size check
+    and torch.optim's bookkeeping methods used to import it)."""
+    code = f"""
+import sys
+from agent.trial.loop import train
+for optimizer in ("sgd", "adam", "adamw", "rmsprop", "sam"):
+    for model in ("dense", "cnn", "resnet"):
+        train({{"dataset": "digits", "epochs": 1, "train_subset": 128, "sinks": ["tensorboard"],
+               "model": model, "channels": [4, 8], "width": 4, "optimizer": optimizer,
+               "precision": "bf16", "augment": True, "data_dir": {str(workdir / "data")!r},
+               "run_dir": {str(workdir / "runs")!r}, "log_dir": {str(workdir / "logs")!r}}})
+print(sorted(m for m in sys.modules if m.startswith("torch._dynamo")))
+"""
+    child = subprocess.run([sys.executable, "-c", code], cwd=workdir, env=subprocess_env(),
+                           capture_output=True, text=True, timeout=110)
+    assert child.returncode == 0, child.stderr[-2000:]
+    assert child.stdout.strip().splitlines()[-1] == "[]"

@@ -16,7 +16,7 @@ import io
 import os
 import shutil
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -37,7 +37,7 @@ PARTS: dict[str, tuple[Callable[[Any, int], Any], Callable[[Any, int, Any], None
                lambda pack, k, value: pack.scaler.load_state_dict_member(k, value)),
     "rng_data": (lambda pack, k: pack.generators[k].get_state(),
                  lambda pack, k, value: pack.generators[k].set_state(value)),
-    "progress": (lambda pack, k: asdict(pack.members[k].progress),
+    "progress": (lambda pack, k: pack.members[k].progress.state(),
                  lambda pack, k, value: pack.members[k].restore_progress(value)),
 }
 

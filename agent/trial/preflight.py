@@ -1,7 +1,8 @@
 """Before a trial loads data or allocates anything: can this pack train on this device at all?
 
-The model is built on torch's `meta` device (shapes only, no memory) and run forward once on a
-meta batch, which gives its parameters and its activations exactly; with the optimizer's state,
+The model is built on torch's `meta` device (shapes only, no memory) to count its parameters, and
+its activations are measured in one forward pass (on two real images for a model that is cheap to
+build, on a meta batch for a larger one), both exactly; with the optimizer's state,
 the learning-rate table and the data this estimates the memory the pack needs. A pack that
 cannot fit is refused in one line (UserError) instead of failing minutes into its first epoch.
 """
