@@ -25,7 +25,15 @@ from agent.sweep.controller import (
 from agent.sweep.pack_size import parse_pack
 from agent.sweep.store import SweepStore
 from agent.sweep.target import check_wandb_sweep, create_local_sweep, resolve_target
-from util.errors import CommandParser, UserError, brief, exit_on_user_error, int_option
+from util.errors import (
+    USAGE_EXIT_CODE,
+    CommandParser,
+    UserError,
+    brief,
+    exit_on_user_error,
+    int_option,
+    one_line,
+)
 
 
 def visible_gpus() -> list[str]:
@@ -91,6 +99,37 @@ def start_agents(command: list[str], slots: list[dict]) -> int:
     signal.signal(signal.SIGTERM, pass_on)
     codes = [agent.wait() for agent in agents]
     return launcher_exit_code([agent.pid for agent in agents], codes)
+
+
+def runs_here(slots: list[dict], gpus: list[str]) -> bool:
+    """Whether the one agent of this launch can train in the launcher's own process: one
+    slot on the devices this process already sees (the CPU alone, or the one GPU visible).
+    A second interpreter would import torch, the sweep engine (scipy) and wandb again
+    (~3 s on a laptop's CPU) before its first trial."""
+    if len(slots) != 1:
+        return False
+    return not gpus or visible_gpus() == [slots[0]["CUDA_VISIBLE_DEVICES"]]
+
+
+def run_agent_here(agent_argv: list[str], slot: dict) -> int:
+    """The agent of `agent_argv` (agent_loop's options) in this process, with the slot's
+    environment; its exit code (2 and one line for a UserError, as its own process gives).
+    It handles SIGTERM and Ctrl-C itself, as a separate agent does; the launcher's own
+    handlers are put back once it returns."""
+    os.environ.update(slot)
+    if "OMP_NUM_THREADS" in slot and "torch" in sys.modules:  # read at torch's import only
+        sys.modules["torch"].set_num_threads(int(slot["OMP_NUM_THREADS"]))
+    from agent.sweep import agent_loop
+
+    handlers = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        return agent_loop.main(agent_argv)
+    except UserError as error:
+        print(f"error: {one_line(error)}", file=sys.stderr)
+        return USAGE_EXIT_CODE
+    finally:
+        for signum, handler in handlers.items():
+            signal.signal(signum, handler)
 
 
 def launcher_exit_code(pids: list[int], codes: list[int]) -> int:
@@ -172,9 +211,13 @@ def parse_options(argv: list[str] | None) -> argparse.Namespace:
     return args
 
 
-def agent_command(args: argparse.Namespace) -> list[str]:
-    """The agent process's command line, passing on the options it shares."""
-    command = [sys.executable, "-m", "agent.sweep.agent_loop"]
+AGENT_PROGRAM = [sys.executable, "-m", "agent.sweep.agent_loop"]
+
+
+def agent_argv(args: argparse.Namespace) -> list[str]:
+    """The agent's options (agent_loop's command line after its program), passing on the
+    launcher's options it shares."""
+    command = []
     if args.count is not None:
         command += ["--count", str(args.count)]
     if args.pack != "1":
@@ -208,11 +251,14 @@ def main(argv: list[str] | None = None) -> int:
     slots = agent_slots(gpus, args.agents_per_gpu, args.agents)
     if store is None:
         print(f"Starting {len(slots)} agent(s) on W&B sweep {target.text}")
-        return start_agents(agent_command(args) + ["--wandb", target.wandb_path], slots)
+        return start_agents(AGENT_PROGRAM + agent_argv(args) + ["--wandb", target.wandb_path],
+                            slots)
     print(f"Starting {len(slots)} agent(s) on "
           + (", ".join(f"GPU {s['CUDA_VISIBLE_DEVICES']}" for s in slots) if gpus
              else "the CPU"))
-    code = start_agents(agent_command(args) + [str(store.directory)], slots)
+    argv = agent_argv(args) + [str(store.directory)]
+    code = run_agent_here(argv, slots[0]) if runs_here(slots, gpus) else \
+        start_agents(AGENT_PROGRAM + argv, slots)
     report_local(store, options)
     return code
 

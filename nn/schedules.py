@@ -7,20 +7,22 @@ to a multiplier of the peak lr. Warm-up is linear from 0 and applies to every sc
 from __future__ import annotations
 
 import math
+from typing import TYPE_CHECKING
 
-import torch
+if TYPE_CHECKING:  # torch is imported where a table is made: the names are read without it
+    import torch
 
 
 def _cos(t):
-    return torch.cos(t) if isinstance(t, torch.Tensor) else math.cos(t)
+    return math.cos(t) if isinstance(t, (int, float)) else t.cos()
 
 
 def _onecycle(t):
     # Smith's one-cycle as a triangle: up to the peak over the first 30% (his suggested
     # fraction), then down to zero.
-    if isinstance(t, torch.Tensor):
-        return torch.where(t < 0.3, t / 0.3, (1.0 - t) / 0.7)
-    return t / 0.3 if t < 0.3 else (1.0 - t) / 0.7
+    if isinstance(t, (int, float)):
+        return t / 0.3 if t < 0.3 else (1.0 - t) / 0.7
+    return (t / 0.3).where(t < 0.3, (1.0 - t) / 0.7)
 
 
 SCHEDULES = {
@@ -47,6 +49,8 @@ def lr_table(base_lr: list[float], total_steps: int, warmup_steps: list[int],
     Row s is what `lr_multiplier(s, ...)` times the member's peak lr gives; the last row is
     the rate after the final step (what a scheduler reports at the end).
     """
+    import torch
+
     steps = torch.arange(total_steps + 1, dtype=torch.float64).unsqueeze(1)  # (S, 1)
     warmup = torch.tensor(warmup_steps, dtype=torch.float64).unsqueeze(0)  # (1, K)
     t = ((steps - warmup) / (total_steps - warmup).clamp_min(1)).clamp(0.0, 1.0)

@@ -45,7 +45,8 @@ LAYER_OF = {
 # for allowed values, by a function-level `from X import REGISTRY`.
 REGISTRIES = ("MODELS", "OPTIMIZERS", "DATASETS", "SINKS", "SCHEDULES")
 NO_TORCH_MODULES = ("agent.sweep.controller", "agent.sweep.store", "agent.sweep.target",
-                    "agent.params", "agent.metrics", "agent.ids")
+                    "agent.params", "agent.metrics", "agent.ids", "util.datasets",
+                    "nn.schedules")
 
 
 @dataclass(frozen=True)

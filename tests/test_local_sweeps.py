@@ -250,6 +250,59 @@ def test_ctrl_c_stops_every_agent_cleanly_and_keeps_the_runs_resumable(workdir):
 
 
 @pytest.mark.e2e
+@pytest.mark.timeout(240)
+@pytest.mark.parametrize("how", ["sigterm", "ctrl-c"])
+def test_one_agent_trains_in_the_launchers_process_and_a_signal_preempts_it(workdir, how):
+    """One agent on the CPU: the launcher trains itself (no second interpreter to import
+    torch, the engine and wandb again); SIGTERM or Ctrl-C still preempts the run, keeps it
+    resumable, prints the closing table and exits 0, and the sweep goes on from it."""
+    sweep_file = workdir / "long.yaml"
+    write_grid(sweep_file, epochs=30, lrs=[0.01, 0.02])
+    launcher = subprocess.Popen([sys.executable, "-m", "agent.launch", str(sweep_file)],
+                                cwd=workdir, env=subprocess_env(), stdout=subprocess.PIPE,
+                                stderr=subprocess.PIPE, text=True, start_new_session=True)
+    from agent.sweep.target import open_store
+
+    store = wait_for(lambda: next((open_store(str(d)) for d in
+                                   (workdir / "data" / "sweeps").glob("*")), None)
+                     if (workdir / "data" / "sweeps").exists() else None, 60, "the store")
+    run = wait_for(lambda: next((r for r in store.runs() if r.state == "running"
+                                 and r.epoch >= 1), None), 120, "a running run")
+    assert run.owner.endswith(f":{launcher.pid}")  # trained by the launcher itself
+    if how == "sigterm":
+        launcher.send_signal(signal.SIGTERM)
+    else:
+        os.killpg(launcher.pid, signal.SIGINT)  # what Ctrl-C sends to the foreground group
+    out, err = launcher.communicate(timeout=60)
+    assert launcher.returncode == 0, err[-2000:]
+    (stopped,) = store.runs()
+    assert stopped.state == "preempted" and stopped.epoch >= 1
+    assert "Results:" in out and f"./run_sweep.sh {store.sweep().id}" in out
+    # the hint's command goes on: the run resumes at its epoch, the second one is added
+    again = subprocess.run([sys.executable, "-m", "agent.launch", store.sweep().id, "--count",
+                            "1"], cwd=workdir, env=subprocess_env(), capture_output=True,
+                           text=True, timeout=200)
+    assert again.returncode == 0, again.stderr[-2000:]
+    resumed = store.run(stopped.id)
+    assert resumed.state == "finished" and resumed.epoch == 30
+    assert [h["epoch"] for h in resumed.history] == list(range(1, 31))
+
+
+def test_only_one_agent_on_the_devices_the_launcher_sees_trains_in_its_process(monkeypatch):
+    from agent import launch
+
+    monkeypatch.setattr(launch, "visible_gpus", lambda: [])
+    assert launch.runs_here(launch.agent_slots([], 1, 1), [])
+    assert not launch.runs_here(launch.agent_slots([], 1, 2), [])
+    monkeypatch.setattr(launch, "visible_gpus", lambda: ["3"])  # a job's one GPU
+    assert launch.runs_here(launch.agent_slots(["3"], 1, 1), ["3"])
+    assert not launch.runs_here(launch.agent_slots(["3"], 2, 1), ["3"])  # 2 per GPU
+    monkeypatch.setattr(launch, "visible_gpus", lambda: ["0", "1"])
+    assert not launch.runs_here(launch.agent_slots(["1"], 1, 1), ["1"])  # --gpus 1 of two
+    assert not launch.runs_here(launch.agent_slots(["0", "1"], 1, 1), ["0", "1"])
+
+
+@pytest.mark.e2e
 @pytest.mark.timeout(120)
 def test_bad_sweep_file_through_the_launcher_is_exit_2_and_creates_nothing(tmp_path):
     bad = tmp_path / "bad.yaml"

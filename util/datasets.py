@@ -11,9 +11,9 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
-import torch
 
 from util.dataset_files import (
     BadFile,
@@ -25,6 +25,9 @@ from util.dataset_files import (
     unpickle_batch,
 )
 from util.errors import UserError
+
+if TYPE_CHECKING:
+    import torch
 
 CACHE_VERSION = 2  # 2: files checked by content; bump when the layout changes
 ROLES = ("train_images", "train_labels", "test_images", "test_labels")
@@ -90,6 +93,8 @@ def _fail_unless_expected(title: str, expected: Expected, arrays: dict[str, np.n
 
 
 def _decoded(arrays: dict[str, np.ndarray], classes: list[str], source: str) -> DecodedSet:
+    import torch
+
     images = {k: torch.from_numpy(np.array(v)) for k, v in arrays.items()}
     return DecodedSet(images["train_images"], images["train_labels"], images["test_images"],
                       images["test_labels"], list(classes), source)
@@ -254,6 +259,7 @@ class CifarSet(FileSet):
 
 def _digits(root: Path, dataset_dir: str = "") -> DecodedSet:
     """scikit-learn's bundled 8x8 digits: no files to find, no network."""
+    import torch
     from sklearn.datasets import load_digits
 
     bunch = load_digits()
@@ -318,6 +324,8 @@ def cache_path(name: str, data_dir: str | os.PathLike) -> Path:
 def load_decoded(name: str, data_dir: str | os.PathLike, dataset_dir: str = "") -> DecodedSet:
     """The dataset as uint8 tensors on the CPU: from the cache file, else found, checked,
     decoded and cached. Raises UserError (nothing cached) for missing or bad files."""
+    import torch  # here, not with the module: the dataset names are read without torch
+
     path = cache_path(name, data_dir)
     if path.exists():
         stored = torch.load(path, weights_only=True)
