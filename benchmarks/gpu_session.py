@@ -7,7 +7,9 @@ parts of 7-9 minutes each, in the order they matter, each under its own time lim
           whole trials alone vs packed (bench_packed_trials), per-trial overhead by stage
           (profile_trial_overhead), and the course grid four ways (bench_sweep_throughput:
           a new process per trial, one agent, 4 agents, packed);
-  part 2: the Fashion-MNIST recipe (bench_fashion_mnist_gpu: best run >= 95% in 10 minutes).
+  part 2: the Fashion-MNIST recipe (bench_fashion_mnist_gpu: best run >= 95% in 10 minutes);
+  part 3: eager against torch.compile and CUDA graphs on the packed step (bench_compile),
+          compilation time included (~4 minutes).
 Each writes its output to OUT/<name>.txt (OUT: --out, else $OUT). Runs unchanged on a CUDA
 machine without network or wandb (../shared/gpu/README.md):
 
@@ -54,6 +56,10 @@ PARTS = {
         ("fashion_mnist_recipe", 620, ["benchmarks/bench_fashion_mnist_gpu.py"],
          ["benchmarks/bench_fashion_mnist_gpu.py", "--set", "epochs=1", "--set",
           "train_subset=512", "--set", "width=4", "--max-runs", "1"]),
+    ],
+    "3": [
+        ("compile", 300, ["benchmarks/bench_compile.py", "--members", "1", "16"],
+         ["benchmarks/bench_compile.py", "--smoke", "--models", "dense", "--members", "2"]),
     ],
 }
 
