@@ -211,6 +211,19 @@ def parse_options(argv: list[str] | None) -> argparse.Namespace:
     return args
 
 
+def pack_tip(args: argparse.Namespace, gpus: list[str], store: SweepStore) -> str | None:
+    """A line pointing to --pack auto when agents start unpacked on GPUs for a sweep our
+    trainer runs: one small run leaves most of a GPU idle, and packing is off by default
+    (results are those of runs trained alone, bit for bit only without dropout and
+    augmentation)."""
+    from agent.sweep.program import runs_our_trainer
+
+    if not gpus or args.pack != "1" or not runs_our_trainer(store.sweep().config):
+        return None
+    return ("Tip: --pack auto trains compatible runs of this sweep together as one fused "
+            "model, as many as raise throughput (README: Packed trials)")
+
+
 AGENT_PROGRAM = [sys.executable, "-m", "agent.sweep.agent_loop"]
 
 
@@ -256,6 +269,9 @@ def main(argv: list[str] | None = None) -> int:
     print(f"Starting {len(slots)} agent(s) on "
           + (", ".join(f"GPU {s['CUDA_VISIBLE_DEVICES']}" for s in slots) if gpus
              else "the CPU"))
+    tip = pack_tip(args, gpus, store)
+    if tip:
+        print(tip)
     argv = agent_argv(args) + [str(store.directory)]
     code = run_agent_here(argv, slots[0]) if runs_here(slots, gpus) else \
         start_agents(AGENT_PROGRAM + argv, slots)

@@ -5,7 +5,9 @@
 (c) several agents sharing the device (4 per GPU; on a CPU, 2 agents splitting the cores);
 (d) packed trials: one agent training compatible runs as one fused model (`--pack`).
 Each prints wall time, trials per hour, images per second (all trials' training images over
-the wall time) and, on a GPU, mean utilisation sampled from nvidia-smi while it runs.
+the wall time) and, on a GPU, mean utilisation sampled from nvidia-smi while it runs; (b)-(d)
+also the span from their first run's start to their last run's end, read from the store (the
+sweep without the start-up of its processes, which every way pays once).
 
 The grid is the course's: model {dense, cnn} x lr {1e-1..1e-5} x optimizer {sgd, adam} x
 dropout {0, .1, .3, .5}, 2 epochs, on real Fashion-MNIST (80 runs); `--cpu-grid` is a smaller
@@ -80,16 +82,18 @@ class GpuSampler:
         return sum(self.samples) / len(self.samples) if self.samples else None
 
 
-def trained_images(store: Path) -> tuple[int, int]:
-    """(finished runs, training images they went through) from a local sweep store."""
+def trained_images(store: Path) -> tuple[int, int, float]:
+    """(finished runs, training images they went through, seconds from the first run's
+    start to the last run's end) from a local sweep store."""
     db = sqlite3.connect(store)
-    rows = db.execute("SELECT state, summary FROM runs").fetchall()
+    rows = db.execute("SELECT state, summary, started, ended FROM runs").fetchall()
     images = 0
-    for _, summary in rows:
+    for _, summary, _, _ in rows:
         if summary:
             s = json.loads(summary)
             images += int((s.get("perf/images_per_s") or 0) * (s.get("perf/train_s") or 0))
-    return sum(1 for state, _ in rows if state in ("finished", "stopped")), images
+    span = max(row[3] for row in rows) - min(row[2] for row in rows)
+    return sum(1 for row in rows if row[0] in ("finished", "stopped")), images, span
 
 
 def run_launcher(work: Path, sweep: dict, options: list[str]) -> dict:
@@ -105,8 +109,9 @@ def run_launcher(work: Path, sweep: dict, options: list[str]) -> dict:
     if done.returncode != 0:
         raise SystemExit(f"launcher {options} failed:\n{done.stderr[-3000:]}")
     (store,) = (work / "data" / "sweeps").glob("*/sweep.db")
-    finished, images = trained_images(store)
-    return {"wall_s": wall, "trials": finished, "images": images, "gpu_util": utilisation}
+    finished, images, span = trained_images(store)
+    return {"wall_s": wall, "trials": finished, "images": images, "gpu_util": utilisation,
+            "trials_s": span}
 
 
 def run_subprocesses(work: Path, grid: dict, fixed: dict, sample: int) -> dict:
@@ -193,18 +198,24 @@ def render(results: dict, grid: dict, fixed: dict, gpu: bool) -> str:
     widths = "".join(f", {k} {fixed[k]}" for k in ("hidden", "channels") if k in fixed)
     lines = [f"grid: {runs} runs of {fixed['dataset']}, {fixed['epochs']} epochs{widths}, "
              + " x ".join(f"{k} {v}" for k, v in grid.items()),
-             "", "| way | wall s | trials/hour | images/s | mean GPU util | vs (a) | vs (b) |",
-             "| --- | ---: | ---: | ---: | ---: | ---: | ---: |"]
+             "", "| way | wall s | trials/hour | images/s | mean GPU util | vs (a) | vs (b) "
+             "| trials s | trials vs (b) |",
+             "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"]
     base_a = results.get("a", (None, {}))[1].get("wall_s")
     base_b = results.get("b", (None, {}))[1].get("wall_s")
+    span_b = results.get("b", (None, {}))[1].get("trials_s")
     for key, (label, r) in results.items():
         util = f"{r['gpu_util']:.0f}%" if r.get("gpu_util") is not None else "-"
         ratio_a = f"{base_a / r['wall_s']:.2f}x" if base_a else "-"
         ratio_b = f"{base_b / r['wall_s']:.2f}x" if base_b else "-"
+        span = f"{r['trials_s']:.1f}" if r.get("trials_s") else "-"
+        span_ratio = f"{span_b / r['trials_s']:.2f}x" if span_b and r.get("trials_s") else "-"
         note = f" ({r['note']})" if r.get("note") else ""
         lines.append(f"| ({key}) {label}{note} | {r['wall_s']:.1f} | "
                      f"{3600 * r['trials'] / r['wall_s']:.0f} | {r['images'] / r['wall_s']:,.0f}"
-                     f" | {util} | {ratio_a} | {ratio_b} |")
+                     f" | {util} | {ratio_a} | {ratio_b} | {span} | {span_ratio} |")
+    lines += ["", "trials s: from the first run's start to the last run's end (the store's "
+              "timestamps): the sweep without its processes' start-up."]
     return "\n".join(lines)
 
 

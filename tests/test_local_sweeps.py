@@ -486,3 +486,17 @@ def test_gpus_this_machine_lacks_are_refused_before_a_sweep_is_made(tmp_path, gp
     assert done.returncode == 2 and done.stderr.count("\n") == 1, done.stderr
     assert expected in done.stderr
     assert not (tmp_path / "data").exists()  # no sweep was made
+
+
+def test_agents_starting_unpacked_on_a_gpu_are_told_of_pack_auto(workdir):
+    from agent.launch import pack_tip, parse_options
+
+    ours = make_sweep(workdir, "ours", {"lr": {"values": [0.1, 0.01]}})
+    other = make_sweep(workdir, "other", {"lr": {"values": [0.1]}},
+                       command=["${env}", "python", "other.py", "${args}"])
+    tip = pack_tip(parse_options(["ours"]), ["0"], ours)
+    assert tip and "--pack auto" in tip
+    assert pack_tip(parse_options(["ours"]), [], ours) is None  # the CPU: packing rarely pays
+    assert pack_tip(parse_options(["ours", "--pack", "auto"]), ["0"], ours) is None
+    assert pack_tip(parse_options(["ours", "--pack", "4"]), ["0"], ours) is None
+    assert pack_tip(parse_options(["other"]), ["0"], other) is None  # another program
