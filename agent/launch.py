@@ -14,6 +14,7 @@ import re
 import signal
 import subprocess
 import sys
+import traceback
 
 from agent.cluster import submit
 from agent.sweep.controller import (
@@ -127,6 +128,9 @@ def run_agent_here(agent_argv: list[str], slot: dict) -> int:
     except UserError as error:
         print(f"error: {one_line(error)}", file=sys.stderr)
         return USAGE_EXIT_CODE
+    except Exception:  # as an agent process dies of it: its traceback, exit 1, then the table
+        traceback.print_exc()
+        return 1
     finally:
         for signum, handler in handlers.items():
             signal.signal(signum, handler)
