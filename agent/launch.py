@@ -12,6 +12,7 @@ import glob
 import os
 import re
 import signal
+import socket
 import subprocess
 import sys
 import traceback
@@ -22,6 +23,7 @@ from agent.sweep.controller import (
     HEARTBEAT_TIMEOUT_S,
     MIN_BEATS_PER_TIMEOUT,
     check_heartbeat,
+    repair_ended_agents,
 )
 from agent.sweep.pack_size import parse_pack
 from agent.sweep.store import SweepStore
@@ -87,8 +89,11 @@ def agent_slots(gpus: list[str], per_gpu: int, cpu_agents: int) -> list[dict]:
             for _ in range(cpu_agents)]
 
 
-def start_agents(command: list[str], slots: list[dict]) -> int:
-    """Run one agent process per slot; Ctrl-C or SIGTERM is passed on to every agent."""
+def start_agents(command: list[str], slots: list[dict],
+                 store: SweepStore | None = None) -> int:
+    """Run one agent process per slot; Ctrl-C or SIGTERM is passed on to every agent. Once
+    all have exited, runs of `store` they left running (an agent killed mid-trial) are
+    marked crashed and re-queued at once, not after the heartbeat timeout."""
     agents = [subprocess.Popen(command, env={**os.environ, **slot}) for slot in slots]
 
     def pass_on(signum, frame):
@@ -99,7 +104,18 @@ def start_agents(command: list[str], slots: list[dict]) -> int:
     signal.signal(signal.SIGINT, pass_on)
     signal.signal(signal.SIGTERM, pass_on)
     codes = [agent.wait() for agent in agents]
+    if store is not None:
+        repair_left_runs(store, [agent.pid for agent in agents])
     return launcher_exit_code([agent.pid for agent in agents], codes)
+
+
+def repair_left_runs(store: SweepStore, pids: list[int]) -> None:
+    """Runs of the agents `pids` (of this host, all ended) still `running` in the store:
+    crashed and re-queued now, one line each."""
+    host = socket.gethostname()
+    for run_id in repair_ended_agents(store, {f"{host}:{pid}" for pid in pids}):
+        print(f"run {run_id}: its agent ended mid-trial; marked crashed, and repeated by the "
+              "next agent", file=sys.stderr)
 
 
 def runs_here(slots: list[dict], gpus: list[str]) -> bool:
@@ -112,7 +128,7 @@ def runs_here(slots: list[dict], gpus: list[str]) -> bool:
     return not gpus or visible_gpus() == [slots[0]["CUDA_VISIBLE_DEVICES"]]
 
 
-def run_agent_here(agent_argv: list[str], slot: dict) -> int:
+def run_agent_here(agent_argv: list[str], slot: dict, store: SweepStore | None = None) -> int:
     """The agent of `agent_argv` (agent_loop's options) in this process, with the slot's
     environment; its exit code (2 and one line for a UserError, as its own process gives).
     It handles SIGTERM and Ctrl-C itself, as a separate agent does; the launcher's own
@@ -134,6 +150,8 @@ def run_agent_here(agent_argv: list[str], slot: dict) -> int:
     finally:
         for signum, handler in handlers.items():
             signal.signal(signum, handler)
+        if store is not None:
+            repair_left_runs(store, [os.getpid()])
 
 
 def launcher_exit_code(pids: list[int], codes: list[int]) -> int:
@@ -277,8 +295,8 @@ def main(argv: list[str] | None = None) -> int:
     if tip:
         print(tip)
     argv = agent_argv(args) + [str(store.directory)]
-    code = run_agent_here(argv, slots[0]) if runs_here(slots, gpus) else \
-        start_agents(AGENT_PROGRAM + argv, slots)
+    code = run_agent_here(argv, slots[0], store) if runs_here(slots, gpus) else \
+        start_agents(AGENT_PROGRAM + argv, slots, store)
     report_local(store, options)
     return code
 

@@ -428,6 +428,45 @@ def test_the_launcher_exit_code_says_an_agent_was_killed(workdir):
 
 
 @pytest.mark.e2e
+@pytest.mark.timeout(300)
+def test_runs_of_agents_killed_mid_trial_are_repeated_at_once_and_the_hint_finishes_them(
+        workdir):
+    """Every agent SIGKILLed: the launcher marks their runs crashed and re-queued as soon as
+    they are gone (not a heartbeat timeout later), says the sweep is not finished, and its
+    hint trains the repeats to the end; the sweep is then finished."""
+    sweep_file = workdir / "two.yaml"
+    write_grid(sweep_file, epochs=30, lrs=[0.01, 0.02])
+    launcher = subprocess.Popen([sys.executable, "-m", "agent.launch", str(sweep_file),
+                                 "--agents", "2"], cwd=workdir, env=subprocess_env(),
+                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    from agent.sweep.target import open_store
+
+    store = wait_for(lambda: next((open_store(str(d)) for d in
+                                   (workdir / "data" / "sweeps").glob("*")), None)
+                     if (workdir / "data" / "sweeps").exists() else None, 60, "the store")
+    running = wait_for(lambda: [r for r in store.runs() if r.state == "running"]
+                       if sum(r.state == "running" for r in store.runs()) == 2 else None,
+                       120, "two running runs")
+    for run in running:
+        os.kill(int(run.owner.rsplit(":", 1)[1]), signal.SIGKILL)
+    out, err = launcher.communicate(timeout=60)
+    assert launcher.returncode == 128 + signal.SIGKILL
+    runs = store.runs()
+    assert sorted(r.state for r in runs) == ["crashed", "crashed", "pending", "pending"]
+    assert all(f"run {r.id}: its agent ended mid-trial" in err for r in running)
+    assert "Not finished (0 of 2 runs ended)" in out
+    hint = out.split("go on where it stopped with")[1].split()[:2]
+    assert hint == ["./run_sweep.sh", store.sweep().id]
+    again = subprocess.run([sys.executable, "-m", "agent.launch", hint[1], "--agents", "2"],
+                           cwd=workdir, env=subprocess_env(), capture_output=True, text=True,
+                           timeout=200)
+    assert again.returncode == 0, again.stderr[-2000:]
+    assert sorted(r.state for r in store.runs()) == ["crashed", "crashed", "finished",
+                                                     "finished"]
+    assert "Not finished" not in again.stdout and "2 crashed (repeated)" in again.stdout
+
+
+@pytest.mark.e2e
 @pytest.mark.timeout(120)
 @pytest.mark.parametrize("module", ["agent.status", "agent.sweep.agent_loop"])
 def test_a_store_of_the_previous_schema_is_refused_in_one_line(workdir, module):

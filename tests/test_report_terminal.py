@@ -8,12 +8,14 @@ from __future__ import annotations
 import io
 import json
 import math
+import sqlite3
+import time
 from pathlib import Path
 
 import pytest
 from rich.console import Console
 
-from agent.sweep.controller import claim
+from agent.sweep.controller import HEARTBEAT_TIMEOUT_S, claim
 from agent.sweep.status import closing_lines, planned_runs, render_status, sweep_progress
 from agent.sweep.store import create_store
 from agent.sweep_space import short_number, spans_decades, swept_parameters
@@ -213,3 +215,82 @@ def test_a_packs_epoch_lines_name_their_run_within_80_columns(epochs):
     assert epoch_line(alone, epochs, metrics).startswith(f"epoch {epochs}/{epochs}  train")
     line = epoch_line(member, epochs, metrics)
     assert line.startswith(f"k3x9q0ab {epochs}/{epochs} train 1.23e+04 ") and len(line) <= 80
+
+
+def test_a_crashed_run_that_was_repeated_leaves_the_sweep_open_only_until_its_repeat_ends(
+        course_store, monkeypatch):
+    """A repeat stands for its crashed run: the sweep is not finished while the repeat is
+    open, and finished (no hint to go on, which would train nothing) once it has ended."""
+    monkeypatch.chdir(course_store.directory.parent)
+    later = time.time() + HEARTBEAT_TIMEOUT_S + 1  # the 3 running runs have gone silent
+    repeats = claim(course_store, "host:2", count=3, now=later).runs
+    assert [r.state for r in course_store.runs()].count("crashed") == 3 and len(repeats) == 3
+    assert "Not finished (77 of 80 runs ended): go on where it stopped with" in \
+        closing_lines(course_store)
+    for run in repeats:
+        course_store.finish(run.run_id, "host:2", "finished", {"val/acc": 0.3})
+    lines = closing_lines(course_store)
+    assert not any(line.startswith("Not finished") for line in lines)
+    out = io.StringIO()
+    render_status(course_store, Console(file=out, width=80, color_system=None))
+    assert "80 finished, 3 crashed (repeated)" in " ".join(out.getvalue().split())
+
+
+def test_a_running_run_without_heartbeats_is_shown_silent_with_what_repairs_it(course_store):
+    run = next(r for r in course_store.runs() if r.state == "running")
+    with sqlite3.connect(course_store.path) as db:  # its agent was killed a while ago
+        db.execute("UPDATE runs SET heartbeat=? WHERE id=?",
+                   (time.time() - HEARTBEAT_TIMEOUT_S - 5, run.id))
+    out = io.StringIO()
+    render_status(course_store, Console(file=out, width=80, color_system=None))
+    text = out.getvalue()
+    assert "2 running, 1 silent, 77 finished" in " ".join(text.split())
+    row = next(line for line in text.splitlines() if line.strip().startswith(run.id))
+    assert row.split()[1] == "silent"
+    assert "./run_sweep.sh course1" in " ".join(text.split())
+
+
+def test_counts_say_how_many_planned_runs_have_not_started_and_no_next_steps_before_a_result(
+        tmp_path, monkeypatch):
+    store = create_store(tmp_path / "r", "rnd1", "rnd", {**COURSE, "method": "random",
+                                                         "run_cap": 4})
+    claim(store, "host:1", count=3)
+    out = io.StringIO()
+    render_status(store, Console(file=out, width=80, color_system=None))
+    assert "4 runs planned): 3 running, 1 not started" in " ".join(out.getvalue().split())
+    monkeypatch.chdir(tmp_path)
+    lines = closing_lines(store)
+    assert "Not finished (0 of 4 runs ended): go on where it stopped with" in lines
+    assert not any(line.startswith("Next:") for line in lines)  # nothing to repeat yet
+
+
+def test_the_runs_of_an_agent_that_ended_mid_trial_are_crashed_and_repeated_at_once(
+        course_store):
+    from agent.sweep.controller import repair_ended_agents
+
+    with course_store.transaction() as tx:  # another agent's run, alive
+        tx.insert_run("other001", {"lr": 0.1}, "running", owner="host:9")
+    left = {r.id for r in course_store.runs() if r.owner == "host:1" and r.state == "running"}
+    assert set(repair_ended_agents(course_store, {"host:1"})) == left and len(left) == 3
+    runs = course_store.runs()
+    crashed = [r for r in runs if r.state == "crashed"]
+    assert {r.id for r in crashed} == left and course_store.run("other001").state == "running"
+    assert sorted(r.requeued_from for r in runs if r.requeued_from) == sorted(
+        r.id for r in crashed)
+    assert repair_ended_agents(course_store, {"host:1"}) == []  # once
+    assert len([r for r in course_store.runs() if r.requeued_from]) == 3
+
+
+def test_the_report_leaves_a_repeated_crashed_run_out_and_names_it(course_store):
+    """Its partial history would count its configuration twice beside its repeat's result."""
+    from agent.report.study import local_study
+
+    later = time.time() + HEARTBEAT_TIMEOUT_S + 1
+    repeats = claim(course_store, "host:2", count=3, now=later).runs
+    for run in repeats:
+        course_store.finish(run.run_id, "host:2", "finished", {"val/acc": 0.3})
+    study = local_study(course_store)
+    crashed = sorted(r.id for r in course_store.runs() if r.state == "crashed")
+    assert len(study.runs) == 80 and not {r.id for r in study.runs} & set(crashed)
+    assert sorted(c for c, _ in study.repeated) == crashed
+    assert {r for _, r in study.repeated} == {r.run_id for r in repeats}

@@ -119,6 +119,40 @@ def test_interrupted_run_resumes_from_its_checkpoint_to_identical_results(workdi
 
 
 @pytest.mark.timeout(120)
+def test_a_resumed_run_shows_each_step_once_in_tensorboard(workdir):
+    """The interrupted process logged steps past its checkpoint; the resumed one logs them
+    again (purge_step): TensorBoard reads each step once, with the straight run's values."""
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    config = dict(model="dense", hidden=32, epochs=3, batch_size=64, log_interval=5,
+                  sinks=["tensorboard"], group="g", optimizer="adam", lr=3e-3)
+    run(workdir, run_id="straight", **config)
+    steps = {"n": 0}
+
+    def interrupt_in_epoch_two():
+        steps["n"] += 1
+        return steps["n"] > 32  # 20 steps an epoch: 3 steps of epoch 2 logged, then stopped
+
+    with pytest.raises(Preempted):
+        train({**QUICK, **config, "run_id": "resumed", "data_dir": str(workdir / "data"),
+               "log_dir": str(workdir / "logs"), "run_dir": str(workdir / "runs")},
+              TrialHooks(interrupted=interrupt_in_epoch_two))
+    run(workdir, run_id="resumed", **config)
+
+    def scalars(run_id: str) -> dict:
+        events = EventAccumulator(str(workdir / "logs" / "g" / run_id),
+                                  size_guidance={"scalars": 0}).Reload()
+        return {tag: [(e.step, e.value) for e in events.Scalars(tag)]
+                for tag in ("train/step_loss", "val/acc", "train/loss")}
+
+    resumed, straight = scalars("resumed"), scalars("straight")
+    for tag, points in resumed.items():
+        assert [step for step, _ in points] == [step for step, _ in straight[tag]], tag
+        assert [v for _, v in points] == pytest.approx([v for _, v in straight[tag]]), tag
+    assert len(resumed["train/step_loss"]) == 12  # every 5th of 60 steps: none twice
+
+
+@pytest.mark.timeout(120)
 def test_should_stop_hook_ends_the_run_early_as_stopped(workdir):
     summary = train({**QUICK, "model": "dense", "epochs": 5, "data_dir": str(workdir / "data"),
                      "run_dir": str(workdir / "runs")},

@@ -38,6 +38,10 @@ def header_section(report: Report, study: Study) -> None:
                f"Runs: {len(study.runs)} (" + (", ".join(f"{n} {s}" for s, n in
                                                        sorted(states.items())) or "none")
                + "). One row per run: [runs.csv](runs.csv).", "")
+    if study.repeated:
+        pairs = ", ".join(f"{crashed} by {repeat}" for crashed, repeat in study.repeated)
+        report.add(f"Crashed and repeated ({len(study.repeated)}, not counted above: each "
+                   f"repeat stands for its run): {pairs}.", "")
     planned = planned_runs(study.sweep_config)
     ended = sum(states[s] for s in ENDED)
     open_runs = len(study.runs) - ended

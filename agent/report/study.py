@@ -10,6 +10,7 @@ from pathlib import Path
 
 from agent.ids import path_safe
 from agent.params import RunConfig, validate
+from agent.sweep.status import repeated_runs
 from agent.sweep.store import STORE_NAME, SWEEPS_DIR, SweepStore
 from agent.sweep.target import resolve_target
 from util.errors import UserError
@@ -60,6 +61,9 @@ class Study:
     sweep_config: dict
     runs: list[RunRecord] = field(default_factory=list)
     wandb_path: str | None = None  # entity/project/id of a W&B sweep
+    # (crashed run, the run that repeats it): a local agent re-queued the crashed one; its
+    # repeat stands for it, so the crashed run's partial history is not among `runs`
+    repeated: list[tuple[str, str]] = field(default_factory=list)
 
     @property
     def metric(self) -> str:
@@ -94,8 +98,12 @@ def _params(config: dict) -> RunConfig:
 
 def local_study(store: SweepStore) -> Study:
     sweep = store.sweep()
+    stored = store.runs()
+    repeated = repeated_runs(stored)
     runs = []
-    for run in store.runs():
+    for run in stored:
+        if run.id in repeated:
+            continue
         params = _params(run.config)
         # The agent names a run's group after its sweep (agent/sweep/agent_loop.py).
         log_dir = Path(params.log_dir) / path_safe(params.group or sweep.name) / path_safe(
@@ -104,7 +112,8 @@ def local_study(store: SweepStore) -> Study:
                               run.history, Path(params.run_dir) / run.id, run.error,
                               run.started, run.ended, (run.owner or "").rpartition(":")[0]
                               or None, log_dir, pack=run.pack))
-    return Study(sweep.name, sweep.id, "local", sweep.config, runs)
+    return Study(sweep.name, sweep.id, "local", sweep.config, runs,
+                 repeated=sorted(repeated.items()))
 
 
 def wandb_study(path: str) -> Study:

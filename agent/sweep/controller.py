@@ -204,6 +204,20 @@ def claim(store: SweepStore, owner: str, count: PackSize = 1,
     return Claim("run", claimed, pack)
 
 
+def repair_ended_agents(store: SweepStore, owners: set[str]) -> list[str]:
+    """Mark crashed (and re-queue once) the running runs of agents known to have ended
+    (`owners`, host:pid, as a launcher knows its children's exits): what a heartbeat timeout
+    would do later, done at once. Returns the ids marked crashed."""
+    with store.transaction() as tx:
+        ended = [r.id for r in tx.runs() if r.state == "running" and r.owner in owners]
+        for run_id in ended:
+            tx.mark_crashed(run_id)
+        _, requeue = crash_repairs(tx.runs(), now=0.0, timeout=math.inf)  # the crashed only
+        for run in requeue:
+            tx.insert_run(new_run_id(), run.config, "pending", requeued_from=run.id)
+    return ended
+
+
 def should_stop(store: SweepStore, run_id: str) -> bool:
     """Hyperband (or any early_terminate) says this run should stop now."""
     sweep_config = store.sweep().config

@@ -16,6 +16,7 @@ from rich.markup import escape
 from rich.table import Table
 
 from agent.params import BY_NAME
+from agent.sweep.controller import HEARTBEAT_TIMEOUT_S
 from agent.sweep.store import STATES, Run, SweepStore
 from agent.sweep.target import open_store
 from agent.sweep_space import duration_text, short_number, swept_parameters
@@ -24,14 +25,26 @@ from util.errors import CommandParser
 ENDED = ("finished", "failed", "stopped")  # states that count as a run done
 # What the console shows: a finished run whose loss went non-finite is a result (finished in
 # the store, diverged=true in its summary), shown as diverged.
-SHOWN_STATES = (*STATES[:STATES.index("finished") + 1], "diverged",
+# A running run silent past the default heartbeat timeout is shown as silent: its agent has
+# stopped (killed, or its machine gone) and the next agent to claim work repairs it.
+SHOWN_STATES = (*STATES[:STATES.index("running") + 1], "silent",
+                *STATES[STATES.index("running") + 1:STATES.index("finished") + 1], "diverged",
                 *STATES[STATES.index("finished") + 1:])
 
 
-def shown_state(run: Run) -> str:
+def shown_state(run: Run, now: float | None = None) -> str:
     if run.state == "finished" and (run.summary or {}).get("diverged") is True:
         return "diverged"
+    if run.state == "running" and (run.heartbeat or 0) < (time.time() if now is None else now) \
+            - HEARTBEAT_TIMEOUT_S:
+        return "silent"
     return run.state
+
+
+def repeated_runs(runs: list[Run]) -> dict[str, str]:
+    """{crashed run id: id of the run that repeats it}: a crashed run an agent re-queued is
+    settled, its repeat stands for it (it does not count as a run still to end)."""
+    return {r.requeued_from: r.id for r in runs if r.requeued_from}
 
 
 @dataclass(frozen=True)
@@ -118,11 +131,15 @@ def render_status(store: SweepStore, console: Console | None = None,
     runs = store.runs()
     counts = Counter(shown_state(run) for run in runs)
     total = planned_runs(sweep.config)
+    repeated = repeated_runs(runs)
+    unstarted = max(0, (total or 0) - (len(runs) - len(repeated)))  # still to be proposed
+    parts = [f"{counts[s]} {s}" + (" (repeated)" if s == "crashed" and repeated else "")
+             for s in SHOWN_STATES if counts[s]] + ([f"{unstarted} not started"]
+                                                   if unstarted else [])
     # names and values are the user's text: escaped, so that "[/x]" is shown, not parsed
     console.print(f"[bold]sweep {sweep.id}[/] ({escape(sweep.name)}, "
                   f"{escape(str(sweep.config.get('method')))}"
-                  + (f", {total} runs planned" if total else "") + "): "
-                  + ", ".join(f"{counts[s]} {s}" for s in SHOWN_STATES if counts[s]),
+                  + (f", {total} runs planned" if total else "") + "): " + ", ".join(parts),
                   highlight=False)
     reached = target_text(sweep.config, runs)
     if reached:
@@ -139,6 +156,10 @@ def render_status(store: SweepStore, console: Console | None = None,
     if limit is not None and len(runs) > len(shown):
         console.print(f"(the best {len(shown)} of {len(runs)} runs; all of them: "
                       f"python -m agent.status {sweep.id})", highlight=False)
+    if counts["silent"]:
+        console.print(f"silent: no heartbeat for over {HEARTBEAT_TIMEOUT_S:g} s, its agent has "
+                      "stopped; the next agent marks it crashed and repeats it: "
+                      f"./run_sweep.sh {sweep.id}", highlight=False)
 
 
 def _number(value) -> float:
@@ -173,7 +194,7 @@ def status_table(sweep_config: dict, runs: list[Run]) -> Table:
                  f"{test:.4f}" if isinstance(test, float) else ""]
         if running:
             eta = ""
-            if run.state == "running" and run.epoch and run.started and epochs_of(run):
+            if shown_state(run) == "running" and run.epoch and run.started and epochs_of(run):
                 per_epoch = (time.time() - run.started) / run.epoch
                 eta = duration_text(per_epoch * (epochs_of(run) - run.epoch))
             cells.append(eta)
@@ -206,14 +227,18 @@ def closing_lines(store: SweepStore, options: str = "") -> list[str]:
         if setting:
             line += f" ({setting})" if len(line) + len(setting) + 3 <= 80 else f"\n  {setting}"
         lines += line.split("\n")
-    ended = sum(r.state in ENDED for r in runs)
+    repeated = repeated_runs(runs)
+    current = [r for r in runs if r.id not in repeated]  # a repeat stands for its crashed run
+    ended = sum(r.state in ENDED for r in current)
     planned = planned_runs(sweep.config)
     reached = target_text(sweep.config, runs)
     if reached:
         lines.append(reached)
-    elif ended < len(runs) or (planned and ended < planned):  # stopped (Ctrl-C, SIGTERM...)
-        lines += [f"Not finished ({ended} of {planned or len(runs)} runs ended): go on where "
-                  "it stopped with", f"  ./run_sweep.sh {sweep.id}{options}"]
+    elif ended < len(current) or (planned and ended < planned):  # stopped (Ctrl-C, SIGTERM...)
+        lines += [f"Not finished ({ended} of {planned or len(current)} runs ended): go on "
+                  "where it stopped with", f"  ./run_sweep.sh {sweep.id}{options}"]
+    if best is None:  # nothing to repeat or report yet
+        return lines
     prefix = "./util/with_venv.sh python -m"
     lines += ["Next: repeat the best runs over 5 seeds, write the report, open TensorBoard:",
               f"  {prefix} agent.repeat {sweep.id} --run",

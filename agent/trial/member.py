@@ -114,6 +114,7 @@ class Member:
         """Continue from a checkpoint's progress (agent/trial/checkpoint.py)."""
         self.progress = Progress(**saved)
         self.run.resumed_epoch = self.progress.epoch
+        self.run.resumed_step = self.progress.global_step
 
 
 def run_identity(cfg: RunConfig, sweep: dict | None = None) -> RunInfo:

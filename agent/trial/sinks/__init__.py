@@ -18,6 +18,7 @@ class RunInfo:
     log_dir: str  # TensorBoard event files of this run
     run_dir: str  # checkpoint, summary, traceback of this run
     resumed_epoch: int = 0  # epochs already done before this start (resume)
+    resumed_step: int = 0  # the steps those epochs took (global_step at the checkpoint)
     sweep: dict | None = None  # {"id", "name", "config"} when the run belongs to a local sweep
     pack: int = 1  # members of the pack the run trains in (1: alone)
 

@@ -128,7 +128,12 @@ QUEUE = 1000  # events held before a put waits for the writer thread
 
 class TensorBoardSink(Sink):
     def start(self, run: RunInfo, config: dict, hparams: dict) -> None:
-        self.writer = SummaryWriter(log_dir=run.log_dir, flush_secs=FLUSH_S, max_queue=QUEUE)
+        # A resumed run logs the steps after its checkpoint again: purge_step hides what the
+        # interrupted process logged from there on (TensorBoard drops events at or past it in
+        # the earlier files), so each step appears once.
+        purge = run.resumed_step + 1 if run.resumed_epoch else None
+        self.writer = SummaryWriter(log_dir=run.log_dir, flush_secs=FLUSH_S, max_queue=QUEUE,
+                                    purge_step=purge)
         session = session_hparams(config, hparams, run.sweep)
         start = plugin_data_pb2.SessionStartInfo(start_time_secs=time.time())
         for name, value in session.items():
