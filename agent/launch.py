@@ -190,6 +190,10 @@ def agent_options(args: argparse.Namespace) -> str:
         tail += f" --agents-per-gpu {args.agents_per_gpu}"
     if args.agents != 1:
         tail += f" --agents {args.agents}"
+    for option, value in (("--heartbeat", args.heartbeat),
+                          ("--heartbeat-timeout", args.heartbeat_timeout)):
+        if value is not None:
+            tail += f" {option} {value:.15g}"
     return tail
 
 

@@ -220,8 +220,8 @@ PARAMS: tuple[Param, ...] = (
     Param("sinks", list, ["wandb", "tensorboard", "console"], "where metrics go; W&B honours "
           "WANDB_MODE, WANDB_PROJECT and WANDB_ENTITY", "run", item_type=str, choices=_sinks,
           hyper=False, min_items=0),
-    Param("group", str, "", "run group in W&B and TensorBoard (default: the sweep id, "
-          "else 'default')", "run", hyper=False),
+    Param("group", str, "", "run group in W&B and TensorBoard (default: <name>-<id> of a "
+          "local sweep, a W&B sweep's id, else 'default')", "run", hyper=False),
     Param("run_name", str, "", "display name (default: the run id)", "run", hyper=False),
     Param("run_id", str, "", "run id; a run started again with the same id resumes from its "
           "checkpoint (default: a new id)", "run", hyper=False, text="id"),

@@ -16,6 +16,7 @@ import yaml
 
 from agent.sweep.store import SweepStore, create_store
 from conftest import ROOT, closed_offline_runs, subprocess_env
+from util.errors import UserError
 
 COMMAND = ["${env}", "python", "-m", "agent.train", "${args}"]
 
@@ -175,6 +176,26 @@ def test_unknown_sweep_is_one_line_exit_2_and_creates_nothing(tmp_path, target):
     assert list(tmp_path.iterdir()) == []
 
 
+@pytest.mark.parametrize("kind", ["directory", "file", "absent"])
+def test_a_path_that_is_not_a_sweep_is_named_as_such_not_taken_for_a_wandb_path(tmp_path,
+                                                                                 kind):
+    """/tmp/x/y has two slashes like entity/project/id: it is still a path on this machine."""
+    from agent.sweep.target import resolve_target
+
+    path = tmp_path / "some" / "where"
+    if kind == "directory":
+        path.mkdir(parents=True)
+    elif kind == "file":
+        path.parent.mkdir()
+        path.write_text("not a sweep")
+    with pytest.raises(UserError) as refused:
+        resolve_target(str(path), project="p")
+    line = str(refused.value)
+    assert "not a local sweep" in line and "W&B" not in line
+    assert {"directory": "a directory", "file": "a file",
+            "absent": "does not exist"}[kind] in line
+
+
 @pytest.mark.e2e
 @pytest.mark.slow
 @pytest.mark.timeout(400)
@@ -198,12 +219,12 @@ def test_quickstart_with_two_agents_completes_offline_through_run_sweep_sh(workd
     offline = {r.run_id: r for r in closed_offline_runs(workdir / "wandb", len(runs))}
     for run in runs:
         assert run.id in offline
-        assert offline[run.id].group == "quickstart"
+        assert offline[run.id].group == f"quickstart-{store_dir.name}"
         assert offline[run.id].config["sweep"]["id"] == store_dir.name
         if run.state == "finished":
             assert offline[run.id].summary["test/acc"] == pytest.approx(
                 run.summary["test/acc"])
-    assert (workdir / "data" / "logs" / "quickstart").is_dir()
+    assert (workdir / "data" / "logs" / f"quickstart-{store_dir.name}").is_dir()
 
 
 @pytest.mark.e2e
@@ -539,3 +560,36 @@ def test_agents_starting_unpacked_on_a_gpu_are_told_of_pack_auto(workdir):
     assert pack_tip(parse_options(["ours", "--pack", "auto"]), ["0"], ours) is None
     assert pack_tip(parse_options(["ours", "--pack", "4"]), ["0"], ours) is None
     assert pack_tip(parse_options(["other"]), ["0"], other) is None  # another program
+
+
+def test_the_hints_repeat_every_option_that_shapes_the_agents():
+    """agent_options() is the tail of the hints to add agents and to go on: read back by the
+    launcher, it gives the same agents (pack, devices, how many, heartbeats)."""
+    from agent.launch import agent_options, parse_options
+
+    shaping = ("pack", "gpus", "agents_per_gpu", "agents", "heartbeat", "heartbeat_timeout")
+    given = parse_options(["s", "--pack", "auto", "--gpus", "0,1", "--agents-per-gpu", "3",
+                           "--agents", "2", "--heartbeat", "0.5", "--heartbeat-timeout", "7.5",
+                           "--count", "4"])
+    again = parse_options(["s", *agent_options(given).split()])
+    assert {n: getattr(again, n) for n in shaping} == {n: getattr(given, n) for n in shaping}
+    defaults = parse_options(["s"])
+    assert agent_options(defaults) == ""
+
+
+def test_status_without_a_sweep_lists_the_local_sweeps_newest_first(workdir, monkeypatch,
+                                                                     capsys):
+    from agent.sweep.status import main
+
+    monkeypatch.chdir(workdir)
+    with pytest.raises(UserError, match="no local sweeps in data/sweeps"):
+        main([])
+    make_sweep(workdir, "older", {"lr": {"values": [0.1, 0.01]}})
+    time.sleep(0.01)
+    make_sweep(workdir, "newer", {"lr": {"values": [0.1]}})
+    assert main([]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    rows = [line.split() for line in lines if line.split()[:1] in (["older"], ["newer"])]
+    assert [row[0] for row in rows] == ["newer", "older"]
+    assert [row[3] for row in rows] == ["0/1", "0/2"]  # runs ended of planned
+    assert max(len(line) for line in lines) <= 80

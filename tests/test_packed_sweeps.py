@@ -49,7 +49,7 @@ def test_a_packed_sweep_gives_every_point_the_result_it_gets_alone(workdir):
     for members in packs.values():  # a pack holds one model and one optimizer
         assert len({(r.config["model"], r.config["optimizer"]) for r in members}) == 1
     for run in packed.runs():  # each member is a run of its own in TensorBoard
-        assert (workdir / "logs" / "packed" / run.id).is_dir()
+        assert (workdir / "logs" / packed.sweep().group / run.id).is_dir()
 
 
 @pytest.mark.timeout(400)

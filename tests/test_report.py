@@ -93,7 +93,9 @@ def step_losses(work: Path, run_id: str) -> list[float]:
     accumulator (the report reads the files with another reader)."""
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-    events = EventAccumulator(str(work / "data" / "logs" / "course" / run_id),
+    (group,) = [p for p in (work / "data" / "logs").glob("course-*")  # the sweep's own
+                if not p.name.endswith("-repeats")]
+    events = EventAccumulator(str(group / run_id),
                               size_guidance={"scalars": 0, "histograms": 1})
     events.Reload()
     return [e.value for e in events.Scalars("train/step_loss")]
@@ -208,7 +210,8 @@ def test_weight_figures_compare_named_layers_within_one_architecture(course):
             for ax, name in zip(panels, names):
                 assert ax.texts[column] == f"{saved[name + '.weight'].std(unbiased=False):.2g}"
     # TensorBoard's histograms carry the same names.
-    events = EventAccumulator(str(work / "data" / "logs" / "course" / runs[-1].id),
+    events = EventAccumulator(str(work / "data" / "logs" / course["store"].sweep().group /
+                                  runs[-1].id),
                               size_guidance={"histograms": 0})
     events.Reload()
     assert {f"weights/{n}" for n in layers[runs[-1].config["model"]]} <= set(
@@ -404,7 +407,7 @@ def test_terminal_lines_fit_80_columns_and_end_with_the_next_commands(course):
     assert tail == ["Next: repeat the best runs over 5 seeds, write the report, open TensorBoard:",
                     f"  ./util/with_venv.sh python -m agent.repeat {sweep_id} --run",
                     f"  ./util/with_venv.sh python -m agent.report {sweep_id}",
-                    "  ./run_tensorboard.sh --logdir data/logs/course"]
+                    f"  ./run_tensorboard.sh --logdir data/logs/course-{sweep_id}"]
     assert "running it now" in course["repeat"]
     assert "run it: ./run_sweep.sh" not in course["repeat"]  # --run runs, it does not ask
     assert course["repeat"].splitlines()[-1] == (

@@ -135,3 +135,39 @@ def test_run_time_counts_a_packed_trial_once_with_its_longest_member():
                      "cnn 41 s, dense 7 s.")
     (alone,) = run_time_lines(runs[-1:])
     assert alone == "- Run time: 4 s summed over 1 run; per run, mean by model: dense 4 s."
+
+
+def _lr_study(values: dict[str, list[float]]):
+    """A study of an lr x optimizer grid: {optimizer: val/acc at each lr, low to high}."""
+    from agent.report.markdown import Context
+    from agent.report.study import Study
+
+    lrs = [0.0001, 0.001, 0.01, 0.1]
+    runs = []
+    for optimizer, accs in values.items():
+        for lr, acc in zip(lrs, accs):
+            config = {"optimizer": optimizer, "lr": lr}
+            runs.append(RunRecord(f"{optimizer}{lr}", "finished", config, validate(config),
+                                  {"val/acc": acc}, [], None))
+    sweep = {"method": "grid", "metric": {"name": "val/acc", "goal": "maximize"},
+             "parameters": {"optimizer": {"values": list(values)}, "lr": {"values": lrs}}}
+    study = Study("s", "s1", "local", sweep, runs)
+    return Context(study, Path("."), stats.GroupRule(), ["optimizer", "lr"],
+                   study.scored_runs())
+
+
+@pytest.mark.parametrize("accs, bends", [
+    ([0.70, 0.94, 0.98, 0.98], False),   # tied at the top end: a rise to the end
+    ([0.70, 0.94, 0.985, 0.975], False),  # the end within NEAR_BEST of the peak
+    ([0.70, 0.94, 0.98, 0.90], True),    # a real peak inside
+    ([0.90, 0.98, 0.94, 0.70], True),
+    ([0.97, 0.98, 0.94, 0.70], False),   # the low end within NEAR_BEST
+    ([0.70, 0.80, 0.90, 0.98], False),   # monotone
+])
+def test_a_peak_inside_the_range_is_claimed_only_beyond_near_best_of_both_ends(accs, bends):
+    from agent.report.discussion import _correlation_caveat
+
+    (line,) = _correlation_caveat(_lr_study({"sam": accs, "sgd": [0.5, 0.6, 0.7, 0.8]}),
+                                  "lr")
+    assert ("optimizer=sam peaks at" in line) == bends, line
+    assert "optimizer=sgd peaks" not in line

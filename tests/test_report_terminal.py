@@ -115,7 +115,8 @@ def test_status_table_fits_80_columns_with_distinct_values(course_store):
 def test_closing_lines_name_the_next_commands(course_store, monkeypatch):
     monkeypatch.chdir(course_store.directory.parent)  # where ./run_sweep.sh ran
     lines = closing_lines(course_store)
-    assert lines[:3] == ["Results: course/sweep.db", "  TensorBoard logs: data/logs/course/",
+    assert lines[:3] == ["Results: course/sweep.db",
+                         "  TensorBoard logs: data/logs/course-course1/",
                          "  W&B offline runs: wandb/ (upload: wandb sync wandb/offline-run-*)"]
     assert all(len(line) <= 80 for line in lines)
     assert "{" not in "".join(lines)  # no Python dict
@@ -125,7 +126,7 @@ def test_closing_lines_name_the_next_commands(course_store, monkeypatch):
     assert lines[best + 1] == "  model=dense optimizer=sgd lr=1e-05 dropout=0.5"
     assert lines[-3:] == ["  ./util/with_venv.sh python -m agent.repeat course1 --run",
                           "  ./util/with_venv.sh python -m agent.report course1",
-                          "  ./run_tensorboard.sh --logdir data/logs/course"]
+                          "  ./run_tensorboard.sh --logdir data/logs/course-course1"]
 
 
 def test_progress_counts_runs_and_paces_the_eta(course_store):

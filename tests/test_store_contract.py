@@ -26,6 +26,7 @@ from agent.sweep.store import (
     AGENT_END_STATES,
     SCHEMA_VERSION,
     STATES,
+    STORE_NAME,
     Run,
     Sweep,
     SweepStore,
@@ -397,3 +398,19 @@ def test_agents_claiming_singles_and_packs_at_once_run_each_point_exactly_once(b
     assert sorted((r.config["lr"], r.config["model"]) for r in runs) == sorted(GRID_POINTS)
     assert all(r.state == "finished" for r in runs)
     assert len({r.owner for r in runs}) >= 2
+
+
+def test_a_sweep_appears_whole_or_not_at_all(tmp_path):
+    """The store is made in a hidden directory and renamed into place: a reader listing
+    data/sweeps/ sees a whole sweep or none, and a failed creation leaves nothing."""
+    sweeps = tmp_path / "data" / "sweeps"
+    with pytest.raises(TypeError):  # the config cannot be stored: nothing is left behind
+        create_store(sweeps / "bad1", "bad1", "bad", {"parameters": {"lr": {1, 2}}})
+    assert list(sweeps.iterdir()) == []
+    store = create_store(sweeps / "ok1", "ok1", "ok", {"method": "grid"})
+    assert [p.name for p in sweeps.iterdir()] == ["ok1"]  # no hidden leftover
+    assert SweepStore(sweeps / "ok1" / STORE_NAME).sweep().name == "ok"
+    assert store.sweep().id == "ok1" and store.runs() == []
+    with pytest.raises(FileExistsError):  # never over an existing sweep
+        create_store(sweeps / "ok1", "ok1", "again", {"method": "grid"})
+    assert SweepStore(sweeps / "ok1" / STORE_NAME).sweep().name == "ok"

@@ -123,7 +123,7 @@ def test_pbs_job_runs_a_local_sweep_in_scratch_and_copies_everything_back(workdi
     assert [r.state for r in runs] == ["finished", "finished"]
     assert sorted(r.config["lr"] for r in runs) == [0.05, 0.1]
     for run in runs:  # every result is back in the submit directory
-        assert (workdir / "data" / "logs" / "tiny" / run.id).is_dir()
+        assert (workdir / "data" / "logs" / "tiny-tiny" / run.id).is_dir()
         assert list((workdir / "wandb").glob(f"offline-run-*-{run.id}/run-*.wandb"))
         assert (workdir / "data" / "runs" / run.id / "checkpoint.pt").is_file()
     assert (workdir / "data" / "cache").is_dir()
@@ -208,6 +208,42 @@ def test_missing_scheduler_command_is_one_line_exit_2_and_writes_nothing(workdir
     assert result.stderr.strip().splitlines() == [result.stderr.strip()]
     assert f"{command} not found on PATH" in result.stderr and "Traceback" not in result.stderr
     assert sorted(p.name for p in workdir.iterdir()) == ["empty-bin", "s.yaml"]  # no sweep
+
+
+@pytest.mark.e2e
+@pytest.mark.timeout(120)
+@pytest.mark.parametrize("kind,command", [("--pbs", "qsub"), ("--slurm", "sbatch")])
+def test_a_refused_submission_leaves_no_sweep_and_no_scripts_behind(workdir, aux, kind,
+                                                                    command):
+    """The scheduler is there but refuses the job (no controller reachable): one line, exit
+    2, and neither the sweep made from the YAML nor the job scripts are kept, so trying
+    again does not pile up sweeps."""
+    bin_dir = aux / "bin"
+    bin_dir.mkdir()
+    (bin_dir / command).write_text("#!/bin/sh\necho 'error: Unknown host' >&2\nexit 1\n")
+    (bin_dir / command).chmod(0o755)
+    sweep_file = workdir / "s.yaml"
+    sweep_file.write_text((ROOT / "sweeps" / "quickstart.yaml").read_text())
+    for _ in range(2):
+        result = launch(workdir, str(sweep_file), kind, "1",
+                        path=f"{bin_dir}:{os.environ['PATH']}")
+        assert result.returncode == 2, result.stderr
+        (line,) = result.stderr.strip().splitlines()
+        assert f"{command} " in line and "Unknown host" in line and "nothing was kept" in line
+        assert list((workdir / "data" / "sweeps").glob("*")) == []
+        assert list((workdir / "data" / "jobs").glob("*")) == []
+
+
+def test_a_submission_refused_after_some_jobs_names_them_and_the_sweep(tmp_path):
+    from agent.cluster.submit import SubmitFailed, _after_failure
+
+    job_dir, sweep = tmp_path / "jobs" / "20261130", tmp_path / "sweeps" / "abc123"
+    job_dir.mkdir(parents=True)
+    sweep.mkdir(parents=True)
+    line = _after_failure(SubmitFailed("qsub pbs-2.sh failed (quota)", ["41.pbs"]), job_dir,
+                          sweep, sweep)
+    assert "submitted before it: 41.pbs" in line and "./run_sweep.sh abc123" in line
+    assert job_dir.is_dir() and sweep.is_dir()  # the job that runs needs both
 
 
 @pytest.mark.e2e

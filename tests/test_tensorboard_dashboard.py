@@ -121,7 +121,8 @@ def dashboard(tmp_path_factory):
     expected = {r.id for r in store.runs()}
     with open(log, "w") as out:
         server = subprocess.Popen([str(SCRIPT), "--logdir", str(workdir / "data" / "logs" /
-                                                                "tbdash"), "--port", str(port)],
+                                                                "tbdash-tbdash"), "--port",
+                                   str(port)],
                                   cwd=workdir, env=subprocess_env(), stdout=out,
                                   stderr=subprocess.STDOUT, start_new_session=True)
     try:
@@ -206,8 +207,8 @@ def test_repeat_runs_log_apart_from_the_sweep(dashboard):
 
     workdir, store, base, experiment, groups = dashboard
     logs = workdir / "data" / "logs"
-    assert {p.name for p in (logs / "tbdash").iterdir()} == {r.id for r in store.runs()}
-    repeat_runs = sorted((logs / "tbdash-repeats").glob("*/*"))
+    assert {p.name for p in (logs / "tbdash-tbdash").iterdir()} == {r.id for r in store.runs()}
+    repeat_runs = sorted((logs / "tbdash-tbdash-repeats").glob("*/*"))
     assert len(repeat_runs) == 2 * len(OPTIMIZERS)  # best run per optimizer, 2 seeds each
     for run_dir in repeat_runs:
         (events,) = run_dir.glob("events.out.tfevents.*")

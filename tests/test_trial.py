@@ -234,3 +234,13 @@ print(sorted(m for m in sys.modules if m.startswith("torch._dynamo")))
                            capture_output=True, text=True, timeout=110)
     assert child.returncode == 0, child.stderr[-2000:]
     assert child.stdout.strip().splitlines()[-1] == "[]"
+
+
+@pytest.mark.parametrize("sinks", [["console"], ["console", "tensorboard"]])
+def test_a_single_run_names_its_tensorboard_logs_only_when_it_wrote_them(workdir, capsys,
+                                                                           sinks):
+    summary = run(workdir, model="dense", hidden=16, epochs=1, sinks=sinks, run_id="tb1")
+    out = capsys.readouterr().out
+    logs = workdir / "logs" / "default" / "tb1"
+    assert ("./run_tensorboard.sh --logdir" in out) == ("tensorboard" in sinks) == logs.is_dir()
+    assert summary["state"] == "finished"

@@ -84,6 +84,14 @@ def find_command(scheduler: Scheduler) -> str:
     return command
 
 
+class SubmitFailed(UserError):
+    """The scheduler refused a job script; `submitted`: the job ids it took before it."""
+
+    def __init__(self, message: str, submitted: list[str]):
+        super().__init__(message)
+        self.submitted = submitted
+
+
 def submit(scripts: dict[str, str], scheduler: Scheduler, dry_run: bool,
            job_dir: Path) -> list[str]:
     """Print the scripts (dry run), or write them to job_dir and submit each; the job ids."""
@@ -103,8 +111,7 @@ def submit(scripts: dict[str, str], scheduler: Scheduler, dry_run: bool,
                               text=True)
         if done.returncode != 0:
             why = (done.stderr.strip() or done.stdout.strip() or "no message").splitlines()[0]
-            raise UserError(f"{scheduler.command} {path} failed ({why}); submitted before it: "
-                            f"{', '.join(ids) or 'none'}")
+            raise SubmitFailed(f"{scheduler.command} {path.name} failed ({why})", ids)
         ids.append(scheduler.job_id(done.stdout))
     (job_dir / "job_ids.txt").write_text("\n".join(ids) + "\n")
     return ids
@@ -141,6 +148,22 @@ def local_sweep_for_jobs(target: SweepTarget, dry_run: bool) -> Path | None:
     return create_local_sweep(target.path).directory.resolve()
 
 
+def _after_failure(failure: SubmitFailed, job_dir: Path, made: Path | None,
+                   local: Path | None) -> str:
+    """The line for a refused submission. With no job submitted, what this submission wrote
+    is removed (its scripts, and the sweep it made from a YAML): nothing is left half-made.
+    Otherwise all stays, and the line names the jobs and the sweep to go on with."""
+    if not failure.submitted:
+        shutil.rmtree(job_dir, ignore_errors=True)
+        if made is not None:
+            shutil.rmtree(made, ignore_errors=True)
+        return f"{failure}; no job was submitted and nothing was kept"
+    where = f"; the sweep is {local.name} (more jobs: ./run_sweep.sh {local.name} ...)" \
+        if local is not None else ""
+    return (f"{failure}; submitted before it: {', '.join(failure.submitted)} (scripts and logs "
+            f"in {job_dir}/){where}")
+
+
 def submit_from_args(args: argparse.Namespace, argv: list[str] | None = None) -> int:
     """The launcher's --pbs/--slurm branch: validate, make the sweep if needed, submit."""
     argv = sys.argv[1:] if argv is None else argv
@@ -159,7 +182,11 @@ def submit_from_args(args: argparse.Namespace, argv: list[str] | None = None) ->
     local = local_sweep_for_jobs(target, args.dry_run)
     sweep = scheduler.sweep_in_job(local) if local is not None else args.target
     spec = scheduler.job_spec(args, count, sweep, local, job_dir, argv)
-    ids = submit(scheduler.scripts(spec), scheduler, args.dry_run, job_dir)
+    try:
+        ids = submit(scheduler.scripts(spec), scheduler, args.dry_run, job_dir)
+    except SubmitFailed as failure:
+        raise UserError(_after_failure(failure, job_dir, local if target.kind == "yaml"
+                                       else None, local)) from None
     if ids:
         print(f"Submitted {scheduler.title} job(s) {', '.join(ids)}; scripts and logs in "
               f"{job_dir}/ (watch: {scheduler.watch})")

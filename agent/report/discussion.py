@@ -185,7 +185,13 @@ def _correlation_caveat(ctx: Context, name: str) -> list[str]:
     for group in (_levels(ctx.study.runs, split) if split else [None]):
         mine = [r for r in ctx.scored if split is None or value(r, split) == group]
         levels = _levels(mine, name)
-        if mine and len(levels) > 2 and value(mine[0], name) not in (levels[0], levels[-1]):
+        top = mine[0].metric(metric) if mine else None
+        # a peak inside the range: the best run is inside, and no run at either end comes
+        # within NEAR_BEST of it (a tie at an end is a rise to that end, not a bend)
+        ends_near = any(abs(r.metric(metric) - top) <= NEAR_BEST for r in mine
+                        if value(r, name) in (levels[0], levels[-1])) if mine else True
+        if mine and len(levels) > 2 and not ends_near \
+                and value(mine[0], name) not in (levels[0], levels[-1]):
             bends.append(f"{split}={group} peaks at {name}={short_number(value(mine[0], name))}"
                          if split else f"the best is at {name}="
                          f"{short_number(value(mine[0], name))}")

@@ -5,14 +5,14 @@ each get a repeat sweep: a grid over `seed` with every other parameter fixed at 
 value, local or on W&B like the sweep itself. The seeds are fresh: the picked run's own seed
 is left out (it was picked for being best; running it again would only repeat its luck).
 The parameters the original sweep searched stay `values: [x]` (the HPARAMS columns of the
-repeats' TensorBoard logs, which go to <log_dir>/<sweep name>-repeats/, apart from the
-sweep's). The report finds the repeats by their description and turns them into means with
+repeats' TensorBoard logs, which go to <log_dir>/<sweep name>-<sweep id>-repeats/, apart
+from the sweep's). The report finds the repeats by their description and turns them into means with
 confidence intervals. `--run` runs local repeat sweeps right away.
 """
 
 from __future__ import annotations
 
-from agent.ids import new_run_id, path_safe
+from agent.ids import new_run_id
 from agent.report.stats import best_per_group
 from agent.report.study import Study, load_study, repeat_description, repeats_of
 from agent.sweep.store import SWEEPS_DIR, SweepStore, create_store
@@ -37,7 +37,7 @@ def repeat_configs(study: Study, top: int, by: str, seeds: int) -> list[tuple[st
                      for name, value in run.config.items() if name not in ("seed", "sweep")}
             if by not in fixed:  # the grouping parameter stays visible in the repeat
                 fixed[by] = {"value": run.params[by]}
-            fixed["log_dir"] = {"value": f"{run.params.log_dir}/{path_safe(study.name)}-repeats"}
+            fixed["log_dir"] = {"value": f"{run.params.log_dir}/{study.log_group}-repeats"}
             config = {key: study.sweep_config[key] for key in COPIED_KEYS
                       if key in study.sweep_config}
             config.update({"name": f"{study.name}-repeat-{run.id}", "method": "grid",

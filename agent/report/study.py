@@ -11,7 +11,7 @@ from pathlib import Path
 from agent.ids import path_safe
 from agent.params import RunConfig, validate
 from agent.sweep.status import repeated_runs
-from agent.sweep.store import STORE_NAME, SWEEPS_DIR, SweepStore
+from agent.sweep.store import STORE_NAME, SWEEPS_DIR, SweepStore, sweep_group
 from agent.sweep.target import resolve_target
 from util.errors import UserError
 
@@ -66,6 +66,11 @@ class Study:
     repeated: list[tuple[str, str]] = field(default_factory=list)
 
     @property
+    def log_group(self) -> str:
+        """The folder of its runs' TensorBoard logs under log_dir (a local sweep's group)."""
+        return path_safe(sweep_group(self.name, self.sweep_id))
+
+    @property
     def metric(self) -> str:
         return (self.sweep_config.get("metric") or {}).get("name", "val/acc")
 
@@ -105,9 +110,11 @@ def local_study(store: SweepStore) -> Study:
         if run.id in repeated:
             continue
         params = _params(run.config)
-        # The agent names a run's group after its sweep (agent/sweep/agent_loop.py).
-        log_dir = Path(params.log_dir) / path_safe(params.group or sweep.name) / path_safe(
+        # The agent names a run's group after its sweep (Sweep.group).
+        log_dir = Path(params.log_dir) / path_safe(params.group or sweep.group) / path_safe(
             params.run_name or run.id)
+        if not params.group and not log_dir.exists():  # a sweep run before groups had ids
+            log_dir = log_dir.parent.parent / path_safe(sweep.name) / log_dir.name
         runs.append(RunRecord(run.id, run.state, run.config, params, run.summary or {},
                               run.history, Path(params.run_dir) / run.id, run.error,
                               run.started, run.ended, (run.owner or "").rpartition(":")[0]

@@ -249,7 +249,7 @@ class LocalAgent:
     def trial_config(self, command: program.RunCommand) -> dict:
         """Our trainer's config for a run: what its argv describes, its id, the group."""
         config = {**program.trial_values(command), "run_id": command.run_id}
-        config["group"] = config.get("group") or self.sweep.name
+        config["group"] = config.get("group") or self.sweep.group
         return config
 
     def run_program(self, command: program.RunCommand, hooks: TrialHooks,

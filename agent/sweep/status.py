@@ -15,12 +15,13 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
+from agent.ids import path_safe
 from agent.params import BY_NAME
 from agent.sweep.controller import HEARTBEAT_TIMEOUT_S
-from agent.sweep.store import STATES, Run, SweepStore
+from agent.sweep.store import STATES, STORE_NAME, SWEEPS_DIR, Run, SweepStore
 from agent.sweep.target import open_store
 from agent.sweep_space import duration_text, short_number, swept_parameters
-from util.errors import CommandParser
+from util.errors import CommandParser, UserError
 
 ENDED = ("finished", "failed", "stopped")  # states that count as a run done
 # What the console shows: a finished run whose loss went non-finite is a result (finished in
@@ -216,7 +217,7 @@ def closing_lines(store: SweepStore, options: str = "") -> list[str]:
     sinks = {s for run in runs for s in run.config.get("sinks", BY_NAME["sinks"].default)}
     lines = [f"Results: {where}"]
     if "tensorboard" in sinks:
-        lines.append(f"  TensorBoard logs: data/logs/{sweep.name}/")
+        lines.append(f"  TensorBoard logs: data/logs/{path_safe(sweep.group)}/")
     if "wandb" in sinks:
         lines.append("  W&B offline runs: wandb/ (upload: wandb sync wandb/offline-run-*)")
     if best is not None:
@@ -243,13 +244,45 @@ def closing_lines(store: SweepStore, options: str = "") -> list[str]:
     lines += ["Next: repeat the best runs over 5 seeds, write the report, open TensorBoard:",
               f"  {prefix} agent.repeat {sweep.id} --run",
               f"  {prefix} agent.report {sweep.id}",
-              f"  ./run_tensorboard.sh --logdir data/logs/{sweep.name}"]
+              f"  ./run_tensorboard.sh --logdir data/logs/{path_safe(sweep.group)}"]
     return lines
+
+
+def render_sweeps(directory: Path, console: Console | None = None) -> None:
+    """The local sweeps under `directory` (data/sweeps), newest first: id, name, method,
+    runs ended of planned, created. UserError when there is none."""
+    stores = []
+    for path in sorted(directory.glob(f"*/{STORE_NAME}")):
+        try:
+            stores.append(SweepStore(path))
+        except UserError:  # not readable as a sweep now (another schema, damaged): skip
+            continue
+    if not stores:
+        raise UserError(f"no local sweeps in {directory}/: give a sweep id or directory "
+                        "(a sweep YAML starts one: ./run_sweep.sh sweeps/x.yaml)")
+    console = console or Console()
+    table = Table(box=box.SIMPLE_HEAD, pad_edge=False, padding=(0, 1))
+    for header in ("sweep", "name", "method", "ended", "created"):
+        table.add_column(header, no_wrap=header != "name", overflow="fold")
+    for store in sorted(stores, key=lambda st: -st.sweep().created):
+        sweep, runs = store.sweep(), store.runs()
+        current = [r for r in runs if r.id not in repeated_runs(runs)]
+        planned = planned_runs(sweep.config) or len(current)
+        table.add_row(sweep.id, escape(sweep.name), escape(str(sweep.config.get("method"))),
+                      f"{sum(r.state in ENDED for r in current)}/{planned}",
+                      time.strftime("%Y-%m-%d %H:%M", time.localtime(sweep.created)))
+    console.print(table)
+    console.print("one sweep's runs: python -m agent.status <sweep>", highlight=False)
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = CommandParser(prog="python -m agent.status",
                            description=" ".join(__doc__.split(";")[0].split()) + ".")
-    parser.add_argument("sweep", help="local sweep id or directory")
-    render_status(open_store(parser.parse_args(argv).sweep))
+    parser.add_argument("sweep", nargs="?", default=None,
+                        help="local sweep id or directory (none: list the local sweeps)")
+    sweep = parser.parse_args(argv).sweep
+    if sweep is None:
+        render_sweeps(SWEEPS_DIR)
+    else:
+        render_status(open_store(sweep))
     return 0

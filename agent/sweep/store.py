@@ -10,6 +10,7 @@ elsewhere (agent/sweep/controller.py); this module only stores.
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import shutil
@@ -74,6 +75,16 @@ class Sweep:
     name: str
     config: dict  # the sweep YAML as a dict
     created: float  # Unix time, seconds
+
+    @property
+    def group(self) -> str:
+        return sweep_group(self.name, self.id)
+
+
+def sweep_group(name: str, sweep_id: str) -> str:
+    """A local sweep's runs' group (W&B's group, the TensorBoard folder data/logs/<group>/):
+    name and id, so that two sweeps from one YAML stay apart."""
+    return f"{name}-{sweep_id}"
 
 
 @dataclass(frozen=True)
@@ -306,21 +317,31 @@ class SweepStore:
 def create_store(directory: str | os.PathLike, sweep_id: str, name: str,
                  config: dict) -> SweepStore:
     """A new sweep directory and store; refuses to overwrite an existing one, and leaves
-    nothing behind when the store cannot be made."""
+    nothing behind when the store cannot be made. The store is made whole in a hidden
+    directory beside it and then renamed into place, so a reader (status, another launcher
+    adding agents) finds no sweep or a whole one, never a directory without its store."""
     directory = Path(directory)
+    if directory.exists():
+        raise FileExistsError(errno.EEXIST, "a sweep is there already", str(directory))
+    partial = directory.with_name(f".{directory.name}.partial")
     try:
-        directory.mkdir(parents=True, exist_ok=False)
-    except FileExistsError:
-        raise
+        partial.mkdir(parents=True, exist_ok=False)
     except OSError as error:  # a read-only or full disk, no permission
-        raise StoreError(f"{error.filename or directory}: cannot create the sweep's directory "
+        where = directory if error.filename in (None, str(partial)) else error.filename
+        raise StoreError(f"{where}: cannot create the sweep's directory "
                          f"({error.strerror})") from None
     try:
-        store = SweepStore(directory / STORE_NAME, create=True)
+        store = SweepStore(partial / STORE_NAME, create=True)
         with store._write() as db:
             db.execute("INSERT INTO sweep VALUES (?, ?, ?, ?)",
                        (sweep_id, name, json.dumps(config), time.time()))
+        store.close()
+        try:
+            os.rename(partial, directory)
+        except OSError as error:
+            raise StoreError(f"{directory}: cannot create the sweep's directory "
+                             f"({error.strerror})") from None
     except BaseException:
-        shutil.rmtree(directory, ignore_errors=True)
+        shutil.rmtree(partial, ignore_errors=True)
         raise
-    return store
+    return SweepStore(directory / STORE_NAME)

@@ -51,6 +51,14 @@ def resolve_target(text: str, project: str | None = None, allow: tuple[str, ...]
     directory = local_sweep_dir(text) if "local" in allow else None
     if directory is not None:
         return SweepTarget("local", text, directory)
+    if "local" in allow and (Path(text).exists() or text.startswith(("/", ".", "~"))):
+        # a path on this machine (no W&B path starts so): name what is missing in it
+        what = "a directory" if Path(text).is_dir() else "a file" if Path(text).exists() \
+            else "a path that does not exist"
+        raise UserError(f"sweep={text!r}: {what}, not a local sweep (a local sweep is "
+                        f"data/sweeps/<id>, holding {STORE_NAME})"
+                        + ("" if "yaml" not in allow else
+                           f"; a sweep YAML ends in {' or '.join(YAML_SUFFIXES)}"))
     if "wandb" in allow:
         if text.count("/") == 2:
             return SweepTarget("wandb", text, wandb_path=text)

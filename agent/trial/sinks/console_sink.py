@@ -57,6 +57,7 @@ class ConsoleSink(Sink):
         self.epochs = config["epochs"]
         self.progress = None
         self.run = run
+        self.tensorboard = "tensorboard" in config.get("sinks", ())
         for line in header_lines(run, config):
             self.console.print(line, style="bold" if line.startswith("run") else None,
                                highlight=False, markup=False, soft_wrap=True)
@@ -109,8 +110,9 @@ class ConsoleSink(Sink):
                 table.add_row(escape(key), f"{value:.4f}" if isinstance(value, float)
                               else escape(str(value)))  # class names come from users' files
         self.console.print(table)
-        self.console.print(f"TensorBoard: ./run_tensorboard.sh --logdir {self.run.log_dir}",
-                           highlight=False, markup=False, soft_wrap=True)
+        if self.tensorboard:  # the logs it names exist only with the TensorBoard sink
+            self.console.print(f"TensorBoard: ./run_tensorboard.sh --logdir {self.run.log_dir}",
+                               highlight=False, markup=False, soft_wrap=True)
 
 
 def epoch_line(run: RunInfo, epochs: int, metrics: dict) -> str:
