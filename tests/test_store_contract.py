@@ -414,3 +414,14 @@ def test_a_sweep_appears_whole_or_not_at_all(tmp_path):
     with pytest.raises(FileExistsError):  # never over an existing sweep
         create_store(sweeps / "ok1", "ok1", "again", {"method": "grid"})
     assert SweepStore(sweeps / "ok1" / STORE_NAME).sweep().name == "ok"
+
+
+@pytest.mark.parametrize("length", [1, 100, 119, 120, 128])
+def test_a_sweeps_group_keeps_its_id_and_fits_a_groups_limit_whatever_its_name(length):
+    from agent.params import MAX_NAME, validate
+
+    name = "n" * length
+    group = Sweep("abcd1234", name, {}, 0.0).group
+    assert group.endswith("-abcd1234") and len(group) <= MAX_NAME
+    assert name.startswith(group[:-len("-abcd1234")])
+    assert validate({"group": group})["group"] == group  # a run of the sweep validates

@@ -21,6 +21,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from agent.params import MAX_NAME
 from util.errors import UserError
 
 STORE_NAME = "sweep.db"
@@ -83,8 +84,9 @@ class Sweep:
 
 def sweep_group(name: str, sweep_id: str) -> str:
     """A local sweep's runs' group (W&B's group, the TensorBoard folder data/logs/<group>/):
-    name and id, so that two sweeps from one YAML stay apart."""
-    return f"{name}-{sweep_id}"
+    name and id, so that two sweeps from one YAML stay apart; the name is cut so that the
+    group stays within W&B's limit on a group's length (MAX_NAME)."""
+    return f"{name[:max(0, MAX_NAME - len(sweep_id) - 1)]}-{sweep_id}"
 
 
 @dataclass(frozen=True)
