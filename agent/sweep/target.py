@@ -51,10 +51,10 @@ def resolve_target(text: str, project: str | None = None, allow: tuple[str, ...]
     directory = local_sweep_dir(text) if "local" in allow else None
     if directory is not None:
         return SweepTarget("local", text, directory)
-    if "local" in allow and (Path(text).exists() or text.startswith(("/", ".", "~"))):
+    on_disk = _on_disk(text)
+    if "local" in allow and (on_disk or text.startswith(("/", ".", "~"))):
         # a path on this machine (no W&B path starts so): name what is missing in it
-        what = "a directory" if Path(text).is_dir() else "a file" if Path(text).exists() \
-            else "a path that does not exist"
+        what = on_disk or "a path that does not exist"
         raise UserError(f"sweep={text!r}: {what}, not a local sweep (a local sweep is "
                         f"data/sweeps/<id>, holding {STORE_NAME})"
                         + ("" if "yaml" not in allow else
@@ -69,6 +69,16 @@ def resolve_target(text: str, project: str | None = None, allow: tuple[str, ...]
     raise UserError(f"sweep={text!r}: not " + ", nor ".join(kinds[k] for k in allow)
                     + (f" (no {STORE_NAME} in {text!r} or {str(SWEEPS_DIR / text)!r})"
                        if "local" in allow else ""))
+
+
+def _on_disk(text: str) -> str | None:
+    """'a directory' or 'a file' when `text` names one here, else None (also for a name
+    the file system cannot even look up: too long, a NUL in it)."""
+    try:
+        path = Path(text)
+        return "a directory" if path.is_dir() else "a file" if path.exists() else None
+    except (OSError, ValueError):
+        return None
 
 
 def open_store(text: str) -> SweepStore:
