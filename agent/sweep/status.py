@@ -134,9 +134,10 @@ def render_status(store: SweepStore, console: Console | None = None,
     total = planned_runs(sweep.config)
     repeated = repeated_runs(runs)
     unstarted = max(0, (total or 0) - (len(runs) - len(repeated)))  # still to be proposed
-    parts = [f"{counts[s]} {s}" + (" (repeated)" if s == "crashed" and repeated else "")
-             for s in SHOWN_STATES if counts[s]] + ([f"{unstarted} not started"]
-                                                   if unstarted else [])
+    again = sum(r.state == "crashed" and r.id in repeated for r in runs)
+    note = {"crashed": " (repeated)" if again == counts["crashed"] else f" ({again} repeated)"}
+    parts = [f"{counts[s]} {s}" + (note.get(s, "") if again else "") for s in SHOWN_STATES
+             if counts[s]] + ([f"{unstarted} not started"] if unstarted else [])
     # names and values are the user's text: escaped, so that "[/x]" is shown, not parsed
     console.print(f"[bold]sweep {sweep.id}[/] ({escape(sweep.name)}, "
                   f"{escape(str(sweep.config.get('method')))}"
@@ -158,9 +159,9 @@ def render_status(store: SweepStore, console: Console | None = None,
         console.print(f"(the best {len(shown)} of {len(runs)} runs; all of them: "
                       f"python -m agent.status {sweep.id})", highlight=False)
     if counts["silent"]:
-        console.print(f"silent: no heartbeat for over {HEARTBEAT_TIMEOUT_S:g} s, its agent has "
-                      "stopped; the next agent marks it crashed and repeats it: "
-                      f"./run_sweep.sh {sweep.id}", highlight=False)
+        console.print(f"silent: no heartbeat for over {HEARTBEAT_TIMEOUT_S:g} s: its agent has "
+                      "stopped (or beats less often, --heartbeat); the next agent marks it "
+                      f"crashed and repeats it: ./run_sweep.sh {sweep.id}", highlight=False)
 
 
 def _number(value) -> float:
