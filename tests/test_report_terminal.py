@@ -195,15 +195,24 @@ def test_a_sweep_stopped_by_its_metric_target_says_so(tmp_path, monkeypatch):
     assert claim(store, "host:1", count=1).runs == []  # and indeed nothing more is proposed
 
 
+def status_text(store) -> str:
+    """What `python -m agent.status` prints for `store` on an 80-column terminal."""
+    out = io.StringIO()
+    render_status(store, Console(file=out, width=80, color_system=None))
+    return out.getvalue()
+
+
+def shown_in_row(text: str, run_id: str) -> str:
+    """The state column of the run's row in a status table."""
+    return next(line for line in text.splitlines() if line.strip().startswith(run_id)).split()[1]
+
+
 def test_a_diverged_run_is_counted_and_shown_as_diverged(course_store):
     run = next(r for r in course_store.runs() if r.state == "running")
     course_store.finish(run.id, "host:1", "finished", {"diverged": True, "val/acc": 0.1})
-    out = io.StringIO()
-    render_status(course_store, Console(file=out, width=80, color_system=None))
-    text = out.getvalue()
+    text = status_text(course_store)
     assert "2 running, 77 finished, 1 diverged" in " ".join(text.split())
-    row = next(line for line in text.splitlines() if line.strip().startswith(run.id))
-    assert row.split()[1] == "diverged"
+    assert shown_in_row(text, run.id) == "diverged"
 
 
 @pytest.mark.parametrize("epochs", [3, 100])
@@ -232,9 +241,7 @@ def test_a_crashed_run_that_was_repeated_leaves_the_sweep_open_only_until_its_re
         course_store.finish(run.run_id, "host:2", "finished", {"val/acc": 0.3})
     lines = closing_lines(course_store)
     assert not any(line.startswith("Not finished") for line in lines)
-    out = io.StringIO()
-    render_status(course_store, Console(file=out, width=80, color_system=None))
-    assert "80 finished, 3 crashed (repeated)" in " ".join(out.getvalue().split())
+    assert "80 finished, 3 crashed (repeated)" in " ".join(status_text(course_store).split())
 
 
 def test_a_running_run_without_heartbeats_is_shown_silent_with_what_repairs_it(course_store):
@@ -242,12 +249,9 @@ def test_a_running_run_without_heartbeats_is_shown_silent_with_what_repairs_it(c
     with sqlite3.connect(course_store.path) as db:  # its agent was killed a while ago
         db.execute("UPDATE runs SET heartbeat=? WHERE id=?",
                    (time.time() - HEARTBEAT_TIMEOUT_S - 5, run.id))
-    out = io.StringIO()
-    render_status(course_store, Console(file=out, width=80, color_system=None))
-    text = out.getvalue()
+    text = status_text(course_store)
     assert "2 running, 1 silent, 77 finished" in " ".join(text.split())
-    row = next(line for line in text.splitlines() if line.strip().startswith(run.id))
-    assert row.split()[1] == "silent"
+    assert shown_in_row(text, run.id) == "silent"
     assert "./run_sweep.sh course1" in " ".join(text.split())
 
 
@@ -256,9 +260,7 @@ def test_counts_say_how_many_planned_runs_have_not_started_and_no_next_steps_bef
     store = create_store(tmp_path / "r", "rnd1", "rnd", {**COURSE, "method": "random",
                                                          "run_cap": 4})
     claim(store, "host:1", count=3)
-    out = io.StringIO()
-    render_status(store, Console(file=out, width=80, color_system=None))
-    assert "4 runs planned): 3 running, 1 not started" in " ".join(out.getvalue().split())
+    assert "4 runs planned): 3 running, 1 not started" in " ".join(status_text(store).split())
     monkeypatch.chdir(tmp_path)
     lines = closing_lines(store)
     assert "Not finished (0 of 4 runs ended): go on where it stopped with" in lines
