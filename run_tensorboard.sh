@@ -20,5 +20,9 @@ done
 if ! [[ "$port" =~ ^[0-9]+$ ]] || [ "$port" -lt 1 ] || [ "$port" -gt 65535 ]; then
   echo "error: --port=$port is not a port number (1-65535)" >&2; exit 2
 fi
+if [ ! -d "$logdir" ]; then  # it may be made later (a sweep about to start): say so, serve anyway
+  echo "note: --logdir $logdir does not exist (yet): the dashboard stays empty until runs" \
+    "log there (./run_sweep.sh prints its sweep's folder)" >&2
+fi
 exec "$(dirname "$0")/util/with_venv.sh" tensorboard --logdir "$logdir" --host 127.0.0.1 \
   --port "$port"

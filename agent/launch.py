@@ -214,7 +214,10 @@ def parse_options(argv: list[str] | None) -> argparse.Namespace:
                         help="agents on a machine without GPUs (default 1)")
     parser.add_argument("--count", type=int_option(1, MAX_COUNT), default=None,
                         help="runs per agent")
-    parser.add_argument("--project", default=os.environ.get("WANDB_PROJECT"))
+    parser.add_argument("--project", default=os.environ.get("WANDB_PROJECT"),
+                        help="W&B project: of a bare W&B sweep id, and where a local sweep's "
+                        "runs go (default: WANDB_PROJECT, else the sweep's `project`, else "
+                        "hp-study)")
     parser.add_argument("--heartbeat", type=float, default=None,
                         help=f"seconds between an agent's heartbeats (default {HEARTBEAT_S:g})")
     parser.add_argument("--heartbeat-timeout", type=float, default=None,
@@ -283,6 +286,8 @@ def main(argv: list[str] | None = None) -> int:
     # a bad sweep file need not wait for.
     if args.gpus:  # before a sweep is made for agents that could not start
         check_gpus_exist(args.gpus.split(","))
+    if args.project and target.kind != "wandb":  # the agents' runs go there (env first)
+        os.environ["WANDB_PROJECT"] = args.project
     options = agent_options(args)  # repeated by the hints to add agents and to go on
     store = create_local_sweep(target.path, options) if target.kind == "yaml" else \
         SweepStore(target.store_path) if target.kind == "local" else None

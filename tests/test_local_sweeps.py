@@ -346,9 +346,11 @@ def test_status_shows_runs_by_state_and_the_best(workdir):
                             cwd=workdir, env=subprocess_env(COLUMNS="200"),
                             capture_output=True, text=True, timeout=100)
     assert result.returncode == 0
-    assert "2 finished" in result.stdout and "best so far" in result.stdout
+    # every run has ended: the best, not the best so far
+    assert "2 finished" in result.stdout and "best:" in result.stdout
+    assert "so far" not in result.stdout
     best = max(store.runs(), key=lambda r: r.summary["val/acc"])
-    assert best.id in result.stdout.split("best so far:")[1].splitlines()[0]
+    assert best.id in result.stdout.split("best:")[1].splitlines()[0]
 
 
 def test_agent_slots_give_each_agent_its_gpu_or_a_share_of_the_cpu():

@@ -92,3 +92,41 @@ def test_pack_says_it_does_not_apply_to_another_programs_runs(workdir):
     assert len(notice) == 1 and "another program, one process a run" in notice[0]
     assert [run_field(r, "state") for r in store.runs()] == ["finished", "finished"]
     assert all(run_field(r, "pack") is None for r in store.runs())
+
+
+@pytest.mark.e2e
+@pytest.mark.timeout(200)
+@pytest.mark.parametrize("command", ["agent.report", "agent.repeat"])
+def test_the_report_and_repeats_refuse_a_program_sweep_in_one_line(workdir, command):
+    """They read and set our trainer's parameters and files (a repeat would hand the program
+    --seed, --model...): for another program, one line and exit 2, nothing written."""
+    store = make_sweep(workdir, {"lr": {"values": [0.1]}, "epochs": {"value": 2}})
+    assert run_agent(workdir, store).returncode == 0
+    before = sorted(p.relative_to(workdir) for p in workdir.rglob("*"))
+    result = subprocess.run([sys.executable, "-m", command, store.sweep().id], cwd=workdir,
+                            env=subprocess_env(), capture_output=True, text=True, timeout=100)
+    assert result.returncode == 2, result.stderr[-2000:]
+    (line,) = result.stderr.strip().splitlines()
+    assert "runs another program, not our trainer" in line
+    assert sorted(p.relative_to(workdir) for p in workdir.rglob("*")) == before
+
+
+@pytest.mark.e2e
+@pytest.mark.timeout(300)
+def test_program_runs_go_to_the_launchs_project_grouped_by_their_sweep(workdir):
+    """--project (or WANDB_PROJECT) decides where a local sweep's runs go, for another
+    program's runs as for our trainer's, and offline, where no sweep holds them together,
+    the program's runs carry the sweep's group."""
+    path = workdir / "toy.yaml"
+    path.write_text(yaml.safe_dump({"program": str(TOY), "method": "grid",
+                                    "metric": {"name": "val_loss", "goal": "minimize"},
+                                    "parameters": {"lr": {"values": [0.1, 0.2]},
+                                                   "epochs": {"value": 2}}}))
+    result = subprocess.run([sys.executable, "-m", "agent.launch", str(path), "--project",
+                             "proj-x"], cwd=workdir, env=subprocess_env(), capture_output=True,
+                            text=True, timeout=280)
+    assert result.returncode == 0, result.stderr[-3000:]
+    (store_dir,) = (workdir / "data" / "sweeps").iterdir()
+    runs = closed_offline_runs(workdir / "wandb", 2)
+    assert len(runs) == 2
+    assert {(r.project, r.group) for r in runs} == {("proj-x", f"toy-{store_dir.name}")}

@@ -6,6 +6,7 @@ progress and ETA, a run's header and the closing lines of ./run_sweep.sh."""
 from __future__ import annotations
 
 import io
+import itertools
 import json
 import math
 import sqlite3
@@ -222,9 +223,9 @@ def test_a_packs_epoch_lines_name_their_run_within_80_columns(epochs):
                "perf/epoch_s": 123.4}
     alone = RunInfo("k3x9q0ab", "k3x9q0ab", "g", "logs", "runs")
     member = RunInfo("k3x9q0ab", "k3x9q0ab", "g", "logs", "runs", pack=16)
-    assert epoch_line(alone, epochs, metrics).startswith(f"epoch {epochs}/{epochs}  train")
+    assert epoch_line(alone, epochs, metrics).startswith(f"epoch {epochs}/{epochs} train")
     line = epoch_line(member, epochs, metrics)
-    assert line.startswith(f"k3x9q0ab {epochs}/{epochs} train 1.23e+04 ") and len(line) <= 80
+    assert line.startswith(f"k3x9q0ab {epochs}/{epochs} train 1.2e4 ") and len(line) <= 80
 
 
 def test_a_crashed_run_that_was_repeated_leaves_the_sweep_open_only_until_its_repeat_ends(
@@ -297,3 +298,60 @@ def test_the_report_leaves_a_repeated_crashed_run_out_and_names_it(course_store)
     assert len(study.runs) == 80 and not {r.id for r in study.runs} & set(crashed)
     assert sorted(c for c, _ in study.repeated) == crashed
     assert {r for _, r in study.repeated} == {r.run_id for r in repeats}
+
+
+def _one_finished_run(tmp_path, sweep_id: str, config: dict):
+    store = create_store(tmp_path / sweep_id, sweep_id, sweep_id, config)
+    (run,) = claim(store, "host:1", count=1).runs
+    store.finish(run.run_id, "host:1", "finished", {"val/acc": 0.5, "score": 3.0})
+    return store
+
+
+def test_closing_lines_of_a_program_sweep_name_no_logs_and_no_report(tmp_path, monkeypatch):
+    """Another program writes neither our TensorBoard logs nor our trainer's files: no
+    folder that would stay empty, no repeat or report that would refuse it."""
+    monkeypatch.chdir(tmp_path)
+    store = _one_finished_run(tmp_path, "prog1", {
+        "method": "grid", "program": "score.py", "metric": {"name": "score", "goal": "maximize"},
+        "command": ["${env}", "${interpreter}", "${program}", "${args}"],
+        "parameters": {"a": {"values": [1]}}})
+    lines = closing_lines(store)
+    assert lines[0] == "Results: prog1/sweep.db" and any(line.startswith("Best run:")
+                                                          for line in lines)
+    assert not any("TensorBoard" in line or "agent.re" in line or "W&B offline" in line
+                   for line in lines)
+
+
+def test_closing_lines_of_a_repeat_sweep_name_its_real_folder_and_the_repeated_report(
+        tmp_path, monkeypatch):
+    from agent.sweep.status import repeat_description
+
+    monkeypatch.chdir(tmp_path)
+    store = _one_finished_run(tmp_path, "rep1", {
+        "method": "grid", "description": repeat_description("orig1", "run7"),
+        "metric": {"name": "val/acc", "goal": "maximize"},
+        "parameters": {"lr": {"values": [0.1]}, "seed": {"values": [1]},
+                       "log_dir": {"value": "data/logs/course-orig1-repeats"}}})
+    lines = closing_lines(store)
+    assert "  TensorBoard logs: data/logs/course-orig1-repeats/rep1-rep1/" in lines
+    assert lines[-3:] == ["Next: the report of the sweep it repeats, and TensorBoard:",
+                          "  ./util/with_venv.sh python -m agent.report orig1",
+                          "  ./run_tensorboard.sh --logdir data/logs/course-orig1-repeats/"
+                          "rep1-rep1"]
+
+
+@pytest.mark.parametrize("pack", [1, 16])
+def test_epoch_lines_fit_80_columns_over_the_course_values(pack):
+    """Every lr of the course grid and a schedule's small ones, losses from 0 to a blow-up,
+    accuracies up to 100%, a CPU's to a GPU's rates (an epoch of 54,000 images at that
+    rate), 2 to 999 epochs: one line within 80 columns."""
+    run = RunInfo("k3x9q0ab", "k3x9q0ab", "g", "logs", "runs", pack=pack)
+    for lr, loss, acc, rate, epochs in itertools.product(
+            (0.1, 0.01, 0.001, 0.0001, 0.00001, 9.71e-05, 0.0349, 1.23456e-07),
+            (0.4123, 2.3026, 12345.6, float("inf")), (0.8765, 1.0),
+            (123.0, 12345.0, 999999.0, 4.2e6), (2, 100, 999)):
+        line = epoch_line(run, epochs, {
+            "epoch": epochs, "train/loss": loss, "train/acc": acc, "val/loss": loss,
+            "val/acc": acc, "lr": lr, "perf/images_per_s": rate,
+            "perf/epoch_s": 54000 / rate})
+        assert len(line) <= 80, (len(line), line)

@@ -168,7 +168,8 @@ def _windows_and_failures(ctx: Context, name: str) -> list[str]:
         if failed:
             count = sum(1 for r in runs if value(r, name) in failed)
             text += (f"; at {name}=" + ", ".join(short_number(v) for v in failed)
-                      + f" every run diverged or got stuck ({count} runs)")
+                      + f" every run diverged or got stuck ({count} run"
+                      + ("s)" if count != 1 else ")"))
         out.append(text + ".")
     return out
 

@@ -38,7 +38,7 @@ from agent.report.setup_section import (
     load_data_used,
     setup_section,
 )
-from agent.report.study import Study, load_study
+from agent.report.study import Study, check_our_trainer, load_study
 from agent.report.weights_section import gradcam_section, weights_section
 from agent.sweep_space import swept_parameters
 from util.errors import CommandParser, UserError, brief
@@ -166,6 +166,7 @@ def parse_options(argv: list[str] | None):
 def main(argv: list[str] | None = None) -> int:
     args = parse_options(argv)
     study = load_study(args.sweep)
+    check_our_trainer(study, "python -m agent.report")
     try:
         path = build_report(study, Path(args.out) / study.sweep_id,
                             rule=stats.GroupRule(args.explode_factor, args.stuck_margin)).path

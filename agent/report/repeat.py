@@ -14,7 +14,13 @@ from __future__ import annotations
 
 from agent.ids import new_run_id
 from agent.report.stats import best_per_group
-from agent.report.study import Study, load_study, repeat_description, repeats_of
+from agent.report.study import (
+    Study,
+    check_our_trainer,
+    load_study,
+    repeat_description,
+    repeats_of,
+)
 from agent.sweep.store import SWEEPS_DIR, SweepStore, create_store
 from agent.sweep_space import swept_parameters
 from util.errors import CommandParser, UserError, brief, int_option
@@ -88,11 +94,13 @@ def parse_options(argv: list[str] | None):
     """The command's options, checked (UserError, one line)."""
     parser = CommandParser(prog="python -m agent.repeat", description=__doc__.splitlines()[0])
     parser.add_argument("sweep", help="local sweep id or directory, or entity/project/id")
-    parser.add_argument("--top", type=int_option(1, 1000), default=2, help="best runs per group")
-    parser.add_argument("--by", default="model", help="parameter that forms the groups")
+    parser.add_argument("--top", type=int_option(1, 1000), default=2,
+                        help="best runs per group (default 2)")
+    parser.add_argument("--by", default="model",
+                        help="parameter that forms the groups (default model)")
     parser.add_argument("--seeds", type=int_option(2, 1000), default=5,
-                        help="N fresh seeds for each run (2 or more: an interval needs two): "
-                        "0, 1, ... without the picked run's own")
+                        help="N fresh seeds for each run (default 5; 2 or more: an interval "
+                        "needs two): 0, 1, ... without the picked run's own")
     parser.add_argument("--run", action="store_true",
                         help="run the local repeat sweeps now, with one agent in this process")
     args = parser.parse_args(argv)
@@ -106,6 +114,7 @@ def parse_options(argv: list[str] | None):
 def main(argv: list[str] | None = None) -> int:
     args = parse_options(argv)
     study = load_study(args.sweep)
+    check_our_trainer(study, "python -m agent.repeat")
     configs = repeat_configs(study, args.top, args.by, args.seeds)
     if not configs:
         raise UserError(f"sweep={args.sweep!r}: no run has a value of its metric "

@@ -10,7 +10,8 @@ from pathlib import Path
 
 from agent.ids import path_safe
 from agent.params import RunConfig, validate
-from agent.sweep.status import repeated_runs
+from agent.sweep.program import runs_our_trainer
+from agent.sweep.status import repeat_description, repeated_runs
 from agent.sweep.store import STORE_NAME, SWEEPS_DIR, SweepStore, sweep_group
 from agent.sweep.target import resolve_target
 from util.errors import UserError
@@ -89,8 +90,15 @@ class Study:
                       reverse=self.goal == "maximize")
 
 
-def repeat_description(sweep_id: str, run_id: str) -> str:
-    return f"repeat of {sweep_id}: run {run_id}"
+def check_our_trainer(study: Study, command: str) -> None:
+    """UserError (one line) for a sweep whose command runs another program: the report and
+    the repeats read and set our trainer's parameters, metrics and files, which its runs do
+    not have (its results are in the store and its programs' W&B runs)."""
+    if not runs_our_trainer(study.sweep_config):
+        raise UserError(f"sweep={study.sweep_id!r}: its command runs another program, not "
+                        f"our trainer: `{command}` reads our trainer's runs (see its runs with "
+                        f"python -m agent.status {study.sweep_id}, and the program's own W&B "
+                        "runs)")
 
 
 def _params(config: dict) -> RunConfig:

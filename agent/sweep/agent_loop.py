@@ -21,7 +21,7 @@ import sys
 import threading
 import time
 import traceback
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -259,6 +259,13 @@ class LocalAgent:
         def on_row(number: int, row: dict) -> bool:
             return hooks.should_stop(number, [row]) is not None or beat.taken.is_set()
 
+        from agent.trial.sinks.wandb_sink import DEFAULT_PROJECT
+
+        # As W&B's agent sets the sweep's project for its runs, and, offline, where no sweep
+        # holds them together, the group our trainer's runs of this sweep get.
+        command = replace(command, env={
+            **command.env, "WANDB_PROJECT": os.environ.get("WANDB_PROJECT") or DEFAULT_PROJECT,
+            "WANDB_RUN_GROUP": os.environ.get("WANDB_RUN_GROUP") or self.sweep.group})
         metric = (self.sweep.config.get("metric") or {}).get("name")
         result = program.run_program(command, self.wandb_dir, metric, on_row, hooks.interrupted)
         if result.state == "failed":
@@ -329,8 +336,9 @@ class LocalAgent:
         if settled and not before:
             kind = " ".join(f"{name}={configs[0].get(name)}" for name in ("model", "optimizer")
                             if configs[0].get(name) is not None)
-            print(f"agent {self.owner}: --pack auto for {kind or 'these runs'}: {settled}",
-                  file=sys.stderr)
+            size, _, measured = settled.partition(" (")  # two lines within 80 columns
+            print(f"agent {self.owner}: --pack auto for {kind or 'these runs'}: {size}\n"
+                  f"  ({measured}", file=sys.stderr)
 
 
 def run_local_agent(store: SweepStore, count: int | None = None,

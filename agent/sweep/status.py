@@ -5,6 +5,7 @@ agents hand to the console, and the closing lines (best run, next commands) of a
 from __future__ import annotations
 
 import math
+import re
 import time
 from collections import Counter
 from dataclasses import dataclass
@@ -18,6 +19,7 @@ from rich.table import Table
 from agent.ids import path_safe
 from agent.params import BY_NAME
 from agent.sweep.controller import HEARTBEAT_TIMEOUT_S
+from agent.sweep.program import runs_our_trainer
 from agent.sweep.store import STATES, STORE_NAME, SWEEPS_DIR, Run, SweepStore
 from agent.sweep.target import open_store
 from agent.sweep_space import duration_text, short_number, swept_parameters
@@ -40,6 +42,19 @@ def shown_state(run: Run, now: float | None = None) -> str:
             - HEARTBEAT_TIMEOUT_S:
         return "silent"
     return run.state
+
+
+def repeat_description(sweep_id: str, run_id: str) -> str:
+    """The description of a repeat sweep (`python -m agent.repeat`) of run `run_id` of
+    sweep `sweep_id`: how the report finds the repeats, and a repeat names its sweep."""
+    return f"repeat of {sweep_id}: run {run_id}"
+
+
+def repeats_sweep(sweep_config: dict) -> str | None:
+    """The id of the sweep whose run this sweep repeats, else None."""
+    found = re.fullmatch(repeat_description(r"(\S+)", r"\S+"),
+                         str(sweep_config.get("description") or ""))
+    return found.group(1) if found else None
 
 
 def repeated_runs(runs: list[Run]) -> dict[str, str]:
@@ -148,7 +163,10 @@ def render_status(store: SweepStore, console: Console | None = None,
         console.print(escape(reached), highlight=False)
     best = best_run(store)
     if best:
-        console.print(f"best so far: {best.run.id} {escape(best.metric)}={best.value:.4f}",
+        still = any(r.state in ("pending", "running", "preempted") for r in runs) or \
+            unstarted
+        console.print(f"best{' so far' if still else ''}: {best.run.id} "
+                      f"{escape(best.metric)}={best.value:.4f}",
                       highlight=False)
     shown = runs
     if limit is not None:
@@ -215,11 +233,13 @@ def closing_lines(store: SweepStore, options: str = "") -> list[str]:
     if where.is_absolute() and where.is_relative_to(Path.cwd()):
         where = where.relative_to(Path.cwd())
     runs = store.runs()
+    ours = runs_our_trainer(sweep.config)  # another program writes no logs of ours
     sinks = {s for run in runs for s in run.config.get("sinks", BY_NAME["sinks"].default)}
     lines = [f"Results: {where}"]
-    if "tensorboard" in sinks:
-        lines.append(f"  TensorBoard logs: data/logs/{path_safe(sweep.group)}/")
-    if "wandb" in sinks:
+    logs = log_folder(sweep, runs)
+    if ours and "tensorboard" in sinks:
+        lines.append(f"  TensorBoard logs: {logs}/")
+    if ours and "wandb" in sinks:
         lines.append("  W&B offline runs: wandb/ (upload: wandb sync wandb/offline-run-*)")
     if best is not None:
         swept = [p.name for p in swept_parameters(sweep.config)]
@@ -239,14 +259,29 @@ def closing_lines(store: SweepStore, options: str = "") -> list[str]:
     elif ended < len(current) or (planned and ended < planned):  # stopped (Ctrl-C, SIGTERM...)
         lines += [f"Not finished ({ended} of {planned or len(current)} runs ended): go on "
                   "where it stopped with", f"  ./run_sweep.sh {sweep.id}{options}"]
-    if best is None:  # nothing to repeat or report yet
+    if best is None or not ours:  # nothing to repeat or report (yet)
         return lines
     prefix = "./util/with_venv.sh python -m"
+    parent = repeats_sweep(sweep.config)
+    if parent:  # a repeat sweep: its runs are part of the repeated sweep's report
+        return lines + ["Next: the report of the sweep it repeats, and TensorBoard:",
+                        f"  {prefix} agent.report {parent}",
+                        f"  ./run_tensorboard.sh --logdir {logs}"]
     lines += ["Next: repeat the best runs over 5 seeds, write the report, open TensorBoard:",
               f"  {prefix} agent.repeat {sweep.id} --run",
               f"  {prefix} agent.report {sweep.id}",
-              f"  ./run_tensorboard.sh --logdir data/logs/{path_safe(sweep.group)}"]
+              f"  ./run_tensorboard.sh --logdir {logs}"]
     return lines
+
+
+def log_folder(sweep, runs: list[Run]) -> str:
+    """Where the sweep's runs write TensorBoard logs (log_dir/<group>, run.log_dir's parent):
+    a repeat sweep's log_dir is the repeated sweep's <folder>-repeats."""
+    folders = {str(Path(run.config.get("log_dir", BY_NAME["log_dir"].default))
+                   / path_safe(run.config.get("group") or sweep.group)) for run in runs}
+    if len(folders) == 1:
+        return folders.pop()
+    return str(Path(BY_NAME["log_dir"].default) / path_safe(sweep.group))
 
 
 def render_sweeps(directory: Path, console: Console | None = None) -> None:

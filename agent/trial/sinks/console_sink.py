@@ -5,6 +5,8 @@ line per finished epoch, and a closing line (a sweep's run) or table (a lone run
 
 from __future__ import annotations
 
+import math
+
 from rich.console import Console
 from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
@@ -116,23 +118,40 @@ class ConsoleSink(Sink):
 
 
 def epoch_line(run: RunInfo, epochs: int, metrics: dict) -> str:
-    """`epoch 3/10  train 0.4123 88.10%  val 0.4311 87.20%  lr 0.05  12,345 img/s 1.2s`; in a
-    pack, whose members' lines interleave, the run's name replaces the word epoch, and single
-    spaces and no epoch time (the pack's, the same on every member's line) keep the line
-    within 80 columns."""
-    gap = "  " if run.pack == 1 else " "
-    val = (f"{gap}val {_loss(metrics['val/loss'])} {metrics['val/acc']:6.2%}"
+    """`epoch 3/10 train 0.4123 88.10% val 0.4311 87.20% lr 0.05 12,345 img/s 1.2s`, within
+    80 columns for any epoch count, loss, lr and rate (a blow-up as 1.2e4, 1e-05 as 1e-5,
+    a GPU's rate as 1.23M); in a pack, whose members' lines interleave, the run's name
+    replaces the word epoch and the epoch time (the pack's, the same on every line) is left
+    out."""
+    val = (f" val {_loss(metrics['val/loss'])} {_acc(metrics['val/acc'])}"
            if "val/acc" in metrics else "")
     who = "epoch" if run.pack == 1 else run.name[:12]
-    seconds = f" {metrics['perf/epoch_s']:.1f}s" if run.pack == 1 else ""
-    return (f"{who} {metrics['epoch']}/{epochs}{gap}train {_loss(metrics['train/loss'])} "
-            f"{metrics['train/acc']:6.2%}{val}{gap}lr {short_number(metrics['lr'])}{gap}"
-            f"{metrics['perf/images_per_s']:,.0f} img/s{seconds}")
+    epoch_s = metrics["perf/epoch_s"]
+    seconds = (f" {epoch_s:.1f}s" if epoch_s < 100 else f" {epoch_s:.0f}s") if run.pack == 1 \
+        else ""
+    lr = short_number(metrics["lr"]).replace("e-0", "e-")  # 9.71e-05 as 9.71e-5
+    return (f"{who} {metrics['epoch']}/{epochs} train {_loss(metrics['train/loss'])} "
+            f"{_acc(metrics['train/acc'])}{val} lr {lr} "
+            f"{_rate(metrics['perf/images_per_s'])} img/s{seconds}")
+
+
+def _acc(value: float) -> str:
+    """88.10% in six characters; 100.0% too."""
+    return f"{value:6.2%}" if value < 0.99995 else f"{value:.1%}"
+
+
+def _rate(value: float) -> str:
+    """12,345 as such; 123,456 and up as 123k, 1.23M: a GPU's rates fit the line too."""
+    if value >= 999_500:
+        return f"{value / 1e6:.2f}M"
+    return f"{value / 1e3:.0f}k" if value >= 1e5 else f"{value:,.0f}"
 
 
 def _loss(value: float) -> str:
-    """0.5123 as such; a loss that blew up (1.2e+04, inf) in as few characters."""
-    return f"{value:.4f}" if abs(value) < 1000 else f"{value:.3g}"
+    """0.5123 as such; a loss that blew up (1.2e4, inf) in as few characters."""
+    if abs(value) < 1000 or not math.isfinite(value):
+        return f"{value:.4f}" if abs(value) < 1000 else f"{value}"
+    return f"{value:.1e}".replace("e+0", "e").replace("e+", "e")
 
 
 def end_line(run: RunInfo, summary: dict, state: str) -> str:
