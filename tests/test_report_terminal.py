@@ -355,3 +355,21 @@ def test_epoch_lines_fit_80_columns_over_the_course_values(pack):
             "val/acc": acc, "lr": lr, "perf/images_per_s": rate,
             "perf/epoch_s": 54000 / rate})
         assert len(line) <= 80, (len(line), line)
+
+
+def test_the_status_of_a_program_sweep_shows_its_metric_and_the_rows_it_logged(tmp_path):
+    store = create_store(tmp_path / "prog2", "prog2", "prog2", {
+        "method": "grid", "program": "score.py", "metric": {"name": "score", "goal": "maximize"},
+        "command": ["${env}", "${interpreter}", "${program}", "${args}"],
+        "parameters": {"a": {"values": [1, 2]}}})
+    for run, value in zip(claim(store, "host:1", count=2).runs, (3.0, 6.5)):
+        for epoch in (1, 2, 3):
+            store.record_epoch(run.run_id, "host:1", epoch, {"score": value * epoch / 3})
+        store.finish(run.run_id, "host:1", "finished", {"score": value})
+    text = status_text(store)
+    header = next(line for line in text.splitlines() if "state" in line).split()
+    assert header == ["run", "state", "rows", "score", "a"]
+    rows = {line.split()[0]: line.split() for line in text.splitlines()
+            if line.strip()[:8] in {r.id for r in store.runs()}}
+    assert sorted((row[2], row[3]) for row in rows.values()) == [("3", "3"), ("3", "6.5")]
+    assert "/10" not in text and "val/acc" not in text

@@ -189,14 +189,20 @@ def _number(value) -> float:
 
 def status_table(sweep_config: dict, runs: list[Run]) -> Table:
     """One row per run: id, state, epoch, val/acc, test/acc, ETA (only while some run
-    runs), then the swept parameters, numbers in short form (0.001 and 0.0001 stay apart)."""
+    runs), then the swept parameters, numbers in short form (0.001 and 0.0001 stay apart).
+    A sweep of another program: the rows its run has logged and the sweep's metric instead
+    of our trainer's epochs and accuracies."""
     varying = [p.name for p in swept_parameters(sweep_config)]
-    running = any(r.state == "running" for r in runs)
+    ours = runs_our_trainer(sweep_config)
+    metric = (sweep_config.get("metric") or {}).get("name") or "val/acc"
+    running = ours and any(r.state == "running" for r in runs)
     # No padding: the box's column separator is the one space between columns.
     table = Table(box=box.SIMPLE_HEAD, pad_edge=False, padding=(0, 0))
-    for header in ["run", "state", "ep", "val/acc", "test/acc"] + (["ETA"] if running else []):
-        table.add_column(header, no_wrap=True,
-                         justify="right" if header in ("ep", "val/acc", "test/acc") else "left")
+    headers = (["run", "state", "ep", "val/acc", "test/acc"] + (["ETA"] if running else [])
+               if ours else ["run", "state", "rows", escape(str(metric))])
+    for header in headers:
+        table.add_column(header, no_wrap=True, justify="left" if header in
+                         ("run", "state", "ETA") else "right")
     for name in varying:
         table.add_column(escape(str(name)), no_wrap=True, justify="right")
 
@@ -207,6 +213,13 @@ def status_table(sweep_config: dict, runs: list[Run]) -> Table:
     for run in runs:
         summary = run.summary or {}
         last = run.history[-1] if run.history else {}
+        if not ours:
+            value = summary.get(metric, last.get(metric))
+            cells = [run.id, shown_state(run), str(run.epoch), short_number(value)
+                     if isinstance(value, (int, float)) else ""]
+            table.add_row(*cells, *(escape(short_number(run.config.get(name, "")))
+                                    for name in varying))
+            continue
         val = summary.get("val/acc", last.get("val/acc"))
         test = summary.get("test/acc")
         cells = [run.id, shown_state(run), f"{run.epoch}/{epochs_of(run) or '?'}",
