@@ -422,3 +422,14 @@ def test_last_conv_layer_needs_a_convolution():
     dense = MODELS["dense"](validate({"hidden": 16}), (1, 8, 8), 10)
     with pytest.raises(ValueError, match="no nn.Conv2d"):
         last_conv_layer(dense)
+
+
+def test_a_run_with_one_logged_loss_is_drawn_as_a_dot(tmp_path):
+    """A run stopped after its first logged step has one point: a line alone would not show."""
+    curves = [curve({"model": "cnn", "lr": 0.1}, [2.3]),
+              curve({"model": "cnn", "lr": 0.01}, [2.3, 2.1, 1.9])]
+    drawn = figures.group_loss_figure(curves, ["model"], "lr", None, tmp_path / "stuck.png",
+                                      "stuck runs (2)")
+    (panel,) = [ax for ax in drawn.axes if ax.title]
+    by_label = {line[0]: marker for line, marker in zip(panel.lines, panel.markers)}
+    assert by_label["model=cnn lr=0.1"] == "o" and by_label["model=cnn lr=0.01"] == "None"

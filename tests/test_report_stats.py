@@ -171,3 +171,24 @@ def test_a_peak_inside_the_range_is_claimed_only_beyond_near_best_of_both_ends(a
                                   "lr")
     assert ("optimizer=sam peaks at" in line) == bends, line
     assert "optimizer=sgd peaks" not in line
+
+
+@pytest.mark.parametrize("state", ["finished", "stopped"])
+def test_a_setting_counts_as_failing_only_by_runs_that_trained_to_their_end(state):
+    """A run hyperband stopped after an epoch was cut short: stuck as it is, it says nothing
+    about its setting; the report's table says it was stopped early."""
+    from agent.report.discussion import _windows_and_failures
+    from agent.report.runs_section import _cut_short
+
+    ctx = _lr_study({"sgd": [0.12, 0.8, 0.9, 0.85]})
+    low = next(r for r in ctx.study.runs if r.config["lr"] == 0.0001)
+    low.state = state
+    low.summary["epochs_done"] = 1
+    for run in ctx.study.runs:
+        group = stats.STUCK if run is low else stats.CONVERGED
+        ctx.verdicts[run.id] = stats.Verdict(group, "best accuracy 0.12", None, None)
+    (line,) = _windows_and_failures(ctx, "lr")
+    assert ("every run diverged or got stuck (1 run)" in line) == (state == "finished"), line
+    assert _cut_short(low) == ("" if state == "finished" else
+                               f"; stopped early (hyperband) after 1 of {low.params.epochs} "
+                               "epochs")

@@ -160,13 +160,15 @@ def _windows_and_failures(ctx: Context, name: str) -> list[str]:
             continue
         top = scored[0].metric(metric)
         good = sorted({value(r, name) for r in scored if r.metric(metric) >= top - NEAR_BEST})
-        failed = [lv for lv in _levels(runs, name)
-                  if all(ctx.group_of(r) in FAILED for r in runs if value(r, name) == lv)]
+        # runs the sweep stopped early (hyperband) were cut short: no verdict on a setting
+        full = [r for r in runs if r.state != "stopped"]
+        failed = [lv for lv in _levels(full, name)
+                  if all(ctx.group_of(r) in FAILED for r in full if value(r, name) == lv)]
         who = f"{split}={group}" if split else "all runs"
         text = (f"{who}: {name} within {NEAR_BEST:g} of its best ({top:.4f}): "
                 + ", ".join(short_number(v) for v in good))
         if failed:
-            count = sum(1 for r in runs if value(r, name) in failed)
+            count = sum(1 for r in full if value(r, name) in failed)
             text += (f"; at {name}=" + ", ".join(short_number(v) for v in failed)
                       + f" every run diverged or got stuck ({count} run"
                       + ("s)" if count != 1 else ")"))

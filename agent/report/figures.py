@@ -50,6 +50,7 @@ class AxesContent:
     collections: int  # bars' and violins' patches and collections drawn
     title_color: tuple = (0.0, 0.0, 0.0, 1.0)  # RGBA
     legend_covers: int = 0  # bars and texts the axes' legend overlaps
+    markers: list[str] = field(default_factory=list)  # each line's marker ("None": none)
 
 
 @dataclass
@@ -98,7 +99,7 @@ def _content(ax) -> AxesContent:
          for line in ax.get_lines()],
         [np.asarray(image.get_array()) for image in ax.get_images()],
         len(ax.patches) + len(ax.collections), to_rgba(ax.title.get_color()),
-        _covered(ax, legend))
+        _covered(ax, legend), [str(line.get_marker()) for line in ax.get_lines()])
 
 
 def _save(fig, path) -> Drawn:
@@ -388,7 +389,8 @@ def _draw_group_panel(ax, curves: list[GroupCurve], colour, style, colours, styl
         values += ys
         ax.plot(curve.steps, ys, color=colours.get(curve.config.get(colour), f"C{i % 10}"),
                 linestyle=styles.get(curve.config.get(style), "-"), linewidth=1.1, alpha=0.85,
-                label=_config_label(curve.config))
+                label=_config_label(curve.config),
+                marker="o" if len(ys) == 1 else None, markersize=4)  # one point: a dot
         bad = [s for s, y in zip(curve.steps, curve.losses)
                if not (_is_number(y) and math.isfinite(y))]
         if bad:

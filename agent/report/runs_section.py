@@ -34,8 +34,9 @@ def parallel_section(report: Report, ctx: Context) -> None:
                f"Kept: a run whose test accuracy is above {base.chance_bound:.4f}, the "
                f"accuracy that uniform guessing on the {base.test_size:,} test images stays "
                f"at or below in {base.level:.0%} of draws (chance is {base.chance:.4f}; "
-               f"binomial quantile; a run without a test accuracy, one that diverged, is "
-               f"left out). **{len(kept)} of {len(kept) + len(left)}** runs pass; "
+               f"binomial quantile; a run without a test accuracy, as one whose loss went "
+               f"non-finite, does not pass). **{len(kept)} of {len(kept) + len(left)}** runs "
+               "pass; "
                f"{len(left)} {'does' if len(left) == 1 else 'do'} not"
                + (f", among them {_count_groups(ctx, left)}" if left else "") + ". This "
                "tests against guessing, not for learning: a run just above "
@@ -78,9 +79,17 @@ def groups_section(report: Report, ctx: Context) -> None:
             report.add(f"### {GROUP_TITLES[group].capitalize()} ({len(members[group])})", "")
             report.table(ctx.swept + ["why", "run"], [
                 [fmt_value(r, a) for a in ctx.swept]
-                + [ctx.verdicts[r.id].reason, r.id] for r in members[group]])
+                + [ctx.verdicts[r.id].reason + _cut_short(r), r.id] for r in members[group]])
     for group in stats.GROUPS:
         report.figure(group_figure(ctx, group, members[group]), f"{group} runs")
+
+
+def _cut_short(run: RunRecord) -> str:
+    """'; stopped early (hyperband) after 1 of 4 epochs' for a run the sweep stopped."""
+    if run.state != "stopped":
+        return ""
+    done = run.summary.get("epochs_done", len(run.history))
+    return f"; stopped early (hyperband) after {done} of {run.params.epochs} epochs"
 
 
 def fmt_value(run: RunRecord, name: str) -> str:
