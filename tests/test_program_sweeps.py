@@ -130,3 +130,9 @@ def test_program_runs_go_to_the_launchs_project_grouped_by_their_sweep(workdir):
     runs = closed_offline_runs(workdir / "wandb", 2)
     assert len(runs) == 2
     assert {(r.project, r.group) for r in runs} == {("proj-x", f"toy-{store_dir.name}")}
+    # each run is announced and ended on the console as a trial of ours is
+    store = SweepStore(store_dir / "sweep.db")
+    for run in store.runs():
+        k = 1 + sorted(r.seq for r in store.runs()).index(run.seq)
+        assert f"run {k}/2 {run.id}  lr={run.config['lr']}" in result.stdout
+        assert f"run {k}/2 {run.id} finished: val_loss " in result.stdout

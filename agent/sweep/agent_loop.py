@@ -38,6 +38,7 @@ from agent.sweep.pack_size import PackSizer, parse_pack
 from agent.sweep.status import sweep_progress
 from agent.sweep.store import StoreError, SweepStore
 from agent.sweep.target import SweepTarget, check_wandb_sweep, open_store
+from agent.sweep_space import short_number
 from util.errors import (
     CommandParser,
     UserError,
@@ -210,7 +211,8 @@ class LocalAgent:
         try:
             if commands[0].trainer_args is None:
                 (command,) = commands  # another program: packs of one
-                self.run_program(command, hooks[0], beat)
+                self.run_program(command, hooks[0], beat, sweep_progress(
+                    self.store.runs(), self.sweep.config, run_ids))
             else:
                 configs = [self.trial_config(command) for command in commands]
                 train_pack(configs, hooks, sweep={
@@ -252,10 +254,15 @@ class LocalAgent:
         config["group"] = config.get("group") or self.sweep.group
         return config
 
-    def run_program(self, command: program.RunCommand, hooks: TrialHooks,
-                    beat: Heartbeat) -> None:
+    def run_program(self, command: program.RunCommand, hooks: TrialHooks, beat: Heartbeat,
+                    progress: dict) -> None:
         """A run of another program, as W&B's agent runs it: each history row holding the
-        metric is an epoch for the store and hyperband; the run ends through hooks.ended."""
+        metric is an epoch for the store and hyperband; the run ends through hooks.ended.
+        The console gets the lines a trial of ours prints: `run k/N id  a=1 b=x` and the
+        sweep's progress first, `run k/N id finished: score 0.93` last."""
+        from agent.trial.sinks import RunInfo
+        from agent.trial.sinks.console_sink import end_line, header_lines
+
         def on_row(number: int, row: dict) -> bool:
             return hooks.should_stop(number, [row]) is not None or beat.taken.is_set()
 
@@ -267,7 +274,15 @@ class LocalAgent:
             **command.env, "WANDB_PROJECT": os.environ.get("WANDB_PROJECT") or DEFAULT_PROJECT,
             "WANDB_RUN_GROUP": os.environ.get("WANDB_RUN_GROUP") or self.sweep.group})
         metric = (self.sweep.config.get("metric") or {}).get("name")
+        info = RunInfo(command.run_id, command.run_id, self.sweep.group, "", "", sweep={
+            "id": self.sweep.id, "name": self.sweep.name, "config": self.sweep.config,
+            "progress": progress})
+        for line in header_lines(info, command.params):
+            print(line, flush=True)
         result = program.run_program(command, self.wandb_dir, metric, on_row, hooks.interrupted)
+        value = result.summary.get(metric)
+        print(end_line(info, {}, result.state) + (f": {metric} {short_number(value)}" if
+              isinstance(value, (int, float)) else ""), flush=True)
         if result.state == "failed":
             raise program.RunFailed(result.error)
         hooks.ended({**result.summary, "state": result.state})
