@@ -8,14 +8,14 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
-LOG_SPAN = 100.0  # values spanning more than two decades are read on a log scale
+LOG_SPAN = 100.0  # values spanning two decades or more are read on a log scale
 
 
 @dataclass(frozen=True)
 class SweptParameter:
     name: str
     log: bool  # log-distributed (a log_uniform* / log_normal* distribution, or values over
-    # more than two decades)
+    # two decades or more)
     values: tuple | None  # the choices of a `values` list; None for a distribution
 
 
@@ -37,11 +37,12 @@ def swept_parameters(sweep_config: dict | None) -> list[SweptParameter]:
 
 
 def spans_decades(values) -> bool:
-    """All numbers, all positive, and the largest over LOG_SPAN times the smallest."""
+    """All numbers, all positive, and the largest at least LOG_SPAN times the smallest (an lr
+    grid of 0.1, 0.01, 0.001: on a linear axis 0.01 and 0.001 would touch)."""
     numbers = [v for v in values if isinstance(v, (int, float)) and not isinstance(v, bool)]
     if len(numbers) < 2 or len(numbers) != len(values) or min(numbers) <= 0:
         return False
-    return max(numbers) / min(numbers) > LOG_SPAN
+    return max(numbers) / min(numbers) >= LOG_SPAN
 
 
 def short_number(value) -> str:

@@ -412,6 +412,13 @@ def test_terminal_lines_fit_80_columns_and_end_with_the_next_commands(course):
     assert "run it: ./run_sweep.sh" not in course["repeat"]  # --run runs, it does not ask
     assert course["repeat"].splitlines()[-1] == (
         f"Next: ./util/with_venv.sh python -m agent.report {sweep_id}")
+    # asked again, the repeats are there and done: nothing to run
+    again = run_module(course["work"], "agent.repeat", sweep_id, "--top", "1", "--by", "model",
+                       "--seeds", "3")
+    assert again.returncode == 0, again.stderr[-2000:]
+    done = [line for line in again.stdout.splitlines() if "exists already" in line]
+    assert len(done) == 2 and all(line.endswith("every run ended") for line in done)
+    assert "run it: ./run_sweep.sh" not in again.stdout
 
 
 # ---------------------------------------------------------------- nothing (yet) to report

@@ -67,12 +67,13 @@ def test_every_engine_distribution_is_read(distribution):
         return
     (lr,) = found
     assert lr.name == "lr"
-    # Log-distributed: the log_* families, or choices spread over more than two decades.
+    # Log-distributed: the log_* families, or choices spread over two decades or more.
     assert lr.log == ("log_" in distribution or "values" in spec)
 
 
-def test_values_are_log_only_past_two_decades():
-    assert spans_decades([0.1, 0.00001]) and not spans_decades([0.1, 0.001])
+def test_values_are_log_from_two_decades_on():
+    assert spans_decades([0.1, 0.00001]) and spans_decades([0.1, 0.01, 0.001])
+    assert not spans_decades([0.1, 0.01]) and not spans_decades([0.1, 0.0011])
     assert not spans_decades([0.0, 0.5]) and not spans_decades(["sgd", "adam"])
     assert not spans_decades([True, 1000])
 

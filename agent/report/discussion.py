@@ -259,8 +259,8 @@ def importance_section(report: Report, ctx: Context) -> None:
     groups = _levels(study.runs, split) if split else []
     report.add(f"Against `{study.metric}`: a random forest's impurity importance (200 trees; "
                "categorical parameters one-hot encoded, their columns summed) and the "
-               "Pearson correlation of numeric parameters (log10 of those spanning more than "
-               "two decades), as in W&B's parameter-importance panel, over all runs"
+               "Pearson correlation of numeric parameters (log10 of those spanning two "
+               "decades or more), as in W&B's parameter-importance panel, over all runs"
                + (" and within each optimizer" if split else "") + ". A correlation only "
                "measures a straight-line trend: read it beside the sensitivity plot.", "")
     header = ["parameter", "importance", "r (all runs)"] + [f"r ({split}={g})" for g in groups]

@@ -24,8 +24,9 @@ from matplotlib.colors import Normalize  # noqa: E402
 from matplotlib.lines import Line2D  # noqa: E402
 from matplotlib.ticker import MaxNLocator  # noqa: E402
 
+from agent.sweep_space import spans_decades  # noqa: E402
+
 DPI = 110
-LOG_SPAN = 100.0  # "more than two decades": the ratio above which an axis goes to log10
 FEW_VALUES = 8  # a linear axis with at most this many distinct values is ticked at them
 BEST, WORST, INIT = "tab:blue", "tab:red", "0.6"
 WRONG = "tab:red"  # titles of misclassified images
@@ -145,7 +146,7 @@ def _is_number(value) -> bool:
 
 
 def _spans_decades(values: list[float]) -> bool:
-    return bool(values) and min(values) > 0 and max(values) / min(values) > LOG_SPAN
+    return spans_decades(list(values))
 
 
 def _log_y_if_wide(ax, values: list[float]) -> None:
@@ -347,7 +348,7 @@ def group_loss_figure(curves: list[GroupCurve], facets: list[str], colour: str |
     """Training loss against step, one panel per value of the `facets` parameters (model x
     optimizer), colour by `colour` (lr), line style by `style` (dropout); the figure legend
     names those values, each line is labelled with its whole configuration. A point where
-    the loss went non-finite is a cross at the top of its panel. Log y past two decades.
+    the loss went non-finite is a cross at the top of its panel. Log y from two decades on.
     `threshold`: a loss level drawn as a dashed line in every panel (the explosion rule)."""
     keys = sorted({tuple(c.config.get(f) for f in facets) for c in curves}, key=str)
     fig, axes = panel_grid(len(keys), (3.6, 3.0), (2.2, 0.6), title, sharex=True)

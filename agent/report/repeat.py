@@ -21,6 +21,7 @@ from agent.report.study import (
     repeat_description,
     repeats_of,
 )
+from agent.sweep.status import ENDED, planned_runs, repeated_runs
 from agent.sweep.store import SWEEPS_DIR, SweepStore, create_store
 from agent.sweep_space import swept_parameters
 from util.errors import CommandParser, UserError, brief, int_option
@@ -66,6 +67,9 @@ def create_local(study: Study, configs: list[tuple[str, dict]],
             sweep_id = existing[run_id].sweep_id
             stores.append(SweepStore(SWEEPS_DIR / sweep_id / "sweep.db"))
             what = "exists already"
+            if _finished(stores[-1]):
+                print(f"run {run_id}: repeat sweep {sweep_id} exists already, every run ended")
+                continue
         else:
             sweep_id = new_run_id()
             stores.append(create_store(SWEEPS_DIR / sweep_id, sweep_id, config["name"], config))
@@ -73,6 +77,13 @@ def create_local(study: Study, configs: list[tuple[str, dict]],
         print(f"run {run_id}: repeat sweep {sweep_id} {what}"
               + ("; running it now" if running else f"; run it: ./run_sweep.sh {sweep_id}"))
     return stores
+
+
+def _finished(store: SweepStore) -> bool:
+    """Every planned run of the (grid) repeat sweep has ended."""
+    runs = [r for r in store.runs() if r.id not in repeated_runs(store.runs())]
+    planned = planned_runs(store.sweep().config) or len(runs)
+    return sum(r.state in ENDED for r in runs) >= planned
 
 
 def create_on_wandb(target: str, configs: list[tuple[str, dict]]) -> None:

@@ -21,8 +21,8 @@ def parallel_section(report: Report, ctx: Context) -> None:
              study.metric: r.metric(study.metric)} for r in ctx.scored]
     report.add("## All runs in parallel coordinates", "",
                f"One line per run with a value of `{study.metric}`; the axes are the "
-               "parameters the sweep varies (log axes where they span more than two "
-               "decades); colour is the metric (brighter is better).", "")
+               "parameters the sweep varies (log axes where they span two decades or "
+               "more); colour is the metric (brighter is better).", "")
     report.figure(figures.parallel_coordinates(
         rows, ctx.swept, study.metric, study.goal, report.out_dir / "parallel_all.png",
         "all runs"), "parallel coordinates, all runs")

@@ -205,7 +205,7 @@ def varying_parameters(runs: list[RunRecord]) -> list[str]:
 
 
 def numeric_values(values: list) -> np.ndarray | None:
-    """Values as numbers (log10 where they span more than two decades), or None if any
+    """Values as numbers (log10 where they span two decades or more), or None if any
     is categorical."""
     if any(isinstance(v, (bool, str, list)) or v is None for v in values):
         return None
@@ -224,8 +224,8 @@ def correlation(x: np.ndarray, y: np.ndarray) -> float | None:
 
 def importance(runs: list[RunRecord], parameters: list[str], metric: str,
                seed: int = 0) -> list[dict]:
-    """Per parameter: Pearson correlation with the metric (numeric parameters, log10 past
-    two decades) and a random forest's impurity importance (categorical ones one-hot
+    """Per parameter: Pearson correlation with the metric (numeric parameters, log10 from
+    two decades on) and a random forest's impurity importance (categorical ones one-hot
     encoded, summed back), as W&B's importance panel shows them. Needs 4 scored runs."""
     from sklearn.ensemble import RandomForestRegressor
 
