@@ -13,6 +13,7 @@ from agent.report.study import RunRecord, Study, repeats_of
 from agent.report.study_figures import SeedRow, seed_figure
 
 ALPHA = 0.05
+BEST_PER_GROUP = 2  # runs of each group a "By ..." table shows (agent.repeat --top defaults to it)
 
 
 @dataclass
@@ -107,11 +108,12 @@ def by_table(report: Report, ctx: Context, by: str, repeated: dict[str, Repeated
     study, metric = ctx.study, ctx.study.metric
     others = [a for a in ctx.swept if a != by]
     with_seeds, single = [], []
-    for group, runs in stats.best_per_group(ctx.scored, by, 2).items():
+    for group, runs in stats.best_per_group(ctx.scored, by, BEST_PER_GROUP).items():
         for run in runs:
             (with_seeds if run.id in repeated and len(repeated[run.id].values(metric)) >= 2
              else single).append((group, run))
-    report.add(f"### By {by}", "")
+    report.add(f"### By {by}", "", f"The best {BEST_PER_GROUP} runs of each {by} by "
+               f"{metric}, with their repeats where `python -m agent.repeat` made some.", "")
     if with_seeds:
         samples = {run.id: repeated[run.id].values(metric) for _, run in with_seeds}
         leader, adjusted = stats.supported_best(samples, study.goal, ALPHA)
