@@ -37,6 +37,17 @@ def start_agent(workdir: Path, store: SweepStore, *args: str) -> subprocess.Pope
         stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
 
 
+def launched_store(workdir: Path) -> SweepStore | None:
+    """The store of the sweep a launcher made in `workdir`, once it is there (a store is
+    made in a hidden .<id>.partial folder and renamed into place: that one is skipped)."""
+    from agent.sweep.target import open_store
+
+    sweeps = workdir / "data" / "sweeps"
+    found = [d for d in sweeps.iterdir() if not d.name.startswith(".")] \
+        if sweeps.exists() else []
+    return open_store(str(found[0])) if found else None
+
+
 def wait_for(predicate, timeout: float, what: str):
     deadline = time.time() + timeout
     while time.time() < deadline:
@@ -255,11 +266,8 @@ def test_ctrl_c_stops_every_agent_cleanly_and_keeps_the_runs_resumable(workdir):
                                  "--agents", "2"], cwd=workdir, env=subprocess_env(),
                                 stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                                 start_new_session=True)
-    from agent.sweep.target import open_store
 
-    store = wait_for(lambda: next((open_store(str(d)) for d in
-                                   (workdir / "data" / "sweeps").glob("*")), None)
-                     if (workdir / "data" / "sweeps").exists() else None, 60, "the store")
+    store = wait_for(lambda: launched_store(workdir), 60, "the store")
     wait_for(lambda: sum(r.state == "running" and r.epoch >= 1
                          for r in store.runs()) == 2, 120, "two running runs")
     os.killpg(launcher.pid, signal.SIGINT)  # what Ctrl-C sends to the foreground group
@@ -282,11 +290,8 @@ def test_one_agent_trains_in_the_launchers_process_and_a_signal_preempts_it(work
     launcher = subprocess.Popen([sys.executable, "-m", "agent.launch", str(sweep_file)],
                                 cwd=workdir, env=subprocess_env(), stdout=subprocess.PIPE,
                                 stderr=subprocess.PIPE, text=True, start_new_session=True)
-    from agent.sweep.target import open_store
 
-    store = wait_for(lambda: next((open_store(str(d)) for d in
-                                   (workdir / "data" / "sweeps").glob("*")), None)
-                     if (workdir / "data" / "sweeps").exists() else None, 60, "the store")
+    store = wait_for(lambda: launched_store(workdir), 60, "the store")
     run = wait_for(lambda: next((r for r in store.runs() if r.state == "running"
                                  and r.epoch >= 1), None), 120, "a running run")
     assert run.owner.endswith(f":{launcher.pid}")  # trained by the launcher itself
@@ -433,11 +438,8 @@ def test_the_launcher_exit_code_says_an_agent_was_killed(workdir):
                                  "--heartbeat-timeout", "1"], cwd=workdir,
                                 env=subprocess_env(), stdout=subprocess.PIPE,
                                 stderr=subprocess.PIPE, text=True)
-    from agent.sweep.target import open_store
 
-    store = wait_for(lambda: next((open_store(str(d)) for d in
-                                   (workdir / "data" / "sweeps").glob("*")), None)
-                     if (workdir / "data" / "sweeps").exists() else None, 60, "the store")
+    store = wait_for(lambda: launched_store(workdir), 60, "the store")
     victim = wait_for(lambda: next((r for r in store.runs() if r.state == "running"), None),
                       120, "a running run")
     pid = int(victim.owner.rsplit(":", 1)[1])
@@ -462,11 +464,8 @@ def test_runs_of_agents_killed_mid_trial_are_repeated_at_once_and_the_hint_finis
     launcher = subprocess.Popen([sys.executable, "-m", "agent.launch", str(sweep_file),
                                  "--agents", "2"], cwd=workdir, env=subprocess_env(),
                                 stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    from agent.sweep.target import open_store
 
-    store = wait_for(lambda: next((open_store(str(d)) for d in
-                                   (workdir / "data" / "sweeps").glob("*")), None)
-                     if (workdir / "data" / "sweeps").exists() else None, 60, "the store")
+    store = wait_for(lambda: launched_store(workdir), 60, "the store")
     running = wait_for(lambda: [r for r in store.runs() if r.state == "running"]
                        if sum(r.state == "running" for r in store.runs()) == 2 else None,
                        120, "two running runs")
@@ -589,6 +588,9 @@ def test_status_without_a_sweep_lists_the_local_sweeps_newest_first(workdir, mon
     make_sweep(workdir, "older", {"lr": {"values": [0.1, 0.01]}})
     time.sleep(0.01)
     make_sweep(workdir, "newer", {"lr": {"values": [0.1]}})
+    being_made = workdir / "data" / "sweeps" / ".abc.partial"  # create_store's, mid-way
+    being_made.mkdir()
+    (being_made / "sweep.db").write_bytes(b"")
     assert main([]) == 0
     lines = capsys.readouterr().out.splitlines()
     rows = [line.split() for line in lines if line.split()[:1] in (["older"], ["newer"])]

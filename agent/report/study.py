@@ -12,7 +12,7 @@ from agent.ids import path_safe
 from agent.params import RunConfig, validate
 from agent.sweep.program import runs_our_trainer
 from agent.sweep.status import repeat_description, repeated_runs
-from agent.sweep.store import STORE_NAME, SWEEPS_DIR, SweepStore, sweep_group
+from agent.sweep.store import SweepStore, store_paths, sweep_group
 from agent.sweep.target import resolve_target
 from util.errors import UserError
 
@@ -190,7 +190,7 @@ def local_repeats(study: Study) -> dict[str, Study]:
     """Local repeat sweeps of `study`'s runs, by the id of the run they repeat."""
     found = {}
     prefix = repeat_description(study.sweep_id, "")
-    for path in sorted(SWEEPS_DIR.glob(f"*/{STORE_NAME}")):
+    for path in store_paths():
         try:
             store = SweepStore(path)
         except UserError:

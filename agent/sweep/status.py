@@ -20,7 +20,7 @@ from agent.ids import path_safe
 from agent.params import BY_NAME
 from agent.sweep.controller import HEARTBEAT_TIMEOUT_S
 from agent.sweep.program import runs_our_trainer
-from agent.sweep.store import STATES, STORE_NAME, SWEEPS_DIR, Run, SweepStore
+from agent.sweep.store import STATES, SWEEPS_DIR, Run, SweepStore, store_paths
 from agent.sweep.target import open_store
 from agent.sweep_space import duration_text, short_number, swept_parameters
 from util.errors import CommandParser, UserError
@@ -301,7 +301,7 @@ def render_sweeps(directory: Path, console: Console | None = None) -> None:
     """The local sweeps under `directory` (data/sweeps), newest first: id, name, method,
     runs ended of planned, created. UserError when there is none."""
     stores = []
-    for path in sorted(directory.glob(f"*/{STORE_NAME}")):
+    for path in store_paths(directory):
         try:
             stores.append(SweepStore(path))
         except UserError:  # not readable as a sweep now (another schema, damaged): skip

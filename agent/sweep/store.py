@@ -82,6 +82,13 @@ class Sweep:
         return sweep_group(self.name, self.id)
 
 
+def store_paths(directory: str | os.PathLike = SWEEPS_DIR) -> list[Path]:
+    """The sweep.db of every local sweep in `directory` (data/sweeps), by id; a sweep still
+    being made (create_store's hidden .<id>.partial folder) is not one yet."""
+    return sorted(path for path in Path(directory).glob(f"*/{STORE_NAME}")
+                  if not path.parent.name.startswith("."))
+
+
 def sweep_group(name: str, sweep_id: str) -> str:
     """A local sweep's runs' group (W&B's group, the TensorBoard folder data/logs/<group>/):
     name and id, so that two sweeps from one YAML stay apart; the name is cut so that the
