@@ -27,9 +27,13 @@
 cd {{ submit_dir }} || exit 1
 {% if local_sweep and jobs > 1 %}
 # A local sweep is one SQLite file: safe for the agents of one node only. The
-# first task records its node; a task on another node leaves.
+# first task records its node (written whole, then linked into place: a task
+# starting at the same moment never reads it half-written); a task on another
+# node leaves.
 job_dir={{ job_dir }}
-( set -C; hostname > "$job_dir/node" ) 2>/dev/null
+hostname > "$job_dir/node.$$"
+ln "$job_dir/node.$$" "$job_dir/node" 2>/dev/null
+rm -f "$job_dir/node.$$"
 if [ "$(cat "$job_dir/node")" != "$(hostname)" ]; then
   echo "error: this local sweep runs on $(cat "$job_dir/node"); agents on other nodes need a W&B sweep" >&2
   exit 3
