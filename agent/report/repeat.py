@@ -21,7 +21,7 @@ from agent.report.study import (
     repeat_description,
     repeats_of,
 )
-from agent.sweep.status import ENDED, planned_runs, repeated_runs
+from agent.sweep.status import ENDED, current_runs, planned_runs
 from agent.sweep.store import SWEEPS_DIR, SweepStore, create_store
 from agent.sweep_space import swept_parameters
 from util.errors import CommandParser, UserError, brief, int_option
@@ -81,7 +81,7 @@ def create_local(study: Study, configs: list[tuple[str, dict]],
 
 def _finished(store: SweepStore) -> bool:
     """Every planned run of the (grid) repeat sweep has ended."""
-    runs = [r for r in store.runs() if r.id not in repeated_runs(store.runs())]
+    runs = current_runs(store.runs())
     planned = planned_runs(store.sweep().config) or len(runs)
     return sum(r.state in ENDED for r in runs) >= planned
 

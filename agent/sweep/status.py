@@ -63,6 +63,12 @@ def repeated_runs(runs: list[Run]) -> dict[str, str]:
     return {r.requeued_from: r.id for r in runs if r.requeued_from}
 
 
+def current_runs(runs: list[Run]) -> list[Run]:
+    """The runs without the crashed ones a repeat stands for."""
+    repeated = repeated_runs(runs)
+    return [r for r in runs if r.id not in repeated]
+
+
 @dataclass(frozen=True)
 class BestRun:
     run: Run
@@ -262,8 +268,7 @@ def closing_lines(store: SweepStore, options: str = "") -> list[str]:
         if setting:
             line += f" ({setting})" if len(line) + len(setting) + 3 <= 80 else f"\n  {setting}"
         lines += line.split("\n")
-    repeated = repeated_runs(runs)
-    current = [r for r in runs if r.id not in repeated]  # a repeat stands for its crashed run
+    current = current_runs(runs)  # a repeat stands for its crashed run
     ended = sum(r.state in ENDED for r in current)
     planned = planned_runs(sweep.config)
     reached = target_text(sweep.config, runs)
@@ -315,7 +320,7 @@ def render_sweeps(directory: Path, console: Console | None = None) -> None:
         table.add_column(header, no_wrap=header != "name", overflow="fold")
     for store in sorted(stores, key=lambda st: -st.sweep().created):
         sweep, runs = store.sweep(), store.runs()
-        current = [r for r in runs if r.id not in repeated_runs(runs)]
+        current = current_runs(runs)
         planned = planned_runs(sweep.config) or len(current)
         table.add_row(sweep.id, escape(sweep.name), escape(str(sweep.config.get("method"))),
                       f"{sum(r.state in ENDED for r in current)}/{planned}",
