@@ -19,7 +19,7 @@ Way (a) runs `--subprocess-sample` trials of the grid and scales their mean to t
 TensorBoard sink only. A measurement, not a test.
 
     python benchmarks/bench_sweep_throughput.py [--cpu-grid] [--small] [--epochs N]
-        [--out DIR] [--ways a,b,c,d]
+        [--out DIR] [--ways a,b,c,d] [--values NAME=V1,V2,...]
 """
 
 from __future__ import annotations
@@ -148,6 +148,9 @@ def main() -> None:
                         help="which ways to run, of a (a new process per trial), b (one "
                         "in-process agent), c (several agents sharing the device), d (packed)")
     parser.add_argument("--pack", default="auto", help="--pack value for way (d)")
+    parser.add_argument("--values", action="append", default=[], metavar="NAME=V1,V2,...",
+                        help="the grid's values of one parameter instead of the default ones "
+                        "(a larger grid: --values lr=0.3,0.1,0.03,0.01,0.003,0.001)")
     parser.add_argument("--subprocess-sample", type=int, default=8)
     parser.add_argument("--out", default=None, help="also write the table here (markdown)")
     args = parser.parse_args()
@@ -155,7 +158,12 @@ def main() -> None:
     import torch
 
     gpu = torch.cuda.is_available()
-    grid = CPU_GRID if args.cpu_grid else COURSE_GRID
+    grid = dict(CPU_GRID if args.cpu_grid else COURSE_GRID)
+    for option in args.values:
+        name, _, values = option.partition("=")
+        if name not in grid or not values:
+            parser.error(f"--values {option}: expected one of {', '.join(grid)}=V1,V2,...")
+        grid[name] = [yaml.safe_load(v) for v in values.split(",")]
     fixed = {"dataset": "digits" if args.cpu_grid else "fashion_mnist", "epochs": args.epochs,
              "sinks": ["tensorboard"], "data_dir": str(ROOT / "data"), "histograms": False}
     if args.small:

@@ -21,6 +21,7 @@ from agent.sweep.controller import (
     check_heartbeat,
     choose_work,
     crash_repairs,
+    runs_left,
 )
 from agent.sweep.engine import proposed_params
 from agent.sweep.store import STATES, Run
@@ -198,12 +199,15 @@ def test_a_size_per_kind_of_pack_is_the_size_of_the_kind_the_work_has(runs, dens
     # kind's size would be, whichever kind the oldest preempted, pending or proposed run has
     sizes = {"dense": dense, "cnn": cnn}
     asked = []
-    work = choose_work(grid(), runs, lambda key: asked.append(key) or sizes[key], model_key)
+    work = choose_work(grid(), runs, lambda key, like: asked.append((key, like)) or sizes[key],
+                       model_key)
     if work.kind != "run":
         assert work == choose_work(grid(), runs, 1, model_key)
         return
-    key = model_key(work.take[0].config if work.take else work.start[0])
-    assert set(asked) == {key} and work.size == sizes[key]
+    first = work.take[0].config if work.take else work.start[0]
+    key = model_key(first)
+    assert {k for k, _ in asked} == {key} and work.size == sizes[key]
+    assert first in [like for _, like in asked]  # asked with a config of that kind: the first
     assert work == choose_work(grid(), runs, sizes[key], model_key)
 
 
@@ -257,3 +261,32 @@ def test_heartbeat_timeout_is_finite_and_at_least_three_beats(heartbeat, timeout
         with pytest.raises(UserError) as refused:
             check_heartbeat(heartbeat, timeout)
         assert "\n" not in str(refused.value) and "--heartbeat" in str(refused.value)
+
+
+# --- how many runs of a kind are left (what --pack auto measures up to) ------------------------
+
+ENGINE_ORDER = [dict(zip(sorted(PARAMETERS), values)) for values in itertools.product(
+    *(PARAMETERS[name]["values"] for name in sorted(PARAMETERS)))]  # last name varies fastest
+
+
+@ENGINE
+@given(stored_runs(), st.sampled_from(POINTS), st.none() | st.integers(1, 14),
+       st.sampled_from(["grid", "random"]))
+def test_runs_left_of_a_kind_are_its_open_runs_and_the_points_not_yet_proposed(
+        runs, like, run_cap, method):
+    config = {**grid(run_cap=run_cap), "method": method} if run_cap else \
+        {**grid(), "method": method}
+    left = runs_left(config, runs, like, model_key)
+    key = model_key(like)
+    waiting = sum(r.state in ("pending", "preempted", "running") and model_key(r.config) == key
+                  for r in runs)
+    originals = sum(not r.requeued_from for r in runs)
+    room = math.inf if not run_cap else max(0, run_cap - originals)
+    if method == "random":
+        assert left == (None if not run_cap else waiting + room)
+        return
+    stored = {point(r.config) for r in runs}
+    unproposed = [p for p in ENGINE_ORDER if point(p) not in stored]
+    if run_cap:
+        unproposed = unproposed[:max(0, min(run_cap, len(POINTS)) - originals)]
+    assert left == waiting + sum(model_key(p) == key for p in unproposed)

@@ -3,6 +3,7 @@
 import pytest
 
 from agent.sweep.pack_size import PackSizer, parse_pack
+from util.errors import UserError
 
 
 def test_a_fixed_pack_size_is_used_as_given():
@@ -11,13 +12,18 @@ def test_a_fixed_pack_size_is_used_as_given():
     assert sizer.next_size("k") == 8 and sizer.next_size("other") == 8
 
 
-@pytest.mark.parametrize("start", [1, 2, 4])
-@pytest.mark.parametrize("curve,settles", [
-    ({1: 60, 2: 100, 4: 190, 8: 360, 16: 700, 32: 720}, 16),  # saturates: 32 adds < 10%
-    ({1: 100, 2: 102, 4: 105, 8: 108}, 1),  # packing barely helps: a run alone
+CURVES = [
+    ({1: 60, 2: 100, 4: 190, 8: 360, 16: 700, 32: 720, 64: 715}, 16),  # saturates at 16
+    ({1: 100, 2: 102, 4: 105, 8: 108, 16: 107, 32: 109, 64: 108}, 1),  # no size pays
     ({1: 100, 2: 72, 4: 70}, 1),  # a pack is slower than a run alone (CPU, tiny maps)
     ({1: 40, 2: 100, 4: 300, 8: 250, 16: 200}, 4),  # slower when larger: back to the best
-])
+    # a plateau, then a size that pays (a CPU's grouped convolutions): past the plateau
+    ({1: 35, 2: 47, 4: 48, 8: 84, 16: 76, 32: 60}, 8),
+]
+
+
+@pytest.mark.parametrize("start", [1, 2, 4])
+@pytest.mark.parametrize("curve,settles", CURVES)
 def test_auto_doubles_while_throughput_rises_then_settles_on_the_best(curve, settles, start):
     sizer = PackSizer(fixed=None, start=start)
     seen = []
@@ -66,11 +72,70 @@ def test_bad_pack_option_values_are_refused(text):
 
 def test_auto_says_what_it_settled_on_and_why():
     sizer = PackSizer(fixed=None, start=2)
-    for size, rate in ((1, 3100.0), (2, 5800.0), (4, 5900.0)):
+    for size, rate in ((1, 3100.0), (2, 5800.0), (4, 5900.0), (8, 5200.0)):
         assert sizer.settled_text("cnn") is None
         assert sizer.next_size("cnn") == size
         sizer.observe("cnn", size, rate)
     assert sizer.next_size("cnn") == 2
-    assert sizer.settled_text("cnn") == "packs of 2 (images/s: 1 -> 3,100, 2 -> 5,800, " \
-                                        "4 -> 5,900)"
+    assert sizer.settled_text("cnn") == "packs of 2 (images/s by size: 1: 3.1k, 2: 5.8k, " \
+                                        "4: 5.9k, 8: 5.2k)"
     assert PackSizer(fixed=4).settled_text("cnn") is None
+
+
+@pytest.mark.parametrize("start", [1, 2, 4])
+@pytest.mark.parametrize("curve,settles", CURVES)
+def test_a_probe_measures_the_sizes_the_rule_asks_for_and_settles_before_any_claim(
+        curve, settles, start):
+    sizer = PackSizer(fixed=None, start=start)
+    measured = []
+    sizer.probe("cnn", lambda size: measured.append(size) or (curve[size], None))
+    assert sizer.next_size("cnn") == settles and sizer.settled_text("cnn") is not None
+    # the sizes the whole-run rule would have tried, one claim each, are measured at once
+    stepwise = PackSizer(fixed=None, start=start)
+    tried = []
+    while stepwise.settled_text("cnn") is None:
+        tried.append(stepwise.next_size("cnn"))
+        stepwise.observe("cnn", tried[-1], curve[tried[-1]])
+    assert measured == tried
+    sizer.probe("cnn", lambda size: pytest.fail("a settled kind is not measured again"))
+
+
+@pytest.mark.parametrize("fits,settles", [(0, 1), (1, 1), (2, 2), (4, 4), (16, 16)])
+def test_a_size_that_runs_out_of_memory_caps_the_pack(fits, settles):
+    # throughput keeps rising, but sizes above `fits` run out of device memory
+    sizer = PackSizer(fixed=None, start=2)
+    sizer.probe("big", lambda size: None if size > fits else (100.0 * size, 10.0 * size))
+    assert sizer.next_size("big") == settles
+    text = sizer.settled_text("big")
+    assert text.startswith(f"packs of {settles} (") and "out of memory" in text
+    assert text.endswith(f", {2 * fits}: out of memory)" if fits else "(images/s by size: 1: "
+                         "out of memory)")
+
+
+def test_a_fixed_size_is_never_probed():
+    sizer = PackSizer(fixed=3)
+    sizer.probe("k", lambda size: pytest.fail("--pack 3 measures nothing"))
+    assert sizer.next_size("k") == 3
+
+
+def test_a_probe_times_real_packs_and_writes_nothing(workdir):
+    from agent.trial.probe import measure_pack
+
+    config = {"dataset": "digits", "data_dir": str(workdir / "data"), "model": "dense",
+              "hidden": 16, "batch_size": 32, "sinks": ["tensorboard"], "num_threads": 1,
+              "run_dir": str(workdir / "runs"), "log_dir": str(workdir / "logs")}
+    speeds = [measure_pack(config, size) for size in (1, 3)]
+    for speed in speeds:
+        assert speed.images_per_s > 0 and speed.peak_memory_mb is None  # a CPU
+    assert sorted(p.name for p in workdir.iterdir()) == ["data"]  # no run dir, no logs
+    with pytest.raises(UserError, match="optimizer"):
+        measure_pack({**config, "optimizer": "nope"}, 2)
+
+
+@pytest.mark.parametrize("left,sizes", [(1, [1]), (3, [1, 2, 3]), (6, [1, 2, 4, 6]),
+                                        (None, [1, 2, 4, 8, 16, 32, 64])])
+def test_a_probe_never_measures_more_runs_than_the_sweep_has_left(left, sizes):
+    sizer = PackSizer(fixed=None, start=2)
+    measured = []
+    sizer.probe("k", lambda size: measured.append(size) or (100.0 * size, None), left)
+    assert measured == sizes and sizer.next_size("k") == sizes[-1]

@@ -53,15 +53,34 @@ def test_a_packed_sweep_gives_every_point_the_result_it_gets_alone(workdir):
 
 
 @pytest.mark.timeout(400)
-def test_pack_auto_measures_a_run_alone_first_and_trains_every_point_once(workdir):
+def test_pack_auto_measures_each_kind_once_before_claiming_it_then_packs_it_at_that_size(
+        workdir):
     store = make_sweep(workdir, "auto", GRID)
     agent = start_agent(workdir, store, "--pack", "auto")
-    assert agent.wait(timeout=300) == 0, agent.stderr.read()
+    assert agent.wait(timeout=300) == 0
+    errors = agent.stderr.read()
     runs = sorted(store.runs(), key=lambda r: r.seq)
     points = [(r.config["model"], r.config["lr"], r.config["optimizer"]) for r in runs]
     assert len(points) == 12 and len(set(points)) == 12  # the whole grid, each point once
     assert all(r.state == "finished" and r.summary.get("test/acc") is not None for r in runs)
-    assert runs[0].pack is None  # the baseline: the first run trained alone
+    # each kind of pack (model x optimizer) was measured once, up to its 3 runs, and the agent
+    # said so with its figures
+    settled = {(m, o): (int(size), sizes) for m, o, size, sizes in re.findall(
+        r"--pack auto for model=(\w+) optimizer=(\w+): packs of (\d+)\n"
+        r"  \(images/s by size: ([^)]*)\)", errors)}
+    assert len(settled) == 4 and errors.count("--pack auto for") == 4, errors
+    for kind, (size, sizes) in settled.items():
+        measured = [int(s.split(":")[0]) for s in sizes.split(", ")]
+        assert measured in ([1, 2], [1, 2, 3]), sizes  # never more than the kind's 3 runs
+        mine = [r for r in runs if (r.config["model"], r.config["optimizer"]) == kind]
+        packs = {}
+        for run in mine:
+            packs.setdefault(run.pack or run.id, []).append(run)
+        # measured before its first claim: every claim of the kind asked for that size (the
+        # grid's 3 runs of a kind make one pack of 3, or 2 + 1, or 3 alone)
+        assert sorted(map(len, packs.values()), reverse=True) == \
+            {3: [3], 2: [2, 1], 1: [1, 1, 1]}[size], (kind, size)
+        assert all((r.pack is None) == (size == 1) for r in mine)
 
 
 @pytest.mark.timeout(300)

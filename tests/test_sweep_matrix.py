@@ -6,14 +6,18 @@ own schema (sweeps/config/schema.json), parameter types from agent/params.py."""
 from __future__ import annotations
 
 import math
+import random
 import warnings
 
+import numpy as np
 import pytest
 import yaml
 
 from agent.params import BY_NAME, PARAMS, validate
 from agent.sweep.controller import claim
-from agent.sweep.engine import run_field
+from agent.sweep.engine import proposed_batch, proposed_params, run_field
+from agent.sweep.status import planned_runs
+from agent.sweep.store import Run
 from agent.sweep.target import create_local_sweep
 from util.errors import UserError
 
@@ -201,7 +205,7 @@ def test_cell_is_claimed_stored_and_valid_or_refused_in_one_line(
         seen.add(point(claimed.config))
         store.finish(claimed.run_id, OWNER, "finished", {"train/loss": 1.0})
     assert len(seen) <= 400, "the grid does not end"
-    assert len(seen) == 2 * grid_size(spec)
+    assert len(seen) == 2 * grid_size(spec) == planned_runs(sweep)  # as the status says
 
 
 def grid_size(spec: dict) -> int:
@@ -212,3 +216,35 @@ def grid_size(spec: dict) -> int:
     if spec["distribution"] == "int_uniform":
         return spec["max"] - spec["min"] + 1
     return math.ceil((spec["max"] - spec["min"]) / spec["q"])  # np.arange(min, max, q)
+
+
+BATCH_CELLS = [cell for cell in CELLS if cell[1] in ("grid", "random")
+               and expected_refusal(cell[0], cell[1], cell[2]) is None]
+
+
+@pytest.mark.parametrize("distribution, method, kind, q_type", BATCH_CELLS,
+                         ids=[f"{d}-{m}-{k}-q{q.__name__}" for d, m, k, q in BATCH_CELLS])
+def test_a_packed_claims_proposals_from_one_engine_call_are_those_of_one_call_a_run(
+        distribution, method, kind, q_type):
+    # A claim of K runs asks the engine once for K (sweeps.next_runs(n=K)): for grid and
+    # random that is exactly what K calls give, each seeing the ones before as running.
+    name = CASES[kind][0]
+    sweep = {"command": ["${env}", "python", "-m", "agent.train", "${args}"], "method": method,
+             "metric": {"name": "train/loss", "goal": "minimize"},
+             "parameters": {name: spec_for(distribution, kind, q_type),
+                            "label_smoothing": {"values": [0.0, 0.1]}, "epochs": {"value": 1}}}
+    done = [Run(id="f", seq=1, config=proposed_params(sweep, []), state="finished")]
+    for n in (1, 3, 7):
+        random.seed(n)
+        np.random.seed(n)
+        batch = proposed_batch(sweep, done, n)
+        random.seed(n)
+        np.random.seed(n)
+        one_by_one, seen = [], list(done)
+        while len(one_by_one) < n and (params := proposed_params(sweep, seen)) is not None:
+            one_by_one.append(params)
+            seen.append(Run(id=f"p{len(seen)}", seq=len(seen) + 1, config=params,
+                            state="running"))
+        assert batch == one_by_one
+        assert len(batch) == (n if method == "random" else min(n, 2 * grid_size(
+            sweep["parameters"][name]) - 1))

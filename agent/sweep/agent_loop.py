@@ -18,6 +18,7 @@ import os
 import signal
 import socket
 import sys
+import textwrap
 import threading
 import time
 import traceback
@@ -32,6 +33,7 @@ from agent.sweep.controller import (
     HEARTBEAT_TIMEOUT_S,
     check_heartbeat,
     claim,
+    runs_left,
     should_stop,
 )
 from agent.sweep.pack_size import PackSizer, parse_pack
@@ -137,6 +139,15 @@ def packable(config: dict):
         return ("unpackable", repr(sorted(config.items())))
 
 
+class Unsized(Exception):
+    """--pack auto met a kind of pack it has not measured: the claim is abandoned (nothing
+    written) so that the agent measures with `config` first."""
+
+    def __init__(self, config: dict):
+        super().__init__("a kind of pack not measured yet")
+        self.config = config
+
+
 @dataclass
 class PackOutcome:
     failed: bool = False  # the trial raised: every member still training failed
@@ -168,12 +179,18 @@ class LocalAgent:
         while (count is None or done < count) and not self.signalled:
             left = None if count is None else count - done
 
-            def wanted(key, left=left) -> int:  # this kind of pack's size (--pack auto)
+            def wanted(key, like, left=left) -> int:  # this kind of pack's size
+                if not self.sizer.knows(key):
+                    raise Unsized(like)  # --pack auto: measured before any run is taken
                 size = self.sizer.next_size(key)
                 return size if left is None else min(size, left)
 
-            work = claim(self.store, self.owner, count=wanted, pack_key=packable,
-                         timeout=self.timeout)
+            try:
+                work = claim(self.store, self.owner, count=wanted, pack_key=packable,
+                             timeout=self.timeout)
+            except Unsized as unsized:  # the claim wrote nothing: measure, then claim again
+                self.size_packs_of(unsized.config)
+                continue
             if work.kind == "done":
                 break
             if work.kind == "wait":  # others still run; one may crash and need repeating
@@ -233,8 +250,6 @@ class LocalAgent:
             beat.stop()
         if beat.failed is not None:
             raise beat.failed
-        if ended:
-            self.observe(configs, ended)
         return outcome
 
     def left_for_the_next_agent(self, run_ids: list[str], problem: UserError) -> UserError:
@@ -337,23 +352,48 @@ class LocalAgent:
                     if write_text_atomic(path / "traceback.txt", trace) else ""
             print(f"agent {self.owner}: run {run_id} failed ({line}){where}", file=sys.stderr)
 
-    def observe(self, configs: list[dict], ended: dict[str, dict]) -> None:
-        """Tell --pack auto how fast this pack trained, all members together."""
-        speeds = [s.get("perf/images_per_s") for s in ended.values() if s.get("perf/images_per_s")]
-        if not speeds:
+    def size_packs_of(self, claimed: dict) -> None:
+        """--pack auto, the first time this agent meets a kind of pack: time a few steps of
+        packs of growing size (agent/trial/probe.py), up to as many runs of the kind as the
+        sweep has left, and settle the size its claims take. `claimed`: a run's config as the
+        store holds it (claims key packs by it)."""
+        key = packable(claimed)
+        from agent.trial.probe import measure_pack
+
+        config = self.probe_config(claimed)
+
+        def measure(size: int) -> tuple[float, float | None] | None:
+            speed = measure_pack(config, size)
+            return None if speed is None else (speed.images_per_s, speed.peak_memory_mb)
+
+        try:
+            left = runs_left(self.sweep.config, self.store.runs(), claimed, packable)
+            if left is not None and left <= 1:
+                self.sizer.settle(key, 1)  # nothing to pack with
+                return
+            self.sizer.probe(key, measure, left)
+        except StoreError:
+            raise
+        except Exception:  # noqa: BLE001 (the trial itself fails with its own reason, alone)
+            self.sizer.settle(key, 1)
             return
-        memory = [s.get("perf/peak_mem_mb") for s in ended.values() if s.get("perf/peak_mem_mb")]
-        key = packable(configs[0])
-        before = self.sizer.settled_text(key)
-        self.sizer.observe(key, len(configs), len(configs) * sum(speeds) / len(speeds),
-                           max(memory) if memory else None)
-        settled = self.sizer.settled_text(key)
-        if settled and not before:
-            kind = " ".join(f"{name}={configs[0].get(name)}" for name in ("model", "optimizer")
-                            if configs[0].get(name) is not None)
-            size, _, measured = settled.partition(" (")  # two lines within 80 columns
-            print(f"agent {self.owner}: --pack auto for {kind or 'these runs'}: {size}\n"
-                  f"  ({measured}", file=sys.stderr)
+        kind = " ".join(f"{name}={config.get(name)}" for name in ("model", "optimizer")
+                        if config.get(name) is not None)
+        size, _, measured = self.sizer.settled_text(key).partition(" (")
+        lines = textwrap.wrap(f"({measured}", 77, initial_indent="  ",
+                              subsequent_indent="   ")  # within 80 columns
+        print(f"agent {self.owner}: --pack auto for {kind or 'these runs'}: {size}\n"
+              + "\n".join(lines), file=sys.stderr)
+
+    def probe_config(self, claimed: dict) -> dict:
+        """The trial config a run of `claimed` would get (its command's arguments included),
+        without writing the run's files; the stored config itself when the command passes
+        the parameters through a file (${args_json_file})."""
+        command = program.build_run(self.sweep.config, claimed, sweep_id=self.sweep.id,
+                                    run_id="probe", wandb_dir=self.wandb_dir)
+        if command.trainer_args is None or command.json_path is not None:
+            return dict(claimed)
+        return self.trial_config(command)
 
 
 def run_local_agent(store: SweepStore, count: int | None = None,
@@ -363,15 +403,8 @@ def run_local_agent(store: SweepStore, count: int | None = None,
     --pack auto). Returns the agent's exit code: 1 after 3 failed trials in a row."""
     sizer = PackSizer(fixed=pack)
     if pack is None:  # only --pack auto sizes packs by the device (torch is imported for it)
-        sizer = PackSizer(fixed=None, start=4 if _cuda() else 2)
         sizer.memory_mb = _device_memory_mb()
     return LocalAgent(store, heartbeat_s, timeout, sizer).run(count)
-
-
-def _cuda() -> bool:
-    import torch
-
-    return torch.cuda.is_available()
 
 
 def _device_memory_mb() -> float | None:

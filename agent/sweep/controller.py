@@ -15,7 +15,7 @@ from collections.abc import Callable, Hashable
 from dataclasses import dataclass, field
 
 from agent.ids import new_run_id
-from agent.sweep.engine import proposed_params, stop_decisions
+from agent.sweep.engine import planned_runs, proposed_batch, stop_decisions
 from agent.sweep.store import Run, SweepStore
 from util.errors import UserError
 
@@ -29,16 +29,17 @@ PROPOSALS_PER_MEMBER = 4  # engine proposals one claim may ask for, per member w
 
 PackKey = Callable[[dict], Hashable]
 # How many runs a claim takes: a number, or a function of the pack key of the runs it takes
-# (--pack auto sizes each kind of pack by what that kind measured).
-PackSize = int | Callable[[Hashable], int]
+# and the config of the first of them (--pack auto sizes each kind of pack by what that kind
+# measured; it may raise to abandon the claim, which then writes nothing).
+PackSize = int | Callable[[Hashable, dict], int]
 
 
-def _sized(wanted: PackSize, key: Hashable) -> int:
-    return _size_for(wanted, key) if callable(wanted) else wanted
+def _sized(wanted: PackSize, key: Hashable, like: dict) -> int:
+    return _size_for(wanted, key, like) if callable(wanted) else wanted
 
 
-def _size_for(count: PackSize, key: Hashable) -> int:
-    wanted = count(key) if callable(count) else count
+def _size_for(count: PackSize, key: Hashable, like: dict) -> int:
+    wanted = count(key, like) if callable(count) else count
     if wanted < 1:
         raise ValueError(f"count={wanted}: a claim asks for one run or more")
     return wanted
@@ -106,7 +107,8 @@ def crash_repairs(runs: list[Run], now: float, timeout: float) -> tuple[list[str
 def choose_work(sweep_config: dict, runs: list[Run], count: PackSize = 1,
                 pack_key: PackKey | None = None) -> Work:
     """Pure: up to `count` runs that can share one packed trial (equal `pack_key(config)`);
-    a callable `count` is asked for the size once the pack key of the work is known.
+    a callable `count` is asked for the size once the pack key of the work is known, with
+    that key and the config of the work's first run.
 
     Preempted runs first, a group of equal (pack key, epoch) so that a preempted pack
     resumes together; else pending runs of the first one's key, topped up with engine
@@ -117,7 +119,7 @@ def choose_work(sweep_config: dict, runs: list[Run], count: PackSize = 1,
     preempted = [r for r in runs if r.state == "preempted"]
     if preempted:
         first = (key(preempted[0].config), preempted[0].epoch)
-        wanted = _size_for(count, first[0])
+        wanted = _size_for(count, first[0], preempted[0].config)
         return Work("run", take=[r for r in preempted
                                  if (key(r.config), r.epoch) == first][:wanted], size=wanted)
     pending = [r for r in runs if r.state == "pending"]
@@ -125,14 +127,14 @@ def choose_work(sweep_config: dict, runs: list[Run], count: PackSize = 1,
     wanted: PackSize = count
     if pending:
         first = key(pending[0].config)
-        wanted = _size_for(count, first)
+        wanted = _size_for(count, first, pending[0].config)
         take = [r for r in pending if key(r.config) == first][:wanted]
     more = wanted - len(take) if take else wanted
     start, park = propose_members(sweep_config, runs, more, key,
                                   take[0].config if take else None)
     if take or start:
         like = take[0].config if take else start[0]
-        return Work("run", take, start, park, size=_size_for(count, key(like)))
+        return Work("run", take, start, park, size=_size_for(count, key(like), like))
     return Work("wait" if any(r.state == "running" for r in runs) else "done")
 
 
@@ -152,21 +154,25 @@ def propose_members(sweep_config: dict, runs: list[Run], wanted: PackSize, key: 
     start: list[dict] = []
     park: list[dict] = []
     seen = list(runs)
-    size = None if like is None else _sized(wanted, key(like))
+    size = None if like is None else _sized(wanted, key(like), like)
     asked = 0
     while size is None or (len(start) < size and asked < PROPOSALS_PER_MEMBER * size):
-        if asked >= room:
+        # one engine call for what is still wanted (grid and random give that many at once)
+        n = 1 if size is None else min(size - len(start), PROPOSALS_PER_MEMBER * size - asked)
+        n = int(min(n, room - asked))
+        if n < 1:
             break
-        params = proposed_params(sweep_config, seen)
-        if params is None:
-            break
-        seen.append(Run(id=f"proposal-{asked}", seq=len(seen) + 1, config=params,
-                        state="running"))
-        asked += 1
-        if like is None:
-            like = params
-            size = _sized(wanted, key(like))
-        (start if key(params) == key(like) else park).append(params)
+        batch = proposed_batch(sweep_config, seen, n)
+        for params in batch:
+            seen.append(Run(id=f"proposal-{asked}", seq=len(seen) + 1, config=params,
+                            state="running"))
+            asked += 1
+            if like is None:
+                like = params
+                size = _sized(wanted, key(like), like)
+            (start if key(params) == key(like) else park).append(params)
+        if not batch or (len(batch) < n and sweep_config.get("method") == "grid"):
+            break  # exhausted, or a run reached metric.target
     return start, park
 
 
@@ -224,3 +230,23 @@ def should_stop(store: SweepStore, run_id: str) -> bool:
     if not sweep_config.get("early_terminate"):
         return False
     return run_id in stop_decisions(sweep_config, store.runs())
+
+
+def runs_left(sweep_config: dict, runs: list[Run], like: dict, pack_key: PackKey,
+              most: int = 4096) -> int | None:
+    """Pure: at most how many runs of `like`'s pack key the sweep can still hand out: its
+    waiting and running runs of that key (`like` among them once claimed) and, for a grid, the
+    points of that key the engine has yet to propose (under run_cap); for random or bayes
+    under run_cap, every run it may still create. None when open-ended. --pack auto measures
+    no pack larger than this. Looks `most` proposals ahead at most."""
+    planned = planned_runs(sweep_config)
+    if planned is None:
+        return None
+    key = pack_key(like)
+    mine = sum(r.state in ("pending", "preempted", "running") and pack_key(r.config) == key
+               for r in runs)
+    unproposed = max(0, planned - sum(not r.requeued_from for r in runs))
+    if sweep_config.get("method") != "grid":
+        return mine + unproposed
+    ahead = proposed_batch(sweep_config, runs, min(unproposed, most)) if unproposed else []
+    return mine + sum(pack_key(config) == key for config in ahead) + max(0, unproposed - most)

@@ -85,7 +85,12 @@ def as_type(value: Any, kind: type | None, item_type: type | None = None) -> Any
 
 def value_types(sweep_config: dict) -> dict[str, tuple[type, type | None]]:
     """{name: (type, item type)} of the parameters, when the sweep runs our trainer; {} for
-    another program, whose values keep the engine's own types."""
+    another program, whose values keep the engine's own types. Made once per sweep config
+    (reading the command through wandb's macros took ~15 ms a proposal)."""
+    return _once("types", sweep_config, _value_types)
+
+
+def _value_types(sweep_config: dict) -> dict[str, tuple[type, type | None]]:
     from agent.params import BY_NAME
     from agent.sweep.program import runs_our_trainer
 
@@ -214,20 +219,67 @@ def _prepared(sweep_config: dict) -> tuple[_EngineView, dict]:
 def proposed_params(sweep_config: dict, runs: list) -> dict | None:
     """The engine's next configuration as {name: plain value of the parameter's type}, or None
     when the sweep is exhausted or a run has reached metric.target. Raises EngineError."""
+    proposals = proposed_batch(sweep_config, runs, 1)
+    return proposals[0] if proposals else None
+
+
+def proposed_batch(sweep_config: dict, runs: list, n: int) -> list[dict]:
+    """Up to `n` next configurations of a grid or random sweep from one call of the engine
+    (`sweeps.next_runs(n=n)`: what n calls would give, each seeing the ones before as
+    running; fewer when the grid runs out), as proposed_params gives them. A bayes sweep gets
+    one (its Gaussian process is fitted for each proposal). Raises EngineError."""
     if target_reached(sweep_config, runs):
-        return None
+        return []
+    if sweep_config.get("method") not in ("grid", "random"):
+        n = 1
     try:
         view, filled = _prepared(sweep_config)
         engine_runs = [engine_run(run, view.encode) for run in runs]
         # validate=False: `filled` is what validate=True would build (and check) again
-        proposal = sweeps.next_run(copy.deepcopy(filled), engine_runs, validate=False)
+        proposals = sweeps.next_runs(copy.deepcopy(filled), engine_runs, validate=False,
+                                     n=max(1, n))
     except Exception as error:  # the engine's own failure, whatever its type
         raise EngineError(_failure("proposing the next run", error)) from None
-    if proposal is None:
-        return None
     types = value_types(sweep_config)
-    return {name: as_type(view.decode(name, spec["value"]), *types.get(name, (None, None)))
-            for name, spec in proposal.config.items()}
+    batch = []
+    for proposal in proposals:
+        if proposal is None:  # the grid is exhausted
+            break
+        batch.append({name: as_type(view.decode(name, spec["value"]),
+                                    *types.get(name, (None, None)))
+                      for name, spec in proposal.config.items()})
+    return batch
+
+
+def planned_runs(sweep_config: dict) -> int | None:
+    """How many runs the sweep will make: a grid's size (capped by run_cap), else run_cap;
+    None when open-ended (random or bayes without run_cap)."""
+    cap = sweep_config.get("run_cap") or None
+    if sweep_config.get("method") != "grid":
+        return cap
+    size = 1
+    for spec in (sweep_config.get("parameters") or {}).values():
+        size *= _grid_values(spec)
+    return min(size, cap) if cap else size
+
+
+def _grid_values(spec) -> int:
+    """How many values a parameter takes in a grid, as W&B's grid_search.py makes them:
+    `values`, an int_uniform's min..max, a q_uniform's np.arange(min, max, q); 1 otherwise
+    (a constant, or nesting)."""
+    if not isinstance(spec, dict):
+        return 1
+    if isinstance(spec.get("values"), list):
+        return max(1, len(spec["values"]))
+    numbers = [spec.get(k) for k in ("min", "max", "q")]
+    if spec.get("distribution") == "int_uniform" and all(
+            isinstance(n, int) for n in numbers[:2]):
+        return max(1, numbers[1] - numbers[0] + 1)
+    if spec.get("distribution") == "q_uniform" and all(
+            isinstance(n, (int, float)) and not isinstance(n, bool) for n in numbers) \
+            and numbers[2] > 0:
+        return max(1, math.ceil((numbers[1] - numbers[0]) / numbers[2]))
+    return 1
 
 
 def stop_decisions(sweep_config: dict, runs: list) -> set[str]:

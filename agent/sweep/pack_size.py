@@ -1,15 +1,18 @@
 """How many runs an agent packs into one trial: a fixed `--pack K`, or `--pack auto`.
 
-auto grows the pack while it pays: each kind of pack (the trial layer's pack key: model
-shapes, batch size, ...) first trains one run alone (the baseline), then `start` members, then
-doubles while the images per second of the whole pack rise by at least `GAIN` over the best
-smaller size, never beyond what the device's free memory holds, and settles on the best size
-seen, which is 1 where packing does not pay (a CPU's grouped convolution on tiny maps).
-Pure bookkeeping: the agent reports what each pack measured. No torch here.
+auto measures before it packs: the first time an agent meets a kind of pack (the trial
+layer's pack key: model shapes, batch size, ...), it times a few training steps of packs of 1,
+then `start` members, then doubles until the images per second of the whole pack fall clearly
+(by `GAIN`) below the best so far, the device's memory would not hold the next size (or it ran
+out), or the sweep has no more runs of the kind; it settles on the best size: the smallest
+that no larger one beats by `GAIN`, 1 where packing does not pay (a CPU's grouped convolution
+on tiny maps). Pure bookkeeping: the caller measures
+(agent/trial/probe.py). No torch here.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 GAIN = 1.10  # a doubling must raise the pack's throughput by 10% to be worth its memory
@@ -22,6 +25,8 @@ class SizeRecord:
 
     throughput: dict[int, float] = field(default_factory=dict)
     member_mb: float | None = None  # device memory one member takes
+    too_big: int | None = None  # a size that ran out of device memory
+    runs_left: int | None = None  # the most runs of this kind the sweep could still give
     settled: int | None = None
 
 
@@ -35,6 +40,16 @@ class PackSizer:
         self.fixed, self.start, self.largest = fixed, start, largest
         self.records: dict[object, SizeRecord] = {}
         self.memory_mb: float | None = None  # the device's total memory, when it has one
+
+    def knows(self, key: object) -> bool:
+        """Whether a claim of this kind can be sized now: always with a fixed size; with
+        auto, once the kind is settled (`probe`, `settle`, or whole packs `observe`d)."""
+        return self.fixed is not None or self.records.get(key, SizeRecord()).settled is not None
+
+    def settle(self, key: object, size: int) -> None:
+        """Fix this kind's size without measuring (a kind with one run left, or one that
+        cannot be measured: its runs then go alone and fail, if they do, with their reason)."""
+        self.records.setdefault(key, SizeRecord()).settled = size
 
     def next_size(self, key: object = None) -> int:
         if self.fixed is not None:
@@ -54,10 +69,33 @@ class PackSizer:
             if record.throughput[size] >= GAIN * record.throughput[best]:
                 best = size
         largest = tried[-1]
-        candidate = self.start if largest < self.start else 2 * largest
-        if best != largest or candidate > self._memory_cap(record):
+        candidate = min(self.start if largest < self.start else 2 * largest,
+                        self._memory_cap(record), record.runs_left or self.largest)
+        # explore past a plateau (a CPU's grouped convolutions speed up unevenly with the
+        # size), not past a clear fall
+        falling = GAIN * record.throughput[largest] < record.throughput[best]
+        if falling or record.too_big is not None or candidate <= largest:
             return best, True
         return candidate, False
+
+    def probe(self, key: object, measure: Callable[[int], tuple[float, float | None] | None],
+              runs_left: int | None = None) -> None:
+        """Settle `key`'s size by measuring packs: measure(size) gives (images/s of the whole
+        pack, its peak device memory in MiB or None), or None when that size does not fit.
+        Sizes follow `next_size` (1, start, 2 * start, ...) until the rule settles, never
+        beyond `runs_left`, the most runs of this kind the sweep can still give (None: no
+        bound)."""
+        record = self.records.setdefault(key, SizeRecord())
+        record.runs_left = runs_left
+        while self.fixed is None and record.settled is None:
+            size = self.next_size(key)
+            measured = measure(size)
+            if measured is None:  # out of memory: the best smaller size it is
+                record.too_big = size
+                # not even one fits: runs go alone, and each trial says why it fails
+                record.settled = self._decide(record)[0] if record.throughput else 1
+            else:
+                self.observe(key, size, *measured)
 
     def observe(self, key: object, size: int, images_per_s: float,
                 peak_memory_mb: float | None = None) -> None:
@@ -72,19 +110,29 @@ class PackSizer:
             record.settled = size if final else None
 
     def settled_text(self, key: object) -> str | None:
-        """`packs of 4 (images/s: 1 -> 3,100, 2 -> 5,800, 4 -> 9,900, 8 -> 10,100)` once
-        --pack auto has settled for this kind of pack, else None."""
+        """`packs of 4 (images/s by size: 1: 3.1k, 2: 5.8k, 4: 9.9k, 8: 10.1k)` once --pack
+        auto has settled for this kind of pack (`16: out of memory` where a size did not fit),
+        else None."""
         record = self.records.get(key)
         if self.fixed is not None or record is None or record.settled is None:
             return None
-        tried = ", ".join(f"{size} -> {rate:,.0f}" for size, rate in
-                          sorted(record.throughput.items()))
-        return f"packs of {record.settled} (images/s: {tried})"
+        tried = [f"{size}: {_rate(rate)}" for size, rate in sorted(record.throughput.items())]
+        if record.too_big is not None:
+            tried.append(f"{record.too_big}: out of memory")
+        return f"packs of {record.settled} (images/s by size: {', '.join(tried)})"
 
     def _memory_cap(self, record: SizeRecord) -> int:
         if self.memory_mb is None or not record.member_mb:
             return self.largest
         return max(1, min(self.largest, int(MEMORY_SHARE * self.memory_mb // record.member_mb)))
+
+
+def _rate(images_per_s: float) -> str:
+    """3 significant digits: 950, 3.1k, 114k, 1.23M."""
+    for scale, unit in ((1e6, "M"), (1e3, "k")):
+        if images_per_s >= scale:
+            return f"{images_per_s / scale:.3g}{unit}"
+    return f"{images_per_s:.3g}"
 
 
 def parse_pack(text: str) -> int | None:

@@ -19,6 +19,7 @@ from rich.table import Table
 from agent.ids import path_safe
 from agent.params import BY_NAME
 from agent.sweep.controller import HEARTBEAT_TIMEOUT_S
+from agent.sweep.engine import planned_runs
 from agent.sweep.program import runs_our_trainer
 from agent.sweep.store import STATES, SWEEPS_DIR, Run, SweepStore, store_paths
 from agent.sweep.target import open_store
@@ -90,19 +91,6 @@ def best_run(store: SweepStore) -> BestRun | None:
         return None
     value, run = (max if goal == "maximize" else min)(scored, key=lambda pair: pair[0])
     return BestRun(run, name, value)
-
-
-def planned_runs(sweep_config: dict) -> int | None:
-    """How many runs the sweep will make: a grid's size (capped by run_cap), else run_cap;
-    None when open-ended (random or bayes without run_cap)."""
-    cap = sweep_config.get("run_cap") or None
-    if sweep_config.get("method") != "grid":
-        return cap
-    size = 1
-    for spec in (sweep_config.get("parameters") or {}).values():
-        if isinstance(spec, dict) and isinstance(spec.get("values"), list):
-            size *= max(1, len(spec["values"]))
-    return min(size, cap) if cap else size
 
 
 def target_text(sweep_config: dict, runs: list) -> str | None:

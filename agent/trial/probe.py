@@ -1,0 +1,87 @@
+"""How fast packs of one configuration train, by size: what `--pack auto` sizes packs by.
+
+`measure_pack(config, size)` builds a pack of `size` copies of the configuration on the
+dataset cached on the device and times a few of the trial's own training steps (the fused
+model and optimizer, the pack loader with each member's shuffling, augmentation and dropout),
+without sinks, checkpoints or any file: a fraction of a second for the small models packing
+is for, against a whole run a size that `--pack auto` used to spend learning each size. The
+measured pack is discarded; a trial builds its own from its members' seeds, so probing does not
+change any run's result.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+
+import torch
+
+from agent.params import validate
+from agent.trial.member import Member, TrialHooks, run_identity
+from agent.trial.pack import build_pack
+from util.device import pick_device
+from util.device_cache import device_splits
+
+WARMUP_STEPS = 2  # not timed: first-call allocations, kernel choices
+MIN_STEPS = 3
+MAX_STEPS = 20
+MIN_SECONDS = 0.15  # timed steps run at least this long (or MAX_STEPS)
+
+
+@dataclass(frozen=True)
+class PackSpeed:
+    images_per_s: float  # training images a second, all members together
+    peak_memory_mb: float | None  # the pack's device memory at its peak (CUDA), else None
+
+
+def measure_pack(config: dict, size: int) -> PackSpeed | None:
+    """Train `size` copies of `config` as one pack for WARMUP_STEPS steps, then time at least
+    MIN_STEPS and MIN_SECONDS (at most MAX_STEPS) more: (images/s of the whole pack, peak
+    CUDA memory in MiB above what was allocated before). None when the pack does not fit the
+    device (CUDA out of memory). Raises UserError for a configuration the trial would refuse.
+    `compile` is left off: compiling every size would cost more than the probe measures.
+    """
+    cfg = validate({**config, "compile": False})
+    if cfg.num_threads:
+        torch.set_num_threads(cfg.num_threads)
+    device = pick_device(cfg.device)
+    data = device_splits(cfg.dataset, cfg.data_dir, device, cfg.val_split, cfg.dataset_dir)
+    members = [Member(cfg, run_identity(cfg), TrialHooks()) for _ in range(size)]
+    cuda = device.type == "cuda"
+    if cuda:
+        torch.cuda.synchronize(device)
+        torch.cuda.reset_peak_memory_stats(device)
+        before = torch.cuda.memory_allocated(device)
+    try:
+        pack = build_pack(members, data, device)
+        pack.optimizer.set_lr(pack.lr[0])
+        batches = _endless(pack.loader)
+        images = 0
+        for done in range(WARMUP_STEPS + MAX_STEPS):
+            if done == WARMUP_STEPS:
+                if cuda:
+                    torch.cuda.synchronize(device)
+                started = time.perf_counter()
+            elif done >= WARMUP_STEPS + MIN_STEPS and \
+                    time.perf_counter() - started >= MIN_SECONDS:
+                break
+            x, y = next(batches)
+            pack.step(pack.ctx, x, y, None)
+            if done >= WARMUP_STEPS:
+                images += y.numel()
+        if cuda:
+            torch.cuda.synchronize(device)
+        seconds = time.perf_counter() - started
+        peak = (torch.cuda.max_memory_allocated(device) - before) / 2**20 if cuda else None
+        return PackSpeed(images / max(seconds, 1e-9), peak)
+    except torch.OutOfMemoryError:
+        return None
+    finally:
+        pack = batches = None  # noqa: F841 (freed before the next size is built)
+        if cuda:
+            torch.cuda.empty_cache()
+
+
+def _endless(loader):
+    while True:
+        yield from loader
