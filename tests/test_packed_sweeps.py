@@ -152,3 +152,27 @@ def test_pack_option_is_checked_and_refused_for_w_and_b_sweeps(workdir):
                              "--pack", "4"], cwd=workdir, env=subprocess_env(),
                             capture_output=True, text=True, timeout=60)
     assert result.returncode == 2 and "local sweep" in result.stderr
+
+
+@pytest.mark.timeout(300)
+def test_pack_auto_says_why_a_kind_it_cannot_measure_runs_alone_and_the_others_pack(workdir):
+    # device=mps (absent here) is a kind of pack of its own: the trial refuses it, and so
+    # does the measurement; its runs go alone and each fails with the trainer's reason
+    store = make_sweep(workdir, "refused", {
+        "model": {"value": "dense"}, "hidden": {"value": 16}, "epochs": {"value": 1},
+        "train_subset": {"value": 256}, "sinks": {"value": []},
+        "device": {"values": ["cpu", "mps"]}, "lr": {"values": [0.1, 0.01]}})
+    agent = start_agent(workdir, store, "--pack", "auto")
+    assert agent.wait(timeout=240) == 0
+    errors = agent.stderr.read()
+    # a kind is named by what the sweep varies among what a pack shares: here, the device
+    assert re.search(r"--pack auto for device=mps: runs alone \(not measured: "
+                     r"device='mps' is not available", errors), errors
+    assert re.search(r"--pack auto for device=cpu: packs of \d", errors), errors
+    runs = {(r.config["device"], r.config["lr"]): r for r in store.runs()}
+    assert len(runs) == 4
+    for (device, _), run in runs.items():
+        if device == "mps":
+            assert run.state == "failed" and "device='mps'" in run.error and run.pack is None
+        else:
+            assert run.state == "finished"

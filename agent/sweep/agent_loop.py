@@ -44,6 +44,7 @@ from agent.sweep_space import short_number
 from util.errors import (
     CommandParser,
     UserError,
+    brief,
     exit_on_user_error,
     int_option,
     naming,
@@ -357,16 +358,29 @@ class LocalAgent:
         packs of growing size (agent/trial/probe.py), up to as many runs of the kind as the
         sweep has left, and settle the size its claims take. `claimed`: a run's config as the
         store holds it (claims key packs by it)."""
-        key = packable(claimed)
+        from agent.params import BY_NAME
+        from agent.sweep_space import swept_parameters
+        from agent.trial.member import PACK_SHARED
         from agent.trial.probe import measure_pack
 
-        config = self.probe_config(claimed)
+        # a kind is named by what the sweep varies among what a pack shares (model and
+        # optimizer when it varies none of that)
+        names = [p.name for p in swept_parameters(self.sweep.config)
+                 if p.name in PACK_SHARED] or ["model", "optimizer"]
 
-        def measure(size: int) -> tuple[float, float | None] | None:
-            speed = measure_pack(config, size)
-            return None if speed is None else (speed.images_per_s, speed.peak_memory_mb)
+        def described(config: dict) -> str:
+            return " ".join(f"{name}={brief(config.get(name, BY_NAME[name].default), 30, False)}"
+                            for name in names if name in BY_NAME)
 
+        key, kind = packable(claimed), described(claimed)
         try:
+            config = self.probe_config(claimed)
+            kind = described(config)  # with what the command's arguments fix
+
+            def measure(size: int) -> tuple[float, float | None] | None:
+                speed = measure_pack(config, size)
+                return None if speed is None else (speed.images_per_s, speed.peak_memory_mb)
+
             left = runs_left(self.sweep.config, self.store.runs(), claimed, packable)
             if left is not None and left <= 1:
                 self.sizer.settle(key, 1)  # nothing to pack with
@@ -374,15 +388,16 @@ class LocalAgent:
             self.sizer.probe(key, measure, left)
         except StoreError:
             raise
-        except Exception:  # noqa: BLE001 (the trial itself fails with its own reason, alone)
+        except Exception as error:  # noqa: BLE001 (each run then fails alone, with its reason)
             self.sizer.settle(key, 1)
+            reason = " ".join(str(error).split())[:100] or type(error).__name__
+            print(f"agent {self.owner}: --pack auto for {kind}: runs alone (not measured: "
+                  f"{reason})", file=sys.stderr)
             return
-        kind = " ".join(f"{name}={config.get(name)}" for name in ("model", "optimizer")
-                        if config.get(name) is not None)
         size, _, measured = self.sizer.settled_text(key).partition(" (")
         lines = textwrap.wrap(f"({measured}", 77, initial_indent="  ",
                               subsequent_indent="   ")  # within 80 columns
-        print(f"agent {self.owner}: --pack auto for {kind or 'these runs'}: {size}\n"
+        print(f"agent {self.owner}: --pack auto for {kind}: {size}\n"
               + "\n".join(lines), file=sys.stderr)
 
     def probe_config(self, claimed: dict) -> dict:

@@ -24,8 +24,8 @@ from util.device_cache import device_splits
 
 WARMUP_STEPS = 2  # not timed: first-call allocations, kernel choices
 MIN_STEPS = 3
-MAX_STEPS = 20
-MIN_SECONDS = 0.15  # timed steps run at least this long (or MAX_STEPS)
+MAX_STEPS = 10
+MIN_SECONDS = 0.05  # timed steps run at least this long (or MAX_STEPS)
 
 
 @dataclass(frozen=True)
