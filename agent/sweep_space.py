@@ -11,6 +11,38 @@ from dataclasses import dataclass
 LOG_SPAN = 100.0  # values spanning two decades or more are read on a log scale
 
 
+class Choice(list):
+    """A list-valued parameter's value (`channels: [16, 32]`) that can also be a key: in a
+    set, a dict, a group of runs. It hashes as its tuple and is never changed in place; it
+    prints, compares and serialises (JSON, YAML) as the list it is."""
+
+    def __hash__(self) -> int:
+        return hash(tuple(self))
+
+
+def choice(value):
+    """`value` as a Choice when it is a list (nested lists too), else unchanged."""
+    return Choice(choice(v) for v in value) if isinstance(value, list) else value
+
+
+def choices(config: dict) -> dict:
+    """A run's {name: value} with every list value a Choice (see there)."""
+    return {name: choice(value) for name, value in config.items()}
+
+
+def _represent_choice(dumper, value):
+    return dumper.represent_list(list(value))
+
+
+try:  # yaml.safe_dump writes a Choice as the list it is
+    import yaml
+
+    yaml.SafeDumper.add_representer(Choice, _represent_choice)
+    yaml.Dumper.add_representer(Choice, _represent_choice)
+except ImportError:  # pragma: no cover (pyyaml is a core package)
+    pass
+
+
 @dataclass(frozen=True)
 class SweptParameter:
     name: str
@@ -29,7 +61,8 @@ def swept_parameters(sweep_config: dict | None) -> list[SweptParameter]:
                 or spec.get("distribution") == "constant":
             continue  # fixed (the engine adds distribution: constant), or nested
         if "values" in spec and isinstance(spec["values"], list):
-            out.append(SweptParameter(name, spans_decades(spec["values"]), tuple(spec["values"])))
+            out.append(SweptParameter(name, spans_decades(spec["values"]),
+                                      tuple(choice(v) for v in spec["values"])))
         elif "distribution" in spec or ("min" in spec and "max" in spec):
             log = "log_" in str(spec.get("distribution", ""))  # log_uniform*, log_normal...
             out.append(SweptParameter(name, log, None))

@@ -14,6 +14,7 @@ from agent.sweep.program import runs_our_trainer
 from agent.sweep.status import repeat_description, repeated_runs
 from agent.sweep.store import SweepStore, store_paths, sweep_group
 from agent.sweep.target import resolve_target
+from agent.sweep_space import choices
 from util.errors import UserError
 
 # A run in one of these states may still change (W&B's own are running and pending too).
@@ -102,11 +103,12 @@ def check_our_trainer(study: Study, command: str) -> None:
 
 
 def _params(config: dict) -> RunConfig:
+    """Every run parameter, list values as Choices (keys of the report's groups)."""
     known = {k: v for k, v in config.items() if k != "sweep"}
     try:
-        return validate(known)
+        return RunConfig(choices(validate(known)))
     except UserError:
-        return validate({})  # a run from another tool's sweep: report what we can
+        return RunConfig(choices(validate({})))  # another tool's sweep: report what we can
 
 
 def local_study(store: SweepStore) -> Study:
@@ -123,7 +125,7 @@ def local_study(store: SweepStore) -> Study:
             params.run_name or run.id)
         if not params.group and not log_dir.exists():  # a sweep run before groups had ids
             log_dir = log_dir.parent.parent / path_safe(sweep.name) / log_dir.name
-        runs.append(RunRecord(run.id, run.state, run.config, params, run.summary or {},
+        runs.append(RunRecord(run.id, run.state, choices(run.config), params, run.summary or {},
                               run.history, Path(params.run_dir) / run.id, run.error,
                               run.started, run.ended, (run.owner or "").rpartition(":")[0]
                               or None, log_dir, pack=run.pack))
@@ -144,7 +146,7 @@ def wandb_study(path: str) -> Study:
             rows = list(run.scan_history())
             history = [row for row in rows if "train/acc" in row]
             steps = [row for row in rows if "train/step_loss" in row]
-            runs.append(RunRecord(run.id, run.state, config, _params(config),
+            runs.append(RunRecord(run.id, run.state, choices(config), _params(config),
                                   dict(run.summary._json_dict), history, None, steps=steps))
         config = dict(sweep.config)
         name = config.get("name") or sweep.id

@@ -23,9 +23,13 @@ from util.device import pick_device
 from util.device_cache import device_splits
 
 WARMUP_STEPS = 2  # not timed: first-call allocations, kernel choices
+FIRST_WARMUP_STEPS = 8  # the process's first measurement: its first training steps ever
 MIN_STEPS = 3
 MAX_STEPS = 10
 MIN_SECONDS = 0.05  # timed steps run at least this long (or MAX_STEPS)
+
+
+_first = True  # no measurement in this process yet
 
 
 @dataclass(frozen=True)
@@ -35,9 +39,11 @@ class PackSpeed:
 
 
 def measure_pack(config: dict, size: int) -> PackSpeed | None:
-    """Train `size` copies of `config` as one pack for WARMUP_STEPS steps, then time at least
-    MIN_STEPS and MIN_SECONDS (at most MAX_STEPS) more: (images/s of the whole pack, peak
-    CUDA memory in MiB above what was allocated before). None when the pack does not fit the
+    """Train `size` copies of `config` as one pack for WARMUP_STEPS steps (FIRST_WARMUP_STEPS
+    the first time in a process: its first steps also pay for thread pools, the allocator
+    and first kernels, which would make a run alone look slow), then time at least MIN_STEPS
+    and MIN_SECONDS (at most MAX_STEPS) more: (images/s of the whole pack, peak CUDA memory
+    in MiB above what was allocated before). None when the pack does not fit the
     device (CUDA out of memory). Raises UserError for a configuration the trial would refuse.
     `compile` is left off: compiling every size would cost more than the probe measures.
     """
@@ -52,22 +58,23 @@ def measure_pack(config: dict, size: int) -> PackSpeed | None:
         torch.cuda.synchronize(device)
         torch.cuda.reset_peak_memory_stats(device)
         before = torch.cuda.memory_allocated(device)
+    global _first
+    warmup, _first = (FIRST_WARMUP_STEPS if _first else WARMUP_STEPS), False
     try:
         pack = build_pack(members, data, device)
         pack.optimizer.set_lr(pack.lr[0])
         batches = _endless(pack.loader)
         images = 0
-        for done in range(WARMUP_STEPS + MAX_STEPS):
-            if done == WARMUP_STEPS:
+        for done in range(warmup + MAX_STEPS):
+            if done == warmup:
                 if cuda:
                     torch.cuda.synchronize(device)
                 started = time.perf_counter()
-            elif done >= WARMUP_STEPS + MIN_STEPS and \
-                    time.perf_counter() - started >= MIN_SECONDS:
+            elif done >= warmup + MIN_STEPS and time.perf_counter() - started >= MIN_SECONDS:
                 break
             x, y = next(batches)
             pack.step(pack.ctx, x, y, None)
-            if done >= WARMUP_STEPS:
+            if done >= warmup:
                 images += y.numel()
         if cuda:
             torch.cuda.synchronize(device)

@@ -67,8 +67,11 @@ def experiment_summary(sweep: dict | None, session: dict) -> Summary:
     for name, value in session.items():
         info = api_pb2.HParamInfo(name=name, type=_data_type(value))
         parameter = swept.get(name)
-        if parameter is not None and parameter.values and len(set(parameter.values)) > 1:
-            info.domain_discrete.extend(hparam_value(parameter, v) for v in parameter.values)
+        # the choices as HPARAMS shows them (a list value, channels: [16, 32], is its text)
+        domain = list(dict.fromkeys(hparam_value(parameter, v) for v in parameter.values)) \
+            if parameter is not None and parameter.values else []
+        if len(domain) > 1:
+            info.domain_discrete.extend(domain)
             info.differs = True
         infos.append(info)
     first = ((sweep or {}).get("config") or {}).get("metric", {}).get("name")
