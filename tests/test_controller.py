@@ -18,6 +18,7 @@ from agent.sweep.controller import (
     MIN_BEATS_PER_TIMEOUT,
     MIN_HEARTBEAT_S,
     PROPOSALS_PER_MEMBER,
+    proposal_budget,
     check_heartbeat,
     choose_work,
     crash_repairs,
@@ -176,7 +177,7 @@ def test_a_pack_shares_one_key_and_proposals_of_other_keys_are_parked(runs, coun
         assert work.take == [r for r in pending if model_key(r.config) == key][:count]
     assert 1 <= len(members) <= count and {model_key(m) for m in members} == {key}
     assert all(model_key(p) != key for p in work.park)
-    assert len(proposed) <= PROPOSALS_PER_MEMBER * (count - len(work.take))
+    assert len(proposed) <= proposal_budget(config, count - len(work.take))
     if run_cap:
         assert originals + len(proposed) <= max(run_cap, originals)
     # A grid point is proposed once, and never one that is already a run.
@@ -187,7 +188,7 @@ def test_a_pack_shares_one_key_and_proposals_of_other_keys_are_parked(runs, coun
     if len(members) < count:
         left = [p for p in POINTS if point(p) not in stored | set(fresh)]
         assert (not [p for p in left if model_key(p) == key]
-                or len(proposed) == PROPOSALS_PER_MEMBER * (count - len(work.take))
+                or len(proposed) == proposal_budget(config, count - len(work.take))
                 or (run_cap and originals + len(proposed) >= run_cap))
 
 
@@ -278,7 +279,7 @@ def test_runs_left_of_a_kind_are_its_open_runs_and_the_points_not_yet_proposed(
         {**grid(), "method": method}
     left = runs_left(config, runs, like, model_key)
     key = model_key(like)
-    waiting = sum(r.state in ("pending", "preempted", "running") and model_key(r.config) == key
+    waiting = sum(r.state in ("pending", "preempted") and model_key(r.config) == key
                   for r in runs)
     originals = sum(not r.requeued_from for r in runs)
     room = math.inf if not run_cap else max(0, run_cap - originals)
@@ -290,3 +291,22 @@ def test_runs_left_of_a_kind_are_its_open_runs_and_the_points_not_yet_proposed(
     if run_cap:
         unproposed = unproposed[:max(0, min(run_cap, len(POINTS)) - originals)]
     assert left == waiting + sum(model_key(p) == key for p in unproposed)
+
+
+@pytest.mark.parametrize("method", ["grid", "random", "bayes"])
+@pytest.mark.parametrize("size", [1, 2, 16, 100])
+def test_a_grid_claim_looks_further_ahead_than_four_proposals_a_member(method, size):
+    budget = proposal_budget({"method": method}, size)
+    assert budget == (max(PROPOSALS_PER_MEMBER * size, 256) if method == "grid"
+                      else PROPOSALS_PER_MEMBER * size)
+
+
+def test_kinds_that_interleave_in_a_grid_still_fill_their_packs():
+    # 12 kinds of 2 points each, the kind the fastest-varying parameter (the last by name): a
+    # kind's second point comes 12 proposals after its first, past four proposals a member
+    parameters = {"a_lr": {"values": [0.1, 0.01]}, "b_kind": {"values": list(range(12))}}
+    config = {"method": "grid", "metric": {"name": "val/acc", "goal": "maximize"},
+              "parameters": parameters}
+    work = choose_work(config, [], 2, lambda c: c["b_kind"])
+    assert [(c["a_lr"], c["b_kind"]) for c in work.start] == [(0.1, 0), (0.01, 0)]
+    assert len(work.park) == 11

@@ -104,7 +104,8 @@ def test_a_probe_measures_the_sizes_the_rule_asks_for_and_settles_before_any_cla
 def test_a_size_that_runs_out_of_memory_caps_the_pack(fits, settles):
     # throughput keeps rising, but sizes above `fits` run out of device memory
     sizer = PackSizer(fixed=None, start=2)
-    sizer.probe("big", lambda size: None if size > fits else (100.0 * size, 10.0 * size))
+    sizer.probe("big", lambda size: "out of memory" if size > fits else
+                (100.0 * size, 10.0 * size))
     assert sizer.next_size("big") == settles
     text = sizer.settled_text("big")
     assert text.startswith(f"packs of {settles} (") and "out of memory" in text
@@ -139,3 +140,25 @@ def test_a_probe_never_measures_more_runs_than_the_sweep_has_left(left, sizes):
     measured = []
     sizer.probe("k", lambda size: measured.append(size) or (100.0 * size, None), left)
     assert measured == sizes and sizer.next_size("k") == sizes[-1]
+
+
+@pytest.mark.parametrize("command", [
+    ["${env}", "python", "-m", "agent.train", "--hidden=64", "--epochs=1", "${args}"],
+    ["${env}", "python", "-m", "agent.train", "--hidden=64", "--epochs=1", "${args_json_file}"],
+    ["${env}", "python", "agent/train.py", "--hidden=64", "--epochs=1", "${args_json}"],
+])
+def test_the_measured_config_is_the_trials_with_the_commands_fixed_arguments(workdir,
+                                                                              command):
+    from agent.sweep.agent_loop import LocalAgent
+    from agent.sweep.store import create_store
+
+    store = create_store(workdir / "data" / "sweeps" / "cmd", "cmd", "cmd", {
+        "command": command, "method": "grid", "metric": {"name": "val/acc", "goal": "maximize"},
+        "parameters": {"lr": {"values": [0.1, 0.01]}, "dropout": {"value": 0.1}}})
+    agent = LocalAgent(store, 5.0, 60.0, PackSizer(fixed=None))
+    from agent.params import validate
+
+    config = validate(agent.probe_config({"lr": 0.1, "dropout": 0.1}))
+    assert (config["hidden"], config["epochs"], config["lr"], config["dropout"]) == \
+        (64, 1, 0.1, 0.1)
+    assert not (workdir / "wandb").exists()  # the run's files went to a scratch folder

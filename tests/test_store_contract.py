@@ -387,7 +387,7 @@ def test_agents_claiming_singles_and_packs_at_once_run_each_point_exactly_once(b
                 continue
             assert 1 <= len(members) <= count
             assert len({model_key(config) for _, config in members}) == 1
-            assert (pack is None) == (count == 1)
+            assert (pack is None) == (len(members) == 1)  # a pack id: trained together
             packs += [pack] if pack else []
             for run_id, _ in members:
                 assert run_id not in claimed, (run_id, claimed.get(run_id), owner)

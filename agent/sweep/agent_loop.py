@@ -18,6 +18,7 @@ import os
 import signal
 import socket
 import sys
+import tempfile
 import textwrap
 import threading
 import time
@@ -58,6 +59,7 @@ if TYPE_CHECKING:
 
 MAX_FAILURES_IN_A_ROW = 3
 WAIT_POLL_S = 2.0
+PROBE_BUDGET_S = 20.0  # --pack auto measures no further size of a kind after this long
 
 
 class Heartbeat:
@@ -190,7 +192,7 @@ class LocalAgent:
                 work = claim(self.store, self.owner, count=wanted, pack_key=packable,
                              timeout=self.timeout)
             except Unsized as unsized:  # the claim wrote nothing: measure, then claim again
-                self.size_packs_of(unsized.config)
+                self.size_packs_of(unsized.config, left)
                 continue
             if work.kind == "done":
                 break
@@ -353,15 +355,17 @@ class LocalAgent:
                     if write_text_atomic(path / "traceback.txt", trace) else ""
             print(f"agent {self.owner}: run {run_id} failed ({line}){where}", file=sys.stderr)
 
-    def size_packs_of(self, claimed: dict) -> None:
+    def size_packs_of(self, claimed: dict, count_left: int | None = None) -> None:
         """--pack auto, the first time this agent meets a kind of pack: time a few steps of
         packs of growing size (agent/trial/probe.py), up to as many runs of the kind as the
-        sweep has left, and settle the size its claims take. `claimed`: a run's config as the
-        store holds it (claims key packs by it)."""
+        sweep has left for it (and `count_left`, what --count still allows), and settle the
+        size its claims take. `claimed`: a run's config as the store holds it (claims key
+        packs by it). SIGTERM or Ctrl-C stops the measurement at its next step, with nothing
+        settled or claimed."""
         from agent.params import BY_NAME
         from agent.sweep_space import swept_parameters
         from agent.trial.member import PACK_SHARED
-        from agent.trial.probe import measure_pack
+        from agent.trial.probe import Interrupted, measure_pack
 
         # a kind is named by what the sweep varies among what a pack shares (model and
         # optimizer when it varies none of that)
@@ -373,42 +377,53 @@ class LocalAgent:
                             for name in names if name in BY_NAME)
 
         key, kind = packable(claimed), described(claimed)
+        started = time.perf_counter()
         try:
             config = self.probe_config(claimed)
             kind = described(config)  # with what the command's arguments fix
 
-            def measure(size: int) -> tuple[float, float | None] | None:
-                speed = measure_pack(config, size)
-                return None if speed is None else (speed.images_per_s, speed.peak_memory_mb)
+            def measure(size: int) -> tuple[float, float | None] | str:
+                if time.perf_counter() - started > PROBE_BUDGET_S:
+                    return f"not measured (over {PROBE_BUDGET_S:g} s)"
+                speed = measure_pack(config, size, lambda: bool(self.signalled))
+                if speed is None:
+                    return "out of memory"
+                return speed.images_per_s, speed.peak_memory_mb
 
             left = runs_left(self.sweep.config, self.store.runs(), claimed, packable)
+            if count_left is not None:
+                left = count_left if left is None else min(left, count_left)
             if left is not None and left <= 1:
                 self.sizer.settle(key, 1)  # nothing to pack with
                 return
             self.sizer.probe(key, measure, left)
         except StoreError:
             raise
+        except Interrupted:
+            self.sizer.records.pop(key, None)  # measured again by the next agent that claims
+            return
         except Exception as error:  # noqa: BLE001 (each run then fails alone, with its reason)
             self.sizer.settle(key, 1)
             reason = " ".join(str(error).split())[:100] or type(error).__name__
-            print(f"agent {self.owner}: --pack auto for {kind}: runs alone (not measured: "
-                  f"{reason})", file=sys.stderr)
+            self.say(f"--pack auto for {kind}: runs alone (not measured: {reason})")
             return
         size, _, measured = self.sizer.settled_text(key).partition(" (")
-        lines = textwrap.wrap(f"({measured}", 77, initial_indent="  ",
-                              subsequent_indent="   ")  # within 80 columns
-        print(f"agent {self.owner}: --pack auto for {kind}: {size}\n"
-              + "\n".join(lines), file=sys.stderr)
+        self.say(f"--pack auto for {kind}: {size} ({measured}")
+
+    def say(self, text: str) -> None:
+        """An agent's line on stderr, wrapped within 80 columns."""
+        print("\n".join(textwrap.wrap(f"agent {self.owner}: {text}", 80,
+                                       subsequent_indent="  ", break_on_hyphens=False)),
+              file=sys.stderr)
 
     def probe_config(self, claimed: dict) -> dict:
-        """The trial config a run of `claimed` would get (its command's arguments included),
-        without writing the run's files; the stored config itself when the command passes
-        the parameters through a file (${args_json_file})."""
-        command = program.build_run(self.sweep.config, claimed, sweep_id=self.sweep.id,
-                                    run_id="probe", wandb_dir=self.wandb_dir)
-        if command.trainer_args is None or command.json_path is not None:
-            return dict(claimed)
-        return self.trial_config(command)
+        """The trial config a run of `claimed` would get, its command's fixed arguments
+        included; the files a run's command may read (${args_json_file}) are written to a
+        scratch folder, not the sweep's."""
+        with tempfile.TemporaryDirectory(prefix="pack-probe-") as scratch:
+            command = program.build_run(self.sweep.config, claimed, sweep_id=self.sweep.id,
+                                        run_id="probe", wandb_dir=scratch)
+            return self.trial_config(command)
 
 
 def run_local_agent(store: SweepStore, count: int | None = None,

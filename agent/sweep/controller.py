@@ -26,6 +26,7 @@ MIN_HEARTBEAT_S = 0.1  # more often, the beats of many agents keep the store's l
 MAX_HEARTBEAT_S = 3600.0  # beyond an hour, a crash would go unnoticed for hours
 MAX_HEARTBEAT_TIMEOUT_S = 86400.0  # a day: a killed run is repeated the same day
 PROPOSALS_PER_MEMBER = 4  # engine proposals one claim may ask for, per member wanted
+GRID_LOOKAHEAD = 256  # ... and at least this many in a grid, where kinds of pack interleave
 
 PackKey = Callable[[dict], Hashable]
 # How many runs a claim takes: a number, or a function of the pack key of the runs it takes
@@ -145,9 +146,9 @@ def propose_members(sweep_config: dict, runs: list[Run], wanted: PackSize, key: 
     A callable `wanted` is asked with that key once it is known.
 
     The engine sees every earlier proposal of this call as a running run, so grid, random
-    and bayes give distinct ones. At most PROPOSALS_PER_MEMBER * wanted proposals are asked
-    for, and never more than the sweep's `run_cap` allows (repeats of crashed runs do not
-    count against it)."""
+    and bayes give distinct ones. At most proposal_budget(wanted) proposals are asked for,
+    and never more than the sweep's `run_cap` allows (repeats of crashed runs do not count
+    against it)."""
     room = math.inf
     if sweep_config.get("run_cap"):
         room = sweep_config["run_cap"] - sum(not r.requeued_from for r in runs)
@@ -156,9 +157,10 @@ def propose_members(sweep_config: dict, runs: list[Run], wanted: PackSize, key: 
     seen = list(runs)
     size = None if like is None else _sized(wanted, key(like), like)
     asked = 0
-    while size is None or (len(start) < size and asked < PROPOSALS_PER_MEMBER * size):
+    while size is None or (len(start) < size and asked < proposal_budget(sweep_config, size)):
         # one engine call for what is still wanted (grid and random give that many at once)
-        n = 1 if size is None else min(size - len(start), PROPOSALS_PER_MEMBER * size - asked)
+        n = 1 if size is None else min(size - len(start),
+                                       proposal_budget(sweep_config, size) - asked)
         n = int(min(n, room - asked))
         if n < 1:
             break
@@ -176,13 +178,22 @@ def propose_members(sweep_config: dict, runs: list[Run], wanted: PackSize, key: 
     return start, park
 
 
+def proposal_budget(sweep_config: dict, size: int) -> int:
+    """How many engine proposals a claim of `size` runs may ask for: PROPOSALS_PER_MEMBER a
+    member; in a grid at least GRID_LOOKAHEAD, where the engine walks the points with the
+    last parameter varying fastest, so that a kind of pack may recur only every few dozen
+    proposals (the others are parked as pending: a grid makes every point a run anyway)."""
+    budget = PROPOSALS_PER_MEMBER * size
+    return max(budget, GRID_LOOKAHEAD) if sweep_config.get("method") == "grid" else budget
+
+
 def claim(store: SweepStore, owner: str, count: PackSize = 1,
           pack_key: PackKey | None = None, timeout: float = HEARTBEAT_TIMEOUT_S,
           now: float | None = None) -> Claim:
     """Take up to `count` runs for `owner` (a number, or a function of the pack key of the
     runs taken), in one transaction: repair crashes (a running run silent for `timeout`
     seconds at `now` becomes crashed and is re-queued once), then apply `choose_work`. Runs
-    claimed when more than one was asked for share a new pack id in the store."""
+    claimed together (two or more) share a new pack id in the store."""
     if not callable(count) and count < 1:
         raise ValueError(f"count={count}: a claim asks for one run or more")
     with store.transaction() as tx:
@@ -195,7 +206,7 @@ def claim(store: SweepStore, owner: str, count: PackSize = 1,
         work = choose_work(tx.sweep().config, tx.runs(), count, pack_key)
         if work.kind != "run":
             return Claim(work.kind)
-        pack = new_run_id() if work.size > 1 else None
+        pack = new_run_id() if len(work.take) + len(work.start) > 1 else None
         claimed = []
         for run in work.take:
             tx.start(run.id, owner, pack)
@@ -234,17 +245,16 @@ def should_stop(store: SweepStore, run_id: str) -> bool:
 
 def runs_left(sweep_config: dict, runs: list[Run], like: dict, pack_key: PackKey,
               most: int = 4096) -> int | None:
-    """Pure: at most how many runs of `like`'s pack key the sweep can still hand out: its
-    waiting and running runs of that key (`like` among them once claimed) and, for a grid, the
-    points of that key the engine has yet to propose (under run_cap); for random or bayes
-    under run_cap, every run it may still create. None when open-ended. --pack auto measures
-    no pack larger than this. Looks `most` proposals ahead at most."""
+    """Pure: at most how many runs of `like`'s pack key a claim could still take: the
+    sweep's waiting (pending, preempted) runs of that key and, for a grid, the points of that
+    key the engine has yet to propose (under run_cap); for random or bayes under run_cap,
+    every run it may still create. Running runs are someone's already. None when open-ended.
+    --pack auto measures no pack larger than this. Looks `most` proposals ahead at most."""
     planned = planned_runs(sweep_config)
     if planned is None:
         return None
     key = pack_key(like)
-    mine = sum(r.state in ("pending", "preempted", "running") and pack_key(r.config) == key
-               for r in runs)
+    mine = sum(r.state in ("pending", "preempted") and pack_key(r.config) == key for r in runs)
     unproposed = max(0, planned - sum(not r.requeued_from for r in runs))
     if sweep_config.get("method") != "grid":
         return mine + unproposed

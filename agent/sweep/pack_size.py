@@ -25,7 +25,8 @@ class SizeRecord:
 
     throughput: dict[int, float] = field(default_factory=dict)
     member_mb: float | None = None  # device memory one member takes
-    too_big: int | None = None  # a size that ran out of device memory
+    too_big: int | None = None  # a size that could not be used (out of memory, time)
+    why_not: str = "out of memory"
     runs_left: int | None = None  # the most runs of this kind the sweep could still give
     settled: int | None = None
 
@@ -78,21 +79,21 @@ class PackSizer:
             return best, True
         return candidate, False
 
-    def probe(self, key: object, measure: Callable[[int], tuple[float, float | None] | None],
+    def probe(self, key: object, measure: Callable[[int], tuple[float, float | None] | str],
               runs_left: int | None = None) -> None:
         """Settle `key`'s size by measuring packs: measure(size) gives (images/s of the whole
-        pack, its peak device memory in MiB or None), or None when that size does not fit.
-        Sizes follow `next_size` (1, start, 2 * start, ...) until the rule settles, never
-        beyond `runs_left`, the most runs of this kind the sweep can still give (None: no
-        bound)."""
+        pack, its peak device memory in MiB or None), or why that size cannot be used (`out
+        of memory`, `over the time budget`). Sizes follow `next_size` (1, start, 2 * start,
+        ...) until the rule settles, never beyond `runs_left`, the most runs of this kind the
+        sweep can still give (None: no bound)."""
         record = self.records.setdefault(key, SizeRecord())
         record.runs_left = runs_left
         while self.fixed is None and record.settled is None:
             size = self.next_size(key)
             measured = measure(size)
-            if measured is None:  # out of memory: the best smaller size it is
-                record.too_big = size
-                # not even one fits: runs go alone, and each trial says why it fails
+            if isinstance(measured, str):  # the best smaller size it is
+                record.too_big, record.why_not = size, measured
+                # not even one: runs go alone, and each trial says why it fails, if it does
                 record.settled = self._decide(record)[0] if record.throughput else 1
             else:
                 self.observe(key, size, *measured)
@@ -118,7 +119,7 @@ class PackSizer:
             return None
         tried = [f"{size}: {_rate(rate)}" for size, rate in sorted(record.throughput.items())]
         if record.too_big is not None:
-            tried.append(f"{record.too_big}: out of memory")
+            tried.append(f"{record.too_big}: {record.why_not}")
         return f"packs of {record.settled} (images/s by size: {', '.join(tried)})"
 
     def _memory_cap(self, record: SizeRecord) -> int:
