@@ -228,3 +228,25 @@ def test_pack_auto_measures_no_more_members_than_count_allows(workdir):
                           r"\(images/s by size: ([^)]*)\)", lines)
     assert [int(s.split(":")[0]) for s in sizes.split(", ")] == [1, 2], sizes
     assert sorted(r.state for r in store.runs() if r.state != "pending") == ["finished"] * 2
+
+
+@pytest.mark.timeout(300)
+def test_pack_auto_packs_a_bayes_sweep_a_few_runs_at_a_time(workdir):
+    # the runs of a pack are proposed before any has a result: bayes keeps learning between
+    # packs of at most 8 (a random sweep's runs, all independent, may pack more)
+    store = make_sweep(workdir, "bayes", {
+        "model": {"value": "dense"}, "hidden": {"value": 16}, "epochs": {"value": 1},
+        "train_subset": {"value": 256}, "sinks": {"value": []},
+        "lr": {"distribution": "log_uniform_values", "min": 0.001, "max": 0.3}},
+        method="bayes", run_cap=12)
+    agent = start_agent(workdir, store, "--pack", "auto")
+    assert agent.wait(timeout=240) == 0
+    lines = " ".join(agent.stderr.read().split())
+    (sizes,) = re.findall(r"packs of \d+ \(images/s by size: ([^)]*)\)", lines)
+    assert max(int(s.split(":")[0]) for s in sizes.split(", ")) <= 8, sizes
+    runs = store.runs()
+    assert len(runs) == 12 and all(r.state == "finished" for r in runs)
+    packs = {}
+    for run in runs:
+        packs.setdefault(run.pack or run.id, []).append(run)
+    assert max(map(len, packs.values())) <= 8

@@ -374,3 +374,37 @@ def test_the_status_of_a_program_sweep_shows_its_metric_and_the_rows_it_logged(t
             if line.strip()[:8] in {r.id for r in store.runs()}}
     assert sorted((row[2], row[3]) for row in rows.values()) == [("3", "3"), ("3", "6.5")]
     assert "/10" not in text and "val/acc" not in text
+
+
+@pytest.mark.parametrize("sinks,board", [([], False), (["wandb"], False),
+                                         (["tensorboard"], True), (None, True)])
+def test_closing_lines_offer_tensorboard_only_where_runs_logged_to_it(tmp_path, monkeypatch,
+                                                                       sinks, board):
+    monkeypatch.chdir(tmp_path)
+    parameters = {"lr": {"values": [0.1]}}
+    if sinks is not None:  # None: the trainer's default sinks (TensorBoard among them)
+        parameters["sinks"] = {"value": sinks}
+    store = _one_finished_run(tmp_path, "tb1", {
+        "method": "grid", "metric": {"name": "val/acc", "goal": "maximize"},
+        "parameters": parameters})
+    text = "\n".join(closing_lines(store))
+    assert ("TensorBoard" in text) == board and ("run_tensorboard.sh" in text) == board
+    assert "agent.report tb1" in text
+
+
+@pytest.mark.parametrize("command,parameters,shown", [
+    (["${env}", "python", "-m", "agent.train", "--epochs=3", "${args}"], {}, "0/3"),
+    (["${env}", "python", "-m", "agent.train", "--epochs=3", "${args}"],
+     {"epochs": {"value": 4}}, "0/4"),  # the run's own value wins, as in the trial
+    (["${env}", "python", "-m", "agent.train", "${args}"], {}, "0/10"),  # the default
+    (["${env}", "python", "-m", "agent.train", "--epochs", "2", "${args_no_equals}"], {},
+     "0/2"),
+])
+def test_the_status_counts_the_epochs_a_commands_fixed_argument_gives(tmp_path, command,
+                                                                      parameters, shown):
+    store = create_store(tmp_path / "ep1", "ep1", "ep1", {
+        "method": "grid", "metric": {"name": "val/acc", "goal": "maximize"},
+        "command": command, "parameters": {"lr": {"values": [0.1]}, **parameters}})
+    (run,) = claim(store, "host:1", count=1).runs
+    row = [line for line in status_text(store).splitlines() if run.run_id in line]
+    assert row and row[0].split()[2] == shown, row

@@ -60,6 +60,9 @@ if TYPE_CHECKING:
 MAX_FAILURES_IN_A_ROW = 3
 WAIT_POLL_S = 2.0
 PROBE_BUDGET_S = 20.0  # --pack auto measures no further size of a kind after this long
+# --pack auto packs a bayes sweep's runs at most this many at a time: the runs of a pack are
+# proposed together, before any of them has a result (a fixed --pack K is taken as given)
+BAYES_PACK = 8
 
 
 class Heartbeat:
@@ -359,9 +362,9 @@ class LocalAgent:
         """--pack auto, the first time this agent meets a kind of pack: time a few steps of
         packs of growing size (agent/trial/probe.py), up to as many runs of the kind as the
         sweep has left for it (and `count_left`, what --count still allows), and settle the
-        size its claims take. `claimed`: a run's config as the store holds it (claims key
-        packs by it). SIGTERM or Ctrl-C stops the measurement at its next step, with nothing
-        settled or claimed."""
+        size its claims take (at most BAYES_PACK in a bayes sweep). `claimed`: a run's config
+        as the store holds it (claims key packs by it). SIGTERM or Ctrl-C stops the
+        measurement at its next step, with nothing settled or claimed."""
         from agent.params import BY_NAME
         from agent.sweep_space import swept_parameters
         from agent.trial.member import PACK_SHARED
@@ -391,8 +394,10 @@ class LocalAgent:
                 return speed.images_per_s, speed.peak_memory_mb
 
             left = runs_left(self.sweep.config, self.store.runs(), claimed, packable)
-            if count_left is not None:
-                left = count_left if left is None else min(left, count_left)
+            for bound in (count_left, BAYES_PACK if self.sweep.config.get("method") == "bayes"
+                          else None):
+                if bound is not None:
+                    left = bound if left is None else min(left, bound)
             if left is not None and left <= 1:
                 self.sizer.settle(key, 1)  # nothing to pack with
                 return

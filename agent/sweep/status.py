@@ -181,6 +181,24 @@ def _number(value) -> float:
     return float(value) if ok else -math.inf
 
 
+def command_epochs(sweep_config: dict) -> int | None:
+    """The epochs the sweep's command gives our trainer as a fixed argument (`--epochs=1`
+    beside ${args}), which a run's own `epochs` overrides; None when it gives none (or
+    cannot be read without a run's files)."""
+    from agent.params import coerce, parse_args
+    from agent.sweep.program import build_run
+
+    try:
+        command = build_run(sweep_config, {}, sweep_id="status", run_id="status",
+                            wandb_dir=".")
+        if command.trainer_args is None or command.json_path is not None:
+            return None
+        epochs = parse_args(command.trainer_args).get("epochs")
+        return None if epochs is None else coerce(BY_NAME["epochs"], epochs)
+    except (UserError, ValueError, TypeError):
+        return None
+
+
 def status_table(sweep_config: dict, runs: list[Run]) -> Table:
     """One row per run: id, state, epoch, val/acc, test/acc, ETA (only while some run
     runs), then the swept parameters, numbers in short form (0.001 and 0.0001 stay apart).
@@ -200,8 +218,10 @@ def status_table(sweep_config: dict, runs: list[Run]) -> Table:
     for name in varying:
         table.add_column(escape(str(name)), no_wrap=True, justify="right")
 
+    fixed_epochs = command_epochs(sweep_config) if ours else None
+
     def epochs_of(run: Run) -> int | None:  # another program's `epochs` may be anything
-        epochs = run.config.get("epochs", BY_NAME["epochs"].default)
+        epochs = run.config.get("epochs", fixed_epochs or BY_NAME["epochs"].default)
         return epochs if isinstance(epochs, int) and not isinstance(epochs, bool) else None
 
     for run in runs:
@@ -269,14 +289,15 @@ def closing_lines(store: SweepStore, options: str = "") -> list[str]:
         return lines
     prefix = "./util/with_venv.sh python -m"
     parent = repeats_sweep(sweep.config)
+    board = [f"  ./run_tensorboard.sh --logdir {logs}"] if "tensorboard" in sinks else []
     if parent:  # a repeat sweep: its runs are part of the repeated sweep's report
-        return lines + ["Next: the report of the sweep it repeats, and TensorBoard:",
-                        f"  {prefix} agent.report {parent}",
-                        f"  ./run_tensorboard.sh --logdir {logs}"]
-    lines += ["Next: repeat the best runs over 5 seeds, write the report, open TensorBoard:",
+        return lines + ["Next: the report of the sweep it repeats"
+                        f"{', and TensorBoard' * bool(board)}:",
+                        f"  {prefix} agent.report {parent}", *board]
+    lines += [f"Next: repeat the best runs over 5 seeds, write the report"
+              f"{', open TensorBoard' * bool(board)}:",
               f"  {prefix} agent.repeat {sweep.id} --run",
-              f"  {prefix} agent.report {sweep.id}",
-              f"  ./run_tensorboard.sh --logdir {logs}"]
+              f"  {prefix} agent.report {sweep.id}", *board]
     return lines
 
 
