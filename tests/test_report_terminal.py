@@ -408,3 +408,17 @@ def test_the_status_counts_the_epochs_a_commands_fixed_argument_gives(tmp_path, 
     (run,) = claim(store, "host:1", count=1).runs
     row = [line for line in status_text(store).splitlines() if run.run_id in line]
     assert row and row[0].split()[2] == shown, row
+
+
+def test_the_status_counts_are_never_broken_inside_a_phrase(tmp_path):
+    store = create_store(tmp_path / "long1", "long1", "a-rather-long-sweep-name-for-a-course",
+                         {**COURSE, "method": "random", "run_cap": 40})
+    claim(store, "host:1", count=3)
+    work = claim(store, "host:1", count=2)
+    store.finish(work.runs[0].run_id, "host:1", "finished", {"val/acc": 0.5})
+    store.finish(work.runs[1].run_id, "host:1", "failed", error="boom")
+    lines = status_text(store).splitlines()
+    assert max(map(len, lines)) <= 80
+    counts = next(i for i, line in enumerate(lines) if "planned)" in line)
+    assert lines[counts].endswith("runs planned):")  # the counts go on a line of their own
+    assert lines[counts + 1] == "  3 running, 1 finished, 1 failed, 35 not started"

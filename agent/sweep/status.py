@@ -148,10 +148,15 @@ def render_status(store: SweepStore, console: Console | None = None,
     parts = [f"{counts[s]} {s}" + (note.get(s, "") if again else "") for s in SHOWN_STATES
              if counts[s]] + ([f"{unstarted} not started"] if unstarted else [])
     # names and values are the user's text: escaped, so that "[/x]" is shown, not parsed
+    head = (f"sweep {sweep.id} ({sweep.name}, {sweep.config.get('method')}"
+            + (f", {total} runs planned" if total else "") + "):")
+    counted = ", ".join(parts)
+    # the counts on a line of their own rather than broken inside one ("3 not / started")
+    apart = len(head) + 1 + len(counted) > console.width
     console.print(f"[bold]sweep {sweep.id}[/] ({escape(sweep.name)}, "
                   f"{escape(str(sweep.config.get('method')))}"
-                  + (f", {total} runs planned" if total else "") + "): " + ", ".join(parts),
-                  highlight=False)
+                  + (f", {total} runs planned" if total else "") + "):"
+                  + ("\n  " if apart else " ") + counted, highlight=False)
     reached = target_text(sweep.config, runs)
     if reached:
         console.print(escape(reached), highlight=False)
