@@ -413,13 +413,17 @@ class LocalAgent:
             self.say(f"--pack auto for {kind}: runs alone (not measured: {reason})")
             return
         size, _, measured = self.sizer.settled_text(key).partition(" (")
-        self.say(f"--pack auto for {kind}: {size} ({measured}")
+        self.say(f"--pack auto for {kind}: {size}", f"({measured}")
 
-    def say(self, text: str) -> None:
-        """An agent's line on stderr, wrapped within 80 columns."""
-        print("\n".join(textwrap.wrap(f"agent {self.owner}: {text}", 80,
-                                       subsequent_indent="  ", break_on_hyphens=False)),
-              file=sys.stderr)
+    def say(self, text: str, *more: str) -> None:
+        """An agent's line on stderr, and `more` lines under it, indented; each wrapped within
+        80 columns."""
+        lines = textwrap.wrap(f"agent {self.owner}: {text}", 80, subsequent_indent="  ",
+                              break_on_hyphens=False)
+        for line in more:
+            lines += textwrap.wrap(line, 80, initial_indent="  ", subsequent_indent="   ",
+                                   break_on_hyphens=False)
+        print("\n".join(lines), file=sys.stderr)
 
     def probe_config(self, claimed: dict) -> dict:
         """The trial config a run of `claimed` would get, its command's fixed arguments
