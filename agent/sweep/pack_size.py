@@ -6,8 +6,7 @@ then `start` members, then doubles until the images per second of the whole pack
 (by `GAIN`) below the best so far, the device's memory would not hold the next size (or it ran
 out), or the sweep has no more runs of the kind; it settles on the best size: the smallest
 that no larger one beats by `GAIN`, 1 where packing does not pay (a CPU's grouped convolution
-on tiny maps). Pure bookkeeping: the caller measures
-(agent/trial/probe.py). No torch here.
+on tiny maps). Pure bookkeeping: the caller measures (agent/trial/probe.py). No torch here.
 """
 
 from __future__ import annotations
@@ -32,8 +31,9 @@ class SizeRecord:
 
 
 class PackSizer:
-    """Chooses the size of the next pack (`next_size`) from what earlier packs measured
-    (`observe`). `fixed` is `--pack K`; None means auto: sizes 1, `start`, 2*start, ..."""
+    """Chooses the size of the next pack (`next_size`) from what packs measured (`probe`,
+    or `observe` one at a time). `fixed` is `--pack K`; None means auto: sizes 1, `start`,
+    2*start, ..."""
 
     def __init__(self, fixed: int | None = 1, start: int = 2, largest: int = 64):
         if fixed is not None and fixed < 1:
@@ -83,7 +83,7 @@ class PackSizer:
               runs_left: int | None = None) -> None:
         """Settle `key`'s size by measuring packs: measure(size) gives (images/s of the whole
         pack, its peak device memory in MiB or None), or why that size cannot be used (`out
-        of memory`, `over the time budget`). Sizes follow `next_size` (1, start, 2 * start,
+        of memory`, `not measured (over 20 s)`). Sizes follow `next_size` (1, start, 2 * start,
         ...) until the rule settles, never beyond `runs_left`, the most runs of this kind the
         sweep can still give (None: no bound)."""
         record = self.records.setdefault(key, SizeRecord())

@@ -3,10 +3,10 @@
 `measure_pack(config, size)` builds a pack of `size` copies of the configuration on the
 dataset cached on the device and times a few of the trial's own training steps (the fused
 model and optimizer, the pack loader with each member's shuffling, augmentation and dropout),
-without sinks, checkpoints or any file: a fraction of a second for the small models packing
-is for, against a whole run a size that `--pack auto` used to spend learning each size. The
-measured pack is discarded; a trial builds its own from its members' seeds, so probing does not
-change any run's result.
+without sinks, checkpoints or any file: a fraction of a second a size for the small models
+packing is for (`--pack auto` used to learn each size from whole runs). The measured pack is
+discarded; a trial builds its own from its members' seeds, so measuring changes no run's
+result.
 """
 
 from __future__ import annotations
