@@ -18,10 +18,10 @@ from agent.sweep.controller import (
     MIN_BEATS_PER_TIMEOUT,
     MIN_HEARTBEAT_S,
     PROPOSALS_PER_MEMBER,
-    proposal_budget,
     check_heartbeat,
     choose_work,
     crash_repairs,
+    proposal_budget,
     runs_left,
 )
 from agent.sweep.engine import proposed_params
