@@ -196,23 +196,20 @@ def status_entry(case: dict, paths: dict) -> None:
 
 
 def report_entry(case: dict, paths: dict) -> None:
-    from agent.report.document import parse_options
-    from agent.report.study import load_study
+    from agent.report.document import checked  # every check `main` makes before writing
 
     try:
-        load_study(parse_options(case["argv"]).sweep)
+        checked(case["argv"])
     except _user_error() as error:
         raise Refused(str(error)) from None
     return None
 
 
 def repeat_entry(case: dict, paths: dict) -> None:
-    from agent.report.repeat import parse_options, repeat_configs
-    from agent.report.study import load_study
+    from agent.report.repeat import planned  # every check `main` makes before writing
 
     try:
-        args = parse_options(case["argv"])
-        repeat_configs(load_study(args.sweep), args.top, args.by, args.seeds)
+        planned(case["argv"])
     except _user_error() as error:
         raise Refused(str(error)) from None
     return None

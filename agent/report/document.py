@@ -163,10 +163,17 @@ def parse_options(argv: list[str] | None):
     return args
 
 
-def main(argv: list[str] | None = None) -> int:
+def checked(argv: list[str] | None):
+    """(options, study) for the command line `argv`, every check made before anything is
+    written (UserError, one line)."""
     args = parse_options(argv)
     study = load_study(args.sweep)
     check_our_trainer(study, "python -m agent.report")
+    return args, study
+
+
+def main(argv: list[str] | None = None) -> int:
+    args, study = checked(argv)
     try:
         path = build_report(study, Path(args.out) / study.sweep_id,
                             rule=stats.GroupRule(args.explode_factor, args.stuck_margin)).path

@@ -122,7 +122,9 @@ def parse_options(argv: list[str] | None):
     return args
 
 
-def main(argv: list[str] | None = None) -> int:
+def planned(argv: list[str] | None):
+    """(options, study, repeat configs) for the command line `argv`, every check made
+    before anything is written (UserError, one line): what `main` then creates."""
     args = parse_options(argv)
     study = load_study(args.sweep)
     check_our_trainer(study, "python -m agent.repeat")
@@ -130,6 +132,11 @@ def main(argv: list[str] | None = None) -> int:
     if not configs:
         raise UserError(f"sweep={args.sweep!r}: no run has a value of its metric "
                         f"{study.metric!r} yet: nothing to repeat")
+    return args, study, configs
+
+
+def main(argv: list[str] | None = None) -> int:
+    args, study, configs = planned(argv)
     if study.source == "wandb":
         create_on_wandb(args.sweep, configs)
         return 0
