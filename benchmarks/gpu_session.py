@@ -1,7 +1,7 @@
 """Every GPU measurement of the benchmarks, as one script for a lent CUDA machine.
 
-A device session is short (15 minutes, its start included), so the measurements come in two
-parts of 7-9 minutes each, in the order they matter, each under its own time limit:
+A device session is short (15 minutes, its start included), so the measurements come in
+parts of up to 9 minutes each, in the order they matter, each under its own time limit:
   part 1: trial-loop throughput against the model-only ceiling and the DataLoader pipeline
           (bench_trial_throughput), fused vs one-after-the-other members (bench_packed_model),
           whole trials alone vs packed (bench_packed_trials), per-trial overhead by stage
@@ -9,7 +9,8 @@ parts of 7-9 minutes each, in the order they matter, each under its own time lim
           a new process per trial, one agent, 4 agents, packed);
   part 2: the Fashion-MNIST recipe (bench_fashion_mnist_gpu: best run >= 95% in 10 minutes);
   part 3: eager against torch.compile and CUDA graphs on the packed step (bench_compile),
-          compilation time included (~4 minutes).
+          compilation time included (~4 minutes), and what `--pack auto` chooses against
+          whole trials at every size (bench_pack_auto, ~1 minute).
 Each writes its output to OUT/<name>.txt (OUT: --out, else $OUT). Runs unchanged on a CUDA
 machine without network or wandb (../shared/gpu/README.md):
 
@@ -61,6 +62,11 @@ PARTS = {
     "3": [
         ("compile", 300, ["benchmarks/bench_compile.py", "--members", "1", "16"],
          ["benchmarks/bench_compile.py", "--smoke", "--models", "dense", "--members", "2"]),
+        ("pack_auto", 120, ["benchmarks/bench_pack_auto.py", "--dataset", "fashion_mnist",
+                            "--model", "cnn", "--channels", "32", "64", "--epochs", "1",
+                            "--largest", "64"],
+         ["benchmarks/bench_pack_auto.py", "--hidden", "16", "--epochs", "1", "--largest",
+          "4"]),
     ],
 }
 
