@@ -162,3 +162,37 @@ def test_the_measured_config_is_the_trials_with_the_commands_fixed_arguments(wor
     assert (config["hidden"], config["epochs"], config["lr"], config["dropout"]) == \
         (64, 1, 0.1, 0.1)
     assert not (workdir / "wandb").exists()  # the run's files went to a scratch folder
+
+
+@pytest.mark.parametrize("run_images,measured,why", [
+    (1_000, [1, 2], "4: not measured (over 1 s)"),  # 6 runs alone ~6 s: 1 s of measuring
+    (100_000, [1, 2, 4, 6], None),  # ~600 s alone: measuring up to the 6 runs is worth it
+])
+def test_measuring_stops_at_a_tenth_of_what_the_kinds_runs_take_alone(
+        workdir, monkeypatch, run_images, measured, why):
+    import time
+
+    import agent.trial.probe as probe
+    from agent.sweep.agent_loop import LocalAgent
+    from agent.sweep.store import create_store
+
+    clock = [0.0]
+    monkeypatch.setattr(time, "perf_counter", lambda: clock[0])
+    sizes = []
+
+    def measure_pack(config, size, interrupted):  # 0.6 s a size, 1,000 images/s a member
+        clock[0] += 0.6
+        sizes.append(size)
+        return probe.PackSpeed(1000.0 * size, None, run_images)
+
+    monkeypatch.setattr(probe, "measure_pack", measure_pack)
+    store = create_store(workdir / "data" / "sweeps" / "b1", "b1", "b1", {
+        "method": "grid", "metric": {"name": "val/acc", "goal": "maximize"},
+        "parameters": {"dataset": {"value": "digits"},
+                       "lr": {"values": [0.3, 0.1, 0.03, 0.01, 0.003, 0.001]}}})
+    agent = LocalAgent(store, 5.0, 60.0, PackSizer(fixed=None))
+    agent.size_packs_of({"dataset": "digits", "lr": 0.3})
+    assert sizes == measured
+    key = next(iter(agent.sizer.records))
+    text = agent.sizer.settled_text(key)
+    assert (why in text) if why else "not measured" not in text, text

@@ -399,6 +399,7 @@ def test_closing_lines_offer_tensorboard_only_where_runs_logged_to_it(tmp_path, 
     (["${env}", "python", "-m", "agent.train", "${args}"], {}, "0/10"),  # the default
     (["${env}", "python", "-m", "agent.train", "--epochs", "2", "${args_no_equals}"], {},
      "0/2"),
+    (["${env}", "python", "-m", "agent.train", "--epochs=1", "${args_json_file}"], {}, "0/1"),
 ])
 def test_the_status_counts_the_epochs_a_commands_fixed_argument_gives(tmp_path, command,
                                                                       parameters, shown):
@@ -422,3 +423,22 @@ def test_the_status_counts_are_never_broken_inside_a_phrase(tmp_path):
     counts = next(i for i, line in enumerate(lines) if "planned)" in line)
     assert lines[counts].endswith("runs planned):")  # the counts go on a line of their own
     assert lines[counts + 1] == "  3 running, 1 finished, 1 failed, 35 not started"
+
+
+@pytest.mark.parametrize("macro", ["${args}", "${args_json_file}", "${args_no_hyphens}"])
+def test_the_reports_fixed_parameters_hold_what_the_command_fixes(tmp_path, macro):
+    from agent.report.setup_section import fixed_rows
+    from agent.report.study import local_study
+
+    store = create_store(tmp_path / "fx1", "fx1", "fx1", {
+        "method": "grid", "metric": {"name": "val/acc", "goal": "maximize"},
+        "command": ["${env}", "python", "-m", "agent.train", "--epochs=3", "--model=dense",
+                    "--hidden=64", macro],
+        "parameters": {"lr": {"values": [0.1, 0.01]}, "batch_size": {"value": 32}}})
+    for run in claim(store, "host:1", count=2).runs:
+        store.finish(run.run_id, "host:1", "finished", {"val/acc": 0.5})
+    rows = {row[0]: row[1:3] for row in fixed_rows(local_study(store), ["lr"])}
+    assert rows["`epochs`"] == ["3", "command"] and rows["`hidden`"] == ["64", "command"]
+    assert rows["`model`"] == ["dense", "command"]
+    assert rows["`batch_size`"] == ["32", "sweep file"]
+    assert rows["`momentum`"][1] == "default"

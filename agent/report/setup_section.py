@@ -15,6 +15,7 @@ from agent.params import PARAMS
 from agent.report import figures
 from agent.report.markdown import Context, DataUsed, Report, fmt
 from agent.report.study import RunRecord, Study
+from agent.sweep.program import command_values
 from agent.sweep.status import planned_runs, target_text
 from agent.sweep_space import duration_text, short_number
 from util.errors import UserError
@@ -130,6 +131,7 @@ def class_counts(labels: list[int], classes: int) -> list[int]:
 def fixed_rows(study: Study, swept: list[str]) -> list[list[str]]:
     runs = study.runs
     in_file = study.sweep_config.get("parameters") or {}
+    in_command = command_values(study.sweep_config)  # `--epochs=1` beside ${args}
     rows = []
     for param in PARAMS:
         values = {repr(r.params.get(param.name)) for r in runs}
@@ -139,8 +141,9 @@ def fixed_rows(study: Study, swept: list[str]) -> list[list[str]]:
         value = runs[0].params.get(param.name)
         shown = (", ".join(map(str, value)) if isinstance(value, list)
                  else short_number(value))
-        rows.append([f"`{param.name}`", shown,
-                     "sweep file" if param.name in in_file else "default", param.help])
+        where = "sweep file" if param.name in in_file else \
+            "command" if param.name in in_command else "default"
+        rows.append([f"`{param.name}`", shown, where, param.help])
     return rows
 
 

@@ -10,7 +10,7 @@ from pathlib import Path
 
 from agent.ids import path_safe
 from agent.params import RunConfig, validate
-from agent.sweep.program import runs_our_trainer
+from agent.sweep.program import command_values, runs_our_trainer
 from agent.sweep.status import repeat_description, repeated_runs
 from agent.sweep.store import SweepStore, store_paths, sweep_group
 from agent.sweep.target import resolve_target
@@ -115,11 +115,12 @@ def local_study(store: SweepStore) -> Study:
     sweep = store.sweep()
     stored = store.runs()
     repeated = repeated_runs(stored)
+    fixed = command_values(sweep.config)  # what the command's own arguments fix
     runs = []
     for run in stored:
         if run.id in repeated:
             continue
-        params = _params(run.config)
+        params = _params({**fixed, **run.config})
         # The agent names a run's group after its sweep (Sweep.group).
         log_dir = Path(params.log_dir) / path_safe(params.group or sweep.group) / path_safe(
             params.run_name or run.id)

@@ -59,7 +59,12 @@ if TYPE_CHECKING:
 
 MAX_FAILURES_IN_A_ROW = 3
 WAIT_POLL_S = 2.0
-PROBE_BUDGET_S = 20.0  # --pack auto measures no further size of a kind after this long
+# --pack auto measures no further size of a kind after PROBE_BUDGET_S, nor after a tenth of
+# the time the kind's runs left would train alone (but never less than PROBE_MIN_S): a few
+# runs of a heavy model are not worth measuring for
+PROBE_BUDGET_S = 20.0
+PROBE_SHARE = 0.1
+PROBE_MIN_S = 1.0
 # --pack auto packs a bayes sweep's runs at most this many at a time: the runs of a pack are
 # proposed together, before any of them has a result (a fixed --pack K is taken as given)
 BAYES_PACK = 8
@@ -385,19 +390,25 @@ class LocalAgent:
             config = self.probe_config(claimed)
             kind = described(config)  # with what the command's arguments fix
 
+            budget = [PROBE_BUDGET_S]
+
             def measure(size: int) -> tuple[float, float | None] | str:
-                if time.perf_counter() - started > PROBE_BUDGET_S:
-                    return f"not measured (over {PROBE_BUDGET_S:g} s)"
+                if time.perf_counter() - started > budget[0]:
+                    return f"not measured (over {budget[0]:.2g} s)"
                 speed = measure_pack(config, size, lambda: bool(self.signalled))
                 if speed is None:
                     return "out of memory"
+                if size == 1 and work_left is not None:  # what the kind's runs take alone
+                    alone_s = work_left * speed.run_images / speed.images_per_s
+                    budget[0] = min(PROBE_BUDGET_S, max(PROBE_MIN_S, PROBE_SHARE * alone_s))
                 return speed.images_per_s, speed.peak_memory_mb
 
-            left = runs_left(self.sweep.config, self.store.runs(), claimed, packable)
-            for bound in (count_left, BAYES_PACK if self.sweep.config.get("method") == "bayes"
-                          else None):
-                if bound is not None:
-                    left = bound if left is None else min(left, bound)
+            work_left = runs_left(self.sweep.config, self.store.runs(), claimed, packable)
+            if count_left is not None:
+                work_left = count_left if work_left is None else min(work_left, count_left)
+            left = work_left  # the largest pack measured
+            if self.sweep.config.get("method") == "bayes":
+                left = BAYES_PACK if left is None else min(left, BAYES_PACK)
             if left is not None and left <= 1:
                 self.sizer.settle(key, 1)  # nothing to pack with
                 return

@@ -172,6 +172,23 @@ def trial_values(run: RunCommand) -> dict[str, Any]:
     return {**parse_args(args), **run.params}
 
 
+def command_values(sweep_config: dict) -> dict[str, Any]:
+    """The raw values every run of the sweep gets from its command's fixed arguments
+    (`--epochs=1` beside ${args}, also with ${args_json_file}), before its own parameters
+    override them; {} for another program's command, or one that cannot be read."""
+    import tempfile
+
+    from util.errors import UserError
+
+    try:
+        with tempfile.TemporaryDirectory(prefix="command-") as scratch:
+            run = build_run(sweep_config, {}, sweep_id="fixed", run_id="fixed",
+                            wandb_dir=scratch)
+            return trial_values(run) if run.trainer_args is not None else {}
+    except (UserError, ValueError, TypeError, OSError):
+        return {}
+
+
 def local_run_environment(sweep_config: dict) -> None:
     """A local sweep's agent ignores W&B's agent environment (a WANDB_SWEEP_ID left in the
     shell) and sends its runs to the sweep's project/entity unless WANDB_PROJECT/WANDB_ENTITY

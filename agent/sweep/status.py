@@ -188,19 +188,15 @@ def _number(value) -> float:
 
 def command_epochs(sweep_config: dict) -> int | None:
     """The epochs the sweep's command gives our trainer as a fixed argument (`--epochs=1`
-    beside ${args}), which a run's own `epochs` overrides; None when it gives none (or
-    cannot be read without a run's files)."""
-    from agent.params import coerce, parse_args
-    from agent.sweep.program import build_run
+    beside ${args} or ${args_json_file}), which a run's own `epochs` overrides; None when it
+    gives none."""
+    from agent.params import coerce
+    from agent.sweep.program import command_values
 
+    epochs = command_values(sweep_config).get("epochs")
     try:
-        command = build_run(sweep_config, {}, sweep_id="status", run_id="status",
-                            wandb_dir=".")
-        if command.trainer_args is None or command.json_path is not None:
-            return None
-        epochs = parse_args(command.trainer_args).get("epochs")
         return None if epochs is None else coerce(BY_NAME["epochs"], epochs)
-    except (UserError, ValueError, TypeError):
+    except UserError:
         return None
 
 

@@ -39,6 +39,7 @@ _first = True  # no measurement in this process yet
 class PackSpeed:
     images_per_s: float  # training images a second, all members together
     peak_memory_mb: float | None  # the pack's device memory at its peak (CUDA), else None
+    run_images: int = 0  # training images one run goes through (all its epochs)
 
 
 class Interrupted(Exception):
@@ -97,7 +98,8 @@ def measure_pack(config: dict, size: int,
         else:  # the median step: a step slowed by another process on the cores is not typical
             seconds = statistics.median(steps) * len(steps)
         peak = (torch.cuda.max_memory_allocated(device) - before) / 2**20 if cuda else None
-        return PackSpeed(images / max(seconds, 1e-9), peak)
+        run_images = cfg.epochs * len(pack.loader) * pack.loader.batch_size
+        return PackSpeed(images / max(seconds, 1e-9), peak, run_images)
     except torch.OutOfMemoryError:
         return None
     finally:
