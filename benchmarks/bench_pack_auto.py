@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import argparse
 import sys
-import tempfile
 import time
 from pathlib import Path
 
@@ -26,8 +25,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import torch  # noqa: E402
 
 from agent.sweep.pack_size import PackSizer  # noqa: E402
-from agent.trial import train, train_pack  # noqa: E402
+from agent.trial import train_pack  # noqa: E402
 from agent.trial.probe import measure_pack  # noqa: E402
+from benchmarks.bench_packed_trials import warmed_base  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -45,15 +45,7 @@ def main() -> None:
     parser.add_argument("--out", default=None, help="also write the table here (markdown)")
     args = parser.parse_args()
 
-    work = Path(tempfile.mkdtemp(prefix="bench-pack-auto-"))
-    base = {"dataset": args.dataset, "data_dir": str(ROOT / "data"), "model": args.model,
-            "epochs": args.epochs, "optimizer": args.optimizer, "sinks": ["tensorboard"],
-            "histograms": False, "run_dir": str(work / "runs"), "log_dir": str(work / "logs")}
-    if args.hidden:
-        base["hidden"] = args.hidden
-    if args.channels:
-        base["channels"] = args.channels
-    train({**base, "lr": 0.1})  # warm-up: data on the device, kernels chosen
+    base = warmed_base(args, ["tensorboard"], "bench-pack-auto-")
 
     sizer = PackSizer(fixed=None, largest=args.largest)
     read: dict[int, float] = {}

@@ -30,6 +30,21 @@ from agent.trial import train, train_pack  # noqa: E402
 ROOT = Path(__file__).resolve().parents[1]
 
 
+def warmed_base(args, sinks: list[str], prefix: str) -> dict:
+    """The benchmark's run config from its options (files in a new temporary folder), after
+    one warm-up trial has put the data on the device and chosen its kernels."""
+    work = Path(tempfile.mkdtemp(prefix=prefix))
+    base = {"dataset": args.dataset, "data_dir": str(ROOT / "data"), "model": args.model,
+            "epochs": args.epochs, "optimizer": args.optimizer, "sinks": sinks,
+            "histograms": False, "run_dir": str(work / "runs"), "log_dir": str(work / "logs")}
+    if args.hidden:
+        base["hidden"] = args.hidden
+    if args.channels:
+        base["channels"] = args.channels
+    train({**base, "lr": 0.1})
+    return base
+
+
 def member_configs(base: dict, members: int) -> list[dict]:
     points = itertools.product(range(members), [0.1, 0.01, 0.001], [0.0, 0.3])
     return [dict(base, lr=lr, dropout=dropout, seed=seed)
@@ -50,15 +65,7 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=2, help="the best of this many")
     args = parser.parse_args()
 
-    work = Path(tempfile.mkdtemp(prefix="bench-packed-trials-"))
-    base = {"dataset": args.dataset, "data_dir": str(ROOT / "data"), "model": args.model,
-            "epochs": args.epochs, "optimizer": args.optimizer, "sinks": args.sinks,
-            "histograms": False, "run_dir": str(work / "runs"), "log_dir": str(work / "logs")}
-    if args.hidden:
-        base["hidden"] = args.hidden
-    if args.channels:
-        base["channels"] = args.channels
-    train({**base, "lr": 0.1})  # warm-up: data on the device, kernels chosen
+    base = warmed_base(args, args.sinks, "bench-packed-trials-")
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, {args.dataset}, "
           f"{args.model} {args.hidden or args.channels or '(default width)'}, "
           f"{args.optimizer}, {args.epochs} epochs, sinks {args.sinks}")
