@@ -8,6 +8,8 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
+import yaml
+
 LOG_SPAN = 100.0  # values spanning two decades or more are read on a log scale
 
 
@@ -34,13 +36,9 @@ def _represent_choice(dumper, value):
     return dumper.represent_list(list(value))
 
 
-try:  # yaml.safe_dump writes a Choice as the list it is
-    import yaml
-
-    yaml.SafeDumper.add_representer(Choice, _represent_choice)
-    yaml.Dumper.add_representer(Choice, _represent_choice)
-except ImportError:  # pragma: no cover (pyyaml is a core package)
-    pass
+# yaml.safe_dump writes a Choice as the list it is
+yaml.SafeDumper.add_representer(Choice, _represent_choice)
+yaml.Dumper.add_representer(Choice, _represent_choice)
 
 
 @dataclass(frozen=True)

@@ -149,16 +149,13 @@ def test_a_probe_never_measures_more_runs_than_the_sweep_has_left(left, sizes):
 ])
 def test_the_measured_config_is_the_trials_with_the_commands_fixed_arguments(workdir,
                                                                               command):
-    from agent.sweep.agent_loop import LocalAgent
-    from agent.sweep.store import create_store
-
-    store = create_store(workdir / "data" / "sweeps" / "cmd", "cmd", "cmd", {
-        "command": command, "method": "grid", "metric": {"name": "val/acc", "goal": "maximize"},
-        "parameters": {"lr": {"values": [0.1, 0.01]}, "dropout": {"value": 0.1}}})
-    agent = LocalAgent(store, 5.0, 60.0, PackSizer(fixed=None))
     from agent.params import validate
+    from agent.sweep.program import values_for
 
-    config = validate(agent.probe_config({"lr": 0.1, "dropout": 0.1}))
+    sweep = {"command": command, "method": "grid",
+             "metric": {"name": "val/acc", "goal": "maximize"},
+             "parameters": {"lr": {"values": [0.1, 0.01]}, "dropout": {"value": 0.1}}}
+    config = validate(values_for(sweep, {"lr": 0.1, "dropout": 0.1}))
     assert (config["hidden"], config["epochs"], config["lr"], config["dropout"]) == \
         (64, 1, 0.1, 0.1)
     assert not (workdir / "wandb").exists()  # the run's files went to a scratch folder

@@ -145,13 +145,9 @@ def _is_number(value) -> bool:
     return isinstance(value, numbers.Real) and not isinstance(value, (bool, np.bool_))
 
 
-def _spans_decades(values: list[float]) -> bool:
-    return spans_decades(list(values))
-
-
 def _log_y_if_wide(ax, values: list[float]) -> None:
     """Losses that blow up read better on a log y axis."""
-    if _spans_decades(_finite(values)):
+    if spans_decades(_finite(values)):
         ax.set_yscale("log")
 
 
@@ -207,7 +203,7 @@ class _Axis:
             self.label = name
         else:
             numbers_ = [float(v) for v in present]
-            self.log = _spans_decades(numbers_)
+            self.log = spans_decades(numbers_)
             scaled = [math.log10(v) for v in numbers_] if self.log else numbers_
             self.low, self.high = (min(scaled), max(scaled)) if scaled else (0.0, 1.0)
             self.label = f"{name} (log)" if self.log else name

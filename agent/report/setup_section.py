@@ -15,7 +15,6 @@ from agent.params import PARAMS
 from agent.report import figures
 from agent.report.markdown import Context, DataUsed, Report, fmt
 from agent.report.study import RunRecord, Study
-from agent.sweep.program import command_values
 from agent.sweep.status import planned_runs, target_text
 from agent.sweep_space import duration_text, short_number
 from util.errors import UserError
@@ -131,7 +130,7 @@ def class_counts(labels: list[int], classes: int) -> list[int]:
 def fixed_rows(study: Study, swept: list[str]) -> list[list[str]]:
     runs = study.runs
     in_file = study.sweep_config.get("parameters") or {}
-    in_command = command_values(study.sweep_config)  # `--epochs=1` beside ${args}
+    in_command = study.command  # `--epochs=1` beside ${args}
     rows = []
     for param in PARAMS:
         values = {repr(r.params.get(param.name)) for r in runs}

@@ -66,6 +66,7 @@ class Study:
     # (crashed run, the run that repeats it): a local agent re-queued the crashed one; its
     # repeat stands for it, so the crashed run's partial history is not among `runs`
     repeated: list[tuple[str, str]] = field(default_factory=list)
+    command: dict = field(default_factory=dict)  # what the command's fixed arguments give
 
     @property
     def log_group(self) -> str:
@@ -131,7 +132,7 @@ def local_study(store: SweepStore) -> Study:
                               run.started, run.ended, (run.owner or "").rpartition(":")[0]
                               or None, log_dir, pack=run.pack))
     return Study(sweep.name, sweep.id, "local", sweep.config, runs,
-                 repeated=sorted(repeated.items()))
+                 repeated=sorted(repeated.items()), command=fixed)
 
 
 def wandb_study(path: str) -> Study:
@@ -154,7 +155,7 @@ def wandb_study(path: str) -> Study:
     except Exception as error:  # no network, no key, unknown sweep: one line either way
         raise UserError(f"sweep={path!r}: could not read it from W&B "
                         f"({type(error).__name__}: {str(error).splitlines()[0][:120]})") from None
-    return Study(name, sweep.id, "wandb", config, runs, path)
+    return Study(name, sweep.id, "wandb", config, runs, path, command=command_values(config))
 
 
 def load_study(target: str) -> Study:

@@ -18,7 +18,6 @@ import os
 import signal
 import socket
 import sys
-import tempfile
 import textwrap
 import threading
 import time
@@ -288,11 +287,10 @@ class LocalAgent:
         sweep's progress first, `run k/N id finished: score 0.93` last."""
         from agent.trial.sinks import RunInfo
         from agent.trial.sinks.console_sink import end_line, header_lines
+        from agent.trial.sinks.wandb_sink import DEFAULT_PROJECT
 
         def on_row(number: int, row: dict) -> bool:
             return hooks.should_stop(number, [row]) is not None or beat.taken.is_set()
-
-        from agent.trial.sinks.wandb_sink import DEFAULT_PROJECT
 
         # As W&B's agent sets the sweep's project for its runs, and, offline, where no sweep
         # holds them together, the group our trainer's runs of this sweep get.
@@ -385,46 +383,46 @@ class LocalAgent:
                             for name in names if name in BY_NAME)
 
         key, kind = packable(claimed), described(claimed)
-        started = time.perf_counter()
+        started, budget = time.perf_counter(), PROBE_BUDGET_S
         try:
-            config = self.probe_config(claimed)
-            kind = described(config)  # with what the command's arguments fix
-
-            budget = [PROBE_BUDGET_S]
+            # the trial's own config, with what the command's fixed arguments give
+            config = program.values_for(self.sweep.config, claimed)
+            kind = described(config)
+            work_left = runs_left(self.sweep.config, self.store.runs(), claimed, packable)
+            if count_left is not None:
+                work_left = count_left if work_left is None else min(work_left, count_left)
+            largest = work_left  # the largest pack measured
+            if self.sweep.config.get("method") == "bayes":
+                largest = BAYES_PACK if largest is None else min(largest, BAYES_PACK)
+            if largest is not None and largest <= 1:
+                self.sizer.settle(key, 1)  # nothing to pack with
+                return
 
             def measure(size: int) -> tuple[float, float | None] | str:
-                if time.perf_counter() - started > budget[0]:
-                    return f"not measured (over {budget[0]:.2g} s)"
+                nonlocal budget
+                if time.perf_counter() - started > budget:
+                    return f"not measured (over {budget:.2g} s)"
                 speed = measure_pack(config, size, lambda: bool(self.signalled))
                 if speed is None:
                     return "out of memory"
                 if size == 1 and work_left is not None:  # what the kind's runs take alone
                     alone_s = work_left * speed.run_images / speed.images_per_s
-                    budget[0] = min(PROBE_BUDGET_S, max(PROBE_MIN_S, PROBE_SHARE * alone_s))
+                    budget = min(PROBE_BUDGET_S, max(PROBE_MIN_S, PROBE_SHARE * alone_s))
                 return speed.images_per_s, speed.peak_memory_mb
 
-            work_left = runs_left(self.sweep.config, self.store.runs(), claimed, packable)
-            if count_left is not None:
-                work_left = count_left if work_left is None else min(work_left, count_left)
-            left = work_left  # the largest pack measured
-            if self.sweep.config.get("method") == "bayes":
-                left = BAYES_PACK if left is None else min(left, BAYES_PACK)
-            if left is not None and left <= 1:
-                self.sizer.settle(key, 1)  # nothing to pack with
-                return
-            self.sizer.probe(key, measure, left)
+            self.sizer.probe(key, measure, largest)
         except StoreError:
             raise
         except Interrupted:
-            self.sizer.records.pop(key, None)  # measured again by the next agent that claims
+            self.sizer.forget(key)  # measured again by the next agent that claims
             return
         except Exception as error:  # noqa: BLE001 (each run then fails alone, with its reason)
             self.sizer.settle(key, 1)
             reason = " ".join(str(error).split())[:100] or type(error).__name__
             self.say(f"--pack auto for {kind}: runs alone (not measured: {reason})")
             return
-        size, _, measured = self.sizer.settled_text(key).partition(" (")
-        self.say(f"--pack auto for {kind}: {size}", f"({measured}")
+        self.say(f"--pack auto for {kind}: packs of {self.sizer.next_size(key)}",
+                 f"({self.sizer.measured_text(key)})")
 
     def say(self, text: str, *more: str) -> None:
         """An agent's line on stderr, and `more` lines under it, indented; each wrapped within
@@ -436,14 +434,6 @@ class LocalAgent:
                                    break_on_hyphens=False)
         print("\n".join(lines), file=sys.stderr)
 
-    def probe_config(self, claimed: dict) -> dict:
-        """The trial config a run of `claimed` would get, its command's fixed arguments
-        included; the files a run's command may read (${args_json_file}) are written to a
-        scratch folder, not the sweep's."""
-        with tempfile.TemporaryDirectory(prefix="pack-probe-") as scratch:
-            command = program.build_run(self.sweep.config, claimed, sweep_id=self.sweep.id,
-                                        run_id="probe", wandb_dir=scratch)
-            return self.trial_config(command)
 
 
 def run_local_agent(store: SweepStore, count: int | None = None,

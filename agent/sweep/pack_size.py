@@ -117,10 +117,19 @@ class PackSizer:
         record = self.records.get(key)
         if self.fixed is not None or record is None or record.settled is None:
             return None
+        return f"packs of {record.settled} ({self.measured_text(key)})"
+
+    def measured_text(self, key: object) -> str:
+        """`images/s by size: 1: 3.1k, 2: 5.8k, 16: out of memory`: what this kind measured."""
+        record = self.records.get(key, SizeRecord())
         tried = [f"{size}: {_rate(rate)}" for size, rate in sorted(record.throughput.items())]
         if record.too_big is not None:
             tried.append(f"{record.too_big}: {record.why_not}")
-        return f"packs of {record.settled} (images/s by size: {', '.join(tried)})"
+        return f"images/s by size: {', '.join(tried)}"
+
+    def forget(self, key: object) -> None:
+        """Drop what this kind measured (a measurement cut short): it is measured again."""
+        self.records.pop(key, None)
 
     def _memory_cap(self, record: SizeRecord) -> int:
         if self.memory_mb is None or not record.member_mb:

@@ -172,19 +172,26 @@ def trial_values(run: RunCommand) -> dict[str, Any]:
     return {**parse_args(args), **run.params}
 
 
+def values_for(sweep_config: dict, params: dict) -> dict[str, Any]:
+    """trial_values of a run of the sweep with `params`, its command's fixed arguments
+    included, without a run: the files its command may read (${args_json_file}) are written
+    to a scratch folder and removed. ValueError for another program's command; UserError for
+    arguments our trainer refuses."""
+    import tempfile
+
+    with tempfile.TemporaryDirectory(prefix="command-") as scratch:
+        return trial_values(build_run(sweep_config, params, sweep_id="scratch",
+                                      run_id="scratch", wandb_dir=scratch))
+
+
 def command_values(sweep_config: dict) -> dict[str, Any]:
     """The raw values every run of the sweep gets from its command's fixed arguments
     (`--epochs=1` beside ${args}, also with ${args_json_file}), before its own parameters
     override them; {} for another program's command, or one that cannot be read."""
-    import tempfile
-
     from util.errors import UserError
 
     try:
-        with tempfile.TemporaryDirectory(prefix="command-") as scratch:
-            run = build_run(sweep_config, {}, sweep_id="fixed", run_id="fixed",
-                            wandb_dir=scratch)
-            return trial_values(run) if run.trainer_args is not None else {}
+        return values_for(sweep_config, {})
     except (UserError, ValueError, TypeError, OSError):
         return {}
 

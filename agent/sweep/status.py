@@ -15,6 +15,7 @@ from rich import box
 from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
+from rich.text import Text
 
 from agent.ids import path_safe
 from agent.params import BY_NAME
@@ -147,16 +148,15 @@ def render_status(store: SweepStore, console: Console | None = None,
     note = {"crashed": " (repeated)" if again == counts["crashed"] else f" ({again} repeated)"}
     parts = [f"{counts[s]} {s}" + (note.get(s, "") if again else "") for s in SHOWN_STATES
              if counts[s]] + ([f"{unstarted} not started"] if unstarted else [])
-    # names and values are the user's text: escaped, so that "[/x]" is shown, not parsed
-    head = (f"sweep {sweep.id} ({sweep.name}, {sweep.config.get('method')}"
-            + (f", {total} runs planned" if total else "") + "):")
+    # a Text, not markup: names and values are the user's text ("[/x]" is shown, not parsed)
+    head = Text.assemble((f"sweep {sweep.id}", "bold"), f" ({sweep.name}, "
+                         f"{sweep.config.get('method')}"
+                         + (f", {total} runs planned" if total else "") + "):")
     counted = ", ".join(parts)
     # the counts on a line of their own rather than broken inside one ("3 not / started")
-    apart = len(head) + 1 + len(counted) > console.width
-    console.print(f"[bold]sweep {sweep.id}[/] ({escape(sweep.name)}, "
-                  f"{escape(str(sweep.config.get('method')))}"
-                  + (f", {total} runs planned" if total else "") + "):"
-                  + ("\n  " if apart else " ") + counted, highlight=False)
+    head.append(("\n  " if head.cell_len + 1 + len(counted) > console.width else " ")
+                + counted)
+    console.print(head, highlight=False)
     reached = target_text(sweep.config, runs)
     if reached:
         console.print(escape(reached), highlight=False)
