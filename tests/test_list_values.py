@@ -11,6 +11,7 @@ import sys
 import pytest
 import yaml
 
+from agent.params import PARAMS
 from agent.sweep_space import Choice, choice, choices, swept_parameters
 from agent.trial.sinks.tensorboard_sink import experiment_summary, hparam_value
 from conftest import subprocess_env
@@ -66,3 +67,23 @@ def test_a_sweep_over_list_values_trains_reports_and_repeats(workdir):
         assert done.returncode == 0, (module, done.stderr[-3000:])
     report = (workdir / "reports" / sweep_id / "report.md").read_text()
     assert "channels=[8, 16]" in report and "widths=[32, 32]" in report
+
+
+LIST_PARAMS = [p for p in PARAMS if p.type is list]
+
+
+@pytest.mark.parametrize("param", LIST_PARAMS, ids=[p.name for p in LIST_PARAMS])
+def test_every_list_parameter_swept_over_list_values_is_keyed_and_shown(param):
+    # two list values of the parameter's item type, as a sweep file would give them
+    first = list(param.default)[:1] or ([16] if param.item_type is int else ["tensorboard"])
+    values = [first, first * 2]
+    sweep = {"method": "grid", "parameters": {param.name: {"values": values}}}
+    (swept,) = swept_parameters(sweep)
+    assert len(set(swept.values)) == 2 and list(swept.values) == values
+    summary = experiment_summary({"config": sweep}, {param.name: hparam_value(swept, first)})
+    from tensorboard.plugins.hparams import plugin_data_pb2
+
+    data = plugin_data_pb2.HParamsPluginData.FromString(
+        summary.value[0].metadata.plugin_data.content)
+    (info,) = data.experiment.hparam_infos
+    assert [v.string_value for v in info.domain_discrete.values] == [str(v) for v in values]
