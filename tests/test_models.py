@@ -55,7 +55,7 @@ def test_metrics_and_histograms_carry_layer_names(kind):
     meter.sample()
     (metrics,) = meter.epoch_metrics()
     assert {f"grad_norm/{n}" for n in EXPECTED_LAYERS[kind]} <= set(metrics)
-    histograms = member_weight_histograms(pack, 0)
+    (histograms,) = member_weight_histograms(pack)
     first = EXPECTED_LAYERS[kind][0]
     assert f"weights/{first}" in histograms
     assert all(not key.rpartition("/")[2].split(".")[-1].isdigit() for key in histograms)
@@ -73,3 +73,33 @@ def test_conv_models_expose_their_last_convolution_by_name():
     assert last_conv_layer(cnn) is cnn.conv2
     resnet = _model("resnet")
     assert last_conv_layer(resnet) is resnet.stage4.block2.conv2
+
+
+def test_weight_histograms_bin_every_member_as_numpy_does():
+    """Each member's histogram, computed for the whole pack at once, equals np.histogram of
+    that member's finite weights: a spread one, a constant one, one with NaN and infinities;
+    a member whose layer has no finite value has no histogram of it."""
+    np = pytest.importorskip("numpy")
+    torch.manual_seed(0)
+    pack = pack_models([MODELS["dense"](validate({"hidden": 8}), (1, 4, 4), 10)
+                        for _ in range(5)])
+    weight = pack.fc1.weight  # (5, 8, 16)
+    with torch.no_grad():
+        weight[1].mul_(100.0)
+        weight[2].fill_(0.25)
+        weight[3].view(-1)[:4] = torch.tensor([float("nan"), float("inf"), -float("inf"),
+                                               float("nan")])
+        weight[4].fill_(float("nan"))
+    histograms = member_weight_histograms(pack, bins=16)
+    assert len(histograms) == 5 and "weights/fc1" not in histograms[4]
+    assert {"weights/fc1", "weights/fc2", "weights/fc3"} <= set(histograms[0])
+    for k in range(4):
+        values = weight[k].detach().double().flatten().numpy()
+        finite = values[np.isfinite(values)]
+        counts, edges = np.histogram(finite, bins=16)
+        got = histograms[k]["weights/fc1"]
+        assert got.counts == counts.tolist(), k
+        np.testing.assert_allclose(got.edges, edges, rtol=1e-6, atol=1e-7)
+        assert (got.num, got.min, got.max) == (len(finite), finite.min(), finite.max())
+        assert got.sum == pytest.approx(finite.sum(), rel=1e-5, abs=1e-6)
+        assert got.sum_squares == pytest.approx(np.square(finite).sum(), rel=1e-5)

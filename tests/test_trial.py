@@ -200,6 +200,10 @@ def test_tensorboard_holds_scalars_histograms_and_hparams(workdir):
     assert any(tag.startswith("weights/") for tag in tags["histograms"])
     assert {"grad_norm/fc1", "grad_norm/fc2", "grad_norm/fc3"} <= set(tags["scalars"])
     assert {"weights/fc1", "weights/fc2", "weights/fc3"} <= set(tags["histograms"])
+    # each epoch's histogram of fc1 (64 inputs x 32 units) bins all its weights
+    fc1 = [event.histogram_value for event in events.Histograms("weights/fc1")]
+    assert len(fc1) == 2 and all(h.num == 64 * 32 == sum(h.bucket) for h in fc1)
+    assert all(h.min < 0 < h.max and h.bucket_limit[-1] >= h.max for h in fc1)
     assert "test/confusion_matrix" in tags["images"]
 
     content = events.PluginTagToContent("hparams")

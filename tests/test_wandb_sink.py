@@ -22,6 +22,11 @@ def test_offline_run_is_written_and_read_back(workdir):
     epochs = [row for row in run.history if "val/acc" in row]
     assert [row["epoch"] for row in epochs] == [1, 2]
     assert any("train/step_loss" in row for row in run.history)
+    # each epoch's weight histogram of fc1 (64 inputs x 32 units) holds all its weights
+    fc1 = [row["weights/fc1"] for row in run.history if "weights/fc1" in row]
+    assert len(fc1) == 2 and all(h["_type"] == "histogram" for h in fc1)
+    assert all(sum(h["values"]) == 64 * 32 and len(h["bins"]) == len(h["values"]) + 1
+               for h in fc1)
 
 
 @pytest.mark.timeout(180)

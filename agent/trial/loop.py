@@ -163,10 +163,13 @@ def _epoch(pack: TrainingPack, data: Splits, device: torch.device, started: floa
         diverged |= {k for k in range(pack.size) if not math.isfinite(validation.loss[k])}
     metrics = _epoch_metrics(pack, sums, validation, device)
     leaving = {k: ("diverged", None) for k in diverged}
+    histograms = (member_weight_histograms(pack.model)
+                  if any(m.cfg.histograms for m in pack.members) else None)
     for k, member in enumerate(pack.members):
         if k in diverged:
             continue
-        _record_epoch(pack, k, metrics[k])
+        _record_epoch(pack, k, metrics[k],
+                      histograms[k] if histograms and member.cfg.histograms else {})
         reason = member.hooks.should_stop(member.progress.epoch, member.progress.history)
         if member.progress.epoch >= member.cfg.epochs:
             leaving[k] = ("finished", None)  # all epochs trained: finished, whatever the stop
@@ -263,8 +266,8 @@ def _epoch_metrics(pack: TrainingPack, sums: dict, validation, device) -> list[d
     return rows
 
 
-def _record_epoch(pack: TrainingPack, k: int, row: dict) -> None:
-    """Member k's epoch: progress, history, sinks, checkpoint."""
+def _record_epoch(pack: TrainingPack, k: int, row: dict, histograms: dict) -> None:
+    """Member k's epoch: progress, history, sinks (with its weight histograms), checkpoint."""
     member = pack.members[k]
     progress = member.progress
     progress.epoch = row["epoch"]
@@ -272,7 +275,6 @@ def _record_epoch(pack: TrainingPack, k: int, row: dict) -> None:
     if "val/acc" in row and (progress.best_val_acc is None
                              or row["val/acc"] > progress.best_val_acc):
         progress.best_val_acc, progress.best_epoch = row["val/acc"], progress.epoch
-    histograms = member_weight_histograms(pack.model, k) if member.cfg.histograms else {}
     for sink in member.sinks:
         sink.log_epoch(progress.global_step, row, histograms)
     if member.cfg.checkpoint:

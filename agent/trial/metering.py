@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import resource
 import sys
+from dataclasses import dataclass
 
 import torch
 from torch import nn
@@ -87,10 +88,68 @@ def member_weight_norms(model) -> list[dict[str, float]]:
             for row in rows]
 
 
-def member_weight_histograms(model, member: int) -> dict[str, torch.Tensor]:
-    """A member's weights per layer (biases left out), flattened on the CPU, for histograms."""
-    return {f"weights/{name}": values[member].cpu()
-            for name, values in model.layer_weights().items()}
+HISTOGRAM_BINS = 64  # wandb.Histogram's default; TensorBoard draws any bins it is given
+
+
+@dataclass(frozen=True)
+class Histogram:
+    """One member's values of one layer in equal bins from their smallest to their largest
+    value (np.histogram's rule; a constant layer gets the bins of [v - 0.5, v + 0.5], as
+    np.histogram does). Non-finite values are counted in no bin and left out of every
+    statistic. What TensorBoard's histogram summary and wandb.Histogram(np_histogram=...)
+    take."""
+
+    edges: list[float]  # bins + 1 edges, ascending
+    counts: list[int]  # values per bin; the last bin includes its right edge
+    min: float
+    max: float
+    num: int  # finite values
+    sum: float
+    sum_squares: float
+
+
+@torch.no_grad()
+def member_weight_histograms(model, bins: int = HISTOGRAM_BINS) -> list[dict[str, Histogram]]:
+    """Per member of a PackedModel: {`weights/<layer>`: Histogram} of each layer's weights
+    (biases and norm scales left out). Computed for every member at once on the device (one
+    bucketing per layer, not one per member and layer) and read back in one copy; a member
+    whose layer has no finite value has no histogram of that layer."""
+    layers = model.layer_weights()  # name -> (K, n) float32 on the device
+    if not layers:
+        return [{} for _ in range(model.members)]
+    stats = []
+    for values in layers.values():
+        finite = torch.isfinite(values)
+        low = torch.where(finite, values, torch.inf).amin(1)
+        high = torch.where(finite, values, -torch.inf).amax(1)
+        num = finite.sum(1)
+        flat = high <= low  # constant (or no finite value): np.histogram's +-0.5 range
+        start, end = torch.where(flat, low - 0.5, low), torch.where(flat, high + 0.5, high)
+        width = (end - start) / bins
+        index = ((values - start[:, None]) / width[:, None]).floor().clamp(0, bins - 1)
+        index = torch.where(finite, index, bins).long()  # non-finite: a bin dropped below
+        counts = torch.zeros(values.shape[0], bins + 1, device=values.device)
+        counts.scatter_add_(1, index, torch.ones_like(values))
+        kept = torch.where(finite, values, 0.0).double()
+        stats.append(torch.cat([low[:, None].double(), high[:, None].double(),
+                                start[:, None].double(), end[:, None].double(),
+                                num[:, None].double(), kept.sum(1, keepdim=True),
+                                kept.square().sum(1, keepdim=True),
+                                counts[:, :bins].double()], 1))
+    rows = torch.stack(stats, 1).cpu().tolist()  # (K, layers, 7 + bins): one copy
+    histograms = []
+    for member_rows in rows:
+        member = {}
+        for name, (low, high, start, end, num, total, squares, *counts) in zip(
+                layers, member_rows):
+            if not num:
+                continue
+            member[f"weights/{name}"] = Histogram(
+                edges=[start + i * (end - start) / bins for i in range(bins)] + [end],
+                counts=[int(c) for c in counts], min=low, max=high, num=int(num), sum=total,
+                sum_squares=squares)
+        histograms.append(member)
+    return histograms
 
 
 def confusion_matrix(y_true: torch.Tensor, y_pred: torch.Tensor, classes: int) -> torch.Tensor:

@@ -69,7 +69,10 @@ def build_pack(members: list[Member], data: Splits, device: torch.device) -> Tra
     cfg = members[0].cfg  # what members share (agent/trial/member.py PACK_SHARED)
     plain = []
     for member in members:
-        torch.manual_seed(member.cfg.seed)  # the same initial weights as the run alone
+        # the same initial weights as the run alone: models are built on the CPU, so its
+        # generator is the one to seed (torch.manual_seed also queues a CUDA seeding with a
+        # formatted stack when CUDA is not initialised: ~1 ms a member, kept for the process)
+        torch.default_generator.manual_seed(member.cfg.seed)
         plain.append(MODELS[cfg.model](member.cfg, data.input_shape, len(data.classes)))
     model = pack_models(plain).to(device)
     if cfg.channels_last and cfg.model in CONV_MODELS:

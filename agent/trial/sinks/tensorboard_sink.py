@@ -155,8 +155,9 @@ class TensorBoardSink(Sink):
         for name, value in metrics.items():
             if isinstance(value, (int, float)):
                 self.writer.add_scalar(name, value, step)
-        for name, values in histograms.items():
-            self.writer.add_histogram(name, values, step)
+        for name, h in histograms.items():  # metering.Histogram: binned on the device
+            self.writer.add_histogram_raw(name, h.min, h.max, h.num, h.sum, h.sum_squares,
+                                          h.edges[1:], h.counts, step)
 
     def log_confusion(self, step: int, matrix, classes: list[str]) -> None:
         self.writer.add_image("test/confusion_matrix", confusion_image(matrix), step,

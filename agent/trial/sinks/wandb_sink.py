@@ -74,8 +74,8 @@ class WandbSink(Sink):
 
     def log_epoch(self, step: int, metrics: dict, histograms: dict) -> None:
         row = dict(metrics)
-        for name, values in histograms.items():
-            row[name] = wandb.Histogram(values.numpy())
+        for name, h in histograms.items():  # metering.Histogram: binned on the device
+            row[name] = wandb.Histogram(np_histogram=(h.counts, h.edges))
         self.run.log(row, step=step)
 
     def log_confusion(self, step: int, matrix, classes: list[str]) -> None:
