@@ -77,6 +77,7 @@ class OfflineRun:
     project: str = ""
     group: str = ""
     name: str = ""  # display name
+    sweep_id: str = ""  # the W&B sweep the run belongs to ("" outside one)
     config: dict = field(default_factory=dict)
     summary: dict = field(default_factory=dict)
     history: list[dict] = field(default_factory=list)
@@ -127,8 +128,8 @@ def read_run(path: str | Path) -> OfflineRun:
         kind = record.WhichOneof("record_type")
         if kind == "run":
             r = record.run
-            run.run_id, run.project, run.group, run.name = (
-                r.run_id, r.project, r.run_group, r.display_name)
+            run.run_id, run.project, run.group, run.name, run.sweep_id = (
+                r.run_id, r.project, r.run_group, r.display_name, r.sweep_id)
             _apply(run.config, r.config.update, r.config.remove)
             _apply(run.summary, r.summary.update, r.summary.remove)
         elif kind == "config":

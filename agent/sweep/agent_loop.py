@@ -455,13 +455,18 @@ def _device_memory_mb() -> float | None:
     return torch.cuda.get_device_properties(0).total_memory / 2**20
 
 
-def run_wandb_agent(sweep_path: str, count: int | None, project: str | None) -> int:
-    """Agents on a W&B sweep: configs come from the server (agent/sweep/wandb_agent.py)."""
+def run_wandb_agent(sweep_path: str, count: int | None, project: str | None,
+                    pack: int = 1) -> int:
+    """Agents on a W&B sweep: configs come from the server (agent/sweep/wandb_agent.py),
+    `pack` runs a trial (agent/sweep/wandb_pack.py)."""
     from agent.sweep.wandb_agent import run_wandb_sweep
 
     signalled = []
     signal.signal(signal.SIGTERM, lambda number, frame: signalled.append(number))
-    return run_wandb_sweep(sweep_path, count, project, interrupted=lambda: bool(signalled))
+    if pack != 1:  # W&B's own agent leaves Ctrl-C to Python; a pack preempts on it
+        signal.signal(signal.SIGINT, lambda number, frame: signalled.append(number))
+    return run_wandb_sweep(sweep_path, count, project, interrupted=lambda: bool(signalled),
+                           pack=pack)
 
 
 def parse_options(argv: list[str] | None) -> argparse.Namespace:
@@ -492,8 +497,11 @@ def parse_options(argv: list[str] | None) -> argparse.Namespace:
 def main(argv: list[str] | None = None) -> int:
     args = parse_options(argv)
     if args.wandb:  # reachable with credentials, or one line (never a login prompt)
+        if args.pack is None:
+            raise UserError("--pack auto is not supported for W&B sweeps yet (it is for "
+                            "local ones): give a size, e.g. --pack 8")
         check_wandb_sweep(SweepTarget("wandb", args.sweep, wandb_path=args.sweep))
-        return run_wandb_agent(args.sweep, args.count, args.project)
+        return run_wandb_agent(args.sweep, args.count, args.project, args.pack)
     return run_local_agent(open_store(args.sweep), args.count, args.heartbeat,
                            args.heartbeat_timeout, args.pack)
 

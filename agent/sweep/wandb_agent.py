@@ -47,22 +47,29 @@ def with_wandb_sink(config: RunConfig) -> RunConfig:
     return validate({**config, "sinks": [*config.sinks, "wandb"]})
 
 
-def trial_config(sweep_config: dict | None, environ: dict | None = None) -> RunConfig:
-    """The plain config of the run W&B's agent started in this process: the sweep's command
-    (when it has one) expanded with the run's parameters by wandb's builder, read by our
-    trainer's parser, completed by the parameters themselves; run id and group from W&B."""
-    environ = os.environ if environ is None else environ
-    values = agent_run_values(environ)
-    run = program.build_run(sweep_config or {}, values, sweep_id=environ["WANDB_SWEEP_ID"],
-                            run_id=environ["WANDB_RUN_ID"],
-                            wandb_dir=environ.get("WANDB_DIR") or os.getcwd())
+def run_config(sweep_config: dict | None, values: dict, *, sweep_id: str, run_id: str,
+               wandb_dir: str) -> RunConfig:
+    """The plain config of a W&B sweep's run: the sweep's command (when it has one) expanded
+    with the run's parameters by wandb's builder, read by our trainer's parser, completed by
+    the parameters themselves; run id and group from W&B. Raises UserError."""
+    run = program.build_run(sweep_config or {}, values, sweep_id=sweep_id, run_id=run_id,
+                            wandb_dir=wandb_dir)
     if run.trainer_args is None:
         raise UserError(f"the sweep's command runs {program.describe(run)}, not our trainer: "
                         "use `wandb agent` for it")
     raw = program.trial_values(run)
     raw["run_id"] = run.run_id
-    raw["group"] = raw.get("group") or run.env["WANDB_SWEEP_ID"]
+    raw["group"] = raw.get("group") or sweep_id
     return with_wandb_sink(validate(raw))
+
+
+def trial_config(sweep_config: dict | None, environ: dict | None = None) -> RunConfig:
+    """The plain config of the run W&B's agent started in this process (run_config of the
+    run its variables name)."""
+    environ = os.environ if environ is None else environ
+    return run_config(sweep_config, agent_run_values(environ),
+                      sweep_id=environ["WANDB_SWEEP_ID"], run_id=environ["WANDB_RUN_ID"],
+                      wandb_dir=environ.get("WANDB_DIR") or os.getcwd())
 
 
 def trial_function(sweep_config: dict | None, outcomes: list[str],
@@ -106,10 +113,13 @@ def fetch_sweep_config(sweep_path: str) -> dict:
 
 
 def run_wandb_sweep(sweep_path: str, count: int | None, project: str | None,
-                    interrupted: Callable[[], bool], sweep_config: dict | None = None) -> int:
+                    interrupted: Callable[[], bool], sweep_config: dict | None = None,
+                    pack: int = 1) -> int:
     """Agents on a W&B sweep: our trainer in-process through wandb.agent(function=...), or,
     when the sweep's command runs another program, W&B's own command-line agent (what
-    `wandb agent` runs). Returns 1 when every run failed, else 0."""
+    `wandb agent` runs); with `pack` > 1, that many of W&B's agents in this process, their
+    runs trained as packs (agent/sweep/wandb_pack.py). Returns 1 when every run failed,
+    else 0."""
     import wandb
 
     parts = sweep_path.split("/")
@@ -118,11 +128,22 @@ def run_wandb_sweep(sweep_path: str, count: int | None, project: str | None,
     if sweep_config is None:
         sweep_config = fetch_sweep_config(sweep_path)
     if not program.runs_our_trainer(sweep_config):
+        if pack != 1:
+            print(f"agent: --pack {pack} does not apply: the sweep's command runs another "
+                  "program (W&B's agent runs it, one process a run)", file=sys.stderr)
         wandb.agent(parts[-1], entity=entity, project=project, count=count)
         return 0
     outcomes: list[str] = []
-    wandb.agent(parts[-1], function=trial_function(sweep_config, outcomes, interrupted),
-                entity=entity, project=project, count=count)
+    if pack != 1:
+        from agent.sweep.wandb_pack import PackedWandbAgent
+
+        agent = PackedWandbAgent(wandb.Api(), parts[-1], entity, project, sweep_config, pack,
+                                 count, interrupted)
+        agent.run()
+        outcomes = agent.outcomes
+    else:
+        wandb.agent(parts[-1], function=trial_function(sweep_config, outcomes, interrupted),
+                    entity=entity, project=project, count=count)
     if outcomes and all(outcome == "failed" for outcome in outcomes):
         print(f"agent: all {len(outcomes)} runs failed", file=sys.stderr)
         return 1

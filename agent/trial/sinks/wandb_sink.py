@@ -49,10 +49,18 @@ def chosen_mode() -> str:
     return os.environ.get("WANDB_MODE") or ("online" if has_credentials() else "offline")
 
 
+# W&B runs started for a trial before it runs, by run id: a packed W&B agent starts each
+# member's run with its sweep's id (agent/sweep/wandb_pack.py); the sink adopts it
+STARTED: dict = {}
+
+
 class WandbSink(Sink):
     def start(self, run: RunInfo, config: dict, hparams: dict) -> None:
-        # a W&B sweep run started by the W&B adapter (agent/sweep/wandb_agent.py) is adopted
-        adopted = wandb.run if wandb.run is not None and wandb.run.id == run.id else None
+        # a W&B sweep run started by the W&B adapters (agent/sweep/wandb_agent.py, one run a
+        # process; wandb_pack.py, the members of a pack) is adopted
+        adopted = STARTED.pop(run.id, None)
+        if adopted is None and wandb.run is not None and wandb.run.id == run.id:
+            adopted = wandb.run
         if adopted is not None:
             adopted.config.update(config, allow_val_change=True)
         self.run = adopted if adopted is not None else wandb.init(

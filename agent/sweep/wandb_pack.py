@@ -1,0 +1,235 @@
+"""Packed trials on a W&B sweep: K of W&B's agents in one process, their runs trained as one
+packed model (`./run_sweep.sh entity/project/sweep-id --pack K`).
+
+W&B's agent protocol hands each agent one run at a time: an agent registers with the sweep
+(`_register_agent`), then beats (`_agent_heartbeat`) with the runs it has alive, and the
+server answers with commands: `run` (train this run), `stop` (early_terminate ended it),
+`exit`. These are the two functions W&B's own Python agent calls (wandb/agents/pyagent.py).
+This agent registers one W&B agent per member slot, so to the server a pack of K runs is K
+agents of one host each training its run; a beat thread reports every slot's run alive while
+the pack trains (every HEARTBEAT_S, as W&B's agent beats) and passes `stop` on to that member
+only. Each member is its own W&B run (wandb.init with the run's id, the sweep's id in its
+settings, reinit="create_new"): what `wandb agent` would have made of it, one process each.
+Runs handed out that cannot train together (another model, batch size, ...) wait for the next
+pack; a run our trainer refuses fails alone, with its reason.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import sys
+import threading
+import time
+import traceback
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from agent.params import RunConfig
+from agent.sweep.wandb_agent import run_config
+from util.errors import UserError
+
+HEARTBEAT_S = 5.0  # W&B's Python agent beats every 5 s (pyagent.Agent.HEARTBEAT_SLEEP_SECONDS)
+STOPPED_BY_WANDB = "stopped by W&B (the sweep's early_terminate)"
+
+
+@dataclass
+class Slot:
+    """One W&B agent of this process, and the run the server handed it (None: idle)."""
+
+    agent_id: str
+    run_id: str | None = None
+    values: dict | None = None  # the run's parameters, until it joins a pack
+    training: bool = False
+
+
+@dataclass
+class PackedWandbAgent:
+    """Claims up to `size` runs of W&B sweep `sweep_id` (one per slot) and trains those that
+    can share a fused model as one pack, until the server says exit, `count` runs were
+    taken, or `interrupted()`. `outcomes` gets each run's end: finished, stopped, diverged,
+    preempted or failed."""
+
+    api: object
+    sweep_id: str
+    entity: str | None
+    project: str | None
+    sweep_config: dict
+    size: int
+    count: int | None
+    interrupted: Callable[[], bool]
+    wandb_dir: str = field(default_factory=lambda: os.environ.get("WANDB_DIR") or os.getcwd())
+    slots: list[Slot] = field(default_factory=list)
+    stopped: set[str] = field(default_factory=set)  # runs the server asked to stop
+    outcomes: list[str] = field(default_factory=list)
+    exit: bool = False  # the server said exit: no more runs for this agent
+    handed: int = 0  # runs the server handed to this agent's slots
+    lock: threading.Lock = field(default_factory=threading.Lock)
+
+    def run(self) -> None:
+        while not self.interrupted():
+            if not self._waiting() and not self._may_take():
+                break
+            room = self._room()
+            claimed = self.claim(self.size if room is None
+                                 else min(self.size, len(self._waiting()) + room))
+            if not claimed:
+                self._sleep(HEARTBEAT_S)
+                continue
+            self.train(claimed)
+        waiting = [s.run_id for s in self._waiting()]
+        if waiting:  # handed to this agent, not started: W&B hands them out again
+            print(f"agent: run(s) {', '.join(waiting)} not started (the agent stops); W&B "
+                  "gives them to the next agent once this one is gone", file=sys.stderr)
+
+    def _waiting(self) -> list[Slot]:
+        with self.lock:
+            return [s for s in self.slots if s.run_id and not s.training]
+
+    def _room(self) -> int | None:
+        """How many more runs this agent may take (None: no bound, without --count)."""
+        return None if self.count is None else self.count - self.handed
+
+    def _may_take(self) -> bool:
+        """Whether an idle slot may ask for a run: not after `exit`, a signal, or --count."""
+        return not self.exit and not self.interrupted() and self._room() != 0
+
+    # --- talking to W&B's server -----------------------------------------------------------
+
+    def _register(self) -> Slot:
+        from wandb.apis.public.sweeps import _register_agent
+
+        agent = _register_agent(self.api, socket.gethostname(), sweep_id=self.sweep_id,
+                                project=self.project, entity=self.entity)
+        return Slot(agent["id"])
+
+    def _beat(self, slot: Slot) -> None:
+        """One heartbeat of `slot`'s agent (its run alive, if it has one); a `run` command
+        gives the slot its run, `stop` marks that run stopped, `exit` ends the claiming."""
+        from wandb.apis.public.sweeps import _agent_heartbeat
+
+        with self.lock:
+            states = {slot.run_id: True} if slot.run_id else {}
+        commands = _agent_heartbeat(self.api, slot.agent_id, {}, states) or []
+        with self.lock:
+            for command in commands[:1]:  # one at a time, as W&B's own agent takes them
+                kind = command.get("type")
+                if kind in ("run", "resume") and slot.run_id is None:
+                    self.handed += 1
+                    slot.run_id = command["run_id"]
+                    slot.values = {name: spec.get("value") for name, spec
+                                   in (command.get("args") or {}).items()}
+                elif kind == "stop":
+                    self.stopped.add(command.get("run_id"))
+                elif kind == "exit":
+                    self.exit = True
+
+    def claim(self, wanted: int) -> list[Slot]:
+        """Up to `wanted` slots holding a run not trained yet: runs handed out earlier first,
+        then one beat of each idle slot while --count leaves room (registering slots up to
+        `wanted`)."""
+        while len(self.slots) < wanted:
+            self.slots.append(self._register())
+        for slot in self.slots:
+            if len(self._waiting()) >= wanted or not self._may_take():
+                break
+            if slot.run_id is None:
+                self._beat(slot)
+        return self._waiting()[:wanted]
+
+    def _sleep(self, seconds: float) -> None:
+        end = time.monotonic() + seconds
+        while time.monotonic() < end and not self.interrupted():
+            time.sleep(0.1)
+
+    # --- training --------------------------------------------------------------------------
+
+    def train(self, claimed: list[Slot]) -> None:
+        """The claimed runs, those our trainer accepts grouped into packs (one pack per pack
+        key, in the order they came); each pack trains while a thread beats for every slot."""
+        from agent.trial.member import pack_key
+
+        groups: dict[tuple, list[tuple[Slot, RunConfig]]] = {}
+        for slot in claimed:
+            try:
+                config = run_config(self.sweep_config, slot.values or {}, sweep_id=self.sweep_id,
+                                    run_id=slot.run_id, wandb_dir=self.wandb_dir)
+            except UserError as error:
+                print(f"agent: run {slot.run_id} failed ({' '.join(str(error).split())})",
+                      file=sys.stderr)
+                self.outcomes.append("failed")
+                self._release(slot, slot.run_id)
+                continue
+            groups.setdefault(pack_key(config), []).append((slot, config))
+        for group in groups.values():
+            if self.interrupted():
+                return  # the rest wait: handed out again once this agent is gone
+            self.train_pack(group)
+
+    def train_pack(self, group: list[tuple[Slot, RunConfig]]) -> None:
+        import wandb
+
+        from agent.trial.loop import TrialHooks, train_pack
+        from agent.trial.sinks import wandb_sink
+
+        for slot, config in group:
+            slot.training = True
+            wandb_sink.STARTED[config.run_id] = wandb.init(
+                id=config.run_id, group=config.group, name=config.run_name or config.run_id,
+                config=dict(config), project=self.project, entity=self.entity,
+                mode=wandb_sink.chosen_mode(), reinit="create_new", dir=self.wandb_dir,
+                settings=wandb.Settings(silent=True, console="off", sweep_id=self.sweep_id))
+        hooks = [TrialHooks(should_stop=self._stop_check(config.run_id),
+                            interrupted=self.interrupted,
+                            ended=self._ended(slot, config.run_id))
+                 for slot, config in group]
+        beating = threading.Event()
+        beats = threading.Thread(target=self._beat_while, args=(beating,), daemon=True)
+        beats.start()
+        try:
+            summaries = train_pack([dict(config) for _, config in group], hooks)
+            self.outcomes += [summary["state"] for summary in summaries]
+        except Exception as error:  # noqa: BLE001 (the pack's runs fail; the agent goes on)
+            traceback.print_exc()
+            print(f"agent: run(s) {', '.join(c.run_id for _, c in group)} failed "
+                  f"({type(error).__name__})", file=sys.stderr)
+            self.outcomes += ["failed"] * len(group)
+        finally:
+            beating.set()
+            beats.join()
+            for slot, config in group:
+                left = wandb_sink.STARTED.pop(config.run_id, None)
+                if left is not None:  # the trial ended before its sinks started
+                    left.finish(exit_code=1)
+                self._release(slot, config.run_id)
+
+    def _stop_check(self, run_id: str) -> Callable[[int, list[dict]], str | None]:
+        def should_stop(epoch: int, history: list[dict]) -> str | None:
+            with self.lock:
+                return STOPPED_BY_WANDB if run_id in self.stopped else None
+        return should_stop
+
+    def _ended(self, slot: Slot, run_id: str) -> Callable[[dict], None]:
+        def ended(summary: dict) -> None:
+            self._release(slot, run_id)  # its beats say it is over; it may get the next run
+        return ended
+
+    def _release(self, slot: Slot, run_id: str | None) -> None:
+        """The slot is idle again, if it still holds `run_id` (a slot freed mid-pack may
+        already hold the next run, waiting for the next pack)."""
+        with self.lock:
+            if slot.run_id == run_id:
+                slot.run_id, slot.values, slot.training = None, None, False
+
+    def _beat_while(self, done: threading.Event) -> None:
+        """Every HEARTBEAT_S until `done`: a beat of every slot with a run, and of the idle
+        ones while --count leaves room (runs handed to them wait for the next pack)."""
+        while not done.wait(HEARTBEAT_S):
+            for slot in list(self.slots):
+                if slot.run_id is None and not self._may_take():
+                    continue  # an idle slot beats only to take a run
+                try:
+                    self._beat(slot)
+                except Exception as error:  # noqa: BLE001 (a lost beat; the next one retries)
+                    print(f"agent: heartbeat failed ({type(error).__name__}: "
+                          f"{' '.join(str(error).split())[:100]})", file=sys.stderr)

@@ -1,0 +1,224 @@
+"""Packed trials on a W&B sweep without a server: K of W&B's agents registered from one
+process (wandb.apis.public.sweeps._register_agent / _agent_heartbeat, the two calls W&B's own
+Python agent makes), their runs trained as one pack, each its own offline W&B run in the
+sweep. Only the server's answers are scripted: one `run` command per agent that has none
+alive, `stop` for a run the script names, `exit` once the proposals are gone."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import threading
+import warnings
+
+import pytest
+
+import agent.trial.loop as trial_loop
+from agent.sweep import wandb_pack
+from agent.sweep.wandb_agent import run_wandb_sweep
+from conftest import ROOT, closed_offline_runs
+
+with warnings.catch_warnings():
+    warnings.simplefilter("ignore")
+    import wandb
+    import wandb.apis.public.sweeps as public_sweeps
+    from wandb.sdk import wandb_login
+
+
+class ScriptedServer:
+    """W&B's server as its agents see it: each agent that reports no run alive gets the next
+    proposal; `stop_when_alive` runs get `stop` once an agent reports them alive; `exit`
+    when no proposal is left. Records every agent's heartbeats."""
+
+    def __init__(self, proposals: list[dict], stop_when_alive: tuple[str, ...] = (),
+                 exit_when_done: bool = True):
+        self.proposals = [(f"wbrun{i:03d}", params) for i, params in enumerate(proposals)]
+        self.stop_when_alive = set(stop_when_alive)
+        self.exit_when_done = exit_when_done
+        self.agents: list[tuple[str, str | None, str | None]] = []
+        self.alive: dict[str, set[str]] = {}  # agent id -> runs it reported alive
+        self.handed: dict[str, str] = {}  # run id -> the agent it was handed to
+        self.lock = threading.Lock()
+
+    def install(self, monkeypatch):
+        class OfflineApi:
+            def __init__(self, *args, **kwargs):
+                pass
+
+        monkeypatch.setattr(wandb, "Api", OfflineApi)
+        monkeypatch.setattr(wandb_login, "_login", lambda *args, **kwargs: True)
+        monkeypatch.setattr(public_sweeps, "_register_agent", self.register)
+        monkeypatch.setattr(public_sweeps, "_agent_heartbeat", self.heartbeat)
+        monkeypatch.setattr(wandb_pack, "HEARTBEAT_S", 0.02)
+
+    def register(self, api, host, *, sweep_id, project=None, entity=None):
+        with self.lock:
+            agent_id = f"agent{len(self.agents):03d}"
+            self.agents.append((sweep_id, project, entity))
+            self.alive[agent_id] = set()
+            return {"id": agent_id}
+
+    def heartbeat(self, api, agent_id, metrics, run_states):
+        with self.lock:
+            alive = {run for run, on in run_states.items() if on}
+            self.alive[agent_id] |= alive
+            for run in alive & self.stop_when_alive:
+                self.stop_when_alive.discard(run)
+                return [{"type": "stop", "run_id": run}]
+            if alive:
+                return []
+            if self.proposals:
+                run_id, params = self.proposals.pop(0)
+                self.handed[run_id] = agent_id
+                return [{"type": "run", "run_id": run_id,
+                         "args": {k: {"value": v} for k, v in params.items()}}]
+            return [{"type": "exit"}] if self.exit_when_done else []
+
+
+COMMAND = ["${env}", "python", "-m", "agent.train", "--dataset=digits", "${args}"]
+
+
+def sweep_config() -> dict:
+    return {"command": COMMAND, "method": "grid", "metric": {"name": "val/acc", "goal": "maximize"},
+            "parameters": {"lr": {"values": [0.1, 0.03, 0.01]}}}
+
+
+@pytest.fixture
+def packs(monkeypatch):
+    """The run ids of every pack trained (the real train_pack, spied on)."""
+    seen: list[list[str]] = []
+    real = trial_loop.train_pack
+
+    def spy(configs, hooks=None, sweep=None):
+        seen.append([c["run_id"] for c in configs])
+        return real(configs, hooks, sweep)
+
+    monkeypatch.setattr(trial_loop, "train_pack", spy)
+    return seen
+
+
+def base(workdir, **more) -> dict:
+    return {"model": "dense", "hidden": 16, "epochs": 2, "train_subset": 512,
+            "batch_size": 128, "num_threads": 1, "histograms": False,
+            "data_dir": str(workdir / "data"), **more}
+
+
+@pytest.mark.e2e
+@pytest.mark.timeout(300)
+def test_runs_of_a_wandb_sweep_train_as_one_pack_each_its_own_run(workdir, monkeypatch, packs):
+    proposals = [base(workdir, lr=lr, seed=seed)
+                 for lr, seed in ((0.1, 1), (0.03, 2), (0.01, 3))]
+    server = ScriptedServer(proposals)
+    server.install(monkeypatch)
+    code = run_wandb_sweep("team/study/sw010", count=None, project=None,
+                           interrupted=lambda: False, sweep_config=sweep_config(), pack=4)
+    assert code == 0
+    assert packs == [["wbrun000", "wbrun001", "wbrun002"]]  # one pack, in the order handed
+    # one W&B agent per member, each registered with the sweep
+    assert server.agents[:3] == [("sw010", "study", "team")] * 3
+    # each run was reported alive by the agent it was handed to, while the pack trained
+    for run_id, agent_id in server.handed.items():
+        assert run_id in server.alive[agent_id], (run_id, server.alive)
+    runs = {run.run_id: run for run in closed_offline_runs(workdir / "wandb", 3)}
+    assert sorted(runs) == ["wbrun000", "wbrun001", "wbrun002"]
+    for (run_id, run), proposal in zip(sorted(runs.items()), proposals):
+        assert run.sweep_id == "sw010" and run.exit_code == 0
+        assert run.project == "study"
+        assert run.config["lr"] == proposal["lr"] and run.config["seed"] == proposal["seed"]
+        assert run.config["dataset"] == "digits"  # the command's own argument
+        assert [row["epoch"] for row in run.history if "val/acc" in row] == [1, 2]
+        summary = json.loads((workdir / "data" / "runs" / run_id / "summary.json").read_text())
+        assert summary["state"] == "finished" and summary["epochs_done"] == 2
+        assert run.summary["test/acc"] == pytest.approx(summary["test/acc"])
+    # members of one pack are distinct runs: their own lr, their own results
+    assert len({runs[r].summary["train/loss"] for r in runs}) == 3
+
+
+@pytest.mark.e2e
+@pytest.mark.timeout(300)
+def test_a_stop_from_wandb_ends_one_member_and_the_others_go_on(workdir, monkeypatch, packs):
+    proposals = [base(workdir, lr=0.05, seed=s, epochs=40) for s in (1, 2, 3)]
+    server = ScriptedServer(proposals, stop_when_alive=("wbrun001",))
+    server.install(monkeypatch)
+    assert run_wandb_sweep("team/study/sw011", count=None, project=None,
+                           interrupted=lambda: False, sweep_config=sweep_config(),
+                           pack=3) == 0
+    assert packs == [["wbrun000", "wbrun001", "wbrun002"]]
+    summaries = {r: json.loads((workdir / "data" / "runs" / r / "summary.json").read_text())
+                 for r in ("wbrun000", "wbrun001", "wbrun002")}
+    stopped = summaries["wbrun001"]
+    assert stopped["state"] == "stopped" and stopped["stop_reason"] == wandb_pack.STOPPED_BY_WANDB
+    assert 1 <= stopped["epochs_done"] < 40
+    assert [summaries[r]["state"] for r in ("wbrun000", "wbrun002")] == ["finished"] * 2
+    assert all(summaries[r]["epochs_done"] == 40 for r in ("wbrun000", "wbrun002"))
+    runs = {run.run_id: run for run in closed_offline_runs(workdir / "wandb", 3)}
+    assert all(run.exit_code == 0 for run in runs.values())  # stopped is not failed
+
+
+@pytest.mark.e2e
+@pytest.mark.timeout(300)
+def test_runs_that_cannot_share_a_model_train_in_separate_packs_and_a_bad_one_fails_alone(
+        workdir, monkeypatch, packs, capsys):
+    proposals = [base(workdir, lr=0.1), base(workdir, model="cnn", channels=[4, 8]),
+                 base(workdir, lr="fast"), base(workdir, lr=0.01)]
+    server = ScriptedServer(proposals)
+    server.install(monkeypatch)
+    code = run_wandb_sweep("team/study/sw012", count=None, project=None,
+                           interrupted=lambda: False, sweep_config=sweep_config(), pack=4)
+    assert code == 0  # not every run failed
+    assert packs == [["wbrun000", "wbrun003"], ["wbrun001"]]
+    err = capsys.readouterr().err
+    assert "run wbrun002 failed" in err and "lr" in err
+    trained = {run.run_id for run in closed_offline_runs(workdir / "wandb", 3)}
+    assert trained == {"wbrun000", "wbrun001", "wbrun003"}
+
+
+@pytest.mark.e2e
+@pytest.mark.timeout(300)
+def test_count_bounds_the_runs_a_packed_agent_takes(workdir, monkeypatch, packs):
+    proposals = [base(workdir, seed=s, epochs=1) for s in range(5)]
+    server = ScriptedServer(proposals, exit_when_done=False)
+    server.install(monkeypatch)
+    assert run_wandb_sweep("team/study/sw013", count=3, project=None,
+                           interrupted=lambda: False, sweep_config=sweep_config(),
+                           pack=2) == 0
+    assert packs == [["wbrun000", "wbrun001"], ["wbrun002"]]
+    assert len(server.proposals) == 2  # the rest were never handed out
+    assert len(server.agents) == 2  # no more W&B agents than a pack's members
+
+
+def test_pack_auto_on_a_wandb_sweep_is_one_line_and_exit_2(workdir):
+    done = subprocess.run([sys.executable, "-m", "agent.launch", "team/study/sw014",
+                           "--pack", "auto"], cwd=workdir, capture_output=True, text=True,
+                          env={"PATH": "/usr/bin:/bin", "PYTHONPATH": str(ROOT),
+                               "HOME": str(workdir)})
+    assert done.returncode == 2, done.stderr
+    lines = done.stderr.strip().splitlines()
+    assert len(lines) == 1 and "--pack auto" in lines[0] and "W&B" in lines[0]
+
+
+@pytest.mark.e2e
+@pytest.mark.timeout(300)
+def test_an_interrupted_pack_preempts_every_member_and_takes_no_more_runs(workdir,
+                                                                          monkeypatch, packs):
+    proposals = [base(workdir, seed=s, epochs=200) for s in range(4)]
+    server = ScriptedServer(proposals)
+    server.install(monkeypatch)
+    stop = threading.Event()
+    beat = server.heartbeat
+
+    def heartbeat(api, agent_id, metrics, run_states):  # SIGTERM once the pack trains
+        if any(run_states.values()):
+            stop.set()
+        return beat(api, agent_id, metrics, run_states)
+
+    monkeypatch.setattr(public_sweeps, "_agent_heartbeat", heartbeat)
+    agent = wandb_pack.PackedWandbAgent(wandb.Api(), "sw015", "team", "study", sweep_config(),
+                                        2, None, stop.is_set)
+    agent.run()
+    assert packs == [["wbrun000", "wbrun001"]]
+    assert agent.outcomes == ["preempted", "preempted"]
+    assert len(server.proposals) == 2  # nothing more was taken
+    runs = closed_offline_runs(workdir / "wandb", 2)
+    assert all(run.exit_code == 1 for run in runs)  # preempted: W&B hands the run out again
