@@ -224,7 +224,7 @@ def parse_options(argv: list[str] | None) -> argparse.Namespace:
                         help="seconds before a silent run counts as crashed (default "
                         f"{HEARTBEAT_TIMEOUT_S:g}; at least {MIN_BEATS_PER_TIMEOUT} heartbeats)")
     parser.add_argument("--pack", default="1", help="runs each agent trains together as one "
-                        "packed model: an integer, or auto (local sweeps: as many as still "
+                        "packed model: an integer, or auto (as many as still "
                         "raise throughput)")
     submit.add_submit_options(parser)
     args = parser.parse_args(argv)
@@ -277,9 +277,6 @@ def main(argv: list[str] | None = None) -> int:
         return submit.submit_from_args(args, argv)
     target = resolve_target(args.target, args.project)
     if target.kind == "wandb":
-        if args.pack == "auto":
-            raise UserError("--pack auto is not supported for W&B sweeps yet (it is for "
-                            "local ones): give a size, e.g. --pack 8")
         check_wandb_sweep(target)
     # The sweep is checked (and made) before the GPUs are counted: that imports torch, which
     # a bad sweep file need not wait for.

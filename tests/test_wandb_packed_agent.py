@@ -7,8 +7,6 @@ alive, `stop` for a run the script names, `exit` once the proposals are gone."""
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 import threading
 import warnings
 
@@ -17,7 +15,7 @@ import pytest
 import agent.trial.loop as trial_loop
 from agent.sweep import wandb_pack
 from agent.sweep.wandb_agent import run_wandb_sweep
-from conftest import ROOT, closed_offline_runs
+from conftest import closed_offline_runs
 
 with warnings.catch_warnings():
     warnings.simplefilter("ignore")
@@ -79,9 +77,9 @@ class ScriptedServer:
 COMMAND = ["${env}", "python", "-m", "agent.train", "--dataset=digits", "${args}"]
 
 
-def sweep_config() -> dict:
+def sweep_config(lrs=(0.1, 0.03, 0.01)) -> dict:
     return {"command": COMMAND, "method": "grid", "metric": {"name": "val/acc", "goal": "maximize"},
-            "parameters": {"lr": {"values": [0.1, 0.03, 0.01]}}}
+            "parameters": {"lr": {"values": list(lrs)}}}
 
 
 @pytest.fixture
@@ -188,14 +186,30 @@ def test_count_bounds_the_runs_a_packed_agent_takes(workdir, monkeypatch, packs)
     assert len(server.agents) == 2  # no more W&B agents than a pack's members
 
 
-def test_pack_auto_on_a_wandb_sweep_is_one_line_and_exit_2(workdir):
-    done = subprocess.run([sys.executable, "-m", "agent.launch", "team/study/sw014",
-                           "--pack", "auto"], cwd=workdir, capture_output=True, text=True,
-                          env={"PATH": "/usr/bin:/bin", "PYTHONPATH": str(ROOT),
-                               "HOME": str(workdir)})
-    assert done.returncode == 2, done.stderr
-    lines = done.stderr.strip().splitlines()
-    assert len(lines) == 1 and "--pack auto" in lines[0] and "W&B" in lines[0]
+@pytest.mark.e2e
+@pytest.mark.timeout(300)
+def test_pack_auto_measures_the_first_run_of_a_kind_then_fills_its_packs(workdir, monkeypatch,
+                                                                          packs, capsys):
+    lrs = [0.02 * (s + 1) for s in range(5)]
+    proposals = [base(workdir, seed=s, lr=lr) for s, lr in enumerate(lrs)]
+    server = ScriptedServer(proposals)
+    server.install(monkeypatch)
+    assert run_wandb_sweep("team/study/sw014", count=None, project=None,
+                           interrupted=lambda: False, sweep_config=sweep_config(lrs),
+                           pack=None) == 0
+    err = capsys.readouterr().err
+    (said,) = [line for line in err.splitlines() if "--pack auto for" in line]
+    size = int(said.split("packs of ")[1].split()[0])
+    measured = " ".join(err.split("images/s by size:")[1].split()).rstrip(")")
+    sizes = [int(part.split(":")[0]) for part in measured.split(", ")]
+    assert sizes[0] == 1 and max(sizes) <= 5  # from a run alone up to the grid's 5 runs
+    # every run trained once, in packs of the size it settled on, in the order handed out
+    assert [run for pack in packs for run in pack] == [f"wbrun{i:03d}" for i in range(5)]
+    assert [len(pack) for pack in packs] == [min(size, 5 - i) for i in range(0, 5, size)]
+    # one W&B agent per member of the largest pack
+    assert len(server.agents) == min(size, 5)
+    runs = closed_offline_runs(workdir / "wandb", 5)
+    assert all(run.exit_code == 0 and run.sweep_id == "sw014" for run in runs)
 
 
 @pytest.mark.e2e

@@ -368,72 +368,99 @@ class LocalAgent:
         size its claims take (at most BAYES_PACK in a bayes sweep). `claimed`: a run's config
         as the store holds it (claims key packs by it). SIGTERM or Ctrl-C stops the
         measurement at its next step, with nothing settled or claimed."""
-        from agent.params import BY_NAME
-        from agent.sweep_space import swept_parameters
-        from agent.trial.member import PACK_SHARED
-        from agent.trial.probe import Interrupted, measure_pack
-
-        # a kind is named by what the sweep varies among what a pack shares (model and
-        # optimizer when it varies none of that)
-        names = [p.name for p in swept_parameters(self.sweep.config)
-                 if p.name in PACK_SHARED] or ["model", "optimizer"]
-
-        def described(config: dict) -> str:
-            return " ".join(f"{name}={brief(config.get(name, BY_NAME[name].default), 30, False)}"
-                            for name in names if name in BY_NAME)
-
-        key, kind = packable(claimed), described(claimed)
-        started, budget = time.perf_counter(), PROBE_BUDGET_S
+        key = packable(claimed)
         try:
             # the trial's own config, with what the command's fixed arguments give
             config = program.values_for(self.sweep.config, claimed)
-            kind = described(config)
-            work_left = runs_left(self.sweep.config, self.store.runs(), claimed, packable)
-            if count_left is not None:
-                work_left = count_left if work_left is None else min(work_left, count_left)
-            largest = work_left  # the largest pack measured
-            if self.sweep.config.get("method") == "bayes":
-                largest = BAYES_PACK if largest is None else min(largest, BAYES_PACK)
-            if largest is not None and largest <= 1:
-                self.sizer.settle(key, 1)  # nothing to pack with
-                return
-
-            def measure(size: int) -> tuple[float, float | None] | str:
-                nonlocal budget
-                if time.perf_counter() - started > budget:
-                    return f"not measured (over {budget:.2g} s)"
-                speed = measure_pack(config, size, lambda: bool(self.signalled))
-                if speed is None:
-                    return "out of memory"
-                if size == 1 and work_left is not None:  # what the kind's runs take alone
-                    alone_s = work_left * speed.run_images / speed.images_per_s
-                    budget = min(PROBE_BUDGET_S, max(PROBE_MIN_S, PROBE_SHARE * alone_s))
-                return speed.images_per_s, speed.peak_memory_mb
-
-            self.sizer.probe(key, measure, largest)
-        except StoreError:
-            raise
-        except Interrupted:
-            self.sizer.forget(key)  # measured again by the next agent that claims
-            return
         except Exception as error:  # noqa: BLE001 (each run then fails alone, with its reason)
             self.sizer.settle(key, 1)
-            reason = " ".join(str(error).split())[:100] or type(error).__name__
-            self.say(f"--pack auto for {kind}: runs alone (not measured: {reason})")
+            self.say(f"--pack auto for {kind_text(self.sweep.config, claimed)}: runs alone "
+                     f"(not measured: {one_line_reason(error)})")
             return
-        self.say(f"--pack auto for {kind}: packs of {self.sizer.next_size(key)}",
-                 f"({self.sizer.measured_text(key)})")
+        work_left = runs_left(self.sweep.config, self.store.runs(), claimed, packable)
+        if count_left is not None:
+            work_left = count_left if work_left is None else min(work_left, count_left)
+        size_kind(self.sizer, key, config, self.sweep.config, work_left,
+                  lambda: bool(self.signalled), lambda *lines: self.say(*lines))
 
     def say(self, text: str, *more: str) -> None:
-        """An agent's line on stderr, and `more` lines under it, indented; each wrapped within
-        80 columns."""
-        lines = textwrap.wrap(f"agent {self.owner}: {text}", 80, subsequent_indent="  ",
-                              break_on_hyphens=False)
-        for line in more:
-            lines += textwrap.wrap(line, 80, initial_indent="  ", subsequent_indent="   ",
-                                   break_on_hyphens=False)
-        print("\n".join(lines), file=sys.stderr)
+        say(self.owner, text, *more)
 
+
+def kind_text(sweep_config: dict, config: dict) -> str:
+    """A kind of pack as the agent names it: what the sweep varies among what a pack shares
+    (model and optimizer when it varies none of that), `model=cnn optimizer=sgd`."""
+    from agent.params import BY_NAME
+    from agent.sweep_space import swept_parameters
+    from agent.trial.member import PACK_SHARED
+
+    names = [p.name for p in swept_parameters(sweep_config)
+             if p.name in PACK_SHARED] or ["model", "optimizer"]
+    return " ".join(f"{name}={brief(config.get(name, BY_NAME[name].default), 30, False)}"
+                    for name in names if name in BY_NAME)
+
+
+def one_line_reason(error: Exception) -> str:
+    return " ".join(str(error).split())[:100] or type(error).__name__
+
+
+def size_kind(sizer: PackSizer, key, config: dict, sweep_config: dict, work_left: int | None,
+              interrupted, say_line) -> None:
+    """--pack auto: settle `sizer`'s pack size for kind `key` by measuring packs of the
+    trial config `config` (agent/trial/probe.py) up to `work_left` runs (None: no bound; at
+    most BAYES_PACK in a bayes sweep), within a tenth of the time those runs would train
+    alone (PROBE_MIN_S to PROBE_BUDGET_S). Says the outcome through say_line(text, *more).
+    A kind that cannot be measured (its runs would fail) is settled at 1 (each run then
+    fails alone, with its reason); an interruption (`interrupted()`, asked every step)
+    forgets the kind, settles nothing."""
+    from agent.trial.probe import Interrupted, measure_pack
+
+    kind = kind_text(sweep_config, config)
+    started, budget = time.perf_counter(), PROBE_BUDGET_S
+    largest = work_left  # the largest pack measured
+    if sweep_config.get("method") == "bayes":
+        largest = BAYES_PACK if largest is None else min(largest, BAYES_PACK)
+    if largest is not None and largest <= 1:
+        sizer.settle(key, 1)  # nothing to pack with
+        return
+
+    def measure(size: int) -> tuple[float, float | None] | str:
+        nonlocal budget
+        if time.perf_counter() - started > budget:
+            return f"not measured (over {budget:.2g} s)"
+        speed = measure_pack(config, size, interrupted)
+        if speed is None:
+            return "out of memory"
+        if size == 1 and work_left is not None:  # what the kind's runs take alone
+            alone_s = work_left * speed.run_images / speed.images_per_s
+            budget = min(PROBE_BUDGET_S, max(PROBE_MIN_S, PROBE_SHARE * alone_s))
+        return speed.images_per_s, speed.peak_memory_mb
+
+    try:
+        sizer.probe(key, measure, largest)
+    except StoreError:
+        raise
+    except Interrupted:
+        sizer.forget(key)  # measured again by the next agent that claims
+        return
+    except Exception as error:  # noqa: BLE001 (each run then fails alone, with its reason)
+        sizer.settle(key, 1)
+        say_line(f"--pack auto for {kind}: runs alone (not measured: "
+                 f"{one_line_reason(error)})")
+        return
+    say_line(f"--pack auto for {kind}: packs of {sizer.next_size(key)}",
+             f"({sizer.measured_text(key)})")
+
+
+def say(owner: str, text: str, *more: str) -> None:
+    """An agent's line on stderr, and `more` lines under it, indented; each wrapped within
+    80 columns."""
+    lines = textwrap.wrap(f"agent {owner}: {text}", 80, subsequent_indent="  ",
+                          break_on_hyphens=False)
+    for line in more:
+        lines += textwrap.wrap(line, 80, initial_indent="  ", subsequent_indent="   ",
+                               break_on_hyphens=False)
+    print("\n".join(lines), file=sys.stderr)
 
 
 def run_local_agent(store: SweepStore, count: int | None = None,
@@ -456,7 +483,7 @@ def _device_memory_mb() -> float | None:
 
 
 def run_wandb_agent(sweep_path: str, count: int | None, project: str | None,
-                    pack: int = 1) -> int:
+                    pack: int | None = 1) -> int:
     """Agents on a W&B sweep: configs come from the server (agent/sweep/wandb_agent.py),
     `pack` runs a trial (agent/sweep/wandb_pack.py)."""
     from agent.sweep.wandb_agent import run_wandb_sweep
@@ -497,9 +524,6 @@ def parse_options(argv: list[str] | None) -> argparse.Namespace:
 def main(argv: list[str] | None = None) -> int:
     args = parse_options(argv)
     if args.wandb:  # reachable with credentials, or one line (never a login prompt)
-        if args.pack is None:
-            raise UserError("--pack auto is not supported for W&B sweeps yet (it is for "
-                            "local ones): give a size, e.g. --pack 8")
         check_wandb_sweep(SweepTarget("wandb", args.sweep, wandb_path=args.sweep))
         return run_wandb_agent(args.sweep, args.count, args.project, args.pack)
     return run_local_agent(open_store(args.sweep), args.count, args.heartbeat,

@@ -114,12 +114,12 @@ def fetch_sweep_config(sweep_path: str) -> dict:
 
 def run_wandb_sweep(sweep_path: str, count: int | None, project: str | None,
                     interrupted: Callable[[], bool], sweep_config: dict | None = None,
-                    pack: int = 1) -> int:
+                    pack: int | None = 1) -> int:
     """Agents on a W&B sweep: our trainer in-process through wandb.agent(function=...), or,
     when the sweep's command runs another program, W&B's own command-line agent (what
-    `wandb agent` runs); with `pack` > 1, that many of W&B's agents in this process, their
-    runs trained as packs (agent/sweep/wandb_pack.py). Returns 1 when every run failed,
-    else 0."""
+    `wandb agent` runs); with `pack` > 1 (None: --pack auto), that many of W&B's agents in
+    this process, their runs trained as packs (agent/sweep/wandb_pack.py). Returns 1 when
+    every run failed, else 0."""
     import wandb
 
     parts = sweep_path.split("/")
@@ -129,8 +129,8 @@ def run_wandb_sweep(sweep_path: str, count: int | None, project: str | None,
         sweep_config = fetch_sweep_config(sweep_path)
     if not program.runs_our_trainer(sweep_config):
         if pack != 1:
-            print(f"agent: --pack {pack} does not apply: the sweep's command runs another "
-                  "program (W&B's agent runs it, one process a run)", file=sys.stderr)
+            print(f"agent: --pack {pack or 'auto'} does not apply: the sweep's command runs "
+                  "another program (W&B's agent runs it, one process a run)", file=sys.stderr)
         wandb.agent(parts[-1], entity=entity, project=project, count=count)
         return 0
     outcomes: list[str] = []

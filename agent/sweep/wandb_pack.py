@@ -23,9 +23,11 @@ import threading
 import time
 import traceback
 from collections.abc import Callable
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 
 from agent.params import RunConfig
+from agent.sweep.pack_size import PackSizer
 from agent.sweep.wandb_agent import run_config
 from util.errors import UserError
 
@@ -39,7 +41,8 @@ class Slot:
 
     agent_id: str
     run_id: str | None = None
-    values: dict | None = None  # the run's parameters, until it joins a pack
+    values: dict | None = None  # the run's parameters, as the server handed them
+    config: RunConfig | None = None  # what our trainer makes of them (once checked)
     training: bool = False
 
 
@@ -47,15 +50,17 @@ class Slot:
 class PackedWandbAgent:
     """Claims up to `size` runs of W&B sweep `sweep_id` (one per slot) and trains those that
     can share a fused model as one pack, until the server says exit, `count` runs were
-    taken, or `interrupted()`. `outcomes` gets each run's end: finished, stopped, diverged,
-    preempted or failed."""
+    taken, or `interrupted()`. `size` None is --pack auto: the first run of each kind of pack
+    is measured (agent/trial/probe.py, as a local sweep's agent does) before its kind is
+    packed. `outcomes` gets each run's end: finished, stopped, diverged, preempted or
+    failed."""
 
     api: object
     sweep_id: str
     entity: str | None
     project: str | None
     sweep_config: dict
-    size: int
+    size: int | None
     count: int | None
     interrupted: Callable[[], bool]
     wandb_dir: str = field(default_factory=lambda: os.environ.get("WANDB_DIR") or os.getcwd())
@@ -65,14 +70,24 @@ class PackedWandbAgent:
     exit: bool = False  # the server said exit: no more runs for this agent
     handed: int = 0  # runs the server handed to this agent's slots
     lock: threading.Lock = field(default_factory=threading.Lock)
+    sizer: PackSizer | None = None  # --pack auto's measurements (made when size is None)
+
+    def __post_init__(self):
+        if self.sizer is None:
+            self.sizer = PackSizer(fixed=self.size)
+            if self.size is None:  # auto sizes packs by the device's memory, too
+                from agent.sweep.agent_loop import _device_memory_mb
+
+                self.sizer.memory_mb = _device_memory_mb()
 
     def run(self) -> None:
         while not self.interrupted():
             if not self._waiting() and not self._may_take():
                 break
             room = self._room()
-            claimed = self.claim(self.size if room is None
-                                 else min(self.size, len(self._waiting()) + room))
+            wanted = self._wanted()
+            claimed = self.claim(wanted if room is None
+                                 else min(wanted, len(self._waiting()) + room))
             if not claimed:
                 self._sleep(HEARTBEAT_S)
                 continue
@@ -85,6 +100,26 @@ class PackedWandbAgent:
     def _waiting(self) -> list[Slot]:
         with self.lock:
             return [s for s in self.slots if s.run_id and not s.training]
+
+    def _wanted(self) -> int:
+        """Runs the next claim asks for: --pack K; with auto, the size of the kind of the
+        first run waiting, else the largest size measured so far, else 1 (the first run of
+        a kind is claimed alone, measured, and its pack filled up after)."""
+        if self.size is not None:
+            return self.size
+        waiting = [s for s in self._waiting() if s.config is not None]
+        known = [self._key(s.config) for s in waiting
+                 if self.sizer.knows(self._key(s.config))]
+        if known:
+            return self.sizer.next_size(known[0])
+        sizes = [self.sizer.next_size(k) for k in self.sizer.records if self.sizer.knows(k)]
+        return max(sizes, default=1)
+
+    @staticmethod
+    def _key(config: RunConfig) -> tuple:
+        from agent.trial.member import pack_key
+
+        return pack_key(config)
 
     def _room(self) -> int | None:
         """How many more runs this agent may take (None: no bound, without --count)."""
@@ -126,15 +161,21 @@ class PackedWandbAgent:
 
     def claim(self, wanted: int) -> list[Slot]:
         """Up to `wanted` slots holding a run not trained yet: runs handed out earlier first,
-        then one beat of each idle slot while --count leaves room (registering slots up to
-        `wanted`)."""
-        while len(self.slots) < wanted:
-            self.slots.append(self._register())
-        for slot in self.slots:
+        then a beat of each idle slot, then of new slots (one W&B agent each), while --count
+        leaves room and until a beat brings no run (the server has none ready now)."""
+        for slot in list(self.slots):
             if len(self._waiting()) >= wanted or not self._may_take():
-                break
+                return self._waiting()[:wanted]
             if slot.run_id is None:
                 self._beat(slot)
+                if slot.run_id is None:
+                    return self._waiting()[:wanted]
+        while len(self._waiting()) < wanted and self._may_take():
+            slot = self._register()
+            self.slots.append(slot)
+            self._beat(slot)
+            if slot.run_id is None:
+                break
         return self._waiting()[:wanted]
 
     def _sleep(self, seconds: float) -> None:
@@ -145,34 +186,58 @@ class PackedWandbAgent:
     # --- training --------------------------------------------------------------------------
 
     def train(self, claimed: list[Slot]) -> None:
-        """The claimed runs, those our trainer accepts grouped into packs (one pack per pack
-        key, in the order they came); each pack trains while a thread beats for every slot."""
-        from agent.trial.member import pack_key
-
-        groups: dict[tuple, list[tuple[Slot, RunConfig]]] = {}
+        """The claimed runs, those our trainer accepts grouped by pack key (in the order they
+        came): each group trains as one pack (of at most its kind's size with auto, the rest
+        waiting) while a thread beats for every slot. With auto, a group of a kind not
+        measured yet is measured first and then waits for the claim that fills its pack."""
+        groups: dict[tuple, list[Slot]] = {}
         for slot in claimed:
-            try:
-                config = run_config(self.sweep_config, slot.values or {}, sweep_id=self.sweep_id,
-                                    run_id=slot.run_id, wandb_dir=self.wandb_dir)
-            except UserError as error:
-                print(f"agent: run {slot.run_id} failed ({' '.join(str(error).split())})",
-                      file=sys.stderr)
-                self.outcomes.append("failed")
-                self._release(slot, slot.run_id)
-                continue
-            groups.setdefault(pack_key(config), []).append((slot, config))
-        for group in groups.values():
+            if slot.config is None:
+                try:
+                    slot.config = run_config(self.sweep_config, slot.values or {},
+                                             sweep_id=self.sweep_id, run_id=slot.run_id,
+                                             wandb_dir=self.wandb_dir)
+                except UserError as error:
+                    print(f"agent: run {slot.run_id} failed ({' '.join(str(error).split())})",
+                          file=sys.stderr)
+                    self.outcomes.append("failed")
+                    self._release(slot, slot.run_id)
+                    continue
+            groups.setdefault(self._key(slot.config), []).append(slot)
+        for key, group in groups.items():
             if self.interrupted():
                 return  # the rest wait: handed out again once this agent is gone
-            self.train_pack(group)
+            if not self.sizer.knows(key):
+                with self._beating():
+                    self._measure(key, group[0].config, len(group))
+                if self.sizer.knows(key) and self.sizer.next_size(key) > len(group) \
+                        and self._may_take():
+                    return  # claimed again, with the pack's size
+            self.train_pack(group[:self.sizer.next_size(key)])
 
-    def train_pack(self, group: list[tuple[Slot, RunConfig]]) -> None:
+    def _measure(self, key: tuple, config: RunConfig, claimed: int) -> None:
+        """--pack auto: settle the size of `key`'s packs, measuring packs of `config` up to
+        the runs --count leaves and the runs the sweep makes at most (a grid's size, or
+        run_cap): W&B's server does not say how many of them are left."""
+        from agent.sweep.agent_loop import say, size_kind
+        from agent.sweep.engine import planned_runs
+
+        room = self._room()
+        bounds = [n for n in (None if room is None else room + claimed,
+                              planned_runs(self.sweep_config)) if n is not None]
+        raw = {name: value for name, value in config.items() if name != "run_id"}
+        size_kind(self.sizer, key, raw, self.sweep_config, min(bounds, default=None),
+                  self.interrupted,
+                  lambda *lines: say(f"{socket.gethostname()}:{os.getpid()}", *lines))
+
+    def train_pack(self, group: list[Slot]) -> None:
         import wandb
 
         from agent.trial.loop import TrialHooks, train_pack
         from agent.trial.sinks import wandb_sink
 
-        for slot, config in group:
+        configs = [slot.config for slot in group]
+        for slot, config in zip(group, configs):
             slot.training = True
             wandb_sink.STARTED[config.run_id] = wandb.init(
                 id=config.run_id, group=config.group, name=config.run_name or config.run_id,
@@ -182,26 +247,34 @@ class PackedWandbAgent:
         hooks = [TrialHooks(should_stop=self._stop_check(config.run_id),
                             interrupted=self.interrupted,
                             ended=self._ended(slot, config.run_id))
-                 for slot, config in group]
-        beating = threading.Event()
-        beats = threading.Thread(target=self._beat_while, args=(beating,), daemon=True)
-        beats.start()
+                 for slot, config in zip(group, configs)]
         try:
-            summaries = train_pack([dict(config) for _, config in group], hooks)
+            with self._beating():
+                summaries = train_pack([dict(config) for config in configs], hooks)
             self.outcomes += [summary["state"] for summary in summaries]
         except Exception as error:  # noqa: BLE001 (the pack's runs fail; the agent goes on)
             traceback.print_exc()
-            print(f"agent: run(s) {', '.join(c.run_id for _, c in group)} failed "
+            print(f"agent: run(s) {', '.join(c.run_id for c in configs)} failed "
                   f"({type(error).__name__})", file=sys.stderr)
             self.outcomes += ["failed"] * len(group)
         finally:
-            beating.set()
-            beats.join()
-            for slot, config in group:
+            for slot, config in zip(group, configs):
                 left = wandb_sink.STARTED.pop(config.run_id, None)
                 if left is not None:  # the trial ended before its sinks started
                     left.finish(exit_code=1)
                 self._release(slot, config.run_id)
+
+    @contextmanager
+    def _beating(self):
+        """A thread beating for every slot (_beat_while) while the block runs."""
+        done = threading.Event()
+        beats = threading.Thread(target=self._beat_while, args=(done,), daemon=True)
+        beats.start()
+        try:
+            yield
+        finally:
+            done.set()
+            beats.join()
 
     def _stop_check(self, run_id: str) -> Callable[[int, list[dict]], str | None]:
         def should_stop(epoch: int, history: list[dict]) -> str | None:
@@ -219,7 +292,7 @@ class PackedWandbAgent:
         already hold the next run, waiting for the next pack)."""
         with self.lock:
             if slot.run_id == run_id:
-                slot.run_id, slot.values, slot.training = None, None, False
+                slot.run_id, slot.values, slot.config, slot.training = None, None, None, False
 
     def _beat_while(self, done: threading.Event) -> None:
         """Every HEARTBEAT_S until `done`: a beat of every slot with a run, and of the idle
