@@ -236,3 +236,25 @@ def test_an_interrupted_pack_preempts_every_member_and_takes_no_more_runs(workdi
     assert len(server.proposals) == 2  # nothing more was taken
     runs = closed_offline_runs(workdir / "wandb", 2)
     assert all(run.exit_code == 1 for run in runs)  # preempted: W&B hands the run out again
+
+
+@pytest.mark.e2e
+@pytest.mark.timeout(300)
+def test_a_deleted_sweep_ends_the_agent_after_its_pack(workdir, monkeypatch, packs, capsys):
+    from wandb.sdk.sweeps import SweepNotFoundError
+
+    server = ScriptedServer([base(workdir, seed=s) for s in range(3)], exit_when_done=False)
+    server.install(monkeypatch)
+    beat = server.heartbeat
+
+    def heartbeat(api, agent_id, metrics, run_states):  # deleted once the runs are out
+        if not server.proposals and not any(run_states.values()):
+            raise SweepNotFoundError("sweep not found")
+        return beat(api, agent_id, metrics, run_states)
+
+    monkeypatch.setattr(public_sweeps, "_agent_heartbeat", heartbeat)
+    assert run_wandb_sweep("team/study/sw016", count=None, project=None,
+                           interrupted=lambda: False, sweep_config=sweep_config(),
+                           pack=4) == 0
+    assert packs == [["wbrun000", "wbrun001", "wbrun002"]]
+    assert "W&B sweep sw016 was deleted" in capsys.readouterr().err

@@ -142,10 +142,18 @@ class PackedWandbAgent:
         """One heartbeat of `slot`'s agent (its run alive, if it has one); a `run` command
         gives the slot its run, `stop` marks that run stopped, `exit` ends the claiming."""
         from wandb.apis.public.sweeps import _agent_heartbeat
+        from wandb.sdk.sweeps import SweepNotFoundError
 
         with self.lock:
             states = {slot.run_id: True} if slot.run_id else {}
-        commands = _agent_heartbeat(self.api, slot.agent_id, {}, states) or []
+        try:
+            commands = _agent_heartbeat(self.api, slot.agent_id, {}, states) or []
+        except SweepNotFoundError:  # deleted: the packs training go on, no new run
+            if not self.exit:
+                print(f"agent: W&B sweep {self.sweep_id} was deleted (or this agent was not "
+                      "found): no more runs", file=sys.stderr)
+            self.exit = True
+            return
         with self.lock:
             for command in commands[:1]:  # one at a time, as W&B's own agent takes them
                 kind = command.get("type")
