@@ -442,3 +442,51 @@ def test_the_reports_fixed_parameters_hold_what_the_command_fixes(tmp_path, macr
     assert rows["`model`"] == ["dense", "command"]
     assert rows["`batch_size`"] == ["32", "sweep file"]
     assert rows["`momentum`"][1] == "default"
+
+
+def table_ids(text: str, store) -> list[str]:
+    ids = {r.id for r in store.runs()}
+    return [line.split()[0] for line in text.splitlines() if line.split()[:1]
+            and line.split()[0] in ids]
+
+
+@pytest.mark.parametrize("metric", [m for m in __import__("agent.metrics").metrics.METRICS
+                                    if m.goal], ids=lambda m: m.name)
+def test_the_closing_table_lists_the_best_runs_first_by_the_sweeps_goal(tmp_path, metric):
+    """Every metric a sweep may optimise, with its goal: the `limit` runs shown are the best
+    by that goal (the best first, runs without a value last), and the metric has a column."""
+    config = {**COURSE, "metric": {"name": metric.name, "goal": metric.goal}}
+    store = create_store(tmp_path / "g", "goal1", "goal", config)
+    runs = claim(store, "host:1", count=12).runs
+    values = [0.31, 0.05, 0.77, 0.42, 0.9, 0.13, 0.66, 0.58, 0.24, 0.85, 0.5]
+    for run, v in zip(runs, values):
+        store.finish(run.run_id, "host:1", "finished", {"val/acc": 0.5, "test/acc": 0.5,
+                                                          metric.name: v})
+    store.finish(runs[-1].run_id, "host:1", "failed", {})  # no value: shown last, if at all
+    out = io.StringIO()
+    render_status(store, Console(file=out, width=120, color_system=None), limit=5)
+    text = out.getvalue()
+    order = sorted(zip(values, [r.run_id for r in runs]),
+                   reverse=metric.goal == "maximize")
+    assert table_ids(text, store) == [run_id for _, run_id in order[:5]]
+    best_value, best_id = order[0]
+    assert f"best so far: {best_id} {metric.name}={best_value:.4f}" in text
+    assert metric.name in text.splitlines()[next(i for i, line in enumerate(text.splitlines())
+                                                 if line.split()[:1] == ["run"])]
+
+
+def test_another_programs_sweep_without_a_goal_is_minimized_as_wandb_does(tmp_path):
+    """W&B's default goal is minimize: a sweep of another program that names none lists its
+    lowest values first."""
+    config = {"program": "train.py", "command": ["python", "train.py", "${args}"],
+              "method": "grid", "metric": {"name": "score"},
+              "parameters": {"x": {"values": list(range(6))}}}
+    store = create_store(tmp_path / "p", "prog1", "prog", config)
+    runs = claim(store, "host:1", count=6).runs
+    values = [0.518, 0.517, 0.223, 0.9, 0.1, 0.4]
+    for run, v in zip(runs, values):
+        store.finish(run.run_id, "host:1", "finished", {"score": v})
+    out = io.StringIO()
+    render_status(store, Console(file=out, width=100, color_system=None), limit=3)
+    order = [run.run_id for _, run in sorted(zip(values, runs), key=lambda pair: pair[0])]
+    assert table_ids(out.getvalue(), store) == order[:3]

@@ -69,16 +69,29 @@ def heatmap_section(report: Report, ctx: Context) -> None:
             notes[i][j] = "div" if diverged else ("–" if not cell else "no value")
         title = ", ".join(f"{f}={short_number(v)}" for f, v in zip(facets, key)) or "all runs"
         panels.append(HeatPanel(title, values, notes))
-    low = ctx.base.chance if ctx.base else np.nanmin([p.values for p in panels])
-    high = max(float(np.nanmax(p.values)) if np.isfinite(p.values).any() else low
-               for p in panels)
+    shown = [v for p in panels for v in p.values.ravel() if np.isfinite(v)]
+    low, high = (min(shown), max(shown)) if shown else (0.0, 1.0)
+    minimize = study.goal == "minimize"
+    chance = _chance(ctx)
+    if chance is not None and not minimize:
+        low = chance  # an accuracy's colours start at chance (below it: as dark)
+    worst, best = (high, low) if minimize else (low, high)
+    where = (f"chance ({worst:.2f}, dark)" if chance is not None and not minimize
+             else f"the worst ({worst:.2f}, dark)")
     report.add(f"`{metric}` of every run: rows are `{row}`, columns `{col}`, one panel per "
                + (" x ".join(f"`{f}`" for f in facets) or "study") + ". The colour runs from "
-               f"chance ({low:.2f}, dark) to the best ({high:.2f}, bright); \"div\" marks a run "
+               f"{where} to the best ({best:.2f}, bright); \"div\" marks a run "
                "that diverged (its last value means nothing).", "")
     report.figure(heatmap_grid(panels, row, rows, col or "", cols, metric, low, high,
                                ctx.out_dir / "grid_heatmap.png", f"{metric} over the grid",
-                               flip_rows=spans_decades(rows)), "heat map of the grid")
+                               flip_rows=spans_decades(rows), lower_is_better=minimize),
+                  "heat map of the grid")
+
+
+def _chance(ctx: Context) -> float | None:
+    """Chance level of the sweep's metric when it is an accuracy (val/acc, test/acc, ...),
+    else None: a loss has no chance line."""
+    return ctx.base.chance if ctx.base and ctx.study.metric.endswith("acc") else None
 
 
 def marginals(ctx: Context) -> list[MarginalPanel]:
@@ -119,7 +132,7 @@ def marginal_section(report: Report, ctx: Context) -> None:
                "percentile), one colour per "
                "optimizer. A flat line: the parameter hardly matters here; a bend: it has a "
                "best value.", "")
-    report.figure(marginal_figure(panels, metric, ctx.base.chance if ctx.base else None,
+    report.figure(marginal_figure(panels, metric, _chance(ctx),
                                   ctx.out_dir / "marginals.png",
                                   f"{metric} by parameter (mean; band: middle half of the runs)"),
                   "marginal sensitivity")
@@ -158,8 +171,9 @@ def _windows_and_failures(ctx: Context, name: str) -> list[str]:
         scored = [r for r in ctx.scored if r in runs]
         if not scored:
             continue
-        top = scored[0].metric(metric)
-        good = sorted({value(r, name) for r in scored if r.metric(metric) >= top - NEAR_BEST})
+        top = scored[0].metric(metric)  # scored runs are best first, by the sweep's goal
+        good = sorted({value(r, name) for r in scored
+                       if abs(r.metric(metric) - top) <= NEAR_BEST})
         # runs the sweep stopped early (hyperband) were cut short: no verdict on a setting
         full = [r for r in runs if r.state != "stopped"]
         failed = [lv for lv in _levels(full, name)

@@ -14,7 +14,10 @@ import base64
 import csv
 import json
 import math
+import os
 import re
+import shutil
+import tempfile
 from pathlib import Path
 
 from rich.console import Console
@@ -174,10 +177,31 @@ def checked(argv: list[str] | None):
 
 def main(argv: list[str] | None = None) -> int:
     args, study = checked(argv)
+    final = Path(args.out) / study.sweep_id
     try:
-        path = build_report(study, Path(args.out) / study.sweep_id,
-                            rule=stats.GroupRule(args.explode_factor, args.stuck_margin)).path
+        final.parent.mkdir(parents=True, exist_ok=True)
+        # built aside, then put in place whole: a report that fails half-way (an error, a
+        # full disk, Ctrl-C) leaves the previous report as it was and no partial one
+        work = Path(tempfile.mkdtemp(prefix=f".{study.sweep_id}.partial-", dir=final.parent))
+        try:
+            build_report(study, work,
+                         rule=stats.GroupRule(args.explode_factor, args.stuck_margin))
+            _replace_dir(work, final)
+        finally:
+            shutil.rmtree(work, ignore_errors=True)
     except OSError as error:  # --out is a file, not writable, on a full disk...
         raise UserError(f"cannot write the report: {error.filename}: {error.strerror}") from None
+    path = final / "report.md"
     print(f"report: {path} and {path.with_suffix('.html')}")
     return 0
+
+
+def _replace_dir(new: Path, final: Path) -> None:
+    """`new` becomes `final`; an earlier `final` is moved aside first and removed after."""
+    old = None
+    if final.exists() or final.is_symlink():
+        old = Path(tempfile.mkdtemp(prefix=f".{final.name}.old-", dir=final.parent))
+        os.replace(final, old / final.name)
+    os.replace(new, final)
+    if old is not None:
+        shutil.rmtree(old, ignore_errors=True)

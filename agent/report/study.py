@@ -79,7 +79,9 @@ class Study:
 
     @property
     def goal(self) -> str:
-        return (self.sweep_config.get("metric") or {}).get("goal", "maximize")
+        """maximize or minimize; W&B's default is minimize (a sweep of our trainer names
+        its goal: the sweep checks refuse one without)."""
+        return (self.sweep_config.get("metric") or {}).get("goal") or "minimize"
 
     def ended_runs(self) -> list[RunRecord]:
         """Runs that will not change any more (not pending, running or preempted)."""

@@ -37,9 +37,11 @@ class HeatPanel:
 
 def heatmap_grid(panels: list[HeatPanel], row_label: str, row_values: list,
                  col_label: str, col_values: list, metric: str, low: float, high: float,
-                 path, title: str, flip_rows: bool = False) -> Drawn:
+                 path, title: str, flip_rows: bool = False,
+                 lower_is_better: bool = False) -> Drawn:
     """One annotated heat map per panel: rows x columns of the metric (viridis from `low`,
-    e.g. chance, to `high`), each cell written; a cell without a value shows its note.
+    e.g. chance, dark, to `high`, bright; reversed when `lower_is_better`, a loss: the best
+    is bright either way), each cell written; a cell without a value shows its note.
     `flip_rows` puts the last row value on top."""
     width = max(3.0, 0.62 * len(col_values) + 1.6)
     height = max(2.6, 0.42 * len(row_values) + 1.2)
@@ -51,12 +53,13 @@ def heatmap_grid(panels: list[HeatPanel], row_label: str, row_values: list,
     norm = Normalize(low, high if high > low else low + 1e-6)
     image = None
     for ax, panel in zip(axes.flat, panels):
-        image = ax.imshow(np.ma.masked_invalid(panel.values), cmap="viridis", norm=norm,
-                          aspect="auto")
+        image = ax.imshow(np.ma.masked_invalid(panel.values), norm=norm, aspect="auto",
+                          cmap="viridis_r" if lower_is_better else "viridis")
         ax.set_facecolor("0.85")  # cells without a value
         for (i, j), value in np.ndenumerate(panel.values):
             text = f"{value:.2f}" if np.isfinite(value) else panel.notes[i][j]
-            bright = np.isfinite(value) and norm(value) > 0.6
+            level = norm(value) if np.isfinite(value) else 0.0
+            bright = np.isfinite(value) and (1 - level if lower_is_better else level) > 0.6
             ax.text(j, i, text, ha="center", va="center", fontsize=7,
                     color="black" if bright or not np.isfinite(value) else "white")
         ax.set_xticks(range(len(col_values)), [_value_text(v) for v in col_values], fontsize=8)
@@ -97,11 +100,13 @@ def marginal_figure(panels: list[MarginalPanel], metric: str, chance: float | No
         shift = 0.12 * (len(panel.series) - 1) / 2
         for i, (label, points) in enumerate(panel.series.items()):
             means = [p[1] for p in points]
-            if panel.categorical:  # no line between categories: a mean and its range each
+            if panel.categorical:  # no line between categories: a mean and its band each
                 xs = [position[p[0]] - shift + 0.12 * i for p in points]
-                ax.errorbar(xs, means, yerr=[[m - p[2] for m, p in zip(means, points)],
-                                             [p[3] - m for m, p in zip(means, points)]],
-                            fmt="o", color=f"C{i}", capsize=3, label=label)
+                # the band as a bar of its own: a mean outside the middle half (one run far
+                # from the others) is drawn where it is, not as a negative error bar
+                ax.vlines(xs, [p[2] for p in points], [p[3] for p in points], color=f"C{i}",
+                          linewidth=5, alpha=0.3)
+                ax.plot(xs, means, "o", color=f"C{i}", label=label)
                 continue
             xs = [position[p[0]] for p in points]
             ax.plot(xs, means, marker="o", color=f"C{i}", label=label)

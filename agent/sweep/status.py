@@ -78,10 +78,16 @@ class BestRun:
     value: float
 
 
+def metric_of(sweep_config: dict) -> tuple[str, str]:
+    """(the sweep's metric name, its goal): W&B's default goal is minimize (a sweep of our
+    trainer names its goal: the sweep checks refuse one without)."""
+    metric = sweep_config.get("metric") or {}
+    return metric.get("name", "val/acc"), metric.get("goal") or "minimize"
+
+
 def best_run(store: SweepStore) -> BestRun | None:
     """The best finished or stopped run by the sweep's metric and goal."""
-    metric = store.sweep().config.get("metric", {})
-    name, goal = metric.get("name", "val/acc"), metric.get("goal", "maximize")
+    name, goal = metric_of(store.sweep().config)
     scored = []
     for run in store.runs():
         value = (run.summary or {}).get(name)
@@ -168,9 +174,12 @@ def render_status(store: SweepStore, console: Console | None = None,
                       f"{escape(best.metric)}={best.value:.4f}",
                       highlight=False)
     shown = runs
-    if limit is not None:
-        metric = best.metric if best else "val/acc"
-        shown = sorted(runs, key=lambda r: -_number((r.summary or {}).get(metric)))[:limit]
+    if limit is not None:  # the best first by the sweep's goal; runs without a value last
+        metric, goal = metric_of(sweep.config)
+        sign = -1 if goal == "maximize" else 1
+        shown = sorted(runs, key=lambda r: (
+            _number((r.summary or {}).get(metric)) is None,
+            sign * (_number((r.summary or {}).get(metric)) or 0.0)))[:limit]
     console.print(status_table(sweep.config, shown))
     if limit is not None and len(runs) > len(shown):
         console.print(f"(the best {len(shown)} of {len(runs)} runs; all of them: "
@@ -181,9 +190,9 @@ def render_status(store: SweepStore, console: Console | None = None,
                       f"crashed and repeats it: ./run_sweep.sh {sweep.id}", highlight=False)
 
 
-def _number(value) -> float:
+def _number(value) -> float | None:
     ok = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
-    return float(value) if ok else -math.inf
+    return float(value) if ok else None
 
 
 def command_epochs(sweep_config: dict) -> int | None:
@@ -211,7 +220,10 @@ def status_table(sweep_config: dict, runs: list[Run]) -> Table:
     running = ours and any(r.state == "running" for r in runs)
     # No padding: the box's column separator is the one space between columns.
     table = Table(box=box.SIMPLE_HEAD, pad_edge=False, padding=(0, 0))
-    headers = (["run", "state", "ep", "val/acc", "test/acc"] + (["ETA"] if running else [])
+    # the sweep's own metric beside the accuracies when it is another one (val/loss)
+    extra = [metric] if ours and metric not in ("val/acc", "test/acc") else []
+    headers = (["run", "state", "ep", "val/acc", "test/acc"] + [escape(str(m)) for m in extra]
+               + (["ETA"] if running else [])
                if ours else ["run", "state", "rows", escape(str(metric))])
     for header in headers:
         table.add_column(header, no_wrap=True, justify="left" if header in
@@ -240,6 +252,9 @@ def status_table(sweep_config: dict, runs: list[Run]) -> Table:
         cells = [run.id, shown_state(run), f"{run.epoch}/{epochs_of(run) or '?'}",
                  f"{val:.4f}" if isinstance(val, float) else "",
                  f"{test:.4f}" if isinstance(test, float) else ""]
+        for name in extra:
+            value = summary.get(name, last.get(name))
+            cells.append(f"{value:.4f}" if _number(value) is not None else "")
         if running:
             eta = ""
             if shown_state(run) == "running" and run.epoch and run.started and epochs_of(run):

@@ -1,0 +1,111 @@
+"""The report reads a sweep's metric by the sweep's goal, for every metric a sweep may
+optimise: the values near the best, the heat map's colours, the chance line (accuracies
+only); a group whose mean lies outside its middle half is drawn, not a crash; and a report
+that fails half-way leaves the previous one whole. Real SQLite stores holding finished runs
+(no training: the report reads summaries), written by the report's own code."""
+
+from __future__ import annotations
+
+import os
+import re
+
+import numpy as np
+import pytest
+
+from agent import metrics
+from agent.report import document
+from agent.report.discussion import NEAR_BEST
+from agent.report.study import local_study
+from agent.sweep.controller import claim
+from agent.sweep.store import create_store
+
+pytestmark = pytest.mark.timeout(300)
+LRS = [0.0001, 0.0002, 0.0003, 0.0005, 0.5]
+# per optimizer, the metric at each lr: sgd is lopsided (one lr works, its mean lies above
+# the middle half of its runs), adam rises steadily
+SCORES = {"sgd": [0.08, 0.08, 0.08, 0.08, 0.9], "adam": [0.08, 0.3, 0.5, 0.89, 0.7]}
+GOAL_METRICS = [m for m in metrics.METRICS if m.goal]
+
+
+def finished_sweep(tmp_path, metric: metrics.Metric):
+    """A finished grid (optimizer x lr on digits) whose runs' summaries hold `metric`:
+    SCORES for a maximized one, 2.5 - SCORES (a loss falls as the accuracy rises) for a
+    minimized one."""
+    config = {"program": "agent/train.py", "method": "grid",
+              "metric": {"name": metric.name, "goal": metric.goal},
+              "parameters": {"dataset": {"value": "digits"}, "model": {"value": "dense"},
+                             "hidden": {"value": 16}, "epochs": {"value": 1},
+                             "optimizer": {"values": ["sgd", "adam"]},
+                             "lr": {"values": LRS}}}
+    store = create_store(tmp_path / "data" / "sweeps" / "goals1", "goals1", "goals", config)
+    values = {}
+    for run in claim(store, "host:1", count=10).runs:
+        score = SCORES[run.config["optimizer"]][LRS.index(run.config["lr"])]
+        value = score if metric.goal == "maximize" else 2.5 - score
+        values[run.run_id] = value
+        store.finish(run.run_id, "host:1", "finished",
+                     {"val/acc": score, "test/acc": score, "val/loss": 2.5 - score,
+                      "epochs_done": 1, metric.name: value})
+    return store, values
+
+
+@pytest.mark.parametrize("metric", GOAL_METRICS, ids=lambda m: m.name)
+def test_the_report_reads_the_metric_by_its_goal(tmp_path, monkeypatch, metric):
+    monkeypatch.chdir(tmp_path)
+    store, values = finished_sweep(tmp_path, metric)
+    report = document.build_report(local_study(store), tmp_path / "report")
+    text = report.path.read_text()
+    best = (max if metric.goal == "maximize" else min)
+    # the values within NEAR_BEST of each optimizer's best, by the goal
+    for optimizer, scores in SCORES.items():
+        mine = [2.5 - s if metric.goal == "minimize" else s for s in scores]
+        top = best(mine)
+        near = [lr for lr, v in zip(LRS, mine) if abs(v - top) <= NEAR_BEST]
+        line = next(line for line in text.splitlines()
+                    if line.startswith(f"- optimizer={optimizer}: lr within"))
+        assert f"of its best ({top:.4f}): " in line, line
+        listed = line.split("): ", 1)[1].split(";")[0].rstrip(".")
+        assert [float(v) for v in listed.split(", ")] == near, line
+    # the heat map: the best bright, from chance for an accuracy, from the worst otherwise
+    shown = list(values.values())
+    sentence = next(line for line in text.splitlines() if "The colour runs from" in line)
+    bright = re.search(r"to the best \(([\d.]+), bright\)", sentence).group(1)
+    assert float(bright) == pytest.approx(best(shown), abs=0.005)
+    if metric.name.endswith("acc"):
+        assert "from chance (0.10, dark)" in sentence
+    else:
+        worst = max(shown) if metric.goal == "minimize" else min(shown)
+        assert f"from the worst ({worst:.2f}, dark)" in sentence
+    assert (tmp_path / "report" / "marginals.png").stat().st_size > 0
+
+
+def test_a_group_whose_mean_lies_outside_its_middle_half_is_drawn(tmp_path, monkeypatch):
+    """sgd's runs: four at 0.08 and one at 0.9, mean 0.244 above its 75th percentile (0.08):
+    the band and the mean are drawn apart (a negative error bar made matplotlib raise)."""
+    monkeypatch.chdir(tmp_path)
+    store, _ = finished_sweep(tmp_path, metrics.BY_NAME["val/acc"])
+    scores = SCORES["sgd"]
+    assert np.mean(scores) > np.percentile(scores, 75)  # the case this test is about
+    report = document.build_report(local_study(store), tmp_path / "report")
+    assert "## Sensitivity to each parameter" in report.path.read_text()
+    assert (tmp_path / "report" / "marginals.png").stat().st_size > 0
+
+
+def test_a_report_that_fails_half_way_leaves_the_previous_one_whole(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    finished_sweep(tmp_path, metrics.BY_NAME["val/acc"])
+    assert document.main(["goals1"]) == 0
+    out = tmp_path / "reports" / "goals1"
+    before = {p.name: p.read_bytes() for p in out.iterdir()}
+    assert {"report.md", "report.html", "runs.csv", "marginals.png"} <= set(before)
+
+    def broken(report, ctx):
+        raise RuntimeError("a section fails")
+
+    sections = list(document.SECTIONS)
+    sections[5] = ("training curves", broken)
+    monkeypatch.setattr(document, "SECTIONS", tuple(sections))
+    with pytest.raises(RuntimeError):
+        document.main(["goals1"])
+    assert {p.name: p.read_bytes() for p in out.iterdir()} == before  # untouched
+    assert sorted(os.listdir(tmp_path / "reports")) == ["goals1"]  # no partial report left
