@@ -8,6 +8,9 @@ from __future__ import annotations
 
 import os
 import re
+import shutil
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -18,6 +21,7 @@ from agent.report.discussion import NEAR_BEST
 from agent.report.study import local_study
 from agent.sweep.controller import claim
 from agent.sweep.store import create_store
+from conftest import subprocess_env
 
 pytestmark = pytest.mark.timeout(300)
 LRS = [0.0001, 0.0002, 0.0003, 0.0005, 0.5]
@@ -109,3 +113,39 @@ def test_a_report_that_fails_half_way_leaves_the_previous_one_whole(tmp_path, mo
         document.main(["goals1"])
     assert {p.name: p.read_bytes() for p in out.iterdir()} == before  # untouched
     assert sorted(os.listdir(tmp_path / "reports")) == ["goals1"]  # no partial report left
+
+
+def _read_only_mount_works(tmp_path) -> bool:
+    probe = tmp_path / "probe"
+    probe.mkdir()
+    done = subprocess.run(["unshare", "-m", "sh", "-c",
+                           f"mount --bind {probe} {probe} && mount -o remount,bind,ro {probe}"
+                           f" && ! touch {probe}/x"], capture_output=True)
+    return done.returncode == 0
+
+
+@pytest.mark.e2e
+def test_status_and_report_read_a_sweep_on_read_only_storage(tmp_path):
+    """A finished sweep on a read-only mount (an archive, a shared copy): status and the
+    report read it; starting agents on it says why it cannot (one line, exit 2)."""
+    if shutil.which("unshare") is None or not _read_only_mount_works(tmp_path):
+        pytest.skip("needs `unshare -m` and mount (root, or a user namespace) for a "
+                    "read-only mount")
+    store, values = finished_sweep(tmp_path, metrics.BY_NAME["val/loss"])
+    store.close()
+    best = min(values, key=values.get)
+    script = (f"mount --bind data data && mount -o remount,bind,ro data && "
+              f"{sys.executable} -m agent.status goals1 > status.out 2>&1; echo $? > status.rc; "
+              f"{sys.executable} -m agent.report goals1 --out {tmp_path}/out > report.out 2>&1;"
+              f" echo $? > report.rc; {sys.executable} -m agent.launch goals1 > launch.out "
+              "2>&1; echo $? > launch.rc")
+    subprocess.run(["unshare", "-m", "sh", "-c", script], cwd=tmp_path, check=True,
+                   env=subprocess_env(), timeout=600)
+    read = {name: (tmp_path / f"{name}.out").read_text() for name in
+            ("status", "report", "launch")}
+    codes = {name: int((tmp_path / f"{name}.rc").read_text()) for name in read}
+    assert codes == {"status": 0, "report": 0, "launch": 2}, read
+    assert f"best: {best} val/loss=" in read["status"]
+    assert (tmp_path / "out" / "goals1" / "report.md").is_file()
+    (line,) = read["launch"].strip().splitlines()
+    assert line.startswith("error: ") and "its directory is read-only" in line

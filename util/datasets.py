@@ -9,6 +9,7 @@ decode to (util.dataset_files), and nothing is cached from a file that fails a c
 from __future__ import annotations
 
 import os
+import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -336,11 +337,14 @@ def load_decoded(name: str, data_dir: str | os.PathLike, dataset_dir: str = "") 
         decoded = DATASETS[name](Path(data_dir), dataset_dir)
     except UserError as error:
         raise UserError(f"dataset={name!r}: {error}") from None
-    path.parent.mkdir(parents=True, exist_ok=True)
     partial = path.with_suffix(f".{os.getpid()}.tmp")
     try:
+        path.parent.mkdir(parents=True, exist_ok=True)
         torch.save(decoded.to_dict(), partial)
         os.replace(partial, path)  # atomic: a concurrent agent sees no file or a whole one
+    except OSError as error:  # read-only storage, a full disk: the data itself is fine
+        print(f"note: dataset={name!r} not cached in {path.parent} "
+              f"({error.strerror or error}); it is decoded again next time", file=sys.stderr)
     finally:
         partial.unlink(missing_ok=True)  # a full disk leaves no half-written cache behind
     return decoded

@@ -164,7 +164,7 @@ def load_study(target: str) -> Study:
     """A local sweep (directory or id) or a W&B sweep path entity/project/sweep_id."""
     resolved = resolve_target(target, allow=("local", "wandb"))
     if resolved.kind == "local":
-        return local_study(SweepStore(resolved.store_path))
+        return local_study(SweepStore(resolved.store_path, read_only=True))
     return wandb_study(resolved.wandb_path)
 
 
@@ -198,7 +198,7 @@ def local_repeats(study: Study) -> dict[str, Study]:
     prefix = repeat_description(study.sweep_id, "")
     for path in store_paths():
         try:
-            store = SweepStore(path)
+            store = SweepStore(path, read_only=True)
         except UserError:
             # A store of another schema version was made by other code, so it is no
             # repeat of this study's runs (repeats are made by this code from a readable

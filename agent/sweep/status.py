@@ -333,7 +333,7 @@ def render_sweeps(directory: Path, console: Console | None = None) -> None:
     stores = []
     for path in store_paths(directory):
         try:
-            stores.append(SweepStore(path))
+            stores.append(SweepStore(path, read_only=True))
         except UserError:  # not readable as a sweep now (another schema, damaged): skip
             continue
     if not stores:
@@ -363,5 +363,5 @@ def main(argv: list[str] | None = None) -> int:
     if sweep is None:
         render_sweeps(SWEEPS_DIR)
     else:
-        render_status(open_store(sweep))
+        render_status(open_store(sweep, read_only=True))
     return 0

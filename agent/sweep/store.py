@@ -67,7 +67,16 @@ def _store_errors(path: Path) -> Iterator[None]:
     try:
         yield
     except sqlite3.Error as error:  # OperationalError (read-only, full, locked) and the rest
-        raise StoreError(f"{path}: the sweep store cannot be used ({error})") from None
+        raise StoreError(f"{path}: the sweep store cannot be used "
+                         f"({error}{_why_unwritable(path)})") from None
+
+
+def _why_unwritable(path: Path) -> str:
+    """`; its directory is read-only` (or the file is) when that is why SQLite failed."""
+    for where, what in ((path.parent, "its directory"), (path, "the file")):
+        if where.exists() and not os.access(where, os.W_OK):
+            return f"; {what} is read-only"
+    return ""
 
 
 @dataclass(frozen=True)
@@ -190,30 +199,49 @@ class SweepStore:
     the schema in a new file. Raises UserError (one line naming the file) for a file that
     is not a sweep store or has another schema version."""
 
-    def __init__(self, path: str | os.PathLike, create: bool = False):
+    def __init__(self, path: str | os.PathLike, create: bool = False, read_only: bool = False):
+        """`read_only` (status, report): opened for reading only, so that a sweep on
+        read-only storage (an archive, a shared copy) can be read; writing then fails."""
         self.path = Path(path)
         if not create and not self.path.is_file():
             raise UserError(f"{self.path}: no sweep store there")
         # isolation_level=None: we issue BEGIN ourselves, so a claim is one write-locked
         # transaction across agent processes.
         with _store_errors(self.path):
-            self.db = sqlite3.connect(self.path, timeout=60, isolation_level=None)
+            self.db = self._connect(read_only)
         self.db.row_factory = sqlite3.Row
         try:
             self._check_schema(create)
-            # WAL: readers (status, report) never block the agents' writes. Set only once the
-            # schema is ours, so that a refused store is left exactly as it was.
-            self.db.execute("PRAGMA journal_mode=WAL")
-            self.db.execute("PRAGMA synchronous=NORMAL")
+            if not read_only:
+                # WAL: readers (status, report) never block the agents' writes. Set only once
+                # the schema is ours, so that a refused store is left exactly as it was.
+                self.db.execute("PRAGMA journal_mode=WAL")
+                self.db.execute("PRAGMA synchronous=NORMAL")
         except sqlite3.OperationalError as error:  # read-only, full, locked: not the file's fault
             self.db.close()
-            raise StoreError(f"{self.path}: the sweep store cannot be used ({error})") from None
+            raise StoreError(f"{self.path}: the sweep store cannot be used "
+                             f"({error}{_why_unwritable(self.path)})") from None
         except sqlite3.DatabaseError as error:
             self.db.close()
             raise UserError(f"{self.path}: not a sweep store ({error})") from None
         except UserError:
             self.db.close()
             raise
+
+    def _connect(self, read_only: bool) -> sqlite3.Connection:
+        if not read_only:
+            return sqlite3.connect(self.path, timeout=60, isolation_level=None)
+        uri = f"{self.path.resolve().as_uri()}?mode=ro"
+        db = sqlite3.connect(uri, uri=True, timeout=60, isolation_level=None)
+        try:
+            db.execute("SELECT COUNT(*) FROM sqlite_master").fetchone()
+            return db
+        except sqlite3.OperationalError:
+            # WAL reading needs the -shm file, which a read-only directory cannot hold: read
+            # the file as it is (nothing can write it there either)
+            db.close()
+            return sqlite3.connect(f"{uri}&immutable=1", uri=True, timeout=60,
+                                   isolation_level=None)
 
     def _check_schema(self, create: bool) -> None:
         version = self.db.execute("PRAGMA user_version").fetchone()[0]

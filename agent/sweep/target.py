@@ -81,9 +81,10 @@ def _on_disk(text: str) -> str | None:
         return None
 
 
-def open_store(text: str) -> SweepStore:
-    """An existing local sweep's store, named by its id, directory or sweep.db."""
-    return SweepStore(resolve_target(text, allow=("local",)).store_path)
+def open_store(text: str, read_only: bool = False) -> SweepStore:
+    """An existing local sweep's store, named by its id, directory or sweep.db (`read_only`:
+    for reading only, SweepStore's)."""
+    return SweepStore(resolve_target(text, allow=("local",)).store_path, read_only=read_only)
 
 
 def check_wandb_sweep(target: SweepTarget) -> None:
