@@ -7,3 +7,17 @@ level are the commands (`train`, `launch`, `status`, `repeat`) and what every la
 without importing torch: the parameter table (`params`), the metric catalogue (`metrics`),
 ids (`ids`) and YAML reading (`yaml_file`).
 """
+
+import sys
+
+
+def _quiet_interrupt(kind, value, traceback, _default=sys.excepthook):
+    """Ctrl-C before a command has set up its own handling (while its modules load, in its
+    first second or two) ends it with one word, not a traceback of the imports."""
+    if issubclass(kind, KeyboardInterrupt):
+        print("interrupted", file=sys.stderr)
+        return
+    _default(kind, value, traceback)
+
+
+sys.excepthook = _quiet_interrupt

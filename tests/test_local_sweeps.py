@@ -597,3 +597,22 @@ def test_status_without_a_sweep_lists_the_local_sweeps_newest_first(workdir, mon
     assert [row[0] for row in rows] == ["newer", "older"]
     assert [row[3] for row in rows] == ["0/1", "0/2"]  # runs ended of planned
     assert max(len(line) for line in lines) <= 80
+
+
+@pytest.mark.e2e
+@pytest.mark.timeout(120)
+@pytest.mark.parametrize("after_s", [0.2, 0.6, 1.2])
+def test_ctrl_c_while_the_launcher_starts_is_one_word_not_a_traceback(workdir, after_s):
+    """Ctrl-C in the launcher's first second (its modules loading, torch importing) ends it
+    quietly, as the README promises for Ctrl-C at any time."""
+    (workdir / "grid.yaml").write_text(yaml.safe_dump({
+        "method": "grid", "metric": {"name": "val/acc", "goal": "maximize"},
+        "parameters": {"dataset": {"value": "digits"}, "model": {"value": "dense"},
+                       "epochs": {"value": 1}, "lr": {"values": [0.1, 0.01]}}}))
+    launcher = subprocess.Popen([sys.executable, "-m", "agent.launch", "grid.yaml"],
+                                cwd=workdir, env=subprocess_env(), stdout=subprocess.PIPE,
+                                stderr=subprocess.PIPE, text=True)
+    time.sleep(after_s)
+    launcher.send_signal(signal.SIGINT)
+    out, err = launcher.communicate(timeout=60)
+    assert "Traceback" not in err and "KeyboardInterrupt" not in err, err[-2000:]
