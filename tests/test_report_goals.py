@@ -149,3 +149,22 @@ def test_status_and_report_read_a_sweep_on_read_only_storage(tmp_path):
     assert (tmp_path / "out" / "goals1" / "report.md").is_file()
     (line,) = read["launch"].strip().splitlines()
     assert line.startswith("error: ") and "its directory is read-only" in line
+
+
+def test_repeating_the_best_runs_of_an_unfinished_sweep_says_so(tmp_path, monkeypatch, capsys):
+    from agent.report import repeat
+
+    monkeypatch.chdir(tmp_path)
+    finished_sweep(tmp_path, metrics.BY_NAME["val/acc"])
+    assert repeat.main(["goals1", "--top", "1"]) == 0
+    assert "not finished" not in capsys.readouterr().err  # every run ended: no note
+    config = {"program": "agent/train.py", "method": "grid",
+              "metric": {"name": "val/acc", "goal": "maximize"},
+              "parameters": {"dataset": {"value": "digits"}, "lr": {"values": LRS}}}
+    store = create_store(tmp_path / "data" / "sweeps" / "half1", "half1", "half", config)
+    runs = claim(store, "host:1", count=3).runs  # 3 of 5 claimed, 2 of them ended
+    for run, score in zip(runs[:2], (0.5, 0.7)):
+        store.finish(run.run_id, "host:1", "finished", {"val/acc": score, "test/acc": score})
+    assert repeat.main(["half1", "--top", "1"]) == 0
+    err = capsys.readouterr().err
+    assert "note: sweep half1 is not finished (2 of 5 runs ended)" in err

@@ -12,6 +12,8 @@ confidence intervals. `--run` runs local repeat sweeps right away.
 
 from __future__ import annotations
 
+import sys
+
 from agent.ids import new_run_id
 from agent.report.stats import best_per_group
 from agent.report.study import (
@@ -122,6 +124,20 @@ def parse_options(argv: list[str] | None):
     return args
 
 
+def unfinished_note(study) -> str | None:
+    """A line when the sweep has runs still to end: the best runs picked now may not be its
+    best (the report says the same of its numbers)."""
+    from agent.sweep.status import planned_runs
+
+    ended = len(study.ended_runs())
+    total = max(planned_runs(study.sweep_config) or 0, len(study.runs))
+    if ended >= total:
+        return None
+    return (f"note: sweep {study.sweep_id} is not finished ({ended} of {total} runs ended): "
+            "the best runs picked now may not be its best; run this again when it is done "
+            "(repeat sweeps made now are reused)")
+
+
 def planned(argv: list[str] | None):
     """(options, study, repeat configs) for the command line `argv`, every check made
     before anything is written (UserError, one line): what `main` then creates."""
@@ -137,6 +153,9 @@ def planned(argv: list[str] | None):
 
 def main(argv: list[str] | None = None) -> int:
     args, study, configs = planned(argv)
+    unfinished = unfinished_note(study)
+    if unfinished:
+        print(unfinished, file=sys.stderr)
     if study.source == "wandb":
         create_on_wandb(args.sweep, configs)
         return 0
