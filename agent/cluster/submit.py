@@ -145,7 +145,8 @@ def local_sweep_for_jobs(target: SweepTarget, dry_run: bool) -> Path | None:
         local = (Path("data") / "sweeps" / "NEW-SWEEP-ID").resolve()
         print(f"# dry run: would create a local sweep from {target.path} as {local}")
         return local
-    return create_local_sweep(target.path).directory.resolve()
+    # announced once its jobs are submitted: a refused submission removes it again
+    return create_local_sweep(target.path, announce=False).directory.resolve()
 
 
 def _after_failure(failure: SubmitFailed, job_dir: Path, made: Path | None,
@@ -155,6 +156,9 @@ def _after_failure(failure: SubmitFailed, job_dir: Path, made: Path | None,
     Otherwise all stays, and the line names the jobs and the sweep to go on with."""
     if not failure.submitted:
         shutil.rmtree(job_dir, ignore_errors=True)
+        for folder in (job_dir.parent,):  # data/jobs, when nothing else is in it
+            if folder.is_dir() and not any(folder.iterdir()):
+                folder.rmdir()
         if made is not None:
             shutil.rmtree(made, ignore_errors=True)
         return f"{failure}; no job was submitted and nothing was kept"
@@ -188,6 +192,8 @@ def submit_from_args(args: argparse.Namespace, argv: list[str] | None = None) ->
         raise UserError(_after_failure(failure, job_dir, local if target.kind == "yaml"
                                        else None, local)) from None
     if ids:
+        if target.kind == "yaml" and local is not None:
+            print(f"Created local sweep {local.name} in {local}")
         print(f"Submitted {scheduler.title} job(s) {', '.join(ids)}; scripts and logs in "
               f"{job_dir}/ (watch: {scheduler.watch})")
         if local is not None:

@@ -115,9 +115,10 @@ def sweep_name(config: dict, yaml_path: str | Path) -> str:
     return stem[:MAX_NAME] or "sweep"
 
 
-def create_local_sweep(yaml_path: str | Path, options: str = ""):
+def create_local_sweep(yaml_path: str | Path, options: str = "", announce: bool = True):
     """A new local sweep from a sweep YAML (checked first: a bad file creates nothing);
-    `options` (" --pack 4") go into the hint to add agents."""
+    `options` (" --pack 4") go into the hint to add agents; `announce` False leaves the
+    two lines to the caller (batch jobs print them once the jobs are submitted)."""
     from agent.ids import new_run_id
     from agent.sweep.config import load_sweep_config
     from agent.sweep.store import create_store
@@ -126,6 +127,7 @@ def create_local_sweep(yaml_path: str | Path, options: str = ""):
     sweep_id = new_run_id()
     name = sweep_name(config, yaml_path)
     store = create_store(SWEEPS_DIR / sweep_id, sweep_id, name, config)
-    print(f"Created local sweep {sweep_id} ({name}) in {store.directory}")
-    print(f"Add agents from another shell: ./run_sweep.sh {sweep_id}{options}")
+    if announce:
+        print(f"Created local sweep {sweep_id} ({name}) in {store.directory}")
+        print(f"Add agents from another shell: ./run_sweep.sh {sweep_id}{options}")
     return store
