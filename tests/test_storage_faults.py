@@ -27,7 +27,8 @@ RUN = {"model": {"value": "dense"}, "hidden": {"value": 256}, "batch_size": {"va
        "sinks": {"value": []}}
 
 
-def agent(workdir: Path, store, *options: str, fsize: int | None = None) -> subprocess.Popen:
+def agent(workdir: Path, store, *options: str, fsize: int | None = None,
+          stdout=subprocess.DEVNULL) -> subprocess.Popen:
     def limit():
         if fsize is not None:
             signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # a write past it fails (EFBIG)
@@ -36,7 +37,7 @@ def agent(workdir: Path, store, *options: str, fsize: int | None = None) -> subp
     return subprocess.Popen([sys.executable, "-m", "agent.sweep.agent_loop",
                              str(store.directory), "--heartbeat", "0.2", *options],
                             cwd=workdir, env=subprocess_env(OMP_NUM_THREADS="1"),
-                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+                            stdout=stdout, stderr=subprocess.PIPE, text=True,
                             preexec_fn=limit)
 
 
@@ -75,12 +76,15 @@ def one_error_line(stderr: str) -> str:
 @pytest.mark.timeout(300)
 def test_a_full_disk_leaves_the_run_preempted_and_the_next_agent_finishes_it(workdir):
     with tmpfs(workdir / "disk", "1500k") as disk:
-        store = make_sweep(workdir, "full", {**RUN, "run_dir": {"value": str(disk / "runs")}})
-        first = agent(workdir, store)
+        store = make_sweep(workdir, "full", {**RUN, "run_dir": {"value": str(disk / "runs")},
+                                             "sinks": {"value": ["console"]}})
+        first = agent(workdir, store, stdout=subprocess.PIPE)
         assert first.wait(timeout=200) == 2
         line = one_error_line(first.stderr.read())
         (run,) = store.runs()
         run_dir = disk / "runs" / run.id
+        console = first.stdout.read()  # the run's own last line says what the store says
+        assert f"{run.id} preempted" in console and f"{run.id} failed" not in console, console
         assert line.startswith(f"error: {run_dir / CHECKPOINT_NAME}.tmp: No space left on "
                                f"device; run(s) {run.id} left preempted"), line
         assert run.state == "preempted" and run.epoch == 1

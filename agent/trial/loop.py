@@ -39,6 +39,7 @@ from agent.trial.sinks.run_dir_sink import RunDirSink
 from nn.schedules import lr_multiplier
 from util.device import pick_device
 from util.device_cache import Splits, device_splits
+from util.errors import storage_problem
 
 __all__ = ["Preempted", "TrialHooks", "train", "train_pack"]
 
@@ -93,10 +94,17 @@ def train_pack(configs: list[dict], hooks: list[TrialHooks] | None = None,
         while pack.size and pack.members[0].progress.epoch < cfg.epochs:
             _epoch(pack, data, device, started)
         return [m.summary for m in members]
+    except BaseException as error:
+        # an exception: the members still training end without a result; failed, unless
+        # the storage failed them (a full or read-only disk), which leaves them preempted
+        # at their last checkpoint for the next agent (agent/sweep/agent_loop.py)
+        state = "preempted" if storage_problem(error) is not None else "failed"
+        for member in members:
+            if member.active:
+                member.state = state
+        raise
     finally:
         for member in members:
-            if member.active:  # an exception: the member ends without a result
-                member.state = "failed"
             member.close_sinks()
 
 
