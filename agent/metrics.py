@@ -66,8 +66,9 @@ METRICS: tuple[Metric, ...] = (
     Metric("diverged", END, None, "the loss went non-finite and training stopped",
            summary=True, hparams=True),
     Metric("epochs_done", END, None, "epochs trained", summary=True),
-    Metric("wall_s", END, None, "seconds from the trial's start to its end", summary=True,
-           hparams=True),
+    Metric("wall_s", END, None, "seconds from the run's start to its end, in its trials (a "
+           "resumed run counts its earlier stretches, not the wait to be resumed)",
+           summary=True, hparams=True),
 )
 
 BY_NAME: dict[str, Metric] = {m.name: m for m in METRICS}

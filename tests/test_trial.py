@@ -5,6 +5,7 @@ import dataclasses
 import math
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -112,8 +113,13 @@ def test_interrupted_run_resumes_from_its_checkpoint_to_identical_results(workdi
     assert set(saved["progress"]) == {f.name for f in dataclasses.fields(Progress)}
     assert [row["epoch"] for row in saved["progress"]["history"]] == [1]
     assert saved["progress"]["global_step"] == 20
+    began = time.perf_counter()
     resumed = run(workdir, run_id="resumed", **config)
+    second_stretch = time.perf_counter() - began
     assert resumed["epochs_done"] == 3 and resumed["global_step"] == straight["global_step"]
+    # its wall time counts the first stretch (up to its checkpoint) and the second one
+    assert 0 < saved["progress"]["wall_s"] < resumed["wall_s"]
+    assert resumed["wall_s"] - saved["progress"]["wall_s"] <= second_stretch
     for key in ("train/loss", "val/acc", "test/acc", "test/loss"):
         assert resumed[key] == straight[key], key
 

@@ -142,6 +142,7 @@ def _built_and_restored(members: list[Member], data: Splits,
         except Exception as error:  # a checkpoint of another model or optimizer
             saved[k].pass_over(epoch, checkpoint.describe(error))
     for member, runs_saved in zip(members, saved):
+        member.earlier_s = member.progress.wall_s
         newest = max(runs_saved.epochs(), default=0)
         if runs_saved.problems or newest > epoch:
             where = f"resuming from epoch {epoch}" if epoch else "starting from scratch"
@@ -177,7 +178,7 @@ def _epoch(pack: TrainingPack, data: Splits, device: torch.device, started: floa
         if k in diverged:
             continue
         _record_epoch(pack, k, metrics[k],
-                      histograms[k] if histograms and member.cfg.histograms else {})
+                      histograms[k] if histograms and member.cfg.histograms else {}, started)
         reason = member.hooks.should_stop(member.progress.epoch, member.progress.history)
         if member.progress.epoch >= member.cfg.epochs:
             leaving[k] = ("finished", None)  # all epochs trained: finished, whatever the stop
@@ -274,11 +275,13 @@ def _epoch_metrics(pack: TrainingPack, sums: dict, validation, device) -> list[d
     return rows
 
 
-def _record_epoch(pack: TrainingPack, k: int, row: dict, histograms: dict) -> None:
+def _record_epoch(pack: TrainingPack, k: int, row: dict, histograms: dict,
+                  started: float) -> None:
     """Member k's epoch: progress, history, sinks (with its weight histograms), checkpoint."""
     member = pack.members[k]
     progress = member.progress
     progress.epoch = row["epoch"]
+    progress.wall_s = member.earlier_s + time.perf_counter() - started
     progress.history.append(row)
     if "val/acc" in row and (progress.best_val_acc is None
                              or row["val/acc"] > progress.best_val_acc):
@@ -347,7 +350,7 @@ def _summary(member: Member, pack: TrainingPack, data: Splits, test, column: int
     if member.stop_reason:
         summary["stop_reason"] = member.stop_reason
     summary["state"] = member.state
-    summary["wall_s"] = time.perf_counter() - started
+    summary["wall_s"] = member.earlier_s + time.perf_counter() - started
     return summary
 
 

@@ -72,6 +72,9 @@ class Progress:
     best_val_acc: float | None = None
     best_epoch: int | None = None
     history: list[dict] = field(default_factory=list)
+    # seconds of the run's trials up to this checkpoint: a resumed run's wall_s counts the
+    # stretches before it too (not the time it waited to be resumed)
+    wall_s: float = 0.0
 
     def state(self) -> dict:
         """The progress as plain values for a checkpoint: `dataclasses.asdict` would copy
@@ -79,7 +82,7 @@ class Progress:
         checkpoint time in a pack of 24); the rows hold plain values, a shallow copy each."""
         return {"epoch": self.epoch, "global_step": self.global_step,
                 "best_val_acc": self.best_val_acc, "best_epoch": self.best_epoch,
-                "history": [dict(row) for row in self.history]}
+                "history": [dict(row) for row in self.history], "wall_s": self.wall_s}
 
 
 @dataclass
@@ -95,6 +98,7 @@ class Member:
     state: str = "running"  # then finished, stopped, diverged, preempted or failed
     stop_reason: str | None = None
     summary: dict = field(default_factory=dict)
+    earlier_s: float = 0.0  # progress.wall_s when this trial began (a resumed run's past)
 
     @property
     def active(self) -> bool:
