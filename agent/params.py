@@ -71,6 +71,9 @@ class Param:
     min_items: int = 1  # lists: the fewest items allowed
     max_items: int = MAX_ITEMS  # lists: the most items allowed
     text: str = "name"  # str parameters: what the text becomes, a key of TEXT_KINDS
+    # (parameter, its values) under which this one changes anything: hidden only with
+    # model=dense; None: always (sweep_space.idle_parameters reads it)
+    used_when: tuple[str, tuple] | None = None
 
     def allowed_choices(self) -> tuple | None:
         return self.choices() if callable(self.choices) else self.choices
@@ -153,19 +156,20 @@ PARAMS: tuple[Param, ...] = (
     # --- model ------------------------------------------------------------------------------
     Param("model", str, "cnn", "network architecture", "model", choices=_models),
     Param("hidden", int, 512, "dense: width of both hidden layers", "model", minimum=1,
-          maximum=MAX_WIDTH),
+          maximum=MAX_WIDTH, used_when=("model", ("dense",))),
     Param("widths", list, [512, 256, 256], "skip_mlp: widths of the residual blocks; a block "
           "whose width differs from its input's gets a linear projection on the skip path",
-          "model", item_type=int, minimum=1, maximum=MAX_WIDTH),
+          "model", item_type=int, minimum=1, maximum=MAX_WIDTH, used_when=("model", ("skip_mlp",))),
     Param("channels", list, [64, 128, 256], "cnn: output channels of each conv block "
           "(conv, batch norm, ReLU, max-pool, dropout)", "model", item_type=int, minimum=1,
-          maximum=MAX_CHANNELS),
+          maximum=MAX_CHANNELS, used_when=("model", ("cnn",))),
     Param("kernel_size", int, 3, "cnn: convolution kernel size (odd; beyond 31 it outgrows "
-          "every image here)", "model", minimum=1, maximum=31),
-    Param("batch_norm", bool, True, "cnn: batch normalisation after each convolution", "model"),
+          "every image here)", "model", minimum=1, maximum=31, used_when=("model", ("cnn",))),
+    Param("batch_norm", bool, True, "cnn: batch normalisation after each convolution", "model",
+          used_when=("model", ("cnn",))),
     Param("width", int, 64, "resnet: channels of the first stage (doubled at each of the "
           "4 stages; 64 is ResNet-18)", "model", minimum=1,
-          maximum=MAX_CHANNELS // 8),
+          maximum=MAX_CHANNELS // 8, used_when=("model", ("resnet",))),
     Param("dropout", float, 0.0, "dropout probability (every model)", "model",
           minimum=0, maximum=1, exclusive_maximum=True),
     # --- optimisation -----------------------------------------------------------------------
@@ -179,11 +183,11 @@ PARAMS: tuple[Param, ...] = (
     Param("weight_decay", float, 5e-4, "weight decay (decoupled for adamw)", "optim",
           minimum=0, maximum=10),
     Param("sam_base", str, "sgd", "sam: the optimizer that takes the descent step", "optim",
-          choices=_base_optimizers),
+          choices=_base_optimizers, used_when=("optimizer", ("sam",))),
     Param("rho", float, 0.05, "sam: radius of the weight perturbation", "optim",
-          minimum=0, exclusive_minimum=True, maximum=10),
+          minimum=0, exclusive_minimum=True, maximum=10, used_when=("optimizer", ("sam",))),
     Param("adaptive", bool, False, "sam: scale-invariant ASAM perturbation (Kwon et al. use "
-          "a larger rho, e.g. 0.5-2)", "optim"),
+          "a larger rho, e.g. 0.5-2)", "optim", used_when=("optimizer", ("sam",))),
     Param("batch_size", int, 128, "images per training step (a training set smaller than "
           "one batch is one batch of all of it)", "optim", minimum=1, maximum=MAX_BATCH),
     Param("epochs", int, 10, "passes over the training set", "optim", minimum=1,
@@ -199,9 +203,9 @@ PARAMS: tuple[Param, ...] = (
           "clothes; flips hurt digits)", "optim"),
     Param("crop_padding", int, 4, "augment: zero padding of the random crop, in pixels "
           "(4 is the CIFAR recipe; 0: no crop)", "optim", minimum=0,
-          maximum=32),
+          maximum=32, used_when=("augment", (True,))),
     Param("flip", bool, True, "augment: random horizontal flips (mirror-symmetric classes: "
-          "clothes, CIFAR; not digits)", "optim"),
+          "clothes, CIFAR; not digits)", "optim", used_when=("augment", (True,))),
     Param("random_erasing", float, 0.0, "probability of erasing one random rectangle (2-40% "
           "of the image) of each training image, Zhong et al. 2017; with or without augment",
           "optim", minimum=0, maximum=1),

@@ -168,3 +168,20 @@ def test_repeating_the_best_runs_of_an_unfinished_sweep_says_so(tmp_path, monkey
     assert repeat.main(["half1", "--top", "1"]) == 0
     err = capsys.readouterr().err
     assert "note: sweep half1 is not finished (2 of 5 runs ended)" in err
+
+
+def test_a_swept_parameter_no_run_uses_is_left_out_of_the_analysis(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    config = {"program": "agent/train.py", "method": "grid",
+              "metric": {"name": "val/acc", "goal": "maximize"},
+              "parameters": {"dataset": {"value": "digits"}, "model": {"value": "cnn"},
+                             "hidden": {"values": [8, 16, 32]}, "lr": {"values": [0.1, 0.01]}}}
+    store = create_store(tmp_path / "data" / "sweeps" / "idle1", "idle1", "idle", config)
+    for k, run in enumerate(claim(store, "host:1", count=6).runs):
+        store.finish(run.run_id, "host:1", "finished",
+                     {"val/acc": 0.5 + k / 20, "test/acc": 0.5, "epochs_done": 1})
+    text = document.build_report(local_study(store), tmp_path / "report").path.read_text()
+    assert ("Swept but used by no run, so left out of the analysis below: `hidden` (only "
+            "model=dense uses it).") in text
+    analysis = text.split("### The sweep file")[1].split("```", 2)[2]  # after the YAML
+    assert "hidden" not in analysis and "lr" in analysis

@@ -23,7 +23,7 @@ from pathlib import Path
 from rich.console import Console
 
 from agent import metrics
-from agent.params import TEXT_KINDS
+from agent.params import BY_NAME, TEXT_KINDS
 from agent.report import stats
 from agent.report.curves import loss_curve, step_losses
 from agent.report.discussion import discussion_section
@@ -40,6 +40,7 @@ from agent.report.setup_section import (
     header_section,
     load_data_used,
     setup_section,
+    used_by_any,
 )
 from agent.report.study import Study, check_our_trainer, load_study
 from agent.report.weights_section import gradcam_section, weights_section
@@ -70,7 +71,14 @@ def study_context(study: Study, out_dir: Path, rule: stats.GroupRule,
     each run's loss curve and group."""
     swept = [p.name for p in swept_parameters(study.sweep_config)]
     swept += [n for n in stats.varying_parameters(study.runs) if n not in swept]
-    ctx = Context(study, out_dir, rule, swept, study.scored_runs(), level=level)
+    idle = {}
+    for name in swept:  # swept, yet no run uses it (hidden while every model is a cnn)
+        param = BY_NAME.get(name)
+        if param is not None and not used_by_any(param, study.runs):
+            other, wanted = param.used_when
+            idle[name] = "only " + " or ".join(f"{other}={w}" for w in wanted) + " uses it"
+    swept = [name for name in swept if name not in idle]
+    ctx = Context(study, out_dir, rule, swept, study.scored_runs(), level=level, idle=idle)
     reference = ctx.scored[0] if ctx.scored else (study.runs[0] if study.runs else None)
     if reference is not None:
         ctx.data = load_data_used(reference)

@@ -65,6 +65,8 @@ class Context:
     data: DataUsed | None = None
     base: stats.Baselines | None = None
     level: float = 0.95
+    # swept parameters no run uses (Param.used_when), left out of `swept`: name -> why
+    idle: dict[str, str] = field(default_factory=dict)
 
     @property
     def classes(self) -> int | None:

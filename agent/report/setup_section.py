@@ -24,11 +24,6 @@ ENDED = ("finished", "stopped", "failed", "crashed")
 ENGINE_DEFAULTS = (("impute", "worst"), ("impute_while_running", "false"),
                    ("impute_while_running", False))
 # A parameter whose help starts with one of these applies only when the condition holds.
-APPLIES_TO = {"dense:": ("model", "dense"), "cnn:": ("model", "cnn"),
-              "resnet:": ("model", "resnet"), "skip_mlp:": ("model", "skip_mlp"),
-              "sam:": ("optimizer", "sam"), "augment:": ("augment", True)}
-
-
 def header_section(report: Report, study: Study) -> None:
     states = Counter(r.state for r in study.runs)
     report.add(f"# Study report: {study.name}", "",
@@ -91,6 +86,10 @@ def setup_section(report: Report, ctx: Context) -> None:
                "came from (parameters of a model or optimizer the study does not use are "
                "left out).", "")
     report.table(["parameter", "value", "from", "what it does"], fixed_rows(study, ctx.swept))
+    if ctx.idle:
+        report.add("Swept but used by no run, so left out of the analysis below: "
+                   + ", ".join(f"`{name}` ({why})" for name, why in ctx.idle.items()) + ".",
+                   "")
     report.add("### Hardware and time", "", *hardware_lines(study), "")
     report.add("### The sweep file", "", "As stored with the sweep, less the defaults the sweep "
                "engine adds (`distribution: constant` / `categorical`, `impute`):", "",
@@ -147,10 +146,16 @@ def fixed_rows(study: Study, swept: list[str]) -> list[list[str]]:
 
 
 def _applies(param, runs: list[RunRecord]) -> bool:
-    for prefix, (key, wanted) in APPLIES_TO.items():
-        if param.help.startswith(prefix):
-            return any(r.params.get(key) == wanted for r in runs)
-    return True
+    return used_by_any(param, runs)
+
+
+def used_by_any(param, runs: list[RunRecord]) -> bool:
+    """Whether `param` changes anything in some run (Param.used_when: `hidden` only where
+    model=dense)."""
+    if param.used_when is None:
+        return True
+    other, wanted = param.used_when
+    return any(r.params.get(other) in wanted for r in runs)
 
 
 def hardware_lines(study: Study) -> list[str]:

@@ -6,6 +6,7 @@ problem is one UserError line; nothing is created.
 
 from __future__ import annotations
 
+import contextlib
 import difflib
 import itertools
 import json
@@ -37,6 +38,7 @@ from agent.sweep.program import (
     runs_our_trainer,
     trial_values,
 )
+from agent.sweep_space import swept_parameters
 from agent.yaml_file import read_yaml
 from util.errors import UserError, brief
 
@@ -417,6 +419,44 @@ def _fixed_arguments(where: str, config: dict) -> dict:
             return trial_values(run)
         except UserError as error:
             raise UserError(f"{where}: command: {error}") from None
+
+
+def idle_parameters(config: dict) -> list[str]:
+    """Notes on the swept parameters no run of the sweep can use (Param.used_when): `hidden`
+    swept while every run's model is cnn changes nothing, and its runs repeat each other. A
+    note, not a refusal: W&B accepts such a sweep, and the runs still run."""
+    parameters = config.get("parameters") or {}
+    fixed = {}
+    with contextlib.suppress(UserError, ValueError, TypeError, OSError):
+        fixed = _fixed_arguments("", config)
+
+    def possible(name: str) -> set | None:
+        spec = parameters.get(name)
+        if isinstance(spec, dict) and "value" in spec:
+            return {_hashable(spec["value"])}
+        if isinstance(spec, dict) and isinstance(spec.get("values"), list):
+            return {_hashable(v) for v in spec["values"]}
+        if spec is not None:
+            return None  # a distribution: any value
+        return {_hashable(fixed.get(name, BY_NAME[name].default))}
+
+    notes = []
+    for swept in swept_parameters(config):
+        param = BY_NAME.get(swept.name)
+        if param is None or param.used_when is None:
+            continue
+        other, wanted = param.used_when
+        values = possible(other)
+        if values is not None and not values & set(wanted):
+            only = " or ".join(f"{other}={w}" for w in wanted)
+            here = ", ".join(sorted(str(v) for v in values))
+            notes.append(f"note: {swept.name} is swept but changes nothing here: only {only} "
+                         f"uses it (every run: {other}={here})")
+    return notes
+
+
+def _hashable(value):
+    return tuple(value) if isinstance(value, list) else value
 
 
 def _check_trial_configs(where: str, config: dict, fixed: dict) -> dict[str, list]:

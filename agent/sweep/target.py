@@ -8,6 +8,7 @@ a bare id with a project). No torch is imported.
 
 from __future__ import annotations
 
+import textwrap
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -120,13 +121,15 @@ def create_local_sweep(yaml_path: str | Path, options: str = "", announce: bool 
     `options` (" --pack 4") go into the hint to add agents; `announce` False leaves the
     two lines to the caller (batch jobs print them once the jobs are submitted)."""
     from agent.ids import new_run_id
-    from agent.sweep.config import load_sweep_config
+    from agent.sweep.config import idle_parameters, load_sweep_config
     from agent.sweep.store import create_store
 
     config = load_sweep_config(yaml_path)
     sweep_id = new_run_id()
     name = sweep_name(config, yaml_path)
     store = create_store(SWEEPS_DIR / sweep_id, sweep_id, name, config)
+    for note in idle_parameters(config):
+        print(textwrap.fill(note, 80, subsequent_indent="  ", break_on_hyphens=False))
     if announce:
         print(f"Created local sweep {sweep_id} ({name}) in {store.directory}")
         print(f"Add agents from another shell: ./run_sweep.sh {sweep_id}{options}")
