@@ -282,3 +282,18 @@ def test_a_store_whose_creation_was_cut_short_is_refused_in_one_line(tmp_path):
     SweepStore(tmp_path / "cut" / "sweep.db", create=True).close()  # schema, then killed
     with pytest.raises(UserError, match="it holds no sweep"):
         SweepStore(tmp_path / "cut" / "sweep.db")
+
+
+@pytest.mark.parametrize("name", ["\n", "a\nb", "", " lr", "lr\t", "\x1b[31mred", 7, True])
+@pytest.mark.parametrize("spec", [None, {"value": 1}, {"values": [1, 2]}])
+def test_a_parameter_name_that_is_not_one_plain_word_is_refused_on_one_line(tmp_path, name,
+                                                                          spec):
+    """Found by the fuzzer: a YAML key holding a newline made a two-line error."""
+    import yaml
+
+    path = tmp_path / "s.yaml"
+    path.write_text(yaml.safe_dump({"method": "grid", "parameters": {name: spec}}))
+    with pytest.raises(UserError) as refused:
+        load_sweep_config(path)
+    message = str(refused.value)
+    assert "\n" not in message and "\x1b" not in message, message

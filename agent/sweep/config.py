@@ -147,7 +147,7 @@ def _engine_validate(where: str, config: dict) -> dict:
     if isinstance(parameters, dict):
         for name, spec in parameters.items():
             if not isinstance(spec, dict):  # the engine raises rather than report this
-                raise UserError(f"{where}: parameters.{name}: expected a mapping such as "
+                raise UserError(f"{where}: {_path(name)}: expected a mapping such as "
                                 f"{{value: x}} or {{values: [...]}}, got {spec!r}")
     try:
         messages = sweeps.schema_violations_from_proposed_config(config)
@@ -241,7 +241,7 @@ def _reject_nested(where: str, parameters: dict) -> None:
     for name, spec in parameters.items():
         if isinstance(spec, dict) and "parameters" in spec:
             raise UserError(
-                f"{where}: parameters.{name}: nested parameters are not supported: the "
+                f"{where}: {_path(name)}: nested parameters are not supported: the "
                 f"engine's validation drops them and W&B would pass them as one dict-valued "
                 f"--{name}={{...}}, while trials take flat --key=value; set each run "
                 f"parameter at the top level of parameters")
@@ -258,7 +258,7 @@ def _check_grid_size(where: str, config: dict) -> None:
         if points is None:
             continue  # not a grid distribution: the dry run reports the engine's refusal
         if points > GRID_LIMIT:
-            raise UserError(f"{where}: parameters.{name}: a grid over {_count(points)} values "
+            raise UserError(f"{where}: {_path(name)}: a grid over {_count(points)} values "
                             f"of {name}, more than the {GRID_LIMIT:,} points a grid may have: "
                             "use fewer values, or method random (with run_cap)")
         size *= points
@@ -280,7 +280,7 @@ def _check_integer_ranges(where: str, config: dict) -> None:
     for name, spec in config["parameters"].items():
         if spec.get("distribution") == "int_uniform" and max(
                 abs(spec["min"]), abs(spec["max"])) > EXACT_INTEGERS:
-            raise UserError(f"{where}: parameters.{name}: int_uniform [{spec['min']}, "
+            raise UserError(f"{where}: {_path(name)}: int_uniform [{spec['min']}, "
                             f"{spec['max']}]: the engine draws integers through 64-bit floats, "
                             f"exact only within +-2**53 ({EXACT_INTEGERS:,}): use a smaller "
                             "range")
@@ -319,8 +319,8 @@ def _count(number: int | float) -> str:
 def _check_keys(where: str, config: dict) -> None:
     for key in config:
         if key not in TOP_LEVEL_KEYS:
-            raise UserError(f"{where}: {key}: a sweep key this tool does not know, so it cannot "
-                            "honour it offline: remove it, or run the sweep on W&B")
+            raise UserError(f"{where}: {_path(key, '')}: a sweep key this tool does not know, "
+                            "so it cannot honour it offline: remove it, or run the sweep on W&B")
         reason = TOP_LEVEL_KEYS[key]
         if reason and not (key == "scheduler" and config[key] == {"engine": "wandb"}):
             raise UserError(f"{where}: {key}: not supported offline: {reason}")
@@ -391,7 +391,7 @@ def _check_bayes_categories(where: str, config: dict) -> None:
         return
     for name, spec in config.get("parameters", {}).items():
         if spec.get("distribution") == "categorical_w_probabilities":
-            raise UserError(f"{where}: parameters.{name}: bayes cannot search "
+            raise UserError(f"{where}: {_path(name)}: bayes cannot search "
                             "categorical_w_probabilities (the engine's Gaussian process fails "
                             "on it with an IndexError): drop probabilities, or use method random")
 
@@ -455,6 +455,14 @@ def idle_parameters(config: dict) -> list[str]:
     return notes
 
 
+def _path(name, within: str = "parameters") -> str:
+    """`parameters.lr` in a message; a name that is not plain printable text on one line
+    (a newline, a non-string key) as its brief repr: `parameters['\\n']`."""
+    if isinstance(name, str) and name.isprintable() and name.strip() == name and name:
+        return f"{within}.{name}" if within else name
+    return f"{within}[{brief(name, 40)}]"
+
+
 def _hashable(value):
     return tuple(value) if isinstance(value, list) else value
 
@@ -468,10 +476,10 @@ def _check_trial_configs(where: str, config: dict, fixed: dict) -> dict[str, lis
         if name not in BY_NAME:
             close = difflib.get_close_matches(name, list(BY_NAME), n=1)
             hint = f" (did you mean {close[0]}?)" if close else ""
-            raise UserError(f"{where}: parameters.{name}: unknown parameter {name!r}{hint}: "
+            raise UserError(f"{where}: {_path(name)}: unknown parameter {name!r}{hint}: "
                             "allowed are " + ", ".join(p.name for p in PARAMS))
         if name in AGENT_PARAMETERS:
-            raise UserError(f"{where}: parameters.{name}: {AGENT_PARAMETERS[name]}")
+            raise UserError(f"{where}: {_path(name)}: {AGENT_PARAMETERS[name]}")
     kinds = {name: (BY_NAME[name].type, BY_NAME[name].item_type) for name in parameters}
     base = {**fixed, **{name: as_type(spec["value"], *kinds[name])
                         for name, spec in parameters.items() if "value" in spec}}
@@ -491,7 +499,7 @@ def _check_trial_configs(where: str, config: dict, fixed: dict) -> dict[str, lis
             except UserError as error:
                 at = f".values[{index}]" if "values" in spec else \
                     f": {spread.how} can draw a value the trial refuses"
-                raise UserError(f"{where}: parameters.{name}{at}: {error}") from None
+                raise UserError(f"{where}: {_path(name)}{at}: {error}") from None
         drawn[name] = values
     _check_drawn_together(where, base, drawn)
     return drawn
@@ -505,7 +513,7 @@ def _candidates(where: str, name: str, spread: Draws, kind: tuple) -> list:
     param = BY_NAME[name]
     integral = kind[0] in (int, bool) or kind[1] is int
     if integral and not spread.whole:
-        raise UserError(f"{where}: parameters.{name}: {spread.how} draws non-integers, and "
+        raise UserError(f"{where}: {_path(name)}: {spread.how} draws non-integers, and "
                         f"{name} is {param.allowed()}: use int_uniform, or a q_ distribution "
                         "with an integer q")
     ends = []
@@ -520,7 +528,7 @@ def _candidates(where: str, name: str, spread: Draws, kind: tuple) -> list:
         bound = bound if bound is not None else 0
         example = (math.ceil(bound / step) - 1) * step if end < 0 else \
             (math.floor(bound / step) + 1) * step
-        raise UserError(f"{where}: parameters.{name}: {spread.how} can draw values outside "
+        raise UserError(f"{where}: {_path(name)}: {spread.how} can draw values outside "
                         f"what {name} allows, e.g. {name}={as_type(example, *kind)!r}, and "
                         f"{name} is {param.allowed()}")
     if math.isfinite(spread.low) and math.isfinite(spread.high):
