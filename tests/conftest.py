@@ -74,3 +74,25 @@ def closed_offline_runs(wandb_dir, count: int, timeout: float = 30.0) -> list:
         if time.time() > deadline:
             return runs
         time.sleep(0.2)
+
+
+def script_wandb_server(monkeypatch, register, heartbeat) -> None:
+    """W&B's server as its agents see it, scripted: `register` and `heartbeat` stand for
+    wandb.apis.public.sweeps._register_agent / _agent_heartbeat (the two calls W&B's agents
+    make); wandb.Api is a stand-in they are only handed, and no login is asked for."""
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        import wandb
+        import wandb.apis.public.sweeps as public_sweeps
+        from wandb.sdk import wandb_login
+
+    class OfflineApi:  # the agents only hand it back to the scripted functions
+        def __init__(self, *args, **kwargs):
+            pass
+
+    monkeypatch.setattr(wandb, "Api", OfflineApi)
+    monkeypatch.setattr(wandb_login, "_login", lambda *args, **kwargs: True)
+    monkeypatch.setattr(public_sweeps, "_register_agent", register)
+    monkeypatch.setattr(public_sweeps, "_agent_heartbeat", heartbeat)

@@ -11,14 +11,11 @@ import warnings
 import pytest
 
 from agent.sweep.wandb_agent import run_wandb_sweep
-from conftest import closed_offline_runs
+from conftest import closed_offline_runs, script_wandb_server
 
 with warnings.catch_warnings():
     warnings.simplefilter("ignore")
-    import wandb
-    import wandb.apis.public.sweeps as public_sweeps
     from wandb.agents import pyagent
-    from wandb.sdk import wandb_login
 
 
 class ScriptedServer:
@@ -31,14 +28,7 @@ class ScriptedServer:
         self.registered = []
 
     def install(self, monkeypatch):
-        class OfflineApi:  # the agent only hands it back to the functions scripted here
-            def __init__(self, *args, **kwargs):
-                pass
-
-        monkeypatch.setattr(wandb, "Api", OfflineApi)
-        monkeypatch.setattr(wandb_login, "_login", lambda *args, **kwargs: True)
-        monkeypatch.setattr(public_sweeps, "_register_agent", self.register)
-        monkeypatch.setattr(public_sweeps, "_agent_heartbeat", self.heartbeat)
+        script_wandb_server(monkeypatch, self.register, self.heartbeat)
         monkeypatch.setattr(pyagent.Agent, "HEARTBEAT_SLEEP_SECONDS", 0.1)
         for name in ("WANDB_PROJECT", "WANDB_ENTITY"):  # W&B's agent exports the sweep's;
             monkeypatch.setenv(name, "")  # recorded here, so they are gone after the test

@@ -15,13 +15,12 @@ import pytest
 import agent.trial.loop as trial_loop
 from agent.sweep import wandb_pack
 from agent.sweep.wandb_agent import run_wandb_sweep
-from conftest import closed_offline_runs
+from conftest import closed_offline_runs, script_wandb_server
 
 with warnings.catch_warnings():
     warnings.simplefilter("ignore")
     import wandb
     import wandb.apis.public.sweeps as public_sweeps
-    from wandb.sdk import wandb_login
 
 
 class ScriptedServer:
@@ -40,14 +39,7 @@ class ScriptedServer:
         self.lock = threading.Lock()
 
     def install(self, monkeypatch):
-        class OfflineApi:
-            def __init__(self, *args, **kwargs):
-                pass
-
-        monkeypatch.setattr(wandb, "Api", OfflineApi)
-        monkeypatch.setattr(wandb_login, "_login", lambda *args, **kwargs: True)
-        monkeypatch.setattr(public_sweeps, "_register_agent", self.register)
-        monkeypatch.setattr(public_sweeps, "_agent_heartbeat", self.heartbeat)
+        script_wandb_server(monkeypatch, self.register, self.heartbeat)
         monkeypatch.setattr(wandb_pack, "HEARTBEAT_S", 0.02)
 
     def register(self, api, host, *, sweep_id, project=None, entity=None):
