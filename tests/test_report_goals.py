@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 
 from agent import metrics
-from agent.report import document
+from agent.report import document, stats
 from agent.report.discussion import NEAR_BEST
 from agent.report.study import local_study
 from agent.sweep.controller import claim
@@ -185,3 +185,31 @@ def test_a_swept_parameter_no_run_uses_is_left_out_of_the_analysis(tmp_path, mon
             "model=dense uses it).") in text
     analysis = text.split("### The sweep file")[1].split("```", 2)[2]  # after the YAML
     assert "hidden" not in analysis and "lr" in analysis
+
+
+def test_a_parameter_only_some_runs_use_is_read_from_those_runs(tmp_path, monkeypatch):
+    """model {dense, cnn} x hidden {8, 64}: hidden changes the dense runs only, so its
+    sensitivity is read from them (the cnn runs would flatten it), and says so."""
+    from agent.report.discussion import marginals
+
+    monkeypatch.chdir(tmp_path)
+    config = {"program": "agent/train.py", "method": "grid",
+              "metric": {"name": "val/acc", "goal": "maximize"},
+              "parameters": {"dataset": {"value": "digits"},
+                             "model": {"values": ["dense", "cnn"]},
+                             "hidden": {"values": [8, 64]}, "lr": {"values": [0.1, 0.01]}}}
+    store = create_store(tmp_path / "data" / "sweeps" / "mix1", "mix1", "mix", config)
+    for run in claim(store, "host:1", count=8).runs:
+        score = (0.3 if run.config["hidden"] == 8 else 0.9) if run.config["model"] == "dense" \
+            else 0.6 + run.config["lr"]
+        store.finish(run.run_id, "host:1", "finished",
+                     {"val/acc": score, "test/acc": score, "epochs_done": 1})
+    study = local_study(store)
+    ctx = document.study_context(study, tmp_path / "report", stats.GroupRule())
+    (hidden,) = [p for p in marginals(ctx) if p.parameter.startswith("hidden")]
+    assert hidden.parameter == "hidden (model=dense runs)"
+    means = {level: mean for series in hidden.series.values()
+             for level, mean, *_ in series}
+    assert means == {8: pytest.approx(0.3), 64: pytest.approx(0.9)}  # the dense runs only
+    (lr,) = [p for p in marginals(ctx) if p.parameter == "lr"]  # every run uses lr
+    assert sum(n for series in lr.series.values() for *_, n in series) == 8

@@ -9,6 +9,7 @@ import itertools
 
 import numpy as np
 
+from agent.params import BY_NAME
 from agent.report import stats
 from agent.report.markdown import Context, Report, config_text, fmt
 from agent.report.study import RunRecord
@@ -21,6 +22,27 @@ FAILED = (stats.DIVERGED, stats.STUCK)
 
 def value(run: RunRecord, name: str):
     return run.config.get(name, run.params.get(name))
+
+
+def using(runs: list[RunRecord], name: str) -> list[RunRecord]:
+    """The runs in which parameter `name` changes anything (Param.used_when): for `hidden`
+    the dense runs of a sweep over model; all of them for a parameter every model uses. Each
+    parameter's sensitivity is read from these: cnn runs, where hidden does nothing, would
+    flatten its curve."""
+    param = BY_NAME.get(name)
+    if param is None or param.used_when is None:
+        return runs
+    other, wanted = param.used_when
+    return [r for r in runs if r.params.get(other) in wanted]
+
+
+def used_in(runs: list[RunRecord], name: str) -> str:
+    """` (model=dense runs)` when only some of `runs` use `name`, else ``."""
+    param = BY_NAME.get(name)
+    if param is None or param.used_when is None or len(using(runs, name)) == len(runs):
+        return ""
+    other, wanted = param.used_when
+    return f" ({other}={'/'.join(map(str, wanted))} runs)"
 
 
 def _levels(runs: list[RunRecord], name: str) -> list:
@@ -102,14 +124,16 @@ def marginals(ctx: Context) -> list[MarginalPanel]:
     categorical, numeric = split_axes(ctx)
     panels = []
     for name in categorical + numeric:
-        levels = _levels(study.runs, name)
+        runs, scored = using(study.runs, name), using(ctx.scored, name)
+        levels = _levels(runs, name)
         split = next((s for s in ("optimizer", "model") if s in ctx.swept and s != name), None)
-        groups = _levels(study.runs, split) if split else [None]
-        panel = MarginalPanel(name, spans_decades(levels), name in categorical, levels)
+        groups = _levels(runs, split) if split else [None]
+        panel = MarginalPanel(name + used_in(study.runs, name), spans_decades(levels),
+                              name in categorical, levels)
         for group in groups:
             points = []
             for level in levels:
-                scores = [r.metric(metric) for r in ctx.scored if value(r, name) == level
+                scores = [r.metric(metric) for r in scored if value(r, name) == level
                           and (split is None or value(r, split) == group)]
                 if scores:
                     low, high = np.percentile(scores, [25, 75])
@@ -167,7 +191,8 @@ def _windows_and_failures(ctx: Context, name: str) -> list[str]:
     metric, out = ctx.study.metric, []
     split = "optimizer" if "optimizer" in ctx.swept else None
     for group in (_levels(ctx.study.runs, split) if split else [None]):
-        runs = [r for r in ctx.study.runs if split is None or value(r, split) == group]
+        runs = [r for r in using(ctx.study.runs, name)
+                if split is None or value(r, split) == group]
         scored = [r for r in ctx.scored if r in runs]
         if not scored:
             continue
@@ -178,7 +203,7 @@ def _windows_and_failures(ctx: Context, name: str) -> list[str]:
         full = [r for r in runs if r.state != "stopped"]
         failed = [lv for lv in _levels(full, name)
                   if all(ctx.group_of(r) in FAILED for r in full if value(r, name) == lv)]
-        who = f"{split}={group}" if split else "all runs"
+        who = (f"{split}={group}" if split else "all runs") + used_in(ctx.study.runs, name)
         text = (f"{who}: {name} within {NEAR_BEST:g} of its best ({top:.4f}): "
                 + ", ".join(short_number(v) for v in good))
         if failed:
@@ -192,7 +217,7 @@ def _windows_and_failures(ctx: Context, name: str) -> list[str]:
 
 def _correlation_caveat(ctx: Context, name: str) -> list[str]:
     metric = ctx.study.metric
-    runs = [r for r in ctx.scored if isinstance(value(r, name), (int, float))]
+    runs = [r for r in using(ctx.scored, name) if isinstance(value(r, name), (int, float))]
     x = stats.numeric_values([value(r, name) for r in runs])
     if x is None or len(runs) < 4:
         return []
@@ -200,7 +225,7 @@ def _correlation_caveat(ctx: Context, name: str) -> list[str]:
     split = "optimizer" if "optimizer" in ctx.swept else None
     bends = []
     for group in (_levels(ctx.study.runs, split) if split else [None]):
-        mine = [r for r in ctx.scored if split is None or value(r, split) == group]
+        mine = [r for r in runs if split is None or value(r, split) == group]
         levels = _levels(mine, name)
         top = mine[0].metric(metric) if mine else None
         # a peak inside the range: the best run is inside, and no run at either end comes
@@ -215,7 +240,8 @@ def _correlation_caveat(ctx: Context, name: str) -> list[str]:
     axis = f"log10 {name}" if spans_decades(_levels(runs, name)) else name
     if r_all is None:
         return []
-    text = f"Pearson r({axis}, {metric}) over all runs is {r_all:+.2f}"
+    over = "the runs that use it" if used_in(ctx.scored, name) else "all runs"
+    text = f"Pearson r({axis}, {metric}) over {over} is {r_all:+.2f}"
     if bends:
         return [text + ", yet " + "; ".join(bends) + ": inside the range, so the relation "
                 "bends and one correlation (or \"higher is better\") misleads."]
@@ -233,7 +259,7 @@ def _paired_effect(ctx: Context, name: str, categorical: list[str]) -> list[str]
     others = [a for a in ctx.swept if a not in (name, "seed")]
     split = "model" if "model" in categorical else None
     for group in (_levels(ctx.study.runs, split) if split else [None]):
-        runs = [r for r in ctx.scored if ctx.group_of(r) == stats.CONVERGED
+        runs = [r for r in using(ctx.scored, name) if ctx.group_of(r) == stats.CONVERGED
                 and (split is None or value(r, split) == group)]
         by_setting = {}
         for r in runs:
