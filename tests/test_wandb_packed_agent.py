@@ -250,3 +250,17 @@ def test_a_deleted_sweep_ends_the_agent_after_its_pack(workdir, monkeypatch, pac
                            pack=4) == 0
     assert packs == [["wbrun000", "wbrun001", "wbrun002"]]
     assert "W&B sweep sw016 was deleted" in capsys.readouterr().err
+
+
+def test_the_two_wandb_calls_keep_the_signatures_the_agent_calls_them_with():
+    """The scripted server above stands in for these two functions of wandb's own agent: if
+    a wandb upgrade changes how they are called, this fails rather than users' sweeps."""
+    import inspect
+
+    register = inspect.signature(public_sweeps._register_agent)
+    register.bind(object(), "host", sweep_id="s", project="p", entity="e")
+    heartbeat = inspect.signature(public_sweeps._agent_heartbeat)
+    heartbeat.bind(object(), "agent-id", {}, {"run": True})
+    from wandb.sdk.sweeps import SweepNotFoundError  # what a deleted sweep raises
+
+    assert issubclass(SweepNotFoundError, Exception)
