@@ -72,8 +72,21 @@ class Param:
     max_items: int = MAX_ITEMS  # lists: the most items allowed
     text: str = "name"  # str parameters: what the text becomes, a key of TEXT_KINDS
     # (parameter, its values) under which this one changes anything: hidden only with
-    # model=dense; None: always (sweep_space.idle_parameters reads it)
+    # model=dense; None: always (see used_by)
     used_when: tuple[str, tuple] | None = None
+
+    def used_by(self, values: dict) -> bool:
+        """Whether this parameter changes anything in a run of `values` ({name: value}, a
+        run's full parameters): `hidden` only where model=dense."""
+        if self.used_when is None:
+            return True
+        other, wanted = self.used_when
+        return values.get(other) in wanted
+
+    def where_used(self) -> str:
+        """`model=dense`: the runs it changes anything in (used_when), in words."""
+        other, wanted = self.used_when
+        return " or ".join(f"{other}={w}" for w in wanted)
 
     def allowed_choices(self) -> tuple | None:
         return self.choices() if callable(self.choices) else self.choices

@@ -156,9 +156,8 @@ def _after_failure(failure: SubmitFailed, job_dir: Path, made: Path | None,
     Otherwise all stays, and the line names the jobs and the sweep to go on with."""
     if not failure.submitted:
         shutil.rmtree(job_dir, ignore_errors=True)
-        for folder in (job_dir.parent,):  # data/jobs, when nothing else is in it
-            if folder.is_dir() and not any(folder.iterdir()):
-                folder.rmdir()
+        if job_dir.parent.is_dir() and not any(job_dir.parent.iterdir()):
+            job_dir.parent.rmdir()  # data/jobs, when nothing else is in it
         if made is not None:
             shutil.rmtree(made, ignore_errors=True)
         return f"{failure}; no job was submitted and nothing was kept"

@@ -30,19 +30,14 @@ def using(runs: list[RunRecord], name: str) -> list[RunRecord]:
     parameter's sensitivity is read from these: cnn runs, where hidden does nothing, would
     flatten its curve."""
     param = BY_NAME.get(name)
-    if param is None or param.used_when is None:
-        return runs
-    other, wanted = param.used_when
-    return [r for r in runs if r.params.get(other) in wanted]
+    return runs if param is None else [r for r in runs if param.used_by(r.params)]
 
 
 def used_in(runs: list[RunRecord], name: str) -> str:
     """` (model=dense runs)` when only some of `runs` use `name`, else ``."""
-    param = BY_NAME.get(name)
-    if param is None or param.used_when is None or len(using(runs, name)) == len(runs):
+    if len(using(runs, name)) == len(runs):
         return ""
-    other, wanted = param.used_when
-    return f" ({other}={'/'.join(map(str, wanted))} runs)"
+    return f" ({BY_NAME[name].where_used()} runs)"
 
 
 def _levels(runs: list[RunRecord], name: str) -> list:

@@ -75,8 +75,7 @@ def study_context(study: Study, out_dir: Path, rule: stats.GroupRule,
     for name in swept:  # swept, yet no run uses it (hidden while every model is a cnn)
         param = BY_NAME.get(name)
         if param is not None and not used_by_any(param, study.runs):
-            other, wanted = param.used_when
-            idle[name] = "only " + " or ".join(f"{other}={w}" for w in wanted) + " uses it"
+            idle[name] = f"only {param.where_used()} uses it"
     swept = [name for name in swept if name not in idle]
     ctx = Context(study, out_dir, rule, swept, study.scored_runs(), level=level, idle=idle)
     reference = ctx.scored[0] if ctx.scored else (study.runs[0] if study.runs else None)

@@ -23,7 +23,6 @@ ENDED = ("finished", "stopped", "failed", "crashed")
 # What the sweep engine adds to a sweep's metric when it stores the sweep.
 ENGINE_DEFAULTS = (("impute", "worst"), ("impute_while_running", "false"),
                    ("impute_while_running", False))
-# A parameter whose help starts with one of these applies only when the condition holds.
 def header_section(report: Report, study: Study) -> None:
     states = Counter(r.state for r in study.runs)
     report.add(f"# Study report: {study.name}", "",
@@ -134,7 +133,7 @@ def fixed_rows(study: Study, swept: list[str]) -> list[list[str]]:
     for param in PARAMS:
         values = {repr(r.params.get(param.name)) for r in runs}
         if not param.hyper or len(values) != 1 or param.name in swept \
-                or not _applies(param, runs):
+                or not used_by_any(param, runs):
             continue
         value = runs[0].params.get(param.name)
         shown = (", ".join(map(str, value)) if isinstance(value, list)
@@ -145,17 +144,10 @@ def fixed_rows(study: Study, swept: list[str]) -> list[list[str]]:
     return rows
 
 
-def _applies(param, runs: list[RunRecord]) -> bool:
-    return used_by_any(param, runs)
-
-
 def used_by_any(param, runs: list[RunRecord]) -> bool:
-    """Whether `param` changes anything in some run (Param.used_when: `hidden` only where
+    """Whether `param` changes anything in some run (Param.used_by: `hidden` only where
     model=dense)."""
-    if param.used_when is None:
-        return True
-    other, wanted = param.used_when
-    return any(r.params.get(other) in wanted for r in runs)
+    return any(param.used_by(r.params) for r in runs)
 
 
 def hardware_lines(study: Study) -> list[str]:

@@ -11,7 +11,7 @@ from pathlib import Path
 from agent.ids import path_safe
 from agent.params import RunConfig, validate
 from agent.sweep.program import command_values, runs_our_trainer
-from agent.sweep.status import repeat_description, repeated_runs
+from agent.sweep.status import metric_of, repeat_description, repeated_runs
 from agent.sweep.store import SweepStore, store_paths, sweep_group
 from agent.sweep.target import resolve_target
 from agent.sweep_space import choices
@@ -75,13 +75,12 @@ class Study:
 
     @property
     def metric(self) -> str:
-        return (self.sweep_config.get("metric") or {}).get("name", "val/acc")
+        return metric_of(self.sweep_config)[0]
 
     @property
     def goal(self) -> str:
-        """maximize or minimize; W&B's default is minimize (a sweep of our trainer names
-        its goal: the sweep checks refuse one without)."""
-        return (self.sweep_config.get("metric") or {}).get("goal") or "minimize"
+        """maximize or minimize (status.metric_of: W&B's default is minimize)."""
+        return metric_of(self.sweep_config)[1]
 
     def ended_runs(self) -> list[RunRecord]:
         """Runs that will not change any more (not pending, running or preempted)."""

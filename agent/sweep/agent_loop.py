@@ -48,6 +48,7 @@ from util.errors import (
     exit_on_user_error,
     int_option,
     naming,
+    one_line,
     storage_problem,
 )
 
@@ -401,7 +402,7 @@ def kind_text(sweep_config: dict, config: dict) -> str:
 
 
 def one_line_reason(error: Exception) -> str:
-    return " ".join(str(error).split())[:100] or type(error).__name__
+    return one_line(error)[:100] or type(error).__name__
 
 
 def size_kind(sizer: PackSizer, key, config: dict, sweep_config: dict, work_left: int | None,

@@ -38,7 +38,7 @@ from agent.sweep.program import (
     runs_our_trainer,
     trial_values,
 )
-from agent.sweep_space import swept_parameters
+from agent.sweep_space import choice, swept_parameters
 from agent.yaml_file import read_yaml
 from util.errors import UserError, brief
 
@@ -433,12 +433,12 @@ def idle_parameters(config: dict) -> list[str]:
     def possible(name: str) -> set | None:
         spec = parameters.get(name)
         if isinstance(spec, dict) and "value" in spec:
-            return {_hashable(spec["value"])}
+            return {choice(spec["value"])}
         if isinstance(spec, dict) and isinstance(spec.get("values"), list):
-            return {_hashable(v) for v in spec["values"]}
+            return {choice(v) for v in spec["values"]}
         if spec is not None:
             return None  # a distribution: any value
-        return {_hashable(fixed.get(name, BY_NAME[name].default))}
+        return {choice(fixed.get(name, BY_NAME[name].default))}
 
     notes = []
     for swept in swept_parameters(config):
@@ -448,10 +448,9 @@ def idle_parameters(config: dict) -> list[str]:
         other, wanted = param.used_when
         values = possible(other)
         if values is not None and not values & set(wanted):
-            only = " or ".join(f"{other}={w}" for w in wanted)
             here = ", ".join(sorted(str(v) for v in values))
-            notes.append(f"note: {swept.name} is swept but changes nothing here: only {only} "
-                         f"uses it (every run: {other}={here})")
+            notes.append(f"note: {swept.name} is swept but changes nothing here: only "
+                         f"{param.where_used()} uses it (every run: {other}={here})")
     return notes
 
 
@@ -461,10 +460,6 @@ def _path(name, within: str = "parameters") -> str:
     if isinstance(name, str) and name.isprintable() and name.strip() == name and name:
         return f"{within}.{name}" if within else name
     return f"{within}[{brief(name, 40)}]"
-
-
-def _hashable(value):
-    return tuple(value) if isinstance(value, list) else value
 
 
 def _check_trial_configs(where: str, config: dict, fixed: dict) -> dict[str, list]:

@@ -177,9 +177,12 @@ def render_status(store: SweepStore, console: Console | None = None,
     if limit is not None:  # the best first by the sweep's goal; runs without a value last
         metric, goal = metric_of(sweep.config)
         sign = -1 if goal == "maximize" else 1
-        shown = sorted(runs, key=lambda r: (
-            _number((r.summary or {}).get(metric)) is None,
-            sign * (_number((r.summary or {}).get(metric)) or 0.0)))[:limit]
+
+        def rank(run: Run) -> tuple[bool, float]:
+            score = _number((run.summary or {}).get(metric))
+            return score is None, sign * (score or 0.0)
+
+        shown = sorted(runs, key=rank)[:limit]
     console.print(status_table(sweep.config, shown))
     if limit is not None and len(runs) > len(shown):
         console.print(f"(the best {len(shown)} of {len(runs)} runs; all of them: "

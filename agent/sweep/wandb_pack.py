@@ -29,7 +29,7 @@ from dataclasses import dataclass, field
 from agent.params import RunConfig
 from agent.sweep.pack_size import PackSizer
 from agent.sweep.wandb_agent import run_config
-from util.errors import UserError
+from util.errors import UserError, one_line
 
 HEARTBEAT_S = 5.0  # W&B's Python agent beats every 5 s (pyagent.Agent.HEARTBEAT_SLEEP_SECONDS)
 STOPPED_BY_WANDB = "stopped by W&B (the sweep's early_terminate)"
@@ -206,7 +206,7 @@ class PackedWandbAgent:
                                              sweep_id=self.sweep_id, run_id=slot.run_id,
                                              wandb_dir=self.wandb_dir)
                 except UserError as error:
-                    print(f"agent: run {slot.run_id} failed ({' '.join(str(error).split())})",
+                    print(f"agent: run {slot.run_id} failed ({one_line(error)})",
                           file=sys.stderr)
                     self.outcomes.append("failed")
                     self._release(slot, slot.run_id)
@@ -313,4 +313,4 @@ class PackedWandbAgent:
                     self._beat(slot)
                 except Exception as error:  # noqa: BLE001 (a lost beat; the next one retries)
                     print(f"agent: heartbeat failed ({type(error).__name__}: "
-                          f"{' '.join(str(error).split())[:100]})", file=sys.stderr)
+                          f"{one_line(error)[:100]})", file=sys.stderr)
