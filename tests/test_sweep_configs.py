@@ -10,7 +10,7 @@ import pytest
 import yaml
 
 from agent.params import validate
-from agent.sweep.config import load_sweep_config, parameter_names
+from agent.sweep.config import METRICS, load_sweep_config, metric_notes, parameter_names
 from conftest import ROOT
 from util.errors import UserError
 
@@ -123,6 +123,10 @@ HEAD = "method: grid\nmetric: {name: val/acc, goal: maximize}\n"
      ["parameters.lr", "minimum of 0"]),
     (HEAD + "parameters:\n  lr: {distribution: log_uniform_values, min: 1e-4, max: 0.1}\n",
      ["parameters.lr", "'1e-4'", "1.0e-4"]),
+    (HEAD + "parameters:\n  lr: {distribution: log_uniform_values, min: 1.5e3, max: 1.0e+4}\n",
+     ["parameters.lr", "'1.5e3'", "signed exponent"]),
+    (HEAD + "run_cap: '5'\nparameters:\n  lr: {value: 0.1}\n",
+     ["run_cap", "a number in quotes is text: write 5 without quotes"]),
     (HEAD + "parameters:\n  lr: {distribution: lognormal, mu: 0, sigma: 1}\n",
      ["unknown distribution 'lognormal'"]),
     (HEAD + "parameters:\n  lr: {vals: [0.1]}\n", ["parameters.lr", "got keys vals"]),
@@ -144,13 +148,9 @@ HEAD = "method: grid\nmetric: {name: val/acc, goal: maximize}\n"
     (HEAD + "parameters:\n  optimizer: {value: adam}\n  nesterov: {value: true}\n",
      ["nesterov=True"]),
     (HEAD + "parameters:\n  optim:\n    parameters:\n      lr: {value: 0.1}\n",
-     ["parameters.optim", "nested parameters are not supported"]),
+     ["parameters.optim", "nested parameters give a run one dict-valued"]),
     ("method: grid\nmetric: {name: accuracy, goal: maximize}\nparameters:\n  lr: {value: 0.1}\n",
      ["metric.name", "'accuracy'", "val/acc"]),
-    ("method: grid\nmetric: {name: val/acc}\nparameters:\n  lr: {value: 0.1}\n",
-     ["metric.goal", "maximize"]),
-    ("method: grid\nmetric: {name: val/loss, goal: maximize}\nparameters:\n  lr: {value: 0.1}\n",
-     ["metric.goal", "minimize"]),
     ("method: grid\nmetric: {name: test/acc, goal: maximize}\n"
      "early_terminate: {type: hyperband, min_iter: 1}\nparameters:\n  lr: {value: 0.1}\n",
      ["early_terminate needs a metric logged every epoch"]),
@@ -183,3 +183,24 @@ def test_parameter_names_recurse_into_nested_parameters():
                                                       "inner": {"parameters": {
                                                           "rho": {"value": 0.05}}}}}}}
     assert parameter_names(config) == {"lr", "optimizer", "rho"}
+
+
+@pytest.mark.parametrize("goal", [None, "minimize", "maximize"])
+@pytest.mark.parametrize("name", sorted(METRICS))
+def test_any_goal_wandb_accepts_is_accepted_and_a_goal_against_the_metric_is_noted(
+        tmp_path, name, goal):
+    """W&B accepts a metric with any goal (minimize when none is given) and its runs mean the
+    same there: the sweep is created, with a note when the goal finds the metric's worst runs
+    (val/acc minimized)."""
+    metric = {"name": name} if goal is None else {"name": name, "goal": goal}
+    path = tmp_path / "sweep.yaml"
+    path.write_text(yaml.safe_dump({"method": "random", "metric": metric,
+                                    "parameters": {"lr": {"values": [0.1, 0.01]}}}))
+    config = load_sweep_config(path)
+    assert config["metric"]["goal"] == (goal or "minimize")  # the engine's default, as W&B's
+    notes = metric_notes(config)
+    assert bool(notes) == ((goal or "minimize") != METRICS[name])
+    for note in notes:
+        assert note.startswith(f"note: metric {name} is {goal or 'minimize'}d") \
+            and "\n" not in note and f"goal: {METRICS[name]}" in note
+    assert metric_notes({**config, "program": "prog.py"}) == []  # another program's metric

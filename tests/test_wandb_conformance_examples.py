@@ -133,3 +133,47 @@ def test_a_grid_of_one_block_channel_lists_ends(tmp_path, monkeypatch, values):
         store.finish(run.run_id, "agent", "finished", {"val/acc": 0.5})
         assert len(claimed) <= 2
     assert claimed == [[16], [32]]
+
+
+def engine_grid(config: dict) -> list[dict]:
+    """Every point W&B's engine proposes for a grid, asked as W&B's controller asks it: each
+    proposal stored as the engine wrote it, until it proposes none."""
+    import sweeps
+
+    runs, points = [], []
+    while (proposal := sweeps.next_run(config, runs, validate=True)) is not None:
+        points.append({k: spec["value"] for k, spec in proposal.config.items()})
+        runs.append(sweeps.SweepRun(name=f"r{len(runs)}", state=sweeps.RunState.finished,
+                                    config=proposal.config))
+        assert len(points) <= 100
+    return points
+
+
+# Values that are two points to the engine (and to W&B) and one value to our trainer, beside
+# values the engine itself counts once (1 and 1.0 hash alike in its grid).
+ALIASED = [("augment", [True, 1, False]), ("augment", [False, 0, True]),
+           ("batch_norm", [1, True, 0, False]),
+           ("channels", [[16, 32], [16.0, 32], [8, 8]]), ("channels", [16, 16.0, [16]]),
+           ("epochs", [1, 1.0, 2]), ("lr", [0.1, 1, 1.0])]
+
+
+@pytest.mark.parametrize("name, values", ALIASED, ids=lambda v: str(v))
+def test_a_grid_whose_values_the_trainer_reads_alike_makes_wandbs_points_and_ends(
+        tmp_path, monkeypatch, name, values):
+    """W&B proposes each point of the grid once and then none; the values reach our trainer
+    typed (1 -> True for a boolean), so two points can be stored alike: the grid must still
+    move on to its later points and end with as many runs as the engine proposes."""
+    monkeypatch.chdir(tmp_path)
+    parameters = {name: {"values": values}, "label_smoothing": {"values": [0.0, 0.1]}}
+    store = create_local_sweep(write(tmp_path, method="grid", parameters=parameters))
+    wandb_points = engine_grid({"method": "grid", "parameters": parameters})
+    claimed = []
+    while (work := claim(store, "agent")).kind == "run":
+        (run,) = work.runs
+        claimed.append(run.config)
+        store.finish(run.run_id, "agent", "finished", {"val/acc": 0.5})
+        assert len(claimed) <= len(wandb_points)
+    assert len(claimed) == len(wandb_points)
+    typed = [validate({k: point[k] for k in parameters}) for point in wandb_points]
+    assert sorted(repr({k: c[k] for k in parameters}) for c in claimed) == sorted(
+        repr({k: t[k] for k in parameters}) for t in typed)

@@ -193,3 +193,80 @@ def test_wandb_agents_run_trains_the_proposal_offline(monkeypatch, tmp_path, nam
     trained = json.loads((tmp_path / "runs" / "run00001" / "summary.json").read_text())
     assert trained["run_name"] == "run00001"  # run_name: null is the default, not "None"
     assert (tmp_path / "logs" / "sweep001" / "run00001").is_dir()
+
+
+@pytest.mark.parametrize("command", [
+    ["${env}", "${interpreter}", "${program}", "${envvar:HOME}", "${args}"],
+    ["${env}", "${interpreter}", "${program}", "--home=${envvar:HOME}", "${envvar:UNSET_42}",
+     "${args}"],
+])
+def test_an_environment_variable_token_is_what_wandbs_agent_starts(monkeypatch, tmp_path,
+                                                                  command):
+    """${envvar:NAME} is replaced by the variable's value (its name when unset) before the
+    macros, whether it is a whole argument or inside one (wandb's create_sweep_command)."""
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "prog.py").write_text("print('a program')\n")
+    monkeypatch.setenv("HOME", str(tmp_path / "home dir"))
+    monkeypatch.delenv("UNSET_42", raising=False)
+    sweep = {"program": "prog.py", "command": command, "method": "grid",
+             "parameters": {"lr": {"values": [0.1]}}}
+    path = tmp_path / "sweep.yaml"
+    path.write_text(yaml.safe_dump(sweep))
+    load_sweep_config(path)  # accepted, as W&B accepts it
+    params = {"lr": 0.1}
+    argv, _ = wandb_agent_start(monkeypatch, tmp_path, dict(sweep, command=list(command)),
+                                params)
+    ours = program.build_run(sweep, params, sweep_id="sweep001", run_id="run00001",
+                             wandb_dir=tmp_path)
+    assert ours.argv == argv
+    assert str(tmp_path / "home dir") in " ".join(argv)
+
+
+NESTED = {"optimizer": {"parameters": {"name": {"values": ["sgd", "adam"]},
+                                       "lr": {"values": [0.1, 0.01]}}},
+          "epochs": {"value": 1}}
+
+
+def test_nested_parameters_of_another_program_are_wandbs_dict_values(monkeypatch, tmp_path):
+    """W&B's engine unnests nested parameters and hands a run each as one dict value; a
+    program that reads wandb.config gets them so. Our trainer takes flat parameters and
+    refuses them in one line."""
+    import sweeps
+
+    monkeypatch.chdir(tmp_path)
+    script = tmp_path / "prog.py"
+    script.write_text("print('a program')\n")
+    sweep = {"program": "prog.py", "method": "grid", "parameters": NESTED}
+    path = tmp_path / "sweep.yaml"
+    path.write_text(yaml.safe_dump(sweep))
+    config = load_sweep_config(path)
+    assert config["parameters"]["optimizer"] == NESTED["optimizer"]
+    runs, ours = [], []
+    while (params := proposed_params(config, runs)) is not None:
+        ours.append(params)
+        runs.append({"id": f"r{len(runs)}", "state": "finished", "config": params,
+                     "history": [], "summary": {}})
+        assert len(ours) <= 4
+    engine_runs, wandbs = [], []
+    while (proposal := sweeps.next_run(sweep, engine_runs, validate=False)) is not None:
+        wandbs.append({k: spec["value"] for k, spec in proposal.config.items()})
+        engine_runs.append(sweeps.SweepRun(name=str(len(engine_runs)), config=proposal.config,
+                                           state=sweeps.RunState.finished))
+    assert ours == wandbs and len(ours) == 4
+    assert {(p["optimizer"]["name"], p["optimizer"]["lr"]) for p in ours} == {
+        ("sgd", 0.1), ("sgd", 0.01), ("adam", 0.1), ("adam", 0.01)}
+    argv, _ = wandb_agent_start(monkeypatch, tmp_path, sweep, ours[0])
+    run = program.build_run(sweep, ours[0], sweep_id="sweep001", run_id="run00001",
+                            wandb_dir=tmp_path)
+    assert run.argv == argv
+    written = (tmp_path / "wandb" / "sweep-sweep001" / "config-run00001.yaml").read_text()
+    program.write_run_files(run)
+    assert run.param_path.read_text() == written
+    assert yaml.safe_load(written)["optimizer"]["value"] == ours[0]["optimizer"]
+
+    ours_path = tmp_path / "trainer.yaml"
+    ours_path.write_text(yaml.safe_dump({**sweep, "program": "agent/train.py"}))
+    with pytest.raises(UserError) as refused:
+        load_sweep_config(ours_path)
+    assert "\n" not in str(refused.value)
+    assert "parameters.optimizer: nested parameters" in str(refused.value)

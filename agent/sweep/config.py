@@ -12,12 +12,14 @@ import itertools
 import json
 import math
 import os
+import re
 import tempfile
 import warnings
 from pathlib import Path
 from typing import Any
 
 import jsonschema
+import yaml
 
 from agent import metrics
 from agent.params import BY_NAME, MAX_NAME, PARAMS, RULES, validate
@@ -30,6 +32,7 @@ from agent.sweep.engine import (
     grid_points,
     proposed_params,
     stop_decisions,
+    with_nested,
 )
 from agent.sweep.program import (
     build_run,
@@ -166,13 +169,14 @@ def _engine_validate(where: str, config: dict) -> dict:
             described.append(message)
         raise UserError(_one_line(f"{where}: not a valid sweep config: "
                                   + "; ".join(dict.fromkeys(described))))
-    _reject_nested(where, config.get("parameters") or {})
+    if runs_our_trainer(config):
+        _reject_nested(where, config.get("parameters") or {})
     try:
         filled = fill_validate_metric(dict(sweeps.SweepConfig(config)))
     except Exception as error:  # the engine's own checks, whatever they raise
         message = error.message if isinstance(error, jsonschema.ValidationError) else error
         raise UserError(_one_line(f"{where}: not a valid sweep config: {message}")) from None
-    return filled
+    return with_nested(filled, config)
 
 
 def _describe(error) -> str:
@@ -227,13 +231,19 @@ def _parameter_problem(spec: Any) -> str:
 
 
 def _number_hint(value: Any) -> str:
-    """PyYAML reads 1e-4 (no dot) as text; say so when a number was expected."""
+    """Why a number is text, when a number was expected: PyYAML reads 1e-4 (no dot) as text;
+    a number in quotes is text."""
     if isinstance(value, str):
         try:
             float(value)
         except ValueError:
             return ""
-        return f" (YAML reads {value} as text: write it with a dot, e.g. 1.0e-4)"
+        if not re.fullmatch(r"\s*[-+]?[\d.]+([eE][-+]?\d+)?\s*", value):
+            return ""  # inf, nan, 1_000: not what a user writes for a number
+        if not isinstance(yaml.safe_load(value), (int, float)):  # 1e-4: PyYAML's text
+            return (f" (YAML reads {value} as text: write a dot and a signed exponent, e.g. "
+                    "1.0e-4)")
+        return f" (a number in quotes is text: write {value.strip()} without quotes)"
     return ""
 
 
@@ -241,9 +251,8 @@ def _reject_nested(where: str, parameters: dict) -> None:
     for name, spec in parameters.items():
         if isinstance(spec, dict) and "parameters" in spec:
             raise UserError(
-                f"{where}: {_path(name)}: nested parameters are not supported: the "
-                f"engine's validation drops them and W&B would pass them as one dict-valued "
-                f"--{name}={{...}}, while trials take flat --key=value; set each run "
+                f"{where}: {_path(name)}: nested parameters give a run one dict-valued "
+                f"--{name}={{...}}, and our trainer takes flat --key=value: set each run "
                 f"parameter at the top level of parameters")
 
 
@@ -421,6 +430,27 @@ def _fixed_arguments(where: str, config: dict) -> dict:
             raise UserError(f"{where}: command: {error}") from None
 
 
+def creation_notes(config: dict) -> list[str]:
+    """What a new sweep's creator is told besides its id: swept parameters no run uses, and a
+    metric of our trainer searched in the direction that finds its worst runs. Notes, not
+    refusals: W&B accepts such sweeps, and they mean the same there."""
+    return idle_parameters(config) + metric_notes(config)
+
+
+def metric_notes(config: dict) -> list[str]:
+    """A note when the sweep of our trainer minimizes a metric that is better high (val/acc)
+    or maximizes one better low (val/loss). The filled config holds the engine's default
+    (minimize) where the YAML gives no goal, as W&B's server does."""
+    metric = config.get("metric") or {}
+    name, goal = metric.get("name"), metric.get("goal", "minimize")
+    if not runs_our_trainer(config) or name not in METRICS or goal == METRICS[name]:
+        return []
+    return [f"note: metric {name} is {goal}d (goal: {goal}, W&B's default when none is "
+            f"given): bayes, hyperband, the status and the report will look for its "
+            f"{'lowest' if goal == 'minimize' else 'highest'} runs; goal: {METRICS[name]} "
+            "looks for the best"]
+
+
 def idle_parameters(config: dict) -> list[str]:
     """Notes on the swept parameters no run of the sweep can use (Param.used_when): `hidden`
     swept while every run's model is cnn changes nothing, and its runs repeat each other. A
@@ -587,13 +617,6 @@ def _check_metric(where: str, config: dict, fixed: dict, drawn: dict[str, list])
         raise UserError(f"{where}: metric.name: early_terminate needs a metric logged every "
                         f"epoch, and {name} is only in the summary: use one of "
                         + ", ".join(EPOCH_METRICS))
-    # the goal is given explicitly: the engine's default (minimize) would silently search for
-    # the worst accuracy
-    goal = metric.get("goal")
-    if goal is None or goal != METRICS[name]:
-        got = "no goal" if goal is None else f"goal {goal}"
-        raise UserError(f"{where}: metric.goal: {name} with {got} would look for the worst "
-                        f"runs: use goal: {METRICS[name]}")
     if name.startswith(VALIDATION_PREFIX):
         parameters = config["parameters"]
         splits = drawn.get("val_split") or [validate(

@@ -9,6 +9,7 @@ validates or trains it; any exception of the engine becomes one EngineError line
 from __future__ import annotations
 
 import copy
+import itertools
 import json
 import math
 import warnings
@@ -21,6 +22,8 @@ from util.errors import UserError
 
 # The engine's pydantic settings trigger a warning on import and use; it is harmless.
 warnings.filterwarnings("ignore", message="Valid config keys have changed", category=UserWarning)
+from sweeps.grid_search import yaml_hash  # noqa: E402
+
 import sweeps  # noqa: E402
 
 ENGINE_STATES = {
@@ -117,7 +120,8 @@ class _EngineView:
         self.choices: dict[str, list] = {}  # the engine's own values of discrete parameters
         self.tokens: set[str] = set()
         self.drawn: set[str] = set()  # parameters drawn from a distribution
-        method = sweep_config.get("method")
+        method = self.method = sweep_config.get("method")
+        self.types = value_types(sweep_config)
         for name, spec in self.config.get("parameters", {}).items():
             if "value" not in spec and "values" not in spec:
                 self.drawn.add(name)
@@ -153,6 +157,35 @@ class _EngineView:
             return self.choices[name][int(value) - 1]
         return value
 
+    def engine_runs(self, runs: list) -> list[sweeps.SweepRun]:
+        """The stored runs as the engine sees them. In a grid, two values that the trainer
+        reads as one (`true` and `1` of a boolean, `[16, 32]` and `[16.0, 32]` of a list of
+        ints) are two grid points to the engine, as on W&B, but are stored alike: each run
+        is shown as a point not yet taken by an earlier run that reads the same, so the grid
+        moves on to its later points and ends (else it would propose the same point again)."""
+        engine = [engine_run(run, self.encode) for run in runs]
+        names = [name for name in self.choices if name not in self.tokens]
+        if self.method != "grid" or not names:
+            return engine
+        typed = {name: [as_type(choice, *self.types.get(name, (None, None)))
+                        for choice in self.choices[name]] for name in names}
+        # the engine's own point of each choice: 1 and 1.0 are one (grid_search.yaml_hash)
+        points = {name: [yaml_hash(choice) for choice in self.choices[name]] for name in names}
+        taken: set[tuple] = set()
+        for run, seen in zip(runs, engine):
+            config = run_field(run, "config")
+            present = [name for name in names if name in config]
+            options = [_one_per_point(_indices_of(typed[name], config[name]), points[name])
+                       for name in present]
+            if not all(options):
+                continue  # a value no choice reads as (the engine ignores it alike)
+            point = next((p for p in itertools.product(*options) if p not in taken),
+                         tuple(option[0] for option in options))
+            taken.add(point)
+            for name, index in zip(present, point):
+                seen.config[name] = {"value": self.choices[name][index]}
+        return engine
+
 
 def _index_of(choices: list, value: Any) -> int | None:
     """The position of `value` among `choices`: same type first (True is not 1), then ==."""
@@ -163,6 +196,21 @@ def _index_of(choices: list, value: Any) -> int | None:
         if choice == value:
             return index
     return None
+
+
+def _indices_of(choices: list, value: Any) -> list[int]:
+    """Every position of `value` among `choices`, by type and == (True is not 1); by ==
+    alone when no choice has its type."""
+    same = [index for index, choice in enumerate(choices)
+            if type(choice) is type(value) and choice == value]
+    return same or [index for index, choice in enumerate(choices) if choice == value]
+
+
+def _one_per_point(indices: list[int], points: list[str]) -> list[int]:
+    """The first of `indices` for each engine point (`points[index]`) among them."""
+    seen: set[str] = set()
+    return [index for index in indices
+            if points[index] not in seen and not seen.add(points[index])]
 
 
 def engine_run(run: Any, encode=None) -> sweeps.SweepRun:
@@ -179,7 +227,7 @@ def engine_run(run: Any, encode=None) -> sweeps.SweepRun:
 def engine_inputs(sweep_config: dict, runs: list) -> tuple[dict, list]:
     """The sweep config and runs exactly as proposed_params hands them to sweeps.next_run."""
     view = _EngineView(sweep_config)
-    return view.config, [engine_run(run, view.encode) for run in runs]
+    return view.config, view.engine_runs(runs)
 
 
 _MADE: dict[tuple[str, str], Any] = {}
@@ -202,9 +250,25 @@ def _once(kind: str, sweep_config: dict, make):
 
 
 def _filled(sweep_config: dict) -> dict:
-    """sweeps.SweepConfig(sweep_config): the config as the engine validates and fills it.
-    Raises the engine's own exception for a config it refuses."""
-    return _once("filled", sweep_config, sweeps.SweepConfig)
+    """sweeps.SweepConfig(sweep_config): the config as the engine validates and fills it,
+    nested parameters kept (with_nested). Raises the engine's own exception for a config it
+    refuses."""
+    return _once("filled", sweep_config,
+                 lambda config: with_nested(sweeps.SweepConfig(config), config))
+
+
+def with_nested(filled: dict, config: dict) -> dict:
+    """`filled` (the engine's filling of `config`) with the nested parameters that filling
+    drops put back in their place, as written: the engine's proposals unnest them themselves
+    (sweeps/params.py, HyperParameterSet.from_config), and a run gets each as one dict value,
+    as on W&B."""
+    parameters = config.get("parameters") or {}
+    if not any(isinstance(spec, dict) and "parameters" in spec for spec in parameters.values()):
+        return filled
+    kept = filled.get("parameters") or {}
+    filled["parameters"] = {name: copy.deepcopy(spec) if "parameters" in spec else kept[name]
+                            for name, spec in parameters.items()}
+    return filled
 
 
 def _prepared(sweep_config: dict) -> tuple[_EngineView, dict]:
@@ -234,7 +298,7 @@ def proposed_batch(sweep_config: dict, runs: list, n: int) -> list[dict]:
         n = 1
     try:
         view, filled = _prepared(sweep_config)
-        engine_runs = [engine_run(run, view.encode) for run in runs]
+        engine_runs = view.engine_runs(runs)
         # validate=False: `filled` is what validate=True would build (and check) again
         proposals = sweeps.next_runs(copy.deepcopy(filled), engine_runs, validate=False,
                                      n=max(1, n))
@@ -265,12 +329,15 @@ def planned_runs(sweep_config: dict) -> int | None:
 
 def _grid_values(spec) -> int:
     """How many values a parameter takes in a grid, as W&B's grid_search.py makes them:
-    `values`, an int_uniform's min..max, a q_uniform's np.arange(min, max, q); 1 otherwise
-    (a constant, or nesting)."""
+    `values` (those whose YAML is the same, 1 and 1.0, are one point), an int_uniform's
+    min..max, a q_uniform's np.arange(min, max, q), the product of nested parameters' own; 1
+    otherwise (a constant)."""
     if not isinstance(spec, dict):
         return 1
+    if isinstance(spec.get("parameters"), dict):
+        return math.prod(_grid_values(inner) for inner in spec["parameters"].values())
     if isinstance(spec.get("values"), list):
-        return max(1, len(spec["values"]))
+        return max(1, len({yaml_hash(value) for value in spec["values"]}))
     numbers = [spec.get(k) for k in ("min", "max", "q")]
     if spec.get("distribution") == "int_uniform" and all(
             isinstance(n, int) for n in numbers[:2]):

@@ -322,12 +322,15 @@ def check_program_command(sweep_config: dict) -> None:
     command = sweep_config.get("command")
     if not command:
         return
+    from wandb.sdk.launch.sweeps.utils import SWEEP_COMMAND_ENV_VAR_REGEX
+
     known = known_macros()
     usable = ", ".join("${" + name + "}" for name in sorted(known - set(REFUSED_MACROS)))
     for index, token in enumerate(command):
         text = str(token)
-        if not (text.startswith("${") and text.endswith("}")):
-            continue
+        if not (text.startswith("${") and text.endswith("}")) \
+                or SWEEP_COMMAND_ENV_VAR_REGEX.fullmatch(text):
+            continue  # ${envvar:NAME}: the variable's value (wandb's create_sweep_command)
         name = text[2:-1]
         if name in REFUSED_MACROS:
             raise UserError(f"command[{index}]: {text} is refused: {REFUSED_MACROS[name]}")
