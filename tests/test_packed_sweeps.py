@@ -108,7 +108,7 @@ def test_hyperband_stops_members_of_a_pack_and_the_others_finish_unhindered(work
         "model": {"value": "dense"}, "hidden": {"value": 32}, "epochs": {"value": 8},
         "batch_size": {"value": 16}, "sinks": {"value": []}, "schedule": {"value": "constant"},
         "optimizer": {"value": "sgd"}, "momentum": {"value": 0.0},
-        "lr": {"values": [0.1, 0.05, 1e-5, 2e-5]}},
+        "lr": {"values": [0.1, 0.05, 0.01, 0.005]}},
         early_terminate={"type": "hyperband", "min_iter": 1, "eta": 2})
     agent = start_agent(workdir, store, "--pack", "4")
     assert agent.wait(timeout=240) == 0, agent.stderr.read()
@@ -119,6 +119,32 @@ def test_hyperband_stops_members_of_a_pack_and_the_others_finish_unhindered(work
     finished = [r for r in runs if r.state == "finished"]
     assert finished and all(r.epoch == 8 for r in finished)
     assert len(stopped) + len(finished) == 4
+
+
+@pytest.mark.timeout(300)
+def test_hyperband_judges_each_member_against_all_of_its_pack_at_the_same_epoch(workdir):
+    """Members train in step, so at each band hyperband sees every member's row of that
+    epoch: the members it stops at epoch 1 are the ones W&B's engine stops given all four
+    epoch-1 rows, wherever they sit in the pack (the worst first here: it used to be compared
+    with itself alone, and the later ones with the members before them only)."""
+    from agent.sweep.engine import stop_decisions
+
+    store = make_sweep(workdir, "hyperorder", {
+        "model": {"value": "dense"}, "hidden": {"value": 32}, "epochs": {"value": 4},
+        "batch_size": {"value": 32}, "sinks": {"value": []}, "schedule": {"value": "constant"},
+        "optimizer": {"value": "sgd"}, "momentum": {"value": 0.0},
+        "lr": {"values": [0.01, 0.03, 0.1, 0.3]}},
+        early_terminate={"type": "hyperband", "min_iter": 1, "eta": 2})
+    agent = start_agent(workdir, store, "--pack", "4")
+    assert agent.wait(timeout=240) == 0, agent.stderr.read()
+    runs = store.runs()
+    assert len({r.pack for r in runs}) == 1 and len(runs) == 4
+    at_epoch_one = [{"id": r.id, "state": "running", "config": r.config,
+                     "history": r.history[:1], "summary": r.history[0]} for r in runs]
+    expected = stop_decisions(store.sweep().config, at_epoch_one)
+    assert expected, "the engine stops some of these runs at epoch 1"
+    stopped_at_one = {r.id for r in runs if r.state == "stopped" and r.epoch == 1}
+    assert stopped_at_one == expected, [(r.config["lr"], r.state, r.epoch) for r in runs]
 
 
 @pytest.mark.timeout(300)

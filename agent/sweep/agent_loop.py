@@ -291,6 +291,8 @@ class LocalAgent:
         from agent.trial.sinks.wandb_sink import DEFAULT_PROJECT
 
         def on_row(number: int, row: dict) -> bool:
+            if not hooks.recorded(number, [row]):
+                return True
             return hooks.should_stop(number, [row]) is not None or beat.taken.is_set()
 
         # As W&B's agent sets the sweep's project for its runs, and, offline, where no sweep
@@ -317,9 +319,14 @@ class LocalAgent:
 
         store, owner = self.store, self.owner
 
+        def recorded(epoch: int, history: list[dict]) -> bool:
+            if store.record_epoch(run_id, owner, epoch, history[-1]):
+                return True
+            beat.taken.set()  # the next step's interrupted() ends the pack
+            return False
+
         def after_epoch(epoch: int, history: list[dict]) -> str | None:
-            if not store.record_epoch(run_id, owner, epoch, history[-1]):
-                beat.taken.set()  # the next step's interrupted() ends the pack
+            if beat.taken.is_set():
                 return None
             return "early_terminate" if should_stop(store, run_id) else None
 
@@ -340,7 +347,8 @@ class LocalAgent:
                 print(f"agent {owner}: run {run_id} preempted; its checkpoint is kept for "
                       "the next agent", file=sys.stderr)
 
-        return TrialHooks(should_stop=after_epoch, interrupted=interrupted, ended=on_end)
+        return TrialHooks(recorded=recorded, should_stop=after_epoch, interrupted=interrupted,
+                          ended=on_end)
 
     def record_failure(self, configs: list[dict], run_ids: list[str], error: Exception) -> None:
         """The members that had not ended failed: their traceback goes to their run dirs

@@ -174,11 +174,13 @@ def _epoch(pack: TrainingPack, data: Splits, device: torch.device, started: floa
     leaving = {k: ("diverged", None) for k in diverged}
     histograms = (member_weight_histograms(pack.model)
                   if any(m.cfg.histograms for m in pack.members) else None)
-    for k, member in enumerate(pack.members):
-        if k in diverged:
-            continue
+    kept = [k for k in range(pack.size) if k not in diverged]
+    for k in kept:
+        member = pack.members[k]
         _record_epoch(pack, k, metrics[k],
                       histograms[k] if histograms and member.cfg.histograms else {}, started)
+    for k in kept:  # asked once every member's epoch is recorded: each sees all the others
+        member = pack.members[k]
         reason = member.hooks.should_stop(member.progress.epoch, member.progress.history)
         if member.progress.epoch >= member.cfg.epochs:
             leaving[k] = ("finished", None)  # all epochs trained: finished, whatever the stop
@@ -290,6 +292,7 @@ def _record_epoch(pack: TrainingPack, k: int, row: dict, histograms: dict,
         sink.log_epoch(progress.global_step, row, histograms)
     if member.cfg.checkpoint:
         checkpoint.save_checkpoint(member.run.run_dir, checkpoint.capture(pack, k))
+    member.hooks.recorded(progress.epoch, progress.history)
 
 
 def _end_members(pack: TrainingPack, data: Splits, leaving: dict[int, tuple[str, str | None]],

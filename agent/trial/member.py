@@ -51,13 +51,17 @@ def _hashable(value):
 class TrialHooks:
     """How the caller steers a running member.
 
-    should_stop(epoch, history) runs after every epoch and returns a reason to stop early
-    (hyperband) or None. interrupted() is polled every step; True ends the whole pack as
-    preempted, keeping each member's checkpoint of its last whole epoch. ended(summary) is
-    called once when the member ends (finished, stopped, diverged or preempted), before the
-    next member's epoch goes on, so the caller can record it at once.
+    recorded(epoch, history) runs after every epoch, once the member's row is in its sinks
+    and checkpoint (the caller stores it; False: the run is no longer the caller's, which
+    its interrupted() then says). should_stop(epoch, history) runs after every member of the
+    pack has recorded that epoch, so an early_terminate rule (hyperband) compares each member
+    with all of its pack-mates, and returns a reason to stop early or None. interrupted() is
+    polled every step; True ends the whole pack as preempted, keeping each member's
+    checkpoint of its last whole epoch. ended(summary) is called once when the member ends
+    (finished, stopped, diverged or preempted), so the caller can record it at once.
     """
 
+    recorded: Callable[[int, list[dict]], bool] = lambda epoch, history: True
     should_stop: Callable[[int, list[dict]], str | None] = lambda epoch, history: None
     interrupted: Callable[[], bool] = lambda: False
     ended: Callable[[dict], None] = lambda summary: None
