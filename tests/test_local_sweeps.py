@@ -232,6 +232,7 @@ def test_quickstart_with_two_agents_completes_offline_through_run_sweep_sh(workd
         assert run.id in offline
         assert offline[run.id].group == f"quickstart-{store_dir.name}"
         assert offline[run.id].config["sweep"]["id"] == store_dir.name
+        assert set(offline[run.id].config["sweep"]) == {"id", "name", "config"}  # no progress
         if run.state == "finished":
             assert offline[run.id].summary["test/acc"] == pytest.approx(
                 run.summary["test/acc"])
@@ -616,3 +617,38 @@ def test_ctrl_c_while_the_launcher_starts_is_one_word_not_a_traceback(workdir, a
     launcher.send_signal(signal.SIGINT)
     out, err = launcher.communicate(timeout=60)
     assert "Traceback" not in err and "KeyboardInterrupt" not in err, err[-2000:]
+
+
+def test_a_new_sweep_of_the_same_config_names_the_unfinished_one(tmp_path, monkeypatch, capsys):
+    """Running the YAML again makes a new sweep, as `wandb sweep` does; while an earlier
+    sweep of the same config still has runs to end, the new one's creation says which and
+    how to go on with it. A finished twin, or another config, is not named."""
+    from agent.sweep.controller import claim
+    from agent.sweep.target import create_local_sweep
+
+    monkeypatch.chdir(tmp_path)
+    path = tmp_path / "grid.yaml"
+    path.write_text(yaml.safe_dump({
+        "method": "grid", "metric": {"name": "val/acc", "goal": "maximize"},
+        "parameters": {"lr": {"values": [0.1, 0.01]}}}))
+    first = create_local_sweep(path, " --pack 2")
+    (run,) = claim(first, "agent").runs
+    assert first.finish(run.run_id, "agent", "preempted")
+    capsys.readouterr()
+    create_local_sweep(path, " --pack 2")
+    said = " ".join(capsys.readouterr().out.split())
+    first_id = first.sweep().id
+    assert (f"note: sweep {first_id}, made earlier from the same config, is not finished "
+            f"(0 of 2 runs ended); to go on with it instead: ./run_sweep.sh {first_id} "
+            "--pack 2") in said, said
+
+    for store in (SweepStore(p) for p in sorted((tmp_path / "data" / "sweeps").glob("*/sweep.db"))):
+        while (work := claim(store, "agent")).kind == "run":
+            for claimed in work.runs:
+                assert store.finish(claimed.run_id, "agent", "finished", {"val/acc": 0.5})
+    create_local_sweep(path)
+    assert "is not finished" not in capsys.readouterr().out
+    other = tmp_path / "other.yaml"
+    other.write_text(path.read_text().replace("0.01", "0.001"))
+    create_local_sweep(other)  # the third sweep above is unfinished, and of another config
+    assert "is not finished" not in capsys.readouterr().out

@@ -501,3 +501,49 @@ def test_bad_thresholds_are_one_line_exit_2(tmp_path, option):
     result = run_module(tmp_path, "agent.report", "no-such-sweep", *option)
     assert result.returncode == 2
     assert result.stderr.count("\n") == 1 and option[0] in result.stderr
+
+
+@pytest.mark.parametrize("written, shown", [
+    ({"type": "hyperband", "min_iter": 1}, {"type": "hyperband", "min_iter": 1}),
+    ({"type": "hyperband", "min_iter": 1, "eta": 2, "strict": False},
+     {"type": "hyperband", "min_iter": 1, "eta": 2, "strict": False}),
+])
+def test_the_reports_sweep_file_leaves_out_what_the_engine_fills_in(tmp_path, written, shown):
+    """The report shows the sweep as its author wrote it: the engine's filling (hyperband's
+    eta 3 and strict true, a parameter's distribution, the metric's impute) is left out; what
+    the author chose, even where it differs from a default, stays."""
+    from agent.report.setup_section import sweep_yaml
+    from agent.sweep.config import load_sweep_config
+
+    path = tmp_path / "sweep.yaml"
+    path.write_text(yaml.safe_dump({
+        "method": "grid", "metric": {"name": "val/acc", "goal": "maximize"},
+        "early_terminate": written, "parameters": {"lr": {"values": [0.1, 0.01]}}}))
+    filled = load_sweep_config(path)
+    assert filled["early_terminate"]["strict"] is shown.get("strict", True)
+    back = yaml.safe_load(sweep_yaml(filled))
+    assert back["early_terminate"] == shown
+    assert back["parameters"] == {"lr": {"values": [0.1, 0.01]}}
+    assert back["metric"] == {"name": "val/acc", "goal": "maximize"}
+
+
+def test_resumed_runs_count_their_whole_training_and_their_first_packed_trial():
+    """Two members of one packed trial, preempted after 100 s, resumed an hour later alone
+    (each for 50 s more): the report counts one trial of two runs, of the members' own
+    training time (wall_s, carried over the resumption: 150 s), and the sweep's wall time
+    from the pack's first start; a run's latest start is only where its last stretch began."""
+    from agent.report.setup_section import hardware_lines
+    from agent.report.study import RunRecord, Study, _params
+    from agent.sweep_space import duration_text
+
+    first, resumed = 1_000_000.0, 1_000_000.0 + 3600
+    runs = [RunRecord(run_id, "finished", {"lr": lr}, _params({"lr": lr}),
+                      {"wall_s": 150.0, "val/acc": 0.5}, [], None, None,
+                      started=resumed, ended=resumed + 50, host="somewhere", pack="p1",
+                      created=first)
+            for run_id, lr in (("a", 0.1), ("b", 0.01))]
+    text = "\n".join(hardware_lines(Study("s", "s1", "local", {"method": "grid"}, runs)))
+    assert "2 runs trained as 1 trial of up to 2 runs each" in text, text
+    assert f"Run time: {duration_text(150.0)} summed over 1 trial" in text, text
+    assert f"Wall time of the sweep: {duration_text(3650.0)} from" in text, text
+    assert duration_text(150.0) != duration_text(50.0)  # the last stretch alone

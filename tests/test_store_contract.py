@@ -294,7 +294,17 @@ def test_a_preempted_pack_resumes_together_at_its_epoch_in_a_new_pack(backend):
     assert sorted(r.run_id for r in resumed.runs) == sorted(r.run_id for r in packed.runs)
     assert all(r.resumed and r.epoch == 2 for r in resumed.runs)
     assert resumed.pack not in (None, packed.pack)
-    assert {r.pack for r in store.runs() if r.state == "running"} == {resumed.pack}
+    # the store keeps the packed trial each run first trained in (the report counts trials
+    # by it), and each run's latest start (the status's pace)
+    running = [r for r in store.runs() if r.state == "running"]
+    assert {r.pack for r in running} == {packed.pack}
+    for member in resumed.runs[:1]:  # preempted again, then resumed alone
+        assert store.finish(member.run_id, "b", "preempted")
+        before = store.run(member.run_id).started
+        (alone,) = claim(store, "c").runs
+        assert alone.run_id == member.run_id and alone.resumed
+        after = store.run(member.run_id)
+        assert after.pack == packed.pack and after.started >= before
 
 
 # --- claims: parking, run_cap, exactly once -------------------------------------------------

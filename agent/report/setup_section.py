@@ -23,6 +23,8 @@ ENDED = ("finished", "stopped", "failed", "crashed")
 # What the sweep engine adds to a sweep's metric when it stores the sweep.
 ENGINE_DEFAULTS = (("impute", "worst"), ("impute_while_running", "false"),
                    ("impute_while_running", False))
+# What it adds to hyperband's early_terminate (sweeps/config/schema.json's defaults).
+HYPERBAND_DEFAULTS = (("eta", 3), ("strict", True))
 def header_section(report: Report, study: Study) -> None:
     states = Counter(r.state for r in study.runs)
     report.add(f"# Study report: {study.name}", "",
@@ -91,7 +93,8 @@ def setup_section(report: Report, ctx: Context) -> None:
                    "")
     report.add("### Hardware and time", "", *hardware_lines(study), "")
     report.add("### The sweep file", "", "As stored with the sweep, less the defaults the sweep "
-               "engine adds (`distribution: constant` / `categorical`, `impute`):", "",
+               "engine adds (`distribution: constant` / `categorical`, `impute`, hyperband's "
+               "`eta: 3` and `strict: true`):", "",
                "```yaml",
                sweep_yaml(study.sweep_config).rstrip(), "```", "")
 
@@ -165,7 +168,9 @@ def hardware_lines(study: Study) -> list[str]:
         lines.append(f"- This report was written on {here} ({machine_text()}), not where "
                      "the runs trained.")
     ended = [r for r in study.runs if r.duration]
-    starts = [r.started for r in study.runs if r.started]
+    # a run's first start: its creation (a claim makes it running); `started` moves when a
+    # preempted run resumes
+    starts = [min(r.created or r.started, r.started) for r in study.runs if r.started]
     ends = [r.ended for r in study.runs if r.ended]
     if starts and ends:
         lines.append(f"- Wall time of the sweep: {duration_text(max(ends) - min(starts))} "
@@ -238,7 +243,11 @@ def sweep_yaml(config: dict) -> str:
         parameters[name] = spec
     metric = {k: v for k, v in (config.get("metric") or {}).items()
               if (k, v) not in ENGINE_DEFAULTS}
-    return yaml.safe_dump({**config, "metric": metric, "parameters": parameters},
+    shown = {**config, "metric": metric, "parameters": parameters}
+    if isinstance(config.get("early_terminate"), dict):
+        shown["early_terminate"] = {k: v for k, v in config["early_terminate"].items()
+                                    if (k, v) not in HYPERBAND_DEFAULTS}
+    return yaml.safe_dump(shown,
                           sort_keys=False,
                           default_flow_style=None, width=88)
 

@@ -36,15 +36,19 @@ class RunRecord:
     host: str | None = None  # where it ran (a local agent's host name)
     log_dir: Path | None = None  # its TensorBoard event files, when the run was local
     steps: list[dict] | None = None  # W&B's per-step rows (train/step_loss...), when from W&B
-    pack: str | None = None  # the packed trial it trained in (the store's pack id), if any
+    pack: str | None = None  # the packed trial it first trained in (the store's pack id)
+    created: float | None = None  # when the sweep made it (a local run's first claim)
 
     @property
     def duration(self) -> float | None:
-        """Seconds from start to end (the trial's own wall_s when the times are missing)."""
+        """Seconds it trained: the trial's own wall_s (W&B's _runtime), which a resumed run
+        carries over its earlier stretches; from its latest start to its end without one."""
+        wall = self.summary.get("wall_s", self.summary.get("_runtime"))
+        if isinstance(wall, (int, float)) and not isinstance(wall, bool) and wall >= 0:
+            return float(wall)
         if self.started and self.ended:
             return self.ended - self.started
-        wall = self.summary.get("wall_s", self.summary.get("_runtime"))
-        return float(wall) if isinstance(wall, (int, float)) else None
+        return None
 
     def metric(self, name: str) -> float | None:
         value = self.summary.get(name)
@@ -131,7 +135,7 @@ def local_study(store: SweepStore) -> Study:
         runs.append(RunRecord(run.id, run.state, choices(run.config), params, run.summary or {},
                               run.history, Path(params.run_dir) / run.id, run.error,
                               run.started, run.ended, (run.owner or "").rpartition(":")[0]
-                              or None, log_dir, pack=run.pack))
+                              or None, log_dir, pack=run.pack, created=run.created))
     return Study(sweep.name, sweep.id, "local", sweep.config, runs,
                  repeated=sorted(repeated.items()), command=fixed)
 

@@ -108,8 +108,9 @@ def sweep_group(name: str, sweep_id: str) -> str:
 @dataclass(frozen=True)
 class Run:
     """One run of a sweep as stored. Times are Unix seconds; `history` has one row of
-    metrics per completed epoch; `pack` is the id shared by runs claimed as one packed
-    trial (None for a run claimed alone)."""
+    metrics per completed epoch; `started` is its latest start (a resumed run's resumption);
+    `pack` is the id shared by runs claimed as one packed trial, kept when a member resumes
+    alone or in another pack (None for a run first claimed alone)."""
 
     id: str
     seq: int
@@ -182,7 +183,8 @@ class StoreTransaction:
         """A pending or preempted run becomes `owner`'s running run."""
         now = time.time()
         taken = self.db.execute(
-            "UPDATE runs SET state='running', owner=?, heartbeat=?, started=?, pack=?"
+            "UPDATE runs SET state='running', owner=?, heartbeat=?, started=?,"
+            " pack=COALESCE(pack, ?)"
             " WHERE id=? AND state IN ('pending', 'preempted')",
             (owner, now, now, pack, run_id)).rowcount
         if not taken:

@@ -12,7 +12,7 @@ import textwrap
 from dataclasses import dataclass
 from pathlib import Path
 
-from agent.sweep.store import STORE_NAME, SWEEPS_DIR, SweepStore
+from agent.sweep.store import STORE_NAME, SWEEPS_DIR, SweepStore, store_paths
 from util.errors import UserError
 
 YAML_SUFFIXES = (".yaml", ".yml")
@@ -121,16 +121,55 @@ def create_local_sweep(yaml_path: str | Path, options: str = "", announce: bool 
     `options` (" --pack 4") go into the hint to add agents; `announce` False leaves the
     two lines to the caller (batch jobs print them once the jobs are submitted)."""
     from agent.ids import new_run_id
-    from agent.sweep.config import idle_parameters, load_sweep_config
+    from agent.sweep.config import creation_notes, load_sweep_config
     from agent.sweep.store import create_store
 
     config = load_sweep_config(yaml_path)
+    earlier = unfinished_twin(config, options)
     sweep_id = new_run_id()
     name = sweep_name(config, yaml_path)
     store = create_store(SWEEPS_DIR / sweep_id, sweep_id, name, config)
-    for note in idle_parameters(config):
+    for note in creation_notes(config) + ([earlier] if earlier else []):
         print(textwrap.fill(note, 80, subsequent_indent="  ", break_on_hyphens=False))
     if announce:
         print(f"Created local sweep {sweep_id} ({name}) in {store.directory}")
         print(f"Add agents from another shell: ./run_sweep.sh {sweep_id}{options}")
     return store
+
+
+def unfinished_twin(config: dict, options: str = "") -> str | None:
+    """A note naming the newest local sweep of the same config (data/sweeps) that still has
+    runs to end, and how to go on with it: running the YAML again makes a new sweep (as
+    `wandb sweep` does), which after an interruption is rarely what was meant."""
+    import json
+    import sqlite3
+
+    from agent.sweep.status import sweep_progress
+
+    wanted = json.dumps(config, sort_keys=True)
+    found = []
+    for path in store_paths(SWEEPS_DIR):
+        try:
+            store = SweepStore(path, read_only=True)
+        except (UserError, OSError):
+            continue
+        try:
+            sweep = store.sweep()
+            if json.dumps(sweep.config, sort_keys=True) != wanted:
+                continue
+            runs = store.runs()
+        except (UserError, OSError, sqlite3.Error):
+            continue
+        finally:
+            store.close()
+        progress = sweep_progress(runs, sweep.config, [])
+        waiting = any(r.state in ("pending", "preempted", "running") for r in runs)
+        if waiting or (progress["total"] is not None and progress["done"] < progress["total"]):
+            found.append((sweep.created, sweep.id, progress))
+    if not found:
+        return None
+    _, sweep_id, progress = max(found)
+    counts = (f"{progress['done']} of {progress['total']} runs ended"
+              if progress["total"] is not None else f"{progress['done']} runs ended")
+    return (f"note: sweep {sweep_id}, made earlier from the same config, is not finished "
+            f"({counts}); to go on with it instead: ./run_sweep.sh {sweep_id}{options}")

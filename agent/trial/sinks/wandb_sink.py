@@ -54,6 +54,12 @@ def chosen_mode() -> str:
 STARTED: dict = {}
 
 
+def _sweep_config(sweep: dict) -> dict:
+    """What a run's W&B config holds of its sweep: its id, name and config; not the console's
+    progress (the sweep's counts, pack-mates' numbers), which changes as the sweep goes."""
+    return {key: value for key, value in sweep.items() if key != "progress"}
+
+
 class WandbSink(Sink):
     def start(self, run: RunInfo, config: dict, hparams: dict) -> None:
         # a W&B sweep run started by the W&B adapters (agent/sweep/wandb_agent.py, one run a
@@ -67,7 +73,7 @@ class WandbSink(Sink):
             project=os.environ.get("WANDB_PROJECT") or DEFAULT_PROJECT,
             entity=os.environ.get("WANDB_ENTITY") or None,
             group=run.group, name=run.name, id=run.id, resume="allow",
-            config={**config, **({"sweep": run.sweep} if run.sweep else {})},
+            config={**config, **({"sweep": _sweep_config(run.sweep)} if run.sweep else {})},
             mode=chosen_mode(), settings=wandb.Settings(silent=True, console="off"),
             reinit="create_new",  # the members of a pack are runs of one process at once
             # wandb reads WANDB_DIR once per process; pass it per run so each run honours
