@@ -125,6 +125,10 @@ HEAD = "method: grid\nmetric: {name: val/acc, goal: maximize}\n"
      ["parameters.lr", "'1e-4'", "1.0e-4"]),
     (HEAD + "parameters:\n  lr: {distribution: log_uniform_values, min: 1.5e3, max: 1.0e+4}\n",
      ["parameters.lr", "'1.5e3'", "signed exponent"]),
+    (HEAD + "program: prog.py\nparameters:\n  o:\n    parameters:\n"
+     "      a: {distribution: int_uniform, min: 1, max: 1000}\n"
+     "      b: {distribution: int_uniform, min: 1, max: 1000}\n",
+     ["parameters.o", "1,000,000 values", "100,000 points"]),
     (HEAD + "run_cap: '5'\nparameters:\n  lr: {value: 0.1}\n",
      ["run_cap", "a number in quotes is text: write 5 without quotes"]),
     (HEAD + "parameters:\n  lr: {distribution: lognormal, mu: 0, sigma: 1}\n",

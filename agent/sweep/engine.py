@@ -390,7 +390,12 @@ def _failure(doing: str, error: BaseException) -> str:
 def grid_points(spec: dict) -> int | float | None:
     """How many values a filled parameter spec gives a grid, computed, never enumerated: exact
     for value, values and int_uniform; q_uniform as np.arange(min, max, q) counts them (inf
-    when q is too small for a float); None for a distribution a grid cannot enumerate."""
+    when q is too small for a float); nested parameters, the product of theirs; None for a
+    distribution a grid cannot enumerate."""
+    if isinstance(spec.get("parameters"), dict):
+        inner = [grid_points(s) if isinstance(s, dict) else None
+                 for s in spec["parameters"].values()]
+        return None if None in inner else math.prod(inner)
     if "value" in spec:
         return 1
     if "values" in spec:
