@@ -230,7 +230,8 @@ PARAMS: tuple[Param, ...] = (
     Param("precision", str, "auto", "autocast precision; auto is bf16 on CUDA, fp32 elsewhere",
           "run", choices=("auto", "fp32", "bf16", "fp16")),
     Param("channels_last", bool, True, "channels-last memory format for conv models (faster "
-          "convolutions on CPUs and tensor cores)", "run"),
+          "convolutions on CPUs and tensor cores; the same results up to float rounding)",
+          "run", hyper=False),
     Param("compile", bool, False, "torch.compile the model", "run", hyper=False),
     Param("num_threads", int, 0, "CPU threads for torch (0: torch's default)", "run",
           minimum=0, maximum=MAX_THREADS, hyper=False),

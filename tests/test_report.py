@@ -311,11 +311,11 @@ def test_seeds_are_fresh_listed_and_bold_only_when_welch_supports_it(course):
         assert section.count("**") == 2 and "Bold:" in section
     else:
         assert "**" not in section and f"adjusted p = {p:.3g}" in section
-    assert "Single runs (n = 1" in text.split("### By optimizer")[1]
+    assert "Settings without a repeat sweep" in text.split("### By optimizer")[1]
     assert "winner's curse" in text and "Seeds used: 1-3" in text
     above = sum(1 for excess in picked.values() if excess > 0)
-    assert (f"The picked run scored above its configuration's mean over fresh seeds in {above} "
-            f"of 2 configurations (val/acc {np.mean(list(picked.values())):+.4f}") in text
+    assert (f"The picked setting's sweep value scored above its mean over fresh seeds in "
+            f"{above} of 2 settings (val/acc {np.mean(list(picked.values())):+.4f}") in text
 
 
 # ---------------------------------------------------------------- 6. discussion

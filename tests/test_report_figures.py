@@ -310,7 +310,7 @@ def test_seed_figure_shows_every_seed_and_the_selected_run(tmp_path):
     assert_png(drawn.path)
     ax = drawn.axes[0]
     assert ax.yticks == ["model=cnn lr=0.001", "model=dense lr=0.01"]
-    assert ax.legend == ["one seed", "the sweep's run (selected; not in the mean)",
+    assert ax.legend == ["one seed", "the sweep's value (what picked it; not in the mean)",
                          "mean, 95% interval"]
     seeds = [line for line in ax.lines if line[0] in ("one seed", "_seed")]
     assert [list(line[1]) for line in seeds] == [[0.80, 0.82, 0.81], [0.78, 0.79]]

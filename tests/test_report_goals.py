@@ -73,7 +73,7 @@ def test_the_report_reads_the_metric_by_its_goal(tmp_path, monkeypatch, metric):
     # the heat map: the best bright, from chance for an accuracy, from the worst otherwise
     shown = list(values.values())
     sentence = next(line for line in text.splitlines() if "The colour runs from" in line)
-    bright = re.search(r"to the best \(([\d.]+), bright\)", sentence).group(1)
+    bright = re.search(r"to the best cell \(([\d.]+), bright\)", sentence).group(1)
     assert float(bright) == pytest.approx(best(shown), abs=0.005)
     if metric.name.endswith("acc"):
         assert "from chance (0.10, dark)" in sentence

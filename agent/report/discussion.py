@@ -70,7 +70,8 @@ def heatmap_section(report: Report, ctx: Context) -> None:
     row = numeric[0]
     col = numeric[1] if len(numeric) > 1 else (categorical[-1] if categorical else None)
     facets = [a for a in categorical if a != col]
-    rows, cols = _levels(study.runs, row), _levels(study.runs, col) if col else [None]
+    rows, cols = _levels(study.runs, row), _levels(study.runs, col) if col else [""]
+    most = 1  # the most runs in one cell (seeds, parameters that are no axis)
     panels = []
     for key in itertools.product(*(_levels(study.runs, f) for f in facets)):
         mine = [r for r in study.runs if all(value(r, f) == v for f, v in zip(facets, key))]
@@ -80,6 +81,7 @@ def heatmap_section(report: Report, ctx: Context) -> None:
             cell = [r for r in mine if value(r, row) == rows[i]
                     and (col is None or value(r, col) == cols[j])]
             scores = [r.metric(metric) for r in cell if r.metric(metric) is not None]
+            most = max(most, len(cell))
             diverged = [r for r in cell if ctx.group_of(r) == stats.DIVERGED]
             if scores and not (diverged and len(diverged) == len(cell)):
                 values[i, j] = float(np.mean(scores))
@@ -95,10 +97,14 @@ def heatmap_section(report: Report, ctx: Context) -> None:
     worst, best = (high, low) if minimize else (low, high)
     where = (f"chance ({worst:.2f}, dark)" if chance is not None and not minimize
              else f"the worst ({worst:.2f}, dark)")
-    report.add(f"`{metric}` of every run: rows are `{row}`, columns `{col}`, one panel per "
-               + (" x ".join(f"`{f}`" for f in facets) or "study") + ". The colour runs from "
-               f"{where} to the best ({best:.2f}, bright); \"div\" marks a run "
-               "that diverged (its last value means nothing).", "")
+    axes = f"rows are `{row}`" + (f", columns `{col}`" if col else "")
+    cells = (f"each cell is the mean of its runs (up to {most}: "
+             + ("the sweep's seeds" if "seed" in ctx.swept else "runs that differ in no axis")
+             + "; a cell's best single run can be higher)" if most > 1 else "one run a cell")
+    report.add(f"`{metric}` of the runs: {axes}, one panel per "
+               + (" x ".join(f"`{f}`" for f in facets) or "study") + f"; {cells}. The colour "
+               f"runs from {where} to the best cell ({best:.2f}, bright); \"div\" marks a "
+               "cell with a run that diverged (its last value means nothing).", "")
     report.figure(heatmap_grid(panels, row, rows, col or "", cols, metric, low, high,
                                ctx.out_dir / "grid_heatmap.png", f"{metric} over the grid",
                                flip_rows=spans_decades(rows), lower_is_better=minimize),
@@ -148,8 +154,9 @@ def marginal_section(report: Report, ctx: Context) -> None:
     report.add("## Sensitivity to each parameter", "",
                f"For each parameter: `{metric}` at each of its values, averaged over every "
                "other parameter (line) with the middle half of those runs (band: 25th to 75th "
-               "percentile), one colour per "
-               "optimizer. A flat line: the parameter hardly matters here; a bend: it has a "
+               "percentile)" + (", one colour per optimizer" if len(
+                   {str(r.params.optimizer) for r in ctx.study.runs}) > 1 else "")
+               + ". A flat line: the parameter hardly matters here; a bend: it has a "
                "best value.", "")
     report.figure(marginal_figure(panels, metric, _chance(ctx),
                                   ctx.out_dir / "marginals.png",
@@ -275,8 +282,9 @@ def discussion_section(report: Report, ctx: Context) -> None:
     heatmap_section(report, ctx)
     marginal_section(report, ctx)
     notes = observations(ctx)
-    report.add("## Observations", "", "Generated from the runs above (one seed each unless "
-               "the seeds section says otherwise); starting points for a discussion, not "
+    report.add("## Observations", "", "Generated from the runs above, each run on its own "
+               "(seeds are not averaged here: a best value is one run's; the seeds section "
+               "gives means over seeds); starting points for a discussion, not "
                "conclusions:", "")
     report.add(*(f"- {line}" for line in notes), "")
     importance_section(report, ctx)

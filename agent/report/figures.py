@@ -364,6 +364,7 @@ def group_loss_figure(curves: list[GroupCurve], facets: list[str], colour: str |
                      + f" ({len(mine)} run{'s' if len(mine) != 1 else ''})", fontsize=9)
         ax.set_xlabel(xlabel, fontsize=8)
         ax.set_ylabel("training loss", fontsize=8)
+        ax.tick_params(labelbottom=True)  # shared x: a panel with none below keeps its ticks
     handles = [Line2D([], [], color=c, label=f"{colour}={_value_text(v)}")
                for v, c in colours.items()]
     handles += [Line2D([], [], color="0.3", linestyle=s, label=f"{style}={_value_text(v)}")

@@ -2,8 +2,11 @@
 
 For each value of `--by` (model, optimizer, ...) the best `--top` runs by the sweep's metric
 each get a repeat sweep: a grid over `seed` with every other parameter fixed at that run's
-value, local or on W&B like the sweep itself. The seeds are fresh: the picked run's own seed
-is left out (it was picked for being best; running it again would only repeat its luck).
+value, local or on W&B like the sweep itself. A setting is a configuration less its seed: when
+the sweep itself searched `seed`, its runs of one setting are that setting's seeds, and the
+settings are ranked by their mean over them. The seeds are fresh: every seed the sweep gave
+the setting is left out (it was picked for being best; running them again would only repeat
+their luck).
 The parameters the original sweep searched stay `values: [x]` (the HPARAMS columns of the
 repeats' TensorBoard logs, which go to <log_dir>/<sweep name>-<sweep id>-repeats/, apart
 from the sweep's). The report finds the repeats by their description and turns them into means with
@@ -15,7 +18,7 @@ from __future__ import annotations
 import sys
 
 from agent.ids import new_run_id
-from agent.report.stats import best_per_group
+from agent.report.stats import best_settings_per_group
 from agent.report.study import (
     Study,
     check_our_trainer,
@@ -31,17 +34,23 @@ from util.errors import CommandParser, UserError, brief, int_option
 COPIED_KEYS = ("program", "command", "metric")  # what a repeat keeps of the original sweep
 
 
-def fresh_seeds(picked: int, count: int) -> list[int]:
-    """`count` seeds from 0 up, without the picked run's own seed."""
-    return [s for s in range(count + 1) if s != picked][:count]
+def fresh_seeds(used: set[int] | int, count: int) -> list[int]:
+    """`count` seeds from 0 up, without the seeds the sweep already gave the setting (the
+    picked run's own, and its other seeds when the sweep searched `seed`)."""
+    used = {used} if isinstance(used, int) else set(used)
+    return [s for s in range(count + len(used)) if s not in used][:count]
 
 
 def repeat_configs(study: Study, top: int, by: str, seeds: int) -> list[tuple[str, dict]]:
-    """(run id, sweep config) for each run to repeat."""
+    """(run id, sweep config) for each setting to repeat: the best `top` settings of each
+    value of `by` (a setting is a configuration less its seed: runs of a sweep that searched
+    `seed` are its repeats, not settings of their own), each named by its best run."""
     searched = {p.name for p in swept_parameters(study.sweep_config)}
     out = []
-    for runs in best_per_group(study.scored_runs(), by, top).values():
-        for run in runs:
+    groups = best_settings_per_group(study.scored_runs(), by, top, study.metric, study.goal)
+    for settings in groups.values():
+        for setting in settings:
+            run = setting.best
             fixed = {name: ({"values": [value]} if name in searched else {"value": value})
                      for name, value in run.config.items() if name not in ("seed", "sweep")}
             if by not in fixed:  # the grouping parameter stays visible in the repeat
@@ -52,7 +61,7 @@ def repeat_configs(study: Study, top: int, by: str, seeds: int) -> list[tuple[st
             config.update({"name": f"{study.name}-repeat-{run.id}", "method": "grid",
                            "description": repeat_description(study.sweep_id, run.id),
                            "parameters": {**fixed, "seed": {
-                               "values": fresh_seeds(run.params.seed, seeds)}}})
+                               "values": fresh_seeds(setting.seeds, seeds)}}})
             out.append((run.id, config))
     return out
 
@@ -112,8 +121,8 @@ def parse_options(argv: list[str] | None):
     parser.add_argument("--by", default="model",
                         help="parameter that forms the groups (default model)")
     parser.add_argument("--seeds", type=int_option(2, 1000), default=5,
-                        help="N fresh seeds for each run (default 5; 2 or more: an interval "
-                        "needs two): 0, 1, ... without the picked run's own")
+                        help="N fresh seeds for each setting (default 5; 2 or more: an interval "
+                        "needs two): 0, 1, ... without those the sweep gave it")
     parser.add_argument("--run", action="store_true",
                         help="run the local repeat sweeps now, with one agent in this process")
     args = parser.parse_args(argv)

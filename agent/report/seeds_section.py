@@ -1,16 +1,21 @@
 """The best configurations over seeds: means with confidence intervals from the repeat
 sweeps (`python -m agent.repeat`), every seed's value (also in seeds.csv), bold only where
-Welch's t-test supports it, and single runs (n = 1) kept apart."""
+Welch's t-test supports it, and settings without repeats kept apart. A setting is a
+configuration less its seed: a sweep that searched `seed` gives each setting several runs,
+its repeats, never settings of their own."""
 
 from __future__ import annotations
 
 import csv
 from dataclasses import dataclass
 
+import numpy as np
+
 from agent.report import stats
 from agent.report.markdown import Context, Report, ci_text, config_text, fmt
 from agent.report.study import RunRecord, Study, repeats_of
 from agent.report.study_figures import SeedRow, seed_figure
+from agent.sweep_space import swept_parameters
 
 ALPHA = 0.05
 BEST_PER_GROUP = 2  # runs of each group a "By ..." table shows (agent.repeat --top defaults to it)
@@ -18,83 +23,140 @@ BEST_PER_GROUP = 2  # runs of each group a "By ..." table shows (agent.repeat --
 
 @dataclass
 class Repeated:
-    """A configuration selected from the sweep and run again over seeds."""
+    """A setting (a configuration less its seed) picked from the sweep and run again over
+    fresh seeds."""
 
-    selected: RunRecord  # the sweep's run that was picked
-    sweep_id: str  # its repeat sweep
-    runs: list[RunRecord]  # the repeat's runs with a metric, the selection's seed left out
-    dropped: int  # repeat runs left out for having the selection's seed
+    setting: stats.Setting  # its runs in the sweep (one, or one per seed the sweep searched)
+    sweep_id: str  # its repeat sweep(s), comma-separated
+    runs: list[RunRecord]  # the repeats' scored runs of seeds the sweep did not give it
+    dropped: int  # repeat runs left out for a seed the sweep gave it (or given twice)
+
+    @property
+    def selected(self) -> RunRecord:
+        return self.setting.best
 
     def values(self, metric: str) -> list[float]:
         return [r.metric(metric) for r in self.runs if r.metric(metric) is not None]
 
 
+def settings_by_run(study: Study) -> dict[str, stats.Setting]:
+    """Every scored run's setting, by run id."""
+    settings: dict[str, stats.Setting] = {}
+    for run in study.scored_runs():
+        settings.setdefault(stats.setting_key(run), stats.Setting([])).runs.append(run)
+    return {run.id: setting for setting in settings.values() for run in setting.runs}
+
+
 def repeated_configurations(study: Study, repeats: dict[str, Study]) -> dict[str, Repeated]:
-    """By the id of the repeated run: its repeat's scored runs other than the selection's
-    own seed (that run was picked for being best; counting it again biases the mean)."""
-    by_id = {r.id: r for r in study.runs}
-    out = {}
-    for run_id, repeat in repeats.items():
-        selected = by_id.get(run_id)
-        if selected is None:
+    """By setting (stats.setting_key): its repeats' scored runs of fresh seeds only. The
+    seeds the sweep gave the setting picked it for being best; counting them again would
+    bias the mean. Two repeat sweeps of one setting are read as one, each seed once."""
+    by_run = settings_by_run(study)
+    out: dict[str, Repeated] = {}
+    for run_id, repeat in sorted(repeats.items()):
+        setting = by_run.get(run_id)
+        if setting is None:
             continue
-        seed = selected.params.seed
-        scored = [r for r in repeat.runs if r.metric(study.metric) is not None]
-        fresh = [r for r in scored if r.params.seed != seed]
-        out[run_id] = Repeated(selected, repeat.sweep_id, fresh, len(scored) - len(fresh))
+        key = stats.setting_key(setting.best)
+        rep = out.setdefault(key, Repeated(setting, "", [], 0))
+        rep.sweep_id = ", ".join(filter(None, [rep.sweep_id, repeat.sweep_id]))
+        seen = setting.seeds | {r.params.seed for r in rep.runs}
+        for run in repeat.runs:
+            if run.metric(study.metric) is None:
+                continue
+            if run.params.seed in seen:
+                rep.dropped += 1
+            else:
+                rep.runs.append(run)
+                seen.add(run.params.seed)
     return out
 
 
 def seeds_section(report: Report, ctx: Context) -> None:
     study, metric = ctx.study, ctx.study.metric
     repeated = repeated_configurations(study, repeats_of(study))
+    searched = "seed" in ctx.swept
     report.add("## Best configurations over seeds", "")
+    sweep_seeds = ("The sweep itself searched `seed`: a setting's runs that differ only in "
+                   "their seed are its repeats, and settings are ranked by their mean over "
+                   "them. " if searched else "")
     if repeated:
         seeds = sorted({r.params.seed for rep in repeated.values() for r in rep.runs})
-        picked = sorted({rep.selected.params.seed for rep in repeated.values()})
+        picked = sorted({s for rep in repeated.values() for s in rep.setting.seeds})
         dropped = sum(rep.dropped for rep in repeated.values())
         report.add(
-            "Each configuration below was picked from the sweep as one of the best of its "
-            "group, then run again in a repeat sweep (`python -m agent.repeat`): a grid over "
-            f"`seed` with every other parameter fixed. Seeds used: {_seed_list(seeds)}. The "
-            f"picked run's own seed ({_seed_list(picked)}) is not among them"
-            + (f" ({dropped} repeat runs with that seed were left out)" if dropped else "")
-            + ": it was picked for being the best, so counting it again would bias the mean "
-            "upward (the winner's curse); its value is shown as \"sweep run\". Mean ± "
-            f"half-width of the {ctx.level:.0%} Student-t interval over n seeds. Every "
-            "seed's value: [seeds.csv](seeds.csv).", "")
+            sweep_seeds + "Each setting below was picked from the sweep as one of the best of "
+            "its group, then run again in a repeat sweep (`python -m agent.repeat`): a grid "
+            f"over `seed` with every other parameter fixed. Seeds used: {_seed_list(seeds)}. "
+            f"The seeds the sweep gave the picked settings ({_seed_list(picked)}) are not "
+            "among a setting's own"
+            + (f" ({dropped} repeat runs were left out: a seed the sweep gave the setting, "
+               "or one a repeat of it counted already)" if dropped else "")
+            + ": they picked it for being the best, so counting them again would bias the "
+            "mean upward (the winner's curse); their value is shown as \"sweep\" (their "
+            f"mean when the sweep gave several). Mean ± half-width of the {ctx.level:.0%} "
+            "Student-t interval over n fresh seeds. Every seed's value: "
+            "[seeds.csv](seeds.csv).", "")
         write_seeds_csv(ctx, repeated, ctx.out_dir / "seeds.csv")
+    elif searched:
+        report.add(
+            sweep_seeds + "No repeat sweep exists yet: the tables below give each setting's "
+            "mean over the sweep's seeds, but those seeds also picked it, so its mean is "
+            "optimistic and none is marked best: "
+            f"`python -m agent.repeat {study.sweep_id} --run` runs the best 2 settings per "
+            "model on 5 fresh seeds each.", "")
     else:
         report.add("No repeat sweep exists yet, so each configuration below has one run and "
                    "no interval, and none is marked best: "
                    f"`python -m agent.repeat {study.sweep_id} --run` creates and runs them "
                    "(the best 2 per model, 5 seeds each).", "")
-    for by in ("model", "optimizer"):
-        if by in ctx.swept or len({str(r.params.get(by)) for r in study.runs}) > 1:
-            by_table(report, ctx, by, repeated)
-    rows = [SeedRow(f"{config_text(rep.selected, ctx.swept, ' ')}", rep.values(metric),
+    for by in group_parameters(ctx):
+        by_table(report, ctx, by, repeated)
+    rows = [SeedRow(config_text(rep.selected, _shown(ctx), " "), rep.values(metric),
                     *stats.t_interval(rep.values(metric), ctx.level)[:2],
-                    rep.selected.metric(metric))
+                    float(np.mean(rep.setting.values(metric))))
             for rep in repeated.values() if len(rep.values(metric)) >= 2]
+    rows.sort(key=lambda row: row.mean, reverse=study.goal == "maximize")
     if rows:
         report.figure(seed_figure(rows, metric, ctx.out_dir / "seeds.png",
-                                  f"{metric} per seed of each repeated configuration"),
+                                  f"{metric} per seed of each repeated setting"),
                       "values per seed")
         report.add(winners_curse(rows, metric), "")
 
 
+MAX_GROUP_VALUES = 8  # a swept parameter with more values gets no "By ..." table
+MAX_GROUP_TABLES = 4
+
+
+def group_parameters(ctx: Context) -> list[str]:
+    """The parameters the "By ..." tables group by: model and optimizer where they vary,
+    then the other swept parameters with a few values (a batch-size study's batch_size)."""
+    study = ctx.study
+    varied = {p.name: p.values for p in swept_parameters(study.sweep_config)}
+    names = [by for by in ("model", "optimizer")
+             if by in ctx.swept or len({str(r.params.get(by)) for r in study.runs}) > 1]
+    names += [name for name in ctx.swept if name not in names and name != "seed"
+              and varied.get(name) is not None and 1 < len(varied[name]) <= MAX_GROUP_VALUES]
+    return names[:MAX_GROUP_TABLES]
+
+
+def _shown(ctx: Context) -> list[str]:
+    """The swept parameters that name a setting (its seed does not)."""
+    return [name for name in ctx.swept if name != "seed"]
+
+
 def winners_curse(rows: list[SeedRow], metric: str) -> str:
-    """How far the picked runs sit above their configurations' means over fresh seeds."""
+    """How far the picked settings' sweep values sit above their means over fresh seeds."""
     excess = [r.selected - r.mean for r in rows if r.selected is not None]
     if not excess:
         return ""
     mean = sum(excess) / len(excess)
     above = sum(1 for e in excess if e > 0)
-    verdict = ("a sweep's best run is partly a lucky seed, which is why it is not counted in "
+    verdict = ("a sweep's best is partly lucky seeds, which is why they are not counted in "
                "the mean" if mean > 0 else "here the picks were not luckier than their "
-               "configurations; the fresh seeds keep the estimate fair either way")
-    return (f"The picked run scored above its configuration's mean over fresh seeds in "
-            f"{above} of {len(excess)} configurations ({metric} {mean:+.4f} on average): "
+               "settings; the fresh seeds keep the estimate fair either way")
+    return (f"The picked setting's sweep value scored above its mean over fresh seeds in "
+            f"{above} of {len(excess)} settings ({metric} {mean:+.4f} on average): "
             f"{verdict}.")
 
 
@@ -106,47 +168,59 @@ def _seed_list(seeds: list[int]) -> str:
 
 def by_table(report: Report, ctx: Context, by: str, repeated: dict[str, Repeated]) -> None:
     study, metric = ctx.study, ctx.study.metric
-    others = [a for a in ctx.swept if a != by]
+    others = [a for a in _shown(ctx) if a != by]
     with_seeds, single = [], []
-    for group, runs in stats.best_per_group(ctx.scored, by, BEST_PER_GROUP).items():
-        for run in runs:
-            (with_seeds if run.id in repeated and len(repeated[run.id].values(metric)) >= 2
-             else single).append((group, run))
-    report.add(f"### By {by}", "", f"The best {BEST_PER_GROUP} runs of each {by} by "
+    groups = stats.best_settings_per_group(ctx.scored, by, BEST_PER_GROUP, metric, study.goal)
+    for group, settings in groups.items():
+        for setting in settings:
+            rep = repeated.get(stats.setting_key(setting.best))
+            (with_seeds if rep and len(rep.values(metric)) >= 2 else single).append(
+                (group, setting))
+    report.add(f"### By {by}", "", f"The best {BEST_PER_GROUP} settings of each {by} by "
                f"{metric}, with their repeats where `python -m agent.repeat` made some.", "")
     if with_seeds:
-        samples = {run.id: repeated[run.id].values(metric) for _, run in with_seeds}
+        samples = {stats.setting_key(s.best): repeated[stats.setting_key(s.best)].values(metric)
+                   for _, s in with_seeds}
         leader, adjusted = stats.supported_best(samples, study.goal, ALPHA)
-        rows = [_repeated_row(ctx, group, run, repeated[run.id], others, run.id == leader)
-                for group, run in with_seeds]
-        report.table([by, "configuration", f"{metric} over seeds", f"{metric} per seed",
-                      "test/acc over seeds", "sweep run", "repeat sweep"], rows)
-        report.add(_bold_sentence(samples, leader, adjusted, with_seeds, ctx, study.goal), "")
+        rows = [_repeated_row(ctx, group, repeated[stats.setting_key(s.best)], others,
+                              stats.setting_key(s.best) == leader) for group, s in with_seeds]
+        report.table([by, "configuration", f"{metric} over fresh seeds", f"{metric} per seed",
+                      "test/acc over fresh seeds", "sweep", "repeat sweep"], rows)
+        names = {stats.setting_key(s.best): config_text(s.best, _shown(ctx))
+                 for _, s in with_seeds}
+        report.add(_bold_sentence(samples, leader, adjusted, names, study.goal), "")
     if single:
-        report.add(f"Single runs (n = 1: no repeat sweep; not compared, never bold; "
-                   f"{metric} and test/acc of the sweep's one run):", "")
-        report.table([by, "configuration", metric, "test/acc", "run"], [
-            [group, config_text(run, others), fmt(run.metric(metric)),
-             fmt(run.metric("test/acc")), run.id] for group, run in single])
+        several = any(len(s.values(metric)) > 1 for _, s in single)
+        report.add("Settings without a repeat sweep (never compared, never bold): "
+                   + (f"{metric} and test/acc over the sweep's own seeds, which also ranked "
+                      "them, so these means are optimistic" if several else
+                      f"n = 1, {metric} and test/acc of the sweep's one run") + ":", "")
+        report.table([by, "configuration", metric, "test/acc", "runs"], [
+            [group, config_text(s.best, others) or "–", ci_text(s.values(metric), ctx.level),
+             ci_text(s.values("test/acc"), ctx.level) if s.values("test/acc") else "–",
+             " ".join(r.id for r in s.runs)] for group, s in single])
     if ctx.base is not None:
         report.add(f"Baselines on the test set: chance {ctx.base.chance:.4f}, majority class "
                    f"{ctx.base.majority:.4f}.", "")
 
 
-def _repeated_row(ctx: Context, group: str, run: RunRecord, rep: Repeated, others: list[str],
+def _repeated_row(ctx: Context, group: str, rep: Repeated, others: list[str],
                   bold: bool) -> list[str]:
     metric = ctx.study.metric
     values = rep.values(metric)
     tests = rep.values("test/acc")
     cell = ci_text(values, ctx.level)
-    return [group, config_text(run, others), f"**{cell}**" if bold else cell,
+    picked = rep.setting.values(metric)
+    sweep = (f"{np.mean(picked):.4f} (mean of {len(picked)}: "
+             if len(picked) > 1 else f"{fmt(picked[0])} (") \
+        + " ".join(r.id for r in rep.setting.runs) + ")"
+    return [group, config_text(rep.selected, others) or "–", f"**{cell}**" if bold else cell,
             " ".join(f"{v:.4f}" for v in values), ci_text(tests, ctx.level) if tests else "–",
-            f"{fmt(run.metric(metric))} ({run.id})", rep.sweep_id]
+            sweep, rep.sweep_id]
 
 
-def _bold_sentence(samples: dict, leader: str | None, adjusted: dict,
-                   rows: list[tuple[str, RunRecord]], ctx: Context, goal: str) -> str:
-    names = {run.id: config_text(run, ctx.swept) for group, run in rows}
+def _bold_sentence(samples: dict, leader: str | None, adjusted: dict, names: dict,
+                   goal: str) -> str:
     if len(samples) < 2:
         return "One repeated configuration: nothing to compare, nothing bold."
     test = (f"Welch's t-test (two-sided, unequal variances) of the best mean against every "
@@ -156,8 +230,6 @@ def _bold_sentence(samples: dict, leader: str | None, adjusted: dict,
         worst = max(adjusted.values())
         return (f"Bold: {names[leader]}, better than every other row by {test} (largest "
                 f"adjusted p = {worst:.3g}). Test accuracy is reported, never used to pick.")
-    import numpy as np
-
     pick = max if goal == "maximize" else min
     best = pick(samples, key=lambda k: np.mean(samples[k]))
     closest = max(adjusted, key=adjusted.get)
@@ -167,14 +239,16 @@ def _bold_sentence(samples: dict, leader: str | None, adjusted: dict,
 
 def write_seeds_csv(ctx: Context, repeated: dict[str, Repeated], path) -> None:
     metric = ctx.study.metric
+    shown = _shown(ctx)
     with open(path, "w", newline="", encoding="utf-8") as handle:
         writer = csv.writer(handle)
-        writer.writerow(["selected_run", "repeat_sweep", *ctx.swept, "seed", "run_id",
-                         metric, "test/acc"])
-        for run_id, rep in repeated.items():
+        writer.writerow(["selected_run", "repeat_sweep", *shown, "sweep_seeds", "seed",
+                         "run_id", metric, "test/acc"])
+        for rep in repeated.values():
             for run in rep.runs:
-                writer.writerow([run_id, rep.sweep_id,
+                writer.writerow([rep.selected.id, rep.sweep_id,
                                  *(rep.selected.config.get(a, rep.selected.params.get(a))
-                                   for a in ctx.swept),
+                                   for a in shown),
+                                 " ".join(map(str, sorted(rep.setting.seeds))),
                                  run.params.seed, run.id, run.metric(metric),
                                  run.metric("test/acc")])

@@ -120,6 +120,15 @@ def data_lines(data: DataUsed, study: Study) -> list[str]:
     if varying:
         lines.append(f"- Runs differ in {', '.join(varying)}: the counts above are the best "
                      "run's; runs.csv has each run's values.")
+    sizes = sorted({r.params.batch_size for r in study.runs})
+    steps = [(size, used // size) for size in sizes]
+    lines.append("- An epoch is the whole batches of the images trained on (a last partial "
+                 "batch is left out, a new order each epoch): "
+                 + "; ".join(f"batch {size}: {count:,} steps, {count * size:,} images"
+                             for size, count in steps) + "."
+                 + (" Runs of different batch sizes take different numbers of steps at "
+                    "the same lr; the learning curves are drawn against steps."
+                    if len(sizes) > 1 else ""))
     return lines
 
 

@@ -12,6 +12,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from agent.report.study import RunRecord
+from agent.sweep_space import LOG_SPAN
 
 DIVERGED, STUCK, CONVERGED = "diverged", "stuck", "converged"
 GROUPS = (DIVERGED, STUCK, CONVERGED)
@@ -185,13 +186,48 @@ def classify(run: RunRecord, step_losses: list[float], classes: int,
 
 # ---------------------------------------------------------------- parameters
 
-def best_per_group(runs: list[RunRecord], by: str, count: int) -> dict[str, list[RunRecord]]:
-    """The first `count` runs (already best first) for each value of the parameter `by`."""
-    groups: dict[str, list[RunRecord]] = {}
+@dataclass
+class Setting:
+    """One configuration of a sweep less its seed: the runs that differ only in `seed` are
+    repeats of one setting, never settings of their own."""
+
+    runs: list[RunRecord]  # its scored runs, best first
+
+    @property
+    def best(self) -> RunRecord:
+        return self.runs[0]
+
+    @property
+    def seeds(self) -> set[int]:
+        return {r.params.seed for r in self.runs}
+
+    def values(self, metric: str) -> list[float]:
+        return [r.metric(metric) for r in self.runs if r.metric(metric) is not None]
+
+
+def setting_key(run: RunRecord) -> str:
+    """What a run's setting is: its sweep config less `seed` (and the sweep's own record)."""
+    import json
+
+    return json.dumps({k: v for k, v in run.config.items() if k not in ("seed", "sweep")},
+                      sort_keys=True, default=str)
+
+
+def best_settings_per_group(runs: list[RunRecord], by: str, count: int, metric: str,
+                            goal: str) -> dict[str, list[Setting]]:
+    """The best `count` settings (runs less their seed) for each value of the parameter `by`,
+    ranked by their mean `metric` over the seeds the sweep gave them (one run: its value).
+    `runs` are scored runs, best first."""
+    settings: dict[str, Setting] = {}
     for run in runs:
-        bucket = groups.setdefault(str(run.params.get(by)), [])
+        settings.setdefault(setting_key(run), Setting([])).runs.append(run)
+    ranked = sorted(settings.values(), key=lambda s: float(np.mean(s.values(metric))),
+                    reverse=goal == "maximize")
+    groups: dict[str, list[Setting]] = {}
+    for setting in ranked:
+        bucket = groups.setdefault(str(setting.best.params.get(by)), [])
         if len(bucket) < count:
-            bucket.append(run)
+            bucket.append(setting)
     return groups
 
 
@@ -210,7 +246,7 @@ def numeric_values(values: list) -> np.ndarray | None:
     if any(isinstance(v, (bool, str, list)) or v is None for v in values):
         return None
     array = np.asarray(values, dtype=float)
-    if (array > 0).all() and array.max() / array.min() > 100:
+    if (array > 0).all() and array.max() / array.min() >= LOG_SPAN:
         array = np.log10(array)
     return array
 

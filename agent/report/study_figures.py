@@ -136,12 +136,12 @@ class SeedRow:
     values: list[float]  # one per seed
     mean: float
     half: float | None  # half-width of the confidence interval
-    selected: float | None = None  # the sweep's own run of it (the one that was picked)
+    selected: float | None = None  # the sweep's value of it (its run, or its seeds' mean)
 
 
 def seed_figure(rows: list[SeedRow], metric: str, path, title: str) -> Drawn:
     """Per configuration: a dot per seed, the mean with its interval, and a hollow diamond
-    for the sweep run that selected the configuration (not part of the mean)."""
+    for the sweep's value that selected the configuration (not part of the mean)."""
     fig, ax = plt.subplots(figsize=(8.0, 0.55 * max(2, len(rows)) + 1.4))
     ax.set_title(title, fontsize=10, pad=24)
     if not rows:
@@ -155,7 +155,8 @@ def seed_figure(rows: list[SeedRow], metric: str, path, title: str) -> Drawn:
                     label="mean, 95% interval" if y == 0 else "_mean")
         if row.selected is not None:
             ax.plot([row.selected], [y], "D", markerfacecolor="none", color="tab:red",
-                    label="the sweep's run (selected; not in the mean)" if y == 0 else "_sel")
+                    label="the sweep's value (what picked it; not in the mean)"
+                    if y == 0 else "_sel")
     ax.set_yticks(range(len(rows)), [r.label for r in rows], fontsize=8)
     ax.invert_yaxis()
     ax.set_xlabel(metric)

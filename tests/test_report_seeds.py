@@ -1,0 +1,127 @@
+"""A sweep that searches `seed` holds repeats, not settings: its runs that differ only in
+their seed are one setting. `agent.repeat` picks settings by their mean over the sweep's
+seeds and gives them seeds the sweep did not; the report shows one row per setting, with
+the mean and Student-t interval over fresh seeds only (two repeat sweeps of one setting read
+as one, each seed once). Real SQLite stores holding finished runs (no training: the report
+reads summaries), written by the agents' own store calls."""
+
+from __future__ import annotations
+
+import csv
+import itertools
+
+import numpy as np
+import pytest
+from scipy import stats as scipy_stats
+
+from agent.report import document
+from agent.report.repeat import repeat_configs
+from agent.report.study import local_study, repeat_description
+from agent.sweep.controller import claim
+from agent.sweep.store import create_store
+
+pytestmark = pytest.mark.timeout(300)
+OPTIMIZERS, LRS, SEEDS = ["sgd", "adam"], [0.1, 0.01], [0, 1, 2]
+# a setting's value: its base plus a seed's offset; sgd's best single run (lr 0.01, seed 2)
+# belongs to its worse setting by the mean
+BASE = {("sgd", 0.1): 0.60, ("sgd", 0.01): 0.55, ("adam", 0.1): 0.40, ("adam", 0.01): 0.70}
+OFFSET = {0: 0.0, 1: 0.01, 2: 0.2, 3: -0.02, 4: 0.03, 5: 0.01, 6: -0.04}
+
+
+def value(config: dict) -> float:
+    return BASE[(config["optimizer"], config["lr"])] + OFFSET[config["seed"]]
+
+
+def finish_all(store, owner: str = "host:1") -> None:
+    while (work := claim(store, owner, count=64)).kind == "run":
+        for run in work.runs:
+            score = value(run.config)
+            assert store.finish(run.run_id, owner, "finished",
+                                {"val/acc": score, "test/acc": score - 0.01,
+                                 "epochs_done": 1})
+
+
+def seeded_sweep(tmp_path):
+    config = {"program": "agent/train.py", "method": "grid",
+              "metric": {"name": "val/acc", "goal": "maximize"},
+              "parameters": {"dataset": {"value": "digits"}, "model": {"value": "dense"},
+                             "hidden": {"value": 16}, "epochs": {"value": 1},
+                             "optimizer": {"values": OPTIMIZERS}, "lr": {"values": LRS},
+                             "seed": {"values": SEEDS}}}
+    store = create_store(tmp_path / "data" / "sweeps" / "seeded", "seeded", "seeded", config)
+    finish_all(store)
+    return store
+
+
+def test_repeats_pick_settings_by_their_mean_over_seeds_and_give_them_fresh_seeds(
+        tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    study = local_study(seeded_sweep(tmp_path))
+    configs = repeat_configs(study, top=2, by="optimizer", seeds=3)
+    by_id = {r.id: r for r in study.runs}
+    picked = [(by_id[run_id].config["optimizer"], by_id[run_id].config["lr"])
+              for run_id, _ in configs]
+    means = {key: np.mean([BASE[key] + OFFSET[s] for s in SEEDS]) for key in BASE}
+    for optimizer in OPTIMIZERS:  # each optimizer's settings, best mean first
+        expected = sorted((k for k in BASE if k[0] == optimizer), key=means.get, reverse=True)
+        assert [p for p in picked if p[0] == optimizer] == expected
+    assert len(set(picked)) == len(picked) == 4  # one repeat per setting, never per seed
+    for run_id, config in configs:
+        assert config["parameters"]["seed"] == {"values": [3, 4, 5]}  # none of 0, 1, 2
+        assert by_id[run_id].config["seed"] == 2  # named by the setting's best run
+
+
+def test_the_report_shows_each_setting_once_over_fresh_seeds(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    store = seeded_sweep(tmp_path)
+    study = local_study(store)
+    configs = repeat_configs(study, top=1, by="optimizer", seeds=3)
+    for n, (_, config) in enumerate(configs):
+        repeat = create_store(tmp_path / "data" / "sweeps" / f"rep{n}", f"rep{n}", "r", config)
+        finish_all(repeat)
+    # an older repeat of adam's best setting, named by another of its runs, seeds 0, 3, 6:
+    # 0 is the sweep's, 3 is counted already, 6 is fresh
+    adam = next(r for r in study.runs if (r.config["optimizer"], r.config["lr"], r.config[
+        "seed"]) == ("adam", 0.01, 0))
+    by_id = {r.id: r for r in study.runs}
+    older = next(config for run_id, config in configs
+                 if by_id[run_id].config["optimizer"] == "adam")
+    older = {**older, "description": repeat_description(study.sweep_id, adam.id),
+             "parameters": {**older["parameters"], "seed": {"values": [0, 3, 6]}}}
+    finish_all(create_store(tmp_path / "data" / "sweeps" / "old", "old", "r", older))
+
+    report = document.build_report(local_study(store), tmp_path / "report")
+    text = report.path.read_text()
+    table = text.split("### By optimizer")[1].split("###")[0]
+    rows = [line for line in table.splitlines() if line.startswith("| sgd") or
+            line.startswith("| adam")]
+    assert len(rows) == 4 and "seed=" not in table  # two settings each, one row each
+    for optimizer, lr in (("sgd", 0.1), ("adam", 0.01)):
+        fresh = [3, 4, 5] + ([6] if optimizer == "adam" else [])
+        values = [BASE[(optimizer, lr)] + OFFSET[s] for s in fresh]
+        mean, sd = np.mean(values), np.std(values, ddof=1)
+        half = scipy_stats.t.ppf(0.975, len(values) - 1) * sd / np.sqrt(len(values))
+        row = next(r for r in rows if r.startswith(f"| {optimizer} | lr={lr:g} |"))
+        assert f"{mean:.4f} ± {half:.4f} (n={len(values)})" in row, row
+        swept = np.mean([BASE[(optimizer, lr)] + OFFSET[s] for s in SEEDS])
+        assert f"{swept:.4f} (mean of 3:" in row, row
+    with open(tmp_path / "report" / "seeds.csv", newline="") as handle:
+        written = list(csv.DictReader(handle))
+    assert {row["sweep_seeds"] for row in written} == {"0 1 2"}
+    seen = sorted((row["selected_run"], int(row["seed"])) for row in written)
+    assert len(seen) == len(set(seen)) == 7  # 3 + 4 fresh seeds, each once
+    assert not {int(row["seed"]) for row in written} & set(SEEDS)
+
+
+def test_a_sweep_without_seed_keeps_one_setting_a_run():
+    """Without `seed` in the sweep, every run is its own setting (n = 1), as before."""
+    from agent.report.stats import setting_key
+
+    class Run:
+        def __init__(self, config):
+            self.config = config
+
+    runs = [Run({"lr": lr, "optimizer": o}) for lr, o in itertools.product(LRS, OPTIMIZERS)]
+    assert len({setting_key(r) for r in runs}) == len(runs)
+    same = [Run({"lr": 0.1, "seed": s}) for s in SEEDS]
+    assert len({setting_key(r) for r in same}) == 1
