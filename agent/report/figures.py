@@ -163,6 +163,9 @@ def _class_ticks(ax, classes: list[str], axis: str = "x") -> None:
 
 
 def _number_text(value: float) -> str:
+    """3 significant digits; a whole number below a million in full (batch 1024, not 1.02e+03)."""
+    if float(value).is_integer() and abs(value) < 1e6:
+        return str(int(value))
     return f"{value:.3g}"
 
 
