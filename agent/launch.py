@@ -27,7 +27,12 @@ from agent.sweep.controller import (
 )
 from agent.sweep.pack_size import parse_pack
 from agent.sweep.store import SweepStore
-from agent.sweep.target import check_wandb_sweep, create_local_sweep, resolve_target
+from agent.sweep.target import (
+    check_wandb_sweep,
+    create_local_sweep,
+    hint_options,
+    resolve_target,
+)
 from util.errors import (
     USAGE_EXIT_CODE,
     CommandParser,
@@ -302,7 +307,7 @@ def main(argv: list[str] | None = None) -> int:
     argv = agent_argv(args) + [str(store.directory)]
     code = run_agent_here(argv, slots[0], store) if runs_here(slots, gpus) else \
         start_agents(AGENT_PROGRAM + argv, slots, store)
-    report_local(store, options)
+    report_local(store, hint_options(options, store.sweep().config))
     return code
 
 

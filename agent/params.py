@@ -242,7 +242,8 @@ PARAMS: tuple[Param, ...] = (
           "local sweep, a W&B sweep's id, else 'default')", "run", hyper=False),
     Param("run_name", str, "", "display name (default: the run id)", "run", hyper=False),
     Param("run_id", str, "", "run id; a run started again with the same id resumes from its "
-          "checkpoint (default: a new id)", "run", hyper=False, text="id"),
+          "checkpoint, with the values it was trained with (more epochs allowed; other "
+          "values are refused) (default: a new id)", "run", hyper=False, text="id"),
     Param("log_dir", str, "data/logs", "TensorBoard logs go to log_dir/<group>/<run>", "run",
           hyper=False, text="path"),
     Param("run_dir", str, "data/runs", "checkpoints and tracebacks go to run_dir/<run id>",

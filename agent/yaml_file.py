@@ -53,7 +53,10 @@ class _PlainDataLoader(yaml.SafeLoader):
 
     def construct_mapping(self, node, deep=False):
         if isinstance(node, yaml.MappingNode):
+            # a key written twice in this mapping; one that overrides a `<<:` merge is fine
+            own = {id(k) for k, _ in node.value if k.tag != "tag:yaml.org,2002:merge"}
             self.flatten_mapping(node)
+            seen: dict[str, int] = {}
             for key_node, _ in node.value:
                 key = self.construct_object(key_node, deep=deep)
                 if not isinstance(key, str):
@@ -61,6 +64,12 @@ class _PlainDataLoader(yaml.SafeLoader):
                         if isinstance(key, bool) else ""
                     raise _Refused(f"the key {_shown(key)} is not text{hint}: quote it",
                                    key_node.start_mark)
+                if id(key_node) not in own:
+                    continue
+                if key in seen:  # PyYAML keeps the last one silently; YAML forbids it
+                    raise _Refused(f"the key {_shown(key)} is given twice (first on line "
+                                   f"{seen[key] + 1}): keep one", key_node.start_mark)
+                seen[key] = key_node.start_mark.line
         return super().construct_mapping(node, deep=deep)
 
     def construct_object(self, node, deep=False):

@@ -147,3 +147,26 @@ def test_the_trainer_command_resumes_past_a_damaged_checkpoint(workdir):
                            capture_output=True, text=True, timeout=150)
     assert again.returncode == 0, again.stderr
     assert "is damaged" in again.stderr and "starting from scratch" in again.stderr
+
+
+@pytest.mark.parametrize("changed", [{"lr": 0.5}, {"optimizer": "sgd"}, {"seed": 3},
+                                     {"dropout": 0.3}])
+def test_a_run_started_again_with_other_values_is_refused_and_its_checkpoints_kept(
+        workdir, changed):
+    """The same run id with other values would train on from the checkpoint under a config
+    its epochs so far did not have: refused in one line before anything is written, both
+    checkpoints as they were. More epochs (training a run on) is allowed."""
+    from util.errors import UserError
+
+    train(config(workdir, run_id="r1", epochs=2))
+    run_dir = workdir / "runs" / "r1"
+    before = {name: (run_dir / name).read_bytes() for name in (CHECKPOINT_NAME, PREVIOUS_NAME)}
+    with pytest.raises(UserError) as refused:
+        train(config(workdir, run_id="r1", epochs=2, **changed))
+    message = str(refused.value)
+    (name, value), = changed.items()
+    assert "\n" not in message and message.startswith("run r1: its checkpoint (epoch 2)")
+    assert f"(now {value!r})" in message and name in message
+    assert {n: (run_dir / n).read_bytes() for n in before} == before
+    summary = train(config(workdir, run_id="r1", epochs=3))  # trained on, from epoch 2
+    assert summary["epochs_done"] == 3

@@ -143,6 +143,7 @@ YAML_REFUSED = {
     "a number key": ("1: x", "the key 1 is not text"),
     "a boolean key": ("on: x", "the key True is not text"),
     "a null key": ("~: x", "the key None is not text"),
+    "a key given twice": ("x: 1\ny: 2\nx: 3", "the key 'x' is given twice (first on line 2)"),
     "a NUL": ('x: "a\\0b"', "NUL"),
     "a lone surrogate": ('x: "\\ud800"', "lone surrogate"),
     "a Python object": ("x: !!python/object/apply:os.system ['true']", "constructor"),
@@ -165,6 +166,9 @@ def test_plain_yaml_is_read_as_before():
     assert load_text("a: 1\nb: [x, 2.5, true, null]\nc: {d: e}\n", "s.yaml") == {
         "a": 1, "b": ["x", 2.5, True, None], "c": {"d": "e"}}
     assert load_text("a: &x [1, 2]\nb: *x\n", "s.yaml") == {"a": [1, 2], "b": [1, 2]}
+    # a key that overrides one a `<<:` merge brings is not a key given twice
+    assert load_text("a: &x {b: 1}\nc:\n  <<: *x\n  b: 2\n", "s.yaml") == {
+        "a": {"b": 1}, "c": {"b": 2}}
 
 
 # --- sweeps no run can use, and sweeps too large to enumerate -------------------------------------

@@ -652,3 +652,48 @@ def test_a_new_sweep_of_the_same_config_names_the_unfinished_one(tmp_path, monke
     other.write_text(path.read_text().replace("0.01", "0.001"))
     create_local_sweep(other)  # the third sweep above is unfinished, and of another config
     assert "is not finished" not in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("raised, says", [
+    ("comm", "W&B could not be reached to look it up (CommError: "),
+    ("missing", "W&B could not find it (ValueError: Could not find sweep"),
+])
+def test_a_wandb_sweep_that_cannot_be_looked_up_says_why_in_one_line(monkeypatch, raised, says):
+    """An unreachable server is not an unknown sweep; either way one line, cut with an
+    ellipsis rather than mid-word."""
+    import wandb
+
+    from agent.sweep.target import SweepTarget, check_wandb_sweep
+
+    errors = {"comm": wandb.errors.CommError("Failed to execute API request: " + "x" * 300),
+              "missing": ValueError("Could not find sweep ent/proj/abcd1234")}
+
+    class Api:
+        def sweep(self, path):
+            raise errors[raised]
+
+    monkeypatch.setenv("WANDB_API_KEY", "k" * 40)
+    monkeypatch.setattr(wandb, "Api", Api)
+    with pytest.raises(UserError) as caught:
+        check_wandb_sweep(SweepTarget("wandb", "ent/proj/abcd1234",
+                                      wandb_path="ent/proj/abcd1234"))
+    message = str(caught.value)
+    assert "\n" not in message and says in message, message
+    assert len(message) < 260 and (raised != "comm" or message.endswith("…)"))
+
+
+def test_the_hints_of_another_programs_sweep_leave_out_pack(tmp_path, monkeypatch, capsys):
+    """--pack does not apply to another program's runs (one process a run): the hint to
+    add agents does not repeat it; our trainer's sweep keeps it."""
+    from agent.sweep.target import create_local_sweep
+
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "prog.py").write_text("print('a program')\n")
+    for program, kept in (("prog.py", False), ("agent/train.py", True)):
+        path = tmp_path / "s.yaml"
+        path.write_text(yaml.safe_dump({"program": program, "method": "grid",
+                                        "parameters": {"lr": {"values": [0.1]}}}))
+        create_local_sweep(path, " --pack 2 --agents 2")
+        hint = next(line for line in capsys.readouterr().out.splitlines()
+                    if line.startswith("Add agents"))
+        assert hint.endswith(" --pack 2 --agents 2" if kept else " --agents 2"), hint

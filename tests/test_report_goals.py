@@ -102,6 +102,9 @@ def test_a_report_that_fails_half_way_leaves_the_previous_one_whole(tmp_path, mo
     out = tmp_path / "reports" / "goals1"
     before = {p.name: p.read_bytes() for p in out.iterdir()}
     assert {"report.md", "report.html", "runs.csv", "marginals.png"} <= set(before)
+    mask = os.umask(0)
+    os.umask(mask)
+    assert out.stat().st_mode & 0o777 == 0o777 & ~mask  # readable as any folder made here
 
     def broken(report, ctx):
         raise RuntimeError("a section fails")

@@ -41,11 +41,12 @@ def finish_all(store, owner: str = "host:1") -> None:
                                  "epochs_done": 1})
 
 
-def seeded_sweep(tmp_path):
+def seeded_sweep(tmp_path, epochs: int = 1):
     config = {"program": "agent/train.py", "method": "grid",
               "metric": {"name": "val/acc", "goal": "maximize"},
               "parameters": {"dataset": {"value": "digits"}, "model": {"value": "dense"},
-                             "hidden": {"value": 16}, "epochs": {"value": 1},
+                             "hidden": {"value": 16}, "epochs": {"value": epochs},
+                             "batch_size": {"value": 16}, "sinks": {"value": ["console"]},
                              "optimizer": {"values": OPTIMIZERS}, "lr": {"values": LRS},
                              "seed": {"values": SEEDS}}}
     store = create_store(tmp_path / "data" / "sweeps" / "seeded", "seeded", "seeded", config)
@@ -125,3 +126,39 @@ def test_a_sweep_without_seed_keeps_one_setting_a_run():
     assert len({setting_key(r) for r in runs}) == len(runs)
     same = [Run({"lr": 0.1, "seed": s}) for s in SEEDS]
     assert len({setting_key(r) for r in same}) == 1
+
+
+@pytest.mark.e2e
+@pytest.mark.timeout(300)
+def test_ctrl_c_stops_repeat_run_before_the_next_repeat_sweep(tmp_path):
+    """`agent.repeat --run` trains one repeat sweep after another; Ctrl-C preempts the run
+    in training and stops there (the next repeat sweep is not started), exit code 0 as any
+    preempted agent, with a line on how to go on."""
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    from agent.sweep.store import SweepStore
+    from conftest import subprocess_env
+
+    seeded_sweep(tmp_path, epochs=50)  # a repeat run trains for a while
+    process = subprocess.Popen(
+        [sys.executable, "-m", "agent.repeat", "seeded", "--by", "optimizer", "--top", "1",
+         "--seeds", "4", "--run"], cwd=tmp_path, env=subprocess_env(OMP_NUM_THREADS="1"),
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True)
+    lines = []
+    for line in process.stdout:  # the first repeat run is training
+        lines.append(line)
+        if line.startswith("run 1/4 "):
+            break
+    time.sleep(1.0)
+    process.send_signal(signal.SIGINT)
+    out, _ = process.communicate(timeout=120)
+    text = "".join(lines) + out
+    assert process.returncode == 0, text
+    assert "Stopped with repeat sweep" in text and "--run" in text.splitlines()[-1], text
+    sweeps = [SweepStore(p) for p in (tmp_path / "data" / "sweeps").glob("*/sweep.db")]
+    repeats = [s for s in sweeps if s.sweep().id != "seeded"]
+    assert len(repeats) == 2  # both made, one started
+    assert sorted(len(s.runs()) for s in repeats)[0] == 0, text

@@ -490,3 +490,22 @@ def test_another_programs_sweep_without_a_goal_is_minimized_as_wandb_does(tmp_pa
     render_status(store, Console(file=out, width=100, color_system=None), limit=3)
     order = [run.run_id for _, run in sorted(zip(values, runs), key=lambda pair: pair[0])]
     assert table_ids(out.getvalue(), store) == order[:3]
+
+
+def test_a_sweep_without_a_metric_ranks_our_trainers_runs_by_val_acc_best_high(tmp_path):
+    """No `metric:` optimises nothing on W&B; the status (and the report, which reads the
+    same metric_of) then rank by val/acc, highest first, never the worst run as the best."""
+    from agent.sweep.status import best_run
+
+    config = {"program": "agent/train.py", "method": "grid",
+              "parameters": {"lr": {"values": [0.1, 0.01, 0.001]}}}
+    store = create_store(tmp_path / "p", "nometric", "nometric", config)
+    runs = claim(store, "host:1", count=3).runs
+    values = [0.8542, 0.2014, 0.1181]
+    for run, v in zip(runs, values):
+        store.finish(run.run_id, "host:1", "finished", {"val/acc": v})
+    best = best_run(store)
+    assert best.run.id == runs[0].run_id and best.value == 0.8542
+    out = io.StringIO()
+    render_status(store, Console(file=out, width=100, color_system=None), limit=3)
+    assert table_ids(out.getvalue(), store) == [r.run_id for r in runs]

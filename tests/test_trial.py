@@ -125,9 +125,12 @@ def test_interrupted_run_resumes_from_its_checkpoint_to_identical_results(workdi
 
 
 @pytest.mark.timeout(120)
-def test_a_resumed_run_shows_each_step_once_in_tensorboard(workdir):
+@pytest.mark.parametrize("stop_after", [32, 12], ids=["in epoch two", "in epoch one"])
+def test_a_resumed_run_shows_each_step_once_in_tensorboard(workdir, stop_after):
     """The interrupted process logged steps past its checkpoint; the resumed one logs them
-    again (purge_step): TensorBoard reads each step once, with the straight run's values."""
+    again (purge_step): TensorBoard reads each step once, with the straight run's values.
+    Interrupted in its first epoch (no checkpoint), the run starts over and hides all that
+    the first start logged."""
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
     config = dict(model="dense", hidden=32, epochs=3, batch_size=64, log_interval=5,
@@ -135,14 +138,14 @@ def test_a_resumed_run_shows_each_step_once_in_tensorboard(workdir):
     run(workdir, run_id="straight", **config)
     steps = {"n": 0}
 
-    def interrupt_in_epoch_two():
+    def interrupt():
         steps["n"] += 1
-        return steps["n"] > 32  # 20 steps an epoch: 3 steps of epoch 2 logged, then stopped
+        return steps["n"] > stop_after  # 20 steps an epoch (steps 5, 10 ... logged)
 
     with pytest.raises(Preempted):
         train({**QUICK, **config, "run_id": "resumed", "data_dir": str(workdir / "data"),
                "log_dir": str(workdir / "logs"), "run_dir": str(workdir / "runs")},
-              TrialHooks(interrupted=interrupt_in_epoch_two))
+              TrialHooks(interrupted=interrupt))
     run(workdir, run_id="resumed", **config)
 
     def scalars(run_id: str) -> dict:
@@ -156,6 +159,23 @@ def test_a_resumed_run_shows_each_step_once_in_tensorboard(workdir):
         assert [step for step, _ in points] == [step for step, _ in straight[tag]], tag
         assert [v for _, v in points] == pytest.approx([v for _, v in straight[tag]]), tag
     assert len(resumed["train/step_loss"]) == 12  # every 5th of 60 steps: none twice
+
+
+def test_tensorboard_gets_the_end_metrics_every_sink_gets(workdir):
+    """README, "What a run reports": at the end test/loss, test/acc and test/class_acc/<class>
+    reach every sink; TensorBoard holds each as a scalar equal to the run's summary."""
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    summary = run(workdir, run_id="ends", model="dense", hidden=16, epochs=1,
+                  sinks=["tensorboard"], group="g")
+    events = EventAccumulator(str(workdir / "logs" / "g" / "ends"),
+                              size_guidance={"scalars": 0}).Reload()
+    ended = [k for k in summary if k.startswith("test/class_acc/")] + ["test/loss", "test/acc"]
+    assert len(ended) == 12  # digits: ten classes
+    for tag in ended:
+        (point,) = events.Scalars(tag)
+        assert point.value == pytest.approx(summary[tag]) and point.step == summary[
+            "global_step"], tag
 
 
 @pytest.mark.timeout(120)

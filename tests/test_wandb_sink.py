@@ -81,3 +81,33 @@ def test_preempted_run_marks_wandb_preempting_and_exits_nonzero(workdir):
     assert run.run_id == "pre1" and run.exit_code == 1
     kinds = {record.WhichOneof("record_type") for record in read_records(run.path)}
     assert "preempting" in kinds  # wandb.mark_preempting() reached the run's record log
+
+
+@pytest.mark.e2e
+@pytest.mark.timeout(120)
+def test_a_key_wandb_refuses_is_one_line_that_never_shows_the_key(workdir):
+    """WANDB_API_KEY set and no WANDB_MODE: the run goes online, as wandb does; a key W&B
+    refuses ends the run in one line (exit 2) naming the way out, and the key appears
+    nowhere (the line, the run's files)."""
+    import os
+    import subprocess
+    import sys
+
+    from conftest import subprocess_env
+
+    secret = "abc123secretkey"
+    env = {k: v for k, v in subprocess_env(WANDB_API_KEY=secret).items() if k != "WANDB_MODE"}
+    result = subprocess.run(
+        [sys.executable, "-m", "agent.train", "--dataset=digits", "--epochs=1", "--model=dense",
+         "--hidden=8", f"--data_dir={workdir / 'data'}", f"--run_dir={workdir / 'runs'}",
+         f"--log_dir={workdir / 'logs'}"], cwd=workdir, env=env, capture_output=True,
+        text=True, timeout=110)
+    assert result.returncode == 2, result.stderr[-2000:]
+    line = result.stderr.strip()
+    assert "\n" not in line and line.startswith("error: W&B refused run"), line
+    assert "WANDB_MODE=offline" in line and secret not in line + result.stdout
+    for root, _, files in os.walk(workdir):
+        for name in files:
+            path = os.path.join(root, name)
+            with open(path, "rb") as handle:
+                assert secret.encode() not in handle.read(), path

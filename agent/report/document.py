@@ -190,6 +190,9 @@ def main(argv: list[str] | None = None) -> int:
         # built aside, then put in place whole: a report that fails half-way (an error, a
         # full disk, Ctrl-C) leaves the previous report as it was and no partial one
         work = Path(tempfile.mkdtemp(prefix=f".{study.sweep_id}.partial-", dir=final.parent))
+        mask = os.umask(0)
+        os.umask(mask)
+        work.chmod(0o777 & ~mask)  # as mkdir makes it: mkdtemp's 0700 would hide the report
         try:
             build_report(study, work,
                          rule=stats.GroupRule(args.explode_factor, args.stuck_margin))

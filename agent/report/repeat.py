@@ -175,6 +175,11 @@ def main(argv: list[str] | None = None) -> int:
 
         for store in stores:
             code = max(code, run_local_agent(store))
+            if not _finished(store):  # interrupted (Ctrl-C, SIGTERM), or runs failed
+                print(f"Stopped with repeat sweep {store.sweep().id} not finished: go on "
+                      f"with ./util/with_venv.sh python -m agent.repeat {study.sweep_id} "
+                      "--run (finished repeats are kept)")
+                return code
         print(f"Next: ./util/with_venv.sh python -m agent.report {study.sweep_id}")
     else:
         print(f"Or all now: ./util/with_venv.sh python -m agent.repeat {study.sweep_id} --run")

@@ -343,9 +343,12 @@ class LocalAgent:
                                                        None if state == "preempted"
                                                        else summary):
                 taken_over(owner, run_id)
-            elif state == "preempted":
+            elif state == "preempted" and summary.get("epochs_done"):
                 print(f"agent {owner}: run {run_id} preempted; its checkpoint is kept for "
                       "the next agent", file=sys.stderr)
+            elif state == "preempted":
+                print(f"agent {owner}: run {run_id} preempted in its first epoch (no "
+                      "checkpoint yet): the next agent starts it over", file=sys.stderr)
 
         return TrialHooks(recorded=recorded, should_stop=after_epoch, interrupted=interrupted,
                           ended=on_end)

@@ -79,10 +79,14 @@ class BestRun:
 
 
 def metric_of(sweep_config: dict) -> tuple[str, str]:
-    """(the sweep's metric name, its goal): W&B's default goal is minimize (a sweep of our
-    trainer names its goal: the sweep checks refuse one without)."""
+    """(the sweep's metric name, its goal). A named metric without a goal is minimized, as
+    W&B's engine fills it (creation notes a goal against our trainer's metric). A sweep
+    with no metric optimises nothing on W&B; the status and the report then rank its runs
+    by our trainer's val/acc, best high."""
     metric = sweep_config.get("metric") or {}
-    return metric.get("name", "val/acc"), metric.get("goal") or "minimize"
+    if not metric.get("name"):
+        return "val/acc", "maximize"
+    return metric["name"], metric.get("goal") or "minimize"
 
 
 def best_run(store: SweepStore) -> BestRun | None:

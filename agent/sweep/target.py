@@ -8,6 +8,7 @@ a bare id with a project). No torch is imported.
 
 from __future__ import annotations
 
+import re
 import textwrap
 from dataclasses import dataclass
 from pathlib import Path
@@ -101,8 +102,15 @@ def check_wandb_sweep(target: SweepTarget) -> None:
     try:
         wandb.Api().sweep(target.wandb_path)
     except Exception as error:  # unknown sweep, no network: either way one line
-        raise UserError(f"sweep={target.text!r}: W&B could not find it "
-                        f"({type(error).__name__}: {str(error).splitlines()[0][:100]})") from None
+        text = " ".join(str(error).split())
+        unreachable = isinstance(error, wandb.errors.CommError) or any(
+            sign in text for sign in ("Failed to execute API request", "Max retries",
+                                      "Connection", "timed out", "Name or service"))
+        what = "W&B could not be reached to look it up" if unreachable else \
+            "W&B could not find it"
+        shown = text if len(text) <= 160 else text[:159] + "…"
+        raise UserError(f"sweep={target.text!r}: {what} ({type(error).__name__}: "
+                        f"{shown})") from None
 
 
 def sweep_name(config: dict, yaml_path: str | Path) -> str:
@@ -125,6 +133,7 @@ def create_local_sweep(yaml_path: str | Path, options: str = "", announce: bool 
     from agent.sweep.store import create_store
 
     config = load_sweep_config(yaml_path)
+    options = hint_options(options, config)
     earlier = unfinished_twin(config, options)
     sweep_id = new_run_id()
     name = sweep_name(config, yaml_path)
@@ -173,3 +182,13 @@ def unfinished_twin(config: dict, options: str = "") -> str | None:
               if progress["total"] is not None else f"{progress['done']} runs ended")
     return (f"note: sweep {sweep_id}, made earlier from the same config, is not finished "
             f"({counts}); to go on with it instead: ./run_sweep.sh {sweep_id}{options}")
+
+
+def hint_options(options: str, config: dict) -> str:
+    """The launch options a hint repeats (" --pack 4 --gpus 0"), less `--pack` for a sweep
+    whose command runs another program (its runs are never packed)."""
+    from agent.sweep.program import runs_our_trainer
+
+    if runs_our_trainer(config):
+        return options
+    return re.sub(r" --pack \S+", "", options)

@@ -22,7 +22,7 @@ from typing import Any
 
 import torch
 
-from util.errors import naming
+from util.errors import UserError, naming
 
 CHECKPOINT_NAME = "checkpoint.pt"
 
@@ -40,15 +40,53 @@ PARTS: dict[str, tuple[Callable[[Any, int], Any], Callable[[Any, int, Any], None
     "progress": (lambda pack, k: pack.members[k].progress.state(),
                  lambda pack, k, value: pack.members[k].restore_progress(value)),
 }
+# What a run was trained with: a start under the same run id with other values would train
+# on from the checkpoint under a config its epochs so far did not have.
+SETTINGS_PART = "settings"
+# precision auto: bf16 on a GPU, fp32 on a CPU, and a run may move between them; epochs: a
+# run may be given more epochs to train on
+NOT_COMPARED = {"precision", "epochs"}
+
+
+class SettingsMismatch(UserError):
+    """A checkpoint of this run id was trained with other values."""
+
+
+def settings(cfg) -> dict:
+    """The run's hyper-parameters (Param.hyper), as its checkpoint records them."""
+    from agent.params import PARAMS
+
+    return {p.name: getattr(cfg, p.name) for p in PARAMS
+            if p.hyper and p.name not in NOT_COMPARED}
+
+
+def check_settings(cfg, run_id: str, saved: dict, epoch: int) -> None:
+    """SettingsMismatch (one line) when `cfg` differs from the settings a checkpoint
+    recorded."""
+    now = settings(cfg)
+    changed = [name for name in sorted(saved) if name in now and saved[name] != now[name]]
+    if changed:
+        shown = ", ".join(f"{name}={saved[name]!r} (now {now[name]!r})" for name in changed[:3])
+        raise SettingsMismatch(f"run {run_id}: its checkpoint (epoch {epoch}) was trained with "
+                        f"{shown}{' ...' if len(changed) > 3 else ''}: resume it with the "
+                        "values it had, or start a new run (another --run_id)")
 
 
 def capture(pack, k: int) -> dict:
     """Member k's checkpoint as a dict of tensors and plain values."""
-    return {name: take(pack, k) for name, (take, _) in PARTS.items()}
+    state = {name: take(pack, k) for name, (take, _) in PARTS.items()}
+    state[SETTINGS_PART] = settings(pack.members[k].cfg)
+    return state
 
 
 def restore(pack, k: int, state: dict) -> None:
-    """Put member k back where `capture` found it."""
+    """Put member k back where `capture` found it. Raises SettingsMismatch when the
+    member's config is not the one the checkpoint was trained with (checked before anything
+    is restored; a checkpoint written before settings were recorded is not checked)."""
+    member = pack.members[k]
+    if SETTINGS_PART in state:
+        check_settings(member.cfg, member.run.id, state[SETTINGS_PART],
+                       state["progress"].get("epoch", 0))
     for name, (_, put) in PARTS.items():
         put(pack, k, state[name])
 

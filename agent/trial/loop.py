@@ -129,6 +129,7 @@ def _built_and_restored(members: list[Member], data: Splits,
     its newest checkpoint says so on stderr, naming the file and the reason."""
     saved = [checkpoint.load_saved(m.run.run_dir, m.cfg.epochs) if m.cfg.checkpoint
              else checkpoint.Saved() for m in members]
+    mismatch: checkpoint.SettingsMismatch | None = None
     while True:
         pack = build_pack(members, data, device)  # seeded: the same fresh pack every time
         epoch = max(set.intersection(*(s.epochs() for s in saved)), default=0)
@@ -139,8 +140,14 @@ def _built_and_restored(members: list[Member], data: Splits,
                 if epoch:
                     checkpoint.restore(pack, k, saved[k].state(epoch))
             break
+        except checkpoint.SettingsMismatch as error:  # trained with other values
+            mismatch = mismatch or error
+            saved[k].pass_over(epoch, "trained with other values")
         except Exception as error:  # a checkpoint of another model or optimizer
             saved[k].pass_over(epoch, checkpoint.describe(error))
+    if mismatch is not None and not epoch:
+        # starting over would train a new run over the one the checkpoints hold: refuse
+        raise mismatch
     for member, runs_saved in zip(members, saved):
         member.earlier_s = member.progress.wall_s
         newest = max(runs_saved.epochs(), default=0)

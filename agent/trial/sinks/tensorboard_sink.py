@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import math
 import time
+from pathlib import Path
 
 import torch
 from google.protobuf import struct_pb2
@@ -133,8 +134,10 @@ class TensorBoardSink(Sink):
     def start(self, run: RunInfo, config: dict, hparams: dict) -> None:
         # A resumed run logs the steps after its checkpoint again: purge_step hides what the
         # interrupted process logged from there on (TensorBoard drops events at or past it in
-        # the earlier files), so each step appears once.
-        purge = run.resumed_step + 1 if run.resumed_epoch else None
+        # the earlier files), so each step appears once. A run started over (interrupted in
+        # its first epoch, before any checkpoint) hides all that the earlier start logged.
+        earlier = any(Path(run.log_dir).glob("events.out.tfevents.*"))
+        purge = run.resumed_step + 1 if run.resumed_epoch else (0 if earlier else None)
         self.writer = SummaryWriter(log_dir=run.log_dir, flush_secs=FLUSH_S, max_queue=QUEUE,
                                     purge_step=purge)
         session = session_hparams(config, hparams, run.sweep)
@@ -170,9 +173,13 @@ class TensorBoardSink(Sink):
 
     def finish(self, summary: dict, state: str) -> None:
         step = summary.get("global_step", 0)
-        for name in metrics.names(when=metrics.END, hparams=True):
-            if summary.get(name) is not None:
-                self.writer.add_scalar(name, float(summary[name]), step)
+        # the end's scalars (test/loss, test/acc, test/class_acc/<class>, ...), as every sink
+        # gets them; HPARAMS reads its metric columns from these
+        ended = [n for n in metrics.names(when=metrics.END) if "<" not in n]
+        for name, value in summary.items():
+            if (name in ended or name.startswith("test/class_acc/")) \
+                    and isinstance(value, (int, float)):
+                self.writer.add_scalar(name, float(value), step)
         end = plugin_data_pb2.SessionEndInfo(
             status=api_pb2.Status.Value(STATUS.get(state, "STATUS_UNKNOWN")),
             end_time_secs=time.time())

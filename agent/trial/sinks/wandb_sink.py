@@ -13,6 +13,7 @@ import wandb
 
 from agent import metrics
 from agent.trial.sinks import RunInfo, Sink
+from util.errors import UserError
 
 DEFAULT_PROJECT = "hp-study"
 # Epoch metrics are plotted against `epoch` in W&B, the step metrics against the step.
@@ -69,19 +70,39 @@ class WandbSink(Sink):
             adopted = wandb.run
         if adopted is not None:
             adopted.config.update(config, allow_val_change=True)
-        self.run = adopted if adopted is not None else wandb.init(
+        self.run = adopted if adopted is not None else self._init(run, config)
+        self.run.define_metric("epoch")
+        for pattern in EPOCH_METRICS:
+            self.run.define_metric(pattern, step_metric="epoch")
+
+    @staticmethod
+    def _init(run: RunInfo, config: dict):
+        """wandb.init for this run; W&B's refusal (a bad key, no server) as one UserError
+        line that names the way out, never the key."""
+        mode = chosen_mode()
+        try:
+            return WandbSink._start(run, config, mode)
+        except wandb.errors.Error as error:
+            text = " ".join(str(error).split())[:160]
+            key = os.environ.get("WANDB_API_KEY")
+            if key:
+                text = text.replace(key, "***")
+            raise UserError(f"W&B refused run {run.id} in {mode} mode ({type(error).__name__}: "
+                            f"{text}): check WANDB_API_KEY and the network, or log offline "
+                            "with WANDB_MODE=offline (wandb sync sends it later)") from None
+
+    @staticmethod
+    def _start(run: RunInfo, config: dict, mode: str):
+        return wandb.init(
             project=os.environ.get("WANDB_PROJECT") or DEFAULT_PROJECT,
             entity=os.environ.get("WANDB_ENTITY") or None,
             group=run.group, name=run.name, id=run.id, resume="allow",
             config={**config, **({"sweep": _sweep_config(run.sweep)} if run.sweep else {})},
-            mode=chosen_mode(), settings=wandb.Settings(silent=True, console="off"),
+            mode=mode, settings=wandb.Settings(silent=True, console="off"),
             reinit="create_new",  # the members of a pack are runs of one process at once
             # wandb reads WANDB_DIR once per process; pass it per run so each run honours
             # the directory in force when it starts.
             dir=os.environ.get("WANDB_DIR") or os.getcwd())
-        self.run.define_metric("epoch")
-        for pattern in EPOCH_METRICS:
-            self.run.define_metric(pattern, step_metric="epoch")
 
     def log_step(self, step: int, metrics: dict) -> None:
         self.run.log(metrics, step=step)
