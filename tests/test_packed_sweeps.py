@@ -100,20 +100,27 @@ def test_the_launchers_hints_repeat_its_pack_option(workdir):
                         line), line
 
 
-@pytest.mark.timeout(300)
-def test_hyperband_stops_members_of_a_pack_and_the_others_finish_unhindered(workdir):
-    # the agent beats every 0.3 s for the pack's runs: a stopped member's beats must end with
-    # it, not read as the run being taken (which would end the whole pack as preempted)
-    store = make_sweep(workdir, "hyperpack", {
-        "model": {"value": "dense"}, "hidden": {"value": 32}, "epochs": {"value": 8},
-        "batch_size": {"value": 16}, "sinks": {"value": []}, "schedule": {"value": "constant"},
-        "optimizer": {"value": "sgd"}, "momentum": {"value": 0.0},
-        "lr": {"values": [0.1, 0.05, 0.01, 0.005]}},
+def hyperband_pack(workdir, sweep_id: str, epochs: int, batch_size: int, lrs: list):
+    """(store, runs) of a hyperband grid over lr (min_iter 1, eta 2) trained by one agent
+    as one pack of four, checked to be one pack with no repeats."""
+    store = make_sweep(workdir, sweep_id, {
+        "model": {"value": "dense"}, "hidden": {"value": 32}, "epochs": {"value": epochs},
+        "batch_size": {"value": batch_size}, "sinks": {"value": []},
+        "schedule": {"value": "constant"}, "optimizer": {"value": "sgd"},
+        "momentum": {"value": 0.0}, "lr": {"values": lrs}},
         early_terminate={"type": "hyperband", "min_iter": 1, "eta": 2})
     agent = start_agent(workdir, store, "--pack", "4")
     assert agent.wait(timeout=240) == 0, agent.stderr.read()
     runs = store.runs()
     assert len({r.pack for r in runs}) == 1 and len(runs) == 4  # one pack, no repeats
+    return store, runs
+
+
+@pytest.mark.timeout(300)
+def test_hyperband_stops_members_of_a_pack_and_the_others_finish_unhindered(workdir):
+    # the agent beats every 0.3 s for the pack's runs: a stopped member's beats must end with
+    # it, not read as the run being taken (which would end the whole pack as preempted)
+    _, runs = hyperband_pack(workdir, "hyperpack", 8, 16, [0.1, 0.05, 0.01, 0.005])
     stopped = [r for r in runs if r.state == "stopped"]
     assert stopped and all(r.epoch < 8 for r in stopped), [(r.state, r.epoch) for r in runs]
     finished = [r for r in runs if r.state == "finished"]
@@ -129,16 +136,7 @@ def test_hyperband_judges_each_member_against_all_of_its_pack_at_the_same_epoch(
     with itself alone, and the later ones with the members before them only)."""
     from agent.sweep.engine import stop_decisions
 
-    store = make_sweep(workdir, "hyperorder", {
-        "model": {"value": "dense"}, "hidden": {"value": 32}, "epochs": {"value": 4},
-        "batch_size": {"value": 32}, "sinks": {"value": []}, "schedule": {"value": "constant"},
-        "optimizer": {"value": "sgd"}, "momentum": {"value": 0.0},
-        "lr": {"values": [0.01, 0.03, 0.1, 0.3]}},
-        early_terminate={"type": "hyperband", "min_iter": 1, "eta": 2})
-    agent = start_agent(workdir, store, "--pack", "4")
-    assert agent.wait(timeout=240) == 0, agent.stderr.read()
-    runs = store.runs()
-    assert len({r.pack for r in runs}) == 1 and len(runs) == 4
+    store, runs = hyperband_pack(workdir, "hyperorder", 4, 32, [0.01, 0.03, 0.1, 0.3])
     at_epoch_one = [{"id": r.id, "state": "running", "config": r.config,
                      "history": r.history[:1], "summary": r.history[0]} for r in runs]
     expected = stop_decisions(store.sweep().config, at_epoch_one)
