@@ -22,8 +22,6 @@ from util.errors import UserError
 
 # The engine's pydantic settings trigger a warning on import and use; it is harmless.
 warnings.filterwarnings("ignore", message="Valid config keys have changed", category=UserWarning)
-from sweeps.grid_search import yaml_hash  # noqa: E402
-
 import sweeps  # noqa: E402
 
 ENGINE_STATES = {
@@ -204,6 +202,14 @@ def _indices_of(choices: list, value: Any) -> list[int]:
     same = [index for index, choice in enumerate(choices)
             if type(choice) is type(value) and choice == value]
     return same or [index for index, choice in enumerate(choices) if choice == value]
+
+
+def yaml_hash(value: Any) -> str:
+    """The engine's grid identity of a value (sweeps.grid_search.yaml_hash: 1 and 1.0 are
+    one point), imported when first asked: sweeps.grid_search imports scipy (0.5 s)."""
+    from sweeps.grid_search import yaml_hash as engine_yaml_hash
+
+    return engine_yaml_hash(value)
 
 
 def _one_per_point(indices: list[int], points: list[str]) -> list[int]:
