@@ -76,6 +76,19 @@ def spans_decades(values) -> bool:
     return max(numbers) / min(numbers) >= LOG_SPAN
 
 
+def log_scaled(values) -> bool:
+    """Read on a log scale in the report's figures and correlations: values spanning two
+    decades (spans_decades), or whole powers of two spread 8-fold or more (batch sizes 16 to
+    1024, widths 32 to 512), which a linear axis crowds at its low end."""
+    if spans_decades(values):
+        return True
+    numbers = [v for v in values if isinstance(v, (int, float)) and not isinstance(v, bool)]
+    if len(numbers) < 2 or len(numbers) != len(values) or min(numbers) <= 0:
+        return False
+    powers = all(float(v).is_integer() and int(v) & (int(v) - 1) == 0 for v in numbers)
+    return powers and max(numbers) / min(numbers) >= 8
+
+
 def short_number(value) -> str:
     """A number in at most ~7 characters that keeps 1e-3 and 1e-4 apart: 0.1, 0.001,
     1e-05, 0.3, 128, 2.5e+04; anything else as str()."""

@@ -102,7 +102,15 @@ def test_parallel_axes_scale_categories_and_decades():
     assert [categorical.position(v) for v in ("adam", "sam", "sgd")] == [0.0, 0.5, 1.0]
     log = figures._Axis("lr", [1e-1, 1e-3, 1e-5])
     assert log.log and log.label == "lr (log)" and log.position(1e-3) == pytest.approx(0.5)
-    assert [text for _, text in log.ticks()] == ["1e-05", "0.0001", "0.001", "0.01", "0.1"]
+    # a grid's few values: ticks at the values; many: at each decade
+    assert [text for _, text in log.ticks()] == ["1e-05", "0.001", "0.1"]
+    many = figures._Axis("lr", [10 ** -(k / 3) for k in range(16)])
+    assert [text for _, text in many.ticks()] == ["1e-05", "0.0001", "0.001", "0.01", "0.1",
+                                                  "1"]
+    sizes = figures._Axis("batch_size", [16, 64, 256, 1024])  # powers of two, 64-fold
+    assert sizes.log and [text for _, text in sizes.ticks()] == ["16", "64", "256", "1024"]
+    assert [round(at, 6) for at, _ in sizes.ticks()] == [0.0, round(1 / 3, 6),
+                                                          round(2 / 3, 6), 1.0]
     linear = figures._Axis("batch_size", [32, 128, None, 64])
     assert not linear.log and linear.position(32) == 0 and linear.position(128) == 1
     assert math.isnan(linear.position(None))

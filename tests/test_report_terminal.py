@@ -78,6 +78,23 @@ def test_values_are_log_from_two_decades_on():
     assert not spans_decades([True, 1000])
 
 
+@pytest.mark.parametrize("low, high", [(1, 8), (16, 1024), (32, 512), (2, 4096)])
+def test_the_reports_figures_read_powers_of_two_spread_8_fold_on_a_log_scale(low, high):
+    """Batch sizes and widths 16 ... 1024 crowd a linear axis: the report's figures and its
+    correlations read them log; decades stay log; anything else stays linear."""
+    from agent.report.stats import numeric_values
+    from agent.sweep_space import log_scaled
+
+    powers = [2 ** k for k in range(low.bit_length() - 1, high.bit_length())]
+    assert log_scaled(powers) and log_scaled([float(v) for v in powers])
+    assert list(numeric_values(powers)) == pytest.approx([math.log10(v) for v in powers])
+    assert not log_scaled(powers[:2]) or powers[1] / powers[0] >= 8
+    assert not log_scaled([low, high - 1]) or spans_decades([low, high - 1])
+    assert log_scaled([0.1, 0.01, 0.001]) and not log_scaled([0.0, 16, 1024])
+    assert not log_scaled([16, 32, 64]) and not log_scaled([True, 1024])
+    assert list(numeric_values([16, 32, 64])) == [16, 32, 64]
+
+
 def test_short_numbers_keep_the_course_values_apart_in_seven_characters():
     values = [1.0, 0.1, 0.01, 0.001, 0.0001, 0.00001, 0.000001, 0.3, 0.5, 0.0005, 128, 5e-4]
     texts = [short_number(v) for v in values]

@@ -14,7 +14,7 @@ from agent.report import stats
 from agent.report.markdown import Context, Report, config_text, fmt
 from agent.report.study import RunRecord
 from agent.report.study_figures import HeatPanel, MarginalPanel, heatmap_grid, marginal_figure
-from agent.sweep_space import short_number, spans_decades
+from agent.sweep_space import log_scaled, short_number, spans_decades
 
 NEAR_BEST = 0.02  # "within 2 points of the best": the window of good values
 FAILED = (stats.DIVERGED, stats.STUCK)
@@ -129,7 +129,7 @@ def marginals(ctx: Context) -> list[MarginalPanel]:
         levels = _levels(runs, name)
         split = next((s for s in ("optimizer", "model") if s in ctx.swept and s != name), None)
         groups = _levels(runs, split) if split else [None]
-        panel = MarginalPanel(name + used_in(study.runs, name), spans_decades(levels),
+        panel = MarginalPanel(name + used_in(study.runs, name), log_scaled(levels),
                               name in categorical, levels)
         for group in groups:
             points = []
@@ -239,7 +239,7 @@ def _correlation_caveat(ctx: Context, name: str) -> list[str]:
             bends.append(f"{split}={group} peaks at {name}={short_number(value(mine[0], name))}"
                          if split else f"the best is at {name}="
                          f"{short_number(value(mine[0], name))}")
-    axis = f"log10 {name}" if spans_decades(_levels(runs, name)) else name
+    axis = f"log10 {name}" if log_scaled(_levels(runs, name)) else name
     if r_all is None:
         return []
     over = "the runs that use it" if used_in(ctx.scored, name) else "all runs"

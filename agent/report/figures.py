@@ -24,7 +24,7 @@ from matplotlib.colors import Normalize  # noqa: E402
 from matplotlib.lines import Line2D  # noqa: E402
 from matplotlib.ticker import MaxNLocator  # noqa: E402
 
-from agent.sweep_space import spans_decades  # noqa: E402
+from agent.sweep_space import log_scaled, spans_decades  # noqa: E402
 
 DPI = 110
 FEW_VALUES = 8  # a linear axis with at most this many distinct values is ticked at them
@@ -206,7 +206,7 @@ class _Axis:
             self.label = name
         else:
             numbers_ = [float(v) for v in present]
-            self.log = spans_decades(numbers_)
+            self.log = log_scaled(numbers_)
             scaled = [math.log10(v) for v in numbers_] if self.log else numbers_
             self.low, self.high = (min(scaled), max(scaled)) if scaled else (0.0, 1.0)
             self.label = f"{name} (log)" if self.log else name
@@ -229,6 +229,8 @@ class _Axis:
             return [(self.position(c), str(c)) for c in self.categories]
         if self.low == self.high:
             return [(0.5, _number_text(10 ** self.low if self.log else self.low))]
+        if self.log and len(self.values) <= FEW_VALUES:  # a grid's choices, at their places
+            return [(self._scale(math.log10(v)), _number_text(v)) for v in self.values]
         if self.log:
             decades = range(math.ceil(self.low), math.floor(self.high) + 1)
             points = list(decades) if len(decades) >= 2 else [self.low, self.high]

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from agent.report.study import RunRecord
-from agent.sweep_space import LOG_SPAN
+from agent.sweep_space import log_scaled
 
 DIVERGED, STUCK, CONVERGED = "diverged", "stuck", "converged"
 GROUPS = (DIVERGED, STUCK, CONVERGED)
@@ -241,12 +241,12 @@ def varying_parameters(runs: list[RunRecord]) -> list[str]:
 
 
 def numeric_values(values: list) -> np.ndarray | None:
-    """Values as numbers (log10 where they span two decades or more), or None if any
-    is categorical."""
+    """Values as numbers (log10 where the figures read them on a log scale:
+    sweep_space.log_scaled), or None if any is categorical."""
     if any(isinstance(v, (bool, str, list)) or v is None for v in values):
         return None
     array = np.asarray(values, dtype=float)
-    if (array > 0).all() and array.max() / array.min() >= LOG_SPAN:
+    if log_scaled(sorted(set(array.tolist()))):
         array = np.log10(array)
     return array
 

@@ -119,6 +119,9 @@ def marginal_figure(panels: list[MarginalPanel], metric: str, chance: float | No
             ax.set_xlim(-0.5, len(panel.levels) - 0.5)
         elif panel.log:
             ax.set_xscale("log")
+            if len(panel.levels) <= 8:  # a grid's values at their places (16 ... 1024)
+                ax.set_xticks(panel.levels, [_value_text(v) for v in panel.levels])
+                ax.minorticks_off()
         ax.set_xlabel(panel.parameter)
         ax.set_ylabel(f"{metric}: mean, middle half", fontsize=8)
         ax.grid(alpha=0.3)
