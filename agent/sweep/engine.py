@@ -165,10 +165,13 @@ class _EngineView:
         names = [name for name in self.choices if name not in self.tokens]
         if self.method != "grid" or not names:
             return engine
-        typed = {name: [as_type(choice, *self.types.get(name, (None, None)))
-                        for choice in self.choices[name]] for name in names}
-        # the engine's own point of each choice: 1 and 1.0 are one (grid_search.yaml_hash)
-        points = {name: [yaml_hash(choice) for choice in self.choices[name]] for name in names}
+        if not hasattr(self, "_typed"):  # once per sweep config (_prepared keeps the view)
+            self._typed = {name: [as_type(choice, *self.types.get(name, (None, None)))
+                                  for choice in self.choices[name]] for name in names}
+            # the engine's own point of each choice: 1 and 1.0 are one (its yaml_hash)
+            self._points = {name: [yaml_hash(choice) for choice in self.choices[name]]
+                            for name in names}
+        typed, points = self._typed, self._points
         taken: set[tuple] = set()
         for run, seen in zip(runs, engine):
             config = run_field(run, "config")
