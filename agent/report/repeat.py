@@ -34,10 +34,9 @@ from util.errors import CommandParser, UserError, brief, int_option
 COPIED_KEYS = ("program", "command", "metric")  # what a repeat keeps of the original sweep
 
 
-def fresh_seeds(used: set[int] | int, count: int) -> list[int]:
+def fresh_seeds(used: set[int], count: int) -> list[int]:
     """`count` seeds from 0 up, without the seeds the sweep already gave the setting (the
     picked run's own, and its other seeds when the sweep searched `seed`)."""
-    used = {used} if isinstance(used, int) else set(used)
     return [s for s in range(count + len(used)) if s not in used][:count]
 
 

@@ -39,26 +39,18 @@ class Repeated:
         return [r.metric(metric) for r in self.runs if r.metric(metric) is not None]
 
 
-def settings_by_run(study: Study) -> dict[str, stats.Setting]:
-    """Every scored run's setting, by run id."""
-    settings: dict[str, stats.Setting] = {}
-    for run in study.scored_runs():
-        settings.setdefault(stats.setting_key(run), stats.Setting([])).runs.append(run)
-    return {run.id: setting for setting in settings.values() for run in setting.runs}
-
-
 def repeated_configurations(study: Study, repeats: dict[str, Study]) -> dict[str, Repeated]:
     """By setting (stats.setting_key): its repeats' scored runs of fresh seeds only. The
     seeds the sweep gave the setting picked it for being best; counting them again would
     bias the mean. Two repeat sweeps of one setting are read as one, each seed once."""
-    by_run = settings_by_run(study)
+    by_run = {run.id: setting for setting in stats.settings_of(study.scored_runs())
+              for run in setting.runs}
     out: dict[str, Repeated] = {}
     for run_id, repeat in sorted(repeats.items()):
         setting = by_run.get(run_id)
         if setting is None:
             continue
-        key = stats.setting_key(setting.best)
-        rep = out.setdefault(key, Repeated(setting, "", [], 0))
+        rep = out.setdefault(setting.key, Repeated(setting, "", [], 0))
         rep.sweep_id = ", ".join(filter(None, [rep.sweep_id, repeat.sweep_id]))
         seen = setting.seeds | {r.params.seed for r in rep.runs}
         for run in repeat.runs:
@@ -173,21 +165,19 @@ def by_table(report: Report, ctx: Context, by: str, repeated: dict[str, Repeated
     groups = stats.best_settings_per_group(ctx.scored, by, BEST_PER_GROUP, metric, study.goal)
     for group, settings in groups.items():
         for setting in settings:
-            rep = repeated.get(stats.setting_key(setting.best))
+            rep = repeated.get(setting.key)
             (with_seeds if rep and len(rep.values(metric)) >= 2 else single).append(
                 (group, setting))
     report.add(f"### By {by}", "", f"The best {BEST_PER_GROUP} settings of each {by} by "
                f"{metric}, with their repeats where `python -m agent.repeat` made some.", "")
     if with_seeds:
-        samples = {stats.setting_key(s.best): repeated[stats.setting_key(s.best)].values(metric)
-                   for _, s in with_seeds}
+        samples = {s.key: repeated[s.key].values(metric) for _, s in with_seeds}
         leader, adjusted = stats.supported_best(samples, study.goal, ALPHA)
-        rows = [_repeated_row(ctx, group, repeated[stats.setting_key(s.best)], others,
-                              stats.setting_key(s.best) == leader) for group, s in with_seeds]
+        rows = [_repeated_row(ctx, group, repeated[s.key], others, s.key == leader)
+                for group, s in with_seeds]
         report.table([by, "configuration", f"{metric} over fresh seeds", f"{metric} per seed",
                       "test/acc over fresh seeds", "sweep", "repeat sweep"], rows)
-        names = {stats.setting_key(s.best): config_text(s.best, _shown(ctx))
-                 for _, s in with_seeds}
+        names = {s.key: config_text(s.best, _shown(ctx)) for _, s in with_seeds}
         report.add(_bold_sentence(samples, leader, adjusted, names, study.goal), "")
     if single:
         several = any(len(s.values(metric)) > 1 for _, s in single)

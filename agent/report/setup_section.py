@@ -25,6 +25,8 @@ ENGINE_DEFAULTS = (("impute", "worst"), ("impute_while_running", "false"),
                    ("impute_while_running", False))
 # What it adds to hyperband's early_terminate (sweeps/config/schema.json's defaults).
 HYPERBAND_DEFAULTS = (("eta", 3), ("strict", True))
+
+
 def header_section(report: Report, study: Study) -> None:
     states = Counter(r.state for r in study.runs)
     report.add(f"# Study report: {study.name}", "",
@@ -179,7 +181,7 @@ def hardware_lines(study: Study) -> list[str]:
     ended = [r for r in study.runs if r.duration]
     # a run's first start: its creation (a claim makes it running); `started` moves when a
     # preempted run resumes
-    starts = [min(r.created or r.started, r.started) for r in study.runs if r.started]
+    starts = [r.created or r.started for r in study.runs if r.started]
     ends = [r.ended for r in study.runs if r.ended]
     if starts and ends:
         lines.append(f"- Wall time of the sweep: {duration_text(max(ends) - min(starts))} "

@@ -4,6 +4,7 @@ stuck, converged), hyper-parameter importance, hardest classes."""
 
 from __future__ import annotations
 
+import json
 import math
 import warnings
 from collections import Counter
@@ -194,6 +195,10 @@ class Setting:
     runs: list[RunRecord]  # its scored runs, best first
 
     @property
+    def key(self) -> str:
+        return setting_key(self.best)
+
+    @property
     def best(self) -> RunRecord:
         return self.runs[0]
 
@@ -207,10 +212,16 @@ class Setting:
 
 def setting_key(run: RunRecord) -> str:
     """What a run's setting is: its sweep config less `seed` (and the sweep's own record)."""
-    import json
-
     return json.dumps({k: v for k, v in run.config.items() if k not in ("seed", "sweep")},
                       sort_keys=True, default=str)
+
+
+def settings_of(runs: list[RunRecord]) -> list[Setting]:
+    """`runs` (scored, best first) grouped into their settings, in order of first run."""
+    settings: dict[str, Setting] = {}
+    for run in runs:
+        settings.setdefault(setting_key(run), Setting([])).runs.append(run)
+    return list(settings.values())
 
 
 def best_settings_per_group(runs: list[RunRecord], by: str, count: int, metric: str,
@@ -218,10 +229,7 @@ def best_settings_per_group(runs: list[RunRecord], by: str, count: int, metric: 
     """The best `count` settings (runs less their seed) for each value of the parameter `by`,
     ranked by their mean `metric` over the seeds the sweep gave them (one run: its value).
     `runs` are scored runs, best first."""
-    settings: dict[str, Setting] = {}
-    for run in runs:
-        settings.setdefault(setting_key(run), Setting([])).runs.append(run)
-    ranked = sorted(settings.values(), key=lambda s: float(np.mean(s.values(metric))),
+    ranked = sorted(settings_of(runs), key=lambda s: float(np.mean(s.values(metric))),
                     reverse=goal == "maximize")
     groups: dict[str, list[Setting]] = {}
     for setting in ranked:

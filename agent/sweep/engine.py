@@ -118,7 +118,7 @@ class _EngineView:
         self.choices: dict[str, list] = {}  # the engine's own values of discrete parameters
         self.tokens: set[str] = set()
         self.drawn: set[str] = set()  # parameters drawn from a distribution
-        method = self.method = sweep_config.get("method")
+        method = sweep_config.get("method")
         self.types = value_types(sweep_config)
         for name, spec in self.config.get("parameters", {}).items():
             if "value" not in spec and "values" not in spec:
@@ -133,6 +133,15 @@ class _EngineView:
                 self.choices[name] = list(range(spec["min"], spec["max"] + 1))
             elif method == "grid" and distribution == "q_uniform":  # as grid_search.py builds it
                 self.choices[name] = np.arange(spec["min"], spec["max"], spec["q"]).tolist()
+        # a grid's choices as the trainer reads them, and as the engine's points (1 and 1.0
+        # are one point: its yaml_hash), for engine_runs
+        self.typed: dict[str, list] = {}
+        self.points: dict[str, list[str]] = {}
+        if method == "grid":
+            for name, values in self.choices.items():
+                self.typed[name] = [as_type(v, *self.types.get(name, (None, None)))
+                                    for v in values]
+                self.points[name] = [yaml_hash(v) for v in values]
 
     def encode(self, name: str, value: Any) -> Any:
         # as_type made the engine's 32 the list parameter's [32]: the engine knows it as 32
@@ -162,22 +171,14 @@ class _EngineView:
         is shown as a point not yet taken by an earlier run that reads the same, so the grid
         moves on to its later points and ends (else it would propose the same point again)."""
         engine = [engine_run(run, self.encode) for run in runs]
-        names = [name for name in self.choices if name not in self.tokens]
-        if self.method != "grid" or not names:
+        if not self.typed:  # not a grid, or a grid of constants
             return engine
-        if not hasattr(self, "_typed"):  # once per sweep config (_prepared keeps the view)
-            self._typed = {name: [as_type(choice, *self.types.get(name, (None, None)))
-                                  for choice in self.choices[name]] for name in names}
-            # the engine's own point of each choice: 1 and 1.0 are one (its yaml_hash)
-            self._points = {name: [yaml_hash(choice) for choice in self.choices[name]]
-                            for name in names}
-        typed, points = self._typed, self._points
         taken: set[tuple] = set()
         for run, seen in zip(runs, engine):
             config = run_field(run, "config")
-            present = [name for name in names if name in config]
-            options = [_one_per_point(_indices_of(typed[name], config[name]), points[name])
-                       for name in present]
+            present = [name for name in self.typed if name in config]
+            options = [_one_per_point(_indices_of(self.typed[name], config[name]),
+                                      self.points[name]) for name in present]
             if not all(options):
                 continue  # a value no choice reads as (the engine ignores it alike)
             point = next((p for p in itertools.product(*options) if p not in taken),
@@ -189,14 +190,8 @@ class _EngineView:
 
 
 def _index_of(choices: list, value: Any) -> int | None:
-    """The position of `value` among `choices`: same type first (True is not 1), then ==."""
-    for index, choice in enumerate(choices):
-        if type(choice) is type(value) and choice == value:
-            return index
-    for index, choice in enumerate(choices):
-        if choice == value:
-            return index
-    return None
+    """The first position of `value` among `choices` (_indices_of), or None."""
+    return (_indices_of(choices, value) or [None])[0]
 
 
 def _indices_of(choices: list, value: Any) -> list[int]:

@@ -8,7 +8,9 @@ a bare id with a project). No torch is imported.
 
 from __future__ import annotations
 
+import json
 import re
+import sqlite3
 import textwrap
 from dataclasses import dataclass
 from pathlib import Path
@@ -150,9 +152,6 @@ def unfinished_twin(config: dict, options: str = "") -> str | None:
     """A note naming the newest local sweep of the same config (data/sweeps) that still has
     runs to end, and how to go on with it: running the YAML again makes a new sweep (as
     `wandb sweep` does), which after an interruption is rarely what was meant."""
-    import json
-    import sqlite3
-
     from agent.sweep.status import sweep_progress
 
     wanted = json.dumps(config, sort_keys=True)

@@ -67,9 +67,10 @@ def check_settings(cfg, run_id: str, saved: dict, epoch: int) -> None:
     changed = [name for name in sorted(saved) if name in now and saved[name] != now[name]]
     if changed:
         shown = ", ".join(f"{name}={saved[name]!r} (now {now[name]!r})" for name in changed[:3])
-        raise SettingsMismatch(f"run {run_id}: its checkpoint (epoch {epoch}) was trained with "
-                        f"{shown}{' ...' if len(changed) > 3 else ''}: resume it with the "
-                        "values it had, or start a new run (another --run_id)")
+        raise SettingsMismatch(
+            f"run {run_id}: its checkpoint (epoch {epoch}) was trained with {shown}"
+            f"{' ...' if len(changed) > 3 else ''}: resume it with the values it had, or start "
+            "a new run (another --run_id)")
 
 
 def capture(pack, k: int) -> dict:

@@ -175,10 +175,11 @@ class TensorBoardSink(Sink):
         step = summary.get("global_step", 0)
         # the end's scalars (test/loss, test/acc, test/class_acc/<class>, ...), as every sink
         # gets them; HPARAMS reads its metric columns from these
-        ended = [n for n in metrics.names(when=metrics.END) if "<" not in n]
+        # (a name with a <part>, test/class_acc/<class>, stands for every name it begins)
+        ended = tuple(n.split("<")[0] for n in metrics.names(when=metrics.END))
         for name, value in summary.items():
-            if (name in ended or name.startswith("test/class_acc/")) \
-                    and isinstance(value, (int, float)):
+            if isinstance(value, (int, float)) and any(
+                    name == n or (n.endswith("/") and name.startswith(n)) for n in ended):
                 self.writer.add_scalar(name, float(value), step)
         end = plugin_data_pb2.SessionEndInfo(
             status=api_pb2.Status.Value(STATUS.get(state, "STATUS_UNKNOWN")),

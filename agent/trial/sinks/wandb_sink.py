@@ -81,7 +81,17 @@ class WandbSink(Sink):
         line that names the way out, never the key."""
         mode = chosen_mode()
         try:
-            return WandbSink._start(run, config, mode)
+            return wandb.init(
+                project=os.environ.get("WANDB_PROJECT") or DEFAULT_PROJECT,
+                entity=os.environ.get("WANDB_ENTITY") or None,
+                group=run.group, name=run.name, id=run.id, resume="allow",
+                config={**config,
+                        **({"sweep": _sweep_config(run.sweep)} if run.sweep else {})},
+                mode=mode, settings=wandb.Settings(silent=True, console="off"),
+                reinit="create_new",  # the members of a pack are runs of one process at once
+                # wandb reads WANDB_DIR once per process; pass it per run so each run
+                # honours the directory in force when it starts.
+                dir=os.environ.get("WANDB_DIR") or os.getcwd())
         except wandb.errors.Error as error:
             text = " ".join(str(error).split())[:160]
             key = os.environ.get("WANDB_API_KEY")
@@ -90,19 +100,6 @@ class WandbSink(Sink):
             raise UserError(f"W&B refused run {run.id} in {mode} mode ({type(error).__name__}: "
                             f"{text}): check WANDB_API_KEY and the network, or log offline "
                             "with WANDB_MODE=offline (wandb sync sends it later)") from None
-
-    @staticmethod
-    def _start(run: RunInfo, config: dict, mode: str):
-        return wandb.init(
-            project=os.environ.get("WANDB_PROJECT") or DEFAULT_PROJECT,
-            entity=os.environ.get("WANDB_ENTITY") or None,
-            group=run.group, name=run.name, id=run.id, resume="allow",
-            config={**config, **({"sweep": _sweep_config(run.sweep)} if run.sweep else {})},
-            mode=mode, settings=wandb.Settings(silent=True, console="off"),
-            reinit="create_new",  # the members of a pack are runs of one process at once
-            # wandb reads WANDB_DIR once per process; pass it per run so each run honours
-            # the directory in force when it starts.
-            dir=os.environ.get("WANDB_DIR") or os.getcwd())
 
     def log_step(self, step: int, metrics: dict) -> None:
         self.run.log(metrics, step=step)
