@@ -8,7 +8,10 @@ temporary directory and asks the kernel for free ports.
 
 from __future__ import annotations
 
+import atexit
 import os
+import shutil
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -21,6 +24,13 @@ ROOT = Path(__file__).resolve().parents[1]
 # training test into a 120 s timeout here; PASSIVE makes them sleep. Set before torch loads
 # (nothing above imports it); child processes inherit it.
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+# Child processes the tests kill (SIGKILL, timeouts) cannot remove their temporary files
+# (wandb makes two directories at import, its service a socket): they get a TMPDIR of their
+# own, removed when this process ends. This process keeps the system's (cached first).
+tempfile.gettempdir()
+_CHILDREN_TMP = tempfile.mkdtemp(prefix="agent-tests-")
+os.environ["TMPDIR"] = _CHILDREN_TMP
+atexit.register(shutil.rmtree, _CHILDREN_TMP, ignore_errors=True)
 
 
 @pytest.fixture
