@@ -186,8 +186,9 @@ def test_a_swept_parameter_no_run_uses_is_left_out_of_the_analysis(tmp_path, mon
     text = document.build_report(local_study(store), tmp_path / "report").path.read_text()
     assert ("Swept but used by no run, so left out of the analysis below: `hidden` (only "
             "model=dense uses it).") in text
-    analysis = text.split("### The sweep file")[1].split("```", 2)[2]  # after the YAML
-    assert "hidden" not in analysis and "lr" in analysis
+    intro, analysis = text.split("### The sweep file")[1].split("```", 2)[::2]
+    assert "hidden" not in analysis and "lr" in analysis  # after the YAML
+    assert "hyperband" not in intro  # no early_terminate: no hyperband defaults were stripped
 
 
 def test_a_parameter_only_some_runs_use_is_read_from_those_runs(tmp_path, monkeypatch):

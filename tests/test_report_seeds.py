@@ -162,3 +162,21 @@ def test_ctrl_c_stops_repeat_run_before_the_next_repeat_sweep(tmp_path):
     repeats = [s for s in sweeps if s.sweep().id != "seeded"]
     assert len(repeats) == 2  # both made, one started
     assert sorted(len(s.runs()) for s in repeats)[0] == 0, text
+
+
+@pytest.mark.parametrize("rows", [2, 3, 4])
+def test_the_bold_sentence_names_as_many_comparisons_as_it_made(rows):
+    """Welch against every other row, Holm over those comparisons: with two rows, one test and
+    nothing to correct ('those 1 comparisons' read wrong)."""
+    from agent.report.seeds_section import _bold_sentence
+
+    samples = {f"s{k}": [0.5 + k / 100, 0.51 + k / 100, 0.49 + k / 100] for k in range(rows)}
+    names = {key: f"setting {key}" for key in samples}
+    best = f"s{rows - 1}"
+    adjusted = {key: 0.5 for key in samples if key != best}
+    text = _bold_sentence(samples, None, adjusted, names, "maximize")
+    assert text.startswith(f"Nothing is bold: setting {best} has the best mean")
+    if rows == 2:
+        assert "against the other row at 0.05" in text and "Holm" not in text
+    else:
+        assert f"Holm-corrected over those {rows - 1} comparisons" in text

@@ -213,9 +213,10 @@ def _bold_sentence(samples: dict, leader: str | None, adjusted: dict, names: dic
                    goal: str) -> str:
     if len(samples) < 2:
         return "One repeated configuration: nothing to compare, nothing bold."
-    test = (f"Welch's t-test (two-sided, unequal variances) of the best mean against every "
-            f"other row, Holm-corrected over those {len(adjusted)} comparisons, at "
-            f"{ALPHA:g}")
+    compared = ("the other row" if len(adjusted) == 1 else
+                f"every other row, Holm-corrected over those {len(adjusted)} comparisons,")
+    test = (f"Welch's t-test (two-sided, unequal variances) of the best mean against "
+            f"{compared} at {ALPHA:g}")
     if leader is not None:
         worst = max(adjusted.values())
         return (f"Bold: {names[leader]}, better than every other row by {test} (largest "

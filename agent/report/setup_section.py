@@ -94,9 +94,11 @@ def setup_section(report: Report, ctx: Context) -> None:
                    + ", ".join(f"`{name}` ({why})" for name, why in ctx.idle.items()) + ".",
                    "")
     report.add("### Hardware and time", "", *hardware_lines(study), "")
+    hyperband = ", hyperband's `eta: 3` and `strict: true`" \
+        if "early_terminate" in study.sweep_config else ""
     report.add("### The sweep file", "", "As stored with the sweep, less the defaults the sweep "
-               "engine adds (`distribution: constant` / `categorical`, `impute`, hyperband's "
-               "`eta: 3` and `strict: true`):", "",
+               f"engine adds (`distribution: constant` / `categorical`, `impute`{hyperband}):",
+               "",
                "```yaml",
                sweep_yaml(study.sweep_config).rstrip(), "```", "")
 
