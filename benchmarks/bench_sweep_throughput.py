@@ -47,6 +47,14 @@ CPU_GRID = {"model": ["dense", "cnn"], "lr": [0.1, 0.01, 0.001],
             "optimizer": ["sgd", "adam"], "dropout": [0.0, 0.3]}
 
 
+def child_env() -> dict:
+    """The environment of the processes a way starts: the project first on PYTHONPATH, the
+    rest kept (on the GPU machine .gpu/setup.sh puts the sweep engine's wheels there)."""
+    path = os.environ.get("PYTHONPATH")
+    return {**os.environ, "PYTHONPATH": f"{ROOT}:{path}" if path else str(ROOT),
+            "WANDB_MODE": "disabled"}
+
+
 def sweep_yaml(grid: dict, fixed: dict) -> dict:
     return {"name": "bench-grid", "method": "grid",
             "metric": {"name": "val/acc", "goal": "maximize"},
@@ -99,13 +107,15 @@ def trained_images(store: Path) -> tuple[int, int, float]:
 def run_launcher(work: Path, sweep: dict, options: list[str]) -> dict:
     work.mkdir(parents=True)
     (work / "grid.yaml").write_text(yaml.safe_dump(sweep))
-    env = {**os.environ, "PYTHONPATH": str(ROOT), "WANDB_MODE": "disabled"}
+    env = child_env()
     sampler = GpuSampler()
     started = time.perf_counter()
-    done = subprocess.run([sys.executable, "-m", "agent.launch", "grid.yaml", *options],
-                          cwd=work, env=env, capture_output=True, text=True)
-    wall = time.perf_counter() - started
-    utilisation = sampler.stop()
+    try:
+        done = subprocess.run([sys.executable, "-m", "agent.launch", "grid.yaml", *options],
+                              cwd=work, env=env, capture_output=True, text=True)
+    finally:
+        wall = time.perf_counter() - started
+        utilisation = sampler.stop()
     if done.returncode != 0:
         raise SystemExit(f"launcher {options} failed:\n{done.stderr[-3000:]}")
     (store,) = (work / "data" / "sweeps").glob("*/sweep.db")
@@ -116,26 +126,36 @@ def run_launcher(work: Path, sweep: dict, options: list[str]) -> dict:
 
 def run_subprocesses(work: Path, grid: dict, fixed: dict, sample: int) -> dict:
     work.mkdir(parents=True)
-    env = {**os.environ, "PYTHONPATH": str(ROOT), "WANDB_MODE": "disabled"}
+    env = child_env()
     points = [dict(zip(grid, values)) for values in itertools.product(*grid.values())]
     chosen = points[:: max(1, len(points) // sample)][:sample]
     sampler = GpuSampler()
+    try:
+        walls, images = _subprocess_trials(work, env, chosen, fixed)
+    finally:
+        utilisation = sampler.stop()
+    scale = len(points) / len(chosen)
+    return {"wall_s": sum(walls) * scale, "trials": len(points), "images": images * scale,
+            "gpu_util": utilisation, "note": f"{len(chosen)} of {len(points)} trials run, "
+            "scaled to the grid"}
+
+
+def _subprocess_trials(work: Path, env: dict, chosen: list[dict],
+                       fixed: dict) -> tuple[list[float], int]:
     walls, images = [], 0
     for k, point in enumerate(chosen):
         args = [f"--{name}={json.dumps(value) if isinstance(value, list) else value}"
                 for name, value in {**fixed, **point}.items()]
         started = time.perf_counter()
-        subprocess.run([sys.executable, "-m", "agent.train", *args, f"--run_id=sub{k}"],
-                       cwd=work, env=env, check=True, stdout=subprocess.DEVNULL,
-                       stderr=subprocess.DEVNULL)
+        done = subprocess.run([sys.executable, "-m", "agent.train", *args, f"--run_id=sub{k}"],
+                              cwd=work, env=env, stdout=subprocess.DEVNULL,
+                              stderr=subprocess.PIPE, text=True)
+        if done.returncode != 0:
+            raise SystemExit(f"trial {k} failed:\n{done.stderr[-3000:]}")
         walls.append(time.perf_counter() - started)
         summary = json.loads((work / "data" / "runs" / f"sub{k}" / "summary.json").read_text())
         images += int(summary.get("perf/images_per_s", 0) * summary.get("perf/train_s", 0))
-    utilisation = sampler.stop()
-    scale = len(points) / len(chosen)
-    return {"wall_s": sum(walls) * scale, "trials": len(points), "images": images * scale,
-            "gpu_util": utilisation, "note": f"{len(chosen)} of {len(points)} trials run, "
-            "scaled to the grid"}
+    return walls, images
 
 
 def main() -> None:
@@ -174,9 +194,7 @@ def main() -> None:
     subprocess.run([sys.executable, "-m", "agent.train", f"--dataset={fixed['dataset']}",
                     f"--data_dir={fixed['data_dir']}", "--epochs=1", "--train_subset=256",
                     "--sinks=[]", f"--run_dir={work / 'warm'}"],
-                   cwd=work, env={**os.environ, "PYTHONPATH": str(ROOT),
-                                  "WANDB_MODE": "disabled"},
-                   check=True, stdout=subprocess.DEVNULL)
+                   cwd=work, env=child_env(), check=True, stdout=subprocess.DEVNULL)
     ways = {
         "a": ("a new process per trial", lambda: run_subprocesses(
             work / "a", grid, fixed, args.subprocess_sample)),
@@ -191,12 +209,19 @@ def main() -> None:
     for key in args.ways.split(","):
         label, run = ways[key]
         print(f"running ({key}) {label} ...", flush=True)
-        results[key] = (label, run())
-    table = render(results, grid, fixed, gpu)
-    print(table)
-    if args.out:
-        Path(args.out).mkdir(parents=True, exist_ok=True)
-        (Path(args.out) / "sweep_throughput.md").write_text(table + "\n")
+        try:
+            results[key] = (label, run())
+        except (Exception, SystemExit) as error:  # the other ways still run
+            print(f"({key}) failed: {str(error)[-3000:]}", flush=True)
+            continue
+        # the table so far after every way: a run stopped at its time limit keeps its rows
+        table = render(results, grid, fixed, gpu)
+        print(table, flush=True)
+        if args.out:
+            Path(args.out).mkdir(parents=True, exist_ok=True)
+            (Path(args.out) / "sweep_throughput.md").write_text(table + "\n")
+    if len(results) < len(args.ways.split(",")):
+        raise SystemExit(1)
 
 
 def render(results: dict, grid: dict, fixed: dict, gpu: bool) -> str:

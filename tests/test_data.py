@@ -170,3 +170,29 @@ def test_augmentation_parameters_reach_the_loader(tmp_path):
                                              splits.std, 64)))
     changed = (images != plain_images).flatten(1).any(1)
     assert changed.all() and (images[images != plain_images] == 0).all()
+
+
+def test_a_pack_loaders_members_get_their_own_loaders_batches_bit_for_bit():
+    """Members erasing or not, cropping by different paddings: member k's batches in a pack
+    are those a DeviceLoader with its generator and augmentation gives it alone."""
+    from util.device_cache import DeviceLoader, PackLoader
+
+    images = torch.randint(0, 256, (40, 1, 8, 8), dtype=torch.uint8,
+                           generator=torch.Generator().manual_seed(5))
+    labels = torch.arange(40) % 10
+    mean, std = torch.tensor([0.4]), torch.tensor([0.3])
+    for augmentations in ([Augmentation(erasing=0.5)] * 3,
+                          [Augmentation(4, True, 0.3), Augmentation(2, False, 0.0),
+                           Augmentation(0, False, 0.5)]):
+        seeds = range(len(augmentations))
+        pack = PackLoader(images, labels, mean, std, 16,
+                          [torch.Generator().manual_seed(s) for s in seeds], augmentations)
+        batches = list(pack)
+        for k, augmentation in enumerate(augmentations):
+            alone = DeviceLoader(images, labels, mean, std, 16, shuffle=True,
+                                 augment=augmentation, drop_last=True,
+                                 generator=torch.Generator().manual_seed(seeds[k]))
+            alone_batches = list(alone)
+            assert len(alone_batches) == len(batches) == 2
+            for (x, y), (xk, yk) in zip(batches, alone_batches):
+                assert torch.equal(x[:, k], xk) and torch.equal(y[:, k], yk)

@@ -270,3 +270,67 @@ def test_nested_parameters_of_another_program_are_wandbs_dict_values(monkeypatch
         load_sweep_config(ours_path)
     assert "\n" not in str(refused.value)
     assert "parameters.optimizer: nested parameters" in str(refused.value)
+
+
+def generated_params(count: int, seed: int) -> list[dict]:
+    """Parameter sets of every kind of value a sweep hands a run (YAML's and the engine's):
+    booleans both ways, null, ints, floats small and large, text with spaces, '=' and
+    non-ASCII, lists, nested lists and dicts, in random number and order."""
+    import random
+
+    kinds = [True, False, None, 0, 7, -3, 0.1, 1e-05, 2.5e+20, float("inf"), "cosine",
+             "a b=c", "été", "", [16, 32], [], [[1, 2], [3]], {"a": 1, "b": [True]},
+             {"nested": {"deep": None}}]
+    draw = random.Random(seed)
+    return [{f"p{k}_{draw.randrange(100)}": draw.choice(kinds)
+             for k in range(draw.randrange(0, 8))} for _ in range(count)]
+
+
+@pytest.mark.parametrize("seed", range(5))
+def test_without_wandb_every_macro_is_what_wandbs_builder_gives(seed, monkeypatch):
+    """The GPU machine has the sweep engine but no wandb: a local agent builds each run's
+    command with program._DocumentedMacros there, which must equal wandb's own builder for
+    every macro, every kind of value, every ${envvar:...} form."""
+    ours = program._DocumentedMacros
+    for params in generated_params(40, seed):
+        args = {"args": {name: {"value": value} for name, value in params.items()}}
+        assert ours.create_sweep_command_args(args) == sweep_utils.create_sweep_command_args(args)
+    monkeypatch.setenv("BENCH_TOKEN", "xyz")
+    monkeypatch.delenv("MISSING_X", raising=False)
+    for command in (None, [], ["${env}", "python", "-m", "agent.train", "${args}"],
+                    ["python", "${envvar:BENCH_TOKEN}/a${envvar:MISSING_X}", "${args_json}"],
+                    ["${envvar:BENCH_TOKEN}", 3, "x${envvar:lower}y", "${envvar:}"]):
+        copy = None if command is None else list(command)
+        assert ours.create_sweep_command(copy) == sweep_utils.create_sweep_command(
+            None if command is None else list(command))
+    assert ours.DEFAULT_SWEEP_COMMAND == sweep_utils.DEFAULT_SWEEP_COMMAND
+    assert ours.SWEEP_COMMAND_ENV_VAR_REGEX.pattern == \
+        sweep_utils.SWEEP_COMMAND_ENV_VAR_REGEX.pattern
+    for bad in ({}, {"args": {"lr": {}}}):
+        for builder in (ours, sweep_utils):
+            with pytest.raises(ValueError, match='^No "'):
+                builder.create_sweep_command_args(bad)
+
+
+def test_without_wandb_a_local_agent_builds_the_same_runs(monkeypatch, tmp_path):
+    """With every wandb module unimportable (as on the GPU machine), the run commands, the
+    macro list and the checks a local agent makes at its start are what they are with wandb."""
+    import sys
+
+    params = {**EDGE_VALUES, "lr": 0.1, "epochs": 2}
+    sweeps = [{"method": "grid", "parameters": {"lr": {"values": [0.1]}}},
+              {"method": "grid", "program": "agent/train.py",
+               "parameters": {"lr": {"values": [0.1]}}},
+              {"method": "grid", "command": ["${env}", "python", "-m", "agent.train",
+                                             "--epochs=1", "${args}"],
+               "parameters": {"lr": {"values": [0.1]}}}]
+    with_wandb = [program.build_run(sweep, params, sweep_id="s1", run_id="r1",
+                                    wandb_dir=tmp_path) for sweep in sweeps]
+    for name in [n for n in list(sys.modules) if n == "wandb" or n.startswith("wandb.")]:
+        monkeypatch.setitem(sys.modules, name, None)
+    assert program.sweep_utils() is program._DocumentedMacros
+    assert program.known_macros() == set(MACROS)
+    assert [program.build_run(sweep, params, sweep_id="s1", run_id="r1", wandb_dir=tmp_path)
+            for sweep in sweeps] == with_wandb
+    assert program.runs_our_trainer(sweeps[0]) and program.runs_our_trainer(sweeps[2])
+    program.local_run_environment(sweeps[0])  # what every local agent calls at its start

@@ -325,13 +325,19 @@ class PackLoader:
         return out
 
     def _erase(self, images: torch.Tensor) -> torch.Tensor:
-        """float (K, B, C, H, W): each erasing member's rectangles, from its generator."""
+        """float (K, B, C, H, W): each erasing member's rectangles, from its generator. No
+        list index into the batch: on CUDA a Python list becomes an index tensor copied from
+        the host with a stream sync, every step."""
         erasing = self._members(lambda a: a.erasing)
         if not erasing:
             return images
-        _, size, _, h, w = images.shape
-        mask = torch.cat([draw_erasing(size, h, w, self.augmentations[k].erasing,
-                                       self.generators[k], images.device) for k in erasing])
-        images[erasing] = apply_erasing(images[erasing].flatten(0, 1),
-                                        mask).view(len(erasing), *images.shape[1:])
-        return images
+        k, size, _, h, w = images.shape
+        masks = [draw_erasing(size, h, w, self.augmentations[j].erasing, self.generators[j],
+                              images.device) for j in erasing]
+        if len(erasing) == k:
+            mask = torch.cat(masks)
+        else:  # the others' rectangles are empty: their images stay as they are
+            mask = torch.zeros(k * size, h, w, dtype=torch.bool, device=images.device)
+            for j, member_mask in zip(erasing, masks):
+                mask[j * size:(j + 1) * size] = member_mask
+        return apply_erasing(images.flatten(0, 1), mask).view(images.shape)

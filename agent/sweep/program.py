@@ -6,6 +6,7 @@ read from the run's own W&B offline history while it runs (so hyperband works fo
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import signal
@@ -39,22 +40,81 @@ POLL_S = 0.5
 FLUSH_VARIABLE = ("WANDB__TRANSACTION_LOG_FLUSH_INTERVAL", "0.5")
 
 
+class _DocumentedMacros:
+    """W&B's command macros where wandb cannot be imported: the GPU machine the benchmarks run
+    on has the sweep engine but not wandb, and a local agent builds every run's command, so
+    without this none could start there. Written from W&B's documentation of the sweep
+    `command` key (docs.wandb.ai, "Sweep configuration options", command macros: `${args}` is
+    `--name=value` per parameter, `${args_no_hyphens}` `name=value`,
+    `${args_no_boolean_flags}` `--name` for a true boolean and nothing for a false one,
+    `${args_json}` one JSON text, `${envvar:NAME}` the variable's value) and the other forms
+    wandb's builder offers (`--name value`, Hydra's `+name=value` and `++name=value`, the
+    dict). The same three names as wandb.sdk.launch.sweeps.utils; tests/test_wandb_macros.py
+    checks every macro against wandb's own builder on generated parameters."""
+
+    DEFAULT_SWEEP_COMMAND = ["${env}", "${interpreter}", "${program}", "${args}"]
+    SWEEP_COMMAND_ENV_VAR_REGEX = re.compile(r"\$\{envvar\:([A-Z0-9_]*)\}")
+
+    @classmethod
+    def create_sweep_command(cls, command: list | None = None) -> list:
+        """The command (the default one if empty), each `${envvar:NAME}` in a text token
+        replaced by $NAME, or by NAME where it is not set."""
+        def variable(match: re.Match) -> str:
+            return os.environ.get(match.group(1), match.group(1))
+
+        return [cls.SWEEP_COMMAND_ENV_VAR_REGEX.sub(variable, token)
+                if isinstance(token, str) else token
+                for token in (command or cls.DEFAULT_SWEEP_COMMAND)]
+
+    @staticmethod
+    def create_sweep_command_args(command: dict) -> dict[str, Any]:
+        """Each macro's list for {"args": {name: {"value": value}}}; ValueError without
+        "args" or a parameter without "value"."""
+        if "args" not in command:
+            raise ValueError(f'No "args" found in command: {command}')
+        values = {}
+        for name, spec in command["args"].items():
+            if "value" not in spec:
+                raise ValueError(f'No "value" found for command["args"]["{name}"]')
+            values[name] = spec["value"]
+        pairs = [f"{name}={value}" for name, value in values.items()]
+        return {
+            "args": ["--" + pair for pair in pairs],
+            "args_no_equals": [text for name, value in values.items()
+                               for text in (f"--{name}", str(value))],
+            "args_no_hyphens": pairs,
+            "args_no_boolean_flags": [
+                f"--{name}" if isinstance(value, bool) else f"--{pair}"
+                for (name, value), pair in zip(values.items(), pairs)
+                if not (isinstance(value, bool) and not value)],
+            "args_json": [json.dumps(values)],
+            "args_dict": values,
+            "args_append_hydra": ["+" + pair for pair in pairs],
+            "args_override_hydra": ["++" + pair for pair in pairs],
+        }
+
+
+def sweep_utils():
+    """wandb.sdk.launch.sweeps.utils, or _DocumentedMacros (the same names) without wandb."""
+    try:
+        from wandb.sdk.launch.sweeps import utils
+    except ImportError:
+        return _DocumentedMacros
+    return utils
+
+
 def known_macros() -> set[str]:
     """Every ${macro} W&B's agent expands (wandb's builder's keys plus those its agent adds)."""
-    from wandb.sdk.launch.sweeps import utils as sweep_utils
-
-    return set(sweep_utils.create_sweep_command_args({"args": {}})) | set(AGENT_ADDED_MACROS)
+    return set(sweep_utils().create_sweep_command_args({"args": {}})) | set(AGENT_ADDED_MACROS)
 
 
 def command_of(sweep_config: dict) -> list | None:
     """The sweep's command; wandb's default when it names only a program; None with neither
     (a sweep for `wandb.agent(function=...)`: our trainer is called with the config)."""
-    from wandb.sdk.launch.sweeps.utils import DEFAULT_SWEEP_COMMAND
-
     command = sweep_config.get("command")
     if command:
         return list(command)
-    return list(DEFAULT_SWEEP_COMMAND) if sweep_config.get("program") else None
+    return list(sweep_utils().DEFAULT_SWEEP_COMMAND) if sweep_config.get("program") else None
 
 
 @dataclass
@@ -80,21 +140,20 @@ def build_run(sweep_config: dict, params: dict, *, sweep_id: str, run_id: str,
     a token that is one whole ${macro} is replaced by that macro's list (unknown macros by
     nothing), every other token is kept as text. Nothing is written (see write_run_files).
     """
-    from wandb.sdk.launch.sweeps import utils as sweep_utils
-
+    builder = sweep_utils()
     base = Path(wandb_dir) / "wandb" / f"sweep-{sweep_id}"
     command = command_of(sweep_config)
     run = RunCommand(run_id=run_id, params=dict(params), argv=None,
                      env={"WANDB_SWEEP_ID": sweep_id, "WANDB_RUN_ID": run_id,
                           "WANDB_SWEEP_PARAM_PATH": str(base / f"config-{run_id}.yaml")},
                      param_path=base / f"config-{run_id}.yaml", json_path=None)
-    macros = sweep_utils.create_sweep_command_args(
+    macros = builder.create_sweep_command_args(
         {"args": {name: {"value": value} for name, value in params.items()}})
     run.json_text = macros["args_json"][0]
     if command is None:
         run.trainer_args = []
         return run
-    expanded = [str(token) for token in sweep_utils.create_sweep_command(list(command))]
+    expanded = [str(token) for token in builder.create_sweep_command(list(command))]
     json_path = base / f"config-{run_id}.json"
     macros.update(interpreter=["python"], program=[sweep_config.get("program")],
                   args_json_file=[str(json_path)], env=["/usr/bin/env"])
@@ -322,7 +381,7 @@ def check_program_command(sweep_config: dict) -> None:
     command = sweep_config.get("command")
     if not command:
         return
-    from wandb.sdk.launch.sweeps.utils import SWEEP_COMMAND_ENV_VAR_REGEX
+    SWEEP_COMMAND_ENV_VAR_REGEX = sweep_utils().SWEEP_COMMAND_ENV_VAR_REGEX  # noqa: N806
 
     known = known_macros()
     usable = ", ".join("${" + name + "}" for name in sorted(known - set(REFUSED_MACROS)))
