@@ -270,6 +270,9 @@ class PackLoader:
         self.batch_size = min(batch_size, len(labels))
         self.generators, self.augmentations = list(generators), list(augmentations)
         self._orders: torch.Tensor | None = None  # (K, n): this epoch's order of each member
+        # members' indices as device tensors, made once: a Python list as an index is copied
+        # from the host at every use, which on CUDA waits for the device
+        self._indices: dict[tuple[int, ...], torch.Tensor] = {}
 
     def __len__(self) -> int:
         return len(self.labels) // self.batch_size
@@ -278,6 +281,7 @@ class PackLoader:
         """Keep only these members (in this order), with their generators as they are."""
         self.generators = [self.generators[i] for i in indices]
         self.augmentations = [self.augmentations[i] for i in indices]
+        self._indices.clear()
         if self._orders is not None:  # mid-epoch: the running iteration goes on with them
             self._orders = self._orders[indices]
 
@@ -296,6 +300,13 @@ class PackLoader:
 
     def _members(self, wanted) -> list[int]:
         return [k for k, a in enumerate(self.augmentations) if wanted(a)]
+
+    def _index(self, members: list[int]) -> torch.Tensor:
+        """`members` as an int64 tensor on the images' device (made on first use)."""
+        key = tuple(members)
+        if key not in self._indices:
+            self._indices[key] = torch.tensor(members, device=self.images.device)
+        return self._indices[key]
 
     def _crop_and_flip(self, images: torch.Tensor) -> torch.Tensor:
         """uint8 (K, B, C, H, W): each member's crop, then flip, drawn in that order, applied
@@ -320,8 +331,9 @@ class PackLoader:
             if out is None:  # every member, one padding: no copies in and out
                 return apply_crop_flip(images.flatten(0, 1), padding, shift,
                                        flip).view(images.shape)
-            out[chosen] = apply_crop_flip(images[chosen].flatten(0, 1), padding, shift,
-                                          flip).view(len(chosen), *images.shape[1:])
+            index = self._index(chosen)
+            out[index] = apply_crop_flip(images[index].flatten(0, 1), padding, shift,
+                                         flip).view(len(chosen), *images.shape[1:])
         return out
 
     def _erase(self, images: torch.Tensor) -> torch.Tensor:
