@@ -217,3 +217,63 @@ def test_a_parameter_only_some_runs_use_is_read_from_those_runs(tmp_path, monkey
     assert means == {8: pytest.approx(0.3), 64: pytest.approx(0.9)}  # the dense runs only
     (lr,) = [p for p in marginals(ctx) if p.parameter == "lr"]  # every run uses lr
     assert sum(n for series in lr.series.values() for *_, n in series) == 8
+
+
+def test_the_paired_effect_counts_every_seed_of_a_setting(tmp_path, monkeypatch):
+    """batch_size {16, 32} x lr {0.01, 0.1} x seed {0, 1}: each setting's change from lr 0.01
+    to 0.1 is the difference of its means over both seeds, not of whichever seed came last
+    (ranked best first, the worst seed's value used to stand for the setting)."""
+    from agent.report.discussion import observations
+
+    monkeypatch.chdir(tmp_path)
+    config = {"program": "agent/train.py", "method": "grid",
+              "metric": {"name": "val/acc", "goal": "maximize"},
+              "parameters": {"dataset": {"value": "digits"}, "model": {"value": "dense"},
+                             "batch_size": {"values": [16, 32]},
+                             "lr": {"values": [0.01, 0.1]}, "seed": {"values": [0, 1]}}}
+    store = create_store(tmp_path / "data" / "sweeps" / "pair1", "pair1", "pair", config)
+    scores = {(16, 0.01): (0.60, 0.70), (16, 0.1): (0.80, 0.90),
+              (32, 0.01): (0.50, 0.70), (32, 0.1): (0.50, 0.90)}
+    for run in claim(store, "host:1", count=8).runs:
+        c = run.config
+        score = scores[c["batch_size"], c["lr"]][c["seed"]]
+        store.record_epoch(run.run_id, "host:1", 1,
+                           {"train/loss": 1.0, "val/loss": 1.0, "val/acc": score})
+        store.finish(run.run_id, "host:1", "finished",
+                     {"val/acc": score, "test/acc": score, "epochs_done": 1})
+    ctx = document.study_context(local_study(store), tmp_path / "report", stats.GroupRule())
+    (line,) = [o for o in observations(ctx) if "paired settings" in o]
+    # means: bs 16: 0.65 -> 0.85 (+0.20); bs 32: 0.60 -> 0.70 (+0.10); mean +0.15 over 2
+    assert "changes val/acc by +0.1500 on average" in line, line
+    assert "over 2 paired settings" in line, line
+
+
+@pytest.mark.parametrize("stopped_end", [False, True])
+def test_a_run_stopped_early_is_no_evidence_of_a_bend(tmp_path, monkeypatch, stopped_end):
+    """lr {0.001, 0.01, 0.1}: the best run is in the middle. With the run at lr 0.1 finished
+    at 0.60 the metric bends (a peak inside the range); when that run was stopped by
+    hyperband at 0.60, its partial value says nothing of lr 0.1, and the finished runs (0.70
+    then 0.90) only rise: no bend is claimed."""
+    from agent.report.discussion import observations
+
+    monkeypatch.chdir(tmp_path)
+    config = {"program": "agent/train.py", "method": "grid",
+              "metric": {"name": "val/acc", "goal": "maximize"},
+              "parameters": {"dataset": {"value": "digits"}, "model": {"value": "dense"},
+                             "epochs": {"value": 4}, "lr": {"values": [0.001, 0.01, 0.1]},
+                             "hidden": {"values": [16, 32]}}}
+    store = create_store(tmp_path / "data" / "sweeps" / "bend1", "bend1", "bend", config)
+    scores = {0.001: 0.70, 0.01: 0.90, 0.1: 0.60}
+    for run in claim(store, "host:1", count=6).runs:
+        lr = run.config["lr"]
+        score = scores[lr] + run.config["hidden"] / 10000
+        for epoch in (1, 2):
+            store.record_epoch(run.run_id, "host:1", epoch,
+                               {"train/loss": 1.0, "val/loss": 1.0, "val/acc": score})
+        state = "stopped" if stopped_end and lr == 0.1 else "finished"
+        store.finish(run.run_id, "host:1", state,
+                     {"val/acc": score, "test/acc": score, "epochs_done": 2 if state ==
+                      "stopped" else 4})
+    ctx = document.study_context(local_study(store), tmp_path / "report", stats.GroupRule())
+    (line,) = [o for o in observations(ctx) if o.startswith("Pearson r(")]
+    assert ("the best is at lr=0.01" in line) is not stopped_end, line

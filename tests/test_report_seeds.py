@@ -180,3 +180,73 @@ def test_the_bold_sentence_names_as_many_comparisons_as_it_made(rows):
         assert "against the other row at 0.05" in text and "Holm" not in text
     else:
         assert f"Holm-corrected over those {rows - 1} comparisons" in text
+
+
+def test_settings_with_seeds_of_their_own_and_a_stopped_pick_are_told_apart(tmp_path,
+                                                                            monkeypatch):
+    """lr {0.1, 0.01} x seed {0, 1}, of which lr 0.1 kept seed 0 and lr 0.01 seed 1 (the
+    others failed): each setting's fresh seeds are the others' sweep seeds, so the text says
+    so instead of 'Seeds used: 0-2' beside 'the sweep's seeds (0, 1) are not among them'.
+    lr 0.01's sweep run was stopped early by hyperband: its partial value is marked where it
+    is shown and kept out of the winner's-curse figure."""
+    monkeypatch.chdir(tmp_path)
+    config = {"program": "agent/train.py", "method": "grid",
+              "metric": {"name": "val/acc", "goal": "maximize"},
+              "parameters": {"dataset": {"value": "digits"}, "model": {"value": "dense"},
+                             "epochs": {"value": 4}, "lr": {"values": [0.1, 0.01]},
+                             "seed": {"values": [0, 1]}}}
+    store = create_store(tmp_path / "data" / "sweeps" / "own", "own", "own", config)
+    stopped_id = None
+    for run in claim(store, "host:1", count=4).runs:
+        lr, seed = run.config["lr"], run.config["seed"]
+        if (lr, seed) in ((0.1, 1), (0.01, 0)):
+            store.finish(run.run_id, "host:1", "failed", error="boom")
+        elif lr == 0.01:
+            stopped_id = run.run_id
+            store.finish(run.run_id, "host:1", "stopped",
+                         {"val/acc": 0.5, "test/acc": 0.5, "epochs_done": 2})
+        else:
+            store.finish(run.run_id, "host:1", "finished",
+                         {"val/acc": 0.8, "test/acc": 0.8, "epochs_done": 4})
+    study = local_study(store)
+    configs = repeat_configs(study, top=1, by="lr", seeds=2)
+    by_id = {r.id: r for r in study.runs}
+    fresh = {by_id[run_id].config["lr"]: config["parameters"]["seed"]["values"]
+             for run_id, config in configs}
+    assert fresh == {0.1: [1, 2], 0.01: [0, 2]}
+    for n, (_, repeat_config) in enumerate(configs):
+        repeat = create_store(tmp_path / "data" / "sweeps" / f"rp{n}", f"rp{n}", "r",
+                              repeat_config)
+        for run in claim(repeat, "host:1", count=4).runs:
+            score = (0.78 if run.config["lr"] == 0.1 else 0.7) + run.config["seed"] / 100
+            repeat.finish(run.run_id, "host:1", "finished",
+                          {"val/acc": score, "test/acc": score, "epochs_done": 4})
+    text = document.build_report(local_study(store), tmp_path / "report").path.read_text()
+    assert "Fresh seeds: 0-2 over all settings, a setting's own being those the sweep did " \
+           "not give it" in text
+    assert "Seeds used" not in text
+    row = next(line for line in text.split("### By lr")[1].splitlines()
+               if line.startswith("| 0.01 |"))
+    assert f"{stopped_id} stopped early at epoch 2 of 4" in row, row
+    # only lr 0.1's pick (0.8 against its fresh mean 0.795) is set against its fresh seeds
+    assert "scored above its mean over fresh seeds in 1 of 1 settings (val/acc +0.0050" in text
+    with open(tmp_path / "report" / "runs.csv", newline="") as handle:
+        rows = list(csv.DictReader(handle))
+    # the four runs were claimed together: one packed trial, named in every row
+    assert len(rows) == 4 and len({row["pack"] for row in rows}) == 1 and rows[0]["pack"]
+    assert {row["pack_size"] for row in rows} == {"4"}
+
+
+@pytest.mark.parametrize("goal", ["maximize", "minimize"])
+def test_nothing_bold_names_the_nearest_row_it_could_not_separate(goal):
+    """Holm's adjusted p-values often tie at 1: the row named is the nearest mean among those
+    not separated from the best, never a far one that tied, nor one that was separated."""
+    from agent.report.seeds_section import _bold_sentence
+
+    sign = 1 if goal == "maximize" else -1
+    means = {"best": 0.90, "far": 0.70, "near": 0.89, "apart": 0.895}
+    samples = {k: [sign * (m + d) for d in (-0.01, 0.0, 0.01)] for k, m in means.items()}
+    adjusted = {"far": 1.0, "near": 1.0, "apart": 0.01}  # 'apart' was separated
+    text = _bold_sentence(samples, None, adjusted, {k: k for k in samples}, goal)
+    assert text.startswith("Nothing is bold: best has the best mean")
+    assert "does not separate it from near (adjusted p = 1)" in text, text

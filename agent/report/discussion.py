@@ -227,7 +227,9 @@ def _correlation_caveat(ctx: Context, name: str) -> list[str]:
     split = "optimizer" if "optimizer" in ctx.swept else None
     bends = []
     for group in (_levels(ctx.study.runs, split) if split else [None]):
-        mine = [r for r in runs if split is None or value(r, split) == group]
+        # a run hyperband stopped early holds a partial value: no evidence of a bend
+        mine = [r for r in runs if (split is None or value(r, split) == group)
+                and r.state != "stopped"]
         levels = _levels(mine, name)
         top = mine[0].metric(metric) if mine else None
         # a peak inside the range: the best run is inside, and no run at either end comes
@@ -252,7 +254,7 @@ def _correlation_caveat(ctx: Context, name: str) -> list[str]:
 
 def _paired_effect(ctx: Context, name: str, categorical: list[str]) -> list[str]:
     """The metric's change from the lowest to the highest value of `name`, paired over
-    every other setting (converged runs only), per model."""
+    every other setting (converged runs only; a setting's seeds by their mean), per model."""
     metric, out = ctx.study.metric, []
     levels = _levels(ctx.study.runs, name)
     low, high = levels[0], levels[-1]
@@ -263,12 +265,14 @@ def _paired_effect(ctx: Context, name: str, categorical: list[str]) -> list[str]
     for group in (_levels(ctx.study.runs, split) if split else [None]):
         runs = [r for r in using(ctx.scored, name) if ctx.group_of(r) == stats.CONVERGED
                 and (split is None or value(r, split) == group)]
-        by_setting = {}
+        # A setting is a configuration less its seed: the runs of its seeds at one value of
+        # `name` count by their mean (keeping only the last of them dropped the others)
+        by_setting: dict[tuple, dict[str, list[float]]] = {}
         for r in runs:
-            by_setting.setdefault(tuple(repr(value(r, a)) for a in others), {})[
-                repr(value(r, name))] = r.metric(metric)
-        diffs = [s[repr(high)] - s[repr(low)] for s in by_setting.values()
-                 if repr(high) in s and repr(low) in s]
+            by_setting.setdefault(tuple(repr(value(r, a)) for a in others), {}).setdefault(
+                repr(value(r, name)), []).append(r.metric(metric))
+        diffs = [float(np.mean(s[repr(high)]) - np.mean(s[repr(low)]))
+                 for s in by_setting.values() if repr(high) in s and repr(low) in s]
         if diffs:
             mean, half, n = stats.t_interval(diffs)
             out.append(f"{split + '=' + str(group) + ': ' if split else ''}{name} "

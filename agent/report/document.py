@@ -18,6 +18,7 @@ import os
 import re
 import shutil
 import tempfile
+from collections import Counter
 from pathlib import Path
 
 from rich.console import Console
@@ -51,15 +52,19 @@ SUMMARY_COLUMNS = metrics.names(summary=True)
 
 
 def write_csv(ctx: Context, path: Path) -> None:
-    """One row per run: id, state, group (diverged / stuck / converged), its parameters and
-    summary metrics."""
+    """One row per run: id, state, group (diverged / stuck / converged), the packed trial it
+    first trained in and that pack's size (empty and 1 for a run claimed alone), its
+    parameters and summary metrics."""
     study = ctx.study
     keys = sorted({k for run in study.runs for k in run.config if k != "sweep"})
+    sizes = Counter(run.pack for run in study.runs if run.pack)
     with open(path, "w", newline="", encoding="utf-8") as handle:
         writer = csv.writer(handle)
-        writer.writerow(["run_id", "state", "group", *keys, *SUMMARY_COLUMNS])
+        writer.writerow(["run_id", "state", "group", "pack", "pack_size", *keys,
+                         *SUMMARY_COLUMNS])
         for run in study.runs:
-            writer.writerow([run.id, run.state, ctx.group_of(run),
+            writer.writerow([run.id, run.state, ctx.group_of(run), run.pack or "",
+                             sizes[run.pack] if run.pack else 1,
                              *(json.dumps(run.config[k]) if isinstance(run.config.get(k), list)
                                else run.config.get(k, "") for k in keys),
                              *(run.summary.get(k, "") for k in SUMMARY_COLUMNS)])

@@ -76,12 +76,18 @@ def seeds_section(report: Report, ctx: Context) -> None:
         seeds = sorted({r.params.seed for rep in repeated.values() for r in rep.runs})
         picked = sorted({s for rep in repeated.values() for s in rep.setting.seeds})
         dropped = sum(rep.dropped for rep in repeated.values())
+        if set(seeds) & set(picked):  # the sweep searched seeds: each setting its own
+            used = (f"Fresh seeds: {_seed_list(seeds)} over all settings, a setting's own being "
+                    "those the sweep did not give it (seeds.csv lists both for each setting)"
+                    f". The sweep's seeds of a setting (of the picked settings: "
+                    f"{_seed_list(picked)}) are not among its fresh ones")
+        else:
+            used = (f"Seeds used: {_seed_list(seeds)}. The seeds the sweep gave the picked "
+                    f"settings ({_seed_list(picked)}) are not among a setting's own")
         report.add(
             sweep_seeds + "Each setting below was picked from the sweep as one of the best of "
             "its group, then run again in a repeat sweep (`python -m agent.repeat`): a grid "
-            f"over `seed` with every other parameter fixed. Seeds used: {_seed_list(seeds)}. "
-            f"The seeds the sweep gave the picked settings ({_seed_list(picked)}) are not "
-            "among a setting's own"
+            f"over `seed` with every other parameter fixed. {used}"
             + (f" ({dropped} repeat runs were left out: a seed the sweep gave the setting, "
                "or one a repeat of it counted already)" if dropped else "")
             + ": they picked it for being the best, so counting them again would bias the "
@@ -104,8 +110,11 @@ def seeds_section(report: Report, ctx: Context) -> None:
                    "(the best 2 per model, 5 seeds each).", "")
     for by in group_parameters(ctx):
         by_table(report, ctx, by, repeated)
+    # a setting whose sweep run hyperband stopped has no full-length sweep value to set
+    # against its fresh seeds (no diamond, not in the winner's-curse figure)
     rows = [SeedRow(config_text(rep.selected, _shown(ctx), " "), rep.values(metric),
                     *stats.t_interval(rep.values(metric), ctx.level)[:2],
+                    None if _stopped(rep.setting.runs) else
                     float(np.mean(rep.setting.values(metric))))
             for rep in repeated.values() if len(rep.values(metric)) >= 2]
     rows.sort(key=lambda row: row.mean, reverse=study.goal == "maximize")
@@ -152,6 +161,21 @@ def winners_curse(rows: list[SeedRow], metric: str) -> str:
             f"{verdict}.")
 
 
+def _stopped(runs: list[RunRecord]) -> list[RunRecord]:
+    """The runs the sweep's early termination stopped: their values are partial."""
+    return [r for r in runs if r.state == "stopped"]
+
+
+def _stopped_note(runs: list[RunRecord]) -> str:
+    """'; abc stopped early at epoch 2 of 4' for each run early termination cut short."""
+    notes = []
+    for run in _stopped(runs):
+        done = run.summary.get("epochs_done")
+        notes.append(f"; {run.id} stopped early"
+                     + (f" at epoch {done} of {run.params.epochs}" if done is not None else ""))
+    return "".join(notes)
+
+
 def _seed_list(seeds: list[int]) -> str:
     if len(seeds) > 2 and seeds == list(range(seeds[0], seeds[-1] + 1)):
         return f"{seeds[0]}-{seeds[-1]}"
@@ -188,7 +212,7 @@ def by_table(report: Report, ctx: Context, by: str, repeated: dict[str, Repeated
         report.table([by, "configuration", metric, "test/acc", "runs"], [
             [group, config_text(s.best, others) or "–", ci_text(s.values(metric), ctx.level),
              ci_text(s.values("test/acc"), ctx.level) if s.values("test/acc") else "–",
-             " ".join(r.id for r in s.runs)] for group, s in single])
+             " ".join(r.id for r in s.runs) + _stopped_note(s.runs)] for group, s in single])
     if ctx.base is not None:
         report.add(f"Baselines on the test set: chance {ctx.base.chance:.4f}, majority class "
                    f"{ctx.base.majority:.4f}.", "")
@@ -204,6 +228,7 @@ def _repeated_row(ctx: Context, group: str, rep: Repeated, others: list[str],
     sweep = (f"{np.mean(picked):.4f} (mean of {len(picked)}: "
              if len(picked) > 1 else f"{fmt(picked[0])} (") \
         + " ".join(r.id for r in rep.setting.runs) + ")"
+    sweep += _stopped_note(rep.setting.runs)
     return [group, config_text(rep.selected, others) or "–", f"**{cell}**" if bold else cell,
             " ".join(f"{v:.4f}" for v in values), ci_text(tests, ctx.level) if tests else "–",
             sweep, rep.sweep_id]
@@ -223,7 +248,10 @@ def _bold_sentence(samples: dict, leader: str | None, adjusted: dict, names: dic
                 f"adjusted p = {worst:.3g}). Test accuracy is reported, never used to pick.")
     pick = max if goal == "maximize" else min
     best = pick(samples, key=lambda k: np.mean(samples[k]))
-    closest = max(adjusted, key=adjusted.get)
+    # of the rows it is not separated from, the nearest mean (Holm's p often ties at 1)
+    level = np.mean(samples[best])
+    closest = min((k for k in adjusted if adjusted[k] >= ALPHA),
+                  key=lambda k: abs(np.mean(samples[k]) - level))
     return (f"Nothing is bold: {names[best]} has the best mean, but {test} does not separate "
             f"it from {names[closest]} (adjusted p = {adjusted[closest]:.3g}).")
 
