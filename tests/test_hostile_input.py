@@ -201,8 +201,6 @@ SWEEPS_REFUSED = {
     "hyperband s: 0": ("method: random\nmetric: {name: val/acc, goal: maximize}\n"
                        "early_terminate: {type: hyperband, max_iter: 9, s: 0}\n"
                        "parameters:\n  lr: {values: [0.1, 0.2]}\n", "Bands must be"),
-    "a 300-character sweep name": ("method: grid\nname: " + "n" * 300 + "\nparameters:\n"
-                                   "  lr: {values: [0.1]}\n", "name: 'nnnn"),
     "a run id set by the sweep": ("method: grid\nparameters:\n  run_id: {value: '..'}\n",
                                   "parameters.run_id"),
     "a lone surrogate in a name": ('method: grid\nparameters:\n  "\\ud800": {value: 1}\n',

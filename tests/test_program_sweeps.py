@@ -136,3 +136,32 @@ def test_program_runs_go_to_the_launchs_project_grouped_by_their_sweep(workdir):
         k = 1 + sorted(r.seq for r in store.runs()).index(run.seq)
         assert f"run {k}/2 {run.id}  lr={run.config['lr']}" in result.stdout
         assert f"run {k}/2 {run.id} finished: val_loss " in result.stdout
+
+
+@pytest.mark.e2e
+@pytest.mark.timeout(200)
+def test_a_nested_metric_is_read_by_its_dotted_name_and_a_hidden_history_is_said(workdir):
+    """`wandb.log({"val": {"loss": x}})` is `val.loss` on W&B, the name a sweep's metric gives
+    it: each row reaches the store under it. A program that puts its W&B files elsewhere
+    (wandb.init(dir=...)) leaves the agent blind to its metric, and the agent says so."""
+    store = make_sweep(workdir, {"lr": {"values": [0.5]}, "epochs": {"value": 2},
+                                 "seconds_per_epoch": {"value": 0.1}, "nested": {"value": 1}},
+                       metric={"name": "val.loss", "goal": "minimize"})
+    result = run_agent(workdir, store)
+    assert result.returncode == 0, result.stderr[-3000:]
+    (run,) = store.runs()
+    assert [row["val.loss"] for row in run_field(run, "history")] == pytest.approx(
+        [1 / 1.5, 1 / 2.0])
+    assert run_field(run, "summary")["val.loss"] == pytest.approx(0.5)
+    assert "logged no" not in result.stderr
+
+    hidden = make_sweep(workdir, {"lr": {"values": [0.5]}, "epochs": {"value": 1},
+                                  "seconds_per_epoch": {"value": 0.1},
+                                  "own_dir": {"value": str(workdir / "elsewhere")}})
+    result = run_agent(workdir, hidden)
+    assert result.returncode == 0, result.stderr[-3000:]
+    (run,) = hidden.runs()
+    assert run_field(run, "state") == "finished" and not run_field(run, "history")
+    assert f"note: run {run_field(run, 'id')} logged no 'val_loss' where its agent reads " \
+           "it" in result.stderr, result.stderr[-2000:]
+    assert "wandb.init(dir=...)" in result.stderr

@@ -310,6 +310,14 @@ class LocalAgent:
         value = result.summary.get(metric)
         print(end_line(info, {}, result.state) + (f": {metric} {short_number(value)}" if
               isinstance(value, (int, float)) else ""), flush=True)
+        if metric and value is None and result.state == "finished":
+            where = program.run_file(self.wandb_dir, command.run_id)
+            print(f"note: run {command.run_id} logged no {metric!r} "
+                  + (f"in {where}" if where else f"where its agent reads it (WANDB_DIR="
+                     f"{Path(self.wandb_dir).resolve()}; a wandb.init(dir=...) of its own "
+                     "hides its history)")
+                  + ": the sweep's search and early termination saw no value of it",
+                  file=sys.stderr, flush=True)
         if result.state == "failed":
             raise program.RunFailed(result.error)
         hooks.ended({**result.summary, "state": result.state})

@@ -13,6 +13,7 @@ import json
 import math
 import os
 import re
+import shutil
 import tempfile
 import warnings
 from pathlib import Path
@@ -22,7 +23,7 @@ import jsonschema
 import yaml
 
 from agent import metrics
-from agent.params import BY_NAME, MAX_NAME, PARAMS, RULES, validate
+from agent.params import BY_NAME, PARAMS, RULES, validate
 from agent.sweep.engine import (
     GRID_LIMIT,
     Draws,
@@ -169,6 +170,7 @@ def _engine_validate(where: str, config: dict) -> dict:
             described.append(message)
         raise UserError(_one_line(f"{where}: not a valid sweep config: "
                                   + "; ".join(dict.fromkeys(described))))
+    _wandb_client_checks(where, config)
     if runs_our_trainer(config):
         _reject_nested(where, config.get("parameters") or {})
     try:
@@ -177,6 +179,23 @@ def _engine_validate(where: str, config: dict) -> dict:
         message = error.message if isinstance(error, jsonschema.ValidationError) else error
         raise UserError(_one_line(f"{where}: not a valid sweep config: {message}")) from None
     return with_nested(filled, config)
+
+
+def _wandb_client_checks(where: str, config: dict) -> None:
+    """What `wandb sweep` (and wandb.sweep) refuses before sending a config to W&B: a
+    parameter with min and max but no distribution whose bounds are not both integers or both
+    floats (wandb/apis/public/sweeps.py _validate_config_and_fill_distribution, written out
+    here: the GPU machine has no wandb; tests/test_wandb_compat_gaps.py checks it is wandb's)."""
+    for name, spec in (config.get("parameters") or {}).items():
+        if not (isinstance(spec, dict) and "min" in spec and "max" in spec
+                and "distribution" not in spec):
+            continue
+        low, high = spec["min"], spec["max"]
+        if not (isinstance(low, int) and isinstance(high, int)
+                or isinstance(low, float) and isinstance(high, float)):
+            raise UserError(f"{where}: {_path(name)}: min {low!r} and max {high!r} without a "
+                            "distribution: wandb sweep refuses this as ambiguous; write both "
+                            "as floats (uniform, e.g. 0.0) or both as integers (int_uniform)")
 
 
 def _describe(error) -> str:
@@ -339,12 +358,11 @@ def _check_keys(where: str, config: dict) -> None:
 
 
 def _check_name(where: str, config: dict) -> None:
-    """The sweep's name is the group of its runs in W&B and TensorBoard (log_dir/<name>/)."""
+    """The sweep's name: any text, as W&B's schema has it (the run group made of it is cut to
+    W&B's limit and cleaned of unprintable characters: agent/sweep/target.py sweep_name)."""
     name = config.get("name")
-    if name is not None and not (isinstance(name, str) and len(name) <= MAX_NAME
-                                 and name.isprintable()):
-        raise UserError(f"{where}: name: {brief(name)} is not allowed: expected printable "
-                        f"text of at most {MAX_NAME} characters (W&B's limit on a group)")
+    if name is not None and not isinstance(name, str):  # the schema refuses it first
+        raise UserError(f"{where}: name: {brief(name)} is not allowed: expected text")
 
 
 def _check_command(where: str, config: dict) -> None:
@@ -386,10 +404,21 @@ def _check_storable(where: str, config: dict) -> None:
 
 
 def _check_program_file(where: str, config: dict) -> None:
-    """W&B's agent runs `python <program>` from the directory it starts in."""
+    """W&B's agent runs `python <program>` from the directory it starts in. Only a `program`
+    the command hands to an interpreter as a script must be a file there: after `-m` it is a
+    module (`python -m ${program}`), and as the command's first word an executable on the PATH
+    (`${program} train ...`), which W&B's agent runs as given."""
     program_path = config.get("program")
-    if program_path and "${program}" in map(str, command_of(config) or []) \
-            and not os.path.isfile(program_path) and not runs_our_trainer(config):
+    command = [str(token) for token in command_of(config) or []]
+    if not program_path or "${program}" not in command or runs_our_trainer(config):
+        return
+    as_script = any(index > 0 and command[index - 1] != "-m"
+                    for index, token in enumerate(command) if token == "${program}")
+    if command[0] == "${program}" and shutil.which(program_path) is None \
+            and not os.path.isfile(program_path):
+        raise UserError(f"{where}: program: {program_path!r}, the command's first word, is "
+                        f"neither a file in {Path.cwd()} nor a command on the PATH")
+    if as_script and not os.path.isfile(program_path):
         raise UserError(f"{where}: program: {program_path!r} is not a file in {Path.cwd()} "
                         "(W&B's agent runs it from the directory it starts in): start from "
                         "the directory that holds it")

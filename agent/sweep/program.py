@@ -354,9 +354,10 @@ class _HistoryReader:
                 except ValueError:  # a chunk half-written: read it at the next poll
                     self.size = -1
             if offline is not None:
-                rows = [row for row in offline.history if self.metric is None or
+                history = [flat_keys(row) for row in offline.history]
+                rows = [row for row in history if self.metric is None or
                         self.metric in row]
-                self.summary = offline.summary
+                self.summary = flat_keys(offline.summary)
                 if rows:
                     self.last_row = rows[-1]
                 for row in rows[self.seen:]:
@@ -367,6 +368,25 @@ class _HistoryReader:
             if time.monotonic() >= deadline:
                 return
             time.sleep(POLL_S)
+
+
+def flat_keys(row: dict) -> dict:
+    """`row` with each nested dict's values also under their dotted path: W&B's history and
+    summary name `wandb.log({"val": {"loss": x}})` `val.loss`, the name a sweep's metric
+    gives it."""
+    flat = dict(row)
+
+    def walk(prefix: str, value: Any) -> None:
+        if isinstance(value, dict):
+            for key, item in value.items():
+                walk(f"{prefix}.{key}", item)
+        else:
+            flat.setdefault(prefix, value)
+
+    for key, value in row.items():
+        if isinstance(value, dict) and not str(key).startswith("_"):
+            walk(str(key), value)
+    return flat
 
 
 def describe(run: RunCommand) -> str:

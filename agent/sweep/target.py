@@ -120,10 +120,10 @@ def sweep_name(config: dict, yaml_path: str | Path) -> str:
     (printable, at most MAX_NAME characters: a file name may be neither)."""
     from agent.params import MAX_NAME
 
-    if config.get("name"):
-        return config["name"]
-    stem = "".join(c if c.isprintable() else "_" for c in Path(yaml_path).stem)
-    return stem[:MAX_NAME] or "sweep"
+    text = config.get("name") or Path(yaml_path).stem
+    text = " ".join(text.split())  # a `name: |` block's newline, tabs: one space
+    cleaned = "".join(c if c.isprintable() else "_" for c in text)
+    return cleaned[:MAX_NAME] or "sweep"
 
 
 def create_local_sweep(yaml_path: str | Path, options: str = "", announce: bool = True):

@@ -1,0 +1,89 @@
+"""W&B conformance gaps found with real-world sweep configs: what `wandb sweep`/`wandb agent`
+accept or refuse, and what W&B reads as a run's metric, is the same offline."""
+
+import os
+
+import pytest
+import yaml
+
+from agent.sweep.config import load_sweep_config
+from agent.sweep.program import flat_keys
+from agent.sweep.target import sweep_name
+from util.errors import UserError
+
+
+def _write(tmp_path, config: dict) -> str:
+    path = tmp_path / "sweep.yaml"
+    path.write_text(yaml.safe_dump(config))
+    return str(path)
+
+
+BASE = {"method": "random", "metric": {"name": "loss"},
+        "parameters": {"lr": {"min": 0.001, "max": 0.1}}}
+
+
+def test_a_program_run_as_a_module_is_not_a_file(tmp_path, monkeypatch):
+    # lczerolens: poetry run python -m ${program}, program: scripts.simple_sae
+    monkeypatch.chdir(tmp_path)
+    load_sweep_config(_write(tmp_path, {**BASE, "program": "scripts.simple_sae", "command": [
+        "poetry", "run", "python", "-m", "${program}", "${args}"]}))
+
+
+def test_a_program_that_is_the_commands_executable_is_found_on_the_path(tmp_path, monkeypatch):
+    # wandb-allennlp: command: [${program}, --subcommand=train, ..., ${args}]
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "bin").mkdir()
+    tool = tmp_path / "bin" / "mytool"
+    tool.write_text("#!/bin/sh\n")
+    tool.chmod(0o755)
+    monkeypatch.setenv("PATH", f"{tmp_path / 'bin'}{os.pathsep}{os.environ['PATH']}")
+    load_sweep_config(_write(tmp_path, {**BASE, "program": "mytool",
+                                        "command": ["${program}", "train", "${args}"]}))
+    with pytest.raises(UserError, match="nor a command on the PATH"):
+        load_sweep_config(_write(tmp_path, {**BASE, "program": "no-such-tool",
+                                            "command": ["${program}", "${args}"]}))
+
+
+def test_a_script_program_must_still_be_a_file(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(UserError, match="is not a file"):
+        load_sweep_config(_write(tmp_path, {**BASE, "program": "train.py"}))
+
+
+@pytest.mark.parametrize("low, high", [(0, 0.5), (0.0, 1), (0, 1), (0.0, 1.0), (True, 1)])
+def test_bounds_without_a_distribution_are_refused_exactly_where_wandb_sweep_refuses(
+        tmp_path, monkeypatch, low, high):
+    from wandb.apis.public.sweeps import _validate_config_and_fill_distribution
+
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "train.py").write_text("")
+    config = {**BASE, "program": "train.py", "parameters": {"dropout": {"min": low, "max": high}}}
+    try:
+        _validate_config_and_fill_distribution(config)
+        wandb_refuses = False
+    except ValueError:
+        wandb_refuses = True
+    try:
+        load_sweep_config(_write(tmp_path, config))
+        refused = None
+    except UserError as error:
+        refused = str(error)
+    assert (refused is not None and "ambiguous" in refused) == wandb_refuses, refused
+
+
+@pytest.mark.parametrize("name", ["x" * 200, "my sweep\n", "tab\tname"])
+def test_any_sweep_name_wandb_accepts_is_accepted(tmp_path, monkeypatch, name):
+    from agent.params import MAX_NAME
+
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "train.py").write_text("")
+    config = load_sweep_config(_write(tmp_path, {**BASE, "name": name, "program": "train.py"}))
+    group = sweep_name(config, "sweep.yaml")
+    assert group.isprintable() and 0 < len(group) <= MAX_NAME
+
+
+def test_a_nested_logged_metric_is_read_under_its_dotted_name():
+    row = {"_step": 2, "val": {"loss": 0.5, "acc": {"top1": 0.9}}, "loss": 1.0}
+    flat = flat_keys(row)
+    assert flat["val.loss"] == 0.5 and flat["val.acc.top1"] == 0.9 and flat["loss"] == 1.0
+    assert flat_keys({"a.b": 1, "a": {"b": 2}})["a.b"] == 1  # a flat key logged as such wins
