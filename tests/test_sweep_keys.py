@@ -117,3 +117,28 @@ def test_run_cap_caps_the_runs(tmp_path, monkeypatch):
         (claimed,) = claim(store, "agent-a").runs
         store.finish(claimed.run_id, "agent-a", "finished", {"val/acc": 0.5})
     assert claim(store, "agent-a").kind == "done"
+
+
+@pytest.mark.parametrize("extra", [{"defaults": {"values": [0.1, 0.01]}},
+                                   {"settings": {"x": 1}, "tags": ["a"]}, {"x-notes": "seven"}])
+def test_keys_outside_wandbs_schema_are_left_out_with_a_note(tmp_path, monkeypatch, capsys,
+                                                            extra):
+    """W&B creates a sweep whose YAML has keys outside its schema (a `defaults:` key holding
+    YAML anchors, `wandb sweep --settings`), after a warning; its engine never reads them.
+    Offline: the same sweep, those keys left out, and a note naming them."""
+    from agent.sweep.target import create_local_sweep
+
+    monkeypatch.chdir(tmp_path)
+    config = {"method": "grid", "command": ["${env}", "python", "-m", "agent.train", "${args}"],
+              "parameters": {"dataset": {"value": "digits"}, "lr": {"values": [0.1, 0.01]}},
+              **extra}
+    path = tmp_path / "extra.yaml"
+    path.write_text(yaml.safe_dump(config))
+    store = create_local_sweep(path)
+    out = capsys.readouterr().out
+    stored = store.sweep().config
+    assert not set(map(str, extra)) & set(map(str, stored))
+    assert stored["parameters"]["lr"]["values"] == [0.1, 0.01]
+    named = " ".join(out.split())
+    assert "note: " in named and all(str(key) in named for key in extra)
+    assert "schema: left out" in named

@@ -82,16 +82,27 @@ TOP_LEVEL_KEYS = {
 }
 
 
-def load_sweep_config(path: str | Path) -> dict:
+def load_sweep_config(path: str | Path, notes: list[str] | None = None) -> dict:
     """The sweep config in `path`, validated, with the engine's defaults filled in.
 
     `sweeps.SweepConfig` fills each parameter's `distribution` (categorical, constant,
     int_uniform, uniform, ...) and hyperband's `eta` (3) and `strict` (true);
     `fill_validate_metric` fills the metric's `impute` and `impute_while_running`.
+    A top-level key outside W&B's sweep schema is left out, with a line in `notes`: W&B
+    creates such a sweep after warning ("Malformed sweep config", additional properties) and
+    its engine never reads the key (a `defaults:` key that only holds YAML anchors).
     Raises UserError (one line) for anything wrong.
     """
     where = str(path)
     config = _read_yaml(where)
+    unknown = [key for key in config if key not in TOP_LEVEL_KEYS]
+    if unknown:
+        config = {key: value for key, value in config.items() if key not in unknown}
+        if notes is not None:
+            notes.append(f"note: {where}: " + ", ".join(map(str, unknown))
+                         + f": not {'a key' if len(unknown) == 1 else 'keys'} of W&B's sweep "
+                         "schema: left out, as W&B's sweep engine leaves them (`wandb "
+                         "sweep` warns of a malformed config and creates the sweep)")
     filled = _engine_validate(where, config)
     _check_grid_size(where, filled)
     _check_integer_ranges(where, filled)
@@ -346,10 +357,7 @@ def _count(number: int | float) -> str:
 
 def _check_keys(where: str, config: dict) -> None:
     for key in config:
-        if key not in TOP_LEVEL_KEYS:
-            raise UserError(f"{where}: {_path(key, '')}: a sweep key this tool does not know, "
-                            "so it cannot honour it offline: remove it, or run the sweep on W&B")
-        reason = TOP_LEVEL_KEYS[key]
+        reason = TOP_LEVEL_KEYS[key]  # the keys outside W&B's schema were left out
         if reason and not (key == "scheduler" and config[key] == {"engine": "wandb"}):
             raise UserError(f"{where}: {key}: not supported offline: {reason}")
     if config.get("method") == "custom":

@@ -134,13 +134,14 @@ def create_local_sweep(yaml_path: str | Path, options: str = "", announce: bool 
     from agent.sweep.config import creation_notes, load_sweep_config
     from agent.sweep.store import create_store
 
-    config = load_sweep_config(yaml_path)
+    notes: list[str] = []
+    config = load_sweep_config(yaml_path, notes)
     options = hint_options(options, config)
     earlier = unfinished_twin(config, options)
     sweep_id = new_run_id()
     name = sweep_name(config, yaml_path)
     store = create_store(SWEEPS_DIR / sweep_id, sweep_id, name, config)
-    for note in creation_notes(config) + ([earlier] if earlier else []):
+    for note in notes + creation_notes(config) + ([earlier] if earlier else []):
         print(textwrap.fill(note, 80, subsequent_indent="  ", break_on_hyphens=False))
     if announce:
         print(f"Created local sweep {sweep_id} ({name}) in {store.directory}")
