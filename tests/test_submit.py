@@ -11,6 +11,7 @@ import json
 import os
 import shutil
 import signal
+import socket
 import sqlite3
 import subprocess
 import sys
@@ -167,6 +168,31 @@ def test_pbs_job_stopped_at_walltime_or_by_sigterm_leaves_a_run_the_next_job_res
 
 
 @pytest.mark.e2e
+@pytest.mark.slow
+@pytest.mark.timeout(240)
+def test_a_pbs_job_does_not_overwrite_a_store_changed_while_it_ran(workdir, aux):
+    """Two `--pbs 1` submissions on one local sweep (the per-submission refusal of --pbs 2
+    does not see them): the job that ends last must not replace the store the other wrote
+    back, losing its runs; its own store is kept beside it."""
+    make_sweep(workdir, "twice", {"hidden": {"value": 256}, "batch_size": {"value": 8},
+                                  "epochs": {"value": 2000}, "sinks": {"value": []},
+                                  "lr": {"value": 0.01}})
+    scratch = aux / "scratch"
+    store_path = workdir / "data" / "sweeps" / "twice" / "sweep.db"
+    job = pbs_job(workdir, aux, submit_pbs(workdir, aux, "twice", "--walltime", "1:00:00"))
+    wait_for(lambda: scratch_epoch(scratch, "twice") >= 1, 120, "a first epoch")
+    with sqlite3.connect(store_path) as db:  # what another job's copy-back amounts to
+        db.execute("CREATE TABLE another_job (x)")
+    job.send_signal(signal.SIGTERM)
+    out, err = job.communicate(timeout=60)
+    assert job.returncode == 0, err[-3000:]
+    assert "changed while this job ran" in err
+    assert SweepStore(store_path).runs() == []  # the other's store stands
+    (run,) = SweepStore(store_path.parent.with_name(f"twice.job-{FAKE_ID}") / "sweep.db").runs()
+    assert run.state == "preempted" and run.epoch >= 1
+
+
+@pytest.mark.e2e
 @pytest.mark.timeout(120)
 def test_dry_run_prints_the_scripts_and_writes_nothing(workdir):
     make_sweep(workdir, "dry", {"lr": {"value": 0.1}})
@@ -263,6 +289,11 @@ def test_a_submission_refused_after_some_jobs_names_them_and_the_sweep(tmp_path)
     (["--slurm", "1", "--queue", "gpu"], "--queue is PBS's"),
     (["--pbs", "1", "--container", "missing.sif"], "--container='missing.sif'"),
     (["--slurm", "1", "--project", "two\nlines"], "cannot hold a newline"),
+    (["--pbs", "99999999999999999999"], "expected 1 to 1000 jobs"),
+    (["--slurm", "1001"], "expected 1 to 1000 jobs"),
+    (["--pbs", "1", "--scratch", ""], "--scratch=''"),
+    (["--slurm", "1", "--walltime", " "], "--walltime=''"),
+    (["--pbs", "1", "--container", ""], "--container=''"),
 ])
 def test_bad_options_are_one_line_exit_2(workdir, aux, options, says):
     make_sweep(workdir, "opts", {"lr": {"value": 0.1}})
@@ -291,20 +322,36 @@ def test_submit_directory_no_directive_can_hold_is_one_line_exit_2(workdir, kind
 
 @pytest.mark.e2e
 @pytest.mark.timeout(120)
-def test_slurm_task_on_another_node_than_its_local_sweep_leaves_saying_why(workdir, aux):
-    make_sweep(workdir, "onenode", {"lr": {"value": 0.1}})
+@pytest.mark.parametrize("tasks", ["1", "2"])  # one task too: submissions add up
+@pytest.mark.parametrize("holder_queued,leaves", [("9001\n", True), ("", False)])
+def test_slurm_task_on_another_node_than_its_local_sweep_leaves_saying_why(
+        workdir, aux, tasks, holder_queued, leaves):
+    """The sweep records its node and the job holding it, whatever the submission: a task on
+    another node leaves while that job is queued or running (squeue lists it), and takes
+    the sweep over once it has ended (a resubmission after a walltime lands elsewhere)."""
+    make_sweep(workdir, "onenode", {"lr": {"value": 0.1}, "epochs": {"value": 1}})
     bin_dir = fake_scheduler_bin(aux, "sbatch")
-    result = launch(workdir, "onenode", "--slurm", "2", "--gpus-per-job", "0",
+    (bin_dir / "squeue").write_text(f"#!/bin/sh\nprintf '{holder_queued}'\n")
+    (bin_dir / "squeue").chmod(0o755)
+    result = launch(workdir, "onenode", "--slurm", tasks, "--gpus-per-job", "0",
                     path=f"{bin_dir}:{os.environ['PATH']}")
     assert result.returncode == 0, result.stderr
     script = Path((aux / "sbatch.log").read_text().split()[-1])  # after --parsable
-    (script.parent / "node").write_text("another-node\n")  # where task 0 started
-    task = subprocess.run(["bash", str(script)], cwd=aux, env=subprocess_env(),
-                          capture_output=True, text=True, timeout=60)
-    assert task.returncode == 3
-    assert "runs on another-node" in task.stderr and "W&B sweep" in task.stderr
+    record = workdir / "data" / "sweeps" / "onenode" / "node"
+    record.write_text("another-node 9001\n")  # where an earlier job started
+    task = subprocess.run(["bash", str(script)], cwd=aux, timeout=120, capture_output=True,
+                          text=True, env=subprocess_env(
+                              PATH=f"{bin_dir}:{os.environ['PATH']}", OMP_NUM_THREADS="1"))
     runs = SweepStore(workdir / "data" / "sweeps" / "onenode" / "sweep.db").runs()
-    assert runs == []  # it trained nothing
+    if leaves:
+        assert task.returncode == 3
+        assert "runs on another-node (job 9001)" in task.stderr and "W&B sweep" in task.stderr
+        assert runs == []  # it trained nothing
+    else:
+        assert task.returncode == 0, task.stderr[-2000:]
+        assert record.read_text().split()[0] == socket.gethostname()
+        assert [r.state for r in runs] == ["finished"]
+    assert [p.name for p in record.parent.glob("node.*")] == []
 
 
 @pytest.mark.e2e
@@ -435,3 +482,25 @@ def test_every_template_variant_hands_its_values_over_exactly(tmp_path, variant)
     assert record["env"]["WANDB_PROJECT"] == AWKWARD and record["env"]["WANDB_MODE"] == "offline"
     assert record["env"]["CUDA_VISIBLE_DEVICES"] == (None if gpus else "")
     assert not list(tmp_path.rglob("pwned"))
+
+
+def test_a_key_only_in_the_shell_is_noted_for_pbs_jobs_and_never_shown(tmp_path, monkeypatch):
+    """qsub passes no environment and the key is never written into a script: with the key
+    only exported in this shell, PBS jobs would find none. The note says so without the key;
+    a netrc file (NETRC, else ~/.netrc) or SLURM (sbatch passes the environment) needs none."""
+    from agent.cluster.schedulers import SCHEDULERS
+    from agent.cluster.submit import key_note
+
+    secret = "0123456789abcdef0123456789abcdef01234567"
+    monkeypatch.setenv("HOME", str(tmp_path))
+    monkeypatch.delenv("NETRC", raising=False)
+    monkeypatch.delenv("WANDB_API_KEY", raising=False)
+    assert key_note(SCHEDULERS["pbs"]) is None  # no key at all: nothing to say here
+    monkeypatch.setenv("WANDB_API_KEY", secret)
+    note = key_note(SCHEDULERS["pbs"])
+    assert note and "wandb login" in note and secret not in note and "\n" not in note
+    assert key_note(SCHEDULERS["slurm"]) is None
+    (tmp_path / ".netrc").write_text("machine api.wandb.ai login user password x\n")
+    assert key_note(SCHEDULERS["pbs"]) is None
+    monkeypatch.setenv("NETRC", str(tmp_path / "elsewhere"))
+    assert key_note(SCHEDULERS["pbs"]) is not None

@@ -111,3 +111,28 @@ def test_a_key_wandb_refuses_is_one_line_that_never_shows_the_key(workdir):
             path = os.path.join(root, name)
             with open(path, "rb") as handle:
                 assert secret.encode() not in handle.read(), path
+
+
+@pytest.mark.timeout(180)
+def test_a_preempted_run_stays_preempted_when_its_sink_cannot_finish(workdir, monkeypatch):
+    """scancel/qdel signal every process of a job, W&B's service too: closing the W&B run
+    then raises (ConnectionResetError); the run must still end preempted, not failed."""
+    from agent.trial import sinks
+    from agent.trial.loop import Preempted, TrialHooks
+
+    class DeadService(sinks.Sink):
+        def finish(self, summary, state):
+            raise ConnectionResetError("Connection lost")
+
+    monkeypatch.setitem(sinks.SINKS, "wandb", DeadService)
+    steps = {"n": 0}
+
+    def interrupt_after_a_few_steps():
+        steps["n"] += 1
+        return steps["n"] > 3
+
+    with pytest.raises(Preempted):
+        train({"dataset": "digits", "model": "dense", "hidden": 16, "epochs": 2,
+               "batch_size": 32, "sinks": ["wandb"], "run_id": "pre2",
+               "data_dir": str(workdir / "data")},
+              TrialHooks(interrupted=interrupt_after_a_few_steps))

@@ -149,7 +149,7 @@ class PBS(Scheduler):
     status_note = " (updated when the job ends: it works on a copy in scratch)"
     # Left out of the code copied to scratch: environments, results and history.
     NOT_CODE = ("./.venv", "./data", "./wandb", "./reports", "./.git", "./.pytest_cache",
-                "./.ruff_cache", "./.hypothesis", "__pycache__")
+                "./.ruff_cache", "./.hypothesis", "__pycache__", "*.sif", ".env")
     # data/ parts not copied to scratch: the sweep and the checkpoints are handled on their
     # own, logs and job files are outputs.
     NOT_INPUT_DATA = ("sweeps", "runs", "logs", "jobs")

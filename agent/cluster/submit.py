@@ -23,6 +23,7 @@ code is this repository's in both cases, so the two modes run the same code.
 from __future__ import annotations
 
 import argparse
+import os
 import shutil
 import subprocess
 import sys
@@ -34,6 +35,9 @@ from agent.sweep.target import SweepTarget, check_wandb_sweep, create_local_swee
 from util.errors import UserError
 
 JOBS_DIR = Path("data") / "jobs"
+# Jobs one submission may ask for: SLURM's default MaxArraySize (1001) allows task ids up to
+# 1000; and every job of a PBS submission is a script rendered and a qsub call before any runs.
+MAX_JOBS = 1000
 
 
 # --- options -------------------------------------------------------------------------------
@@ -129,9 +133,27 @@ def resolve_job_target(text: str, project: str | None, scheduler: Scheduler, cou
     elif target.kind == "wandb":
         if not dry_run:
             check_wandb_sweep(target)
+        note = key_note(scheduler)
+        if note:
+            print(note, file=sys.stderr)
         return target
     scheduler.check_local_sweep(count)
     return target
+
+
+def key_note(scheduler: Scheduler) -> str | None:
+    """A note when the W&B key is only in this shell's environment and the scheduler's jobs
+    do not get that environment (PBS's qsub passes none; the key is never written into a
+    script): they would find no key. None when a netrc file (NETRC, else ~/.netrc) exists or
+    the jobs inherit the environment (SLURM's sbatch)."""
+    if scheduler.kind != "pbs" or not os.environ.get("WANDB_API_KEY"):
+        return None
+    netrc = Path(os.environ.get("NETRC") or Path.home() / ".netrc").expanduser()
+    if netrc.is_file():
+        return None
+    return (f"note: WANDB_API_KEY is set in this shell, but PBS jobs do not get its "
+            f"environment and no {netrc} holds a key for them: run `./util/with_venv.sh "
+            "wandb login` once (it writes ~/.netrc), or the jobs cannot reach W&B")
 
 
 def local_sweep_for_jobs(target: SweepTarget, dry_run: bool) -> Path | None:
@@ -174,8 +196,12 @@ def submit_from_args(args: argparse.Namespace, argv: list[str] | None = None) ->
         raise UserError("batch-job options need exactly one of --pbs N or --slurm N")
     scheduler = SCHEDULERS["pbs" if args.pbs is not None else "slurm"]
     count = getattr(args, scheduler.kind)
-    if count < 1:
-        raise UserError(f"--{scheduler.kind} {count}: expected 1 or more jobs")
+    if not 1 <= count <= MAX_JOBS:
+        raise UserError(f"--{scheduler.kind} {count}: expected 1 to {MAX_JOBS} jobs")
+    for option in ("walltime", "mem", "scratch", "container"):
+        if getattr(args, option) is not None and not getattr(args, option).strip():
+            raise UserError(f"--{option}='': expected a value (leave the option out for the "
+                            "default)")
     job_dir = new_job_dir().resolve()
     # Every check before anything is written: options, then the target, then the command.
     scheduler.job_spec(args, count, args.target, None, job_dir, argv)

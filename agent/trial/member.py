@@ -9,6 +9,7 @@ augmentation, and where their results go.
 from __future__ import annotations
 
 import os
+import sys
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -114,9 +115,22 @@ class Member:
             self.started_sinks.append(sink)
 
     def close_sinks(self) -> None:
-        """Finish every started sink with the member's summary and state (once)."""
+        """Finish every started sink with the member's summary and state (once).
+
+        A preempted member stays preempted when a sink cannot finish: a batch scheduler
+        (scancel, qdel, PBS's or SLURM's walltime) signals every process of the job at once,
+        W&B's own service process included, so its run can no longer be closed; the
+        checkpoint stands and the next agent resumes the run."""
         while self.started_sinks:
-            self.started_sinks.pop().finish(self.summary, self.state)
+            sink = self.started_sinks.pop()
+            try:
+                sink.finish(self.summary, self.state)
+            except Exception as error:
+                if self.state != "preempted":
+                    raise
+                print(f"run {self.run.id}: {type(sink).__name__} could not finish "
+                      f"({type(error).__name__}: {' '.join(str(error).split())[:120]}); "
+                      "the run stays preempted", file=sys.stderr)
 
     def restore_progress(self, saved: dict) -> None:
         """Continue from a checkpoint's progress (agent/trial/checkpoint.py)."""

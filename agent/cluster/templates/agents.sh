@@ -6,11 +6,15 @@
 # `timeout` stops the agents {{ margin_s }} s before the walltime so that the results are
 # safe before the scheduler's own SIGTERM and SIGKILL. Either way the current run
 # ends `preempted` with its checkpoint, and the next agent resumes it.
+# The walltime runs from the job's start ($SECONDS: this shell's age), not from here:
+# copying the code and data in took some of it.
+stop_after=$(( {{ stop_after_s }} - SECONDS ))
+[ "$stop_after" -gt 0 ] || stop_after=1
 {% if container %}
 {## --nv: the host's NVIDIA driver inside the image ##}
-timeout --signal=TERM {{ stop_after_s }} "$apptainer" exec {% if gpus %}--nv {% endif %}--bind {% for var in bind_vars %}"${{ var }}"{% if not loop.last %},{% endif %}{% endfor %} --pwd "$PWD" --env PYTHONPATH="${{ code_var }}" {{ container }} {{ image_python }} {{ launch }} &
+timeout --signal=TERM "$stop_after" "$apptainer" exec {% if gpus %}--nv {% endif %}--bind {% for var in bind_vars %}"${{ var }}"{% if not loop.last %},{% endif %}{% endfor %} --pwd "$PWD" --env PYTHONPATH="${{ code_var }}" {{ container }} {{ image_python }} {{ launch }} &
 {% else %}
-timeout --signal=TERM {{ stop_after_s }} env PYTHONPATH="${{ code_var }}" {{ python }} {{ launch }} &
+timeout --signal=TERM "$stop_after" env PYTHONPATH="${{ code_var }}" {{ python }} {{ launch }} &
 {% endif %}
 agents=$!
 trap 'kill -TERM "$agents" 2>/dev/null' TERM INT

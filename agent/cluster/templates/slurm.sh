@@ -25,22 +25,36 @@
 
 {% include "environment.sh" %}
 cd {{ submit_dir }} || exit 1
-{% if local_sweep and jobs > 1 %}
-# A local sweep is one SQLite file: safe for the agents of one node only. The
-# first task records its node (written whole, then linked into place: a task
-# starting at the same moment never reads it half-written); a task on another
-# node leaves.
-job_dir={{ job_dir }}
-hostname > "$job_dir/node.$$"
-ln "$job_dir/node.$$" "$job_dir/node" 2>/dev/null
-rm -f "$job_dir/node.$$"
-if [ "$(cat "$job_dir/node")" != "$(hostname)" ]; then
-  echo "error: this local sweep runs on $(cat "$job_dir/node"); agents on other nodes need a W&B sweep" >&2
+{% if local_sweep %}
+# A local sweep is one SQLite file: safe for the agents of one node only. Its directory
+# records the node that works on it and the job holding that node (written whole, then
+# linked into place: a task starting at the same moment never reads it half-written).
+# A task on another node leaves while that job is queued or running (this array, or
+# another submission on the same sweep); once it has ended, the task takes the sweep over.
+sweep_dir={{ local_sweep }}
+host="$(hostname)"
+echo "$host ${SLURM_ARRAY_JOB_ID:-${SLURM_JOB_ID:-0}}" > "$sweep_dir/node.$$"
+ln "$sweep_dir/node.$$" "$sweep_dir/node" 2>/dev/null
+read -r node holder < "$sweep_dir/node"
+if [ "$node" != "$host" ]; then
+  # Only squeue's word that the holder is gone frees the sweep: no squeue, no take-over.
+  queued="$(squeue -h -j "$holder" -o %i 2>&1)"; asked=$?
+  if { [ "$asked" = 0 ] && [ -z "$queued" ]; } || [[ "$queued" == *"Invalid job id"* ]]; then
+    mv -f "$sweep_dir/node.$$" "$sweep_dir/node"
+    sleep 1  # a task of another node taking over at the same moment: the last one wins
+    read -r node holder < "$sweep_dir/node"
+  fi
+fi
+if [ "$node" != "$host" ]; then
+  rm -f "$sweep_dir/node.$$"
+  echo "error: this local sweep runs on $node (job $holder); agents on other nodes need a W&B sweep" >&2
   exit 3
 fi
+# This node's latest job holds the sweep now (a later job on this node, after an earlier
+# one ended, must not leave the record naming the ended one).
+if [ -e "$sweep_dir/node.$$" ]; then mv -f "$sweep_dir/node.$$" "$sweep_dir/node"; fi
 {% endif %}
 {% if container and local_sweep %}
-sweep_dir={{ local_sweep }}
 {% set bind_vars = ["code_dir", "PWD", "sweep_dir"] %}
 {% else %}
 {% set bind_vars = ["code_dir", "PWD"] %}
