@@ -142,3 +142,19 @@ def test_keys_outside_wandbs_schema_are_left_out_with_a_note(tmp_path, monkeypat
     named = " ".join(out.split())
     assert "note: " in named and all(str(key) in named for key in extra)
     assert "schema: left out" in named
+
+
+@pytest.mark.parametrize("typo, meant", [("paramters", "parameters"),
+                                         ("early_terminat", "early_terminate"),
+                                         ("methods", "method"), ("run_caps", "run_cap")])
+def test_a_misspelt_key_is_refused_naming_the_key_meant(tmp_path, typo, meant):
+    """Left out, a misspelt `early_terminate` would run the sweep without hyperband unnoticed
+    (W&B would warn and go on): a key this close to one of the schema's is refused."""
+    config = {"method": "grid", "command": ["${env}", "python", "-m", "agent.train", "${args}"],
+              "parameters": {"dataset": {"value": "digits"}, "lr": {"values": [0.1, 0.01]}},
+              typo: {"type": "hyperband", "min_iter": 1}}
+    path = tmp_path / "typo.yaml"
+    path.write_text(yaml.safe_dump(config))
+    with pytest.raises(UserError) as refused:
+        load_sweep_config(path)
+    assert f"did you mean {meant}?" in str(refused.value) and "\n" not in str(refused.value)

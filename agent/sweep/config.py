@@ -96,6 +96,12 @@ def load_sweep_config(path: str | Path, notes: list[str] | None = None) -> dict:
     where = str(path)
     config = _read_yaml(where)
     unknown = [key for key in config if key not in TOP_LEVEL_KEYS]
+    for key in unknown:  # a misspelt key would be left out unnoticed (hyperband never runs)
+        close = difflib.get_close_matches(str(key), TOP_LEVEL_KEYS, n=1, cutoff=0.8)
+        if close:
+            raise UserError(f"{where}: {_path(str(key), '')}: not a key of W&B's sweep schema "
+                            f"(W&B would leave it out after a warning): did you mean "
+                            f"{close[0]}?")
     if unknown:
         config = {key: value for key, value in config.items() if key not in unknown}
         if notes is not None:
