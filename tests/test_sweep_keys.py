@@ -8,6 +8,7 @@ import warnings
 import pytest
 import yaml
 
+from agent import metrics as metric_catalogue
 from agent.sweep.config import TOP_LEVEL_KEYS, load_sweep_config
 from agent.sweep.controller import claim
 from agent.sweep.engine import run_field
@@ -158,3 +159,43 @@ def test_a_misspelt_key_is_refused_naming_the_key_meant(tmp_path, typo, meant):
     with pytest.raises(UserError) as refused:
         load_sweep_config(path)
     assert f"did you mean {meant}?" in str(refused.value) and "\n" not in str(refused.value)
+
+
+def _metric_sweep(tmp_path, name, goal="maximize", **extra):
+    config = {"method": "bayes", "metric": {"name": name, "goal": goal},
+              "command": ["${env}", "python", "-m", "agent.train", "${args}"],
+              "parameters": {"dataset": {"value": "digits"}, "model": {"value": "dense"},
+                             "batch_size": {"values": [16, 32]}}, **extra}
+    path = tmp_path / "metric.yaml"
+    path.write_text(yaml.safe_dump(config))
+    return path
+
+
+HYPERBAND = {"early_terminate": {"type": "hyperband", "min_iter": 1}}
+
+
+@pytest.mark.parametrize("metric", metric_catalogue.METRICS, ids=lambda m: m.name)
+def test_every_metric_of_the_catalogue_is_accepted_or_refused_for_its_reason(tmp_path, metric):
+    """Generated from agent/metrics.py: any number a trial logs after an epoch or at its end
+    under a fixed name may be a sweep's metric, in the goal the sweep gives (W&B optimises any
+    logged key: a batch-size study of perf/images_per_s); hyperband needs one of every
+    epoch. Step metrics (not in the epoch history), per-layer or per-class names and the
+    confusion matrix are refused, naming why."""
+    metrics = metric_catalogue
+    scalar = metrics.EPOCH if metric.when == metrics.EPOCH else metrics.END
+    fixed = "<" not in metric.name and metric.name != "test/confusion_matrix"
+    if metric.when in (metrics.EPOCH, metrics.END) and fixed:
+        for goal in ("maximize", "minimize"):
+            assert load_sweep_config(_metric_sweep(tmp_path, metric.name, goal))
+        if scalar == metrics.EPOCH:
+            assert load_sweep_config(_metric_sweep(tmp_path, metric.name, **HYPERBAND))
+        else:
+            with pytest.raises(UserError, match="early_terminate needs a metric logged every"):
+                load_sweep_config(_metric_sweep(tmp_path, metric.name, **HYPERBAND))
+        return
+    with pytest.raises(UserError) as refused:
+        load_sweep_config(_metric_sweep(tmp_path, metric.name))
+    text = str(refused.value)
+    assert "\n" not in text and "metric.name" in text
+    if metric.when == metrics.STEP:
+        assert "logged at steps" in text

@@ -60,6 +60,11 @@ with warnings.catch_warnings():
 # What a trial reports, with the direction that makes a run better (agent/metrics.py).
 EPOCH_METRICS = metrics.optimisable(when=(metrics.EPOCH,))
 METRICS = metrics.optimisable()
+# Every number a trial logs after each epoch or at its end under a fixed name, which a sweep
+# may optimise in the direction its goal says (a batch-size study of perf/images_per_s), as
+# W&B optimises any logged key; those with a goal above are the usual ones.
+SCALARS = {m.name: m.when for m in metrics.METRICS if m.when in (metrics.EPOCH, metrics.END)
+           and "<" not in m.name and m.name not in ("test/confusion_matrix",)}
 
 # Metrics measured on the validation split (agent/metrics.py names them val/...): a run with
 # val_split 0 never reports them.
@@ -653,10 +658,15 @@ def _check_metric(where: str, config: dict, fixed: dict, drawn: dict[str, list])
     if metric is None:
         return
     name = metric["name"]
-    if name not in METRICS:
-        raise UserError(f"{where}: metric.name: {name!r} is not a metric trials report: "
-                        f"expected one of {', '.join(METRICS)}")
-    if "early_terminate" in config and name not in EPOCH_METRICS:
+    if name not in SCALARS:
+        found = metrics.find(name)
+        why = (f"{name} is logged at steps, not in the epoch history a sweep reads"
+               if found is not None and found.when == metrics.STEP else
+               f"{name!r} is not a number trials report after an epoch or at their end")
+        raise UserError(f"{where}: metric.name: {why}: expected one of "
+                        f"{', '.join(METRICS)} (or another of agent/metrics.py: "
+                        f"{', '.join(n for n in SCALARS if n not in METRICS)})")
+    if "early_terminate" in config and SCALARS[name] != metrics.EPOCH:
         raise UserError(f"{where}: metric.name: early_terminate needs a metric logged every "
                         f"epoch, and {name} is only in the summary: use one of "
                         + ", ".join(EPOCH_METRICS))

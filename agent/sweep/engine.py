@@ -65,10 +65,15 @@ def plain(value: Any) -> Any:
 def as_type(value: Any, kind: type | None, item_type: type | None = None) -> Any:
     """A value from the engine as a plain value of the parameter's type, where that is exact:
     64.0 -> 64 (int), 1 or 1.0 -> True (bool), 3 -> 3.0 (float), 0.5 -> '0.5' (str), 32 -> [32]
-    (list). Anything else is returned plain and unchanged, for validation to refuse."""
+    (list), and text as the trainer's parser reads it (_text_as): '64' -> 64 (int), '1e-3' ->
+    0.001 (float), 'no' -> False (bool), '8,16' -> [8, 16] (list). Anything else is returned
+    plain and unchanged, for validation to refuse."""
     value = plain(value)
     if value is None or kind is None:
         return value
+    if isinstance(value, str) and kind in (bool, int, float, list):
+        read = _text_as(value, kind)  # `"64"`, YAML 1.1's `1e-3`, `"8,16"`: as the trainer reads
+        value = value if read is None else read
     number = isinstance(value, (int, float)) and not isinstance(value, bool)
     if kind is list:
         items = value if isinstance(value, list) else [value]
@@ -82,6 +87,36 @@ def as_type(value: Any, kind: type | None, item_type: type | None = None) -> Any
     if kind is str and number:
         return str(value)
     return value
+
+
+def _text_as(text: str, kind: type) -> Any:
+    """`text` as our trainer's parser reads it for a parameter of `kind` (agent/params.py
+    coerce: a boolean's true/false words, an integer's exact or whole-number text, a number's
+    float text, a list's `[a, b]` or `a,b`), or None where the parser would refuse it. A sweep
+    value written as text (`"64"`, `1e-3`, which YAML 1.1 reads as text) means that value on W&B,
+    where the trainer reads it from the command line and wandb.config: it is stored, shown and
+    reported as that value, never as text."""
+    from agent.params import FALSE_WORDS, TRUE_WORDS
+    from agent.yaml_file import load_text
+    from util.errors import finite_number
+
+    stripped = text.strip()
+    if kind is bool:
+        word = stripped.lower()
+        return word in TRUE_WORDS if word in TRUE_WORDS | FALSE_WORDS else None
+    if kind is int:
+        try:
+            return int(stripped)
+        except ValueError:
+            number = finite_number(stripped)
+            return int(number) if number is not None and number.is_integer() else None
+    if kind is float:
+        return finite_number(stripped)
+    try:
+        items = load_text(stripped if stripped.startswith("[") else f"[{stripped}]", "text")
+    except UserError:
+        return None
+    return items if isinstance(items, list) else None
 
 
 def value_types(sweep_config: dict) -> dict[str, tuple[type, type | None]]:
@@ -133,6 +168,10 @@ class _EngineView:
                 self.choices[name] = list(range(spec["min"], spec["max"] + 1))
             elif method == "grid" and distribution == "q_uniform":  # as grid_search.py builds it
                 self.choices[name] = np.arange(spec["min"], spec["max"], spec["q"]).tolist()
+        # the choices as stored (as_type): `"64"` as 64
+        self.read: dict[str, list] = {
+            name: [as_type(v, *self.types.get(name, (None, None))) for v in values]
+            for name, values in self.choices.items()}
         # a grid's choices as the trainer reads them, and as the engine's points (1 and 1.0
         # are one point: its yaml_hash), for engine_runs
         self.typed: dict[str, list] = {}
@@ -151,8 +190,11 @@ class _EngineView:
         if name not in self.choices:
             return forms[0]
         index = None
-        for form in forms:
-            index = _index_of(self.choices[name], form)
+        for choices in (self.choices[name], self.read[name]):  # as written, then as stored
+            for form in forms:
+                index = _index_of(choices, form)
+                if index is not None:
+                    break
             if index is not None:
                 break
         if name in self.tokens:
@@ -220,7 +262,8 @@ def _one_per_point(indices: list[int], points: list[str]) -> list[int]:
 def engine_run(run: Any, encode=None) -> sweeps.SweepRun:
     """A stored run as the engine sees it ({"lr": {"value": 0.1}} configs)."""
     history = run_field(run, "history") or []
-    summary = run_field(run, "summary") or (history[-1] if history else {})
+    # as W&B's summary: the last value of every logged key, under what the run set at its end
+    summary = {**(history[-1] if history else {}), **(run_field(run, "summary") or {})}
     config = run_field(run, "config")
     return sweeps.SweepRun(
         name=run_field(run, "id"), state=ENGINE_STATES[run_field(run, "state")],
