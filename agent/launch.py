@@ -11,6 +11,7 @@ import argparse
 import glob
 import os
 import re
+import shlex
 import signal
 import socket
 import subprocess
@@ -189,6 +190,8 @@ def agent_options(args: argparse.Namespace) -> str:
     tail = ""
     if args.pack != "1":
         tail += f" --pack {args.pack}"
+    if args.project:  # agents added without it would log their runs to another project
+        tail += f" --project {shlex.quote(args.project)}"
     if args.gpus:
         tail += f" --gpus {args.gpus}"
     if args.agents_per_gpu != 1:
@@ -239,10 +242,26 @@ def parse_options(argv: list[str] | None) -> argparse.Namespace:
         raise UserError(str(error)) from None
     if args.gpus is not None:
         check_gpus(args.gpus)
+    if args.project:  # WANDB_PROJECT= (empty) in the environment: the default
+        check_project(args.project)
     check_heartbeat(HEARTBEAT_S if args.heartbeat is None else args.heartbeat,
                     HEARTBEAT_TIMEOUT_S if args.heartbeat_timeout is None
                     else args.heartbeat_timeout)
     return args
+
+
+PROJECT_FORBIDDEN = "\\#?%:"  # what W&B refuses in a project name (and "/", below)
+
+
+def check_project(project: str, local: bool = False) -> None:
+    """A W&B project name W&B takes (UserError, one line), before a sweep is made: W&B
+    refuses a bad one only when each run starts, so every run of the sweep would fail. A
+    "/" only passes before a bare W&B sweep id (`--project entity/project`)."""
+    bad = [c for c in project if c in PROJECT_FORBIDDEN or (local and c == "/")
+           or not c.isprintable()]
+    if not project.strip() or len(project) > 128 or bad:
+        raise UserError(f"--project={brief(project)}: not a W&B project name (1 to 128 "
+                        "printable characters, none of / \\ # ? % :)")
 
 
 def pack_tip(args: argparse.Namespace, gpus: list[str], store: SweepStore) -> str | None:
@@ -288,6 +307,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.gpus:  # before a sweep is made for agents that could not start
         check_gpus_exist(args.gpus.split(","))
     if args.project and target.kind != "wandb":  # the agents' runs go there (env first)
+        check_project(args.project, local=True)
         os.environ["WANDB_PROJECT"] = args.project
     options = agent_options(args)  # repeated by the hints to add agents and to go on
     store = create_local_sweep(target.path, options) if target.kind == "yaml" else \

@@ -564,19 +564,44 @@ def test_agents_starting_unpacked_on_a_gpu_are_told_of_pack_auto(workdir):
     assert pack_tip(parse_options(["other"]), ["0"], other) is None  # another program
 
 
-def test_the_hints_repeat_every_option_that_shapes_the_agents():
+def test_the_hints_repeat_every_option_that_shapes_the_agents(monkeypatch):
     """agent_options() is the tail of the hints to add agents and to go on: read back by the
-    launcher, it gives the same agents (pack, devices, how many, heartbeats)."""
+    launcher, it gives the same agents (pack, devices, how many, heartbeats, the W&B project
+    their runs go to)."""
+    import shlex
+
     from agent.launch import agent_options, parse_options
 
-    shaping = ("pack", "gpus", "agents_per_gpu", "agents", "heartbeat", "heartbeat_timeout")
+    monkeypatch.delenv("WANDB_PROJECT", raising=False)
+    shaping = ("pack", "gpus", "agents_per_gpu", "agents", "heartbeat", "heartbeat_timeout",
+               "project")
     given = parse_options(["s", "--pack", "auto", "--gpus", "0,1", "--agents-per-gpu", "3",
                            "--agents", "2", "--heartbeat", "0.5", "--heartbeat-timeout", "7.5",
-                           "--count", "4"])
-    again = parse_options(["s", *agent_options(given).split()])
+                           "--count", "4", "--project", "my study"])
+    again = parse_options(["s", *shlex.split(agent_options(given))])
     assert {n: getattr(again, n) for n in shaping} == {n: getattr(given, n) for n in shaping}
     defaults = parse_options(["s"])
     assert agent_options(defaults) == ""
+
+
+@pytest.mark.parametrize("project", ["a/b", "a#b", "x:y", "50%", "a\\b", "p" * 129])
+def test_a_project_w_and_b_refuses_is_refused_before_a_sweep_is_made(workdir, project,
+                                                                    capsys):
+    """W&B refuses such a project name only as each run starts: every run of the sweep would
+    fail. The launcher refuses it in one line, exit 2, nothing created; a "/" is fine
+    before a bare W&B sweep id (entity/project)."""
+    from agent.launch import main
+    from util.errors import UserError
+
+    sweep_file = workdir / "s.yaml"
+    sweep_file.write_text(yaml.safe_dump({
+        "program": "agent/train.py", "method": "grid",
+        "metric": {"name": "val/acc", "goal": "maximize"},
+        "parameters": {"dataset": {"value": "digits"}, "epochs": {"value": 1}}}))
+    with pytest.raises(UserError, match="--project=.*not a W&B project name"):
+        main([str(sweep_file), "--project", project])
+    assert not (workdir / "data" / "sweeps").exists() or \
+        not any((workdir / "data" / "sweeps").iterdir())
 
 
 def test_status_without_a_sweep_lists_the_local_sweeps_newest_first(workdir, monkeypatch,

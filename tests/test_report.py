@@ -449,6 +449,20 @@ def test_empty_sweep_gives_a_report_that_says_so(tmp_path):
     assert "This sweep has no runs yet" in text
 
 
+@pytest.mark.timeout(120)
+def test_empty_sweep_that_searches_parameters_gives_a_report(tmp_path):
+    """A sweep with swept parameters and no run yet (a repeat sweep made without --run, a
+    sweep whose job is queued): a report that says so, not a traceback."""
+    create_store(tmp_path / "data" / "sweeps" / "empty", "empty", "empty",
+                 {"method": "grid", "parameters": {"lr": {"values": [0.1, 0.01]},
+                                                   "seed": {"values": [1, 2]}}})
+    result = run_module(tmp_path, "agent.report", "empty")
+    assert result.returncode == 0, result.stderr
+    assert "Traceback" not in result.stderr
+    text = (tmp_path / "reports" / "empty" / "report.md").read_text()
+    assert "This sweep has no runs yet" in text
+
+
 @pytest.mark.timeout(300)
 def test_a_sweep_stopped_by_its_metric_target_is_not_called_unfinished(tmp_path):
     config = {"program": "agent/train.py", "command": COMMAND, "method": "grid",

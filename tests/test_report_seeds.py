@@ -164,6 +164,23 @@ def test_ctrl_c_stops_repeat_run_before_the_next_repeat_sweep(tmp_path):
     assert sorted(len(s.runs()) for s in repeats)[0] == 0, text
 
 
+def test_the_hint_to_run_the_repeats_keeps_the_options(tmp_path, monkeypatch, capsys):
+    """`agent.repeat S --by optimizer --top 1 --seeds 4` (no --run) ends with the command that
+    runs the repeats it made: with the same options, else the copied hint would pick the
+    best runs per model and leave the repeat sweeps just made unrun."""
+    from agent.report.repeat import main
+
+    monkeypatch.chdir(tmp_path)
+    seeded_sweep(tmp_path)
+    assert main(["seeded", "--by", "optimizer", "--top", "1", "--seeds", "4"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert ("Or all now: ./util/with_venv.sh python -m agent.repeat seeded --top 1 --by "
+            "optimizer --seeds 4 --run") in lines, lines
+    assert main(["seeded"]) == 0  # the defaults: the plain command
+    assert ("Or all now: ./util/with_venv.sh python -m agent.repeat seeded --run"
+            in capsys.readouterr().out.splitlines())
+
+
 @pytest.mark.parametrize("rows", [2, 3, 4])
 def test_the_bold_sentence_names_as_many_comparisons_as_it_made(rows):
     """Welch against every other row, Holm over those comparisons: with two rows, one test and

@@ -131,6 +131,29 @@ def test_status_table_fits_80_columns_with_distinct_values(course_store):
     assert header[-4:] == ["model", "optimizer", "lr", "dropout"]
 
 
+def test_a_status_table_wider_than_80_columns_keeps_every_run_id_in_a_file(tmp_path):
+    """Into a file or a pipe (a log, a batch job's output, `| tee`), a table of many swept
+    parameters is printed at its full width: at 80 columns rich cut the run ids, states and
+    numbers to `4u1l63…`, `finish…`, `0.03…`."""
+    config = {"method": "random", "metric": {"name": "val/acc", "goal": "maximize"},
+              "run_cap": 4, "parameters": {
+                  "optimizer": {"values": ["sgd", "adam", "adamw", "rmsprop"]},
+                  "lr": {"distribution": "log_uniform_values", "min": 1e-4, "max": 0.3},
+                  "batch_size": {"values": [16, 64, 256]},
+                  "weight_decay": {"distribution": "uniform", "min": 0, "max": 0.01},
+                  "rho": {"distribution": "uniform", "min": 0.01, "max": 0.5}}}
+    store = create_store(tmp_path / "wide", "wide1", "wide", config)
+    for i in range(4):
+        run = claim(store, "host:1").runs[0]
+        store.finish(run.run_id, "host:1", "finished", {"val/acc": 0.5 + i / 100})
+    out = io.StringIO()
+    render_status(store, Console(file=out, width=80, color_system=None))
+    text = out.getvalue()
+    assert "…" not in text, text
+    assert all(run.id in text for run in store.runs()), text
+    assert "finished" in text and "weight_decay" in text and "rho" in text
+
+
 def test_closing_lines_name_the_next_commands(course_store, monkeypatch):
     monkeypatch.chdir(course_store.directory.parent)  # where ./run_sweep.sh ran
     lines = closing_lines(course_store)

@@ -78,8 +78,9 @@ def study_context(study: Study, out_dir: Path, rule: stats.GroupRule,
     swept += [n for n in stats.varying_parameters(study.runs) if n not in swept]
     idle = {}
     for name in swept:  # swept, yet no run uses it (hidden while every model is a cnn)
-        param = BY_NAME.get(name)
-        if param is not None and not used_by_any(param, study.runs):
+        param = BY_NAME.get(name)  # a sweep without runs yet: nothing is idle
+        if (param is not None and param.used_when is not None and study.runs
+                and not used_by_any(param, study.runs)):
             idle[name] = f"only {param.where_used()} uses it"
     swept = [name for name in swept if name not in idle]
     ctx = Context(study, out_dir, rule, swept, study.scored_runs(), level=level, idle=idle)

@@ -159,6 +159,18 @@ def planned(argv: list[str] | None):
     return args, study, configs
 
 
+def again_command(args, study) -> str:
+    """The command that goes on with these repeats: the same --top, --by and --seeds (a
+    hint without them would pick other settings and leave these unrun), then --run."""
+    import shlex
+
+    options = [f"--{name} {shlex.quote(str(getattr(args, name)))}"
+               for name, default in (("top", 2), ("by", "model"), ("seeds", 5))
+               if getattr(args, name) != default]
+    return " ".join(["./util/with_venv.sh python -m agent.repeat", study.sweep_id,
+                     *options, "--run"])
+
+
 def main(argv: list[str] | None = None) -> int:
     args, study, configs = planned(argv)
     unfinished = unfinished_note(study)
@@ -176,12 +188,11 @@ def main(argv: list[str] | None = None) -> int:
             code = max(code, run_local_agent(store))
             if not _finished(store):  # interrupted (Ctrl-C, SIGTERM), or runs failed
                 print(f"Stopped with repeat sweep {store.sweep().id} not finished: go on "
-                      f"with ./util/with_venv.sh python -m agent.repeat {study.sweep_id} "
-                      "--run (finished repeats are kept)")
+                      f"with {again_command(args, study)} (finished repeats are kept)")
                 return code
         print(f"Next: ./util/with_venv.sh python -m agent.report {study.sweep_id}")
     else:
-        print(f"Or all now: ./util/with_venv.sh python -m agent.repeat {study.sweep_id} --run")
+        print(f"Or all now: {again_command(args, study)}")
         print(f"Then: ./util/with_venv.sh python -m agent.report {study.sweep_id}")
     return code
 

@@ -161,7 +161,8 @@ def render_status(store: SweepStore, console: Console | None = None,
     # a Text, not markup: names and values are the user's text ("[/x]" is shown, not parsed)
     head = Text.assemble((f"sweep {sweep.id}", "bold"), f" ({sweep.name}, "
                          f"{sweep.config.get('method')}"
-                         + (f", {total} runs planned" if total else "") + "):")
+                         + (f", {total} run{'' if total == 1 else 's'} planned" if total else "")
+                         + "):")
     counted = ", ".join(parts)
     # the counts on a line of their own rather than broken inside one ("3 not / started")
     head.append(("\n  " if head.cell_len + 1 + len(counted) > console.width else " ")
@@ -187,10 +188,11 @@ def render_status(store: SweepStore, console: Console | None = None,
             return score is None, sign * (score or 0.0)
 
         shown = sorted(runs, key=rank)[:limit]
-    console.print(status_table(sweep.config, shown))
+    print_table(console, status_table(sweep.config, shown))
     if limit is not None and len(runs) > len(shown):
         console.print(f"(the best {len(shown)} of {len(runs)} runs; all of them: "
-                      f"python -m agent.status {sweep.id})", highlight=False)
+                      f"./util/with_venv.sh python -m agent.status {sweep.id})",
+                      highlight=False)
     if counts["silent"]:
         console.print(f"silent: no heartbeat for over {HEARTBEAT_TIMEOUT_S:g} s: its agent has "
                       "stopped (or beats less often, --heartbeat); the next agent marks it "
@@ -271,6 +273,22 @@ def status_table(sweep_config: dict, runs: list[Run]) -> Table:
         table.add_row(*cells, *(escape(short_number(run.config.get(name, "")))
                                 for name in varying))
     return table
+
+
+def print_table(console: Console, table: Table) -> None:
+    """`table` on `console`; into a file or a pipe (a log, a batch job's output, `| tee`) at
+    its full width: rich's 80 columns there would cut the run ids and states to `4u1l63…`,
+    and a file has no edge to fit."""
+    if not console.is_terminal:
+        from rich.measure import Measurement
+
+        width = Measurement.get(console, console.options.update_width(10_000), table).maximum
+        if width > console.width:  # print(width=) caps at the console's own width
+            wide = Console(file=console.file, width=width, no_color=console.no_color,
+                           force_terminal=False)
+            wide.print(table)
+            return
+    console.print(table)
 
 
 def closing_lines(store: SweepStore, options: str = "") -> list[str]:
