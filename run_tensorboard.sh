@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Serve the offline dashboard (TensorBoard, HPARAMS tab included) on localhost (127.0.0.1 only).
-# Usage: ./run_tensorboard.sh [--logdir data/logs] [--port 6006]
+# Usage: ./run_tensorboard.sh [--logdir data/logs] [--port 6006]   (or --port=6006)
 # A bad option is one line on stderr and exit code 2, before TensorBoard starts.
 set -euo pipefail
 logdir=data/logs
@@ -8,6 +8,10 @@ port=6006
 usage="allowed: --logdir DIR, --port N"
 while [ $# -gt 0 ]; do
   case "$1" in
+    -h|--help)
+      sed -n '2,4p' "$0" | cut -c3-; exit 0 ;;
+    --logdir=*|--port=*)  # --name=value, as run_sweep.sh takes it
+      set -- "${1%%=*}" "${1#*=}" "${@:2}"; continue ;;
     --logdir|--port)
       if [ $# -lt 2 ] || [ -z "$2" ]; then
         echo "error: $1 needs a value ($usage)" >&2; exit 2
@@ -17,8 +21,20 @@ while [ $# -gt 0 ]; do
     *) echo "error: unknown option $1 ($usage)" >&2; exit 2 ;;
   esac
 done
-if ! [[ "$port" =~ ^[0-9]+$ ]] || [ "$port" -lt 1 ] || [ "$port" -gt 65535 ]; then
+if ! [[ "$port" =~ ^[1-9][0-9]*$ ]] || [ "$port" -gt 65535 ]; then
   echo "error: --port=$port is not a port number (1-65535)" >&2; exit 2
+fi
+# A port another program holds: one line and exit 2 here, not TensorBoard's traceback.
+if ! "$(dirname "$0")/util/with_venv.sh" python -c "
+import socket, sys
+with socket.socket() as s:
+    try:
+        s.bind(('127.0.0.1', int(sys.argv[1])))
+    except OSError as error:
+        sys.exit(f'error: --port={sys.argv[1]} is taken on 127.0.0.1 ({error.strerror}): '
+                 'choose another, e.g. --port 6007')
+" "$port"; then
+  exit 2
 fi
 if [ ! -d "$logdir" ]; then  # it may be made later (a sweep about to start): say so, serve anyway
   echo "note: --logdir $logdir does not exist (yet): the dashboard stays empty until runs" \

@@ -281,10 +281,31 @@ def test_hparams_parallel_coordinates_open_on_the_course_chart(dashboard, tmp_pa
 
 @pytest.mark.timeout(60)
 @pytest.mark.parametrize("args", [["--bogus"], ["--port"], ["--port", "http"],
-                                  ["--logdir"]])
+                                  ["--logdir"], ["--port=080"], ["--port", "0"],
+                                  ["--port=70000"], ["--logdir="]])
 def test_bad_option_is_one_line_and_exit_2(tmp_path, args):
     result = subprocess.run([str(SCRIPT), *args], cwd=tmp_path, env=subprocess_env(),
                             capture_output=True, text=True, timeout=30)
     assert result.returncode == 2, (result.stdout, result.stderr)
     assert len(result.stderr.strip().splitlines()) == 1 and result.stdout == ""
-    assert "error:" in result.stderr and args[0] in result.stderr
+    assert "error:" in result.stderr and args[0].split("=")[0] in result.stderr
+
+
+@pytest.mark.timeout(60)
+def test_help_and_a_taken_port(tmp_path):
+    """--help prints the usage (exit 0); a port another program holds is one line, exit 2,
+    before TensorBoard starts (it would print its own traceback and exit 255)."""
+    shown = subprocess.run([str(SCRIPT), "--help"], cwd=tmp_path, env=subprocess_env(),
+                           capture_output=True, text=True, timeout=30)
+    assert shown.returncode == 0 and "--logdir" in shown.stdout and "--port" in shown.stdout
+    with socket.socket() as holder:
+        holder.bind(("127.0.0.1", 0))
+        holder.listen()
+        port = holder.getsockname()[1]
+        taken = subprocess.run([str(SCRIPT), f"--port={port}"], cwd=tmp_path,
+                               env=subprocess_env(), capture_output=True, text=True,
+                               timeout=30)
+    assert taken.returncode == 2, (taken.stdout, taken.stderr)
+    assert taken.stderr.strip().splitlines() == [
+        f"error: --port={port} is taken on 127.0.0.1 (Address already in use): choose "
+        "another, e.g. --port 6007"]
