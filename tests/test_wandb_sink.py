@@ -62,8 +62,8 @@ def test_reader_survives_a_torn_tail_and_rejects_a_foreign_file(workdir, tmp_pat
         list(read_records(foreign))
 
 
-@pytest.mark.timeout(180)
-def test_preempted_run_marks_wandb_preempting_and_exits_nonzero(workdir):
+def preempt_after_three_steps(workdir, run_id: str) -> None:
+    """A dense run with the W&B sink, asked to stop (SIGTERM's path) after three steps."""
     from agent.trial.loop import Preempted, TrialHooks
 
     steps = {"n": 0}
@@ -74,9 +74,14 @@ def test_preempted_run_marks_wandb_preempting_and_exits_nonzero(workdir):
 
     with pytest.raises(Preempted):
         train({"dataset": "digits", "model": "dense", "hidden": 16, "epochs": 2,
-               "batch_size": 32, "sinks": ["wandb"], "run_id": "pre1",
+               "batch_size": 32, "sinks": ["wandb"], "run_id": run_id,
                "data_dir": str(workdir / "data")},
               TrialHooks(interrupted=interrupt_after_a_few_steps))
+
+
+@pytest.mark.timeout(180)
+def test_preempted_run_marks_wandb_preempting_and_exits_nonzero(workdir):
+    preempt_after_three_steps(workdir, "pre1")
     (run,) = closed_offline_runs(workdir / "wandb", 1)
     assert run.run_id == "pre1" and run.exit_code == 1
     kinds = {record.WhichOneof("record_type") for record in read_records(run.path)}
@@ -118,21 +123,10 @@ def test_a_preempted_run_stays_preempted_when_its_sink_cannot_finish(workdir, mo
     """scancel/qdel signal every process of a job, W&B's service too: closing the W&B run
     then raises (ConnectionResetError); the run must still end preempted, not failed."""
     from agent.trial import sinks
-    from agent.trial.loop import Preempted, TrialHooks
 
     class DeadService(sinks.Sink):
         def finish(self, summary, state):
             raise ConnectionResetError("Connection lost")
 
     monkeypatch.setitem(sinks.SINKS, "wandb", DeadService)
-    steps = {"n": 0}
-
-    def interrupt_after_a_few_steps():
-        steps["n"] += 1
-        return steps["n"] > 3
-
-    with pytest.raises(Preempted):
-        train({"dataset": "digits", "model": "dense", "hidden": 16, "epochs": 2,
-               "batch_size": 32, "sinks": ["wandb"], "run_id": "pre2",
-               "data_dir": str(workdir / "data")},
-              TrialHooks(interrupted=interrupt_after_a_few_steps))
+    preempt_after_three_steps(workdir, "pre2")
