@@ -29,6 +29,7 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 # own, removed when this process ends. This process keeps the system's (cached first).
 tempfile.gettempdir()
 _CHILDREN_TMP = tempfile.mkdtemp(prefix="agent-tests-")
+os.chmod(_CHILDREN_TMP, 0o755)  # as /tmp lets them: munged wants its socket's path searchable
 os.environ["TMPDIR"] = _CHILDREN_TMP
 atexit.register(shutil.rmtree, _CHILDREN_TMP, ignore_errors=True)
 

@@ -288,7 +288,7 @@ def test_a_submission_refused_after_some_jobs_names_them_and_the_sweep(tmp_path)
     (["--pbs", "1", "--gpus-per-job", "-1"], "--gpus-per-job=-1"),
     (["--slurm", "1", "--queue", "gpu"], "--queue is PBS's"),
     (["--pbs", "1", "--container", "missing.sif"], "--container='missing.sif'"),
-    (["--slurm", "1", "--project", "two\nlines"], "cannot hold a newline"),
+    (["--slurm", "1", "--project", "two\nlines"], "not a W&B project name"),
     (["--pbs", "99999999999999999999"], "expected 1 to 1000 jobs"),
     (["--slurm", "1001"], "expected 1 to 1000 jobs"),
     (["--pbs", "1", "--scratch", ""], "--scratch=''"),
