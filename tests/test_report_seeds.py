@@ -267,3 +267,32 @@ def test_nothing_bold_names_the_nearest_row_it_could_not_separate(goal):
     text = _bold_sentence(samples, None, adjusted, {k: k for k in samples}, goal)
     assert text.startswith("Nothing is bold: best has the best mean")
     assert "does not separate it from near (adjusted p = 1)" in text, text
+
+
+def test_a_repeat_without_by_groups_an_optimizer_study_by_optimizer(tmp_path, monkeypatch):
+    """One model, optimizers compared (the seeded sweep): without --by, agent.repeat picks the
+    best setting of each optimizer, not the best overall twice; a sweep that varies the model
+    is grouped by model; a sweep that varies neither picks the best overall."""
+    from agent.report.stats import default_by
+
+    monkeypatch.chdir(tmp_path)
+    study = local_study(seeded_sweep(tmp_path))
+    assert default_by(study) == "optimizer"
+    configs = repeat_configs(study, top=1, by=default_by(study), seeds=2)
+    by_id = {r.id: r for r in study.runs}
+    assert sorted(by_id[run_id].config["optimizer"] for run_id, _ in configs) == sorted(
+        OPTIMIZERS)
+    config = {"program": "agent/train.py", "method": "grid",
+              "metric": {"name": "val/acc", "goal": "maximize"},
+              "parameters": {"dataset": {"value": "digits"},
+                             "model": {"values": ["dense", "cnn"]},
+                             "optimizer": {"values": ["sgd", "adam"]}}}
+    both = create_store(tmp_path / "data" / "sweeps" / "both", "both", "both", config)
+    single = create_store(tmp_path / "data" / "sweeps" / "one", "one", "one", {
+        **config, "parameters": {"dataset": {"value": "digits"}, "lr": {"values": [0.1, 0.01]}}})
+    for store in (both, single):
+        for k, run in enumerate(claim(store, "host:1", count=4).runs):
+            store.finish(run.run_id, "host:1", "finished",
+                         {"val/acc": 0.5 + k / 10, "test/acc": 0.5, "epochs_done": 1})
+    assert default_by(local_study(both)) == "model"
+    assert default_by(local_study(single)) == "model"

@@ -18,7 +18,7 @@ from __future__ import annotations
 import sys
 
 from agent.ids import new_run_id
-from agent.report.stats import best_settings_per_group
+from agent.report.stats import best_settings_per_group, default_by
 from agent.report.study import (
     Study,
     check_our_trainer,
@@ -117,8 +117,10 @@ def parse_options(argv: list[str] | None):
     parser.add_argument("sweep", help="local sweep id or directory, or entity/project/id")
     parser.add_argument("--top", type=int_option(1, 1000), default=2,
                         help="best runs per group (default 2)")
-    parser.add_argument("--by", default="model",
-                        help="parameter that forms the groups (default model)")
+    parser.add_argument("--by", default=None,
+                        help="parameter that forms the groups (default: model where the sweep "
+                        "varies it, else optimizer where it does, else model: the best "
+                        "overall)")
     parser.add_argument("--seeds", type=int_option(2, 1000), default=5,
                         help="N fresh seeds for each setting (default 5; 2 or more: an interval "
                         "needs two): 0, 1, ... without those the sweep gave it")
@@ -127,9 +129,10 @@ def parse_options(argv: list[str] | None):
     args = parser.parse_args(argv)
     from agent.params import BY_NAME
 
-    if args.by not in BY_NAME:
+    if args.by is not None and args.by not in BY_NAME:
         raise UserError(f"--by={brief(args.by)}: not a run parameter")
     return args
+
 
 
 def unfinished_note(study) -> str | None:
@@ -152,6 +155,8 @@ def planned(argv: list[str] | None):
     args = parse_options(argv)
     study = load_study(args.sweep)
     check_our_trainer(study, "python -m agent.repeat")
+    args.by_given = args.by is not None
+    args.by = args.by or default_by(study)
     configs = repeat_configs(study, args.top, args.by, args.seeds)
     if not configs:
         raise UserError(f"sweep={args.sweep!r}: no run has a value of its metric "
@@ -165,8 +170,8 @@ def again_command(args, study) -> str:
     import shlex
 
     options = [f"--{name} {shlex.quote(str(getattr(args, name)))}"
-               for name, default in (("top", 2), ("by", "model"), ("seeds", 5))
-               if getattr(args, name) != default]
+               for name, default in (("top", 2), ("by", None), ("seeds", 5))
+               if getattr(args, name) != default and (name != "by" or args.by_given)]
     return " ".join(["./util/with_venv.sh python -m agent.repeat", study.sweep_id,
                      *options, "--run"])
 

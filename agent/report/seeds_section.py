@@ -102,12 +102,12 @@ def seeds_section(report: Report, ctx: Context) -> None:
             "mean over the sweep's seeds, but those seeds also picked it, so its mean is "
             "optimistic and none is marked best: "
             f"`python -m agent.repeat {study.sweep_id} --run` runs the best 2 settings per "
-            "model on 5 fresh seeds each.", "")
+            f"{stats.default_by(study)} on 5 fresh seeds each.", "")
     else:
         report.add("No repeat sweep exists yet, so each configuration below has one run and "
                    "no interval, and none is marked best: "
                    f"`python -m agent.repeat {study.sweep_id} --run` creates and runs them "
-                   "(the best 2 per model, 5 seeds each).", "")
+                   f"(the best 2 per {stats.default_by(study)}, 5 seeds each).", "")
     for by in group_parameters(ctx):
         by_table(report, ctx, by, repeated)
     # a setting whose sweep run hyperband stopped has no full-length sweep value to set
