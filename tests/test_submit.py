@@ -168,31 +168,6 @@ def test_pbs_job_stopped_at_walltime_or_by_sigterm_leaves_a_run_the_next_job_res
 
 
 @pytest.mark.e2e
-@pytest.mark.slow
-@pytest.mark.timeout(240)
-def test_a_pbs_job_does_not_overwrite_a_store_changed_while_it_ran(workdir, aux):
-    """Two `--pbs 1` submissions on one local sweep (the per-submission refusal of --pbs 2
-    does not see them): the job that ends last must not replace the store the other wrote
-    back, losing its runs; its own store is kept beside it."""
-    make_sweep(workdir, "twice", {"hidden": {"value": 256}, "batch_size": {"value": 8},
-                                  "epochs": {"value": 2000}, "sinks": {"value": []},
-                                  "lr": {"value": 0.01}})
-    scratch = aux / "scratch"
-    store_path = workdir / "data" / "sweeps" / "twice" / "sweep.db"
-    job = pbs_job(workdir, aux, submit_pbs(workdir, aux, "twice", "--walltime", "1:00:00"))
-    wait_for(lambda: scratch_epoch(scratch, "twice") >= 1, 120, "a first epoch")
-    with sqlite3.connect(store_path) as db:  # what another job's copy-back amounts to
-        db.execute("CREATE TABLE another_job (x)")
-    job.send_signal(signal.SIGTERM)
-    out, err = job.communicate(timeout=60)
-    assert job.returncode == 0, err[-3000:]
-    assert "changed while this job ran" in err
-    assert SweepStore(store_path).runs() == []  # the other's store stands
-    (run,) = SweepStore(store_path.parent.with_name(f"twice.job-{FAKE_ID}") / "sweep.db").runs()
-    assert run.state == "preempted" and run.epoch >= 1
-
-
-@pytest.mark.e2e
 @pytest.mark.timeout(120)
 def test_dry_run_prints_the_scripts_and_writes_nothing(workdir):
     make_sweep(workdir, "dry", {"lr": {"value": 0.1}})

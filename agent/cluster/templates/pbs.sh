@@ -23,11 +23,6 @@ sweep_dir={{ local_sweep }}
 sweep_copy="$work/data/sweeps/"{{ local_sweep.name }}
 {% endif %}
 copied_in=0
-{% if local_sweep %}
-# What the store in the submit directory holds (its files' checksums): copy_back replaces
-# it only when nothing changed it meanwhile.
-store_state() { cksum "$sweep_dir"/sweep.db "$sweep_dir"/sweep.db-wal 2>/dev/null; }
-{% endif %}
 
 # shellcheck disable=SC2329  # called by the EXIT trap below
 copy_back() {
@@ -36,15 +31,7 @@ copy_back() {
   cd / || true  # out of $work before it is removed
   rm -f "$work/data/runs"  # the link to the shared checkpoints, not the checkpoints
 {% if local_sweep %}
-  if [ "$copied_in" = 1 ] && [ -d "$sweep_copy" ] &&
-     [ "$(store_state)" != "$store_at_start" ]; then
-    # Another job or agent changed the store while this one ran on its copy: replacing
-    # it would lose their runs. This job's store is kept beside it instead.
-    kept="$sweep_dir.job-${PBS_JOBID:-$$}"
-    echo "error: $sweep_dir changed while this job ran (another job on the same local sweep?); not replaced: this job's store is in $kept" >&2
-    rm -rf "$kept" && cp -a "$sweep_copy" "$kept" || failed=1
-    rm -rf "$work/data/sweeps"
-  elif [ "$copied_in" = 1 ] && [ -d "$sweep_copy" ]; then
+  if [ "$copied_in" = 1 ] && [ -d "$sweep_copy" ]; then
     # The store is replaced as a whole: an old -wal file left beside a newer
     # sweep.db would be replayed into it.
     rm -rf "$sweep_dir.incoming" "$sweep_dir.old"
@@ -78,7 +65,6 @@ fi
 # the next job, and one write per epoch is light.
 ln -s "$submit_dir/data/runs" "$work/data/runs"
 {% if local_sweep %}
-store_at_start="$(store_state)"
 mkdir -p "$work/data/sweeps" && cp -a "$sweep_dir" "$sweep_copy" || exit 1
 {% endif %}
 copied_in=1
