@@ -169,9 +169,9 @@ def again_command(args, study) -> str:
     hint without them would pick other settings and leave these unrun), then --run."""
     import shlex
 
+    shown = {"top": args.top != 2, "by": args.by_given, "seeds": args.seeds != 5}
     options = [f"--{name} {shlex.quote(str(getattr(args, name)))}"
-               for name, default in (("top", 2), ("by", None), ("seeds", 5))
-               if getattr(args, name) != default and (name != "by" or args.by_given)]
+               for name, show in shown.items() if show]
     return " ".join(["./util/with_venv.sh python -m agent.repeat", study.sweep_id,
                      *options, "--run"])
 

@@ -168,19 +168,16 @@ class _EngineView:
                 self.choices[name] = list(range(spec["min"], spec["max"] + 1))
             elif method == "grid" and distribution == "q_uniform":  # as grid_search.py builds it
                 self.choices[name] = np.arange(spec["min"], spec["max"], spec["q"]).tolist()
-        # the choices as stored (as_type): `"64"` as 64
+        # the choices as the trainer reads them and the store holds them (as_type): `"64"`
+        # as 64
         self.read: dict[str, list] = {
             name: [as_type(v, *self.types.get(name, (None, None))) for v in values]
             for name, values in self.choices.items()}
-        # a grid's choices as the trainer reads them, and as the engine's points (1 and 1.0
-        # are one point: its yaml_hash), for engine_runs
-        self.typed: dict[str, list] = {}
-        self.points: dict[str, list[str]] = {}
-        if method == "grid":
-            for name, values in self.choices.items():
-                self.typed[name] = [as_type(v, *self.types.get(name, (None, None)))
-                                    for v in values]
-                self.points[name] = [yaml_hash(v) for v in values]
+        # a grid's choices as the engine's points (1 and 1.0 are one point: its yaml_hash),
+        # for engine_runs
+        self.points: dict[str, list[str]] = {
+            name: [yaml_hash(v) for v in values] for name, values in self.choices.items()
+        } if method == "grid" else {}
 
     def encode(self, name: str, value: Any) -> Any:
         # as_type made the engine's 32 the list parameter's [32]: the engine knows it as 32
@@ -213,13 +210,13 @@ class _EngineView:
         is shown as a point not yet taken by an earlier run that reads the same, so the grid
         moves on to its later points and ends (else it would propose the same point again)."""
         engine = [engine_run(run, self.encode) for run in runs]
-        if not self.typed:  # not a grid, or a grid of constants
+        if not self.points:  # not a grid, or a grid of constants
             return engine
         taken: set[tuple] = set()
         for run, seen in zip(runs, engine):
             config = run_field(run, "config")
-            present = [name for name in self.typed if name in config]
-            options = [_one_per_point(_indices_of(self.typed[name], config[name]),
+            present = [name for name in self.points if name in config]
+            options = [_one_per_point(_indices_of(self.read[name], config[name]),
                                       self.points[name]) for name in present]
             if not all(options):
                 continue  # a value no choice reads as (the engine ignores it alike)
