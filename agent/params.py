@@ -180,8 +180,8 @@ PARAMS: tuple[Param, ...] = (
           "every image here)", "model", minimum=1, maximum=31, used_when=("model", ("cnn",))),
     Param("batch_norm", bool, True, "cnn: batch normalisation after each convolution", "model",
           used_when=("model", ("cnn",))),
-    Param("width", int, 64, "resnet: channels of the first stage (doubled at each of the "
-          "4 stages; 64 is ResNet-18)", "model", minimum=1,
+    Param("width", int, 64, "resnet: channels of the first of its 4 stages (doubled at each "
+          "later one: width, 2, 4, 8 x width; 64 is ResNet-18)", "model", minimum=1,
           maximum=MAX_CHANNELS // 8, used_when=("model", ("resnet",))),
     Param("dropout", float, 0.0, "dropout probability (every model)", "model",
           minimum=0, maximum=1, exclusive_maximum=True),
