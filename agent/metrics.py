@@ -66,6 +66,8 @@ METRICS: tuple[Metric, ...] = (
     Metric("diverged", END, None, "the loss went non-finite and training stopped",
            summary=True, hparams=True),
     Metric("epochs_done", END, None, "epochs trained", summary=True),
+    Metric("perf/train_s", END, None, "seconds of all the run's training steps (the sum of "
+           "its epochs' perf/epoch_s)"),
     Metric("wall_s", END, None, "seconds from the run's start to its end, in its trials (a "
            "resumed run counts its earlier stretches, not the wait to be resumed)",
            summary=True, hparams=True),

@@ -178,6 +178,26 @@ def test_tensorboard_gets_the_end_metrics_every_sink_gets(workdir):
             "global_step"], tag
 
 
+def test_every_number_a_trial_reports_is_in_the_metric_catalogue(workdir):
+    """agent/metrics.py defines every metric a trial reports: each scalar the TensorBoard sink
+    wrote and each number of the run's summary is found there (the summary's perf/train_s
+    was not). Left out: `epoch`, the x-axis of W&B's epoch charts, and the summary's run
+    identity and step counter."""
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    from agent import metrics
+
+    summary = run(workdir, run_id="known", model="dense", hidden=16, epochs=1,
+                  sinks=["tensorboard"], group="g", log_interval=1)
+    events = EventAccumulator(str(workdir / "logs" / "g" / "known"),
+                              size_guidance={"scalars": 0}).Reload()
+    reported = set(events.Tags()["scalars"]) - {"epoch"}
+    reported |= {key for key, value in summary.items() if isinstance(value, (int, float))
+                 and key != "global_step"}
+    assert {"perf/train_s", "test/class_acc/0", "wall_s"} <= reported
+    assert [name for name in sorted(reported) if metrics.find(name) is None] == []
+
+
 @pytest.mark.timeout(120)
 def test_should_stop_hook_ends_the_run_early_as_stopped(workdir):
     summary = train({**QUICK, "model": "dense", "epochs": 5, "data_dir": str(workdir / "data"),
