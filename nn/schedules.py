@@ -1,7 +1,13 @@
 """Learning-rate schedules, as pure functions of progress, in the SCHEDULES registry.
 
 Each maps t in [0, 1] (the fraction of post-warm-up steps done; a float or a tensor of them)
-to a multiplier of the peak lr. Warm-up is linear from 0 and applies to every schedule.
+to a multiplier of the peak lr. Warm-up is linear and applies to every schedule: step s of W
+warm-up steps takes (s + 1) / W of the peak lr (gradual warm-up, Goyal et al., "Accurate,
+Large Minibatch SGD", 2017). Sources: cosine is SGDR's annealing without restarts (Loshchilov
+& Hutter, ICLR 2017); step is the ResNet schedule, lr / 10 at 50% and 75% of training (He et
+al., CVPR 2016, CIFAR: at 32k and 48k of 64k iterations); onecycle is Smith's one-cycle
+policy (Smith, "A disciplined approach to neural network hyper-parameters", arXiv:1803.09820,
+2018) as a triangle.
 """
 
 from __future__ import annotations
@@ -18,8 +24,9 @@ def _cos(t):
 
 
 def _onecycle(t):
-    # Smith's one-cycle as a triangle: up to the peak over the first 30% (his suggested
-    # fraction), then down to zero.
+    # Smith's one-cycle as a triangle: up to the peak over the first 30% (the default of
+    # torch's OneCycleLR, pct_start; Smith's own cycle rises and falls in equal halves and
+    # then anneals further), then down to zero.
     if isinstance(t, (int, float)):
         return t / 0.3 if t < 0.3 else (1.0 - t) / 0.7
     return (t / 0.3).where(t < 0.3, (1.0 - t) / 0.7)
@@ -35,6 +42,9 @@ SCHEDULES = {
 
 
 def lr_multiplier(step: int, total_steps: int, warmup_steps: int, schedule: str) -> float:
+    """The multiplier of the peak lr at optimizer step `step` (0-based) of `total_steps`, of
+    which the first `warmup_steps` warm up linearly; `schedule` names a SCHEDULES entry
+    (KeyError for another name: the run parameter's check refuses it first)."""
     if step < warmup_steps:
         return (step + 1) / warmup_steps
     remaining = max(1, total_steps - warmup_steps)

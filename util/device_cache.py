@@ -128,6 +128,7 @@ def draw_flip(n: int, generator: torch.Generator, device: torch.device) -> torch
 
 
 def apply_flip(images: torch.Tensor, flip: torch.Tensor) -> torch.Tensor:
+    """(N, C, H, W) with the images where `flip` (bool (N,)) is true mirrored left-right."""
     return torch.where(flip[:, None, None, None], images.flip(3), images)
 
 
