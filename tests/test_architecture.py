@@ -165,6 +165,13 @@ def test_no_function_over_80_lines():
     assert not long_functions(), f"over {MAX_FUNCTION_LINES} lines: {long_functions()}"
 
 
+def test_every_module_starts_with_its_job():
+    """STYLE.md: a module starts with two or three lines on its job (packages included)."""
+    missing = [module for module in project_modules()
+               if not ast.get_docstring(syntax_tree(module))]
+    assert not missing, f"no module docstring: {missing}"
+
+
 def test_function_length_check_sees_methods_and_nested_functions():
     body = "\n".join(f"    x{i} = {i}" for i in range(MAX_FUNCTION_LINES - 1))
     source = (f"class C:\n  def method(self):\n{body}\n"  # exactly the limit: fine
