@@ -5,7 +5,7 @@ sweep YAML -> `sweep/` (checks, store, controller, agent loop) -> `trial/` (one 
 its sinks) -> `report/` (the study). `cluster/` writes PBS and SLURM jobs. The modules at this
 level are the commands (`train`, `launch`, `status`, `repeat`) and what every layer shares
 without importing torch: the parameter table (`params`), the metric catalogue (`metrics`),
-ids (`ids`) and YAML reading (`yaml_file`).
+ids (`ids`), YAML reading (`yaml_file`) and what a sweep file searches over (`sweep_space`).
 """
 
 import sys
