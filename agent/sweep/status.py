@@ -1,6 +1,7 @@
 """`python -m agent.status <sweep>`: a local sweep's runs by state, the best so far, and the
-running runs with their epoch and an ETA; also the sweep's progress ("run k/N", ETA) that
-agents hand to the console, and the closing lines (best run, next commands) of a sweep."""
+running runs with their epoch and an ETA (without a sweep: every local sweep); also the
+sweep's progress ("run k/N", ETA) that agents hand to the console, and the closing lines
+(best run, next commands) of a sweep."""
 
 from __future__ import annotations
 
