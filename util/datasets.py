@@ -36,6 +36,8 @@ ROLES = ("train_images", "train_labels", "test_images", "test_labels")
 
 @dataclass
 class DecodedSet:
+    """An image set decoded once: uint8 images, int64 labels, class names, its source."""
+
     train_x: torch.Tensor  # uint8 (N, C, H, W)
     train_y: torch.Tensor  # int64 (N,)
     test_x: torch.Tensor
@@ -319,6 +321,7 @@ DATASETS = {
 
 
 def cache_path(name: str, data_dir: str | os.PathLike) -> Path:
+    """Where the decoded set `name` is cached: <data_dir>/cache/<name>.pt."""
     return Path(data_dir) / "cache" / f"{name}.pt"
 
 

@@ -28,6 +28,8 @@ def idx_bytes(array: np.ndarray) -> bytes:
 
 
 def write_idx(path: str | Path, array: np.ndarray, compress: bool) -> Path:
+    """Write `array` (uint8 images (N, H, W) or labels (N,)) as an IDX file at `path`,
+    gzip-compressed when `compress`, making its folder; returns the path."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     data = idx_bytes(array)

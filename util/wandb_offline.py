@@ -72,6 +72,8 @@ def read_records(path: str | Path) -> Iterator[wandb_internal_pb2.Record]:
 
 @dataclass
 class OfflineRun:
+    """What one offline run's .wandb file holds: identity, config, summary, history rows."""
+
     path: Path  # the .wandb file
     run_id: str = ""
     project: str = ""
