@@ -86,6 +86,40 @@ def check_gpus_exist(gpus: list[str]) -> None:
                             f"{len(available)} (0-{len(available) - 1})")
 
 
+def check_sweep_devices(where: str, config: dict, gpus: str | None = None) -> None:
+    """UserError (one line) when runs of our trainer in the sweep `config` can ask for a
+    device the agents started here lack: `device: cuda` (its value, one of its values, or
+    the command's --device) on a machine without a GPU, `mps` off Apple silicon. Each such
+    run would fail with that reason, and the agent stop after 3 of them. `gpus`: --gpus
+    (already checked to exist), else every GPU visible here. A sweep of another program
+    is left alone: its parameters mean what that program makes of them."""
+    from agent.sweep.config import possible_values
+    from agent.sweep.program import runs_our_trainer
+
+    try:
+        if not runs_our_trainer(config):
+            return
+        wanted = possible_values(config, "device") or set()
+    except (UserError, ValueError, TypeError, OSError):
+        return  # a W&B sweep's command we cannot read: its runs say what is wrong
+    place = "parameters.device" if "device" in (config.get("parameters") or {}) else \
+        "command"
+    if "cuda" in wanted and not gpus and not visible_gpus():
+        hidden = os.environ.get("CUDA_VISIBLE_DEVICES")
+        have = (f"CUDA_VISIBLE_DEVICES={hidden!r} hides every GPU (CPU only)"
+                if hidden is not None else "this machine has no GPU that CUDA sees (CPU only)")
+        raise UserError(f"{where}: {place}: device=cuda needs a GPU, and {have}: use auto "
+                        "(a GPU where there is one, else the CPU) or cpu")
+    if "mps" in wanted:
+        import torch
+
+        if not torch.backends.mps.is_available():
+            count = len(gpus.split(",")) if gpus else len(visible_gpus())
+            have = f"{count} CUDA GPU(s)" if count else "CPU only"
+            raise UserError(f"{where}: {place}: device=mps needs Apple silicon's GPU (MPS), "
+                            f"and this machine has none ({have}): use auto or cpu")
+
+
 def agent_slots(gpus: list[str], per_gpu: int, cpu_agents: int) -> list[dict]:
     """One environment per agent: its own CUDA_VISIBLE_DEVICES, or CPU threads shared out."""
     if gpus:
@@ -301,7 +335,7 @@ def main(argv: list[str] | None = None) -> int:
         return submit.submit_from_args(args, argv)
     target = resolve_target(args.target, args.project)
     if target.kind == "wandb":
-        check_wandb_sweep(target)
+        check_sweep_devices(f"sweep {target.text}", check_wandb_sweep(target), args.gpus)
     # The sweep is checked (and made) before the GPUs are counted: that imports torch, which
     # a bad sweep file need not wait for.
     if args.gpus:  # before a sweep is made for agents that could not start
@@ -310,8 +344,13 @@ def main(argv: list[str] | None = None) -> int:
         check_project(args.project, local=True)
         os.environ["WANDB_PROJECT"] = args.project
     options = agent_options(args)  # repeated by the hints to add agents and to go on
-    store = create_local_sweep(target.path, options) if target.kind == "yaml" else \
-        SweepStore(target.store_path) if target.kind == "local" else None
+    store = None
+    if target.kind == "yaml":  # checked, devices too, before the store is made
+        store = create_local_sweep(target.path, options, check=lambda config:
+                                   check_sweep_devices(str(target.path), config, args.gpus))
+    elif target.kind == "local":
+        store = SweepStore(target.store_path)
+        check_sweep_devices(f"sweep {store.sweep().id}", store.sweep().config, args.gpus)
     gpus = args.gpus.split(",") if args.gpus else visible_gpus()
     slots = agent_slots(gpus, args.agents_per_gpu, args.agents)
     if store is None:

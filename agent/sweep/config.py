@@ -503,33 +503,42 @@ def idle_parameters(config: dict) -> list[str]:
     """Notes on the swept parameters no run of the sweep can use (Param.used_when): `hidden`
     swept while every run's model is cnn changes nothing, and its runs repeat each other. A
     note, not a refusal: W&B accepts such a sweep, and the runs still run."""
-    parameters = config.get("parameters") or {}
-    fixed = {}
-    with contextlib.suppress(UserError, ValueError, TypeError, OSError):
-        fixed = _fixed_arguments("", config)
-
-    def possible(name: str) -> set | None:
-        spec = parameters.get(name)
-        if isinstance(spec, dict) and "value" in spec:
-            return {choice(spec["value"])}
-        if isinstance(spec, dict) and isinstance(spec.get("values"), list):
-            return {choice(v) for v in spec["values"]}
-        if spec is not None:
-            return None  # a distribution: any value
-        return {choice(fixed.get(name, BY_NAME[name].default))}
-
+    fixed = command_arguments(config)
     notes = []
     for swept in swept_parameters(config):
         param = BY_NAME.get(swept.name)
         if param is None or param.used_when is None:
             continue
         other, wanted = param.used_when
-        values = possible(other)
+        values = possible_values(config, other, fixed)
         if values is not None and not values & set(wanted):
             here = ", ".join(sorted(str(v) for v in values))
             notes.append(f"note: {swept.name} is swept but changes nothing here: only "
                          f"{param.where_used()} uses it (every run: {other}={here})")
     return notes
+
+
+def command_arguments(config: dict) -> dict:
+    """The trainer's arguments the sweep's command fixes ({} where it fixes none, or where
+    it is not our trainer's command)."""
+    with contextlib.suppress(UserError, ValueError, TypeError, OSError):
+        return _fixed_arguments("", config)
+    return {}
+
+
+def possible_values(config: dict, name: str, fixed: dict | None = None) -> set | None:
+    """The values parameter `name` of our trainer can take in the sweep's runs (lists as
+    Choice): its `value`, its `values`, else what the command fixes (`fixed`,
+    command_arguments) or its default; None for a distribution (any value in a range)."""
+    spec = (config.get("parameters") or {}).get(name)
+    if isinstance(spec, dict) and "value" in spec:
+        return {choice(spec["value"])}
+    if isinstance(spec, dict) and isinstance(spec.get("values"), list):
+        return {choice(v) for v in spec["values"]}
+    if spec is not None:
+        return None  # a distribution: any value
+    fixed = command_arguments(config) if fixed is None else fixed
+    return {choice(fixed.get(name, BY_NAME[name].default))}
 
 
 def _path(name, within: str = "parameters") -> str:

@@ -12,6 +12,7 @@ import json
 import re
 import sqlite3
 import textwrap
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -91,8 +92,9 @@ def open_store(text: str, read_only: bool = False) -> SweepStore:
     return SweepStore(resolve_target(text, allow=("local",)).store_path, read_only=read_only)
 
 
-def check_wandb_sweep(target: SweepTarget) -> None:
-    """Before any agent starts or job is submitted: the W&B sweep must be reachable."""
+def check_wandb_sweep(target: SweepTarget) -> dict:
+    """Before any agent starts or job is submitted: the W&B sweep must be reachable. Returns
+    its config as W&B's server holds it (the YAML given to `wandb sweep`, unfilled)."""
     from agent.trial.sinks.wandb_sink import has_credentials
 
     if not has_credentials():
@@ -102,7 +104,7 @@ def check_wandb_sweep(target: SweepTarget) -> None:
     import wandb
 
     try:
-        wandb.Api().sweep(target.wandb_path)
+        config = wandb.Api().sweep(target.wandb_path).config
     except Exception as error:  # unknown sweep, no network: either way one line
         text = " ".join(str(error).split())
         unreachable = isinstance(error, wandb.errors.CommError) or any(
@@ -113,6 +115,7 @@ def check_wandb_sweep(target: SweepTarget) -> None:
         shown = text if len(text) <= 160 else text[:159] + "…"
         raise UserError(f"sweep={target.text!r}: {what} ({type(error).__name__}: "
                         f"{shown})") from None
+    return dict(config or {})
 
 
 def sweep_name(config: dict, yaml_path: str | Path) -> str:
@@ -126,16 +129,21 @@ def sweep_name(config: dict, yaml_path: str | Path) -> str:
     return cleaned[:MAX_NAME] or "sweep"
 
 
-def create_local_sweep(yaml_path: str | Path, options: str = "", announce: bool = True):
+def create_local_sweep(yaml_path: str | Path, options: str = "", announce: bool = True,
+                       check: Callable[[dict], None] | None = None):
     """A new local sweep from a sweep YAML (checked first: a bad file creates nothing);
     `options` (" --pack 4") go into the hint to add agents; `announce` False leaves the
-    two lines to the caller (batch jobs print them once the jobs are submitted)."""
+    two lines to the caller (batch jobs print them once the jobs are submitted); `check`,
+    given the validated config before anything is created, raises UserError for what the
+    caller cannot run (the launcher: a device this machine lacks)."""
     from agent.ids import new_run_id
     from agent.sweep.config import creation_notes, load_sweep_config
     from agent.sweep.store import create_store
 
     notes: list[str] = []
     config = load_sweep_config(yaml_path, notes)
+    if check is not None:
+        check(config)
     options = hint_options(options, config)
     earlier = unfinished_twin(config, options)
     sweep_id = new_run_id()
