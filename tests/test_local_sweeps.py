@@ -722,3 +722,22 @@ def test_the_hints_of_another_programs_sweep_leave_out_pack(tmp_path, monkeypatc
         hint = next(line for line in capsys.readouterr().out.splitlines()
                     if line.startswith("Add agents"))
         assert hint.endswith(" --pack 2 --agents 2" if kept else " --agents 2"), hint
+
+
+def test_a_proposal_measured_by_pack_auto_is_kept_pending_once_within_run_cap(workdir):
+    """--pack auto abandons a claim to measure its proposal's kind; a random or bayes sweep
+    would propose another next, so the proposal is kept as a pending run: once, never past
+    run_cap, and never in a grid (whose next claim proposes the same point)."""
+    from agent.sweep.controller import keep_proposal
+
+    store = make_sweep(workdir, "rnd", {"lr": {"min": 0.001, "max": 0.1}}, method="random",
+                       run_cap=2)
+    proposal = {"dataset": "digits", "data_dir": str(workdir / "data"), "lr": 0.01}
+    assert keep_proposal(store, proposal)
+    assert not keep_proposal(store, proposal)  # waiting already
+    assert keep_proposal(store, {**proposal, "lr": 0.02})
+    assert not keep_proposal(store, {**proposal, "lr": 0.03})  # run_cap reached
+    assert [(r.state, r.config["lr"]) for r in store.runs()] == [("pending", 0.01),
+                                                                  ("pending", 0.02)]
+    grid = make_sweep(workdir, "grid", {"lr": {"values": [0.1, 0.01]}})
+    assert not keep_proposal(grid, {**proposal, "lr": 0.1}) and grid.runs() == []

@@ -274,3 +274,25 @@ def test_pack_auto_packs_a_bayes_sweep_a_few_runs_at_a_time(workdir):
     for run in runs:
         packs.setdefault(run.pack or run.id, []).append(run)
     assert max(map(len, packs.values())) <= 8
+
+
+@pytest.mark.timeout(300)
+def test_pack_auto_trains_the_kinds_it_measured_in_a_random_sweep_of_many_kinds(workdir):
+    # a batch-size study drawn at random: each optimizer x batch size is a kind of pack (96
+    # here). A random sweep proposes anew at each claim; the proposal measured must be the
+    # one trained, not kind after kind measured before a claim meets one measured already.
+    store = make_sweep(workdir, "kinds", {
+        "model": {"value": "dense"}, "hidden": {"value": 16}, "epochs": {"value": 1},
+        "train_subset": {"value": 256}, "sinks": {"value": []},
+        "optimizer": {"values": ["sgd", "adam", "rmsprop"]},
+        "batch_size": {"distribution": "q_uniform", "min": 8, "max": 256, "q": 8}},
+        method="random", run_cap=4)
+    agent = start_agent(workdir, store, "--pack", "auto")
+    assert agent.wait(timeout=240) == 0
+    lines = " ".join(agent.stderr.read().split())
+    measured = {(optimizer, float(size)) for optimizer, size in re.findall(
+        r"--pack auto for optimizer=(\w+) batch_size=([\d.]+): packs of", lines)}
+    runs = store.runs()
+    trained = {(r.config["optimizer"], float(r.config["batch_size"])) for r in runs}
+    assert measured and measured <= trained, lines
+    assert len(runs) == 4 and all(r.state == "finished" for r in runs)

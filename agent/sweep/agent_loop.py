@@ -33,6 +33,7 @@ from agent.sweep.controller import (
     HEARTBEAT_TIMEOUT_S,
     check_heartbeat,
     claim,
+    keep_proposal,
     runs_left,
     should_stop,
 )
@@ -201,6 +202,8 @@ class LocalAgent:
                              timeout=self.timeout)
             except Unsized as unsized:  # the claim wrote nothing: measure, then claim again
                 self.size_packs_of(unsized.config, left)
+                if not self.signalled:  # the config measured is the one claimed next
+                    keep_proposal(self.store, unsized.config)
                 continue
             if work.kind == "done":
                 break

@@ -221,6 +221,25 @@ def claim(store: SweepStore, owner: str, count: PackSize = 1,
     return Claim("run", claimed, pack)
 
 
+def keep_proposal(store: SweepStore, config: dict) -> bool:
+    """Keep an engine proposal that --pack auto measured before claiming it (the claim was
+    abandoned to measure, writing nothing) as a pending run, so that the next claim trains
+    the kind measured. A random or bayes sweep proposes anew at each claim: each proposal
+    may be another kind not measured yet (a batch-size study: each batch size is a kind),
+    and the agent would measure kind after kind before one claim met a kind measured. Not
+    for a grid (its next claim proposes the same point), a config already waiting (a
+    pending or preempted run's) or a sweep at its run_cap. Returns whether a run was added."""
+    with store.transaction() as tx:
+        sweep_config, runs = tx.sweep().config, tx.runs()
+        cap = sweep_config.get("run_cap")
+        if sweep_config.get("method") == "grid" or (
+                cap and sum(not r.requeued_from for r in runs) >= cap) or any(
+                r.state in ("pending", "preempted") and r.config == config for r in runs):
+            return False
+        tx.insert_run(new_run_id(), config, "pending")
+    return True
+
+
 def repair_ended_agents(store: SweepStore, owners: set[str]) -> list[str]:
     """Mark crashed (and re-queue once) the running runs of agents known to have ended
     (`owners`, host:pid, as a launcher knows its children's exits): what a heartbeat timeout
