@@ -549,3 +549,18 @@ def test_a_sweep_without_a_metric_ranks_our_trainers_runs_by_val_acc_best_high(t
     out = io.StringIO()
     render_status(store, Console(file=out, width=100, color_system=None), limit=3)
     assert table_ids(out.getvalue(), store) == [r.run_id for r in runs]
+
+
+def test_the_tensorboard_hint_is_one_command_when_log_dir_holds_spaces(tmp_path, monkeypatch):
+    """A sweep that logs to `log_dir: my logs` (a folder with a space, as a laptop's often
+    are): the closing TensorBoard command pastes into a shell as one --logdir."""
+    import shlex
+
+    config = {**COURSE, "parameters": {**COURSE["parameters"],
+                                       "log_dir": {"value": "my logs"}}}
+    store = create_store(tmp_path / "s", "spc1", "spaced", config)
+    (run,) = claim(store, "host:1", count=1).runs
+    store.finish(run.run_id, "host:1", "finished", {"val/acc": 0.6})
+    monkeypatch.chdir(tmp_path)
+    board = closing_lines(store)[-1]
+    assert shlex.split(board) == ["./run_tensorboard.sh", "--logdir", "my logs/spaced-spc1"]

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import math
 import re
+import shlex
 import time
 from collections import Counter
 from dataclasses import dataclass
@@ -331,7 +332,8 @@ def closing_lines(store: SweepStore, options: str = "") -> list[str]:
         return lines
     prefix = "./util/with_venv.sh python -m"
     parent = repeats_sweep(sweep.config)
-    board = [f"  ./run_tensorboard.sh --logdir {logs}"] if "tensorboard" in sinks else []
+    board = [f"  ./run_tensorboard.sh --logdir {shlex.quote(logs)}"] \
+        if "tensorboard" in sinks else []  # quoted: a log_dir may hold spaces
     if parent:  # a repeat sweep: its runs are part of the repeated sweep's report
         return lines + ["Next: the report of the sweep it repeats"
                         f"{', and TensorBoard' * bool(board)}:",
