@@ -741,3 +741,14 @@ def test_a_proposal_measured_by_pack_auto_is_kept_pending_once_within_run_cap(wo
                                                                   ("pending", 0.02)]
     grid = make_sweep(workdir, "grid", {"lr": {"values": [0.1, 0.01]}})
     assert not keep_proposal(grid, {**proposal, "lr": 0.1}) and grid.runs() == []
+
+
+@pytest.mark.parametrize("name", ["study.YAML", "study.Yml", "study.yaml"])
+def test_a_sweep_yaml_is_known_by_its_suffix_in_any_case(workdir, name):
+    """Sweep.YAML (as some editors and Windows users name it) is a sweep YAML, as it is to
+    `wandb sweep`; before, it was refused as 'a file, not a local sweep'."""
+    from agent.sweep.target import resolve_target
+
+    (workdir / name).write_text("method: grid\n")
+    target = resolve_target(name)
+    assert target.kind == "yaml" and target.path == Path(name)

@@ -51,7 +51,7 @@ def resolve_target(text: str, project: str | None = None, allow: tuple[str, ...]
 
     A W&B target is only checked for its form here; `check_wandb_sweep` asks the server.
     """
-    if "yaml" in allow and text.endswith(YAML_SUFFIXES):
+    if "yaml" in allow and text.lower().endswith(YAML_SUFFIXES):  # Sweep.YAML too
         return SweepTarget("yaml", text, Path(text))
     directory = local_sweep_dir(text) if "local" in allow else None
     if directory is not None:
