@@ -147,6 +147,16 @@ def _count_nodes(root: yaml.Node) -> None:
     measure(root)
 
 
+def _unquoted_macro(text: str, mark) -> bool:
+    """Whether YAML stopped at the `{` of an unquoted `${...}`, as in `command: [${env},
+    ${interpreter}, ${program}, ${args}]`: in a flow list `{` opens a mapping."""
+    if mark is None or mark.column < 1:
+        return False
+    lines = text.splitlines()
+    line = lines[mark.line] if mark.line < len(lines) else ""
+    return line[mark.column - 1:mark.column + 1] == "${"
+
+
 def _shown(value: Any, limit: int = 40) -> str:
     text = repr(value)
     return text if len(text) <= limit else text[:limit - 3] + "..."
@@ -167,6 +177,8 @@ def load_text(text: str, label: str) -> Any:
         else:
             head = f"{label}: not valid YAML" + (f" at {where}" if where else "")
         problem = getattr(error, "problem", None)
+        if problem and _unquoted_macro(text, mark):
+            problem += " (a W&B macro in a [...] list must be quoted: '${args}')"
         raise UserError(one_line(head + (f": {problem}" if problem else ""))) from None
     finally:
         if loader is not None:

@@ -209,3 +209,20 @@ def test_any_goal_wandb_accepts_is_accepted_and_a_goal_against_the_metric_is_not
         assert note.startswith(f"note: metric {name} is {goal or 'minimize'}d") \
             and "\n" not in note and f"goal: {METRICS[name]}" in note
     assert metric_notes({**config, "program": "prog.py"}) == []  # another program's metric
+
+
+@pytest.mark.parametrize("command, hinted", [
+    ("[${env}, ${interpreter}, ${program}, ${args}]", True),  # W&B's macros unquoted
+    ("[python, train.py, {args]", False),  # another YAML error: no hint
+])
+def test_an_unquoted_macro_in_a_flow_list_is_named(tmp_path, command, hinted):
+    path = tmp_path / "s.yaml"
+    path.write_text("program: agent/train.py\nmethod: grid\nparameters:\n"
+                    f"  lr: {{values: [0.1]}}\ncommand: {command}\n")
+    with pytest.raises(UserError, match="not valid YAML at line 5") as refused:
+        load_sweep_config(path)
+    assert ("must be quoted: '${args}'" in str(refused.value)) == hinted
+    quoted = command.replace("${", "'${").replace("}", "}'")
+    path.write_text(path.read_text().replace(command, quoted))
+    if hinted:  # quoted as the hint says, it is read
+        assert load_sweep_config(path)["command"][-1] == "${args}"
