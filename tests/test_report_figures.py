@@ -135,6 +135,71 @@ def test_parallel_coordinates_draw_one_line_per_scored_run(tmp_path, goal):
         + " is better)"
 
 
+@pytest.mark.parametrize("values, texts", [
+    ([0.0001, 0.00012, 0.001], ["0.0001", "0.00012", "0.001"]),  # 3 digits keep them apart
+    ([0.12341, 0.12345, 0.5], ["0.1234", "0.1235", "0.5"]),  # 0.123 twice: 4 digits
+    ([1.0001e-4, 1.0002e-4], ["0.00010001", "0.00010002"]),
+    ([16, 1024, 2.5], ["16", "1024", "2.5"]),  # whole numbers in full
+    ([0.5, 0.5], ["0.5", "0.5"]),  # one value twice is one label
+])
+def test_number_labels_keep_different_values_apart_with_few_digits(values, texts):
+    assert figures.number_texts(values) == texts
+
+
+def test_close_values_get_distinct_tick_labels_in_every_figure(tmp_path):
+    """Two learning rates equal to 3 digits: each axis, heat map and legend that shows them
+    shows two labels, and labels close on an axis are moved apart, not printed over each
+    other."""
+    from agent.report.study_figures import HeatPanel, MarginalPanel, heatmap_grid, marginal_figure
+
+    lrs = [0.12341, 0.12345, 0.9]
+    axis = figures._Axis("lr", lrs)  # linear, few values: a tick at each
+    assert [text for _, text in axis.ticks()] == ["0.1234", "0.1235", "0.9"]
+    many = figures._Axis("x", [0.10001, 0.10002, 0.10003, 0.10004, 0.10005, 0.10006, 0.10007,
+                               0.10008, 0.10009])  # linear, many values: 5 even ticks
+    assert [text for _, text in many.ticks()] == ["0.10001", "0.10003", "0.10005",
+                                                  "0.10007", "0.10009"]
+    rows = [{"lr": lr, "val/acc": 0.5 + i / 10} for i, lr in enumerate(lrs)]
+    drawn = figures.parallel_coordinates(rows, ["lr"], "val/acc", "maximize",
+                                         tmp_path / "pc.png", "all runs")
+    assert {"0.1234", "0.1235"} <= set(drawn.axes[0].texts)
+    heat = heatmap_grid([HeatPanel("all runs", np.array([[0.5], [0.6], [0.7]]),
+                                   [[""], [""], [""]])], "lr", lrs, "", [""], "val/acc", 0.1,
+                        1.0, tmp_path / "heat.png", "grid")
+    assert heat.axes[0].yticks == ["0.1234", "0.1235", "0.9"]
+    panel = MarginalPanel("lr", False, True, lrs,
+                          {"all runs": [(lr, 0.5, 0.4, 0.6, 1) for lr in lrs]})
+    marginal = marginal_figure([panel], "val/acc", None, tmp_path / "m.png", "by lr")
+    assert marginal.axes[0].xticks == ["0.1234", "0.1235", "0.9"]
+    curves = [curve({"lr": lr, "dropout": 0.0}, [2.0, 1.0]) for lr in lrs]
+    group = figures.group_loss_figure(curves, [], "lr", None, tmp_path / "g.png", "converged")
+    assert group.legends == ["lr=0.1234", "lr=0.1235", "lr=0.9"]
+
+
+def test_tick_labels_close_on_an_axis_are_spread_apart():
+    at = figures.spread([0.0, 0.01, 0.02, 0.5, 1.0], 0.05, -0.05, 1.05)
+    assert at == pytest.approx([0.0, 0.05, 0.1, 0.5, 1.0])  # only the crowded ones move
+    top = figures.spread([0.98, 0.99, 1.0], 0.05, -0.05, 1.05)
+    assert top == pytest.approx([0.95, 1.0, 1.05])  # kept inside the axis: pushed down
+    assert all(b - a >= 0.05 - 1e-12 for a, b in zip(top, top[1:]))
+
+
+def test_runs_stopped_early_are_dashed_and_counted(tmp_path):
+    rows = [{"lr": 0.1, "val/acc": 0.9}, {"lr": 0.01, "val/acc": 0.3},
+            {"lr": 0.001, "val/acc": math.nan}]  # no metric: left out, its flag with it
+    drawn = figures.parallel_coordinates(rows, ["lr"], "val/acc", "maximize",
+                                         tmp_path / "pc.png", "all runs", [False, True, True])
+    ax = drawn.axes[0]
+    assert ax.title == "all runs (2 runs; 1 stopped early, dashed)"
+    dashed = [y for (_, _, y), style in zip(ax.lines, ax.linestyles) if style == "--"]
+    assert len(dashed) == 1 and dashed[0][-1] == pytest.approx(0.0)  # the 0.3 run's line
+    assert ax.legend == ["stopped early (hyperband): val/acc at the epoch it stopped, not a "
+                         "final value"]
+    plain = figures.parallel_coordinates(rows, ["lr"], "val/acc", "maximize",
+                                         tmp_path / "pc2.png", "all runs")
+    assert "--" not in plain.axes[0].linestyles and plain.axes[0].legend == []
+
+
 @pytest.mark.parametrize("rows", [[], [RUNS[0]], [{"lr": 0.1}]], ids=["none", "one", "no-metric"])
 def test_parallel_coordinates_with_zero_or_one_row(tmp_path, rows):
     drawn = figures.parallel_coordinates(rows, AXES, "val/acc", "maximize",

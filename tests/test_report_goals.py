@@ -277,3 +277,69 @@ def test_a_run_stopped_early_is_no_evidence_of_a_bend(tmp_path, monkeypatch, sto
     ctx = document.study_context(local_study(store), tmp_path / "report", stats.GroupRule())
     (line,) = [o for o in observations(ctx) if o.startswith("Pearson r(")]
     assert ("the best is at lr=0.01" in line) is not stopped_end, line
+
+
+def test_runs_stopped_early_are_marked_or_left_out_wherever_a_final_value_is_shown(
+        tmp_path, monkeypatch):
+    """optimizer {sgd, adam} x lr {0.001, 0.01, 0.1} x dropout {0, 0.3}, hyperband stopping
+    the two sgd runs at lr 0.001 after 1 of 4 epochs: the parallel coordinates draw them
+    dashed, the heat map marks their cells, and the importance table and the correlation
+    are computed without them, each saying so."""
+    from agent.report.discussion import observations
+
+    monkeypatch.chdir(tmp_path)
+    config = {"program": "agent/train.py", "method": "grid",
+              "metric": {"name": "val/acc", "goal": "maximize"},
+              "early_terminate": {"type": "hyperband", "min_iter": 1, "eta": 2},
+              "parameters": {"dataset": {"value": "digits"}, "model": {"value": "dense"},
+                             "epochs": {"value": 4}, "optimizer": {"values": ["sgd", "adam"]},
+                             "lr": {"values": [0.001, 0.01, 0.1]},
+                             "dropout": {"values": [0.0, 0.3]}}}
+    store = create_store(tmp_path / "data" / "sweeps" / "cut1", "cut1", "cut", config)
+    scores, stopped = {}, set()
+    for run in claim(store, "host:1", count=12).runs:
+        c = run.config
+        cut = c["optimizer"] == "sgd" and c["lr"] == 0.001
+        score = 0.3 + 2 * c["lr"] + c["dropout"] / 10 + (0.05 if c["optimizer"] == "adam" else 0)
+        scores[run.run_id] = score
+        for epoch in range(1, 2 if cut else 5):
+            store.record_epoch(run.run_id, "host:1", epoch,
+                               {"train/loss": 1.0, "val/loss": 1.0, "val/acc": score})
+        if cut:
+            stopped.add(run.run_id)
+        store.finish(run.run_id, "host:1", "stopped" if cut else "finished",
+                     {"val/acc": score, "test/acc": score, "epochs_done": 1 if cut else 4})
+    study = local_study(store)
+    report = document.build_report(study, tmp_path / "report")
+    text = report.path.read_text()
+
+    parallel = report.figures["parallel_all.png"].axes[0]
+    assert parallel.title == "all runs (12 runs; 2 stopped early, dashed)"
+    assert parallel.linestyles.count("--") == 2
+    assert "Dashed: the 2 runs the sweep's early termination (hyperband) stopped" in text
+
+    heat = report.figures["grid_heatmap.png"]
+    cells = {ax.title: ax.texts for ax in heat.axes if ax.title.startswith("optimizer=")}
+    marked = {title: [t for t in texts if t.endswith("*")] for title, texts in cells.items()}
+    # rows are lr, largest on top is flipped: the 0.001 row holds both sgd stopped cells
+    assert marked == {"optimizer=adam": [], "optimizer=sgd": ["0.30*", "0.33*"]}
+    assert "the cell holds a run stopped early (hyperband)" in heat.suptitle
+    assert "* marks a cell holding a run the sweep's early termination (hyperband) stopped " \
+        "(2 runs in all)" in text
+
+    full = [r for r in study.runs if r.id not in stopped]
+    assert ("Left out: 2 runs the sweep's early termination (hyperband) stopped, whose value "
+            "is from the epoch each stopped at, not a final one.") in text
+    table = text.split("## Hyper-parameter importance")[1]
+    (lr_row,) = [line for line in table.splitlines() if line.startswith("| lr |")]
+    log_lr = np.log10([r.config["lr"] for r in full])
+    r_full = np.corrcoef(log_lr, [scores[r.id] for r in full])[0, 1]
+    assert lr_row.split(" | ")[2] == f"{r_full:.3f}"  # r over all runs less the stopped
+    sgd = [r for r in full if r.config["optimizer"] == "sgd"]
+    r_sgd = np.corrcoef(np.log10([r.config["lr"] for r in sgd]),
+                        [scores[r.id] for r in sgd])[0, 1]
+    assert lr_row.split(" | ")[4] == f"{r_sgd:.3f} |"
+    ctx = document.study_context(study, tmp_path / "ctx", stats.GroupRule())
+    (line,) = [o for o in observations(ctx) if o.startswith("Pearson r(")]
+    assert line.startswith(f"Pearson r(log10 lr, val/acc) over all runs less the 2 stopped "
+                           f"early is {r_full:+.2f}"), line

@@ -11,9 +11,15 @@ import numpy as np
 
 from agent.params import BY_NAME
 from agent.report import stats
-from agent.report.markdown import Context, Report, config_text, fmt
+from agent.report.markdown import Context, Report, config_text, fmt, stopped_text
 from agent.report.study import RunRecord
-from agent.report.study_figures import HeatPanel, MarginalPanel, heatmap_grid, marginal_figure
+from agent.report.study_figures import (
+    STOPPED_MARK,
+    HeatPanel,
+    MarginalPanel,
+    heatmap_grid,
+    marginal_figure,
+)
 from agent.sweep_space import log_scaled, short_number, spans_decades
 
 NEAR_BEST = 0.02  # "within 2 points of the best": the window of good values
@@ -72,11 +78,15 @@ def heatmap_section(report: Report, ctx: Context) -> None:
     facets = [a for a in categorical if a != col]
     rows, cols = _levels(study.runs, row), _levels(study.runs, col) if col else [""]
     most = 1  # the most runs in one cell (seeds, parameters that are no axis)
+    cut_short = []  # runs the sweep's early termination stopped, in any cell
     panels = []
     for key in itertools.product(*(_levels(study.runs, f) for f in facets)):
-        mine = [r for r in study.runs if all(value(r, f) == v for f, v in zip(facets, key))]
+        # ended runs only: a running run's value is not its last (as the header says)
+        mine = [r for r in study.ended_runs()
+                if all(value(r, f) == v for f, v in zip(facets, key))]
         values = np.full((len(rows), len(cols)), np.nan)
         notes = [["" for _ in cols] for _ in rows]
+        stopped = [[False for _ in cols] for _ in rows]
         for i, j in itertools.product(range(len(rows)), range(len(cols))):
             cell = [r for r in mine if value(r, row) == rows[i]
                     and (col is None or value(r, col) == cols[j])]
@@ -86,8 +96,10 @@ def heatmap_section(report: Report, ctx: Context) -> None:
             if scores and not (diverged and len(diverged) == len(cell)):
                 values[i, j] = float(np.mean(scores))
             notes[i][j] = "div" if diverged else ("–" if not cell else "no value")
+            stopped[i][j] = any(stats.stopped_early(r) for r in cell)
+            cut_short += [r for r in cell if stats.stopped_early(r)]
         title = ", ".join(f"{f}={short_number(v)}" for f, v in zip(facets, key)) or "all runs"
-        panels.append(HeatPanel(title, values, notes))
+        panels.append(HeatPanel(title, values, notes, stopped))
     shown = [v for p in panels for v in p.values.ravel() if np.isfinite(v)]
     low, high = (min(shown), max(shown)) if shown else (0.0, 1.0)
     minimize = study.goal == "minimize"
@@ -104,7 +116,11 @@ def heatmap_section(report: Report, ctx: Context) -> None:
     report.add(f"`{metric}` of the runs: {axes}, one panel per "
                + (" x ".join(f"`{f}`" for f in facets) or "study") + f"; {cells}. The colour "
                f"runs from {where} to the best cell ({best:.2f}, bright); \"div\" marks a "
-               "cell with a run that diverged (its last value means nothing).", "")
+               "cell with a run that diverged (its last value means nothing)."
+               + (f" {STOPPED_MARK} marks a cell holding a run the sweep's early termination "
+                  f"(hyperband) stopped ({len(cut_short)} run"
+                  f"{'s' if len(cut_short) != 1 else ''} in all): its value is the one at the "
+                  "epoch it stopped at, not a final one." if cut_short else ""), "")
     report.figure(heatmap_grid(panels, row, rows, col or "", cols, metric, low, high,
                                ctx.out_dir / "grid_heatmap.png", f"{metric} over the grid",
                                flip_rows=spans_decades(rows), lower_is_better=minimize),
@@ -157,7 +173,7 @@ def marginal_section(report: Report, ctx: Context) -> None:
                "percentile)" + (", one colour per optimizer" if len(
                    {str(r.params.optimizer) for r in ctx.study.runs}) > 1 else "")
                + ". A flat line: the parameter hardly matters here; a bend: it has a "
-               "best value.", "")
+               "best value." + _stopped_included(ctx.scored), "")
     report.figure(marginal_figure(panels, metric, _chance(ctx),
                                   ctx.out_dir / "marginals.png",
                                   f"{metric} by parameter (mean; band: middle half of the runs)"),
@@ -182,7 +198,8 @@ def _best_per_combination(ctx: Context, categorical: list[str], numeric: list[st
         mine = [r for r in ctx.scored if all(value(r, c) == v for c, v in zip(categorical, key))]
         if mine:
             name = ", ".join(f"{c}={v}" for c, v in zip(categorical, key)) or "all runs"
-            out.append(f"{name}: best {metric} {mine[0].metric(metric):.4f} at "
+            out.append(f"{name}: best {metric} {mine[0].metric(metric):.4f}"
+                       f"{stopped_text(mine[0])} at "
                        f"{config_text(mine[0], numeric) or 'its only setting'}.")
     return out
 
@@ -206,7 +223,8 @@ def _windows_and_failures(ctx: Context, name: str) -> list[str]:
         failed = [lv for lv in _levels(full, name)
                   if all(ctx.group_of(r) in FAILED for r in full if value(r, name) == lv)]
         who = (f"{split}={group}" if split else "all runs") + used_in(ctx.study.runs, name)
-        text = (f"{who}: {name} within {NEAR_BEST:g} of its best ({top:.4f}): "
+        text = (f"{who}: {name} within {NEAR_BEST:g} of its best ({top:.4f}"
+                f"{stopped_text(scored[0])}): "
                 + ", ".join(short_number(v) for v in good))
         if failed:
             count = sum(1 for r in full if value(r, name) in failed)
@@ -219,7 +237,9 @@ def _windows_and_failures(ctx: Context, name: str) -> list[str]:
 
 def _correlation_caveat(ctx: Context, name: str) -> list[str]:
     metric = ctx.study.metric
-    runs = [r for r in using(ctx.scored, name) if isinstance(value(r, name), (int, float))]
+    numeric = [r for r in using(ctx.scored, name) if isinstance(value(r, name), (int, float))]
+    # as in the importance table: a stopped run's value is not a final one
+    runs = stats.full_length(numeric)
     x = stats.numeric_values([value(r, name) for r in runs])
     if x is None or len(runs) < 4:
         return []
@@ -227,9 +247,8 @@ def _correlation_caveat(ctx: Context, name: str) -> list[str]:
     split = "optimizer" if "optimizer" in ctx.swept else None
     bends = []
     for group in (_levels(ctx.study.runs, split) if split else [None]):
-        # a run hyperband stopped early holds a partial value: no evidence of a bend
-        mine = [r for r in runs if (split is None or value(r, split) == group)
-                and r.state != "stopped"]
+        # (`runs` has no run hyperband stopped early: a partial value is no evidence of a bend)
+        mine = [r for r in runs if split is None or value(r, split) == group]
         levels = _levels(mine, name)
         top = mine[0].metric(metric) if mine else None
         # a peak inside the range: the best run is inside, and no run at either end comes
@@ -245,6 +264,8 @@ def _correlation_caveat(ctx: Context, name: str) -> list[str]:
     if r_all is None:
         return []
     over = "the runs that use it" if used_in(ctx.scored, name) else "all runs"
+    if len(runs) < len(numeric):
+        over += f" less the {len(numeric) - len(runs)} stopped early"
     text = f"Pearson r({axis}, {metric}) over {over} is {r_all:+.2f}"
     if bends:
         return [text + ", yet " + "; ".join(bends) + ": inside the range, so the relation "
@@ -294,13 +315,36 @@ def discussion_section(report: Report, ctx: Context) -> None:
     importance_section(report, ctx)
 
 
+def _stopped_included(runs: list[RunRecord]) -> str:
+    """' Included: N runs ... stopped ...' when some of `runs` were stopped early."""
+    count = len(runs) - len(stats.full_length(runs))
+    if not count:
+        return ""
+    return (f" Included: {count} run{'s' if count != 1 else ''} the sweep's early termination "
+            "(hyperband) stopped, at the value of the epoch "
+            + ("it" if count == 1 else "each") + " stopped at (a cut-short run scores "
+            "lower than it would have).")
+
+
+def _stopped_left_out(count: int) -> str:
+    """The sentence saying that `count` runs stopped early were left out, and why."""
+    return (f"Left out: {count} run{'s' if count != 1 else ''} the sweep's early termination "
+            "(hyperband) stopped, whose value is from the epoch "
+            + ("it" if count == 1 else "each") + " stopped at, not a final one.")
+
+
 def importance_section(report: Report, ctx: Context) -> None:
     study = ctx.study
     axes = [a for a in ctx.swept if a != "seed"]
-    rows = stats.importance(study.runs, axes, study.metric)
+    # a run early termination stopped holds its value at that epoch, not a final one
+    full = stats.full_length(ctx.scored)
+    cut_short = len(ctx.scored) - len(full)
+    left_out = f" {_stopped_left_out(cut_short)}" if cut_short else ""
+    rows = stats.importance(full, axes, study.metric)
     report.add("## Hyper-parameter importance", "")
     if not rows:
-        report.add("Needs at least 4 runs with a metric and one varying parameter.", "")
+        report.add("Needs at least 4 ended runs with a metric, none stopped early, and one "
+                   "varying parameter." + left_out, "")
         return
     split = "optimizer" if "optimizer" in axes else None
     groups = _levels(study.runs, split) if split else []
@@ -309,13 +353,14 @@ def importance_section(report: Report, ctx: Context) -> None:
                "Pearson correlation of numeric parameters (log10 of those spanning two "
                "decades or more), as in W&B's parameter-importance panel, over all runs"
                + (" and within each optimizer" if split else "") + ". A correlation only "
-               "measures a straight-line trend: read it beside the sensitivity plot.", "")
+               "measures a straight-line trend: read it beside the sensitivity plot."
+               + left_out, "")
     header = ["parameter", "importance", "r (all runs)"] + [f"r ({split}={g})" for g in groups]
     table = []
     for row in rows:
         within = []
         for group in groups:
-            mine = [r for r in ctx.scored if value(r, split) == group]
+            mine = [r for r in full if value(r, split) == group]
             x = stats.numeric_values([r.params.get(row["parameter"]) for r in mine])
             corr = None if x is None else stats.correlation(
                 x, np.asarray([r.metric(study.metric) for r in mine]))

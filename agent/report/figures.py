@@ -52,6 +52,7 @@ class AxesContent:
     title_color: tuple = (0.0, 0.0, 0.0, 1.0)  # RGBA
     legend_covers: int = 0  # bars and texts the axes' legend overlaps
     markers: list[str] = field(default_factory=list)  # each line's marker ("None": none)
+    linestyles: list[str] = field(default_factory=list)  # each line's style ("-", "--"...)
 
 
 @dataclass
@@ -100,7 +101,8 @@ def _content(ax) -> AxesContent:
          for line in ax.get_lines()],
         [np.asarray(image.get_array()) for image in ax.get_images()],
         len(ax.patches) + len(ax.collections), to_rgba(ax.title.get_color()),
-        _covered(ax, legend), [str(line.get_marker()) for line in ax.get_lines()])
+        _covered(ax, legend), [str(line.get_marker()) for line in ax.get_lines()],
+        [str(line.get_linestyle()) for line in ax.get_lines()])
 
 
 def _save(fig, path) -> Drawn:
@@ -162,11 +164,32 @@ def _class_ticks(ax, classes: list[str], axis: str = "x") -> None:
         ax.set_yticks(positions, classes, fontsize=6 if many else 9)
 
 
-def _number_text(value: float) -> str:
-    """3 significant digits; a whole number below a million in full (batch 1024, not 1.02e+03)."""
+def _number_text(value: float, digits: int = 3) -> str:
+    """`digits` significant digits; a whole number below a million in full (batch 1024, not
+    1.02e+03)."""
     if float(value).is_integer() and abs(value) < 1e6:
         return str(int(value))
-    return f"{value:.3g}"
+    return f"{value:.{digits}g}"
+
+
+def number_texts(values) -> list[str]:
+    """Each number as _number_text writes it, with as few significant digits (3 at least) as
+    keep different values apart: 0.0001 and 0.00012 stay as they are, 0.12341 and 0.12345
+    become 0.1234 and 0.1235, not twice 0.123."""
+    distinct = len(set(float(v) for v in values))
+    for digits in range(3, 18):
+        texts = [_number_text(v, digits) for v in values]
+        if len(set(texts)) == distinct:
+            return texts
+    return [repr(float(v)) for v in values]
+
+
+def value_texts(values) -> list[str]:
+    """Tick or legend labels of `values`: floats by number_texts (distinct labels for
+    different values), everything else as str()."""
+    floats = [v for v in values if _is_number(v) and isinstance(v, float)]
+    shown = dict(zip(floats, number_texts(floats)))
+    return [shown[v] if v in shown and isinstance(v, float) else str(v) for v in values]
 
 
 # ---------------------------------------------------------------- the dataset
@@ -225,19 +248,22 @@ class _Axis:
         return 0.5 if self.high == self.low else (t - self.low) / (self.high - self.low)
 
     def ticks(self) -> list[tuple[float, str]]:
+        """(position in [0, 1], label) of each tick; different values get different labels."""
         if self.categorical:
             return [(self.position(c), str(c)) for c in self.categories]
         if self.low == self.high:
-            return [(0.5, _number_text(10 ** self.low if self.log else self.low))]
-        if self.log and len(self.values) <= FEW_VALUES:  # a grid's choices, at their places
-            return [(self._scale(math.log10(v)), _number_text(v)) for v in self.values]
-        if self.log:
+            values = [10 ** self.low if self.log else self.low]
+        elif self.log and len(self.values) <= FEW_VALUES:  # a grid's choices, at their places
+            values = self.values
+        elif self.log:
             decades = range(math.ceil(self.low), math.floor(self.high) + 1)
-            points = list(decades) if len(decades) >= 2 else [self.low, self.high]
-            return [(self._scale(t), _number_text(10 ** t)) for t in points]
-        if len(self.values) <= FEW_VALUES:  # a grid's choices: ticks at the choices
-            return [(self._scale(v), _number_text(v)) for v in self.values]
-        return [(self._scale(t), _number_text(t)) for t in np.linspace(self.low, self.high, 5)]
+            values = [10.0 ** t for t in decades] if len(decades) >= 2 else \
+                [10 ** self.low, 10 ** self.high]
+        elif len(self.values) <= FEW_VALUES:  # a grid's choices: ticks at the choices
+            values = self.values
+        else:
+            values = [float(t) for t in np.linspace(self.low, self.high, 5)]
+        return list(zip((self.position(v) for v in values), number_texts(values)))
 
 
 def _present(value) -> bool:
@@ -257,19 +283,44 @@ def _category_order(value):
     return (1, 0.0, str(value))
 
 
+STOPPED_STYLE = "--"  # a run early termination stopped: its value is from that epoch
+
+
+TICK_GAP = 0.045  # of an axis's height: a 7-point label's height at the figure's 4.8 inches
+
+
+def spread(ys: list[float], gap: float, low: float, high: float) -> list[float]:
+    """Positions for labels wanted at `ys` (ascending) that keep at least `gap` apart and
+    stay within [low, high] where there is room: each label moves as little as that takes
+    (0.0063 and 0.0070 on one log axis would print over each other)."""
+    out = []
+    for y in ys:
+        out.append(max(y, out[-1] + gap) if out else max(y, low))
+    for i in reversed(range(len(out))):
+        out[i] = min(out[i], high if i == len(out) - 1 else out[i + 1] - gap)
+    return out
+
+
 def parallel_coordinates(rows: list[dict], axes: list[str], metric: str, goal: str, path,
-                         title: str) -> Drawn:
+                         title: str, stopped: list[bool] | None = None) -> Drawn:
     """One polyline per row across `axes` and a last axis for `metric`, coloured by the metric
-    (viridis, brighter = better for either goal).
+    (viridis, brighter = better for either goal). `stopped[i]`: row i is a run the sweep's
+    early termination stopped, its metric the value at that epoch: drawn dashed, counted in
+    the title and named in a legend.
 
     A row without a finite metric is skipped (it cannot be coloured). A row missing another
     value (key absent, None, nan) is drawn with a gap at that axis: the segments touching the
     missing axis are left out, each present value still gets a dot.
     """
     names = list(axes) + [metric]
-    rows = [r for r in rows if _is_number(r.get(metric)) and math.isfinite(r[metric])]
+    stopped = list(stopped) if stopped is not None else [False] * len(rows)
+    kept = [(r, s) for r, s in zip(rows, stopped)
+            if _is_number(r.get(metric)) and math.isfinite(r[metric])]
+    rows, stopped = [r for r, _ in kept], [s for _, s in kept]
     fig, ax = plt.subplots(figsize=(min(max(6.0, 1.5 * len(names) + 2), 20.0), 4.8))
-    ax.set_title(f"{title} ({len(rows)} run{'s' if len(rows) != 1 else ''})")
+    cut = sum(stopped)
+    ax.set_title(f"{title} ({len(rows)} run{'s' if len(rows) != 1 else ''}"
+                 + (f"; {cut} stopped early, dashed" if cut else "") + ")")
     if not rows:
         _note(ax, f"no runs with a value of {metric} to show")
         return _save(fig, path)
@@ -282,15 +333,18 @@ def parallel_coordinates(rows: list[dict], axes: list[str], metric: str, goal: s
     norm = Normalize(low, high)
     cmap = plt.get_cmap("viridis" if goal == "maximize" else "viridis_r")
     x = np.arange(len(names))
-    # Worst first, so the best lines are drawn on top.
-    for row, score in sorted(zip(rows, scores), key=lambda p: p[1], reverse=goal != "maximize"):
+    # Worst first, so the best lines are drawn on top; of equal scores, the dashed ones.
+    sign = 1 if goal == "maximize" else -1
+    for row, score, cut_short in sorted(zip(rows, scores, stopped),
+                                        key=lambda p: (sign * p[1], p[2])):
         y = [column.position(row.get(name)) for column, name in zip(columns, names)]
         ax.plot(x, y, color=cmap(norm(score)), linewidth=1.2, alpha=0.85, marker="o",
-                markersize=2.5)
+                markersize=2.5, linestyle=STOPPED_STYLE if cut_short else "-")
     for i, column in enumerate(columns):
         ax.axvline(i, color="0.3", linewidth=0.8, zorder=0)
-        for y, text in column.ticks():
-            ax.text(i + 0.03, y, text, fontsize=7, va="center", ha="left",
+        ticks = sorted(column.ticks())
+        for (_, text), at in zip(ticks, spread([y for y, _ in ticks], TICK_GAP, -0.05, 1.05)):
+            ax.text(i + 0.03, at, text, fontsize=7, va="center", ha="left",
                     bbox=dict(facecolor="white", edgecolor="none", alpha=0.6, pad=0.5))
     ax.set_xticks(x, [c.label for c in columns], rotation=15 if len(names) > 5 else 0)
     ax.set_xlim(-0.2, len(names) - 0.5)
@@ -298,6 +352,11 @@ def parallel_coordinates(rows: list[dict], axes: list[str], metric: str, goal: s
     ax.set_yticks([])
     for side in ("top", "right", "left"):
         ax.spines[side].set_visible(False)
+    if cut:
+        ax.legend(handles=[Line2D([], [], color="0.3", linestyle=STOPPED_STYLE,
+                                  label=f"stopped early (hyperband): {metric} at the epoch "
+                                  "it stopped, not a final value")],
+                  loc="upper center", bbox_to_anchor=(0.5, -0.1), fontsize=7, frameon=False)
     bar = fig.colorbar(plt.cm.ScalarMappable(norm=norm, cmap=cmap), ax=ax, pad=0.02)
     bar.set_label(f"{metric} ({'higher' if goal == 'maximize' else 'lower'} is better)")
     return _save(fig, path)
@@ -370,10 +429,10 @@ def group_loss_figure(curves: list[GroupCurve], facets: list[str], colour: str |
         ax.set_xlabel(xlabel, fontsize=8)
         ax.set_ylabel("training loss", fontsize=8)
         ax.tick_params(labelbottom=True)  # shared x: a panel with none below keeps its ticks
-    handles = [Line2D([], [], color=c, label=f"{colour}={_value_text(v)}")
-               for v, c in colours.items()]
-    handles += [Line2D([], [], color="0.3", linestyle=s, label=f"{style}={_value_text(v)}")
-                for v, s in styles.items()]
+    handles = [Line2D([], [], color=c, label=f"{colour}={text}")
+               for (v, c), text in zip(colours.items(), value_texts(list(colours)))]
+    handles += [Line2D([], [], color="0.3", linestyle=s, label=f"{style}={text}")
+                for (v, s), text in zip(styles.items(), value_texts(list(styles)))]
     if threshold is not None:
         handles.append(Line2D([], [], color="tab:red", linestyle="--",
                               label=f"diverged above {threshold:.1f}"))

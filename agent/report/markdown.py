@@ -93,6 +93,15 @@ def ci_text(values: list[float], level: float = 0.95) -> str:
     return f"{mean:.4f} ± {half:.4f} (n={n})" if half is not None else f"{mean:.4f} (n={n})"
 
 
+def stopped_text(run: RunRecord) -> str:
+    """' (stopped early at epoch 2 of 4)' for a run the sweep's early termination cut short,
+    else ''."""
+    if not stats.stopped_early(run):
+        return ""
+    done = run.summary.get("epochs_done", len(run.history))
+    return f" (stopped early at epoch {done} of {run.params.epochs})"
+
+
 def config_text(run: RunRecord, names: list[str], sep: str = ", ") -> str:
     """`model=cnn, lr=0.001`: the run's values of `names` (numbers in short form)."""
     return sep.join(f"{n}={short_number(run.config.get(n, run.params.get(n)))}" for n in names)

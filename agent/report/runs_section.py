@@ -8,7 +8,7 @@ import json
 
 from agent.report import figures, stats
 from agent.report.curves import tensorboard_scalars
-from agent.report.markdown import Context, Report, config_text, fmt
+from agent.report.markdown import Context, Report, config_text, fmt, stopped_text
 from agent.report.study import RunRecord
 
 GROUP_TITLES = {stats.DIVERGED: "diverged", stats.STUCK: "stuck at chance",
@@ -19,13 +19,17 @@ def parallel_section(report: Report, ctx: Context) -> None:
     study = ctx.study
     rows = [{**{a: r.config.get(a, r.params.get(a)) for a in ctx.swept},
              study.metric: r.metric(study.metric)} for r in ctx.scored]
+    stopped = [stats.stopped_early(r) for r in ctx.scored]
     report.add("## All runs in parallel coordinates", "",
                f"One line per run with a value of `{study.metric}`; the axes are the "
                "parameters the sweep varies (log axes where they span two decades or "
-               "more); colour is the metric (brighter is better).", "")
+               "more); colour is the metric (brighter is better)."
+               + (f" Dashed: the {sum(stopped)} run{'s' if sum(stopped) != 1 else ''} the "
+                  "sweep's early termination (hyperband) stopped, at the value of the epoch "
+                  "it stopped at, not a final one." if any(stopped) else ""), "")
     report.figure(figures.parallel_coordinates(
         rows, ctx.swept, study.metric, study.goal, report.out_dir / "parallel_all.png",
-        "all runs"), "parallel coordinates, all runs")
+        "all runs", stopped), "parallel coordinates, all runs")
     base = ctx.base
     if base is None:
         return
@@ -43,11 +47,12 @@ def parallel_section(report: Report, ctx: Context) -> None:
                f"{base.chance_bound:.1%} passes it, yet one whose best validation accuracy "
                f"stays below {base.chance + ctx.rule.stuck_margin:.1%} counts as stuck "
                "below.", "")
-    kept_rows = [row for row, run in zip(rows, ctx.scored) if run in kept]
+    kept_rows = [(row, cut) for row, cut, run in zip(rows, stopped, ctx.scored) if run in kept]
     report.figure(figures.parallel_coordinates(
-        kept_rows, ctx.swept, study.metric, study.goal, report.out_dir / "parallel_better.png",
-        f"runs better than random (test accuracy > {base.chance_bound:.4f})"),
-        "parallel coordinates, better than random")
+        [row for row, _ in kept_rows], ctx.swept, study.metric, study.goal,
+        report.out_dir / "parallel_better.png",
+        f"runs better than random (test accuracy > {base.chance_bound:.4f})",
+        [cut for _, cut in kept_rows]), "parallel coordinates, better than random")
 
 
 def _count_groups(ctx: Context, runs: list[RunRecord]) -> str:
@@ -86,7 +91,7 @@ def groups_section(report: Report, ctx: Context) -> None:
 
 def _cut_short(run: RunRecord) -> str:
     """'; stopped early (hyperband) after 1 of 4 epochs' for a run the sweep stopped."""
-    if run.state != "stopped":
+    if not stats.stopped_early(run):
         return ""
     done = run.summary.get("epochs_done", len(run.history))
     return f"; stopped early (hyperband) after {done} of {run.params.epochs} epochs"
@@ -150,7 +155,8 @@ def training_series(ctx: Context, run: RunRecord, steps: bool) -> figures.Traini
 def best_run_section(report: Report, ctx: Context) -> None:
     study, top = ctx.study, ctx.scored[0]
     report.add(f"## The best run: {top.id}", "",
-               f"{study.metric} = {fmt(top.metric(study.metric))}, test/acc = "
+               f"{study.metric} = {fmt(top.metric(study.metric))}{stopped_text(top)}, "
+               "test/acc = "
                f"{fmt(top.metric('test/acc'))}; configuration: "
                f"{config_text(top, ctx.swept)}. One run of one seed: the intervals over "
                "seeds are in the section on seeds above.", "")

@@ -68,6 +68,17 @@ def better_than_random(runs: list[RunRecord], base: Baselines,
     return kept, [r for r in runs if r not in kept]
 
 
+def stopped_early(run: RunRecord) -> bool:
+    """Whether the sweep's early termination (hyperband) cut `run` short: its metric is the
+    value at the epoch it was stopped at, not a final one (the store's state `stopped`)."""
+    return run.state == "stopped"
+
+
+def full_length(runs: list[RunRecord]) -> list[RunRecord]:
+    """`runs` less those early termination stopped (their values are partial)."""
+    return [r for r in runs if not stopped_early(r)]
+
+
 # ---------------------------------------------------------------- intervals and tests
 
 def t_interval(values: list[float], level: float = 0.95) -> tuple[float, float | None, int]:

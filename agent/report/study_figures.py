@@ -19,10 +19,11 @@ from agent.report.figures import (
     Drawn,
     _note,
     _save,
-    _value_text,
     panel_grid,
+    value_texts,
 )
 
+STOPPED_MARK = "*"  # a heat map cell holding a run stopped early
 KDE_POINTS = 20_000  # weights drawn (seeded) for a violin's density; its std uses them all
 
 
@@ -33,6 +34,8 @@ class HeatPanel:
     title: str  # the fixed values of this panel, e.g. "model=cnn, optimizer=adam"
     values: np.ndarray  # (rows, cols) metric, nan where no run scored
     notes: list[list[str]]  # (rows, cols) text for cells without a value ("div", "")
+    # (rows, cols) True where the cell holds a run early termination stopped (a partial value)
+    stopped: list[list[bool]] | None = None
 
 
 def heatmap_grid(panels: list[HeatPanel], row_label: str, row_values: list,
@@ -41,8 +44,12 @@ def heatmap_grid(panels: list[HeatPanel], row_label: str, row_values: list,
                  lower_is_better: bool = False) -> Drawn:
     """One annotated heat map per panel: rows x columns of the metric (viridis from `low`,
     e.g. chance, dark, to `high`, bright; reversed when `lower_is_better`, a loss: the best
-    is bright either way), each cell written; a cell without a value shows its note.
+    is bright either way), each cell written; a cell without a value shows its note; a
+    cell holding a run stopped early is written with a `*`, which the title explains.
     `flip_rows` puts the last row value on top."""
+    if any(any(map(any, p.stopped)) for p in panels if p.stopped):
+        title += (f"\n{STOPPED_MARK}: the cell holds a run stopped early (hyperband): "
+                  "its value at that epoch")
     width = max(3.0, 0.62 * len(col_values) + 1.6)
     height = max(2.6, 0.42 * len(row_values) + 1.2)
     fig, axes = panel_grid(len(panels), (width, height), (1.0, 0.6), title,
@@ -58,12 +65,14 @@ def heatmap_grid(panels: list[HeatPanel], row_label: str, row_values: list,
         ax.set_facecolor("0.85")  # cells without a value
         for (i, j), value in np.ndenumerate(panel.values):
             text = f"{value:.2f}" if np.isfinite(value) else panel.notes[i][j]
+            if panel.stopped and panel.stopped[i][j]:
+                text += STOPPED_MARK
             level = norm(value) if np.isfinite(value) else 0.0
             bright = np.isfinite(value) and (1 - level if lower_is_better else level) > 0.6
             ax.text(j, i, text, ha="center", va="center", fontsize=7,
                     color="black" if bright or not np.isfinite(value) else "white")
-        ax.set_xticks(range(len(col_values)), [_value_text(v) for v in col_values], fontsize=8)
-        ax.set_yticks(range(len(row_values)), [_value_text(v) for v in row_values], fontsize=8)
+        ax.set_xticks(range(len(col_values)), value_texts(col_values), fontsize=8)
+        ax.set_yticks(range(len(row_values)), value_texts(row_values), fontsize=8)
         if flip_rows:
             ax.invert_yaxis()  # the largest value (lr 0.1) on top, as tables list it
         ax.set_xlabel(col_label, fontsize=8)
@@ -115,12 +124,12 @@ def marginal_figure(panels: list[MarginalPanel], metric: str, chance: float | No
         if chance is not None:
             ax.axhline(chance, color="0.4", linestyle=":", linewidth=1, label="chance")
         if panel.categorical:
-            ax.set_xticks(range(len(panel.levels)), [_value_text(v) for v in panel.levels])
+            ax.set_xticks(range(len(panel.levels)), value_texts(panel.levels))
             ax.set_xlim(-0.5, len(panel.levels) - 0.5)
         elif panel.log:
             ax.set_xscale("log")
             if len(panel.levels) <= 8:  # a grid's values at their places (16 ... 1024)
-                ax.set_xticks(panel.levels, [_value_text(v) for v in panel.levels])
+                ax.set_xticks(panel.levels, value_texts(panel.levels))
                 ax.minorticks_off()
         ax.set_xlabel(panel.parameter)
         ax.set_ylabel(f"{metric}: mean, middle half", fontsize=8)
