@@ -343,3 +343,52 @@ def test_runs_stopped_early_are_marked_or_left_out_wherever_a_final_value_is_sho
     (line,) = [o for o in observations(ctx) if o.startswith("Pearson r(")]
     assert line.startswith(f"Pearson r(log10 lr, val/acc) over all runs less the 2 stopped "
                            f"early is {r_full:+.2f}"), line
+
+
+def test_a_metric_equal_in_every_run_names_no_best_setting(tmp_path, monkeypatch):
+    """lr {1e-6 .. 4e-6}, every run at val/acc 0.1319 (too small an lr to move): no setting
+    is called best, the importance table gives way to a sentence, and the best run says it
+    is one of a tie; the heat map without facets is 'one panel'."""
+    monkeypatch.chdir(tmp_path)
+    config = {"program": "agent/train.py", "method": "grid",
+              "metric": {"name": "val/acc", "goal": "maximize"},
+              "parameters": {"dataset": {"value": "digits"}, "model": {"value": "dense"},
+                             "lr": {"values": [1e-6, 2e-6, 3e-6, 4e-6]}}}
+    store = create_store(tmp_path / "data" / "sweeps" / "flat1", "flat1", "flat", config)
+    ids = []
+    for run in claim(store, "host:1", count=4).runs:
+        ids.append(run.run_id)
+        store.record_epoch(run.run_id, "host:1", 1,
+                           {"train/loss": 2.3, "val/loss": 2.3, "val/acc": 0.1319})
+        store.finish(run.run_id, "host:1", "finished",
+                     {"val/acc": 0.1319, "test/acc": 0.117, "epochs_done": 1})
+    text = document.build_report(local_study(store), tmp_path / "report").path.read_text()
+    assert "- all runs: every run (4) scores val/acc 0.1319: no setting is better than " \
+        "another." in text
+    assert "best val/acc" not in text
+    assert "`val/acc` is 0.1319 in every one of the 4 runs: no parameter explains" in text
+    assert "| lr | 0.000 |" not in text
+    assert (f"Tied with it: 3 other runs ({', '.join(ids[1:])}); the one shown is the first "
+            "of them in the sweep's order.") in text
+    assert "rows are `lr`, one panel; one run a cell" in text
+
+
+def test_a_sweep_of_one_run_still_tables_its_setting(tmp_path, monkeypatch):
+    """One run, nothing varied: the seeds section's promise ("each configuration below") is
+    kept with a table by model, the grouping agent.repeat would use; no tie is claimed."""
+    monkeypatch.chdir(tmp_path)
+    config = {"program": "agent/train.py", "method": "grid",
+              "metric": {"name": "val/acc", "goal": "maximize"},
+              "parameters": {"dataset": {"value": "digits"}, "model": {"value": "dense"},
+                             "lr": {"values": [0.01]}}}
+    store = create_store(tmp_path / "data" / "sweeps" / "solo1", "solo1", "solo", config)
+    (run,) = claim(store, "host:1", count=1).runs
+    store.record_epoch(run.run_id, "host:1", 1,
+                       {"train/loss": 1.0, "val/loss": 1.0, "val/acc": 0.8})
+    store.finish(run.run_id, "host:1", "finished",
+                 {"val/acc": 0.8, "test/acc": 0.75, "epochs_done": 1})
+    text = document.build_report(local_study(store), tmp_path / "report").path.read_text()
+    seeds = text.split("## Best configurations over seeds")[1].split("\n## ")[0]
+    assert "### By model" in seeds
+    assert f"| dense | lr=0.01 | 0.8000 (n=1) | 0.7500 (n=1) | {run.run_id} |" in seeds
+    assert "Tied with it" not in text

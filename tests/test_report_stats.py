@@ -192,3 +192,12 @@ def test_a_setting_counts_as_failing_only_by_runs_that_trained_to_their_end(stat
     assert _cut_short(low) == ("" if state == "finished" else
                                f"; stopped early (hyperband) after 1 of {low.params.epochs} "
                                "epochs")
+
+
+def test_hardest_classes_say_how_many_more_tie_with_the_last_shown():
+    classes = list("abcdefg")
+    assert stats.hardest_classes([0.0, 0.0, 0.0, 0.0, 0.0, 0.5, 1.0], classes) == [
+        "a (0.0%)", "b (0.0%)", "c (0.0%)", "and 2 more at 0.0%"]
+    assert stats.hardest_classes([0.9, 0.1, 0.2, 0.3, 0.4, 0.5, 1.0], classes) == [
+        "b (10.0%)", "c (20.0%)", "d (30.0%)"]
+    assert stats.hardest_classes([0.5, 0.5], ["a", "b"]) == ["a (50.0%)", "b (50.0%)"]

@@ -113,8 +113,9 @@ def heatmap_section(report: Report, ctx: Context) -> None:
     cells = (f"each cell is the mean of its runs (up to {most}: "
              + ("the sweep's seeds" if "seed" in ctx.swept else "runs that differ in no axis")
              + "; a cell's best single run can be higher)" if most > 1 else "one run a cell")
-    report.add(f"`{metric}` of the runs: {axes}, one panel per "
-               + (" x ".join(f"`{f}`" for f in facets) or "study") + f"; {cells}. The colour "
+    report.add(f"`{metric}` of the runs: {axes}, "
+               + ("one panel per " + " x ".join(f"`{f}`" for f in facets) if facets
+                  else "one panel") + f"; {cells}. The colour "
                f"runs from {where} to the best cell ({best:.2f}, bright); \"div\" marks a "
                "cell with a run that diverged (its last value means nothing)."
                + (f" {STOPPED_MARK} marks a cell holding a run the sweep's early termination "
@@ -196,11 +197,19 @@ def _best_per_combination(ctx: Context, categorical: list[str], numeric: list[st
     metric, out = ctx.study.metric, []
     for key in itertools.product(*(_levels(ctx.study.runs, c) for c in categorical)):
         mine = [r for r in ctx.scored if all(value(r, c) == v for c, v in zip(categorical, key))]
-        if mine:
-            name = ", ".join(f"{c}={v}" for c, v in zip(categorical, key)) or "all runs"
-            out.append(f"{name}: best {metric} {mine[0].metric(metric):.4f}"
-                       f"{stopped_text(mine[0])} at "
-                       f"{config_text(mine[0], numeric) or 'its only setting'}.")
+        if not mine:
+            continue
+        name = ", ".join(f"{c}={v}" for c, v in zip(categorical, key)) or "all runs"
+        top = mine[0].metric(metric)
+        ties = sum(1 for r in mine[1:] if r.metric(metric) == top)
+        if ties and ties == len(mine) - 1:  # one value in every run: no setting is best
+            out.append(f"{name}: every run ({len(mine)}) scores {metric} {top:.4f}: no "
+                       "setting is better than another.")
+            continue
+        out.append(f"{name}: best {metric} {top:.4f}{stopped_text(mine[0])} at "
+                   f"{config_text(mine[0], numeric) or 'its only setting'}"
+                   + (f" (tied by {ties} other run{'s' if ties != 1 else ''})" if ties else "")
+                   + ".")
     return out
 
 
@@ -343,8 +352,14 @@ def importance_section(report: Report, ctx: Context) -> None:
     rows = stats.importance(full, axes, study.metric)
     report.add("## Hyper-parameter importance", "")
     if not rows:
-        report.add("Needs at least 4 ended runs with a metric, none stopped early, and one "
+        report.add("Needs at least 4 ended runs with a metric (not stopped early) and one "
                    "varying parameter." + left_out, "")
+        return
+    values = {r.metric(study.metric) for r in full}
+    if len(values) == 1:
+        report.add(f"`{study.metric}` is {values.pop():.4f} in every one of the {len(full)} "
+                   "runs: no parameter explains any of its variation (there is none)."
+                   + left_out, "")
         return
     split = "optimizer" if "optimizer" in axes else None
     groups = _levels(study.runs, split) if split else []

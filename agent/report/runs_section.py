@@ -154,12 +154,16 @@ def training_series(ctx: Context, run: RunRecord, steps: bool) -> figures.Traini
 
 def best_run_section(report: Report, ctx: Context) -> None:
     study, top = ctx.study, ctx.scored[0]
+    tied = [r.id for r in ctx.scored[1:] if r.metric(study.metric) == top.metric(study.metric)]
     report.add(f"## The best run: {top.id}", "",
                f"{study.metric} = {fmt(top.metric(study.metric))}{stopped_text(top)}, "
                "test/acc = "
                f"{fmt(top.metric('test/acc'))}; configuration: "
                f"{config_text(top, ctx.swept)}. One run of one seed: the intervals over "
-               "seeds are in the section on seeds above.", "")
+               "seeds are in the section on seeds above."
+               + (f" Tied with it: {len(tied)} other run{'s' if len(tied) != 1 else ''} "
+                  f"({', '.join(tied[:5])}{', ...' if len(tied) > 5 else ''}); the one shown "
+                  "is the first of them in the sweep's order." if tied else ""), "")
     classes = ctx.data.classes if ctx.data else None
     confusion = top.run_dir / "confusion.json" if top.run_dir else None
     if confusion is not None and confusion.exists():

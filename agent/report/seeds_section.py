@@ -138,7 +138,8 @@ def group_parameters(ctx: Context) -> list[str]:
              if by in ctx.swept or len({str(r.params.get(by)) for r in study.runs}) > 1]
     names += [name for name in ctx.swept if name not in names and name != "seed"
               and varied.get(name) is not None and 1 < len(varied[name]) <= MAX_GROUP_VALUES]
-    return names[:MAX_GROUP_TABLES]
+    # nothing to group by (one run, one value each): the groups agent.repeat would form
+    return names[:MAX_GROUP_TABLES] or [stats.default_by(study)]
 
 
 def _shown(ctx: Context) -> list[str]:

@@ -320,5 +320,12 @@ def importance(runs: list[RunRecord], parameters: list[str], metric: str,
 
 
 def hardest_classes(accuracies: list[float], classes: list[str], count: int = 3) -> list[str]:
+    """The `count` classes of lowest accuracy, 'name (12.5%)', lowest first; when more
+    classes tie with the last one shown, a last entry says how many (no tied class is picked
+    over another unsaid)."""
     order = sorted(range(len(classes)), key=lambda i: accuracies[i])
-    return [f"{classes[i]} ({accuracies[i]:.1%})" for i in order[:count]]
+    shown = [f"{classes[i]} ({accuracies[i]:.1%})" for i in order[:count]]
+    if order[count:] and accuracies[order[count]] == accuracies[order[count - 1]]:
+        tied = sum(1 for i in order[count:] if accuracies[i] == accuracies[order[count - 1]])
+        shown.append(f"and {tied} more at {accuracies[order[count - 1]]:.1%}")
+    return shown
