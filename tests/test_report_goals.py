@@ -327,6 +327,8 @@ def test_runs_stopped_early_are_marked_or_left_out_wherever_a_final_value_is_sho
     assert "* marks a cell holding a run the sweep's early termination (hyperband) stopped " \
         "(2 runs in all)" in text
 
+    by_dropout = text.split("### By dropout")[1].split("\n### ")[0]
+    assert "\n| 0 | " in by_dropout and "\n| 0.0 | " not in by_dropout  # as other tables
     full = [r for r in study.runs if r.id not in stopped]
     assert ("Left out: 2 runs the sweep's early termination (hyperband) stopped, whose value "
             "is from the epoch each stopped at, not a final one.") in text

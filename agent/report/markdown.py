@@ -102,6 +102,11 @@ def stopped_text(run: RunRecord) -> str:
     return f" (stopped early at epoch {done} of {run.params.epochs})"
 
 
+def fmt_value(run: RunRecord, name: str) -> str:
+    """The run's value of `name` as tables write it (0.001, 0, dense)."""
+    return config_text(run, [name]).split("=", 1)[1]
+
+
 def config_text(run: RunRecord, names: list[str], sep: str = ", ") -> str:
     """`model=cnn, lr=0.001`: the run's values of `names` (numbers in short form)."""
     return sep.join(f"{n}={short_number(run.config.get(n, run.params.get(n)))}" for n in names)

@@ -8,7 +8,14 @@ import json
 
 from agent.report import figures, stats
 from agent.report.curves import tensorboard_scalars
-from agent.report.markdown import Context, Report, config_text, fmt, stopped_text
+from agent.report.markdown import (
+    Context,
+    Report,
+    config_text,
+    fmt,
+    fmt_value,
+    stopped_text,
+)
 from agent.report.study import RunRecord
 
 GROUP_TITLES = {stats.DIVERGED: "diverged", stats.STUCK: "stuck at chance",
@@ -95,10 +102,6 @@ def _cut_short(run: RunRecord) -> str:
         return ""
     done = run.summary.get("epochs_done", len(run.history))
     return f"; stopped early (hyperband) after {done} of {run.params.epochs} epochs"
-
-
-def fmt_value(run: RunRecord, name: str) -> str:
-    return config_text(run, [name]).split("=", 1)[1]
 
 
 def group_figure(ctx: Context, group: str, runs: list[RunRecord]) -> figures.Drawn:

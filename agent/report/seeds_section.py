@@ -12,7 +12,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from agent.report import stats
-from agent.report.markdown import Context, Report, ci_text, config_text, fmt
+from agent.report.markdown import Context, Report, ci_text, config_text, fmt, fmt_value
 from agent.report.study import RunRecord, Study, repeats_of
 from agent.report.study_figures import SeedRow, seed_figure
 from agent.sweep_space import swept_parameters
@@ -198,8 +198,8 @@ def by_table(report: Report, ctx: Context, by: str, repeated: dict[str, Repeated
     if with_seeds:
         samples = {s.key: repeated[s.key].values(metric) for _, s in with_seeds}
         leader, adjusted = stats.supported_best(samples, study.goal, ALPHA)
-        rows = [_repeated_row(ctx, group, repeated[s.key], others, s.key == leader)
-                for group, s in with_seeds]
+        rows = [_repeated_row(ctx, fmt_value(s.best, by), repeated[s.key], others,
+                              s.key == leader) for _, s in with_seeds]
         report.table([by, "configuration", f"{metric} over fresh seeds", f"{metric} per seed",
                       "test/acc over fresh seeds", "sweep", "repeat sweep"], rows)
         names = {s.key: config_text(s.best, _shown(ctx)) for _, s in with_seeds}
@@ -211,7 +211,8 @@ def by_table(report: Report, ctx: Context, by: str, repeated: dict[str, Repeated
                       "them, so these means are optimistic" if several else
                       f"n = 1, {metric} and test/acc of the sweep's one run") + ":", "")
         report.table([by, "configuration", metric, "test/acc", "runs"], [
-            [group, config_text(s.best, others) or "–", ci_text(s.values(metric), ctx.level),
+            [fmt_value(s.best, by), config_text(s.best, others) or "–",
+             ci_text(s.values(metric), ctx.level),
              ci_text(s.values("test/acc"), ctx.level) if s.values("test/acc") else "–",
              " ".join(r.id for r in s.runs) + _stopped_note(s.runs)] for group, s in single])
     if ctx.base is not None:
