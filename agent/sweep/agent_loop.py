@@ -512,9 +512,8 @@ def run_wandb_agent(sweep_path: str, count: int | None, project: str | None,
     from agent.sweep.wandb_agent import run_wandb_sweep
 
     signalled = []
-    signal.signal(signal.SIGTERM, lambda number, frame: signalled.append(number))
-    if pack != 1:  # W&B's own agent leaves Ctrl-C to Python; a pack preempts on it
-        signal.signal(signal.SIGINT, lambda number, frame: signalled.append(number))
+    for number in (signal.SIGTERM, signal.SIGINT):  # the trial preempts at its next step
+        signal.signal(number, lambda number, frame: signalled.append(number))
     return run_wandb_sweep(sweep_path, count, project, interrupted=lambda: bool(signalled),
                            pack=pack)
 

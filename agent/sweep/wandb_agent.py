@@ -1,7 +1,8 @@
-"""Agents on a W&B sweep: the function we give `wandb.agent` (W&B's Python agent,
-wandb/agents/pyagent.py, calls it once per run with the run's variables and parameter file in
-the environment). It reads the run's W&B config at this edge, builds our trainer's plain config
-as `wandb agent` would build its command line, starts the W&B run and calls train().
+"""Agents on a W&B sweep, at the edge where W&B's values become our trainer's config: a run's
+parameters as W&B's agents hand them (the parameter file `wandb agent` writes for a process it
+starts, or a heartbeat's `run` command), expanded with the sweep's command as `wandb agent`
+would build its command line and read by our trainer's parser. `run_wandb_sweep` starts the
+agent that trains them in this process (agent/sweep/wandb_pack.py).
 """
 
 from __future__ import annotations
@@ -63,47 +64,6 @@ def run_config(sweep_config: dict | None, values: dict, *, sweep_id: str, run_id
     return with_wandb_sink(validate(raw))
 
 
-def trial_config(sweep_config: dict | None, environ: dict | None = None) -> RunConfig:
-    """The plain config of the run W&B's agent started in this process (run_config of the
-    run its variables name)."""
-    environ = os.environ if environ is None else environ
-    return run_config(sweep_config, agent_run_values(environ),
-                      sweep_id=environ["WANDB_SWEEP_ID"], run_id=environ["WANDB_RUN_ID"],
-                      wandb_dir=environ.get("WANDB_DIR") or os.getcwd())
-
-
-def trial_function(sweep_config: dict | None, outcomes: list[str],
-                   interrupted: Callable[[], bool]) -> Callable[[], None]:
-    """What we give wandb.agent(function=...): one call trains the run W&B proposed.
-
-    The W&B run is started here, with the config's group and name, so the wandb sink adopts
-    it rather than starting its own. Each outcome (finished, preempted, failed) is appended to
-    `outcomes`; exceptions go on to W&B's agent, which marks the run failed.
-    """
-    def one_run() -> None:
-        import wandb
-
-        from agent.trial.loop import Preempted, TrialHooks, train
-        from agent.trial.sinks.wandb_sink import chosen_mode
-
-        try:
-            config = trial_config(sweep_config)
-            wandb.init(group=config.group, name=config.run_name or config.run_id,
-                       config=dict(config), mode=chosen_mode(),
-                       settings=wandb.Settings(silent=True, console="off"),
-                       dir=os.environ.get("WANDB_DIR") or os.getcwd())
-            train(config, TrialHooks(interrupted=interrupted))
-        except Preempted:
-            outcomes.append("preempted")  # the sink marked it preempting: W&B re-queues it
-            return
-        except BaseException:
-            outcomes.append("failed")
-            raise
-        outcomes.append("finished")
-
-    return one_run
-
-
 def fetch_sweep_config(sweep_path: str) -> dict:
     """The sweep's config from W&B's server (needs network and credentials)."""
     import wandb
@@ -115,11 +75,19 @@ def fetch_sweep_config(sweep_path: str) -> dict:
 def run_wandb_sweep(sweep_path: str, count: int | None, project: str | None,
                     interrupted: Callable[[], bool], sweep_config: dict | None = None,
                     pack: int | None = 1) -> int:
-    """Agents on a W&B sweep: our trainer in-process through wandb.agent(function=...), or,
-    when the sweep's command runs another program, W&B's own command-line agent (what
-    `wandb agent` runs); with `pack` > 1 (None: --pack auto), that many of W&B's agents in
-    this process, their runs trained as packs (agent/sweep/wandb_pack.py). Returns 1 when
-    every run failed, else 0."""
+    """Agents on a W&B sweep: our trainer in this process, `pack` runs a trial (None: --pack
+    auto; 1: each run alone), as agent/sweep/wandb_pack.py's agent, which registers one of
+    W&B's agents per member and beats for each; or, when the sweep's command runs another
+    program, W&B's own command-line agent (what `wandb agent` runs). Returns 1 when every run
+    failed, else 0.
+
+    Not `wandb.agent(function=...)` for our trainer: W&B's Python agent (wandb 0.31) leaves a
+    SIGTERM between runs unanswered (its loop waits for the server's next command; a
+    cluster's walltime signal went unheard until SIGKILL), takes the next run after one that
+    SIGTERM preempted, ends a run the sweep stops by raising inside its thread, and tears
+    wandb down before every run, which printed a traceback per run from wandb's finalizer
+    thread (AlreadyJoinedError). The agent here answers a signal at once, ends a stopped run
+    at its epoch's end and keeps one wandb session."""
     import wandb
 
     parts = sweep_path.split("/")
@@ -133,18 +101,12 @@ def run_wandb_sweep(sweep_path: str, count: int | None, project: str | None,
                   "another program (W&B's agent runs it, one process a run)", file=sys.stderr)
         wandb.agent(parts[-1], entity=entity, project=project, count=count)
         return 0
-    outcomes: list[str] = []
-    if pack != 1:
-        from agent.sweep.wandb_pack import PackedWandbAgent
+    from agent.sweep.wandb_pack import PackedWandbAgent
 
-        agent = PackedWandbAgent(wandb.Api(), parts[-1], entity, project, sweep_config, pack,
-                                 count, interrupted)
-        agent.run()
-        outcomes = agent.outcomes
-    else:
-        wandb.agent(parts[-1], function=trial_function(sweep_config, outcomes, interrupted),
-                    entity=entity, project=project, count=count)
-    if outcomes and all(outcome == "failed" for outcome in outcomes):
-        print(f"agent: all {len(outcomes)} runs failed", file=sys.stderr)
+    agent = PackedWandbAgent(wandb.Api(), parts[-1], entity, project, sweep_config, pack,
+                             count, interrupted)
+    agent.run()
+    if agent.outcomes and all(outcome == "failed" for outcome in agent.outcomes):
+        print(f"agent: all {len(agent.outcomes)} runs failed", file=sys.stderr)
         return 1
     return 0

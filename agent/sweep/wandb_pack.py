@@ -1,5 +1,6 @@
-"""Packed trials on a W&B sweep: K of W&B's agents in one process, their runs trained as one
-packed model (`./run_sweep.sh entity/project/sweep-id --pack K`).
+"""Our agent on a W&B sweep: K of W&B's agents in one process, their runs trained as one
+packed model (`./run_sweep.sh entity/project/sweep-id --pack K`; without --pack, K = 1: each
+run alone, the same agent).
 
 W&B's agent protocol hands each agent one run at a time: an agent registers with the sweep
 (`_register_agent`), then beats (`_agent_heartbeat`) with the runs it has alive, and the

@@ -1,21 +1,18 @@
-"""The online path without a server: our agent on a W&B sweep runs inside W&B's own Python agent
-(wandb.agent -> wandb/agents/pyagent.py), which calls our function with the run's variables and
-parameter file exactly as it does on W&B. Only the server's answers are scripted: registering
-the agent and the heartbeat that hands out runs. Runs are offline W&B runs, read back."""
+"""The online path without a server: our agent on a W&B sweep, one run at a time (no --pack),
+registers with W&B's agent calls (wandb.apis.public.sweeps._register_agent / _agent_heartbeat,
+the two W&B's own agents make) and trains each run it is handed as its own offline W&B run,
+read back. Only the server's answers are scripted: registering the agent and the heartbeat
+that hands out runs (tests/test_wandb_loopback.py has a server on loopback instead)."""
 
 from __future__ import annotations
 
 import json
-import warnings
 
 import pytest
 
+from agent.sweep import wandb_pack
 from agent.sweep.wandb_agent import run_wandb_sweep
 from conftest import closed_offline_runs, script_wandb_server
-
-with warnings.catch_warnings():
-    warnings.simplefilter("ignore")
-    from wandb.agents import pyagent
 
 
 class ScriptedServer:
@@ -29,9 +26,7 @@ class ScriptedServer:
 
     def install(self, monkeypatch):
         script_wandb_server(monkeypatch, self.register, self.heartbeat)
-        monkeypatch.setattr(pyagent.Agent, "HEARTBEAT_SLEEP_SECONDS", 0.1)
-        for name in ("WANDB_PROJECT", "WANDB_ENTITY"):  # W&B's agent exports the sweep's;
-            monkeypatch.setenv(name, "")  # recorded here, so they are gone after the test
+        monkeypatch.setattr(wandb_pack, "HEARTBEAT_S", 0.1)
 
     def register(self, api, host, *, sweep_id, project=None, entity=None):
         self.registered.append((sweep_id, project, entity))
@@ -53,7 +48,7 @@ def sweep_config(**parameters) -> dict:
 
 @pytest.mark.e2e
 @pytest.mark.timeout(300)
-def test_wandb_python_agent_calls_our_function_with_the_proposal(workdir, monkeypatch):
+def test_our_agent_trains_the_run_a_wandb_sweep_hands_it(workdir, monkeypatch):
     proposal = {"model": "dense", "hidden": 32, "lr": 0.02, "batch_size": 64,
                 "batch_norm": False, "augment": False, "train_subset": 512,
                 "run_name": "named-by-sweep", "group": "group-by-sweep",

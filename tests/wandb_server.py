@@ -1,0 +1,241 @@
+"""A W&B server on loopback, for the online path's end-to-end tests: what `wandb` (the
+client and its wandb-core service) asks of api.wandb.ai when an agent serves a sweep and its
+runs log online, answered from memory over real HTTP.
+
+It answers the GraphQL operations seen on the wire (wandb 0.31): Viewer, GetDefaultEntity,
+GetSweep (the sweep's config as the YAML text the server keeps), CreateAgent, Heartbeat
+(hands the sweep's proposals to agents, as W&B's scheduler does), UpsertBucket (a run's
+config, group and sweep), CreateRunFiles (upload URLs on this server) and the organization
+query; and a run's file stream (`/files/<entity>/<project>/<run>/file_stream`: history lines,
+summary, exit code) and file uploads (PUT). Anything else is recorded in `unknown`, so a test
+sees what a newer wandb asks that this server does not answer.
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+from dataclasses import dataclass, field
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+import yaml
+
+
+@dataclass
+class ServedRun:
+    """One run as the server knows it: its upserted fields and what its file stream sent."""
+    name: str
+    agent: str = ""
+    upserts: list[dict] = field(default_factory=list)  # each UpsertBucket's variables
+    history: list[dict] = field(default_factory=list)  # wandb-history.jsonl rows, in order
+    summary: dict = field(default_factory=dict)  # the last wandb-summary.json sent
+    exit_code: int | None = None  # from the stream's `complete` message
+    preempting: bool = False  # the stream said the run is preempted (wandb.mark_preempting)
+    uploads: dict[str, bytes] = field(default_factory=dict)  # file name -> bytes PUT
+
+    @property
+    def config(self) -> dict:
+        """{name: value} of the run's config, as its last upsert with a config sent it."""
+        for upsert in reversed(self.upserts):
+            if upsert.get("config"):
+                return {k: v["value"] for k, v in json.loads(upsert["config"]).items()
+                        if isinstance(v, dict) and "value" in v}
+        return {}
+
+    def upserted(self, key: str):
+        """The last non-empty value of an UpsertBucket variable (`sweep`, `groupName`, ...)."""
+        values = [u.get(key) for u in self.upserts if u.get(key)]
+        return values[-1] if values else None
+
+
+class LoopbackWandb:
+    """`with LoopbackWandb(sweep_config, proposals) as server:` serves one sweep,
+    `entity/project/sweep_id`, at `server.url` (give it to the client as WANDB_BASE_URL).
+
+    Each agent that has no run outstanding (handed out and neither completed on its file
+    stream nor reported dead in a heartbeat) gets the next proposal as a `run` command; once
+    the proposals are gone and its runs are done, `exit` (with `hold`, nothing: the agent
+    waits, as for a bayes sweep's next proposal)."""
+
+    def __init__(self, sweep_config: dict, proposals: list[dict], *, entity: str = "team",
+                 project: str = "study", sweep_id: str = "sw001", hold: bool = False):
+        self.sweep_yaml = yaml.safe_dump(sweep_config, sort_keys=False)
+        self.entity, self.project, self.sweep_id = entity, project, sweep_id
+        self.proposals = [(f"wbrun{i:03d}", params) for i, params in enumerate(proposals)]
+        self.hold = hold  # once the proposals are gone: no command (agents wait), not exit
+        self.agents: list[dict] = []  # CreateAgent's variables, one per agent
+        self.runs: dict[str, ServedRun] = {}
+        self.heartbeats: list[tuple[str, dict]] = []  # (agent id, runState)
+        self.unknown: list[str] = []
+        self.artifacts: list[dict] = []  # CreateArtifact inputs
+        self.committed: list[str] = []  # artifact ids committed
+        self.artifact_files: dict[str, bytes] = {}  # <artifact id>/<name> -> bytes PUT
+        self.lock = threading.Lock()
+        self._http = ThreadingHTTPServer(("127.0.0.1", 0), self._handler())
+        self.url = f"http://127.0.0.1:{self._http.server_address[1]}"
+        self._thread = threading.Thread(target=self._http.serve_forever, daemon=True)
+
+    def __enter__(self) -> LoopbackWandb:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._http.shutdown()
+        self._http.server_close()
+
+    @property
+    def path(self) -> str:
+        return f"{self.entity}/{self.project}/{self.sweep_id}"
+
+    # -- GraphQL ---------------------------------------------------------------------------
+
+    def graphql(self, query: str, variables: dict) -> dict:
+        if "createAgent" in query:
+            with self.lock:
+                agent_id = f"agent{len(self.agents):03d}"
+                self.agents.append({**variables, "id": agent_id})
+            return {"createAgent": {"agent": {"id": agent_id}}}
+        if "agentHeartbeat" in query:
+            return {"agentHeartbeat": {"agent": {"id": variables["id"]}, "commands": json.dumps(
+                self._commands(variables["id"], json.loads(variables.get("runState") or "{}")))}}
+        if "upsertBucket" in query:
+            return {"upsertBucket": self._upsert(variables)}
+        if "createRunFiles" in query:
+            run = variables["run"]
+            return {"createRunFiles": {"runID": run, "uploadHeaders": [], "files": [
+                {"name": name, "uploadUrl": f"{self.url}/upload/{run}/{name}"}
+                for name in variables["files"]]}}
+        if "GetSweep" in query:
+            if variables.get("name") != self.sweep_id:
+                return {"project": None}
+            return {"project": {"sweep": {
+                "id": "U3dlZXA6MQ==", "name": self.sweep_id, "displayName": self.sweep_id,
+                "state": "RUNNING", "bestLoss": None, "config": self.sweep_yaml,
+                "createdAt": "2026-11-30T00:00:00", "updatedAt": None, "runCount": 0,
+                "runCountExpected": None,
+                "runs": {"edges": [], "pageInfo": {"hasNextPage": False, "endCursor": None}}}}}
+        if "viewer" in query:
+            return {"viewer": {"id": "VXNlcjox", "entity": self.entity, "username": "student",
+                               "email": None, "flags": "{}", "teams": {"edges": []}}}
+        if "query ArtifactType" in query:  # asked before a table is logged: none yet
+            return {"project": None}
+        if "ServerFeaturesQuery" in query:
+            return {"serverInfo": {"features": []}}
+        if "createArtifact(" in query:  # a logged table is saved as an artifact
+            with self.lock:
+                self.artifacts.append(variables["input"])
+                artifact_id = f"artifact{len(self.artifacts):03d}"
+            return {"createArtifact": {"artifact": {
+                "id": artifact_id, "state": "PENDING",
+                "artifactSequence": {"latestArtifact": None}}}}
+        if "createArtifactManifest(" in query:
+            name = f"{variables['artifactID']}/{variables['name']}"
+            return {"createArtifactManifest": {"artifactManifest": {
+                "id": f"manifest-{variables['artifactID']}",
+                "file": {"id": name, "uploadUrl": f"{self.url}/artifacts/{name}",
+                         "uploadHeaders": []}}}}
+        if "createArtifactFiles(" in query:
+            edges = []
+            for file in variables["input"]["artifactFiles"]:
+                path = f"{file['artifactID']}/{file['name']}"
+                edges.append({"node": {
+                    "storagePath": path, "uploadUrl": f"{self.url}/artifacts/{path}",
+                    "uploadHeaders": [], "uploadMultipartUrls": None,
+                    "artifact": {"id": file["artifactID"]}}})
+            return {"createArtifactFiles": {"files": {"edges": edges}}}
+        if "commitArtifact(" in query:
+            with self.lock:
+                self.committed.append(variables["artifactID"])
+            return {"commitArtifact": {"artifact": {"id": variables["artifactID"],
+                                                    "digest": ""}}}
+        if "coreWeaveOrganizationId" in query:
+            return {"entity": {"organization": None}}
+        with self.lock:
+            self.unknown.append(query.strip().splitlines()[0])
+        return {}
+
+    def _commands(self, agent_id: str, run_state: dict) -> list[dict]:
+        with self.lock:
+            self.heartbeats.append((agent_id, run_state))
+            outstanding = [r for r in self.runs.values() if r.agent == agent_id
+                           and r.exit_code is None and run_state.get(r.name, True)]
+            if outstanding:
+                return []
+            if not self.proposals:
+                return [] if self.hold else [{"type": "exit"}]
+            run_id, params = self.proposals.pop(0)
+            self.runs[run_id] = ServedRun(run_id, agent=agent_id)
+            return [{"type": "run", "run_id": run_id,
+                     "args": {k: {"value": v} for k, v in params.items()}}]
+
+    def _upsert(self, variables: dict) -> dict:
+        with self.lock:
+            run = self.runs.setdefault(variables["name"], ServedRun(variables["name"]))
+            run.upserts.append(variables)
+        return {"inserted": len(run.upserts) == 1, "bucket": {
+            "id": f"UnVuOnt{run.name}", "name": run.name,
+            "displayName": variables.get("displayName") or run.name,
+            "description": None, "config": variables.get("config") or "{}",
+            "sweepName": variables.get("sweep"), "historyLineCount": 0,
+            "project": {"id": "UHJvamVjdDox", "name": self.project,
+                        "entity": {"id": "RW50aXR5OjE=", "name": self.entity}}}}
+
+    # -- the file stream and uploads -------------------------------------------------------
+
+    def file_stream(self, run_name: str, message: dict) -> None:
+        with self.lock:
+            run = self.runs.setdefault(run_name, ServedRun(run_name))
+            files = message.get("files") or {}
+            for line in (files.get("wandb-history.jsonl") or {}).get("content", []):
+                run.history.append(json.loads(line))
+            for line in (files.get("wandb-summary.json") or {}).get("content", []):
+                run.summary = json.loads(line)
+            if message.get("preempting"):
+                run.preempting = True
+            if message.get("complete"):
+                run.exit_code = message.get("exitcode")
+
+    def _handler(self):
+        server = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def _reply(self, body: dict) -> None:
+                out = json.dumps(body).encode()
+                self.send_response(200)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(out)))
+                self.end_headers()
+                self.wfile.write(out)
+
+            def _body(self) -> bytes:
+                return self.rfile.read(int(self.headers.get("Content-Length") or 0))
+
+            def do_POST(self):  # noqa: N802 (http.server's naming)
+                body = self._body()
+                parts = self.path.strip("/").split("/")
+                if self.path == "/graphql":
+                    request = json.loads(body)
+                    self._reply({"data": server.graphql(request["query"],
+                                                        request.get("variables") or {})})
+                elif len(parts) == 5 and parts[0] == "files" and parts[4] == "file_stream":
+                    server.file_stream(parts[3], json.loads(body))
+                    self._reply({})
+                else:  # wandb-core's own telemetry (/sdk/otel/...): accepted, not kept
+                    self._reply({})
+
+            def do_PUT(self):  # noqa: N802
+                body = self._body()
+                parts = self.path.strip("/").split("/", 2)
+                if parts[0] == "artifacts":
+                    with server.lock:
+                        server.artifact_files[self.path.strip("/").split("/", 1)[1]] = body
+                elif len(parts) == 3 and parts[0] == "upload":
+                    with server.lock:
+                        server.runs.setdefault(parts[1], ServedRun(parts[1])) \
+                            .uploads[parts[2]] = body
+                self._reply({})
+
+            def log_message(self, *args):  # quiet
+                pass
+
+        return Handler
