@@ -22,7 +22,7 @@ import pytest
 
 from agent.cluster.jobs import JobSpec
 from agent.cluster.schedulers import IMAGE_PYTHON, SCHEDULERS
-from agent.sweep.store import SweepStore, create_store
+from agent.sweep.store import Run, SweepStore, create_store
 from conftest import ROOT, subprocess_env
 
 FAKE_ID = "4242.pbs-test"
@@ -34,13 +34,26 @@ def aux(tmp_path_factory) -> Path:
     return tmp_path_factory.mktemp("aux")
 
 
-def make_sweep(workdir: Path, sweep_id: str, parameters: dict) -> SweepStore:
+def make_sweep(workdir: Path, sweep_id: str, parameters: dict) -> Path:
+    """The new sweep's store file, closed: a PBS job merges into it with an exclusive lock,
+    which waits for every other connection to close."""
     # data_dir is relative, so that the job's trials use the copy in scratch
     config = {"program": "agent/train.py", "method": "grid",
               "metric": {"name": "val/acc", "goal": "maximize"},
               "parameters": {"dataset": {"value": "digits"}, "model": {"value": "dense"},
                              **parameters}}
-    return create_store(workdir / "data" / "sweeps" / sweep_id, sweep_id, sweep_id, config)
+    store = create_store(workdir / "data" / "sweeps" / sweep_id, sweep_id, sweep_id, config)
+    store.close()
+    return store.path
+
+
+def stored_runs(path: Path) -> list[Run]:
+    """The runs of the store at `path`, read and closed again (see make_sweep)."""
+    store = SweepStore(path, read_only=True)
+    try:
+        return store.runs()
+    finally:
+        store.close()
 
 
 def fake_scheduler_bin(tmp_path: Path, command: str = "qsub") -> Path:
@@ -72,12 +85,14 @@ def submit_pbs(workdir: Path, aux: Path, sweep: str, *options: str) -> Path:
     return script
 
 
-def pbs_job(workdir: Path, aux: Path, script: Path) -> subprocess.Popen:
+def pbs_job(workdir: Path, aux: Path, script: Path, scratch: str = "scratch",
+            **extra: str) -> subprocess.Popen:
     """The job as PBS starts it: plain bash, in $HOME, with PBS's variables and no W&B dir
-    (so that offline runs go to scratch and have to be copied back)."""
-    (aux / "scratch").mkdir(exist_ok=True)
-    env = subprocess_env(PBS_O_WORKDIR=str(workdir), SCRATCHDIR=str(aux / "scratch"),
-                         PBS_JOBID=FAKE_ID, PBS_JOBNAME="sweep", OMP_NUM_THREADS="1")
+    (so that offline runs go to scratch and have to be copied back); each job its own
+    $SCRATCHDIR (aux/`scratch`)."""
+    (aux / scratch).mkdir(exist_ok=True)
+    env = subprocess_env(PBS_O_WORKDIR=str(workdir), SCRATCHDIR=str(aux / scratch),
+                         PBS_JOBID=FAKE_ID, PBS_JOBNAME="sweep", OMP_NUM_THREADS="1", **extra)
     env.pop("WANDB_DIR", None)
     home = aux / "home"
     home.mkdir(exist_ok=True)
@@ -120,7 +135,7 @@ def test_pbs_job_runs_a_local_sweep_in_scratch_and_copies_everything_back(workdi
     job = pbs_job(workdir, aux, script)
     out, err = job.communicate(timeout=180)
     assert job.returncode == 0, err[-3000:]
-    runs = SweepStore(workdir / "data" / "sweeps" / "tiny" / "sweep.db").runs()
+    runs = stored_runs(workdir / "data" / "sweeps" / "tiny" / "sweep.db")
     assert [r.state for r in runs] == ["finished", "finished"]
     assert sorted(r.config["lr"] for r in runs) == [0.05, 0.1]
     for run in runs:  # every result is back in the submit directory
@@ -149,7 +164,7 @@ def test_pbs_job_stopped_at_walltime_or_by_sigterm_leaves_a_run_the_next_job_res
     out, err = first.communicate(timeout=90)
     assert first.returncode == 0, err[-3000:]
     assert "agents stopped 3 s before the walltime" in err
-    (run,) = SweepStore(store_path).runs()
+    (run,) = stored_runs(store_path)
     assert run.state == "preempted" and 1 <= run.epoch < 2000, (run.state, err[-2000:])
     assert (workdir / "data" / "runs" / run.id / "checkpoint.pt").is_file()
     assert list(scratch.iterdir()) == []
@@ -160,11 +175,82 @@ def test_pbs_job_stopped_at_walltime_or_by_sigterm_leaves_a_run_the_next_job_res
     second.send_signal(signal.SIGTERM)  # to the job shell only: it passes it on
     out, err = second.communicate(timeout=60)
     assert second.returncode == 0, err[-3000:]
-    (resumed,) = SweepStore(store_path).runs()
+    (resumed,) = stored_runs(store_path)
     assert resumed.id == run.id and resumed.state == "preempted"
     assert resumed.epoch > run.epoch
     assert [h["epoch"] for h in resumed.history] == list(range(1, resumed.epoch + 1))
     assert list(scratch.iterdir()) == []
+
+
+def slow_cp(aux: Path) -> str:
+    """A PATH whose `cp` takes a minute before copying: the job's copy-back of logs and
+    offline runs as slow as to a busy network file system, longer than PBS's grace."""
+    bin_dir = aux / "slow-bin"
+    bin_dir.mkdir()
+    (bin_dir / "cp").write_text(f'#!/bin/sh\nsleep 60\nexec {shutil.which("cp")} "$@"\n')
+    (bin_dir / "cp").chmod(0o755)
+    return f"{bin_dir}:{os.environ['PATH']}"
+
+
+@pytest.mark.e2e
+@pytest.mark.slow
+@pytest.mark.timeout(300)
+def test_a_pbs_job_killed_within_its_grace_keeps_every_run_it_ended(workdir, aux):
+    """qdel as PBS does it: SIGTERM to every process of the job, SIGKILL 5 s later (PBS's
+    kill_delay is 10 s). The copy-back of logs does not finish; the store does not wait for
+    it: every run the job started is in the sweep's store, finished, or preempted for the
+    one in progress. Runs ended before are in it while the job still runs."""
+    store_path = make_sweep(workdir, "killed", {
+        "hidden": {"value": 32}, "epochs": {"value": 3}, "sinks": {"value": ["tensorboard"]},
+        "seed": {"values": list(range(1000))}})
+    script = submit_pbs(workdir, aux, "killed", "--walltime", "1:00:00")
+    job = pbs_job(workdir, aux, script, PATH=slow_cp(aux))
+    # merged every 30 s while the job runs
+    wait_for(lambda: any(r.state == "finished" for r in stored_runs(store_path)), 150,
+             "a finished run merged into the sweep's store")
+    assert job.poll() is None
+    os.killpg(job.pid, signal.SIGTERM)
+    time.sleep(5)
+    os.killpg(job.pid, signal.SIGKILL)
+    job.communicate(timeout=30)
+    started = {p.name for p in (aux / "scratch" / "sweep-job" / "data" / "logs" /
+                                "killed-killed").iterdir()}  # never copied back
+    runs = {r.id: r for r in stored_runs(store_path)}
+    assert started <= set(runs) and 1 < len(runs) < 1000  # killed mid-sweep
+    # at most the run in progress is preempted (one claimed at the kill may have no logs yet)
+    preempted = [r.id for r in runs.values() if r.state != "finished"]
+    assert len(preempted) <= 1 and set(runs) - started <= set(preempted)
+    assert all(runs[run_id].state == "preempted" for run_id in preempted)
+    for run in runs.values():
+        assert [h["epoch"] for h in run.history] == list(range(1, run.epoch + 1))
+    with sqlite3.connect(store_path) as db:
+        assert db.execute("PRAGMA integrity_check").fetchone() == ("ok",)
+
+
+@pytest.mark.e2e
+@pytest.mark.slow
+@pytest.mark.timeout(300)
+def test_two_pbs_jobs_on_one_local_sweep_keep_each_others_runs(workdir, aux):
+    """A second --pbs 1 on a local sweep queued while the first runs: both work on copies
+    of the same store; whichever ends last, the store has every run of both."""
+    store_path = make_sweep(workdir, "twice", {"hidden": {"value": 32}, "epochs": {"value": 3},
+                                               "sinks": {"value": []},
+                                               "lr": {"values": [0.05, 0.1, 0.2]}})
+    scripts = [submit_pbs(workdir, aux, "twice", "--walltime", "1:00:00") for _ in range(2)]
+    first = pbs_job(workdir, aux, scripts[0], scratch="scratch-1")
+    wait_for(lambda: (aux / "scratch-1" / "sweep-job" / "sweep-base.db").exists(), 60,
+             "the first job's copy of the store")
+    second = pbs_job(workdir, aux, scripts[1], scratch="scratch-2")
+    for job in (first, second):
+        out, err = job.communicate(timeout=240)
+        assert job.returncode == 0, err[-3000:]
+        assert "ended run(s) of this job merged" in out
+    runs = stored_runs(store_path)
+    owners = {r.owner for r in runs}
+    assert len(runs) == 6 and len(owners) == 2 and all(r.state == "finished" for r in runs)
+    for owner in owners:  # each job ran the whole grid on its copy
+        assert sorted(r.config["lr"] for r in runs if r.owner == owner) == [0.05, 0.1, 0.2]
+    assert sorted(r.seq for r in runs) == list(range(1, 7))
 
 
 @pytest.mark.e2e
@@ -317,7 +403,7 @@ def test_slurm_task_on_another_node_than_its_local_sweep_leaves_saying_why(
     task = subprocess.run(["bash", str(script)], cwd=aux, timeout=120, capture_output=True,
                           text=True, env=subprocess_env(
                               PATH=f"{bin_dir}:{os.environ['PATH']}", OMP_NUM_THREADS="1"))
-    runs = SweepStore(workdir / "data" / "sweeps" / "onenode" / "sweep.db").runs()
+    runs = stored_runs(workdir / "data" / "sweeps" / "onenode" / "sweep.db")
     if leaves:
         assert task.returncode == 3
         assert "runs on another-node (job 9001)" in task.stderr and "W&B sweep" in task.stderr
@@ -440,9 +526,20 @@ def test_every_template_variant_hands_its_values_over_exactly(tmp_path, variant)
     job = subprocess.run(["bash", str(script)], cwd=tmp_path, env=env, capture_output=True,
                          text=True, timeout=60)
     assert job.returncode == 0, job.stderr
-    (record,) = [json.loads(line) for line in (tmp_path / "record.jsonl").read_text().splitlines()]
-    launch = ["-m", "agent.launch", spec.sweep, *spec.launch_args]
+    records = [json.loads(line) for line in (tmp_path / "record.jsonl").read_text().splitlines()]
     work = tmp_path / "scratch" / "sweep-job"  # PBS: the job's copy in scratch
+    # PBS, local sweep: the store's copy is taken before the agents and merged back after
+    merges = [r["argv"][r["argv"].index("agent.cluster.store_copy") + 1:] for r in records
+              if "agent.cluster.store_copy" in r["argv"]]
+    copy, base, origin = (str(work / spec.sweep / "sweep.db"), str(work / "sweep-base.db"),
+                          str(spec.local_sweep / "sweep.db") if local else None)
+    every = ["merge", "--every", "30", copy, base, origin]  # in the background: may not
+    assert [m for m in merges if m != every] == (  # have started before the job ended
+        [["take", origin, copy, base], ["merge", copy, base, origin]] if kind == "pbs" and local
+        else [])
+    assert merges.count(every) <= (1 if kind == "pbs" and local else 0)
+    (record,) = [r for r in records if "agent.launch" in r["argv"]]
+    launch = ["-m", "agent.launch", spec.sweep, *spec.launch_args]
     code, cwd = (work, work) if kind == "pbs" else (spec.code_dir, spec.submit_dir)
     assert record["cwd"] == str(cwd)
     if container:

@@ -11,9 +11,12 @@ from pathlib import Path
 from util.errors import UserError
 
 # Agents get SIGTERM this long before the walltime (a tenth of it when shorter): enough for
-# the trial to stop at once and for the job to copy its results back before the scheduler's
-# own SIGTERM and, seconds later, SIGKILL.
+# the trial to stop at once and for the job to copy its logs back before the scheduler's own
+# SIGTERM and, seconds later, SIGKILL.
 STOP_MARGIN_S = 300
+# A PBS job merges the runs it ended into the sweep's store this often (and when it ends):
+# a job killed outright (SIGKILL, a node lost) loses at most the runs of the last interval.
+MERGE_EVERY_S = 30
 
 
 @dataclass

@@ -11,7 +11,13 @@ import re
 import sys
 from pathlib import Path
 
-from agent.cluster.jobs import JobSpec, format_hms, parse_size_mb, parse_walltime
+from agent.cluster.jobs import (
+    MERGE_EVERY_S,
+    JobSpec,
+    format_hms,
+    parse_size_mb,
+    parse_walltime,
+)
 from agent.cluster.scripts import needs_no_quoting, render
 from util.errors import UserError
 
@@ -141,7 +147,8 @@ class Scheduler:
 
 class PBS(Scheduler):
     """PBS Pro (MetaCentrum): one script per job; each job works in $SCRATCHDIR on a copy of
-    the code and of a local sweep, and copies the results back when it ends."""
+    the code and of a local sweep, merges the runs it ended into the sweep's store as it goes
+    (store_copy.py), and copies logs back when it ends."""
     kind, title, command, template = "pbs", "PBS", "qsub", "pbs.sh"
     queue_option = "--queue"
     default_scratch = "20gb"
@@ -159,7 +166,7 @@ class PBS(Scheduler):
         return "gpu" if queue is None and gpus else queue  # MetaCentrum's GPU queue
 
     def check_local_sweep(self, count: int) -> None:
-        # Two jobs on copies of one store would each overwrite the other's results, and
+        # Two jobs on copies of one store would train the same configurations, and
         # running them one after another silently is not what N jobs promise.
         if count > 1:
             raise UserError(f"--pbs {count} on a local sweep: its store is one SQLite file for "
@@ -175,7 +182,8 @@ class PBS(Scheduler):
                     spec, index=index, walltime=format_hms(spec.walltime_s),
                     mem=self.size(spec.mem_mb),
                     scratch=self.size(spec.scratch_mb) if spec.scratch_mb else None,
-                    not_code=self.NOT_CODE, not_input_data=self.NOT_INPUT_DATA)
+                    not_code=self.NOT_CODE, not_input_data=self.NOT_INPUT_DATA,
+                    merge_every_s=MERGE_EVERY_S)
                 for index in range(1, spec.jobs + 1)}
 
     @staticmethod

@@ -7,11 +7,12 @@ themselves are classes in `agent.cluster.schedulers`, their bash in templates/.
 Where the agents of a job may run depends on the sweep. A W&B sweep is shared through W&B's
 server: N jobs on any nodes. A local sweep is one SQLite file, safe only for the agents of one
 machine, so:
-- PBS jobs run in $SCRATCHDIR on a copy of the sweep, copied back when the job ends. Two such
-  jobs at once would each overwrite the other's results, so `--pbs N` with N > 1 on a local
-  sweep is refused with one line saying what works instead: a W&B sweep, or one job with more
-  GPUs (`--gpus-per-job K` runs K agents on one node). A user asking for N jobs expects them
-  to run side by side; running them one after another silently would not be that.
+- PBS jobs run in $SCRATCHDIR on a copy of the sweep, whose ended runs they merge back
+  (store_copy.py). Two such jobs at once would train the same configurations, each on its
+  own copy, so `--pbs N` with N > 1 on a local sweep is refused with one line saying what
+  works instead: a W&B sweep, or one job with more GPUs (`--gpus-per-job K` runs K agents on
+  one node). A user asking for N jobs expects them to run side by side; running them one
+  after another silently would not be that.
 - SLURM jobs run in the submit directory (shared storage) on the sweep itself, which is right
   on one node (a lab server under SLURM, the test cluster). The first task of the array
   records its node; a task that lands on another node leaves at once, saying why.

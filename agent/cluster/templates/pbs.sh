@@ -23,6 +23,16 @@ sweep_dir={{ local_sweep }}
 sweep_copy="$work/data/sweeps/"{{ local_sweep.name }}
 {% endif %}
 copied_in=0
+{% if local_sweep %}
+
+# The sweep store's copy in scratch: taken, and merged back (agent/cluster/store_copy.py).
+# A command, not a function: `$!` of it in the background is the merging process itself.
+{% if container %}
+store_copy=("$apptainer" exec --bind "$work,$submit_dir,$sweep_dir" --pwd "$work" --env PYTHONPATH="$work" {{ container }} {{ image_python }} -m agent.cluster.store_copy)
+{% else %}
+store_copy=(env PYTHONPATH="$work" {{ python }} -m agent.cluster.store_copy)
+{% endif %}
+{% endif %}
 
 # shellcheck disable=SC2329  # called by the EXIT trap below
 copy_back() {
@@ -31,14 +41,15 @@ copy_back() {
   cd / || true  # out of $work before it is removed
   rm -f "$work/data/runs"  # the link to the shared checkpoints, not the checkpoints
 {% if local_sweep %}
-  if [ "$copied_in" = 1 ] && [ -d "$sweep_copy" ]; then
-    # The store is replaced as a whole: an old -wal file left beside a newer
-    # sweep.db would be replayed into it.
-    rm -rf "$sweep_dir.incoming" "$sweep_dir.old"
-    cp -a "$sweep_copy" "$sweep_dir.incoming" &&
-      mv "$sweep_dir" "$sweep_dir.old" && mv "$sweep_dir.incoming" "$sweep_dir" &&
-      rm -rf "$sweep_dir.old" || failed=1
-    rm -rf "$work/data/sweeps"
+  if [ "$copied_in" = 1 ]; then
+    # The store first, within the scheduler's grace before SIGKILL (PBS's kill_delay,
+    # 10 s): the job's ended runs merged into the sweep's store, in well under a second.
+    kill "$merger" 2>/dev/null; wait "$merger" 2>/dev/null
+    if "${store_copy[@]}" merge "$sweep_copy/sweep.db" "$work/sweep-base.db" "$sweep_dir/sweep.db"; then
+      rm -rf "$work/data/sweeps"
+    else
+      failed=1
+    fi
   fi
 {% endif %}
   if [ "$copied_in" = 1 ]; then
@@ -65,7 +76,12 @@ fi
 # the next job, and one write per epoch is light.
 ln -s "$submit_dir/data/runs" "$work/data/runs"
 {% if local_sweep %}
-mkdir -p "$work/data/sweeps" && cp -a "$sweep_dir" "$sweep_copy" || exit 1
+# The store as one consistent snapshot (SQLite's backup), and again as what the job
+# started from; the runs the job ends are merged back every {{ merge_every_s }} s and at its end.
+mkdir -p "$sweep_copy" &&
+  "${store_copy[@]}" take "$sweep_dir/sweep.db" "$sweep_copy/sweep.db" "$work/sweep-base.db" || exit 1
+"${store_copy[@]}" merge --every {{ merge_every_s }} "$sweep_copy/sweep.db" "$work/sweep-base.db" "$sweep_dir/sweep.db" &
+merger=$!
 {% endif %}
 copied_in=1
 

@@ -1,0 +1,171 @@
+"""A PBS job's copy of a local sweep store (templates/pbs.sh): taken at the job's start with
+SQLite's online backup, and its ended runs merged back into the sweep's own store row by row,
+every MERGE_EVERY_S seconds (jobs.py) while the job runs and once more when it ends.
+
+Merging rather than copying the file back: a kill (qdel, the walltime) within PBS's short grace
+before SIGKILL loses no run that had ended, and two jobs on one sweep keep each other's runs.
+`python -m agent.cluster.store_copy take ORIGIN COPY BASE` / `merge COPY BASE ORIGIN`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sqlite3
+import sys
+import time
+from pathlib import Path
+
+from agent.sweep.store import SCHEMA_VERSION
+from util.errors import UserError, exit_on_user_error, one_line
+
+# A run the job has ended; a run still running (or a pending proposal) stays as the sweep's
+# store has it, so a job killed outright leaves it for the next job to resume.
+ENDED = ("finished", "failed", "stopped", "preempted", "crashed")
+# How far a run has got, for two jobs that both changed one run: a final state beats an
+# interrupted one, then the later epoch wins.
+_PROGRESS = {"pending": 0, "running": 1, "crashed": 2, "preempted": 2, "finished": 3,
+             "failed": 3, "stopped": 3}
+
+Rows = dict[str, tuple[dict, tuple]]  # run id -> (its runs row, its history rows)
+
+
+def take_copy(origin: Path, copy: Path, base: Path) -> None:
+    """The sweep's store `origin` as one consistent snapshot (whatever another job merges
+    meanwhile) in `copy`, the job's working store, and in `base`, what the job started
+    from (`merge_back` compares with it)."""
+    db = _open_origin(origin)
+    try:
+        for target in (copy, base):
+            with sqlite3.connect(target) as out:
+                db.backup(out)
+            out.close()
+    finally:
+        db.close()
+
+
+def _rows(db: sqlite3.Connection) -> Rows:
+    db.row_factory = sqlite3.Row
+    history: dict[str, list[tuple]] = {}
+    for row in db.execute("SELECT run_id, epoch, metrics FROM history ORDER BY run_id, epoch"):
+        history.setdefault(row["run_id"], []).append(tuple(row))
+    return {row["id"]: (dict(row), tuple(history.get(row["id"], [])))
+            for row in db.execute("SELECT * FROM runs ORDER BY seq")}
+
+
+def _same(a: tuple[dict, tuple] | None, b: tuple[dict, tuple] | None) -> bool:
+    """One run alike in both stores, whatever its place (`seq`) in each."""
+    if a is None or b is None:
+        return a is b
+    return ({k: v for k, v in a[0].items() if k != "seq"} == {k: v for k, v in b[0].items()
+                                                               if k != "seq"} and a[1] == b[1])
+
+
+def _ahead(a: dict, b: dict) -> bool:
+    return (_PROGRESS[a["state"]], a["epoch"]) > (_PROGRESS[b["state"]], b["epoch"])
+
+
+def _open_origin(path: Path, wait_s: float = 60) -> sqlite3.Connection:
+    """The sweep's store, locked for this process alone until closed. Exclusive locking:
+    SQLite then keeps WAL's index in this process's memory rather than in a shared -shm
+    file, which a network file system (the cluster's home storage) does not keep coherent
+    between hosts. It needs every other connection to the store closed (agent.status holds
+    one for a moment): tried again for up to `wait_s` seconds, then sqlite3's error."""
+    if not path.is_file():
+        raise UserError(f"{path}: no sweep store there")
+    deadline = time.monotonic() + wait_s
+    while True:
+        db = sqlite3.connect(path, timeout=wait_s, isolation_level=None)
+        try:
+            db.execute("PRAGMA locking_mode=EXCLUSIVE")
+            db.execute("BEGIN IMMEDIATE")  # takes the lock, and keeps it after COMMIT
+            version = db.execute("PRAGMA user_version").fetchone()[0]
+            db.execute("COMMIT")
+            break
+        except sqlite3.OperationalError as error:
+            db.close()
+            if "locked" not in str(error) or time.monotonic() > deadline:
+                raise
+            time.sleep(0.2)
+    if version != SCHEMA_VERSION:
+        db.close()
+        raise UserError(f"{path}: a sweep store of schema version {version}, not "
+                        f"{SCHEMA_VERSION}")
+    return db
+
+
+def merge_back(copy: Path, base: Path, origin: Path) -> list[str]:
+    """Every run the job ended (in `copy`, differing from `base`) written into the store
+    `origin`, in one transaction; the ids written. A run new to `origin` is added after its
+    runs; one `origin` still has as the job found it is replaced; one that another job
+    changed meanwhile is replaced only by a run that got further (`_PROGRESS`, then the
+    epoch). Running again writes nothing new: a merge cut short by a kill is rolled back
+    by SQLite and done whole by the next one."""
+    with sqlite3.connect(f"{copy.resolve().as_uri()}?mode=ro", uri=True, timeout=60) as db:
+        mine = _rows(db)
+    db.close()
+    with sqlite3.connect(f"{base.resolve().as_uri()}?mode=ro", uri=True, timeout=60) as db:
+        found = _rows(db)
+    db.close()
+    out = _open_origin(origin)
+    written = []
+    try:
+        out.execute("BEGIN IMMEDIATE")
+        theirs = _rows(out)
+        seq = max((row["seq"] for row, _ in theirs.values()), default=0)
+        for run_id, (row, history) in mine.items():
+            if row["state"] not in ENDED or _same(mine[run_id], found.get(run_id)):
+                continue  # not ended, or not touched by this job
+            now = theirs.get(run_id)
+            if _same(now, (row, history)):
+                continue  # merged before
+            if now is not None and not _same(now, found.get(run_id)) and \
+                    not _ahead(row, now[0]):
+                continue  # another job took this run as far or further
+            if now is None:
+                seq += 1
+            row = {**row, "seq": now[0]["seq"] if now is not None else seq}
+            out.execute(f"INSERT OR REPLACE INTO runs ({', '.join(row)}) VALUES "
+                        f"({', '.join('?' * len(row))})", tuple(row.values()))
+            out.execute("DELETE FROM history WHERE run_id=?", (run_id,))
+            out.executemany("INSERT INTO history VALUES (?, ?, ?)", history)
+            written.append(run_id)
+        out.execute("COMMIT")
+    finally:
+        out.close()
+    return written
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m agent.cluster.store_copy",
+                                     description=__doc__.splitlines()[0])
+    steps = parser.add_subparsers(dest="step", required=True)
+    take = steps.add_parser("take", help="ORIGIN's store to COPY and BASE")
+    merge = steps.add_parser("merge", help="the runs COPY ended since BASE into ORIGIN")
+    for step, names in ((take, ("origin", "copy", "base")), (merge, ("copy", "base", "origin"))):
+        for name in names:
+            step.add_argument(name, type=Path)
+    merge.add_argument("--every", type=float, metavar="S", help="merge every S seconds "
+                       "until stopped (SIGTERM), first after S")
+    args = parser.parse_args(argv)
+    if args.step == "take":
+        take_copy(args.origin, args.copy, args.base)
+        return 0
+    while args.every:
+        time.sleep(args.every)
+        try:
+            merge_once(args)
+        except (UserError, sqlite3.Error) as error:  # the final merge reports what stays
+            print(f"sweep store: not merged now ({one_line(error)})", file=sys.stderr)
+    merge_once(args)
+    return 0
+
+
+def merge_once(args: argparse.Namespace) -> None:
+    written = merge_back(args.copy, args.base, args.origin)
+    if written:
+        print(f"sweep store: {len(written)} ended run(s) of this job merged into {args.origin}",
+              flush=True)
+
+
+if __name__ == "__main__":
+    raise SystemExit(exit_on_user_error(main))

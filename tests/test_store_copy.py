@@ -1,0 +1,82 @@
+"""A PBS job's copy of a local sweep store (agent/cluster/store_copy.py), on real SQLite files:
+the runs a job ended are merged into the sweep's store, next to what another job merged
+meanwhile, and a second merge writes nothing new."""
+
+from __future__ import annotations
+
+import sqlite3
+
+from agent.cluster.store_copy import merge_back, take_copy
+from agent.sweep.store import SweepStore, create_store
+
+
+def trained(path, run_id: str, epochs: range, state: str, claim: str = "start"):
+    """`run_id` claimed (`start`: a pending or preempted run, `new`: a new one, `""`: the
+    agent's running run), trained through `epochs`, ended as `state` (or left running), by
+    an agent that then closes the store (a merge waits for every connection to close)."""
+    store = SweepStore(path)
+    with store.transaction() as tx:
+        if claim == "new":
+            tx.insert_run(run_id, {"lr": 0.1}, "running", owner="node:1")
+        elif claim == "start":
+            tx.start(run_id, "node:1")
+    for epoch in epochs:
+        assert store.record_epoch(run_id, "node:1", epoch, {"val/acc": epoch / 10})
+    if state != "running":
+        assert store.finish(run_id, "node:1", state, summary={"val/acc": 0.5})
+    store.close()
+
+
+def runs(path) -> dict:
+    store = SweepStore(path, read_only=True)
+    try:
+        return {run.id: run for run in store.runs()}
+    finally:
+        store.close()
+
+
+def test_a_jobs_ended_runs_are_merged_beside_another_jobs(tmp_path):
+    store = create_store(tmp_path / "sweep", "s", "s", {"method": "grid"})
+    with store.transaction() as tx:
+        tx.insert_run("a", {"lr": 0.1}, "pending")
+        tx.insert_run("b", {"lr": 0.2}, "pending")
+    store.close()
+    origin, copy, base = store.path, tmp_path / "copy.db", tmp_path / "base.db"
+    trained(origin, "b", range(1, 3), "preempted")
+    take_copy(origin, copy, base)
+
+    job = copy  # the job: finishes a, takes b on to epoch 3, adds c and d
+    trained(job, "a", range(1, 3), "finished")
+    trained(job, "b", range(3, 4), "preempted")
+    trained(job, "c", range(1, 3), "finished", claim="new")
+    trained(job, "d", range(1, 2), "running", claim="new")  # in progress when merged
+    # Another job meanwhile: b to its end, and a run e of its own
+    trained(origin, "b", range(3, 6), "finished")
+    trained(origin, "e", range(1, 3), "finished", claim="new")
+
+    assert merge_back(copy, base, origin) == ["a", "c"]
+    merged = runs(origin)
+    assert list(merged) == ["a", "b", "e", "c"]  # c after e, not beside it; d stays running
+    assert merged["a"].state == merged["c"].state == "finished"  # with the job
+    assert [h["val/acc"] for h in merged["c"].history] == [0.1, 0.2]
+    assert (merged["b"].state, merged["b"].epoch) == ("finished", 5)  # further than the job's
+    assert len({r.seq for r in merged.values()}) == 4
+
+    assert merge_back(copy, base, origin) == []  # merged once, whatever the calls
+    trained(job, "d", range(2, 3), "preempted", claim="")  # the job ends: d preempted at epoch 2
+    assert merge_back(copy, base, origin) == ["d"]
+    assert (runs(origin)["d"].state, runs(origin)["d"].epoch) == ("preempted", 2)
+
+
+def test_a_run_the_job_took_further_replaces_an_earlier_merge(tmp_path):
+    create_store(tmp_path / "sweep", "s", "s", {"method": "grid"}).close()
+    origin, copy, base = tmp_path / "sweep" / "sweep.db", tmp_path / "copy.db", tmp_path / "b.db"
+    take_copy(origin, copy, base)
+    trained(copy, "a", range(1, 2), "preempted", claim="new")
+    assert merge_back(copy, base, origin) == ["a"]
+    trained(copy, "a", range(2, 4), "finished")  # another agent of the job resumes it
+    assert merge_back(copy, base, origin) == ["a"]
+    run = runs(origin)["a"]
+    assert (run.state, run.epoch, len(run.history)) == ("finished", 3, 3)
+    with sqlite3.connect(origin) as db:
+        assert db.execute("PRAGMA integrity_check").fetchone() == ("ok",)
