@@ -340,6 +340,16 @@ def test_a_submission_refused_after_some_jobs_names_them_and_the_sweep(tmp_path)
 @pytest.mark.parametrize("options,says", [
     (["--pbs", "1", "--walltime", "4h"], "--walltime='4h'"),
     (["--pbs", "1", "--walltime", "1:75:00"], "--walltime='1:75:00'"),
+    (["--slurm", "1", "--walltime", "99999:00:00"], "at most 8760:00:00"),
+    (["--pbs", "1", "--walltime", "8760:00:01"], "--walltime='8760:00:01'"),
+    (["--slurm", "1", "--walltime", "1-00:00:00"], "--walltime='1-00:00:00'"),
+    (["--pbs", "1", "--walltime", "90"], "--walltime='90'"),  # PBS: seconds; SLURM: minutes
+    (["--pbs", "1", "--walltime", "\u0664:00:00"], "expected H:MM:SS"),  # an Arabic-Indic 4
+    (["--pbs", "1", "--walltime", "0:00:00"], "above zero"),
+    (["--slurm", "1", "--gpus-per-job", "0", "--cpus-per-job", "0"], "--cpus-per-job=0"),
+    (["--slurm", "1", "--gpus-per-job", "0", "--cpus-per-job", "100000"], "1 to 4096"),
+    (["--pbs", "1", "--cpus-per-job", "65534"], "--cpus-per-job=65534"),
+    (["--slurm", "1", "--gpus-per-job", "1000"], "--gpus-per-job=1000"),
     (["--pbs", "0"], "--pbs 0"),
     (["--slurm", "-2"], "--slurm -2"),
     (["--slurm", "1", "--mem", "16"], "--mem='16'"),

@@ -47,12 +47,24 @@ class JobSpec:
         return self.walltime_s - min(STOP_MARGIN_S, max(1, self.walltime_s // 10))
 
 
+# The longest walltime taken: a year. SLURM keeps limits in minutes and wraps past 2**32 of
+# them (sbatch --time=9999999999:00:00 ran with 2977802 days), and squeue shows limits over
+# 365 days as INVALID (SLURM 22.05); no queue of either scheduler is meant for longer jobs.
+MAX_WALLTIME_S = 365 * 86400
+# One job is one node (select=1, --nodes=1); no node has more cores or GPUs than these.
+# SLURM keeps --cpus-per-task in 16 bits: 65534 ran as 1 CPU, 100000 as 34464.
+MAX_CPUS_PER_JOB = 4096
+MAX_GPUS_PER_JOB = 64
+
+
 def parse_walltime(text: str) -> int:
-    """'H:MM:SS' (any number of hours) to seconds."""
-    match = re.fullmatch(r"(\d+):([0-5]\d):([0-5]\d)", text.strip())
+    """'H:MM:SS', the form PBS Pro and SLURM both read the same way (a bare number is
+    seconds to PBS, minutes to SLURM), to seconds: above zero, at most MAX_WALLTIME_S."""
+    match = re.fullmatch(r"([0-9]+):([0-5][0-9]):([0-5][0-9])", text.strip())
     seconds = (int(match[1]) * 3600 + int(match[2]) * 60 + int(match[3])) if match else 0
-    if seconds <= 0:
-        raise UserError(f"--walltime={text!r}: expected H:MM:SS above zero, e.g. 4:00:00")
+    if not 0 < seconds <= MAX_WALLTIME_S:
+        raise UserError(f"--walltime={text!r}: expected H:MM:SS above zero and at most "
+                        f"{MAX_WALLTIME_S // 3600}:00:00 (a year), e.g. 4:00:00")
     return seconds
 
 

@@ -12,6 +12,8 @@ import sys
 from pathlib import Path
 
 from agent.cluster.jobs import (
+    MAX_CPUS_PER_JOB,
+    MAX_GPUS_PER_JOB,
     MERGE_EVERY_S,
     JobSpec,
     format_hms,
@@ -77,12 +79,14 @@ class Scheduler:
     def agents(self, args: argparse.Namespace) -> tuple[int, int, list[str]]:
         """GPUs and CPU cores per job, and the options of the launcher inside it."""
         gpus = 1 if args.gpus_per_job is None else args.gpus_per_job
-        if gpus < 0:
-            raise UserError(f"--gpus-per-job={gpus}: expected 0 or more")
+        if not 0 <= gpus <= MAX_GPUS_PER_JOB:
+            raise UserError(f"--gpus-per-job={gpus}: expected 0 to {MAX_GPUS_PER_JOB} (the "
+                            "GPUs of one node)")
         agents = gpus * args.agents_per_gpu if gpus else args.agents
         cpus = args.cpus_per_job if args.cpus_per_job is not None else (4 * gpus or agents)
-        if cpus < 1:
-            raise UserError(f"--cpus-per-job={cpus}: expected 1 or more")
+        if not 1 <= cpus <= MAX_CPUS_PER_JOB:
+            raise UserError(f"--cpus-per-job={cpus}: expected 1 to {MAX_CPUS_PER_JOB} (the "
+                            "cores of one node)")
         if args.gpus:
             raise UserError("--gpus picks GPUs of this machine; a job gets --gpus-per-job of "
                             "its node's")
