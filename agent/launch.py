@@ -344,6 +344,9 @@ def main(argv: list[str] | None = None) -> int:
         check_project(args.project, local=True)
         os.environ["WANDB_PROJECT"] = args.project
     options = agent_options(args)  # repeated by the hints to add agents and to go on
+    # In a batch job, the options it was submitted with (templates/environment.sh): its
+    # hint to go on submits another job rather than start agents on the login node.
+    options += os.environ.get("SWEEP_JOB_OPTIONS", "")
     store = None
     if target.kind == "yaml":  # checked, devices too, before the store is made
         store = create_local_sweep(target.path, options, check=lambda config:

@@ -164,6 +164,8 @@ def test_pbs_job_stopped_at_walltime_or_by_sigterm_leaves_a_run_the_next_job_res
     out, err = first.communicate(timeout=90)
     assert first.returncode == 0, err[-3000:]
     assert "agents stopped 3 s before the walltime" in err
+    # the hint to go on submits again as this job was submitted
+    assert "./run_sweep.sh long --pbs 1 --walltime 0:00:30 --gpus-per-job 0\n" in out
     (run,) = stored_runs(store_path)
     assert run.state == "preempted" and 1 <= run.epoch < 2000, (run.state, err[-2000:])
     assert (workdir / "data" / "runs" / run.id / "checkpoint.pt").is_file()
@@ -270,6 +272,8 @@ def test_dry_run_prints_the_scripts_and_writes_nothing(workdir):
                  "#SBATCH --cpus-per-task=8", "--agents-per-gpu 1"):
         assert line in out, line
     assert "WANDB_PROJECT=study" in out and secret not in out and "WANDB_API_KEY" not in out
+    assert ("export SWEEP_JOB_OPTIONS=' --slurm 3 --walltime 30:00:00 --gpus-per-job 2 --mem "
+            "8gb --partition gpu'") in out
 
     sweep_file = workdir / "s.yaml"
     sweep_file.write_text((ROOT / "sweeps" / "quickstart.yaml").read_text())

@@ -40,6 +40,9 @@ class JobSpec:
     job_dir: Path
     settings: dict[str, str] = field(default_factory=dict)
     command_line: list[str] = field(default_factory=list)  # the submitting command's words
+    # this submission's batch-job options (" --pbs 1 --walltime 24:00:00"): the job's hint to
+    # go on with the sweep repeats them, so that a copied hint submits again the same way
+    job_options: str = ""
 
     @property
     def stop_after_s(self) -> int:

@@ -8,6 +8,7 @@ from __future__ import annotations
 import argparse
 import os
 import re
+import shlex
 import sys
 from pathlib import Path
 
@@ -66,7 +67,8 @@ class Scheduler:
             settings={k: os.environ[k] for k in PASSED_SETTINGS if os.environ.get(k)},
             # a comment line in the script: one line, whatever the arguments hold
             command_line=["./run_sweep.sh", *(re.sub(r"[\x00-\x1f\x7f]", " ", a)
-                                              for a in argv)])
+                                              for a in argv)],
+            job_options=self.job_options(args, count))
         for what, path in (("submit directory", spec.submit_dir), ("job directory",
                                                                   spec.job_dir)):
             if not needs_no_quoting(path):  # job directives cannot quote a path
@@ -75,6 +77,20 @@ class Scheduler:
                                 "from a path without them")
         self.scripts(spec)  # a value no script can hold stops here, before anything is made
         return spec
+
+    JOB_OPTIONS = ("walltime", "gpus_per_job", "cpus_per_job", "mem", "scratch", "queue",
+                   "partition", "container")
+
+    def job_options(self, args: argparse.Namespace, count: int) -> str:
+        """The batch-job options given, as a command-line tail (" --pbs 1 --walltime
+        24:00:00"); the container's path absolute, as the job finds it."""
+        tail = f" --{self.kind} {count}"
+        for name in self.JOB_OPTIONS:
+            value = getattr(args, name)
+            if value is not None:
+                value = self.container(value) if name == "container" else value
+                tail += f" --{name.replace('_', '-')} {shlex.quote(str(value))}"
+        return tail
 
     def agents(self, args: argparse.Namespace) -> tuple[int, int, list[str]]:
         """GPUs and CPU cores per job, and the options of the launcher inside it."""
