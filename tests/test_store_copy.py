@@ -50,17 +50,26 @@ def test_a_jobs_ended_runs_are_merged_beside_another_jobs(tmp_path):
     trained(job, "b", range(3, 4), "preempted")
     trained(job, "c", range(1, 3), "finished", claim="new")
     trained(job, "d", range(1, 2), "running", claim="new")  # in progress when merged
+    store = SweepStore(job)  # f crashed in the job; its repeat g is left for the next job
+    with store.transaction() as tx:
+        tx.insert_run("f", {"lr": 0.3}, "running", owner="node:2")
+        tx.mark_crashed("f")
+        tx.insert_run("g", {"lr": 0.3}, "pending", requeued_from="f")
+    store.close()
     # Another job meanwhile: b to its end, and a run e of its own
     trained(origin, "b", range(3, 6), "finished")
     trained(origin, "e", range(1, 3), "finished", claim="new")
 
-    assert merge_back(copy, base, origin) == ["a", "c"]
+    assert merge_back(copy, base, origin) == ["a", "c", "f", "g"]
     merged = runs(origin)
-    assert list(merged) == ["a", "b", "e", "c"]  # c after e, not beside it; d stays running
-    assert merged["a"].state == merged["c"].state == "finished"  # with the job
+    # c, f, g after e, not beside it; d stays running with the job
+    assert list(merged) == ["a", "b", "e", "c", "f", "g"]
+    assert merged["a"].state == merged["c"].state == "finished"
     assert [h["val/acc"] for h in merged["c"].history] == [0.1, 0.2]
     assert (merged["b"].state, merged["b"].epoch) == ("finished", 5)  # further than the job's
-    assert len({r.seq for r in merged.values()}) == 4
+    assert (merged["f"].state, merged["g"].state, merged["g"].requeued_from) == (
+        "crashed", "pending", "f")
+    assert len({r.seq for r in merged.values()}) == 6
 
     assert merge_back(copy, base, origin) == []  # merged once, whatever the calls
     trained(job, "d", range(2, 3), "preempted", claim="")  # the job ends: d preempted at epoch 2

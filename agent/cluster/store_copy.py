@@ -18,9 +18,10 @@ from pathlib import Path
 from agent.sweep.store import SCHEMA_VERSION
 from util.errors import UserError, exit_on_user_error, one_line
 
-# A run the job has ended; a run still running (or a pending proposal) stays as the sweep's
-# store has it, so a job killed outright leaves it for the next job to resume.
-ENDED = ("finished", "failed", "stopped", "preempted", "crashed")
+# What a job merges: the runs it ended, and those it left to run (a crashed run's repeat
+# that no agent of the job claimed). A run still running stays as the sweep's store has
+# it, so a job killed outright leaves it for the next job to resume.
+MERGED = ("finished", "failed", "stopped", "preempted", "crashed", "pending")
 # How far a run has got, for two jobs that both changed one run: a final state beats an
 # interrupted one, then the later epoch wins.
 _PROGRESS = {"pending": 0, "running": 1, "crashed": 2, "preempted": 2, "finished": 3,
@@ -94,7 +95,8 @@ def _open_origin(path: Path, wait_s: float = 60) -> sqlite3.Connection:
 
 
 def merge_back(copy: Path, base: Path, origin: Path) -> list[str]:
-    """Every run the job ended (in `copy`, differing from `base`) written into the store
+    """Every run the job ended or left pending (in `copy`, differing from `base`; MERGED)
+    written into the store
     `origin`, in one transaction; the ids written. A run new to `origin` is added after its
     runs; one `origin` still has as the job found it is replaced; one that another job
     changed meanwhile is replaced only by a run that got further (`_PROGRESS`, then the
@@ -113,8 +115,8 @@ def merge_back(copy: Path, base: Path, origin: Path) -> list[str]:
         theirs = _rows(out)
         seq = max((row["seq"] for row, _ in theirs.values()), default=0)
         for run_id, (row, history) in mine.items():
-            if row["state"] not in ENDED or _same(mine[run_id], found.get(run_id)):
-                continue  # not ended, or not touched by this job
+            if row["state"] not in MERGED or _same(mine[run_id], found.get(run_id)):
+                continue  # running, or not touched by this job
             now = theirs.get(run_id)
             if _same(now, (row, history)):
                 continue  # merged before
