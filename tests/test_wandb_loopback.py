@@ -32,7 +32,7 @@ def start(tmp_path: Path, server: LoopbackWandb, *options: str) -> subprocess.Po
     env = subprocess_env(WANDB_BASE_URL=server.url, WANDB_API_KEY=FAKE_KEY,
                          HOME=str(tmp_path / "home"), WANDB_DIR=str(tmp_path))
     env.pop("WANDB_MODE")  # online: the runs stream to the server
-    (tmp_path / "home").mkdir()
+    (tmp_path / "home").mkdir(exist_ok=True)
     return subprocess.Popen([sys.executable, "-m", "agent.launch", server.path, *options],
                             cwd=tmp_path, env=env, stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, text=True)
@@ -142,3 +142,36 @@ def test_sigterm_preempts_the_run_training_and_takes_no_other(tmp_path):
     epochs = [row["epoch"] for row in run.history if "val/acc" in row]
     assert 1 <= len(epochs) < 2000
     assert "Traceback" not in stderr, stderr[-3000:]
+
+
+@pytest.mark.e2e
+@pytest.mark.timeout(450)
+def test_a_preempted_run_resumes_where_it_stopped_in_the_same_wandb_run(tmp_path):
+    """SIGTERM mid-run, then W&B hands the run out again (`resume`) to the next agent: the
+    trial goes on from its checkpoint and the W&B run's history on the server goes on after
+    the epochs it had (each epoch once, none overwritten), as one uninterrupted run's."""
+    run_dir = tmp_path / "data" / "runs" / "wbrun000"
+    slow = {"lr": 0.05, "epochs": 12, "model": "cnn", "channels": [8, 16],
+            "train_subset": 1024, "num_threads": 1}
+    with LoopbackWandb(SWEEP, [slow]) as server:
+        process = start(tmp_path, server)
+        try:
+            wait_for(lambda: (run_dir / "checkpoint.pt").is_file())
+            process.send_signal(signal.SIGTERM)
+            _, stderr = process.communicate(timeout=120)
+        finally:
+            process.kill()
+        assert process.returncode == 0, stderr[-3000:]
+        run = server.runs["wbrun000"]
+        assert run.preempting
+        stopped_at = max(row["epoch"] for row in run.history if "val/acc" in row)
+        assert 1 <= stopped_at < 12
+        again = launch(tmp_path, server)  # the next agent: W&B sends `resume`
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert run.handed == 2 and run.exit_code == 0 and not run.preempting
+    epochs = [row["epoch"] for row in run.history if "val/acc" in row]
+    assert epochs == list(range(1, 13))  # continued, not restarted or written over
+    local = json.loads((run_dir / "summary.json").read_text())
+    assert local["epochs_done"] == 12
+    assert run.summary["val/acc"] == pytest.approx(local["val/acc"])
+    assert "Traceback" not in again.stderr

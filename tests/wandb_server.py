@@ -32,6 +32,8 @@ class ServedRun:
     exit_code: int | None = None  # from the stream's `complete` message
     preempting: bool = False  # the stream said the run is preempted (wandb.mark_preempting)
     uploads: dict[str, bytes] = field(default_factory=dict)  # file name -> bytes PUT
+    args: dict = field(default_factory=dict)  # the parameters it was handed out with
+    handed: int = 0  # times handed to an agent (`run`, then `resume` after a preemption)
 
     @property
     def config(self) -> dict:
@@ -53,7 +55,8 @@ class LoopbackWandb:
     `entity/project/sweep_id`, at `server.url` (give it to the client as WANDB_BASE_URL).
 
     Each agent that has no run outstanding (handed out and neither completed on its file
-    stream nor reported dead in a heartbeat) gets the next proposal as a `run` command; once
+    stream nor reported dead in a heartbeat) gets a run its agent left preempted as a `resume`
+    command, else the next proposal as a `run` command; once
     the proposals are gone and its runs are done, `exit` (with `hold`, nothing: the agent
     waits, as for a bayes sweep's next proposal)."""
 
@@ -119,6 +122,10 @@ class LoopbackWandb:
                                "email": None, "flags": "{}", "teams": {"edges": []}}}
         if "query ArtifactType" in query:  # asked before a table is logged: none yet
             return {"project": None}
+        if "query RunResumeStatus" in query:  # wandb.init(resume="allow") asks first
+            return {"model": {"id": "UHJvamVjdDox", "name": self.project,
+                              "entity": {"id": "RW50aXR5OjE=", "name": self.entity},
+                              "bucket": self._resume_status(variables["name"])}}
         if "ServerFeaturesQuery" in query:
             return {"serverInfo": {"features": []}}
         if "createArtifact(" in query:  # a logged table is saved as an artifact
@@ -161,12 +168,17 @@ class LoopbackWandb:
                            and r.exit_code is None and run_state.get(r.name, True)]
             if outstanding:
                 return []
+            for run in self.runs.values():  # W&B hands a preempted run out again
+                if run.preempting and run.exit_code is not None:
+                    run.preempting, run.exit_code, run.agent = False, None, agent_id
+                    run.handed += 1
+                    return [{"type": "resume", "run_id": run.name, "args": run.args}]
             if not self.proposals:
                 return [] if self.hold else [{"type": "exit"}]
             run_id, params = self.proposals.pop(0)
-            self.runs[run_id] = ServedRun(run_id, agent=agent_id)
-            return [{"type": "run", "run_id": run_id,
-                     "args": {k: {"value": v} for k, v in params.items()}}]
+            args = {k: {"value": v} for k, v in params.items()}
+            self.runs[run_id] = ServedRun(run_id, agent=agent_id, args=args, handed=1)
+            return [{"type": "run", "run_id": run_id, "args": args}]
 
     def _upsert(self, variables: dict) -> dict:
         with self.lock:
@@ -180,14 +192,35 @@ class LoopbackWandb:
             "project": {"id": "UHJvamVjdDox", "name": self.project,
                         "entity": {"id": "RW50aXR5OjE=", "name": self.entity}}}}
 
+    def _resume_status(self, name: str) -> dict | None:
+        """What the server knows of run `name` for a client resuming it (None: no such run):
+        its history's line count and last line (where the client's steps and stream go
+        on), summary and config, as JSON text."""
+        with self.lock:
+            run = self.runs.get(name)
+            if run is None or not run.upserts:
+                return None
+            return {"id": f"UnVuOnt{name}", "name": name, "displayName": name,
+                    "summaryMetrics": json.dumps(run.summary),
+                    "logLineCount": 0, "historyLineCount": len(run.history),
+                    "eventsLineCount": 0, "eventsTail": "[]",
+                    "historyTail": json.dumps([json.dumps(row) for row in run.history[-1:]]),
+                    "config": run.upserted("config") or "{}", "tags": [], "notes": None,
+                    # "t" (the client's telemetry) marks a run a client has started
+                    "wandbConfig": json.dumps({"t": {}})}
+
     # -- the file stream and uploads -------------------------------------------------------
 
     def file_stream(self, run_name: str, message: dict) -> None:
         with self.lock:
             run = self.runs.setdefault(run_name, ServedRun(run_name))
             files = message.get("files") or {}
-            for line in (files.get("wandb-history.jsonl") or {}).get("content", []):
-                run.history.append(json.loads(line))
+            chunk = files.get("wandb-history.jsonl") or {}
+            # lines from `offset` on, as W&B's server keeps them: a run restarted without
+            # resuming writes over its earlier history from line 0
+            offset = chunk.get("offset", len(run.history))
+            lines = [json.loads(line) for line in chunk.get("content", [])]
+            run.history[offset:offset + len(lines)] = lines
             for line in (files.get("wandb-summary.json") or {}).get("content", []):
                 run.summary = json.loads(line)
             if message.get("preempting"):

@@ -252,6 +252,7 @@ class PackedWandbAgent:
                 id=config.run_id, group=config.group, name=config.run_name or config.run_id,
                 config=dict(config), project=self.project, entity=self.entity,
                 mode=wandb_sink.chosen_mode(), reinit="create_new", dir=self.wandb_dir,
+                resume="allow",  # a run W&B hands out again (`resume`) goes on, not over
                 settings=wandb.Settings(silent=True, console="off", sweep_id=self.sweep_id))
         hooks = [TrialHooks(should_stop=self._stop_check(config.run_id),
                             interrupted=self.interrupted,
