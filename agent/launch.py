@@ -12,11 +12,13 @@ import glob
 import os
 import re
 import shlex
+import shutil
 import signal
 import socket
 import subprocess
 import sys
 import traceback
+from pathlib import Path
 
 from agent.cluster import submit
 from agent.sweep.controller import (
@@ -118,6 +120,54 @@ def check_sweep_devices(where: str, config: dict, gpus: str | None = None) -> No
             have = f"{count} CUDA GPU(s)" if count else "CPU only"
             raise UserError(f"{where}: {place}: device=mps needs Apple silicon's GPU (MPS), "
                             f"and this machine has none ({have}): use auto or cpu")
+
+
+def prepare_sweep_data(where: str, config: dict) -> list[str]:
+    """Each dataset the runs of our trainer in the sweep `config` read (every `dataset` value
+    with its `data_dir` and `dataset_dir`), found, checked and cached here once, before a
+    sweep is made or an agent starts (util/datasets.py: the cache, then the files, then a
+    download). A set missing or damaged, or a download that fails, is one UserError line
+    here, where otherwise each run would fail with it (the agent stopping after 3, a sweep of
+    failed runs left); and agents started together read the cache rather than each
+    downloading into one folder. Sets already cached are not read. Returns the names
+    prepared. Nothing is checked where a distribution draws one of these parameters, or for
+    another program's sweep."""
+    from itertools import product
+
+    from agent.sweep.config import possible_values
+    from agent.sweep.program import runs_our_trainer
+    from util.datasets import cache_path, load_decoded
+
+    try:
+        if not runs_our_trainer(config):
+            return []
+        choices = [possible_values(config, name) for name in ("dataset", "data_dir",
+                                                               "dataset_dir")]
+    except (UserError, ValueError, TypeError, OSError):
+        return []  # a command we cannot read: its runs say what is wrong
+    if any(values is None for values in choices):
+        return []
+    prepared = []
+    for name, data_dir, dataset_dir in product(*(sorted(map(str, v)) for v in choices)):
+        if cache_path(name, data_dir).is_file():
+            continue
+        existed = Path(data_dir).exists()
+        try:
+            load_decoded(name, data_dir, dataset_dir)
+        except UserError as error:
+            if not existed:  # made by the failed download: nothing is left half-written
+                shutil.rmtree(data_dir, ignore_errors=True)
+            raise UserError(f"{where}: {error}") from None
+        prepared.append(name)
+    return prepared
+
+
+def check_runnable(where: str, config: dict, gpus: str | None) -> None:
+    """What the agents started here need of the sweep `config` before one starts: the
+    devices its runs ask for, and the data they read (check_sweep_devices,
+    prepare_sweep_data). UserError, one line."""
+    check_sweep_devices(where, config, gpus)
+    prepare_sweep_data(where, config)
 
 
 def agent_slots(gpus: list[str], per_gpu: int, cpu_agents: int) -> list[dict]:
@@ -335,7 +385,7 @@ def main(argv: list[str] | None = None) -> int:
         return submit.submit_from_args(args, argv)
     target = resolve_target(args.target, args.project)
     if target.kind == "wandb":
-        check_sweep_devices(f"sweep {target.text}", check_wandb_sweep(target), args.gpus)
+        check_runnable(f"sweep {target.text}", check_wandb_sweep(target), args.gpus)
     # The sweep is checked (and made) before the GPUs are counted: that imports torch, which
     # a bad sweep file need not wait for.
     if args.gpus:  # before a sweep is made for agents that could not start
@@ -348,12 +398,12 @@ def main(argv: list[str] | None = None) -> int:
     # hint to go on submits another job rather than start agents on the login node.
     options += os.environ.get("SWEEP_JOB_OPTIONS", "")
     store = None
-    if target.kind == "yaml":  # checked, devices too, before the store is made
+    if target.kind == "yaml":  # checked, devices and data too, before the store is made
         store = create_local_sweep(target.path, options, check=lambda config:
-                                   check_sweep_devices(str(target.path), config, args.gpus))
+                                   check_runnable(str(target.path), config, args.gpus))
     elif target.kind == "local":
         store = SweepStore(target.store_path)
-        check_sweep_devices(f"sweep {store.sweep().id}", store.sweep().config, args.gpus)
+        check_runnable(f"sweep {store.sweep().id}", store.sweep().config, args.gpus)
     gpus = args.gpus.split(",") if args.gpus else visible_gpus()
     slots = agent_slots(gpus, args.agents_per_gpu, args.agents)
     if store is None:

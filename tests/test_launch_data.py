@@ -1,0 +1,83 @@
+"""The data a sweep's runs read is found, checked and cached by the launcher once, before a
+sweep is made or an agent starts: a set that is missing or damaged, or a download that fails,
+is one line and exit 2 there (each run failed with it before, leaving a sweep of failed runs),
+and agents started together read the cache instead of each downloading into one folder."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import urllib.error
+
+import pytest
+import torchvision
+import yaml
+
+from agent.launch import prepare_sweep_data
+from conftest import subprocess_env
+from util.datasets import cache_path
+from util.errors import UserError
+
+
+def sweep(**parameters) -> dict:
+    return {"program": "agent/train.py", "method": "grid",
+            "metric": {"name": "val/acc", "goal": "maximize"},
+            "parameters": {"model": {"value": "dense"}, "hidden": {"value": 16},
+                           "epochs": {"value": 1}, "sinks": {"value": []},
+                           "lr": {"values": [0.1, 0.01]},
+                           **{k: v if isinstance(v, dict) else {"value": v}
+                              for k, v in parameters.items()}}}
+
+
+def test_each_dataset_of_the_sweep_is_cached_once_before_it_starts(cifar_root, tmp_path):
+    config = sweep(dataset={"values": ["cifar10", "digits"]}, data_dir=str(cifar_root))
+    assert not cache_path("cifar10", cifar_root).exists()
+    assert prepare_sweep_data("s.yaml", config) == ["cifar10", "digits"]
+    assert cache_path("cifar10", cifar_root).is_file()
+    assert cache_path("digits", cifar_root).is_file()
+    assert prepare_sweep_data("s.yaml", config) == []  # cached: not read again
+
+
+@pytest.mark.parametrize("config", [
+    sweep(dataset="digits", data_dir={"distribution": "categorical", "values": ["a", "b"]}),
+    sweep(dataset="digits") | {"command": ["${env}", "python", "other.py", "${args}"]},
+], ids=["searched-data_dir-is-read-as-values", "another-program"])
+def test_what_the_runs_will_read_is_all_that_is_prepared(workdir, config):
+    prepared = prepare_sweep_data("s.yaml", config)
+    if "command" in config:  # another program's parameters mean what it makes of them
+        assert prepared == [] and not (workdir / "data").exists()
+    else:
+        assert prepared == ["digits", "digits"]
+        assert cache_path("digits", workdir / "a").is_file()
+
+
+def test_a_failed_download_is_one_line_and_leaves_no_folder(workdir, monkeypatch):
+    class Offline:  # torchvision's downloader, on a machine with no network
+        def __init__(self, root, train=True, download=False):
+            (workdir / "data").mkdir(exist_ok=True)
+            (workdir / "data" / "cifar-10-python.tar.gz.part").write_bytes(b"x")
+            raise urllib.error.URLError("Name or service not known")
+
+    monkeypatch.setattr(torchvision.datasets, "CIFAR10", Offline)
+    with pytest.raises(UserError) as refused:
+        prepare_sweep_data("s.yaml", sweep(dataset="cifar10"))
+    message = str(refused.value)
+    assert message.startswith("s.yaml: dataset='cifar10': no CIFAR-10 files in data")
+    assert "download failed (URLError" in message and "\n" not in message
+    assert list(workdir.iterdir()) == []
+
+
+@pytest.mark.e2e
+@pytest.mark.timeout(120)
+def test_the_launcher_refuses_a_sweep_whose_data_is_not_there(tmp_path):
+    """dataset_dir names a folder that is not there: one line, exit 2, nothing created."""
+    config = sweep(dataset="fashion_mnist", dataset_dir=str(tmp_path / "nowhere"))
+    (tmp_path / "s.yaml").write_text(yaml.safe_dump(config))
+    result = subprocess.run([sys.executable, "-m", "agent.launch", "s.yaml"], cwd=tmp_path,
+                            env=subprocess_env(), capture_output=True, text=True, timeout=100)
+    assert result.returncode == 2, result.stderr
+    assert result.stderr.strip() == (f"error: s.yaml: dataset='fashion_mnist': dataset_dir="
+                                     f"'{tmp_path / 'nowhere'}' is not a folder")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["s.yaml"]
+
+
