@@ -76,29 +76,18 @@ def assert_key_written_nowhere(tmp_path: Path, result: subprocess.CompletedProce
 
 @pytest.mark.e2e
 @pytest.mark.timeout(450)
-def test_a_wandb_sweep_runs_online_against_a_server_on_loopback(tmp_path):
+@pytest.mark.parametrize("options, agents", [((), 1), (("--pack", "2"), 2)],
+                         ids=["one-run-at-a-time", "packed"])
+def test_a_wandb_sweep_runs_online_against_a_server_on_loopback(tmp_path, options, agents):
+    """Packed, each member is one of W&B's agents of this process and its own run."""
     with LoopbackWandb(SWEEP, [{"lr": 0.1, "epochs": 2}, {"lr": 0.01, "epochs": 2}]) as server:
-        result = launch(tmp_path, server)
+        result = launch(tmp_path, server, *options)
     assert result.returncode == 0, result.stderr[-3000:]
     assert [(a["sweep"], a["projectName"], a["entityName"]) for a in server.agents] == \
-        [("sw001", "study", "team")]
+        [("sw001", "study", "team")] * agents
     assert_runs_reached_the_server(tmp_path, server, [0.1, 0.01])
     assert "Traceback" not in result.stderr, result.stderr[-3000:]
     assert_key_written_nowhere(tmp_path, result)
-
-
-@pytest.mark.e2e
-@pytest.mark.timeout(450)
-def test_a_packed_wandb_sweep_streams_each_member_as_its_own_run(tmp_path):
-    with LoopbackWandb(SWEEP, [{"lr": 0.1, "epochs": 2}, {"lr": 0.01, "epochs": 2}]) as server:
-        result = launch(tmp_path, server, "--pack", "2")
-    assert result.returncode == 0, result.stderr[-3000:]
-    assert len(server.agents) == 2  # one of W&B's agents a member, from one process
-    assert_runs_reached_the_server(tmp_path, server, [0.1, 0.01])
-    assert "Traceback" not in result.stderr, result.stderr[-3000:]
-    assert_key_written_nowhere(tmp_path, result)
-
-
 
 
 @pytest.mark.e2e
