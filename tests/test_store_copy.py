@@ -5,6 +5,7 @@ meanwhile, and a second merge writes nothing new."""
 from __future__ import annotations
 
 import sqlite3
+import time
 
 from agent.cluster.store_copy import merge_back, take_copy
 from agent.sweep.store import SweepStore, create_store
@@ -89,3 +90,71 @@ def test_a_run_the_job_took_further_replaces_an_earlier_merge(tmp_path):
     assert (run.state, run.epoch, len(run.history)) == ("finished", 3, 3)
     with sqlite3.connect(origin) as db:
         assert db.execute("PRAGMA integrity_check").fetchone() == ("ok",)
+
+
+def test_two_jobs_that_each_repeat_one_crashed_run_leave_the_sweep_one_repeat(tmp_path):
+    """A run left running by a killed agent is repaired in each job's copy: each job marks it
+    crashed and makes a repeat. One repeat is trained (the first job's); the second job was
+    killed before claiming its own. The sweep's store gets one repeat: the next agent on it
+    has nothing left to train, not the same configuration a second time."""
+    from agent.sweep.controller import claim
+
+    store = create_store(tmp_path / "sweep", "s", "s",
+                         {"method": "grid", "parameters": {"lr": {"values": [0.1]}}})
+    with store.transaction() as tx:
+        tx.insert_run("x", {"lr": 0.1}, "running", owner="gone:1")  # its agent was killed
+    store.close()
+    origin = store.path
+    jobs = [(tmp_path / f"copy{i}.db", tmp_path / f"base{i}.db") for i in (1, 2)]
+    for copy, base in jobs:
+        take_copy(origin, copy, base)
+    later = time.time() + 3600  # past the heartbeat timeout
+    for (copy, _), trains in zip(jobs, (True, False)):
+        job = SweepStore(copy)
+        work = claim(job, "node:1", now=later) if trains else None
+        if not trains:  # the job's agent found the crash, then was killed before claiming
+            from agent.sweep.controller import repair_ended_agents
+            repair_ended_agents(job, {"gone:1"})
+        job.close()
+        if work is not None:
+            (repeat,) = work.runs
+            trained(copy, repeat.run_id, range(1, 3), "finished", claim="")
+
+    for order in (jobs, jobs[::-1]):  # whichever job ends first
+        found, into = sqlite3.connect(jobs[0][1]), sqlite3.connect(origin)
+        found.backup(into)  # the sweep's store as both jobs found it
+        found.close()
+        into.close()
+        for copy, base in order:
+            merge_back(copy, base, origin)
+        merged = runs(origin)
+        repeats = [r for r in merged.values() if r.requeued_from == "x"]
+        assert merged["x"].state == "crashed"
+        assert [r.state for r in repeats] == ["finished"], [(r.id, r.state) for r in repeats]
+        store = SweepStore(origin)  # the next agent on the merged store
+        assert claim(store, "login:1").kind == "done"
+        store.close()
+
+
+def test_a_proposal_a_job_left_pending_is_not_merged_into_a_sweep_that_ended_meanwhile(
+        tmp_path):
+    """A job's pending run that is no repeat (a proposal --pack auto measured, or one parked
+    for a later pack) is only a proposal: the sweep's engine proposes again if it is still
+    wanted. Merged, it would run past run_cap after another job ended the sweep."""
+    from agent.sweep.controller import claim, keep_proposal
+
+    config = {"method": "random", "run_cap": 2, "parameters": {"lr": {"min": 0.01, "max": 0.1}}}
+    create_store(tmp_path / "sweep", "s", "s", config).close()
+    origin, copy, base = tmp_path / "sweep" / "sweep.db", tmp_path / "copy.db", tmp_path / "b.db"
+    take_copy(origin, copy, base)
+    job = SweepStore(copy)  # the job measured a proposal's kind, kept it, and was killed
+    assert keep_proposal(job, {"lr": 0.05})
+    job.close()
+    trained(origin, "a", range(1, 3), "finished", claim="new")  # another job: the whole sweep
+    trained(origin, "b", range(1, 3), "finished", claim="new")
+
+    merge_back(copy, base, origin)
+    assert sorted(runs(origin)) == ["a", "b"]
+    store = SweepStore(origin)
+    assert claim(store, "login:1").kind == "done"  # run_cap 2 reached: nothing more to train
+    store.close()

@@ -19,8 +19,9 @@ from agent.sweep.store import SCHEMA_VERSION
 from util.errors import UserError, exit_on_user_error, one_line
 
 # What a job merges: the runs it ended, and those it left to run (a crashed run's repeat
-# that no agent of the job claimed). A run still running stays as the sweep's store has
-# it, so a job killed outright leaves it for the next job to resume.
+# that no agent of the job claimed, unless the sweep's store has a repeat of that run
+# already: `_merges`). A run still running stays as the sweep's store has it, so a job
+# killed outright leaves it for the next job to resume.
 MERGED = ("finished", "failed", "stopped", "preempted", "crashed", "pending")
 # How far a run has got, for two jobs that both changed one run: a final state beats an
 # interrupted one, then the later epoch wins.
@@ -63,6 +64,18 @@ def _same(a: tuple[dict, tuple] | None, b: tuple[dict, tuple] | None) -> bool:
 
 def _ahead(a: dict, b: dict) -> bool:
     return (_PROGRESS[a["state"]], a["epoch"]) > (_PROGRESS[b["state"]], b["epoch"])
+
+
+def _merges(row: dict, theirs: Rows) -> bool:
+    """Whether a pending run of the job goes into the sweep's store: a crashed run's repeat
+    the store has none of. Another pending run is a proposal only (kept for --pack auto, or
+    parked for a later pack): the store's engine proposes again while the sweep wants more,
+    not past a run_cap or an end reached meanwhile. A second repeat of one crashed run would
+    train its configuration twice."""
+    if row["state"] != "pending":
+        return True
+    return bool(row["requeued_from"]) and not any(
+        other["requeued_from"] == row["requeued_from"] for other, _ in theirs.values())
 
 
 def _open_origin(path: Path, wait_s: float = 60) -> sqlite3.Connection:
@@ -115,8 +128,9 @@ def merge_back(copy: Path, base: Path, origin: Path) -> list[str]:
         theirs = _rows(out)
         seq = max((row["seq"] for row, _ in theirs.values()), default=0)
         for run_id, (row, history) in mine.items():
-            if row["state"] not in MERGED or _same(mine[run_id], found.get(run_id)):
-                continue  # running, or not touched by this job
+            if row["state"] not in MERGED or _same(mine[run_id], found.get(run_id)) or \
+                    not _merges(row, theirs):
+                continue  # running, not touched by this job, or a proposal only
             now = theirs.get(run_id)
             if _same(now, (row, history)):
                 continue  # merged before
@@ -130,6 +144,15 @@ def merge_back(copy: Path, base: Path, origin: Path) -> list[str]:
                         f"({', '.join('?' * len(row))})", tuple(row.values()))
             out.execute("DELETE FROM history WHERE run_id=?", (run_id,))
             out.executemany("INSERT INTO history VALUES (?, ?, ?)", history)
+            theirs[run_id] = (row, history)
+            if row["requeued_from"] and row["state"] != "pending":
+                # a repeat this job trained: another job's repeat of the same run that is
+                # still waiting would train its configuration a second time
+                for other in [other_id for other_id, (other, _) in theirs.items()
+                              if other["requeued_from"] == row["requeued_from"]
+                              and other["state"] == "pending" and other_id != run_id]:
+                    out.execute("DELETE FROM runs WHERE id=?", (other,))
+                    del theirs[other]
             written.append(run_id)
         out.execute("COMMIT")
     finally:
