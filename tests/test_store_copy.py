@@ -7,6 +7,8 @@ from __future__ import annotations
 import sqlite3
 import time
 
+import pytest
+
 from agent.cluster.store_copy import merge_back, take_copy
 from agent.sweep.store import SweepStore, create_store
 
@@ -158,3 +160,41 @@ def test_a_proposal_a_job_left_pending_is_not_merged_into_a_sweep_that_ended_mea
     store = SweepStore(origin)
     assert claim(store, "login:1").kind == "done"  # run_cap 2 reached: nothing more to train
     store.close()
+
+
+def test_the_merge_knows_every_table_and_column_of_the_store(tmp_path):
+    """The merge's SQL against store.py's schema: every table the store makes is one the
+    merge knows, and every column of runs and history goes over. A table added to the
+    schema without teaching the merge is refused in one line, nothing written, rather than
+    left behind in the job's copy."""
+    from agent.cluster.store_copy import TABLES
+    from util.errors import UserError
+
+    create_store(tmp_path / "sweep", "s", "s", {"method": "grid"}).close()
+    origin, copy, base = tmp_path / "sweep" / "sweep.db", tmp_path / "copy.db", tmp_path / "b.db"
+    with sqlite3.connect(origin) as db:
+        assert {name for (name,) in db.execute(
+            "SELECT name FROM sqlite_master WHERE type='table'")} == set(TABLES)
+    db.close()
+    take_copy(origin, copy, base)
+    trained(copy, "a", range(1, 3), "finished", claim="new")
+    with sqlite3.connect(copy) as db:  # every column of the job's row is one it wrote
+        db.execute("UPDATE runs SET error='e', pack='p', requeued_from='r' WHERE id='a'")
+    db.close()
+    merge_back(copy, base, origin)
+    reads = {}
+    for path in (copy, origin):
+        with sqlite3.connect(path) as db:
+            reads[path] = [db.execute(f"SELECT * FROM {table} ORDER BY 1, 2").fetchall()
+                           for table in ("runs", "history")]
+        db.close()
+    assert reads[copy] == reads[origin]
+
+    with sqlite3.connect(copy) as db:  # a table the schema gained
+        db.execute("CREATE TABLE artifacts (run_id TEXT, path TEXT)")
+        db.execute("INSERT INTO artifacts VALUES ('a', 'model.pt')")
+    db.close()
+    trained(copy, "b", range(1, 2), "finished", claim="new")
+    with pytest.raises(UserError, match="artifacts"):
+        merge_back(copy, base, origin)
+    assert sorted(runs(origin)) == ["a"]

@@ -28,6 +28,10 @@ MERGED = ("finished", "failed", "stopped", "preempted", "crashed", "pending")
 _PROGRESS = {"pending": 0, "running": 1, "crashed": 2, "preempted": 2, "finished": 3,
              "failed": 3, "stopped": 3}
 
+# The tables of a sweep store (agent/sweep/store.py TABLES) and what a merge does with each:
+# a table the merge does not know is refused, not left behind in the job's copy unsaid.
+TABLES = {"sweep": "the same in every copy (a sweep's config never changes)",
+          "runs": "merged run by run", "history": "merged with its run"}
 Rows = dict[str, tuple[dict, tuple]]  # run id -> (its runs row, its history rows)
 
 
@@ -47,6 +51,12 @@ def take_copy(origin: Path, copy: Path, base: Path) -> None:
 
 def _rows(db: sqlite3.Connection) -> Rows:
     db.row_factory = sqlite3.Row
+    unknown = {name for (name,) in db.execute("SELECT name FROM sqlite_master WHERE "
+                                              "type='table'")} - set(TABLES)
+    if unknown:
+        raise UserError(f"a sweep store with table(s) {', '.join(sorted(unknown))} that this "
+                        f"merge does not know (it knows {', '.join(TABLES)}); merge with the "
+                        "code that made the store")
     history: dict[str, list[tuple]] = {}
     for row in db.execute("SELECT run_id, epoch, metrics FROM history ORDER BY run_id, epoch"):
         history.setdefault(row["run_id"], []).append(tuple(row))
@@ -143,7 +153,8 @@ def merge_back(copy: Path, base: Path, origin: Path) -> list[str]:
             out.execute(f"INSERT OR REPLACE INTO runs ({', '.join(row)}) VALUES "
                         f"({', '.join('?' * len(row))})", tuple(row.values()))
             out.execute("DELETE FROM history WHERE run_id=?", (run_id,))
-            out.executemany("INSERT INTO history VALUES (?, ?, ?)", history)
+            out.executemany("INSERT INTO history (run_id, epoch, metrics) VALUES (?, ?, ?)",
+                            history)
             theirs[run_id] = (row, history)
             if row["requeued_from"] and row["state"] != "pending":
                 # a repeat this job trained: another job's repeat of the same run that is
