@@ -752,3 +752,20 @@ def test_a_sweep_yaml_is_known_by_its_suffix_in_any_case(workdir, name):
     (workdir / name).write_text("method: grid\n")
     target = resolve_target(name)
     assert target.kind == "yaml" and target.path == Path(name)
+
+
+def test_a_proposal_measured_after_another_run_reached_the_target_is_not_kept(workdir):
+    """While --pack auto measured, another agent's run reached metric.target: W&B makes no
+    new run then, so neither does keep_proposal; the agent's next claim ends the sweep."""
+    from agent.sweep.controller import claim, keep_proposal
+
+    store = make_sweep(workdir, "target", {"lr": {"min": 0.001, "max": 0.1}}, method="random",
+                       metric={"name": "val/acc", "goal": "maximize", "target": 0.9})
+    with store.transaction() as tx:
+        tx.insert_run("best", {"lr": 0.05}, "running", owner="other:1")
+    assert store.record_epoch("best", "other:1", 1, {"val/acc": 0.95})
+    assert store.finish("best", "other:1", "finished", summary={"val/acc": 0.95})
+    proposal = {"dataset": "digits", "data_dir": str(workdir / "data"), "lr": 0.01}
+    assert not keep_proposal(store, proposal)
+    assert [r.id for r in store.runs()] == ["best"]
+    assert claim(store, "agent:1").kind == "done"

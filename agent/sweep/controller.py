@@ -15,7 +15,7 @@ from collections.abc import Callable, Hashable
 from dataclasses import dataclass, field
 
 from agent.ids import new_run_id
-from agent.sweep.engine import planned_runs, proposed_batch, stop_decisions
+from agent.sweep.engine import planned_runs, proposed_batch, stop_decisions, target_reached
 from agent.sweep.store import Run, SweepStore
 from util.errors import UserError
 
@@ -228,11 +228,13 @@ def keep_proposal(store: SweepStore, config: dict) -> bool:
     may be another kind not measured yet (a batch-size study: each batch size is a kind),
     and the agent would measure kind after kind before one claim met a kind measured. Not
     for a grid (its next claim proposes the same point), a config already waiting (a
-    pending or preempted run's) or a sweep at its run_cap. Returns whether a run was added."""
+    pending or preempted run's), a sweep at its run_cap, or one where a run reached
+    metric.target while the agent measured (the engine proposes nothing more then). Returns
+    whether a run was added."""
     with store.transaction() as tx:
         sweep_config, runs = tx.sweep().config, tx.runs()
         cap = sweep_config.get("run_cap")
-        if sweep_config.get("method") == "grid" or (
+        if sweep_config.get("method") == "grid" or target_reached(sweep_config, runs) or (
                 cap and sum(not r.requeued_from for r in runs) >= cap) or any(
                 r.state in ("pending", "preempted") and r.config == config for r in runs):
             return False
