@@ -216,21 +216,26 @@ def catches(pid: int, signum: int) -> bool:
 
 @pytest.mark.timeout(300)
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc")
-def test_sigterm_while_pack_auto_measures_stops_it_at_once_with_nothing_claimed(workdir):
+@pytest.mark.parametrize("method, signum", [("grid", signal.SIGTERM),
+                                            ("random", signal.SIGINT)])
+def test_sigterm_while_pack_auto_measures_stops_it_at_once_with_nothing_claimed(
+        workdir, method, signum):
     # the default cnn at a batch of 1024 on one thread: each measured step takes a second or
-    # more, and the first measurement of a process warms up for 8 of them
+    # more, and the first measurement of a process warms up for 8 of them. In a random sweep
+    # the proposal measured is kept as a pending run (keep_proposal), but not after Ctrl-C.
     store = make_sweep(workdir, "measuring", {
         "model": {"value": "cnn"}, "batch_size": {"value": 1024}, "epochs": {"value": 1},
-        "num_threads": {"value": 1}, "sinks": {"value": []}, "lr": {"values": [0.1, 0.01]}})
+        "num_threads": {"value": 1}, "sinks": {"value": []}, "lr": {"values": [0.1, 0.01]}},
+        method=method)
     import time
 
     agent = start_agent(workdir, store, "--pack", "auto")
     deadline = time.time() + 120
-    while not catches(agent.pid, signal.SIGTERM):  # the agent's handler is in place
+    while not catches(agent.pid, signal.SIGTERM):  # the agent's handlers are in place
         assert agent.poll() is None and time.time() < deadline
         time.sleep(0.05)
     time.sleep(1.0)  # the first claim found the kind unmeasured: the measurement is under way
-    agent.send_signal(signal.SIGTERM)
+    agent.send_signal(signum)
     stopped = time.time()
     assert agent.wait(timeout=60) == 0
     assert time.time() - stopped < 10  # a step or two, not the whole measurement
