@@ -5,12 +5,15 @@ meanwhile, and a second merge writes nothing new."""
 from __future__ import annotations
 
 import sqlite3
+import subprocess
+import sys
 import time
 
 import pytest
 
 from agent.cluster.store_copy import merge_back, take_copy
 from agent.sweep.store import SweepStore, create_store
+from conftest import ROOT, subprocess_env
 
 
 def trained(path, run_id: str, epochs: range, state: str, claim: str = "start"):
@@ -198,3 +201,46 @@ def test_the_merge_knows_every_table_and_column_of_the_store(tmp_path):
     with pytest.raises(UserError, match="artifacts"):
         merge_back(copy, base, origin)
     assert sorted(runs(origin)) == ["a"]
+
+
+@pytest.mark.e2e
+@pytest.mark.timeout(60)
+def test_a_store_another_process_holds_open_is_neither_taken_nor_merged_and_says_so(tmp_path):
+    """An agent (or its launcher) on the sweep keeps its SQLite connection open while it
+    runs, and WAL keeps a shared lock on the file for it: a job's exclusive take or merge
+    cannot have the store then. It waits, then says so in one line (exit 2, not sqlite3's
+    traceback), the store as it was; a final merge names the command that merges the job's
+    runs later. The agent's own writes go on meanwhile."""
+    create_store(tmp_path / "sweep", "s", "s", {"method": "grid"}).close()
+    origin, copy, base = tmp_path / "sweep" / "sweep.db", tmp_path / "copy.db", tmp_path / "b.db"
+    take_copy(origin, copy, base)
+    trained(copy, "a", range(1, 3), "finished", claim="new")
+    agent = subprocess.Popen([sys.executable, "-c", f"""
+import sys
+from agent.sweep.store import SweepStore
+store = SweepStore({str(origin)!r})
+store.runs()
+print("open", flush=True)
+sys.stdin.readline()
+with store.transaction() as tx:
+    tx.insert_run("mine", {{"lr": 0.3}}, "pending")
+store.close()
+"""], cwd=ROOT, env=subprocess_env(), stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    try:
+        assert agent.stdout.readline() == "open\n"
+        tool = [sys.executable, "-m", "agent.cluster.store_copy"]
+        for step in (["take", str(origin), str(tmp_path / "c2.db"), str(tmp_path / "b2.db")],
+                     ["merge", str(copy), str(base), str(origin)]):
+            done = subprocess.run([*tool, *step, "--wait", "1"], cwd=ROOT, env=subprocess_env(),
+                                  capture_output=True, text=True, timeout=30)
+            assert done.returncode == 2, done.stderr
+            (line,) = done.stderr.splitlines()
+            assert "still open in another process" in line, line
+        assert f"store_copy merge {copy} {base} {origin}" in line
+        agent.stdin.write("\n")
+        agent.stdin.flush()
+        assert agent.wait(timeout=30) == 0
+    finally:
+        agent.kill()
+    assert sorted(runs(origin)) == ["mine"]  # the agent wrote; the job's a is still to merge
+    assert merge_back(copy, base, origin) == ["a"]  # once the agent has closed the store

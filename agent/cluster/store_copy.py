@@ -35,11 +35,11 @@ TABLES = {"sweep": "the same in every copy (a sweep's config never changes)",
 Rows = dict[str, tuple[dict, tuple]]  # run id -> (its runs row, its history rows)
 
 
-def take_copy(origin: Path, copy: Path, base: Path) -> None:
+def take_copy(origin: Path, copy: Path, base: Path, wait_s: float = 60) -> None:
     """The sweep's store `origin` as one consistent snapshot (whatever another job merges
     meanwhile) in `copy`, the job's working store, and in `base`, what the job started
     from (`merge_back` compares with it)."""
-    db = _open_origin(origin)
+    db = _open_origin(origin, wait_s)
     try:
         for target in (copy, base):
             with sqlite3.connect(target) as out:
@@ -93,7 +93,8 @@ def _open_origin(path: Path, wait_s: float = 60) -> sqlite3.Connection:
     SQLite then keeps WAL's index in this process's memory rather than in a shared -shm
     file, which a network file system (the cluster's home storage) does not keep coherent
     between hosts. It needs every other connection to the store closed (agent.status holds
-    one for a moment): tried again for up to `wait_s` seconds, then sqlite3's error."""
+    one for a moment): tried again for up to `wait_s` seconds, then UserError (one line:
+    a local agent or launcher on the sweep holds its connection open while it runs)."""
     if not path.is_file():
         raise UserError(f"{path}: no sweep store there")
     deadline = time.monotonic() + wait_s
@@ -107,8 +108,13 @@ def _open_origin(path: Path, wait_s: float = 60) -> sqlite3.Connection:
             break
         except sqlite3.OperationalError as error:
             db.close()
-            if "locked" not in str(error) or time.monotonic() > deadline:
+            if "locked" not in str(error):
                 raise
+            if time.monotonic() > deadline:
+                raise UserError(
+                    f"{path}: still open in another process after {wait_s:g} s (an agent or "
+                    "launcher on this sweep, or a program reading it); a PBS job takes and "
+                    "merges the store only while no other process has it open") from None
             time.sleep(0.2)
     if version != SCHEMA_VERSION:
         db.close()
@@ -117,7 +123,7 @@ def _open_origin(path: Path, wait_s: float = 60) -> sqlite3.Connection:
     return db
 
 
-def merge_back(copy: Path, base: Path, origin: Path) -> list[str]:
+def merge_back(copy: Path, base: Path, origin: Path, wait_s: float = 60) -> list[str]:
     """Every run the job ended or left pending (in `copy`, differing from `base`; MERGED)
     written into the store
     `origin`, in one transaction; the ids written. A run new to `origin` is added after its
@@ -131,7 +137,7 @@ def merge_back(copy: Path, base: Path, origin: Path) -> list[str]:
     with sqlite3.connect(f"{base.resolve().as_uri()}?mode=ro", uri=True, timeout=60) as db:
         found = _rows(db)
     db.close()
-    out = _open_origin(origin)
+    out = _open_origin(origin, wait_s)
     written = []
     try:
         out.execute("BEGIN IMMEDIATE")
@@ -182,9 +188,12 @@ def main(argv: list[str] | None = None) -> int:
             step.add_argument(name, type=Path)
     merge.add_argument("--every", type=float, metavar="S", help="merge every S seconds "
                        "until stopped (SIGTERM), first after S")
+    for step in (take, merge):
+        step.add_argument("--wait", type=float, default=60, metavar="S", help="seconds to "
+                          "wait for other processes to close ORIGIN (default 60)")
     args = parser.parse_args(argv)
     if args.step == "take":
-        take_copy(args.origin, args.copy, args.base)
+        take_copy(args.origin, args.copy, args.base, args.wait)
         return 0
     while args.every:
         time.sleep(args.every)
@@ -192,12 +201,18 @@ def main(argv: list[str] | None = None) -> int:
             merge_once(args)
         except (UserError, sqlite3.Error) as error:  # the final merge reports what stays
             print(f"sweep store: not merged now ({one_line(error)})", file=sys.stderr)
-    merge_once(args)
+    try:
+        merge_once(args)
+    except (UserError, sqlite3.Error) as error:
+        raise UserError(f"sweep store not merged ({one_line(error)}); this job's runs stay in "
+                        f"{args.copy}: merge them once the store is free with python -m "
+                        f"agent.cluster.store_copy merge {args.copy} {args.base} "
+                        f"{args.origin}") from None
     return 0
 
 
 def merge_once(args: argparse.Namespace) -> None:
-    written = merge_back(args.copy, args.base, args.origin)
+    written = merge_back(args.copy, args.base, args.origin, args.wait)
     if written:
         print(f"sweep store: {len(written)} ended run(s) of this job merged into {args.origin}",
               flush=True)
