@@ -24,6 +24,10 @@ ROOT = Path(__file__).resolve().parents[1]
 # training test into a 120 s timeout here; PASSIVE makes them sleep. Set before torch loads
 # (nothing above imports it); child processes inherit it.
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+# The tests start our commands as `python -m ...` in their own folders, whose hints name the
+# scripts as `./run_sweep.sh`; util/with_venv.sh, which ran pytest, says where the project's
+# root is for hints given elsewhere (agent/commands.py), and that is tested on its own.
+os.environ.pop("SWEEP_SCRIPTS_ROOT", None)
 # Child processes the tests kill (SIGKILL, timeouts) cannot remove their temporary files
 # (wandb makes two directories at import, its service a socket): they get a TMPDIR of their
 # own, removed when this process ends. This process keeps the system's (cached first).

@@ -16,4 +16,5 @@ if [ ! -x "$venv/bin/python" ] || [ "$(cat "$stamp" 2>/dev/null)" != "$wanted" ]
 fi
 export PATH="$venv/bin:$PATH" VIRTUAL_ENV="$venv"
 export PYTHONPATH="$root${PYTHONPATH:+:$PYTHONPATH}"  # `python -m agent...` from any directory
+export SWEEP_SCRIPTS_ROOT="$root"  # the hints name the scripts from where they run (agent/commands.py)
 exec "$@"

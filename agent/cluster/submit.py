@@ -32,6 +32,7 @@ import time
 from pathlib import Path
 
 from agent.cluster.schedulers import SCHEDULERS, Scheduler
+from agent.commands import script
 from agent.sweep.target import SweepTarget, check_wandb_sweep, create_local_sweep, resolve_target
 from util.errors import UserError
 
@@ -184,7 +185,8 @@ def _after_failure(failure: SubmitFailed, job_dir: Path, made: Path | None,
         if made is not None:
             shutil.rmtree(made, ignore_errors=True)
         return f"{failure}; no job was submitted and nothing was kept"
-    where = f"; the sweep is {local.name} (more jobs: ./run_sweep.sh {local.name} ...)" \
+    more = f"{script('run_sweep.sh')} {local.name} ..." if local is not None else ""
+    where = f"; the sweep is {local.name} (more jobs: {more})" \
         if local is not None else ""
     return (f"{failure}; submitted before it: {', '.join(failure.submitted)} (scripts and logs "
             f"in {job_dir}/){where}")
@@ -223,6 +225,6 @@ def submit_from_args(args: argparse.Namespace, argv: list[str] | None = None) ->
         print(f"Submitted {scheduler.title} job(s) {', '.join(ids)}; scripts and logs in "
               f"{job_dir}/ (watch: {scheduler.watch})")
         if local is not None:
-            print(f"Progress: ./util/with_venv.sh python -m agent.status {local}"
+            print(f"Progress: {script('util/with_venv.sh')} python -m agent.status {local}"
                   + scheduler.status_note)
     return 0

@@ -24,6 +24,7 @@ from pathlib import Path
 from rich.console import Console
 
 from agent import metrics
+from agent.commands import script
 from agent.params import BY_NAME, TEXT_KINDS
 from agent.report import stats
 from agent.report.curves import loss_curve, step_losses
@@ -112,7 +113,7 @@ def build_report(study: Study, out_dir: Path, console: Console | None = None,
         write_csv(ctx, out_dir / "runs.csv")
         if not study.runs:
             report.add("**This sweep has no runs yet**: nothing to report. Start agents with "
-                       f"`./run_sweep.sh {study.sweep_id}`.", "")
+                       f"`{script('run_sweep.sh')} {study.sweep_id}`.", "")
         elif not ctx.scored:
             failed = [r for r in study.runs if r.state == "failed"]
             report.add(f"**No run has a value of `{study.metric}`**"

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import sys
 
+from agent.commands import script
 from agent.ids import new_run_id
 from agent.report.stats import best_settings_per_group, default_by
 from agent.report.study import (
@@ -84,8 +85,8 @@ def create_local(study: Study, configs: list[tuple[str, dict]],
             sweep_id = new_run_id()
             stores.append(create_store(SWEEPS_DIR / sweep_id, sweep_id, config["name"], config))
             what = f"created (seeds {', '.join(map(str, seeds))})"
-        print(f"run {run_id}: repeat sweep {sweep_id} {what}"
-              + ("; running it now" if running else f"; run it: ./run_sweep.sh {sweep_id}"))
+        go = "; running it now" if running else f"; run it: {script('run_sweep.sh')} {sweep_id}"
+        print(f"run {run_id}: repeat sweep {sweep_id} {what}{go}")
     return stores
 
 
@@ -108,7 +109,7 @@ def create_on_wandb(target: str, configs: list[tuple[str, dict]]) -> None:
                             f"({type(error).__name__}: {str(error).splitlines()[0][:100]})"
                             ) from None
         print(f"run {run_id}: created W&B repeat sweep; run it: "
-              f"./run_sweep.sh {entity}/{project}/{sweep_id}")
+              f"{script('run_sweep.sh')} {entity}/{project}/{sweep_id}")
 
 
 def parse_options(argv: list[str] | None):
@@ -172,7 +173,7 @@ def again_command(args, study) -> str:
     shown = {"top": args.top != 2, "by": args.by_given, "seeds": args.seeds != 5}
     options = [f"--{name} {shlex.quote(str(getattr(args, name)))}"
                for name, show in shown.items() if show]
-    return " ".join(["./util/with_venv.sh python -m agent.repeat", study.sweep_id,
+    return " ".join([f"{script('util/with_venv.sh')} python -m agent.repeat", study.sweep_id,
                      *options, "--run"])
 
 
@@ -195,9 +196,9 @@ def main(argv: list[str] | None = None) -> int:
                 print(f"Stopped with repeat sweep {store.sweep().id} not finished: go on "
                       f"with {again_command(args, study)} (finished repeats are kept)")
                 return code
-        print(f"Next: ./util/with_venv.sh python -m agent.report {study.sweep_id}")
+        print(f"Next: {script('util/with_venv.sh')} python -m agent.report {study.sweep_id}")
     else:
         print(f"Or all now: {again_command(args, study)}")
-        print(f"Then: ./util/with_venv.sh python -m agent.report {study.sweep_id}")
+        print(f"Then: {script('util/with_venv.sh')} python -m agent.report {study.sweep_id}")
     return code
 

@@ -19,6 +19,7 @@ from rich.markup import escape
 from rich.table import Table
 from rich.text import Text
 
+from agent.commands import script
 from agent.ids import path_safe
 from agent.params import BY_NAME
 from agent.sweep.controller import HEARTBEAT_TIMEOUT_S
@@ -193,12 +194,13 @@ def render_status(store: SweepStore, console: Console | None = None,
     print_table(console, status_table(sweep.config, shown))
     if limit is not None and len(runs) > len(shown):
         console.print(f"(the best {len(shown)} of {len(runs)} runs; all of them: "
-                      f"./util/with_venv.sh python -m agent.status {sweep.id})",
+                      f"{script('util/with_venv.sh')} python -m agent.status {sweep.id})",
                       highlight=False)
     if counts["silent"]:
         console.print(f"silent: no heartbeat for over {HEARTBEAT_TIMEOUT_S:g} s: its agent has "
                       "stopped (or beats less often, --heartbeat); the next agent marks it "
-                      f"crashed and repeats it: ./run_sweep.sh {sweep.id}", highlight=False)
+                      f"crashed and repeats it: {script('run_sweep.sh')} {sweep.id}",
+                      highlight=False)
 
 
 def _number(value) -> float | None:
@@ -327,12 +329,12 @@ def closing_lines(store: SweepStore, options: str = "") -> list[str]:
         lines.append(reached)
     elif ended < len(current) or (planned and ended < planned):  # stopped (Ctrl-C, SIGTERM...)
         lines += [f"Not finished ({ended} of {planned or len(current)} runs ended): go on "
-                  "where it stopped with", f"  ./run_sweep.sh {sweep.id}{options}"]
+                  "where it stopped with", f"  {script('run_sweep.sh')} {sweep.id}{options}"]
     if best is None or not ours:  # nothing to repeat or report (yet)
         return lines
-    prefix = "./util/with_venv.sh python -m"
+    prefix = f"{script('util/with_venv.sh')} python -m"
     parent = repeats_sweep(sweep.config)
-    board = [f"  ./run_tensorboard.sh --logdir {shlex.quote(logs)}"] \
+    board = [f"  {script('run_tensorboard.sh')} --logdir {shlex.quote(logs)}"] \
         if "tensorboard" in sinks else []  # quoted: a log_dir may hold spaces
     if parent:  # a repeat sweep: its runs are part of the repeated sweep's report
         return lines + ["Next: the report of the sweep it repeats"

@@ -16,6 +16,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+from agent.commands import script
 from agent.sweep.store import STORE_NAME, SWEEPS_DIR, SweepStore, store_paths
 from util.errors import UserError
 
@@ -153,7 +154,7 @@ def create_local_sweep(yaml_path: str | Path, options: str = "", announce: bool 
         print(textwrap.fill(note, 80, subsequent_indent="  ", break_on_hyphens=False))
     if announce:
         print(f"Created local sweep {sweep_id} ({name}) in {store.directory}")
-        print(f"Add agents from another shell: ./run_sweep.sh {sweep_id}{options}")
+        print(f"Add agents from another shell: {script('run_sweep.sh')} {sweep_id}{options}")
     return store
 
 
@@ -189,7 +190,7 @@ def unfinished_twin(config: dict, options: str = "") -> str | None:
     counts = (f"{progress['done']} of {progress['total']} runs ended"
               if progress["total"] is not None else f"{progress['done']} runs ended")
     return (f"note: sweep {sweep_id}, made earlier from the same config, is not finished "
-            f"({counts}); to go on with it instead: ./run_sweep.sh {sweep_id}{options}")
+            f"({counts}); to go on with it instead: {script('run_sweep.sh')} {sweep_id}{options}")
 
 
 def hint_options(options: str, config: dict) -> str:

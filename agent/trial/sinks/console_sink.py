@@ -13,6 +13,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 
 from agent import metrics
+from agent.commands import script
 from agent.sweep_space import duration_text, short_number, swept_parameters
 from agent.trial.sinks import RunInfo, Sink
 
@@ -113,7 +114,8 @@ class ConsoleSink(Sink):
                               else escape(str(value)))  # class names come from users' files
         self.console.print(table)
         if self.tensorboard:  # the logs it names exist only with the TensorBoard sink
-            self.console.print(f"TensorBoard: ./run_tensorboard.sh --logdir {self.run.log_dir}",
+            board = script("run_tensorboard.sh")
+            self.console.print(f"TensorBoard: {board} --logdir {self.run.log_dir}",
                                highlight=False, markup=False, soft_wrap=True)
 
 

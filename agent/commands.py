@@ -1,0 +1,27 @@
+"""The project's own commands as the hints it prints name them (`./run_sweep.sh <id>`,
+`./util/with_venv.sh python -m agent.report <id>`, `./run_tensorboard.sh ...`): pasted in the
+folder the user works in, they must reach the scripts. No torch."""
+
+from __future__ import annotations
+
+import os
+import shlex
+
+ROOT_VARIABLE = "SWEEP_SCRIPTS_ROOT"  # the project's folder, exported by util/with_venv.sh
+
+
+def script(name: str) -> str:
+    """`name` (run_sweep.sh, run_tensorboard.sh, util/with_venv.sh) as a command for the
+    current folder: `./name` where that is the project's root (or where our commands run
+    without util/with_venv.sh, which says where the root is), else the project's folder
+    relative to here when it is at most two folders up (`../hp/run_sweep.sh`), else absolute;
+    shell-quoted.
+    The sweep's files (data/) are relative to the current folder, so a hint is run from
+    here whatever the path to the script."""
+    root = os.environ.get(ROOT_VARIABLE)
+    here = os.getcwd()
+    if not root or os.path.realpath(root) == os.path.realpath(here):
+        return f"./{name}"
+    relative = os.path.relpath(root, here)
+    near = relative.split(os.sep).count(os.pardir) <= 2  # beyond, an absolute path reads better
+    return shlex.quote(os.path.join(relative if near else root, name))
