@@ -15,6 +15,7 @@ from pathlib import Path
 
 import pytest
 
+from agent.sweep import wandb_pack
 from conftest import subprocess_env
 from wandb_server import LoopbackWandb
 
@@ -164,3 +165,30 @@ def test_a_preempted_run_resumes_where_it_stopped_in_the_same_wandb_run(tmp_path
     assert local["epochs_done"] == 12
     assert run.summary["val/acc"] == pytest.approx(local["val/acc"])
     assert "Traceback" not in again.stderr
+
+
+@pytest.mark.e2e
+@pytest.mark.timeout(450)
+def test_a_run_stopped_in_wandb_ends_stopped_and_its_pack_mate_goes_on(tmp_path):
+    """A user stops one member of a pack in W&B's UI (its file stream answers `stopped`):
+    that run ends at its epoch's end as stopped, once, and its pack-mate trains to its end.
+    wandb's own reaction, a SIGINT to the main thread, preempted the whole pack and the
+    stopped run was handed out again."""
+    long = {"lr": 0.1, "epochs": 1500}
+    with LoopbackWandb(SWEEP, [long, long | {"lr": 0.01}]) as server:
+        process = start(tmp_path, server, "--pack", "2")
+        try:
+            wait_for(lambda: "wbrun000" in server.runs)
+            server.stop("wbrun000", via="ui")
+            stdout, stderr = process.communicate(timeout=300)
+        finally:
+            process.kill()
+    assert process.returncode == 0, stderr[-3000:]
+    stopped, mate = server.runs["wbrun000"], server.runs["wbrun001"]
+    assert stopped.exit_code == 0 and not stopped.preempting and stopped.handed == 1
+    local = json.loads((tmp_path / "data/runs/wbrun000/summary.json").read_text())
+    assert local["state"] == "stopped" and local["stop_reason"] == wandb_pack.STOPPED_IN_WANDB
+    assert 1 <= local["epochs_done"] < 1500
+    assert mate.exit_code == 0 and not mate.preempting
+    assert [row["epoch"] for row in mate.history if "val/acc" in row] == list(range(1, 1501))
+    assert "Traceback" not in stderr, stderr[-3000:]

@@ -34,6 +34,7 @@ from util.errors import UserError, one_line
 
 HEARTBEAT_S = 5.0  # W&B's Python agent beats every 5 s (pyagent.Agent.HEARTBEAT_SLEEP_SECONDS)
 STOPPED_BY_WANDB = "stopped by W&B (the sweep's early_terminate)"
+STOPPED_IN_WANDB = "stopped in W&B (its Stop button or API)"
 
 
 @dataclass
@@ -66,7 +67,7 @@ class PackedWandbAgent:
     interrupted: Callable[[], bool]
     wandb_dir: str = field(default_factory=lambda: os.environ.get("WANDB_DIR") or os.getcwd())
     slots: list[Slot] = field(default_factory=list)
-    stopped: set[str] = field(default_factory=set)  # runs the server asked to stop
+    stopped: dict[str, str] = field(default_factory=dict)  # run -> why the server stops it
     outcomes: list[str] = field(default_factory=list)
     exit: bool = False  # the server said exit: no more runs for this agent
     handed: int = 0  # runs the server handed to this agent's slots
@@ -164,7 +165,7 @@ class PackedWandbAgent:
                     slot.values = {name: spec.get("value") for name, spec
                                    in (command.get("args") or {}).items()}
                 elif kind == "stop":
-                    self.stopped.add(command.get("run_id"))
+                    self.stopped.setdefault(command.get("run_id"), STOPPED_BY_WANDB)
                 elif kind == "exit":
                     self.exit = True
 
@@ -253,7 +254,8 @@ class PackedWandbAgent:
                 config=dict(config), project=self.project, entity=self.entity,
                 mode=wandb_sink.chosen_mode(), reinit="create_new", dir=self.wandb_dir,
                 resume="allow",  # a run W&B hands out again (`resume`) goes on, not over
-                settings=wandb.Settings(silent=True, console="off", sweep_id=self.sweep_id))
+                settings=wandb.Settings(silent=True, console="off", sweep_id=self.sweep_id,
+                                        stop_fn=self._stop_from_wandb(config.run_id)))
         hooks = [TrialHooks(should_stop=self._stop_check(config.run_id),
                             interrupted=self.interrupted,
                             ended=self._ended(slot, config.run_id))
@@ -289,8 +291,18 @@ class PackedWandbAgent:
     def _stop_check(self, run_id: str) -> Callable[[int, list[dict]], str | None]:
         def should_stop(epoch: int, history: list[dict]) -> str | None:
             with self.lock:
-                return STOPPED_BY_WANDB if run_id in self.stopped else None
+                return self.stopped.get(run_id)
         return should_stop
+
+    def _stop_from_wandb(self, run_id: str) -> Callable[[], None]:
+        """wandb's stop_fn for a member: a user stopped its run in W&B, which its file
+        stream's answer says (wandb-core polls it). wandb's default sends SIGINT to the main
+        thread, which would preempt the whole pack as a Ctrl-C does, and W&B would then hand
+        the stopped run out again; the member ends as stopped at its epoch's end instead."""
+        def stop() -> None:
+            with self.lock:
+                self.stopped.setdefault(run_id, STOPPED_IN_WANDB)
+        return stop
 
     def _ended(self, slot: Slot, run_id: str) -> Callable[[dict], None]:
         def ended(summary: dict) -> None:
