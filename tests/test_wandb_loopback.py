@@ -7,6 +7,7 @@ against the trial's own files."""
 from __future__ import annotations
 
 import json
+import os
 import signal
 import subprocess
 import sys
@@ -16,7 +17,7 @@ from pathlib import Path
 import pytest
 
 from agent.sweep import wandb_pack
-from conftest import subprocess_env
+from conftest import ROOT, subprocess_env
 from wandb_server import LoopbackWandb
 
 FAKE_KEY = "k" * 40  # W&B keys are 40 characters; this one opens nothing
@@ -26,6 +27,11 @@ COMMAND = ["${env}", "python", "-m", "agent.train", "--dataset=digits", "--model
 SWEEP = {"program": "agent/train.py", "command": COMMAND, "method": "grid",
          "metric": {"name": "val/acc", "goal": "maximize"},
          "parameters": {"lr": {"values": [0.1, 0.01]}, "epochs": {"value": 2}}}
+# A sweep of another program (a W&B-instrumented script of the user's): W&B's own agent runs it
+PROGRAM_SWEEP = {"program": str(ROOT / "tests" / "programs" / "toy_train.py"), "method": "grid",
+                 "metric": {"name": "val_loss", "goal": "minimize"},
+                 "parameters": {"lr": {"values": [0.1, 0.5]}, "epochs": {"value": 3},
+                                "seconds_per_epoch": {"value": 0.2}}}
 
 
 def start(tmp_path: Path, server: LoopbackWandb, *options: str) -> subprocess.Popen:
@@ -66,6 +72,22 @@ def assert_runs_reached_the_server(tmp_path: Path, server: LoopbackWandb, lrs: l
         assert epochs[-1]["val/acc"] == pytest.approx(local["val/acc"])
         assert run.summary["val/acc"] == pytest.approx(local["val/acc"])
         assert run.summary["test/acc"] == pytest.approx(local["test/acc"])
+
+
+def processes_of_run(tmp_path: Path, run_id: str) -> list[int]:
+    """Processes still alive that a W&B agent started for `run_id` under `tmp_path` (found
+    by the WANDB_RUN_ID and WANDB_DIR that W&B's agent puts in a run's environment)."""
+    wanted = {f"WANDB_RUN_ID={run_id}".encode(), f"WANDB_DIR={tmp_path}".encode()}
+    found = []
+    for entry in Path("/proc").iterdir():
+        try:
+            environ = set((entry / "environ").read_bytes().split(b"\0"))
+            state = (entry / "stat").read_text().rsplit(")", 1)[1].split()[0]
+        except (OSError, IndexError):
+            continue
+        if wanted <= environ and state != "Z":
+            found.append(int(entry.name))
+    return found
 
 
 def assert_key_written_nowhere(tmp_path: Path, result: subprocess.CompletedProcess):
@@ -192,3 +214,52 @@ def test_a_run_stopped_in_wandb_ends_stopped_and_its_pack_mate_goes_on(tmp_path)
     assert mate.exit_code == 0 and not mate.preempting
     assert [row["epoch"] for row in mate.history if "val/acc" in row] == list(range(1, 1501))
     assert "Traceback" not in stderr, stderr[-3000:]
+
+
+@pytest.mark.e2e
+@pytest.mark.timeout(450)
+def test_another_programs_runs_reach_the_server_attached_to_the_sweep(tmp_path):
+    """A sweep whose command runs the user's own script: W&B's command-line agent runs each
+    run as a process of its own, online, and each run reaches the server in the sweep."""
+    with LoopbackWandb(PROGRAM_SWEEP, [{"lr": 0.1, "epochs": 3, "seconds_per_epoch": 0.2},
+                                       {"lr": 0.5, "epochs": 3, "seconds_per_epoch": 0.2}]
+                       ) as server:
+        result = launch(tmp_path, server)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert server.unknown == [], server.unknown
+    for name, lr in (("wbrun000", 0.1), ("wbrun001", 0.5)):
+        run = server.runs[name]
+        assert run.exit_code == 0 and run.upserted("sweep") == server.sweep_id
+        assert run.config["lr"] == lr
+        losses = [row["val_loss"] for row in run.history if "val_loss" in row]
+        assert losses == pytest.approx([1 / (1 + lr * epoch) for epoch in (1, 2, 3)])
+    assert_key_written_nowhere(tmp_path, result)
+
+
+@pytest.mark.e2e
+@pytest.mark.timeout(450)
+def test_sigterm_ends_another_programs_run_and_its_agent(tmp_path):
+    """SIGTERM (a cluster's walltime) reaches the agent of another program's sweep mid-run:
+    the run's process gets it too, the agent takes no other run and ends within seconds.
+    Before, W&B's loop never heard it: the agent took run after run until SIGKILL."""
+    long = {"lr": 0.1, "epochs": 60, "seconds_per_epoch": 1.0}
+    with LoopbackWandb(PROGRAM_SWEEP, [long, long | {"lr": 0.5}]) as server:
+        process = start(tmp_path, server)
+        try:
+            wait_for(lambda: processes_of_run(tmp_path, "wbrun000")
+                     and "wbrun000" in server.runs)
+            process.send_signal(signal.SIGTERM)
+            signalled = time.monotonic()
+            _, stderr = process.communicate(timeout=60)
+            took = time.monotonic() - signalled
+            deadline = time.monotonic() + 10
+            while processes_of_run(tmp_path, "wbrun000") and time.monotonic() < deadline:
+                time.sleep(0.2)
+            left = processes_of_run(tmp_path, "wbrun000")
+        finally:
+            process.kill()
+            for pid in processes_of_run(tmp_path, "wbrun000"):  # what a failing test leaves
+                os.kill(pid, signal.SIGKILL)
+    assert took < 20 and left == []  # the run's process was ended, not orphaned
+    assert process.returncode == 0, stderr[-3000:]
+    assert list(server.runs) == ["wbrun000"]  # the second run was never taken

@@ -64,8 +64,8 @@ class LoopbackWandb:
     """`with LoopbackWandb(sweep_config, proposals) as server:` serves one sweep,
     `entity/project/sweep_id`, at `server.url` (give it to the client as WANDB_BASE_URL).
 
-    Each agent that has no run outstanding (handed out and neither completed on its file
-    stream nor reported dead in a heartbeat) gets a run its agent left preempted as a `resume`
+    Each agent that has no run outstanding (handed out, not completed on its file stream,
+    and listed alive in the agent's heartbeat) gets a run its agent left preempted as a `resume`
     command, else the next proposal as a `run` command; once
     the proposals are gone and its runs are done, `exit` (with `hold`, nothing: the agent
     waits, as for a bayes sweep's next proposal)."""
@@ -177,6 +177,15 @@ class LoopbackWandb:
                 "createdAt": "2026-11-30T00:00:00", "updatedAt": None, "runCount": 0,
                 "runCountExpected": None,
                 "runs": {"edges": [], "pageInfo": {"hasNextPage": False, "endCursor": None}}}}}
+        if "query SweepWithRuns" in query:  # wandb's command-line agent reads the command
+            if variables.get("sweep") != self.sweep_id or self.deleted:
+                return {"project": None}
+            return {"project": {"sweep": {
+                "id": "U3dlZXA6MQ==", "name": self.sweep_id, "method": "grid",
+                "state": "RUNNING", "description": None, "config": self.sweep_yaml,
+                "createdAt": "2026-11-30T00:00:00", "heartbeatAt": None, "updatedAt": None,
+                "earlyStopJobRunning": False, "bestLoss": None, "controller": None,
+                "scheduler": None, "runs": {"edges": []}}}}
         if "viewer" in query:
             return {"viewer": {"id": "VXNlcjox", "entity": self.entity, "username": "student",
                                "email": None, "flags": "{}", "teams": {"edges": []}}}
@@ -224,8 +233,10 @@ class LoopbackWandb:
     def _commands(self, agent_id: str, run_state: dict) -> list[dict]:
         with self.lock:
             self.heartbeats.append((agent_id, run_state))
+            # a run is the agent's until its heartbeats stop listing it alive (W&B's agents
+            # list the runs they have alive and drop a run once its process or thread ended)
             outstanding = [r for r in self.runs.values() if r.agent == agent_id
-                           and r.exit_code is None and run_state.get(r.name, True)]
+                           and r.exit_code is None and run_state.get(r.name)]
             stops = [{"type": "stop", "run_id": r.name} for r in outstanding
                      if self.stopping.get(r.name) == "sweep"]
             if outstanding:

@@ -72,6 +72,34 @@ def fetch_sweep_config(sweep_path: str) -> dict:
     return yaml.safe_load(config) if isinstance(config, str) else dict(config or {})
 
 
+def run_wandb_cli_agent(sweep_id: str, entity: str | None, project: str | None,
+                        count: int | None) -> None:
+    """W&B's own command-line agent (what `wandb agent` runs) for a sweep of another
+    program, its runs one subprocess each. SIGTERM and Ctrl-C reach it as Ctrl-C: it passes
+    the signal on to the run's process (which runs in a process group of its own, out of
+    the terminal's reach), waits for it to end, kills it 30 s later (program.KILL_DELAY_S,
+    as W&B's agent stops a run), takes no other run and returns. Without this, the
+    agent's own handlers (which the trainer's loop reads) left SIGTERM unheard by W&B's
+    loop: the agent took run after run until SIGKILL."""
+    import signal
+
+    import wandb
+
+    def as_ctrl_c(signum, frame):
+        raise KeyboardInterrupt
+
+    previous = {number: signal.signal(number, as_ctrl_c)
+                for number in (signal.SIGTERM, signal.SIGINT)}
+    try:
+        wandb.agent(sweep_id, entity=entity, project=project, count=count,
+                    forward_signals=True, term_timeout=int(program.KILL_DELAY_S))
+    except KeyboardInterrupt:  # before W&B's agent had its loop (no run started)
+        pass
+    finally:
+        for number, handler in previous.items():
+            signal.signal(number, handler)
+
+
 def run_wandb_sweep(sweep_path: str, count: int | None, project: str | None,
                     interrupted: Callable[[], bool], sweep_config: dict | None = None,
                     pack: int | None = 1) -> int:
@@ -99,7 +127,7 @@ def run_wandb_sweep(sweep_path: str, count: int | None, project: str | None,
         if pack != 1:
             print(f"agent: --pack {pack or 'auto'} does not apply: the sweep's command runs "
                   "another program (W&B's agent runs it, one process a run)", file=sys.stderr)
-        wandb.agent(parts[-1], entity=entity, project=project, count=count)
+        run_wandb_cli_agent(parts[-1], entity, project, count)
         return 0
     from agent.sweep.wandb_pack import PackedWandbAgent
 
