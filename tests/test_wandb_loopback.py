@@ -263,3 +263,39 @@ def test_sigterm_ends_another_programs_run_and_its_agent(tmp_path):
     assert took < 20 and left == []  # the run's process was ended, not orphaned
     assert process.returncode == 0, stderr[-3000:]
     assert list(server.runs) == ["wbrun000"]  # the second run was never taken
+
+
+def wandb_core_of(pid: int) -> list[int]:
+    """The wandb-core service processes started for process `pid` (the agents it starts
+    share it through WANDB_SERVICE)."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        try:
+            argv = (entry / "cmdline").read_bytes().split(b"\0")
+        except OSError:
+            continue
+        if argv and argv[0].endswith(b"wandb-core") and str(pid).encode() in argv:
+            found.append(int(entry.name))
+    return found
+
+
+@pytest.mark.e2e
+@pytest.mark.timeout(450)
+def test_an_agent_whose_wandb_service_died_ends_saying_so(tmp_path):
+    """wandb's service process (wandb-core) dies mid-run: the agent can neither log nor take
+    runs; it ends with a line naming it, its run's last checkpoint kept. It used to wait for
+    its next run forever (wandb's heartbeat answers [] for any failure)."""
+    long = {"lr": 0.1, "epochs": 2000}
+    with LoopbackWandb(SWEEP, [long, long | {"lr": 0.01}]) as server:
+        process = start(tmp_path, server)
+        try:
+            wait_for(lambda: (tmp_path / "data/runs/wbrun000/checkpoint.pt").is_file())
+            for pid in wandb_core_of(process.pid):
+                os.kill(pid, signal.SIGKILL)
+            _, stderr = process.communicate(timeout=120)
+        finally:
+            process.kill()
+    assert process.returncode == 1, stderr[-3000:]
+    assert "wandb's service process (wandb-core) is gone" in stderr
+    assert list(server.runs) == ["wbrun000"]  # no other run taken
+    assert (tmp_path / "data/runs/wbrun000/checkpoint.pt").is_file()

@@ -17,6 +17,7 @@ pack; a run our trainer refuses fails alone, with its reason.
 
 from __future__ import annotations
 
+import logging
 import os
 import socket
 import sys
@@ -35,6 +36,41 @@ from util.errors import UserError, one_line
 HEARTBEAT_S = 5.0  # W&B's Python agent beats every 5 s (pyagent.Agent.HEARTBEAT_SLEEP_SECONDS)
 STOPPED_BY_WANDB = "stopped by W&B (the sweep's early_terminate)"
 STOPPED_IN_WANDB = "stopped in W&B (its Stop button or API)"
+
+# wandb's message when its service process (wandb-core) is gone, as its API calls say it
+# (wandb/sdk/lib/service/service_connection.py, 0.31); a call whose connection to it broke
+# raises one of wandb.sdk.mailbox's closed-mailbox errors instead
+SERVICE_GONE = "the service process is not running"
+
+
+def service_gone(error: BaseException) -> bool:
+    """Whether a failed call into wandb says its service process (wandb-core) is gone."""
+    from wandb.sdk.mailbox import HandleAbandonedError, MailboxClosedError
+
+    return isinstance(error, (MailboxClosedError, HandleAbandonedError)) \
+        or SERVICE_GONE in str(error)
+
+
+class SwallowedErrors(logging.Handler):
+    """The last exception each thread's call into wandb's sweep helpers logged: they log a
+    failed heartbeat and answer [] as if the server had no run (only a deleted sweep raises),
+    so an agent whose wandb-core died would wait for a run forever."""
+
+    def __init__(self):
+        super().__init__(logging.ERROR)
+        self.last: dict[int, BaseException | None] = {}
+
+    def emit(self, record: logging.LogRecord) -> None:
+        if record.exc_info and record.exc_info[1] is not None:
+            self.last[record.thread] = record.exc_info[1]
+
+    def take(self) -> BaseException | None:
+        """The exception logged by this thread since its last take()."""
+        return self.last.pop(threading.get_ident(), None)
+
+
+SWALLOWED = SwallowedErrors()
+logging.getLogger("wandb.apis.public.sweeps").addHandler(SWALLOWED)
 
 
 @dataclass
@@ -70,6 +106,7 @@ class PackedWandbAgent:
     stopped: dict[str, str] = field(default_factory=dict)  # run -> why the server stops it
     outcomes: list[str] = field(default_factory=list)
     exit: bool = False  # the server said exit: no more runs for this agent
+    service_gone: str | None = None  # how a beat found wandb's service process gone
     handed: int = 0  # runs the server handed to this agent's slots
     lock: threading.Lock = field(default_factory=threading.Lock)
     sizer: PackSizer | None = None  # --pack auto's measurements (made when size is None)
@@ -83,7 +120,7 @@ class PackedWandbAgent:
                 self.sizer.memory_mb = _device_memory_mb()
 
     def run(self) -> None:
-        while not self.interrupted():
+        while not self.interrupted() and self.service_gone is None:
             if not self._waiting() and not self._may_take():
                 break
             room = self._room()
@@ -148,12 +185,22 @@ class PackedWandbAgent:
 
         with self.lock:
             states = {slot.run_id: True} if slot.run_id else {}
+        SWALLOWED.take()
         try:
             commands = _agent_heartbeat(self.api, slot.agent_id, {}, states) or []
         except SweepNotFoundError:  # deleted: the packs training go on, no new run
             if not self.exit:
                 print(f"agent: W&B sweep {self.sweep_id} was deleted (or this agent was not "
                       "found): no more runs", file=sys.stderr)
+            self.exit = True
+            return
+        failed = SWALLOWED.take()
+        if failed is not None and service_gone(failed):
+            if self.service_gone is None:
+                self.service_gone = type(failed).__name__
+                print("agent: wandb's service process (wandb-core) is gone, so this agent can "
+                      "neither take runs nor log them; it stops (start it again to go on)",
+                      file=sys.stderr)
             self.exit = True
             return
         with self.lock:
