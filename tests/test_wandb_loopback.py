@@ -299,3 +299,24 @@ def test_an_agent_whose_wandb_service_died_ends_saying_so(tmp_path):
     assert "wandb's service process (wandb-core) is gone" in stderr
     assert list(server.runs) == ["wbrun000"]  # no other run taken
     assert (tmp_path / "data/runs/wbrun000/checkpoint.pt").is_file()
+
+
+@pytest.mark.e2e
+@pytest.mark.timeout(120)
+@pytest.mark.parametrize("problem, says", [
+    ("key", "W&B refused the API key (check WANDB_API_KEY"),
+    ("sweep", "W&B could not find it (CommError: Could not find sweep"),
+])
+def test_a_refused_key_or_an_unknown_sweep_is_one_line_at_start(tmp_path, problem, says):
+    """The server refuses the key (401), or does not know the sweep: one line naming that,
+    exit code 2, no agent started, the key shown nowhere."""
+    with LoopbackWandb(SWEEP, [{"lr": 0.1, "epochs": 2}],
+                       api_key="g" * 40 if problem == "key" else None) as server:
+        if problem == "sweep":
+            server.delete_sweep()
+        result = launch(tmp_path, server)
+    assert result.returncode == 2, result.stderr[-3000:]
+    (line,) = result.stderr.strip().splitlines()
+    assert line.startswith(f"error: sweep='{server.path}': {says}"), line
+    assert server.agents == [] and server.runs == {}
+    assert_key_written_nowhere(tmp_path, result)
