@@ -320,3 +320,27 @@ def test_a_refused_key_or_an_unknown_sweep_is_one_line_at_start(tmp_path, proble
     assert line.startswith(f"error: sweep='{server.path}': {says}"), line
     assert server.agents == [] and server.runs == {}
     assert_key_written_nowhere(tmp_path, result)
+
+
+@pytest.mark.e2e
+@pytest.mark.timeout(450)
+def test_a_confusion_matrix_wandb_does_not_take_costs_the_run_nothing(tmp_path):
+    """W&B's server is too slow when a run logs its confusion matrix (wandb 0.31 checks the
+    key again before saving a table, in 19 s at most): the run still finishes, its summary
+    kept locally and on the server, and the user reads one line on what W&B did not get.
+    The run used to fail there, its summary.json never written."""
+    with LoopbackWandb(SWEEP, [{"lr": 0.1, "epochs": 400}]) as server:
+        process = start(tmp_path, server)
+        try:
+            wait_for(lambda: "wbrun000" in server.runs)
+            server.stall("Viewer", 25)
+            _, stderr = process.communicate(timeout=200)
+        finally:
+            process.kill()
+    assert process.returncode == 0, stderr[-3000:]
+    local = json.loads((tmp_path / "data/runs/wbrun000/summary.json").read_text())
+    assert local["state"] == "finished" and local["epochs_done"] == 400
+    run = server.runs["wbrun000"]
+    assert run.exit_code == 0 and run.summary["test/acc"] == pytest.approx(local["test/acc"])
+    assert "run wbrun000: W&B did not take the confusion matrix" in stderr, stderr[-3000:]
+    assert "Traceback" not in stderr, stderr[-3000:]

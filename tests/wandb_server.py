@@ -25,6 +25,7 @@ import base64
 import json
 import re
 import threading
+import time
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
@@ -81,6 +82,7 @@ class LoopbackWandb:
         self.api_key = api_key  # when set, a request with another key is answered 401
         self.operations: list[str] = []  # every GraphQL operation's name, in order
         self.failures: dict[str, list[int]] = {}  # operation -> HTTP statuses to answer next
+        self.stalls: dict[str, list[float]] = {}  # operation -> seconds to wait before answering
         self.deleted = False  # delete_sweep(): heartbeats 404, GetSweep finds nothing
         self.stopping: dict[str, str] = {}  # run -> "sweep" or "ui", see stop()
         self.agents: list[dict] = []  # CreateAgent's variables, one per agent
@@ -128,6 +130,12 @@ class LoopbackWandb:
         with self.lock:
             self.failures.setdefault(operation, []).extend(statuses)
 
+    def stall(self, operation: str, *seconds: float) -> None:
+        """Answer the next requests of GraphQL `operation` only after these many seconds
+        each (a server too slow for the client's timeout)."""
+        with self.lock:
+            self.stalls.setdefault(operation, []).extend(seconds)
+
     def delete_sweep(self) -> None:
         with self.lock:
             self.deleted = True
@@ -140,11 +148,14 @@ class LoopbackWandb:
 
     def answer_status(self, query: str) -> int:
         """The HTTP status this request of `query` gets: a failure `fail` queued for its
-        operation, 404 for a deleted sweep's heartbeats, else 200."""
+        operation, 404 for a deleted sweep's heartbeats, else 200 (after its `stall`)."""
         found = re.search(r"\b(?:query|mutation)\s+(\w+)", query)
         operation = found.group(1) if found else ""
         with self.lock:
             self.operations.append(operation)
+            stall = (self.stalls.get(operation) or [0.0]).pop(0)
+        time.sleep(stall)
+        with self.lock:
             queued = self.failures.get(operation)
             if queued:
                 return queued.pop(0)
