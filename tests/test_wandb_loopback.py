@@ -34,10 +34,12 @@ PROGRAM_SWEEP = {"program": str(ROOT / "tests" / "programs" / "toy_train.py"), "
                                 "seconds_per_epoch": {"value": 0.2}}}
 
 
-def start(tmp_path: Path, server: LoopbackWandb, *options: str) -> subprocess.Popen:
-    """`./run_sweep.sh <entity/project/id> [options]` (its launcher) against `server`, online."""
+def start(tmp_path: Path, server: LoopbackWandb, *options: str,
+          **environ: str) -> subprocess.Popen:
+    """`./run_sweep.sh <entity/project/id> [options]` (its launcher) against `server`, online
+    (with `environ` added to its environment)."""
     env = subprocess_env(WANDB_BASE_URL=server.url, WANDB_API_KEY=FAKE_KEY,
-                         HOME=str(tmp_path / "home"), WANDB_DIR=str(tmp_path))
+                         HOME=str(tmp_path / "home"), WANDB_DIR=str(tmp_path), **environ)
     env.pop("WANDB_MODE")  # online: the runs stream to the server
     (tmp_path / "home").mkdir(exist_ok=True)
     return subprocess.Popen([sys.executable, "-m", "agent.launch", server.path, *options],
@@ -343,4 +345,31 @@ def test_a_confusion_matrix_wandb_does_not_take_costs_the_run_nothing(tmp_path):
     run = server.runs["wbrun000"]
     assert run.exit_code == 0 and run.summary["test/acc"] == pytest.approx(local["test/acc"])
     assert "run wbrun000: W&B did not take the confusion matrix" in stderr, stderr[-3000:]
+    assert "Traceback" not in stderr, stderr[-3000:]
+
+
+@pytest.mark.e2e
+@pytest.mark.timeout(450)
+def test_an_agent_outlives_a_server_that_goes_away_at_a_runs_end(tmp_path):
+    """W&B's server goes away mid-run and stays away past the run's end: the run's results
+    are kept locally, wandb gives up uploading after its finish timeout (one line says where
+    the rest is) instead of waiting forever, and once the server is back the agent takes and
+    trains the next run."""
+    summary = tmp_path / "data/runs/wbrun000/summary.json"
+    with LoopbackWandb(SWEEP, [{"lr": 0.1, "epochs": 400}, {"lr": 0.01, "epochs": 2}]
+                       ) as server:
+        process = start(tmp_path, server, WANDB_FINISH_TIMEOUT="5")
+        try:
+            wait_for(lambda: "wbrun000" in server.runs and server.runs["wbrun000"].upserts)
+            server.down()
+            wait_for(summary.is_file)  # written before W&B's run is finished
+            time.sleep(12)  # past the finish timeout
+            server.up()
+            _, stderr = process.communicate(timeout=200)
+        finally:
+            process.kill()
+    assert process.returncode == 0, stderr[-3000:]
+    assert json.loads(summary.read_text())["epochs_done"] == 400
+    assert "run wbrun000: W&B's server did not take all of the run's data within 5 s" in stderr
+    assert server.runs["wbrun001"].exit_code == 0
     assert "Traceback" not in stderr, stderr[-3000:]

@@ -302,7 +302,8 @@ class PackedWandbAgent:
                 mode=wandb_sink.chosen_mode(), reinit="create_new", dir=self.wandb_dir,
                 resume="allow",  # a run W&B hands out again (`resume`) goes on, not over
                 settings=wandb.Settings(silent=True, console="off", sweep_id=self.sweep_id,
-                                        stop_fn=self._stop_from_wandb(config.run_id)))
+                                        stop_fn=self._stop_from_wandb(config.run_id),
+                                        **wandb_sink.finish_settings()))
         hooks = [TrialHooks(should_stop=self._stop_check(config.run_id),
                             interrupted=self.interrupted,
                             ended=self._ended(slot, config.run_id))

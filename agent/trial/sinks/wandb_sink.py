@@ -51,6 +51,18 @@ def chosen_mode() -> str:
     return os.environ.get("WANDB_MODE") or ("online" if has_credentials() else "offline")
 
 
+# run.finish() waits until W&B's server has every upload: with the server gone for good it
+# waited forever, past SIGTERM. wandb gives up after finish_timeout (the run's data stays on
+# disk for `wandb sync`); WANDB_FINISH_TIMEOUT, when set, is the user's own choice.
+FINISH_TIMEOUT_S = 300.0
+
+
+def finish_settings() -> dict:
+    """wandb.Settings fields bounding a run's finish (it then raises TimeoutError)."""
+    bound = {} if os.environ.get("WANDB_FINISH_TIMEOUT") else {"finish_timeout": FINISH_TIMEOUT_S}
+    return {**bound, "finish_timeout_raises": True}
+
+
 # W&B runs started for a trial before it runs, by run id: a packed W&B agent starts each
 # member's run with its sweep's id (agent/sweep/wandb_pack.py); the sink adopts it
 STARTED: dict = {}
@@ -88,7 +100,8 @@ class WandbSink(Sink):
                 group=run.group, name=run.name, id=run.id, resume="allow",
                 config={**config,
                         **({"sweep": _sweep_config(run.sweep)} if run.sweep else {})},
-                mode=mode, settings=wandb.Settings(silent=True, console="off"),
+                mode=mode, settings=wandb.Settings(silent=True, console="off",
+                                                   **finish_settings()),
                 reinit="create_new",  # the members of a pack are runs of one process at once
                 # wandb reads WANDB_DIR once per process; pass it per run so each run
                 # honours the directory in force when it starts.
@@ -134,4 +147,9 @@ class WandbSink(Sink):
         self.run.summary.update(summary)
         if state == "preempted":
             self.run.mark_preempting()
-        self.run.finish(exit_code=0 if state in ("finished", "diverged", "stopped") else 1)
+        try:
+            self.run.finish(exit_code=0 if state in ("finished", "diverged", "stopped") else 1)
+        except TimeoutError:  # finish_settings(): the server did not take it all in time
+            print(f"run {self.run.id}: W&B's server did not take all of the run's data within "
+                  f"{self.run.settings.finish_timeout:g} s; what it lacks is kept in "
+                  f"{self.run.settings.sync_dir} (`wandb sync` sends it)", file=sys.stderr)
