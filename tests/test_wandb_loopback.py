@@ -373,3 +373,22 @@ def test_an_agent_outlives_a_server_that_goes_away_at_a_runs_end(tmp_path):
     assert "run wbrun000: W&B's server did not take all of the run's data within 5 s" in stderr
     assert server.runs["wbrun001"].exit_code == 0
     assert "Traceback" not in stderr, stderr[-3000:]
+
+
+@pytest.mark.e2e
+@pytest.mark.timeout(450)
+def test_a_run_wandb_cannot_start_ends_the_agent_in_one_line(tmp_path):
+    """W&B's server does not answer a run's start (wandb.init asks whether the run exists)
+    within wandb's init_timeout: the agent stops with one line naming the run and why (W&B
+    hands the run out again once this agent is gone), not with a traceback."""
+    with LoopbackWandb(SWEEP, [{"lr": 0.1, "epochs": 2}]) as server:
+        server.stall("RunResumeStatus", 20)
+        process = start(tmp_path, server, WANDB_INIT_TIMEOUT="8")
+        try:
+            _, stderr = process.communicate(timeout=200)
+        finally:
+            process.kill()
+    assert process.returncode == 1, stderr[-3000:]
+    assert "agent: W&B could not start run(s) wbrun000 (" in stderr, stderr[-3000:]
+    assert "Traceback" not in stderr, stderr[-3000:]
+    assert FAKE_KEY not in stderr

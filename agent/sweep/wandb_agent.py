@@ -107,7 +107,7 @@ def run_wandb_sweep(sweep_path: str, count: int | None, project: str | None,
     auto; 1: each run alone), as agent/sweep/wandb_pack.py's agent, which registers one of
     W&B's agents per member and beats for each; or, when the sweep's command runs another
     program, W&B's own command-line agent (what `wandb agent` runs). Returns 1 when every run
-    failed or wandb's service process died, else 0.
+    failed, wandb's service process died or W&B could not start a run, else 0.
 
     Not `wandb.agent(function=...)` for our trainer: W&B's Python agent (wandb 0.31) leaves a
     SIGTERM between runs unanswered (its loop waits for the server's next command; a
@@ -134,7 +134,7 @@ def run_wandb_sweep(sweep_path: str, count: int | None, project: str | None,
     agent = PackedWandbAgent(wandb.Api(), parts[-1], entity, project, sweep_config, pack,
                              count, interrupted)
     agent.run()
-    if agent.service_gone is not None:
+    if agent.service_gone is not None or agent.not_started is not None:
         return 1
     if agent.outcomes and all(outcome == "failed" for outcome in agent.outcomes):
         print(f"agent: all {len(agent.outcomes)} runs failed", file=sys.stderr)

@@ -107,6 +107,7 @@ class PackedWandbAgent:
     outcomes: list[str] = field(default_factory=list)
     exit: bool = False  # the server said exit: no more runs for this agent
     service_gone: str | None = None  # how a beat found wandb's service process gone
+    not_started: str | None = None  # why wandb.init failed for a run (the agent stops)
     handed: int = 0  # runs the server handed to this agent's slots
     lock: threading.Lock = field(default_factory=threading.Lock)
     sizer: PackSizer | None = None  # --pack auto's measurements (made when size is None)
@@ -120,7 +121,8 @@ class PackedWandbAgent:
                 self.sizer.memory_mb = _device_memory_mb()
 
     def run(self) -> None:
-        while not self.interrupted() and self.service_gone is None:
+        while not self.interrupted() and self.service_gone is None \
+                and self.not_started is None:
             if not self._waiting() and not self._may_take():
                 break
             room = self._room()
@@ -296,14 +298,18 @@ class PackedWandbAgent:
         configs = [slot.config for slot in group]
         for slot, config in zip(group, configs):
             slot.training = True
-            wandb_sink.STARTED[config.run_id] = wandb.init(
-                id=config.run_id, group=config.group, name=config.run_name or config.run_id,
-                config=dict(config), project=self.project, entity=self.entity,
-                mode=wandb_sink.chosen_mode(), reinit="create_new", dir=self.wandb_dir,
-                resume="allow",  # a run W&B hands out again (`resume`) goes on, not over
-                settings=wandb.Settings(silent=True, console="off", sweep_id=self.sweep_id,
-                                        stop_fn=self._stop_from_wandb(config.run_id),
-                                        **wandb_sink.finish_settings()))
+            try:
+                wandb_sink.STARTED[config.run_id] = wandb.init(
+                    id=config.run_id, group=config.group, name=config.run_name or config.run_id,
+                    config=dict(config), project=self.project, entity=self.entity,
+                    mode=wandb_sink.chosen_mode(), reinit="create_new", dir=self.wandb_dir,
+                    resume="allow",  # a run W&B hands out again (`resume`) goes on, not over
+                    settings=wandb.Settings(silent=True, console="off", sweep_id=self.sweep_id,
+                                            stop_fn=self._stop_from_wandb(config.run_id),
+                                            **wandb_sink.finish_settings()))
+            except wandb.errors.Error as error:
+                self._not_started(group, configs, error)
+                return
         hooks = [TrialHooks(should_stop=self._stop_check(config.run_id),
                             interrupted=self.interrupted,
                             ended=self._ended(slot, config.run_id))
@@ -323,6 +329,27 @@ class PackedWandbAgent:
                 if left is not None:  # the trial ended before its sinks started
                     left.finish(exit_code=1)
                 self._release(slot, config.run_id)
+
+    def _not_started(self, group: list[Slot], configs: list, error: Exception) -> None:
+        """wandb.init failed for a member (W&B's server away past wandb's init_timeout): no
+        run of the pack trains (those started are left preempted, for W&B to hand out again
+        with the others), and the agent stops with one line rather than a traceback."""
+        from agent.trial.sinks import wandb_sink
+
+        for slot, config in zip(group, configs):
+            started = wandb_sink.STARTED.pop(config.run_id, None)
+            if started is not None:
+                started.mark_preempting()
+                started.finish(exit_code=1)
+            self._release(slot, config.run_id)
+        text = one_line(error)[:160]
+        key = os.environ.get("WANDB_API_KEY")
+        self.not_started = f"{type(error).__name__}: " \
+            + (text.replace(key, "***") if key else text)
+        self.exit = True
+        print(f"agent: W&B could not start run(s) {', '.join(c.run_id for c in configs)} "
+              f"({self.not_started}); the agent stops, and W&B hands them out again",
+              file=sys.stderr)
 
     @contextmanager
     def _beating(self):
