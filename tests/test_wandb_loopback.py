@@ -192,6 +192,7 @@ def test_a_preempted_run_resumes_where_it_stopped_in_the_same_wandb_run(tmp_path
 
 
 @pytest.mark.e2e
+@pytest.mark.slow
 @pytest.mark.timeout(450)
 def test_a_run_stopped_in_wandb_ends_stopped_and_its_pack_mate_goes_on(tmp_path):
     """A user stops one member of a pack in W&B's UI (its file stream answers `stopped`):
@@ -325,6 +326,7 @@ def test_a_refused_key_or_an_unknown_sweep_is_one_line_at_start(tmp_path, proble
 
 
 @pytest.mark.e2e
+@pytest.mark.slow
 @pytest.mark.timeout(450)
 def test_a_confusion_matrix_wandb_does_not_take_costs_the_run_nothing(tmp_path):
     """W&B's server is too slow when a run logs its confusion matrix (wandb 0.31 checks the
@@ -349,6 +351,7 @@ def test_a_confusion_matrix_wandb_does_not_take_costs_the_run_nothing(tmp_path):
 
 
 @pytest.mark.e2e
+@pytest.mark.slow
 @pytest.mark.timeout(450)
 def test_an_agent_outlives_a_server_that_goes_away_at_a_runs_end(tmp_path):
     """W&B's server goes away mid-run and stays away past the run's end: the run's results
