@@ -129,7 +129,8 @@ def prepare_sweep_data(where: str, config: dict) -> list[str]:
     download). A set missing or damaged, or a download that fails, is one UserError line
     here, where otherwise each run would fail with it (the agent stopping after 3, a sweep of
     failed runs left); and agents started together read the cache rather than each
-    downloading into one folder. Sets already cached are not read. Returns the names
+    downloading into one folder. Sets already cached, and scikit-learn's digits (it comes
+    with the package), are not read. Returns the names
     prepared. Nothing is checked where a distribution draws one of these parameters, or for
     another program's sweep."""
     from itertools import product
@@ -149,8 +150,8 @@ def prepare_sweep_data(where: str, config: dict) -> list[str]:
         return []
     prepared = []
     for name, data_dir, dataset_dir in product(*(sorted(map(str, v)) for v in choices)):
-        if cache_path(name, data_dir).is_file():
-            continue
+        if name == "digits" or cache_path(name, data_dir).is_file():
+            continue  # digits comes with scikit-learn: nothing to find or download
         existed = Path(data_dir).exists()
         try:
             load_decoded(name, data_dir, dataset_dir)

@@ -404,10 +404,14 @@ def test_terminal_lines_fit_80_columns_and_end_with_the_next_commands(course):
     assert "…" not in out and "{" not in out  # nothing cut, no Python dict
     assert "W&B offline runs" not in out  # the sweep's sinks leave W&B out
     tail = lines[-4:]
+    # launched as <project>/run_sweep.sh from the sweep's own folder: the hints name the
+    # scripts by a path that works there (agent/commands.py)
+    relative = os.path.relpath(ROOT, course["work"])
+    root = relative if relative.split(os.sep).count(os.pardir) <= 2 else str(ROOT)
     assert tail == ["Next: repeat the best runs over 5 seeds, write the report, open TensorBoard:",
-                    f"  ./util/with_venv.sh python -m agent.repeat {sweep_id} --run",
-                    f"  ./util/with_venv.sh python -m agent.report {sweep_id}",
-                    f"  ./run_tensorboard.sh --logdir data/logs/course-{sweep_id}"]
+                    f"  {root}/util/with_venv.sh python -m agent.repeat {sweep_id} --run",
+                    f"  {root}/util/with_venv.sh python -m agent.report {sweep_id}",
+                    f"  {root}/run_tensorboard.sh --logdir data/logs/course-{sweep_id}"]
     assert "running it now" in course["repeat"]
     assert "run it: ./run_sweep.sh" not in course["repeat"]  # --run runs, it does not ask
     assert course["repeat"].splitlines()[-1] == (

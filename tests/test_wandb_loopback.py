@@ -269,17 +269,19 @@ def test_sigterm_ends_another_programs_run_and_its_agent(tmp_path):
 
 
 def wandb_core_of(pid: int) -> list[int]:
-    """The wandb-core service processes started for process `pid` (the agents it starts
-    share it through WANDB_SERVICE)."""
-    found = []
+    """The wandb-core service processes of process `pid` and its children (the launcher's
+    agents): started by one of them, or named for one of them (`--pid`)."""
+    parents, argvs = {}, {}
     for entry in Path("/proc").iterdir():
         try:
-            argv = (entry / "cmdline").read_bytes().split(b"\0")
-        except OSError:
+            stat = (entry / "stat").read_text()
+            argvs[int(entry.name)] = (entry / "cmdline").read_bytes().split(b"\0")
+        except (OSError, ValueError):
             continue
-        if argv and argv[0].endswith(b"wandb-core") and str(pid).encode() in argv:
-            found.append(int(entry.name))
-    return found
+        parents[int(entry.name)] = int(stat.rsplit(")", 1)[1].split()[1])
+    family = {pid} | {child for child, parent in parents.items() if parent == pid}
+    return [p for p, argv in argvs.items() if argv and argv[0].endswith(b"wandb-core")
+            and (parents.get(p) in family or any(str(f).encode() in argv for f in family))]
 
 
 @pytest.mark.e2e
@@ -292,7 +294,8 @@ def test_an_agent_whose_wandb_service_died_ends_saying_so(tmp_path):
     with LoopbackWandb(SWEEP, [long, long | {"lr": 0.01}]) as server:
         process = start(tmp_path, server)
         try:
-            wait_for(lambda: (tmp_path / "data/runs/wbrun000/checkpoint.pt").is_file())
+            wait_for(lambda: (tmp_path / "data/runs/wbrun000/checkpoint.pt").is_file()
+                     and wandb_core_of(process.pid))
             for pid in wandb_core_of(process.pid):
                 os.kill(pid, signal.SIGKILL)
             _, stderr = process.communicate(timeout=120)
