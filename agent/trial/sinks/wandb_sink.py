@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import netrc
 import os
-import sys
 
 import wandb
 
@@ -51,18 +50,6 @@ def chosen_mode() -> str:
     return os.environ.get("WANDB_MODE") or ("online" if has_credentials() else "offline")
 
 
-# run.finish() waits until W&B's server has every upload: with the server gone for good it
-# waited forever, past SIGTERM. wandb gives up after finish_timeout (the run's data stays on
-# disk for `wandb sync`); WANDB_FINISH_TIMEOUT, when set, is the user's own choice.
-FINISH_TIMEOUT_S = 300.0
-
-
-def finish_settings() -> dict:
-    """wandb.Settings fields bounding a run's finish (it then raises TimeoutError)."""
-    bound = {} if os.environ.get("WANDB_FINISH_TIMEOUT") else {"finish_timeout": FINISH_TIMEOUT_S}
-    return {**bound, "finish_timeout_raises": True}
-
-
 # W&B runs started for a trial before it runs, by run id: a packed W&B agent starts each
 # member's run with its sweep's id (agent/sweep/wandb_pack.py); the sink adopts it
 STARTED: dict = {}
@@ -100,8 +87,7 @@ class WandbSink(Sink):
                 group=run.group, name=run.name, id=run.id, resume="allow",
                 config={**config,
                         **({"sweep": _sweep_config(run.sweep)} if run.sweep else {})},
-                mode=mode, settings=wandb.Settings(silent=True, console="off",
-                                                   **finish_settings()),
+                mode=mode, settings=wandb.Settings(silent=True, console="off"),
                 reinit="create_new",  # the members of a pack are runs of one process at once
                 # wandb reads WANDB_DIR once per process; pass it per run so each run
                 # honours the directory in force when it starts.
@@ -125,31 +111,13 @@ class WandbSink(Sink):
         self.run.log(row, step=step)
 
     def log_confusion(self, step: int, matrix, classes: list[str]) -> None:
-        """The confusion matrix as a W&B table. wandb saves a table as an artifact and checks
-        the key with the server first (wandb 0.31), which fails while the server is slow or
-        away: then one line, and the run goes on (the matrix stays in the run directory's
-        confusion.json); a run that trained to its end is not failed for a figure."""
         table = wandb.Table(columns=["true", "predicted", "count"],
                             data=[[classes[i], classes[j], int(matrix[i, j])]
                                   for i in range(len(classes)) for j in range(len(classes))])
-        try:
-            self.run.log({"test/confusion_matrix": table}, step=step)
-        except wandb.errors.Error as error:
-            text = " ".join(str(error).split())[:120]
-            key = os.environ.get("WANDB_API_KEY")
-            if key:
-                text = text.replace(key, "***")
-            print(f"run {self.run.id}: W&B did not take the confusion matrix "
-                  f"({type(error).__name__}: {text}); it is in the run's confusion.json",
-                  file=sys.stderr)
+        self.run.log({"test/confusion_matrix": table}, step=step)
 
     def finish(self, summary: dict, state: str) -> None:
         self.run.summary.update(summary)
         if state == "preempted":
             self.run.mark_preempting()
-        try:
-            self.run.finish(exit_code=0 if state in ("finished", "diverged", "stopped") else 1)
-        except TimeoutError:  # finish_settings(): the server did not take it all in time
-            print(f"run {self.run.id}: W&B's server did not take all of the run's data within "
-                  f"{self.run.settings.finish_timeout:g} s; what it lacks is kept in "
-                  f"{self.run.settings.sync_dir} (`wandb sync` sends it)", file=sys.stderr)
+        self.run.finish(exit_code=0 if state in ("finished", "diverged", "stopped") else 1)
