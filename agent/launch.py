@@ -88,6 +88,21 @@ def check_gpus_exist(gpus: list[str]) -> None:
                             f"{len(available)} (0-{len(available) - 1})")
 
 
+def trainer_values(config: dict, *names: str) -> list[set | None] | None:
+    """The values each parameter `names` can take in the runs of our trainer in the sweep
+    `config` (config.possible_values: None for a distribution); None for another program's
+    sweep, or a command that cannot be read (its runs say what is wrong)."""
+    from agent.sweep.config import possible_values
+    from agent.sweep.program import runs_our_trainer
+
+    try:
+        if not runs_our_trainer(config):
+            return None
+        return [possible_values(config, name) for name in names]
+    except (UserError, ValueError, TypeError, OSError):
+        return None
+
+
 def check_sweep_devices(where: str, config: dict, gpus: str | None = None) -> None:
     """UserError (one line) when runs of our trainer in the sweep `config` can ask for a
     device the agents started here lack: `device: cuda` (its value, one of its values, or
@@ -95,15 +110,9 @@ def check_sweep_devices(where: str, config: dict, gpus: str | None = None) -> No
     run would fail with that reason, and the agent stop after 3 of them. `gpus`: --gpus
     (already checked to exist), else every GPU visible here. A sweep of another program
     is left alone: its parameters mean what that program makes of them."""
-    from agent.sweep.config import possible_values
-    from agent.sweep.program import runs_our_trainer
-
-    try:
-        if not runs_our_trainer(config):
-            return
-        wanted = possible_values(config, "device") or set()
-    except (UserError, ValueError, TypeError, OSError):
-        return  # a W&B sweep's command we cannot read: its runs say what is wrong
+    (wanted,) = trainer_values(config, "device") or [None]
+    if not wanted:
+        return
     place = "parameters.device" if "device" in (config.get("parameters") or {}) else \
         "command"
     if "cuda" in wanted and not gpus and not visible_gpus():
@@ -135,18 +144,10 @@ def prepare_sweep_data(where: str, config: dict) -> list[str]:
     another program's sweep."""
     from itertools import product
 
-    from agent.sweep.config import possible_values
-    from agent.sweep.program import runs_our_trainer
     from util.datasets import cache_path, load_decoded
 
-    try:
-        if not runs_our_trainer(config):
-            return []
-        choices = [possible_values(config, name) for name in ("dataset", "data_dir",
-                                                               "dataset_dir")]
-    except (UserError, ValueError, TypeError, OSError):
-        return []  # a command we cannot read: its runs say what is wrong
-    if any(values is None for values in choices):
+    choices = trainer_values(config, "dataset", "data_dir", "dataset_dir")
+    if choices is None or any(values is None for values in choices):
         return []
     prepared = []
     for name, data_dir, dataset_dir in product(*(sorted(map(str, v)) for v in choices)):
