@@ -118,11 +118,20 @@ class PackedConv2d(nn.Module):
         # by strides (channel stride 1): with one input channel both layouts pass
         # is_contiguous, and the convolution would then pick NCHW for its output.
         flat = x.flatten(1, 2)
+        stride = self.stride
+        if x.device.type == "cpu" and self.weight.shape[-2:] == (1, 1) and stride != (1, 1) \
+                and self.padding == (0, 0):
+            # A 1x1 convolution with a stride reads every stride-th pixel: take those pixels
+            # first, then convolve with stride 1 (the same sums). torch 2.14's CPU kernel for
+            # the strided 1x1 case in channels-last with under 8 input channels, on one
+            # thread, corrupts the heap in its backward pass (a ResNet's shortcut at width 4);
+            # on a GPU (where it was not seen) the strided convolution stays.
+            flat, stride = flat[..., ::stride[0], ::stride[1]], (1, 1)
         if self.memory_format == torch.channels_last and flat.stride(1) != 1:
             flat = flat.clone(memory_format=torch.channels_last)
         elif self.memory_format == torch.contiguous_format:
             flat = flat.contiguous()
-        out = F.conv2d(flat, self.weight.flatten(0, 1), bias, self.stride,
+        out = F.conv2d(flat, self.weight.flatten(0, 1), bias, stride,
                        self.padding, self.dilation, self.groups * self.members)
         return out.unflatten(1, (self.members, self.out_channels))
 

@@ -269,3 +269,55 @@ def test_channels_last_packs_keep_every_convolution_in_channels_last(in_channels
     assert len(seen) == 2
     for out in seen:
         assert out.stride(1) == 1 and out.is_contiguous(memory_format=torch.channels_last)
+
+
+NARROW_RESNET_STEPS = """
+import torch
+from agent.params import validate
+from nn.models import MODELS
+from nn.packed import pack_models
+
+torch.set_num_threads(1)
+for width in (1, 2, 4, 6):
+    for members in (1, 2):
+        torch.manual_seed(0)
+        config = validate({"model": "resnet", "width": width, "dataset": "digits"})
+        model = pack_models([MODELS["resnet"](config, (1, 8, 8), 10)
+                             for _ in range(members)])
+        for module in model.modules():
+            if hasattr(module, "use_channels_last"):
+                module.use_channels_last(True)
+        for _ in range(20):
+            model(torch.randn(64, members, 1, 8, 8)).sum().backward()
+print("trained")
+"""
+
+
+@pytest.mark.e2e
+@pytest.mark.timeout(180)
+def test_a_narrow_resnet_trains_channels_last_on_one_cpu_thread():
+    """torch 2.14's CPU kernel for a strided 1x1 convolution in channels-last with under 8
+    input channels corrupts the heap on one thread (a ResNet's shortcut at width 6 or less;
+    `--agents 2` on 2 cores gives each agent one thread): the packed convolution reads the
+    strided pixels first and convolves with stride 1. In a child process, so that a crash
+    fails this test rather than the test run."""
+    import subprocess
+    import sys
+
+    from conftest import subprocess_env
+
+    done = subprocess.run([sys.executable, "-c", NARROW_RESNET_STEPS], env=subprocess_env(),
+                          capture_output=True, text=True, timeout=150)
+    assert done.returncode == 0 and done.stdout.strip() == "trained", \
+        f"exit code {done.returncode}: {done.stderr[-1500:]}"
+
+
+def test_a_strided_1x1_convolution_is_the_plain_one():
+    torch.manual_seed(0)
+    plain = [nn.Conv2d(3, 5, 1, stride=2, bias=True).double() for _ in range(2)]
+    packed = pack_models([nn.Sequential(OrderedDict([("conv", p)])) for p in plain])
+    x = torch.randn(4, 2, 3, 9, 9, dtype=torch.float64)
+    out = packed(x)
+    assert out.shape == (4, 2, 5, 5, 5)
+    for k, conv in enumerate(plain):
+        torch.testing.assert_close(out[:, k], conv(x[:, k]), rtol=1e-12, atol=1e-12)
