@@ -682,6 +682,7 @@ def test_a_new_sweep_of_the_same_config_names_the_unfinished_one(tmp_path, monke
 @pytest.mark.parametrize("raised, says", [
     ("comm", "W&B could not be reached to look it up (CommError: "),
     ("missing", "W&B could not find it (ValueError: Could not find sweep"),
+    ("missing-comm", "W&B could not find it (CommError: Could not find sweep"),
 ])
 def test_a_wandb_sweep_that_cannot_be_looked_up_says_why_in_one_line(monkeypatch, raised, says):
     """An unreachable server is not an unknown sweep; either way one line, cut with an
@@ -691,7 +692,10 @@ def test_a_wandb_sweep_that_cannot_be_looked_up_says_why_in_one_line(monkeypatch
     from agent.sweep.target import SweepTarget, check_wandb_sweep
 
     errors = {"comm": wandb.errors.CommError("Failed to execute API request: " + "x" * 300),
-              "missing": ValueError("Could not find sweep ent/proj/abcd1234")}
+              "missing": ValueError("Could not find sweep ent/proj/abcd1234"),
+              # what wandb 0.31 raises from a server that does not know the sweep
+              "missing-comm": wandb.errors.CommError(
+                  "Could not find sweep <Sweep ent/proj/abcd1234 (Unknown State)>")}
 
     class Api:
         def sweep(self, path):

@@ -9,12 +9,23 @@ config, group and sweep), CreateRunFiles (upload URLs on this server) and the or
 query; and a run's file stream (`/files/<entity>/<project>/<run>/file_stream`: history lines,
 summary, exit code) and file uploads (PUT). Anything else is recorded in `unknown`, so a test
 sees what a newer wandb asks that this server does not answer.
+
+A test can also play what W&B's server does to a running sweep: stop a run (`stop`: the
+sweep's early_terminate, through the run's agent's heartbeat, as wandb's agents read a `stop`
+command; or a user in the UI, through the run's file stream answering `stopped`, as wandb-core
+reads it, core/internal/filestream), fail a GraphQL operation with an HTTP status (`fail`),
+delete the sweep (`delete_sweep`: 404 to its agents' heartbeats, the status wandb's client
+turns into SweepNotFoundError), refuse a key (`api_key`: 401 to any other), and go away and
+come back on the same port (`down`, `up`).
 """
 
 from __future__ import annotations
 
+import base64
 import json
+import re
 import threading
+import time
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
@@ -54,18 +65,27 @@ class LoopbackWandb:
     """`with LoopbackWandb(sweep_config, proposals) as server:` serves one sweep,
     `entity/project/sweep_id`, at `server.url` (give it to the client as WANDB_BASE_URL).
 
-    Each agent that has no run outstanding (handed out and neither completed on its file
-    stream nor reported dead in a heartbeat) gets a run its agent left preempted as a `resume`
+    Each agent that has no run outstanding (handed out, not completed on its file stream,
+    and listed alive in the agent's heartbeat) gets a run its agent left preempted as a `resume`
     command, else the next proposal as a `run` command; once
     the proposals are gone and its runs are done, `exit` (with `hold`, nothing: the agent
     waits, as for a bayes sweep's next proposal)."""
 
     def __init__(self, sweep_config: dict, proposals: list[dict], *, entity: str = "team",
-                 project: str = "study", sweep_id: str = "sw001", hold: bool = False):
+                 project: str = "study", sweep_id: str = "sw001", hold: bool = False,
+                 api_key: str | None = None):
         self.sweep_yaml = yaml.safe_dump(sweep_config, sort_keys=False)
         self.entity, self.project, self.sweep_id = entity, project, sweep_id
         self.proposals = [(f"wbrun{i:03d}", params) for i, params in enumerate(proposals)]
         self.hold = hold  # once the proposals are gone: no command (agents wait), not exit
+        self.program = sweep_config.get("program")  # a `run` command names it, as W&B's does
+        self.api_key = api_key  # when set, a request with another key is answered 401
+        self.operations: list[str] = []  # every GraphQL operation's name, in order
+        self.failures: dict[str, list[int]] = {}  # operation -> HTTP statuses to answer next
+        self.stalls: dict[str, list[float]] = {}  # operation -> seconds to wait before answering
+        self.started_stalls: dict[str, float] = {}  # see stall_once_started
+        self.deleted = False  # delete_sweep(): heartbeats 404, GetSweep finds nothing
+        self.stopping: dict[str, str] = {}  # run -> "sweep" or "ui", see stop()
         self.agents: list[dict] = []  # CreateAgent's variables, one per agent
         self.runs: dict[str, ServedRun] = {}
         self.heartbeats: list[tuple[str, dict]] = []  # (agent id, runState)
@@ -75,22 +95,83 @@ class LoopbackWandb:
         self.artifact_files: dict[str, bytes] = {}  # <artifact id>/<name> -> bytes PUT
         self.lock = threading.Lock()
         self._http = ThreadingHTTPServer(("127.0.0.1", 0), self._handler())
-        self.url = f"http://127.0.0.1:{self._http.server_address[1]}"
-        self._thread = threading.Thread(target=self._http.serve_forever, daemon=True)
+        self.port = self._http.server_address[1]
+        self.url = f"http://127.0.0.1:{self.port}"
 
     def __enter__(self) -> LoopbackWandb:
-        self._thread.start()
+        self.up()
         return self
 
     def __exit__(self, *exc) -> None:
-        self._http.shutdown()
-        self._http.server_close()
+        self.down()
+
+    def up(self) -> None:
+        """Serve (again, after `down`, on the same port)."""
+        if self._http is None:
+            self._http = ThreadingHTTPServer(("127.0.0.1", self.port), self._handler())
+        threading.Thread(target=self._http.serve_forever, daemon=True).start()
+
+    def down(self) -> None:
+        """Go away: the port refuses connections until `up`."""
+        if self._http is not None:
+            self._http.shutdown()
+            self._http.server_close()
+            self._http = None
+
+    def stop(self, run_name: str, via: str = "sweep") -> None:
+        """Stop a run as W&B does: `sweep` (early_terminate) answers its agent's next
+        heartbeat with a `stop` command; `ui` (a user's Stop button) answers its file
+        stream with `stopped: true`."""
+        with self.lock:
+            self.stopping[run_name] = via
+
+    def fail(self, operation: str, *statuses: int) -> None:
+        """Answer the next requests of GraphQL `operation` (Heartbeat, CreateAgent, ...)
+        with these HTTP statuses, one each, before answering it again."""
+        with self.lock:
+            self.failures.setdefault(operation, []).extend(statuses)
+
+    def stall(self, operation: str, *seconds: float) -> None:
+        """Answer the next requests of GraphQL `operation` only after these many seconds
+        each (a server too slow for the client's timeout)."""
+        with self.lock:
+            self.stalls.setdefault(operation, []).extend(seconds)
+
+    def stall_once_started(self, operation: str, seconds: float) -> None:
+        """Answer every request of GraphQL `operation` made after a run's first UpsertBucket
+        (its wandb.init under way) only after `seconds`: the server slow from then on,
+        whenever the run happens to ask."""
+        with self.lock:
+            self.started_stalls[operation] = seconds
+
+    def delete_sweep(self) -> None:
+        with self.lock:
+            self.deleted = True
 
     @property
     def path(self) -> str:
         return f"{self.entity}/{self.project}/{self.sweep_id}"
 
     # -- GraphQL ---------------------------------------------------------------------------
+
+    def answer_status(self, query: str) -> int:
+        """The HTTP status this request of `query` gets: a failure `fail` queued for its
+        operation, 404 for a deleted sweep's heartbeats, else 200 (after its `stall`)."""
+        found = re.search(r"\b(?:query|mutation)\s+(\w+)", query)
+        operation = found.group(1) if found else ""
+        with self.lock:
+            self.operations.append(operation)
+            stall = (self.stalls.get(operation) or [0.0]).pop(0)
+            if any(run.upserts for run in self.runs.values()):
+                stall = max(stall, self.started_stalls.get(operation, 0.0))
+        time.sleep(stall)
+        with self.lock:
+            queued = self.failures.get(operation)
+            if queued:
+                return queued.pop(0)
+            if self.deleted and operation in ("Heartbeat", "CreateAgent"):
+                return 404
+        return 200
 
     def graphql(self, query: str, variables: dict) -> dict:
         if "createAgent" in query:
@@ -109,7 +190,7 @@ class LoopbackWandb:
                 {"name": name, "uploadUrl": f"{self.url}/upload/{run}/{name}"}
                 for name in variables["files"]]}}
         if "GetSweep" in query:
-            if variables.get("name") != self.sweep_id:
+            if variables.get("name") != self.sweep_id or self.deleted:
                 return {"project": None}
             return {"project": {"sweep": {
                 "id": "U3dlZXA6MQ==", "name": self.sweep_id, "displayName": self.sweep_id,
@@ -117,6 +198,15 @@ class LoopbackWandb:
                 "createdAt": "2026-11-30T00:00:00", "updatedAt": None, "runCount": 0,
                 "runCountExpected": None,
                 "runs": {"edges": [], "pageInfo": {"hasNextPage": False, "endCursor": None}}}}}
+        if "query SweepWithRuns" in query:  # wandb's command-line agent reads the command
+            if variables.get("sweep") != self.sweep_id or self.deleted:
+                return {"project": None}
+            return {"project": {"sweep": {
+                "id": "U3dlZXA6MQ==", "name": self.sweep_id, "method": "grid",
+                "state": "RUNNING", "description": None, "config": self.sweep_yaml,
+                "createdAt": "2026-11-30T00:00:00", "heartbeatAt": None, "updatedAt": None,
+                "earlyStopJobRunning": False, "bestLoss": None, "controller": None,
+                "scheduler": None, "runs": {"edges": []}}}}
         if "viewer" in query:
             return {"viewer": {"id": "VXNlcjox", "entity": self.entity, "username": "student",
                                "email": None, "flags": "{}", "teams": {"edges": []}}}
@@ -164,21 +254,26 @@ class LoopbackWandb:
     def _commands(self, agent_id: str, run_state: dict) -> list[dict]:
         with self.lock:
             self.heartbeats.append((agent_id, run_state))
+            # a run is the agent's until its heartbeats stop listing it alive (W&B's agents
+            # list the runs they have alive and drop a run once its process or thread ended)
             outstanding = [r for r in self.runs.values() if r.agent == agent_id
-                           and r.exit_code is None and run_state.get(r.name, True)]
+                           and r.exit_code is None and run_state.get(r.name)]
+            stops = [{"type": "stop", "run_id": r.name} for r in outstanding
+                     if self.stopping.get(r.name) == "sweep"]
             if outstanding:
-                return []
+                return stops
             for run in self.runs.values():  # W&B hands a preempted run out again
                 if run.preempting and run.exit_code is not None:
                     run.preempting, run.exit_code, run.agent = False, None, agent_id
                     run.handed += 1
-                    return [{"type": "resume", "run_id": run.name, "args": run.args}]
+                    return [{"type": "resume", "run_id": run.name, "program": self.program,
+                             "args": run.args}]
             if not self.proposals:
                 return [] if self.hold else [{"type": "exit"}]
             run_id, params = self.proposals.pop(0)
             args = {k: {"value": v} for k, v in params.items()}
             self.runs[run_id] = ServedRun(run_id, agent=agent_id, args=args, handed=1)
-            return [{"type": "run", "run_id": run_id, "args": args}]
+            return [{"type": "run", "run_id": run_id, "program": self.program, "args": args}]
 
     def _upsert(self, variables: dict) -> dict:
         with self.lock:
@@ -211,7 +306,8 @@ class LoopbackWandb:
 
     # -- the file stream and uploads -------------------------------------------------------
 
-    def file_stream(self, run_name: str, message: dict) -> None:
+    def file_stream(self, run_name: str, message: dict) -> dict:
+        """Keeps what the stream sent; the answer (`stopped` once a user stopped it)."""
         with self.lock:
             run = self.runs.setdefault(run_name, ServedRun(run_name))
             files = message.get("files") or {}
@@ -227,18 +323,26 @@ class LoopbackWandb:
                 run.preempting = True
             if message.get("complete"):
                 run.exit_code = message.get("exitcode")
+            return {"stopped": True} if self.stopping.get(run_name) == "ui" else {}
 
     def _handler(self):
         server = self
 
         class Handler(BaseHTTPRequestHandler):
-            def _reply(self, body: dict) -> None:
+            def _reply(self, body: dict, status: int = 200) -> None:
                 out = json.dumps(body).encode()
-                self.send_response(200)
+                self.send_response(status)
                 self.send_header("Content-Type", "application/json")
                 self.send_header("Content-Length", str(len(out)))
                 self.end_headers()
                 self.wfile.write(out)
+
+            def _key(self) -> str | None:
+                """The API key of the request's basic authorization (user `api`)."""
+                scheme, _, encoded = (self.headers.get("Authorization") or "").partition(" ")
+                if scheme.lower() != "basic":
+                    return None
+                return base64.b64decode(encoded).decode().partition(":")[2]
 
             def _body(self) -> bytes:
                 return self.rfile.read(int(self.headers.get("Content-Length") or 0))
@@ -246,13 +350,18 @@ class LoopbackWandb:
             def do_POST(self):  # noqa: N802 (http.server's naming)
                 body = self._body()
                 parts = self.path.strip("/").split("/")
-                if self.path == "/graphql":
+                if server.api_key is not None and self._key() != server.api_key:
+                    self._reply({"errors": [{"message": "user is not logged in"}]}, 401)
+                elif self.path == "/graphql":
                     request = json.loads(body)
+                    status = server.answer_status(request["query"])
+                    if status != 200:  # as W&B's server fails: a status, an error body
+                        self._reply({"errors": [{"message": f"HTTP {status}"}]}, status)
+                        return
                     self._reply({"data": server.graphql(request["query"],
                                                         request.get("variables") or {})})
                 elif len(parts) == 5 and parts[0] == "files" and parts[4] == "file_stream":
-                    server.file_stream(parts[3], json.loads(body))
-                    self._reply({})
+                    self._reply(server.file_stream(parts[3], json.loads(body)))
                 else:  # wandb-core's own telemetry (/sdk/otel/...): accepted, not kept
                     self._reply({})
 

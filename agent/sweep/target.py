@@ -9,6 +9,7 @@ a bare id with a project). No torch is imported.
 from __future__ import annotations
 
 import json
+import os
 import re
 import sqlite3
 import textwrap
@@ -106,13 +107,21 @@ def check_wandb_sweep(target: SweepTarget) -> dict:
 
     try:
         config = wandb.Api().sweep(target.wandb_path).config
-    except Exception as error:  # unknown sweep, no network: either way one line
+    except Exception as error:  # a refused key, an unknown sweep, no network: one line
         text = " ".join(str(error).split())
-        unreachable = isinstance(error, wandb.errors.CommError) or any(
-            sign in text for sign in ("Failed to execute API request", "Max retries",
-                                      "Connection", "timed out", "Name or service"))
+        key = os.environ.get("WANDB_API_KEY")
+        if key:
+            text = text.replace(key, "***")
+        # wandb 0.31 raises CommError for an unknown sweep too, naming it
+        unreachable = "Could not find sweep" not in text and (
+            isinstance(error, wandb.errors.CommError) or any(
+                sign in text for sign in ("Failed to execute API request", "Max retries",
+                                          "Connection", "timed out", "Name or service")))
         what = "W&B could not be reached to look it up" if unreachable else \
             "W&B could not find it"
+        if isinstance(error, wandb.errors.AuthenticationError):
+            what = ("W&B refused the API key (check WANDB_API_KEY, or run `wandb login` "
+                    "again)")
         shown = text if len(text) <= 160 else text[:159] + "…"
         raise UserError(f"sweep={target.text!r}: {what} ({type(error).__name__}: "
                         f"{shown})") from None

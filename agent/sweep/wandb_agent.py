@@ -11,6 +11,7 @@ import os
 import sys
 from collections.abc import Callable
 from pathlib import Path
+from typing import NoReturn
 
 import yaml
 
@@ -72,6 +73,45 @@ def fetch_sweep_config(sweep_path: str) -> dict:
     return yaml.safe_load(config) if isinstance(config, str) else dict(config or {})
 
 
+def run_wandb_cli_agent(sweep_id: str, entity: str | None, project: str | None,
+                        count: int | None) -> None:
+    """W&B's own command-line agent (what `wandb agent` runs) for a sweep of another
+    program, its runs one subprocess each. SIGTERM and Ctrl-C reach it as Ctrl-C: it passes
+    the signal on to the run's process (which runs in a process group of its own, out of
+    the terminal's reach), waits for it to end, kills it 30 s later (program.KILL_DELAY_S,
+    as W&B's agent stops a run), takes no other run and returns. Without this, the
+    agent's own handlers (which the trainer's loop reads) left SIGTERM unheard by W&B's
+    loop: the agent took run after run until SIGKILL."""
+    import signal
+
+    import wandb
+
+    def as_ctrl_c(signum, frame):
+        raise KeyboardInterrupt
+
+    previous = {number: signal.signal(number, as_ctrl_c)
+                for number in (signal.SIGTERM, signal.SIGINT)}
+    try:
+        wandb.agent(sweep_id, entity=entity, project=project, count=count,
+                    forward_signals=True, term_timeout=int(program.KILL_DELAY_S))
+    except KeyboardInterrupt:  # before W&B's agent had its loop (no run started)
+        pass
+    finally:
+        for number, handler in previous.items():
+            signal.signal(number, handler)
+
+
+def exit_past_dead_service(code: int) -> NoReturn:
+    """End this agent's process now with `code`, its wandb service process (wandb-core) gone.
+    wandb's exit hook and its finalizer thread would each fail on the dead service again at
+    exit, with a traceback, and the thread's, written while the interpreter shut down, now
+    and then aborted the process (SIGABRT). What the runs keep (checkpoints, summaries,
+    TensorBoard) is on disk by then; only wandb's teardown is skipped."""
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)
+
+
 def run_wandb_sweep(sweep_path: str, count: int | None, project: str | None,
                     interrupted: Callable[[], bool], sweep_config: dict | None = None,
                     pack: int | None = 1) -> int:
@@ -79,7 +119,7 @@ def run_wandb_sweep(sweep_path: str, count: int | None, project: str | None,
     auto; 1: each run alone), as agent/sweep/wandb_pack.py's agent, which registers one of
     W&B's agents per member and beats for each; or, when the sweep's command runs another
     program, W&B's own command-line agent (what `wandb agent` runs). Returns 1 when every run
-    failed, else 0.
+    failed, wandb's service process died or W&B could not start a run, else 0.
 
     Not `wandb.agent(function=...)` for our trainer: W&B's Python agent (wandb 0.31) leaves a
     SIGTERM between runs unanswered (its loop waits for the server's next command; a
@@ -99,13 +139,17 @@ def run_wandb_sweep(sweep_path: str, count: int | None, project: str | None,
         if pack != 1:
             print(f"agent: --pack {pack or 'auto'} does not apply: the sweep's command runs "
                   "another program (W&B's agent runs it, one process a run)", file=sys.stderr)
-        wandb.agent(parts[-1], entity=entity, project=project, count=count)
+        run_wandb_cli_agent(parts[-1], entity, project, count)
         return 0
     from agent.sweep.wandb_pack import PackedWandbAgent
 
     agent = PackedWandbAgent(wandb.Api(), parts[-1], entity, project, sweep_config, pack,
                              count, interrupted)
     agent.run()
+    if agent.service_gone is not None:
+        exit_past_dead_service(1)
+    if agent.not_started is not None:
+        return 1
     if agent.outcomes and all(outcome == "failed" for outcome in agent.outcomes):
         print(f"agent: all {len(agent.outcomes)} runs failed", file=sys.stderr)
         return 1

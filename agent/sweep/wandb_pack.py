@@ -17,6 +17,7 @@ pack; a run our trainer refuses fails alone, with its reason.
 
 from __future__ import annotations
 
+import logging
 import os
 import socket
 import sys
@@ -30,10 +31,52 @@ from dataclasses import dataclass, field
 from agent.params import RunConfig
 from agent.sweep.pack_size import PackSizer
 from agent.sweep.wandb_agent import run_config
+from agent.trial.sinks import wandb_sink
 from util.errors import UserError, one_line
 
 HEARTBEAT_S = 5.0  # W&B's Python agent beats every 5 s (pyagent.Agent.HEARTBEAT_SLEEP_SECONDS)
 STOPPED_BY_WANDB = "stopped by W&B (the sweep's early_terminate)"
+STOPPED_IN_WANDB = wandb_sink.STOPPED_IN_WANDB
+
+# wandb's message when its service process (wandb-core) is gone, as its API calls say it
+# (wandb/sdk/lib/service/service_connection.py, 0.31); a call whose connection to it broke
+# raises one of wandb.sdk.mailbox's closed-mailbox errors instead
+SERVICE_GONE = "the service process is not running"
+
+
+def service_gone(error: BaseException) -> bool:
+    """Whether a failed call into wandb says its service process (wandb-core) is gone: one
+    of its closed-mailbox errors, its message, or the socket to it broken (a ConnectionError
+    raised in wandb's service client)."""
+    from wandb.sdk.mailbox import HandleAbandonedError, MailboxClosedError
+
+    if isinstance(error, ConnectionError):
+        return any(f"wandb{os.sep}sdk{os.sep}lib{os.sep}service" in frame.filename
+                   for frame in traceback.extract_tb(error.__traceback__))
+    return isinstance(error, (MailboxClosedError, HandleAbandonedError)) \
+        or SERVICE_GONE in str(error)
+
+
+class SwallowedErrors(logging.Handler):
+    """The last exception each thread's call into wandb's sweep helpers logged: they log a
+    failed heartbeat and answer [] as if the server had no run (only a deleted sweep raises),
+    so an agent whose wandb-core died would wait for a run forever."""
+
+    def __init__(self):
+        super().__init__(logging.ERROR)
+        self.last: dict[int, BaseException | None] = {}
+
+    def emit(self, record: logging.LogRecord) -> None:
+        if record.exc_info and record.exc_info[1] is not None:
+            self.last[record.thread] = record.exc_info[1]
+
+    def take(self) -> BaseException | None:
+        """The exception logged by this thread since its last take()."""
+        return self.last.pop(threading.get_ident(), None)
+
+
+SWALLOWED = SwallowedErrors()
+logging.getLogger("wandb.apis.public.sweeps").addHandler(SWALLOWED)
 
 
 @dataclass
@@ -66,9 +109,11 @@ class PackedWandbAgent:
     interrupted: Callable[[], bool]
     wandb_dir: str = field(default_factory=lambda: os.environ.get("WANDB_DIR") or os.getcwd())
     slots: list[Slot] = field(default_factory=list)
-    stopped: set[str] = field(default_factory=set)  # runs the server asked to stop
+    stopped: dict[str, str] = field(default_factory=dict)  # run -> why the server stops it
     outcomes: list[str] = field(default_factory=list)
     exit: bool = False  # the server said exit: no more runs for this agent
+    service_gone: str | None = None  # how a beat found wandb's service process gone
+    not_started: str | None = None  # why wandb.init failed for a run (the agent stops)
     handed: int = 0  # runs the server handed to this agent's slots
     lock: threading.Lock = field(default_factory=threading.Lock)
     sizer: PackSizer | None = None  # --pack auto's measurements (made when size is None)
@@ -82,7 +127,8 @@ class PackedWandbAgent:
                 self.sizer.memory_mb = _device_memory_mb()
 
     def run(self) -> None:
-        while not self.interrupted():
+        while not self.interrupted() and self.service_gone is None \
+                and self.not_started is None:
             if not self._waiting() and not self._may_take():
                 break
             room = self._room()
@@ -147,6 +193,7 @@ class PackedWandbAgent:
 
         with self.lock:
             states = {slot.run_id: True} if slot.run_id else {}
+        SWALLOWED.take()
         try:
             commands = _agent_heartbeat(self.api, slot.agent_id, {}, states) or []
         except SweepNotFoundError:  # deleted: the packs training go on, no new run
@@ -154,6 +201,10 @@ class PackedWandbAgent:
                 print(f"agent: W&B sweep {self.sweep_id} was deleted (or this agent was not "
                       "found): no more runs", file=sys.stderr)
             self.exit = True
+            return
+        failed = SWALLOWED.take()
+        if failed is not None and service_gone(failed):
+            self._lost_service(failed)
             return
         with self.lock:
             for command in commands[:1]:  # one at a time, as W&B's own agent takes them
@@ -164,7 +215,7 @@ class PackedWandbAgent:
                     slot.values = {name: spec.get("value") for name, spec
                                    in (command.get("args") or {}).items()}
                 elif kind == "stop":
-                    self.stopped.add(command.get("run_id"))
+                    self.stopped.setdefault(command.get("run_id"), STOPPED_BY_WANDB)
                 elif kind == "exit":
                     self.exit = True
 
@@ -243,17 +294,22 @@ class PackedWandbAgent:
         import wandb
 
         from agent.trial.loop import TrialHooks, train_pack
-        from agent.trial.sinks import wandb_sink
 
         configs = [slot.config for slot in group]
         for slot, config in zip(group, configs):
             slot.training = True
-            wandb_sink.STARTED[config.run_id] = wandb.init(
-                id=config.run_id, group=config.group, name=config.run_name or config.run_id,
-                config=dict(config), project=self.project, entity=self.entity,
-                mode=wandb_sink.chosen_mode(), reinit="create_new", dir=self.wandb_dir,
-                resume="allow",  # a run W&B hands out again (`resume`) goes on, not over
-                settings=wandb.Settings(silent=True, console="off", sweep_id=self.sweep_id))
+            try:
+                wandb_sink.STARTED[config.run_id] = wandb.init(
+                    id=config.run_id, group=config.group, name=config.run_name or config.run_id,
+                    config=dict(config), project=self.project, entity=self.entity,
+                    mode=wandb_sink.chosen_mode(), reinit="create_new", dir=self.wandb_dir,
+                    resume="allow",  # a run W&B hands out again (`resume`) goes on, not over
+                    settings=wandb.Settings(silent=True, console="off", sweep_id=self.sweep_id,
+                                            stop_fn=self._stop_from_wandb(config.run_id),
+                                            **wandb_sink.finish_settings()))
+            except wandb.errors.Error as error:
+                self._not_started(group, configs, error)
+                return
         hooks = [TrialHooks(should_stop=self._stop_check(config.run_id),
                             interrupted=self.interrupted,
                             ended=self._ended(slot, config.run_id))
@@ -263,7 +319,10 @@ class PackedWandbAgent:
                 summaries = train_pack([dict(config) for config in configs], hooks)
             self.outcomes += [summary["state"] for summary in summaries]
         except Exception as error:  # noqa: BLE001 (the pack's runs fail; the agent goes on)
-            traceback.print_exc()
+            if service_gone(error):  # not a bug of ours: one line, and the agent stops
+                self._lost_service(error)
+            else:
+                traceback.print_exc()
             print(f"agent: run(s) {', '.join(c.run_id for c in configs)} failed "
                   f"({type(error).__name__})", file=sys.stderr)
             self.outcomes += ["failed"] * len(group)
@@ -273,6 +332,36 @@ class PackedWandbAgent:
                 if left is not None:  # the trial ended before its sinks started
                     left.finish(exit_code=1)
                 self._release(slot, config.run_id)
+
+    def _lost_service(self, error: BaseException) -> None:
+        """wandb's service process is gone: said once, and the agent takes no more runs."""
+        with self.lock:
+            said, self.service_gone = self.service_gone, self.service_gone \
+                or type(error).__name__
+            self.exit = True
+        if said is None:
+            print("agent: wandb's service process (wandb-core) is gone, so this agent can "
+                  "neither take runs nor log them; it stops (start it again to go on)",
+                  file=sys.stderr)
+
+    def _not_started(self, group: list[Slot], configs: list, error: Exception) -> None:
+        """wandb.init failed for a member (W&B's server away past wandb's init_timeout): no
+        run of the pack trains (those started are left preempted, for W&B to hand out again
+        with the others), and the agent stops with one line rather than a traceback."""
+        for slot, config in zip(group, configs):
+            started = wandb_sink.STARTED.pop(config.run_id, None)
+            if started is not None:
+                started.mark_preempting()
+                started.finish(exit_code=1)
+            self._release(slot, config.run_id)
+        text = one_line(error)[:160]
+        key = os.environ.get("WANDB_API_KEY")
+        self.not_started = f"{type(error).__name__}: " \
+            + (text.replace(key, "***") if key else text)
+        self.exit = True
+        print(f"agent: W&B could not start run(s) {', '.join(c.run_id for c in configs)} "
+              f"({self.not_started}); the agent stops, and W&B hands them out again",
+              file=sys.stderr)
 
     @contextmanager
     def _beating(self):
@@ -289,8 +378,18 @@ class PackedWandbAgent:
     def _stop_check(self, run_id: str) -> Callable[[int, list[dict]], str | None]:
         def should_stop(epoch: int, history: list[dict]) -> str | None:
             with self.lock:
-                return STOPPED_BY_WANDB if run_id in self.stopped else None
+                return self.stopped.get(run_id)
         return should_stop
+
+    def _stop_from_wandb(self, run_id: str) -> Callable[[], None]:
+        """wandb's stop_fn for a member: a user stopped its run in W&B, which its file
+        stream's answer says (wandb-core polls it). wandb's default sends SIGINT to the main
+        thread, which would preempt the whole pack as a Ctrl-C does, and W&B would then hand
+        the stopped run out again; the member ends as stopped at its epoch's end instead."""
+        def stop() -> None:
+            with self.lock:
+                self.stopped.setdefault(run_id, STOPPED_IN_WANDB)
+        return stop
 
     def _ended(self, slot: Slot, run_id: str) -> Callable[[dict], None]:
         def ended(summary: dict) -> None:

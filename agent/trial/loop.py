@@ -188,7 +188,8 @@ def _epoch(pack: TrainingPack, data: Splits, device: torch.device, started: floa
                       histograms[k] if histograms and member.cfg.histograms else {}, started)
     for k in kept:  # asked once every member's epoch is recorded: each sees all the others
         member = pack.members[k]
-        reason = member.hooks.should_stop(member.progress.epoch, member.progress.history)
+        reason = member.hooks.should_stop(member.progress.epoch, member.progress.history) \
+            or member.stop_asked()
         if member.progress.epoch >= member.cfg.epochs:
             leaving[k] = ("finished", None)  # all epochs trained: finished, whatever the stop
         elif reason:

@@ -114,6 +114,11 @@ class Member:
             sink.start(self.run, config, hparams)
             self.started_sinks.append(sink)
 
+    def stop_asked(self) -> str | None:
+        """The first reason a started sink gives to stop this run (Sink.stop_asked)."""
+        return next((reason for sink in self.started_sinks
+                     if (reason := sink.stop_asked())), None)
+
     def close_sinks(self) -> None:
         """Finish every started sink with the member's summary and state (once).
 

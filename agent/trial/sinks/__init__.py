@@ -44,6 +44,11 @@ class Sink:
     def finish(self, summary: dict, state: str) -> None:
         """state: finished, diverged, stopped, preempted or failed."""
 
+    def stop_asked(self) -> str | None:
+        """Why the service behind this sink asked the run to stop (a user's Stop in W&B's
+        UI), else None; read after each epoch, the member then ends as stopped."""
+        return None
+
 
 def _wandb():
     from agent.trial.sinks.wandb_sink import WandbSink

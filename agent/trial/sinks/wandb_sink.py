@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import netrc
 import os
+import sys
 
 import wandb
 
@@ -50,6 +51,21 @@ def chosen_mode() -> str:
     return os.environ.get("WANDB_MODE") or ("online" if has_credentials() else "offline")
 
 
+# run.finish() waits until W&B's server has every upload: with the server gone for good it
+# waited forever, past SIGTERM. wandb gives up after finish_timeout (the run's data stays on
+# disk for `wandb sync`); WANDB_FINISH_TIMEOUT, when set, is the user's own choice.
+FINISH_TIMEOUT_S = 300.0
+
+
+def finish_settings() -> dict:
+    """wandb.Settings fields bounding a run's finish (it then raises TimeoutError)."""
+    bound = {} if os.environ.get("WANDB_FINISH_TIMEOUT") else {"finish_timeout": FINISH_TIMEOUT_S}
+    return {**bound, "finish_timeout_raises": True}
+
+
+STOPPED_IN_WANDB = "stopped in W&B (its Stop button or API)"
+
+
 # W&B runs started for a trial before it runs, by run id: a packed W&B agent starts each
 # member's run with its sweep's id (agent/sweep/wandb_pack.py); the sink adopts it
 STARTED: dict = {}
@@ -62,6 +78,8 @@ def _sweep_config(sweep: dict) -> dict:
 
 
 class WandbSink(Sink):
+    stopped_in_wandb = False  # a user stopped the run in W&B (see _stop_from_wandb)
+
     def start(self, run: RunInfo, config: dict, hparams: dict) -> None:
         # a W&B sweep run started by the W&B adapters (agent/sweep/wandb_agent.py, one run a
         # process; wandb_pack.py, the members of a pack) is adopted
@@ -75,8 +93,17 @@ class WandbSink(Sink):
         for pattern in EPOCH_METRICS:
             self.run.define_metric(pattern, step_metric="epoch")
 
-    @staticmethod
-    def _init(run: RunInfo, config: dict):
+    def _stop_from_wandb(self) -> None:
+        """wandb's stop_fn: a user stopped this run in W&B (its file stream's answer says so).
+        wandb's default sends SIGINT to the main thread, which preempts the whole agent and
+        every member of its pack as a Ctrl-C does; the run ends as stopped at its epoch's end
+        instead (stop_asked), the agent goes on."""
+        self.stopped_in_wandb = True
+
+    def stop_asked(self) -> str | None:
+        return STOPPED_IN_WANDB if self.stopped_in_wandb else None
+
+    def _init(self, run: RunInfo, config: dict):
         """wandb.init for this run; W&B's refusal (a bad key, no server) as one UserError
         line that names the way out, never the key."""
         mode = chosen_mode()
@@ -87,7 +114,9 @@ class WandbSink(Sink):
                 group=run.group, name=run.name, id=run.id, resume="allow",
                 config={**config,
                         **({"sweep": _sweep_config(run.sweep)} if run.sweep else {})},
-                mode=mode, settings=wandb.Settings(silent=True, console="off"),
+                mode=mode, settings=wandb.Settings(silent=True, console="off",
+                                                   stop_fn=self._stop_from_wandb,
+                                                   **finish_settings()),
                 reinit="create_new",  # the members of a pack are runs of one process at once
                 # wandb reads WANDB_DIR once per process; pass it per run so each run
                 # honours the directory in force when it starts.
@@ -111,13 +140,31 @@ class WandbSink(Sink):
         self.run.log(row, step=step)
 
     def log_confusion(self, step: int, matrix, classes: list[str]) -> None:
+        """The confusion matrix as a W&B table. wandb saves a table as an artifact and checks
+        the key with the server first (wandb 0.31), which fails while the server is slow or
+        away: then one line, and the run goes on (the matrix stays in the run directory's
+        confusion.json); a run that trained to its end is not failed for a figure."""
         table = wandb.Table(columns=["true", "predicted", "count"],
                             data=[[classes[i], classes[j], int(matrix[i, j])]
                                   for i in range(len(classes)) for j in range(len(classes))])
-        self.run.log({"test/confusion_matrix": table}, step=step)
+        try:
+            self.run.log({"test/confusion_matrix": table}, step=step)
+        except wandb.errors.Error as error:
+            text = " ".join(str(error).split())[:120]
+            key = os.environ.get("WANDB_API_KEY")
+            if key:
+                text = text.replace(key, "***")
+            print(f"run {self.run.id}: W&B did not take the confusion matrix "
+                  f"({type(error).__name__}: {text}); it is in the run's confusion.json",
+                  file=sys.stderr)
 
     def finish(self, summary: dict, state: str) -> None:
         self.run.summary.update(summary)
         if state == "preempted":
             self.run.mark_preempting()
-        self.run.finish(exit_code=0 if state in ("finished", "diverged", "stopped") else 1)
+        try:
+            self.run.finish(exit_code=0 if state in ("finished", "diverged", "stopped") else 1)
+        except TimeoutError:  # finish_settings(): the server did not take it all in time
+            print(f"run {self.run.id}: W&B's server did not take all of the run's data within "
+                  f"{self.run.settings.finish_timeout:g} s; what it lacks is kept in "
+                  f"{self.run.settings.sync_dir} (`wandb sync` sends it)", file=sys.stderr)
