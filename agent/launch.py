@@ -21,6 +21,7 @@ import traceback
 from pathlib import Path
 
 from agent.cluster import submit
+from agent.params import BY_NAME
 from agent.sweep.controller import (
     HEARTBEAT_S,
     HEARTBEAT_TIMEOUT_S,
@@ -164,11 +165,35 @@ def prepare_sweep_data(where: str, config: dict) -> list[str]:
     return prepared
 
 
+def check_sweep_folders(where: str, config: dict) -> None:
+    """UserError (one line) when a folder the runs of our trainer in the sweep `config` write
+    to cannot be made: each `data_dir` (the decoded cache), `run_dir` (checkpoints) and, where
+    the runs can log to TensorBoard, `log_dir` the sweep gives (or the default), checked as
+    the trial's pre-flight checks it (agent/trial/preflight.py). Each run would fail with that
+    reason, a sweep of failed runs left; digits, which prepare_sweep_data leaves alone, too.
+    Nothing is checked where a distribution draws one of these, or for another program."""
+    from agent.trial.preflight import folder_problem
+
+    choices = trainer_values(config, "data_dir", "run_dir", "log_dir", "sinks")
+    if choices is None:
+        return
+    *folders, sinks = choices
+    logs = sinks is None or any(value is None or "tensorboard" in value for value in sinks)
+    for name, values in zip(("data_dir", "run_dir", "log_dir"), folders):
+        if values is None or (name == "log_dir" and not logs):
+            continue
+        for value in sorted(str(BY_NAME[name].default if v is None else v) for v in values):
+            problem = folder_problem(Path(value or "."))
+            if problem:
+                raise UserError(f"{where}: {name}={value!r}: {problem}")
+
+
 def check_runnable(where: str, config: dict, gpus: str | None) -> None:
     """What the agents started here need of the sweep `config` before one starts: the
-    devices its runs ask for, and the data they read (check_sweep_devices,
-    prepare_sweep_data). UserError, one line."""
+    devices its runs ask for, the folders they write to and the data they read
+    (check_sweep_devices, check_sweep_folders, prepare_sweep_data). UserError, one line."""
     check_sweep_devices(where, config, gpus)
+    check_sweep_folders(where, config)
     prepare_sweep_data(where, config)
 
 

@@ -14,7 +14,7 @@ import pytest
 import torchvision
 import yaml
 
-from agent.launch import prepare_sweep_data
+from agent.launch import check_runnable, prepare_sweep_data
 from conftest import subprocess_env
 from util.datasets import cache_path
 from util.errors import UserError
@@ -83,3 +83,32 @@ def test_the_launcher_refuses_a_sweep_whose_data_is_not_there(tmp_path):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["s.yaml"]
 
 
+
+
+def test_a_folder_the_runs_cannot_make_is_refused_before_the_sweep(workdir):
+    """data_dir, run_dir and log_dir (with the TensorBoard sink) the trial's pre-flight
+    check would refuse: one line at the launcher, digits included (its data is not read
+    there), rather than a sweep whose every run fails with it."""
+    (workdir / "afile").write_text("x")
+    for name in ("data_dir", "run_dir", "log_dir"):
+        config = sweep(dataset="digits", sinks=["tensorboard"],
+                       **{name: {"values": ["fine", "afile/sub"]}})
+        with pytest.raises(UserError) as refused:
+            check_runnable("s.yaml", config, None)
+        assert str(refused.value) == f"s.yaml: {name}='afile/sub': afile is not a folder"
+    check_runnable("s.yaml", sweep(dataset="digits", log_dir="afile"), None)  # sinks: []
+    (workdir / "afile").unlink()
+    assert list(workdir.iterdir()) == []  # checking made nothing
+
+
+@pytest.mark.e2e
+@pytest.mark.timeout(120)
+def test_the_launcher_refuses_a_digits_sweep_whose_data_dir_cannot_be_made(tmp_path):
+    (tmp_path / "afile").write_text("x")
+    config = sweep(dataset="digits", data_dir="afile")
+    (tmp_path / "s.yaml").write_text(yaml.safe_dump(config))
+    result = subprocess.run([sys.executable, "-m", "agent.launch", "s.yaml"], cwd=tmp_path,
+                            env=subprocess_env(), capture_output=True, text=True, timeout=100)
+    assert result.returncode == 2, result.stdout + result.stderr
+    assert result.stderr.strip() == "error: s.yaml: data_dir='afile': afile is not a folder"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["afile", "s.yaml"]

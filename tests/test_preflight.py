@@ -90,15 +90,18 @@ def test_a_folder_that_cannot_be_made_is_one_line_before_training(workdir, name,
 
 
 @pytest.mark.e2e
+@pytest.mark.slow
 @pytest.mark.timeout(300)
 def test_a_sweep_whose_run_dir_is_a_file_fails_its_runs_in_one_line_each(workdir):
-    """The agent records each run failed with its reason and stops after three in a row; no
-    traceback, no file written through the file."""
+    """The launcher refuses such a sweep file in one line. A file put in the way once the
+    sweep is made: the agent records each run failed with its reason and stops after three
+    in a row; no traceback, no file written through the file."""
     import subprocess
     import sys
 
     import yaml
 
+    from agent.sweep.target import create_local_sweep
     from conftest import subprocess_env
 
     (workdir / "a_file").write_text("x")
@@ -109,8 +112,17 @@ def test_a_sweep_whose_run_dir_is_a_file_fails_its_runs_in_one_line_each(workdir
                             "sinks": {"value": []}, "run_dir": {"value": "a_file"},
                             "lr": {"values": [0.1, 0.01, 0.001, 0.0001]}}}
     (workdir / "baddir.yaml").write_text(yaml.safe_dump(sweep))
-    done = subprocess.run([sys.executable, "-m", "agent.launch", "baddir.yaml"], cwd=workdir,
-                          env=subprocess_env(), capture_output=True, text=True, timeout=240)
+    refused = subprocess.run([sys.executable, "-m", "agent.launch", "baddir.yaml"],
+                             cwd=workdir, env=subprocess_env(), capture_output=True,
+                             text=True, timeout=120)
+    assert refused.returncode == 2, refused.stdout + refused.stderr
+    assert refused.stderr == "error: baddir.yaml: run_dir='a_file': a_file is not a folder\n"
+    assert sorted(p.name for p in workdir.iterdir()) == ["a_file", "baddir.yaml"]
+
+    store = create_local_sweep(workdir / "baddir.yaml", announce=False)  # made, then the file
+    done = subprocess.run([sys.executable, "-m", "agent.sweep.agent_loop",
+                           str(store.directory)], cwd=workdir, env=subprocess_env(),
+                          capture_output=True, text=True, timeout=240)
     assert done.returncode == 1 and "Traceback" not in done.stderr, done.stderr[-2000:]
     failed = [line for line in done.stderr.splitlines() if " failed (" in line]
     assert len(failed) == 3

@@ -170,12 +170,14 @@ def check_directories(configs: list) -> None:
         if "tensorboard" in config.sinks:
             wanted.append(("log_dir", config.log_dir))
         for name, folder in wanted:
-            problem = _folder_problem(Path(folder or "."))
+            problem = folder_problem(Path(folder or "."))
             if problem:
                 raise UserError(f"{name}={str(folder)!r}: {problem}")
 
 
-def _folder_problem(folder: Path) -> str | None:
+def folder_problem(folder: Path) -> str | None:
+    """Why `folder` cannot be made (or is not a folder), in a few words; None when it can.
+    Leaves nothing behind: the missing parts it makes to find out are removed again."""
     missing, existing = [], folder
     while not existing.exists() and existing != existing.parent:
         missing.append(existing)
