@@ -367,8 +367,7 @@ def validate(values: dict[str, Any]) -> RunConfig:
     for key, value in values.items():
         param = BY_NAME.get(key)
         if param is None:
-            raise UserError(f"unknown parameter {brief(key)}: allowed are "
-                            + ", ".join(p.name for p in PARAMS))
+            raise unknown_parameter(key)
         if value is None:  # a null (`run_name: null`, `--run_name=None`) means the default
             continue
         config[key] = coerce(param, value)
@@ -451,8 +450,7 @@ def parse_args(argv: list[str]) -> dict[str, Any]:
         if key == "config":
             from_file = read_config_file(value)
         elif key not in BY_NAME:
-            raise UserError(f"unknown parameter {brief(key)}: allowed are "
-                            + ", ".join(p.name for p in PARAMS))
+            raise unknown_parameter(key)
         else:
             raw[key] = None if value == NULL_TEXT else value
     return {**from_file, **raw}
@@ -479,8 +477,7 @@ def _mapping_argument(json_text: str | None = None, path: str | None = None) -> 
         raise UserError(f"{label}: expected a JSON object of parameter: value")
     for key in loaded:
         if key not in BY_NAME:
-            raise UserError(f"{label}: unknown parameter {brief(key)}: allowed are "
-                            + ", ".join(p.name for p in PARAMS))
+            raise unknown_parameter(key, label)
     return loaded
 
 
@@ -490,7 +487,29 @@ def read_config_file(path: str) -> dict[str, Any]:
         return {}
     if not isinstance(loaded, dict):
         raise UserError(f"config={brief(path)}: expected a mapping of parameter: value")
+    for key in loaded:
+        if key not in BY_NAME:
+            raise unknown_parameter(key, f"config={brief(path)}")
     return loaded
+
+
+SWEEP_KEYS = ("method", "parameters", "metric", "early_terminate", "program", "command")
+
+
+def unknown_parameter(key: Any, where: str = "") -> UserError:
+    """The one line for a key that names no parameter, with the parameter it is close to
+    where there is one (`modle`: did you mean model?), as a sweep file's check says it; a
+    sweep file's own key says that such a file is run by ./run_sweep.sh."""
+    import difflib
+
+    hint = ""
+    if isinstance(key, str) and key in SWEEP_KEYS:
+        hint = " (a key of a sweep file, which ./run_sweep.sh runs)"
+    elif isinstance(key, str):
+        close = difflib.get_close_matches(key, list(BY_NAME), n=1)
+        hint = f" (did you mean {close[0]}?)" if close else ""
+    return UserError(f"{where + ': ' if where else ''}unknown parameter {brief(key)}{hint}: "
+                     "allowed are " + ", ".join(p.name for p in PARAMS))
 
 
 def hyperparameters(config: dict[str, Any]) -> dict[str, Any]:

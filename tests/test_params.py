@@ -90,6 +90,29 @@ def test_cli_bad_input_exits_2_with_one_line_and_writes_nothing(tmp_path, args, 
     assert list(Path(tmp_path).iterdir()) == []  # no data, logs, runs or wandb directory
 
 
+def test_an_unknown_parameter_names_its_file_and_the_parameter_it_is_close_to(tmp_path):
+    run = tmp_path / "run.yaml"
+    run.write_text("dataset: digits\nmodle: dense\n")
+    sweep = tmp_path / "sweep.yaml"
+    sweep.write_text("method: grid\nparameters:\n  lr: {values: [0.1]}\n")
+    expected = [
+        (["--optimzer=sgd"], "unknown parameter 'optimzer' (did you mean optimizer?): "),
+        (['{"modle": "dense"}'], "argument '{\"modle\": \"dense\"}': unknown parameter "
+                                 "'modle' (did you mean model?): "),
+        ([f"--config={run}"], f"config='{run}': unknown parameter 'modle' (did you mean "
+                              "model?): "),
+        ([f"--config={sweep}"], f"config='{sweep}': unknown parameter 'method' (a key of a "
+                                "sweep file, which ./run_sweep.sh runs): "),
+        (["--learning_rate=0.1"], "unknown parameter 'learning_rate': "),  # nothing close
+    ]
+    for argv, start in expected:
+        with pytest.raises(UserError) as refused:
+            validate(parse_args(argv))
+        message = str(refused.value)
+        assert message.startswith(start + "allowed are dataset, "), message
+        assert "\n" not in message
+
+
 def test_cli_bad_yaml_names_the_line(tmp_path):
     bad = tmp_path / "run.yaml"
     bad.write_text("lr: 0.1\noptimizer: [sgd\n")
