@@ -10,7 +10,13 @@ import pytest
 import yaml
 
 from agent.params import validate
-from agent.sweep.config import METRICS, load_sweep_config, metric_notes, parameter_names
+from agent.sweep.config import (
+    METRICS,
+    creation_notes,
+    load_sweep_config,
+    metric_notes,
+    parameter_names,
+)
 from conftest import ROOT
 from util.errors import UserError
 
@@ -209,6 +215,34 @@ def test_any_goal_wandb_accepts_is_accepted_and_a_goal_against_the_metric_is_not
         assert note.startswith(f"note: metric {name} is {goal or 'minimize'}d") \
             and "\n" not in note and f"goal: {METRICS[name]}" in note
     assert metric_notes({**config, "program": "prog.py"}) == []  # another program's metric
+
+
+@pytest.mark.parametrize("terminate, epochs, first", [
+    ({"min_iter": 5, "eta": 2}, {"value": 3}, 5),  # bands 5, 10, ...: past epoch 3
+    ({"min_iter": 3}, {"values": [2, 3]}, 3),  # at the last epoch: nothing left to save
+    ({"max_iter": 27, "s": 2, "eta": 3}, {"value": 3}, 3),  # bands 9 and 3
+    ({"min_iter": 2}, {"value": 3}, None),  # stops runs after epoch 2
+    ({"max_iter": 27, "s": 3, "eta": 3}, {"value": 3}, None),  # bands 1, 3, 9
+    ({"min_iter": 5}, {"values": [3, 10]}, None),  # the 10-epoch runs reach it
+    ({"min_iter": 5}, {"distribution": "int_uniform", "min": 1, "max": 3}, None),  # not read
+])
+def test_hyperband_that_stops_no_run_gets_a_note(tmp_path, terminate, epochs, first):
+    """W&B accepts hyperband whose first band is at or past every run's last epoch, and it
+    stops nothing there either: the sweep is created, with a note saying so."""
+    path = tmp_path / "sweep.yaml"
+    path.write_text(yaml.safe_dump({
+        "method": "random", "metric": {"name": "val/acc", "goal": "maximize"},
+        "early_terminate": {"type": "hyperband", **terminate},
+        "parameters": {"dataset": {"value": "digits"}, "epochs": epochs,
+                       "lr": {"values": [0.1, 0.01]}}}))
+    notes = [n for n in creation_notes(load_sweep_config(path)) if "hyperband" in n]
+    if first is None:
+        assert notes == []
+    else:
+        assert len(notes) == 1 and "\n" not in notes[0], notes
+        assert notes[0].startswith(f"note: early_terminate: hyperband first compares runs at "
+                                   f"epoch {first} (")
+        assert "it stops no run early" in notes[0]
 
 
 @pytest.mark.parametrize("command, hinted", [

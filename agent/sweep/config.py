@@ -482,7 +482,50 @@ def creation_notes(config: dict) -> list[str]:
     """What a new sweep's creator is told besides its id: swept parameters no run uses, and a
     metric of our trainer searched in the direction that finds its worst runs. Notes, not
     refusals: W&B accepts such sweeps, and they mean the same there."""
-    return idle_parameters(config) + metric_notes(config)
+    return idle_parameters(config) + metric_notes(config) + hyperband_notes(config)
+
+
+def hyperband_notes(config: dict) -> list[str]:
+    """A note when hyperband's first band (the epoch at which it first compares runs,
+    sweeps/hyperband_stopping.py) is at or past the last epoch of every run of our trainer:
+    it then stops no run early (min_iter: 5 with epochs: 3). W&B accepts such a sweep, and it
+    means the same there."""
+    terminate = config.get("early_terminate") or {}
+    if terminate.get("type") != "hyperband" or not runs_our_trainer(config):
+        return []
+    epochs = possible_values(config, "epochs")
+    first = _first_band(terminate)
+    if not epochs or first is None:
+        return []
+    try:
+        longest = max(int(as_type(value, int)) for value in epochs)
+    except (TypeError, ValueError):
+        return []  # refused by the trial's checks, with its own line
+    if first < longest:
+        return []
+    if "max_iter" in terminate:
+        how = (f"max_iter={terminate['max_iter']}, s={terminate.get('s')}, "
+               f"eta={terminate.get('eta', 3)}")
+        change = "a larger s or a smaller max_iter"
+    else:
+        how, change = f"min_iter={terminate['min_iter']}", "a smaller min_iter"
+    return [f"note: early_terminate: hyperband first compares runs at epoch {first} ({how}), "
+            f"and no run trains more than {longest} epoch(s): it stops no run early; "
+            f"{change} brings it within the runs' epochs"]
+
+
+def _first_band(terminate: dict) -> int | None:
+    """The engine's first hyperband band (None where it has none and refuses the config)."""
+    eta = terminate.get("eta", 3)
+    if "max_iter" in terminate:
+        band, bands = terminate["max_iter"], []
+        for _ in range(min(terminate.get("s") or 0, MAX_BRACKETS)):
+            band /= eta
+            if band < 1:
+                break
+            bands.append(int(band))
+        return min(bands) if bands else None
+    return int(terminate["min_iter"]) if "min_iter" in terminate else None
 
 
 def metric_notes(config: dict) -> list[str]:
