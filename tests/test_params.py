@@ -90,10 +90,12 @@ def test_cli_bad_input_exits_2_with_one_line_and_writes_nothing(tmp_path, args, 
     assert list(Path(tmp_path).iterdir()) == []  # no data, logs, runs or wandb directory
 
 
-def test_an_unknown_parameter_names_its_file_and_the_parameter_it_is_close_to(tmp_path):
-    run = tmp_path / "run.yaml"
+def test_an_unknown_parameter_names_its_file_and_the_parameter_it_is_close_to(tmp_path,
+                                                                             monkeypatch):
+    monkeypatch.chdir(tmp_path)  # the files by short names (a long path is cut in the line)
+    run = Path("run.yaml")
     run.write_text("dataset: digits\nmodle: dense\n")
-    sweep = tmp_path / "sweep.yaml"
+    sweep = Path("sweep.yaml")
     sweep.write_text("method: grid\nparameters:\n  lr: {values: [0.1]}\n")
     expected = [
         (["--optimzer=sgd"], "unknown parameter 'optimzer' (did you mean optimizer?): "),
