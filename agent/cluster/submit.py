@@ -28,12 +28,19 @@ import os
 import shutil
 import subprocess
 import sys
+import textwrap
 import time
 from pathlib import Path
 
 from agent.cluster.schedulers import SCHEDULERS, Scheduler
 from agent.commands import script
-from agent.sweep.target import SweepTarget, check_wandb_sweep, create_local_sweep, resolve_target
+from agent.sweep.target import (
+    SweepTarget,
+    check_wandb_sweep,
+    create_local_sweep,
+    resolve_target,
+    sweep_notes,
+)
 from util.errors import UserError
 
 JOBS_DIR = Path("data") / "jobs"
@@ -168,6 +175,9 @@ def local_sweep_for_jobs(target: SweepTarget, dry_run: bool) -> Path | None:
     if dry_run:
         local = (Path("data") / "sweeps" / "NEW-SWEEP-ID").resolve()
         print(f"# dry run: would create a local sweep from {target.path} as {local}")
+        for note in sweep_notes(target.path):  # as creating it would say them, as comments
+            print(textwrap.fill(note, 80, initial_indent="# ", subsequent_indent="#   ",
+                                break_on_hyphens=False))
         return local
     # announced once its jobs are submitted: a refused submission removes it again
     return create_local_sweep(target.path, announce=False).directory.resolve()

@@ -139,6 +139,16 @@ def sweep_name(config: dict, yaml_path: str | Path) -> str:
     return cleaned[:MAX_NAME] or "sweep"
 
 
+def sweep_notes(yaml_path: str | Path) -> list[str]:
+    """The notes creating a local sweep from `yaml_path` prints (what the file leaves unsaid
+    or unused), for a dry run that creates none. UserError for a bad file."""
+    from agent.sweep.config import creation_notes, load_sweep_config
+
+    notes: list[str] = []
+    config = load_sweep_config(yaml_path, notes)
+    return notes + creation_notes(config)
+
+
 def create_local_sweep(yaml_path: str | Path, options: str = "", announce: bool = True,
                        check: Callable[[dict], None] | None = None):
     """A new local sweep from a sweep YAML (checked first: a bad file creates nothing);
