@@ -19,6 +19,7 @@ import time
 from pathlib import Path
 
 import pytest
+import yaml
 
 from agent.cluster.jobs import JobSpec
 from agent.cluster.schedulers import IMAGE_PYTHON, SCHEDULERS
@@ -284,6 +285,50 @@ def test_dry_run_prints_the_scripts_and_writes_nothing(workdir):
     assert "#PBS -l select=1:ncpus=4:ngpus=1:mem=16gb:scratch_local=50gb" in result.stdout
     assert "#PBS -q gpu_long" in result.stdout and "#PBS -l walltime=4:00:00" in result.stdout
     assert sorted(p.relative_to(workdir) for p in workdir.rglob("*")) == sorted(before)
+
+
+@pytest.mark.e2e
+@pytest.mark.timeout(120)
+@pytest.mark.parametrize("kind", ["--pbs", "--slurm"])
+def test_a_dry_run_says_the_notes_creating_the_sweep_would_say(workdir, kind):
+    """A sweep file's notes (a parameter its runs do not use, a hyperband that stops nothing)
+    are printed by a dry run too, as comments, each the line creating the sweep prints."""
+    from agent.sweep.target import sweep_notes
+
+    sweep = yaml.safe_load((ROOT / "sweeps" / "quickstart.yaml").read_text())
+    sweep["parameters"]["hidden"] = {"values": [32, 64]}  # the dense model's: no cnn uses it
+    sweep["early_terminate"] = {"type": "hyperband", "min_iter": 5}  # past epochs: 3
+    sweep_file = workdir / "s.yaml"
+    sweep_file.write_text(yaml.safe_dump(sweep))
+    notes = sweep_notes(sweep_file)
+    assert any("hidden" in note for note in notes), notes
+    assert any("hyperband" in note for note in notes), notes
+    before = sorted(workdir.rglob("*"))
+    result = launch(workdir, str(sweep_file), kind, "1", "--dry-run")
+    assert result.returncode == 0, result.stderr
+    comments = " ".join(line[1:].strip() for line in result.stdout.splitlines()
+                        if line.startswith("#"))
+    for note in notes:
+        assert " ".join(note.split()) in comments, note
+    assert sorted(workdir.rglob("*")) == before
+
+
+@pytest.mark.e2e
+@pytest.mark.timeout(120)
+def test_a_dry_run_piped_into_head_ends_quietly(workdir):
+    """`./run_sweep.sh s.yaml --slurm 1 --dry-run | head -3`, the reader gone before the
+    launcher writes (head done, or a pager quit): it ends with 141 (as a shell's writer into
+    a closed pipe), no traceback, nothing written."""
+    sweep_file = workdir / "s.yaml"
+    sweep_file.write_text((ROOT / "sweeps" / "quickstart.yaml").read_text())
+    process = subprocess.Popen([sys.executable, "-m", "agent.launch", str(sweep_file),
+                                "--slurm", "1", "--dry-run"], cwd=workdir, env=subprocess_env(),
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    process.stdout.close()  # before its first line: the interpreter alone takes longer
+    stderr = process.stderr.read()
+    assert process.wait(100) == 141, stderr
+    assert stderr == ""
+    assert sorted(p.name for p in workdir.iterdir()) == ["s.yaml"]
 
 
 @pytest.mark.e2e

@@ -14,6 +14,7 @@ import argparse
 import errno
 import math
 import os
+import signal
 import sys
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -64,12 +65,18 @@ def naming(path: object) -> Iterator[None]:
 
 
 def exit_on_user_error(main):
-    """Run `main()`; turn a UserError into one line on stderr and exit code 2."""
+    """Run `main()`; turn a UserError into one line on stderr and exit code 2. A reader of
+    stdout that went away (`... --dry-run | head`) ends the command quietly with 141 (128 +
+    SIGPIPE, what a shell reports for a writer into a closed pipe), not a traceback."""
     try:
         return main()
     except UserError as error:
         print(f"error: {one_line(error)}", file=sys.stderr)
         raise SystemExit(USAGE_EXIT_CODE) from None
+    except BrokenPipeError:
+        # Python flushes stdout once more at exit: into /dev/null, so that says nothing either
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        raise SystemExit(128 + signal.SIGPIPE) from None
 
 
 class CommandParser(argparse.ArgumentParser):
