@@ -683,6 +683,8 @@ def test_a_new_sweep_of_the_same_config_names_the_unfinished_one(tmp_path, monke
     ("comm", "W&B could not be reached to look it up (CommError: "),
     ("missing", "W&B could not find it (ValueError: Could not find sweep"),
     ("missing-comm", "W&B could not find it (CommError: Could not find sweep"),
+    ("refused", "W&B refused the API key (check WANDB_API_KEY"),
+    ("away", "W&B could not be reached to look it up (AuthenticationError: "),
 ])
 def test_a_wandb_sweep_that_cannot_be_looked_up_says_why_in_one_line(monkeypatch, raised, says):
     """An unreachable server is not an unknown sweep; either way one line, cut with an
@@ -695,7 +697,14 @@ def test_a_wandb_sweep_that_cannot_be_looked_up_says_why_in_one_line(monkeypatch
               "missing": ValueError("Could not find sweep ent/proj/abcd1234"),
               # what wandb 0.31 raises from a server that does not know the sweep
               "missing-comm": wandb.errors.CommError(
-                  "Could not find sweep <Sweep ent/proj/abcd1234 (Unknown State)>")}
+                  "Could not find sweep <Sweep ent/proj/abcd1234 (Unknown State)>"),
+              # what wandb.Api() raises when the server refuses the key, and when it cannot
+              # be reached at all (wandb 0.31, its key check)
+              "refused": wandb.errors.AuthenticationError(
+                  "Failed to verify credentials with http://127.0.0.1:9: user is not logged in"),
+              "away": wandb.errors.AuthenticationError(
+                  "Failed to verify credentials with http://127.0.0.1:9: Failed to execute API "
+                  "request: the service process is busy and did not respond in time.")}
 
     class Api:
         def sweep(self, path):

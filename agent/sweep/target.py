@@ -112,14 +112,16 @@ def check_wandb_sweep(target: SweepTarget) -> dict:
         key = os.environ.get("WANDB_API_KEY")
         if key:
             text = text.replace(key, "***")
+        away = any(sign in text for sign in ("Failed to execute API request", "Max retries",
+                                             "Connection", "timed out", "Name or service",
+                                             "did not respond in time"))
         # wandb 0.31 raises CommError for an unknown sweep too, naming it
         unreachable = "Could not find sweep" not in text and (
-            isinstance(error, wandb.errors.CommError) or any(
-                sign in text for sign in ("Failed to execute API request", "Max retries",
-                                          "Connection", "timed out", "Name or service")))
+            isinstance(error, wandb.errors.CommError) or away)
         what = "W&B could not be reached to look it up" if unreachable else \
             "W&B could not find it"
-        if isinstance(error, wandb.errors.AuthenticationError):
+        # wandb.Api() raises AuthenticationError for a server it cannot reach, too
+        if isinstance(error, wandb.errors.AuthenticationError) and not away:
             what = ("W&B refused the API key (check WANDB_API_KEY, or run `wandb login` "
                     "again)")
         shown = text if len(text) <= 160 else text[:159] + "…"
