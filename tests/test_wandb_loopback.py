@@ -490,3 +490,26 @@ def test_a_run_wandb_cannot_start_ends_the_agent_in_one_line(tmp_path):
         process.stderr[-3000:]
     assert "Traceback" not in process.stderr, process.stderr[-3000:]
     assert FAKE_KEY not in process.stderr
+
+
+@pytest.mark.e2e
+@pytest.mark.slow
+@pytest.mark.timeout(450)
+def test_a_pack_wandb_cannot_start_ends_in_one_line_with_the_server_gone(tmp_path):
+    """Packed: the first member's run starts, the second's does not (the server stalls, then
+    goes away). The started run is left preempted and its finish gives up after wandb's
+    finish timeout: one line each, not a TimeoutError traceback out of the agent before it
+    said why it stops."""
+    with LoopbackWandb(SWEEP, [{"lr": 0.1, "epochs": 2}, {"lr": 0.01, "epochs": 2}]) as server:
+        server.stall("RunResumeStatus", 0, 120)  # the second member's wandb.init waits
+        with start(tmp_path, server, "--pack", "2", WANDB_INIT_TIMEOUT="20",
+                   WANDB_FINISH_TIMEOUT="3") as process:
+            process.wait_until(lambda: server.operations.count("RunResumeStatus") >= 2)
+            server.down()  # before the first member's run is finished
+            code = process.wait(200)
+    assert code == 1, process.stderr[-3000:]
+    assert "agent: W&B could not start run(s) wbrun000, wbrun001 (" in process.stderr, \
+        process.stderr[-3000:]
+    assert "run wbrun000: W&B's server did not take all of the run's data within 3 s" \
+        in process.stderr, process.stderr[-3000:]
+    assert "Traceback" not in process.stderr, process.stderr[-3000:]

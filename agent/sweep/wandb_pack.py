@@ -330,8 +330,21 @@ class PackedWandbAgent:
             for slot, config in zip(group, configs):
                 left = wandb_sink.STARTED.pop(config.run_id, None)
                 if left is not None:  # the trial ended before its sinks started
-                    left.finish(exit_code=1)
+                    self._end_unadopted(left, preempted=False)
                 self._release(slot, config.run_id)
+
+    def _end_unadopted(self, run, preempted: bool) -> None:
+        """Finish a W&B run that no trial's sink took over, failed (or preempted: W&B hands
+        it out again). The server away past the finish timeout, or wandb's service process
+        gone, is one line, not a traceback out of the agent."""
+        try:
+            if preempted:
+                run.mark_preempting()
+            wandb_sink.finish_run(run, 1)
+        except Exception as error:  # noqa: BLE001 (said in one line below, or re-raised)
+            if not service_gone(error):
+                raise
+            self._lost_service(error)
 
     def _lost_service(self, error: BaseException) -> None:
         """wandb's service process is gone: said once, and the agent takes no more runs."""
@@ -351,8 +364,7 @@ class PackedWandbAgent:
         for slot, config in zip(group, configs):
             started = wandb_sink.STARTED.pop(config.run_id, None)
             if started is not None:
-                started.mark_preempting()
-                started.finish(exit_code=1)
+                self._end_unadopted(started, preempted=True)
             self._release(slot, config.run_id)
         text = one_line(error)[:160]
         key = os.environ.get("WANDB_API_KEY")

@@ -162,9 +162,15 @@ class WandbSink(Sink):
         self.run.summary.update(summary)
         if state == "preempted":
             self.run.mark_preempting()
-        try:
-            self.run.finish(exit_code=0 if state in ("finished", "diverged", "stopped") else 1)
-        except TimeoutError:  # finish_settings(): the server did not take it all in time
-            print(f"run {self.run.id}: W&B's server did not take all of the run's data within "
-                  f"{self.run.settings.finish_timeout:g} s; what it lacks is kept in "
-                  f"{self.run.settings.sync_dir} (`wandb sync` sends it)", file=sys.stderr)
+        finish_run(self.run, 0 if state in ("finished", "diverged", "stopped") else 1)
+
+
+def finish_run(run, exit_code: int) -> None:
+    """run.finish(exit_code); past finish_settings()'s bound (the server did not take it all
+    in time) one line on where the rest is, not a TimeoutError."""
+    try:
+        run.finish(exit_code=exit_code)
+    except TimeoutError:
+        print(f"run {run.id}: W&B's server did not take all of the run's data within "
+              f"{run.settings.finish_timeout:g} s; what it lacks is kept in "
+              f"{run.settings.sync_dir} (`wandb sync` sends it)", file=sys.stderr)
