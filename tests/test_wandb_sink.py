@@ -130,3 +130,60 @@ def test_a_preempted_run_stays_preempted_when_its_sink_cannot_finish(workdir, mo
 
     monkeypatch.setitem(sinks.SINKS, "wandb", DeadService)
     preempt_after_three_steps(workdir, "pre2")
+
+
+# A pack of two whose W&B service process (wandb-core) is killed once the last epoch is
+# recorded: W&B's sink cannot finish, and must not keep the other sinks from finishing.
+KILLED_SERVICE_PACK = """
+import json, os, signal, sys
+from pathlib import Path
+from agent.trial.loop import TrialHooks, train_pack
+
+def kill_wandb_core(epoch, history):
+    if epoch == 2:
+        me = str(os.getpid()).encode()
+        for entry in Path("/proc").iterdir():
+            try:
+                argv = (entry / "cmdline").read_bytes().split(b"\\0")
+                parent = (entry / "stat").read_text().rsplit(")", 1)[1].split()[1]
+            except (OSError, IndexError):
+                continue
+            if argv and argv[0].endswith(b"wandb-core") and (parent == me.decode() or me in argv):
+                os.kill(int(entry.name), signal.SIGKILL)
+    return True
+
+configs = [dict(dataset="digits", model="dense", hidden=16, epochs=2, lr=lr,
+                sinks=["tensorboard", "wandb"], group="g", run_id=f"member{k}",
+                log_dir="logs", run_dir="runs", histograms=False)
+           for k, lr in enumerate([0.1, 0.01])]
+try:
+    train_pack(configs, [TrialHooks(recorded=kill_wandb_core), TrialHooks()])
+except Exception as error:
+    print("raised", type(error).__name__)
+"""
+
+
+@pytest.mark.e2e
+@pytest.mark.timeout(300)
+def test_a_sink_that_cannot_finish_leaves_the_others_of_every_member_finished(workdir):
+    """wandb-core killed at a pack's last epoch: W&B's sink of each member fails at its end,
+    and still every member's TensorBoard run is closed with its session's end (HPARAMS'
+    status) and its last epoch; the failure is raised once all are closed. Before, the
+    first failure skipped the other sinks of that member and every later member's."""
+    import subprocess
+    import sys
+
+    from tensorboard.backend.event_processing.event_file_loader import EventFileLoader
+
+    from conftest import subprocess_env
+
+    done = subprocess.run([sys.executable, "-c", KILLED_SERVICE_PACK], cwd=workdir,
+                          env=subprocess_env(), capture_output=True, text=True, timeout=240)
+    assert done.returncode == 0 and "raised" in done.stdout, done.stdout + done.stderr[-3000:]
+    for k in (0, 1):
+        tags = [value.tag for path in sorted((workdir / "logs" / "g" / f"member{k}").glob(
+                    "events.out.tfevents.*"))
+                for event in EventFileLoader(str(path)).Load()
+                for value in event.summary.value]
+        assert "_hparams_/session_end_info" in tags, (k, sorted(set(tags)))
+        assert "val/acc" in tags, k

@@ -104,8 +104,14 @@ def train_pack(configs: list[dict], hooks: list[TrialHooks] | None = None,
                 member.state = state
         raise
     finally:
-        for member in members:
-            member.close_sinks()
+        failure = None
+        for member in members:  # every member's sinks, whichever member's fail to finish
+            try:
+                member.close_sinks()
+            except Exception as error:  # noqa: BLE001 (raised below, once all are closed)
+                failure = failure or error
+        if failure is not None:
+            raise failure
 
 
 def _members(configs: list[dict], hooks: list[TrialHooks], sweep: dict | None) -> list[Member]:

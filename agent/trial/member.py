@@ -125,17 +125,23 @@ class Member:
         A preempted member stays preempted when a sink cannot finish: a batch scheduler
         (scancel, qdel, PBS's or SLURM's walltime) signals every process of the job at once,
         W&B's own service process included, so its run can no longer be closed; the
-        checkpoint stands and the next agent resumes the run."""
+        checkpoint stands and the next agent resumes the run. Otherwise the first sink's
+        failure is raised once every other sink has finished (W&B's service gone must not
+        leave TensorBoard's last events unwritten)."""
+        failure = None
         while self.started_sinks:
             sink = self.started_sinks.pop()
             try:
                 sink.finish(self.summary, self.state)
             except Exception as error:
                 if self.state != "preempted":
-                    raise
+                    failure = failure or error
+                    continue
                 print(f"run {self.run.id}: {type(sink).__name__} could not finish "
                       f"({type(error).__name__}: {' '.join(str(error).split())[:120]}); "
                       "the run stays preempted", file=sys.stderr)
+        if failure is not None:
+            raise failure
 
     def restore_progress(self, saved: dict) -> None:
         """Continue from a checkpoint's progress (agent/trial/checkpoint.py)."""
