@@ -188,8 +188,11 @@ def test_a_store_whose_disk_fills_mid_run_stops_the_agent_in_one_line(workdir):
 @pytest.mark.timeout(120)
 def test_a_sweep_cannot_be_created_on_a_read_only_disk_and_nothing_is_left(workdir):
     sweep_file = workdir / "s.yaml"
+    # the runs' folders elsewhere (the launcher checks those first): the store's is refused
     sweep_file.write_text("program: agent/train.py\nmethod: grid\nparameters:\n"
-                          "  dataset: {value: digits}\n  lr: {values: [0.1]}\n")
+                          "  dataset: {value: digits}\n  lr: {values: [0.1]}\n"
+                          "  run_dir: {value: runs}\n  log_dir: {value: logs}\n"
+                          "  data_dir: {value: cache}\n")
     with tmpfs(workdir / "data", "1m") as data:
         remount(data, "ro")
         result = subprocess.run([sys.executable, "-m", "agent.launch", str(sweep_file)],

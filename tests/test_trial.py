@@ -294,3 +294,47 @@ def test_a_single_run_names_its_tensorboard_logs_only_when_it_wrote_them(workdir
     logs = workdir / "logs" / "default" / "tb1"
     assert ("./run_tensorboard.sh --logdir" in out) == ("tensorboard" in sinks) == logs.is_dir()
     assert summary["state"] == "finished"
+
+
+SIGNALLED_JOB_PACK = """
+import json
+from agent.trial.loop import TrialHooks, train_pack
+
+signalled = []
+
+def signal_and_fail(epoch, history):
+    # the job's SIGTERM has arrived (interrupted() holds from now on), and the call this
+    # hook stands for (W&B's, its service process killed by the same signal) fails
+    signalled.append(True)
+    raise ConnectionResetError(104, "Connection reset by peer")
+
+configs = [dict(dataset="digits", model="dense", hidden=16, epochs=3, lr=lr,
+                sinks=["tensorboard"], group="g", run_id=f"member{k}", log_dir="logs",
+                run_dir="runs", histograms=False) for k, lr in enumerate([0.1, 0.01])]
+interrupted = lambda: bool(signalled)
+summaries = train_pack(configs, [TrialHooks(interrupted=interrupted),
+                                 TrialHooks(recorded=signal_and_fail, interrupted=interrupted)])
+print(json.dumps([(s["state"], s["epochs_done"]) for s in summaries]))
+"""
+
+
+@pytest.mark.e2e
+@pytest.mark.timeout(300)
+def test_a_failure_once_the_signal_to_stop_holds_leaves_the_pack_preempted(workdir):
+    """A scheduler's SIGTERM reaches every process of the job, W&B's service too: a call into
+    it fails before the loop has seen the signal (here in a member's epoch hook). The pack
+    ends preempted at its last checkpoint (the next agent resumes it), in one line; it used
+    to end failed, with a traceback, and was not resumed."""
+    import json
+
+    from conftest import subprocess_env
+
+    done = subprocess.run([sys.executable, "-c", SIGNALLED_JOB_PACK], cwd=workdir,
+                          env=subprocess_env(), capture_output=True, text=True, timeout=240)
+    assert done.returncode == 0, done.stdout + done.stderr[-3000:]
+    assert json.loads(done.stdout.strip().splitlines()[-1]) == [["preempted", 1]] * 2
+    assert "run(s) member0, member1: ConnectionResetError ([Errno 104] Connection reset by " \
+        "peer) while stopping for a signal; preempted at the last checkpoint" in done.stderr
+    assert "Traceback" not in done.stderr, done.stderr[-3000:]
+    for k in (0, 1):
+        assert (workdir / "runs" / f"member{k}" / "checkpoint.pt").is_file()

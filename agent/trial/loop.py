@@ -39,7 +39,7 @@ from agent.trial.sinks.run_dir_sink import RunDirSink
 from nn.schedules import lr_multiplier
 from util.device import pick_device
 from util.device_cache import Splits, device_splits
-from util.errors import storage_problem
+from util.errors import one_line, storage_problem
 
 __all__ = ["Preempted", "TrialHooks", "train", "train_pack"]
 
@@ -70,10 +70,12 @@ def train_pack(configs: list[dict], hooks: list[TrialHooks] | None = None,
     Members must agree in agent/trial/member.py's PACK_SHARED (ValueError otherwise). Each is
     its own run everywhere: sinks, checkpoint, history, summary. A member that hyperband stops
     or whose loss goes non-finite leaves the pack; the others go on. interrupted() ends every
-    member still training as preempted.
+    member still training as preempted, also when something fails once it holds (a signal
+    to every process of a job stops W&B's service process too): one line, no exception.
     """
     started = time.perf_counter()
     members = _members(configs, hooks or [TrialHooks() for _ in configs], sweep)
+    pack = None
     try:
         cfg = members[0].cfg
         if cfg.num_threads:
@@ -94,14 +96,20 @@ def train_pack(configs: list[dict], hooks: list[TrialHooks] | None = None,
         while pack.size and pack.members[0].progress.epoch < cfg.epochs:
             _epoch(pack, data, device, started)
         return [m.summary for m in members]
+    except Exception as error:
+        if pack is None or not any(m.hooks.interrupted() for m in pack.members):
+            _mark_cut_short(members, error)
+            raise
+        # A signal to stop (a scheduler's walltime, scancel) reaches every process of a job
+        # at once, W&B's service process too: a call into it can fail before the loop has
+        # seen the signal. The signal meant preempted, and so it ends: at the last checkpoint.
+        print(f"run(s) {', '.join(m.run.id for m in pack.members)}: {type(error).__name__} "
+              f"({one_line(error)[:120]}) while stopping for a signal; preempted at the last "
+              "checkpoint", file=sys.stderr)
+        _preempt(pack)
+        return [m.summary for m in members]
     except BaseException as error:
-        # an exception: the members still training end without a result; failed, unless
-        # the storage failed them (a full or read-only disk), which leaves them preempted
-        # at their last checkpoint for the next agent (agent/sweep/agent_loop.py)
-        state = "preempted" if storage_problem(error) is not None else "failed"
-        for member in members:
-            if member.active:
-                member.state = state
+        _mark_cut_short(members, error)
         raise
     finally:
         failure = None
@@ -112,6 +120,16 @@ def train_pack(configs: list[dict], hooks: list[TrialHooks] | None = None,
                 failure = failure or error
         if failure is not None:
             raise failure
+
+
+def _mark_cut_short(members: list[Member], error: BaseException) -> None:
+    """An exception: the members still training end without a result; failed, unless the
+    storage failed them (a full or read-only disk), which leaves them preempted at their
+    last checkpoint for the next agent (agent/sweep/agent_loop.py)."""
+    state = "preempted" if storage_problem(error) is not None else "failed"
+    for member in members:
+        if member.active:
+            member.state = state
 
 
 def _members(configs: list[dict], hooks: list[TrialHooks], sweep: dict | None) -> list[Member]:
