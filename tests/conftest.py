@@ -67,6 +67,10 @@ def subprocess_env(**extra: str) -> dict:
     env.update({"PYTHONPATH": str(ROOT), "WANDB_MODE": "offline", "WANDB_SILENT": "true"})
     env.pop("WANDB_SWEEP_ID", None)
     env.pop("WANDB_RUN_ID", None)
+    # wandb puts its service process's address here once this process used wandb (a test
+    # in this worker did): a child would then share that service and its runs, and two
+    # tests' runs of one id collide there ("run ID wbrun000 is in use")
+    env.pop("WANDB_SERVICE", None)
     env.update(extra)
     return env
 
