@@ -31,6 +31,14 @@ def one_line(text: object) -> str:
     return " ".join(str(text).split())
 
 
+def without_api_key(text: str) -> str:
+    """`text` with this environment's W&B API key (WANDB_API_KEY), if any, as ***: an error
+    from wandb may quote it, and a key is never printed. Mask before cutting a text short,
+    or a key across the cut shows in part."""
+    key = os.environ.get("WANDB_API_KEY")
+    return text.replace(key, "***") if key else text
+
+
 def brief(value: object, limit: int = 80, quote: bool = True) -> str:
     """`value` for an error message: its repr (or str), cut to `limit` characters, so a
     megabyte of input never becomes a megabyte of error line."""

@@ -9,7 +9,6 @@ a bare id with a project). No torch is imported.
 from __future__ import annotations
 
 import json
-import os
 import re
 import sqlite3
 import textwrap
@@ -19,7 +18,7 @@ from pathlib import Path
 
 from agent.commands import script
 from agent.sweep.store import STORE_NAME, SWEEPS_DIR, SweepStore, store_paths
-from util.errors import UserError
+from util.errors import UserError, one_line, without_api_key
 
 YAML_SUFFIXES = (".yaml", ".yml")
 
@@ -108,10 +107,7 @@ def check_wandb_sweep(target: SweepTarget) -> dict:
     try:
         config = wandb.Api().sweep(target.wandb_path).config
     except Exception as error:  # a refused key, an unknown sweep, no network: one line
-        text = " ".join(str(error).split())
-        key = os.environ.get("WANDB_API_KEY")
-        if key:
-            text = text.replace(key, "***")
+        text = without_api_key(one_line(error))
         away = any(sign in text for sign in ("Failed to execute API request", "Max retries",
                                              "Connection", "timed out", "Name or service",
                                              "did not respond in time"))

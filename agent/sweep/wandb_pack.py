@@ -32,11 +32,11 @@ from agent.params import RunConfig
 from agent.sweep.pack_size import PackSizer
 from agent.sweep.wandb_agent import run_config
 from agent.trial.sinks import wandb_sink
-from util.errors import UserError, one_line
+from util.errors import UserError, one_line, without_api_key
 
 HEARTBEAT_S = 5.0  # W&B's Python agent beats every 5 s (pyagent.Agent.HEARTBEAT_SLEEP_SECONDS)
 STOPPED_BY_WANDB = "stopped by W&B (the sweep's early_terminate)"
-STOPPED_IN_WANDB = wandb_sink.STOPPED_IN_WANDB
+STOPPED_IN_WANDB = wandb_sink.STOPPED_IN_WANDB  # a user's Stop in W&B: its sink says it
 
 # wandb's message when its service process (wandb-core) is gone, as its API calls say it
 # (wandb/sdk/lib/service/service_connection.py, 0.31); a call whose connection to it broke
@@ -109,7 +109,7 @@ class PackedWandbAgent:
     interrupted: Callable[[], bool]
     wandb_dir: str = field(default_factory=lambda: os.environ.get("WANDB_DIR") or os.getcwd())
     slots: list[Slot] = field(default_factory=list)
-    stopped: dict[str, str] = field(default_factory=dict)  # run -> why the server stops it
+    stopped: set[str] = field(default_factory=set)  # runs the sweep's early_terminate stops
     outcomes: list[str] = field(default_factory=list)
     exit: bool = False  # the server said exit: no more runs for this agent
     service_gone: str | None = None  # how a beat found wandb's service process gone
@@ -215,7 +215,7 @@ class PackedWandbAgent:
                     slot.values = {name: spec.get("value") for name, spec
                                    in (command.get("args") or {}).items()}
                 elif kind == "stop":
-                    self.stopped.setdefault(command.get("run_id"), STOPPED_BY_WANDB)
+                    self.stopped.add(command.get("run_id"))
                 elif kind == "exit":
                     self.exit = True
 
@@ -305,7 +305,7 @@ class PackedWandbAgent:
                     mode=wandb_sink.chosen_mode(), reinit="create_new", dir=self.wandb_dir,
                     resume="allow",  # a run W&B hands out again (`resume`) goes on, not over
                     settings=wandb.Settings(silent=True, console="off", sweep_id=self.sweep_id,
-                                            stop_fn=self._stop_from_wandb(config.run_id),
+                                            stop_fn=wandb_sink.stop_fn(config.run_id),
                                             **wandb_sink.finish_settings()))
             except wandb.errors.Error as error:
                 self._not_started(group, configs, error)
@@ -366,10 +366,7 @@ class PackedWandbAgent:
             if started is not None:
                 self._end_unadopted(started, preempted=True)
             self._release(slot, config.run_id)
-        text = one_line(error)[:160]
-        key = os.environ.get("WANDB_API_KEY")
-        self.not_started = f"{type(error).__name__}: " \
-            + (text.replace(key, "***") if key else text)
+        self.not_started = f"{type(error).__name__}: {without_api_key(one_line(error))[:160]}"
         self.exit = True
         print(f"agent: W&B could not start run(s) {', '.join(c.run_id for c in configs)} "
               f"({self.not_started}); the agent stops, and W&B hands them out again",
@@ -390,18 +387,8 @@ class PackedWandbAgent:
     def _stop_check(self, run_id: str) -> Callable[[int, list[dict]], str | None]:
         def should_stop(epoch: int, history: list[dict]) -> str | None:
             with self.lock:
-                return self.stopped.get(run_id)
+                return STOPPED_BY_WANDB if run_id in self.stopped else None
         return should_stop
-
-    def _stop_from_wandb(self, run_id: str) -> Callable[[], None]:
-        """wandb's stop_fn for a member: a user stopped its run in W&B, which its file
-        stream's answer says (wandb-core polls it). wandb's default sends SIGINT to the main
-        thread, which would preempt the whole pack as a Ctrl-C does, and W&B would then hand
-        the stopped run out again; the member ends as stopped at its epoch's end instead."""
-        def stop() -> None:
-            with self.lock:
-                self.stopped.setdefault(run_id, STOPPED_IN_WANDB)
-        return stop
 
     def _ended(self, slot: Slot, run_id: str) -> Callable[[dict], None]:
         def ended(summary: dict) -> None:

@@ -9,12 +9,13 @@ from __future__ import annotations
 import netrc
 import os
 import sys
+from collections.abc import Callable
 
 import wandb
 
 from agent import metrics
 from agent.trial.sinks import RunInfo, Sink
-from util.errors import UserError
+from util.errors import UserError, one_line, without_api_key
 
 DEFAULT_PROJECT = "hp-study"
 # Epoch metrics are plotted against `epoch` in W&B, the step metrics against the step.
@@ -64,6 +65,18 @@ def finish_settings() -> dict:
 
 
 STOPPED_IN_WANDB = "stopped in W&B (its Stop button or API)"
+# Runs a user stopped in W&B, by id (their stop_fn was called, on wandb's own thread): each
+# one's sink says so after its epoch (stop_asked), and the member ends as stopped.
+STOPPED: set[str] = set()
+
+
+def stop_fn(run_id: str) -> Callable[[], None]:
+    """wandb's stop_fn for run `run_id` (wandb.Settings): a user stopped it in W&B, which
+    its file stream's answer says (wandb-core polls it). wandb's default sends SIGINT to the
+    main thread, which preempts the whole agent and every member of its pack as a Ctrl-C
+    does (and W&B would hand a stopped sweep run out again); the run ends as stopped at its
+    epoch's end instead, alone, and the agent goes on."""
+    return lambda: STOPPED.add(run_id)
 
 
 # W&B runs started for a trial before it runs, by run id: a packed W&B agent starts each
@@ -78,8 +91,6 @@ def _sweep_config(sweep: dict) -> dict:
 
 
 class WandbSink(Sink):
-    stopped_in_wandb = False  # a user stopped the run in W&B (see _stop_from_wandb)
-
     def start(self, run: RunInfo, config: dict, hparams: dict) -> None:
         # a W&B sweep run started by the W&B adapters (agent/sweep/wandb_agent.py, one run a
         # process; wandb_pack.py, the members of a pack) is adopted
@@ -93,17 +104,11 @@ class WandbSink(Sink):
         for pattern in EPOCH_METRICS:
             self.run.define_metric(pattern, step_metric="epoch")
 
-    def _stop_from_wandb(self) -> None:
-        """wandb's stop_fn: a user stopped this run in W&B (its file stream's answer says so).
-        wandb's default sends SIGINT to the main thread, which preempts the whole agent and
-        every member of its pack as a Ctrl-C does; the run ends as stopped at its epoch's end
-        instead (stop_asked), the agent goes on."""
-        self.stopped_in_wandb = True
-
     def stop_asked(self) -> str | None:
-        return STOPPED_IN_WANDB if self.stopped_in_wandb else None
+        return STOPPED_IN_WANDB if self.run.id in STOPPED else None
 
-    def _init(self, run: RunInfo, config: dict):
+    @staticmethod
+    def _init(run: RunInfo, config: dict):
         """wandb.init for this run; W&B's refusal (a bad key, no server) as one UserError
         line that names the way out, never the key."""
         mode = chosen_mode()
@@ -115,17 +120,14 @@ class WandbSink(Sink):
                 config={**config,
                         **({"sweep": _sweep_config(run.sweep)} if run.sweep else {})},
                 mode=mode, settings=wandb.Settings(silent=True, console="off",
-                                                   stop_fn=self._stop_from_wandb,
+                                                   stop_fn=stop_fn(run.id),
                                                    **finish_settings()),
                 reinit="create_new",  # the members of a pack are runs of one process at once
                 # wandb reads WANDB_DIR once per process; pass it per run so each run
                 # honours the directory in force when it starts.
                 dir=os.environ.get("WANDB_DIR") or os.getcwd())
         except wandb.errors.Error as error:
-            text = " ".join(str(error).split())[:160]
-            key = os.environ.get("WANDB_API_KEY")
-            if key:
-                text = text.replace(key, "***")
+            text = without_api_key(one_line(error))[:160]
             raise UserError(f"W&B refused run {run.id} in {mode} mode ({type(error).__name__}: "
                             f"{text}): check WANDB_API_KEY and the network, or log offline "
                             "with WANDB_MODE=offline (wandb sync sends it later)") from None
@@ -150,10 +152,7 @@ class WandbSink(Sink):
         try:
             self.run.log({"test/confusion_matrix": table}, step=step)
         except wandb.errors.Error as error:
-            text = " ".join(str(error).split())[:120]
-            key = os.environ.get("WANDB_API_KEY")
-            if key:
-                text = text.replace(key, "***")
+            text = without_api_key(one_line(error))[:120]
             print(f"run {self.run.id}: W&B did not take the confusion matrix "
                   f"({type(error).__name__}: {text}); it is in the run's confusion.json",
                   file=sys.stderr)
