@@ -496,18 +496,23 @@ def read_config_file(path: str) -> dict[str, Any]:
 SWEEP_KEYS = ("method", "parameters", "metric", "early_terminate", "program", "command")
 
 
+def close_parameter(key: str) -> str:
+    """` (did you mean model?)` for a key close to a parameter's name (`modle`), else ''."""
+    import difflib
+
+    close = difflib.get_close_matches(key, list(BY_NAME), n=1)
+    return f" (did you mean {close[0]}?)" if close else ""
+
+
 def unknown_parameter(key: Any, where: str = "") -> UserError:
     """The one line for a key that names no parameter, with the parameter it is close to
     where there is one (`modle`: did you mean model?), as a sweep file's check says it; a
     sweep file's own key says that such a file is run by ./run_sweep.sh."""
-    import difflib
-
     hint = ""
     if isinstance(key, str) and key in SWEEP_KEYS:
         hint = " (a key of a sweep file, which ./run_sweep.sh runs)"
     elif isinstance(key, str):
-        close = difflib.get_close_matches(key, list(BY_NAME), n=1)
-        hint = f" (did you mean {close[0]}?)" if close else ""
+        hint = close_parameter(key)
     return UserError(f"{where + ': ' if where else ''}unknown parameter {brief(key)}{hint}: "
                      "allowed are " + ", ".join(p.name for p in PARAMS))
 

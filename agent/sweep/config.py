@@ -23,7 +23,7 @@ import jsonschema
 import yaml
 
 from agent import metrics
-from agent.params import BY_NAME, PARAMS, RULES, validate
+from agent.params import BY_NAME, PARAMS, RULES, close_parameter, validate
 from agent.sweep.engine import (
     GRID_LIMIT,
     Draws,
@@ -599,9 +599,8 @@ def _check_trial_configs(where: str, config: dict, fixed: dict) -> dict[str, lis
     parameters = config["parameters"]
     for name in parameters:
         if name not in BY_NAME:
-            close = difflib.get_close_matches(name, list(BY_NAME), n=1)
-            hint = f" (did you mean {close[0]}?)" if close else ""
-            raise UserError(f"{where}: {_path(name)}: unknown parameter {name!r}{hint}: "
+            raise UserError(f"{where}: {_path(name)}: unknown parameter {name!r}"
+                            f"{close_parameter(name)}: "
                             "allowed are " + ", ".join(p.name for p in PARAMS))
         if name in AGENT_PARAMETERS:
             raise UserError(f"{where}: {_path(name)}: {AGENT_PARAMETERS[name]}")
