@@ -167,12 +167,13 @@ def prepare_sweep_data(where: str, config: dict) -> list[str]:
 
 def check_sweep_folders(where: str, config: dict) -> None:
     """UserError (one line) when a folder the runs of our trainer in the sweep `config` write
-    to cannot be made: each `data_dir` (the decoded cache), `run_dir` (checkpoints) and, where
+    to cannot be made, or (run_dir, log_dir) exists but takes no new entry: each `data_dir`
+    (the decoded cache), `run_dir` (checkpoints) and, where
     the runs can log to TensorBoard, `log_dir` the sweep gives (or the default), checked as
     the trial's pre-flight checks it (agent/trial/preflight.py). Each run would fail with that
     reason, a sweep of failed runs left; digits, which prepare_sweep_data leaves alone, too.
     Nothing is checked where a distribution draws one of these, or for another program."""
-    from agent.trial.preflight import folder_problem
+    from agent.trial.preflight import WRITTEN_FOLDERS, folder_problem
 
     choices = trainer_values(config, "data_dir", "run_dir", "log_dir", "sinks")
     if choices is None:
@@ -183,7 +184,7 @@ def check_sweep_folders(where: str, config: dict) -> None:
         if values is None or (name == "log_dir" and not logs):
             continue
         for value in sorted(str(BY_NAME[name].default if v is None else v) for v in values):
-            problem = folder_problem(Path(value or "."))
+            problem = folder_problem(Path(value or "."), written=name in WRITTEN_FOLDERS)
             if problem:
                 raise UserError(f"{where}: {name}={value!r}: {problem}")
 

@@ -112,3 +112,33 @@ def test_the_launcher_refuses_a_digits_sweep_whose_data_dir_cannot_be_made(tmp_p
     assert result.returncode == 2, result.stdout + result.stderr
     assert result.stderr.strip() == "error: s.yaml: data_dir='afile': afile is not a folder"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["afile", "s.yaml"]
+
+
+@pytest.mark.e2e
+@pytest.mark.timeout(120)
+@pytest.mark.parametrize("name", ["run_dir", "log_dir"])
+def test_an_existing_folder_the_runs_cannot_write_in_is_refused_at_launch_and_in_the_trial(
+        workdir, name):
+    """run_dir and log_dir exist but are on a read-only mount (a real tmpfs remounted
+    read-only): one line at the launcher and in the trial's pre-flight, before anything is
+    trained; a data_dir there is fine as it is (a read-only one may hold the cache)."""
+    from agent.trial.loop import train
+    from test_storage_faults import remount, tmpfs
+
+    with tmpfs(workdir / "ro", "1m") as place:
+        remount(place, "ro")
+        config = sweep(dataset="digits", sinks=["tensorboard"], **{name: str(place)})
+        with pytest.raises(UserError) as refused:
+            check_runnable("s.yaml", config, None)
+        assert str(refused.value) == (f"s.yaml: {name}={str(place)!r}: cannot write in "
+                                      f"{place}: Read-only file system")
+        folders = {"data_dir": str(workdir / "data"), "run_dir": str(workdir / "runs"),
+                   "log_dir": str(workdir / "logs"), name: str(place)}
+        with pytest.raises(UserError) as refused:
+            train({"dataset": "digits", "epochs": 1, "sinks": ["tensorboard"],
+                   "histograms": False, "run_id": "r1", **folders})
+        assert str(refused.value) == f"{name}={str(place)!r}: cannot write in {place}: " \
+                                     "Read-only file system"
+        check_runnable("s.yaml", sweep(dataset="digits", data_dir=str(place)), None)
+        assert list(place.iterdir()) == []
+    assert sorted(p.name for p in workdir.iterdir()) == ["ro"]  # nothing else made

@@ -12,6 +12,7 @@ from __future__ import annotations
 import importlib.util
 import os
 import shutil
+import tempfile
 from pathlib import Path
 
 import torch
@@ -163,27 +164,40 @@ def check_directories(configs: list) -> None:
     decoded cache), `run_dir` (checkpoints, summary) and, with the TensorBoard sink, `log_dir`.
     The nearest part of each path that exists must be a folder; the missing parts are made
     and removed again, so that a path the file system refuses (read-only, /proc, no
-    permission) is named now, not after the first epoch. A folder that exists is fine
-    (a read-only data_dir that holds the cache is)."""
+    permission) is named now, not after the first epoch. A run_dir or log_dir that exists
+    must take a new entry; a data_dir that exists is fine as it is (a read-only one that holds
+    the cache is)."""
     for config in configs:
         wanted = [("data_dir", config.data_dir), ("run_dir", config.run_dir)]
         if "tensorboard" in config.sinks:
             wanted.append(("log_dir", config.log_dir))
         for name, folder in wanted:
-            problem = folder_problem(Path(folder or "."))
+            problem = folder_problem(Path(folder or "."), written=name in WRITTEN_FOLDERS)
             if problem:
                 raise UserError(f"{name}={str(folder)!r}: {problem}")
 
 
-def folder_problem(folder: Path) -> str | None:
+# the folders every run writes into (a run's checkpoint and summary; its TensorBoard events),
+# as against data_dir, which a run only reads once the decoded cache is there
+WRITTEN_FOLDERS = ("run_dir", "log_dir")
+
+
+def folder_problem(folder: Path, written: bool = False) -> str | None:
     """Why `folder` cannot be made (or is not a folder), in a few words; None when it can.
-    Leaves nothing behind: the missing parts it makes to find out are removed again."""
+    With `written`, a folder that exists must also take a new entry (a read-only mount, no
+    permission): a subfolder is made in it and removed. Leaves nothing behind: the missing
+    parts it makes to find out are removed again."""
     missing, existing = [], folder
     while not existing.exists() and existing != existing.parent:
         missing.append(existing)
         existing = existing.parent
     if not existing.is_dir():
         return f"{existing} is not a folder"
+    if written and not missing:
+        try:
+            os.rmdir(tempfile.mkdtemp(prefix=".write-check-", dir=folder))
+        except OSError as error:
+            return f"cannot write in {folder}: {error.strerror}"
     made = []
     try:
         for part in reversed(missing):
