@@ -294,10 +294,14 @@ def test_a_run_stopped_in_wandb_ends_stopped_and_its_pack_mate_goes_on(tmp_path)
 @pytest.mark.e2e
 @pytest.mark.slow
 @pytest.mark.timeout(450)
-def test_a_local_sweeps_run_stopped_in_wandb_ends_stopped_and_the_agent_goes_on(tmp_path):
+@pytest.mark.parametrize("fatal_stops", [False, True], ids=["default", "stop_on_fatal_error"])
+def test_a_local_sweeps_run_stopped_in_wandb_ends_stopped_and_the_agent_goes_on(tmp_path,
+                                                                                 fatal_stops):
     """A local sweep whose runs log online: a user stops one run in W&B's UI. That run ends at
     its epoch's end as stopped and the agent takes the next run (preempted here by SIGTERM).
-    wandb's own reaction, a SIGINT to the main thread, preempted the agent as a Ctrl-C."""
+    wandb's own reaction, a SIGINT to the main thread, preempted the agent as a Ctrl-C. With
+    wandb's stop_on_fatal_error on, the same stop may come from an upload error: the reason
+    names both."""
     sweep = SWEEP | {"parameters": {"lr": {"values": [0.1, 0.01]},
                                     "epochs": {"value": 10000}, "batch_size": {"value": 8}}}
     (tmp_path / "sweep.yaml").write_text(yaml.safe_dump(sweep))
@@ -306,7 +310,8 @@ def test_a_local_sweeps_run_stopped_in_wandb_ends_stopped_and_the_agent_goes_on(
         return [name for name, run in list(server.runs.items()) if run.history]
 
     with LoopbackWandb(SWEEP, []) as server, \
-            start(tmp_path, server, target="sweep.yaml") as process:
+            start(tmp_path, server, target="sweep.yaml",
+                  **({"WANDB_STOP_ON_FATAL_ERROR": "true"} if fatal_stops else {})) as process:
         process.wait_until(lambda: len(streaming()) == 1)
         (first,) = streaming()
         server.stop(first, via="ui")
@@ -318,7 +323,8 @@ def test_a_local_sweeps_run_stopped_in_wandb_ends_stopped_and_the_agent_goes_on(
     runs = {run.id: run for run in SweepStore(store_path).runs()}
     assert sorted(runs) == sorted(server.runs)
     assert runs[first].state == "stopped"
-    assert runs[first].summary["stop_reason"] == wandb_sink.STOPPED_IN_WANDB
+    assert runs[first].summary["stop_reason"] == (
+        wandb_sink.STOPPED_IN_WANDB_OR_FATAL if fatal_stops else wandb_sink.STOPPED_IN_WANDB)
     assert server.runs[first].exit_code == 0 and not server.runs[first].preempting
     (second,) = set(runs) - {first}
     assert runs[second].state == "preempted" and server.runs[second].preempting

@@ -65,6 +65,11 @@ def finish_settings() -> dict:
 
 
 STOPPED_IN_WANDB = "stopped in W&B (its Stop button or API)"
+# wandb calls the same stop_fn after an upload it cannot recover from when the user turned on
+# its stop_on_fatal_error (WANDB_STOP_ON_FATAL_ERROR): a stop then names both causes
+STOPPED_IN_WANDB_OR_FATAL = ("stopped by W&B: its Stop button or API, or an upload error "
+                             "with stop_on_fatal_error on (the run's files are on disk for "
+                             "`wandb sync`)")
 # Runs a user stopped in W&B, by id (their stop_fn was called, on wandb's own thread): each
 # one's sink says so after its epoch (stop_asked), and the member ends as stopped.
 STOPPED: set[str] = set()
@@ -105,7 +110,10 @@ class WandbSink(Sink):
             self.run.define_metric(pattern, step_metric="epoch")
 
     def stop_asked(self) -> str | None:
-        return STOPPED_IN_WANDB if self.run.id in STOPPED else None
+        if self.run.id not in STOPPED:
+            return None
+        fatal_stops = getattr(self.run.settings, "stop_on_fatal_error", False)
+        return STOPPED_IN_WANDB_OR_FATAL if fatal_stops else STOPPED_IN_WANDB
 
     @staticmethod
     def _init(run: RunInfo, config: dict):
