@@ -48,7 +48,10 @@ def schema_distributions() -> list[str]:
 DISTRIBUTIONS = schema_distributions()
 METHODS = [m for m in SCHEMA["properties"]["method"]["enum"] if m != "custom"]
 TYPES = sorted({p.type.__name__ for p in PARAMS})
-DEPRECATED = {"log_uniform", "inv_log_uniform", "q_log_uniform"}  # base-e forms, refused by it
+# The base-e forms (min and max are natural logs), which W&B runs after a warning: each cell
+# takes the bounds of its _values form, so it can draw what that form draws.
+BASE_E = {"log_uniform": "log_uniform_values", "q_log_uniform": "q_log_uniform_values",
+          "inv_log_uniform": "inv_log_uniform_values"}
 GRID_DISTRIBUTIONS = {"categorical", "constant", "int_uniform", "q_uniform"}  # grid_search.py
 
 # One parameter per type, and the numbers its specs use (chosen inside what it allows).
@@ -86,6 +89,12 @@ REFUSED_FOR_TYPE = {
 
 def spec_for(distribution: str, kind: str, q_type: type) -> dict:
     """A spec of `distribution` for the type's parameter: the keys its schema definition has."""
+    if distribution in BASE_E:  # inv_log_uniform draws e**-max..e**-min
+        spec = spec_for(BASE_E[distribution], kind, q_type)
+        low, high = math.log(spec["min"]), math.log(spec["max"])
+        inverse = distribution.startswith("inv_")
+        return {**spec, "distribution": distribution, "min": -high if inverse else low,
+                "max": -low if inverse else high}
     numbers = dict(CASES[kind][1])
     if "log_uniform" in distribution:
         numbers["min"] = POSITIVE_MIN.get(kind, numbers["min"])
@@ -113,8 +122,9 @@ def spec_for(distribution: str, kind: str, q_type: type) -> dict:
 
 def expected_refusal(distribution: str, method: str, kind: str) -> str | None:
     """The word the one-line refusal must hold, or None when the cell must run."""
-    if distribution in DEPRECATED:
-        return "base-e"
+    if method == "grid" and distribution in BASE_E:
+        return "grid"
+    distribution = BASE_E.get(distribution, distribution)  # draws what its _values form draws
     if method == "grid" and distribution not in GRID_DISTRIBUTIONS:
         return "grid"
     if method == "bayes" and distribution == "categorical_w_probabilities":

@@ -1,6 +1,7 @@
 """W&B conformance gaps found with real-world sweep configs: what `wandb sweep`/`wandb agent`
 accept or refuse, and what W&B reads as a run's metric, is the same offline."""
 
+import math
 import os
 
 import pytest
@@ -87,3 +88,52 @@ def test_a_nested_logged_metric_is_read_under_its_dotted_name():
     flat = flat_keys(row)
     assert flat["val.loss"] == 0.5 and flat["val.acc.top1"] == 0.9 and flat["loss"] == 1.0
     assert flat_keys({"a.b": 1, "a": {"b": 2}})["a.b"] == 1  # a flat key logged as such wins
+
+
+# W&B's old docs and intro notebooks drew batch sizes from q_log_uniform with min: log(32):
+# W&B warns that the base-e forms are deprecated and runs them (wandb/sweeps#60 kept them).
+BASE_E = {"log_uniform": {"min": -7.0, "max": -2.0},
+          "q_log_uniform": {"min": math.log(32), "max": math.log(256), "q": 1},
+          "inv_log_uniform": {"min": 2.0, "max": 7.0}}
+
+
+@pytest.mark.parametrize("method", ["random", "bayes"])
+@pytest.mark.parametrize("distribution", sorted(BASE_E))
+def test_a_base_e_log_distribution_runs_with_wandbs_warning(tmp_path, monkeypatch, method,
+                                                            distribution):
+    import sweeps
+    from agent.sweep.engine import proposed_params
+
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "train.py").write_text("")
+    spec = {"distribution": distribution, **BASE_E[distribution]}
+    config = {**BASE, "method": method, "program": "train.py", "parameters": {
+        "x": spec, "lr": {"min": 0.001, "max": 0.1}}}
+    # what W&B does: the server's schema check is a warning, its engine proposes
+    assert any("base-e" in m for m in sweeps.schema_violations_from_proposed_config(config))
+    assert sweeps.next_run(config, [], validate=False) is not None
+
+    notes = []
+    filled = load_sweep_config(_write(tmp_path, config), notes)
+    (note,) = notes
+    assert note.startswith("note: ") and f"x uses {distribution}" in note and "\n" not in note
+    low, high = math.exp(spec["min"]), math.exp(spec["max"])
+    if distribution == "inv_log_uniform":
+        low, high = math.exp(-spec["max"]), math.exp(-spec["min"])
+    for _ in range(20):
+        value = proposed_params(filled, [])["x"]
+        if distribution == "q_log_uniform":
+            assert type(value) is int and round(low) <= value <= round(high)
+        else:
+            assert low <= value <= high
+
+
+@pytest.mark.parametrize("distribution", sorted(BASE_E))
+def test_a_grid_over_a_base_e_distribution_is_refused_as_any_continuous_one(
+        tmp_path, monkeypatch, distribution):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "train.py").write_text("")
+    config = {**BASE, "method": "grid", "program": "train.py", "parameters": {
+        "x": {"distribution": distribution, **BASE_E[distribution]}}}
+    with pytest.raises(UserError, match="the sweep engine rejects the sweep"):
+        load_sweep_config(_write(tmp_path, config))

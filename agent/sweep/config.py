@@ -29,7 +29,9 @@ from agent.sweep.engine import (
     Draws,
     EngineError,
     as_type,
+    base_e_forms,
     draws,
+    engine_config,
     grid_points,
     proposed_params,
     stop_decisions,
@@ -114,7 +116,7 @@ def load_sweep_config(path: str | Path, notes: list[str] | None = None) -> dict:
                          + f": not {'a key' if len(unknown) == 1 else 'keys'} of W&B's sweep "
                          "schema: left out, as W&B's sweep engine leaves them (`wandb "
                          "sweep` warns of a malformed config and creates the sweep)")
-    filled = _engine_validate(where, config)
+    filled = _engine_validate(where, config, notes)
     _check_grid_size(where, filled)
     _check_integer_ranges(where, filled)
     _check_hyperband_brackets(where, filled)
@@ -164,8 +166,10 @@ def _read_yaml(where: str) -> dict:
 
 # --- the engine's schema -------------------------------------------------------------------
 
-def _engine_validate(where: str, config: dict) -> dict:
-    """The engine's schema checks, reduced to one line; returns the engine-filled config."""
+def _engine_validate(where: str, config: dict, notes: list[str] | None = None) -> dict:
+    """The engine's schema checks, reduced to one line; returns the engine-filled config. A
+    base-e log distribution (log_uniform, q_log_uniform, inv_log_uniform) is W&B's warning
+    in `notes`, not a refusal: W&B creates and runs such a sweep (engine.base_e_forms)."""
     parameters = config.get("parameters")
     if "parameters" in config and not isinstance(parameters, dict):
         raise UserError(f"{where}: parameters: expected a mapping of parameter name: spec, "
@@ -179,6 +183,8 @@ def _engine_validate(where: str, config: dict) -> dict:
         messages = sweeps.schema_violations_from_proposed_config(config)
     except Exception as error:  # the engine raises rather than report some shapes
         raise UserError(_one_line(f"{where}: {error}")) from None
+    base_e = base_e_forms(config)
+    messages = [message for message in messages if message not in base_e.values()]
     if messages:
         schema_errors = list(validator.iter_errors(config))
         described = [_describe(error) for error in schema_errors]
@@ -195,8 +201,12 @@ def _engine_validate(where: str, config: dict) -> dict:
     _wandb_client_checks(where, config)
     if runs_our_trainer(config):
         _reject_nested(where, config.get("parameters") or {})
+    for warning in base_e.values():
+        if notes is not None:
+            notes.append(f"note: {where}: parameters.{warning} (W&B warns alike, and runs it: "
+                         "min and max are the natural logs of the bounds)")
     try:
-        filled = fill_validate_metric(dict(sweeps.SweepConfig(config)))
+        filled = fill_validate_metric(engine_config(config))
     except Exception as error:  # the engine's own checks, whatever they raise
         message = error.message if isinstance(error, jsonschema.ValidationError) else error
         raise UserError(_one_line(f"{where}: not a valid sweep config: {message}")) from None

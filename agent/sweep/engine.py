@@ -294,11 +294,55 @@ def _once(kind: str, sweep_config: dict, make):
 
 
 def _filled(sweep_config: dict) -> dict:
+    """engine_config(sweep_config), made once per sweep config."""
+    return _once("filled", sweep_config, engine_config)
+
+
+def engine_config(sweep_config: dict) -> dict:
     """sweeps.SweepConfig(sweep_config): the config as the engine validates and fills it,
-    nested parameters kept (with_nested). Raises the engine's own exception for a config it
-    refuses."""
-    return _once("filled", sweep_config,
-                 lambda config: with_nested(sweeps.SweepConfig(config), config))
+    nested parameters kept (with_nested), the base-e log distributions included (base_e_forms:
+    SweepConfig refuses them, W&B runs them after a warning). Raises the engine's own exception
+    for a config it refuses."""
+    base_e = base_e_forms(sweep_config)
+    if not base_e:
+        return with_nested(sweeps.SweepConfig(sweep_config), sweep_config)
+    from sweeps.config.schema import fill_parameter
+
+    # the rest of the config as SweepConfig checks and fills it, each base-e parameter
+    # filled by the engine's own filler (q: 1.0) in its place
+    parameters = sweep_config["parameters"]
+    stand_in = {**sweep_config, "parameters": {
+        name: {"value": 0} if name in base_e else spec for name, spec in parameters.items()}}
+    filled = with_nested(sweeps.SweepConfig(stand_in), stand_in)
+    filled["parameters"] = {name: fill_parameter(name, copy.deepcopy(spec))[1]
+                            if name in base_e else filled["parameters"][name]
+                            for name, spec in parameters.items()}
+    return filled
+
+
+def base_e_forms(sweep_config: dict) -> dict[str, str]:
+    """{name: W&B's warning} of the parameters drawn from a base-e log distribution
+    (log_uniform, q_log_uniform, inv_log_uniform: min and max are exponents). The engine's
+    schema check calls them deprecated and sweeps.SweepConfig refuses them, but W&B creates
+    such a sweep after printing that warning (`wandb sweep`: schema violations from its server
+    are warnings) and its engine draws them (sweeps/params.py, the *_v1_ppf functions), as the
+    engine's authors kept them working when the _values forms came (wandb/sweeps#60)."""
+    from sweeps.params import PARAM_DEPRECATION_MAP, HyperParameter
+
+    found = {}
+    for name, spec in (sweep_config.get("parameters") or {}).items():
+        if not isinstance(spec, dict) or spec.get("distribution") not in BASE_E:
+            continue
+        try:
+            kind = HyperParameter(name, spec).type
+        except Exception:  # malformed: the schema check says why, in its own words
+            continue
+        if kind in PARAM_DEPRECATION_MAP:
+            found[name] = f"{name} {PARAM_DEPRECATION_MAP[kind]}"
+    return found
+
+
+BASE_E = ("log_uniform", "q_log_uniform", "inv_log_uniform")
 
 
 def with_nested(filled: dict, config: dict) -> dict:
@@ -489,20 +533,25 @@ def draws(spec: dict, method: str) -> Draws:
     if distribution == "q_uniform" and method == "grid":
         return Draws(f"q_uniform in a grid (np.arange({low}, {high}, {q}))",
                      values=tuple(np.arange(low, high, q).tolist()))
+    if distribution in BASE_E:  # min and max are exponents: e**min..e**max (inv: e**-max..)
+        low, high = (-high, -low) if distribution == "inv_log_uniform" else (low, high)
+        low, high = float(np.exp(low)), float(np.exp(high))
     continuous = {"uniform": (low, high), "log_uniform_values": (low, high),
                   "inv_log_uniform_values": (low, high), "normal": (-math.inf, math.inf),
-                  "log_normal": (0.0, math.inf), "beta": (0.0, 1.0)}
+                  "log_normal": (0.0, math.inf), "beta": (0.0, 1.0),
+                  "log_uniform": (low, high), "inv_log_uniform": (low, high)}
     if distribution in continuous:
         start, end = continuous[distribution]
         return Draws(f"{distribution} (any number in [{start}, {end}])", low=start, high=end)
     quantised = {"q_uniform": (low, high), "q_log_uniform_values": (low, high),
+                 "q_log_uniform": (low, high),
                  "q_normal": (-math.inf, math.inf), "q_log_normal": (0.0, math.inf),
                  "q_beta": (0.0, 1.0)}
     if distribution in quantised:
         start, end = quantised[distribution]
         return _quantised(f"{distribution} (multiples of q={q!r} in [{start}, {end}])",
                           start, end, q)
-    return Draws(f"{distribution}")  # deprecated base-e forms: the engine refuses them
+    return Draws(f"{distribution}")
 
 
 def _quantised(how: str, low: float, high: float, q: float) -> Draws:
