@@ -28,6 +28,10 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 # scripts as `./run_sweep.sh`; util/with_venv.sh, which ran pytest, says where the project's
 # root is for hints given elsewhere (agent/commands.py), and that is tested on its own.
 os.environ.pop("SWEEP_SCRIPTS_ROOT", None)
+# ... and keeps the caller's PATH for the runs of a sweep's own program: the tests' programs
+# run with the venv's python, as `python -m agent...` started without it runs them.
+for _name in ("PATH", "PYTHONPATH", "VIRTUAL_ENV"):
+    os.environ.pop(f"SWEEP_CALLER_{_name}", None)
 # Child processes the tests kill (SIGKILL, timeouts) cannot remove their temporary files
 # (wandb makes two directories at import, its service a socket): they get a TMPDIR of their
 # own, removed when this process ends. This process keeps the system's (cached first).

@@ -5,6 +5,8 @@ Real agent processes, a real SQLite store, a real W&B-instrumented program."""
 
 from __future__ import annotations
 
+import json
+import os
 import subprocess
 import sys
 
@@ -165,3 +167,32 @@ def test_a_nested_metric_is_read_by_its_dotted_name_and_a_hidden_history_is_said
     assert f"note: run {run_field(run, 'id')} logged no 'val_loss' where its agent reads " \
            "it" in result.stderr, result.stderr[-2000:]
     assert "wandb.init(dir=...)" in result.stderr
+
+
+@pytest.mark.e2e
+@pytest.mark.timeout(200)
+def test_a_program_runs_with_the_callers_python_not_the_projects_venv(workdir):
+    """`wandb agent` started from a shell runs `${interpreter}` (python) as that shell finds
+    it: the user's environment, with their program's packages. ./run_sweep.sh (through
+    util/with_venv.sh, which puts .venv/bin first) gives a program's runs the caller's PATH,
+    PYTHONPATH and VIRTUAL_ENV back."""
+    own_env = workdir / "own-env" / "bin"
+    own_env.mkdir(parents=True)
+    (own_env / "python").write_text(f"#!/bin/sh\necho \"$@\" >> {workdir / 'used'}\n"
+                                    f"exec {sys.executable} \"$@\"\n")
+    (own_env / "python").chmod(0o755)
+    (workdir / "report.py").write_text(
+        "import json, os\n"
+        "json.dump({k: os.environ.get(k) for k in ('PYTHONPATH', 'VIRTUAL_ENV')},"
+        " open('seen.json', 'w'))\n")
+    (workdir / "own.yaml").write_text(yaml.safe_dump({
+        "program": "report.py", "method": "grid", "parameters": {"lr": {"value": 0.1}}}))
+    env = subprocess_env(PATH=f"{own_env}{os.pathsep}{os.environ['PATH']}",
+                         VIRTUAL_ENV=str(own_env.parent))
+    env.pop("PYTHONPATH")
+    result = subprocess.run([str(ROOT / "run_sweep.sh"), "own.yaml"], cwd=workdir, env=env,
+                            capture_output=True, text=True, timeout=180)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert (workdir / "used").read_text().split() == ["report.py", "--lr=0.1"]
+    seen = json.loads((workdir / "seen.json").read_text())
+    assert seen == {"PYTHONPATH": None, "VIRTUAL_ENV": str(own_env.parent)}

@@ -14,6 +14,13 @@ if [ ! -x "$venv/bin/python" ] || [ "$(cat "$stamp" 2>/dev/null)" != "$wanted" ]
     -r "$root/requirements-dev.txt" >&2
   echo "$wanted" > "$stamp"
 fi
+# The caller's own PATH, PYTHONPATH and VIRTUAL_ENV (the outermost call's), which the runs of
+# a sweep's own program get back: `wandb agent` runs its `python` from the caller's shell,
+# not from this venv (agent/sweep/program.py caller_environment)
+if [ -z "${SWEEP_CALLER_PATH+set}" ]; then
+  export SWEEP_CALLER_PATH="$PATH" SWEEP_CALLER_PYTHONPATH="${PYTHONPATH-}" \
+    SWEEP_CALLER_VIRTUAL_ENV="${VIRTUAL_ENV-}"
+fi
 export PATH="$venv/bin:$PATH" VIRTUAL_ENV="$venv"
 export PYTHONPATH="$root${PYTHONPATH:+:$PYTHONPATH}"  # `python -m agent...` from any directory
 export SWEEP_SCRIPTS_ROOT="$root"  # the hints name the scripts from where they run (agent/commands.py)

@@ -33,6 +33,9 @@ REFUSED_MACROS = {"args_dict": "it expands to the parameter names without their 
 TRAINER_MODULE = "agent.train"
 TRAINER_SCRIPT = Path(__file__).resolve().parents[1] / "train.py"
 INTERPRETER = re.compile(r"python(\d+(\.\d+)?)?(\.exe)?")
+# What util/with_venv.sh changes for our own code, and keeps as the caller had it under
+# SWEEP_CALLER_<name>: another program's runs get the caller's values back (caller_environment).
+CALLER_VARIABLES = ("PATH", "PYTHONPATH", "VIRTUAL_ENV")
 KILL_DELAY_S = 30.0  # W&B's agent: SIGTERM, then SIGKILL 30 s later (Agent.KILL_DELAY)
 POLL_S = 0.5
 # wandb flushes an offline run's .wandb file every 15 s by default; a reader deciding hyperband
@@ -294,7 +297,8 @@ def run_program(run: RunCommand, wandb_dir: str | os.PathLike, metric: str | Non
     on_row(n, row), n counting from 1; True from it stops the run (SIGTERM, SIGKILL 30 s later,
     as W&B's agent stops a run). interrupted() True ends it as preempted."""
     write_run_files(run)
-    env = {name: value for name, value in os.environ.items() if name not in RUN_VARIABLES}
+    env = {name: value for name, value in caller_environment(os.environ).items()
+           if name not in RUN_VARIABLES}
     env.update(run.env, WANDB_MODE="offline", WANDB_DIR=str(Path(wandb_dir).resolve()))
     env.setdefault(*FLUSH_VARIABLE)
     try:
@@ -329,6 +333,24 @@ def run_program(run: RunCommand, wandb_dir: str | os.PathLike, metric: str | Non
         return ProgramResult("finished", summary)
     return ProgramResult("failed", summary, f"{' '.join(run.argv[:4])} ... exited with code "
                                             f"{code}")
+
+
+def caller_environment(environ) -> dict[str, str]:
+    """`environ` with PATH, PYTHONPATH and VIRTUAL_ENV as the shell that ran ./run_sweep.sh
+    had them (util/with_venv.sh keeps them as SWEEP_CALLER_<name>; an empty one was unset):
+    `wandb agent` started from that shell runs `${interpreter}` (python) and the program with
+    the caller's environment, whose python has the program's own packages, not this
+    project's venv. Unchanged where no SWEEP_CALLER_PATH says what the caller had."""
+    env = dict(environ)
+    if "SWEEP_CALLER_PATH" not in env:
+        return env
+    for name in CALLER_VARIABLES:
+        value = env.pop(f"SWEEP_CALLER_{name}", "")
+        if value:
+            env[name] = value
+        else:
+            env.pop(name, None)
+    return env
 
 
 class _HistoryReader:

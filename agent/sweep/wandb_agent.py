@@ -91,6 +91,11 @@ def run_wandb_cli_agent(sweep_id: str, entity: str | None, project: str | None,
 
     previous = {number: signal.signal(number, as_ctrl_c)
                 for number in (signal.SIGTERM, signal.SIGINT)}
+    # W&B's agent starts each run with this process's environment: the caller's, as `wandb
+    # agent` from the caller's shell has it (its python, not this project's venv)
+    caller = program.caller_environment(os.environ)
+    os.environ.clear()
+    os.environ.update(caller)
     try:
         wandb.agent(sweep_id, entity=entity, project=project, count=count,
                     forward_signals=True, term_timeout=int(program.KILL_DELAY_S))
