@@ -171,28 +171,40 @@ def test_a_nested_metric_is_read_by_its_dotted_name_and_a_hidden_history_is_said
 
 @pytest.mark.e2e
 @pytest.mark.timeout(200)
-def test_a_program_runs_with_the_callers_python_not_the_projects_venv(workdir):
+@pytest.mark.parametrize("activated", ["VIRTUAL_ENV", "CONDA_PREFIX", None])
+def test_a_program_runs_with_the_python_of_the_callers_activated_environment(workdir,
+                                                                              activated):
     """`wandb agent` started from a shell runs `${interpreter}` (python) as that shell finds
-    it: the user's environment, with their program's packages. ./run_sweep.sh (through
-    util/with_venv.sh, which puts .venv/bin first) gives a program's runs the caller's PATH,
-    PYTHONPATH and VIRTUAL_ENV back."""
+    it: the user's activated environment (a virtualenv, conda), with their program's
+    packages. ./run_sweep.sh (through util/with_venv.sh, which puts .venv/bin first) gives a
+    program's runs the caller's PATH, PYTHONPATH and VIRTUAL_ENV back when one is activated;
+    with none, the project's venv python runs them (it exists and holds torch and wandb)."""
     own_env = workdir / "own-env" / "bin"
     own_env.mkdir(parents=True)
     (own_env / "python").write_text(f"#!/bin/sh\necho \"$@\" >> {workdir / 'used'}\n"
                                     f"exec {sys.executable} \"$@\"\n")
     (own_env / "python").chmod(0o755)
     (workdir / "report.py").write_text(
-        "import json, os\n"
-        "json.dump({k: os.environ.get(k) for k in ('PYTHONPATH', 'VIRTUAL_ENV')},"
-        " open('seen.json', 'w'))\n")
+        "import json, os, sys\n"
+        "json.dump({k: os.environ.get(k) for k in ('PYTHONPATH', 'VIRTUAL_ENV')}"
+        " | {'python': sys.executable}, open('seen.json', 'w'))\n")
     (workdir / "own.yaml").write_text(yaml.safe_dump({
         "program": "report.py", "method": "grid", "parameters": {"lr": {"value": 0.1}}}))
-    env = subprocess_env(PATH=f"{own_env}{os.pathsep}{os.environ['PATH']}",
-                         VIRTUAL_ENV=str(own_env.parent))
-    env.pop("PYTHONPATH")
+    env = subprocess_env(PATH=f"{own_env}{os.pathsep}{os.environ['PATH']}")
+    for name in ("PYTHONPATH", "VIRTUAL_ENV", "CONDA_PREFIX"):
+        env.pop(name, None)
+    if activated:
+        env[activated] = str(own_env.parent)
     result = subprocess.run([str(ROOT / "run_sweep.sh"), "own.yaml"], cwd=workdir, env=env,
                             capture_output=True, text=True, timeout=180)
     assert result.returncode == 0, result.stderr[-3000:]
-    assert (workdir / "used").read_text().split() == ["report.py", "--lr=0.1"]
     seen = json.loads((workdir / "seen.json").read_text())
-    assert seen == {"PYTHONPATH": None, "VIRTUAL_ENV": str(own_env.parent)}
+    if activated:
+        assert (workdir / "used").read_text().split() == ["report.py", "--lr=0.1"]
+        assert seen["PYTHONPATH"] is None
+        assert seen["VIRTUAL_ENV"] == (str(own_env.parent) if activated == "VIRTUAL_ENV"
+                                       else None)
+    else:
+        assert not (workdir / "used").exists()
+        assert seen["python"].startswith(str(ROOT / ".venv"))
+        assert seen["VIRTUAL_ENV"] == str(ROOT / ".venv")

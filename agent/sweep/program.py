@@ -34,7 +34,8 @@ TRAINER_MODULE = "agent.train"
 TRAINER_SCRIPT = Path(__file__).resolve().parents[1] / "train.py"
 INTERPRETER = re.compile(r"python(\d+(\.\d+)?)?(\.exe)?")
 # What util/with_venv.sh changes for our own code, and keeps as the caller had it under
-# SWEEP_CALLER_<name>: another program's runs get the caller's values back (caller_environment).
+# SWEEP_CALLER_<name>: another program's runs get the caller's values back where the caller
+# had an environment activated (caller_environment).
 CALLER_VARIABLES = ("PATH", "PYTHONPATH", "VIRTUAL_ENV")
 KILL_DELAY_S = 30.0  # W&B's agent: SIGTERM, then SIGKILL 30 s later (Agent.KILL_DELAY)
 POLL_S = 0.5
@@ -337,15 +338,20 @@ def run_program(run: RunCommand, wandb_dir: str | os.PathLike, metric: str | Non
 
 def caller_environment(environ) -> dict[str, str]:
     """`environ` with PATH, PYTHONPATH and VIRTUAL_ENV as the shell that ran ./run_sweep.sh
-    had them (util/with_venv.sh keeps them as SWEEP_CALLER_<name>; an empty one was unset):
-    `wandb agent` started from that shell runs `${interpreter}` (python) and the program with
-    the caller's environment, whose python has the program's own packages, not this
-    project's venv. Unchanged where no SWEEP_CALLER_PATH says what the caller had."""
+    had them (util/with_venv.sh keeps them as SWEEP_CALLER_<name>; an empty one was unset),
+    where that shell had an environment activated (a virtualenv's VIRTUAL_ENV, conda's
+    CONDA_PREFIX): `wandb agent` started from that shell runs `${interpreter}` (python) and
+    the program there, with the program's own packages. Without one, the runs keep this
+    project's venv first on the PATH: its `python` exists (many systems have only `python3`)
+    and holds torch, torchvision, wandb and numpy. Unchanged where no SWEEP_CALLER_PATH says
+    what the caller had."""
     env = dict(environ)
     if "SWEEP_CALLER_PATH" not in env:
         return env
-    for name in CALLER_VARIABLES:
-        value = env.pop(f"SWEEP_CALLER_{name}", "")
+    saved = {name: env.pop(f"SWEEP_CALLER_{name}", "") for name in CALLER_VARIABLES}
+    if not (saved["VIRTUAL_ENV"] or env.get("CONDA_PREFIX")):
+        return env
+    for name, value in saved.items():
         if value:
             env[name] = value
         else:
