@@ -301,3 +301,51 @@ def test_pack_auto_trains_the_kinds_it_measured_in_a_random_sweep_of_many_kinds(
     trained = {(r.config["optimizer"], float(r.config["batch_size"])) for r in runs}
     assert measured and measured <= trained, lines
     assert len(runs) == 4 and all(r.state == "finished" for r in runs)
+
+
+def _hidden_for_packs_of_two() -> int | None:
+    """The narrowest dense model on digits of which one trial on this machine's CPU holds two
+    members but not three (the trial's memory check, agent/trial/preflight.py); None when
+    even the widest allowed would fit three."""
+    import torch
+
+    from agent.params import validate
+    from agent.trial.preflight import MEMORY_SHARE, device_memory, needed_bytes
+
+    room = MEMORY_SHARE * device_memory(torch.device("cpu"))
+
+    def largest(hidden: int) -> int:  # at most 3: all the test tells apart
+        config = validate({"dataset": "digits", "model": "dense", "hidden": hidden,
+                           "epochs": 1, "train_subset": 1, "device": "cpu"})
+        return next((k - 1 for k in (1, 2, 3) if needed_bytes([config] * k) > room), 3)
+
+    low, high = 1, 65536
+    if largest(high) > 2:
+        return None
+    while low < high:  # the fewest units with at most two members a pack
+        middle = (low + high) // 2
+        low, high = (middle + 1, high) if largest(middle) > 2 else (low, middle)
+    return low if largest(low) == 2 else None
+
+
+@pytest.mark.timeout(300)
+def test_a_pack_too_large_for_memory_is_claimed_in_packs_that_fit(workdir):
+    # Each run fits alone, four do not: --pack 4 claims two at a time (the others wait for the
+    # next claim) instead of failing all four with the pack's memory refusal. One training
+    # image each: every trial then stops at its own check of the training set, before it
+    # allocates anything, so the test needs no memory.
+    hidden = _hidden_for_packs_of_two()
+    if hidden is None:
+        pytest.skip("this machine's memory holds three of the widest dense models allowed")
+    store = make_sweep(workdir, "fits", {
+        "model": {"value": "dense"}, "hidden": {"value": hidden}, "epochs": {"value": 1},
+        "train_subset": {"value": 1}, "device": {"value": "cpu"}, "sinks": {"value": []},
+        "seed": {"values": [1, 2, 3, 4]}})
+    agent = start_agent(workdir, store, "--pack", "4")
+    assert agent.wait(timeout=240) == 1, agent.stderr.read()  # every run failed (one image)
+    runs = store.runs()
+    assert [r.state for r in runs] == ["failed"] * 4
+    assert all("training image" in r.error and "GiB" not in r.error for r in runs), \
+        [r.error for r in runs]
+    sizes = sorted(sum(r.pack == pack for r in runs) for pack in {r.pack for r in runs})
+    assert sizes == [2, 2]

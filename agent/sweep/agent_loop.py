@@ -175,6 +175,7 @@ class LocalAgent:
         self.owner = f"{socket.gethostname()}:{os.getpid()}"
         self.sweep = store.sweep()
         self.signalled: list[int] = []
+        self.largest: dict = {}  # pack key -> the most runs of that kind one trial can hold
         program.local_run_environment(self.sweep.config)  # W&B agent variables: ignored
         self.wandb_dir = os.environ.get("WANDB_DIR") or os.getcwd()
         if not program.runs_our_trainer(self.sweep.config):
@@ -194,7 +195,7 @@ class LocalAgent:
             def wanted(key, like, left=left) -> int:  # this kind of pack's size
                 if not self.sizer.knows(key):
                     raise Unsized(like)  # --pack auto: measured before any run is taken
-                size = self.sizer.next_size(key)
+                size = self.room_for(key, like, self.sizer.next_size(key))
                 return size if left is None else min(size, left)
 
             try:
@@ -224,6 +225,25 @@ class LocalAgent:
             print(f"agent {self.owner}: all {done} runs failed", file=sys.stderr)
             return 1
         return 0
+
+    def room_for(self, key, like: dict, size: int) -> int:
+        """`size`, or as many runs of this kind as the trial's memory check lets one pack
+        hold on this agent's device (agent/trial/preflight.py), if fewer: with --pack K a
+        model that fits alone but not K times is claimed in packs that fit, the other runs
+        left waiting for the next claim, instead of every member failing with the pack."""
+        if size <= 1:
+            return size
+        if key not in self.largest:
+            from agent.params import validate
+            from agent.trial.preflight import largest_pack
+            from util.device import pick_device
+
+            try:
+                config = validate(program.values_for(self.sweep.config, like))
+                self.largest[key] = largest_pack(config, pick_device(config.device))
+            except Exception:  # noqa: BLE001 (such a run fails in its trial, with its reason)
+                self.largest[key] = size
+        return min(size, self.largest[key])
 
     def train_claim(self, work) -> PackOutcome:
         """Train the claimed runs as one pack; each member is recorded as it ends."""

@@ -123,6 +123,15 @@ def check_fits(configs: list, device: torch.device) -> None:
             "smaller model or batch (or fewer epochs, a larger batch for the lr table)")
 
 
+def largest_pack(config, device: torch.device) -> int:
+    """The most members of `config`'s kind that check_fits lets one trial on `device` hold
+    (at least 1: a run that cannot fit alone is refused by its own trial, with its reason).
+    needed_bytes grows by one member's share per member, over the data set shared by all."""
+    one, two = needed_bytes([config]), needed_bytes([config, config])
+    member, shared = two - one, 2 * one - two
+    return max(1, int((MEMORY_SHARE * device_memory(device) - shared) // member))
+
+
 def precision_note(config, device: torch.device) -> str | None:
     """A line to print when the precision asked for is much slower than fp32 on `device`:
     fp16 on a CPU, which torch mostly emulates (a cnn ran 5x slower here). None otherwise."""
