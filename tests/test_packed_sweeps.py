@@ -349,3 +349,22 @@ def test_a_pack_too_large_for_memory_is_claimed_in_packs_that_fit(workdir):
         [r.error for r in runs]
     sizes = sorted(sum(r.pack == pack for r in runs) for pack in {r.pack for r in runs})
     assert sizes == [2, 2]
+
+
+@pytest.mark.timeout(300)
+def test_runs_with_and_without_checkpoints_train_in_separate_packs(workdir):
+    """A pack resumes at the newest epoch all its members have a checkpoint of: a member with
+    `checkpoint: false` packed with others would send them all back to epoch 0 after a
+    preemption. Such runs pack only with each other."""
+    store = make_sweep(workdir, "ckpt", {**GRID, "model": {"value": "dense"},
+                                         "epochs": {"value": 1},
+                                         "checkpoint": {"values": [True, False]},
+                                         "lr": {"values": [0.1, 0.03]},
+                                         "optimizer": {"value": "sgd"}})
+    agent = start_agent(workdir, store, "--pack", "4")
+    assert agent.wait(timeout=240) == 0, agent.stderr.read()
+    packs: dict = {}
+    for run in store.runs():
+        assert run.state == "finished"
+        packs.setdefault(run.pack, []).append(run.config["checkpoint"])
+    assert sorted(packs.values()) == [[False, False], [True, True]], packs

@@ -19,9 +19,9 @@ from agent.params import PARAMS, RunConfig
 from agent.trial.sinks import RunInfo, Sink
 
 # Run parameters that do not change what is trained (where results go, how often they are
-# logged): members may differ in them too.
-RUN_IDENTITY = ("group", "run_name", "run_id", "log_dir", "run_dir", "sinks", "histograms",
-                "checkpoint")
+# logged): members may differ in them too. Not `checkpoint`: a pack resumes at the newest
+# epoch every member has a checkpoint of, so a member without them would restart them all.
+RUN_IDENTITY = ("group", "run_name", "run_id", "log_dir", "run_dir", "sinks", "histograms")
 # What a member may differ in besides its identity: the per-member hyper-parameters of the
 # fused model (dropout), its optimizer (per-member tensors) and its own data stream.
 PER_MEMBER = ("lr", "momentum", "nesterov", "weight_decay", "rho", "adaptive", "dropout",
