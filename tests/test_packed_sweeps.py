@@ -98,6 +98,9 @@ def test_the_launchers_hints_repeat_its_pack_option(workdir):
     (line,) = [x for x in done.stdout.splitlines() if x.startswith("Add agents")]
     assert re.fullmatch(r"Add agents from another shell: \./run_sweep\.sh \w{8} --pack 3",
                         line), line
+    (line,) = [x for x in done.stdout.splitlines() if "agent.repeat" in x]
+    assert re.fullmatch(r"  \./util/with_venv\.sh python -m agent\.repeat \w{8} --run "
+                        r"--pack 3", line), line
 
 
 def hyperband_pack(workdir, sweep_id: str, epochs: int, batch_size: int, lrs: list):

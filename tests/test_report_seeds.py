@@ -164,6 +164,40 @@ def test_ctrl_c_stops_repeat_run_before_the_next_repeat_sweep(tmp_path):
     assert sorted(len(s.runs()) for s in repeats)[0] == 0, text
 
 
+@pytest.mark.e2e
+@pytest.mark.timeout(300)
+def test_repeat_run_pack_trains_each_settings_seeds_as_one_pack(tmp_path):
+    """`agent.repeat S --run --pack 4`: a repeat sweep's runs differ only in their seed, so
+    the four of each setting train as one packed trial, each a finished run of its own; a
+    --pack that is not one is refused in one line before anything is made."""
+    import subprocess
+    import sys
+
+    from agent.sweep.store import SweepStore
+    from conftest import subprocess_env
+
+    seeded_sweep(tmp_path)
+    command = [sys.executable, "-m", "agent.repeat", "seeded", "--by", "optimizer", "--top",
+               "1", "--seeds", "4", "--run"]
+    refused = subprocess.run([*command, "--pack", "many"], cwd=tmp_path, env=subprocess_env(),
+                             capture_output=True, text=True, timeout=120)
+    assert refused.returncode == 2
+    assert refused.stderr == ("error: --pack='many': expected auto or an integer from 1 to "
+                              "256\n")
+    assert len(list((tmp_path / "data" / "sweeps").iterdir())) == 1  # nothing made
+    done = subprocess.run([*command, "--pack", "4"], cwd=tmp_path, env=subprocess_env(),
+                          capture_output=True, text=True, timeout=240)
+    assert done.returncode == 0, done.stderr[-3000:]
+    repeats = [SweepStore(p) for p in (tmp_path / "data" / "sweeps").glob("*/sweep.db")
+               if p.parent.name != "seeded"]
+    assert len(repeats) == 2
+    for store in repeats:
+        runs = store.runs()
+        assert [r.state for r in runs] == ["finished"] * 4
+        assert len({r.pack for r in runs}) == 1 and runs[0].pack is not None
+        assert len({r.config["seed"] for r in runs}) == 4
+
+
 def test_the_hint_to_run_the_repeats_keeps_the_options(tmp_path, monkeypatch, capsys):
     """`agent.repeat S --by optimizer --top 1 --seeds 4` (no --run) ends with the command that
     runs the repeats it made: with the same options, else the copied hint would pick the
@@ -176,6 +210,9 @@ def test_the_hint_to_run_the_repeats_keeps_the_options(tmp_path, monkeypatch, ca
     lines = capsys.readouterr().out.splitlines()
     assert ("Or all now: ./util/with_venv.sh python -m agent.repeat seeded --top 1 --by "
             "optimizer --seeds 4 --run") in lines, lines
+    assert main(["seeded", "--pack", "auto"]) == 0
+    assert ("Or all now: ./util/with_venv.sh python -m agent.repeat seeded --pack auto --run"
+            in capsys.readouterr().out.splitlines())
     assert main(["seeded"]) == 0  # the defaults: the plain command
     assert ("Or all now: ./util/with_venv.sh python -m agent.repeat seeded --run"
             in capsys.readouterr().out.splitlines())

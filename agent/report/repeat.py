@@ -127,7 +127,17 @@ def parse_options(argv: list[str] | None):
                         "needs two): 0, 1, ... without those the sweep gave it")
     parser.add_argument("--run", action="store_true",
                         help="run the local repeat sweeps now, with one agent in this process")
+    parser.add_argument("--pack", default="1",
+                        help="with --run: runs trained together as one fused model, as "
+                        "./run_sweep.sh --pack: K or auto (a repeat sweep's runs differ only "
+                        "in seed, so they always pack)")
     args = parser.parse_args(argv)
+    from agent.sweep.pack_size import parse_pack
+
+    try:
+        parse_pack(args.pack)
+    except ValueError as error:
+        raise UserError(str(error)) from None
     from agent.params import BY_NAME
 
     if args.by is not None and args.by not in BY_NAME:
@@ -170,7 +180,8 @@ def again_command(args, study) -> str:
     hint without them would pick other settings and leave these unrun), then --run."""
     import shlex
 
-    shown = {"top": args.top != 2, "by": args.by_given, "seeds": args.seeds != 5}
+    shown = {"top": args.top != 2, "by": args.by_given, "seeds": args.seeds != 5,
+             "pack": args.pack != "1"}
     options = [f"--{name} {shlex.quote(str(getattr(args, name)))}"
                for name, show in shown.items() if show]
     return " ".join([f"{script('util/with_venv.sh')} python -m agent.repeat", study.sweep_id,
@@ -189,9 +200,10 @@ def main(argv: list[str] | None = None) -> int:
     code = 0
     if args.run:
         from agent.sweep.agent_loop import run_local_agent
+        from agent.sweep.pack_size import parse_pack
 
         for store in stores:
-            code = max(code, run_local_agent(store))
+            code = max(code, run_local_agent(store, pack=parse_pack(args.pack)))
             if not _finished(store):  # interrupted (Ctrl-C, SIGTERM), or runs failed
                 print(f"Stopped with repeat sweep {store.sweep().id} not finished: go on "
                       f"with {again_command(args, study)} (finished repeats are kept)")

@@ -342,9 +342,16 @@ def closing_lines(store: SweepStore, options: str = "") -> list[str]:
                         f"  {prefix} agent.report {parent}", *board]
     lines += [f"Next: repeat the best runs over 5 seeds, write the report"
               f"{', open TensorBoard' * bool(board)}:",
-              f"  {prefix} agent.repeat {sweep.id} --run",
+              f"  {prefix} agent.repeat {sweep.id} --run{pack_option(options)}",
               f"  {prefix} agent.report {sweep.id}", *board]
     return lines
+
+
+def pack_option(options: str) -> str:
+    """The --pack of a launch's agent options (" --pack 4 --agents 2" -> " --pack 4"), for the
+    hint to repeat the best runs: a sweep trained packed has its repeats trained packed."""
+    found = re.search(r" --pack \S+", options)
+    return found.group(0) if found else ""
 
 
 def log_folder(sweep, runs: list[Run]) -> str:
