@@ -264,3 +264,24 @@ def test_the_two_wandb_calls_keep_the_signatures_the_agent_calls_them_with():
     from wandb.sdk.sweeps import SweepNotFoundError  # what a deleted sweep raises
 
     assert issubclass(SweepNotFoundError, Exception)
+
+
+@pytest.mark.e2e
+@pytest.mark.timeout(300)
+def test_a_pack_too_large_for_memory_trains_in_packs_that_fit(workdir, monkeypatch, packs):
+    """--pack 4 of a model of which one trial holds two members but not three: packs of two
+    (the others wait in their slots), not one pack whose memory check fails all four. One
+    training image each: every trial stops at its own training-set check before it
+    allocates anything, so the test needs no memory."""
+    from test_packed_sweeps import _hidden_for_packs_of_two
+
+    hidden = _hidden_for_packs_of_two()
+    if hidden is None:
+        pytest.skip("this machine's memory holds three of the widest dense models allowed")
+    proposals = [base(workdir, hidden=hidden, train_subset=1, epochs=1, device="cpu", seed=s)
+                 for s in (1, 2, 3, 4)]
+    server = ScriptedServer(proposals)
+    server.install(monkeypatch)
+    run_wandb_sweep("team/study/sw020", count=None, project=None, interrupted=lambda: False,
+                    sweep_config=sweep_config(), pack=4)
+    assert packs == [["wbrun000", "wbrun001"], ["wbrun002", "wbrun003"]]
