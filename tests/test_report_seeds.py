@@ -333,3 +333,41 @@ def test_a_repeat_without_by_groups_an_optimizer_study_by_optimizer(tmp_path, mo
                          {"val/acc": 0.5 + k / 10, "test/acc": 0.5, "epochs_done": 1})
     assert default_by(local_study(both)) == "model"
     assert default_by(local_study(single)) == "model"
+
+
+def test_the_winners_curse_is_read_by_the_goal_and_an_equal_pick_is_no_luck(tmp_path,
+                                                                           monkeypatch):
+    """A loss is minimized: picks whose sweep loss lies below their fresh seeds' mean were
+    the lucky ones (the report said 'above ... in 0 of 3: not luckier' for a val/loss sweep
+    whose picks were all at least as lucky). A pick equal to its fresh mean (31/144, an
+    accuracy-like fraction whose float mean differs in its last bit) is neither."""
+    monkeypatch.chdir(tmp_path)
+    config = {"program": "agent/train.py", "method": "grid",
+              "metric": {"name": "val/loss", "goal": "minimize"},
+              "parameters": {"dataset": {"value": "digits"}, "model": {"value": "dense"},
+                             "epochs": {"value": 1}, "lr": {"values": [0.1, 0.01, 0.001]}}}
+    sweep_loss = {0.1: 0.20, 0.01: 0.30, 0.001: 31 / 144}
+    fresh = {0.1: lambda s: 0.25 + (s - 3) / 100, 0.01: lambda s: 0.39 + (s - 3) / 100,
+             0.001: lambda s: [26, 25, 37, 47, 20][s - 1] / 144}
+    store = create_store(tmp_path / "data" / "sweeps" / "loss", "loss", "loss", config)
+    for run in claim(store, "host:1", count=3).runs:
+        loss = sweep_loss[run.config["lr"]]
+        store.finish(run.run_id, "host:1", "finished",
+                     {"val/loss": loss, "val/acc": 0.9, "test/acc": 0.9, "epochs_done": 1})
+    configs = repeat_configs(local_study(store), top=1, by="lr", seeds=5)
+    assert len(configs) == 3
+    for n, (_, repeat_config) in enumerate(configs):
+        repeat = create_store(tmp_path / "data" / "sweeps" / f"rl{n}", f"rl{n}", "r",
+                              repeat_config)
+        for run in claim(repeat, "host:1", count=5).runs:
+            loss = fresh[run.config["lr"]](run.config["seed"])
+            repeat.finish(run.run_id, "host:1", "finished",
+                          {"val/loss": loss, "val/acc": 0.9, "test/acc": 0.9,
+                           "epochs_done": 1})
+    text = document.build_report(local_study(store), tmp_path / "report").path.read_text()
+    assert np.mean([fresh[0.001](s) for s in range(1, 6)]) != sweep_loss[0.001]
+    mean = np.mean([-0.05, -0.09, 0.0])
+    assert ("scored below (better: val/loss is minimized) its mean over fresh seeds in 2 of 3 "
+            f"settings, equal to it in 1 (val/loss {mean:+.4f} on average): a sweep's best is "
+            "partly lucky seeds") in text, text.split("![values per seed]")[1][:400]
+    assert "would bias the mean downward" in text

@@ -7,6 +7,7 @@ its repeats, never settings of their own."""
 from __future__ import annotations
 
 import csv
+import math
 from dataclasses import dataclass
 
 import numpy as np
@@ -91,7 +92,8 @@ def seeds_section(report: Report, ctx: Context) -> None:
             + (f" ({dropped} repeat runs were left out: a seed the sweep gave the setting, "
                "or one a repeat of it counted already)" if dropped else "")
             + ": they picked it for being the best, so counting them again would bias the "
-            "mean upward (the winner's curse); their value is shown as \"sweep\" (their "
+            f"mean {'upward' if study.goal == 'maximize' else 'downward'} (toward better: "
+            "the winner's curse); their value is shown as \"sweep\" (their "
             f"mean when the sweep gave several). Mean ± half-width of the {ctx.level:.0%} "
             "Student-t interval over n fresh seeds. Every seed's value: "
             "[seeds.csv](seeds.csv).", "")
@@ -122,7 +124,7 @@ def seeds_section(report: Report, ctx: Context) -> None:
         report.figure(seed_figure(rows, metric, ctx.out_dir / "seeds.png",
                                   f"{metric} per seed of each repeated setting"),
                       "values per seed")
-        report.add(winners_curse(rows, metric), "")
+        report.add(winners_curse(rows, metric, study.goal), "")
 
 
 MAX_GROUP_VALUES = 8  # a swept parameter with more values gets no "By ..." table
@@ -147,19 +149,27 @@ def _shown(ctx: Context) -> list[str]:
     return [name for name in ctx.swept if name != "seed"]
 
 
-def winners_curse(rows: list[SeedRow], metric: str) -> str:
-    """How far the picked settings' sweep values sit above their means over fresh seeds."""
-    excess = [r.selected - r.mean for r in rows if r.selected is not None]
-    if not excess:
+def winners_curse(rows: list[SeedRow], metric: str, goal: str) -> str:
+    """How far the picked settings' sweep values sit on the better side of their means over
+    fresh seeds, better by the sweep's goal (a loss's lucky pick lies below its mean)."""
+    pairs = [(r.selected, r.mean) for r in rows if r.selected is not None]
+    if not pairs:
         return ""
-    mean = sum(excess) / len(excess)
-    above = sum(1 for e in excess if e > 0)
+    sign = 1 if goal == "maximize" else -1
+    # a sweep value equal to its mean (the same k/n accuracy) is no luck, whatever the
+    # last bit of the mean's rounding says
+    luckier = sum(1 for s, m in pairs if sign * (s - m) > 0 and not math.isclose(s, m))
+    equal = sum(1 for s, m in pairs if math.isclose(s, m))
+    mean = sum(s - m for s, m in pairs) / len(pairs)
     verdict = ("a sweep's best is partly lucky seeds, which is why they are not counted in "
-               "the mean" if mean > 0 else "here the picks were not luckier than their "
-               "settings; the fresh seeds keep the estimate fair either way")
-    return (f"The picked setting's sweep value scored above its mean over fresh seeds in "
-            f"{above} of {len(excess)} settings ({metric} {mean:+.4f} on average): "
-            f"{verdict}.")
+               "the mean" if sign * mean > 0 and not math.isclose(mean, 0, abs_tol=1e-12) else
+               "here the picks were not luckier than their settings; the fresh seeds keep "
+               "the estimate fair either way")
+    side = "above" if goal == "maximize" else f"below (better: {metric} is minimized)"
+    return (f"The picked setting's sweep value scored {side} its mean over fresh seeds "
+            f"in {luckier} of {len(pairs)} settings"
+            + (f", equal to it in {equal}" if equal else "")
+            + f" ({metric} {mean:+.4f} on average): {verdict}.")
 
 
 def _stopped(runs: list[RunRecord]) -> list[RunRecord]:
