@@ -503,6 +503,29 @@ def test_only_failed_runs_give_a_report_that_says_so(tmp_path):
     assert "Traceback" not in text
 
 
+@pytest.mark.timeout(300)
+def test_a_failed_run_beside_finished_ones_is_listed_with_its_reason(tmp_path):
+    """One run trains, one is refused (a split that leaves 1 training image): the agent says
+    each failure's reason is in the report, so it is there, not only in a count."""
+    config = {"program": "agent/train.py", "command": COMMAND, "method": "grid",
+              "metric": {"name": "val/acc", "goal": "maximize"},
+              "parameters": {"dataset": {"value": "digits"}, "epochs": {"value": 1},
+                             "model": {"value": "dense"}, "hidden": {"value": 16},
+                             "sinks": {"value": []}, "train_subset": {"values": [0, 1]}}}
+    store = create_store(tmp_path / "data" / "sweeps" / "some", "some", "some", config)
+    agent = run_module(tmp_path, "agent.sweep.agent_loop", str(store.directory))
+    assert agent.returncode == 0, agent.stderr[-2000:]
+    failed = next(r for r in store.runs() if r.state == "failed")
+    assert {r.state for r in store.runs()} == {"finished", "failed"}
+    result = run_module(tmp_path, "agent.report", "some")
+    assert result.returncode == 0, result.stderr[-2000:]
+    text = (tmp_path / "reports" / "some" / "report.md").read_text()
+    section = text.split("## Failed and crashed runs (1)")[1].split("\n## ")[0]
+    row = next(line for line in section.splitlines() if line.endswith(f"| {failed.id} |"))
+    assert row.startswith("| 1 | failed | 0 of 1 | ") and "a trial needs 2 or more" in row, row
+    assert failed.error.strip() in row
+
+
 @pytest.mark.timeout(120)
 @pytest.mark.parametrize("target", ["someone/project/abc123", "no-such-sweep"])
 def test_unreachable_or_unknown_sweep_is_one_line_exit_2(tmp_path, target):

@@ -33,6 +33,7 @@ from agent.report.markdown import Context, Report
 from agent.report.runs_section import (
     best_run_section,
     curves_section,
+    failed_section,
     groups_section,
     parallel_section,
 )
@@ -133,6 +134,7 @@ def build_report(study: Study, out_dir: Path, console: Console | None = None,
 
 SECTIONS = (("set-up", setup_section), ("dataset and baselines", dataset_section),
             ("parallel coordinates", parallel_section), ("groups", groups_section),
+            ("failed runs", failed_section),
             ("best configurations over seeds", seeds_section),
             ("training curves", curves_section), ("best run", best_run_section),
             ("grid, sensitivity, observations", discussion_section),

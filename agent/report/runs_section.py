@@ -96,6 +96,38 @@ def groups_section(report: Report, ctx: Context) -> None:
         report.figure(group_figure(ctx, group, members[group]), f"{group} runs")
 
 
+FAILED_STATES = ("failed", "crashed")
+REASON_CHARS = 300  # of a failure's reason in its table cell (the store keeps it whole)
+
+
+def failed_section(report: Report, ctx: Context) -> None:
+    """The runs that failed or crashed, each with its reason from the sweep store: the agent
+    that gives up after failures in a row points here for them."""
+    runs = [r for r in ctx.study.runs if r.state in FAILED_STATES]
+    if not runs:
+        return
+    report.add(f"## Failed and crashed runs ({len(runs)})", "",
+               "They ended before their last epoch; the epochs they finished and their "
+               "reason as the sweep store holds it (the traceback of a trial that raised is "
+               "in its run directory, traceback.txt).", "")
+    report.table(ctx.swept + ["state", "epochs", "why", "run"], [
+        [fmt_value(r, a) for a in ctx.swept]
+        + [r.state, f"{len(r.history)} of {r.params.epochs}", _reason(r.error), r.id]
+        for r in runs])
+
+
+def _reason(error: str | None) -> str:
+    """A failure's reason in one table cell: its last non-empty line (a traceback's names the
+    exception), cut short, its pipes escaped."""
+    lines = [line.strip() for line in (error or "").splitlines() if line.strip()]
+    if not lines:
+        return "no reason recorded"
+    text = lines[-1] if len(lines) > 1 else lines[0]
+    if len(text) > REASON_CHARS:
+        text = text[:REASON_CHARS - 3] + "..."
+    return text.replace("|", "\\|")
+
+
 def _cut_short(run: RunRecord) -> str:
     """'; stopped early (hyperband) after 1 of 4 epochs' for a run the sweep stopped."""
     if not stats.stopped_early(run):
