@@ -24,6 +24,7 @@ import pytest
 import yaml
 from scipy import stats as scipy_stats
 
+from agent.sweep.controller import claim
 from agent.sweep.store import create_store
 from agent.sweep.target import open_store
 from conftest import ROOT, subprocess_env
@@ -441,6 +442,51 @@ def test_unfinished_sweep_says_so(tmp_path):
     assert result.returncode == 0, result.stderr[-2000:]
     text = (tmp_path / "reports" / "half" / "report.md").read_text()
     assert "**This sweep is not finished**: 1 of 3 planned runs have ended" in text
+
+
+@pytest.mark.timeout(300)
+def test_a_preempted_run_is_named_preempted_not_pending_or_running(tmp_path):
+    """An agent stopped by SIGTERM (as a batch job's walltime stops it) during the third of
+    4 planned runs, not resumed: the report names the run preempted (no agent runs it), the
+    run never started, and keeps the preempted run, which has epochs, apart from the runs
+    without one."""
+    import signal
+    import time
+
+    config = {"program": "agent/train.py", "command": COMMAND, "method": "grid",
+              "metric": {"name": "val/acc", "goal": "maximize"},
+              "parameters": {"dataset": {"value": "digits"}, "model": {"value": "dense"},
+                             "hidden": {"value": 256}, "batch_size": {"value": 8},
+                             "sinks": {"value": []}, "epochs": {"values": [1, 500]},
+                             "lr": {"values": [0.01, 0.001]}}}
+    store = create_store(tmp_path / "data" / "sweeps" / "cut", "cut", "cut", config)
+    agent = subprocess.Popen([sys.executable, "-m", "agent.sweep.agent_loop",
+                              str(store.directory)], cwd=tmp_path,
+                             env=subprocess_env(OMP_NUM_THREADS="1"),
+                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 200
+    while not any(r.epoch >= 1 and r.config["epochs"] == 500 for r in store.runs()):
+        assert time.time() < deadline and agent.poll() is None, "no long run got an epoch"
+        time.sleep(0.2)
+    agent.send_signal(signal.SIGTERM)
+    assert agent.wait(timeout=60) == 0, agent.stderr.read()[-2000:]
+    assert sorted(r.state for r in store.runs()) == ["finished", "finished", "preempted"]
+    result = run_module(tmp_path, "agent.report", "cut")
+    assert result.returncode == 0, result.stderr[-2000:]
+    text = (tmp_path / "reports" / "cut" / "report.md").read_text()
+    assert ("**This sweep is not finished**: 2 of 4 planned runs have ended (1 preempted, "
+            "1 not started).") in text
+    assert ("(ended runs without an epoch or a loss: 0; not ended, so in no group: 1)"
+            in text)
+    # the same sweep before any run ended: the preempted run has values, no ended run has
+    only = create_store(tmp_path / "data" / "sweeps" / "cut0", "cut0", "cut0", config)
+    (run,) = claim(only, "host:1").runs
+    assert only.record_epoch(run.run_id, "host:1", 1, {"val/acc": 0.5})
+    assert only.finish(run.run_id, "host:1", "preempted")
+    assert run_module(tmp_path, "agent.report", "cut0").returncode == 0
+    text = (tmp_path / "reports" / "cut0" / "report.md").read_text()
+    assert "0 of 4 planned runs have ended (1 preempted, 3 not started)" in text
+    assert "**No ended run has a value of `val/acc`**" in text
 
 
 @pytest.mark.timeout(120)

@@ -117,7 +117,8 @@ def build_report(study: Study, out_dir: Path, console: Console | None = None,
                        f"`{script('run_sweep.sh')} {study.sweep_id}`.", "")
         elif not ctx.scored:
             failed = [r for r in study.runs if r.state == "failed"]
-            report.add(f"**No run has a value of `{study.metric}`**"
+            report.add(f"**No {'ended ' if len(study.ended_runs()) < len(study.runs) else ''}run "
+                       f"has a value of `{study.metric}`**"
                        + (f": all {len(failed)} runs failed."
                           if len(failed) == len(study.runs) else "."), "")
             for run in study.runs:

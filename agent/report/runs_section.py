@@ -75,14 +75,16 @@ def groups_section(report: Report, ctx: Context) -> None:
                    "cannot be applied.", "")
         return
     members = {g: [r for r in ctx.study.runs if ctx.group_of(r) == g] for g in stats.GROUPS}
+    ended, grouped = ctx.study.ended_runs(), sum(map(len, members.values()))
     sources = {ctx.curves[r.id].source for r in ctx.study.runs if r.id in ctx.curves}
     report.add(f"Rule: {ctx.rule.describe(classes)}. The thresholds are parameters: "
                f"`python -m agent.report {ctx.study.sweep_id} --explode-factor "
                f"{ctx.rule.explode_factor:g} --stuck-margin {ctx.rule.stuck_margin:g}`.", "",
                "Counts: " + ", ".join(f"{len(members[g])} {g}" for g in stats.GROUPS)
-               + f" (runs without an epoch or a loss: "
-               f"{len(ctx.study.runs) - sum(map(len, members.values()))}). Each run's group "
-               "is the `group` column of runs.csv.", "")
+               + f" (ended runs without an epoch or a loss: {len(ended) - grouped}"
+               + (f"; not ended, so in no group: {len(ctx.study.runs) - len(ended)}"
+                  if len(ended) < len(ctx.study.runs) else "")
+               + "). Each run's group is the `group` column of runs.csv.", "")
     if sources - {"tensorboard", "wandb"}:
         report.add("Some runs have no step-level losses (no TensorBoard or W&B history): "
                    "their curves and the rule use the epoch means instead.", "")

@@ -43,6 +43,10 @@ def header_section(report: Report, study: Study) -> None:
     planned = planned_runs(study.sweep_config)
     ended = sum(states[s] for s in ENDED)
     open_runs = len(study.runs) - ended
+    # by state: a preempted run waits for an agent to resume it, it is not running
+    waiting = [f"{n} {s}" for s, n in sorted(states.items()) if s not in ENDED]
+    if planned and planned > len(study.runs):
+        waiting.append(f"{planned - len(study.runs)} not started")
     reached = target_text(study.sweep_config, study.runs)
     if reached and not open_runs:
         report.add(f"**The sweep stopped early**: {reached} (as W&B stops a sweep), after "
@@ -50,7 +54,7 @@ def header_section(report: Report, study: Study) -> None:
     elif (planned and ended < planned) or open_runs:
         report.add(f"**This sweep is not finished**: {ended} of "
                    f"{planned or len(study.runs)} planned runs have ended"
-                   + (f" ({open_runs} pending or running)" if open_runs else "")
+                   + (f" ({', '.join(waiting)})" if waiting else "")
                    + ". Every number below covers the ended runs only; run the report "
                    "again when the sweep is done.", "")
 
