@@ -489,6 +489,47 @@ def test_a_preempted_run_is_named_preempted_not_pending_or_running(tmp_path):
     assert "**No ended run has a value of `val/acc`**" in text
 
 
+@pytest.mark.timeout(300)
+def test_weights_of_one_model_with_other_layer_shapes_are_not_drawn_together(tmp_path,
+                                                                              monkeypatch):
+    """A cnn sweep over channels [4] and [8]: two architectures of one model. Each gets its
+    own figure, with its own initial weights, each violin of a panel being that layer's
+    weights (one figure per model drew a [4] run's 36 conv1 weights in the [8] init's
+    '72 weights' panel)."""
+    from agent.report.document import build_report
+    from agent.report.study import load_study
+
+    config = {"program": "agent/train.py", "command": COMMAND, "method": "grid",
+              "metric": {"name": "val/acc", "goal": "maximize"},
+              "parameters": {"dataset": {"value": "digits"}, "model": {"value": "cnn"},
+                             "epochs": {"value": 1}, "sinks": {"value": []},
+                             "channels": {"values": [[4], [8]]},
+                             "lr": {"values": [0.05, 0.01]}}}
+    store = create_store(tmp_path / "data" / "sweeps" / "arch", "arch", "arch", config)
+    agent = run_module(tmp_path, "agent.sweep.agent_loop", str(store.directory))
+    assert agent.returncode == 0, agent.stderr[-2000:]
+    assert [r.state for r in store.runs()] == ["finished"] * 4
+    monkeypatch.chdir(tmp_path)
+    report = build_report(load_study("arch"), tmp_path / "report")
+    text = report.path.read_text()
+    assert "weights_cnn.png" not in text
+    drawings = [d for name, d in report.figures.items() if name.startswith("weights_")]
+    assert sorted(d.path.name for d in drawings) == ["weights_cnn_1.png", "weights_cnn_2.png"]
+    for channels in (4, 8):  # one figure per architecture (numbered best first)
+        drawn = next(d for d in drawings
+                     if d.suptitle.startswith(f"cnn (channels=[{channels}]): weights per"))
+        mine = [r for r in store.runs() if r.config["channels"] == [channels]]
+        assert (f"![weight distributions, cnn (channels=[{channels}])]({drawn.path.name})"
+                in text)
+        titles = [ax.title for ax in drawn.axes if ax.title]
+        # conv1: channels x 1 x 3 x 3; the head: channels pooled features x 10 classes
+        assert titles == [f"conv1 ({channels * 9:,} weights)",
+                          f"head ({channels * 10:,} weights)"], titles
+        legend = " ".join(drawn.legends)
+        assert all(f"channels=[{channels}]" in entry for entry in drawn.legends[1:]), legend
+        assert len(drawn.legends) == 1 + len(mine)  # init, then each run: B1, B2
+
+
 @pytest.mark.timeout(120)
 def test_empty_sweep_gives_a_report_that_says_so(tmp_path):
     create_store(tmp_path / "data" / "sweeps" / "empty", "empty", "empty",

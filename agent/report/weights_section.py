@@ -51,44 +51,73 @@ def weights_section(report: Report, ctx: Context) -> None:
         return
     classes = len(ctx.data.classes)
     shape = _input_shape(ctx)
-    architectures = sorted({r.params.model for r in ctx.scored})
-    report.add("Per architecture (layers are only comparable within one), the weights of "
+    report.add("Per architecture (one model with the same layer shapes: layers are only "
+               "comparable within one), the weights of "
                f"each named layer: the initial weights, the {PER_SIDE} best runs (B) and the "
                f"{PER_SIDE} worst runs (W) by `{ctx.study.metric}` among the runs that did not "
                "diverge (a diverged run's weights are garbage, often NaN) and have a "
                "checkpoint. The "
                "shape and width of each violin is the distribution; the number above it, its "
                "standard deviation.", "")
-    for model_name in architectures:
-        runs = [r for r in ctx.scored if r.params.model == model_name
-                and ctx.group_of(r) != stats.DIVERGED]
-        if not runs:
-            continue
-        init_model = _model(runs[0], classes, shape)
-        init = layer_weights(init_model)
-        chosen = []
-        for kind, candidates in (("best", runs), ("worst", list(reversed(runs)))):
-            for run in candidates:
-                if len([c for c in chosen if c[0] == kind]) == PER_SIDE or (
-                        kind == "worst" and any(run is c[1] for c in chosen)):
-                    continue
-                weights = _checkpoint_weights(run, _model(run, classes, shape))
-                if weights is not None:
-                    chosen.append((kind, run, weights))
-        if not chosen:
-            report.add(f"`{model_name}`: no run with a checkpoint on this machine.", "")
-            continue
-        sets = [WeightSet("init", "init", f"initial weights (seed {runs[0].params.seed})",
-                          init)]
-        for kind in ("best", "worst"):
-            mine = [c for c in chosen if c[0] == kind]
-            sets += [WeightSet(f"{kind[0].upper()}{i}", kind,
-                               f"{config_text(run, [a for a in ctx.swept if a != 'model'], ' ')} "
-                               f"({ctx.study.metric} {run.metric(ctx.study.metric):.3f})", w)
-                     for i, (_, run, w) in enumerate(mine, start=1)]
-        report.figure(weight_distributions(model_name, list(init), sets,
-                                           ctx.out_dir / f"weights_{model_name}.png"),
-                      f"weight distributions, {model_name}")
+    kept = [r for r in ctx.scored if ctx.group_of(r) != stats.DIVERGED]
+    for model_name in sorted({r.params.model for r in ctx.scored}):
+        # runs of one model whose layers differ in shape (channels [8, 16] or [16, 32]) are
+        # architectures of their own: their weights and initial widths differ by construction
+        shapes: dict[tuple, list[RunRecord]] = {}
+        for run in (r for r in kept if r.params.model == model_name):
+            shapes.setdefault(_layer_shapes(run, classes, shape), []).append(run)
+        apart = _what_sets_apart(list(shapes.values()), [a for a in ctx.swept if a != "model"])
+        for n, runs in enumerate(shapes.values(), start=1):
+            title = model_name + (f" ({config_text(runs[0], apart)})" if apart else "")
+            name = model_name if len(shapes) == 1 else f"{model_name}_{n}"
+            _architecture_figure(report, ctx, runs, title, name, classes, shape)
+
+
+def _layer_shapes(run: RunRecord, classes: int, shape: tuple[int, int, int]) -> tuple:
+    """The shapes of the run's model's parameters, built on torch's meta device (shapes, no
+    memory): equal for two runs of one architecture."""
+    with torch.device("meta"):
+        model = _model(run, classes, shape)
+    return tuple((name, tuple(p.shape)) for name, p in model.named_parameters())
+
+
+def _what_sets_apart(groups: list[list[RunRecord]], names: list[str]) -> list[str]:
+    """The parameters that name each architecture of one model among its others: one value
+    within each group of runs, not the same one in all groups (channels, not a dropout that
+    varies within an architecture)."""
+    def values(group: list[RunRecord], name: str) -> set[str]:
+        return {repr(r.config.get(name, r.params.get(name))) for r in group}
+
+    return [a for a in names if all(len(values(g, a)) == 1 for g in groups)
+            and len(set().union(*(values(g, a) for g in groups))) > 1]
+
+
+def _architecture_figure(report: Report, ctx: Context, runs: list[RunRecord], title: str,
+                         name: str, classes: int, shape: tuple[int, int, int]) -> None:
+    """The initial weights and the best and worst of `runs` (one architecture, best first)."""
+    init = layer_weights(_model(runs[0], classes, shape))
+    chosen = []
+    for kind, candidates in (("best", runs), ("worst", list(reversed(runs)))):
+        for run in candidates:
+            if len([c for c in chosen if c[0] == kind]) == PER_SIDE or (
+                    kind == "worst" and any(run is c[1] for c in chosen)):
+                continue
+            weights = _checkpoint_weights(run, _model(run, classes, shape))
+            if weights is not None:
+                chosen.append((kind, run, weights))
+    if not chosen:
+        report.add(f"`{title}`: no run with a checkpoint on this machine.", "")
+        return
+    sets = [WeightSet("init", "init", f"initial weights (seed {runs[0].params.seed})", init)]
+    for kind in ("best", "worst"):
+        mine = [c for c in chosen if c[0] == kind]
+        sets += [WeightSet(f"{kind[0].upper()}{i}", kind,
+                           f"{config_text(run, [a for a in ctx.swept if a != 'model'], ' ')} "
+                           f"({ctx.study.metric} {run.metric(ctx.study.metric):.3f})", w)
+                 for i, (_, run, w) in enumerate(mine, start=1)]
+    report.figure(weight_distributions(title, list(init), sets,
+                                       ctx.out_dir / f"weights_{name}.png"),
+                  f"weight distributions, {title}")
 
 
 def _input_shape(ctx: Context) -> tuple[int, int, int]:
