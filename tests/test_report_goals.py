@@ -394,3 +394,8 @@ def test_a_sweep_of_one_run_still_tables_its_setting(tmp_path, monkeypatch):
     assert "### By model" in seeds
     assert f"| dense | lr=0.01 | 0.8000 (n=1) | 0.7500 (n=1) | {run.run_id} |" in seeds
     assert "Tied with it" not in text
+    # no repeat sweep, no seed searched: the best run points to no interval that is not there
+    best = text.split("## The best run")[1].split("\n## ")[0]
+    assert "intervals over seeds are in the section" not in best
+    assert ("One run of one seed: no setting has been run over other seeds yet "
+            "(`python -m agent.repeat solo1 --run`)") in best

@@ -371,3 +371,5 @@ def test_the_winners_curse_is_read_by_the_goal_and_an_equal_pick_is_no_luck(tmp_
             f"settings, equal to it in 1 (val/loss {mean:+.4f} on average): a sweep's best is "
             "partly lucky seeds") in text, text.split("![values per seed]")[1][:400]
     assert "would bias the mean downward" in text
+    assert "One run of one seed: the intervals over seeds are in the section on seeds above" \
+        in text  # the best run's note, with repeats to point to

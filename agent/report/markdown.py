@@ -67,6 +67,8 @@ class Context:
     level: float = 0.95
     # swept parameters no run uses (Param.used_when), left out of `swept`: name -> why
     idle: dict[str, str] = field(default_factory=dict)
+    # settings with repeat sweeps (agent.repeat) over fresh seeds: seeds_section finds them
+    repeated: int = 0
 
     @property
     def classes(self) -> int | None:

@@ -196,8 +196,11 @@ def best_run_section(report: Report, ctx: Context) -> None:
                f"{study.metric} = {fmt(top.metric(study.metric))}{stopped_text(top)}, "
                "test/acc = "
                f"{fmt(top.metric('test/acc'))}; configuration: "
-               f"{config_text(top, ctx.swept)}. One run of one seed: the intervals over "
-               "seeds are in the section on seeds above."
+               f"{config_text(top, ctx.swept)}. One run of one seed: "
+               + ("the intervals over seeds are in the section on seeds above."
+                  if ctx.repeated or "seed" in ctx.swept else
+                  "no setting has been run over other seeds yet (`python -m agent.repeat "
+                  f"{study.sweep_id} --run`), so nothing here says how much of it is luck.")
                + (f" Tied with it: {len(tied)} other run{'s' if len(tied) != 1 else ''} "
                   f"({', '.join(tied[:5])}{', ...' if len(tied) > 5 else ''}); the one shown "
                   "is the first of them in the sweep's order." if tied else ""), "")

@@ -68,6 +68,7 @@ def repeated_configurations(study: Study, repeats: dict[str, Study]) -> dict[str
 def seeds_section(report: Report, ctx: Context) -> None:
     study, metric = ctx.study, ctx.study.metric
     repeated = repeated_configurations(study, repeats_of(study))
+    ctx.repeated = len(repeated)
     searched = "seed" in ctx.swept
     report.add("## Best configurations over seeds", "")
     sweep_seeds = ("The sweep itself searched `seed`: a setting's runs that differ only in "
