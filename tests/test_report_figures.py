@@ -506,3 +506,18 @@ def test_a_run_with_one_logged_loss_is_drawn_as_a_dot(tmp_path):
     (panel,) = [ax for ax in drawn.axes if ax.title]
     by_label = {line[0]: marker for line, marker in zip(panel.lines, panel.markers)}
     assert by_label["model=cnn lr=0.1"] == "o" and by_label["model=cnn lr=0.01"] == "None"
+
+
+def test_a_metric_on_a_log_axis_is_coloured_on_a_log_scale(tmp_path):
+    """Losses from 0.07 to 46 (a grid where lr 30 diverged): the metric's axis is log, and so
+    are its colours; linear colours gave every run under 2 the one colour of the best."""
+    rows = [{"lr": lr, "val/loss": loss} for lr, loss in
+            ((0.05, 0.07), (0.05, 0.08), (0.05, 0.3), (0.05, 2.1), (30.0, 7.3), (30.0, 46.0))]
+    drawn = figures.parallel_coordinates(rows, ["lr"], "val/loss", "minimize",
+                                         tmp_path / "pc.png", "all runs")
+    assert drawn.axes[0].xticks[-1] == "val/loss (log)"
+    assert drawn.axes[1].yscale == "log"  # the colour bar, whose norm colours the lines
+    linear = figures.parallel_coordinates([{**r, "val/loss": r["val/loss"] / 100 + 0.5}
+                                           for r in rows], ["lr"], "val/loss", "minimize",
+                                          tmp_path / "pc2.png", "all runs")
+    assert linear.axes[0].xticks[-1] == "val/loss" and linear.axes[1].yscale == "linear"

@@ -20,7 +20,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
-from matplotlib.colors import Normalize  # noqa: E402
+from matplotlib.colors import LogNorm, Normalize  # noqa: E402
 from matplotlib.lines import Line2D  # noqa: E402
 from matplotlib.ticker import MaxNLocator  # noqa: E402
 
@@ -330,7 +330,9 @@ def parallel_coordinates(rows: list[dict], axes: list[str], metric: str, goal: s
     if low == high:  # one run, or ties: give the colour scale some width
         pad = max(abs(low) * 0.05, 1e-6)
         low, high = low - pad, high + pad
-    norm = Normalize(low, high)
+    # the colours read the metric as its axis does: on a log axis (a loss from 0.07 to 46),
+    # linear colours would make every run but the worst few one colour
+    norm = LogNorm(low, high) if columns[-1].log and low > 0 else Normalize(low, high)
     cmap = plt.get_cmap("viridis" if goal == "maximize" else "viridis_r")
     x = np.arange(len(names))
     # Worst first, so the best lines are drawn on top; of equal scores, the dashed ones.
