@@ -285,3 +285,25 @@ def test_a_pack_too_large_for_memory_trains_in_packs_that_fit(workdir, monkeypat
     run_wandb_sweep("team/study/sw020", count=None, project=None, interrupted=lambda: False,
                     sweep_config=sweep_config(), pack=4)
     assert packs == [["wbrun000", "wbrun001"], ["wbrun002", "wbrun003"]]
+
+
+@pytest.mark.e2e
+@pytest.mark.timeout(300)
+@pytest.mark.parametrize("pack", [1, 2])
+def test_a_run_for_a_device_this_machine_lacks_fails_alone_and_the_agent_goes_on(
+        workdir, monkeypatch, packs, capsys, pack):
+    """A run that asks for `device: cuda` on a machine without one fails in its own trial,
+    with its reason, and the next run trains: sizing a pack to the device's memory (which
+    needs the device) is no reason to stop the agent, and a run alone needs no sizing."""
+    import torch
+
+    if torch.cuda.is_available():
+        pytest.skip("this machine has the GPU the run asks for")
+    proposals = [base(workdir, device="cuda", epochs=1), base(workdir, seed=2, epochs=1)]
+    server = ScriptedServer(proposals)
+    server.install(monkeypatch)
+    code = run_wandb_sweep("team/study/sw021", count=None, project=None,
+                           interrupted=lambda: False, sweep_config=sweep_config(), pack=pack)
+    assert code == 0, capsys.readouterr().err  # not every run failed
+    assert ["wbrun001"] in packs, packs
+    assert "device='cuda' is not available" in capsys.readouterr().err

@@ -175,7 +175,7 @@ class LocalAgent:
         self.owner = f"{socket.gethostname()}:{os.getpid()}"
         self.sweep = store.sweep()
         self.signalled: list[int] = []
-        self.largest: dict = {}  # pack key -> the most runs of that kind one trial can hold
+        self.room = None  # a PackRoom (agent/trial/preflight.py), made once torch is needed
         program.local_run_environment(self.sweep.config)  # W&B agent variables: ignored
         self.wandb_dir = os.environ.get("WANDB_DIR") or os.getcwd()
         if not program.runs_our_trainer(self.sweep.config):
@@ -195,7 +195,7 @@ class LocalAgent:
             def wanted(key, like, left=left) -> int:  # this kind of pack's size
                 if not self.sizer.knows(key):
                     raise Unsized(like)  # --pack auto: measured before any run is taken
-                size = self.room_for(key, like, self.sizer.next_size(key))
+                size = self.room_for(key, like)
                 return size if left is None else min(size, left)
 
             try:
@@ -226,24 +226,18 @@ class LocalAgent:
             return 1
         return 0
 
-    def room_for(self, key, like: dict, size: int) -> int:
-        """`size`, or as many runs of this kind as the trial's memory check lets one pack
-        hold on this agent's device (agent/trial/preflight.py), if fewer: with --pack K a
-        model that fits alone but not K times is claimed in packs that fit, the other runs
-        left waiting for the next claim, instead of every member failing with the pack."""
+    def room_for(self, key, like: dict) -> int:
+        """The size of this claim of `key`'s kind (like `like`): the sizer's, capped by what
+        one trial on this agent's device holds (PackRoom)."""
+        size = self.sizer.next_size(key)
         if size <= 1:
-            return size
-        if key not in self.largest:
-            from agent.params import validate
-            from agent.trial.preflight import largest_pack
-            from util.device import pick_device
+            return size  # torch is not imported for a run alone
+        from agent.params import validate
+        from agent.trial.preflight import PackRoom
 
-            try:
-                config = validate(program.values_for(self.sweep.config, like))
-                self.largest[key] = largest_pack(config, pick_device(config.device))
-            except Exception:  # noqa: BLE001 (such a run fails in its trial, with its reason)
-                self.largest[key] = size
-        return min(size, self.largest[key])
+        self.room = self.room or PackRoom()
+        return self.room.cap(key, size,
+                             lambda: validate(program.values_for(self.sweep.config, like)))
 
     def train_claim(self, work) -> PackOutcome:
         """Train the claimed runs as one pack; each member is recorded as it ends."""

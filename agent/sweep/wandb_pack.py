@@ -117,7 +117,7 @@ class PackedWandbAgent:
     handed: int = 0  # runs the server handed to this agent's slots
     lock: threading.Lock = field(default_factory=threading.Lock)
     sizer: PackSizer | None = None  # --pack auto's measurements (made when size is None)
-    largest: dict = field(default_factory=dict)  # pack key -> the most runs a trial holds
+    room: object = None  # a PackRoom (agent/trial/preflight.py), made at the first pack
 
     def __post_init__(self):
         if self.sizer is None:
@@ -274,20 +274,15 @@ class PackedWandbAgent:
                 if self.sizer.knows(key) and self.sizer.next_size(key) > len(group) \
                         and self._may_take():
                     return  # claimed again, with the pack's size
-            self.train_pack(group[:min(self.sizer.next_size(key),
-                                       self._largest(key, group[0].config))])
+            self.train_pack(group[:self._room_for(key, group[0].config)])
 
-    def _largest(self, key: tuple, config: RunConfig) -> int:
-        """The most runs of `key`'s kind one trial on this agent's device holds (the trial's
-        memory check, agent/trial/preflight.py largest_pack): with --pack K, a model that
-        fits alone but not K times trains in packs that fit, the others waiting in their
-        slots for the next pack, instead of every member failing with the pack."""
-        if key not in self.largest:
-            from agent.trial.preflight import largest_pack
-            from util.device import pick_device
+    def _room_for(self, key: tuple, config: RunConfig) -> int:
+        """The size of `key`'s next pack: the sizer's, capped by what one trial on this
+        agent's device holds (PackRoom); the other runs wait in their slots."""
+        from agent.trial.preflight import PackRoom
 
-            self.largest[key] = largest_pack(config, pick_device(config.device))
-        return self.largest[key]
+        self.room = self.room or PackRoom()
+        return self.room.cap(key, self.sizer.next_size(key), lambda: config)
 
     def _measure(self, key: tuple, config: RunConfig, claimed: int) -> None:
         """--pack auto: settle the size of `key`'s packs, measuring packs of `config` up to

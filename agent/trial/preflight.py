@@ -13,6 +13,7 @@ import importlib.util
 import os
 import shutil
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
@@ -130,6 +131,34 @@ def largest_pack(config, device: torch.device) -> int:
     one, two = needed_bytes([config]), needed_bytes([config, config])
     member, shared = two - one, 2 * one - two
     return max(1, int((MEMORY_SHARE * device_memory(device) - shared) // member))
+
+
+class PackRoom:
+    """Per kind of pack (pack key), the most members one trial on the device a run asks for
+    holds (largest_pack), reckoned once: the agents cap the size of a claim by it, so that
+    with --pack K a model that fits alone but not K times trains in packs that fit, the
+    other runs waiting for the next claim, instead of every member failing with the pack."""
+
+    def __init__(self):
+        self.largest: dict = {}  # pack key -> the most members, None where it cannot be told
+
+    def cap(self, key, size: int, config: Callable[[], object]) -> int:
+        """`size`, or the most members of `key`'s kind one trial holds if fewer. `config`
+        makes the kind's RunConfig; it is asked only when a pack of two or more is wanted.
+        Where the kind cannot be reckoned here (a device this machine lacks, a config our
+        trainer refuses) `size` stands: such a run fails in its own trial, with its reason."""
+        if size <= 1:
+            return size
+        if key not in self.largest:
+            from util.device import pick_device
+
+            try:
+                made = config()
+                self.largest[key] = largest_pack(made, pick_device(made.device))
+            except Exception:  # noqa: BLE001 (the trial refuses the run, saying why)
+                self.largest[key] = None
+        largest = self.largest[key]
+        return size if largest is None else min(size, largest)
 
 
 def precision_note(config, device: torch.device) -> str | None:
