@@ -171,18 +171,23 @@ def test_a_nested_metric_is_read_by_its_dotted_name_and_a_hidden_history_is_said
 
 @pytest.mark.e2e
 @pytest.mark.timeout(200)
-@pytest.mark.parametrize("activated", ["VIRTUAL_ENV", "CONDA_PREFIX", None])
+@pytest.mark.parametrize("activated, with_wandb", [("VIRTUAL_ENV", True), ("CONDA_PREFIX", True),
+                                                 (None, True), ("CONDA_PREFIX", False)])
 def test_a_program_runs_with_the_python_of_the_callers_activated_environment(workdir,
-                                                                              activated):
+                                                                              activated,
+                                                                              with_wandb):
     """`wandb agent` started from a shell runs `${interpreter}` (python) as that shell finds
     it: the user's activated environment (a virtualenv, conda), with their program's
     packages. ./run_sweep.sh (through util/with_venv.sh, which puts .venv/bin first) gives a
-    program's runs the caller's PATH, PYTHONPATH and VIRTUAL_ENV back when one is activated;
-    with none, the project's venv python runs them (it exists and holds torch and wandb)."""
+    program's runs the caller's PATH, PYTHONPATH and VIRTUAL_ENV back when one is activated
+    and its python has wandb; with none, or one without wandb (conda's base environment,
+    which its installer activates in every shell), the project's venv python runs them (it
+    exists and holds torch and wandb)."""
     own_env = workdir / "own-env" / "bin"
     own_env.mkdir(parents=True)
+    # without wandb: the same python without its site-packages (-S), as a bare conda base
     (own_env / "python").write_text(f"#!/bin/sh\necho \"$@\" >> {workdir / 'used'}\n"
-                                    f"exec {sys.executable} \"$@\"\n")
+                                    f"exec {sys.executable} {'' if with_wandb else '-S'} \"$@\"\n")
     (own_env / "python").chmod(0o755)
     (workdir / "report.py").write_text(
         "import json, os, sys\n"
@@ -199,12 +204,14 @@ def test_a_program_runs_with_the_python_of_the_callers_activated_environment(wor
                             capture_output=True, text=True, timeout=180)
     assert result.returncode == 0, result.stderr[-3000:]
     seen = json.loads((workdir / "seen.json").read_text())
-    if activated:
-        assert (workdir / "used").read_text().split() == ["report.py", "--lr=0.1"]
+    used = (workdir / "used").read_text().splitlines() if (workdir / "used").exists() else []
+    if activated and with_wandb:
+        assert "report.py --lr=0.1" in used
         assert seen["PYTHONPATH"] is None
         assert seen["VIRTUAL_ENV"] == (str(own_env.parent) if activated == "VIRTUAL_ENV"
                                        else None)
     else:
-        assert not (workdir / "used").exists()
+        assert "report.py --lr=0.1" not in used
         assert seen["python"].startswith(str(ROOT / ".venv"))
         assert seen["VIRTUAL_ENV"] == str(ROOT / ".venv")
+        assert ("has no wandb" in result.stderr) == bool(activated), result.stderr[-2000:]

@@ -340,23 +340,57 @@ def caller_environment(environ) -> dict[str, str]:
     """`environ` with PATH, PYTHONPATH and VIRTUAL_ENV as the shell that ran ./run_sweep.sh
     had them (util/with_venv.sh keeps them as SWEEP_CALLER_<name>; an empty one was unset),
     where that shell had an environment activated (a virtualenv's VIRTUAL_ENV, conda's
-    CONDA_PREFIX): `wandb agent` started from that shell runs `${interpreter}` (python) and
-    the program there, with the program's own packages. Without one, the runs keep this
-    project's venv first on the PATH: its `python` exists (many systems have only `python3`)
-    and holds torch, torchvision, wandb and numpy. Unchanged where no SWEEP_CALLER_PATH says
-    what the caller had."""
+    CONDA_PREFIX) whose `python` has wandb: `wandb agent` started from that shell runs
+    `${interpreter}` (python) and the program there, with the program's own packages.
+    Otherwise the runs keep this project's venv first on the PATH: its `python` exists (many
+    systems have only `python3`) and holds torch, torchvision, wandb and numpy, which a
+    sweep's program logs its metric with (conda's base environment, which its installer
+    activates in every shell, often has no wandb; a note says so, once). Unchanged where no
+    SWEEP_CALLER_PATH says what the caller had."""
     env = dict(environ)
     if "SWEEP_CALLER_PATH" not in env:
         return env
     saved = {name: env.pop(f"SWEEP_CALLER_{name}", "") for name in CALLER_VARIABLES}
     if not (saved["VIRTUAL_ENV"] or env.get("CONDA_PREFIX")):
         return env
+    callers = dict(env)
     for name, value in saved.items():
         if value:
-            env[name] = value
+            callers[name] = value
         else:
-            env.pop(name, None)
-    return env
+            callers.pop(name, None)
+    return callers if _python_has_wandb(callers) else env
+
+
+_HAS_WANDB: dict[tuple[str, str], bool] = {}
+
+
+def _python_has_wandb(env: dict[str, str]) -> bool:
+    """Whether the `python` that `env`'s PATH finds can import wandb (looked up, not
+    imported: ~50 ms), asked once per python and PYTHONPATH; a note on stderr the first
+    time it cannot (or there is no `python`)."""
+    import shutil
+
+    python = shutil.which("python", path=env.get("PATH", ""))
+    key = (str(python), env.get("PYTHONPATH", ""))
+    if key not in _HAS_WANDB:
+        # a folder named wandb (offline runs, here in the working directory) is found as a
+        # namespace package, without an origin: only wandb itself has one
+        probe = ("import importlib.util, sys; spec = importlib.util.find_spec('wandb'); "
+                 "sys.exit(spec is None or spec.origin is None)")
+        try:
+            found = python is not None and subprocess.run(
+                [python, "-c", probe], env=env, capture_output=True, timeout=60).returncode == 0
+        except (OSError, subprocess.TimeoutExpired):
+            found = False
+        _HAS_WANDB[key] = found
+        if not found:
+            where = f"the python of your environment ({python}) has no wandb" if python \
+                else "your environment has no `python`"
+            print(f"note: {where}: the runs of the sweep's program use this project's "
+                  f"({sys.executable}); install wandb there to run them with yours",
+                  file=sys.stderr)
+    return _HAS_WANDB[key]
 
 
 class _HistoryReader:
