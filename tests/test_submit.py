@@ -149,6 +149,39 @@ def test_pbs_job_runs_a_local_sweep_in_scratch_and_copies_everything_back(workdi
 
 
 @pytest.mark.e2e
+@pytest.mark.timeout(200)
+def test_a_pbs_jobs_program_runs_find_python_on_a_node_whose_path_has_none(workdir, aux):
+    """A sweep of the user's own program (`${interpreter}`: `python` on the PATH) in a PBS
+    job, which starts with the node's own environment: a PATH of system folders, where many
+    systems have only `python3`. The job puts the venv's bin first on the PATH, as
+    util/with_venv.sh does, and the program runs with the venv's python. A program outside
+    the project, which the job's copy in scratch does not hold, is refused at submission in
+    one line, nothing written."""
+    config = {"program": "report.py", "method": "grid", "parameters": {"lr": {"value": 0.1}}}
+    (workdir / "report.py").write_text("print('elsewhere')\n")
+    (workdir / "own.yaml").write_text(yaml.safe_dump(config))
+    refused = launch(workdir, "own.yaml", "--pbs", "1", "--gpus-per-job", "0",
+                     path=f"{fake_scheduler_bin(aux)}:{os.environ['PATH']}")
+    assert refused.returncode == 2
+    assert refused.stderr.startswith("error: own.yaml: program 'report.py' is outside this "
+                                     f"project ({ROOT}), and a PBS job runs in $SCRATCHDIR"), \
+        refused.stderr
+    assert sorted(p.name for p in workdir.iterdir()) == ["own.yaml", "report.py"]
+    # a program in the project's folder (its tests/programs), run from the job's copy
+    store = create_store(workdir / "data" / "sweeps" / "own", "own", "own",
+                         {**config, "program": "tests/programs/which_python.py"})
+    store.close()
+    script = submit_pbs(workdir, aux, "own")
+    job = pbs_job(workdir, aux, script, PATH="/usr/bin:/bin")
+    out, err = job.communicate(timeout=180)
+    assert job.returncode == 0, err[-3000:]
+    (run,) = stored_runs(store.path)
+    assert run.state == "finished", (run.error, err[-3000:])
+    used = json.loads((workdir / "data" / "python.json").read_text())  # copied back
+    assert Path(used).parent == Path(sys.executable).parent  # the venv's bin
+
+
+@pytest.mark.e2e
 @pytest.mark.slow
 @pytest.mark.timeout(240)
 def test_pbs_job_stopped_at_walltime_or_by_sigterm_leaves_a_run_the_next_job_resumes(

@@ -141,6 +141,9 @@ class Scheduler:
     def check_local_sweep(self, count: int) -> None:
         """UserError when `count` jobs cannot share one local sweep."""
 
+    def check_program(self, where: str, sweep_config: dict) -> None:
+        """UserError when the jobs cannot run the program of `sweep_config` (named `where`)."""
+
     def sweep_in_job(self, local_sweep: Path) -> str:
         """The launcher's target for a local sweep, as the job sees it."""
         return str(local_sweep)
@@ -156,7 +159,7 @@ class Scheduler:
                       stop_after_s=spec.stop_after_s,
                       margin_s=spec.walltime_s - spec.stop_after_s,
                       launch=["-m", "agent.launch", spec.sweep, *spec.launch_args],
-                      image_python=IMAGE_PYTHON)
+                      image_python=IMAGE_PYTHON, python_bin=str(Path(spec.python).parent))
 
     def submit_argv(self, command: str, script: Path) -> list[str]:
         return [command, str(script)]
@@ -193,6 +196,22 @@ class PBS(Scheduler):
                             "one machine, and PBS jobs may land on different nodes; use --pbs 1 "
                             "--gpus-per-job K (K agents on one node) or a W&B sweep (wandb "
                             "sweep FILE)")
+
+    def check_program(self, where: str, sweep_config: dict) -> None:
+        # A job runs in $SCRATCHDIR on a copy of this project (the code, without NOT_CODE):
+        # another program's file elsewhere is not there, and every run would fail
+        from agent.sweep.program import runs_our_trainer
+
+        program = sweep_config.get("program")
+        if not isinstance(program, str) or runs_our_trainer(sweep_config):
+            return
+        path = Path(program).expanduser()
+        path = path if path.is_absolute() else Path.cwd() / path
+        if path.is_file() and not path.resolve().is_relative_to(CODE_DIR.resolve()):
+            raise UserError(f"{where}: program {program!r} is outside this project "
+                            f"({CODE_DIR}), and a PBS job runs in $SCRATCHDIR on a copy of "
+                            "the project only: put the program in the project's folder, or "
+                            "use --slurm (its jobs run in the submit directory)")
 
     def sweep_in_job(self, local_sweep: Path) -> str:
         return f"data/sweeps/{local_sweep.name}"  # the copy in scratch

@@ -34,6 +34,7 @@ from pathlib import Path
 
 from agent.cluster.schedulers import SCHEDULERS, Scheduler
 from agent.commands import script
+from agent.sweep.store import SweepStore
 from agent.sweep.target import (
     SweepTarget,
     check_wandb_sweep,
@@ -138,14 +139,21 @@ def resolve_job_target(text: str, project: str | None, scheduler: Scheduler, cou
     if target.kind == "yaml":
         from agent.sweep.config import load_sweep_config
 
-        load_sweep_config(target.path)
+        scheduler.check_program(str(target.path), load_sweep_config(target.path))
     elif target.kind == "wandb":
         if not dry_run:
-            check_wandb_sweep(target)
+            scheduler.check_program(f"sweep {text}", check_wandb_sweep(target))
         note = key_note(scheduler)
         if note:
             print(note, file=sys.stderr)
         return target
+    elif not dry_run:  # a dry run writes nothing: not even the -shm file reading would make
+        store = SweepStore(target.store_path, read_only=True)
+        try:
+            config = store.sweep().config
+        finally:
+            store.close()  # a job merges into the store once every connection is closed
+        scheduler.check_program(f"sweep {target.path.name}", config)
     scheduler.check_local_sweep(count)
     return target
 

@@ -14,7 +14,10 @@ stop_after=$(( {{ stop_after_s }} - SECONDS ))
 {## --nv: the host's NVIDIA driver inside the image ##}
 timeout --signal=TERM "$stop_after" "$apptainer" exec {% if gpus %}--nv {% endif %}--bind {% for var in bind_vars %}"${{ var }}"{% if not loop.last %},{% endif %}{% endfor %} --pwd "$PWD" --env PYTHONPATH="${{ code_var }}" {{ container }} {{ image_python }} {{ launch }} &
 {% else %}
-timeout --signal=TERM "$stop_after" env PYTHONPATH="${{ code_var }}" {{ python }} {{ launch }} &
+{## the venv's bin first on the PATH, as util/with_venv.sh puts it: a sweep's own program
+    then finds its `python` (agent/sweep/program.py caller_environment) on a node whose
+    PATH has none, or one without wandb ##}
+timeout --signal=TERM "$stop_after" env PYTHONPATH="${{ code_var }}" PATH={{ python_bin }}:"$PATH" {{ python }} {{ launch }} &
 {% endif %}
 agents=$!
 trap 'kill -TERM "$agents" 2>/dev/null' TERM INT
