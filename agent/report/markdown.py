@@ -95,6 +95,13 @@ def ci_text(values: list[float], level: float = 0.95) -> str:
     return f"{mean:.4f} ± {half:.4f} (n={n})" if half is not None else f"{mean:.4f} (n={n})"
 
 
+def diverged_left_out(count: int) -> str:
+    """The sentence saying that `count` diverged runs were left out of a table or a figure,
+    and why (the heat map writes "div" for them)."""
+    return (f"Left out: {count} run{'s' if count != 1 else ''} that diverged (a diverged "
+            "run's last value means nothing: \"div\" in the heat map)")
+
+
 def stopped_text(run: RunRecord) -> str:
     """' (stopped early at epoch 2 of 4)' for a run the sweep's early termination cut short,
     else ''."""

@@ -13,7 +13,15 @@ from dataclasses import dataclass
 import numpy as np
 
 from agent.report import stats
-from agent.report.markdown import Context, Report, ci_text, config_text, fmt, fmt_value
+from agent.report.markdown import (
+    Context,
+    Report,
+    ci_text,
+    config_text,
+    diverged_left_out,
+    fmt,
+    fmt_value,
+)
 from agent.report.study import RunRecord, Study, repeats_of
 from agent.report.study_figures import SeedRow, seed_figure
 from agent.sweep_space import swept_parameters
@@ -198,7 +206,10 @@ def by_table(report: Report, ctx: Context, by: str, repeated: dict[str, Repeated
     study, metric = ctx.study, ctx.study.metric
     others = [a for a in _shown(ctx) if a != by]
     with_seeds, single = [], []
-    groups = stats.best_settings_per_group(ctx.scored, by, BEST_PER_GROUP, metric, study.goal)
+    # a diverged run's last value means nothing (the heat map's "div"): it is no one's best
+    diverged = [r for r in ctx.scored if ctx.group_of(r) == stats.DIVERGED]
+    kept = [r for r in ctx.scored if ctx.group_of(r) != stats.DIVERGED]
+    groups = stats.best_settings_per_group(kept, by, BEST_PER_GROUP, metric, study.goal)
     for group, settings in groups.items():
         for setting in settings:
             rep = repeated.get(setting.key)
@@ -226,9 +237,23 @@ def by_table(report: Report, ctx: Context, by: str, repeated: dict[str, Repeated
              ci_text(s.values(metric), ctx.level),
              ci_text(s.values("test/acc"), ctx.level) if s.values("test/acc") else "–",
              " ".join(r.id for r in s.runs) + _stopped_note(s.runs)] for group, s in single])
+    if diverged:
+        report.add(_diverged_note(diverged, by, groups), "")
     if ctx.base is not None:
         report.add(f"Baselines on the test set: chance {ctx.base.chance:.4f}, majority class "
                    f"{ctx.base.majority:.4f}.", "")
+
+
+def _diverged_note(diverged: list[RunRecord], by: str, groups: dict) -> str:
+    """How many diverged runs a "By ..." table left out, and the values of `by` that have
+    no row for it (every run there diverged)."""
+    empty: dict[str, int] = {}  # a value of `by` without a row -> its diverged runs
+    for run in diverged:
+        if str(run.params.get(by)) not in groups:
+            empty[fmt_value(run, by)] = empty.get(fmt_value(run, by), 0) + 1
+    return diverged_left_out(len(diverged)) + "".join(
+        f"; every run at {by}={text} diverged: no row ({n} run{'s' if n != 1 else ''})"
+        for text, n in empty.items()) + "."
 
 
 def _repeated_row(ctx: Context, group: str, rep: Repeated, others: list[str],

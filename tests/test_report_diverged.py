@@ -1,0 +1,89 @@
+"""The report of a val/loss sweep on digits where the largest learning rates diverge:
+optimizer {sgd, adam} x dropout {0, 0.3} x lr {0.001 .. 30}, dense net, 3 epochs, run with
+./run_sweep.sh, once with hyperband and once without. A diverged run's last value means
+nothing (the heat map writes "div" for it): it is no best setting in a "By ..." table."""
+
+from __future__ import annotations
+
+import math
+import re
+import subprocess
+
+import pytest
+import yaml
+
+from agent.report import document, stats
+from agent.report.study import load_study
+from conftest import ROOT, subprocess_env
+
+pytestmark = [pytest.mark.e2e, pytest.mark.slow]
+LRS = [0.001, 0.01, 0.1, 1.0, 30.0]
+SWEEP = {"program": "agent/train.py",
+         "command": ["${env}", "python", "-m", "agent.train", "${args}"],
+         "method": "grid", "metric": {"name": "val/loss", "goal": "minimize"},
+         "parameters": {"dataset": {"value": "digits"}, "model": {"value": "dense"},
+                        "hidden": {"value": 16}, "epochs": {"value": 3},
+                        "optimizer": {"values": ["sgd", "adam"]},
+                        "dropout": {"values": [0.0, 0.3]}, "lr": {"values": LRS}}}
+HYPERBAND = {"type": "hyperband", "min_iter": 1, "eta": 2}
+
+
+def run_sweep(work, name: str, config: dict) -> dict:
+    """The sweep through ./run_sweep.sh, then its report and context built here."""
+    (work / f"{name}.yaml").write_text(yaml.safe_dump({"name": name, **config},
+                                                      sort_keys=False))
+    launch = subprocess.run([str(ROOT / "run_sweep.sh"), f"{name}.yaml"], cwd=work,
+                            env=subprocess_env(OMP_NUM_THREADS="1"), capture_output=True,
+                            text=True, timeout=600)
+    assert launch.returncode == 0, launch.stderr[-3000:]
+    sweep_id = re.search(r"Created local sweep (\w+)", launch.stdout).group(1)
+    study = load_study(str(work / "data" / "sweeps" / sweep_id))
+    report = document.build_report(study, work / "reports" / sweep_id)
+    ctx = document.study_context(study, work / "ctx" / sweep_id, stats.GroupRule())
+    return {"study": study, "report": report, "text": report.path.read_text(), "ctx": ctx}
+
+
+@pytest.fixture(scope="module")
+def sweeps(tmp_path_factory):
+    work = tmp_path_factory.mktemp("diverged")
+    return {"hyperband": run_sweep(work, "hb", {**SWEEP, "early_terminate": HYPERBAND}),
+            "plain": run_sweep(work, "plain", SWEEP)}
+
+
+def diverged_ids(ctx) -> set[str]:
+    return {r.id for r in ctx.scored if ctx.group_of(r) == stats.DIVERGED}
+
+
+def section(text: str, title: str) -> str:
+    return text.split(title)[1].split("\n#")[0]
+
+
+def test_every_run_at_lr_30_diverged(sweeps):
+    """The premise, from the store itself: each lr 30 run's validation loss went above
+    10 x ln 10 (the report's rule), in both sweeps."""
+    for sweep in sweeps.values():
+        at_30 = [r for r in sweep["study"].runs if r.config["lr"] == 30.0]
+        assert len(at_30) == 4
+        for run in at_30:
+            losses = [row["val/loss"] for row in run.history]
+            assert max(losses) > 10 * math.log(10) or not all(map(math.isfinite, losses))
+        assert {r.id for r in at_30} <= diverged_ids(sweep["ctx"])
+
+
+@pytest.mark.parametrize("kind", ["hyperband", "plain"])
+def test_a_diverged_run_is_no_best_setting_in_the_by_tables(sweeps, kind):
+    """lr 30 diverged in every run: the "By lr" table gives it no row (it listed a loss of
+    24 as the best at lr 30), and every table says how many diverged runs it left out."""
+    sweep = sweeps[kind]
+    text, diverged = sweep["text"], diverged_ids(sweep["ctx"])
+    count = len(diverged)
+    for by in ("optimizer", "dropout", "lr"):
+        table = section(text, f"### By {by}\n")
+        rows = [line for line in table.splitlines() if line.startswith("| ")][1:]
+        assert rows, table
+        assert not any(run_id in row for row in rows for run_id in diverged), table
+        assert (f"Left out: {count} runs that diverged (a diverged run's last value means "
+                "nothing: \"div\" in the heat map)") in table, table
+    by_lr = section(text, "### By lr\n")
+    assert not [row for row in by_lr.splitlines() if row.startswith("| 30 |")]
+    assert "every run at lr=30 diverged: no row" in by_lr, by_lr
