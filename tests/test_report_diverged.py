@@ -1,7 +1,8 @@
 """The report of a val/loss sweep on digits where the largest learning rates diverge:
 optimizer {sgd, adam} x dropout {0, 0.3} x lr {0.001 .. 30}, dense net, 3 epochs, run with
 ./run_sweep.sh, once with hyperband and once without. A diverged run's last value means
-nothing (the heat map writes "div" for it): it is no best setting in a "By ..." table."""
+nothing (the heat map writes "div" for it): it is no best setting in a "By ..." table and no
+point of the sensitivity plot's means."""
 
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ import math
 import re
 import subprocess
 
+import numpy as np
 import pytest
 import yaml
 
@@ -87,3 +89,35 @@ def test_a_diverged_run_is_no_best_setting_in_the_by_tables(sweeps, kind):
     by_lr = section(text, "### By lr\n")
     assert not [row for row in by_lr.splitlines() if row.startswith("| 30 |")]
     assert "every run at lr=30 diverged: no row" in by_lr, by_lr
+
+
+@pytest.mark.parametrize("kind", ["hyperband", "plain"])
+def test_the_sensitivity_means_leave_diverged_runs_out(sweeps, kind):
+    """The lr panel's means are those of the runs that did not diverge (the diverged
+    losses of 24 to 100 made every other mean a flat line near 0), lr 30 is marked "div"
+    for each optimizer, and the text says what was left out."""
+    sweep = sweeps[kind]
+    ctx, text = sweep["ctx"], sweep["text"]
+    kept = [r for r in ctx.scored if ctx.group_of(r) != stats.DIVERGED]
+    drawn = sweep["report"].figures["marginals.png"]
+    (lr_panel,) = [ax for ax in drawn.axes if ax.xlabel == "lr"]
+    for optimizer in ("sgd", "adam"):
+        (line,) = [line for line in lr_panel.lines if line[0] == f"optimizer={optimizer}"]
+        mine = [r for r in kept if r.config["optimizer"] == optimizer]
+        levels = sorted({r.config["lr"] for r in mine})
+        assert list(line[1]) == levels
+        assert list(line[2]) == pytest.approx(
+            [np.mean([r.metric("val/loss") for r in mine if r.config["lr"] == lr])
+             for lr in levels])
+    assert 30.0 not in [x for line in lr_panel.lines for x in line[1]]
+    # "div" where every run of an optimizer at that lr diverged: lr 30 for both, and more
+    every = sum(1 for optimizer in ("sgd", "adam") for lr in LRS
+                if (runs := [r for r in ctx.scored if r.config["optimizer"] == optimizer
+                             and r.config["lr"] == lr])
+                and all(ctx.group_of(r) == stats.DIVERGED for r in runs))
+    assert every >= 2 and lr_panel.texts.count("div") == every
+    sensitivity = section(text, "## Sensitivity to each parameter\n")
+    assert (f"Left out: {len(ctx.scored) - len(kept)} runs that diverged (a diverged run's "
+            "last value means nothing: \"div\" in the heat map)") in sensitivity
+    assert "\"div\" marks a value at which every run of a line diverged" in sensitivity
+    assert "diverged runs left out" in drawn.suptitle

@@ -11,7 +11,14 @@ import numpy as np
 
 from agent.params import BY_NAME
 from agent.report import stats
-from agent.report.markdown import Context, Report, config_text, fmt, stopped_text
+from agent.report.markdown import (
+    Context,
+    Report,
+    config_text,
+    diverged_left_out,
+    fmt,
+    stopped_text,
+)
 from agent.report.study import RunRecord
 from agent.report.study_figures import (
     STOPPED_MARK,
@@ -137,12 +144,15 @@ def _chance(ctx: Context) -> float | None:
 def marginals(ctx: Context) -> list[MarginalPanel]:
     """Per swept parameter: the metric at each value, its mean and 25th / 75th percentiles
     over every other parameter, one series per optimizer (per model for the optimizer's own
-    panel)."""
+    panel). Diverged runs are left out, as the heat map leaves out their values (a loss of
+    40 would outweigh every other run's); a value at which every run of a series diverged is
+    in the series' `diverged`."""
     study, metric = ctx.study, ctx.study.metric
     categorical, numeric = split_axes(ctx)
     panels = []
     for name in categorical + numeric:
         runs, scored = using(study.runs, name), using(ctx.scored, name)
+        diverged = {r.id for r in scored if ctx.group_of(r) == stats.DIVERGED}
         levels = _levels(runs, name)
         split = next((s for s in ("optimizer", "model") if s in ctx.swept and s != name), None)
         groups = _levels(runs, split) if split else [None]
@@ -150,15 +160,19 @@ def marginals(ctx: Context) -> list[MarginalPanel]:
                               name in categorical, levels)
         for group in groups:
             points = []
+            label = f"{split}={group}" if split else "all runs"
             for level in levels:
-                scores = [r.metric(metric) for r in scored if value(r, name) == level
-                          and (split is None or value(r, split) == group)]
+                here = [r for r in scored if value(r, name) == level
+                        and (split is None or value(r, split) == group)]
+                scores = [r.metric(metric) for r in here if r.id not in diverged]
+                if here and not scores:
+                    panel.diverged.setdefault(label, []).append(level)
                 if scores:
                     low, high = np.percentile(scores, [25, 75])
                     points.append((level, float(np.mean(scores)), float(low), float(high),
                                    len(scores)))
-            if points:
-                panel.series[f"{split}={group}" if split else "all runs"] = points
+            if points or label in panel.diverged:
+                panel.series[label] = points
         panels.append(panel)
     return panels
 
@@ -168,16 +182,24 @@ def marginal_section(report: Report, ctx: Context) -> None:
     if not panels:
         return
     metric = ctx.study.metric
+    kept = [r for r in ctx.scored if ctx.group_of(r) != stats.DIVERGED]
+    diverged = len(ctx.scored) - len(kept)
     report.add("## Sensitivity to each parameter", "",
                f"For each parameter: `{metric}` at each of its values, averaged over every "
                "other parameter (line) with the middle half of those runs (band: 25th to 75th "
                "percentile)" + (", one colour per optimizer" if len(
                    {str(r.params.optimizer) for r in ctx.study.runs}) > 1 else "")
                + ". A flat line: the parameter hardly matters here; a bend: it has a "
-               "best value." + _stopped_included(ctx.scored), "")
+               "best value." + (f" {diverged_left_out(diverged)}. \"div\" marks a value at "
+                                "which every run of a line diverged (it has no mean there)."
+                                if diverged else "")
+               + _stopped_included(kept), "")
+    title = f"{metric} by parameter (mean; band: middle half of the runs)"
+    if diverged:
+        title += (f"\n{diverged} diverged run{'s' if diverged != 1 else ''} left out "
+                  "(\"div\": every run of a line there diverged)")
     report.figure(marginal_figure(panels, metric, _chance(ctx),
-                                  ctx.out_dir / "marginals.png",
-                                  f"{metric} by parameter (mean; band: middle half of the runs)"),
+                                  ctx.out_dir / "marginals.png", title),
                   "marginal sensitivity")
 
 

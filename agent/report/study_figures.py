@@ -92,13 +92,16 @@ class MarginalPanel:
     levels: list  # the parameter's values, in axis order
     # {series label: [(level, mean, low, high, n) ...]}: low..high is the band drawn
     series: dict[str, list[tuple]] = field(default_factory=dict)
+    # {series label: [level ...]}: the values at which every run of the series diverged
+    # (no mean: their last values mean nothing), written "div" in the series' colour
+    diverged: dict[str, list] = field(default_factory=dict)
 
 
 def marginal_figure(panels: list[MarginalPanel], metric: str, chance: float | None, path,
                     title: str) -> Drawn:
     """One panel per parameter: the metric's mean over every other parameter at each of its
     values (line) and a band low..high (error bars on a categorical axis), one colour per
-    series (an optimizer)."""
+    series (an optimizer); "div" near the top where every run of a series diverged."""
     fig, axes = panel_grid(len(panels), (3.8, 3.2), (0.6, 0.6), title, sharey=True)
     if not panels:
         _note(axes[0, 0], "no parameter varies")
@@ -108,6 +111,10 @@ def marginal_figure(panels: list[MarginalPanel], metric: str, chance: float | No
                     else {v: v for v in panel.levels})
         shift = 0.12 * (len(panel.series) - 1) / 2
         for i, (label, points) in enumerate(panel.series.items()):
+            for level in panel.diverged.get(label, []):
+                x = position[level] - shift + 0.12 * i if panel.categorical else position[level]
+                ax.text(x, 0.96 - 0.07 * i, "div", transform=ax.get_xaxis_transform(),
+                        ha="center", va="top", fontsize=7, color=f"C{i}")
             means = [p[1] for p in points]
             if panel.categorical:  # no line between categories: a mean and its band each
                 xs = [position[p[0]] - shift + 0.12 * i for p in points]
@@ -121,6 +128,14 @@ def marginal_figure(panels: list[MarginalPanel], metric: str, chance: float | No
             ax.plot(xs, means, marker="o", color=f"C{i}", label=label)
             ax.fill_between(xs, [p[2] for p in points], [p[3] for p in points],
                             color=f"C{i}", alpha=0.15, linewidth=0)
+        if panel.diverged and not panel.categorical:  # a "div" past the last mean is shown
+            low, high = min(panel.levels), max(panel.levels)
+            if panel.log:
+                pad = (high / low) ** 0.05
+                ax.set_xlim(low / pad, high * pad)
+            else:
+                pad = 0.05 * (high - low) or 0.5
+                ax.set_xlim(low - pad, high + pad)
         if chance is not None:
             ax.axhline(chance, color="0.4", linestyle=":", linewidth=1, label="chance")
         if panel.categorical:
