@@ -2,7 +2,8 @@
 optimizer {sgd, adam} x dropout {0, 0.3} x lr {0.001 .. 30}, dense net, 3 epochs, run with
 ./run_sweep.sh, once with hyperband and once without. A diverged run's last value means
 nothing (the heat map writes "div" for it): it is no best setting in a "By ..." table and no
-point of the sensitivity plot's means."""
+point of the sensitivity plot's means; the sentences read the metric by the sweep's goal;
+every "±" says what interval it is."""
 
 from __future__ import annotations
 
@@ -121,3 +122,26 @@ def test_the_sensitivity_means_leave_diverged_runs_out(sweeps, kind):
             "last value means nothing: \"div\" in the heat map)") in sensitivity
     assert "\"div\" marks a value at which every run of a line diverged" in sensitivity
     assert "diverged runs left out" in drawn.suptitle
+
+
+def test_a_minimized_metric_is_read_by_its_goal_in_every_sentence(sweeps):
+    """val/loss: a run hyperband cut short scores higher than it would have, not lower;
+    a correlation's caveat and the heat map's cell means speak of better, not higher."""
+    text = sweeps["hyperband"]["text"]
+    assert "scores lower than it would have" not in text
+    assert "(a cut-short run scores higher than it would have; val/loss is minimized, so " \
+        "higher is worse)" in section(text, "## Sensitivity to each parameter\n")
+    for sweep in sweeps.values():
+        assert "\"higher is better\"" not in sweep["text"]
+        assert "peaks at" not in sweep["text"]
+
+
+@pytest.mark.parametrize("kind", ["hyperband", "plain"])
+def test_the_paired_effect_says_what_its_interval_is(sweeps, kind):
+    """dropout 0 -> 0.3 over the paired settings: its "±" is the half-width of a 95%
+    Student-t interval over the pairs' differences, and says so."""
+    text = sweeps[kind]["text"]
+    (line,) = [line for line in text.splitlines() if "paired settings" in line]
+    assert re.search(r"on average over \d+ paired settings of the converged runs "
+                     r"\(± [\d.]+: half-width of the 95% Student-t interval of that mean\)\.$",
+                     line), line

@@ -114,6 +114,19 @@ def test_the_report_shows_each_setting_once_over_fresh_seeds(tmp_path, monkeypat
     assert not {int(row["seed"]) for row in written} & set(SEEDS)
 
 
+def test_the_sweeps_own_seeds_say_what_their_interval_is(tmp_path, monkeypatch):
+    """Without a repeat sweep, a sweep that searched `seed` tables each setting's mean over
+    its seeds with a "±": the sentence above the table says it is the half-width of a 95%
+    Student-t interval."""
+    monkeypatch.chdir(tmp_path)
+    text = document.build_report(local_study(seeded_sweep(tmp_path)),
+                                 tmp_path / "report").path.read_text()
+    table = text.split("### By optimizer")[1].split("###")[0]
+    assert " ± " in table
+    assert ("val/acc and test/acc over the sweep's own seeds (mean ± half-width of the 95% "
+            "Student-t interval), which also ranked them") in table, table
+
+
 def test_a_sweep_without_seed_keeps_one_setting_a_run():
     """Without `seed` in the sweep, every run is its own setting (n = 1), as before."""
     from agent.report.stats import setting_key

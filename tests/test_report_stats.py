@@ -169,8 +169,8 @@ def test_a_peak_inside_the_range_is_claimed_only_beyond_near_best_of_both_ends(a
 
     (line,) = _correlation_caveat(_lr_study({"sam": accs, "sgd": [0.5, 0.6, 0.7, 0.8]}),
                                   "lr")
-    assert ("optimizer=sam peaks at" in line) == bends, line
-    assert "optimizer=sgd peaks" not in line
+    assert ("optimizer=sam is best at" in line) == bends, line
+    assert "optimizer=sgd is best" not in line
 
 
 @pytest.mark.parametrize("state", ["finished", "stopped"])

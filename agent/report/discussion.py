@@ -119,7 +119,7 @@ def heatmap_section(report: Report, ctx: Context) -> None:
     axes = f"rows are `{row}`" + (f", columns `{col}`" if col else "")
     cells = (f"each cell is the mean of its runs (up to {most}: "
              + ("the sweep's seeds" if "seed" in ctx.swept else "runs that differ in no axis")
-             + "; a cell's best single run can be higher)" if most > 1 else "one run a cell")
+             + "; a cell's best single run can be better)" if most > 1 else "one run a cell")
     report.add(f"`{metric}` of the runs: {axes}, "
                + ("one panel per " + " x ".join(f"`{f}`" for f in facets) if facets
                   else "one panel") + f"; {cells}. The colour "
@@ -193,7 +193,7 @@ def marginal_section(report: Report, ctx: Context) -> None:
                "best value." + (f" {diverged_left_out(diverged)}. \"div\" marks a value at "
                                 "which every run of a line diverged (it has no mean there)."
                                 if diverged else "")
-               + _stopped_included(kept), "")
+               + _stopped_included(kept, ctx.study.goal, metric), "")
     title = f"{metric} by parameter (mean; band: middle half of the runs)"
     if diverged:
         title += (f"\n{diverged} diverged run{'s' if diverged != 1 else ''} left out "
@@ -288,9 +288,8 @@ def _correlation_caveat(ctx: Context, name: str) -> list[str]:
                         if value(r, name) in (levels[0], levels[-1])) if mine else True
         if mine and len(levels) > 2 and not ends_near \
                 and value(mine[0], name) not in (levels[0], levels[-1]):
-            bends.append(f"{split}={group} peaks at {name}={short_number(value(mine[0], name))}"
-                         if split else f"the best is at {name}="
-                         f"{short_number(value(mine[0], name))}")
+            at = f"{name}={short_number(value(mine[0], name))}"
+            bends.append(f"{split}={group} is best at {at}" if split else f"the best is at {at}")
     axis = f"log10 {name}" if log_scaled(_levels(runs, name)) else name
     if r_all is None:
         return []
@@ -300,7 +299,7 @@ def _correlation_caveat(ctx: Context, name: str) -> list[str]:
     text = f"Pearson r({axis}, {metric}) over {over} is {r_all:+.2f}"
     if bends:
         return [text + ", yet " + "; ".join(bends) + ": inside the range, so the relation "
-                "bends and one correlation (or \"higher is better\") misleads."]
+                f"bends and one correlation (a straight line in {axis}) misleads."]
     return [text + "."]
 
 
@@ -326,11 +325,12 @@ def _paired_effect(ctx: Context, name: str, categorical: list[str]) -> list[str]
         diffs = [float(np.mean(s[repr(high)]) - np.mean(s[repr(low)]))
                  for s in by_setting.values() if repr(high) in s and repr(low) in s]
         if diffs:
-            mean, half, n = stats.t_interval(diffs)
+            mean, half, n = stats.t_interval(diffs, ctx.level)
             out.append(f"{split + '=' + str(group) + ': ' if split else ''}{name} "
                        f"{short_number(low)} -> {short_number(high)} changes {metric} by "
-                       f"{mean:+.4f} on average" + (f" (± {half:.4f})" if half else "")
-                       + f" over {n} paired settings of the converged runs.")
+                       f"{mean:+.4f} on average over {n} paired settings of the converged "
+                       "runs" + (f" (± {half:.4f}: half-width of the {ctx.level:.0%} "
+                                 "Student-t interval of that mean)" if half else "") + ".")
     return out
 
 
@@ -346,15 +346,18 @@ def discussion_section(report: Report, ctx: Context) -> None:
     importance_section(report, ctx)
 
 
-def _stopped_included(runs: list[RunRecord]) -> str:
-    """' Included: N runs ... stopped ...' when some of `runs` were stopped early."""
+def _stopped_included(runs: list[RunRecord], goal: str, metric: str) -> str:
+    """' Included: N runs ... stopped ...' when some of `runs` were stopped early; a run cut
+    short scores worse than it would have: lower for a maximized metric, higher for a
+    minimized one."""
     count = len(runs) - len(stats.full_length(runs))
     if not count:
         return ""
+    worse = ("lower than it would have" if goal == "maximize" else
+             f"higher than it would have; {metric} is minimized, so higher is worse")
     return (f" Included: {count} run{'s' if count != 1 else ''} the sweep's early termination "
             "(hyperband) stopped, at the value of the epoch "
-            + ("it" if count == 1 else "each") + " stopped at (a cut-short run scores "
-            "lower than it would have).")
+            + ("it" if count == 1 else "each") + f" stopped at (a cut-short run scores {worse}).")
 
 
 def _stopped_left_out(count: int) -> str:

@@ -229,8 +229,9 @@ def by_table(report: Report, ctx: Context, by: str, repeated: dict[str, Repeated
     if single:
         several = any(len(s.values(metric)) > 1 for _, s in single)
         report.add("Settings without a repeat sweep (never compared, never bold): "
-                   + (f"{metric} and test/acc over the sweep's own seeds, which also ranked "
-                      "them, so these means are optimistic" if several else
+                   + (f"{metric} and test/acc over the sweep's own seeds (mean ± half-width "
+                      f"of the {ctx.level:.0%} Student-t interval), which also ranked them, "
+                      "so these means are optimistic" if several else
                       f"n = 1, {metric} and test/acc of the sweep's one run") + ":", "")
         report.table([by, "configuration", metric, "test/acc", "runs"], [
             [fmt_value(s.best, by), config_text(s.best, others) or "–",
