@@ -2,8 +2,8 @@
 optimizer {sgd, adam} x dropout {0, 0.3} x lr {0.001 .. 30}, dense net, 3 epochs, run with
 ./run_sweep.sh, once with hyperband and once without. A diverged run's last value means
 nothing (the heat map writes "div" for it): it is no best setting in a "By ..." table and no
-point of the sensitivity plot's means; the sentences read the metric by the sweep's goal;
-every "±" says what interval it is."""
+point of the sensitivity plot's means; the sentences read the metric by the sweep's goal and
+say what they pool over; every "±" says what interval it is."""
 
 from __future__ import annotations
 
@@ -145,3 +145,19 @@ def test_the_paired_effect_says_what_its_interval_is(sweeps, kind):
     assert re.search(r"on average over \d+ paired settings of the converged runs "
                      r"\(± [\d.]+: half-width of the 95% Student-t interval of that mean\)\.$",
                      line), line
+
+
+def test_a_bend_says_that_it_pools_over_the_other_parameters(sweeps):
+    """Without hyperband, each optimizer's best run lies inside the lr range (lr 30
+    diverged): the sentence names the best run's dropout and says it pools over dropout,
+    not that the optimizer peaks there at every dropout."""
+    ctx, text = sweeps["plain"]["ctx"], sweeps["plain"]["text"]
+    (line,) = [line for line in text.splitlines() if line.startswith("- Pearson r(")]
+    claims = re.findall(r"optimizer=(\w+) is best at lr=([\d.]+) \(its best run pooled over "
+                        r"dropout, which has dropout=([\d.]+)\)", line)
+    assert claims, line
+    for optimizer, lr, dropout in claims:
+        best = next(r for r in ctx.scored if r.config["optimizer"] == optimizer)
+        assert (float(lr), float(dropout)) == (best.config["lr"], best.config["dropout"])
+    windows = [line for line in text.splitlines() if "lr within" in line]
+    assert windows and all("(pooled over dropout)" in line for line in windows), windows

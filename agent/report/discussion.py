@@ -253,7 +253,8 @@ def _windows_and_failures(ctx: Context, name: str) -> list[str]:
         full = [r for r in runs if r.state != "stopped"]
         failed = [lv for lv in _levels(full, name)
                   if all(ctx.group_of(r) in FAILED for r in full if value(r, name) == lv)]
-        who = (f"{split}={group}" if split else "all runs") + used_in(ctx.study.runs, name)
+        who = ((f"{split}={group}" if split else "all runs") + used_in(ctx.study.runs, name)
+               + _pooled(ctx, name, split))
         text = (f"{who}: {name} within {NEAR_BEST:g} of its best ({top:.4f}"
                 f"{stopped_text(scored[0])}): "
                 + ", ".join(short_number(v) for v in good))
@@ -264,6 +265,19 @@ def _windows_and_failures(ctx: Context, name: str) -> list[str]:
                       + ("s)" if count != 1 else ")"))
         out.append(text + ".")
     return out
+
+
+def _others(ctx: Context, name: str, split: str | None) -> list[str]:
+    """The swept parameters other than `name` and `split` (and the seed): what a
+    statement about `name` within each `split` pools its runs over."""
+    return [a for a in ctx.swept if a not in (name, split, "seed")]
+
+
+def _pooled(ctx: Context, name: str, split: str | None) -> str:
+    """' (pooled over dropout)' when runs of other values of other parameters are read
+    together, else ''."""
+    others = _others(ctx, name, split)
+    return f" (pooled over {', '.join(others)})" if others else ""
 
 
 def _correlation_caveat(ctx: Context, name: str) -> list[str]:
@@ -289,7 +303,13 @@ def _correlation_caveat(ctx: Context, name: str) -> list[str]:
         if mine and len(levels) > 2 and not ends_near \
                 and value(mine[0], name) not in (levels[0], levels[-1]):
             at = f"{name}={short_number(value(mine[0], name))}"
-            bends.append(f"{split}={group} is best at {at}" if split else f"the best is at {at}")
+            # the best run over every value of the other parameters: say so and name its
+            # values (at another dropout the best lr may be another)
+            pooled = _others(ctx, name, split)
+            where = (f" (its best run pooled over {', '.join(pooled)}, which has "
+                     f"{config_text(mine[0], pooled)})" if pooled else "")
+            bends.append((f"{split}={group} is best at {at}" if split else
+                          f"the best is at {at}") + where)
     axis = f"log10 {name}" if log_scaled(_levels(runs, name)) else name
     if r_all is None:
         return []
