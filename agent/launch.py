@@ -29,7 +29,7 @@ from agent.sweep.controller import (
     check_heartbeat,
     repair_ended_agents,
 )
-from agent.sweep.pack_size import parse_pack
+from agent.sweep.pack_size import AGENTS_PER_DEVICE, parse_pack
 from agent.sweep.store import SweepStore
 from agent.sweep.target import (
     check_wandb_sweep,
@@ -199,12 +199,14 @@ def check_runnable(where: str, config: dict, gpus: str | None) -> None:
 
 
 def agent_slots(gpus: list[str], per_gpu: int, cpu_agents: int) -> list[dict]:
-    """One environment per agent: its own CUDA_VISIBLE_DEVICES, or CPU threads shared out."""
+    """One environment per agent: its own CUDA_VISIBLE_DEVICES, or CPU threads shared out,
+    and how many agents share its device (their packs are sized to a share of its memory)."""
     if gpus:
-        return [{"CUDA_VISIBLE_DEVICES": gpu} for gpu in gpus for _ in range(per_gpu)]
+        return [{"CUDA_VISIBLE_DEVICES": gpu, AGENTS_PER_DEVICE: str(per_gpu)}
+                for gpu in gpus for _ in range(per_gpu)]
     threads = max(1, (os.cpu_count() or 1) // cpu_agents)
-    return [{"CUDA_VISIBLE_DEVICES": "", "OMP_NUM_THREADS": str(threads)}
-            for _ in range(cpu_agents)]
+    return [{"CUDA_VISIBLE_DEVICES": "", "OMP_NUM_THREADS": str(threads),
+             AGENTS_PER_DEVICE: str(cpu_agents)} for _ in range(cpu_agents)]
 
 
 def start_agents(command: list[str], slots: list[dict],

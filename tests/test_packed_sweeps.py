@@ -12,7 +12,7 @@ import pytest
 import yaml
 
 from conftest import subprocess_env
-from test_local_sweeps import make_sweep, start_agent, wait_for
+from test_local_sweeps import launched_store, make_sweep, start_agent, wait_for
 
 pytestmark = pytest.mark.e2e
 
@@ -371,3 +371,27 @@ def test_runs_with_and_without_checkpoints_train_in_separate_packs(workdir):
         assert run.state == "finished"
         packs.setdefault(run.pack, []).append(run.config["checkpoint"])
     assert sorted(packs.values()) == [[False, False], [True, True]], packs
+
+
+@pytest.mark.timeout(300)
+def test_agents_sharing_a_device_size_their_packs_to_a_share_of_its_memory(workdir):
+    """`--agents 2` on the CPU (as `--agents-per-gpu 2` on a GPU): two agents train at once,
+    so each sizes its packs to half the memory. A model of which one trial holds two members
+    in the whole memory trains alone in each agent. One training image each: every trial
+    stops at its training-set check before it allocates anything."""
+    hidden = _hidden_for_packs_of_two()
+    if hidden is None:
+        pytest.skip("this machine's memory holds three of the widest dense models allowed")
+    (workdir / "s.yaml").write_text(yaml.safe_dump({
+        "method": "grid", "metric": {"name": "val/acc", "goal": "maximize"},
+        "parameters": {"dataset": {"value": "digits"}, "model": {"value": "dense"},
+                       "hidden": {"value": hidden}, "epochs": {"value": 1},
+                       "train_subset": {"value": 1}, "device": {"value": "cpu"},
+                       "sinks": {"value": []}, "seed": {"values": [1, 2, 3, 4]},
+                       "data_dir": {"value": str(workdir / "data")}}}))
+    subprocess.run([sys.executable, "-m", "agent.launch", "s.yaml", "--pack", "4",
+                    "--agents", "2"], cwd=workdir, env=subprocess_env(),
+                   capture_output=True, text=True, timeout=240)
+    runs = launched_store(workdir).runs()  # each claimed alone (a pack id is None)
+    assert runs and all("training image" in r.error for r in runs), [r.error for r in runs]
+    assert len(runs) == 4 and all(r.pack is None for r in runs), [r.pack for r in runs]

@@ -37,7 +37,7 @@ from agent.sweep.controller import (
     runs_left,
     should_stop,
 )
-from agent.sweep.pack_size import PackSizer, parse_pack
+from agent.sweep.pack_size import PackSizer, agents_per_device, parse_pack
 from agent.sweep.status import sweep_progress
 from agent.sweep.store import StoreError, SweepStore
 from agent.sweep.target import SweepTarget, check_wandb_sweep, open_store
@@ -235,7 +235,7 @@ class LocalAgent:
         from agent.params import validate
         from agent.trial.preflight import PackRoom
 
-        self.room = self.room or PackRoom()
+        self.room = self.room or PackRoom(share=1 / agents_per_device())
         return self.room.cap(key, size,
                              lambda: validate(program.values_for(self.sweep.config, like)))
 
@@ -512,11 +512,13 @@ def run_local_agent(store: SweepStore, count: int | None = None,
 
 
 def _device_memory_mb() -> float | None:
+    """This agent's share of its GPU's memory (the launcher's agents on it share it), in MiB;
+    None on a CPU."""
     import torch
 
     if not torch.cuda.is_available():
         return None
-    return torch.cuda.get_device_properties(0).total_memory / 2**20
+    return torch.cuda.get_device_properties(0).total_memory / 2**20 / agents_per_device()
 
 
 def run_wandb_agent(sweep_path: str, count: int | None, project: str | None,

@@ -11,6 +11,7 @@ on tiny maps). Pure bookkeeping: the caller measures (agent/trial/probe.py). No 
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
@@ -143,6 +144,19 @@ def _rate(images_per_s: float) -> str:
         if images_per_s >= scale:
             return f"{images_per_s / scale:.3g}{unit}"
     return f"{images_per_s:.3g}"
+
+
+# Set by the launcher in each agent's environment: how many agents it started on the agent's
+# device (--agents-per-gpu N on a GPU, --agents N on the CPU). A pack is sized to the agent's
+# share of the device's memory, so that N agents' packs together fit it.
+AGENTS_PER_DEVICE = "SWEEP_AGENTS_PER_DEVICE"
+
+
+def agents_per_device() -> int:
+    """The agents sharing this agent's device (AGENTS_PER_DEVICE; 1 where it is not set or
+    not a positive integer: an agent started by hand counts the device as its own)."""
+    text = os.environ.get(AGENTS_PER_DEVICE, "")
+    return int(text) if text.isdigit() and int(text) >= 1 else 1
 
 
 def parse_pack(text: str) -> int | None:

@@ -29,7 +29,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 
 from agent.params import RunConfig
-from agent.sweep.pack_size import PackSizer
+from agent.sweep.pack_size import PackSizer, agents_per_device
 from agent.sweep.wandb_agent import run_config
 from agent.trial.sinks import wandb_sink
 from util.errors import UserError, one_line, without_api_key
@@ -281,7 +281,7 @@ class PackedWandbAgent:
         agent's device holds (PackRoom); the other runs wait in their slots."""
         from agent.trial.preflight import PackRoom
 
-        self.room = self.room or PackRoom()
+        self.room = self.room or PackRoom(share=1 / agents_per_device())
         return self.room.cap(key, self.sizer.next_size(key), lambda: config)
 
     def _measure(self, key: tuple, config: RunConfig, claimed: int) -> None:

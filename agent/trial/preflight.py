@@ -124,13 +124,15 @@ def check_fits(configs: list, device: torch.device) -> None:
             "smaller model or batch (or fewer epochs, a larger batch for the lr table)")
 
 
-def largest_pack(config, device: torch.device) -> int:
+def largest_pack(config, device: torch.device, share: float = 1.0) -> int:
     """The most members of `config`'s kind that check_fits lets one trial on `device` hold
-    (at least 1: a run that cannot fit alone is refused by its own trial, with its reason).
-    needed_bytes grows by one member's share per member, over the data set shared by all."""
+    within `share` of the device's memory (its agent's, where several agents share the
+    device); at least 1: a run that cannot fit alone is refused by its own trial, with its
+    reason. needed_bytes grows by one member's share per member, over the data set shared by
+    all."""
     one, two = needed_bytes([config]), needed_bytes([config, config])
     member, shared = two - one, 2 * one - two
-    return max(1, int((MEMORY_SHARE * device_memory(device) - shared) // member))
+    return max(1, int((MEMORY_SHARE * share * device_memory(device) - shared) // member))
 
 
 class PackRoom:
@@ -139,7 +141,8 @@ class PackRoom:
     with --pack K a model that fits alone but not K times trains in packs that fit, the
     other runs waiting for the next claim, instead of every member failing with the pack."""
 
-    def __init__(self):
+    def __init__(self, share: float = 1.0):
+        self.share = share  # of the device's memory this agent's packs may plan to use
         self.largest: dict = {}  # pack key -> the most members, None where it cannot be told
 
     def cap(self, key, size: int, config: Callable[[], object]) -> int:
@@ -154,7 +157,7 @@ class PackRoom:
 
             try:
                 made = config()
-                self.largest[key] = largest_pack(made, pick_device(made.device))
+                self.largest[key] = largest_pack(made, pick_device(made.device), self.share)
             except Exception:  # noqa: BLE001 (the trial refuses the run, saying why)
                 self.largest[key] = None
         largest = self.largest[key]
