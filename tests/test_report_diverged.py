@@ -161,3 +161,55 @@ def test_a_bend_says_that_it_pools_over_the_other_parameters(sweeps):
         assert (float(lr), float(dropout)) == (best.config["lr"], best.config["dropout"])
     windows = [line for line in text.splitlines() if "lr within" in line]
     assert windows and all("(pooled over dropout)" in line for line in windows), windows
+
+
+def test_the_importance_and_the_correlation_leave_diverged_runs_out(sweeps):
+    """The importance table's r and the Pearson sentence are over the runs that did not
+    diverge, as the tables and the sensitivity plot: with the lr 30 losses of 24 to 100 in,
+    r(log10 lr, val/loss) was dominated by them (positive, though the loss falls with lr
+    up to where runs diverge)."""
+    ctx, text = sweeps["plain"]["ctx"], sweeps["plain"]["text"]
+    kept = [r for r in ctx.scored if ctx.group_of(r) != stats.DIVERGED]
+    left_out = len(ctx.scored) - len(kept)
+    assert left_out >= 4
+    r = stats.correlation(np.log10([run.config["lr"] for run in kept]),
+                          np.asarray([run.metric("val/loss") for run in kept]))
+    importance = section(text, "## Hyper-parameter importance\n")
+    assert f"Left out: {left_out} runs that diverged" in importance
+    (row,) = [line for line in importance.splitlines() if line.startswith("| lr |")]
+    assert float(row.split("|")[3]) == pytest.approx(r, abs=1e-3)
+    (line,) = [line for line in text.splitlines() if line.startswith("- Pearson r(")]
+    assert line.startswith(f"- Pearson r(log10 lr, val/loss) over all runs less the "
+                           f"{left_out} that diverged is {r:+.2f}"), line
+
+
+def test_a_heat_map_cell_leaves_its_diverged_runs_out(tmp_path):
+    """A cell pools the runs that differ in no axis (here lr, the third numeric parameter):
+    where lr 30 diverged and lr 1 did not, the cell is the mean of the lr 1 run alone and
+    says "1 div" (a loss of 24 or more was averaged in, a colour scale set by it), and
+    where both diverged it is "div"."""
+    sweep = run_sweep(tmp_path, "pooled", {
+        **SWEEP, "parameters": {**SWEEP["parameters"], "optimizer": {"value": "sgd"},
+                                "dropout": {"values": [0.0, 0.15, 0.3]},
+                                "hidden": {"values": [16, 24, 32]},
+                                "lr": {"values": [1.0, 30.0]}}})
+    ctx = sweep["ctx"]
+    drawn = sweep["report"].figures["grid_heatmap.png"]
+    (ax,) = [ax for ax in drawn.axes if ax.images]
+    cells = np.ma.filled(ax.images[0].astype(float), np.nan)
+    rows, cols = ax.ylabel, ax.xlabel
+    assert {rows, cols} == {"dropout", "hidden"}
+    levels = {name: sorted({r.config[name] for r in ctx.study.runs}) for name in (rows, cols)}
+    partly = 0
+    for i, row in enumerate(levels[rows]):
+        for j, col in enumerate(levels[cols]):
+            cell = [r for r in ctx.scored if r.config[rows] == row and r.config[cols] == col]
+            kept = [r.metric("val/loss") for r in cell if ctx.group_of(r) != stats.DIVERGED]
+            if kept:
+                assert cells[i, j] == pytest.approx(np.mean(kept))
+            else:
+                assert np.isnan(cells[i, j])
+            partly += 0 < len(kept) < len(cell)
+    assert partly >= 1
+    assert sum(text.endswith("\n1 div") for text in ax.texts) == partly
+    assert "A cell where only some did is the mean of the others" in sweep["text"]

@@ -94,20 +94,25 @@ def heatmap_section(report: Report, ctx: Context) -> None:
         values = np.full((len(rows), len(cols)), np.nan)
         notes = [["" for _ in cols] for _ in rows]
         stopped = [[False for _ in cols] for _ in rows]
+        left_out = [[0 for _ in cols] for _ in rows]
         for i, j in itertools.product(range(len(rows)), range(len(cols))):
             cell = [r for r in mine if value(r, row) == rows[i]
                     and (col is None or value(r, col) == cols[j])]
-            scores = [r.metric(metric) for r in cell if r.metric(metric) is not None]
             most = max(most, len(cell))
+            # a diverged run's last value means nothing: the cell's mean is of the others
             diverged = [r for r in cell if ctx.group_of(r) == stats.DIVERGED]
-            if scores and not (diverged and len(diverged) == len(cell)):
+            scores = [r.metric(metric) for r in cell
+                      if r not in diverged and r.metric(metric) is not None]
+            if scores:
                 values[i, j] = float(np.mean(scores))
             notes[i][j] = "div" if diverged else ("–" if not cell else "no value")
+            left_out[i][j] = len(diverged) if scores else 0
             stopped[i][j] = any(stats.stopped_early(r) for r in cell)
             cut_short += [r for r in cell if stats.stopped_early(r)]
         title = ", ".join(f"{f}={short_number(v)}" for f, v in zip(facets, key)) or "all runs"
-        panels.append(HeatPanel(title, values, notes, stopped))
+        panels.append(HeatPanel(title, values, notes, stopped, left_out))
     shown = [v for p in panels for v in p.values.ravel() if np.isfinite(v)]
+    partly = sum(n for p in panels for line in p.diverged for n in line)
     low, high = (min(shown), max(shown)) if shown else (0.0, 1.0)
     minimize = study.goal == "minimize"
     chance = _chance(ctx)
@@ -124,7 +129,10 @@ def heatmap_section(report: Report, ctx: Context) -> None:
                + ("one panel per " + " x ".join(f"`{f}`" for f in facets) if facets
                   else "one panel") + f"; {cells}. The colour "
                f"runs from {where} to the best cell ({best:.2f}, bright); \"div\" marks a "
-               "cell with a run that diverged (its last value means nothing)."
+               "cell whose every run diverged (a diverged run's last value means nothing)."
+               + (f" A cell where only some did is the mean of the others, its diverged "
+                  f"runs counted under it (\"1 div\"; {partly} run"
+                  f"{'s' if partly != 1 else ''} in all)." if partly else "")
                + (f" {STOPPED_MARK} marks a cell holding a run the sweep's early termination "
                   f"(hyperband) stopped ({len(cut_short)} run"
                   f"{'s' if len(cut_short) != 1 else ''} in all): its value is the one at the "
@@ -133,6 +141,12 @@ def heatmap_section(report: Report, ctx: Context) -> None:
                                ctx.out_dir / "grid_heatmap.png", f"{metric} over the grid",
                                flip_rows=spans_decades(rows), lower_is_better=minimize),
                   "heat map of the grid")
+
+
+def not_diverged(ctx: Context, runs: list[RunRecord]) -> list[RunRecord]:
+    """`runs` less those that diverged: their last value means nothing (the heat map's
+    "div"), and a loss of 90 among losses near 1 would set any mean or correlation."""
+    return [r for r in runs if ctx.group_of(r) != stats.DIVERGED]
 
 
 def _chance(ctx: Context) -> float | None:
@@ -182,7 +196,7 @@ def marginal_section(report: Report, ctx: Context) -> None:
     if not panels:
         return
     metric = ctx.study.metric
-    kept = [r for r in ctx.scored if ctx.group_of(r) != stats.DIVERGED]
+    kept = not_diverged(ctx, ctx.scored)
     diverged = len(ctx.scored) - len(kept)
     report.add("## Sensitivity to each parameter", "",
                f"For each parameter: `{metric}` at each of its values, averaged over every "
@@ -283,8 +297,10 @@ def _pooled(ctx: Context, name: str, split: str | None) -> str:
 def _correlation_caveat(ctx: Context, name: str) -> list[str]:
     metric = ctx.study.metric
     numeric = [r for r in using(ctx.scored, name) if isinstance(value(r, name), (int, float))]
-    # as in the importance table: a stopped run's value is not a final one
-    runs = stats.full_length(numeric)
+    # as in the importance table: a stopped run's value is not a final one, nor a diverged one's
+    full = stats.full_length(numeric)
+    runs = not_diverged(ctx, full)
+    cut_short, diverged = len(numeric) - len(full), len(full) - len(runs)
     x = stats.numeric_values([value(r, name) for r in runs])
     if x is None or len(runs) < 4:
         return []
@@ -294,7 +310,9 @@ def _correlation_caveat(ctx: Context, name: str) -> list[str]:
     for group in (_levels(ctx.study.runs, split) if split else [None]):
         # (`runs` has no run hyperband stopped early: a partial value is no evidence of a bend)
         mine = [r for r in runs if split is None or value(r, split) == group]
-        levels = _levels(mine, name)
+        # the range tried: a best run below the values that diverged is inside it, where
+        # the relation bends (worse to one side, diverged to the other)
+        levels = _levels([r for r in full if split is None or value(r, split) == group], name)
         top = mine[0].metric(metric) if mine else None
         # a peak inside the range: the best run is inside, and no run at either end comes
         # within NEAR_BEST of it (a tie at an end is a rise to that end, not a bend)
@@ -314,8 +332,10 @@ def _correlation_caveat(ctx: Context, name: str) -> list[str]:
     if r_all is None:
         return []
     over = "the runs that use it" if used_in(ctx.scored, name) else "all runs"
-    if len(runs) < len(numeric):
-        over += f" less the {len(numeric) - len(runs)} stopped early"
+    less = ([f"{cut_short} stopped early"] if cut_short else []) \
+        + ([f"{diverged} that diverged"] if diverged else [])
+    if less:
+        over += " less the " + " and the ".join(less)
     text = f"Pearson r({axis}, {metric}) over {over} is {r_all:+.2f}"
     if bends:
         return [text + ", yet " + "; ".join(bends) + ": inside the range, so the relation "
@@ -390,15 +410,20 @@ def _stopped_left_out(count: int) -> str:
 def importance_section(report: Report, ctx: Context) -> None:
     study = ctx.study
     axes = [a for a in ctx.swept if a != "seed"]
-    # a run early termination stopped holds its value at that epoch, not a final one
+    # a run early termination stopped holds its value at that epoch, not a final one; a
+    # diverged run's last value means nothing (a loss of 90 would set every correlation)
     full = stats.full_length(ctx.scored)
     cut_short = len(ctx.scored) - len(full)
-    left_out = f" {_stopped_left_out(cut_short)}" if cut_short else ""
+    kept = not_diverged(ctx, full)
+    diverged = len(full) - len(kept)
+    full = kept
+    left_out = (f" {_stopped_left_out(cut_short)}" if cut_short else "") \
+        + (f" {diverged_left_out(diverged)}." if diverged else "")
     rows = stats.importance(full, axes, study.metric)
     report.add("## Hyper-parameter importance", "")
     if not rows:
-        report.add("Needs at least 4 ended runs with a metric (not stopped early) and one "
-                   "varying parameter." + left_out, "")
+        report.add("Needs at least 4 ended runs with a metric (not stopped early, not "
+                   "diverged) and one varying parameter." + left_out, "")
         return
     values = {r.metric(study.metric) for r in full}
     if len(values) == 1:
@@ -412,6 +437,7 @@ def importance_section(report: Report, ctx: Context) -> None:
                "categorical parameters one-hot encoded, their columns summed) and the "
                "Pearson correlation of numeric parameters (log10 of those spanning two "
                "decades or more), as in W&B's parameter-importance panel, over all runs"
+               + (" that did not diverge" if diverged else "")
                + (" and within each optimizer" if split else "") + ". A correlation only "
                "measures a straight-line trend: read it beside the sensitivity plot."
                + left_out, "")

@@ -36,6 +36,8 @@ class HeatPanel:
     notes: list[list[str]]  # (rows, cols) text for cells without a value ("div", "")
     # (rows, cols) True where the cell holds a run early termination stopped (a partial value)
     stopped: list[list[bool]] | None = None
+    # (rows, cols) the diverged runs left out of a cell's value (the others' mean)
+    diverged: list[list[int]] | None = None
 
 
 def heatmap_grid(panels: list[HeatPanel], row_label: str, row_values: list,
@@ -45,7 +47,8 @@ def heatmap_grid(panels: list[HeatPanel], row_label: str, row_values: list,
     """One annotated heat map per panel: rows x columns of the metric (viridis from `low`,
     e.g. chance, dark, to `high`, bright; reversed when `lower_is_better`, a loss: the best
     is bright either way), each cell written; a cell without a value shows its note; a
-    cell holding a run stopped early is written with a `*`, which the title explains.
+    cell holding a run stopped early is written with a `*`, which the title explains; a
+    cell whose value left diverged runs out says how many ("1 div").
     `flip_rows` puts the last row value on top."""
     if any(any(map(any, p.stopped)) for p in panels if p.stopped):
         title += (f"\n{STOPPED_MARK}: the cell holds a run stopped early (hyperband): "
@@ -67,6 +70,8 @@ def heatmap_grid(panels: list[HeatPanel], row_label: str, row_values: list,
             text = f"{value:.2f}" if np.isfinite(value) else panel.notes[i][j]
             if panel.stopped and panel.stopped[i][j]:
                 text += STOPPED_MARK
+            if panel.diverged and panel.diverged[i][j] and np.isfinite(value):
+                text += f"\n{panel.diverged[i][j]} div"
             level = norm(value) if np.isfinite(value) else 0.0
             bright = np.isfinite(value) and (1 - level if lower_is_better else level) > 0.6
             ax.text(j, i, text, ha="center", va="center", fontsize=7,
