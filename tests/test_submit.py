@@ -163,10 +163,15 @@ def test_a_pbs_jobs_program_runs_find_python_on_a_node_whose_path_has_none(workd
     refused = launch(workdir, "own.yaml", "--pbs", "1", "--gpus-per-job", "0",
                      path=f"{fake_scheduler_bin(aux)}:{os.environ['PATH']}")
     assert refused.returncode == 2
-    assert refused.stderr.startswith("error: own.yaml: program 'report.py' is outside this "
-                                     f"project ({ROOT}), and a PBS job runs in $SCRATCHDIR"), \
+    assert refused.stderr.startswith("error: own.yaml: program 'report.py' is no file of this "
+                                     f"project ({ROOT}), and a PBS job runs from a copy"), \
         refused.stderr
     assert sorted(p.name for p in workdir.iterdir()) == ["own.yaml", "report.py"]
+    # given by its absolute path, the job reads it where it is (storage the nodes share)
+    (workdir / "own.yaml").write_text(yaml.safe_dump(
+        {**config, "program": str(workdir / "report.py")}))
+    dry = launch(workdir, "own.yaml", "--pbs", "1", "--gpus-per-job", "0", "--dry-run")
+    assert dry.returncode == 0, dry.stderr
     # a program in the project's folder (its tests/programs), run from the job's copy
     store = create_store(workdir / "data" / "sweeps" / "own", "own", "own",
                          {**config, "program": "tests/programs/which_python.py"})

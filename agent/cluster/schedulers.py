@@ -41,6 +41,7 @@ class Scheduler:
     template = ""       # under templates/
     queue_option = ""   # the option naming a queue or partition
     default_scratch: str | None = None
+    checks_program = False  # whether check_program has anything to check
     watch = ""          # how to watch the jobs
     status_note = ""    # said after the progress command
 
@@ -142,7 +143,8 @@ class Scheduler:
         """UserError when `count` jobs cannot share one local sweep."""
 
     def check_program(self, where: str, sweep_config: dict) -> None:
-        """UserError when the jobs cannot run the program of `sweep_config` (named `where`)."""
+        """UserError when the jobs cannot run the program of `sweep_config` (named `where`);
+        asked only where `checks_program`."""
 
     def sweep_in_job(self, local_sweep: Path) -> str:
         """The launcher's target for a local sweep, as the job sees it."""
@@ -197,21 +199,25 @@ class PBS(Scheduler):
                             "--gpus-per-job K (K agents on one node) or a W&B sweep (wandb "
                             "sweep FILE)")
 
+    checks_program = True
+
     def check_program(self, where: str, sweep_config: dict) -> None:
-        # A job runs in $SCRATCHDIR on a copy of this project (the code, without NOT_CODE):
-        # another program's file elsewhere is not there, and every run would fail
+        # A job's agents run in $SCRATCHDIR on a copy of this project (the code, without
+        # NOT_CODE): a relative program path is found there only if it is a file of the
+        # project; an absolute one is read where it is (shared storage), as given
         from agent.sweep.program import runs_our_trainer
 
         program = sweep_config.get("program")
         if not isinstance(program, str) or runs_our_trainer(sweep_config):
             return
-        path = Path(program).expanduser()
-        path = path if path.is_absolute() else Path.cwd() / path
-        if path.is_file() and not path.resolve().is_relative_to(CODE_DIR.resolve()):
-            raise UserError(f"{where}: program {program!r} is outside this project "
-                            f"({CODE_DIR}), and a PBS job runs in $SCRATCHDIR on a copy of "
-                            "the project only: put the program in the project's folder, or "
-                            "use --slurm (its jobs run in the submit directory)")
+        path = Path(program)
+        a_file = path.suffix == ".py" or len(path.parts) > 1  # not a module for `-m`
+        if a_file and not path.is_absolute() and not (CODE_DIR / path).is_file():
+            raise UserError(f"{where}: program {program!r} is no file of this project "
+                            f"({CODE_DIR}), and a PBS job runs from a copy of the project in "
+                            "$SCRATCHDIR: put the program in the project's folder, give its "
+                            "absolute path on storage the nodes share, or use --slurm (its "
+                            "jobs run in the submit directory)")
 
     def sweep_in_job(self, local_sweep: Path) -> str:
         return f"data/sweeps/{local_sweep.name}"  # the copy in scratch

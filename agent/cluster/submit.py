@@ -147,7 +147,7 @@ def resolve_job_target(text: str, project: str | None, scheduler: Scheduler, cou
         if note:
             print(note, file=sys.stderr)
         return target
-    elif not dry_run:  # a dry run writes nothing: not even the -shm file reading would make
+    elif scheduler.checks_program and not dry_run:  # a dry run writes nothing (not even -shm)
         store = SweepStore(target.store_path, read_only=True)
         try:
             config = store.sweep().config
