@@ -213,3 +213,26 @@ def test_a_heat_map_cell_leaves_its_diverged_runs_out(tmp_path):
     assert partly >= 1
     assert sum(text.endswith("\n1 div") for text in ax.texts) == partly
     assert "A cell where only some did is the mean of the others" in sweep["text"]
+
+
+def test_a_sweep_whose_every_run_diverged_names_no_best_run(tmp_path):
+    """sgd at lr 30 and 60 on digits: every run diverges (checked from the report's own
+    rule). No section names a best run or a best setting, the heat map says no cell has a
+    value, and no weight figure is drawn from garbage weights."""
+    config = {**SWEEP, "metric": {"name": "val/acc", "goal": "maximize"},
+              "parameters": {**SWEEP["parameters"], "epochs": {"value": 2},
+                             "optimizer": {"value": "sgd"}, "lr": {"values": [30.0, 60.0]}}}
+    swept = run_sweep(tmp_path, "alldiv", config)
+    ctx, text = swept["ctx"], swept["text"]
+    assert ctx.scored and diverged_ids(ctx) == {r.id for r in ctx.scored}  # the premise
+    assert "## The best run\n" in text  # no run id in its title
+    best = section(text, "## The best run")
+    assert "None: every run with a value of val/acc diverged (4)" in best, best
+    assert not any(r.id in best for r in ctx.scored)
+    observations = section(text, "## Observations")
+    assert "every run (4) diverged: no setting is best" in observations, observations
+    assert "best val/acc" not in observations and "within 0.02" not in observations
+    assert "No cell has a value" in section(text, "## The whole grid")
+    assert "every run with a value of val/acc diverged" in section(
+        text, "## Weight distributions per layer")
+    assert not list((tmp_path / "reports").glob("*/weights_*.png"))

@@ -125,10 +125,11 @@ def heatmap_section(report: Report, ctx: Context) -> None:
     cells = (f"each cell is the mean of its runs (up to {most}: "
              + ("the sweep's seeds" if "seed" in ctx.swept else "runs that differ in no axis")
              + "; a cell's best single run can be better)" if most > 1 else "one run a cell")
+    colours = (f"The colour runs from {where} to the best cell ({best:.2f}, bright)" if shown
+               else "No cell has a value")
     report.add(f"`{metric}` of the runs: {axes}, "
                + ("one panel per " + " x ".join(f"`{f}`" for f in facets) if facets
-                  else "one panel") + f"; {cells}. The colour "
-               f"runs from {where} to the best cell ({best:.2f}, bright); \"div\" marks a "
+                  else "one panel") + f"; {cells}. {colours}; \"div\" marks a "
                "cell whose every run diverged (a diverged run's last value means nothing)."
                + (f" A cell where only some did is the mean of the others, its diverged "
                   f"runs counted under it (\"1 div\"; {partly} run"
@@ -232,10 +233,13 @@ def observations(ctx: Context) -> list[str]:
 def _best_per_combination(ctx: Context, categorical: list[str], numeric: list[str]) -> list:
     metric, out = ctx.study.metric, []
     for key in itertools.product(*(_levels(ctx.study.runs, c) for c in categorical)):
-        mine = [r for r in ctx.scored if all(value(r, c) == v for c, v in zip(categorical, key))]
+        every = [r for r in ctx.scored if all(value(r, c) == v for c, v in zip(categorical, key))]
+        mine = not_diverged(ctx, every)
+        name = ", ".join(f"{c}={v}" for c, v in zip(categorical, key)) or "all runs"
+        if every and not mine:
+            out.append(f"{name}: every run ({len(every)}) diverged: no setting is best.")
         if not mine:
             continue
-        name = ", ".join(f"{c}={v}" for c, v in zip(categorical, key)) or "all runs"
         top = mine[0].metric(metric)
         ties = sum(1 for r in mine[1:] if r.metric(metric) == top)
         if ties and ties == len(mine) - 1:  # one value in every run: no setting is best
@@ -257,27 +261,31 @@ def _windows_and_failures(ctx: Context, name: str) -> list[str]:
     for group in (_levels(ctx.study.runs, split) if split else [None]):
         runs = [r for r in using(ctx.study.runs, name)
                 if split is None or value(r, split) == group]
-        scored = [r for r in ctx.scored if r in runs]
-        if not scored:
+        if not any(r in runs for r in ctx.scored):
             continue
-        top = scored[0].metric(metric)  # scored runs are best first, by the sweep's goal
-        good = sorted({value(r, name) for r in scored
-                       if abs(r.metric(metric) - top) <= NEAR_BEST})
+        # a diverged run's last value means nothing: the best and its window are the others'
+        scored = not_diverged(ctx, [r for r in ctx.scored if r in runs])
         # runs the sweep stopped early (hyperband) were cut short: no verdict on a setting
         full = [r for r in runs if r.state != "stopped"]
         failed = [lv for lv in _levels(full, name)
                   if all(ctx.group_of(r) in FAILED for r in full if value(r, name) == lv)]
         who = ((f"{split}={group}" if split else "all runs") + used_in(ctx.study.runs, name)
                + _pooled(ctx, name, split))
-        text = (f"{who}: {name} within {NEAR_BEST:g} of its best ({top:.4f}"
-                f"{stopped_text(scored[0])}): "
-                + ", ".join(short_number(v) for v in good))
+        parts = []
+        if scored:
+            top = scored[0].metric(metric)  # scored runs are best first, by the sweep's goal
+            good = sorted({value(r, name) for r in scored
+                           if abs(r.metric(metric) - top) <= NEAR_BEST})
+            parts.append(f"{name} within {NEAR_BEST:g} of its best ({top:.4f}"
+                         f"{stopped_text(scored[0])}): "
+                         + ", ".join(short_number(v) for v in good))
         if failed:
             count = sum(1 for r in full if value(r, name) in failed)
-            text += (f"; at {name}=" + ", ".join(short_number(v) for v in failed)
-                      + f" every run diverged or got stuck ({count} run"
-                      + ("s)" if count != 1 else ")"))
-        out.append(text + ".")
+            parts.append(f"at {name}=" + ", ".join(short_number(v) for v in failed)
+                         + f" every run diverged or got stuck ({count} run"
+                         + ("s)" if count != 1 else ")"))
+        if parts:
+            out.append(f"{who}: " + "; ".join(parts) + ".")
     return out
 
 

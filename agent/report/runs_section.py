@@ -190,8 +190,17 @@ def training_series(ctx: Context, run: RunRecord, steps: bool) -> figures.Traini
 
 
 def best_run_section(report: Report, ctx: Context) -> None:
-    study, top = ctx.study, ctx.scored[0]
-    tied = [r.id for r in ctx.scored[1:] if r.metric(study.metric) == top.metric(study.metric)]
+    study = ctx.study
+    # a diverged run's last value means nothing: it is no best run, whatever it reads
+    ranked = [r for r in ctx.scored if ctx.group_of(r) != stats.DIVERGED]
+    if not ranked:
+        report.add("## The best run", "",
+                   f"None: every run with a value of {study.metric} diverged "
+                   f"({len(ctx.scored)}), and a diverged run's last value means nothing; "
+                   "they are listed under the diverged runs above.", "")
+        return
+    top = ranked[0]
+    tied = [r.id for r in ranked[1:] if r.metric(study.metric) == top.metric(study.metric)]
     report.add(f"## The best run: {top.id}", "",
                f"{study.metric} = {fmt(top.metric(study.metric))}{stopped_text(top)}, "
                "test/acc = "

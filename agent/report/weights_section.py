@@ -60,6 +60,9 @@ def weights_section(report: Report, ctx: Context) -> None:
                "shape and width of each violin is the distribution; the number above it, its "
                "standard deviation.", "")
     kept = [r for r in ctx.scored if ctx.group_of(r) != stats.DIVERGED]
+    if not kept:
+        report.add(f"None here: every run with a value of {ctx.study.metric} diverged.", "")
+        return
     for model_name in sorted({r.params.model for r in ctx.scored}):
         # runs of one model whose layers differ in shape (channels [8, 16] or [16, 32]) are
         # architectures of their own: their weights and initial widths differ by construction
