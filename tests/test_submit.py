@@ -514,6 +514,30 @@ def test_slurm_task_on_another_node_than_its_local_sweep_leaves_saying_why(
 
 @pytest.mark.e2e
 @pytest.mark.timeout(120)
+def test_slurm_first_task_of_a_local_sweep_records_its_node_with_no_stray_file(workdir, aux):
+    """The first task on a sweep links its record into place: no `mv: ... are the same
+    file` in its job log, no node.<pid> left beside the record."""
+    make_sweep(workdir, "firstnode", {"lr": {"value": 0.1}, "epochs": {"value": 1}})
+    bin_dir = fake_scheduler_bin(aux, "sbatch")
+    result = launch(workdir, "firstnode", "--slurm", "1", "--gpus-per-job", "0",
+                    path=f"{bin_dir}:{os.environ['PATH']}")
+    assert result.returncode == 0, result.stderr
+    script = Path((aux / "sbatch.log").read_text().split()[-1])  # after --parsable
+    task = subprocess.run(["bash", str(script)], cwd=aux, timeout=120, capture_output=True,
+                          text=True, env=subprocess_env(
+                              PATH=f"{bin_dir}:{os.environ['PATH']}", OMP_NUM_THREADS="1",
+                              SLURM_ARRAY_JOB_ID="77"))
+    assert task.returncode == 0, task.stderr[-2000:]
+    assert "same file" not in task.stderr, task.stderr[-2000:]
+    record = workdir / "data" / "sweeps" / "firstnode" / "node"
+    assert record.read_text().split() == [socket.gethostname(), "77"]
+    assert [p.name for p in record.parent.glob("node.*")] == []
+    runs = stored_runs(workdir / "data" / "sweeps" / "firstnode" / "sweep.db")
+    assert [r.state for r in runs] == ["finished"]
+
+
+@pytest.mark.e2e
+@pytest.mark.timeout(120)
 def test_container_mode_runs_the_agents_through_apptainer(workdir):
     make_sweep(workdir, "box", {"lr": {"value": 0.1}})
     (workdir / "sweep.sif").write_bytes(b"stand-in image")

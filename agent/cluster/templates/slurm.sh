@@ -34,7 +34,9 @@ cd {{ submit_dir }} || exit 1
 sweep_dir={{ local_sweep }}
 host="$(hostname)"
 echo "$host ${SLURM_ARRAY_JOB_ID:-${SLURM_JOB_ID:-0}}" > "$sweep_dir/node.$$"
-ln "$sweep_dir/node.$$" "$sweep_dir/node" 2>/dev/null
+# The first task on the sweep: its record is in place, the name it was written under goes
+# (left, it would be the same file as the record, which mv below refuses to move onto it)
+if ln "$sweep_dir/node.$$" "$sweep_dir/node" 2>/dev/null; then rm -f "$sweep_dir/node.$$"; fi
 read -r node holder < "$sweep_dir/node"
 if [ "$node" != "$host" ]; then
   # Only squeue's word that the holder is gone frees the sweep: no squeue, no take-over.
