@@ -72,3 +72,46 @@ def test_hints_printed_in_another_folder_run_when_pasted_there(tmp_path):
     resumed = subprocess.run(again, shell=True, cwd=study, env=env, capture_output=True,
                              text=True, timeout=200)
     assert resumed.returncode == 0, resumed.stderr[-2000:]
+
+
+def pasted(hint: str, cwd, **replace: str) -> subprocess.CompletedProcess:
+    """`hint` run by a shell in `cwd` as a user pastes it: no PYTHONPATH of ours, no venv."""
+    for placeholder, value in replace.items():
+        hint = hint.replace(placeholder, value)
+    env = subprocess_env()
+    env.pop("PYTHONPATH")
+    env.pop(ROOT_VARIABLE, None)
+    return subprocess.run(hint, shell=True, cwd=cwd, env=env, capture_output=True, text=True,
+                          timeout=120)
+
+
+@pytest.mark.e2e
+@pytest.mark.timeout(200)
+def test_the_list_of_sweeps_names_a_status_command_that_runs_when_pasted(tmp_path):
+    from agent.sweep.store import create_store
+
+    create_store(tmp_path / "data" / "sweeps" / "abc", "abc", "listed", {
+        "program": "agent/train.py", "method": "grid",
+        "parameters": {"dataset": {"value": "digits"}, "lr": {"values": [0.1]}}}).close()
+    listed = pasted(f"{ROOT}/util/with_venv.sh python -m agent.status", tmp_path)
+    assert listed.returncode == 0, listed.stderr
+    hint = listed.stdout.rsplit("one sweep's runs:", 1)[1].strip()
+    shown = pasted(hint, tmp_path, **{"<sweep>": "abc"})
+    assert shown.returncode == 0, f"{hint}: {shown.stderr}"
+    assert "sweep abc (listed" in shown.stdout
+
+
+@pytest.mark.e2e
+@pytest.mark.timeout(200)
+def test_a_report_refused_for_another_program_names_a_status_command_that_runs(tmp_path):
+    from agent.sweep.store import create_store
+
+    create_store(tmp_path / "data" / "sweeps" / "own", "own", "own", {
+        "program": "train.py", "method": "grid",
+        "parameters": {"a": {"values": [1]}}}).close()
+    refused = pasted(f"{ROOT}/util/with_venv.sh python -m agent.report own", tmp_path)
+    assert refused.returncode == 2 and "another program" in refused.stderr, refused.stderr
+    hint = refused.stderr.split("see its runs with ", 1)[1].split(",")[0]
+    shown = pasted(hint, tmp_path)
+    assert shown.returncode == 0, f"{hint}: {shown.stderr}"
+    assert "sweep own (own" in shown.stdout

@@ -388,7 +388,8 @@ def render_sweeps(directory: Path, console: Console | None = None) -> None:
                       f"{sum(r.state in ENDED for r in current)}/{planned}",
                       time.strftime("%Y-%m-%d %H:%M", time.localtime(sweep.created)))
     console.print(table)
-    console.print("one sweep's runs: python -m agent.status <sweep>", highlight=False)
+    console.print(f"one sweep's runs: {script('util/with_venv.sh')} python -m agent.status "
+                  "<sweep>", highlight=False, soft_wrap=True)  # a command: one line to paste
 
 
 def main(argv: list[str] | None = None) -> int:
