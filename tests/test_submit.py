@@ -536,6 +536,24 @@ def test_slurm_first_task_of_a_local_sweep_records_its_node_with_no_stray_file(w
     assert [r.state for r in runs] == ["finished"]
 
 
+@pytest.mark.timeout(120)
+def test_sbatch_refusing_the_gpus_asked_for_by_default_says_how_to_ask_for_none(workdir, aux):
+    """A CPU-only cluster refuses --gres=gpu:1 (the default --gpus-per-job 1): the one line
+    says how to run CPU agents instead."""
+    make_sweep(workdir, "nogpu", {"lr": {"value": 0.1}})
+    bin_dir = aux / "bin"
+    bin_dir.mkdir()
+    (bin_dir / "sbatch").write_text("#!/bin/sh\necho 'sbatch: error: Invalid generic resource "
+                                    "(gres) specification' >&2\nexit 1\n")
+    (bin_dir / "sbatch").chmod(0o755)
+    result = launch(workdir, "nogpu", "--slurm", "1", path=f"{bin_dir}:{os.environ['PATH']}")
+    assert result.returncode == 2, result.stdout + result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1, result.stderr
+    assert "Invalid generic resource" in result.stderr
+    assert "--gpus-per-job 0" in result.stderr
+    assert not (workdir / "data" / "jobs").exists()
+
+
 @pytest.mark.e2e
 @pytest.mark.timeout(120)
 def test_container_mode_runs_the_agents_through_apptainer(workdir):

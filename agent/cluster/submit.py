@@ -32,6 +32,7 @@ import textwrap
 import time
 from pathlib import Path
 
+from agent.cluster.jobs import JobSpec
 from agent.cluster.schedulers import SCHEDULERS, Scheduler
 from agent.commands import script
 from agent.sweep.store import SweepStore
@@ -210,6 +211,15 @@ def _after_failure(failure: SubmitFailed, job_dir: Path, made: Path | None,
             f"in {job_dir}/){where}")
 
 
+def _gpu_hint(failure: SubmitFailed, spec: JobSpec) -> str:
+    """How to ask for no GPU, when the scheduler refused the GPUs asked for (SLURM's 'Invalid
+    generic resource' on a cluster without them: --gpus-per-job is 1 unless told)."""
+    if spec.gpus and "generic resource" in str(failure):
+        return (f" (the jobs asked for {spec.gpus} GPU(s) each: on a cluster without GPUs, "
+                "--gpus-per-job 0 runs CPU agents)")
+    return ""
+
+
 def submit_from_args(args: argparse.Namespace, argv: list[str] | None = None) -> int:
     """The launcher's --pbs/--slurm branch: validate, make the sweep if needed, submit."""
     argv = sys.argv[1:] if argv is None else argv
@@ -236,7 +246,7 @@ def submit_from_args(args: argparse.Namespace, argv: list[str] | None = None) ->
         ids = submit(scheduler.scripts(spec), scheduler, args.dry_run, job_dir)
     except SubmitFailed as failure:
         raise UserError(_after_failure(failure, job_dir, local if target.kind == "yaml"
-                                       else None, local)) from None
+                                       else None, local) + _gpu_hint(failure, spec)) from None
     if ids:
         if target.kind == "yaml" and local is not None:
             print(f"Created local sweep {local.name} in {local}")
