@@ -171,6 +171,23 @@ def test_a_nested_metric_is_read_by_its_dotted_name_and_a_hidden_history_is_said
 
 @pytest.mark.e2e
 @pytest.mark.timeout(200)
+def test_a_metric_name_the_program_never_logs_is_said_with_what_it_logged(workdir):
+    """A sweep whose metric has a typo (`val_los`; the program logs `val_loss`): the run
+    finishes, and the note names what the run logged and the closest name."""
+    store = make_sweep(workdir, {"lr": {"values": [0.5]}, "epochs": {"value": 1},
+                                 "seconds_per_epoch": {"value": 0.1}},
+                       metric={"name": "val_los", "goal": "minimize"})
+    result = run_agent(workdir, store)
+    assert result.returncode == 0, result.stderr[-3000:]
+    (line,) = [x for x in result.stderr.splitlines() if x.startswith("note: run ")]
+    assert "logged no 'val_los' in " in line and "(it logged " in line, line
+    assert "val_loss" in line.split("(it logged ")[1]
+    assert line.endswith("did you mean 'val_loss'?): the sweep's search and early "
+                         "termination saw no value of it"), line
+
+
+@pytest.mark.e2e
+@pytest.mark.timeout(200)
 @pytest.mark.parametrize("activated, with_wandb", [("VIRTUAL_ENV", True), ("CONDA_PREFIX", True),
                                                  (None, True), ("CONDA_PREFIX", False)])
 def test_a_program_runs_with_the_python_of_the_callers_activated_environment(workdir,

@@ -166,6 +166,21 @@ class PackOutcome:
     preempted: bool = False  # SIGTERM/SIGINT ended it; the agent stops
 
 
+
+def logged_names(summary: dict, metric: str) -> str:
+    """' (it logged a, b; did you mean a?)': the numbers a run of another program logged
+    (its W&B summary, by their dotted names) when it logged none under the sweep's metric,
+    with the closest name; '' when it logged none."""
+    import difflib
+
+    names = sorted(name for name, value in summary.items() if not name.startswith("_")
+                   and isinstance(value, (int, float)) and not isinstance(value, bool))
+    if not names:
+        return ""
+    close = difflib.get_close_matches(metric, names, n=1)
+    shown = ", ".join(names[:8]) + (", ..." if len(names) > 8 else "")
+    return f" (it logged {shown}" + (f"; did you mean {close[0]!r}?)" if close else ")")
+
 class LocalAgent:
     """Claims packs of runs from a local sweep store and trains each pack in this process."""
 
@@ -330,9 +345,9 @@ class LocalAgent:
         if metric and value is None and result.state == "finished":
             where = program.run_file(self.wandb_dir, command.run_id)
             print(f"note: run {command.run_id} logged no {metric!r} "
-                  + (f"in {where}" if where else f"where its agent reads it (WANDB_DIR="
-                     f"{Path(self.wandb_dir).resolve()}; a wandb.init(dir=...) of its own "
-                     "hides its history)")
+                  + (f"in {where}{logged_names(result.summary, metric)}" if where else
+                     f"where its agent reads it (WANDB_DIR={Path(self.wandb_dir).resolve()}; "
+                     "a wandb.init(dir=...) of its own hides its history)")
                   + ": the sweep's search and early termination saw no value of it",
                   file=sys.stderr, flush=True)
         if result.state == "failed":
