@@ -100,7 +100,7 @@ def heatmap_section(report: Report, ctx: Context) -> None:
                     and (col is None or value(r, col) == cols[j])]
             most = max(most, len(cell))
             # a diverged run's last value means nothing: the cell's mean is of the others
-            diverged = [r for r in cell if ctx.group_of(r) == stats.DIVERGED]
+            diverged = [r for r in cell if ctx.diverged(r)]
             scores = [r.metric(metric) for r in cell
                       if r not in diverged and r.metric(metric) is not None]
             if scores:
@@ -144,12 +144,6 @@ def heatmap_section(report: Report, ctx: Context) -> None:
                   "heat map of the grid")
 
 
-def not_diverged(ctx: Context, runs: list[RunRecord]) -> list[RunRecord]:
-    """`runs` less those that diverged: their last value means nothing (the heat map's
-    "div"), and a loss of 90 among losses near 1 would set any mean or correlation."""
-    return [r for r in runs if ctx.group_of(r) != stats.DIVERGED]
-
-
 def _chance(ctx: Context) -> float | None:
     """Chance level of the sweep's metric when it is an accuracy (val/acc, test/acc, ...),
     else None: a loss has no chance line."""
@@ -167,7 +161,7 @@ def marginals(ctx: Context) -> list[MarginalPanel]:
     panels = []
     for name in categorical + numeric:
         runs, scored = using(study.runs, name), using(ctx.scored, name)
-        diverged = {r.id for r in scored if ctx.group_of(r) == stats.DIVERGED}
+        diverged = {r.id for r in scored if ctx.diverged(r)}
         levels = _levels(runs, name)
         split = next((s for s in ("optimizer", "model") if s in ctx.swept and s != name), None)
         groups = _levels(runs, split) if split else [None]
@@ -197,7 +191,7 @@ def marginal_section(report: Report, ctx: Context) -> None:
     if not panels:
         return
     metric = ctx.study.metric
-    kept = not_diverged(ctx, ctx.scored)
+    kept = ctx.not_diverged(ctx.scored)
     diverged = len(ctx.scored) - len(kept)
     report.add("## Sensitivity to each parameter", "",
                f"For each parameter: `{metric}` at each of its values, averaged over every "
@@ -234,7 +228,7 @@ def _best_per_combination(ctx: Context, categorical: list[str], numeric: list[st
     metric, out = ctx.study.metric, []
     for key in itertools.product(*(_levels(ctx.study.runs, c) for c in categorical)):
         every = [r for r in ctx.scored if all(value(r, c) == v for c, v in zip(categorical, key))]
-        mine = not_diverged(ctx, every)
+        mine = ctx.not_diverged(every)
         name = ", ".join(f"{c}={v}" for c, v in zip(categorical, key)) or "all runs"
         if every and not mine:
             out.append(f"{name}: every run ({len(every)}) diverged: no setting is best.")
@@ -264,7 +258,7 @@ def _windows_and_failures(ctx: Context, name: str) -> list[str]:
         if not any(r in runs for r in ctx.scored):
             continue
         # a diverged run's last value means nothing: the best and its window are the others'
-        scored = not_diverged(ctx, [r for r in ctx.scored if r in runs])
+        scored = ctx.not_diverged([r for r in ctx.scored if r in runs])
         # runs the sweep stopped early (hyperband) were cut short: no verdict on a setting
         full = [r for r in runs if r.state != "stopped"]
         failed = [lv for lv in _levels(full, name)
@@ -307,7 +301,7 @@ def _correlation_caveat(ctx: Context, name: str) -> list[str]:
     numeric = [r for r in using(ctx.scored, name) if isinstance(value(r, name), (int, float))]
     # as in the importance table: a stopped run's value is not a final one, nor a diverged one's
     full = stats.full_length(numeric)
-    runs = not_diverged(ctx, full)
+    runs = ctx.not_diverged(full)
     cut_short, diverged = len(numeric) - len(full), len(full) - len(runs)
     x = stats.numeric_values([value(r, name) for r in runs])
     if x is None or len(runs) < 4:
@@ -422,7 +416,7 @@ def importance_section(report: Report, ctx: Context) -> None:
     # diverged run's last value means nothing (a loss of 90 would set every correlation)
     full = stats.full_length(ctx.scored)
     cut_short = len(ctx.scored) - len(full)
-    kept = not_diverged(ctx, full)
+    kept = ctx.not_diverged(full)
     diverged = len(full) - len(kept)
     full = kept
     left_out = (f" {_stopped_left_out(cut_short)}" if cut_short else "") \

@@ -81,6 +81,15 @@ class Context:
         verdict = self.verdicts.get(run.id)
         return verdict.group if verdict else ""
 
+    def diverged(self, run: RunRecord) -> bool:
+        """Whether `run` diverged (stats.DIVERGED): its last value means nothing (the heat
+        map's "div"), and a loss of 90 among losses near 1 would set any mean or ranking."""
+        return self.group_of(run) == stats.DIVERGED
+
+    def not_diverged(self, runs: list[RunRecord]) -> list[RunRecord]:
+        """`runs` less those that diverged, in their order."""
+        return [r for r in runs if not self.diverged(r)]
+
 
 def fmt(value, digits: int = 4) -> str:
     if value is None:

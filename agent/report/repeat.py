@@ -134,10 +134,7 @@ def parse_options(argv: list[str] | None):
     args = parser.parse_args(argv)
     from agent.sweep.pack_size import parse_pack
 
-    try:
-        parse_pack(args.pack)
-    except ValueError as error:
-        raise UserError(str(error)) from None
+    args.pack_size = parse_pack(args.pack)  # None: auto
     from agent.params import BY_NAME
 
     if args.by is not None and args.by not in BY_NAME:
@@ -200,10 +197,9 @@ def main(argv: list[str] | None = None) -> int:
     code = 0
     if args.run:
         from agent.sweep.agent_loop import run_local_agent
-        from agent.sweep.pack_size import parse_pack
 
         for store in stores:
-            code = max(code, run_local_agent(store, pack=parse_pack(args.pack)))
+            code = max(code, run_local_agent(store, pack=args.pack_size))
             if not _finished(store):  # interrupted (Ctrl-C, SIGTERM), or runs failed
                 print(f"Stopped with repeat sweep {store.sweep().id} not finished: go on "
                       f"with {again_command(args, study)} (finished repeats are kept)")

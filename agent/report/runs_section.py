@@ -192,7 +192,7 @@ def training_series(ctx: Context, run: RunRecord, steps: bool) -> figures.Traini
 def best_run_section(report: Report, ctx: Context) -> None:
     study = ctx.study
     # a diverged run's last value means nothing: it is no best run, whatever it reads
-    ranked = [r for r in ctx.scored if ctx.group_of(r) != stats.DIVERGED]
+    ranked = ctx.not_diverged(ctx.scored)
     if not ranked:
         report.add("## The best run", "",
                    f"None: every run with a value of {study.metric} diverged "

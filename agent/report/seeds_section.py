@@ -207,8 +207,8 @@ def by_table(report: Report, ctx: Context, by: str, repeated: dict[str, Repeated
     others = [a for a in _shown(ctx) if a != by]
     with_seeds, single = [], []
     # a diverged run's last value means nothing (the heat map's "div"): it is no one's best
-    diverged = [r for r in ctx.scored if ctx.group_of(r) == stats.DIVERGED]
-    kept = [r for r in ctx.scored if ctx.group_of(r) != stats.DIVERGED]
+    diverged = [r for r in ctx.scored if ctx.diverged(r)]
+    kept = ctx.not_diverged(ctx.scored)
     groups = stats.best_settings_per_group(kept, by, BEST_PER_GROUP, metric, study.goal)
     for group, settings in groups.items():
         for setting in settings:

@@ -7,7 +7,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from agent.report import figures, stats
+from agent.report import figures
 from agent.report.markdown import Context, Report, config_text
 from agent.report.study import RunRecord
 from agent.report.study_figures import WeightSet, weight_distributions
@@ -59,7 +59,7 @@ def weights_section(report: Report, ctx: Context) -> None:
                "checkpoint. The "
                "shape and width of each violin is the distribution; the number above it, its "
                "standard deviation.", "")
-    kept = [r for r in ctx.scored if ctx.group_of(r) != stats.DIVERGED]
+    kept = ctx.not_diverged(ctx.scored)
     if not kept:
         report.add(f"None here: every run with a value of {ctx.study.metric} diverged.", "")
         return
