@@ -567,10 +567,7 @@ def parse_options(argv: list[str] | None) -> argparse.Namespace:
                         "model: an integer, or auto (as many as still raise throughput)")
     args = parser.parse_args(argv)
     check_heartbeat(args.heartbeat, args.heartbeat_timeout)
-    try:
-        args.pack = parse_pack(args.pack)
-    except ValueError as error:
-        raise UserError(str(error)) from None
+    args.pack = parse_pack(args.pack)
     return args
 
 

@@ -15,6 +15,8 @@ import os
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
+from util.errors import UserError
+
 GAIN = 1.10  # a doubling must raise the pack's throughput by 10% to be worth its memory
 MEMORY_SHARE = 0.8  # of the device memory a pack may take (the rest: allocator slack, eval)
 
@@ -159,10 +161,15 @@ def agents_per_device() -> int:
     return int(text) if text.isdigit() and int(text) >= 1 else 1
 
 
+class PackOptionError(UserError, ValueError):
+    """A --pack that is neither auto nor an integer from 1 to 256: one line (UserError)."""
+
+
 def parse_pack(text: str) -> int | None:
-    """`--pack` as given: a positive integer, or 'auto' (None). ValueError otherwise."""
+    """`--pack` as given: a positive integer, or 'auto' (None). PackOptionError (a UserError
+    and a ValueError) otherwise."""
     if text == "auto":
         return None
     if not text.isdigit() or not 1 <= int(text) <= 256:
-        raise ValueError(f"--pack={text!r}: expected auto or an integer from 1 to 256")
+        raise PackOptionError(f"--pack={text!r}: expected auto or an integer from 1 to 256")
     return int(text)
