@@ -398,4 +398,4 @@ def test_a_sweep_of_one_run_still_tables_its_setting(tmp_path, monkeypatch):
     best = text.split("## The best run")[1].split("\n## ")[0]
     assert "intervals over seeds are in the section" not in best
     assert ("One run of one seed: no setting has been run over other seeds yet "
-            "(`python -m agent.repeat solo1 --run`)") in best
+            "(`./util/with_venv.sh python -m agent.repeat solo1 --run`)") in best

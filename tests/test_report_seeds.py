@@ -32,16 +32,18 @@ def value(config: dict) -> float:
     return BASE[(config["optimizer"], config["lr"])] + OFFSET[config["seed"]]
 
 
-def finish_all(store, owner: str = "host:1") -> None:
+def finish_all(store, owner: str = "host:1", diverges=lambda config: False) -> None:
+    """Finish every run of `store` at its value(); a run for which `diverges` holds ends as
+    the trainer ends a diverged run (state finished, summary diverged, its last value)."""
     while (work := claim(store, owner, count=64)).kind == "run":
         for run in work.runs:
             score = value(run.config)
             assert store.finish(run.run_id, owner, "finished",
                                 {"val/acc": score, "test/acc": score - 0.01,
-                                 "epochs_done": 1})
+                                 "epochs_done": 1, "diverged": diverges(run.config)})
 
 
-def seeded_sweep(tmp_path, epochs: int = 1):
+def seeded_sweep(tmp_path, epochs: int = 1, diverges=lambda config: False):
     config = {"program": "agent/train.py", "method": "grid",
               "metric": {"name": "val/acc", "goal": "maximize"},
               "parameters": {"dataset": {"value": "digits"}, "model": {"value": "dense"},
@@ -50,7 +52,7 @@ def seeded_sweep(tmp_path, epochs: int = 1):
                              "optimizer": {"values": OPTIMIZERS}, "lr": {"values": LRS},
                              "seed": {"values": SEEDS}}}
     store = create_store(tmp_path / "data" / "sweeps" / "seeded", "seeded", "seeded", config)
-    finish_all(store)
+    finish_all(store, diverges=diverges)
     return store
 
 
@@ -70,6 +72,87 @@ def test_repeats_pick_settings_by_their_mean_over_seeds_and_give_them_fresh_seed
     for run_id, config in configs:
         assert config["parameters"]["seed"] == {"values": [3, 4, 5]}  # none of 0, 1, 2
         assert by_id[run_id].config["seed"] == 2  # named by the setting's best run
+
+
+def test_repeats_are_not_picked_from_runs_that_diverged(tmp_path, monkeypatch, capsys):
+    """`agent.repeat` ranks settings as the report's "By ..." tables do: a diverged run's
+    last value means nothing, so it makes no setting best. (sgd, 0.1), the best sgd setting
+    by value, diverged on every seed: sgd's one repeat is (sgd, 0.01). (adam, 0.01) diverged
+    on seed 2 only: its rank is the mean of seeds 0 and 1, and its fresh seeds still leave
+    out all three the sweep gave it. A sweep whose every scored run diverged has nothing to
+    repeat (one line, exit 2, nothing made)."""
+    from agent.report.repeat import main, planned
+
+    monkeypatch.chdir(tmp_path)
+    diverges = {("sgd", 0.1, s) for s in SEEDS} | {("adam", 0.01, 2)}
+    store = seeded_sweep(tmp_path, diverges=lambda c: (c["optimizer"], c["lr"], c["seed"])
+                         in diverges)
+    _, study, configs = planned(["seeded", "--by", "optimizer", "--top", "2", "--seeds", "3"])
+    by_id = {r.id: r for r in study.runs}
+    picked = {(by_id[run_id].config["optimizer"], by_id[run_id].config["lr"]): config
+              for run_id, config in configs}
+    assert set(picked) == {("sgd", 0.01), ("adam", 0.1), ("adam", 0.01)}
+    for config in picked.values():
+        assert config["parameters"]["seed"] == {"values": [3, 4, 5]}
+    adam = next(run_id for run_id, _ in configs
+                if (by_id[run_id].config["optimizer"], by_id[run_id].config["lr"]) ==
+                ("adam", 0.01))
+    assert by_id[adam].config["seed"] == 1  # its best run that did not diverge
+    assert ("adam", 0.01) == max(((o, lr) for o, lr in picked if o == "adam"),
+                                 key=lambda k: np.mean([value({"optimizer": k[0], "lr": k[1],
+                                                               "seed": s}) for s in (0, 1)]))
+
+    every = tmp_path / "every"
+    every.mkdir()
+    monkeypatch.chdir(every)
+    seeded_sweep(every, diverges=lambda c: True)
+    from util.errors import exit_on_user_error
+
+    with pytest.raises(SystemExit) as ended:
+        exit_on_user_error(lambda: main(["seeded"]))
+    assert ended.value.code == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err == ["error: sweep='seeded': every run with a value of its metric 'val/acc' "
+                   "diverged (see its report): nothing to repeat"], err
+    assert [p.name for p in (every / "data" / "sweeps").iterdir()] == ["seeded"]
+    assert store.sweep().id == "seeded"
+
+
+def test_a_repeat_seed_that_diverged_is_named_and_counts_in_no_mean(tmp_path, monkeypatch):
+    """A fresh seed whose repeat diverged is shown as "div" in the per-seed column, counted
+    beside the mean ("1 of 4 diverged"), written to seeds.csv with diverged=True, and kept out
+    of the mean, the interval and Welch's test; a setting with such a seed is never bold,
+    even with the best mean of the seeds that trained."""
+    monkeypatch.chdir(tmp_path)
+    store = seeded_sweep(tmp_path)
+    study = local_study(store)
+    configs = repeat_configs(study, top=1, by="optimizer", seeds=4)
+    # adam (0.70 + offsets) is far above sgd (0.60 + offsets): bold unless a seed diverged
+    for n, (_, config) in enumerate(configs):
+        repeat = create_store(tmp_path / "data" / "sweeps" / f"rep{n}", f"rep{n}", "r", config)
+        finish_all(repeat, diverges=lambda c: (c["optimizer"], c["seed"]) == ("adam", 4))
+    report = document.build_report(local_study(store), tmp_path / "report")
+    text = report.path.read_text()
+    table = text.split("### By optimizer")[1].split("###")[0]
+    adam = next(line for line in table.splitlines() if line.startswith("| adam | lr=0.01 |"))
+    fresh = [3, 5, 6]  # 4 diverged
+    values = [BASE[("adam", 0.01)] + OFFSET[s] for s in fresh]
+    mean, sd = np.mean(values), np.std(values, ddof=1)
+    half = scipy_stats.t.ppf(0.975, len(values) - 1) * sd / np.sqrt(len(values))
+    cell = f"{mean:.4f} ± {half:.4f} (n=3); 1 of 4 diverged"
+    assert f"| {cell} |" in adam, adam  # not bold
+    per_seed = " ".join("div" if s == 4 else f"{BASE[('adam', 0.01)] + OFFSET[s]:.4f}"
+                        for s in (3, 4, 5, 6))
+    assert f"| {per_seed} |" in adam, adam
+    sgd = next(line for line in table.splitlines() if line.startswith("| sgd |"))
+    assert "**" not in sgd and "diverged" not in sgd
+    assert "Not bold: optimizer=adam, lr=0.01 has the best mean" in table, table
+    assert "1 of its 4 fresh seeds (4) diverged" in table
+    with open(tmp_path / "report" / "seeds.csv", newline="") as handle:
+        written = list(csv.DictReader(handle))
+    flags = {(row["optimizer"], int(row["seed"])): row["diverged"] for row in written}
+    assert flags.pop(("adam", 4)) == "True"
+    assert set(flags.values()) == {"False"} and len(flags) == 7
 
 
 def test_the_report_shows_each_setting_once_over_fresh_seeds(tmp_path, monkeypatch):

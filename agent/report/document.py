@@ -27,7 +27,6 @@ from agent import metrics
 from agent.commands import script
 from agent.params import BY_NAME, TEXT_KINDS
 from agent.report import stats
-from agent.report.curves import loss_curve, step_losses
 from agent.report.discussion import discussion_section
 from agent.report.markdown import Context, Report
 from agent.report.runs_section import (
@@ -92,12 +91,7 @@ def study_context(study: Study, out_dir: Path, rule: stats.GroupRule,
     if ctx.data is not None:
         ctx.base = stats.baselines(ctx.data.train_labels, ctx.data.test_labels,
                                    len(ctx.data.classes), level=level)
-    for run in study.ended_runs():
-        ctx.curves[run.id] = loss_curve(run)
-        if ctx.classes:
-            verdict = stats.classify(run, step_losses(ctx.curves[run.id]), ctx.classes, rule)
-            if verdict is not None:
-                ctx.verdicts[run.id] = verdict
+    ctx.classify(study.ended_runs())
     return ctx
 
 

@@ -8,7 +8,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from agent.report import stats
-from agent.report.curves import LossCurve
+from agent.report.curves import LossCurve, loss_curve, step_losses
 from agent.report.figures import Drawn
 from agent.report.study import RunRecord, Study
 from agent.sweep_space import short_number
@@ -89,6 +89,19 @@ class Context:
     def not_diverged(self, runs: list[RunRecord]) -> list[RunRecord]:
         """`runs` less those that diverged, in their order."""
         return [r for r in runs if not self.diverged(r)]
+
+    def classify(self, runs: list[RunRecord]) -> None:
+        """Read each ended run's loss curve and group it (stats.classify) into `curves` and
+        `verdicts`: the sweep's runs, and the repeat sweeps' runs the seeds section reads."""
+        for run in runs:
+            if run.id in self.curves:
+                continue
+            self.curves[run.id] = loss_curve(run)
+            if self.classes:
+                verdict = stats.classify(run, step_losses(self.curves[run.id]), self.classes,
+                                         self.rule)
+                if verdict is not None:
+                    self.verdicts[run.id] = verdict
 
 
 def fmt(value, digits: int = 4) -> str:

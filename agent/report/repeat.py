@@ -16,11 +16,15 @@ confidence intervals. `--run` runs local repeat sweeps right away.
 from __future__ import annotations
 
 import sys
+from collections.abc import Callable
+from pathlib import Path
 
 from agent.commands import script
 from agent.ids import new_run_id
-from agent.report.stats import best_settings_per_group, default_by
+from agent.report.document import study_context
+from agent.report.stats import GroupRule, best_settings_per_group, default_by, settings_of
 from agent.report.study import (
+    RunRecord,
     Study,
     check_our_trainer,
     load_study,
@@ -41,13 +45,20 @@ def fresh_seeds(used: set[int], count: int) -> list[int]:
     return [s for s in range(count + len(used)) if s not in used][:count]
 
 
-def repeat_configs(study: Study, top: int, by: str, seeds: int) -> list[tuple[str, dict]]:
+def repeat_configs(study: Study, top: int, by: str, seeds: int,
+                   diverged: Callable[[RunRecord], bool] = lambda run: False
+                   ) -> list[tuple[str, dict]]:
     """(run id, sweep config) for each setting to repeat: the best `top` settings of each
     value of `by` (a setting is a configuration less its seed: runs of a sweep that searched
-    `seed` are its repeats, not settings of their own), each named by its best run."""
+    `seed` are its repeats, not settings of their own), each named by its best run. Runs
+    for which `diverged` holds (the report's Context.diverged) are no setting's value, as
+    in the report's "By ..." tables; their seeds are still not fresh."""
     searched = {p.name for p in swept_parameters(study.sweep_config)}
+    scored = study.scored_runs()
+    spent = {s.key: s.seeds for s in settings_of(scored)}  # every seed the sweep gave
     out = []
-    groups = best_settings_per_group(study.scored_runs(), by, top, study.metric, study.goal)
+    groups = best_settings_per_group([r for r in scored if not diverged(r)], by, top,
+                                     study.metric, study.goal)
     for settings in groups.values():
         for setting in settings:
             run = setting.best
@@ -61,7 +72,7 @@ def repeat_configs(study: Study, top: int, by: str, seeds: int) -> list[tuple[st
             config.update({"name": f"{study.name}-repeat-{run.id}", "method": "grid",
                            "description": repeat_description(study.sweep_id, run.id),
                            "parameters": {**fixed, "seed": {
-                               "values": fresh_seeds(setting.seeds, seeds)}}})
+                               "values": fresh_seeds(spent[setting.key], seeds)}}})
             out.append((run.id, config))
     return out
 
@@ -165,10 +176,14 @@ def planned(argv: list[str] | None):
     check_our_trainer(study, "python -m agent.repeat")
     args.by_given = args.by is not None
     args.by = args.by or default_by(study)
-    configs = repeat_configs(study, args.top, args.by, args.seeds)
-    if not configs:
+    if not study.scored_runs():
         raise UserError(f"sweep={args.sweep!r}: no run has a value of its metric "
                         f"{study.metric!r} yet: nothing to repeat")
+    ctx = study_context(study, Path("."), GroupRule())  # the report's groups, nothing written
+    configs = repeat_configs(study, args.top, args.by, args.seeds, ctx.diverged)
+    if not configs:
+        raise UserError(f"sweep={args.sweep!r}: every run with a value of its metric "
+                        f"{study.metric!r} diverged (see its report): nothing to repeat")
     return args, study, configs
 
 

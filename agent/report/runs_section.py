@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 
+from agent.commands import script
 from agent.report import figures, stats
 from agent.report.curves import tensorboard_scalars
 from agent.report.markdown import (
@@ -78,7 +79,8 @@ def groups_section(report: Report, ctx: Context) -> None:
     ended, grouped = ctx.study.ended_runs(), sum(map(len, members.values()))
     sources = {ctx.curves[r.id].source for r in ctx.study.runs if r.id in ctx.curves}
     report.add(f"Rule: {ctx.rule.describe(classes)}. The thresholds are parameters: "
-               f"`python -m agent.report {ctx.study.sweep_id} --explode-factor "
+               f"`{script('util/with_venv.sh')} python -m agent.report {ctx.study.sweep_id} "
+               f"--explode-factor "
                f"{ctx.rule.explode_factor:g} --stuck-margin {ctx.rule.stuck_margin:g}`.", "",
                "Counts: " + ", ".join(f"{len(members[g])} {g}" for g in stats.GROUPS)
                + f" (ended runs without an epoch or a loss: {len(ended) - grouped}"
@@ -208,8 +210,9 @@ def best_run_section(report: Report, ctx: Context) -> None:
                f"{config_text(top, ctx.swept)}. One run of one seed: "
                + ("the intervals over seeds are in the section on seeds above."
                   if ctx.repeated or "seed" in ctx.swept else
-                  "no setting has been run over other seeds yet (`python -m agent.repeat "
-                  f"{study.sweep_id} --run`), so nothing here says how much of it is luck.")
+                  "no setting has been run over other seeds yet (`"
+                  f"{script('util/with_venv.sh')} python -m agent.repeat {study.sweep_id} "
+                  "--run`), so nothing here says how much of it is luck.")
                + (f" Tied with it: {len(tied)} other run{'s' if len(tied) != 1 else ''} "
                   f"({', '.join(tied[:5])}{', ...' if len(tied) > 5 else ''}); the one shown "
                   "is the first of them in the sweep's order." if tied else ""), "")

@@ -8,10 +8,12 @@ from __future__ import annotations
 
 import csv
 import math
-from dataclasses import dataclass
+from collections.abc import Callable
+from dataclasses import dataclass, field
 
 import numpy as np
 
+from agent.commands import script
 from agent.report import stats
 from agent.report.markdown import (
     Context,
@@ -39,6 +41,10 @@ class Repeated:
     sweep_id: str  # its repeat sweep(s), comma-separated
     runs: list[RunRecord]  # the repeats' scored runs of seeds the sweep did not give it
     dropped: int  # repeat runs left out for a seed the sweep gave it (or given twice)
+    # fresh seeds whose repeat diverged: named beside the mean, never in it (a diverged
+    # run's last value means nothing: a loss of 1e4 among losses near 0.3)
+    diverged: list[RunRecord] = field(default_factory=list)
+    sweep_seeds: set[int] = field(default_factory=set)  # the sweep's, diverged runs' too
 
     @property
     def selected(self) -> RunRecord:
@@ -48,10 +54,14 @@ class Repeated:
         return [r.metric(metric) for r in self.runs if r.metric(metric) is not None]
 
 
-def repeated_configurations(study: Study, repeats: dict[str, Study]) -> dict[str, Repeated]:
+def repeated_configurations(study: Study, repeats: dict[str, Study],
+                            diverged: Callable[[RunRecord], bool] = lambda run: False
+                            ) -> dict[str, Repeated]:
     """By setting (stats.setting_key): its repeats' scored runs of fresh seeds only. The
     seeds the sweep gave the setting picked it for being best; counting them again would
-    bias the mean. Two repeat sweeps of one setting are read as one, each seed once."""
+    bias the mean. Two repeat sweeps of one setting are read as one, each seed once.
+    Runs for which `diverged` holds (Context.diverged) count in no mean: the sweep's own
+    are left out of the setting's "sweep" value, the repeats' go to Repeated.diverged."""
     by_run = {run.id: setting for setting in stats.settings_of(study.scored_runs())
               for run in setting.runs}
     out: dict[str, Repeated] = {}
@@ -59,23 +69,29 @@ def repeated_configurations(study: Study, repeats: dict[str, Study]) -> dict[str
         setting = by_run.get(run_id)
         if setting is None:
             continue
-        rep = out.setdefault(setting.key, Repeated(setting, "", [], 0))
+        kept = [r for r in setting.runs if not diverged(r)]
+        rep = out.setdefault(setting.key, Repeated(stats.Setting(kept or setting.runs), "",
+                                                   [], 0, sweep_seeds=setting.seeds))
         rep.sweep_id = ", ".join(filter(None, [rep.sweep_id, repeat.sweep_id]))
-        seen = setting.seeds | {r.params.seed for r in rep.runs}
+        # every seed the sweep gave the setting is spent, a diverged one too
+        seen = rep.sweep_seeds | {r.params.seed for r in rep.runs + rep.diverged}
         for run in repeat.runs:
-            if run.metric(study.metric) is None:
+            if run.metric(study.metric) is None and not diverged(run):
                 continue
             if run.params.seed in seen:
                 rep.dropped += 1
             else:
-                rep.runs.append(run)
+                (rep.diverged if diverged(run) else rep.runs).append(run)
                 seen.add(run.params.seed)
     return out
 
 
 def seeds_section(report: Report, ctx: Context) -> None:
     study, metric = ctx.study, ctx.study.metric
-    repeated = repeated_configurations(study, repeats_of(study))
+    repeats = repeats_of(study)
+    for repeat in repeats.values():
+        ctx.classify(repeat.ended_runs())
+    repeated = repeated_configurations(study, repeats, ctx.diverged)
     ctx.repeated = len(repeated)
     searched = "seed" in ctx.swept
     report.add("## Best configurations over seeds", "")
@@ -83,8 +99,9 @@ def seeds_section(report: Report, ctx: Context) -> None:
                    "their seed are its repeats, and settings are ranked by their mean over "
                    "them. " if searched else "")
     if repeated:
-        seeds = sorted({r.params.seed for rep in repeated.values() for r in rep.runs})
-        picked = sorted({s for rep in repeated.values() for s in rep.setting.seeds})
+        seeds = sorted({r.params.seed for rep in repeated.values()
+                        for r in rep.runs + rep.diverged})
+        picked = sorted({s for rep in repeated.values() for s in rep.sweep_seeds})
         dropped = sum(rep.dropped for rep in repeated.values())
         if set(seeds) & set(picked):  # the sweep searched seeds: each setting its own
             used = (f"Fresh seeds: {_seed_list(seeds)} over all settings, a setting's own being "
@@ -112,12 +129,14 @@ def seeds_section(report: Report, ctx: Context) -> None:
             sweep_seeds + "No repeat sweep exists yet: the tables below give each setting's "
             "mean over the sweep's seeds, but those seeds also picked it, so its mean is "
             "optimistic and none is marked best: "
-            f"`python -m agent.repeat {study.sweep_id} --run` runs the best 2 settings per "
+            f"`{script('util/with_venv.sh')} python -m agent.repeat {study.sweep_id} --run` "
+            "runs the best 2 settings per "
             f"{stats.default_by(study)} on 5 fresh seeds each.", "")
     else:
         report.add("No repeat sweep exists yet, so each configuration below has one run and "
                    "no interval, and none is marked best: "
-                   f"`python -m agent.repeat {study.sweep_id} --run` creates and runs them "
+                   f"`{script('util/with_venv.sh')} python -m agent.repeat {study.sweep_id} --run` "
+                   "creates and runs them "
                    f"(the best 2 per {stats.default_by(study)}, 5 seeds each).", "")
     for by in group_parameters(ctx):
         by_table(report, ctx, by, repeated)
@@ -213,19 +232,33 @@ def by_table(report: Report, ctx: Context, by: str, repeated: dict[str, Repeated
     for group, settings in groups.items():
         for setting in settings:
             rep = repeated.get(setting.key)
-            (with_seeds if rep and len(rep.values(metric)) >= 2 else single).append(
-                (group, setting))
+            (with_seeds if rep and len(rep.values(metric)) + len(rep.diverged) >= 2
+             else single).append((group, setting))
     report.add(f"### By {by}", "", f"The best {BEST_PER_GROUP} settings of each {by} by "
                f"{metric}, with their repeats where `python -m agent.repeat` made some.", "")
     if with_seeds:
         samples = {s.key: repeated[s.key].values(metric) for _, s in with_seeds}
         leader, adjusted = stats.supported_best(samples, study.goal, ALPHA)
+        names = {s.key: config_text(s.best, _shown(ctx)) for _, s in with_seeds}
+        unstable = leader is not None and repeated[leader].diverged
         rows = [_repeated_row(ctx, fmt_value(s.best, by), repeated[s.key], others,
-                              s.key == leader) for _, s in with_seeds]
+                              s.key == leader and not unstable) for _, s in with_seeds]
         report.table([by, "configuration", f"{metric} over fresh seeds", f"{metric} per seed",
                       "test/acc over fresh seeds", "sweep", "repeat sweep"], rows)
-        names = {s.key: config_text(s.best, _shown(ctx)) for _, s in with_seeds}
-        report.add(_bold_sentence(samples, leader, adjusted, names, study.goal), "")
+        if unstable:  # better on the seeds that trained, but not a setting to recommend
+            rep = repeated[leader]
+            report.add(f"Not bold: {names[leader]} has the best mean and Welch's t-test "
+                       f"separates it from every other row at {ALPHA:g}, but "
+                       f"{_diverged_seeds(rep)} diverged: its mean is over the seeds that "
+                       "did not.", "")
+        else:
+            report.add(_bold_sentence(samples, leader, adjusted, names, study.goal), "")
+        shaky = [(names[s.key], repeated[s.key]) for _, s in with_seeds
+                 if repeated[s.key].diverged]
+        if shaky:
+            report.add("Diverged on fresh seeds (in no mean, interval or test; \"div\" per "
+                       "seed): " + "; ".join(f"{name or 'the setting'}: {_diverged_seeds(rep)}"
+                                             for name, rep in shaky) + ".", "")
     if single:
         several = any(len(s.values(metric)) > 1 for _, s in single)
         report.add("Settings without a repeat sweep (never compared, never bold): "
@@ -257,19 +290,30 @@ def _diverged_note(diverged: list[RunRecord], by: str, groups: dict) -> str:
         for text, n in empty.items()) + "."
 
 
+def _diverged_seeds(rep: Repeated) -> str:
+    """'2 of its 5 fresh seeds (3, 6)': the repeat runs of `rep` that diverged."""
+    total = len(rep.runs) + len(rep.diverged)
+    seeds = ", ".join(str(r.params.seed) for r in rep.diverged)
+    return f"{len(rep.diverged)} of its {total} fresh seeds ({seeds})"
+
+
 def _repeated_row(ctx: Context, group: str, rep: Repeated, others: list[str],
                   bold: bool) -> list[str]:
     metric = ctx.study.metric
     values = rep.values(metric)
     tests = rep.values("test/acc")
-    cell = ci_text(values, ctx.level)
+    cell = ci_text(values, ctx.level) if values else "–"
+    if rep.diverged:
+        cell += f"; {len(rep.diverged)} of {len(values) + len(rep.diverged)} diverged"
+    per_seed = sorted([(r.params.seed, f"{r.metric(metric):.4f}") for r in rep.runs]
+                      + [(r.params.seed, "div") for r in rep.diverged])
     picked = rep.setting.values(metric)
     sweep = (f"{np.mean(picked):.4f} (mean of {len(picked)}: "
              if len(picked) > 1 else f"{fmt(picked[0])} (") \
         + " ".join(r.id for r in rep.setting.runs) + ")"
     sweep += _stopped_note(rep.setting.runs)
     return [group, config_text(rep.selected, others) or "–", f"**{cell}**" if bold else cell,
-            " ".join(f"{v:.4f}" for v in values), ci_text(tests, ctx.level) if tests else "–",
+            " ".join(text for _, text in per_seed), ci_text(tests, ctx.level) if tests else "–",
             sweep, rep.sweep_id]
 
 
@@ -301,12 +345,13 @@ def write_seeds_csv(ctx: Context, repeated: dict[str, Repeated], path) -> None:
     with open(path, "w", newline="", encoding="utf-8") as handle:
         writer = csv.writer(handle)
         writer.writerow(["selected_run", "repeat_sweep", *shown, "sweep_seeds", "seed",
-                         "run_id", metric, "test/acc"])
+                         "run_id", metric, "test/acc", "diverged"])
         for rep in repeated.values():
-            for run in rep.runs:
+            diverged = {r.id for r in rep.diverged}
+            for run in sorted(rep.runs + rep.diverged, key=lambda r: r.params.seed):
                 writer.writerow([rep.selected.id, rep.sweep_id,
                                  *(rep.selected.config.get(a, rep.selected.params.get(a))
                                    for a in shown),
-                                 " ".join(map(str, sorted(rep.setting.seeds))),
+                                 " ".join(map(str, sorted(rep.sweep_seeds))),
                                  run.params.seed, run.id, run.metric(metric),
-                                 run.metric("test/acc")])
+                                 run.metric("test/acc"), run.id in diverged])
