@@ -21,6 +21,7 @@ import traceback
 from pathlib import Path
 
 from agent.cluster import submit
+from agent.commands import script
 from agent.params import BY_NAME
 from agent.sweep.controller import (
     HEARTBEAT_S,
@@ -290,11 +291,30 @@ def launcher_exit_code(pids: list[int], codes: list[int]) -> int:
     return worst
 
 
+class _Closed(Exception):
+    """A Ctrl-C or SIGTERM while the closing lines print."""
+
+
 def report_local(store: SweepStore, options: str = "") -> None:
+    """The sweep's table and the next commands. Every agent has ended and the store holds
+    everything, so a Ctrl-C or SIGTERM now (a batch job's walltime as the sweep ends) cuts
+    the lines short without a traceback, and the launcher ends with its agents' code, not
+    as killed by the signal."""
     from agent.sweep.status import closing_lines, render_status
 
-    render_status(store, limit=10)
-    print("\n".join(closing_lines(store, options)))
+    def closed(signum, frame):
+        raise _Closed
+
+    handlers = {s: signal.signal(s, closed) for s in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        render_status(store, limit=10)
+        print("\n".join(closing_lines(store, options)))
+    except _Closed:
+        print(f"\n(stopped; the sweep is saved: {script('util/with_venv.sh')} python -m "
+              f"agent.status {store.sweep().id})", file=sys.stderr)
+    finally:
+        for signum, handler in handlers.items():
+            signal.signal(signum, handler)
 
 
 def agent_options(args: argparse.Namespace) -> str:

@@ -782,3 +782,36 @@ def test_a_proposal_measured_after_another_run_reached_the_target_is_not_kept(wo
     assert not keep_proposal(store, proposal)
     assert [r.id for r in store.runs()] == ["best"]
     assert claim(store, "agent:1").kind == "done"
+
+
+@pytest.mark.e2e
+@pytest.mark.timeout(120)
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT])
+def test_a_signal_while_the_closing_lines_print_ends_with_the_agents_code(workdir, signum):
+    """A batch job's walltime (SIGTERM) or a Ctrl-C that comes as the sweep ends, while the
+    launcher prints its closing table: every run is saved already, so the launcher ends
+    with its agent's code (0), one line on stderr and no traceback, not as killed by the
+    signal (a job scheduler would count -15 as a failed job). The signal is sent by the
+    launcher itself the moment its closing table starts, the one moment this is about."""
+    (workdir / "grid.yaml").write_text(yaml.safe_dump({
+        "method": "grid", "metric": {"name": "val/acc", "goal": "maximize"},
+        "parameters": {"dataset": {"value": "digits"}, "model": {"value": "dense"},
+                       "hidden": {"value": 16}, "epochs": {"value": 1},
+                       "lr": {"values": [0.1, 0.01]}}}))
+    code = ("import os, signal, sys\n"
+            "import agent.sweep.status as status\n"
+            "from agent.launch import main\n"
+            "table = status.render_status\n"
+            "def render(*args, **kwargs):\n"
+            f"    os.kill(os.getpid(), {int(signum)})\n"
+            "    return table(*args, **kwargs)\n"
+            "status.render_status = render\n"
+            "raise SystemExit(main(['grid.yaml']))\n")
+    done = subprocess.run([sys.executable, "-c", code], cwd=workdir, env=subprocess_env(),
+                          capture_output=True, text=True, timeout=100)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert "Traceback" not in done.stderr and "KeyboardInterrupt" not in done.stderr
+    store = launched_store(workdir)
+    assert states(store) == ["finished", "finished"]
+    assert done.stderr.splitlines()[-1] == (f"(stopped; the sweep is saved: ./util/with_venv.sh "
+                                            f"python -m agent.status {store.sweep().id})")
