@@ -221,6 +221,47 @@ def observations(ctx: Context) -> list[str]:
         out += _correlation_caveat(ctx, numeric[0])
     if len(numeric) > 1:
         out += _paired_effect(ctx, numeric[1], categorical)
+    out += _lr_against_batch_size(ctx)
+    return out
+
+
+MIN_BATCH_SIZES = 3  # batch sizes a scaling exponent is fitted over
+
+
+def _lr_against_batch_size(ctx: Context) -> list[str]:
+    """A batch-size study's question: how the best lr moves with the batch size. Per
+    optimizer (where the sweep varies it), the lr of the best run at each batch size (runs
+    that diverged left out) and the exponent k of best lr ~ batch_size^k, a least-squares
+    line through log lr against log batch size. The linear scaling rule predicts k = 1
+    (Goyal et al. 2017, "Accurate, Large Minibatch SGD", sec. 2.1), the square-root rule
+    k = 0.5 (Krizhevsky 2014, "One weird trick", sec. 5; Hoffer et al. 2017). Nothing when
+    the sweep does not vary both or has fewer than MIN_BATCH_SIZES batch sizes."""
+    if not {"lr", "batch_size"} <= set(ctx.swept):
+        return []
+    metric, out = ctx.study.metric, []
+    split = "optimizer" if "optimizer" in ctx.swept else None
+    for group in (_levels(ctx.study.runs, split) if split else [None]):
+        best: dict[int, RunRecord] = {}  # batch size -> its best run (scored: best first)
+        for run in ctx.not_diverged(ctx.scored):
+            if split is None or value(run, split) == group:
+                best.setdefault(value(run, "batch_size"), run)
+        if len(best) < MIN_BATCH_SIZES:
+            continue
+        sizes = sorted(best)
+        lrs = [float(value(best[b], "lr")) for b in sizes]
+        exponent = float(np.polyfit(np.log(sizes), np.log(lrs), 1)[0])
+        others = [a for a in _others(ctx, "lr", split) if a != "batch_size"]
+        who = ((f"{split}={group}" if split else "all runs")
+               + (f" (pooled over {', '.join(others)})" if others else ""))
+        out.append(
+            f"{who}: the best run's lr at each batch_size: "
+            + ", ".join(f"{b}: {short_number(lr)}{stopped_text(best[b])}"
+                        for b, lr in zip(sizes, lrs))
+            + f"; best lr ~ batch_size^{exponent:.2f} (a least-squares line through log lr "
+            f"against log batch_size over {len(sizes)} batch sizes; the linear scaling rule, "
+            "Goyal et al. 2017, predicts an exponent of 1, the square-root rule, Krizhevsky "
+            f"2014, 0.5). One run per batch size (by {metric}, not a mean over seeds), on "
+            "the sweep's lr values: their spacing limits how finely the exponent reads.")
     return out
 
 

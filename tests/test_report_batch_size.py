@@ -1,0 +1,90 @@
+"""A batch-size study's question in the report: how the best lr moves with the batch size.
+Stores of finished runs (no training: the report reads summaries) whose val/acc peaks at
+lr* = 0.1 (batch_size / 256)^k, for each scaling rule a study could find: linear (k = 1,
+Goyal et al. 2017), square root (k = 0.5, Krizhevsky 2014) and none (k = 0); the report
+must read k back, per optimizer, leaving diverged runs out."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+
+from agent.report import document
+from agent.report.study import local_study
+from agent.sweep.controller import claim
+from agent.sweep.store import create_store
+
+pytestmark = pytest.mark.timeout(300)
+SIZES = [16, 64, 256, 1024]  # powers of 4: every rule's lr* is on the lr grid
+LRS = [0.00625 * 2 ** i for i in range(8)]  # 0.00625 ... 0.8
+RULES = {"linear": 1.0, "square root": 0.5, "none": 0.0}
+
+
+def best_lr(batch_size: int, k: float) -> float:
+    return 0.1 * (batch_size / 256) ** k
+
+
+def accuracy(lr: float, batch_size: int, k: float) -> float:
+    return 0.9 - 0.05 * abs(math.log2(lr / best_lr(batch_size, k)))
+
+
+def batch_size_study(tmp_path, exponents: dict[str, float], sizes=SIZES,
+                     diverges=lambda config: False):
+    optimizers = list(exponents)
+    config = {"program": "agent/train.py", "method": "grid",
+              "metric": {"name": "val/acc", "goal": "maximize"},
+              "parameters": {"dataset": {"value": "digits"}, "model": {"value": "dense"},
+                             "epochs": {"value": 1}, "sinks": {"value": ["console"]},
+                             "batch_size": {"values": sizes}, "lr": {"values": LRS},
+                             **({"optimizer": {"values": optimizers}}
+                                if len(optimizers) > 1 else {})}}
+    store = create_store(tmp_path / "data" / "sweeps" / "bs", "bs", "bs", config)
+    while (work := claim(store, "host:1", count=64)).kind == "run":
+        for run in work.runs:
+            c = run.config
+            k = exponents[c.get("optimizer", optimizers[0])]
+            score = 0.99 if diverges(c) else accuracy(c["lr"], c["batch_size"], k)
+            assert store.finish(run.run_id, "host:1", "finished",
+                                {"val/acc": score, "test/acc": score, "epochs_done": 1,
+                                 "diverged": diverges(c)})
+    return store
+
+
+def observations(tmp_path, store) -> list[str]:
+    text = document.build_report(local_study(store), tmp_path / "report").path.read_text()
+    section = text.split("## Observations")[1].split("\n## ")[0]
+    return [line for line in section.splitlines() if "best lr ~ batch_size^" in line]
+
+
+@pytest.mark.parametrize("rule", RULES)
+def test_the_report_reads_the_scaling_rule_of_the_best_lr(tmp_path, monkeypatch, rule):
+    monkeypatch.chdir(tmp_path)
+    k = RULES[rule]
+    # a run at the largest lr and batch size diverged with a high last value: left out
+    store = batch_size_study(tmp_path, {"sgd": k}, diverges=lambda c: (c["lr"], c[
+        "batch_size"]) == (LRS[-1], SIZES[-1]))
+    (line,) = observations(tmp_path, store)
+    expected = float(np.polyfit(np.log(SIZES), np.log([best_lr(b, k) for b in SIZES]), 1)[0])
+    assert math.isclose(expected, k, abs_tol=1e-9)
+    assert f"best lr ~ batch_size^{expected:.2f} " in line, line
+    pairs = ", ".join(f"{b}: {best_lr(b, k):g}" for b in SIZES)
+    assert line.startswith(f"- all runs: the best run's lr at each batch_size: {pairs};"), line
+    assert f"over {len(SIZES)} batch sizes" in line
+
+
+def test_each_optimizer_gets_its_own_exponent(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    store = batch_size_study(tmp_path, {"sgd": 1.0, "adam": 0.5})
+    lines = observations(tmp_path, store)
+    assert len(lines) == 2, lines
+    by_optimizer = {line.split(":")[0]: line for line in lines}
+    assert "batch_size^1.00 " in by_optimizer["- optimizer=sgd"]
+    assert "batch_size^0.50 " in by_optimizer["- optimizer=adam"]
+
+
+def test_fewer_than_three_batch_sizes_fit_no_exponent(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    assert observations(tmp_path, batch_size_study(tmp_path, {"sgd": 1.0},
+                                                   sizes=[64, 256])) == []
