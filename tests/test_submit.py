@@ -715,3 +715,21 @@ def test_a_key_only_in_the_shell_is_noted_for_pbs_jobs_and_never_shown(tmp_path,
     assert key_note(SCHEDULERS["pbs"]) is None
     monkeypatch.setenv("NETRC", str(tmp_path / "elsewhere"))
     assert key_note(SCHEDULERS["pbs"]) is not None
+
+
+@pytest.mark.e2e
+@pytest.mark.timeout(120)
+def test_a_submission_from_a_yaml_announces_the_sweep_by_id_and_name(workdir, aux):
+    """Jobs submitted from a YAML: the new sweep is announced as a launch announces one:
+    its id, its name (the file's stem, lrs: the YAML has no `name`) and its folder."""
+    sweep_file = workdir / "lrs.yaml"
+    sweep_file.write_text((ROOT / "sweeps" / "quickstart.yaml").read_text())
+    bin_dir = fake_scheduler_bin(aux)
+    result = launch(workdir, str(sweep_file), "--pbs", "1", "--gpus-per-job", "0",
+                    path=f"{bin_dir}:{os.environ['PATH']}")
+    assert result.returncode == 0, result.stderr
+    (folder,) = (workdir / "data" / "sweeps").iterdir()
+    assert SweepStore(folder / "sweep.db").sweep().name == "lrs"
+    lines = result.stdout.splitlines()
+    assert f"Created local sweep {folder.name} (lrs) in {folder.resolve()}" in lines, lines
+    assert any(line.startswith(f"Submitted PBS job(s) {FAKE_ID}") for line in lines), lines

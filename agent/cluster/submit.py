@@ -249,7 +249,8 @@ def submit_from_args(args: argparse.Namespace, argv: list[str] | None = None) ->
                                        else None, local) + _gpu_hint(failure, spec)) from None
     if ids:
         if target.kind == "yaml" and local is not None:
-            print(f"Created local sweep {local.name} in {local}")
+            name = SweepStore(local / "sweep.db").sweep().name
+            print(f"Created local sweep {local.name} ({name}) in {local}")
         print(f"Submitted {scheduler.title} job(s) {', '.join(ids)}; scripts and logs in "
               f"{job_dir}/ (watch: {scheduler.watch})")
         if local is not None:
