@@ -196,3 +196,19 @@ def test_a_pack_loaders_members_get_their_own_loaders_batches_bit_for_bit():
             assert len(alone_batches) == len(batches) == 2
             for (x, y), (xk, yk) in zip(batches, alone_batches):
                 assert torch.equal(x[:, k], xk) and torch.equal(y[:, k], yk)
+
+
+def test_class_counts_known_without_files_are_those_the_files_decode_to(cifar_root, tmp_path):
+    """util.datasets.class_count (what the report and agent.repeat use when a dataset's
+    files are not on the machine) agrees with the classes decoded from the files where
+    they are here (digits, Debian's Fashion-MNIST, the CIFAR-10-format fixture), and with
+    the publishers' pages where they are not (MNIST 10, CIFAR-100 100)."""
+    from util.datasets import DATASETS, class_count
+
+    assert class_count("cifar10") == len(load_decoded("cifar10", cifar_root).classes) == 10
+    here = {"digits": tmp_path, "fashion_mnist": tmp_path}
+    for name, data_dir in here.items():
+        assert class_count(name) == len(load_decoded(name, data_dir).classes) == 10, name
+    assert (class_count("mnist"), class_count("cifar100")) == (10, 100)
+    assert set(DATASETS) == set(here) | {"cifar10", "mnist", "cifar100"}
+    assert class_count("imagenet") is None

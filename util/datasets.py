@@ -320,6 +320,16 @@ DATASETS = {
 }
 
 
+def class_count(name: str) -> int | None:
+    """How many classes the dataset `name` has, from the table above (no file is read);
+    None for a name it does not hold."""
+    entry = DATASETS.get(name)
+    if entry is _digits:
+        return 10
+    classes = getattr(entry, "classes", None)
+    return classes if isinstance(classes, int) else (len(classes) if classes else None)
+
+
 def cache_path(name: str, data_dir: str | os.PathLike) -> Path:
     """Where the decoded set `name` is cached: <data_dir>/cache/<name>.pt."""
     return Path(data_dir) / "cache" / f"{name}.pt"

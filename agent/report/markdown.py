@@ -75,6 +75,11 @@ class Context:
         if self.data is not None:
             return len(self.data.classes)
         found = {r.summary.get("classes") for r in self.study.runs} - {None}
+        if not found:  # the dataset's files are not here: its class count is known anyway
+            from util.datasets import class_count
+
+            found = {class_count(str(r.params.get("dataset"))) for r in self.study.runs}
+            found -= {None}
         return found.pop() if len(found) == 1 else None
 
     def group_of(self, run: RunRecord) -> str:

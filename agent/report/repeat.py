@@ -21,7 +21,7 @@ from pathlib import Path
 
 from agent.commands import script
 from agent.ids import new_run_id
-from agent.report.document import study_context
+from agent.report.markdown import Context
 from agent.report.stats import GroupRule, best_settings_per_group, default_by, settings_of
 from agent.report.study import (
     RunRecord,
@@ -179,7 +179,9 @@ def planned(argv: list[str] | None):
     if not study.scored_runs():
         raise UserError(f"sweep={args.sweep!r}: no run has a value of its metric "
                         f"{study.metric!r} yet: nothing to repeat")
-    ctx = study_context(study, Path("."), GroupRule())  # the report's groups, nothing written
+    # the report's groups (diverged, stuck, converged), without reading the dataset
+    ctx = Context(study, Path("."), GroupRule(), [], study.scored_runs())
+    ctx.classify(study.ended_runs())
     configs = repeat_configs(study, args.top, args.by, args.seeds, ctx.diverged)
     if not configs:
         raise UserError(f"sweep={args.sweep!r}: every run with a value of its metric "
