@@ -23,6 +23,7 @@ from pathlib import Path
 from agent.cluster import submit
 from agent.commands import script
 from agent.params import BY_NAME
+from agent.sweep.agent_loop import stop_signals
 from agent.sweep.controller import (
     HEARTBEAT_S,
     HEARTBEAT_TIMEOUT_S,
@@ -212,9 +213,10 @@ def agent_slots(gpus: list[str], per_gpu: int, cpu_agents: int) -> list[dict]:
 
 def start_agents(command: list[str], slots: list[dict],
                  store: SweepStore | None = None) -> int:
-    """Run one agent process per slot; Ctrl-C or SIGTERM is passed on to every agent. Once
-    all have exited, runs of `store` they left running (an agent killed mid-trial) are
-    marked crashed and re-queued at once, not after the heartbeat timeout."""
+    """Run one agent process per slot; Ctrl-C, SIGTERM or SIGHUP (the terminal closed; not
+    under nohup) is passed on to every agent as SIGTERM. Once all have exited, runs of
+    `store` they left running (an agent killed mid-trial) are marked crashed and re-queued
+    at once, not after the heartbeat timeout."""
     agents = [subprocess.Popen(command, env={**os.environ, **slot}) for slot in slots]
 
     def pass_on(signum, frame):
@@ -222,8 +224,8 @@ def start_agents(command: list[str], slots: list[dict],
             if agent.poll() is None:
                 agent.send_signal(signal.SIGTERM)
 
-    signal.signal(signal.SIGINT, pass_on)
-    signal.signal(signal.SIGTERM, pass_on)
+    for signum in stop_signals():
+        signal.signal(signum, pass_on)
     codes = [agent.wait() for agent in agents]
     if store is not None:
         repair_left_runs(store, [agent.pid for agent in agents])
@@ -259,7 +261,7 @@ def run_agent_here(agent_argv: list[str], slot: dict, store: SweepStore | None =
         sys.modules["torch"].set_num_threads(int(slot["OMP_NUM_THREADS"]))
     from agent.sweep import agent_loop
 
-    handlers = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)}
+    handlers = {s: signal.getsignal(s) for s in stop_signals()}
     try:
         return agent_loop.main(agent_argv)
     except UserError as error:

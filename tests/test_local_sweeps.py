@@ -260,7 +260,10 @@ def test_failing_trials_are_recorded_and_three_in_a_row_stop_the_agent(workdir):
 
 @pytest.mark.e2e
 @pytest.mark.timeout(240)
-def test_ctrl_c_stops_every_agent_cleanly_and_keeps_the_runs_resumable(workdir):
+@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGHUP], ids=["ctrl-c", "hang-up"])
+def test_ctrl_c_stops_every_agent_cleanly_and_keeps_the_runs_resumable(workdir, signum):
+    """Ctrl-C, or the terminal closing (the shell's SIGHUP to its jobs; before, it killed
+    every agent mid-trial: runs left `running`, then repeated from scratch)."""
     sweep_file = workdir / "long.yaml"
     write_grid(sweep_file, epochs=30, lrs=[0.01, 0.02, 0.03])
     launcher = subprocess.Popen([sys.executable, "-m", "agent.launch", str(sweep_file),
@@ -271,7 +274,7 @@ def test_ctrl_c_stops_every_agent_cleanly_and_keeps_the_runs_resumable(workdir):
     store = wait_for(lambda: launched_store(workdir), 60, "the store")
     wait_for(lambda: sum(r.state == "running" and r.epoch >= 1
                          for r in store.runs()) == 2, 120, "two running runs")
-    os.killpg(launcher.pid, signal.SIGINT)  # what Ctrl-C sends to the foreground group
+    os.killpg(launcher.pid, signum)  # what Ctrl-C (or a closing terminal) sends the group
     out, err = launcher.communicate(timeout=60)
     assert launcher.returncode == 0, err[-2000:]
     runs = store.runs()
@@ -281,7 +284,7 @@ def test_ctrl_c_stops_every_agent_cleanly_and_keeps_the_runs_resumable(workdir):
 
 @pytest.mark.e2e
 @pytest.mark.timeout(240)
-@pytest.mark.parametrize("how", ["sigterm", "ctrl-c"])
+@pytest.mark.parametrize("how", ["sigterm", "ctrl-c", "hang-up"])
 def test_one_agent_trains_in_the_launchers_process_and_a_signal_preempts_it(workdir, how):
     """One agent on the CPU: the launcher trains itself (no second interpreter to import
     torch, the engine and wandb again); SIGTERM or Ctrl-C still preempts the run, keeps it
@@ -298,6 +301,8 @@ def test_one_agent_trains_in_the_launchers_process_and_a_signal_preempts_it(work
     assert run.owner.endswith(f":{launcher.pid}")  # trained by the launcher itself
     if how == "sigterm":
         launcher.send_signal(signal.SIGTERM)
+    elif how == "hang-up":  # the terminal closed: its shell sends its jobs SIGHUP
+        os.killpg(launcher.pid, signal.SIGHUP)
     else:
         os.killpg(launcher.pid, signal.SIGINT)  # what Ctrl-C sends to the foreground group
     out, err = launcher.communicate(timeout=60)
@@ -313,6 +318,29 @@ def test_one_agent_trains_in_the_launchers_process_and_a_signal_preempts_it(work
     resumed = store.run(stopped.id)
     assert resumed.state == "finished" and resumed.epoch == 30
     assert [h["epoch"] for h in resumed.history] == list(range(1, 31))
+
+
+@pytest.mark.e2e
+@pytest.mark.timeout(240)
+@pytest.mark.parametrize("agents", ["1", "2"])
+def test_a_sweep_started_under_nohup_outlives_its_terminal(workdir, agents):
+    """`nohup ./run_sweep.sh ...`: SIGHUP is ignored, as the user asked; the agents (the
+    launcher's own, or its children) do not take it for a preemption."""
+    sweep_file = workdir / "long.yaml"
+    write_grid(sweep_file, epochs=3, lrs=[0.01])
+    launcher = subprocess.Popen(
+        [sys.executable, "-m", "agent.launch", str(sweep_file), "--agents", agents],
+        cwd=workdir, env=subprocess_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+        text=True, start_new_session=True,
+        preexec_fn=lambda: signal.signal(signal.SIGHUP, signal.SIG_IGN))  # what nohup does
+    store = wait_for(lambda: launched_store(workdir), 60, "the store")
+    wait_for(lambda: any(r.state == "running" and r.epoch >= 1 for r in store.runs()), 120,
+             "a running run")
+    os.killpg(launcher.pid, signal.SIGHUP)
+    out, err = launcher.communicate(timeout=180)
+    assert launcher.returncode == 0, err[-2000:]
+    (run,) = store.runs()
+    assert run.state == "finished" and run.epoch == 3, (run.state, run.epoch, err[-2000:])
 
 
 def test_only_one_agent_on_the_devices_the_launcher_sees_trains_in_its_process(monkeypatch):

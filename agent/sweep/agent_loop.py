@@ -5,10 +5,10 @@ model with `--pack K`), record each run, repeat.
 `python -m agent.sweep.agent_loop --wandb <entity/project/sweep-id>` pulls from W&B's server
 instead.
 Trials run in-process with `agent.trial.train`, so the dataset stays on the device between
-them. SIGTERM or SIGINT ends the current trial as `preempted` (its checkpoint kept; the next
-agent resumes it) and the agent exits. An agent that finds its run taken from it (it was
-silent past the heartbeat timeout, and its run was declared crashed and re-queued) drops
-that trial without writing to the store and claims the next.
+them. SIGTERM, SIGINT or SIGHUP (the terminal closed) ends the current trial as `preempted`
+(its checkpoint kept; the next agent resumes it) and the agent exits. An agent that finds
+its run taken from it (it was silent past the heartbeat timeout, and its run was declared
+crashed and re-queued) drops that trial without writing to the store and claims the next.
 """
 
 from __future__ import annotations
@@ -69,6 +69,16 @@ PROBE_MIN_S = 1.0
 # --pack auto packs a bayes sweep's runs at most this many at a time: the runs of a pack are
 # proposed together, before any of them has a result (a fixed --pack K is taken as given)
 BAYES_PACK = 8
+
+
+def stop_signals() -> tuple[signal.Signals, ...]:
+    """The signals that stop an agent as a preemption: a scheduler's walltime (SIGTERM),
+    Ctrl-C, and its terminal closing (SIGHUP: an ssh session dropped), whose default action
+    killed the agent mid-trial, its run left `running` until the heartbeat timeout and then
+    repeated from scratch, its checkpointed epochs lost. Not SIGHUP where it is ignored: under
+    `nohup` the user asked the sweep to outlive its terminal."""
+    hangup = () if signal.getsignal(signal.SIGHUP) == signal.SIG_IGN else (signal.SIGHUP,)
+    return (signal.SIGTERM, signal.SIGINT, *hangup)
 
 
 class Heartbeat:
@@ -201,7 +211,7 @@ class LocalAgent:
             self.sizer = PackSizer(fixed=1)  # another program: one subprocess a run
 
     def run(self, count: int | None) -> int:
-        for signum in (signal.SIGTERM, signal.SIGINT):
+        for signum in stop_signals():
             signal.signal(signum, lambda number, frame: self.signalled.append(number))
         failures = done = failed = 0
         while (count is None or done < count) and not self.signalled:
@@ -543,7 +553,7 @@ def run_wandb_agent(sweep_path: str, count: int | None, project: str | None,
     from agent.sweep.wandb_agent import run_wandb_sweep
 
     signalled = []
-    for number in (signal.SIGTERM, signal.SIGINT):  # the trial preempts at its next step
+    for number in stop_signals():  # the trial preempts at its next step
         signal.signal(number, lambda number, frame: signalled.append(number))
     return run_wandb_sweep(sweep_path, count, project, interrupted=lambda: bool(signalled),
                            pack=pack)
