@@ -177,6 +177,30 @@ def test_store_is_a_wal_sqlite_file_readable_by_plain_sqlite(workdir):
 
 
 @pytest.mark.e2e
+@pytest.mark.timeout(240)
+def test_an_ended_run_is_in_sweep_db_itself_when_its_agent_is_killed(workdir):
+    """SQLite keeps new writes in sweep.db-wal until 1000 pages or the last connection's
+    close: an agent killed by SIGKILL left a small sweep's finished runs there alone, and a
+    copy of sweep.db (the file the launcher names as the results) held no run."""
+    store = make_sweep(workdir, "copied", {**LONG_RUN, "epochs": {"value": 30},
+                                           "lr": {"values": [0.01, 0.02]}})
+    agent = start_agent(workdir, store)
+    wait_for(lambda: [r.state for r in store.runs()] == ["finished", "running"], 200,
+             "a finished run and a running one")
+    agent.send_signal(signal.SIGKILL)
+    agent.wait(timeout=30)
+    copy = workdir / "copy" / "sweep.db"
+    copy.parent.mkdir()
+    # copied while this test's connection is open (closing the last one would checkpoint)
+    shutil.copyfile(workdir / "data" / "sweeps" / "copied" / "sweep.db", copy)
+    runs = SweepStore(copy, read_only=True).runs()
+    assert runs, "the copy of sweep.db holds no run"
+    ended = runs[0]
+    assert ended.state == "finished" and len(ended.history) == 30
+    assert ended.summary["test/acc"] > 0
+
+
+@pytest.mark.e2e
 @pytest.mark.timeout(120)
 @pytest.mark.parametrize("target", ["no-such-sweep", "data/sweeps/missing"])
 def test_unknown_sweep_is_one_line_exit_2_and_creates_nothing(tmp_path, target):

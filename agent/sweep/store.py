@@ -347,10 +347,26 @@ class SweepStore:
             raise ValueError(f"an agent ends a run as one of {AGENT_END_STATES}, not {state!r}")
         summary_json = None if summary is None else json.dumps(summary, default=float)
         with self._write() as db:
-            return db.execute(
+            took = db.execute(
                 "UPDATE runs SET state=?, ended=?, summary=COALESCE(?, summary),"
                 " error=COALESCE(?, error) WHERE id=? AND owner=? AND state='running'",
                 (state, time.time(), summary_json, error, run_id, owner)).rowcount == 1
+        if took:
+            self._write_through()
+        return took
+
+    def _write_through(self) -> None:
+        """Copy what the write-ahead log holds into sweep.db itself (a passive checkpoint:
+        it waits for no one). SQLite does so only every 1000 pages or when the last
+        connection closes, so an agent killed (SIGKILL, OOM, a node lost) left a small
+        sweep's every run in sweep.db-wal alone, and a copy of sweep.db, the file the
+        launcher names as the results, held none of them. Done as each run ends: sweep.db
+        then holds every ended run. Best effort: what it cannot copy now stays in the log,
+        which SQLite reads as part of the store."""
+        try:
+            self.db.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchall()
+        except sqlite3.Error:
+            pass
 
 
 def create_store(directory: str | os.PathLike, sweep_id: str, name: str,
