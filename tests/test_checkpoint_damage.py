@@ -170,3 +170,18 @@ def test_a_run_started_again_with_other_values_is_refused_and_its_checkpoints_ke
     assert {n: (run_dir / n).read_bytes() for n in before} == before
     summary = train(config(workdir, run_id="r1", epochs=3))  # trained on, from epoch 2
     assert summary["epochs_done"] == 3
+
+
+@pytest.mark.timeout(180)
+def test_a_run_started_again_after_its_last_checkpoint_ends_finished_at_once(workdir, straight):
+    """A run whose last epoch's checkpoint stands (it ended preempted after it: a full disk
+    as it wrote its summary, a signal as it tested) is tested and summarised when started
+    again, with its results; before, its summary had no state (a KeyError) and an agent
+    left its run `running`."""
+    (workdir / "runs").mkdir(exist_ok=True)
+    train(config(workdir, run_id="r1", epochs=3))
+    (workdir / "runs" / "r1" / "summary.json").unlink()
+    again = train(config(workdir, run_id="r1", epochs=3))
+    assert again["state"] == "finished"
+    assert {key: again[key] for key in COMPARED} == {key: straight[key] for key in COMPARED}
+    assert (workdir / "runs" / "r1" / "summary.json").exists()

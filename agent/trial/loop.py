@@ -93,6 +93,13 @@ def train_pack(configs: list[dict], hooks: list[TrialHooks] | None = None,
         _start_sinks(members, pack)
         if device.type == "cuda":
             torch.cuda.reset_peak_memory_stats(device)
+        if pack.members[0].progress.epoch >= cfg.epochs:
+            # every epoch trained before it ended (preempted after its last checkpoint: a
+            # full disk at its end, a signal as it tested): tested and summarised now; before,
+            # no member ended and the summary had no state (a KeyError; an agent's run stayed
+            # running, then was repeated from scratch)
+            _end_members(pack, data, {k: ("finished", None) for k in range(pack.size)},
+                         started)
         while pack.size and pack.members[0].progress.epoch < cfg.epochs:
             _epoch(pack, data, device, started)
         return [m.summary for m in members]
