@@ -294,20 +294,20 @@ def launcher_exit_code(pids: list[int], codes: list[int]) -> int:
 
 
 class _Closed(Exception):
-    """A Ctrl-C or SIGTERM while the closing lines print."""
+    """A Ctrl-C, SIGTERM or SIGHUP while the closing lines print."""
 
 
 def report_local(store: SweepStore, options: str = "") -> None:
     """The sweep's table and the next commands. Every agent has ended and the store holds
-    everything, so a Ctrl-C or SIGTERM now (a batch job's walltime as the sweep ends) cuts
-    the lines short without a traceback, and the launcher ends with its agents' code, not
-    as killed by the signal."""
+    everything, so a Ctrl-C, SIGTERM or SIGHUP now (a batch job's walltime as the sweep
+    ends, a terminal closing) cuts the lines short without a traceback, and the launcher
+    ends with its agents' code, not as killed by the signal."""
     from agent.sweep.status import closing_lines, render_status
 
     def closed(signum, frame):
         raise _Closed
 
-    handlers = {s: signal.signal(s, closed) for s in (signal.SIGINT, signal.SIGTERM)}
+    handlers = {s: signal.signal(s, closed) for s in stop_signals()}
     try:
         render_status(store, limit=10)
         print("\n".join(closing_lines(store, options)))

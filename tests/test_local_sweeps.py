@@ -867,3 +867,32 @@ def test_a_signal_while_the_closing_lines_print_ends_with_the_agents_code(workdi
     assert states(store) == ["finished", "finished"]
     assert done.stderr.splitlines()[-1] == (f"(stopped; the sweep is saved: ./util/with_venv.sh "
                                             f"python -m agent.status {store.sweep().id})")
+
+
+@pytest.mark.e2e
+@pytest.mark.timeout(240)
+def test_a_terminal_that_closed_ends_the_launcher_with_its_agents_code(workdir):
+    """The launcher's terminal closes while it trains (an ssh session dropped): its shell
+    sends the job SIGHUP and every later write to the terminal fails (EIO). The run is
+    preempted and resumable, and the launcher ends with 0 as for Ctrl-C, not with 1 from a
+    closing table it could not print."""
+    import pty
+
+    sweep_file = workdir / "long.yaml"
+    write_grid(sweep_file, epochs=30, lrs=[0.01])
+    leader, follower = pty.openpty()
+    launcher = subprocess.Popen([sys.executable, "-m", "agent.launch", str(sweep_file)],
+                                cwd=workdir, env=subprocess_env(), stdin=follower,
+                                stdout=follower, stderr=follower, start_new_session=True)
+    os.close(follower)
+    try:
+        store = wait_for(lambda: launched_store(workdir), 60, "the store")
+        wait_for(lambda: any(r.state == "running" and r.epoch >= 1 for r in store.runs()),
+                 120, "a running run")
+    finally:
+        os.close(leader)  # the terminal is gone: writes to it fail from now on
+    os.killpg(launcher.pid, signal.SIGHUP)  # what its shell sends its jobs
+    code = launcher.wait(timeout=60)
+    (run,) = store.runs()
+    assert (code, run.state) == (0, "preempted") and run.epoch >= 1, (code, run.state,
+                                                                     run.error)

@@ -72,10 +72,59 @@ def naming(path: object) -> Iterator[None]:
         raise
 
 
+class _TerminalOutput:
+    """sys.stdout or sys.stderr, less one way to fail: once the terminal it writes to is
+    gone (an ssh session dropped; every write then fails with EIO, often before the SIGHUP
+    that says so is handled), its output goes to /dev/null and the command goes on, so a
+    trial that was printing its progress is preempted by the SIGHUP, not crashed by a
+    print. Every other error (a closed pipe: EPIPE) is the stream's own."""
+
+    def __init__(self, stream):
+        self._stream = stream
+
+    def _gone(self) -> None:
+        os.dup2(os.open(os.devnull, os.O_WRONLY), self._stream.fileno())
+
+    def write(self, text: str) -> int:
+        try:
+            return self._stream.write(text)
+        except OSError as error:
+            if error.errno != errno.EIO:
+                raise
+            self._gone()
+            return len(text)
+
+    def flush(self) -> None:
+        try:
+            self._stream.flush()
+        except OSError as error:
+            if error.errno != errno.EIO:
+                raise
+            self._gone()
+            self._stream.flush()  # what it held goes to /dev/null now
+
+    def __getattr__(self, name):
+        return getattr(self._stream, name)
+
+
+def survive_a_lost_terminal() -> None:
+    """Wrap sys.stdout and sys.stderr (see _TerminalOutput), where they are terminals."""
+    for name in ("stdout", "stderr"):
+        stream = getattr(sys, name)
+        try:
+            terminal = os.isatty(stream.fileno())
+        except (AttributeError, OSError, ValueError):  # replaced or closed streams
+            continue
+        if terminal and not isinstance(stream, _TerminalOutput):
+            setattr(sys, name, _TerminalOutput(stream))
+
+
 def exit_on_user_error(main):
     """Run `main()`; turn a UserError into one line on stderr and exit code 2. A reader of
     stdout that went away (`... --dry-run | head`) ends the command quietly with 141 (128 +
-    SIGPIPE, what a shell reports for a writer into a closed pipe), not a traceback."""
+    SIGPIPE, what a shell reports for a writer into a closed pipe), not a traceback; a
+    terminal that went away (EIO) is written to no more (survive_a_lost_terminal)."""
+    survive_a_lost_terminal()
     try:
         return main()
     except UserError as error:
