@@ -159,6 +159,26 @@ def test_a_repeat_seed_that_diverged_is_named_and_counts_in_no_mean(tmp_path, mo
     assert set(flags.values()) == {"False"} and len(flags) == 7
 
 
+def test_a_repeated_setting_with_one_seed_that_trained_is_named_not_compared(tmp_path,
+                                                                            monkeypatch):
+    """`agent.repeat --seeds 2` where one of adam's two fresh seeds diverged: its row has one
+    value, which Welch's test cannot use. The report said nothing of it and, with sgd the
+    only row left to test, stopped on a traceback (min() of no comparison); now the
+    sentence says nothing was compared and names the row that could not be."""
+    monkeypatch.chdir(tmp_path)
+    store = seeded_sweep(tmp_path)
+    configs = repeat_configs(local_study(store), top=1, by="optimizer", seeds=2)
+    for n, (_, config) in enumerate(configs):
+        repeat = create_store(tmp_path / "data" / "sweeps" / f"rep{n}", f"rep{n}", "r", config)
+        finish_all(repeat, diverges=lambda c: (c["optimizer"], c["seed"]) == ("adam", 4))
+    text = document.build_report(local_study(store), tmp_path / "report").path.read_text()
+    table = text.split("### By optimizer")[1].split("###")[0]
+    assert "**" not in table
+    assert ("Fewer than two rows have 2 fresh seeds that did not diverge: nothing to compare, "
+            "nothing bold. Not compared, fewer than 2 fresh seeds that did not diverge: "
+            "optimizer=adam, lr=0.01.") in table, table
+
+
 def test_the_report_shows_each_setting_once_over_fresh_seeds(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     store = seeded_sweep(tmp_path)

@@ -321,14 +321,25 @@ def _bold_sentence(samples: dict, leader: str | None, adjusted: dict, names: dic
                    goal: str) -> str:
     if len(samples) < 2:
         return "One repeated configuration: nothing to compare, nothing bold."
+    # a row with fewer than 2 fresh seeds that trained (the others diverged) takes no part
+    # in the tests (stats.supported_best): it is named, never set against the others
+    apart = [k for k, v in samples.items() if len(v) < 2]
+    samples = {k: v for k, v in samples.items() if k not in apart}
+    unused = (f" Not compared, fewer than 2 fresh seeds that did not diverge: "
+              f"{'; '.join(names[k] or 'the setting' for k in apart)}." if apart else "")
+    if len(samples) < 2:
+        return ("Fewer than two rows have 2 fresh seeds that did not diverge: nothing to "
+                "compare, nothing bold." + unused)
     compared = ("the other row" if len(adjusted) == 1 else
                 f"every other row, Holm-corrected over those {len(adjusted)} comparisons,")
     test = (f"Welch's t-test (two-sided, unequal variances) of the best mean against "
             f"{compared} at {ALPHA:g}")
     if leader is not None:
         worst = max(adjusted.values())
-        return (f"Bold: {names[leader]}, better than every other row by {test} (largest "
-                f"adjusted p = {worst:.3g}). Test accuracy is reported, never used to pick.")
+        return (f"Bold: {names[leader]}, better than every other row"
+                f"{' compared' if apart else ''} by {test} (largest "
+                f"adjusted p = {worst:.3g}). Test accuracy is reported, never used to pick."
+                + unused)
     pick = max if goal == "maximize" else min
     best = pick(samples, key=lambda k: np.mean(samples[k]))
     # of the rows it is not separated from, the nearest mean (Holm's p often ties at 1)
@@ -336,7 +347,7 @@ def _bold_sentence(samples: dict, leader: str | None, adjusted: dict, names: dic
     closest = min((k for k in adjusted if adjusted[k] >= ALPHA),
                   key=lambda k: abs(np.mean(samples[k]) - level))
     return (f"Nothing is bold: {names[best]} has the best mean, but {test} does not separate "
-            f"it from {names[closest]} (adjusted p = {adjusted[closest]:.3g}).")
+            f"it from {names[closest]} (adjusted p = {adjusted[closest]:.3g})." + unused)
 
 
 def write_seeds_csv(ctx: Context, repeated: dict[str, Repeated], path) -> None:
