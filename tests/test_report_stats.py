@@ -107,6 +107,17 @@ def test_group_rule_on_every_branch(history, steps, diverged, group):
     assert verdict.group == group, verdict
 
 
+def test_a_stuck_runs_reason_never_prints_its_accuracy_equal_to_the_bound():
+    """A Fashion-MNIST run of best validation accuracy 449/3000 = 0.14967 was listed as
+    'best accuracy 0.150 < 0.150': the decimals go on until the two differ."""
+    history = [{"epoch": 1, "train/loss": 2.3, "val/loss": 2.3, "val/acc": 449 / 3000}]
+    verdict = stats.classify(run(history), [2.3], 10, RULE)
+    assert verdict.group == "stuck"
+    assert verdict.reason == "best accuracy 0.1497 < 0.1500", verdict
+    history = [{"epoch": 1, "train/loss": 2.3, "val/loss": 2.3, "val/acc": 0.112}]
+    assert stats.classify(run(history), [2.3], 10, RULE).reason == "best accuracy 0.112 < 0.150"
+
+
 def test_no_epoch_and_no_loss_is_no_verdict():
     assert stats.classify(run([]), [], 10, RULE) is None
 

@@ -191,9 +191,17 @@ def classify(run: RunRecord, step_losses: list[float], classes: int,
     if best is None:
         return None
     if best < rule.stuck_below(classes):
-        return Verdict(STUCK, f"best accuracy {best:.3f} < {rule.stuck_below(classes):.3f}",
+        return Verdict(STUCK, f"best accuracy {_below(best, rule.stuck_below(classes))}",
                        peak, best)
     return Verdict(CONVERGED, f"best accuracy {best:.3f}", peak, best)
+
+
+def _below(value: float, bound: float, digits: int = 3) -> str:
+    """'0.1497 < 0.1500': `value` under `bound` with `digits` decimals, more where both
+    would print the same ('0.150 < 0.150' for an accuracy of 0.14967)."""
+    while f"{value:.{digits}f}" == f"{bound:.{digits}f}" and digits < 12:
+        digits += 1
+    return f"{value:.{digits}f} < {bound:.{digits}f}"
 
 
 # ---------------------------------------------------------------- parameters
