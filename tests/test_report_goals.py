@@ -6,6 +6,7 @@ that fails half-way leaves the previous one whole. Real SQLite stores holding fi
 
 from __future__ import annotations
 
+import csv
 import os
 import re
 import shutil
@@ -81,6 +82,10 @@ def test_the_report_reads_the_metric_by_its_goal(tmp_path, monkeypatch, metric):
         worst = max(shown) if metric.goal == "minimize" else min(shown)
         assert f"from the worst ({worst:.2f}, dark)" in sentence
     assert (tmp_path / "report" / "marginals.png").stat().st_size > 0
+    # runs.csv holds the metric the study ranks by (val/loss is no summary column)
+    with open(tmp_path / "report" / "runs.csv", newline="") as handle:
+        rows = list(csv.DictReader(handle))
+    assert {row["run_id"]: float(row[metric.name]) for row in rows} == values
 
 
 def test_a_group_whose_mean_lies_outside_its_middle_half_is_drawn(tmp_path, monkeypatch):

@@ -55,20 +55,22 @@ SUMMARY_COLUMNS = metrics.names(summary=True)
 def write_csv(ctx: Context, path: Path) -> None:
     """One row per run: id, state, group (diverged / stuck / converged), the packed trial it
     first trained in and that pack's size (empty and 1 for a run claimed alone), its
-    parameters and summary metrics."""
+    parameters, the sweep's metric and the summary metrics."""
     study = ctx.study
     keys = sorted({k for run in study.runs for k in run.config if k != "sweep"})
     sizes = Counter(run.pack for run in study.runs if run.pack)
+    # the sweep's own metric, whichever it is (val/loss is no summary column)
+    columns = ([study.metric] if study.metric not in SUMMARY_COLUMNS else []) \
+        + list(SUMMARY_COLUMNS)
     with open(path, "w", newline="", encoding="utf-8") as handle:
         writer = csv.writer(handle)
-        writer.writerow(["run_id", "state", "group", "pack", "pack_size", *keys,
-                         *SUMMARY_COLUMNS])
+        writer.writerow(["run_id", "state", "group", "pack", "pack_size", *keys, *columns])
         for run in study.runs:
             writer.writerow([run.id, run.state, ctx.group_of(run), run.pack or "",
                              sizes[run.pack] if run.pack else 1,
                              *(json.dumps(run.config[k]) if isinstance(run.config.get(k), list)
                                else run.config.get(k, "") for k in keys),
-                             *(run.summary.get(k, "") for k in SUMMARY_COLUMNS)])
+                             *(run.summary.get(k, "") for k in columns)])
 
 
 def study_context(study: Study, out_dir: Path, rule: stats.GroupRule,
