@@ -17,6 +17,7 @@ from agent.report.markdown import (
     config_text,
     diverged_left_out,
     fmt,
+    log_text,
     stopped_text,
 )
 from agent.report.study import RunRecord
@@ -478,8 +479,8 @@ def importance_section(report: Report, ctx: Context) -> None:
     groups = _levels(study.runs, split) if split else []
     report.add(f"Against `{study.metric}`: a random forest's impurity importance (200 trees; "
                "categorical parameters one-hot encoded, their columns summed) and the "
-               "Pearson correlation of numeric parameters (log10 of those spanning two "
-               "decades or more), as in W&B's parameter-importance panel, over all runs"
+               f"Pearson correlation of numeric parameters (log10 of those spanning "
+               f"{log_text(ctx, axes)}), as in W&B's parameter-importance panel, over all runs"
                + (" that did not diverge" if diverged else "")
                + (" and within each optimizer" if split else "") + ". A correlation only "
                "measures a straight-line trend: read it beside the sensitivity plot."

@@ -11,7 +11,7 @@ from agent.report import stats
 from agent.report.curves import LossCurve, loss_curve, step_losses
 from agent.report.figures import Drawn
 from agent.report.study import RunRecord, Study
-from agent.sweep_space import short_number
+from agent.sweep_space import log_scaled, short_number
 
 
 class Report:
@@ -107,6 +107,21 @@ class Context:
                                          self.rule)
                 if verdict is not None:
                     self.verdicts[run.id] = verdict
+
+
+def log_text(ctx: Context, names: list[str]) -> str:
+    """'two decades or more, or powers of two spread 8-fold or more: here lr, batch_size':
+    which of `names` the figures and correlations read on a log scale
+    (sweep_space.log_scaled), by the rule and by name."""
+    logged = []
+    for name in names:
+        values = {r.config.get(name, r.params.get(name)) for r in ctx.study.runs
+                  if not isinstance(r.config.get(name), list)}
+        if all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in values) \
+                and log_scaled(sorted(values)):
+            logged.append(name)
+    return ("two decades or more, or powers of two spread 8-fold or more (batch sizes): "
+            + (f"here {', '.join(logged)}" if logged else "none here"))
 
 
 def fmt(value, digits: int = 4) -> str:

@@ -15,6 +15,7 @@ from agent.report.markdown import (
     config_text,
     fmt,
     fmt_value,
+    log_text,
     stopped_text,
 )
 from agent.report.study import RunRecord
@@ -30,8 +31,8 @@ def parallel_section(report: Report, ctx: Context) -> None:
     stopped = [stats.stopped_early(r) for r in ctx.scored]
     report.add("## All runs in parallel coordinates", "",
                f"One line per run with a value of `{study.metric}`; the axes are the "
-               "parameters the sweep varies (log axes where they span two decades or "
-               "more); colour is the metric (brighter is better)."
+               f"parameters the sweep varies (log axes where they span "
+               f"{log_text(ctx, ctx.swept)}); colour is the metric (brighter is better)."
                + (f" Dashed: the {sum(stopped)} run{'s' if sum(stopped) != 1 else ''} the "
                   "sweep's early termination (hyperband) stopped, at the value of the epoch "
                   "it stopped at, not a final one." if any(stopped) else ""), "")
