@@ -493,3 +493,26 @@ def test_the_winners_curse_is_read_by_the_goal_and_an_equal_pick_is_no_luck(tmp_
     assert "would bias the mean downward" in text
     assert "One run of one seed: the intervals over seeds are in the section on seeds above" \
         in text  # the best run's note, with repeats to point to
+
+
+def test_a_setting_without_repeats_names_the_sweeps_seeds_that_diverged(tmp_path,
+                                                                        monkeypatch):
+    """A setting the sweep gave three seeds, one of which diverged: its row (no repeat sweep
+    yet) gives the mean of the other two and names the diverged seed beside them, rather
+    than a mean that reads as if every seed trained."""
+    monkeypatch.chdir(tmp_path)
+    store = seeded_sweep(tmp_path, diverges=lambda c: (c["optimizer"], c["lr"], c["seed"])
+                         == ("adam", 0.01, 2))
+    study = local_study(store)
+    text = document.build_report(study, tmp_path / "report").path.read_text()
+    table = text.split("### By optimizer")[1].split("###")[0]
+    row = next(line for line in table.splitlines() if line.startswith("| adam | lr=0.01 |"))
+    values = [value({"optimizer": "adam", "lr": 0.01, "seed": s}) for s in (0, 1)]
+    mean, sd = np.mean(values), np.std(values, ddof=1)
+    half = scipy_stats.t.ppf(0.975, 1) * sd / np.sqrt(2)
+    assert f"| {mean:.4f} ± {half:.4f} (n=2) |" in row, row
+    (bad,) = [r for r in study.runs if (r.config["optimizer"], r.config["lr"],
+                                         r.config["seed"]) == ("adam", 0.01, 2)]
+    assert row.endswith(f"; seed 2 diverged ({bad.id}), not in its value |"), row
+    sgd = next(line for line in table.splitlines() if line.startswith("| sgd | lr=0.1 |"))
+    assert "diverged" not in sgd

@@ -270,12 +270,24 @@ def by_table(report: Report, ctx: Context, by: str, repeated: dict[str, Repeated
             [fmt_value(s.best, by), config_text(s.best, others) or "–",
              ci_text(s.values(metric), ctx.level),
              ci_text(s.values("test/acc"), ctx.level) if s.values("test/acc") else "–",
-             " ".join(r.id for r in s.runs) + _stopped_note(s.runs)] for group, s in single])
+             " ".join(r.id for r in s.runs) + _stopped_note(s.runs)
+             + _diverged_seeds_note(s, diverged)] for group, s in single])
     if diverged:
         report.add(_diverged_note(diverged, by, groups), "")
     if ctx.base is not None:
         report.add(f"Baselines on the test set: chance {ctx.base.chance:.4f}, majority class "
                    f"{ctx.base.majority:.4f}.", "")
+
+
+def _diverged_seeds_note(setting: stats.Setting, diverged: list[RunRecord]) -> str:
+    """'; seed 1 diverged (abc)' for the sweep's runs of `setting` that diverged: its value
+    is over the others, which a reader must know of a setting that diverges on some seeds."""
+    mine = [r for r in diverged if stats.setting_key(r) == setting.key]
+    if not mine:
+        return ""
+    seeds = ", ".join(str(r.params.seed) for r in mine)
+    return (f"; seed{'s' if len(mine) > 1 else ''} {seeds} diverged "
+            f"({' '.join(r.id for r in mine)}), not in its value")
 
 
 def _diverged_note(diverged: list[RunRecord], by: str, groups: dict) -> str:
