@@ -132,6 +132,31 @@ def test_sigkilled_agent_run_is_crashed_and_requeued_once(workdir):
 
 @pytest.mark.e2e
 @pytest.mark.timeout(240)
+def test_an_agent_with_nothing_to_claim_says_what_it_waits_for(workdir):
+    """An agent started after another was killed (kill -9) on this host finds nothing to
+    claim: one line (not one a poll) names the run it waits on, the timeout after which it
+    repeats it, and that the run's agent has ended; then it repeats the run."""
+    store = make_sweep(workdir, "waits", {**LONG_RUN, "epochs": {"value": 3},
+                                          "lr": {"values": [0.01]}})
+    victim = start_agent(workdir, store)
+    killed = wait_for(lambda: next((r for r in store.runs() if r.state == "running"
+                                    and r.epoch >= 1), None), 120, "a first epoch")
+    victim.send_signal(signal.SIGKILL)
+    victim.wait(timeout=30)
+    survivor = start_agent(workdir, store, "--heartbeat-timeout", "6")
+    assert survivor.wait(timeout=200) == 0
+    err = survivor.stderr.read()
+    waiting = [line for line in err.splitlines() if ": waiting: " in line]
+    assert len(waiting) == 1, err
+    assert (f"nothing left to claim while other agents train 1 run(s) ({killed.id}); a run "
+            "silent for 6 s is taken for crashed and repeated here; the agent of "
+            f"{killed.id} on this host has ended: repeated here in about ") in waiting[0]
+    (repeat,) = [r for r in store.runs() if r.requeued_from == killed.id]
+    assert repeat.state == "finished"
+
+
+@pytest.mark.e2e
+@pytest.mark.timeout(240)
 def test_sigterm_preempts_and_the_next_agent_resumes_the_epoch_count(workdir):
     store = make_sweep(workdir, "preempt", {**LONG_RUN, "epochs": {"value": 10},
                                             "lr": {"value": 0.01}})

@@ -81,6 +81,18 @@ def stop_signals() -> tuple[signal.Signals, ...]:
     return (signal.SIGTERM, signal.SIGINT, *hangup)
 
 
+def _alive(pid: str) -> bool:
+    """Whether a process of this id runs here (another pid namespace's is not seen: such a
+    run is only named, never repaired, on this evidence)."""
+    try:
+        os.kill(int(pid), 0)
+    except ProcessLookupError:
+        return False
+    except (PermissionError, ValueError, OverflowError):
+        return True
+    return True
+
+
 class Heartbeat:
     """Refreshes the heartbeats of a pack's runs from a thread (with its own SQLite
     connection); `taken` is set once the store refuses a beat: a run is no longer ours;
@@ -210,6 +222,29 @@ class LocalAgent:
                       "agent runs it)", file=sys.stderr)
             self.sizer = PackSizer(fixed=1)  # another program: one subprocess a run
 
+    def say_why_waiting(self) -> None:
+        """One line, once for each set of runs it waits on: nothing is left to claim while
+        other agents train these, and when one counts as crashed (silent for the heartbeat
+        timeout: then it is repeated here). A run whose agent was of this host and has
+        ended (kill -9, a closed terminal) is named as such: it is only waited out."""
+        running = [r for r in self.store.runs() if r.state == "running"]
+        ids = {r.id for r in running}
+        if not running or ids == getattr(self, "_waited_on", None):
+            return
+        self._waited_on = ids
+        host, now = socket.gethostname(), time.time()
+        gone = [r for r in running if r.owner and r.owner.rpartition(":")[0] == host
+                and not _alive(r.owner.rpartition(":")[2])]
+        shown = ", ".join(sorted(ids)[:5]) + (", ..." if len(ids) > 5 else "")
+        line = (f"agent {self.owner}: waiting: nothing left to claim while other agents "
+                f"train {len(running)} run(s) ({shown}); a run silent for {self.timeout:g} s "
+                "is taken for crashed and repeated here")
+        if gone:
+            latest = max(r.heartbeat or 0 for r in gone)
+            line += (f"; the agent of {', '.join(r.id for r in gone)} on this host has ended: "
+                     f"repeated here in about {max(0.0, latest + self.timeout - now):.0f} s")
+        print(line, file=sys.stderr)
+
     def run(self, count: int | None) -> int:
         for signum in stop_signals():
             signal.signal(signum, lambda number, frame: self.signalled.append(number))
@@ -234,6 +269,7 @@ class LocalAgent:
             if work.kind == "done":
                 break
             if work.kind == "wait":  # others still run; one may crash and need repeating
+                self.say_why_waiting()
                 time.sleep(WAIT_POLL_S)
                 continue
             outcome = self.train_claim(work)
