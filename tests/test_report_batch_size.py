@@ -26,12 +26,13 @@ def best_lr(batch_size: int, k: float) -> float:
     return 0.1 * (batch_size / 256) ** k
 
 
-def accuracy(lr: float, batch_size: int, k: float) -> float:
-    return 0.9 - 0.05 * abs(math.log2(lr / best_lr(batch_size, k)))
+def accuracy(lr: float, batch_size: int, k: float, drop: float = 0.05) -> float:
+    """val/acc: 0.9 at lr*, `drop` less for each doubling or halving away from it."""
+    return 0.9 - drop * abs(math.log2(lr / best_lr(batch_size, k)))
 
 
 def batch_size_study(tmp_path, exponents: dict[str, float], sizes=SIZES,
-                     diverges=lambda config: False):
+                     diverges=lambda config: False, drop: float = 0.05):
     optimizers = list(exponents)
     config = {"program": "agent/train.py", "method": "grid",
               "metric": {"name": "val/acc", "goal": "maximize"},
@@ -45,7 +46,7 @@ def batch_size_study(tmp_path, exponents: dict[str, float], sizes=SIZES,
         for run in work.runs:
             c = run.config
             k = exponents[c.get("optimizer", optimizers[0])]
-            score = 0.99 if diverges(c) else accuracy(c["lr"], c["batch_size"], k)
+            score = 0.99 if diverges(c) else accuracy(c["lr"], c["batch_size"], k, drop)
             assert store.finish(run.run_id, "host:1", "finished",
                                 {"val/acc": score, "test/acc": score, "epochs_done": 1,
                                  "diverged": diverges(c)})
@@ -88,3 +89,17 @@ def test_fewer_than_three_batch_sizes_fit_no_exponent(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     assert observations(tmp_path, batch_size_study(tmp_path, {"sgd": 1.0},
                                                    sizes=[64, 256])) == []
+
+
+def test_lr_values_scoring_near_a_batch_sizes_best_are_named_beside_it(tmp_path,
+                                                                       monkeypatch):
+    """A flat optimum (0.015 lost per doubling of lr): the lr one doubling either side of
+    each batch size's best scores within 0.02 of it, so the best one among them may be
+    chance; each batch size's best lr comes with that range."""
+    monkeypatch.chdir(tmp_path)
+    (line,) = observations(tmp_path, batch_size_study(tmp_path, {"sgd": 1.0}, drop=0.015))
+    for b in SIZES:
+        top = best_lr(b, 1.0)
+        low, high = max(top / 2, LRS[0]), min(top * 2, LRS[-1])
+        assert f"{b}: {top:g} (lr {low:g}-{high:g} within 0.02)" in line, line
+    assert "batch_size^1.00 " in line

@@ -429,7 +429,8 @@ def test_nothing_bold_names_the_nearest_row_it_could_not_separate(goal):
 def test_a_repeat_without_by_groups_an_optimizer_study_by_optimizer(tmp_path, monkeypatch):
     """One model, optimizers compared (the seeded sweep): without --by, agent.repeat picks the
     best setting of each optimizer, not the best overall twice; a sweep that varies the model
-    is grouped by model; a sweep that varies neither picks the best overall."""
+    is grouped by model, one that varies the batch size (and neither) by batch size; a sweep
+    that varies none of them picks the best overall."""
     from agent.report.stats import default_by
 
     monkeypatch.chdir(tmp_path)
@@ -447,12 +448,16 @@ def test_a_repeat_without_by_groups_an_optimizer_study_by_optimizer(tmp_path, mo
     both = create_store(tmp_path / "data" / "sweeps" / "both", "both", "both", config)
     single = create_store(tmp_path / "data" / "sweeps" / "one", "one", "one", {
         **config, "parameters": {"dataset": {"value": "digits"}, "lr": {"values": [0.1, 0.01]}}})
-    for store in (both, single):
+    sizes = create_store(tmp_path / "data" / "sweeps" / "bs", "bs", "bs", {
+        **config, "parameters": {"dataset": {"value": "digits"}, "lr": {"values": [0.1, 0.01]},
+                                 "batch_size": {"values": [32, 128]}}})
+    for store in (both, single, sizes):
         for k, run in enumerate(claim(store, "host:1", count=4).runs):
             store.finish(run.run_id, "host:1", "finished",
                          {"val/acc": 0.5 + k / 10, "test/acc": 0.5, "epochs_done": 1})
     assert default_by(local_study(both)) == "model"
     assert default_by(local_study(single)) == "model"
+    assert default_by(local_study(sizes)) == "batch_size"  # a batch-size study
 
 
 def test_the_winners_curse_is_read_by_the_goal_and_an_equal_pick_is_no_luck(tmp_path,

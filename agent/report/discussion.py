@@ -251,19 +251,35 @@ def _lr_against_batch_size(ctx: Context) -> list[str]:
         sizes = sorted(best)
         lrs = [float(value(best[b], "lr")) for b in sizes]
         exponent = float(np.polyfit(np.log(sizes), np.log(lrs), 1)[0])
+        windows = [_near_best(ctx, best[b], split, group) for b in sizes]
         others = [a for a in _others(ctx, "lr", split) if a != "batch_size"]
         who = ((f"{split}={group}" if split else "all runs")
                + (f" (pooled over {', '.join(others)})" if others else ""))
         out.append(
             f"{who}: the best run's lr at each batch_size: "
-            + ", ".join(f"{b}: {short_number(lr)}{stopped_text(best[b])}"
-                        for b, lr in zip(sizes, lrs))
+            + ", ".join(f"{b}: {short_number(lr)}{stopped_text(best[b])}{window}"
+                        for b, lr, window in zip(sizes, lrs, windows))
             + f"; best lr ~ batch_size^{exponent:.2f} (a least-squares line through log lr "
             f"against log batch_size over {len(sizes)} batch sizes; the linear scaling rule, "
             "Goyal et al. 2017, predicts an exponent of 1, the square-root rule, Krizhevsky "
             f"2014, 0.5). One run per batch size (by {metric}, not a mean over seeds), on "
-            "the sweep's lr values: their spacing limits how finely the exponent reads.")
+            "the sweep's lr values: their spacing limits how finely the exponent reads, and "
+            f"where other lr values score within {NEAR_BEST:g} of a batch size's best (in "
+            "brackets) the best one among them may be chance.")
     return out
+
+
+def _near_best(ctx: Context, top: RunRecord, split: str | None, group) -> str:
+    """' (lr 0.02-0.16 within 0.02)': the range of lr values whose runs at `top`'s batch
+    size (and `split` value) score within NEAR_BEST of `top`, when there are others; ''."""
+    metric, size = ctx.study.metric, value(top, "batch_size")
+    near = sorted({float(value(r, "lr")) for r in ctx.not_diverged(ctx.scored)
+                   if value(r, "batch_size") == size
+                   and (split is None or value(r, split) == group)
+                   and abs(r.metric(metric) - top.metric(metric)) <= NEAR_BEST})
+    if len(near) < 2:
+        return ""
+    return f" (lr {short_number(near[0])}-{short_number(near[-1])} within {NEAR_BEST:g})"
 
 
 def _best_per_combination(ctx: Context, categorical: list[str], numeric: list[str]) -> list:

@@ -261,9 +261,12 @@ def best_settings_per_group(runs: list[RunRecord], by: str, count: int, metric: 
 def default_by(study) -> str:
     """The groups `agent.repeat` forms without --by: by model where the sweep's runs vary it
     (a model comparison), else by optimizer where they do (an optimizer study: each
-    optimizer's best, not the two best runs overall), else by model (one group: the best)."""
+    optimizer's best, not the two best runs overall), else by batch size where they do (a
+    batch-size study: each batch size's best lr over fresh seeds), else by model (one group:
+    the best)."""
     varied = set(varying_parameters(study.runs))
-    return next((name for name in ("model", "optimizer") if name in varied), "model")
+    return next((name for name in ("model", "optimizer", "batch_size") if name in varied),
+                "model")
 
 
 def varying_parameters(runs: list[RunRecord]) -> list[str]:
