@@ -435,3 +435,31 @@ def test_a_batch_size_read_on_log10_is_said_to_be(tmp_path, monkeypatch):
     row = next(line for line in importance.splitlines() if line.startswith("| batch_size |"))
     r = np.corrcoef(np.log10(x), y)[0, 1]
     assert f"| {r:.3f} |" in row and abs(r - np.corrcoef(x, y)[0, 1]) > 0.001, row
+
+
+def test_a_run_diverged_by_its_validation_loss_is_said_to_be_off_the_curves(tmp_path,
+                                                                            monkeypatch):
+    """The diverged runs' figure draws training losses; a run called diverged for its
+    validation loss (67.6 > 10 ln 10) may stay under the figure's line, so the report says
+    which runs crossed it off the curves; a run diverged by its training loss is not named."""
+    monkeypatch.chdir(tmp_path)
+    config = {"program": "agent/train.py", "method": "grid",
+              "metric": {"name": "val/acc", "goal": "maximize"},
+              "parameters": {"dataset": {"value": "digits"}, "model": {"value": "dense"},
+                             "epochs": {"value": 1}, "lr": {"values": [0.1, 1.0, 10.0]}}}
+    store = create_store(tmp_path / "data" / "sweeps" / "v", "v", "v", config)
+    ids = {}
+    for run in claim(store, "host:1", count=3).runs:
+        lr = run.config["lr"]
+        train_loss, val_loss = {0.1: (0.5, 0.6), 1.0: (2.0, 67.6), 10.0: (80.0, 30.0)}[lr]
+        store.record_epoch(run.run_id, "host:1", 1, {"train/loss": train_loss,
+                                                     "val/loss": val_loss, "val/acc": 0.5})
+        store.finish(run.run_id, "host:1", "finished", {"val/acc": 0.5, "epochs_done": 1})
+        ids[lr] = run.run_id
+    text = document.build_report(local_study(store), tmp_path / "report").path.read_text()
+    section = text.split("## Diverged, stuck and converged runs")[1].split("\n## ")[0]
+    assert (f"The curves below are training losses: {ids[1.0]} was called diverged for the "
+            "validation loss (the reason above), which they do not draw.") in section, section
+    assert "validation loss reached 67.6 > 23.0" in section
+    assert "epoch training loss reached 80 > 23.0" in section and ids[10.0] not in \
+        section.split("The curves below")[1]

@@ -97,6 +97,13 @@ def groups_section(report: Report, ctx: Context) -> None:
             report.table(ctx.swept + ["why", "run"], [
                 [fmt_value(r, a) for a in ctx.swept]
                 + [ctx.verdicts[r.id].reason + _cut_short(r), r.id] for r in members[group]])
+    elsewhere = [r.id for r in members[stats.DIVERGED]
+                 if ctx.verdicts[r.id].reason.startswith("validation loss")]
+    if elsewhere:  # the figure draws training losses only
+        report.add("The curves below are training losses: "
+                   + ", ".join(elsewhere) + (" was" if len(elsewhere) == 1 else " were")
+                   + " called diverged for the validation loss (the reason above), which "
+                   "they do not draw.", "")
     for group in stats.GROUPS:
         report.figure(group_figure(ctx, group, members[group]), f"{group} runs")
 
