@@ -177,6 +177,10 @@ def test_a_repeated_setting_with_one_seed_that_trained_is_named_not_compared(tmp
     assert ("Fewer than two rows have 2 fresh seeds that did not diverge: nothing to compare, "
             "nothing bold. Not compared, fewer than 2 fresh seeds that did not diverge: "
             "optimizer=adam, lr=0.01.") in table, table
+    # nor is it in the figure of seeds, which says so
+    assert ("Not in the figure of seeds (fewer than 2 fresh seeds with a value that did not "
+            "diverge): optimizer=adam, lr=0.01.") in text
+    assert "![values per seed](seeds.png)" in text  # sgd's two seeds are drawn
 
 
 def test_the_report_shows_each_setting_once_over_fresh_seeds(tmp_path, monkeypatch):

@@ -148,11 +148,17 @@ def seeds_section(report: Report, ctx: Context) -> None:
                     float(np.mean(rep.setting.values(metric))))
             for rep in repeated.values() if len(rep.values(metric)) >= 2]
     rows.sort(key=lambda row: row.mean, reverse=study.goal == "maximize")
+    short = [config_text(rep.selected, _shown(ctx)) or "the setting"
+             for rep in repeated.values() if len(rep.values(metric)) < 2]
     if rows:
         report.figure(seed_figure(rows, metric, ctx.out_dir / "seeds.png",
-                                  f"{metric} per seed of each repeated setting"),
+                                  f"{metric} per seed of each repeated setting"
+                                  + (" (2 or more fresh seeds)" if short else "")),
                       "values per seed")
         report.add(winners_curse(rows, metric, study.goal), "")
+    if short and repeated:
+        report.add("Not in the figure of seeds (fewer than 2 fresh seeds with a value that "
+                   "did not diverge): " + "; ".join(short) + ".", "")
 
 
 MAX_GROUP_VALUES = 8  # a swept parameter with more values gets no "By ..." table
