@@ -525,3 +525,33 @@ def test_a_setting_without_repeats_names_the_sweeps_seeds_that_diverged(tmp_path
     assert row.endswith(f"; seed 2 diverged ({bad.id}), not in its value |"), row
     sgd = next(line for line in table.splitlines() if line.startswith("| sgd | lr=0.1 |"))
     assert "diverged" not in sgd
+
+
+def test_a_random_search_that_draws_a_batch_size_per_run_is_not_grouped_by_it(tmp_path,
+                                                                              monkeypatch):
+    """A random search over lr and a batch size drawn for each run (q_log_uniform_values):
+    its batch sizes are no levels of a study, nearly one run each. Grouped by batch size,
+    `agent.repeat` made a repeat sweep for (nearly) every run, 5 seeds each: 12 sweeps for
+    12 runs, 5 times the sweep's cost; it picks the best 2 overall, as before."""
+    from collections import Counter
+
+    from agent.report.repeat import planned
+
+    monkeypatch.chdir(tmp_path)
+    config = {"program": "agent/train.py", "method": "random", "run_cap": 12,
+              "metric": {"name": "val/acc", "goal": "maximize"},
+              "parameters": {"dataset": {"value": "digits"}, "model": {"value": "dense"},
+                             "lr": {"distribution": "log_uniform_values", "min": 0.001,
+                                    "max": 0.1},
+                             "batch_size": {"distribution": "q_log_uniform_values",
+                                            "min": 8, "max": 4096, "q": 1}}}
+    store = create_store(tmp_path / "data" / "sweeps" / "drawn", "drawn", "drawn", config)
+    while (work := claim(store, "host:1", count=12)).kind == "run":
+        for k, run in enumerate(work.runs):
+            store.finish(run.run_id, "host:1", "finished",
+                         {"val/acc": 0.5 + k / 100, "test/acc": 0.5, "epochs_done": 1})
+    study = local_study(store)
+    sizes = Counter(r.config["batch_size"] for r in study.runs)
+    assert len(study.runs) == 12 and min(sizes.values()) == 1, sizes
+    args, _, configs = planned(["drawn"])
+    assert args.by == "model" and len(configs) == 2, (args.by, len(configs))

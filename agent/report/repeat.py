@@ -131,8 +131,8 @@ def parse_options(argv: list[str] | None):
                         help="best runs per group (default 2)")
     parser.add_argument("--by", default=None,
                         help="parameter that forms the groups (default: model where the sweep "
-                        "varies it, else optimizer where it does, else batch_size where it "
-                        "does, else model: the best overall)")
+                        "varies it, else optimizer where it does, else batch_size where each "
+                        "of its values has more than one run, else model: the best overall)")
     parser.add_argument("--seeds", type=int_option(2, 1000), default=5,
                         help="N fresh seeds for each setting (default 5; 2 or more: an interval "
                         "needs two): 0, 1, ... without those the sweep gave it")

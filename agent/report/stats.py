@@ -261,12 +261,23 @@ def best_settings_per_group(runs: list[RunRecord], by: str, count: int, metric: 
 def default_by(study) -> str:
     """The groups `agent.repeat` forms without --by: by model where the sweep's runs vary it
     (a model comparison), else by optimizer where they do (an optimizer study: each
-    optimizer's best, not the two best runs overall), else by batch size where they do (a
-    batch-size study: each batch size's best lr over fresh seeds), else by model (one group:
-    the best)."""
+    optimizer's best, not the two best runs overall), else by batch size where they try
+    each of its values more than once (a batch-size study: each batch size's best lr over
+    fresh seeds; a random search that draws a batch size for each run would repeat every
+    run), else by model (one group: the best)."""
     varied = set(varying_parameters(study.runs))
+    if not every_value_repeated(study.runs, "batch_size"):
+        varied.discard("batch_size")
     return next((name for name in ("model", "optimizer", "batch_size") if name in varied),
                 "model")
+
+
+def every_value_repeated(runs: list[RunRecord], name: str) -> bool:
+    """Whether every value of the numeric parameter `name` is given to more than one run:
+    the levels of a study (a grid's `values`), not a value drawn for each run."""
+    counts = Counter(float(r.config[name]) for r in runs
+                     if isinstance(r.config.get(name), (int, float)))
+    return bool(counts) and min(counts.values()) > 1
 
 
 def varying_parameters(runs: list[RunRecord]) -> list[str]:
