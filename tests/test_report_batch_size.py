@@ -103,3 +103,27 @@ def test_lr_values_scoring_near_a_batch_sizes_best_are_named_beside_it(tmp_path,
         low, high = max(top / 2, LRS[0]), min(top * 2, LRS[-1])
         assert f"{b}: {top:g} (lr {low:g}-{high:g} within 0.02)" in line, line
     assert "batch_size^1.00 " in line
+
+
+def test_a_batch_size_tried_at_one_lr_has_no_best_lr_and_is_left_out(tmp_path, monkeypatch):
+    """The grid's four batch sizes, plus two a random search would draw once each (32 and
+    128, one run each, at an lr far from the rule's): a batch size with one lr has no best
+    lr, yet its one run was read as one and pulled the fitted exponent (1.00 here became
+    0.63). It is left out of the fit, and the sentence says so."""
+    monkeypatch.chdir(tmp_path)
+    store = batch_size_study(tmp_path, {"sgd": 1.0})
+    first = store.runs()[0].config
+    with store.transaction() as db:
+        for name, size in (("lone32", 32), ("lone128", 128)):
+            db.insert_run(name, {**first, "batch_size": size, "lr": LRS[-1]}, "running",
+                          "host:1")
+    for name in ("lone32", "lone128"):
+        score = accuracy(LRS[-1], int(name[4:]), 1.0)
+        assert store.finish(name, "host:1", "finished",
+                            {"val/acc": score, "test/acc": score, "epochs_done": 1})
+    (line,) = observations(tmp_path, store)
+    pairs = ", ".join(f"{b}: {best_lr(b, 1.0):g}" for b in SIZES)
+    assert line.startswith(f"- all runs: the best run's lr at each batch_size: {pairs};"), line
+    assert "batch_size^1.00 " in line, line
+    assert (f"over {len(SIZES)} batch sizes, leaving out 2 tried at one lr only (32, 128); "
+            in line), line

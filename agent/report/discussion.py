@@ -232,7 +232,8 @@ MIN_BATCH_SIZES = 3  # batch sizes a scaling exponent is fitted over
 def _lr_against_batch_size(ctx: Context) -> list[str]:
     """A batch-size study's question: how the best lr moves with the batch size. Per
     optimizer (where the sweep varies it), the lr of the best run at each batch size (runs
-    that diverged left out) and the exponent k of best lr ~ batch_size^k, a least-squares
+    that diverged left out; a batch size tried at one lr only has no best lr and is named
+    as left out) and the exponent k of best lr ~ batch_size^k, a least-squares
     line through log lr against log batch size. The linear scaling rule predicts k = 1
     (Goyal et al. 2017, "Accurate, Large Minibatch SGD", sec. 2.1), the square-root rule
     k = 0.5 (Krizhevsky 2014, "One weird trick", sec. 5; Hoffer et al. 2017). Nothing when
@@ -243,9 +244,15 @@ def _lr_against_batch_size(ctx: Context) -> list[str]:
     split = "optimizer" if "optimizer" in ctx.swept else None
     for group in (_levels(ctx.study.runs, split) if split else [None]):
         best: dict[int, RunRecord] = {}  # batch size -> its best run (scored: best first)
+        tried: dict[int, set[float]] = {}  # batch size -> the lr values its runs tried
         for run in ctx.not_diverged(ctx.scored):
             if split is None or value(run, split) == group:
                 best.setdefault(value(run, "batch_size"), run)
+                tried.setdefault(value(run, "batch_size"), set()).add(float(value(run, "lr")))
+        # a batch size tried at one lr (a random search draws one for each run) has no best
+        # lr: its only one would read as an optimum and pull the fitted exponent
+        lone = sorted(b for b in best if len(tried[b]) < 2)
+        best = {b: run for b, run in best.items() if b not in lone}
         if len(best) < MIN_BATCH_SIZES:
             continue
         sizes = sorted(best)
@@ -260,7 +267,11 @@ def _lr_against_batch_size(ctx: Context) -> list[str]:
             + ", ".join(f"{b}: {short_number(lr)}{stopped_text(best[b])}{window}"
                         for b, lr, window in zip(sizes, lrs, windows))
             + f"; best lr ~ batch_size^{exponent:.2f} (a least-squares line through log lr "
-            f"against log batch_size over {len(sizes)} batch sizes; the linear scaling rule, "
+            f"against log batch_size over {len(sizes)} batch sizes"
+            + (f", leaving out {len(lone)} tried at one lr only ("
+               + ", ".join(map(short_number, lone[:5])) + (", ..." if len(lone) > 5 else "")
+               + ")" if lone else "")
+            + "; the linear scaling rule, "
             "Goyal et al. 2017, predicts an exponent of 1, the square-root rule, Krizhevsky "
             f"2014, 0.5). One run per batch size (by {metric}, not a mean over seeds), on "
             "the sweep's lr values: their spacing limits how finely the exponent reads, and "
