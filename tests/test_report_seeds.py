@@ -555,3 +555,19 @@ def test_a_random_search_that_draws_a_batch_size_per_run_is_not_grouped_by_it(tm
     assert len(study.runs) == 12 and min(sizes.values()) == 1, sizes
     args, _, configs = planned(["drawn"])
     assert args.by == "model" and len(configs) == 2, (args.by, len(configs))
+
+
+def test_a_group_whose_every_run_diverged_is_named_not_left_out_silently(tmp_path,
+                                                                        monkeypatch, capsys):
+    """`agent.repeat` by optimizer where every sgd run diverged: adam's settings are
+    repeated, and one line says that sgd has none to repeat; before, sgd was simply missing
+    from the repeat sweeps it listed, as if it had been repeated or never swept."""
+    from agent.report.repeat import main
+
+    monkeypatch.chdir(tmp_path)
+    seeded_sweep(tmp_path, diverges=lambda c: c["optimizer"] == "sgd")
+    assert main(["seeded", "--top", "1"]) == 0
+    out, err = capsys.readouterr()
+    assert len([line for line in out.splitlines() if "repeat sweep" in line]) == 1, out
+    assert err.splitlines() == ["optimizer=sgd: every run with a value of val/acc diverged "
+                                "(see the report): no setting of it to repeat"], err

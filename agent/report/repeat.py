@@ -186,6 +186,12 @@ def planned(argv: list[str] | None):
     if not configs:
         raise UserError(f"sweep={args.sweep!r}: every run with a value of its metric "
                         f"{study.metric!r} diverged (see its report): nothing to repeat")
+    # a group with no setting left would otherwise be missing without a word
+    groups = {str(r.params.get(args.by)) for r in study.scored_runs()}
+    kept = {str(r.params.get(args.by)) for r in study.scored_runs() if not ctx.diverged(r)}
+    for group in sorted(groups - kept):
+        print(f"{args.by}={group}: every run with a value of {study.metric} diverged (see "
+              "the report): no setting of it to repeat", file=sys.stderr)
     return args, study, configs
 
 
