@@ -148,9 +148,11 @@ def test_an_agent_with_nothing_to_claim_says_what_it_waits_for(workdir):
     err = survivor.stderr.read()
     waiting = [line for line in err.splitlines() if ": waiting: " in line]
     assert len(waiting) == 1, err
-    assert (f"nothing left to claim while other agents train 1 run(s) ({killed.id}); a run "
-            "silent for 6 s is taken for crashed and repeated here; the agent of "
-            f"{killed.id} on this host has ended: repeated here in about ") in waiting[0]
+    assert (f"nothing left to claim while other agents train 1 run(s) ({killed.id}); one "
+            "silent for 6 s would count as crashed and be repeated here (once: a repeat is "
+            f"not repeated); the agent of {killed.id} on this host has ended: crashed in "
+            "about ") in waiting[0], waiting
+    assert waiting[0].endswith(f" s, then {killed.id} repeated here"), waiting
     (repeat,) = [r for r in store.runs() if r.requeued_from == killed.id]
     assert repeat.state == "finished"
 

@@ -237,12 +237,15 @@ class LocalAgent:
                 and not _alive(r.owner.rpartition(":")[2])]
         shown = ", ".join(sorted(ids)[:5]) + (", ..." if len(ids) > 5 else "")
         line = (f"agent {self.owner}: waiting: nothing left to claim while other agents "
-                f"train {len(running)} run(s) ({shown}); a run silent for {self.timeout:g} s "
-                "is taken for crashed and repeated here")
+                f"train {len(running)} run(s) ({shown}); one silent for {self.timeout:g} s "
+                "would count as crashed and be repeated here (once: a repeat is not repeated)")
         if gone:
             latest = max(r.heartbeat or 0 for r in gone)
+            again = [r.id for r in gone if not r.requeued_from]
             line += (f"; the agent of {', '.join(r.id for r in gone)} on this host has ended: "
-                     f"repeated here in about {max(0.0, latest + self.timeout - now):.0f} s")
+                     f"crashed in about {max(0.0, latest + self.timeout - now):.0f} s"
+                     + (f", then {', '.join(again)} repeated here" if again else
+                        ", not repeated (a repeat already)"))
         print(line, file=sys.stderr)
 
     def run(self, count: int | None) -> int:
