@@ -923,3 +923,33 @@ def test_a_terminal_that_closed_ends_the_launcher_with_its_agents_code(workdir):
     (run,) = store.runs()
     assert (code, run.state) == (0, "preempted") and run.epoch >= 1, (code, run.state,
                                                                      run.error)
+
+
+@pytest.mark.e2e
+@pytest.mark.timeout(240)
+@pytest.mark.parametrize("agents", ["1", "2"])
+def test_a_launch_piped_into_head_preempts_its_runs_and_ends_with_141(workdir, agents):
+    """`./run_sweep.sh x.yaml | head -3`: once head has its lines and exits, the launch's
+    next write finds the pipe closed. The runs in training are preempted (resumable), not
+    left to crash and start over, and the launch ends with 141 as a shell's writer into a
+    closed pipe does, without a traceback."""
+    sweep_file = workdir / "long.yaml"
+    write_grid(sweep_file, epochs=30, lrs=[0.01, 0.02])
+    config = yaml.safe_load(sweep_file.read_text())
+    config["parameters"]["sinks"] = {"value": ["console"]}  # a line an epoch: writes go on
+    sweep_file.write_text(yaml.safe_dump(config))
+    launcher = subprocess.Popen([sys.executable, "-m", "agent.launch", str(sweep_file),
+                                 "--agents", agents], cwd=workdir, env=subprocess_env(),
+                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                                start_new_session=True)
+    head = [launcher.stdout.readline() for _ in range(3)]
+    assert head[-1].startswith("Starting "), head
+    store = wait_for(lambda: launched_store(workdir), 60, "the store")
+    wait_for(lambda: any(r.state == "running" and r.epoch >= 1 for r in store.runs()), 120,
+             "a running run")
+    launcher.stdout.close()  # head exits
+    err = launcher.stderr.read()
+    assert launcher.wait(timeout=120) == 141, err[-2000:]
+    assert "Traceback" not in err, err[-2000:]
+    states = {r.state for r in store.runs()}
+    assert "preempted" in states and not states & {"crashed", "failed", "running"}, states

@@ -72,61 +72,73 @@ def naming(path: object) -> Iterator[None]:
         raise
 
 
-class _TerminalOutput:
-    """sys.stdout or sys.stderr, less one way to fail: once the terminal it writes to is
-    gone (an ssh session dropped; every write then fails with EIO, often before the SIGHUP
-    that says so is handled), its output goes to /dev/null and the command goes on, so a
-    trial that was printing its progress is preempted by the SIGHUP, not crashed by a
-    print. Every other error (a closed pipe: EPIPE) is the stream's own."""
+class _Output:
+    """sys.stdout or sys.stderr, less two ways to lose a sweep to its output going away.
+    The terminal it writes to is gone (an ssh session dropped; every write then fails with
+    EIO, often before the SIGHUP that says so is handled): its output goes to /dev/null and
+    the command goes on, so a trial that was printing is preempted by the SIGHUP, not failed
+    by a print. The pipe it writes to was closed by its reader (`./run_sweep.sh x.yaml |
+    head -3`: EPIPE) while this process stops on SIGTERM by a handler of its own (an agent,
+    or a launcher passing it on): its output goes to /dev/null and it sends itself SIGTERM,
+    so the runs in training are preempted and resumable rather than crashed, and the command
+    ends with 141 (exit_on_user_error). A closed pipe elsewhere is the stream's own error
+    (BrokenPipeError: 141 as well, at once)."""
+
+    pipe_closed = False  # set once a closed pipe preempted this process
 
     def __init__(self, stream):
         self._stream = stream
 
-    def _gone(self) -> None:
-        os.dup2(os.open(os.devnull, os.O_WRONLY), self._stream.fileno())
+    def _gone(self, error: OSError) -> None:
+        """Where output can go no more: /dev/null, and for a closed pipe, SIGTERM to this
+        process where it handles one; otherwise `error` is raised."""
+        if error.errno == errno.EPIPE:
+            if not callable(signal.getsignal(signal.SIGTERM)):
+                raise error
+            _Output.pipe_closed = True
+            os.dup2(os.open(os.devnull, os.O_WRONLY), self._stream.fileno())
+            os.kill(os.getpid(), signal.SIGTERM)
+        elif error.errno == errno.EIO:
+            os.dup2(os.open(os.devnull, os.O_WRONLY), self._stream.fileno())
+        else:
+            raise error
 
     def write(self, text: str) -> int:
         try:
             return self._stream.write(text)
         except OSError as error:
-            if error.errno != errno.EIO:
-                raise
-            self._gone()
+            self._gone(error)
             return len(text)
 
     def flush(self) -> None:
         try:
             self._stream.flush()
         except OSError as error:
-            if error.errno != errno.EIO:
-                raise
-            self._gone()
+            self._gone(error)
             self._stream.flush()  # what it held goes to /dev/null now
 
     def __getattr__(self, name):
         return getattr(self._stream, name)
 
 
-def survive_a_lost_terminal() -> None:
-    """Wrap sys.stdout and sys.stderr (see _TerminalOutput), where they are terminals."""
+def guard_output() -> None:
+    """Wrap sys.stdout and sys.stderr (see _Output)."""
     for name in ("stdout", "stderr"):
         stream = getattr(sys, name)
-        try:
-            terminal = os.isatty(stream.fileno())
-        except (AttributeError, OSError, ValueError):  # replaced or closed streams
-            continue
-        if terminal and not isinstance(stream, _TerminalOutput):
-            setattr(sys, name, _TerminalOutput(stream))
+        if stream is not None and not isinstance(stream, _Output):
+            setattr(sys, name, _Output(stream))
 
 
 def exit_on_user_error(main):
     """Run `main()`; turn a UserError into one line on stderr and exit code 2. A reader of
     stdout that went away (`... --dry-run | head`) ends the command quietly with 141 (128 +
-    SIGPIPE, what a shell reports for a writer into a closed pipe), not a traceback; a
-    terminal that went away (EIO) is written to no more (survive_a_lost_terminal)."""
-    survive_a_lost_terminal()
+    SIGPIPE, what a shell reports for a writer into a closed pipe), not a traceback, and so
+    does a sweep whose runs that closed pipe preempted; a terminal that went away (EIO) is
+    written to no more (guard_output)."""
+    guard_output()
     try:
-        return main()
+        code = main()
+        return 128 + signal.SIGPIPE if _Output.pipe_closed else code
     except UserError as error:
         print(f"error: {one_line(error)}", file=sys.stderr)
         raise SystemExit(USAGE_EXIT_CODE) from None
