@@ -241,6 +241,25 @@ def test_group_loss_figure_facets_by_model_and_optimizer_and_labels_configuratio
     assert threshold and set(threshold[0][2]) == {23.0}
 
 
+def test_each_line_style_stands_for_one_value(tmp_path):
+    """A batch-size study's runs (3 batch sizes x 8 lr values) as runs_section passes them:
+    colour by batch_size, style by lr. Four line styles cannot tell 8 lr values apart (the
+    legend gave lr=0.02 and lr=0.32 the same dots): lr takes the colours, batch_size the
+    styles."""
+    sizes, lrs = [32, 128, 512], [0.005 * 2 ** i for i in range(8)]
+    curves = [curve({"batch_size": b, "lr": lr}, [2.3, 1.0, 0.5]) for b in sizes for lr in lrs]
+    drawn = figures.group_loss_figure(curves, [], "batch_size", "lr",
+                                      tmp_path / "converged.png", "converged runs (24)")
+    assert drawn.legends == [f"lr={figures._value_text(lr)}" for lr in lrs] + [
+        f"batch_size={b}" for b in sizes]
+    (panel,) = drawn.axes
+    by_style = {}
+    for (label, _, _), style in zip(panel.lines, panel.linestyles):
+        by_style.setdefault(style, set()).add(label.split()[0])
+    assert sorted(by_style.values(), key=str) == [{"batch_size=128"}, {"batch_size=32"},
+                                                  {"batch_size=512"}], by_style
+
+
 def test_empty_group_says_so(tmp_path):
     drawn = figures.group_loss_figure([], ["model"], "lr", None, tmp_path / "stuck.png",
                                       "stuck at chance runs (0): training loss")

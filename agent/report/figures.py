@@ -386,6 +386,20 @@ def _value_text(value) -> str:
     return _number_text(value) if _is_number(value) and isinstance(value, float) else str(value)
 
 
+def _colour_and_style(curves: list[GroupCurve], colour: str | None, style: str | None):
+    """(colour, style) such that each line style stands for one value: a style parameter
+    with more values than LINE_STYLES (a batch-size study's 8 lr values against 3 batch
+    sizes) swaps with the colour one when that one has few enough, else is not drawn."""
+    def count(key):
+        return len({repr(c.config.get(key)) for c in curves})
+
+    if style is None or count(style) <= len(LINE_STYLES):
+        return colour, style
+    if colour is not None and count(colour) <= len(LINE_STYLES):
+        return style, colour
+    return colour, None
+
+
 def _encodings(curves: list[GroupCurve], colour: str | None, style: str | None):
     """{value: colour} for the colour parameter and {value: line style} for the style one
     (ordered numbers get an ordered colour map, the rest tab10)."""
@@ -414,6 +428,7 @@ def group_loss_figure(curves: list[GroupCurve], facets: list[str], colour: str |
     `threshold`: a loss level drawn as a dashed line in every panel (the explosion rule)."""
     keys = sorted({tuple(c.config.get(f) for f in facets) for c in curves}, key=str)
     fig, axes = panel_grid(len(keys), (3.6, 3.0), (2.2, 0.6), title, sharex=True)
+    colour, style = _colour_and_style(curves, colour, style)
     if not curves:
         _note(axes[0, 0], "no run in this group")
         return _save(fig, path)
