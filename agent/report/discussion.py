@@ -277,7 +277,21 @@ def _lr_against_batch_size(ctx: Context) -> list[str]:
             "the sweep's lr values: their spacing limits how finely the exponent reads, and "
             f"where other lr values score within {NEAR_BEST:g} of a batch size's best (in "
             "brackets) the best one among them may be chance.")
+        out.append(_cost_of_larger_batches(ctx, who, sizes, best))
     return out
+
+
+def _cost_of_larger_batches(ctx: Context, who: str, sizes: list[int],
+                            best: dict[int, RunRecord]) -> str:
+    """What a larger batch costs with the epochs fixed, each batch size at its own best lr
+    (at one lr for all, the paired effect, a larger batch is also under-stepped)."""
+    metric = ctx.study.metric
+    low, high = sizes[0], sizes[-1]
+    change = best[high].metric(metric) - best[low].metric(metric)
+    return (f"{who}: each batch_size at its own best lr scores {metric} "
+            + ", ".join(f"{b}: {best[b].metric(metric):.4f}" for b in sizes)
+            + f"; batch_size {low} -> {high} changes it by {change:+.4f} with the epochs "
+            f"fixed, in {high / low:g}x fewer steps (one run each, not a mean over seeds).")
 
 
 def _near_best(ctx: Context, top: RunRecord, split: str | None, group) -> str:
@@ -441,7 +455,10 @@ def _paired_effect(ctx: Context, name: str, categorical: list[str]) -> list[str]
                        f"{short_number(low)} -> {short_number(high)} changes {metric} by "
                        f"{mean:+.4f} on average over {n} paired settings of the converged "
                        "runs" + (f" (± {half:.4f}: half-width of the {ctx.level:.0%} "
-                                 "Student-t interval of that mean)" if half else "") + ".")
+                                 "Student-t interval of that mean)" if half else "")
+                       + (", each pair at one lr (a larger batch usually wants a larger lr: "
+                          "the line on each batch_size at its own best lr compares them so)"
+                          if name == "batch_size" and "lr" in others else "") + ".")
     return out
 
 
