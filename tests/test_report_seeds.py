@@ -57,6 +57,24 @@ def seeded_sweep(tmp_path, epochs: int = 1, diverges=lambda config: False,
     return store
 
 
+def repeated_sweep(tmp_path, seeds: int, diverges=lambda config: False):
+    """The seeded sweep and, for the best setting of each optimizer, a repeat sweep over
+    `seeds` fresh seeds, finished (its runs for which `diverges` holds diverged): (the
+    sweep's store, its study before the repeats, the repeat configs)."""
+    store = seeded_sweep(tmp_path)
+    study = local_study(store)
+    configs = repeat_configs(study, top=1, by="optimizer", seeds=seeds)
+    for n, (_, config) in enumerate(configs):
+        repeat = create_store(tmp_path / "data" / "sweeps" / f"rep{n}", f"rep{n}", "r", config)
+        finish_all(repeat, diverges=diverges)
+    return store, study, configs
+
+
+def adam_seed_4_diverges(config: dict) -> bool:
+    """adam's repeat at seed 4 diverges."""
+    return (config["optimizer"], config["seed"]) == ("adam", 4)
+
+
 def test_repeats_pick_settings_by_their_mean_over_seeds_and_give_them_fresh_seeds(
         tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
@@ -128,13 +146,8 @@ def test_a_repeat_seed_that_diverged_is_named_and_counts_in_no_mean(tmp_path, mo
     of the mean, the interval and Welch's test; a setting with such a seed is never bold,
     even with the best mean of the seeds that trained."""
     monkeypatch.chdir(tmp_path)
-    store = seeded_sweep(tmp_path)
-    study = local_study(store)
-    configs = repeat_configs(study, top=1, by="optimizer", seeds=4)
     # adam (0.70 + offsets) is far above sgd (0.60 + offsets): bold unless a seed diverged
-    for n, (_, config) in enumerate(configs):
-        repeat = create_store(tmp_path / "data" / "sweeps" / f"rep{n}", f"rep{n}", "r", config)
-        finish_all(repeat, diverges=lambda c: (c["optimizer"], c["seed"]) == ("adam", 4))
+    store, _, _ = repeated_sweep(tmp_path, seeds=4, diverges=adam_seed_4_diverges)
     report = document.build_report(local_study(store), tmp_path / "report")
     text = report.path.read_text()
     table = text.split("### By optimizer")[1].split("###")[0]
@@ -166,11 +179,7 @@ def test_a_repeated_setting_with_one_seed_that_trained_is_named_not_compared(tmp
     only row left to test, stopped on a traceback (min() of no comparison); now the
     sentence says nothing was compared and names the row that could not be."""
     monkeypatch.chdir(tmp_path)
-    store = seeded_sweep(tmp_path)
-    configs = repeat_configs(local_study(store), top=1, by="optimizer", seeds=2)
-    for n, (_, config) in enumerate(configs):
-        repeat = create_store(tmp_path / "data" / "sweeps" / f"rep{n}", f"rep{n}", "r", config)
-        finish_all(repeat, diverges=lambda c: (c["optimizer"], c["seed"]) == ("adam", 4))
+    store, _, _ = repeated_sweep(tmp_path, seeds=2, diverges=adam_seed_4_diverges)
     text = document.build_report(local_study(store), tmp_path / "report").path.read_text()
     table = text.split("### By optimizer")[1].split("###")[0]
     assert "**" not in table
@@ -185,12 +194,7 @@ def test_a_repeated_setting_with_one_seed_that_trained_is_named_not_compared(tmp
 
 def test_the_report_shows_each_setting_once_over_fresh_seeds(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
-    store = seeded_sweep(tmp_path)
-    study = local_study(store)
-    configs = repeat_configs(study, top=1, by="optimizer", seeds=3)
-    for n, (_, config) in enumerate(configs):
-        repeat = create_store(tmp_path / "data" / "sweeps" / f"rep{n}", f"rep{n}", "r", config)
-        finish_all(repeat)
+    store, study, configs = repeated_sweep(tmp_path, seeds=3)
     # an older repeat of adam's best setting, named by another of its runs, seeds 0, 3, 6:
     # 0 is the sweep's, 3 is counted already, 6 is fresh
     adam = next(r for r in study.runs if (r.config["optimizer"], r.config["lr"], r.config[
