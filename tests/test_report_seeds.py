@@ -326,6 +326,31 @@ def test_repeat_run_pack_trains_each_settings_seeds_as_one_pack(tmp_path):
         assert len({r.config["seed"] for r in runs}) == 4
 
 
+@pytest.mark.e2e
+@pytest.mark.timeout(300)
+def test_repeat_run_pack_auto_measures_each_kind_of_pack_once(tmp_path):
+    """`agent.repeat S --by optimizer --top 2 --run --pack auto`: four repeat sweeps, two of
+    each optimizer (a kind of pack: the same model and optimizer). What --pack auto measured
+    for a kind in the first sweep holds for the next of that kind: two measurements, not
+    four (each sweep used to start a new agent that measured again)."""
+    import subprocess
+    import sys
+
+    from conftest import subprocess_env
+
+    seeded_sweep(tmp_path)
+    done = subprocess.run([sys.executable, "-m", "agent.repeat", "seeded", "--by", "optimizer",
+                           "--top", "2", "--seeds", "2", "--run", "--pack", "auto"],
+                          cwd=tmp_path, env=subprocess_env(), capture_output=True, text=True,
+                          timeout=280)
+    assert done.returncode == 0, done.stderr[-3000:]
+    measured = [line for line in (done.stdout + done.stderr).splitlines()
+                if "--pack auto for " in line]
+    assert len(measured) == 2, measured
+    assert sum(" repeat sweep " in line and "running it now" in line
+               for line in done.stdout.splitlines()) == 4, done.stdout
+
+
 def test_the_hint_to_run_the_repeats_keeps_the_options(tmp_path, monkeypatch, capsys):
     """`agent.repeat S --by optimizer --top 1 --seeds 4` (no --run) ends with the command that
     runs the repeats it made: with the same options, else the copied hint would pick the

@@ -219,10 +219,11 @@ def main(argv: list[str] | None = None) -> int:
     stores = create_local(study, configs, args.run)
     code = 0
     if args.run:
-        from agent.sweep.agent_loop import run_local_agent
+        from agent.sweep.agent_loop import pack_sizer, run_local_agent
 
+        sizer = pack_sizer(args.pack_size)  # one for all: --pack auto measures a kind once
         for store in stores:
-            code = max(code, run_local_agent(store, pack=args.pack_size))
+            code = max(code, run_local_agent(store, sizer=sizer))
             if not _finished(store):  # interrupted (Ctrl-C, SIGTERM), or runs failed
                 print(f"Stopped with repeat sweep {store.sweep().id} not finished: go on "
                       f"with {again_command(args, study)} (finished repeats are kept)")

@@ -564,15 +564,23 @@ def say(owner: str, text: str, *more: str) -> None:
     print("\n".join(lines), file=sys.stderr)
 
 
+def pack_sizer(pack: int | None) -> PackSizer:
+    """What sizes an agent's packs: `pack` runs a trial, None for --pack auto (which sizes
+    packs by the device's memory too: torch is imported for it)."""
+    sizer = PackSizer(fixed=pack)
+    if pack is None:
+        sizer.memory_mb = _device_memory_mb()
+    return sizer
+
+
 def run_local_agent(store: SweepStore, count: int | None = None,
                     heartbeat_s: float = HEARTBEAT_S, timeout: float = HEARTBEAT_TIMEOUT_S,
-                    pack: int | None = 1) -> int:
+                    pack: int | None = 1, sizer: PackSizer | None = None) -> int:
     """Work on a local sweep until it is done (or `count` runs), `pack` runs a trial (None:
-    --pack auto). Returns the agent's exit code: 1 after 3 failed trials in a row."""
-    sizer = PackSizer(fixed=pack)
-    if pack is None:  # only --pack auto sizes packs by the device (torch is imported for it)
-        sizer.memory_mb = _device_memory_mb()
-    return LocalAgent(store, heartbeat_s, timeout, sizer).run(count)
+    --pack auto), or as `sizer` says (one kept over several sweeps in one process: what
+    --pack auto measured for a kind of pack holds for the next sweep's runs of that kind).
+    Returns the agent's exit code: 1 after 3 failed trials in a row."""
+    return LocalAgent(store, heartbeat_s, timeout, sizer or pack_sizer(pack)).run(count)
 
 
 def _device_memory_mb() -> float | None:
