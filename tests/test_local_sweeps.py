@@ -83,6 +83,13 @@ def states(store: SweepStore) -> list[str]:
     return [run.state for run in store.runs()]
 
 
+def in_a_terminal_session() -> None:
+    """preexec_fn of a launcher the tests hang up on: SIGHUP at its default action, as in a
+    shell's session. A test run under nohup (a CI job) inherits it ignored, and an ignored
+    SIGHUP is the user's nohup, which the sweep honours by going on."""
+    signal.signal(signal.SIGHUP, signal.SIG_DFL)
+
+
 # Slow enough to interrupt (a few seconds a run), cheap in memory.
 LONG_RUN = {"model": {"value": "dense"}, "hidden": {"value": 256}, "batch_size": {"value": 8},
             "sinks": {"value": ["tensorboard"]}}
@@ -320,7 +327,7 @@ def test_ctrl_c_stops_every_agent_cleanly_and_keeps_the_runs_resumable(workdir, 
     launcher = subprocess.Popen([sys.executable, "-m", "agent.launch", str(sweep_file),
                                  "--agents", "2"], cwd=workdir, env=subprocess_env(),
                                 stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                                start_new_session=True)
+                                start_new_session=True, preexec_fn=in_a_terminal_session)
 
     store = wait_for(lambda: launched_store(workdir), 60, "the store")
     wait_for(lambda: sum(r.state == "running" and r.epoch >= 1
@@ -344,7 +351,8 @@ def test_one_agent_trains_in_the_launchers_process_and_a_signal_preempts_it(work
     write_grid(sweep_file, epochs=30, lrs=[0.01, 0.02])
     launcher = subprocess.Popen([sys.executable, "-m", "agent.launch", str(sweep_file)],
                                 cwd=workdir, env=subprocess_env(), stdout=subprocess.PIPE,
-                                stderr=subprocess.PIPE, text=True, start_new_session=True)
+                                stderr=subprocess.PIPE, text=True, start_new_session=True,
+                                preexec_fn=in_a_terminal_session)
 
     store = wait_for(lambda: launched_store(workdir), 60, "the store")
     run = wait_for(lambda: next((r for r in store.runs() if r.state == "running"
@@ -910,7 +918,8 @@ def test_a_terminal_that_closed_ends_the_launcher_with_its_agents_code(workdir):
     leader, follower = pty.openpty()
     launcher = subprocess.Popen([sys.executable, "-m", "agent.launch", str(sweep_file)],
                                 cwd=workdir, env=subprocess_env(), stdin=follower,
-                                stdout=follower, stderr=follower, start_new_session=True)
+                                stdout=follower, stderr=follower, start_new_session=True,
+                                preexec_fn=in_a_terminal_session)
     os.close(follower)
     try:
         store = wait_for(lambda: launched_store(workdir), 60, "the store")
