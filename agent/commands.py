@@ -25,3 +25,9 @@ def script(name: str) -> str:
     relative = os.path.relpath(root, here)
     near = relative.split(os.sep).count(os.pardir) <= 2  # beyond, an absolute path reads better
     return shlex.quote(os.path.join(relative if near else root, name))
+
+
+def module_command(module: str) -> str:
+    """`python -m module` as a hint names it: through util/with_venv.sh (script), so that
+    it runs in the project's venv from wherever the hint is pasted."""
+    return f"{script('util/with_venv.sh')} python -m {module}"

@@ -21,7 +21,7 @@ import traceback
 from pathlib import Path
 
 from agent.cluster import submit
-from agent.commands import script
+from agent.commands import module_command
 from agent.params import BY_NAME
 from agent.sweep.agent_loop import stop_signals
 from agent.sweep.controller import (
@@ -312,8 +312,8 @@ def report_local(store: SweepStore, options: str = "") -> None:
         render_status(store, limit=10)
         print("\n".join(closing_lines(store, options)))
     except _Closed:
-        print(f"\n(stopped; the sweep is saved: {script('util/with_venv.sh')} python -m "
-              f"agent.status {store.sweep().id})", file=sys.stderr)
+        print(f"\n(stopped; the sweep is saved: {module_command('agent.status')} "
+              f"{store.sweep().id})", file=sys.stderr)
     finally:
         for signum, handler in handlers.items():
             signal.signal(signum, handler)

@@ -34,7 +34,7 @@ from pathlib import Path
 
 from agent.cluster.jobs import JobSpec
 from agent.cluster.schedulers import SCHEDULERS, Scheduler
-from agent.commands import script
+from agent.commands import module_command, script
 from agent.sweep.store import SweepStore
 from agent.sweep.target import (
     SweepTarget,
@@ -254,6 +254,6 @@ def submit_from_args(args: argparse.Namespace, argv: list[str] | None = None) ->
         print(f"Submitted {scheduler.title} job(s) {', '.join(ids)}; scripts and logs in "
               f"{job_dir}/ (watch: {scheduler.watch})")
         if local is not None:
-            print(f"Progress: {script('util/with_venv.sh')} python -m agent.status {local}"
+            print(f"Progress: {module_command('agent.status')} {local}"
                   + scheduler.status_note)
     return 0

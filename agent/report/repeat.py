@@ -19,7 +19,7 @@ import sys
 from collections.abc import Callable
 from pathlib import Path
 
-from agent.commands import script
+from agent.commands import module_command, script
 from agent.ids import new_run_id
 from agent.report.markdown import Context
 from agent.report.stats import GroupRule, best_settings_per_group, default_by, settings_of
@@ -204,8 +204,7 @@ def again_command(args, study) -> str:
              "pack": args.pack != "1"}
     options = [f"--{name} {shlex.quote(str(getattr(args, name)))}"
                for name, show in shown.items() if show]
-    return " ".join([f"{script('util/with_venv.sh')} python -m agent.repeat", study.sweep_id,
-                     *options, "--run"])
+    return " ".join([module_command("agent.repeat"), study.sweep_id, *options, "--run"])
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -228,9 +227,9 @@ def main(argv: list[str] | None = None) -> int:
                 print(f"Stopped with repeat sweep {store.sweep().id} not finished: go on "
                       f"with {again_command(args, study)} (finished repeats are kept)")
                 return code
-        print(f"Next: {script('util/with_venv.sh')} python -m agent.report {study.sweep_id}")
+        print(f"Next: {module_command('agent.report')} {study.sweep_id}")
     else:
         print(f"Or all now: {again_command(args, study)}")
-        print(f"Then: {script('util/with_venv.sh')} python -m agent.report {study.sweep_id}")
+        print(f"Then: {module_command('agent.report')} {study.sweep_id}")
     return code
 

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import json
 
-from agent.commands import script
+from agent.commands import module_command
 from agent.report import figures, stats
 from agent.report.curves import tensorboard_scalars
 from agent.report.markdown import (
@@ -80,7 +80,7 @@ def groups_section(report: Report, ctx: Context) -> None:
     ended, grouped = ctx.study.ended_runs(), sum(map(len, members.values()))
     sources = {ctx.curves[r.id].source for r in ctx.study.runs if r.id in ctx.curves}
     report.add(f"Rule: {ctx.rule.describe(classes)}. The thresholds are parameters: "
-               f"`{script('util/with_venv.sh')} python -m agent.report {ctx.study.sweep_id} "
+               f"`{module_command('agent.report')} {ctx.study.sweep_id} "
                f"--explode-factor "
                f"{ctx.rule.explode_factor:g} --stuck-margin {ctx.rule.stuck_margin:g}`.", "",
                "Counts: " + ", ".join(f"{len(members[g])} {g}" for g in stats.GROUPS)
@@ -219,7 +219,7 @@ def best_run_section(report: Report, ctx: Context) -> None:
                + ("the intervals over seeds are in the section on seeds above."
                   if ctx.repeated or "seed" in ctx.swept else
                   "no setting has been run over other seeds yet (`"
-                  f"{script('util/with_venv.sh')} python -m agent.repeat {study.sweep_id} "
+                  f"{module_command('agent.repeat')} {study.sweep_id} "
                   "--run`), so nothing here says how much of it is luck.")
                + (f" Tied with it: {len(tied)} other run{'s' if len(tied) != 1 else ''} "
                   f"({', '.join(tied[:5])}{', ...' if len(tied) > 5 else ''}); the one shown "

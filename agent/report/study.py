@@ -8,7 +8,7 @@ import math
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from agent.commands import script
+from agent.commands import module_command
 from agent.ids import path_safe
 from agent.params import RunConfig, validate
 from agent.sweep.program import command_values, runs_our_trainer
@@ -103,7 +103,7 @@ def check_our_trainer(study: Study, command: str) -> None:
     the repeats read and set our trainer's parameters, metrics and files, which its runs do
     not have (its results are in the store and its programs' W&B runs)."""
     if not runs_our_trainer(study.sweep_config):
-        status = (f"{script('util/with_venv.sh')} python -m agent.status {study.sweep_id}, and "
+        status = (f"{module_command('agent.status')} {study.sweep_id}, and "
                   if study.source == "local" else "")  # agent.status reads local sweeps only
         raise UserError(f"sweep={study.sweep_id!r}: its command runs another program, not "
                         f"our trainer: `{command}` reads our trainer's runs (see its runs with "

@@ -19,7 +19,7 @@ from rich.markup import escape
 from rich.table import Table
 from rich.text import Text
 
-from agent.commands import script
+from agent.commands import module_command, script
 from agent.ids import path_safe
 from agent.params import BY_NAME
 from agent.sweep.controller import HEARTBEAT_TIMEOUT_S
@@ -194,7 +194,7 @@ def render_status(store: SweepStore, console: Console | None = None,
     print_table(console, status_table(sweep.config, shown))
     if limit is not None and len(runs) > len(shown):
         console.print(f"(the best {len(shown)} of {len(runs)} runs; all of them: "
-                      f"{script('util/with_venv.sh')} python -m agent.status {sweep.id})",
+                      f"{module_command('agent.status')} {sweep.id})",
                       highlight=False)
     if counts["silent"]:
         console.print(f"silent: no heartbeat for over {HEARTBEAT_TIMEOUT_S:g} s: its agent has "
@@ -388,7 +388,7 @@ def render_sweeps(directory: Path, console: Console | None = None) -> None:
                       f"{sum(r.state in ENDED for r in current)}/{planned}",
                       time.strftime("%Y-%m-%d %H:%M", time.localtime(sweep.created)))
     console.print(table)
-    console.print(f"one sweep's runs: {script('util/with_venv.sh')} python -m agent.status "
+    console.print(f"one sweep's runs: {module_command('agent.status')} "
                   "<sweep>", highlight=False, soft_wrap=True)  # a command: one line to paste
 
 
