@@ -243,22 +243,20 @@ def _lr_against_batch_size(ctx: Context) -> list[str]:
     metric, out = ctx.study.metric, []
     split = "optimizer" if "optimizer" in ctx.swept else None
     for group in (_levels(ctx.study.runs, split) if split else [None]):
-        best: dict[int, RunRecord] = {}  # batch size -> its best run (scored: best first)
-        tried: dict[int, set[float]] = {}  # batch size -> the lr values its runs tried
+        at: dict[int, list[RunRecord]] = {}  # batch size -> its runs, best first (scored)
         for run in ctx.not_diverged(ctx.scored):
             if split is None or value(run, split) == group:
-                best.setdefault(value(run, "batch_size"), run)
-                tried.setdefault(value(run, "batch_size"), set()).add(float(value(run, "lr")))
+                at.setdefault(value(run, "batch_size"), []).append(run)
         # a batch size tried at one lr (a random search draws one for each run) has no best
         # lr: its only one would read as an optimum and pull the fitted exponent
-        lone = sorted(b for b in best if len(tried[b]) < 2)
-        best = {b: run for b, run in best.items() if b not in lone}
+        lone = sorted(b for b, runs in at.items() if len(_lrs(runs)) < 2)
+        best = {b: runs[0] for b, runs in at.items() if b not in lone}
         if len(best) < MIN_BATCH_SIZES:
             continue
         sizes = sorted(best)
         lrs = [float(value(best[b], "lr")) for b in sizes]
         exponent = float(np.polyfit(np.log(sizes), np.log(lrs), 1)[0])
-        windows = [_near_best(ctx, best[b], split, group) for b in sizes]
+        windows = [_near_best(at[b], metric) for b in sizes]
         others = [a for a in _others(ctx, "lr", split) if a != "batch_size"]
         who = ((f"{split}={group}" if split else "all runs")
                + (f" (pooled over {', '.join(others)})" if others else ""))
@@ -294,14 +292,16 @@ def _cost_of_larger_batches(ctx: Context, who: str, sizes: list[int],
             f"fixed, in {high / low:g}x fewer steps (one run each, not a mean over seeds).")
 
 
-def _near_best(ctx: Context, top: RunRecord, split: str | None, group) -> str:
-    """' (lr 0.02-0.16 within 0.02)': the range of lr values whose runs at `top`'s batch
-    size (and `split` value) score within NEAR_BEST of `top`, when there are others; ''."""
-    metric, size = ctx.study.metric, value(top, "batch_size")
-    near = sorted({float(value(r, "lr")) for r in ctx.not_diverged(ctx.scored)
-                   if value(r, "batch_size") == size
-                   and (split is None or value(r, split) == group)
-                   and abs(r.metric(metric) - top.metric(metric)) <= NEAR_BEST})
+def _lrs(runs: list[RunRecord]) -> list[float]:
+    """The lr values `runs` tried, in increasing order, each once."""
+    return sorted({float(value(r, "lr")) for r in runs})
+
+
+def _near_best(runs: list[RunRecord], metric: str) -> str:
+    """' (lr 0.02-0.16 within 0.02)': the range of lr values of `runs` (one batch size's,
+    best first) that score within NEAR_BEST of the first, when there are others; ''."""
+    top = runs[0].metric(metric)
+    near = _lrs([r for r in runs if abs(r.metric(metric) - top) <= NEAR_BEST])
     if len(near) < 2:
         return ""
     return f" (lr {short_number(near[0])}-{short_number(near[-1])} within {NEAR_BEST:g})"

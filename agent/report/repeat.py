@@ -176,19 +176,20 @@ def planned(argv: list[str] | None):
     check_our_trainer(study, "python -m agent.repeat")
     args.by_given = args.by is not None
     args.by = args.by or default_by(study)
-    if not study.scored_runs():
+    scored = study.scored_runs()
+    if not scored:
         raise UserError(f"sweep={args.sweep!r}: no run has a value of its metric "
                         f"{study.metric!r} yet: nothing to repeat")
     # the report's groups (diverged, stuck, converged), without reading the dataset
-    ctx = Context(study, Path("."), GroupRule(), [], study.scored_runs())
+    ctx = Context(study, Path("."), GroupRule(), [], scored)
     ctx.classify(study.ended_runs())
     configs = repeat_configs(study, args.top, args.by, args.seeds, ctx.diverged)
     if not configs:
         raise UserError(f"sweep={args.sweep!r}: every run with a value of its metric "
                         f"{study.metric!r} diverged (see its report): nothing to repeat")
     # a group with no setting left would otherwise be missing without a word
-    groups = {str(r.params.get(args.by)) for r in study.scored_runs()}
-    kept = {str(r.params.get(args.by)) for r in study.scored_runs() if not ctx.diverged(r)}
+    groups = {str(r.params.get(args.by)) for r in scored}
+    kept = {str(r.params.get(args.by)) for r in ctx.not_diverged(scored)}
     for group in sorted(groups - kept):
         print(f"{args.by}={group}: every run with a value of {study.metric} diverged (see "
               "the report): no setting of it to repeat", file=sys.stderr)

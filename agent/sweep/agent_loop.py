@@ -188,7 +188,6 @@ class PackOutcome:
     preempted: bool = False  # SIGTERM/SIGINT ended it; the agent stops
 
 
-
 def logged_names(summary: dict, metric: str) -> str:
     """' (it logged a, b; did you mean a?)': the numbers a run of another program logged
     (its W&B summary, by their dotted names) when it logged none under the sweep's metric,
@@ -203,6 +202,7 @@ def logged_names(summary: dict, metric: str) -> str:
     shown = ", ".join(names[:8]) + (", ..." if len(names) > 8 else "")
     return f" (it logged {shown}" + (f"; did you mean {close[0]!r}?)" if close else ")")
 
+
 class LocalAgent:
     """Claims packs of runs from a local sweep store and trains each pack in this process."""
 
@@ -213,6 +213,7 @@ class LocalAgent:
         self.sweep = store.sweep()
         self.signalled: list[int] = []
         self.room = None  # a PackRoom (agent/trial/preflight.py), made once torch is needed
+        self.waited_on: set[str] | None = None  # the running runs say_why_waiting named
         program.local_run_environment(self.sweep.config)  # W&B agent variables: ignored
         self.wandb_dir = os.environ.get("WANDB_DIR") or os.getcwd()
         if not program.runs_our_trainer(self.sweep.config):
@@ -229,9 +230,9 @@ class LocalAgent:
         ended (kill -9, a closed terminal) is named as such: it is only waited out."""
         running = [r for r in self.store.runs() if r.state == "running"]
         ids = {r.id for r in running}
-        if not running or ids == getattr(self, "_waited_on", None):
+        if not running or ids == self.waited_on:
             return
-        self._waited_on = ids
+        self.waited_on = ids
         host, now = socket.gethostname(), time.time()
         gone = [r for r in running if r.owner and r.owner.rpartition(":")[0] == host
                 and not _alive(r.owner.rpartition(":")[2])]
