@@ -39,7 +39,7 @@ from agent.sweep.controller import (
 )
 from agent.sweep.pack_size import PackSizer, agents_per_device, parse_pack
 from agent.sweep.status import sweep_progress
-from agent.sweep.store import StoreError, SweepStore
+from agent.sweep.store import Run, StoreError, SweepStore
 from agent.sweep.target import SweepTarget, check_wandb_sweep, open_store
 from agent.sweep_space import short_number
 from util.errors import (
@@ -223,12 +223,11 @@ class LocalAgent:
                       "agent runs it)", file=sys.stderr)
             self.sizer = PackSizer(fixed=1)  # another program: one subprocess a run
 
-    def say_why_waiting(self) -> None:
+    def say_why_waiting(self, running: list[Run]) -> None:
         """One line, once for each set of runs it waits on: nothing is left to claim while
         other agents train these, and when one counts as crashed (silent for the heartbeat
         timeout: then it is repeated here). A run whose agent was of this host and has
         ended (kill -9, a closed terminal) is named as such: it is only waited out."""
-        running = [r for r in self.store.runs() if r.state == "running"]
         ids = {r.id for r in running}
         if not running or ids == self.waited_on:
             return
@@ -273,7 +272,7 @@ class LocalAgent:
             if work.kind == "done":
                 break
             if work.kind == "wait":  # others still run; one may crash and need repeating
-                self.say_why_waiting()
+                self.say_why_waiting(work.running)
                 time.sleep(WAIT_POLL_S)
                 continue
             outcome = self.train_claim(work)

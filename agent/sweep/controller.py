@@ -65,6 +65,7 @@ class Claim:
     kind: str  # "run", "wait" or "done"
     runs: list[ClaimedRun] = field(default_factory=list)
     pack: str | None = None
+    running: list[Run] = field(default_factory=list)  # wait: the runs other agents train
 
 
 @dataclass
@@ -203,9 +204,11 @@ def claim(store: SweepStore, owner: str, count: PackSize = 1,
             tx.mark_crashed(run_id)
         for run in requeue:
             tx.insert_run(new_run_id(), run.config, "pending", requeued_from=run.id)
-        work = choose_work(tx.sweep().config, tx.runs(), count, pack_key)
+        runs = tx.runs()
+        work = choose_work(tx.sweep().config, runs, count, pack_key)
         if work.kind != "run":
-            return Claim(work.kind)
+            return Claim(work.kind, running=[r for r in runs if r.state == "running"]
+                         if work.kind == "wait" else [])
         pack = new_run_id() if len(work.take) + len(work.start) > 1 else None
         claimed = []
         for run in work.take:
