@@ -121,18 +121,18 @@ def _fmt(number: float) -> str:
 
 
 def _models():
-    from nn.models import MODELS
-    return tuple(MODELS)
+    from nn import MODEL_NAMES  # not nn.models: checking a name need not import torch
+    return MODEL_NAMES
 
 
 def _optimizers():
-    from nn.optimizers import OPTIMIZERS
-    return tuple(OPTIMIZERS)
+    from nn import OPTIMIZER_NAMES
+    return OPTIMIZER_NAMES
 
 
 def _base_optimizers():
-    from nn.optimizers import OPTIMIZERS
-    return tuple(name for name in OPTIMIZERS if name != "sam")
+    from nn import OPTIMIZER_NAMES
+    return tuple(name for name in OPTIMIZER_NAMES if name != "sam")
 
 
 def _schedules():

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from agent.params import PARAMS, help_table, parse_args, validate
+from agent.params import BY_NAME, PARAMS, help_table, parse_args, validate
 from conftest import ROOT, subprocess_env
 from util.errors import UserError
 
@@ -132,3 +132,45 @@ def test_cli_help_lists_every_parameter_with_default_and_allowed_values(tmp_path
         assert f"--{param.name}" in result.stdout
     assert "default 0.05; a number in (0, 100]" in result.stdout  # lr
     assert "one of sgd, adam, adamw, rmsprop, sam" in result.stdout
+
+
+def test_model_and_optimizer_names_are_the_registries_keys():
+    """nn.MODEL_NAMES and nn.OPTIMIZER_NAMES, which validation reads without torch, are the
+    keys of the registries that build the models and optimizers, in order."""
+    from nn import MODEL_NAMES, OPTIMIZER_NAMES
+    from nn.models import MODELS
+    from nn.optimizers import OPTIMIZERS
+
+    assert tuple(MODELS) == MODEL_NAMES
+    assert tuple(OPTIMIZERS) == OPTIMIZER_NAMES
+    assert BY_NAME["model"].allowed_choices() == MODEL_NAMES
+    assert BY_NAME["sam_base"].allowed_choices() == OPTIMIZER_NAMES[:-1]
+
+
+@pytest.mark.e2e
+@pytest.mark.timeout(120)
+@pytest.mark.parametrize("command", [["agent.repeat", "done"], ["agent.status", "done"],
+                                     ["agent.status"]])
+def test_commands_that_read_a_sweep_do_not_load_torch(tmp_path, command):
+    """Planning repeats and showing status check every run's config (model and optimizer
+    names included) but train nothing: they must not import torch, whose import alone peaks
+    at ~650 MB resident (the CI's fuzz cases hold every command under 1 GiB)."""
+    sys.path.insert(0, str(ROOT / "tests"))
+    try:
+        from fuzz_worker import make_fixture
+    finally:
+        sys.path.remove(str(ROOT / "tests"))
+    make_fixture(tmp_path)
+    probe = ("import runpy, sys\n"
+             f"sys.argv = {['x', *command[1:]]!r}\n"
+             "try:\n"
+             f"    runpy.run_module({command[0]!r}, run_name='__main__')\n"
+             "except SystemExit as end:\n"
+             "    assert end.code in (0, None), end.code\n"
+             "print('torch loaded' if 'torch' in sys.modules else 'no torch', file=sys.stderr)\n")
+    result = subprocess.run([sys.executable, "-c", probe], cwd=tmp_path, env=subprocess_env(),
+                            capture_output=True, text=True, timeout=100)
+    assert result.returncode == 0, result.stderr
+    assert result.stderr.strip().splitlines()[-1] == "no torch", result.stderr
+    if command[0] == "agent.repeat":
+        assert "repeat sweep" in result.stdout and "created" in result.stdout, result.stdout

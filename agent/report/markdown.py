@@ -6,12 +6,15 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from agent.report import stats
 from agent.report.curves import LossCurve, loss_curve, step_losses
-from agent.report.figures import Drawn
 from agent.report.study import RunRecord, Study
 from agent.sweep_space import log_scaled, short_number
+
+if TYPE_CHECKING:  # figures imports matplotlib and torch: agent.repeat plans without them
+    from agent.report.figures import Drawn
 
 
 class Report:
