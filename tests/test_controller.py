@@ -56,7 +56,9 @@ def point(config: dict) -> tuple:
 @st.composite
 def stored_runs(draw, states=STATES, max_size=12):
     """Runs as a store could hold them: distinct grid points in order of creation, any
-    state, and some crashed runs repeated once (a repeat may itself be in any state)."""
+    state (a pending run has trained no epoch), and some crashed runs repeated once (a
+    repeat may itself be in any state; pending, it starts from scratch or continues from
+    the crashed run's last epoch, store.insert_repeat)."""
     points = draw(st.lists(st.sampled_from(range(len(POINTS))), unique=True,
                            max_size=max_size))
     runs: list[Run] = []
@@ -64,13 +66,23 @@ def stored_runs(draw, states=STATES, max_size=12):
         state = draw(st.sampled_from(states))
         runs.append(Run(
             id=f"r{len(runs)}", seq=len(runs) + 1, config=POINTS[index], state=state,
-            epoch=draw(st.integers(0, 5)),
+            epoch=0 if state == "pending" else draw(st.integers(0, 5)),
             heartbeat=draw(st.none() | st.floats(0, NOW)) if state == "running" else None))
         if state == "crashed" and draw(st.booleans()):
+            crashed = runs[-1]
+            again = draw(st.sampled_from(states))
             runs.append(Run(id=f"r{len(runs)}", seq=len(runs) + 1, config=POINTS[index],
-                            state=draw(st.sampled_from(states)), requeued_from=runs[-1].id,
+                            state=again, requeued_from=crashed.id,
+                            epoch=draw(st.sampled_from([0, crashed.epoch]) if again == "pending"
+                                       else st.integers(0, 5)),
                             heartbeat=draw(st.floats(0, NOW))))
     return runs
+
+
+def resumable(run: Run) -> bool:
+    """A run that continues from a checkpoint: preempted, or a crashed run's repeat that
+    starts from the crashed run's last epoch."""
+    return run.state == "preempted" or (run.state == "pending" and run.epoch > 0)
 
 
 # --- crash repairs ----------------------------------------------------------------------------
@@ -104,10 +116,11 @@ def test_a_run_beating_within_the_timeout_is_left_alone():
 # --- choose_work with one run: exactly the rule of the single-run claim -------------------------
 
 def single_run_rule(sweep_config: dict, runs: list[Run]) -> tuple:
-    """The claim of one run as it was before packs: first preempted, else first pending,
-    else the engine's proposal under run_cap, else wait while running, else done."""
-    for state in ("preempted", "pending"):
-        waiting = [r for r in runs if r.state == state]
+    """The claim of one run as it was before packs: first the first run that resumes from
+    a checkpoint (preempted, or a crashed run's repeat from its last epoch), else first
+    pending, else the engine's proposal under run_cap, else wait while running, else
+    done."""
+    for waiting in ([r for r in runs if resumable(r)], [r for r in runs if r.state == "pending"]):
         if waiting:
             return ("take", waiting[0].id)
     cap = sweep_config.get("run_cap")
@@ -138,7 +151,7 @@ def test_one_run_claims_follow_the_single_run_rule(runs, run_cap, with_key):
 @PURE
 @given(stored_runs(), st.integers(1, 6))
 def test_preempted_runs_resume_together_by_pack_key_and_epoch(runs, count):
-    preempted = [r for r in runs if r.state == "preempted"]
+    preempted = [r for r in runs if resumable(r)]  # and repeats from a crashed run's epoch
     assume(preempted)
     work = choose_work(grid(), runs, count, model_key)
     group = [r for r in preempted if (model_key(r.config), r.epoch)
@@ -163,6 +176,13 @@ def test_pending_runs_are_taken_oldest_first_with_the_oldest_ones_key(runs, coun
 def test_a_pack_shares_one_key_and_proposals_of_other_keys_are_parked(runs, count, run_cap):
     config = grid(run_cap=run_cap) if run_cap else grid()
     work = choose_work(config, runs, count, model_key)
+    resuming = [r for r in runs if resumable(r)]
+    if resuming:  # crashed runs' repeats from their checkpoints go first, as preempted runs
+        first = (model_key(resuming[0].config), resuming[0].epoch)
+        assert work.take == [r for r in resuming
+                             if (model_key(r.config), r.epoch) == first][:count]
+        assert work.start == [] and work.park == []
+        return
     pending = [r for r in runs if r.state == "pending"]
     originals = sum(not r.requeued_from for r in runs)
     proposed = work.start + work.park

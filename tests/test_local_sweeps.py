@@ -113,28 +113,56 @@ def test_four_agents_on_a_grid_run_each_point_exactly_once(workdir):
 
 
 @pytest.mark.e2e
-@pytest.mark.timeout(240)
-def test_sigkilled_agent_run_is_crashed_and_requeued_once(workdir):
-    store = make_sweep(workdir, "crash", {**LONG_RUN, "epochs": {"value": 6},
-                                          "lr": {"values": [0.01, 0.02]}})
+@pytest.mark.timeout(300)
+def test_sigkilled_agent_run_is_repeated_once_from_its_checkpoint(workdir):
+    """kill -9 mid-trial: the run is taken for crashed (heartbeat timeout) and repeated once,
+    under a new id, from the crashed run's checkpoint: the repeat's history begins with the
+    crashed run's epochs, its TensorBoard run holds every epoch, and it ends with the
+    results of the same run never interrupted (CPU, one thread: bit for bit)."""
+    from agent.report.curves import tensorboard_scalars
+
+    parameters = {**LONG_RUN, "epochs": {"value": 5}, "lr": {"value": 0.01}}
+    store = make_sweep(workdir, "crash", parameters)
     victim = start_agent(workdir, store, "--heartbeat-timeout", "3")
     killed_id = wait_for(lambda: next((r.id for r in store.runs() if r.state == "running"
-                                       and r.epoch >= 1), None), 120, "a first epoch")
+                                       and r.epoch >= 2), None), 120, "two epochs")
     victim.send_signal(signal.SIGKILL)
     victim.wait(timeout=30)
     killed = store.run(killed_id)
-    assert killed.state == "running", [(r.id, r.state, r.epoch)
-                                          for r in store.runs()]
+    assert killed.state == "running" and 2 <= killed.epoch < 5, (killed.state, killed.epoch)
 
     survivor = start_agent(workdir, store, "--heartbeat-timeout", "3")
-    assert survivor.wait(timeout=200) == 0, survivor.stderr.read()
+    assert survivor.wait(timeout=200) == 0
+    err = survivor.stderr.read()
     runs = {r.id: r for r in store.runs()}
     assert runs[killed.id].state == "crashed"
-    repeats = [r for r in runs.values() if r.requeued_from == killed.id]
-    assert len(repeats) == 1 and repeats[0].state == "finished"
-    assert repeats[0].config == killed.config
-    finished = [r for r in runs.values() if r.state == "finished"]
-    assert sorted(r.config["lr"] for r in finished) == [0.01, 0.02]
+    (repeat,) = [r for r in runs.values() if r.requeued_from == killed.id]
+    assert repeat.state == "finished" and repeat.config == killed.config
+    assert f"run {repeat.id} repeats crashed run {killed.id} from its checkpoint" in err, err
+    assert [h["epoch"] for h in repeat.history] == [1, 2, 3, 4, 5]
+    assert repeat.history[:killed.epoch] == killed.history[:killed.epoch]
+    assert repeat.summary["epochs_done"] == 5
+    logs = workdir / "data" / "logs" / store.sweep().group
+    accuracy = dict(tensorboard_scalars(logs / repeat.id, "val/acc"))  # step -> value
+    assert sorted(accuracy.values()) == pytest.approx(  # TensorBoard holds float32
+        sorted(h["val/acc"] for h in repeat.history), rel=1e-6)
+    own = workdir / "own"  # the repeat's own event files, not the crashed run's copied
+    own.mkdir()
+    copied = {path.name for path in (logs / killed.id).glob("events.out.tfevents.*")}
+    for path in (logs / repeat.id).glob("events.out.tfevents.*"):
+        if path.name not in copied:
+            shutil.copy(path, own / path.name)
+    trained = tensorboard_scalars(own, "val/acc")
+    assert len(trained) == 5 - killed.epoch, trained  # the epochs after the checkpoint only
+
+    twin = make_sweep(workdir, "twin", parameters)  # the same run, never interrupted
+    agent = start_agent(workdir, twin)
+    assert agent.wait(timeout=200) == 0, agent.stderr.read()
+    (reference,) = twin.runs()
+    for name in ("test/acc", "test/loss", "val/acc", "val/loss", "train/loss"):
+        assert repeat.summary[name] == reference.summary[name], name
+    assert [h["val/loss"] for h in repeat.history] == \
+        [h["val/loss"] for h in reference.history]
 
 
 @pytest.mark.e2e
@@ -156,7 +184,8 @@ def test_an_agent_with_nothing_to_claim_says_what_it_waits_for(workdir):
     waiting = [line for line in err.splitlines() if ": waiting: " in line]
     assert len(waiting) == 1, err
     assert (f"nothing left to claim while other agents train 1 run(s) ({killed.id}); one "
-            "silent for 6 s would count as crashed and be repeated here (once: a repeat is "
+            "silent for 6 s would count as crashed and be repeated here, from its last "
+            "checkpoint (once: a repeat is "
             f"not repeated); the agent of {killed.id} on this host has ended: crashed in "
             "about ") in waiting[0], waiting
     assert waiting[0].endswith(f" s, then {killed.id} repeated here"), waiting

@@ -20,7 +20,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from agent.sweep.controller import claim
+from agent.sweep.controller import claim, repair_ended_agents
 from agent.sweep.engine import proposed_params
 from agent.sweep.store import (
     AGENT_END_STATES,
@@ -281,6 +281,51 @@ def test_a_silent_run_is_crashed_and_requeued_once_and_a_repeat_is_never_repeate
     assert store.run(repeat.run_id).state == "crashed"
     assert [r.requeued_from for r in runs].count(first.run_id) == 1
     assert [r.requeued_from for r in runs].count(repeat.run_id) == 0
+
+
+@pytest.mark.parametrize("program", [None, "other.py"])
+@pytest.mark.parametrize("repair", ["heartbeat", "agent ended"])
+def test_a_crashed_run_of_our_trainer_is_repeated_from_its_last_epoch(backend, program,
+                                                                     repair):
+    """Our trainer writes an epoch's checkpoint before it records the epoch: the repeat of a
+    crashed run continues from the crashed run's last recorded epoch, with its history so
+    far. Another program keeps no checkpoint we resume: its repeat starts from scratch."""
+    store = new_store(backend, {**GRID, **({"program": program} if program else {})})
+    (first,) = claim(store, "host:1").runs
+    rows = [{"val/acc": 0.25, "epoch": 1}, {"val/acc": 0.5, "epoch": 2}]
+    for epoch, row in enumerate(rows, 1):
+        assert store.record_epoch(first.run_id, "host:1", epoch, row)
+    if repair == "heartbeat":
+        (repeat,) = claim(store, "host:2", now=time.time() + FAR_FUTURE).runs
+    else:
+        assert repair_ended_agents(store, {"host:1"}) == [first.run_id]
+        (repeat,) = claim(store, "host:2").runs
+    assert store.run(first.run_id).state == "crashed"
+    assert repeat.config == first.config and repeat.repeats == first.run_id
+    stored = store.run(repeat.run_id)
+    assert stored.requeued_from == first.run_id and stored.state == "running"
+    if program is None:
+        assert repeat.resumed and repeat.epoch == 2
+        assert stored.history == rows and stored.epoch == 2
+    else:
+        assert not repeat.resumed and repeat.epoch == 0
+        assert stored.history == [] and stored.epoch == 0
+    assert store.record_epoch(repeat.run_id, "host:2", 3, {"val/acc": 0.75, "epoch": 3})
+    assert store.run(first.run_id).history == rows  # the crashed run's own stays as it was
+
+
+def test_a_crashed_runs_repeat_from_a_checkpoint_goes_before_older_pending_runs(backend):
+    """It resumes trained epochs, as a preempted run does: taken first, and packed only with
+    runs that resume at its epoch (here, none: it goes alone though three were asked for)."""
+    store = new_store(backend)
+    (first, *_) = claim(store, "host:1", count=2, pack_key=model_key).runs
+    parked = [r.id for r in store.runs() if r.state == "pending"]
+    assert parked  # proposals of other models, parked as pending before the repeat exists
+    assert store.record_epoch(first.run_id, "host:1", 1, {"val/acc": 0.1})
+    taken = claim(store, "host:2", count=3, pack_key=model_key, now=time.time() + FAR_FUTURE)
+    (repeat,) = [r for r in taken.runs if r.repeats]
+    assert repeat.repeats == first.run_id and repeat.epoch == 1
+    assert [r.run_id for r in taken.runs] == [repeat.run_id]
 
 
 def test_a_preempted_pack_resumes_together_at_its_epoch_in_a_new_pack(backend):

@@ -216,7 +216,8 @@ class LocalAgent:
         self.waited_on: set[str] | None = None  # the running runs say_why_waiting named
         program.local_run_environment(self.sweep.config)  # W&B agent variables: ignored
         self.wandb_dir = os.environ.get("WANDB_DIR") or os.getcwd()
-        if not program.runs_our_trainer(self.sweep.config):
+        self.ours = program.runs_our_trainer(self.sweep.config)
+        if not self.ours:
             if sizer.fixed != 1:
                 print(f"agent {self.owner}: --pack {sizer.fixed or 'auto'} does not apply: this "
                       "sweep's command runs another program, one process a run (as W&B's "
@@ -226,8 +227,9 @@ class LocalAgent:
     def say_why_waiting(self, running: list[Run]) -> None:
         """One line, once for each set of runs it waits on: nothing is left to claim while
         other agents train these, and when one counts as crashed (silent for the heartbeat
-        timeout: then it is repeated here). A run whose agent was of this host and has
-        ended (kill -9, a closed terminal) is named as such: it is only waited out."""
+        timeout: then it is repeated here, from its last checkpoint when our trainer runs it).
+        A run whose agent was of this host and has ended (kill -9, a closed terminal) is named
+        as such: it is only waited out."""
         ids = {r.id for r in running}
         if not running or ids == self.waited_on:
             return
@@ -238,7 +240,9 @@ class LocalAgent:
         shown = ", ".join(sorted(ids)[:5]) + (", ..." if len(ids) > 5 else "")
         line = (f"agent {self.owner}: waiting: nothing left to claim while other agents "
                 f"train {len(running)} run(s) ({shown}); one silent for {self.timeout:g} s "
-                "would count as crashed and be repeated here (once: a repeat is not repeated)")
+                "would count as crashed and be repeated here, "
+                + ("from its last checkpoint" if self.ours else "from scratch")
+                + " (once: a repeat is not repeated)")
         if gone:
             latest = max(r.heartbeat or 0 for r in gone)
             again = [r.id for r in gone if not r.requeued_from]
@@ -306,6 +310,7 @@ class LocalAgent:
     def train_claim(self, work) -> PackOutcome:
         """Train the claimed runs as one pack; each member is recorded as it ends."""
         from agent.trial.loop import train_pack
+        from agent.trial.member import continue_crashed
 
         run_ids = [c.run_id for c in work.runs]
         beat = Heartbeat(self.store.path, run_ids, self.owner, self.heartbeat_s)
@@ -324,6 +329,10 @@ class LocalAgent:
                     self.store.runs(), self.sweep.config, run_ids))
             else:
                 configs = [self.trial_config(command) for command in commands]
+                for claimed, config in zip(work.runs, configs):
+                    if claimed.repeats and claimed.epoch:
+                        print(f"agent {self.owner}: "
+                              f"{continue_crashed(config, claimed.repeats)}", file=sys.stderr)
                 train_pack(configs, hooks, sweep={
                     "id": self.sweep.id, "name": self.sweep.name, "config": self.sweep.config,
                     "progress": sweep_progress(self.store.runs(), self.sweep.config, run_ids)})

@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 
 from agent.ids import new_run_id
 from agent.sweep.engine import planned_runs, proposed_batch, stop_decisions, target_reached
+from agent.sweep.program import runs_our_trainer
 from agent.sweep.store import Run, SweepStore
 from util.errors import UserError
 
@@ -48,13 +49,14 @@ def _size_for(count: PackSize, key: Hashable, like: dict) -> int:
 
 @dataclass(frozen=True)
 class ClaimedRun:
-    """One run handed to an agent: train `config` as run `run_id`, from epoch `epoch`
-    (a preempted run's checkpoint) when `resumed`."""
+    """One run handed to an agent: train `config` as run `run_id`, from epoch `epoch` when
+    `resumed` (a preempted run's checkpoint, or the checkpoint of the crashed run `repeats`)."""
 
     run_id: str
     config: dict
     resumed: bool = False
     epoch: int = 0
+    repeats: str | None = None  # the crashed run this one repeats (its checkpoint: epoch > 0)
 
 
 @dataclass
@@ -112,14 +114,15 @@ def choose_work(sweep_config: dict, runs: list[Run], count: PackSize = 1,
     a callable `count` is asked for the size once the pack key of the work is known, with
     that key and the config of the work's first run.
 
-    Preempted runs first, a group of equal (pack key, epoch) so that a preempted pack
-    resumes together; else pending runs of the first one's key, topped up with engine
-    proposals of that key (`propose_members`); else `wait` while runs are running (one may
-    still crash and need repeating), else `done`.
+    Preempted runs first (and repeats of crashed runs that continue from a checkpoint), a
+    group of equal (pack key, epoch) so that a preempted pack resumes together; else pending
+    runs of the first one's key, topped up with engine proposals of that key
+    (`propose_members`); else `wait` while runs are running (one may still crash and need
+    repeating), else `done`.
     """
     key = pack_key or (lambda config: None)
-    preempted = [r for r in runs if r.state == "preempted"]
-    if preempted:
+    preempted = [r for r in runs if r.state == "preempted" or (r.state == "pending" and r.epoch)]
+    if preempted:  # and the repeats of crashed runs that continue from their checkpoints
         first = (key(preempted[0].config), preempted[0].epoch)
         wanted = _size_for(count, first[0], preempted[0].config)
         return Work("run", take=[r for r in preempted
@@ -188,6 +191,18 @@ def proposal_budget(sweep_config: dict, size: int) -> int:
     return max(budget, GRID_LOOKAHEAD) if sweep_config.get("method") == "grid" else budget
 
 
+def _repeat(tx, crashed: list[Run]) -> None:
+    """Each crashed run repeated once as a new pending run: from its last recorded epoch when
+    our trainer runs the sweep (it writes an epoch's checkpoint before it records the epoch:
+    agent/trial/loop.py), so that a kill -9, an OOM kill or a lost node costs the epoch in
+    progress only; else from scratch (another program keeps no checkpoint we resume)."""
+    if not crashed:
+        return
+    resumable = runs_our_trainer(tx.sweep().config)
+    for run in crashed:
+        tx.insert_repeat(new_run_id(), run, run.epoch if resumable else 0)
+
+
 def claim(store: SweepStore, owner: str, count: PackSize = 1,
           pack_key: PackKey | None = None, timeout: float = HEARTBEAT_TIMEOUT_S,
           now: float | None = None) -> Claim:
@@ -202,8 +217,7 @@ def claim(store: SweepStore, owner: str, count: PackSize = 1,
                                        timeout)
         for run_id in stale:
             tx.mark_crashed(run_id)
-        for run in requeue:
-            tx.insert_run(new_run_id(), run.config, "pending", requeued_from=run.id)
+        _repeat(tx, requeue)
         runs = tx.runs()
         work = choose_work(tx.sweep().config, runs, count, pack_key)
         if work.kind != "run":
@@ -213,8 +227,9 @@ def claim(store: SweepStore, owner: str, count: PackSize = 1,
         claimed = []
         for run in work.take:
             tx.start(run.id, owner, pack)
-            claimed.append(ClaimedRun(run.id, run.config, resumed=run.state == "preempted",
-                                      epoch=run.epoch))
+            claimed.append(ClaimedRun(run.id, run.config,
+                                      resumed=run.state == "preempted" or bool(run.epoch),
+                                      epoch=run.epoch, repeats=run.requeued_from))
         for config in work.start:
             run_id = new_run_id()
             tx.insert_run(run_id, config, "running", owner=owner, pack=pack)
@@ -254,8 +269,7 @@ def repair_ended_agents(store: SweepStore, owners: set[str]) -> list[str]:
         for run_id in ended:
             tx.mark_crashed(run_id)
         _, requeue = crash_repairs(tx.runs(), now=0.0, timeout=math.inf)  # the crashed only
-        for run in requeue:
-            tx.insert_run(new_run_id(), run.config, "pending", requeued_from=run.id)
+        _repeat(tx, requeue)
     return ended
 
 

@@ -179,6 +179,17 @@ class StoreTransaction:
             (run_id, seq, json.dumps(config), state, owner, running, requeued_from, now,
              running, pack))
 
+    def insert_repeat(self, run_id: str, crashed: Run, epoch: int = 0) -> None:
+        """A pending run `run_id` repeating the crashed run `crashed` (its config;
+        requeued_from). From scratch when `epoch` is 0; else it continues from the crashed
+        run's checkpoint of that epoch: it starts with the crashed run's history up to that
+        epoch, and `epoch` says where its agent resumes it."""
+        self.insert_run(run_id, crashed.config, "pending", requeued_from=crashed.id)
+        if epoch:
+            self.db.execute("UPDATE runs SET epoch=? WHERE id=?", (epoch, run_id))
+            self.db.execute("INSERT INTO history SELECT ?, epoch, metrics FROM history "
+                            "WHERE run_id=? AND epoch<=?", (run_id, crashed.id, epoch))
+
     def start(self, run_id: str, owner: str, pack: str | None = None) -> None:
         """A pending or preempted run becomes `owner`'s running run."""
         now = time.time()

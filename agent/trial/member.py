@@ -9,6 +9,7 @@ augmentation, and where their results go.
 from __future__ import annotations
 
 import os
+import shutil
 import sys
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -159,6 +160,41 @@ def run_identity(cfg: RunConfig, sweep: dict | None = None) -> RunInfo:
     return RunInfo(id=run_id, name=name, group=group,
                    log_dir=str(Path(cfg.log_dir) / path_safe(group) / path_safe(name)),
                    run_dir=str(run_directory(cfg.run_dir, run_id)), sweep=sweep)
+
+
+def continue_crashed(config: dict, crashed_id: str) -> str:
+    """Before run `config['run_id']`, the repeat of the crashed run `crashed_id`, resumes from
+    that run's checkpoint (agent/sweep/controller.py repeats a crashed run from its last
+    recorded epoch): the crashed run's checkpoint files and TensorBoard event files are copied
+    into the repeat's run and log directories, and the trial resumes from them as from its own
+    (the TensorBoard sink's purge_step hides what the crashed run logged after its
+    checkpoint). Each file is copied whole, then renamed, the checkpoint last: a kill midway
+    leaves no partial file, and the next start copies again. Nothing is copied when the repeat
+    has a checkpoint already (an earlier start of it). Returns a line for the console."""
+    from agent.params import validate
+    from agent.trial.checkpoint import CHECKPOINT_NAME, PREVIOUS_NAME
+
+    repeat = run_identity(validate(config))
+    crashed = run_identity(validate({**config, "run_id": crashed_id}))
+    own, theirs = Path(repeat.run_dir), Path(crashed.run_dir)
+    if (own / CHECKPOINT_NAME).exists():
+        return f"run {repeat.id} (repeating crashed run {crashed_id}) resumes from its own " \
+               "checkpoint"
+    if not (theirs / CHECKPOINT_NAME).exists():
+        return f"run {repeat.id} repeats crashed run {crashed_id} from scratch: no checkpoint " \
+               f"of it in {theirs}"
+    copies = []
+    if Path(crashed.log_dir) != Path(repeat.log_dir):
+        copies += [(event, Path(repeat.log_dir) / event.name)
+                   for event in sorted(Path(crashed.log_dir).glob("events.out.tfevents.*"))]
+    copies += [(theirs / name, own / name) for name in (PREVIOUS_NAME, CHECKPOINT_NAME)
+               if (theirs / name).is_file()]
+    for source, target in copies:
+        target.parent.mkdir(parents=True, exist_ok=True)
+        partial = target.with_name(target.name + ".partial")
+        shutil.copyfile(source, partial)
+        os.replace(partial, target)
+    return f"run {repeat.id} repeats crashed run {crashed_id} from its checkpoint ({theirs})"
 
 
 def check_packable(configs: list[RunConfig]) -> None:
