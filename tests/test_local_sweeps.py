@@ -117,11 +117,13 @@ def test_four_agents_on_a_grid_run_each_point_exactly_once(workdir):
 def test_sigkilled_agent_run_is_repeated_once_from_its_checkpoint(workdir):
     """kill -9 mid-trial: the run is taken for crashed (heartbeat timeout) and repeated once,
     under a new id, from the crashed run's checkpoint: the repeat's history begins with the
-    crashed run's epochs, its TensorBoard run holds every epoch, and it ends with the
-    results of the same run never interrupted (CPU, one thread: bit for bit)."""
+    crashed run's epochs, its TensorBoard run and its W&B run hold every epoch, and it ends
+    with the results of the same run never interrupted (CPU, one thread: bit for bit)."""
     from agent.report.curves import tensorboard_scalars
+    from util.wandb_offline import find_runs
 
-    parameters = {**LONG_RUN, "epochs": {"value": 5}, "lr": {"value": 0.01}}
+    parameters = {**LONG_RUN, "epochs": {"value": 5}, "lr": {"value": 0.01},
+                  "sinks": {"value": ["tensorboard", "wandb"]}}
     store = make_sweep(workdir, "crash", parameters)
     victim = start_agent(workdir, store, "--heartbeat-timeout", "3")
     killed_id = wait_for(lambda: next((r.id for r in store.runs() if r.state == "running"
@@ -154,6 +156,15 @@ def test_sigkilled_agent_run_is_repeated_once_from_its_checkpoint(workdir):
             shutil.copy(path, own / path.name)
     trained = tensorboard_scalars(own, "val/acc")
     assert len(trained) == 5 - killed.epoch, trained  # the epochs after the checkpoint only
+    # W&B: the repeat is a run of its own, which gets the crashed run's epochs first
+    offline = wait_for(lambda: next((r for r in find_runs(workdir / "wandb")
+                                     if r.run_id == repeat.id and r.exit_code is not None),
+                                    None), 60, "the repeat's closed W&B offline run")
+    logged = [row for row in offline.history if "val/acc" in row]
+    assert [row["epoch"] for row in logged] == [1, 2, 3, 4, 5], logged
+    assert [row["val/acc"] for row in logged] == pytest.approx(
+        [h["val/acc"] for h in repeat.history])
+    assert [row["_step"] for row in logged] == sorted({row["_step"] for row in logged})
 
     twin = make_sweep(workdir, "twin", parameters)  # the same run, never interrupted
     agent = start_agent(workdir, twin)

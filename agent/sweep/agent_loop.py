@@ -329,10 +329,11 @@ class LocalAgent:
                     self.store.runs(), self.sweep.config, run_ids))
             else:
                 configs = [self.trial_config(command) for command in commands]
-                for claimed, config in zip(work.runs, configs):
+                for claimed, config, hook in zip(work.runs, configs, hooks):
                     if claimed.repeats and claimed.epoch:
-                        print(f"agent {self.owner}: "
-                              f"{continue_crashed(config, claimed.repeats)}", file=sys.stderr)
+                        line, copied = continue_crashed(config, claimed.repeats)
+                        print(f"agent {self.owner}: {line}", file=sys.stderr)
+                        hook.repeats = claimed.repeats if copied else None
                 train_pack(configs, hooks, sweep={
                     "id": self.sweep.id, "name": self.sweep.name, "config": self.sweep.config,
                     "progress": sweep_progress(self.store.runs(), self.sweep.config, run_ids)})

@@ -181,6 +181,8 @@ def _built_and_restored(members: list[Member], data: Splits,
         raise mismatch
     for member, runs_saved in zip(members, saved):
         member.earlier_s = member.progress.wall_s
+        if member.hooks.repeats and member.run.resumed_epoch:
+            member.run.replay = list(member.progress.history)
         newest = max(runs_saved.epochs(), default=0)
         if runs_saved.problems or newest > epoch:
             where = f"resuming from epoch {epoch}" if epoch else "starting from scratch"

@@ -61,12 +61,16 @@ class TrialHooks:
     polled every step; True ends the whole pack as preempted, keeping each member's
     checkpoint of its last whole epoch. ended(summary) is called once when the member ends
     (finished, stopped, diverged or preempted), so the caller can record it at once.
+    `repeats` names the crashed run whose checkpoint this start continues, when it does.
     """
 
     recorded: Callable[[int, list[dict]], bool] = lambda epoch, history: True
     should_stop: Callable[[int, list[dict]], str | None] = lambda epoch, history: None
     interrupted: Callable[[], bool] = lambda: False
     ended: Callable[[dict], None] = lambda summary: None
+    # the crashed run whose checkpoint this start continues (its files just copied: the
+    # run's first start as that run's repeat), else None
+    repeats: str | None = None
 
 
 @dataclass
@@ -162,7 +166,7 @@ def run_identity(cfg: RunConfig, sweep: dict | None = None) -> RunInfo:
                    run_dir=str(run_directory(cfg.run_dir, run_id)), sweep=sweep)
 
 
-def continue_crashed(config: dict, crashed_id: str) -> str:
+def continue_crashed(config: dict, crashed_id: str) -> tuple[str, bool]:
     """Before run `config['run_id']`, the repeat of the crashed run `crashed_id`, resumes from
     that run's checkpoint (agent/sweep/controller.py repeats a crashed run from its last
     recorded epoch): the crashed run's checkpoint files and TensorBoard event files are copied
@@ -170,7 +174,8 @@ def continue_crashed(config: dict, crashed_id: str) -> str:
     (the TensorBoard sink's purge_step hides what the crashed run logged after its
     checkpoint). Each file is copied whole, then renamed, the checkpoint last: a kill midway
     leaves no partial file, and the next start copies again. Nothing is copied when the repeat
-    has a checkpoint already (an earlier start of it). Returns a line for the console."""
+    has a checkpoint already (an earlier start of it). Returns a line for the console, and
+    whether the files were copied (this start continues the crashed run's checkpoint)."""
     from agent.params import validate
     from agent.trial.checkpoint import CHECKPOINT_NAME, PREVIOUS_NAME
 
@@ -179,10 +184,10 @@ def continue_crashed(config: dict, crashed_id: str) -> str:
     own, theirs = Path(repeat.run_dir), Path(crashed.run_dir)
     if (own / CHECKPOINT_NAME).exists():
         return f"run {repeat.id} (repeating crashed run {crashed_id}) resumes from its own " \
-               "checkpoint"
+               "checkpoint", False
     if not (theirs / CHECKPOINT_NAME).exists():
         return f"run {repeat.id} repeats crashed run {crashed_id} from scratch: no checkpoint " \
-               f"of it in {theirs}"
+               f"of it in {theirs}", False
     copies = []
     if Path(crashed.log_dir) != Path(repeat.log_dir):
         copies += [(event, Path(repeat.log_dir) / event.name)
@@ -194,7 +199,7 @@ def continue_crashed(config: dict, crashed_id: str) -> str:
         partial = target.with_name(target.name + ".partial")
         shutil.copyfile(source, partial)
         os.replace(partial, target)
-    return f"run {repeat.id} repeats crashed run {crashed_id} from its checkpoint ({theirs})"
+    return f"run {repeat.id} repeats crashed run {crashed_id} from its checkpoint ({theirs})", True
 
 
 def check_packable(configs: list[RunConfig]) -> None:

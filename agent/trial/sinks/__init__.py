@@ -7,7 +7,7 @@ and finish. A run parameter (`sinks`) switches each one on or off.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 
 @dataclass
@@ -21,6 +21,10 @@ class RunInfo:
     resumed_step: int = 0  # the steps those epochs took (global_step at the checkpoint)
     sweep: dict | None = None  # {"id", "name", "config"} when the run belongs to a local sweep
     pack: int = 1  # members of the pack the run trains in (1: alone)
+    # The epoch rows a new record of this run starts with: this start continues a crashed
+    # run's checkpoint as its repeat (agent/trial/member.py continue_crashed), and a sink that
+    # keeps a record per run id (W&B) has none of those epochs yet. Empty otherwise.
+    replay: list[dict] = field(default_factory=list)
 
 
 class Sink:

@@ -108,6 +108,13 @@ class WandbSink(Sink):
         self.run.define_metric("epoch")
         for pattern in EPOCH_METRICS:
             self.run.define_metric(pattern, step_metric="epoch")
+        if run.replay and run.resumed_epoch:
+            # A crashed run's repeat, continuing its checkpoint: this W&B run is new, so it
+            # gets the epochs before the checkpoint first, each at the step it ended on (the
+            # same number of steps every epoch), as the crashed run logged them.
+            steps_per_epoch = run.resumed_step / run.resumed_epoch
+            for row in run.replay:
+                self.run.log(row, step=round(row["epoch"] * steps_per_epoch))
 
     def stop_asked(self) -> str | None:
         if self.run.id not in STOPPED:
