@@ -121,11 +121,12 @@ def choose_work(sweep_config: dict, runs: list[Run], count: PackSize = 1,
     repeating), else `done`.
     """
     key = pack_key or (lambda config: None)
-    preempted = [r for r in runs if r.state == "preempted" or (r.state == "pending" and r.epoch)]
-    if preempted:  # and the repeats of crashed runs that continue from their checkpoints
-        first = (key(preempted[0].config), preempted[0].epoch)
-        wanted = _size_for(count, first[0], preempted[0].config)
-        return Work("run", take=[r for r in preempted
+    # preempted runs and the repeats of crashed runs that continue from their checkpoints
+    resuming = [r for r in runs if r.state == "preempted" or (r.state == "pending" and r.epoch)]
+    if resuming:
+        first = (key(resuming[0].config), resuming[0].epoch)
+        wanted = _size_for(count, first[0], resuming[0].config)
+        return Work("run", take=[r for r in resuming
                                  if (key(r.config), r.epoch) == first][:wanted], size=wanted)
     pending = [r for r in runs if r.state == "pending"]
     take = []

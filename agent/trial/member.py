@@ -196,7 +196,8 @@ def continue_crashed(config: dict, crashed_id: str) -> tuple[str, bool]:
                if (theirs / name).is_file()]
     for source, target in copies:
         target.parent.mkdir(parents=True, exist_ok=True)
-        partial = target.with_name(target.name + ".partial")
+        # not named like the file: TensorBoard reads every file with "tfevents" in its name
+        partial = target.parent / ".copying.partial"
         shutil.copyfile(source, partial)
         os.replace(partial, target)
     return f"run {repeat.id} repeats crashed run {crashed_id} from its checkpoint ({theirs})", True
