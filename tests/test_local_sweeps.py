@@ -177,6 +177,42 @@ def test_sigkilled_agent_run_is_repeated_once_from_its_checkpoint(workdir):
 
 
 @pytest.mark.e2e
+@pytest.mark.timeout(300)
+def test_a_repeat_from_a_checkpoint_newer_than_the_store_keeps_every_epoch(workdir):
+    """An agent writes an epoch's checkpoint, then records the epoch in the store; killed
+    between the two (here: while another process holds the store's lock, as agent.status or
+    a slow file system may), the crashed run's checkpoint is an epoch ahead of its history.
+    Its repeat resumes from that checkpoint and stores that epoch's row too: its history has
+    no hole."""
+    store = make_sweep(workdir, "ahead", {**LONG_RUN, "epochs": {"value": 5},
+                                          "lr": {"value": 0.01}})
+    victim = start_agent(workdir, store, "--heartbeat-timeout", "3")
+    killed_id = wait_for(lambda: next((r.id for r in store.runs() if r.state == "running"
+                                       and r.epoch >= 2), None), 120, "two epochs")
+    saved = workdir / "data" / "runs" / killed_id / "checkpoint.pt"
+    lock = sqlite3.connect(store.path, isolation_level=None, timeout=60)
+    lock.execute("BEGIN IMMEDIATE")  # the agent's next record_epoch waits on it
+    try:
+        epoch = store.run(killed_id).epoch
+        before = saved.stat().st_mtime_ns
+        wait_for(lambda: saved.stat().st_mtime_ns != before, 120, "the next checkpoint")
+        victim.send_signal(signal.SIGKILL)
+        victim.wait(timeout=30)
+    finally:
+        lock.execute("ROLLBACK")
+        lock.close()
+    killed = store.run(killed_id)
+    assert killed.epoch == epoch < 4, (killed.epoch, epoch)  # the checkpoint holds epoch + 1
+
+    survivor = start_agent(workdir, store, "--heartbeat-timeout", "3")
+    assert survivor.wait(timeout=200) == 0
+    (repeat,) = [r for r in store.runs() if r.requeued_from == killed.id]
+    assert repeat.state == "finished"
+    assert [h["epoch"] for h in repeat.history] == [1, 2, 3, 4, 5]
+    assert repeat.history[:epoch] == killed.history
+
+
+@pytest.mark.e2e
 @pytest.mark.timeout(240)
 def test_an_agent_with_nothing_to_claim_says_what_it_waits_for(workdir):
     """An agent started after another was killed (kill -9) on this host finds nothing to

@@ -320,7 +320,7 @@ class LocalAgent:
                     for c in work.runs]
         configs = [{**c.config, "run_id": c.run_id} for c in work.runs]
         ended: dict[str, dict] = {}
-        hooks = [self.member_hooks(run_id, beat, ended) for run_id in run_ids]
+        hooks = [self.member_hooks(c.run_id, beat, ended, c.epoch) for c in work.runs]
         outcome = PackOutcome()
         try:
             if commands[0].trainer_args is None:
@@ -413,13 +413,20 @@ class LocalAgent:
             raise program.RunFailed(result.error)
         hooks.ended({**result.summary, "state": result.state})
 
-    def member_hooks(self, run_id: str, beat: Heartbeat, ended: dict) -> TrialHooks:
+    def member_hooks(self, run_id: str, beat: Heartbeat, ended: dict,
+                     stored: int = 0) -> TrialHooks:
+        """The hooks of member `run_id`, whose store holds its epochs up to `stored`."""
         from agent.trial.member import TrialHooks
 
         store, owner = self.store, self.owner
+        stored_through = [stored]
 
         def recorded(epoch: int, history: list[dict]) -> bool:
-            if store.record_epoch(run_id, owner, epoch, history[-1]):
+            # the rows after the store's last epoch that the run resumed with (its checkpoint
+            # was written after the store's last epoch: a kill -9 between the two), then this
+            earlier = [row for row in history[:-1] if row.get("epoch", 0) > stored_through[0]]
+            if store.record_epoch(run_id, owner, epoch, history[-1], earlier):
+                stored_through[0] = epoch
                 return True
             beat.taken.set()  # the next step's interrupted() ends the pack
             return False

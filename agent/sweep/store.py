@@ -339,15 +339,20 @@ class SweepStore:
             return db.execute("UPDATE runs SET heartbeat=? WHERE id=? AND owner=? AND "
                               "state='running'", (time.time(), run_id, owner)).rowcount == 1
 
-    def record_epoch(self, run_id: str, owner: str, epoch: int, metrics: dict) -> bool:
+    def record_epoch(self, run_id: str, owner: str, epoch: int, metrics: dict,
+                     earlier: list[dict] = ()) -> bool:
         """Store epoch `epoch` (1-based) of `owner`'s running run, and count it as a
-        heartbeat; False, and nothing stored, when the run is not `owner`'s running run."""
+        heartbeat; False, and nothing stored, when the run is not `owner`'s running run.
+        `earlier`: rows of epochs before it that the store may lack (each with its "epoch"),
+        stored with it: a run resumed from a checkpoint written after the store's last epoch
+        (a kill -9 between the two) brings that epoch's row in its checkpoint."""
+        rows = [(row["epoch"], row) for row in earlier] + [(epoch, metrics)]
         with self._write() as db:
             took = db.execute("UPDATE runs SET epoch=?, heartbeat=? WHERE id=? AND owner=? AND "
                               "state='running'", (epoch, time.time(), run_id, owner)).rowcount
             if took:
-                db.execute("INSERT OR REPLACE INTO history VALUES (?, ?, ?)",
-                           (run_id, epoch, json.dumps(metrics, default=float)))
+                db.executemany("INSERT OR REPLACE INTO history VALUES (?, ?, ?)",
+                               [(run_id, n, json.dumps(row, default=float)) for n, row in rows])
         return took == 1
 
     def finish(self, run_id: str, owner: str, state: str, summary: dict | None = None,
