@@ -177,6 +177,45 @@ def test_sigkilled_agent_run_is_repeated_once_from_its_checkpoint(workdir):
 
 
 @pytest.mark.e2e
+@pytest.mark.timeout(400)
+def test_a_repeat_killed_an_epoch_further_is_repeated_from_its_own_checkpoint(workdir):
+    """kill -9 the run, then kill -9 its repeat once it got further: the repeat is repeated
+    in turn, from its own checkpoint, and the sweep's one run ends finished with every epoch
+    (before, a repeat was never repeated: its epochs stayed in a checkpoint no command
+    resumed, and the launcher's "go on where it stopped" hint did nothing)."""
+    store = make_sweep(workdir, "twice", {**LONG_RUN, "epochs": {"value": 8},
+                                          "lr": {"value": 0.01}})
+    first = start_agent(workdir, store, "--heartbeat-timeout", "3")
+    crashed_id = wait_for(lambda: next((r.id for r in store.runs() if r.state == "running"
+                                        and r.epoch >= 2), None), 120, "two epochs")
+    first.send_signal(signal.SIGKILL)
+    first.wait(timeout=30)
+    crashed_epoch = store.run(crashed_id).epoch
+
+    second = start_agent(workdir, store, "--heartbeat-timeout", "3")
+    repeat_id = wait_for(lambda: next((r.id for r in store.runs() if r.requeued_from ==
+                                       crashed_id and r.state == "running"
+                                       and r.epoch > crashed_epoch), None), 120,
+                         "the repeat an epoch further")
+    second.send_signal(signal.SIGKILL)
+    second.wait(timeout=30)
+    repeat = store.run(repeat_id)
+    assert repeat.state == "running" and crashed_epoch < repeat.epoch < 8, repeat.epoch
+
+    third = start_agent(workdir, store, "--heartbeat-timeout", "3")
+    assert third.wait(timeout=200) == 0
+    err = third.stderr.read()
+    runs = {r.id: r for r in store.runs()}
+    assert runs[repeat_id].state == "crashed"
+    (again,) = [r for r in runs.values() if r.requeued_from == repeat_id]
+    assert f"run {again.id} repeats crashed run {repeat_id} from its checkpoint" in err, err
+    assert again.state == "finished" and [h["epoch"] for h in again.history] == \
+        list(range(1, 9))
+    assert again.history[:repeat.epoch] == runs[repeat_id].history
+    assert [r.state for r in runs.values()].count("finished") == 1
+
+
+@pytest.mark.e2e
 @pytest.mark.timeout(300)
 def test_a_repeat_from_a_checkpoint_newer_than_the_store_keeps_every_epoch(workdir):
     """An agent writes an epoch's checkpoint, then records the epoch in the store; killed
@@ -232,8 +271,8 @@ def test_an_agent_with_nothing_to_claim_says_what_it_waits_for(workdir):
     assert len(waiting) == 1, err
     assert (f"nothing left to claim while other agents train 1 run(s) ({killed.id}); one "
             "silent for 6 s would count as crashed and be repeated here, from its last "
-            "checkpoint (once: a repeat is "
-            f"not repeated); the agent of {killed.id} on this host has ended: crashed in "
+            "checkpoint (a repeat again only once it got an epoch further); the agent "
+            f"of {killed.id} on this host has ended: crashed in "
             "about ") in waiting[0], waiting
     assert waiting[0].endswith(f" s, then {killed.id} repeated here"), waiting
     (repeat,) = [r for r in store.runs() if r.requeued_from == killed.id]

@@ -34,6 +34,7 @@ from agent.sweep.controller import (
     check_heartbeat,
     claim,
     keep_proposal,
+    repeatable,
     runs_left,
     should_stop,
 )
@@ -241,15 +242,17 @@ class LocalAgent:
         line = (f"agent {self.owner}: waiting: nothing left to claim while other agents "
                 f"train {len(running)} run(s) ({shown}); one silent for {self.timeout:g} s "
                 "would count as crashed and be repeated here, "
-                + ("from its last checkpoint" if self.ours else "from scratch")
-                + " (once: a repeat is not repeated)")
+                + ("from its last checkpoint (a repeat again only once it got an epoch "
+                   "further)" if self.ours else "from scratch (once: a repeat is not repeated)"))
         if gone:
             latest = max(r.heartbeat or 0 for r in gone)
-            again = [r.id for r in gone if not r.requeued_from]
+            epochs = {r.id: r.epoch for r in self.store.runs()} \
+                if any(r.requeued_from for r in gone) else {}
+            again = [r.id for r in gone if repeatable(r, epochs, self.ours)]
             line += (f"; the agent of {', '.join(r.id for r in gone)} on this host has ended: "
                      f"crashed in about {max(0.0, latest + self.timeout - now):.0f} s"
                      + (f", then {', '.join(again)} repeated here" if again else
-                        ", not repeated (a repeat already)"))
+                        ", not repeated (a repeat that got no epoch further)"))
         print(line, file=sys.stderr)
 
     def run(self, count: int | None) -> int:

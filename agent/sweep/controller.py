@@ -98,14 +98,31 @@ def check_heartbeat(heartbeat_s: float, timeout_s: float) -> None:
                         f"{MAX_HEARTBEAT_TIMEOUT_S:g}")
 
 
-def crash_repairs(runs: list[Run], now: float, timeout: float) -> tuple[list[str], list[Run]]:
+def crash_repairs(runs: list[Run], now: float, timeout: float,
+                  resumable: bool = False) -> tuple[list[str], list[Run]]:
     """Pure: (ids of running runs whose heartbeat is older than `timeout` seconds at `now`,
-    runs to re-queue: those and the crashed runs, each once, never a repeat itself)."""
+    runs to re-queue: those and the crashed runs, each once, a repeat itself only when
+    `resumable` (our trainer: a repeat continues from the checkpoint of the run it repeats,
+    `_repeat`) and it recorded an epoch past that run's: its own checkpoint is then further
+    on, and repeating it loses none of its epochs. A run that crashes again before an epoch
+    more (the OOM killer at the same step) is not repeated again: each repeat gets further
+    than the last, so there are at most as many as the run has epochs)."""
     stale = [r.id for r in runs if r.state == "running" and (r.heartbeat or 0) < now - timeout]
     repeated = {r.requeued_from for r in runs if r.requeued_from}
+    epochs = {r.id: r.epoch for r in runs}
     requeue = [r for r in runs if (r.state == "crashed" or r.id in stale)
-               and not r.requeued_from and r.id not in repeated]
+               and repeatable(r, epochs, resumable) and r.id not in repeated]
     return stale, requeue
+
+
+def repeatable(run: Run, epochs: dict[str, int], resumable: bool) -> bool:
+    """Whether `run`, crashed, is repeated (`crash_repairs`): a run that repeats none, or a
+    repeat that continued from a checkpoint (`resumable`, its checkpoint kept) and recorded
+    an epoch past the run it repeats (`epochs`: run id -> last recorded epoch)."""
+    if not run.requeued_from:
+        return True
+    return (resumable and run.config.get("checkpoint") is not False
+            and run.epoch > epochs.get(run.requeued_from, run.epoch))
 
 
 def choose_work(sweep_config: dict, runs: list[Run], count: PackSize = 1,
@@ -215,7 +232,7 @@ def claim(store: SweepStore, owner: str, count: PackSize = 1,
         raise ValueError(f"count={count}: a claim asks for one run or more")
     with store.transaction() as tx:
         stale, requeue = crash_repairs(tx.runs(), time.time() if now is None else now,
-                                       timeout)
+                                       timeout, runs_our_trainer(tx.sweep().config))
         for run_id in stale:
             tx.mark_crashed(run_id)
         _repeat(tx, requeue)
@@ -269,7 +286,8 @@ def repair_ended_agents(store: SweepStore, owners: set[str]) -> list[str]:
         ended = [r.id for r in tx.runs() if r.state == "running" and r.owner in owners]
         for run_id in ended:
             tx.mark_crashed(run_id)
-        _, requeue = crash_repairs(tx.runs(), now=0.0, timeout=math.inf)  # the crashed only
+        _, requeue = crash_repairs(tx.runs(), now=0.0, timeout=math.inf,  # the crashed only
+                                   resumable=runs_our_trainer(tx.sweep().config))
         _repeat(tx, requeue)
     return ended
 
