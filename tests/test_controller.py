@@ -22,6 +22,7 @@ from agent.sweep.controller import (
     choose_work,
     crash_repairs,
     proposal_budget,
+    repeatable,
     runs_left,
 )
 from agent.sweep.engine import proposed_params
@@ -103,6 +104,34 @@ def test_crash_repairs_are_the_silent_runs_and_each_crash_is_repeated_once(runs,
     after += [Run(id=f"repeat-{r.id}", seq=len(after) + i + 1, config=r.config,
                   state="pending", requeued_from=r.id) for i, r in enumerate(requeue)]
     assert crash_repairs(after, NOW, timeout) == ([], [])
+
+
+@PURE
+@given(stored_runs(), st.floats(0.01, NOW))
+def test_a_repeat_of_our_trainer_is_repeated_again_only_an_epoch_further(runs, timeout):
+    """With our trainer (`resumable`: a repeat continues from the checkpoint of the run it
+    repeats), a crashed repeat is repeated in turn when it recorded an epoch past that run;
+    each crash still once. Every chain of repeats gets an epoch further at each link, so it
+    ends within the run's epochs."""
+    stale, requeue = crash_repairs(runs, NOW, timeout, resumable=True)
+    epochs = {r.id: r.epoch for r in runs}
+    repeated = {r.requeued_from for r in runs}
+    wanted = [r.id for r in runs if (r.state == "crashed" or r.id in stale)
+              and r.id not in repeated
+              and (r.requeued_from is None or r.epoch > epochs[r.requeued_from])]
+    assert [r.id for r in requeue] == wanted
+    after = [Run(**{**r.__dict__, "state": "crashed"}) if r.id in stale else r for r in runs]
+    after += [Run(id=f"repeat-{r.id}", seq=len(after) + i + 1, config=r.config,
+                  state="pending", requeued_from=r.id, epoch=r.epoch)
+              for i, r in enumerate(requeue)]
+    assert crash_repairs(after, NOW, timeout, resumable=True) == ([], [])
+    # A repeat that crashed with no epoch gained, or whose run keeps no checkpoint, ends it.
+    for run in requeue:
+        if run.requeued_from:
+            assert run.epoch > epochs[run.requeued_from]
+            unsaved = Run(**{**run.__dict__, "config": {**run.config, "checkpoint": False}})
+            assert not repeatable(unsaved, epochs, resumable=True)
+            assert not repeatable(run, epochs, resumable=False)
 
 
 def test_a_run_beating_within_the_timeout_is_left_alone():
