@@ -286,6 +286,55 @@ def test_a_crashed_run_that_was_repeated_leaves_the_sweep_open_only_until_its_re
     assert "80 finished, 3 crashed (repeated)" in " ".join(status_text(course_store).split())
 
 
+def test_a_resumed_runs_eta_is_its_epochs_left_at_its_own_pace(tmp_path):
+    """A run resumed at epoch 12 of 30 (preempted, or a crashed run's repeat) started a
+    moment ago but counts the 12 epochs trained before: its ETA is the 18 epochs left at its
+    trainer's seconds an epoch (perf/epoch_s, 2 s here), not 18 x (a moment / 12)."""
+    config = {**COURSE, "parameters": {**COURSE["parameters"], "epochs": {"value": 30},
+                                       "lr": {"value": 0.1}, "dropout": {"value": 0.0},
+                                       "model": {"value": "dense"},
+                                       "optimizer": {"value": "sgd"}}}
+    store = create_store(tmp_path / "resumed", "resumed1", "resumed", config)
+    (run,) = claim(store, "host:1").runs
+    for epoch in range(1, 13):
+        assert store.record_epoch(run.run_id, "host:1", epoch,
+                                  {"epoch": epoch, "val/acc": 0.5, "perf/epoch_s": 2.0})
+    row = next(line for line in status_text(store).splitlines()
+               if line.strip().startswith(run.run_id)).split()
+    assert row[2] == "12/30" and " ".join(row[4:6]) == "36 s", row
+
+
+@pytest.mark.parametrize("further", [False, True])
+def test_a_repeat_crashed_without_an_epoch_more_ends_its_run_and_the_hint_to_go_on(
+        tmp_path, monkeypatch, further):
+    """A crashed run's repeat that crashes too is repeated again only when it got an epoch
+    further (controller.repeatable). If not, nothing would train that run any more: the
+    closing lines name it, and do not tell the user to go on (it would train nothing)."""
+    monkeypatch.chdir(tmp_path)
+    config = {**COURSE, "parameters": {**COURSE["parameters"], "epochs": {"value": 10},
+                                       "lr": {"value": 0.1}, "dropout": {"value": 0.0},
+                                       "model": {"value": "dense"},
+                                       "optimizer": {"value": "sgd"}}}
+    store = create_store(tmp_path / "data" / "sweeps" / "twice1", "twice1", "twice", config)
+    (first,) = claim(store, "host:1").runs
+    for epoch in (1, 2):
+        assert store.record_epoch(first.run_id, "host:1", epoch, {"epoch": epoch})
+    (repeat,) = claim(store, "host:2", now=time.time() + 10 ** 6).runs
+    assert repeat.repeats == first.run_id and repeat.epoch == 2
+    if further:
+        assert store.record_epoch(repeat.run_id, "host:2", 3, {"epoch": 3})
+    assert claim(store, "host:3", now=time.time() + 2 * 10 ** 6).kind == \
+        ("run" if further else "done")  # the repeat went silent too
+    lines = closing_lines(store)
+    if further:
+        assert "Not finished (0 of 1 runs ended): go on where it stopped with" in lines
+        assert not any(line.startswith("Crashed again") for line in lines)
+    else:
+        assert f"Crashed again, not repeated: {repeat.run_id} (epoch 2)" in lines
+        assert not any(line.startswith("Not finished") for line in lines), lines
+    assert max(len(line) for line in lines) <= 80
+
+
 def test_a_running_run_without_heartbeats_is_shown_silent_with_what_repairs_it(course_store):
     run = next(r for r in course_store.runs() if r.state == "running")
     with sqlite3.connect(course_store.path) as db:  # its agent was killed a while ago

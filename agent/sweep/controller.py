@@ -121,8 +121,13 @@ def repeatable(run: Run, epochs: dict[str, int], resumable: bool) -> bool:
     an epoch past the run it repeats (`epochs`: run id -> last recorded epoch)."""
     if not run.requeued_from:
         return True
-    return (resumable and run.config.get("checkpoint") is not False
+    return (resumable and _checkpointed(run)
             and run.epoch > epochs.get(run.requeued_from, run.epoch))
+
+
+def _checkpointed(run: Run) -> bool:
+    """Whether the run's trials write checkpoints (unless its config says checkpoint: false)."""
+    return run.config.get("checkpoint") is not False
 
 
 def choose_work(sweep_config: dict, runs: list[Run], count: PackSize = 1,
@@ -213,12 +218,13 @@ def _repeat(tx, crashed: list[Run]) -> None:
     """Each crashed run repeated once as a new pending run: from its last recorded epoch when
     our trainer runs the sweep (it writes an epoch's checkpoint before it records the epoch:
     agent/trial/loop.py), so that a kill -9, an OOM kill or a lost node costs the epoch in
-    progress only; else from scratch (another program keeps no checkpoint we resume)."""
+    progress only; else from scratch (another program keeps no checkpoint we resume, nor does
+    a run with checkpoint: false)."""
     if not crashed:
         return
     resumable = runs_our_trainer(tx.sweep().config)
     for run in crashed:
-        tx.insert_repeat(new_run_id(), run, run.epoch if resumable else 0)
+        tx.insert_repeat(new_run_id(), run, run.epoch if resumable and _checkpointed(run) else 0)
 
 
 def claim(store: SweepStore, owner: str, count: PackSize = 1,

@@ -22,7 +22,7 @@ from rich.text import Text
 from agent.commands import module_command, script
 from agent.ids import path_safe
 from agent.params import BY_NAME
-from agent.sweep.controller import HEARTBEAT_TIMEOUT_S
+from agent.sweep.controller import HEARTBEAT_TIMEOUT_S, repeatable
 from agent.sweep.engine import planned_runs
 from agent.sweep.program import runs_our_trainer
 from agent.sweep.store import STATES, SWEEPS_DIR, Run, SweepStore, store_paths
@@ -72,6 +72,14 @@ def current_runs(runs: list[Run]) -> list[Run]:
     """The runs without the crashed ones a repeat stands for."""
     repeated = repeated_runs(runs)
     return [r for r in runs if r.id not in repeated]
+
+
+def given_up_runs(runs: list[Run], ours: bool) -> list[Run]:
+    """The crashed repeats no agent repeats again (controller.repeatable): the end of their
+    run's attempts, which counts as ended (no agent would train anything for it)."""
+    epochs = {r.id: r.epoch for r in runs}
+    return [r for r in current_runs(runs) if r.state == "crashed" and r.requeued_from
+            and not repeatable(r, epochs, ours)]
 
 
 @dataclass(frozen=True)
@@ -222,6 +230,20 @@ def command_epochs(sweep_config: dict) -> int | None:
         return None
 
 
+def _seconds_an_epoch(run: Run) -> float | None:
+    """A running run's pace: our trainer's own `perf/epoch_s` (its training steps) over its
+    last three epochs, else the time since it started over its epochs (another program).
+    Not the latter for ours: a resumed run (preempted, or a crashed run's repeat) started
+    lately but counts the epochs trained before too, and would read many times too fast."""
+    times = [row["perf/epoch_s"] for row in run.history[-3:]
+             if _number(row.get("perf/epoch_s")) is not None]
+    if times:
+        return sum(times) / len(times)
+    if run.epoch and run.started:
+        return (time.time() - run.started) / run.epoch
+    return None
+
+
 def status_table(sweep_config: dict, runs: list[Run]) -> Table:
     """One row per run: id, state, epoch, val/acc, test/acc, ETA (only while some run
     runs), then the swept parameters, numbers in short form (0.001 and 0.0001 stay apart).
@@ -270,8 +292,8 @@ def status_table(sweep_config: dict, runs: list[Run]) -> Table:
             cells.append(f"{value:.4f}" if _number(value) is not None else "")
         if running:
             eta = ""
-            if shown_state(run) == "running" and run.epoch and run.started and epochs_of(run):
-                per_epoch = (time.time() - run.started) / run.epoch
+            per_epoch = _seconds_an_epoch(run)
+            if shown_state(run) == "running" and per_epoch is not None and epochs_of(run):
                 eta = duration_text(per_epoch * (epochs_of(run) - run.epoch))
             cells.append(eta)
         table.add_row(*cells, *(escape(short_number(run.config.get(name, "")))
@@ -322,9 +344,15 @@ def closing_lines(store: SweepStore, options: str = "") -> list[str]:
             line += f" ({setting})" if len(line) + len(setting) + 3 <= 80 else f"\n  {setting}"
         lines += line.split("\n")
     current = current_runs(runs)  # a repeat stands for its crashed run
-    ended = sum(r.state in ENDED for r in current)
+    given_up = given_up_runs(runs, ours)
+    ended = sum(r.state in ENDED for r in current) + len(given_up)
     planned = planned_runs(sweep.config)
     reached = target_text(sweep.config, runs)
+    if given_up:
+        shown = ", ".join(f"{r.id} (epoch {r.epoch})" for r in given_up[:4])
+        lines += [f"Crashed again, not repeated: {shown}{', ...' * (len(given_up) > 4)}",
+                  "  (no epoch further than before: a crash the configuration may cause)"
+                  if ours else "  (a repeat of another program's run is not repeated)"]
     if reached:
         lines.append(reached)
     elif ended < len(current) or (planned and ended < planned):  # stopped (Ctrl-C, SIGTERM...)
