@@ -283,14 +283,20 @@ def test_a_silent_run_is_crashed_and_requeued_once_and_a_repeat_is_never_repeate
     assert [r.requeued_from for r in runs].count(repeat.run_id) == 0
 
 
-@pytest.mark.parametrize("program", [None, "other.py"])
+@pytest.mark.parametrize("program", [None, "other.py", "no checkpoint"])
 @pytest.mark.parametrize("repair", ["heartbeat", "agent ended"])
 def test_a_crashed_run_of_our_trainer_is_repeated_from_its_last_epoch(backend, program,
                                                                      repair):
     """Our trainer writes an epoch's checkpoint before it records the epoch: the repeat of a
     crashed run continues from the crashed run's last recorded epoch, with its history so
-    far. Another program keeps no checkpoint we resume: its repeat starts from scratch."""
-    store = new_store(backend, {**GRID, **({"program": program} if program else {})})
+    far. Another program keeps no checkpoint we resume, nor does our trainer under
+    checkpoint: false: such a repeat starts from scratch."""
+    if program == "no checkpoint":
+        config = {**GRID, "parameters": {**GRID["parameters"],
+                                         "checkpoint": {"value": False}}}
+    else:
+        config = {**GRID, **({"program": program} if program else {})}
+    store = new_store(backend, config)
     (first,) = claim(store, "host:1").runs
     rows = [{"val/acc": 0.25, "epoch": 1}, {"val/acc": 0.5, "epoch": 2}]
     for epoch, row in enumerate(rows, 1):
