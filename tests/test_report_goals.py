@@ -18,7 +18,7 @@ import pytest
 
 from agent import metrics
 from agent.report import document, stats
-from agent.report.discussion import NEAR_BEST
+from agent.report.discussion import near_margin
 from agent.report.study import local_study
 from agent.sweep.controller import claim
 from agent.sweep.store import create_store
@@ -61,11 +61,11 @@ def test_the_report_reads_the_metric_by_its_goal(tmp_path, monkeypatch, metric):
     report = document.build_report(local_study(store), tmp_path / "report")
     text = report.path.read_text()
     best = (max if metric.goal == "maximize" else min)
-    # the values within NEAR_BEST of each optimizer's best, by the goal
+    # the values within near_margin of each optimizer's best, by the goal
     for optimizer, scores in SCORES.items():
         mine = [2.5 - s if metric.goal == "minimize" else s for s in scores]
         top = best(mine)
-        near = [lr for lr, v in zip(LRS, mine) if abs(v - top) <= NEAR_BEST]
+        near = [lr for lr, v in zip(LRS, mine) if abs(v - top) <= near_margin(metric.name, top)]
         line = next(line for line in text.splitlines()
                     if line.startswith(f"- optimizer={optimizer}: lr within"))
         assert f"of its best ({top:.4f}): " in line, line

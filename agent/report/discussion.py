@@ -30,8 +30,31 @@ from agent.report.study_figures import (
 )
 from agent.sweep_space import log_scaled, short_number, spans_decades
 
-NEAR_BEST = 0.02  # "within 2 points of the best": the window of good values
+NEAR_BEST = 0.02  # an accuracy's window of good values: within 2 points of the best
+# any other metric's (a loss: its scale is the task's, 0.02 is no fixed share of it): within
+# 2% of the best value
+NEAR_BEST_SHARE = 0.02
 FAILED = (stats.DIVERGED, stats.STUCK)
+
+
+def near_margin(metric: str, best: float) -> float:
+    """How far from `best` a value of `metric` still counts as near it: NEAR_BEST for an
+    accuracy (a share of images in [0, 1]: 2 points), NEAR_BEST_SHARE of the best value's
+    size for any other metric (a loss of 0.30: 0.006)."""
+    return NEAR_BEST if metric.endswith("acc") else NEAR_BEST_SHARE * abs(best)
+
+
+def margin_text(metric: str, best: float) -> str:
+    """The margin near `best` as the text gives it: '0.02' for an accuracy, '0.0061 (2% of
+    the best)' otherwise."""
+    if metric.endswith("acc"):
+        return f"{NEAR_BEST:g}"
+    return f"{near_margin(metric, best):.2g} ({NEAR_BEST_SHARE:.0%} of the best)"
+
+
+def margin_rule(metric: str) -> str:
+    """How the margin near a best value is set, in words: '0.02', '2% of'."""
+    return f"{NEAR_BEST:g} of" if metric.endswith("acc") else f"{NEAR_BEST_SHARE:.0%} of"
 
 
 def value(run: RunRecord, name: str):
@@ -256,7 +279,7 @@ def _lr_against_batch_size(ctx: Context) -> list[str]:
         sizes = sorted(best)
         lrs = [float(value(best[b], "lr")) for b in sizes]
         exponent = float(np.polyfit(np.log(sizes), np.log(lrs), 1)[0])
-        windows = [_near_best(at[b], metric) for b in sizes]
+        windows = [_near_best(at[b], metric) + _tied_lr(at[b], metric) for b in sizes]
         others = [a for a in _others(ctx, "lr", split) if a != "batch_size"]
         who = ((f"{split}={group}" if split else "all runs")
                + (f" (pooled over {', '.join(others)})" if others else ""))
@@ -273,8 +296,8 @@ def _lr_against_batch_size(ctx: Context) -> list[str]:
             "Goyal et al. 2017, predicts an exponent of 1, the square-root rule, Krizhevsky "
             f"2014, 0.5). One run per batch size (by {metric}, not a mean over seeds), on "
             "the sweep's lr values: their spacing limits how finely the exponent reads, and "
-            f"where other lr values score within {NEAR_BEST:g} of a batch size's best (in "
-            "brackets) the best one among them may be chance.")
+            f"where other lr values score within {margin_rule(metric)} a batch size's best "
+            "(in brackets) the best one among them may be chance.")
         out.append(_cost_of_larger_batches(ctx, who, sizes, best))
     return out
 
@@ -297,14 +320,25 @@ def _lrs(runs: list[RunRecord]) -> list[float]:
     return sorted({float(value(r, "lr")) for r in runs})
 
 
+def _tied_lr(runs: list[RunRecord], metric: str) -> str:
+    """' (tied with lr 0.16: the first in the sweep's order is fitted)' where other lr
+    values of one batch size's `runs` (best first) score exactly as its best."""
+    tied = _top_ties(runs, metric, "lr")
+    if not tied:
+        return ""
+    return (f" (tied with lr {', '.join(short_number(v) for v in tied)}: the first in the "
+            "sweep's order is the one fitted)")
+
+
 def _near_best(runs: list[RunRecord], metric: str) -> str:
     """' (lr 0.02-0.16 within 0.02)': the range of lr values of `runs` (one batch size's,
-    best first) that score within NEAR_BEST of the first, when there are others; ''."""
+    best first) that score within near_margin of the first, when there are others; ''."""
     top = runs[0].metric(metric)
-    near = _lrs([r for r in runs if abs(r.metric(metric) - top) <= NEAR_BEST])
+    near = _lrs([r for r in runs if abs(r.metric(metric) - top) <= near_margin(metric, top)])
     if len(near) < 2:
         return ""
-    return f" (lr {short_number(near[0])}-{short_number(near[-1])} within {NEAR_BEST:g})"
+    return (f" (lr {short_number(near[0])}-{short_number(near[-1])} within "
+            f"{margin_text(metric, top)})")
 
 
 def _best_per_combination(ctx: Context, categorical: list[str], numeric: list[str]) -> list:
@@ -318,20 +352,36 @@ def _best_per_combination(ctx: Context, categorical: list[str], numeric: list[st
         if not mine:
             continue
         top = mine[0].metric(metric)
-        ties = sum(1 for r in mine[1:] if r.metric(metric) == top)
-        if ties and ties == len(mine) - 1:  # one value in every run: no setting is best
+        tied = [r for r in mine[1:] if r.metric(metric) == top]
+        if tied and len(tied) == len(mine) - 1:  # one value in every run: no setting is best
             out.append(f"{name}: every run ({len(mine)}) scores {metric} {top:.4f}: no "
                        "setting is better than another.")
             continue
         out.append(f"{name}: best {metric} {top:.4f}{stopped_text(mine[0])} at "
                    f"{config_text(mine[0], numeric) or 'its only setting'}"
-                   + (f" (tied by {ties} other run{'s' if ties != 1 else ''})" if ties else "")
-                   + ".")
+                   + (f" (tied with {len(tied)} other run{'s' if len(tied) != 1 else ''}: "
+                      + _run_names(tied, numeric) + "; the one named is the first of them "
+                      "in the sweep's order)" if tied else "") + ".")
     return out
 
 
+def _run_names(runs: list[RunRecord], names: list[str], most: int = 5) -> str:
+    """'lr=0.16, batch_size=32; lr=0.32, batch_size=128': the runs by their values of `names`
+    (by id where that names none), the first `most` of them."""
+    shown = [config_text(r, names) or r.id for r in runs[:most]]
+    return "; ".join(shown) + ("; ..." if len(runs) > most else "")
+
+
+def _top_ties(runs: list[RunRecord], metric: str, name: str) -> list:
+    """The values of `name` other than the first run's at which another of `runs` (best
+    first) scores exactly as the first: which of them is 'the best' is the sweep's order."""
+    top = runs[0].metric(metric)
+    return sorted({value(r, name) for r in runs[1:] if r.metric(metric) == top}
+                  - {value(runs[0], name)}, key=float)
+
+
 def _windows_and_failures(ctx: Context, name: str) -> list[str]:
-    """Per optimizer: the values of `name` within NEAR_BEST of its best, and those where
+    """Per optimizer: the values of `name` within near_margin of its best, and those where
     every run diverged or got stuck."""
     metric, out = ctx.study.metric, []
     split = "optimizer" if "optimizer" in ctx.swept else None
@@ -352,8 +402,8 @@ def _windows_and_failures(ctx: Context, name: str) -> list[str]:
         if scored:
             top = scored[0].metric(metric)  # scored runs are best first, by the sweep's goal
             good = sorted({value(r, name) for r in scored
-                           if abs(r.metric(metric) - top) <= NEAR_BEST})
-            parts.append(f"{name} within {NEAR_BEST:g} of its best ({top:.4f}"
+                           if abs(r.metric(metric) - top) <= near_margin(metric, top)})
+            parts.append(f"{name} within {margin_text(metric, top)} of its best ({top:.4f}"
                          f"{stopped_text(scored[0])}): "
                          + ", ".join(short_number(v) for v in good))
         if failed:
@@ -400,8 +450,8 @@ def _correlation_caveat(ctx: Context, name: str) -> list[str]:
         levels = _levels([r for r in full if split is None or value(r, split) == group], name)
         top = mine[0].metric(metric) if mine else None
         # a peak inside the range: the best run is inside, and no run at either end comes
-        # within NEAR_BEST of it (a tie at an end is a rise to that end, not a bend)
-        ends_near = any(abs(r.metric(metric) - top) <= NEAR_BEST for r in mine
+        # within near_margin of it (a tie at an end is a rise to that end, not a bend)
+        ends_near = any(abs(r.metric(metric) - top) <= near_margin(metric, top) for r in mine
                         if value(r, name) in (levels[0], levels[-1])) if mine else True
         if mine and len(levels) > 2 and not ends_near \
                 and value(mine[0], name) not in (levels[0], levels[-1]):
@@ -411,6 +461,10 @@ def _correlation_caveat(ctx: Context, name: str) -> list[str]:
             pooled = _others(ctx, name, split)
             where = (f" (its best run pooled over {', '.join(pooled)}, which has "
                      f"{config_text(mine[0], pooled)})" if pooled else "")
+            tied = _top_ties(mine, metric, name)
+            if tied:  # tied inside the range too (a tie at an end is no bend, above)
+                where += (f" (tied with {name}=" + ", ".join(map(short_number, tied))
+                          + ": the first in the sweep's order is named)")
             bends.append((f"{split}={group} is best at {at}" if split else
                           f"the best is at {at}") + where)
     axis = f"log10 {name}" if log_scaled(_levels(runs, name)) else name

@@ -19,10 +19,19 @@ import sys
 from collections.abc import Callable
 from pathlib import Path
 
+import numpy as np
+
 from agent.commands import module_command, script
 from agent.ids import new_run_id
-from agent.report.markdown import Context
-from agent.report.stats import GroupRule, best_settings_per_group, default_by, settings_of
+from agent.report.markdown import Context, config_text
+from agent.report.stats import (
+    GroupRule,
+    best_settings_per_group,
+    default_by,
+    ranked_settings_per_group,
+    settings_of,
+    tied_at_cut,
+)
 from agent.report.study import (
     RunRecord,
     Study,
@@ -58,7 +67,7 @@ def repeat_configs(study: Study, top: int, by: str, seeds: int,
     spent = {s.key: s.seeds for s in settings_of(scored)}  # every seed the sweep gave
     out = []
     groups = best_settings_per_group([r for r in scored if not diverged(r)], by, top,
-                                     study.metric, study.goal)
+                                     study.metric, study.goal, study.runs)
     for settings in groups.values():
         for setting in settings:
             run = setting.best
@@ -75,6 +84,32 @@ def repeat_configs(study: Study, top: int, by: str, seeds: int,
                                "values": fresh_seeds(spent[setting.key], seeds)}}})
             out.append((run.id, config))
     return out
+
+
+def tie_lines(study: Study, top: int, by: str,
+              diverged: Callable[[RunRecord], bool] = lambda run: False) -> list[str]:
+    """A line for each value of `by` whose best `top` settings end in a tie that the cut
+    splits: the order, not the metric, chose which of the tied settings is repeated."""
+    metric, lines = study.metric, []
+    ranked = ranked_settings_per_group([r for r in study.scored_runs() if not diverged(r)],
+                                       by, metric, study.goal, study.runs)
+    searched = [p.name for p in swept_parameters(study.sweep_config)
+                if p.name not in ("seed", by)]
+
+    def name(setting) -> str:
+        return config_text(setting.best, searched) or f"run {setting.best.id}"
+
+    for group, settings in ranked.items():
+        kept, left = tied_at_cut(settings, top, lambda s: float(np.mean(s.values(metric))))
+        if not kept:
+            continue
+        value = float(np.mean(kept[0].values(metric)))
+        lines.append(f"{by}={group}: {len(kept) + len(left)} settings tie at {metric} "
+                     f"{value:.4f} for the last of its best {top}: repeating "
+                     + "; ".join(map(name, kept)) + ", not " + "; ".join(map(name, left))
+                     + f" (ties go by the sweep's order of their first run; --top "
+                     f"{top + len(left)} repeats them all)")
+    return lines
 
 
 def create_local(study: Study, configs: list[tuple[str, dict]],
@@ -187,6 +222,8 @@ def planned(argv: list[str] | None):
     if not configs:
         raise UserError(f"sweep={args.sweep!r}: every run with a value of its metric "
                         f"{study.metric!r} diverged (see its report): nothing to repeat")
+    for line in tie_lines(study, args.top, args.by, ctx.diverged):
+        print(line, file=sys.stderr)
     # a group with no setting left would otherwise be missing without a word
     groups = {str(r.params.get(args.by)) for r in scored}
     kept = {str(r.params.get(args.by)) for r in ctx.not_diverged(scored)}

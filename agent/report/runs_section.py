@@ -167,12 +167,21 @@ def group_figure(ctx: Context, group: str, runs: list[RunRecord]) -> figures.Dra
         ctx.rule.explode_at(ctx.classes) if group == stats.DIVERGED else None)
 
 
+BEST_CURVES = 3  # runs whose training curves are drawn
+
+
 def curves_section(report: Report, ctx: Context) -> None:
-    best = ctx.scored[:3]
+    metric = ctx.study.metric
+    best = ctx.scored[:BEST_CURVES]
     steps = all(ctx.curves[r.id].source != "epoch" for r in best)
+    drawn, left = stats.tied_at_cut(ctx.scored, BEST_CURVES, lambda r: r.metric(metric))
     report.add("## Training curves of the best runs", "",
                ("Training loss and accuracy step by step (the logged steps), validation after "
-                "each epoch." if steps else "Per epoch (no step-level record was found)."), "")
+                "each epoch." if steps else "Per epoch (no step-level record was found).")
+               + (f" Tied at {metric} {fmt(drawn[0].metric(metric))} with the last run drawn "
+                  f"({', '.join(r.id for r in drawn)}): {', '.join(r.id for r in left[:5])}"
+                  f"{', ...' if len(left) > 5 else ''}, not drawn; the runs drawn are the "
+                  "first of them in the sweep's order." if left else ""), "")
     report.figure(figures.training_curves(
         [training_series(ctx, r, steps) for r in best], ctx.out_dir / "training_curves.png",
         "training step" if steps else "epoch"), "training curves")

@@ -234,7 +234,8 @@ def by_table(report: Report, ctx: Context, by: str, repeated: dict[str, Repeated
     # a diverged run's last value means nothing (the heat map's "div"): it is no one's best
     diverged = [r for r in ctx.scored if ctx.diverged(r)]
     kept = ctx.not_diverged(ctx.scored)
-    groups = stats.best_settings_per_group(kept, by, BEST_PER_GROUP, metric, study.goal)
+    ranked = stats.ranked_settings_per_group(kept, by, metric, study.goal, study.runs)
+    groups = {group: settings[:BEST_PER_GROUP] for group, settings in ranked.items()}
     for group, settings in groups.items():
         for setting in settings:
             rep = repeated.get(setting.key)
@@ -278,11 +279,35 @@ def by_table(report: Report, ctx: Context, by: str, repeated: dict[str, Repeated
              ci_text(s.values("test/acc"), ctx.level) if s.values("test/acc") else "–",
              " ".join(r.id for r in s.runs) + _stopped_note(s.runs)
              + _diverged_seeds_note(s, diverged)] for group, s in single])
+    ties = _cut_ties(ctx, by, ranked)
+    if ties:
+        report.add(ties, "")
     if diverged:
         report.add(_diverged_note(diverged, by, groups), "")
     if ctx.base is not None:
         report.add(f"Baselines on the test set: chance {ctx.base.chance:.4f}, majority class "
                    f"{ctx.base.majority:.4f}.", "")
+
+
+def _cut_ties(ctx: Context, by: str, ranked: dict[str, list[stats.Setting]]) -> str:
+    """The sentence naming, for each value of `by`, the settings tied with its last row
+    that the table leaves out: the sweep's order, not the metric, chose the row."""
+    metric, others = ctx.study.metric, [a for a in _shown(ctx) if a != by]
+
+    def names(settings: list[stats.Setting]) -> str:
+        return ", ".join(config_text(s.best, others) or s.best.id for s in settings)
+
+    parts = []
+    for settings in ranked.values():
+        kept, left = stats.tied_at_cut(settings, BEST_PER_GROUP,
+                                       lambda s: float(np.mean(s.values(metric))))
+        if kept:
+            parts.append(f"{by}={fmt_value(kept[0].best, by)}: {names(kept)} shown, "
+                         f"{names(left)} not, all at {np.mean(kept[0].values(metric)):.4f}")
+    if not parts:
+        return ""
+    return ("Tied at a group's last row: " + "; ".join(parts) + " (tied settings go in the "
+            "sweep's order of their first run, as agent.repeat picks them).")
 
 
 def _diverged_seeds_note(setting: stats.Setting, diverged: list[RunRecord]) -> str:

@@ -243,19 +243,41 @@ def settings_of(runs: list[RunRecord]) -> list[Setting]:
     return list(settings.values())
 
 
-def best_settings_per_group(runs: list[RunRecord], by: str, count: int, metric: str,
-                            goal: str) -> dict[str, list[Setting]]:
-    """The best `count` settings (runs less their seed) for each value of the parameter `by`,
-    ranked by their mean `metric` over the seeds the sweep gave them (one run: its value).
-    `runs` are scored runs, best first."""
-    ranked = sorted(settings_of(runs), key=lambda s: float(np.mean(s.values(metric))),
-                    reverse=goal == "maximize")
+def ranked_settings_per_group(runs: list[RunRecord], by: str, metric: str, goal: str,
+                              order: list[RunRecord]) -> dict[str, list[Setting]]:
+    """Every setting (runs less their seed) of each value of the parameter `by`, ranked by
+    its mean `metric` over the seeds the sweep gave it (one run: its value); settings of
+    equal means in the order of their first run in `order` (the sweep's runs, in the
+    sweep's order). `runs` are scored runs, best first."""
+    place = {run.id: i for i, run in enumerate(order)}
+    sign = -1.0 if goal == "maximize" else 1.0
+    ranked = sorted(settings_of(runs), key=lambda s: (
+        sign * float(np.mean(s.values(metric))), min(place.get(r.id, len(place))
+                                                     for r in s.runs)))
     groups: dict[str, list[Setting]] = {}
     for setting in ranked:
-        bucket = groups.setdefault(str(setting.best.params.get(by)), [])
-        if len(bucket) < count:
-            bucket.append(setting)
+        groups.setdefault(str(setting.best.params.get(by)), []).append(setting)
     return groups
+
+
+def best_settings_per_group(runs: list[RunRecord], by: str, count: int, metric: str,
+                            goal: str, order: list[RunRecord]) -> dict[str, list[Setting]]:
+    """The best `count` settings of each value of `by` (ranked_settings_per_group)."""
+    return {group: settings[:count] for group, settings in
+            ranked_settings_per_group(runs, by, metric, goal, order).items()}
+
+
+def tied_at_cut(ranked: list, count: int, score) -> tuple[list, list]:
+    """(kept, left out): the items of `ranked` (best first) that score exactly as the last
+    of its first `count`, on each side of that cut; ([], []) when the cut splits no tie.
+    Where it splits one, the order of equal items, not their scores, chose what is kept."""
+    if count <= 0 or len(ranked) <= count:
+        return [], []
+    last = score(ranked[count - 1])
+    left = [item for item in ranked[count:] if score(item) == last]
+    if not left:
+        return [], []
+    return [item for item in ranked[:count] if score(item) == last], left
 
 
 def default_by(study) -> str:
