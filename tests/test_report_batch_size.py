@@ -151,3 +151,38 @@ def test_the_cost_of_a_larger_batch_is_read_at_each_batch_sizes_best_lr(tmp_path
     (paired,) = [line for line in section.splitlines() if "paired settings" in line]
     assert "batch_size 16 -> 1024 changes val/acc by -0.0300 " in paired, paired
     assert "each pair at one lr" in paired, paired
+
+
+@pytest.mark.slow
+def test_a_real_digits_batch_size_study(tmp_path, monkeypatch):
+    """A batch-size study trained here (digits, dense, SGD with momentum, 2 epochs, batch
+    size {32, 128, 512} x 8 lr values, packed as --pack auto packs it). The report made a
+    "By lr" table too: each lr's best 2 batch sizes, 16 of the 24 runs over again, stuck
+    runs listed as lr 0.0001's "best settings"; it has none now (lr is what each batch size
+    tunes), and a stuck run among a batch size's best two says so."""
+    from agent.report import stats
+    from agent.sweep.agent_loop import run_local_agent
+
+    monkeypatch.chdir(tmp_path)
+    lrs = [0.0001, 0.005, 0.01, 0.02, 0.04, 0.08, 0.16, 0.32]
+    config = {"program": "agent/train.py", "method": "grid",
+              "metric": {"name": "val/acc", "goal": "maximize"},
+              "parameters": {"dataset": {"value": "digits"}, "model": {"value": "dense"},
+                             "epochs": {"value": 2}, "optimizer": {"value": "sgd"},
+                             "momentum": {"value": 0.9}, "sinks": {"value": ["console"]},
+                             "batch_size": {"values": [32, 128, 512]}, "lr": {"values": lrs}}}
+    store = create_store(tmp_path / "data" / "sweeps" / "real", "real", "real", config)
+    assert run_local_agent(store, pack=None) == 0
+    study = local_study(store)
+    ctx = document.study_context(study, tmp_path / "ctx", stats.GroupRule())
+    stuck = [r for r in study.runs if ctx.group_of(r) == stats.STUCK]
+    # the premise: every run at lr 0.0001 got stuck
+    assert {r.id for r in study.runs if r.config["lr"] == 0.0001} <= {r.id for r in stuck}
+    report = document.build_report(study, tmp_path / "report")
+    text = report.path.read_text()
+    seeds = text.split("## Best configurations over seeds")[1].split("\n## ")[0]
+    assert "### By batch_size" in seeds and "### By lr" not in seeds, seeds
+    rows = [line for line in seeds.splitlines() if line.startswith("| ") and " | lr=" in line]
+    assert len(rows) == 6, rows  # the best 2 of each batch size
+    for run in stuck:  # a stuck run among a batch size's best two says so
+        assert all(row.endswith("; stuck at chance |") for row in rows if run.id in row)

@@ -2,8 +2,8 @@
 tie decided by the sweep's order is said, with the runs it concerns (the digits set's 144
 validation images make equal accuracies common); the window of values near a best is 2
 points of an accuracy but a share of the best value of any other metric (a loss), and the
-text gives the margin. Real SQLite stores holding finished runs (no training: the report
-reads summaries and epochs)."""
+text gives the margin; a "By ..." table marks a stuck run among a group's best. Real
+SQLite stores holding finished runs (no training: the report reads summaries and epochs)."""
 
 from __future__ import annotations
 
@@ -99,6 +99,11 @@ def test_ties_that_the_sweeps_order_decides_are_said(tmp_path, monkeypatch, caps
     assert (f"batch_size=128: 2 settings tie at val/acc 0.9000 for the last of its best 2: "
             f"repeating lr={shown_lr:g}, not lr={left_lr:g} (ties go by the sweep's order of "
             "their first run; --top 3 repeats them all)") in err, err
+    # a stuck run among a group's best two is marked so in its row
+    (stuck,) = [line for line in table.splitlines() if ids[(512, 0.04)] in line]
+    assert stuck.endswith(f"{ids[(512, 0.04)]}; stuck at chance |"), stuck
+    assert "stuck" not in next(line for line in table.splitlines()
+                               if ids[(512, 0.08)] in line)
 
 
 def test_a_loss_is_near_its_best_within_a_share_of_it(tmp_path, monkeypatch):

@@ -167,13 +167,19 @@ MAX_GROUP_TABLES = 4
 
 def group_parameters(ctx: Context) -> list[str]:
     """The parameters the "By ..." tables group by: model and optimizer where they vary,
-    then the other swept parameters with a few values (a batch-size study's batch_size)."""
+    then the other swept parameters with a few values (a batch-size study's batch_size).
+    Where batch_size is one of them, lr is not: it is what each batch size tunes (its best
+    lr is in the By batch_size table), and grouping by it pairs batch sizes at one lr, the
+    grid over again (3 batch sizes, 8 lr values: 16 of the 24 runs as "best settings",
+    stuck runs among them at the lr values too small for the larger batches)."""
     study = ctx.study
     varied = {p.name: p.values for p in swept_parameters(study.sweep_config)}
     names = [by for by in ("model", "optimizer")
              if by in ctx.swept or len({str(r.params.get(by)) for r in study.runs}) > 1]
     names += [name for name in ctx.swept if name not in names and name != "seed"
               and varied.get(name) is not None and 1 < len(varied[name]) <= MAX_GROUP_VALUES]
+    if "batch_size" in names:
+        names = [name for name in names if name != "lr"]
     # nothing to group by (one run, one value each): the groups agent.repeat would form
     return names[:MAX_GROUP_TABLES] or [stats.default_by(study)]
 
@@ -278,7 +284,8 @@ def by_table(report: Report, ctx: Context, by: str, repeated: dict[str, Repeated
              ci_text(s.values(metric), ctx.level),
              ci_text(s.values("test/acc"), ctx.level) if s.values("test/acc") else "–",
              " ".join(r.id for r in s.runs) + _stopped_note(s.runs)
-             + _diverged_seeds_note(s, diverged)] for group, s in single])
+             + _stuck_note(ctx, s.runs) + _diverged_seeds_note(s, diverged)]
+            for group, s in single])
     ties = _cut_ties(ctx, by, ranked)
     if ties:
         report.add(ties, "")
@@ -308,6 +315,18 @@ def _cut_ties(ctx: Context, by: str, ranked: dict[str, list[stats.Setting]]) -> 
         return ""
     return ("Tied at a group's last row: " + "; ".join(parts) + " (tied settings go in the "
             "sweep's order of their first run, as agent.repeat picks them).")
+
+
+def _stuck_note(ctx: Context, runs: list[RunRecord]) -> str:
+    """'; stuck at chance' (or '; abc stuck at chance', one of several seeds) for the runs
+    of a setting that got stuck: among a group's best two, a run that learnt nothing is
+    still no setting to recommend, and a reader of its value alone may not know chance."""
+    stuck = [r for r in runs if ctx.group_of(r) == stats.STUCK]
+    if not stuck:
+        return ""
+    if len(runs) == 1:
+        return "; stuck at chance"
+    return "".join(f"; {r.id} stuck at chance" for r in stuck)
 
 
 def _diverged_seeds_note(setting: stats.Setting, diverged: list[RunRecord]) -> str:
