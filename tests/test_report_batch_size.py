@@ -159,7 +159,9 @@ def test_a_real_digits_batch_size_study(tmp_path, monkeypatch):
     size {32, 128, 512} x 8 lr values, packed as --pack auto packs it). The report made a
     "By lr" table too: each lr's best 2 batch sizes, 16 of the 24 runs over again, stuck
     runs listed as lr 0.0001's "best settings"; it has none now (lr is what each batch size
-    tunes), and a stuck run among a batch size's best two says so."""
+    tunes). Its sensitivity figure drew batch size 32's mean below the middle half of its
+    runs, pulled down by its stuck run, and the caption did not say that stuck runs are in
+    the means: it does, and names where; the figure draws the medians."""
     from agent.report import stats
     from agent.sweep.agent_loop import run_local_agent
 
@@ -176,8 +178,9 @@ def test_a_real_digits_batch_size_study(tmp_path, monkeypatch):
     study = local_study(store)
     ctx = document.study_context(study, tmp_path / "ctx", stats.GroupRule())
     stuck = [r for r in study.runs if ctx.group_of(r) == stats.STUCK]
-    # the premise: every run at lr 0.0001 got stuck
+    # the premise: every run at lr 0.0001 got stuck, and one of batch size 32's did
     assert {r.id for r in study.runs if r.config["lr"] == 0.0001} <= {r.id for r in stuck}
+    assert [r.config["lr"] for r in stuck if r.config["batch_size"] == 32] == [0.0001]
     report = document.build_report(study, tmp_path / "report")
     text = report.path.read_text()
     seeds = text.split("## Best configurations over seeds")[1].split("\n## ")[0]
@@ -186,3 +189,16 @@ def test_a_real_digits_batch_size_study(tmp_path, monkeypatch):
     assert len(rows) == 6, rows  # the best 2 of each batch size
     for run in stuck:  # a stuck run among a batch size's best two says so
         assert all(row.endswith("; stuck at chance |") for row in rows if run.id in row)
+    sensitivity = text.split("## Sensitivity to each parameter")[1].split("\n## ")[0]
+    assert (f"The means include {len(stuck)} stuck runs (best accuracy below 0.150): unlike a "
+            "diverged run's, a stuck run's value is real (a setting that did not learn), and "
+            "it pulls its value's mean toward chance, not the median; here the mean lies "
+            "below the middle half of its runs at batch_size=32.") in sensitivity, sensitivity
+    drawn = report.figures["marginals.png"]
+    assert f"the means include {len(stuck)} stuck runs (near chance)" in drawn.suptitle
+    (panel,) = [ax for ax in drawn.axes if ax.xlabel == "batch_size"]
+    assert "median" in panel.legend
+    scores = [r.metric("val/acc") for r in study.runs if r.config["batch_size"] == 32]
+    (medians,) = [line for line in panel.lines if line[0] == "median"]
+    assert medians[2][0] == pytest.approx(np.median(scores))
+    assert np.mean(scores) < np.percentile(scores, 25) < np.median(scores)

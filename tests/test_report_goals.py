@@ -221,7 +221,7 @@ def test_a_parameter_only_some_runs_use_is_read_from_those_runs(tmp_path, monkey
              for level, mean, *_ in series}
     assert means == {8: pytest.approx(0.3), 64: pytest.approx(0.9)}  # the dense runs only
     (lr,) = [p for p in marginals(ctx) if p.parameter == "lr"]  # every run uses lr
-    assert sum(n for series in lr.series.values() for *_, n in series) == 8
+    assert sum(point[4] for series in lr.series.values() for point in series) == 8
 
 
 def test_the_paired_effect_counts_every_seed_of_a_setting(tmp_path, monkeypatch):

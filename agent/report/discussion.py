@@ -6,6 +6,7 @@ numbers, and hyper-parameter importance with its limits."""
 from __future__ import annotations
 
 import itertools
+import math
 
 import numpy as np
 
@@ -175,11 +176,12 @@ def _chance(ctx: Context) -> float | None:
 
 
 def marginals(ctx: Context) -> list[MarginalPanel]:
-    """Per swept parameter: the metric at each value, its mean and 25th / 75th percentiles
-    over every other parameter, one series per optimizer (per model for the optimizer's own
-    panel). Diverged runs are left out, as the heat map leaves out their values (a loss of
-    40 would outweigh every other run's); a value at which every run of a series diverged is
-    in the series' `diverged`."""
+    """Per swept parameter: the metric at each value, its mean, 25th / 75th percentiles,
+    median and stuck runs over every other parameter, one series per optimizer (per model
+    for the optimizer's own panel). Diverged runs are left out, as the heat map leaves out
+    their values (a loss of 40 would outweigh every other run's); a value at which every
+    run of a series diverged is in the series' `diverged`. Stuck runs are in: their values
+    are real (marginal_section says so)."""
     study, metric = ctx.study, ctx.study.metric
     categorical, numeric = split_axes(ctx)
     panels = []
@@ -202,8 +204,9 @@ def marginals(ctx: Context) -> list[MarginalPanel]:
                     panel.diverged.setdefault(label, []).append(level)
                 if scores:
                     low, high = np.percentile(scores, [25, 75])
+                    stuck = sum(1 for r in here if ctx.group_of(r) == stats.STUCK)
                     points.append((level, float(np.mean(scores)), float(low), float(high),
-                                   len(scores)))
+                                   len(scores), float(np.median(scores)), stuck))
             if points or label in panel.diverged:
                 panel.series[label] = points
         panels.append(panel)
@@ -217,17 +220,22 @@ def marginal_section(report: Report, ctx: Context) -> None:
     metric = ctx.study.metric
     kept = ctx.not_diverged(ctx.scored)
     diverged = len(ctx.scored) - len(kept)
+    stuck = sum(1 for r in kept if ctx.group_of(r) == stats.STUCK)
     report.add("## Sensitivity to each parameter", "",
                f"For each parameter: `{metric}` at each of its values, averaged over every "
                "other parameter (line) with the middle half of those runs (band: 25th to 75th "
-               "percentile)" + (", one colour per optimizer" if len(
+               "percentile) and their median (dash)" + (", one colour per optimizer" if len(
                    {str(r.params.optimizer) for r in ctx.study.runs}) > 1 else "")
                + ". A flat line: the parameter hardly matters here; a bend: it has a "
                "best value." + (f" {diverged_left_out(diverged)}. \"div\" marks a value at "
                                 "which every run of a line diverged (it has no mean there)."
                                 if diverged else "")
+               + _stuck_included(stuck, ctx, panels)
                + _stopped_included(kept, ctx.study.goal, metric), "")
-    title = f"{metric} by parameter (mean; band: middle half of the runs)"
+    title = f"{metric} by parameter (mean; dash: median; band: middle half of the runs)"
+    if stuck:
+        title += (f"\nthe means include {stuck} stuck run{'s' if stuck != 1 else ''} "
+                  "(near chance): a mean can lie apart from its median and band")
     if diverged:
         title += (f"\n{diverged} diverged run{'s' if diverged != 1 else ''} left out "
                   "(\"div\": every run of a line there diverged)")
@@ -526,6 +534,33 @@ def discussion_section(report: Report, ctx: Context) -> None:
                "conclusions:", "")
     report.add(*(f"- {line}" for line in notes), "")
     importance_section(report, ctx)
+
+
+def _stuck_included(count: int, ctx: Context, panels: list[MarginalPanel]) -> str:
+    """' Included: N stuck runs ...' when `count` of the runs in the means got stuck, with
+    the values where they pull the mean to the worse side of the middle half of its runs."""
+    if not count:
+        return ""
+
+    def pulled(point: tuple) -> bool:  # (level, mean, low, high, n, median, stuck)
+        mean, edge = (point[1], point[3] if ctx.study.goal == "minimize" else point[2])
+        worse = mean > edge if ctx.study.goal == "minimize" else mean < edge
+        # a mean of equal values differs from them in its last bit: that is no pull
+        return bool(point[6]) and worse and not math.isclose(mean, edge, abs_tol=1e-12)
+
+    outside = [f"{panel.parameter.split(' ')[0]}={short_number(point[0])}"
+               + (f" ({label})" if len(panel.series) > 1 else "")
+               for panel in panels for label, points in panel.series.items()
+               for point in points if pulled(point)]
+    classes = ctx.classes
+    bound = f" (best accuracy below {ctx.rule.stuck_below(classes):.3f})" if classes else ""
+    side = "above" if ctx.study.goal == "minimize" else "below"
+    return (f" The means include {count} stuck run{'s' if count != 1 else ''}{bound}: unlike "
+            "a diverged run's, a stuck run's value is real (a setting that did not learn), "
+            "and it pulls its value's mean toward chance, not the median"
+            + (f"; here the mean lies {side} the middle half of its runs at "
+               + ", ".join(outside[:8]) + (", ..." if len(outside) > 8 else "")
+               if outside else "") + ".")
 
 
 def _stopped_included(runs: list[RunRecord], goal: str, metric: str) -> str:

@@ -95,7 +95,8 @@ class MarginalPanel:
     log: bool  # numeric values over > 2 decades: a log x axis
     categorical: bool
     levels: list  # the parameter's values, in axis order
-    # {series label: [(level, mean, low, high, n) ...]}: low..high is the band drawn
+    # {series label: [(level, mean, low, high, n[, median]) ...]}: low..high is the band
+    # drawn, the median a dash beside the mean (stuck runs pull a mean, not a median)
     series: dict[str, list[tuple]] = field(default_factory=dict)
     # {series label: [level ...]}: the values at which every run of the series diverged
     # (no mean: their last values mean nothing), written "div" in the series' colour
@@ -106,7 +107,8 @@ def marginal_figure(panels: list[MarginalPanel], metric: str, chance: float | No
                     title: str) -> Drawn:
     """One panel per parameter: the metric's mean over every other parameter at each of its
     values (line) and a band low..high (error bars on a categorical axis), one colour per
-    series (an optimizer); "div" near the top where every run of a series diverged."""
+    series (an optimizer), the median a dash where given (one legend entry a panel);
+    "div" near the top where every run of a series diverged."""
     fig, axes = panel_grid(len(panels), (3.8, 3.2), (0.6, 0.6), title, sharey=True)
     if not panels:
         _note(axes[0, 0], "no parameter varies")
@@ -128,11 +130,16 @@ def marginal_figure(panels: list[MarginalPanel], metric: str, chance: float | No
                 ax.vlines(xs, [p[2] for p in points], [p[3] for p in points], color=f"C{i}",
                           linewidth=5, alpha=0.3)
                 ax.plot(xs, means, "o", color=f"C{i}", label=label)
-                continue
-            xs = [position[p[0]] for p in points]
-            ax.plot(xs, means, marker="o", color=f"C{i}", label=label)
-            ax.fill_between(xs, [p[2] for p in points], [p[3] for p in points],
-                            color=f"C{i}", alpha=0.15, linewidth=0)
+            else:
+                xs = [position[p[0]] for p in points]
+                ax.plot(xs, means, marker="o", color=f"C{i}", label=label)
+                ax.fill_between(xs, [p[2] for p in points], [p[3] for p in points],
+                                color=f"C{i}", alpha=0.15, linewidth=0)
+            medians = [(x, p[5]) for x, p in zip(xs, points) if len(p) > 5]
+            if medians:
+                ax.plot([x for x, _ in medians], [m for _, m in medians], linestyle="none",
+                        marker="_", markersize=12, markeredgewidth=2, color=f"C{i}",
+                        label="median" if i == len(panel.series) - 1 else "_median")
         if panel.diverged and not panel.categorical:  # a "div" past the last mean is shown
             low, high = min(panel.levels), max(panel.levels)
             if panel.log:
@@ -152,7 +159,9 @@ def marginal_figure(panels: list[MarginalPanel], metric: str, chance: float | No
                 ax.set_xticks(panel.levels, value_texts(panel.levels))
                 ax.minorticks_off()
         ax.set_xlabel(panel.parameter)
-        ax.set_ylabel(f"{metric}: mean, middle half", fontsize=8)
+        ax.set_ylabel(f"{metric}: mean, median, middle half" if any(
+            len(p) > 5 for points in panel.series.values() for p in points)
+            else f"{metric}: mean, middle half", fontsize=8)
         ax.grid(alpha=0.3)
         ax.legend(fontsize=7, loc="upper center", bbox_to_anchor=(0.5, -0.2), ncol=2,
                   frameon=False)  # below the panel: it hides no band
