@@ -140,6 +140,55 @@ def test_repeats_are_not_picked_from_runs_that_diverged(tmp_path, monkeypatch, c
     assert store.sweep().id == "seeded"
 
 
+def test_repeats_pass_over_settings_stuck_near_chance(tmp_path, monkeypatch, capsys):
+    """A setting whose every run stayed near chance (best validation accuracy below the
+    report's stuck bound: 0.15 for 10 classes) learnt nothing that more seeds would measure:
+    `agent.repeat --top 2` repeats sgd's one setting that learnt and says it passed over the
+    other; a sweep whose every run was stuck has nothing to repeat (one line, exit 2)."""
+    from agent.report.repeat import main, planned
+    from util.errors import exit_on_user_error
+
+    def finish(store, stuck) -> None:
+        while (work := claim(store, "host:1", count=64)).kind == "run":
+            for run in work.runs:
+                score = 0.1 if stuck(run.config) else value(run.config)
+                row = {"epoch": 1, "val/acc": score, "train/loss": 2.3, "val/loss": 2.3}
+                assert store.record_epoch(run.run_id, "host:1", 1, row)
+                assert store.finish(run.run_id, "host:1", "finished",
+                                    {**row, "test/acc": score, "epochs_done": 1})
+
+    config = {"program": "agent/train.py", "method": "grid",
+              "metric": {"name": "val/acc", "goal": "maximize"},
+              "parameters": {"dataset": {"value": "digits"}, "model": {"value": "dense"},
+                             "epochs": {"value": 1}, "sinks": {"value": ["console"]},
+                             "optimizer": {"values": OPTIMIZERS}, "lr": {"values": LRS},
+                             "seed": {"values": SEEDS}}}
+    monkeypatch.chdir(tmp_path)
+    store = create_store(tmp_path / "data" / "sweeps" / "stuck", "stuck", "stuck", config)
+    finish(store, lambda c: (c["optimizer"], c["lr"]) == ("sgd", 0.01))
+    _, study, configs = planned(["stuck", "--by", "optimizer", "--top", "2"])
+    by_id = {r.id: r for r in study.runs}
+    picked = sorted((by_id[run_id].config["optimizer"], by_id[run_id].config["lr"])
+                    for run_id, _ in configs)
+    assert picked == [("adam", 0.01), ("adam", 0.1), ("sgd", 0.1)]
+    err = capsys.readouterr().err
+    assert "optimizer=sgd: passed over lr=0.01: stuck near chance" in err, err
+    assert "optimizer=adam" not in err
+
+    every = tmp_path / "every"
+    every.mkdir()
+    monkeypatch.chdir(every)
+    store = create_store(every / "data" / "sweeps" / "stuck", "stuck", "stuck", config)
+    finish(store, lambda c: True)
+    with pytest.raises(SystemExit) as ended:
+        exit_on_user_error(lambda: main(["stuck"]))
+    assert ended.value.code == 2
+    assert capsys.readouterr().err.strip().splitlines() == [
+        "error: sweep='stuck': every run with a value of its metric 'val/acc' stayed stuck "
+        "near chance (see its report): nothing to repeat"]
+    assert [p.name for p in (every / "data" / "sweeps").iterdir()] == ["stuck"]
+
+
 def test_a_repeat_seed_that_diverged_is_named_and_counts_in_no_mean(tmp_path, monkeypatch):
     """A fresh seed whose repeat diverged is shown as "div" in the per-seed column, counted
     beside the mean ("1 of 4 diverged"), written to seeds.csv with diverged=True, and kept out

@@ -25,6 +25,8 @@ from agent.commands import module_command, script
 from agent.ids import new_run_id
 from agent.report.markdown import Context, config_text
 from agent.report.stats import (
+    DIVERGED,
+    STUCK,
     GroupRule,
     best_settings_per_group,
     default_by,
@@ -55,18 +57,19 @@ def fresh_seeds(used: set[int], count: int) -> list[int]:
 
 
 def repeat_configs(study: Study, top: int, by: str, seeds: int,
-                   diverged: Callable[[RunRecord], bool] = lambda run: False
+                   failed: Callable[[RunRecord], bool] = lambda run: False
                    ) -> list[tuple[str, dict]]:
     """(run id, sweep config) for each setting to repeat: the best `top` settings of each
     value of `by` (a setting is a configuration less its seed: runs of a sweep that searched
     `seed` are its repeats, not settings of their own), each named by its best run. Runs
-    for which `diverged` holds (the report's Context.diverged) are no setting's value, as
-    in the report's "By ..." tables; their seeds are still not fresh."""
+    for which `failed` holds (the report's diverged and stuck runs) are no setting's value
+    (a diverged run is none in the report's "By ..." tables either); their seeds are still
+    not fresh."""
     searched = {p.name for p in swept_parameters(study.sweep_config)}
     scored = study.scored_runs()
     spent = {s.key: s.seeds for s in settings_of(scored)}  # every seed the sweep gave
     out = []
-    groups = best_settings_per_group([r for r in scored if not diverged(r)], by, top,
+    groups = best_settings_per_group([r for r in scored if not failed(r)], by, top,
                                      study.metric, study.goal, study.runs)
     for settings in groups.values():
         for setting in settings:
@@ -87,11 +90,11 @@ def repeat_configs(study: Study, top: int, by: str, seeds: int,
 
 
 def tie_lines(study: Study, top: int, by: str,
-              diverged: Callable[[RunRecord], bool] = lambda run: False) -> list[str]:
+              failed: Callable[[RunRecord], bool] = lambda run: False) -> list[str]:
     """A line for each value of `by` whose best `top` settings end in a tie that the cut
     splits: the order, not the metric, chose which of the tied settings is repeated."""
     metric, lines = study.metric, []
-    ranked = ranked_settings_per_group([r for r in study.scored_runs() if not diverged(r)],
+    ranked = ranked_settings_per_group([r for r in study.scored_runs() if not failed(r)],
                                        by, metric, study.goal, study.runs)
     searched = [p.name for p in swept_parameters(study.sweep_config)
                 if p.name not in ("seed", by)]
@@ -215,22 +218,61 @@ def planned(argv: list[str] | None):
     if not scored:
         raise UserError(f"sweep={args.sweep!r}: no run has a value of its metric "
                         f"{study.metric!r} yet: nothing to repeat")
-    # the report's groups (diverged, stuck, converged), without reading the dataset
+    # the report's groups (diverged, stuck, converged), without reading the dataset: a
+    # diverged run's last value means nothing, and a run stuck near chance learnt nothing
+    # that more seeds would measure; neither is a setting to repeat
     ctx = Context(study, Path("."), GroupRule(), [], scored)
     ctx.classify(study.ended_runs())
-    configs = repeat_configs(study, args.top, args.by, args.seeds, ctx.diverged)
+
+    def failed(run: RunRecord) -> bool:
+        return ctx.group_of(run) in (DIVERGED, STUCK)
+
+    configs = repeat_configs(study, args.top, args.by, args.seeds, failed)
     if not configs:
         raise UserError(f"sweep={args.sweep!r}: every run with a value of its metric "
-                        f"{study.metric!r} diverged (see its report): nothing to repeat")
-    for line in tie_lines(study, args.top, args.by, ctx.diverged):
+                        f"{study.metric!r} {_failure_words(ctx, scored)} (see its report): "
+                        "nothing to repeat")
+    for line in tie_lines(study, args.top, args.by, failed) + stuck_lines(
+            study, args.top, args.by, ctx):
         print(line, file=sys.stderr)
     # a group with no setting left would otherwise be missing without a word
-    groups = {str(r.params.get(args.by)) for r in scored}
-    kept = {str(r.params.get(args.by)) for r in ctx.not_diverged(scored)}
-    for group in sorted(groups - kept):
-        print(f"{args.by}={group}: every run with a value of {study.metric} diverged (see "
-              "the report): no setting of it to repeat", file=sys.stderr)
+    groups: dict[str, list[RunRecord]] = {}
+    for run in scored:
+        groups.setdefault(str(run.params.get(args.by)), []).append(run)
+    for group, runs in sorted(groups.items()):
+        if all(failed(r) for r in runs):
+            print(f"{args.by}={group}: every run with a value of {study.metric} "
+                  f"{_failure_words(ctx, runs)} (see the report): no setting of it to repeat",
+                  file=sys.stderr)
     return args, study, configs
+
+
+def _failure_words(ctx: Context, runs: list[RunRecord]) -> str:
+    """'diverged', 'stayed stuck near chance' or both, as `runs` (all failed) did."""
+    stuck = any(ctx.group_of(r) == STUCK for r in runs)
+    diverged = any(ctx.group_of(r) == DIVERGED for r in runs)
+    return " or ".join(words for words, found in (("diverged", diverged),
+                                                  ("stayed stuck near chance", stuck))
+                       if found)
+
+
+def stuck_lines(study: Study, top: int, by: str, ctx: Context) -> list[str]:
+    """A line for each value of `by` whose best `top` settings (diverged runs left out, as
+    the report's "By ..." tables rank them) hold one stuck near chance: passed over, so
+    that group gets another setting or fewer."""
+    searched = [p.name for p in swept_parameters(study.sweep_config)
+                if p.name not in ("seed", by)]
+    ranked = ranked_settings_per_group(ctx.not_diverged(study.scored_runs()), by,
+                                       study.metric, study.goal, study.runs)
+    lines = []
+    for group, settings in ranked.items():
+        stuck = [s for s in settings[:top] if all(ctx.group_of(r) == STUCK for r in s.runs)]
+        if stuck:
+            names = "; ".join(config_text(s.best, searched) or f"run {s.best.id}"
+                              for s in stuck)
+            lines.append(f"{by}={group}: passed over {names}: stuck near chance (its best "
+                         "accuracy, see the report): not repeated")
+    return lines
 
 
 def again_command(args, study) -> str:
