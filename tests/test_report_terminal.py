@@ -171,6 +171,29 @@ def test_closing_lines_name_the_next_commands(course_store, monkeypatch):
                           "  ./run_tensorboard.sh --logdir data/logs/course-course1"]
 
 
+def test_a_best_run_tied_with_others_names_them_in_the_closing_lines_and_the_status(
+        course_store, monkeypatch):
+    """Two more runs end at exactly the best value: the best named is the first of them in
+    the sweep's order, and both the closing lines and agent.status say it is tied, with
+    whom (the report's best-run paragraph does too)."""
+    monkeypatch.chdir(course_store.directory.parent)
+    running = [r for r in course_store.runs() if r.state == "running"]
+    first = max((r for r in course_store.runs() if r.state == "finished"),
+                key=lambda r: r.summary["val/acc"])
+    for run in running[:2]:
+        assert course_store.finish(run.id, "host:1", "finished",
+                                   {"val/acc": first.summary["val/acc"], "test/acc": 0.5})
+    lines = closing_lines(course_store)
+    best = lines.index(next(line for line in lines if line.startswith("Best run:")))
+    assert lines[best].startswith(f"Best run: {first.id} val/acc=0.8600")
+    tie = next(line for line in lines[best + 1:] if "tied" in line)
+    assert tie == (f"  (tied with 2 other runs: {running[0].id}, {running[1].id}; the first "
+                   "in the sweep's order)")
+    assert max(len(line) for line in lines) <= 80
+    assert f"best so far: {first.id} val/acc=0.8600 (tied with {running[0].id}, " \
+        f"{running[1].id})" in status_text(course_store)
+
+
 def test_progress_counts_runs_and_paces_the_eta(course_store):
     runs = course_store.runs()
     first = min(r.started for r in runs)

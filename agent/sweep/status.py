@@ -87,6 +87,18 @@ class BestRun:
     run: Run
     metric: str  # the sweep's metric name
     value: float
+    tied: tuple[str, ...] = ()  # other runs of exactly this value, after it in the sweep
+
+    def tie_text(self, why: bool = True) -> str:
+        """' (tied with 1 other run: ab12cd34; the first in the sweep's order)' (without
+        `why`: ' (tied with ab12cd34)'), or ''."""
+        if not self.tied:
+            return ""
+        shown = ", ".join(self.tied[:3]) + (", ..." if len(self.tied) > 3 else "")
+        if not why:
+            return f" (tied with {shown})"
+        return (f" (tied with {len(self.tied)} other run{'s' * (len(self.tied) > 1)}: "
+                f"{shown}; the first in the sweep's order)")
 
 
 def metric_of(sweep_config: dict) -> tuple[str, str]:
@@ -112,7 +124,8 @@ def best_run(store: SweepStore) -> BestRun | None:
     if not scored:
         return None
     value, run = (max if goal == "maximize" else min)(scored, key=lambda pair: pair[0])
-    return BestRun(run, name, value)
+    return BestRun(run, name, value, tuple(other.id for score, other in scored
+                                           if score == value and other is not run))
 
 
 def target_text(sweep_config: dict, runs: list) -> str | None:
@@ -187,7 +200,7 @@ def render_status(store: SweepStore, console: Console | None = None,
         still = any(r.state in ("pending", "running", "preempted") for r in runs) or \
             unstarted
         console.print(f"best{' so far' if still else ''}: {best.run.id} "
-                      f"{escape(best.metric)}={best.value:.4f}",
+                      f"{escape(best.metric)}={best.value:.4f}{best.tie_text(why=False)}",
                       highlight=False)
     shown = runs
     if limit is not None:  # the best first by the sweep's goal; runs without a value last
@@ -343,6 +356,8 @@ def closing_lines(store: SweepStore, options: str = "") -> list[str]:
         if setting:
             line += f" ({setting})" if len(line) + len(setting) + 3 <= 80 else f"\n  {setting}"
         lines += line.split("\n")
+        if best.tied:
+            lines.append(" " + best.tie_text())
     current = current_runs(runs)  # a repeat stands for its crashed run
     given_up = given_up_runs(runs, ours)
     ended = sum(r.state in ENDED for r in current) + len(given_up)
