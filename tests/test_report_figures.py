@@ -393,6 +393,30 @@ def test_marginal_lines_are_the_means_given(tmp_path):
     assert model_ax.xticks == ["cnn", "dense"]
 
 
+def test_tick_labels_that_would_run_into_each_other_are_thinned_or_tilted(tmp_path):
+    """A batch-size study's 8 lr values 2x apart on a log axis (0.00125 beside 0.0025) ran
+    into each other: every second number is kept on its tick; names are tilted, each kept;
+    labels with room stay as they were."""
+    from agent.report.study_figures import MarginalPanel, marginal_figure
+
+    levels = [0.00125 * 2 ** i for i in range(8)]
+    lr = MarginalPanel("lr", True, False, levels,
+                       {"all runs": [(v, 0.5, 0.4, 0.6, 3) for v in levels]})
+    size = MarginalPanel("batch_size", True, False, [32, 128, 512],
+                         {"all runs": [(v, 0.5, 0.4, 0.6, 8) for v in (32, 128, 512)]})
+    names = ["a_long_category_name", "another_long_category", "a_third_long_category",
+             "and_a_fourth_one_too"]
+    named = MarginalPanel("augment", False, True, names,
+                          {"all runs": [(v, 0.5, 0.4, 0.6, 2) for v in names]})
+    drawn = marginal_figure([lr, size, named], "val/acc", 0.1, tmp_path / "m.png", "by")
+    assert_png(drawn.path)
+    lr_ax, size_ax, named_ax = [ax for ax in drawn.axes if ax.xlabel]
+    assert lr_ax.xticks == ["0.00125", "0.005", "0.02", "0.08"]  # every second, on its tick
+    assert lr_ax.xtick_rotation == 0
+    assert size_ax.xticks == ["32", "128", "512"] and size_ax.xtick_rotation == 0
+    assert named_ax.xticks == names and named_ax.xtick_rotation == 35
+
+
 def test_seed_figure_shows_every_seed_and_the_selected_run(tmp_path):
     from agent.report.study_figures import SeedRow, seed_figure
 

@@ -41,7 +41,7 @@ class AxesContent:
     ylabel: str
     xscale: str
     yscale: str
-    xticks: list[str]
+    xticks: list[str]  # the labels shown (_untangle_xticks may leave some out)
     yticks: list[str]
     legend: list[str]
     texts: list[str]
@@ -53,6 +53,7 @@ class AxesContent:
     legend_covers: int = 0  # bars and texts the axes' legend overlaps
     markers: list[str] = field(default_factory=list)  # each line's marker ("None": none)
     linestyles: list[str] = field(default_factory=list)  # each line's style ("-", "--"...)
+    xtick_rotation: float = 0.0  # degrees: tilted where the labels ran into each other
 
 
 @dataclass
@@ -102,13 +103,51 @@ def _content(ax) -> AxesContent:
         [np.asarray(image.get_array()) for image in ax.get_images()],
         len(ax.patches) + len(ax.collections), to_rgba(ax.title.get_color()),
         _covered(ax, legend), [str(line.get_marker()) for line in ax.get_lines()],
-        [str(line.get_linestyle()) for line in ax.get_lines()])
+        [str(line.get_linestyle()) for line in ax.get_lines()],
+        max((t.get_rotation() for t in ax.get_xticklabels()), default=0.0))
+
+
+def _crowded(labels) -> bool:
+    """Whether any two of the drawn, non-empty tick `labels` overlap (text boxes in pixels)."""
+    boxes = [t.get_window_extent() for t in labels if t.get_visible() and t.get_text()]
+    return any(a.overlaps(b) for i, a in enumerate(boxes) for b in boxes[i + 1:])
+
+
+def _numeric_text(text: str) -> bool:
+    try:
+        float(text.replace("\N{MINUS SIGN}", "-"))
+    except ValueError:
+        return False
+    return True
+
+
+def _untangle_xticks(fig) -> None:
+    """Where the x tick labels of an axes run into each other: numbers (values close on a
+    log axis, 0.00125 beside 0.0025) keep every second label (every third...) on its tick,
+    which a reader reads between as on any scale; names are tilted instead, each kept."""
+    for ax in fig.axes:
+        labels = [t for t in ax.get_xticklabels() if t.get_visible() and t.get_text()]
+        if not _crowded(labels):
+            continue
+        if all(_numeric_text(t.get_text()) for t in labels):
+            for step in range(2, len(labels)):
+                for i, label in enumerate(labels):
+                    label.set_visible(i % step == 0)
+                if not _crowded(labels):
+                    break
+        else:
+            for label in labels:
+                label.set_rotation(35)
+                label.set_horizontalalignment("right")
+                label.set_rotation_mode("anchor")
+    fig.canvas.draw()
 
 
 def _save(fig, path) -> Drawn:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.canvas.draw()  # tick labels exist only once drawn
+    _untangle_xticks(fig)
     suptitle = fig._suptitle.get_text() if fig._suptitle else ""
     legends = [t.get_text() for legend in fig.legends for t in legend.get_texts()]
     drawn = Drawn(path, suptitle, [_content(ax) for ax in fig.axes], legends)
