@@ -189,6 +189,43 @@ def test_repeats_pass_over_settings_stuck_near_chance(tmp_path, monkeypatch, cap
     assert [p.name for p in (every / "data" / "sweeps").iterdir()] == ["stuck"]
 
 
+def test_a_setting_stuck_on_some_seeds_is_ranked_by_all_of_them(tmp_path, monkeypatch, capsys):
+    """adam at lr 0.01 stayed near chance on seeds 0 and 1 and reached 0.90 on seed 2: its
+    mean over the sweep's seeds is 0.37, below adam at lr 0.1 (0.47), as the report's "By
+    optimizer" table ranks them. agent.repeat left the stuck runs out of the mean and picked
+    lr 0.01 on its one lucky seed; it passes over a setting only where every run of it
+    stayed stuck, and ranks the others by all their seeds."""
+    from agent.report.repeat import planned
+
+    monkeypatch.chdir(tmp_path)
+    config = {"program": "agent/train.py", "method": "grid",
+              "metric": {"name": "val/acc", "goal": "maximize"},
+              "parameters": {"dataset": {"value": "digits"}, "model": {"value": "dense"},
+                             "epochs": {"value": 1}, "sinks": {"value": ["console"]},
+                             "optimizer": {"values": OPTIMIZERS}, "lr": {"values": LRS},
+                             "seed": {"values": SEEDS}}}
+    store = create_store(tmp_path / "data" / "sweeps" / "some", "some", "some", config)
+    while (work := claim(store, "host:1", count=64)).kind == "run":
+        for run in work.runs:
+            c = run.config
+            stuck = (c["optimizer"], c["lr"]) == ("adam", 0.01) and c["seed"] in (0, 1)
+            score = 0.1 if stuck else value(c)
+            row = {"epoch": 1, "val/acc": score, "train/loss": 2.3, "val/loss": 2.3}
+            assert store.record_epoch(run.run_id, "host:1", 1, row)
+            assert store.finish(run.run_id, "host:1", "finished",
+                                {**row, "test/acc": score, "epochs_done": 1})
+    _, study, configs = planned(["some", "--by", "optimizer", "--top", "1"])
+    by_id = {r.id: r for r in study.runs}
+    picked = sorted((by_id[run_id].config["optimizer"], by_id[run_id].config["lr"])
+                    for run_id, _ in configs)
+    assert picked == [("adam", 0.1), ("sgd", 0.1)]
+    assert "passed over" not in capsys.readouterr().err
+    text = document.build_report(local_study(store), tmp_path / "report").path.read_text()
+    table = text.split("### By optimizer")[1].split("\n## ")[0]
+    (adam_first, *_) = [line for line in table.splitlines() if line.startswith("| adam |")]
+    assert "| lr=0.1 |" in adam_first, table
+
+
 def test_a_repeat_seed_that_diverged_is_named_and_counts_in_no_mean(tmp_path, monkeypatch):
     """A fresh seed whose repeat diverged is shown as "div" in the per-seed column, counted
     beside the mean ("1 of 4 diverged"), written to seeds.csv with diverged=True, and kept out

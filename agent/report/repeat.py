@@ -31,6 +31,7 @@ from agent.report.stats import (
     best_settings_per_group,
     default_by,
     ranked_settings_per_group,
+    setting_key,
     settings_of,
     tied_at_cut,
 )
@@ -62,9 +63,9 @@ def repeat_configs(study: Study, top: int, by: str, seeds: int,
     """(run id, sweep config) for each setting to repeat: the best `top` settings of each
     value of `by` (a setting is a configuration less its seed: runs of a sweep that searched
     `seed` are its repeats, not settings of their own), each named by its best run. Runs
-    for which `failed` holds (the report's diverged and stuck runs) are no setting's value
-    (a diverged run is none in the report's "By ..." tables either); their seeds are still
-    not fresh."""
+    for which `failed` holds (the report's diverged runs, and the runs of settings stuck
+    near chance on every seed) are no setting's value (a diverged run is none in the
+    report's "By ..." tables either); their seeds are still not fresh."""
     searched = {p.name for p in swept_parameters(study.sweep_config)}
     scored = study.scored_runs()
     spent = {s.key: s.seeds for s in settings_of(scored)}  # every seed the sweep gave
@@ -219,13 +220,17 @@ def planned(argv: list[str] | None):
         raise UserError(f"sweep={args.sweep!r}: no run has a value of its metric "
                         f"{study.metric!r} yet: nothing to repeat")
     # the report's groups (diverged, stuck, converged), without reading the dataset: a
-    # diverged run's last value means nothing, and a run stuck near chance learnt nothing
-    # that more seeds would measure; neither is a setting to repeat
+    # diverged run's last value means nothing, and a setting stuck near chance on every
+    # seed learnt nothing that more seeds would measure; neither is repeated. A setting
+    # stuck on some seeds only is ranked by all of them, as the report's "By ..." tables
+    # rank it: left out, its stuck seeds would leave it the mean of its lucky ones
     ctx = Context(study, Path("."), GroupRule(), [], scored)
     ctx.classify(study.ended_runs())
+    stuck = {s.key for s in settings_of(ctx.not_diverged(scored))
+             if all(ctx.group_of(r) == STUCK for r in s.runs)}
 
     def failed(run: RunRecord) -> bool:
-        return ctx.group_of(run) in (DIVERGED, STUCK)
+        return ctx.diverged(run) or setting_key(run) in stuck
 
     configs = repeat_configs(study, args.top, args.by, args.seeds, failed)
     if not configs:
