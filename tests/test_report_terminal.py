@@ -358,6 +358,34 @@ def test_a_repeat_crashed_without_an_epoch_more_ends_its_run_and_the_hint_to_go_
     assert max(len(line) for line in lines) <= 80
 
 
+def test_a_crashed_repeat_without_checkpoints_is_named_with_its_own_reason(tmp_path,
+                                                                          monkeypatch):
+    """Under checkpoint: false a crashed run's repeat starts over (nothing to continue), and
+    a repeat that crashes too is not repeated again however far it got: the closing lines
+    say so, not that it got no epoch further (this one got to epoch 3, the first to 2)."""
+    monkeypatch.chdir(tmp_path)
+    config = {**COURSE, "parameters": {**COURSE["parameters"], "epochs": {"value": 10},
+                                       "lr": {"value": 0.1}, "dropout": {"value": 0.0},
+                                       "model": {"value": "dense"},
+                                       "optimizer": {"value": "sgd"},
+                                       "checkpoint": {"value": False}}}
+    store = create_store(tmp_path / "data" / "sweeps" / "nockpt1", "nockpt1", "nockpt", config)
+    (first,) = claim(store, "host:1").runs
+    for epoch in (1, 2):
+        assert store.record_epoch(first.run_id, "host:1", epoch, {"epoch": epoch})
+    (repeat,) = claim(store, "host:2", now=time.time() + 10 ** 6).runs
+    assert repeat.repeats == first.run_id and repeat.epoch == 0  # from scratch
+    for epoch in (1, 2, 3):
+        assert store.record_epoch(repeat.run_id, "host:2", epoch, {"epoch": epoch})
+    assert claim(store, "host:3", now=time.time() + 2 * 10 ** 6).kind == "done"
+    lines = closing_lines(store)
+    at = lines.index(f"Crashed again, not repeated: {repeat.run_id} (epoch 3)")
+    assert lines[at + 1] == ("  (checkpoint: false: a repeat starts over, and is not repeated "
+                             "again)"), lines
+    assert not any("no epoch further" in line for line in lines), lines
+    assert max(len(line) for line in lines) <= 80
+
+
 def test_a_running_run_without_heartbeats_is_shown_silent_with_what_repairs_it(course_store):
     run = next(r for r in course_store.runs() if r.state == "running")
     with sqlite3.connect(course_store.path) as db:  # its agent was killed a while ago

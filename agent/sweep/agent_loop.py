@@ -34,6 +34,7 @@ from agent.sweep.controller import (
     check_heartbeat,
     claim,
     keep_proposal,
+    not_repeated_why,
     repeatable,
     runs_left,
     should_stop,
@@ -252,7 +253,7 @@ class LocalAgent:
             line += (f"; the agent of {', '.join(r.id for r in gone)} on this host has ended: "
                      f"crashed in about {max(0.0, latest + self.timeout - now):.0f} s"
                      + (f", then {', '.join(again)} repeated here" if again else
-                        ", not repeated (a repeat that got no epoch further)"))
+                        f", not repeated ({not_repeated_why(gone[0], self.ours)})"))
         print(line, file=sys.stderr)
 
     def run(self, count: int | None) -> int:

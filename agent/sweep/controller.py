@@ -125,6 +125,15 @@ def repeatable(run: Run, epochs: dict[str, int], resumable: bool) -> bool:
             and run.epoch > epochs.get(run.requeued_from, run.epoch))
 
 
+def not_repeated_why(run: Run, resumable: bool) -> str:
+    """Why the crashed repeat `run` is not repeated again (`repeatable` False), in words."""
+    if not resumable:
+        return "a repeat of another program's run is not repeated"
+    if not _checkpointed(run):
+        return "checkpoint: false: a repeat starts over, and is not repeated again"
+    return "no epoch further than before: a crash the configuration may cause"
+
+
 def _checkpointed(run: Run) -> bool:
     """Whether the run's trials write checkpoints (unless its config says checkpoint: false)."""
     return run.config.get("checkpoint") is not False

@@ -22,7 +22,7 @@ from rich.text import Text
 from agent.commands import module_command, script
 from agent.ids import path_safe
 from agent.params import BY_NAME
-from agent.sweep.controller import HEARTBEAT_TIMEOUT_S, repeatable
+from agent.sweep.controller import HEARTBEAT_TIMEOUT_S, not_repeated_why, repeatable
 from agent.sweep.engine import planned_runs
 from agent.sweep.program import runs_our_trainer
 from agent.sweep.store import STATES, SWEEPS_DIR, Run, SweepStore, store_paths
@@ -363,11 +363,13 @@ def closing_lines(store: SweepStore, options: str = "") -> list[str]:
     ended = sum(r.state in ENDED for r in current) + len(given_up)
     planned = planned_runs(sweep.config)
     reached = target_text(sweep.config, runs)
-    if given_up:
-        shown = ", ".join(f"{r.id} (epoch {r.epoch})" for r in given_up[:4])
-        lines += [f"Crashed again, not repeated: {shown}{', ...' * (len(given_up) > 4)}",
-                  "  (no epoch further than before: a crash the configuration may cause)"
-                  if ours else "  (a repeat of another program's run is not repeated)"]
+    reasons: dict[str, list[Run]] = {}
+    for run in given_up:  # each reason once, with its runs
+        reasons.setdefault(not_repeated_why(run, ours), []).append(run)
+    for why, these in reasons.items():
+        shown = ", ".join(f"{r.id} (epoch {r.epoch})" for r in these[:4])
+        lines += [f"Crashed again, not repeated: {shown}{', ...' * (len(these) > 4)}",
+                  f"  ({why})"]
     if reached:
         lines.append(reached)
     elif ended < len(current) or (planned and ended < planned):  # stopped (Ctrl-C, SIGTERM...)
