@@ -194,6 +194,25 @@ def test_a_best_run_tied_with_others_names_them_in_the_closing_lines_and_the_sta
         f"{running[1].id})" in status_text(course_store)
 
 
+def test_a_best_run_tied_with_three_others_keeps_the_closing_lines_under_80_columns(
+        course_store, monkeypatch):
+    """Three more runs at exactly the best value (the digits set's 144 validation images make
+    such ties common): the tie's line, 88 columns with its three ids, is cut in two."""
+    monkeypatch.chdir(course_store.directory.parent)
+    running = [r for r in course_store.runs() if r.state == "running"]
+    first = max((r for r in course_store.runs() if r.state == "finished"),
+                key=lambda r: r.summary["val/acc"])
+    for run in running[:3]:
+        assert course_store.finish(run.id, "host:1", "finished",
+                                   {"val/acc": first.summary["val/acc"], "test/acc": 0.5})
+    lines = closing_lines(course_store)
+    tie = lines.index(next(line for line in lines if "(tied with" in line))
+    ids = ", ".join(r.id for r in running[:3])
+    assert lines[tie:tie + 2] == [f"  (tied with 3 other runs: {ids};",
+                                  "   the first in the sweep's order)"], lines
+    assert max(len(line) for line in lines) <= 80, lines
+
+
 def test_progress_counts_runs_and_paces_the_eta(course_store):
     runs = course_store.runs()
     first = min(r.started for r in runs)

@@ -356,8 +356,12 @@ def closing_lines(store: SweepStore, options: str = "") -> list[str]:
         if setting:
             line += f" ({setting})" if len(line) + len(setting) + 3 <= 80 else f"\n  {setting}"
         lines += line.split("\n")
-        if best.tied:
-            lines.append(" " + best.tie_text())
+        tie = " " + best.tie_text()
+        if len(tie) > 80:  # three tied ids or more: the rule on a line of its own
+            cut = tie.index("; ") + 1
+            lines += [tie[:cut], "   " + tie[cut:].lstrip()]
+        elif best.tied:
+            lines.append(tie)
     current = current_runs(runs)  # a repeat stands for its crashed run
     given_up = given_up_runs(runs, ours)
     ended = sum(r.state in ENDED for r in current) + len(given_up)
