@@ -14,6 +14,7 @@ from pathlib import Path
 import pytest
 import yaml
 
+from agent.sweep.controller import claim
 from agent.sweep.store import SweepStore, create_store
 from conftest import ROOT, closed_offline_runs, subprocess_env
 from util.errors import UserError
@@ -249,6 +250,32 @@ def test_a_repeat_from_a_checkpoint_newer_than_the_store_keeps_every_epoch(workd
     assert repeat.state == "finished"
     assert [h["epoch"] for h in repeat.history] == [1, 2, 3, 4, 5]
     assert repeat.history[:epoch] == killed.history
+
+
+@pytest.mark.e2e
+@pytest.mark.timeout(240)
+def test_a_repeat_without_the_crashed_runs_checkpoint_starts_over_without_its_rows(workdir):
+    """The crashed run's checkpoint is gone (its folder deleted): its repeat, stored with the
+    crashed run's 2 epochs, starts over from scratch, and its history holds only what it
+    trained itself. Here lr 100 makes it diverge in its first epoch: no row of its own, and
+    none of the crashed run's left behind to be read as its (hyperband, the report)."""
+    store = make_sweep(workdir, "gone", {"model": {"value": "dense"}, "epochs": {"value": 4},
+                                         "sinks": {"value": []}, "lr": {"value": 100.0},
+                                         "momentum": {"value": 0.0}})
+    (crashed,) = claim(store, "elsewhere:1").runs  # an agent of another host, then silent
+    for epoch in (1, 2):
+        assert store.record_epoch(crashed.run_id, "elsewhere:1", epoch,
+                                  {"epoch": epoch, "val/acc": 0.5, "val/loss": 1.0})
+    with sqlite3.connect(store.path) as db:
+        db.execute("UPDATE runs SET heartbeat=0 WHERE id=?", (crashed.run_id,))
+    agent = start_agent(workdir, store, "--heartbeat-timeout", "3")
+    assert agent.wait(timeout=200) == 0
+    err = agent.stderr.read()
+    (repeat,) = [r for r in store.runs() if r.requeued_from == crashed.run_id]
+    assert f"run {repeat.id} repeats crashed run {crashed.run_id} from scratch: no " \
+        "checkpoint of it in" in err, err
+    assert repeat.state == "finished" and repeat.summary.get("diverged"), repeat.summary
+    assert repeat.history == [] and repeat.epoch == 0, repeat.history
 
 
 @pytest.mark.e2e

@@ -127,6 +127,7 @@ def agent_writes(run_id: str, owner: str) -> dict:
     return {
         "heartbeat": lambda store: store.heartbeat(run_id, owner),
         "record_epoch": lambda store: store.record_epoch(run_id, owner, 3, {"val/acc": 0.5}),
+        "forget_epochs": lambda store: store.forget_epochs(run_id, owner),
         **{f"finish:{end}": (lambda store, end=end: store.finish(run_id, owner, end, {"x": 1},
                                                                    "an error"))
            for end in AGENT_END_STATES},
@@ -153,6 +154,9 @@ def test_the_owner_of_a_running_run_writes_and_each_write_reports_it_took(backen
     time.sleep(0.01)
     assert store.heartbeat(claimed.run_id, "me")
     assert store.run(claimed.run_id).heartbeat > before
+    assert store.record_epoch(claimed.run_id, "me", 1, {"val/acc": 0.1})
+    assert store.forget_epochs(claimed.run_id, "me")  # it starts over from scratch
+    assert (store.run(claimed.run_id).epoch, store.run(claimed.run_id).history) == (0, [])
     assert store.record_epoch(claimed.run_id, "me", 1, {"val/acc": 0.25})
     assert store.finish(claimed.run_id, "me", "finished", {"val/acc": 0.25})
     run = store.run(claimed.run_id)

@@ -335,9 +335,12 @@ class LocalAgent:
                 configs = [self.trial_config(command) for command in commands]
                 for claimed, config, hook in zip(work.runs, configs, hooks):
                     if claimed.repeats and claimed.epoch:
-                        line, copied = continue_crashed(config, claimed.repeats)
+                        line, source = continue_crashed(config, claimed.repeats)
                         print(f"agent {self.owner}: {line}", file=sys.stderr)
-                        hook.repeats = claimed.repeats if copied else None
+                        hook.repeats = claimed.repeats if source == "crashed" else None
+                        if source is None:  # no checkpoint: the crashed run's rows would
+                            # stay where this start stops short of them (stopped, diverged)
+                            self.store.forget_epochs(claimed.run_id, self.owner)
                 train_pack(configs, hooks, sweep={
                     "id": self.sweep.id, "name": self.sweep.name, "config": self.sweep.config,
                     "progress": sweep_progress(self.store.runs(), self.sweep.config, run_ids)})

@@ -355,6 +355,18 @@ class SweepStore:
                                [(run_id, n, json.dumps(row, default=float)) for n, row in rows])
         return took == 1
 
+    def forget_epochs(self, run_id: str, owner: str) -> bool:
+        """`owner`'s running run starts over from scratch: its history is cleared and its
+        epoch is 0 (a crashed run's repeat that started with the crashed run's epochs, whose
+        checkpoint is gone). False, and nothing changed, when the run is not `owner`'s
+        running run."""
+        with self._write() as db:
+            took = db.execute("UPDATE runs SET epoch=0 WHERE id=? AND owner=? AND "
+                              "state='running'", (run_id, owner)).rowcount
+            if took:
+                db.execute("DELETE FROM history WHERE run_id=?", (run_id,))
+        return took == 1
+
     def finish(self, run_id: str, owner: str, state: str, summary: dict | None = None,
                error: str | None = None) -> bool:
         """End `owner`'s running run as `state` (one of AGENT_END_STATES) with its summary

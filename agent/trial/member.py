@@ -166,7 +166,7 @@ def run_identity(cfg: RunConfig, sweep: dict | None = None) -> RunInfo:
                    run_dir=str(run_directory(cfg.run_dir, run_id)), sweep=sweep)
 
 
-def continue_crashed(config: dict, crashed_id: str) -> tuple[str, bool]:
+def continue_crashed(config: dict, crashed_id: str) -> tuple[str, str | None]:
     """Before run `config['run_id']`, the repeat of the crashed run `crashed_id`, resumes from
     that run's checkpoint (agent/sweep/controller.py repeats a crashed run from its last
     recorded epoch): the crashed run's checkpoint files and TensorBoard event files are copied
@@ -175,7 +175,8 @@ def continue_crashed(config: dict, crashed_id: str) -> tuple[str, bool]:
     checkpoint). Each file is copied whole, then renamed, the checkpoint last: a kill midway
     leaves no partial file, and the next start copies again. Nothing is copied when the repeat
     has a checkpoint already (an earlier start of it). Returns a line for the console, and
-    whether the files were copied (this start continues the crashed run's checkpoint)."""
+    what the trial resumes from: "crashed" (the files just copied), "own" (the repeat's own
+    checkpoint) or None (no checkpoint of either: it starts over)."""
     from agent.params import validate
     from agent.trial.checkpoint import CHECKPOINT_NAME, PREVIOUS_NAME
 
@@ -184,10 +185,10 @@ def continue_crashed(config: dict, crashed_id: str) -> tuple[str, bool]:
     own, theirs = Path(repeat.run_dir), Path(crashed.run_dir)
     if (own / CHECKPOINT_NAME).exists():
         return f"run {repeat.id} (repeating crashed run {crashed_id}) resumes from its own " \
-               "checkpoint", False
+               "checkpoint", "own"
     if not (theirs / CHECKPOINT_NAME).exists():
         return f"run {repeat.id} repeats crashed run {crashed_id} from scratch: no checkpoint " \
-               f"of it in {theirs}", False
+               f"of it in {theirs}", None
     copies = []
     if Path(crashed.log_dir) != Path(repeat.log_dir):
         copies += [(event, Path(repeat.log_dir) / event.name)
@@ -200,7 +201,8 @@ def continue_crashed(config: dict, crashed_id: str) -> tuple[str, bool]:
         partial = target.parent / ".copying.partial"
         shutil.copyfile(source, partial)
         os.replace(partial, target)
-    return f"run {repeat.id} repeats crashed run {crashed_id} from its checkpoint ({theirs})", True
+    return (f"run {repeat.id} repeats crashed run {crashed_id} from its checkpoint ({theirs})",
+            "crashed")
 
 
 def check_packable(configs: list[RunConfig]) -> None:
