@@ -140,6 +140,26 @@ def test_repeats_are_not_picked_from_runs_that_diverged(tmp_path, monkeypatch, c
     assert store.sweep().id == "seeded"
 
 
+STUCK_SWEEP = {"program": "agent/train.py", "method": "grid",
+               "metric": {"name": "val/acc", "goal": "maximize"},
+               "parameters": {"dataset": {"value": "digits"}, "model": {"value": "dense"},
+                              "epochs": {"value": 1}, "sinks": {"value": ["console"]},
+                              "optimizer": {"values": OPTIMIZERS}, "lr": {"values": LRS},
+                              "seed": {"values": SEEDS}}}
+
+
+def finish_stuck(store, stuck) -> None:
+    """Finish every run of `store` after one epoch at its value(), or near chance (0.1, so
+    the report groups it stuck) where `stuck(config)` holds."""
+    while (work := claim(store, "host:1", count=64)).kind == "run":
+        for run in work.runs:
+            score = 0.1 if stuck(run.config) else value(run.config)
+            row = {"epoch": 1, "val/acc": score, "train/loss": 2.3, "val/loss": 2.3}
+            assert store.record_epoch(run.run_id, "host:1", 1, row)
+            assert store.finish(run.run_id, "host:1", "finished",
+                                {**row, "test/acc": score, "epochs_done": 1})
+
+
 def test_repeats_pass_over_settings_stuck_near_chance(tmp_path, monkeypatch, capsys):
     """A setting whose every run stayed near chance (best validation accuracy below the
     report's stuck bound: 0.15 for 10 classes) learnt nothing that more seeds would measure:
@@ -148,24 +168,10 @@ def test_repeats_pass_over_settings_stuck_near_chance(tmp_path, monkeypatch, cap
     from agent.report.repeat import main, planned
     from util.errors import exit_on_user_error
 
-    def finish(store, stuck) -> None:
-        while (work := claim(store, "host:1", count=64)).kind == "run":
-            for run in work.runs:
-                score = 0.1 if stuck(run.config) else value(run.config)
-                row = {"epoch": 1, "val/acc": score, "train/loss": 2.3, "val/loss": 2.3}
-                assert store.record_epoch(run.run_id, "host:1", 1, row)
-                assert store.finish(run.run_id, "host:1", "finished",
-                                    {**row, "test/acc": score, "epochs_done": 1})
-
-    config = {"program": "agent/train.py", "method": "grid",
-              "metric": {"name": "val/acc", "goal": "maximize"},
-              "parameters": {"dataset": {"value": "digits"}, "model": {"value": "dense"},
-                             "epochs": {"value": 1}, "sinks": {"value": ["console"]},
-                             "optimizer": {"values": OPTIMIZERS}, "lr": {"values": LRS},
-                             "seed": {"values": SEEDS}}}
+    config = STUCK_SWEEP
     monkeypatch.chdir(tmp_path)
     store = create_store(tmp_path / "data" / "sweeps" / "stuck", "stuck", "stuck", config)
-    finish(store, lambda c: (c["optimizer"], c["lr"]) == ("sgd", 0.01))
+    finish_stuck(store, lambda c: (c["optimizer"], c["lr"]) == ("sgd", 0.01))
     _, study, configs = planned(["stuck", "--by", "optimizer", "--top", "2"])
     by_id = {r.id: r for r in study.runs}
     picked = sorted((by_id[run_id].config["optimizer"], by_id[run_id].config["lr"])
@@ -179,7 +185,7 @@ def test_repeats_pass_over_settings_stuck_near_chance(tmp_path, monkeypatch, cap
     every.mkdir()
     monkeypatch.chdir(every)
     store = create_store(every / "data" / "sweeps" / "stuck", "stuck", "stuck", config)
-    finish(store, lambda c: True)
+    finish_stuck(store, lambda c: True)
     with pytest.raises(SystemExit) as ended:
         exit_on_user_error(lambda: main(["stuck"]))
     assert ended.value.code == 2
@@ -198,22 +204,10 @@ def test_a_setting_stuck_on_some_seeds_is_ranked_by_all_of_them(tmp_path, monkey
     from agent.report.repeat import planned
 
     monkeypatch.chdir(tmp_path)
-    config = {"program": "agent/train.py", "method": "grid",
-              "metric": {"name": "val/acc", "goal": "maximize"},
-              "parameters": {"dataset": {"value": "digits"}, "model": {"value": "dense"},
-                             "epochs": {"value": 1}, "sinks": {"value": ["console"]},
-                             "optimizer": {"values": OPTIMIZERS}, "lr": {"values": LRS},
-                             "seed": {"values": SEEDS}}}
+    config = STUCK_SWEEP
     store = create_store(tmp_path / "data" / "sweeps" / "some", "some", "some", config)
-    while (work := claim(store, "host:1", count=64)).kind == "run":
-        for run in work.runs:
-            c = run.config
-            stuck = (c["optimizer"], c["lr"]) == ("adam", 0.01) and c["seed"] in (0, 1)
-            score = 0.1 if stuck else value(c)
-            row = {"epoch": 1, "val/acc": score, "train/loss": 2.3, "val/loss": 2.3}
-            assert store.record_epoch(run.run_id, "host:1", 1, row)
-            assert store.finish(run.run_id, "host:1", "finished",
-                                {**row, "test/acc": score, "epochs_done": 1})
+    finish_stuck(store, lambda c: (c["optimizer"], c["lr"]) == ("adam", 0.01)
+                 and c["seed"] in (0, 1))
     _, study, configs = planned(["some", "--by", "optimizer", "--top", "1"])
     by_id = {r.id: r for r in study.runs}
     picked = sorted((by_id[run_id].config["optimizer"], by_id[run_id].config["lr"])

@@ -171,18 +171,25 @@ def test_closing_lines_name_the_next_commands(course_store, monkeypatch):
                           "  ./run_tensorboard.sh --logdir data/logs/course-course1"]
 
 
+def tie_the_best(store, count: int):
+    """(the best finished run, the runs that were running): `count` of them end at exactly
+    the best value."""
+    running = [r for r in store.runs() if r.state == "running"]
+    first = max((r for r in store.runs() if r.state == "finished"),
+                key=lambda r: r.summary["val/acc"])
+    for run in running[:count]:
+        assert store.finish(run.id, "host:1", "finished",
+                            {"val/acc": first.summary["val/acc"], "test/acc": 0.5})
+    return first, running
+
+
 def test_a_best_run_tied_with_others_names_them_in_the_closing_lines_and_the_status(
         course_store, monkeypatch):
     """Two more runs end at exactly the best value: the best named is the first of them in
     the sweep's order, and both the closing lines and agent.status say it is tied, with
     whom (the report's best-run paragraph does too)."""
     monkeypatch.chdir(course_store.directory.parent)
-    running = [r for r in course_store.runs() if r.state == "running"]
-    first = max((r for r in course_store.runs() if r.state == "finished"),
-                key=lambda r: r.summary["val/acc"])
-    for run in running[:2]:
-        assert course_store.finish(run.id, "host:1", "finished",
-                                   {"val/acc": first.summary["val/acc"], "test/acc": 0.5})
+    first, running = tie_the_best(course_store, 2)
     lines = closing_lines(course_store)
     best = lines.index(next(line for line in lines if line.startswith("Best run:")))
     assert lines[best].startswith(f"Best run: {first.id} val/acc=0.8600")
@@ -199,12 +206,7 @@ def test_a_best_run_tied_with_three_others_keeps_the_closing_lines_under_80_colu
     """Three more runs at exactly the best value (the digits set's 144 validation images make
     such ties common): the tie's line, 88 columns with its three ids, is cut in two."""
     monkeypatch.chdir(course_store.directory.parent)
-    running = [r for r in course_store.runs() if r.state == "running"]
-    first = max((r for r in course_store.runs() if r.state == "finished"),
-                key=lambda r: r.summary["val/acc"])
-    for run in running[:3]:
-        assert course_store.finish(run.id, "host:1", "finished",
-                                   {"val/acc": first.summary["val/acc"], "test/acc": 0.5})
+    first, running = tie_the_best(course_store, 3)
     lines = closing_lines(course_store)
     tie = lines.index(next(line for line in lines if "(tied with" in line))
     ids = ", ".join(r.id for r in running[:3])
