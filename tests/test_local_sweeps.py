@@ -280,6 +280,35 @@ def test_a_repeat_without_the_crashed_runs_checkpoint_starts_over_without_its_ro
 
 @pytest.mark.e2e
 @pytest.mark.timeout(240)
+def test_an_agent_started_again_after_a_kill_repeats_its_runs_at_once(workdir):
+    """kill -9 an agent (its lock file stays, free), then start one again on this host
+    with a heartbeat timeout of an hour: it does not wait the hour. The killed agent's lock
+    is free, so its run is crashed and repeated from its checkpoint at once; a live agent's
+    lock is held, so its run is left alone."""
+    store = make_sweep(workdir, "again", {**LONG_RUN, "epochs": {"value": 4},
+                                          "lr": {"values": [0.01, 0.02]}})
+    victim = start_agent(workdir, store)
+    killed = wait_for(lambda: next((r for r in store.runs() if r.state == "running"
+                                    and r.epoch >= 1), None), 120, "a first epoch")
+    from agent.sweep.agent_loop import agent_ended, lock_path
+
+    assert list((store.directory / ".agents").glob("*.lock")) == [
+        lock_path(store.directory, killed.owner)]
+    assert not agent_ended(store.directory, killed.owner)  # held: its agent lives
+    victim.send_signal(signal.SIGKILL)
+    victim.wait(timeout=30)
+    again = start_agent(workdir, store, "--heartbeat-timeout", "3600")
+    assert again.wait(timeout=200) == 0
+    err = again.stderr.read()
+    assert f"the agent of {killed.id} on this host has ended (its lock is free): crashed " \
+        "now, and repeated from the last checkpoint" in err, err
+    (repeat,) = [r for r in store.runs() if r.requeued_from == killed.id]
+    assert repeat.state == "finished" and [h["epoch"] for h in repeat.history] == [1, 2, 3, 4]
+    assert not (store.directory / ".agents").exists()  # each agent removed its own lock
+
+
+@pytest.mark.e2e
+@pytest.mark.timeout(240)
 def test_an_agent_with_nothing_to_claim_says_what_it_waits_for(workdir):
     """An agent started after another was killed (kill -9) on this host finds nothing to
     claim: one line (not one a poll) names the run it waits on, the timeout after which it
@@ -291,6 +320,8 @@ def test_an_agent_with_nothing_to_claim_says_what_it_waits_for(workdir):
                                     and r.epoch >= 1), None), 120, "a first epoch")
     victim.send_signal(signal.SIGKILL)
     victim.wait(timeout=30)
+    # as an agent that could make no lock file (a read-only folder): only its pid tells
+    shutil.rmtree(store.directory / ".agents")
     survivor = start_agent(workdir, store, "--heartbeat-timeout", "6")
     assert survivor.wait(timeout=200) == 0
     err = survivor.stderr.read()

@@ -14,6 +14,7 @@ crashed and re-queued) drops that trial without writing to the store and claims 
 from __future__ import annotations
 
 import argparse
+import fcntl
 import os
 import signal
 import socket
@@ -26,7 +27,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from agent.ids import run_directory
+from agent.ids import path_safe, run_directory
 from agent.sweep import program
 from agent.sweep.controller import (
     HEARTBEAT_S,
@@ -35,6 +36,7 @@ from agent.sweep.controller import (
     claim,
     keep_proposal,
     not_repeated_why,
+    repair_ended_agents,
     repeatable,
     runs_left,
     should_stop,
@@ -81,6 +83,65 @@ def stop_signals() -> tuple[signal.Signals, ...]:
     `nohup` the user asked the sweep to outlive its terminal."""
     hangup = () if signal.getsignal(signal.SIGHUP) == signal.SIG_IGN else (signal.SIGHUP,)
     return (signal.SIGTERM, signal.SIGINT, *hangup)
+
+
+AGENTS_DIR = ".agents"  # in a sweep's folder: the lock file each of its agents holds
+
+
+class AgentLock:
+    """The lock file this agent holds (flock) in its sweep's folder while its process
+    lives. The kernel releases it when the process ends, however it ends (kill -9 and the
+    OOM killer included), so an agent of this host that can take it knows that agent is
+    gone, also from another pid namespace (a container), where its pid would mislead. Where
+    the folder is not writable there is no lock, and a crash is found by its heartbeat."""
+
+    def __init__(self, directory: Path, owner: str):
+        self.path = lock_path(directory, owner)
+        self.fd: int | None = None
+        try:
+            self.path.parent.mkdir(exist_ok=True)
+            fd = os.open(self.path, os.O_CREAT | os.O_RDWR, 0o644)
+        except OSError:
+            return
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            os.close(fd)
+            return
+        self.fd = fd
+
+    def release(self) -> None:
+        if self.fd is not None:
+            self.path.unlink(missing_ok=True)
+            os.close(self.fd)
+            self.fd = None
+            try:
+                self.path.parent.rmdir()  # the last agent leaves no folder behind
+            except OSError:
+                pass
+
+
+def lock_path(directory: Path, owner: str) -> Path:
+    return Path(directory) / AGENTS_DIR / f"{path_safe(owner)}.lock"
+
+
+def agent_ended(directory: Path, owner: str) -> bool:
+    """Whether the agent `owner` (host:pid) of this host has ended: its lock file is there
+    and free (AgentLock). False where it holds it, and where there is none (an agent that
+    could not make one, or of another host): then only its heartbeat tells."""
+    path = lock_path(directory, owner)
+    try:
+        fd = os.open(path, os.O_RDWR)
+    except OSError:
+        return False
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        return False  # held: its process lives
+    finally:
+        os.close(fd)
+    path.unlink(missing_ok=True)
+    return True
 
 
 def _alive(pid: str) -> bool:
@@ -230,8 +291,9 @@ class LocalAgent:
         """One line, once for each set of runs it waits on: nothing is left to claim while
         other agents train these, and when one counts as crashed (silent for the heartbeat
         timeout: then it is repeated here, from its last checkpoint when our trainer runs it).
-        A run whose agent was of this host and has ended (kill -9, a closed terminal) is named
-        as such: it is only waited out."""
+        A run whose agent was of this host and has ended (kill -9, a closed terminal) but left
+        no lock file (AgentLock) is named as such: its pid alone is not trusted, so it is
+        waited out."""
         ids = {r.id for r in running}
         if not running or ids == self.waited_on:
             return
@@ -259,6 +321,31 @@ class LocalAgent:
     def run(self, count: int | None) -> int:
         for signum in stop_signals():
             signal.signal(signum, lambda number, frame: self.signalled.append(number))
+        lock = AgentLock(self.store.directory, self.owner)
+        try:
+            self.repair_ended_here(self.store.runs())
+            return self._run(count)
+        finally:
+            lock.release()
+
+    def repair_ended_here(self, runs: list[Run]) -> bool:
+        """Mark crashed, and repeat, at once the running runs of this host's agents that
+        have ended (agent_ended: their lock is free), rather than a heartbeat timeout later
+        (a launcher started again after a kill -9, a reboot). Says so; True if any."""
+        host = socket.gethostname()
+        owners = {r.owner for r in runs if r.state == "running" and r.owner
+                  and r.owner != self.owner and r.owner.rpartition(":")[0] == host}
+        ended = {owner for owner in owners if agent_ended(self.store.directory, owner)}
+        if not ended:
+            return False
+        crashed = repair_ended_agents(self.store, ended)
+        if crashed:
+            print(f"agent {self.owner}: the agent of {', '.join(sorted(crashed))} on this host "
+                  "has ended (its lock is free): crashed now, and repeated"
+                  + (" from the last checkpoint" if self.ours else ""), file=sys.stderr)
+        return bool(crashed)
+
+    def _run(self, count: int | None) -> int:
         failures = done = failed = 0
         while (count is None or done < count) and not self.signalled:
             left = None if count is None else count - done
@@ -280,6 +367,8 @@ class LocalAgent:
             if work.kind == "done":
                 break
             if work.kind == "wait":  # others still run; one may crash and need repeating
+                if self.repair_ended_here(work.running):
+                    continue
                 self.say_why_waiting(work.running)
                 time.sleep(WAIT_POLL_S)
                 continue
