@@ -90,19 +90,21 @@ def repeat_configs(study: Study, top: int, by: str, seeds: int,
     return out
 
 
+def setting_namer(study: Study, by: str) -> Callable:
+    """A setting's name in agent.repeat's lines: its searched values but seed and `by`
+    ('lr=0.01, dropout=0'), or its best run's id where it has none."""
+    searched = [p.name for p in swept_parameters(study.sweep_config)
+                if p.name not in ("seed", by)]
+    return lambda setting: config_text(setting.best, searched) or f"run {setting.best.id}"
+
+
 def tie_lines(study: Study, top: int, by: str,
               failed: Callable[[RunRecord], bool] = lambda run: False) -> list[str]:
     """A line for each value of `by` whose best `top` settings end in a tie that the cut
     splits: the order, not the metric, chose which of the tied settings is repeated."""
-    metric, lines = study.metric, []
+    metric, lines, name = study.metric, [], setting_namer(study, by)
     ranked = ranked_settings_per_group([r for r in study.scored_runs() if not failed(r)],
                                        by, metric, study.goal, study.runs)
-    searched = [p.name for p in swept_parameters(study.sweep_config)
-                if p.name not in ("seed", by)]
-
-    def name(setting) -> str:
-        return config_text(setting.best, searched) or f"run {setting.best.id}"
-
     for group, settings in ranked.items():
         kept, left = tied_at_cut(settings, top, lambda s: float(np.mean(s.values(metric))))
         if not kept:
@@ -265,16 +267,14 @@ def stuck_lines(study: Study, top: int, by: str, ctx: Context) -> list[str]:
     """A line for each value of `by` whose best `top` settings (diverged runs left out, as
     the report's "By ..." tables rank them) hold one stuck near chance: passed over, so
     that group gets another setting or fewer."""
-    searched = [p.name for p in swept_parameters(study.sweep_config)
-                if p.name not in ("seed", by)]
+    name = setting_namer(study, by)
     ranked = ranked_settings_per_group(ctx.not_diverged(study.scored_runs()), by,
                                        study.metric, study.goal, study.runs)
     lines = []
     for group, settings in ranked.items():
         stuck = [s for s in settings[:top] if all(ctx.group_of(r) == STUCK for r in s.runs)]
         if stuck:
-            names = "; ".join(config_text(s.best, searched) or f"run {s.best.id}"
-                              for s in stuck)
+            names = "; ".join(map(name, stuck))
             lines.append(f"{by}={group}: passed over {names}: stuck near chance (its best "
                          "accuracy, see the report): not repeated")
     return lines

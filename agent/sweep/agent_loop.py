@@ -298,9 +298,9 @@ class LocalAgent:
         if not running or ids == self.waited_on:
             return
         self.waited_on = ids
-        host, now = socket.gethostname(), time.time()
-        gone = [r for r in running if r.owner and r.owner.rpartition(":")[0] == host
-                and not _alive(r.owner.rpartition(":")[2])]
+        now = time.time()
+        gone = [r for r in self.runs_of_agents_here(running)
+                if not _alive(r.owner.rpartition(":")[2])]
         shown = ", ".join(sorted(ids)[:5]) + (", ..." if len(ids) > 5 else "")
         line = (f"agent {self.owner}: waiting: nothing left to claim while other agents "
                 f"train {len(running)} run(s) ({shown}); one silent for {self.timeout:g} s "
@@ -332,9 +332,7 @@ class LocalAgent:
         """Mark crashed, and repeat, at once the running runs of this host's agents that
         have ended (agent_ended: their lock is free), rather than a heartbeat timeout later
         (a launcher started again after a kill -9, a reboot). Says so; True if any."""
-        host = socket.gethostname()
-        owners = {r.owner for r in runs if r.state == "running" and r.owner
-                  and r.owner != self.owner and r.owner.rpartition(":")[0] == host}
+        owners = {r.owner for r in self.runs_of_agents_here(runs)}
         ended = {owner for owner in owners if agent_ended(self.store.directory, owner)}
         if not ended:
             return False
@@ -344,6 +342,12 @@ class LocalAgent:
                   "has ended (its lock is free): crashed now, and repeated"
                   + (" from the last checkpoint" if self.ours else ""), file=sys.stderr)
         return bool(crashed)
+
+    def runs_of_agents_here(self, runs: list[Run]) -> list[Run]:
+        """The running runs of `runs` whose agent (host:pid) is another of this host."""
+        host = socket.gethostname()
+        return [r for r in runs if r.state == "running" and r.owner
+                and r.owner != self.owner and r.owner.rpartition(":")[0] == host]
 
     def _run(self, count: int | None) -> int:
         failures = done = failed = 0

@@ -121,8 +121,7 @@ def repeatable(run: Run, epochs: dict[str, int], resumable: bool) -> bool:
     an epoch past the run it repeats (`epochs`: run id -> last recorded epoch)."""
     if not run.requeued_from:
         return True
-    return (resumable and _checkpointed(run)
-            and run.epoch > epochs.get(run.requeued_from, run.epoch))
+    return _resumes(run, resumable) and run.epoch > epochs.get(run.requeued_from, run.epoch)
 
 
 def not_repeated_why(run: Run, resumable: bool) -> str:
@@ -137,6 +136,12 @@ def not_repeated_why(run: Run, resumable: bool) -> str:
 def _checkpointed(run: Run) -> bool:
     """Whether the run's trials write checkpoints (unless its config says checkpoint: false)."""
     return run.config.get("checkpoint") is not False
+
+
+def _resumes(run: Run, resumable: bool) -> bool:
+    """Whether a repeat of `run` continues from its checkpoint: our trainer's run
+    (`resumable`) that writes checkpoints."""
+    return resumable and _checkpointed(run)
 
 
 def choose_work(sweep_config: dict, runs: list[Run], count: PackSize = 1,
@@ -223,17 +228,14 @@ def proposal_budget(sweep_config: dict, size: int) -> int:
     return max(budget, GRID_LOOKAHEAD) if sweep_config.get("method") == "grid" else budget
 
 
-def _repeat(tx, crashed: list[Run]) -> None:
+def _repeat(tx, crashed: list[Run], resumable: bool) -> None:
     """Each crashed run repeated once as a new pending run: from its last recorded epoch when
     our trainer runs the sweep (it writes an epoch's checkpoint before it records the epoch:
     agent/trial/loop.py), so that a kill -9, an OOM kill or a lost node costs the epoch in
     progress only; else from scratch (another program keeps no checkpoint we resume, nor does
-    a run with checkpoint: false)."""
-    if not crashed:
-        return
-    resumable = runs_our_trainer(tx.sweep().config)
+    a run with checkpoint: false). `resumable`: our trainer runs the sweep."""
     for run in crashed:
-        tx.insert_repeat(new_run_id(), run, run.epoch if resumable and _checkpointed(run) else 0)
+        tx.insert_repeat(new_run_id(), run, run.epoch if _resumes(run, resumable) else 0)
 
 
 def claim(store: SweepStore, owner: str, count: PackSize = 1,
@@ -246,11 +248,12 @@ def claim(store: SweepStore, owner: str, count: PackSize = 1,
     if not callable(count) and count < 1:
         raise ValueError(f"count={count}: a claim asks for one run or more")
     with store.transaction() as tx:
+        resumable = runs_our_trainer(tx.sweep().config)
         stale, requeue = crash_repairs(tx.runs(), time.time() if now is None else now,
-                                       timeout, runs_our_trainer(tx.sweep().config))
+                                       timeout, resumable)
         for run_id in stale:
             tx.mark_crashed(run_id)
-        _repeat(tx, requeue)
+        _repeat(tx, requeue, resumable)
         runs = tx.runs()
         work = choose_work(tx.sweep().config, runs, count, pack_key)
         if work.kind != "run":
@@ -301,9 +304,10 @@ def repair_ended_agents(store: SweepStore, owners: set[str]) -> list[str]:
         ended = [r.id for r in tx.runs() if r.state == "running" and r.owner in owners]
         for run_id in ended:
             tx.mark_crashed(run_id)
+        resumable = runs_our_trainer(tx.sweep().config)
         _, requeue = crash_repairs(tx.runs(), now=0.0, timeout=math.inf,  # the crashed only
-                                   resumable=runs_our_trainer(tx.sweep().config))
-        _repeat(tx, requeue)
+                                   resumable=resumable)
+        _repeat(tx, requeue, resumable)
     return ended
 
 

@@ -360,7 +360,7 @@ def closing_lines(store: SweepStore, options: str = "") -> list[str]:
         if len(tie) > 80:  # three tied ids or more: the rule on a line of its own
             cut = tie.index("; ") + 1
             lines += [tie[:cut], "   " + tie[cut:].lstrip()]
-        elif best.tied:
+        elif best.tied:  # (without a tie, tie_text is '')
             lines.append(tie)
     current = current_runs(runs)  # a repeat stands for its crashed run
     given_up = given_up_runs(runs, ours)
