@@ -29,6 +29,7 @@ from agent.sweep.controller import (
     HEARTBEAT_TIMEOUT_S,
     MIN_BEATS_PER_TIMEOUT,
     check_heartbeat,
+    crash_outcome,
     repair_ended_agents,
 )
 from agent.sweep.pack_size import AGENTS_PER_DEVICE, parse_pack
@@ -237,8 +238,10 @@ def repair_left_runs(store: SweepStore, pids: list[int]) -> None:
     crashed and re-queued now, one line each."""
     host = socket.gethostname()
     for run_id in repair_ended_agents(store, {f"{host}:{pid}" for pid in pids}):
-        print(f"run {run_id}: its agent ended mid-trial; marked crashed, and repeated by the "
-              "next agent", file=sys.stderr)
+        outcome = crash_outcome(store, [run_id])
+        print(f"run {run_id}: its agent ended mid-trial; marked crashed, "
+              + (f"{outcome} by the next agent" if outcome.startswith("repeated") else outcome),
+              file=sys.stderr)
 
 
 def runs_here(slots: list[dict], gpus: list[str]) -> bool:

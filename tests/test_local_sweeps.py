@@ -301,7 +301,7 @@ def test_an_agent_started_again_after_a_kill_repeats_its_runs_at_once(workdir):
     assert again.wait(timeout=200) == 0
     err = again.stderr.read()
     assert f"the agent of {killed.id} on this host has ended (its lock is free): crashed " \
-        "now, and repeated from the last checkpoint" in err, err
+        "now, repeated from its last checkpoint" in err, err
     (repeat,) = [r for r in store.runs() if r.requeued_from == killed.id]
     assert repeat.state == "finished" and [h["epoch"] for h in repeat.history] == [1, 2, 3, 4]
     assert not (store.directory / ".agents").exists()  # each agent removed its own lock

@@ -685,3 +685,81 @@ def test_the_tensorboard_hint_is_one_command_when_log_dir_holds_spaces(tmp_path,
     monkeypatch.chdir(tmp_path)
     board = closing_lines(store)[-1]
     assert shlex.split(board) == ["./run_tensorboard.sh", "--logdir", "my logs/spaced-spc1"]
+
+
+# Every case of the repeat rule (controller.crash_repairs, _repeat): (program ours,
+# checkpoint kept, the run that crashes is a repeat, its last epoch past the run it repeats)
+# -> the words an agent prints of it when its agent is found ended.
+def _expected_outcome(ours: bool, checkpoint: bool, is_repeat: bool, further: bool,
+                      epoch: int) -> str:
+    resumes = ours and checkpoint
+    if is_repeat and not (resumes and further):
+        return "not repeated (" + ("a repeat of another program's run" if not ours else
+                                   "checkpoint: false" if not checkpoint else
+                                   "no epoch further than before")
+    return "repeated from its last checkpoint" if resumes and epoch else "repeated from scratch"
+
+
+@pytest.mark.parametrize("ours, checkpoint, is_repeat, further, epoch", [
+    case for case in itertools.product([True, False], [True, False], [True, False],
+                                       [True, False], [0, 2])
+    if not (case[2] and case[4] == 0) and (case[2] or case[3])])
+def test_a_crash_found_at_once_is_said_repeated_only_when_the_rule_repeats_it(
+        tmp_path, ours, checkpoint, is_repeat, further, epoch):
+    """The line of an agent that finds another's agent ended (`crash_outcome`) says what
+    the repeat rule did: repeated from the checkpoint, from scratch, or not repeated and why;
+    it used to say "repeated" of every run."""
+    from agent.sweep.controller import crash_outcome, repair_ended_agents
+
+    config = {"method": "grid", "metric": {"name": "val/acc", "goal": "maximize"},
+              "parameters": {"lr": {"values": [0.1]}, "epochs": {"value": 4},
+                             "checkpoint": {"value": checkpoint}},
+              **({} if ours else {"program": "other.py"})}
+    store = create_store(tmp_path / "s", "out1", "out", config)
+    (first,) = claim(store, "host:1").runs
+    if not is_repeat:
+        if epoch:
+            assert store.record_epoch(first.run_id, "host:1", epoch, {"val/acc": 0.5})
+        crashed = first.run_id
+    else:  # the first run crashed at epoch 1; its repeat crashes now
+        assert store.record_epoch(first.run_id, "host:1", 1, {"val/acc": 0.5})
+        assert repair_ended_agents(store, {"host:1"}) == [first.run_id]
+        (repeat,) = claim(store, "host:2").runs
+        if further:
+            assert store.record_epoch(repeat.run_id, "host:2", epoch, {"val/acc": 0.6})
+        crashed = repeat.run_id
+    owner = "host:2" if is_repeat else "host:1"
+    assert repair_ended_agents(store, {owner}) == [crashed]
+    words = crash_outcome(store, [crashed])
+    assert words.startswith(_expected_outcome(ours, checkpoint, is_repeat, further, epoch)), words
+    assert words.startswith("repeated") == any(r.requeued_from == crashed
+                                               for r in store.runs())
+
+
+@pytest.mark.parametrize("ours", [True, False])
+def test_the_waiting_line_says_from_scratch_for_runs_that_keep_no_checkpoint(tmp_path, ours):
+    """A waiting agent says how a run it waits on would be repeated if it crashed: from its
+    last checkpoint only for our trainer's runs that keep one (checkpoint: false, or another
+    program, start over), per the runs it waits on."""
+    from agent.sweep.agent_loop import _repeated_how
+
+    config = {"method": "grid", "metric": {"name": "val/acc", "goal": "maximize"},
+              "parameters": {"lr": {"values": [0.1, 0.01]},
+                             "checkpoint": {"values": [True, False]}},
+              **({} if ours else {"program": "other.py"})}
+    store = create_store(tmp_path / "s", "wait1", "wait", config)
+    claim(store, "host:1", count=4)
+    runs = store.runs()
+    kept = [r for r in runs if r.config["checkpoint"]]
+    lost = [r for r in runs if not r.config["checkpoint"]]
+    assert len(kept) == len(lost) == 2
+    for running in (kept, lost, runs):
+        words = _repeated_how(running, ours)
+        if ours and running is kept:
+            assert words.startswith("from its last checkpoint (a repeat again"), words
+        elif ours and running is runs:
+            assert words.startswith("from its last checkpoint, or from scratch for a run "
+                                    "with checkpoint: false"), words
+        else:
+            assert words.startswith("from scratch (") and (
+                "checkpoint: false" in words) == ours, words

@@ -34,10 +34,12 @@ from agent.sweep.controller import (
     HEARTBEAT_TIMEOUT_S,
     check_heartbeat,
     claim,
+    crash_outcome,
     keep_proposal,
     not_repeated_why,
     repair_ended_agents,
     repeatable,
+    resumes,
     runs_left,
     should_stop,
 )
@@ -73,6 +75,18 @@ PROBE_MIN_S = 1.0
 # --pack auto packs a bayes sweep's runs at most this many at a time: the runs of a pack are
 # proposed together, before any of them has a result (a fixed --pack K is taken as given)
 BAYES_PACK = 8
+
+
+def _repeated_how(running: list[Run], ours: bool) -> str:
+    """How a crashed run of `running` would be repeated (`controller._repeat`), in words."""
+    resuming = [resumes(r, ours) for r in running]
+    if all(resuming):
+        return "from its last checkpoint (a repeat again only once it got an epoch further)"
+    if not any(resuming):
+        return ("from scratch (checkpoint: false; once: a repeat is not repeated)" if ours
+                else "from scratch (once: a repeat is not repeated)")
+    return ("from its last checkpoint, or from scratch for a run with checkpoint: false "
+            "(which is then not repeated again)")
 
 
 def stop_signals() -> tuple[signal.Signals, ...]:
@@ -305,8 +319,7 @@ class LocalAgent:
         line = (f"agent {self.owner}: waiting: nothing left to claim while other agents "
                 f"train {len(running)} run(s) ({shown}); one silent for {self.timeout:g} s "
                 "would count as crashed and be repeated here, "
-                + ("from its last checkpoint (a repeat again only once it got an epoch "
-                   "further)" if self.ours else "from scratch (once: a repeat is not repeated)"))
+                + _repeated_how(running, self.ours))
         if gone:
             latest = max(r.heartbeat or 0 for r in gone)
             epochs = {r.id: r.epoch for r in self.store.runs()} \
@@ -339,8 +352,8 @@ class LocalAgent:
         crashed = repair_ended_agents(self.store, ended)
         if crashed:
             print(f"agent {self.owner}: the agent of {', '.join(sorted(crashed))} on this host "
-                  "has ended (its lock is free): crashed now, and repeated"
-                  + (" from the last checkpoint" if self.ours else ""), file=sys.stderr)
+                  f"has ended (its lock is free): crashed now, "
+                  f"{crash_outcome(self.store, sorted(crashed))}", file=sys.stderr)
         return bool(crashed)
 
     def runs_of_agents_here(self, runs: list[Run]) -> list[Run]:

@@ -121,7 +121,7 @@ def repeatable(run: Run, epochs: dict[str, int], resumable: bool) -> bool:
     an epoch past the run it repeats (`epochs`: run id -> last recorded epoch)."""
     if not run.requeued_from:
         return True
-    return _resumes(run, resumable) and run.epoch > epochs.get(run.requeued_from, run.epoch)
+    return resumes(run, resumable) and run.epoch > epochs.get(run.requeued_from, run.epoch)
 
 
 def not_repeated_why(run: Run, resumable: bool) -> str:
@@ -138,7 +138,7 @@ def _checkpointed(run: Run) -> bool:
     return run.config.get("checkpoint") is not False
 
 
-def _resumes(run: Run, resumable: bool) -> bool:
+def resumes(run: Run, resumable: bool) -> bool:
     """Whether a repeat of `run` continues from its checkpoint: our trainer's run
     (`resumable`) that writes checkpoints."""
     return resumable and _checkpointed(run)
@@ -235,7 +235,7 @@ def _repeat(tx, crashed: list[Run], resumable: bool) -> None:
     progress only; else from scratch (another program keeps no checkpoint we resume, nor does
     a run with checkpoint: false). `resumable`: our trainer runs the sweep."""
     for run in crashed:
-        tx.insert_repeat(new_run_id(), run, run.epoch if _resumes(run, resumable) else 0)
+        tx.insert_repeat(new_run_id(), run, run.epoch if resumes(run, resumable) else 0)
 
 
 def claim(store: SweepStore, owner: str, count: PackSize = 1,
@@ -309,6 +309,31 @@ def repair_ended_agents(store: SweepStore, owners: set[str]) -> list[str]:
                                    resumable=resumable)
         _repeat(tx, requeue, resumable)
     return ended
+
+
+def crash_outcome(store: SweepStore, crashed: list[str]) -> str:
+    """What became of the runs `crashed` (ids just marked crashed), in words for one line:
+    'repeated from its last checkpoint' (our trainer, a checkpoint kept), 'repeated from
+    scratch', or, for a run not repeated, its reason (`not_repeated_why`); each run is named
+    where their outcomes differ."""
+    runs = store.runs()
+    resumable = runs_our_trainer(store.sweep().config)
+    by_id = {r.id: r for r in runs}
+    repeats = {r.requeued_from: r for r in runs if r.requeued_from}
+
+    def outcome(run_id: str) -> str:
+        repeat = repeats.get(run_id)
+        if repeat is not None:
+            return ("repeated from its last checkpoint" if repeat.epoch
+                    else "repeated from scratch")
+        return f"not repeated ({not_repeated_why(by_id[run_id], resumable)})"
+
+    said: dict[str, list[str]] = {}
+    for run_id in crashed:
+        said.setdefault(outcome(run_id), []).append(run_id)
+    if len(said) == 1:
+        return next(iter(said))
+    return "; ".join(f"{', '.join(ids)} {words}" for words, ids in said.items())
 
 
 def should_stop(store: SweepStore, run_id: str) -> bool:
