@@ -680,3 +680,62 @@ def test_a_group_whose_every_run_diverged_is_named_not_left_out_silently(tmp_pat
     assert len([line for line in out.splitlines() if "repeat sweep" in line]) == 1, out
     assert err.splitlines() == ["optimizer=sgd: every run with a value of val/acc diverged "
                                 "(see the report): no setting of it to repeat"], err
+
+
+# optimizer -> lr -> (state, epochs done, how good: higher is better by the goal). sgd's runs
+# hyperband stopped score better at their epoch than its full-length one: stopped is no best
+# while a full-length setting exists. sam's runs were all stopped: the furthest is repeated,
+# though another scored better at an earlier epoch.
+CUT_SHORT = {"adam": {0.1: ("finished", 3, 5), 0.01: ("finished", 3, 7),
+                      0.001: ("finished", 3, 6)},
+             "sgd": {0.1: ("finished", 3, 1), 0.01: ("stopped", 1, 8),
+                     0.001: ("stopped", 2, 9)},
+             "sam": {0.1: ("stopped", 1, 4), 0.01: ("stopped", 2, 2),
+                     0.001: ("stopped", 1, 3)}}
+
+
+@pytest.mark.parametrize("goal", ["maximize", "minimize"])
+@pytest.mark.parametrize("top", [1, 2, 3])
+def test_settings_hyperband_stopped_are_repeated_only_where_no_run_went_the_full_length(
+        tmp_path, monkeypatch, capsys, goal, top):
+    """A run hyperband stopped scored below the others at its epoch: its setting is not
+    among its group's best while the group has a full-length one (passed over, said); in a
+    group whose every run was stopped, the furthest one is repeated at its full length and
+    the others are passed over. Before, `--top 2` repeated sam's two stopped runs and sgd's
+    stopped runs ahead of its full-length one."""
+    from agent.report.repeat import planned
+
+    metric = "val/acc" if goal == "maximize" else "val/loss"
+    config = {"program": "agent/train.py", "method": "grid",
+              "metric": {"name": metric, "goal": goal},
+              "early_terminate": {"type": "hyperband", "min_iter": 1, "eta": 2},
+              "parameters": {"dataset": {"value": "digits"}, "model": {"value": "dense"},
+                             "epochs": {"value": 3}, "optimizer": {"values": list(CUT_SHORT)},
+                             "lr": {"values": [0.1, 0.01, 0.001]}}}
+    monkeypatch.chdir(tmp_path)
+    store = create_store(tmp_path / "data" / "sweeps" / "cut", "cut", "cut", config)
+    for run in claim(store, "host:1", count=9).runs:
+        state, done, good = CUT_SHORT[run.config["optimizer"]][run.config["lr"]]
+        score = 0.5 + good / 20 if goal == "maximize" else 1.0 - good / 20
+        assert store.finish(run.run_id, "host:1", state,
+                            {metric: score, "test/acc": 0.5 + good / 20, "epochs_done": done})
+    _, study, configs = planned(["cut", "--by", "optimizer", "--top", str(top)])
+    by_id = {r.id: r for r in study.runs}
+    picked = sorted((by_id[run_id].config["optimizer"], by_id[run_id].config["lr"])
+                    for run_id, _ in configs)
+
+    def best(optimizer: str, lrs: list[float]) -> list[tuple]:
+        ranked = sorted(lrs, key=lambda lr: -CUT_SHORT[optimizer][lr][2])
+        return [(optimizer, lr) for lr in ranked[:top]]
+
+    assert picked == sorted(best("adam", [0.1, 0.01, 0.001]) + [("sgd", 0.1), ("sam", 0.01)])
+    err = capsys.readouterr().err
+    assert ("optimizer=sgd: passed over lr=0.001; lr=0.01: stopped early by the sweep's "
+            "hyperband (below others at the same epoch), not among its best: not repeated"
+            ) in err, err
+    assert ("optimizer=sam: all 3 of its runs were stopped early by the sweep's hyperband: "
+            "repeating the furthest, lr=0.01 (epoch 2 of 3), at its full length; passed over "
+            "lr=0.1; lr=0.001") in err, err
+    assert "optimizer=adam" not in err
+    # every repeat runs the full length: the sweep's epochs, not where hyperband stopped it
+    assert all(c["parameters"]["epochs"] == {"value": 3} for _, c in configs)

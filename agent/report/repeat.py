@@ -23,6 +23,7 @@ import numpy as np
 
 from agent.commands import module_command, script
 from agent.ids import new_run_id
+from agent.report import stats
 from agent.report.markdown import Context, config_text
 from agent.report.stats import (
     DIVERGED,
@@ -231,8 +232,13 @@ def planned(argv: list[str] | None):
     stuck = {s.key for s in settings_of(ctx.not_diverged(scored))
              if all(ctx.group_of(r) == STUCK for r in s.runs)}
 
-    def failed(run: RunRecord) -> bool:
+    def unrepeatable(run: RunRecord) -> bool:
         return ctx.diverged(run) or setting_key(run) in stuck
+
+    cut_short, cut_lines = passed_cut_short(study, args.by, unrepeatable)
+
+    def failed(run: RunRecord) -> bool:
+        return unrepeatable(run) or setting_key(run) in cut_short
 
     configs = repeat_configs(study, args.top, args.by, args.seeds, failed)
     if not configs:
@@ -240,18 +246,75 @@ def planned(argv: list[str] | None):
                         f"{study.metric!r} {_failure_words(ctx, scored)} (see its report): "
                         "nothing to repeat")
     for line in tie_lines(study, args.top, args.by, failed) + stuck_lines(
-            study, args.top, args.by, ctx):
+            study, args.top, args.by, ctx) + cut_lines:
         print(line, file=sys.stderr)
     # a group with no setting left would otherwise be missing without a word
     groups: dict[str, list[RunRecord]] = {}
     for run in scored:
         groups.setdefault(str(run.params.get(args.by)), []).append(run)
     for group, runs in sorted(groups.items()):
-        if all(failed(r) for r in runs):
+        if all(unrepeatable(r) for r in runs):
             print(f"{args.by}={group}: every run with a value of {study.metric} "
                   f"{_failure_words(ctx, runs)} (see the report): no setting of it to repeat",
                   file=sys.stderr)
     return args, study, configs
+
+
+def passed_cut_short(study: Study, by: str, failed: Callable[[RunRecord], bool]
+                     ) -> tuple[set[str], list[str]]:
+    """(setting keys, lines): the settings of each value of `by` that the sweep's early
+    termination (hyperband) stopped on every seed, passed over. Hyperband stops a run that
+    scores below the others at the same epoch (Li et al., "Hyperband", JMLR 2018): such a
+    setting is none of its group's best while the group has a setting that ran its full
+    length. In a group where none did (every run stopped), the furthest is repeated, at its
+    full length (ties by its metric, then the sweep's order), and the others are passed
+    over: the group keeps one setting to compare, not the ones hyperband judged weaker
+    still. Settings `failed` (diverged, stuck) are the caller's to pass over."""
+    name = setting_namer(study, by)
+    ranked = ranked_settings_per_group([r for r in study.scored_runs() if not failed(r)],
+                                       by, study.metric, study.goal, study.runs)
+    keys, lines = set(), []
+    for group, settings in ranked.items():
+        short = [s for s in settings if all(stats.stopped_early(r) for r in s.runs)]
+        if not short:
+            continue
+        if len(short) < len(settings):
+            passed = short
+            lines.append(f"{by}={group}: passed over {_named(short, name)}: stopped early by "
+                         f"the sweep's {_terminator(study)} (below others at the same epoch), "
+                         "not among its best: not repeated")
+        else:
+            sign = 1.0 if study.goal == "maximize" else -1.0
+            furthest = max(short, key=lambda s: (max(_epochs_done(r) for r in s.runs),
+                                                 sign * float(np.mean(s.values(study.metric)))))
+            passed = [s for s in short if s is not furthest]
+            count = sum(len(s.runs) for s in short)
+            lines.append(f"{by}={group}: "
+                         + ("its one run was" if count == 1 else f"all {count} of its runs were")
+                         + f" stopped early by the sweep's {_terminator(study)}: repeating "
+                         f"the furthest, {name(furthest)} "
+                         f"(epoch {max(_epochs_done(r) for r in furthest.runs)} of "
+                         f"{furthest.best.params.epochs}), at its full length"
+                         + (f"; passed over {_named(passed, name)}" if passed else ""))
+        keys.update(s.key for s in passed)
+    return keys, lines
+
+
+def _named(settings: list, name: Callable) -> str:
+    return "; ".join(map(name, settings))
+
+
+def _terminator(study: Study) -> str:
+    """The sweep's early termination, by its W&B type ('hyperband')."""
+    return str((study.sweep_config.get("early_terminate") or {}).get("type", "early "
+                                                                        "termination"))
+
+
+def _epochs_done(run: RunRecord) -> int:
+    """The epochs a run trained before it ended (its summary's epochs_done, else its
+    history's rows)."""
+    done = run.summary.get("epochs_done")
+    return int(done) if isinstance(done, (int, float)) else len(run.history)
 
 
 def _failure_words(ctx: Context, runs: list[RunRecord]) -> str:
