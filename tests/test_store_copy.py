@@ -66,21 +66,92 @@ def test_a_jobs_ended_runs_are_merged_beside_another_jobs(tmp_path):
     trained(origin, "b", range(3, 6), "finished")
     trained(origin, "e", range(1, 3), "finished", claim="new")
 
-    assert merge_back(copy, base, origin) == ["a", "c", "f", "g"]
+    assert merge_back(copy, base, origin) == ["a", "c", "d", "f", "g"]
     merged = runs(origin)
-    # c, f, g after e, not beside it; d stays running with the job
-    assert list(merged) == ["a", "b", "e", "c", "f", "g"]
+    # c, d, f, g after e, not beside it; d, new to the sweep's store, as the job runs it
+    assert list(merged) == ["a", "b", "e", "c", "d", "f", "g"]
+    assert (merged["d"].state, merged["d"].epoch, merged["d"].owner) == ("running", 1, "node:1")
     assert merged["a"].state == merged["c"].state == "finished"
     assert [h["val/acc"] for h in merged["c"].history] == [0.1, 0.2]
     assert (merged["b"].state, merged["b"].epoch) == ("finished", 5)  # further than the job's
     assert (merged["f"].state, merged["g"].state, merged["g"].requeued_from) == (
         "crashed", "pending", "f")
-    assert len({r.seq for r in merged.values()}) == 6
+    assert len({r.seq for r in merged.values()}) == 7
 
     assert merge_back(copy, base, origin) == []  # merged once, whatever the calls
     trained(job, "d", range(2, 3), "preempted", claim="")  # the job ends: d preempted at epoch 2
     assert merge_back(copy, base, origin) == ["d"]
     assert (runs(origin)["d"].state, runs(origin)["d"].epoch) == ("preempted", 2)
+
+
+def test_a_job_killed_outright_leaves_its_new_runs_to_be_repeated_from_their_checkpoints(
+        tmp_path):
+    """A job killed outright (a lost node: no grace, no last merge) while it trains a run it
+    started, and a crashed run's repeat: its merges every 30 s put both into the sweep's
+    store as running, with their epochs and heartbeats. The next job finds them silent, marks
+    them crashed and repeats each from its own last checkpoint (the repeat from epoch 3, not
+    its crashed run from epoch 1 again). Before, neither was merged while running: the new
+    run was lost and the crashed run repeated from its older checkpoint. A run the store had
+    (preempted) and the job resumes stays as the store has it, for the next job to resume."""
+    from agent.sweep.controller import claim
+
+    store = create_store(tmp_path / "sweep", "s", "s",
+                         {"method": "grid", "parameters": {"lr": {"values": [0.1]}}})
+    with store.transaction() as tx:
+        tx.insert_run("x", {"lr": 0.1}, "running", owner="node:1")  # an earlier agent's
+        tx.insert_run("p", {"lr": 0.2}, "pending")
+    store.close()
+    origin, copy, base = store.path, tmp_path / "copy.db", tmp_path / "base.db"
+    trained(origin, "x", range(1, 2), "running", claim="")
+    trained(origin, "p", range(1, 2), "preempted")
+    take_copy(origin, copy, base)
+
+    job = SweepStore(copy)  # x's agent is gone: the job's agent repeats it from epoch 1,
+    # and resumes p, in one pack (both at epoch 1)
+    work = claim(job, "node:1", count=2, now=time.time() + 3600)
+    job.close()
+    (repeat,) = [r for r in work.runs if r.run_id != "p"]
+    assert repeat.epoch == 1 and {r.run_id for r in work.runs} == {"p", repeat.run_id}
+    trained(copy, repeat.run_id, range(2, 4), "running", claim="")
+    trained(copy, "n", range(1, 3), "running", claim="new")  # a run the job started
+    trained(copy, "p", range(2, 3), "running", claim="")
+    assert merge_back(copy, base, origin) == ["x", repeat.run_id, "n"]
+    merged = runs(origin)
+    assert [(merged[i].state, merged[i].epoch) for i in ("x", repeat.run_id, "n", "p")] == [
+        ("crashed", 1), ("running", 3), ("running", 2), ("preempted", 1)]
+    assert [h["val/acc"] for h in merged[repeat.run_id].history] == [0.1, 0.2, 0.3]
+    assert merge_back(copy, base, origin) == []  # nothing new: nothing written
+
+    store = SweepStore(origin)  # the next job's agent, once their heartbeats are stale
+    later = time.time() + 3600
+    work = claim(store, "node2:1", count=4, now=later)
+    merged = runs(origin)
+    assert (merged[repeat.run_id].state, merged["n"].state) == ("crashed", "crashed")
+    resumed = {(r.requeued_from, r.epoch) for r in merged.values() if r.requeued_from
+               and r.state != "crashed"}
+    assert resumed == {(repeat.run_id, 3), ("n", 2)}, resumed
+    # p, preempted, is resumed (with the repeats: all of the sweep's runs to resume)
+    assert "p" in {r.run_id for r in work.runs} and work.runs[0].run_id == "p"
+    assert not any(r.requeued_from == "x" and r.id != repeat.run_id for r in merged.values())
+    store.close()
+
+
+def test_a_running_runs_epochs_and_heartbeat_go_over_at_each_merge(tmp_path):
+    create_store(tmp_path / "sweep", "s", "s", {"method": "grid"}).close()
+    origin, copy, base = tmp_path / "sweep" / "sweep.db", tmp_path / "copy.db", tmp_path / "b.db"
+    take_copy(origin, copy, base)
+    trained(copy, "a", range(1, 2), "running", claim="new")
+    assert merge_back(copy, base, origin) == ["a"]
+    beat = runs(origin)["a"].heartbeat
+    time.sleep(0.05)
+    store = SweepStore(copy)
+    assert store.heartbeat("a", "node:1")  # the agent's heartbeat between epochs
+    store.close()
+    assert merge_back(copy, base, origin) == ["a"]
+    assert runs(origin)["a"].heartbeat > beat
+    trained(copy, "a", range(2, 3), "finished", claim="")
+    assert merge_back(copy, base, origin) == ["a"]
+    assert (runs(origin)["a"].state, runs(origin)["a"].epoch) == ("finished", 2)
 
 
 def test_a_run_the_job_took_further_replaces_an_earlier_merge(tmp_path):

@@ -7,6 +7,7 @@ have no PBS server. Everything after it (the job script itself) is what a PBS no
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
@@ -221,6 +222,60 @@ def test_pbs_job_stopped_at_walltime_or_by_sigterm_leaves_a_run_the_next_job_res
     assert resumed.epoch > run.epoch
     assert [h["epoch"] for h in resumed.history] == list(range(1, resumed.epoch + 1))
     assert list(scratch.iterdir()) == []
+
+
+def kill_session(sid: int) -> None:
+    """SIGKILL to every process of the session `sid` at once, as a lost node ends a job:
+    also those in process groups of their own (coreutils' `timeout` makes one)."""
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rpartition(")")[2].split()
+        except OSError:  # ended meanwhile
+            continue
+        if int(fields[3]) == sid:  # after the name: state, ppid, pgrp, session
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(int(stat.parent.name), signal.SIGKILL)
+
+
+@pytest.mark.e2e
+@pytest.mark.slow
+@pytest.mark.timeout(300)
+def test_a_pbs_job_killed_outright_leaves_its_run_to_continue_from_its_checkpoint(
+        workdir, aux):
+    """A node lost: every process of the job killed at once (SIGKILL, no grace, no last
+    merge, nothing copied back). The run it started reached the sweep's store with its
+    epochs at a merge every 30 s, as running; the next job finds its heartbeat stale, marks
+    it crashed and repeats it from its last checkpoint (on shared storage): the repeat's
+    history begins with the crashed run's epochs. Before, a run new to the store was merged
+    only once it ended: the next job started the configuration over."""
+    store_path = make_sweep(workdir, "lost", {
+        "hidden": {"value": 256}, "batch_size": {"value": 8}, "epochs": {"value": 2000},
+        "sinks": {"value": ["tensorboard"]}, "lr": {"value": 0.01}})
+    first = pbs_job(workdir, aux, submit_pbs(workdir, aux, "lost", "--walltime", "1:00:00"),
+                    scratch="scratch-1")
+    wait_for(lambda: any(r.state == "running" and r.epoch >= 1
+                         for r in stored_runs(store_path)), 150,
+             "a running run's epochs merged into the sweep's store")
+    kill_session(first.pid)
+    first.communicate(timeout=30)
+    (lost,) = stored_runs(store_path)
+    assert (workdir / "data" / "runs" / lost.id / "checkpoint.pt").is_file()
+
+    second = pbs_job(workdir, aux, submit_pbs(workdir, aux, "lost", "--walltime", "1:00:00",
+                                              "--heartbeat", "1", "--heartbeat-timeout", "3"),
+                     scratch="scratch-2")
+    wait_for(lambda: scratch_epoch(aux / "scratch-2", "lost") > lost.epoch + 1, 150,
+             "the repeat trained further")
+    second.send_signal(signal.SIGTERM)
+    out, err = second.communicate(timeout=60)
+    assert second.returncode == 0, err[-3000:]
+    runs = {r.id: r for r in stored_runs(store_path)}
+    (repeat,) = [r for r in runs.values() if r.requeued_from == lost.id]
+    assert runs[lost.id].state == "crashed" and len(runs) == 2
+    assert repeat.state == "preempted" and repeat.epoch > lost.epoch + 1
+    assert [h["epoch"] for h in repeat.history] == list(range(1, repeat.epoch + 1))
+    assert repeat.history[:lost.epoch] == runs[lost.id].history
+    assert f"repeats crashed run {lost.id} from its checkpoint" in err + out, err[-3000:]
 
 
 def slow_cp(aux: Path) -> str:

@@ -3,7 +3,9 @@ SQLite's online backup, and its ended runs merged back into the sweep's own stor
 every MERGE_EVERY_S seconds (jobs.py) while the job runs and once more when it ends.
 
 Merging rather than copying the file back: a kill (qdel, the walltime) within PBS's short grace
-before SIGKILL loses no run that had ended, and two jobs on one sweep keep each other's runs.
+before SIGKILL loses no run that had ended, a job killed outright (a lost node) leaves the runs
+it started to be repeated from their checkpoints, and two jobs on one sweep keep each other's
+runs.
 `python -m agent.cluster.store_copy take ORIGIN COPY BASE` / `merge COPY BASE ORIGIN`.
 """
 
@@ -20,13 +22,18 @@ from util.errors import UserError, exit_on_user_error, one_line
 
 # What a job merges: the runs it ended, and those it left to run (a crashed run's repeat
 # that no agent of the job claimed, unless the sweep's store has a repeat of that run
-# already: `_merges`). A run still running stays as the sweep's store has it, so a job
-# killed outright leaves it for the next job to resume.
-MERGED = ("finished", "failed", "stopped", "preempted", "crashed", "pending")
+# already: `_merges`), and the runs it started that the sweep's store lacks, while they run
+# (`_merges`). A run the sweep's store had before (pending, preempted) stays as that store
+# has it while the job runs it, so a job killed outright leaves it for the next job to
+# resume from its checkpoint; a run new to it is merged as running, with its agent's
+# heartbeat, so that a job killed outright leaves it for the next job to find crashed (its
+# heartbeat stale) and repeat from its last checkpoint (checkpoints are on shared storage).
+MERGED = ("finished", "failed", "stopped", "preempted", "crashed", "pending", "running")
 # How far a run has got, for two jobs that both changed one run: a final state beats an
 # interrupted one, then the later epoch wins.
 _PROGRESS = {"pending": 0, "running": 1, "crashed": 2, "preempted": 2, "finished": 3,
              "failed": 3, "stopped": 3}
+ENDED = ("finished", "failed", "stopped", "preempted", "crashed")
 
 # The tables of a sweep store (agent/sweep/store.py TABLES) and what a merge does with each:
 # a table the merge does not know is refused, not left behind in the job's copy unsaid.
@@ -73,15 +80,22 @@ def _same(a: tuple[dict, tuple] | None, b: tuple[dict, tuple] | None) -> bool:
 
 
 def _ahead(a: dict, b: dict) -> bool:
-    return (_PROGRESS[a["state"]], a["epoch"]) > (_PROGRESS[b["state"]], b["epoch"])
+    """Whether run row `a` got further than `b`: a final state beats an interrupted one,
+    then the later epoch, then (a run still running) the later heartbeat."""
+    return (_PROGRESS[a["state"]], a["epoch"], a["heartbeat"] or 0) > (
+        _PROGRESS[b["state"]], b["epoch"], b["heartbeat"] or 0)
 
 
-def _merges(row: dict, theirs: Rows) -> bool:
-    """Whether a pending run of the job goes into the sweep's store: a crashed run's repeat
-    the store has none of. Another pending run is a proposal only (kept for --pack auto, or
-    parked for a later pack): the store's engine proposes again while the sweep wants more,
-    not past a run_cap or an end reached meanwhile. A second repeat of one crashed run would
-    train its configuration twice."""
+def _merges(row: dict, theirs: Rows, found: Rows) -> bool:
+    """Whether a run of the job goes into the sweep's store now. A running one only if it
+    is new to that store (`found` lacks it: started by the job): one the store had is left
+    as the store has it (preempted, pending) for the next job to resume. A pending one only
+    if it is a crashed run's repeat the store has none of; another pending run is a proposal
+    only (kept for --pack auto, or parked for a later pack): the store's engine proposes
+    again while the sweep wants more, not past a run_cap or an end reached meanwhile. A
+    second repeat of one crashed run would train its configuration twice."""
+    if row["state"] == "running":
+        return row["id"] not in found
     if row["state"] != "pending":
         return True
     return bool(row["requeued_from"]) and not any(
@@ -124,8 +138,8 @@ def _open_origin(path: Path, wait_s: float = 60) -> sqlite3.Connection:
 
 
 def merge_back(copy: Path, base: Path, origin: Path, wait_s: float = 60) -> list[str]:
-    """Every run the job ended or left pending (in `copy`, differing from `base`; MERGED)
-    written into the store
+    """Every run the job ended, left pending or started and still runs (in `copy`,
+    differing from `base`; MERGED, `_merges`) written into the store
     `origin`, in one transaction; the ids written. A run new to `origin` is added after its
     runs; one `origin` still has as the job found it is replaced; one that another job
     changed meanwhile is replaced only by a run that got further (`_PROGRESS`, then the
@@ -145,8 +159,8 @@ def merge_back(copy: Path, base: Path, origin: Path, wait_s: float = 60) -> list
         seq = max((row["seq"] for row, _ in theirs.values()), default=0)
         for run_id, (row, history) in mine.items():
             if row["state"] not in MERGED or _same(mine[run_id], found.get(run_id)) or \
-                    not _merges(row, theirs):
-                continue  # running, not touched by this job, or a proposal only
+                    not _merges(row, theirs, found):
+                continue  # not touched by this job, resumed and running, or a proposal
             now = theirs.get(run_id)
             if _same(now, (row, history)):
                 continue  # merged before
@@ -212,9 +226,14 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def merge_once(args: argparse.Namespace) -> None:
-    written = merge_back(args.copy, args.base, args.origin, args.wait)
-    if written:
-        print(f"sweep store: {len(written)} ended run(s) of this job merged into {args.origin}",
+    written = set(merge_back(args.copy, args.base, args.origin, args.wait))
+    with sqlite3.connect(f"{args.copy.resolve().as_uri()}?mode=ro", uri=True,
+                         timeout=60) as db:
+        ended = [run_id for run_id, state in db.execute("SELECT id, state FROM runs")
+                 if run_id in written and state in ENDED]
+    db.close()
+    if ended:  # the epochs of running runs go over every time, unsaid
+        print(f"sweep store: {len(ended)} ended run(s) of this job merged into {args.origin}",
               flush=True)
 
 
