@@ -65,7 +65,8 @@ def test_the_report_reads_the_metric_by_its_goal(tmp_path, monkeypatch, metric):
     for optimizer, scores in SCORES.items():
         mine = [2.5 - s if metric.goal == "minimize" else s for s in scores]
         top = best(mine)
-        near = [lr for lr, v in zip(LRS, mine) if abs(v - top) <= near_margin(metric.name, top)]
+        margin = near_margin(metric.name, list(values.values()), metric.goal)
+        near = [lr for lr, v in zip(LRS, mine) if abs(v - top) <= margin]
         line = next(line for line in text.splitlines()
                     if line.startswith(f"- optimizer={optimizer}: lr within"))
         assert f"of its best ({top:.4f}): " in line, line

@@ -1,12 +1,14 @@
 """Where the report and agent.repeat rank runs or settings by the sweep's metric, an exact
 tie decided by the sweep's order is said, with the runs it concerns (the digits set's 144
 validation images make equal accuracies common); the window of values near a best is 2
-points of an accuracy but a share of the best value of any other metric (a loss), and the
-text gives the margin; a "By ..." table marks a stuck run among a group's best. Real
+points of an accuracy but, for any other metric (a loss), a share of the gap between the
+best run and the median one, whatever the metric's scale or sign, and the text gives the
+margin and its rule; a "By ..." table marks a stuck run among a group's best. Real
 SQLite stores holding finished runs (no training: the report reads summaries and epochs)."""
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 
 from agent.report import document
@@ -106,20 +108,70 @@ def test_ties_that_the_sweeps_order_decides_are_said(tmp_path, monkeypatch, caps
                                if ids[(512, 0.08)] in line)
 
 
-def test_a_loss_is_near_its_best_within_a_share_of_it(tmp_path, monkeypatch):
-    """val/loss, minimized: batch 32's best 0.3000, lr 0.02 at 0.3050 (within 2% of it,
-    0.006) and lr 0.08 at 0.3150 (0.015 away: within 0.02, the window an accuracy's 2 points
-    gave a loss, but 5% of it). The windows read 2% of the best and say so."""
+def test_a_loss_near_zero_is_near_its_best_within_a_share_of_the_runs_gap(tmp_path,
+                                                                          monkeypatch):
+    """val/loss, minimized, its best 0.0100 (batch 32, lr 0.04): 2% of the best was 0.0002,
+    so nothing but the best was ever near it. The margin is 2% of the gap between the best
+    run and the median one (0.3550): 0.0069, which holds lr 0.02 (0.0160) and not lr 0.08
+    (0.0300); the text says the rule and its numbers, in the windows and the batch-size line."""
     monkeypatch.chdir(tmp_path)
-    losses = {(32, 0.01): 0.60, (32, 0.02): 0.305, (32, 0.04): 0.30, (32, 0.08): 0.315,
-              (128, 0.01): 0.90, (128, 0.02): 0.70, (128, 0.04): 0.50, (128, 0.08): 0.40,
+    losses = {(32, 0.01): 0.31, (32, 0.02): 0.016, (32, 0.04): 0.010, (32, 0.08): 0.030,
+              (128, 0.01): 0.60, (128, 0.02): 0.40, (128, 0.04): 0.20, (128, 0.08): 0.10,
               (512, 0.01): 1.50, (512, 0.02): 1.20, (512, 0.04): 0.90, (512, 0.08): 0.60}
     store, _, _ = grid(tmp_path, "val/loss", "minimize", losses)
     text = document.build_report(local_study(store), tmp_path / "report").path.read_text()
     notes = section(text, "## Observations")
-    assert ("- all runs (pooled over batch_size): lr within 0.006 (2% of the best) of its "
-            "best (0.3000): 0.02, 0.04.") in notes, notes
+    rule = "0.0069 (2% of the gap between the best run and the median one, 0.34)"
+    assert f"- all runs (pooled over batch_size): lr within {rule} of its best (0.0100): " \
+        "0.02, 0.04." in notes, notes
     (line,) = [line for line in notes.splitlines() if "best lr ~ batch_size^" in line]
-    assert "32: 0.04 (lr 0.02-0.04 within 0.006 (2% of the best))," in line, line
-    assert "where other lr values score within 2% of a batch size's best (in brackets)" \
-        in line, line
+    assert f"32: 0.04 (lr 0.02-0.04 within {rule})," in line, line
+    assert f"where other lr values score within {rule} of a batch size's best" in line, line
+
+
+SHIFTS = [0.0, "best at 0", -0.5, -1000.0, 7.0]  # added to every value: 0, negative, far off
+
+
+def generated(seed: int, n: int, tied: int = 0) -> np.ndarray:
+    """`n` values of a loss-like metric (log-normal: a few good runs, a long worse tail), the
+    best of them repeated `tied` times (more than half of them: the median at the best)."""
+    values = np.random.default_rng(seed).lognormal(-1.0, 1.0, n)
+    return np.concatenate([values, np.full(tied, values.min())])
+
+
+@pytest.mark.parametrize("seed, n, tied", [(0, 2, 0), (1, 3, 0), (2, 12, 0), (3, 80, 0),
+                                           (4, 9, 10)])
+@pytest.mark.parametrize("goal", ["minimize", "maximize"])
+def test_the_margin_near_a_best_scales_with_the_runs_whatever_the_metrics_zero(seed, n, tied,
+                                                                               goal):
+    """For a metric other than an accuracy, which runs are near the best does not depend on
+    where the metric's 0 is nor on its unit: shifted (the best at 0, every value negative,
+    far from 0) and scaled (1e-4 to 300), the margin moves with the values and the same runs
+    stay near the best (2% of the best's own value made it 0 at a best of 0); where the
+    median run is at the best
+    (half the runs tie there) the worst sets the gap. The text's numbers are the margin's.
+    An accuracy keeps its 2 points."""
+    from agent.report.discussion import margin_rule, margin_text, near_margin
+
+    base = generated(seed, n, tied)
+    base = base if goal == "minimize" else -base  # a maximized metric: the mirror image
+    best = base.min() if goal == "minimize" else base.max()
+    reference = near_margin("val/loss", list(base), goal)
+    near = np.abs(base - best) <= reference
+    gap = np.abs(np.median(base) - best) if not tied else np.abs(base - best).max()
+    assert reference == pytest.approx(0.02 * gap, rel=1e-12) and reference > 0
+    for scale in (1e-4, 1e-2, 1.0, 300.0):
+        for shift in SHIFTS:
+            values = scale * base + (-scale * best if shift == "best at 0" else shift)
+            top = values.min() if goal == "minimize" else values.max()
+            margin = near_margin("val/loss", list(values), goal)
+            assert margin == pytest.approx(scale * reference, rel=1e-6), (scale, shift)
+            assert ((np.abs(values - top) <= margin) == near).all(), (scale, shift)
+            text = margin_text("val/loss", list(values), goal)
+            which = "median" if not tied else "worst"
+            assert text == (f"{margin:.2g} (2% of the gap between the best run and the "
+                            f"{which} one, {margin / 0.02:.2g}"
+                            + (", the median run being at the best)" if tied else ")")), text
+            assert margin_rule("val/loss", list(values), goal) == f"{text} of"
+            assert near_margin("val/acc", list(values), goal) == 0.02
+    assert margin_text("val/loss", [0.3] * 4, goal) == "0 (every run scores the same)"

@@ -32,30 +32,66 @@ from agent.report.study_figures import (
 from agent.sweep_space import log_scaled, short_number, spans_decades
 
 NEAR_BEST = 0.02  # an accuracy's window of good values: within 2 points of the best
-# any other metric's (a loss: its scale is the task's, 0.02 is no fixed share of it): within
-# 2% of the best value
-NEAR_BEST_SHARE = 0.02
+# any other metric's (a loss, or a metric of any sign): within 2% of the gap between the
+# best run and the median one (near_margin). On the Fashion-MNIST course grid
+# (docs/example_report) that is 0.024 of test/loss (best 0.54, median 1.75), as wide a
+# window as 2 points of its val/acc: each holds the best 5 to 7 of its 76 runs
+NEAR_SPREAD_SHARE = 0.02
 FAILED = (stats.DIVERGED, stats.STUCK)
 
 
-def near_margin(metric: str, best: float) -> float:
-    """How far from `best` a value of `metric` still counts as near it: NEAR_BEST for an
-    accuracy (a share of images in [0, 1]: 2 points), NEAR_BEST_SHARE of the best value's
-    size for any other metric (a loss of 0.30: 0.006)."""
-    return NEAR_BEST if metric.endswith("acc") else NEAR_BEST_SHARE * abs(best)
+def _spread(values: list[float], goal: str) -> tuple[float, str]:
+    """(the gap the margin of a metric other than an accuracy is a share of, what it is):
+    between the best of `values` (by `goal`) and their median; where the median is at the
+    best (half the values or more are), between the best and the worst; 0 when every value
+    is the same."""
+    if not values:
+        return 0.0, ""
+    best = max(values) if goal == "maximize" else min(values)
+    median = float(np.median(values))
+    if median != best:
+        return abs(median - best), "median"
+    return max(abs(v - best) for v in values), "worst"
 
 
-def margin_text(metric: str, best: float) -> str:
-    """The margin near `best` as the text gives it: '0.02' for an accuracy, '0.0061 (2% of
-    the best)' otherwise."""
+def near_margin(metric: str, values: list[float], goal: str) -> float:
+    """How far from a best value of `metric` a value still counts as near it, given the
+    `values` of the runs it is read over (those that did not diverge) and the sweep's
+    `goal`: NEAR_BEST for an accuracy (a share of images in [0, 1]: 2 points), else
+    NEAR_SPREAD_SHARE of the gap between the best of `values` and their median (_spread):
+    a share of the range the sweep's own runs span, so that it scales with the metric and
+    holds whatever its sign or its distance from 0 (a share of the best value itself was
+    nothing for a loss near 0 and meaningless for a metric that can be negative). The
+    median, not the worst, so that one run far off (a stuck or a nearly diverged one) does
+    not set it; the worst where half the runs or more tie at the best."""
+    if metric.endswith("acc"):
+        return NEAR_BEST
+    return NEAR_SPREAD_SHARE * _spread(values, goal)[0]
+
+
+def margin_text(metric: str, values: list[float], goal: str) -> str:
+    """The margin near a best value as the text gives it: '0.02' for an accuracy, '0.024
+    (2% of the gap between the best run and the median one, 1.2)' otherwise."""
     if metric.endswith("acc"):
         return f"{NEAR_BEST:g}"
-    return f"{near_margin(metric, best):.2g} ({NEAR_BEST_SHARE:.0%} of the best)"
+    gap, which = _spread(values, goal)
+    if not gap:
+        return "0 (every run scores the same)"
+    return (f"{NEAR_SPREAD_SHARE * gap:.2g} ({NEAR_SPREAD_SHARE:.0%} of the gap between the "
+            f"best run and the {which} one, {gap:.2g}"
+            + (", the median run being at the best)" if which == "worst" else ")"))
 
 
-def margin_rule(metric: str) -> str:
-    """How the margin near a best value is set, in words: '0.02', '2% of'."""
-    return f"{NEAR_BEST:g} of" if metric.endswith("acc") else f"{NEAR_BEST_SHARE:.0%} of"
+def margin_rule(metric: str, values: list[float], goal: str) -> str:
+    """The margin near a best value, in words, before what it is counted from: '0.02 of',
+    '0.024 (2% of the gap between the best run and the median one, 1.2) of'."""
+    return f"{margin_text(metric, values, goal)} of"
+
+
+def _margin_values(ctx: Context) -> list[float]:
+    """The values the margin near a best is read over (near_margin): the sweep's metric of
+    every run with one that did not diverge (a diverged run's last value means nothing)."""
+    return [r.metric(ctx.study.metric) for r in ctx.not_diverged(ctx.scored)]
 
 
 def value(run: RunRecord, name: str):
@@ -271,7 +307,7 @@ def _lr_against_batch_size(ctx: Context) -> list[str]:
     the sweep does not vary both or has fewer than MIN_BATCH_SIZES batch sizes."""
     if not {"lr", "batch_size"} <= set(ctx.swept):
         return []
-    metric, out = ctx.study.metric, []
+    metric, out, values = ctx.study.metric, [], _margin_values(ctx)
     split = "optimizer" if "optimizer" in ctx.swept else None
     for group in (_levels(ctx.study.runs, split) if split else [None]):
         at: dict[int, list[RunRecord]] = {}  # batch size -> its runs, best first (scored)
@@ -287,7 +323,8 @@ def _lr_against_batch_size(ctx: Context) -> list[str]:
         sizes = sorted(best)
         lrs = [float(value(best[b], "lr")) for b in sizes]
         exponent = float(np.polyfit(np.log(sizes), np.log(lrs), 1)[0])
-        windows = [_near_best(at[b], metric) + _tied_lr(at[b], metric) for b in sizes]
+        windows = [_near_best(at[b], metric, values, ctx.study.goal) + _tied_lr(at[b], metric)
+                   for b in sizes]
         others = [a for a in _others(ctx, "lr", split) if a != "batch_size"]
         who = ((f"{split}={group}" if split else "all runs")
                + (f" (pooled over {', '.join(others)})" if others else ""))
@@ -304,8 +341,8 @@ def _lr_against_batch_size(ctx: Context) -> list[str]:
             "Goyal et al. 2017, predicts an exponent of 1, the square-root rule, Krizhevsky "
             f"2014, 0.5). One run per batch size (by {metric}, not a mean over seeds), on "
             "the sweep's lr values: their spacing limits how finely the exponent reads, and "
-            f"where other lr values score within {margin_rule(metric)} a batch size's best "
-            "(in brackets) the best one among them may be chance.")
+            f"where other lr values score within {margin_rule(metric, values, ctx.study.goal)}"
+            " a batch size's best (in brackets) the best one among them may be chance.")
         out.append(_cost_of_larger_batches(ctx, who, sizes, best))
     return out
 
@@ -338,15 +375,16 @@ def _tied_lr(runs: list[RunRecord], metric: str) -> str:
             "sweep's order is the one fitted)")
 
 
-def _near_best(runs: list[RunRecord], metric: str) -> str:
+def _near_best(runs: list[RunRecord], metric: str, values: list[float], goal: str) -> str:
     """' (lr 0.02-0.16 within 0.02)': the range of lr values of `runs` (one batch size's,
-    best first) that score within near_margin of the first, when there are others; ''."""
-    top = runs[0].metric(metric)
-    near = _lrs([r for r in runs if abs(r.metric(metric) - top) <= near_margin(metric, top)])
+    best first) that score within near_margin (read over `values`) of the first, when there
+    are others; ''."""
+    top, margin = runs[0].metric(metric), near_margin(metric, values, goal)
+    near = _lrs([r for r in runs if abs(r.metric(metric) - top) <= margin])
     if len(near) < 2:
         return ""
     return (f" (lr {short_number(near[0])}-{short_number(near[-1])} within "
-            f"{margin_text(metric, top)})")
+            f"{margin_text(metric, values, goal)})")
 
 
 def _best_per_combination(ctx: Context, categorical: list[str], numeric: list[str]) -> list:
@@ -391,7 +429,8 @@ def _top_ties(runs: list[RunRecord], metric: str, name: str) -> list:
 def _windows_and_failures(ctx: Context, name: str) -> list[str]:
     """Per optimizer: the values of `name` within near_margin of its best, and those where
     every run diverged or got stuck."""
-    metric, out = ctx.study.metric, []
+    metric, out, goal = ctx.study.metric, [], ctx.study.goal
+    values = _margin_values(ctx)
     split = "optimizer" if "optimizer" in ctx.swept else None
     for group in (_levels(ctx.study.runs, split) if split else [None]):
         runs = [r for r in using(ctx.study.runs, name)
@@ -410,8 +449,8 @@ def _windows_and_failures(ctx: Context, name: str) -> list[str]:
         if scored:
             top = scored[0].metric(metric)  # scored runs are best first, by the sweep's goal
             good = sorted({value(r, name) for r in scored
-                           if abs(r.metric(metric) - top) <= near_margin(metric, top)})
-            parts.append(f"{name} within {margin_text(metric, top)} of its best ({top:.4f}"
+                           if abs(r.metric(metric) - top) <= near_margin(metric, values, goal)})
+            parts.append(f"{name} within {margin_text(metric, values, goal)} of its best ({top:.4f}"
                          f"{stopped_text(scored[0])}): "
                          + ", ".join(short_number(v) for v in good))
         if failed:
@@ -439,6 +478,7 @@ def _pooled(ctx: Context, name: str, split: str | None) -> str:
 
 def _correlation_caveat(ctx: Context, name: str) -> list[str]:
     metric = ctx.study.metric
+    margin = near_margin(metric, _margin_values(ctx), ctx.study.goal)
     numeric = [r for r in using(ctx.scored, name) if isinstance(value(r, name), (int, float))]
     # as in the importance table: a stopped run's value is not a final one, nor a diverged one's
     full = stats.full_length(numeric)
@@ -459,7 +499,7 @@ def _correlation_caveat(ctx: Context, name: str) -> list[str]:
         top = mine[0].metric(metric) if mine else None
         # a peak inside the range: the best run is inside, and no run at either end comes
         # within near_margin of it (a tie at an end is a rise to that end, not a bend)
-        ends_near = any(abs(r.metric(metric) - top) <= near_margin(metric, top) for r in mine
+        ends_near = any(abs(r.metric(metric) - top) <= margin for r in mine
                         if value(r, name) in (levels[0], levels[-1])) if mine else True
         if mine and len(levels) > 2 and not ends_near \
                 and value(mine[0], name) not in (levels[0], levels[-1]):
