@@ -175,3 +175,53 @@ def test_the_margin_near_a_best_scales_with_the_runs_whatever_the_metrics_zero(s
             assert margin_rule("val/loss", list(values), goal) == f"{text} of"
             assert near_margin("val/acc", list(values), goal) == 0.02
     assert margin_text("val/loss", [0.3] * 4, goal) == "0 (every run scores the same)"
+
+
+# accuracies on digits' 144 validation images: sgd's repeats spread around adam's constant
+# 130 of 144, the same mean, though in floats the two means differ in their last bit
+REPEATS = {("sgd", 0.1): [128 / 144, 130 / 144, 132 / 144], ("adam", 0.01): [130 / 144] * 3,
+           ("sgd", 0.01): [0.80, 0.82, 0.81], ("adam", 0.1): [0.70, 0.75, 0.72]}
+
+
+def test_settings_tied_at_the_best_mean_over_fresh_seeds_are_named(tmp_path, monkeypatch):
+    """The best 2 settings of each optimizer repeated over 3 fresh seeds: sgd at lr 0.1 and
+    adam at lr 0.01 both average 130/144 = 0.9028 (np.mean reads 0.9027777777777777 and
+    0.9027777777777778). The report named the one whose float was larger as having "the
+    best mean"; it names both as tied at it, the two below them in neither, and bolds none."""
+    from agent.report import stats
+    from agent.report.repeat import repeat_configs
+
+    monkeypatch.chdir(tmp_path)
+    config = {"program": "agent/train.py", "method": "grid",
+              "metric": {"name": "val/acc", "goal": "maximize"},
+              "parameters": {"dataset": {"value": "digits"}, "model": {"value": "dense"},
+                             "epochs": {"value": 1}, "sinks": {"value": ["console"]},
+                             "optimizer": {"values": ["sgd", "adam"]},
+                             "lr": {"values": [0.1, 0.01]}}}
+    store = create_store(tmp_path / "data" / "sweeps" / "tied", "tied", "tied", config)
+
+    def finish(store, score) -> None:
+        while (work := claim(store, "host:1", count=64)).kind == "run":
+            for run in work.runs:
+                row = {"epoch": 1, "val/acc": score(run.config), "train/loss": 0.5,
+                       "val/loss": 0.5}
+                assert store.record_epoch(run.run_id, "host:1", 1, row)
+                assert store.finish(run.run_id, "host:1", "finished",
+                                    {**row, "test/acc": row["val/acc"], "epochs_done": 1})
+
+    finish(store, lambda c: np.mean(REPEATS[(c["optimizer"], c["lr"])]))
+    configs = repeat_configs(local_study(store), top=2, by="optimizer", seeds=3)
+    assert len(configs) == 4
+    for n, (_, repeat) in enumerate(configs):
+        seeds = repeat["parameters"]["seed"]["values"]
+        made = create_store(tmp_path / "data" / "sweeps" / f"rep{n}", f"rep{n}", "r", repeat)
+        finish(made, lambda c, seeds=seeds: REPEATS[(c["optimizer"], c["lr"])][
+            seeds.index(c["seed"])])
+    means = [np.mean(REPEATS[("sgd", 0.1)]), np.mean(REPEATS[("adam", 0.01)])]
+    assert means[0] != means[1] and stats.same_mean(*means)  # the premise: a tie, in floats
+    text = document.build_report(local_study(store), tmp_path / "report").path.read_text()
+    for by in ("optimizer", "lr"):  # (the rows in the order of the table's groups)
+        table = section(text, f"### By {by}").split("\n### ")[0]
+        assert ("Nothing is bold: optimizer=adam, lr=0.01 and optimizer=sgd, lr=0.1 tie at "
+                "the best mean, 0.9028: neither is better than the other.") in table, table
+        assert "has the best mean" not in table and "**" not in table, table

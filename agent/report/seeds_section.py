@@ -402,10 +402,15 @@ def _bold_sentence(samples: dict, leader: str | None, adjusted: dict, names: dic
                 f"{' compared' if apart else ''} by {test} (largest "
                 f"adjusted p = {worst:.3g}). Test accuracy is reported, never used to pick."
                 + unused)
-    pick = max if goal == "maximize" else min
-    best = pick(samples, key=lambda k: np.mean(samples[k]))
+    tied = stats.best_means(samples, goal)
+    best, level = tied[0], np.mean(samples[tied[0]])
+    if len(tied) > 1:  # equal means: naming one as "the best" would be the table's order
+        named = [names[k] or "the setting" for k in tied]
+        return (f"Nothing is bold: {' and '.join(named) if len(named) == 2 else '; '.join(named)}"
+                f" tie at the best mean, {level:.4f}: "
+                + ("neither is better than the other" if len(tied) == 2 else
+                   f"none of these {len(tied)} is better than another") + "." + unused)
     # of the rows it is not separated from, the nearest mean (Holm's p often ties at 1)
-    level = np.mean(samples[best])
     closest = min((k for k in adjusted if adjusted[k] >= ALPHA),
                   key=lambda k: abs(np.mean(samples[k]) - level))
     return (f"Nothing is bold: {names[best]} has the best mean, but {test} does not separate "

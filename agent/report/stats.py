@@ -105,20 +105,37 @@ def welch_p(a: list[float], b: list[float]) -> float:
         return float(stats.ttest_ind(a, b, equal_var=False).pvalue)
 
 
+def same_mean(a: float, b: float) -> bool:
+    """Whether two means are equal: exactly, but for the last bits of their rounding (the
+    mean of 0.7, 0.1 and 0.4 reads 0.39999999999999997, that of 0.4 three times 0.4)."""
+    return math.isclose(a, b, rel_tol=1e-12, abs_tol=1e-15)
+
+
+def best_means(samples: dict[str, list[float]], goal: str) -> list[str]:
+    """The keys of `samples` whose mean is the best by `goal`, in their order: one, or all
+    of those that tie at it (same_mean)."""
+    means = {k: float(np.mean(v)) for k, v in samples.items()}
+    top = (max if goal == "maximize" else min)(means.values())
+    return [k for k, mean in means.items() if same_mean(mean, top)]
+
+
 def supported_best(samples: dict[str, list[float]], goal: str,
                    alpha: float = 0.05) -> tuple[str | None, dict[str, float]]:
     """The configuration whose mean is best, if Welch's t-test finds it better than every
     other one at family-wise level `alpha` (Holm's step-down correction over those
-    comparisons); else None. Also the Holm-adjusted p-value of each comparison.
-    Samples with fewer than 2 values take no part."""
+    comparisons); else None, and None where several tie at the best mean (best_means: no
+    one of them is better). Also the Holm-adjusted p-value of each comparison of the best
+    mean (the first of those tied) with the others. Samples with fewer than 2 values take
+    no part."""
     usable = {k: v for k, v in samples.items() if len(v) >= 2}
     if len(usable) < 2:
         return None, {}
-    pick = max if goal == "maximize" else min
-    leader = pick(usable, key=lambda k: np.mean(usable[k]))
+    tied = best_means(usable, goal)
+    leader = tied[0]
     raw = {k: welch_p(usable[leader], v) for k, v in usable.items() if k != leader}
     adjusted = holm(raw)
-    return (leader if all(p < alpha for p in adjusted.values()) else None), adjusted
+    supported = len(tied) == 1 and all(p < alpha for p in adjusted.values())
+    return (leader if supported else None), adjusted
 
 
 def holm(p_values: dict[str, float]) -> dict[str, float]:
