@@ -200,7 +200,8 @@ def test_weight_figures_compare_named_layers_within_one_architecture(course):
         usable = sorted((r for r in runs if r.config["model"] == model
                          and groups[r.id] != "diverged"),
                         key=lambda r: -r.summary["val/acc"])
-        best, worst = usable[:3], usable[::-1][:3]
+        # worst first, a tie in the sweep's order as among the best
+        best, worst = usable[:3], sorted(usable, key=lambda r: r.summary["val/acc"])[:3]
         assert panels[0].xticks == ["init", "B1", "B2", "B3", "W1", "W2", "W3"]
         for key, run in zip(["B1", "B2", "B3", "W1", "W2", "W3"], best + worst):
             entry = next(e for e in drawn.legends if e.startswith(f"{key}: "))

@@ -4,7 +4,8 @@ validation images make equal accuracies common); the window of values near a bes
 points of an accuracy but, for any other metric (a loss), a share of the gap between the
 best run and the median one, whatever the metric's scale or sign, and the text gives the
 margin and its rule; a "By ..." table marks a stuck run among a group's best. Real
-SQLite stores holding finished runs (no training: the report reads summaries and epochs)."""
+SQLite stores holding finished runs (no training: the report reads summaries and epochs),
+and one small cnn sweep trained here for the figures drawn from checkpoints."""
 
 from __future__ import annotations
 
@@ -225,3 +226,52 @@ def test_settings_tied_at_the_best_mean_over_fresh_seeds_are_named(tmp_path, mon
         assert ("Nothing is bold: optimizer=adam, lr=0.01 and optimizer=sgd, lr=0.1 tie at "
                 "the best mean, 0.9028: neither is better than the other.") in table, table
         assert "has the best mean" not in table and "**" not in table, table
+
+
+def test_weight_figures_and_grad_cam_say_which_tied_runs_they_draw(tmp_path, monkeypatch):
+    """A cnn trained here on digits for one epoch at 4 lr values, each twice: at
+    log_interval 5 and 10, which changes what is logged, not what is trained, so the two
+    runs of an lr tie exactly. The weight figure draws the best 3 (both lr 0.2 runs and the
+    first lr 0.05 one) and the worst 3 (both lr 0.005 runs and the first lr 0.02 one): it
+    names the second run of lr 0.05 and of lr 0.02 as tied with B3 and W3 and not drawn, and
+    draws the first of a tie among the worst too (it drew the last); Grad-CAM draws the
+    first lr 0.2 run and names the second as tied with it."""
+    from agent.sweep.agent_loop import run_local_agent
+
+    monkeypatch.chdir(tmp_path)
+    lrs = [0.005, 0.02, 0.05, 0.2]
+    config = {"program": "agent/train.py", "method": "grid",
+              "metric": {"name": "val/acc", "goal": "maximize"},
+              "parameters": {"dataset": {"value": "digits"}, "model": {"value": "cnn"},
+                             "channels": {"value": [8, 16]}, "epochs": {"value": 1},
+                             "optimizer": {"value": "sgd"}, "sinks": {"value": ["console"]},
+                             "log_interval": {"values": [5, 10]}, "lr": {"values": lrs}}}
+    store = create_store(tmp_path / "data" / "sweeps" / "twins", "twins", "twins", config)
+    assert run_local_agent(store) == 0
+    study = local_study(store)
+    runs = {lr: [r for r in study.runs if r.config["lr"] == lr] for lr in lrs}  # sweep order
+    # the premise: each lr's two runs tie, the four lr values do not
+    assert all(len({r.metric("val/acc") for r in pair}) == 1 for pair in runs.values())
+    assert len({pair[0].metric("val/acc") for pair in runs.values()}) == 4
+    assert [r.config["lr"] for r in study.scored_runs()][::2] == lrs[::-1]
+    report = document.build_report(study, tmp_path / "report")
+    text = report.path.read_text()
+    legends = report.figures["weights_cnn.png"].legends
+    drawn = [runs[0.2][0], runs[0.2][1], runs[0.05][0], runs[0.005][0], runs[0.005][1],
+             runs[0.02][0]]
+    assert legends == ["init: initial weights (seed 0)"] + [
+        f"{key}: log_interval={r.config['log_interval']} lr={r.config['lr']:g} "
+        f"(val/acc {r.metric('val/acc'):.3f})"
+        for key, r in zip(["B1", "B2", "B3", "W1", "W2", "W3"], drawn)], legends
+    weights = section(text, "## Weight distributions per layer")
+    value = {lr: f"{runs[lr][0].metric('val/acc'):.4f}" for lr in lrs}
+    assert (f"`cnn`: tied at val/acc {value[0.05]} with the last best run drawn, B3 "
+            f"({runs[0.05][0].id}): {runs[0.05][1].id}, not drawn; tied at val/acc "
+            f"{value[0.02]} with the last worst run drawn, W3 ({runs[0.02][0].id}): "
+            f"{runs[0.02][1].id}, not drawn; the runs drawn are the first of them in the "
+            "sweep's order.") in weights, weights
+    gradcam = section(text, "## Grad-CAM of the best convolutional run")
+    assert f"Run {runs[0.2][0].id}: " in gradcam, gradcam
+    assert (f"Tied with it at val/acc {value[0.2]}: 1 other cnn or resnet run with a "
+            f"checkpoint ({runs[0.2][1].id}); the one shown is the first of them in the "
+            "sweep's order.") in gradcam, gradcam

@@ -8,7 +8,7 @@ import numpy as np
 import torch
 
 from agent.report import figures
-from agent.report.markdown import Context, Report, config_text
+from agent.report.markdown import Context, Report, config_text, fmt
 from agent.report.study import RunRecord
 from agent.report.study_figures import WeightSet, weight_distributions
 
@@ -97,30 +97,67 @@ def _what_sets_apart(groups: list[list[RunRecord]], names: list[str]) -> list[st
 
 def _architecture_figure(report: Report, ctx: Context, runs: list[RunRecord], title: str,
                          name: str, classes: int, shape: tuple[int, int, int]) -> None:
-    """The initial weights and the best and worst of `runs` (one architecture, best first)."""
+    """The initial weights and the best and worst of `runs` (one architecture, best first),
+    and the runs not drawn that tie exactly with the last drawn of a side."""
+    metric = ctx.study.metric
     init = layer_weights(_model(runs[0], classes, shape))
-    chosen = []
-    for kind, candidates in (("best", runs), ("worst", list(reversed(runs)))):
+    # worst first, runs of equal value in the sweep's order as on the best side (reversed
+    # `runs` would draw the last of a tie)
+    worst_first = sorted(runs, key=lambda r: r.metric(metric),
+                         reverse=ctx.study.goal == "minimize")
+    chosen: dict[str, list] = {"best": [], "worst": []}
+    passed: dict[str, list[RunRecord]] = {"best": [], "worst": []}  # after a side was full
+    for kind, candidates in (("best", runs), ("worst", worst_first)):
         for run in candidates:
-            if len([c for c in chosen if c[0] == kind]) == PER_SIDE or (
-                    kind == "worst" and any(run is c[1] for c in chosen)):
+            if len(chosen[kind]) == PER_SIDE:
+                passed[kind].append(run)
+                continue
+            if kind == "worst" and any(run is r for r, _ in chosen["best"]):
                 continue
             weights = _checkpoint_weights(run, _model(run, classes, shape))
             if weights is not None:
-                chosen.append((kind, run, weights))
-    if not chosen:
+                chosen[kind].append((run, weights))
+    if not chosen["best"]:
         report.add(f"`{title}`: no run with a checkpoint on this machine.", "")
         return
     sets = [WeightSet("init", "init", f"initial weights (seed {runs[0].params.seed})", init)]
     for kind in ("best", "worst"):
-        mine = [c for c in chosen if c[0] == kind]
         sets += [WeightSet(f"{kind[0].upper()}{i}", kind,
                            f"{config_text(run, [a for a in ctx.swept if a != 'model'], ' ')} "
-                           f"({ctx.study.metric} {run.metric(ctx.study.metric):.3f})", w)
-                 for i, (_, run, w) in enumerate(mine, start=1)]
+                           f"({metric} {run.metric(metric):.3f})", w)
+                 for i, (run, w) in enumerate(chosen[kind], start=1)]
     report.figure(weight_distributions(title, list(init), sets,
                                        ctx.out_dir / f"weights_{name}.png"),
                   f"weight distributions, {title}")
+    ties = _cut_ties(metric, chosen, passed)
+    if ties:
+        report.add(f"`{title}`: " + ties, "")
+
+
+def _has_checkpoint(run: RunRecord) -> bool:
+    return bool(run.run_dir) and (run.run_dir / "checkpoint.pt").exists()
+
+
+def _cut_ties(metric: str, chosen: dict[str, list], passed: dict[str, list[RunRecord]]
+              ) -> str:
+    """'tied at val/acc 0.9306 with the last best run drawn, B3 (ab12cd34): ef56gh78, not
+    drawn; the runs drawn are the first of them in the sweep's order', a clause for each side
+    whose last run drawn ties exactly with runs with a checkpoint drawn on neither side."""
+    drawn = {run.id for side in chosen.values() for run, _ in side}
+    parts = []
+    for kind in ("best", "worst"):
+        if len(chosen[kind]) < PER_SIDE:
+            continue
+        last = chosen[kind][-1][0]
+        left = [r.id for r in passed[kind] if r.id not in drawn and _has_checkpoint(r)
+                and r.metric(metric) == last.metric(metric)]
+        if left:
+            parts.append(f"tied at {metric} {fmt(last.metric(metric))} with the last {kind} "
+                         f"run drawn, {kind[0].upper()}{PER_SIDE} ({last.id}): "
+                         f"{', '.join(left[:5])}{', ...' if len(left) > 5 else ''}, not drawn")
+    if not parts:
+        return ""
+    return "; ".join(parts) + "; the runs drawn are the first of them in the sweep's order."
 
 
 def _input_shape(ctx: Context) -> tuple[int, int, int]:
@@ -136,11 +173,13 @@ def gradcam_section(report: Report, ctx: Context) -> None:
     from util.device_cache import DeviceLoader, device_splits
 
     report.add("## Grad-CAM of the best convolutional run", "")
-    run = next((r for r in ctx.scored if r.params.model in ("cnn", "resnet") and r.run_dir
-                and (r.run_dir / "checkpoint.pt").exists()), None)
-    if run is None:
+    candidates = [r for r in ctx.scored if r.params.model in ("cnn", "resnet")
+                  and _has_checkpoint(r)]
+    if not candidates:
         report.add("No cnn or resnet run with a checkpoint on this machine.", "")
         return
+    run, metric = candidates[0], ctx.study.metric
+    tied = [r.id for r in candidates[1:] if r.metric(metric) == run.metric(metric)]
     p = run.params
     data = device_splits(p.dataset, p.data_dir, torch.device("cpu"), p.val_split, p.dataset_dir)
     model = _model(run, len(data.classes), data.input_shape)
@@ -172,4 +211,8 @@ def gradcam_section(report: Report, ctx: Context) -> None:
                "wrongly classified of the first 512 test images. The map shows where the "
                "predicted class's score is most sensitive (Selvaraju et al., 2017), at the "
                "last convolution; on a misclassified image it shows what the model took as "
-               "evidence for the wrong class.", "")
+               "evidence for the wrong class."
+               + (f" Tied with it at {metric} {fmt(run.metric(metric))}: {len(tied)} other "
+                  f"cnn or resnet run{'s' if len(tied) != 1 else ''} with a checkpoint "
+                  f"({', '.join(tied[:5])}{', ...' if len(tied) > 5 else ''}); the one shown "
+                  "is the first of them in the sweep's order." if tied else ""), "")
