@@ -464,3 +464,24 @@ def test_a_run_diverged_by_its_validation_loss_is_said_to_be_off_the_curves(tmp_
     assert "validation loss reached 67.6 > 23.0" in section
     assert "epoch training loss reached 80 > 23.0" in section and ids[10.0] not in \
         section.split("The curves below")[1]
+
+
+@pytest.mark.parametrize("state", ["finished", "failed", "crashed", "killed", "running",
+                                   "pending", "preempting", "preempted"])
+@pytest.mark.parametrize("ours", [None, "finished", "stopped", "preempted", "diverged"])
+def test_a_wandb_run_hyperband_stopped_reads_as_stopped_in_the_report(state, ours):
+    """W&B has no stopped state (docs.wandb.ai/models/runs/run-states): a run hyperband
+    stopped ends finished (exit 0) with our trainer's summary `state: stopped`. The report
+    read it finished, its partial value as a full-length one (best-run choices, agent.repeat
+    picks); it reads it stopped, as a local sweep's. W&B's preempting run is one that will
+    resume."""
+    from agent.report.study import OPEN_STATES, wandb_state
+
+    summary = {} if ours is None else {"state": ours}
+    read = wandb_state(state, summary)
+    if state == "finished" and ours == "stopped":
+        assert read == "stopped"
+    elif state == "preempting":
+        assert read == "preempted" and read in OPEN_STATES
+    else:
+        assert read == state

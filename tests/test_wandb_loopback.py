@@ -285,6 +285,10 @@ def test_a_run_stopped_in_wandb_ends_stopped_and_its_pack_mate_goes_on(tmp_path)
     assert stopped.exit_code == 0 and not stopped.preempting and stopped.handed == 1
     local = json.loads(summary.read_text())
     assert local["state"] == "stopped" and local["stop_reason"] == wandb_pack.STOPPED_IN_WANDB
+    # W&B shows it finished (exit 0); the report reads it from W&B as stopped, partial
+    from agent.report.study import wandb_state
+    assert stopped.summary["state"] == "stopped"
+    assert wandb_state("finished", stopped.summary) == "stopped"
     assert epochs_streamed(stopped) == list(range(1, stopped_at + 1))
     assert mate.preempting and mate.handed == 1
     assert epochs_streamed(mate) == list(range(1, len(epochs_streamed(mate)) + 1))

@@ -142,6 +142,17 @@ def local_study(store: SweepStore) -> Study:
                  repeated=sorted(repeated.items()), command=fixed)
 
 
+def wandb_state(state: str, summary: dict) -> str:
+    """A W&B run's state as a local sweep's store would hold it. W&B knows no stopped run
+    (https://docs.wandb.ai/models/runs/run-states): a run that hyperband stopped ends with
+    exit 0, `finished`, and our trainer's summary says `state: stopped`; its values are
+    then partial, as a local sweep's stopped run's are. W&B's `preempting` is a run that
+    will resume (local: `preempted`). Other states are W&B's own."""
+    if state == "finished" and summary.get("state") == "stopped":
+        return "stopped"
+    return "preempted" if state == "preempting" else state
+
+
 def wandb_study(path: str) -> Study:
     """A W&B sweep `entity/project/sweep_id`, read through the public API."""
     import wandb
@@ -155,8 +166,9 @@ def wandb_study(path: str) -> Study:
             rows = list(run.scan_history())
             history = [row for row in rows if "train/acc" in row]
             steps = [row for row in rows if "train/step_loss" in row]
-            runs.append(RunRecord(run.id, run.state, choices(config), _params(config),
-                                  dict(run.summary._json_dict), history, None, steps=steps))
+            summary = dict(run.summary._json_dict)
+            runs.append(RunRecord(run.id, wandb_state(run.state, summary), choices(config),
+                                  _params(config), summary, history, None, steps=steps))
         config = dict(sweep.config)
         name = config.get("name") or sweep.id
     except Exception as error:  # no network, no key, unknown sweep: one line either way
