@@ -225,24 +225,42 @@ def test_any_goal_wandb_accepts_is_accepted_and_a_goal_against_the_metric_is_not
     ({"max_iter": 27, "s": 3, "eta": 3}, {"value": 3}, None),  # bands 1, 3, 9
     ({"min_iter": 5}, {"values": [3, 10]}, None),  # the 10-epoch runs reach it
     ({"min_iter": 5}, {"distribution": "int_uniform", "min": 1, "max": 3}, None),  # not read
+    ({"min_iter": 1}, {"value": 1}, 1),  # min_iter can be no smaller: more epochs only
+    ({"max_iter": 4, "s": 2, "eta": 2}, {"value": 1}, 1),  # bands 2 and 1
 ])
 def test_hyperband_that_stops_no_run_gets_a_note(tmp_path, terminate, epochs, first):
     """W&B accepts hyperband whose first band is at or past every run's last epoch, and it
-    stops nothing there either: the sweep is created, with a note saying so."""
-    path = tmp_path / "sweep.yaml"
-    path.write_text(yaml.safe_dump({
-        "method": "random", "metric": {"name": "val/acc", "goal": "maximize"},
-        "early_terminate": {"type": "hyperband", **terminate},
-        "parameters": {"dataset": {"value": "digits"}, "epochs": epochs,
-                       "lr": {"values": [0.1, 0.01]}}}))
-    notes = [n for n in creation_notes(load_sweep_config(path)) if "hyperband" in n]
+    stops nothing there either: the sweep is created, with a note saying so, and each change
+    it advises is one the sweep's checks accept and after which hyperband can stop runs (it
+    advised a smaller min_iter than 1, which the schema refuses)."""
+    def config(terminate, epochs):
+        return {"method": "random", "metric": {"name": "val/acc", "goal": "maximize"},
+                "early_terminate": {"type": "hyperband", **terminate},
+                "parameters": {"dataset": {"value": "digits"}, "epochs": epochs,
+                               "lr": {"values": [0.1, 0.01]}}}
+
+    def notes_of(sweep: dict) -> list[str]:
+        path = tmp_path / "sweep.yaml"
+        path.write_text(yaml.safe_dump(sweep))
+        return [n for n in creation_notes(load_sweep_config(path)) if "hyperband" in n]
+
+    notes = notes_of(config(terminate, epochs))
     if first is None:
         assert notes == []
-    else:
-        assert len(notes) == 1 and "\n" not in notes[0], notes
-        assert notes[0].startswith(f"note: early_terminate: hyperband first compares runs at "
-                                   f"epoch {first} (")
-        assert "it stops no run early" in notes[0]
+        return
+    assert len(notes) == 1 and "\n" not in notes[0], notes
+    assert notes[0].startswith(f"note: early_terminate: hyperband first compares runs at "
+                               f"epoch {first} (")
+    assert "it stops no run early" in notes[0]
+    advice = notes[0].rpartition("; ")[2]
+    assert advice.endswith(f"epochs above {first} brings it within the runs' epochs"), advice
+    assert notes_of(config(terminate, {"value": first + 1})) == []
+    longest = max(epochs.get("values", [epochs.get("value")]))
+    if "min_iter below" in advice:
+        assert f"min_iter below {longest}" in advice and longest > 1
+        assert notes_of(config({**terminate, "min_iter": longest - 1}, epochs)) == []
+    elif "min_iter" in terminate:
+        assert terminate["min_iter"] == 1  # nothing smaller to advise
 
 
 @pytest.mark.parametrize("command, hinted", [

@@ -120,10 +120,14 @@ def test_a_base_e_log_distribution_runs_with_wandbs_warning(tmp_path, monkeypatc
     low, high = math.exp(spec["min"]), math.exp(spec["max"])
     if distribution == "inv_log_uniform":
         low, high = math.exp(-spec["max"]), math.exp(-spec["min"])
+    if distribution == "q_log_uniform":  # rounded to q = 1
+        low, high = round(low), round(high)
+    # the note says what the values are, not only that min and max are exponents
+    assert note.endswith(f"x is drawn from {low:.4g} to {high:.4g} here)"), note
     for _ in range(20):
         value = proposed_params(filled, [])["x"]
         if distribution == "q_log_uniform":
-            assert type(value) is int and round(low) <= value <= round(high)
+            assert type(value) is int and low <= value <= high
         else:
             assert low <= value <= high
 

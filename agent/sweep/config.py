@@ -30,6 +30,7 @@ from agent.sweep.engine import (
     EngineError,
     as_type,
     base_e_forms,
+    base_e_range,
     draws,
     engine_config,
     grid_points,
@@ -201,10 +202,12 @@ def _engine_validate(where: str, config: dict, notes: list[str] | None = None) -
     _wandb_client_checks(where, config)
     if runs_our_trainer(config):
         _reject_nested(where, config.get("parameters") or {})
-    for warning in base_e.values():
+    for name, warning in base_e.items():
         if notes is not None:
+            low, high = base_e_range(name, parameters[name])
             notes.append(f"note: {where}: parameters.{warning} (W&B warns alike, and runs it: "
-                         "min and max are the natural logs of the bounds)")
+                         f"min and max are the natural logs of the bounds: {name} is drawn "
+                         f"from {low:.4g} to {high:.4g} here)")
     try:
         filled = fill_validate_metric(engine_config(config))
     except Exception as error:  # the engine's own checks, whatever they raise
@@ -513,12 +516,14 @@ def hyperband_notes(config: dict) -> list[str]:
         return []  # refused by the trial's checks, with its own line
     if first < longest:
         return []
+    more = f"epochs above {first}"  # min_iter is 1 at least: more epochs always do
     if "max_iter" in terminate:
         how = (f"max_iter={terminate['max_iter']}, s={terminate.get('s')}, "
                f"eta={terminate.get('eta', 3)}")
-        change = "a larger s or a smaller max_iter"
+        change = f"a larger s, a smaller max_iter or {more}"
     else:
-        how, change = f"min_iter={terminate['min_iter']}", "a smaller min_iter"
+        how = f"min_iter={terminate['min_iter']}"
+        change = (f"min_iter below {longest} or {more}" if longest > 1 else more)
     return [f"note: early_terminate: hyperband first compares runs at epoch {first} ({how}), "
             f"and no run trains more than {longest} epoch(s): it stops no run early; "
             f"{change} brings it within the runs' epochs"]

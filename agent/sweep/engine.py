@@ -345,6 +345,19 @@ def base_e_forms(sweep_config: dict) -> dict[str, str]:
 BASE_E = ("log_uniform", "q_log_uniform", "inv_log_uniform")
 
 
+def base_e_range(name: str, spec: dict) -> tuple[float, float]:
+    """The smallest and largest value the engine draws for the base-e parameter `name`
+    (base_e_forms): its own quantile function at 0 and 1 (sweeps/params.py), e.g. lr
+    log_uniform over min 0.001, max 0.1 -> (1.001, 1.105): e**0.001 to e**0.1."""
+    import numpy as np
+    from sweeps.config.schema import fill_parameter
+    from sweeps.params import HyperParameter
+
+    filled = fill_parameter(name, copy.deepcopy(spec))[1]
+    low, high = HyperParameter(name, filled).ppf(np.array([0.0, 1.0]))
+    return float(min(low, high)), float(max(low, high))
+
+
 def with_nested(filled: dict, config: dict) -> dict:
     """`filled` (the engine's filling of `config`) with the nested parameters that filling
     drops put back in their place, as written: the engine's proposals unnest them themselves
