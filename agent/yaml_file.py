@@ -162,6 +162,22 @@ def _shown(value: Any, limit: int = 40) -> str:
     return text if len(text) <= limit else text[:limit - 3] + "..."
 
 
+# PyYAML's words for the mistakes of a hand-written file, and what they mean there (the
+# line and column come before them)
+_HINTS = (
+    ("expected <block end>", "this line is indented differently from the lines above it: "
+     "keys of one mapping start in one column, with spaces"),
+    ("found character '\\t'", "a tab: YAML indents with spaces only"),
+    ("mapping values are not allowed here", "a second ':' on one line: a key and its value "
+     "on one line, or a key without its ':' on the line above"),
+    ("could not find expected ':'", "a key without its ':', or a line that continues the one "
+     "above by mistake"),
+    ("expected ',' or '}'", "a {...} mapping not closed"),
+    ("expected ',' or ']'", "a [...] list not closed"),
+    ("found unexpected end of stream", "a quote opened and not closed"),
+)
+
+
 def load_text(text: str, label: str) -> Any:
     """The YAML value of `text` (None when empty), plain data only; `label` starts every
     error message."""
@@ -179,6 +195,8 @@ def load_text(text: str, label: str) -> Any:
         problem = getattr(error, "problem", None)
         if problem and _unquoted_macro(text, mark):
             problem += " (a W&B macro in a [...] list must be quoted: '${args}')"
+        elif problem and not isinstance(error, _Refused):
+            problem += next((f" ({hint})" for words, hint in _HINTS if words in problem), "")
         raise UserError(one_line(head + (f": {problem}" if problem else ""))) from None
     finally:
         if loader is not None:

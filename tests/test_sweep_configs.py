@@ -127,7 +127,18 @@ HEAD = "method: grid\nmetric: {name: val/acc, goal: maximize}\n"
     (HEAD + "early_terminate: {type: hyperband}\nparameters:\n  lr: {value: 0.1}\n",
      ["early_terminate", "min_iter"]),
     (HEAD + "parameters:\n  lr: {distribution: log_uniform_values, min: -1, max: 0.1}\n",
-     ["parameters.lr", "minimum of 0"]),
+     ["parameters.lr: min: -1 must be greater than 0"]),
+    (HEAD + "parameters:\n  lr: {distribution: log_uniform_values, min: 0, max: 1e-1}\n",
+     ["parameters.lr: min: 0 must be greater than 0", "max: '1e-1'", "exponent, 1.0e-1)"]),
+    (HEAD + "run_cap: 0\nparameters:\n  lr: {value: 0.1}\n", ["run_cap: 0 must be greater "
+                                                              "than 0"]),
+    ("method: grid\nparameters:\n  lr:\n    values: [0.1]\n   epochs:\n    value: 1\n",
+     ["line 5, column 4", "indented differently from the lines above"]),
+    ("method: grid\nparameters:\n  lr:\n\tvalues: [0.1]\n", ["line 4", "a tab"]),
+    ("method: grid\nparameters:\n  lr: values: [0.1]\n", ["line 3", "a second ':'"]),
+    ("method: grid\nparameters:\n  lr: {values: [0.1, 0.2}\n", ["[...] list not closed"]),
+    ("method: grid\nparameters:\n  lr: {values: [0.1]\n", ["{...} mapping not closed"]),
+    ('method: "grid\n', ["a quote opened and not closed"]),
     (HEAD + "parameters:\n  lr: {distribution: log_uniform_values, min: 1e-4, max: 0.1}\n",
      ["parameters.lr", "'1e-4'", "1.0e-4"]),
     (HEAD + "parameters:\n  lr: {distribution: log_uniform_values, min: 1.5e3, max: 1.0e+4}\n",
@@ -278,3 +289,22 @@ def test_an_unquoted_macro_in_a_flow_list_is_named(tmp_path, command, hinted):
     path.write_text(path.read_text().replace(command, quoted))
     if hinted:  # quoted as the hint says, it is read
         assert load_sweep_config(path)["command"][-1] == "${args}"
+
+
+@pytest.mark.parametrize("sign", ["", "-", "+"])
+@pytest.mark.parametrize("mantissa", ["1", "5", "12", ".5", "3.", "2.5"])
+@pytest.mark.parametrize("exponent", ["-4", "3", "+2", "-0", "10"])
+@pytest.mark.parametrize("e", ["e", "E"])
+def test_the_hint_for_a_number_yaml_reads_as_text_is_that_number_as_yaml_reads_it(
+        sign, mantissa, exponent, e):
+    """PyYAML (YAML 1.1) reads 1e-4 as text; the refusal advises the same number written as
+    a float it reads (1.0e-4), not a fixed example (it said 1.0e-4 of max: 1e-1)."""
+    from agent.sweep.config import _number_hint
+
+    written = f"{sign}{mantissa}{e}{exponent}"
+    if isinstance(yaml.safe_load(written), float):
+        return  # YAML reads it as a number already: no hint is due (3.e+2)
+    hint = _number_hint(written)
+    advised = hint.rpartition(", ")[2].rstrip(")")
+    read = yaml.safe_load(advised)
+    assert isinstance(read, float) and read == float(written), (written, hint)

@@ -156,7 +156,7 @@ def parameter_names(config: dict) -> set[str]:
 # --- reading -------------------------------------------------------------------------------
 
 def _read_yaml(where: str) -> dict:
-    loaded = read_yaml(where, f"sweep config {where!r}")
+    loaded = read_yaml(where, where)
     if loaded is None:
         raise UserError(f"{where}: the file is empty: expected method, metric and parameters")
     if not isinstance(loaded, dict):
@@ -248,7 +248,22 @@ def _describe(error) -> str:
             else:
                 leaves.append(sub.message)
         return f"{location}: " + " or ".join(dict.fromkeys(leaves))
-    return f"{location}: {error.message}{_number_hint(error.instance)}"
+    return f"{location}: {_schema_message(error)}{_number_hint(error.instance)}"
+
+
+# jsonschema's words for a bound ("0 is less than or equal to the minimum of 0.0"), as a
+# user reads them: what the value must be
+_BOUNDS = {"exclusiveMinimum": "greater than", "minimum": "at least",
+           "exclusiveMaximum": "less than", "maximum": "at most"}
+
+
+def _schema_message(error) -> str:
+    """One jsonschema error's problem in words: a bound as what the value must be ('0 must
+    be greater than 0'), anything else as jsonschema says it."""
+    if error.validator in _BOUNDS and isinstance(error.validator_value, (int, float)):
+        return (f"{error.instance!r} must be {_BOUNDS[error.validator]} "
+                f"{error.validator_value:g}")
+    return error.message
 
 
 def _parameter_problem(spec: Any) -> str:
@@ -281,7 +296,26 @@ def _parameter_problem(spec: Any) -> str:
             best = errors
     if not best:
         return f"not a valid parameter: expected {shapes}"
-    return ", ".join(dict.fromkeys(e.message + _number_hint(e.instance) for e in best))
+    return ", ".join(dict.fromkeys(
+        "".join(f"{key}: " for key in e.absolute_path) + _schema_message(e)
+        + _number_hint(e.instance) for e in best))
+
+
+def _yaml_float(text: str) -> str:
+    """`text` (a number PyYAML 1.1 reads as text: 1e-4, 5E3, .5e-2) as one it reads as a
+    float: a dot in the mantissa and a signed exponent (1.0e-4, 5.0e+3, 0.5e-2)."""
+    mantissa, _, exponent = text.strip().lower().partition("e")
+    sign = "-" if mantissa.startswith("-") else ""
+    mantissa = mantissa.lstrip("+-")
+    if "." not in mantissa:
+        mantissa += ".0"
+    if mantissa.startswith("."):
+        mantissa = "0" + mantissa
+    if mantissa.endswith("."):
+        mantissa += "0"
+    if exponent and exponent[0] not in "+-":
+        exponent = "+" + exponent
+    return f"{sign}{mantissa}" + (f"e{exponent}" if exponent else "")
 
 
 def _number_hint(value: Any) -> str:
@@ -295,8 +329,8 @@ def _number_hint(value: Any) -> str:
         if not re.fullmatch(r"\s*[-+]?[\d.]+([eE][-+]?\d+)?\s*", value):
             return ""  # inf, nan, 1_000: not what a user writes for a number
         if not isinstance(yaml.safe_load(value), (int, float)):  # 1e-4: PyYAML's text
-            return (f" (YAML reads {value} as text: write a dot and a signed exponent, e.g. "
-                    "1.0e-4)")
+            return (f" (YAML reads {value.strip()} as text: write a dot and a signed "
+                    f"exponent, {_yaml_float(value)})")
         return f" (a number in quotes is text: write {value.strip()} without quotes)"
     return ""
 
