@@ -7,7 +7,7 @@
 # safe before the scheduler's own SIGTERM and SIGKILL. Either way the current run
 # ends `preempted` with its checkpoint, and the next agent resumes it.
 # The walltime runs from the job's start ($SECONDS: this shell's age), not from here:
-# copying the code and data in took some of it.
+# what the job did before (copying the code and data into scratch, setting up) took some of it.
 stop_after=$(( {{ stop_after_s }} - SECONDS ))
 [ "$stop_after" -gt 0 ] || stop_after=1
 {% if container %}
