@@ -739,3 +739,54 @@ def test_settings_hyperband_stopped_are_repeated_only_where_no_run_went_the_full
     assert "optimizer=adam" not in err
     # every repeat runs the full length: the sweep's epochs, not where hyperband stopped it
     assert all(c["parameters"]["epochs"] == {"value": 3} for _, c in configs)
+
+
+def test_more_seeds_asked_later_are_added_beside_the_repeats_made_before(tmp_path, monkeypatch,
+                                                                         capsys):
+    """`agent.repeat S --seeds 2`, its repeats run, then `--seeds 4`: a repeat sweep of the
+    two seeds each setting lacks is made beside the first (it said "exists already, every
+    run ended" and ran nothing, so the report stayed at n = 2); the report reads both as one
+    (n = 4, each seed once). `--seeds 3` after that makes nothing and says why."""
+    from agent.report.repeat import main
+    from agent.sweep.store import SweepStore
+
+    monkeypatch.chdir(tmp_path)
+    store = seeded_sweep(tmp_path)
+    options = ["seeded", "--by", "optimizer", "--top", "1"]
+    sweeps = tmp_path / "data" / "sweeps"
+
+    def repeat_stores() -> set[str]:
+        return {p.name for p in sweeps.iterdir() if p.name != "seeded"}
+
+    assert main([*options, "--seeds", "2"]) == 0
+    first = repeat_stores()
+    assert len(first) == 2  # sgd's best setting and adam's
+    for sweep_id in first:
+        finish_all(SweepStore(sweeps / sweep_id / "sweep.db"))
+    capsys.readouterr()
+
+    assert main([*options, "--seeds", "4"]) == 0
+    out = capsys.readouterr().out
+    added = repeat_stores() - first
+    assert len(added) == 2, out
+    for sweep_id in added:
+        config = SweepStore(sweeps / sweep_id / "sweep.db").sweep().config
+        assert config["parameters"]["seed"] == {"values": [5, 6]}  # 3, 4 were the first's
+        assert f"repeat sweep {sweep_id} created (seeds 5, 6, beside 2 in the repeat sweeps " \
+               "before: 4 in all)" in out, out
+        finish_all(SweepStore(sweeps / sweep_id / "sweep.db"))
+    assert out.count("exists already, every run ended") == 2, out
+
+    text = document.build_report(local_study(store), tmp_path / "report").path.read_text()
+    table = text.split("### By optimizer")[1].split("###")[0]
+    for optimizer, lr in (("sgd", 0.1), ("adam", 0.01)):
+        values = [BASE[(optimizer, lr)] + OFFSET[s] for s in (3, 4, 5, 6)]
+        half = scipy_stats.t.ppf(0.975, 3) * np.std(values, ddof=1) / 2
+        row = next(r for r in table.splitlines() if r.startswith(f"| {optimizer} | lr={lr:g} |"))
+        assert f"{np.mean(values):.4f} ± {half:.4f} (n=4)" in row, row
+
+    assert main([*options, "--seeds", "3"]) == 0
+    out = capsys.readouterr().out
+    assert repeat_stores() == first | added
+    assert out.count("its repeat sweeps hold 4 seeds, more than --seeds 3: the report reads "
+                     "them all") == 2, out

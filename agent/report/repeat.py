@@ -41,8 +41,8 @@ from agent.report.study import (
     Study,
     check_our_trainer,
     load_study,
+    local_repeat_sweeps,
     repeat_description,
-    repeats_of,
 )
 from agent.sweep.status import ENDED, current_runs, planned_runs
 from agent.sweep.store import SWEEPS_DIR, SweepStore, create_store
@@ -121,26 +121,56 @@ def tie_lines(study: Study, top: int, by: str,
 
 def create_local(study: Study, configs: list[tuple[str, dict]],
                  running: bool) -> list[SweepStore]:
-    """The local repeat sweeps (existing ones are reused), each announced in one line that
-    says what happens next: run now (`--run`) or the command that runs it."""
-    existing = repeats_of(study)
+    """The local repeat sweeps, each announced in one line that says what happens next: run
+    now (`--run`) or the command that runs it. Existing ones are reused; where they hold
+    fewer seeds than asked (`--seeds` raised since), a repeat sweep of the seeds they lack
+    is added beside them (the report reads a run's repeat sweeps as one)."""
+    existing = local_repeat_sweeps(study)
     stores = []
+
+    def go(sweep_id: str) -> str:
+        return "; running it now" if running else f"; run it: {script('run_sweep.sh')} {sweep_id}"
+
     for run_id, config in configs:
         seeds = config["parameters"]["seed"]["values"]
-        if run_id in existing:
-            sweep_id = existing[run_id].sweep_id
-            stores.append(SweepStore(SWEEPS_DIR / sweep_id / "sweep.db"))
-            what = "exists already"
-            if _finished(stores[-1]):
-                print(f"run {run_id}: repeat sweep {sweep_id} exists already, every run ended")
+        have: list[int] = []
+        for repeat in existing.get(run_id, []):
+            store = SweepStore(SWEEPS_DIR / repeat.sweep_id / "sweep.db")
+            own = _seeds_of(repeat.sweep_config)
+            have += [seed for seed in own if seed not in have]
+            if _finished(store):
+                print(f"run {run_id}: repeat sweep {repeat.sweep_id} (seeds {_listed(own)}) "
+                      "exists already, every run ended")
+                store.close()
                 continue
-        else:
-            sweep_id = new_run_id()
-            stores.append(create_store(SWEEPS_DIR / sweep_id, sweep_id, config["name"], config))
-            what = f"created (seeds {', '.join(map(str, seeds))})"
-        go = "; running it now" if running else f"; run it: {script('run_sweep.sh')} {sweep_id}"
-        print(f"run {run_id}: repeat sweep {sweep_id} {what}{go}")
+            stores.append(store)
+            print(f"run {run_id}: repeat sweep {repeat.sweep_id} (seeds {_listed(own)}) exists "
+                  f"already{go(repeat.sweep_id)}")
+        lacking = [seed for seed in seeds if seed not in have][:max(0, len(seeds) - len(have))]
+        if not lacking:
+            if len(have) > len(seeds):
+                print(f"run {run_id}: its repeat sweeps hold {len(have)} seeds, more than "
+                      f"--seeds {len(seeds)}: the report reads them all")
+            continue
+        sweep_id = new_run_id()
+        config = {**config, "parameters": {**config["parameters"],
+                                           "seed": {"values": lacking}}}
+        stores.append(create_store(SWEEPS_DIR / sweep_id, sweep_id, config["name"], config))
+        beside = (f", beside {len(have)} in the repeat sweeps before: {len(seeds)} in all"
+                  if have else "")
+        print(f"run {run_id}: repeat sweep {sweep_id} created (seeds {_listed(lacking)}"
+              f"{beside}){go(sweep_id)}")
     return stores
+
+
+def _seeds_of(repeat_config: dict) -> list[int]:
+    """The seeds a repeat sweep's grid runs (its `seed` values)."""
+    spec = (repeat_config.get("parameters") or {}).get("seed") or {}
+    return list(spec.get("values", [spec["value"]] if "value" in spec else []))
+
+
+def _listed(seeds: list[int]) -> str:
+    return ", ".join(map(str, seeds))
 
 
 def _finished(store: SweepStore) -> bool:

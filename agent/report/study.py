@@ -5,7 +5,7 @@ local sweep store or a W&B sweep read through `wandb.Api`. Also finds the repeat
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from agent.commands import module_command
@@ -210,8 +210,21 @@ def repeats_of(study: Study) -> dict[str, Study]:
 
 
 def local_repeats(study: Study) -> dict[str, Study]:
-    """Local repeat sweeps of `study`'s runs, by the id of the run they repeat."""
-    found = {}
+    """Local repeat sweeps of `study`'s runs, by the id of the run they repeat; a run with
+    several (`agent.repeat --seeds` raised after a first one) gets them as one study: their
+    runs together, their ids in `sweep_id`, comma-separated."""
+    merged = {}
+    for run_id, studies in local_repeat_sweeps(study).items():
+        first = studies[0]
+        merged[run_id] = replace(first, runs=[r for s in studies for r in s.runs],
+                                 sweep_id=", ".join(s.sweep_id for s in studies))
+    return merged
+
+
+def local_repeat_sweeps(study: Study) -> dict[str, list[Study]]:
+    """Every local repeat sweep of `study`'s runs, by the id of the run it repeats, oldest
+    first."""
+    found: dict[str, list[tuple[float, Study]]] = {}
     prefix = repeat_description(study.sweep_id, "")
     for path in store_paths():
         try:
@@ -221,7 +234,10 @@ def local_repeats(study: Study) -> dict[str, Study]:
             # repeat of this study's runs (repeats are made by this code from a readable
             # study); it must not stop the report of this one.
             continue
-        description = store.sweep().config.get("description", "")
+        sweep = store.sweep()
+        description = sweep.config.get("description", "")
         if description.startswith(prefix):
-            found[description[len(prefix):]] = local_study(store)
-    return found
+            found.setdefault(description[len(prefix):], []).append(
+                (sweep.created or 0.0, local_study(store)))
+    return {run_id: [s for _, s in sorted(studies, key=lambda pair: pair[0])]
+            for run_id, studies in found.items()}
