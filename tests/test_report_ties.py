@@ -275,3 +275,34 @@ def test_weight_figures_and_grad_cam_say_which_tied_runs_they_draw(tmp_path, mon
     assert (f"Tied with it at val/acc {value[0.2]}: 1 other cnn or resnet run with a "
             f"checkpoint ({runs[0.2][1].id}); the one shown is the first of them in the "
             "sweep's order.") in gradcam, gradcam
+
+
+def test_grad_cam_passes_over_a_run_that_diverged(tmp_path, monkeypatch):
+    """A cnn trained here on digits for 6 epochs at lr 0.001 and 1.0 (SGD): lr 1.0 diverges
+    in its first epoch (validation loss 46 > 10 x ln 10, the report's rule), then ends at
+    the best val/acc. Grad-CAM drew it as "the best convolutional run"; it draws the lr
+    0.001 run, as the best-run section names it, and says it left a diverged run out."""
+    from agent.report.markdown import diverged_left_out
+    from agent.sweep.agent_loop import run_local_agent
+
+    monkeypatch.chdir(tmp_path)
+    config = {"program": "agent/train.py", "method": "grid",
+              "metric": {"name": "val/acc", "goal": "maximize"},
+              "parameters": {"dataset": {"value": "digits"}, "model": {"value": "cnn"},
+                             "channels": {"value": [8, 16]}, "epochs": {"value": 6},
+                             "optimizer": {"value": "sgd"}, "sinks": {"value": ["console"]},
+                             "lr": {"values": [0.001, 1.0]}}}
+    store = create_store(tmp_path / "data" / "sweeps" / "blowup", "blowup", "blowup", config)
+    assert run_local_agent(store) == 0
+    study = local_study(store)
+    from agent.report import stats
+
+    ctx = document.study_context(study, tmp_path / "ctx", stats.GroupRule())
+    high, low = ctx.scored  # the premise: the diverged run ranks first
+    assert high.config["lr"] == 1.0 and ctx.diverged(high), ctx.verdicts
+    assert low.config["lr"] == 0.001 and ctx.group_of(low) == stats.CONVERGED, ctx.verdicts
+    text = document.build_report(study, tmp_path / "report").path.read_text()
+    assert f"## The best run: {low.id}" in text
+    gradcam = section(text, "## Grad-CAM of the best convolutional run")
+    assert f"Run {low.id}: " in gradcam and high.id not in gradcam, gradcam
+    assert f"{diverged_left_out(1)}." in gradcam, gradcam

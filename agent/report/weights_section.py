@@ -8,7 +8,7 @@ import numpy as np
 import torch
 
 from agent.report import figures
-from agent.report.markdown import Context, Report, config_text, fmt
+from agent.report.markdown import Context, Report, config_text, diverged_left_out, fmt
 from agent.report.study import RunRecord
 from agent.report.study_figures import WeightSet, weight_distributions
 
@@ -173,10 +173,17 @@ def gradcam_section(report: Report, ctx: Context) -> None:
     from util.device_cache import DeviceLoader, device_splits
 
     report.add("## Grad-CAM of the best convolutional run", "")
-    candidates = [r for r in ctx.scored if r.params.model in ("cnn", "resnet")
-                  and _has_checkpoint(r)]
+    convolutional = [r for r in ctx.scored if r.params.model in ("cnn", "resnet")
+                     and _has_checkpoint(r)]
+    # a diverged run's last value means nothing: it is no best run, whatever it reads (as
+    # in the best-run and weight sections)
+    candidates = ctx.not_diverged(convolutional)
+    diverged = len(convolutional) - len(candidates)
+    left_out = f" {diverged_left_out(diverged)}." if diverged else ""
     if not candidates:
-        report.add("No cnn or resnet run with a checkpoint on this machine.", "")
+        report.add(("No cnn or resnet run that did not diverge has a checkpoint on this "
+                    "machine." if diverged else "No cnn or resnet run with a checkpoint on "
+                    "this machine.") + left_out, "")
         return
     run, metric = candidates[0], ctx.study.metric
     tied = [r.id for r in candidates[1:] if r.metric(metric) == run.metric(metric)]
@@ -215,4 +222,4 @@ def gradcam_section(report: Report, ctx: Context) -> None:
                + (f" Tied with it at {metric} {fmt(run.metric(metric))}: {len(tied)} other "
                   f"cnn or resnet run{'s' if len(tied) != 1 else ''} with a checkpoint "
                   f"({', '.join(tied[:5])}{', ...' if len(tied) > 5 else ''}); the one shown "
-                  "is the first of them in the sweep's order." if tied else ""), "")
+                  "is the first of them in the sweep's order." if tied else "") + left_out, "")
