@@ -4,6 +4,7 @@ Holm's correction behind a bold row, and the group rule on every branch."""
 
 from __future__ import annotations
 
+import itertools
 import math
 from pathlib import Path
 
@@ -212,3 +213,32 @@ def test_hardest_classes_say_how_many_more_tie_with_the_last_shown():
     assert stats.hardest_classes([0.9, 0.1, 0.2, 0.3, 0.4, 0.5, 1.0], classes) == [
         "b (10.0%)", "c (20.0%)", "d (30.0%)"]
     assert stats.hardest_classes([0.5, 0.5], ["a", "b"]) == ["a (50.0%)", "b (50.0%)"]
+
+
+CONSTANTS = [0.4, 0.1, 0.7, 1 / 3, 130 / 144, 1201 / 1797, 8191 / 8192, 2.302585, -0.35,
+             1e-9, 123456.789]
+
+
+@pytest.mark.parametrize("value", CONSTANTS)
+def test_welch_p_reads_constant_samples_as_constant(value):
+    """Two constant samples of one value have p = 1, of two values p = 0, whatever their
+    sizes: np.mean of 0.4 three times reads 0.4000000000000001, so their np.std was 5.6e-17,
+    not 0, and scipy's t on two of them gave p = 0.29 (rounding noise over rounding noise).
+    Each value listed (accuracies k/n, losses, below 0, far from 1) and two drawn from its
+    seed (uniform in -2..2, and k/10000), at every size from 2 to 9 on each side."""
+    rng = np.random.default_rng(round(abs(value) * 1e6) % 2**32)
+    noisy = 0  # cases np.std did not find constant (the defect's cases)
+    for n, m in itertools.product(range(2, 10), repeat=2):
+        for a in (value, float(rng.uniform(-2, 2)), float(rng.integers(0, 10001)) / 10000):
+            assert stats.welch_p([a] * n, [a] * m) == 1.0, (a, n, m)
+            noisy += np.std([a] * n) != 0 or np.std([a] * m) != 0
+            other = a + max(abs(a), 1.0) * 1e-6  # a constant sample of another value
+            assert stats.welch_p([a] * n, [other] * m) == 0.0, (a, n, m)
+            assert stats.welch_p([other] * m, [a] * n) == 0.0, (a, n, m)
+    # a sample of one value but for rounding (0.1 + 0.2 and 0.3) is constant too
+    assert stats.welch_p([0.1 + 0.2, 0.3, 0.3], [0.3, 0.3]) == 1.0
+    # and one constant sample against a spread one is Welch's own test
+    spread = [value * 1.01, value * 0.98, value * 1.02]
+    assert stats.welch_p([value] * 3, spread) == pytest.approx(
+        welch_by_hand([value] * 3, spread), rel=1e-6)
+    assert noisy  # the premise: np.std found some of these samples not constant

@@ -95,11 +95,15 @@ def t_interval(values: list[float], level: float = 0.95) -> tuple[float, float |
 
 def welch_p(a: list[float], b: list[float]) -> float:
     """Two-sided p-value of Welch's t-test (unequal variances) for equal means; 1.0 when
-    both samples are constant and equal, 0.0 when constant and different."""
+    both samples are constant and equal, 0.0 when constant and different (constant and
+    equal but for rounding: same_mean)."""
     from scipy import stats
 
-    if np.std(a) == 0 and np.std(b) == 0:
-        return 1.0 if np.mean(a) == np.mean(b) else 0.0
+    # constant: every value equal to the first but for rounding. np.std is no test of it:
+    # the mean of 0.4 three times reads 0.4000000000000001, so their std is 5.6e-17, not 0,
+    # and scipy's t on two such samples is rounding noise over rounding noise (p = 0.29)
+    if _constant(a) and _constant(b):
+        return 1.0 if same_mean(a[0], b[0]) else 0.0
     with warnings.catch_warnings():  # nearly equal values: scipy warns of precision loss,
         warnings.simplefilter("ignore", RuntimeWarning)  # and its p-value is still right
         return float(stats.ttest_ind(a, b, equal_var=False).pvalue)
@@ -109,6 +113,10 @@ def same_mean(a: float, b: float) -> bool:
     """Whether two means are equal: exactly, but for the last bits of their rounding (the
     mean of 0.7, 0.1 and 0.4 reads 0.39999999999999997, that of 0.4 three times 0.4)."""
     return math.isclose(a, b, rel_tol=1e-12, abs_tol=1e-15)
+
+
+def _constant(values: list[float]) -> bool:
+    return all(same_mean(float(v), float(values[0])) for v in values)
 
 
 def best_means(samples: dict[str, list[float]], goal: str) -> list[str]:
