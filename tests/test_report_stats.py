@@ -242,3 +242,61 @@ def test_welch_p_reads_constant_samples_as_constant(value):
     assert stats.welch_p([value] * 3, spread) == pytest.approx(
         welch_by_hand([value] * 3, spread), rel=1e-6)
     assert noisy  # the premise: np.std found some of these samples not constant
+
+
+def _settings_run(run_id: str, optimizer: str, lr: float, seed: int, value: float) -> RunRecord:
+    config = {"optimizer": optimizer, "lr": lr, "seed": seed}
+    return RunRecord(run_id, "finished", config, validate(config), {"val/acc": value}, [],
+                     None)
+
+
+@pytest.mark.parametrize("seed", range(8))
+@pytest.mark.parametrize("goal", ["maximize", "minimize"])
+def test_settings_whose_means_differ_by_rounding_rank_in_the_sweeps_order(seed, goal):
+    """Settings of 3 seeds each whose accuracies (counts of n) sum to one of 3 totals:
+    equal means within a total, which np.mean reads in floats that may differ in their last
+    bit ((128 + 130 + 132) / 3 / 144 and 130 / 144). They were ranked by that bit; they rank
+    in the sweep's order of their first run, the groups too, and tied_at_cut (with
+    tied_mean) names the settings tied at any cut as the ranking ordered them: generated
+    totals, counts, groups and orders."""
+    rng = np.random.default_rng(seed)
+    n = int(rng.choice([144, 360, 1797, 10000]))
+    runs, exact, group_of = [], {}, {}
+    for s in range(24):
+        k = int(rng.choice([int(n * 0.9), int(n * 0.8) + 1, int(n * 0.5) + 2]))  # 3 means
+        d1, d2 = (int(d) for d in rng.integers(0, 7, 2))  # 3 counts of the sum 3k
+        values = list(rng.permutation([k - d1, k + d2, k + d1 - d2]) / n)
+        lr = round(0.001 * (s + 1), 6)
+        optimizer = str(rng.choice(["sgd", "adam"]))
+        exact[lr], group_of[lr] = k, optimizer
+        runs += [_settings_run(f"r{s}-{i}", optimizer, lr, i, float(v))
+                 for i, v in enumerate(values)]
+    order = [runs[i] for i in rng.permutation(len(runs))]  # the sweep's order
+    place = {lr: min(i for i, r in enumerate(order) if r.config["lr"] == lr) for lr in exact}
+    means = {lr: float(np.mean([r.metric("val/acc") for r in runs if r.config["lr"] == lr]))
+             for lr in exact}
+    sign = -1 if goal == "maximize" else 1
+    scored = sorted(runs, key=lambda r: sign * r.metric("val/acc"))  # Study.scored_runs
+    ranked = stats.ranked_settings_per_group(scored, "optimizer", "val/acc", goal, order)
+
+    def expected(lrs):
+        return sorted(lrs, key=lambda lr: (sign * exact[lr], place[lr]))
+
+    got = {group: [s.best.config["lr"] for s in settings] for group, settings in ranked.items()}
+    for group, lrs in got.items():
+        assert lrs == expected([lr for lr in exact if group_of[lr] == group]), group
+    bests = {got[group][0]: group for group in got}
+    assert list(got) == [bests[lr] for lr in expected(list(bests))]
+    for group, settings in ranked.items():
+        score = stats.tied_mean(settings, lambda s: np.mean(s.values("val/acc")))
+        lrs = got[group]
+        for count in range(1, len(lrs)):
+            kept, left = stats.tied_at_cut(settings, count, score)
+            tied = [lr for lr in lrs if exact[lr] == exact[lrs[count - 1]]]
+            split = tied[0] in lrs[:count] and tied[-1] in lrs[count:]
+            assert [s.best.config["lr"] for s in kept + left] == (tied if split else [])
+    # the premise: in a group, tied settings whose float means differ against the sweep's
+    # order (the float order would rank them the other way)
+    assert any(means[a] != means[b] and exact[a] == exact[b] and place[a] < place[b]
+               and sign * means[a] > sign * means[b] and group_of[a] == group_of[b]
+               for a in exact for b in exact)

@@ -221,9 +221,11 @@ def test_settings_tied_at_the_best_mean_over_fresh_seeds_are_named(tmp_path, mon
     means = [np.mean(REPEATS[("sgd", 0.1)]), np.mean(REPEATS[("adam", 0.01)])]
     assert means[0] != means[1] and stats.same_mean(*means)  # the premise: a tie, in floats
     text = document.build_report(local_study(store), tmp_path / "report").path.read_text()
-    for by in ("optimizer", "lr"):  # (the rows in the order of the table's groups)
+    # (the rows in the order of the table's groups: their best settings tie at the mean of
+    # the sweep's runs too, so the groups go in the sweep's order, sgd's first)
+    for by in ("optimizer", "lr"):
         table = section(text, f"### By {by}").split("\n### ")[0]
-        assert ("Nothing is bold: optimizer=adam, lr=0.01 and optimizer=sgd, lr=0.1 tie at "
+        assert ("Nothing is bold: optimizer=sgd, lr=0.1 and optimizer=adam, lr=0.01 tie at "
                 "the best mean, 0.9028: neither is better than the other.") in table, table
         assert "has the best mean" not in table and "**" not in table, table
 
@@ -277,6 +279,72 @@ def test_weight_figures_and_grad_cam_say_which_tied_runs_they_draw(tmp_path, mon
             "sweep's order.") in gradcam, gradcam
 
 
+@pytest.mark.parametrize("goal", ["maximize", "minimize"])
+def test_settings_whose_means_differ_by_rounding_tie_in_the_sweeps_order(tmp_path,
+                                                                         monkeypatch, capsys,
+                                                                         goal):
+    """A sweep over optimizer x lr x seed: sgd's best setting (lr 0.1) is clear, its next
+    two tie at 130/144 over the sweep's 3 seeds, one as 128, 130 and 132 of 144 and the
+    other as 130 three times, whose float means differ in their last bit. They were ranked
+    by that bit, so the "By optimizer" table and agent.repeat took the second of them in
+    the sweep's order and named no tie at the cut; they take the first and name the other
+    as tied, as for ties that are exact. (val/loss, minimized, takes the same values.)"""
+    from agent.report import stats
+
+    monkeypatch.chdir(tmp_path)
+    metric = "val/acc" if goal == "maximize" else "val/loss"
+    config = {"program": "agent/train.py", "method": "grid",
+              "metric": {"name": metric, "goal": goal},
+              "parameters": {"dataset": {"value": "digits"}, "model": {"value": "dense"},
+                             "epochs": {"value": 1}, "sinks": {"value": ["console"]},
+                             "optimizer": {"values": ["sgd", "adam"]},
+                             "lr": {"values": [0.1, 0.03, 0.01]}, "seed": {"values": [0, 1, 2]}}}
+    store = create_store(tmp_path / "data" / "sweeps" / "bits", "bits", "bits", config)
+    spread, constant = [128 / 144, 130 / 144, 132 / 144], [130 / 144] * 3
+    # the first of the tied pair in the sweep's order gets the float mean that ranked it
+    # second: the smaller one (...777 < ...778) where the metric is maximized
+    first_gets, second_gets = (spread, constant) if goal == "maximize" else (constant, spread)
+    clear = 0.95 if goal == "maximize" else 0.5
+    adam = {0.1: 0.6, 0.03: 0.55, 0.01: 0.52}
+    scores, order = {}, []
+    while (work := claim(store, "host:1", count=64)).kind == "run":
+        for run in work.runs:
+            optimizer, lr, seed = (run.config[k] for k in ("optimizer", "lr", "seed"))
+            if (optimizer, lr) not in scores:
+                order.append((optimizer, lr))
+                scores[(optimizer, lr)] = (
+                    [adam[lr]] * 3 if optimizer == "adam" else [clear] * 3 if lr == 0.1
+                    else second_gets if ("sgd", 0.03) in scores or ("sgd", 0.01) in scores
+                    else first_gets)
+            row = {"epoch": 1, "val/acc": 0.9, "train/loss": 0.5, "val/loss": 0.5,
+                   metric: scores[(optimizer, lr)][seed]}
+            assert store.record_epoch(run.run_id, "host:1", 1, row)
+            assert store.finish(run.run_id, "host:1", "finished",
+                                {**row, "test/acc": 0.9, "epochs_done": 1})
+    first, second = [key for key in order if key in (("sgd", 0.03), ("sgd", 0.01))]
+    means = {key: float(np.mean(scores[key])) for key in (first, second)}
+    # the premise: equal but for rounding, and the float order against the sweep's
+    assert stats.same_mean(means[first], means[second]) and means[first] != means[second]
+    assert (means[first] < means[second]) == (goal == "maximize"), means
+    study = local_study(store)
+    text = document.build_report(study, tmp_path / "report").path.read_text()
+    table = section(text, "### By optimizer").split("\n### ")[0]
+    rows = [line.split(" | ")[1] for line in table.splitlines() if line.startswith("| sgd |")]
+    assert rows == ["lr=0.1", f"lr={first[1]:g}"], table
+    assert (f"Tied at a group's last row: optimizer=sgd: lr={first[1]:g} shown, "
+            f"lr={second[1]:g} not, all at 0.9028 (tied settings go in the sweep's order of "
+            "their first run, as agent.repeat picks them).") in table, table
+    _, _, configs = planned(["bits", "--top", "2"])
+    picked = {(r.config["optimizer"], r.config["lr"]) for r in study.runs
+              if r.id in dict(configs)}
+    best_adam = [0.1, 0.03] if goal == "maximize" else [0.01, 0.03]
+    assert picked == {("sgd", 0.1), first, *(("adam", lr) for lr in best_adam)}, picked
+    err = capsys.readouterr().err
+    assert (f"optimizer=sgd: 2 settings tie at {metric} 0.9028 for the last of its best 2: "
+            f"repeating lr={first[1]:g}, not lr={second[1]:g} (ties go by the sweep's order "
+            "of their first run; --top 3 repeats them all)") in err, err
+
+
 def test_grad_cam_passes_over_a_run_that_diverged(tmp_path, monkeypatch):
     """A cnn trained here on digits for 6 epochs at lr 0.001 and 1.0 (SGD): lr 1.0 diverges
     in its first epoch (validation loss 46 > 10 x ln 10, the report's rule), then ends at
@@ -306,3 +374,38 @@ def test_grad_cam_passes_over_a_run_that_diverged(tmp_path, monkeypatch):
     gradcam = section(text, "## Grad-CAM of the best convolutional run")
     assert f"Run {low.id}: " in gradcam and high.id not in gradcam, gradcam
     assert f"{diverged_left_out(1)}." in gradcam, gradcam
+
+
+@pytest.mark.parametrize("goal", ["maximize", "minimize"])
+def test_the_furthest_of_settings_all_stopped_early_ties_by_rounding_in_the_sweeps_order(
+        tmp_path, monkeypatch, capsys, goal):
+    """Hyperband stopped every run of sgd at epoch 2 of 3: agent.repeat repeats the furthest
+    setting, ties by its mean, then the sweep's order. Its two settings tie at 130/144 over
+    3 seeds (128, 130, 132 of 144 and 130 three times): the one whose float mean was larger
+    in its last bit was taken; the first in the sweep's order is."""
+    from agent.report.repeat import passed_cut_short
+
+    monkeypatch.chdir(tmp_path)
+    metric = "val/acc" if goal == "maximize" else "val/loss"
+    config = {"program": "agent/train.py", "method": "grid",
+              "metric": {"name": metric, "goal": goal},
+              "early_terminate": {"type": "hyperband", "min_iter": 1, "eta": 2},
+              "parameters": {"dataset": {"value": "digits"}, "model": {"value": "dense"},
+                             "epochs": {"value": 3}, "optimizer": {"value": "sgd"},
+                             "lr": {"values": [0.03, 0.01]}, "seed": {"values": [0, 1, 2]}}}
+    store = create_store(tmp_path / "data" / "sweeps" / "cut", "cut", "cut", config)
+    spread, constant = [128 / 144, 130 / 144, 132 / 144], [130 / 144] * 3
+    # the first lr in the sweep's order gets the float mean that lost: the smaller one
+    # (...777 < ...778) where the metric is maximized
+    gets = [spread, constant] if goal == "maximize" else [constant, spread]
+    assert np.mean(spread) < np.mean(constant)  # the premise: in their last bit
+    lrs: list[float] = []
+    for run in claim(store, "host:1", count=6).runs:
+        lrs += [run.config["lr"]] if run.config["lr"] not in lrs else []
+        score = gets[lrs.index(run.config["lr"])][run.config["seed"]]
+        assert store.finish(run.run_id, "host:1", "stopped",
+                            {metric: score, "test/acc": 0.9, "epochs_done": 2})
+    _, lines = passed_cut_short(local_study(store), "optimizer", lambda run: False)
+    assert lines == [f"optimizer=sgd: all 6 of its runs were stopped early by the sweep's "
+                     f"hyperband: repeating the furthest, lr={lrs[0]:g} (epoch 2 of 3), at its "
+                     f"full length; passed over lr={lrs[1]:g}"], lines

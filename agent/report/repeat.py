@@ -35,6 +35,7 @@ from agent.report.stats import (
     setting_key,
     settings_of,
     tied_at_cut,
+    tied_mean,
 )
 from agent.report.study import (
     RunRecord,
@@ -107,7 +108,9 @@ def tie_lines(study: Study, top: int, by: str,
     ranked = ranked_settings_per_group([r for r in study.scored_runs() if not failed(r)],
                                        by, metric, study.goal, study.runs)
     for group, settings in ranked.items():
-        kept, left = tied_at_cut(settings, top, lambda s: float(np.mean(s.values(metric))))
+        # means equal but for rounding tie, as they were ranked (stats.mean_ranking)
+        kept, left = tied_at_cut(settings, top, tied_mean(
+            settings, lambda s: np.mean(s.values(metric))))
         if not kept:
             continue
         value = float(np.mean(kept[0].values(metric)))
@@ -315,8 +318,11 @@ def passed_cut_short(study: Study, by: str, failed: Callable[[RunRecord], bool]
                          "not among its best: not repeated")
         else:
             sign = 1.0 if study.goal == "maximize" else -1.0
+            # means equal but for rounding tie (stats.tied_mean): max keeps the first of
+            # them, in the ranking's order (the sweep's)
+            mean = tied_mean(short, lambda s: np.mean(s.values(study.metric)))
             furthest = max(short, key=lambda s: (max(_epochs_done(r) for r in s.runs),
-                                                 sign * float(np.mean(s.values(study.metric)))))
+                                                 sign * mean(s)))
             passed = [s for s in short if s is not furthest]
             count = sum(len(s.runs) for s in short)
             lines.append(f"{by}={group}: "

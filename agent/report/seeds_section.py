@@ -306,8 +306,9 @@ def _cut_ties(ctx: Context, by: str, ranked: dict[str, list[stats.Setting]]) -> 
 
     parts = []
     for settings in ranked.values():
-        kept, left = stats.tied_at_cut(settings, BEST_PER_GROUP,
-                                       lambda s: float(np.mean(s.values(metric))))
+        # means equal but for rounding tie, as they were ranked (stats.mean_ranking)
+        kept, left = stats.tied_at_cut(settings, BEST_PER_GROUP, stats.tied_mean(
+            settings, lambda s: np.mean(s.values(metric))))
         if kept:
             parts.append(f"{by}={fmt_value(kept[0].best, by)}: {names(kept)} shown, "
                          f"{names(left)} not, all at {np.mean(kept[0].values(metric)):.4f}")

@@ -119,12 +119,52 @@ def _constant(values: list[float]) -> bool:
     return all(same_mean(float(v), float(values[0])) for v in values)
 
 
+def tie_classes(values: list[float]) -> dict[float, float]:
+    """Each of `values` -> the value it ranks and ties as: the smallest of its class of
+    values equal but for rounding (same_mean), so that `==` on the result is a tie.
+
+    same_mean is no equivalence (a ~ b and b ~ c need not give a ~ c), so neither a sort
+    that compares with it nor "within 1e-12 of the best" is a well-defined order. Here the
+    distinct values are sorted and each joins the class of the one just below it where
+    same_mean holds: the classes depend on the set of values alone, not their order, and
+    sorting by class is a total order. Means of real metrics (accuracies k/n, float32
+    losses, averaged over seeds) that truly differ do so by far more than 1e-12 of their
+    size, so a class joins only means that differ by rounding. Rounding each value to 12
+    significant digits would be simpler but splits two such means that sit on either side
+    of a rounding boundary (an accuracy k/8192 has 13 digits, the last a 5)."""
+    classes: dict[float, float] = {}
+    below = None
+    for value in sorted(set(values)):
+        classes[value] = classes[below] if below is not None and same_mean(below, value) \
+            else value
+        below = value
+    return classes
+
+
+def mean_ranking(items: list, mean, goal: str, place) -> list:
+    """`items` best first by `mean(item)` (by `goal`), those of means equal but for rounding
+    (tie_classes) by `place(item)`: the order the report and agent.repeat rank settings in."""
+    means = {id(item): float(mean(item)) for item in items}
+    tied = tie_classes(list(means.values()))
+    sign = -1.0 if goal == "maximize" else 1.0
+    return sorted(items, key=lambda item: (sign * tied[means[id(item)]], place(item)))
+
+
+def tied_mean(items: list, mean):
+    """A function giving each of `items` its mean as ranking and ties read it (tie_classes
+    over the means of `items`): items tied at a cut compare equal, for tied_at_cut."""
+    means = {id(item): float(mean(item)) for item in items}
+    tied = tie_classes(list(means.values()))
+    return lambda item: tied[means[id(item)]]
+
+
 def best_means(samples: dict[str, list[float]], goal: str) -> list[str]:
     """The keys of `samples` whose mean is the best by `goal`, in their order: one, or all
-    of those that tie at it (same_mean)."""
+    of those that tie at it (tie_classes: equal but for rounding)."""
     means = {k: float(np.mean(v)) for k, v in samples.items()}
-    top = (max if goal == "maximize" else min)(means.values())
-    return [k for k, mean in means.items() if same_mean(mean, top)]
+    tied = tie_classes(list(means.values()))
+    top = (max if goal == "maximize" else min)(tied.values())
+    return [k for k, mean in means.items() if tied[mean] == top]
 
 
 def supported_best(samples: dict[str, list[float]], goal: str,
@@ -272,17 +312,27 @@ def ranked_settings_per_group(runs: list[RunRecord], by: str, metric: str, goal:
                               order: list[RunRecord]) -> dict[str, list[Setting]]:
     """Every setting (runs less their seed) of each value of the parameter `by`, ranked by
     its mean `metric` over the seeds the sweep gave it (one run: its value); settings of
-    equal means in the order of their first run in `order` (the sweep's runs, in the
-    sweep's order). `runs` are scored runs, best first."""
+    means equal but for rounding (tie_classes) in the order of their first run in `order`
+    (the sweep's runs, in the sweep's order). `runs` are scored runs, best first."""
     place = {run.id: i for i, run in enumerate(order)}
-    sign = -1.0 if goal == "maximize" else 1.0
-    ranked = sorted(settings_of(runs), key=lambda s: (
-        sign * float(np.mean(s.values(metric))), min(place.get(r.id, len(place))
-                                                     for r in s.runs)))
+
+    def first(setting: Setting) -> int:
+        return min(place.get(r.id, len(place)) for r in setting.runs)
+
+    def mean(setting: Setting) -> float:
+        return float(np.mean(setting.values(metric)))
+
     groups: dict[str, list[Setting]] = {}
-    for setting in ranked:
+    for setting in settings_of(runs):
         groups.setdefault(str(setting.best.params.get(by)), []).append(setting)
-    return groups
+    # each group ranked on its own, its ties (tie_classes) read over its own means alone, as
+    # tied_mean over a group's list reads them for the tables and agent.repeat; the groups
+    # in the order of their best settings, ranked alike
+    ranked = {group: mean_ranking(settings, mean, goal, first)
+              for group, settings in groups.items()}
+    order = mean_ranking(list(ranked), lambda group: mean(ranked[group][0]), goal,
+                         lambda group: first(ranked[group][0]))
+    return {group: ranked[group] for group in order}
 
 
 def best_settings_per_group(runs: list[RunRecord], by: str, count: int, metric: str,
@@ -295,7 +345,8 @@ def best_settings_per_group(runs: list[RunRecord], by: str, count: int, metric: 
 def tied_at_cut(ranked: list, count: int, score) -> tuple[list, list]:
     """(kept, left out): the items of `ranked` (best first) that score exactly as the last
     of its first `count`, on each side of that cut; ([], []) when the cut splits no tie.
-    Where it splits one, the order of equal items, not their scores, chose what is kept."""
+    Where it splits one, the order of equal items, not their scores, chose what is kept.
+    Means are ranked with ties by rounding (mean_ranking): score them with tied_mean."""
     if count <= 0 or len(ranked) <= count:
         return [], []
     last = score(ranked[count - 1])
