@@ -3,11 +3,14 @@ device-resident reuse, and whole-batch augmentation (crop, flip, random erasing)
 against what each transform is defined to do."""
 
 import shutil
+import subprocess
+import sys
 
 import pytest
 import torch
 
 from agent.params import validate
+from conftest import ROOT, subprocess_env
 from util.datasets import cache_path, load_decoded
 from util.device_cache import (
     ERASE_AREA,
@@ -40,6 +43,27 @@ def test_cifar_fixture_goes_through_torchvision_and_into_the_cache(cifar_root):
     shutil.rmtree(cifar_root / "cifar-10-batches-py")
     again = load_decoded("cifar10", cifar_root)
     assert torch.equal(again.train_x, decoded.train_x)
+
+
+@pytest.mark.e2e
+@pytest.mark.timeout(120)
+def test_a_cache_the_storage_refuses_is_a_note_and_the_data_is_used(tmp_path):
+    """A file-size limit below the cache (digits: about 130 kB; the disk refuses it as a full
+    one would): torch.save writing the file itself raised a C++ RuntimeError, which failed
+    every run; now one note names the folder and the cause, the decoded set is returned, and
+    no partial file is left. A process of its own: the limit applies to all it writes."""
+    script = ("import resource, signal, sys\n"
+              "from util.datasets import load_decoded\n"
+              "signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # a write past it fails: EFBIG\n"
+              "resource.setrlimit(resource.RLIMIT_FSIZE, (50_000, 50_000))\n"
+              "print(tuple(load_decoded('digits', sys.argv[1]).train_x.shape))\n")
+    result = subprocess.run([sys.executable, "-c", script, str(tmp_path)], cwd=ROOT,
+                            env=subprocess_env(), capture_output=True, text=True, timeout=100)
+    assert result.returncode == 0 and result.stdout == "(1438, 1, 8, 8)\n", result.stderr
+    notes = [line for line in result.stderr.splitlines() if line.startswith("note: ")]
+    assert notes == [f"note: dataset='digits' not cached in {tmp_path / 'cache'} (File too "
+                     "large); it is decoded again next time"], result.stderr
+    assert list((tmp_path / "cache").iterdir()) == []
 
 
 def test_second_trial_in_a_process_reuses_the_device_tensors(tmp_path):

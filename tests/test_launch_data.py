@@ -38,6 +38,24 @@ def test_each_dataset_of_the_sweep_is_cached_once_before_it_starts(cifar_root, t
     assert prepare_sweep_data("s.yaml", config) == []  # cached: not read again
 
 
+def test_a_cache_the_disk_has_no_room_for_is_a_note_and_the_data_passes(cifar_root, tmp_path,
+                                                                       capsys):
+    """data_dir on a disk that holds the set's files but not its cache (a real tmpfs): the
+    set is found and checked as before, one note names the folder and the full disk, and
+    nothing half-written is left; it raised torch.save's C++ RuntimeError (a traceback)."""
+    from test_storage_faults import tmpfs
+
+    with tmpfs(tmp_path / "small", "1800k") as disk:
+        shutil.copytree(cifar_root, disk / "data")  # 1.3 MB of pickles; the cache is 0.8 MB
+        config = sweep(dataset="cifar10", data_dir=str(disk / "data"))
+        assert prepare_sweep_data("s.yaml", config) == ["cifar10"]
+        cache = cache_path("cifar10", disk / "data")
+        assert capsys.readouterr().err == (f"note: dataset='cifar10' not cached in "
+                                           f"{cache.parent} (No space left on device); it is "
+                                           "decoded again next time\n")
+        assert list(cache.parent.iterdir()) == []
+
+
 def test_every_data_dir_a_sweep_searches_is_prepared(cifar_root, tmp_path):
     other = tmp_path / "other"
     shutil.copytree(cifar_root, other)

@@ -26,6 +26,7 @@ from util.dataset_files import (
     unpickle_batch,
 )
 from util.errors import UserError
+from util.torch_files import write_torch_file
 
 if TYPE_CHECKING:
     import torch
@@ -353,7 +354,8 @@ def load_decoded(name: str, data_dir: str | os.PathLike, dataset_dir: str = "") 
     partial = path.with_suffix(f".{os.getpid()}.tmp")
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        torch.save(decoded.to_dict(), partial)
+        # a full disk is an OSError here, not torch.save's own RuntimeError (util.torch_files)
+        write_torch_file(decoded.to_dict(), partial)
         os.replace(partial, path)  # atomic: a concurrent agent sees no file or a whole one
     except OSError as error:  # read-only storage, a full disk: the data itself is fine
         print(f"note: dataset={name!r} not cached in {path.parent} "

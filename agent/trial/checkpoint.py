@@ -12,7 +12,6 @@ before it, or from scratch, saying so.
 
 from __future__ import annotations
 
-import io
 import os
 import shutil
 from collections.abc import Callable
@@ -22,7 +21,8 @@ from typing import Any
 
 import torch
 
-from util.errors import UserError, naming
+from util.errors import UserError
+from util.torch_files import write_torch_file
 
 CHECKPOINT_NAME = "checkpoint.pt"
 
@@ -103,13 +103,7 @@ def save_checkpoint(run_dir: str | os.PathLike, state: dict) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     partial = path.with_suffix(".pt.tmp")
     try:
-        # serialised in memory, then written by Python: a full disk is an OSError naming the
-        # file (torch.save writing a file itself reports a short write as an opaque
-        # RuntimeError of its zip writer)
-        buffer = io.BytesIO()
-        torch.save(state, buffer)
-        with naming(partial), open(partial, "wb") as handle:
-            handle.write(buffer.getbuffer())
+        write_torch_file(state, partial)  # a full disk: an OSError naming the file
         previous = path.with_name(PREVIOUS_NAME)
         for target in (path, previous):
             if target.is_dir() and not target.is_symlink():
