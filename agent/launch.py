@@ -33,7 +33,7 @@ from agent.sweep.controller import (
     repair_ended_agents,
 )
 from agent.sweep.pack_size import AGENTS_PER_DEVICE, parse_pack
-from agent.sweep.store import SweepStore
+from agent.sweep.store import StoreError, SweepStore
 from agent.sweep.target import (
     check_wandb_sweep,
     create_local_sweep,
@@ -237,7 +237,11 @@ def repair_left_runs(store: SweepStore, pids: list[int]) -> None:
     """Runs of the agents `pids` (of this host, all ended) still `running` in the store:
     crashed and re-queued now, one line each."""
     host = socket.gethostname()
-    for run_id in repair_ended_agents(store, {f"{host}:{pid}" for pid in pids}):
+    try:
+        ended = repair_ended_agents(store, {f"{host}:{pid}" for pid in pids})
+    except StoreError:  # a full disk, say: the agent's own line said why and that its runs
+        return  # stay running, which the next agent finds silent and repairs (a 2nd line)
+    for run_id in ended:
         outcome = crash_outcome(store, [run_id])
         print(f"run {run_id}: its agent ended mid-trial; marked crashed, "
               + (f"{outcome} by the next agent" if outcome.startswith("repeated") else outcome),

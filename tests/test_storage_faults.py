@@ -224,3 +224,40 @@ def test_a_disk_too_full_for_the_data_cache_is_a_note_and_the_run_trains_on(work
         (run,) = store.runs()
         assert run.state == "finished" and [h["epoch"] for h in run.history] == [1, 2]
         assert list(cache.iterdir()) == []  # no partial cache file
+
+
+@pytest.mark.e2e
+@pytest.mark.timeout(300)
+def test_a_launch_whose_store_fills_mid_run_ends_in_the_agents_one_line(workdir):
+    """As above, through the launcher (its one agent in its process): after the agent's line,
+    the launcher's repair of the runs its agent left running wrote to the full store and
+    said so in a second error line; the agent's line already says they stay running."""
+    import yaml
+
+    from test_local_sweeps import launched_store
+
+    with tmpfs(workdir / "small", "4m") as place:
+        parameters = {**RUN, "epochs": {"value": 20}, "run_dir": {"value": str(workdir / "r")},
+                      "data_dir": {"value": str(workdir / "d")}}
+        (place / "s.yaml").write_text(yaml.safe_dump({
+            "program": "agent/train.py", "method": "grid", "parameters": {
+                "dataset": {"value": "digits"}, **parameters}}))
+        launcher = subprocess.Popen([sys.executable, "-m", "agent.launch", "s.yaml",
+                                     "--heartbeat", "0.2"], cwd=place,
+                                    env=subprocess_env(OMP_NUM_THREADS="1"),
+                                    stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        store = wait_for(lambda: launched_store(place), 60, "the sweep")
+        wait_for(lambda: any(r.epoch >= 1 for r in store.runs()), 120, "a first epoch")
+        with open(place / "filler", "wb") as handle:  # the rest of the disk
+            with contextlib.suppress(OSError):
+                while True:
+                    handle.write(b"\0" * 65536)
+                    handle.flush()
+        _, stderr = launcher.communicate(timeout=120)
+        assert launcher.returncode == 2
+        line = one_error_line(stderr)
+        assert line.startswith(f"error: {store.path.relative_to(place)}: the sweep store "
+                               "cannot be used ("), line
+        assert [r.state for r in store.runs()] == ["running"]
+        (place / "filler").unlink()
+        store.close()
