@@ -185,3 +185,68 @@ def test_a_run_started_again_after_its_last_checkpoint_ends_finished_at_once(wor
     assert again["state"] == "finished"
     assert {key: again[key] for key in COMPARED} == {key: straight[key] for key in COMPARED}
     assert (workdir / "runs" / "r1" / "summary.json").exists()
+
+
+@pytest.mark.e2e
+@pytest.mark.timeout(300)
+def test_a_preempted_run_whose_folder_was_deleted_says_so_and_starts_over(workdir):
+    """data/runs/<id>/ deleted while the run trains, then SIGTERM: the agent said the run's
+    checkpoint was kept, and the next agent started it over at epoch 1, silently, the store's
+    rows of the first start left where the second stopped short of them. Now the preemption
+    says no checkpoint is kept, the resume says the checkpoint of the store's epoch is missing
+    and clears the store's epochs (store.forget_epochs), and a third agent finishes it."""
+    import signal
+
+    from test_local_sweeps import LONG_RUN, make_sweep, start_agent, wait_for
+
+    store = make_sweep(workdir, "deleted", {**LONG_RUN, "epochs": {"value": 3},
+                                            "batch_size": {"value": 4},
+                                            "lr": {"value": 0.01}})
+    first = start_agent(workdir, store)
+    wait_for(lambda: any(r.epoch >= 2 for r in store.runs()), 200, "2 epochs")
+    (run,) = store.runs()
+    run_dir = workdir / "data" / "runs" / run.id
+    shutil.rmtree(run_dir)  # early in epoch 3 (seconds long): no checkpoint is written again
+    first.send_signal(signal.SIGTERM)
+    assert first.wait(timeout=60) == 0
+    missing = f"({run_dir.relative_to(workdir) / CHECKPOINT_NAME} is missing)"
+    assert f"run {run.id} preempted after epoch 2, but no checkpoint of it is kept {missing}: " \
+           "the next agent starts it over" in first.stderr.read()
+    assert store.run(run.id).state == "preempted" and not run_dir.exists()
+
+    second = start_agent(workdir, store)  # preempted in the first epoch of its start over
+    wait_for(lambda: store.run(run.id).epoch == 1, 200, "the first epoch of the start over")
+    second.send_signal(signal.SIGTERM)
+    assert second.wait(timeout=60) == 0
+    assert f"run {run.id} (preempted after epoch 2) starts over from scratch: its checkpoint " \
+           f"of epoch 2 is missing ({run_dir.relative_to(workdir) / CHECKPOINT_NAME})" \
+           in second.stderr.read()
+    again = store.run(run.id)
+    assert again.state == "preempted" and [h["epoch"] for h in again.history] == [1]
+
+    third = start_agent(workdir, store)
+    assert third.wait(timeout=200) == 0
+    assert "starts over" not in third.stderr.read()  # its new checkpoint is there
+    done = store.run(run.id)
+    assert done.state == "finished" and [h["epoch"] for h in done.history] == [1, 2, 3]
+
+
+@pytest.mark.timeout(120)
+def test_a_preempted_run_with_nothing_to_resume_from_is_named_before_it_starts_over(workdir):
+    """What the agent checks before it resumes a preempted run (member.resume_preempted): a
+    checkpoint there, or the one before it alone, resumes; none, or checkpoint: false, is a
+    line saying that the run starts over."""
+    from agent.trial.member import resume_preempted
+
+    train(config(workdir, run_id="r1", epochs=2))
+    run_dir = workdir / "runs" / "r1"
+    assert resume_preempted(config(workdir, run_id="r1", epochs=3), 2) is None
+    (run_dir / CHECKPOINT_NAME).unlink()
+    assert resume_preempted(config(workdir, run_id="r1", epochs=3), 2) is None  # epoch 1's
+    (run_dir / PREVIOUS_NAME).unlink()
+    assert resume_preempted(config(workdir, run_id="r1", epochs=3), 2) == (
+        f"run r1 (preempted after epoch 2) starts over from scratch: its checkpoint of epoch "
+        f"2 is missing ({run_dir / CHECKPOINT_NAME})")
+    assert resume_preempted(config(workdir, run_id="r2", epochs=3, checkpoint=False), 2) == (
+        "run r2 (preempted after epoch 2) starts over from scratch: it keeps no checkpoint "
+        "(checkpoint: false)")

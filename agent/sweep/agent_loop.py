@@ -420,7 +420,7 @@ class LocalAgent:
     def train_claim(self, work) -> PackOutcome:
         """Train the claimed runs as one pack; each member is recorded as it ends."""
         from agent.trial.loop import train_pack
-        from agent.trial.member import continue_crashed
+        from agent.trial.member import continue_crashed, resume_preempted
 
         run_ids = [c.run_id for c in work.runs]
         beat = Heartbeat(self.store.path, run_ids, self.owner, self.heartbeat_s)
@@ -439,13 +439,24 @@ class LocalAgent:
                     self.store.runs(), self.sweep.config, run_ids))
             else:
                 configs = [self.trial_config(command) for command in commands]
+                starts_over = False
                 for claimed, config, hook in zip(work.runs, configs, hooks):
-                    if claimed.repeats and claimed.epoch:
+                    if not claimed.epoch:
+                        continue
+                    if claimed.repeats:
                         line, source = continue_crashed(config, claimed.repeats)
-                        print(f"agent {self.owner}: {line}", file=sys.stderr)
                         hook.repeats = claimed.repeats if source == "crashed" else None
-                        if source is None:  # no checkpoint: the crashed run's rows would
-                            # stay where this start stops short of them (stopped, diverged)
+                        starts_over |= source is None
+                    else:  # preempted: it resumes from its own checkpoint, if one is left
+                        line = resume_preempted(config, claimed.epoch)
+                        starts_over |= line is not None
+                    if line:
+                        print(f"agent {self.owner}: {line}", file=sys.stderr)
+                if starts_over:  # a pack resumes at the newest epoch all its members have:
+                    # none; the store's rows of their earlier starts would stay where this
+                    # start stops short of them (stopped, diverged, preempted again)
+                    for claimed in work.runs:
+                        if claimed.epoch:
                             self.store.forget_epochs(claimed.run_id, self.owner)
                 train_pack(configs, hooks, sweep={
                     "id": self.sweep.id, "name": self.sweep.name, "config": self.sweep.config,
@@ -562,6 +573,11 @@ class LocalAgent:
                                                        None if state == "preempted"
                                                        else summary):
                 taken_over(owner, run_id)
+            elif state == "preempted" and summary.get("no_checkpoint"):
+                print(f"agent {owner}: run {run_id} preempted after epoch "
+                      f"{summary['epochs_done']}, but no checkpoint of it is kept "
+                      f"({summary['no_checkpoint']}): the next agent starts it over",
+                      file=sys.stderr)
             elif state == "preempted" and summary.get("epochs_done"):
                 print(f"agent {owner}: run {run_id} preempted; its checkpoint is kept for "
                       "the next agent", file=sys.stderr)

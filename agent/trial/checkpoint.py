@@ -116,6 +116,18 @@ def save_checkpoint(run_dir: str | os.PathLike, state: dict) -> Path:
     return path
 
 
+def none_kept(run_dir: str | os.PathLike, enabled: bool = True) -> str | None:
+    """Why no checkpoint of a run stands in `run_dir` for it to resume from (`enabled`
+    False: the run writes none, checkpoint: false), or None when one does (checkpoint.pt, or
+    the one before it, which load_saved falls back on). Files are there or not: whether
+    they load is for load_saved to say."""
+    if not enabled:
+        return "checkpoint: false"
+    if any((Path(run_dir) / name).is_file() for name in (CHECKPOINT_NAME, PREVIOUS_NAME)):
+        return None
+    return f"{Path(run_dir) / CHECKPOINT_NAME} is missing"
+
+
 @dataclass
 class Saved:
     """A run's checkpoints that load, newest file first, and why any other was passed over."""

@@ -399,12 +399,17 @@ def _summary(member: Member, pack: TrainingPack, data: Splits, test, column: int
 
 
 def _preempt(pack: TrainingPack) -> None:
-    """Every member still training ends as preempted; its last checkpoint stands."""
+    """Every member still training ends as preempted; its last checkpoint stands, unless it
+    is gone (its folder deleted while it trained) or was never written (checkpoint: false):
+    its summary's `no_checkpoint` then says why, which the agent's line repeats."""
     for member in pack.members:
         member.state = "preempted"
         member.summary = {"run_id": member.run.id, "state": "preempted",
                           "epochs_done": member.progress.epoch,
                           "global_step": member.progress.global_step}
+        if member.progress.epoch:
+            member.summary["no_checkpoint"] = checkpoint.none_kept(member.run.run_dir,
+                                                                  member.cfg.checkpoint)
         member.close_sinks()
         member.hooks.ended(member.summary)
     pack.select([])

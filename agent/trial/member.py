@@ -205,6 +205,23 @@ def continue_crashed(config: dict, crashed_id: str) -> tuple[str, str | None]:
             "crashed")
 
 
+def resume_preempted(config: dict, epoch: int) -> str | None:
+    """Before run `config['run_id']`, preempted after `epoch` epochs (the store's), resumes
+    from its checkpoint: a line for the console when none is left to resume from (its folder
+    deleted; checkpoint: false), so that it starts over from scratch, else None (the trial
+    resumes, and says so where it resumes from less than the newest checkpoint)."""
+    from agent.params import validate
+    from agent.trial.checkpoint import CHECKPOINT_NAME, none_kept
+
+    cfg = validate(config)
+    run_dir = Path(run_identity(cfg).run_dir)
+    if none_kept(run_dir, cfg.checkpoint) is None:
+        return None
+    what = "it keeps no checkpoint (checkpoint: false)" if not cfg.checkpoint else \
+        f"its checkpoint of epoch {epoch} is missing ({run_dir / CHECKPOINT_NAME})"
+    return f"run {cfg.run_id} (preempted after epoch {epoch}) starts over from scratch: {what}"
+
+
 def check_packable(configs: list[RunConfig]) -> None:
     """ValueError unless every configuration shares the first one's PACK_SHARED values."""
     first = configs[0]
