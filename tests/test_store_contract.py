@@ -164,6 +164,24 @@ def test_the_owner_of_a_running_run_writes_and_each_write_reports_it_took(backen
         "finished", 1, {"val/acc": 0.25}, True)
 
 
+@pytest.mark.parametrize("reached, resumed", [(n, k) for n in range(1, 5) for k in range(n)])
+def test_an_epoch_recorded_leaves_no_row_of_an_earlier_start_past_it(backend, reached,
+                                                                     resumed):
+    """A run got to epoch `reached`, then its next start resumed from a checkpoint of epoch
+    `resumed` (0: from scratch: both checkpoint files damaged, or a pack resumed at the
+    newest epoch all its members have): from its first recorded epoch on, the history is
+    this start's, with no row of the earlier one past it (those stayed where a start over
+    stopped short of them)."""
+    store = new_store(backend)
+    (claimed,) = claim(store, "me").runs
+    for epoch in range(1, reached + 1):
+        assert store.record_epoch(claimed.run_id, "me", epoch, {"val/acc": 0.1, "start": 1})
+    assert store.record_epoch(claimed.run_id, "me", resumed + 1, {"val/acc": 0.2, "start": 2})
+    run = store.run(claimed.run_id)
+    assert run.epoch == resumed + 1
+    assert [h["start"] for h in run.history] == [1] * resumed + [2]
+
+
 @pytest.mark.parametrize("write", sorted(agent_writes("", "")))
 def test_a_write_by_another_agent_is_refused_and_changes_nothing(backend, write):
     store = new_store(backend)

@@ -345,12 +345,16 @@ class SweepStore:
         heartbeat; False, and nothing stored, when the run is not `owner`'s running run.
         `earlier`: rows of epochs before it that the store may lack (each with its "epoch"),
         stored with it: a run resumed from a checkpoint written after the store's last epoch
-        (a kill -9 between the two) brings that epoch's row in its checkpoint."""
+        (a kill -9 between the two) brings that epoch's row in its checkpoint. Rows past
+        `epoch` are removed: they are an earlier start's that got further than the checkpoint
+        this one resumed from (both checkpoint files damaged, a pack resumed at the newest
+        epoch all its members have), and the run's history is what this start trained."""
         rows = [(row["epoch"], row) for row in earlier] + [(epoch, metrics)]
         with self._write() as db:
             took = db.execute("UPDATE runs SET epoch=?, heartbeat=? WHERE id=? AND owner=? AND "
                               "state='running'", (epoch, time.time(), run_id, owner)).rowcount
             if took:
+                db.execute("DELETE FROM history WHERE run_id=? AND epoch>?", (run_id, epoch))
                 db.executemany("INSERT OR REPLACE INTO history VALUES (?, ?, ?)",
                                [(run_id, n, json.dumps(row, default=float)) for n, row in rows])
         return took == 1
