@@ -564,3 +564,38 @@ def test_a_metric_on_a_log_axis_is_coloured_on_a_log_scale(tmp_path):
                                            for r in rows], ["lr"], "val/loss", "minimize",
                                           tmp_path / "pc2.png", "all runs")
     assert linear.axes[0].xticks[-1] == "val/loss" and linear.axes[1].yscale == "linear"
+
+
+def test_marginal_legends_sit_under_the_axis_labels_and_div_clear_of_the_values(tmp_path):
+    """A random search's panels (five optimizer names, tilted; lr on a log axis ticked
+    10^-4 ...; batch size; dropout): each legend lies under its panel's x label, not over
+    it, and a "div" (every run of a line diverged there) is written above the values, not
+    on the mean of another line drawn at the top of the panel."""
+    from agent.report.study_figures import MarginalPanel, marginal_figure
+
+    names = ["adam", "adamw", "rmsprop", "sam", "sgd"]
+    optimizer = MarginalPanel("optimizer", False, True, names, {
+        "model=cnn": [(n, 0.97, 0.95, 0.98, 3, 0.97) for n in names],
+        "model=dense": [(n, 0.9, 0.85, 0.92, 3, 0.9) for n in names[2:]]},
+        {"model=dense": ["adam", "adamw"]})
+    lrs = [1.2e-4, 4e-4, 2e-3, 9e-3, 0.03, 0.09]
+    lr = MarginalPanel("lr", True, False, lrs, {
+        f"optimizer={n}": [(v, 0.5 + 0.08 * k, 0.4, 0.98, 1, 0.5) for k, v in enumerate(lrs)]
+        for n in names[:3]}, {"optimizer=rmsprop": [0.09], "optimizer=adamw": [0.09]})
+    sizes = MarginalPanel("batch_size", False, False, [32, 64, 128], {
+        f"optimizer={n}": [(v, 0.8, 0.7, 0.9, 2, 0.8) for v in (32, 64, 128)]
+        for n in names})
+    dropout = MarginalPanel("dropout", False, False, [0.0, 0.25, 0.5], {
+        f"optimizer={n}": [(v, 0.7, 0.6, 0.8, 2, 0.7) for v in (0.0, 0.25, 0.5)]
+        for n in names[:2]})
+    drawn = marginal_figure([optimizer, lr, sizes, dropout], "val/acc", 0.1,
+                            tmp_path / "m.png", "val/acc by parameter")
+    assert_png(drawn.path)
+    panels = [ax for ax in drawn.axes if ax.xlabel]
+    assert [ax.xlabel for ax in panels] == ["optimizer", "lr", "batch_size", "dropout"]
+    assert panels[1].xscale == "log"
+    for ax in panels:
+        assert ax.legend and ax.overlaps == [], (ax.xlabel, ax.overlaps)
+        assert ax.texts_on_points == [], (ax.xlabel, ax.texts_on_points)
+    assert panels[0].texts.count("div") == 2 and panels[1].texts.count("div") == 2
+

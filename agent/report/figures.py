@@ -23,6 +23,7 @@ import torch  # noqa: E402
 from matplotlib.colors import LogNorm, Normalize  # noqa: E402
 from matplotlib.lines import Line2D  # noqa: E402
 from matplotlib.ticker import MaxNLocator  # noqa: E402
+from matplotlib.transforms import Bbox  # noqa: E402
 
 from agent.sweep_space import log_scaled, spans_decades  # noqa: E402
 
@@ -54,6 +55,12 @@ class AxesContent:
     markers: list[str] = field(default_factory=list)  # each line's marker ("None": none)
     linestyles: list[str] = field(default_factory=list)  # each line's style ("-", "--"...)
     xtick_rotation: float = 0.0  # degrees: tilted where the labels ran into each other
+    # where the texts sit, from matplotlib's renderer once the figure is laid out:
+    text_xy: list[tuple[float, float]] = field(default_factory=list)  # each text's anchor,
+    # in data coordinates (a label placed at its value sits at it)
+    # pairs of the axes' texts, axis labels and legend ("legend") whose boxes overlap
+    overlaps: list[tuple[str, str]] = field(default_factory=list)
+    texts_on_points: list[str] = field(default_factory=list)  # texts over a line's marker
 
 
 @dataclass
@@ -88,6 +95,57 @@ def _covered(ax, legend) -> int:
     return sum(1 for a in artists if a.get_window_extent().overlaps(box))
 
 
+def _box(artist):
+    """An artist's box on the canvas, a text's with its background patch where it has one."""
+    patch = artist.get_bbox_patch() if hasattr(artist, "get_bbox_patch") else None
+    if patch is not None:
+        artist.update_bbox_position_size(artist.figure.canvas.get_renderer())
+        return Bbox.union([patch.get_window_extent(), artist.get_window_extent()])
+    return artist.get_window_extent()
+
+
+def _overlaps(ax, legend) -> list[tuple[str, str]]:
+    """Pairs of the axes' texts, its axis labels and its legend whose boxes overlap (texts
+    nobody could read apart, or a legend over a label)."""
+    named = [(t.get_text(), _box(t)) for t in ax.texts if t.get_visible() and t.get_text()]
+    named += [(label.get_text(), label.get_window_extent())
+              for label in (ax.xaxis.label, ax.yaxis.label)
+              if label.get_visible() and label.get_text()]
+    if legend is not None:
+        named.append(("legend", legend.get_window_extent()))
+    return [(a, b) for i, (a, box_a) in enumerate(named) for b, box_b in named[i + 1:]
+            if box_a.overlaps(box_b)]
+
+
+def _texts_on_points(ax) -> list[str]:
+    """The axes' texts whose box covers a marker of one of its lines (a value drawn)."""
+    points = []
+    for line in ax.get_lines():
+        if not line.get_visible() or str(line.get_marker()) in ("None", "", " ", "none"):
+            continue
+        xy = np.column_stack([np.asarray(line.get_xdata(), dtype=float),
+                              np.asarray(line.get_ydata(), dtype=float)])
+        xy = xy[np.isfinite(xy).all(1)]
+        if len(xy):
+            radius = line.get_markersize() / 2 * ax.figure.dpi / 72
+            points.append((line.get_transform().transform(xy), radius))
+    covered = []
+    for text in ax.texts:
+        if not (text.get_visible() and text.get_text()):
+            continue
+        box = _box(text)
+        if any(((p[:, 0] >= box.x0 - r) & (p[:, 0] <= box.x1 + r) & (p[:, 1] >= box.y0 - r)
+                & (p[:, 1] <= box.y1 + r)).any() for p, r in points):
+            covered.append(text.get_text())
+    return covered
+
+
+def _text_xy(ax) -> list[tuple[float, float]]:
+    to_data = ax.transData.inverted()
+    return [tuple(float(c) for c in to_data.transform(t.get_transform().transform(
+        t.get_position()))) for t in ax.texts]
+
+
 def _content(ax) -> AxesContent:
     from matplotlib.colors import to_rgba
 
@@ -104,7 +162,8 @@ def _content(ax) -> AxesContent:
         len(ax.patches) + len(ax.collections), to_rgba(ax.title.get_color()),
         _covered(ax, legend), [str(line.get_marker()) for line in ax.get_lines()],
         [str(line.get_linestyle()) for line in ax.get_lines()],
-        max((t.get_rotation() for t in ax.get_xticklabels()), default=0.0))
+        max((t.get_rotation() for t in ax.get_xticklabels()), default=0.0),
+        _text_xy(ax), _overlaps(ax, legend), _texts_on_points(ax))
 
 
 def _crowded(labels) -> bool:

@@ -11,6 +11,7 @@ import matplotlib.pyplot as plt
 import numpy as np
 from matplotlib.colors import Normalize
 from matplotlib.patches import Patch
+from matplotlib.transforms import ScaledTranslation
 
 from agent.report.figures import (
     BEST,
@@ -19,6 +20,7 @@ from agent.report.figures import (
     Drawn,
     _note,
     _save,
+    _untangle_xticks,
     panel_grid,
     value_texts,
 )
@@ -107,21 +109,26 @@ def marginal_figure(panels: list[MarginalPanel], metric: str, chance: float | No
                     title: str) -> Drawn:
     """One panel per parameter: the metric's mean over every other parameter at each of its
     values (line) and a band low..high (error bars on a categorical axis), one colour per
-    series (an optimizer), the median a dash where given (one legend entry a panel);
-    "div" near the top where every run of a series diverged."""
+    series (an optimizer), the median a dash where given (one legend entry a panel, under
+    the panel's x label); "div" where every run of a series diverged, in a band along the
+    top that the y axis keeps clear of the values (one line per such series)."""
     fig, axes = panel_grid(len(panels), (3.8, 3.2), (0.6, 0.6), title, sharey=True)
     if not panels:
         _note(axes[0, 0], "no parameter varies")
         return _save(fig, path)
+    div_lines = 0  # the most series with a "div" in one panel
     for ax, panel in zip(axes.flat, panels):
         position = ({v: i for i, v in enumerate(panel.levels)} if panel.categorical
                     else {v: v for v in panel.levels})
         shift = 0.12 * (len(panel.series) - 1) / 2
+        with_div = [label for label in panel.series if panel.diverged.get(label)]
+        div_lines = max(div_lines, len(with_div))
         for i, (label, points) in enumerate(panel.series.items()):
             for level in panel.diverged.get(label, []):
                 x = position[level] - shift + 0.12 * i if panel.categorical else position[level]
-                ax.text(x, 0.96 - 0.07 * i, "div", transform=ax.get_xaxis_transform(),
-                        ha="center", va="top", fontsize=7, color=f"C{i}")
+                ax.text(x, DIV_TOP - DIV_LINE * with_div.index(label), "div",
+                        transform=ax.get_xaxis_transform(), ha="center", va="top",
+                        fontsize=7, color=f"C{i}")
             means = [p[1] for p in points]
             if panel.categorical:  # no line between categories: a mean and its band each
                 xs = [position[p[0]] - shift + 0.12 * i for p in points]
@@ -163,10 +170,38 @@ def marginal_figure(panels: list[MarginalPanel], metric: str, chance: float | No
             len(p) > 5 for points in panel.series.values() for p in points)
             else f"{metric}: mean, middle half", fontsize=8)
         ax.grid(alpha=0.3)
-        ax.legend(fontsize=7, loc="upper center", bbox_to_anchor=(0.5, -0.2), ncol=2,
-                  frameon=False)  # below the panel: it hides no band
+        ax.legend(fontsize=7, loc="upper center", ncol=2, frameon=False)  # placed below
+    if div_lines:  # shared y: the values end under the band of "div" lines
+        low, high = axes[0, 0].get_ylim()
+        clear = 1 - (1 - DIV_TOP) - DIV_LINE * div_lines - DIV_MARGIN
+        axes[0, 0].set_ylim(low, low + (high - low) / clear)
     fig.tight_layout()
+    _legends_under_xlabels(fig, list(axes.flat[:len(panels)]))
     return _save(fig, path)
+
+
+DIV_TOP, DIV_LINE = 0.98, 0.07  # of a panel's height: the first "div" line's top, and the
+# height of each (a 7-point text and a gap, in a panel ~2.2 inches high)
+DIV_MARGIN = 0.05  # between the lowest "div" line and the top of the values' range
+
+
+def _legends_under_xlabels(fig, axes: list) -> None:
+    """Each panel's legend just under its x label, wherever the label ends up: log ticks
+    (10^-3) and tilted names are taller than plain numbers, so a legend at a fixed share of
+    the panel's height covered the label (lr, optimizer) of some panels. The gap is in
+    points, which a new layout keeps; the layout then makes room for the legends."""
+    for _ in range(2):  # the second pass sees the ticks as the new layout tilted them
+        fig.canvas.draw()
+        _untangle_xticks(fig)
+        for ax in axes:
+            legend = ax.get_legend()
+            if legend is None:
+                continue
+            drop = (ax.get_window_extent().y0 - ax.xaxis.label.get_window_extent().y0) \
+                * 72 / fig.dpi + 2  # points from the panel's bottom to under its label
+            legend.set_bbox_to_anchor((0.5, 0.0), transform=ax.transAxes + ScaledTranslation(
+                0, -drop / 72, fig.dpi_scale_trans))
+        fig.tight_layout()
 
 
 # ---------------------------------------------------------------- seeds
