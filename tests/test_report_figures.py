@@ -148,8 +148,9 @@ def test_number_labels_keep_different_values_apart_with_few_digits(values, texts
 
 def test_close_values_get_distinct_tick_labels_in_every_figure(tmp_path):
     """Two learning rates equal to 3 digits: each axis, heat map and legend that shows them
-    shows two labels, and labels close on an axis are moved apart, not printed over each
-    other."""
+    shows two labels; on a parallel axis, where the two are too close for both to sit at
+    their values, the one at the axis's end is named and the other left out, never printed
+    over it."""
     from agent.report.study_figures import HeatPanel, MarginalPanel, heatmap_grid, marginal_figure
 
     lrs = [0.12341, 0.12345, 0.9]
@@ -162,7 +163,8 @@ def test_close_values_get_distinct_tick_labels_in_every_figure(tmp_path):
     rows = [{"lr": lr, "val/acc": 0.5 + i / 10} for i, lr in enumerate(lrs)]
     drawn = figures.parallel_coordinates(rows, ["lr"], "val/acc", "maximize",
                                          tmp_path / "pc.png", "all runs")
-    assert {"0.1234", "0.1235"} <= set(drawn.axes[0].texts)
+    texts = drawn.axes[0].texts
+    assert "0.1234" in texts and "0.123" not in texts and drawn.axes[0].overlaps == []
     heat = heatmap_grid([HeatPanel("all runs", np.array([[0.5], [0.6], [0.7]]),
                                    [[""], [""], [""]])], "lr", lrs, "", [""], "val/acc", 0.1,
                         1.0, tmp_path / "heat.png", "grid")
@@ -599,3 +601,23 @@ def test_marginal_legends_sit_under_the_axis_labels_and_div_clear_of_the_values(
         assert ax.texts_on_points == [], (ax.xlabel, ax.texts_on_points)
     assert panels[0].texts.count("div") == 2 and panels[1].texts.count("div") == 2
 
+
+def test_parallel_number_labels_sit_at_their_values_or_are_left_out(tmp_path):
+    """lr 0.282, 0.267 and 0.259 drawn nearly at one height: each label printed sits at its
+    own value (a label moved to make room sat on the next run's point and read as its
+    value), none runs into another, and the axis's ends are named; categories are all
+    named."""
+    lrs = [0.282, 0.267, 0.259, 0.186, 0.00117]
+    losses = [3.25, 0.971, 0.774, 0.493, 2.03]
+    rows = [{"optimizer": o, "lr": lr, "val/loss": loss}
+            for o, lr, loss in zip(["adam", "sgd", "sgd", "adam", "sam"], lrs, losses)]
+    drawn = figures.parallel_coordinates(rows, ["optimizer", "lr"], "val/loss", "minimize",
+                                         tmp_path / "pc.png", "all runs")
+    ax = drawn.axes[0]
+    assert ax.overlaps == []
+    lr_axis = figures._Axis("lr", lrs)
+    at = {text: y for text, (x, y) in zip(ax.texts, ax.text_xy) if 1 < x < 2}
+    assert {"0.282", "0.00117"} <= set(at) and len(at) < len(lrs)
+    for text, y in at.items():
+        assert y == pytest.approx(lr_axis.position(float(text)), abs=1e-9), text
+    assert {"adam", "sam", "sgd"} <= set(ax.texts)
