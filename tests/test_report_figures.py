@@ -621,3 +621,56 @@ def test_parallel_number_labels_sit_at_their_values_or_are_left_out(tmp_path):
     for text, y in at.items():
         assert y == pytest.approx(lr_axis.position(float(text)), abs=1e-9), text
     assert {"adam", "sam", "sgd"} <= set(ax.texts)
+
+
+def test_runs_that_logged_fewer_steps_than_epochs_are_drawn_by_their_epochs(tmp_path,
+                                                                            monkeypatch):
+    """A digits cnn sweep trained here, 10 steps an epoch (batch 128): at log_interval 20 a
+    run logs one step or fewer an epoch; run for one epoch it had one point, its first
+    step's loss, drawn as a dot on an x axis from 0.96 to 1.04. It is drawn by its epoch
+    means; a run that logged more steps than epochs keeps them, at their share of an epoch;
+    the axis runs from 0 to the longest run's planned epochs."""
+    from agent.report import document, stats
+    from agent.report.runs_section import group_figure
+    from agent.report.study import local_study
+    from agent.sweep.agent_loop import LocalAgent
+    from agent.sweep.pack_size import PackSizer
+    from agent.sweep.store import create_store
+
+    monkeypatch.chdir(tmp_path)
+    store = create_store(tmp_path / "data" / "sweeps" / "few", "few", "few", {
+        "method": "grid", "metric": {"name": "val/acc", "goal": "maximize"},
+        "parameters": {"dataset": {"value": "digits"}, "model": {"value": "cnn"},
+                       "channels": {"value": [8, 16]}, "batch_size": {"value": 128},
+                       "optimizer": {"value": "adam"}, "lr": {"value": 0.01},
+                       "sinks": {"value": ["tensorboard"]},
+                       "epochs": {"values": [1, 3]}, "log_interval": {"values": [5, 20]}}})
+    assert LocalAgent(store, 5.0, 60.0, PackSizer(fixed=1)).run(None) == 0
+    study = local_study(store)
+    ctx = document.study_context(study, tmp_path / "report", stats.GroupRule())
+    runs = {(r.config["epochs"], r.config["log_interval"]): r for r in study.runs}
+    assert len(runs) == 4 and all(r.state == "finished" for r in runs.values())
+    one = runs[(1, 20)]
+    assert len(ctx.curves[one.id].steps) == 1  # the premise: one logged step
+    for group in stats.GROUPS:
+        members = [r for r in study.runs if ctx.group_of(r) == group]
+        if not members:
+            continue
+        drawn = group_figure(ctx, group, members)
+        lines = {label: (x, y) for ax in drawn.axes for label, x, y in ax.lines}
+        by_epoch = any(r.config["log_interval"] == 20 for r in members)
+        for ax in [ax for ax in drawn.axes if ax.title]:
+            assert ax.xlabel == ("epoch" if by_epoch else "training step")
+            longest = max(r.config["epochs"] for r in members)
+            assert ax.xlim == pytest.approx((0, longest * (1 if by_epoch else 10) * 1.02))
+        for (epochs, interval), run in runs.items():
+            if run not in members:
+                continue
+            x, y = lines[f"epochs={epochs} log_interval={interval}"]
+            if interval == 20:  # fewer logged steps than epochs: the epoch means
+                assert list(x) == list(range(1, epochs + 1))
+                assert list(y) == pytest.approx([row["train/loss"] for row in run.history])
+            else:  # every 5th step: 2 or 6 points, at their share of an epoch where needed
+                steps = ctx.curves[run.id].steps
+                assert len(steps) == 2 * epochs
+                assert list(x) == pytest.approx([s / 10 if by_epoch else s for s in steps])

@@ -18,6 +18,7 @@ class LossCurve:
     steps: list[float]  # x: the training step (or the epoch, when source == "epoch")
     losses: list[float]  # may hold inf / nan where the run blew up
     source: str  # "tensorboard", "wandb" or "epoch"
+    steps_per_epoch: int | None = None  # training steps an epoch, where the rows say it
 
 
 def tensorboard_scalars(log_dir: Path, tag: str) -> list[tuple[int, float]]:
@@ -38,20 +39,66 @@ def tensorboard_scalars(log_dir: Path, tag: str) -> list[tuple[int, float]]:
     return points
 
 
+def _steps_per_epoch(points: list[tuple[float, float]]) -> int | None:
+    """Training steps an epoch from (step, epoch) pairs: the trainer logs the epoch as
+    step / steps an epoch beside each step's loss, and the epoch's number at its last step;
+    read at the latest pair (the least rounded)."""
+    points = [(s, e) for s, e in points if isinstance(s, (int, float))
+              and isinstance(e, (int, float)) and e > 0 and s > 0]
+    if not points:
+        return None
+    step, epoch = max(points)
+    return max(1, round(step / epoch))
+
+
 def loss_curve(run: RunRecord) -> LossCurve:
     """The run's training loss step by step, from the best source available."""
     points = tensorboard_scalars(run.log_dir, STEP_TAG) if run.log_dir else []
     if points:
         steps = dict(points)  # a resumed run wrote some steps twice: the last value stands
         order = sorted(steps)
-        return LossCurve(order, [steps[s] for s in order], "tensorboard")
+        return LossCurve(order, [steps[s] for s in order], "tensorboard",
+                         _steps_per_epoch(tensorboard_scalars(run.log_dir, "epoch")))
     if run.steps:
         rows = [r for r in run.steps if isinstance(r.get(STEP_TAG), (int, float))]
         return LossCurve([r.get("_step", i) for i, r in enumerate(rows)],
-                         [float(r[STEP_TAG]) for r in rows], "wandb")
+                         [float(r[STEP_TAG]) for r in rows], "wandb",
+                         _steps_per_epoch([(r.get("_step"), r.get("epoch"))
+                                           for r in run.steps]))
+    return epoch_curve(run)
+
+
+def epoch_curve(run: RunRecord) -> LossCurve:
+    """The run's training loss by epoch: the epoch means of the store's history."""
     rows = [r for r in run.history if isinstance(r.get("train/loss"), (int, float))]
     return LossCurve([r.get("epoch", i + 1) for i, r in enumerate(rows)],
                      [float(r["train/loss"]) for r in rows], "epoch")
+
+
+def drawn_curve(run: RunRecord, curve: LossCurve) -> LossCurve:
+    """What a figure of training losses draws for `run`, whose loss_curve is `curve`: its
+    logged steps where they are more points than its epochs or hold the non-finite loss
+    that ended it, else its epoch means. With log_interval 20 and 11 steps an epoch a run
+    logs one step an epoch or fewer: stopped after its first epoch it had one point, its
+    first step's loss, drawn as a dot on an axis from step 0.96 to 1.04; its epoch's mean
+    loss says more."""
+    if curve.source == "epoch":
+        return curve
+    epochs = epoch_curve(run)
+    if len(curve.steps) > len(epochs.steps) or not all(map(math.isfinite, curve.losses)):
+        return curve
+    return epochs
+
+
+def in_epochs(curve: LossCurve) -> LossCurve | None:
+    """A step curve against the epoch (step / steps an epoch, as the trainer logs the epoch),
+    to share an axis with curves of epoch means; None where the steps an epoch are unknown."""
+    if curve.source == "epoch":
+        return curve
+    if not curve.steps_per_epoch:
+        return None
+    return LossCurve([s / curve.steps_per_epoch for s in curve.steps], list(curve.losses),
+                     "epoch", curve.steps_per_epoch)
 
 
 def step_losses(curve: LossCurve) -> list[float]:

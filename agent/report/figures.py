@@ -61,6 +61,7 @@ class AxesContent:
     # pairs of the axes' texts, axis labels and legend ("legend") whose boxes overlap
     overlaps: list[tuple[str, str]] = field(default_factory=list)
     texts_on_points: list[str] = field(default_factory=list)  # texts over a line's marker
+    xlim: tuple[float, float] = (0.0, 1.0)
 
 
 @dataclass
@@ -163,7 +164,8 @@ def _content(ax) -> AxesContent:
         _covered(ax, legend), [str(line.get_marker()) for line in ax.get_lines()],
         [str(line.get_linestyle()) for line in ax.get_lines()],
         max((t.get_rotation() for t in ax.get_xticklabels()), default=0.0),
-        _text_xy(ax), _overlaps(ax, legend), _texts_on_points(ax))
+        _text_xy(ax), _overlaps(ax, legend), _texts_on_points(ax),
+        tuple(float(x) for x in ax.get_xlim()))
 
 
 def _crowded(labels) -> bool:
@@ -537,12 +539,14 @@ def _encodings(curves: list[GroupCurve], colour: str | None, style: str | None):
 
 def group_loss_figure(curves: list[GroupCurve], facets: list[str], colour: str | None,
                       style: str | None, path, title: str, xlabel: str = "training step",
-                      threshold: float | None = None) -> Drawn:
+                      threshold: float | None = None, x_end: float | None = None) -> Drawn:
     """Training loss against step, one panel per value of the `facets` parameters (model x
     optimizer), colour by `colour` (lr), line style by `style` (dropout); the figure legend
     names those values, each line is labelled with its whole configuration. A point where
     the loss went non-finite is a cross at the top of its panel. Log y from two decades on.
-    `threshold`: a loss level drawn as a dashed line in every panel (the explosion rule)."""
+    `threshold`: a loss level drawn as a dashed line in every panel (the explosion rule).
+    `x_end`: the x axis runs from 0 to it (the runs' planned length: one point is not
+    centred on an axis of its own 4% either side); whole epochs are ticked as such."""
     keys = sorted({tuple(c.config.get(f) for f in facets) for c in curves}, key=str)
     fig, axes = panel_grid(len(keys), (3.6, 3.0), (2.2, 0.6), title, sharex=True)
     colour, style = _colour_and_style(curves, colour, style)
@@ -563,6 +567,10 @@ def group_loss_figure(curves: list[GroupCurve], facets: list[str], colour: str |
         ax.set_xlabel(xlabel, fontsize=8)
         ax.set_ylabel("training loss", fontsize=8)
         ax.tick_params(labelbottom=True)  # shared x: a panel with none below keeps its ticks
+        if x_end:
+            ax.set_xlim(0, x_end * 1.02)  # the last point clear of the frame
+        if xlabel == "epoch":
+            ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     handles = [Line2D([], [], color=c, label=f"{colour}={text}")
                for (v, c), text in zip(colours.items(), value_texts(list(colours)))]
     handles += [Line2D([], [], color="0.3", linestyle=s, label=f"{style}={text}")

@@ -8,7 +8,7 @@ import json
 
 from agent.commands import module_command
 from agent.report import figures, stats
-from agent.report.curves import tensorboard_scalars
+from agent.report.curves import drawn_curve, epoch_curve, in_epochs, tensorboard_scalars
 from agent.report.markdown import (
     Context,
     Report,
@@ -91,6 +91,15 @@ def groups_section(report: Report, ctx: Context) -> None:
     if sources - {"tensorboard", "wandb"}:
         report.add("Some runs have no step-level losses (no TensorBoard or W&B history): "
                    "their curves and the rule use the epoch means instead.", "")
+    by_epoch = [g for g in stats.GROUPS if members[g] and not group_curves(members[g], ctx)[1]
+                and any(ctx.curves[r.id].source != "epoch" for r in members[g]
+                        if r.id in ctx.curves)]
+    if by_epoch:
+        report.add("The " + " and ".join(GROUP_TITLES[g] for g in by_epoch) + " runs' "
+                   "figure" + ("s are" if len(by_epoch) > 1 else " is") + " drawn against the "
+                   "epoch: some of their runs logged no more training steps than epochs "
+                   "(log_interval against the steps an epoch) and are drawn by their epoch "
+                   "means, the others' logged steps at their share of an epoch.", "")
     for group in (stats.DIVERGED, stats.STUCK):
         if members[group]:
             report.add(f"### {GROUP_TITLES[group].capitalize()} ({len(members[group])})", "")
@@ -148,23 +157,47 @@ def _cut_short(run: RunRecord) -> str:
     return f"; stopped early (hyperband) after {done} of {run.params.epochs} epochs"
 
 
+def group_curves(runs: list[RunRecord], ctx: Context) -> tuple[dict, bool, float | None]:
+    """({run id: the LossCurve drawn}, whether against the training step, the length of the
+    x axis): each run's logged steps or its epoch means (curves.drawn_curve); where any run
+    is drawn by its epochs, every run is, a step curve at its share of an epoch (one x axis
+    cannot be both). The axis runs to the planned end of the longest run, so a run stopped
+    early ends where it stopped, not at the right edge."""
+    drawn = {r.id: drawn_curve(r, ctx.curves[r.id]) for r in runs if r.id in ctx.curves}
+    by_step = all(curve.source != "epoch" for curve in drawn.values())
+    if not by_step:
+        drawn = {r.id: in_epochs(drawn[r.id]) or epoch_curve(r) for r in runs if r.id in drawn}
+    ends = []
+    for run in runs:
+        curve = drawn.get(run.id)
+        if curve is None:
+            continue
+        if not by_step:
+            ends.append(run.params.epochs)
+        elif curve.steps_per_epoch:
+            ends.append(run.params.epochs * curve.steps_per_epoch)
+        ends += [max(curve.steps)] if curve.steps else []
+    return drawn, by_step, max(ends) if ends else None
+
+
 def group_figure(ctx: Context, group: str, runs: list[RunRecord]) -> figures.Drawn:
     """The group's training losses, faceted by the categorical swept parameters and
-    coloured / styled by the numeric ones."""
+    coloured / styled by the numeric ones (group_curves: what is drawn, against what)."""
     categorical = [a for a in ctx.swept if any(
         isinstance(r.config.get(a), (str, bool, list)) for r in ctx.study.runs)]
     numeric = [a for a in ctx.swept if a not in categorical]
+    drawn, by_step, end = group_curves(runs, ctx)
     curves = [figures.GroupCurve({a: r.config.get(a, r.params.get(a)) for a in ctx.swept},
-                                 ctx.curves[r.id].steps, ctx.curves[r.id].losses)
-              for r in runs if r.id in ctx.curves]
-    steps = all(ctx.curves[r.id].source != "epoch" for r in runs if r.id in ctx.curves)
+                                 drawn[r.id].steps, drawn[r.id].losses)
+              for r in runs if r.id in drawn]
     return figures.group_loss_figure(
         curves, categorical[:2], numeric[0] if numeric else None,
         numeric[1] if len(numeric) > 1 else None,
         ctx.out_dir / f"loss_{group}.png",
         f"{GROUP_TITLES[group]} runs ({len(curves)}): training loss",
-        "training step" if steps else "epoch",
-        ctx.rule.explode_at(ctx.classes) if group == stats.DIVERGED else None)
+        "training step" if by_step else "epoch",
+        ctx.rule.explode_at(ctx.classes) if group == stats.DIVERGED else None,
+        x_end=end)
 
 
 BEST_CURVES = 3  # runs whose training curves are drawn
