@@ -19,6 +19,7 @@ from agent.report.markdown import (
     diverged_left_out,
     fmt,
     log_text,
+    stopped_note,
     stopped_text,
 )
 from agent.report.study import RunRecord
@@ -450,8 +451,9 @@ def _windows_and_failures(ctx: Context, name: str) -> list[str]:
             top = scored[0].metric(metric)  # scored runs are best first, by the sweep's goal
             good = sorted({value(r, name) for r in scored
                            if abs(r.metric(metric) - top) <= near_margin(metric, values, goal)})
+            cut = stopped_note(scored[0])
             parts.append(f"{name} within {margin_text(metric, values, goal)} of its best ({top:.4f}"
-                         f"{stopped_text(scored[0])}): "
+                         + (f", {cut}" if cut else "") + "): "
                          + ", ".join(short_number(v) for v in good))
         if failed:
             count = sum(1 for r in full if value(r, name) in failed)

@@ -150,10 +150,17 @@ def diverged_left_out(count: int) -> str:
 def stopped_text(run: RunRecord) -> str:
     """' (stopped early at epoch 2 of 4)' for a run the sweep's early termination cut short,
     else ''."""
+    note = stopped_note(run)
+    return f" ({note})" if note else ""
+
+
+def stopped_note(run: RunRecord) -> str:
+    """'stopped early at epoch 2 of 4' for a run the sweep's early termination cut short,
+    else '': for a text already in parentheses ('(0.1100, stopped early at epoch 1 of 3)')."""
     if not stats.stopped_early(run):
         return ""
     done = run.summary.get("epochs_done", len(run.history))
-    return f" (stopped early at epoch {done} of {run.params.epochs})"
+    return f"stopped early at epoch {done} of {run.params.epochs}"
 
 
 def fmt_value(run: RunRecord, name: str) -> str:

@@ -1,0 +1,73 @@
+"""The report of a random search, as W&B's documentation teaches one: lr drawn from
+log_uniform_values over three decades, optimizer, batch size and dropout from lists. A best
+value cut short by hyperband reads in one pair of parentheses. A real SQLite store holding
+finished runs (no training: the report reads summaries and epochs)."""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+
+from agent.report import document
+from agent.report.study import local_study
+from agent.sweep.store import create_store
+
+pytestmark = pytest.mark.timeout(300)
+SWEEP = {"program": "agent/train.py", "method": "random",
+         "metric": {"name": "val/acc", "goal": "maximize"},
+         "early_terminate": {"type": "hyperband", "min_iter": 1, "eta": 2},
+         "parameters": {"dataset": {"value": "digits"}, "model": {"value": "dense"},
+                        "hidden": {"value": 16}, "epochs": {"value": 3},
+                        "optimizer": {"values": ["sgd", "adam"]},
+                        "lr": {"distribution": "log_uniform_values", "min": 1e-4, "max": 0.1},
+                        "batch_size": {"values": [32, 64, 128, 256]},
+                        "dropout": {"values": [0.0, 0.25, 0.5]}}}
+# (optimizer, lr, batch_size, dropout, val/acc, epochs trained): lr from 1.2e-4 to 1.05e-2,
+# 1.94 decades; sgd's best run (0.9) is one hyperband stopped after its first epoch
+RUNS = [("adam", 1.2e-4, 32, 0.0, 0.30, 3), ("adam", 3e-4, 64, 0.25, 0.55, 3),
+        ("adam", 8e-4, 64, 0.5, 0.70, 3), ("adam", 2e-3, 32, 0.0, 0.88, 3),
+        ("adam", 5e-3, 64, 0.25, 0.92, 3), ("adam", 1.05e-2, 128, 0.5, 0.85, 3),
+        ("sgd", 1.5e-4, 256, 0.0, 0.22, 3), ("sgd", 6e-4, 32, 0.25, 0.35, 3),
+        ("sgd", 1.5e-3, 64, 0.5, 0.45, 3), ("sgd", 4e-3, 128, 0.0, 0.60, 3),
+        ("sgd", 7e-3, 256, 0.25, 0.90, 1), ("sgd", 9e-3, 32, 0.5, 0.80, 3)]
+
+
+@pytest.fixture(scope="module")
+def report(tmp_path_factory):
+    work = tmp_path_factory.mktemp("random")
+    store = create_store(work / "data" / "sweeps" / "rand1", "rand1", "rand", SWEEP)
+    with store.transaction() as db:
+        for k, (optimizer, lr, size, dropout, _, _) in enumerate(RUNS):
+            db.insert_run(f"run{k:02d}", {"dataset": "digits", "model": "dense", "hidden": 16,
+                                          "epochs": 3, "optimizer": optimizer, "lr": lr,
+                                          "batch_size": size, "dropout": dropout},
+                          "running", "host:1")
+    for k, (*_, score, epochs) in enumerate(RUNS):
+        for epoch in range(1, epochs + 1):  # a run learning: its loss falls, its accuracy rises
+            acc = score * epoch / epochs if epochs == 3 else score
+            assert store.record_epoch(f"run{k:02d}", "host:1", epoch, {
+                "epoch": epoch, "train/loss": 2.3 - 2 * acc, "val/loss": 2.3 - 2 * acc,
+                "val/acc": acc, "train/acc": acc})
+        assert store.finish(f"run{k:02d}", "host:1", "finished" if epochs == 3 else "stopped",
+                            {"val/acc": score, "test/acc": score, "epochs_done": epochs})
+    old = os.getcwd()
+    os.chdir(work)  # the report reads ./data, as from the sweep's folder
+    try:
+        built = document.build_report(local_study(store), work / "report")
+    finally:
+        os.chdir(old)
+    return built, built.path.read_text()
+
+
+def section(text: str, title: str) -> str:
+    return text.split(title)[1].split("\n## ")[0]
+
+
+def test_a_best_value_stopped_early_reads_in_one_pair_of_parentheses(report):
+    """'lr within 0.02 of its best (0.1100 (stopped early at epoch 1 of 3))' read as a
+    nested aside; the value and the note share one pair of parentheses."""
+    _, text = report
+    notes = section(text, "## Observations")
+    assert "lr within 0.02 of its best (0.9000, stopped early at epoch 1 of 3): " in notes, notes
+    assert "((" not in notes and "))" not in notes, notes
