@@ -1,12 +1,14 @@
 """The report of a random search, as W&B's documentation teaches one: lr drawn from
-log_uniform_values over three decades, optimizer, batch size and dropout from lists. A best
-value cut short by hyperband reads in one pair of parentheses. A real SQLite store holding
-finished runs (no training: the report reads summaries and epochs)."""
+log_uniform_values over three decades, optimizer, batch size and dropout from lists. Its
+draws spanned 1.94 decades, yet lr is read on a log axis (its distribution is log-scaled);
+a best value cut short by hyperband reads in one pair of parentheses. A real SQLite store
+holding finished runs (no training: the report reads summaries and epochs)."""
 
 from __future__ import annotations
 
 import os
 
+import numpy as np
 import pytest
 
 from agent.report import document
@@ -62,6 +64,28 @@ def report(tmp_path_factory):
 
 def section(text: str, title: str) -> str:
     return text.split(title)[1].split("\n## ")[0]
+
+
+def test_a_log_distributed_lr_is_read_on_a_log_axis_whatever_its_draws_span(report):
+    """lr drawn from log_uniform_values over 3 decades, its 12 draws over 1.94: the report
+    said 'log axes ...: none here' and drew lr on linear axes, where its draws crowd at
+    the low end; it reads lr on log axes and says why, and the correlations are of log10 lr."""
+    built, text = report
+    rule = "two decades or more, or powers of two spread 8-fold or more (batch sizes): here"
+    assert (f"(log axes where they span {rule} lr, batch_size; lr drawn from "
+            "log_uniform_values)") in text
+    assert (f"(log10 of those spanning {rule} lr, batch_size; lr drawn from "
+            "log_uniform_values)") in text
+    assert "none here" not in text
+    assert "lr (log)" in built.figures["parallel_all.png"].axes[0].xticks
+    (lr_panel,) = [ax for ax in built.figures["marginals.png"].axes if ax.xlabel == "lr"]
+    assert lr_panel.xscale == "log"
+    full = [run for run in RUNS if run[5] == 3]  # the importance table leaves stopped runs out
+    r = np.corrcoef(np.log10([run[1] for run in full]), [run[4] for run in full])[0, 1]
+    row = next(line for line in section(text, "## Hyper-parameter importance").splitlines()
+               if line.startswith("| lr |"))
+    assert row.split(" | ")[2] == f"{r:.3f}", row
+    assert "- Pearson r(log10 lr, val/acc)" in text
 
 
 def test_a_best_value_stopped_early_reads_in_one_pair_of_parentheses(report):

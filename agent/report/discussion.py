@@ -18,6 +18,8 @@ from agent.report.markdown import (
     config_text,
     diverged_left_out,
     fmt,
+    log_axis,
+    log_distribution,
     log_text,
     stopped_note,
     stopped_text,
@@ -99,6 +101,18 @@ def value(run: RunRecord, name: str):
     return run.config.get(name, run.params.get(name))
 
 
+def axis_values(ctx: Context, name: str, values: list) -> np.ndarray | None:
+    """`values` of `name` as the correlations read them: log10 where the figures draw
+    `name` on a log axis (markdown.log_axis: a log distribution, whatever its draws span;
+    stats.numeric_values: values over two decades), else as they are; None when any is not
+    a number."""
+    x = stats.numeric_values(values)
+    if x is not None and len(x) and log_axis(ctx, name) \
+            and not log_scaled(sorted(set(values))) and min(values) > 0:
+        return np.log10(np.asarray(values, dtype=float))
+    return x
+
+
 def using(runs: list[RunRecord], name: str) -> list[RunRecord]:
     """The runs in which parameter `name` changes anything (Param.used_when): for `hidden`
     the dense runs of a sweep over model; all of them for a parameter every model uses. Each
@@ -131,7 +145,8 @@ def split_axes(ctx: Context) -> tuple[list[str], list[str]]:
     categorical = [a for a in swept if any(isinstance(value(r, a), (str, bool, list))
                                            for r in runs)]
     numeric = [a for a in swept if a not in categorical]
-    numeric.sort(key=lambda a: (not spans_decades(_levels(runs, a)), -len(_levels(runs, a))))
+    numeric.sort(key=lambda a: (not (spans_decades(_levels(runs, a))
+                                     or log_distribution(ctx, a)), -len(_levels(runs, a))))
     return categorical, numeric
 
 
@@ -202,7 +217,8 @@ def heatmap_section(report: Report, ctx: Context) -> None:
                   "epoch it stopped at, not a final one." if cut_short else ""), "")
     report.figure(heatmap_grid(panels, row, rows, col or "", cols, metric, low, high,
                                ctx.out_dir / "grid_heatmap.png", f"{metric} over the grid",
-                               flip_rows=spans_decades(rows), lower_is_better=minimize),
+                               flip_rows=bool(log_distribution(ctx, row)) or spans_decades(rows),
+                               lower_is_better=minimize),
                   "heat map of the grid")
 
 
@@ -228,7 +244,8 @@ def marginals(ctx: Context) -> list[MarginalPanel]:
         levels = _levels(runs, name)
         split = next((s for s in ("optimizer", "model") if s in ctx.swept and s != name), None)
         groups = _levels(runs, split) if split else [None]
-        panel = MarginalPanel(name + used_in(study.runs, name), log_scaled(levels),
+        panel = MarginalPanel(name + used_in(study.runs, name),
+                              log_axis(ctx, name) or log_scaled(levels),
                               name in categorical, levels)
         for group in groups:
             points = []
@@ -486,7 +503,7 @@ def _correlation_caveat(ctx: Context, name: str) -> list[str]:
     full = stats.full_length(numeric)
     runs = ctx.not_diverged(full)
     cut_short, diverged = len(numeric) - len(full), len(full) - len(runs)
-    x = stats.numeric_values([value(r, name) for r in runs])
+    x = axis_values(ctx, name, [value(r, name) for r in runs])
     if x is None or len(runs) < 4:
         return []
     r_all = stats.correlation(x, np.asarray([r.metric(metric) for r in runs]))
@@ -517,7 +534,7 @@ def _correlation_caveat(ctx: Context, name: str) -> list[str]:
                           + ": the first in the sweep's order is named)")
             bends.append((f"{split}={group} is best at {at}" if split else
                           f"the best is at {at}") + where)
-    axis = f"log10 {name}" if log_scaled(_levels(runs, name)) else name
+    axis = f"log10 {name}" if log_axis(ctx, name) or log_scaled(_levels(runs, name)) else name
     if r_all is None:
         return []
     over = "the runs that use it" if used_in(ctx.scored, name) else "all runs"
@@ -639,6 +656,12 @@ def importance_section(report: Report, ctx: Context) -> None:
     left_out = (f" {_stopped_left_out(cut_short)}" if cut_short else "") \
         + (f" {diverged_left_out(diverged)}." if diverged else "")
     rows = stats.importance(full, axes, study.metric)
+    scored = [r for r in full if r.metric(study.metric) is not None]
+    for row in rows:  # stats reads log10 by the values alone: a log distribution's too
+        x = axis_values(ctx, row["parameter"], [r.params.get(row["parameter"]) for r in scored])
+        if x is not None and log_axis(ctx, row["parameter"]):
+            row["correlation"] = stats.correlation(
+                x, np.asarray([r.metric(study.metric) for r in scored]))
     report.add("## Hyper-parameter importance", "")
     if not rows:
         report.add("Needs at least 4 ended runs with a metric (not stopped early, not "
@@ -666,7 +689,7 @@ def importance_section(report: Report, ctx: Context) -> None:
         within = []
         for group in groups:
             mine = [r for r in full if value(r, split) == group]
-            x = stats.numeric_values([r.params.get(row["parameter"]) for r in mine])
+            x = axis_values(ctx, row["parameter"], [r.params.get(row["parameter"]) for r in mine])
             corr = None if x is None else stats.correlation(
                 x, np.asarray([r.metric(study.metric) for r in mine]))
             within.append(fmt(corr, 3))

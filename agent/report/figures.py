@@ -320,7 +320,8 @@ def class_histograms(counts: dict[str, list[int]], classes: list[str], path,
 class _Axis:
     """One vertical axis: where each value sits in [0, 1], and ticks in the values' own units."""
 
-    def __init__(self, name: str, values: list):
+    def __init__(self, name: str, values: list, log: bool = False):
+        """`log`: a log axis where the values allow one (all positive), whatever they span."""
         present = [v for v in values if _present(v)]
         self.categorical = any(not _is_number(v) for v in present)
         if self.categorical:
@@ -329,7 +330,8 @@ class _Axis:
             self.label = name
         else:
             numbers_ = [float(v) for v in present]
-            self.log = log_scaled(numbers_)
+            self.log = log_scaled(numbers_) or (log and bool(numbers_)
+                                                and min(numbers_) > 0)
             scaled = [math.log10(v) for v in numbers_] if self.log else numbers_
             self.low, self.high = (min(scaled), max(scaled)) if scaled else (0.0, 1.0)
             self.label = f"{name} (log)" if self.log else name
@@ -416,11 +418,14 @@ def thin_ticks(ticks: list[tuple[float, str]], gap: float) -> list[tuple[float, 
 
 
 def parallel_coordinates(rows: list[dict], axes: list[str], metric: str, goal: str, path,
-                         title: str, stopped: list[bool] | None = None) -> Drawn:
+                         title: str, stopped: list[bool] | None = None,
+                         log_axes: frozenset[str] = frozenset()) -> Drawn:
     """One polyline per row across `axes` and a last axis for `metric`, coloured by the metric
     (viridis, brighter = better for either goal). `stopped[i]`: row i is a run the sweep's
     early termination stopped, its metric the value at that epoch: drawn dashed, counted in
-    the title and named in a legend.
+    the title and named in a legend. `log_axes`: parameters read on a log axis whatever
+    their values span (drawn from a log distribution: markdown.log_axis); the others are
+    log where sweep_space.log_scaled says so.
 
     A row without a finite metric is skipped (it cannot be coloured). A row missing another
     value (key absent, None, nan) is drawn with a gap at that axis: the segments touching the
@@ -438,7 +443,7 @@ def parallel_coordinates(rows: list[dict], axes: list[str], metric: str, goal: s
     if not rows:
         _note(ax, f"no runs with a value of {metric} to show")
         return _save(fig, path)
-    columns = [_Axis(name, [r.get(name) for r in rows]) for name in names]
+    columns = [_Axis(name, [r.get(name) for r in rows], name in log_axes) for name in names]
     scores = [float(r[metric]) for r in rows]
     low, high = min(scores), max(scores)
     if low == high:  # one run, or ties: give the colour scale some width

@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING
 from agent.report import stats
 from agent.report.curves import LossCurve, loss_curve, step_losses
 from agent.report.study import RunRecord, Study
-from agent.sweep_space import log_scaled, short_number
+from agent.sweep_space import log_scaled, short_number, swept_parameters
 
 if TYPE_CHECKING:  # figures imports matplotlib and torch: agent.repeat plans without them
     from agent.report.figures import Drawn
@@ -112,19 +112,49 @@ class Context:
                     self.verdicts[run.id] = verdict
 
 
+def _numbers(ctx: Context, name: str) -> list[float] | None:
+    """The distinct values of `name` over the study's runs, sorted, when all are numbers."""
+    values = {r.config.get(name, r.params.get(name)) for r in ctx.study.runs
+              if not isinstance(r.config.get(name), list)}
+    if not values or not all(isinstance(v, (int, float)) and not isinstance(v, bool)
+                             for v in values):
+        return None
+    return sorted(values)
+
+
+def log_distribution(ctx: Context, name: str) -> str | None:
+    """The log-scaled distribution the sweep draws `name` from (log_uniform_values,
+    q_log_uniform, inv_log_uniform, log_normal...), else None."""
+    spec = ((ctx.study.sweep_config or {}).get("parameters") or {}).get(name)
+    kind = str(spec.get("distribution", "")) if isinstance(spec, dict) else ""
+    log = any(p.name == name and p.log and p.values is None
+              for p in swept_parameters(ctx.study.sweep_config))
+    return kind if log else None
+
+
+def log_axis(ctx: Context, name: str) -> bool:
+    """Whether the figures and correlations read `name` on a log scale: positive numbers
+    drawn from a log distribution (log_distribution), or values spanning two decades
+    (sweep_space.log_scaled). A random search's draws can span less than its distribution:
+    1.94 of the 3 decades of a log_uniform_values lr between 1e-4 and 0.1, which a linear
+    axis crowds at its low end as it would the whole range."""
+    values = _numbers(ctx, name)
+    if values is None or values[0] <= 0:
+        return False
+    return log_distribution(ctx, name) is not None or log_scaled(values)
+
+
 def log_text(ctx: Context, names: list[str]) -> str:
     """'two decades or more, or powers of two spread 8-fold or more: here lr, batch_size':
-    which of `names` the figures and correlations read on a log scale
-    (sweep_space.log_scaled), by the rule and by name."""
-    logged = []
-    for name in names:
-        values = {r.config.get(name, r.params.get(name)) for r in ctx.study.runs
-                  if not isinstance(r.config.get(name), list)}
-        if all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in values) \
-                and log_scaled(sorted(values)):
-            logged.append(name)
+    which of `names` the figures and correlations read on a log scale (log_axis), by the
+    rule and by name; one that only its log distribution puts there is said to be ('here
+    batch_size, lr; lr drawn from log_uniform_values')."""
+    logged = [name for name in names if log_axis(ctx, name)]
+    drawn = [f"{name} drawn from {log_distribution(ctx, name)}" for name in logged
+             if not log_scaled(_numbers(ctx, name))]
     return ("two decades or more, or powers of two spread 8-fold or more (batch sizes): "
-            + (f"here {', '.join(logged)}" if logged else "none here"))
+            + (f"here {', '.join(logged)}" if logged else "none here")
+            + (f"; {', '.join(drawn)}" if drawn else ""))
 
 
 def fmt(value, digits: int = 4) -> str:

@@ -15,6 +15,7 @@ from agent.report.markdown import (
     config_text,
     fmt,
     fmt_value,
+    log_axis,
     log_text,
     stopped_text,
 )
@@ -36,9 +37,10 @@ def parallel_section(report: Report, ctx: Context) -> None:
                + (f" Dashed: the {sum(stopped)} run{'s' if sum(stopped) != 1 else ''} the "
                   "sweep's early termination (hyperband) stopped, at the value of the epoch "
                   "it stopped at, not a final one." if any(stopped) else ""), "")
+    logged = frozenset(name for name in ctx.swept if log_axis(ctx, name))
     report.figure(figures.parallel_coordinates(
         rows, ctx.swept, study.metric, study.goal, report.out_dir / "parallel_all.png",
-        "all runs", stopped), "parallel coordinates, all runs")
+        "all runs", stopped, logged), "parallel coordinates, all runs")
     base = ctx.base
     if base is None:
         return
@@ -61,7 +63,7 @@ def parallel_section(report: Report, ctx: Context) -> None:
         [row for row, _ in kept_rows], ctx.swept, study.metric, study.goal,
         report.out_dir / "parallel_better.png",
         f"runs better than random (test accuracy > {base.chance_bound:.4f})",
-        [cut for _, cut in kept_rows]), "parallel coordinates, better than random")
+        [cut for _, cut in kept_rows], logged), "parallel coordinates, better than random")
 
 
 def _count_groups(ctx: Context, runs: list[RunRecord]) -> str:
