@@ -1,11 +1,13 @@
 """The report of a random search, as W&B's documentation teaches one: lr drawn from
 log_uniform_values over three decades, optimizer, batch size and dropout from lists. Its
 draws spanned 1.94 decades, yet lr is read on a log axis (its distribution is log-scaled);
-a best value cut short by hyperband reads in one pair of parentheses. A real SQLite store
+the heat map gathers the drawn values into ranges rather than a row per value; a best
+value cut short by hyperband reads in one pair of parentheses. A real SQLite store
 holding finished runs (no training: the report reads summaries and epochs)."""
 
 from __future__ import annotations
 
+import math
 import os
 
 import numpy as np
@@ -33,6 +35,7 @@ RUNS = [("adam", 1.2e-4, 32, 0.0, 0.30, 3), ("adam", 3e-4, 64, 0.25, 0.55, 3),
         ("sgd", 1.5e-4, 256, 0.0, 0.22, 3), ("sgd", 6e-4, 32, 0.25, 0.35, 3),
         ("sgd", 1.5e-3, 64, 0.5, 0.45, 3), ("sgd", 4e-3, 128, 0.0, 0.60, 3),
         ("sgd", 7e-3, 256, 0.25, 0.90, 1), ("sgd", 9e-3, 32, 0.5, 0.80, 3)]
+DECADES = ["0.0001–0.001", "0.001–0.01", "0.01–0.1"]
 
 
 @pytest.fixture(scope="module")
@@ -86,6 +89,32 @@ def test_a_log_distributed_lr_is_read_on_a_log_axis_whatever_its_draws_span(repo
                if line.startswith("| lr |"))
     assert row.split(" | ")[2] == f"{r:.3f}", row
     assert "- Pearson r(log10 lr, val/acc)" in text
+
+
+def test_the_heat_map_of_a_random_search_gathers_lr_into_decades(report):
+    """A row per drawn lr made a 12 x 4 table per optimizer of almost all empty cells: the
+    rows are lr's decades, each cell the mean of its runs, and the text says why."""
+    built, text = report
+    drawn = built.figures["grid_heatmap.png"]
+    panels = {ax.title: ax for ax in drawn.axes if ax.title}
+    assert set(panels) == {"optimizer=adam", "optimizer=sgd"}
+    sizes = [32, 64, 128, 256]
+    for optimizer in ("adam", "sgd"):
+        ax = panels[f"optimizer={optimizer}"]
+        assert ax.yticks == DECADES and ax.xticks == [str(s) for s in sizes]
+        cells = np.ma.filled(ax.images[0].astype(float), np.nan)
+        for i, low in enumerate([1e-4, 1e-3, 1e-2]):
+            for j, size in enumerate(sizes):
+                scores = [run[4] for run in RUNS if run[0] == optimizer and run[2] == size
+                          and low <= run[1] < 10 * low]
+                want = np.mean(scores) if scores else math.nan
+                assert np.isclose(cells[i, j], want, equal_nan=True), (optimizer, i, j)
+    assert "over the search (lr in ranges)" in drawn.suptitle
+    grid = section(text, "## The whole grid")
+    assert ("`lr` is drawn from a distribution, a value for each run, so its rows are ranges "
+            "(a decade each; log_uniform_values): one per value would hold one run each.") \
+        in grid, grid
+    assert "up to 2: runs whose values fall in its ranges" in grid, grid
 
 
 def test_a_best_value_stopped_early_reads_in_one_pair_of_parentheses(report):

@@ -1,12 +1,15 @@
 """What a student discusses from: a heat map of the whole grid (the log-distributed numeric
 parameter against the other numeric one, one panel per combination of the categorical
-ones), marginal sensitivity per parameter and per optimizer, observations stated with their
-numbers, and hyper-parameter importance with its limits."""
+ones; ranges of a parameter a random or bayes search draws from a distribution), marginal
+sensitivity per parameter and per optimizer, observations stated with their numbers, and
+hyper-parameter importance with its limits."""
 
 from __future__ import annotations
 
+import bisect
 import itertools
 import math
+from dataclasses import dataclass
 
 import numpy as np
 
@@ -32,7 +35,7 @@ from agent.report.study_figures import (
     heatmap_grid,
     marginal_figure,
 )
-from agent.sweep_space import log_scaled, short_number, spans_decades
+from agent.sweep_space import log_scaled, short_number, spans_decades, swept_parameters
 
 NEAR_BEST = 0.02  # an accuracy's window of good values: within 2 points of the best
 # any other metric's (a loss, or a metric of any sign): within 2% of the gap between the
@@ -150,6 +153,71 @@ def split_axes(ctx: Context) -> tuple[list[str], list[str]]:
     return categorical, numeric
 
 
+MAX_BINS = 4  # of a parameter drawn from a linear distribution, in the heat map
+MAX_DECADES = 6  # a log-distributed one's bins are decades up to this many, then wider
+
+
+@dataclass
+class HeatAxis:
+    """The heat map's rows or columns for one parameter: its values, or for one a random or
+    bayes search draws from a distribution, ranges of them (`bins`)."""
+
+    labels: list  # a row's or column's value, or its range as text ('0.001–0.01')
+    edges: list[float] | None = None  # the bins' bounds, ascending; None: one value a row
+
+    def index(self, x) -> int | None:
+        """The row (column) holding value `x`; a bin holds its lower bound, the last bin
+        its upper one too."""
+        if self.edges is None:
+            return next((i for i, v in enumerate(self.labels) if v == x), None)
+        if not isinstance(x, (int, float)) or not self.edges[0] <= x <= self.edges[-1]:
+            return None
+        return min(bisect.bisect_right(self.edges, x) - 1, len(self.labels) - 1)
+
+    @property
+    def binned(self) -> bool:
+        return self.edges is not None
+
+
+def heat_axis(ctx: Context, name: str) -> HeatAxis:
+    """The rows or columns of `name` in the grid's heat map: one per value, except for a
+    parameter the sweep draws from a distribution (no `values` list) with more than
+    MAX_BINS values: a random or bayes search draws each run's value anew, so a row per value
+    held one run and the table of lr x batch size per optimizer was nearly all empty cells
+    (10 x 4 for 12 runs), none comparable with another. Ranges gather runs into cells as
+    a grid's values do: a decade each for a log-distributed parameter (markdown.log_axis;
+    wider ones past MAX_DECADES), MAX_BINS of equal width for another."""
+    levels = _levels(ctx.study.runs, name)
+    drawn = any(p.name == name and p.values is None
+                for p in swept_parameters(ctx.study.sweep_config))
+    numbers = [float(v) for v in levels if isinstance(v, (int, float))
+               and not isinstance(v, bool)]
+    if not drawn or len(levels) <= MAX_BINS or len(numbers) != len(levels):
+        return HeatAxis(levels)
+    low, high = numbers[0], numbers[-1]
+    if log_axis(ctx, name):
+        first, last = math.floor(math.log10(low)), math.ceil(math.log10(high))
+        last = max(last, first + 1)
+        step = math.ceil((last - first) / MAX_DECADES)
+        edges = [10.0 ** e for e in range(first, last + step, step)]
+    else:
+        edges = [float(x) for x in np.linspace(low, high, MAX_BINS + 1)]
+    return HeatAxis([f"{short_number(a)}–{short_number(b)}" for a, b in zip(edges, edges[1:])],
+                    edges)
+
+
+def _bins_text(ctx: Context, name: str, axis: HeatAxis) -> str:
+    """How `name`'s ranges were cut: 'a decade each; log_uniform_values'."""
+    if log_axis(ctx, name):
+        decades = round(math.log10(axis.edges[1] / axis.edges[0]))
+        cut = "a decade each" if decades == 1 else f"{decades} decades each"
+    else:
+        cut = f"{len(axis.labels)} of equal width"
+    kind = ((ctx.study.sweep_config or {}).get("parameters") or {}).get(name, {})
+    kind = kind.get("distribution") if isinstance(kind, dict) else None
+    return cut + (f"; {kind}" if kind else "")
+
+
 def heatmap_section(report: Report, ctx: Context) -> None:
     study, metric = ctx.study, ctx.study.metric
     categorical, numeric = split_axes(ctx)
@@ -160,7 +228,10 @@ def heatmap_section(report: Report, ctx: Context) -> None:
     row = numeric[0]
     col = numeric[1] if len(numeric) > 1 else (categorical[-1] if categorical else None)
     facets = [a for a in categorical if a != col]
-    rows, cols = _levels(study.runs, row), _levels(study.runs, col) if col else [""]
+    row_axis = heat_axis(ctx, row)
+    col_axis = heat_axis(ctx, col) if col else HeatAxis([""])
+    rows, cols = row_axis.labels, col_axis.labels
+    binned = [name for name, axis in ((row, row_axis), (col, col_axis)) if axis.binned]
     most = 1  # the most runs in one cell (seeds, parameters that are no axis)
     cut_short = []  # runs the sweep's early termination stopped, in any cell
     panels = []
@@ -173,8 +244,8 @@ def heatmap_section(report: Report, ctx: Context) -> None:
         stopped = [[False for _ in cols] for _ in rows]
         left_out = [[0 for _ in cols] for _ in rows]
         for i, j in itertools.product(range(len(rows)), range(len(cols))):
-            cell = [r for r in mine if value(r, row) == rows[i]
-                    and (col is None or value(r, col) == cols[j])]
+            cell = [r for r in mine if row_axis.index(value(r, row)) == i
+                    and (col is None or col_axis.index(value(r, col)) == j)]
             most = max(most, len(cell))
             # a diverged run's last value means nothing: the cell's mean is of the others
             diverged = [r for r in cell if ctx.diverged(r)]
@@ -199,14 +270,22 @@ def heatmap_section(report: Report, ctx: Context) -> None:
     where = (f"chance ({worst:.2f}, dark)" if chance is not None and not minimize
              else f"the worst ({worst:.2f}, dark)")
     axes = f"rows are `{row}`" + (f", columns `{col}`" if col else "")
-    cells = (f"each cell is the mean of its runs (up to {most}: "
-             + ("the sweep's seeds" if "seed" in ctx.swept else "runs that differ in no axis")
-             + "; a cell's best single run can be better)" if most > 1 else "one run a cell")
+    ranges = "".join(  # a range a row: what a range is, and why
+        f" `{name}` is drawn from a distribution, a value for each run, so its "
+        + ("rows" if name == row else "columns") + f" are ranges ({_bins_text(ctx, name, axis)})"
+        ": one per value would hold one run each." for name, axis in ((row, row_axis),
+                                                                     (col, col_axis))
+        if axis.binned)
+    alike = ("the sweep's seeds" if "seed" in ctx.swept
+             else "runs whose values fall in its ranges" if binned
+             else "runs that differ in no axis")
+    cells = (f"each cell is the mean of its runs (up to {most}: {alike}; a cell's best "
+             "single run can be better)" if most > 1 else "one run a cell")
     colours = (f"The colour runs from {where} to the best cell ({best:.2f}, bright)" if shown
                else "No cell has a value")
     report.add(f"`{metric}` of the runs: {axes}, "
                + ("one panel per " + " x ".join(f"`{f}`" for f in facets) if facets
-                  else "one panel") + f"; {cells}. {colours}; \"div\" marks a "
+                  else "one panel") + f"; {cells}.{ranges} {colours}; \"div\" marks a "
                "cell whose every run diverged (a diverged run's last value means nothing)."
                + (f" A cell where only some did is the mean of the others, its diverged "
                   f"runs counted under it (\"1 div\"; {partly} run"
@@ -215,8 +294,10 @@ def heatmap_section(report: Report, ctx: Context) -> None:
                   f"(hyperband) stopped ({len(cut_short)} run"
                   f"{'s' if len(cut_short) != 1 else ''} in all): its value is the one at the "
                   "epoch it stopped at, not a final one." if cut_short else ""), "")
+    title = (f"{metric} over the search ({' and '.join(binned)} in ranges)" if binned
+             else f"{metric} over the grid")
     report.figure(heatmap_grid(panels, row, rows, col or "", cols, metric, low, high,
-                               ctx.out_dir / "grid_heatmap.png", f"{metric} over the grid",
+                               ctx.out_dir / "grid_heatmap.png", title,
                                flip_rows=bool(log_distribution(ctx, row)) or spans_decades(rows),
                                lower_is_better=minimize),
                   "heat map of the grid")
