@@ -41,6 +41,7 @@ from agent.sweep.target import (
     resolve_target,
 )
 from util.errors import (
+    INTERRUPTED_EXIT_CODE,
     USAGE_EXIT_CODE,
     CommandParser,
     UserError,
@@ -212,25 +213,44 @@ def agent_slots(gpus: list[str], per_gpu: int, cpu_agents: int) -> list[dict]:
              AGENTS_PER_DEVICE: str(cpu_agents)} for _ in range(cpu_agents)]
 
 
+# How the agents start: with SIGINT ignored (an ignored signal stays ignored across exec) until
+# their own handlers are in. A Ctrl-C reaches them from the launcher, passed on as SIGTERM;
+# the terminal's own SIGINT to the whole group would otherwise raise KeyboardInterrupt
+# wherever an agent was loading its modules, inside numpy's import a traceback of an
+# ImportError and exit 1.
+IGNORING_CTRL_C = ["/bin/sh", "-c", 'trap "" INT; exec "$@"', "sh"]
+
+
 def start_agents(command: list[str], slots: list[dict],
                  store: SweepStore | None = None) -> int:
     """Run one agent process per slot; Ctrl-C, SIGTERM or SIGHUP (the terminal closed; not
     under nohup) is passed on to every agent as SIGTERM. Once all have exited, runs of
     `store` they left running (an agent killed mid-trial) are marked crashed and re-queued
-    at once, not after the heartbeat timeout."""
-    agents = [subprocess.Popen(command, env={**os.environ, **slot}) for slot in slots]
+    at once, not after the heartbeat timeout. The exit code: launcher_exit_code."""
+    agents: list[subprocess.Popen] = []
+    received: list[int] = []
 
     def pass_on(signum, frame):
+        received.append(signum)
         for agent in agents:
             if agent.poll() is None:
                 agent.send_signal(signal.SIGTERM)
 
+    # In place before the first agent starts: a Ctrl-C as they start is passed on too, not
+    # a KeyboardInterrupt here that would leave them running unwatched
     for signum in stop_signals():
         signal.signal(signum, pass_on)
+    for slot in slots:
+        if received:
+            break  # no more agents once stopped
+        agents.append(subprocess.Popen(IGNORING_CTRL_C + command, env={**os.environ, **slot}))
+        if received:  # the signal came while this one started: it was not passed on to it
+            agents[-1].send_signal(signal.SIGTERM)
     codes = [agent.wait() for agent in agents]
     if store is not None:
         repair_left_runs(store, [agent.pid for agent in agents])
-    return launcher_exit_code([agent.pid for agent in agents], codes)
+    return launcher_exit_code([agent.pid for agent in agents], codes,
+                              interrupted=signal.SIGINT in received)
 
 
 def repair_left_runs(store: SweepStore, pids: list[int]) -> None:
@@ -260,17 +280,22 @@ def runs_here(slots: list[dict], gpus: list[str]) -> bool:
 
 def run_agent_here(agent_argv: list[str], slot: dict, store: SweepStore | None = None) -> int:
     """The agent of `agent_argv` (agent_loop's options) in this process, with the slot's
-    environment; its exit code (2 and one line for a UserError, as its own process gives).
-    It handles SIGTERM and Ctrl-C itself, as a separate agent does; the launcher's own
-    handlers are put back once it returns."""
+    environment; its exit code (2 and one line for a UserError, as its own process gives;
+    130 after a Ctrl-C, as start_agents gives). It handles SIGTERM and Ctrl-C itself, as a
+    separate agent does; the launcher's own handlers are put back once it returns."""
     os.environ.update(slot)
     if "OMP_NUM_THREADS" in slot and "torch" in sys.modules:  # read at torch's import only
         sys.modules["torch"].set_num_threads(int(slot["OMP_NUM_THREADS"]))
     from agent.sweep import agent_loop
 
     handlers = {s: signal.getsignal(s) for s in stop_signals()}
+    signalled: list[int] = []
     try:
-        return agent_loop.main(agent_argv)
+        code = agent_loop.main(agent_argv, signalled)
+        # a Ctrl-C that preempted the agent ends the launch as interrupted (it ends with 0)
+        return max(code, INTERRUPTED_EXIT_CODE) if signal.SIGINT in signalled else code
+    except KeyboardInterrupt:  # a Ctrl-C before the agent's own handlers were in: no run
+        return INTERRUPTED_EXIT_CODE  # was claimed yet
     except UserError as error:
         print(f"error: {one_line(error)}", file=sys.stderr)
         return USAGE_EXIT_CODE
@@ -284,11 +309,18 @@ def run_agent_here(agent_argv: list[str], slot: dict, store: SweepStore | None =
             repair_left_runs(store, [os.getpid()])
 
 
-def launcher_exit_code(pids: list[int], codes: list[int]) -> int:
+def launcher_exit_code(pids: list[int], codes: list[int], interrupted: bool = False) -> int:
     """The agents' worst exit code; an agent killed by signal N (Popen's code -N) gives
-    128 + N, as a shell reports it, with one line on stderr per agent that died so."""
-    worst = 0
+    128 + N, as a shell reports it, with one line on stderr per agent that died so.
+    `interrupted`: the launcher had a Ctrl-C, so the code is at least 130 (as for a Ctrl-C
+    at any other moment), and an agent killed by it (SIGINT) or by the SIGTERM passed on for
+    it is not named: that agent died before its own handlers were in (its modules loading),
+    with no run claimed, and its end is the Ctrl-C's, nothing else. An agent that a SIGTERM
+    from outside (a scheduler) killed so is still named."""
+    worst = INTERRUPTED_EXIT_CODE if interrupted else 0
     for pid, code in zip(pids, codes):
+        if code < 0 and interrupted and -code in (signal.SIGINT, signal.SIGTERM):
+            continue
         if code < 0:
             try:
                 name = signal.Signals(-code).name
@@ -480,4 +512,11 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    raise SystemExit(exit_on_user_error(main))
+    exit_code = exit_on_user_error(main)
+    if exit_code == INTERRUPTED_EXIT_CODE:
+        # A Ctrl-C ends the launch as it ends one before the sweep exists: "interrupted"
+        # (agent/__init__.py), then Python's exit handlers, then killed by SIGINT, which a
+        # shell reports as 130 and which stops a script that ran the launch (a plain exit
+        # with 130 reads to the shell as a Ctrl-C the command handled: the script goes on)
+        raise KeyboardInterrupt
+    raise SystemExit(exit_code)

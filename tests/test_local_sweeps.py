@@ -494,7 +494,9 @@ def test_failing_trials_are_recorded_and_three_in_a_row_stop_the_agent(workdir):
 @pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGHUP], ids=["ctrl-c", "hang-up"])
 def test_ctrl_c_stops_every_agent_cleanly_and_keeps_the_runs_resumable(workdir, signum):
     """Ctrl-C, or the terminal closing (the shell's SIGHUP to its jobs; before, it killed
-    every agent mid-trial: runs left `running`, then repeated from scratch)."""
+    every agent mid-trial: runs left `running`, then repeated from scratch). After a Ctrl-C
+    the launch ends as interrupted, killed by SIGINT once its closing lines are out (a
+    shell reports 130); after a hang-up with 0."""
     sweep_file = workdir / "long.yaml"
     write_grid(sweep_file, epochs=30, lrs=[0.01, 0.02, 0.03])
     launcher = subprocess.Popen([sys.executable, "-m", "agent.launch", str(sweep_file),
@@ -507,7 +509,8 @@ def test_ctrl_c_stops_every_agent_cleanly_and_keeps_the_runs_resumable(workdir, 
                          for r in store.runs()) == 2, 120, "two running runs")
     os.killpg(launcher.pid, signum)  # what Ctrl-C (or a closing terminal) sends the group
     out, err = launcher.communicate(timeout=60)
-    assert launcher.returncode == 0, err[-2000:]
+    assert launcher.returncode == (-signal.SIGINT if signum == signal.SIGINT else 0), \
+        err[-2000:]
     runs = store.runs()
     assert sorted(r.state for r in runs) == ["preempted", "preempted"]
     assert "Results:" in out
@@ -519,7 +522,8 @@ def test_ctrl_c_stops_every_agent_cleanly_and_keeps_the_runs_resumable(workdir, 
 def test_one_agent_trains_in_the_launchers_process_and_a_signal_preempts_it(workdir, how):
     """One agent on the CPU: the launcher trains itself (no second interpreter to import
     torch, the engine and wandb again); SIGTERM or Ctrl-C still preempts the run, keeps it
-    resumable, prints the closing table and exits 0, and the sweep goes on from it."""
+    resumable, prints the closing table and exits 0 (a Ctrl-C: killed by SIGINT, which a
+    shell reports as 130), and the sweep goes on from it."""
     sweep_file = workdir / "long.yaml"
     write_grid(sweep_file, epochs=30, lrs=[0.01, 0.02])
     launcher = subprocess.Popen([sys.executable, "-m", "agent.launch", str(sweep_file)],
@@ -538,7 +542,7 @@ def test_one_agent_trains_in_the_launchers_process_and_a_signal_preempts_it(work
     else:
         os.killpg(launcher.pid, signal.SIGINT)  # what Ctrl-C sends to the foreground group
     out, err = launcher.communicate(timeout=60)
-    assert launcher.returncode == 0, err[-2000:]
+    assert launcher.returncode == (-signal.SIGINT if how == "ctrl-c" else 0), err[-2000:]
     (stopped,) = store.runs()
     assert stopped.state == "preempted" and stopped.epoch >= 1
     assert "Results:" in out and f"./run_sweep.sh {store.sweep().id}" in out
@@ -784,6 +788,11 @@ def test_an_agent_killed_by_a_signal_is_never_hidden_by_the_others_exit_codes(ca
     assert launcher_exit_code([11, 12], [2, -signal.SIGTERM]) == 128 + signal.SIGTERM
     assert capsys.readouterr().err.splitlines() == ["agent 11 was killed by SIGKILL",
                                                     "agent 12 was killed by SIGTERM"]
+    # after a Ctrl-C: 130, and the agents it (or the SIGTERM passed on) killed are no news
+    assert launcher_exit_code([11, 12], [0, -signal.SIGTERM], interrupted=True) == 130
+    assert launcher_exit_code([11, 12], [-signal.SIGINT, 0], interrupted=True) == 130
+    assert launcher_exit_code([11, 12], [-signal.SIGKILL, 1], interrupted=True) == 137
+    assert capsys.readouterr().err.splitlines() == ["agent 11 was killed by SIGKILL"]
 
 
 @pytest.mark.e2e
@@ -904,6 +913,76 @@ def test_ctrl_c_while_the_launcher_starts_is_one_word_not_a_traceback(workdir, a
     launcher.send_signal(signal.SIGINT)
     out, err = launcher.communicate(timeout=60)
     assert "Traceback" not in err and "KeyboardInterrupt" not in err, err[-2000:]
+
+
+def agent_processes(launcher: int) -> list[int]:
+    """The agent processes the launcher `launcher` has started (its children running the
+    agent's module: a child between its fork and its exec still runs the launcher's)."""
+    found = []
+    for task in Path(f"/proc/{launcher}/task").iterdir():
+        for child in (task / "children").read_text().split():
+            try:
+                if b"agent.sweep.agent_loop" in Path(f"/proc/{child}/cmdline").read_bytes():
+                    found.append(int(child))
+            except OSError:  # it ended meanwhile
+                pass
+    return found
+
+
+def handles(pid: int, signum: int) -> bool:
+    """Whether process `pid` has a handler of its own for `signum` (its SigCgt mask)."""
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("SigCgt:"):
+            return bool(int(line.split()[1], 16) >> (signum - 1) & 1)
+    return False
+
+
+@pytest.mark.e2e
+@pytest.mark.slow
+@pytest.mark.timeout(240)
+@pytest.mark.parametrize("how, after_s", [("ctrl-c", 0.0), ("ctrl-c", 1.0), ("ctrl-c", 3.0),
+                                          ("sigterm", 0.0)])
+def test_a_ctrl_c_as_the_agents_start_ends_the_launch_as_interrupted(workdir, how, after_s):
+    """A Ctrl-C (SIGINT to the launcher's whole group, as a terminal sends it) `after_s`
+    after the agents started, while they load their modules (before their handlers are
+    in, at 0 s certainly) or once they train: the launch ends as interrupted (one word,
+    the launcher's, then killed by SIGINT: a shell reports 130) with no agent named as
+    killed and no agent's traceback (a KeyboardInterrupt inside numpy's import is one),
+    whether the agents died at once or preempted their runs; nothing runs on. The moment
+    is pinned by stopping the agents (SIGSTOP) while the signal is sent. A SIGTERM from
+    outside (a scheduler) at that moment still names the agents it killed."""
+    sweep_file = workdir / "long.yaml"
+    write_grid(sweep_file, epochs=30, lrs=[0.01, 0.02, 0.03])
+    launcher = subprocess.Popen([sys.executable, "-m", "agent.launch", str(sweep_file),
+                                 "--agents", "2"], cwd=workdir, env=subprocess_env(),
+                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                                start_new_session=True)
+    agents = wait_for(lambda: len(agent_processes(launcher.pid)) == 2
+                      and agent_processes(launcher.pid), 120, "two agents")
+    time.sleep(after_s)
+    for pid in agents:
+        os.kill(pid, signal.SIGSTOP)
+    unready = [pid for pid in agents if not handles(pid, signal.SIGTERM)]
+    if how == "ctrl-c":
+        os.killpg(launcher.pid, signal.SIGINT)
+    else:
+        launcher.send_signal(signal.SIGTERM)
+    for pid in agents:
+        os.kill(pid, signal.SIGCONT)
+    out, err = launcher.communicate(timeout=120)
+    store = launched_store(workdir)
+    assert not {r.state for r in store.runs()} - {"preempted"}, states(store)
+    assert "Traceback" not in err, err[-2000:]
+    if after_s == 0:  # the moment this is about: no agent had its handlers yet
+        assert unready == agents
+    if how == "sigterm":
+        assert launcher.returncode == 128 + signal.SIGTERM, err[-2000:]
+        assert [f"agent {pid} was killed by SIGTERM" in err for pid in agents] == [True] * 2
+        return
+    assert launcher.returncode == -signal.SIGINT, (launcher.returncode, err[-2000:])
+    assert "was killed by" not in err and err.splitlines()[-1] == "interrupted", err[-2000:]
+    assert err.splitlines().count("interrupted") == 1, err[-2000:]  # the launcher's word
+    assert "Not finished" in out and f"run_sweep.sh {store.sweep().id} --agents 2" in out
 
 
 def test_a_new_sweep_of_the_same_config_names_the_unfinished_one(tmp_path, monkeypatch, capsys):

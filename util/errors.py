@@ -20,6 +20,9 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 
 USAGE_EXIT_CODE = 2
+# What a shell reports for a command that a Ctrl-C stopped (128 + SIGINT): `a && b` goes no
+# further, as it would had the command died of the signal
+INTERRUPTED_EXIT_CODE = 128 + signal.SIGINT
 
 
 class UserError(Exception):

@@ -284,11 +284,11 @@ class LocalAgent:
     """Claims packs of runs from a local sweep store and trains each pack in this process."""
 
     def __init__(self, store: SweepStore, heartbeat_s: float, timeout: float,
-                 sizer: PackSizer):
+                 sizer: PackSizer, signalled: list[int] | None = None):
         self.store, self.heartbeat_s, self.timeout, self.sizer = store, heartbeat_s, timeout, sizer
         self.owner = f"{socket.gethostname()}:{os.getpid()}"
         self.sweep = store.sweep()
-        self.signalled: list[int] = []
+        self.signalled: list[int] = [] if signalled is None else signalled  # the stop signals
         self.room = None  # a PackRoom (agent/trial/preflight.py), made once torch is needed
         self.waited_on: set[str] | None = None  # the running runs say_why_waiting named
         program.local_run_environment(self.sweep.config)  # W&B agent variables: ignored
@@ -721,12 +721,16 @@ def pack_sizer(pack: int | None) -> PackSizer:
 
 def run_local_agent(store: SweepStore, count: int | None = None,
                     heartbeat_s: float = HEARTBEAT_S, timeout: float = HEARTBEAT_TIMEOUT_S,
-                    pack: int | None = 1, sizer: PackSizer | None = None) -> int:
+                    pack: int | None = 1, sizer: PackSizer | None = None,
+                    signalled: list[int] | None = None) -> int:
     """Work on a local sweep until it is done (or `count` runs), `pack` runs a trial (None:
     --pack auto), or as `sizer` says (one kept over several sweeps in one process: what
     --pack auto measured for a kind of pack holds for the next sweep's runs of that kind).
-    Returns the agent's exit code: 1 after 3 failed trials in a row."""
-    return LocalAgent(store, heartbeat_s, timeout, sizer or pack_sizer(pack)).run(count)
+    Returns the agent's exit code: 1 after 3 failed trials in a row. The stop signals it
+    had are added to `signalled` (the launcher that trains in its own process reads there
+    whether a Ctrl-C stopped it)."""
+    return LocalAgent(store, heartbeat_s, timeout, sizer or pack_sizer(pack),
+                      signalled).run(count)
 
 
 def _device_memory_mb() -> float | None:
@@ -774,13 +778,15 @@ def parse_options(argv: list[str] | None) -> argparse.Namespace:
     return args
 
 
-def main(argv: list[str] | None = None) -> int:
+def main(argv: list[str] | None = None, signalled: list[int] | None = None) -> int:
+    """The agent of `argv`; its exit code. A local sweep's agent adds the stop signals it had
+    to `signalled` (run_local_agent)."""
     args = parse_options(argv)
     if args.wandb:  # reachable with credentials, or one line (never a login prompt)
         check_wandb_sweep(SweepTarget("wandb", args.sweep, wandb_path=args.sweep))
         return run_wandb_agent(args.sweep, args.count, args.project, args.pack)
     return run_local_agent(open_store(args.sweep), args.count, args.heartbeat,
-                           args.heartbeat_timeout, args.pack)
+                           args.heartbeat_timeout, args.pack, signalled=signalled)
 
 
 if __name__ == "__main__":
