@@ -40,6 +40,7 @@ from agent.sweep.target import (
     hint_options,
     resolve_target,
 )
+from agent.trial.sinks import AGENTS_SHARING_OUTPUT
 from util.errors import (
     INTERRUPTED_EXIT_CODE,
     USAGE_EXIT_CODE,
@@ -226,7 +227,8 @@ def start_agents(command: list[str], slots: list[dict],
     """Run one agent process per slot; Ctrl-C, SIGTERM or SIGHUP (the terminal closed; not
     under nohup) is passed on to every agent as SIGTERM. Once all have exited, runs of
     `store` they left running (an agent killed mid-trial) are marked crashed and re-queued
-    at once, not after the heartbeat timeout. The exit code: launcher_exit_code."""
+    at once, not after the heartbeat timeout. Agents that share this terminal are told so
+    (their epoch lines name their run). The exit code: launcher_exit_code."""
     agents: list[subprocess.Popen] = []
     received: list[int] = []
 
@@ -240,10 +242,12 @@ def start_agents(command: list[str], slots: list[dict],
     # a KeyboardInterrupt here that would leave them running unwatched
     for signum in stop_signals():
         signal.signal(signum, pass_on)
+    shared = {AGENTS_SHARING_OUTPUT: str(len(slots))} if len(slots) > 1 else {}
     for slot in slots:
         if received:
             break  # no more agents once stopped
-        agents.append(subprocess.Popen(IGNORING_CTRL_C + command, env={**os.environ, **slot}))
+        agents.append(subprocess.Popen(IGNORING_CTRL_C + command,
+                                       env={**os.environ, **slot, **shared}))
         if received:  # the signal came while this one started: it was not passed on to it
             agents[-1].send_signal(signal.SIGTERM)
     codes = [agent.wait() for agent in agents]

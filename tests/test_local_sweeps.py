@@ -1158,6 +1158,72 @@ def test_a_signal_while_the_closing_lines_print_ends_with_the_agents_code(workdi
                                             f"python -m agent.status {store.sweep().id})")
 
 
+def terminal_output(command: list[str], cwd: Path, env: dict, timeout: float) -> tuple[int, str]:
+    """Run `command` with a terminal (a pty) as its stdin, stdout and stderr; its exit code
+    and everything it wrote there, with the pty's line ends as plain ones."""
+    import pty
+    import threading
+
+    leader, follower = pty.openpty()
+    process = subprocess.Popen(command, cwd=cwd, env=env, stdin=follower, stdout=follower,
+                               stderr=follower, start_new_session=True)
+    os.close(follower)
+    chunks: list[bytes] = []
+
+    def read() -> None:  # drained as it comes: a full pty would block the writers
+        while True:
+            try:
+                chunk = os.read(leader, 65536)
+            except OSError:  # EIO: every writer has closed it
+                return
+            if not chunk:
+                return
+            chunks.append(chunk)
+
+    reader = threading.Thread(target=read, daemon=True)
+    reader.start()
+    try:
+        code = process.wait(timeout=timeout)
+    finally:
+        if process.poll() is None:
+            os.killpg(process.pid, signal.SIGKILL)
+    reader.join(timeout=10)
+    os.close(leader)
+    return code, b"".join(chunks).decode(errors="replace").replace("\r\n", "\n")
+
+
+@pytest.mark.e2e
+@pytest.mark.timeout(300)
+def test_the_epoch_lines_of_agents_sharing_a_terminal_name_their_run(workdir):
+    """`--agents 2` on a terminal: the two agents' epoch lines interleave there, so each
+    names its run (as a pack member's does), and neither draws a live progress bar, whose
+    redrawing (carriage return, erase line) overwrote the other's lines. Before, the lines
+    read `epoch 1/2 ...` with nothing to tell whose they were."""
+    import re
+
+    (workdir / "two.yaml").write_text(yaml.safe_dump({
+        "program": "agent/train.py", "command": COMMAND, "method": "grid",
+        "metric": {"name": "val/acc", "goal": "maximize"},
+        "parameters": {"dataset": {"value": "digits"}, "model": {"value": "dense"},
+                       "hidden": {"value": 64}, "epochs": {"value": 3},
+                       "sinks": {"value": ["console"]}, "lr": {"values": [0.1, 0.05]}}}))
+    code, text = terminal_output([sys.executable, "-m", "agent.launch", "two.yaml",
+                                  "--agents", "2"], workdir,
+                                 subprocess_env(TERM="xterm-256color", COLUMNS="80"), 280)
+    assert code == 0, text[-3000:]
+    assert "\x1b[2K" not in text and "\x1b[?25l" not in text, text[-3000:]  # no live bar
+    plain = re.sub(r"\x1b\[[0-9;]*m", "", text)  # bold and colour, as the table has them
+    runs = launched_store(workdir).runs()
+    assert sorted(r.state for r in runs) == ["finished", "finished"]
+    epoch_lines = [line for line in plain.splitlines() if " train " in line]
+    assert not [line for line in epoch_lines if line.startswith("epoch ")], epoch_lines
+    for run in runs:
+        assert [line.split()[1] for line in epoch_lines if line.startswith(f"{run.id} ")] \
+            == ["1/3", "2/3", "3/3"], plain[-3000:]
+        assert any(line.startswith("run ") and f" {run.id} finished: val/acc " in line
+                   for line in plain.splitlines()), plain[-3000:]
+
+
 @pytest.mark.e2e
 @pytest.mark.timeout(240)
 def test_a_terminal_that_closed_ends_the_launcher_with_its_agents_code(workdir):

@@ -311,6 +311,8 @@ def test_a_packs_epoch_lines_name_their_run_within_80_columns(epochs):
     assert epoch_line(alone, epochs, metrics).startswith(f"epoch {epochs}/{epochs} train")
     line = epoch_line(member, epochs, metrics)
     assert line.startswith(f"k3x9q0ab {epochs}/{epochs} train 1.2e4 ") and len(line) <= 80
+    # a run alone whose agent shares the terminal with others: named the same way
+    assert epoch_line(alone, epochs, metrics, named=True) == line
 
 
 def test_a_crashed_run_that_was_repeated_leaves_the_sweep_open_only_until_its_repeat_ends(
@@ -502,8 +504,8 @@ def test_closing_lines_of_a_repeat_sweep_name_its_real_folder_and_the_repeated_r
                           "rep1-rep1"]
 
 
-@pytest.mark.parametrize("pack", [1, 16])
-def test_epoch_lines_fit_80_columns_over_the_course_values(pack):
+@pytest.mark.parametrize("pack, named", [(1, False), (16, False), (1, True)])
+def test_epoch_lines_fit_80_columns_over_the_course_values(pack, named):
     """Every lr of the course grid and a schedule's small ones, losses from 0 to a blow-up,
     accuracies up to 100%, a CPU's to a GPU's rates (an epoch of 54,000 images at that
     rate), 2 to 999 epochs: one line within 80 columns."""
@@ -515,7 +517,7 @@ def test_epoch_lines_fit_80_columns_over_the_course_values(pack):
         line = epoch_line(run, epochs, {
             "epoch": epochs, "train/loss": loss, "train/acc": acc, "val/loss": loss,
             "val/acc": acc, "lr": lr, "perf/images_per_s": rate,
-            "perf/epoch_s": 54000 / rate})
+            "perf/epoch_s": 54000 / rate}, named=named)
         assert len(line) <= 80, (len(line), line)
 
 

@@ -7,7 +7,20 @@ and finish. A run parameter (`sinks`) switches each one on or off.
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass, field
+
+# Set by the launcher in the environment of each agent it starts when it starts more than one:
+# how many agents write to its terminal. Their lines interleave there, so a run's epoch lines
+# name it (as a pack's members' do) and no process draws a live progress bar over the others'.
+AGENTS_SHARING_OUTPUT = "SWEEP_AGENTS_SHARING_OUTPUT"
+
+
+def agents_sharing_output() -> int:
+    """The agents writing to this process's terminal (AGENTS_SHARING_OUTPUT; 1 where it is
+    not set or not a positive integer: an agent started by hand has its terminal alone)."""
+    text = os.environ.get(AGENTS_SHARING_OUTPUT, "")
+    return int(text) if text.isdigit() and int(text) >= 1 else 1
 
 
 @dataclass

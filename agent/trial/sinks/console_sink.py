@@ -15,7 +15,7 @@ from rich.table import Table
 from agent import metrics
 from agent.commands import script
 from agent.sweep_space import duration_text, short_number, swept_parameters
-from agent.trial.sinks import RunInfo, Sink
+from agent.trial.sinks import RunInfo, Sink, agents_sharing_output
 
 SUMMARY_ROWS = metrics.names(summary=True)
 # What a lone run's header shows (a sweep's run shows what its sweep varies instead).
@@ -60,13 +60,16 @@ class ConsoleSink(Sink):
         self.epochs = config["epochs"]
         self.progress = None
         self.run = run
+        # other agents of the launch write to this terminal too: lines that name their run,
+        # and no live bar, whose redrawing would overwrite the lines they print under it
+        self.shared = agents_sharing_output() > 1
         self.tensorboard = "tensorboard" in config.get("sinks", ())
         for line in header_lines(run, config):
             self.console.print(line, style="bold" if line.startswith("run") else None,
                                highlight=False, markup=False, soft_wrap=True)
 
     def epoch_start(self, epoch: int, steps: int) -> None:
-        if not self.console.is_terminal:  # logs and CI get the epoch lines only
+        if not self.console.is_terminal or self.shared:  # logs and CI get the epoch lines only
             return
         if ConsoleSink.bar_owner not in (None, self):  # one live bar a process: a pack's
             return                                     # first member shows it
@@ -95,8 +98,8 @@ class ConsoleSink(Sink):
 
     def log_epoch(self, step: int, metrics: dict, histograms: dict) -> None:
         self._stop_bar()
-        self.console.print(epoch_line(self.run, self.epochs, metrics), highlight=False,
-                           soft_wrap=True)
+        self.console.print(epoch_line(self.run, self.epochs, metrics, named=self.shared),
+                           highlight=False, soft_wrap=True)
 
     def finish(self, summary: dict, state: str) -> None:
         self._stop_bar()
@@ -119,18 +122,19 @@ class ConsoleSink(Sink):
                                highlight=False, markup=False, soft_wrap=True)
 
 
-def epoch_line(run: RunInfo, epochs: int, metrics: dict) -> str:
+def epoch_line(run: RunInfo, epochs: int, metrics: dict, named: bool = False) -> str:
     """`epoch 3/10 train 0.4123 88.10% val 0.4311 87.20% lr 0.05 12,345 img/s 1.2s`, within
     80 columns for any epoch count, loss, lr and rate (a blow-up as 1.2e4, 1e-05 as 1e-5,
-    a GPU's rate as 1.23M); in a pack, whose members' lines interleave, the run's name
-    replaces the word epoch and the epoch time (the pack's, the same on every line) is left
-    out."""
+    a GPU's rate as 1.23M); where lines of several runs interleave (a pack's members, or
+    `named`: the runs of agents that share a terminal), the run's name replaces the word
+    epoch and the epoch time is left out (a pack's is the same on every line; the rate
+    says how fast a run went, and the name takes the room)."""
     val = (f" val {_loss(metrics['val/loss'])} {_acc(metrics['val/acc'])}"
            if "val/acc" in metrics else "")
-    who = "epoch" if run.pack == 1 else run.name[:12]
+    named = named or run.pack > 1
+    who = run.name[:12] if named else "epoch"
     epoch_s = metrics["perf/epoch_s"]
-    seconds = (f" {epoch_s:.1f}s" if epoch_s < 100 else f" {epoch_s:.0f}s") if run.pack == 1 \
-        else ""
+    seconds = "" if named else f" {epoch_s:.1f}s" if epoch_s < 100 else f" {epoch_s:.0f}s"
     lr = short_number(metrics["lr"]).replace("e-0", "e-")  # 9.71e-05 as 9.71e-5
     return (f"{who} {metrics['epoch']}/{epochs} train {_loss(metrics['train/loss'])} "
             f"{_acc(metrics['train/acc'])}{val} lr {lr} "
