@@ -43,7 +43,9 @@ METRICS: tuple[Metric, ...] = (
            hparams=True),
     Metric("val/acc", EPOCH, "maximize", "accuracy on the validation split", summary=True,
            hparams=True),
-    Metric("lr", EPOCH, None, "learning rate at the end of the epoch"),
+    Metric("lr", EPOCH, None, "learning rate at the end of the epoch (the next step's, "
+           "plotted against the step; the console's epoch line shows the epoch's first "
+           "step's)"),
     Metric("batch_size", EPOCH, None, "images per training step"),
     Metric("grad_norm/global", EPOCH, None, "global gradient norm, mean over the sampled steps"),
     Metric("grad_norm/<layer>", EPOCH, None, "a layer's gradient norm, mean over the sampled "

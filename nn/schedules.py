@@ -52,6 +52,16 @@ def lr_multiplier(step: int, total_steps: int, warmup_steps: int, schedule: str)
     return SCHEDULES[schedule](t)
 
 
+def scheduled_lr(peak_lr: float, step: int, steps_per_epoch: int, epochs: int,
+                 warmup_epochs: float, schedule: str) -> float:
+    """The lr of optimizer step `step` (0-based) of a run of `epochs` epochs of
+    `steps_per_epoch` steps each, its first `warmup_epochs` (rounded to whole steps) warming
+    up: the row of `lr_table` that step trains with."""
+    total = epochs * steps_per_epoch
+    return peak_lr * lr_multiplier(step, total, round(warmup_epochs * steps_per_epoch),
+                                   schedule)
+
+
 def lr_table(base_lr: list[float], total_steps: int, warmup_steps: list[int],
              schedule: str) -> torch.Tensor:
     """Every member's learning rate at every step, shape (total_steps + 1, K), float64.

@@ -304,15 +304,17 @@ def test_a_diverged_run_is_counted_and_shown_as_diverged(course_store):
 @pytest.mark.parametrize("epochs", [3, 100])
 def test_a_packs_epoch_lines_name_their_run_within_80_columns(epochs):
     metrics = {"epoch": epochs, "train/loss": 12345.6, "train/acc": 0.1, "val/loss": 0.4311,
-               "val/acc": 0.872, "lr": 0.0001, "perf/images_per_s": 123456.0,
+               "val/acc": 0.872, "lr": 0.0, "perf/images_per_s": 123456.0,
                "perf/epoch_s": 123.4}
     alone = RunInfo("k3x9q0ab", "k3x9q0ab", "g", "logs", "runs")
     member = RunInfo("k3x9q0ab", "k3x9q0ab", "g", "logs", "runs", pack=16)
-    assert epoch_line(alone, epochs, metrics).startswith(f"epoch {epochs}/{epochs} train")
-    line = epoch_line(member, epochs, metrics)
+    assert epoch_line(alone, epochs, metrics, lr=0.0001).startswith(
+        f"epoch {epochs}/{epochs} train")
+    line = epoch_line(member, epochs, metrics, lr=0.0001)
     assert line.startswith(f"k3x9q0ab {epochs}/{epochs} train 1.2e4 ") and len(line) <= 80
+    assert " lr 0.0001 " in line  # the epoch's own lr, not the row's (its end's)
     # a run alone whose agent shares the terminal with others: named the same way
-    assert epoch_line(alone, epochs, metrics, named=True) == line
+    assert epoch_line(alone, epochs, metrics, lr=0.0001, named=True) == line
 
 
 def test_a_crashed_run_that_was_repeated_leaves_the_sweep_open_only_until_its_repeat_ends(
@@ -517,7 +519,7 @@ def test_epoch_lines_fit_80_columns_over_the_course_values(pack, named):
         line = epoch_line(run, epochs, {
             "epoch": epochs, "train/loss": loss, "train/acc": acc, "val/loss": loss,
             "val/acc": acc, "lr": lr, "perf/images_per_s": rate,
-            "perf/epoch_s": 54000 / rate}, named=named)
+            "perf/epoch_s": 54000 / rate}, lr=lr, named=named)
         assert len(line) <= 80, (len(line), line)
 
 

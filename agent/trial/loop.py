@@ -36,7 +36,7 @@ from agent.trial.preflight import (
 )
 from agent.trial.sinks import SINKS
 from agent.trial.sinks.run_dir_sink import RunDirSink
-from nn.schedules import lr_multiplier
+from nn.schedules import scheduled_lr
 from util.device import pick_device
 from util.device_cache import Splits, device_splits
 from util.errors import one_line, storage_problem
@@ -301,12 +301,12 @@ def _epoch_metrics(pack: TrainingPack, sums: dict, validation, device) -> list[d
     rows = []
     for k, member in enumerate(pack.members):
         cfg, progress = member.cfg, member.progress
-        steps = len(pack.loader)
-        warmup = round(cfg.warmup_epochs * steps)
+        # the schedule at the row's step, the epoch's end (the next step's lr): the point
+        # TensorBoard and W&B plot against the step; the console shows the epoch's own
         row = {"epoch": progress.epoch + 1, "train/loss": sums["loss"][k],
                "train/acc": sums["acc"][k],
-               "lr": cfg.lr * lr_multiplier(progress.global_step, cfg.epochs * steps, warmup,
-                                            cfg.schedule),
+               "lr": scheduled_lr(cfg.lr, progress.global_step, len(pack.loader), cfg.epochs,
+                                  cfg.warmup_epochs, cfg.schedule),
                "batch_size": cfg.batch_size}
         if validation is not None:
             row.update({"val/loss": validation.loss[k], "val/acc": validation.acc[k]})

@@ -16,6 +16,7 @@ from agent import metrics
 from agent.commands import script
 from agent.sweep_space import duration_text, short_number, swept_parameters
 from agent.trial.sinks import RunInfo, Sink, agents_sharing_output
+from nn.schedules import scheduled_lr
 
 SUMMARY_ROWS = metrics.names(summary=True)
 # What a lone run's header shows (a sweep's run shows what its sweep varies instead).
@@ -58,6 +59,7 @@ class ConsoleSink(Sink):
 
     def start(self, run: RunInfo, config: dict, hparams: dict) -> None:
         self.epochs = config["epochs"]
+        self.config = config
         self.progress = None
         self.run = run
         # other agents of the launch write to this terminal too: lines that name their run,
@@ -69,6 +71,15 @@ class ConsoleSink(Sink):
                                highlight=False, markup=False, soft_wrap=True)
 
     def epoch_start(self, epoch: int, steps: int) -> None:
+        # The epoch line shows the lr of the epoch's first step: what a PyTorch scheduler's
+        # get_last_lr() says before the epoch, the lr an epoch-wise scheduler trains all of
+        # it with. Ours steps every batch (as OneCycleLR does), and the lr at the epoch's
+        # end, which the row holds for TensorBoard and W&B (their x is the step), is the
+        # next step's: a decay's last epoch read "lr 0". A range "a->b" would not fit 80
+        # columns at common values (0.0905->0.0868).
+        cfg = self.config
+        self.epoch_lr = scheduled_lr(cfg["lr"], epoch * steps, steps, cfg["epochs"],
+                                     cfg["warmup_epochs"], cfg["schedule"])
         if not self.console.is_terminal or self.shared:  # logs and CI get the epoch lines only
             return
         if ConsoleSink.bar_owner not in (None, self):  # one live bar a process: a pack's
@@ -98,8 +109,8 @@ class ConsoleSink(Sink):
 
     def log_epoch(self, step: int, metrics: dict, histograms: dict) -> None:
         self._stop_bar()
-        self.console.print(epoch_line(self.run, self.epochs, metrics, named=self.shared),
-                           highlight=False, soft_wrap=True)
+        self.console.print(epoch_line(self.run, self.epochs, metrics, lr=self.epoch_lr,
+                                      named=self.shared), highlight=False, soft_wrap=True)
 
     def finish(self, summary: dict, state: str) -> None:
         self._stop_bar()
@@ -122,8 +133,10 @@ class ConsoleSink(Sink):
                                highlight=False, markup=False, soft_wrap=True)
 
 
-def epoch_line(run: RunInfo, epochs: int, metrics: dict, named: bool = False) -> str:
-    """`epoch 3/10 train 0.4123 88.10% val 0.4311 87.20% lr 0.05 12,345 img/s 1.2s`, within
+def epoch_line(run: RunInfo, epochs: int, metrics: dict, *, lr: float,
+               named: bool = False) -> str:
+    """`epoch 3/10 train 0.4123 88.10% val 0.4311 87.20% lr 0.05 12,345 img/s 1.2s`, `lr`
+    the one the epoch's first step trained with (ConsoleSink.epoch_start), within
     80 columns for any epoch count, loss, lr and rate (a blow-up as 1.2e4, 1e-05 as 1e-5,
     a GPU's rate as 1.23M); where lines of several runs interleave (a pack's members, or
     `named`: the runs of agents that share a terminal), the run's name replaces the word
@@ -135,9 +148,9 @@ def epoch_line(run: RunInfo, epochs: int, metrics: dict, named: bool = False) ->
     who = run.name[:12] if named else "epoch"
     epoch_s = metrics["perf/epoch_s"]
     seconds = "" if named else f" {epoch_s:.1f}s" if epoch_s < 100 else f" {epoch_s:.0f}s"
-    lr = short_number(metrics["lr"]).replace("e-0", "e-")  # 9.71e-05 as 9.71e-5
+    shown_lr = short_number(lr).replace("e-0", "e-")  # 9.71e-05 as 9.71e-5
     return (f"{who} {metrics['epoch']}/{epochs} train {_loss(metrics['train/loss'])} "
-            f"{_acc(metrics['train/acc'])}{val} lr {lr} "
+            f"{_acc(metrics['train/acc'])}{val} lr {shown_lr} "
             f"{_rate(metrics['perf/images_per_s'])} img/s{seconds}")
 
 
