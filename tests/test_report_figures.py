@@ -674,3 +674,37 @@ def test_runs_that_logged_fewer_steps_than_epochs_are_drawn_by_their_epochs(tmp_
                 steps = ctx.curves[run.id].steps
                 assert len(steps) == 2 * epochs
                 assert list(x) == pytest.approx([s / 10 if by_epoch else s for s in steps])
+
+
+def test_a_run_diverged_by_its_epochs_mean_shows_that_mean_above_the_line(tmp_path):
+    """A spike between two logged steps raised epoch 1's mean training loss to 27.3 (past
+    10 x ln 10 = 23.0) while every logged step stayed near 2: the diverged figure drew
+    only the steps, all under the line, so nothing showed why the run counts as diverged.
+    Each epoch's mean training loss and validation loss are drawn at the epoch's end."""
+    from agent.report.curves import LossCurve
+    from agent.report.runs_section import _epoch_points
+    from agent.report.study import RunRecord
+
+    history = [{"epoch": 1, "train/loss": 27.3, "val/loss": 1.7},
+               {"epoch": 2, "train/loss": 2.1, "val/loss": 1.4},
+               {"epoch": 3, "train/loss": 1.6, "val/loss": math.nan}]
+    run = RunRecord("r1", "finished", {"lr": 0.126}, None, {}, history, None)
+    steps = LossCurve([1, 21, 41, 61, 81, 101], [2.3, 3.2, 2.4, 1.9, 1.7, 1.4], "tensorboard",
+                      steps_per_epoch=40)
+    means, vals = _epoch_points(run, steps, by_step=True)
+    assert means == [(40, 27.3), (80, 2.1), (120, 1.6)]
+    assert vals[:2] == [(40, 1.7), (80, 1.4)] and math.isnan(vals[2][1])
+    assert _epoch_points(run, steps, by_step=False)[0] == [(1, 27.3), (2, 2.1), (3, 1.6)]
+    unknown = LossCurve(steps.steps, steps.losses, "tensorboard")  # steps an epoch unknown
+    assert _epoch_points(run, unknown, by_step=True) == ([], [])
+
+    drawn = figures.group_loss_figure(
+        [figures.GroupCurve({"lr": 0.126}, steps.steps, steps.losses, means, vals)], [], "lr",
+        None, tmp_path / "diverged.png", "diverged runs (1)", threshold=23.0, x_end=120)
+    assert_png(drawn.path)
+    (panel,) = [ax for ax in drawn.axes if ax.title]
+    marked = {marker: list(zip(xs, ys)) for (_, xs, ys), marker
+              in zip(panel.lines, panel.markers) if marker in ("o", "s")}
+    assert marked["o"] == [(40, 27.3), (80, 2.1), (120, 1.6)]
+    assert marked["s"] == [(40, 1.7), (80, 1.4)]  # a non-finite value is not drawn
+    assert "epoch's mean training loss" in drawn.legends and "validation loss" in drawn.legends

@@ -497,6 +497,11 @@ class GroupCurve:
     config: dict  # the swept parameters' values: the legend and the facets come from here
     steps: list[float]
     losses: list[float]  # inf / nan where the run blew up (drawn as a cross, not a line)
+    # (x, loss) at each epoch's end, where the figure shows why a run counts as diverged:
+    # the epoch's mean training loss and its validation loss (a spike between two logged
+    # steps raises the epoch's mean past the rule while every logged step stays low)
+    epoch_means: list[tuple[float, float]] = field(default_factory=list)
+    val_losses: list[tuple[float, float]] = field(default_factory=list)
 
 
 LINE_STYLES = ("-", "--", ":", "-.")
@@ -580,6 +585,12 @@ def group_loss_figure(curves: list[GroupCurve], facets: list[str], colour: str |
                for (v, c), text in zip(colours.items(), value_texts(list(colours)))]
     handles += [Line2D([], [], color="0.3", linestyle=s, label=f"{style}={text}")
                 for (v, s), text in zip(styles.items(), value_texts(list(styles)))]
+    if any(c.epoch_means for c in curves):
+        handles.append(Line2D([], [], color="0.3", marker="o", markerfacecolor="none",
+                              linestyle="none", label="epoch's mean training loss"))
+    if any(c.val_losses for c in curves):
+        handles.append(Line2D([], [], color="0.3", marker="s", markerfacecolor="none",
+                              linestyle="none", label="validation loss"))
     if threshold is not None:
         handles.append(Line2D([], [], color="tab:red", linestyle="--",
                               label=f"diverged above {threshold:.1f}"))
@@ -600,6 +611,14 @@ def _draw_group_panel(ax, curves: list[GroupCurve], colour, style, colours, styl
                 linestyle=styles.get(curve.config.get(style), "-"), linewidth=1.1, alpha=0.85,
                 label=_config_label(curve.config),
                 marker="o" if len(ys) == 1 else None, markersize=4)  # one point: a dot
+        for points, marker in ((curve.epoch_means, "o"), (curve.val_losses, "s")):
+            shown = [(x, y) for x, y in points if _is_number(y) and math.isfinite(y)]
+            if shown:
+                values += [y for _, y in shown]
+                ax.plot([x for x, _ in shown], [y for _, y in shown], marker=marker,
+                        markerfacecolor="none", markersize=5, linestyle="none",
+                        color=colours.get(curve.config.get(colour), f"C{i % 10}"),
+                        label=f"_{_config_label(curve.config)} {marker}")
         bad = [s for s, y in zip(curve.steps, curve.losses)
                if not (_is_number(y) and math.isfinite(y))]
         if bad:

@@ -190,7 +190,9 @@ def group_figure(ctx: Context, group: str, runs: list[RunRecord]) -> figures.Dra
     numeric = [a for a in ctx.swept if a not in categorical]
     drawn, by_step, end = group_curves(runs, ctx)
     curves = [figures.GroupCurve({a: r.config.get(a, r.params.get(a)) for a in ctx.swept},
-                                 drawn[r.id].steps, drawn[r.id].losses)
+                                 drawn[r.id].steps, drawn[r.id].losses,
+                                 *(_epoch_points(r, drawn[r.id], by_step)
+                                   if group == stats.DIVERGED else ([], [])))
               for r in runs if r.id in drawn]
     return figures.group_loss_figure(
         curves, categorical[:2], numeric[0] if numeric else None,
@@ -200,6 +202,19 @@ def group_figure(ctx: Context, group: str, runs: list[RunRecord]) -> figures.Dra
         "training step" if by_step else "epoch",
         ctx.rule.explode_at(ctx.classes) if group == stats.DIVERGED else None,
         x_end=end)
+
+
+def _epoch_points(run: RunRecord, curve, by_step: bool) -> tuple[list, list]:
+    """(the epoch's mean training loss, the validation loss) of each of `run`'s epochs at
+    its end on the figure's x (the epoch, or its last step), which the divergence rule reads
+    besides the logged steps; none where the steps an epoch are unknown on a step axis."""
+    if by_step and not curve.steps_per_epoch:
+        return [], []
+    scale = curve.steps_per_epoch if by_step else 1
+    rows = [(row.get("epoch", i + 1), row) for i, row in enumerate(run.history)]
+    return tuple([(epoch * scale, float(row[key])) for epoch, row in rows
+                  if isinstance(row.get(key), (int, float))]
+                 for key in ("train/loss", "val/loss"))
 
 
 BEST_CURVES = 3  # runs whose training curves are drawn
