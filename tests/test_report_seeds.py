@@ -18,7 +18,7 @@ from agent.report import document
 from agent.report.repeat import repeat_configs
 from agent.report.study import local_study, repeat_description
 from agent.sweep.controller import claim
-from agent.sweep.store import create_store
+from agent.sweep.store import SweepStore, create_store
 
 pytestmark = pytest.mark.timeout(300)
 OPTIMIZERS, LRS, SEEDS = ["sgd", "adam"], [0.1, 0.01], [0, 1, 2]
@@ -790,3 +790,78 @@ def test_more_seeds_asked_later_are_added_beside_the_repeats_made_before(tmp_pat
     assert repeat_stores() == first | added
     assert out.count("its repeat sweeps hold 4 seeds, more than --seeds 3: the report reads "
                      "them all") == 2, out
+
+
+def test_the_by_tables_show_the_settings_agent_repeat_picked_over_stopped_ones(
+        tmp_path, monkeypatch, capsys):
+    """The report's "By optimizer" table and `agent.repeat --by optimizer` name the same
+    settings as a group's best: the settings hyperband stopped that agent.repeat passes over
+    are passed over in the table too, and said so. Before, the table ranked sgd's two
+    stopped settings (partial values 0.95, 0.90) as its best two, and the one agent.repeat
+    repeated, sgd at lr 0.1, had no row: its fresh seeds were in no table, nor in the bold
+    test; sam's repeated setting likewise. A setting repeated before (a repeat sweep made of
+    a stopped setting by older code) keeps its row with its fresh seeds."""
+    from agent.report.repeat import main, repeat_configs
+
+    config = {"program": "agent/train.py", "method": "grid",
+              "metric": {"name": "val/acc", "goal": "maximize"},
+              "early_terminate": {"type": "hyperband", "min_iter": 1, "eta": 2},
+              "parameters": {"dataset": {"value": "digits"}, "model": {"value": "dense"},
+                             "epochs": {"value": 3}, "optimizer": {"values": list(CUT_SHORT)},
+                             "lr": {"values": [0.1, 0.01, 0.001]}}}
+    monkeypatch.chdir(tmp_path)
+    sweeps = tmp_path / "data" / "sweeps"
+    store = create_store(sweeps / "cut", "cut", "cut", config)
+    for run in claim(store, "host:1", count=9).runs:
+        state, done, good = CUT_SHORT[run.config["optimizer"]][run.config["lr"]]
+        assert store.finish(run.run_id, "host:1", state, {
+            "val/acc": 0.5 + good / 20, "test/acc": 0.5 + good / 20, "epochs_done": done})
+    assert main(["cut", "--by", "optimizer", "--seeds", "3"]) == 0
+    capsys.readouterr()
+
+    def finish_repeats() -> None:
+        for path in sweeps.iterdir():
+            if path.name == "cut":
+                continue
+            repeat = SweepStore(path / "sweep.db")
+            while (work := claim(repeat, "host:1", count=8)).kind == "run":
+                for run in work.runs:
+                    score = 0.6 + run.config["lr"] + run.config["seed"] / 100
+                    assert repeat.finish(run.run_id, "host:1", "finished", {
+                        "val/acc": score, "test/acc": score, "epochs_done": 3})
+            repeat.close()
+
+    def rows(text: str) -> set[tuple[str, str]]:
+        table = text.split("### By optimizer")[1].split("\n### ")[0]
+        return {tuple(cell.strip() for cell in line.split("|")[1:3])
+                for line in table.splitlines() if line.startswith("| ")
+                and line.split("|")[1].strip() in CUT_SHORT}
+
+    text = document.build_report(local_study(store), tmp_path / "report0").path.read_text()
+    table = text.split("### By optimizer")[1].split("\n### ")[0]
+    assert "optimizer=sam: lr=0.1 (epoch 1 of 3); lr=0.001 (epoch 1 of 3) (every setting of " \
+        "it was stopped: lr=0.01 (epoch 2 of 3) stands for it)." in table, table  # not run yet
+
+    finish_repeats()
+    text = document.build_report(local_study(store), tmp_path / "report").path.read_text()
+    table = text.split("### By optimizer")[1].split("\n### ")[0]
+    # agent.repeat's picks (adam's best two, sgd's one full-length, sam's furthest), each
+    # with its fresh seeds, and no other row
+    assert rows(text) == {("adam", "lr=0.01"), ("adam", "lr=0.001"), ("sgd", "lr=0.1"),
+                          ("sam", "lr=0.01")}, table
+    assert "Settings without a repeat sweep" not in table
+    # sam's furthest setting, repeated, ran the full length on its fresh seeds
+    assert ("optimizer=sgd: lr=0.001 (epoch 2 of 3); lr=0.01 (epoch 1 of 3); optimizer=sam: "
+            "lr=0.1 (epoch 1 of 3); lr=0.001 (epoch 1 of 3).") in table, table
+
+    # a repeat sweep of a setting now passed over (made by older code: sgd at lr 0.001)
+    study = local_study(store)
+    (old,) = [c for run_id, c in repeat_configs(study, 1, "optimizer", 3)
+              if c["parameters"]["optimizer"] == {"values": ["sgd"]}]
+    assert old["parameters"]["lr"] == {"values": [0.001]}
+    create_store(sweeps / "old", "old", "old", old).close()
+    finish_repeats()
+    text = document.build_report(local_study(store), tmp_path / "report2").path.read_text()
+    table = text.split("### By optimizer")[1].split("\n### ")[0]
+    assert ("sgd", "lr=0.001") in rows(text) and ("sgd", "lr=0.1") in rows(text), table
+    assert "optimizer=sgd: lr=0.01 (epoch 1 of 3);" in table, table

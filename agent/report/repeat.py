@@ -296,40 +296,28 @@ def planned(argv: list[str] | None):
 def passed_cut_short(study: Study, by: str, failed: Callable[[RunRecord], bool]
                      ) -> tuple[set[str], list[str]]:
     """(setting keys, lines): the settings of each value of `by` that the sweep's early
-    termination (hyperband) stopped on every seed, passed over. Hyperband stops a run that
-    scores below the others at the same epoch (Li et al., "Hyperband", JMLR 2018): such a
-    setting is none of its group's best while the group has a setting that ran its full
-    length. In a group where none did (every run stopped), the furthest is repeated, at its
-    full length (ties by its metric, then the sweep's order), and the others are passed
-    over: the group keeps one setting to compare, not the ones hyperband judged weaker
-    still. Settings `failed` (diverged, stuck) are the caller's to pass over."""
+    termination (hyperband) stopped on every seed, passed over (stats.cut_short_passed, the
+    rule the report's "By ..." tables follow): none is among its group's best while the
+    group has a setting that ran its full length; in a group where none did, the furthest
+    is repeated, at its full length. Settings `failed` (diverged, stuck) are the caller's
+    to pass over."""
     name = setting_namer(study, by)
     ranked = ranked_settings_per_group([r for r in study.scored_runs() if not failed(r)],
                                        by, study.metric, study.goal, study.runs)
     keys, lines = set(), []
     for group, settings in ranked.items():
-        short = [s for s in settings if all(stats.stopped_early(r) for r in s.runs)]
-        if not short:
-            continue
-        if len(short) < len(settings):
-            passed = short
-            lines.append(f"{by}={group}: passed over {_named(short, name)}: stopped early by "
+        passed, furthest = stats.cut_short_passed(settings, study.metric, study.goal)
+        if furthest is None and passed:
+            lines.append(f"{by}={group}: passed over {_named(passed, name)}: stopped early by "
                          f"the sweep's {_terminator(study)} (below others at the same epoch), "
                          "not among its best: not repeated")
-        else:
-            sign = 1.0 if study.goal == "maximize" else -1.0
-            # means equal but for rounding tie (stats.tied_mean): max keeps the first of
-            # them, in the ranking's order (the sweep's)
-            mean = tied_mean(short, lambda s: np.mean(s.values(study.metric)))
-            furthest = max(short, key=lambda s: (max(_epochs_done(r) for r in s.runs),
-                                                 sign * mean(s)))
-            passed = [s for s in short if s is not furthest]
-            count = sum(len(s.runs) for s in short)
+        elif furthest is not None:
+            count = sum(len(s.runs) for s in [furthest, *passed])
             lines.append(f"{by}={group}: "
                          + ("its one run was" if count == 1 else f"all {count} of its runs were")
                          + f" stopped early by the sweep's {_terminator(study)}: repeating "
                          f"the furthest, {name(furthest)} "
-                         f"(epoch {max(_epochs_done(r) for r in furthest.runs)} of "
+                         f"(epoch {max(stats.epochs_done(r) for r in furthest.runs)} of "
                          f"{furthest.best.params.epochs}), at its full length"
                          + (f"; passed over {_named(passed, name)}" if passed else ""))
         keys.update(s.key for s in passed)
@@ -344,13 +332,6 @@ def _terminator(study: Study) -> str:
     """The sweep's early termination, by its W&B type ('hyperband')."""
     return str((study.sweep_config.get("early_terminate") or {}).get("type", "early "
                                                                         "termination"))
-
-
-def _epochs_done(run: RunRecord) -> int:
-    """The epochs a run trained before it ended (its summary's epochs_done, else its
-    history's rows)."""
-    done = run.summary.get("epochs_done")
-    return int(done) if isinstance(done, (int, float)) else len(run.history)
 
 
 def _failure_words(ctx: Context, runs: list[RunRecord]) -> str:

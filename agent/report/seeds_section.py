@@ -241,14 +241,24 @@ def by_table(report: Report, ctx: Context, by: str, repeated: dict[str, Repeated
     diverged = [r for r in ctx.scored if ctx.diverged(r)]
     kept = ctx.not_diverged(ctx.scored)
     ranked = stats.ranked_settings_per_group(kept, by, metric, study.goal, study.runs)
-    groups = {group: settings[:BEST_PER_GROUP] for group, settings in ranked.items()}
+    # the settings with fresh seeds that trained (a repeat sweep not run yet has none)
+    tried = frozenset(key for key, rep in repeated.items() if rep.runs or rep.diverged)
+    ranked, cut_short = _pass_over_cut_short(ctx, ranked, tried)
+    # a group's best two, and any other setting repeated (agent.repeat --top 3, or grouped
+    # by another parameter): its fresh seeds are the study's best evidence, never left out
+    groups = {group: settings[:BEST_PER_GROUP] + [s for s in settings[BEST_PER_GROUP:]
+                                                  if s.key in tried]
+              for group, settings in ranked.items()}
     for group, settings in groups.items():
         for setting in settings:
             rep = repeated.get(setting.key)
             (with_seeds if rep and len(rep.values(metric)) + len(rep.diverged) >= 2
              else single).append((group, setting))
     report.add(f"### By {by}", "", f"The best {BEST_PER_GROUP} settings of each {by} by "
-               f"{metric}, with their repeats where `python -m agent.repeat` made some.", "")
+               f"{metric}, with their repeats where `python -m agent.repeat` made some"
+               + (", and the other settings it repeated" if any(
+                   len(settings) > BEST_PER_GROUP for settings in groups.values()) else "")
+               + ".", "")
     if with_seeds:
         samples = {s.key: repeated[s.key].values(metric) for _, s in with_seeds}
         leader, adjusted = stats.supported_best(samples, study.goal, ALPHA)
@@ -286,9 +296,11 @@ def by_table(report: Report, ctx: Context, by: str, repeated: dict[str, Repeated
              " ".join(r.id for r in s.runs) + _stopped_note(s.runs)
              + _stuck_note(ctx, s.runs) + _diverged_seeds_note(s, diverged)]
             for group, s in single])
-    ties = _cut_ties(ctx, by, ranked)
+    ties = _cut_ties(ctx, by, ranked, groups)
     if ties:
         report.add(ties, "")
+    if cut_short:
+        report.add(_cut_short_note(ctx, by, cut_short), "")
     if diverged:
         report.add(_diverged_note(diverged, by, groups), "")
     if ctx.base is not None:
@@ -296,20 +308,72 @@ def by_table(report: Report, ctx: Context, by: str, repeated: dict[str, Repeated
                    f"{ctx.base.majority:.4f}.", "")
 
 
-def _cut_ties(ctx: Context, by: str, ranked: dict[str, list[stats.Setting]]) -> str:
+CutShort = dict[str, tuple[list[stats.Setting], stats.Setting | None]]
+
+
+def _pass_over_cut_short(ctx: Context, ranked: dict[str, list[stats.Setting]],
+                         repeated: frozenset[str]
+                         ) -> tuple[dict[str, list[stats.Setting]], CutShort]:
+    """`ranked` less the settings the sweep's early termination stopped on every seed that
+    are none of their group's best (stats.cut_short_passed: agent.repeat passes over the
+    same, so that a table's rows are the settings it repeats, not partial values ranked
+    above them); and, by group, (those passed over, the furthest kept where every setting
+    was stopped). A setting stuck near chance on every seed counts as no full-length one
+    of its group, as agent.repeat counts it; a `repeated` one (setting keys) is never passed
+    over, and counts as a full-length one (its fresh seeds ran the full length)."""
+    metric, goal = ctx.study.metric, ctx.study.goal
+    passed: CutShort = {}
+    for group, settings in ranked.items():
+        counted = [s for s in settings
+                   if not all(ctx.group_of(r) == stats.STUCK for r in s.runs)]
+        off, furthest = stats.cut_short_passed(counted, metric, goal, repeated)
+        if off:
+            passed[group] = (off, furthest)
+    off = {s.key for settings, _ in passed.values() for s in settings}
+    return {group: [s for s in settings if s.key not in off]
+            for group, settings in ranked.items()}, passed
+
+
+def _cut_short_note(ctx: Context, by: str, passed: CutShort) -> str:
+    """The sentence naming the settings a table passed over as stopped early."""
+    others = [a for a in _shown(ctx) if a != by]
+
+    def named(setting: stats.Setting) -> str:
+        done = max(stats.epochs_done(r) for r in setting.runs)
+        return (f"{config_text(setting.best, others) or setting.best.id} (epoch {done} of "
+                f"{setting.best.params.epochs})")
+
+    parts = []
+    for settings, furthest in passed.values():
+        group = f"{by}={fmt_value(settings[0].best, by)}"
+        parts.append(f"{group}: " + "; ".join(map(named, settings)) + (
+            f" (every setting of it was stopped: {named(furthest)} stands for it)"
+            if furthest is not None else ""))
+    return (f"Passed over as none of a group's best (as agent.repeat passes them over when "
+            f"it groups by {by}): "
+            "settings the sweep's early termination (hyperband) stopped on every seed, their "
+            "value from the epoch they stopped at, in a group with a setting that ran the full "
+            "length or, where every setting was stopped, one that went further: "
+            + "; ".join(parts) + ".")
+
+
+def _cut_ties(ctx: Context, by: str, ranked: dict[str, list[stats.Setting]],
+              shown: dict[str, list[stats.Setting]]) -> str:
     """The sentence naming, for each value of `by`, the settings tied with its last row
-    that the table leaves out: the sweep's order, not the metric, chose the row."""
+    that the table leaves out (`shown`: its rows): the sweep's order, not the metric, chose
+    the row."""
     metric, others = ctx.study.metric, [a for a in _shown(ctx) if a != by]
 
     def names(settings: list[stats.Setting]) -> str:
         return ", ".join(config_text(s.best, others) or s.best.id for s in settings)
 
     parts = []
-    for settings in ranked.values():
+    for group, settings in ranked.items():
         # means equal but for rounding tie, as they were ranked (stats.mean_ranking)
         kept, left = stats.tied_at_cut(settings, BEST_PER_GROUP, stats.tied_mean(
             settings, lambda s: np.mean(s.values(metric))))
-        if kept:
+        left = [s for s in left if s.key not in {r.key for r in shown[group]}]
+        if kept and left:
             parts.append(f"{by}={fmt_value(kept[0].best, by)}: {names(kept)} shown, "
                          f"{names(left)} not, all at {np.mean(kept[0].values(metric)):.4f}")
     if not parts:

@@ -342,6 +342,36 @@ def best_settings_per_group(runs: list[RunRecord], by: str, count: int, metric: 
             ranked_settings_per_group(runs, by, metric, goal, order).items()}
 
 
+def epochs_done(run: RunRecord) -> int:
+    """The epochs a run trained before it ended (its summary's epochs_done, else its
+    history's rows)."""
+    done = run.summary.get("epochs_done")
+    return int(done) if isinstance(done, (int, float)) else len(run.history)
+
+
+def cut_short_passed(settings: list[Setting], metric: str, goal: str,
+                     full: frozenset[str] = frozenset()) -> tuple[list[Setting], Setting | None]:
+    """(passed over, kept for it): of one group's settings (ranked best first), those the
+    sweep's early termination (hyperband) stopped on every seed, which are none of the
+    group's best: hyperband stops a run that scores below the others at the same epoch (Li
+    et al., "Hyperband", JMLR 2018), and its value is from that epoch. Where every setting
+    of the group was stopped, the furthest stands for the group (kept; ties by its mean,
+    then the ranking) and the others are passed over. One rule for agent.repeat's picks and
+    the report's "By ..." tables, so that they name the same settings as a group's best.
+    Settings whose key is in `full` count as full-length ones (the report's repeated
+    settings: their fresh seeds ran the full length)."""
+    short = [s for s in settings if s.key not in full and all(stopped_early(r) for r in s.runs)]
+    if not short or len(short) < len(settings):
+        return short, None
+    sign = 1.0 if goal == "maximize" else -1.0
+    # means equal but for rounding tie (tied_mean): max keeps the first of them, in the
+    # ranking's order (the sweep's)
+    mean = tied_mean(short, lambda s: np.mean(s.values(metric)))
+    furthest = max(short, key=lambda s: (max(epochs_done(r) for r in s.runs),
+                                         sign * mean(s)))
+    return [s for s in short if s is not furthest], furthest
+
+
 def tied_at_cut(ranked: list, count: int, score) -> tuple[list, list]:
     """(kept, left out): the items of `ranked` (best first) that score exactly as the last
     of its first `count`, on each side of that cut; ([], []) when the cut splits no tie.
