@@ -315,3 +315,34 @@ store.close()
         agent.kill()
     assert sorted(runs(origin)) == ["mine"]  # the agent wrote; the job's a is still to merge
     assert merge_back(copy, base, origin) == ["a"]  # once the agent has closed the store
+
+
+def test_a_later_merge_leaves_a_run_the_sweep_repeated_meanwhile_to_its_repeat(tmp_path):
+    """A job's last merge failed (the store held open past the wait): its copy stays in
+    scratch, and the sweep's store has the job's new run n as running, as the merges every
+    30 s left it. The next agent on the sweep finds n silent, marks it crashed and repeats
+    it from its checkpoint. The merge run later (the command the job printed) brings n as
+    preempted at a later epoch: it replaced the crashed n (preempted ranks with crashed,
+    then the later epoch won), and the next agent resumed n beside its repeat, training its
+    configuration twice. The repeat stands for n: n stays crashed, the repeat alone goes on."""
+    from agent.sweep.controller import claim
+
+    store = create_store(tmp_path / "sweep", "s", "s",
+                         {"method": "grid", "parameters": {"lr": {"values": [0.1]}}})
+    store.close()
+    origin, copy, base = store.path, tmp_path / "copy.db", tmp_path / "base.db"
+    take_copy(origin, copy, base)
+    trained(copy, "n", range(1, 3), "running", claim="new")
+    assert merge_back(copy, base, origin) == ["n"]
+    trained(copy, "n", range(3, 5), "preempted", claim="")  # the job's end: not merged
+
+    store = SweepStore(origin)  # the next agent on the sweep, n's heartbeat stale
+    (repeat,) = claim(store, "node2:1", now=time.time() + 3600).runs
+    store.close()
+    assert (repeat.repeats, repeat.epoch) == ("n", 2)
+
+    assert merge_back(copy, base, origin) == []
+    merged = runs(origin)
+    assert (merged["n"].state, merged["n"].epoch) == ("crashed", 2)
+    assert [r.id for r in merged.values() if r.state in ("pending", "preempted", "running")
+            ] == [repeat.run_id]

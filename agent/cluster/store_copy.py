@@ -102,6 +102,16 @@ def _merges(row: dict, theirs: Rows, found: Rows) -> bool:
         other["requeued_from"] == row["requeued_from"] for other, _ in theirs.values())
 
 
+def _repeated(row: dict, theirs: Rows) -> bool:
+    """Whether the sweep's store holds run `row` crashed and a repeat of it: an agent found
+    it silent (a merge that failed, or a job killed outright, left it running there) and
+    repeats it from its checkpoint. A copy of it that did not end (preempted, still running)
+    must not take its place: the next agent would resume it beside its repeat, and train its
+    configuration twice."""
+    return row["state"] == "crashed" and any(
+        other["requeued_from"] == row["id"] for other, _ in theirs.values())
+
+
 def _open_origin(path: Path, wait_s: float = 60) -> sqlite3.Connection:
     """The sweep's store, locked for this process alone until closed. Exclusive locking:
     SQLite then keeps WAL's index in this process's memory rather than in a shared -shm
@@ -139,12 +149,13 @@ def _open_origin(path: Path, wait_s: float = 60) -> sqlite3.Connection:
 
 def merge_back(copy: Path, base: Path, origin: Path, wait_s: float = 60) -> list[str]:
     """Every run the job ended, left pending or started and still runs (in `copy`,
-    differing from `base`; MERGED, `_merges`) written into the store
-    `origin`, in one transaction; the ids written. A run new to `origin` is added after its
-    runs; one `origin` still has as the job found it is replaced; one that another job
-    changed meanwhile is replaced only by a run that got further (`_PROGRESS`, then the
-    epoch). Running again writes nothing new: a merge cut short by a kill is rolled back
-    by SQLite and done whole by the next one."""
+    differing from `base`; MERGED, `_merges`) written into the store `origin`, in one
+    transaction; the ids written. A run new to `origin` is added after its runs; one
+    `origin` still has as the job found it is replaced; one that another job changed
+    meanwhile is replaced only by a run that got further (`_PROGRESS`, then the epoch), and
+    one an agent found silent and repeated meanwhile only by one that ended (`_repeated`).
+    Running again writes nothing new: a merge cut short by a kill is rolled back by SQLite
+    and done whole by the next one."""
     with sqlite3.connect(f"{copy.resolve().as_uri()}?mode=ro", uri=True, timeout=60) as db:
         mine = _rows(db)
     db.close()
@@ -167,6 +178,9 @@ def merge_back(copy: Path, base: Path, origin: Path, wait_s: float = 60) -> list
             if now is not None and not _same(now, found.get(run_id)) and \
                     not _ahead(row, now[0]):
                 continue  # another job took this run as far or further
+            if now is not None and _repeated(now[0], theirs) and \
+                    _PROGRESS[row["state"]] < _PROGRESS["finished"]:
+                continue  # found silent and repeated meanwhile: its repeat stands for it
             if now is None:
                 seq += 1
             row = {**row, "seq": now[0]["seq"] if now is not None else seq}
