@@ -308,3 +308,38 @@ def test_the_hint_for_a_number_yaml_reads_as_text_is_that_number_as_yaml_reads_i
     advised = hint.rpartition(", ")[2].rstrip(")")
     read = yaml.safe_load(advised)
     assert isinstance(read, float) and read == float(written), (written, hint)
+
+
+@pytest.mark.parametrize("field", ["run_cap", "max"])
+@pytest.mark.parametrize("written", ["3e2", "3E2", "+2e2", "2.5e2", "3e+2", ".3e3", "500e-1"])
+def test_the_advice_for_an_integer_yaml_reads_as_text_is_accepted_where_it_is_given(
+        tmp_path, field, written):
+    """Where the file wants an integer (run_cap, int_uniform's bounds), a 1e3 that YAML reads
+    as text is advised as the integer's digits, and the file so written is accepted: the
+    float the advice gave there (1.0e+3) was refused in turn ('1000.0 is not a
+    'integer''). Where the number is no integer, it is said."""
+    def sweep_file(value: str):
+        cap, top = (value, "500") if field == "run_cap" else ("5", value)
+        path = tmp_path / "s.yaml"
+        path.write_text(f"method: random\nrun_cap: {cap}\n"
+                        "metric: {name: val/acc, goal: maximize}\nparameters:\n"
+                        "  dataset: {value: digits}\n"
+                        f"  hidden: {{distribution: int_uniform, min: 16, max: {top}}}\n")
+        return path
+
+    with pytest.raises(UserError) as refused:
+        load_sweep_config(sweep_file(written))
+    hint = f"(YAML reads {written} as text: write the integer's digits, "
+    assert hint in str(refused.value), refused.value
+    advised = str(refused.value).split(hint)[1].split(")")[0]
+    assert int(advised) == float(written)
+    load_sweep_config(sweep_file(advised))
+
+
+def test_a_number_that_is_no_integer_is_said_to_be_one_where_an_integer_is_expected(tmp_path):
+    path = tmp_path / "s.yaml"
+    path.write_text("method: random\nrun_cap: 5e-1\nmetric: {name: val/acc, goal: maximize}\n"
+                    "parameters:\n  dataset: {value: digits}\n")
+    with pytest.raises(UserError, match=r"run_cap: '5e-1' is not of type 'integer' \(YAML "
+                                        r"reads 5e-1 as text, and an integer is expected\)"):
+        load_sweep_config(path)

@@ -16,6 +16,7 @@ import re
 import shutil
 import tempfile
 import warnings
+from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
@@ -248,7 +249,7 @@ def _describe(error) -> str:
             else:
                 leaves.append(sub.message)
         return f"{location}: " + " or ".join(dict.fromkeys(leaves))
-    return f"{location}: {_schema_message(error)}{_number_hint(error.instance)}"
+    return f"{location}: {_schema_message(error)}{_number_hint(error.instance, _integer(error))}"
 
 
 # jsonschema's words for a bound ("0 is less than or equal to the minimum of 0.0"), as a
@@ -298,7 +299,7 @@ def _parameter_problem(spec: Any) -> str:
         return f"not a valid parameter: expected {shapes}"
     return ", ".join(dict.fromkeys(
         "".join(f"{key}: " for key in e.absolute_path) + _schema_message(e)
-        + _number_hint(e.instance) for e in best))
+        + _number_hint(e.instance, _integer(e)) for e in best))
 
 
 def _yaml_float(text: str) -> str:
@@ -318,9 +319,18 @@ def _yaml_float(text: str) -> str:
     return f"{sign}{mantissa}" + (f"e{exponent}" if exponent else "")
 
 
-def _number_hint(value: Any) -> str:
-    """Why a number is text, when a number was expected: PyYAML reads 1e-4 (no dot) as text;
-    a number in quotes is text."""
+def _integer(error) -> bool:
+    """Whether a jsonschema error is about a value that must be an integer (run_cap,
+    int_uniform's bounds): a float such as 1.0e+3 is refused there as text is."""
+    wanted = error.validator_value
+    return error.validator in ("type", "format") and (
+        wanted == "integer" or isinstance(wanted, list) and "integer" in wanted)
+
+
+def _number_hint(value: Any, integer: bool = False) -> str:
+    """Why a number is text, when a number (an `integer`) was expected: PyYAML reads 1e-4
+    (no dot) as text, advised as a float it reads (1.0e-4), or where an integer is expected
+    as its digits (1e3 -> 1000); a number in quotes is text."""
     if isinstance(value, str):
         try:
             float(value)
@@ -329,6 +339,12 @@ def _number_hint(value: Any) -> str:
         if not re.fullmatch(r"\s*[-+]?[\d.]+([eE][-+]?\d+)?\s*", value):
             return ""  # inf, nan, 1_000: not what a user writes for a number
         if not isinstance(yaml.safe_load(value), (int, float)):  # 1e-4: PyYAML's text
+            if integer:
+                number = Decimal(value.strip())
+                if number != number.to_integral_value() or abs(number) >= 10 ** 24:
+                    return f" (YAML reads {value.strip()} as text, and an integer is expected)"
+                return (f" (YAML reads {value.strip()} as text: write the integer's digits, "
+                        f"{int(number)})")
             return (f" (YAML reads {value.strip()} as text: write a dot and a signed "
                     f"exponent, {_yaml_float(value)})")
         return f" (a number in quotes is text: write {value.strip()} without quotes)"
