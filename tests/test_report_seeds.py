@@ -865,3 +865,123 @@ def test_the_by_tables_show_the_settings_agent_repeat_picked_over_stopped_ones(
     table = text.split("### By optimizer")[1].split("\n### ")[0]
     assert ("sgd", "lr=0.001") in rows(text) and ("sgd", "lr=0.1") in rows(text), table
     assert "optimizer=sgd: lr=0.01 (epoch 1 of 3);" in table, table
+
+
+class StandInWandb:
+    """W&B's public API and wandb.sweep as agent.repeat and the report call them, over
+    sweeps held here (W&B's server is not reachable where the tests run): `sweeps` maps a
+    sweep id to its config and runs (each run a dict: id, state, config, summary)."""
+
+    def __init__(self):
+        self.sweeps: dict[str, dict] = {}
+
+    def install(self, monkeypatch) -> None:
+        import wandb
+
+        stand_in = self
+
+        class Run:
+            def __init__(self, run: dict):
+                self.id, self.state, self.config = run["id"], run["state"], run["config"]
+                self.summary = type("Summary", (), {"_json_dict": run["summary"]})()
+
+            def scan_history(self):
+                return []
+
+        class Sweep:
+            def __init__(self, sweep_id: str):
+                held = stand_in.sweeps[sweep_id]
+                self.id, self.config, self.created_at = sweep_id, held["config"], held["at"]
+                self.runs = [Run(run) for run in held["runs"]]
+
+        class Project:
+            def sweeps(self):
+                return [Sweep(sweep_id) for sweep_id in reversed(stand_in.sweeps)]
+
+        class Api:
+            def __init__(self, *args, **kwargs):
+                pass
+
+            def sweep(self, path: str):
+                return Sweep(path.split("/")[-1])
+
+            def project(self, name: str, entity: str | None = None):
+                return Project()
+
+        def sweep(config: dict, entity: str, project: str) -> str:
+            return self.add(f"rp{len(self.sweeps)}", config, [])
+
+        monkeypatch.setattr(wandb, "Api", Api)
+        monkeypatch.setattr(wandb, "sweep", sweep)
+
+    def add(self, sweep_id: str, config: dict, runs: list[dict]) -> str:
+        self.sweeps[sweep_id] = {"config": config, "runs": runs,
+                                 "at": f"2026-12-01T10:{len(self.sweeps):02d}:00"}
+        return sweep_id
+
+    def finish(self, sweep_id: str) -> None:
+        """Every seed of a repeat sweep's grid run and finished, at value()."""
+        config = self.sweeps[sweep_id]["config"]
+        fixed = {name: spec.get("value", (spec.get("values") or [None])[0])
+                 for name, spec in config["parameters"].items() if name != "seed"}
+        self.sweeps[sweep_id]["runs"] = [
+            {"id": f"{sweep_id}-{seed}", "state": "finished", "config": {**fixed, "seed": seed},
+             "summary": {"val/acc": value({**fixed, "seed": seed}), "epochs_done": 1}}
+            for seed in config["parameters"]["seed"]["values"]]
+
+
+def test_more_seeds_asked_later_of_a_wandb_sweep_are_added_and_read_as_one(monkeypatch,
+                                                                            capsys):
+    """`agent.repeat team/study/sw --seeds 2`, then `--seeds 4`, on a W&B sweep: the second
+    makes W&B repeat sweeps of the two seeds each setting lacks (it made sweeps of seeds
+    1-4 again, training 1 and 2 twice), and the report reads a run's two W&B repeat sweeps
+    as one, n = 4 (it kept one of them, whichever the project listed last)."""
+    from agent.report.repeat import main
+    from agent.report.seeds_section import repeated_configurations
+    from agent.report.study import load_study, repeats_of
+
+    wandb = StandInWandb()
+    wandb.install(monkeypatch)
+    config = {"program": "agent/train.py", "method": "grid",
+              "metric": {"name": "val/acc", "goal": "maximize"},
+              "parameters": {"dataset": {"value": "digits"}, "model": {"value": "dense"},
+                             "optimizer": {"values": OPTIMIZERS}, "lr": {"values": LRS},
+                             "seed": {"values": [0]}}}
+    wandb.add("sw", config, [
+        {"id": f"{optimizer}-{lr}", "state": "finished",
+         "config": {"dataset": "digits", "model": "dense", "optimizer": optimizer, "lr": lr,
+                    "seed": 0},
+         "summary": {"val/acc": value({"optimizer": optimizer, "lr": lr, "seed": 0}),
+                     "epochs_done": 1}}
+        for optimizer in OPTIMIZERS for lr in LRS])
+    options = ["team/study/sw", "--by", "optimizer", "--top", "1"]
+
+    assert main([*options, "--seeds", "2"]) == 0
+    first = [sweep_id for sweep_id in wandb.sweeps if sweep_id != "sw"]
+    assert len(first) == 2
+    for sweep_id in first:
+        assert wandb.sweeps[sweep_id]["config"]["parameters"]["seed"] == {"values": [1, 2]}
+        wandb.finish(sweep_id)
+    capsys.readouterr()
+
+    assert main([*options, "--seeds", "4"]) == 0
+    out = capsys.readouterr().out
+    added = [sweep_id for sweep_id in wandb.sweeps if sweep_id not in first + ["sw"]]
+    assert len(added) == 2, out
+    for sweep_id in added:
+        assert wandb.sweeps[sweep_id]["config"]["parameters"]["seed"] == {"values": [3, 4]}
+        wandb.finish(sweep_id)
+    assert out.count("exists already, every run ended") == 2, out
+    assert out.count("(seeds 3, 4, beside 2 in the repeat sweeps before: 4 in all)") == 2, out
+
+    study = load_study("team/study/sw")
+    repeats = repeats_of(study)
+    assert sorted(r.sweep_id for r in repeats.values()) == sorted(
+        f"{a}, {b}" for a, b in zip(first, added))
+    for rep in repeated_configurations(study, repeats).values():
+        assert sorted(r.params.seed for r in rep.runs) == [1, 2, 3, 4]
+
+    assert main([*options, "--seeds", "3"]) == 0  # fewer: nothing made, said
+    assert len(wandb.sweeps) == 5
+    assert capsys.readouterr().out.count("its repeat sweeps hold 4 seeds, more than --seeds "
+                                         "3: the report reads them all") == 2

@@ -38,12 +38,14 @@ from agent.report.stats import (
     tied_mean,
 )
 from agent.report.study import (
+    OPEN_STATES,
     RunRecord,
     Study,
     check_our_trainer,
     load_study,
     local_repeat_sweeps,
     repeat_description,
+    wandb_repeat_sweeps,
 )
 from agent.sweep.status import ENDED, current_runs, planned_runs
 from agent.sweep.store import SWEEPS_DIR, SweepStore, create_store
@@ -135,7 +137,6 @@ def create_local(study: Study, configs: list[tuple[str, dict]],
         return "; running it now" if running else f"; run it: {script('run_sweep.sh')} {sweep_id}"
 
     for run_id, config in configs:
-        seeds = config["parameters"]["seed"]["values"]
         have: list[int] = []
         for repeat in existing.get(run_id, []):
             store = SweepStore(SWEEPS_DIR / repeat.sweep_id / "sweep.db")
@@ -149,21 +150,35 @@ def create_local(study: Study, configs: list[tuple[str, dict]],
             stores.append(store)
             print(f"run {run_id}: repeat sweep {repeat.sweep_id} (seeds {_listed(own)}) exists "
                   f"already{go(repeat.sweep_id)}")
-        lacking = [seed for seed in seeds if seed not in have][:max(0, len(seeds) - len(have))]
-        if not lacking:
-            if len(have) > len(seeds):
-                print(f"run {run_id}: its repeat sweeps hold {len(have)} seeds, more than "
-                      f"--seeds {len(seeds)}: the report reads them all")
+        config = _lacking(run_id, config, have)
+        if config is None:
             continue
         sweep_id = new_run_id()
-        config = {**config, "parameters": {**config["parameters"],
-                                           "seed": {"values": lacking}}}
         stores.append(create_store(SWEEPS_DIR / sweep_id, sweep_id, config["name"], config))
-        beside = (f", beside {len(have)} in the repeat sweeps before: {len(seeds)} in all"
-                  if have else "")
-        print(f"run {run_id}: repeat sweep {sweep_id} created (seeds {_listed(lacking)}"
-              f"{beside}){go(sweep_id)}")
+        print(f"run {run_id}: repeat sweep {sweep_id} created ({_made(config, have)})"
+              f"{go(sweep_id)}")
     return stores
+
+
+def _lacking(run_id: str, config: dict, have: list[int]) -> dict | None:
+    """The repeat config `config` over the seeds it asks for that the run's repeat sweeps
+    so far (`have`: their seeds) lack, as many as those lack; None, said, when none."""
+    seeds = config["parameters"]["seed"]["values"]
+    lacking = [seed for seed in seeds if seed not in have][:max(0, len(seeds) - len(have))]
+    if not lacking:
+        if len(have) > len(seeds):
+            print(f"run {run_id}: its repeat sweeps hold {len(have)} seeds, more than "
+                  f"--seeds {len(seeds)}: the report reads them all")
+        return None
+    return {**config, "parameters": {**config["parameters"], "seed": {"values": lacking}}}
+
+
+def _made(config: dict, have: list[int]) -> str:
+    """'seeds 5, 6, beside 2 in the repeat sweeps before: 4 in all' of a new repeat sweep."""
+    lacking = config["parameters"]["seed"]["values"]
+    return f"seeds {_listed(lacking)}" + (
+        f", beside {len(have)} in the repeat sweeps before: {len(have) + len(lacking)} in all"
+        if have else "")
 
 
 def _seeds_of(repeat_config: dict) -> list[int]:
@@ -183,18 +198,35 @@ def _finished(store: SweepStore) -> bool:
     return sum(r.state in ENDED for r in runs) >= planned
 
 
-def create_on_wandb(target: str, configs: list[tuple[str, dict]]) -> None:
+def create_on_wandb(study: Study, configs: list[tuple[str, dict]]) -> None:
+    """The W&B repeat sweeps, as `create_local` makes local ones: those of the project that
+    repeat a run are reused, and a sweep of the seeds they lack is added (`--seeds` raised
+    since); each announced with the command that runs it."""
     import wandb
 
-    entity, project, _ = target.split("/")
+    entity, project, _ = study.wandb_path.split("/")
+    existing = wandb_repeat_sweeps(study)
     for run_id, config in configs:
+        have: list[int] = []
+        for repeat in existing.get(run_id, []):
+            own = _seeds_of(repeat.sweep_config)
+            have += [seed for seed in own if seed not in have]
+            path = f"{entity}/{project}/{repeat.sweep_id}"
+            ended = sum(r.state not in OPEN_STATES for r in repeat.runs) >= (
+                planned_runs(repeat.sweep_config) or len(repeat.runs))
+            print(f"run {run_id}: W&B repeat sweep {path} (seeds {_listed(own)}) exists "
+                  "already" + (", every run ended" if ended else
+                               f"; run it: {script('run_sweep.sh')} {path}"))
+        config = _lacking(run_id, config, have)
+        if config is None:
+            continue
         try:
             sweep_id = wandb.sweep(config, entity=entity, project=project)
         except Exception as error:
-            raise UserError(f"sweep={target!r}: W&B refused the repeat sweep "
+            raise UserError(f"sweep={study.wandb_path!r}: W&B refused the repeat sweep "
                             f"({type(error).__name__}: {str(error).splitlines()[0][:100]})"
                             ) from None
-        print(f"run {run_id}: created W&B repeat sweep; run it: "
+        print(f"run {run_id}: created W&B repeat sweep ({_made(config, have)}); run it: "
               f"{script('run_sweep.sh')} {entity}/{project}/{sweep_id}")
 
 
@@ -378,7 +410,7 @@ def main(argv: list[str] | None = None) -> int:
     if unfinished:
         print(unfinished, file=sys.stderr)
     if study.source == "wandb":
-        create_on_wandb(args.sweep, configs)
+        create_on_wandb(study, configs)
         return 0
     stores = create_local(study, configs, args.run)
     code = 0

@@ -187,38 +187,38 @@ def load_study(target: str) -> Study:
 
 def repeats_of(study: Study) -> dict[str, Study]:
     """The repeat sweeps of `study`'s runs, by the id of the run they repeat: local sweeps
-    for a local study, the W&B project's sweeps for a W&B study."""
-    if study.source == "local":
-        return local_repeats(study)
+    for a local study, the W&B project's sweeps for a W&B study. A run with several
+    (`agent.repeat --seeds` raised after a first one) gets them as one study: their runs
+    together, their ids in `sweep_id`, comma-separated."""
+    found = local_repeat_sweeps(study) if study.source == "local" else \
+        wandb_repeat_sweeps(study)
+    return {run_id: replace(studies[0], runs=[r for s in studies for r in s.runs],
+                            sweep_id=", ".join(s.sweep_id for s in studies))
+            for run_id, studies in found.items()}
+
+
+def wandb_repeat_sweeps(study: Study) -> dict[str, list[Study]]:
+    """Every repeat sweep of the W&B study `study`'s runs in its project, by the id of the
+    run it repeats, oldest first."""
     import wandb
 
     entity, project, _ = study.wandb_path.split("/")
     prefix = repeat_description(study.sweep_id, "")
-    found = {}
+    found: dict[str, list[tuple[str, Study]]] = {}
     try:
         for sweep in wandb.Api(timeout=20).project(project, entity=entity).sweeps():
             description = (sweep.config or {}).get("description", "")
             if description.startswith(prefix):
-                found[description[len(prefix):]] = wandb_study(
-                    f"{entity}/{project}/{sweep.id}")
+                found.setdefault(description[len(prefix):], []).append((
+                    str(getattr(sweep, "created_at", "") or ""),
+                    wandb_study(f"{entity}/{project}/{sweep.id}")))
     except UserError:
         raise
     except Exception as error:
         raise UserError(f"sweep={study.wandb_path!r}: could not list the project's sweeps on W&B "
                         f"({type(error).__name__})") from None
-    return found
-
-
-def local_repeats(study: Study) -> dict[str, Study]:
-    """Local repeat sweeps of `study`'s runs, by the id of the run they repeat; a run with
-    several (`agent.repeat --seeds` raised after a first one) gets them as one study: their
-    runs together, their ids in `sweep_id`, comma-separated."""
-    merged = {}
-    for run_id, studies in local_repeat_sweeps(study).items():
-        first = studies[0]
-        merged[run_id] = replace(first, runs=[r for s in studies for r in s.runs],
-                                 sweep_id=", ".join(s.sweep_id for s in studies))
-    return merged
+    return {run_id: [s for _, s in sorted(studies, key=lambda pair: pair[0])]
+            for run_id, studies in found.items()}
 
 
 def local_repeat_sweeps(study: Study) -> dict[str, list[Study]]:
