@@ -13,6 +13,15 @@ from fnmatch import fnmatchcase
 
 STEP, EPOCH, END = "step", "epoch", "end"
 
+# A run's summary `stop_reason` when a user stopped it in W&B (the W&B sink's words; the
+# report tells such a stop from the sweep's hyperband): its Stop button or API
+STOPPED_IN_WANDB = "stopped in W&B (its Stop button or API)"
+# wandb calls the same stop_fn after an upload it cannot recover from when the user turned on
+# its stop_on_fatal_error (WANDB_STOP_ON_FATAL_ERROR): a stop then names both causes
+STOPPED_IN_WANDB_OR_FATAL = ("stopped by W&B: its Stop button or API, or an upload error "
+                             "with stop_on_fatal_error on (the run's files are on disk for "
+                             "`wandb sync`)")
+
 
 @dataclass(frozen=True)
 class Metric:

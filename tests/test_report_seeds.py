@@ -694,15 +694,18 @@ CUT_SHORT = {"adam": {0.1: ("finished", 3, 5), 0.01: ("finished", 3, 7),
                      0.001: ("stopped", 1, 3)}}
 
 
+@pytest.mark.parametrize("stopper", ["hyperband", "wandb"])
 @pytest.mark.parametrize("goal", ["maximize", "minimize"])
 @pytest.mark.parametrize("top", [1, 2, 3])
 def test_settings_hyperband_stopped_are_repeated_only_where_no_run_went_the_full_length(
-        tmp_path, monkeypatch, capsys, goal, top):
+        tmp_path, monkeypatch, capsys, goal, top, stopper):
     """A run hyperband stopped scored below the others at its epoch: its setting is not
     among its group's best while the group has a full-length one (passed over, said); in a
     group whose every run was stopped, the furthest one is repeated at its full length and
     the others are passed over. Before, `--top 2` repeated sam's two stopped runs and sgd's
-    stopped runs ahead of its full-length one."""
+    stopped runs ahead of its full-length one. A run a user stopped in W&B (its summary's
+    stop_reason) has a partial value too, and is said to be stopped there, not by hyperband."""
+    from agent.metrics import STOPPED_IN_WANDB
     from agent.report.repeat import planned
 
     metric = "val/acc" if goal == "maximize" else "val/loss"
@@ -717,8 +720,10 @@ def test_settings_hyperband_stopped_are_repeated_only_where_no_run_went_the_full
     for run in claim(store, "host:1", count=9).runs:
         state, done, good = CUT_SHORT[run.config["optimizer"]][run.config["lr"]]
         score = 0.5 + good / 20 if goal == "maximize" else 1.0 - good / 20
+        in_wandb = stopper == "wandb" and run.config["optimizer"] == "sam"
         assert store.finish(run.run_id, "host:1", state,
-                            {metric: score, "test/acc": 0.5 + good / 20, "epochs_done": done})
+                            {metric: score, "test/acc": 0.5 + good / 20, "epochs_done": done,
+                             **({"stop_reason": STOPPED_IN_WANDB} if in_wandb else {})})
     _, study, configs = planned(["cut", "--by", "optimizer", "--top", str(top)])
     by_id = {r.id: r for r in study.runs}
     picked = sorted((by_id[run_id].config["optimizer"], by_id[run_id].config["lr"])
@@ -733,7 +738,8 @@ def test_settings_hyperband_stopped_are_repeated_only_where_no_run_went_the_full
     assert ("optimizer=sgd: passed over lr=0.001; lr=0.01: stopped early by the sweep's "
             "hyperband (below others at the same epoch), not among its best: not repeated"
             ) in err, err
-    assert ("optimizer=sam: all 3 of its runs were stopped early by the sweep's hyperband: "
+    stopped = "in W&B (a user's Stop)" if stopper == "wandb" else "by the sweep's hyperband"
+    assert (f"optimizer=sam: all 3 of its runs were stopped early {stopped}: "
             "repeating the furthest, lr=0.01 (epoch 2 of 3), at its full length; passed over "
             "lr=0.1; lr=0.001") in err, err
     assert "optimizer=adam" not in err

@@ -23,6 +23,7 @@ import numpy as np
 
 from agent.commands import module_command, script
 from agent.ids import new_run_id
+from agent.metrics import STOPPED_IN_WANDB, STOPPED_IN_WANDB_OR_FATAL
 from agent.report import stats
 from agent.report.markdown import Context, config_text
 from agent.report.stats import (
@@ -340,14 +341,17 @@ def passed_cut_short(study: Study, by: str, failed: Callable[[RunRecord], bool]
     for group, settings in ranked.items():
         passed, furthest = stats.cut_short_passed(settings, study.metric, study.goal)
         if furthest is None and passed:
-            lines.append(f"{by}={group}: passed over {_named(passed, name)}: stopped early by "
-                         f"the sweep's {_terminator(study)} (below others at the same epoch), "
-                         "not among its best: not repeated")
+            by_whom = _stopped_by(study, passed)
+            lines.append(f"{by}={group}: passed over {_named(passed, name)}: stopped early "
+                         f"{by_whom}"
+                         + (" (below others at the same epoch)" if by_whom.startswith("by")
+                            else " (its value is from that epoch)")
+                         + ", not among its best: not repeated")
         elif furthest is not None:
             count = sum(len(s.runs) for s in [furthest, *passed])
             lines.append(f"{by}={group}: "
                          + ("its one run was" if count == 1 else f"all {count} of its runs were")
-                         + f" stopped early by the sweep's {_terminator(study)}: repeating "
+                         + f" stopped early {_stopped_by(study, [furthest, *passed])}: repeating "
                          f"the furthest, {name(furthest)} "
                          f"(epoch {max(stats.epochs_done(r) for r in furthest.runs)} of "
                          f"{furthest.best.params.epochs}), at its full length"
@@ -358,6 +362,17 @@ def passed_cut_short(study: Study, by: str, failed: Callable[[RunRecord], bool]
 
 def _named(settings: list, name: Callable) -> str:
     return "; ".join(map(name, settings))
+
+
+def _stopped_by(study: Study, settings: list) -> str:
+    """Who stopped the runs of `settings` early: 'by the sweep's hyperband', 'in W&B (a
+    user's Stop)' (the W&B sink's stop_reason), or both."""
+    reasons = {r.summary.get("stop_reason") in (STOPPED_IN_WANDB, STOPPED_IN_WANDB_OR_FATAL)
+               for s in settings for r in s.runs}
+    sweep = f"by the sweep's {_terminator(study)}"
+    if reasons == {True}:
+        return "in W&B (a user's Stop)"
+    return sweep if reasons == {False} else f"{sweep} or in W&B (a user's Stop)"
 
 
 def _terminator(study: Study) -> str:

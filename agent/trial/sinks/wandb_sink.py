@@ -64,12 +64,8 @@ def finish_settings() -> dict:
     return {**bound, "finish_timeout_raises": True}
 
 
-STOPPED_IN_WANDB = "stopped in W&B (its Stop button or API)"
-# wandb calls the same stop_fn after an upload it cannot recover from when the user turned on
-# its stop_on_fatal_error (WANDB_STOP_ON_FATAL_ERROR): a stop then names both causes
-STOPPED_IN_WANDB_OR_FATAL = ("stopped by W&B: its Stop button or API, or an upload error "
-                             "with stop_on_fatal_error on (the run's files are on disk for "
-                             "`wandb sync`)")
+STOPPED_IN_WANDB = metrics.STOPPED_IN_WANDB
+STOPPED_IN_WANDB_OR_FATAL = metrics.STOPPED_IN_WANDB_OR_FATAL
 # Runs a user stopped in W&B, by id (their stop_fn was called, on wandb's own thread): each
 # one's sink says so after its epoch (stop_asked), and the member ends as stopped.
 STOPPED: set[str] = set()
