@@ -21,6 +21,7 @@ from agent.report import document, stats
 from agent.report.discussion import near_margin
 from agent.report.study import local_study
 from agent.sweep.controller import claim
+from agent.sweep.store import STATES as STORE_STATES
 from agent.sweep.store import create_store
 from conftest import subprocess_env
 
@@ -485,3 +486,23 @@ def test_a_wandb_run_hyperband_stopped_reads_as_stopped_in_the_report(state, our
         assert read == "preempted" and read in OPEN_STATES
     else:
         assert read == state
+
+
+@pytest.mark.parametrize("state", sorted(set(STORE_STATES) | {"killed", "preempting"}))
+def test_only_runs_that_ended_for_the_studys_reasons_are_scored(state):
+    """A run that failed (an exception at epoch 2) or crashed and was given up, or that W&B
+    killed, holds the value of the epoch it got to: it was scored with the others, and its
+    partial value could be the best run and agent.repeat's pick. Only finished runs and runs
+    early termination stopped (marked as such) are scored; open runs are not yet."""
+    from agent.report.study import RunRecord, Study, wandb_state
+
+    config = {"method": "grid", "metric": {"name": "val/acc", "goal": "maximize"}}
+    history = [{"epoch": 1, "val/acc": 0.9}]
+    runs = [RunRecord("full", "finished", {}, None, {"val/acc": 0.5}, history, None),
+            RunRecord("this", wandb_state(state, {}), {}, None, {}, history, None)]
+    study = Study("s", "s", "local", config, runs)
+    scored = [r.id for r in study.scored_runs()]
+    if wandb_state(state, {}) in ("finished", "stopped"):
+        assert scored == ["this", "full"]
+    else:
+        assert scored == ["full"], state

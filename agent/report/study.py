@@ -20,6 +20,9 @@ from util.errors import UserError
 
 # A run in one of these states may still change (W&B's own are running and pending too).
 OPEN_STATES = ("pending", "running", "preempted")
+# A run that ended in one of these states ended before its time for no reason of the study's
+# (an exception, its agent gone, W&B's killed): its last value is partial (scored_runs)
+BROKEN_STATES = ("failed", "crashed", "killed")
 
 
 @dataclass
@@ -92,8 +95,12 @@ class Study:
         return [r for r in self.runs if r.state not in OPEN_STATES]
 
     def scored_runs(self) -> list[RunRecord]:
-        """Ended runs with a value of the sweep's metric, best first."""
-        scored = [r for r in self.ended_runs() if r.metric(self.metric) is not None]
+        """Ended runs with a value of the sweep's metric, best first. A run that failed or
+        crashed (W&B: killed) is none of them: its value is from the epoch it got to, and
+        nothing stopped it for a reason of the study's (the report lists it with its
+        reason); a run early termination stopped is one, marked (stats.stopped_early)."""
+        scored = [r for r in self.ended_runs() if r.state not in BROKEN_STATES
+                  and r.metric(self.metric) is not None]
         return sorted(scored, key=lambda r: r.metric(self.metric),
                       reverse=self.goal == "maximize")
 
