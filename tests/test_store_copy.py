@@ -33,6 +33,15 @@ def trained(path, run_id: str, epochs: range, state: str, claim: str = "start"):
     store.close()
 
 
+def job_copy(tmp_path) -> tuple:
+    """(the sweep's store, a job's copy of it, what the job started from) of an empty grid
+    sweep, the copy taken as a job takes it."""
+    create_store(tmp_path / "sweep", "s", "s", {"method": "grid"}).close()
+    origin, copy, base = tmp_path / "sweep" / "sweep.db", tmp_path / "copy.db", tmp_path / "b.db"
+    take_copy(origin, copy, base)
+    return origin, copy, base
+
+
 def runs(path) -> dict:
     store = SweepStore(path, read_only=True)
     try:
@@ -137,9 +146,7 @@ def test_a_job_killed_outright_leaves_its_new_runs_to_be_repeated_from_their_che
 
 
 def test_a_running_runs_epochs_and_heartbeat_go_over_at_each_merge(tmp_path):
-    create_store(tmp_path / "sweep", "s", "s", {"method": "grid"}).close()
-    origin, copy, base = tmp_path / "sweep" / "sweep.db", tmp_path / "copy.db", tmp_path / "b.db"
-    take_copy(origin, copy, base)
+    origin, copy, base = job_copy(tmp_path)
     trained(copy, "a", range(1, 2), "running", claim="new")
     assert merge_back(copy, base, origin) == ["a"]
     beat = runs(origin)["a"].heartbeat
@@ -155,9 +162,7 @@ def test_a_running_runs_epochs_and_heartbeat_go_over_at_each_merge(tmp_path):
 
 
 def test_a_run_the_job_took_further_replaces_an_earlier_merge(tmp_path):
-    create_store(tmp_path / "sweep", "s", "s", {"method": "grid"}).close()
-    origin, copy, base = tmp_path / "sweep" / "sweep.db", tmp_path / "copy.db", tmp_path / "b.db"
-    take_copy(origin, copy, base)
+    origin, copy, base = job_copy(tmp_path)
     trained(copy, "a", range(1, 2), "preempted", claim="new")
     assert merge_back(copy, base, origin) == ["a"]
     trained(copy, "a", range(2, 4), "finished")  # another agent of the job resumes it
@@ -282,9 +287,7 @@ def test_a_store_another_process_holds_open_is_neither_taken_nor_merged_and_says
     cannot have the store then. It waits, then says so in one line (exit 2, not sqlite3's
     traceback), the store as it was; a final merge names the command that merges the job's
     runs later. The agent's own writes go on meanwhile."""
-    create_store(tmp_path / "sweep", "s", "s", {"method": "grid"}).close()
-    origin, copy, base = tmp_path / "sweep" / "sweep.db", tmp_path / "copy.db", tmp_path / "b.db"
-    take_copy(origin, copy, base)
+    origin, copy, base = job_copy(tmp_path)
     trained(copy, "a", range(1, 3), "finished", claim="new")
     agent = subprocess.Popen([sys.executable, "-c", f"""
 import sys
