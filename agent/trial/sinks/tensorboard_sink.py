@@ -130,14 +130,32 @@ FLUSH_S = 5
 QUEUE = 1000  # events held before a put waits for the writer thread
 
 
+def _after_earlier_files(earlier: list[Path]) -> None:
+    """Wait, where needed, until a new event file's name sorts after every file of
+    `earlier`: TensorBoard reads a run's files in name order, and a purge (purge_step) hides
+    only the events read before it. A name is events.out.tfevents.<seconds, 10
+    digits>.<host>.<pid>.<a counter, not padded> (tensorboard's EventFileWriter): a writer
+    started within the same second as an earlier one of this process can sort before it
+    (counter 10 before 9), and the earlier start's steps then showed again after the
+    purge. At most one second, only for a resume within the second of an earlier start."""
+    stamps = [int(p.name.split(".")[3]) for p in earlier
+              if len(p.name.split(".")) > 3 and p.name.split(".")[3].isdigit()]
+    if stamps:
+        wait = max(stamps) + 1 - time.time()
+        if wait > 0:
+            time.sleep(wait)
+
+
 class TensorBoardSink(Sink):
     def start(self, run: RunInfo, config: dict, hparams: dict) -> None:
         # A resumed run logs the steps after its checkpoint again: purge_step hides what the
         # interrupted process logged from there on (TensorBoard drops events at or past it in
         # the earlier files), so each step appears once. A run started over (interrupted in
         # its first epoch, before any checkpoint) hides all that the earlier start logged.
-        earlier = any(Path(run.log_dir).glob("events.out.tfevents.*"))
+        earlier = list(Path(run.log_dir).glob("events.out.tfevents.*"))
         purge = run.resumed_step + 1 if run.resumed_epoch else (0 if earlier else None)
+        if earlier:
+            _after_earlier_files(earlier)
         self.writer = SummaryWriter(log_dir=run.log_dir, flush_secs=FLUSH_S, max_queue=QUEUE,
                                     purge_step=purge)
         session = session_hparams(config, hparams, run.sweep)
