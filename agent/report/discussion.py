@@ -232,33 +232,7 @@ def heatmap_section(report: Report, ctx: Context) -> None:
     col_axis = heat_axis(ctx, col) if col else HeatAxis([""])
     rows, cols = row_axis.labels, col_axis.labels
     binned = [name for name, axis in ((row, row_axis), (col, col_axis)) if axis.binned]
-    most = 1  # the most runs in one cell (seeds, parameters that are no axis)
-    cut_short = []  # runs the sweep's early termination stopped, in any cell
-    panels = []
-    for key in itertools.product(*(_levels(study.runs, f) for f in facets)):
-        # ended runs only: a running run's value is not its last (as the header says)
-        mine = [r for r in study.ended_runs()
-                if all(value(r, f) == v for f, v in zip(facets, key))]
-        values = np.full((len(rows), len(cols)), np.nan)
-        notes = [["" for _ in cols] for _ in rows]
-        stopped = [[False for _ in cols] for _ in rows]
-        left_out = [[0 for _ in cols] for _ in rows]
-        for i, j in itertools.product(range(len(rows)), range(len(cols))):
-            cell = [r for r in mine if row_axis.index(value(r, row)) == i
-                    and (col is None or col_axis.index(value(r, col)) == j)]
-            most = max(most, len(cell))
-            # a diverged run's last value means nothing: the cell's mean is of the others
-            diverged = [r for r in cell if ctx.diverged(r)]
-            scores = [r.metric(metric) for r in cell
-                      if r not in diverged and r.metric(metric) is not None]
-            if scores:
-                values[i, j] = float(np.mean(scores))
-            notes[i][j] = "div" if diverged else ("–" if not cell else "no value")
-            left_out[i][j] = len(diverged) if scores else 0
-            stopped[i][j] = any(stats.stopped_early(r) for r in cell)
-            cut_short += [r for r in cell if stats.stopped_early(r)]
-        title = ", ".join(f"{f}={short_number(v)}" for f, v in zip(facets, key)) or "all runs"
-        panels.append(HeatPanel(title, values, notes, stopped, left_out))
+    panels, most, cut_short = _heat_panels(ctx, facets, (row, row_axis), (col, col_axis))
     shown = [v for p in panels for v in p.values.ravel() if np.isfinite(v)]
     partly = sum(n for p in panels for line in p.diverged for n in line)
     low, high = (min(shown), max(shown)) if shown else (0.0, 1.0)
@@ -301,6 +275,44 @@ def heatmap_section(report: Report, ctx: Context) -> None:
                                flip_rows=bool(log_distribution(ctx, row)) or spans_decades(rows),
                                lower_is_better=minimize),
                   "heat map of the grid")
+
+
+def _heat_panels(ctx: Context, facets: list[str], rows: tuple[str, HeatAxis],
+                 cols: tuple[str | None, HeatAxis]) -> tuple[list[HeatPanel], int, list]:
+    """(one panel per combination of the `facets` values, the most runs in one cell, the runs
+    early termination stopped in any cell): each cell the mean of its ended runs'
+    metric where the (name, axis) pairs `rows` and `cols` place them, its diverged runs
+    counted apart (a diverged run's last value means nothing)."""
+    study, metric = ctx.study, ctx.study.metric
+    (row, row_axis), (col, col_axis) = rows, cols
+    shape = (len(row_axis.labels), len(col_axis.labels))
+    most = 1  # the most runs in one cell (seeds, parameters that are no axis)
+    cut_short = []  # runs the sweep's early termination stopped, in any cell
+    panels = []
+    for key in itertools.product(*(_levels(study.runs, f) for f in facets)):
+        # ended runs only: a running run's value is not its last (as the header says)
+        mine = [r for r in study.ended_runs()
+                if all(value(r, f) == v for f, v in zip(facets, key))]
+        values = np.full(shape, np.nan)
+        notes = [["" for _ in range(shape[1])] for _ in range(shape[0])]
+        stopped = [[False for _ in range(shape[1])] for _ in range(shape[0])]
+        left_out = [[0 for _ in range(shape[1])] for _ in range(shape[0])]
+        for i, j in itertools.product(range(shape[0]), range(shape[1])):
+            cell = [r for r in mine if row_axis.index(value(r, row)) == i
+                    and (col is None or col_axis.index(value(r, col)) == j)]
+            most = max(most, len(cell))
+            diverged = [r for r in cell if ctx.diverged(r)]
+            scores = [r.metric(metric) for r in cell
+                      if r not in diverged and r.metric(metric) is not None]
+            if scores:
+                values[i, j] = float(np.mean(scores))
+            notes[i][j] = "div" if diverged else ("–" if not cell else "no value")
+            left_out[i][j] = len(diverged) if scores else 0
+            stopped[i][j] = any(stats.stopped_early(r) for r in cell)
+            cut_short += [r for r in cell if stats.stopped_early(r)]
+        title = ", ".join(f"{f}={short_number(v)}" for f, v in zip(facets, key)) or "all runs"
+        panels.append(HeatPanel(title, values, notes, stopped, left_out))
+    return panels, most, cut_short
 
 
 def _chance(ctx: Context) -> float | None:
