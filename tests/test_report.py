@@ -158,8 +158,11 @@ def test_groups_follow_the_written_rule_and_its_thresholds(course):
         assert labels == {" ".join(f"{k}={v:.3g}" if isinstance(v, float) else f"{k}={v}"
                                    for k, v in configuration(r).items()) for r in members}
         assert not any(r.id in drawn.all_text() for r in runs)  # configurations, not run ids
+        marks = {"epoch's mean training loss", "validation loss"}  # why a run diverged
         assert set(drawn.legends) <= {f"lr={v:.3g}" for v in LRS} | {
-            f"dropout={v:.3g}" for v in DROPOUTS} | {f"diverged above {explode:.1f}"}
+            f"dropout={v:.3g}" for v in DROPOUTS} | {f"diverged above {explode:.1f}"} | (
+            marks if group == "diverged" else set())
+        assert (group == "diverged") == (marks <= set(drawn.legends))
 
 
 @pytest.mark.slow
