@@ -189,7 +189,7 @@ def stopped_note(run: RunRecord) -> str:
     else '': for a text already in parentheses ('(0.1100, stopped early at epoch 1 of 3)')."""
     if not stats.stopped_early(run):
         return ""
-    done = run.summary.get("epochs_done", len(run.history))
+    done = stats.epochs_done(run)
     return f"stopped early at epoch {done} of {run.params.epochs}"
 
 

@@ -35,8 +35,6 @@ from agent.report.stats import (
     ranked_settings_per_group,
     setting_key,
     settings_of,
-    tied_at_cut,
-    tied_mean,
 )
 from agent.report.study import (
     OPEN_STATES,
@@ -111,9 +109,7 @@ def tie_lines(study: Study, top: int, by: str,
     ranked = ranked_settings_per_group([r for r in study.scored_runs() if not failed(r)],
                                        by, metric, study.goal, study.runs)
     for group, settings in ranked.items():
-        # means equal but for rounding tie, as they were ranked (stats.mean_ranking)
-        kept, left = tied_at_cut(settings, top, tied_mean(
-            settings, lambda s: np.mean(s.values(metric))))
+        kept, left = stats.settings_tied_at_cut(settings, top, metric)
         if not kept:
             continue
         value = float(np.mean(kept[0].values(metric)))
@@ -138,11 +134,10 @@ def create_local(study: Study, configs: list[tuple[str, dict]],
         return "; running it now" if running else f"; run it: {script('run_sweep.sh')} {sweep_id}"
 
     for run_id, config in configs:
-        have: list[int] = []
+        have = _seeds_held(existing.get(run_id, []))
         for repeat in existing.get(run_id, []):
             store = SweepStore(SWEEPS_DIR / repeat.sweep_id / "sweep.db")
             own = _seeds_of(repeat.sweep_config)
-            have += [seed for seed in own if seed not in have]
             if _finished(store):
                 print(f"run {run_id}: repeat sweep {repeat.sweep_id} (seeds {_listed(own)}) "
                       "exists already, every run ended")
@@ -182,6 +177,12 @@ def _made(config: dict, have: list[int]) -> str:
         if have else "")
 
 
+def _seeds_held(repeats: list[Study]) -> list[int]:
+    """The seeds a run's repeat sweeps run, each once, in their order."""
+    return list(dict.fromkeys(seed for repeat in repeats
+                              for seed in _seeds_of(repeat.sweep_config)))
+
+
 def _seeds_of(repeat_config: dict) -> list[int]:
     """The seeds a repeat sweep's grid runs (its `seed` values)."""
     spec = (repeat_config.get("parameters") or {}).get("seed") or {}
@@ -208,10 +209,9 @@ def create_on_wandb(study: Study, configs: list[tuple[str, dict]]) -> None:
     entity, project, _ = study.wandb_path.split("/")
     existing = wandb_repeat_sweeps(study)
     for run_id, config in configs:
-        have: list[int] = []
+        have = _seeds_held(existing.get(run_id, []))
         for repeat in existing.get(run_id, []):
             own = _seeds_of(repeat.sweep_config)
-            have += [seed for seed in own if seed not in have]
             path = f"{entity}/{project}/{repeat.sweep_id}"
             ended = sum(r.state not in OPEN_STATES for r in repeat.runs) >= (
                 planned_runs(repeat.sweep_config) or len(repeat.runs))

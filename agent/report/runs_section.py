@@ -155,7 +155,7 @@ def _cut_short(run: RunRecord) -> str:
     """'; stopped early (hyperband) after 1 of 4 epochs' for a run the sweep stopped."""
     if not stats.stopped_early(run):
         return ""
-    done = run.summary.get("epochs_done", len(run.history))
+    done = stats.epochs_done(run)
     return f"; stopped early (hyperband) after {done} of {run.params.epochs} epochs"
 
 

@@ -369,9 +369,7 @@ def _cut_ties(ctx: Context, by: str, ranked: dict[str, list[stats.Setting]],
 
     parts = []
     for group, settings in ranked.items():
-        # means equal but for rounding tie, as they were ranked (stats.mean_ranking)
-        kept, left = stats.tied_at_cut(settings, BEST_PER_GROUP, stats.tied_mean(
-            settings, lambda s: np.mean(s.values(metric))))
+        kept, left = stats.settings_tied_at_cut(settings, BEST_PER_GROUP, metric)
         left = [s for s in left if s.key not in {r.key for r in shown[group]}]
         if kept and left:
             parts.append(f"{by}={fmt_value(kept[0].best, by)}: {names(kept)} shown, "

@@ -144,10 +144,9 @@ def tie_classes(values: list[float]) -> dict[float, float]:
 def mean_ranking(items: list, mean, goal: str, place) -> list:
     """`items` best first by `mean(item)` (by `goal`), those of means equal but for rounding
     (tie_classes) by `place(item)`: the order the report and agent.repeat rank settings in."""
-    means = {id(item): float(mean(item)) for item in items}
-    tied = tie_classes(list(means.values()))
+    score = tied_mean(items, mean)
     sign = -1.0 if goal == "maximize" else 1.0
-    return sorted(items, key=lambda item: (sign * tied[means[id(item)]], place(item)))
+    return sorted(items, key=lambda item: (sign * score(item), place(item)))
 
 
 def tied_mean(items: list, mean):
@@ -384,6 +383,12 @@ def tied_at_cut(ranked: list, count: int, score) -> tuple[list, list]:
     if not left:
         return [], []
     return [item for item in ranked[:count] if score(item) == last], left
+
+
+def settings_tied_at_cut(settings: list[Setting], count: int, metric: str) -> tuple[list, list]:
+    """tied_at_cut of `settings` (ranked best first) by their mean `metric`, means equal
+    but for rounding tied as mean_ranking ranked them."""
+    return tied_at_cut(settings, count, tied_mean(settings, lambda s: np.mean(s.values(metric))))
 
 
 def default_by(study) -> str:
