@@ -991,3 +991,57 @@ def test_more_seeds_asked_later_of_a_wandb_sweep_are_added_and_read_as_one(monke
     assert len(wandb.sweeps) == 5
     assert capsys.readouterr().out.count("its repeat sweeps hold 4 seeds, more than --seeds "
                                          "3: the report reads them all") == 2
+
+
+def test_a_setting_whose_best_seed_changes_keeps_its_repeats(tmp_path, monkeypatch, capsys):
+    """`agent.repeat` while a sweep over `seed` is still running, then again once it ended:
+    the runs of seed 2 ended best of their settings meanwhile, so each setting's best run
+    changed. Its repeat sweep so far is still the setting's (before, a second one was made,
+    named by the new best run, of overlapping seeds), and the first one's seeds already left
+    out seed 2, which the sweep was still to give the setting."""
+    from agent.report.repeat import main
+    from agent.sweep.store import SweepStore
+
+    monkeypatch.chdir(tmp_path)
+    config = {"program": "agent/train.py", "method": "grid",
+              "metric": {"name": "val/acc", "goal": "maximize"},
+              "parameters": {"dataset": {"value": "digits"}, "model": {"value": "dense"},
+                             "epochs": {"value": 1}, "optimizer": {"values": OPTIMIZERS},
+                             "lr": {"values": LRS}, "seed": {"values": SEEDS}}}
+    sweeps = tmp_path / "data" / "sweeps"
+    store = create_store(sweeps / "seeded", "seeded", "seeded", config)
+    work = claim(store, "host:1", count=64)
+    late = [run for run in work.runs if run.config["seed"] == 2]  # still running
+    for run in work.runs:
+        if run not in late:
+            score = value(run.config)
+            assert store.finish(run.run_id, "host:1", "finished",
+                                {"val/acc": score, "test/acc": score, "epochs_done": 1})
+    options = ["seeded", "--by", "optimizer", "--top", "1", "--seeds", "2"]
+    assert main(options) == 0
+    first = {p.name for p in sweeps.iterdir()} - {"seeded"}
+    assert len(first) == 2, capsys.readouterr()
+    for sweep_id in first:
+        repeat = SweepStore(sweeps / sweep_id / "sweep.db")
+        assert repeat.sweep().config["parameters"]["seed"] == {"values": [3, 4]}
+        finish_all(repeat)
+        repeat.close()
+    study_before = local_study(store)
+    for run in late:
+        score = value(run.config)
+        assert store.finish(run.run_id, "host:1", "finished",
+                            {"val/acc": score, "test/acc": score, "epochs_done": 1})
+    study = local_study(store)
+    best_before = {r.config["optimizer"]: r.id for r in study_before.scored_runs()[::-1]}
+    best_now = {r.config["optimizer"]: r.id for r in study.scored_runs()[::-1]}
+    assert best_before != best_now  # the picked runs changed: seed 2 is the best now
+    capsys.readouterr()
+
+    assert main(options) == 0
+    out = capsys.readouterr().out
+    assert {p.name for p in sweeps.iterdir()} - {"seeded"} == first, out
+    assert out.count("exists already, every run ended") == 2, out
+    assert out.count("of the same setting") == 2, out
+    assert "created" not in out, out
+    text = document.build_report(local_study(store), tmp_path / "report").path.read_text()
+    assert "repeat runs were left out" not in text  # no seed of the sweep's among them

@@ -55,8 +55,9 @@ COPIED_KEYS = ("program", "command", "metric")  # what a repeat keeps of the ori
 
 
 def fresh_seeds(used: set[int], count: int) -> list[int]:
-    """`count` seeds from 0 up, without the seeds the sweep already gave the setting (the
-    picked run's own, and its other seeds when the sweep searched `seed`)."""
+    """`count` seeds from 0 up, without the seeds the sweep gave the setting (the picked
+    run's own, and its other seeds when the sweep searched `seed`: of runs not ended yet
+    too, and while it is unfinished those its `seed` parameter lists)."""
     return [s for s in range(count + len(used)) if s not in used][:count]
 
 
@@ -69,9 +70,16 @@ def repeat_configs(study: Study, top: int, by: str, seeds: int,
     for which `failed` holds (the report's diverged runs, and the runs of settings stuck
     near chance on every seed) are no setting's value (a diverged run is none in the
     report's "By ..." tables either); their seeds are still not fresh."""
-    searched = {p.name for p in swept_parameters(study.sweep_config)}
+    swept = {p.name: p for p in swept_parameters(study.sweep_config)}
+    searched = set(swept)
     scored = study.scored_runs()
-    spent = {s.key: s.seeds for s in settings_of(scored)}  # every seed the sweep gave
+    # every seed the sweep gave a setting, to a run not ended yet too, and while the sweep
+    # is unfinished every seed its `seed` parameter lists (it may give the setting those
+    # yet); a failed run's seed picked nothing and is fresh
+    listed = set((swept["seed"].values or []) if "seed" in swept and unfinished_note(study)
+                 else [])
+    spent = {s.key: s.seeds | listed for s in settings_of(
+        scored + [r for r in study.runs if r.state in OPEN_STATES])}
     out = []
     groups = best_settings_per_group([r for r in scored if not failed(r)], by, top,
                                      study.metric, study.goal, study.runs)
@@ -127,24 +135,24 @@ def create_local(study: Study, configs: list[tuple[str, dict]],
     now (`--run`) or the command that runs it. Existing ones are reused; where they hold
     fewer seeds than asked (`--seeds` raised since), a repeat sweep of the seeds they lack
     is added beside them (the report reads a run's repeat sweeps as one)."""
-    existing = local_repeat_sweeps(study)
+    existing = setting_repeats(study, local_repeat_sweeps(study))
     stores = []
 
     def go(sweep_id: str) -> str:
         return "; running it now" if running else f"; run it: {script('run_sweep.sh')} {sweep_id}"
 
     for run_id, config in configs:
-        have = _seeds_held(existing.get(run_id, []))
-        for repeat in existing.get(run_id, []):
+        have = _seeds_held([repeat for _, repeat in existing(run_id)])
+        for repeated, repeat in existing(run_id):
             store = SweepStore(SWEEPS_DIR / repeat.sweep_id / "sweep.db")
-            own = _seeds_of(repeat.sweep_config)
+            own = f"(seeds {_listed(_seeds_of(repeat.sweep_config))}{_of(repeated, run_id)})"
             if _finished(store):
-                print(f"run {run_id}: repeat sweep {repeat.sweep_id} (seeds {_listed(own)}) "
-                      "exists already, every run ended")
+                print(f"run {run_id}: repeat sweep {repeat.sweep_id} {own} exists already, "
+                      "every run ended")
                 store.close()
                 continue
             stores.append(store)
-            print(f"run {run_id}: repeat sweep {repeat.sweep_id} (seeds {_listed(own)}) exists "
+            print(f"run {run_id}: repeat sweep {repeat.sweep_id} {own} exists "
                   f"already{go(repeat.sweep_id)}")
         config = _lacking(run_id, config, have)
         if config is None:
@@ -154,6 +162,27 @@ def create_local(study: Study, configs: list[tuple[str, dict]],
         print(f"run {run_id}: repeat sweep {sweep_id} created ({_made(config, have)})"
               f"{go(sweep_id)}")
     return stores
+
+
+def setting_repeats(study: Study, found: dict[str, list[Study]]
+                    ) -> Callable[[str], list[tuple[str, Study]]]:
+    """For a picked run's id, the repeat sweeps (`found`: by the id of the run each repeats)
+    of every run of its setting, as (repeated run's id, repeat sweep), the picked run's
+    first. A setting's best run can change while a sweep that searched `seed` goes on (a
+    seed ends better than the one picked before): its repeats so far are still the
+    setting's, and a new repeat sweep holds only the seeds they lack."""
+    by_run = {run.id: [r.id for r in setting.runs]
+              for setting in settings_of(study.scored_runs()) for run in setting.runs}
+
+    def of_setting(run_id: str) -> list[tuple[str, Study]]:
+        ids = [run_id] + [rid for rid in by_run.get(run_id, []) if rid != run_id]
+        return [(rid, repeat) for rid in ids for repeat in found.get(rid, [])]
+    return of_setting
+
+
+def _of(repeated: str, run_id: str) -> str:
+    """', made for run X of the same setting' where a repeat sweep repeats another run."""
+    return "" if repeated == run_id else f", made for run {repeated} of the same setting"
 
 
 def _lacking(run_id: str, config: dict, have: list[int]) -> dict | None:
@@ -207,15 +236,15 @@ def create_on_wandb(study: Study, configs: list[tuple[str, dict]]) -> None:
     import wandb
 
     entity, project, _ = study.wandb_path.split("/")
-    existing = wandb_repeat_sweeps(study)
+    existing = setting_repeats(study, wandb_repeat_sweeps(study))
     for run_id, config in configs:
-        have = _seeds_held(existing.get(run_id, []))
-        for repeat in existing.get(run_id, []):
-            own = _seeds_of(repeat.sweep_config)
+        have = _seeds_held([repeat for _, repeat in existing(run_id)])
+        for repeated, repeat in existing(run_id):
+            own = f"(seeds {_listed(_seeds_of(repeat.sweep_config))}{_of(repeated, run_id)})"
             path = f"{entity}/{project}/{repeat.sweep_id}"
             ended = sum(r.state not in OPEN_STATES for r in repeat.runs) >= (
                 planned_runs(repeat.sweep_config) or len(repeat.runs))
-            print(f"run {run_id}: W&B repeat sweep {path} (seeds {_listed(own)}) exists "
+            print(f"run {run_id}: W&B repeat sweep {path} {own} exists "
                   "already" + (", every run ended" if ended else
                                f"; run it: {script('run_sweep.sh')} {path}"))
         config = _lacking(run_id, config, have)
