@@ -4,6 +4,7 @@ meanwhile, and a second merge writes nothing new."""
 
 from __future__ import annotations
 
+import os
 import sqlite3
 import subprocess
 import sys
@@ -11,6 +12,7 @@ import time
 
 import pytest
 
+from agent.cluster import store_copy
 from agent.cluster.store_copy import merge_back, take_copy
 from agent.sweep.store import SweepStore, create_store
 from conftest import ROOT, subprocess_env
@@ -349,3 +351,100 @@ def test_a_later_merge_leaves_a_run_the_sweep_repeated_meanwhile_to_its_repeat(t
     assert (merged["n"].state, merged["n"].epoch) == ("crashed", 2)
     assert [r.id for r in merged.values() if r.state in ("pending", "preempted", "running")
             ] == [repeat.run_id]
+
+
+def take_command(origin, tmp_path, job_id: str, name: str, path: str | None = None):
+    """`store_copy take --job ID` as a PBS job runs it, in the background."""
+    extra = {"PATH": path} if path else {}
+    return subprocess.Popen(
+        [sys.executable, "-c", "import sys; from agent.cluster import store_copy as s; "
+         "s.HOLDER_POLL_S = 0.2; sys.exit(s.main(sys.argv[1:]))", "take", "--job", job_id,
+         str(origin), str(tmp_path / f"{name}-copy.db"), str(tmp_path / f"{name}-base.db")],
+        cwd=ROOT, env=subprocess_env(**extra), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+        text=True)
+
+
+def qstat_bin(tmp_path, answer: str, code: int = 0) -> str:
+    """A PATH with a stand-in `qstat` that prints `answer` (and exits `code`), as PBS's
+    `qstat -x -f JOB` does."""
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir(exist_ok=True)
+    (bin_dir / "qstat").write_text(f"#!/bin/sh\nprintf '%s\\n' '{answer}'\nexit {code}\n")
+    (bin_dir / "qstat").chmod(0o755)
+    return f"{bin_dir}:{os.environ['PATH']}"
+
+
+@pytest.mark.timeout(60)
+def test_a_job_waits_while_another_job_works_on_the_sweep_then_takes_it_over(tmp_path):
+    """Two --pbs 1 jobs on one local sweep: on copies of its store both would train the same
+    configurations. The second job's take waits, said once, while the first's record is
+    there (no qstat on this machine: its merges keep it fresh); the first's last merge
+    removes it and the second goes on."""
+    origin, copy, base = job_copy(tmp_path)  # the first job, recorded as it takes
+    first = take_command(origin, tmp_path, "100.pbs", "first")
+    assert first.wait(timeout=30) == 0, first.stderr.read()
+    holder = origin.parent / store_copy.HOLDER
+    assert holder.read_text().split()[0] == "100.pbs"
+    second = take_command(origin, tmp_path, "101.pbs", "second")
+    time.sleep(3)
+    assert second.poll() is None and not (tmp_path / "second-copy.db").exists()
+    subprocess.run([sys.executable, "-m", "agent.cluster.store_copy", "merge",
+                    str(copy), str(tmp_path / "first-base.db"), str(origin)],
+                   cwd=ROOT, env=subprocess_env(), check=True, timeout=30)
+    assert not holder.exists()  # the first job's last merge
+    out, err = second.communicate(timeout=30)
+    assert second.returncode == 0, err
+    assert err.count("job 100.pbs (on ") == 1 and "waits for it to end" in err, err
+    assert "job 100.pbs has ended; this job goes on with the sweep" in err, err
+    assert (tmp_path / "second-copy.db").exists()
+    assert holder.read_text().split()[0] == "101.pbs"
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize("how", ["silent", "qstat F", "qstat unknown", "its own id"])
+def test_a_job_takes_over_from_one_that_ended_without_its_last_merge(tmp_path, how):
+    """A job killed outright (a node lost) leaves its record: the next job takes over once
+    PBS says that job ended (qstat -x -f: job_state = F, or Unknown Job Id), or its record
+    has been silent past HOLDER_SILENT_S (no qstat at hand, as in a container), or the record
+    is of its own id (PBS reran the job). A live job's record (qstat: R) is waited for."""
+    origin, _, _ = job_copy(tmp_path)
+    holder = origin.parent / store_copy.HOLDER
+    holder.write_text("100.pbs node7 deadbeef\n")
+    path, job_id = None, "101.pbs"
+    if how == "silent":
+        old = time.time() - store_copy.HOLDER_SILENT_S - 5
+        os.utime(holder, (old, old))
+    elif how == "qstat F":
+        path = qstat_bin(tmp_path, "Job Id: 100.pbs\n    job_state = F")
+    elif how == "qstat unknown":
+        path = qstat_bin(tmp_path, "qstat: Unknown Job Id 100.pbs", 153)
+    else:
+        job_id = "100.pbs"
+    take = take_command(origin, tmp_path, job_id, "next", path)
+    out, err = take.communicate(timeout=30)
+    assert take.returncode == 0 and "waits" not in err, err
+    assert holder.read_text().split()[0] == job_id
+
+    holder.write_text("102.pbs node7 cafe\n")  # a live job: PBS says it runs
+    take = take_command(origin, tmp_path, "103.pbs", "later",
+                        qstat_bin(tmp_path, "Job Id: 102.pbs\n    job_state = R"))
+    time.sleep(3)
+    assert take.poll() is None
+    take.kill()
+    take.communicate()
+    assert holder.read_text().split()[0] == "102.pbs"
+
+
+def test_a_job_touches_and_removes_only_its_own_record(tmp_path):
+    """A job whose record another job took over (it was silent too long) neither keeps it
+    fresh nor removes it."""
+    origin, _, base = job_copy(tmp_path)
+    holder = origin.parent / store_copy.HOLDER
+    store_copy.wait_for_other_job(origin, base, "100.pbs")
+    old = time.time() - 1000
+    os.utime(holder, (old, old))
+    store_copy.touch_holder(origin, base)
+    assert holder.stat().st_mtime > old + 900  # touched
+    holder.write_text("101.pbs node7 cafe\n")  # taken over
+    store_copy.touch_holder(origin, base, remove=True)
+    assert holder.read_text().startswith("101.pbs")

@@ -88,13 +88,13 @@ def submit_pbs(workdir: Path, aux: Path, sweep: str, *options: str) -> Path:
 
 
 def pbs_job(workdir: Path, aux: Path, script: Path, scratch: str = "scratch",
-            **extra: str) -> subprocess.Popen:
+            job_id: str = FAKE_ID, **extra: str) -> subprocess.Popen:
     """The job as PBS starts it: plain bash, in $HOME, with PBS's variables and no W&B dir
     (so that offline runs go to scratch and have to be copied back); each job its own
     $SCRATCHDIR (aux/`scratch`)."""
     (aux / scratch).mkdir(exist_ok=True)
     env = subprocess_env(PBS_O_WORKDIR=str(workdir), SCRATCHDIR=str(aux / scratch),
-                         PBS_JOBID=FAKE_ID, PBS_JOBNAME="sweep", OMP_NUM_THREADS="1", **extra)
+                         PBS_JOBID=job_id, PBS_JOBNAME="sweep", OMP_NUM_THREADS="1", **extra)
     env.pop("WANDB_DIR", None)
     home = aux / "home"
     home.mkdir(exist_ok=True)
@@ -261,9 +261,16 @@ def test_a_pbs_job_killed_outright_leaves_its_run_to_continue_from_its_checkpoin
     (lost,) = stored_runs(store_path)
     assert (workdir / "data" / "runs" / lost.id / "checkpoint.pt").is_file()
 
+    # PBS says the first job has ended: the record it left does not hold the next one up
+    qstat = aux / "qstat-bin"
+    qstat.mkdir()
+    (qstat / "qstat").write_text(f"#!/bin/sh\necho 'qstat: Unknown Job Id {FAKE_ID}'\n"
+                                 "exit 153\n")
+    (qstat / "qstat").chmod(0o755)
     second = pbs_job(workdir, aux, submit_pbs(workdir, aux, "lost", "--walltime", "1:00:00",
                                               "--heartbeat", "1", "--heartbeat-timeout", "3"),
-                     scratch="scratch-2")
+                     scratch="scratch-2", job_id="4243.pbs-test",
+                     PATH=f"{qstat}:{os.environ['PATH']}")
     wait_for(lambda: scratch_epoch(aux / "scratch-2", "lost") > lost.epoch + 1, 150,
              "the repeat trained further")
     second.send_signal(signal.SIGTERM)
@@ -326,9 +333,11 @@ def test_a_pbs_job_killed_within_its_grace_keeps_every_run_it_ended(workdir, aux
 @pytest.mark.e2e
 @pytest.mark.slow
 @pytest.mark.timeout(300)
-def test_two_pbs_jobs_on_one_local_sweep_keep_each_others_runs(workdir, aux):
-    """A second --pbs 1 on a local sweep queued while the first runs: both work on copies
-    of the same store; whichever ends last, the store has every run of both."""
+def test_a_second_pbs_job_on_a_local_sweep_waits_for_the_first_then_goes_on(workdir, aux):
+    """A second --pbs 1 on a local sweep that starts while the first runs: on copies of the
+    one store both would train the same configurations (before, each job trained the whole
+    grid: 6 runs of 3 configurations). It waits, said in its log, until the first job's last
+    merge, then goes on with the sweep: every configuration trained once."""
     store_path = make_sweep(workdir, "twice", {"hidden": {"value": 32}, "epochs": {"value": 3},
                                                "sinks": {"value": []},
                                                "lr": {"values": [0.05, 0.1, 0.2]}})
@@ -336,17 +345,18 @@ def test_two_pbs_jobs_on_one_local_sweep_keep_each_others_runs(workdir, aux):
     first = pbs_job(workdir, aux, scripts[0], scratch="scratch-1")
     wait_for(lambda: (aux / "scratch-1" / "sweep-job" / "sweep-base.db").exists(), 60,
              "the first job's copy of the store")
-    second = pbs_job(workdir, aux, scripts[1], scratch="scratch-2")
-    for job in (first, second):
-        out, err = job.communicate(timeout=240)
-        assert job.returncode == 0, err[-3000:]
-        assert "ended run(s) of this job merged" in out
+    second = pbs_job(workdir, aux, scripts[1], scratch="scratch-2", job_id="4243.pbs-test")
+    out, err = first.communicate(timeout=240)
+    assert first.returncode == 0, err[-3000:]
+    assert "ended run(s) of this job merged" in out
+    out, err = second.communicate(timeout=120)
+    assert second.returncode == 0, err[-3000:]
+    assert f"sweep store: job {FAKE_ID} (on " in err and "waits for it to end" in err, err
+    assert f"job {FAKE_ID} has ended; this job goes on with the sweep" in err, err
     runs = stored_runs(store_path)
-    owners = {r.owner for r in runs}
-    assert len(runs) == 6 and len(owners) == 2 and all(r.state == "finished" for r in runs)
-    for owner in owners:  # each job ran the whole grid on its copy
-        assert sorted(r.config["lr"] for r in runs if r.owner == owner) == [0.05, 0.1, 0.2]
-    assert sorted(r.seq for r in runs) == list(range(1, 7))
+    assert sorted(r.config["lr"] for r in runs) == [0.05, 0.1, 0.2], runs
+    assert all(r.state == "finished" for r in runs) and len({r.owner for r in runs}) == 1
+    assert not (workdir / "data" / "sweeps" / "twice" / "pbs-job").exists()
 
 
 @pytest.mark.e2e
@@ -714,7 +724,7 @@ def test_every_template_variant_hands_its_values_over_exactly(tmp_path, variant)
     script.write_text(next(iter(SCHEDULERS[kind].scripts(spec).values())))
     env = {**os.environ, "RECORD": str(tmp_path / "record.jsonl"), "SCRATCHDIR":
            str(tmp_path / "scratch"), "PBS_O_WORKDIR": str(spec.submit_dir),
-           "PATH": f"{recorder.parent}:{os.environ['PATH']}"}
+           "PBS_JOBID": "77.pbs server", "PATH": f"{recorder.parent}:{os.environ['PATH']}"}
     env.pop("WANDB_PROJECT", None)
     env.pop("WANDB_MODE", None)
     job = subprocess.run(["bash", str(script)], cwd=tmp_path, env=env, capture_output=True,
@@ -729,7 +739,8 @@ def test_every_template_variant_hands_its_values_over_exactly(tmp_path, variant)
                           str(spec.local_sweep / "sweep.db") if local else None)
     every = ["merge", "--every", "30", copy, base, origin]  # in the background: may not
     assert [m for m in merges if m != every] == (  # have started before the job ended
-        [["take", origin, copy, base], ["merge", copy, base, origin]] if kind == "pbs" and local
+        [["take", "--job", "77.pbs server", origin, copy, base], ["merge", copy, base, origin]]
+        if kind == "pbs" and local
         else [])
     assert merges.count(every) <= (1 if kind == "pbs" and local else 0)
     (record,) = [r for r in records if "agent.launch" in r["argv"]]

@@ -6,17 +6,27 @@ Merging rather than copying the file back: a kill (qdel, the walltime) within PB
 before SIGKILL loses no run that had ended, a job killed outright (a lost node) leaves the runs
 it started to be repeated from their checkpoints, and two jobs on one sweep keep each other's
 runs.
-`python -m agent.cluster.store_copy take ORIGIN COPY BASE` / `merge COPY BASE ORIGIN`.
+One job at a time works on a sweep: a job records itself in the sweep's directory (HOLDER,
+touched at every merge, removed by its last), and a job that finds another job's record waits
+for that job to end (`qstat`'s word, or its record silent past HOLDER_SILENT_S) before it takes
+its copy; on separate copies both would train the same configurations.
+`python -m agent.cluster.store_copy take ORIGIN COPY BASE [--job ID]` / `merge COPY BASE ORIGIN`.
 """
 
 from __future__ import annotations
 
 import argparse
+import os
+import shutil
+import socket
 import sqlite3
+import subprocess
 import sys
 import time
+import uuid
 from pathlib import Path
 
+from agent.cluster.jobs import MERGE_EVERY_S
 from agent.sweep.store import SCHEMA_VERSION
 from util.errors import UserError, exit_on_user_error, one_line
 
@@ -40,6 +50,101 @@ ENDED = ("finished", "failed", "stopped", "preempted", "crashed")
 TABLES = {"sweep": "the same in every copy (a sweep's config never changes)",
           "runs": "merged run by run", "history": "merged with its run"}
 Rows = dict[str, tuple[dict, tuple]]  # run id -> (its runs row, its history rows)
+
+
+# The record of the job working on a sweep, in the sweep's directory: "<job id> <host>
+# <token>", touched at every merge. Silent this long, its job is taken to be gone (a node
+# lost: no last merge removed it): several merge intervals and a merge's wait for the lock.
+HOLDER = "pbs-job"
+HOLDER_SILENT_S = 4 * MERGE_EVERY_S + 60
+HOLDER_POLL_S = 15  # how often a job waiting for another looks again
+
+
+def _holder_token(base: Path) -> Path:
+    """The file, beside the job's `base`, that keeps the token of its record (HOLDER)."""
+    return base.with_suffix(".holder")
+
+
+def _pbs_job_ended(job_id: str) -> bool:
+    """Whether PBS says job `job_id` has ended (`qstat -x -f`: job_state F, or the job
+    unknown or finished); False where qstat cannot tell (not found, another answer)."""
+    qstat = shutil.which("qstat")
+    if not qstat or not job_id:
+        return False
+    try:
+        answer = subprocess.run([qstat, "-x", "-f", job_id], capture_output=True, text=True,
+                                timeout=60)
+    except (OSError, subprocess.SubprocessError):
+        return False
+    text = answer.stdout + answer.stderr
+    if "Unknown Job Id" in text or "has finished" in text:
+        return True
+    return answer.returncode == 0 and any(
+        line.split("=", 1)[1].strip() == "F" for line in text.splitlines()
+        if line.strip().startswith("job_state") and "=" in line)
+
+
+def wait_for_other_job(origin: Path, base: Path, job_id: str,
+                       poll_s: float = HOLDER_POLL_S) -> None:
+    """Record this job (`job_id`, this host, a fresh token kept beside `base`) as the one
+    working on the sweep of store `origin`, first waiting, said in one line, while another
+    job's record is there: until that job removes it (its last merge), PBS says it ended, or
+    it is silent past HOLDER_SILENT_S (a record of this job's own id is an earlier run of
+    it, rerun by PBS: taken over). Where qstat is not at hand (inside a container), silence
+    is the only word. Two jobs starting at once: both write, the last one
+    read stands (a record is written whole, then renamed into place)."""
+    holder = origin.parent / HOLDER
+    waited_for = None
+    while True:
+        try:
+            record, age = holder.read_text().split(), time.time() - holder.stat().st_mtime
+        except FileNotFoundError:
+            record, age = [], 0.0
+        record += ["?"] * (2 - len(record)) if record else []  # a record cut short
+        if not record or age > HOLDER_SILENT_S or (job_id and record[0] == job_id) or \
+                _pbs_job_ended(record[0]):  # gone, silent, this job run again, or ended
+            token = uuid.uuid4().hex
+            temporary = holder.with_name(f"{HOLDER}.{token}")
+            temporary.write_text(f"{job_id or '-'} {socket.gethostname()} {token}\n")
+            os.replace(temporary, holder)
+            time.sleep(1)  # a job taking over at the same moment: the last one wins
+            if _held(holder, token):
+                _holder_token(base).write_text(token)
+                if waited_for:
+                    print(f"sweep store: job {waited_for} has ended; this job goes on with "
+                          "the sweep", file=sys.stderr, flush=True)
+                return
+            continue
+        if waited_for != record[0]:
+            print(f"sweep store: job {record[0]} (on {record[1]}) works on this sweep; this "
+                  "job waits for it to end (one job at a time on a local sweep: on copies of "
+                  "its store both would train the same configurations)", file=sys.stderr,
+                  flush=True)
+            waited_for = record[0]
+        time.sleep(poll_s)
+
+
+def _held(holder: Path, token: str) -> bool:
+    try:
+        return holder.read_text().split()[2:3] == [token]
+    except (OSError, IndexError):
+        return False
+
+
+def touch_holder(origin: Path, base: Path, remove: bool = False) -> None:
+    """This job's record (HOLDER) touched, or removed (`remove`: its last merge), if it is
+    still this job's; nothing where the job has none (taken without one)."""
+    holder = origin.parent / HOLDER
+    try:
+        token = _holder_token(base).read_text().strip()
+    except OSError:
+        return
+    if not _held(holder, token):
+        return
+    if remove:
+        holder.unlink(missing_ok=True)
+    else:
+        os.utime(holder)
 
 
 def take_copy(origin: Path, copy: Path, base: Path, wait_s: float = 60) -> None:
@@ -216,15 +321,20 @@ def main(argv: list[str] | None = None) -> int:
             step.add_argument(name, type=Path)
     merge.add_argument("--every", type=float, metavar="S", help="merge every S seconds "
                        "until stopped (SIGTERM), first after S")
+    take.add_argument("--job", metavar="ID", help="this job's id (PBS_JOBID): record it as "
+                      "the job working on the sweep, first waiting for another one to end")
     for step in (take, merge):
         step.add_argument("--wait", type=float, default=60, metavar="S", help="seconds to "
                           "wait for other processes to close ORIGIN (default 60)")
     args = parser.parse_args(argv)
     if args.step == "take":
+        if args.job is not None:
+            wait_for_other_job(args.origin, args.base, args.job)
         take_copy(args.origin, args.copy, args.base, args.wait)
         return 0
     while args.every:
         time.sleep(args.every)
+        touch_holder(args.origin, args.base)
         try:
             merge_once(args)
         except (UserError, sqlite3.Error) as error:  # the final merge reports what stays
@@ -236,6 +346,8 @@ def main(argv: list[str] | None = None) -> int:
                         f"{args.copy}: merge them once the store is free with python -m "
                         f"agent.cluster.store_copy merge {args.copy} {args.base} "
                         f"{args.origin}") from None
+    finally:  # the job's last merge: the sweep is free for the next job
+        touch_holder(args.origin, args.base, remove=True)
     return 0
 
 

@@ -77,9 +77,10 @@ fi
 ln -s "$submit_dir/data/runs" "$work/data/runs"
 {% if local_sweep %}
 # The store as one consistent snapshot (SQLite's backup), and again as what the job
-# started from; the runs the job ends are merged back every {{ merge_every_s }} s and at its end.
+# started from, once no other job works on the sweep (a job queued behind another waits);
+# the runs the job ends are merged back every {{ merge_every_s }} s and at its end.
 mkdir -p "$sweep_copy" &&
-  "${store_copy[@]}" take "$sweep_dir/sweep.db" "$sweep_copy/sweep.db" "$work/sweep-base.db" || exit 1
+  "${store_copy[@]}" take --job "${PBS_JOBID:-}" "$sweep_dir/sweep.db" "$sweep_copy/sweep.db" "$work/sweep-base.db" || exit 1
 "${store_copy[@]}" merge --every {{ merge_every_s }} "$sweep_copy/sweep.db" "$work/sweep-base.db" "$sweep_dir/sweep.db" &
 merger=$!
 {% endif %}
