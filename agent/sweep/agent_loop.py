@@ -68,7 +68,8 @@ MAX_FAILURES_IN_A_ROW = 3
 WAIT_POLL_S = 2.0
 # --pack auto measures no further size of a kind after PROBE_BUDGET_S, nor after a tenth of
 # the time the kind's runs left would train alone (but never less than PROBE_MIN_S): a few
-# runs of a heavy model are not worth measuring for
+# runs of a heavy model are not worth measuring for. A run alone, the first pack and the
+# second look at the size chosen are measured whatever the time (PackSizer.probe)
 PROBE_BUDGET_S = 20.0
 PROBE_SHARE = 0.1
 PROBE_MIN_S = 1.0
@@ -671,9 +672,9 @@ def size_kind(sizer: PackSizer, key, config: dict, sweep_config: dict, work_left
         sizer.settle(key, 1)  # nothing to pack with
         return
 
-    def measure(size: int) -> tuple[float, float | None] | str:
+    def measure(size: int, required: bool) -> tuple[float, float | None] | str:
         nonlocal budget
-        if time.perf_counter() - started > budget:
+        if not required and time.perf_counter() - started > budget:
             return f"not measured (over {budget:.2g} s)"
         speed = measure_pack(config, size, interrupted)
         if speed is None:

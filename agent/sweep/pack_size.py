@@ -6,7 +6,11 @@ then `start` members, then doubles until the images per second of the whole pack
 (by `GAIN`) below the best so far, the device's memory would not hold the next size (or it ran
 out), or the sweep has no more runs of the kind; it settles on the best size: the smallest
 that no larger one beats by `GAIN`, 1 where packing does not pay (a CPU's grouped convolution
-on tiny maps). Pure bookkeeping: the caller measures (agent/trial/probe.py). No torch here.
+on tiny maps). Timings on a busy machine (other processes on the cores) mislead one way only,
+slower, and most on the first sizes: a run alone and the first pack are always measured, and
+the choice is measured once more against its rival (a run alone, or the best pack where runs
+go alone), each size keeping its best timing, before it stands. Pure bookkeeping: the caller
+measures (agent/trial/probe.py). No torch here.
 """
 
 from __future__ import annotations
@@ -31,6 +35,7 @@ class SizeRecord:
     why_not: str = "out of memory"
     runs_left: int | None = None  # the most runs of this kind the sweep could still give
     settled: int | None = None
+    confirmed: bool = False  # the choice was measured again against its rival
 
 
 class PackSizer:
@@ -82,24 +87,46 @@ class PackSizer:
             return best, True
         return candidate, False
 
-    def probe(self, key: object, measure: Callable[[int], tuple[float, float | None] | str],
+    def probe(self, key: object,
+              measure: Callable[[int, bool], tuple[float, float | None] | str],
               runs_left: int | None = None) -> None:
-        """Settle `key`'s size by measuring packs: measure(size) gives (images/s of the whole
-        pack, its peak device memory in MiB or None), or why that size cannot be used (`out
-        of memory`, `not measured (over 20 s)`). Sizes follow `next_size` (1, start, 2 * start,
-        ...) until the rule settles, never beyond `runs_left`, the most runs of this kind the
-        sweep can still give (None: no bound)."""
+        """Settle `key`'s size by measuring packs: measure(size, required) gives (images/s of
+        the whole pack, its peak device memory in MiB or None), or why that size cannot be
+        used (`out of memory`, `not measured (over 20 s)`: a time budget the caller may only
+        apply where `required` is False). Sizes follow `next_size` (1, start, 2 * start, ...)
+        until the rule settles, never beyond `runs_left`, the most runs of this kind the sweep
+        can still give (None: no bound); the first two sizes are required. Then the size
+        settled on and its rival (`_rival`) are measured again, required, each keeping its
+        best timing, and the rule decides anew (measuring on if it asks for a larger size)."""
         record = self.records.setdefault(key, SizeRecord())
         record.runs_left = runs_left
         while self.fixed is None and record.settled is None:
             size = self.next_size(key)
-            measured = measure(size)
+            measured = measure(size, len(record.throughput) < 2)
             if isinstance(measured, str):  # the best smaller size it is
                 record.too_big, record.why_not = size, measured
                 # not even one: runs go alone, and each trial says why it fails, if it does
                 record.settled = self._decide(record)[0] if record.throughput else 1
             else:
                 self.observe(key, size, *measured)
+            if record.settled is not None and not record.confirmed and \
+                    len(record.throughput) >= 2:
+                record.confirmed = True
+                for size in (record.settled, self._rival(record)):
+                    measured = measure(size, True)
+                    if not isinstance(measured, str):
+                        self.observe(key, size, *measured)
+                chosen, final = self._decide(record)
+                record.settled = chosen if final else None
+
+    @staticmethod
+    def _rival(record: SizeRecord) -> int:
+        """What a settled size is measured again against: a run alone, or where runs go
+        alone, the pack that measured fastest."""
+        if record.settled != 1:
+            return 1
+        return max((size for size in record.throughput if size != 1),
+                   key=lambda size: record.throughput[size])
 
     def observe(self, key: object, size: int, images_per_s: float,
                 peak_memory_mb: float | None = None) -> None:
