@@ -1045,3 +1045,47 @@ def test_a_setting_whose_best_seed_changes_keeps_its_repeats(tmp_path, monkeypat
     assert "created" not in out, out
     text = document.build_report(local_study(store), tmp_path / "report").path.read_text()
     assert "repeat runs were left out" not in text  # no seed of the sweep's among them
+
+
+def test_a_groups_rows_go_by_their_mean_over_fresh_seeds(tmp_path, monkeypatch):
+    """A "By ..." table's rows of a group go in the order of the number each leads with, the
+    mean over fresh seeds (as seeds.png orders them), not of the sweep's one run: sgd at lr
+    0.1 scored 0.90 in the sweep and 0.77 over fresh seeds, below lr 0.01 (0.85, then 0.81),
+    and was listed first. Means equal but for rounding keep the sweep's order, as the bold
+    test reads ties: adam at lr 0.01 (0.7, 0.8, 0.9: 0.7999999999999999) before lr 0.001
+    (0.8 three times: 0.8000000000000002), which a plain sort would put first."""
+    sweep = {("sgd", 0.1): 0.90, ("sgd", 0.01): 0.85, ("sgd", 0.001): 0.50,
+             ("adam", 0.1): 0.60, ("adam", 0.01): 0.80, ("adam", 0.001): 0.75}
+    fresh = {("sgd", 0.1): [0.76, 0.77, 0.78], ("sgd", 0.01): [0.80, 0.81, 0.82],
+             ("adam", 0.01): [0.7, 0.8, 0.9], ("adam", 0.001): [0.8, 0.8, 0.8]}
+    config = {"program": "agent/train.py", "method": "grid",
+              "metric": {"name": "val/acc", "goal": "maximize"},
+              "parameters": {"dataset": {"value": "digits"}, "model": {"value": "dense"},
+                             "epochs": {"value": 1}, "optimizer": {"values": OPTIMIZERS},
+                             "lr": {"values": [0.1, 0.01, 0.001]}}}
+    monkeypatch.chdir(tmp_path)
+    store = create_store(tmp_path / "data" / "sweeps" / "single", "single", "single", config)
+    for run in claim(store, "host:1", count=6).runs:
+        score = sweep[(run.config["optimizer"], run.config["lr"])]
+        assert store.finish(run.run_id, "host:1", "finished",
+                            {"val/acc": score, "test/acc": score, "epochs_done": 1})
+    configs = repeat_configs(local_study(store), top=2, by="optimizer", seeds=3)
+    for n, (_, repeat_config) in enumerate(configs):
+        repeat = create_store(tmp_path / "data" / "sweeps" / f"rep{n}", f"rep{n}", "r",
+                              repeat_config)
+        seeds = sorted(repeat_config["parameters"]["seed"]["values"])
+        for run in claim(repeat, "host:1", count=3).runs:
+            score = fresh[(run.config["optimizer"], run.config["lr"])][
+                seeds.index(run.config["seed"])]
+            assert repeat.finish(run.run_id, "host:1", "finished",
+                                 {"val/acc": score, "test/acc": score, "epochs_done": 1})
+    text = document.build_report(local_study(store), tmp_path / "report").path.read_text()
+    table = text.split("### By optimizer")[1].split("\n### ")[0]
+    rows = [tuple(cell.strip() for cell in line.split("|")[1:4])
+            for line in table.splitlines() if line.split("|")[1:2] in (
+                [" sgd "], [" adam "])]
+    assert [row[:2] for row in rows] == [("sgd", "lr=0.01"), ("sgd", "lr=0.1"),
+                                         ("adam", "lr=0.01"), ("adam", "lr=0.001")], table
+    assert [row[2].split(" ± ")[0] for row in rows] == ["0.8100", "0.7700", "0.8000", "0.8000"]
+    # the sentence under the table names the first row's setting as the best mean
+    assert "Nothing is bold: optimizer=sgd, lr=0.01 has the best mean" in table, table

@@ -254,6 +254,7 @@ def by_table(report: Report, ctx: Context, by: str, repeated: dict[str, Repeated
             rep = repeated.get(setting.key)
             (with_seeds if rep and len(rep.values(metric)) + len(rep.diverged) >= 2
              else single).append((group, setting))
+    with_seeds = _by_fresh_mean(with_seeds, repeated, metric, study.goal)
     report.add(f"### By {by}", "", f"The best {BEST_PER_GROUP} settings of each {by} by "
                f"{metric}, with their repeats where `python -m agent.repeat` made some"
                + (", and the other settings it repeated" if any(
@@ -306,6 +307,26 @@ def by_table(report: Report, ctx: Context, by: str, repeated: dict[str, Repeated
     if ctx.base is not None:
         report.add(f"Baselines on the test set: chance {ctx.base.chance:.4f}, majority class "
                    f"{ctx.base.majority:.4f}.", "")
+
+
+def _by_fresh_mean(rows: list[tuple[str, stats.Setting]], repeated: dict[str, Repeated],
+                   metric: str, goal: str) -> list[tuple[str, stats.Setting]]:
+    """`rows` ((group, setting), each group's in the sweep's ranking) with each group's
+    settings in the order of the mean over fresh seeds their row leads with, as seeds.png
+    orders them: the sweep's ranking put a setting whose sweep run was lucky above one with
+    the better mean. Means equal but for rounding keep the sweep's order (mean_ranking, as
+    the bold test's best_means reads ties); a setting whose every fresh seed diverged (no
+    mean) comes after those with one."""
+    place = {id(row): i for i, row in enumerate(rows)}
+    ordered = []
+    for group in dict.fromkeys(group for group, _ in rows):
+        mine = [row for row in rows if row[0] == group]
+        measured = [row for row in mine if repeated[row[1].key].values(metric)]
+        ordered += stats.mean_ranking(
+            measured, lambda row: np.mean(repeated[row[1].key].values(metric)), goal,
+            lambda row: place[id(row)])
+        ordered += [row for row in mine if not repeated[row[1].key].values(metric)]
+    return ordered
 
 
 CutShort = dict[str, tuple[list[stats.Setting], stats.Setting | None]]
