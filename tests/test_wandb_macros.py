@@ -124,7 +124,7 @@ def test_our_trainer_reads_every_macro_as_the_proposal(monkeypatch, tmp_path, pa
 
 @pytest.mark.parametrize("token, words", [
     ("${args_dict}", ["${args_dict}", "names without their values", "${args_json}"]),
-    ("${project}", ["${project}", "not a macro", "${args}"]),
+    ("${project}", ["${project}", "not a macro", "${args}", "${envvar:NAME}"]),
     ("${arg}", ["${arg}", "not a macro"]),
 ])
 def test_a_macro_wandb_would_expand_to_nothing_or_to_names_is_refused(tmp_path, token, words):

@@ -466,7 +466,9 @@ def check_program_command(sweep_config: dict) -> None:
     SWEEP_COMMAND_ENV_VAR_REGEX = sweep_utils().SWEEP_COMMAND_ENV_VAR_REGEX  # noqa: N806
 
     known = known_macros()
-    usable = ", ".join("${" + name + "}" for name in sorted(known - set(REFUSED_MACROS)))
+    # ${envvar:NAME} is no key of wandb's builder, but its create_sweep_command expands it
+    usable = ", ".join("${" + name + "}" for name in sorted(known - set(REFUSED_MACROS))) \
+        + ", ${envvar:NAME} (the environment variable NAME: capitals, digits, _)"
     for index, token in enumerate(command):
         text = str(token)
         if not (text.startswith("${") and text.endswith("}")) \
