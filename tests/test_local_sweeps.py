@@ -985,6 +985,39 @@ def test_a_ctrl_c_as_the_agents_start_ends_the_launch_as_interrupted(workdir, ho
     assert "Not finished" in out and f"run_sweep.sh {store.sweep().id} --agents 2" in out
 
 
+
+@pytest.mark.e2e
+@pytest.mark.timeout(120)
+@pytest.mark.parametrize("how", ["ctrl-c", "sigterm"])
+def test_a_launch_stopped_before_any_run_started_says_so(workdir, how):
+    """A launch stopped (Ctrl-C, SIGTERM) while its agents load, before any run was claimed,
+    says in its closing lines that no run started: it printed the runs table's header with
+    no row under it. The agents are pinned (SIGSTOP) as they start, before any claim."""
+    sweep_file = workdir / "grid.yaml"
+    write_grid(sweep_file, epochs=1, lrs=[0.01, 0.02])
+    launcher = subprocess.Popen([sys.executable, "-m", "agent.launch", str(sweep_file),
+                                 "--agents", "2"], cwd=workdir, env=subprocess_env(),
+                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                                start_new_session=True)
+    agents = wait_for(lambda: len(agent_processes(launcher.pid)) == 2
+                      and agent_processes(launcher.pid), 60, "two agents")
+    for pid in agents:
+        os.kill(pid, signal.SIGSTOP)
+    if how == "ctrl-c":
+        os.killpg(launcher.pid, signal.SIGINT)
+    else:
+        launcher.send_signal(signal.SIGTERM)
+    for pid in agents:
+        os.kill(pid, signal.SIGCONT)
+    out, err = launcher.communicate(timeout=60)
+    store = launched_store(workdir)
+    assert store.runs() == [], states(store)
+    lines = out.splitlines()
+    at = next(i for i, line in enumerate(lines) if line.startswith(f"sweep {store.sweep().id}"))
+    assert lines[at + 1] == "no run started yet", out
+    assert not any(line.split()[:2] == ["run", "state"] for line in lines), out  # no header
+    assert "Not finished (0 of 2 runs ended)" in out, out
+
 def test_a_new_sweep_of_the_same_config_names_the_unfinished_one(tmp_path, monkeypatch, capsys):
     """Running the YAML again makes a new sweep, as `wandb sweep` does; while an earlier
     sweep of the same config still has runs to end, the new one's creation says which and

@@ -170,7 +170,8 @@ def sweep_progress(runs: list[Run], sweep_config: dict, run_ids: list[str],
 def render_status(store: SweepStore, console: Console | None = None,
                   limit: int | None = None) -> None:
     """The sweep's counts, best run and a table of its runs (the best `limit` first when a
-    limit is given, else all in creation order), sized for an 80-column terminal."""
+    limit is given, else all in creation order), sized for an 80-column terminal; a line
+    saying no run started yet where the sweep has none."""
     console = console or Console()
     sweep = store.sweep()
     runs = store.runs()
@@ -212,6 +213,9 @@ def render_status(store: SweepStore, console: Console | None = None,
             return score is None, sign * (score or 0.0)
 
         shown = sorted(runs, key=rank)[:limit]
+    if not runs:  # a table of its header alone reads as a fault (a launch stopped early)
+        console.print("no run started yet", highlight=False)
+        return
     print_table(console, status_table(sweep.config, shown))
     if limit is not None and len(runs) > len(shown):
         console.print(f"(the best {len(shown)} of {len(runs)} runs; all of them: "
