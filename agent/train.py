@@ -60,8 +60,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         train(config, TrialHooks(interrupted=lambda: bool(terminated)))
     except Preempted as stop:
-        print(f"preempted: {stop}; run it again with the same --run_id to resume",
-              file=sys.stderr)
+        print(f"preempted: {stop}{what_is_left(stop.summary)}", file=sys.stderr)
         return PREEMPTED_EXIT_CODE
     except OSError as error:
         problem = storage_problem(error)  # a full or read-only disk: one line, not a bug
@@ -70,6 +69,19 @@ def main(argv: list[str] | None = None) -> int:
         raise UserError(f"{problem}; the last whole epoch's checkpoint stands: run it again "
                         "with the same --run_id to resume") from None
     return 0
+
+
+def what_is_left(summary: dict) -> str:
+    """What a preempted run has to resume from, for the end of its line: its checkpoint, or
+    nothing (its first epoch; its folder deleted while it trained; checkpoint: false), when
+    running it again starts it over."""
+    if summary.get("no_checkpoint"):
+        return (f", but no checkpoint of it is kept ({summary['no_checkpoint']}): run again "
+                "with the same --run_id, it starts over from scratch")
+    if not summary.get("epochs_done"):
+        return (", before its first checkpoint: run again with the same --run_id, it starts "
+                "over from scratch")
+    return "; run it again with the same --run_id to resume"
 
 
 if __name__ == "__main__":

@@ -231,6 +231,55 @@ def test_a_preempted_run_whose_folder_was_deleted_says_so_and_starts_over(workdi
     assert done.state == "finished" and [h["epoch"] for h in done.history] == [1, 2, 3]
 
 
+@pytest.mark.e2e
+@pytest.mark.timeout(300)
+def test_the_trainer_command_preempted_after_its_folder_was_deleted_says_it_starts_over(
+        workdir):
+    """`python -m agent.train` (as `wandb agent` runs it) whose run folder is deleted while
+    it trains, then SIGTERM: it said "run it again with the same --run_id to resume" with
+    nothing left to resume from; it now says that no checkpoint is kept and why, and that
+    running it again starts it over. With checkpoint: false, likewise."""
+    import signal
+    import time
+
+    args = [f"--{k}={v}" for k, v in config(workdir, run_id="cut", epochs=3, hidden=256,
+                                             batch_size=2, optimizer="sgd", lr=0.01).items()
+            if k != "sinks"]
+    run_dir = workdir / "runs" / "cut"
+
+    def started(*extra: str) -> subprocess.Popen:
+        return subprocess.Popen([sys.executable, "-m", "agent.train", *args, *extra],
+                                cwd=workdir, env=subprocess_env(OMP_NUM_THREADS="1"),
+                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+    trainer = started("--sinks=[]")
+    deadline = time.time() + 200
+    while not ((run_dir / PREVIOUS_NAME).exists() and (run_dir / CHECKPOINT_NAME).exists()
+               and not (run_dir / f"{CHECKPOINT_NAME}.tmp").exists()):  # epoch 2's is saved
+        assert trainer.poll() is None and time.time() < deadline, trainer.stderr.read()
+        time.sleep(0.01)
+    trainer.send_signal(signal.SIGSTOP)  # in epoch 3 (about a second), until SIGTERM is sent
+    shutil.rmtree(run_dir)
+    trainer.send_signal(signal.SIGTERM)
+    trainer.send_signal(signal.SIGCONT)
+    _, stderr = trainer.communicate(timeout=60)
+    assert trainer.returncode == 143, stderr
+    assert stderr.strip().splitlines()[-1] == (
+        f"preempted: run cut interrupted in epoch 3, but no checkpoint of it is kept "
+        f"({run_dir / CHECKPOINT_NAME} is missing): run again with the same --run_id, it "
+        "starts over from scratch"), stderr
+    assert not run_dir.exists()
+
+    trainer = started("--sinks=console", "--checkpoint=false")  # nothing kept by design
+    assert trainer.stdout.readline().startswith("run cut ")  # its header: it trains now
+    trainer.send_signal(signal.SIGTERM)
+    _, stderr = trainer.communicate(timeout=60)
+    assert trainer.returncode == 143, stderr
+    line = stderr.strip().splitlines()[-1]
+    assert line.startswith("preempted: run cut interrupted in epoch ") and line.endswith(
+        ": run again with the same --run_id, it starts over from scratch"), stderr
+
+
 @pytest.mark.timeout(120)
 def test_a_preempted_run_with_nothing_to_resume_from_is_named_before_it_starts_over(workdir):
     """What the agent checks before it resumes a preempted run (member.resume_preempted): a

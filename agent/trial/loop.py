@@ -45,7 +45,13 @@ __all__ = ["Preempted", "TrialHooks", "train", "train_pack"]
 
 
 class Preempted(Exception):
-    """The trial was asked to stop (SIGTERM at walltime); its last checkpoint stands."""
+    """The trial was asked to stop (SIGTERM at walltime); its last checkpoint stands, unless
+    its summary's `no_checkpoint` says why none is kept, or it ended in its first epoch."""
+
+    def __init__(self, summary: dict):
+        super().__init__(f"run {summary['run_id']} interrupted in epoch "
+                         f"{summary['epochs_done'] + 1}")
+        self.summary = summary
 
 
 def train(config: dict, hooks: TrialHooks | None = None, sweep: dict | None = None) -> dict:
@@ -57,8 +63,7 @@ def train(config: dict, hooks: TrialHooks | None = None, sweep: dict | None = No
     """
     (summary,) = train_pack([config], [hooks or TrialHooks()], sweep)
     if summary["state"] == "preempted":
-        raise Preempted(f"run {summary['run_id']} interrupted in epoch "
-                        f"{summary['epochs_done'] + 1}")
+        raise Preempted(summary)
     return summary
 
 
