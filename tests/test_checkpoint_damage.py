@@ -281,6 +281,23 @@ def test_the_trainer_command_preempted_after_its_folder_was_deleted_says_it_star
 
 
 @pytest.mark.timeout(120)
+def test_a_repeat_left_with_its_checkpoint_before_the_newest_resumes_from_its_own(workdir):
+    """What the agent checks before it resumes a crashed run's repeat (continue_crashed): the
+    repeat's own checkpoint before the newest (the newest deleted) is its own to resume from,
+    as for a preempted run; it was overwritten by the crashed run's older files."""
+    from agent.trial.member import continue_crashed
+
+    train(config(workdir, run_id="crashed", epochs=1))
+    train(config(workdir, run_id="rep", epochs=2))
+    own = workdir / "runs" / "rep"
+    (own / CHECKPOINT_NAME).unlink()
+    before = (own / PREVIOUS_NAME).read_bytes()
+    assert continue_crashed(config(workdir, run_id="rep", epochs=3), "crashed", 2, 1) == (
+        "run rep (repeating crashed run crashed) resumes from its own checkpoint", "own")
+    assert (own / PREVIOUS_NAME).read_bytes() == before and not (own / CHECKPOINT_NAME).exists()
+
+
+@pytest.mark.timeout(120)
 def test_a_preempted_run_with_nothing_to_resume_from_is_named_before_it_starts_over(workdir):
     """What the agent checks before it resumes a preempted run (member.resume_preempted): a
     checkpoint there, or the one before it alone, resumes; none, or checkpoint: false, is a

@@ -280,6 +280,46 @@ def test_a_repeat_without_the_crashed_runs_checkpoint_starts_over_without_its_ro
 
 @pytest.mark.e2e
 @pytest.mark.timeout(240)
+def test_a_preempted_repeat_whose_own_checkpoint_is_gone_says_it_resumes_the_crashed_runs(
+        workdir):
+    """A crashed run's repeat that trained to epoch 3 on its own, preempted, its folder then
+    deleted: the next agent resumes it from the crashed run's checkpoint of epoch 1 (what a
+    repeat starts from), and said only "repeats crashed run ... from its checkpoint", as if
+    nothing of its own were lost. The line now says that its own checkpoint of epoch 3 is
+    missing and that the epochs after the crashed run's checkpoint are trained again."""
+    from agent.trial.loop import train
+
+    store = make_sweep(workdir, "ownlost", {"model": {"value": "dense"}, "hidden": {"value": 32},
+                                            "epochs": {"value": 4}, "sinks": {"value": []},
+                                            "lr": {"value": 0.01}})
+    (crashed,) = claim(store, "elsewhere:1").runs  # an agent of another host, then silent
+    train({**crashed.config, "run_id": crashed.run_id, "epochs": 1})  # its checkpoint: epoch 1
+    assert store.record_epoch(crashed.run_id, "elsewhere:1", 1, {"epoch": 1, "val/acc": 0.5})
+    with sqlite3.connect(store.path) as db:
+        db.execute("UPDATE runs SET heartbeat=0 WHERE id=?", (crashed.run_id,))
+    (repeat,) = claim(store, "elsewhere:2", timeout=3).runs  # repeated there from epoch 1
+    assert (repeat.repeats, repeat.epoch) == (crashed.run_id, 1)
+    for epoch in (2, 3):  # ... which got to epoch 3 and was preempted; its folder is gone
+        assert store.record_epoch(repeat.run_id, "elsewhere:2", epoch,
+                                  {"epoch": epoch, "val/acc": 0.6})
+    assert store.finish(repeat.run_id, "elsewhere:2", "preempted")
+    runs = workdir / "data" / "runs"
+    assert not (runs / repeat.run_id).exists()
+
+    agent = start_agent(workdir, store)
+    assert agent.wait(timeout=200) == 0
+    err = agent.stderr.read()
+    assert f"run {repeat.run_id} (repeating crashed run {crashed.run_id}) resumes from the " \
+        f"crashed run's older checkpoint (data/runs/{crashed.run_id}): its own checkpoint of " \
+        f"epoch 3 is missing (data/runs/{repeat.run_id}/checkpoint.pt), so the epochs it " \
+        "trained after that checkpoint are trained again" in err, err
+    done = store.run(repeat.run_id)
+    assert done.state == "finished" and [h["epoch"] for h in done.history] == [1, 2, 3, 4]
+    assert done.history[1]["val/acc"] != 0.6  # epoch 2 trained again, not the stored row
+
+
+@pytest.mark.e2e
+@pytest.mark.timeout(240)
 def test_an_agent_started_again_after_a_kill_repeats_its_runs_at_once(workdir):
     """kill -9 an agent (its lock file stays, free), then start one again on this host
     with a heartbeat timeout of an hour: it does not wait the hour. The killed agent's lock

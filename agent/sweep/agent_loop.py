@@ -445,7 +445,10 @@ class LocalAgent:
                     if not claimed.epoch:
                         continue
                     if claimed.repeats:
-                        line, source = continue_crashed(config, claimed.repeats)
+                        crashed_epoch = next((r.epoch for r in self.store.runs()
+                                              if r.id == claimed.repeats), 0)
+                        line, source = continue_crashed(config, claimed.repeats,
+                                                        claimed.epoch, crashed_epoch)
                         hook.repeats = claimed.repeats if source == "crashed" else None
                         starts_over |= source is None
                     else:  # preempted: it resumes from its own checkpoint, if one is left

@@ -166,7 +166,8 @@ def run_identity(cfg: RunConfig, sweep: dict | None = None) -> RunInfo:
                    run_dir=str(run_directory(cfg.run_dir, run_id)), sweep=sweep)
 
 
-def continue_crashed(config: dict, crashed_id: str) -> tuple[str, str | None]:
+def continue_crashed(config: dict, crashed_id: str, epoch: int = 0,
+                     crashed_epoch: int = 0) -> tuple[str, str | None]:
     """Before run `config['run_id']`, the repeat of the crashed run `crashed_id`, resumes from
     that run's checkpoint (agent/sweep/controller.py repeats a crashed run from its last
     recorded epoch): the crashed run's checkpoint files and TensorBoard event files are copied
@@ -174,21 +175,27 @@ def continue_crashed(config: dict, crashed_id: str) -> tuple[str, str | None]:
     (the TensorBoard sink's purge_step hides what the crashed run logged after its
     checkpoint). Each file is copied whole, then renamed, the checkpoint last: a kill midway
     leaves no partial file, and the next start copies again. Nothing is copied when the repeat
-    has a checkpoint already (an earlier start of it). Returns a line for the console, and
-    what the trial resumes from: "crashed" (the files just copied), "own" (the repeat's own
+    has a checkpoint already (an earlier start of it). `epoch`: the repeat's last epoch in
+    the store, `crashed_epoch` the crashed run's: a repeat that got further on its own
+    (preempted) and whose checkpoint is gone (its folder deleted) resumes from the crashed
+    run's older checkpoint, and the line says so. Returns a line for the console, and what
+    the trial resumes from: "crashed" (the files just copied), "own" (the repeat's own
     checkpoint) or None (no checkpoint of either: it starts over)."""
     from agent.params import validate
-    from agent.trial.checkpoint import CHECKPOINT_NAME, PREVIOUS_NAME
+    from agent.trial.checkpoint import CHECKPOINT_NAME, PREVIOUS_NAME, none_kept
 
     repeat = run_identity(validate(config))
     crashed = run_identity(validate({**config, "run_id": crashed_id}))
     own, theirs = Path(repeat.run_dir), Path(crashed.run_dir)
-    if (own / CHECKPOINT_NAME).exists():
+    if none_kept(own) is None:
         return f"run {repeat.id} (repeating crashed run {crashed_id}) resumes from its own " \
                "checkpoint", "own"
+    # the epochs this repeat trained past the crashed run's, whose checkpoint is gone
+    own_lost = f"its own checkpoint of epoch {epoch} is missing ({own / CHECKPOINT_NAME})" \
+        if epoch > crashed_epoch else ""
     if not (theirs / CHECKPOINT_NAME).exists():
         return f"run {repeat.id} repeats crashed run {crashed_id} from scratch: no checkpoint " \
-               f"of it in {theirs}", None
+               f"of it in {theirs}" + (f", and {own_lost}" if own_lost else ""), None
     copies = []
     if Path(crashed.log_dir) != Path(repeat.log_dir):
         copies += [(event, Path(repeat.log_dir) / event.name)
@@ -201,6 +208,10 @@ def continue_crashed(config: dict, crashed_id: str) -> tuple[str, str | None]:
         partial = target.parent / ".copying.partial"
         shutil.copyfile(source, partial)
         os.replace(partial, target)
+    if own_lost:
+        return (f"run {repeat.id} (repeating crashed run {crashed_id}) resumes from the crashed "
+                f"run's older checkpoint ({theirs}): {own_lost}, so the epochs it trained "
+                "after that checkpoint are trained again"), "crashed"
     return (f"run {repeat.id} repeats crashed run {crashed_id} from its checkpoint ({theirs})",
             "crashed")
 
