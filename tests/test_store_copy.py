@@ -448,3 +448,60 @@ def test_a_job_touches_and_removes_only_its_own_record(tmp_path):
     holder.write_text("101.pbs node7 cafe\n")  # taken over
     store_copy.touch_holder(origin, base, remove=True)
     assert holder.read_text().startswith("101.pbs")
+
+
+@pytest.mark.e2e
+@pytest.mark.timeout(240)
+def test_status_judges_a_jobs_merged_heartbeats_by_its_agents_timeout_and_the_merges(
+        tmp_path):
+    """A PBS job's agents, launched with --heartbeat 30 --heartbeat-timeout 120, beat into
+    the job's copy of the store, and the merges bring their heartbeats into the sweep's store
+    every 30 s. agent.status judged them by a fixed 60 s: a run whose last beat there was
+    80 s old, alive by its agents' own rule, was shown silent, with the advice to start an
+    agent that repeats it. Status now reads the agents' settings (heartbeat.json, which the
+    merge brings over with its cadence) and shows it silent past 120 + 30 s only."""
+    sweep_dir = tmp_path / "data" / "sweeps" / "pbs1"
+    create_store(sweep_dir, "pbs1", "pbs1", {
+        "program": "agent/train.py", "method": "grid", "parameters": {
+            "dataset": {"value": "digits"}, "data_dir": {"value": str(tmp_path / "data")},
+            "model": {"value": "dense"}, "hidden": {"value": 16}, "epochs": {"value": 1},
+            "sinks": {"value": []}, "lr": {"values": [0.1, 0.05]}}}).close()
+    job_dir = tmp_path / "scratch" / "data" / "sweeps" / "pbs1"  # the job's copy, as pbs.sh
+    job_dir.mkdir(parents=True)
+    origin, copy, base = sweep_dir / "sweep.db", job_dir / "sweep.db", tmp_path / "base.db"
+    take_copy(origin, copy, base)
+    agent = subprocess.run([sys.executable, "-m", "agent.sweep.agent_loop", str(job_dir),
+                            "--count", "1", "--heartbeat", "30", "--heartbeat-timeout", "120"],
+                           cwd=tmp_path / "scratch", env=subprocess_env(OMP_NUM_THREADS="1"),
+                           capture_output=True, text=True, timeout=200)
+    assert agent.returncode == 0, agent.stderr
+    from agent.sweep.controller import claim
+
+    job = SweepStore(copy)  # another agent of the job trains the second run, beating every 30 s
+    (running,) = claim(job, "node:7").runs
+    job.close()
+    with sqlite3.connect(copy) as db:
+        db.execute("UPDATE runs SET heartbeat=? WHERE id=?", (time.time() - 80, running.run_id))
+    db.close()
+    merged = subprocess.run([sys.executable, "-m", "agent.cluster.store_copy", "merge",
+                             str(copy), str(base), str(origin)], cwd=tmp_path,
+                            env=subprocess_env(), capture_output=True, text=True, timeout=100)
+    assert merged.returncode == 0, merged.stderr
+
+    def status() -> str:
+        shown = subprocess.run([sys.executable, "-m", "agent.status", str(sweep_dir)],
+                               cwd=tmp_path, env=subprocess_env(COLUMNS="200"),
+                               capture_output=True, text=True, timeout=100)
+        assert shown.returncode == 0, shown.stderr
+        return shown.stdout
+
+    text = status()
+    assert "1 running, 1 finished" in text and "silent" not in text, text
+    with sqlite3.connect(origin) as db:  # the job is gone: no merge since
+        db.execute("UPDATE runs SET heartbeat=? WHERE id=?", (time.time() - 160,
+                                                             running.run_id))
+    db.close()
+    text = " ".join(status().split())
+    assert "1 silent, 1 finished" in text, text
+    assert "silent: no heartbeat for over 150 s (the agents' --heartbeat-timeout 120, and 30 " \
+        "s between a PBS job's merges)" in text, text

@@ -27,7 +27,11 @@ import uuid
 from pathlib import Path
 
 from agent.cluster.jobs import MERGE_EVERY_S
-from agent.sweep.store import SCHEMA_VERSION
+from agent.sweep.store import (
+    SCHEMA_VERSION,
+    heartbeat_settings,
+    write_heartbeat_settings,
+)
 from util.errors import UserError, exit_on_user_error, one_line
 
 # What a job merges: the runs it ended, and those it left to run (a crashed run's repeat
@@ -252,7 +256,8 @@ def _open_origin(path: Path, wait_s: float = 60) -> sqlite3.Connection:
     return db
 
 
-def merge_back(copy: Path, base: Path, origin: Path, wait_s: float = 60) -> list[str]:
+def merge_back(copy: Path, base: Path, origin: Path, wait_s: float = 60,
+               every_s: float = MERGE_EVERY_S) -> list[str]:
     """Every run the job ended, left pending or started and still runs (in `copy`,
     differing from `base`; MERGED, `_merges`) written into the store `origin`, in one
     transaction; the ids written. A run new to `origin` is added after its runs; one
@@ -260,7 +265,10 @@ def merge_back(copy: Path, base: Path, origin: Path, wait_s: float = 60) -> list
     meanwhile is replaced only by a run that got further (`_PROGRESS`, then the epoch), and
     one an agent found silent and repeated meanwhile only by one that ended (`_repeated`).
     Running again writes nothing new: a merge cut short by a kill is rolled back by SQLite
-    and done whole by the next one."""
+    and done whole by the next one. The job's agents' heartbeat settings go beside `origin`
+    with `every_s`, the time between merges (`merged_every_s`): a running run's heartbeat
+    there is that much older than the job's agents judge it by (agent.status)."""
+    _merge_heartbeat_settings(copy.parent, origin.parent, every_s)
     with sqlite3.connect(f"{copy.resolve().as_uri()}?mode=ro", uri=True, timeout=60) as db:
         mine = _rows(db)
     db.close()
@@ -310,6 +318,17 @@ def merge_back(copy: Path, base: Path, origin: Path, wait_s: float = 60) -> list
     return written
 
 
+def _merge_heartbeat_settings(job: Path, sweep: Path, every_s: float) -> None:
+    """The heartbeat settings the job's agents wrote in the folder of the job's copy, into
+    the sweep's folder with the merges' cadence; unchanged settings are not written again."""
+    settings = heartbeat_settings(job)
+    if not settings:
+        return
+    settings["merged_every_s"] = float(every_s)
+    if heartbeat_settings(sweep) != settings:
+        write_heartbeat_settings(sweep, settings)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m agent.cluster.store_copy",
                                      description=__doc__.splitlines()[0])
@@ -352,7 +371,8 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def merge_once(args: argparse.Namespace) -> None:
-    written = set(merge_back(args.copy, args.base, args.origin, args.wait))
+    written = set(merge_back(args.copy, args.base, args.origin, args.wait,
+                             args.every or MERGE_EVERY_S))
     with sqlite3.connect(f"{args.copy.resolve().as_uri()}?mode=ro", uri=True,
                          timeout=60) as db:
         ended = [run_id for run_id, state in db.execute("SELECT id, state FROM runs")

@@ -45,7 +45,7 @@ from agent.sweep.controller import (
 )
 from agent.sweep.pack_size import PackSizer, agents_per_device, parse_pack
 from agent.sweep.status import sweep_progress
-from agent.sweep.store import Run, StoreError, SweepStore
+from agent.sweep.store import Run, StoreError, SweepStore, write_heartbeat_settings
 from agent.sweep.target import SweepTarget, check_wandb_sweep, open_store
 from agent.sweep_space import short_number
 from util.errors import (
@@ -336,6 +336,9 @@ class LocalAgent:
         for signum in stop_signals():
             signal.signal(signum, lambda number, frame: self.signalled.append(number))
         lock = AgentLock(self.store.directory, self.owner)
+        # what agent.status judges this agent's runs' heartbeats by
+        write_heartbeat_settings(self.store.directory, {"heartbeat_s": self.heartbeat_s,
+                                                        "timeout_s": self.timeout})
         try:
             self.repair_ended_here(self.store.runs())
             return self._run(count)

@@ -25,7 +25,14 @@ from agent.params import BY_NAME
 from agent.sweep.controller import HEARTBEAT_TIMEOUT_S, not_repeated_why, repeatable
 from agent.sweep.engine import planned_runs
 from agent.sweep.program import runs_our_trainer
-from agent.sweep.store import STATES, SWEEPS_DIR, Run, SweepStore, store_paths
+from agent.sweep.store import (
+    STATES,
+    SWEEPS_DIR,
+    Run,
+    SweepStore,
+    heartbeat_settings,
+    store_paths,
+)
 from agent.sweep.target import open_store
 from agent.sweep_space import duration_text, short_number, swept_parameters
 from util.errors import CommandParser, UserError
@@ -40,13 +47,36 @@ SHOWN_STATES = (*STATES[:STATES.index("running") + 1], "silent",
                 *STATES[STATES.index("finished") + 1:])
 
 
-def shown_state(run: Run, now: float | None = None) -> str:
+def shown_state(run: Run, now: float | None = None,
+                silent_after: float = HEARTBEAT_TIMEOUT_S) -> str:
+    """The run's state as the console shows it: `silent` for a running run whose last
+    heartbeat is over `silent_after` seconds old (silent_after_s)."""
     if run.state == "finished" and (run.summary or {}).get("diverged") is True:
         return "diverged"
     if run.state == "running" and (run.heartbeat or 0) < (time.time() if now is None else now) \
-            - HEARTBEAT_TIMEOUT_S:
+            - silent_after:
         return "silent"
     return run.state
+
+
+def silent_after_s(settings: dict[str, float]) -> float:
+    """After how many seconds without a heartbeat in the store a running run is silent, by
+    the sweep's heartbeat settings (store.heartbeat_settings): its agents' timeout (the
+    default where none is known), and where a PBS job's merges bring its heartbeats, the time
+    between two merges on top: a beat reaches the store only with the next merge."""
+    return settings.get("timeout_s", HEARTBEAT_TIMEOUT_S) + settings.get("merged_every_s", 0.0)
+
+
+def silent_text(settings: dict[str, float]) -> str:
+    """How silent_after_s came about, for the console: '60 s', '120 s (the agents'
+    --heartbeat-timeout)', '150 s (the agents' --heartbeat-timeout 120, and 30 s between a
+    PBS job's merges)'."""
+    after = f"{silent_after_s(settings):g} s"
+    if "merged_every_s" in settings:
+        return (f"{after} (the agents' --heartbeat-timeout "
+                f"{settings.get('timeout_s', HEARTBEAT_TIMEOUT_S):g}, and "
+                f"{settings['merged_every_s']:g} s between a PBS job's merges)")
+    return f"{after} (the agents' --heartbeat-timeout)" if "timeout_s" in settings else after
 
 
 def repeat_description(sweep_id: str, run_id: str) -> str:
@@ -175,7 +205,9 @@ def render_status(store: SweepStore, console: Console | None = None,
     console = console or Console()
     sweep = store.sweep()
     runs = store.runs()
-    counts = Counter(shown_state(run) for run in runs)
+    heartbeats = heartbeat_settings(store.directory)
+    silent_after = silent_after_s(heartbeats)
+    counts = Counter(shown_state(run, silent_after=silent_after) for run in runs)
     total = planned_runs(sweep.config)
     repeated = repeated_runs(runs)
     unstarted = max(0, (total or 0) - (len(runs) - len(repeated)))  # still to be proposed
@@ -216,13 +248,13 @@ def render_status(store: SweepStore, console: Console | None = None,
     if not runs:  # a table of its header alone reads as a fault (a launch stopped early)
         console.print("no run started yet", highlight=False)
         return
-    print_table(console, status_table(sweep.config, shown))
+    print_table(console, status_table(sweep.config, shown, silent_after))
     if limit is not None and len(runs) > len(shown):
         console.print(f"(the best {len(shown)} of {len(runs)} runs; all of them: "
                       f"{module_command('agent.status')} {sweep.id})",
                       highlight=False)
     if counts["silent"]:
-        console.print(f"silent: no heartbeat for over {HEARTBEAT_TIMEOUT_S:g} s: its agent has "
+        console.print(f"silent: no heartbeat for over {silent_text(heartbeats)}: its agent has "
                       "stopped (or beats less often, --heartbeat); the next agent marks it "
                       f"crashed and repeats it: {script('run_sweep.sh')} {sweep.id}",
                       highlight=False)
@@ -261,11 +293,12 @@ def _seconds_an_epoch(run: Run) -> float | None:
     return None
 
 
-def status_table(sweep_config: dict, runs: list[Run]) -> Table:
+def status_table(sweep_config: dict, runs: list[Run],
+                 silent_after: float = HEARTBEAT_TIMEOUT_S) -> Table:
     """One row per run: id, state, epoch, val/acc, test/acc, ETA (only while some run
     runs), then the swept parameters, numbers in short form (0.001 and 0.0001 stay apart).
     A sweep of another program: the rows its run has logged and the sweep's metric instead
-    of our trainer's epochs and accuracies."""
+    of our trainer's epochs and accuracies. `silent_after`: see silent_after_s."""
     varying = [p.name for p in swept_parameters(sweep_config)]
     ours = runs_our_trainer(sweep_config)
     metric = (sweep_config.get("metric") or {}).get("name") or "val/acc"
@@ -294,14 +327,15 @@ def status_table(sweep_config: dict, runs: list[Run]) -> Table:
         last = run.history[-1] if run.history else {}
         if not ours:
             value = summary.get(metric, last.get(metric))
-            cells = [run.id, shown_state(run), str(run.epoch), short_number(value)
-                     if isinstance(value, (int, float)) else ""]
+            cells = [run.id, shown_state(run, silent_after=silent_after), str(run.epoch),
+                     short_number(value) if isinstance(value, (int, float)) else ""]
             table.add_row(*cells, *(escape(short_number(run.config.get(name, "")))
                                     for name in varying))
             continue
         val = summary.get("val/acc", last.get("val/acc"))
         test = summary.get("test/acc")
-        cells = [run.id, shown_state(run), f"{run.epoch}/{epochs_of(run) or '?'}",
+        state = shown_state(run, silent_after=silent_after)
+        cells = [run.id, state, f"{run.epoch}/{epochs_of(run) or '?'}",
                  f"{val:.4f}" if isinstance(val, float) else "",
                  f"{test:.4f}" if isinstance(test, float) else ""]
         for name in extra:
@@ -310,7 +344,7 @@ def status_table(sweep_config: dict, runs: list[Run]) -> Table:
         if running:
             eta = ""
             per_epoch = _seconds_an_epoch(run)
-            if shown_state(run) == "running" and per_epoch is not None and epochs_of(run):
+            if state == "running" and per_epoch is not None and epochs_of(run):
                 eta = duration_text(per_epoch * (epochs_of(run) - run.epoch))
             cells.append(eta)
         table.add_row(*cells, *(escape(short_number(run.config.get(name, "")))

@@ -401,6 +401,47 @@ class SweepStore:
             pass
 
 
+# In a sweep's folder, beside its store: how often the sweep's latest agents beat and after
+# what silence a run of theirs counts as crashed (--heartbeat, --heartbeat-timeout), and, where
+# a PBS job's agents beat into a copy of the store in scratch, how often the job merges its
+# runs into the store here (agent/cluster/store_copy.py). agent.status judges a running run's
+# last heartbeat by it. A file rather than a column: the store's schema stays as it is, and
+# an agent whose folder is read-only (a store on an archive) writes none.
+HEARTBEAT_NAME = "heartbeat.json"
+HEARTBEAT_KEYS = ("heartbeat_s", "timeout_s", "merged_every_s")
+
+
+def write_heartbeat_settings(directory: str | os.PathLike, settings: dict) -> None:
+    """`settings` (HEARTBEAT_KEYS: seconds) as the sweep's in `directory`, replaced whole
+    (agents started together each write theirs). Best effort: a folder that takes no file
+    leaves the settings unsaid, and agent.status judges by the defaults."""
+    path = Path(directory) / HEARTBEAT_NAME
+    partial = path.with_name(f".{HEARTBEAT_NAME}.{os.getpid()}.partial")
+    try:
+        partial.write_text(json.dumps({key: settings[key] for key in HEARTBEAT_KEYS
+                                       if key in settings}))
+        os.replace(partial, path)
+    except OSError:
+        try:
+            partial.unlink(missing_ok=True)
+        except OSError:
+            pass
+
+
+def heartbeat_settings(directory: str | os.PathLike) -> dict[str, float]:
+    """The settings write_heartbeat_settings left in `directory` ({} where there are none, or
+    none readable); each a finite number of seconds, at least 0."""
+    try:
+        saved = json.loads((Path(directory) / HEARTBEAT_NAME).read_text())
+    except (OSError, ValueError):
+        return {}
+    if not isinstance(saved, dict):
+        return {}
+    return {key: float(value) for key, value in saved.items() if key in HEARTBEAT_KEYS
+            and isinstance(value, (int, float)) and not isinstance(value, bool)
+            and 0 <= value < float("inf")}
+
+
 def create_store(directory: str | os.PathLike, sweep_id: str, name: str,
                  config: dict) -> SweepStore:
     """A new sweep directory and store; refuses to overwrite an existing one, and leaves
