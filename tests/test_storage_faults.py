@@ -261,3 +261,113 @@ def test_a_launch_whose_store_fills_mid_run_ends_in_the_agents_one_line(workdir)
         assert [r.state for r in store.runs()] == ["running"]
         (place / "filler").unlink()
         store.close()
+
+
+@pytest.mark.e2e
+@pytest.mark.timeout(300)
+@pytest.mark.parametrize("sinks", [["wandb"], ["tensorboard", "wandb"]])
+def test_a_disk_filling_under_the_wandb_and_tensorboard_sinks_stops_the_run_with_nothing_lost(
+        workdir, sinks):
+    """W&B (offline) and TensorBoard writing to a 3 MB disk with 1.2 MB left: wandb's service
+    dropped the run's records once the disk was full without a word (its own debug log said
+    so), the run trained on and ended `finished` with a W&B run missing its last epochs, and
+    TensorBoard's writer thread died with a traceback, the trial's line naming no file. Now
+    the sinks stop the run at an epoch's end while the disk still holds what they queued: one
+    line naming the file, exit 2, the run preempted at its last checkpoint with every epoch
+    it trained in both sinks, and the next agent, on a disk with room again, finishes it;
+    each epoch is in each sink once."""
+    from agent.report.curves import tensorboard_scalars
+    from util.wandb_offline import find_runs
+
+    with tmpfs(workdir / "disk", "3m") as disk:
+        store = make_sweep(workdir, "sinks", {
+            **RUN, "hidden": {"value": 16}, "optimizer": {"value": "sgd"}, "lr": {"value": 0.05},
+            "batch_size": {"value": 8}, "log_interval": {"value": 1}, "epochs": {"value": 12},
+            "histograms": {"value": True}, "sinks": {"value": sinks},
+            "run_dir": {"value": str(disk / "runs")}, "log_dir": {"value": str(disk / "logs")}})
+        filler = disk / "filler"
+        filler.write_bytes(b"\0" * (3 * 2**20 - 1200 * 2**10))  # 1.2 MB left
+
+        def agent_on_disk() -> subprocess.CompletedProcess:
+            return subprocess.run([sys.executable, "-m", "agent.sweep.agent_loop",
+                                   str(store.directory), "--heartbeat", "0.2"], cwd=workdir,
+                                  env=subprocess_env(OMP_NUM_THREADS="1", WANDB_DIR=str(disk)),
+                                  capture_output=True, text=True, timeout=250)
+
+        first = agent_on_disk()
+        assert first.returncode == 2, first.stderr[-3000:]
+        line = one_error_line(first.stderr)
+        assert "Exception in thread" not in first.stderr, first.stderr
+        (run,) = store.runs()
+        assert line.startswith(f"error: {disk}/") and "less than 1 MiB left on its disk for" \
+            in line and f"run(s) {run.id} left preempted" in line, line
+        assert run.state == "preempted" and 1 <= run.epoch < 12, (run.state, run.epoch)
+        (part,) = find_runs(disk / "wandb")  # closed, with every epoch the run trained
+        assert part.exit_code is not None
+        assert [row["epoch"] for row in part.history if "val/acc" in row] == \
+            list(range(1, run.epoch + 1))
+
+        filler.unlink()
+        second = agent_on_disk()
+        assert second.returncode == 0, second.stderr[-3000:]
+        (done,) = store.runs()
+        assert done.state == "finished" and [h["epoch"] for h in done.history] == \
+            list(range(1, 13))
+        parts = sorted(find_runs(disk / "wandb"), key=lambda p: p.path)
+        assert [row["epoch"] for p in parts for row in p.history if "val/acc" in row] == \
+            list(range(1, 13))
+        if "tensorboard" in sinks:
+            logs = disk / "logs" / store.sweep().group / run.id  # both starts' event files
+            steps = [step for step, _ in tensorboard_scalars(logs, "val/acc")]
+            assert len(steps) == len(set(steps)) == 12, steps
+
+
+@pytest.mark.e2e
+@pytest.mark.timeout(200)
+def test_a_tensorboard_file_the_disk_refuses_is_one_line_naming_it(workdir):
+    """TensorBoard's event file past the file-size limit: its writer thread died with a
+    traceback, the trial's line said "File too large" naming no file, and a second line said
+    that the sink could not finish. Now one line names the event file, exit 2, and the run
+    resumes from its checkpoint once the file fits."""
+    def limit():
+        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+        resource.setrlimit(resource.RLIMIT_FSIZE, (60_000, 60_000))
+
+    command = [sys.executable, "-m", "agent.train", "--dataset=digits", "--model=dense",
+               "--hidden=16", "--batch_size=32", "--epochs=30", "--lr=0.01",
+               "--sinks=tensorboard", "--histograms=true", "--run_id=big",
+               f"--data_dir={workdir / 'data'}", f"--run_dir={workdir / 'runs'}",
+               f"--log_dir={workdir / 'logs'}"]
+    first = subprocess.run(command, cwd=workdir, env=subprocess_env(OMP_NUM_THREADS="1"),
+                           capture_output=True, text=True, timeout=150, preexec_fn=limit)
+    assert first.returncode == 2, first.stderr
+    (events,) = (workdir / "logs" / "default" / "big").glob("events.out.tfevents.*")
+    assert first.stderr.splitlines()[-1] == (
+        f"error: {events}: File too large; the last whole epoch's checkpoint stands: run it "
+        "again with the same --run_id to resume"), first.stderr
+    # the only other line: the dataset's cache, too large as well, is not kept
+    assert len(first.stderr.splitlines()) == 2 and "Traceback" not in first.stderr, \
+        first.stderr
+    again = subprocess.run(command, cwd=workdir, env=subprocess_env(OMP_NUM_THREADS="1"),
+                           capture_output=True, text=True, timeout=150)
+    assert again.returncode == 0, again.stderr
+
+
+def test_a_copy_that_does_not_fit_is_named_by_its_destination(tmp_path):
+    """A copy past the file-size limit (shutil.copyfile, and so a move across disks, as wandb
+    moves a table's file from /tmp into the run's folder) raises an OSError naming its source
+    first: the one line named the file in /tmp, which fits, rather than the one that did not."""
+    source, target = tmp_path / "table.json", tmp_path / "run" / "table.json"
+    source.write_bytes(b"x" * 200_000)
+    target.parent.mkdir()
+    code = ("import resource, shutil, signal, sys\n"
+            "from util.errors import storage_problem\n"
+            "signal.signal(signal.SIGXFSZ, signal.SIG_IGN)\n"
+            "resource.setrlimit(resource.RLIMIT_FSIZE, (100_000, 100_000))\n"
+            "try:\n"
+            "    shutil.copyfile(sys.argv[1], sys.argv[2])\n"
+            "except OSError as error:\n"
+            "    print(storage_problem(error))\n")
+    done = subprocess.run([sys.executable, "-c", code, str(source), str(target)],
+                          env=subprocess_env(), capture_output=True, text=True, timeout=60)
+    assert done.stdout.strip() == f"{target}: File too large", done.stdout + done.stderr

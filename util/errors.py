@@ -61,7 +61,12 @@ def storage_problem(error: BaseException) -> UserError | None:
     if not isinstance(error, OSError) or error.errno not in STORAGE_ERRNOS:
         return None
     cause = error.strerror or os.strerror(error.errno)
-    return UserError(f"{error.filename}: {cause}" if error.filename else cause)
+    where = error.filename
+    if error.filename2 and error.errno in (errno.ENOSPC, errno.EDQUOT, errno.EFBIG):
+        # a copy that did not fit names its source first (shutil.copyfile, and so a move
+        # across disks: wandb moves a table's file from /tmp into the run's folder)
+        where = error.filename2
+    return UserError(f"{where}: {cause}" if where else cause)
 
 
 @contextmanager

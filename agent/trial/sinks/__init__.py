@@ -7,8 +7,11 @@ and finish. A run parameter (`sinks`) switches each one on or off.
 
 from __future__ import annotations
 
+import errno
 import os
+import shutil
 from dataclasses import dataclass, field
+from pathlib import Path
 
 # Set by the launcher in the environment of each agent it starts when it starts more than one:
 # how many agents write to its terminal. Their lines interleave there, so a run's epoch lines
@@ -65,6 +68,30 @@ class Sink:
         """Why the service behind this sink asked the run to stop (a user's Stop in W&B's
         UI), else None; read after each epoch, the member then ends as stopped."""
         return None
+
+
+# The room a sink that writes files wants left on their disk at each epoch's end. Both
+# writers hold records in memory before they reach the disk: wandb's service up to 15 s of
+# them (x_transaction_log_flush_interval), and fails to write them without a word to the
+# trial (its own log says so); TensorBoard's writer thread up to FLUSH_S, and its failure
+# reaches the trial only at the next write, after the checkpoint of their epoch, which a
+# resume continues from without logging them again. Stopped while the disk still holds them,
+# the run is preempted at its last checkpoint (the epoch's before this one) and a resume logs
+# this epoch again: nothing it trained is missing from the sink. A MiB holds dozens of
+# epochs of a small run's rows and histograms (12 kB an epoch for a digits run's W&B file).
+ROOM_BYTES = 1 << 20
+
+
+def check_room(path: str | os.PathLike, what: str) -> None:
+    """OSError (ENOSPC, naming `path`) when the file system of `path` (or of its nearest
+    existing parent) has less than ROOM_BYTES free for this process: the trial then ends
+    as a full disk ends it, one line and the run preempted at its last checkpoint."""
+    folder = Path(path)
+    while not folder.exists() and folder != folder.parent:
+        folder = folder.parent
+    if shutil.disk_usage(folder).free < ROOM_BYTES:
+        raise OSError(errno.ENOSPC, f"less than {ROOM_BYTES >> 20} MiB left on its disk for "
+                      f"{what}", str(path))
 
 
 def _wandb():

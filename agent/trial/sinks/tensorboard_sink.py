@@ -10,7 +10,10 @@ sub-run, as add_hparams does), so HPARAMS lists the run itself.
 from __future__ import annotations
 
 import math
+import threading
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import torch
@@ -21,7 +24,8 @@ from torch.utils.tensorboard import SummaryWriter
 
 from agent import metrics
 from agent.sweep_space import SweptParameter, short_number, swept_parameters
-from agent.trial.sinks import RunInfo, Sink
+from agent.trial.sinks import RunInfo, Sink, check_room
+from util.errors import naming, storage_problem
 
 # The metrics HPARAMS shows as columns, in this order after the sweep's own metric; the
 # frontend ticks the first five. Each is a scalar tag written during or at the end of the run.
@@ -146,7 +150,40 @@ def _after_earlier_files(earlier: list[Path]) -> None:
             time.sleep(wait)
 
 
+def _quiet_storage_faults(default):
+    """threading.excepthook, less the traceback of a TensorBoard writer thread that a full
+    or read-only disk stopped: tensorboard raises that error again in the trial at the sink's
+    next write, which names the event file in the trial's one line (TensorBoardSink._writing);
+    the thread's traceback beside it said the same thing in twenty lines."""
+    def hook(args) -> None:
+        if type(args.thread).__name__ == "_AsyncWriterThread" and \
+                storage_problem(args.exc_value) is not None:
+            return
+        default(args)
+    return hook
+
+
+threading.excepthook = _quiet_storage_faults(threading.excepthook)
+
+
 class TensorBoardSink(Sink):
+    """One event file per start of a run. A full or read-only disk ends the trial as it ends
+    a checkpoint's write: one line naming the event file (an OSError), and the run preempted
+    at its last checkpoint; an event file cut short by it stays readable (TensorBoard reads
+    up to its last whole record), and a resume writes a new one."""
+
+    failed = False  # the disk refused an event: the trial ends on it, said once
+
+    @contextmanager
+    def _writing(self, path: str | Path | None = None) -> Iterator[None]:
+        """An OSError of the writer names the event file (a write's own error names none)."""
+        try:
+            with naming(path or self.events):
+                yield
+        except OSError as error:
+            self.failed = self.failed or storage_problem(error) is not None
+            raise
+
     def start(self, run: RunInfo, config: dict, hparams: dict) -> None:
         # A resumed run logs the steps after its checkpoint again: purge_step hides what the
         # interrupted process logged from there on (TensorBoard drops events at or past it in
@@ -156,8 +193,15 @@ class TensorBoardSink(Sink):
         purge = run.resumed_step + 1 if run.resumed_epoch else (0 if earlier else None)
         if earlier:
             _after_earlier_files(earlier)
-        self.writer = SummaryWriter(log_dir=run.log_dir, flush_secs=FLUSH_S, max_queue=QUEUE,
-                                    purge_step=purge)
+        check_room(run.log_dir, "TensorBoard's events")
+        with self._writing(run.log_dir):
+            self.writer = SummaryWriter(log_dir=run.log_dir, flush_secs=FLUSH_S,
+                                        max_queue=QUEUE, purge_step=purge)
+        self.events = getattr(self.writer.file_writer.event_writer, "_file_name", run.log_dir)
+        with self._writing():
+            self._start_session(run, config, hparams)
+
+    def _start_session(self, run: RunInfo, config: dict, hparams: dict) -> None:
         session = session_hparams(config, hparams, run.sweep)
         start = plugin_data_pb2.SessionStartInfo(start_time_secs=time.time())
         for name, value in session.items():
@@ -169,18 +213,28 @@ class TensorBoardSink(Sink):
         self.writer.add_text("run/config", config_text(config, hparams, session, run.sweep), 0)
 
     def log_step(self, step: int, metrics: dict) -> None:
-        for name, value in metrics.items():
-            self.writer.add_scalar(name, value, step)
+        with self._writing():
+            for name, value in metrics.items():
+                self.writer.add_scalar(name, value, step)
 
     def log_epoch(self, step: int, metrics: dict, histograms: dict) -> None:
-        for name, value in metrics.items():
-            if isinstance(value, (int, float)):
-                self.writer.add_scalar(name, value, step)
-        for name, h in histograms.items():  # metering.Histogram: binned on the device
-            self.writer.add_histogram_raw(name, h.min, h.max, h.num, h.sum, h.sum_squares,
-                                          h.edges[1:], h.counts, step)
+        # before the epoch's checkpoint, while the disk still holds the events queued: the
+        # run is preempted at the epoch before, whose events are all in, and resumed it logs
+        # this epoch again
+        check_room(self.events, "TensorBoard's events")
+        with self._writing():
+            for name, value in metrics.items():
+                if isinstance(value, (int, float)):
+                    self.writer.add_scalar(name, value, step)
+            for name, h in histograms.items():  # metering.Histogram: binned on the device
+                self.writer.add_histogram_raw(name, h.min, h.max, h.num, h.sum,
+                                              h.sum_squares, h.edges[1:], h.counts, step)
 
     def log_confusion(self, step: int, matrix, classes: list[str]) -> None:
+        with self._writing():
+            self._log_confusion(step, matrix, classes)
+
+    def _log_confusion(self, step: int, matrix, classes: list[str]) -> None:
         self.writer.add_image("test/confusion_matrix", confusion_image(matrix), step,
                               dataformats="CHW")
         header = "| true \\ predicted | " + " | ".join(classes) + " |"
@@ -190,6 +244,16 @@ class TensorBoardSink(Sink):
         self.writer.add_text("test/confusion_matrix", "\n".join([header, rule, *rows]), step)
 
     def finish(self, summary: dict, state: str) -> None:
+        if self.failed:  # said once, by the write that failed: what fits is written
+            try:
+                self.writer.close()
+            except OSError:
+                pass
+            return
+        with self._writing():
+            self._finish(summary, state)
+
+    def _finish(self, summary: dict, state: str) -> None:
         step = summary.get("global_step", 0)
         # the end's scalars (test/loss, test/acc, test/class_acc/<class>, ...), as every sink
         # gets them; HPARAMS reads its metric columns from these

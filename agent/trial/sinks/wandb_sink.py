@@ -14,7 +14,7 @@ from collections.abc import Callable
 import wandb
 
 from agent import metrics
-from agent.trial.sinks import RunInfo, Sink
+from agent.trial.sinks import RunInfo, Sink, check_room
 from util.errors import UserError, one_line, without_api_key
 
 DEFAULT_PROJECT = "hp-study"
@@ -100,6 +100,8 @@ class WandbSink(Sink):
             adopted = wandb.run
         if adopted is not None:
             adopted.config.update(config, allow_val_change=True)
+        elif chosen_mode() != "disabled":  # a disk too full for the run's records: not begun
+            check_room(wandb_dir(), "W&B's run records")
         self.run = adopted if adopted is not None else self._init(run, config)
         self.run.define_metric("epoch")
         for pattern in EPOCH_METRICS:
@@ -136,7 +138,7 @@ class WandbSink(Sink):
                 reinit="create_new",  # the members of a pack are runs of one process at once
                 # wandb reads WANDB_DIR once per process; pass it per run so each run
                 # honours the directory in force when it starts.
-                dir=os.environ.get("WANDB_DIR") or os.getcwd())
+                dir=wandb_dir())
         except wandb.errors.Error as error:
             text = without_api_key(one_line(error))[:160]
             raise UserError(f"W&B refused run {run.id} in {mode} mode ({type(error).__name__}: "
@@ -147,6 +149,12 @@ class WandbSink(Sink):
         self.run.log(metrics, step=step)
 
     def log_epoch(self, step: int, metrics: dict, histograms: dict) -> None:
+        # before the epoch's checkpoint: wandb's service writes the run's file (online too)
+        # seconds later, and on a full disk drops what does not fit, unsaid; the run is
+        # preempted at the epoch before, and resumed it logs this epoch's row
+        records = getattr(self.run.settings, "sync_file", None)
+        if records and not getattr(self.run, "disabled", False):
+            check_room(records, "W&B's run records")
         row = dict(metrics)
         for name, h in histograms.items():  # metering.Histogram: binned on the device
             row[name] = wandb.Histogram(np_histogram=(h.counts, h.edges))
@@ -173,6 +181,11 @@ class WandbSink(Sink):
         if state == "preempted":
             self.run.mark_preempting()
         finish_run(self.run, 0 if state in ("finished", "diverged", "stopped") else 1)
+
+
+def wandb_dir() -> str:
+    """Where a run's W&B files go (wandb.init's dir): WANDB_DIR, else the working folder."""
+    return os.environ.get("WANDB_DIR") or os.getcwd()
 
 
 def finish_run(run, exit_code: int) -> None:
