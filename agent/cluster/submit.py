@@ -73,11 +73,20 @@ def add_submit_options(parser: argparse.ArgumentParser) -> None:
                        "write and submit nothing")
 
 
+JOB_OPTIONS = ("pbs", "slurm", "walltime", "gpus_per_job", "cpus_per_job", "mem", "scratch",
+               "queue", "partition", "container")
+
+
+def given_job_options(args: argparse.Namespace) -> list[str]:
+    """The batch-job options on the command line, as written there (--dry-run, --mem)."""
+    return ((["--dry-run"] if args.dry_run else [])
+            + [f"--{name.replace('_', '-')}" for name in JOB_OPTIONS
+               if getattr(args, name) is not None])
+
+
 def requested(args: argparse.Namespace) -> bool:
     """True when any batch-job option was given (then `submit_from_args` handles the call)."""
-    names = ("pbs", "slurm", "walltime", "gpus_per_job", "cpus_per_job", "mem", "scratch",
-             "queue", "partition", "container")
-    return args.dry_run or any(getattr(args, name) is not None for name in names)
+    return bool(given_job_options(args))
 
 
 # --- from the command line to submitted jobs -----------------------------------------------
@@ -223,8 +232,17 @@ def _gpu_hint(failure: SubmitFailed, spec: JobSpec) -> str:
 def submit_from_args(args: argparse.Namespace, argv: list[str] | None = None) -> int:
     """The launcher's --pbs/--slurm branch: validate, make the sweep if needed, submit."""
     argv = sys.argv[1:] if argv is None else argv
-    if (args.pbs is None) == (args.slurm is None):
-        raise UserError("batch-job options need exactly one of --pbs N or --slurm N")
+    if args.pbs is not None and args.slurm is not None:
+        raise UserError("--pbs and --slurm: batch jobs go to one scheduler, give exactly one "
+                        "of --pbs N or --slurm N")
+    if args.pbs is None and args.slurm is None:
+        # name what was counted: `--dry-run` alone reads as "show what would start here"
+        given = given_job_options(args)
+        what = ("a batch-job option, which needs" if len(given) == 1
+                else "batch-job options, which need")
+        raise UserError(f"{', '.join(given)}: {what} exactly one of --pbs N or --slurm N "
+                        f"(leave {'it' if len(given) == 1 else 'them'} out to start agents "
+                        "here)")
     scheduler = SCHEDULERS["pbs" if args.pbs is not None else "slurm"]
     count = getattr(args, scheduler.kind)
     if not 1 <= count <= MAX_JOBS:
