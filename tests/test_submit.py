@@ -606,6 +606,33 @@ def test_slurm_first_task_of_a_local_sweep_records_its_node_with_no_stray_file(w
     assert [r.state for r in runs] == ["finished"]
 
 
+@pytest.mark.e2e
+@pytest.mark.timeout(120)
+def test_a_slurm_array_on_a_local_sweep_is_noted_as_one_node_only(workdir, aux):
+    """`--slurm N`, N > 1, on a local sweep is taken (tasks on one node share it) with one line
+    saying that tasks landing on another node leave and that a W&B sweep spreads over nodes:
+    at submission and in a dry run, of a sweep or a sweep file. One task, or a W&B sweep,
+    gets no note."""
+    make_sweep(workdir, "array", {"lr": {"value": 0.1}})
+    sweep_file = workdir / "s.yaml"
+    sweep_file.write_text((ROOT / "sweeps" / "quickstart.yaml").read_text())
+    path = f"{fake_scheduler_bin(aux, 'sbatch')}:{os.environ['PATH']}"
+    for target, tasks, dry in (("array", "3", []), ("array", "3", ["--dry-run"]),
+                               (str(sweep_file), "2", ["--dry-run"])):
+        result = launch(workdir, target, "--slurm", tasks, "--gpus-per-job", "0", *dry,
+                        path=path)
+        assert result.returncode == 0, result.stderr
+        (note,) = [line for line in result.stderr.splitlines() if line.startswith("note:")]
+        assert note.startswith(f"note: --slurm {tasks} on a local sweep"), note
+        assert "another node" in note and "exit 3" in note and "W&B sweep" in note, note
+        assert ("#SBATCH --array=0-" if dry else "Submitted SLURM job(s)") in result.stdout
+    assert len((aux / "sbatch.log").read_text().splitlines()) == 1  # submitted, not refused
+    for target, tasks in (("array", "1"), ("entity/project/abc123", "3")):
+        result = launch(workdir, target, "--slurm", tasks, "--gpus-per-job", "0", "--dry-run")
+        assert result.returncode == 0, result.stderr
+        assert "note:" not in result.stderr, result.stderr
+
+
 @pytest.mark.timeout(120)
 def test_sbatch_refusing_the_gpus_asked_for_by_default_says_how_to_ask_for_none(workdir, aux):
     """A CPU-only cluster refuses --gres=gpu:1 (the default --gpus-per-job 1): the one line

@@ -139,8 +139,10 @@ class Scheduler:
                             "gpu@pbs-m1.metacentrum.cz")
         return queue
 
-    def check_local_sweep(self, count: int) -> None:
-        """UserError when `count` jobs cannot share one local sweep."""
+    def check_local_sweep(self, count: int) -> str | None:
+        """UserError when `count` jobs cannot share one local sweep; a note (one line) when
+        they share it only in part."""
+        return None
 
     def check_program(self, where: str, sweep_config: dict) -> None:
         """UserError when the jobs cannot run the program of `sweep_config` (named `where`);
@@ -190,7 +192,7 @@ class PBS(Scheduler):
         queue = super().queue(args, gpus)
         return "gpu" if queue is None and gpus else queue  # MetaCentrum's GPU queue
 
-    def check_local_sweep(self, count: int) -> None:
+    def check_local_sweep(self, count: int) -> str | None:
         # Two jobs on copies of one store would train the same configurations, and
         # running them one after another silently is not what N jobs promise.
         if count > 1:
@@ -198,6 +200,7 @@ class PBS(Scheduler):
                             "one machine, and PBS jobs may land on different nodes; use --pbs 1 "
                             "--gpus-per-job K (K agents on one node) or a W&B sweep (wandb "
                             "sweep FILE)")
+        return None
 
     checks_program = True
 
@@ -242,6 +245,17 @@ class SLURM(Scheduler):
     kind, title, command, template = "slurm", "SLURM", "sbatch", "slurm.sh"
     queue_option = "--partition"
     watch = "squeue --me"
+
+    def check_local_sweep(self, count: int) -> str | None:
+        # Not refused: tasks that share a node (a lab server, a one-node cluster) share the
+        # sweep. On a multi-node cluster the others leave with exit 3 (templates/slurm.sh);
+        # said before they queue, not found out in their logs.
+        if count == 1:
+            return None
+        return (f"note: --slurm {count} on a local sweep: its store is one SQLite file on one "
+                "node, so array tasks that land on another node than the first leave at once "
+                "(exit 3, said in their logs); --slurm 1 --gpus-per-job K runs K agents on one "
+                "node, and a W&B sweep (wandb sweep FILE) spreads over nodes")
 
     def scripts(self, spec: JobSpec) -> dict[str, str]:
         return {"slurm.sh": self.render(spec, time=self.time(spec.walltime_s))}

@@ -15,7 +15,8 @@ machine, so:
   after another silently would not be that.
 - SLURM jobs run in the submit directory (shared storage) on the sweep itself, which is right
   on one node (a lab server under SLURM, the test cluster). The first task of the array
-  records its node; a task that lands on another node leaves at once, saying why.
+  records its node; a task that lands on another node leaves at once, saying why. Not
+  refused, as tasks on one node share the sweep; `--slurm N`, N > 1, is noted at submission.
 The job's Python is either this virtualenv (it must sit on storage the nodes see) or the one
 inside an Apptainer/Singularity image built from docker/Dockerfile (`--container x.sif`); the
 code is this repository's in both cases, so the two modes run the same code.
@@ -164,7 +165,9 @@ def resolve_job_target(text: str, project: str | None, scheduler: Scheduler, cou
         finally:
             store.close()  # a job merges into the store once every connection is closed
         scheduler.check_program(f"sweep {target.path.name}", config)
-    scheduler.check_local_sweep(count)
+    note = scheduler.check_local_sweep(count)
+    if note:
+        print(note, file=sys.stderr)
     return target
 
 
