@@ -87,15 +87,20 @@ def submit_pbs(workdir: Path, aux: Path, sweep: str, *options: str) -> Path:
     return script
 
 
-def pbs_job(workdir: Path, aux: Path, script: Path, scratch: str = "scratch",
-            job_id: str = FAKE_ID, **extra: str) -> subprocess.Popen:
+def pbs_job(workdir: Path, aux: Path, script: Path, scratch: str | None = "scratch",
+            job_id: str = FAKE_ID, unset: tuple[str, ...] = (),
+            **extra: str) -> subprocess.Popen:
     """The job as PBS starts it: plain bash, in $HOME, with PBS's variables and no W&B dir
     (so that offline runs go to scratch and have to be copied back); each job its own
-    $SCRATCHDIR (aux/`scratch`)."""
-    (aux / scratch).mkdir(exist_ok=True)
-    env = subprocess_env(PBS_O_WORKDIR=str(workdir), SCRATCHDIR=str(aux / scratch),
-                         PBS_JOBID=job_id, PBS_JOBNAME="sweep", OMP_NUM_THREADS="1", **extra)
-    env.pop("WANDB_DIR", None)
+    $SCRATCHDIR (aux/`scratch`; None: no SCRATCHDIR, as outside MetaCentrum), without the
+    variables named in `unset`."""
+    if scratch is not None:
+        (aux / scratch).mkdir(exist_ok=True)
+        extra = {"SCRATCHDIR": str(aux / scratch), **extra}
+    env = subprocess_env(PBS_O_WORKDIR=str(workdir), PBS_JOBID=job_id, PBS_JOBNAME="sweep",
+                         OMP_NUM_THREADS="1", **extra)
+    for name in ("WANDB_DIR", *unset, *(["SCRATCHDIR"] if scratch is None else [])):
+        env.pop(name, None)
     home = aux / "home"
     home.mkdir(exist_ok=True)
     return subprocess.Popen(["bash", str(script)], cwd=home, env=env, text=True,
@@ -147,6 +152,36 @@ def test_pbs_job_runs_a_local_sweep_in_scratch_and_copies_everything_back(workdi
     assert (workdir / "data" / "cache").is_dir()
     assert not (workdir / "data" / "sweeps" / "tiny.incoming").exists()
     assert list((aux / "scratch").iterdir()) == []  # scratch emptied
+
+
+@pytest.mark.e2e
+@pytest.mark.timeout(200)
+@pytest.mark.parametrize("none", ["none", "0"])
+def test_a_pbs_job_asking_no_scratch_works_in_the_jobs_tmpdir(workdir, aux, none):
+    """PBS Pro outside MetaCentrum knows no scratch_local and sets no $SCRATCHDIR: with
+    `--scratch none` (or 0) the job asks for none and works in the $TMPDIR PBS Pro makes for
+    each job, copying everything back as from scratch. With neither variable set, one line
+    naming both, exit 2, nothing trained."""
+    store_path = make_sweep(workdir, "noscratch", {"hidden": {"value": 32},
+                                                   "epochs": {"value": 1},
+                                                   "sinks": {"value": ["tensorboard"]}})
+    script = submit_pbs(workdir, aux, "noscratch", "--scratch", none)
+    assert "#PBS -l select=1:ncpus=1:mem=16gb\n" in script.read_text()
+    lost = pbs_job(workdir, aux, script, scratch=None, unset=("TMPDIR",))
+    out, err = lost.communicate(timeout=60)
+    assert lost.returncode == 2, err[-3000:]
+    assert err.startswith("error: neither $SCRATCHDIR nor $TMPDIR is set") and \
+        len(err.splitlines()) == 1, err
+    assert stored_runs(store_path) == []
+    node_tmp = aux / "node-tmp"
+    node_tmp.mkdir()
+    job = pbs_job(workdir, aux, script, scratch=None, TMPDIR=str(node_tmp))
+    out, err = job.communicate(timeout=180)
+    assert job.returncode == 0, err[-3000:]
+    (run,) = stored_runs(store_path)
+    assert run.state == "finished", (run.error, err[-3000:])
+    assert (workdir / "data" / "logs" / "noscratch-noscratch" / run.id).is_dir()  # copied back
+    assert not (node_tmp / "sweep-job").exists()  # and the job's copy removed
 
 
 @pytest.mark.e2e
@@ -520,6 +555,8 @@ def test_a_submission_refused_after_some_jobs_names_them_and_the_sweep(tmp_path)
     (["--pbs", "99999999999999999999"], "expected 1 to 1000 jobs"),
     (["--slurm", "1001"], "expected 1 to 1000 jobs"),
     (["--pbs", "1", "--scratch", ""], "--scratch=''"),
+    (["--pbs", "1", "--scratch", "0gb"], "e.g. 20gb, or none"),
+    (["--slurm", "1", "--scratch", "nothing"], "--scratch='nothing'"),
     (["--slurm", "1", "--walltime", " "], "--walltime=''"),
     (["--pbs", "1", "--container", ""], "--container=''"),
 ])

@@ -80,5 +80,17 @@ def parse_size_mb(option: str, text: str) -> int:
     return max(1, int(int(match[1]) * factor))
 
 
+def parse_scratch_mb(text: str) -> int | None:
+    """--scratch: a size as `parse_size_mb` reads it, or none (or 0): no scratch asked for
+    (PBS: no scratch_local, which only MetaCentrum knows; the job works in $TMPDIR)."""
+    if text.strip().lower() in ("none", "0"):
+        return None
+    try:
+        return parse_size_mb("--scratch", text)
+    except UserError:
+        raise UserError(f"--scratch={text!r}: expected a size with a unit, e.g. 20gb, or none "
+                        "(no scratch asked for)") from None
+
+
 def format_hms(seconds: int) -> str:
     return f"{seconds // 3600}:{seconds // 60 % 60:02d}:{seconds % 60:02d}"

@@ -18,6 +18,7 @@ from agent.cluster.jobs import (
     MERGE_EVERY_S,
     JobSpec,
     format_hms,
+    parse_scratch_mb,
     parse_size_mb,
     parse_walltime,
 )
@@ -62,7 +63,7 @@ class Scheduler:
             sweep=sweep, local_sweep=local_sweep, launch_args=launch_args, jobs=count,
             walltime_s=parse_walltime(args.walltime or "4:00:00"), gpus=gpus, cpus=cpus,
             mem_mb=parse_size_mb("--mem", args.mem or "16gb"),
-            scratch_mb=parse_size_mb("--scratch", scratch) if scratch else None, queue=queue,
+            scratch_mb=parse_scratch_mb(scratch) if scratch else None, queue=queue,
             container=container, python=sys.executable, code_dir=CODE_DIR,
             submit_dir=Path.cwd(), job_dir=job_dir.resolve(),
             settings={k: os.environ[k] for k in PASSED_SETTINGS if os.environ.get(k)},

@@ -65,7 +65,8 @@ def add_submit_options(parser: argparse.ArgumentParser) -> None:
                        "GPU, or one per CPU agent)")
     group.add_argument("--mem", help="memory per job, e.g. 16gb (default)")
     group.add_argument("--scratch", help="PBS: local scratch per job, e.g. 20gb (default); "
-                       "SLURM: --tmp")
+                       "SLURM: --tmp; none: no scratch asked for (PBS: the job works in "
+                       "$TMPDIR)")
     group.add_argument("--queue", help="PBS queue (default gpu when GPUs are asked for)")
     group.add_argument("--partition", help="SLURM partition (default: the cluster's)")
     group.add_argument("--container", metavar="IMAGE.sif", help="run the agents in this "

@@ -1,5 +1,6 @@
-{## One PBS Pro job: agents in $SCRATCHDIR on a copy of the code (and of a local sweep); logs,
-    offline runs, dataset cache and sweep store copied back on exit. Directive values are
+{## One PBS Pro job: agents in $SCRATCHDIR (MetaCentrum's scratch_local), else in the job's
+    $TMPDIR (PBS Pro's, made for each job), on a copy of the code (and of a local sweep);
+    logs, offline runs, dataset cache and sweep store copied back on exit. Directive values are
     checked to need no quoting (`Scheduler.job_spec`): qsub reads these lines itself. ##}
 #!/bin/bash
 #PBS -N {{ name }}
@@ -16,8 +17,11 @@
 {% include "environment.sh" %}
 submit_dir={{ submit_dir }}
 [ -z "${PBS_O_WORKDIR:-}" ] || submit_dir="$PBS_O_WORKDIR"
-[ -n "${SCRATCHDIR:-}" ] || { echo "error: no \$SCRATCHDIR (ask for scratch_local in -l select)" >&2; exit 2; }
-work="$SCRATCHDIR/sweep-job"
+# MetaCentrum's scratch (scratch_local), else the directory PBS Pro makes for each job and
+# removes after it (--scratch none asks for no scratch_local, which other sites do not know)
+scratch="${SCRATCHDIR:-${TMPDIR:-}}"
+[ -n "$scratch" ] || { echo "error: neither \$SCRATCHDIR nor \$TMPDIR is set: ask for scratch (--scratch 20gb: scratch_local in -l select), or run where PBS sets TMPDIR for each job" >&2; exit 2; }
+work="$scratch/sweep-job"
 {% if local_sweep %}
 sweep_dir={{ local_sweep }}
 sweep_copy="$work/data/sweeps/"{{ local_sweep.name }}
