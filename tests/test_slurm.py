@@ -165,7 +165,7 @@ def test_two_slurm_jobs_finish_a_local_sweep(workdir, slurm_cluster):
                          OMP_NUM_THREADS="1")
     result = subprocess.run(
         [str(ROOT / "run_sweep.sh"), "slurm8", "--slurm", "2", "--gpus-per-job", "0",
-         "--mem", "1gb", "--walltime", "0:10:00"], cwd=workdir, env=env,
+         "--mem", "1gb", "--walltime", "0:10:00", "--account", "proj-7"], cwd=workdir, env=env,
         capture_output=True, text=True, timeout=120)
     assert result.returncode == 0, result.stderr
     job_id = re.search(r"Submitted SLURM job\(s\) (\d+)", result.stdout)[1]
@@ -178,6 +178,7 @@ def test_two_slurm_jobs_finish_a_local_sweep(workdir, slurm_cluster):
     (job_dir,) = (workdir / "data" / "jobs").iterdir()
     outputs = "\n".join(p.read_text() for p in sorted(job_dir.glob("slurm-*.out")))
     assert sorted(tasks) == [("0", "COMPLETED", "0:0"), ("1", "COMPLETED", "0:0")], outputs
+    assert re.findall(r"\bAccount=(\S+)", shown) == ["proj-7", "proj-7"]  # sbatch read it
 
     runs = SweepStore(workdir / "data" / "sweeps" / "slurm8" / "sweep.db").runs()
     assert len(runs) == 8 and all(r.state == "finished" for r in runs), outputs

@@ -427,6 +427,29 @@ def test_dry_run_prints_the_scripts_and_writes_nothing(workdir):
 
 @pytest.mark.e2e
 @pytest.mark.timeout(120)
+@pytest.mark.parametrize("kind,directive", [("--pbs", "#PBS -A proj-42"),
+                                            ("--slurm", "#SBATCH --account=proj-42")])
+def test_account_is_a_directive_and_repeated_by_the_hint_to_go_on(workdir, aux, kind,
+                                                                  directive):
+    """`--account NAME`: the jobs are charged to it (PBS -A, SLURM --account), among the
+    directives (before the first command, where qsub and sbatch read them), and the job's
+    hint to go on submits with it again."""
+    make_sweep(workdir, "charged", {"lr": {"value": 0.1}})
+    path = f"{fake_scheduler_bin(aux, 'qsub')}:{fake_scheduler_bin(aux, 'sbatch')}:" \
+        f"{os.environ['PATH']}"
+    result = launch(workdir, "charged", kind, "1", "--gpus-per-job", "0", "--account",
+                    "proj-42", path=path)
+    assert result.returncode == 0, result.stderr
+    script = Path((aux / f"{'qsub' if kind == '--pbs' else 'sbatch'}.log").read_text()
+                  .split()[-1])
+    lines = script.read_text().splitlines()
+    first_command = next(i for i, line in enumerate(lines) if line.startswith("set "))
+    assert directive in lines[:first_command], lines[:first_command]
+    assert f"export SWEEP_JOB_OPTIONS=' {kind} 1 --gpus-per-job 0 --account proj-42'" in lines
+
+
+@pytest.mark.e2e
+@pytest.mark.timeout(120)
 @pytest.mark.parametrize("kind", ["--pbs", "--slurm"])
 def test_a_dry_run_says_the_notes_creating_the_sweep_would_say(workdir, kind):
     """A sweep file's notes (a parameter its runs do not use, a hyperband that stops nothing)
@@ -559,6 +582,10 @@ def test_a_submission_refused_after_some_jobs_names_them_and_the_sweep(tmp_path)
     (["--slurm", "1", "--scratch", "nothing"], "--scratch='nothing'"),
     (["--slurm", "1", "--walltime", " "], "--walltime=''"),
     (["--pbs", "1", "--container", ""], "--container=''"),
+    (["--slurm", "1", "--account", "two words"], "--account='two words': expected an account"),
+    (["--pbs", "1", "--account=-x"], "--account='-x'"),  # qsub -A -x: an option
+    (["--slurm", "1", "--account", "a'b"], "--account=\"a'b\""),
+    (["--pbs", "1", "--account", " "], "--account='': expected a value"),
 ])
 def test_bad_options_are_one_line_exit_2(workdir, aux, options, says):
     make_sweep(workdir, "opts", {"lr": {"value": 0.1}})
@@ -727,6 +754,7 @@ def variant_spec(variant, root: Path, python: str = "/venv/bin/python") -> JobSp
         launch_args=(["--agents-per-gpu", "1"] if gpus else ["--agents", "2"])
         + ["--project", AWKWARD], jobs=jobs, walltime_s=30 * 3600 + 5, gpus=gpus, cpus=8,
         mem_mb=16384, scratch_mb=20480, queue="gpu" if gpus else None,
+        account="proj-1.a@b" if local else None,
         container=root / "images dir" / "x.sif" if container else None, python=python,
         code_dir=root / "code", submit_dir=root / "submit", job_dir=root / "submit" / "jobs",
         settings={"WANDB_MODE": "offline", "WANDB_PROJECT": AWKWARD},

@@ -33,6 +33,7 @@ class JobSpec:
     mem_mb: int
     scratch_mb: int | None
     queue: str | None
+    account: str | None          # charged for the jobs (SLURM --account, PBS -A)
     container: Path | None
     python: str
     code_dir: Path

@@ -64,8 +64,8 @@ class Scheduler:
             walltime_s=parse_walltime(args.walltime or "4:00:00"), gpus=gpus, cpus=cpus,
             mem_mb=parse_size_mb("--mem", args.mem or "16gb"),
             scratch_mb=parse_scratch_mb(scratch) if scratch else None, queue=queue,
-            container=container, python=sys.executable, code_dir=CODE_DIR,
-            submit_dir=Path.cwd(), job_dir=job_dir.resolve(),
+            account=self.account(args.account), container=container, python=sys.executable,
+            code_dir=CODE_DIR, submit_dir=Path.cwd(), job_dir=job_dir.resolve(),
             settings={k: os.environ[k] for k in PASSED_SETTINGS if os.environ.get(k)},
             # a comment line in the script: one line, whatever the arguments hold
             command_line=["./run_sweep.sh", *(re.sub(r"[\x00-\x1f\x7f]", " ", a)
@@ -81,7 +81,7 @@ class Scheduler:
         return spec
 
     JOB_OPTIONS = ("walltime", "gpus_per_job", "cpus_per_job", "mem", "scratch", "queue",
-                   "partition", "container")
+                   "partition", "account", "container")
 
     def job_options(self, args: argparse.Namespace, count: int) -> str:
         """The batch-job options given, as a command-line tail (" --pbs 1 --walltime
@@ -139,6 +139,15 @@ class Scheduler:
             raise UserError(f"{self.queue_option}={queue!r}: expected a name such as gpu or "
                             "gpu@pbs-m1.metacentrum.cz")
         return queue
+
+    @staticmethod
+    def account(account: str | None) -> str | None:
+        """--account, checked: a directive holds it unquoted, and a leading - would read as
+        an option of qsub's -A."""
+        if account is not None and not re.fullmatch(r"\w[\w.@+-]*", account):
+            raise UserError(f"--account={account!r}: expected an account name such as "
+                            "proj-123 (letters, digits and . _ - @ +, not starting with - or .)")
+        return account
 
     def check_local_sweep(self, count: int) -> str | None:
         """UserError when `count` jobs cannot share one local sweep; a note (one line) when

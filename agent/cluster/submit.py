@@ -69,14 +69,15 @@ def add_submit_options(parser: argparse.ArgumentParser) -> None:
                        "$TMPDIR)")
     group.add_argument("--queue", help="PBS queue (default gpu when GPUs are asked for)")
     group.add_argument("--partition", help="SLURM partition (default: the cluster's)")
+    group.add_argument("--account", help="the account the jobs are charged to (SLURM "
+                       "--account, PBS -A; default: the scheduler's for you)")
     group.add_argument("--container", metavar="IMAGE.sif", help="run the agents in this "
                        "Apptainer/Singularity image instead of the virtualenv")
     group.add_argument("--dry-run", action="store_true", help="print the job scripts; "
                        "write and submit nothing")
 
 
-JOB_OPTIONS = ("pbs", "slurm", "walltime", "gpus_per_job", "cpus_per_job", "mem", "scratch",
-               "queue", "partition", "container")
+JOB_OPTIONS = ("pbs", "slurm", *Scheduler.JOB_OPTIONS)  # the rest is repeated by the jobs' hint
 
 
 def given_job_options(args: argparse.Namespace) -> list[str]:
@@ -251,7 +252,7 @@ def submit_from_args(args: argparse.Namespace, argv: list[str] | None = None) ->
     count = getattr(args, scheduler.kind)
     if not 1 <= count <= MAX_JOBS:
         raise UserError(f"--{scheduler.kind} {count}: expected 1 to {MAX_JOBS} jobs")
-    for option in ("walltime", "mem", "scratch", "container"):
+    for option in ("walltime", "mem", "scratch", "account", "container"):
         if getattr(args, option) is not None and not getattr(args, option).strip():
             raise UserError(f"--{option}='': expected a value (leave the option out for the "
                             "default)")

@@ -7,6 +7,9 @@
 {% if queue %}
 #PBS -q {{ queue }}
 {% endif %}
+{% if account %}
+#PBS -A {{ account }}
+{% endif %}
 #PBS -l select=1:ncpus={{ cpus }}{% if gpus %}:ngpus={{ gpus }}{% endif %}:mem={{ mem }}{% if scratch %}:scratch_local={{ scratch }}{% endif +%}
 #PBS -l walltime={{ walltime }}
 #PBS -j oe

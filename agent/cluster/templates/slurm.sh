@@ -18,6 +18,9 @@
 {% if queue %}
 #SBATCH --partition={{ queue }}
 {% endif %}
+{% if account %}
+#SBATCH --account={{ account }}
+{% endif %}
 #SBATCH --output={{ job_dir }}/slurm-%A_%a.out
 #SBATCH --chdir={{ submit_dir }}
 # Written by: {{ command_line }}
