@@ -161,11 +161,14 @@ def test_two_slurm_jobs_finish_a_local_sweep(workdir, slurm_cluster):
                              "sinks": {"value": []},
                              "lr": {"values": [0.02, 0.05, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6]}}}
     create_store(workdir / "data" / "sweeps" / "slurm8", "slurm8", "slurm8", config)
+    # --setup: a directive sbatch reads from it, and a line each task runs first
+    (workdir / "setup.sh").write_text("#SBATCH --comment=set-up-7\necho set-up ran\n")
     env = subprocess_env(SLURM_CONF=slurm_cluster["SLURM_CONF"], PATH=slurm_cluster["PATH"],
                          OMP_NUM_THREADS="1")
     result = subprocess.run(
         [str(ROOT / "run_sweep.sh"), "slurm8", "--slurm", "2", "--gpus-per-job", "0",
-         "--mem", "1gb", "--walltime", "0:10:00", "--account", "proj-7"], cwd=workdir, env=env,
+         "--mem", "1gb", "--walltime", "0:10:00", "--account", "proj-7", "--setup", "setup.sh"],
+        cwd=workdir, env=env,
         capture_output=True, text=True, timeout=120)
     assert result.returncode == 0, result.stderr
     job_id = re.search(r"Submitted SLURM job\(s\) (\d+)", result.stdout)[1]
@@ -179,6 +182,8 @@ def test_two_slurm_jobs_finish_a_local_sweep(workdir, slurm_cluster):
     outputs = "\n".join(p.read_text() for p in sorted(job_dir.glob("slurm-*.out")))
     assert sorted(tasks) == [("0", "COMPLETED", "0:0"), ("1", "COMPLETED", "0:0")], outputs
     assert re.findall(r"\bAccount=(\S+)", shown) == ["proj-7", "proj-7"]  # sbatch read it
+    assert re.findall(r"\bComment=(\S+)", shown) == ["set-up-7", "set-up-7"]
+    assert outputs.count("set-up ran\n") == 2
 
     runs = SweepStore(workdir / "data" / "sweeps" / "slurm8" / "sweep.db").runs()
     assert len(runs) == 8 and all(r.state == "finished" for r in runs), outputs

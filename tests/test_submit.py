@@ -450,6 +450,41 @@ def test_account_is_a_directive_and_repeated_by_the_hint_to_go_on(workdir, aux, 
 
 @pytest.mark.e2e
 @pytest.mark.timeout(120)
+def test_setup_file_goes_first_into_every_job_script(workdir, aux):
+    """`--setup FILE`: its lines (module load ...) go into each job script as they are, ahead
+    of every command, so that a `#PBS` line at its top is a directive too; the hint to go on
+    names the file by its absolute path. A file bash could not run line by line is one line,
+    exit 2, nothing written."""
+    make_sweep(workdir, "setup", {"lr": {"value": 0.1}})
+    (workdir / "setup.sh").write_text("#PBS -W group_list=lab\nmodule load 'cuda/12.4'\n\n")
+    path = f"{fake_scheduler_bin(aux)}:{os.environ['PATH']}"
+    result = launch(workdir, "setup", "--pbs", "1", "--gpus-per-job", "0", "--setup",
+                    "setup.sh", path=path)
+    assert result.returncode == 0, result.stderr
+    lines = Path((aux / "qsub.log").read_text().split()[-1]).read_text().splitlines()
+    commands = [i for i, line in enumerate(lines) if line.strip() and not line.startswith("#")]
+    assert lines.index("#PBS -W group_list=lab") < commands[0]
+    assert lines[commands[0]] == "module load 'cuda/12.4'"
+    assert lines[commands[1]] == "set -uo pipefail"
+    assert (f"export SWEEP_JOB_OPTIONS=' --pbs 1 --gpus-per-job 0 --setup "
+            f"{workdir / 'setup.sh'}'") in lines
+    for name, content, says in (
+            ("missing.sh", None, "No such file or directory"),
+            ("crlf.sh", b"module load cuda\r\n", "Windows line ends (CR)"),
+            ("binary.sh", b"\xff\xfe\x00", "not UTF-8 text"),
+            ("key.sh", b"export WANDB_API_KEY=0123456789abcdef\n", "no job script holds the key")):
+        if content is not None:
+            (workdir / name).write_bytes(content)
+        refused = launch(workdir, "setup", "--pbs", "1", "--setup", name, path=path)
+        assert refused.returncode == 2, refused.stderr
+        (line,) = refused.stderr.strip().splitlines()
+        assert line.startswith(f"error: --setup={name!r}: ") and says in line, line
+        assert "0123456789abcdef" not in refused.stdout + refused.stderr
+    assert len((aux / "qsub.log").read_text().splitlines()) == 1
+
+
+@pytest.mark.e2e
+@pytest.mark.timeout(120)
 @pytest.mark.parametrize("kind", ["--pbs", "--slurm"])
 def test_a_dry_run_says_the_notes_creating_the_sweep_would_say(workdir, kind):
     """A sweep file's notes (a parameter its runs do not use, a hyperband that stops nothing)
@@ -582,6 +617,7 @@ def test_a_submission_refused_after_some_jobs_names_them_and_the_sweep(tmp_path)
     (["--slurm", "1", "--scratch", "nothing"], "--scratch='nothing'"),
     (["--slurm", "1", "--walltime", " "], "--walltime=''"),
     (["--pbs", "1", "--container", ""], "--container=''"),
+    (["--slurm", "1", "--setup", ""], "--setup=''"),
     (["--slurm", "1", "--account", "two words"], "--account='two words': expected an account"),
     (["--pbs", "1", "--account=-x"], "--account='-x'"),  # qsub -A -x: an option
     (["--slurm", "1", "--account", "a'b"], "--account=\"a'b\""),
@@ -758,7 +794,15 @@ def variant_spec(variant, root: Path, python: str = "/venv/bin/python") -> JobSp
         container=root / "images dir" / "x.sif" if container else None, python=python,
         code_dir=root / "code", submit_dir=root / "submit", job_dir=root / "submit" / "jobs",
         settings={"WANDB_MODE": "offline", "WANDB_PROJECT": AWKWARD},
-        command_line=["./run_sweep.sh", "abc", f"--{kind}", str(jobs), "--project", AWKWARD])
+        command_line=["./run_sweep.sh", "abc", f"--{kind}", str(jobs), "--project", AWKWARD],
+        # --setup's lines (a directive at its top: only comments come before it), with and
+        # without: a stand-in `module` records its arguments, the export reaches the agents
+        setup=SETUP[kind] if jobs > 1 else None, setup_path=root / "setup dir" / "setup.sh")
+
+
+SETUP = {kind: f"{directive}\n# the cluster's software\nmodule load cuda/12.4\n"
+               "export SWEEP_SETUP=\"${SWEEP_SETUP:-loaded}\""
+         for kind, directive in (("pbs", "#PBS -m ae"), ("slurm", "#SBATCH --qos=long"))}
 
 
 def find_tool(name: str, why: str) -> str:
@@ -779,9 +823,13 @@ def test_every_template_variant_passes_shellcheck(tmp_path):
         for name, text in SCHEDULERS[variant[0]].scripts(variant_spec(variant, tmp_path)).items():
             paths.append(tmp_path / f"{variant_id(variant)}-{name}")
             paths[-1].write_text(text)
-            directives = [line for line in text.splitlines() if line.startswith(("#PBS",
-                                                                                "#SBATCH"))]
+            lines = text.splitlines()
+            directives = [line for line in lines if line.startswith(("#PBS", "#SBATCH"))]
             assert directives and not any(q in line for line in directives for q in "'\"\\")
+            # qsub and sbatch read directives up to the first command: none comes after one
+            first_command = next(i for i, line in enumerate(lines[1:], 1)
+                                 if line.strip() and not line.startswith("#"))
+            assert all(lines.index(line) < first_command for line in directives), name
     # PBS: one script per job; SLURM: one job-array script
     assert len(paths) == sum(jobs if kind == "pbs" else 1 for kind, *_, jobs in VARIANTS)
     # SC2016 says `$` in single quotes stays literal: what quoting the awkward values is for
@@ -796,7 +844,8 @@ import json, os, sys
 with open(os.environ["RECORD"], "a") as out:
     out.write(json.dumps({"argv": sys.argv[1:], "cwd": os.getcwd(),
                           "env": {k: os.environ.get(k) for k in ("PYTHONPATH", "WANDB_PROJECT",
-                                  "WANDB_MODE", "CUDA_VISIBLE_DEVICES")}}) + "\\n")
+                                  "WANDB_MODE", "CUDA_VISIBLE_DEVICES", "SWEEP_SETUP")}})
+              + "\\n")
 """
 
 
@@ -811,6 +860,7 @@ def test_every_template_variant_hands_its_values_over_exactly(tmp_path, variant)
     recorder.write_text(RECORDER)
     recorder.chmod(0o755)
     (recorder.parent / "apptainer").symlink_to(recorder)
+    (recorder.parent / "module").symlink_to(recorder)
     spec = variant_spec(variant, tmp_path, python=str(recorder))
     for directory in (spec.code_dir, spec.submit_dir / "data", spec.job_dir, tmp_path / "scratch"):
         directory.mkdir(parents=True)
@@ -841,6 +891,11 @@ def test_every_template_variant_hands_its_values_over_exactly(tmp_path, variant)
         else [])
     assert merges.count(every) <= (1 if kind == "pbs" and local else 0)
     (record,) = [r for r in records if "agent.launch" in r["argv"]]
+    # --setup's lines ran first, and what they export reaches the agents
+    assert [r["argv"] for r in records if r["argv"][0] == "load"] == (
+        [["load", "cuda/12.4"]] if spec.setup else [])
+    assert (records[0]["argv"][0] == "load") == bool(spec.setup)
+    assert record["env"]["SWEEP_SETUP"] == ("loaded" if spec.setup else None)
     launch = ["-m", "agent.launch", spec.sweep, *spec.launch_args]
     code, cwd = (work, work) if kind == "pbs" else (spec.code_dir, spec.submit_dir)
     assert record["cwd"] == str(cwd)

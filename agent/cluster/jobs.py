@@ -41,6 +41,10 @@ class JobSpec:
     job_dir: Path
     settings: dict[str, str] = field(default_factory=dict)
     command_line: list[str] = field(default_factory=list)  # the submitting command's words
+    # --setup: the text of the user's file of shell lines each job runs first (module load
+    # ...), and that file's path
+    setup: str | None = None
+    setup_path: Path | None = None
     # this submission's batch-job options (" --pbs 1 --walltime 24:00:00"): the job's hint to
     # go on with the sweep repeats them, so that a copied hint submits again the same way
     job_options: str = ""
@@ -91,6 +95,28 @@ def parse_scratch_mb(text: str) -> int | None:
     except UserError:
         raise UserError(f"--scratch={text!r}: expected a size with a unit, e.g. 20gb, or none "
                         "(no scratch asked for)") from None
+
+
+def read_setup(text: str | None) -> tuple[str | None, Path | None]:
+    """--setup FILE: the file's text (its trailing blank lines dropped) and its absolute path;
+    (None, None) without the option. UserError for a file bash could not read as lines."""
+    if text is None:
+        return None, None
+    path = Path(text).resolve()
+    try:
+        lines = path.read_bytes().decode("utf-8")
+    except (OSError, UnicodeDecodeError) as error:
+        why = error.strerror if isinstance(error, OSError) and error.strerror else "not UTF-8 text"
+        raise UserError(f"--setup={text!r}: expected a file of shell lines each job runs first, "
+                        f"e.g. `module load cuda` ({why})") from None
+    if "\0" in lines or "\r" in lines:
+        raise UserError(f"--setup={text!r}: " + ("a NUL byte: not a text file" if "\0" in lines
+                        else "Windows line ends (CR), which bash reads as part of each "
+                        "command: convert it with dos2unix"))
+    if re.search(r"WANDB_API_KEY\s*=", lines):  # job scripts are printed, copied, kept
+        raise UserError(f"--setup={text!r}: sets WANDB_API_KEY, and no job script holds the "
+                        "key: `wandb login` writes it to ~/.netrc, where the jobs' W&B reads it")
+    return lines.rstrip("\n"), path
 
 
 def format_hms(seconds: int) -> str:

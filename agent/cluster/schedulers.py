@@ -21,6 +21,7 @@ from agent.cluster.jobs import (
     parse_scratch_mb,
     parse_size_mb,
     parse_walltime,
+    read_setup,
 )
 from agent.cluster.scripts import needs_no_quoting, render
 from util.errors import UserError
@@ -58,6 +59,7 @@ class Scheduler:
         container = self.container(args.container)
         queue = self.queue(args, gpus)
         scratch = args.scratch if args.scratch is not None else self.default_scratch
+        setup, setup_path = read_setup(args.setup)
         spec = JobSpec(
             name=re.sub(r"[^A-Za-z0-9_.-]", "", f"sweep-{Path(sweep).name}")[:15],
             sweep=sweep, local_sweep=local_sweep, launch_args=launch_args, jobs=count,
@@ -70,7 +72,7 @@ class Scheduler:
             # a comment line in the script: one line, whatever the arguments hold
             command_line=["./run_sweep.sh", *(re.sub(r"[\x00-\x1f\x7f]", " ", a)
                                               for a in argv)],
-            job_options=self.job_options(args, count))
+            setup=setup, setup_path=setup_path, job_options=self.job_options(args, count))
         for what, path in (("submit directory", spec.submit_dir), ("job directory",
                                                                   spec.job_dir)):
             if not needs_no_quoting(path):  # job directives cannot quote a path
@@ -81,16 +83,18 @@ class Scheduler:
         return spec
 
     JOB_OPTIONS = ("walltime", "gpus_per_job", "cpus_per_job", "mem", "scratch", "queue",
-                   "partition", "account", "container")
+                   "partition", "account", "container", "setup")
 
     def job_options(self, args: argparse.Namespace, count: int) -> str:
         """The batch-job options given, as a command-line tail (" --pbs 1 --walltime
-        24:00:00"); the container's path absolute, as the job finds it."""
+        24:00:00"); the container's and the set-up file's paths absolute, as the job finds
+        them."""
         tail = f" --{self.kind} {count}"
         for name in self.JOB_OPTIONS:
             value = getattr(args, name)
             if value is not None:
-                value = self.container(value) if name == "container" else value
+                value = (self.container(value) if name == "container"
+                         else Path(value).resolve() if name == "setup" else value)
                 tail += f" --{name.replace('_', '-')} {shlex.quote(str(value))}"
         return tail
 

@@ -1,7 +1,9 @@
 """Job scripts from the bash templates in agent/cluster/templates/ (Jinja2).
 
 Every value a template substitutes (`{{ value }}`) is shell-quoted on the way in, by the
-environment's `finalize`: a template cannot forget to quote. Lists become quoted words.
+environment's `finalize`: a template cannot forget to quote. Lists become quoted words. The
+one exception is asked for by name: `{{ text | verbatim }}`, shell lines the user wrote
+(--setup), which go into the script as they are.
 """
 
 from __future__ import annotations
@@ -21,11 +23,17 @@ _PLAIN_WORD = re.compile(r"[\w@%+=:,./-]+")
 _CONTROL = re.compile(r"[\x00-\x1f\x7f]")
 
 
+class Verbatim(str):
+    """Text a template puts into the script as it is (`| verbatim`): the user's own lines."""
+
+
 def shell_word(value) -> str:
     """`value` as bash source that reads back as exactly `value`; a list or tuple as its
     items, each quoted, joined by spaces. UserError for a control character (a newline
     would end a comment line early); TypeError for None or a bool (a template must test
     those with `{% if %}`, not print them)."""
+    if isinstance(value, Verbatim):
+        return value
     if isinstance(value, (list, tuple)):
         return " ".join(shell_word(item) for item in value)
     if value is None or isinstance(value, bool):
@@ -49,6 +57,7 @@ _ENVIRONMENT = jinja2.Environment(
     keep_trailing_newline=True,
     # bash's `${#name}` would open a Jinja comment with the default `{#`
     comment_start_string="{##", comment_end_string="##}")
+_ENVIRONMENT.filters["verbatim"] = Verbatim
 
 
 def render(template: str, **values) -> str:

@@ -71,6 +71,9 @@ def add_submit_options(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--partition", help="SLURM partition (default: the cluster's)")
     group.add_argument("--account", help="the account the jobs are charged to (SLURM "
                        "--account, PBS -A; default: the scheduler's for you)")
+    group.add_argument("--setup", metavar="FILE", help="shell lines each job runs first "
+                       "(module load ...), copied into the job scripts; #PBS/#SBATCH lines at "
+                       "its top are directives too")
     group.add_argument("--container", metavar="IMAGE.sif", help="run the agents in this "
                        "Apptainer/Singularity image instead of the virtualenv")
     group.add_argument("--dry-run", action="store_true", help="print the job scripts; "
@@ -252,7 +255,7 @@ def submit_from_args(args: argparse.Namespace, argv: list[str] | None = None) ->
     count = getattr(args, scheduler.kind)
     if not 1 <= count <= MAX_JOBS:
         raise UserError(f"--{scheduler.kind} {count}: expected 1 to {MAX_JOBS} jobs")
-    for option in ("walltime", "mem", "scratch", "account", "container"):
+    for option in ("walltime", "mem", "scratch", "account", "container", "setup"):
         if getattr(args, option) is not None and not getattr(args, option).strip():
             raise UserError(f"--{option}='': expected a value (leave the option out for the "
                             "default)")

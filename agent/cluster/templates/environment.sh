@@ -1,5 +1,14 @@
-{## The start of every job script, after the directives: shell settings, where the code is,
-    the W&B settings of the submitting shell, and (container) the apptainer binary. ##}
+{## The start of every job script, after the directives: the user's set-up lines (--setup),
+    shell settings, where the code is, the W&B settings of the submitting shell, and
+    (container) the apptainer binary. ##}
+{% if setup is not none %}
+{## First, before any command of ours: #PBS/#SBATCH lines at its top are still directives
+    (only comments come before them), and `set -u` does not apply to scripts written without
+    it (`module` of some sites reads unset variables) ##}
+# ---- --setup {{ setup_path }}, as it was at submission ----
+{{ setup | verbatim }}
+# ---- end of --setup ----
+{% endif %}
 set -uo pipefail
 trap 'exit 143' TERM INT  # until the agents run
 
