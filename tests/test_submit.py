@@ -155,6 +155,33 @@ def test_pbs_job_runs_a_local_sweep_in_scratch_and_copies_everything_back(workdi
 
 
 @pytest.mark.e2e
+@pytest.mark.timeout(240)
+def test_a_pbs_job_whose_last_merge_fails_leaves_the_sweeps_store_as_it_was(workdir, aux):
+    """The job's last merge fails (here: the sweep's store turned into one of another schema
+    version while the job ran): its runs stay in scratch, named in its log. Its copy-back of
+    logs must not copy the job's own store over the sweep's (cp -u copied data/ whole, the
+    job's newer store file with it), which would drop whatever else was merged there."""
+    store_path = make_sweep(workdir, "held", {"hidden": {"value": 16}, "epochs": {"value": 1},
+                                              "sinks": {"value": []}})
+    job = pbs_job(workdir, aux, submit_pbs(workdir, aux, "held", "--walltime", "0:30:00"))
+    wait_for(lambda: (aux / "scratch" / "sweep-job" / "sweep-base.db").exists(), 120,
+             "the job's copy of the store")
+    with sqlite3.connect(store_path, timeout=60) as db:
+        db.execute("PRAGMA user_version=999")
+    db.close()
+    before = store_path.read_bytes()
+    out, err = job.communicate(timeout=200)
+    assert "sweep store not merged" in err and "schema version 999" in err, err[-3000:]
+    assert "error: copying results back failed" in err, err[-3000:]
+    assert store_path.read_bytes() == before  # not the job's copy
+    kept = aux / "scratch" / "sweep-job" / "data" / "sweeps" / "held" / "sweep.db"
+    assert kept.is_file()  # the job's runs, for the merge its log names
+    with sqlite3.connect(kept) as db:
+        assert db.execute("SELECT state FROM runs").fetchall() == [("finished",)]
+    db.close()
+
+
+@pytest.mark.e2e
 @pytest.mark.timeout(200)
 @pytest.mark.parametrize("none", ["none", "0"])
 def test_a_pbs_job_asking_no_scratch_works_in_the_jobs_tmpdir(workdir, aux, none):

@@ -194,7 +194,8 @@ class PBS(Scheduler):
     queue_option = "--queue"
     default_scratch = "20gb"
     watch = "qstat -u $USER"
-    status_note = " (updated when the job ends: it works on a copy in scratch)"
+    status_note = (f" (every {MERGE_EVERY_S} s: the job merges its copy in scratch into "
+                   "the sweep's store)")
     # Left out of the code copied to scratch: environments, results and history.
     NOT_CODE = ("./.venv", "./data", "./wandb", "./reports", "./.git", "./.pytest_cache",
                 "./.ruff_cache", "./.hypothesis", "__pycache__", "*.sif", ".env")

@@ -60,8 +60,13 @@ copy_back() {
   fi
 {% endif %}
   if [ "$copied_in" = 1 ]; then
-    # -u: only what is new or changed (logs, offline runs, a new dataset cache)
-    cp -a -u "$work/data/." "$submit_dir/data/" || failed=1
+    # -u: only what is new or changed (logs, offline runs, a new dataset cache); the
+    # sweep's store goes back by merging only: a copy of the job's store over it would drop
+    # what other jobs merged (left in scratch when its merge failed)
+    for entry in "$work/data"/* "$work/data"/.[!.]*; do
+      [ -e "$entry" ] && [ "$entry" != "$work/data/sweeps" ] || continue
+      cp -a -u "$entry" "$submit_dir/data/" || failed=1
+    done
     if [ -d "$work/wandb" ]; then
       mkdir -p "$submit_dir/wandb" &&
         cp -a -u "$work/wandb/." "$submit_dir/wandb/" || failed=1
