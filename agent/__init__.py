@@ -10,14 +10,6 @@ ids (`ids`), YAML reading (`yaml_file`) and what a sweep file searches over (`sw
 
 import sys
 
+from util.errors import quiet_interrupt
 
-def _quiet_interrupt(kind, value, traceback, _default=sys.excepthook):
-    """Ctrl-C before a command has set up its own handling (while its modules load, in its
-    first second or two) ends it with one word, not a traceback of the imports."""
-    if issubclass(kind, KeyboardInterrupt):
-        print("interrupted", file=sys.stderr)
-        return
-    _default(kind, value, traceback)
-
-
-sys.excepthook = _quiet_interrupt
+sys.excepthook = quiet_interrupt

@@ -47,7 +47,7 @@ from util.errors import (
     CommandParser,
     UserError,
     brief,
-    exit_on_user_error,
+    exit_command,
     int_option,
     one_line,
 )
@@ -293,11 +293,8 @@ def run_agent_here(agent_argv: list[str], slot: dict, store: SweepStore | None =
     from agent.sweep import agent_loop
 
     handlers = {s: signal.getsignal(s) for s in stop_signals()}
-    signalled: list[int] = []
     try:
-        code = agent_loop.main(agent_argv, signalled)
-        # a Ctrl-C that preempted the agent ends the launch as interrupted (it ends with 0)
-        return max(code, INTERRUPTED_EXIT_CODE) if signal.SIGINT in signalled else code
+        return agent_loop.main(agent_argv)  # 130 after a Ctrl-C, as its own process gives
     except KeyboardInterrupt:  # a Ctrl-C before the agent's own handlers were in: no run
         return INTERRUPTED_EXIT_CODE  # was claimed yet
     except UserError as error:
@@ -516,11 +513,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    exit_code = exit_on_user_error(main)
-    if exit_code == INTERRUPTED_EXIT_CODE:
-        # A Ctrl-C ends the launch as it ends one before the sweep exists: "interrupted"
-        # (agent/__init__.py), then Python's exit handlers, then killed by SIGINT, which a
-        # shell reports as 130 and which stops a script that ran the launch (a plain exit
-        # with 130 reads to the shell as a Ctrl-C the command handled: the script goes on)
-        raise KeyboardInterrupt
-    raise SystemExit(exit_code)
+    exit_command(main)  # after a Ctrl-C: killed by SIGINT, its closing lines out

@@ -2,7 +2,7 @@
 best runs, for means and confidence intervals in the study report (agent/report/repeat.py)."""
 
 from agent.report.repeat import main
-from util.errors import exit_on_user_error
+from util.errors import exit_command
 
 if __name__ == "__main__":
-    raise SystemExit(exit_on_user_error(main))
+    exit_command(main)  # after a Ctrl-C of --run: killed by SIGINT, its closing lines out

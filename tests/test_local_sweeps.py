@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import shlex
 import shutil
 import signal
 import sqlite3
@@ -71,13 +72,14 @@ def preempt_after(workdir: Path, store: SweepStore, epochs: int):
     return run
 
 
-def write_grid(path: Path, epochs: int, lrs: list[float]) -> None:
-    """A sweep file for the launcher: LONG_RUN's digits runs, a grid over `lrs`."""
+def write_grid(path: Path, epochs: int, lrs: list[float], **parameters) -> None:
+    """A sweep file for the launcher: LONG_RUN's digits runs (with `parameters` over them), a
+    grid over `lrs`."""
     path.write_text(yaml.safe_dump({
         "program": "agent/train.py", "command": COMMAND, "method": "grid",
         "metric": {"name": "val/acc", "goal": "maximize"},
         "parameters": {**LONG_RUN, "dataset": {"value": "digits"}, "epochs": {"value": epochs},
-                       "lr": {"values": lrs}}}))
+                       "lr": {"values": lrs}, **parameters}}))
 
 
 def states(store: SweepStore) -> list[str]:
@@ -559,13 +561,50 @@ def test_ctrl_c_stops_every_agent_cleanly_and_keeps_the_runs_resumable(workdir, 
 @pytest.mark.e2e
 @pytest.mark.timeout(240)
 @pytest.mark.parametrize("how", ["sigterm", "ctrl-c", "hang-up"])
+def test_an_agent_on_its_own_ends_as_interrupted_after_a_ctrl_c(workdir, how):
+    """`python -m agent.sweep.agent_loop <sweep> && next`, as a user runs one agent on its
+    own: a Ctrl-C preempts its run (kept resumable) and ends the agent as interrupted,
+    killed by SIGINT once its lines are out (a shell reports 130), so `next` does not run;
+    it ended with 0 and the shell went on. A scheduler's SIGTERM or a SIGHUP still ends it
+    with 0 (`next` runs)."""
+    store = make_sweep(workdir, "alone", {**LONG_RUN, "epochs": {"value": 30},
+                                          "lr": {"values": [0.01, 0.02]}})
+    agent = [sys.executable, "-m", "agent.sweep.agent_loop", store.sweep().id]
+    shell = subprocess.Popen(["/bin/bash", "-c", f"{shlex.join(agent)} && echo next"],
+                             cwd=workdir, env=subprocess_env(OMP_NUM_THREADS="1"),
+                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                             start_new_session=True, preexec_fn=in_a_terminal_session)
+    wait_for(lambda: any(r.state == "running" and r.epoch >= 1 for r in store.runs()), 120,
+             "a running run")
+    if how == "ctrl-c":  # what Ctrl-C sends the foreground group: the shell and the agent
+        os.killpg(shell.pid, signal.SIGINT)
+    else:  # a scheduler's walltime, or SIGHUP (a shell that hung up would die of it itself)
+        (owner,) = [r.owner for r in store.runs() if r.state == "running"]
+        os.kill(int(owner.rpartition(":")[2]),
+                signal.SIGTERM if how == "sigterm" else signal.SIGHUP)
+    out, err = shell.communicate(timeout=60)
+    (stopped,) = store.runs()
+    assert stopped.state == "preempted" and stopped.epoch >= 1, err[-2000:]
+    assert "Traceback" not in err, err[-2000:]
+    if how == "ctrl-c":
+        assert shell.returncode in (-signal.SIGINT, 130), err[-2000:]  # bash: either way
+        assert out == "" and err.splitlines()[-1] == "interrupted", (out, err[-2000:])
+    else:
+        assert (shell.returncode, out) == (0, "next\n"), err[-2000:]
+
+
+@pytest.mark.e2e
+@pytest.mark.timeout(240)
+@pytest.mark.parametrize("how", ["sigterm", "ctrl-c", "hang-up"])
 def test_one_agent_trains_in_the_launchers_process_and_a_signal_preempts_it(workdir, how):
     """One agent on the CPU: the launcher trains itself (no second interpreter to import
     torch, the engine and wandb again); SIGTERM or Ctrl-C still preempts the run, keeps it
     resumable, prints the closing table and exits 0 (a Ctrl-C: killed by SIGINT, which a
-    shell reports as 130), and the sweep goes on from it."""
+    shell reports as 130, after one word: wandb's service, started by the run's W&B sink,
+    had put a traceback of the KeyboardInterrupt before it), and the sweep goes on from it."""
     sweep_file = workdir / "long.yaml"
-    write_grid(sweep_file, epochs=30, lrs=[0.01, 0.02])
+    write_grid(sweep_file, epochs=30, lrs=[0.01, 0.02],
+               sinks={"value": ["tensorboard", "wandb"]})
     launcher = subprocess.Popen([sys.executable, "-m", "agent.launch", str(sweep_file)],
                                 cwd=workdir, env=subprocess_env(), stdout=subprocess.PIPE,
                                 stderr=subprocess.PIPE, text=True, start_new_session=True,
@@ -583,6 +622,9 @@ def test_one_agent_trains_in_the_launchers_process_and_a_signal_preempts_it(work
         os.killpg(launcher.pid, signal.SIGINT)  # what Ctrl-C sends to the foreground group
     out, err = launcher.communicate(timeout=60)
     assert launcher.returncode == (-signal.SIGINT if how == "ctrl-c" else 0), err[-2000:]
+    assert "Traceback" not in err, err[-2000:]
+    if how == "ctrl-c":
+        assert err.splitlines()[-1] == "interrupted", err[-2000:]
     (stopped,) = store.runs()
     assert stopped.state == "preempted" and stopped.epoch >= 1
     assert "Results:" in out and f"./run_sweep.sh {store.sweep().id}" in out

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import csv
 import itertools
+import signal
 
 import numpy as np
 import pytest
@@ -338,11 +339,13 @@ def test_a_sweep_without_seed_keeps_one_setting_a_run():
 
 @pytest.mark.e2e
 @pytest.mark.timeout(300)
-def test_ctrl_c_stops_repeat_run_before_the_next_repeat_sweep(tmp_path):
+@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM], ids=["ctrl-c", "sigterm"])
+def test_ctrl_c_stops_repeat_run_before_the_next_repeat_sweep(tmp_path, signum):
     """`agent.repeat --run` trains one repeat sweep after another; Ctrl-C preempts the run
-    in training and stops there (the next repeat sweep is not started), exit code 0 as any
-    preempted agent, with a line on how to go on."""
-    import signal
+    in training and stops there (the next repeat sweep is not started), with a line on how
+    to go on, then ends as interrupted: killed by SIGINT (a shell reports 130), so that
+    `agent.repeat ... --run && next` goes no further; it ended with 0. A scheduler's
+    SIGTERM ends it with 0, as any preempted agent."""
     import subprocess
     import sys
     import time
@@ -361,11 +364,16 @@ def test_ctrl_c_stops_repeat_run_before_the_next_repeat_sweep(tmp_path):
         if line.startswith("run 1/4 "):
             break
     time.sleep(1.0)
-    process.send_signal(signal.SIGINT)
+    process.send_signal(signum)
     out, _ = process.communicate(timeout=120)
     text = "".join(lines) + out
-    assert process.returncode == 0, text
-    assert "Stopped with repeat sweep" in text and "--run" in text.splitlines()[-1], text
+    assert "Stopped with repeat sweep" in text and "Traceback" not in text, text
+    if signum == signal.SIGINT:
+        assert process.returncode == -signal.SIGINT, text
+        assert text.splitlines()[-1] == "interrupted" and "--run" in text.splitlines()[-2]
+    else:
+        assert process.returncode == 0, text
+        assert "--run" in text.splitlines()[-1], text
     sweeps = [SweepStore(p) for p in (tmp_path / "data" / "sweeps").glob("*/sweep.db")]
     repeats = [s for s in sweeps if s.sweep().id != "seeded"]
     assert len(repeats) == 2  # both made, one started

@@ -107,16 +107,18 @@ class Launched:
 
 
 def start(tmp_path: Path, server: LoopbackWandb, *options: str, target: str | None = None,
-          **environ: str) -> Launched:
+          command: tuple[str, ...] = ("agent.launch",), **environ: str) -> Launched:
     """`./run_sweep.sh <entity/project/id> [options]` (its launcher) against `server`, online
     (with `environ` added to its environment), in a process group of its own; with `target`
-    (a sweep YAML), that local sweep, its runs logged online to `server`."""
+    (a sweep YAML), that local sweep, its runs logged online to `server`. `command`: the
+    module run and its options before the target (the agent on its own: agent.sweep.agent_loop
+    --wandb)."""
     env = subprocess_env(WANDB_BASE_URL=server.url, WANDB_API_KEY=FAKE_KEY,
                          HOME=str(tmp_path / "home"), WANDB_DIR=str(tmp_path), **environ)
     env.pop("WANDB_MODE")  # online: the runs stream to the server
     (tmp_path / "home").mkdir(exist_ok=True)
     return Launched(subprocess.Popen(
-        [sys.executable, "-m", "agent.launch", target or server.path, *options], cwd=tmp_path,
+        [sys.executable, "-m", *command, target or server.path, *options], cwd=tmp_path,
         env=env,
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True))
 
@@ -377,6 +379,44 @@ def test_sigterm_ends_another_programs_run_and_its_agent(tmp_path):
     assert code == 0, process.stderr[-3000:]
     assert list(server.runs) == ["wbrun000"]  # the second run was never taken
     assert len([row for row in server.runs["wbrun000"].history if "val_loss" in row]) < 300
+
+
+AGENT_ALONE = ("agent.sweep.agent_loop", "--wandb")
+
+
+@pytest.mark.e2e
+@pytest.mark.timeout(450)
+@pytest.mark.parametrize("sweep", [SWEEP, PROGRAM_SWEEP], ids=["our-trainer", "another-program"])
+def test_a_ctrl_c_ends_an_agent_on_its_own_as_interrupted(tmp_path, sweep):
+    """`python -m agent.sweep.agent_loop --wandb <sweep>`, one agent on its own (as
+    `wandb agent` is run): a Ctrl-C mid-run stops the run (ours preempted, another program's
+    run ended by W&B's agent), takes no other run and ends the agent killed by SIGINT once
+    its lines are out, as a shell reports a Ctrl-C (130): it ended with 0, and `agent &&
+    next` went on."""
+    ours = sweep is SWEEP
+    long = {"lr": 0.1, "epochs": 10000, "batch_size": 8} if ours else \
+        {"lr": 0.1, "epochs": 300, "seconds_per_epoch": 1.0}
+    run_dir = tmp_path / "data" / "runs" / "wbrun000"
+    with LoopbackWandb(sweep, [long, long | {"lr": 0.5}], hold=True) as server:
+        try:
+            with start(tmp_path, server, command=AGENT_ALONE) as process:
+                process.wait_until((run_dir / "checkpoint.pt").is_file if ours else
+                                   lambda: "wbrun000" in server.runs
+                                   and server.runs["wbrun000"].history)  # into its epochs
+                os.killpg(process.pid, signal.SIGINT)  # what Ctrl-C sends the foreground group
+                code = process.wait(120)
+                wait_for(lambda: not processes_of_run(tmp_path, "wbrun000"), timeout=30)
+        finally:  # a run's process left by a failing test (it runs in a group of its own)
+            for pid in processes_of_run(tmp_path, "wbrun000"):
+                os.kill(pid, signal.SIGKILL)
+    assert code == -signal.SIGINT, process.stderr[-3000:]
+    assert process.stderr.splitlines()[-1] == "interrupted", process.stderr[-3000:]
+    assert list(server.runs) == ["wbrun000"]  # the second run was never taken
+    if ours:
+        assert server.runs["wbrun000"].preempting
+        assert "Traceback" not in process.stderr, process.stderr[-3000:]
+    else:  # the user's program may print its own KeyboardInterrupt, not the agent
+        assert f'File "{ROOT / "agent"}' not in process.stderr, process.stderr[-3000:]
 
 
 def wandb_core_of(pid: int) -> list[int]:

@@ -18,6 +18,7 @@ import signal
 import sys
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from typing import NoReturn
 
 USAGE_EXIT_CODE = 2
 # What a shell reports for a command that a Ctrl-C stopped (128 + SIGINT): `a && b` goes no
@@ -154,6 +155,42 @@ def exit_on_user_error(main):
         # Python flushes stdout once more at exit: into /dev/null, so that says nothing either
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         raise SystemExit(128 + signal.SIGPIPE) from None
+
+
+def quiet_interrupt(kind, value, traceback, _default=sys.excepthook):
+    """sys.excepthook of our commands (agent/__init__.py): a Ctrl-C before a command has set
+    up its own handling (while its modules load, in its first second or two) ends it with
+    one word, not a traceback of the imports; so does a command that trains, after its
+    Ctrl-C (exit_command)."""
+    if issubclass(kind, KeyboardInterrupt):
+        print("interrupted", file=sys.stderr)
+        return
+    _default(kind, value, traceback)
+
+
+def interrupted_code(code: int, signalled: list[int]) -> int:
+    """A training command's exit code `code`, at least INTERRUPTED_EXIT_CODE when a Ctrl-C
+    (SIGINT) is among the stop signals it had (`signalled`): its agent ends a preempted run
+    with 0 whichever signal preempted it, and a Ctrl-C must still stop `cmd && next`."""
+    return max(code, INTERRUPTED_EXIT_CODE) if signal.SIGINT in signalled else code
+
+
+def exit_command(main: Callable[[], int]) -> NoReturn:
+    """`main()` run as a command's process (exit_on_user_error), which exits with its code.
+    A command that trains returns INTERRUPTED_EXIT_CODE after a Ctrl-C, its closing lines
+    printed: it then ends as it would on a Ctrl-C before its handlers were in, "interrupted"
+    (quiet_interrupt), Python's exit handlers, then killed by SIGINT (Python re-raises an
+    unhandled KeyboardInterrupt so), which a shell reports as 130 and which stops a script
+    that ran it. A plain exit with 130 reads to a shell as a Ctrl-C the command handled: the
+    script goes on. Any other code is a plain exit (0 after a scheduler's SIGTERM)."""
+    code = exit_on_user_error(main)
+    if code == INTERRUPTED_EXIT_CODE:
+        sys.stdout.flush()  # its closing lines before the word, in a log of both streams
+        # Ours again: wandb's service, once started in this process (a run's wandb sink),
+        # wraps the hook in one that prints a traceback of every uncaught exception first
+        sys.excepthook = quiet_interrupt
+        raise KeyboardInterrupt
+    raise SystemExit(code)
 
 
 class CommandParser(argparse.ArgumentParser):

@@ -49,7 +49,7 @@ from agent.report.study import (
 from agent.sweep.status import ENDED, current_runs, planned_runs
 from agent.sweep.store import SWEEPS_DIR, SweepStore, create_store
 from agent.sweep_space import swept_parameters
-from util.errors import CommandParser, UserError, brief, int_option
+from util.errors import CommandParser, UserError, brief, int_option, interrupted_code
 
 COPIED_KEYS = ("program", "command", "metric")  # what a repeat keeps of the original sweep
 
@@ -462,12 +462,13 @@ def main(argv: list[str] | None = None) -> int:
         from agent.sweep.agent_loop import pack_sizer, run_local_agent
 
         sizer = pack_sizer(args.pack_size)  # one for all: --pack auto measures a kind once
+        signalled: list[int] = []  # the stop signals the agent had: a Ctrl-C ends it as 130
         for store in stores:
-            code = max(code, run_local_agent(store, sizer=sizer))
+            code = max(code, run_local_agent(store, sizer=sizer, signalled=signalled))
             if not _finished(store):  # interrupted (Ctrl-C, SIGTERM), or runs failed
                 print(f"Stopped with repeat sweep {store.sweep().id} not finished: go on "
                       f"with {again_command(args, study)} (finished repeats are kept)")
-                return code
+                return interrupted_code(code, signalled)
         print(f"Next: {module_command('agent.report')} {study.sweep_id}")
     else:
         print(f"Or all now: {again_command(args, study)}")

@@ -52,8 +52,10 @@ from util.errors import (
     CommandParser,
     UserError,
     brief,
+    exit_command,
     exit_on_user_error,
     int_option,
+    interrupted_code,
     naming,
     one_line,
     storage_problem,
@@ -734,8 +736,8 @@ def run_local_agent(store: SweepStore, count: int | None = None,
     --pack auto), or as `sizer` says (one kept over several sweeps in one process: what
     --pack auto measured for a kind of pack holds for the next sweep's runs of that kind).
     Returns the agent's exit code: 1 after 3 failed trials in a row. The stop signals it
-    had are added to `signalled` (the launcher that trains in its own process reads there
-    whether a Ctrl-C stopped it)."""
+    had are added to `signalled` (the command that ran it reads there whether a Ctrl-C
+    stopped it: interrupted_code)."""
     return LocalAgent(store, heartbeat_s, timeout, sizer or pack_sizer(pack),
                       signalled).run(count)
 
@@ -751,12 +753,13 @@ def _device_memory_mb() -> float | None:
 
 
 def run_wandb_agent(sweep_path: str, count: int | None, project: str | None,
-                    pack: int | None = 1) -> int:
+                    pack: int | None = 1, signalled: list[int] | None = None) -> int:
     """Agents on a W&B sweep: configs come from the server (agent/sweep/wandb_agent.py),
-    `pack` runs a trial (agent/sweep/wandb_pack.py)."""
+    `pack` runs a trial (agent/sweep/wandb_pack.py). The stop signals they had are added to
+    `signalled`."""
     from agent.sweep.wandb_agent import run_wandb_sweep
 
-    signalled = []
+    signalled = [] if signalled is None else signalled
     for number in stop_signals():  # the trial preempts at its next step
         signal.signal(number, lambda number, frame: signalled.append(number))
     return run_wandb_sweep(sweep_path, count, project, interrupted=lambda: bool(signalled),
@@ -785,16 +788,24 @@ def parse_options(argv: list[str] | None) -> argparse.Namespace:
     return args
 
 
-def main(argv: list[str] | None = None, signalled: list[int] | None = None) -> int:
-    """The agent of `argv`; its exit code. A local sweep's agent adds the stop signals it had
-    to `signalled` (run_local_agent)."""
+def main(argv: list[str] | None = None) -> int:
+    """The agent of `argv`; its exit code: 130 once a Ctrl-C preempted it (its run kept
+    resumable, as SIGTERM's, which ends it with 0)."""
     args = parse_options(argv)
+    signalled: list[int] = []
     if args.wandb:  # reachable with credentials, or one line (never a login prompt)
         check_wandb_sweep(SweepTarget("wandb", args.sweep, wandb_path=args.sweep))
-        return run_wandb_agent(args.sweep, args.count, args.project, args.pack)
-    return run_local_agent(open_store(args.sweep), args.count, args.heartbeat,
-                           args.heartbeat_timeout, args.pack, signalled=signalled)
+        code = run_wandb_agent(args.sweep, args.count, args.project, args.pack, signalled)
+    else:
+        code = run_local_agent(open_store(args.sweep), args.count, args.heartbeat,
+                               args.heartbeat_timeout, args.pack, signalled=signalled)
+    return interrupted_code(code, signalled)
 
 
 if __name__ == "__main__":
-    raise SystemExit(exit_on_user_error(main))
+    if signal.getsignal(signal.SIGINT) == signal.SIG_IGN:
+        # A launcher's agent (started with Ctrl-C ignored, launch.IGNORING_CTRL_C): its
+        # launcher ends as interrupted, once for all its agents, each of which had the
+        # terminal's Ctrl-C too; it says nothing of its own and exits with its code
+        raise SystemExit(exit_on_user_error(main))
+    exit_command(main)  # after a Ctrl-C: killed by SIGINT, its closing lines out

@@ -81,16 +81,21 @@ def run_wandb_cli_agent(sweep_id: str, entity: str | None, project: str | None,
     the terminal's reach), waits for it to end, kills it 30 s later (program.KILL_DELAY_S,
     as W&B's agent stops a run), takes no other run and returns. Without this, the
     agent's own handlers (which the trainer's loop reads) left SIGTERM unheard by W&B's
-    loop: the agent took run after run until SIGKILL."""
+    loop: the agent took run after run until SIGKILL. The signal still reaches the handler
+    it replaces (the agent's, which notes which signal stopped it: a Ctrl-C ends the
+    agent's process as interrupted, a SIGTERM with 0)."""
     import signal
 
     import wandb
 
     def as_ctrl_c(signum, frame):
+        if callable(previous.get(signum)):
+            previous[signum](signum, frame)
         raise KeyboardInterrupt
 
-    previous = {number: signal.signal(number, as_ctrl_c)
-                for number in (signal.SIGTERM, signal.SIGINT)}
+    previous = {}
+    for number in (signal.SIGTERM, signal.SIGINT):
+        previous[number] = signal.signal(number, as_ctrl_c)
     # W&B's agent starts each run with this process's environment: the caller's, as `wandb
     # agent` from the caller's shell has it (its python, not this project's venv)
     caller = program.caller_environment(os.environ)
