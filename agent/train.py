@@ -19,7 +19,12 @@ if __name__ == "__main__" and not __package__:
     sys.path.insert(0, os.path.dirname(_here))
 
 from agent.params import RunConfig, help_table, parse_args, validate  # noqa: E402
-from util.errors import UserError, exit_on_user_error, storage_problem  # noqa: E402
+from util.errors import (  # noqa: E402
+    INTERRUPTED_EXIT_CODE,
+    UserError,
+    exit_command,
+    storage_problem,
+)
 
 PREEMPTED_EXIT_CODE = 143  # 128 + SIGTERM, what a shell reports for a terminated job
 
@@ -55,13 +60,17 @@ def main(argv: list[str] | None = None) -> int:
 
     from agent.trial.loop import Preempted, TrialHooks, train
 
-    terminated = []
-    signal.signal(signal.SIGTERM, lambda signum, frame: terminated.append(signum))
+    # SIGTERM (a scheduler, W&B's agent stopping a run) or Ctrl-C: preempted at the next
+    # step. A Ctrl-C raised KeyboardInterrupt mid-step: the run ended failed, with a traceback.
+    signalled = []
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(signum, lambda signum, frame: signalled.append(signum))
     try:
-        train(config, TrialHooks(interrupted=lambda: bool(terminated)))
+        train(config, TrialHooks(interrupted=lambda: bool(signalled)))
     except Preempted as stop:
         print(f"preempted: {stop}{what_is_left(stop.summary)}", file=sys.stderr)
-        return PREEMPTED_EXIT_CODE
+        # after a Ctrl-C, killed by SIGINT (exit_command): `train && next` goes no further
+        return INTERRUPTED_EXIT_CODE if signal.SIGINT in signalled else PREEMPTED_EXIT_CODE
     except OSError as error:
         problem = storage_problem(error)  # a full or read-only disk: one line, not a bug
         if problem is None:
@@ -85,4 +94,4 @@ def what_is_left(summary: dict) -> str:
 
 
 if __name__ == "__main__":
-    raise SystemExit(exit_on_user_error(main))
+    exit_command(main)  # after a Ctrl-C: killed by SIGINT, its closing line out

@@ -3,6 +3,8 @@ divergence, checkpoint and resume, and what lands in TensorBoard."""
 
 import dataclasses
 import math
+import os
+import signal
 import subprocess
 import sys
 import time
@@ -88,6 +90,40 @@ def test_diverged_run_exits_0_from_the_command_line(workdir):
         cwd=workdir, env=subprocess_env(), capture_output=True, text=True, timeout=100)
     assert result.returncode == 0, result.stderr
     assert "diverged" in result.stdout
+
+
+@pytest.mark.e2e
+@pytest.mark.timeout(180)
+@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM], ids=["ctrl-c", "sigterm"])
+def test_a_signal_preempts_a_command_line_trial_and_a_ctrl_c_ends_it_as_interrupted(workdir,
+                                                                                    signum):
+    """`python -m agent.train ...` stopped mid-run by a Ctrl-C (SIGINT to its group, as a
+    terminal sends it) or SIGTERM: the run is preempted at its next step, its checkpoint
+    kept, with the line saying how to resume; then a Ctrl-C ends the command killed by
+    SIGINT (a shell reports 130, `train && next` goes no further), SIGTERM with 143. A
+    Ctrl-C raised KeyboardInterrupt mid-step: the run failed, with a traceback. With the
+    W&B sink (offline), whose service wraps sys.excepthook, as by default."""
+    run_dir = workdir / "runs" / "cut"
+    process = subprocess.Popen(
+        [sys.executable, "-m", "agent.train", "--dataset=digits", "--model=dense",
+         "--hidden=256", "--batch_size=8", "--epochs=300", "--run_id=cut",
+         "--sinks=[wandb]", f"--run_dir={workdir / 'runs'}", f"--data_dir={workdir / 'data'}"],
+        cwd=workdir, env=subprocess_env(OMP_NUM_THREADS="1"), stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE, text=True, start_new_session=True)
+    deadline = time.monotonic() + 120
+    while not (run_dir / "checkpoint.pt").is_file():  # into its epochs
+        assert process.poll() is None and time.monotonic() < deadline, process.stderr.read()
+        time.sleep(0.2)
+    os.killpg(process.pid, signum)
+    _, err = process.communicate(timeout=60)
+    assert process.returncode == (-signal.SIGINT if signum == signal.SIGINT else 143), err
+    assert "Traceback" not in err, err[-2000:]
+    lines = err.splitlines()
+    said = lines[-2:] if signum == signal.SIGINT else lines[-1:]
+    assert said[0].startswith("preempted: run cut interrupted in epoch "), err[-2000:]
+    assert said[1:] == (["interrupted"] if signum == signal.SIGINT else []), err[-2000:]
+    saved = torch.load(run_dir / "checkpoint.pt", weights_only=True)
+    assert 1 <= saved["progress"]["epoch"] < 300
 
 
 @pytest.mark.slow
