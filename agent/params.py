@@ -205,8 +205,8 @@ PARAMS: tuple[Param, ...] = (
           "one batch is one batch of all of it)", "optim", minimum=1, maximum=MAX_BATCH),
     Param("epochs", int, 10, "passes over the training set", "optim", minimum=1,
           maximum=MAX_EPOCHS),
-    Param("schedule", str, "cosine", "learning-rate schedule over all steps", "optim",
-          choices=_schedules),
+    Param("schedule", str, "cosine", "learning-rate schedule over the steps after warm-up "
+          "(onecycle: torch's OneCycleLR, linear)", "optim", choices=_schedules),
     Param("warmup_epochs", float, 0.0, "linear warm-up from 0 to lr before the schedule",
           "optim", minimum=0, maximum=MAX_EPOCHS),
     Param("label_smoothing", float, 0.0, "label smoothing of the cross-entropy loss", "optim",

@@ -1,13 +1,15 @@
 """Learning-rate schedules, as pure functions of progress, in the SCHEDULES registry.
 
-Each maps t in [0, 1] (the fraction of post-warm-up steps done; a float or a tensor of them)
-to a multiplier of the peak lr. Warm-up is linear and applies to every schedule: step s of W
-warm-up steps takes (s + 1) / W of the peak lr (gradual warm-up, Goyal et al., "Accurate,
-Large Minibatch SGD", 2017). Sources: cosine is SGDR's annealing without restarts (Loshchilov
-& Hutter, ICLR 2017); step is the ResNet schedule, lr / 10 at 50% and 75% of training (He et
-al., CVPR 2016, CIFAR: at 32k and 48k of 64k iterations); onecycle is Smith's one-cycle
-policy (Smith, "A disciplined approach to neural network hyper-parameters", arXiv:1803.09820,
-2018) as a triangle.
+Each maps (s, n), step s (0-based; a float or a tensor of them) of the n steps after warm-up,
+to a multiplier of the peak lr; s = n is the rate after the last step. Warm-up is linear and
+comes before every schedule, which then runs over the steps left: step s of W warm-up steps
+takes (s + 1) / W of the peak lr (gradual warm-up, Goyal et al., "Accurate, Large Minibatch
+SGD", 2017). Sources: cosine is SGDR's annealing without restarts (Loshchilov & Hutter, ICLR
+2017); step is the ResNet schedule, lr / 10 at 50% and 75% of training (He et al., CVPR 2016,
+CIFAR: at 32k and 48k of 64k iterations); onecycle is Smith's one-cycle policy (Smith, "A
+disciplined approach to neural network hyper-parameters", arXiv:1803.09820, 2018) as torch's
+OneCycleLR computes it with its defaults and anneal_strategy="linear", three_phase=False
+(torch/optim/lr_scheduler.py; tests/test_schedules.py checks it against torch step by step).
 """
 
 from __future__ import annotations
@@ -23,21 +25,44 @@ def _cos(t):
     return math.cos(t) if isinstance(t, (int, float)) else t.cos()
 
 
-def _onecycle(t):
-    # Smith's one-cycle as a triangle: up to the peak over the first 30% (the default of
-    # torch's OneCycleLR, pct_start; Smith's own cycle rises and falls in equal halves and
-    # then anneals further), then down to zero.
-    if isinstance(t, (int, float)):
-        return t / 0.3 if t < 0.3 else (1.0 - t) / 0.7
-    return (t / 0.3).where(t < 0.3, (1.0 - t) / 0.7)
+def _of_fraction(schedule):
+    """A schedule of the fraction of steps done, t = s / n in [0, 1], as one of (s, n)."""
+    return lambda s, n: schedule(s / n)
+
+
+def _step(t):
+    # The classic step decay: x0.1 at 50% and at 75% of training, in t's precision (a
+    # tensor's comparisons times 1.0 are float32: a float64 table's rows were float32's)
+    drops = (t >= 0.5) * 1.0 + (t >= 0.75) * 1.0
+    return 0.1 ** (drops if isinstance(t, (int, float)) else drops.to(t.dtype))
+
+
+# torch's OneCycleLR defaults: the peak at 30% of the steps (pct_start), from max_lr /
+# div_factor (25) up, then down to that start / final_div_factor (1e4)
+ONECYCLE_RISE = 0.3
+ONECYCLE_START = 1 / 25
+ONECYCLE_END = ONECYCLE_START / 1e4
+
+
+def _onecycle(s, n):
+    # torch's two phases: linear from the start to the peak up to step 0.3 n - 1 (a float),
+    # then linear down to the end at step n - 1; after the last step the rate stays at the
+    # end (torch would extrapolate past it, below zero)
+    peak_step, last = ONECYCLE_RISE * n - 1, n - 1
+    rise = ONECYCLE_START + (1 - ONECYCLE_START) * s / peak_step
+    fall = 1 + (ONECYCLE_END - 1) * (s - peak_step) / (last - peak_step)
+    if isinstance(s, (int, float)):
+        return rise if s <= peak_step else (fall if s <= last else ONECYCLE_END)
+    import torch
+
+    return torch.where(s <= peak_step, rise, torch.where(s <= last, fall, ONECYCLE_END))
 
 
 SCHEDULES = {
-    "constant": lambda t: 1.0 + 0.0 * t,
-    "cosine": lambda t: 0.5 * (1.0 + _cos(math.pi * t)),
+    "constant": _of_fraction(lambda t: 1.0 + 0.0 * t),
+    "cosine": _of_fraction(lambda t: 0.5 * (1.0 + _cos(math.pi * t))),
     "onecycle": _onecycle,
-    # The classic step decay: x0.1 at 50% and at 75% of training.
-    "step": lambda t: 0.1 ** ((t >= 0.5) * 1.0 + (t >= 0.75) * 1.0),
+    "step": _of_fraction(_step),
 }
 
 
@@ -48,8 +73,7 @@ def lr_multiplier(step: int, total_steps: int, warmup_steps: int, schedule: str)
     if step < warmup_steps:
         return (step + 1) / warmup_steps
     remaining = max(1, total_steps - warmup_steps)
-    t = min(1.0, (step - warmup_steps) / remaining)
-    return SCHEDULES[schedule](t)
+    return SCHEDULES[schedule](float(min(step - warmup_steps, remaining)), remaining)
 
 
 def scheduled_lr(peak_lr: float, step: int, steps_per_epoch: int, epochs: int,
@@ -73,8 +97,9 @@ def lr_table(base_lr: list[float], total_steps: int, warmup_steps: list[int],
 
     steps = torch.arange(total_steps + 1, dtype=torch.float64).unsqueeze(1)  # (S, 1)
     warmup = torch.tensor(warmup_steps, dtype=torch.float64).unsqueeze(0)  # (1, K)
-    t = ((steps - warmup) / (total_steps - warmup).clamp_min(1)).clamp(0.0, 1.0)
-    after = SCHEDULES[schedule](t)
+    remaining = (total_steps - warmup).clamp_min(1)
+    after = SCHEDULES[schedule](torch.minimum(steps - warmup, remaining).clamp_min(0),
+                                remaining)
     during = (steps + 1) / warmup.clamp_min(1)
     multiplier = torch.where(steps < warmup, during, after)
     return multiplier * torch.tensor(base_lr, dtype=torch.float64).unsqueeze(0)

@@ -205,8 +205,15 @@ def test_a_resumed_run_shows_each_step_once_in_tensorboard(workdir, monkeypatch,
     assert len(resumed["train/step_loss"]) == 12  # every 5th of 60 steps: none twice
 
 
+# Where each schedule starts and ends, of a peak lr of 0.1 and no warm-up: onecycle as torch's
+# OneCycleLR, from max_lr / div_factor (25) to that / final_div_factor (1e4)
+FIRST_AND_LAST_LR = {"cosine": (0.1, 0.0), "onecycle": (0.1 / 25, 0.1 / 25 / 1e4)}
+
+
+@pytest.mark.parametrize("schedule", sorted(FIRST_AND_LAST_LR))
 @pytest.mark.parametrize("warmup_epochs", [0.0, 1.0])
-def test_the_epoch_line_shows_the_lr_the_epoch_trained_with(workdir, capsys, warmup_epochs):
+def test_the_epoch_line_shows_the_lr_the_epoch_trained_with(workdir, capsys, warmup_epochs,
+                                                            schedule):
     """The console's epoch line shows the lr of the epoch's first step; the last epoch of a
     cosine decay read "lr 0", the lr after it. TensorBoard's `lr` is the schedule at each
     epoch's end, its x: the line of epoch n shows TensorBoard's point of epoch n - 1."""
@@ -217,21 +224,24 @@ def test_the_epoch_line_shows_the_lr_the_epoch_trained_with(workdir, capsys, war
     from agent.sweep_space import short_number
 
     run(workdir, run_id="decay", model="dense", hidden=16, epochs=3, lr=0.1,
-        schedule="cosine", warmup_epochs=warmup_epochs, sinks=["console", "tensorboard"],
+        schedule=schedule, warmup_epochs=warmup_epochs, sinks=["console", "tensorboard"],
         group="g")
     shown = re.findall(r"^epoch \d/3 train .* lr (\S+) ", capsys.readouterr().out, re.M)
     events = EventAccumulator(str(workdir / "logs" / "g" / "decay"),
                               size_guidance={"scalars": 0}).Reload()
     logged = [point.value for point in events.Scalars("lr")]
-    assert len(shown) == len(logged) == 3 and logged[-1] == 0.0
+    first, last = FIRST_AND_LAST_LR[schedule]
+    assert len(shown) == len(logged) == 3
+    assert logged[-1] == pytest.approx(last, rel=1e-6)  # TensorBoard's float32
     steps = events.Scalars("lr")[0].step  # an epoch's
-    first = 0.1 / steps if warmup_epochs else 0.1  # a warm-up's first step takes 1/W of it
+    if warmup_epochs:
+        first = 0.1 / steps  # a warm-up's first step takes 1/W of it
     assert shown == [short_number(first), *(short_number(v) for v in logged[:2])]
     assert shown[-1] != "0" and float(shown[-1]) > 0
     # and it is the lr the training table gives the epoch's first step
     from nn.schedules import lr_table
 
-    table = lr_table([0.1], 3 * steps, [round(warmup_epochs * steps)], "cosine")
+    table = lr_table([0.1], 3 * steps, [round(warmup_epochs * steps)], schedule)
     assert shown == [short_number(table[epoch * steps, 0].item()) for epoch in range(3)]
 
 
