@@ -132,6 +132,50 @@ def test_a_base_e_log_distribution_runs_with_wandbs_warning(tmp_path, monkeypatc
             assert low <= value <= high
 
 
+@pytest.mark.parametrize("bounds", [(1, 1000), (-1000, 1)], ids=["max 1000", "min -1000"])
+@pytest.mark.parametrize("distribution", sorted(BASE_E))
+def test_a_base_e_bound_past_a_float_is_noted_as_such_not_as_a_range_to_inf(
+        tmp_path, monkeypatch, distribution, bounds):
+    """min 1, max 1000 in a base-e form (the bounds, not their logs, were likely meant): the
+    engine draws e**u up to e**1000, which overflows a float (inf), or down to e**-1000,
+    which is 0. The note said "x is drawn from 2.718 to inf", as if inf were a bound; it
+    names the exponents, the end a float cannot hold, and the _values form, without
+    numpy's overflow warning on the way (finding that end, or the dry run's draw of it)."""
+    import warnings
+
+    import numpy as np
+    from sweeps.config.schema import fill_parameter
+    from sweeps.params import HyperParameter
+
+    from agent.sweep.engine import proposed_params
+
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "train.py").write_text("")
+    spec = {"distribution": distribution, "min": bounds[0], "max": bounds[1]}
+    config = {**BASE, "program": "train.py", "parameters": {"x": spec}}
+    notes = []
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", RuntimeWarning)
+        filled = load_sweep_config(_write(tmp_path, config), notes)
+        for _ in range(20):  # proposals past the float: the engine's draws, said once above
+            proposed_params(filled, [])
+    (note,) = notes
+    exponent = {(1, 1000): 1000, (-1000, 1): -1000}[bounds]
+    if distribution == "inv_log_uniform":  # e**-u
+        exponent = -exponent
+    past = f"e**{exponent} is 0 as a float" if exponent < 0 else \
+        f"e**{exponent} overflows a float (inf)"
+    power = "e**-u" if distribution == "inv_log_uniform" else "e**u"
+    assert note.endswith(f"x is {power} for u from {bounds[0]} to {bounds[1]}, and {past}: "
+                         f"likely a mistake, perhaps {distribution}_values was meant)"), note
+    assert " inf here" not in note and "\n" not in note
+    # true of the engine's own draws: its quantile function at that end is inf or 0
+    drawn = HyperParameter("x", fill_parameter("x", dict(spec))[1])
+    with np.errstate(over="ignore", under="ignore"):
+        ends = drawn.ppf(np.array([0.0, 1.0])).tolist()
+    assert (math.inf if exponent > 0 else 0.0) in ends, ends
+
+
 @pytest.mark.parametrize("distribution", sorted(BASE_E))
 def test_a_grid_over_a_base_e_distribution_is_refused_as_any_continuous_one(
         tmp_path, monkeypatch, distribution):

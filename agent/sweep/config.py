@@ -30,8 +30,8 @@ from agent.sweep.engine import (
     Draws,
     EngineError,
     as_type,
+    base_e_drawn,
     base_e_forms,
-    base_e_range,
     draws,
     engine_config,
     grid_points,
@@ -205,10 +205,9 @@ def _engine_validate(where: str, config: dict, notes: list[str] | None = None) -
         _reject_nested(where, config.get("parameters") or {})
     for name, warning in base_e.items():
         if notes is not None:
-            low, high = base_e_range(name, parameters[name])
             notes.append(f"note: {where}: parameters.{warning} (W&B warns alike, and runs it: "
-                         f"min and max are the natural logs of the bounds: {name} is drawn "
-                         f"from {low:.4g} to {high:.4g} here)")
+                         f"min and max are the natural logs of the bounds: "
+                         f"{base_e_drawn(name, parameters[name])})")
     try:
         filled = fill_validate_metric(engine_config(config))
     except Exception as error:  # the engine's own checks, whatever they raise

@@ -348,14 +348,42 @@ BASE_E = ("log_uniform", "q_log_uniform", "inv_log_uniform")
 def base_e_range(name: str, spec: dict) -> tuple[float, float]:
     """The smallest and largest value the engine draws for the base-e parameter `name`
     (base_e_forms): its own quantile function at 0 and 1 (sweeps/params.py), e.g. lr
-    log_uniform over min 0.001, max 0.1 -> (1.001, 1.105): e**0.001 to e**0.1."""
+    log_uniform over min 0.001, max 0.1 -> (1.001, 1.105): e**0.001 to e**0.1. An end
+    past what a float holds is inf, or 0 (base_e_drawn says so)."""
     import numpy as np
     from sweeps.config.schema import fill_parameter
     from sweeps.params import HyperParameter
 
     filled = fill_parameter(name, copy.deepcopy(spec))[1]
-    low, high = HyperParameter(name, filled).ppf(np.array([0.0, 1.0]))
+    with np.errstate(over="ignore", under="ignore"):  # numpy's warning at e**1000
+        low, high = HyperParameter(name, filled).ppf(np.array([0.0, 1.0]))
     return float(min(low, high)), float(max(low, high))
+
+
+def base_e_drawn(name: str, spec: dict) -> str:
+    """What the engine draws for the base-e parameter `name`, in words: "lr is drawn from
+    1.001 to 1.105 here" (base_e_range); or, where e to a bound is no float (e**1000 overflows
+    to inf, e**-1000 is 0), the exponents' range and that, most likely a mistake: min and
+    max meant as the bounds themselves, which the _values form takes."""
+    low, high = base_e_range(name, spec)
+    sign = -1 if spec["distribution"] == "inv_log_uniform" else 1
+    bounds = (float(spec["min"]), float(spec["max"]))
+    lost = [sign * u for u in bounds if _exp_is_zero_or_inf(sign * u)]
+    if not lost:
+        return f"{name} is drawn from {low:.4g} to {high:.4g} here"
+    power = "e**-u" if sign < 0 else "e**u"
+    past = "; ".join(f"e**{u:g} " + ("is 0 as a float" if u < 0 else "overflows a float "
+                                     "(inf)") for u in lost)
+    return (f"{name} is {power} for u from {bounds[0]:g} to {bounds[1]:g}, and {past}: likely "
+            f"a mistake, perhaps {spec['distribution']}_values was meant")
+
+
+def _exp_is_zero_or_inf(u: float) -> bool:
+    """Whether e**u is past what a float holds: inf above about 709.8, 0 below about -745."""
+    try:
+        return math.exp(u) == 0.0
+    except OverflowError:
+        return True
 
 
 def with_nested(filled: dict, config: dict) -> dict:
@@ -400,9 +428,12 @@ def proposed_batch(sweep_config: dict, runs: list, n: int) -> list[dict]:
     try:
         view, filled = _prepared(sweep_config)
         engine_runs = view.engine_runs(runs)
-        # validate=False: `filled` is what validate=True would build (and check) again
-        proposals = sweeps.next_runs(copy.deepcopy(filled), engine_runs, validate=False,
-                                     n=max(1, n))
+        # validate=False: `filled` is what validate=True would build (and check) again.
+        # A base-e draw past a float (e**1000: inf) is the engine's, which the sweep file's
+        # note names (base_e_drawn); numpy's warning said so again at random proposals.
+        with np.errstate(over="ignore", under="ignore"):
+            proposals = sweeps.next_runs(copy.deepcopy(filled), engine_runs, validate=False,
+                                         n=max(1, n))
     except Exception as error:  # the engine's own failure, whatever its type
         raise EngineError(_failure("proposing the next run", error)) from None
     types = value_types(sweep_config)
