@@ -207,7 +207,8 @@ PARAMS: tuple[Param, ...] = (
           maximum=MAX_EPOCHS),
     Param("schedule", str, "cosine", "learning-rate schedule over the steps after warm-up "
           "(onecycle: torch's OneCycleLR, linear)", "optim", choices=_schedules),
-    Param("warmup_epochs", float, 0.0, "linear warm-up from 0 to lr before the schedule",
+    Param("warmup_epochs", float, 0.0, "linear warm-up from 0 to the schedule's first rate "
+          "(lr; onecycle: lr / 25)",
           "optim", minimum=0, maximum=MAX_EPOCHS),
     Param("label_smoothing", float, 0.0, "label smoothing of the cross-entropy loss", "optim",
           minimum=0, maximum=1, exclusive_maximum=True),

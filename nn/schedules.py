@@ -3,12 +3,14 @@
 Each maps (s, n), step s (0-based; a float or a tensor of them) of the n steps after warm-up,
 to a multiplier of the peak lr; s = n is the rate after the last step. Warm-up is linear and
 comes before every schedule, which then runs over the steps left: step s of W warm-up steps
-takes (s + 1) / W of the peak lr (gradual warm-up, Goyal et al., "Accurate, Large Minibatch
-SGD", 2017). Sources: cosine is SGDR's annealing without restarts (Loshchilov & Hutter, ICLR
-2017); step is the ResNet schedule, lr / 10 at 50% and 75% of training (He et al., CVPR 2016,
-CIFAR: at 32k and 48k of 64k iterations); onecycle is Smith's one-cycle policy (Smith, "A
-disciplined approach to neural network hyper-parameters", arXiv:1803.09820, 2018) as torch's
-OneCycleLR computes it with its defaults and anneal_strategy="linear", three_phase=False
+takes (s + 1) / W of the rate the schedule starts at (gradual warm-up, Goyal et al.,
+"Accurate, Large Minibatch SGD", 2017): the peak lr, but for onecycle, which starts at a 25th
+of it and has its own rise (warming up to the peak would drop 25-fold where it starts).
+Sources: cosine is SGDR's annealing without restarts (Loshchilov & Hutter, ICLR 2017); step
+is the ResNet schedule, lr / 10 at 50% and 75% of training (He et al., CVPR 2016, CIFAR: at
+32k and 48k of 64k iterations); onecycle is Smith's one-cycle policy (Smith, "A disciplined
+approach to neural network hyper-parameters", arXiv:1803.09820, 2018) as torch's OneCycleLR
+computes it with its defaults and anneal_strategy="linear", three_phase=False
 (torch/optim/lr_scheduler.py; tests/test_schedules.py checks it against torch step by step).
 """
 
@@ -68,11 +70,12 @@ SCHEDULES = {
 
 def lr_multiplier(step: int, total_steps: int, warmup_steps: int, schedule: str) -> float:
     """The multiplier of the peak lr at optimizer step `step` (0-based) of `total_steps`, of
-    which the first `warmup_steps` warm up linearly; `schedule` names a SCHEDULES entry
-    (KeyError for another name: the run parameter's check refuses it first)."""
-    if step < warmup_steps:
-        return (step + 1) / warmup_steps
+    which the first `warmup_steps` warm up linearly to the schedule's first rate; `schedule`
+    names a SCHEDULES entry (KeyError for another name: the run parameter's check refuses it
+    first)."""
     remaining = max(1, total_steps - warmup_steps)
+    if step < warmup_steps:  # up to the rate the schedule starts at
+        return (step + 1) / warmup_steps * SCHEDULES[schedule](0.0, remaining)
     return SCHEDULES[schedule](float(min(step - warmup_steps, remaining)), remaining)
 
 
@@ -100,6 +103,8 @@ def lr_table(base_lr: list[float], total_steps: int, warmup_steps: list[int],
     remaining = (total_steps - warmup).clamp_min(1)
     after = SCHEDULES[schedule](torch.minimum(steps - warmup, remaining).clamp_min(0),
                                 remaining)
-    during = (steps + 1) / warmup.clamp_min(1)
+    # up to the rate the schedule starts at
+    during = (steps + 1) / warmup.clamp_min(1) * SCHEDULES[schedule](
+        torch.zeros_like(remaining), remaining)
     multiplier = torch.where(steps < warmup, during, after)
     return multiplier * torch.tensor(base_lr, dtype=torch.float64).unsqueeze(0)

@@ -46,12 +46,14 @@ def test_onecycle_is_torchs_onecycle_lr_step_by_step(total_steps):
 
 @pytest.mark.parametrize("warmup_steps", [1, 5, 20])
 def test_onecycle_after_a_warm_up_is_torchs_over_the_steps_left(warmup_steps):
-    """With warm-up, the linear warm-up to the peak comes first, then onecycle runs, as
-    torch's OneCycleLR, over the steps left."""
+    """With warm-up, a linear warm-up to onecycle's starting rate comes first, then onecycle
+    runs, as torch's OneCycleLR, over the steps left."""
     total = 60
     table = lr_table([0.2], total, [warmup_steps], "onecycle")[:, 0].tolist()
+    # up to onecycle's own start, a 25th of the peak (to the peak, the rate fell 25-fold
+    # where onecycle began)
     assert table[:warmup_steps] == pytest.approx(
-        [0.2 * (s + 1) / warmup_steps for s in range(warmup_steps)], rel=1e-12)
+        [0.2 / 25 * (s + 1) / warmup_steps for s in range(warmup_steps)], rel=1e-12)
     after = [row[0] for row in torch_onecycle([0.2], total - warmup_steps)]
     assert table[warmup_steps:total] == pytest.approx(after, rel=1e-9, abs=0)
 
