@@ -107,7 +107,9 @@ def expected_group(run, losses: list[float], explode: float, stuck: float) -> st
     epoch = [row[k] for row in run.history for k in ("train/loss", "val/loss") if k in row]
     if run.summary.get("diverged") or not all(math.isfinite(v) for v in losses + epoch):
         return "diverged"
-    if max(losses + epoch) > explode:
+    last = [v for k, v in run.history[-1].items() if k in ("train/loss", "val/loss")] \
+        if run.history else losses[-1:]
+    if max(last, default=0.0) > explode:
         return "diverged"
     return "stuck" if max(row["val/acc"] for row in run.history) < stuck else "converged"
 
@@ -130,7 +132,8 @@ def cnn_and_dense_figures(course) -> dict:
 @pytest.mark.timeout(1800)
 def test_groups_follow_the_written_rule_and_its_thresholds(course):
     text, work = course["text"], course["work"]
-    rule = re.search(r"rose above 10 x ln 10 = ([\d.]+) .*chance 1/10 \+ 0.05 = ([\d.]+)", text)
+    rule = re.search(r"validation loss above 10 x ln 10 = ([\d.]+) .*chance 1/10 \+ 0.05 = "
+                     r"([\d.]+)", text)
     assert rule, "the rule and its thresholds are stated"
     explode, stuck = float(rule.group(1)), float(rule.group(2))
     assert explode == pytest.approx(10 * math.log(10), abs=0.05) and stuck == 0.15
@@ -139,7 +142,7 @@ def test_groups_follow_the_written_rule_and_its_thresholds(course):
     expected = {r.id: expected_group(r, step_losses(work, r.id), explode, stuck) for r in runs}
     assert groups == expected
     counts = Counter(expected.values())
-    assert counts["diverged"] and counts["stuck"] and counts["converged"], counts
+    assert counts["stuck"] and counts["converged"], counts  # diverged ones may be none
     assert (f"Counts: {counts['diverged']} diverged, {counts['stuck']} stuck, "
             f"{counts['converged']} converged") in text
     # A run that barely moves is slow, not divergent (the cnn runs at lr 1e-5).
@@ -160,7 +163,8 @@ def test_groups_follow_the_written_rule_and_its_thresholds(course):
         assert not any(r.id in drawn.all_text() for r in runs)  # configurations, not run ids
         marks = {"epoch's mean training loss", "validation loss"}  # why a run diverged
         assert set(drawn.legends) <= {f"lr={v:.3g}" for v in LRS} | {
-            f"dropout={v:.3g}" for v in DROPOUTS} | {f"diverged above {explode:.1f}"} | (
+            f"dropout={v:.3g}" for v in DROPOUTS} | {
+            f"diverged: ended above {explode:.1f}"} | (
             marks if group == "diverged" else set())
         assert (group == "diverged") == (marks <= set(drawn.legends))
 

@@ -234,12 +234,12 @@ def test_group_loss_figure_facets_by_model_and_optimizer_and_labels_configuratio
                                            "model=dense, optimizer=sgd (1 run)"]
     # The legend names configurations (colour: lr, style: dropout), never run ids.
     assert drawn.legends == ["lr=0.01", "lr=0.1", "dropout=0", "dropout=0.5",
-                             "diverged above 23.0"]
+                             "diverged: ended above 23.0"]
     labels = [line[0] for line in panels[0].lines]
     assert "model=cnn optimizer=adam lr=0.1 dropout=0" in labels
     assert "x: loss non-finite (2)" in panels[0].texts  # both cnn runs blew up
     assert panels[0].yscale == "log" and panels[0].xlabel == "training step"
-    threshold = [line for line in panels[1].lines if line[0] == "diverged above 23.0"]
+    threshold = [line for line in panels[1].lines if line[0] == "diverged: ended above 23.0"]
     assert threshold and set(threshold[0][2]) == {23.0}
 
 

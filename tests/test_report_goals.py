@@ -441,9 +441,10 @@ def test_a_batch_size_read_on_log10_is_said_to_be(tmp_path, monkeypatch):
 
 def test_a_run_diverged_by_its_validation_loss_is_said_to_be_off_the_curves(tmp_path,
                                                                             monkeypatch):
-    """The diverged runs' figure draws training losses; a run called diverged for its
-    validation loss (67.6 > 10 ln 10) may stay under the figure's line, so the report says
-    which runs crossed it off the curves; a run diverged by its training loss is not named."""
+    """The diverged runs' figure draws training losses as curves; a run called diverged for
+    its final validation loss (67.6 > 10 ln 10) may stay under the figure's line, so the
+    report says which runs crossed it by the validation loss, drawn as squares; a run
+    diverged by its training loss is not named."""
     monkeypatch.chdir(tmp_path)
     config = {"program": "agent/train.py", "method": "grid",
               "metric": {"name": "val/acc", "goal": "maximize"},
@@ -461,9 +462,10 @@ def test_a_run_diverged_by_its_validation_loss_is_said_to_be_off_the_curves(tmp_
     text = document.build_report(local_study(store), tmp_path / "report").path.read_text()
     section = text.split("## Diverged, stuck and converged runs")[1].split("\n## ")[0]
     assert (f"The curves below are training losses: {ids[1.0]} was called diverged for the "
-            "validation loss (the reason above), which they do not draw.") in section, section
-    assert "validation loss reached 67.6 > 23.0" in section
-    assert "epoch training loss reached 80 > 23.0" in section and ids[10.0] not in \
+            "final validation loss (the reason above), drawn as a square at each epoch's "
+            "end.") in section, section
+    assert "final validation loss 67.6 > 23.0" in section
+    assert "final training loss 80 > 23.0" in section and ids[10.0] not in \
         section.split("The curves below")[1]
 
 

@@ -93,10 +93,23 @@ RULE = stats.GroupRule(explode_factor=10, stuck_margin=0.05)
     (EPOCHS, [2.3, 1.0, 0.6], False, "converged"),
     (EPOCHS, [2.3, math.inf], False, "diverged"),  # a step went non-finite
     (EPOCHS, [2.3, 1.0], True, "diverged"),  # the trial flagged it
-    (EPOCHS, [2.3, 24.0, 0.6], False, "diverged"),  # above 10 ln 10 = 23.03
-    (EPOCHS, [2.3, 23.0, 0.6], False, "converged"),  # just below
+    (EPOCHS, [2.3, 24.0, 0.6], False, "converged"),  # a step spiked and came back
     ([{"epoch": 1, "train/loss": 117.0, "val/loss": 82.0, "val/acc": 0.2}], [], False,
      "diverged"),  # the issue's dense + adam at lr 0.1, from epoch means alone
+    ([{"epoch": 1, "train/loss": 512.0, "val/loss": 8.4, "val/acc": 0.3},
+      {"epoch": 2, "train/loss": 2.9, "val/loss": 2.6, "val/acc": 0.4}], [], False,
+     "converged"),  # epoch 1's mean spiked, the run ended near ln 10
+    ([{"epoch": 1, "train/loss": 2.0, "val/loss": 2.0, "val/acc": 0.3},
+      {"epoch": 2, "train/loss": 24.0, "val/loss": 2.0, "val/acc": 0.3}], [], False,
+     "diverged"),  # its last epoch's training loss above 10 ln 10 = 23.03
+    ([{"epoch": 1, "train/loss": 2.0, "val/loss": 2.0, "val/acc": 0.3},
+      {"epoch": 2, "train/loss": 23.0, "val/loss": 2.0, "val/acc": 0.3}], [], False,
+     "converged"),  # just below
+    ([{"epoch": 1, "train/loss": 0.5, "val/loss": 30.0, "val/acc": 0.3}], [], False,
+     "diverged"),  # its last validation loss
+    ([], [2.3, 5.0, 30.0], False, "diverged"),  # no epoch: its last logged step
+    ([{"epoch": 1, "train/loss": 2.31, "train/acc": 0.1}], [2.3, 40.0, 2.31], False,
+     "stuck"),  # a step spiked, the run ended at chance
     ([{"epoch": 1, "train/loss": 2.3, "val/loss": 2.3, "val/acc": 0.149}], [2.3], False,
      "stuck"),
     ([{"epoch": 1, "train/loss": 2.3, "val/loss": 2.3, "val/acc": 0.151}], [2.3], False,
@@ -117,6 +130,17 @@ def test_a_stuck_runs_reason_never_prints_its_accuracy_equal_to_the_bound():
     assert verdict.reason == "best accuracy 0.1497 < 0.1500", verdict
     history = [{"epoch": 1, "train/loss": 2.3, "val/loss": 2.3, "val/acc": 0.112}]
     assert stats.classify(run(history), [2.3], 10, RULE).reason == "best accuracy 0.112 < 0.150"
+
+
+def test_a_spike_that_came_back_is_named_beside_the_group():
+    history = [{"epoch": 1, "train/loss": 512.0, "val/loss": 8.4, "val/acc": 0.12},
+               {"epoch": 2, "train/loss": 2.87, "val/loss": 2.6, "val/acc": 0.1}]
+    verdict = stats.classify(run(history), [], 10, RULE)
+    assert verdict.group == "stuck" and verdict.spike == "epoch training loss 512 > 23.0, " \
+        "ended at 2.87"
+    assert verdict.reason == "best accuracy 0.120 < 0.150; its loss spiked and came back " \
+        "(epoch training loss 512 > 23.0, ended at 2.87)"
+    assert stats.classify(run(EPOCHS), [2.3, 1.0], 10, RULE).spike == ""
 
 
 def test_no_epoch_and_no_loss_is_no_verdict():
@@ -300,3 +324,55 @@ def test_settings_whose_means_differ_by_rounding_rank_in_the_sweeps_order(seed, 
     assert any(means[a] != means[b] and exact[a] == exact[b] and place[a] < place[b]
                and sign * means[a] > sign * means[b] and group_of[a] == group_of[b]
                for a in exact for b in exact)
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(180)
+def test_the_group_rule_reads_where_real_runs_ended(tmp_path, monkeypatch):
+    """Digits runs of a dense net trained here by a local sweep's agent (sgd without
+    momentum at lr 5 and 100, hidden 32 and 512, 3 epochs): the wide nets' loss goes
+    non-finite (the trial stops them), lr 100's narrow net ends far above ln 10, and lr 5's
+    narrow net spikes past 10 x ln 10 in its first epoch and comes back to chance. That run
+    was called diverged; it is stuck, its spike named, as a PyTorch or W&B user reads a
+    curve that came back; the others diverged."""
+    from agent.report import document
+    from agent.report.study import local_study
+    from agent.sweep.agent_loop import LocalAgent
+    from agent.sweep.pack_size import PackSizer
+    from agent.sweep.store import create_store
+
+    monkeypatch.chdir(tmp_path)
+    store = create_store(tmp_path / "data" / "sweeps" / "rule", "rule", "rule", {
+        "method": "grid", "metric": {"name": "val/acc", "goal": "maximize"},
+        "parameters": {"dataset": {"value": "digits"}, "model": {"value": "dense"},
+                       "optimizer": {"value": "sgd"}, "momentum": {"value": 0.0},
+                       "batch_size": {"value": 32}, "epochs": {"value": 3},
+                       "sinks": {"value": ["tensorboard"]}, "histograms": {"value": False},
+                       "lr": {"values": [5.0, 100.0]}, "hidden": {"values": [32, 512]}}})
+    assert LocalAgent(store, 5.0, 60.0, PackSizer(fixed=1)).run(None) == 0
+    built = document.build_report(local_study(store), tmp_path / "report")
+    text = built.path.read_text()
+    groups = {row.split(",")[0]: row.split(",")[2]
+              for row in (tmp_path / "report" / "runs.csv").read_text().splitlines()[1:]}
+    bound = 10 * math.log(10)
+    kinds = set()
+    for stored in store.runs():
+        losses = [row.get(key) for row in stored.history for key in ("train/loss", "val/loss")]
+        last = stored.history[-1] if stored.history else {}
+        if stored.summary.get("diverged"):
+            kinds.add("non-finite")
+            assert groups[stored.id] == "diverged"
+        elif max(last.get("train/loss", 0), last.get("val/loss", 0)) > bound:
+            kinds.add("ended above")
+            assert groups[stored.id] == "diverged"
+        else:
+            assert max(losses) > bound  # the premise: it rose past the level, then came back
+            kinds.add("came back")
+            best = max(row["val/acc"] for row in stored.history)
+            assert groups[stored.id] == ("stuck" if best < 0.15 else "converged")
+            reason = (f"its loss spiked and came back (epoch training loss "
+                      f"{max(losses):.3g} > 23.0, ended at")
+            assert reason in text or f"{stored.id} (epoch training loss" in text, text
+    assert kinds == {"non-finite", "ended above", "came back"}
+    assert "or the run ended with its loss far above where training starts: its last " \
+        "epoch's training or validation loss above 10 x ln 10 = 23.0" in text

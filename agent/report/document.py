@@ -166,7 +166,7 @@ def parse_options(argv: list[str] | None):
     parser.add_argument("sweep", help="local sweep id or directory, or entity/project/sweep_id")
     parser.add_argument("--out", default="reports", help="reports go to OUT/<sweep id>/")
     parser.add_argument("--explode-factor", type=float, default=stats.GroupRule.explode_factor,
-                        help="diverged: a loss above this many times ln(classes)")
+                        help="diverged: a final loss above this many times ln(classes)")
     parser.add_argument("--stuck-margin", type=float, default=stats.GroupRule.stuck_margin,
                         help="stuck: best validation accuracy below 1/classes + this")
     args = parser.parse_args(argv)

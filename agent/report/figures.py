@@ -554,7 +554,8 @@ def group_loss_figure(curves: list[GroupCurve], facets: list[str], colour: str |
     optimizer), colour by `colour` (lr), line style by `style` (dropout); the figure legend
     names those values, each line is labelled with its whole configuration. A point where
     the loss went non-finite is a cross at the top of its panel. Log y from two decades on.
-    `threshold`: a loss level drawn as a dashed line in every panel (the explosion rule).
+    `threshold`: a loss level drawn as a dashed line in every panel (the divergence
+    rule: a run that ends above it diverged).
     `x_end`: the x axis runs from 0 to it (the runs' planned length: one point is not
     centred on an axis of its own 4% either side); whole epochs are ticked as such."""
     keys = sorted({tuple(c.config.get(f) for f in facets) for c in curves}, key=str)
@@ -569,7 +570,7 @@ def group_loss_figure(curves: list[GroupCurve], facets: list[str], colour: str |
         _draw_group_panel(ax, mine, colour, style, colours, styles)
         if threshold is not None:
             ax.axhline(threshold, color="tab:red", linestyle="--", linewidth=1,
-                       label=f"diverged above {threshold:.1f}")
+                       label=f"diverged: ended above {threshold:.1f}")
             ax.text(0.98, threshold, f"{threshold:.1f}", color="tab:red", fontsize=7,
                     ha="right", va="bottom", transform=ax.get_yaxis_transform())
         ax.set_title(", ".join(f"{f}={_value_text(v)}" for f, v in zip(facets, key))
@@ -593,7 +594,7 @@ def group_loss_figure(curves: list[GroupCurve], facets: list[str], colour: str |
                               linestyle="none", label="validation loss"))
     if threshold is not None:
         handles.append(Line2D([], [], color="tab:red", linestyle="--",
-                              label=f"diverged above {threshold:.1f}"))
+                              label=f"diverged: ended above {threshold:.1f}"))
     if handles:
         fig.legend(handles=handles, loc="center left", bbox_to_anchor=(1.0, 0.5),
                    fontsize=8, frameon=False)

@@ -108,13 +108,19 @@ def groups_section(report: Report, ctx: Context) -> None:
             report.table(ctx.swept + ["why", "run"], [
                 [fmt_value(r, a) for a in ctx.swept]
                 + [ctx.verdicts[r.id].reason + _cut_short(r), r.id] for r in members[group]])
+    spiked = [r for r in members[stats.CONVERGED] if ctx.verdicts[r.id].spike]
+    if spiked:  # the stuck table names its own runs' spikes
+        report.add("Converged though their loss rose above "
+                   f"{ctx.rule.explode_at(classes):.1f} and came back (no divergence: the "
+                   "rule reads where a run ended): " + "; ".join(
+                       f"{r.id} ({ctx.verdicts[r.id].spike})" for r in spiked) + ".", "")
     elsewhere = [r.id for r in members[stats.DIVERGED]
-                 if ctx.verdicts[r.id].reason.startswith("validation loss")]
-    if elsewhere:  # the figure draws training losses only
+                 if ctx.verdicts[r.id].reason.startswith("final validation loss")]
+    if elsewhere:  # the figure's curves are training losses
         report.add("The curves below are training losses: "
                    + ", ".join(elsewhere) + (" was" if len(elsewhere) == 1 else " were")
-                   + " called diverged for the validation loss (the reason above), which "
-                   "they do not draw.", "")
+                   + " called diverged for the final validation loss (the reason above), "
+                   "drawn as a square at each epoch's end.", "")
     for group in stats.GROUPS:
         report.figure(group_figure(ctx, group, members[group]), f"{group} runs")
 

@@ -199,8 +199,12 @@ def holm(p_values: dict[str, float]) -> dict[str, float]:
 
 @dataclass(frozen=True)
 class GroupRule:
-    """Diverged: a loss went non-finite, or some loss (training step, epoch or validation)
-    rose above `explode_factor` x ln K, ln K being the loss of a uniform prediction.
+    """Diverged: a loss went non-finite (the trial stops the run at the first), or the run
+    ended with its loss far above where training starts: its last epoch's mean training or
+    validation loss (its last logged step's where it recorded no epoch) above
+    `explode_factor` x ln K, ln K being the loss of a uniform prediction, where a freshly
+    initialised classifier starts. A loss that rose past that level and came back below it
+    is no divergence: such a run is stuck or converged by its accuracy, its spike named.
     Stuck: not diverged, and the best validation accuracy (training accuracy without a
     validation split) stayed below chance 1/K + `stuck_margin`. Converged: every other run."""
 
@@ -214,13 +218,17 @@ class GroupRule:
         return 1 / classes + self.stuck_margin
 
     def describe(self, classes: int) -> str:
-        return (f"**diverged**: a loss went non-finite (the trial stopped the run), or a "
-                f"training-step, epoch or validation loss rose above {self.explode_factor:g} "
-                f"x ln {classes} = {self.explode_at(classes):.1f} (ln {classes} = "
-                f"{math.log(classes):.2f} is the loss of a uniform guess); **stuck**: not "
-                f"diverged, and the best validation accuracy never reached chance 1/{classes} "
-                f"+ {self.stuck_margin:g} = {self.stuck_below(classes):.3f}; **converged**: "
-                "every other run (it left chance; it need not have finished learning)")
+        return (f"**diverged**: a loss went non-finite (the trial stops the run there), or "
+                f"the run ended with its loss far above where training starts: its last "
+                f"epoch's training or validation loss above {self.explode_factor:g} x ln "
+                f"{classes} = {self.explode_at(classes):.1f} (ln {classes} = "
+                f"{math.log(classes):.2f} is the loss of a uniform guess, where an "
+                f"initialised network starts); a loss that rose above that and came back "
+                f"is no divergence (the run is stuck or converged by its accuracy, its "
+                f"spike named); **stuck**: not diverged, and the best validation accuracy "
+                f"never reached chance 1/{classes} + {self.stuck_margin:g} = "
+                f"{self.stuck_below(classes):.3f}; **converged**: every other run (it left "
+                "chance; it need not have finished learning)")
 
 
 @dataclass(frozen=True)
@@ -229,6 +237,23 @@ class Verdict:
     reason: str  # the numbers that decided it
     peak_loss: float | None  # the largest finite loss seen
     best_acc: float | None  # the best validation (else training) accuracy
+    # a run not diverged whose loss rose past the rule's level and came back: what rose,
+    # how far, and where it ended ('epoch training loss 512 > 23.0, ended at 2.87'); ""
+    spike: str = ""
+
+
+FINAL_NAMES = {"train/loss": "training loss", "val/loss": "validation loss"}
+
+
+def final_losses(run: RunRecord, step_losses: list[float]) -> dict[str, float]:
+    """{name: value} of the losses `run` ended with: its last recorded epoch's mean training
+    and validation loss, or its last logged step's loss where it recorded no epoch loss."""
+    rows = [row for row in run.history
+            if any(isinstance(row.get(key), (int, float)) for key in FINAL_NAMES)]
+    if rows:
+        return {name: float(rows[-1][key]) for key, name in FINAL_NAMES.items()
+                if isinstance(rows[-1].get(key), (int, float))}
+    return {"training-step loss": float(step_losses[-1])} if step_losses else {}
 
 
 def classify(run: RunRecord, step_losses: list[float], classes: int,
@@ -248,16 +273,23 @@ def classify(run: RunRecord, step_losses: list[float], classes: int,
     if run.summary.get("diverged") or not all(
             math.isfinite(v) for values in sources.values() for v in values):
         return Verdict(DIVERGED, "loss went non-finite", peak, best)
-    if peak is not None and peak > rule.explode_at(classes):
+    bound = rule.explode_at(classes)
+    finals = final_losses(run, sources["training-step loss"])
+    above = {name: v for name, v in finals.items() if v > bound}
+    if above:
+        name = max(above, key=above.get)
+        return Verdict(DIVERGED, f"final {name} {above[name]:.3g} > {bound:.1f}", peak, best)
+    spike = ""
+    if peak is not None and peak > bound:
         name = max(peaks, key=peaks.get)
-        return Verdict(DIVERGED, f"{name} reached {peak:.3g} > {rule.explode_at(classes):.1f}",
-                       peak, best)
+        spike = f"{name} {peak:.3g} > {bound:.1f}, ended at {max(finals.values()):.3g}"
     if best is None:
         return None
     if best < rule.stuck_below(classes):
-        return Verdict(STUCK, f"best accuracy {_below(best, rule.stuck_below(classes))}",
-                       peak, best)
-    return Verdict(CONVERGED, f"best accuracy {best:.3f}", peak, best)
+        return Verdict(STUCK, f"best accuracy {_below(best, rule.stuck_below(classes))}"
+                       + (f"; its loss spiked and came back ({spike})" if spike else ""),
+                       peak, best, spike)
+    return Verdict(CONVERGED, f"best accuracy {best:.3f}", peak, best, spike)
 
 
 def _below(value: float, bound: float, digits: int = 3) -> str:
