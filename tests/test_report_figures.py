@@ -708,3 +708,22 @@ def test_a_run_diverged_by_its_epochs_mean_shows_that_mean_above_the_line(tmp_pa
     assert marked["o"] == [(40, 27.3), (80, 2.1), (120, 1.6)]
     assert marked["s"] == [(40, 1.7), (80, 1.4)]  # a non-finite value is not drawn
     assert "epoch's mean training loss" in drawn.legends and "validation loss" in drawn.legends
+
+
+def test_the_threshold_label_sits_clear_of_the_runs_last_points(tmp_path):
+    """adam at lr 10 on digits ended its third epoch at a mean training loss of 25.9 and a
+    validation loss of 68.9, just above the line at 23.0 (a run that ends above it
+    diverged): the line's label, written inside the panel's right edge, sat on those last
+    points. It is written just outside the edge, at the line's height."""
+    means = [(1, 3.7e5), (2, 2.6e3), (3, 25.9)]
+    vals = [(1, 1.7e4), (2, 93.7), (3, 68.9)]
+    curves = [figures.GroupCurve({"lr": 10.0}, [1, 2, 3], [y for _, y in means], means, vals),
+              figures.GroupCurve({"lr": 50.0}, [1, 2, 3], [6.2e7, 7.2e3, 98.8],
+                                 [(1, 6.2e7), (2, 7.2e3), (3, 98.8)], [(3, 91.9)])]
+    drawn = figures.group_loss_figure(curves, [], "lr", None, tmp_path / "diverged.png",
+                                      "diverged runs (2)", "epoch", threshold=23.0, x_end=3)
+    assert_png(drawn.path)
+    (panel,) = [ax for ax in drawn.axes if ax.title]
+    (at,) = [xy for text, xy in zip(panel.texts, panel.text_xy) if text == "23.0"]
+    assert at[0] > panel.xlim[1] and at[1] == pytest.approx(23.0)  # beside the line, outside
+    assert panel.texts_on_points == [] and panel.overlaps == []

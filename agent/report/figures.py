@@ -23,7 +23,7 @@ import torch  # noqa: E402
 from matplotlib.colors import LogNorm, Normalize  # noqa: E402
 from matplotlib.lines import Line2D  # noqa: E402
 from matplotlib.ticker import MaxNLocator  # noqa: E402
-from matplotlib.transforms import Bbox  # noqa: E402
+from matplotlib.transforms import Bbox, ScaledTranslation  # noqa: E402
 
 from agent.sweep_space import log_scaled, spans_decades  # noqa: E402
 
@@ -571,8 +571,12 @@ def group_loss_figure(curves: list[GroupCurve], facets: list[str], colour: str |
         if threshold is not None:
             ax.axhline(threshold, color="tab:red", linestyle="--", linewidth=1,
                        label=f"diverged: ended above {threshold:.1f}")
-            ax.text(0.98, threshold, f"{threshold:.1f}", color="tab:red", fontsize=7,
-                    ha="right", va="bottom", transform=ax.get_yaxis_transform())
+            # its value just outside the panel's right edge, where the runs' last points
+            # (what the rule reads) cannot run into it, as they did at the edge inside
+            ax.text(1.0, threshold, f"{threshold:.1f}", color="tab:red", fontsize=7,
+                    ha="left", va="center", clip_on=False,
+                    transform=ax.get_yaxis_transform() + ScaledTranslation(
+                        2 / 72, 0, fig.dpi_scale_trans))
         ax.set_title(", ".join(f"{f}={_value_text(v)}" for f, v in zip(facets, key))
                      + f" ({len(mine)} run{'s' if len(mine) != 1 else ''})", fontsize=9)
         ax.set_xlabel(xlabel, fontsize=8)
