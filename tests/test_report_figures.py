@@ -727,3 +727,30 @@ def test_the_threshold_label_sits_clear_of_the_runs_last_points(tmp_path):
     (at,) = [xy for text, xy in zip(panel.texts, panel.text_xy) if text == "23.0"]
     assert at[0] > panel.xlim[1] and at[1] == pytest.approx(23.0)  # beside the line, outside
     assert panel.texts_on_points == [] and panel.overlaps == []
+
+
+def test_a_div_band_leaves_an_accuracy_axis_within_0_and_1(tmp_path):
+    """A digits grid whose lr 100 diverged for both optimizers, the others' means up to
+    0.97: the band of "div" lines along the panel's top stretched the shared accuracy axis
+    to 1.27. The "div"s are written just above the panel; the axis spans the values."""
+    from agent.report.study_figures import MarginalPanel, marginal_figure
+
+    lrs = [0.003, 0.03, 0.3, 100.0]
+    lr = MarginalPanel("lr", True, False, lrs, {
+        "optimizer=adam": [(0.003, 0.85, 0.85, 0.85, 2, 0.85), (0.03, 0.96, 0.95, 0.97, 2, 0.96)],
+        "optimizer=sgd": [(0.003, 0.17, 0.17, 0.18, 2, 0.17), (0.03, 0.59, 0.59, 0.59, 2, 0.59),
+                          (0.3, 0.95, 0.94, 0.96, 2, 0.95)]},
+        {"optimizer=adam": [0.3, 100.0], "optimizer=sgd": [100.0]})
+    optimizer = MarginalPanel("optimizer", False, True, ["adam", "sgd"], {
+        "all runs": [("adam", 0.9, 0.85, 0.96, 4, 0.9), ("sgd", 0.57, 0.29, 0.85, 6, 0.59)]})
+    drawn = marginal_figure([optimizer, lr], "val/acc", 0.1, tmp_path / "m.png", "by")
+    assert_png(drawn.path)
+    panels = [ax for ax in drawn.axes if ax.xlabel]
+    for ax in panels:
+        assert 0 <= ax.ylim[0] and ax.ylim[1] <= 1.05, ax.ylim
+        assert ax.overlaps == [] and ax.texts_on_points == []
+    lr_ax = panels[1]
+    assert lr_ax.texts.count("div") == 3
+    assert all(y > lr_ax.ylim[1] for text, (_, y) in zip(lr_ax.texts, lr_ax.text_xy)
+               if text == "div")
+

@@ -62,6 +62,7 @@ class AxesContent:
     overlaps: list[tuple[str, str]] = field(default_factory=list)
     texts_on_points: list[str] = field(default_factory=list)  # texts over a line's marker
     xlim: tuple[float, float] = (0.0, 1.0)
+    ylim: tuple[float, float] = (0.0, 1.0)
 
 
 @dataclass
@@ -165,7 +166,7 @@ def _content(ax) -> AxesContent:
         [str(line.get_linestyle()) for line in ax.get_lines()],
         max((t.get_rotation() for t in ax.get_xticklabels()), default=0.0),
         _text_xy(ax), _overlaps(ax, legend), _texts_on_points(ax),
-        tuple(float(x) for x in ax.get_xlim()))
+        tuple(float(x) for x in ax.get_xlim()), tuple(float(y) for y in ax.get_ylim()))
 
 
 def _crowded(labels) -> bool:

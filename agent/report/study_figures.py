@@ -110,25 +110,24 @@ def marginal_figure(panels: list[MarginalPanel], metric: str, chance: float | No
     """One panel per parameter: the metric's mean over every other parameter at each of its
     values (line) and a band low..high (error bars on a categorical axis), one colour per
     series (an optimizer), the median a dash where given (one legend entry a panel, under
-    the panel's x label); "div" where every run of a series diverged, in a band along the
-    top that the y axis keeps clear of the values (one line per such series)."""
+    the panel's x label); "div" where every run of a series diverged, in a band just above
+    the panel (one line per such series), so that the y axis spans the values alone (an
+    accuracy's stays within [0, 1])."""
     fig, axes = panel_grid(len(panels), (3.8, 3.2), (0.6, 0.6), title, sharey=True)
     if not panels:
         _note(axes[0, 0], "no parameter varies")
         return _save(fig, path)
-    div_lines = 0  # the most series with a "div" in one panel
     for ax, panel in zip(axes.flat, panels):
         position = ({v: i for i, v in enumerate(panel.levels)} if panel.categorical
                     else {v: v for v in panel.levels})
         shift = 0.12 * (len(panel.series) - 1) / 2
         with_div = [label for label in panel.series if panel.diverged.get(label)]
-        div_lines = max(div_lines, len(with_div))
         for i, (label, points) in enumerate(panel.series.items()):
             for level in panel.diverged.get(label, []):
                 x = position[level] - shift + 0.12 * i if panel.categorical else position[level]
-                ax.text(x, DIV_TOP - DIV_LINE * with_div.index(label), "div",
-                        transform=ax.get_xaxis_transform(), ha="center", va="top",
-                        fontsize=7, color=f"C{i}")
+                ax.text(x, DIV_BOTTOM + DIV_LINE * with_div.index(label), "div",
+                        transform=ax.get_xaxis_transform(), ha="center", va="bottom",
+                        fontsize=7, color=f"C{i}", clip_on=False)
             means = [p[1] for p in points]
             if panel.categorical:  # no line between categories: a mean and its band each
                 xs = [position[p[0]] - shift + 0.12 * i for p in points]
@@ -171,18 +170,14 @@ def marginal_figure(panels: list[MarginalPanel], metric: str, chance: float | No
             else f"{metric}: mean, middle half", fontsize=8)
         ax.grid(alpha=0.3)
         ax.legend(fontsize=7, loc="upper center", ncol=2, frameon=False)  # placed below
-    if div_lines:  # shared y: the values end under the band of "div" lines
-        low, high = axes[0, 0].get_ylim()
-        clear = 1 - (1 - DIV_TOP) - DIV_LINE * div_lines - DIV_MARGIN
-        axes[0, 0].set_ylim(low, low + (high - low) / clear)
     fig.tight_layout()
     _legends_under_xlabels(fig, list(axes.flat[:len(panels)]))
     return _save(fig, path)
 
 
-DIV_TOP, DIV_LINE = 0.98, 0.07  # of a panel's height: the first "div" line's top, and the
-# height of each (a 7-point text and a gap, in a panel ~2.2 inches high)
-DIV_MARGIN = 0.05  # between the lowest "div" line and the top of the values' range
+DIV_BOTTOM, DIV_LINE = 1.01, 0.07  # of a panel's height: the first "div" line's bottom,
+# above the panel's top, and the height of each (a 7-point text and a gap, in a panel ~2.2
+# inches high)
 
 
 def _legends_under_xlabels(fig, axes: list) -> None:
