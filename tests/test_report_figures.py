@@ -754,3 +754,28 @@ def test_a_div_band_leaves_an_accuracy_axis_within_0_and_1(tmp_path):
     assert all(y > lr_ax.ylim[1] for text, (_, y) in zip(lr_ax.texts, lr_ax.text_xy)
                if text == "div")
 
+
+def test_a_panel_of_one_run_a_value_draws_dots_and_crosses(tmp_path):
+    """A random search's lr, a value each run: each run is a dot (no line, band or median:
+    a line through single runs reads as a trend), and two runs that diverged at lr 34 and
+    52 are crosses above the panel at their values (their two "div"s ran together)."""
+    from agent.report.study_figures import MarginalPanel, marginal_figure
+
+    lrs = [0.0014, 0.0019, 0.05, 0.087, 0.17, 1.6, 11.0, 34.0, 52.0]
+    scores = [0.09, 0.12, 0.9, 0.75, 0.27, 0.15, 0.08]
+    lr = MarginalPanel("lr", True, False, lrs, {"optimizer=adam": [
+        (v, s, s, s, 1, s, 0) for v, s in zip(lrs, scores)]}, {"optimizer=adam": [34.0, 52.0]},
+        each_run=True)
+    drawn = marginal_figure([lr], "val/acc", 0.1, tmp_path / "m.png", "by")
+    assert_png(drawn.path)
+    (ax,) = [ax for ax in drawn.axes if ax.xlabel]
+    lines = {label: (x, y, marker, style) for (label, x, y), marker, style
+             in zip(ax.lines, ax.markers, ax.linestyles)}
+    x, y, marker, style = lines["optimizer=adam"]
+    assert list(x) == lrs[:7] and list(y) == scores and (marker, style) == ("o", "None")
+    x, _, marker, style = lines["diverged (x, above)"]
+    assert list(x) == [34.0, 52.0] and (marker, style) == ("x", "None")
+    assert ax.collections == 0 and "div" not in ax.texts  # no band; crosses, not texts
+    assert ax.ylabel == "val/acc: one run a dot" and ax.overlaps == []
+    # ticked on decades (over two of them), in plain numbers
+    assert ax.xticks and all(not t or math.log10(float(t)).is_integer() for t in ax.xticks)

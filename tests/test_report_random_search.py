@@ -124,3 +124,29 @@ def test_a_best_value_stopped_early_reads_in_one_pair_of_parentheses(report):
     notes = section(text, "## Observations")
     assert "lr within 0.02 of its best (0.9000, stopped early at epoch 1 of 3): " in notes, notes
     assert "((" not in notes and "))" not in notes, notes
+
+
+def test_the_sensitivity_panel_of_a_drawn_lr_draws_each_run_on_its_own(report):
+    """Each run drew its own lr: a mean at a value held one run, and the line through those
+    single runs read as a trend (adam's peak at 5e-3 is one run's). Each run is a dot
+    at its value, without a line, band or median, and the text says why; the parameters
+    from lists keep their means and lines."""
+    built, text = report
+    drawn = built.figures["marginals.png"]
+    panels = {ax.xlabel: ax for ax in drawn.axes if ax.xlabel}
+    lr = panels["lr"]
+    for optimizer in ("adam", "sgd"):
+        runs = sorted((run[1], run[4]) for run in RUNS if run[0] == optimizer)
+        (line,) = [(x, y, marker, style) for (label, x, y), marker, style
+                   in zip(lr.lines, lr.markers, lr.linestyles)
+                   if label == f"optimizer={optimizer}"]
+        assert list(line[0]) == [v for v, _ in runs] and list(line[1]) == [s for _, s in runs]
+        assert line[2:] == ("o", "None")
+    assert lr.collections == 0 and lr.ylabel == "val/acc: one run a dot"
+    assert not [m for m in lr.markers if m == "_"]  # no median dashes
+    sizes = panels["batch_size"]  # from a list: a mean a value, a line through them
+    assert "-" in sizes.linestyles and sizes.collections > 0
+    assert "lr: a dot per run (drawn from a distribution)" in drawn.suptitle
+    assert ("`lr` is drawn from a distribution, a value for each run: its panel draws each "
+            "run as a dot, with no line, band or median") in section(
+                text, "## Sensitivity to each parameter")

@@ -324,10 +324,12 @@ def _chance(ctx: Context) -> float | None:
 def marginals(ctx: Context) -> list[MarginalPanel]:
     """Per swept parameter: the metric at each value, its mean, 25th / 75th percentiles,
     median and stuck runs over every other parameter, one series per optimizer (per model
-    for the optimizer's own panel). Diverged runs are left out, as the heat map leaves out
-    their values (a loss of 40 would outweigh every other run's); a value at which every
-    run of a series diverged is in the series' `diverged`. Stuck runs are in: their values
-    are real (marginal_section says so)."""
+    for the optimizer's own panel); for a parameter the search draws from a distribution,
+    a value for each run (heat_axis bins it), each run's own value (`each_run`): a mean
+    over one run is no mean, and a line through single runs no trend. Diverged runs are
+    left out, as the heat map leaves out their values (a loss of 40 would outweigh every
+    other run's); a value at which every run of a series diverged is in the series'
+    `diverged`. Stuck runs are in: their values are real (marginal_section says so)."""
     study, metric = ctx.study, ctx.study.metric
     categorical, numeric = split_axes(ctx)
     panels = []
@@ -339,7 +341,8 @@ def marginals(ctx: Context) -> list[MarginalPanel]:
         groups = _levels(runs, split) if split else [None]
         panel = MarginalPanel(name + used_in(study.runs, name),
                               log_axis(ctx, name) or log_scaled(levels),
-                              name in categorical, levels)
+                              name in categorical, levels,
+                              each_run=name in numeric and heat_axis(ctx, name).binned)
         for group in groups:
             points = []
             label = f"{split}={group}" if split else "all runs"
@@ -349,7 +352,9 @@ def marginals(ctx: Context) -> list[MarginalPanel]:
                 scores = [r.metric(metric) for r in here if r.id not in diverged]
                 if here and not scores:
                     panel.diverged.setdefault(label, []).append(level)
-                if scores:
+                if scores and panel.each_run:  # a point a run, its own value
+                    points += [(level, s, s, s, 1, s, 0) for s in scores]
+                elif scores:
                     low, high = np.percentile(scores, [25, 75])
                     stuck = sum(1 for r in here if ctx.group_of(r) == stats.STUCK)
                     points.append((level, float(np.mean(scores)), float(low), float(high),
@@ -377,15 +382,24 @@ def marginal_section(report: Report, ctx: Context) -> None:
                "best value." + (f" {diverged_left_out(diverged)}. \"div\" marks a value at "
                                 "which every run of a line diverged (it has no mean there)."
                                 if diverged else "")
+               + _each_run_text(panels)
                + _stuck_included(stuck, ctx, panels)
                + _stopped_included(kept, ctx.study.goal, metric), "")
     title = f"{metric} by parameter (mean; dash: median; band: middle half of the runs)"
+    each = [p.parameter for p in panels if p.each_run]
+    if each:
+        title += f"\n{', '.join(each)}: a dot per run (drawn from a distribution)"
     if stuck:
         title += (f"\nthe means include {stuck} stuck run{'s' if stuck != 1 else ''} "
                   "(near chance): a mean can lie apart from its median and band")
     if diverged:
-        title += (f"\n{diverged} diverged run{'s' if diverged != 1 else ''} left out "
-                  "(\"div\": every run of a line there diverged)")
+        marks = [mark for mark, shown in (
+            ("\"div\": every run of a line there diverged",
+             any(p.diverged for p in panels if not p.each_run)),
+            ("x: a run that diverged", any(p.diverged for p in panels if p.each_run)))
+            if shown]
+        title += (f"\n{diverged} diverged run{'s' if diverged != 1 else ''} left out"
+                  + (f" ({'; '.join(marks)})" if marks else ""))
     report.figure(marginal_figure(panels, metric, _chance(ctx),
                                   ctx.out_dir / "marginals.png", title),
                   "marginal sensitivity")
@@ -686,6 +700,20 @@ def discussion_section(report: Report, ctx: Context) -> None:
                "conclusions:", "")
     report.add(*(f"- {line}" for line in notes), "")
     importance_section(report, ctx)
+
+
+def _each_run_text(panels: list[MarginalPanel]) -> str:
+    """' lr is drawn ...: a dot per run ...' for the panels that draw each run on its own."""
+    each = [f"`{p.parameter}`" for p in panels if p.each_run]
+    if not each:
+        return ""
+    one = len(each) == 1
+    return (f" {' and '.join(each)} {'is' if one else 'are'} drawn from a distribution, a "
+            f"value for each run: {'its panel draws' if one else 'their panels draw'} each "
+            "run as a dot, with no line, band or median (a line through runs of one value "
+            "each would read as a trend that one run a value cannot show; the heat map "
+            "gathers them into ranges), and a run that diverged as an x above the panel, "
+            "at its value.")
 
 
 def _stuck_included(count: int, ctx: Context, panels: list[MarginalPanel]) -> str:

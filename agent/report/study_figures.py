@@ -11,6 +11,7 @@ import matplotlib.pyplot as plt
 import numpy as np
 from matplotlib.colors import Normalize
 from matplotlib.patches import Patch
+from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter
 from matplotlib.transforms import ScaledTranslation
 
 from agent.report.figures import (
@@ -103,6 +104,10 @@ class MarginalPanel:
     # {series label: [level ...]}: the values at which every run of the series diverged
     # (no mean: their last values mean nothing), written "div" in the series' colour
     diverged: dict[str, list] = field(default_factory=dict)
+    # a parameter a random or bayes search draws from a distribution, a value for each run:
+    # its series hold a point per run, drawn as dots alone (a line through single runs
+    # would read as a trend), without band or median
+    each_run: bool = False
 
 
 def marginal_figure(panels: list[MarginalPanel], metric: str, chance: float | None, path,
@@ -110,9 +115,9 @@ def marginal_figure(panels: list[MarginalPanel], metric: str, chance: float | No
     """One panel per parameter: the metric's mean over every other parameter at each of its
     values (line) and a band low..high (error bars on a categorical axis), one colour per
     series (an optimizer), the median a dash where given (one legend entry a panel, under
-    the panel's x label); "div" where every run of a series diverged, in a band just above
-    the panel (one line per such series), so that the y axis spans the values alone (an
-    accuracy's stays within [0, 1])."""
+    the panel's x label); a panel `each_run` draws a dot per run instead. "div" where every
+    run of a series diverged, in a band just above the panel (one line per such series),
+    so that the y axis spans the values alone (an accuracy's stays within [0, 1])."""
     fig, axes = panel_grid(len(panels), (3.8, 3.2), (0.6, 0.6), title, sharey=True)
     if not panels:
         _note(axes[0, 0], "no parameter varies")
@@ -123,12 +128,23 @@ def marginal_figure(panels: list[MarginalPanel], metric: str, chance: float | No
         shift = 0.12 * (len(panel.series) - 1) / 2
         with_div = [label for label in panel.series if panel.diverged.get(label)]
         for i, (label, points) in enumerate(panel.series.items()):
-            for level in panel.diverged.get(label, []):
+            gone = panel.diverged.get(label, [])
+            if gone and panel.each_run:  # a cross a run: close draws' "div"s ran together
+                ax.plot([position[level] for level in gone],
+                        [DIV_BOTTOM + DIV_LINE * (with_div.index(label) + 0.5)] * len(gone),
+                        "x", color=f"C{i}", markersize=5, clip_on=False,
+                        transform=ax.get_xaxis_transform(),
+                        label="diverged (x, above)" if label == with_div[0] else "_diverged")
+            for level in gone if not panel.each_run else []:
                 x = position[level] - shift + 0.12 * i if panel.categorical else position[level]
                 ax.text(x, DIV_BOTTOM + DIV_LINE * with_div.index(label), "div",
                         transform=ax.get_xaxis_transform(), ha="center", va="bottom",
                         fontsize=7, color=f"C{i}", clip_on=False)
             means = [p[1] for p in points]
+            if panel.each_run:  # a dot a run: no line, band or median to read a trend into
+                ax.plot([position[p[0]] for p in points], means, "o", color=f"C{i}",
+                        markersize=4, alpha=0.8, label=label)
+                continue
             if panel.categorical:  # no line between categories: a mean and its band each
                 xs = [position[p[0]] - shift + 0.12 * i for p in points]
                 # the band as a bar of its own: a mean outside the middle half (one run far
@@ -146,33 +162,47 @@ def marginal_figure(panels: list[MarginalPanel], metric: str, chance: float | No
                 ax.plot([x for x, _ in medians], [m for _, m in medians], linestyle="none",
                         marker="_", markersize=12, markeredgewidth=2, color=f"C{i}",
                         label="median" if i == len(panel.series) - 1 else "_median")
-        if panel.diverged and not panel.categorical:  # a "div" past the last mean is shown
-            low, high = min(panel.levels), max(panel.levels)
-            if panel.log:
-                pad = (high / low) ** 0.05
-                ax.set_xlim(low / pad, high * pad)
-            else:
-                pad = 0.05 * (high - low) or 0.5
-                ax.set_xlim(low - pad, high + pad)
         if chance is not None:
             ax.axhline(chance, color="0.4", linestyle=":", linewidth=1, label="chance")
-        if panel.categorical:
-            ax.set_xticks(range(len(panel.levels)), value_texts(panel.levels))
-            ax.set_xlim(-0.5, len(panel.levels) - 0.5)
-        elif panel.log:
-            ax.set_xscale("log")
-            if len(panel.levels) <= 8:  # a grid's values at their places (16 ... 1024)
-                ax.set_xticks(panel.levels, value_texts(panel.levels))
-                ax.minorticks_off()
+        _marginal_x_axis(ax, panel)
         ax.set_xlabel(panel.parameter)
-        ax.set_ylabel(f"{metric}: mean, median, middle half" if any(
-            len(p) > 5 for points in panel.series.values() for p in points)
-            else f"{metric}: mean, middle half", fontsize=8)
+        ax.set_ylabel(f"{metric}: one run a dot" if panel.each_run
+                      else f"{metric}: mean, median, middle half" if any(
+                          len(p) > 5 for points in panel.series.values() for p in points)
+                      else f"{metric}: mean, middle half", fontsize=8)
         ax.grid(alpha=0.3)
         ax.legend(fontsize=7, loc="upper center", ncol=2, frameon=False)  # placed below
     fig.tight_layout()
     _legends_under_xlabels(fig, list(axes.flat[:len(panels)]))
     return _save(fig, path)
+
+
+def _marginal_x_axis(ax, panel: MarginalPanel) -> None:
+    """A sensitivity panel's x axis: its values' positions and ticks, room for a "div" past
+    the last mean."""
+    if panel.diverged and not panel.categorical:  # a "div" past the last mean is shown
+        low, high = min(panel.levels), max(panel.levels)
+        if panel.log:
+            pad = (high / low) ** 0.05
+            ax.set_xlim(low / pad, high * pad)
+        else:
+            pad = 0.05 * (high - low) or 0.5
+            ax.set_xlim(low - pad, high + pad)
+    if panel.categorical:
+        ax.set_xticks(range(len(panel.levels)), value_texts(panel.levels))
+        ax.set_xlim(-0.5, len(panel.levels) - 0.5)
+    elif panel.log:
+        ax.set_xscale("log")
+        if panel.each_run:  # a search's draws, read on decades, on 1-2-5 ticks
+            # under two (matplotlib's own 2x10^-2 3x10^-2... ran into each other)
+            narrow = max(panel.levels) < 100 * min(panel.levels)
+            ax.xaxis.set_major_locator(LogLocator(subs=(1.0, 2.0, 5.0) if narrow
+                                                  else (1.0,)))
+            ax.xaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}"))
+            ax.xaxis.set_minor_formatter(NullFormatter())
+        elif len(panel.levels) <= 8:  # a grid's values at their places (16 ... 1024)
+            ax.set_xticks(panel.levels, value_texts(panel.levels))
+            ax.minorticks_off()
 
 
 DIV_BOTTOM, DIV_LINE = 1.01, 0.07  # of a panel's height: the first "div" line's bottom,
