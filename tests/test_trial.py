@@ -235,7 +235,7 @@ def test_the_epoch_line_shows_the_lr_the_epoch_trained_with(workdir, capsys, war
     assert logged[-1] == pytest.approx(last, rel=1e-6)  # TensorBoard's float32
     steps = events.Scalars("lr")[0].step  # an epoch's
     if warmup_epochs:
-        first = 0.1 / steps  # a warm-up's first step takes 1/W of it
+        first /= steps  # a warm-up's first step takes 1/W of the schedule's first rate
     assert shown == [short_number(first), *(short_number(v) for v in logged[:2])]
     assert shown[-1] != "0" and float(shown[-1]) > 0
     # and it is the lr the training table gives the epoch's first step
