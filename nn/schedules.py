@@ -67,6 +67,20 @@ SCHEDULES = {
     "step": _of_fraction(_step),
 }
 
+# The rate a warm-up rises to: where the schedule starts, the peak but for onecycle. A
+# constant, not the schedule at step 0 of the steps left: a onecycle of 1 to 3 steps (a
+# warm-up over all but those, or the whole run) starts past its peak, torch's 1-step cycle
+# at lr / 2.5e5, and a warm-up to that trained the whole run at about 0
+WARMUP_TARGET = {"onecycle": ONECYCLE_START}
+
+
+def warmup_target(schedule: str) -> float:
+    """The multiplier of the peak lr that a warm-up before `schedule` ends at (KeyError for
+    a name SCHEDULES lacks)."""
+    if schedule not in SCHEDULES:
+        raise KeyError(schedule)
+    return WARMUP_TARGET.get(schedule, 1.0)
+
 
 def lr_multiplier(step: int, total_steps: int, warmup_steps: int, schedule: str) -> float:
     """The multiplier of the peak lr at optimizer step `step` (0-based) of `total_steps`, of
@@ -75,7 +89,7 @@ def lr_multiplier(step: int, total_steps: int, warmup_steps: int, schedule: str)
     first)."""
     remaining = max(1, total_steps - warmup_steps)
     if step < warmup_steps:  # up to the rate the schedule starts at
-        return (step + 1) / warmup_steps * SCHEDULES[schedule](0.0, remaining)
+        return (step + 1) / warmup_steps * warmup_target(schedule)
     return SCHEDULES[schedule](float(min(step - warmup_steps, remaining)), remaining)
 
 
@@ -103,8 +117,6 @@ def lr_table(base_lr: list[float], total_steps: int, warmup_steps: list[int],
     remaining = (total_steps - warmup).clamp_min(1)
     after = SCHEDULES[schedule](torch.minimum(steps - warmup, remaining).clamp_min(0),
                                 remaining)
-    # up to the rate the schedule starts at
-    during = (steps + 1) / warmup.clamp_min(1) * SCHEDULES[schedule](
-        torch.zeros_like(remaining), remaining)
+    during = (steps + 1) / warmup.clamp_min(1) * warmup_target(schedule)
     multiplier = torch.where(steps < warmup, during, after)
     return multiplier * torch.tensor(base_lr, dtype=torch.float64).unsqueeze(0)

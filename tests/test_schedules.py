@@ -79,3 +79,22 @@ def test_the_multiplier_the_console_lr_and_the_training_table_agree(schedule, wa
         assert table[step, 1].item() == pytest.approx(
             2 * peak * lr_multiplier(step, total, 0, schedule), rel=1e-12, abs=1e-15), step
     assert all(0 <= lr <= 2 * peak for lr in table.flatten().tolist())
+
+
+@pytest.mark.parametrize("left", [0, 1, 2, 3])
+def test_a_warm_up_over_all_but_a_few_steps_still_rises_to_onecycles_start(left):
+    """A warm-up that leaves onecycle 0 to 3 steps (warmup_epochs as long as epochs, or
+    nearly): torch's cycle of so few steps starts past its peak, at lr / 2.5e5 for one step,
+    and the warm-up rose to that: the whole run trained at about 0. It rises to lr / 25 as
+    every longer warm-up does, and the steps left are still torch's cycle."""
+    total, peak = 40, 0.2
+    warmup = total - left
+    table = lr_table([peak], total, [warmup], "onecycle")[:, 0].tolist()
+    assert table[:warmup] == pytest.approx(
+        [peak / 25 * (s + 1) / warmup for s in range(warmup)], rel=1e-12)
+    for step in range(warmup):
+        assert lr_multiplier(step, total, warmup, "onecycle") * peak == pytest.approx(
+            table[step], rel=1e-12)
+    if left:
+        after = [row[0] for row in torch_onecycle([peak], left)]
+        assert table[warmup:total] == pytest.approx(after, rel=1e-9, abs=0)

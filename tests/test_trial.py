@@ -245,6 +245,19 @@ def test_the_epoch_line_shows_the_lr_the_epoch_trained_with(workdir, capsys, war
     assert shown == [short_number(table[epoch * steps, 0].item()) for epoch in range(3)]
 
 
+def test_a_onecycle_run_warming_up_throughout_trains_at_its_warm_up_rate(workdir, capsys):
+    """warmup_epochs as long as epochs under onecycle: the warm-up rose to the rate torch's
+    one-step cycle starts at, lr / 2.5e5, and the run trained at about 0 (its second epoch's
+    line read lr 2.2e-7); it rises to onecycle's own start, lr / 25, as any warm-up does."""
+    import re
+
+    run(workdir, run_id="warm", model="dense", hidden=16, epochs=2, lr=0.1,
+        schedule="onecycle", warmup_epochs=2.0, sinks=["console"])
+    shown = [float(lr) for lr in re.findall(r"^epoch \d/2 train .* lr (\S+) ",
+                                            capsys.readouterr().out, re.M)]
+    assert len(shown) == 2 and 0.1 / 25 / 2 <= shown[1] <= 0.1 / 25, shown  # half way up
+
+
 def test_tensorboard_gets_the_end_metrics_every_sink_gets(workdir):
     """README, "What a run reports": at the end test/loss, test/acc and test/class_acc/<class>
     reach every sink; TensorBoard holds each as a scalar equal to the run's summary."""
