@@ -358,7 +358,8 @@ def take_command(origin, tmp_path, job_id: str, name: str, path: str | None = No
     extra = {"PATH": path} if path else {}
     return subprocess.Popen(
         [sys.executable, "-c", "import sys; from agent.cluster import store_copy as s; "
-         "s.HOLDER_POLL_S = 0.2; sys.exit(s.main(sys.argv[1:]))", "take", "--job", job_id,
+         "from util.errors import exit_on_user_error; s.HOLDER_POLL_S = 0.2; "
+         "sys.exit(exit_on_user_error(s.main))", "take", "--job", job_id,
          str(origin), str(tmp_path / f"{name}-copy.db"), str(tmp_path / f"{name}-base.db")],
         cwd=ROOT, env=subprocess_env(**extra), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
         text=True)
@@ -505,3 +506,52 @@ def test_status_judges_a_jobs_merged_heartbeats_by_its_agents_timeout_and_the_me
     assert "1 silent, 1 finished" in text, text
     assert "silent: no heartbeat for over 150 s (the agents' --heartbeat-timeout 120, and 30 " \
         "s between a PBS job's merges)" in text, text
+
+
+@pytest.mark.e2e
+@pytest.mark.timeout(90)
+def test_a_job_whose_last_merge_failed_keeps_the_sweep_until_its_runs_are_merged(tmp_path):
+    """A job's last merge fails (another process holds the store): its runs are in scratch
+    only. Its record stays, marked, so that the next job refuses in one line naming the
+    merge instead of taking a copy without those runs and training them again; the merge
+    its log names, once run, frees the sweep."""
+    origin = tmp_path / "sweep" / "sweep.db"
+    create_store(origin.parent, "s", "s", {"method": "grid"}).close()
+    base = tmp_path / "job-base.db"
+    take = take_command(origin, tmp_path, "100.pbs", "job")
+    assert take.wait(timeout=30) == 0, take.stderr.read()
+    copy = tmp_path / "job-copy.db"
+    trained(copy, "a", range(1, 3), "finished", claim="new")
+    holder = subprocess.Popen([sys.executable, "-c", f"""
+import sqlite3, sys
+db = sqlite3.connect({str(origin)!r}, isolation_level=None)
+db.execute("PRAGMA locking_mode=EXCLUSIVE"); db.execute("BEGIN IMMEDIATE")
+print("held", flush=True); sys.stdin.readline()
+"""], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline() == "held\n"
+        tool = [sys.executable, "-m", "agent.cluster.store_copy"]
+        merge = [*tool, "merge", str(copy), str(base), str(origin)]
+        failed = subprocess.run([*merge, "--wait", "1"], cwd=ROOT, env=subprocess_env(),
+                                capture_output=True, text=True, timeout=30)
+        assert failed.returncode == 2 and "sweep store not merged" in failed.stderr
+    finally:
+        holder.stdin.write("\n")
+        holder.stdin.flush()
+        holder.wait(timeout=30)
+    record = (origin.parent / store_copy.HOLDER).read_text()
+    assert record.split()[:1] == ["100.pbs"] and record.split()[3] == "unmerged", record
+    nxt = take_command(origin, tmp_path, "101.pbs", "next")
+    out, err = nxt.communicate(timeout=30)
+    assert nxt.returncode == 2, err
+    (line,) = err.splitlines()
+    assert "job 100.pbs's last merge into the sweep's store failed" in line, line
+    assert f"store_copy merge {copy} {base} {origin}" in line, line
+    assert not (tmp_path / "next-copy.db").exists()
+
+    done = subprocess.run(merge, cwd=ROOT, env=subprocess_env(), capture_output=True,
+                          text=True, timeout=30)  # the merge the log named
+    assert done.returncode == 0, done.stderr
+    assert not (origin.parent / store_copy.HOLDER).exists() and "a" in runs(origin)
+    nxt = take_command(origin, tmp_path, "101.pbs", "next")
+    assert nxt.wait(timeout=30) == 0, nxt.stderr.read()

@@ -62,6 +62,7 @@ Rows = dict[str, tuple[dict, tuple]]  # run id -> (its runs row, its history row
 HOLDER = "pbs-job"
 HOLDER_SILENT_S = 4 * MERGE_EVERY_S + 60
 HOLDER_POLL_S = 15  # how often a job waiting for another looks again
+UNMERGED = "unmerged"  # a record's 4th word: its job's last merge failed (touch_holder)
 
 
 def _holder_token(base: Path) -> Path:
@@ -94,17 +95,24 @@ def wait_for_other_job(origin: Path, base: Path, job_id: str,
     working on the sweep of store `origin`, first waiting, said in one line, while another
     job's record is there: until that job removes it (its last merge), PBS says it ended, or
     it is silent past HOLDER_SILENT_S (a record of this job's own id is an earlier run of
-    it, rerun by PBS: taken over). Where qstat is not at hand (inside a container), silence
+    it, rerun by PBS: taken over). A record of a job whose last merge failed is UserError,
+    naming the merge that frees the sweep. Where qstat is not at hand (inside a container), silence
     is the only word. Two jobs starting at once: both write, the last one
     read stands (a record is written whole, then renamed into place)."""
     holder = origin.parent / HOLDER
     waited_for = None
     while True:
         try:
-            record, age = holder.read_text().split(), time.time() - holder.stat().st_mtime
+            text, age = holder.read_text(), time.time() - holder.stat().st_mtime
         except FileNotFoundError:
-            record, age = [], 0.0
+            text, age = "", 0.0
+        record = text.split("\n", 1)[0].split()
         record += ["?"] * (2 - len(record)) if record else []  # a record cut short
+        if record[3:4] == [UNMERGED]:
+            raise UserError(f"{origin}: job {record[0]}'s last merge into the sweep's store "
+                            "failed and its runs are not in it (this job would train them "
+                            "again): merge them first, "
+                            + " ".join(text.split("\n", 1)[1].split()))
         if not record or age > HOLDER_SILENT_S or (job_id and record[0] == job_id) or \
                 _pbs_job_ended(record[0]):  # gone, silent, this job run again, or ended
             token = uuid.uuid4().hex
@@ -135,9 +143,12 @@ def _held(holder: Path, token: str) -> bool:
         return False
 
 
-def touch_holder(origin: Path, base: Path, remove: bool = False) -> None:
-    """This job's record (HOLDER) touched, or removed (`remove`: its last merge), if it is
-    still this job's; nothing where the job has none (taken without one)."""
+def touch_holder(origin: Path, base: Path, remove: bool = False,
+                 unmerged: str | None = None) -> None:
+    """This job's record (HOLDER) touched, removed (`remove`: its last merge is in), or
+    marked as holding runs not merged (`unmerged`: where they are and the command that
+    merges them; the next job's take refuses until that merge removes it), if it is still
+    this job's; nothing where the job has none (taken without one)."""
     holder = origin.parent / HOLDER
     try:
         token = _holder_token(base).read_text().strip()
@@ -147,6 +158,11 @@ def touch_holder(origin: Path, base: Path, remove: bool = False) -> None:
         return
     if remove:
         holder.unlink(missing_ok=True)
+    elif unmerged:
+        first = holder.read_text().splitlines()[0].split()[:3]
+        temporary = holder.with_name(f"{HOLDER}.{token}")
+        temporary.write_text(" ".join([*first, UNMERGED]) + f"\n{unmerged}\n")
+        os.replace(temporary, holder)
     else:
         os.utime(holder)
 
@@ -358,15 +374,18 @@ def main(argv: list[str] | None = None) -> int:
             merge_once(args)
         except (UserError, sqlite3.Error) as error:  # the final merge reports what stays
             print(f"sweep store: not merged now ({one_line(error)})", file=sys.stderr)
+    command = (f"python -m agent.cluster.store_copy merge {args.copy} {args.base} "
+               f"{args.origin}")
     try:
         merge_once(args)
     except (UserError, sqlite3.Error) as error:
+        # the next job must not take the sweep without this job's runs: it would train
+        # their configurations again
+        touch_holder(args.origin, args.base, unmerged=f"on {socket.gethostname()}: {command}")
         raise UserError(f"sweep store not merged ({one_line(error)}); this job's runs stay in "
-                        f"{args.copy}: merge them once the store is free with python -m "
-                        f"agent.cluster.store_copy merge {args.copy} {args.base} "
-                        f"{args.origin}") from None
-    finally:  # the job's last merge: the sweep is free for the next job
-        touch_holder(args.origin, args.base, remove=True)
+                        f"{args.copy}: merge them once the store is free with {command}"
+                        ) from None
+    touch_holder(args.origin, args.base, remove=True)  # the sweep is free for the next job
     return 0
 
 
