@@ -1019,6 +1019,31 @@ def handles(pid: int, signum: int) -> bool:
     return False
 
 
+def stop_two_agent_launch(sweep_file, workdir, how: str, after_s: float, wait_s: float):
+    """`agent.launch SWEEP_FILE --agents 2`, stopped `after_s` after both agents started
+    (a Ctrl-C to its whole group, as a terminal sends it, or SIGTERM to the launcher) with
+    the agents pinned by SIGSTOP while the signal is sent: (the launcher, the agents' pids,
+    those that had no SIGTERM handler yet, its stdout, its stderr)."""
+    launcher = subprocess.Popen([sys.executable, "-m", "agent.launch", str(sweep_file),
+                                 "--agents", "2"], cwd=workdir, env=subprocess_env(),
+                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                                start_new_session=True)
+    agents = wait_for(lambda: len(agent_processes(launcher.pid)) == 2
+                      and agent_processes(launcher.pid), wait_s, "two agents")
+    time.sleep(after_s)
+    for pid in agents:
+        os.kill(pid, signal.SIGSTOP)
+    unready = [pid for pid in agents if not handles(pid, signal.SIGTERM)]
+    if how == "ctrl-c":
+        os.killpg(launcher.pid, signal.SIGINT)
+    else:
+        launcher.send_signal(signal.SIGTERM)
+    for pid in agents:
+        os.kill(pid, signal.SIGCONT)
+    out, err = launcher.communicate(timeout=wait_s)
+    return launcher, agents, unready, out, err
+
+
 @pytest.mark.e2e
 @pytest.mark.slow
 @pytest.mark.timeout(240)
@@ -1035,23 +1060,8 @@ def test_a_ctrl_c_as_the_agents_start_ends_the_launch_as_interrupted(workdir, ho
     outside (a scheduler) at that moment still names the agents it killed."""
     sweep_file = workdir / "long.yaml"
     write_grid(sweep_file, epochs=30, lrs=[0.01, 0.02, 0.03])
-    launcher = subprocess.Popen([sys.executable, "-m", "agent.launch", str(sweep_file),
-                                 "--agents", "2"], cwd=workdir, env=subprocess_env(),
-                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                                start_new_session=True)
-    agents = wait_for(lambda: len(agent_processes(launcher.pid)) == 2
-                      and agent_processes(launcher.pid), 120, "two agents")
-    time.sleep(after_s)
-    for pid in agents:
-        os.kill(pid, signal.SIGSTOP)
-    unready = [pid for pid in agents if not handles(pid, signal.SIGTERM)]
-    if how == "ctrl-c":
-        os.killpg(launcher.pid, signal.SIGINT)
-    else:
-        launcher.send_signal(signal.SIGTERM)
-    for pid in agents:
-        os.kill(pid, signal.SIGCONT)
-    out, err = launcher.communicate(timeout=120)
+    launcher, agents, unready, out, err = stop_two_agent_launch(sweep_file, workdir, how,
+                                                                after_s, 120)
     store = launched_store(workdir)
     assert not {r.state for r in store.runs()} - {"preempted"}, states(store)
     assert "Traceback" not in err, err[-2000:]
@@ -1067,7 +1077,6 @@ def test_a_ctrl_c_as_the_agents_start_ends_the_launch_as_interrupted(workdir, ho
     assert "Not finished" in out and f"run_sweep.sh {store.sweep().id} --agents 2" in out
 
 
-
 @pytest.mark.e2e
 @pytest.mark.timeout(120)
 @pytest.mark.parametrize("how", ["ctrl-c", "sigterm"])
@@ -1077,21 +1086,7 @@ def test_a_launch_stopped_before_any_run_started_says_so(workdir, how):
     no row under it. The agents are pinned (SIGSTOP) as they start, before any claim."""
     sweep_file = workdir / "grid.yaml"
     write_grid(sweep_file, epochs=1, lrs=[0.01, 0.02])
-    launcher = subprocess.Popen([sys.executable, "-m", "agent.launch", str(sweep_file),
-                                 "--agents", "2"], cwd=workdir, env=subprocess_env(),
-                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                                start_new_session=True)
-    agents = wait_for(lambda: len(agent_processes(launcher.pid)) == 2
-                      and agent_processes(launcher.pid), 60, "two agents")
-    for pid in agents:
-        os.kill(pid, signal.SIGSTOP)
-    if how == "ctrl-c":
-        os.killpg(launcher.pid, signal.SIGINT)
-    else:
-        launcher.send_signal(signal.SIGTERM)
-    for pid in agents:
-        os.kill(pid, signal.SIGCONT)
-    out, err = launcher.communicate(timeout=60)
+    _, _, _, out, err = stop_two_agent_launch(sweep_file, workdir, how, 0.0, 60)
     store = launched_store(workdir)
     assert store.runs() == [], states(store)
     lines = out.splitlines()
