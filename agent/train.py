@@ -23,6 +23,7 @@ from util.errors import (  # noqa: E402
     INTERRUPTED_EXIT_CODE,
     UserError,
     exit_command,
+    stop_at_next_step,
     storage_problem,
 )
 
@@ -61,10 +62,10 @@ def main(argv: list[str] | None = None) -> int:
     from agent.trial.loop import Preempted, TrialHooks, train
 
     # SIGTERM (a scheduler, W&B's agent stopping a run) or Ctrl-C: preempted at the next
-    # step. A Ctrl-C raised KeyboardInterrupt mid-step: the run ended failed, with a traceback.
-    signalled = []
-    for signum in (signal.SIGTERM, signal.SIGINT):
-        signal.signal(signum, lambda signum, frame: signalled.append(signum))
+    # step (a Ctrl-C raised KeyboardInterrupt mid-step: the run ended failed, with a
+    # traceback); a second Ctrl-C ends the process at once, its start-up not waited out
+    signalled: list[int] = []
+    stop_at_next_step(signalled)
     try:
         train(config, TrialHooks(interrupted=lambda: bool(signalled)))
     except Preempted as stop:

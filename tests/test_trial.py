@@ -126,6 +126,69 @@ def test_a_signal_preempts_a_command_line_trial_and_a_ctrl_c_ends_it_as_interrup
     assert 1 <= saved["progress"]["epoch"] < 300
 
 
+def _handles(pid: int, signum: int) -> bool:
+    """Whether process `pid` has a handler of its own for `signum` (/proc's SigCgt mask)."""
+    status = Path(f"/proc/{pid}/status").read_text()
+    caught = next(line for line in status.splitlines() if line.startswith("SigCgt:"))
+    return bool(int(caught.split()[1], 16) & 1 << (signum - 1))
+
+
+CTRL_C_NOTE = "Ctrl-C: the run stops at its next step; Ctrl-C again ends it at once"
+
+
+@pytest.mark.e2e
+@pytest.mark.timeout(180)
+@pytest.mark.parametrize("presses", [1, 2])
+def test_ctrl_c_during_start_up_stops_at_the_first_step_and_a_second_ends_it_at_once(
+        workdir, presses):
+    """Ctrl-C (SIGINT to its group, as a terminal sends it) once `python -m agent.train` has
+    its handlers in (SIGTERM caught) but has not trained a step: the first asks the run to
+    stop, which it does at its first step (preempted, nothing to resume) and ends killed by
+    SIGINT; a second, while the data set still loads, ends it at once, killed by SIGINT,
+    with nothing more said. The set's cache is a FIFO no one writes to, so that its load
+    never ends: every Ctrl-C after the first was swallowed, the process hung there."""
+    if presses == 2:
+        (workdir / "data" / "cache").mkdir(parents=True)
+        os.mkfifo(workdir / "data" / "cache" / "digits.pt")
+    log = workdir / "stderr.txt"
+    with open(log, "w") as stderr:
+        process = subprocess.Popen(
+            [sys.executable, "-m", "agent.train", "--dataset=digits", "--model=dense",
+             "--batch_size=4", "--epochs=5", "--run_id=cut", "--sinks=[console]",
+             f"--run_dir={workdir / 'runs'}", f"--data_dir={workdir / 'data'}"],
+            cwd=workdir, env=subprocess_env(OMP_NUM_THREADS="1"), stdout=subprocess.DEVNULL,
+            stderr=stderr, start_new_session=True)
+    try:
+        deadline = time.monotonic() + 120
+        while not _handles(process.pid, signal.SIGTERM):  # its handlers are in
+            assert process.poll() is None and time.monotonic() < deadline, log.read_text()
+            time.sleep(0.01)
+        os.killpg(process.pid, signal.SIGINT)
+        while CTRL_C_NOTE not in log.read_text():  # the first Ctrl-C handled
+            assert process.poll() is None and time.monotonic() < deadline, log.read_text()
+            time.sleep(0.05)
+        if presses == 2:
+            time.sleep(1)
+            assert process.poll() is None, log.read_text()  # still loading, asked to stop
+            os.killpg(process.pid, signal.SIGINT)
+        process.wait(timeout=10 if presses == 2 else 60)
+    finally:
+        if process.poll() is None:
+            os.killpg(process.pid, signal.SIGKILL)
+            process.wait()
+    err = log.read_text()
+    assert process.returncode == -signal.SIGINT, err
+    assert "Traceback" not in err, err[-2000:]
+    said = err[err.index(CTRL_C_NOTE):].splitlines()[1:]
+    if presses == 2:
+        assert said == [], err[-2000:]
+    else:
+        assert len(said) == 2 and said[1] == "interrupted", err[-2000:]
+        assert said[0].startswith("preempted: run cut interrupted in epoch 1, before its "
+                                  "first checkpoint"), err[-2000:]
+    assert not (workdir / "runs" / "cut" / "checkpoint.pt").exists()
+
+
 @pytest.mark.slow
 @pytest.mark.timeout(180)
 def test_interrupted_run_resumes_from_its_checkpoint_to_identical_results(workdir):

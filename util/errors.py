@@ -175,6 +175,32 @@ def interrupted_code(code: int, signalled: list[int]) -> int:
     return max(code, INTERRUPTED_EXIT_CODE) if signal.SIGINT in signalled else code
 
 
+def stop_at_next_step(signalled: list[int]) -> None:
+    """SIGTERM and Ctrl-C (SIGINT) ask a command that trains to stop: each is added to
+    `signalled`, which its trial polls to end preempted at its next step. Once one came, a
+    Ctrl-C ends the process at once: SIGINT's own action, killed by it (a shell reports
+    130), nothing more printed or written (the last whole epoch's checkpoint stands; a
+    half-written one is a temporary file that loading passes over). So a start-up that
+    takes long (a data set loading or being cached, a model compiling, wandb's service
+    starting) or a close that hangs is never waited out; a Python handler would not do
+    it: Python runs one only between bytecodes, and a blocking C call holds it. The first
+    Ctrl-C says so on stderr (written straight to it, a handler may run mid-print)."""
+
+    def stop(signum: int, frame) -> None:
+        signalled.append(signum)
+        if signal.getsignal(signal.SIGINT) is not signal.SIG_DFL:
+            signal.signal(signal.SIGINT, signal.SIG_DFL)
+            if signum == signal.SIGINT:
+                try:
+                    os.write(2, b"Ctrl-C: the run stops at its next step; Ctrl-C again ends it "
+                                b"at once\n")
+                except OSError:  # no terminal any more: nothing to say
+                    pass
+
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(signum, stop)
+
+
 def exit_command(main: Callable[[], int]) -> NoReturn:
     """`main()` run as a command's process (exit_on_user_error), which exits with its code.
     A command that trains returns INTERRUPTED_EXIT_CODE after a Ctrl-C, its closing lines
