@@ -7,6 +7,7 @@ have no PBS server. Everything after it (the job script itself) is what a PBS no
 
 from __future__ import annotations
 
+import argparse
 import contextlib
 import json
 import os
@@ -24,8 +25,10 @@ import yaml
 
 from agent.cluster.jobs import JobSpec
 from agent.cluster.schedulers import IMAGE_PYTHON, SCHEDULERS
+from agent.cluster.submit import add_submit_options
 from agent.sweep.store import Run, SweepStore, create_store
 from conftest import ROOT, subprocess_env
+from util.errors import UserError
 
 FAKE_ID = "4242.pbs-test"
 
@@ -642,13 +645,13 @@ def test_a_submission_refused_after_some_jobs_names_them_and_the_sweep(tmp_path)
     (["--pbs", "1", "--scratch", ""], "--scratch=''"),
     (["--pbs", "1", "--scratch", "0gb"], "e.g. 20gb, or none"),
     (["--slurm", "1", "--scratch", "nothing"], "--scratch='nothing'"),
-    (["--slurm", "1", "--walltime", " "], "--walltime=''"),
+    (["--slurm", "1", "--walltime", " "], "--walltime=' ': no value"),
     (["--pbs", "1", "--container", ""], "--container=''"),
     (["--slurm", "1", "--setup", ""], "--setup=''"),
-    (["--slurm", "1", "--account", "two words"], "--account='two words': expected an account"),
+    (["--slurm", "1", "--account", "two words"], "--account='two words': a space"),
     (["--pbs", "1", "--account=-x"], "--account='-x'"),  # qsub -A -x: an option
     (["--slurm", "1", "--account", "a'b"], "--account=\"a'b\""),
-    (["--pbs", "1", "--account", " "], "--account='': expected a value"),
+    (["--pbs", "1", "--account", " "], "--account=' ': no value"),
 ])
 def test_bad_options_are_one_line_exit_2(workdir, aux, options, says):
     make_sweep(workdir, "opts", {"lr": {"value": 0.1}})
@@ -659,6 +662,76 @@ def test_bad_options_are_one_line_exit_2(workdir, aux, options, says):
     assert len(result.stderr.strip().splitlines()) == 1 and says in result.stderr
     assert not (workdir / "data" / "jobs").exists()
     assert not (aux / "qsub.log").exists() and not (aux / "sbatch.log").exists()
+
+
+# A value each batch-job option takes; the test below derives what it must refuse from these
+VALID_VALUES = {"pbs": "1", "slurm": "1", "walltime": "1:00:00", "gpus_per_job": "1",
+                "cpus_per_job": "2", "mem": "8gb", "scratch": "20gb", "queue": "gpu",
+                "partition": "debug", "account": "proj-42", "setup": "setup.sh",
+                "container": "image.sif"}
+
+
+def submit_value_options() -> list[argparse.Action]:
+    """The options of `./run_sweep.sh --pbs/--slurm` that take a value, from the parser."""
+    parser = argparse.ArgumentParser()
+    add_submit_options(parser)
+    return [action for action in parser._actions
+            if action.option_strings and action.nargs != 0 and action.dest != "help"]
+
+
+def bad_values(dest: str) -> list[str]:
+    """Values of option `dest` a job script must not get: for a file's path, a newline (the
+    path is quoted, the line it is on is not); otherwise the valid value with a leading -
+    (an option to qsub/sbatch), with spaces, a tab or a newline (a directive of its own),
+    with shell characters, and a command substitution."""
+    valid = VALID_VALUES[dest]
+    if dest in ("setup", "container"):
+        return [f"{valid}\n#SBATCH --partition=other"]
+    return [f"-{valid}", f"--{valid}", f" {valid}", f"{valid} ", f"{valid} --qos=long",
+            f"{valid}\t", f"{valid}\n#PBS -q other", f"{valid};touch pwned", f"{valid}#",
+            f"{valid}'", f"$(touch pwned){valid}", f"`touch pwned`{valid}"]
+
+
+def test_every_value_option_refuses_what_a_job_script_cannot_hold(workdir, aux, monkeypatch):
+    """Each value option of a submission, given a value that qsub/sbatch would read as an
+    option (--queue=-x: `#PBS -q -x`) or that would break the job script (spaces, tabs and
+    newlines in a directive, shell characters): one line naming the option and the value,
+    nothing written, nothing submitted. The options come from the parser, so one added
+    later is checked too (and needs a VALID_VALUES entry). The valid values pass."""
+    from agent.launch import main
+
+    make_sweep(workdir, "opts", {"lr": {"value": 0.1}})
+    (workdir / "setup.sh").write_text("module load cuda\n")
+    (workdir / "image.sif").write_bytes(b"stand-in image")
+    for name in ("setup.sh", "image.sif"):  # the files the bad paths name exist too
+        (workdir / f"{name}\n#SBATCH --partition=other").write_bytes(b"x")
+    monkeypatch.setenv("PATH", f"{fake_scheduler_bin(aux, 'qsub')}:"
+                               f"{fake_scheduler_bin(aux, 'sbatch')}:{os.environ['PATH']}")
+    options = submit_value_options()
+    assert {action.dest for action in options} == set(VALID_VALUES)
+    for action in options:
+        kinds = {"queue": ["pbs"], "partition": ["slurm"], "pbs": ["pbs"],
+                 "slurm": ["slurm"]}.get(action.dest, ["pbs", "slurm"])
+        for kind in kinds:
+            count = [] if action.dest == kind else [f"--{kind}=1"]
+            option = action.option_strings[0]
+            main(["opts", *count, f"{option}={VALID_VALUES[action.dest]}"])  # it passes
+            before = sorted(workdir.rglob("*")), (aux / f"{SUBMIT[kind]}.log").read_text()
+            for value in bad_values(action.dest):
+                try:
+                    main(["opts", *count, f"{option}={value}"])
+                except UserError as error:
+                    line = str(error)
+                else:
+                    pytest.fail(f"{kind}: {option}={value!r} was taken")
+                assert "\n" not in line and option in line, (option, value, line)
+                assert any(f"{option}{sep}{value}" in line for sep in ("=", " ")) \
+                    or repr(value) in line, (value, line)
+                after = sorted(workdir.rglob("*")), (aux / f"{SUBMIT[kind]}.log").read_text()
+                assert after == before, (option, value)
+
+
+SUBMIT = {"pbs": "qsub", "slurm": "sbatch"}
 
 
 @pytest.mark.e2e

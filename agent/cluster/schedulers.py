@@ -139,9 +139,11 @@ class Scheduler:
                 raise UserError(f"{other.queue_option} is {other.title}'s; {self.title} "
                                 f"takes {self.queue_option}")
         queue = getattr(args, self.queue_dest)
-        if queue is not None and not re.fullmatch(r"[\w.@-]+", queue):
+        # a directive holds it unquoted, and a leading - would read as an option (`-q -x`)
+        if queue is not None and not re.fullmatch(r"\w[\w.@-]*", queue):
             raise UserError(f"{self.queue_option}={queue!r}: expected a name such as gpu or "
-                            "gpu@pbs-m1.metacentrum.cz")
+                            "gpu@pbs-m1.metacentrum.cz (letters, digits and . _ - @, not "
+                            "starting with - or .)")
         return queue
 
     @staticmethod

@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -55,14 +56,15 @@ MAX_JOBS = 1000
 # --- options -------------------------------------------------------------------------------
 def add_submit_options(parser: argparse.ArgumentParser) -> None:
     group = parser.add_argument_group("batch jobs (instead of starting agents here)")
-    group.add_argument("--pbs", type=int, metavar="N", help="submit N PBS Pro jobs (qsub)")
-    group.add_argument("--slurm", type=int, metavar="N", help="submit a SLURM job array of "
-                       "N tasks (sbatch)")
+    group.add_argument("--pbs", type=whole_number, metavar="N", help="submit N PBS Pro jobs "
+                       "(qsub)")
+    group.add_argument("--slurm", type=whole_number, metavar="N", help="submit a SLURM job "
+                       "array of N tasks (sbatch)")
     group.add_argument("--walltime", help="H:MM:SS per job (default 4:00:00)")
-    group.add_argument("--gpus-per-job", type=int, help="GPUs per job, one agent each "
-                       "(default 1; 0: CPU agents, --agents of them)")
-    group.add_argument("--cpus-per-job", type=int, help="CPU cores per job (default 4 per "
-                       "GPU, or one per CPU agent)")
+    group.add_argument("--gpus-per-job", type=whole_number, help="GPUs per job, one agent "
+                       "each (default 1; 0: CPU agents, --agents of them)")
+    group.add_argument("--cpus-per-job", type=whole_number, help="CPU cores per job (default "
+                       "4 per GPU, or one per CPU agent)")
     group.add_argument("--mem", help="memory per job, e.g. 16gb (default)")
     group.add_argument("--scratch", help="PBS: local scratch per job, e.g. 20gb (default); "
                        "SLURM: --tmp; none: no scratch asked for (PBS: the job works in "
@@ -81,6 +83,52 @@ def add_submit_options(parser: argparse.ArgumentParser) -> None:
 
 
 JOB_OPTIONS = ("pbs", "slurm", *Scheduler.JOB_OPTIONS)  # the rest is repeated by the jobs' hint
+
+# What each text option of a batch job takes: one word, which goes into a #PBS/#SBATCH
+# directive (qsub and sbatch read those themselves: no quoting, a space ends the value, a
+# leading - reads as an option, `#PBS -q -x`) or into the job's own command line. The paths
+# (--setup, --container) are made absolute and quoted, so only a control character (a
+# newline would end the script's line) is refused there.
+TEXT_OPTIONS = {"walltime": "H:MM:SS, e.g. 4:00:00",
+                "mem": "a size with a unit, e.g. 16gb or 500mb",
+                "scratch": "a size with a unit, e.g. 20gb, or none",
+                "queue": "a queue name such as gpu or gpu@pbs-m1.metacentrum.cz",
+                "partition": "a partition name such as gpu",
+                "account": "an account name such as proj-123"}
+PATH_OPTIONS = {"setup": "the path of a file of shell lines",
+                "container": "the path of an Apptainer/Singularity image"}
+
+
+def whole_number(text: str) -> int:
+    """An argparse `type`: an integer written as ASCII digits (a - before them makes a
+    negative one, which the option's range then refuses by name). int() alone would take
+    ' 4', '+4', '4_0' or Arabic-Indic digits."""
+    if not re.fullmatch(r"-?[0-9]+", text):
+        raise argparse.ArgumentTypeError(f"expected a whole number such as 4, got {text!r}")
+    return int(text)
+
+
+def check_option_values(args: argparse.Namespace) -> None:
+    """The text and path options given (TEXT_OPTIONS, PATH_OPTIONS) hold what a job script
+    can: UserError, one line naming the option, the value and what it takes. Each option's
+    own parser checks the rest (a walltime's form, a queue name's characters)."""
+    for name, takes in {**TEXT_OPTIONS, **PATH_OPTIONS}.items():
+        value = getattr(args, name)
+        if value is None:
+            continue
+        if not value.strip():
+            problem = "no value (leave the option out for the default)"
+        elif re.search(r"[\x00-\x1f\x7f]", value):
+            problem = "a newline or another control character"
+        elif name in PATH_OPTIONS:
+            continue
+        elif re.search(r"\s", value):
+            problem = "a space, which would end the value in a job directive"
+        elif value.startswith("-"):
+            problem = "a leading -, which the scheduler would read as an option"
+        else:
+            continue
+        raise UserError(f"--{name}={value!r}: {problem}; expected {takes}")
 
 
 def given_job_options(args: argparse.Namespace) -> list[str]:
@@ -255,10 +303,7 @@ def submit_from_args(args: argparse.Namespace, argv: list[str] | None = None) ->
     count = getattr(args, scheduler.kind)
     if not 1 <= count <= MAX_JOBS:
         raise UserError(f"--{scheduler.kind} {count}: expected 1 to {MAX_JOBS} jobs")
-    for option in ("walltime", "mem", "scratch", "account", "container", "setup"):
-        if getattr(args, option) is not None and not getattr(args, option).strip():
-            raise UserError(f"--{option}='': expected a value (leave the option out for the "
-                            "default)")
+    check_option_values(args)
     job_dir = new_job_dir().resolve()
     # Every check before anything is written: options, then the target, then the command.
     scheduler.job_spec(args, count, args.target, None, job_dir, argv)
