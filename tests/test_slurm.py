@@ -189,3 +189,43 @@ def test_two_slurm_jobs_finish_a_local_sweep(workdir, slurm_cluster):
     assert len(runs) == 8 and all(r.state == "finished" for r in runs), outputs
     assert len({r.owner for r in runs}) == 2  # both jobs' agents trained
     assert len(list(job_dir.glob(f"slurm-{job_id}_*.out"))) == 2
+
+
+@pytest.mark.e2e
+@pytest.mark.timeout(200)
+def test_the_shells_sbatch_variables_do_not_override_what_the_submission_asked(
+        workdir, slurm_cluster):
+    """sbatch's input environment variables override a script's #SBATCH lines (`man sbatch`,
+    INPUT ENVIRONMENT VARIABLES): with SBATCH_TIMELIMIT exported, a --walltime given was
+    silently another time limit (and the agents stopped 5 minutes before the wrong one). The
+    job gets what the script says: the time limit, partition, account, memory, array, name
+    and log given or derived, whatever the shell exports."""
+    config = {"program": "agent/train.py", "method": "grid",
+              "metric": {"name": "val/acc", "goal": "maximize"},
+              "parameters": {"dataset": {"value": "digits"}, "lr": {"value": 0.1}}}
+    create_store(workdir / "data" / "sweeps" / "env1", "env1", "env1", config).close()
+    exported = {"SBATCH_TIMELIMIT": "2:00:00", "SBATCH_PARTITION": "elsewhere",
+                "SBATCH_ACCOUNT": "other-account", "SBATCH_MEM_PER_NODE": "3000",
+                "SBATCH_ARRAY_INX": "0-3", "SBATCH_JOB_NAME": "other-name",
+                "SBATCH_ERROR": str(workdir / "elsewhere-%j.err")}
+    env = subprocess_env(SLURM_CONF=slurm_cluster["SLURM_CONF"], PATH=slurm_cluster["PATH"],
+                         **exported)
+    result = subprocess.run(
+        [str(ROOT / "run_sweep.sh"), "env1", "--slurm", "1", "--gpus-per-job", "0",
+         "--walltime", "0:07:00", "--mem", "1gb", "--partition", "debug", "--account",
+         "proj-7"], cwd=workdir, env=env, capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr
+    job_id = re.search(r"Submitted SLURM job\(s\) (\d+)", result.stdout)[1]
+    shown = slurm_cluster["client"]("scontrol", "show", "job", job_id).stdout
+    slurm_cluster["client"]("scancel", job_id)
+    field = {name: re.findall(rf"\b{name}=(\S*)", shown)
+             for name in ("TimeLimit", "Partition", "Account", "MinMemoryNode", "ArrayTaskId",
+                          "JobName")}
+    assert field == {"TimeLimit": ["00:07:00"], "Partition": ["debug"],
+                     "Account": ["proj-7"], "MinMemoryNode": ["1G"], "ArrayTaskId": ["0"],
+                     "JobName": ["sweep-env1"]}, shown
+    # both streams in the job's one log (a pending task's %a reads as a placeholder)
+    (job_dir,) = (workdir / "data" / "jobs").iterdir()
+    (log,) = re.findall(r"\bStdOut=(\S*)", shown)
+    assert re.findall(r"\bStdErr=(\S*)", shown) == [log], shown
+    assert log.startswith(f"{job_dir}/slurm-{job_id}_"), shown

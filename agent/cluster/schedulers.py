@@ -181,7 +181,7 @@ class Scheduler:
                       launch=["-m", "agent.launch", spec.sweep, *spec.launch_args],
                       image_python=IMAGE_PYTHON, python_bin=str(Path(spec.python).parent))
 
-    def submit_argv(self, command: str, script: Path) -> list[str]:
+    def submit_argv(self, command: str, script: Path, spec: JobSpec) -> list[str]:
         return [command, str(script)]
 
     def job_id(self, stdout: str) -> str:
@@ -275,10 +275,28 @@ class SLURM(Scheduler):
                 "node, and a W&B sweep (wandb sweep FILE) spreads over nodes")
 
     def scripts(self, spec: JobSpec) -> dict[str, str]:
-        return {"slurm.sh": self.render(spec, time=self.time(spec.walltime_s))}
+        return {"slurm.sh": self.render(spec, sbatch_options=self.options(spec))}
 
-    def submit_argv(self, command: str, script: Path) -> list[str]:
-        return [command, "--parsable", str(script)]
+    def options(self, spec: JobSpec) -> list[str]:
+        """sbatch's options for `spec`: the script's #SBATCH lines, and sbatch's command line
+        too. sbatch's input environment variables (SBATCH_TIMELIMIT, SBATCH_PARTITION,
+        SBATCH_ACCOUNT, SBATCH_MEM_PER_NODE, SBATCH_ARRAY_INX, ...: `man sbatch`) override a
+        script's directives, and its command line overrides them: so the jobs get what the
+        script says (a --walltime given is the job's time limit) whatever the shell exports.
+        Every value is a word no directive needs to quote (checked in `job_spec`)."""
+        log = f"{spec.job_dir}/slurm-%A_%a.out"
+        options = [f"--job-name={spec.name}", f"--array=0-{spec.jobs - 1}", "--nodes=1",
+                   "--ntasks=1", f"--cpus-per-task={spec.cpus}", f"--mem={spec.mem_mb}M",
+                   f"--time={self.time(spec.walltime_s)}"]
+        options += [f"--gres=gpu:{spec.gpus}"] if spec.gpus else []
+        options += [f"--tmp={spec.scratch_mb}M"] if spec.scratch_mb else []
+        options += [f"--partition={spec.queue}"] if spec.queue else []
+        options += [f"--account={spec.account}"] if spec.account else []
+        # both streams into the one log the submission names (SBATCH_ERROR would split them)
+        return [*options, f"--output={log}", f"--error={log}", f"--chdir={spec.submit_dir}"]
+
+    def submit_argv(self, command: str, script: Path, spec: JobSpec) -> list[str]:
+        return [command, "--parsable", *self.options(spec), str(script)]
 
     def job_id(self, stdout: str) -> str:
         return stdout.strip().split(";")[0]  # --parsable: id[;cluster]

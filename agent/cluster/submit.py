@@ -170,9 +170,11 @@ class SubmitFailed(UserError):
         self.submitted = submitted
 
 
-def submit(scripts: dict[str, str], scheduler: Scheduler, dry_run: bool,
-           job_dir: Path) -> list[str]:
-    """Print the scripts (dry run), or write them to job_dir and submit each; the job ids."""
+def submit(scripts: dict[str, str], scheduler: Scheduler, spec: JobSpec,
+           dry_run: bool) -> list[str]:
+    """Print the scripts (dry run), or write them to spec.job_dir and submit each; the job
+    ids."""
+    job_dir = spec.job_dir
     if dry_run:
         for name, text in scripts.items():
             print(f"# ---- {job_dir / name} (dry run: not written, not submitted) ----")
@@ -185,7 +187,7 @@ def submit(scripts: dict[str, str], scheduler: Scheduler, dry_run: bool,
         path = job_dir / name
         path.write_text(text)
         path.chmod(0o755)
-        done = subprocess.run(scheduler.submit_argv(command, path), capture_output=True,
+        done = subprocess.run(scheduler.submit_argv(command, path, spec), capture_output=True,
                               text=True)
         if done.returncode != 0:
             why = (done.stderr.strip() or done.stdout.strip() or "no message").splitlines()[0]
@@ -314,7 +316,7 @@ def submit_from_args(args: argparse.Namespace, argv: list[str] | None = None) ->
     sweep = scheduler.sweep_in_job(local) if local is not None else args.target
     spec = scheduler.job_spec(args, count, sweep, local, job_dir, argv)
     try:
-        ids = submit(scheduler.scripts(spec), scheduler, args.dry_run, job_dir)
+        ids = submit(scheduler.scripts(spec), scheduler, spec, args.dry_run)
     except SubmitFailed as failure:
         raise UserError(_after_failure(failure, job_dir, local if target.kind == "yaml"
                                        else None, local) + _gpu_hint(failure, spec)) from None

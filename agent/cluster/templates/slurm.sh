@@ -1,30 +1,16 @@
 {## A SLURM job array: each task runs agents in the submit directory (shared storage), on the
     sweep itself. Directive values are checked to need no quoting (`Scheduler.job_spec`):
-    sbatch reads these lines itself, not through a shell. ##}
+    sbatch reads these lines itself, not through a shell. The same options go on sbatch's
+    command line (`SLURM.options`): there SBATCH_* variables do not override them. ##}
 #!/bin/bash
-#SBATCH --job-name={{ name }}
-#SBATCH --array=0-{{ jobs - 1 }}
-#SBATCH --nodes=1
-#SBATCH --ntasks=1
-#SBATCH --cpus-per-task={{ cpus }}
-#SBATCH --mem={{ mem_mb }}M
-#SBATCH --time={{ time }}
-{% if gpus %}
-#SBATCH --gres=gpu:{{ gpus }}
-{% endif %}
-{% if scratch_mb %}
-#SBATCH --tmp={{ scratch_mb }}M
-{% endif %}
-{% if queue %}
-#SBATCH --partition={{ queue }}
-{% endif %}
-{% if account %}
-#SBATCH --account={{ account }}
-{% endif %}
-#SBATCH --output={{ job_dir }}/slurm-%A_%a.out
-#SBATCH --chdir={{ submit_dir }}
+{% for option in sbatch_options %}
+#SBATCH {{ option }}
+{% endfor %}
 # Written by: {{ command_line }}
-# Submit again with: sbatch {{ job_dir }}/slurm.sh
+# Submitted with the options above on sbatch's command line too, where they win over the
+# shell's SBATCH_* variables (SBATCH_TIMELIMIT, SBATCH_PARTITION, ...): those override
+# #SBATCH lines
+# Submit again with: sbatch {{ sbatch_options }} {{ job_dir }}/slurm.sh
 
 {% include "environment.sh" %}
 cd {{ submit_dir }} || exit 1
