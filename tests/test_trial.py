@@ -233,9 +233,14 @@ def test_a_resumed_run_shows_each_step_once_in_tensorboard(workdir, monkeypatch,
     Interrupted in its first epoch (no checkpoint), the run starts over and hides all that
     the first start logged. `counter`: tensorboard numbers a process's event files 9, then
     10 (unpadded, after the second): resumed within the second, the new file sorted first
-    and the purge hid nothing (a CI failure, by the test order)."""
+    and the purge hid nothing (a CI failure, by the test order). Read by EventAccumulator
+    and by the reader TensorBoard's server uses in Python, which purges at a run's second
+    SessionLog START on: the first start wrote none, and the server showed the steps past
+    the checkpoint twice."""
+    from tensorboard.backend.event_processing import plugin_event_accumulator
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
     from tensorboard.summary.writer import event_file_writer
+    from tensorboard.util import tensor_util
 
     config = dict(model="dense", hidden=32, epochs=3, batch_size=64, log_interval=5,
                   sinks=["tensorboard"], group="g", optimizer="adam", lr=3e-3)
@@ -261,11 +266,22 @@ def test_a_resumed_run_shows_each_step_once_in_tensorboard(workdir, monkeypatch,
         return {tag: [(e.step, e.value) for e in events.Scalars(tag)]
                 for tag in ("train/step_loss", "val/acc", "train/loss")}
 
-    resumed, straight = scalars("resumed"), scalars("straight")
-    for tag, points in resumed.items():
-        assert [step for step, _ in points] == [step for step, _ in straight[tag]], tag
-        assert [v for _, v in points] == pytest.approx([v for _, v in straight[tag]]), tag
-    assert len(resumed["train/step_loss"]) == 12  # every 5th of 60 steps: none twice
+    def served_scalars(run_id: str) -> dict:
+        """As TensorBoard's server reads them with Python (--load_fast=false)."""
+        events = plugin_event_accumulator.EventAccumulator(
+            str(workdir / "logs" / "g" / run_id), tensor_size_guidance={"scalars": 0}).Reload()
+        return {tag: [(e.step, tensor_util.make_ndarray(e.tensor_proto).item())
+                      for e in events.Tensors(tag)]
+                for tag in ("train/step_loss", "val/acc", "train/loss")}
+
+    for read in (scalars, served_scalars):
+        resumed, straight = read("resumed"), read("straight")
+        for tag, points in resumed.items():
+            assert [step for step, _ in points] == [step for step, _ in straight[tag]], \
+                (read.__name__, tag)
+            assert [v for _, v in points] == pytest.approx([v for _, v in straight[tag]]), \
+                (read.__name__, tag)
+        assert len(resumed["train/step_loss"]) == 12  # every 5th of 60 steps: none twice
 
 
 # Where each schedule starts and ends, of a peak lr of 0.1 and no warm-up: onecycle as torch's

@@ -189,8 +189,12 @@ class TensorBoardSink(Sink):
         # interrupted process logged from there on (TensorBoard drops events at or past it in
         # the earlier files), so each step appears once. A run started over (interrupted in
         # its first epoch, before any checkpoint) hides all that the earlier start logged.
+        # The first start writes its purge (a SessionLog START at step 0) too: TensorBoard's
+        # server reading with Python (plugin_event_accumulator) takes a run's first START as
+        # its beginning and purges at later ones only, so the first resume's purged nothing
+        # there and the steps past the checkpoint showed twice.
         earlier = list(Path(run.log_dir).glob("events.out.tfevents.*"))
-        purge = run.resumed_step + 1 if run.resumed_epoch else (0 if earlier else None)
+        purge = run.resumed_step + 1 if run.resumed_epoch else 0
         if earlier:
             _after_earlier_files(earlier)
         check_room(run.log_dir, "TensorBoard's events")
