@@ -282,6 +282,76 @@ def test_a_resumed_run_shows_each_step_once_in_tensorboard(workdir, monkeypatch,
             assert [v for _, v in points] == pytest.approx([v for _, v in straight[tag]]), \
                 (read.__name__, tag)
         assert len(resumed["train/step_loss"]) == 12  # every 5th of 60 steps: none twice
+    # and the run's config text once, at step 0, for both readers (it showed once a start)
+    assert [step for step, _ in config_texts(workdir / "logs" / "g" / "resumed")] == [0]
+    served = plugin_event_accumulator.EventAccumulator(
+        str(workdir / "logs" / "g" / "resumed"), tensor_size_guidance={"text": 0}).Reload()
+    assert [e.step for e in served.Tensors("run/config/text_summary")] == [0]
+
+
+def test_a_run_started_over_with_other_values_shows_their_config(workdir):
+    """Interrupted in its first epoch (no checkpoint) and started again under its run id
+    with another lr: it starts over, and TensorBoard's server reads the new config text
+    alone (the earlier start's purged with all it logged), where a start over with the same
+    values keeps the earlier text and writes none."""
+    from tensorboard.backend.event_processing import plugin_event_accumulator
+
+    config = dict(model="dense", hidden=16, epochs=1, sinks=["tensorboard"], group="g",
+                  run_id="over", data_dir=str(workdir / "data"), log_dir=str(workdir / "logs"),
+                  run_dir=str(workdir / "runs"))
+    with pytest.raises(Preempted):
+        train({**QUICK, **config, "lr": 3e-3}, TrialHooks(interrupted=lambda: True))
+    run(workdir, **config, lr=1e-2)
+    served = plugin_event_accumulator.EventAccumulator(
+        str(workdir / "logs" / "g" / "over"), tensor_size_guidance={"text": 0}).Reload()
+    texts = [e.tensor_proto.string_val[0].decode()
+             for e in served.Tensors("run/config/text_summary")]
+    assert len(texts) == 1 and "| lr | 0.01 |" in texts[0], texts
+
+
+def config_texts(log_dir: Path) -> list[tuple[int, str]]:
+    """(step, text) of a run's config text as TensorBoard's EventAccumulator reads it."""
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    events = EventAccumulator(str(log_dir), size_guidance={"tensors": 0}).Reload()
+    return [(e.step, e.tensor_proto.string_val[0].decode())
+            for e in events.Tensors("run/config/text_summary")]
+
+
+@pytest.mark.e2e
+@pytest.mark.timeout(240)
+def test_a_run_preempted_by_sigterm_and_resumed_shows_its_config_once(workdir):
+    """`python -m agent.train` stopped by SIGTERM once it has a checkpoint, then run again
+    with the same --run_id (resumed to its end), then once more with more epochs: TensorBoard
+    reads the run's config text once at step 0, and at the step the third start resumed from
+    the text with its new epochs; before, each start wrote its step-0 text again (one per
+    start)."""
+    args = [sys.executable, "-m", "agent.train", "--dataset=digits", "--model=dense",
+            "--hidden=256", "--batch_size=8", "--run_id=cut", "--group=g",
+            "--sinks=[tensorboard]", "--histograms=false", f"--run_dir={workdir / 'runs'}",
+            f"--log_dir={workdir / 'logs'}", f"--data_dir={workdir / 'data'}"]
+    env = subprocess_env(OMP_NUM_THREADS="1")
+    process = subprocess.Popen(args + ["--epochs=3"], cwd=workdir, env=env, text=True,
+                               stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    deadline = time.monotonic() + 120
+    while not (workdir / "runs" / "cut" / "checkpoint.pt").is_file():  # into epoch two
+        assert process.poll() is None and time.monotonic() < deadline, process.stderr.read()
+        time.sleep(0.1)
+    process.send_signal(signal.SIGTERM)
+    _, err = process.communicate(timeout=60)
+    assert process.returncode == 143 and "preempted: run cut" in err, err[-2000:]
+    for epochs in (3, 4):  # resumed to its end; then given one more epoch
+        done = subprocess.run(args + [f"--epochs={epochs}"], cwd=workdir, env=env, text=True,
+                              capture_output=True, timeout=120)
+        assert done.returncode == 0, done.stderr[-2000:]
+    log_dir = workdir / "logs" / "g" / "cut"
+    assert len(list(log_dir.glob("events.out.tfevents.*"))) == 3
+    steps = torch.load(workdir / "runs" / "cut" / "checkpoint.pt",
+                       weights_only=True)["progress"]["global_step"] // 4  # an epoch's
+    texts = config_texts(log_dir)
+    assert [step for step, _ in texts] == [0, 3 * steps], texts
+    assert "| epochs | 3 |" in texts[0][1] and "| epochs | 4 |" in texts[1][1], texts
+    assert texts[0][1].replace("| epochs | 3 |", "| epochs | 4 |") == texts[1][1]
 
 
 # Where each schedule starts and ends, of a peak lr of 0.1 and no warm-up: onecycle as torch's

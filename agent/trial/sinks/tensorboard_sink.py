@@ -14,6 +14,7 @@ import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
+from itertools import islice
 from pathlib import Path
 
 import torch
@@ -166,6 +167,41 @@ def _quiet_storage_faults(default):
 threading.excepthook = _quiet_storage_faults(threading.excepthook)
 
 
+CONFIG_TAG = "run/config"  # the run's config text (TEXT tab); its event's tag adds /text_summary
+# Events read from the head of each earlier event file for its config text: a start writes
+# the file's version, its purge (a version and a SessionLog START), the HPARAMS experiment and
+# session start, then the text, before any step's event.
+HEAD_EVENTS = 8
+
+
+def shown_config(earlier: list[Path], purge: int) -> str | None:
+    """The config text a TensorBoard reader sees in a run's `earlier` event files once a new
+    start's `purge` step hides what they hold at or past it, else None. Read in name order
+    as TensorBoard reads them, each SessionLog START at step s (a start's purge_step)
+    dropping the text before it at steps >= s, as TensorBoard's server does (its Python
+    reader from a run's second START on: every start writes one, the first at step 0 with
+    nothing before it; EventAccumulator drops no text at all, so a text written again shows
+    twice there). Only the head of each file (HEAD_EVENTS), where a start writes its text; a
+    file it cannot read shows none."""
+    from tensorboard.backend.event_processing.event_file_loader import EventFileLoader
+
+    texts: list[tuple[int, str]] = []  # (step, text) in the order a reader meets them
+    for path in earlier:
+        try:
+            for event in islice(EventFileLoader(str(path)).Load(), HEAD_EVENTS):
+                if event.HasField("session_log") and \
+                        event.session_log.status == event.session_log.START:
+                    texts = [(step, text) for step, text in texts if step < event.step]
+                texts += [(event.step, value.tensor.string_val[0].decode())
+                          for value in event.summary.value
+                          if value.tag == f"{CONFIG_TAG}/text_summary"
+                          and value.tensor.string_val]
+        except OSError:
+            continue
+    texts = [(step, text) for step, text in texts if step < purge]
+    return texts[-1][1] if texts else None
+
+
 class TensorBoardSink(Sink):
     """One event file per start of a run. A full or read-only disk ends the trial as it ends
     a checkpoint's write: one line naming the event file (an OSError), and the run preempted
@@ -188,13 +224,20 @@ class TensorBoardSink(Sink):
         # A resumed run logs the steps after its checkpoint again: purge_step hides what the
         # interrupted process logged from there on (TensorBoard drops events at or past it in
         # the earlier files), so each step appears once. A run started over (interrupted in
-        # its first epoch, before any checkpoint) hides all that the earlier start logged.
+        # its first epoch, before any checkpoint) hides all that the earlier start logged
+        # past step 0, which holds only the run's config text and HPARAMS session: written
+        # once a run (_start_session), kept unless it starts over with other values.
         # The first start writes its purge (a SessionLog START at step 0) too: TensorBoard's
         # server reading with Python (plugin_event_accumulator) takes a run's first START as
         # its beginning and purges at later ones only, so the first resume's purged nothing
         # there and the steps past the checkpoint showed twice.
-        earlier = list(Path(run.log_dir).glob("events.out.tfevents.*"))
-        purge = run.resumed_step + 1 if run.resumed_epoch else 0
+        earlier = sorted(Path(run.log_dir).glob("events.out.tfevents.*"), key=lambda p: p.name)
+        purge = run.resumed_step + 1 if run.resumed_epoch or earlier else 0
+        session = session_hparams(config, hparams, run.sweep)
+        text = config_text(config, hparams, session, run.sweep)
+        shown = shown_config(earlier, purge)
+        if not run.resumed_epoch and shown != text:
+            purge, shown = 0, None  # started over with other values (or none shown): all anew
         if earlier:
             _after_earlier_files(earlier)
         check_room(run.log_dir, "TensorBoard's events")
@@ -203,10 +246,19 @@ class TensorBoardSink(Sink):
                                         max_queue=QUEUE, purge_step=purge)
         self.events = getattr(self.writer.file_writer.event_writer, "_file_name", run.log_dir)
         with self._writing():
-            self._start_session(run, config, hparams)
+            self._start_session(run, session, text, shown)
 
-    def _start_session(self, run: RunInfo, config: dict, hparams: dict) -> None:
-        session = session_hparams(config, hparams, run.sweep)
+    def _start_session(self, run: RunInfo, session: dict, text: str,
+                       shown: str | None) -> None:
+        """The HPARAMS session and the run's config `text`, once a run: a start whose
+        earlier event files a reader still sees them in (`shown`, the text there) writes
+        neither again (each start wrote its step-0 text, and a reader showed one a start).
+        Resumed with other values (more epochs), the text goes in again at the step it
+        resumes from, the step-0 one kept; HPARAMS keeps a run's first session start."""
+        if shown is not None:
+            if text != shown:
+                self.writer.add_text(CONFIG_TAG, text, run.resumed_step)
+            return
         start = plugin_data_pb2.SessionStartInfo(start_time_secs=time.time())
         for name, value in session.items():
             start.hparams[name].CopyFrom(_proto_value(value))
@@ -214,7 +266,7 @@ class TensorBoardSink(Sink):
         self.writer.file_writer.add_summary(_summary(
             metadata.SESSION_START_INFO_TAG,
             plugin_data_pb2.HParamsPluginData(session_start_info=start)))
-        self.writer.add_text("run/config", config_text(config, hparams, session, run.sweep), 0)
+        self.writer.add_text(CONFIG_TAG, text, 0)
 
     def log_step(self, step: int, metrics: dict) -> None:
         with self._writing():
