@@ -320,12 +320,18 @@ def config_texts(log_dir: Path) -> list[tuple[int, str]]:
 
 @pytest.mark.e2e
 @pytest.mark.timeout(240)
-def test_a_run_preempted_by_sigterm_and_resumed_shows_its_config_once(workdir):
+def test_a_run_preempted_by_sigterm_and_resumed_shows_its_config_and_its_end_once(workdir):
     """`python -m agent.train` stopped by SIGTERM once it has a checkpoint, then run again
     with the same --run_id (resumed to its end), then once more with more epochs: TensorBoard
     reads the run's config text once at step 0, and at the step the third start resumed from
     the text with its new epochs; before, each start wrote its step-0 text again (one per
-    start)."""
+    start). HPARAMS reads the session's end as the finished run's: the preempted start's,
+    status unknown, was the one read (a tag's first metadata stands)."""
+    from tensorboard.backend.event_processing import plugin_event_multiplexer
+    from tensorboard.backend.event_processing.data_provider import MultiplexerDataProvider
+    from tensorboard.context import RequestContext
+    from tensorboard.plugins.hparams import api_pb2, plugin_data_pb2
+
     args = [sys.executable, "-m", "agent.train", "--dataset=digits", "--model=dense",
             "--hidden=256", "--batch_size=8", "--run_id=cut", "--group=g",
             "--sinks=[tensorboard]", "--histograms=false", f"--run_dir={workdir / 'runs'}",
@@ -352,6 +358,14 @@ def test_a_run_preempted_by_sigterm_and_resumed_shows_its_config_once(workdir):
     assert [step for step, _ in texts] == [0, 3 * steps], texts
     assert "| epochs | 3 |" in texts[0][1] and "| epochs | 4 |" in texts[1][1], texts
     assert texts[0][1].replace("| epochs | 3 |", "| epochs | 4 |") == texts[1][1]
+    # HPARAMS' session as TensorBoard's server hands it to the plugin
+    served = MultiplexerDataProvider(
+        plugin_event_multiplexer.EventMultiplexer().AddRunsFromDirectory(
+            str(workdir / "logs")).Reload(), str(workdir / "logs"))
+    tags = served.list_tensors(RequestContext(), experiment_id="", plugin_name="hparams")
+    end = plugin_data_pb2.HParamsPluginData.FromString(
+        tags["g/cut"]["_hparams_/session_end_info"].plugin_content).session_end_info
+    assert end.status == api_pb2.STATUS_SUCCESS, end
 
 
 # Where each schedule starts and ends, of a peak lr of 0.1 and no warm-up: onecycle as torch's

@@ -319,12 +319,16 @@ class TensorBoardSink(Sink):
             if isinstance(value, (int, float)) and any(
                     name == n or (n.endswith("/") and name.startswith(n)) for n in ended):
                 self.writer.add_scalar(name, float(value), step)
-        end = plugin_data_pb2.SessionEndInfo(
-            status=api_pb2.Status.Value(STATUS.get(state, "STATUS_UNKNOWN")),
-            end_time_secs=time.time())
-        self.writer.file_writer.add_summary(_summary(
-            metadata.SESSION_END_INFO_TAG, plugin_data_pb2.HParamsPluginData(
-                session_end_info=end)))
+        if state != "preempted":
+            # A preempted start ends no session: its run goes on at the resume, and the
+            # readers keep a tag's first metadata (HPARAMS' session end is nothing else), so
+            # its end, status unknown, stood for the resumed run's after it had finished
+            end = plugin_data_pb2.SessionEndInfo(
+                status=api_pb2.Status.Value(STATUS.get(state, "STATUS_UNKNOWN")),
+                end_time_secs=time.time())
+            self.writer.file_writer.add_summary(_summary(
+                metadata.SESSION_END_INFO_TAG, plugin_data_pb2.HParamsPluginData(
+                    session_end_info=end)))
         self.writer.close()
 
 
