@@ -541,10 +541,14 @@ def _fixed_arguments(where: str, config: dict) -> dict:
 
 
 def creation_notes(config: dict) -> list[str]:
-    """What a new sweep's creator is told besides its id: swept parameters no run uses, and a
-    metric of our trainer searched in the direction that finds its worst runs. Notes, not
+    """What a new sweep's creator is told besides its id: swept parameters no run uses, a
+    q_ distribution whose rounding draws 0 or one value (agent/sweep/rounding_notes.py), and
+    a metric of our trainer searched in the direction that finds its worst runs. Notes, not
     refusals: W&B accepts such sweeps, and they mean the same there."""
-    return idle_parameters(config) + metric_notes(config) + hyperband_notes(config)
+    from agent.sweep.rounding_notes import rounding_notes
+
+    return idle_parameters(config) + rounding_notes(config) + metric_notes(config) + \
+        hyperband_notes(config)
 
 
 def hyperband_notes(config: dict) -> list[str]:

@@ -611,3 +611,85 @@ def _quantised(how: str, low: float, high: float, q: float) -> Draws:
         return Draws(how, values=tuple(value(k) for k in np.arange(first, last + 1)))
     return Draws(how, low=first * q if math.isfinite(first) else -math.inf,
                  high=last * q if math.isfinite(last) else math.inf, whole=whole, step=q)
+
+
+# --- what a q_ distribution's rounding does ----------------------------------------------------
+
+# The distributions the engine rounds to multiples of q (sweeps/params.py HyperParameter.ppf:
+# np.round(x / q) * q of the continuous draw x; q is 1.0 where the spec gives none).
+Q_DISTRIBUTIONS = ("q_uniform", "q_log_uniform", "q_log_uniform_values", "q_normal",
+                   "q_log_normal", "q_beta")
+# Those whose continuous draw is above 0 by construction (a log scale): a 0 there is the
+# rounding's alone. q_uniform's is too where its min is above 0 (or its max below).
+POSITIVE = ("q_log_uniform", "q_log_uniform_values", "q_log_normal")
+
+
+@dataclass(frozen=True)
+class Rounding:
+    """What rounding to multiples of `q` makes of one parameter's draws (exact, from the
+    engine's own cdf of the continuous draw): the share of draws that are 0, the value the
+    median draw rounds to (`common`) with its share, whether every draw is that value (a
+    bounded range within one step of q), the continuous draw's ends (`low`, `high`), and
+    whether a 0 is the rounding's alone (the continuous draw is never near it)."""
+
+    q: float
+    zero_share: float
+    common: float
+    common_share: float
+    every: bool
+    low: float
+    high: float
+    zero_is_rounding: bool
+
+
+def rounding(name: str, spec: dict) -> Rounding | None:
+    """Rounding of the q_ distribution `spec` (Q_DISTRIBUTIONS; None for any other), as the
+    engine draws it at random or in a bayes search: filled by the engine's own filler (q
+    1.0 where none is given), its share of each rounded value from the engine's cdf of the
+    continuous draw, its ends from its quantile function. A spec the engine cannot read is
+    None (the schema check says why)."""
+    from sweeps.config.schema import fill_parameter
+    from sweeps.params import HyperParameter
+
+    if not isinstance(spec, dict) or spec.get("distribution") not in Q_DISTRIBUTIONS:
+        return None
+    try:
+        filled = fill_parameter(name, copy.deepcopy(spec))[1]
+        drawn = HyperParameter(name, filled)
+        q = float(filled["q"])
+    except Exception:
+        return None
+    if not 0 < q < math.inf:  # a nested spec, which no schema check reads: the engine fails
+        return None
+
+    def share(value: float) -> float:
+        cdf = np.nan_to_num(drawn.cdf(np.array([value - q / 2, value + q / 2])), nan=0.0)
+        return float(min(1.0, max(0.0, cdf[1] - cdf[0])))
+
+    # log(x <= 0) in a log form's cdf (nothing is drawn there: nan, read as 0), e**1000
+    try:
+        with np.errstate(all="ignore"):
+            ends = [float(v) for v in drawn.ppf(np.array([0.0, 1.0]))]
+            common = float(drawn.ppf(0.5))
+            zero_share, common_share = share(0.0), share(common)
+            low, high = _continuous_ends(filled)
+    except Exception:  # the engine's own failure, which its proposals meet and name
+        return None
+    kind = filled["distribution"]
+    return Rounding(q=q, zero_share=zero_share, common=common, common_share=common_share,
+                    every=ends[0] == ends[1], low=low, high=high,
+                    zero_is_rounding=kind in POSITIVE or (kind == "q_uniform" and (
+                        low > 0 or high < 0)))
+
+
+def _continuous_ends(filled: dict) -> tuple[float, float]:
+    """The ends of a q_ distribution's draw before its rounding (sweeps/params.py): min to
+    max, e**min to e**max for the base-e form, 0 to 1 for beta, the whole line for normal
+    and 0 up for log_normal."""
+    kind = filled["distribution"]
+    if kind == "q_log_uniform":
+        return float(np.exp(filled["min"])), float(np.exp(filled["max"]))
+    if kind in ("q_uniform", "q_log_uniform_values"):
+        return float(filled["min"]), float(filled["max"])
+    return {"q_normal": (-math.inf, math.inf), "q_log_normal": (0.0, math.inf),
+            "q_beta": (0.0, 1.0)}[kind]
