@@ -38,17 +38,24 @@ RUNS = [("adam", 1.2e-4, 32, 0.0, 0.30, 3), ("adam", 3e-4, 64, 0.25, 0.55, 3),
 DECADES = ["0.0001–0.001", "0.001–0.01", "0.01–0.1"]
 
 
-@pytest.fixture(scope="module")
-def report(tmp_path_factory):
-    work = tmp_path_factory.mktemp("random")
+def build(work, runs: list[tuple]):
+    """The report of a store holding `runs` (RUNS' shape; a score None: a run whose loss
+    went non-finite in its second epoch, as the trainer stops and records it)."""
     store = create_store(work / "data" / "sweeps" / "rand1", "rand1", "rand", SWEEP)
     with store.transaction() as db:
-        for k, (optimizer, lr, size, dropout, _, _) in enumerate(RUNS):
+        for k, (optimizer, lr, size, dropout, _, _) in enumerate(runs):
             db.insert_run(f"run{k:02d}", {"dataset": "digits", "model": "dense", "hidden": 16,
                                           "epochs": 3, "optimizer": optimizer, "lr": lr,
                                           "batch_size": size, "dropout": dropout},
                           "running", "host:1")
-    for k, (*_, score, epochs) in enumerate(RUNS):
+    for k, (*_, score, epochs) in enumerate(runs):
+        if score is None:
+            assert store.record_epoch(f"run{k:02d}", "host:1", 1, {
+                "epoch": 1, "train/loss": 9.0, "val/loss": 9.0, "val/acc": 0.1,
+                "train/acc": 0.1})
+            assert store.finish(f"run{k:02d}", "host:1", "finished",
+                                {"diverged": True, "epochs_done": 1})
+            continue
         for epoch in range(1, epochs + 1):  # a run learning: its loss falls, its accuracy rises
             acc = score * epoch / epochs if epochs == 3 else score
             assert store.record_epoch(f"run{k:02d}", "host:1", epoch, {
@@ -63,6 +70,11 @@ def report(tmp_path_factory):
     finally:
         os.chdir(old)
     return built, built.path.read_text()
+
+
+@pytest.fixture(scope="module")
+def report(tmp_path_factory):
+    return build(tmp_path_factory.mktemp("random"), RUNS)
 
 
 def section(text: str, title: str) -> str:
@@ -150,3 +162,30 @@ def test_the_sensitivity_panel_of_a_drawn_lr_draws_each_run_on_its_own(report):
     assert ("`lr` is drawn from a distribution, a value for each run: its panel draws each "
             "run as a dot, with no line, band or median") in section(
                 text, "## Sensitivity to each parameter")
+
+
+@pytest.mark.parametrize("adam_size", [128, 256], ids=["crosses only", "crosses and div"])
+def test_the_sensitivity_text_names_the_marks_its_panels_draw_for_diverged_runs(
+        tmp_path, adam_size):
+    """Two runs diverged at lr 0.08 (adam) and 0.09 (sgd): the lr panel, a dot a run,
+    draws each as a cross above it, and the text said '"div" marks a value at which every
+    run of a line diverged' of a figure without a "div". It names the crosses of the dot
+    panel, and "div" only where a panel of means draws one: adam's only run at batch size
+    256 diverged (its line has no mean there)."""
+    runs = RUNS + [("adam", 0.08, adam_size, 0.0, None, 1), ("sgd", 0.09, 128, 0.25, None, 1)]
+    built, text = build(tmp_path, runs)
+    drawn = built.figures["marginals.png"]
+    panels = {ax.xlabel: ax for ax in drawn.axes if ax.xlabel}
+    crosses = [x for (label, x, _), marker in zip(panels["lr"].lines, panels["lr"].markers)
+               if marker == "x" for x in x]
+    assert sorted(crosses) == [0.08, 0.09] and "div" not in panels["lr"].texts
+    divs = {name: ax.texts.count("div") for name, ax in panels.items() if "div" in ax.texts}
+    assert divs == ({} if adam_size == 128 else {"batch_size": 1}), divs
+    sensitivity = section(text, "## Sensitivity to each parameter")
+    assert "Left out: 2 runs that diverged" in sensitivity
+    assert ("its panel draws each run as a dot, with no line, band or median (a line "
+            "through runs of one value each would read as a trend that one run a value "
+            "cannot show; the heat map gathers them into ranges), and a run that diverged "
+            "as an x above the panel, at its value (no \"div\").") in sensitivity, sensitivity
+    said = "\"div\" marks a value at which every run of a line diverged" in sensitivity
+    assert said == bool(divs), sensitivity

@@ -379,9 +379,11 @@ def marginal_section(report: Report, ctx: Context) -> None:
                "percentile) and their median (dash)" + (", one colour per optimizer" if len(
                    {str(r.params.optimizer) for r in ctx.study.runs}) > 1 else "")
                + ". A flat line: the parameter hardly matters here; a bend: it has a "
-               "best value." + (f" {diverged_left_out(diverged)}. \"div\" marks a value at "
-                                "which every run of a line diverged (it has no mean there)."
-                                if diverged else "")
+               "best value." + (f" {diverged_left_out(diverged)}." if diverged else "")
+               # what the figure draws for them, by panel kind: "div" where a line has no
+               # mean, a cross a run in a panel of dots (_each_run_text)
+               + (" \"div\" marks a value at which every run of a line diverged (it has no "
+                  "mean there)." if any(p.diverged for p in panels if not p.each_run) else "")
                + _each_run_text(panels)
                + _stuck_included(stuck, ctx, panels)
                + _stopped_included(kept, ctx.study.goal, metric), "")
@@ -708,12 +710,14 @@ def _each_run_text(panels: list[MarginalPanel]) -> str:
     if not each:
         return ""
     one = len(each) == 1
+    crossed = any(p.diverged for p in panels if p.each_run)
     return (f" {' and '.join(each)} {'is' if one else 'are'} drawn from a distribution, a "
             f"value for each run: {'its panel draws' if one else 'their panels draw'} each "
             "run as a dot, with no line, band or median (a line through runs of one value "
             "each would read as a trend that one run a value cannot show; the heat map "
-            "gathers them into ranges), and a run that diverged as an x above the panel, "
-            "at its value.")
+            "gathers them into ranges)" + (", and a run that diverged as an x above the "
+                                          "panel, at its value (no \"div\")" if crossed
+                                          else "") + ".")
 
 
 def _stuck_included(count: int, ctx: Context, panels: list[MarginalPanel]) -> str:
