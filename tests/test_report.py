@@ -162,10 +162,12 @@ def test_groups_follow_the_written_rule_and_its_thresholds(course):
                                    for k, v in configuration(r).items()) for r in members}
         assert not any(r.id in drawn.all_text() for r in runs)  # configurations, not run ids
         marks = {"epoch's mean training loss", "validation loss"}  # why a run diverged
+        blown = sum(1 for r in members if r.summary.get("diverged"))  # non-finite: an x each
         assert set(drawn.legends) <= {f"lr={v:.3g}" for v in LRS} | {
             f"dropout={v:.3g}" for v in DROPOUTS} | {
             f"diverged: ended above {explode:.1f}"} | (
-            marks if group == "diverged" else set())
+            marks | {f"loss non-finite ({blown} run{'s' if blown != 1 else ''}): on the "
+                     "top edge, at its step"} if group == "diverged" else set())
         assert (group == "diverged") == (marks <= set(drawn.legends))
 
 

@@ -242,3 +242,42 @@ def test_a_sweep_whose_every_run_diverged_names_no_best_run(tmp_path):
     assert "every run with a value of val/acc diverged" in section(
         text, "## Weight distributions per layer")
     assert not list((tmp_path / "reports").glob("*/weights_*.png"))
+
+
+@pytest.mark.parametrize("sinks", [["tensorboard"], []], ids=["steps", "epochs"])
+def test_a_run_non_finite_in_its_first_epoch_is_a_cross_where_it_diverged(tmp_path,
+                                                                           monkeypatch, sinks):
+    """sgd without momentum at lr 30 and 100 on digits goes non-finite within its first
+    epoch (at steps 8 and 9 of 45), after the one step it logged (log_interval 20): the
+    diverged runs' figure drew that step's loss as a lone dot at step 1 and no x, where
+    every other run whose loss went non-finite has one. Each is an x on the top edge at
+    the step its summary gives (the trainer stops it there: a CPU checks every step);
+    drawn by epoch (no step logged: no TensorBoard), at the end of the epoch it did not
+    finish. Read from the figure's data; the sweep through ./run_sweep.sh."""
+    from agent.report.curves import loss_curve
+
+    monkeypatch.chdir(tmp_path)  # the report reads ./data/logs, as from the sweep's folder
+    sweep = run_sweep(tmp_path, "first", {**SWEEP, "parameters": {
+        **SWEEP["parameters"], "hidden": {"value": 512}, "batch_size": {"value": 32},
+        "epochs": {"value": 2}, "optimizer": {"value": "sgd"}, "momentum": {"value": 0.0},
+        "dropout": {"value": 0.0}, "sinks": {"value": sinks}, "lr": {"values": [0.05, 30.0,
+                                                                             100.0]}}})
+    gone = [r for r in sweep["study"].runs if r.summary.get("diverged")]
+    assert len(gone) == 2 and all(r.summary["epochs_done"] == 0 for r in gone)
+    for run in gone:  # the premise: no logged point holds the non-finite loss
+        curve = loss_curve(run)
+        assert all(map(math.isfinite, curve.losses)), curve
+        assert curve.steps == ([1] if sinks else [])
+    drawn = sweep["report"].figures["loss_diverged.png"]
+    (panel,) = [ax for ax in drawn.axes if ax.title]
+    crosses = sorted((list(x), list(y)) for (_, x, y), marker
+                     in zip(panel.lines, panel.markers) if marker == "x")
+    at = sorted([r.summary["global_step"]] if sinks else [1] for r in gone)
+    assert crosses == [(x, [1.0]) for x in at], crosses  # on the top edge
+    assert f"loss non-finite (2 runs): on the top edge, at its {'step' if sinks else 'epoch'}" \
+        in drawn.legends
+    if sinks:  # each run's one logged loss stays a dot, as a line of one point
+        dots = [(list(x), marker) for (label, x, y), marker in zip(panel.lines, panel.markers)
+                if "lr=" in label]
+        assert sorted(dots) == [([1, step], "o") for step in sorted(
+            r.summary["global_step"] for r in gone)], dots

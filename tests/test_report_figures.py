@@ -234,10 +234,17 @@ def test_group_loss_figure_facets_by_model_and_optimizer_and_labels_configuratio
                                            "model=dense, optimizer=sgd (1 run)"]
     # The legend names configurations (colour: lr, style: dropout), never run ids.
     assert drawn.legends == ["lr=0.01", "lr=0.1", "dropout=0", "dropout=0.5",
-                             "diverged: ended above 23.0"]
+                             "diverged: ended above 23.0",
+                             "loss non-finite (2 runs): on the top edge, at its step"]
     labels = [line[0] for line in panels[0].lines]
     assert "model=cnn optimizer=adam lr=0.1 dropout=0" in labels
-    assert "x: loss non-finite (2)" in panels[0].texts  # both cnn runs blew up
+    # both cnn runs blew up: a cross each on the panel's top edge (axes fraction 1), at the
+    # step of its first non-finite loss (15 and 10)
+    crosses = [(list(x), list(y)) for (_, x, y), marker in zip(panels[0].lines,
+                                                               panels[0].markers)
+               if marker == "x"]
+    assert sorted(crosses) == [([10], [1.0]), ([15], [1.0])], crosses
+    assert "x" not in panels[1].markers and panels[0].texts == ["23.0"]  # the line's value
     assert panels[0].yscale == "log" and panels[0].xlabel == "training step"
     threshold = [line for line in panels[1].lines if line[0] == "diverged: ended above 23.0"]
     assert threshold and set(threshold[0][2]) == {23.0}

@@ -83,11 +83,29 @@ def drawn_curve(run: RunRecord, curve: LossCurve) -> LossCurve:
     first step's loss, drawn as a dot on an axis from step 0.96 to 1.04; its epoch's mean
     loss says more."""
     if curve.source == "epoch":
-        return curve
+        return with_divergence(run, curve)
     epochs = epoch_curve(run)
     if len(curve.steps) > len(epochs.steps) or not all(map(math.isfinite, curve.losses)):
+        return with_divergence(run, curve)
+    return with_divergence(run, epochs)
+
+
+def with_divergence(run: RunRecord, curve: LossCurve) -> LossCurve:
+    """`curve` with a non-finite loss where the trainer stopped `run` on one, when none of
+    its points holds it: the step the summary gives (global_step: where the trainer noticed
+    it, every step on a CPU, up to log_interval steps later on a GPU), or on a curve of
+    epoch means the end of the epoch it did not finish. The trainer logs every
+    log_interval-th step only, so a run that went non-finite between two (within its first
+    epoch, after its one logged step) was drawn as a lone dot at step 1, with none of the
+    x that marks where the other diverged runs blew up."""
+    if not run.summary.get("diverged") or not all(map(math.isfinite, curve.losses)):
         return curve
-    return epochs
+    at = (run.summary.get("epochs_done") or 0) + 1 if curve.source == "epoch" else \
+        run.summary.get("global_step")
+    if not isinstance(at, (int, float)) or (curve.steps and at <= max(curve.steps)):
+        return curve
+    return LossCurve([*curve.steps, at], [*curve.losses, math.inf], curve.source,
+                     curve.steps_per_epoch)
 
 
 def in_epochs(curve: LossCurve) -> LossCurve | None:

@@ -554,7 +554,8 @@ def group_loss_figure(curves: list[GroupCurve], facets: list[str], colour: str |
     """Training loss against step, one panel per value of the `facets` parameters (model x
     optimizer), colour by `colour` (lr), line style by `style` (dropout); the figure legend
     names those values, each line is labelled with its whole configuration. A point where
-    the loss went non-finite is a cross at the top of its panel. Log y from two decades on.
+    the loss went non-finite is a cross on the top edge of its panel, at its step (the
+    legend counts them). Log y from two decades on.
     `threshold`: a loss level drawn as a dashed line in every panel (the divergence
     rule: a run that ends above it diverged).
     `x_end`: the x axis runs from 0 to it (the runs' planned length: one point is not
@@ -579,7 +580,8 @@ def group_loss_figure(curves: list[GroupCurve], facets: list[str], colour: str |
                     transform=ax.get_yaxis_transform() + ScaledTranslation(
                         2 / 72, 0, fig.dpi_scale_trans))
         ax.set_title(", ".join(f"{f}={_value_text(v)}" for f, v in zip(facets, key))
-                     + f" ({len(mine)} run{'s' if len(mine) != 1 else ''})", fontsize=9)
+                     + f" ({len(mine)} run{'s' if len(mine) != 1 else ''})", fontsize=9,
+                     pad=10)  # clear of a non-finite loss's x on the top edge
         ax.set_xlabel(xlabel, fontsize=8)
         ax.set_ylabel("training loss", fontsize=8)
         ax.tick_params(labelbottom=True)  # shared x: a panel with none below keeps its ticks
@@ -600,6 +602,12 @@ def group_loss_figure(curves: list[GroupCurve], facets: list[str], colour: str |
     if threshold is not None:
         handles.append(Line2D([], [], color="tab:red", linestyle="--",
                               label=f"diverged: ended above {threshold:.1f}"))
+    blown = sum(1 for c in curves if not all(_is_number(y) and math.isfinite(y)
+                                             for y in c.losses))
+    if blown:
+        handles.append(Line2D([], [], color="0.3", marker="x", markersize=8, linestyle="none",
+                              label=f"loss non-finite ({blown} run{'s' if blown != 1 else ''}"
+                                    f"): on the top edge, at its {xlabel.split()[-1]}"))
     if handles:
         fig.legend(handles=handles, loc="center left", bbox_to_anchor=(1.0, 0.5),
                    fontsize=8, frameon=False)
@@ -615,8 +623,8 @@ def _draw_group_panel(ax, curves: list[GroupCurve], colour, style, colours, styl
         values += ys
         ax.plot(curve.steps, ys, color=colours.get(curve.config.get(colour), f"C{i % 10}"),
                 linestyle=styles.get(curve.config.get(style), "-"), linewidth=1.1, alpha=0.85,
-                label=_config_label(curve.config),
-                marker="o" if len(ys) == 1 else None, markersize=4)  # one point: a dot
+                label=_config_label(curve.config),  # one finite point: a dot (no line shows)
+                marker="o" if sum(map(math.isfinite, ys)) == 1 else None, markersize=4)
         for points, marker in ((curve.epoch_means, "o"), (curve.val_losses, "s")):
             shown = [(x, y) for x, y in points if _is_number(y) and math.isfinite(y)]
             if shown:
@@ -630,13 +638,12 @@ def _draw_group_panel(ax, curves: list[GroupCurve], colour, style, colours, styl
         if bad:
             blow_ups.append((bad[0], colours.get(curve.config.get(colour), f"C{i % 10}")))
     _log_y_if_wide(ax, values)
-    finite = _finite(values)
-    top = max(finite) if finite else 1.0
+    # on the panel's top edge, at the step: a non-finite loss is past any scale, and drawn
+    # at the highest finite value a run that blew up after its first loss had an x beside
+    # its own dot at 2.3, with a note inside the panel that the threshold's line crossed
     for step, colour_ in blow_ups:
-        ax.plot([step], [top], marker="x", markersize=8, color=colour_, linestyle="none")
-    if blow_ups:
-        ax.text(0.02, 0.97, f"x: loss non-finite ({len(blow_ups)})", transform=ax.transAxes,
-                fontsize=7, va="top")
+        ax.plot([step], [1.0], marker="x", markersize=8, color=colour_, linestyle="none",
+                transform=ax.get_xaxis_transform(), clip_on=False, label="_non-finite")
     ax.grid(alpha=0.3)
     ax.tick_params(labelsize=7)
 

@@ -8,7 +8,13 @@ import json
 
 from agent.commands import module_command
 from agent.report import figures, stats
-from agent.report.curves import drawn_curve, epoch_curve, in_epochs, tensorboard_scalars
+from agent.report.curves import (
+    drawn_curve,
+    epoch_curve,
+    in_epochs,
+    tensorboard_scalars,
+    with_divergence,
+)
 from agent.report.markdown import (
     Context,
     Report,
@@ -174,7 +180,8 @@ def group_curves(runs: list[RunRecord], ctx: Context) -> tuple[dict, bool, float
     drawn = {r.id: drawn_curve(r, ctx.curves[r.id]) for r in runs if r.id in ctx.curves}
     by_step = all(curve.source != "epoch" for curve in drawn.values())
     if not by_step:
-        drawn = {r.id: in_epochs(drawn[r.id]) or epoch_curve(r) for r in runs if r.id in drawn}
+        drawn = {r.id: in_epochs(drawn[r.id]) or with_divergence(r, epoch_curve(r))
+                 for r in runs if r.id in drawn}
     ends = []
     for run in runs:
         curve = drawn.get(run.id)
