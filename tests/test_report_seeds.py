@@ -674,6 +674,32 @@ def test_a_random_search_that_draws_a_batch_size_per_run_is_not_grouped_by_it(tm
     assert args.by == "model" and len(configs) == 2, (args.by, len(configs))
 
 
+@pytest.mark.parametrize("by, why", [
+    ("momentum", "the sweep never varies it (every run has momentum=0.9, one group)"),
+    ("model", "the sweep never varies it (every run has model=dense, one group)"),
+    ("seed", "each repeat runs its setting over fresh seeds, so seed forms no group")])
+def test_by_a_parameter_the_sweep_never_varied_is_refused_and_nothing_is_made(
+        tmp_path, monkeypatch, capsys, by, why):
+    """`agent.repeat S --by momentum` where the sweep (optimizer x lr x seed) left momentum
+    at its default: every run fell in one group, and two repeat sweeps were made of the best
+    runs overall, exit 0. `--by seed` did the same, though each repeat draws its own seeds.
+    Refused as an unknown name is: one line naming the parameter and the ones the sweep
+    varies, exit 2, no repeat sweep written."""
+    from agent.report.repeat import main
+    from util.errors import exit_on_user_error
+
+    monkeypatch.chdir(tmp_path)
+    seeded_sweep(tmp_path)
+    with pytest.raises(SystemExit) as exited:
+        exit_on_user_error(lambda: main(["seeded", "--by", by]))
+    out, err = capsys.readouterr()
+    assert exited.value.code == 2 and out == "", out
+    assert err == f"error: --by={by!r}: {why}; the sweep varies: optimizer, lr\n", err
+    assert [p.name for p in (tmp_path / "data" / "sweeps").iterdir()] == ["seeded"]
+    assert main(["seeded", "--by", "lr", "--top", "1"]) == 0  # one it varies: made
+    assert len(list((tmp_path / "data" / "sweeps").iterdir())) == 3
+
+
 def test_a_group_whose_every_run_diverged_is_named_not_left_out_silently(tmp_path,
                                                                         monkeypatch, capsys):
     """`agent.repeat` by optimizer where every sgd run diverged: adam's settings are

@@ -35,6 +35,7 @@ from agent.report.stats import (
     ranked_settings_per_group,
     setting_key,
     settings_of,
+    varying_parameters,
 )
 from agent.report.study import (
     OPEN_STATES,
@@ -267,9 +268,10 @@ def parse_options(argv: list[str] | None):
     parser.add_argument("--top", type=int_option(1, 1000), default=2,
                         help="best runs per group (default 2)")
     parser.add_argument("--by", default=None,
-                        help="parameter that forms the groups (default: model where the sweep "
-                        "varies it, else optimizer where it does, else batch_size where each "
-                        "of its values has more than one run, else model: the best overall)")
+                        help="parameter that forms the groups, one the sweep varies (default: "
+                        "model where the sweep varies it, else optimizer where it does, else "
+                        "batch_size where each of its values has more than one run, else "
+                        "model: the best overall)")
     parser.add_argument("--seeds", type=int_option(2, 1000), default=5,
                         help="N fresh seeds for each setting (default 5; 2 or more: an interval "
                         "needs two): 0, 1, ... without those the sweep gave it")
@@ -317,6 +319,8 @@ def planned(argv: list[str] | None):
     if not scored:
         raise UserError(f"sweep={args.sweep!r}: no run has a value of its metric "
                         f"{study.metric!r} yet: nothing to repeat")
+    if args.by_given:
+        check_by(study, args.by)
     # the report's groups (diverged, stuck, converged), without reading the dataset: a
     # diverged run's last value means nothing, and a setting stuck near chance on every
     # seed learnt nothing that more seeds would measure; neither is repeated. A setting
@@ -353,6 +357,33 @@ def planned(argv: list[str] | None):
                   f"{_failure_words(ctx, runs)} (see the report): no setting of it to repeat",
                   file=sys.stderr)
     return args, study, configs
+
+
+def varied_parameters(study: Study) -> list[str]:
+    """The parameters that `agent.repeat` can group by: those the sweep searches (more than
+    one value, or a distribution) or its runs take more than one value of, seed left out,
+    in the sweep file's order."""
+    searched = [p.name for p in swept_parameters(study.sweep_config)
+                if p.values is None or len(set(map(repr, p.values))) > 1]
+    names = list(dict.fromkeys(searched + varying_parameters(study.runs)))
+    return [name for name in names if name not in ("seed", "sweep")]
+
+
+def check_by(study: Study, by: str) -> None:
+    """A --by given that forms no groups refused (UserError, one line naming the parameters
+    the sweep varies): `seed`, which every repeat draws afresh (a setting is a configuration
+    less its seed), and a parameter the sweep never varied (all its runs would be one group,
+    the best overall, which leaving out --by already gives where nothing else varies)."""
+    varied = varied_parameters(study)
+    if by in varied:
+        return
+    what = ("each repeat runs its setting over fresh seeds, so seed forms no group"
+            if by == "seed" else
+            f"the sweep never varies it (every run has {by}="
+            f"{brief(study.runs[0].params.get(by), 40, quote=False)}, one group)")
+    allowed = (f"the sweep varies: {', '.join(varied)}" if varied else
+               "the sweep varies nothing else: leave out --by (the best overall)")
+    raise UserError(f"--by={brief(by)}: {what}; {allowed}")
 
 
 def passed_cut_short(study: Study, by: str, failed: Callable[[RunRecord], bool]
