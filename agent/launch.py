@@ -21,7 +21,7 @@ import traceback
 from pathlib import Path
 
 from agent.cluster import submit
-from agent.commands import module_command
+from agent.commands import module_command, script
 from agent.params import BY_NAME
 from agent.sweep.agent_loop import stop_signals
 from agent.sweep.controller import (
@@ -35,10 +35,14 @@ from agent.sweep.controller import (
 from agent.sweep.pack_size import AGENTS_PER_DEVICE, parse_pack
 from agent.sweep.store import StoreError, SweepStore
 from agent.sweep.target import (
+    SweepTarget,
     check_wandb_sweep,
+    checked_sweep_file,
     create_local_sweep,
     hint_options,
+    print_notes,
     resolve_target,
+    sweep_name,
 )
 from agent.trial.sinks import AGENTS_SHARING_OUTPUT
 from util.errors import (
@@ -148,15 +152,10 @@ def prepare_sweep_data(where: str, config: dict) -> list[str]:
     with the package), are not read. Returns the names
     prepared. Nothing is checked where a distribution draws one of these parameters, or for
     another program's sweep."""
-    from itertools import product
-
     from util.datasets import cache_path, load_decoded
 
-    choices = trainer_values(config, "dataset", "data_dir", "dataset_dir")
-    if choices is None or any(values is None for values in choices):
-        return []
     prepared = []
-    for name, data_dir, dataset_dir in product(*(sorted(map(str, v)) for v in choices)):
+    for name, data_dir, dataset_dir in sweep_datasets(config):
         if name == "digits" or cache_path(name, data_dir).is_file():
             continue  # digits comes with scikit-learn: nothing to find or download
         existed = Path(data_dir).exists()
@@ -168,6 +167,36 @@ def prepare_sweep_data(where: str, config: dict) -> list[str]:
             raise UserError(f"{where}: {error}") from None
         prepared.append(name)
     return prepared
+
+
+def sweep_datasets(config: dict) -> list[tuple[str, str, str]]:
+    """(dataset, data_dir, dataset_dir) of every combination the runs of our trainer in the
+    sweep `config` can take; none where a distribution draws one of them, or for another
+    program's sweep."""
+    from itertools import product
+
+    choices = trainer_values(config, "dataset", "data_dir", "dataset_dir")
+    if choices is None or any(values is None for values in choices):
+        return []
+    return list(product(*(sorted(map(str, v)) for v in choices)))
+
+
+def sweep_data_notes(where: str, config: dict) -> list[str]:
+    """What prepare_sweep_data would do for the sweep `config`, done without writing or
+    fetching anything (a dry run): the files of each set not cached are found and checked
+    (UserError, one line, as there); a note for each set it would download."""
+    from util.datasets import found_without_download
+
+    notes = []
+    for name, data_dir, dataset_dir in sweep_datasets(config):
+        try:
+            if not found_without_download(name, data_dir, dataset_dir):
+                notes.append(f"note: dataset={name!r}: no files in data_dir={data_dir!r}"
+                             + (f" or dataset_dir={dataset_dir!r}" if dataset_dir else "")
+                             + f": a launch downloads them into {data_dir!r} first")
+        except UserError as error:
+            raise UserError(f"{where}: {error}") from None
+    return notes
 
 
 def check_sweep_folders(where: str, config: dict) -> None:
@@ -194,13 +223,19 @@ def check_sweep_folders(where: str, config: dict) -> None:
                 raise UserError(f"{where}: {name}={value!r}: {problem}")
 
 
-def check_runnable(where: str, config: dict, gpus: str | None) -> None:
+def check_runnable(where: str, config: dict, gpus: str | None,
+                   dry_run: bool = False) -> list[str]:
     """What the agents started here need of the sweep `config` before one starts: the
     devices its runs ask for, the folders they write to and the data they read
-    (check_sweep_devices, check_sweep_folders, prepare_sweep_data). UserError, one line."""
+    (check_sweep_devices, check_sweep_folders, prepare_sweep_data). UserError, one line.
+    `dry_run`: the data is checked, not cached or downloaded; returns the notes on what a
+    launch would download (sweep_data_notes), else []."""
     check_sweep_devices(where, config, gpus)
     check_sweep_folders(where, config)
+    if dry_run:
+        return sweep_data_notes(where, config)
     prepare_sweep_data(where, config)
+    return []
 
 
 def agent_slots(gpus: list[str], per_gpu: int, cpu_agents: int) -> list[dict]:
@@ -468,11 +503,47 @@ def agent_argv(args: argparse.Namespace) -> list[str]:
     return command
 
 
+def dry_run(args: argparse.Namespace, target: SweepTarget, options: str) -> int:
+    """`./run_sweep.sh x.yaml --dry-run`: every check and note of a launch (the file, the
+    devices, folders and data its runs need), then what the sweep would run
+    (preview.sweep_lines) and the command that launches it; no store, folder, data cache or
+    W&B file is made, no agent started."""
+    from agent.sweep.preview import sweep_lines
+
+    where = str(target.path)
+    config, notes, options = checked_sweep_file(
+        target.path, options, check=lambda config: check_runnable(where, config, args.gpus,
+                                                                  dry_run=True))
+    print_notes(notes)
+    gpus = args.gpus.split(",") if args.gpus else visible_gpus()
+    slots = agent_slots(gpus, args.agents_per_gpu, args.agents)
+    agents = (f"{len(slots)} on " + (", ".join(f"GPU {s['CUDA_VISIBLE_DEVICES']}"
+                                               for s in slots) if gpus else "the CPU"))
+    print("\n".join(sweep_lines(target.path, config, sweep_name(config, target.path),
+                                agents)))
+    print(f"Launch it: {script('run_sweep.sh')} {shlex.quote(target.text)}{options}")
+    return 0
+
+
+def check_dry_run_target(target: SweepTarget) -> None:
+    """--dry-run without --pbs/--slurm checks a sweep file; a sweep that exists already
+    has nothing to create (UserError, one line naming what shows it)."""
+    if target.kind == "yaml":
+        return
+    shows = (f"{module_command('agent.status')} {target.path.name} shows it"
+             if target.kind == "local" else "W&B's page of the sweep shows it")
+    raise UserError(f"--dry-run: without --pbs N or --slurm N it checks a sweep YAML "
+                    f"(sweeps/x.yaml) without creating the sweep; {target.text!r} is an "
+                    f"existing {'local' if target.kind == 'local' else 'W&B'} sweep ({shows})")
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parse_options(argv)
     if submit.requested(args):  # --pbs/--slurm: job scripts for a scheduler, no agents here
         return submit.submit_from_args(args, argv)
     target = resolve_target(args.target, args.project)
+    if args.dry_run:
+        check_dry_run_target(target)
     if target.kind == "wandb":
         check_runnable(f"sweep {target.text}", check_wandb_sweep(target), args.gpus)
     # The sweep is checked (and made) before the GPUs are counted: that imports torch, which
@@ -486,6 +557,8 @@ def main(argv: list[str] | None = None) -> int:
     # In a batch job, the options it was submitted with (templates/environment.sh): its
     # hint to go on submits another job rather than start agents on the login node.
     options += os.environ.get("SWEEP_JOB_OPTIONS", "")
+    if args.dry_run:
+        return dry_run(args, target, options)
     store = None
     if target.kind == "yaml":  # checked, devices and data too, before the store is made
         store = create_local_sweep(target.path, options, check=lambda config:

@@ -158,6 +158,11 @@ def launch_entry(case: dict, paths: dict) -> None:
         if submit.requested(args):  # no qsub/sbatch on this PATH: nothing is submitted
             submit.submit_from_args(args, case["argv"])
             return None
+        if args.dry_run:  # the launcher's own dry run: every check, nothing made or started
+            from agent.launch import main
+
+            main(case["argv"])
+            return None
         target = resolve_target(args.target, args.project)
         if target.kind == "yaml":
             load_sweep_config(target.path)

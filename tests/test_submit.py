@@ -630,9 +630,12 @@ def test_a_submission_refused_after_some_jobs_names_them_and_the_sweep(tmp_path)
     (["--slurm", "1", "--mem", "16"], "--mem='16'"),
     (["--pbs", "1", "--slurm", "1"], "exactly one of"),
     (["--walltime", "1:00:00"], "exactly one of"),
-    # the options counted as batch-job ones are named: --dry-run alone says why it is refused
-    (["--dry-run"], "error: --dry-run: a batch-job option, which needs exactly one of --pbs N "
-                    "or --slurm N (leave it out to start agents here)"),
+    # the options counted as batch-job ones are named; --dry-run alone checks a sweep file
+    (["--dry-run"], "error: --dry-run: without --pbs N or --slurm N it checks a sweep YAML "
+                    "(sweeps/x.yaml) without creating the sweep; 'opts' is an existing local "
+                    "sweep"),
+    (["--walltime", "1:00:00", "--dry-run"], "error: --dry-run, --walltime: batch-job "
+                                             "options, which need exactly one of"),
     (["--mem", "2gb", "--dry-run"], "error: --dry-run, --mem: batch-job options, which need "
                                     "exactly one of"),
     (["--pbs", "2"], "--pbs 2 on a local sweep"),

@@ -118,7 +118,10 @@ class FileSet:
     expected: Expected
     system_dirs: tuple[str, ...] = ()  # copies an OS package installs
 
-    def __call__(self, data_dir: str | os.PathLike, dataset_dir: str = "") -> DecodedSet:
+    def __call__(self, data_dir: str | os.PathLike, dataset_dir: str = "",
+                 download: bool = True) -> DecodedSet | None:
+        """The set decoded and checked; None where no files are found and `download` is
+        False (a dry run, which fetches nothing)."""
         data_dir = Path(data_dir)
         found = self.find_in(data_dir)
         if found is None and dataset_dir:
@@ -132,6 +135,8 @@ class FileSet:
             if found is None:
                 found = self.find_in(Path(system_dir))
         if found is None:
+            if not download:
+                return None
             found = self.download(data_dir)
         return self.decode(found)
 
@@ -334,6 +339,20 @@ def class_count(name: str) -> int | None:
 def cache_path(name: str, data_dir: str | os.PathLike) -> Path:
     """Where the decoded set `name` is cached: <data_dir>/cache/<name>.pt."""
     return Path(data_dir) / "cache" / f"{name}.pt"
+
+
+def found_without_download(name: str, data_dir: str | os.PathLike,
+                           dataset_dir: str = "") -> bool:
+    """Whether load_decoded would read the set `name` without a download, writing nothing:
+    True for its cache, or for its files found (data_dir, dataset_dir, an OS package's copy)
+    and decoded and checked as load_decoded checks them; False where none are found (load_decoded
+    would download them). Raises UserError for missing or bad files, as load_decoded does."""
+    if name == "digits" or cache_path(name, data_dir).is_file():
+        return True  # digits comes with scikit-learn
+    try:
+        return DATASETS[name](Path(data_dir), dataset_dir, download=False) is not None
+    except UserError as error:
+        raise UserError(f"dataset={name!r}: {error}") from None
 
 
 def load_decoded(name: str, data_dir: str | os.PathLike, dataset_dir: str = "") -> DecodedSet:

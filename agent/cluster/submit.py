@@ -78,8 +78,9 @@ def add_submit_options(parser: argparse.ArgumentParser) -> None:
                        "its top are directives too")
     group.add_argument("--container", metavar="IMAGE.sif", help="run the agents in this "
                        "Apptainer/Singularity image instead of the virtualenv")
-    group.add_argument("--dry-run", action="store_true", help="print the job scripts; "
-                       "write and submit nothing")
+    group.add_argument("--dry-run", action="store_true", help="with --pbs/--slurm: print "
+                       "the job scripts, write and submit nothing; alone: check a sweep YAML "
+                       "as a launch would and print what it would run, creating nothing")
 
 
 JOB_OPTIONS = ("pbs", "slurm", *Scheduler.JOB_OPTIONS)  # the rest is repeated by the jobs' hint
@@ -139,8 +140,9 @@ def given_job_options(args: argparse.Namespace) -> list[str]:
 
 
 def requested(args: argparse.Namespace) -> bool:
-    """True when any batch-job option was given (then `submit_from_args` handles the call)."""
-    return bool(given_job_options(args))
+    """True when any batch-job option was given (then `submit_from_args` handles the call);
+    --dry-run alone is the launcher's own: it checks a sweep file and creates nothing."""
+    return given_job_options(args) not in ([], ["--dry-run"])
 
 
 # --- from the command line to submitted jobs -----------------------------------------------

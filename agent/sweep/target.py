@@ -147,28 +147,44 @@ def sweep_notes(yaml_path: str | Path) -> list[str]:
     return notes + creation_notes(config)
 
 
-def create_local_sweep(yaml_path: str | Path, options: str = "", announce: bool = True,
-                       check: Callable[[dict], None] | None = None):
-    """A new local sweep from a sweep YAML (checked first: a bad file creates nothing);
-    `options` (" --pack 4") go into the hint to add agents; `announce` False leaves the
-    two lines to the caller (batch jobs print them once the jobs are submitted); `check`,
-    given the validated config before anything is created, raises UserError for what the
-    caller cannot run (the launcher: a device this machine lacks)."""
-    from agent.ids import new_run_id
+def checked_sweep_file(yaml_path: str | Path, options: str = "",
+                       check: Callable[[dict], list[str] | None] | None = None
+                       ) -> tuple[dict, list[str], str]:
+    """Everything creating a local sweep from `yaml_path` checks and says, with nothing
+    created: (the validated config, the notes to print, the hint's `options`). `check`,
+    given the validated config, raises UserError for what the caller cannot run (the
+    launcher: a device this machine lacks) and may return notes of its own."""
     from agent.sweep.config import creation_notes, load_sweep_config
-    from agent.sweep.store import create_store
 
     notes: list[str] = []
     config = load_sweep_config(yaml_path, notes)
-    if check is not None:
-        check(config)
+    own = (check(config) or []) if check is not None else []
     options = hint_options(options, config)
     earlier = unfinished_twin(config, options)
+    return config, notes + creation_notes(config) + own + ([earlier] if earlier else []), \
+        options
+
+
+def print_notes(notes: list[str]) -> None:
+    """Each note wrapped to 80 columns, its lines after the first indented."""
+    for note in notes:
+        print(textwrap.fill(note, 80, subsequent_indent="  ", break_on_hyphens=False))
+
+
+def create_local_sweep(yaml_path: str | Path, options: str = "", announce: bool = True,
+                       check: Callable[[dict], list[str] | None] | None = None):
+    """A new local sweep from a sweep YAML (checked first: a bad file creates nothing);
+    `options` (" --pack 4") go into the hint to add agents; `announce` False leaves the
+    two lines to the caller (batch jobs print them once the jobs are submitted); `check`:
+    see checked_sweep_file."""
+    from agent.ids import new_run_id
+    from agent.sweep.store import create_store
+
+    config, notes, options = checked_sweep_file(yaml_path, options, check)
     sweep_id = new_run_id()
     name = sweep_name(config, yaml_path)
     store = create_store(SWEEPS_DIR / sweep_id, sweep_id, name, config)
-    for note in notes + creation_notes(config) + ([earlier] if earlier else []):
-        print(textwrap.fill(note, 80, subsequent_indent="  ", break_on_hyphens=False))
+    print_notes(notes)
     if announce:
         print(f"Created local sweep {sweep_id} ({name}) in {store.directory}")
         print(f"Add agents from another shell: {script('run_sweep.sh')} {sweep_id}{options}")
