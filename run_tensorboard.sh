@@ -24,10 +24,14 @@ done
 if ! [[ "$port" =~ ^[1-9][0-9]*$ ]] || [ "$port" -gt 65535 ]; then
   echo "error: --port=$port is not a port number (1-65535)" >&2; exit 2
 fi
-# A port another program holds: one line and exit 2 here, not TensorBoard's traceback.
+# A port another program holds: one line and exit 2 here, not TensorBoard's traceback. Bound
+# as TensorBoard's server binds (werkzeug's allow_reuse_address: SO_REUSEADDR), so that what
+# a TensorBoard stopped a moment ago left (TIME-WAIT connections, no listener) passes here
+# as it passes there; a socket listening on the port still refuses it.
 if ! "$(dirname "$0")/util/with_venv.sh" python -c "
 import socket, sys
 with socket.socket() as s:
+    s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     try:
         s.bind(('127.0.0.1', int(sys.argv[1])))
     except OSError as error:

@@ -309,3 +309,57 @@ def test_help_and_a_taken_port(tmp_path):
     assert taken.stderr.strip().splitlines() == [
         f"error: --port={port} is taken on 127.0.0.1 (Address already in use): choose "
         "another, e.g. --port 6007"]
+
+
+def time_wait_port() -> int:
+    """A port whose only sockets are TIME-WAIT connections, made for real as a TensorBoard
+    stopped a moment ago leaves them: a server that binds as werkzeug's does (SO_REUSEADDR,
+    its allow_reuse_address; the kernel lets a new bind with that option past a TIME-WAIT
+    entry only where the old socket had it too) accepts a connection and closes its side
+    first, then stops listening."""
+    with socket.socket() as listener:
+        listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        listener.bind(("127.0.0.1", 0))
+        listener.listen()
+        port = listener.getsockname()[1]
+        with socket.create_connection(("127.0.0.1", port)) as client:
+            accepted, _ = listener.accept()
+            accepted.close()  # the server's side closes first: it is the one to TIME-WAIT
+            assert client.recv(1) == b""
+    with socket.socket() as plain:  # a bind without SO_REUSEADDR is refused there
+        with pytest.raises(OSError, match="Address already in use"):
+            plain.bind(("127.0.0.1", port))
+    return port
+
+
+@pytest.mark.timeout(120)
+def test_a_port_left_in_time_wait_is_served_and_a_listening_one_refused(tmp_path):
+    """Right after a TensorBoard on a port was stopped, only TIME-WAIT connections hold it:
+    TensorBoard's own bind (SO_REUSEADDR) takes it, but the script's check, binding without
+    that option, said "--port=N is taken (Address already in use)". The check binds as the
+    server does: that port is served; one a socket listens on (with SO_REUSEADDR too) is
+    still refused in one line."""
+    port = time_wait_port()
+    log = tmp_path / "tensorboard.log"
+    with open(log, "w") as out:
+        server = subprocess.Popen([str(SCRIPT), "--logdir", str(tmp_path), "--port", str(port)],
+                                  cwd=tmp_path, env=subprocess_env(), stdout=out,
+                                  stderr=subprocess.STDOUT, start_new_session=True)
+    try:
+        wait_for(lambda: get_json(f"http://127.0.0.1:{port}", "/data/runs") == [], 60,
+                 "TensorBoard on the port", server, log)
+    finally:
+        if server.poll() is None:  # refused, it has ended already
+            os.killpg(server.pid, signal.SIGTERM)
+        server.wait(timeout=20)
+    with socket.socket() as holder:
+        holder.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        holder.bind(("127.0.0.1", 0))
+        holder.listen()
+        taken = holder.getsockname()[1]
+        refused = subprocess.run([str(SCRIPT), "--port", str(taken)], cwd=tmp_path,
+                                 env=subprocess_env(), capture_output=True, text=True,
+                                 timeout=30)
+    assert refused.returncode == 2 and refused.stderr.strip().splitlines() == [
+        f"error: --port={taken} is taken on 127.0.0.1 (Address already in use): choose "
+        "another, e.g. --port 6007"], refused.stderr
