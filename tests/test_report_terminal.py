@@ -640,6 +640,46 @@ def test_the_closing_table_lists_the_best_runs_first_by_the_sweeps_goal(tmp_path
                                                  if line.split()[:1] == ["run"])]
 
 
+def test_the_closing_table_lists_runs_with_a_result_and_counts_the_rest(tmp_path):
+    """A launch stopped by SIGTERM (--pack auto): 2 runs finished, 2 preempted mid-training
+    (an epoch in their history, no result), 8 parked pending. The table of the best 10 listed
+    the 8 pending as rows of blanks (`pending 0/15`); it lists the finished ones, and one
+    line counts the others by state. With no result at all, that line alone."""
+    store = create_store(tmp_path / "s", "stop1", "stopped", COURSE)
+    first = claim(store, "host:1", count=4).runs
+    for run, value in zip(first[:2], (0.61, 0.83)):
+        store.finish(run.run_id, "host:1", "finished", {"val/acc": value, "test/acc": 0.5})
+    for run in first[2:]:
+        assert store.record_epoch(run.run_id, "host:1", 1, {"val/acc": 0.3})
+        store.finish(run.run_id, "host:1", "preempted")
+    with store.transaction() as tx:  # as a claim parks the runs of another pack
+        for i in range(8):
+            tx.insert_run(f"park{i}", {**first[0].config, "lr": 0.5 + i}, "pending")
+    assert len(store.runs()) == 12
+
+    def closing() -> str:
+        out = io.StringIO()
+        render_status(store, Console(file=out, width=200, color_system=None), limit=10)
+        return out.getvalue()
+
+    text = closing()
+    assert table_ids(text, store) == [first[1].run_id, first[0].run_id], text
+    assert "pending" not in [line.split()[1] for line in text.splitlines()
+                             if line.split()[:1] == [first[0].run_id]]
+    assert text.splitlines()[-1] == ("(the best 2 of 12 runs; without a result: 8 pending, 2 "
+                                     "preempted; all of them: ./util/with_venv.sh python -m "
+                                     "agent.status stop1)")
+    none = create_store(tmp_path / "n", "none1", "none", COURSE)
+    (run,) = claim(none, "host:1", count=1).runs
+    none.finish(run.run_id, "host:1", "failed", error="out of memory")
+    out = io.StringIO()
+    render_status(none, Console(file=out, width=200, color_system=None), limit=10)
+    assert table_ids(out.getvalue(), none) == []
+    assert out.getvalue().splitlines()[-1] == (
+        "no run has a result (val/acc) yet: 1 failed; all of them: ./util/with_venv.sh "
+        "python -m agent.status none1")
+
+
 def test_another_programs_sweep_without_a_goal_is_minimized_as_wandb_does(tmp_path):
     """W&B's default goal is minimize: a sweep of another program that names none lists its
     lowest values first."""

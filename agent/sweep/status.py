@@ -235,29 +235,45 @@ def render_status(store: SweepStore, console: Console | None = None,
         console.print(f"best{' so far' if still else ''}: {best.run.id} "
                       f"{escape(best.metric)}={best.value:.4f}{best.tie_text(why=False)}",
                       highlight=False)
-    shown = runs
-    if limit is not None:  # the best first by the sweep's goal; runs without a value last
-        metric, goal = metric_of(sweep.config)
-        sign = -1 if goal == "maximize" else 1
-
-        def rank(run: Run) -> tuple[bool, float]:
-            score = _number((run.summary or {}).get(metric))
-            return score is None, sign * (score or 0.0)
-
-        shown = sorted(runs, key=rank)[:limit]
     if not runs:  # a table of its header alone reads as a fault (a launch stopped early)
         console.print("no run started yet", highlight=False)
         return
-    print_table(console, status_table(sweep.config, shown, silent_after))
-    if limit is not None and len(runs) > len(shown):
-        console.print(f"(the best {len(shown)} of {len(runs)} runs; all of them: "
-                      f"{module_command('agent.status')} {sweep.id})",
-                      highlight=False)
+    if limit is None:
+        print_table(console, status_table(sweep.config, runs, silent_after))
+    else:
+        _print_best(console, sweep, runs, limit, silent_after)
     if counts["silent"]:
         console.print(f"silent: no heartbeat for over {silent_text(heartbeats)}: its agent has "
                       "stopped (or beats less often, --heartbeat); the next agent marks it "
                       f"crashed and repeats it: {script('run_sweep.sh')} {sweep.id}",
                       highlight=False)
+
+
+def _print_best(console: Console, sweep, runs: list[Run], limit: int,
+                silent_after: float) -> None:
+    """The table of the best `limit` runs with a result (a value of the sweep's metric in
+    their summary), the best first by its goal, then one line counting the runs left out:
+    those without a result by state (pending and preempted ones a stopped launch leaves:
+    rows of blanks, which read as results missing), and the command that lists them all."""
+    metric, goal = metric_of(sweep.config)
+    sign = -1 if goal == "maximize" else 1
+    scored = [r for r in runs if _number((r.summary or {}).get(metric)) is not None]
+    valued = {r.id for r in scored}
+    shown = sorted(scored, key=lambda r: sign * _number(r.summary[metric]))[:limit]
+    if shown:
+        print_table(console, status_table(sweep.config, shown, silent_after))
+    if len(runs) == len(shown):
+        return
+    states = Counter(shown_state(r, silent_after=silent_after) for r in runs
+                     if r.id not in valued)
+    without = ", ".join(f"{states[s]} {s}" for s in SHOWN_STATES if states[s])
+    every = f"all of them: {module_command('agent.status')} {sweep.id}"
+    if not shown:
+        text = f"no run has a result ({metric}) yet: {without}; {every}"
+    else:
+        text = (f"(the best {len(shown)} of {len(runs)} runs"
+                + (f"; without a result: {without}" if without else "") + f"; {every})")
+    console.print(escape(text), highlight=False)
 
 
 def _number(value) -> float | None:
