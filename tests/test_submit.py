@@ -159,6 +159,35 @@ def test_pbs_job_runs_a_local_sweep_in_scratch_and_copies_everything_back(workdi
 
 @pytest.mark.e2e
 @pytest.mark.timeout(240)
+def test_a_jobs_hint_to_go_on_repeats_its_agents_and_submits_the_same_job(workdir, aux):
+    """A CPU job of `--agents 2` (each `--count 1`) on a 3-run sweep stops with a run left:
+    its hint to go on names --agents 2 (from the launcher's own command line in the job)
+    before the batch-job options SWEEP_JOB_OPTIONS holds, as the script's comment says;
+    submitted, that hint writes a job of two agents again. (SWEEP_JOB_OPTIONS alone holds no
+    --agents, which read as if it were lost.)"""
+    make_sweep(workdir, "more", {"hidden": {"value": 16}, "epochs": {"value": 1},
+                                 "train_subset": {"value": 256}, "sinks": {"value": []},
+                                 "lr": {"values": [0.1, 0.05, 0.01]}})
+    script = submit_pbs(workdir, aux, "more", "--agents", "2", "--count", "1")
+    text = script.read_text()
+    assert ("# its command line below (--agents, --agents-per-gpu, --pack, --project, "
+            "--heartbeat...),\n# then these\nexport SWEEP_JOB_OPTIONS=' --pbs 1 "
+            "--gpus-per-job 0'\n") in text
+    assert "-m agent.launch" in text and " --agents 2 --count 1 &" in text
+    job = pbs_job(workdir, aux, script)
+    out, err = job.communicate(timeout=200)
+    assert job.returncode == 0, err[-3000:]
+    assert sorted(r.state for r in stored_runs(workdir / "data" / "sweeps" / "more" /
+                                                "sweep.db")) == ["finished", "finished"]
+    hint = "./run_sweep.sh more --agents 2 --pbs 1 --gpus-per-job 0"
+    assert f"\n  {hint}\n" in out, out[-2000:]
+    (aux / "qsub.log").unlink()
+    again = submit_pbs(workdir, aux, "more", "--agents", "2")  # the hint (adds --pbs 1 ...)
+    assert again.read_text().count(" --agents 2 &") == 1
+
+
+@pytest.mark.e2e
+@pytest.mark.timeout(240)
 def test_a_pbs_job_whose_last_merge_fails_leaves_the_sweeps_store_as_it_was(workdir, aux):
     """The job's last merge fails (here: the sweep's store turned into one of another schema
     version while the job ran): its runs stay in scratch, named in its log. Its copy-back of

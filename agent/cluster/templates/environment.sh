@@ -17,7 +17,9 @@ code_dir={{ code_dir }}
 {## `{{-` keeps `${NAME+set}` together: the job's own environment wins ##}
 [ -n "${ {{- name }}+set}" ] || export {{ name }}={{ value }}
 {% endfor %}
-# The launcher's closing hint to go on repeats these, so that it submits again the same way
+# The launcher's closing hint to go on submits again the same way: the agents' options of
+# its command line below (--agents, --agents-per-gpu, --pack, --project, --heartbeat...),
+# then these
 export SWEEP_JOB_OPTIONS={{ job_options }}
 {% if not gpus %}
 export CUDA_VISIBLE_DEVICES=""  # a CPU job: leave the node's GPUs alone
