@@ -111,9 +111,15 @@ def pbs_job(workdir: Path, aux: Path, script: Path, scratch: str | None = "scrat
                             start_new_session=True)
 
 
+def job_work(scratch: Path, job_id: str = FAKE_ID) -> Path:
+    """The folder a PBS job works in under its scratch (or $TMPDIR): named by its job id
+    (characters other than letters, digits, `.`, `_` and `-` as `_`)."""
+    return scratch / f"sweep-job-{job_id}"
+
+
 def scratch_epoch(scratch: Path, sweep_id: str) -> int:
     """The highest epoch recorded in the job's copy of the store (0 before it exists)."""
-    path = scratch / "sweep-job" / "data" / "sweeps" / sweep_id / "sweep.db"
+    path = job_work(scratch) / "data" / "sweeps" / sweep_id / "sweep.db"
     if not path.exists():
         return 0
     try:
@@ -196,7 +202,7 @@ def test_a_pbs_job_whose_last_merge_fails_leaves_the_sweeps_store_as_it_was(work
     store_path = make_sweep(workdir, "held", {"hidden": {"value": 16}, "epochs": {"value": 1},
                                               "sinks": {"value": []}})
     job = pbs_job(workdir, aux, submit_pbs(workdir, aux, "held", "--walltime", "0:30:00"))
-    wait_for(lambda: (aux / "scratch" / "sweep-job" / "sweep-base.db").exists(), 120,
+    wait_for(lambda: (job_work(aux / "scratch") / "sweep-base.db").exists(), 120,
              "the job's copy of the store")
     with sqlite3.connect(store_path, timeout=60) as db:
         db.execute("PRAGMA user_version=999")
@@ -206,7 +212,7 @@ def test_a_pbs_job_whose_last_merge_fails_leaves_the_sweeps_store_as_it_was(work
     assert "sweep store not merged" in err and "schema version 999" in err, err[-3000:]
     assert "error: copying results back failed" in err, err[-3000:]
     assert store_path.read_bytes() == before  # not the job's copy
-    kept = aux / "scratch" / "sweep-job" / "data" / "sweeps" / "held" / "sweep.db"
+    kept = job_work(aux / "scratch") / "data" / "sweeps" / "held" / "sweep.db"
     assert kept.is_file()  # the job's runs, for the merge its log names
     with sqlite3.connect(kept) as db:
         assert db.execute("SELECT state FROM runs").fetchall() == [("finished",)]
@@ -240,7 +246,52 @@ def test_a_pbs_job_asking_no_scratch_works_in_the_jobs_tmpdir(workdir, aux, none
     (run,) = stored_runs(store_path)
     assert run.state == "finished", (run.error, err[-3000:])
     assert (workdir / "data" / "logs" / "noscratch-noscratch" / run.id).is_dir()  # copied back
-    assert not (node_tmp / "sweep-job").exists()  # and the job's copy removed
+    assert list(node_tmp.iterdir()) == []  # and the job's copy removed
+
+
+@pytest.mark.e2e
+@pytest.mark.slow
+@pytest.mark.timeout(300)
+def test_two_pbs_jobs_sharing_one_tmpdir_each_work_in_and_remove_their_own_folder(
+        workdir, aux):
+    """With --scratch none, a job works in $TMPDIR, which some sites set to one folder for
+    every job on the node (/tmp). Both jobs worked in $TMPDIR/sweep-job: the second one's
+    start unpacked over the first one's folder and its end removed it while the first still
+    trained. Each job now has a folder of its own (named by PBS_JOBID): the first trains on
+    after the second has ended, and each removes only its own."""
+    long_store = make_sweep(workdir, "long", {"hidden": {"value": 32}, "epochs": {"value": 2000},
+                                              "sinks": {"value": ["tensorboard"]}})
+    short_store = make_sweep(workdir, "short", {"hidden": {"value": 16},
+                                                "epochs": {"value": 1}, "sinks": {"value": []}})
+    scripts = [submit_pbs(workdir, aux, name, "--scratch", "none", "--walltime", "1:00:00")
+               for name in ("long", "short")]
+    node_tmp = aux / "node-tmp"  # one $TMPDIR for both, as /tmp would be
+    node_tmp.mkdir()
+    first = pbs_job(workdir, aux, scripts[0], scratch=None, TMPDIR=str(node_tmp))
+    wait_for(lambda: scratch_epoch(node_tmp, "long") >= 1, 120, "the first job's first epoch")
+    second = pbs_job(workdir, aux, scripts[1], scratch=None, job_id="4243.pbs-test",
+                     TMPDIR=str(node_tmp))
+    wait_for(lambda: job_work(node_tmp, "4243.pbs-test").is_dir(), 60,
+             "the second job's folder")
+    # (beside the job folders, wandb's own temporary folders come and go in $TMPDIR)
+    assert sorted(p.name for p in node_tmp.glob("sweep-job*")) == [
+        f"sweep-job-{FAKE_ID}", "sweep-job-4243.pbs-test"]
+    out, err = second.communicate(timeout=180)
+    assert second.returncode == 0, err[-3000:]
+    (short,) = stored_runs(short_store)
+    assert short.state == "finished", (short.error, err[-3000:])
+    assert first.poll() is None, first.communicate()[1][-3000:]  # still training
+    assert [p.name for p in node_tmp.glob("sweep-job*")] == [f"sweep-job-{FAKE_ID}"]
+    reached = scratch_epoch(node_tmp, "long")
+    wait_for(lambda: scratch_epoch(node_tmp, "long") > reached, 120,
+             "the first job training on after the second ended")
+    first.send_signal(signal.SIGTERM)  # as PBS at the walltime: it stops and copies back
+    out, err = first.communicate(timeout=60)
+    assert first.returncode == 0, err[-3000:]
+    (long,) = stored_runs(long_store)
+    assert long.state == "preempted" and long.epoch > reached, (long.state, err[-3000:])
+    assert (workdir / "data" / "logs" / "long-long" / long.id).is_dir()  # copied back
+    assert list(node_tmp.iterdir()) == []
 
 
 @pytest.mark.e2e
@@ -410,7 +461,7 @@ def test_a_pbs_job_killed_within_its_grace_keeps_every_run_it_ended(workdir, aux
     time.sleep(5)
     os.killpg(job.pid, signal.SIGKILL)
     job.communicate(timeout=30)
-    started = {p.name for p in (aux / "scratch" / "sweep-job" / "data" / "logs" /
+    started = {p.name for p in (job_work(aux / "scratch") / "data" / "logs" /
                                 "killed-killed").iterdir()}  # never copied back
     runs = {r.id: r for r in stored_runs(store_path)}
     assert started <= set(runs) and 1 < len(runs) < 1000  # killed mid-sweep
@@ -437,7 +488,7 @@ def test_a_second_pbs_job_on_a_local_sweep_waits_for_the_first_then_goes_on(work
                                                "lr": {"values": [0.05, 0.1, 0.2]}})
     scripts = [submit_pbs(workdir, aux, "twice", "--walltime", "1:00:00") for _ in range(2)]
     first = pbs_job(workdir, aux, scripts[0], scratch="scratch-1")
-    wait_for(lambda: (aux / "scratch-1" / "sweep-job" / "sweep-base.db").exists(), 60,
+    wait_for(lambda: (job_work(aux / "scratch-1") / "sweep-base.db").exists(), 60,
              "the first job's copy of the store")
     second = pbs_job(workdir, aux, scripts[1], scratch="scratch-2", job_id="4243.pbs-test")
     out, err = first.communicate(timeout=240)
@@ -1010,7 +1061,7 @@ def test_every_template_variant_hands_its_values_over_exactly(tmp_path, variant)
                          text=True, timeout=60)
     assert job.returncode == 0, job.stderr
     records = [json.loads(line) for line in (tmp_path / "record.jsonl").read_text().splitlines()]
-    work = tmp_path / "scratch" / "sweep-job"  # PBS: the job's copy in scratch
+    work = job_work(tmp_path / "scratch", "77.pbs_server")  # PBS: the job's copy in scratch
     # PBS, local sweep: the store's copy is taken before the agents and merged back after
     merges = [r["argv"][r["argv"].index("agent.cluster.store_copy") + 1:] for r in records
               if "agent.cluster.store_copy" in r["argv"]]

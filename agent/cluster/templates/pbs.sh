@@ -24,7 +24,10 @@ submit_dir={{ submit_dir }}
 # removes after it (--scratch none asks for no scratch_local, which other sites do not know)
 scratch="${SCRATCHDIR:-${TMPDIR:-}}"
 [ -n "$scratch" ] || { echo "error: neither \$SCRATCHDIR nor \$TMPDIR is set: ask for scratch (--scratch 20gb: scratch_local in -l select), or run where PBS sets TMPDIR for each job" >&2; exit 2; }
-work="$scratch/sweep-job"
+# A folder of this job's own: $TMPDIR may be one folder for every job on the node (/tmp),
+# where a fixed name let two jobs work in, and remove, the same folder
+job_name="${PBS_JOBID:-$$}"
+work="$scratch/sweep-job-${job_name//[^A-Za-z0-9._-]/_}"
 {% if local_sweep %}
 sweep_dir={{ local_sweep }}
 sweep_copy="$work/data/sweeps/"{{ local_sweep.name }}
