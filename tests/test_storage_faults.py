@@ -8,6 +8,7 @@ file systems (a small tmpfs, remounted read-only), which needs root; the file-si
 from __future__ import annotations
 
 import contextlib
+import errno
 import os
 import resource
 import signal
@@ -371,3 +372,39 @@ def test_a_copy_that_does_not_fit_is_named_by_its_destination(tmp_path):
     done = subprocess.run([sys.executable, "-c", code, str(source), str(target)],
                           env=subprocess_env(), capture_output=True, text=True, timeout=60)
     assert done.stdout.strip() == f"{target}: File too large", done.stdout + done.stderr
+
+
+@pytest.mark.timeout(180)
+def test_a_sink_short_of_room_stops_the_epoch_before_any_sink_has_logged_it(workdir,
+                                                                            monkeypatch):
+    """Each sink judged the room for an epoch's records as it logged them: TensorBoard logged
+    the epoch, the sink after it found too little room, and the run, preempted at the epoch
+    before, logged that epoch in TensorBoard a second time once resumed. Every sink of a run
+    is now asked before any logs the epoch: a sink short of room at the second epoch leaves
+    TensorBoard's events at the first, and the resumed run logs each epoch once."""
+    from agent.report.curves import tensorboard_scalars
+    from agent.trial import sinks
+    from agent.trial.loop import train
+
+    room = {"checks": 0, "refused_at": 2}
+
+    class RecordsOnAFullDisk(sinks.Sink):  # W&B's room check, as on a disk that fills
+        def ensure_room(self) -> None:
+            room["checks"] += 1
+            if room["checks"] == room["refused_at"]:
+                raise OSError(errno.ENOSPC, "less than 1 MiB left on its disk for W&B's run "
+                              "records", str(workdir / "records"))
+
+    monkeypatch.setitem(sinks.SINKS, "wandb", RecordsOnAFullDisk)
+    config = {"dataset": "digits", "model": "dense", "hidden": 16, "epochs": 3,
+              "batch_size": 64, "sinks": ["tensorboard", "wandb"], "run_id": "room",
+              "data_dir": str(workdir / "data"), "run_dir": str(workdir / "runs"),
+              "log_dir": str(workdir / "logs")}
+    with pytest.raises(OSError, match="less than 1 MiB left"):
+        train(config)
+    logs = workdir / "logs" / "default" / "room"
+    assert len(tensorboard_scalars(logs, "val/acc")) == 1  # the first epoch's, only
+    room["refused_at"] = None
+    train(config)  # resumed from the first epoch's checkpoint
+    steps = [step for step, _ in tensorboard_scalars(logs, "val/acc")]
+    assert len(steps) == len(set(steps)) == 3, steps

@@ -334,6 +334,8 @@ def _record_epoch(pack: TrainingPack, k: int, row: dict, histograms: dict,
     if "val/acc" in row and (progress.best_val_acc is None
                              or row["val/acc"] > progress.best_val_acc):
         progress.best_val_acc, progress.best_epoch = row["val/acc"], progress.epoch
+    for sink in member.sinks:  # every one before any logs the epoch (Sink.ensure_room)
+        sink.ensure_room()
     for sink in member.sinks:
         sink.log_epoch(progress.global_step, row, histograms)
     if member.cfg.checkpoint:

@@ -1,7 +1,8 @@
 """Where a trial's metrics go, in the SINKS registry.
 
 Every sink receives the same metric names (`train/loss`, `val/acc`, ...) through the same calls,
-in this order: start, then per epoch epoch_start / log_step... / log_epoch, then log_confusion
+in this order: start, then per epoch epoch_start / log_step... / ensure_room / log_epoch, then
+log_confusion
 and finish. A run parameter (`sinks`) switches each one on or off.
 """
 
@@ -54,6 +55,12 @@ class Sink:
 
     def log_step(self, step: int, metrics: dict) -> None:
         pass
+
+    def ensure_room(self) -> None:
+        """OSError (check_room) when the disk this sink writes to lacks the room its epoch's
+        records want. The trial asks every sink of a run before any logs the epoch: a sink
+        refusing after another had logged it left that epoch in the other one twice once the
+        run resumed from the epoch before."""
 
     def log_epoch(self, step: int, metrics: dict, histograms: dict) -> None:
         pass

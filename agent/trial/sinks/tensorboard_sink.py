@@ -273,11 +273,13 @@ class TensorBoardSink(Sink):
             for name, value in metrics.items():
                 self.writer.add_scalar(name, value, step)
 
-    def log_epoch(self, step: int, metrics: dict, histograms: dict) -> None:
+    def ensure_room(self) -> None:
         # before the epoch's checkpoint, while the disk still holds the events queued: the
         # run is preempted at the epoch before, whose events are all in, and resumed it logs
         # this epoch again
         check_room(self.events, "TensorBoard's events")
+
+    def log_epoch(self, step: int, metrics: dict, histograms: dict) -> None:
         with self._writing():
             for name, value in metrics.items():
                 if isinstance(value, (int, float)):

@@ -148,13 +148,15 @@ class WandbSink(Sink):
     def log_step(self, step: int, metrics: dict) -> None:
         self.run.log(metrics, step=step)
 
-    def log_epoch(self, step: int, metrics: dict, histograms: dict) -> None:
+    def ensure_room(self) -> None:
         # before the epoch's checkpoint: wandb's service writes the run's file (online too)
         # seconds later, and on a full disk drops what does not fit, unsaid; the run is
         # preempted at the epoch before, and resumed it logs this epoch's row
         records = getattr(self.run.settings, "sync_file", None)
         if records and not getattr(self.run, "disabled", False):
             check_room(records, "W&B's run records")
+
+    def log_epoch(self, step: int, metrics: dict, histograms: dict) -> None:
         row = dict(metrics)
         for name, h in histograms.items():  # metering.Histogram: binned on the device
             row[name] = wandb.Histogram(np_histogram=(h.counts, h.edges))
