@@ -1,9 +1,10 @@
 #!/usr/bin/env bash
 # CI, before the tests: what some tests need so that they run instead of failing. From
 # Debian: the one-node SLURM of tests/test_slurm.py (slurmd, slurmctld, the clients, munge),
-# the real Fashion-MNIST files (/usr/share/datasets/fashion-mnist) and chromium. In .venv, from
-# requirements-dev.txt: hadolint (tests/test_docker.py), shellcheck (tests/test_submit.py and
-# the lint step of .ci/run), ruff. Idempotent: installs only what is missing.
+# the real Fashion-MNIST files (/usr/share/datasets/fashion-mnist), chromium and btrfs-progs.
+# In .venv, from requirements-dev.txt: hadolint (tests/test_docker.py), shellcheck
+# (tests/test_submit.py and the lint step of .ci/run), ruff. Idempotent: installs only what
+# is missing.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -16,6 +17,9 @@ done
 [ -d /usr/share/datasets/fashion-mnist ] || packages+=(dataset-fashion-mnist)
 # the headless browser of tests/test_tensorboard_dashboard.py (driven by playwright)
 command -v chromium >/dev/null 2>&1 || packages+=(chromium)
+# the disk quota of tests/test_storage_faults.py (a btrfs image with a qgroup limit)
+command -v mkfs.btrfs >/dev/null 2>&1 || [ -x /usr/sbin/mkfs.btrfs ] || [ -x /sbin/mkfs.btrfs ] ||
+  packages+=(btrfs-progs)
 if [ "${#packages[@]}" -gt 0 ]; then
   sudo=""
   [ "$(id -u)" = 0 ] || sudo="sudo"

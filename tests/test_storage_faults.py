@@ -1,9 +1,9 @@
-"""A full disk, a file-size limit and a read-only sweep store, met by real agents: one line on
-stderr naming the file and the cause, exit code 2, the run left `preempted` (or, when the store
-itself cannot be written, `running` until the next agent repairs it), no empty or partial
-files, and the next agent finishes the run. The full disk and the read-only store are real
-file systems (a small tmpfs, remounted read-only), which needs root; the file-size limit
-(RLIMIT_FSIZE) runs anywhere."""
+"""A full disk, a disk quota, a file-size limit and a read-only sweep store, met by real agents:
+one line on stderr naming the file and the cause, exit code 2, the run left `preempted` (or,
+when the store itself cannot be written, `running` until the next agent repairs it), no empty
+or partial files, and the next agent finishes the run. The full disk, the quota and the
+read-only store are real file systems (a small tmpfs, remounted read-only; a btrfs image with
+a quota), which needs root; the file-size limit (RLIMIT_FSIZE) runs anywhere."""
 
 from __future__ import annotations
 
@@ -11,6 +11,7 @@ import contextlib
 import errno
 import os
 import resource
+import shutil
 import signal
 import subprocess
 import sys
@@ -18,6 +19,7 @@ from pathlib import Path
 
 import pytest
 
+from agent.sweep.store import SweepStore
 from agent.trial.checkpoint import CHECKPOINT_NAME
 from conftest import subprocess_env
 from test_local_sweeps import make_sweep, wait_for
@@ -58,6 +60,51 @@ def tmpfs(path: Path, size: str):
         subprocess.run(["umount", "-l", str(path)], check=False)
 
 
+@contextlib.contextmanager
+def quota(path: Path, size: str):
+    """A folder at `path` whose writes past `size` fail with EDQUOT ("Disk quota exceeded")
+    while its file system has room to spare, as a user's quota on a cluster's home does: a
+    btrfs subvolume with a qgroup limit, on a 128 MiB image mounted through a loop device
+    (btrfs-progs, which .ci/setup_clusters.sh installs; tmpfs takes a quota only from Linux
+    6.6 and built with TMPFS_QUOTA, ext4's needs QFMT_V2). Yields a function that lifts the
+    limit.
+    Skips where mounting is not allowed or the kernel cannot give the quota; a missing
+    mkfs.btrfs fails in CI (CI=1), as other tests' missing tools do."""
+    if os.geteuid() != 0:
+        pytest.skip("mounting a small file system needs root")
+    tools = [shutil.which(name) or shutil.which(name, path="/usr/sbin:/sbin")
+             for name in ("mkfs.btrfs", "btrfs")]
+    if None in tools:
+        why = "a disk quota test needs mkfs.btrfs and btrfs: apt-get install btrfs-progs"
+        if os.environ.get("CI"):
+            pytest.fail(why)
+        pytest.skip(why)
+    mkfs, btrfs = tools
+    image = path.with_name(path.name + ".img")
+    with open(image, "wb") as handle:
+        handle.truncate(128 << 20)  # sparse: the smallest size mkfs.btrfs takes by default
+    subprocess.run([mkfs, "-q", "-f", str(image)], check=True, capture_output=True)
+    path.mkdir(parents=True, exist_ok=True)
+    # commit=1: btrfs holds the room its own records may take against the quota until it
+    # commits them (every 30 s by default), which made the room left jump by hundreds of kB
+    mounted = subprocess.run(["mount", "-o", "loop,commit=1", str(image), str(path)],
+                             capture_output=True, text=True)
+    if mounted.returncode != 0:
+        pytest.skip(f"this kernel cannot mount a btrfs image: {mounted.stderr.strip()}")
+    try:
+        folder = path / "quota"
+        for step in (["quota", "enable", str(path)], ["subvolume", "create", str(folder)],
+                     ["qgroup", "limit", size, str(folder)]):
+            done = subprocess.run([btrfs, *step], capture_output=True, text=True)
+            if done.returncode != 0:
+                pytest.skip(f"this kernel gives no btrfs quota: btrfs {' '.join(step)}: "
+                            f"{done.stderr.strip()}")
+        yield folder, lambda: subprocess.run([btrfs, "qgroup", "limit", "none", str(folder)],
+                                             check=True, capture_output=True)
+    finally:
+        subprocess.run(["umount", "-l", str(path)], check=False)
+
+
 def remount(path: Path, options: str) -> None:
     subprocess.run(["mount", "-o", f"remount,{options}", str(path)], check=True)
 
@@ -73,10 +120,30 @@ def one_error_line(stderr: str) -> str:
     return lines[0]
 
 
+@contextlib.contextmanager
+def small_disk(kind: str, path: Path, size: str):
+    """(a folder at `path` that holds `size`, a function that gives it room): a tmpfs that
+    fills (`full`: ENOSPC, "No space left on device"), or a disk quota on a file system with
+    room to spare (`quota`: EDQUOT, "Disk quota exceeded"; which statvfs does not see)."""
+    if kind == "quota":
+        with quota(path, size) as (folder, lift):
+            yield folder, lift
+    else:
+        with tmpfs(path, size) as disk:
+            yield disk, lambda: remount(disk, "size=20m")
+
+
+CAUSE = {"full": "No space left on device", "quota": "Disk quota exceeded"}
+
+
 @pytest.mark.e2e
 @pytest.mark.timeout(300)
-def test_a_full_disk_leaves_the_run_preempted_and_the_next_agent_finishes_it(workdir):
-    with tmpfs(workdir / "disk", "1500k") as disk:
+@pytest.mark.parametrize("kind", ["full", "quota"])
+def test_a_full_disk_leaves_the_run_preempted_and_the_next_agent_finishes_it(workdir, kind):
+    """A checkpoint that does not fit, on a full disk or past a disk quota: one line naming
+    the file and the cause, exit 2, the run preempted at its last checkpoint, no partial file;
+    the next agent, given room, finishes the run."""
+    with small_disk(kind, workdir / "disk", "1500k") as (disk, make_room):
         store = make_sweep(workdir, "full", {**RUN, "run_dir": {"value": str(disk / "runs")},
                                              "sinks": {"value": ["console"]}})
         first = agent(workdir, store, stdout=subprocess.PIPE)
@@ -86,12 +153,12 @@ def test_a_full_disk_leaves_the_run_preempted_and_the_next_agent_finishes_it(wor
         run_dir = disk / "runs" / run.id
         console = first.stdout.read()  # the run's own last line says what the store says
         assert f"{run.id} preempted" in console and f"{run.id} failed" not in console, console
-        assert line.startswith(f"error: {run_dir / CHECKPOINT_NAME}.tmp: No space left on "
-                               f"device; run(s) {run.id} left preempted"), line
+        assert line.startswith(f"error: {run_dir / CHECKPOINT_NAME}.tmp: {CAUSE[kind]}; "
+                               f"run(s) {run.id} left preempted"), line
         assert run.state == "preempted" and run.epoch == 1
         assert files_left(run_dir) == [(CHECKPOINT_NAME, (run_dir / CHECKPOINT_NAME)
                                         .stat().st_size)]  # no .tmp, no empty traceback
-        remount(disk, "size=20m")
+        make_room()
         second = agent(workdir, store)
         assert second.wait(timeout=200) == 0, second.stderr.read()
         (done,) = store.runs()
@@ -117,8 +184,6 @@ def test_a_file_size_limit_is_one_line_and_the_run_resumes_elsewhere(workdir):
 
 def repair_and_finish(workdir: Path, store_dir: Path, killed_id: str) -> None:
     """The next agent finds the silent run, declares it crashed, repeats it and finishes."""
-    from agent.sweep.store import SweepStore
-
     fixed = subprocess.run([sys.executable, "-m", "agent.sweep.agent_loop", str(store_dir),
                             "--heartbeat", "0.2", "--heartbeat-timeout", "1"], cwd=workdir,
                            env=subprocess_env(OMP_NUM_THREADS="1"), capture_output=True,
@@ -183,6 +248,39 @@ def test_a_store_whose_disk_fills_mid_run_stops_the_agent_in_one_line(workdir):
         filler.unlink()
         store.close()
         repair_and_finish(workdir, store.directory, run.id)
+
+
+@pytest.mark.e2e
+@pytest.mark.timeout(300)
+def test_an_agent_on_a_store_past_its_disk_quota_says_so_in_one_line(workdir):
+    """A store whose quota is spent (a full home on a cluster): SQLite calls a write refused
+    there a "disk I/O error" (only ENOSPC is "database or disk is full"), and the agent's
+    line said no more; it now names the quota. Once there is room, an agent finishes the
+    sweep. (Spent before the agent starts: mid-run, a copy-on-write file system such as
+    btrfs refuses a write into the store's memory-mapped index with SIGBUS, where the disks
+    clusters' quotas sit on, overwriting in place, do not.)"""
+    with quota(workdir / "small", "2m") as (place, lift):
+        store = make_sweep(place, "quota", {**RUN, "epochs": {"value": 1},
+                                            "run_dir": {"value": str(workdir / "runs")},
+                                            "data_dir": {"value": str(workdir / "data")}})
+        store.close()  # its -wal and -shm files go with it: the next agent makes them anew
+        with open(place / "filler", "wb") as handle:  # the rest of the quota
+            with contextlib.suppress(OSError):
+                while True:
+                    handle.write(b"\0" * 65536)
+                    handle.flush()
+        first = agent(workdir, store)
+        assert first.wait(timeout=120) == 2
+        line = one_error_line(first.stderr.read())
+        assert line.startswith(f"error: {store.path}: the sweep store cannot be used ("), line
+        assert "; its disk quota is exceeded)" in line, line
+        (place / "filler").unlink()
+        lift()
+        second = agent(workdir, store)
+        assert second.wait(timeout=200) == 0, second.stderr.read()
+        done = SweepStore(store.path, read_only=True)
+        assert [r.state for r in done.runs()] == ["finished"]
+        done.close()
 
 
 @pytest.mark.e2e
@@ -266,9 +364,10 @@ def test_a_launch_whose_store_fills_mid_run_ends_in_the_agents_one_line(workdir)
 
 @pytest.mark.e2e
 @pytest.mark.timeout(300)
-@pytest.mark.parametrize("sinks", [["wandb"], ["tensorboard", "wandb"]])
+@pytest.mark.parametrize("kind,sinks", [("full", ["wandb"]), ("full", ["tensorboard", "wandb"]),
+                                        ("quota", ["tensorboard", "wandb"])])
 def test_a_disk_filling_under_the_wandb_and_tensorboard_sinks_stops_the_run_with_nothing_lost(
-        workdir, sinks):
+        workdir, kind, sinks):
     """W&B (offline) and TensorBoard writing to a 3 MB disk with 1.2 MB left: wandb's service
     dropped the run's records once the disk was full without a word (its own debug log said
     so), the run trained on and ended `finished` with a W&B run missing its last epochs, and
@@ -276,18 +375,24 @@ def test_a_disk_filling_under_the_wandb_and_tensorboard_sinks_stops_the_run_with
     the sinks stop the run at an epoch's end while the disk still holds what they queued: one
     line naming the file, exit 2, the run preempted at its last checkpoint with every epoch
     it trained in both sinks, and the next agent, on a disk with room again, finishes it;
-    each epoch is in each sink once."""
+    each epoch is in each sink once. The same under a disk quota (EDQUOT) on a disk with
+    room to spare: the sinks judged the room by the disk's free space alone (statvfs, which
+    knows no quota), so wandb's records past the quota were dropped as unsaid as on a full
+    disk; the room a sink wants is now set aside for a moment to see that it is there."""
     from agent.report.curves import tensorboard_scalars
     from util.wandb_offline import find_runs
 
-    with tmpfs(workdir / "disk", "3m") as disk:
+    with small_disk(kind, workdir / "disk", "3m") as (disk, make_room):
         store = make_sweep(workdir, "sinks", {
             **RUN, "hidden": {"value": 16}, "optimizer": {"value": "sgd"}, "lr": {"value": 0.05},
             "batch_size": {"value": 8}, "log_interval": {"value": 1}, "epochs": {"value": 12},
             "histograms": {"value": True}, "sinks": {"value": sinks},
             "run_dir": {"value": str(disk / "runs")}, "log_dir": {"value": str(disk / "logs")}})
         filler = disk / "filler"
-        filler.write_bytes(b"\0" * (3 * 2**20 - 1200 * 2**10))  # 1.2 MB left
+        # 1.2 MB left; 1.6 MB under the quota, which counts the file system's own records
+        # (btrfs's tree blocks, reserved until its next commit) as well
+        left = {"full": 1200, "quota": 1600}[kind] * 2**10
+        filler.write_bytes(b"\0" * (3 * 2**20 - left))
 
         def agent_on_disk() -> subprocess.CompletedProcess:
             return subprocess.run([sys.executable, "-m", "agent.sweep.agent_loop",
@@ -300,7 +405,8 @@ def test_a_disk_filling_under_the_wandb_and_tensorboard_sinks_stops_the_run_with
         line = one_error_line(first.stderr)
         assert "Exception in thread" not in first.stderr, first.stderr
         (run,) = store.runs()
-        assert line.startswith(f"error: {disk}/") and "less than 1 MiB left on its disk for" \
+        room = {"full": "on its disk", "quota": "within its disk quota"}[kind]
+        assert line.startswith(f"error: {disk}/") and f"less than 1 MiB left {room} for" \
             in line and f"run(s) {run.id} left preempted" in line, line
         assert run.state == "preempted" and 1 <= run.epoch < 12, (run.state, run.epoch)
         (part,) = find_runs(disk / "wandb")  # closed, with every epoch the run trained
@@ -309,6 +415,7 @@ def test_a_disk_filling_under_the_wandb_and_tensorboard_sinks_stops_the_run_with
             list(range(1, run.epoch + 1))
 
         filler.unlink()
+        make_room()  # a quota's use drops with the filler only at its next commit
         second = agent_on_disk()
         assert second.returncode == 0, second.stderr[-3000:]
         (done,) = store.runs()

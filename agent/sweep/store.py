@@ -22,6 +22,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from agent.params import MAX_NAME
+from util.disk_room import room_refused
 from util.errors import UserError
 
 STORE_NAME = "sweep.db"
@@ -68,14 +69,31 @@ def _store_errors(path: Path) -> Iterator[None]:
         yield
     except sqlite3.Error as error:  # OperationalError (read-only, full, locked) and the rest
         raise StoreError(f"{path}: the sweep store cannot be used "
-                         f"({error}{_why_unwritable(path)})") from None
+                         f"({error}{_why_unwritable(path, error)})") from None
 
 
-def _why_unwritable(path: Path) -> str:
-    """`; its directory is read-only` (or the file is) when that is why SQLite failed."""
+# SQLite's codes for a failed read or write of its files, and for a file it could not open
+# or create (its -wal and -shm files beside the store); extended codes add to them
+SQLITE_IOERR, SQLITE_CANTOPEN = 10, 14
+# A write refused past a disk quota (EDQUOT) is to SQLite an error like any other, "disk I/O
+# error" or "unable to open database file" (only ENOSPC is "database or disk is full"): the
+# room left is asked of the disk.
+QUOTA_PROBE_BYTES = 64 << 10
+
+
+def _why_unwritable(path: Path, error: sqlite3.Error | None = None) -> str:
+    """`; its directory is read-only` (or the file is) when that is why SQLite failed, and
+    after an I/O error or a file it could not open `; its disk quota is exceeded` (or `; its
+    disk is full`) when its folder has not QUOTA_PROBE_BYTES of room left (util.disk_room)."""
     for where, what in ((path.parent, "its directory"), (path, "the file")):
         if where.exists() and not os.access(where, os.W_OK):
             return f"; {what} is read-only"
+    code = getattr(error, "sqlite_errorcode", 0) & 0xFF
+    if code in (SQLITE_IOERR, SQLITE_CANTOPEN) and path.parent.is_dir():
+        refused = room_refused(path.parent, QUOTA_PROBE_BYTES)
+        if refused is not None:
+            return "; its disk quota is exceeded" if refused == errno.EDQUOT else \
+                "; its disk is full"
     return ""
 
 
@@ -233,7 +251,7 @@ class SweepStore:
         except sqlite3.OperationalError as error:  # read-only, full, locked: not the file's fault
             self.db.close()
             raise StoreError(f"{self.path}: the sweep store cannot be used "
-                             f"({error}{_why_unwritable(self.path)})") from None
+                             f"({error}{_why_unwritable(self.path, error)})") from None
         except sqlite3.DatabaseError as error:
             self.db.close()
             raise UserError(f"{self.path}: not a sweep store ({error})") from None

@@ -14,6 +14,8 @@ import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from util.disk_room import room_refused
+
 # Set by the launcher in the environment of each agent it starts when it starts more than one:
 # how many agents write to its terminal. Their lines interleave there, so a run's epoch lines
 # name it (as a pack's members' do) and no process draws a live progress bar over the others'.
@@ -90,15 +92,20 @@ ROOM_BYTES = 1 << 20
 
 
 def check_room(path: str | os.PathLike, what: str) -> None:
-    """OSError (ENOSPC, naming `path`) when the file system of `path` (or of its nearest
-    existing parent) has less than ROOM_BYTES free for this process: the trial then ends
-    as a full disk ends it, one line and the run preempted at its last checkpoint."""
+    """OSError (ENOSPC, or EDQUOT past a disk quota; naming `path`) when the file system of
+    `path` (or of its nearest existing parent) has less than ROOM_BYTES for this process:
+    the trial then ends as a full disk ends it, one line and the run preempted at its last
+    checkpoint. The room is asked of the disk's free space and, as that knows no quota,
+    also set aside for a moment (util.disk_room)."""
     folder = Path(path)
     while not folder.exists() and folder != folder.parent:
         folder = folder.parent
-    if shutil.disk_usage(folder).free < ROOM_BYTES:
-        raise OSError(errno.ENOSPC, f"less than {ROOM_BYTES >> 20} MiB left on its disk for "
-                      f"{what}", str(path))
+    refused = errno.ENOSPC if shutil.disk_usage(folder).free < ROOM_BYTES else \
+        room_refused(folder if folder.is_dir() else folder.parent, ROOM_BYTES)
+    if refused is not None:
+        where = "within its disk quota" if refused == errno.EDQUOT else "on its disk"
+        raise OSError(refused, f"less than {ROOM_BYTES >> 20} MiB left {where} for {what}",
+                      str(path))
 
 
 def _wandb():
