@@ -705,6 +705,82 @@ def test_status_shows_runs_by_state_and_the_best(workdir):
     assert best.id in result.stdout.split("best:")[1].splitlines()[0]
 
 
+def status_of(workdir: Path, store: SweepStore) -> str:
+    """`python -m agent.status` of the sweep, its words one space apart."""
+    shown = subprocess.run([sys.executable, "-m", "agent.status", str(store.directory)],
+                           cwd=workdir, env=subprocess_env(COLUMNS="200"), capture_output=True,
+                           text=True, timeout=100)
+    assert shown.returncode == 0, shown.stderr
+    return " ".join(shown.stdout.split())
+
+
+def beat_at(store: SweepStore, run_id: str, when: float) -> None:
+    with sqlite3.connect(store.path) as db:
+        db.execute("UPDATE runs SET heartbeat=? WHERE id=?", (when, run_id))
+    db.close()
+
+
+@pytest.mark.e2e
+@pytest.mark.slow
+@pytest.mark.timeout(240)
+def test_status_judges_each_agents_runs_by_that_agents_own_heartbeat_settings(workdir):
+    """Two agents on one sweep folder, one beating every 100 s (--heartbeat-timeout 400),
+    one started after it with the default 60 s. Each wrote its settings into one file
+    (heartbeat.json), the last one's standing for both, so status showed the first agent's
+    run silent 80 s after a beat, which that agent gives only every 100 s. Each agent now has
+    a file of its own, status judges a run by its own agent's and says each agent's, and an
+    agent removes its own as it ends. A run of an agent without one (an agent older than
+    these files) is judged by the old shared heartbeat.json."""
+    import socket
+
+    store = make_sweep(workdir, "two", {**LONG_RUN, "epochs": {"value": 2000},
+                                        "lr": {"values": [0.01, 0.02]}})
+    host = socket.gethostname()
+    slow = start_agent(workdir, store, "--heartbeat", "100", "--heartbeat-timeout", "400")
+    agents = [slow]
+    try:
+        wait_for(lambda: [r for r in store.runs() if r.state == "running"], 120, "a claim")
+        agents.append(start_agent(workdir, store))  # --heartbeat 0.3, the default timeout
+        wait_for(lambda: len([r for r in store.runs() if r.state == "running"]) == 2, 120,
+                 "the second agent's claim")
+        for agent in agents:  # frozen: their runs' heartbeats stay as set below
+            agent.send_signal(signal.SIGSTOP)
+        runs = {r.owner: r for r in store.runs()}
+        slow_run, fast_run = runs[f"{host}:{slow.pid}"], runs[f"{host}:{agents[1].pid}"]
+        beat_at(store, slow_run.id, time.time() - 80)  # its last beat, 80 s ago
+        text = status_of(workdir, store)
+        assert "2 running" in text and "silent:" not in text and " silent (" not in text, text
+        assert (f"agent {host}:{slow.pid}: 1 running ({slow_run.id}); silent after 400 s (its "
+                "--heartbeat-timeout)") in text, text
+        assert (f"agent {host}:{agents[1].pid}: 1 running ({fast_run.id}); silent after 60 s "
+                "(its --heartbeat-timeout)") in text, text
+        beat_at(store, fast_run.id, time.time() - 70)  # past its own agent's 60 s
+        text = status_of(workdir, store)
+        assert "1 running, 1 silent" in text, text
+        assert f"agent {host}:{agents[1].pid}: 1 silent ({fast_run.id}); silent after 60 s" \
+            in text, text
+        assert "silent: no heartbeat for longer than its agent's time above" in text, text
+        for agent in agents:
+            agent.send_signal(signal.SIGTERM)
+            agent.send_signal(signal.SIGCONT)
+        for agent in agents:
+            assert agent.wait(timeout=60) == 0, agent.stderr.read()
+    finally:
+        for agent in agents:
+            if agent.poll() is None:
+                agent.kill()
+    assert [r.state for r in store.runs()] == ["preempted", "preempted"]
+    assert not (store.directory / ".heartbeats").exists()  # each agent removed its own
+
+    (store.directory / "heartbeat.json").write_text(  # as agents before these files left it
+        '{"heartbeat_s": 100.0, "timeout_s": 400.0}')
+    (older,) = claim(store, "older:1").runs
+    beat_at(store, older.run_id, time.time() - 80)
+    text = status_of(workdir, store)
+    assert "1 running, 1 preempted" in text and \
+        f"agent older:1: 1 running ({older.run_id}); silent after 400 s" in text, text
+
+
 def test_agent_slots_give_each_agent_its_gpu_or_a_share_of_the_cpu():
     from agent.launch import agent_slots
 

@@ -14,7 +14,13 @@ import pytest
 
 from agent.cluster import store_copy
 from agent.cluster.store_copy import merge_back, take_copy
-from agent.sweep.store import SweepStore, create_store
+from agent.sweep.store import (
+    SweepStore,
+    agents_heartbeat_settings,
+    create_store,
+    remove_heartbeat_settings,
+    write_heartbeat_settings,
+)
 from conftest import ROOT, subprocess_env
 
 
@@ -459,8 +465,9 @@ def test_status_judges_a_jobs_merged_heartbeats_by_its_agents_timeout_and_the_me
     the job's copy of the store, and the merges bring their heartbeats into the sweep's store
     every 30 s. agent.status judged them by a fixed 60 s: a run whose last beat there was
     80 s old, alive by its agents' own rule, was shown silent, with the advice to start an
-    agent that repeats it. Status now reads the agents' settings (heartbeat.json, which the
-    merge brings over with its cadence) and shows it silent past 120 + 30 s only."""
+    agent that repeats it. Status now reads the agents' settings (each agent's own file,
+    which the merge brings over with its cadence) and shows it silent past 120 + 30 s only;
+    once the job's agents have ended, the merge removes what it brought."""
     sweep_dir = tmp_path / "data" / "sweeps" / "pbs1"
     create_store(sweep_dir, "pbs1", "pbs1", {
         "program": "agent/train.py", "method": "grid", "parameters": {
@@ -481,13 +488,20 @@ def test_status_judges_a_jobs_merged_heartbeats_by_its_agents_timeout_and_the_me
     job = SweepStore(copy)  # another agent of the job trains the second run, beating every 30 s
     (running,) = claim(job, "node:7").runs
     job.close()
+    write_heartbeat_settings(job_dir, "node:7", {"heartbeat_s": 30, "timeout_s": 120})
+    assert agents_heartbeat_settings(job_dir) == {  # the first agent removed its own as it ended
+        "node:7": {"heartbeat_s": 30.0, "timeout_s": 120.0}}
     with sqlite3.connect(copy) as db:
         db.execute("UPDATE runs SET heartbeat=? WHERE id=?", (time.time() - 80, running.run_id))
     db.close()
-    merged = subprocess.run([sys.executable, "-m", "agent.cluster.store_copy", "merge",
-                             str(copy), str(base), str(origin)], cwd=tmp_path,
-                            env=subprocess_env(), capture_output=True, text=True, timeout=100)
-    assert merged.returncode == 0, merged.stderr
+    def merge() -> None:
+        merged = subprocess.run([sys.executable, "-m", "agent.cluster.store_copy", "merge",
+                                 str(copy), str(base), str(origin)], cwd=tmp_path,
+                                env=subprocess_env(), capture_output=True, text=True,
+                                timeout=100)
+        assert merged.returncode == 0, merged.stderr
+
+    merge()
 
     def status() -> str:
         shown = subprocess.run([sys.executable, "-m", "agent.status", str(sweep_dir)],
@@ -496,16 +510,21 @@ def test_status_judges_a_jobs_merged_heartbeats_by_its_agents_timeout_and_the_me
         assert shown.returncode == 0, shown.stderr
         return shown.stdout
 
-    text = status()
-    assert "1 running, 1 finished" in text and "silent" not in text, text
+    text = " ".join(status().split())
+    assert "1 running, 1 finished" in text and "silent:" not in text, text
+    assert f"agent node:7: 1 running ({running.run_id}); silent after 150 s (its " \
+        "--heartbeat-timeout 120, and 30 s between a PBS job's merges)" in text, text
     with sqlite3.connect(origin) as db:  # the job is gone: no merge since
         db.execute("UPDATE runs SET heartbeat=? WHERE id=?", (time.time() - 160,
                                                              running.run_id))
     db.close()
     text = " ".join(status().split())
     assert "1 silent, 1 finished" in text, text
-    assert "silent: no heartbeat for over 150 s (the agents' --heartbeat-timeout 120, and 30 " \
-        "s between a PBS job's merges)" in text, text
+    assert f"agent node:7: 1 silent ({running.run_id}); silent after 150 s" in text, text
+    assert "silent: no heartbeat for longer than its agent's time above" in text, text
+    remove_heartbeat_settings(job_dir, "node:7")  # as that agent does as it ends
+    merge()
+    assert agents_heartbeat_settings(sweep_dir) == {}
 
 
 @pytest.mark.e2e

@@ -29,7 +29,8 @@ from pathlib import Path
 from agent.cluster.jobs import MERGE_EVERY_S
 from agent.sweep.store import (
     SCHEMA_VERSION,
-    heartbeat_settings,
+    agents_heartbeat_settings,
+    remove_heartbeat_settings,
     write_heartbeat_settings,
 )
 from util.errors import UserError, exit_on_user_error, one_line
@@ -335,14 +336,20 @@ def merge_back(copy: Path, base: Path, origin: Path, wait_s: float = 60,
 
 
 def _merge_heartbeat_settings(job: Path, sweep: Path, every_s: float) -> None:
-    """The heartbeat settings the job's agents wrote in the folder of the job's copy, into
-    the sweep's folder with the merges' cadence; unchanged settings are not written again."""
-    settings = heartbeat_settings(job)
-    if not settings:
-        return
-    settings["merged_every_s"] = float(every_s)
-    if heartbeat_settings(sweep) != settings:
-        write_heartbeat_settings(sweep, settings)
+    """The heartbeat settings of the job's agents (each its own file, in the folder of the
+    job's copy) into the sweep's folder with the merges' cadence; unchanged ones are not
+    written again. Those an earlier merge of this job brought whose agent has ended since
+    (it removed its own) go as well: a job leaves none behind."""
+    marker = f"{socket.gethostname()}:{job.resolve()}"
+    agents = agents_heartbeat_settings(job)
+    there = agents_heartbeat_settings(sweep)
+    for owner, settings in agents.items():
+        settings = {**settings, "merged_every_s": float(every_s)}
+        if there.get(owner) != settings:
+            write_heartbeat_settings(sweep, owner, settings, merged_from=marker)
+    for owner in agents_heartbeat_settings(sweep, merged_from=marker):
+        if owner not in agents:
+            remove_heartbeat_settings(sweep, owner)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -45,7 +45,13 @@ from agent.sweep.controller import (
 )
 from agent.sweep.pack_size import PackSizer, agents_per_device, parse_pack
 from agent.sweep.status import sweep_progress
-from agent.sweep.store import Run, StoreError, SweepStore, write_heartbeat_settings
+from agent.sweep.store import (
+    Run,
+    StoreError,
+    SweepStore,
+    remove_heartbeat_settings,
+    write_heartbeat_settings,
+)
 from agent.sweep.target import SweepTarget, check_wandb_sweep, open_store
 from agent.sweep_space import short_number
 from util.errors import (
@@ -339,13 +345,26 @@ class LocalAgent:
             signal.signal(signum, lambda number, frame: self.signalled.append(number))
         lock = AgentLock(self.store.directory, self.owner)
         # what agent.status judges this agent's runs' heartbeats by
-        write_heartbeat_settings(self.store.directory, {"heartbeat_s": self.heartbeat_s,
-                                                        "timeout_s": self.timeout})
+        write_heartbeat_settings(self.store.directory, self.owner,
+                                 {"heartbeat_s": self.heartbeat_s, "timeout_s": self.timeout})
         try:
             self.repair_ended_here(self.store.runs())
             return self._run(count)
         finally:
+            self.forget_heartbeat_settings()
             lock.release()
+
+    def forget_heartbeat_settings(self) -> None:
+        """This agent's heartbeat settings removed as it ends, unless a run of its is still
+        `running` in the store (a store it could no longer write): status judges that run's
+        silence by them."""
+        try:
+            running = any(r.state == "running" and r.owner == self.owner
+                          for r in self.store.runs())
+        except UserError:  # the store cannot be read: keep them
+            return
+        if not running:
+            remove_heartbeat_settings(self.store.directory, self.owner)
 
     def repair_ended_here(self, runs: list[Run]) -> bool:
         """Mark crashed, and repeat, at once the running runs of this host's agents that

@@ -10,6 +10,7 @@ import re
 import shlex
 import time
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -30,6 +31,7 @@ from agent.sweep.store import (
     SWEEPS_DIR,
     Run,
     SweepStore,
+    agents_heartbeat_settings,
     heartbeat_settings,
     store_paths,
 )
@@ -61,22 +63,65 @@ def shown_state(run: Run, now: float | None = None,
 
 def silent_after_s(settings: dict[str, float]) -> float:
     """After how many seconds without a heartbeat in the store a running run is silent, by
-    the sweep's heartbeat settings (store.heartbeat_settings): its agents' timeout (the
-    default where none is known), and where a PBS job's merges bring its heartbeats, the time
-    between two merges on top: a beat reaches the store only with the next merge."""
+    its agent's heartbeat settings (AgentHeartbeats): its timeout (the default where none is
+    known), and where a PBS job's merges bring its heartbeats, the time between two merges
+    on top: a beat reaches the store only with the next merge."""
     return settings.get("timeout_s", HEARTBEAT_TIMEOUT_S) + settings.get("merged_every_s", 0.0)
 
 
 def silent_text(settings: dict[str, float]) -> str:
-    """How silent_after_s came about, for the console: '60 s', '120 s (the agents'
-    --heartbeat-timeout)', '150 s (the agents' --heartbeat-timeout 120, and 30 s between a
-    PBS job's merges)'."""
+    """How silent_after_s came about, for the console: '60 s', '120 s (its
+    --heartbeat-timeout)', '150 s (its --heartbeat-timeout 120, and 30 s between a PBS
+    job's merges)'."""
     after = f"{silent_after_s(settings):g} s"
     if "merged_every_s" in settings:
-        return (f"{after} (the agents' --heartbeat-timeout "
+        return (f"{after} (its --heartbeat-timeout "
                 f"{settings.get('timeout_s', HEARTBEAT_TIMEOUT_S):g}, and "
                 f"{settings['merged_every_s']:g} s between a PBS job's merges)")
-    return f"{after} (the agents' --heartbeat-timeout)" if "timeout_s" in settings else after
+    return f"{after} (its --heartbeat-timeout)" if "timeout_s" in settings else after
+
+
+@dataclass(frozen=True)
+class AgentHeartbeats:
+    """The heartbeat settings of a sweep's agents: each agent's own by its id (host:pid,
+    a run's owner; store.agents_heartbeat_settings), and for an agent without a file of its
+    own, the one file older agents shared (store.heartbeat_settings)."""
+
+    by_agent: dict[str, dict[str, float]]
+    shared: dict[str, float]
+
+    @classmethod
+    def read(cls, directory: str | Path) -> AgentHeartbeats:
+        return cls(agents_heartbeat_settings(directory), heartbeat_settings(directory))
+
+    def settings(self, owner: str | None) -> dict[str, float]:
+        return self.by_agent.get(owner or "", self.shared)
+
+    def silent_after(self, run: Run) -> float:
+        """silent_after_s of the run's own agent."""
+        return silent_after_s(self.settings(run.owner))
+
+
+def agent_lines(runs: list[Run], heartbeats: AgentHeartbeats,
+                now: float | None = None) -> list[str]:
+    """One line per agent with a running run, in the order of its first run: how many of
+    its runs run and how many are silent, which, and after how long a run of its is silent
+    ('agent node7:4242: 1 running, 1 silent (ab12cd34, ef56gh78); silent after 150 s (its
+    --heartbeat-timeout 120, and 30 s between a PBS job's merges)')."""
+    now = time.time() if now is None else now
+    agents: dict[str, list[Run]] = {}
+    for run in sorted(runs, key=lambda r: r.seq):
+        if run.state == "running":
+            agents.setdefault(run.owner or "?", []).append(run)
+    lines = []
+    for owner, theirs in agents.items():
+        settings = heartbeats.settings(owner)
+        silent = sum(shown_state(r, now, silent_after_s(settings)) == "silent" for r in theirs)
+        counted = ", ".join([f"{len(theirs) - silent} running"] * (len(theirs) > silent)
+                            + [f"{silent} silent"] * bool(silent))
+        ids = ", ".join(r.id for r in theirs[:3]) + (", ..." if len(theirs) > 3 else "")
+        lines.append(f"agent {owner}: {counted} ({ids}); silent after {silent_text(settings)}")
+    return lines
 
 
 def repeat_description(sweep_id: str, run_id: str) -> str:
@@ -205,9 +250,8 @@ def render_status(store: SweepStore, console: Console | None = None,
     console = console or Console()
     sweep = store.sweep()
     runs = store.runs()
-    heartbeats = heartbeat_settings(store.directory)
-    silent_after = silent_after_s(heartbeats)
-    counts = Counter(shown_state(run, silent_after=silent_after) for run in runs)
+    heartbeats = AgentHeartbeats.read(store.directory)
+    counts = Counter(shown_state(run, silent_after=heartbeats.silent_after(run)) for run in runs)
     total = planned_runs(sweep.config)
     repeated = repeated_runs(runs)
     unstarted = max(0, (total or 0) - (len(runs) - len(repeated)))  # still to be proposed
@@ -239,18 +283,20 @@ def render_status(store: SweepStore, console: Console | None = None,
         console.print("no run started yet", highlight=False)
         return
     if limit is None:
-        print_table(console, status_table(sweep.config, runs, silent_after))
+        print_table(console, status_table(sweep.config, runs, heartbeats.silent_after))
     else:
-        _print_best(console, sweep, runs, limit, silent_after)
+        _print_best(console, sweep, runs, limit, heartbeats.silent_after)
+    for line in agent_lines(runs, heartbeats):
+        console.print(escape(line), highlight=False)
     if counts["silent"]:
-        console.print(f"silent: no heartbeat for over {silent_text(heartbeats)}: its agent has "
-                      "stopped (or beats less often, --heartbeat); the next agent marks it "
-                      f"crashed and repeats it: {script('run_sweep.sh')} {sweep.id}",
+        console.print("silent: no heartbeat for longer than its agent's time above: that agent "
+                      "has stopped (or beats less often, --heartbeat); the next agent marks "
+                      f"the run crashed and repeats it: {script('run_sweep.sh')} {sweep.id}",
                       highlight=False)
 
 
 def _print_best(console: Console, sweep, runs: list[Run], limit: int,
-                silent_after: float) -> None:
+                silent_after: Callable[[Run], float]) -> None:
     """The table of the best `limit` runs with a result (a value of the sweep's metric in
     their summary), the best first by its goal, then one line counting the runs left out:
     those without a result by state (pending and preempted ones a stopped launch leaves:
@@ -264,7 +310,7 @@ def _print_best(console: Console, sweep, runs: list[Run], limit: int,
         print_table(console, status_table(sweep.config, shown, silent_after))
     if len(runs) == len(shown):
         return
-    states = Counter(shown_state(r, silent_after=silent_after) for r in runs
+    states = Counter(shown_state(r, silent_after=silent_after(r)) for r in runs
                      if r.id not in valued)
     without = ", ".join(f"{states[s]} {s}" for s in SHOWN_STATES if states[s])
     every = f"all of them: {module_command('agent.status')} {sweep.id}"
@@ -310,12 +356,14 @@ def _seconds_an_epoch(run: Run) -> float | None:
 
 
 def status_table(sweep_config: dict, runs: list[Run],
-                 silent_after: float = HEARTBEAT_TIMEOUT_S) -> Table:
+                 silent_after: Callable[[Run], float] | None = None) -> Table:
     """One row per run: id, state, epoch, val/acc, test/acc, ETA (only while some run
     runs), then the swept parameters, numbers in short form (0.001 and 0.0001 stay apart).
     A sweep of another program: the rows its run has logged and the sweep's metric instead
-    of our trainer's epochs and accuracies. `silent_after`: see silent_after_s."""
+    of our trainer's epochs and accuracies. `silent_after`: a run's silent_after_s
+    (AgentHeartbeats.silent_after; None: the default timeout for every run)."""
     varying = [p.name for p in swept_parameters(sweep_config)]
+    after = silent_after or (lambda run: HEARTBEAT_TIMEOUT_S)
     ours = runs_our_trainer(sweep_config)
     metric = (sweep_config.get("metric") or {}).get("name") or "val/acc"
     running = ours and any(r.state == "running" for r in runs)
@@ -343,14 +391,14 @@ def status_table(sweep_config: dict, runs: list[Run],
         last = run.history[-1] if run.history else {}
         if not ours:
             value = summary.get(metric, last.get(metric))
-            cells = [run.id, shown_state(run, silent_after=silent_after), str(run.epoch),
+            cells = [run.id, shown_state(run, silent_after=after(run)), str(run.epoch),
                      short_number(value) if isinstance(value, (int, float)) else ""]
             table.add_row(*cells, *(escape(short_number(run.config.get(name, "")))
                                     for name in varying))
             continue
         val = summary.get("val/acc", last.get("val/acc"))
         test = summary.get("test/acc")
-        state = shown_state(run, silent_after=silent_after)
+        state = shown_state(run, silent_after=after(run))
         cells = [run.id, state, f"{run.epoch}/{epochs_of(run) or '?'}",
                  f"{val:.4f}" if isinstance(val, float) else "",
                  f"{test:.4f}" if isinstance(test, float) else ""]

@@ -21,6 +21,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from agent.ids import path_safe
 from agent.params import MAX_NAME
 from util.disk_room import room_refused
 from util.errors import UserError
@@ -419,25 +420,39 @@ class SweepStore:
             pass
 
 
-# In a sweep's folder, beside its store: how often the sweep's latest agents beat and after
-# what silence a run of theirs counts as crashed (--heartbeat, --heartbeat-timeout), and, where
-# a PBS job's agents beat into a copy of the store in scratch, how often the job merges its
-# runs into the store here (agent/cluster/store_copy.py). agent.status judges a running run's
-# last heartbeat by it. A file rather than a column: the store's schema stays as it is, and
-# an agent whose folder is read-only (a store on an archive) writes none.
-HEARTBEAT_NAME = "heartbeat.json"
+# In a sweep's folder, beside its store, one file per agent: how often the agent beats and
+# after what silence a run of its counts as crashed (--heartbeat, --heartbeat-timeout), and,
+# where a PBS job's agents beat into a copy of the store in scratch, how often the job merges
+# its runs into the store here (agent/cluster/store_copy.py). agent.status judges a running
+# run's last heartbeat by its own agent's. A file rather than a column: the store's schema
+# stays as it is, and an agent whose folder is read-only (a store on an archive) writes none.
+# One file per agent, not one for all: agents of one folder (--agents N, jobs on several
+# nodes, a PBS job's merges beside a local agent) each wrote the one file and the last one
+# stood for all, so a live run of an agent beating less often was shown silent.
+HEARTBEATS_DIR = ".heartbeats"  # <owner>.json: {"owner": host:pid, HEARTBEAT_KEYS...}
 HEARTBEAT_KEYS = ("heartbeat_s", "timeout_s", "merged_every_s")
+# The one file that agents before HEARTBEATS_DIR shared: read for the runs of an agent
+# without a file of its own (an older agent still running), never written.
+HEARTBEAT_NAME = "heartbeat.json"
 
 
-def write_heartbeat_settings(directory: str | os.PathLike, settings: dict) -> None:
-    """`settings` (HEARTBEAT_KEYS: seconds) as the sweep's in `directory`, replaced whole
-    (agents started together each write theirs). Best effort: a folder that takes no file
-    leaves the settings unsaid, and agent.status judges by the defaults."""
-    path = Path(directory) / HEARTBEAT_NAME
-    partial = path.with_name(f".{HEARTBEAT_NAME}.{os.getpid()}.partial")
+def _heartbeat_path(directory: str | os.PathLike, owner: str) -> Path:
+    return Path(directory) / HEARTBEATS_DIR / f"{path_safe(owner)}.json"
+
+
+def write_heartbeat_settings(directory: str | os.PathLike, owner: str, settings: dict,
+                             merged_from: str | None = None) -> None:
+    """Agent `owner`'s `settings` (HEARTBEAT_KEYS: seconds) in `directory`, replaced whole
+    at once (a reader finds the old file or the new one); `merged_from`: the PBS job's copy
+    that a merge brought them from (agents_heartbeat_settings). Best effort: a folder that
+    takes no file leaves the settings unsaid, and agent.status judges by the defaults."""
+    path = _heartbeat_path(directory, owner)
+    partial = path.with_name(f".{path.name}.{os.getpid()}.partial")
+    saved = {"owner": owner, **{key: settings[key] for key in HEARTBEAT_KEYS if key in settings},
+             **({"merged_from": merged_from} if merged_from else {})}
     try:
-        partial.write_text(json.dumps({key: settings[key] for key in HEARTBEAT_KEYS
-                                       if key in settings}))
+        path.parent.mkdir(exist_ok=True)
+        partial.write_text(json.dumps(saved))
         os.replace(partial, path)
     except OSError:
         try:
@@ -446,18 +461,54 @@ def write_heartbeat_settings(directory: str | os.PathLike, settings: dict) -> No
             pass
 
 
-def heartbeat_settings(directory: str | os.PathLike) -> dict[str, float]:
-    """The settings write_heartbeat_settings left in `directory` ({} where there are none, or
-    none readable); each a finite number of seconds, at least 0."""
+def remove_heartbeat_settings(directory: str | os.PathLike, owner: str) -> None:
+    """Agent `owner`'s settings gone from `directory` (best effort), and their folder with
+    the last of them."""
+    path = _heartbeat_path(directory, owner)
     try:
-        saved = json.loads((Path(directory) / HEARTBEAT_NAME).read_text())
-    except (OSError, ValueError):
-        return {}
+        path.unlink(missing_ok=True)
+        path.parent.rmdir()
+    except OSError:  # other agents' files are there, or the folder is read-only
+        pass
+
+
+def _seconds(saved: object) -> dict[str, float]:
+    """The HEARTBEAT_KEYS of a read file that are finite numbers of seconds, at least 0."""
     if not isinstance(saved, dict):
         return {}
     return {key: float(value) for key, value in saved.items() if key in HEARTBEAT_KEYS
             and isinstance(value, (int, float)) and not isinstance(value, bool)
             and 0 <= value < float("inf")}
+
+
+def agents_heartbeat_settings(directory: str | os.PathLike, merged_from: str | None = None
+                              ) -> dict[str, dict[str, float]]:
+    """{agent (host:pid): its settings} as write_heartbeat_settings left them in
+    `directory` ({} where there are none); a file unreadable or not whole is left out.
+    `merged_from`: only those a merge brought from that job's copy."""
+    found: dict[str, dict[str, float]] = {}
+    try:
+        paths = sorted((Path(directory) / HEARTBEATS_DIR).glob("*.json"))
+    except OSError:
+        return found
+    for path in paths:
+        try:
+            saved = json.loads(path.read_text())
+        except (OSError, ValueError):
+            continue
+        if isinstance(saved, dict) and isinstance(saved.get("owner"), str) and \
+                (merged_from is None or saved.get("merged_from") == merged_from):
+            found[saved["owner"]] = _seconds(saved)
+    return found
+
+
+def heartbeat_settings(directory: str | os.PathLike) -> dict[str, float]:
+    """The settings older agents shared in `directory` (HEARTBEAT_NAME; {} where there are
+    none, or none readable); each a finite number of seconds, at least 0."""
+    try:
+        return _seconds(json.loads((Path(directory) / HEARTBEAT_NAME).read_text()))
+    except (OSError, ValueError):
+        return {}
 
 
 def create_store(directory: str | os.PathLike, sweep_id: str, name: str,
