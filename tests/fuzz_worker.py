@@ -128,11 +128,19 @@ def sweep_entry(case: dict, paths: dict) -> dict | None:
     from agent.sweep.target import sweep_name
 
     path = paths.get("sweep.yaml") or case["argv"][0]
+    notes: list[str] = []
     try:
-        sweep = load_sweep_config(path)
+        sweep = load_sweep_config(path, notes)
     except _user_error() as error:
         raise Refused(str(error)) from None
-    return trial_config_of(sweep, sweep_name(sweep, path))
+    try:
+        return trial_config_of(sweep, sweep_name(sweep, path))
+    except _user_error():
+        # a first run that drew a value the trial refuses, as a note at creation said one
+        # may (its probability below OUTSIDE_LIMIT): that run fails alone, as on W&B
+        if any("such a run fails at its start" in note for note in notes):
+            return None
+        raise
 
 
 def train_entry(case: dict, paths: dict) -> dict | None:

@@ -49,7 +49,8 @@ def test_quantised_batch_size_is_claimed_as_an_int_and_the_sweep_rejoins(tmp_pat
 @pytest.mark.e2e
 @pytest.mark.parametrize("parameters, early_terminate, words", [
     ({"lr": {"distribution": "q_uniform", "min": 0.001, "max": 0.1}}, None,
-     ["parameters.lr", "q=1.0", "lr=0.0", "expected a number in (0, 100]"]),
+     ["parameters.lr", "q=1.0", "lr=0.0", "a number in (0, 100]", "probability 1",
+      "a smaller q"]),
     ({"dropout": {"distribution": "q_beta", "a": 2, "b": 2, "q": 0.25}}, None,
      ["parameters.dropout", "dropout=1.0", "[0, 1)"]),
     ({"kernel_size": {"values": [3, 4]}}, None,

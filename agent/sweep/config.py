@@ -25,6 +25,7 @@ import yaml
 
 from agent import metrics
 from agent.params import BY_NAME, PARAMS, RULES, close_parameter, validate
+from agent.sweep.draw_mass import JUDGED, Outside, outside
 from agent.sweep.engine import (
     GRID_LIMIT,
     Draws,
@@ -132,6 +133,7 @@ def load_sweep_config(path: str | Path, notes: list[str] | None = None) -> dict:
     _dry_run(where, filled)
     if runs_our_trainer(filled):
         fixed = _fixed_arguments(where, filled)
+        _judge_draws_outside(where, filled, notes)
         drawn = _check_trial_configs(where, filled, fixed)
         _check_metric(where, filled, fixed, drawn)
     return filled
@@ -683,7 +685,7 @@ def _check_trial_configs(where: str, config: dict, fixed: dict) -> dict[str, lis
     for name, spec in parameters.items():
         if "value" in spec:
             continue
-        spread = draws(spec, config["method"])
+        spread = _draws_inside(name, spec, config["method"])
         values = _candidates(where, name, spread, kinds[name])
         for index, value in enumerate(values):
             try:
@@ -695,6 +697,98 @@ def _check_trial_configs(where: str, config: dict, fixed: dict) -> dict[str, lis
         drawn[name] = values
     _check_drawn_together(where, base, drawn)
     return drawn
+
+
+# The share of a sweep's runs that may draw a value the trial refuses: such a run fails at its
+# start, in a second, its reason recorded, and the sweep goes on (W&B accepts the sweep, and
+# its run fails alike). Below 1% a 100-run sweep loses less than one run on average; a
+# distribution that puts more outside the range (a normal centred within 2.3 sigma of a
+# bound) reads as a range mistaken rather than a rare tail, and is refused.
+OUTSIDE_LIMIT = 0.01
+
+
+def _judge_draws_outside(where: str, config: dict, notes: list[str] | None) -> None:
+    """Each parameter of our trainer that a random or bayes search draws from a distribution
+    over a range (normal, q_beta, int_uniform, ...), judged by the probability that a draw,
+    q-rounded as the engine rounds it, is a value the trial refuses (draw_mass.outside; for
+    bayes, that share of the space its Gaussian process searches): 0 passes silently, below
+    OUTSIDE_LIMIT is a note in `notes`, more is refused in one line. `values` are each
+    checked as written (_check_trial_configs): a grid runs every one."""
+    if config.get("method") not in ("random", "bayes"):
+        return
+    for name, spec in config["parameters"].items():
+        if name not in BY_NAME or name in AGENT_PARAMETERS \
+                or spec.get("distribution") not in JUDGED:
+            continue  # an unknown parameter is refused by _check_trial_configs
+        found = outside(name, spec)
+        if found.probability == 0:
+            continue
+        words, advice = _outside_words(name, spec, found)
+        line = f"{where}: {_path(name)}: {words}"
+        if found.probability >= OUTSIDE_LIMIT:
+            raise UserError(f"{line}: {advice}")
+        if notes is not None:
+            notes.append(f"note: {line}; such a run fails at its start, its reason in the "
+                         "sweep's results, and the sweep goes on (as on W&B)")
+
+
+def _outside_words(name: str, spec: dict, found: Outside) -> tuple[str, str]:
+    """What `found` draws that parameter `name` refuses, in words (`normal(mu=0.5,
+    sigma=0.5) draws values outside what weight_decay allows (a number in [0, 10]), e.g.
+    weight_decay=-0.33, with probability 16%`), and what to change where it is refused."""
+    param, how = BY_NAME[name], found.how
+    chance = _chance(found.probability, found.estimated)
+    refuses = f"which {name} refuses ({param.allowed()}), {chance}"
+    integer = param.type is bool or int in (param.type, param.item_type)
+    if isinstance(found.example, float) and math.isnan(found.example):
+        return (f"{how} draws NaN (no distribution has these parameters), {refuses}",
+                "give sigma, a and b above 0, or use value: for a constant")
+    if param.allowed_choices() is not None:
+        return f"{how} draws numbers, {refuses}", f"use values: [...] of {name}'s"
+    if integer and "q" not in spec and spec["distribution"] != "int_uniform":
+        return (f"{how} draws non-integers, {refuses}",
+                "use int_uniform, or a q_ distribution with an integer q")
+    if integer and not float(spec.get("q", 1)).is_integer():
+        return f"{how} draws non-integers, {refuses}", "use an integer q"
+    if found.example is None:  # none of q's multiples in the range
+        return f"{how} draws no value {name} takes, {refuses}", "use a smaller q"
+    example = as_type(found.example, param.type, param.item_type)
+    example = example[0] if isinstance(example, list) and len(example) == 1 else example
+    shown = f"{example:.4g}" if isinstance(example, float) and len(repr(example)) > 10 \
+        else repr(example)
+    change = "a smaller q" if "q" in spec and (found.inside is None or "a" in spec) else \
+        "a smaller sigma or a mu further inside" if "sigma" in spec else \
+        "min and max within it"
+    return (f"{how} draws values outside what {name} allows ({param.allowed()}), e.g. "
+            f"{name}={shown}, {chance}",
+            f"more than the {OUTSIDE_LIMIT:.0%} of runs a sweep may lose to values the trial "
+            f"refuses: keep the distribution within the range ({change})")
+
+
+def _chance(probability: float, estimated: bool = False) -> str:
+    """`with probability 2.9e-07 (1 run in 3,500,000)`, `with probability 16%`."""
+    bound = "about " if estimated else ""
+    if probability >= 1:
+        return "with probability 1 (every run)"
+    if probability >= OUTSIDE_LIMIT:
+        return f"with probability {bound}{100 * probability:.2g}%"
+    runs = 1 / probability
+    shown = f"{float(f'{runs:.2g}'):,.0f}" if runs < 1e9 else f"{runs:.1e}"
+    number = f"{100 * probability:.2g}%" if probability >= 1e-4 else f"{probability:.2g}"
+    return f"with probability {bound}{number} (1 run in {shown})"
+
+
+def _draws_inside(name: str, spec: dict, method: str) -> Draws:
+    """What `spec` draws that the trial takes, for the checks of drawn values (rules between
+    parameters, the metric's val_split): a distribution over a range in a random or bayes
+    search within what the parameter allows (what it draws outside was judged by its
+    probability, _judge_draws_outside); anything else as engine.draws gives it."""
+    if method in ("random", "bayes") and name in BY_NAME and name not in AGENT_PARAMETERS \
+            and spec.get("distribution") in JUDGED:
+        inside = outside(name, spec).inside
+        if inside is not None:
+            return inside
+    return draws(spec, method)
 
 
 def _candidates(where: str, name: str, spread: Draws, kind: tuple) -> list:
