@@ -5,7 +5,8 @@ list), its spec centred on each end of the parameter's range so that its draws s
 The engine draws many values (sweeps.params.HyperParameter.ppf, the function its random search
 calls with u uniform on [0, 1)), the trial's own validation refuses some, and the share refused
 must match the closed form within a binomial tolerance (exactly, where it is 0 or 1). Then how
-a sweep file is judged by that probability (silent, a note, a refusal)."""
+a sweep file is judged by that probability (silent, a note, a refusal) and the grid's
+note."""
 
 from __future__ import annotations
 
@@ -19,7 +20,7 @@ import pytest
 from agent.params import BY_NAME, validate
 from agent.sweep.config import OUTSIDE_LIMIT, load_sweep_config
 from agent.sweep.draw_mass import JUDGED, listed_outside, outside
-from agent.sweep.engine import as_type
+from agent.sweep.engine import as_type, proposed_params
 from util.errors import UserError
 
 with warnings.catch_warnings():
@@ -251,3 +252,20 @@ def test_the_limit_lies_between_a_note_and_a_refusal(tmp_path):
     assert len(judged(tmp_path, f"  epochs: {{min: 0, max: {below}}}\n")) == 1
     with pytest.raises(UserError, match="probability 1%"):
         judged(tmp_path, f"  epochs: {{min: 0, max: {below - 1}}}\n")  # 1 / 100
+
+
+def test_a_grid_over_q_uniform_notes_that_max_is_left_out_as_the_engine_leaves_it(tmp_path):
+    path = tmp_path / "grid.yaml"
+    path.write_text(OURS.replace("random", "grid")
+                    + "  epochs: {distribution: q_uniform, min: 1, max: 3, q: 1}\n")
+    notes: list[str] = []
+    config = load_sweep_config(path, notes)
+    (note,) = notes
+    assert "\n" not in note and "parameters.epochs" in note and "takes 1, 2 " in note \
+        and "not 3" in note and "max: 4" in note
+    taken, runs = [], []
+    while (params := proposed_params(config, runs)) is not None:  # the engine's own grid
+        taken.append(params["epochs"])
+        runs.append({"id": str(len(runs)), "state": "finished", "config": params,
+                     "history": [], "summary": {}})
+    assert taken == [1, 2]

@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 import jsonschema
+import numpy as np
 import yaml
 
 from agent import metrics
@@ -131,6 +132,7 @@ def load_sweep_config(path: str | Path, notes: list[str] | None = None) -> dict:
     _check_storable(where, filled)
     _check_bayes_categories(where, filled)
     _dry_run(where, filled)
+    _note_grid_leaves_out_max(where, filled, notes)
     if runs_our_trainer(filled):
         fixed = _fixed_arguments(where, filled)
         _judge_draws_outside(where, filled, notes)
@@ -380,6 +382,34 @@ def _check_grid_size(where: str, config: dict) -> None:
         raise UserError(f"{where}: a grid of {_count(size)} points (the product of each "
                         f"parameter's values), more than the {GRID_LIMIT:,} a grid may have: "
                         "use fewer values, or method random (with run_cap)")
+
+
+def _note_grid_leaves_out_max(where: str, config: dict, notes: list[str] | None) -> None:
+    """A note for each q_uniform of a grid whose max is one of q's steps from min: the
+    engine's grid takes np.arange(min, max, q) (sweeps/grid_search.py), which leaves max
+    out (epochs {min: 1, max: 3, q: 1} takes 1 and 2), as W&B's grid does; the note names
+    the values taken and the max that takes it in."""
+    if config.get("method") != "grid" or notes is None:
+        return
+    for name, spec in config["parameters"].items():
+        if not isinstance(spec, dict) or spec.get("distribution") != "q_uniform":
+            continue
+        low, high, q = spec["min"], spec["max"], spec.get("q", 1.0)
+        steps = (high - low) / q
+        count = grid_points(spec)
+        if count is None or not 0 < count <= GRID_LIMIT or abs(steps - round(steps)) > 1e-9:
+            continue  # max is no step of q from min, or the grid was refused
+        values = np.arange(low, high, q).tolist()
+        if values[-1] >= high:
+            continue  # the float steps reached max (np.arange(1, 1.3, 0.1) ends at 1.3)
+        shown = [f"{v:.6g}" for v in values]
+        if len(shown) > 8:
+            shown = shown[:3] + ["..."] + shown[-2:]
+        wider = high + q if all(isinstance(x, int) for x in (low, high, q)) else high + q / 2
+        notes.append(f"note: {where}: {_path(name)}: a grid takes q_uniform as "
+                     f"np.arange(min, max, q), as W&B's engine does, which leaves max out: "
+                     f"{name} takes {', '.join(shown)} ({len(values)} values; not {high:g}); "
+                     f"max: {wider:g} takes it in")
 
 
 EXACT_INTEGERS = 2**53  # float64 holds every integer up to here, and not all beyond
