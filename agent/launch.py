@@ -17,6 +17,7 @@ import signal
 import socket
 import subprocess
 import sys
+import textwrap
 import traceback
 from pathlib import Path
 
@@ -485,6 +486,16 @@ def pack_tip(args: argparse.Namespace, gpus: list[str], store: SweepStore) -> st
             "model, as many as raise throughput (README: Packed trials)")
 
 
+def say_unset_variables(sweep_config: dict) -> None:
+    """The notes on the command's `${envvar:NAME}` whose variable is not set in this shell,
+    which the agents started from it inherit (program.unset_variable_notes): each run gets
+    the name itself there, as under W&B's agent."""
+    from agent.sweep.program import unset_variable_notes
+
+    for note in unset_variable_notes(sweep_config):
+        print(textwrap.fill(note, 80, subsequent_indent="  ", break_on_hyphens=False))
+
+
 AGENT_PROGRAM = [sys.executable, "-m", "agent.sweep.agent_loop"]
 
 
@@ -545,7 +556,9 @@ def main(argv: list[str] | None = None) -> int:
     if args.dry_run:
         check_dry_run_target(target)
     if target.kind == "wandb":
-        check_runnable(f"sweep {target.text}", check_wandb_sweep(target), args.gpus)
+        config = check_wandb_sweep(target)
+        check_runnable(f"sweep {target.text}", config, args.gpus)
+        say_unset_variables(config)
     # The sweep is checked (and made) before the GPUs are counted: that imports torch, which
     # a bad sweep file need not wait for.
     if args.gpus:  # before a sweep is made for agents that could not start
@@ -566,6 +579,7 @@ def main(argv: list[str] | None = None) -> int:
     elif target.kind == "local":
         store = SweepStore(target.store_path)
         check_runnable(f"sweep {store.sweep().id}", store.sweep().config, args.gpus)
+        say_unset_variables(store.sweep().config)  # a new sweep's notes said it
     gpus = args.gpus.split(",") if args.gpus else visible_gpus()
     slots = agent_slots(gpus, args.agents_per_gpu, args.agents)
     if store is None:

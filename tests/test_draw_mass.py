@@ -5,8 +5,8 @@ list), its spec centred on each end of the parameter's range so that its draws s
 The engine draws many values (sweeps.params.HyperParameter.ppf, the function its random search
 calls with u uniform on [0, 1)), the trial's own validation refuses some, and the share refused
 must match the closed form within a binomial tolerance (exactly, where it is 0 or 1). Then how
-a sweep file is judged by that probability (silent, a note, a refusal) and the grid's
-note."""
+a sweep file is judged by that probability (silent, a note, a refusal) and the grid and
+${envvar:NAME} notes."""
 
 from __future__ import annotations
 
@@ -16,11 +16,13 @@ import warnings
 
 import numpy as np
 import pytest
+import yaml
 
 from agent.params import BY_NAME, validate
 from agent.sweep.config import OUTSIDE_LIMIT, load_sweep_config
 from agent.sweep.draw_mass import JUDGED, listed_outside, outside
 from agent.sweep.engine import as_type, proposed_params
+from agent.sweep.program import build_run, unset_variable_notes
 from util.errors import UserError
 
 with warnings.catch_warnings():
@@ -269,3 +271,20 @@ def test_a_grid_over_q_uniform_notes_that_max_is_left_out_as_the_engine_leaves_i
         runs.append({"id": str(len(runs)), "state": "finished", "config": params,
                      "history": [], "summary": {}})
     assert taken == [1, 2]
+
+
+def test_an_unset_variable_in_the_command_is_a_note_and_every_run_gets_its_name(
+        tmp_path, monkeypatch):
+    monkeypatch.delenv("SWEEP_TEST_UNSET", raising=False)
+    sweep = yaml.safe_load(OURS.replace("'${args}'", "'${args}', '--run_name=${envvar:"
+                                        "SWEEP_TEST_UNSET}'"))
+    (note,) = unset_variable_notes(sweep)
+    assert "\n" not in note and "command[5]" in note and "SWEEP_TEST_UNSET is not set" in note \
+        and "'--run_name=SWEEP_TEST_UNSET'" in note and "every run gets the same" in note
+    # what W&B's agent puts in the argv (wandb's create_sweep_command), run after run
+    for run_id in ("a1", "b2"):
+        run = build_run(sweep, {"dataset": "digits"}, sweep_id="s", run_id=run_id,
+                        wandb_dir=str(tmp_path))
+        assert run.argv[-1] == "--run_name=SWEEP_TEST_UNSET"
+    monkeypatch.setenv("SWEEP_TEST_UNSET", "ada")
+    assert unset_variable_notes(sweep) == []

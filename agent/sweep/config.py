@@ -47,6 +47,7 @@ from agent.sweep.program import (
     command_of,
     runs_our_trainer,
     trial_values,
+    unset_variable_notes,
 )
 from agent.sweep_space import choice, swept_parameters
 from agent.yaml_file import read_yaml
@@ -574,13 +575,14 @@ def _fixed_arguments(where: str, config: dict) -> dict:
 
 def creation_notes(config: dict) -> list[str]:
     """What a new sweep's creator is told besides its id: swept parameters no run uses, a
-    q_ distribution whose rounding draws 0 or one value (agent/sweep/rounding_notes.py), and
-    a metric of our trainer searched in the direction that finds its worst runs. Notes, not
-    refusals: W&B accepts such sweeps, and they mean the same there."""
+    q_ distribution whose rounding draws 0 or one value (agent/sweep/rounding_notes.py), a
+    metric of our trainer searched in the direction that finds its worst runs, and a
+    `${envvar:NAME}` of the command whose variable is not set (each run gets the name).
+    Notes, not refusals: W&B accepts such sweeps, and they mean the same there."""
     from agent.sweep.rounding_notes import rounding_notes
 
     return idle_parameters(config) + rounding_notes(config) + metric_notes(config) + \
-        hyperband_notes(config)
+        hyperband_notes(config) + unset_variable_notes(config)
 
 
 def hyperband_notes(config: dict) -> list[str]:

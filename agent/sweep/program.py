@@ -458,6 +458,28 @@ def describe(run: RunCommand) -> str:
     return " ".join(f"'{token}'" if " " in token else token for token in run.argv)
 
 
+def unset_variable_notes(sweep_config: dict, environ: dict | None = None) -> list[str]:
+    """A note for each `${envvar:NAME}` in the sweep's command whose variable `environ` (this
+    process's environment) does not set: W&B's agent puts the name itself in its place
+    (wandb's create_sweep_command: os.environ.get(NAME, NAME)), and so does ours, so every
+    run gets that same literal text (`--run_name=${envvar:USER}` is run_name=USER in each)."""
+    environ = os.environ if environ is None else environ
+    regex = sweep_utils().SWEEP_COMMAND_ENV_VAR_REGEX
+    notes = []
+    for index, token in enumerate(sweep_config.get("command") or []):
+        if not isinstance(token, str):
+            continue
+        for name in dict.fromkeys(m.group(1) for m in regex.finditer(token)):
+            if name in environ:
+                continue
+            expanded = regex.sub(lambda m: environ.get(m.group(1), m.group(1)), token)
+            notes.append(f"note: command[{index}]: {token}: {name or 'the empty name'} is not "
+                         f"set here, so every run gets the same literal text in its place, "
+                         f"{expanded!r}, as W&B's agent would pass it (set {name} to change "
+                         "it)")
+    return notes
+
+
 def check_program_command(sweep_config: dict) -> None:
     """Macros in `command` that W&B's agent would not turn into the run's arguments: one line."""
     command = sweep_config.get("command")
