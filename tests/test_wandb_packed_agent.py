@@ -160,8 +160,11 @@ def test_runs_that_cannot_share_a_model_train_in_separate_packs_and_a_bad_one_fa
     assert packs == [["wbrun000", "wbrun003"], ["wbrun001"]]
     err = capsys.readouterr().err
     assert "run wbrun002 failed" in err and "lr" in err
-    trained = {run.run_id for run in closed_offline_runs(workdir / "wandb", 3)}
-    assert trained == {"wbrun000", "wbrun001", "wbrun003"}
+    runs = {run.run_id: run for run in closed_offline_runs(workdir / "wandb", 4)}
+    assert sorted(runs) == ["wbrun000", "wbrun001", "wbrun002", "wbrun003"]
+    # the refused run is a failed W&B run of the sweep, its reason in its summary
+    assert runs["wbrun002"].exit_code == 1 and "lr='fast'" in runs["wbrun002"].summary["error"]
+    assert all(runs[r].exit_code == 0 for r in ("wbrun000", "wbrun001", "wbrun003"))
 
 
 @pytest.mark.e2e

@@ -118,12 +118,21 @@ def check_our_trainer(study: Study, command: str) -> None:
 
 
 def _params(config: dict) -> RunConfig:
-    """Every run parameter, list values as Choices (keys of the report's groups)."""
+    """Every run parameter, list values as Choices (keys of the report's groups). A config
+    the trial refused (a run that drew weight_decay=-1e-05 failed at its start) keeps every
+    value that passes, so its epochs are its own, not the default's."""
     known = {k: v for k, v in config.items() if k != "sweep"}
     try:
         return RunConfig(choices(validate(known)))
     except UserError:
-        return RunConfig(choices(validate({})))  # another tool's sweep: report what we can
+        kept: dict = {}
+        for key, value in known.items():  # another tool's sweep: what we can read of it
+            try:
+                validate({**kept, key: value})
+            except UserError:
+                continue
+            kept[key] = value
+        return RunConfig(choices(validate(kept)))
 
 
 def local_study(store: SweepStore) -> Study:

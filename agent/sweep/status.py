@@ -8,6 +8,7 @@ from __future__ import annotations
 import math
 import re
 import shlex
+import textwrap
 import time
 from collections import Counter
 from collections.abc import Callable
@@ -472,6 +473,7 @@ def closing_lines(store: SweepStore, options: str = "") -> list[str]:
     reasons: dict[str, list[Run]] = {}
     for run in given_up:  # each reason once, with its runs
         reasons.setdefault(not_repeated_why(run, ours), []).append(run)
+    lines += failed_lines(current)
     for why, these in reasons.items():
         shown = ", ".join(f"{r.id} (epoch {r.epoch})" for r in these[:4])
         lines += [f"Crashed again, not repeated: {shown}{', ...' * (len(these) > 4)}",
@@ -495,6 +497,32 @@ def closing_lines(store: SweepStore, options: str = "") -> list[str]:
               f"{', open TensorBoard' * bool(board)}:",
               f"  {prefix} agent.repeat {sweep.id} --run{pack_option(options)}",
               f"  {prefix} agent.report {sweep.id}", *board]
+    return lines
+
+
+MAX_REASONS = 3  # failure reasons the closing lines quote; the report has every one
+
+
+def failed_lines(runs: list[Run]) -> list[str]:
+    """`Failed: 2 runs` and under it each reason once with its runs (`ab12cd34:
+    weight_decay=-1e-05 is not allowed: ...`), wrapped within 80 columns: a run the trial
+    refused at its start (a value its distribution drew outside the range), or whose trial
+    raised. At most MAX_REASONS reasons; the report lists every failed run."""
+    failed = [r for r in runs if r.state == "failed"]
+    if not failed:
+        return []
+    reasons: dict[str, list[str]] = {}
+    for run in failed:
+        reasons.setdefault(" ".join((run.error or "no reason recorded").split()),
+                           []).append(run.id)
+    lines = [f"Failed: {len(failed)} run{'s' * (len(failed) > 1)}"]
+    for why, ids in list(reasons.items())[:MAX_REASONS]:
+        shown = ", ".join(ids[:4]) + (", ..." if len(ids) > 4 else "")
+        lines += textwrap.wrap(f"{shown}: {why}", 80, initial_indent="  ",
+                               subsequent_indent="    ", break_on_hyphens=False)
+    if len(reasons) > MAX_REASONS:
+        lines.append(f"  ({len(reasons) - MAX_REASONS} other reason(s): the report lists "
+                     "every failed run)")
     return lines
 
 

@@ -259,10 +259,7 @@ class PackedWandbAgent:
                                              sweep_id=self.sweep_id, run_id=slot.run_id,
                                              wandb_dir=self.wandb_dir)
                 except UserError as error:
-                    print(f"agent: run {slot.run_id} failed ({one_line(error)})",
-                          file=sys.stderr)
-                    self.outcomes.append("failed")
-                    self._release(slot, slot.run_id)
+                    self._refused(slot, one_line(error))
                     continue
             groups.setdefault(self._key(slot.config), []).append(slot)
         for key, group in groups.items():
@@ -275,6 +272,32 @@ class PackedWandbAgent:
                         and self._may_take():
                     return  # claimed again, with the pack's size
             self.train_pack(group[:self._room_for(key, group[0].config)])
+
+    def _refused(self, slot: Slot, line: str) -> None:
+        """A run our trainer refuses (a value its distribution drew outside the range, which
+        W&B's server hands out as any other): it fails alone, its one line on stderr and in
+        its W&B record, a failed run (exit code 1) whose summary's `error` is that line
+        (where `wandb agent` would leave a run that never started, and no reason); its slot
+        takes the next run."""
+        import wandb
+
+        print(f"agent: run {slot.run_id} failed ({line})", file=sys.stderr)
+        self.outcomes.append("failed")
+        try:
+            run = wandb.init(
+                id=slot.run_id, config=slot.values or {}, project=self.project,
+                entity=self.entity, mode=wandb_sink.chosen_mode(), reinit="create_new",
+                dir=self.wandb_dir, resume="allow",
+                settings=wandb.Settings(silent=True, console="off", sweep_id=self.sweep_id,
+                                        **wandb_sink.finish_settings()))
+            run.summary["error"] = line
+            self._end_unadopted(run, preempted=False)
+        except wandb.errors.Error as error:  # W&B away: the line above is all there is
+            print(f"agent: W&B did not take run {slot.run_id}'s failure "
+                  f"({type(error).__name__}: {without_api_key(one_line(error))[:120]})",
+                  file=sys.stderr)
+        finally:
+            self._release(slot, slot.run_id)
 
     def _room_for(self, key: tuple, config: RunConfig) -> int:
         """The size of `key`'s next pack: the sizer's, capped by what one trial on this
