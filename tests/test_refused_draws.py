@@ -2,7 +2,7 @@
 probability is below agent/sweep/config.py OUTSIDE_LIMIT), at run time: offline through the
 launcher with packed agents, and through a W&B sweep's packed agent. The run fails alone with
 its one-line reason, recorded (the store, the W&B run) and shown (the closing lines, the
-report); its pack-mates train and the sweep goes on."""
+report); its pack-mates train and the sweep goes on. A null value reads None in every line."""
 
 from __future__ import annotations
 
@@ -22,7 +22,18 @@ REASON = "weight_decay=-1e-05 is not allowed: expected a number in [0, 10]"
 def fixed(workdir) -> dict:
     return {"dataset": "digits", "data_dir": str(workdir / "data"), "model": "dense",
             "hidden": 16, "epochs": 1, "train_subset": 256, "num_threads": 1,
-            "histograms": False, "sinks": ["console"]}
+            "histograms": False, "sinks": ["console", "tensorboard"]}
+
+
+def session_hparams(events) -> dict:
+    """The HPARAMS values of a run's TensorBoard event file (its session start)."""
+    from tensorboard.backend.event_processing.event_file_loader import EventFileLoader
+    from tensorboard.plugins.hparams import metadata
+
+    (start,) = [metadata.parse_session_start_info_plugin_data(value.metadata.plugin_data.content)
+                for event in EventFileLoader(str(events)).Load() for value in event.summary.value
+                if value.tag == metadata.SESSION_START_INFO_TAG]
+    return start.hparams
 
 
 @pytest.mark.e2e
@@ -35,12 +46,12 @@ def test_a_refused_draw_fails_alone_and_the_packed_sweep_goes_on(workdir):
     store = create_store(workdir / "data" / "sweeps" / "rd1", "rd1", "refused", {
         "program": "agent/train.py", "command": command, "method": "random", "run_cap": 4,
         "metric": {"name": "val/acc", "goal": "maximize"},
-        "parameters": {**parameters,
+        "parameters": {**parameters, "run_name": {"values": [None]},
                        # below 0 with probability 2.9e-7: what one run drew here
                        "weight_decay": {"distribution": "normal", "mu": 5e-4,
                                         "sigma": 1e-4}}})
     # the engine's draw outside the range, waiting to be claimed first
-    assert keep_proposal(store, {**fixed(workdir), "weight_decay": -1e-5})
+    assert keep_proposal(store, {**fixed(workdir), "run_name": None, "weight_decay": -1e-5})
     launched = subprocess.run(
         [sys.executable, "-m", "agent.launch", str(store.directory), "--pack", "2"],
         cwd=workdir, env={k: v for k, v in subprocess_env(OMP_NUM_THREADS="1").items()
@@ -58,9 +69,20 @@ def test_a_refused_draw_fails_alone_and_the_packed_sweep_goes_on(workdir):
     out = launched.stdout
     closing = out[out.index("Results:"):].splitlines()
     assert "Failed: 1 run" in closing and f"  {failed.id}: {REASON}" in closing, out
+    # a null is None in the run lines, the table and the best run's line, as ${args} passes it
+    run_lines = [line for line in out.splitlines() if line.startswith("run ")
+                 and "finished" not in line]
+    assert len(run_lines) == 3 and all(" run_name=None " in line for line in run_lines), out
+    assert "run_name=None" in next(line for line in closing if line.startswith("Best run"))
+    for run in runs:  # TensorBoard's HPARAMS, under the group every run got from the name
+        if run.state == "finished":
+            (events,) = (workdir / "data" / "logs" / "SWEEP_TEST_UNSET" / run.id).glob(
+                "events.out.tfevents.*")
+            assert session_hparams(events)["run_name"].string_value == "None"
     table = out[:out.index("Results:")]
     assert all(f"{r.id} finished" in " ".join(table.split()) for r in runs
                if r.state == "finished")
+    assert table.count(" None") >= 4  # every run's row
     from agent.report.document import main as report
 
     assert report(["rd1", "--out", str(workdir / "reports")]) == 0
@@ -68,6 +90,7 @@ def test_a_refused_draw_fails_alone_and_the_packed_sweep_goes_on(workdir):
     failed_row = next(line for line in text.splitlines() if failed.id in line
                       and "failed" in line)
     assert REASON in failed_row and "0 of 1" in failed_row  # its own epochs, not the default
+    assert "run_name=None" in text  # the report (its figures took None for a number)
 
 
 @pytest.mark.e2e

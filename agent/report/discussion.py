@@ -145,8 +145,10 @@ def split_axes(ctx: Context) -> tuple[list[str], list[str]]:
     log-distributed one before the others; seeds are not a study axis."""
     runs = ctx.study.runs
     swept = [a for a in ctx.swept if a != "seed"]
-    categorical = [a for a in swept if any(isinstance(value(r, a), (str, bool, list))
-                                           for r in runs)]
+    # anything but numbers is a category: text, booleans, lists, and a null (`values:
+    # [null]`, the default), which a numeric axis cannot place
+    categorical = [a for a in swept if any(not isinstance(value(r, a), (int, float))
+                                           or isinstance(value(r, a), bool) for r in runs)]
     numeric = [a for a in swept if a not in categorical]
     numeric.sort(key=lambda a: (not (spans_decades(_levels(runs, a))
                                      or log_distribution(ctx, a)), -len(_levels(runs, a))))

@@ -486,9 +486,13 @@ class LocalAgent:
                     for claimed in work.runs:
                         if claimed.epoch:
                             self.store.forget_epochs(claimed.run_id, self.owner)
+                progress = sweep_progress(self.store.runs(), self.sweep.config, run_ids)
+                # the run line shows each value as the sweep gave it (a null as None, what
+                # ${args} passes; the trial's config holds the default instead)
+                progress["params"] = {c.run_id: c.config for c in work.runs}
                 train_pack(configs, hooks, sweep={
                     "id": self.sweep.id, "name": self.sweep.name, "config": self.sweep.config,
-                    "progress": sweep_progress(self.store.runs(), self.sweep.config, run_ids)})
+                    "progress": progress})
             outcome.preempted = any(s["state"] == "preempted" for s in ended.values()) \
                 and bool(self.signalled)
         except StoreError:

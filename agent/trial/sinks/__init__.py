@@ -46,6 +46,15 @@ class RunInfo:
     replay: list[dict] = field(default_factory=list)
 
 
+def given_values(run: RunInfo, config: dict) -> dict:
+    """The run's values as its sweep gave them, where its agent passed them on (the sweep's
+    progress, "params" by run id), over the trial's `config`: a null stays None, which is
+    what W&B's ${args} writes (`--run_name=None`) and the status table and closing lines
+    show; the trial's config holds the default ("") instead."""
+    progress = (run.sweep or {}).get("progress") or {}
+    return {**config, **((progress.get("params") or {}).get(run.id) or {})}
+
+
 class Sink:
     """The calls a trial makes; a sink overrides the ones it uses."""
 

@@ -15,7 +15,7 @@ from rich.table import Table
 from agent import metrics
 from agent.commands import script
 from agent.sweep_space import duration_text, short_number, swept_parameters
-from agent.trial.sinks import RunInfo, Sink, agents_sharing_output
+from agent.trial.sinks import RunInfo, Sink, agents_sharing_output, given_values
 from nn.schedules import scheduled_lr
 
 SUMMARY_ROWS = metrics.names(summary=True)
@@ -29,7 +29,8 @@ def header_lines(run: RunInfo, config: dict) -> list[str]:
     sweep = run.sweep or {}
     swept = [p.name for p in swept_parameters(sweep.get("config"))] if sweep else []
     names = swept or [n for n in LONE_RUN_PARAMETERS if n in config]
-    setting = " ".join(f"{n}={short_number(config.get(n))}" for n in names)
+    given = given_values(run, config)  # a null as None, as ${args} passes it
+    setting = " ".join(f"{n}={short_number(given.get(n))}" for n in names)
     progress = sweep.get("progress") or {}
     index = (progress.get("index") or {}).get(run.id)
     place = f"run {index}/{progress.get('total') or '?'}" if index else "run"

@@ -25,7 +25,7 @@ from torch.utils.tensorboard import SummaryWriter
 
 from agent import metrics
 from agent.sweep_space import SweptParameter, short_number, swept_parameters
-from agent.trial.sinks import RunInfo, Sink, check_room
+from agent.trial.sinks import RunInfo, Sink, check_room, given_values
 from util.errors import naming, storage_problem
 
 # The metrics HPARAMS shows as columns, in this order after the sweep's own metric; the
@@ -47,7 +47,10 @@ def hparam_name(parameter: SweptParameter) -> str:
 
 
 def hparam_value(parameter: SweptParameter | None, value):
-    """The value HPARAMS stores: a number, bool or text; log10 of a log-distributed one."""
+    """The value HPARAMS stores: a number, bool or text; log10 of a log-distributed one; a
+    null as the text None (what ${args} passes, and the console shows)."""
+    if value is None:
+        return "None"
     if isinstance(value, (list, tuple)):
         return str(list(value))
     if parameter is not None and parameter.log and isinstance(value, (int, float)) \
@@ -233,7 +236,7 @@ class TensorBoardSink(Sink):
         # there and the steps past the checkpoint showed twice.
         earlier = sorted(Path(run.log_dir).glob("events.out.tfevents.*"), key=lambda p: p.name)
         purge = run.resumed_step + 1 if run.resumed_epoch or earlier else 0
-        session = session_hparams(config, hparams, run.sweep)
+        session = session_hparams(given_values(run, config), hparams, run.sweep)
         text = config_text(config, hparams, session, run.sweep)
         shown = shown_config(earlier, purge)
         if not run.resumed_epoch and shown != text:
