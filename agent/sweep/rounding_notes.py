@@ -65,7 +65,7 @@ def _note(name: str, spec: dict, r: Rounding) -> str | None:
     kind, q = spec["distribution"], _number(r.q)
     head = f"{kind} with q={q}"
     width = r.high - r.low
-    if r.every and width > 0:  # (min equal to max asks for one value)
+    if r.every and 0 < width < math.inf:  # (min = max asks for one value; unbounded: below)
         return (f"{head} draws {name}={_number(r.common)} every time: {HOW}, and each x it "
                 f"draws, {_number(r.low)} to {_number(r.high)}, rounds to it; a q below "
                 f"{_below(width)} draws more than one value")
