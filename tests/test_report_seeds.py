@@ -1123,3 +1123,58 @@ def test_a_groups_rows_go_by_their_mean_over_fresh_seeds(tmp_path, monkeypatch):
     assert [row[2].split(" ± ")[0] for row in rows] == ["0.8100", "0.7700", "0.8000", "0.8000"]
     # the sentence under the table names the first row's setting as the best mean
     assert "Nothing is bold: optimizer=sgd, lr=0.01 has the best mean" in table, table
+
+
+def test_the_groups_go_by_their_best_mean_over_fresh_seeds_and_the_heading_names_the_repeats(
+        tmp_path, monkeypatch):
+    """`agent.repeat --top 1 --seeds 3`, one row a group: the "By optimizer" rows went in the
+    order of the sweep's one run (sgd 0.90, adam 0.85, rmsprop 0.80) while seeds.png put adam
+    (0.81 over fresh seeds) first; the rows go by the fresh mean as seeds.png orders them,
+    and the heading says what agent.repeat ran (it said "The best 2 settings of each
+    optimizer" with their repeats, of which it had run one)."""
+    sweep = {("sgd", 0.1): 0.90, ("sgd", 0.01): 0.50, ("adam", 0.1): 0.85,
+             ("adam", 0.01): 0.60, ("rmsprop", 0.1): 0.80, ("rmsprop", 0.01): 0.55}
+    fresh = {"sgd": [0.70, 0.71, 0.72], "adam": [0.80, 0.81, 0.82],
+             "rmsprop": [0.75, 0.76, 0.77]}
+    config = {"program": "agent/train.py", "method": "grid",
+              "metric": {"name": "val/acc", "goal": "maximize"},
+              "parameters": {"dataset": {"value": "digits"}, "model": {"value": "dense"},
+                             "epochs": {"value": 1},
+                             "optimizer": {"values": ["sgd", "adam", "rmsprop"]},
+                             "lr": {"values": [0.1, 0.01]}}}
+    monkeypatch.chdir(tmp_path)
+    store = create_store(tmp_path / "data" / "sweeps" / "single", "single", "single", config)
+    for run in claim(store, "host:1", count=6).runs:
+        score = sweep[(run.config["optimizer"], run.config["lr"])]
+        assert store.finish(run.run_id, "host:1", "finished",
+                            {"val/acc": score, "test/acc": score, "epochs_done": 1})
+    configs = repeat_configs(local_study(store), top=1, by="optimizer", seeds=3)
+    assert len(configs) == 3
+    for n, (_, repeat_config) in enumerate(configs):
+        repeat = create_store(tmp_path / "data" / "sweeps" / f"rep{n}", f"rep{n}", "r",
+                              repeat_config)
+        seeds = sorted(repeat_config["parameters"]["seed"]["values"])
+        for run in claim(repeat, "host:1", count=3).runs:
+            score = fresh[run.config["optimizer"]][seeds.index(run.config["seed"])]
+            assert repeat.finish(run.run_id, "host:1", "finished",
+                                 {"val/acc": score, "test/acc": score, "epochs_done": 1})
+    report = document.build_report(local_study(store), tmp_path / "report")
+    table = report.path.read_text().split("### By optimizer")[1].split("\n### ")[0]
+    heading = table.strip().splitlines()[0]
+    assert heading == (
+        "The best 2 settings of each optimizer by val/acc in the sweep; `python -m "
+        "agent.repeat` ran the best setting of each optimizer again on 3 fresh seeds: the "
+        "first table, its rows in the order of their mean over those seeds (a group's best "
+        "mean first), as seeds.png orders them; the settings not repeated are in the table "
+        "after it."), heading
+    first, second = [[line.split("|")[1:4] for line in part.splitlines()
+                      if line.startswith("| ") and "---" not in line][1:]
+                     for part in table.split("\n\n") if part.startswith("| ")][:2]
+    assert [(row[0].strip(), row[2].split(" ± ")[0].strip("* ")) for row in first] == [
+        ("adam", "0.8100"), ("rmsprop", "0.7600"), ("sgd", "0.7100")], table
+    assert [row[0].strip() for row in second] == ["sgd", "adam", "rmsprop"], table
+    # seeds.png: the same settings in the same order, best mean first
+    drawn = report.figures["seeds.png"]
+    labels = [text for ax in drawn.axes for text in ax.yticks if "optimizer=" in text]
+    assert [label.split("optimizer=")[1].split()[0].rstrip(",") for label in labels] == [
+        "adam", "rmsprop", "sgd"], labels

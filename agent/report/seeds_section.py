@@ -255,11 +255,7 @@ def by_table(report: Report, ctx: Context, by: str, repeated: dict[str, Repeated
             (with_seeds if rep and len(rep.values(metric)) + len(rep.diverged) >= 2
              else single).append((group, setting))
     with_seeds = _by_fresh_mean(with_seeds, repeated, metric, study.goal)
-    report.add(f"### By {by}", "", f"The best {BEST_PER_GROUP} settings of each {by} by "
-               f"{metric}, with their repeats where `python -m agent.repeat` made some"
-               + (", and the other settings it repeated" if any(
-                   len(settings) > BEST_PER_GROUP for settings in groups.values()) else "")
-               + ".", "")
+    report.add(f"### By {by}", "", _by_heading(ctx, by, groups, repeated, with_seeds), "")
     if with_seeds:
         samples = {s.key: repeated[s.key].values(metric) for _, s in with_seeds}
         leader, adjusted = stats.supported_best(samples, study.goal, ALPHA)
@@ -309,24 +305,70 @@ def by_table(report: Report, ctx: Context, by: str, repeated: dict[str, Repeated
                    f"{ctx.base.majority:.4f}.", "")
 
 
+def _by_heading(ctx: Context, by: str, groups: dict[str, list[stats.Setting]],
+                repeated: dict[str, Repeated], with_seeds: list) -> str:
+    """What a "By ..." table shows: the best BEST_PER_GROUP settings of each group by the
+    sweep, and which of them agent.repeat ran again on how many fresh seeds (its --top is
+    no record of the repeats: it is read from the settings repeated, the best 1 of each
+    group where each group's first setting is, and no other)."""
+    metric = ctx.study.metric
+    text = f"The best {BEST_PER_GROUP} settings of each {by} by {metric} in the sweep"
+    shown = {s.key for settings in groups.values() for s in settings[:BEST_PER_GROUP]}
+    tried = [s for settings in groups.values() for s in settings if s.key in repeated
+             and (repeated[s.key].runs or repeated[s.key].diverged)]
+    if not tried:
+        return text + "; `python -m agent.repeat` has repeated none of them yet."
+    seeds = sorted({len(repeated[s.key].runs) + len(repeated[s.key].diverged) for s in tried})
+    fresh = f"{seeds[0]}{f' to {seeds[-1]}' if len(seeds) > 1 else ''} fresh " \
+            f"seed{'s' if seeds[-1] != 1 else ''}"
+    keys = {s.key for s in tried}
+    # the best k of every group, and nothing else: what agent.repeat --top k --by <by> ran
+    top = max(sum(1 for s in settings if s.key in keys) for settings in groups.values())
+    prefix = all({s.key for s in settings if s.key in keys} == {s.key for s in settings[:top]}
+                 for settings in groups.values())
+    others = [s for s in tried if s.key not in shown]
+    text += ("; `python -m agent.repeat` ran " + (
+        f"the best {'setting' if top == 1 else f'{top} settings'} of each {by}" if prefix else
+        f"{len(tried) - len(others)} of them" + (f" and {len(others)} other setting"
+                                                 f"{'s' if len(others) != 1 else ''}"
+                                                 if others else ""))
+        + f" again on {fresh}")
+    if with_seeds:
+        text += (": the first table, its rows in the order of their mean over those seeds "
+                 "(a group's best mean first), as seeds.png orders them")
+    if len(tried) < sum(map(len, groups.values())):
+        text += "; the settings not repeated are in the table after it"
+    return text + "."
+
+
 def _by_fresh_mean(rows: list[tuple[str, stats.Setting]], repeated: dict[str, Repeated],
                    metric: str, goal: str) -> list[tuple[str, stats.Setting]]:
-    """`rows` ((group, setting), each group's in the sweep's ranking) with each group's
-    settings in the order of the mean over fresh seeds their row leads with, as seeds.png
-    orders them: the sweep's ranking put a setting whose sweep run was lucky above one with
-    the better mean. Means equal but for rounding keep the sweep's order (mean_ranking, as
-    the bold test's best_means reads ties); a setting whose every fresh seed diverged (no
-    mean) comes after those with one."""
+    """`rows` ((group, setting), each group's in the sweep's ranking) in the order of the
+    mean over fresh seeds each row leads with, as seeds.png orders them: each group's
+    settings by it, and the groups by that of their first row (the group's best mean). The
+    sweep's ranking put a setting whose sweep run was lucky above one with the better mean,
+    and the groups in the order of their best sweep runs (with agent.repeat --top 1, one
+    row a group, the table ran in the sweep's order while seeds.png ran by the means).
+    Means equal but for rounding keep the sweep's order (mean_ranking, as the bold test's
+    best_means reads ties); a setting whose every fresh seed diverged (no mean) comes after
+    those of its group with one, a group without any mean after the others."""
     place = {id(row): i for i, row in enumerate(rows)}
-    ordered = []
+
+    def mean(row) -> float:
+        return float(np.mean(repeated[row[1].key].values(metric)))
+
+    ranked = {}
     for group in dict.fromkeys(group for group, _ in rows):
         mine = [row for row in rows if row[0] == group]
         measured = [row for row in mine if repeated[row[1].key].values(metric)]
-        ordered += stats.mean_ranking(
-            measured, lambda row: np.mean(repeated[row[1].key].values(metric)), goal,
-            lambda row: place[id(row)])
-        ordered += [row for row in mine if not repeated[row[1].key].values(metric)]
-    return ordered
+        ranked[group] = (stats.mean_ranking(measured, mean, goal, lambda row: place[id(row)])
+                         + [row for row in mine if not repeated[row[1].key].values(metric)])
+    leaders = [group for group, mine in ranked.items()
+               if repeated[mine[0][1].key].values(metric)]
+    order = stats.mean_ranking(leaders, lambda group: mean(ranked[group][0]), goal,
+                               lambda group: place[id(ranked[group][0])])
+    order += [group for group in ranked if group not in leaders]
+    return [row for group in order for row in ranked[group]]
 
 
 CutShort = dict[str, tuple[list[stats.Setting], stats.Setting | None]]
