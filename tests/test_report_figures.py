@@ -636,7 +636,8 @@ def test_runs_that_logged_fewer_steps_than_epochs_are_drawn_by_their_epochs(tmp_
     run logs one step or fewer an epoch; run for one epoch it had one point, its first
     step's loss, drawn as a dot on an x axis from 0.96 to 1.04. It is drawn by its epoch
     means; a run that logged more steps than epochs keeps them, at their share of an epoch;
-    the axis runs from 0 to the longest run's planned epochs."""
+    the axis runs from 0 to the longest run's planned epochs, from epoch 1 where every run
+    is drawn by its epoch means (the first of them is epoch 1's)."""
     from agent.report import document, stats
     from agent.report.runs_section import group_figure
     from agent.report.study import local_study
@@ -669,7 +670,12 @@ def test_runs_that_logged_fewer_steps_than_epochs_are_drawn_by_their_epochs(tmp_
         for ax in [ax for ax in drawn.axes if ax.title]:
             assert ax.xlabel == ("epoch" if by_epoch else "training step")
             longest = max(r.config["epochs"] for r in members)
-            assert ax.xlim == pytest.approx((0, longest * (1 if by_epoch else 10) * 1.02))
+            if all(r.config["log_interval"] == 20 for r in members):  # epoch means alone:
+                pad = 0.02 * (longest - 1) or 0.5  # from epoch 1, their first point
+                assert ax.xlim == pytest.approx((1 - pad, longest + pad))
+                assert drawn.suptitle.endswith("mean training loss of each epoch")
+            else:
+                assert ax.xlim == pytest.approx((0, longest * (1 if by_epoch else 10) * 1.02))
         for (epochs, interval), run in runs.items():
             if run not in members:
                 continue
@@ -681,6 +687,50 @@ def test_runs_that_logged_fewer_steps_than_epochs_are_drawn_by_their_epochs(tmp_
                 steps = ctx.curves[run.id].steps
                 assert len(steps) == 2 * epochs
                 assert list(x) == pytest.approx([s / 10 if by_epoch else s for s in steps])
+
+
+def test_a_group_without_a_run_has_no_figure_and_epoch_means_start_at_epoch_one(
+        tmp_path, monkeypatch):
+    """A 2-epoch digits sweep trained here at batch 128 (9 steps an epoch, fewer than
+    log_interval 20): no run diverged, yet loss_diverged.png was drawn and embedded saying
+    "no run in this group"; the stuck and converged figures, titled "training loss" (the
+    README said step-level), drew epoch means on an axis from epoch 0, where no line is.
+    An empty group has no figure (the text names it), a figure's title says it draws the
+    epoch means, and its axis starts at epoch 1."""
+    from agent.report import document, stats
+    from agent.report.study import local_study
+    from agent.sweep.agent_loop import LocalAgent
+    from agent.sweep.pack_size import PackSizer
+    from agent.sweep.store import create_store
+
+    monkeypatch.chdir(tmp_path)
+    store = create_store(tmp_path / "data" / "sweeps" / "two", "two", "two", {
+        "method": "grid", "metric": {"name": "val/acc", "goal": "maximize"},
+        "parameters": {"dataset": {"value": "digits"}, "model": {"value": "dense"},
+                       "batch_size": {"value": 128}, "optimizer": {"value": "sgd"},
+                       "sinks": {"value": ["tensorboard"]}, "epochs": {"value": 2},
+                       "lr": {"values": [0.3, 0.0003]}}})
+    assert LocalAgent(store, 5.0, 60.0, PackSizer(fixed=1)).run(None) == 0
+    study = local_study(store)
+    report = document.build_report(study, tmp_path / "report")
+    text = report.path.read_text()
+    ctx = document.study_context(study, tmp_path / "ctx", stats.GroupRule())
+    groups = {r.config["lr"]: ctx.group_of(r) for r in study.runs}
+    assert groups == {0.3: stats.CONVERGED, 0.0003: stats.STUCK}  # the premise: none diverged
+    for run in study.runs:  # and one logged step an epoch or fewer
+        assert len(ctx.curves[run.id].steps) <= 2 and ctx.curves[run.id].source == "tensorboard"
+    assert "loss_diverged.png" not in report.figures and "loss_diverged.png" not in text
+    assert not (tmp_path / "report" / "loss_diverged.png").exists()
+    assert "No figure for the groups without a run: diverged." in text
+    assert ("Drawn against the epoch: none of their runs logged more training steps than "
+            "epochs (log_interval against the steps an epoch), so each is drawn by its epoch "
+            "means. The figures of stuck at chance; converged.") in text
+    for group, title in (("stuck", "stuck at chance"), ("converged", "converged")):
+        drawn = report.figures[f"loss_{group}.png"]
+        assert drawn.suptitle == f"{title} (1 run): mean training loss of each epoch"
+        (panel,) = [ax for ax in drawn.axes if ax.lines]
+        assert panel.xlabel == "epoch" and panel.xlim == pytest.approx((0.98, 2.02))
+        assert [list(x) for _, x, _ in panel.lines] == [[1, 2]]
 
 
 def test_a_run_diverged_by_its_epochs_mean_shows_that_mean_above_the_line(tmp_path):

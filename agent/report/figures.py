@@ -550,7 +550,8 @@ def _encodings(curves: list[GroupCurve], colour: str | None, style: str | None):
 
 def group_loss_figure(curves: list[GroupCurve], facets: list[str], colour: str | None,
                       style: str | None, path, title: str, xlabel: str = "training step",
-                      threshold: float | None = None, x_end: float | None = None) -> Drawn:
+                      threshold: float | None = None, x_end: float | None = None,
+                      x_start: float = 0.0) -> Drawn:
     """Training loss against step, one panel per value of the `facets` parameters (model x
     optimizer), colour by `colour` (lr), line style by `style` (dropout); the figure legend
     names those values, each line is labelled with its whole configuration. A point where
@@ -558,8 +559,11 @@ def group_loss_figure(curves: list[GroupCurve], facets: list[str], colour: str |
     legend counts them). Log y from two decades on.
     `threshold`: a loss level drawn as a dashed line in every panel (the divergence
     rule: a run that ends above it diverged).
-    `x_end`: the x axis runs from 0 to it (the runs' planned length: one point is not
-    centred on an axis of its own 4% either side); whole epochs are ticked as such."""
+    `x_end`: the x axis runs from `x_start` to it (the runs' planned length: one point is
+    not centred on an axis of its own 4% either side), 2% of that span clear of each end
+    (half an epoch where they are one); `x_start` is 0, the start of training, for
+    logged steps, and 1 for epoch means, whose first point is the first epoch's (an axis
+    from epoch 0 had no line over its first epoch); whole epochs are ticked as such."""
     keys = sorted({tuple(c.config.get(f) for f in facets) for c in curves}, key=str)
     fig, axes = panel_grid(len(keys), (3.6, 3.0), (2.2, 0.6), title, sharex=True)
     colour, style = _colour_and_style(curves, colour, style)
@@ -585,8 +589,9 @@ def group_loss_figure(curves: list[GroupCurve], facets: list[str], colour: str |
         ax.set_xlabel(xlabel, fontsize=8)
         ax.set_ylabel("training loss", fontsize=8)
         ax.tick_params(labelbottom=True)  # shared x: a panel with none below keeps its ticks
-        if x_end:
-            ax.set_xlim(0, x_end * 1.02)  # the last point clear of the frame
+        if x_end:  # the last point (and a first one off 0) clear of the frame
+            pad = 0.02 * (x_end - x_start) or 0.5
+            ax.set_xlim(x_start - pad if x_start else 0.0, x_end + pad)
         if xlabel == "epoch":
             ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     handles = [Line2D([], [], color=c, label=f"{colour}={text}")

@@ -99,15 +99,23 @@ def groups_section(report: Report, ctx: Context) -> None:
     if sources - {"tensorboard", "wandb"}:
         report.add("Some runs have no step-level losses (no TensorBoard or W&B history): "
                    "their curves and the rule use the epoch means instead.", "")
-    by_epoch = [g for g in stats.GROUPS if members[g] and not group_curves(members[g], ctx)[1]
-                and any(ctx.curves[r.id].source != "epoch" for r in members[g]
-                        if r.id in ctx.curves)]
-    if by_epoch:
-        report.add("The " + " and ".join(GROUP_TITLES[g] for g in by_epoch) + " runs' "
-                   "figure" + ("s are" if len(by_epoch) > 1 else " is") + " drawn against the "
-                   "epoch: some of their runs logged no more training steps than epochs "
-                   "(log_interval against the steps an epoch) and are drawn by their epoch "
-                   "means, the others' logged steps at their share of an epoch.", "")
+    # groups drawn by epoch means though their runs logged steps (log_interval against the
+    # steps an epoch): all of their runs so, or some, the others' steps against the epoch
+    logged = [g for g in stats.GROUPS if members[g] and _drawn_by(ctx, members[g]) != "steps"
+              and any(ctx.curves[r.id].source != "epoch" for r in members[g]
+                      if r.id in ctx.curves)]
+    for kind, words in (("means", "none of their runs logged more training steps than "
+                                  "epochs (log_interval against the steps an epoch), so each "
+                                  "is drawn by its epoch means"),
+                        ("mixed", "some of their runs logged no more training steps than "
+                                  "epochs (log_interval against the steps an epoch) and are "
+                                  "drawn by their epoch means, the others' logged steps at "
+                                  "their share of an epoch")):
+        these = [g for g in logged if _drawn_by(ctx, members[g]) == kind]
+        if these:
+            report.add(f"Drawn against the epoch: {words}. The figure"
+                       + ("s" if len(these) > 1 else "") + " of "
+                       + "; ".join(GROUP_TITLES[g] for g in these) + ".", "")
     for group in (stats.DIVERGED, stats.STUCK):
         if members[group]:
             report.add(f"### {GROUP_TITLES[group].capitalize()} ({len(members[group])})", "")
@@ -127,8 +135,12 @@ def groups_section(report: Report, ctx: Context) -> None:
                    + ", ".join(elsewhere) + (" was" if len(elsewhere) == 1 else " were")
                    + " called diverged for the final validation loss (the reason above), "
                    "drawn as a square at each epoch's end.", "")
+    empty = [GROUP_TITLES[g] for g in stats.GROUPS if not members[g]]
+    if empty:  # a figure saying "no run in this group" tells nothing the counts do not
+        report.add("No figure for the groups without a run: " + "; ".join(empty) + ".", "")
     for group in stats.GROUPS:
-        report.figure(group_figure(ctx, group, members[group]), f"{group} runs")
+        if members[group]:
+            report.figure(group_figure(ctx, group, members[group]), f"{group} runs")
 
 
 FAILED_STATES = ("failed", "crashed")
@@ -195,6 +207,22 @@ def group_curves(runs: list[RunRecord], ctx: Context) -> tuple[dict, bool, float
     return drawn, by_step, max(ends) if ends else None
 
 
+def _drawn_by(ctx: Context, runs: list[RunRecord]) -> str:
+    """How a group's figure draws `runs` (group_curves): "steps" (every run's logged
+    training steps), "means" (every run's epoch means) or "mixed" (against the epoch, some
+    runs' logged steps at their share of an epoch)."""
+    drawn, by_step, _ = group_curves(runs, ctx)
+    if by_step:
+        return "steps"
+    return "mixed" if any(curve.steps_per_epoch for curve in drawn.values()) else "means"
+
+
+DRAWN_TITLES = {"steps": "training loss at each logged step",
+                "means": "mean training loss of each epoch",
+                "mixed": "training loss (epoch means; logged steps at their share of an "
+                         "epoch)"}
+
+
 def group_figure(ctx: Context, group: str, runs: list[RunRecord]) -> figures.Drawn:
     """The group's training losses, faceted by the categorical swept parameters and
     coloured / styled by the numeric ones (group_curves: what is drawn, against what)."""
@@ -207,14 +235,16 @@ def group_figure(ctx: Context, group: str, runs: list[RunRecord]) -> figures.Dra
                                  *(_epoch_points(r, drawn[r.id], by_step)
                                    if group == stats.DIVERGED else ([], [])))
               for r in runs if r.id in drawn]
+    kind = _drawn_by(ctx, runs)
     return figures.group_loss_figure(
         curves, categorical[:2], numeric[0] if numeric else None,
         numeric[1] if len(numeric) > 1 else None,
         ctx.out_dir / f"loss_{group}.png",
-        f"{GROUP_TITLES[group]} runs ({len(curves)}): training loss",
+        f"{GROUP_TITLES[group]} ({len(curves)} run{'s' if len(curves) != 1 else ''}): "
+        + DRAWN_TITLES[kind],
         "training step" if by_step else "epoch",
         ctx.rule.explode_at(ctx.classes) if group == stats.DIVERGED else None,
-        x_end=end)
+        x_end=end, x_start=1.0 if kind == "means" else 0.0)
 
 
 def _epoch_points(run: RunRecord, curve, by_step: bool) -> tuple[list, list]:
