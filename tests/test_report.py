@@ -102,7 +102,8 @@ def step_losses(work: Path, run_id: str) -> list[float]:
     return [e.value for e in events.Scalars("train/step_loss")]
 
 
-def expected_group(run, losses: list[float], explode: float, stuck: float) -> str:
+def expected_group(run, losses: list[float], explode: float, stuck: float,
+                   falling: float = 0.02) -> str:
     """The rule exactly as the report writes it, applied here to the raw records."""
     epoch = [row[k] for row in run.history for k in ("train/loss", "val/loss") if k in row]
     if run.summary.get("diverged") or not all(math.isfinite(v) for v in losses + epoch):
@@ -111,7 +112,14 @@ def expected_group(run, losses: list[float], explode: float, stuck: float) -> st
         if run.history else losses[-1:]
     if max(last, default=0.0) > explode:
         return "diverged"
-    return "stuck" if max(row["val/acc"] for row in run.history) < stuck else "converged"
+    accuracies = [row["val/acc"] for row in run.history]
+    if max(accuracies) >= stuck:  # it left chance: did it end back at it?
+        return "collapsed" if accuracies[-1] < stuck else "converged"
+    train = [row["train/loss"] for row in run.history]
+    spiked = max(losses + epoch) > explode
+    if spiked or len(train) < 2 or not train[-1] < train[(len(train) - 1) // 2] * (1 - falling):
+        return "stuck"
+    return "falling"
 
 
 def rows_of(path: Path) -> list[dict]:
@@ -143,16 +151,22 @@ def test_groups_follow_the_written_rule_and_its_thresholds(course):
     assert groups == expected
     counts = Counter(expected.values())
     assert counts["stuck"] and counts["converged"], counts  # diverged ones may be none
-    assert (f"Counts: {counts['diverged']} diverged, {counts['stuck']} stuck, "
+    assert (f"Counts: {counts['diverged']} diverged, {counts['collapsed']} collapsed, "
+            f"{counts['stuck']} stuck, {counts['falling']} falling, "
             f"{counts['converged']} converged") in text
     # A run that barely moves is slow, not divergent (the issue's cnn runs at lr 1e-5).
     assert all(expected[r.id] != "diverged" for r in runs if r.config["lr"] == 0.00001)
-    for group in ("diverged", "stuck"):
-        section = text.split(f"### {'Diverged' if group == 'diverged' else 'Stuck at chance'}")[1]
+    headings = {"diverged": "Diverged", "collapsed": "Collapsed to chance",
+                "stuck": "Stuck at chance", "falling": "Did not leave chance in 2 epochs"}
+    for group, heading in headings.items():
+        if not counts[group]:
+            assert f"### {heading}" not in text
+            continue
+        section = text.split(f"### {heading}")[1]
         table = re.split(r"\n(?:###|!\[)", section, maxsplit=1)[0]
         listed = set(re.findall(r"\| (\w{8}) \|\n", table))
         assert listed == {i for i, g in expected.items() if g == group}
-    for group in ("diverged", "stuck", "converged"):
+    for group in ("diverged", "collapsed", "stuck", "falling", "converged"):
         members = [r for r in runs if expected[r.id] == group]
         # a group without a run has no figure (it said "no run in this group")
         assert (f"loss_{group}.png" in course["report"].figures) == bool(members), group

@@ -721,7 +721,8 @@ def test_a_group_without_a_run_has_no_figure_and_epoch_means_start_at_epoch_one(
         assert len(ctx.curves[run.id].steps) <= 2 and ctx.curves[run.id].source == "tensorboard"
     assert "loss_diverged.png" not in report.figures and "loss_diverged.png" not in text
     assert not (tmp_path / "report" / "loss_diverged.png").exists()
-    assert "No figure for the groups without a run: diverged." in text
+    assert ("No figure for the groups without a run: diverged; collapsed to chance; did not "
+            "leave chance, loss still falling.") in text
     assert ("Drawn against the epoch: none of their runs logged more training steps than "
             "epochs (log_interval against the steps an epoch), so each is drawn by its epoch "
             "means. The figures of stuck at chance; converged.") in text

@@ -460,7 +460,7 @@ def test_a_run_diverged_by_its_validation_loss_is_said_to_be_off_the_curves(tmp_
         store.finish(run.run_id, "host:1", "finished", {"val/acc": 0.5, "epochs_done": 1})
         ids[lr] = run.run_id
     text = document.build_report(local_study(store), tmp_path / "report").path.read_text()
-    section = text.split("## Diverged, stuck and converged runs")[1].split("\n## ")[0]
+    section = text.split("## Diverged, collapsed, stuck and converged runs")[1].split("\n## ")[0]
     assert (f"The curves below are training losses: {ids[1.0]} was called diverged for the "
             "final validation loss (the reason above), drawn as a square at each epoch's "
             "end.") in section, section

@@ -115,6 +115,30 @@ RULE = stats.GroupRule(explode_factor=10, stuck_margin=0.05)
     ([{"epoch": 1, "train/loss": 2.3, "val/loss": 2.3, "val/acc": 0.151}], [2.3], False,
      "converged"),
     ([{"epoch": 1, "train/loss": 2.31, "train/acc": 0.1}], [2.3], False, "stuck"),  # no val
+    # left chance, then ended at it (the issue's run: 0.375 at epoch 1, a loss of ln 10
+    # and an accuracy of 0.06 to 0.13 from epoch 4 to 15), one epoch or many back at it
+    ([{"epoch": 1, "train/loss": 2.0, "val/loss": 1.8, "val/acc": 0.375},
+      {"epoch": 2, "train/loss": 2.30, "val/loss": 2.30, "val/acc": 0.097}], [], False,
+     "collapsed"),
+    ([{"epoch": 1, "train/loss": 2.0, "val/loss": 1.8, "val/acc": 0.375},
+      {"epoch": 2, "train/loss": 2.30, "val/loss": 2.30, "val/acc": 0.151}], [], False,
+     "converged"),  # just above the bound
+    ([{"epoch": 1, "train/loss": 2.0, "train/acc": 0.4},
+      {"epoch": 2, "train/loss": 2.31, "train/acc": 0.1}], [], False, "collapsed"),  # no val
+    # did not leave chance: still falling (the issue's adam at lr 0.001, 2.56 -> 2.36 in 2
+    # epochs) or flat; 2% below the epoch halfway through the run (the 2nd of 3)
+    ([{"epoch": 1, "train/loss": 2.56, "val/loss": 2.4, "val/acc": 0.09},
+      {"epoch": 2, "train/loss": 2.36, "val/loss": 2.35, "val/acc": 0.11}], [], False,
+     "falling"),
+    ([{"epoch": 1, "train/loss": 2.3030, "val/loss": 2.30, "val/acc": 0.09},
+      {"epoch": 2, "train/loss": 2.3026, "val/loss": 2.30, "val/acc": 0.11}], [], False,
+     "stuck"),
+    ([{"epoch": 1, "train/loss": 2.65, "val/acc": 0.08}, {"epoch": 2, "train/loss": 2.34,
+                                                          "val/acc": 0.08},
+      {"epoch": 3, "train/loss": 2.32, "val/acc": 0.11}], [], False, "stuck"),  # 0.9%
+    ([{"epoch": 1, "train/loss": 2.65, "val/acc": 0.08}, {"epoch": 2, "train/loss": 2.40,
+                                                          "val/acc": 0.08},
+      {"epoch": 3, "train/loss": 2.34, "val/acc": 0.11}], [], False, "falling"),  # 2.5%
 ])
 def test_group_rule_on_every_branch(history, steps, diverged, group):
     verdict = stats.classify(run(history, diverged), steps, 10, RULE)
@@ -127,9 +151,33 @@ def test_a_stuck_runs_reason_never_prints_its_accuracy_equal_to_the_bound():
     history = [{"epoch": 1, "train/loss": 2.3, "val/loss": 2.3, "val/acc": 449 / 3000}]
     verdict = stats.classify(run(history), [2.3], 10, RULE)
     assert verdict.group == "stuck"
-    assert verdict.reason == "best accuracy 0.1497 < 0.1500", verdict
+    assert verdict.reason == ("best accuracy 0.1497 < 0.1500; one epoch: no trend in its loss "
+                              "to read"), verdict
     history = [{"epoch": 1, "train/loss": 2.3, "val/loss": 2.3, "val/acc": 0.112}]
-    assert stats.classify(run(history), [2.3], 10, RULE).reason == "best accuracy 0.112 < 0.150"
+    assert stats.classify(run(history), [2.3], 10, RULE).reason.startswith(
+        "best accuracy 0.112 < 0.150;")
+
+
+def test_a_run_at_chance_says_what_its_epochs_show():
+    """A collapsed run names where it left chance and where it came back, its last losses
+    beside ln K; one that did not leave chance names its loss at the epoch halfway through
+    and at the last, falling or flat."""
+    history = [{"epoch": 1, "train/loss": 2.0, "val/loss": 1.8, "val/acc": 0.375},
+               {"epoch": 2, "train/loss": 2.1, "val/loss": 2.2, "val/acc": 0.2},
+               {"epoch": 3, "train/loss": 2.30, "val/loss": 2.303, "val/acc": 0.125},
+               {"epoch": 4, "train/loss": 2.302, "val/loss": 2.303, "val/acc": 0.097}]
+    verdict = stats.classify(run(history), [], 10, RULE)
+    assert verdict.reason == (
+        "left chance (best accuracy 0.375 at epoch 1), back at it from epoch 3: last accuracy "
+        "0.097 < 0.150, training loss 2.30, validation loss 2.30 (ln 10 = 2.30)"), verdict
+    history = [{"epoch": 1, "train/loss": 2.56, "val/loss": 2.4, "val/acc": 0.09},
+               {"epoch": 2, "train/loss": 2.36, "val/loss": 2.35, "val/acc": 0.11}]
+    assert stats.classify(run(history), [], 10, RULE).reason == (
+        "best accuracy 0.110 < 0.150; its training loss still falling (2.56 at epoch 1, 2.36 "
+        "at epoch 2)")
+    history[1]["train/loss"] = 2.52
+    assert stats.classify(run(history), [], 10, RULE).reason == (
+        "best accuracy 0.110 < 0.150; its training loss flat (2.56 at epoch 1, 2.52 at epoch 2)")
 
 
 def test_a_spike_that_came_back_is_named_beside_the_group():
@@ -224,7 +272,8 @@ def test_a_setting_counts_as_failing_only_by_runs_that_trained_to_their_end(stat
         group = stats.STUCK if run is low else stats.CONVERGED
         ctx.verdicts[run.id] = stats.Verdict(group, "best accuracy 0.12", None, None)
     (line,) = _windows_and_failures(ctx, "lr")
-    assert ("every run diverged or got stuck (1 run)" in line) == (state == "finished"), line
+    assert ("every run diverged or ended at chance (1 run)" in line) == (state == "finished"), \
+        line
     assert _cut_short(low) == ("" if state == "finished" else
                                f"; stopped early (hyperband) after 1 of {low.params.epochs} "
                                "epochs")

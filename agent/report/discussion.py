@@ -43,7 +43,7 @@ NEAR_BEST = 0.02  # an accuracy's window of good values: within 2 points of the 
 # (docs/example_report) that is 0.024 of test/loss (best 0.54, median 1.75), as wide a
 # window as 2 points of its val/acc: each holds the best 5 to 7 of its 76 runs
 NEAR_SPREAD_SHARE = 0.02
-FAILED = (stats.DIVERGED, stats.STUCK)
+FAILED = (stats.DIVERGED, *stats.AT_CHANCE)
 
 
 def _spread(values: list[float], goal: str) -> tuple[float, str]:
@@ -358,7 +358,7 @@ def marginals(ctx: Context) -> list[MarginalPanel]:
                     points += [(level, s, s, s, 1, s, 0) for s in scores]
                 elif scores:
                     low, high = np.percentile(scores, [25, 75])
-                    stuck = sum(1 for r in here if ctx.group_of(r) == stats.STUCK)
+                    stuck = sum(1 for r in here if ctx.group_of(r) in stats.AT_CHANCE)
                     points.append((level, float(np.mean(scores)), float(low), float(high),
                                    len(scores), float(np.median(scores)), stuck))
             if points or label in panel.diverged:
@@ -374,7 +374,7 @@ def marginal_section(report: Report, ctx: Context) -> None:
     metric = ctx.study.metric
     kept = ctx.not_diverged(ctx.scored)
     diverged = len(ctx.scored) - len(kept)
-    stuck = sum(1 for r in kept if ctx.group_of(r) == stats.STUCK)
+    stuck = sum(1 for r in kept if ctx.group_of(r) in stats.AT_CHANCE)
     report.add("## Sensitivity to each parameter", "",
                f"For each parameter: `{metric}` at each of its values, averaged over every "
                "other parameter (line) with the middle half of those runs (band: 25th to 75th "
@@ -394,8 +394,8 @@ def marginal_section(report: Report, ctx: Context) -> None:
     if each:
         title += f"\n{', '.join(each)}: a dot per run (drawn from a distribution)"
     if stuck:
-        title += (f"\nthe means include {stuck} stuck run{'s' if stuck != 1 else ''} "
-                  "(near chance): a mean can lie apart from its median and band")
+        title += (f"\nthe means include {stuck} run{'s' if stuck != 1 else ''} that ended "
+                  "at chance: a mean can lie apart from its median and band")
     if diverged:
         marks = [mark for mark, shown in (
             ("\"div\": every run of a line there diverged",
@@ -557,7 +557,7 @@ def _top_ties(runs: list[RunRecord], metric: str, name: str) -> list:
 
 def _windows_and_failures(ctx: Context, name: str) -> list[str]:
     """Per optimizer: the values of `name` within near_margin of its best, and those where
-    every run diverged or got stuck."""
+    every run diverged or ended at chance (stuck, collapsed, or not off it yet)."""
     metric, out, goal = ctx.study.metric, [], ctx.study.goal
     values = _margin_values(ctx)
     split = "optimizer" if "optimizer" in ctx.swept else None
@@ -586,7 +586,7 @@ def _windows_and_failures(ctx: Context, name: str) -> list[str]:
         if failed:
             count = sum(1 for r in full if value(r, name) in failed)
             parts.append(f"at {name}=" + ", ".join(short_number(v) for v in failed)
-                         + f" every run diverged or got stuck ({count} run"
+                         + f" every run diverged or ended at chance ({count} run"
                          + ("s)" if count != 1 else ")"))
         if parts:
             out.append(f"{who}: " + "; ".join(parts) + ".")
@@ -723,8 +723,9 @@ def _each_run_text(panels: list[MarginalPanel]) -> str:
 
 
 def _stuck_included(count: int, ctx: Context, panels: list[MarginalPanel]) -> str:
-    """' Included: N stuck runs ...' when `count` of the runs in the means got stuck, with
-    the values where they pull the mean to the worse side of the middle half of its runs."""
+    """' Included: N runs at chance ...' when `count` of the runs in the means ended at
+    chance (stats.AT_CHANCE: stuck, collapsed, or not off it yet), with the values where
+    they pull the mean to the worse side of the middle half of its runs."""
     if not count:
         return ""
 
@@ -739,10 +740,12 @@ def _stuck_included(count: int, ctx: Context, panels: list[MarginalPanel]) -> st
                for panel in panels for label, points in panel.series.items()
                for point in points if pulled(point)]
     classes = ctx.classes
-    bound = f" (best accuracy below {ctx.rule.stuck_below(classes):.3f})" if classes else ""
+    bound = (f", {'its' if count == 1 else 'their'} last accuracy below "
+             f"{ctx.rule.stuck_below(classes):.3f}") if classes else ""
     side = "above" if ctx.study.goal == "minimize" else "below"
-    return (f" The means include {count} stuck run{'s' if count != 1 else ''}{bound}: unlike "
-            "a diverged run's, a stuck run's value is real (a setting that did not learn), "
+    return (f" The means include {count} run{'s' if count != 1 else ''} at chance (stuck, "
+            f"collapsed or not off it yet{bound}): unlike a diverged run's, such a run's value "
+            "is real (a setting that did not learn), "
             "and it pulls its value's mean toward chance, not the median"
             + (f"; here the mean lies {side} the middle half of its runs at "
                + ", ".join(outside[:8]) + (", ..." if len(outside) > 8 else "")

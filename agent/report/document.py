@@ -53,9 +53,10 @@ SUMMARY_COLUMNS = metrics.names(summary=True)
 
 
 def write_csv(ctx: Context, path: Path) -> None:
-    """One row per run: id, state, group (diverged / stuck / converged), the packed trial it
-    first trained in and that pack's size (empty and 1 for a run claimed alone), its
-    parameters, the sweep's metric and the summary metrics."""
+    """One row per run: id, state, group (stats.GROUPS: diverged / collapsed / stuck /
+    falling / converged), the packed trial it first trained in and that pack's size (empty
+    and 1 for a run claimed alone), its parameters, the sweep's metric and the summary
+    metrics."""
     study = ctx.study
     keys = sorted({k for run in study.runs for k in run.config if k != "sweep"})
     sizes = Counter(run.pack for run in study.runs if run.pack)

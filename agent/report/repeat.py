@@ -27,7 +27,10 @@ from agent.metrics import STOPPED_IN_WANDB, STOPPED_IN_WANDB_OR_FATAL
 from agent.report import stats
 from agent.report.markdown import Context, config_text
 from agent.report.stats import (
+    AT_CHANCE,
+    COLLAPSED,
     DIVERGED,
+    FALLING,
     STUCK,
     GroupRule,
     best_settings_per_group,
@@ -321,15 +324,16 @@ def planned(argv: list[str] | None):
                         f"{study.metric!r} yet: nothing to repeat")
     if args.by_given:
         check_by(study, args.by)
-    # the report's groups (diverged, stuck, converged), without reading the dataset: a
-    # diverged run's last value means nothing, and a setting stuck near chance on every
-    # seed learnt nothing that more seeds would measure; neither is repeated. A setting
-    # stuck on some seeds only is ranked by all of them, as the report's "By ..." tables
-    # rank it: left out, its stuck seeds would leave it the mean of its lucky ones
+    # the report's groups (diverged, collapsed, stuck, still falling, converged), without
+    # reading the dataset: a diverged run's last value means nothing, and a setting at
+    # chance on every seed (stuck, collapsed, or not off it yet) learnt nothing that more
+    # seeds would measure; neither is repeated. A setting at chance on some seeds only is
+    # ranked by all of them, as the report's "By ..." tables rank it: left out, its seeds
+    # at chance would leave it the mean of its lucky ones
     ctx = Context(study, Path("."), GroupRule(), [], scored)
     ctx.classify(study.ended_runs())
     stuck = {s.key for s in settings_of(ctx.not_diverged(scored))
-             if all(ctx.group_of(r) == STUCK for r in s.runs)}
+             if all(ctx.group_of(r) in AT_CHANCE for r in s.runs)}
 
     def unrepeatable(run: RunRecord) -> bool:
         return ctx.diverged(run) or setting_key(run) in stuck
@@ -442,28 +446,37 @@ def _terminator(study: Study) -> str:
 
 
 def _failure_words(ctx: Context, runs: list[RunRecord]) -> str:
-    """'diverged', 'stayed stuck near chance' or both, as `runs` (all failed) did."""
-    stuck = any(ctx.group_of(r) == STUCK for r in runs)
-    diverged = any(ctx.group_of(r) == DIVERGED for r in runs)
-    return " or ".join(words for words, found in (("diverged", diverged),
-                                                  ("stayed stuck near chance", stuck))
-                       if found)
+    """'diverged', 'stayed stuck near chance' or several of these and the other groups
+    at chance, as `runs` (all failed) did."""
+    groups = {ctx.group_of(r) for r in runs}
+    return " or ".join(words for group, words in FAILURE_WORDS.items() if group in groups)
+
+
+FAILURE_WORDS = {DIVERGED: "diverged", STUCK: "stayed stuck near chance",
+                 COLLAPSED: "collapsed to chance",
+                 FALLING: "did not leave chance in its epochs, its loss still falling"}
 
 
 def stuck_lines(study: Study, top: int, by: str, ctx: Context) -> list[str]:
     """A line for each value of `by` whose best `top` settings (diverged runs left out, as
-    the report's "By ..." tables rank them) hold one stuck near chance: passed over, so
-    that group gets another setting or fewer."""
+    the report's "By ..." tables rank them) hold one at chance on every seed (stuck,
+    collapsed or not off it yet): passed over, so that group gets another setting or
+    fewer."""
     name = setting_namer(study, by)
     ranked = ranked_settings_per_group(ctx.not_diverged(study.scored_runs()), by,
                                        study.metric, study.goal, study.runs)
     lines = []
     for group, settings in ranked.items():
-        stuck = [s for s in settings[:top] if all(ctx.group_of(r) == STUCK for r in s.runs)]
+        stuck = [s for s in settings[:top]
+                 if all(ctx.group_of(r) in AT_CHANCE for r in s.runs)]
         if stuck:
             names = "; ".join(map(name, stuck))
-            lines.append(f"{by}={group}: passed over {names}: stuck near chance (its best "
-                         "accuracy, see the report): not repeated")
+            groups = {ctx.group_of(r) for s in stuck for r in s.runs}
+            why = ("stuck near chance (its best accuracy" if groups == {STUCK} else
+                   " or ".join(FAILURE_WORDS[g] for g in AT_CHANCE if g in groups)
+                   + " (its accuracy")
+            lines.append(f"{by}={group}: passed over {names}: {why}, see the report): not "
+                         "repeated")
     return lines
 
 

@@ -1,6 +1,6 @@
 """The report's view of the runs themselves: all runs and those better than random in
-parallel coordinates, the groups (diverged, stuck, converged) with their loss curves, the
-training curves of the best runs, and the best run's test results."""
+parallel coordinates, the groups (diverged, collapsed, stuck, still falling, converged) with
+their loss curves, the training curves of the best runs, and the best run's test results."""
 
 from __future__ import annotations
 
@@ -27,7 +27,9 @@ from agent.report.markdown import (
 )
 from agent.report.study import RunRecord
 
-GROUP_TITLES = {stats.DIVERGED: "diverged", stats.STUCK: "stuck at chance",
+GROUP_TITLES = {stats.DIVERGED: "diverged", stats.COLLAPSED: "collapsed to chance",
+                stats.STUCK: "stuck at chance",
+                stats.FALLING: "did not leave chance, loss still falling",
                 stats.CONVERGED: "converged"}
 
 
@@ -72,6 +74,17 @@ def parallel_section(report: Report, ctx: Context) -> None:
         [cut for _, cut in kept_rows], logged), "parallel coordinates, better than random")
 
 
+def _group_heading(group: str, runs: list[RunRecord]) -> str:
+    """A group's table heading: its title, with the epochs of its runs where the group is
+    of runs that did not leave chance in them ('in 2 epochs')."""
+    if group != stats.FALLING:
+        return GROUP_TITLES[group].capitalize()
+    epochs = sorted({stats.epochs_done(r) for r in runs})
+    return ("Did not leave chance in " + (f"{epochs[0]} epoch{'s' if epochs[0] != 1 else ''}"
+                                          if len(epochs) == 1 else "their epochs")
+            + ", loss still falling")
+
+
 def _count_groups(ctx: Context, runs: list[RunRecord]) -> str:
     counts = {g: sum(ctx.group_of(r) == g for r in runs) for g in stats.GROUPS}
     return ", ".join(f"{n} {GROUP_TITLES[g]}" for g, n in counts.items() if n)
@@ -79,7 +92,7 @@ def _count_groups(ctx: Context, runs: list[RunRecord]) -> str:
 
 def groups_section(report: Report, ctx: Context) -> None:
     classes = ctx.classes
-    report.add("## Diverged, stuck and converged runs", "")
+    report.add("## Diverged, collapsed, stuck and converged runs", "")
     if classes is None:
         report.add("The number of classes is unknown here (no dataset files), so the rule "
                    "cannot be applied.", "")
@@ -92,7 +105,8 @@ def groups_section(report: Report, ctx: Context) -> None:
                f"--explode-factor "
                f"{ctx.rule.explode_factor:g} --stuck-margin {ctx.rule.stuck_margin:g}`.", "",
                "Counts: " + ", ".join(f"{len(members[g])} {g}" for g in stats.GROUPS)
-               + f" (ended runs without an epoch or a loss: {len(ended) - grouped}"
+               + f" ('falling': {GROUP_TITLES[stats.FALLING]}; ended runs without an epoch "
+               f"or a loss: {len(ended) - grouped}"
                + (f"; not ended, so in no group: {len(ctx.study.runs) - len(ended)}"
                   if len(ended) < len(ctx.study.runs) else "")
                + "). Each run's group is the `group` column of runs.csv.", "")
@@ -116,9 +130,10 @@ def groups_section(report: Report, ctx: Context) -> None:
             report.add(f"Drawn against the epoch: {words}. The figure"
                        + ("s" if len(these) > 1 else "") + " of "
                        + "; ".join(GROUP_TITLES[g] for g in these) + ".", "")
-    for group in (stats.DIVERGED, stats.STUCK):
+    for group in (stats.DIVERGED, *stats.AT_CHANCE):
         if members[group]:
-            report.add(f"### {GROUP_TITLES[group].capitalize()} ({len(members[group])})", "")
+            report.add(f"### {_group_heading(group, members[group])} ({len(members[group])})",
+                       "")
             report.table(ctx.swept + ["why", "run"], [
                 [fmt_value(r, a) for a in ctx.swept]
                 + [ctx.verdicts[r.id].reason + _cut_short(r), r.id] for r in members[group]])

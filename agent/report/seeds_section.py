@@ -381,14 +381,14 @@ def _pass_over_cut_short(ctx: Context, ranked: dict[str, list[stats.Setting]],
     are none of their group's best (stats.cut_short_passed: agent.repeat passes over the
     same, so that a table's rows are the settings it repeats, not partial values ranked
     above them); and, by group, (those passed over, the furthest kept where every setting
-    was stopped). A setting stuck near chance on every seed counts as no full-length one
+    was stopped). A setting at chance on every seed (stats.AT_CHANCE) counts as no full-length one
     of its group, as agent.repeat counts it; a `repeated` one (setting keys) is never passed
     over, and counts as a full-length one (its fresh seeds ran the full length)."""
     metric, goal = ctx.study.metric, ctx.study.goal
     passed: CutShort = {}
     for group, settings in ranked.items():
         counted = [s for s in settings
-                   if not all(ctx.group_of(r) == stats.STUCK for r in s.runs)]
+                   if not all(ctx.group_of(r) in stats.AT_CHANCE for r in s.runs)]
         off, furthest = stats.cut_short_passed(counted, metric, goal, repeated)
         if off:
             passed[group] = (off, furthest)
@@ -444,15 +444,17 @@ def _cut_ties(ctx: Context, by: str, ranked: dict[str, list[stats.Setting]],
 
 
 def _stuck_note(ctx: Context, runs: list[RunRecord]) -> str:
-    """'; stuck at chance' (or '; abc stuck at chance', one of several seeds) for the runs
-    of a setting that got stuck: among a group's best two, a run that learnt nothing is
+    """'; stuck at chance' (or '; abc stuck at chance', one of several seeds; 'collapsed to
+    chance', 'did not leave chance in 2 epochs': stats.at_chance_label) for the runs of a
+    setting that ended at chance: among a group's best two, a run that learnt nothing is
     still no setting to recommend, and a reader of its value alone may not know chance."""
-    stuck = [r for r in runs if ctx.group_of(r) == stats.STUCK]
+    labels = {r.id: stats.at_chance_label(ctx.group_of(r), r) for r in runs}
+    stuck = [r for r in runs if labels[r.id]]
     if not stuck:
         return ""
     if len(runs) == 1:
-        return "; stuck at chance"
-    return "".join(f"; {r.id} stuck at chance" for r in stuck)
+        return f"; {labels[runs[0].id]}"
+    return "".join(f"; {r.id} {labels[r.id]}" for r in stuck)
 
 
 def _diverged_seeds_note(setting: stats.Setting, diverged: list[RunRecord]) -> str:

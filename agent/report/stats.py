@@ -15,8 +15,11 @@ import numpy as np
 from agent.report.study import RunRecord
 from agent.sweep_space import log_scaled
 
-DIVERGED, STUCK, CONVERGED = "diverged", "stuck", "converged"
-GROUPS = (DIVERGED, STUCK, CONVERGED)
+DIVERGED, COLLAPSED, STUCK, FALLING, CONVERGED = (
+    "diverged", "collapsed", "stuck", "falling", "converged")
+GROUPS = (DIVERGED, COLLAPSED, STUCK, FALLING, CONVERGED)
+# the groups of runs that ended at chance: their values are real, and learnt nothing
+AT_CHANCE = (COLLAPSED, STUCK, FALLING)
 
 
 # ---------------------------------------------------------------- baselines
@@ -205,11 +208,24 @@ class GroupRule:
     `explode_factor` x ln K, ln K being the loss of a uniform prediction, where a freshly
     initialised classifier starts. A loss that rose past that level and came back below it
     is no divergence: such a run is stuck or converged by its accuracy, its spike named.
-    Stuck: not diverged, and the best validation accuracy (training accuracy without a
-    validation split) stayed below chance 1/K + `stuck_margin`. Converged: every other run."""
+    Collapsed: not diverged, its best validation accuracy (training accuracy without a
+    validation split) reached chance 1/K + `stuck_margin`, and its last epoch's is below
+    it again: it left chance and ended back at it (a run that reached 0.375, then sat at a
+    loss of ln 10 and an accuracy of 0.06 to 0.13 for its last 12 epochs).
+    The runs whose best accuracy stayed below 1/K + `stuck_margin` did not leave chance;
+    of them, still falling: the last epoch's mean training loss at least `falling_share`
+    below that of the epoch halfway through the run (the first of 2 epochs, the second of
+    3 or 4, the eighth of 15), so that more epochs might have left chance; stuck: the
+    others, whose loss was flat (a single epoch is read as flat: it has no trend), and a
+    run whose loss spiked past the divergence level and came back (its fall is the spike's
+    return, not learning). Converged: every other run."""
 
     explode_factor: float = 10.0
     stuck_margin: float = 0.05
+    # a loss within 2% of where it was halfway is flat: a run at chance drifting to ln K
+    # over 8 epochs (2.324 to 2.302 on digits) is not falling, one that fell 2.56 to 2.36
+    # in its second of 2 epochs (8%) is
+    falling_share: float = 0.02
 
     def explode_at(self, classes: int) -> float:
         return self.explode_factor * math.log(classes)
@@ -225,10 +241,19 @@ class GroupRule:
                 f"{math.log(classes):.2f} is the loss of a uniform guess, where an "
                 f"initialised network starts); a loss that rose above that and came back "
                 f"is no divergence (the run is stuck or converged by its accuracy, its "
-                f"spike named); **stuck**: not diverged, and the best validation accuracy "
-                f"never reached chance 1/{classes} + {self.stuck_margin:g} = "
-                f"{self.stuck_below(classes):.3f}; **converged**: every other run (it left "
-                "chance; it need not have finished learning)")
+                f"spike named); **collapsed**: not diverged, its best validation accuracy "
+                f"reached chance 1/{classes} + {self.stuck_margin:g} = "
+                f"{self.stuck_below(classes):.3f} and its last epoch's is below that again "
+                f"(it left chance and ended back at it); **stuck**: not diverged, the best "
+                f"validation accuracy never reached {self.stuck_below(classes):.3f}, and its "
+                f"training loss flat (its last epoch's mean not {self.falling_share:.0%} below "
+                "that of the epoch halfway through the run; one epoch, or a loss that spiked "
+                "and came back, counts as flat); **did not leave chance, loss still "
+                "falling**: the best validation accuracy below "
+                f"{self.stuck_below(classes):.3f} too, but the last epoch's mean training "
+                f"loss at least {self.falling_share:.0%} below that of the epoch halfway "
+                "through: more epochs might have left chance; **converged**: every other run "
+                "(it left chance and did not end at it; it need not have finished learning)")
 
 
 @dataclass(frozen=True)
@@ -285,11 +310,70 @@ def classify(run: RunRecord, step_losses: list[float], classes: int,
         spike = f"{name} {peak:.3g} > {bound:.1f}, ended at {max(finals.values()):.3g}"
     if best is None:
         return None
+    spiked = f"; its loss spiked and came back ({spike})" if spike else ""
     if best < rule.stuck_below(classes):
-        return Verdict(STUCK, f"best accuracy {_below(best, rule.stuck_below(classes))}"
-                       + (f"; its loss spiked and came back ({spike})" if spike else ""),
-                       peak, best, spike)
+        group, trend = _trend(run, rule, spike)
+        return Verdict(group, f"best accuracy {_below(best, rule.stuck_below(classes))}"
+                       + trend + spiked, peak, best, spike)
+    collapse = _collapse(run, classes, rule, finals)
+    if collapse:
+        return Verdict(COLLAPSED, collapse + spiked, peak, best, spike)
     return Verdict(CONVERGED, f"best accuracy {best:.3f}", peak, best, spike)
+
+
+def at_chance_label(group: str, run: RunRecord) -> str:
+    """How a run of one of the AT_CHANCE groups is named beside its value ('stuck at
+    chance', 'did not leave chance in 2 epochs'); "" for the other groups."""
+    if group == FALLING:
+        done = epochs_done(run)
+        return f"did not leave chance in {done} epoch{'s' if done != 1 else ''}"
+    return {COLLAPSED: "collapsed to chance", STUCK: "stuck at chance"}.get(group, "")
+
+
+def _epoch_values(run: RunRecord, *keys: str) -> list[tuple[int, float]]:
+    """(epoch, value) of the first of `keys` each history row holds a number for."""
+    out = []
+    for i, row in enumerate(run.history):
+        value = next((row[k] for k in keys if isinstance(row.get(k), (int, float))), None)
+        if value is not None:
+            out.append((int(row.get("epoch", i + 1)), float(value)))
+    return out
+
+
+def _trend(run: RunRecord, rule: GroupRule, spike: str) -> tuple[str, str]:
+    """(STUCK or FALLING, the words on its training loss) for a run that did not leave
+    chance (GroupRule: still falling where its last epoch's mean training loss is
+    `falling_share` below that of the epoch halfway through the run)."""
+    losses = _epoch_values(run, "train/loss")
+    if spike:  # its fall is the spike's return (named beside it), not learning
+        return STUCK, ""
+    if len(losses) < 2:
+        return STUCK, "; one epoch: no trend in its loss to read"
+    (mid, before), (last, after) = losses[(len(losses) - 1) // 2], losses[-1]
+    change = f"{before:#.3g} at epoch {mid}, {after:#.3g} at epoch {last}"
+    if not after < before * (1 - rule.falling_share):
+        return STUCK, f"; its training loss flat ({change})"
+    return FALLING, f"; its training loss still falling ({change})"
+
+
+def _collapse(run: RunRecord, classes: int, rule: GroupRule,
+              finals: dict[str, float]) -> str:
+    """Why `run`, which left chance, collapsed (GroupRule), or "": its best and last
+    accuracy and where it came back to chance, its last losses beside ln K."""
+    accuracies = _epoch_values(run, "val/acc", "train/acc")
+    bound = rule.stuck_below(classes)
+    if not accuracies or accuracies[-1][1] >= bound:
+        return ""
+    since = accuracies[-1][0]
+    for epoch, accuracy in reversed(accuracies):
+        if accuracy >= bound:
+            break
+        since = epoch
+    top, best = max(accuracies, key=lambda pair: pair[1])
+    losses = ", ".join(f"{name} {value:#.3g}" for name, value in finals.items())
+    return (f"left chance (best accuracy {best:.3f} at epoch {top}), back at it from epoch "
+            f"{since}: last accuracy {_below(accuracies[-1][1], bound)}"
+            + (f", {losses} (ln {classes} = {math.log(classes):.2f})" if losses else ""))
 
 
 def _below(value: float, bound: float, digits: int = 3) -> str:
