@@ -79,6 +79,23 @@ def subprocess_env(**extra: str) -> dict:
     return env
 
 
+def launch_sweep(work: Path, name: str, config: dict) -> str:
+    """`config` written as `work/<name>.yaml` (its name set) and run through ./run_sweep.sh
+    in `work` on one thread; the new local sweep's id. Asserts the launch exits 0."""
+    import re
+    import subprocess
+
+    import yaml
+
+    (work / f"{name}.yaml").write_text(yaml.safe_dump({"name": name, **config},
+                                                      sort_keys=False))
+    launch = subprocess.run([str(ROOT / "run_sweep.sh"), f"{name}.yaml"], cwd=work,
+                            env=subprocess_env(OMP_NUM_THREADS="1"), capture_output=True,
+                            text=True, timeout=600)
+    assert launch.returncode == 0, launch.stderr[-3000:]
+    return re.search(r"Created local sweep (\w+)", launch.stdout).group(1)
+
+
 def closed_offline_runs(wandb_dir, count: int, timeout: float = 30.0) -> list:
     """The offline runs under `wandb_dir` once `count` of them carry their exit record.
 

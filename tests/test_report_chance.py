@@ -11,15 +11,12 @@ from __future__ import annotations
 import csv
 import math
 import os
-import re
-import subprocess
 
 import pytest
-import yaml
 
 from agent.report import document, stats
 from agent.report.study import load_study
-from conftest import ROOT, subprocess_env
+from conftest import launch_sweep
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 COMMAND = ["${env}", "python", "-m", "agent.train", "${args}"]
@@ -42,13 +39,7 @@ COLLAPSE = {"program": "agent/train.py", "command": COMMAND, "method": "grid",
 
 def run_sweep(work, name: str, config: dict) -> dict:
     """The sweep through ./run_sweep.sh, then its report and context built here."""
-    (work / f"{name}.yaml").write_text(yaml.safe_dump({"name": name, **config},
-                                                      sort_keys=False))
-    launch = subprocess.run([str(ROOT / "run_sweep.sh"), f"{name}.yaml"], cwd=work,
-                            env=subprocess_env(OMP_NUM_THREADS="1"), capture_output=True,
-                            text=True, timeout=600)
-    assert launch.returncode == 0, launch.stderr[-3000:]
-    sweep_id = re.search(r"Created local sweep (\w+)", launch.stdout).group(1)
+    sweep_id = launch_sweep(work, name, config)
     here = os.getcwd()
     os.chdir(work)  # the runs' TensorBoard logs are where they ran: data/logs/
     try:

@@ -9,15 +9,13 @@ from __future__ import annotations
 
 import math
 import re
-import subprocess
 
 import numpy as np
 import pytest
-import yaml
 
 from agent.report import document, stats
 from agent.report.study import load_study
-from conftest import ROOT, subprocess_env
+from conftest import launch_sweep
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 LRS = [0.001, 0.01, 0.1, 1.0, 100.0]
@@ -33,13 +31,7 @@ HYPERBAND = {"type": "hyperband", "min_iter": 1, "eta": 2}
 
 def run_sweep(work, name: str, config: dict) -> dict:
     """The sweep through ./run_sweep.sh, then its report and context built here."""
-    (work / f"{name}.yaml").write_text(yaml.safe_dump({"name": name, **config},
-                                                      sort_keys=False))
-    launch = subprocess.run([str(ROOT / "run_sweep.sh"), f"{name}.yaml"], cwd=work,
-                            env=subprocess_env(OMP_NUM_THREADS="1"), capture_output=True,
-                            text=True, timeout=600)
-    assert launch.returncode == 0, launch.stderr[-3000:]
-    sweep_id = re.search(r"Created local sweep (\w+)", launch.stdout).group(1)
+    sweep_id = launch_sweep(work, name, config)
     study = load_study(str(work / "data" / "sweeps" / sweep_id))
     report = document.build_report(study, work / "reports" / sweep_id)
     ctx = document.study_context(study, work / "ctx" / sweep_id, stats.GroupRule())

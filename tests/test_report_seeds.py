@@ -1081,6 +1081,22 @@ def test_a_setting_whose_best_seed_changes_keeps_its_repeats(tmp_path, monkeypat
     assert "repeat runs were left out" not in text  # no seed of the sweep's among them
 
 
+def scored_sweep(tmp_path, optimizers: list[str], lrs: list[float], scores: dict):
+    """A grid store of optimizer x lr (dense on digits, 1 epoch) at tmp_path/data/sweeps/
+    single whose first 6 runs finished with val/acc = test/acc = scores[(optimizer, lr)]."""
+    config = {"program": "agent/train.py", "method": "grid",
+              "metric": {"name": "val/acc", "goal": "maximize"},
+              "parameters": {"dataset": {"value": "digits"}, "model": {"value": "dense"},
+                             "epochs": {"value": 1}, "optimizer": {"values": optimizers},
+                             "lr": {"values": lrs}}}
+    store = create_store(tmp_path / "data" / "sweeps" / "single", "single", "single", config)
+    for run in claim(store, "host:1", count=6).runs:
+        score = scores[(run.config["optimizer"], run.config["lr"])]
+        assert store.finish(run.run_id, "host:1", "finished",
+                            {"val/acc": score, "test/acc": score, "epochs_done": 1})
+    return store
+
+
 def test_a_groups_rows_go_by_their_mean_over_fresh_seeds(tmp_path, monkeypatch):
     """A "By ..." table's rows of a group go in the order of the number each leads with, the
     mean over fresh seeds (as seeds.png orders them), not of the sweep's one run: sgd at lr
@@ -1092,17 +1108,8 @@ def test_a_groups_rows_go_by_their_mean_over_fresh_seeds(tmp_path, monkeypatch):
              ("adam", 0.1): 0.60, ("adam", 0.01): 0.80, ("adam", 0.001): 0.75}
     fresh = {("sgd", 0.1): [0.76, 0.77, 0.78], ("sgd", 0.01): [0.80, 0.81, 0.82],
              ("adam", 0.01): [0.7, 0.8, 0.9], ("adam", 0.001): [0.8, 0.8, 0.8]}
-    config = {"program": "agent/train.py", "method": "grid",
-              "metric": {"name": "val/acc", "goal": "maximize"},
-              "parameters": {"dataset": {"value": "digits"}, "model": {"value": "dense"},
-                             "epochs": {"value": 1}, "optimizer": {"values": OPTIMIZERS},
-                             "lr": {"values": [0.1, 0.01, 0.001]}}}
     monkeypatch.chdir(tmp_path)
-    store = create_store(tmp_path / "data" / "sweeps" / "single", "single", "single", config)
-    for run in claim(store, "host:1", count=6).runs:
-        score = sweep[(run.config["optimizer"], run.config["lr"])]
-        assert store.finish(run.run_id, "host:1", "finished",
-                            {"val/acc": score, "test/acc": score, "epochs_done": 1})
+    store = scored_sweep(tmp_path, OPTIMIZERS, [0.1, 0.01, 0.001], sweep)
     configs = repeat_configs(local_study(store), top=2, by="optimizer", seeds=3)
     for n, (_, repeat_config) in enumerate(configs):
         repeat = create_store(tmp_path / "data" / "sweeps" / f"rep{n}", f"rep{n}", "r",
@@ -1136,18 +1143,8 @@ def test_the_groups_go_by_their_best_mean_over_fresh_seeds_and_the_heading_names
              ("adam", 0.01): 0.60, ("rmsprop", 0.1): 0.80, ("rmsprop", 0.01): 0.55}
     fresh = {"sgd": [0.70, 0.71, 0.72], "adam": [0.80, 0.81, 0.82],
              "rmsprop": [0.75, 0.76, 0.77]}
-    config = {"program": "agent/train.py", "method": "grid",
-              "metric": {"name": "val/acc", "goal": "maximize"},
-              "parameters": {"dataset": {"value": "digits"}, "model": {"value": "dense"},
-                             "epochs": {"value": 1},
-                             "optimizer": {"values": ["sgd", "adam", "rmsprop"]},
-                             "lr": {"values": [0.1, 0.01]}}}
     monkeypatch.chdir(tmp_path)
-    store = create_store(tmp_path / "data" / "sweeps" / "single", "single", "single", config)
-    for run in claim(store, "host:1", count=6).runs:
-        score = sweep[(run.config["optimizer"], run.config["lr"])]
-        assert store.finish(run.run_id, "host:1", "finished",
-                            {"val/acc": score, "test/acc": score, "epochs_done": 1})
+    store = scored_sweep(tmp_path, ["sgd", "adam", "rmsprop"], [0.1, 0.01], sweep)
     configs = repeat_configs(local_study(store), top=1, by="optimizer", seeds=3)
     assert len(configs) == 3
     for n, (_, repeat_config) in enumerate(configs):
