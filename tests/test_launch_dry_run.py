@@ -97,7 +97,8 @@ def test_a_dry_run_says_what_the_launch_would_run_and_makes_nothing(tmp_path):
     start = lines.index("Dry run: s.yaml is a valid sweep; nothing was created.")
     notes = lines[:start]
     assert [n for n in notes if n.startswith("note: ")] == [
-        next(n for n in notes if "rho" in n), next(n for n in notes if "hyperband" in n)]
+        next(n for n in notes if "np.arange" in n), next(n for n in notes if "rho" in n),
+        next(n for n in notes if "hyperband" in n)]
     account = lines[start + 1:]
     assert account[:4] == ["  name:        s", "  method:      grid of 8 runs",
                            "  metric:      val/acc (maximize)",

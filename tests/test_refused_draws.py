@@ -82,7 +82,8 @@ def test_a_refused_draw_fails_alone_and_the_packed_sweep_goes_on(workdir):
     table = out[:out.index("Results:")]
     assert all(f"{r.id} finished" in " ".join(table.split()) for r in runs
                if r.state == "finished")
-    assert table.count(" None") >= 4  # every run's row
+    # every run with a result has its row; the failed one is counted under the table
+    assert table.count(" None") >= sum(r.state == "finished" for r in runs)
     from agent.report.document import main as report
 
     assert report(["rd1", "--out", str(workdir / "reports")]) == 0

@@ -509,7 +509,7 @@ def test_a_preempted_run_is_named_preempted_not_pending_or_running(tmp_path):
     text = (tmp_path / "reports" / "cut" / "report.md").read_text()
     assert ("**This sweep is not finished**: 2 of 4 planned runs have ended (1 preempted, "
             "1 not started).") in text
-    assert ("(ended runs without an epoch or a loss: 0; not ended, so in no group: 1)"
+    assert ("ended runs without an epoch or a loss: 0; not ended, so in no group: 1)"
             in text)
     # the same sweep before any run ended: the preempted run has values, no ended run has
     only = create_store(tmp_path / "data" / "sweeps" / "cut0", "cut0", "cut0", config)
