@@ -117,9 +117,9 @@ def job_work(scratch: Path, job_id: str = FAKE_ID) -> Path:
     return scratch / f"sweep-job-{job_id}"
 
 
-def scratch_epoch(scratch: Path, sweep_id: str) -> int:
-    """The highest epoch recorded in the job's copy of the store (0 before it exists)."""
-    path = job_work(scratch) / "data" / "sweeps" / sweep_id / "sweep.db"
+def scratch_epoch(scratch: Path, sweep_id: str, job_id: str = FAKE_ID) -> int:
+    """The highest epoch recorded in job `job_id`'s copy of the store (0 before it exists)."""
+    path = job_work(scratch, job_id) / "data" / "sweeps" / sweep_id / "sweep.db"
     if not path.exists():
         return 0
     try:
@@ -416,7 +416,8 @@ def test_a_pbs_job_killed_outright_leaves_its_run_to_continue_from_its_checkpoin
                                               "--heartbeat", "1", "--heartbeat-timeout", "3"),
                      scratch="scratch-2", job_id="4243.pbs-test",
                      PATH=f"{qstat}:{os.environ['PATH']}")
-    wait_for(lambda: scratch_epoch(aux / "scratch-2", "lost") > lost.epoch + 1, 150,
+    wait_for(lambda: scratch_epoch(aux / "scratch-2", "lost", "4243.pbs-test")
+             > lost.epoch + 1, 150,
              "the repeat trained further")
     second.send_signal(signal.SIGTERM)
     out, err = second.communicate(timeout=60)
