@@ -48,13 +48,16 @@ from agent.sweep.target import (
 from agent.trial.sinks import AGENTS_SHARING_OUTPUT
 from util.errors import (
     INTERRUPTED_EXIT_CODE,
+    SWEEP_CTRL_C_NOTE,
     USAGE_EXIT_CODE,
     CommandParser,
     UserError,
     brief,
+    ctrl_c_ends_at_once,
     exit_command,
     int_option,
     one_line,
+    stop_at_next_step,
 )
 
 
@@ -261,23 +264,24 @@ IGNORING_CTRL_C = ["/bin/sh", "-c", 'trap "" INT; exec "$@"', "sh"]
 def start_agents(command: list[str], slots: list[dict],
                  store: SweepStore | None = None) -> int:
     """Run one agent process per slot; Ctrl-C, SIGTERM or SIGHUP (the terminal closed; not
-    under nohup) is passed on to every agent as SIGTERM. Once all have exited, runs of
-    `store` they left running (an agent killed mid-trial) are marked crashed and re-queued
-    at once, not after the heartbeat timeout. Agents that share this terminal are told so
-    (their epoch lines name their run). The exit code: launcher_exit_code."""
+    under nohup) is passed on to every agent as SIGTERM. After one, a Ctrl-C ends the launch
+    at once (stop_at_next_step): this process and, the terminal's Ctrl-C reaching the whole
+    group, every agent (theirs end them at once too), the runs they trained left `running`
+    for the next agent of this host to repair at its start (AgentLock). Once all have
+    exited, runs of `store` they left running (an agent killed mid-trial) are marked crashed
+    and re-queued at once, not after the heartbeat timeout. Agents that share this terminal
+    are told so (their epoch lines name their run). The exit code: launcher_exit_code."""
     agents: list[subprocess.Popen] = []
     received: list[int] = []
 
-    def pass_on(signum, frame):
-        received.append(signum)
+    def pass_on(signum):
         for agent in agents:
             if agent.poll() is None:
                 agent.send_signal(signal.SIGTERM)
 
     # In place before the first agent starts: a Ctrl-C as they start is passed on too, not
     # a KeyboardInterrupt here that would leave them running unwatched
-    for signum in stop_signals():
-        signal.signal(signum, pass_on)
+    stop_at_next_step(received, stop_signals(), note=SWEEP_CTRL_C_NOTE, also=pass_on)
     shared = {AGENTS_SHARING_OUTPUT: str(len(slots))} if len(slots) > 1 else {}
     for slot in slots:
         if received:
@@ -322,7 +326,8 @@ def run_agent_here(agent_argv: list[str], slot: dict, store: SweepStore | None =
     """The agent of `agent_argv` (agent_loop's options) in this process, with the slot's
     environment; its exit code (2 and one line for a UserError, as its own process gives;
     130 after a Ctrl-C, as start_agents gives). It handles SIGTERM and Ctrl-C itself, as a
-    separate agent does; the launcher's own handlers are put back once it returns."""
+    separate agent does; the launcher's own handlers are put back once it returns, but for
+    Ctrl-C once one of them came: the next one ends the launcher at once."""
     os.environ.update(slot)
     if "OMP_NUM_THREADS" in slot and "torch" in sys.modules:  # read at torch's import only
         sys.modules["torch"].set_num_threads(int(slot["OMP_NUM_THREADS"]))
@@ -340,8 +345,10 @@ def run_agent_here(agent_argv: list[str], slot: dict, store: SweepStore | None =
         traceback.print_exc()
         return 1
     finally:
+        stopped = ctrl_c_ends_at_once()
         for signum, handler in handlers.items():
-            signal.signal(signum, handler)
+            if not (stopped and signum == signal.SIGINT):
+                signal.signal(signum, handler)
         if store is not None:
             repair_left_runs(store, [os.getpid()])
 
@@ -377,13 +384,15 @@ def report_local(store: SweepStore, options: str = "") -> None:
     """The sweep's table and the next commands. Every agent has ended and the store holds
     everything, so a Ctrl-C, SIGTERM or SIGHUP now (a batch job's walltime as the sweep
     ends, a terminal closing) cuts the lines short without a traceback, and the launcher
-    ends with its agents' code, not as killed by the signal."""
+    ends with its agents' code, not as killed by the signal; but a Ctrl-C after the launch
+    was stopped (the user's second) ends it at once, saying nothing more (stop_at_next_step)."""
     from agent.sweep.status import closing_lines, render_status
 
     def closed(signum, frame):
         raise _Closed
 
-    handlers = {s: signal.signal(s, closed) for s in stop_signals()}
+    handlers = {s: signal.signal(s, closed) for s in stop_signals()
+                if not (s == signal.SIGINT and ctrl_c_ends_at_once())}
     try:
         render_status(store, limit=10)
         print("\n".join(closing_lines(store, options)))

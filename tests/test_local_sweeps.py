@@ -18,7 +18,7 @@ import yaml
 from agent.sweep.controller import claim
 from agent.sweep.store import SweepStore, create_store
 from conftest import ROOT, closed_offline_runs, subprocess_env
-from util.errors import UserError
+from util.errors import SWEEP_CTRL_C_NOTE, UserError
 
 COMMAND = ["${env}", "python", "-m", "agent.train", "${args}"]
 
@@ -1170,6 +1170,117 @@ def test_a_launch_stopped_before_any_run_started_says_so(workdir, how):
     assert lines[at + 1] == "no run started yet", out
     assert not any(line.split()[:2] == ["run", "state"] for line in lines), out  # no header
     assert "Not finished (0 of 2 runs ended)" in out, out
+
+def alive(pid: int) -> bool:
+    """Whether process `pid` still runs (one that ended but is not reaped yet does not)."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return False
+    return stat.rsplit(")", 1)[1].split()[0] != "Z"
+
+
+def said_after(log: Path, line: str) -> list[str]:
+    """The lines of `log` after `line` (AssertionError, with the log, when it is not there)."""
+    text = log.read_text()
+    assert line in text, text[-2000:]
+    return text[text.index(line):].splitlines()[1:]
+
+
+def press_ctrl_c_twice(group: int, log: Path, waiting: list[int]) -> None:
+    """Ctrl-C to process group `group` as a terminal sends it; once its first line is in
+    `log` (the Ctrl-C handled), a second, the processes `waiting` checked to be still there
+    (asked to stop, they wait on what never comes)."""
+    os.killpg(group, signal.SIGINT)
+    wait_for(lambda: SWEEP_CTRL_C_NOTE in log.read_text(), 60, "the first Ctrl-C's line")
+    time.sleep(1)
+    assert all(map(alive, waiting)), log.read_text()[-2000:]
+    os.killpg(group, signal.SIGINT)
+
+
+@pytest.mark.e2e
+@pytest.mark.slow
+@pytest.mark.timeout(300)
+@pytest.mark.parametrize("options", [("--pack", "2"), ("--agents", "2")],
+                         ids=["one-agent-in-the-launcher-packed", "two-agents"])
+def test_a_second_ctrl_c_ends_the_launch_at_once_and_the_next_start_repeats_its_runs(
+        workdir, options):
+    """The runs' data set never loads (its cache a FIFO no one writes to: a stalled file
+    system), so the runs claimed never reach the step that a first Ctrl-C stops them at: a
+    second Ctrl-C to the launch's group ends it at once, the launcher killed by SIGINT (a
+    shell reports 130) and every agent with it, nothing said after the first Ctrl-C's line
+    (no closing lines). Each Ctrl-C after the first was swallowed and the launch hung. The
+    runs the agents held stay `running` in the store; the launch started again on the sweep
+    (the closing lines' hint) marks them crashed at once, their agents' locks being free,
+    and repeats them to the end."""
+    (workdir / "data" / "cache").mkdir(parents=True)
+    os.mkfifo(workdir / "data" / "cache" / "digits.pt")
+    sweep_file = workdir / "stuck.yaml"
+    write_grid(sweep_file, epochs=1, lrs=[0.01, 0.02])
+    log = workdir / "stderr.txt"
+    with open(log, "w") as stderr:
+        launcher = subprocess.Popen(
+            [sys.executable, "-m", "agent.launch", str(sweep_file), *options], cwd=workdir,
+            env=subprocess_env(), stdout=subprocess.PIPE, stderr=stderr, text=True,
+            start_new_session=True)
+    try:
+        store = wait_for(lambda: launched_store(workdir), 60, "the store")
+        wait_for(lambda: states(store) == ["running", "running"], 120, "both runs claimed")
+        agents = agent_processes(launcher.pid)
+        press_ctrl_c_twice(launcher.pid, log, [launcher.pid, *agents])
+        out, _ = launcher.communicate(timeout=10)
+    finally:
+        if launcher.poll() is None:
+            os.killpg(launcher.pid, signal.SIGKILL)
+            launcher.wait()
+    assert launcher.returncode == -signal.SIGINT, log.read_text()[-2000:]
+    assert said_after(log, SWEEP_CTRL_C_NOTE) == [] and out.splitlines()[-1].startswith(
+        "Starting "), (out, log.read_text()[-2000:])
+    assert len(agents) == (2 if "--agents" in options else 0)
+    wait_for(lambda: not any(map(alive, agents)), 5, "the agents to end")
+    assert states(store) == ["running", "running"]
+
+    (workdir / "data" / "cache" / "digits.pt").unlink()  # the file system is back
+    again = subprocess.run([sys.executable, "-m", "agent.launch", store.sweep().id, *options],
+                           cwd=workdir, env=subprocess_env(), capture_output=True, text=True,
+                           timeout=200)
+    assert again.returncode == 0, again.stderr[-2000:]
+    assert "has ended (its lock is free): crashed now, repeated from scratch" in again.stderr
+    assert sorted(states(store)) == ["crashed", "crashed", "finished", "finished"]
+
+
+@pytest.mark.e2e
+@pytest.mark.timeout(120)
+def test_a_second_ctrl_c_while_the_closing_lines_print_ends_the_launch_at_once(workdir):
+    """A Ctrl-C stops the run the launcher's own agent trains; a second, as the closing
+    lines start (sent by the launcher itself then, the one moment this is about), ends it
+    at once, killed by SIGINT, the lines not printed and nothing more said: it cut the
+    lines short as a first Ctrl-C there does, and the launcher went on to end as
+    interrupted."""
+    sweep_file = workdir / "long.yaml"
+    write_grid(sweep_file, epochs=30, lrs=[0.01])
+    code = ("import os, signal\n"
+            "import agent.sweep.status as status\n"
+            "from agent.launch import main\n"
+            "table = status.render_status\n"
+            "def render(*args, **kwargs):\n"
+            "    os.kill(os.getpid(), signal.SIGINT)\n"
+            "    return table(*args, **kwargs)\n"
+            "status.render_status = render\n"
+            f"raise SystemExit(main([{str(sweep_file)!r}]))\n")
+    launcher = subprocess.Popen([sys.executable, "-c", code], cwd=workdir, env=subprocess_env(),
+                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                                start_new_session=True)
+    store = wait_for(lambda: launched_store(workdir), 60, "the store")
+    wait_for(lambda: states(store) == ["running"], 60, "the run claimed")
+    os.killpg(launcher.pid, signal.SIGINT)
+    out, err = launcher.communicate(timeout=60)
+    assert launcher.returncode == -signal.SIGINT, err[-2000:]
+    assert states(store) == ["preempted"]
+    assert "Results:" not in out, out
+    said = err[err.index(SWEEP_CTRL_C_NOTE):].splitlines()[1:]
+    assert len(said) == 1 and said[0].startswith(f"agent {store.runs()[0].owner}: run "), err
+
 
 def test_a_new_sweep_of_the_same_config_names_the_unfinished_one(tmp_path, monkeypatch, capsys):
     """Running the YAML again makes a new sweep, as `wandb sweep` does; while an earlier

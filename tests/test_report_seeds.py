@@ -381,6 +381,44 @@ def test_ctrl_c_stops_repeat_run_before_the_next_repeat_sweep(tmp_path, signum):
 
 
 @pytest.mark.e2e
+@pytest.mark.timeout(180)
+def test_a_second_ctrl_c_ends_repeat_run_at_once(tmp_path):
+    """`agent.repeat --run` whose repeat runs' data set never loads (its cache a FIFO no one
+    writes to: a stalled file system): the first Ctrl-C asks the run to stop at its next
+    step, which never comes; a second ends the command at once, killed by SIGINT (a shell
+    reports 130), nothing more said. It was swallowed, and the command hung there."""
+    import os
+    import subprocess
+    import sys
+
+    from conftest import subprocess_env
+    from test_local_sweeps import press_ctrl_c_twice, said_after, wait_for
+    from util.errors import SWEEP_CTRL_C_NOTE
+
+    seeded_sweep(tmp_path)
+    (tmp_path / "data" / "cache").mkdir(parents=True)
+    os.mkfifo(tmp_path / "data" / "cache" / "digits.pt")
+    log = tmp_path / "stderr.txt"
+    with open(log, "w") as stderr:
+        process = subprocess.Popen(
+            [sys.executable, "-m", "agent.repeat", "seeded", "--by", "optimizer", "--top", "1",
+             "--seeds", "2", "--run"], cwd=tmp_path, env=subprocess_env(OMP_NUM_THREADS="1"),
+            stdout=subprocess.DEVNULL, stderr=stderr, start_new_session=True)
+    try:
+        wait_for(lambda: any(run.state == "running" for path in tmp_path.glob(
+            "data/sweeps/[!.]*/sweep.db") for run in SweepStore(path).runs()), 120,
+            "a repeat run")  # (a store being made is in a hidden folder)
+        press_ctrl_c_twice(process.pid, log, [process.pid])
+        process.wait(timeout=10)
+    finally:
+        if process.poll() is None:
+            os.killpg(process.pid, signal.SIGKILL)
+            process.wait()
+    assert process.returncode == -signal.SIGINT, log.read_text()[-2000:]
+    assert said_after(log, SWEEP_CTRL_C_NOTE) == [], log.read_text()[-2000:]
+
+
+@pytest.mark.e2e
 @pytest.mark.timeout(300)
 def test_repeat_run_pack_trains_each_settings_seeds_as_one_pack(tmp_path):
     """`agent.repeat S --run --pack 4`: a repeat sweep's runs differ only in their seed, so

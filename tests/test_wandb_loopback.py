@@ -22,6 +22,7 @@ from agent.sweep import wandb_pack
 from agent.sweep.store import SweepStore
 from agent.trial.sinks import wandb_sink
 from conftest import ROOT, subprocess_env
+from util.errors import SWEEP_CTRL_C_NOTE
 from wandb_server import LoopbackWandb
 
 FAKE_KEY = "k" * 40  # W&B keys are 40 characters; this one opens nothing
@@ -417,6 +418,28 @@ def test_a_ctrl_c_ends_an_agent_on_its_own_as_interrupted(tmp_path, sweep):
         assert "Traceback" not in process.stderr, process.stderr[-3000:]
     else:  # the user's program may print its own KeyboardInterrupt, not the agent
         assert f'File "{ROOT / "agent"}' not in process.stderr, process.stderr[-3000:]
+
+
+@pytest.mark.e2e
+@pytest.mark.timeout(300)
+def test_a_second_ctrl_c_ends_a_wandb_launch_at_once(tmp_path):
+    """`./run_sweep.sh entity/project/id`, its run stuck loading a data set that never
+    loads (its cache a FIFO no one writes to): the first Ctrl-C asks it to stop at its next
+    step, which never comes; a second ends the launcher and its agent at once, killed by
+    SIGINT, nothing more said. Each Ctrl-C after the first was swallowed: the launch hung."""
+    (tmp_path / "data" / "cache").mkdir(parents=True)
+    os.mkfifo(tmp_path / "data" / "cache" / "digits.pt")
+    with LoopbackWandb(SWEEP, [{"lr": 0.1, "epochs": 1}], hold=True) as server, \
+            start(tmp_path, server) as process:
+        process.wait_until(lambda: "wbrun000" in server.runs)
+        os.killpg(process.pid, signal.SIGINT)  # what Ctrl-C sends the foreground group
+        process.wait_until(lambda: process.said(SWEEP_CTRL_C_NOTE), 60)
+        time.sleep(1)
+        before = process.stderr
+        os.killpg(process.pid, signal.SIGINT)
+        code = process.wait(10)
+    assert code == -signal.SIGINT, process.stderr[-3000:]
+    assert process.stderr == before, process.stderr[-3000:]
 
 
 def wandb_core_of(pid: int) -> list[int]:

@@ -175,30 +175,53 @@ def interrupted_code(code: int, signalled: list[int]) -> int:
     return max(code, INTERRUPTED_EXIT_CODE) if signal.SIGINT in signalled else code
 
 
-def stop_at_next_step(signalled: list[int]) -> None:
-    """SIGTERM and Ctrl-C (SIGINT) ask a command that trains to stop: each is added to
-    `signalled`, which its trial polls to end preempted at its next step. Once one came, a
-    Ctrl-C ends the process at once: SIGINT's own action, killed by it (a shell reports
-    130), nothing more printed or written (the last whole epoch's checkpoint stands; a
-    half-written one is a temporary file that loading passes over). So a start-up that
-    takes long (a data set loading or being cached, a model compiling, wandb's service
-    starting) or a close that hangs is never waited out; a Python handler would not do
-    it: Python runs one only between bytecodes, and a blocking C call holds it. The first
-    Ctrl-C says so on stderr (written straight to it, a handler may run mid-print)."""
+# What the first Ctrl-C says (stop_at_next_step): of one run (python -m agent.train), and of
+# the runs of a sweep's agents (an agent, a launch, agent.repeat)
+RUN_CTRL_C_NOTE = "Ctrl-C: the run stops at its next step; Ctrl-C again ends it at once"
+SWEEP_CTRL_C_NOTE = "Ctrl-C: the runs stop at their next step; Ctrl-C again ends them at once"
+
+
+def ctrl_c_ends_at_once() -> bool:
+    """Whether a stop signal came (stop_at_next_step): the next Ctrl-C ends this process at
+    once. What a command that stopped must leave so as it closes (its closing lines, exit)."""
+    return signal.getsignal(signal.SIGINT) is signal.SIG_DFL
+
+
+def stop_at_next_step(signalled: list[int],
+                      signals: tuple[int, ...] = (signal.SIGTERM, signal.SIGINT),
+                      note: str | None = RUN_CTRL_C_NOTE,
+                      also: Callable[[int], None] | None = None) -> None:
+    """`signals` (SIGTERM and Ctrl-C, SIGINT; an agent's, SIGHUP too) ask a command that
+    trains to stop: each is added to `signalled`, which its trials poll to end preempted at
+    their next step, and passed to `also` (a launcher passes it on to its agents). Once one
+    came, a Ctrl-C ends the process at once: SIGINT's own action, killed by it (a shell
+    reports 130), nothing more printed or written (the last whole epoch's checkpoint stands;
+    a half-written one is a temporary file that loading passes over; a sweep's store holds
+    whole transactions, and its runs left `running` are repaired by the next agent). So a
+    start-up that takes long (a data set loading or being cached, a model compiling, wandb's
+    service starting) or a close that hangs is never waited out; a Python handler would not
+    do it: Python runs one only between bytecodes, and a blocking C call holds it. The first
+    Ctrl-C says `note` on stderr (written straight to it, a handler may run mid-print; None:
+    nothing, a launcher's agent, whose launcher says it). Installed again after a stop
+    (`signalled` not empty: one agent after another in one process), a Ctrl-C is the
+    second. Main thread only."""
 
     def stop(signum: int, frame) -> None:
         signalled.append(signum)
-        if signal.getsignal(signal.SIGINT) is not signal.SIG_DFL:
+        if not ctrl_c_ends_at_once():
             signal.signal(signal.SIGINT, signal.SIG_DFL)
-            if signum == signal.SIGINT:
+            if signum == signal.SIGINT and note:
                 try:
-                    os.write(2, b"Ctrl-C: the run stops at its next step; Ctrl-C again ends it "
-                                b"at once\n")
+                    os.write(2, f"{note}\n".encode())
                 except OSError:  # no terminal any more: nothing to say
                     pass
+        if also is not None:
+            also(signum)
 
-    for signum in (signal.SIGTERM, signal.SIGINT):
+    for signum in signals:
         signal.signal(signum, stop)
+    if signalled:
+        signal.signal(signal.SIGINT, signal.SIG_DFL)
 
 
 def exit_command(main: Callable[[], int]) -> NoReturn:

@@ -55,6 +55,7 @@ from agent.sweep.store import (
 from agent.sweep.target import SweepTarget, check_wandb_sweep, open_store
 from agent.sweep_space import short_number
 from util.errors import (
+    SWEEP_CTRL_C_NOTE,
     CommandParser,
     UserError,
     brief,
@@ -64,6 +65,7 @@ from util.errors import (
     interrupted_code,
     naming,
     one_line,
+    stop_at_next_step,
     storage_problem,
 )
 
@@ -106,6 +108,15 @@ def stop_signals() -> tuple[signal.Signals, ...]:
     `nohup` the user asked the sweep to outlive its terminal."""
     hangup = () if signal.getsignal(signal.SIGHUP) == signal.SIG_IGN else (signal.SIGHUP,)
     return (signal.SIGTERM, signal.SIGINT, *hangup)
+
+
+def stop_at_next_step_of_runs(signalled: list[int]) -> None:
+    """The stop signals (stop_signals) end the runs in training preempted at their next step
+    (added to `signalled`, which they poll); a Ctrl-C after one ends this process at once
+    (util.errors.stop_at_next_step). The first Ctrl-C says so, but in a launcher's agent
+    (started with Ctrl-C ignored, launch.IGNORING_CTRL_C): its launcher says it, once."""
+    launchers = signal.getsignal(signal.SIGINT) == signal.SIG_IGN
+    stop_at_next_step(signalled, stop_signals(), note=None if launchers else SWEEP_CTRL_C_NOTE)
 
 
 AGENTS_DIR = ".agents"  # in a sweep's folder: the lock file each of its agents holds
@@ -341,8 +352,7 @@ class LocalAgent:
         print(line, file=sys.stderr)
 
     def run(self, count: int | None) -> int:
-        for signum in stop_signals():
-            signal.signal(signum, lambda number, frame: self.signalled.append(number))
+        stop_at_next_step_of_runs(self.signalled)
         lock = AgentLock(self.store.directory, self.owner)
         # what agent.status judges this agent's runs' heartbeats by
         write_heartbeat_settings(self.store.directory, self.owner,
@@ -783,8 +793,7 @@ def run_wandb_agent(sweep_path: str, count: int | None, project: str | None,
     from agent.sweep.wandb_agent import run_wandb_sweep
 
     signalled = [] if signalled is None else signalled
-    for number in stop_signals():  # the trial preempts at its next step
-        signal.signal(number, lambda number, frame: signalled.append(number))
+    stop_at_next_step_of_runs(signalled)  # the trial preempts at its next step
     return run_wandb_sweep(sweep_path, count, project, interrupted=lambda: bool(signalled),
                            pack=pack)
 
