@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import subprocess
 import sys
 
@@ -18,12 +19,15 @@ from agent.sweep.store import SweepStore
 from agent.sweep.target import create_local_sweep
 from agent.sweep.wandb_agent import read_param_file
 from conftest import ROOT, closed_offline_runs, subprocess_env
+from test_local_sweeps import alive, press_ctrl_c_twice, said_after, wait_for
+from util.errors import SWEEP_CTRL_C_NOTE
 
 TOY = ROOT / "tests" / "programs" / "toy_train.py"
+SLOW_TO_STOP = ROOT / "tests" / "programs" / "slow_to_stop.py"
 
 
-def make_sweep(workdir, parameters: dict, **extra) -> SweepStore:
-    config = {"program": str(TOY), "method": "grid",
+def make_sweep(workdir, parameters: dict, program=TOY, **extra) -> SweepStore:
+    config = {"program": str(program), "method": "grid",
               "metric": {"name": "val_loss", "goal": "minimize"},
               "parameters": parameters, **extra}
     path = workdir / "toy.yaml"
@@ -70,6 +74,39 @@ def test_hyperband_stops_a_foreign_program_from_its_offline_history(workdir):
             assert environment["WANDB_RUN_ID"] == run_id and environment["WANDB_MODE"] == "offline"
             assert read_param_file(environment["WANDB_SWEEP_PARAM_PATH"]) == \
                 run_field(run, "config")
+
+
+@pytest.mark.e2e
+@pytest.mark.timeout(120)
+def test_a_second_ctrl_c_ends_the_agent_and_its_run_of_another_program_at_once(workdir):
+    """An agent on its own, its run a program that does not stop when asked (SIGTERM and
+    SIGINT ignored), in a process group of its own as W&B's agent runs one (a terminal's
+    Ctrl-C does not reach it): the first Ctrl-C asks it to stop (SIGTERM), which it does not;
+    a second ends the agent at once, killed by SIGINT, nothing more said, and the program
+    with it (SIGKILL). The agent waited the 30 s after which it kills a run that was asked
+    to stop, whatever the Ctrl-Cs, and the program would outlive an agent killed sooner."""
+    pid_file = workdir / "program.pid"
+    store = make_sweep(workdir, {"pid_file": {"value": str(pid_file)}}, program=SLOW_TO_STOP)
+    log = workdir / "stderr.txt"
+    with open(log, "w") as stderr:
+        agent = subprocess.Popen(
+            [sys.executable, "-m", "agent.sweep.agent_loop", str(store.directory)],
+            cwd=workdir, env=subprocess_env(), stdout=subprocess.DEVNULL, stderr=stderr,
+            start_new_session=True)
+    try:
+        wait_for(pid_file.exists, 60, "the program")
+        program = int(pid_file.read_text())
+        press_ctrl_c_twice(agent.pid, log, [agent.pid, program])
+        agent.wait(timeout=10)
+        wait_for(lambda: not alive(program), 5, "the program to end")
+    finally:
+        if agent.poll() is None:
+            os.killpg(agent.pid, signal.SIGKILL)
+            agent.wait()
+        if pid_file.exists() and alive(int(pid_file.read_text())):
+            os.kill(int(pid_file.read_text()), signal.SIGKILL)
+    assert agent.returncode == -signal.SIGINT, log.read_text()[-2000:]
+    assert said_after(log, SWEEP_CTRL_C_NOTE) == [], log.read_text()[-2000:]
 
 
 @pytest.mark.e2e

@@ -22,6 +22,7 @@ from agent.sweep import wandb_pack
 from agent.sweep.store import SweepStore
 from agent.trial.sinks import wandb_sink
 from conftest import ROOT, subprocess_env
+from test_local_sweeps import alive
 from util.errors import SWEEP_CTRL_C_NOTE
 from wandb_server import LoopbackWandb
 
@@ -422,22 +423,48 @@ def test_a_ctrl_c_ends_an_agent_on_its_own_as_interrupted(tmp_path, sweep):
 
 @pytest.mark.e2e
 @pytest.mark.timeout(300)
-def test_a_second_ctrl_c_ends_a_wandb_launch_at_once(tmp_path):
-    """`./run_sweep.sh entity/project/id`, its run stuck loading a data set that never
-    loads (its cache a FIFO no one writes to): the first Ctrl-C asks it to stop at its next
-    step, which never comes; a second ends the launcher and its agent at once, killed by
-    SIGINT, nothing more said. Each Ctrl-C after the first was swallowed: the launch hung."""
-    (tmp_path / "data" / "cache").mkdir(parents=True)
-    os.mkfifo(tmp_path / "data" / "cache" / "digits.pt")
-    with LoopbackWandb(SWEEP, [{"lr": 0.1, "epochs": 1}], hold=True) as server, \
-            start(tmp_path, server) as process:
-        process.wait_until(lambda: "wbrun000" in server.runs)
-        os.killpg(process.pid, signal.SIGINT)  # what Ctrl-C sends the foreground group
-        process.wait_until(lambda: process.said(SWEEP_CTRL_C_NOTE), 60)
-        time.sleep(1)
-        before = process.stderr
-        os.killpg(process.pid, signal.SIGINT)
-        code = process.wait(10)
+@pytest.mark.parametrize("ours", [True, False], ids=["our-trainer", "another-program"])
+def test_a_second_ctrl_c_ends_a_wandb_launch_and_its_run_at_once(tmp_path, ours):
+    """`./run_sweep.sh entity/project/id`, its run stuck: ours loading a data set that never
+    loads (its cache a FIFO no one writes to), or another program's that does not stop when
+    asked (it notes SIGTERM and SIGINT and carries on; W&B's agent runs it in a group of its
+    own, out of the terminal's reach). The first Ctrl-C asks it to stop; a second ends the
+    launcher and its agent at once, killed by SIGINT, nothing more said, and the other
+    program's run with them (SIGKILL). Before, the launch hung on ours; W&B's agent took a
+    third Ctrl-C to kill the other program's run, its agent passing a second on as SIGTERM
+    and waiting 30 s for it. The second Ctrl-C waits until the agent has heard the first
+    (for the other program, it passed it on): W&B's agent hears a signal only when its
+    loop next wakes (within 5 s) where the signal reached another of its threads, and two
+    Ctrl-Cs before then are one."""
+    pid_file = tmp_path / "program.pid"
+    if ours:
+        sweep, proposal = SWEEP, {"lr": 0.1, "epochs": 1}
+        (tmp_path / "data" / "cache").mkdir(parents=True)
+        os.mkfifo(tmp_path / "data" / "cache" / "digits.pt")
+    else:
+        sweep = {"program": str(ROOT / "tests" / "programs" / "slow_to_stop.py"),
+                 "method": "grid", "metric": {"name": "loss", "goal": "minimize"},
+                 "parameters": {"pid_file": {"value": str(pid_file)}}}
+        proposal = {"pid_file": str(pid_file)}
+    with LoopbackWandb(sweep, [proposal], hold=True) as server:
+        try:
+            with start(tmp_path, server) as process:
+                process.wait_until(lambda: "wbrun000" in server.runs if ours
+                                   else pid_file.exists())
+                program = [] if ours else [int(pid_file.read_text())]
+                os.killpg(process.pid, signal.SIGINT)  # what Ctrl-C sends the foreground group
+                process.wait_until(lambda: process.said(SWEEP_CTRL_C_NOTE), 60)
+                heard = Path(f"{pid_file}.signals")
+                process.wait_until(lambda: ours or heard.exists() and heard.read_text(), 60)
+                time.sleep(1)
+                assert all(map(alive, program)), process.stderr[-3000:]
+                before = process.stderr
+                os.killpg(process.pid, signal.SIGINT)
+                code = process.wait(10)
+                wait_for(lambda: not any(map(alive, program)), timeout=5)
+        finally:  # a run's process left by a failing test (it runs in a group of its own)
+            if pid_file.exists() and alive(int(pid_file.read_text())):
+                os.kill(int(pid_file.read_text()), signal.SIGKILL)
     assert code == -signal.SIGINT, process.stderr[-3000:]
     assert process.stderr == before, process.stderr[-3000:]
 

@@ -179,12 +179,36 @@ def interrupted_code(code: int, signalled: list[int]) -> int:
 # the runs of a sweep's agents (an agent, a launch, agent.repeat)
 RUN_CTRL_C_NOTE = "Ctrl-C: the run stops at its next step; Ctrl-C again ends it at once"
 SWEEP_CTRL_C_NOTE = "Ctrl-C: the runs stop at their next step; Ctrl-C again ends them at once"
+# The process groups of programs this process runs in groups of their own (a sweep's runs of
+# another program, out of the reach of a terminal's Ctrl-C): a Ctrl-C that ends this process
+# at once ends them too (programs_ended_with_this_process)
+_PROGRAM_GROUPS: set[int] = set()
+
+
+def _end_with_programs(signum: int, frame) -> None:
+    """SIGINT's action once a stop came while programs of _PROGRAM_GROUPS run: they are
+    killed (SIGKILL: SIGTERM asked them to stop already), then this process, by SIGINT. A
+    Python handler, which SIG_DFL is not, can do it here: the process waits on its program
+    in a loop of short sleeps (program.run_program), which a handler is never held up by."""
+    for group in list(_PROGRAM_GROUPS):
+        try:
+            os.killpg(group, signal.SIGKILL)
+        except OSError:  # it ended meanwhile
+            pass
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+    os.kill(os.getpid(), signal.SIGINT)
+    os._exit(INTERRUPTED_EXIT_CODE)  # not reached: SIGINT's own action ends the process
+
+
+def _ctrl_c_again():
+    """What a Ctrl-C does once a stop came: end this process at once (and its programs)."""
+    return _end_with_programs if _PROGRAM_GROUPS else signal.SIG_DFL
 
 
 def ctrl_c_ends_at_once() -> bool:
     """Whether a stop signal came (stop_at_next_step): the next Ctrl-C ends this process at
     once. What a command that stopped must leave so as it closes (its closing lines, exit)."""
-    return signal.getsignal(signal.SIGINT) is signal.SIG_DFL
+    return signal.getsignal(signal.SIGINT) in (signal.SIG_DFL, _end_with_programs)
 
 
 def stop_at_next_step(signalled: list[int],
@@ -197,7 +221,8 @@ def stop_at_next_step(signalled: list[int],
     came, a Ctrl-C ends the process at once: SIGINT's own action, killed by it (a shell
     reports 130), nothing more printed or written (the last whole epoch's checkpoint stands;
     a half-written one is a temporary file that loading passes over; a sweep's store holds
-    whole transactions, and its runs left `running` are repaired by the next agent). So a
+    whole transactions, and its runs left `running` are repaired by the next agent), and
+    programs it runs in groups of their own with it (programs_ended_with_this_process). So a
     start-up that takes long (a data set loading or being cached, a model compiling, wandb's
     service starting) or a close that hangs is never waited out; a Python handler would not
     do it: Python runs one only between bytecodes, and a blocking C call holds it. The first
@@ -209,7 +234,7 @@ def stop_at_next_step(signalled: list[int],
     def stop(signum: int, frame) -> None:
         signalled.append(signum)
         if not ctrl_c_ends_at_once():
-            signal.signal(signal.SIGINT, signal.SIG_DFL)
+            signal.signal(signal.SIGINT, _ctrl_c_again())
             if signum == signal.SIGINT and note:
                 try:
                     os.write(2, f"{note}\n".encode())
@@ -221,7 +246,23 @@ def stop_at_next_step(signalled: list[int],
     for signum in signals:
         signal.signal(signum, stop)
     if signalled:
-        signal.signal(signal.SIGINT, signal.SIG_DFL)
+        signal.signal(signal.SIGINT, _ctrl_c_again())
+
+
+@contextmanager
+def programs_ended_with_this_process(group: int) -> Iterator[None]:
+    """While inside: the process group `group` (a program this process runs in a group of
+    its own, which a terminal's Ctrl-C does not reach) is killed with this process by a
+    Ctrl-C that ends it at once (stop_at_next_step). Main thread only."""
+    _PROGRAM_GROUPS.add(group)
+    if signal.getsignal(signal.SIGINT) is signal.SIG_DFL:  # stopped already
+        signal.signal(signal.SIGINT, _end_with_programs)
+    try:
+        yield
+    finally:
+        _PROGRAM_GROUPS.discard(group)
+        if not _PROGRAM_GROUPS and signal.getsignal(signal.SIGINT) is _end_with_programs:
+            signal.signal(signal.SIGINT, signal.SIG_DFL)
 
 
 def exit_command(main: Callable[[], int]) -> NoReturn:

@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from util.errors import UserError
+from util.errors import UserError, programs_ended_with_this_process
 
 # The macros W&B's agent fills in itself in Agent._command_run (wandb/wandb_agent.py), on top of
 # create_sweep_command_args: no function of wandb's returns them, so they are written here and
@@ -296,7 +296,9 @@ def run_program(run: RunCommand, wandb_dir: str | os.PathLike, metric: str | Non
     """Run `run.argv` as W&B's agent runs a program (own process group, stdin closed, the run's
     variables set), with W&B offline. Each new history row holding `metric` is passed to
     on_row(n, row), n counting from 1; True from it stops the run (SIGTERM, SIGKILL 30 s later,
-    as W&B's agent stops a run). interrupted() True ends it as preempted."""
+    as W&B's agent stops a run). interrupted() True ends it as preempted. A Ctrl-C that ends
+    this process at once (util.errors.stop_at_next_step) kills the program's group with it:
+    a terminal's Ctrl-C does not reach it, and it would run on."""
     write_run_files(run)
     env = {name: value for name, value in caller_environment(os.environ).items()
            if name not in RUN_VARIABLES}
@@ -309,21 +311,22 @@ def run_program(run: RunCommand, wandb_dir: str | os.PathLike, metric: str | Non
     process.stdin.close()
     reader = _HistoryReader(wandb_dir, run.run_id, metric)
     ending, signalled_at = None, None
-    while process.poll() is None:
-        time.sleep(POLL_S)
-        if ending is None:
-            for number, row in reader.new_rows():
-                if on_row(number, row):
-                    ending = "stopped"
-                    break
-            if ending is None and interrupted():
-                ending = "preempted"
-            if ending is not None:
-                process.send_signal(signal.SIGTERM)
-                signalled_at = time.monotonic()
-        elif time.monotonic() - signalled_at > KILL_DELAY_S:
-            process.kill()
-    code = process.wait()
+    with programs_ended_with_this_process(process.pid):  # by a Ctrl-C that ends the agent
+        while process.poll() is None:
+            time.sleep(POLL_S)
+            if ending is None:
+                for number, row in reader.new_rows():
+                    if on_row(number, row):
+                        ending = "stopped"
+                        break
+                if ending is None and interrupted():
+                    ending = "preempted"
+                if ending is not None:
+                    process.send_signal(signal.SIGTERM)
+                    signalled_at = time.monotonic()
+            elif time.monotonic() - signalled_at > KILL_DELAY_S:
+                process.kill()
+        code = process.wait()
     if ending is None:
         for number, row in reader.new_rows(wait_for_exit=code == 0):
             on_row(number, row)

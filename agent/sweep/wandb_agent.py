@@ -17,7 +17,7 @@ import yaml
 
 from agent.params import RunConfig, validate
 from agent.sweep import program
-from util.errors import UserError
+from util.errors import INTERRUPTED_EXIT_CODE, UserError
 
 
 def read_param_file(path: str | os.PathLike) -> dict:
@@ -83,15 +83,29 @@ def run_wandb_cli_agent(sweep_id: str, entity: str | None, project: str | None,
     agent's own handlers (which the trainer's loop reads) left SIGTERM unheard by W&B's
     loop: the agent took run after run until SIGKILL. The signal still reaches the handler
     it replaces (the agent's, which notes which signal stopped it: a Ctrl-C ends the
-    agent's process as interrupted, a SIGTERM with 0)."""
+    agent's process as interrupted, a SIGTERM with 0). W&B's agent hears the first only:
+    it waits for the run to end, killing it 30 s later. A Ctrl-C after one ends the run's
+    process and the agent at once (end_with_runs), as a Ctrl-C after a stop ends our
+    trainer's agent (util.errors.stop_at_next_step); W&B's agent took a third to kill it."""
     import signal
 
     import wandb
 
+    stops: list[int] = []
+
     def as_ctrl_c(signum, frame):
+        if stops and signum == signal.SIGINT:
+            end_with_runs()
+        first = not stops
+        stops.append(signum)
         if callable(previous.get(signum)):
             previous[signum](signum, frame)
-        raise KeyboardInterrupt
+        # The agent's handler set Ctrl-C's own action (the process ends at once); here the
+        # next one ends W&B's runs first. Set last, so that it holds also where a handler
+        # ran within this one and ended it (the launcher's SIGTERM on the heels of a Ctrl-C)
+        signal.signal(signal.SIGINT, as_ctrl_c)
+        if first:  # once: a second raised within W&B's handling of the first escaped its
+            raise KeyboardInterrupt  # loop, which then never ended its runs
 
     previous = {}
     for number in (signal.SIGTERM, signal.SIGINT):
@@ -106,9 +120,37 @@ def run_wandb_cli_agent(sweep_id: str, entity: str | None, project: str | None,
                     forward_signals=True, term_timeout=int(program.KILL_DELAY_S))
     except KeyboardInterrupt:  # before W&B's agent had its loop (no run started)
         pass
-    finally:
-        for number, handler in previous.items():
-            signal.signal(number, handler)
+    finally:  # W&B's runs have ended: after a stop, a Ctrl-C ends the agent at once
+        signal.signal(signal.SIGTERM, previous[signal.SIGTERM])
+        signal.signal(signal.SIGINT, signal.SIG_DFL if stops else previous[signal.SIGINT])
+
+
+def end_with_runs() -> NoReturn:
+    """End this process at once, killed by SIGINT, with the processes W&B's agent runs:
+    each runs in a process group of its own (out of the terminal's reach), which is
+    killed. They are this process's children that lead a group of their own in its session
+    (wandb's service process leads a session of its own, and ends with this process by
+    itself). Where /proc does not list processes (not Linux), the runs are left to end of
+    the Ctrl-C W&B's agent passed on to them."""
+    import signal
+
+    for number in (signal.SIGTERM, signal.SIGHUP):  # no handler raising within this one
+        signal.signal(number, signal.SIG_IGN)
+    me = os.getpid()
+    for entry in Path("/proc").glob("[0-9]*"):
+        try:
+            fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
+        except (OSError, IndexError):
+            continue
+        pid, (parent, group, session) = int(entry.name), map(int, fields[1:4])
+        if parent == me and group == pid and session != pid:
+            try:
+                os.killpg(group, signal.SIGKILL)
+            except OSError:  # it ended meanwhile
+                pass
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+    os.kill(me, signal.SIGINT)
+    os._exit(INTERRUPTED_EXIT_CODE)  # not reached: SIGINT's own action ends the process
 
 
 def exit_past_dead_service(code: int) -> NoReturn:
