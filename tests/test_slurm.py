@@ -229,3 +229,38 @@ def test_the_shells_sbatch_variables_do_not_override_what_the_submission_asked(
     (log,) = re.findall(r"\bStdOut=(\S*)", shown)
     assert re.findall(r"\bStdErr=(\S*)", shown) == [log], shown
     assert log.startswith(f"{job_dir}/slurm-{job_id}_"), shown
+
+
+@pytest.mark.e2e
+@pytest.mark.slow
+@pytest.mark.timeout(300)
+def test_a_job_submitted_with_sbatch_export_none_still_trains(workdir, slurm_cluster):
+    """SBATCH_EXPORT=NONE (a site's default, `man sbatch`: --export) gives a job none of the
+    submitting shell's environment: the job script must carry what it needs itself (the W&B
+    settings it writes, the code's path), and the run trains to the end."""
+    config = {"program": "agent/train.py", "method": "grid",
+              "metric": {"name": "val/acc", "goal": "maximize"},
+              "parameters": {"dataset": {"value": "digits"}, "model": {"value": "dense"},
+                             "hidden": {"value": 16}, "epochs": {"value": 1},
+                             "sinks": {"value": []}, "lr": {"value": 0.1}}}
+    create_store(workdir / "data" / "sweeps" / "none1", "none1", "none1", config).close()
+    (workdir / "setup.sh").write_text('echo "marker=${SWEEP_TEST_MARKER-unset} '
+                                      'project=${WANDB_PROJECT-unset}"\n')
+    env = subprocess_env(SLURM_CONF=slurm_cluster["SLURM_CONF"], PATH=slurm_cluster["PATH"],
+                         SBATCH_EXPORT="NONE", SWEEP_TEST_MARKER="1",
+                         WANDB_PROJECT="kept-project")
+    result = subprocess.run(
+        [str(ROOT / "run_sweep.sh"), "none1", "--slurm", "1", "--gpus-per-job", "0",
+         "--mem", "1gb", "--walltime", "0:10:00", "--setup", "setup.sh"],
+        cwd=workdir, env=env, capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr
+    job_id = re.search(r"Submitted SLURM job\(s\) (\d+)", result.stdout)[1]
+    client = slurm_cluster["client"]
+    wait_for(lambda: client("squeue", "-h", "-j", job_id).stdout.strip() == "", 200,
+             "the job to end", slurm_cluster["logs"])
+    (job_dir,) = (workdir / "data" / "jobs").iterdir()
+    outputs = "\n".join(p.read_text() for p in sorted(job_dir.glob("slurm-*.out")))
+    runs = SweepStore(workdir / "data" / "sweeps" / "none1" / "sweep.db").runs()
+    assert [r.state for r in runs] == ["finished"], outputs
+    # the shell's environment did not reach the job; the settings the script writes did
+    assert "marker=unset project=unset" in outputs, outputs

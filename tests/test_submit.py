@@ -1100,7 +1100,8 @@ def test_every_template_variant_hands_its_values_over_exactly(tmp_path, variant)
 def test_a_key_only_in_the_shell_is_noted_for_pbs_jobs_and_never_shown(tmp_path, monkeypatch):
     """qsub passes no environment and the key is never written into a script: with the key
     only exported in this shell, PBS jobs would find none. The note says so without the key;
-    a netrc file (NETRC, else ~/.netrc) or SLURM (sbatch passes the environment) needs none."""
+    a netrc file (NETRC, else ~/.netrc) or SLURM (sbatch passes the environment, unless
+    SBATCH_EXPORT keeps the key from it) needs none."""
     from agent.cluster.schedulers import SCHEDULERS
     from agent.cluster.submit import key_note
 
@@ -1113,6 +1114,15 @@ def test_a_key_only_in_the_shell_is_noted_for_pbs_jobs_and_never_shown(tmp_path,
     note = key_note(SCHEDULERS["pbs"])
     assert note and "wandb login" in note and secret not in note and "\n" not in note
     assert key_note(SCHEDULERS["slurm"]) is None
+    # sbatch's --export from the shell (`man sbatch`): ALL or a list naming the key passes it
+    for export in ("ALL", "all,FOO=1", "WANDB_API_KEY", "HOME,WANDB_API_KEY"):
+        monkeypatch.setenv("SBATCH_EXPORT", export)
+        assert key_note(SCHEDULERS["slurm"]) is None, export
+    for export in ("NONE", "NIL", "HOME,PATH", "WANDB_API_KEY_OTHER"):
+        monkeypatch.setenv("SBATCH_EXPORT", export)
+        note = key_note(SCHEDULERS["slurm"])
+        assert note and f"SBATCH_EXPORT={export}" in note and secret not in note, export
+    monkeypatch.delenv("SBATCH_EXPORT")
     (tmp_path / ".netrc").write_text("machine api.wandb.ai login user password x\n")
     assert key_note(SCHEDULERS["pbs"]) is None
     monkeypatch.setenv("NETRC", str(tmp_path / "elsewhere"))

@@ -45,7 +45,7 @@ from agent.sweep.target import (
     resolve_target,
     sweep_notes,
 )
-from util.errors import UserError
+from util.errors import UserError, brief
 
 JOBS_DIR = Path("data") / "jobs"
 # Jobs one submission may ask for: SLURM's default MaxArraySize (1001) allows task ids up to
@@ -230,17 +230,36 @@ def resolve_job_target(text: str, project: str | None, scheduler: Scheduler, cou
 
 def key_note(scheduler: Scheduler) -> str | None:
     """A note when the W&B key is only in this shell's environment and the scheduler's jobs
-    do not get that environment (PBS's qsub passes none; the key is never written into a
-    script): they would find no key. None when a netrc file (NETRC, else ~/.netrc) exists or
-    the jobs inherit the environment (SLURM's sbatch)."""
-    if scheduler.kind != "pbs" or not os.environ.get("WANDB_API_KEY"):
+    do not get that environment (PBS's qsub passes none; sbatch passes it all unless
+    SBATCH_EXPORT says otherwise; the key is never written into a script): they would find
+    no key. None when a netrc file (NETRC, else ~/.netrc) exists or the jobs get the key."""
+    if not os.environ.get("WANDB_API_KEY") or jobs_get_the_key(scheduler):
         return None
     netrc = Path(os.environ.get("NETRC") or Path.home() / ".netrc").expanduser()
     if netrc.is_file():
         return None
-    return (f"note: WANDB_API_KEY is set in this shell, but PBS jobs do not get its "
-            f"environment and no {netrc} holds a key for them: run `./util/with_venv.sh "
-            "wandb login` once (it writes ~/.netrc), or the jobs cannot reach W&B")
+    if scheduler.kind == "pbs":
+        why = "PBS jobs do not get its environment"
+    else:
+        export = os.environ["SBATCH_EXPORT"]
+        shown = export if export.isprintable() and len(export) <= 40 else brief(export, 40)
+        why = f"SBATCH_EXPORT={shown} keeps it from SLURM jobs"
+    return (f"note: WANDB_API_KEY is set in this shell, but {why} and no {netrc} holds a key "
+            "for them: run `./util/with_venv.sh wandb login` once (it writes ~/.netrc), or "
+            "the jobs cannot reach W&B")
+
+
+def jobs_get_the_key(scheduler: Scheduler) -> bool:
+    """Whether the scheduler's jobs get this shell's WANDB_API_KEY: never from PBS's qsub
+    (without -V, which we do not pass); from SLURM's sbatch unless SBATCH_EXPORT (its
+    --export, `man sbatch`) is NONE, NIL or a list of names without ALL or the key."""
+    if scheduler.kind == "pbs":
+        return False
+    export = os.environ.get("SBATCH_EXPORT")
+    if export is None:
+        return True  # sbatch's default: --export=ALL
+    names = [item.strip().split("=", 1)[0] for item in export.split(",")]
+    return "ALL" in (name.upper() for name in names) or "WANDB_API_KEY" in names
 
 
 def local_sweep_for_jobs(target: SweepTarget, dry_run: bool) -> Path | None:
