@@ -19,7 +19,7 @@ import pytest
 import yaml
 
 from agent.params import BY_NAME, validate
-from agent.sweep.config import OUTSIDE_LIMIT, load_sweep_config
+from agent.sweep.config import NEGLIGIBLE, OUTSIDE_LIMIT, load_sweep_config
 from agent.sweep.draw_mass import JUDGED, listed_outside, outside
 from agent.sweep.engine import as_type, proposed_params
 from agent.sweep.program import build_run, unset_variable_notes
@@ -246,6 +246,20 @@ def test_a_larger_probability_is_refused_in_one_line(tmp_path, lines, words):
     assert "\n" not in message
     for word in words:
         assert word in message, message
+
+
+@pytest.mark.parametrize("sigmas, probability, noted", [
+    (9.0, 1.1e-19, False), (6.1, 5.3e-10, False),  # below NEGLIGIBLE: read as 0
+    (5.9, 1.8e-9, True)])  # above: a note, 1 run in 550,000,000
+def test_a_probability_below_one_in_a_billion_is_read_as_0(tmp_path, sigmas, probability,
+                                                           noted):
+    # weight_decay normal(mu, mu / sigmas) draws below 0 with probability Phi(-sigmas)
+    spec = {"distribution": "normal", "mu": 5e-4, "sigma": 5e-4 / sigmas}
+    assert outside("weight_decay", spec).probability == pytest.approx(probability, rel=0.05)
+    notes = judged(tmp_path, f"  weight_decay: {{distribution: normal, mu: 5.0e-4, sigma: "
+                             f"{5e-4 / sigmas!r}}}\n")
+    assert (notes != []) == noted and NEGLIGIBLE == 1e-9, notes
+    assert all(f"probability {probability:.2g}" in note for note in notes)
 
 
 def test_the_limit_lies_between_a_note_and_a_refusal(tmp_path):

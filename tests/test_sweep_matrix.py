@@ -79,7 +79,7 @@ POSITIVE_MIN = {"bool": 0.5, "str": 0.5}
 # rounds every channels draw to 0; numbers are not optimizer names. What a parameter takes
 # almost always is a note, not a refusal: weight_decay's log_normal and q_log_normal draw
 # above 10 with probability 1.6e-4 and 1.1e-4, channels' q_log_normal rounds 6e-4 of its
-# draws to 0, and seed's q_normal (mu 4, q 16) rounds below 0 with probability 1.4e-127.
+# draws to 0; seed's q_normal (mu 4, q 16) rounds below 0 with probability 1.4e-127, read as 0.
 CONTINUOUS = {"uniform", "log_uniform_values", "inv_log_uniform_values", "normal", "log_normal",
               "beta"}
 REFUSED_FOR_TYPE = {

@@ -737,15 +737,20 @@ def _check_trial_configs(where: str, config: dict, fixed: dict) -> dict[str, lis
 # distribution that puts more outside the range (a normal centred within 2.3 sigma of a
 # bound) reads as a range mistaken rather than a rare tail, and is refused.
 OUTSIDE_LIMIT = 0.01
+# A probability below this is read as 0, silently: no sweep draws a billion runs (at a second
+# each, 30 years of one agent), so a run with such a draw is never met, and a note of "1 run
+# in 10**19" (a normal's tail 9 sigma out) only reads as a warning of something that happens.
+NEGLIGIBLE = 1e-9
 
 
 def _judge_draws_outside(where: str, config: dict, notes: list[str] | None) -> None:
     """Each parameter of our trainer that a random or bayes search draws from a distribution
     over a range (normal, q_beta, int_uniform, ...), judged by the probability that a draw,
     q-rounded as the engine rounds it, is a value the trial refuses (draw_mass.outside; for
-    bayes, that share of the space its Gaussian process searches): 0 passes silently, below
-    OUTSIDE_LIMIT is a note in `notes`, more is refused in one line. `values` are each
-    checked as written (_check_trial_configs): a grid runs every one."""
+    bayes, that share of the space its Gaussian process searches): below NEGLIGIBLE (0, or
+    a tail no sweep reaches) passes silently, below OUTSIDE_LIMIT is a note in `notes`, more
+    is refused in one line. `values` are each checked as written (_check_trial_configs): a
+    grid runs every one."""
     if config.get("method") not in ("random", "bayes"):
         return
     for name, spec in config["parameters"].items():
@@ -753,7 +758,7 @@ def _judge_draws_outside(where: str, config: dict, notes: list[str] | None) -> N
                 or spec.get("distribution") not in JUDGED:
             continue  # an unknown parameter is refused by _check_trial_configs
         found = outside(name, spec)
-        if found.probability == 0:
+        if found.probability < NEGLIGIBLE:
             continue
         words, advice = _outside_words(name, spec, found)
         line = f"{where}: {_path(name)}: {words}"
