@@ -25,7 +25,7 @@ import numpy as np
 import yaml
 
 from agent import metrics
-from agent.params import BY_NAME, PARAMS, RULES, close_parameter, validate
+from agent.params import BY_NAME, PARAMS, RULES, close_parameter, coerce, validate
 from agent.sweep.draw_mass import JUDGED, Outside, outside
 from agent.sweep.engine import (
     GRID_LIMIT,
@@ -49,6 +49,7 @@ from agent.sweep.program import (
     trial_values,
     unset_variable_notes,
 )
+from agent.sweep.rule_mass import marginal, refused_share
 from agent.sweep_space import choice, swept_parameters
 from agent.yaml_file import read_yaml
 from util.errors import UserError, brief
@@ -137,7 +138,7 @@ def load_sweep_config(path: str | Path, notes: list[str] | None = None) -> dict:
     if runs_our_trainer(filled):
         fixed = _fixed_arguments(where, filled)
         _judge_draws_outside(where, filled, notes)
-        drawn = _check_trial_configs(where, filled, fixed)
+        drawn = _check_trial_configs(where, filled, fixed, notes)
         _check_metric(where, filled, fixed, drawn)
     return filled
 
@@ -694,10 +695,13 @@ def _path(name, within: str = "parameters") -> str:
     return f"{within}[{brief(name, 40)}]"
 
 
-def _check_trial_configs(where: str, config: dict, fixed: dict) -> dict[str, list]:
-    """Every configuration the sweep can hand the trial must pass `validate`: each value every
-    parameter can draw (all of them when few, else a range's ends and middle), then
-    combinations of a few of each (nesterov needs sgd, ...). Returns those values by name."""
+def _check_trial_configs(where: str, config: dict, fixed: dict,
+                         notes: list[str] | None = None) -> dict[str, list]:
+    """Every configuration the sweep can hand the trial must pass `validate`: the fixed
+    values together, each value every parameter can draw alone (all of them when few, else
+    a range's ends and middle: a listed value is refused as written), then each rule between
+    parameters by the probability of a combination it refuses (_judge_rules). Returns the
+    values checked by name."""
     parameters = config["parameters"]
     for name in parameters:
         if name not in BY_NAME:
@@ -720,14 +724,15 @@ def _check_trial_configs(where: str, config: dict, fixed: dict) -> dict[str, lis
         spread = _draws_inside(name, spec, config["method"])
         values = _candidates(where, name, spread, kinds[name])
         for index, value in enumerate(values):
-            try:
-                validate({**base, name: value})
+            try:  # alone (a null is the default): the rules are judged by their share
+                if value is not None:
+                    coerce(BY_NAME[name], value)
             except UserError as error:
                 at = f".values[{index}]" if "values" in spec else \
                     f": {spread.how} can draw a value the trial refuses"
                 raise UserError(f"{where}: {_path(name)}{at}: {error}") from None
         drawn[name] = values
-    _check_drawn_together(where, base, drawn)
+    _judge_rules(where, config, base, notes)
     return drawn
 
 
@@ -816,8 +821,8 @@ def _chance(probability: float, estimated: bool = False) -> str:
 
 
 def _draws_inside(name: str, spec: dict, method: str) -> Draws:
-    """What `spec` draws that the trial takes, for the checks of drawn values (rules between
-    parameters, the metric's val_split): a distribution over a range in a random or bayes
+    """What `spec` draws that the trial takes, for the checks of drawn values (each alone,
+    the metric's val_split): a distribution over a range in a random or bayes
     search within what the parameter allows (what it draws outside was judged by its
     probability, _judge_draws_outside); anything else as engine.draws gives it."""
     if method in ("random", "bayes") and name in BY_NAME and name not in AGENT_PARAMETERS \
@@ -864,43 +869,74 @@ def _candidates(where: str, name: str, spread: Draws, kind: tuple) -> list:
     return [as_type(value, *kind) for value in ends]
 
 
-def _check_drawn_together(where: str, base: dict, drawn: dict[str, list]) -> None:
-    """Combinations of a few drawn values of the swept parameters each rule of the parameter
-    table reads (agent/params.py RULES), each validated; a failure names the fewest parameters
-    that fail together. At most 6 values of each of a rule's few parameters: bounded whatever
-    the sweep's size."""
-    few = {name: _few(values) for name, values in drawn.items() if len(values) > 1}
-    for names, _ in RULES:
-        group = [name for name in names if name in few]
-        if len(group) < 2:
-            continue  # one swept parameter: each of its values was validated alone
-        for values in itertools.product(*(few[name] for name in group)):
-            combination = dict(zip(group, values))
-            if _refusal(base, combination) is None:
-                continue
-            for size in range(2, len(combination) + 1):
-                for subset in itertools.combinations(combination, size):
-                    chosen = {name: combination[name] for name in subset}
-                    error = _refusal(base, chosen)
-                    if error is not None:
-                        together = ", ".join(f"{k}={v!r}" for k, v in chosen.items())
-                        raise UserError(f"{where}: parameters: {together} can be drawn "
-                                        f"together: {error}")
+def _judge_rules(where: str, config: dict, base: dict, notes: list[str] | None) -> None:
+    """Each rule between parameters (agent/params.py RULES) that reads a swept parameter,
+    judged by the probability that a run draws values it refuses (agent/sweep/rule_mass.py:
+    a random or bayes search's draws, each parameter apart; a grid's share of its runs), as
+    _judge_draws_outside judges a range: below NEGLIGIBLE silent, below OUTSIDE_LIMIT a note,
+    more refused in one line naming the fewest parameters that fail together and their
+    values. A continuous range's end is drawn with probability 0 (momentum=0.0 of uniform
+    [0, 0.99] with nesterov: W&B runs that sweep, and no run fails)."""
+    parameters, method = config["parameters"], config["method"]
+    full = dict(validate(base))
+    marginals: dict[str, Any] = {}
+    for names, rule in RULES:
+        group = [name for name in names if name in parameters
+                 and "value" not in parameters[name]]
+        for name in group:
+            if name not in marginals:
+                marginals[name] = marginal(name, parameters[name], method)
+        group = [name for name in group if marginals[name] is not None]
+        if not group:
+            continue  # the fixed values alone were validated
+        found = refused_share(rule, full, group, marginals)
+        if found is None or found.probability < NEGLIGIBLE:
+            continue
+        chosen = _fewest(base, found.example)
+        line = f"{where}: {_drawn_together(parameters, chosen)}"
+        chance = _grid_chance(found.probability, config) if method == "grid" else \
+            _chance(found.probability, found.estimated)
+        if found.probability >= OUTSIDE_LIMIT:
+            raise UserError(f"{line}, {chance}: {found.error} (more than the "
+                            f"{OUTSIDE_LIMIT:.0%} of runs a sweep may lose to values the "
+                            "trial refuses)")
+        if notes is not None:
+            notes.append(f"note: {line}, which the trial refuses ({found.error}), {chance}; "
+                         "such a run fails at its start, its reason in the sweep's results, "
+                         "and the sweep goes on (as on W&B)")
 
 
-def _refusal(base: dict, values: dict) -> UserError | None:
-    try:
-        validate({**base, **values})
-    except UserError as error:
-        return error
-    return None
+def _fewest(base: dict, example: dict) -> dict:
+    """The fewest of `example`'s values that the trial refuses together over `base`."""
+    for size in range(1, len(example) + 1):
+        for subset in itertools.combinations(example, size):
+            chosen = {name: example[name] for name in subset}
+            try:
+                validate({**base, **chosen})
+            except UserError:
+                return chosen
+    return example
 
 
-def _few(values: list) -> list:
-    if len(values) <= 6:
-        return values
-    picks = [values[round(i * (len(values) - 1) / 5)] for i in range(6)]
-    return list({repr(v): v for v in picks}.values())
+def _drawn_together(parameters: dict, chosen: dict) -> str:
+    """`parameters: nesterov=True, momentum=0.0 can be drawn together`; one listed value
+    as `parameters.kernel_size.values[1]: kernel_size=4 can be drawn`."""
+    together = ", ".join(f"{name}={value!r}" for name, value in chosen.items())
+    if len(chosen) > 1:
+        return f"parameters: {together} can be drawn together"
+    (name, value), = chosen.items()
+    listed = parameters[name].get("values")
+    param = BY_NAME[name]
+    at = next((i for i, v in enumerate(listed or [])
+               if as_type(v, param.type, param.item_type) == value), None)
+    return f"{_path(name)}{'' if at is None else f'.values[{at}]'}: {together} can be drawn"
+
+
+def _grid_chance(share: float, config: dict) -> str:
+    """`in 2 of the grid's 400 runs (0.5%)`: a grid runs every point."""
+    size = math.prod(grid_points(spec) or 1 for spec in config["parameters"].values())
+    runs = max(1, round(share * size))
+    return f"in {runs:,} of the grid's {size:,} runs ({100 * share:.2g}%)"
 
 
 def _check_metric(where: str, config: dict, fixed: dict, drawn: dict[str, list]) -> None:

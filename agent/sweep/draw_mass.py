@@ -154,13 +154,17 @@ class Outside:
     (from a part of q's multiples when `estimated`), the distribution in words (`how`), a
     value drawn outside (`example`; None where there is none, or where the parameter takes
     no number), and the draws the trainer takes (`inside`, as engine.draws gives them; None:
-    none)."""
+    none). Where the values it takes are one stretch of the draws, `taken` is that stretch's
+    share of u, the draw's quantile level: (P(refused below), 1 - P(refused above)), the u the
+    engine's ppf maps into the range (None where they are not one stretch: a sparse lattice,
+    text, names)."""
 
     probability: float
     how: str
     example: Any = None
     inside: Draws | None = None
     estimated: bool = False
+    taken: tuple[float, float] | None = None
 
 
 def described(spec: dict) -> str:
@@ -209,7 +213,8 @@ def _continuous(param: Param, var: Variable, how: str) -> Outside:
     last = math.nextafter(high, -math.inf) if param.exclusive_maximum else high
     start, end = max(first, var.reach()[0]), min(last, var.reach()[1])
     return Outside(below + above, how, example=example,
-                   inside=Draws(how, low=start, high=end) if start <= end else None)
+                   inside=Draws(how, low=start, high=end) if start <= end else None,
+                   taken=(below, 1 - above) if start <= end else None)
 
 
 def _lattice(param: Param, var: Variable, q: int | float, how: str) -> Outside:
@@ -224,8 +229,9 @@ def _lattice(param: Param, var: Variable, q: int | float, how: str) -> Outside:
     above = var.above((b + 0.5) * q) if b is not None else 0.0
     example = lattice_value(a - 1, q) if below > 0 else \
         lattice_value(b + 1, q) if above > 0 else None
-    return Outside(below + above, how, example=example,
-                   inside=_lattice_draws(how, var, q, a, b))
+    inside = _lattice_draws(how, var, q, a, b)
+    return Outside(below + above, how, example=example, inside=inside,
+                   taken=(below, 1 - above) if inside is not None else None)
 
 
 def _accepted_start(param: Param, var: Variable, q: int | float) -> int | None:
@@ -328,3 +334,14 @@ def listed_outside(name: str, spec: dict) -> float:
     values = spec["values"]
     weights = spec.get("probabilities") or [1.0] * len(values)
     return sum(w for v, w in zip(values, weights) if not accepts(param, v)) / float(sum(weights))
+
+
+def atom_masses(spec: dict, values: list) -> list[float]:
+    """The probability of each of `values`, multiples of the q of the filled lattice `spec`
+    (int_uniform or a q_ distribution) as the engine rounds its draws to them: the mass of
+    the unrounded draw within half a q of each."""
+    var, q = variable(spec), quantum(spec)
+    ks = np.array([float(np.round(float(v) / q)) for v in values])
+    with np.errstate(all="ignore"):
+        mass = var.below_many((ks + 0.5) * q) - var.below_many((ks - 0.5) * q)
+    return [float(m) for m in np.clip(np.nan_to_num(mass), 0.0, 1.0)]
