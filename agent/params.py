@@ -281,7 +281,6 @@ def _refusal(param: Param, shown: Any) -> UserError:
 
 
 def _coerce_scalar(param: Param, value: Any, kind: type) -> Any:
-    bad = _refusal(param, value)
     if kind is bool:
         if isinstance(value, bool):
             return value
@@ -289,9 +288,9 @@ def _coerce_scalar(param: Param, value: Any, kind: type) -> Any:
             return value.strip().lower() in TRUE_WORDS
         if isinstance(value, int) and value in (0, 1):
             return bool(value)
-        raise bad
+        raise _refusal(param, value)
     if kind in (int, float) and isinstance(value, bool):
-        raise bad
+        raise _refusal(param, value)
     if kind is int:
         if isinstance(value, int):
             return value
@@ -302,35 +301,34 @@ def _coerce_scalar(param: Param, value: Any, kind: type) -> Any:
                 pass
         number = finite_number(value)  # sweep distributions can hand back 64.0 for an integer
         if number is None or not number.is_integer():
-            raise bad
+            raise _refusal(param, value)
         return int(number)
     if kind is float:
         number = finite_number(value)
         if number is None:
-            raise bad
+            raise _refusal(param, value)
         return number
     if isinstance(value, (dict, list)):
-        raise bad
+        raise _refusal(param, value)
     return str(value)
 
 
 def _check_range(param: Param, value: Any, shown: Any) -> None:
-    bad = _refusal(param, shown)
     choices = param.allowed_choices()
     if choices is not None:
         if value not in choices:
-            raise bad
+            raise _refusal(param, shown)
         return
     if isinstance(value, str):
         if value and not TEXT_KINDS[param.text][1](value):  # "" means the default
-            raise bad
+            raise _refusal(param, shown)
         return
     if param.minimum is not None:
         if value < param.minimum or (param.exclusive_minimum and value == param.minimum):
-            raise bad
+            raise _refusal(param, shown)
     if param.maximum is not None:
         if value > param.maximum or (param.exclusive_maximum and value == param.maximum):
-            raise bad
+            raise _refusal(param, shown)
 
 
 def coerce(param: Param, value: Any) -> Any:

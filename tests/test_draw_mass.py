@@ -101,12 +101,13 @@ def test_the_cells_cover_every_distribution_of_the_engine_and_every_kind():
 
 def engine_draws(name: str, spec: dict, n: int) -> list:
     """`n` draws of the engine at u uniform on [0, 1), as its random search makes them (one
-    u a draw: HyperParameter.sample); numeric distributions at once (ppf of an array
-    computes each element alike: test_an_array_of_draws_is_the_random_searchs_own)."""
+    u a draw: HyperParameter.sample); numeric distributions and categorical at once (ppf of
+    an array computes each element alike: test_an_array_of_draws_is_the_random_searchs_own),
+    not categorical_w_probabilities, whose ppf of an array takes argmin(cdf >= u), the
+    first value whose cdf is below u, where sample takes the first above it."""
     parameter = HyperParameter(name, dict(spec))
-    if parameter.type in (HyperParameter.CATEGORICAL, HyperParameter.CATEGORICAL_PROB,
-                          HyperParameter.CONSTANT):
-        return [parameter.sample() for _ in range(n)]
+    if parameter.type in (HyperParameter.CATEGORICAL_PROB, HyperParameter.CONSTANT):
+        return [parameter.sample() for _ in range(n)]  # its ppf of an array differs
     with np.errstate(all="ignore"):
         return list(parameter.ppf(np.random.uniform(0.0, 1.0, n)))
 
@@ -149,7 +150,8 @@ def test_the_probability_of_a_refused_draw_is_what_the_engine_draws(distribution
     assert abs(share - expected) <= tolerance, (spec, share, expected, tolerance)
 
 
-@pytest.mark.parametrize("distribution", [d for d in DISTRIBUTIONS if d in JUDGED])
+@pytest.mark.parametrize("distribution", [d for d in DISTRIBUTIONS if d in JUDGED]
+                         + ["categorical"])
 def test_an_array_of_draws_is_the_random_searchs_own(distribution):
     # the engine's random search (sweeps.next_runs) draws u = random.uniform(0, 1) per run
     # and parameter: the same u through ppf of an array gives the same values
@@ -164,6 +166,7 @@ def test_an_array_of_draws_is_the_random_searchs_own(distribution):
         us = np.array([random.uniform(0.0, 1.0) for _ in range(50)])
         array = HyperParameter("x", dict(spec)).ppf(us)
     assert [run.config["x"]["value"] for run in runs] == pytest.approx(list(array))
+    assert len(set(map(float, array))) > 1  # draws that differ
 
 
 # --- known values ---------------------------------------------------------------------------
