@@ -20,7 +20,7 @@ import yaml
 
 from agent.params import BY_NAME, validate
 from agent.sweep.config import NEGLIGIBLE, OUTSIDE_LIMIT, load_sweep_config
-from agent.sweep.draw_mass import JUDGED, listed_outside, outside
+from agent.sweep.draw_mass import JUDGED, listed_outside, outside, variable
 from agent.sweep.engine import as_type, proposed_params
 from agent.sweep.program import build_run, unset_variable_notes
 from util.errors import UserError
@@ -167,6 +167,24 @@ def test_an_array_of_draws_is_the_random_searchs_own(distribution):
         array = HyperParameter("x", dict(spec)).ppf(us)
     assert [run.config["x"]["value"] for run in runs] == pytest.approx(list(array))
     assert len(set(map(float, array))) > 1  # draws that differ
+
+
+@pytest.mark.parametrize("distribution", [d for d in DISTRIBUTIONS if d in JUDGED])
+def test_the_closed_form_is_the_engines_own_cdf(distribution):
+    # draw_mass keeps its own model of each distribution (the log forms' log-scale, where
+    # e**u underflows to 0.0 below u = -745.13 and the engine's cdf of a value cannot tell
+    # 0.0 from 5e-324; sf for upper tails): it is the engine's cdf wherever that is defined
+    for centre in (0.0, 1.0, 10.0):
+        spec = spec_around(distribution, centre, float)
+        engine, ours = HyperParameter("x", dict(spec)), variable(spec)
+        with np.errstate(all="ignore"):
+            xs = np.array([ours.quantile(p) for p in (1e-6, 0.01, 0.3, 0.5, 0.7, 0.99)]
+                          + [centre - 0.25, centre + 0.25])
+            theirs = np.asarray(engine.cdf(xs), dtype=float)
+        mine = np.array([ours.below(x, inclusive=True) for x in xs])
+        defined = np.isfinite(theirs) & np.isfinite(xs) & ((xs > 0) | ~ours.log)
+        assert defined.sum() >= 4 and mine[defined] == pytest.approx(
+            theirs[defined], rel=1e-9, abs=1e-15), (spec, xs, mine, theirs)
 
 
 # --- known values ---------------------------------------------------------------------------

@@ -7,6 +7,13 @@ np.round(x / q) * q (integers when q is an int). The trainer refuses a value out
 parameter's range (agent/params.py). `outside` gives the probability of such a draw from the
 distribution's cdf (scipy.stats, in the engine's own parametrisation), with q's multiples taken
 as the engine computes them, and what the draws the trainer takes span.
+
+The engine's own HyperParameter.cdf is not used for these probabilities: it takes the value,
+so for a log form it cannot tell the draws that underflow to 0.0 (e**u, u below -745.13: a
+value lr refuses) from those that give 5e-324 (u up to -744.44: a value lr takes); it has no
+sf, and 1 - cdf loses an upper tail below 1e-16. tests/test_draw_mass.py checks that the two
+agree wherever the engine's cdf is defined; the values the rule check reads are the engine's
+own ppf's (agent/sweep/rule_mass.py).
 """
 
 from __future__ import annotations
