@@ -207,10 +207,19 @@ def test_the_closed_form_is_the_engines_own_cdf(distribution):
     ("augment", {"distribution": "q_uniform", "min": 0, "max": 1, "q": 1}, 0.0),
     ("optimizer", {"distribution": "int_uniform", "min": 0, "max": 3}, 1.0),  # no names
     ("run_name", {"distribution": "normal", "mu": 0, "sigma": 1}, 0.0),  # any text
+    # lognorm's scale e**-800 is 0.0: the engine draws NaN, not e**N(-800, 1) = 0.0
+    ("momentum", {"distribution": "log_normal", "mu": -800, "sigma": 1}, 1.0),
+    ("momentum", {"distribution": "q_log_normal", "mu": -800, "sigma": 1, "q": 0.1}, 1.0),
+    ("run_name", {"distribution": "log_normal", "mu": -800, "sigma": 1}, 0.0),  # "nan"
+    ("run_name", {"distribution": "q_normal", "mu": 0, "sigma": 0, "q": 1.0}, 0.0),
+    ("lr", {"distribution": "q_beta", "a": 0, "b": 1, "q": 0.1}, 1.0),  # NaN: no beta
 ])
 def test_known_probabilities(name, spec, probability):
-    found = outside(name, fill_parameter(name, dict(spec))[1])
+    filled = fill_parameter(name, dict(spec))[1]
+    found = outside(name, filled)
     assert found.probability == pytest.approx(probability, rel=1e-6, abs=1e-15)
+    if probability in (0.0, 1.0):  # what the engine draws, every time
+        assert refused_share(name, engine_draws(name, filled, 200)) == probability
 
 
 # --- how a sweep file is judged -------------------------------------------------------------
@@ -259,6 +268,9 @@ def test_a_small_probability_is_a_note_naming_what_happens(tmp_path, lines, word
      ["parameters.optimizer", "draws numbers", "probability 1 (every run)", "one of sgd"]),
     ("  batch_size: {distribution: normal, mu: 64, sigma: 4}\n",
      ["parameters.batch_size", "non-integers", "probability 1", "q_ distribution"]),
+    ("  momentum: {distribution: log_normal, mu: -800, sigma: 1}\n",
+     ["parameters.momentum", "draws NaN", "below mu = -745", "probability 1",
+      "mu above -745"]),
 ])
 def test_a_larger_probability_is_refused_in_one_line(tmp_path, lines, words):
     with pytest.raises(UserError) as refused:

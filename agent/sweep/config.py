@@ -783,6 +783,9 @@ def _outside_words(name: str, spec: dict, found: Outside) -> tuple[str, str]:
     refuses = f"which {name} refuses ({param.allowed()}), {chance}"
     integer = param.type is bool or int in (param.type, param.item_type)
     if isinstance(found.example, float) and math.isnan(found.example):
+        if "mu" in spec and math.exp(spec["mu"]) == 0:  # log_normal's scale e**mu
+            return (f"{how} draws NaN (its scale e**mu is 0.0 below mu = -745), {refuses}",
+                    "use a mu above -745")
         return (f"{how} draws NaN (no distribution has these parameters), {refuses}",
                 "give sigma, a and b above 0, or use value: for a constant")
     if param.allowed_choices() is not None:

@@ -183,13 +183,15 @@ def described(spec: dict) -> str:
 def outside(name: str, spec: dict) -> Outside:
     """The draws of the filled `spec` (a distribution over a range, one of JUDGED) that
     parameter `name` refuses, and the probability of one, exact up to float rounding. A
-    distribution the engine draws NaN from (sigma 0, a beta's a or b 0) has probability 1."""
+    distribution the engine draws NaN from (sigma 0, a beta's a or b 0, a log_normal whose
+    scale e**mu is 0.0) has probability 1 where the parameter refuses NaN."""
     param = BY_NAME[name]
     var, q = variable(spec), quantum(spec)
     how = described(spec)
     with np.errstate(all="ignore"):
-        if math.isnan(var.quantile(0.5)):
-            return Outside(1.0, how, example=float("nan"))
+        if draws_nan(spec, var):  # a text parameter takes it as "nan"
+            return Outside(0.0, how, inside=Draws(how)) if accepts(param, float("nan")) \
+                else Outside(1.0, how, example=float("nan"))
         if q is None:
             found = _continuous(param, var, how)
         elif _whole_param(param) and not float(q).is_integer():
@@ -197,6 +199,15 @@ def outside(name: str, spec: dict) -> Outside:
         else:
             found = _lattice(param, var, q, how)
     return found
+
+
+def draws_nan(spec: dict, var: Variable) -> bool:
+    """Whether the engine draws NaN from the filled `spec`: no distribution has its
+    parameters, or (log_normal, q_log_normal) its scale e**mu, scipy's lognorm scale, is 0.0
+    (mu below -745.13), where this model's log scale would draw 0.0."""
+    if spec["distribution"] in ("log_normal", "q_log_normal") and math.exp(spec["mu"]) == 0:
+        return True
+    return math.isnan(var.quantile(0.5))
 
 
 def _whole_param(param: Param) -> bool:
