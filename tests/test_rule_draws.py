@@ -284,3 +284,48 @@ def test_a_null_value_is_the_default_in_a_rule_as_the_trial_reads_it(tmp_path):
                                        "epochs": {"values": [None, 1]}}, "grid")
     assert refusal is not None and "nesterov=True, momentum=0.0 can be drawn together, in 2 " \
         "of the grid's 8 runs (25%)" in refusal, refusal
+
+
+@pytest.mark.parametrize("method, spec, expected", [
+    ("random", {"distribution": "uniform", "min": 0.0, "max": 0.2}, None),  # an end: never
+    ("bayes", {"distribution": "uniform", "min": 0.0, "max": 0.2}, None),
+    ("random", {"distribution": "normal", "mu": 0.2, "sigma": 0.02}, None),  # below 0: range's
+    ("random", {"distribution": "q_uniform", "min": 0.0, "max": 0.5, "q": 0.05},
+     ("refused", "with probability 5%")),  # 0.0 below 0.025 of [0, 0.5]
+    ("random", {"values": [0.0, 0.1]}, ("refused", "with probability 50%")),
+    ("random", {"values": [0.0] + [round(0.001 * i, 3) for i in range(1, 150)]},
+     ("note", "with probability 0.67% (1 run in 150)")),
+    ("grid", {"values": [0.0, 0.1]}, ("refused", "in 2 of the grid's 4 runs (50%)")),
+    ("grid", {"distribution": "q_uniform", "min": 0.0, "max": 0.5, "q": 0.05},
+     ("refused", "in 2 of the grid's 20 runs (10%)")),
+    ("grid", {"values": [0.0] + [round(0.001 * i, 3) for i in range(1, 150)]},
+     ("note", "in 2 of the grid's 300 runs (0.667%)")),
+    ("random", {"value": 0.0}, ("refused", "every run of this sweep gets val_split=0.0")),
+])
+def test_a_validation_metric_is_judged_by_the_share_of_runs_without_a_validation_split(
+        tmp_path, method, spec, expected):
+    """metric val/acc with val_split 0.0 drawn: such a run reports no val/acc. Judged as the
+    rules are: a continuous range's end 0.0 is never drawn (W&B runs that sweep and every run
+    reports it), a listed or lattice 0.0 by its share of the draws or of the grid's runs: a
+    note below 1%, a refusal in one line from 1%."""
+    config = {"program": "agent/train.py", "method": method,
+              "metric": {"name": "val/acc", "goal": "maximize"},
+              "parameters": {"dataset": {"value": "digits"}, "val_split": spec,
+                             "lr": {"values": [0.1, 0.01]}}}
+    path = tmp_path / "sweep.yaml"
+    path.write_text(yaml.safe_dump(config))
+    notes: list[str] = []
+    if expected is not None and expected[0] == "refused":
+        with pytest.raises(UserError) as refused:
+            load_sweep_config(path, notes)
+        text = str(refused.value)
+        assert "metric.name: val/acc is measured on the validation split" in text, text
+        assert expected[1] in text and "\n" not in text and "val_split=0.0" in text, text
+        return
+    load_sweep_config(path, notes)
+    said = [note for note in notes if "val_split" in note]
+    if expected is None:
+        assert said == [], said
+    else:
+        (note,) = said
+        assert expected[1] in note and "such a run reports no val/acc" in note, note

@@ -138,8 +138,8 @@ def load_sweep_config(path: str | Path, notes: list[str] | None = None) -> dict:
     if runs_our_trainer(filled):
         fixed = _fixed_arguments(where, filled)
         _judge_draws_outside(where, filled, notes)
-        drawn = _check_trial_configs(where, filled, fixed, notes)
-        _check_metric(where, filled, fixed, drawn)
+        _check_trial_configs(where, filled, fixed, notes)
+        _check_metric(where, filled, fixed, notes)
     return filled
 
 
@@ -939,10 +939,10 @@ def _grid_chance(share: float, config: dict) -> str:
     """`in 2 of the grid's 400 runs (0.5%)`: a grid runs every point."""
     size = math.prod(grid_points(spec) or 1 for spec in config["parameters"].values())
     runs = max(1, round(share * size))
-    return f"in {runs:,} of the grid's {size:,} runs ({100 * share:.2g}%)"
+    return f"in {runs:,} of the grid's {size:,} runs ({100 * share:.3g}%)"
 
 
-def _check_metric(where: str, config: dict, fixed: dict, drawn: dict[str, list]) -> None:
+def _check_metric(where: str, config: dict, fixed: dict, notes: list[str] | None) -> None:
     metric = config.get("metric")
     if metric is None:
         return
@@ -960,15 +960,48 @@ def _check_metric(where: str, config: dict, fixed: dict, drawn: dict[str, list])
                         f"epoch, and {name} is only in the summary: use one of "
                         + ", ".join(EPOCH_METRICS))
     if name.startswith(VALIDATION_PREFIX):
-        parameters = config["parameters"]
-        splits = drawn.get("val_split") or [validate(
-            {**fixed, **{k: s["value"] for k, s in parameters.items() if "value" in s}}).val_split]
-        for split in splits:
-            if not split > 0:
-                raise UserError(f"{where}: metric.name: {name} is measured on the validation "
-                                f"split, and this sweep can give val_split={split!r}, which "
-                                "leaves none, so no run would report it: use val_split > 0, or "
-                                "a train/ or test/ metric")
+        _judge_validation_split(where, config, fixed, notes)
+
+
+def _no_validation_split(config: dict) -> None:
+    """The sweep's metric is measured on the validation split: val_split 0 leaves none."""
+    if not config["val_split"] > 0:
+        raise UserError(f"val_split={config['val_split']!r} leaves no validation split")
+
+
+def _judge_validation_split(where: str, config: dict, fixed: dict,
+                            notes: list[str] | None) -> None:
+    """A metric measured on the validation split (val/...) with val_split 0: no run drawing
+    it reports the metric. Judged by the probability that a run draws it, as the rules
+    between parameters are (_judge_rules): 0.0 as a continuous range's end is never drawn
+    (val_split uniform [0, 0.2] is fine), a listed 0.0 is 1/n of the draws, a grid's its
+    share of the runs; below NEGLIGIBLE silent, below OUTSIDE_LIMIT a note, more refused."""
+    parameters, method, name = config["parameters"], config["method"], config["metric"]["name"]
+    base = validate({**fixed, **{k: s["value"] for k, s in parameters.items() if "value" in s}})
+    spec = parameters.get("val_split")
+    if spec is None or "value" in spec:
+        probability, value, estimated = (0.0 if base.val_split > 0 else 1.0), base.val_split, False
+    else:
+        cells = marginal("val_split", spec, method)
+        found = None if cells is None else \
+            refused_share(_no_validation_split, dict(base), ["val_split"], {"val_split": cells})
+        if found is None:
+            return
+        probability, value, estimated = \
+            found.probability, found.example["val_split"], found.estimated
+    if probability < NEGLIGIBLE:
+        return
+    chance = _grid_chance(probability, config) if method == "grid" and spec is not None \
+        and "value" not in spec else _chance(probability, estimated)
+    gives = f"every run of this sweep gets val_split={value!r}" if probability >= 1 else \
+        f"this sweep can give val_split={value!r}, {chance},"
+    line = f"{where}: metric.name: {name} is measured on the validation split, and {gives} " \
+        "which leaves none"
+    if probability >= OUTSIDE_LIMIT:
+        raise UserError(f"{line}, so such runs would not report it: use val_split > 0, or a "
+                        "train/ or test/ metric")
+    if notes is not None:
+        notes.append(f"note: {line}: such a run reports no {name}")
 
 
 def _one_line(text: str) -> str:
