@@ -162,10 +162,10 @@ def test_an_empty_group_has_no_figure_and_epoch_means_start_at_epoch_one(sweeps)
     for group in ("diverged", "collapsed"):
         assert f"loss_{group}.png" not in report.figures and f"loss_{group}.png" not in text
         assert not (out / f"loss_{group}.png").exists()
-    assert ("Drawn against the epoch: none of their runs logged more training steps than "
-            "epochs (log_interval against the steps an epoch), so each is drawn by its epoch "
-            "means. The figures of stuck at chance; did not leave chance, loss still falling; "
-            "converged.") in text
+    assert ('The figures of the "stuck at chance", "did not leave chance, loss still '
+            'falling" and "converged" runs show each run\'s mean training loss per epoch, not '
+            "its logged steps: none of these runs logged more than one training loss per "
+            "epoch (log_interval about an epoch's steps or more).") in text
     for group, title, count in (("stuck", "stuck at chance", 1),
                                 ("falling", "did not leave chance, loss still falling", 1),
                                 ("converged", "converged", 2)):

@@ -687,6 +687,19 @@ def test_runs_that_logged_fewer_steps_than_epochs_are_drawn_by_their_epochs(tmp_
                 steps = ctx.curves[run.id].steps
                 assert len(steps) == 2 * epochs
                 assert list(x) == pytest.approx([s / 10 if by_epoch else s for s in steps])
+    # the report says which figures mix the two, in words
+    from agent.report.runs_section import GROUP_TITLES
+
+    mixed = [group for group in stats.GROUPS
+             if {r.config["log_interval"] for r in study.runs if ctx.group_of(r) == group}
+             == {5, 20}]
+    assert mixed  # the premise: runs of both intervals in one group
+    text = document.build_report(study, tmp_path / "built").path.read_text()
+    titles = " and ".join(f'"{GROUP_TITLES[group]}"' for group in mixed)
+    assert (f"The figure{'s' if len(mixed) > 1 else ''} of the {titles} runs "
+            f"{'are' if len(mixed) > 1 else 'is'} drawn against the epoch: a run that logged "
+            "no more than one training loss per epoch shows its mean training loss per "
+            "epoch, the others their logged steps, each at its fraction of an epoch.") in text
 
 
 def test_a_group_without_a_run_has_no_figure_and_epoch_means_start_at_epoch_one(
@@ -723,9 +736,10 @@ def test_a_group_without_a_run_has_no_figure_and_epoch_means_start_at_epoch_one(
     assert not (tmp_path / "report" / "loss_diverged.png").exists()
     assert ("No figure for the groups without a run: diverged; collapsed to chance; did not "
             "leave chance, loss still falling.") in text
-    assert ("Drawn against the epoch: none of their runs logged more training steps than "
-            "epochs (log_interval against the steps an epoch), so each is drawn by its epoch "
-            "means. The figures of stuck at chance; converged.") in text
+    assert ('The figures of the "stuck at chance" and "converged" runs show each run\'s mean '
+            "training loss per epoch, not its logged steps: none of these runs logged more "
+            "than one training loss per epoch (log_interval about an epoch's steps or "
+            "more).") in text
     for group, title in (("stuck", "stuck at chance"), ("converged", "converged")):
         drawn = report.figures[f"loss_{group}.png"]
         assert drawn.suptitle == f"{title} (1 run): mean training loss of each epoch"

@@ -85,6 +85,14 @@ def _group_heading(group: str, runs: list[RunRecord]) -> str:
             + ", loss still falling")
 
 
+def _figures_of(groups: list[str]) -> str:
+    """'The figure of the "converged" runs', 'The figures of the "stuck at chance" and
+    "converged" runs' (the titles quoted: one of them holds a comma)."""
+    titles = [f'"{GROUP_TITLES[g]}"' for g in groups]
+    named = titles[0] if len(titles) == 1 else ", ".join(titles[:-1]) + " and " + titles[-1]
+    return f"The figure{'s' if len(groups) > 1 else ''} of the {named} runs"
+
+
 def _count_groups(ctx: Context, runs: list[RunRecord]) -> str:
     counts = {g: sum(ctx.group_of(r) == g for r in runs) for g in stats.GROUPS}
     return ", ".join(f"{n} {GROUP_TITLES[g]}" for g, n in counts.items() if n)
@@ -118,18 +126,18 @@ def groups_section(report: Report, ctx: Context) -> None:
     logged = [g for g in stats.GROUPS if members[g] and _drawn_by(ctx, members[g]) != "steps"
               and any(ctx.curves[r.id].source != "epoch" for r in members[g]
                       if r.id in ctx.curves)]
-    for kind, words in (("means", "none of their runs logged more training steps than "
-                                  "epochs (log_interval against the steps an epoch), so each "
-                                  "is drawn by its epoch means"),
-                        ("mixed", "some of their runs logged no more training steps than "
-                                  "epochs (log_interval against the steps an epoch) and are "
-                                  "drawn by their epoch means, the others' logged steps at "
-                                  "their share of an epoch")):
-        these = [g for g in logged if _drawn_by(ctx, members[g]) == kind]
-        if these:
-            report.add(f"Drawn against the epoch: {words}. The figure"
-                       + ("s" if len(these) > 1 else "") + " of "
-                       + "; ".join(GROUP_TITLES[g] for g in these) + ".", "")
+    means = [g for g in logged if _drawn_by(ctx, members[g]) == "means"]
+    if means:
+        report.add(f"{_figures_of(means)} {'show' if len(means) > 1 else 'shows'} each run's "
+                   "mean training loss per epoch, not its logged steps: none of these runs "
+                   "logged more than one training loss per epoch (log_interval about an epoch's "
+                   "steps or more).", "")
+    mixed = [g for g in logged if _drawn_by(ctx, members[g]) == "mixed"]
+    if mixed:
+        report.add(f"{_figures_of(mixed)} {'are' if len(mixed) > 1 else 'is'} drawn against "
+                   "the epoch: a run that logged no more than one training loss per epoch "
+                   "shows its mean training loss per epoch, the others their logged steps, "
+                   "each at its fraction of an epoch.", "")
     for group in (stats.DIVERGED, *stats.AT_CHANCE):
         if members[group]:
             report.add(f"### {_group_heading(group, members[group])} ({len(members[group])})",
