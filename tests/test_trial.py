@@ -307,6 +307,18 @@ def test_a_run_started_over_with_other_values_shows_their_config(workdir):
     texts = [e.tensor_proto.string_val[0].decode()
              for e in served.Tensors("run/config/text_summary")]
     assert len(texts) == 1 and "| lr | 0.01 |" in texts[0], texts
+    # and HPARAMS the new lr (it read the first start's: a tag's first metadata stands)
+    assert session_start(served)["lr"].number_value == pytest.approx(1e-2)
+
+
+def session_start(events) -> dict:
+    """{name: struct_pb2.Value} of the HPARAMS session start a reader of the run's events
+    (a plugin_event_accumulator.EventAccumulator, loaded) hands the HPARAMS plugin."""
+    from tensorboard.plugins.hparams import plugin_data_pb2
+
+    content = events.PluginTagToContent("hparams")["_hparams_/session_start_info"]
+    return dict(plugin_data_pb2.HParamsPluginData.FromString(content)
+                .session_start_info.hparams)
 
 
 def config_texts(log_dir: Path) -> list[tuple[int, str]]:
@@ -326,7 +338,8 @@ def test_a_run_preempted_by_sigterm_and_resumed_shows_its_config_and_its_end_onc
     reads the run's config text once at step 0, and at the step the third start resumed from
     the text with its new epochs; before, each start wrote its step-0 text again (one per
     start). HPARAMS reads the session's end as the finished run's: the preempted start's,
-    status unknown, was the one read (a tag's first metadata stands)."""
+    status unknown, was the one read (a tag's first metadata stands); and its epochs as
+    those the run finished with, 4 (it read the first start's 3), its end the last start's."""
     from tensorboard.backend.event_processing import plugin_event_multiplexer
     from tensorboard.backend.event_processing.data_provider import MultiplexerDataProvider
     from tensorboard.context import RequestContext
@@ -366,6 +379,11 @@ def test_a_run_preempted_by_sigterm_and_resumed_shows_its_config_and_its_end_onc
     end = plugin_data_pb2.HParamsPluginData.FromString(
         tags["g/cut"]["_hparams_/session_end_info"].plugin_content).session_end_info
     assert end.status == api_pb2.STATUS_SUCCESS, end
+    start = plugin_data_pb2.HParamsPluginData.FromString(
+        tags["g/cut"]["_hparams_/session_start_info"].plugin_content).session_start_info
+    assert start.hparams["epochs"].number_value == 4 and start.hparams["lr"].number_value > 0
+    last = max(log_dir.glob("events.out.tfevents.*"), key=lambda p: p.name)
+    assert end.end_time_secs >= int(last.name.split(".")[3])  # the last start's end
 
 
 # Where each schedule starts and ends, of a peak lr of 0.1 and no warm-up: onecycle as torch's

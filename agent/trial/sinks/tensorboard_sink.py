@@ -4,12 +4,15 @@ HPARAMS gets the sweep's search space only (the parameters its file gives `value
 distribution for), log10 of the log-distributed ones (HPARAMS has no way to open an axis on
 a log scale), and the metrics with the sweep's own first; every other parameter is the run's
 text (TEXT tab, `run/config`). The hparams summaries go into the run's own event file (not a
-sub-run, as add_hparams does), so HPARAMS lists the run itself.
+sub-run, as add_hparams does), so HPARAMS lists the run itself, with the values it goes on
+(and ends) with: a start with other values (resumed with more epochs) drops the earlier
+session from the run's event files.
 """
 
 from __future__ import annotations
 
 import math
+import os
 import threading
 import time
 from collections.abc import Iterator
@@ -205,6 +208,60 @@ def shown_config(earlier: list[Path], purge: int) -> str | None:
     return texts[-1][1] if texts else None
 
 
+HPARAMS_TAGS = (metadata.EXPERIMENT_TAG, metadata.SESSION_START_INFO_TAG,
+                metadata.SESSION_END_INFO_TAG)
+
+
+def shown_session(earlier: list[Path]) -> plugin_data_pb2.SessionStartInfo | None:
+    """The HPARAMS session start a TensorBoard reader shows for a run whose event files are
+    `earlier` (the first in name order: a reader keeps a tag's first metadata, whatever a
+    purge or a later start writes), else None. Only the head of each file (HEAD_EVENTS),
+    where a start writes it; a file it cannot read shows none."""
+    from tensorboard.backend.event_processing.event_file_loader import EventFileLoader
+
+    for path in earlier:
+        try:
+            for event in islice(EventFileLoader(str(path)).Load(), HEAD_EVENTS):
+                for value in event.summary.value:
+                    if value.tag == metadata.SESSION_START_INFO_TAG:
+                        return plugin_data_pb2.HParamsPluginData.FromString(
+                            value.metadata.plugin_data.content).session_start_info
+        except OSError:
+            continue
+    return None
+
+
+def drop_hparams(earlier: list[Path]) -> None:
+    """Rewrite each of a run's `earlier` event files that holds HPARAMS summaries (its
+    experiment, session start and end) without them, every other record as it was: a
+    reader keeps a tag's first metadata, so the session a later start writes (its values
+    changed) shows only once the earlier ones are gone. Each file is written aside and put
+    in place whole; a TensorBoard server that already read a file shows its old session
+    until it is started again."""
+    from tensorboard.backend.event_processing.event_file_loader import RawEventFileLoader
+    from tensorboard.compat.proto.event_pb2 import Event
+    from tensorboard.summary.writer.record_writer import RecordWriter
+
+    for path in earlier:
+        aside = path.with_name(f".{path.name}.rewrite")  # not an event file's name meanwhile
+        dropped = False
+        try:
+            with open(aside, "wb") as out:
+                records = RecordWriter(out)
+                for record in RawEventFileLoader(str(path)).Load():
+                    if any(value.tag in HPARAMS_TAGS
+                           for value in Event.FromString(record).summary.value):
+                        dropped = True  # a start writes each in an event of its own
+                    else:
+                        records.write(record)
+                out.flush()
+                os.fsync(out.fileno())
+            if dropped:
+                os.replace(aside, path)
+        finally:
+            aside.unlink(missing_ok=True)
+
+
 class TensorBoardSink(Sink):
     """One event file per start of a run. A full or read-only disk ends the trial as it ends
     a checkpoint's write: one line naming the event file (an OSError), and the run preempted
@@ -229,7 +286,9 @@ class TensorBoardSink(Sink):
         # the earlier files), so each step appears once. A run started over (interrupted in
         # its first epoch, before any checkpoint) hides all that the earlier start logged
         # past step 0, which holds only the run's config text and HPARAMS session: written
-        # once a run (_start_session), kept unless it starts over with other values.
+        # once a run (_start_session), kept unless it starts over with other values. A
+        # reader takes HPARAMS' session from its first record, wherever a purge falls: where
+        # this start's values differ (more epochs, or started over) the earlier goes first.
         # The first start writes its purge (a SessionLog START at step 0) too: TensorBoard's
         # server reading with Python (plugin_event_accumulator) takes a run's first START as
         # its beginning and purges at later ones only, so the first resume's purged nothing
@@ -241,35 +300,48 @@ class TensorBoardSink(Sink):
         shown = shown_config(earlier, purge)
         if not run.resumed_epoch and shown != text:
             purge, shown = 0, None  # started over with other values (or none shown): all anew
+        check_room(run.log_dir, "TensorBoard's events")
+        seen = shown_session(earlier)
+        if seen is not None and dict(seen.hparams) != {
+                name: _proto_value(value) for name, value in session.items()}:
+            # other values than HPARAMS shows (more epochs, or started over): the earlier
+            # session goes, so that HPARAMS shows those the run goes on (and ends) with,
+            # from the run's first start
+            with self._writing(run.log_dir):
+                drop_hparams(earlier)
+            since, seen = seen.start_time_secs, None
+        else:
+            since = time.time()
         if earlier:
             _after_earlier_files(earlier)
-        check_room(run.log_dir, "TensorBoard's events")
         with self._writing(run.log_dir):
             self.writer = SummaryWriter(log_dir=run.log_dir, flush_secs=FLUSH_S,
                                         max_queue=QUEUE, purge_step=purge)
         self.events = getattr(self.writer.file_writer.event_writer, "_file_name", run.log_dir)
         with self._writing():
-            self._start_session(run, session, text, shown)
+            self._start_session(run, session, since if seen is None else None, text, shown)
 
-    def _start_session(self, run: RunInfo, session: dict, text: str,
+    def _start_session(self, run: RunInfo, session: dict, since: float | None, text: str,
                        shown: str | None) -> None:
-        """The HPARAMS session and the run's config `text`, once a run: a start whose
-        earlier event files a reader still sees them in (`shown`, the text there) writes
-        neither again (each start wrote its step-0 text, and a reader showed one a start).
-        Resumed with other values (more epochs), the text goes in again at the step it
-        resumes from, the step-0 one kept; HPARAMS keeps a run's first session start."""
-        if shown is not None:
-            if text != shown:
-                self.writer.add_text(CONFIG_TAG, text, run.resumed_step)
-            return
-        start = plugin_data_pb2.SessionStartInfo(start_time_secs=time.time())
-        for name, value in session.items():
-            start.hparams[name].CopyFrom(_proto_value(value))
-        self.writer.file_writer.add_summary(experiment_summary(run.sweep, session))
-        self.writer.file_writer.add_summary(_summary(
-            metadata.SESSION_START_INFO_TAG,
-            plugin_data_pb2.HParamsPluginData(session_start_info=start)))
-        self.writer.add_text(CONFIG_TAG, text, 0)
+        """The HPARAMS session (started at `since`, in seconds since the epoch; None: the
+        one a reader sees in the run's earlier event files stands) and the run's config
+        `text`, once a run: a start whose earlier event files a reader still sees the text in
+        (`shown`) writes it not again (each start wrote its step-0 text, and a reader showed
+        one a start). Resumed with other values (more epochs), the text goes in again at the
+        step it resumes from, the step-0 one kept, and the session anew (start drops the
+        earlier one)."""
+        if since is not None:
+            start = plugin_data_pb2.SessionStartInfo(start_time_secs=since)
+            for name, value in session.items():
+                start.hparams[name].CopyFrom(_proto_value(value))
+            self.writer.file_writer.add_summary(experiment_summary(run.sweep, session))
+            self.writer.file_writer.add_summary(_summary(
+                metadata.SESSION_START_INFO_TAG,
+                plugin_data_pb2.HParamsPluginData(session_start_info=start)))
+        if shown is None:
+            self.writer.add_text(CONFIG_TAG, text, 0)
+        elif text != shown:
+            self.writer.add_text(CONFIG_TAG, text, run.resumed_step)
 
     def log_step(self, step: int, metrics: dict) -> None:
         with self._writing():
