@@ -33,6 +33,7 @@ pytestmark = pytest.mark.e2e  # every test runs the commands (launcher, agents, 
 COMMAND = ["${env}", "python", "-m", "agent.train", "${args}"]
 LRS = [1.0, 0.001, 0.00001]
 DROPOUTS = [0.0, 0.5]
+CHANCE = "chance: ln 10 = 2.30 (the loss of a uniform guess)"  # the at-chance figures' line
 TRAIN_IMAGES = 2000
 COURSE = {"program": "agent/train.py", "command": COMMAND, "method": "grid",
           "name": "course", "metric": {"name": "val/acc", "goal": "maximize"},
@@ -186,8 +187,10 @@ def test_groups_follow_the_written_rule_and_its_thresholds(course):
             f"dropout={v:.3g}" for v in DROPOUTS} | {
             f"diverged: ended above {explode:.1f}"} | (
             marks | {f"loss non-finite ({blown} run{'s' if blown != 1 else ''}): on the "
-                     "top edge, at its step"} if group == "diverged" else set())
+                     "top edge, at its step"} if group == "diverged" else set()) | {CHANCE}
         assert (group == "diverged") == (marks <= set(drawn.legends))
+        # the groups at chance draw ln 10, where their runs sit or came back to
+        assert (CHANCE in drawn.legends) == (group in ("collapsed", "stuck", "falling"))
 
 
 @pytest.mark.slow

@@ -62,6 +62,21 @@ def sweeps(tmp_path_factory):
     return {"few": run_sweep(work, "few", FEW), "collapse": run_sweep(work, "collapse", COLLAPSE)}
 
 
+CHANCE = "chance: ln 10 = 2.30 (the loss of a uniform guess)"  # the at-chance figures' line
+
+
+def chance_lines(ax) -> list:
+    """The panel's horizontal lines at ln 10 labelled CHANCE."""
+    return [(label, y) for label, _, y in ax.lines
+            if label == CHANCE and list(y) == pytest.approx([math.log(10)] * 2)]
+
+
+def run_lines(ax) -> list:
+    """The panel's lines of runs (labelled with their configuration)."""
+    return [line for line in ax.lines
+            if "=" in line[0] and not line[0].startswith("_") and line[0] != CHANCE]
+
+
 def column(run, key: str) -> list[float]:
     return [row[key] for row in run.history]
 
@@ -101,6 +116,9 @@ def test_a_run_that_left_chance_and_ended_at_it_is_collapsed(sweeps):
     assert drawn.suptitle == "collapsed to chance (1 run): training loss at each logged step"
     (panel,) = [ax for ax in drawn.axes if ax.lines]
     assert panel.xlabel == "training step" and panel.xlim[0] == 0.0
+    # ln 10, where its loss came back to, drawn as the stuck and falling figures draw it
+    assert chance_lines(panel) and CHANCE in drawn.legends
+    assert [label for label, _, _ in run_lines(panel)] == ["lr=0.5"]
     assert "No figure for the groups without a run: diverged; stuck at chance; did not leave " \
            "chance, loss still falling." in text
     # the sensitivity caption counts it among the runs at chance in its means
@@ -173,9 +191,12 @@ def test_an_empty_group_has_no_figure_and_epoch_means_start_at_epoch_one(sweeps)
         assert drawn.suptitle == (f"{title} ({count} run{'s' if count > 1 else ''}): mean "
                                   "training loss of each epoch")
         panels = [ax for ax in drawn.axes if ax.lines]
-        assert sum(len(ax.lines) for ax in panels) == count
+        assert sum(len(run_lines(ax)) for ax in panels) == count
         for ax in panels:
             assert ax.xlabel == "epoch"
             assert ax.xlim == pytest.approx((0.98, 2.02))
-            for _, x, _ in ax.lines:
+            for _, x, _ in run_lines(ax):
                 assert list(x) == [1, 2]
+            # the runs at chance are drawn against ln 10, the converged ones are not
+            assert bool(chance_lines(ax)) == (group != "converged")
+        assert (CHANCE in drawn.legends) == (group != "converged")

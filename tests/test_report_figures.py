@@ -275,6 +275,27 @@ def test_empty_group_says_so(tmp_path):
     assert drawn.axes[0].texts == ["no run in this group"]
 
 
+def test_a_group_at_chance_draws_the_loss_of_a_uniform_guess(tmp_path):
+    """The collapsed, stuck and still-falling figures draw ln K, where their runs sit or
+    came back to (runs_section passes the classes for those groups alone)."""
+    curves = [curve({"model": "dense", "lr": 0.5}, [2.3, 1.2, 2.31]),
+              curve({"model": "cnn", "lr": 0.5}, [2.3, 2.29, 2.3])]
+    label = "chance: ln 10 = 2.30 (the loss of a uniform guess)"
+    drawn = figures.group_loss_figure(curves, ["model"], "lr", None,
+                                      tmp_path / "collapsed.png", "collapsed", classes=10)
+    assert_png(drawn.path)
+    panels = [ax for ax in drawn.axes if ax.title]
+    assert len(panels) == 2
+    for panel in panels:
+        (line,) = [y for name, _, y in panel.lines if name == label]
+        assert list(line) == pytest.approx([math.log(10)] * 2)
+    assert drawn.legends == ["lr=0.5", label]
+    plain = figures.group_loss_figure(curves, ["model"], "lr", None,
+                                      tmp_path / "converged.png", "converged")
+    assert plain.legends == ["lr=0.5"]
+    assert not any(name == label for ax in plain.axes for name, _, _ in ax.lines)
+
+
 def test_training_curves_label_runs_by_configuration(tmp_path):
     def series(label: str, rate: float) -> figures.TrainingSeries:
         steps = list(range(1, 51))
@@ -745,7 +766,8 @@ def test_a_group_without_a_run_has_no_figure_and_epoch_means_start_at_epoch_one(
         assert drawn.suptitle == f"{title} (1 run): mean training loss of each epoch"
         (panel,) = [ax for ax in drawn.axes if ax.lines]
         assert panel.xlabel == "epoch" and panel.xlim == pytest.approx((0.98, 2.02))
-        assert [list(x) for _, x, _ in panel.lines] == [[1, 2]]
+        assert [list(x) for label, x, _ in panel.lines if not label.startswith("chance")] \
+            == [[1, 2]]
 
 
 def test_a_run_diverged_by_its_epochs_mean_shows_that_mean_above_the_line(tmp_path):

@@ -506,6 +506,9 @@ class GroupCurve:
 
 
 LINE_STYLES = ("-", "--", ":", "-.")
+# ln K in the figures of runs at chance: wide, pale and behind the runs, so that it reads as
+# a level apart from every run's line style (a dotted line read as dropout=0.3's)
+CHANCE_LOSS = {"color": "0.55", "linestyle": "-", "linewidth": 4, "alpha": 0.35, "zorder": 0}
 
 
 def _config_label(config: dict) -> str:
@@ -551,7 +554,7 @@ def _encodings(curves: list[GroupCurve], colour: str | None, style: str | None):
 def group_loss_figure(curves: list[GroupCurve], facets: list[str], colour: str | None,
                       style: str | None, path, title: str, xlabel: str = "training step",
                       threshold: float | None = None, x_end: float | None = None,
-                      x_start: float = 0.0) -> Drawn:
+                      x_start: float = 0.0, classes: int | None = None) -> Drawn:
     """Training loss against step, one panel per value of the `facets` parameters (model x
     optimizer), colour by `colour` (lr), line style by `style` (dropout); the figure legend
     names those values, each line is labelled with its whole configuration. A point where
@@ -559,6 +562,8 @@ def group_loss_figure(curves: list[GroupCurve], facets: list[str], colour: str |
     legend counts them). Log y from two decades on.
     `threshold`: a loss level drawn as a dashed line in every panel (the divergence
     rule: a run that ends above it diverged).
+    `classes`: K, where given: the loss of a uniform guess over K classes, ln K, drawn as a
+    wide grey band in every panel (where a run at chance sits, or comes back to).
     `x_end`: the x axis runs from `x_start` to it (the runs' planned length: one point is
     not centred on an axis of its own 4% either side), 2% of that span clear of each end
     (half an epoch where they are one); `x_start` is 0, the start of training, for
@@ -574,6 +579,8 @@ def group_loss_figure(curves: list[GroupCurve], facets: list[str], colour: str |
     for ax, key in zip(axes.flat, keys):
         mine = [c for c in curves if tuple(c.config.get(f) for f in facets) == key]
         _draw_group_panel(ax, mine, colour, style, colours, styles)
+        if classes:  # a wide pale band behind the runs: no line style of theirs
+            ax.axhline(math.log(classes), label=_chance_loss_label(classes), **CHANCE_LOSS)
         if threshold is not None:
             ax.axhline(threshold, color="tab:red", linestyle="--", linewidth=1,
                        label=f"diverged: ended above {threshold:.1f}")
@@ -604,6 +611,8 @@ def group_loss_figure(curves: list[GroupCurve], facets: list[str], colour: str |
     if any(c.val_losses for c in curves):
         handles.append(Line2D([], [], color="0.3", marker="s", markerfacecolor="none",
                               linestyle="none", label="validation loss"))
+    if classes:
+        handles.append(Line2D([], [], label=_chance_loss_label(classes), **CHANCE_LOSS))
     if threshold is not None:
         handles.append(Line2D([], [], color="tab:red", linestyle="--",
                               label=f"diverged: ended above {threshold:.1f}"))
@@ -618,6 +627,10 @@ def group_loss_figure(curves: list[GroupCurve], facets: list[str], colour: str |
                    fontsize=8, frameon=False)
     fig.tight_layout()
     return _save(fig, path)
+
+
+def _chance_loss_label(classes: int) -> str:
+    return f"chance: ln {classes} = {math.log(classes):.2f} (the loss of a uniform guess)"
 
 
 def _draw_group_panel(ax, curves: list[GroupCurve], colour, style, colours, styles) -> None:

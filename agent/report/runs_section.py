@@ -267,7 +267,8 @@ def group_figure(ctx: Context, group: str, runs: list[RunRecord]) -> figures.Dra
         + DRAWN_TITLES[kind],
         "training step" if by_step else "epoch",
         ctx.rule.explode_at(ctx.classes) if group == stats.DIVERGED else None,
-        x_end=end, x_start=1.0 if kind == "means" else 0.0)
+        x_end=end, x_start=1.0 if kind == "means" else 0.0,
+        classes=ctx.classes if group in stats.AT_CHANCE else None)
 
 
 def _epoch_points(run: RunRecord, curve, by_step: bool) -> tuple[list, list]:
