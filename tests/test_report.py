@@ -271,6 +271,15 @@ def test_better_than_random_keeps_runs_above_the_chance_bound(course):
     at_chance = [r for r in runs if r.summary.get("test/acc") is not None
                  and r.summary["test/acc"] <= bound]
     assert at_chance and f"{len(runs) - len(kept)} do not" in text  # chance is filtered out
+    # and the groups of those left out, counted: each run of them is in one
+    named = re.search(r"\*\* runs pass; \d+ do(?:es)? not: (.+?)\. This tests", text)
+    assert named, text
+    counted = {"diverged", "collapsed to chance", "stuck at chance",
+               "did not leave chance (loss still falling)", "converged"}
+    parts = [re.fullmatch(r"(\d+) (.+)", part).groups()
+             for part in re.split(r", | and ", named.group(1))]
+    assert all(phrase in counted for _, phrase in parts), parts
+    assert sum(int(n) for n, _ in parts) == len(runs) - len(kept)
 
 
 # ---------------------------------------------------------------- 4. set-up

@@ -61,7 +61,7 @@ def parallel_section(report: Report, ctx: Context) -> None:
                f"non-finite, does not pass). **{len(kept)} of {len(kept) + len(left)}** runs "
                "pass; "
                f"{len(left)} {'does' if len(left) == 1 else 'do'} not"
-               + (f", among them {_count_groups(ctx, left)}" if left else "") + ". This "
+               + _count_groups(ctx, left) + ". This "
                "tests against guessing, not for learning: a run just above "
                f"{base.chance_bound:.1%} passes it, yet one whose best validation accuracy "
                f"stays below {base.chance + ctx.rule.stuck_margin:.1%} counts as stuck "
@@ -93,9 +93,20 @@ def _figures_of(groups: list[str]) -> str:
     return f"The figure{'s' if len(groups) > 1 else ''} of the {named} runs"
 
 
+# A group's runs counted in a sentence ("2 stuck at chance"): its title, less the comma that
+# ran into the list's ("2 did not leave chance, loss still falling, 1 diverged")
+COUNTED = {**GROUP_TITLES, stats.FALLING: "did not leave chance (loss still falling)"}
+
+
 def _count_groups(ctx: Context, runs: list[RunRecord]) -> str:
+    """': 2 stuck at chance and 1 did not leave chance (loss still falling)' for `runs`
+    (', among them ...' where some are in no group, '' where none is in one)."""
     counts = {g: sum(ctx.group_of(r) == g for r in runs) for g in stats.GROUPS}
-    return ", ".join(f"{n} {GROUP_TITLES[g]}" for g, n in counts.items() if n)
+    parts = [f"{n} {COUNTED[g]}" for g, n in counts.items() if n]
+    if not parts:
+        return ""
+    listed = parts[0] if len(parts) == 1 else ", ".join(parts[:-1]) + " and " + parts[-1]
+    return (": " if sum(counts.values()) == len(runs) else ", among them ") + listed
 
 
 def groups_section(report: Report, ctx: Context) -> None:
