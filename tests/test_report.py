@@ -407,6 +407,11 @@ def test_sensitivity_and_observations_state_their_numbers(course):
                        and groups[r.id] != "diverged"] for lr in sorted(LRS)}
         assert list(line[1]) == [lr for lr in sorted(LRS) if scored[lr]]
         assert np.allclose(line[2], [np.mean(v) for v in scored.values() if v])
+    # the text names the colours as the panels draw them: the optimizer's own, by model
+    optimizer_panel = next(ax for ax in drawn.axes if ax.xlabel == "optimizer")
+    assert {label for label, _, _ in optimizer_panel.lines
+            if label.startswith("model=")} == {"model=cnn", "model=dense"}
+    assert "one colour per optimizer (per model in the optimizer's own panel)." in text
     notes = text.split("## Observations")[1].split("##")[0]
     for model in ("cnn", "dense"):
         for optimizer in ("adam", "sgd"):

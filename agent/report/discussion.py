@@ -367,6 +367,16 @@ def marginals(ctx: Context) -> list[MarginalPanel]:
     return panels
 
 
+def _colours_text(ctx: Context) -> str:
+    """What the marginal panels' colours stand for, as marginals splits them: the optimizer,
+    in its own panel the model (the text said 'one colour per optimizer' over a panel of
+    optimizers coloured by model)."""
+    if "optimizer" in ctx.swept:
+        return ", one colour per optimizer" + (
+            " (per model in the optimizer's own panel)" if "model" in ctx.swept else "")
+    return ", one colour per model" if "model" in ctx.swept else ""
+
+
 def marginal_section(report: Report, ctx: Context) -> None:
     panels = marginals(ctx)
     if not panels:
@@ -378,8 +388,7 @@ def marginal_section(report: Report, ctx: Context) -> None:
     report.add("## Sensitivity to each parameter", "",
                f"For each parameter: `{metric}` at each of its values, averaged over every "
                "other parameter (line) with the middle half of those runs (band: 25th to 75th "
-               "percentile) and their median (dash)" + (", one colour per optimizer" if len(
-                   {str(r.params.optimizer) for r in ctx.study.runs}) > 1 else "")
+               "percentile) and their median (dash)" + _colours_text(ctx)
                + ". A flat line: the parameter hardly matters here; a bend: it has a "
                "best value." + (f" {diverged_left_out(diverged)}." if diverged else "")
                # what the figure draws for them, by panel kind: "div" where a line has no
