@@ -120,6 +120,10 @@ def expected_group(run, losses: list[float], explode: float, stuck: float,
     spiked = max(losses + epoch) > explode
     if spiked or len(train) < 2 or not train[-1] < train[(len(train) - 1) // 2] * (1 - falling):
         return "stuck"
+    second_half = losses[len(losses) // 2:]  # at ln 10, the loss of a uniform guess
+    if len(losses) >= 8 and all(abs(v - math.log(10)) <= 0.02 * math.log(10)
+                                for v in second_half):
+        return "stuck"
     return "falling"
 
 

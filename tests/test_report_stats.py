@@ -89,6 +89,10 @@ EPOCHS = [{"epoch": 1, "train/loss": 1.2, "val/loss": 0.9, "val/acc": 0.7},
 RULE = stats.GroupRule(explode_factor=10, stuck_margin=0.05)
 
 
+SPIKED_THEN_FLAT = [{"epoch": 1, "train/loss": 3.56, "val/loss": 2.31, "val/acc": 0.10},
+                    {"epoch": 2, "train/loss": 2.30, "val/loss": 2.30, "val/acc": 0.101}]
+
+
 @pytest.mark.parametrize("history, steps, diverged, group", [
     (EPOCHS, [2.3, 1.0, 0.6], False, "converged"),
     (EPOCHS, [2.3, math.inf], False, "diverged"),  # a step went non-finite
@@ -139,6 +143,15 @@ RULE = stats.GroupRule(explode_factor=10, stuck_margin=0.05)
     ([{"epoch": 1, "train/loss": 2.65, "val/acc": 0.08}, {"epoch": 2, "train/loss": 2.40,
                                                           "val/acc": 0.08},
       {"epoch": 3, "train/loss": 2.34, "val/acc": 0.11}], [], False, "falling"),  # 2.5%
+    # its epoch means fall (3.56 then 2.30), its logged steps of the second half sit within
+    # 2% of ln 10 = 2.3026 (the example report's cnn at adam's lr 0.1): stuck; with a step
+    # outside the band, or fewer than 8 logged steps, the epoch means decide
+    (SPIKED_THEN_FLAT, [3.7, 7.6, 2.6, 2.30, 2.31, 2.29, 2.30, 2.32, 2.30, 2.31, 2.29, 2.30,
+                        2.31, 2.30, 2.29, 2.31], False, "stuck"),
+    (SPIKED_THEN_FLAT, [3.7, 7.6, 2.6, 2.30, 2.31, 2.29, 2.30, 2.32, 2.30, 2.31, 2.29, 2.30,
+                        2.31, 2.30, 2.29, 2.36], False, "falling"),  # 2.36: 2.5% above
+    (SPIKED_THEN_FLAT, [3.7, 7.6, 2.6, 2.30, 2.31, 2.29, 2.30], False, "falling"),  # 7 steps
+    (SPIKED_THEN_FLAT, [3.7, 7.6, 2.6, 2.30, 2.31, 2.29, 2.30, 2.30], False, "stuck"),  # 8
 ])
 def test_group_rule_on_every_branch(history, steps, diverged, group):
     verdict = stats.classify(run(history, diverged), steps, 10, RULE)
@@ -178,6 +191,11 @@ def test_a_run_at_chance_says_what_its_epochs_show():
     history[1]["train/loss"] = 2.52
     assert stats.classify(run(history), [], 10, RULE).reason == (
         "best accuracy 0.110 < 0.150; its training loss flat (2.56 at epoch 1, 2.52 at epoch 2)")
+    steps = [3.7, 7.6, 2.6, 2.30, 2.31, 2.29, 2.30, 2.32, 2.30, 2.31, 2.29, 2.30]
+    assert stats.classify(run(SPIKED_THEN_FLAT), steps, 10, RULE).reason == (
+        "best accuracy 0.101 < 0.150; its training loss at ln 10 = 2.30, the loss of a uniform "
+        "guess, in the last 6 of its 12 logged steps (2.29 to 2.32; its epoch means 3.56 at "
+        "epoch 1, 2.30 at epoch 2)")
 
 
 def test_a_spike_that_came_back_is_named_beside_the_group():

@@ -216,9 +216,11 @@ class GroupRule:
     of them, still falling: the last epoch's mean training loss at least `falling_share`
     below that of the epoch halfway through the run (the first of 2 epochs, the second of
     3 or 4, the eighth of 15), so that more epochs might have left chance; stuck: the
-    others, whose loss was flat (a single epoch is read as flat: it has no trend), and a
-    run whose loss spiked past the divergence level and came back (its fall is the spike's
-    return, not learning). Converged: every other run."""
+    others, whose loss was flat (a single epoch is read as flat: it has no trend), a run
+    whose loss spiked past the divergence level and came back (its fall is the spike's
+    return, not learning), and one whose logged steps of its second half sit at ln K
+    (UNIFORM_BAND; its epoch means fall from a first epoch that spiked below that level).
+    Converged: every other run."""
 
     explode_factor: float = 10.0
     stuck_margin: float = 0.05
@@ -247,8 +249,10 @@ class GroupRule:
                 f"(it left chance and ended back at it); **stuck**: not diverged, the best "
                 f"validation accuracy never reached {self.stuck_below(classes):.3f}, and its "
                 f"training loss flat (its last epoch's mean not {self.falling_share:.0%} below "
-                "that of the epoch halfway through the run; one epoch, or a loss that spiked "
-                "and came back, counts as flat); **did not leave chance, loss still "
+                "that of the epoch halfway through the run; one epoch, a loss that spiked "
+                "and came back, or one whose logged steps of the run's second half all lie "
+                f"within {UNIFORM_BAND:.0%} of ln {classes}, the loss of a uniform guess, "
+                "counts as flat); **did not leave chance, loss still "
                 "falling**: the best validation accuracy below "
                 f"{self.stuck_below(classes):.3f} too, but the last epoch's mean training "
                 f"loss at least {self.falling_share:.0%} below that of the epoch halfway "
@@ -312,7 +316,7 @@ def classify(run: RunRecord, step_losses: list[float], classes: int,
         return None
     spiked = f"; its loss spiked and came back ({spike})" if spike else ""
     if best < rule.stuck_below(classes):
-        group, trend = _trend(run, rule, spike)
+        group, trend = _trend(run, rule, spike, sources["training-step loss"], classes)
         return Verdict(group, f"best accuracy {_below(best, rule.stuck_below(classes))}"
                        + trend + spiked, peak, best, spike)
     collapse = _collapse(run, classes, rule, finals)
@@ -340,10 +344,22 @@ def _epoch_values(run: RunRecord, *keys: str) -> list[tuple[int, float]]:
     return out
 
 
-def _trend(run: RunRecord, rule: GroupRule, spike: str) -> tuple[str, str]:
+# A run whose logged training losses of its second half all lie within UNIFORM_BAND of ln K
+# sits at the loss of a uniform guess (its output collapsed to one distribution, whatever the
+# batch): stuck, even where its epoch means fall (a spike in its first epoch, 3.56 then 2.30
+# for a cnn whose steps read 2.29 to 2.32 from step 16 of 76; another, with dropout 0.5,
+# 2.29 to 2.33 after a spike to 11.1: 1.3% off ln 10). Needs STEP_TREND_MIN logged
+# steps: a run that learns passes ln K with steps on both sides of the band.
+UNIFORM_BAND = 0.02
+STEP_TREND_MIN = 8
+
+
+def _trend(run: RunRecord, rule: GroupRule, spike: str, step_losses: list[float],
+           classes: int) -> tuple[str, str]:
     """(STUCK or FALLING, the words on its training loss) for a run that did not leave
     chance (GroupRule: still falling where its last epoch's mean training loss is
-    `falling_share` below that of the epoch halfway through the run)."""
+    `falling_share` below that of the epoch halfway through the run, unless its logged
+    steps of the second half sit at ln K: UNIFORM_BAND)."""
     losses = _epoch_values(run, "train/loss")
     if spike:  # its fall is the spike's return (named beside it), not learning
         return STUCK, ""
@@ -353,6 +369,13 @@ def _trend(run: RunRecord, rule: GroupRule, spike: str) -> tuple[str, str]:
     change = f"{before:#.3g} at epoch {mid}, {after:#.3g} at epoch {last}"
     if not after < before * (1 - rule.falling_share):
         return STUCK, f"; its training loss flat ({change})"
+    tail, uniform = step_losses[len(step_losses) // 2:], math.log(classes)
+    if len(step_losses) >= STEP_TREND_MIN \
+            and all(abs(v - uniform) <= UNIFORM_BAND * uniform for v in tail):
+        return STUCK, (f"; its training loss at ln {classes} = {uniform:.2f}, the loss of a "
+                       f"uniform guess, in the last {len(tail)} of its {len(step_losses)} "
+                       f"logged steps ({min(tail):.3g} to {max(tail):.3g}; its epoch means "
+                       f"{change})")
     return FALLING, f"; its training loss still falling ({change})"
 
 
