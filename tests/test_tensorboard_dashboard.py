@@ -22,6 +22,7 @@ import sys
 import time
 import urllib.error
 import urllib.request
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -106,6 +107,36 @@ def run_module(workdir: Path, *args: str) -> None:
     assert done.returncode == 0, done.stderr[-3000:]
 
 
+@contextmanager
+def served(workdir: Path, logdir: Path, runs: set[str]):
+    """./run_tensorboard.sh serving `logdir` until every one of `runs` is listed and the
+    HPARAMS experiment is there: (base url, server, its log, the experiment); stopped after."""
+    port = free_port()
+    base = f"http://127.0.0.1:{port}"
+    log = workdir / "tensorboard.log"
+    with open(log, "w") as out:
+        server = subprocess.Popen([str(SCRIPT), "--logdir", str(logdir), "--port", str(port)],
+                                  cwd=workdir, env=subprocess_env(), stdout=out,
+                                  stderr=subprocess.STDOUT, start_new_session=True)
+    try:
+        wait_for(lambda: set(get_json(base, "/data/runs")) >= runs, 60, "the runs",
+                 server, log)
+        experiment = wait_for(
+            lambda: (e := post_json(base, "/data/plugin/hparams/experiment",
+                                    {"experimentName": "", "hparamsLimit": 1000}))
+            .get("hparamInfos") and e, 30, "the hparams experiment", server, log)
+        yield base, server, log, experiment
+    finally:
+        try:
+            os.killpg(server.pid, signal.SIGTERM)
+            server.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            os.killpg(server.pid, signal.SIGKILL)
+            server.wait(timeout=20)
+        except ProcessLookupError:
+            pass
+
+
 @pytest.fixture(scope="module")
 def dashboard(tmp_path_factory):
     """The sweep, its repeats (best run per optimizer, 2 seeds), and TensorBoard serving the
@@ -115,23 +146,9 @@ def dashboard(tmp_path_factory):
     run_module(workdir, "agent.sweep.agent_loop", str(store.directory))
     run_module(workdir, "agent.repeat", "tbdash", "--top", "1", "--by", "optimizer",
                "--seeds", "2", "--run")
-    port = free_port()
-    base = f"http://127.0.0.1:{port}"
-    log = workdir / "tensorboard.log"
     expected = {r.id for r in store.runs()}
-    with open(log, "w") as out:
-        server = subprocess.Popen([str(SCRIPT), "--logdir", str(workdir / "data" / "logs" /
-                                                                "tbdash-tbdash"), "--port",
-                                   str(port)],
-                                  cwd=workdir, env=subprocess_env(), stdout=out,
-                                  stderr=subprocess.STDOUT, start_new_session=True)
-    try:
-        wait_for(lambda: set(get_json(base, "/data/runs")) >= expected, 60, "the runs",
-                 server, log)
-        experiment = wait_for(
-            lambda: (e := post_json(base, "/data/plugin/hparams/experiment",
-                                    {"experimentName": "", "hparamsLimit": 1000}))
-            .get("hparamInfos") and e, 30, "the hparams experiment", server, log)
+    with served(workdir, workdir / "data" / "logs" / "tbdash-tbdash", expected) as (
+            base, server, log, experiment):
         request = {"experimentName": "", "allowedStatuses": STATUSES, "startIndex": 0,
                    "sliceSize": 100,
                    "colParams": [{"hparam": i["name"], "includeInResult": True}
@@ -147,15 +164,6 @@ def dashboard(tmp_path_factory):
 
         groups = wait_for(complete_groups, 30, "a session group per run", server, log)
         yield workdir, store, base, experiment, groups
-    finally:
-        try:
-            os.killpg(server.pid, signal.SIGTERM)
-            server.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            os.killpg(server.pid, signal.SIGKILL)
-            server.wait(timeout=20)
-        except ProcessLookupError:
-            pass
 
 
 @pytest.mark.slow
@@ -183,6 +191,49 @@ def test_hparams_are_the_swept_parameters_with_lr_in_log10(dashboard):
         # Scalars are stored as float32: equal to the store's summary within that precision.
         for tag in ("val/acc", "test/acc", "val/loss", "val/best_acc"):
             assert metrics[tag] == pytest.approx(run.summary[tag], rel=1e-6, abs=1e-7), tag
+
+
+# How many hparam columns TensorBoard's HPARAMS frontend ticks when the tab opens: the
+# first five of the experiment's, those marked `differs` first (tf-hparams-query-pane:
+# `t.sort((i,o)=>i.info.differs===o.info.differs?0:i.info.differs?-1:1); n=Math.min(5,...)`).
+TICKED_COLUMNS = 5
+
+
+def ticked_columns(experiment: dict) -> list[str]:
+    """The hparam columns the HPARAMS tab opens with ticked, as its frontend picks them."""
+    infos = sorted(experiment["hparamInfos"], key=lambda info: not info.get("differs", False))
+    return [info["name"] for info in infos[:TICKED_COLUMNS]]
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(300)
+def test_a_distributions_column_is_ticked_beside_five_lists(tmp_path):
+    """A random sweep over lr by a distribution and five `values` lists: TensorBoard ticks
+    the first five columns of those marked `differs`, and log10(lr), which had no domain and
+    so was not marked, was the one column left unticked (it came last, after the lists).
+    Every swept column is marked now, so lr is ticked (TensorBoard keeps the name order)."""
+    lists = {"optimizer": ["sgd", "adam"], "dropout": [0.0, 0.2], "momentum": [0.8, 0.9],
+             "label_smoothing": [0.0, 0.1], "warmup_epochs": [0.0, 0.5]}
+    config = {"program": "agent/train.py", "command": COMMAND, "method": "random",
+              "run_cap": 2, "metric": {"name": "val/acc", "goal": "maximize"},
+              "parameters": {"dataset": {"value": "digits"},
+                             "data_dir": {"value": str(tmp_path / "data")},
+                             "model": {"value": "dense"}, "hidden": {"value": 16},
+                             "epochs": {"value": 1}, "sinks": {"value": ["tensorboard"]},
+                             "lr": {"distribution": "log_uniform_values", "min": 0.001,
+                                    "max": 0.1},
+                             **{name: {"values": values} for name, values in lists.items()}}}
+    store = create_store(tmp_path / "data" / "sweeps" / "tbdist", "tbdist", "tbdist", config)
+    run_module(tmp_path, "agent.sweep.agent_loop", str(store.directory))
+    runs = {r.id for r in store.runs()}
+    assert len(runs) == 2
+    with served(tmp_path, tmp_path / "data" / "logs" / "tbdist-tbdist", runs) as (
+            base, server, log, experiment):
+        infos = {info["name"]: info for info in experiment["hparamInfos"]}
+    assert set(infos) == {"log10(lr)", *lists}
+    assert all(info["differs"] for info in infos.values()), infos
+    assert "log10(lr)" in ticked_columns(experiment)
+    assert len(infos) > TICKED_COLUMNS  # one of the lists is left for the user to tick
 
 
 @pytest.mark.slow

@@ -73,7 +73,10 @@ def session_hparams(config: dict, hparams: dict, sweep: dict | None) -> dict:
 
 def experiment_summary(sweep: dict | None, session: dict) -> Summary:
     """The HPARAMS experiment: one column per hparam (with the sweep's choices as its domain
-    when it offers two or more), then the metrics, the sweep's metric first."""
+    when it offers two or more), then the metrics, the sweep's metric first. A column the
+    sweep varies is marked `differs`, a distribution's too: TensorBoard's frontend ticks the
+    first five columns, those that differ first, so an unmarked `log10(lr)` drawn from a
+    distribution was left unticked beside five `values` lists."""
     swept = {hparam_name(p): p for p in swept_parameters((sweep or {}).get("config"))}
     infos = []
     for name, value in session.items():
@@ -84,7 +87,7 @@ def experiment_summary(sweep: dict | None, session: dict) -> Summary:
             if parameter is not None and parameter.values else []
         if len(domain) > 1:
             info.domain_discrete.extend(domain)
-            info.differs = True
+        info.differs = len(domain) > 1 or (parameter is not None and parameter.values is None)
         infos.append(info)
     first = ((sweep or {}).get("config") or {}).get("metric", {}).get("name")
     order = ([first] if first in HPARAM_METRICS else []) + [
