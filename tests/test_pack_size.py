@@ -1,5 +1,7 @@
 """--pack auto: packs grow while the whole pack's throughput rises, within device memory."""
 
+import re
+
 import pytest
 
 from agent.sweep.pack_size import PackSizer, parse_pack
@@ -239,3 +241,28 @@ def test_a_run_alone_and_the_first_pack_are_measured_whatever_the_time_taken():
     sizer.probe("dense", measure)
     assert measured == [1, 2, 2, 1] and sizer.next_size("dense") == 2
     assert sizer.settled_text("dense").endswith("4: not measured (over 1 s))")
+
+
+def test_the_settled_size_is_never_wrapped_apart_from_its_words(workdir, capsys):
+    """The agent's line wraps within 80 columns; where the kind's text and the agent's name
+    (host:pid, of any length) left "packs of" at a line's end, the size went to the next
+    line alone ("packs of" / "  2"). A real measurement on digits, the agent named so that
+    the line is 82 characters long: the break comes before "packs of 2", not inside it."""
+    from agent.sweep.agent_loop import LocalAgent
+    from agent.sweep.store import create_store
+
+    store = create_store(workdir / "data" / "sweeps" / "w1", "w1", "w1", {
+        "method": "grid", "metric": {"name": "val/acc", "goal": "maximize"},
+        "parameters": {"dataset": {"value": "digits"},
+                       "data_dir": {"value": str(workdir / "data")},
+                       "model": {"value": "dense"}, "hidden": {"value": 16},
+                       "num_threads": {"value": 1}, "lr": {"values": [0.1, 0.01]}}})
+    agent = LocalAgent(store, 5.0, 60.0, PackSizer(fixed=None))
+    rest = ": --pack auto for model=dense optimizer=sgd: packs of 2"
+    agent.owner = "h" * (82 - len("agent " + rest))  # the whole line: 82 characters
+    agent.size_packs_of({"dataset": "digits", "data_dir": str(workdir / "data"),
+                         "model": "dense", "hidden": 16, "num_threads": 1, "lr": 0.1})
+    lines = capsys.readouterr().err.splitlines()
+    assert max(map(len, lines)) <= 80, lines
+    assert re.fullmatch(r"  packs of [12]", lines[1]), lines
+    assert lines[2].startswith("  (images/s by size: 1: "), lines

@@ -734,22 +734,27 @@ def size_kind(sizer: PackSizer, key, config: dict, sweep_config: dict, work_left
         return
     except Exception as error:  # noqa: BLE001 (each run then fails alone, with its reason)
         sizer.settle(key, 1)
-        say_line(f"--pack auto for {kind}: runs alone (not measured: "
+        say_line(f"--pack auto for {kind}: runs{NBSP}alone (not measured: "
                  f"{one_line_reason(error)})")
         return
-    say_line(f"--pack auto for {kind}: packs of {sizer.next_size(key)}",
+    say_line(f"--pack auto for {kind}: packs{NBSP}of{NBSP}{sizer.next_size(key)}",
              f"({sizer.measured_text(key)})")
+
+
+# Between words say() keeps on one line (written as a plain space): the outcome of --pack
+# auto, "packs of 8", wrapped as "packs of" over a lone "8" where the kind's text was long
+NBSP = "\xa0"
 
 
 def say(owner: str, text: str, *more: str) -> None:
     """An agent's line on stderr, and `more` lines under it, indented; each wrapped within
-    80 columns."""
+    80 columns, never at an NBSP (which is written as a space)."""
     lines = textwrap.wrap(f"agent {owner}: {text}", 80, subsequent_indent="  ",
                           break_on_hyphens=False)
     for line in more:
         lines += textwrap.wrap(line, 80, initial_indent="  ", subsequent_indent="   ",
                                break_on_hyphens=False)
-    print("\n".join(lines), file=sys.stderr)
+    print("\n".join(lines).replace(NBSP, " "), file=sys.stderr)
 
 
 def pack_sizer(pack: int | None) -> PackSizer:
