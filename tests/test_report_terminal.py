@@ -678,6 +678,21 @@ def test_the_closing_table_lists_runs_with_a_result_and_counts_the_rest(tmp_path
     assert out.getvalue().splitlines()[-1] == (
         "no run has a result (val/acc) yet: 1 failed; all of them: ./util/with_venv.sh "
         "python -m agent.status none1")
+    # every run preempted mid-training: no result, but where their last epochs are is said
+    # (as the table's val/acc column reads it: the epoch a resumed run goes on from)
+    preempted = create_store(tmp_path / "p", "pre1", "preempted", COURSE)
+    runs = claim(preempted, "host:1", count=2).runs
+    for run, values in zip(runs, ((0.31, 0.45), (0.52, 0.48))):
+        for epoch, value in enumerate(values, 1):
+            assert preempted.record_epoch(run.run_id, "host:1", epoch, {"val/acc": value})
+        preempted.finish(run.run_id, "host:1", "preempted")
+    out = io.StringIO()
+    render_status(preempted, Console(file=out, width=200, color_system=None), limit=10)
+    assert table_ids(out.getvalue(), preempted) == []
+    assert out.getvalue().splitlines()[-1] == (
+        "no run has a result (val/acc) yet: 2 preempted; the best so far at its last epoch: "
+        f"{runs[1].run_id} val/acc=0.4800 (epoch 2); all of them: ./util/with_venv.sh "
+        "python -m agent.status pre1"), out.getvalue()
 
 
 def test_another_programs_sweep_without_a_goal_is_minimized_as_wandb_does(tmp_path):

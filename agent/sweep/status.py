@@ -316,11 +316,23 @@ def _print_best(console: Console, sweep, runs: list[Run], limit: int,
     without = ", ".join(f"{states[s]} {s}" for s in SHOWN_STATES if states[s])
     every = f"all of them: {module_command('agent.status')} {sweep.id}"
     if not shown:
-        text = f"no run has a result ({metric}) yet: {without}; {every}"
+        so_far = _best_so_far(runs, metric, sign)
+        text = f"no run has a result ({metric}) yet: {without}{so_far}; {every}"
     else:
         text = (f"(the best {len(shown)} of {len(runs)} runs"
                 + (f"; without a result: {without}" if without else "") + f"; {every})")
     console.print(escape(text), highlight=False)
+
+
+def _best_so_far(runs: list[Run], metric: str, sign: int) -> str:
+    """`; the best so far at its last epoch: a1b2 val/acc=0.8731 (epoch 14)` among runs without
+    a result (a preempted run's epochs: a result is the value a run ends with), or ""."""
+    reached = [(_number(run.history[-1].get(metric)), run) for run in runs if run.history]
+    reached = [(value, run) for value, run in reached if value is not None]
+    if not reached:
+        return ""
+    value, run = min(reached, key=lambda pair: sign * pair[0])
+    return f"; the best so far at its last epoch: {run.id} {metric}={value:.4f} (epoch {run.epoch})"
 
 
 def _number(value) -> float | None:
