@@ -508,3 +508,28 @@ def test_only_runs_that_ended_for_the_studys_reasons_are_scored(state):
         assert scored == ["this", "full"]
     else:
         assert scored == ["full"], state
+
+
+def test_a_packed_sweeps_repeat_hint_trains_its_repeats_packed(tmp_path, monkeypatch):
+    """The report's command to repeat the best settings on fresh seeds carries `--pack K`
+    where the sweep's runs trained in packs of up to K, as the launcher's closing lines
+    say for a packed launch (the report said `--run` alone); a sweep of runs alone none."""
+    monkeypatch.chdir(tmp_path)
+    config = {"program": "agent/train.py", "method": "grid",
+              "metric": {"name": "val/acc", "goal": "maximize"},
+              "parameters": {"dataset": {"value": "digits"}, "model": {"value": "dense"},
+                             "lr": {"values": [0.01, 0.02, 0.03, 0.04]}}}
+    for sweep_id, sizes in (("packed1", (3, 1)), ("alone1", (1, 1, 1, 1))):
+        store = create_store(tmp_path / "data" / "sweeps" / sweep_id, sweep_id, "s", config)
+        for size in sizes:  # claims of two or more runs share a pack id (one packed trial)
+            for run in claim(store, "host:1", count=size).runs:
+                store.record_epoch(run.run_id, "host:1", 1,
+                                   {"train/loss": 1.0, "val/loss": 1.0, "val/acc": 0.8})
+                store.finish(run.run_id, "host:1", "finished",
+                             {"val/acc": 0.8, "test/acc": 0.75, "epochs_done": 1})
+        text = document.build_report(local_study(store), tmp_path / sweep_id).path.read_text()
+        pack = " --pack 3" if sweep_id == "packed1" else ""
+        hint = f"`./util/with_venv.sh python -m agent.repeat {sweep_id} --run{pack}`"
+        best = text.split("## The best run")[1].split("\n## ")[0]
+        seeds = text.split("## Best configurations over seeds")[1].split("\n## ")[0]
+        assert hint in best and hint in seeds, (best, seeds)

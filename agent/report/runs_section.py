@@ -355,9 +355,8 @@ def best_run_section(report: Report, ctx: Context) -> None:
                f"{config_text(top, ctx.swept)}. One run of one seed: "
                + ("the intervals over seeds are in the section on seeds above."
                   if ctx.repeated or "seed" in ctx.swept else
-                  "no setting has been run over other seeds yet (`"
-                  f"{module_command('agent.repeat')} {study.sweep_id} "
-                  "--run`), so nothing here says how much of it is luck.")
+                  f"no setting has been run over other seeds yet (`{study.repeat_command()}`"
+                  "), so nothing here says how much of it is luck.")
                + (f" Tied with it: {len(tied)} other run{'s' if len(tied) != 1 else ''} "
                   f"({', '.join(tied[:5])}{', ...' if len(tied) > 5 else ''}); the one shown "
                   "is the first of them in the sweep's order." if tied else ""), "")

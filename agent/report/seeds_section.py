@@ -13,7 +13,6 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from agent.commands import module_command
 from agent.report import stats
 from agent.report.markdown import (
     Context,
@@ -129,14 +128,12 @@ def seeds_section(report: Report, ctx: Context) -> None:
             sweep_seeds + "No repeat sweep exists yet: the tables below give each setting's "
             "mean over the sweep's seeds, but those seeds also picked it, so its mean is "
             "optimistic and none is marked best: "
-            f"`{module_command('agent.repeat')} {study.sweep_id} --run` "
-            "runs the best 2 settings per "
+            f"`{study.repeat_command()}` runs the best 2 settings per "
             f"{stats.default_by(study)} on 5 fresh seeds each.", "")
     else:
         report.add("No repeat sweep exists yet, so each configuration below has one run and "
                    "no interval, and none is marked best: "
-                   f"`{module_command('agent.repeat')} {study.sweep_id} --run` "
-                   "creates and runs them "
+                   f"`{study.repeat_command()}` creates and runs them "
                    f"(the best 2 per {stats.default_by(study)}, 5 seeds each).", "")
     for by in group_parameters(ctx):
         by_table(report, ctx, by, repeated)

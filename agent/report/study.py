@@ -90,6 +90,19 @@ class Study:
         """maximize or minimize (status.metric_of: W&B's default is minimize)."""
         return metric_of(self.sweep_config)[1]
 
+    def repeat_command(self) -> str:
+        """The command that repeats the sweep's best settings on fresh seeds: `python -m
+        agent.repeat <id> --run`, with `--pack K` where its runs trained in packs of up to K
+        (a sweep trained packed has its repeats trained packed, as the launcher's closing
+        lines say)."""
+        sizes: dict[str, int] = {}
+        for run in self.runs:
+            if run.pack:
+                sizes[run.pack] = sizes.get(run.pack, 0) + 1
+        largest = max(sizes.values(), default=1)
+        pack = f" --pack {largest}" if largest > 1 else ""
+        return f"{module_command('agent.repeat')} {self.sweep_id} --run{pack}"
+
     def ended_runs(self) -> list[RunRecord]:
         """Runs that will not change any more (not pending, running or preempted)."""
         return [r for r in self.runs if r.state not in OPEN_STATES]
