@@ -254,6 +254,21 @@ def test_a_listed_value_a_rule_refuses_with_the_fixed_values_is_named_where_it_i
         "be drawn, in 1 of the grid's 2 runs (50%)" in refusal, refusal
 
 
+def test_a_long_list_repeating_its_values_is_judged_whole(tmp_path):
+    """optimizer listed 800 times, sgd where the check's thinning of a long list kept a value
+    and adam between (nesterov listed 300 times: 240,000 combinations, past the 200,000 read
+    whole): half of the runs fail, and the check passed it silently, each adam's share given
+    to a kept sgd beside it. A list repeating its values is read by its distinct values."""
+    n = 800
+    kept = set(np.linspace(0, n - 1, n // 2).round().astype(int).tolist())  # the thinning's
+    optimizers = ["sgd" if i in kept else "adam" for i in range(n)]
+    parameters = {"nesterov": {"values": [True] * 300}, "optimizer": {"values": optimizers}}
+    assert engine_share(parameters, seed=1) > 0.45
+    notes, refusal = judged(tmp_path, parameters)
+    assert refusal is not None and "nesterov=True, optimizer='adam' can be drawn together, " \
+        "with probability 50%:" in refusal, (notes, refusal)
+
+
 @pytest.mark.e2e
 @pytest.mark.timeout(120)
 @pytest.mark.parametrize("nesterov", ["{values: [true, false]}", "{value: true}"])

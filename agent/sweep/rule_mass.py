@@ -95,7 +95,7 @@ def marginal(name: str, spec: dict, method: str) -> Marginal | None:
         weights = spec.get("probabilities") if method != "grid" else None
         weights = weights or [1.0] * len(listed)
         total = float(sum(weights))
-        return Marginal([typed(param, v) for v in listed], [w / total for w in weights])
+        return _merged([typed(param, v) for v in listed], [w / total for w in weights])
     if spec.get("distribution") not in JUDGED:
         return None
     found = outside(name, spec)
@@ -105,9 +105,23 @@ def marginal(name: str, spec: dict, method: str) -> Marginal | None:
         values = list(found.inside.values)
         masses = atom_masses(spec, values)
         short = abs(sum(masses) - (1 - found.probability)) > 1e-9
-        return Marginal([typed(param, v) for v in values], masses,
-                        estimated=found.estimated or short)
+        return _merged([typed(param, v) for v in values], masses,
+                       estimated=found.estimated or short)
     return _stretch(name, spec, found.taken or (0.0, 1.0))
+
+
+def _merged(values: list, masses: list[float], estimated: bool = False) -> Marginal:
+    """One cell per value the trial holds, with the masses of those that give it summed (in
+    the order each first comes): a list repeating its values (`[sgd, sgd, adam]`, weights
+    written as repeats) stays as short as its distinct values, so that its combinations are
+    read whole; _within_limit thinned it by position, each kept value standing for its
+    neighbours, which a list alternating its values does not have."""
+    merged: dict[Any, list] = {}  # by type and repr: a list value (channels) is unhashable
+    for value, mass in zip(values, masses):
+        key = value if value is SKIP else (type(value), repr(value))
+        merged.setdefault(key, [value, 0.0])[1] += mass
+    return Marginal([value for value, _ in merged.values()],
+                    [mass for _, mass in merged.values()], estimated=estimated)
 
 
 def _grid_values(spec: dict) -> list | None:
