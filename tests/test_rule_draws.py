@@ -269,6 +269,15 @@ def test_a_long_list_repeating_its_values_is_judged_whole(tmp_path):
         "with probability 50%:" in refusal, (notes, refusal)
 
 
+def test_a_probability_just_below_1_is_said_in_digits_that_read_as_a_percentage(tmp_path):
+    """kernel_size q_log_normal(mu=1.6, sigma=0.3, q=2): every draw even but the 4.9e-08 that
+    round to 0 (the range check's): the rule's probability, 1 - 4.9e-08, read '1e+02%'."""
+    notes, refusal = judged(tmp_path, {"kernel_size": {
+        "distribution": "q_log_normal", "mu": 1.6, "sigma": 0.3, "q": 2}})
+    assert refusal is not None and "kernel_size=4 can be drawn, with probability " \
+        "99.999995%:" in refusal, refusal
+
+
 @pytest.mark.e2e
 @pytest.mark.timeout(120)
 @pytest.mark.parametrize("nesterov", ["{values: [true, false]}", "{value: true}"])

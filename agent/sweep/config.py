@@ -816,11 +816,22 @@ def _chance(probability: float, estimated: bool = False) -> str:
     if probability >= 1:
         return "with probability 1 (every run)"
     if probability >= OUTSIDE_LIMIT:
-        return f"with probability {bound}{100 * probability:.2g}%"
+        return f"with probability {bound}{percent(probability, 2)}%"
     runs = 1 / probability
     shown = f"{float(f'{runs:.2g}'):,.0f}" if runs < 1e9 else f"{runs:.1e}"
     number = f"{100 * probability:.2g}%" if probability >= 1e-4 else f"{probability:.2g}"
     return f"with probability {bound}{number} (1 run in {shown})"
+
+
+def percent(share: float, digits: int) -> str:
+    """`share` in percent, in `digits` significant digits, or as many more as keep one below
+    1 below 100: 0.9999999 is '99.99999', not '1e+02' (what .2g gives from 99.5%)."""
+    text = f"{100 * share:.{digits}g}"
+    for more in range(digits + 1, 18):
+        if share >= 1 or float(text) < 100:
+            break
+        text = f"{100 * share:.{more}g}"
+    return "100" if share >= 1 else text
 
 
 def _draws_inside(name: str, spec: dict, method: str) -> Draws:
@@ -939,7 +950,7 @@ def _grid_chance(share: float, config: dict) -> str:
     """`in 2 of the grid's 400 runs (0.5%)`: a grid runs every point."""
     size = math.prod(grid_points(spec) or 1 for spec in config["parameters"].values())
     runs = max(1, round(share * size))
-    return f"in {runs:,} of the grid's {size:,} runs ({100 * share:.3g}%)"
+    return f"in {runs:,} of the grid's {size:,} runs ({percent(share, 3)}%)"
 
 
 def _check_metric(where: str, config: dict, fixed: dict, notes: list[str] | None) -> None:
