@@ -321,6 +321,50 @@ def session_start(events) -> dict:
                 .session_start_info.hparams)
 
 
+@pytest.mark.e2e
+@pytest.mark.timeout(120)
+def test_a_start_killed_while_it_drops_the_hparams_session_leaves_the_runs_events_once(
+        tmp_path):
+    """A start whose values changed rewrites the run's earlier event files without their
+    HPARAMS session, each aside and then put in place; killed mid-rewrite (a second Ctrl-C,
+    the OOM killer), its copy aside stays. TensorBoard reads every file whose name holds
+    `tfevents`, and the copy's did (.events.out.tfevents...rewrite): the run's loss read
+    54,656 points of 50,000. Now it reads each once, and the session as it was."""
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+    from tensorboard.compat.proto.event_pb2 import Event
+    from tensorboard.compat.proto.summary_pb2 import Summary
+    from tensorboard.plugins.hparams import metadata, plugin_data_pb2
+    from tensorboard.summary.writer.event_file_writer import EventFileWriter
+
+    log_dir, points = tmp_path / "run", 50_000
+    writer = EventFileWriter(str(log_dir), max_queue_size=points + 1, flush_secs=600)
+    start = plugin_data_pb2.HParamsPluginData(
+        session_start_info=plugin_data_pb2.SessionStartInfo(start_time_secs=1.0))
+    writer.add_event(Event(wall_time=1.0, step=0, summary=Summary(value=[Summary.Value(
+        tag=metadata.SESSION_START_INFO_TAG, metadata={"plugin_data": {
+            "plugin_name": metadata.PLUGIN_NAME, "content": start.SerializeToString()}})])))
+    for step in range(points):
+        writer.add_event(Event(wall_time=2.0, step=step, summary=Summary(
+            value=[Summary.Value(tag="train/loss", simple_value=float(step))])))
+    writer.close()
+    (events,) = log_dir.iterdir()
+    size = events.stat().st_size
+    rewrite = subprocess.Popen(
+        [sys.executable, "-c", "import sys; from pathlib import Path; from agent.trial.sinks."
+         "tensorboard_sink import drop_hparams; drop_hparams([Path(sys.argv[1])])",
+         str(events)], env=subprocess_env())
+    copied = 0
+    while rewrite.poll() is None and copied < size // 10:  # a tenth of the file copied aside
+        copied = sum(p.stat().st_size for p in log_dir.iterdir() if p != events)
+        time.sleep(0.002)
+    rewrite.kill()
+    rewrite.wait()
+    assert copied >= size // 10, "the rewrite ended before a tenth of it was copied"
+    read = EventAccumulator(str(log_dir), size_guidance={"scalars": 0}).Reload()
+    assert len(read.Scalars("train/loss")) == points
+    assert metadata.SESSION_START_INFO_TAG in read.PluginTagToContent(metadata.PLUGIN_NAME)
+
+
 def config_texts(log_dir: Path) -> list[tuple[int, str]]:
     """(step, text) of a run's config text as TensorBoard's EventAccumulator reads it."""
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator

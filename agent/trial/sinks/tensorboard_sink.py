@@ -240,13 +240,15 @@ def drop_hparams(earlier: list[Path]) -> None:
     reader keeps a tag's first metadata, so the session a later start writes (its values
     changed) shows only once the earlier ones are gone. Each file is written aside and put
     in place whole; a TensorBoard server that already read a file shows its old session
-    until it is started again."""
+    until it is started again. The file aside has no `tfevents` in its name: TensorBoard
+    reads every file whose name holds it (io_wrapper.IsTensorFlowEventsFile), so a copy
+    left by a process killed mid-rewrite showed its records twice."""
     from tensorboard.backend.event_processing.event_file_loader import RawEventFileLoader
     from tensorboard.compat.proto.event_pb2 import Event
     from tensorboard.summary.writer.record_writer import RecordWriter
 
     for path in earlier:
-        aside = path.with_name(f".{path.name}.rewrite")  # not an event file's name meanwhile
+        aside = path.with_name(f".{path.name.replace('tfevents', 'rewrite')}")  # not an event file
         dropped = False
         try:
             with open(aside, "wb") as out:
