@@ -311,6 +311,39 @@ def test_a_run_started_over_with_other_values_shows_their_config(workdir):
     assert session_start(served)["lr"].number_value == pytest.approx(1e-2)
 
 
+@pytest.mark.e2e
+@pytest.mark.timeout(120)
+def test_a_start_over_killed_as_its_events_open_leaves_the_run_an_hparams_session(workdir):
+    """A start with other values drops the earlier HPARAMS session from the run's event
+    files; killed (SIGKILL: a second Ctrl-C, the OOM killer) as its own event file opens, it
+    dropped the earlier session before its own was on disk (flushed every 5 s), and the run
+    left HPARAMS with none: TensorBoard listed it nowhere. Its own goes to disk first now."""
+    from tensorboard.backend.event_processing import plugin_event_accumulator
+
+    config = dict(model="dense", hidden=16, epochs=1, sinks=["tensorboard"], group="g",
+                  run_id="over", data_dir=str(workdir / "data"), log_dir=str(workdir / "logs"),
+                  run_dir=str(workdir / "runs"))
+    with pytest.raises(Preempted):
+        train({**QUICK, **config, "lr": 3e-3}, TrialHooks(interrupted=lambda: True))
+    log_dir = workdir / "logs" / "g" / "over"
+    (first,) = log_dir.glob("events.out.tfevents.*")
+    process = subprocess.Popen(
+        [sys.executable, "-m", "agent.train", "--dataset=digits", "--model=dense",
+         "--hidden=16", "--epochs=1", "--lr=0.01", "--sinks=[tensorboard]", "--group=g",
+         "--run_id=over", "--histograms=false", *(f"--{k}={config[k]}" for k in (
+             "data_dir", "log_dir", "run_dir"))],
+        cwd=workdir, env=subprocess_env(OMP_NUM_THREADS="1"), stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE, text=True)
+    while process.poll() is None and set(log_dir.glob("events.out.tfevents.*")) == {first}:
+        time.sleep(0.002)
+    process.kill()
+    _, err = process.communicate(timeout=30)
+    assert process.returncode == -signal.SIGKILL, err[-2000:]  # killed, not ended by itself
+    served = plugin_event_accumulator.EventAccumulator(str(log_dir)).Reload()
+    assert session_start(served)["lr"].number_value in (pytest.approx(3e-3),
+                                                        pytest.approx(1e-2))
+
+
 def session_start(events) -> dict:
     """{name: struct_pb2.Value} of the HPARAMS session start a reader of the run's events
     (a plugin_event_accumulator.EventAccumulator, loaded) hands the HPARAMS plugin."""

@@ -293,7 +293,7 @@ class TensorBoardSink(Sink):
         # past step 0, which holds only the run's config text and HPARAMS session: written
         # once a run (_start_session), kept unless it starts over with other values. A
         # reader takes HPARAMS' session from its first record, wherever a purge falls: where
-        # this start's values differ (more epochs, or started over) the earlier goes first.
+        # this start's values differ (more epochs, or started over) the earlier goes.
         # The first start writes its purge (a SessionLog START at step 0) too: TensorBoard's
         # server reading with Python (plugin_event_accumulator) takes a run's first START as
         # its beginning and purges at later ones only, so the first resume's purged nothing
@@ -307,16 +307,8 @@ class TensorBoardSink(Sink):
             purge, shown = 0, None  # started over with other values (or none shown): all anew
         check_room(run.log_dir, "TensorBoard's events")
         seen = shown_session(earlier)
-        if seen is not None and dict(seen.hparams) != {
-                name: _proto_value(value) for name, value in session.items()}:
-            # other values than HPARAMS shows (more epochs, or started over): the earlier
-            # session goes, so that HPARAMS shows those the run goes on (and ends) with,
-            # from the run's first start
-            with self._writing(run.log_dir):
-                drop_hparams(earlier)
-            since, seen = seen.start_time_secs, None
-        else:
-            since = time.time()
+        stale = seen is not None and dict(seen.hparams) != {
+            name: _proto_value(value) for name, value in session.items()}
         if earlier:
             _after_earlier_files(earlier)
         with self._writing(run.log_dir):
@@ -324,7 +316,17 @@ class TensorBoardSink(Sink):
                                         max_queue=QUEUE, purge_step=purge)
         self.events = getattr(self.writer.file_writer.event_writer, "_file_name", run.log_dir)
         with self._writing():
-            self._start_session(run, session, since if seen is None else None, text, shown)
+            self._start_session(run, session, seen.start_time_secs if stale else
+                                time.time() if seen is None else None, text, shown)
+        if stale:
+            # other values than HPARAMS shows (more epochs, or started over): the earlier
+            # session goes, so that HPARAMS shows those the run goes on (and ends) with,
+            # from the run's first start. Once this start's is on disk: a process killed
+            # in between (a second Ctrl-C) leaves the run one session, never none
+            with self._writing():
+                self.writer.flush()
+            with self._writing(run.log_dir):
+                drop_hparams(earlier)
 
     def _start_session(self, run: RunInfo, session: dict, since: float | None, text: str,
                        shown: str | None) -> None:
