@@ -247,6 +247,25 @@ def test_a_grid_is_judged_by_its_share_of_runs_the_trial_refuses(tmp_path, q, re
     assert (refusal is not None) == (failing / len(runs) >= OUTSIDE_LIMIT)
 
 
+@pytest.mark.parametrize("parameters, refused", [
+    ({"nesterov": {"value": True}, "optimizer": {"values": ["sgd"] * 199 + ["adam"]}},
+     "optimizer='adam' can be drawn, in 1 of the grid's 2 runs (50%)"),
+    ({"val_split": {"values": [0.1] * 199 + [0.0]}},
+     "val_split=0.0, in 1 of the grid's 2 runs (50%)"),
+    ({"nesterov": {"value": True}, "momentum": {"values": [0.9, 0.9, 0.0, 0]}},
+     "momentum=0.0 can be drawn, in 1 of the grid's 2 runs (50%)"),  # 0 and 0.0: one point
+])
+def test_a_grid_runs_a_value_listed_twice_once(tmp_path, parameters, refused):
+    """W&B's grid runs each point once (a value listed again, or 1 and 1.0, is the same
+    point: sweeps/grid_search.py), so a grid of sgd listed 199 times and adam once runs 2
+    runs and one fails; the check counted 200 runs, 1 failing, and passed it with a note
+    (0.5%)."""
+    notes, refusal = judged(tmp_path, parameters, "grid")
+    runs = grid_runs(engine_config(yaml.safe_load((tmp_path / "s.yaml").read_text())))
+    assert len(runs) == 2
+    assert refusal is not None and refused in refusal and "\n" not in refusal, refusal
+
+
 def test_a_listed_value_a_rule_refuses_with_the_fixed_values_is_named_where_it_is(tmp_path):
     notes, refusal = judged(tmp_path, {"nesterov": {"value": True},
                                        "optimizer": {"values": ["sgd", "adam"]}}, "grid")

@@ -37,6 +37,7 @@ from agent.sweep.engine import (
     draws,
     engine_config,
     grid_points,
+    planned_runs,
     proposed_params,
     stop_decisions,
     with_nested,
@@ -947,8 +948,9 @@ def _drawn_together(parameters: dict, chosen: dict) -> str:
 
 
 def _grid_chance(share: float, config: dict) -> str:
-    """`in 2 of the grid's 400 runs (0.5%)`: a grid runs every point."""
-    size = math.prod(grid_points(spec) or 1 for spec in config["parameters"].values())
+    """`in 2 of the grid's 400 runs (0.5%)`: a grid runs every point, once (a value listed
+    twice is one point, engine.planned_runs)."""
+    size = planned_runs({**config, "run_cap": None})
     runs = max(1, round(share * size))
     return f"in {runs:,} of the grid's {size:,} runs ({percent(share, 3)}%)"
 

@@ -3,7 +3,8 @@ RULES: nesterov needs sgd with momentum > 0, kernel_size is odd), as W&B's engin
 
 Each swept parameter a rule reads is a list of cells, each a value the trial takes alone with
 its probability: a listed value 1/n (by its probabilities for categorical_w_probabilities in a
-random search), a grid point 1/n (every point of a grid runs), a point of an int_uniform or q_
+random search), a grid point 1/n (every point of a grid runs, once: listed twice, or 1 and
+1.0, it is one point, sweeps/grid_search.py), a point of an int_uniform or q_
 lattice its mass (draw_mass.atom_masses), and a continuous draw (or a lattice of more than
 ENUMERATE_LIMIT points) CELLS equal shares of u, the quantile level at which the engine's ppf
 draws (sweeps/params.py HyperParameter.ppf; u uniform for random search, the unit cube its
@@ -31,7 +32,7 @@ import numpy as np
 
 from agent.params import BY_NAME, Param, coerce
 from agent.sweep.draw_mass import JUDGED, atom_masses, outside, quantum
-from agent.sweep.engine import as_type, draws
+from agent.sweep.engine import as_type, draws, yaml_hash
 from util.errors import UserError
 
 CELLS = 64  # shares of u a continuous draw is read at (its verdict's changes are bisected)
@@ -92,6 +93,11 @@ def marginal(name: str, spec: dict, method: str) -> Marginal | None:
         listed = _grid_values(spec) if "values" not in spec else spec["values"]
         if listed is None:
             return None
+        if method == "grid":  # the engine's grid runs each point once: 1 and 1.0 are one
+            points: dict[str, Any] = {}
+            for value in listed:  # the last value of a point, as grid_search.py keeps it
+                points[yaml_hash(value)] = value
+            listed = list(points.values())
         weights = spec.get("probabilities") if method != "grid" else None
         weights = weights or [1.0] * len(listed)
         total = float(sum(weights))
