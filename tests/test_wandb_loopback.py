@@ -361,18 +361,22 @@ def test_another_programs_runs_reach_the_server_attached_to_the_sweep(tmp_path):
 
 @pytest.mark.e2e
 @pytest.mark.timeout(450)
-def test_sigterm_ends_another_programs_run_and_its_agent(tmp_path):
+@pytest.mark.parametrize("stop, command", [(signal.SIGTERM, ("agent.launch",)),
+                                           (signal.SIGHUP, ("agent.sweep.agent_loop", "--wandb"))],
+                         ids=["SIGTERM-launch", "SIGHUP-agent-alone"])
+def test_sigterm_ends_another_programs_run_and_its_agent(tmp_path, stop, command):
     """SIGTERM (a cluster's walltime) reaches the agent of another program's sweep mid-run:
     the run's process gets it too and ends long before its 300 epochs, and the agent takes
     no other run. Before, W&B's loop never heard it: the agent took run after run until
-    SIGKILL."""
+    SIGKILL. SIGHUP (the terminal closed) to an agent on its own likewise: W&B's loop did
+    not hear it, and the agent's own handler left a later Ctrl-C to kill the agent alone."""
     long = {"lr": 0.1, "epochs": 300, "seconds_per_epoch": 1.0}
     with LoopbackWandb(PROGRAM_SWEEP, [long, long | {"lr": 0.5}]) as server:
         try:
-            with start(tmp_path, server) as process:
+            with start(tmp_path, server, command=command) as process:
                 process.wait_until(lambda: "wbrun000" in server.runs
                                    and server.runs["wbrun000"].history)  # into its epochs
-                process.send_signal(signal.SIGTERM)
+                process.send_signal(stop)
                 code = process.wait(120)
                 wait_for(lambda: not processes_of_run(tmp_path, "wbrun000"), timeout=30)
         finally:  # a run's process left by a failing test (it runs in a group of its own)

@@ -76,7 +76,7 @@ def fetch_sweep_config(sweep_path: str) -> dict:
 def run_wandb_cli_agent(sweep_id: str, entity: str | None, project: str | None,
                         count: int | None) -> None:
     """W&B's own command-line agent (what `wandb agent` runs) for a sweep of another
-    program, its runs one subprocess each. SIGTERM and Ctrl-C reach it as Ctrl-C: it passes
+    program, its runs one subprocess each. SIGTERM, SIGHUP and Ctrl-C reach it as Ctrl-C: it passes
     the signal on to the run's process (which runs in a process group of its own, out of
     the terminal's reach), waits for it to end, kills it 30 s later (program.KILL_DELAY_S,
     as W&B's agent stops a run), takes no other run and returns. Without this, the
@@ -108,7 +108,10 @@ def run_wandb_cli_agent(sweep_id: str, entity: str | None, project: str | None,
             raise KeyboardInterrupt  # loop, which then never ended its runs
 
     previous = {}
-    for number in (signal.SIGTERM, signal.SIGINT):
+    # SIGHUP too (the terminal closed, not under nohup): the agent's own stop signals, which
+    # W&B's loop would not hear, and its handler would leave Ctrl-C's own action in place, so
+    # that a later Ctrl-C killed the agent and left W&B's runs training in their groups
+    for number in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
         previous[number] = signal.signal(number, as_ctrl_c)
     # W&B's agent starts each run with this process's environment: the caller's, as `wandb
     # agent` from the caller's shell has it (its python, not this project's venv)
@@ -121,7 +124,8 @@ def run_wandb_cli_agent(sweep_id: str, entity: str | None, project: str | None,
     except KeyboardInterrupt:  # before W&B's agent had its loop (no run started)
         pass
     finally:  # W&B's runs have ended: after a stop, a Ctrl-C ends the agent at once
-        signal.signal(signal.SIGTERM, previous[signal.SIGTERM])
+        for number in (signal.SIGTERM, signal.SIGHUP):
+            signal.signal(number, previous[number])
         signal.signal(signal.SIGINT, signal.SIG_DFL if stops else previous[signal.SIGINT])
 
 
