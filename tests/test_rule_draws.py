@@ -293,8 +293,31 @@ def test_a_probability_just_below_1_is_said_in_digits_that_read_as_a_percentage(
     round to 0 (the range check's): the rule's probability, 1 - 4.9e-08, read '1e+02%'."""
     notes, refusal = judged(tmp_path, {"kernel_size": {
         "distribution": "q_log_normal", "mu": 1.6, "sigma": 0.3, "q": 2}})
-    assert refusal is not None and "kernel_size=4 can be drawn, with probability " \
-        "99.999995%:" in refusal, refusal
+    assert refusal is not None and "kernel_size=4 can be drawn, one of the values this rule " \
+        "refuses, together with probability 99.999995%:" in refusal, refusal
+
+
+@pytest.mark.parametrize("method, parameters, said", [
+    ("grid", {"nesterov": {"values": [True, False]}, "optimizer": {"values": ["sgd", "adam"]}},
+     "nesterov=True, optimizer='adam' can be drawn together, in 1 of the grid's 4 runs (25%):"),
+    ("grid", {"nesterov": {"values": [True, False]},
+              "optimizer": {"values": ["sgd", "adam", "rmsprop"]}},
+     "nesterov=True, optimizer='adam' can be drawn together, one of the combinations this "
+     "rule refuses, together in 2 of the grid's 6 runs (33.3%):"),
+    ("random", {"nesterov": {"values": [True, False]}, "optimizer": {"values": ["sgd", "adam"]}},
+     "nesterov=True, optimizer='adam' can be drawn together, with probability 25%:"),
+    ("random", {"nesterov": {"value": True}, "optimizer": {"values": ["sgd", "sam"]},
+                "sam_base": {"values": ["sgd", "adam", "rmsprop", "adamw"]}},
+     "optimizer='sam', sam_base='adam' can be drawn together, one of the combinations this "
+     "rule refuses, together with probability 38%:"),
+])
+def test_a_refusal_says_where_its_combination_is_one_of_several(tmp_path, method, parameters,
+                                                                 said):
+    """The probability a refusal gives is the rule's whole share; where the combination it
+    names is only one of the refused ones (sam with adam, rmsprop or adamw as its base: 12.5%
+    each of the 38%), it says so, not that this combination is drawn that often."""
+    notes, refusal = judged(tmp_path, parameters, method=method)
+    assert refusal is not None and said in refusal, refusal
 
 
 @pytest.mark.e2e

@@ -50,7 +50,7 @@ from agent.sweep.program import (
     trial_values,
     unset_variable_notes,
 )
-from agent.sweep.rule_mass import marginal, refused_share
+from agent.sweep.rule_mass import SKIP, marginal, refused_share
 from agent.sweep_space import choice, swept_parameters
 from agent.yaml_file import read_yaml
 from util.errors import UserError, brief
@@ -911,6 +911,9 @@ def _judge_rules(where: str, config: dict, base: dict, notes: list[str] | None) 
         line = f"{where}: {_drawn_together(parameters, chosen)}"
         chance = _grid_chance(found.probability, config) if method == "grid" else \
             _chance(found.probability, found.estimated)
+        if _share_of(chosen, marginals) < found.probability * (1 - 1e-9):  # one of several
+            what = "combinations" if len(chosen) > 1 else "values"
+            chance = f"one of the {what} this rule refuses, together {chance}"
         if found.probability >= OUTSIDE_LIMIT:
             raise UserError(f"{line}, {chance}: {found.error} (more than the "
                             f"{OUTSIDE_LIMIT:.0%} of runs a sweep may lose to values the "
@@ -919,6 +922,21 @@ def _judge_rules(where: str, config: dict, base: dict, notes: list[str] | None) 
             notes.append(f"note: {line}, which the trial refuses ({found.error}), {chance}; "
                          "such a run fails at its start, its reason in the sweep's results, "
                          "and the sweep goes on (as on W&B)")
+
+
+def _share_of(chosen: dict, marginals: dict) -> float:
+    """The probability that a run draws the values `chosen` (each parameter apart): a
+    listed or lattice value its mass, a value of a continuous draw 0, a fixed one 1."""
+    share = 1.0
+    for name, value in chosen.items():
+        cells = marginals.get(name)
+        if cells is None:
+            continue
+        if cells.spans is not None:
+            return 0.0
+        share *= sum(mass for v, mass in zip(cells.values, cells.masses)
+                     if v is not SKIP and v == value)
+    return share
 
 
 def _fewest(base: dict, example: dict) -> dict:
