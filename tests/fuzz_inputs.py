@@ -12,17 +12,13 @@ from __future__ import annotations
 import base64
 import json
 import math
-import warnings
 
 import yaml
 from hypothesis import strategies as st
 
 from agent import metrics
 from agent.params import BY_NAME, ID_PATTERN, PARAMS
-
-with warnings.catch_warnings():
-    warnings.simplefilter("ignore")
-    from sweeps.config.schema import sweep_config_jsonschema as SCHEMA
+from engine_schema import SCHEMA, schema_distributions
 
 FIXTURE = "done"  # the finished local sweep of tests/fuzz_worker.py
 OUR_COMMAND = ["${env}", "python", "-m", "agent.train", "${args}"]
@@ -110,22 +106,6 @@ def values_for(name) -> st.SearchStrategy:
 
 
 # --- sweep configs ----------------------------------------------------------------------------
-def schema_distributions() -> list[str]:
-    found: set[str] = set()
-
-    def collect(node):
-        if isinstance(node, dict):
-            found.update(node.get("properties", {}).get("distribution", {}).get("enum", []))
-            for value in node.values():
-                collect(value)
-        elif isinstance(node, list):
-            for value in node:
-                collect(value)
-
-    collect(SCHEMA["definitions"])
-    return sorted(found)
-
-
 DISTRIBUTIONS = schema_distributions()
 METHODS = list(SCHEMA["properties"]["method"]["enum"])
 METRIC_NAMES = list(metrics.optimisable()) + [m.name for m in metrics.METRICS]

@@ -23,25 +23,15 @@ from agent.sweep.config import NEGLIGIBLE, OUTSIDE_LIMIT, load_sweep_config
 from agent.sweep.draw_mass import JUDGED, listed_outside, outside, variable
 from agent.sweep.engine import as_type, proposed_params
 from agent.sweep.program import build_run, unset_variable_notes
+from engine_schema import schema_distributions
 from util.errors import UserError
 
 with warnings.catch_warnings():
     warnings.simplefilter("ignore")
     from sweeps.config.schema import fill_parameter
-    from sweeps.config.schema import sweep_config_jsonschema as SCHEMA
     from sweeps.params import HyperParameter
 
     import sweeps
-
-
-def schema_distributions() -> list[str]:
-    """Every `distribution` W&B's schema allows (its parameter definitions' enums)."""
-    found: set[str] = set()
-    for ref in SCHEMA["definitions"]["parameter"]["anyOf"]:
-        definition = SCHEMA["definitions"][ref["$ref"].split("/")[-1]]
-        for variant in definition.get("anyOf", [definition]):
-            found.update(variant.get("properties", {}).get("distribution", {}).get("enum", []))
-    return sorted(found)
 
 
 DISTRIBUTIONS = schema_distributions()

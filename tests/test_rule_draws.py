@@ -26,22 +26,13 @@ from agent.params import BY_NAME, RULES, coerce, validate
 from agent.sweep.config import OUTSIDE_LIMIT, load_sweep_config
 from agent.sweep.engine import as_type, engine_config, proposed_params
 from conftest import ROOT, subprocess_env
+from engine_schema import schema_distributions
 from util.errors import UserError
 
 with warnings.catch_warnings():
     warnings.simplefilter("ignore")
     from sweeps.config.schema import fill_parameter
-    from sweeps.config.schema import sweep_config_jsonschema as SCHEMA
     from sweeps.params import HyperParameter
-
-
-def schema_distributions() -> set[str]:
-    found: set[str] = set()
-    for ref in SCHEMA["definitions"]["parameter"]["anyOf"]:
-        definition = SCHEMA["definitions"][ref["$ref"].split("/")[-1]]
-        for variant in definition.get("anyOf", [definition]):
-            found.update(variant.get("properties", {}).get("distribution", {}).get("enum", []))
-    return found
 
 
 # For each rule of two parameters or more: the parameter whose refused value a distribution
@@ -87,7 +78,7 @@ def test_every_rule_of_two_parameters_and_every_distribution_is_covered():
     rules = {rule.__name__ for names, rule in RULES if len(names) >= 2}
     assert set(REACHING) == rules
     for name, specs in REACHING.values():
-        assert set(specs) == schema_distributions() and name in BY_NAME
+        assert set(specs) == set(schema_distributions()) and name in BY_NAME
 
 
 def spec_of(distribution: str, numbers: dict) -> dict:

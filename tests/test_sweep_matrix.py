@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import math
 import random
-import warnings
 
 import numpy as np
 import pytest
@@ -19,31 +18,8 @@ from agent.sweep.engine import proposed_batch, proposed_params, run_field
 from agent.sweep.status import planned_runs
 from agent.sweep.store import Run
 from agent.sweep.target import create_local_sweep
+from engine_schema import SCHEMA, schema_distributions
 from util.errors import UserError
-
-with warnings.catch_warnings():
-    warnings.simplefilter("ignore")
-    from sweeps.config.schema import sweep_config_jsonschema as SCHEMA
-
-
-def schema_distributions() -> list[str]:
-    """Every `distribution` the schema's parameter definitions allow."""
-    found: set[str] = set()
-
-    def collect(node):
-        if isinstance(node, dict):
-            enum = node.get("properties", {}).get("distribution", {}).get("enum", [])
-            found.update(enum)
-            for value in node.values():
-                collect(value)
-        elif isinstance(node, list):
-            for value in node:
-                collect(value)
-
-    for ref in SCHEMA["definitions"]["parameter"]["anyOf"]:
-        collect(SCHEMA["definitions"][ref["$ref"].split("/")[-1]])
-    return sorted(found)
-
 
 DISTRIBUTIONS = schema_distributions()
 METHODS = [m for m in SCHEMA["properties"]["method"]["enum"] if m != "custom"]
