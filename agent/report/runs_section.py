@@ -137,18 +137,16 @@ def groups_section(report: Report, ctx: Context) -> None:
     logged = [g for g in stats.GROUPS if members[g] and _drawn_by(ctx, members[g]) != "steps"
               and any(ctx.curves[r.id].source != "epoch" for r in members[g]
                       if r.id in ctx.curves)]
-    means = [g for g in logged if _drawn_by(ctx, members[g]) == "means"]
-    if means:
-        report.add(f"{_figures_of(means)} {'show' if len(means) > 1 else 'shows'} each run's "
-                   "mean training loss per epoch, not its logged steps: none of these runs "
-                   "logged more than one training loss per epoch (log_interval about an epoch's "
-                   "steps or more).", "")
-    mixed = [g for g in logged if _drawn_by(ctx, members[g]) == "mixed"]
-    if mixed:
-        report.add(f"{_figures_of(mixed)} {'are' if len(mixed) > 1 else 'is'} drawn against "
-                   "the epoch: a run that logged no more than one training loss per epoch "
-                   "shows its mean training loss per epoch, the others their logged steps, "
-                   "each at its fraction of an epoch.", "")
+    for drawn, verbs, rest in (
+            ("means", ("shows", "show"), "each run's mean training loss per epoch, not its "
+             "logged steps: none of these runs logged more than one training loss per epoch "
+             "(log_interval about an epoch's steps or more)."),
+            ("mixed", ("is", "are"), "drawn against the epoch: a run that logged no more than "
+             "one training loss per epoch shows its mean training loss per epoch, the others "
+             "their logged steps, each at its fraction of an epoch.")):
+        groups = [g for g in logged if _drawn_by(ctx, members[g]) == drawn]
+        if groups:
+            report.add(f"{_figures_of(groups)} {verbs[len(groups) > 1]} {rest}", "")
     for group in (stats.DIVERGED, *stats.AT_CHANCE):
         if members[group]:
             report.add(f"### {_group_heading(group, members[group])} ({len(members[group])})",
