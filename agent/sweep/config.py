@@ -38,6 +38,7 @@ from agent.sweep.engine import (
     engine_config,
     grid_points,
     planned_runs,
+    proposed_batch,
     proposed_params,
     stop_decisions,
     with_nested,
@@ -50,7 +51,7 @@ from agent.sweep.program import (
     trial_values,
     unset_variable_notes,
 )
-from agent.sweep.rule_mass import SKIP, marginal, refused_share
+from agent.sweep.rule_mass import SKIP, marginal, refused_points, refused_share, typed
 from agent.sweep_space import choice, swept_parameters
 from agent.yaml_file import read_yaml
 from util.errors import UserError, brief
@@ -700,7 +701,8 @@ def _check_trial_configs(where: str, config: dict, fixed: dict,
                          notes: list[str] | None = None) -> dict[str, list]:
     """Every configuration the sweep can hand the trial must pass `validate`: the fixed
     values together, each value every parameter can draw alone (all of them when few, else
-    a range's ends and middle: a listed value is refused as written), then each rule between
+    a range's ends and middle: a listed value is refused as written; in a grid whose run_cap
+    is below its size, those of the points it runs, _grid_runs), then each rule between
     parameters by the probability of a combination it refuses (_judge_rules). Returns the
     values checked by name."""
     parameters = config["parameters"]
@@ -719,12 +721,16 @@ def _check_trial_configs(where: str, config: dict, fixed: dict,
     except UserError as error:
         raise UserError(f"{where}: parameters (fixed values): {error}") from None
     drawn: dict[str, list] = {}
+    points = _grid_runs(config)
     for name, spec in parameters.items():
         if "value" in spec:
             continue
         spread = _draws_inside(name, spec, config["method"])
         values = _candidates(where, name, spread, kinds[name])
+        run = None if points is None else {repr(point[name]) for point in points}
         for index, value in enumerate(values):
+            if run is not None and repr(typed(BY_NAME[name], value)) not in run:
+                continue  # past the grid's run_cap: never handed to a trial
             try:  # alone (a null is the default): the rules are judged by their share
                 if value is not None:
                     coerce(BY_NAME[name], value)
@@ -733,8 +739,24 @@ def _check_trial_configs(where: str, config: dict, fixed: dict,
                     f": {spread.how} can draw a value the trial refuses"
                 raise UserError(f"{where}: {_path(name)}{at}: {error}") from None
         drawn[name] = values
-    _judge_rules(where, config, base, notes)
+    _judge_rules(where, config, base, notes, points)
     return drawn
+
+
+def _grid_runs(config: dict) -> list[dict] | None:
+    """The points a grid whose run_cap is below its size runs, each {name: value typed as
+    the trial holds it (rule_mass.typed)}: the engine's first run_cap points, in its order
+    (sweeps/grid_search.py: itertools.product over the parameters sorted by name, each one's
+    values as listed, a point once, not shuffled: W&B's grid walks its points in that order
+    too, wandb/wandb#2848 and #9505 ask for a shuffled grid). A run refused at its start
+    counts towards run_cap as any other, so no later point takes its place. None where the
+    grid runs every point (no run_cap, or one at least its size) or for another method."""
+    cap = config.get("run_cap")
+    if config.get("method") != "grid" or not cap or \
+            cap >= planned_runs({**config, "run_cap": None}):
+        return None
+    return [{name: typed(BY_NAME[name], value) if name in BY_NAME else value
+             for name, value in point.items()} for point in proposed_batch(config, [], cap)]
 
 
 # The share of a sweep's runs that may draw a value the trial refuses: such a run fails at its
@@ -884,14 +906,16 @@ def _candidates(where: str, name: str, spread: Draws, kind: tuple) -> list:
     return [as_type(value, *kind) for value in ends]
 
 
-def _judge_rules(where: str, config: dict, base: dict, notes: list[str] | None) -> None:
+def _judge_rules(where: str, config: dict, base: dict, notes: list[str] | None,
+                 points: list[dict] | None = None) -> None:
     """Each rule between parameters (agent/params.py RULES) that reads a swept parameter,
     judged by the probability that a run draws values it refuses (agent/sweep/rule_mass.py:
     a random or bayes search's draws, each parameter apart; a grid's share of its runs), as
     _judge_draws_outside judges a range: below NEGLIGIBLE silent, below OUTSIDE_LIMIT a note,
     more refused in one line naming the fewest parameters that fail together and their
     values. A continuous range's end is drawn with probability 0 (momentum=0.0 of uniform
-    [0, 0.99] with nesterov: W&B runs that sweep, and no run fails)."""
+    [0, 0.99] with nesterov: W&B runs that sweep, and no run fails). A grid whose run_cap
+    is below its size is judged by the `points` it runs (_grid_runs), each read whole."""
     parameters, method = config["parameters"], config["method"]
     full = dict(validate(base))
     marginals: dict[str, Any] = {}
@@ -904,14 +928,18 @@ def _judge_rules(where: str, config: dict, base: dict, notes: list[str] | None) 
         group = [name for name in group if marginals[name] is not None]
         if not group:
             continue  # the fixed values alone were validated
-        found = refused_share(rule, full, group, marginals)
+        found = refused_share(rule, full, group, marginals) if points is None else \
+            refused_points(rule, full, group, points)
         if found is None or found.probability < NEGLIGIBLE:
             continue
         chosen = _fewest(base, found.example)
         line = f"{where}: {_drawn_together(parameters, chosen)}"
         chance = _grid_chance(found.probability, config) if method == "grid" else \
             _chance(found.probability, found.estimated)
-        if _share_of(chosen, marginals) < found.probability * (1 - 1e-9):  # one of several
+        share = _share_of(chosen, marginals) if points is None else \
+            sum(all(repr(point[k]) == repr(v) for k, v in chosen.items())
+                for point in points) / len(points)
+        if share < found.probability * (1 - 1e-9):  # one of several
             what = "combinations" if len(chosen) > 1 else "values"
             chance = f"one of the {what} this rule refuses, together {chance}"
         if found.probability >= OUTSIDE_LIMIT:
@@ -967,10 +995,12 @@ def _drawn_together(parameters: dict, chosen: dict) -> str:
 
 def _grid_chance(share: float, config: dict) -> str:
     """`in 2 of the grid's 400 runs (0.5%)`: a grid runs every point, once (a value listed
-    twice is one point, engine.planned_runs)."""
-    size = planned_runs({**config, "run_cap": None})
-    runs = max(1, round(share * size))
-    return f"in {runs:,} of the grid's {size:,} runs ({percent(share, 3)}%)"
+    twice is one point, engine.planned_runs); one whose run_cap is below its size, its first
+    run_cap points: `in 1 of the grid's 4 runs (25%; run_cap 4 of its 12 points)`."""
+    size, runs = planned_runs({**config, "run_cap": None}), planned_runs(config)
+    refused = max(1, round(share * runs))
+    capped = f"; run_cap {runs:,} of its {size:,} points" if runs < size else ""
+    return f"in {refused:,} of the grid's {runs:,} runs ({percent(share, 3)}%{capped})"
 
 
 def _check_metric(where: str, config: dict, fixed: dict, notes: list[str] | None) -> None:
@@ -1010,11 +1040,13 @@ def _judge_validation_split(where: str, config: dict, fixed: dict,
     parameters, method, name = config["parameters"], config["method"], config["metric"]["name"]
     base = validate({**fixed, **{k: s["value"] for k, s in parameters.items() if "value" in s}})
     spec = parameters.get("val_split")
+    points = _grid_runs(config)
     if spec is None or "value" in spec:
         probability, value, estimated = (0.0 if base.val_split > 0 else 1.0), base.val_split, False
     else:
         cells = marginal("val_split", spec, method)
-        found = None if cells is None else \
+        found = refused_points(_no_validation_split, dict(base), ["val_split"], points) \
+            if points is not None else None if cells is None else \
             refused_share(_no_validation_split, dict(base), ["val_split"], {"val_split": cells})
         if found is None:
             return

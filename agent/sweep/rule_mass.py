@@ -4,7 +4,8 @@ RULES: nesterov needs sgd with momentum > 0, kernel_size is odd), as W&B's engin
 Each swept parameter a rule reads is a list of cells, each a value the trial takes alone with
 its probability: a listed value 1/n (by its probabilities for categorical_w_probabilities in a
 random search), a grid point 1/n (every point of a grid runs, once: listed twice, or 1 and
-1.0, it is one point, sweeps/grid_search.py), a point of an int_uniform or q_
+1.0, it is one point, sweeps/grid_search.py; a grid whose run_cap is below its size runs its
+first run_cap points only, each read by refused_points), a point of an int_uniform or q_
 lattice its mass (draw_mass.atom_masses), and a continuous draw (or a lattice of more than
 ENUMERATE_LIMIT points) CELLS equal shares of u, the quantile level at which the engine's ppf
 draws (sweeps/params.py HyperParameter.ppf; u uniform for random search, the unit cube its
@@ -185,6 +186,27 @@ def refused_share(rule: Callable[[dict], None], base: dict, group: list[str],
     probability = min(1.0, max(0.0, total + refined))
     estimated = thinned or skipped or any(m.estimated for m in cells)
     return Refused(probability, best[1], best[2], estimated)
+
+
+def refused_points(rule: Callable[[dict], None], base: dict, group: list[str],
+                   points: list[dict]) -> Refused | None:
+    """The share of `points` (the runs a grid makes where its run_cap is below its size, each
+    {name: value typed as the trial holds it}) whose values of `group` `rule` refuses over
+    `base`, with the combination refused in most of them; None where it refuses none. Such
+    runs are the grid's first run_cap points, not a product of each parameter's values, so
+    each point is read rather than the parameters' shares multiplied."""
+    refused: dict[str, list] = {}  # by repr: a list value (channels) is unhashable
+    for point in points:
+        values = [point[name] for name in group]
+        if any(value is SKIP for value in values):
+            continue  # refused alone: the check of each value alone judged it
+        error = _verdict(rule, base, group, values)
+        if error is not None:
+            refused.setdefault(repr(values), [0, dict(zip(group, values)), error])[0] += 1
+    if not refused:
+        return None
+    _, example, error = max(refused.values(), key=lambda entry: entry[0])
+    return Refused(sum(entry[0] for entry in refused.values()) / len(points), example, error)
 
 
 def _verdict(rule: Callable[[dict], None], base: dict, group: list[str],
