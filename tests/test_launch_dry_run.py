@@ -146,3 +146,27 @@ def test_a_dry_run_checks_the_data_without_caching_or_downloading_it(cifar_root,
                           dry_run=True) == ["note: dataset='mnist': no files in data_dir="
                                             "'here': a launch downloads them into 'here' first"]
     assert not (workdir / "here").exists()
+
+
+@pytest.mark.parametrize("method, metric, said", [
+    ("grid", None, "  metric:      none: no run is ranked by a metric"),
+    ("random", None, "  metric:      none: no run is ranked by a metric"),
+    ("random", {"name": "val/loss"}, "  metric:      val/loss (minimize)"),
+    ("random", {"name": "val/acc", "goal": "maximize", "target": 0.9},
+     "  metric:      val/acc (maximize, until a run reaches 0.9)"),
+])
+def test_the_dry_run_says_the_metric_as_the_sweep_has_it(tmp_path, method, metric, said):
+    """A grid or random sweep without a metric (common in public sweep files, and valid on
+    W&B) read 'metric: None (minimize)', as if it minimised something; a metric without a
+    goal is minimized, the engine's default."""
+    from agent.sweep.config import load_sweep_config
+    from agent.sweep.preview import sweep_lines
+
+    config = {**sweep(), "method": method}
+    config.pop("metric")
+    if metric is not None:
+        config["metric"] = metric
+    path = tmp_path / "s.yaml"
+    path.write_text(yaml.safe_dump(config))
+    lines = sweep_lines(path, load_sweep_config(path), "s", "1 on the CPU")
+    assert [line for line in lines if line.startswith("  metric:")] == [said], lines

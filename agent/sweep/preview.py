@@ -85,12 +85,16 @@ def sweep_lines(path: str | Path, config: dict, name: str, agents: str) -> list[
     what it runs and how, `agents` saying where the launch would start its agents."""
     metric = config.get("metric") or {}
     terminate = config.get("early_terminate") or {}
+    # a grid or random search needs no metric (the engine's bayes and hyperband do): it
+    # read 'None (minimize)', as if the sweep minimised something
+    goal = "none: no run is ranked by a metric" if not metric else \
+        f"{metric.get('name')} ({metric.get('goal', 'minimize')}" + (
+            f", until a run reaches {value_text(metric['target'])}"
+            if metric.get("target") is not None else "") + ")"
     lines = [f"Dry run: {path} is a valid sweep; nothing was created.",
              f"  name:        {name}",
              f"  method:      {run_count_text(config)}",
-             f"  metric:      {metric.get('name')} ({metric.get('goal', 'minimize')}"
-             + (f", until a run reaches {value_text(metric['target'])}"
-                if metric.get("target") is not None else "") + ")"]
+             f"  metric:      {goal}"]
     if terminate:
         numbers = ", ".join(f"{key} {value_text(value)}" for key, value in terminate.items()
                             if key != "type")
