@@ -495,11 +495,23 @@ def read_config_file(path: str) -> dict[str, Any]:
 SWEEP_KEYS = ("method", "parameters", "metric", "early_terminate", "program", "command")
 
 
+# The names public sweep files and scripts most often give our parameters (W&B's own
+# examples sweep learning_rate, fc_layer_size, dropout_rate): a sweep copied from one is
+# refused on its first such name, and no spelling is close enough for difflib to suggest ours
+ALIASES = {"learning_rate": "lr", "learningrate": "lr", "wd": "weight_decay",
+           "num_epochs": "epochs", "n_epochs": "epochs", "max_epochs": "epochs",
+           "training_epochs": "epochs", "bs": "batch_size", "train_batch_size": "batch_size",
+           "dropout_rate": "dropout", "drop_rate": "dropout", "hidden_size": "hidden",
+           "fc_layer_size": "hidden", "optim": "optimizer"}
+
+
 def close_parameter(key: str) -> str:
-    """` (did you mean model?)` for a key close to a parameter's name (`modle`), else ''."""
+    """` (did you mean model?)` for a key close to a parameter's name (`modle`) or a name
+    others give it (ALIASES: `learning_rate`, lr), else ''."""
     import difflib
 
-    close = difflib.get_close_matches(key, list(BY_NAME), n=1)
+    close = [ALIASES[key.lower()]] if key.lower() in ALIASES else \
+        difflib.get_close_matches(key, list(BY_NAME), n=1)
     return f" (did you mean {close[0]}?)" if close else ""
 
 

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from agent.params import BY_NAME, PARAMS, help_table, parse_args, validate
+from agent.params import ALIASES, BY_NAME, PARAMS, help_table, parse_args, validate
 from conftest import ROOT, subprocess_env
 from util.errors import UserError
 
@@ -105,7 +105,8 @@ def test_an_unknown_parameter_names_its_file_and_the_parameter_it_is_close_to(tm
                               "model?): "),
         ([f"--config={sweep}"], f"config='{sweep}': unknown parameter 'method' (a key of a "
                                 "sweep file, which ./run_sweep.sh runs): "),
-        (["--learning_rate=0.1"], "unknown parameter 'learning_rate': "),  # nothing close
+        (["--learning_rate=0.1"], "unknown parameter 'learning_rate' (did you mean lr?): "),
+        (["--lr_max=0.1"], "unknown parameter 'lr_max': "),  # nothing close
     ]
     for argv, start in expected:
         with pytest.raises(UserError) as refused:
@@ -113,6 +114,19 @@ def test_an_unknown_parameter_names_its_file_and_the_parameter_it_is_close_to(tm
         message = str(refused.value)
         assert message.startswith(start + "allowed are dataset, "), message
         assert "\n" not in message
+
+
+@pytest.mark.parametrize("alias", sorted(ALIASES))
+def test_a_name_public_sweeps_give_a_parameter_is_pointed_to_ours(alias):
+    """learning_rate, num_epochs, dropout_rate... (the names of W&B's examples and of most
+    public sweep files) are close to no name of ours by spelling, so the refusal said only
+    'allowed are ...'; it names the parameter meant, which is a parameter, and the alias is
+    not one (it would never be refused)."""
+    assert alias not in BY_NAME and ALIASES[alias] in BY_NAME
+    with pytest.raises(UserError) as refused:
+        validate(parse_args([f"--{alias}=1"]))
+    assert f"unknown parameter '{alias}' (did you mean {ALIASES[alias]}?): " in \
+        str(refused.value), refused.value
 
 
 def test_cli_bad_yaml_names_the_line(tmp_path):

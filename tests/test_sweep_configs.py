@@ -155,7 +155,7 @@ HEAD = "method: grid\nmetric: {name: val/acc, goal: maximize}\n"
     (HEAD + "parameters:\n  lr: 0.1\n", ["parameters.lr", "expected a mapping"]),
     ("method: random\nparameters:\n  lr: {min: 0.5, max: 0.1}\n", ["not less than max"]),
     (HEAD + "parameters:\n  learning_rate: {value: 0.1}\n",
-     ["unknown parameter 'learning_rate'", "allowed are", "lr"]),
+     ["unknown parameter 'learning_rate' (did you mean lr?)", "allowed are"]),
     (HEAD + "parameters:\n  batchsize: {value: 32}\n", ["did you mean batch_size"]),
     ("method: random\nparameters:\n  lr: {min: -1.0, max: 0.1}\n",
      ["parameters.lr", "uniform(min=-1.0, max=0.1)", "lr=-0.5", "(0, 100]",
