@@ -14,8 +14,10 @@ import sqlite3
 import subprocess
 
 import pytest
+import torch
 import yaml
 
+from agent.launch import check_sweep_devices
 from agent.params import validate
 from agent.sweep.config import OUTSIDE_LIMIT, load_sweep_config
 from agent.sweep.engine import engine_config, proposed_params
@@ -146,3 +148,22 @@ def test_a_capped_grid_whose_refused_points_are_past_the_cap_runs_every_run(tmp_
     rows = store.execute("SELECT state, config FROM runs").fetchall()
     assert sorted(state for state, _ in rows) == ["finished"] * 4, rows
     assert {json.loads(config)["nesterov"] for _, config in rows} == {False}, rows
+
+
+@pytest.mark.parametrize("run_cap", [2, 3, None])
+def test_a_device_past_the_cap_is_not_asked_of_this_machine(run_cap):
+    """device [cpu, cuda] x lr [0.1, 0.01]: by name device varies slowest, so a run_cap of 2
+    runs on the CPU only, and the launcher's device check (which refused a cuda among the
+    values on a machine without a GPU) has nothing to refuse; from 3 runs a run asks for
+    cuda. The config as W&B's server holds it, without the engine's defaults."""
+    config = {"program": "agent/train.py", "method": "grid",
+              "parameters": {"dataset": {"value": "digits"},
+                             "device": {"values": ["cpu", "cuda"]},
+                             "lr": {"values": [0.1, 0.01]}}}
+    if run_cap is not None:
+        config["run_cap"] = run_cap
+    if run_cap == 2 or torch.cuda.is_available():
+        check_sweep_devices("sweep e/p/abc", config)  # no UserError
+        return
+    with pytest.raises(UserError, match=r"^sweep e/p/abc: parameters.device: device=cuda"):
+        check_sweep_devices("sweep e/p/abc", config)

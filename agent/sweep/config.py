@@ -34,11 +34,11 @@ from agent.sweep.engine import (
     as_type,
     base_e_drawn,
     base_e_forms,
+    capped_grid,
     draws,
     engine_config,
     grid_points,
     planned_runs,
-    proposed_batch,
     proposed_params,
     stop_decisions,
     with_nested,
@@ -676,11 +676,15 @@ def command_arguments(config: dict) -> dict:
 
 def possible_values(config: dict, name: str, fixed: dict | None = None) -> set | None:
     """The values parameter `name` of our trainer can take in the sweep's runs (lists as
-    Choice): its `value`, its `values`, else what the command fixes (`fixed`,
+    Choice): its `value`, its `values` (in a grid whose run_cap is below its size, those of
+    the points it runs: engine.capped_grid), else what the command fixes (`fixed`,
     command_arguments) or its default; None for a distribution (any value in a range)."""
     spec = (config.get("parameters") or {}).get(name)
     if isinstance(spec, dict) and "value" in spec:
         return {choice(spec["value"])}
+    points = capped_grid(config) if isinstance(spec, dict) and "values" in spec else None
+    if points is not None:
+        return {choice(point[name]) for point in points}
     if isinstance(spec, dict) and isinstance(spec.get("values"), list):
         return {choice(v) for v in spec["values"]}
     if spec is not None:
@@ -744,19 +748,13 @@ def _check_trial_configs(where: str, config: dict, fixed: dict,
 
 
 def _grid_runs(config: dict) -> list[dict] | None:
-    """The points a grid whose run_cap is below its size runs, each {name: value typed as
-    the trial holds it (rule_mass.typed)}: the engine's first run_cap points, in its order
-    (sweeps/grid_search.py: itertools.product over the parameters sorted by name, each one's
-    values as listed, a point once, not shuffled: W&B's grid walks its points in that order
-    too, wandb/wandb#2848 and #9505 ask for a shuffled grid). A run refused at its start
-    counts towards run_cap as any other, so no later point takes its place. None where the
-    grid runs every point (no run_cap, or one at least its size) or for another method."""
-    cap = config.get("run_cap")
-    if config.get("method") != "grid" or not cap or \
-            cap >= planned_runs({**config, "run_cap": None}):
-        return None
-    return [{name: typed(BY_NAME[name], value) if name in BY_NAME else value
-             for name, value in point.items()} for point in proposed_batch(config, [], cap)]
+    """The points a grid whose run_cap is below its size runs (engine.capped_grid: its first
+    run_cap points), each {name: value typed as the trial holds it (rule_mass.typed)}; None
+    where the grid runs every point, or for another method."""
+    points = capped_grid(config)
+    return None if points is None else [
+        {name: typed(BY_NAME[name], value) if name in BY_NAME else value
+         for name, value in point.items()} for point in points]
 
 
 # The share of a sweep's runs that may draw a value the trial refuses: such a run fails at its

@@ -447,6 +447,22 @@ def proposed_batch(sweep_config: dict, runs: list, n: int) -> list[dict]:
     return batch
 
 
+def capped_grid(sweep_config: dict) -> list[dict] | None:
+    """The runs a grid whose run_cap is below its size makes, as proposed_batch gives them:
+    the engine's first run_cap points, in its order (sweeps/grid_search.py: itertools.product
+    over the parameters sorted by name, each one's values as listed, a point once, not
+    shuffled: W&B's grid walks its points in that order too, wandb/wandb#2848 and #9505 ask
+    for a shuffled grid), made once per sweep config (a list not to change). A run refused at
+    its start counts towards run_cap as any other, so no later point takes its place. None
+    where the grid runs every point (no run_cap, or one at least its size), or for another
+    method."""
+    cap = sweep_config.get("run_cap")
+    if sweep_config.get("method") != "grid" or not cap or \
+            cap >= planned_runs({**sweep_config, "run_cap": None}):
+        return None
+    return _once("capped grid", sweep_config, lambda config: proposed_batch(config, [], cap))
+
+
 def planned_runs(sweep_config: dict) -> int | None:
     """How many runs the sweep will make: a grid's size (capped by run_cap), else run_cap;
     None when open-ended (random or bayes without run_cap)."""
