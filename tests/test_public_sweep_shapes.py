@@ -96,12 +96,17 @@ def test_a_public_shape_runs_the_command_wandbs_agent_starts(monkeypatch, tmp_pa
 
 @pytest.mark.parametrize("parameters, early_terminate, words", [
     # written from Python with 4.0 and 10.0: the engine's schema wants integers, and with
-    # the schema left out its int_uniform refuses them as well (no run could be proposed)
+    # the schema left out its int_uniform refuses them as well (no run could be proposed);
+    # the line read "10.0 is not a 'integer'", not what to write instead
     ({"steps": {"distribution": "int_uniform", "min": 4.0, "max": 10.0}}, None,
-     ["parameters.steps", "max: 10.0", "min: 4.0", "integer"]),
+     ["parameters.steps: max: 10.0 is not an integer (write 10, without the decimal point)",
+      "min: 4.0 is not an integer (write 4, "]),
     # max_iter and eta without s: hyperband's brackets need min_iter, or max_iter with s
+    # (jsonschema's words, "'s' is a required property or 'min_iter' is a required
+    # property", left out that s goes with max_iter)
     ({"lr": {"values": [0.1]}}, {"type": "hyperband", "max_iter": 100, "eta": 3},
-     ["early_terminate", "'s'", "'min_iter'"]),
+     ["early_terminate: needs both max_iter and s, or min_iter (given: eta, max_iter, "
+      "type)"]),
 ])
 def test_a_public_shape_w_and_bs_engine_cannot_run_is_one_line(tmp_path, monkeypatch,
                                                                 parameters, early_terminate,

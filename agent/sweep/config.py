@@ -254,9 +254,23 @@ def _describe(error) -> str:
             if sub.context:
                 stack.extend(sub.context)
             else:
-                leaves.append(sub.message)
-        return f"{location}: " + " or ".join(dict.fromkeys(leaves))
+                leaves.append(sub)
+        if all(leaf.validator == "required" for leaf in leaves):  # hyperband's brackets
+            return f"{location}: {_needs(leaves, error.instance)}"
+        return f"{location}: " + " or ".join(dict.fromkeys(leaf.message for leaf in leaves))
     return f"{location}: {_schema_message(error)}{_number_hint(error.instance, _integer(error))}"
+
+
+def _needs(leaves: list, instance: Any) -> str:
+    """What keys one of the schema's forms requires, as `needs both max_iter and s, or
+    min_iter (given: type, max_iter, eta)`: jsonschema said "'s' is a required property or
+    'min_iter' is a required property", leaving out that s goes with max_iter."""
+    forms = dict.fromkeys(
+        " and ".join(map(str, leaf.validator_value)) if len(leaf.validator_value) < 2 else
+        "both " + ", ".join(map(str, leaf.validator_value[:-1]))
+        + f" and {leaf.validator_value[-1]}" for leaf in leaves)
+    given = ", ".join(map(str, instance)) if isinstance(instance, dict) else repr(instance)
+    return f"needs {', or '.join(forms)} (given: {given or 'no keys'})"
 
 
 # jsonschema's words for a bound ("0 is less than or equal to the minimum of 0.0"), as a
@@ -271,6 +285,11 @@ def _schema_message(error) -> str:
     if error.validator in _BOUNDS and isinstance(error.validator_value, (int, float)):
         return (f"{error.instance!r} must be {_BOUNDS[error.validator]} "
                 f"{error.validator_value:g}")
+    if error.validator == "format" and error.validator_value == "integer" and \
+            isinstance(error.instance, float):  # int_uniform's bounds: "10.0 is not a 'integer'"
+        whole = error.instance.is_integer()
+        return f"{error.instance!r} is not an integer" + (
+            f" (write {int(error.instance)}, without the decimal point)" if whole else "")
     return error.message
 
 
