@@ -1130,6 +1130,49 @@ def test_a_key_only_in_the_shell_is_noted_for_pbs_jobs_and_never_shown(tmp_path,
 
 
 @pytest.mark.e2e
+@pytest.mark.timeout(200)
+def test_the_setup_files_directives_decide_whether_jobs_get_the_key(workdir, aux):
+    """A --setup file's text follows only comment lines of ours in a job script, so a `#PBS
+    -V` or `#SBATCH --export=NONE` at its top is a directive the scheduler obeys: -V passes
+    qsub's environment (the key with it), --export=NONE keeps sbatch's (SBATCH_EXPORT, set,
+    wins over it). A directive after a command is a comment to qsub and sbatch: one note
+    names its line, and the key note reads as if it were not there. The key is never shown.
+    Before, `#SBATCH --export=NONE` got no key note and `#PBS -V` a wrong one."""
+    secret = "0123456789abcdef0123456789abcdef01234567"
+    env = {"WANDB_API_KEY": secret, "HOME": str(aux), "NETRC": ""}
+    key_note, kept = "note: WANDB_API_KEY is set in this shell, but ", " keeps it from SLURM"
+    for kind, setup, exported, says in (
+            ("--pbs", "#PBS -V\n#PBS -m ae\nmodule load cuda\n", None, []),
+            ("--pbs", "# lab\n  #PBS -v OMP_NUM_THREADS,WANDB_API_KEY\nmodule load x\n", None,
+             []),
+            ("--pbs", "#PBS -m ae\n", None, ["PBS jobs do not get its environment"]),
+            ("--slurm", "#SBATCH --export=NONE\nmodule load x\n", None,
+             ["the --setup file's `#SBATCH --export=NONE`" + kept]),
+            ("--slurm", "#SBATCH --export HOME,PATH\n", None,
+             ["`#SBATCH --export=HOME,PATH`" + kept]),
+            ("--slurm", "#SBATCH --export=NONE\n", "ALL", []),
+            ("--slurm", "#SBATCH --export=ALL\n", "NONE", ["SBATCH_EXPORT=NONE" + kept]),
+            ("--pbs", "module load x\n\n#PBS -V\n", None,
+             ["line 3 ('#PBS -V') comes after a command", "PBS jobs do not get its environment"]),
+            ("--slurm", "ml x\n#SBATCH --export=NONE\n#SBATCH --qos=long\n", None,
+             ["lines 2, 3 ('#SBATCH --export=NONE', ...) come after a command, and sbatch "
+              "reads no #SBATCH directive after the first command: they are ignored"])):
+        (workdir / "setup.sh").write_text(setup)
+        extra = {**env, **({"SBATCH_EXPORT": exported} if exported else {})}
+        result = launch(workdir, "entity/project/abc123", kind, "1", "--setup", "setup.sh",
+                        "--dry-run", **extra)
+        assert result.returncode == 0, result.stderr
+        notes = result.stderr.strip().splitlines()
+        assert len(notes) == len(says), (setup, notes)
+        for note, said in zip(notes, says):
+            assert note.startswith("note: ") and said in note, (setup, note)
+            assert ("ignored" in note) != note.startswith(key_note), note
+        assert secret not in result.stdout + result.stderr
+        assert setup.rstrip("\n") in result.stdout  # the script holds it as it is
+    assert sorted(p.name for p in workdir.iterdir()) == ["setup.sh"]
+
+
+@pytest.mark.e2e
 @pytest.mark.timeout(120)
 def test_a_submission_from_a_yaml_announces_the_sweep_by_id_and_name(workdir, aux):
     """Jobs submitted from a YAML: the new sweep is announced as a launch announces one:

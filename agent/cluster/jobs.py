@@ -5,6 +5,7 @@ built from (walltime, sizes), parsed with one-line errors. No scheduler-specific
 from __future__ import annotations
 
 import re
+import shlex
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -117,6 +118,35 @@ def read_setup(text: str | None) -> tuple[str | None, Path | None]:
         raise UserError(f"--setup={text!r}: sets WANDB_API_KEY, and no job script holds the "
                         "key: `wandb login` writes it to ~/.netrc, where the jobs' W&B reads it")
     return lines.rstrip("\n"), path
+
+
+def setup_directives(setup: str | None, directive: str, indented: bool
+                     ) -> tuple[list[list[str]], list[tuple[int, str]]]:
+    """The `directive` lines (#PBS, #SBATCH) of a --setup text as the scheduler reads them.
+    Returns (obeyed, ignored): the words of each directive before the text's first command
+    (only comment lines of ours come before the text in a job script, so the scheduler obeys
+    these), and (line number from 1, line) of each one after it, which qsub and sbatch read as
+    a comment: both stop reading directives at the first line that is neither blank nor a
+    comment (`man sbatch`; OpenPBS's pbs_isexecutable). `indented`: a directive may follow
+    spaces (qsub), else it starts its line (sbatch)."""
+    obeyed: list[list[str]] = []
+    ignored: list[tuple[int, str]] = []
+    prefix = re.compile((r"\s*" if indented else "") + re.escape(directive) + r"(\s|$)")
+    command_seen = False
+    for number, line in enumerate((setup or "").splitlines(), 1):
+        if prefix.match(line):
+            if command_seen:
+                ignored.append((number, line.strip()))
+                continue
+            rest = line.split(directive, 1)[1]
+            try:
+                words = shlex.split(rest, comments=True)
+            except ValueError:  # an unclosed quote: the scheduler's own reading is its own
+                words = rest.split()
+            obeyed.append(words)
+        elif line.strip() and not line.lstrip().startswith("#"):
+            command_seen = True
+    return obeyed, ignored
 
 
 def format_hms(seconds: int) -> str:

@@ -22,6 +22,7 @@ from agent.cluster.jobs import (
     parse_size_mb,
     parse_walltime,
     read_setup,
+    setup_directives,
 )
 from agent.cluster.scripts import needs_no_quoting, render
 from util.errors import UserError
@@ -41,6 +42,8 @@ class Scheduler:
     title = ""          # as users write it
     command = ""        # what submits a script
     template = ""       # under templates/
+    directive = ""      # what starts a directive line of a job script (#PBS, #SBATCH)
+    indented_directives = False  # whether the scheduler reads one after leading spaces
     queue_option = ""   # the option naming a queue or partition
     default_scratch: str | None = None
     checks_program = False  # whether check_program has anything to check
@@ -155,6 +158,11 @@ class Scheduler:
                             "proj-123 (letters, digits and . _ - @ +, not starting with - or .)")
         return account
 
+    def setup_directives(self, setup: str | None
+                         ) -> tuple[list[list[str]], list[tuple[int, str]]]:
+        """This scheduler's directives in a --setup text: `jobs.setup_directives`."""
+        return setup_directives(setup, self.directive, self.indented_directives)
+
     def check_local_sweep(self, count: int) -> str | None:
         """UserError when `count` jobs cannot share one local sweep; a note (one line) when
         they share it only in part."""
@@ -193,6 +201,7 @@ class PBS(Scheduler):
     the code and of a local sweep, merges the runs it ended into the sweep's store as it goes
     (store_copy.py), and copies logs back when it ends."""
     kind, title, command, template = "pbs", "PBS", "qsub", "pbs.sh"
+    directive, indented_directives = "#PBS", True  # OpenPBS's pbs_ispbsdir skips spaces
     queue_option = "--queue"
     default_scratch = "20gb"
     watch = "qstat -u $USER"
@@ -260,6 +269,7 @@ class SLURM(Scheduler):
     """SLURM: one job array of N tasks, each running agents in the submit directory (shared
     storage) on the sweep itself; tasks of a local sweep stay on one node."""
     kind, title, command, template = "slurm", "SLURM", "sbatch", "slurm.sh"
+    directive = "#SBATCH"  # at the start of its line (sbatch's _opt_batch_script)
     queue_option = "--partition"
     watch = "squeue --me"
 

@@ -200,7 +200,7 @@ def submit(scripts: dict[str, str], scheduler: Scheduler, spec: JobSpec,
 
 
 def resolve_job_target(text: str, project: str | None, scheduler: Scheduler, count: int,
-                       dry_run: bool) -> SweepTarget:
+                       dry_run: bool, setup: str | None = None) -> SweepTarget:
     """The sweep the jobs work on; bad files and unreachable W&B sweeps stop here, before
     anything is written."""
     target = resolve_target(text, project)
@@ -211,7 +211,7 @@ def resolve_job_target(text: str, project: str | None, scheduler: Scheduler, cou
     elif target.kind == "wandb":
         if not dry_run:
             scheduler.check_program(f"sweep {text}", check_wandb_sweep(target))
-        note = key_note(scheduler)
+        note = key_note(scheduler, setup)
         if note:
             print(note, file=sys.stderr)
         return target
@@ -228,38 +228,83 @@ def resolve_job_target(text: str, project: str | None, scheduler: Scheduler, cou
     return target
 
 
-def key_note(scheduler: Scheduler) -> str | None:
+def key_note(scheduler: Scheduler, setup: str | None = None) -> str | None:
     """A note when the W&B key is only in this shell's environment and the scheduler's jobs
-    do not get that environment (PBS's qsub passes none; sbatch passes it all unless
-    SBATCH_EXPORT says otherwise; the key is never written into a script): they would find
-    no key. None when a netrc file (NETRC, else ~/.netrc) exists or the jobs get the key."""
-    if not os.environ.get("WANDB_API_KEY") or jobs_get_the_key(scheduler):
+    do not get that environment (`key_kept_from_jobs`; the key is never written into a
+    script): they would find no key. None when a netrc file (NETRC, else ~/.netrc) exists or
+    the jobs get the key. `setup`: the --setup text, whose directives count."""
+    if not os.environ.get("WANDB_API_KEY"):
+        return None
+    why = key_kept_from_jobs(scheduler, setup)
+    if why is None:
         return None
     netrc = Path(os.environ.get("NETRC") or Path.home() / ".netrc").expanduser()
     if netrc.is_file():
         return None
-    if scheduler.kind == "pbs":
-        why = "PBS jobs do not get its environment"
-    else:
-        export = os.environ["SBATCH_EXPORT"]
-        shown = export if export.isprintable() and len(export) <= 40 else brief(export, 40)
-        why = f"SBATCH_EXPORT={shown} keeps it from SLURM jobs"
     return (f"note: WANDB_API_KEY is set in this shell, but {why} and no {netrc} holds a key "
             "for them: run `./util/with_venv.sh wandb login` once (it writes ~/.netrc), or "
             "the jobs cannot reach W&B")
 
 
-def jobs_get_the_key(scheduler: Scheduler) -> bool:
-    """Whether the scheduler's jobs get this shell's WANDB_API_KEY: never from PBS's qsub
-    (without -V, which we do not pass); from SLURM's sbatch unless SBATCH_EXPORT (its
-    --export, `man sbatch`) is NONE, NIL or a list of names without ALL or the key."""
+def key_kept_from_jobs(scheduler: Scheduler, setup: str | None = None) -> str | None:
+    """Why the scheduler's jobs do not get this shell's WANDB_API_KEY (words for key_note), or
+    None when they do. qsub passes the environment only with -V, or the key with -v naming it
+    (neither on our command line; a `#PBS -V` at the --setup text's top is a directive it
+    obeys). sbatch passes it all unless its --export is NONE, NIL or a list of names without
+    ALL or the key; SBATCH_EXPORT sets that and wins over a script's `#SBATCH --export` (`man
+    sbatch`: environment variables override the script's options), which the --setup text
+    may hold. Directives after the text's first command are comments (`setup_directives`)."""
+    obeyed, _ = scheduler.setup_directives(setup)
     if scheduler.kind == "pbs":
-        return False
-    export = os.environ.get("SBATCH_EXPORT")
+        for words in obeyed:
+            for at, word in enumerate(words):
+                names = (words[at + 1] if word == "-v" and at + 1 < len(words)
+                         else word[2:] if word.startswith("-v") else "")
+                if word == "-V" or "WANDB_API_KEY" in _export_names(names):
+                    return None
+        return "PBS jobs do not get its environment (qsub passes it with -V only)"
+    export, source = os.environ.get("SBATCH_EXPORT"), "SBATCH_EXPORT={}"
     if export is None:
-        return True  # sbatch's default: --export=ALL
-    names = [item.strip().split("=", 1)[0] for item in export.split(",")]
-    return "ALL" in (name.upper() for name in names) or "WANDB_API_KEY" in names
+        for words in obeyed:
+            for at, word in enumerate(words):
+                if word.startswith("--export="):
+                    export = word.split("=", 1)[1]
+                elif word == "--export" and at + 1 < len(words):
+                    export = words[at + 1]
+        source = "the --setup file's `#SBATCH --export={}`"
+    if export is None:
+        return None  # sbatch's default: --export=ALL
+    names = _export_names(export)
+    if "ALL" in (name.upper() for name in names) or "WANDB_API_KEY" in names:
+        return None
+    shown = export if export.isprintable() and len(export) <= 40 else brief(export, 40)
+    return f"{source.format(shown)} keeps it from SLURM jobs"
+
+
+def _export_names(listed: str) -> list[str]:
+    """The variable names of an export list (sbatch's --export, qsub's -v): NAME or
+    NAME=value, comma-separated."""
+    return [item.strip().split("=", 1)[0] for item in listed.split(",")]
+
+
+def ignored_directives_note(scheduler: Scheduler, setup: str | None,
+                            given: str | None) -> str | None:
+    """A note naming the --setup file's directive lines that come after a command: qsub and
+    sbatch read them as comments, while whoever wrote them expects them obeyed. Not moved
+    above the commands: the job script holds the file's text as it is, the scheduler's own
+    rule is the one every script of that cluster follows, and a line moved would run in
+    another order than written (`#SBATCH --chdir` after a `cd`)."""
+    _, ignored = scheduler.setup_directives(setup)
+    if not ignored:
+        return None
+    numbers = ", ".join(str(number) for number, _ in ignored)
+    first = brief(ignored[0][1], 40)
+    many = len(ignored) > 1
+    lines, they, them = ("lines", "they are", "them") if many else ("line", "it is", "it")
+    return (f"note: --setup={given!r}: {lines} {numbers} ({first}{', ...' if many else ''}) "
+            f"{'come' if many else 'comes'} after a command, and {scheduler.command} reads no "
+            f"{scheduler.directive} directive after the first command: {they} ignored; move "
+            f"{them} to the file's top, above its commands, to have {them} obeyed")
 
 
 def local_sweep_for_jobs(target: SweepTarget, dry_run: bool) -> Path | None:
@@ -329,8 +374,12 @@ def submit_from_args(args: argparse.Namespace, argv: list[str] | None = None) ->
     check_option_values(args)
     job_dir = new_job_dir().resolve()
     # Every check before anything is written: options, then the target, then the command.
-    scheduler.job_spec(args, count, args.target, None, job_dir, argv)
-    target = resolve_job_target(args.target, args.project, scheduler, count, args.dry_run)
+    checked = scheduler.job_spec(args, count, args.target, None, job_dir, argv)
+    note = ignored_directives_note(scheduler, checked.setup, args.setup)
+    if note:
+        print(note, file=sys.stderr)
+    target = resolve_job_target(args.target, args.project, scheduler, count, args.dry_run,
+                                checked.setup)
     if not args.dry_run:
         find_command(scheduler)
     local = local_sweep_for_jobs(target, args.dry_run)
