@@ -192,6 +192,51 @@ def test_two_slurm_jobs_finish_a_local_sweep(workdir, slurm_cluster):
 
 
 @pytest.mark.e2e
+@pytest.mark.slow
+@pytest.mark.timeout(300)
+def test_two_submissions_on_one_local_sweep_share_it_and_both_hold_it(workdir, slurm_cluster):
+    """`--slurm 1` twice on one local sweep (more agents on it, a normal thing to do): the
+    second submission says nothing, both jobs' agents train on the one store on this node,
+    every run once, and the sweep's record names both jobs (a task on another node waits
+    for both to end, not the latest one alone). The W&B key the jobs get from the shell
+    (sbatch passes it) is in none of the files they leave (scripts, logs, store, runs)."""
+    config = {"program": "agent/train.py", "method": "grid",
+              "metric": {"name": "val/acc", "goal": "maximize"},
+              "parameters": {"dataset": {"value": "digits"}, "model": {"value": "dense"},
+                             "hidden": {"value": 64}, "epochs": {"value": 25},
+                             "sinks": {"value": []},
+                             "lr": {"values": [0.01, 0.02, 0.05, 0.1, 0.2, 0.3]}}}
+    create_store(workdir / "data" / "sweeps" / "twice", "twice", "twice", config).close()
+    secret = "0123456789abcdef0123456789abcdef01234567"
+    env = subprocess_env(SLURM_CONF=slurm_cluster["SLURM_CONF"], PATH=slurm_cluster["PATH"],
+                         OMP_NUM_THREADS="1", WANDB_API_KEY=secret)
+    jobs = []
+    for _ in range(2):
+        result = subprocess.run(
+            [str(ROOT / "run_sweep.sh"), "twice", "--slurm", "1", "--gpus-per-job", "0",
+             "--mem", "1gb", "--walltime", "0:10:00"],
+            cwd=workdir, env=env, capture_output=True, text=True, timeout=120)
+        assert result.returncode == 0 and result.stderr == "", result.stderr
+        jobs.append(re.search(r"Submitted SLURM job\(s\) (\d+)", result.stdout)[1])
+    client = slurm_cluster["client"]
+    wait_for(lambda: client("squeue", "-h", "-j", ",".join(jobs)).stdout.strip() == "", 250,
+             "both jobs to end", slurm_cluster["logs"])
+    logs = sorted((workdir / "data" / "jobs").rglob("slurm-*.out"))
+    outputs = "\n".join(p.read_text() for p in logs)
+    shown = client("scontrol", "show", "job").stdout
+    assert sorted(re.findall(r"JobState=(\w+).*?ExitCode=(\S+)", shown, re.S)) == [
+        ("COMPLETED", "0:0")] * 2, outputs
+    runs = SweepStore(workdir / "data" / "sweeps" / "twice" / "sweep.db").runs()
+    assert sorted(r.config["lr"] for r in runs) == [0.01, 0.02, 0.05, 0.1, 0.2, 0.3]
+    assert all(r.state == "finished" for r in runs), outputs
+    assert len({r.owner for r in runs}) == 2, outputs  # both jobs' agents trained
+    record = (workdir / "data" / "sweeps" / "twice" / "node").read_text().split()
+    assert record[0] == socket.gethostname() and sorted(record[1:]) == sorted(jobs), record
+    kept = [p for p in workdir.rglob("*") if p.is_file() and secret.encode() in p.read_bytes()]
+    assert kept == [] and secret not in shown
+
+
+@pytest.mark.e2e
 @pytest.mark.timeout(200)
 def test_the_shells_sbatch_variables_do_not_override_what_the_submission_asked(
         workdir, slurm_cluster):

@@ -867,6 +867,57 @@ def test_slurm_task_on_another_node_than_its_local_sweep_leaves_saying_why(
 
 
 @pytest.mark.e2e
+@pytest.mark.timeout(200)
+def test_two_slurm_submissions_on_one_node_both_hold_the_local_sweep(workdir, aux):
+    """Two `--slurm 1` on one local sweep whose tasks land on one node share it (more agents
+    on one sweep), and its record names both jobs: a task on another node leaves while
+    either is queued or running, and takes the sweep over once both have ended. Before,
+    the record named the latest job only, so once that one ended a task elsewhere took the
+    sweep over while the first job's agents still worked on it from their node."""
+    make_sweep(workdir, "twojobs", {"lr": {"value": 0.1}, "epochs": {"value": 1}})
+    bin_dir = fake_scheduler_bin(aux, "sbatch")
+    alive = aux / "alive"  # the jobs the stand-in squeue lists as queued or running
+    (bin_dir / "squeue").write_text(f'#!/bin/sh\ngrep -x "$3" "{alive}"; exit 0\n')
+    (bin_dir / "squeue").chmod(0o755)
+    path = f"{bin_dir}:{os.environ['PATH']}"
+    scripts = []
+    for _ in range(2):
+        result = launch(workdir, "twojobs", "--slurm", "1", "--gpus-per-job", "0", path=path)
+        assert result.returncode == 0 and result.stderr == "", result.stderr
+        scripts.append(Path((aux / "sbatch.log").read_text().split()[-1]))
+    elsewhere = aux / "elsewhere"  # another node: `hostname` says so
+    elsewhere.mkdir()
+    (elsewhere / "hostname").write_text("#!/bin/sh\necho other-node\n")
+    (elsewhere / "hostname").chmod(0o755)
+    record = workdir / "data" / "sweeps" / "twojobs" / "node"
+    host = socket.gethostname()
+
+    def task(script: Path, job: str, running: list[str], node_path: str = path):
+        alive.write_text("".join(f"{j}\n" for j in running))
+        return subprocess.run(["bash", str(script)], cwd=aux, timeout=120, capture_output=True,
+                              text=True, env=subprocess_env(PATH=node_path, OMP_NUM_THREADS="1",
+                                                            SLURM_ARRAY_JOB_ID=job))
+
+    first = task(scripts[0], "101", ["101"])
+    assert first.returncode == 0, first.stderr[-2000:]
+    second = task(scripts[1], "102", ["101", "102"])
+    assert second.returncode == 0, second.stderr[-2000:]
+    assert record.read_text().split() == [host, "101", "102"]
+    # one of them ended, the other still runs; or a task of the first job itself lands there
+    for job, running in (("103", ["101"]), ("103", ["102"]), ("101", ["101"])):
+        other = task(scripts[1], job, running, f"{elsewhere}:{path}")
+        assert other.returncode == 3, other.stderr[-2000:]
+        assert f"runs on {host} (job {running[0]})" in other.stderr, other.stderr
+    assert record.read_text().split() == [host, "101", "102"]
+    other = task(scripts[1], "103", [], f"{elsewhere}:{path}")  # both ended
+    assert other.returncode == 0, other.stderr[-2000:]
+    assert record.read_text().split() == ["other-node", "103"]
+    assert [p.name for p in record.parent.glob("node.*")] == []
+    runs = stored_runs(workdir / "data" / "sweeps" / "twojobs" / "sweep.db")
+    assert [r.state for r in runs] == ["finished"]
+
+
+@pytest.mark.e2e
 @pytest.mark.timeout(120)
 def test_slurm_first_task_of_a_local_sweep_records_its_node_with_no_stray_file(workdir, aux):
     """The first task on a sweep links its record into place: no `mv: ... are the same
