@@ -506,6 +506,57 @@ def test_a_second_pbs_job_on_a_local_sweep_waits_for_the_first_then_goes_on(work
 
 
 @pytest.mark.e2e
+@pytest.mark.timeout(200)
+def test_a_second_pbs_submission_on_a_local_sweep_is_queued_behind_the_first(workdir, aux):
+    """`--pbs 1` again on a local sweep whose earlier job qstat still lists: the new job
+    would wait for the first inside its own walltime, its node and GPUs idle; it is queued
+    behind it instead (qsub -W depend=afterany:<id>, on qsub's command line, not in the
+    script), said in one note, in a dry run too. Once qstat no longer lists the first, or
+    without qstat, a submission is as before. Before, the second was submitted as is and
+    said nothing."""
+    make_sweep(workdir, "behind", {"lr": {"value": 0.1}})
+    bin_dir = fake_scheduler_bin(aux)
+    alive = aux / "alive"  # the jobs the stand-in qstat lists
+    alive.write_text("")
+    (bin_dir / "qstat").write_text(f'#!/bin/sh\ngrep -qx "$1" "{alive}" && exit 0\n'
+                                   'echo "qstat: Unknown Job Id $1" >&2; exit 153\n')
+    (bin_dir / "qstat").chmod(0o755)
+    path = f"{bin_dir}:{os.environ['PATH']}"
+
+    def submit(*extra: str):
+        result = launch(workdir, "behind", "--pbs", "1", "--gpus-per-job", "0", *extra,
+                        path=path)
+        assert result.returncode == 0, result.stderr
+        return result
+
+    assert submit().stderr == ""
+    alive.write_text(f"{FAKE_ID}\n")
+    result = submit()
+    (note,) = result.stderr.strip().splitlines()
+    assert note == (f"note: job {FAKE_ID} of an earlier submission on this local sweep is "
+                    f"queued or running: the new job goes behind in the queue (qsub -W "
+                    f"depend=afterany:{FAKE_ID}), where it would wait for the sweep in its "
+                    "own walltime"), note
+    calls = (aux / "qsub.log").read_text().splitlines()
+    assert calls[-1].split()[:2] == ["-W", f"depend=afterany:{FAKE_ID}"], calls
+    script = Path(calls[-1].split()[-1])
+    assert "depend" not in script.read_text()  # resubmitted by hand, it names no gone job
+    before = sorted(workdir.rglob("*"))
+    dry = submit("--dry-run")
+    assert dry.stderr == result.stderr and sorted(workdir.rglob("*")) == before
+    alive.write_text("")
+    assert submit().stderr == ""
+    assert "-W" not in (aux / "qsub.log").read_text().splitlines()[-1]
+    # a job whose log PBS has written has ended: not asked about (a study's many jobs)
+    alive.write_text(f"{FAKE_ID}\n")
+    for job_dir in (workdir / "data" / "jobs").iterdir():
+        (job_dir / "pbs-1.out").write_text("")
+    assert submit().stderr == ""
+    assert "-W" not in (aux / "qsub.log").read_text().splitlines()[-1]
+    assert len((aux / "qsub.log").read_text().splitlines()) == 4
+
+
+@pytest.mark.e2e
 @pytest.mark.timeout(120)
 def test_dry_run_prints_the_scripts_and_writes_nothing(workdir):
     make_sweep(workdir, "dry", {"lr": {"value": 0.1}})

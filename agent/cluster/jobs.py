@@ -49,6 +49,8 @@ class JobSpec:
     # this submission's batch-job options (" --pbs 1 --walltime 24:00:00"): the job's hint to
     # go on with the sweep repeats them, so that a copied hint submits again the same way
     job_options: str = ""
+    # the jobs this one is queued behind (PBS: earlier jobs on the same local sweep)
+    after: list[str] = field(default_factory=list)
 
     @property
     def stop_after_s(self) -> int:

@@ -9,6 +9,8 @@ import argparse
 import os
 import re
 import shlex
+import shutil
+import subprocess
 import sys
 from pathlib import Path
 
@@ -24,7 +26,7 @@ from agent.cluster.jobs import (
     read_setup,
     setup_directives,
 )
-from agent.cluster.scripts import needs_no_quoting, render
+from agent.cluster.scripts import needs_no_quoting, render, shell_word
 from util.errors import UserError
 
 CODE_DIR = Path(__file__).resolve().parents[2]
@@ -172,6 +174,12 @@ class Scheduler:
         """UserError when the jobs cannot run the program of `sweep_config` (named `where`);
         asked only where `checks_program`."""
 
+    def queued_behind(self, local_sweep: Path | None, jobs_dir: Path) -> list[str]:
+        """The jobs of earlier submissions (scripts under `jobs_dir`) that a new job on
+        `local_sweep` is to be queued behind: none unless the scheduler's jobs wait for each
+        other on a local sweep."""
+        return []
+
     def sweep_in_job(self, local_sweep: Path) -> str:
         """The launcher's target for a local sweep, as the job sees it."""
         return str(local_sweep)
@@ -250,6 +258,41 @@ class PBS(Scheduler):
 
     def sweep_in_job(self, local_sweep: Path) -> str:
         return f"data/sweeps/{local_sweep.name}"  # the copy in scratch
+
+    def queued_behind(self, local_sweep: Path | None, jobs_dir: Path) -> list[str]:
+        """The jobs of earlier submissions on this local sweep (their pbs-1.sh names its
+        directory) that qstat still knows as queued, running or held: a second job would wait
+        for the first inside its own walltime, its node and GPUs idle (store_copy's
+        wait_for_other_job); queued behind them (afterany) it starts once they end and goes
+        on with the sweep. [] for a W&B sweep, or without qstat (no way to tell)."""
+        qstat = shutil.which("qstat")
+        if local_sweep is None or qstat is None:
+            return []
+        wanted = f"sweep_dir={shell_word(local_sweep)}"
+        earlier = []
+        for script in sorted(jobs_dir.glob("*/pbs-1.sh")):
+            if script.with_suffix(".out").exists():
+                continue  # PBS writes a job's log as it ends: no qstat for each one of a study
+            try:
+                if wanted in script.read_text().splitlines():
+                    earlier += (script.parent / "job_ids.txt").read_text().split()
+            except (OSError, UnicodeDecodeError):  # a submission refused, or not ours
+                continue
+        alive = []
+        for job in dict.fromkeys(earlier):
+            try:  # qstat ends with 0 for a job it lists; ended or unknown ones are errors
+                listed = subprocess.run([qstat, job], capture_output=True, timeout=30)
+            except (OSError, subprocess.TimeoutExpired):
+                continue
+            if listed.returncode == 0:
+                alive.append(job)
+        return alive
+
+    def submit_argv(self, command: str, script: Path, spec: JobSpec) -> list[str]:
+        # on the command line, not in the script: resubmitted by hand later, it would name
+        # jobs long gone
+        after = ["-W", f"depend=afterany:{':'.join(spec.after)}"] if spec.after else []
+        return [command, *after, str(script)]
 
     def scripts(self, spec: JobSpec) -> dict[str, str]:
         return {f"pbs-{index}.sh": self.render(

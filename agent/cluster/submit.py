@@ -344,6 +344,15 @@ def _after_failure(failure: SubmitFailed, job_dir: Path, made: Path | None,
             f"in {job_dir}/){where}")
 
 
+def _queued_behind_note(after: list[str], scheduler: Scheduler) -> str:
+    """The line saying that the new job is queued behind `after` (Scheduler.queued_behind)."""
+    jobs, of, are = ((f"job {after[0]}", "an earlier submission", "is") if len(after) == 1
+                     else (f"jobs {', '.join(after)}", "earlier submissions", "are"))
+    return (f"note: {jobs} of {of} on this local sweep {are} queued or running: the new job "
+            f"goes behind in the queue ({scheduler.command} -W depend=afterany:"
+            f"{':'.join(after)}), where it would wait for the sweep in its own walltime")
+
+
 def _gpu_hint(failure: SubmitFailed, spec: JobSpec) -> str:
     """How to ask for no GPU, when the scheduler refused the GPUs asked for (SLURM's 'Invalid
     generic resource' on a cluster without them: --gpus-per-job is 1 unless told)."""
@@ -385,6 +394,9 @@ def submit_from_args(args: argparse.Namespace, argv: list[str] | None = None) ->
     local = local_sweep_for_jobs(target, args.dry_run)
     sweep = scheduler.sweep_in_job(local) if local is not None else args.target
     spec = scheduler.job_spec(args, count, sweep, local, job_dir, argv)
+    spec.after = scheduler.queued_behind(local, job_dir.parent)
+    if spec.after:
+        print(_queued_behind_note(spec.after, scheduler), file=sys.stderr)
     try:
         ids = submit(scheduler.scripts(spec), scheduler, spec, args.dry_run)
     except SubmitFailed as failure:
