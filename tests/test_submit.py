@@ -787,6 +787,12 @@ def test_a_submission_refused_after_some_jobs_names_them_and_the_sweep(tmp_path)
     (["--pbs", "1", "--account=-x"], "--account='-x'"),  # qsub -A -x: an option
     (["--slurm", "1", "--account", "a'b"], "--account=\"a'b\""),
     (["--pbs", "1", "--account", " "], "--account=' ': no value"),
+    # agents of the other kind than the job's: dropped, they were a GPU job of one agent
+    (["--pbs", "1", "--agents", "4"], "--agents 4: agents on the CPU, and the jobs ask for 1 "
+                                      "GPU(s) each (--gpus-per-job, 1 unless given)"),
+    (["--slurm", "1", "--gpus-per-job", "2", "--agents", "3"], "--gpus-per-job 0 for 3 CPU"),
+    (["--slurm", "1", "--gpus-per-job", "0", "--agents-per-gpu", "2"],
+     "--agents-per-gpu 2 with --gpus-per-job 0: a CPU job runs --agents N agents"),
 ])
 def test_bad_options_are_one_line_exit_2(workdir, aux, options, says):
     make_sweep(workdir, "opts", {"lr": {"value": 0.1}})

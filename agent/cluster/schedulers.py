@@ -117,6 +117,17 @@ class Scheduler:
         if args.gpus:
             raise UserError("--gpus picks GPUs of this machine; a job gets --gpus-per-job of "
                             "its node's")
+        # Each counts agents of one kind only: the other was dropped without a word, so
+        # `--pbs 1 --agents 4`, meant as 4 CPU agents, queued a GPU job (MetaCentrum's gpu
+        # queue) of one agent
+        if gpus and args.agents != 1:
+            raise UserError(f"--agents {args.agents}: agents on the CPU, and the jobs ask for "
+                            f"{gpus} GPU(s) each (--gpus-per-job, 1 unless given), one agent "
+                            f"on each: give --gpus-per-job 0 for {args.agents} CPU agents a "
+                            "job, or --agents-per-gpu N for N agents on each GPU")
+        if not gpus and args.agents_per_gpu != 1:
+            raise UserError(f"--agents-per-gpu {args.agents_per_gpu} with --gpus-per-job 0: a "
+                            "CPU job runs --agents N agents")
         launch_args = (["--agents-per-gpu", str(args.agents_per_gpu)] if gpus
                        else ["--agents", str(args.agents)])
         for option, value in (("--count", args.count), ("--project", args.project),
