@@ -3,6 +3,7 @@ runs, trains them as one fused model, and records each as a run of its own."""
 
 from __future__ import annotations
 
+import io
 import re
 import signal
 import subprocess
@@ -396,3 +397,50 @@ def test_agents_sharing_a_device_size_their_packs_to_a_share_of_its_memory(workd
     runs = launched_store(workdir).runs()  # each claimed alone (a pack id is None)
     assert runs and all("training image" in r.error for r in runs), [r.error for r in runs]
     assert len(runs) == 4 and all(r.pack is None for r in runs), [r.pack for r in runs]
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(300)
+def test_a_pack_preempted_after_hyperband_stopped_a_member_names_the_leader_at_its_epoch(
+        workdir):
+    """SIGTERM to an agent whose pack hyperband has thinned: the stopped members have a
+    result, the ones still training have only their epochs. The closing lines and the
+    status called the best stopped member 'Best run' (val/acc 0.16 at lr 1e-5, on digits)
+    and offered to repeat it, with no word of the preempted members at 0.9 and above; they
+    now say it is the best of the ended runs and name the run ahead of it at its last
+    epoch."""
+    from rich.console import Console
+
+    from agent.sweep.status import closing_lines, render_status
+
+    store = make_sweep(workdir, "thinned", {
+        "model": {"value": "dense"}, "hidden": {"value": 256}, "epochs": {"value": 30},
+        "batch_size": {"value": 8}, "sinks": {"value": []}, "schedule": {"value": "constant"},
+        "optimizer": {"value": "sgd"}, "lr": {"values": [0.05, 0.03, 1e-5, 2e-5]}},
+        early_terminate={"type": "hyperband", "min_iter": 1, "eta": 2})
+    agent = start_agent(workdir, store, "--pack", "4")
+    wait_for(lambda: any(r.state == "stopped" for r in store.runs()) and any(
+        r.epoch >= 2 and r.state == "running" for r in store.runs()), 120,
+        "a member stopped, another at epoch 2")
+    agent.send_signal(signal.SIGTERM)
+    assert agent.wait(timeout=60) == 0, agent.stderr.read()
+    states = {r.state for r in store.runs()}
+    assert states == {"stopped", "preempted"}, [(r.state, r.epoch) for r in store.runs()]
+    stopped = max((r for r in store.runs() if r.state == "stopped"),
+                  key=lambda r: r.summary["val/acc"])
+    leader = max((r for r in store.runs() if r.state == "preempted"),
+                 key=lambda r: r.history[-1]["val/acc"])
+    ahead = leader.history[-1]["val/acc"]
+    assert ahead > stopped.summary["val/acc"] + 0.3  # the one still training leads
+    lines = closing_lines(store, " --pack 4")
+    best = next(i for i, line in enumerate(lines) if line.startswith("Best run:"))
+    assert lines[best].startswith(f"Best run: {stopped.id} "), lines
+    assert lines[best + 1:best + 3] == [
+        "  (of the ended runs; ahead of it at its last epoch:",
+        f"  {leader.id} val/acc={ahead:.4f}, epoch {leader.epoch}, preempted)"], lines
+    assert all(len(line) <= 80 for line in lines), lines
+    out = io.StringIO()
+    render_status(store, Console(file=out, width=200, color_system=None))
+    assert (f"best so far: {stopped.id} val/acc={stopped.summary['val/acc']:.4f} of the ended "
+            f"runs; at its last epoch: {leader.id} val/acc={ahead:.4f} (epoch {leader.epoch})"
+            ) in out.getvalue(), out.getvalue()

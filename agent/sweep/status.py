@@ -164,6 +164,7 @@ class BestRun:
     metric: str  # the sweep's metric name
     value: float
     tied: tuple[str, ...] = ()  # other runs of exactly this value, after it in the sweep
+    goal: str = "maximize"  # the metric's goal: maximize or minimize
 
     def tie_text(self, why: bool = True) -> str:
         """' (tied with 1 other run: ab12cd34; the first in the sweep's order)' (without
@@ -201,7 +202,7 @@ def best_run(store: SweepStore) -> BestRun | None:
         return None
     value, run = (max if goal == "maximize" else min)(scored, key=lambda pair: pair[0])
     return BestRun(run, name, value, tuple(other.id for score, other in scored
-                                           if score == value and other is not run))
+                                           if score == value and other is not run), goal)
 
 
 def target_text(sweep_config: dict, runs: list) -> str | None:
@@ -277,9 +278,13 @@ def render_status(store: SweepStore, console: Console | None = None,
     if best:
         still = any(r.state in ("pending", "running", "preempted") for r in runs) or \
             unstarted
+        ahead = ahead_of_best(runs, best)
+        beyond = "" if ahead is None else (
+            f" of the ended runs; at its last epoch: {ahead[0].id} {escape(best.metric)}="
+            f"{ahead[1]:.4f} (epoch {ahead[0].epoch})")
         console.print(f"best{' so far' if still else ''}: {best.run.id} "
-                      f"{escape(best.metric)}={best.value:.4f}{best.tie_text(why=False)}",
-                      highlight=False)
+                      f"{escape(best.metric)}={best.value:.4f}{best.tie_text(why=False)}"
+                      f"{beyond}", highlight=False)
     if not runs:  # a table of its header alone reads as a fault (a launch stopped early)
         console.print("no run started yet", highlight=False)
         return
@@ -322,6 +327,23 @@ def _print_best(console: Console, sweep, runs: list[Run], limit: int,
         text = (f"(the best {len(shown)} of {len(runs)} runs"
                 + (f"; without a result: {without}" if without else "") + f"; {every})")
     console.print(escape(text), highlight=False)
+
+
+def ahead_of_best(runs: list[Run], best: BestRun) -> tuple[Run, float] | None:
+    """(the run without a result whose last epoch beats `best`'s result, that epoch's value)
+    of the best such run, else None. A pack that SIGTERM preempts after hyperband stopped
+    some of its members leaves those with a result and the ones it kept training (the
+    better ones) without: the best result alone would name a run its pack-mates outran."""
+    sign = -1 if best.goal == "maximize" else 1
+    reached = [(_number(run.history[-1].get(best.metric)), run) for run in runs
+               if run.history and run.state not in ENDED
+               and _number((run.summary or {}).get(best.metric)) is None]
+    reached = [(value, run) for value, run in reached
+               if value is not None and sign * value < sign * best.value]
+    if not reached:
+        return None
+    value, run = min(reached, key=lambda pair: sign * pair[0])
+    return run, value
 
 
 def _best_so_far(runs: list[Run], metric: str, sign: int) -> str:
@@ -477,6 +499,11 @@ def closing_lines(store: SweepStore, options: str = "") -> list[str]:
             lines += [tie[:cut], "   " + tie[cut:].lstrip()]
         elif best.tied:  # (without a tie, tie_text is '')
             lines.append(tie)
+        ahead = ahead_of_best(runs, best)
+        if ahead is not None:  # a stopped launch: a run still training is ahead of it
+            lines += ["  (of the ended runs; ahead of it at its last epoch:",
+                      f"  {ahead[0].id} {best.metric}={ahead[1]:.4f}, epoch {ahead[0].epoch}, "
+                      f"{ahead[0].state})"]
     current = current_runs(runs)  # a repeat stands for its crashed run
     given_up = given_up_runs(runs, ours)
     ended = sum(r.state in ENDED for r in current) + len(given_up)
