@@ -9,7 +9,8 @@ that no larger one beats by `GAIN`, 1 where packing does not pay (a CPU's groupe
 on tiny maps). Timings on a busy machine (other processes on the cores) mislead one way only,
 slower, and most on the first sizes: a run alone and the first pack are always measured, and
 the choice is measured once more against its rival (a run alone, or the best pack where runs
-go alone), each size keeping its best timing, before it stands. Pure bookkeeping: the caller
+go alone), and so is a size whose fall ended the doubling, each size keeping its best timing,
+before it stands. Pure bookkeeping: the caller
 measures (agent/trial/probe.py). No torch here.
 """
 
@@ -72,12 +73,7 @@ class PackSizer:
 
     def _decide(self, record: SizeRecord) -> tuple[int, bool]:
         """(the next size to try, or the best one, and whether that best is final)."""
-        tried = sorted(record.throughput)
-        best = tried[0]  # the smallest size no larger size beats by GAIN
-        for size in tried[1:]:
-            if record.throughput[size] >= GAIN * record.throughput[best]:
-                best = size
-        largest = tried[-1]
+        best, largest = _best(record), max(record.throughput)
         candidate = min(self.start if largest < self.start else 2 * largest,
                         self._memory_cap(record), record.runs_left or self.largest)
         # explore past a plateau (a CPU's grouped convolutions speed up unevenly with the
@@ -96,8 +92,9 @@ class PackSizer:
         apply where `required` is False). Sizes follow `next_size` (1, start, 2 * start, ...)
         until the rule settles, never beyond `runs_left`, the most runs of this kind the sweep
         can still give (None: no bound); the first two sizes are required. Then the size
-        settled on and its rival (`_rival`) are measured again, required, each keeping its
-        best timing, and the rule decides anew (measuring on if it asks for a larger size)."""
+        settled on, its rival (`_rival`) and the size whose fall ended the doubling
+        (`_fallen`) are measured again, required, each keeping its best timing, and the
+        rule decides anew (measuring on if it asks for a larger size)."""
         record = self.records.setdefault(key, SizeRecord())
         record.runs_left = runs_left
         while self.fixed is None and record.settled is None:
@@ -112,12 +109,24 @@ class PackSizer:
             if record.settled is not None and not record.confirmed and \
                     len(record.throughput) >= 2:
                 record.confirmed = True
-                for size in (record.settled, self._rival(record)):
+                for size in dict.fromkeys((record.settled, self._rival(record),
+                                           self._fallen(record))):
+                    if size is None:
+                        continue
                     measured = measure(size, True)
                     if not isinstance(measured, str):
                         self.observe(key, size, *measured)
                 chosen, final = self._decide(record)
                 record.settled = chosen if final else None
+
+    @staticmethod
+    def _fallen(record: SizeRecord) -> int | None:
+        """The size whose clear fall below the best ended the doubling, else None: a timing
+        slowed by another process on the cores looks like such a fall (packs of 4 of a small
+        model read 328 images/s between 5.1k for 2 and 12k when measured again), and
+        would keep every larger size from being tried."""
+        best, largest = _best(record), max(record.throughput)
+        return largest if GAIN * record.throughput[largest] < record.throughput[best] else None
 
     @staticmethod
     def _rival(record: SizeRecord) -> int:
@@ -165,6 +174,16 @@ class PackSizer:
         if self.memory_mb is None or not record.member_mb:
             return self.largest
         return max(1, min(self.largest, int(MEMORY_SHARE * self.memory_mb // record.member_mb)))
+
+
+def _best(record: SizeRecord) -> int:
+    """The smallest size measured that no larger size beats by GAIN."""
+    tried = sorted(record.throughput)
+    best = tried[0]
+    for size in tried[1:]:
+        if record.throughput[size] >= GAIN * record.throughput[best]:
+            best = size
+    return best
 
 
 def _rate(images_per_s: float) -> str:
