@@ -444,3 +444,35 @@ def test_a_pack_preempted_after_hyperband_stopped_a_member_names_the_leader_at_i
     assert (f"best so far: {stopped.id} val/acc={stopped.summary['val/acc']:.4f} of the ended "
             f"runs; at its last epoch: {leader.id} val/acc={ahead:.4f} (epoch {leader.epoch})"
             ) in out.getvalue(), out.getvalue()
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(300)
+def test_the_reports_wall_time_counts_a_killed_pack_before_its_repeats(workdir):
+    """kill -9 to an agent mid-pack, then a new agent: the crashed members are repeated from
+    their checkpoints, and the report reads the repeats in their place. Its wall time of the
+    sweep ran from the repeats' creation (9 s, on digits, where the sweep took 19 s from its
+    first claim); it runs from the first claim of each repeat's crashed run."""
+    from agent.report.setup_section import hardware_lines
+    from agent.report.study import local_study
+    from agent.sweep_space import duration_text
+
+    store = make_sweep(workdir, "killed", {
+        "model": {"value": "dense"}, "hidden": {"value": 256}, "epochs": {"value": 3},
+        "batch_size": {"value": 8}, "sinks": {"value": []}, "optimizer": {"value": "sgd"},
+        "lr": {"values": [0.01, 0.03]}})
+    first = start_agent(workdir, store, "--pack", "2")
+    wait_for(lambda: any(r.epoch >= 1 for r in store.runs()), 120, "a first epoch")
+    first.kill()
+    first.wait(timeout=30)
+    second = start_agent(workdir, store, "--pack", "2")
+    assert second.wait(timeout=200) == 0, second.stderr.read()
+    runs = store.runs()
+    crashed = [r for r in runs if r.state == "crashed"]
+    assert len(crashed) == 2 and all(r.requeued_from for r in runs if r.state == "finished")
+    took = max(r.ended for r in runs) - min(r.created for r in runs)
+    assert took - (max(r.ended for r in runs) - min(r.created for r in runs
+                                                     if r.state == "finished")) >= 1
+    lines = hardware_lines(local_study(store))
+    assert f"- Wall time of the sweep: {duration_text(took)} from the first run's start to " \
+           "the last run's end." in lines, lines

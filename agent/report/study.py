@@ -41,7 +41,9 @@ class RunRecord:
     log_dir: Path | None = None  # its TensorBoard event files, when the run was local
     steps: list[dict] | None = None  # W&B's per-step rows (train/step_loss...), when from W&B
     pack: str | None = None  # the packed trial it first trained in (the store's pack id)
-    created: float | None = None  # when the sweep made it (a local run's first claim)
+    # when the sweep made it (a local run's first claim; a repeat's, that of the crashed run
+    # it repeats, whose epochs it goes on from)
+    created: float | None = None
 
     @property
     def duration(self) -> float | None:
@@ -153,6 +155,15 @@ def local_study(store: SweepStore) -> Study:
     stored = store.runs()
     repeated = repeated_runs(stored)
     fixed = command_values(sweep.config)  # what the command's own arguments fix
+    by_id = {run.id: run for run in stored}
+
+    def first_claim(run) -> float | None:  # a repeat's: that of the crashed run it repeats
+        seen = {run.id}
+        while run.requeued_from in by_id and run.requeued_from not in seen:
+            run = by_id[run.requeued_from]
+            seen.add(run.id)
+        return run.created
+
     runs = []
     for run in stored:
         if run.id in repeated:
@@ -166,7 +177,7 @@ def local_study(store: SweepStore) -> Study:
         runs.append(RunRecord(run.id, run.state, choices(run.config), params, run.summary or {},
                               run.history, Path(params.run_dir) / run.id, run.error,
                               run.started, run.ended, (run.owner or "").rpartition(":")[0]
-                              or None, log_dir, pack=run.pack, created=run.created))
+                              or None, log_dir, pack=run.pack, created=first_claim(run)))
     return Study(sweep.name, sweep.id, "local", sweep.config, runs,
                  repeated=sorted(repeated.items()), command=fixed)
 
