@@ -157,9 +157,11 @@ def test_two_slurm_jobs_finish_a_local_sweep(workdir, slurm_cluster):
     config = {"program": "agent/train.py", "method": "grid",
               "metric": {"name": "val/acc", "goal": "maximize"},
               "parameters": {"dataset": {"value": "digits"}, "model": {"value": "dense"},
-                             "hidden": {"value": 32}, "epochs": {"value": 3},
+                             "hidden": {"value": 32}, "epochs": {"value": 20},
                              "sinks": {"value": []},
                              "lr": {"values": [0.02, 0.05, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6]}}}
+    # 20 epochs a run: long enough that the second task's agent (its python and torch start
+    # take seconds on a loaded machine) still finds runs to claim, as both must
     create_store(workdir / "data" / "sweeps" / "slurm8", "slurm8", "slurm8", config)
     # --setup: a directive sbatch reads from it, and a line each task runs first
     (workdir / "setup.sh").write_text("#SBATCH --comment=set-up-7\necho set-up ran\n")
