@@ -33,14 +33,14 @@ def accuracy(lr: float, batch_size: int, k: float, drop: float = 0.05) -> float:
 
 def batch_size_study(tmp_path, exponents: dict[str, float], sizes=SIZES,
                      diverges=lambda config: False, drop: float = 0.05,
-                     size_cost: float = 0.0):
+                     size_cost: float = 0.0, lrs=LRS):
     """`size_cost`: val/acc lost at the best lr for each 4-fold larger batch."""
     optimizers = list(exponents)
     config = {"program": "agent/train.py", "method": "grid",
               "metric": {"name": "val/acc", "goal": "maximize"},
               "parameters": {"dataset": {"value": "digits"}, "model": {"value": "dense"},
                              "epochs": {"value": 1}, "sinks": {"value": ["console"]},
-                             "batch_size": {"values": sizes}, "lr": {"values": LRS},
+                             "batch_size": {"values": sizes}, "lr": {"values": lrs},
                              **({"optimizer": {"values": optimizers}}
                                 if len(optimizers) > 1 else {})}}
     store = create_store(tmp_path / "data" / "sweeps" / "bs", "bs", "bs", config)
@@ -132,6 +132,61 @@ def test_a_batch_size_tried_at_one_lr_has_no_best_lr_and_is_left_out(tmp_path, m
     assert "batch_size^1.00 " in line, line
     assert (f"over {len(SIZES)} batch sizes, leaving out 2 tried at one lr only (32, 128); "
             in line), line
+
+
+def test_a_best_lr_at_the_end_of_the_lr_values_tried_is_said_to_bound_the_exponent(
+        tmp_path, monkeypatch):
+    """The linear rule on lr values up to 0.1 only: batch sizes 256 and 1024 peak at 0.1,
+    the largest lr tried (1024's best, 0.4, was never tried), and 16 at 0.00625, the
+    smallest. The report fitted batch_size^0.67 through them as if each were an optimum
+    the runs found, nothing said; it now names the batch sizes whose best is at an end of
+    the range, and says that the exponent is bounded by the range."""
+    monkeypatch.chdir(tmp_path)
+    (line,) = observations(tmp_path, batch_size_study(tmp_path, {"sgd": 1.0}, lrs=LRS[:5]))
+    assert "16: 0.00625, 64: 0.025, 256: 0.1, 1024: 0.1;" in line, line
+    assert line.endswith(
+        " At batch_size 256, 1024 the best run's lr is the largest tried there (0.1); at "
+        "batch_size 16 the best run's lr is the smallest tried there (0.00625): the best lr "
+        "may lie beyond the values tried, so the exponent is bounded by their range, not "
+        "read from it (lr values beyond it would tell)."), line
+    # the square-root rule on the whole grid: every best lr inside the range, nothing said
+    (line,) = observations(tmp_path, batch_size_study(tmp_path / "inside", {"sgd": 0.5}))
+    assert "tried there" not in line and "bounded by" not in line, line
+
+
+@pytest.mark.slow
+def test_a_real_digits_study_whose_best_lr_is_the_largest_tried_says_so(tmp_path,
+                                                                       monkeypatch):
+    """Trained here: digits, dense, 2 epochs, batch size {32, 128, 512} x lr {0.02, 0.2}:
+    a larger batch takes fewer steps, and the larger batches peak at the larger lr, the end
+    of the values tried (a grid of lr up to 0.16 on digits had 4 of its 6 batch sizes peak
+    at 0.16, and the report read batch_size^0.46 from them as found optima)."""
+    from agent.sweep.agent_loop import run_local_agent
+
+    monkeypatch.chdir(tmp_path)
+    lrs = [0.02, 0.2]
+    config = {"program": "agent/train.py", "method": "grid",
+              "metric": {"name": "val/acc", "goal": "maximize"},
+              "parameters": {"dataset": {"value": "digits"}, "model": {"value": "dense"},
+                             "hidden": {"value": 64}, "epochs": {"value": 2},
+                             "optimizer": {"value": "sgd"}, "sinks": {"value": ["console"]},
+                             "batch_size": {"values": [32, 128, 512]}, "lr": {"values": lrs}}}
+    store = create_store(tmp_path / "data" / "sweeps" / "real", "real", "real", config)
+    assert run_local_agent(store, pack=None) == 0
+    study = local_study(store)
+    best = {}
+    for run in study.scored_runs():  # best first
+        best.setdefault(run.config["batch_size"], run.config["lr"])
+    at_top = [b for b in sorted(best) if best[b] == lrs[-1]]
+    at_bottom = [b for b in sorted(best) if best[b] == lrs[0]]
+    assert at_top, best  # the premise: some batch size peaks at the largest lr tried
+    (line,) = observations(tmp_path, store)
+    ends = [f"at batch_size {', '.join(map(str, sizes))} the best run's lr is the {end} "
+            f"tried there ({lr:g})" for sizes, end, lr in ((at_top, "largest", lrs[-1]),
+                                                           (at_bottom, "smallest", lrs[0]))
+            if sizes]
+    sentence = "; ".join(ends)
+    assert f" {sentence[0].upper()}{sentence[1:]}: the best lr may lie beyond" in line, line
 
 
 def test_the_cost_of_a_larger_batch_is_read_at_each_batch_sizes_best_lr(tmp_path,

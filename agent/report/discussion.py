@@ -480,9 +480,35 @@ def _lr_against_batch_size(ctx: Context) -> list[str]:
             f"2014, 0.5). One run per batch size (by {metric}, not a mean over seeds), on "
             "the sweep's lr values: their spacing limits how finely the exponent reads, and "
             f"where other lr values score within {margin_rule(metric, values, ctx.study.goal)}"
-            " a batch size's best (in brackets) the best one among them may be chance.")
+            " a batch size's best (in brackets) the best one among them may be chance."
+            + _best_at_range_ends(ctx, split, group, best))
         out.append(_cost_of_larger_batches(ctx, who, sizes, best))
     return out
+
+
+def _best_at_range_ends(ctx: Context, split: str | None, group,
+                        best: dict[int, RunRecord]) -> str:
+    """' At batch_size 128, 512 the best run's lr is the largest tried there (0.16): ...'
+    where a batch size's best run is at the end of the lr values its runs tried (any run of
+    the group, a diverged one too: an lr above that diverged bounds the best from inside),
+    else ''. Such a best lr is the range's end, not an optimum the runs found: the best may
+    lie beyond it, and the exponent fitted through it reads the range (a grid of lr up to
+    0.16 whose batch sizes 64 to 512 all peak at 0.16 gave batch_size^0.46)."""
+    ends: dict[str, list[tuple[int, float]]] = {"largest": [], "smallest": []}
+    for size, run in sorted(best.items()):
+        tried = _lrs([r for r in ctx.study.runs if value(r, "batch_size") == size
+                      and (split is None or value(r, split) == group)])
+        lr = float(value(run, "lr"))
+        if len(tried) > 1 and lr in (tried[0], tried[-1]):
+            ends["largest" if lr == tried[-1] else "smallest"].append((size, lr))
+    parts = [f"at batch_size {', '.join(str(b) for b, _ in at)} the best run's lr is the "
+             f"{end} tried there ({', '.join(sorted({short_number(lr) for _, lr in at}))})"
+             for end, at in ends.items() if at]
+    if not parts:
+        return ""
+    return (" " + "; ".join(parts)[0].upper() + "; ".join(parts)[1:] + ": the best lr may "
+            "lie beyond the values tried, so the exponent is bounded by their range, not read "
+            "from it (lr values beyond it would tell).")
 
 
 def _cost_of_larger_batches(ctx: Context, who: str, sizes: list[int],
