@@ -584,6 +584,42 @@ def test_weights_of_one_model_with_other_layer_shapes_are_not_drawn_together(tmp
         assert len(drawn.legends) == 1 + len(mine)  # init, then each run: B1, B2
 
 
+@pytest.mark.timeout(300)
+def test_a_sweep_that_varies_no_parameter_names_its_run_by_its_id(tmp_path, monkeypatch):
+    """One run of a sweep that varies nothing (a student's first try, one cnn at one lr):
+    the report named it by its values of the swept parameters, none, so its best run read
+    'configuration: .', Grad-CAM's title 'ir1y6kpi (): 4 correct', the weights' legend
+    'B1:  (val/acc 0.944)' and the training curves' '[0.9444] (train)'. Each names the run
+    by its id now, and the paragraph says that the sweep varies no parameter."""
+    from agent.report.document import build_report
+    from agent.report.study import load_study
+
+    config = {"program": "agent/train.py", "command": COMMAND, "method": "grid",
+              "metric": {"name": "val/acc", "goal": "maximize"},
+              "parameters": {"dataset": {"value": "digits"}, "model": {"value": "cnn"},
+                             "channels": {"value": [4]}, "epochs": {"value": 2},
+                             "lr": {"value": 0.05}, "sinks": {"value": []}}}
+    store = create_store(tmp_path / "data" / "sweeps" / "one", "one", "one", config)
+    agent = run_module(tmp_path, "agent.sweep.agent_loop", str(store.directory))
+    assert agent.returncode == 0, agent.stderr[-2000:]
+    (run,) = store.runs()
+    monkeypatch.chdir(tmp_path)
+    report = build_report(load_study("one"), tmp_path / "report")
+    text = report.path.read_text()
+    value = f"{run.summary['val/acc']:.4f}"
+    assert ("; configuration: the only one (the sweep varies no parameter). One run of one "
+            "seed:") in text, text
+    assert "configuration: ." not in text
+    assert report.figures["gradcam.png"].suptitle.startswith(f"{run.id}: "), \
+        report.figures["gradcam.png"].suptitle
+    weights = report.figures["weights_cnn.png"].legends
+    assert weights[1:] == [f"B1: {run.id} (val/acc {run.summary['val/acc']:.3f})"], weights
+    curves = [entry for ax in report.figures["training_curves.png"].axes for entry in ax.legend]
+    curves += report.figures["training_curves.png"].legends
+    assert f"{run.id} [{value}] (train)" in curves, curves
+    assert not any(entry.startswith(("[", " ")) for entry in curves + weights), curves
+
+
 @pytest.mark.timeout(120)
 def test_empty_sweep_gives_a_report_that_says_so(tmp_path):
     create_store(tmp_path / "data" / "sweeps" / "empty", "empty", "empty",

@@ -316,7 +316,8 @@ def curves_section(report: Report, ctx: Context) -> None:
 def training_series(ctx: Context, run: RunRecord, steps: bool) -> figures.TrainingSeries:
     """A run's curves: training per logged step (TensorBoard or W&B) when `steps`, else per
     epoch; validation per epoch, placed at the epoch's last step."""
-    label = f"{config_text(run, ctx.swept, ' ')} [{fmt(run.metric(ctx.study.metric))}]"
+    label = (f"{config_text(run, ctx.swept, ' ') or run.id} "
+             f"[{fmt(run.metric(ctx.study.metric))}]")
     rows = [r for r in run.history if "epoch" in r]
     per_epoch = (run.summary.get("global_step", 0) / run.summary["epochs_done"]
                  if steps and run.summary.get("epochs_done") else 1)
@@ -350,7 +351,8 @@ def best_run_section(report: Report, ctx: Context) -> None:
                f"{study.metric} = {fmt(top.metric(study.metric))}{stopped_text(top)}, "
                "test/acc = "
                f"{fmt(top.metric('test/acc'))}; configuration: "
-               f"{config_text(top, ctx.swept)}. One run of one seed: "
+               f"{config_text(top, ctx.swept) or 'the only one (the sweep varies no parameter)'}"
+               ". One run of one seed: "
                + ("the intervals over seeds are in the section on seeds above."
                   if ctx.repeated or "seed" in ctx.swept else
                   f"no setting has been run over other seeds yet (`{study.repeat_command()}`"

@@ -123,7 +123,7 @@ def _architecture_figure(report: Report, ctx: Context, runs: list[RunRecord], ti
     sets = [WeightSet("init", "init", f"initial weights (seed {runs[0].params.seed})", init)]
     for kind in ("best", "worst"):
         sets += [WeightSet(f"{kind[0].upper()}{i}", kind,
-                           f"{config_text(run, [a for a in ctx.swept if a != 'model'], ' ')} "
+                           f"{_label(run, [a for a in ctx.swept if a != 'model'])} "
                            f"({metric} {run.metric(metric):.3f})", w)
                  for i, (run, w) in enumerate(chosen[kind], start=1)]
     report.figure(weight_distributions(title, list(init), sets,
@@ -211,8 +211,8 @@ def gradcam_section(report: Report, ctx: Context) -> None:
     drawn = figures.gradcam_grid(
         data.test_x[chosen].float() / 255, cams, titles, ctx.out_dir / "gradcam.png",
         [i in wrong for i in chosen],
-        f"{run.id} ({config_text(run, ctx.swept, ' ')}): {len(right)} correct, "
-        f"{len(wrong)} misclassified (red) test images")
+        f"{run.id}{f' ({values})' if (values := config_text(run, ctx.swept, ' ')) else ''}: "
+        f"{len(right)} correct, {len(wrong)} misclassified (red) test images")
     report.figure(drawn, "Grad-CAM")
     report.add(f"Run {run.id}: the first {len(right)} correctly and the first {len(wrong)} "
                "wrongly classified of the first 512 test images. The map shows where the "
@@ -223,3 +223,9 @@ def gradcam_section(report: Report, ctx: Context) -> None:
                   f"cnn or resnet run{'s' if len(tied) != 1 else ''} with a checkpoint "
                   f"({', '.join(tied[:5])}{', ...' if len(tied) > 5 else ''}); the one shown "
                   "is the first of them in the sweep's order." if tied else "") + left_out, "")
+
+
+def _label(run: RunRecord, names: list[str]) -> str:
+    """A run's values of `names` (`optimizer=sgd lr=0.1`), or its id where there are none
+    (a sweep that varies nothing, or only the model that a figure is drawn for)."""
+    return config_text(run, names, " ") or run.id
