@@ -544,6 +544,46 @@ def test_a_preempted_run_is_named_preempted_not_pending_or_running(tmp_path):
 
 
 @pytest.mark.timeout(300)
+def test_a_run_whose_agent_was_killed_is_silent_not_running(tmp_path):
+    """An agent killed with SIGKILL mid-run (the OOM killer, a node lost) leaves its run
+    `running` in the store with nothing training it: the report said "Runs: 3 (2 finished,
+    1 running)" and "(1 running)" while agent.status showed the run silent, its agent
+    stopped. Past the agent's heartbeat timeout the report counts it silent, and says that
+    nothing trains it and what repeats it."""
+    import signal
+    import time
+
+    config = {"program": "agent/train.py", "command": COMMAND, "method": "grid",
+              "metric": {"name": "val/acc", "goal": "maximize"},
+              "parameters": {"dataset": {"value": "digits"}, "model": {"value": "dense"},
+                             "hidden": {"value": 256}, "batch_size": {"value": 8},
+                             "sinks": {"value": []}, "epochs": {"values": [1, 500]}}}
+    store = create_store(tmp_path / "data" / "sweeps" / "kill", "kill", "kill", config)
+    agent = subprocess.Popen([sys.executable, "-m", "agent.sweep.agent_loop",
+                              str(store.directory), "--heartbeat", "0.3",
+                              "--heartbeat-timeout", "3"], cwd=tmp_path,
+                             env=subprocess_env(OMP_NUM_THREADS="1"),
+                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 200
+    while not any(r.epoch >= 1 and r.config["epochs"] == 500 for r in store.runs()):
+        assert time.time() < deadline and agent.poll() is None, "no long run got an epoch"
+        time.sleep(0.2)
+    agent.send_signal(signal.SIGKILL)
+    agent.wait(timeout=30)
+    time.sleep(4)  # past its agent's heartbeat timeout
+    assert sorted(r.state for r in store.runs()) == ["finished", "running"]
+    result = run_module(tmp_path, "agent.report", "kill")
+    assert result.returncode == 0, result.stderr[-2000:]
+    text = (tmp_path / "reports" / "kill" / "report.md").read_text()
+    assert "Runs: 2 (1 finished, 1 silent)." in text, text
+    assert ("**This sweep is not finished**: 1 of 2 planned runs have ended (1 silent: its "
+            "agent has sent no heartbeat for over 3 s, so it has stopped, killed or the "
+            "machine gone, and nothing trains the run; the next agent on the sweep marks it "
+            "crashed and repeats it from the last checkpoint: ") in text, text
+    assert "running" not in text.split("## Set-up")[0], text
+
+
+@pytest.mark.timeout(300)
 def test_weights_of_one_model_with_other_layer_shapes_are_not_drawn_together(tmp_path,
                                                                               monkeypatch):
     """A cnn sweep over channels [4] and [8]: two architectures of one model. Each gets its

@@ -11,6 +11,7 @@ from collections import Counter
 
 import yaml
 
+from agent.commands import script
 from agent.params import PARAMS
 from agent.report import figures
 from agent.report.markdown import Context, DataUsed, Report, fmt
@@ -28,7 +29,8 @@ HYPERBAND_DEFAULTS = (("eta", 3), ("strict", True))
 
 
 def header_section(report: Report, study: Study) -> None:
-    states = Counter(r.state for r in study.runs)
+    # a run left `running` by an agent that was killed is silent, as agent.status says
+    states = Counter("silent" if r.silent_after is not None else r.state for r in study.runs)
     report.add(f"# Study report: {study.name}", "",
                f"Sweep `{study.sweep_id}` ({study.source}), method "
                f"`{study.sweep_config.get('method')}`, metric `{study.metric}` "
@@ -44,7 +46,8 @@ def header_section(report: Report, study: Study) -> None:
     ended = sum(states[s] for s in ENDED)
     open_runs = len(study.runs) - ended
     # by state: a preempted run waits for an agent to resume it, it is not running
-    waiting = [f"{n} {s}" for s, n in sorted(states.items()) if s not in ENDED]
+    waiting = [f"{n} {s}" + (_silent_text(study) if s == "silent" else "")
+               for s, n in sorted(states.items()) if s not in ENDED]
     if planned and planned > len(study.runs):
         waiting.append(f"{planned - len(study.runs)} not started")
     reached = target_text(study.sweep_config, study.runs)
@@ -57,6 +60,18 @@ def header_section(report: Report, study: Study) -> None:
                    + (f" ({', '.join(waiting)})" if waiting else "")
                    + ". Every number below covers the ended runs only; run the report "
                    "again when the sweep is done.", "")
+
+
+def _silent_text(study: Study) -> str:
+    """Why the runs counted silent are not running, and what ends them."""
+    silent = [r.silent_after for r in study.runs if r.silent_after is not None]
+    one = len(silent) == 1
+    return (f": {'its agent has' if one else 'their agents have'} sent no heartbeat for over "
+            f"{max(silent):g} s, so {'it has' if one else 'they have'} stopped, killed or "
+            f"the machine gone, and nothing trains {'the run' if one else 'them'}; the next "
+            f"agent on the sweep marks {'it' if one else 'them'} crashed and repeats "
+            f"{'it' if one else 'them'} from the last checkpoint: "
+            f"`{script('run_sweep.sh')} {study.sweep_id}`")
 
 
 def load_data_used(run: RunRecord) -> DataUsed | None:

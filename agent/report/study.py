@@ -12,7 +12,13 @@ from agent.commands import module_command
 from agent.ids import path_safe
 from agent.params import RunConfig, validate
 from agent.sweep.program import command_values, runs_our_trainer
-from agent.sweep.status import metric_of, repeat_description, repeated_runs
+from agent.sweep.status import (
+    AgentHeartbeats,
+    metric_of,
+    repeat_description,
+    repeated_runs,
+    shown_state,
+)
 from agent.sweep.store import SweepStore, store_paths, sweep_group
 from agent.sweep.target import resolve_target
 from agent.sweep_space import choices
@@ -44,6 +50,9 @@ class RunRecord:
     # when the sweep made it (a local run's first claim; a repeat's, that of the crashed run
     # it repeats, whose epochs it goes on from)
     created: float | None = None
+    # a local run still `running` in the store whose agent has not beaten for longer than
+    # its timeout (agent.status shows it `silent`): these seconds; None for any other run
+    silent_after: float | None = None
 
     @property
     def duration(self) -> float | None:
@@ -164,6 +173,7 @@ def local_study(store: SweepStore) -> Study:
             seen.add(run.id)
         return run.created
 
+    heartbeats = AgentHeartbeats.read(store.directory)
     runs = []
     for run in stored:
         if run.id in repeated:
@@ -178,6 +188,9 @@ def local_study(store: SweepStore) -> Study:
                               run.history, Path(params.run_dir) / run.id, run.error,
                               run.started, run.ended, (run.owner or "").rpartition(":")[0]
                               or None, log_dir, pack=run.pack, created=first_claim(run)))
+        after = heartbeats.silent_after(run)
+        if shown_state(run, silent_after=after) == "silent":  # its agent killed: no one runs it
+            runs[-1].silent_after = after
     return Study(sweep.name, sweep.id, "local", sweep.config, runs,
                  repeated=sorted(repeated.items()), command=fixed)
 
