@@ -27,6 +27,7 @@ from scipy import stats as scipy_stats
 from agent.sweep.controller import claim
 from agent.sweep.store import create_store
 from agent.sweep.target import open_store
+from agent.sweep_space import short_number
 from conftest import ROOT, subprocess_env
 
 pytestmark = pytest.mark.e2e  # every test runs the commands (launcher, agents, report)
@@ -658,6 +659,49 @@ def test_a_sweep_that_varies_no_parameter_names_its_run_by_its_id(tmp_path, monk
     curves += report.figures["training_curves.png"].legends
     assert f"{run.id} [{value}] (train)" in curves, curves
     assert not any(entry.startswith(("[", " ")) for entry in curves + weights), curves
+
+
+@pytest.mark.timeout(300)
+def test_weights_of_runs_hyperband_stopped_are_marked_stopped(tmp_path, monkeypatch):
+    """A digits grid with hyperband, its good lr values first: the runs at the tiny lr
+    values are stopped after their first epoch, and the weight figure drew them as its
+    worst runs, "W1: lr=0.0001 (val/acc 0.125)", their weights near the initial ones for
+    training one epoch of four, not only for their setting, nothing said. Each such run's
+    label says where it stopped, and a sentence says what that means beside the others."""
+    from agent.report.document import build_report
+    from agent.report.study import load_study
+
+    config = {"program": "agent/train.py", "command": COMMAND, "method": "grid",
+              "metric": {"name": "val/acc", "goal": "maximize"},
+              "early_terminate": {"type": "hyperband", "min_iter": 1, "eta": 2},
+              "parameters": {"dataset": {"value": "digits"}, "model": {"value": "dense"},
+                             "hidden": {"value": 32}, "epochs": {"value": 4},
+                             "sinks": {"value": []},
+                             "lr": {"values": [0.1, 0.03, 0.0001, 0.00003]}}}
+    store = create_store(tmp_path / "data" / "sweeps" / "hb", "hb", "hb", config)
+    agent = run_module(tmp_path, "agent.sweep.agent_loop", str(store.directory))
+    assert agent.returncode == 0, agent.stderr[-2000:]
+    stopped = {r.id: r.epoch for r in store.runs() if r.state == "stopped"}
+    assert stopped, [(r.config["lr"], r.state) for r in store.runs()]  # the premise
+    monkeypatch.chdir(tmp_path)
+    report = build_report(load_study("hb"), tmp_path / "report")
+    text = report.path.read_text()
+    legends = report.figures["weights_dense.png"].legends[1:]
+    assert len(legends) == 4, legends  # B1 to B3, then the last as W1
+    lrs = {short_number(r.config["lr"]): r.id for r in store.runs()}
+    marked = []
+    for entry in legends:
+        key, lr = entry.split(": lr=")[0], entry.split("lr=")[1].split(" ")[0]
+        run_id = lrs[lr]
+        if run_id in stopped:
+            assert entry.endswith(f", stopped early at epoch {stopped[run_id]} of 4)"), entry
+            marked.append(f"{key} (stopped early at epoch {stopped[run_id]} of 4)")
+        else:
+            assert "stopped" not in entry, entry
+    assert marked, legends
+    one = len(marked) == 1
+    assert (f"`dense`: {', '.join(marked)} {'was' if one else 'were'} stopped early by the "
+            "sweep's early termination: ") in text, text
 
 
 @pytest.mark.timeout(120)

@@ -8,7 +8,14 @@ import numpy as np
 import torch
 
 from agent.report import figures
-from agent.report.markdown import Context, Report, config_text, diverged_left_out, fmt
+from agent.report.markdown import (
+    Context,
+    Report,
+    config_text,
+    diverged_left_out,
+    fmt,
+    stopped_note,
+)
 from agent.report.study import RunRecord
 from agent.report.study_figures import WeightSet, weight_distributions
 
@@ -124,7 +131,8 @@ def _architecture_figure(report: Report, ctx: Context, runs: list[RunRecord], ti
     for kind in ("best", "worst"):
         sets += [WeightSet(f"{kind[0].upper()}{i}", kind,
                            f"{_label(run, [a for a in ctx.swept if a != 'model'])} "
-                           f"({metric} {run.metric(metric):.3f})", w)
+                           f"({metric} {run.metric(metric):.3f}"
+                           f"{', ' + stopped_note(run) if stopped_note(run) else ''})", w)
                  for i, (run, w) in enumerate(chosen[kind], start=1)]
     report.figure(weight_distributions(title, list(init), sets,
                                        ctx.out_dir / f"weights_{name}.png"),
@@ -132,6 +140,20 @@ def _architecture_figure(report: Report, ctx: Context, runs: list[RunRecord], ti
     ties = _cut_ties(metric, chosen, passed)
     if ties:
         report.add(f"`{title}`: " + ties, "")
+    # a run hyperband stopped trained fewer epochs: its weights are nearer the initial ones
+    # for that, whatever its setting (its value too is from the epoch it stopped at)
+    cut = [f"{s.key} ({stopped_note(run)})" for s, (run, _) in zip(
+        sets[1:], chosen["best"] + chosen["worst"]) if stopped_note(run)]
+    if cut:
+        one = len(cut) == 1
+        report.add(f"`{title}`: {', '.join(cut)} {'was' if one else 'were'} stopped early by "
+                   f"the sweep's early termination: {'its' if one else 'their'} weights "
+                   "trained fewer epochs than a full-length run's, and "
+                   f"{'its value is' if one else 'their values are'} from the epoch "
+                   f"{'it' if one else 'each'} stopped at; beside the others "
+                   f"{'it shows' if one else 'they show'} less training, not only a worse "
+                   "setting.",
+                   "")
 
 
 def _has_checkpoint(run: RunRecord) -> bool:
