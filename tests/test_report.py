@@ -704,6 +704,46 @@ def test_weights_of_runs_hyperband_stopped_are_marked_stopped(tmp_path, monkeypa
             "sweep's early termination: ") in text, text
 
 
+@pytest.mark.timeout(300)
+def test_values_of_the_sweep_file_that_no_run_took_are_named(tmp_path, monkeypatch):
+    """A search over optimizer [sgd, adam, sam] whose runs took one of them (a bayes study
+    of 10 runs on digits kept to adam throughout: sgd was never tried): the report gave a
+    "By optimizer" table of adam alone and a panel of one optimizer, and nowhere said that
+    sgd had no run, so the study read as if it covered both. A random search of one run
+    takes one of three; the report names the two it never tried."""
+    from agent.report.document import build_report
+    from agent.report.study import load_study
+
+    config = {"program": "agent/train.py", "command": COMMAND, "method": "random",
+              "run_cap": 1, "metric": {"name": "val/acc", "goal": "maximize"},
+              "parameters": {"dataset": {"value": "digits"}, "model": {"value": "dense"},
+                             "hidden": {"value": 16}, "epochs": {"value": 1},
+                             "sinks": {"value": []}, "lr": {"value": 0.01},
+                             "optimizer": {"values": ["sgd", "adam", "sam"]}}}
+    store = create_store(tmp_path / "data" / "sweeps" / "took", "took", "took", config)
+    agent = run_module(tmp_path, "agent.sweep.agent_loop", str(store.directory))
+    assert agent.returncode == 0, agent.stderr[-2000:]
+    (run,) = store.runs()
+    took = run.config["optimizer"]
+    never = [o for o in ("sgd", "adam", "sam") if o != took]
+    monkeypatch.chdir(tmp_path)
+    text = build_report(load_study("took"), tmp_path / "report").path.read_text()
+    assert (f"Listed in the sweep file, yet taken by no run: `optimizer` {', '.join(never)} "
+            f"(the runs took {took} only). Nothing below says anything of these values: they "
+            "were never tried.") in text, text
+    # the same sweep's grid, stopped after its first run: named so far
+    grid = {**config, "method": "grid"}
+    grid.pop("run_cap")
+    store = create_store(tmp_path / "data" / "sweeps" / "part", "part", "part", grid)
+    assert run_module(tmp_path, "agent.sweep.agent_loop", str(store.directory), "--count",
+                      "1").returncode == 0
+    text = build_report(load_study("part"), tmp_path / "report2").path.read_text()
+    (first,) = store.runs()
+    rest = [o for o in ("sgd", "adam", "sam") if o != first.config["optimizer"]]
+    assert (f"Listed in the sweep file, yet taken by no run so far: `optimizer` "
+            f"{', '.join(rest)} (the runs took {first.config['optimizer']} only).") in text, text
+
+
 @pytest.mark.timeout(120)
 def test_empty_sweep_gives_a_report_that_says_so(tmp_path):
     create_store(tmp_path / "data" / "sweeps" / "empty", "empty", "empty",

@@ -15,9 +15,9 @@ from agent.commands import script
 from agent.params import PARAMS
 from agent.report import figures
 from agent.report.markdown import Context, DataUsed, Report, fmt
-from agent.report.study import RunRecord, Study
+from agent.report.study import OPEN_STATES, RunRecord, Study
 from agent.sweep.status import planned_runs, target_text
-from agent.sweep_space import duration_text, short_number
+from agent.sweep_space import duration_text, short_number, swept_parameters
 from util.errors import UserError
 
 ENDED = ("finished", "stopped", "failed", "crashed")
@@ -60,6 +60,36 @@ def header_section(report: Report, study: Study) -> None:
                    + (f" ({', '.join(waiting)})" if waiting else "")
                    + ". Every number below covers the ended runs only; run the report "
                    "again when the sweep is done.", "")
+
+
+def untaken_values(ctx: Context) -> str:
+    """The sentence naming each value a `values:` list of the sweep file offers that no run
+    took (a bayes search that kept to one optimizer, a grid stopped part-way), else '':
+    the sections below, a "By optimizer" table or a panel per optimizer, then say nothing
+    of it, and nothing else says that it was never tried."""
+    study = ctx.study
+    if not study.runs:
+        return ""
+    parts, count = [], 0
+    for param in swept_parameters(study.sweep_config):
+        if param.values is None or param.name in ctx.idle:
+            continue
+        taken = [r.config.get(param.name, r.params.get(param.name)) for r in study.runs]
+        missing = [v for v in param.values if not any(v == t for t in taken)]
+        if missing:
+            count += len(missing)
+            took = [v for v in param.values if v not in missing]
+            parts.append(f"`{param.name}` {', '.join(short_number(v) for v in missing)} ("
+                         + (f"the runs took {', '.join(short_number(v) for v in took)} only)"
+                            if took else "no run took any value of its list)"))
+    if not parts:
+        return ""
+    open_runs = any(r.state in OPEN_STATES for r in study.runs) or \
+        (planned_runs(study.sweep_config) or 0) > len(study.runs)
+    return ("Listed in the sweep file, yet taken by no run" + (" so far" if open_runs else "")
+            + ": " + "; ".join(parts) + ". Nothing below says anything of "
+            + ("this value: it was" if count == 1 else "these values: they were")
+            + " never tried.")
 
 
 def _silent_text(study: Study) -> str:
@@ -112,6 +142,9 @@ def setup_section(report: Report, ctx: Context) -> None:
         report.add("Swept but used by no run, so left out of the analysis below: "
                    + ", ".join(f"`{name}` ({why})" for name, why in ctx.idle.items()) + ".",
                    "")
+    untaken = untaken_values(ctx)
+    if untaken:
+        report.add(untaken, "")
     report.add("### Hardware and time", "", *hardware_lines(study), "")
     hyperband = ", hyperband's `eta: 3` and `strict: true`" \
         if "early_terminate" in study.sweep_config else ""
