@@ -744,6 +744,51 @@ def test_values_of_the_sweep_file_that_no_run_took_are_named(tmp_path, monkeypat
             f"{', '.join(rest)} (the runs took {first.config['optimizer']} only).") in text, text
 
 
+@pytest.mark.timeout(300)
+def test_an_lr_window_that_reaches_an_end_of_the_lr_values_tried_says_so(tmp_path,
+                                                                        monkeypatch):
+    """SGD vs Adam on digits over lr {0.001, 0.01, 0.1}, trained here: sgd's best lr is the
+    largest tried. The report read "optimizer=sgd: lr within 0.02 of its best (0.9444): 0.1."
+    (on the course grid too, sgd at 0.1 of 1e-5..0.1), as if 0.1 were sgd's best lr, where
+    the runs cannot tell whether a larger one is better; a window that reaches an end of
+    the values tried now says so, a window inside them says nothing more."""
+    from agent.report.document import build_report
+    from agent.report.study import load_study
+
+    lrs = [0.001, 0.01, 0.1]
+    config = {"program": "agent/train.py", "command": COMMAND, "method": "grid",
+              "metric": {"name": "val/acc", "goal": "maximize"},
+              "parameters": {"dataset": {"value": "digits"}, "model": {"value": "dense"},
+                             "hidden": {"value": 32}, "epochs": {"value": 2},
+                             "sinks": {"value": []}, "optimizer": {"values": ["sgd", "adam"]},
+                             "lr": {"values": lrs}}}
+    store = create_store(tmp_path / "data" / "sweeps" / "ends", "ends", "ends", config)
+    agent = run_module(tmp_path, "agent.sweep.agent_loop", str(store.directory))
+    assert agent.returncode == 0, agent.stderr[-2000:]
+    monkeypatch.chdir(tmp_path)
+    text = build_report(load_study("ends"), tmp_path / "report").path.read_text()
+    reached = []
+    for optimizer in ("sgd", "adam"):
+        scores = {r.config["lr"]: r.summary["val/acc"] for r in store.runs()
+                  if r.config["optimizer"] == optimizer}
+        good = [lr for lr in lrs if scores[lr] >= max(scores.values()) - 0.02]
+        (line,) = [line for line in text.splitlines()
+                   if line.startswith(f"- optimizer={optimizer}: lr within 0.02 of its best")]
+        window = ", ".join(f"{lr:g}" for lr in good)
+        if good == lrs:
+            ending = " (it spans every lr tried, from the smallest to the largest)"
+        elif lrs[-1] in good:
+            ending = " (it reaches the largest lr tried: the best may lie above it)"
+        elif lrs[0] in good:
+            ending = " (it reaches the smallest lr tried: the best may lie below it)"
+        else:
+            ending = ""
+        reached += [optimizer] if ending else []
+        # then the end of the line, or where every run of an lr failed, that clause
+        assert f"): {window}{ending}." in line or f"): {window}{ending}; at lr=" in line, line
+    assert "sgd" in reached, text  # the premise: sgd is best at 0.1, the largest lr tried
+
+
 @pytest.mark.timeout(120)
 def test_empty_sweep_gives_a_report_that_says_so(tmp_path):
     create_store(tmp_path / "data" / "sweeps" / "empty", "empty", "empty",

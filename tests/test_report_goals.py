@@ -71,8 +71,11 @@ def test_the_report_reads_the_metric_by_its_goal(tmp_path, monkeypatch, metric):
         line = next(line for line in text.splitlines()
                     if line.startswith(f"- optimizer={optimizer}: lr within"))
         assert f"of its best ({top:.4f}): " in line, line
-        listed = line.split("): ", 1)[1].split(";")[0].rstrip(".")
+        listed = line.split("): ", 1)[1].split(";")[0].split(" (it ")[0].rstrip(".")
         assert [float(v) for v in listed.split(", ")] == near, line
+        # a window that reaches an end of the lr values tried says so, by the goal too
+        assert ("(it reaches the largest lr tried" in line) == (
+            LRS[-1] in near and LRS[0] not in near), line
     # the heat map: the best bright, from chance for an accuracy, from the worst otherwise
     shown = list(values.values())
     sentence = next(line for line in text.splitlines() if "The colour runs from" in line)

@@ -617,7 +617,8 @@ def _windows_and_failures(ctx: Context, name: str) -> list[str]:
             cut = stopped_note(scored[0])
             parts.append(f"{name} within {margin_text(metric, values, goal)} of its best ({top:.4f}"
                          + (f", {cut}" if cut else "") + "): "
-                         + ", ".join(short_number(v) for v in good))
+                         + ", ".join(short_number(v) for v in good)
+                         + _window_at_range_end(name, good, _levels(runs, name)))
         if failed:
             count = sum(1 for r in full if value(r, name) in failed)
             parts.append(f"at {name}=" + ", ".join(short_number(v) for v in failed)
@@ -626,6 +627,25 @@ def _windows_and_failures(ctx: Context, name: str) -> list[str]:
         if parts:
             out.append(f"{who}: " + "; ".join(parts) + ".")
     return out
+
+
+def _window_at_range_end(name: str, good: list, tried: list) -> str:
+    """' (it reaches the largest lr tried: the best may lie above it)' where the values near
+    the best include an end of the 3 or more numeric values the group's runs tried (a
+    diverged run's too: an lr above that diverged closes the range), else ''. A best at the
+    end of the range is no optimum found: sgd on the course grid was best at lr 0.1, the
+    largest it tried, and the sentence read as if 0.1 were sgd's best lr."""
+    if len(tried) < 3 or not all(isinstance(v, (int, float)) and not isinstance(v, bool)
+                                 for v in tried):
+        return ""
+    ends = [end for end, value in (("smallest", tried[0]), ("largest", tried[-1]))
+            if value in good]
+    if len(ends) == 2:
+        return f" (it spans every {name} tried, from the smallest to the largest)"
+    if ends:
+        side = "below" if ends[0] == "smallest" else "above"
+        return f" (it reaches the {ends[0]} {name} tried: the best may lie {side} it)"
+    return ""
 
 
 def _others(ctx: Context, name: str, split: str | None) -> list[str]:
