@@ -258,13 +258,20 @@ def run_time_lines(ended: list[RunRecord]) -> list[str]:
         lines.append(f"- Packed trials (`--pack`): {len(ended)} runs trained as {len(trials)} "
                      f"trial{plural} of up to {largest} runs each, a pack's runs in one fused "
                      "model on one device.")
-    means = []
-    for model, runs in _by(ended, "model").items():
-        times = list(_trial_times(runs).values())
-        means.append(f"{model} {duration_text(sum(times) / len(times))}")
+    means = {}
+    # by optimizer too where it varies: an optimizer study weighs time (sam takes two
+    # gradients a step); a pack's members share their optimizer, so a trial has one
+    for key in ("model", "optimizer"):
+        groups = _by(ended, key)
+        if key == "model" or len(groups) > 1:
+            parts = []
+            for name, runs in groups.items():
+                times = list(_trial_times(runs).values())
+                parts.append(f"{name} {duration_text(sum(times) / len(times))}")
+            means[key] = ", ".join(parts)
     lines.append(f"- Run time: {duration_text(sum(trials.values()))} summed over "
                  f"{len(trials)} {per}{plural}; per {per}, mean by "
-                 f"model: {', '.join(means)}.")
+                 + "; by ".join(f"{key}: {text}" for key, text in means.items()) + ".")
     return lines
 
 
