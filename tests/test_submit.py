@@ -645,6 +645,76 @@ def test_setup_file_goes_first_into_every_job_script(workdir, aux):
     assert len((aux / "qsub.log").read_text().splitlines()) == 1
 
 
+def key_forms() -> list[tuple[str, bool]]:
+    """(a --setup line assigning WANDB_API_KEY, whether its value holds a literal) for each
+    way of writing it: plain, export, declare -x, env, indented; each value unquoted, in
+    double or single quotes, from ${}, $(), $(< ), backticks, or a literal of 40 hex digits
+    (KEY) alone or next to an expansion."""
+    values = [("$MY_KEY", False), ("${MY_KEY}", False), ('"${MY_KEY}"', False),
+              ('"$(cat ~/.wandb_key)"', False), ("$(< ~/.key)", False),
+              ("`cat ~/.key`", False), ('"`cat ~/.key`"', False), ("", False), ('""', False),
+              ('"${MY_KEY:?set MY_KEY first}"', False), ("${MY_KEY:-$(cat ~/.key)}", False),
+              ('"$(tr -d "\\n" < ~/.key)"', False), ("$(cat ~/.key)  # read on the node", False),
+              (KEY, True), (f'"{KEY}"', True), (f"'{KEY}'", True), (f"$'{KEY}'", True),
+              (f"\\{KEY}", True), (f'"${{MY_KEY:-{KEY}}}"', True), (f"${{MY_KEY}}{KEY}", True),
+              (f'"$(cat ~/.key)"{KEY}', True), (f'"{KEY}$MY_KEY"', True)]
+    return [(f"{prefix}WANDB_API_KEY={value}", literal)
+            for prefix in ("", "export ", "declare -x ", "env ", "  ")
+            for value, literal in values]
+
+
+KEY = "0123456789abcdef0123456789abcdef01234567"
+
+
+def key_set_by(line: str, home: Path, env: dict[str, str]) -> str:
+    """The WANDB_API_KEY that bash gives a command after the shell line `line` ('' for none),
+    run with HOME `home` and `env`."""
+    # `env X=...` alone prints its environment; a plain X=... is exported to be printed
+    plain = line.lstrip().startswith("WANDB_API_KEY")
+    shell = subprocess.run(["bash", "-c", f"{'export ' if plain else ''}{line}\nprintenv"],
+                           capture_output=True, text=True,
+                           env={"HOME": str(home), "PATH": os.environ["PATH"], **env})
+    printed = dict(item.partition("=")[::2] for item in shell.stdout.splitlines())
+    return printed.get("WANDB_API_KEY", "")
+
+
+def test_a_setup_file_may_read_the_key_but_not_hold_it(tmp_path):
+    """A --setup line that sets WANDB_API_KEY to a literal (which a job script, printed and
+    kept under data/jobs/, would then hold) is refused naming its line, never the value; one
+    that reads the key when the job runs (a file, another variable) is taken as it is. Each
+    form is checked against bash, with MY_KEY set and unset: a literal row really sets KEY,
+    the others what MY_KEY or the key file holds (or nothing). Before, every assignment was
+    refused, even `export WANDB_API_KEY="$(cat ~/.wandb_key)"`, the usual way to keep a key
+    out of scripts."""
+    from agent.cluster.jobs import read_setup
+
+    secret = "fedcba9876543210fedcba9876543210fedcba98"
+    for name in (".wandb_key", ".key"):
+        (tmp_path / name).write_text(secret + "\n")
+    forms = key_forms()
+    for number, (line, literal) in enumerate(forms):
+        values = [key_set_by(line, tmp_path, mine)  # unset: a ${MY_KEY:-...} default
+                  for mine in ({"MY_KEY": secret}, {})]
+        assert any(KEY in value for value in values) == literal, (line, values)
+        assert literal or set(values) <= {secret, ""}, (line, values)
+        setup = tmp_path / f"setup-{number}.sh"
+        setup.write_text(f"#SBATCH --qos=long\nmodule load cuda\n{line}\n")
+        if not literal:
+            assert read_setup(str(setup)) == (setup.read_text().rstrip("\n"), setup), line
+            continue
+        with pytest.raises(UserError) as refused:
+            read_setup(str(setup))
+        assert str(refused.value) == (
+            f"--setup={str(setup)!r}: line 3 sets WANDB_API_KEY to a literal value, and no "
+            "job script holds the key: `wandb login` writes it to ~/.netrc, where the jobs' "
+            "W&B reads it, or read it when the job runs: export "
+            'WANDB_API_KEY="$(cat ~/.wandb_key)"'), line
+    setup.write_text(f"module load cuda\n# WANDB_API_KEY={KEY} (kept in the script too)\n")
+    with pytest.raises(UserError, match="line 2 sets WANDB_API_KEY"):
+        read_setup(str(setup))
+    assert sum(literal for _, literal in forms) == 45 and len(forms) == 110
+
+
 @pytest.mark.e2e
 @pytest.mark.timeout(120)
 @pytest.mark.parametrize("kind", ["--pbs", "--slurm"])
@@ -1244,7 +1314,8 @@ def test_the_setup_files_directives_decide_whether_jobs_get_the_key(workdir, aux
     -V` or `#SBATCH --export=NONE` at its top is a directive the scheduler obeys: -V passes
     qsub's environment (the key with it), --export=NONE keeps sbatch's (SBATCH_EXPORT, set,
     wins over it). A directive after a command is a comment to qsub and sbatch: one note
-    names its line, and the key note reads as if it were not there. The key is never shown.
+    names its line, and the key note reads as if it were not there. A file that sets the key
+    from a file or another variable gives it to the jobs: no note. The key is never shown.
     Before, `#SBATCH --export=NONE` got no key note and `#PBS -V` a wrong one."""
     secret = "0123456789abcdef0123456789abcdef01234567"
     env = {"WANDB_API_KEY": secret, "HOME": str(aux), "NETRC": ""}
@@ -1254,6 +1325,10 @@ def test_the_setup_files_directives_decide_whether_jobs_get_the_key(workdir, aux
             ("--pbs", "# lab\n  #PBS -v OMP_NUM_THREADS,WANDB_API_KEY\nmodule load x\n", None,
              []),
             ("--pbs", "#PBS -m ae\n", None, ["PBS jobs do not get its environment"]),
+            # the file reads the key itself when the job runs (a comment does not)
+            ("--pbs", 'module load x\nexport WANDB_API_KEY="$(cat ~/.wandb_key)"\n', None, []),
+            ("--slurm", "#SBATCH --export=NONE\nWANDB_API_KEY=${MY_KEY}\n", None, []),
+            ("--pbs", "# WANDB_API_KEY=$MY_KEY\n", None, ["PBS jobs do not get its environment"]),
             ("--slurm", "#SBATCH --export=NONE\nmodule load x\n", None,
              ["the --setup file's `#SBATCH --export=NONE`" + kept]),
             ("--slurm", "#SBATCH --export HOME,PATH\n", None,

@@ -116,10 +116,108 @@ def read_setup(text: str | None) -> tuple[str | None, Path | None]:
         raise UserError(f"--setup={text!r}: " + ("a NUL byte: not a text file" if "\0" in lines
                         else "Windows line ends (CR), which bash reads as part of each "
                         "command: convert it with dos2unix"))
-    if re.search(r"WANDB_API_KEY\s*=", lines):  # job scripts are printed, copied, kept
-        raise UserError(f"--setup={text!r}: sets WANDB_API_KEY, and no job script holds the "
-                        "key: `wandb login` writes it to ~/.netrc, where the jobs' W&B reads it")
+    number = literal_key_line(lines)
+    if number is not None:  # job scripts are printed, copied, kept; the key is never shown
+        raise UserError(f"--setup={text!r}: line {number} sets WANDB_API_KEY to a literal "
+                        "value, and no job script holds the key: `wandb login` writes it to "
+                        "~/.netrc, where the jobs' W&B reads it, or read it when the job runs: "
+                        "export WANDB_API_KEY=\"$(cat ~/.wandb_key)\"")
     return lines.rstrip("\n"), path
+
+
+# WANDB_API_KEY= or += anywhere in a --setup text: after export, declare -x, env, in a
+# comment (which the job script keeps as well), in another name ending so (MY_WANDB_API_KEY),
+# or ${WANDB_API_KEY:=value}, whose value ends at the brace
+KEY_ASSIGNMENT = re.compile(r"(\$\{)?WANDB_API_KEY(\+|:?)=")
+# what ends an unquoted shell word
+WORD_END = " \t\n;&|<>)"
+
+
+def literal_key_line(text: str) -> int | None:
+    """The number (from 1) of the first line of `text` (shell lines) assigning WANDB_API_KEY a
+    value with a literal part, which could be the key: `WANDB_API_KEY=0123...`, in single or
+    double quotes, `"abc$X"`. None when every assignment reads its value when it runs, from
+    expansions alone (`"$(cat ~/.wandb_key)"`, `$(< ~/.key)`, `${MY_KEY}`, backticks, a
+    `${MY_KEY:?...}` message) or assigns nothing (`WANDB_API_KEY=`): those store no key."""
+    for match in KEY_ASSIGNMENT.finditer(text):
+        if _scan_word(text, match.end(), WORD_END + ("}" if match[1] else ""))[1]:
+            return text.count("\n", 0, match.start()) + 1
+    return None
+
+
+def setup_sets_key(text: str | None) -> bool:
+    """True when a line of the --setup text that is no comment assigns WANDB_API_KEY (which
+    read_setup takes only from expansions: the job reads the key when it runs)."""
+    return any(KEY_ASSIGNMENT.search(line) and not line.lstrip().startswith("#")
+               for line in (text or "").splitlines())
+
+
+def _scan_word(text: str, at: int, stop: str) -> tuple[int, bool]:
+    """Reads shell text from `at` to the first character in `stop` outside quotes and
+    expansions: (that index, whether any literal character came before it). `stop` '"':
+    the inside of double quotes, where quotes of the other kind are literal characters."""
+    literal = False
+    while at < len(text) and text[at] not in stop:
+        char = text[at]
+        if char in "$`":
+            at, was_literal = _scan_expansion(text, at)
+            literal = literal or was_literal
+        elif char == '"' and stop != '"':
+            at, was_literal = _scan_word(text, at + 1, '"')
+            literal, at = literal or was_literal, at + 1
+        elif char == "'" and stop != '"':
+            end = text.find("'", at + 1)
+            end = len(text) if end < 0 else end
+            literal, at = literal or end > at + 1, end + 1  # '' is no literal
+        else:  # a letter, a backslash escape, a quote within double quotes
+            literal, at = True, at + (2 if char == "\\" else 1)
+    return at, literal
+
+
+def _scan_expansion(text: str, at: int) -> tuple[int, bool]:
+    """The expansion at text[at] ($ or a backtick): (the index after it, whether it holds a
+    literal that becomes part of the value: $'...' quoting, a `${X:-default}` default)."""
+    if text[at] == "`":
+        end = text.find("`", at + 1)
+        return (len(text) if end < 0 else end + 1), False
+    rest = text[at + 1:at + 2]
+    if rest == "(":
+        return _closing(text, at + 1, "(", ")"), False
+    if rest == "'":  # $'...': ANSI-C quoting, a literal
+        end = re.compile(r"(\\.|[^'])*'").match(text, at + 2)
+        return (end.end() if end else len(text)), True
+    if rest == '"':  # $"...": a translated double-quoted string
+        end, literal = _scan_word(text, at + 2, '"')
+        return end + 1, literal
+    if rest == "{":
+        name = re.compile(r"\$\{[#!]?([A-Za-z_]\w*|[0-9]+|[@*#?$!-])(:?[-=+])?").match(text, at)
+        if name and name[2]:  # a default or alternative value: a word of its own
+            end, literal = _scan_word(text, name.end(), "}")
+            return end + 1, literal
+        return _closing(text, at + 1, "{", "}"), False  # ${X}, ${X:?message}, ${X%pattern}
+    name = re.compile(r"\$([A-Za-z_]\w*|[0-9@*#?$!-])").match(text, at)
+    return (name.end(), False) if name else (at + 1, True)  # a lone $ is a literal $
+
+
+def _closing(text: str, at: int, opening: str, closing: str) -> int:
+    """The index after the `closing` bracket that matches the `opening` one at text[at],
+    skipping quoted text; len(text) when none does."""
+    depth = 0
+    while at < len(text):
+        char = text[at]
+        if char in "'\"":
+            end = text.find(char, at + 1)
+            at = len(text) if end < 0 else end
+        elif char == "\\":
+            at += 1
+        elif char == opening:
+            depth += 1
+        elif char == closing:
+            depth -= 1
+            if depth == 0:
+                return at + 1
+        at += 1
+    return len(text)
 
 
 def setup_directives(setup: str | None, directive: str, indented: bool

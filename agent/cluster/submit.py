@@ -34,7 +34,7 @@ import textwrap
 import time
 from pathlib import Path
 
-from agent.cluster.jobs import JobSpec
+from agent.cluster.jobs import JobSpec, setup_sets_key
 from agent.cluster.schedulers import SCHEDULERS, Scheduler
 from agent.commands import module_command, script
 from agent.sweep.store import SweepStore
@@ -253,7 +253,10 @@ def key_kept_from_jobs(scheduler: Scheduler, setup: str | None = None) -> str | 
     obeys). sbatch passes it all unless its --export is NONE, NIL or a list of names without
     ALL or the key; SBATCH_EXPORT sets that and wins over a script's `#SBATCH --export` (`man
     sbatch`: environment variables override the script's options), which the --setup text
-    may hold. Directives after the text's first command are comments (`setup_directives`)."""
+    may hold. Directives after the text's first command are comments (`setup_directives`).
+    A --setup text that sets the key itself (from a file, another variable) gives it to them."""
+    if setup_sets_key(setup):
+        return None
     obeyed, _ = scheduler.setup_directives(setup)
     if scheduler.kind == "pbs":
         for words in obeyed:
