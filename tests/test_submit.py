@@ -781,23 +781,28 @@ def test_a_refused_submission_leaves_no_sweep_and_no_scripts_behind(workdir, aux
                                                                     command):
     """The scheduler is there but refuses the job (no controller reachable): one line, exit
     2, and neither the sweep made from the YAML nor the job scripts are kept, so trying
-    again does not pile up sweeps."""
+    again does not pile up sweeps; nor the folders the submission made for them (data/,
+    data/sweeps/, data/jobs/), while an empty one that was there before stays. Before, an
+    empty data/sweeps/ was left behind a line saying that nothing was kept."""
     bin_dir = aux / "bin"
     bin_dir.mkdir()
     (bin_dir / command).write_text("#!/bin/sh\necho 'error: Unknown host' >&2\nexit 1\n")
     (bin_dir / command).chmod(0o755)
     sweep_file = workdir / "s.yaml"
     sweep_file.write_text((ROOT / "sweeps" / "quickstart.yaml").read_text())
-    for _ in range(2):
+    for there in ([], [], ["data", "data/jobs"], ["data", "data/sweeps"]):
+        for folder in there:
+            (workdir / folder).mkdir(exist_ok=True)
         result = launch(workdir, str(sweep_file), kind, "1",
                         path=f"{bin_dir}:{os.environ['PATH']}")
         assert result.returncode == 2, result.stderr
         (line,) = result.stderr.strip().splitlines()
         assert f"{command} " in line and "Unknown host" in line and "nothing was kept" in line
-        assert list((workdir / "data" / "sweeps").glob("*")) == []
-        assert not (workdir / "data" / "jobs").exists()  # not even an empty folder
+        left = sorted(str(p.relative_to(workdir)) for p in workdir.rglob("*"))
+        assert left == sorted(["s.yaml", *there]), left  # not even an empty folder
         # no sweep announced that is gone: its id and hint come once the jobs are submitted
         assert "Created local sweep" not in result.stdout and "run_sweep.sh" not in result.stdout
+        shutil.rmtree(workdir / "data", ignore_errors=True)
 
 
 def test_a_submission_refused_after_some_jobs_names_them_and_the_sweep(tmp_path):

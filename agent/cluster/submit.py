@@ -37,7 +37,7 @@ from pathlib import Path
 from agent.cluster.jobs import JobSpec, setup_sets_key
 from agent.cluster.schedulers import SCHEDULERS, Scheduler
 from agent.commands import module_command, script
-from agent.sweep.store import SweepStore
+from agent.sweep.store import SWEEPS_DIR, SweepStore
 from agent.sweep.target import (
     SweepTarget,
     check_wandb_sweep,
@@ -329,16 +329,18 @@ def local_sweep_for_jobs(target: SweepTarget, dry_run: bool) -> Path | None:
 
 
 def _after_failure(failure: SubmitFailed, job_dir: Path, made: Path | None,
-                   local: Path | None) -> str:
+                   local: Path | None, new_folders: list[Path] | None = None) -> str:
     """The line for a refused submission. With no job submitted, what this submission wrote
-    is removed (its scripts, and the sweep it made from a YAML): nothing is left half-made.
+    is removed (its scripts, the sweep it made from a YAML, and those of `new_folders`, the
+    folders it created, deepest first, that are left empty): nothing is left half-made.
     Otherwise all stays, and the line names the jobs and the sweep to go on with."""
     if not failure.submitted:
         shutil.rmtree(job_dir, ignore_errors=True)
-        if job_dir.parent.is_dir() and not any(job_dir.parent.iterdir()):
-            job_dir.parent.rmdir()  # data/jobs, when nothing else is in it
         if made is not None:
             shutil.rmtree(made, ignore_errors=True)
+        for folder in new_folders or []:
+            if folder.is_dir() and not any(folder.iterdir()):
+                folder.rmdir()
         return f"{failure}; no job was submitted and nothing was kept"
     more = f"{script('run_sweep.sh')} {local.name} ..." if local is not None else ""
     where = f"; the sweep is {local.name} (more jobs: {more})" \
@@ -385,6 +387,10 @@ def submit_from_args(args: argparse.Namespace, argv: list[str] | None = None) ->
         raise UserError(f"--{scheduler.kind} {count}: expected 1 to {MAX_JOBS} jobs")
     check_option_values(args)
     job_dir = new_job_dir().resolve()
+    # the folders a refused submission removes again if it made them (data/sweeps, data/jobs
+    # and data/ itself), not one that was there before, empty or not
+    new_folders = [folder.resolve() for folder in (SWEEPS_DIR, JOBS_DIR, JOBS_DIR.parent)
+                   if not folder.exists()]
     # Every check before anything is written: options, then the target, then the command.
     checked = scheduler.job_spec(args, count, args.target, None, job_dir, argv)
     note = ignored_directives_note(scheduler, checked.setup, args.setup)
@@ -404,7 +410,8 @@ def submit_from_args(args: argparse.Namespace, argv: list[str] | None = None) ->
         ids = submit(scheduler.scripts(spec), scheduler, spec, args.dry_run)
     except SubmitFailed as failure:
         raise UserError(_after_failure(failure, job_dir, local if target.kind == "yaml"
-                                       else None, local) + _gpu_hint(failure, spec)) from None
+                                       else None, local, new_folders)
+                        + _gpu_hint(failure, spec)) from None
     if ids:
         if target.kind == "yaml" and local is not None:
             name = SweepStore(local / "sweep.db").sweep().name
