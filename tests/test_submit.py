@@ -1314,6 +1314,50 @@ def test_a_key_only_in_the_shell_is_noted_for_pbs_jobs_and_never_shown(tmp_path,
 
 @pytest.mark.e2e
 @pytest.mark.timeout(200)
+def test_a_local_sweep_whose_runs_log_to_wandb_gets_the_key_note(workdir, aux):
+    """Jobs on a local sweep whose runs log to W&B (the wandb sink, the default's, one of
+    the values of `sinks`), submitted with the key only in this shell to a scheduler whose
+    jobs do not get it, are noted as a W&B sweep's are: without the key their runs log
+    offline (as the PBS job of the first test here does), or fail under WANDB_MODE=online.
+    No note where the runs need no key (WANDB_MODE=offline, no wandb sink) or the jobs get
+    it (sbatch passes the shell's environment). The key is never shown. Before, only W&B
+    sweeps were noted."""
+    quickstart = yaml.safe_load((ROOT / "sweeps" / "quickstart.yaml").read_text())
+    for name, sinks in (("all", None), ("tb", {"value": ["tensorboard", "console"]}),
+                        ("some", {"values": [["tensorboard"], ["wandb", "console"]]})):
+        params = {**quickstart["parameters"], **({"sinks": sinks} if sinks else {})}
+        (workdir / f"{name}.yaml").write_text(yaml.safe_dump({**quickstart,
+                                                              "parameters": params}))
+    env = {"WANDB_API_KEY": KEY, "HOME": str(aux), "NETRC": ""}
+    note = ("note: WANDB_API_KEY is set in this shell, but PBS jobs do not get its environment "
+            f"(qsub passes it with -V only) and no {aux / '.netrc'} holds a key for them: run "
+            "`./util/with_venv.sh wandb login` once (it writes ~/.netrc), or the jobs' runs ")
+    offline = note + "log to W&B offline (upload them with `wandb sync`)"
+    for sweep, kind, mode, says in (
+            ("all.yaml", "--pbs", "", offline),
+            ("some.yaml", "--pbs", "", offline),
+            ("all.yaml", "--pbs", "online", note + "fail (WANDB_MODE=online needs a key)"),
+            ("all.yaml", "--pbs", "offline", None),
+            ("tb.yaml", "--pbs", "", None),
+            ("all.yaml", "--slurm", "", None)):
+        result = launch(workdir, sweep, kind, "1", "--gpus-per-job", "0", "--dry-run",
+                        WANDB_MODE=mode, **env)
+        assert result.returncode == 0, result.stderr
+        notes = [line for line in result.stderr.splitlines() if "WANDB_API_KEY" in line]
+        assert notes == ([says] if says else []), (sweep, kind, mode, result.stderr)
+        assert KEY not in result.stdout + result.stderr
+    # a real submission on the local sweep, through a stand-in qsub
+    make_sweep(workdir, "logged", {"lr": {"value": 0.1}, "sinks": {"value": ["wandb"]}})
+    result = launch(workdir, "logged", "--pbs", "1", "--gpus-per-job", "0", WANDB_MODE="",
+                    path=f"{fake_scheduler_bin(aux)}:{os.environ['PATH']}", **env)
+    assert result.returncode == 0 and FAKE_ID in result.stdout, result.stderr
+    assert offline in result.stderr.splitlines(), result.stderr
+    assert KEY not in result.stdout + result.stderr + "".join(
+        path.read_text() for path in (workdir / "data" / "jobs").rglob("*.sh"))
+
+
+@pytest.mark.e2e
+@pytest.mark.timeout(200)
 def test_the_setup_files_directives_decide_whether_jobs_get_the_key(workdir, aux):
     """A --setup file's text follows only comment lines of ours in a job script, so a `#PBS
     -V` or `#SBATCH --export=NONE` at its top is a directive the scheduler obeys: -V passes

@@ -203,11 +203,12 @@ def resolve_job_target(text: str, project: str | None, scheduler: Scheduler, cou
                        dry_run: bool, setup: str | None = None) -> SweepTarget:
     """The sweep the jobs work on; bad files and unreachable W&B sweeps stop here, before
     anything is written."""
-    target = resolve_target(text, project)
+    target, config = resolve_target(text, project), None
     if target.kind == "yaml":
         from agent.sweep.config import load_sweep_config
 
-        scheduler.check_program(str(target.path), load_sweep_config(target.path))
+        config = load_sweep_config(target.path)
+        scheduler.check_program(str(target.path), config)
     elif target.kind == "wandb":
         if not dry_run:
             scheduler.check_program(f"sweep {text}", check_wandb_sweep(target))
@@ -215,24 +216,54 @@ def resolve_job_target(text: str, project: str | None, scheduler: Scheduler, cou
         if note:
             print(note, file=sys.stderr)
         return target
-    elif scheduler.checks_program and not dry_run:  # a dry run writes nothing (not even -shm)
+    elif not dry_run:  # a dry run writes nothing (not even -shm): no note on the key then
         store = SweepStore(target.store_path, read_only=True)
         try:
             config = store.sweep().config
         finally:
             store.close()  # a job merges into the store once every connection is closed
-        scheduler.check_program(f"sweep {target.path.name}", config)
-    note = scheduler.check_local_sweep(count)
-    if note:
+        if scheduler.checks_program:
+            scheduler.check_program(f"sweep {target.path.name}", config)
+    notes = [scheduler.check_local_sweep(count),
+             key_note(scheduler, setup, local_runs=True)
+             if config is not None and runs_log_to_wandb(config) else None]
+    for note in filter(None, notes):
         print(note, file=sys.stderr)
     return target
 
 
-def key_note(scheduler: Scheduler, setup: str | None = None) -> str | None:
+# WANDB_MODE values (which the jobs get, PASSED_SETTINGS) under which runs need no key
+KEYLESS_MODES = ("offline", "dryrun", "disabled")
+
+
+def runs_log_to_wandb(config: dict) -> bool:
+    """True when the runs of the local sweep `config` log to W&B online given a key (the
+    trial's wandb_sink.chosen_mode): our trainer with `wandb` among the sinks its runs can
+    take (the default's; a distribution may draw any), under a WANDB_MODE that needs a key.
+    Another program's runs write offline runs (agent/sweep/program.py run_program)."""
+    from agent.sweep.config import possible_values
+    from agent.sweep.program import runs_our_trainer
+
+    if os.environ.get("WANDB_MODE") in KEYLESS_MODES:
+        return False
+    try:
+        if not runs_our_trainer(config):
+            return False
+        sinks = possible_values(config, "sinks")
+    except (UserError, ValueError, TypeError, OSError):  # its runs say what is wrong
+        return False
+    return sinks is None or any(value is None or "wandb" in value for value in sinks)
+
+
+def key_note(scheduler: Scheduler, setup: str | None = None,
+             local_runs: bool = False) -> str | None:
     """A note when the W&B key is only in this shell's environment and the scheduler's jobs
     do not get that environment (`key_kept_from_jobs`; the key is never written into a
     script): they would find no key. None when a netrc file (NETRC, else ~/.netrc) exists or
-    the jobs get the key. `setup`: the --setup text, whose directives count."""
+    the jobs get the key. `setup`: the --setup text, whose directives count. `local_runs`:
+    the jobs work on a local sweep whose runs log to W&B (`runs_log_to_wandb`), which
+    without a key log offline (wandb_sink.chosen_mode), or fail where WANDB_MODE asks for
+    W&B's server."""
     if not os.environ.get("WANDB_API_KEY"):
         return None
     why = key_kept_from_jobs(scheduler, setup)
@@ -241,9 +272,14 @@ def key_note(scheduler: Scheduler, setup: str | None = None) -> str | None:
     netrc = Path(os.environ.get("NETRC") or Path.home() / ".netrc").expanduser()
     if netrc.is_file():
         return None
+    mode = os.environ.get("WANDB_MODE") or ""
+    shown = mode if mode.isprintable() and len(mode) <= 20 else brief(mode, 20)
+    cannot = ("the jobs cannot reach W&B" if not local_runs
+              else "the jobs' runs log to W&B offline (upload them with `wandb sync`)"
+              if not mode else f"the jobs' runs fail (WANDB_MODE={shown} needs a key)")
     return (f"note: WANDB_API_KEY is set in this shell, but {why} and no {netrc} holds a key "
             "for them: run `./util/with_venv.sh wandb login` once (it writes ~/.netrc), or "
-            "the jobs cannot reach W&B")
+            f"{cannot}")
 
 
 def key_kept_from_jobs(scheduler: Scheduler, setup: str | None = None) -> str | None:
