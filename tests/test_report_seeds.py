@@ -1213,3 +1213,41 @@ def test_the_groups_go_by_their_best_mean_over_fresh_seeds_and_the_heading_names
     labels = [text for ax in drawn.axes for text in ax.yticks if "optimizer=" in text]
     assert [label.split("optimizer=")[1].split()[0].rstrip(",") for label in labels] == [
         "adam", "rmsprop", "sgd"], labels
+
+
+@pytest.mark.parametrize("varied, picks", [
+    ({"lr": [0.1, 0.01, 0.001]}, "the best 2 overall"),
+    ({"model": ["dense", "cnn"], "lr": [0.1, 0.01]}, "the best 2 per model"),
+    ({"optimizer": ["sgd", "adam"], "lr": [0.1, 0.01]}, "the best 2 per optimizer")])
+def test_the_repeat_hint_says_what_agent_repeat_picks_by_what_the_sweep_varies(
+        tmp_path, monkeypatch, varied, picks):
+    """A sweep of one model over lr read "(the best 2 per model, 5 seeds each)", as if each
+    of several models got two: agent.repeat picks the best 2 runs overall there. The hint
+    names a group only where the sweep varies it, and says what agent.repeat does: its
+    picks without --by are the 2 best runs of each group (of the sweep, for "overall")."""
+    from agent.report.stats import default_by
+
+    monkeypatch.chdir(tmp_path)
+    parameters = {"dataset": {"value": "digits"}, "hidden": {"value": 16},
+                  "epochs": {"value": 1}, "sinks": {"value": ["console"]},
+                  **{name: {"values": values} for name, values in varied.items()}}
+    config = {"program": "agent/train.py", "method": "grid",
+              "metric": {"name": "val/acc", "goal": "maximize"}, "parameters": parameters}
+    for searched in (False, True):
+        name = f"s{int(searched)}"
+        if searched:
+            parameters["seed"] = {"values": [0, 1]}
+        store = create_store(tmp_path / "data" / "sweeps" / name, name, name, config)
+        while (work := claim(store, "host:1", count=64)).kind == "run":
+            for k, run in enumerate(work.runs):
+                store.finish(run.run_id, "host:1", "finished",
+                             {"val/acc": 0.5 + k / 100, "test/acc": 0.5, "epochs_done": 1})
+        study = local_study(store)
+        text = document.build_report(study, tmp_path / name).path.read_text()
+        expected = (f"runs {picks.replace('best 2', 'best 2 settings')} on 5 fresh seeds "
+                    "each." if searched else f"({picks}, 5 seeds each).")
+        assert expected in text, text.split("## Best configurations over seeds")[1][:800]
+        by = default_by(study)
+        groups = {r.config.get(by) for r in study.runs} if "overall" not in picks else {None}
+        configs = repeat_configs(study, top=2, by=by, seeds=5)
+        assert len(configs) == 2 * len(groups)  # what the hint says agent.repeat runs

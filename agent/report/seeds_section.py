@@ -128,13 +128,13 @@ def seeds_section(report: Report, ctx: Context) -> None:
             sweep_seeds + "No repeat sweep exists yet: the tables below give each setting's "
             "mean over the sweep's seeds, but those seeds also picked it, so its mean is "
             "optimistic and none is marked best: "
-            f"`{study.repeat_command()}` runs the best 2 settings per "
-            f"{stats.default_by(study)} on 5 fresh seeds each.", "")
+            f"`{study.repeat_command()}` runs {_repeat_picks(ctx, 'settings')} on 5 fresh "
+            "seeds each.", "")
     else:
         report.add("No repeat sweep exists yet, so each configuration below has one run and "
                    "no interval, and none is marked best: "
                    f"`{study.repeat_command()}` creates and runs them "
-                   f"(the best 2 per {stats.default_by(study)}, 5 seeds each).", "")
+                   f"({_repeat_picks(ctx)}, 5 seeds each).", "")
     for by in group_parameters(ctx):
         by_table(report, ctx, by, repeated)
     # a setting whose sweep run hyperband stopped has no full-length sweep value to set
@@ -160,6 +160,17 @@ def seeds_section(report: Report, ctx: Context) -> None:
 
 MAX_GROUP_VALUES = 8  # a swept parameter with more values gets no "By ..." table
 MAX_GROUP_TABLES = 4
+
+
+def _repeat_picks(ctx: Context, noun: str = "") -> str:
+    """What `agent.repeat` picks without --by, by what the sweep varies: 'the best 2 per
+    optimizer'; 'the best 2 overall' where it varies none of model, optimizer and a batch
+    size tried more than once (stats.default_by then names the model, one group: "per
+    model" read as two runs of each model in a sweep of one)."""
+    by = stats.default_by(ctx.study)
+    # default_by's fallback names the model, varied or not
+    grouped = by != "model" or "model" in stats.varying_parameters(ctx.study.runs)
+    return f"the best 2 {noun + ' ' if noun else ''}" + (f"per {by}" if grouped else "overall")
 
 
 def group_parameters(ctx: Context) -> list[str]:
