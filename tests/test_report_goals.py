@@ -536,3 +536,43 @@ def test_a_packed_sweeps_repeat_hint_trains_its_repeats_packed(tmp_path, monkeyp
         best = text.split("## The best run")[1].split("\n## ")[0]
         seeds = text.split("## Best configurations over seeds")[1].split("\n## ")[0]
         assert hint in best and hint in seeds, (best, seeds)
+
+
+def test_a_heat_map_cell_below_a_named_threshold_never_prints_as_it(tmp_path, monkeypatch):
+    """A digits run whose best val/acc is 0.1458 counts as stuck (below chance 1/10 + 0.05 =
+    0.150, as the rule says), yet its heat map cell read "0.15", the bound itself. The
+    cells are written to the fewest decimals at which none prints as a threshold the report
+    names unless it equals it (3 here: "0.146"), and the paragraph says why; a grid whose
+    cells stand clear of every threshold keeps 2 decimals."""
+    monkeypatch.chdir(tmp_path)
+    config = {"program": "agent/train.py", "method": "grid",
+              "metric": {"name": "val/acc", "goal": "maximize"},
+              "parameters": {"dataset": {"value": "digits"}, "model": {"value": "dense"},
+                             "hidden": {"value": 16}, "epochs": {"value": 2},
+                             "lr": {"values": [0.1, 0.01, 0.001, 0.0001]}}}
+    for name, near in (("near", 0.1458), ("clear", 0.3)):
+        scores = {0.1: 0.9, 0.01: 0.5, 0.001: near, 0.0001: 0.08}
+        store = create_store(tmp_path / "data" / "sweeps" / name, name, name, config)
+        for run in claim(store, "host:1", count=4).runs:
+            score = scores[run.config["lr"]]
+            loss = 2.302 if score < 0.2 else 1.0
+            for epoch in (1, 2):
+                store.record_epoch(run.run_id, "host:1", epoch,
+                                   {"train/loss": loss, "val/loss": loss,
+                                    "val/acc": score - 0.01 * (2 - epoch)})
+            store.finish(run.run_id, "host:1", "finished",
+                         {"val/acc": score, "test/acc": score, "epochs_done": 2})
+        report = document.build_report(local_study(store), tmp_path / name)
+        text = report.path.read_text()
+        (ax,) = [ax for ax in report.figures["grid_heatmap.png"].axes if ax.images]
+        groups = {row["lr"]: row["group"]
+                  for row in csv.DictReader(open(tmp_path / name / "runs.csv"))}
+        if name == "near":
+            assert groups["0.001"] in (stats.STUCK, stats.FALLING)  # below 0.150
+            assert sorted(ax.texts) == ["0.080", "0.146", "0.500", "0.900"], ax.texts
+            assert ("Cells are written to 3 decimals: at 2, 0.146 would read as the stuck "
+                    "bound (chance + the stuck margin), 0.150, which it is below.") in text
+            assert "The colour runs from chance (0.100, dark) to the best cell (0.900" in text
+        else:
+            assert sorted(ax.texts) == ["0.08", "0.30", "0.50", "0.90"], ax.texts
+            assert "Cells are written to" not in text

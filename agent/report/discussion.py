@@ -32,6 +32,7 @@ from agent.report.study_figures import (
     STOPPED_MARK,
     HeatPanel,
     MarginalPanel,
+    cell_digits,
     heatmap_grid,
     marginal_figure,
 )
@@ -243,8 +244,10 @@ def heatmap_section(report: Report, ctx: Context) -> None:
     if chance is not None and not minimize:
         low = chance  # an accuracy's colours start at chance (below it: as dark)
     worst, best = (high, low) if minimize else (low, high)
-    where = (f"chance ({worst:.2f}, dark)" if chance is not None and not minimize
-             else f"the worst ({worst:.2f}, dark)")
+    named = named_thresholds(ctx)
+    digits = cell_digits(shown, named.values())
+    where = (f"chance ({worst:.{digits}f}, dark)" if chance is not None and not minimize
+             else f"the worst ({worst:.{digits}f}, dark)")
     axes = f"rows are `{row}`" + (f", columns `{col}`" if col else "")
     ranges = "".join(  # a range a row: what a range is, and why
         f" `{name}` is drawn from a distribution, a value for each run, so its "
@@ -257,8 +260,8 @@ def heatmap_section(report: Report, ctx: Context) -> None:
              else "runs that differ in no axis")
     cells = (f"each cell is the mean of its runs (up to {most}: {alike}; a cell's best "
              "single run can be better)" if most > 1 else "one run a cell")
-    colours = (f"The colour runs from {where} to the best cell ({best:.2f}, bright)" if shown
-               else "No cell has a value")
+    colours = (f"The colour runs from {where} to the best cell ({best:.{digits}f}, bright)"
+               if shown else "No cell has a value")
     report.add(f"`{metric}` of the runs: {axes}, "
                + ("one panel per " + " x ".join(f"`{f}`" for f in facets) if facets
                   else "one panel") + f"; {cells}.{ranges} {colours}; \"div\" marks a "
@@ -269,14 +272,47 @@ def heatmap_section(report: Report, ctx: Context) -> None:
                + (f" {STOPPED_MARK} marks a cell holding a run the sweep's early termination "
                   f"(hyperband) stopped ({len(cut_short)} run"
                   f"{'s' if len(cut_short) != 1 else ''} in all): its value is the one at the "
-                  "epoch it stopped at, not a final one." if cut_short else ""), "")
+                  "epoch it stopped at, not a final one." if cut_short else "")
+               + _digits_text(shown, named, digits), "")
     title = (f"{metric} over the search ({' and '.join(binned)} in ranges)" if binned
              else f"{metric} over the grid")
     report.figure(heatmap_grid(panels, row, rows, col or "", cols, metric, low, high,
                                ctx.out_dir / "grid_heatmap.png", title,
                                flip_rows=bool(log_distribution(ctx, row)) or spans_decades(rows),
-                               lower_is_better=minimize),
+                               lower_is_better=minimize, digits=digits),
                   "heat map of the grid")
+
+
+def named_thresholds(ctx: Context) -> dict[str, float]:
+    """{how the report names it: value} of the levels it reads the sweep's metric against:
+    for an accuracy, chance and the stuck bound (stats.GroupRule), and for the test
+    accuracy the chance bound of the runs better than random, which reads it; for a loss,
+    ln K and the divergence bound."""
+    metric, classes = ctx.study.metric, ctx.classes
+    if classes is None:
+        return {}
+    if metric.endswith("acc") and ctx.base is not None:
+        named = {"chance": ctx.base.chance,
+                 "the stuck bound (chance + the stuck margin)": ctx.rule.stuck_below(classes)}
+        if metric == "test/acc":
+            named["the chance bound of the runs better than random"] = ctx.base.chance_bound
+        return named
+    if metric.endswith("loss"):
+        return {f"ln {classes} (a uniform guess)": math.log(classes),
+                "the divergence bound": ctx.rule.explode_at(classes)}
+    return {}
+
+
+def _digits_text(shown: list[float], named: dict[str, float], digits: int) -> str:
+    """' Cells are written to 3 decimals: at 2, 0.1458 would read as the stuck bound ...
+    0.150, which it is below.', or '' at 2 decimals."""
+    if digits == 2:
+        return ""
+    value, (name, level) = next((v, (n, t)) for v in shown for n, t in named.items()
+                                if v != t and f"{v:.2f}" == f"{t:.2f}")
+    side = "below" if value < level else "above"
+    return (f" Cells are written to {digits} decimals: at 2, {value:.{digits}f} would read "
+            f"as {name}, {level:.{digits}f}, which it is {side}.")
 
 
 def _heat_panels(ctx: Context, facets: list[str], rows: tuple[str, HeatAxis],

@@ -43,20 +43,34 @@ class HeatPanel:
     diverged: list[list[int]] | None = None
 
 
+def cell_digits(values, thresholds, least: int = 2, most: int = 6) -> int:
+    """The fewest decimals (from `least`, at most `most`) at which no value of `values`
+    prints as any of `thresholds` unless it equals it: a cell of 0.1458 written "0.15"
+    read as at a stuck bound of 0.150 that the run counts as below (rounding keeps order,
+    so a value apart from a threshold in print is on its own side of it)."""
+    finite = [float(v) for v in values if np.isfinite(v)]
+    for digits in range(least, most):
+        if all(v == t or f"{v:.{digits}f}" != f"{t:.{digits}f}"
+               for v in finite for t in thresholds):
+            return digits
+    return most
+
+
 def heatmap_grid(panels: list[HeatPanel], row_label: str, row_values: list,
                  col_label: str, col_values: list, metric: str, low: float, high: float,
                  path, title: str, flip_rows: bool = False,
-                 lower_is_better: bool = False) -> Drawn:
+                 lower_is_better: bool = False, digits: int = 2) -> Drawn:
     """One annotated heat map per panel: rows x columns of the metric (viridis from `low`,
     e.g. chance, dark, to `high`, bright; reversed when `lower_is_better`, a loss: the best
     is bright either way), each cell written; a cell without a value shows its note; a
     cell holding a run stopped early is written with a `*`, which the title explains; a
     cell whose value left diverged runs out says how many ("1 div").
-    `flip_rows` puts the last row value on top."""
+    `flip_rows` puts the last row value on top; each cell is written to `digits` decimals
+    (cell_digits)."""
     if any(any(map(any, p.stopped)) for p in panels if p.stopped):
         title += (f"\n{STOPPED_MARK}: the cell holds a run stopped early (hyperband): "
                   "its value at that epoch")
-    width = max(3.0, 0.62 * len(col_values) + 1.6)
+    width = max(3.0, (0.62 + 0.07 * (digits - 2)) * len(col_values) + 1.6)
     height = max(2.6, 0.42 * len(row_values) + 1.2)
     fig, axes = panel_grid(len(panels), (width, height), (1.0, 0.6), title,
                            layout="constrained")
@@ -70,7 +84,7 @@ def heatmap_grid(panels: list[HeatPanel], row_label: str, row_values: list,
                           cmap="viridis_r" if lower_is_better else "viridis")
         ax.set_facecolor("0.85")  # cells without a value
         for (i, j), value in np.ndenumerate(panel.values):
-            text = f"{value:.2f}" if np.isfinite(value) else panel.notes[i][j]
+            text = f"{value:.{digits}f}" if np.isfinite(value) else panel.notes[i][j]
             if panel.stopped and panel.stopped[i][j]:
                 text += STOPPED_MARK
             if panel.diverged and panel.diverged[i][j] and np.isfinite(value):
