@@ -822,3 +822,46 @@ def test_the_waiting_line_says_from_scratch_for_runs_that_keep_no_checkpoint(tmp
         else:
             assert words.startswith("from scratch (") and (
                 "checkpoint: false" in words) == ours, words
+
+
+def test_the_report_of_a_sweep_whose_runs_were_all_preempted_names_the_run_ahead(
+        tmp_path, monkeypatch):
+    """A launch stopped by Ctrl-C before any run ended: two runs preempted mid-training, one
+    planned run not started. The launcher's closing lines name the best so far at its last
+    epoch; the report said "No ended run has a value of `val/acc`" and nothing more. It
+    names the same run with its value, its epoch of the planned ones and its state, and the
+    command that goes on; while a run is still training (its agent alive), no command."""
+    from agent.report import document
+    from agent.report.study import local_study
+
+    monkeypatch.chdir(tmp_path)
+    config = {"program": "agent/train.py", "method": "grid",
+              "metric": {"name": "val/acc", "goal": "maximize"},
+              "parameters": {"dataset": {"value": "digits"}, "model": {"value": "dense"},
+                             "hidden": {"value": 16}, "epochs": {"value": 20},
+                             "lr": {"values": [0.1, 0.01, 0.001]}}}
+    store = create_store(tmp_path / "data" / "sweeps" / "cut1", "cut1", "cut", config)
+    runs = claim(store, "host:1", count=2).runs
+    for run, values in zip(runs, ((0.31, 0.45, 0.5), (0.52, 0.48))):
+        for epoch, value in enumerate(values, 1):
+            assert store.record_epoch(run.run_id, "host:1", epoch, {"val/acc": value})
+        store.finish(run.run_id, "host:1", "preempted")
+    out = io.StringIO()
+    render_status(store, Console(file=out, width=200, color_system=None), limit=10)
+    leader = runs[0].run_id
+    assert (f"the best so far at its last epoch: {leader} val/acc=0.5000 (epoch 3)"
+            in out.getvalue()), out.getvalue()
+    text = document.build_report(local_study(store), tmp_path / "report").path.read_text()
+    assert "**No ended run has a value of `val/acc`**." in text
+    assert (f"Ahead at its last epoch: {leader} val/acc=0.5000, epoch 3 of 20, preempted (a "
+            "value of an epoch on the way, not a result: the run has not ended). Go on where "
+            "the sweep stopped: `./run_sweep.sh cut1` (its agents resume a preempted run "
+            "from its last checkpoint).") in text, text
+    # a sweep whose one run is training now: named, no command
+    live = create_store(tmp_path / "data" / "sweeps" / "live1", "live1", "live", config)
+    (run,) = claim(live, "host:2", count=1).runs
+    assert live.record_epoch(run.run_id, "host:2", 1, {"val/acc": 0.7})
+    text = document.build_report(local_study(live), tmp_path / "again").path.read_text()
+    assert (f"Ahead at its last epoch: {run.run_id} val/acc=0.7000, epoch 1 of 20, running"
+            in text), text
+    assert "Go on where the sweep stopped" not in text

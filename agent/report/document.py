@@ -44,7 +44,7 @@ from agent.report.setup_section import (
     setup_section,
     used_by_any,
 )
-from agent.report.study import Study, check_our_trainer, load_study
+from agent.report.study import OPEN_STATES, Study, check_our_trainer, load_study
 from agent.report.weights_section import gradcam_section, weights_section
 from agent.sweep_space import swept_parameters
 from util.errors import CommandParser, UserError, brief
@@ -121,6 +121,9 @@ def build_report(study: Study, out_dir: Path, console: Console | None = None,
             for run in study.runs:
                 report.add(f"- {run.id}: {run.state}" + (f" ({run.error})" if run.error else ""))
             report.add("")
+            ahead = ahead_text(study)
+            if ahead:
+                report.add(ahead, "")
         else:
             for name, section in SECTIONS:
                 status.update(f"report: {name}")
@@ -128,6 +131,29 @@ def build_report(study: Study, out_dir: Path, console: Console | None = None,
     report.path.write_text("\n".join(report.lines), encoding="utf-8")
     write_html(report.path, out_dir / "report.html", study.name)
     return report
+
+
+def ahead_text(study: Study) -> str:
+    """For a sweep none of whose runs has a result yet (a launch stopped by Ctrl-C or a
+    walltime before any run ended): the run ahead at its last epoch among those still open,
+    as the launcher's closing lines name it (status._best_so_far), and how to go on where
+    the sweep stopped; '' where no open run has a value of the metric in an epoch."""
+    sign = -1 if study.goal == "maximize" else 1
+    reached = [(value, run) for run in study.runs if run.state in OPEN_STATES
+               for value in [stats.last_epoch_value(run, study.metric)] if value is not None]
+    if not reached:
+        return ""
+    value, run = min(reached, key=lambda pair: sign * pair[0])
+    state = "silent" if run.silent_after is not None else run.state
+    epoch = run.history[-1].get("epoch", len(run.history))  # a resumed run's own count
+    text = (f"Ahead at its last epoch: {run.id} {study.metric}={value:.4f}, epoch "
+            f"{epoch} of {run.params.epochs}, {state} (a value of an epoch "
+            "on the way, not a result: the run has not ended).")
+    if any(r.state == "preempted" or r.silent_after is not None for r in study.runs):
+        text += (" Go on where the sweep stopped: "
+                 f"`{script('run_sweep.sh')} {study.sweep_id}` (its agents resume a "
+                 "preempted run from its last checkpoint).")
+    return text
 
 
 SECTIONS = (("set-up", setup_section), ("dataset and baselines", dataset_section),

@@ -480,6 +480,14 @@ def best_settings_per_group(runs: list[RunRecord], by: str, count: int, metric: 
             ranked_settings_per_group(runs, by, metric, goal, order).items()}
 
 
+def last_epoch_value(run: RunRecord, metric: str) -> float | None:
+    """`metric`'s finite value in the run's last epoch row, else None: where an open run
+    (running, preempted) stands, which its summary does not hold until it ends."""
+    value = run.history[-1].get(metric) if run.history else None
+    ok = isinstance(value, (int, float)) and not isinstance(value, bool)
+    return float(value) if ok and math.isfinite(value) else None
+
+
 def epochs_done(run: RunRecord) -> int:
     """The epochs a run trained before it ended (its summary's epochs_done, else its
     history's rows)."""
