@@ -702,6 +702,13 @@ def test_weights_of_runs_hyperband_stopped_are_marked_stopped(tmp_path, monkeypa
     one = len(marked) == 1
     assert (f"`dense`: {', '.join(marked)} {'was' if one else 'were'} stopped early by the "
             "sweep's early termination: ") in text, text
+    # its group's loss figure marks it too (the stuck figure drew it unmarked)
+    groups = {row["run_id"]: row["group"] for row in rows_of(tmp_path / "report" / "runs.csv")}
+    for run in store.runs():
+        entry = (f"lr={short_number(run.config['lr'])}: stopped early at epoch {run.epoch} "
+                 "of 4")
+        legends = report.figures[f"loss_{groups[run.id]}.png"].legends
+        assert (entry in legends) == (run.id in stopped), (entry, legends)
 
 
 @pytest.mark.timeout(300)

@@ -576,3 +576,54 @@ def test_a_heat_map_cell_below_a_named_threshold_never_prints_as_it(tmp_path, mo
         else:
             assert sorted(ax.texts) == ["0.08", "0.30", "0.50", "0.90"], ax.texts
             assert "Cells are written to" not in text
+
+
+def test_a_run_hyperband_stopped_is_marked_in_its_groups_figure(tmp_path, monkeypatch):
+    """A digits grid with hyperband: the run at the smallest lr stopped after 1 of 4 epochs
+    at chance, beside one that trained all 4 and stayed there. The figure of its group drew
+    its one point with no mark, as if its setting alone held it at chance; the weight figure
+    marks such runs. Its line ends in a bar, the legend says "lr=3e-05: stopped early at
+    epoch 1 of 4", and a sentence after the figure names it; the full-length run is not
+    marked."""
+    monkeypatch.chdir(tmp_path)
+    config = {"program": "agent/train.py", "method": "grid",
+              "metric": {"name": "val/acc", "goal": "maximize"},
+              "early_terminate": {"type": "hyperband", "min_iter": 1, "eta": 2},
+              "parameters": {"dataset": {"value": "digits"}, "model": {"value": "dense"},
+                             "hidden": {"value": 32}, "epochs": {"value": 4},
+                             "lr": {"values": [0.1, 0.03, 0.0001, 0.00003]}}}
+    store = create_store(tmp_path / "data" / "sweeps" / "hb1", "hb1", "hb", config)
+    ids = {}
+    for run in claim(store, "host:1", count=4).runs:
+        lr = run.config["lr"]
+        ids[lr] = run.run_id
+        epochs = 1 if lr == 0.00003 else 4
+        for epoch in range(1, epochs + 1):
+            learns = lr >= 0.03
+            loss = 1.0 / epoch if learns else 2.302
+            acc = 0.8 + epoch / 40 if learns else 0.11
+            store.record_epoch(run.run_id, "host:1", epoch,
+                               {"train/loss": loss, "val/loss": loss, "val/acc": acc})
+        store.finish(run.run_id, "host:1", "stopped" if epochs == 1 else "finished",
+                     {"val/acc": acc, "test/acc": acc, "epochs_done": epochs})
+    report = document.build_report(local_study(store), tmp_path / "report")
+    text = report.path.read_text()
+    groups = {row["run_id"]: row["group"]
+              for row in csv.DictReader(open(tmp_path / "report" / "runs.csv"))}
+    group = groups[ids[0.00003]]
+    assert group in stats.AT_CHANCE and groups[ids[0.0001]] in stats.AT_CHANCE, groups
+    drawn = report.figures[f"loss_{group}.png"]
+    marked = [entry for entry in drawn.legends if "stopped" in entry]
+    assert marked == ["lr=3e-05: stopped early at epoch 1 of 4"], drawn.legends
+    # the bar at the stopped run's one point (epoch 1, ln 10), none at the full-length run's
+    (ax,) = [ax for ax in drawn.axes if ax.title]
+    bars = [(x.tolist(), y.tolist()) for (label, x, y), marker in zip(ax.lines, ax.markers)
+            if label == "_stopped" and marker == "|"]
+    assert bars == [([1.0], [2.302])], ax.lines
+    title = {stats.STUCK: "stuck at chance", stats.FALLING:
+             "did not leave chance, loss still falling"}[group]
+    assert (f"In the figure of the \"{title}\" runs, lr=3e-05 ({ids[0.00003]}, stopped early "
+            "at epoch 1 of 4) was stopped early by the sweep's early termination: its line "
+            "ends in a bar there, and it trained fewer epochs than a full-length run, so it "
+            "may have left chance had it trained on.") in text, text
+    assert f"lr=0.0001 ({ids[0.0001]}, stopped" not in text

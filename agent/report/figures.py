@@ -503,6 +503,9 @@ class GroupCurve:
     # steps raises the epoch's mean past the rule while every logged step stays low)
     epoch_means: list[tuple[float, float]] = field(default_factory=list)
     val_losses: list[tuple[float, float]] = field(default_factory=list)
+    # 'stopped early at epoch 1 of 4' for a run the sweep's early termination cut short
+    # (its line ends there, marked), else ''
+    stopped: str = ""
 
 
 LINE_STYLES = ("-", "--", ":", "-.")
@@ -611,6 +614,7 @@ def group_loss_figure(curves: list[GroupCurve], facets: list[str], colour: str |
     if any(c.val_losses for c in curves):
         handles.append(Line2D([], [], color="0.3", marker="s", markerfacecolor="none",
                               linestyle="none", label="validation loss"))
+    handles += _stopped_handles(curves, colour, colours)
     if classes:
         handles.append(Line2D([], [], label=_chance_loss_label(classes), **CHANCE_LOSS))
     if threshold is not None:
@@ -627,6 +631,25 @@ def group_loss_figure(curves: list[GroupCurve], facets: list[str], colour: str |
                    fontsize=8, frameon=False)
     fig.tight_layout()
     return _save(fig, path)
+
+
+# A line that ends where early termination stopped its run: a bar across its last point
+# (a line ending short of the others read as a run that was simply shorter, or failed)
+STOPPED_END = {"marker": "|", "markersize": 11, "markeredgewidth": 2, "linestyle": "none"}
+MAX_STOPPED_NAMED = 6  # stopped runs named one by one in a group figure's legend
+
+
+def _stopped_handles(curves: list[GroupCurve], colour: str | None, colours: dict) -> list:
+    """The legend's entries for the runs early termination stopped, each drawn ending in a
+    bar: one per run ('lr=0.0001: stopped early at epoch 1 of 4', as the weight figure
+    marks such runs), or one for them all past MAX_STOPPED_NAMED."""
+    stopped = [c for c in curves if c.stopped]
+    if len(stopped) > MAX_STOPPED_NAMED:
+        return [Line2D([], [], color="0.3", **STOPPED_END,
+                       label=f"{len(stopped)} runs stopped early (hyperband): at the bar")]
+    return [Line2D([], [], color=colours.get(c.config.get(colour), "0.3"), **STOPPED_END,
+                   label=f"{_config_label(c.config) or 'the run'}: {c.stopped}")
+            for c in stopped]
 
 
 def _chance_loss_label(classes: int) -> str:
@@ -651,6 +674,10 @@ def _draw_group_panel(ax, curves: list[GroupCurve], colour, style, colours, styl
                         markerfacecolor="none", markersize=5, linestyle="none",
                         color=colours.get(curve.config.get(colour), f"C{i % 10}"),
                         label=f"_{_config_label(curve.config)} {marker}")
+        ends = [(x, y) for x, y in zip(curve.steps, ys) if math.isfinite(y)]
+        if curve.stopped and ends:
+            ax.plot(*ends[-1], color=colours.get(curve.config.get(colour), f"C{i % 10}"),
+                    **STOPPED_END, label="_stopped")
         bad = [s for s, y in zip(curve.steps, curve.losses)
                if not (_is_number(y) and math.isfinite(y))]
         if bad:

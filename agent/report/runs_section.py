@@ -23,6 +23,7 @@ from agent.report.markdown import (
     fmt_value,
     log_axis,
     log_text,
+    stopped_note,
     stopped_text,
 )
 from agent.report.study import RunRecord
@@ -173,6 +174,25 @@ def groups_section(report: Report, ctx: Context) -> None:
     for group in stats.GROUPS:
         if members[group]:
             report.figure(group_figure(ctx, group, members[group]), f"{group} runs")
+            report.add(*_stopped_in_figure(ctx, group, members[group]))
+
+
+def _stopped_in_figure(ctx: Context, group: str, runs: list[RunRecord]) -> list[str]:
+    """The sentence after a group's figure naming its runs that the sweep's early
+    termination stopped, each line ending in a bar there (a run stopped after 1 of 4 epochs
+    among the stuck ones had no mark: it read as stuck for its setting alone); [] if none."""
+    cut = [f"{config_text(r, ctx.swept, ' ') or r.id} ({r.id}, {stopped_note(r)})"
+           for r in runs if stopped_note(r)]
+    if not cut:
+        return []
+    one = len(cut) == 1
+    chance = group in stats.AT_CHANCE
+    return [f"In the figure of the \"{GROUP_TITLES[group]}\" runs, {', '.join(cut)} "
+            f"{'was' if one else 'were'} stopped early by the sweep's early termination: "
+            f"{'its line ends' if one else 'their lines end'} in a bar there, and "
+            f"{'it' if one else 'they'} trained fewer epochs than a full-length run"
+            + (f", so {'it' if one else 'they'} may have left chance had "
+               f"{'it' if one else 'they'} trained on" if chance else "") + ".", ""]
 
 
 FAILED_STATES = ("failed", "crashed")
@@ -265,7 +285,8 @@ def group_figure(ctx: Context, group: str, runs: list[RunRecord]) -> figures.Dra
     curves = [figures.GroupCurve({a: r.config.get(a, r.params.get(a)) for a in ctx.swept},
                                  drawn[r.id].steps, drawn[r.id].losses,
                                  *(_epoch_points(r, drawn[r.id], by_step)
-                                   if group == stats.DIVERGED else ([], [])))
+                                   if group == stats.DIVERGED else ([], [])),
+                                 stopped=stopped_note(r))
               for r in runs if r.id in drawn]
     kind = _drawn_by(ctx, runs)
     return figures.group_loss_figure(
