@@ -75,6 +75,10 @@ def subprocess_env(**extra: str) -> dict:
     # in this worker did): a child would then share that service and its runs, and two
     # tests' runs of one id collide there ("run ID wbrun000 is in use")
     env.pop("WANDB_SERVICE", None)
+    # sbatch's settings of the shell the tests run in (a login node's SBATCH_EXPORT,
+    # SBATCH_PARTITION) would change the jobs and notes the tests expect
+    for name in [name for name in env if name.startswith("SBATCH_")]:
+        env.pop(name)
     env.update(extra)
     return env
 
