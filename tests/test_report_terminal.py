@@ -156,6 +156,9 @@ def test_a_status_table_wider_than_80_columns_keeps_every_run_id_in_a_file(tmp_p
 
 def test_closing_lines_name_the_next_commands(course_store, monkeypatch):
     monkeypatch.chdir(course_store.directory.parent)  # where ./run_sweep.sh ran
+    for run in course_store.runs():  # the sweep ends: its best runs can be repeated
+        if run.state == "running":
+            course_store.finish(run.id, "host:1", "finished", {"val/acc": 0.2})
     lines = closing_lines(course_store)
     assert lines[:3] == ["Results: course/sweep.db",
                          "  TensorBoard logs: data/logs/course-course1/",
@@ -248,7 +251,9 @@ def test_run_header_shows_every_swept_parameter_and_the_sweep_pace():
 
 def test_an_unfinished_sweep_ends_with_how_to_go_on(course_store, monkeypatch):
     """Stopped by Ctrl-C or SIGTERM (3 of 80 runs still open): the last lines say so and name
-    the command that goes on with the same sweep, before the next steps."""
+    the command that goes on with the same sweep, before the next steps; no command repeats
+    the best runs over seeds yet (the best of 77 ended runs; one of the 3 left may beat it),
+    only that it comes once the sweep has ended. Ended, the repeat command is back."""
     monkeypatch.chdir(course_store.directory.parent)
     lines = closing_lines(course_store)
     at = lines.index("Not finished (77 of 80 runs ended): go on where it stopped with")
@@ -256,12 +261,19 @@ def test_an_unfinished_sweep_ends_with_how_to_go_on(course_store, monkeypatch):
     # a launch with agent options goes on with the same ones (a packed sweep stays packed)
     packed = closing_lines(course_store, " --pack 4 --agents 2")
     assert packed[packed.index(lines[at]) + 1] == "  ./run_sweep.sh course1 --pack 4 --agents 2"
-    assert at < lines.index(next(line for line in lines if line.startswith("Next:")))
+    assert not any("agent.repeat course1" in line or line.startswith("Next:") for line in lines)
+    assert lines[at + 2:] == [
+        "Once the sweep has ended: repeat its best runs over 5 seeds (agent.repeat)",
+        "Meanwhile: the report so far, and TensorBoard:",
+        "  ./util/with_venv.sh python -m agent.report course1",
+        "  ./run_tensorboard.sh --logdir data/logs/course-course1"], lines
     assert all(len(line) <= 80 for line in lines)
     for run in course_store.runs():
         if run.state == "running":
             course_store.finish(run.id, "host:1", "finished", {"val/acc": 0.2})
-    assert not any(line.startswith("Not finished") for line in closing_lines(course_store))
+    lines = closing_lines(course_store)
+    assert not any(line.startswith(("Not finished", "Once the sweep")) for line in lines)
+    assert "  ./util/with_venv.sh python -m agent.repeat course1 --run" in lines
 
 
 def test_a_sweep_stopped_by_its_metric_target_says_so(tmp_path, monkeypatch):

@@ -517,26 +517,39 @@ def closing_lines(store: SweepStore, options: str = "") -> list[str]:
         shown = ", ".join(f"{r.id} (epoch {r.epoch})" for r in these[:4])
         lines += [f"Crashed again, not repeated: {shown}{', ...' * (len(these) > 4)}",
                   f"  ({why})"]
+    unfinished = not reached and (ended < len(current) or (planned and ended < planned))
     if reached:
         lines.append(reached)
-    elif ended < len(current) or (planned and ended < planned):  # stopped (Ctrl-C, SIGTERM...)
+    elif unfinished:  # stopped (Ctrl-C, SIGTERM...)
         lines += [f"Not finished ({ended} of {planned or len(current)} runs ended): go on "
                   "where it stopped with", f"  {script('run_sweep.sh')} {sweep.id}{options}"]
     if best is None or not ours:  # nothing to repeat or report (yet)
         return lines
-    prefix = f"{script('util/with_venv.sh')} python -m"
-    parent = repeats_sweep(sweep.config)
     board = [f"  {script('run_tensorboard.sh')} --logdir {shlex.quote(logs)}"] \
         if "tensorboard" in sinks else []  # quoted: a log_dir may hold spaces
+    return lines + next_lines(sweep, options, board, bool(unfinished))
+
+
+def next_lines(sweep, options: str, board: list[str], unfinished: bool) -> list[str]:
+    """The closing lines' next steps: the report (a repeat sweep's: that of the sweep it
+    repeats), TensorBoard (`board`: its command line, or none) and, once the sweep has
+    ended, the seed repeats of its best runs. Not while runs are left (`unfinished`): the
+    best of a sweep stopped midway is the best of the runs that ended so far, and its
+    repeats would be of a setting a run still to end may beat; going on comes first."""
+    prefix = f"{script('util/with_venv.sh')} python -m"
+    parent = repeats_sweep(sweep.config)
     if parent:  # a repeat sweep: its runs are part of the repeated sweep's report
-        return lines + ["Next: the report of the sweep it repeats"
-                        f"{', and TensorBoard' * bool(board)}:",
-                        f"  {prefix} agent.report {parent}", *board]
-    lines += [f"Next: repeat the best runs over 5 seeds, write the report"
-              f"{', open TensorBoard' * bool(board)}:",
-              f"  {prefix} agent.repeat {sweep.id} --run{pack_option(options)}",
-              f"  {prefix} agent.report {sweep.id}", *board]
-    return lines
+        return ["Next: the report of the sweep it repeats"
+                f"{', and TensorBoard' * bool(board)}:",
+                f"  {prefix} agent.report {parent}", *board]
+    if unfinished:
+        return ["Once the sweep has ended: repeat its best runs over 5 seeds (agent.repeat)",
+                f"Meanwhile: the report so far{', and TensorBoard' * bool(board)}:",
+                f"  {prefix} agent.report {sweep.id}", *board]
+    return [f"Next: repeat the best runs over 5 seeds, write the report"
+            f"{', open TensorBoard' * bool(board)}:",
+            f"  {prefix} agent.repeat {sweep.id} --run{pack_option(options)}",
+            f"  {prefix} agent.report {sweep.id}", *board]
 
 
 MAX_REASONS = 3  # failure reasons the closing lines quote; the report has every one
