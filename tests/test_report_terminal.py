@@ -877,3 +877,43 @@ def test_the_report_of_a_sweep_whose_runs_were_all_preempted_names_the_run_ahead
     assert (f"Ahead at its last epoch: {run.run_id} val/acc=0.7000, epoch 1 of 20, running"
             in text), text
     assert "Go on where the sweep stopped" not in text
+
+
+def test_the_reports_best_run_names_a_preempted_run_ahead_of_it(tmp_path, monkeypatch):
+    """A launch stopped by Ctrl-C after one run ended: the run at lr 0.1 finished at val/acc
+    0.6, the one at 0.01 was preempted at 0.8 in its epoch 3 of 20, the one at 0.001 at 0.4.
+    The closing lines and agent.status say the best is of the ended runs and name the run
+    ahead of it; the report's best-run section named the finished run alone. It now says so
+    in the same words (status.ahead_of_best), with the command that goes on; a run behind
+    the best is not named."""
+    from agent.report import document
+    from agent.report.study import local_study
+
+    monkeypatch.chdir(tmp_path)
+    config = {"program": "agent/train.py", "method": "grid",
+              "metric": {"name": "val/acc", "goal": "maximize"},
+              "parameters": {"dataset": {"value": "digits"}, "model": {"value": "dense"},
+                             "hidden": {"value": 16}, "epochs": {"value": 20},
+                             "lr": {"values": [0.1, 0.01, 0.001]}}}
+    store = create_store(tmp_path / "data" / "sweeps" / "part1", "part1", "part", config)
+    runs = {run.config["lr"]: run.run_id for run in claim(store, "host:1", count=3).runs}
+    for lr, values in ((0.1, (0.3, 0.5, 0.6)), (0.01, (0.4, 0.7, 0.8)), (0.001, (0.2, 0.4))):
+        for epoch, value in enumerate(values, 1):
+            loss = 2.3 - 2 * value
+            assert store.record_epoch(runs[lr], "host:1", epoch, {
+                "train/loss": loss, "val/loss": loss, "val/acc": value})
+    store.finish(runs[0.1], "host:1", "finished",
+                 {"val/acc": 0.6, "test/acc": 0.58, "epochs_done": 3})
+    for lr in (0.01, 0.001):
+        store.finish(runs[lr], "host:1", "preempted")
+    lines = closing_lines(store)
+    assert f"  {runs[0.01]} val/acc=0.8000, epoch 3, preempted)" in lines, lines
+    text = document.build_report(local_study(store), tmp_path / "report").path.read_text()
+    best = text[text.index(f"## The best run: {runs[0.1]}"):]
+    best = best[:best.find("\n## ", 1)]
+    assert (f"The best of the ended runs; ahead of it at its last epoch: {runs[0.01]} "
+            "val/acc=0.8000, epoch 3 of 20, preempted (a value of an epoch on the way, not a "
+            "result: the run has not ended). Go on where the sweep stopped: "
+            "`./run_sweep.sh part1` (its agents resume a preempted run from its last "
+            "checkpoint).") in best, best
+    assert runs[0.001] not in best, best

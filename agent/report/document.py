@@ -30,6 +30,7 @@ from agent.report import stats
 from agent.report.discussion import discussion_section
 from agent.report.markdown import Context, Report
 from agent.report.runs_section import (
+    ahead_sentence,
     best_run_section,
     curves_section,
     failed_section,
@@ -144,16 +145,7 @@ def ahead_text(study: Study) -> str:
     if not reached:
         return ""
     value, run = min(reached, key=lambda pair: sign * pair[0])
-    state = "silent" if run.silent_after is not None else run.state
-    epoch = run.history[-1].get("epoch", len(run.history))  # a resumed run's own count
-    text = (f"Ahead at its last epoch: {run.id} {study.metric}={value:.4f}, epoch "
-            f"{epoch} of {run.params.epochs}, {state} (a value of an epoch "
-            "on the way, not a result: the run has not ended).")
-    if any(r.state == "preempted" or r.silent_after is not None for r in study.runs):
-        text += (" Go on where the sweep stopped: "
-                 f"`{script('run_sweep.sh')} {study.sweep_id}` (its agents resume a "
-                 "preempted run from its last checkpoint).")
-    return text
+    return ahead_sentence(study, run, value)
 
 
 SECTIONS = (("set-up", setup_section), ("dataset and baselines", dataset_section),

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import json
 
-from agent.commands import module_command
+from agent.commands import module_command, script
 from agent.report import figures, stats
 from agent.report.curves import (
     drawn_curve,
@@ -26,7 +26,8 @@ from agent.report.markdown import (
     stopped_note,
     stopped_text,
 )
-from agent.report.study import RunRecord
+from agent.report.study import OPEN_STATES, RunRecord, Study
+from agent.sweep.status import BestRun, ahead_of_best
 
 GROUP_TITLES = {stats.DIVERGED: "diverged", stats.COLLAPSED: "collapsed to chance",
                 stats.STUCK: "stuck at chance",
@@ -356,6 +357,24 @@ def training_series(ctx: Context, run: RunRecord, steps: bool) -> figures.Traini
                                   val)
 
 
+def ahead_sentence(study: Study, run: RunRecord, value: float,
+                   lead: str = "Ahead at its last epoch") -> str:
+    """'<lead>: <run> val/acc=0.5000, epoch 3 of 20, preempted (a value of an epoch on the
+    way, not a result: the run has not ended).' for an open run at `value` (its last epoch's
+    value of the sweep's metric), with the command that goes on where a run of the sweep is
+    preempted or silent (not while its agents train it)."""
+    state = "silent" if run.silent_after is not None else run.state
+    epoch = run.history[-1].get("epoch", len(run.history))  # a resumed run's own count
+    text = (f"{lead}: {run.id} {study.metric}={value:.4f}, epoch {epoch} of "
+            f"{run.params.epochs}, {state} (a value of an epoch on the way, not a result: "
+            "the run has not ended).")
+    if any(r.state == "preempted" or r.silent_after is not None for r in study.runs):
+        text += (" Go on where the sweep stopped: "
+                 f"`{script('run_sweep.sh')} {study.sweep_id}` (its agents resume a "
+                 "preempted run from its last checkpoint).")
+    return text
+
+
 def best_run_section(report: Report, ctx: Context) -> None:
     study = ctx.study
     # a diverged run's last value means nothing: it is no best run, whatever it reads
@@ -381,6 +400,13 @@ def best_run_section(report: Report, ctx: Context) -> None:
                + (f" Tied with it: {len(tied)} other run{'s' if len(tied) != 1 else ''} "
                   f"({', '.join(tied[:5])}{', ...' if len(tied) > 5 else ''}); the one shown "
                   "is the first of them in the sweep's order." if tied else ""), "")
+    # the status's rule (a pack preempted after hyperband stopped some of its members
+    # leaves the better ones open): the best ended run is not the run ahead
+    ahead = ahead_of_best([r for r in study.runs if r.state in OPEN_STATES],
+                          BestRun(top, study.metric, top.metric(study.metric), goal=study.goal))
+    if ahead is not None:
+        report.add(ahead_sentence(study, *ahead, lead="The best of the ended runs; ahead of "
+                                  "it at its last epoch"), "")
     classes = ctx.data.classes if ctx.data else None
     confusion = top.run_dir / "confusion.json" if top.run_dir else None
     if confusion is not None and confusion.exists():

@@ -333,7 +333,8 @@ def ahead_of_best(runs: list[Run], best: BestRun) -> tuple[Run, float] | None:
     """(the run without a result whose last epoch beats `best`'s result, that epoch's value)
     of the best such run, else None. A pack that SIGTERM preempts after hyperband stopped
     some of its members leaves those with a result and the ones it kept training (the
-    better ones) without: the best result alone would name a run its pack-mates outran."""
+    better ones) without: the best result alone would name a run its pack-mates outran.
+    `runs`: the store's runs or the report's records (their state, summary and history)."""
     sign = -1 if best.goal == "maximize" else 1
     reached = [(_number(run.history[-1].get(best.metric)), run) for run in runs
                if run.history and run.state not in ENDED
