@@ -678,6 +678,40 @@ def key_set_by(line: str, home: Path, env: dict[str, str]) -> str:
     return printed.get("WANDB_API_KEY", "")
 
 
+def login_forms() -> list[tuple[str, bool]]:
+    """(a --setup line running `wandb login`, whether the key it gives holds a literal) for
+    each way of running it (wandb, python -m wandb, with_venv.sh, a venv's path) and of
+    passing the key: none, --relogin, read when it runs ($(), ${}, $MY_KEY), a --host URL,
+    a redirection or a comment after it, or KEY as it is, quoted, after options or `--`."""
+    args = [("", False), ("--relogin", False), ('"$(cat ~/.wandb_key)"', False),
+            ("$MY_KEY", False), ('--relogin "$(< ~/.key)"', False),
+            ('"${MY_KEY:?set MY_KEY first}"', False), ("--host https://wandb.example.com", False),
+            ("--host=https://wandb.example.com $MY_KEY", False), ("2>/dev/null", False),
+            ("# the key from ~/.netrc", False), ("; echo logged in", False),
+            (KEY, True), (f"--relogin {KEY}", True), (f'"{KEY}"', True), (f"'{KEY}'", True),
+            (f"--host https://wandb.example.com {KEY}", True), (f"-- {KEY}", True),
+            (f'"${{MY_KEY:-{KEY}}}"', True), (f"{KEY} 2>/dev/null", True)]
+    return [(f"{command} {arg}".rstrip(), literal)
+            for command in ("wandb login", "python -m wandb login",
+                            "./util/with_venv.sh wandb login", "  $HOME/bin/wandb login")
+            for arg, literal in args]
+
+
+def login_args(line: str, home: Path, env: dict[str, str]) -> str:
+    """The arguments that bash gives `wandb` after the shell line `line` (one a line), run in
+    `home` with a stand-in wandb, python and util/with_venv.sh that reach it."""
+    for name, body in (("bin/wandb", 'printf "%s\\n" "$@"'),
+                       ("bin/python", 'shift 2\nexec wandb "$@"'),  # python -m wandb ...
+                       ("util/with_venv.sh", 'exec "$@"')):
+        (home / name).parent.mkdir(exist_ok=True)
+        (home / name).write_text(f"#!/bin/sh\n{body}\n")
+        (home / name).chmod(0o755)
+    shell = subprocess.run(["bash", "-c", line], capture_output=True, text=True, cwd=home,
+                           env={"HOME": str(home), "PATH": f"{home}/bin:{os.environ['PATH']}",
+                                **env})
+    return shell.stdout  # ${MY_KEY:?...} with MY_KEY unset: bash runs no wandb, ''
+
+
 def test_a_setup_file_may_read_the_key_but_not_hold_it(tmp_path):
     """A --setup line that sets WANDB_API_KEY to a literal (which a job script, printed and
     kept under data/jobs/, would then hold) is refused naming its line, never the value; one
@@ -713,6 +747,31 @@ def test_a_setup_file_may_read_the_key_but_not_hold_it(tmp_path):
     with pytest.raises(UserError, match="line 2 sets WANDB_API_KEY"):
         read_setup(str(setup))
     assert sum(literal for _, literal in forms) == 45 and len(forms) == 110
+    # `wandb login <key>` stores the key in the job script as an assignment does (before,
+    # taken as it was); a login that reads the key when the job runs is taken
+    logins = login_forms()
+    for number, (line, literal) in enumerate(logins):
+        args = [login_args(line, tmp_path, mine) for mine in ({"MY_KEY": secret}, {})]
+        assert any(KEY in given for given in args) == literal, (line, args)
+        setup = tmp_path / f"login-{number}.sh"
+        setup.write_text(f"#SBATCH --qos=long\nmodule load cuda\n{line}\n")
+        if not literal:
+            assert read_setup(str(setup)) == (setup.read_text().rstrip("\n"), setup), line
+            continue
+        with pytest.raises(UserError) as refused:
+            read_setup(str(setup))
+        assert str(refused.value) == (
+            f"--setup={str(setup)!r}: line 3 runs `wandb login` with a literal key, and no "
+            "job script holds the key: run `wandb login` once where you submit (it writes "
+            "~/.netrc, where the jobs' W&B reads it), or read it when the job runs: wandb "
+            'login "$(cat ~/.wandb_key)"'), line
+        assert KEY not in str(refused.value)
+    setup.write_text(f"module load cuda\n# wandb login {KEY}\n# needs a wandb login first\n")
+    with pytest.raises(UserError, match="line 2 runs `wandb login`"):
+        read_setup(str(setup))
+    setup.write_text("module load cuda\n# needs a wandb login first\n")
+    assert read_setup(str(setup))[0] == setup.read_text().rstrip("\n")
+    assert sum(literal for _, literal in logins) == 32 and len(logins) == 76
 
 
 @pytest.mark.e2e

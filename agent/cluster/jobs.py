@@ -122,6 +122,12 @@ def read_setup(text: str | None) -> tuple[str | None, Path | None]:
                         "value, and no job script holds the key: `wandb login` writes it to "
                         "~/.netrc, where the jobs' W&B reads it, or read it when the job runs: "
                         "export WANDB_API_KEY=\"$(cat ~/.wandb_key)\"")
+    number = literal_login_line(lines)
+    if number is not None:  # `wandb login <key>` stores the key in the script the same way
+        raise UserError(f"--setup={text!r}: line {number} runs `wandb login` with a literal "
+                        "key, and no job script holds the key: run `wandb login` once where "
+                        "you submit (it writes ~/.netrc, where the jobs' W&B reads it), or "
+                        "read it when the job runs: wandb login \"$(cat ~/.wandb_key)\"")
     return lines.rstrip("\n"), path
 
 
@@ -143,6 +149,47 @@ def literal_key_line(text: str) -> int | None:
         if _scan_word(text, match.end(), WORD_END + ("}" if match[1] else ""))[1]:
             return text.count("\n", 0, match.start()) + 1
     return None
+
+
+# `wandb login` as a command: wandb, python -m wandb, <venv>/bin/wandb, with_venv.sh wandb
+WANDB_LOGIN = re.compile(r"(?:^|(?<=[\s;&|(/`]))wandb[ \t]+login(?=[\s;&|)#]|$)", re.M)
+LOGIN_VALUED = ("--host", "--base-url")  # wandb login's options that take a value (a URL)
+
+
+def literal_login_line(text: str) -> int | None:
+    """The number (from 1) of the first line of `text` (shell lines) that runs `wandb login`
+    (`--relogin`, `python -m wandb login`, `./util/with_venv.sh wandb login`) with a key that
+    has a literal part (`wandb login 0123...`, quoted or not), which the job script would
+    then hold; in a comment (kept in the script too), only an argument that reads as a key
+    (32 or more letters, digits, - or _), not prose. None when every such key is read when
+    the job runs (`wandb login "$(cat ~/.wandb_key)"`, `$MY_KEY`) or there is none."""
+    for match in WANDB_LOGIN.finditer(text):
+        start = text.rfind("\n", 0, match.start()) + 1
+        comment = re.search(r"(^|\s)#", text[start:match.start()]) is not None
+        if _literal_login_key(text, match.end(), comment):
+            return text.count("\n", 0, match.start()) + 1
+    return None
+
+
+def _literal_login_key(text: str, at: int, comment: bool) -> bool:
+    """Whether the key argument of a `wandb login` whose arguments start at text[at] holds a
+    literal part: its first word that is no option (nor --host's URL), up to the command's
+    end (a newline, ;, &, |, ), a redirection or a comment)."""
+    skip = False  # the word after --host is its URL
+    while True:
+        while at < len(text) and text[at] in " \t":
+            at += 1
+        if at >= len(text) or text[at] in ";&|\n)<>#" or re.match(r"\d+[<>]", text[at:at + 12]):
+            return False
+        end, literal = _scan_word(text, at, WORD_END)
+        word = text[at:end]
+        if skip or word == "--":
+            skip = False
+        elif word.startswith("-"):
+            skip = word in LOGIN_VALUED
+        else:
+            return literal and (not comment or re.fullmatch(r"[\w-]{32,}", word) is not None)
+        at = end
 
 
 def setup_sets_key(text: str | None) -> bool:
