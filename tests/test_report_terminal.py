@@ -917,3 +917,7 @@ def test_the_reports_best_run_names_a_preempted_run_ahead_of_it(tmp_path, monkey
             "`./run_sweep.sh part1` (its agents resume a preempted run from its last "
             "checkpoint).") in best, best
     assert runs[0.001] not in best, best
+    # the seeds' hint waits for the sweep's end (the closing lines say so too)
+    assert ("no setting has been run over other seeds yet (`./util/with_venv.sh python -m "
+            "agent.repeat part1 --run --pack 3`, once the sweep has ended: a run it has left "
+            "may still beat this one), so nothing") in best, best

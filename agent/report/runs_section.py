@@ -387,6 +387,8 @@ def best_run_section(report: Report, ctx: Context) -> None:
         return
     top = ranked[0]
     tied = [r.id for r in ranked[1:] if r.metric(study.metric) == top.metric(study.metric)]
+    # repeating the best of a sweep that has runs left is premature: one of them may beat it
+    left = any(r.state in OPEN_STATES for r in study.runs)
     report.add(f"## The best run: {top.id}", "",
                f"{study.metric} = {fmt(top.metric(study.metric))}{stopped_text(top)}, "
                "test/acc = "
@@ -396,7 +398,8 @@ def best_run_section(report: Report, ctx: Context) -> None:
                + ("the intervals over seeds are in the section on seeds above."
                   if ctx.repeated or "seed" in ctx.swept else
                   f"no setting has been run over other seeds yet (`{study.repeat_command()}`"
-                  "), so nothing here says how much of it is luck.")
+                  + (", once the sweep has ended: a run it has left may still beat this one"
+                     if left else "") + "), so nothing here says how much of it is luck.")
                + (f" Tied with it: {len(tied)} other run{'s' if len(tied) != 1 else ''} "
                   f"({', '.join(tied[:5])}{', ...' if len(tied) > 5 else ''}); the one shown "
                   "is the first of them in the sweep's order." if tied else ""), "")
