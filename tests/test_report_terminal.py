@@ -836,6 +836,18 @@ def test_the_waiting_line_says_from_scratch_for_runs_that_keep_no_checkpoint(tmp
                 "checkpoint: false" in words) == ours, words
 
 
+
+def three_lr_store(tmp_path, monkeypatch, sweep_id: str, name: str):
+    """A new local store in tmp_path (the working directory) of a digits grid over three lrs,
+    20 epochs a run, no run claimed yet."""
+    monkeypatch.chdir(tmp_path)
+    config = {"program": "agent/train.py", "method": "grid",
+              "metric": {"name": "val/acc", "goal": "maximize"},
+              "parameters": {"dataset": {"value": "digits"}, "model": {"value": "dense"},
+                             "hidden": {"value": 16}, "epochs": {"value": 20},
+                             "lr": {"values": [0.1, 0.01, 0.001]}}}
+    return create_store(tmp_path / "data" / "sweeps" / sweep_id, sweep_id, name, config)
+
 def test_the_report_of_a_sweep_whose_runs_were_all_preempted_names_the_run_ahead(
         tmp_path, monkeypatch):
     """A launch stopped by Ctrl-C before any run ended: two runs preempted mid-training, one
@@ -846,13 +858,7 @@ def test_the_report_of_a_sweep_whose_runs_were_all_preempted_names_the_run_ahead
     from agent.report import document
     from agent.report.study import local_study
 
-    monkeypatch.chdir(tmp_path)
-    config = {"program": "agent/train.py", "method": "grid",
-              "metric": {"name": "val/acc", "goal": "maximize"},
-              "parameters": {"dataset": {"value": "digits"}, "model": {"value": "dense"},
-                             "hidden": {"value": 16}, "epochs": {"value": 20},
-                             "lr": {"values": [0.1, 0.01, 0.001]}}}
-    store = create_store(tmp_path / "data" / "sweeps" / "cut1", "cut1", "cut", config)
+    store = three_lr_store(tmp_path, monkeypatch, "cut1", "cut")
     runs = claim(store, "host:1", count=2).runs
     for run, values in zip(runs, ((0.31, 0.45, 0.5), (0.52, 0.48))):
         for epoch, value in enumerate(values, 1):
@@ -870,7 +876,7 @@ def test_the_report_of_a_sweep_whose_runs_were_all_preempted_names_the_run_ahead
             "the sweep stopped: `./run_sweep.sh cut1` (its agents resume a preempted run "
             "from its last checkpoint).") in text, text
     # a sweep whose one run is training now: named, no command
-    live = create_store(tmp_path / "data" / "sweeps" / "live1", "live1", "live", config)
+    live = three_lr_store(tmp_path, monkeypatch, "live1", "live")
     (run,) = claim(live, "host:2", count=1).runs
     assert live.record_epoch(run.run_id, "host:2", 1, {"val/acc": 0.7})
     text = document.build_report(local_study(live), tmp_path / "again").path.read_text()
@@ -889,13 +895,7 @@ def test_the_reports_best_run_names_a_preempted_run_ahead_of_it(tmp_path, monkey
     from agent.report import document
     from agent.report.study import local_study
 
-    monkeypatch.chdir(tmp_path)
-    config = {"program": "agent/train.py", "method": "grid",
-              "metric": {"name": "val/acc", "goal": "maximize"},
-              "parameters": {"dataset": {"value": "digits"}, "model": {"value": "dense"},
-                             "hidden": {"value": 16}, "epochs": {"value": 20},
-                             "lr": {"values": [0.1, 0.01, 0.001]}}}
-    store = create_store(tmp_path / "data" / "sweeps" / "part1", "part1", "part", config)
+    store = three_lr_store(tmp_path, monkeypatch, "part1", "part")
     runs = {run.config["lr"]: run.run_id for run in claim(store, "host:1", count=3).runs}
     for lr, values in ((0.1, (0.3, 0.5, 0.6)), (0.01, (0.4, 0.7, 0.8)), (0.001, (0.2, 0.4))):
         for epoch, value in enumerate(values, 1):

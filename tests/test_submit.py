@@ -712,6 +712,19 @@ def login_args(line: str, home: Path, env: dict[str, str]) -> str:
     return shell.stdout  # ${MY_KEY:?...} with MY_KEY unset: bash runs no wandb, ''
 
 
+def setup_refusal(setup: Path, line: str) -> str | None:
+    """`line` as the third line of a --setup file at `setup` (after a directive and a module
+    load): None where read_setup takes the file whole, else its one-line refusal."""
+    from agent.cluster.jobs import read_setup
+
+    setup.write_text(f"#SBATCH --qos=long\nmodule load cuda\n{line}\n")
+    try:
+        assert read_setup(str(setup)) == (setup.read_text().rstrip("\n"), setup), line
+    except UserError as refused:
+        return str(refused)
+    return None
+
+
 def test_a_setup_file_may_read_the_key_but_not_hold_it(tmp_path):
     """A --setup line that sets WANDB_API_KEY to a literal (which a job script, printed and
     kept under data/jobs/, would then hold) is refused naming its line, never the value; one
@@ -732,13 +745,11 @@ def test_a_setup_file_may_read_the_key_but_not_hold_it(tmp_path):
         assert any(KEY in value for value in values) == literal, (line, values)
         assert literal or set(values) <= {secret, ""}, (line, values)
         setup = tmp_path / f"setup-{number}.sh"
-        setup.write_text(f"#SBATCH --qos=long\nmodule load cuda\n{line}\n")
+        refused = setup_refusal(setup, line)
         if not literal:
-            assert read_setup(str(setup)) == (setup.read_text().rstrip("\n"), setup), line
+            assert refused is None, (line, refused)
             continue
-        with pytest.raises(UserError) as refused:
-            read_setup(str(setup))
-        assert str(refused.value) == (
+        assert refused == (
             f"--setup={str(setup)!r}: line 3 sets WANDB_API_KEY to a literal value, and no "
             "job script holds the key: `wandb login` writes it to ~/.netrc, where the jobs' "
             "W&B reads it, or read it when the job runs: export "
@@ -754,18 +765,16 @@ def test_a_setup_file_may_read_the_key_but_not_hold_it(tmp_path):
         args = [login_args(line, tmp_path, mine) for mine in ({"MY_KEY": secret}, {})]
         assert any(KEY in given for given in args) == literal, (line, args)
         setup = tmp_path / f"login-{number}.sh"
-        setup.write_text(f"#SBATCH --qos=long\nmodule load cuda\n{line}\n")
+        refused = setup_refusal(setup, line)
         if not literal:
-            assert read_setup(str(setup)) == (setup.read_text().rstrip("\n"), setup), line
+            assert refused is None, (line, refused)
             continue
-        with pytest.raises(UserError) as refused:
-            read_setup(str(setup))
-        assert str(refused.value) == (
+        assert refused == (
             f"--setup={str(setup)!r}: line 3 runs `wandb login` with a literal key, and no "
             "job script holds the key: run `wandb login` once where you submit (it writes "
             "~/.netrc, where the jobs' W&B reads it), or read it when the job runs: wandb "
             'login "$(cat ~/.wandb_key)"'), line
-        assert KEY not in str(refused.value)
+        assert KEY not in refused
     setup.write_text(f"module load cuda\n# wandb login {KEY}\n# needs a wandb login first\n")
     with pytest.raises(UserError, match="line 2 runs `wandb login`"):
         read_setup(str(setup))
