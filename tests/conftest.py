@@ -15,6 +15,7 @@ import tempfile
 from pathlib import Path
 
 import pytest
+import yaml
 
 from util.cifar_files import register_fixture, write_cifar10
 
@@ -81,6 +82,21 @@ def subprocess_env(**extra: str) -> dict:
         env.pop(name)
     env.update(extra)
     return env
+
+
+def sweep_check(path: Path, config: dict) -> tuple[list[str], str | None]:
+    """`config` written to `path` and checked as a sweep file (load_sweep_config): its notes,
+    and its one-line refusal (None where it accepts the sweep)."""
+    from agent.sweep.config import load_sweep_config
+    from util.errors import UserError
+
+    path.write_text(yaml.safe_dump(config))
+    notes: list[str] = []
+    try:
+        load_sweep_config(path, notes)
+    except UserError as error:
+        return notes, str(error)
+    return notes, None
 
 
 def launch_sweep(work: Path, name: str, config: dict) -> str:

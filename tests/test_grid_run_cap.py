@@ -19,9 +19,9 @@ import yaml
 
 from agent.launch import check_sweep_devices
 from agent.params import validate
-from agent.sweep.config import OUTSIDE_LIMIT, load_sweep_config
+from agent.sweep.config import OUTSIDE_LIMIT
 from agent.sweep.engine import engine_config, proposed_params
-from conftest import ROOT, subprocess_env
+from conftest import ROOT, subprocess_env, sweep_check
 from util.errors import UserError
 
 HEAD = {"method": "grid", "metric": {"name": "val/acc", "goal": "maximize"}}
@@ -33,15 +33,8 @@ RULE_GRID = {"dataset": {"value": "digits"}, "optimizer": {"values": ["adam", "s
 
 def checked(tmp_path, parameters: dict, run_cap: int | None) -> tuple[list[str], str | None]:
     """The sweep check's notes, and its refusal (None where it accepts the sweep)."""
-    path = tmp_path / "grid.yaml"
     cap = {} if run_cap is None else {"run_cap": run_cap}
-    path.write_text(yaml.safe_dump({**HEAD, **cap, "parameters": parameters}))
-    notes: list[str] = []
-    try:
-        load_sweep_config(path, notes)
-    except UserError as error:
-        return notes, str(error)
-    return notes, None
+    return sweep_check(tmp_path / "grid.yaml", {**HEAD, **cap, "parameters": parameters})
 
 
 def engine_grid(tmp_path, run_cap: int) -> list[dict]:

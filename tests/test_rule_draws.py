@@ -25,7 +25,7 @@ import yaml
 from agent.params import BY_NAME, RULES, coerce, validate
 from agent.sweep.config import OUTSIDE_LIMIT, load_sweep_config
 from agent.sweep.engine import as_type, engine_config, proposed_params
-from conftest import ROOT, subprocess_env
+from conftest import ROOT, subprocess_env, sweep_check
 from engine_schema import schema_distributions
 from util.errors import UserError
 
@@ -91,15 +91,8 @@ def spec_of(distribution: str, numbers: dict) -> dict:
 
 def judged(tmp_path, parameters: dict, method: str = "random") -> tuple[list[str], str | None]:
     """The notes of the sweep check, and its refusal (None where it accepts the sweep)."""
-    path = tmp_path / "s.yaml"
-    path.write_text(yaml.safe_dump({**HEAD, "method": method, "parameters": {
-        "dataset": {"value": "digits"}, **parameters}}))
-    notes: list[str] = []
-    try:
-        load_sweep_config(path, notes)
-    except UserError as error:
-        return notes, str(error)
-    return notes, None
+    return sweep_check(tmp_path / "s.yaml", {**HEAD, "method": method, "parameters": {
+        "dataset": {"value": "digits"}, **parameters}})
 
 
 def said_probability(line: str) -> float:
