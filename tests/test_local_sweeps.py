@@ -1394,6 +1394,49 @@ def test_a_proposal_measured_by_pack_auto_is_kept_pending_once_within_run_cap(wo
     assert not keep_proposal(grid, {**proposal, "lr": 0.1}) and grid.runs() == []
 
 
+def test_a_claim_after_the_target_is_reached_drops_proposals_never_started(workdir):
+    """Once a run reaches metric.target W&B launches no new run: the grid points a packed
+    claim parked as pending are dropped, not trained; a crashed run's repeat and a
+    preempted run (runs that had started) still go on."""
+    from agent.sweep.controller import claim
+
+    store = make_sweep(workdir, "target", {"lr": {"values": [0.1, 0.01, 0.001]},
+                                           "model": {"values": ["cnn", "dense"]}},
+                       metric={"name": "val/acc", "goal": "maximize", "target": 0.9})
+    first = claim(store, "me:1", count=2, pack_key=lambda c: c["model"])
+    assert [r.state for r in store.runs()].count("pending") == 1  # parked: another kind
+    assert {c.config["model"] for c in first.runs} == {"cnn"}
+    best, other = (c.run_id for c in first.runs)
+    assert store.record_epoch(best, "me:1", 1, {"val/acc": 0.95})
+    assert store.finish(best, "me:1", "finished", summary={"val/acc": 0.95})
+    assert store.record_epoch(other, "me:1", 1, {"val/acc": 0.5})
+    assert store.finish(other, "me:1", "preempted")
+    again = claim(store, "me:1", count=2, pack_key=lambda c: c["model"])  # it goes on
+    assert [c.run_id for c in again.runs] == [other] and again.runs[0].resumed
+    assert sorted(r.state for r in store.runs()) == ["finished", "running"]
+    assert store.finish(other, "me:1", "finished", summary={"val/acc": 0.6})
+    assert claim(store, "me:1", count=2, pack_key=lambda c: c["model"]).kind == "done"
+    assert len(store.runs()) == 2
+
+
+@pytest.mark.e2e
+@pytest.mark.timeout(300)
+def test_a_packed_grid_stops_at_its_target_as_w_and_b_does(workdir):
+    """A grid of 2 optimizers x 3 lrs with a target every run reaches: the first pack (the
+    first optimizer's runs) is running when the target is reached, and W&B would launch no
+    run after it; the other optimizer's points, parked by the claim, are not trained."""
+    store = make_sweep(workdir, "target", {
+        "model": {"value": "dense"}, "hidden": {"value": 16}, "epochs": {"value": 1},
+        "train_subset": {"value": 256}, "sinks": {"value": []},
+        "lr": {"values": [0.1, 0.01, 0.001]}, "optimizer": {"values": ["adam", "sgd"]}},
+        metric={"name": "val/acc", "goal": "maximize", "target": 0.0})
+    agent = start_agent(workdir, store, "--pack", "3")
+    assert agent.wait(timeout=240) == 0, agent.stderr.read()
+    runs = store.runs()
+    assert sorted((r.state, r.config["optimizer"], r.config["lr"]) for r in runs) == [
+        ("finished", "adam", lr) for lr in (0.001, 0.01, 0.1)]
+
+
 @pytest.mark.parametrize("name", ["study.YAML", "study.Yml", "study.yaml"])
 def test_a_sweep_yaml_is_known_by_its_suffix_in_any_case(workdir, name):
     """Sweep.YAML (as some editors and Windows users name it) is a sweep YAML, as it is to

@@ -254,7 +254,7 @@ def claim(store: SweepStore, owner: str, count: PackSize = 1,
         for run_id in stale:
             tx.mark_crashed(run_id)
         _repeat(tx, requeue, resumable)
-        runs = tx.runs()
+        runs = drop_unstarted_proposals(tx, tx.sweep().config, tx.runs())
         work = choose_work(tx.sweep().config, runs, count, pack_key)
         if work.kind != "run":
             return Claim(work.kind, running=[r for r in runs if r.state == "running"]
@@ -294,6 +294,21 @@ def keep_proposal(store: SweepStore, config: dict) -> bool:
             return False
         tx.insert_run(new_run_id(), config, "pending")
     return True
+
+
+def drop_unstarted_proposals(tx, sweep_config: dict, runs: list[Run]) -> list[Run]:
+    """Once a run has reached metric.target, W&B's server launches no new run: the
+    proposals a claim parked as pending runs (a grid's look-ahead, the other kinds of a
+    packed claim's proposals), never started, are removed, so that no agent trains them. Repeats of
+    crashed runs and preempted runs (runs that had started) are kept: they go on, as runs
+    already running do on W&B. Returns the runs left."""
+    if not target_reached(sweep_config, runs):
+        return runs
+    unstarted = [r for r in runs if r.state == "pending" and not r.requeued_from
+                 and r.started is None and not r.epoch]
+    for run in unstarted:
+        tx.drop_pending(run.id)
+    return [r for r in runs if r not in unstarted] if unstarted else runs
 
 
 def repair_ended_agents(store: SweepStore, owners: set[str]) -> list[str]:

@@ -198,6 +198,12 @@ class StoreTransaction:
             (run_id, seq, json.dumps(config), state, owner, running, requeued_from, now,
              running, pack))
 
+    def drop_pending(self, run_id: str) -> None:
+        """Remove a pending run that never started (a proposal parked by a claim, dropped
+        once the sweep's metric.target is reached): it has no history, no files."""
+        self.db.execute("DELETE FROM runs WHERE id = ? AND state = 'pending' AND started IS "
+                        "NULL AND requeued_from IS NULL", (run_id,))
+
     def insert_repeat(self, run_id: str, crashed: Run, epoch: int = 0) -> None:
         """A pending run `run_id` repeating the crashed run `crashed` (its config;
         requeued_from). From scratch when `epoch` is 0; else it continues from the crashed
