@@ -634,14 +634,18 @@ def test_setup_file_goes_first_into_every_job_script(workdir, aux):
             ("missing.sh", None, "No such file or directory"),
             ("crlf.sh", b"module load cuda\r\n", "Windows line ends (CR)"),
             ("binary.sh", b"\xff\xfe\x00", "not UTF-8 text"),
-            ("key.sh", b"export WANDB_API_KEY=0123456789abcdef\n", "no job script holds the key")):
+            ("key.sh", b"export WANDB_API_KEY=0123456789abcdef\n", "no job script holds the key"),
+            ("shaped.sh", f"MY={KEY}; export WANDB_API_KEY=$MY\n".encode(),
+             "line 1 holds a literal shaped like a W&B API key")):
         if content is not None:
             (workdir / name).write_bytes(content)
-        refused = launch(workdir, "setup", "--pbs", "1", "--setup", name, path=path)
-        assert refused.returncode == 2, refused.stderr
-        (line,) = refused.stderr.strip().splitlines()
-        assert line.startswith(f"error: --setup={name!r}: ") and says in line, line
-        assert "0123456789abcdef" not in refused.stdout + refused.stderr
+        for dry_run in ((), ("--dry-run",)) if name == "shaped.sh" else ((),):
+            refused = launch(workdir, "setup", "--pbs", "1", "--setup", name, *dry_run,
+                             path=path)
+            assert refused.returncode == 2, refused.stderr
+            (line,) = refused.stderr.strip().splitlines()
+            assert line.startswith(f"error: --setup={name!r}: ") and says in line, line
+            assert "0123456789abcdef" not in refused.stdout + refused.stderr
     assert len((aux / "qsub.log").read_text().splitlines()) == 1
 
 
@@ -781,6 +785,85 @@ def test_a_setup_file_may_read_the_key_but_not_hold_it(tmp_path):
     setup.write_text("module load cuda\n# needs a wandb login first\n")
     assert read_setup(str(setup))[0] == setup.read_text().rstrip("\n")
     assert sum(literal for _, literal in logins) == 32 and len(logins) == 76
+
+
+# One of each format of W&B API key (wandb's check_api_key takes each): wandb.ai's 40 hex
+# digits, W&B Server's local-..., an on-prem prefix's, and the wandb_v1_... issued since
+# wandb 0.22.3 (made up here: W&B's 27 and 49 letters and digits around an _)
+KEY_FORMATS = (KEY, f"local-{KEY}", f"acme-{KEY}", "wandb_v1_" + "aB3dE5gH7" * 3 + "_"
+               + "zY9xW8vU7" * 5 + "t6s5")
+# (a --setup text, the line of the key) for each way a key literal reaches W&B from a line
+# the assignment and login checks take: a variable, $(echo), a here-string, a key file, a
+# ~/.netrc written by printf or a here-document, `wandb login $(echo)`, wandb.login() in
+# python; {k} stands for the key
+KEY_SHAPED_FORMS = (
+    ("MY={k}; export WANDB_API_KEY=$MY", 1), ("MY='{k}'\nexport WANDB_API_KEY=\"$MY\"", 1),
+    ("export WANDB_API_KEY=$(echo {k})", 1), ('export WANDB_API_KEY="$(printf %s {k})"', 1),
+    ("read -r WANDB_API_KEY <<< {k}; export WANDB_API_KEY", 1),
+    ("export WANDB_API_KEY=$(cat <<< '{k}')", 1), ("echo {k} > ~/.wandb_key", 1),
+    ("echo {k} > ~/.key", 1), ("printf '%s\\n' {k} > ~/k\nexport WANDB_API_KEY=$(cat ~/k)", 1),
+    ("printf 'machine api.wandb.ai login user password %s\\n' {k} > ~/.netrc", 1),
+    ("cat > ~/.netrc <<EOF\nmachine api.wandb.ai\nlogin user\npassword {k}\nEOF", 4),
+    ("wandb login $(echo {k})", 1), ("python -c \"import wandb; wandb.login(key='{k}')\"", 1))
+# lines that hold 40 hex digits and are no key: a commit id for git or pip (on a line naming
+# wandb too), in a variable git reads, in a comment or a file no line about the key reads, a
+# digest; a long W&B project name
+NOT_KEYS = (f"git checkout {KEY}", f"git -C ~/wandb-fork checkout {KEY}",
+            f'pip install "git+https://github.com/wandb/wandb.git@{KEY}"',
+            f'COMMIT={KEY}\ngit checkout "$COMMIT"\nexport WANDB_API_KEY="$(cat ~/.wandb_key)"',
+            f"# built from {KEY}", f"echo {KEY} > ~/build_id",
+            f"cat > ~/.netrc <<EOF\nmachine api.wandb.ai\nEOF\necho {KEY} > ~/build_id",
+            f"apptainer pull docker://lab/image@sha256:{KEY}{KEY[:24]}",
+            "export WANDB_PROJECT=resnet18_cifar10_learning_rate_sweep_2024_v2",
+            f"export WANDB_RUN_GROUP=run-{KEY[:39]}")
+
+
+def key_reached(text: str, home: Path) -> str:
+    """What W&B could read after bash runs the --setup text `text` in `home` (as HOME): the
+    WANDB_API_KEY it exports, the files it writes there, the arguments of a stand-in wandb
+    and python."""
+    for name in ("wandb", "python"):
+        (home / "bin").mkdir(exist_ok=True)
+        (home / "bin" / name).write_text('#!/bin/sh\nprintf "%s\\n" "$@"\n')
+        (home / "bin" / name).chmod(0o755)
+    shell = subprocess.run(["bash", "-c", f"{text}\nprintenv WANDB_API_KEY"], cwd=home,
+                           capture_output=True, text=True,
+                           env={"HOME": str(home), "PATH": f"{home}/bin:{os.environ['PATH']}"})
+    written = [path.read_text() for path in home.iterdir() if path.is_file()]
+    return shell.stdout + "".join(written)
+
+
+def test_a_setup_file_holding_anything_shaped_like_a_key_is_refused(tmp_path):
+    """A --setup file whose lines hold a W&B API key however it would reach W&B (MY=<key>
+    then $MY, $(echo <key>), a here-string, a key file or ~/.netrc written inline; each
+    checked against bash: the key reaches the environment, a file or wandb's arguments) is
+    refused naming the key's line, never the key: for each format wandb takes (40 hex, local-,
+    an on-prem prefix, wandb_v1_) and each form. 40 hex digits on a line not about the key (a
+    commit id for git or pip, a digest) are taken. Before, every such form was taken and the
+    key kept in the job scripts under data/jobs/."""
+    from wandb.sdk.lib.wbauth.validation import check_api_key
+
+    for key in KEY_FORMATS:
+        assert check_api_key(key) is None, key
+        for number, (form, line) in enumerate(KEY_SHAPED_FORMS):
+            text = form.format(k=key)
+            home = tmp_path / f"home-{len(key)}-{number}"
+            home.mkdir()
+            assert key in key_reached(text, home), text
+            setup = tmp_path / f"shaped-{len(key)}-{number}.sh"
+            refused = setup_refusal(setup, text)
+            assert refused == (
+                f"--setup={str(setup)!r}: line {line + 2} holds a literal shaped like a W&B "
+                "API key (40 hex digits, local-..., wandb_v1_...), and no job script holds the "
+                "key: `wandb login` writes it to ~/.netrc, where the jobs' W&B reads it, or "
+                'read it when the job runs: export WANDB_API_KEY="$(cat ~/.wandb_key)" (a '
+                "commit id there: read it when the job runs too, $(git rev-parse HEAD))"), text
+        # W&B's own prefixes anywhere, even in a comment about nothing; 40 hex digits there
+        # (bare or after another prefix) are no key
+        own = key.startswith(("local-", "wandb_v1_"))
+        assert (setup_refusal(tmp_path / "comment.sh", f"# {key}") is not None) == own, key
+    for number, text in enumerate(NOT_KEYS):
+        assert setup_refusal(tmp_path / f"not-key-{number}.sh", text) is None, text
 
 
 @pytest.mark.e2e

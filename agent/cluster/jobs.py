@@ -128,6 +128,14 @@ def read_setup(text: str | None) -> tuple[str | None, Path | None]:
                         "key, and no job script holds the key: run `wandb login` once where "
                         "you submit (it writes ~/.netrc, where the jobs' W&B reads it), or "
                         "read it when the job runs: wandb login \"$(cat ~/.wandb_key)\"")
+    number = key_shaped_line(lines)
+    if number is not None:  # a key set another way (MY=...; echo ... > ~/.key) is kept as well
+        raise UserError(f"--setup={text!r}: line {number} holds a literal shaped like a W&B "
+                        "API key (40 hex digits, local-..., wandb_v1_...), and no job script "
+                        "holds the key: `wandb login` writes it to ~/.netrc, where the jobs' "
+                        "W&B reads it, or read it when the job runs: export "
+                        "WANDB_API_KEY=\"$(cat ~/.wandb_key)\" (a commit id there: read it "
+                        "when the job runs too, $(git rev-parse HEAD))")
     return lines.rstrip("\n"), path
 
 
@@ -190,6 +198,73 @@ def _literal_login_key(text: str, at: int, comment: bool) -> bool:
         else:
             return literal and (not comment or re.fullmatch(r"[\w-]{32,}", word) is not None)
         at = end
+
+
+# What W&B's API keys look like. wandb's own check (wandb/sdk/lib/wbauth/validation.py,
+# check_api_key) takes an optional `<prefix>-` and then 40 or more letters, digits or _;
+# wandb.ai gave out 40 hex digits, W&B Server's keys start `local-`, and the keys issued since
+# wandb 0.22.3 start `wandb_v1_` (about 86 characters: docs.wandb.ai, "Why does my API key
+# fail with 'must be 40 characters long'?"). W&B's own prefixes are refused anywhere.
+OWN_PREFIX_KEY = re.compile(r"(?<![\w-])(?:wandb_v1_|local-)(?=\w*\d)\w{40,}")
+# 40 hex digits as a word of their own, bare or after an on-prem `<prefix>-`: a classic key or
+# a git commit id, refused only where the line is about the key (KEY_CONTEXT); never right
+# after @ (pip's and git's `...@<commit>`) nor after a `git` command word (git checkout <id>)
+HEX_KEY = re.compile(r"(?<![\w@-])(?:[A-Za-z][\w-]*-)?[0-9a-f]{40}(?![\w-])")
+KEY_CONTEXT = re.compile(r"wandb|netrc|api.?key|(?<![\w-])key(?![\w-])", re.I)
+GIT_COMMAND = re.compile(r"(?:^|[\s;&|(`])git\s")
+HERE_DOCUMENT = re.compile(r"(?<!<)<<(-?)(?!<)\s*(['\"]?)(\w+)\2")
+
+
+def key_shaped_line(text: str) -> int | None:
+    """The number (from 1) of the first line of `text` (shell lines) that holds a literal
+    shaped like a W&B API key, however it would reach W&B (`MY=<key>; export
+    WANDB_API_KEY=$MY`, `$(echo <key>)`, a here-string, `echo <key> > ~/.key`, a ~/.netrc
+    written inline): `wandb_v1_...` or `local-...` anywhere (OWN_PREFIX_KEY); 40 hex digits
+    (HEX_KEY) on a line that names W&B, its netrc or a key (KEY_CONTEXT), in a here-document
+    opened on such a line, or assigned to a variable or written to a file that such a line
+    reads. None otherwise: a commit id in `git checkout <id>` or `pip install ...@<id>`, or on
+    a line about anything else, is no key."""
+    lines = text.split("\n")
+    about_key = _about_key(lines)
+    for number, line in enumerate(lines, 1):
+        if OWN_PREFIX_KEY.search(line):
+            return number
+        git = GIT_COMMAND.search(line)
+        for match in HEX_KEY.finditer(line):
+            if git and git.start() < match.start():
+                continue
+            if about_key[number - 1] or _read_for_key(line, match, lines, about_key):
+                return number
+    return None
+
+
+def _about_key(lines: list[str]) -> list[bool]:
+    """For each line: whether it names W&B, its netrc or a key (KEY_CONTEXT), or lies in a
+    here-document (`cat > ~/.netrc <<EOF`) opened on such a line."""
+    about: list[bool] = []
+    delimiter, tabs = None, False
+    for line in lines:
+        if delimiter is not None:
+            about.append(True)
+            if (line.lstrip("\t") if tabs else line) == delimiter:
+                delimiter = None
+            continue
+        about.append(KEY_CONTEXT.search(line) is not None)
+        opened = HERE_DOCUMENT.search(line)
+        if about[-1] and opened:
+            delimiter, tabs = opened[3], opened[1] == "-"
+    return about
+
+
+def _read_for_key(line: str, match: re.Match, lines: list[str], about_key: list[bool]) -> bool:
+    """Whether the literal `match` on `line` goes into a variable (`MY=<key>`) or a file
+    (`echo <key> > ~/k`) that a line about the key reads (`$MY`, `${MY}`; the file's name)."""
+    name = re.search(r"([A-Za-z_]\w*)=[\"']?$", line[:match.start()])
+    target = re.search(r"\d?>>?\s*(['\"]?)([^\s;&|'\"<>]+)\1", line[match.end():])
+    reads = ([rf"\$\{{?{name[1]}(?!\w)"] if name else []) + (
+        [re.escape(target[2])] if target else [])
+    return any(re.search(pattern, other) for pattern in reads
+               for other, about in zip(lines, about_key) if about and other != line)
 
 
 def setup_sets_key(text: str | None) -> bool:
