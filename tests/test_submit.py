@@ -649,6 +649,47 @@ def test_setup_file_goes_first_into_every_job_script(workdir, aux):
     assert len((aux / "qsub.log").read_text().splitlines()) == 1
 
 
+@pytest.mark.e2e
+@pytest.mark.timeout(200)
+def test_a_pbs_directive_passing_the_key_says_qstat_shows_it(workdir, aux):
+    """`#PBS -V` at a --setup file's top hands qsub this shell's environment, the key with it
+    (so does `#PBS -v WANDB_API_KEY`), which PBS keeps in the job's Variable_List for `qstat
+    -f`: the submission (and --dry-run) says so in a note naming the line, never the key, and
+    submits as asked (the user's choice). No note without a key in the shell, for a directive
+    qsub ignores (after a command), or for SLURM, whose `scontrol show job` shows no values of
+    the environment sbatch passes (--export=ALL, its default). Before, no word of it."""
+    make_sweep(workdir, "shown", {"lr": {"value": 0.1}})
+    path = f"{fake_scheduler_bin(aux)}:{os.environ['PATH']}"
+    secret = "fedcba9876543210fedcba9876543210fedcba98"
+    said = ("passes {} and PBS keeps it in each job's Variable_List, which `qstat -f` shows to "
+            "whoever may query the job: to keep the key out of it, run `./util/with_venv.sh "
+            "wandb login` once (it writes ~/.netrc, where the jobs' W&B reads it) and pass the "
+            "variables the jobs need by name (#PBS -v NAME,...)")
+    for text, line, what in (
+            ("#PBS -m ae\n#PBS -V\nmodule load cuda\n", "line 2 ('#PBS -V')",
+             "this shell's environment to the jobs, WANDB_API_KEY with it,"),
+            ("#PBS -v WANDB_PROJECT,WANDB_API_KEY\n",
+             "line 1 ('#PBS -v WANDB_PROJECT,WANDB_API_KEY')",
+             "this shell's WANDB_API_KEY to the jobs")):
+        (workdir / "setup.sh").write_text(text)
+        for dry_run in ((), ("--dry-run",)):
+            result = launch(workdir, "shown", "--pbs", "1", "--gpus-per-job", "0", "--setup",
+                            "setup.sh", *dry_run, path=path, WANDB_API_KEY=secret)
+            assert result.returncode == 0, result.stderr
+            assert f"note: --setup='setup.sh': {line} {said.format(what)}\n" in result.stderr
+            assert secret not in result.stdout + result.stderr
+    assert len((aux / "qsub.log").read_text().splitlines()) == 2
+    (workdir / "setup.sh").write_text("#PBS -V\n")
+    assert "Variable_List" not in launch(workdir, "shown", "--pbs", "1", "--setup", "setup.sh",
+                                         "--dry-run", path=path).stderr
+    (workdir / "setup.sh").write_text("module load cuda\n#PBS -V\n")
+    assert "Variable_List" not in launch(workdir, "shown", "--pbs", "1", "--setup", "setup.sh",
+                                         "--dry-run", path=path, WANDB_API_KEY=secret).stderr
+    (workdir / "setup.sh").write_text("#SBATCH --export=ALL\n")
+    assert "Variable_List" not in launch(workdir, "shown", "--slurm", "1", "--setup",
+                                         "setup.sh", "--dry-run", WANDB_API_KEY=secret).stderr
+
+
 def key_forms() -> list[tuple[str, bool]]:
     """(a --setup line assigning WANDB_API_KEY, whether its value holds a literal) for each
     way of writing it: plain, export, declare -x, env, indented; each value unquoted, in
@@ -1512,18 +1553,22 @@ def test_a_local_sweep_whose_runs_log_to_wandb_gets_the_key_note(workdir, aux):
 def test_the_setup_files_directives_decide_whether_jobs_get_the_key(workdir, aux):
     """A --setup file's text follows only comment lines of ours in a job script, so a `#PBS
     -V` or `#SBATCH --export=NONE` at its top is a directive the scheduler obeys: -V passes
-    qsub's environment (the key with it), --export=NONE keeps sbatch's (SBATCH_EXPORT, set,
-    wins over it). A directive after a command is a comment to qsub and sbatch: one note
-    names its line, and the key note reads as if it were not there. A file that sets the key
-    from a file or another variable gives it to the jobs: no note. The key is never shown.
+    qsub's environment (the key with it, which a note says `qstat -f` then shows),
+    --export=NONE keeps sbatch's (SBATCH_EXPORT, set, wins over it). A directive after a
+    command is a comment to qsub and sbatch: one note names its line, and the key note reads
+    as if it were not there. A file that sets the key from a file or another variable gives
+    it to the jobs: no note. The key is never shown.
     Before, `#SBATCH --export=NONE` got no key note and `#PBS -V` a wrong one."""
     secret = "0123456789abcdef0123456789abcdef01234567"
     env = {"WANDB_API_KEY": secret, "HOME": str(aux), "NETRC": ""}
     key_note, kept = "note: WANDB_API_KEY is set in this shell, but ", " keeps it from SLURM"
     for kind, setup, exported, says in (
-            ("--pbs", "#PBS -V\n#PBS -m ae\nmodule load cuda\n", None, []),
+            # (the key then in the job's Variable_List, for `qstat -f`: a note of its own)
+            ("--pbs", "#PBS -V\n#PBS -m ae\nmodule load cuda\n", None,
+             ["line 1 ('#PBS -V') passes this shell's environment to the jobs"]),
             ("--pbs", "# lab\n  #PBS -v OMP_NUM_THREADS,WANDB_API_KEY\nmodule load x\n", None,
-             []),
+             ["line 2 ('#PBS -v OMP_NUM_THREADS,WANDB_API_KEY') passes this shell's "
+              "WANDB_API_KEY to the jobs"]),
             ("--pbs", "#PBS -m ae\n", None, ["PBS jobs do not get its environment"]),
             # the file reads the key itself when the job runs (a comment does not)
             ("--pbs", 'module load x\nexport WANDB_API_KEY="$(cat ~/.wandb_key)"\n', None, []),
@@ -1549,7 +1594,8 @@ def test_the_setup_files_directives_decide_whether_jobs_get_the_key(workdir, aux
         assert len(notes) == len(says), (setup, notes)
         for note, said in zip(notes, says):
             assert note.startswith("note: ") and said in note, (setup, note)
-            assert ("ignored" in note) != note.startswith(key_note), note
+            kinds = ("ignored" in note, note.startswith(key_note), "Variable_List" in note)
+            assert sum(kinds) == 1, note
         assert secret not in result.stdout + result.stderr
         assert setup.rstrip("\n") in result.stdout  # the script holds it as it is
     assert sorted(p.name for p in workdir.iterdir()) == ["setup.sh"]

@@ -343,15 +343,15 @@ def _closing(text: str, at: int, opening: str, closing: str) -> int:
 
 
 def setup_directives(setup: str | None, directive: str, indented: bool
-                     ) -> tuple[list[list[str]], list[tuple[int, str]]]:
+                     ) -> tuple[list[tuple[int, list[str]]], list[tuple[int, str]]]:
     """The `directive` lines (#PBS, #SBATCH) of a --setup text as the scheduler reads them.
-    Returns (obeyed, ignored): the words of each directive before the text's first command
-    (only comment lines of ours come before the text in a job script, so the scheduler obeys
-    these), and (line number from 1, line) of each one after it, which qsub and sbatch read as
-    a comment: both stop reading directives at the first line that is neither blank nor a
-    comment (`man sbatch`; OpenPBS's pbs_isexecutable). `indented`: a directive may follow
-    spaces (qsub), else it starts its line (sbatch)."""
-    obeyed: list[list[str]] = []
+    Returns (obeyed, ignored): (line number from 1, words) of each directive before the
+    text's first command (only comment lines of ours come before the text in a job script,
+    so the scheduler obeys these), and (line number, line) of each one after it, which qsub
+    and sbatch read as a comment: both stop reading directives at the first line that is
+    neither blank nor a comment (`man sbatch`; OpenPBS's pbs_isexecutable). `indented`: a
+    directive may follow spaces (qsub), else it starts its line (sbatch)."""
+    obeyed: list[tuple[int, list[str]]] = []
     ignored: list[tuple[int, str]] = []
     prefix = re.compile((r"\s*" if indented else "") + re.escape(directive) + r"(\s|$)")
     command_seen = False
@@ -365,7 +365,7 @@ def setup_directives(setup: str | None, directive: str, indented: bool
                 words = shlex.split(rest, comments=True)
             except ValueError:  # an unclosed quote: the scheduler's own reading is its own
                 words = rest.split()
-            obeyed.append(words)
+            obeyed.append((number, words))
         elif line.strip() and not line.lstrip().startswith("#"):
             command_seen = True
     return obeyed, ignored

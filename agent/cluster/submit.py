@@ -295,16 +295,12 @@ def key_kept_from_jobs(scheduler: Scheduler, setup: str | None = None) -> str | 
         return None
     obeyed, _ = scheduler.setup_directives(setup)
     if scheduler.kind == "pbs":
-        for words in obeyed:
-            for at, word in enumerate(words):
-                names = (words[at + 1] if word == "-v" and at + 1 < len(words)
-                         else word[2:] if word.startswith("-v") else "")
-                if word == "-V" or "WANDB_API_KEY" in _export_names(names):
-                    return None
+        if any(_pbs_passes_key(words) for _, words in obeyed):
+            return None
         return "PBS jobs do not get its environment (qsub passes it with -V only)"
     export, source = os.environ.get("SBATCH_EXPORT"), "SBATCH_EXPORT={}"
     if export is None:
-        for words in obeyed:
+        for _, words in obeyed:
             for at, word in enumerate(words):
                 if word.startswith("--export="):
                     export = word.split("=", 1)[1]
@@ -318,6 +314,45 @@ def key_kept_from_jobs(scheduler: Scheduler, setup: str | None = None) -> str | 
         return None
     shown = export if export.isprintable() and len(export) <= 40 else brief(export, 40)
     return f"{source.format(shown)} keeps it from SLURM jobs"
+
+
+def _pbs_passes_key(words: list[str]) -> str | None:
+    """How the words of one #PBS directive pass this shell's WANDB_API_KEY to the job: 'all'
+    for -V (the whole environment), 'key' for -v naming it; None when they do not."""
+    for at, word in enumerate(words):
+        names = (words[at + 1] if word == "-v" and at + 1 < len(words)
+                 else word[2:] if word.startswith("-v") else "")
+        if word == "-V":
+            return "all"
+        if "WANDB_API_KEY" in _export_names(names):
+            return "key"
+    return None
+
+
+def shown_key_note(scheduler: Scheduler, setup: str | None, given: str | None) -> str | None:
+    """A note when a directive at the --setup text's top hands this shell's WANDB_API_KEY to
+    qsub (`#PBS -V`, `#PBS -v WANDB_API_KEY`): PBS keeps the value in the job's Variable_List,
+    which `qstat -f` prints to whoever may query the job on that server (POSIX qsub: -V adds
+    every variable of qsub's environment to Variable_List). The user's choice, so a note and
+    no refusal. None without a key in this shell, and for SLURM: sbatch passes the
+    environment by default (--export=ALL) and `scontrol show job` shows no values of it;
+    only `sacct -j ID --env-vars` does, where the site stores job environments
+    (AccountingStoreFlags=job_env in slurm.conf), which a script cannot tell."""
+    if scheduler.kind != "pbs" or not os.environ.get("WANDB_API_KEY"):
+        return None
+    obeyed, _ = scheduler.setup_directives(setup)
+    passing = [(number, _pbs_passes_key(words)) for number, words in obeyed]
+    number, how = next(((number, how) for number, how in passing if how), (0, None))
+    if how is None:
+        return None
+    line = brief((setup or "").splitlines()[number - 1].strip(), 40)
+    what = ("this shell's environment to the jobs, WANDB_API_KEY with it," if how == "all"
+            else "this shell's WANDB_API_KEY to the jobs")
+    return (f"note: --setup={given!r}: line {number} ({line}) passes {what} and PBS keeps it "
+            "in each job's Variable_List, which `qstat -f` shows to whoever may query the "
+            "job: to keep the key out of it, run `./util/with_venv.sh wandb login` once (it "
+            "writes ~/.netrc, where the jobs' W&B reads it) and pass the variables the jobs "
+            "need by name (#PBS -v NAME,...)")
 
 
 def _export_names(listed: str) -> list[str]:
@@ -429,8 +464,9 @@ def submit_from_args(args: argparse.Namespace, argv: list[str] | None = None) ->
                    if not folder.exists()]
     # Every check before anything is written: options, then the target, then the command.
     checked = scheduler.job_spec(args, count, args.target, None, job_dir, argv)
-    note = ignored_directives_note(scheduler, checked.setup, args.setup)
-    if note:
+    notes = [ignored_directives_note(scheduler, checked.setup, args.setup),
+             shown_key_note(scheduler, checked.setup, args.setup)]
+    for note in filter(None, notes):
         print(note, file=sys.stderr)
     target = resolve_job_target(args.target, args.project, scheduler, count, args.dry_run,
                                 checked.setup)
