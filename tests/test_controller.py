@@ -13,6 +13,7 @@ from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 
 from agent.sweep.controller import (
+    KIND_SAMPLE,
     MAX_HEARTBEAT_S,
     MAX_HEARTBEAT_TIMEOUT_S,
     MIN_BEATS_PER_TIMEOUT,
@@ -21,6 +22,7 @@ from agent.sweep.controller import (
     check_heartbeat,
     choose_work,
     crash_repairs,
+    expected_runs,
     proposal_budget,
     repeatable,
     runs_left,
@@ -359,3 +361,74 @@ def test_kinds_that_interleave_in_a_grid_still_fill_their_packs():
     work = choose_work(config, [], 2, lambda c: c["b_kind"])
     assert [(c["a_lr"], c["b_kind"]) for c in work.start] == [(0.1, 0), (0.01, 0)]
     assert len(work.park) == 11
+
+
+# --- how many runs of a kind a random sweep is expected to give (--pack auto's outlook) ---------
+
+# A pack-shared parameter `kind` drawn by each of the engine's distributions that give a
+# discrete kind, with the chance that one draw is `like`'s kind (W&B's random_search.py:
+# categorical draws uniformly or by its probabilities, int_uniform uniformly over min..max,
+# q_uniform rounds a uniform draw to a multiple of q, so an end value gets half a step's mass)
+KIND_DRAWS = [
+    ({"value": 7}, 7, 1.0),
+    ({"values": [1, 2]}, 1, 1 / 2),
+    ({"values": list(range(6))}, 3, 1 / 6),
+    ({"values": list(range(18))}, 0, 1 / 18),
+    ({"distribution": "categorical_w_probabilities", "values": [1, 2, 3],
+      "probabilities": [0.6, 0.3, 0.1]}, 3, 0.1),
+    ({"distribution": "categorical_w_probabilities", "values": [1, 2, 3],
+      "probabilities": [0.6, 0.3, 0.1]}, 1, 0.6),
+    ({"distribution": "int_uniform", "min": 1, "max": 4}, 2, 1 / 4),
+    ({"distribution": "q_uniform", "min": 0, "max": 10, "q": 2}, 4, 2 / 10),
+    ({"distribution": "q_uniform", "min": 0, "max": 10, "q": 2}, 10, 1 / 10),
+]
+
+
+def kind_key(config: dict):
+    return config["kind"]
+
+
+@pytest.mark.parametrize("spec, kind, chance", KIND_DRAWS,
+                         ids=[f"{spec.get('distribution', 'values')}-{kind}"
+                              for spec, kind, _ in KIND_DRAWS])
+@pytest.mark.parametrize("run_cap, stored", [(4, 0), (16, 0), (100, 0), (100, 30)])
+def test_expected_runs_of_a_kind_follow_its_chance_in_the_engines_draws(
+        spec, kind, chance, run_cap, stored):
+    config = {"method": "random", "metric": {"name": "val/acc", "goal": "maximize"},
+              "run_cap": run_cap, "parameters": {"kind": spec,
+                                                 "lr": {"min": 0.001, "max": 0.1}}}
+    rng = random.Random(run_cap + stored)
+    runs = [Run(id=f"r{i}", seq=i + 1, state=rng.choice(["pending", "finished", "running"]),
+                config={"kind": kind if i % 3 == 0 else -1, "lr": 0.01}) for i in range(stored)]
+    like = {"kind": kind, "lr": 0.05}  # a proposal not stored yet: certainly of its kind
+    waiting = sum(r.state == "pending" and r.config["kind"] == kind for r in runs)
+    rest = run_cap - stored - 1
+    expected, likely = expected_runs(config, runs, like, kind_key)
+    # the estimate draws KIND_SAMPLE proposals: a binomial share
+    spread = rest * math.sqrt(chance * (1 - chance) / KIND_SAMPLE)
+    assert abs(expected - (waiting + 1 + rest * chance)) <= 5 * spread + 1e-9
+    assert expected <= likely <= waiting + 1 + rest
+    assert isinstance(likely, int)
+    if chance == 1.0:  # every draw is of the kind: exact
+        assert expected == likely == waiting + 1 + rest
+    # `like` stored as a pending run is counted once, among the waiting (the runs left to
+    # propose are one fewer, and it is one of them no more)
+    pending = Run(id="p", seq=stored + 1, state="pending", config=like)
+    again, _ = expected_runs(config, [*runs, pending], like, kind_key)
+    assert abs(again - (waiting + 1 + rest * chance)) <= 5 * spread + 1e-9
+
+
+@pytest.mark.parametrize("method, run_cap", [("grid", 6), ("grid", None), ("bayes", 6),
+                                             ("random", None)])
+def test_expected_runs_are_estimated_for_a_capped_random_sweep_only(method, run_cap):
+    config = {**grid(run_cap=run_cap), "method": method} if run_cap else \
+        {**grid(), "method": method}
+    assert expected_runs(config, [], POINTS[0], model_key) is None
+
+
+def test_expected_runs_of_a_sweep_whose_target_is_reached_are_those_waiting():
+    config = {**grid(run_cap=12), "method": "random",
+              "metric": {"name": "val/acc", "goal": "maximize", "target": 0.9}}
+    runs = [Run(id="a", seq=1, state="finished", config=POINTS[0], summary={"val/acc": 0.95}),
+            Run(id="b", seq=2, state="pending", config=POINTS[1])]
+    assert expected_runs(config, runs, POINTS[1], model_key) == (1.0, 1)

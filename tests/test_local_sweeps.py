@@ -1394,6 +1394,35 @@ def test_a_proposal_measured_by_pack_auto_is_kept_pending_once_within_run_cap(wo
     assert not keep_proposal(grid, {**proposal, "lr": 0.1}) and grid.runs() == []
 
 
+@pytest.mark.parametrize("run_cap, stored, kept", [(10, 0, 10), (10, 4, 6), (400, 0, 256),
+                                                    (400, 398, 2), (None, 0, 1)])
+def test_a_random_sweep_keeps_the_proposals_ahead_of_the_one_measured_within_run_cap(
+        workdir, run_cap, stored, kept):
+    """--pack auto in a random sweep under run_cap keeps the engine's next proposals too
+    (up to 256 in all, never past run_cap), so that it knows how many runs of each kind
+    there are; an open-ended random sweep keeps the one measured only."""
+    from agent.sweep.controller import GRID_LOOKAHEAD, keep_proposal
+    from agent.sweep.engine import proposed_batch
+
+    extra = {"run_cap": run_cap} if run_cap else {}
+    store = make_sweep(workdir, "rnd", {"lr": {"min": 0.001, "max": 0.1},
+                                        "batch_size": {"values": [16, 32, 64]}},
+                       method="random", **extra)
+    config = store.sweep().config
+    with store.transaction() as tx:
+        for _ in range(stored):
+            tx.insert_run(f"s{_}", proposed_batch(config, [], 1)[0], "pending")
+    proposal = proposed_batch(config, [], 1)[0]
+    assert keep_proposal(store, proposal, GRID_LOOKAHEAD - 1) == kept
+    runs = sorted(store.runs(), key=lambda r: r.seq)
+    assert len(runs) == stored + kept and all(r.state == "pending" for r in runs)
+    assert runs[stored].config == proposal  # the one measured first, then the engine's next
+    new = [r.config for r in runs[stored:]]
+    assert all(0.001 <= c["lr"] <= 0.1 and c["batch_size"] in (16, 32, 64) for c in new)
+    assert len({c["lr"] for c in new}) == kept  # distinct draws
+    assert keep_proposal(store, proposal, GRID_LOOKAHEAD - 1) == 0  # waiting already
+
+
 def test_a_claim_after_the_target_is_reached_drops_proposals_never_started(workdir):
     """Once a run reaches metric.target W&B launches no new run: the grid points a packed
     claim parked as pending are dropped, not trained; a crashed run's repeat and a

@@ -3,6 +3,7 @@ runs, trains them as one fused model, and records each as a run of its own."""
 
 from __future__ import annotations
 
+import collections
 import io
 import re
 import signal
@@ -287,25 +288,77 @@ def test_pack_auto_packs_a_bayes_sweep_a_few_runs_at_a_time(workdir):
 
 
 @pytest.mark.timeout(300)
-def test_pack_auto_trains_the_kinds_it_measured_in_a_random_sweep_of_many_kinds(workdir):
-    # a batch-size study drawn at random: each optimizer x batch size is a kind of pack (96
-    # here). A random sweep proposes anew at each claim; the proposal measured must be the
-    # one trained, not kind after kind measured before a claim meets one measured already.
+def test_pack_auto_trains_the_kinds_it_measured_in_a_random_sweep_of_several_kinds(workdir):
+    # a batch-size study drawn at random: each optimizer x batch size is a kind of pack (6
+    # here, about 4 runs each). A random sweep proposes anew at each claim; the proposal
+    # measured must be the one trained, not kind after kind measured before a claim meets
+    # one measured already.
+    store = make_sweep(workdir, "kinds", {
+        "model": {"value": "dense"}, "hidden": {"value": 16}, "epochs": {"value": 1},
+        "train_subset": {"value": 256}, "sinks": {"value": []},
+        "optimizer": {"values": ["sgd", "adam", "rmsprop"]},
+        "batch_size": {"values": [16, 32]}}, method="random", run_cap=24)
+    agent = start_agent(workdir, store, "--pack", "auto")
+    assert agent.wait(timeout=240) == 0
+    lines = " ".join(agent.stderr.read().split())
+    measured = {(optimizer, int(size)) for optimizer, size in re.findall(
+        r"--pack auto for optimizer=(\w+) batch_size=(\d+): packs of \d+ \(images/s", lines)}
+    runs = store.runs()
+    trained = {(r.config["optimizer"], r.config["batch_size"]) for r in runs}
+    assert measured and measured <= trained, lines
+    assert len(runs) == 24 and all(r.state == "finished" for r in runs)
+
+
+@pytest.mark.timeout(300)
+def test_pack_auto_measures_only_the_kinds_a_random_sweep_has_runs_to_pack(workdir):
+    # 96 kinds (optimizer x batch size) and 6 runs: about one run a kind. The agent proposes
+    # the sweep's runs ahead (random search draws each independently), so it knows each
+    # kind's count and measures only a kind with runs to pack (measuring costs about a
+    # second a kind on two cores)
     store = make_sweep(workdir, "kinds", {
         "model": {"value": "dense"}, "hidden": {"value": 16}, "epochs": {"value": 1},
         "train_subset": {"value": 256}, "sinks": {"value": []},
         "optimizer": {"values": ["sgd", "adam", "rmsprop"]},
         "batch_size": {"distribution": "q_uniform", "min": 8, "max": 256, "q": 8}},
-        method="random", run_cap=4)
+        method="random", run_cap=6)
     agent = start_agent(workdir, store, "--pack", "auto")
     assert agent.wait(timeout=240) == 0
-    lines = " ".join(agent.stderr.read().split())
+    errors = agent.stderr.read()
+    lines = " ".join(errors.split())
     measured = {(optimizer, float(size)) for optimizer, size in re.findall(
-        r"--pack auto for optimizer=(\w+) batch_size=([\d.]+): packs of", lines)}
+        r"--pack auto for optimizer=(\w+) batch_size=([\d.]+): packs of \d+ \(images/s", lines)}
     runs = store.runs()
-    trained = {(r.config["optimizer"], float(r.config["batch_size"])) for r in runs}
-    assert measured and measured <= trained, lines
-    assert len(runs) == 4 and all(r.state == "finished" for r in runs)
+    assert len(runs) == 6 and all(r.state == "finished" for r in runs)
+    count = collections.Counter((r.config["optimizer"], float(r.config["batch_size"]))
+                                for r in runs)
+    assert measured == {kind for kind, n in count.items() if n >= 2}, errors
+    for run in runs:  # a kind of one run trains alone
+        if count[run.config["optimizer"], float(run.config["batch_size"])] == 1:
+            assert run.pack is None
+
+
+@pytest.mark.timeout(300)
+def test_pack_auto_does_not_measure_a_kind_a_long_random_sweep_rarely_draws(workdir):
+    # run_cap 1,000 over ~33k kinds (optimizer x batch size x width): past the 256 runs
+    # proposed ahead, a kind's share of the engine's draws says how many more to expect
+    store = make_sweep(workdir, "long", {
+        "model": {"value": "dense"}, "epochs": {"value": 1}, "train_subset": {"value": 256},
+        "sinks": {"value": []}, "optimizer": {"values": ["sgd", "adam", "rmsprop"]},
+        "hidden": {"distribution": "int_uniform", "min": 8, "max": 64},
+        "batch_size": {"distribution": "int_uniform", "min": 8, "max": 200}},
+        method="random", run_cap=1000)
+    agent = start_agent(workdir, store, "--pack", "auto", "--count", "2")
+    assert agent.wait(timeout=240) == 0
+    errors = agent.stderr.read()
+    lines = " ".join(errors.split())
+    expected = re.findall(
+        r"--pack auto for optimizer=\w+ hidden=\d+ batch_size=\d+: runs alone \(not measured: "
+        r"the sweep is expected to give (\d\.\d) runs of this kind, too few to pack\)", lines)
+    assert expected and all(1.0 <= float(x) < 1.5 for x in expected), errors
+    assert "images/s by size" not in lines, errors
+    runs = store.runs()
+    assert sorted(r.state for r in runs).count("finished") == 2
+    assert len(runs) == 256 and sum(r.state == "pending" for r in runs) == 254
 
 
 def _hidden_for_packs_of_two() -> int | None:

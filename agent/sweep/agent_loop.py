@@ -30,11 +30,13 @@ from typing import TYPE_CHECKING
 from agent.ids import path_safe, run_directory
 from agent.sweep import program
 from agent.sweep.controller import (
+    GRID_LOOKAHEAD,
     HEARTBEAT_S,
     HEARTBEAT_TIMEOUT_S,
     check_heartbeat,
     claim,
     crash_outcome,
+    expected_runs,
     keep_proposal,
     not_repeated_why,
     repair_ended_agents,
@@ -86,6 +88,10 @@ PROBE_MIN_S = 1.0
 # --pack auto packs a bayes sweep's runs at most this many at a time: the runs of a pack are
 # proposed together, before any of them has a result (a fixed --pack K is taken as given)
 BAYES_PACK = 8
+# --pack auto measures a kind of a random sweep only where the sweep is expected to give at
+# least this many runs of it (controller.expected_runs, for runs past those proposed ahead):
+# measuring costs about a second, and a kind met once trains alone whatever it measured
+MIN_EXPECTED_RUNS = 2.0
 
 
 def _repeated_how(running: list[Run], ours: bool) -> str:
@@ -412,8 +418,13 @@ class LocalAgent:
                 work = claim(self.store, self.owner, count=wanted, pack_key=packable,
                              timeout=self.timeout)
             except Unsized as unsized:  # the claim wrote nothing: measure, then claim again
+                # a random sweep under run_cap proposes its next runs now, so that the
+                # measuring knows how many runs of the kind there are (keep_proposal)
+                ahead = looks_ahead(self.sweep.config)
+                if ahead:
+                    keep_proposal(self.store, unsized.config, ahead)
                 self.size_packs_of(unsized.config, left)
-                if not self.signalled:  # the config measured is the one claimed next
+                if not ahead and not self.signalled:  # the config measured is claimed next
                     keep_proposal(self.store, unsized.config)
                 continue
             if work.kind == "done":
@@ -666,14 +677,37 @@ class LocalAgent:
             self.say(f"--pack auto for {kind_text(self.sweep.config, claimed)}: runs alone "
                      f"(not measured: {one_line_reason(error)})")
             return
-        work_left = runs_left(self.sweep.config, self.store.runs(), claimed, packable)
+        runs = self.store.runs()
+        work_left = runs_left(self.sweep.config, runs, claimed, packable)
         if count_left is not None:
             work_left = count_left if work_left is None else min(work_left, count_left)
+        outlook = None if work_left is not None and work_left <= 1 else \
+            expected_runs(self.sweep.config, runs, claimed, packable)
+        if outlook is not None:  # runs of a random sweep not proposed yet: kinds by chance
+            expected, likely = outlook
+            if expected < MIN_EXPECTED_RUNS:
+                self.sizer.settle(key, 1)
+                self.say(f"--pack auto for {kind_text(self.sweep.config, claimed)}: runs "
+                         f"alone (not measured: the sweep is expected to give "
+                         f"{expected:.1f}{NBSP}runs of this kind, too few to pack)")
+                return
+            work_left = likely if work_left is None else min(work_left, likely)
         size_kind(self.sizer, key, config, self.sweep.config, work_left,
                   lambda: bool(self.signalled), lambda *lines: self.say(*lines))
 
     def say(self, text: str, *more: str) -> None:
         say(self.owner, text, *more)
+
+
+def looks_ahead(sweep_config: dict) -> int:
+    """How many proposals after the one --pack auto measures an agent keeps as pending runs
+    (controller.keep_proposal): a random sweep under run_cap, GRID_LOOKAHEAD in all, as a
+    grid's claim looks ahead; 0 for other sweeps (a grid's claims look ahead themselves,
+    bayes proposes from the results so far, an open-ended random sweep has no end to fill
+    packs towards)."""
+    if sweep_config.get("method") == "random" and sweep_config.get("run_cap"):
+        return GRID_LOOKAHEAD - 1
+    return 0
 
 
 def kind_text(sweep_config: dict, config: dict) -> str:

@@ -28,6 +28,7 @@ MAX_HEARTBEAT_S = 3600.0  # beyond an hour, a crash would go unnoticed for hours
 MAX_HEARTBEAT_TIMEOUT_S = 86400.0  # a day: a killed run is repeated the same day
 PROPOSALS_PER_MEMBER = 4  # engine proposals one claim may ask for, per member wanted
 GRID_LOOKAHEAD = 256  # ... and at least this many in a grid, where kinds of pack interleave
+KIND_SAMPLE = 128  # engine draws that estimate a kind's share of a random sweep's runs to come
 
 PackKey = Callable[[dict], Hashable]
 # How many runs a claim takes: a number, or a function of the pack key of the runs it takes
@@ -275,7 +276,7 @@ def claim(store: SweepStore, owner: str, count: PackSize = 1,
     return Claim("run", claimed, pack)
 
 
-def keep_proposal(store: SweepStore, config: dict) -> bool:
+def keep_proposal(store: SweepStore, config: dict, ahead: int = 0) -> int:
     """Keep an engine proposal that --pack auto measured before claiming it (the claim was
     abandoned to measure, writing nothing) as a pending run, so that the next claim trains
     the kind measured. A random or bayes sweep proposes anew at each claim: each proposal
@@ -283,23 +284,36 @@ def keep_proposal(store: SweepStore, config: dict) -> bool:
     and the agent would measure kind after kind before one claim met a kind measured. Not
     for a grid (its next claim proposes the same point), a config already waiting (a
     pending or preempted run's), a sweep at its run_cap, or one where a run reached
-    metric.target while the agent measured (the engine proposes nothing more then). Returns
-    whether a run was added."""
+    metric.target while the agent measured (the engine proposes nothing more then).
+
+    A random sweep under run_cap also keeps the engine's next `ahead` proposals (within the
+    cap) as pending runs, as a grid's claim does: random search draws each run
+    independently of the others and of their results (W&B's random_search.py), so drawing
+    them now means what drawing them one claim at a time means, and --pack auto then knows
+    how many runs of each kind the sweep holds (`runs_left`) and packs them together
+    instead of meeting kinds one run at a time. Returns how many runs were added."""
     with store.transaction() as tx:
         sweep_config, runs = tx.sweep().config, tx.runs()
         cap = sweep_config.get("run_cap")
-        if sweep_config.get("method") == "grid" or target_reached(sweep_config, runs) or (
-                cap and sum(not r.requeued_from for r in runs) >= cap) or any(
-                r.state in ("pending", "preempted") and r.config == config for r in runs):
-            return False
-        tx.insert_run(new_run_id(), config, "pending")
-    return True
+        room = cap - sum(not r.requeued_from for r in runs) if cap else math.inf
+        if sweep_config.get("method") == "grid" or target_reached(sweep_config, runs) or \
+                room < 1 or any(r.state in ("pending", "preempted") and r.config == config
+                                for r in runs):
+            return 0
+        kept = [config]
+        if sweep_config.get("method") == "random" and cap and ahead > 0 and room > 1:
+            seen = [*runs, Run(id="measured", seq=len(runs) + 1, config=config,
+                               state="running")]
+            kept += proposed_batch(sweep_config, seen, int(min(ahead, room - 1)))
+        for proposal in kept:
+            tx.insert_run(new_run_id(), proposal, "pending")
+    return len(kept)
 
 
 def drop_unstarted_proposals(tx, sweep_config: dict, runs: list[Run]) -> list[Run]:
     """Once a run has reached metric.target, W&B's server launches no new run: the
-    proposals a claim parked as pending runs (a grid's look-ahead, the other kinds of a
-    packed claim's proposals), never started, are removed, so that no agent trains them. Repeats of
+    proposals a claim parked as pending runs (a grid's look-ahead, a random sweep's
+    `keep_proposal`), never started, are removed, so that no agent trains them. Repeats of
     crashed runs and preempted runs (runs that had started) are kept: they go on, as runs
     already running do on W&B. Returns the runs left."""
     if not target_reached(sweep_config, runs):
@@ -376,3 +390,37 @@ def runs_left(sweep_config: dict, runs: list[Run], like: dict, pack_key: PackKey
         return mine + unproposed
     ahead = proposed_batch(sweep_config, runs, min(unproposed, most)) if unproposed else []
     return mine + sum(pack_key(config) == key for config in ahead) + max(0, unproposed - most)
+
+
+def expected_runs(sweep_config: dict, runs: list[Run], like: dict, pack_key: PackKey,
+                  sample: int = KIND_SAMPLE) -> tuple[float, int] | None:
+    """For a random sweep under run_cap: (the runs of `like`'s pack key it is expected to
+    still give, and a count that the runs of that key exceed with a chance of about 2%
+    (the binomial's mean + 2 SD, rounded up)); None for a grid or a random sweep whose runs
+    are all proposed already (`runs_left` is exact there), bayes, or an open-ended sweep
+    (no bound). The kind's waiting (pending, preempted) runs count, and
+    `like` itself when it is a proposal not yet stored.
+
+    Random search draws each run independently of the others and of their results (W&B's
+    random_search.py), so the share of the kind among `sample` draws of the engine
+    estimates its share of the runs to come. --pack auto measures no kind expected to give
+    fewer runs than a pack needs, and no pack larger than the second figure: a random sweep
+    of 1,000 runs over 500 kinds gives about two runs a kind, mostly beyond the runs it has
+    proposed ahead (`keep_proposal`). Raises EngineError (a proposal failed)."""
+    planned = planned_runs(sweep_config)
+    if sweep_config.get("method") != "random" or planned is None:
+        return None
+    key = pack_key(like)
+    waiting = [r for r in runs if r.state in ("pending", "preempted") and pack_key(r.config) == key]
+    unproposed = max(0, planned - sum(not r.requeued_from for r in runs))
+    known = len(waiting) + int(unproposed > 0 and not any(r.config == like for r in waiting))
+    rest = unproposed - (known - len(waiting))
+    if not rest:
+        return None  # every run it may still give is known: runs_left is exact
+    draws = proposed_batch(sweep_config, runs, sample)
+    if not draws:  # a run reached metric.target: the engine proposes no more
+        return float(known), known
+    share = sum(pack_key(config) == key for config in draws) / len(draws)
+    mean = known + rest * share
+    return mean, min(known + rest, math.ceil(mean + 2 * math.sqrt(rest * share * (1 - share))))
+
