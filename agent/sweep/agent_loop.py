@@ -23,6 +23,7 @@ import textwrap
 import threading
 import time
 import traceback
+from contextlib import nullcontext
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -693,7 +694,8 @@ class LocalAgent:
                 return
             work_left = likely if work_left is None else min(work_left, likely)
         size_kind(self.sizer, key, config, self.sweep.config, work_left,
-                  lambda: bool(self.signalled), lambda *lines: self.say(*lines))
+                  lambda: bool(self.signalled), lambda *lines: self.say(*lines),
+                  folder=self.store.directory, owner=self.owner)
 
     def say(self, text: str, *more: str) -> None:
         say(self.owner, text, *more)
@@ -728,24 +730,61 @@ def one_line_reason(error: Exception) -> str:
 
 
 def size_kind(sizer: PackSizer, key, config: dict, sweep_config: dict, work_left: int | None,
-              interrupted, say_line) -> None:
+              interrupted, say_line, folder: str | os.PathLike | None = None,
+              owner: str = "") -> None:
     """--pack auto: settle `sizer`'s pack size for kind `key` by measuring packs of the
     trial config `config` (agent/trial/probe.py) up to `work_left` runs (None: no bound; at
     most BAYES_PACK in a bayes sweep), within a tenth of the time those runs would train
     alone (PROBE_MIN_S to PROBE_BUDGET_S). Says the outcome through say_line(text, *more).
     A kind that cannot be measured (its runs would fail) is settled at 1 (each run then
     fails alone, with its reason); an interruption (`interrupted()`, asked every step)
-    forgets the kind, settles nothing."""
-    from agent.trial.probe import Interrupted, measure_pack
+    forgets the kind, settles nothing. With a sweep's `folder`, agent `owner` (host:pid)
+    measures in its turn among this host's agents on its device, and takes the size one of
+    them settled on there instead where it may (agent/sweep/pack_share.py)."""
+    from agent.sweep.pack_share import Stopped
+    from agent.trial.probe import Interrupted
 
     kind = kind_text(sweep_config, config)
-    started, budget = time.perf_counter(), PROBE_BUDGET_S
     largest = work_left  # the largest pack measured
     if sweep_config.get("method") == "bayes":
         largest = BAYES_PACK if largest is None else min(largest, BAYES_PACK)
     if largest is not None and largest <= 1:
         sizer.settle(key, 1)  # nothing to pack with
         return
+    sizes, device = _size_file(folder, config)
+
+    def waiting(holder: str) -> None:
+        say_line(f"--pack auto for {kind}: waiting for agent {holder}, which measures packs "
+                 f"on this device ({device}), to take its sizes")
+
+    try:
+        with sizes.turn(owner, interrupted, waiting) if sizes else nullcontext(False) as held:
+            if sizes is not None and _adopted(sizer, key, sizes, largest, kind, say_line,
+                                              held):
+                return
+            why_not = _probe_kind(sizer, key, config, largest, work_left, interrupted)
+            if why_not is None and held:
+                sizes.save(key, sizer.records[key], owner)
+    except StoreError:
+        raise
+    except (Interrupted, Stopped):
+        sizer.forget(key)  # measured again by the next agent that claims
+        return
+    if why_not is not None:
+        sizer.settle(key, 1)
+        say_line(f"--pack auto for {kind}: runs{NBSP}alone (not measured: {why_not})")
+        return
+    say_line(f"--pack auto for {kind}: packs{NBSP}of{NBSP}{sizer.next_size(key)}",
+             f"({sizer.measured_text(key)})")
+
+
+def _probe_kind(sizer: PackSizer, key, config: dict, largest: int | None,
+                work_left: int | None, interrupted) -> str | None:
+    """size_kind's measurement: settles `key` in `sizer`; None, or why the kind could not
+    be measured (its runs then go alone). Raises Interrupted, StoreError."""
+    from agent.trial.probe import Interrupted, measure_pack
+
+    started, budget = time.perf_counter(), PROBE_BUDGET_S
 
     def measure(size: int, required: bool) -> tuple[float, float | None] | str:
         nonlocal budget
@@ -761,18 +800,44 @@ def size_kind(sizer: PackSizer, key, config: dict, sweep_config: dict, work_left
 
     try:
         sizer.probe(key, measure, largest)
-    except StoreError:
+    except (StoreError, Interrupted):
         raise
-    except Interrupted:
-        sizer.forget(key)  # measured again by the next agent that claims
-        return
     except Exception as error:  # noqa: BLE001 (each run then fails alone, with its reason)
-        sizer.settle(key, 1)
-        say_line(f"--pack auto for {kind}: runs{NBSP}alone (not measured: "
-                 f"{one_line_reason(error)})")
-        return
+        return one_line_reason(error)
+    return None
+
+
+def _size_file(folder: str | os.PathLike | None, config: dict):
+    """(the SizeFile of `config`'s device in the sweep's `folder`, the device's name); (None,
+    None) without a folder, or where the run's device is not on this machine or its config
+    is refused (the measurement then says why)."""
+    from agent.params import validate
+    from agent.sweep.pack_share import SizeFile, device_name
+
+    if folder is None:
+        return None, None
+    try:
+        made = validate(config)
+        device = device_name(made.device, made.num_threads)
+    except Exception:  # noqa: BLE001 (the measurement says why, and the kind runs alone)
+        return None, None
+    return (None, None) if device is None else (SizeFile(folder, device), device)
+
+
+def _adopted(sizer: PackSizer, key, sizes, largest: int | None, kind: str, say_line,
+             writable: bool) -> bool:
+    """Whether `sizer` took the size another agent settled on for `key` in `sizes` (a
+    SizeFile), saying so; a file that cannot be read is named, and measured past (and
+    replaced by what is measured, where its folder is `writable`)."""
+    found = sizes.find(key)
+    if sizes.problem:
+        say_line(f"--pack auto: {sizes.path} cannot be read ({sizes.problem}): measuring"
+                 + ("; what is measured replaces it" if writable else ""))
+    if found is None or not sizer.adopt(key, found[0], largest):
+        return False
     say_line(f"--pack auto for {kind}: packs{NBSP}of{NBSP}{sizer.next_size(key)}",
-             f"({sizer.measured_text(key)})")
+             f"(measured by agent {found[1]}: {sizer.measured_text(key)})")
+    return True
 
 
 # Between words say() keeps on one line (written as a plain space): the outcome of --pack

@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 from util.errors import UserError
 
@@ -165,6 +165,24 @@ class PackSizer:
         if record.too_big is not None:
             tried.append(f"{record.too_big}: {record.why_not}")
         return f"images/s by size: {', '.join(tried)}"
+
+    def adopt(self, key: object, record: SizeRecord, runs_left: int | None = None) -> bool:
+        """Take the size another agent settled on for `key` (its `record`, measured on a
+        device like this one: agent/sweep/pack_share.py) where this agent would settle the
+        same from those figures, given its own bound on the kind's runs (`runs_left`, as in
+        `probe`) and its memory: not where it may measure larger packs (the other agent
+        had fewer runs left, under --count say, or a smaller share of the device). Whether
+        it was taken; nothing changes where not."""
+        if self.fixed is not None or record.settled is None or not record.throughput:
+            return False
+        mine = replace(record, throughput=dict(record.throughput), runs_left=runs_left,
+                       settled=None, confirmed=True)
+        chosen, final = self._decide(mine)
+        if not final or chosen != record.settled:
+            return False
+        mine.settled = chosen
+        self.records[key] = mine
+        return True
 
     def forget(self, key: object) -> None:
         """Drop what this kind measured (a measurement cut short): it is measured again."""
