@@ -569,12 +569,13 @@ def test_a_heat_map_cell_below_a_named_threshold_never_prints_as_it(tmp_path, mo
                   for row in csv.DictReader(open(tmp_path / name / "runs.csv"))}
         if name == "near":
             assert groups["0.001"] in (stats.STUCK, stats.FALLING)  # below 0.150
-            assert sorted(ax.texts) == ["0.080", "0.146", "0.500", "0.900"], ax.texts
+            assert sorted(ax.texts) == ["0.080\nstuck", "0.146\nstuck", "0.500", "0.900"], \
+                ax.texts
             assert ("Cells are written to 3 decimals: at 2, 0.146 would read as the stuck "
                     "bound (chance + the stuck margin), 0.150, which it is below.") in text
             assert "The colour runs from chance (0.100, dark) to the best cell (0.900" in text
         else:
-            assert sorted(ax.texts) == ["0.08", "0.30", "0.50", "0.90"], ax.texts
+            assert sorted(ax.texts) == ["0.08\nstuck", "0.30", "0.50", "0.90"], ax.texts
             assert "Cells are written to" not in text
 
 
@@ -627,3 +628,52 @@ def test_a_run_hyperband_stopped_is_marked_in_its_groups_figure(tmp_path, monkey
             "ends in a bar there, and it trained fewer epochs than a full-length run, so it "
             "may have left chance had it trained on.") in text, text
     assert f"lr=0.0001 ({ids[0.0001]}, stopped" not in text
+
+
+def test_a_heat_map_cell_names_the_group_of_its_run_at_chance(tmp_path, monkeypatch):
+    """A heat map cell is a run's last val/acc (its summary, what W&B's charts show), while
+    the groups read its best epoch too: a run at 0.16 then 0.146 collapsed (it reached the
+    stuck bound 0.150 and ended below it), its cell 0.146, which the paragraph's bound
+    alone read as stuck. A cell of a run at chance names its group under its value, also
+    where the cell reads above the bound: the same runs swept on val/best_acc (cell 0.16,
+    collapsed), and a cell that is the mean of a stuck and a converged seed (0.19)."""
+    monkeypatch.chdir(tmp_path)
+    base = {"program": "agent/train.py", "method": "grid",
+            "parameters": {"dataset": {"value": "digits"}, "model": {"value": "dense"},
+                           "hidden": {"value": 16}, "epochs": {"value": 2},
+                           "lr": {"values": [0.1, 0.01, 0.001, 0.0001]}}}
+    curves = {0.1: [0.8, 0.9], 0.01: [0.4, 0.5], 0.001: [0.16, 0.146], 0.0001: [0.08, 0.08]}
+    seeds = {**base, "parameters": {**base["parameters"], "lr": {"values": [0.1, 0.001]},
+                                    "seed": {"values": [0, 1]}}}
+    cases = {  # name: (config, metric, run's curve by (lr, seed), the cells' texts)
+        "last": (base, "val/acc", lambda lr, seed: curves[lr],
+                 ["0.080\nstuck", "0.146\ncollapsed", "0.500", "0.900"]),
+        "best": (base, "val/best_acc", lambda lr, seed: curves[lr],
+                 ["0.08\nstuck", "0.16\ncollapsed", "0.50", "0.90"]),
+        "seeds": (seeds, "val/acc", lambda lr, seed: [0.8, 0.9] if lr == 0.1
+                  else [[0.08, 0.08], [0.25, 0.3]][seed], ["0.19\n1 at chance", "0.90"])}
+    for name, (config, metric, curve, texts) in cases.items():
+        config = {**config, "metric": {"name": metric, "goal": "maximize"}}
+        store = create_store(tmp_path / "data" / "sweeps" / name, name, name, config)
+        for run in claim(store, "host:1", count=8).runs:
+            accs = curve(run.config["lr"], run.config.get("seed", 0))
+            for epoch, acc in enumerate(accs, 1):
+                loss = 2.302 if max(accs) < 0.2 else 1.0
+                store.record_epoch(run.run_id, "host:1", epoch,
+                                   {"train/loss": loss, "val/loss": loss, "val/acc": acc})
+            store.finish(run.run_id, "host:1", "finished",
+                         {"val/acc": accs[-1], "val/best_acc": max(accs),
+                          "test/acc": accs[-1], "epochs_done": 2})
+        report = document.build_report(local_study(store), tmp_path / name)
+        text = report.path.read_text()
+        (ax,) = [ax for ax in report.figures["grid_heatmap.png"].axes if ax.images]
+        assert sorted(ax.texts) == texts, (name, ax.texts)
+        groups = sorted(row["group"] for row in csv.DictReader(open(tmp_path / name / "runs.csv")))
+        assert groups == {"seeds": [stats.CONVERGED] * 3 + [stats.STUCK]}.get(
+            name, [stats.COLLAPSED, stats.CONVERGED, stats.CONVERGED, stats.STUCK]), name
+        grid = text.split("## The whole grid")[1].split("\n## ")[0]
+        assert ("A run's value is its last `val/acc`, as its summary holds it (what W&B's "
+                "charts show and the report ranks runs by), not its best epoch's.") in grid \
+            or name == "best", grid
+        assert "The groups read a run's best epoch too: a run whose best stayed below 0.150 " \
+            "is stuck (or falling), one that reached it and ended below it collapsed" in grid

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from agent import metrics
 from agent.params import BY_NAME
 from agent.report import stats
 from agent.report.markdown import (
@@ -273,7 +274,8 @@ def heatmap_section(report: Report, ctx: Context) -> None:
                   f"(hyperband) stopped ({len(cut_short)} run"
                   f"{'s' if len(cut_short) != 1 else ''} in all): its value is the one at the "
                   "epoch it stopped at, not a final one." if cut_short else "")
-               + _digits_text(shown, named, digits), "")
+               + _value_text(ctx) + _digits_text(shown, named, digits)
+               + _chance_text(ctx, panels), "")
     title = (f"{metric} over the search ({' and '.join(binned)} in ranges)" if binned
              else f"{metric} over the grid")
     report.figure(heatmap_grid(panels, row, rows, col or "", cols, metric, low, high,
@@ -315,6 +317,31 @@ def _digits_text(shown: list[float], named: dict[str, float], digits: int) -> st
             f"as {name}, {level:.{digits}f}, which it is {side}.")
 
 
+def _value_text(ctx: Context) -> str:
+    """' A run's value is its last `val/acc` ...' for a metric logged every epoch (its
+    summary holds the last epoch's, stats.GroupRule reads the best one's too), else ''."""
+    metric = ctx.study.metric
+    if getattr(metrics.find(metric), "when", None) != metrics.EPOCH:
+        return ""
+    return (f" A run's value is its last `{metric}`, as its summary holds it (what W&B's "
+            "charts show and the report ranks runs by), not its best epoch's.")
+
+
+def _chance_text(ctx: Context, panels: list[HeatPanel]) -> str:
+    """Where a heat map cell holds a run the groups put at chance: what the note under its
+    value says, and why the value alone cannot say it (the groups read the best epoch
+    too); '' where none does."""
+    if not any(note for p in panels for line in p.at_chance or [] for note in line):
+        return ""
+    bound = f" {ctx.rule.stuck_below(ctx.classes):.3f}" if ctx.classes else ""
+    return (" A cell whose runs the groups below put at chance says so under its value: its "
+            "run's group (stuck, collapsed or falling), or \"2 at chance\" in a cell of "
+            "several runs, whose mean may lie above the bound. The groups read a run's best "
+            f"epoch too: a run whose best stayed below{bound} is stuck (or falling), one that "
+            "reached it and ended below it collapsed, which a cell's value alone does not "
+            "tell apart.")
+
+
 def _heat_panels(ctx: Context, facets: list[str], rows: tuple[str, HeatAxis],
                  cols: tuple[str | None, HeatAxis]) -> tuple[list[HeatPanel], int, list]:
     """(one panel per combination of the `facets` values, the most runs in one cell, the runs
@@ -335,13 +362,15 @@ def _heat_panels(ctx: Context, facets: list[str], rows: tuple[str, HeatAxis],
         notes = [["" for _ in range(shape[1])] for _ in range(shape[0])]
         stopped = [[False for _ in range(shape[1])] for _ in range(shape[0])]
         left_out = [[0 for _ in range(shape[1])] for _ in range(shape[0])]
+        chance = [["" for _ in range(shape[1])] for _ in range(shape[0])]
         for i, j in itertools.product(range(shape[0]), range(shape[1])):
             cell = [r for r in mine if row_axis.index(value(r, row)) == i
                     and (col is None or col_axis.index(value(r, col)) == j)]
             most = max(most, len(cell))
             diverged = [r for r in cell if ctx.diverged(r)]
-            scores = [r.metric(metric) for r in cell
-                      if r not in diverged and r.metric(metric) is not None]
+            valued = [r for r in cell if r not in diverged and r.metric(metric) is not None]
+            scores = [r.metric(metric) for r in valued]
+            chance[i][j] = _chance_note(ctx, valued)
             if scores:
                 values[i, j] = float(np.mean(scores))
             notes[i][j] = "div" if diverged else ("–" if not cell else "no value")
@@ -349,8 +378,19 @@ def _heat_panels(ctx: Context, facets: list[str], rows: tuple[str, HeatAxis],
             stopped[i][j] = any(stats.stopped_early(r) for r in cell)
             cut_short += [r for r in cell if stats.stopped_early(r)]
         title = ", ".join(f"{f}={short_number(v)}" for f, v in zip(facets, key)) or "all runs"
-        panels.append(HeatPanel(title, values, notes, stopped, left_out))
+        panels.append(HeatPanel(title, values, notes, stopped, left_out, chance))
     return panels, most, cut_short
+
+
+def _chance_note(ctx: Context, runs: list[RunRecord]) -> str:
+    """What a heat map cell of `runs` says of those the groups put at chance (stuck,
+    collapsed, falling): the run's group where the cell is one run, "2 at chance" where it
+    is a mean of several, "" where none is. The cell's value is each run's last one (its
+    summary); the groups read the best epoch's too, which the cell does not show."""
+    groups = [ctx.group_of(r) for r in runs if ctx.group_of(r) in stats.AT_CHANCE]
+    if not groups:
+        return ""
+    return groups[0] if len(runs) == 1 else f"{len(groups)} at chance"
 
 
 def _chance(ctx: Context) -> float | None:

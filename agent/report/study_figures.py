@@ -41,6 +41,9 @@ class HeatPanel:
     stopped: list[list[bool]] | None = None
     # (rows, cols) the diverged runs left out of a cell's value (the others' mean)
     diverged: list[list[int]] | None = None
+    # (rows, cols) the cell's runs the groups put at chance: a run's group ("stuck",
+    # "collapsed", "falling") where the cell holds one run, "2 at chance" where several; ""
+    at_chance: list[list[str]] | None = None
 
 
 def cell_digits(values, thresholds, least: int = 2, most: int = 6) -> int:
@@ -64,7 +67,8 @@ def heatmap_grid(panels: list[HeatPanel], row_label: str, row_values: list,
     e.g. chance, dark, to `high`, bright; reversed when `lower_is_better`, a loss: the best
     is bright either way), each cell written; a cell without a value shows its note; a
     cell holding a run stopped early is written with a `*`, which the title explains; a
-    cell whose value left diverged runs out says how many ("1 div").
+    cell holding runs the groups put at chance says so under its value ("stuck", "2 at
+    chance"); a cell whose value left diverged runs out says how many ("1 div").
     `flip_rows` puts the last row value on top; each cell is written to `digits` decimals
     (cell_digits)."""
     if any(any(map(any, p.stopped)) for p in panels if p.stopped):
@@ -87,6 +91,8 @@ def heatmap_grid(panels: list[HeatPanel], row_label: str, row_values: list,
             text = f"{value:.{digits}f}" if np.isfinite(value) else panel.notes[i][j]
             if panel.stopped and panel.stopped[i][j]:
                 text += STOPPED_MARK
+            if panel.at_chance and panel.at_chance[i][j] and np.isfinite(value):
+                text += f"\n{panel.at_chance[i][j]}"
             if panel.diverged and panel.diverged[i][j] and np.isfinite(value):
                 text += f"\n{panel.diverged[i][j]} div"
             level = norm(value) if np.isfinite(value) else 0.0
