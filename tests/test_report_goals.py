@@ -258,6 +258,39 @@ def test_the_paired_effect_counts_every_seed_of_a_setting(tmp_path, monkeypatch)
     assert "over 2 paired settings" in line, line
 
 
+
+def test_a_paired_effect_of_one_pair_names_the_pair_and_no_average(tmp_path, monkeypatch):
+    """hidden {16, 64} x lr {0.1, 0.001} on digits, lr 0.001 stuck at hidden 16: one pair of
+    converged runs (lr 0.1) is left, whose one difference read "changes val/acc by +0.5000
+    on average over 1 paired settings", an average of nothing and no word of which pair.
+    It now names the setting and says it is one pair; two pairs keep the average."""
+    from agent.report.discussion import observations
+
+    monkeypatch.chdir(tmp_path)
+    config = {"program": "agent/train.py", "method": "grid",
+              "metric": {"name": "val/acc", "goal": "maximize"},
+              "parameters": {"dataset": {"value": "digits"}, "model": {"value": "dense"},
+                             "hidden": {"values": [16, 64]}, "lr": {"values": [0.1, 0.001]}}}
+    for name, stuck in (("one", 0.08), ("two", 0.6)):
+        store = create_store(tmp_path / "data" / "sweeps" / name, name, name, config)
+        scores = {(16, 0.1): 0.4, (64, 0.1): 0.9, (16, 0.001): stuck, (64, 0.001): 0.7}
+        for run in claim(store, "host:1", count=4).runs:
+            score = scores[run.config["hidden"], run.config["lr"]]
+            loss = 2.302 if score < 0.15 else 1.0
+            for epoch in (1, 2):
+                store.record_epoch(run.run_id, "host:1", epoch,
+                                   {"train/loss": loss, "val/loss": loss, "val/acc": score})
+            store.finish(run.run_id, "host:1", "finished",
+                         {"val/acc": score, "test/acc": score, "epochs_done": 2})
+        ctx = document.study_context(local_study(store), tmp_path / name, stats.GroupRule())
+        (line,) = [o for o in observations(ctx) if o.startswith("hidden 16 -> 64")]
+        if name == "one":
+            assert line == ("hidden 16 -> 64 changes val/acc by +0.5000 in the one setting of "
+                            "the converged runs at both values (lr=0.1): one pair, no "
+                            "average."), line
+        else:  # +0.5 at lr 0.1, +0.1 at lr 0.001
+            assert "changes val/acc by +0.3000 on average over 2 paired settings" in line, line
+
 @pytest.mark.parametrize("stopped_end", [False, True])
 def test_a_run_stopped_early_is_no_evidence_of_a_bend(tmp_path, monkeypatch, stopped_end):
     """lr {0.001, 0.01, 0.1}: the best run is in the middle. With the run at lr 0.1 finished

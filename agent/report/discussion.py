@@ -807,21 +807,32 @@ def _paired_effect(ctx: Context, name: str, categorical: list[str]) -> list[str]
         # A setting is a configuration less its seed: the runs of its seeds at one value of
         # `name` count by their mean (keeping only the last of them dropped the others)
         by_setting: dict[tuple, dict[str, list[float]]] = {}
+        named: dict[tuple, RunRecord] = {}  # a run of each setting, to name it by
         for r in runs:
-            by_setting.setdefault(tuple(repr(value(r, a)) for a in others), {}).setdefault(
+            key = tuple(repr(value(r, a)) for a in others)
+            named.setdefault(key, r)
+            by_setting.setdefault(key, {}).setdefault(
                 repr(value(r, name)), []).append(r.metric(metric))
+        pairs = [key for key, s in by_setting.items() if repr(high) in s and repr(low) in s]
         diffs = [float(np.mean(s[repr(high)]) - np.mean(s[repr(low)]))
-                 for s in by_setting.values() if repr(high) in s and repr(low) in s]
-        if diffs:
-            mean, half, n = stats.t_interval(diffs, ctx.level)
-            out.append(f"{split + '=' + str(group) + ': ' if split else ''}{name} "
-                       f"{short_number(low)} -> {short_number(high)} changes {metric} by "
-                       f"{mean:+.4f} on average over {n} paired settings of the converged "
-                       "runs" + (f" (± {half:.4f}: half-width of the {ctx.level:.0%} "
-                                 "Student-t interval of that mean)" if half else "")
-                       + (", each pair at one lr (a larger batch usually wants a larger lr: "
-                          "the line on each batch_size at its own best lr compares them so)"
-                          if name == "batch_size" and "lr" in others else "") + ".")
+                 for s in (by_setting[key] for key in pairs)]
+        if not diffs:
+            continue
+        mean, half, n = stats.t_interval(diffs, ctx.level)
+        if n == 1:  # one difference: no average to speak of; which pair it is instead
+            over = ("in the one setting of the converged runs at both values"
+                    + (f" ({config_text(named[pairs[0]], others)})" if others else "")
+                    + ": one pair, no average")
+        else:
+            over = (f"on average over {n} paired settings of the converged runs"
+                    + (f" (± {half:.4f}: half-width of the {ctx.level:.0%} Student-t "
+                       "interval of that mean)" if half else "")
+                    + (", each pair at one lr (a larger batch usually wants a larger lr: "
+                       "the line on each batch_size at its own best lr compares them so)"
+                       if name == "batch_size" and "lr" in others else ""))
+        out.append(f"{split + '=' + str(group) + ': ' if split else ''}{name} "
+                   f"{short_number(low)} -> {short_number(high)} changes {metric} by "
+                   f"{mean:+.4f} {over}.")
     return out
 
 
