@@ -382,6 +382,26 @@ def test_weight_distributions_name_the_layers_and_their_spread(trained_cnn, tmp_
     assert drawn.legends == ["init: initial weights", "B1: adam lr=0.01", "W1: sgd lr=1e-05"]
 
 
+def test_weights_of_a_run_blown_up_leave_the_others_readable(tmp_path):
+    """A digits run at lr 10 whose weights reach +-2e4 beside the initial weights and the
+    best runs' (+-0.2) drew those as flat lines at 0 on a linear axis: a panel whose widest
+    set is WIDE_SPREAD times its narrowest or more is symlog, linear over the ordinary sets'
+    scale, and says so; sets of one scale keep a linear axis."""
+    from agent.report.study_figures import WeightSet, weight_distributions
+
+    rng = np.random.default_rng(0)
+    init, best = rng.normal(0, 0.07, 4096), rng.normal(0, 0.08, 4096)
+    for worst, scale in ((rng.normal(0, 6e3, 4096), "symlog"), (best * 0.5, "linear")):
+        sets = [WeightSet("init", "init", "initial weights", {"fc1": init}),
+                WeightSet("B1", "best", "lr=0.1", {"fc1": best}),
+                WeightSet("W1", "worst", "lr=10", {"fc1": worst})]
+        drawn = weight_distributions("dense", ["fc1"], sets, tmp_path / f"{scale}.png")
+        (ax,) = [ax for ax in drawn.axes if ax.title]
+        linear = float(np.quantile(np.abs(best), 0.999))
+        assert (ax.yscale, ax.ylabel) == ((scale, f"weight (linear within ±{linear:.2g}, log "
+                                           "beyond)") if scale == "symlog"
+                                          else (scale, "weight")), (ax.yscale, ax.ylabel)
+
 def test_heatmap_cells_are_the_values_given(tmp_path):
     from agent.report.study_figures import HeatPanel, heatmap_grid
 

@@ -298,6 +298,24 @@ class WeightSet:
 
 
 COLOURS = {"init": INIT, "best": BEST, "worst": WORST}
+# a set of weights this many times wider than the narrowest one of its panel puts the panel on
+# a symlog axis: a digits run at lr 10 (weights of +-2e4) beside the initial and the best
+# runs' (+-0.2) drew them as flat lines at 0 on a linear one
+WIDE_SPREAD = 20.0
+
+
+def _wide_scale(ax, scales: list[float], top: float) -> str:
+    """Put `ax` on a symlog y axis where the widest of the violins' `scales` (each set's
+    99.9% quantile of |weight|) is WIDE_SPREAD times the narrowest one's or more: linear up
+    to the widest scale within WIDE_SPREAD of the narrowest (the sets of ordinary width),
+    log beyond. Returns the y label's addition (' (linear within +-0.21, log beyond)') or
+    ''."""
+    narrow = min((v for v in scales if v > 0), default=0.0)
+    if not narrow or top < WIDE_SPREAD * narrow:
+        return ""
+    linear = max(v for v in scales if narrow <= v < WIDE_SPREAD * narrow)
+    ax.set_yscale("symlog", linthresh=linear, linscale=2)
+    return f" (linear within ±{linear:.2g}, log beyond)"
 
 
 def weight_distributions(model: str, layers: list[str], sets: list[WeightSet], path) -> Drawn:
@@ -322,13 +340,14 @@ def weight_distributions(model: str, layers: list[str], sets: list[WeightSet], p
             body.set_facecolor(COLOURS[s.kind])
             body.set_alpha(0.6)
         # The scale of most weights, not of a few outliers: 99.9% of each set inside it.
-        top = max(float(np.quantile(np.abs(d), 0.999)) for d in drawn) or 1.0
+        scales = [float(np.quantile(np.abs(d), 0.999)) for d in drawn]
+        top = max(scales) or 1.0
         for x, values in enumerate(data):
             ax.text(x, top * 1.08, f"{values.std():.2g}", ha="center", fontsize=6)
         ax.set_ylim(-top * 1.2, top * 1.2)
         ax.set_xticks(range(len(present)), [s.key for s in present], fontsize=7)
         ax.set_title(f"{layer} ({data[0].size:,} weights)", fontsize=9)
-        ax.set_ylabel("weight", fontsize=8)
+        ax.set_ylabel("weight" + _wide_scale(ax, scales, top), fontsize=8)
         ax.tick_params(axis="y", labelsize=7)
         ax.grid(axis="y", alpha=0.3)
     fig.legend(handles=[Patch(color=COLOURS[s.kind], alpha=0.6,
