@@ -711,6 +711,43 @@ def test_weights_of_runs_hyperband_stopped_are_marked_stopped(tmp_path, monkeypa
         assert (entry in legends) == (run.id in stopped), (entry, legends)
 
 
+@pytest.mark.slow
+@pytest.mark.timeout(600)
+def test_a_stopped_runs_bar_stands_at_the_epoch_it_stopped_not_its_last_logged_step(
+        tmp_path, monkeypatch):
+    """A digits grid with hyperband, batch 32 (40 steps an epoch) and a training loss
+    logged every 20 steps to TensorBoard: a run stopped after epoch 1 last logged step 21,
+    and its group figure put its bar there, at 0.53 of an epoch, beside a legend entry
+    "stopped early at epoch 1 of 4". The bar stands at the end of the epoch it stopped at
+    (step 40), reached by a dotted line from its last logged step."""
+    from agent.report.document import build_report
+    from agent.report.study import load_study
+
+    config = {"program": "agent/train.py", "command": COMMAND, "method": "grid",
+              "metric": {"name": "val/acc", "goal": "maximize"},
+              "early_terminate": {"type": "hyperband", "min_iter": 1, "eta": 2},
+              "parameters": {"dataset": {"value": "digits"}, "model": {"value": "dense"},
+                             "hidden": {"value": 32}, "epochs": {"value": 4},
+                             "batch_size": {"value": 32}, "log_interval": {"value": 20},
+                             "sinks": {"value": ["tensorboard"]},
+                             "lr": {"values": [0.1, 0.03, 0.0001, 0.00003]}}}
+    store = create_store(tmp_path / "data" / "sweeps" / "hbs", "hbs", "hbs", config)
+    agent = run_module(tmp_path, "agent.sweep.agent_loop", str(store.directory))
+    assert agent.returncode == 0, agent.stderr[-2000:]
+    stopped = {r.id: r.epoch for r in store.runs() if r.state == "stopped"}
+    assert stopped, [(r.config["lr"], r.state) for r in store.runs()]  # the premise
+    monkeypatch.chdir(tmp_path)
+    report = build_report(load_study("hbs"), tmp_path / "report")
+    groups = {row["run_id"]: row["group"] for row in rows_of(tmp_path / "report" / "runs.csv")}
+    for group in {groups[run_id] for run_id in stopped}:
+        (ax,) = [ax for ax in report.figures[f"loss_{group}.png"].axes if ax.title]
+        assert ax.xlabel == "training step", ax.xlabel  # every run's logged steps
+        bars = sorted(float(x[0]) for (label, x, _), marker in zip(ax.lines, ax.markers)
+                      if label == "_stopped" and marker == "|")
+        assert bars == sorted(40.0 * stopped[r] for r in stopped if groups[r] == group), bars
+        dotted = [x.tolist() for label, x, _ in ax.lines if label == "_unlogged"]
+        assert sorted(x[1] for x in dotted) == bars and all(x[0] < x[1] for x in dotted)
+
 @pytest.mark.timeout(300)
 def test_values_of_the_sweep_file_that_no_run_took_are_named(tmp_path, monkeypatch):
     """A search over optimizer [sgd, adam, sam] whose runs took one of them (a bayes study

@@ -506,6 +506,9 @@ class GroupCurve:
     # 'stopped early at epoch 1 of 4' for a run the sweep's early termination cut short
     # (its line ends there, marked), else ''
     stopped: str = ""
+    # where such a run stopped on the figure's x (its last epoch's end), where that is known:
+    # its last logged step can lie before it; None: at its last point
+    stopped_at: float | None = None
 
 
 LINE_STYLES = ("-", "--", ":", "-.")
@@ -676,8 +679,12 @@ def _draw_group_panel(ax, curves: list[GroupCurve], colour, style, colours, styl
                         label=f"_{_config_label(curve.config)} {marker}")
         ends = [(x, y) for x, y in zip(curve.steps, ys) if math.isfinite(y)]
         if curve.stopped and ends:
-            ax.plot(*ends[-1], color=colours.get(curve.config.get(colour), f"C{i % 10}"),
-                    **STOPPED_END, label="_stopped")
+            x = ends[-1][0] if curve.stopped_at is None else max(curve.stopped_at, ends[-1][0])
+            tint = colours.get(curve.config.get(colour), f"C{i % 10}")
+            if x > ends[-1][0]:  # its steps after the last logged one: dotted, to its bar
+                ax.plot([ends[-1][0], x], [ends[-1][1]] * 2, color=tint, linestyle=":",
+                        linewidth=0.9, alpha=0.7, label="_unlogged")
+            ax.plot(x, ends[-1][1], color=tint, **STOPPED_END, label="_stopped")
         bad = [s for s, y in zip(curve.steps, curve.losses)
                if not (_is_number(y) and math.isfinite(y))]
         if bad:

@@ -287,7 +287,8 @@ def group_figure(ctx: Context, group: str, runs: list[RunRecord]) -> figures.Dra
                                  drawn[r.id].steps, drawn[r.id].losses,
                                  *(_epoch_points(r, drawn[r.id], by_step)
                                    if group == stats.DIVERGED else ([], [])),
-                                 stopped=stopped_note(r))
+                                 stopped=stopped_note(r),
+                                 stopped_at=_stopped_at(r, drawn[r.id], by_step))
               for r in runs if r.id in drawn]
     kind = _drawn_by(ctx, runs)
     return figures.group_loss_figure(
@@ -300,6 +301,21 @@ def group_figure(ctx: Context, group: str, runs: list[RunRecord]) -> figures.Dra
         ctx.rule.explode_at(ctx.classes) if group == stats.DIVERGED else None,
         x_end=end, x_start=1.0 if kind == "means" else 0.0,
         classes=ctx.classes if group in stats.AT_CHANCE else None)
+
+
+def _stopped_at(run: RunRecord, curve, by_step: bool) -> float | None:
+    """Where a run the sweep's early termination stopped ended on its group figure's x: the
+    end of the epoch it stopped at, on the epoch axis or at that epoch's last step. Its last
+    logged step can lie well before it (a digits run of batch 32, 40 steps an epoch, logging
+    every 20 steps, last logged step 21, at 0.53 of an epoch, stopped after epoch 1), where
+    its bar read as stopped mid-epoch. None for another run, or where the steps an epoch
+    are unknown on a step axis."""
+    if not stats.stopped_early(run):
+        return None
+    done = stats.epochs_done(run)
+    if not by_step:
+        return float(done)
+    return float(done * curve.steps_per_epoch) if curve.steps_per_epoch else None
 
 
 def _epoch_points(run: RunRecord, curve, by_step: bool) -> tuple[list, list]:
