@@ -109,6 +109,39 @@ def test_ties_that_the_sweeps_order_decides_are_said(tmp_path, monkeypatch, caps
                                if ids[(512, 0.08)] in line)
 
 
+def test_a_best_run_tied_with_its_own_other_seed_names_the_seeds(tmp_path, monkeypatch):
+    """optimizer x lr x seed {0, 1} on digits, both seeds of adam at lr 0.01 at 0.9583: the
+    observation read "best val/acc 0.9583 at lr=0.01 (tied with 1 other run: lr=0.01; the
+    one named is the first ...)", two names alike for two runs. In a sweep over seed the
+    tied runs are named with their seed; a run tied with none keeps its setting alone."""
+    monkeypatch.chdir(tmp_path)
+    config = {"program": "agent/train.py", "method": "grid",
+              "metric": {"name": "val/acc", "goal": "maximize"},
+              "parameters": {"dataset": {"value": "digits"}, "model": {"value": "dense"},
+                             "optimizer": {"values": ["sgd", "adam"]},
+                             "lr": {"values": [0.3, 0.01]}, "seed": {"values": [0, 1]}}}
+    store = create_store(tmp_path / "data" / "sweeps" / "seedtie", "seedtie", "s", config)
+    scores = {("adam", 0.01): (0.9583, 0.9583), ("adam", 0.3): (0.7, 0.8),
+              ("sgd", 0.3): (0.95, 0.92), ("sgd", 0.01): (0.66, 0.67)}
+    ids = {}
+    for run in claim(store, "host:1", count=8).runs:
+        c = run.config
+        ids[c["optimizer"], c["lr"], c["seed"]] = run.run_id
+        score = scores[c["optimizer"], c["lr"]][c["seed"]]
+        epoch = {"train/loss": 0.5, "val/loss": 0.5, "val/acc": score}
+        store.record_epoch(run.run_id, "host:1", 1, epoch)
+        store.finish(run.run_id, "host:1", "finished",
+                     {**epoch, "test/acc": score, "epochs_done": 1})
+    order = [run.id for run in local_study(store).runs]
+    text = document.build_report(local_study(store), tmp_path / "report").path.read_text()
+    notes = section(text, "## Observations")
+    top = first(order, ids["adam", 0.01, 0], ids["adam", 0.01, 1])
+    seed, other = (0, 1) if top == ids["adam", 0.01, 0] else (1, 0)
+    assert (f"- optimizer=adam: best val/acc 0.9583 at lr=0.01, seed={seed} (tied with 1 other "
+            f"run: lr=0.01, seed={other}; the one named is the first of them in the sweep's "
+            "order).") in notes, notes
+    assert "- optimizer=sgd: best val/acc 0.9500 at lr=0.3.\n" in notes, notes
+
 def test_a_loss_near_zero_is_near_its_best_within_a_share_of_the_runs_gap(tmp_path,
                                                                           monkeypatch):
     """val/loss, minimized, its best 0.0100 (batch 32, lr 0.04): 2% of the best was 0.0002,

@@ -643,10 +643,13 @@ def _best_per_combination(ctx: Context, categorical: list[str], numeric: list[st
             out.append(f"{name}: every run ({len(mine)}) scores {metric} {top:.4f}: no "
                        "setting is better than another.")
             continue
+        # in a sweep over seed a tied run may be another seed of the best's own setting
+        # ("at lr=0.01 (tied with 1 other run: lr=0.01 ...)"): the seed tells them apart
+        names = numeric + (["seed"] if tied and "seed" in ctx.swept else [])
         out.append(f"{name}: best {metric} {top:.4f}{stopped_text(mine[0])} at "
-                   f"{config_text(mine[0], numeric) or 'its only setting'}"
+                   f"{config_text(mine[0], names) or 'its only setting'}"
                    + (f" (tied with {len(tied)} other run{'s' if len(tied) != 1 else ''}: "
-                      + _run_names(tied, numeric) + "; the one named is the first of them "
+                      + _run_names(tied, names) + "; the one named is the first of them "
                       "in the sweep's order)" if tied else "") + ".")
     return out
 
