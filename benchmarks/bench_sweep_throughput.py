@@ -15,11 +15,12 @@ one on scikit-learn's digits (24 runs) for machines without a GPU, with the mode
 widths; `--small` trains the narrow models a CPU packs well (dense hidden 64, cnn channels
 [16, 32]: their steps are per-step overhead, not arithmetic), `--epochs` sets the epochs.
 Way (a) runs `--subprocess-sample` trials of the grid and scales their mean to the whole grid
-(said in the table). Runs unchanged on a CUDA machine without network or wandb: every way uses the
-TensorBoard sink only. A measurement, not a test.
+(said in the table); `--random RUNS` makes it a random sweep of RUNS runs over the same
+values, where kinds of pack come by chance. Runs unchanged on a CUDA machine without network
+or wandb: every way uses the TensorBoard sink only. A measurement, not a test.
 
     python benchmarks/bench_sweep_throughput.py [--cpu-grid] [--small] [--epochs N]
-        [--out DIR] [--ways a,b,c,d] [--values NAME=V1,V2,...]
+        [--out DIR] [--ways a,b,c,d] [--values NAME=V1,V2,...] [--random RUNS]
 """
 
 from __future__ import annotations
@@ -55,8 +56,12 @@ def child_env() -> dict:
             "WANDB_MODE": "disabled"}
 
 
-def sweep_yaml(grid: dict, fixed: dict) -> dict:
-    return {"name": "bench-grid", "method": "grid",
+def sweep_yaml(grid: dict, fixed: dict, random_runs: int | None = None) -> dict:
+    """The grid as a sweep; with `random_runs`, a random sweep of that many runs (run_cap)
+    drawing each parameter from the grid's values."""
+    method = {"method": "random", "run_cap": random_runs} if random_runs else \
+        {"method": "grid"}
+    return {"name": "bench-grid", **method,
             "metric": {"name": "val/acc", "goal": "maximize"},
             "parameters": {**{k: {"value": v} for k, v in fixed.items()},
                            **{k: {"values": v} for k, v in grid.items()}}}
@@ -120,8 +125,13 @@ def run_launcher(work: Path, sweep: dict, options: list[str]) -> dict:
         raise SystemExit(f"launcher {options} failed:\n{done.stderr[-3000:]}")
     (store,) = (work / "data" / "sweeps").glob("*/sweep.db")
     finished, images, span = trained_images(store)
+    # runs trained together share a pack id: how many trials (packs and runs alone) it took
+    (trials,) = sqlite3.connect(store).execute(
+        "SELECT COUNT(DISTINCT COALESCE(pack, id)) FROM runs WHERE state != 'pending'"
+    ).fetchone()
+    note = f"{trials} trials" if "--pack" in options else None
     return {"wall_s": wall, "trials": finished, "images": images, "gpu_util": utilisation,
-            "trials_s": span}
+            "trials_s": span, "note": note}
 
 
 def run_subprocesses(work: Path, grid: dict, fixed: dict, sample: int) -> dict:
@@ -171,6 +181,9 @@ def main() -> None:
     parser.add_argument("--values", action="append", default=[], metavar="NAME=V1,V2,...",
                         help="the grid's values of one parameter instead of the default ones "
                         "(a larger grid: --values lr=0.3,0.1,0.03,0.01,0.003,0.001)")
+    parser.add_argument("--random", type=int, default=None, metavar="RUNS",
+                        help="a random sweep of RUNS runs (run_cap) over the grid's values "
+                        "instead of the grid: kinds of pack then come by chance")
     parser.add_argument("--subprocess-sample", type=int, default=8)
     parser.add_argument("--out", default=None, help="also write the table here (markdown)")
     args = parser.parse_args()
@@ -188,7 +201,7 @@ def main() -> None:
              "sinks": ["tensorboard"], "data_dir": str(ROOT / "data"), "histograms": False}
     if args.small:
         fixed.update(hidden=64, channels=[16, 32])
-    sweep = sweep_yaml(grid, fixed)
+    sweep = sweep_yaml(grid, fixed, args.random)
     work = Path(tempfile.mkdtemp(prefix="bench-sweep-"))
     # the dataset decoded once, before any way is timed
     subprocess.run([sys.executable, "-m", "agent.train", f"--dataset={fixed['dataset']}",
@@ -215,7 +228,7 @@ def main() -> None:
             print(f"({key}) failed: {str(error)[-3000:]}", flush=True)
             continue
         # the table so far after every way: a run stopped at its time limit keeps its rows
-        table = render(results, grid, fixed, gpu)
+        table = render(results, grid, fixed, gpu, args.random)
         print(table, flush=True)
         if args.out:
             Path(args.out).mkdir(parents=True, exist_ok=True)
@@ -224,12 +237,15 @@ def main() -> None:
         raise SystemExit(1)
 
 
-def render(results: dict, grid: dict, fixed: dict, gpu: bool) -> str:
+def render(results: dict, grid: dict, fixed: dict, gpu: bool,
+           random_runs: int | None = None) -> str:
     runs = 1
     for values in grid.values():
         runs *= len(values)
     widths = "".join(f", {k} {fixed[k]}" for k in ("hidden", "channels") if k in fixed)
-    lines = [f"grid: {runs} runs of {fixed['dataset']}, {fixed['epochs']} epochs{widths}, "
+    what = f"random: {random_runs} runs" if random_runs else f"grid: {runs} runs"
+    drawn = "drawn from " if random_runs else ""
+    lines = [f"{what} of {fixed['dataset']}, {fixed['epochs']} epochs{widths}, {drawn}"
              + " x ".join(f"{k} {v}" for k, v in grid.items()),
              "", "| way | wall s | trials/hour | images/s | mean GPU util | vs (a) | vs (b) "
              "| trials s | trials vs (b) |",
