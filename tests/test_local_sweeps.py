@@ -1466,6 +1466,28 @@ def test_a_packed_grid_stops_at_its_target_as_w_and_b_does(workdir):
         ("finished", "adam", lr) for lr in (0.001, 0.01, 0.1)]
 
 
+@pytest.mark.e2e
+@pytest.mark.timeout(300)
+def test_an_agent_that_ends_after_the_target_leaves_no_parked_runs_to_come(workdir):
+    """--pack auto keeps a random sweep's next draws as pending runs; an agent whose run
+    reaches metric.target and that then ends without another claim (--count 1 here; a
+    Ctrl-C likewise) drops them as a claim would: W&B launches none of them, and left
+    pending they read as runs still to come (status: '11 pending', the report: 'This sweep
+    is not finished')."""
+    store = make_sweep(workdir, "target", {
+        "model": {"value": "dense"}, "hidden": {"value": 16}, "epochs": {"value": 1},
+        "train_subset": {"value": 256}, "sinks": {"value": []},
+        "optimizer": {"values": ["sgd", "adam"]}, "batch_size": {"values": [16, 32]}},
+        method="random", run_cap=12,
+        metric={"name": "val/acc", "goal": "maximize", "target": 0.0})
+    agent = start_agent(workdir, store, "--pack", "auto", "--count", "1")
+    assert agent.wait(timeout=240) == 0, agent.stderr.read()
+    assert [r.state for r in store.runs()] == ["finished"]
+    shown = status_of(workdir, store)
+    assert "1 finished" in shown and "pending" not in shown, shown
+    assert "metric.target val/acc >= 0.0 reached" in shown, shown
+
+
 @pytest.mark.parametrize("name", ["study.YAML", "study.Yml", "study.yaml"])
 def test_a_sweep_yaml_is_known_by_its_suffix_in_any_case(workdir, name):
     """Sweep.YAML (as some editors and Windows users name it) is a sweep YAML, as it is to

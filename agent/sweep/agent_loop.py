@@ -37,6 +37,7 @@ from agent.sweep.controller import (
     check_heartbeat,
     claim,
     crash_outcome,
+    drop_after_target,
     expected_runs,
     keep_proposal,
     not_repeated_why,
@@ -366,7 +367,10 @@ class LocalAgent:
                                  {"heartbeat_s": self.heartbeat_s, "timeout_s": self.timeout})
         try:
             self.repair_ended_here(self.store.runs())
-            return self._run(count)
+            code = self._run(count)
+            # ended by --count or a signal, with no claim after a run reached the target
+            drop_after_target(self.store)
+            return code
         finally:
             self.forget_heartbeat_settings()
             lock.release()

@@ -325,6 +325,19 @@ def drop_unstarted_proposals(tx, sweep_config: dict, runs: list[Run]) -> list[Ru
     return [r for r in runs if r not in unstarted] if unstarted else runs
 
 
+def drop_after_target(store: SweepStore) -> int:
+    """`drop_unstarted_proposals` in a transaction of its own, for an agent that ends
+    without another claim (--count reached, a signal) once a run has reached metric.target:
+    the runs it parked would otherwise read as runs still to come (agent.status, the
+    report). Returns how many were dropped. Takes the store's write lock only for a sweep
+    with a metric.target."""
+    if (store.sweep().config.get("metric") or {}).get("target") is None:
+        return 0
+    with store.transaction() as tx:
+        runs = tx.runs()
+        return len(runs) - len(drop_unstarted_proposals(tx, tx.sweep().config, runs))
+
+
 def repair_ended_agents(store: SweepStore, owners: set[str]) -> list[str]:
     """Mark crashed (and re-queue once) the running runs of agents known to have ended
     (`owners`, host:pid, as a launcher knows its children's exits): what a heartbeat timeout
