@@ -1317,6 +1317,33 @@ def test_a_new_sweep_of_the_same_config_names_the_unfinished_one(tmp_path, monke
     assert "is not finished" not in capsys.readouterr().out
 
 
+def test_a_sweep_ended_at_its_target_is_finished_to_status_and_to_its_twin(
+        tmp_path, monkeypatch, capsys):
+    """A sweep whose run reached metric.target has ended, as on W&B, with runs of its
+    run_cap never made (and the proposals a packed claim parked, dropped): running the YAML
+    again does not name it as unfinished, nor does agent.status call its best 'so far'."""
+    from agent.sweep.target import create_local_sweep
+
+    monkeypatch.chdir(tmp_path)
+    path = tmp_path / "grid.yaml"
+    path.write_text(yaml.safe_dump({
+        "method": "grid", "metric": {"name": "val/acc", "goal": "maximize", "target": 0.9},
+        "parameters": {"lr": {"values": [0.1, 0.01, 0.001]},
+                       "model": {"values": ["cnn", "dense"]}}}))
+    first = create_local_sweep(path, " --pack 3")
+    work = claim(first, "me:1", count=3, pack_key=lambda c: c["model"])
+    assert [r.state for r in first.runs()].count("pending") == 2  # of the other kind, parked
+    for claimed in work.runs:
+        assert first.finish(claimed.run_id, "me:1", "finished", {"val/acc": 0.95})
+    assert claim(first, "me:1", count=3, pack_key=lambda c: c["model"]).kind == "done"
+    shown = status_of(tmp_path, first)
+    assert "3 finished, 3 not started" in shown and "reached: no new runs" in shown, shown
+    assert "best: " in shown and "so far" not in shown, shown
+    capsys.readouterr()
+    create_local_sweep(path, " --pack 3")
+    assert "is not finished" not in capsys.readouterr().out
+
+
 @pytest.mark.parametrize("raised, says", [
     ("comm", "W&B could not be reached to look it up (CommError: "),
     ("missing", "W&B could not find it (ValueError: Could not find sweep"),

@@ -276,8 +276,9 @@ def render_status(store: SweepStore, console: Console | None = None,
         console.print(escape(reached), highlight=False)
     best = best_run(store)
     if best:
+        # past metric.target the runs never made are none to come (W&B makes no new run)
         still = any(r.state in ("pending", "running", "preempted") for r in runs) or \
-            unstarted
+            (unstarted and not reached)
         ahead = ahead_of_best(runs, best)
         beyond = "" if ahead is None else (
             f" of the ended runs; at its last epoch: {ahead[0].id} {escape(best.metric)}="

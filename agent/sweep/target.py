@@ -194,7 +194,9 @@ def create_local_sweep(yaml_path: str | Path, options: str = "", announce: bool 
 def unfinished_twin(config: dict, options: str = "") -> str | None:
     """A note naming the newest local sweep of the same config (data/sweeps) that still has
     runs to end, and how to go on with it: running the YAML again makes a new sweep (as
-    `wandb sweep` does), which after an interruption is rarely what was meant."""
+    `wandb sweep` does), which after an interruption is rarely what was meant. A sweep
+    whose run reached metric.target has ended once no run waits (W&B makes no new run)."""
+    from agent.sweep.engine import target_reached
     from agent.sweep.status import sweep_progress
 
     wanted = json.dumps(config, sort_keys=True)
@@ -215,7 +217,9 @@ def unfinished_twin(config: dict, options: str = "") -> str | None:
             store.close()
         progress = sweep_progress(runs, sweep.config, [])
         waiting = any(r.state in ("pending", "preempted", "running") for r in runs)
-        if waiting or (progress["total"] is not None and progress["done"] < progress["total"]):
+        # a run reached metric.target: no new run comes (W&B's server), those waiting go on
+        if waiting or (progress["total"] is not None and progress["done"] < progress["total"]
+                       and not target_reached(sweep.config, runs)):
             found.append((sweep.created, sweep.id, progress))
     if not found:
         return None
