@@ -249,6 +249,31 @@ def test_a_proposal_a_job_left_pending_is_not_merged_into_a_sweep_that_ended_mea
     store.close()
 
 
+def test_the_pending_runs_a_job_dropped_at_the_target_are_dropped_from_the_sweep(tmp_path):
+    """Runs --pack auto parked in the sweep's store (a local agent stopped while it
+    measured) that a job dropped once its run reached metric.target (W&B launches no new
+    run) go from the sweep's store too: left there, status and the report count them as runs
+    still to come, and the sweep as not finished."""
+    from agent.sweep.controller import claim, keep_proposal
+
+    config = {"method": "random", "run_cap": 3,
+              "metric": {"name": "val/acc", "goal": "maximize", "target": 0.9},
+              "parameters": {"lr": {"min": 0.01, "max": 0.1}}}
+    store = create_store(tmp_path / "sweep", "s", "s", config)
+    assert keep_proposal(store, {"lr": 0.05}, ahead=255) == 3
+    store.close()
+    origin, copy, base = tmp_path / "sweep" / "sweep.db", tmp_path / "copy.db", tmp_path / "b.db"
+    take_copy(origin, copy, base)
+    job = SweepStore(copy)
+    (first,) = claim(job, "node:1").runs
+    assert job.finish(first.run_id, "node:1", "finished", summary={"val/acc": 0.95})
+    assert claim(job, "node:1").kind == "done" and len(job.runs()) == 1
+    job.close()
+
+    merge_back(copy, base, origin)
+    assert [(r.id, r.state) for r in runs(origin).values()] == [(first.run_id, "finished")]
+
+
 def test_the_merge_knows_every_table_and_column_of_the_store(tmp_path):
     """The merge's SQL against store.py's schema: every table the store makes is one the
     merge knows, and every column of runs and history goes over. A table added to the

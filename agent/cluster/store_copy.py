@@ -280,7 +280,8 @@ def merge_back(copy: Path, base: Path, origin: Path, wait_s: float = 60,
     transaction; the ids written. A run new to `origin` is added after its runs; one
     `origin` still has as the job found it is replaced; one that another job changed
     meanwhile is replaced only by a run that got further (`_PROGRESS`, then the epoch), and
-    one an agent found silent and repeated meanwhile only by one that ended (`_repeated`).
+    one an agent found silent and repeated meanwhile only by one that ended (`_repeated`);
+    a pending proposal the job dropped at metric.target goes (`_drop_dropped`).
     Running again writes nothing new: a merge cut short by a kill is rolled back by SQLite
     and done whole by the next one. The job's agents' heartbeat settings go beside `origin`
     with `every_s`, the time between merges (`merged_every_s`): a running run's heartbeat
@@ -329,10 +330,24 @@ def merge_back(copy: Path, base: Path, origin: Path, wait_s: float = 60,
                     out.execute("DELETE FROM runs WHERE id=?", (other,))
                     del theirs[other]
             written.append(run_id)
+        _drop_dropped(out, mine, found, theirs)
         out.execute("COMMIT")
     finally:
         out.close()
     return written
+
+
+def _drop_dropped(out: sqlite3.Connection, mine: Rows, found: Rows, theirs: Rows) -> None:
+    """The pending runs the job dropped (in `found`, the job's start, and not in `mine`, its
+    copy), removed from the sweep's store `out` where it still has them as the job found
+    them: proposals parked by a claim and never started, which a claim drops once a run
+    reached metric.target (controller.drop_unstarted_proposals); left in the sweep's store,
+    they read as runs still to come. The job deletes no other run."""
+    for run_id, (row, _) in found.items():
+        if run_id not in mine and row["state"] == "pending" and not row["requeued_from"] \
+                and row["started"] is None and _same(theirs.get(run_id), found[run_id]):
+            out.execute("DELETE FROM runs WHERE id=?", (run_id,))
+            del theirs[run_id]
 
 
 def _merge_heartbeat_settings(job: Path, sweep: Path, every_s: float) -> None:
