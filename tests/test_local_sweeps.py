@@ -1339,6 +1339,11 @@ def test_a_sweep_ended_at_its_target_is_finished_to_status_and_to_its_twin(
     shown = status_of(tmp_path, first)
     assert "3 finished, 3 not started" in shown and "reached: no new runs" in shown, shown
     assert "best: " in shown and "so far" not in shown, shown
+    listed = subprocess.run([sys.executable, "-m", "agent.status"], cwd=tmp_path,
+                            env=subprocess_env(COLUMNS="200"), capture_output=True, text=True,
+                            timeout=100)
+    assert f"{first.sweep().id} grid grid 3/6, target reached " in " ".join(
+        listed.stdout.split()), listed.stdout
     capsys.readouterr()
     create_local_sweep(path, " --pack 3")
     assert "is not finished" not in capsys.readouterr().out

@@ -599,7 +599,8 @@ def log_folder(sweep, runs: list[Run]) -> str:
 
 def render_sweeps(directory: Path, console: Console | None = None) -> None:
     """The local sweeps under `directory` (data/sweeps), newest first: id, name, method,
-    runs ended of planned, created. UserError when there is none."""
+    runs ended of planned (", target reached" once a run reached metric.target and every
+    run has ended), created. UserError when there is none."""
     stores = []
     for path in store_paths(directory):
         try:
@@ -617,8 +618,12 @@ def render_sweeps(directory: Path, console: Console | None = None) -> None:
         sweep, runs = store.sweep(), store.runs()
         current = current_runs(runs)
         planned = planned_runs(sweep.config) or len(current)
+        ended = sum(r.state in ENDED for r in current)
+        # a sweep that a run's metric.target ended makes no more runs: "3/6" alone reads as
+        # a sweep half done
+        reached = ended == len(current) and target_text(sweep.config, runs)
         table.add_row(sweep.id, escape(sweep.name), escape(str(sweep.config.get("method"))),
-                      f"{sum(r.state in ENDED for r in current)}/{planned}",
+                      f"{ended}/{planned}" + (", target reached" if reached else ""),
                       time.strftime("%Y-%m-%d %H:%M", time.localtime(sweep.created)))
     console.print(table)
     console.print(f"one sweep's runs: {module_command('agent.status')} "
