@@ -112,9 +112,9 @@ def expected_group(run, losses: list[float], explode: float, stuck: float,
         return "diverged"
     last = [v for k, v in run.history[-1].items() if k in ("train/loss", "val/loss")] \
         if run.history else losses[-1:]
-    if max(last, default=0.0) > explode:
-        return "diverged"
     accuracies = [row["val/acc"] for row in run.history]
+    if max(last, default=0.0) > explode and (not accuracies or accuracies[-1] < stuck):
+        return "diverged"  # above it with an accuracy above chance: it predicts
     if max(accuracies) >= stuck:  # it left chance: did it end back at it?
         return "collapsed" if accuracies[-1] < stuck else "converged"
     train = [row["train/loss"] for row in run.history]

@@ -185,7 +185,8 @@ def parse_options(argv: list[str] | None):
     parser.add_argument("sweep", help="local sweep id or directory, or entity/project/sweep_id")
     parser.add_argument("--out", default="reports", help="reports go to OUT/<sweep id>/")
     parser.add_argument("--explode-factor", type=float, default=stats.GroupRule.explode_factor,
-                        help="diverged: a final loss above this many times ln(classes)")
+                        help="diverged: a final loss above this many times ln(classes), "
+                        "its last accuracy at chance")
     parser.add_argument("--stuck-margin", type=float, default=stats.GroupRule.stuck_margin,
                         help="stuck: best validation accuracy below 1/classes + this")
     args = parser.parse_args(argv)

@@ -162,6 +162,15 @@ def groups_section(report: Report, ctx: Context) -> None:
                    f"{ctx.rule.explode_at(classes):.1f} and came back (no divergence: the "
                    "rule reads where a run ended): " + "; ".join(
                        f"{r.id} ({ctx.verdicts[r.id].spike})" for r in spiked) + ".", "")
+    large = [r for r in members[stats.CONVERGED] if ctx.verdicts[r.id].large_loss]
+    if large:  # called diverged before: "div" in the heat map, left out of every mean
+        report.add(f"Converged though their final loss is above "
+                   f"{ctx.rule.explode_at(classes):.1f} (no divergence: their last accuracy "
+                   "is above chance + the stuck margin, so they predict, and so large a "
+                   "cross-entropy comes from a few confident mistakes, as the large logits "
+                   "of a high lr give; their values are real, in every table and mean): "
+                   + "; ".join(f"{r.id} ({ctx.verdicts[r.id].large_loss})" for r in large)
+                   + ".", "")
     elsewhere = [r.id for r in members[stats.DIVERGED]
                  if ctx.verdicts[r.id].reason.startswith("final validation loss")]
     if elsewhere:  # the figure's curves are training losses

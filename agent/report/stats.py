@@ -206,8 +206,15 @@ class GroupRule:
     ended with its loss far above where training starts: its last epoch's mean training or
     validation loss (its last logged step's where it recorded no epoch) above
     `explode_factor` x ln K, ln K being the loss of a uniform prediction, where a freshly
-    initialised classifier starts. A loss that rose past that level and came back below it
-    is no divergence: such a run is stuck or converged by its accuracy, its spike named.
+    initialised classifier starts, and its last epoch's validation accuracy (training
+    accuracy without a validation split; none recorded counts as at chance) below chance
+    1/K + `stuck_margin`: a model that predicts garbage. A run that ends above that level
+    with its last accuracy above chance is no divergence either: it predicts, and so large
+    a cross-entropy comes from a few confident mistakes (large logits, as adam at a high lr
+    gives: a digits run ended at a training loss of 138 and a val/acc of 0.81): converged,
+    its large loss named (Verdict.large_loss). A loss that rose past that level and came
+    back below it is no divergence: such a run is stuck or converged by its accuracy, its
+    spike named.
     Collapsed: not diverged, its best validation accuracy (training accuracy without a
     validation split) reached chance 1/K + `stuck_margin`, and its last epoch's is below
     it again: it left chance and ended back at it (a run that reached 0.375, then sat at a
@@ -241,7 +248,11 @@ class GroupRule:
                 f"epoch's training or validation loss above {self.explode_factor:g} x ln "
                 f"{classes} = {self.explode_at(classes):.1f} (ln {classes} = "
                 f"{math.log(classes):.2f} is the loss of a uniform guess, where an "
-                f"initialised network starts); a loss that rose above that and came back "
+                f"initialised network starts) and its last validation accuracy below "
+                f"{self.stuck_below(classes):.3f}, at chance (a run that ended above that "
+                f"loss with its accuracy above chance predicts: so large a cross-entropy "
+                f"comes from a few confident mistakes, and it is converged, its large loss "
+                f"named); a loss that rose above that and came back "
                 f"is no divergence (the run is stuck or converged by its accuracy, its "
                 f"spike named); **collapsed**: not diverged, its best validation accuracy "
                 f"reached chance 1/{classes} + {self.stuck_margin:g} = "
@@ -269,6 +280,10 @@ class Verdict:
     # a run not diverged whose loss rose past the rule's level and came back: what rose,
     # how far, and where it ended ('epoch training loss 512 > 23.0, ended at 2.87'); ""
     spike: str = ""
+    # a run not diverged whose final loss is above the rule's level though its last accuracy
+    # is above chance (the stuck bound): which loss, and both numbers ('final training loss
+    # 138 > 23.0, last accuracy 0.810 >= 0.150'); ""
+    large_loss: str = ""
 
 
 FINAL_NAMES = {"train/loss": "training loss", "val/loss": "validation loss"}
@@ -305,11 +320,20 @@ def classify(run: RunRecord, step_losses: list[float], classes: int,
     bound = rule.explode_at(classes)
     finals = final_losses(run, sources["training-step loss"])
     above = {name: v for name, v in finals.items() if v > bound}
+    large = ""
     if above:
         name = max(above, key=above.get)
-        return Verdict(DIVERGED, f"final {name} {above[name]:.3g} > {bound:.1f}", peak, best)
+        ended = f"final {name} {above[name]:.3g} > {bound:.1f}"
+        last = _epoch_values(run, "val/acc", "train/acc")
+        if not last or last[-1][1] < rule.stuck_below(classes):
+            at = f", last accuracy {_below(last[-1][1], rule.stuck_below(classes))}" \
+                if last else ""
+            return Verdict(DIVERGED, ended + at, peak, best)
+        # a model that predicts better than chance: its large cross-entropy comes from
+        # a few confident mistakes (large logits, adam at a high lr), not from garbage
+        large = f"{ended}, last accuracy {last[-1][1]:.3f} >= {rule.stuck_below(classes):.3f}"
     spike = ""
-    if peak is not None and peak > bound:
+    if peak is not None and peak > bound and not large:
         name = max(peaks, key=peaks.get)
         spike = f"{name} {peak:.3g} > {bound:.1f}, ended at {max(finals.values()):.3g}"
     if best is None:
@@ -322,7 +346,8 @@ def classify(run: RunRecord, step_losses: list[float], classes: int,
     collapse = _collapse(run, classes, rule, finals)
     if collapse:
         return Verdict(COLLAPSED, collapse + spiked, peak, best, spike)
-    return Verdict(CONVERGED, f"best accuracy {best:.3f}", peak, best, spike)
+    return Verdict(CONVERGED, f"best accuracy {best:.3f}" + (f"; {large}" if large else ""),
+                   peak, best, spike, large)
 
 
 def at_chance_label(group: str, run: RunRecord) -> str:
