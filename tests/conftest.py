@@ -11,6 +11,7 @@ from __future__ import annotations
 import atexit
 import os
 import shutil
+import signal
 import tempfile
 from pathlib import Path
 
@@ -41,6 +42,21 @@ _CHILDREN_TMP = tempfile.mkdtemp(prefix="agent-tests-")
 os.chmod(_CHILDREN_TMP, 0o755)  # as /tmp lets them: munged wants its socket's path searchable
 os.environ["TMPDIR"] = _CHILDREN_TMP
 atexit.register(shutil.rmtree, _CHILDREN_TMP, ignore_errors=True)
+
+
+@pytest.fixture(autouse=True)
+def signal_actions_of_a_terminal():
+    """Each test starts with the signal actions of a command typed in a terminal: Ctrl-C
+    (SIGINT) raising KeyboardInterrupt, SIGTERM and SIGHUP their default, so that the
+    processes it starts get the defaults too. A test suite started in the background of a
+    non-interactive shell (`.ci/run &`) inherits SIGINT ignored, and an in-process agent or
+    W&B agent of an earlier test restores what it found: an agent a later test started with
+    SIGINT ignored took itself for a launcher's agent (agent_loop: started with Ctrl-C
+    ignored), said no Ctrl-C line and exited 130 instead of being killed by SIGINT."""
+    signal.signal(signal.SIGINT, signal.default_int_handler)
+    for number in (signal.SIGTERM, signal.SIGHUP):
+        signal.signal(number, signal.SIG_DFL)
+    yield
 
 
 @pytest.fixture
