@@ -661,13 +661,10 @@ def test_a_sweep_that_varies_no_parameter_names_its_run_by_its_id(tmp_path, monk
     assert not any(entry.startswith(("[", " ")) for entry in curves + weights), curves
 
 
-@pytest.mark.timeout(300)
-def test_weights_of_runs_hyperband_stopped_are_marked_stopped(tmp_path, monkeypatch):
-    """A digits grid with hyperband, its good lr values first: the runs at the tiny lr
-    values are stopped after their first epoch, and the weight figure drew them as its
-    worst runs, "W1: lr=0.0001 (val/acc 0.125)", their weights near the initial ones for
-    training one epoch of four, not only for their setting, nothing said. Each such run's
-    label says where it stopped, and a sentence says what that means beside the others."""
+def hyperband_report(tmp_path, monkeypatch, sweep_id: str, fixed: dict):
+    """(store, {stopped run id: its epoch}, report) of a digits grid with hyperband (min_iter
+    1, eta 2), dense 32, 4 epochs, its good lr values first, plus the `fixed` parameters,
+    trained by one agent process; at least one run was stopped (the premise)."""
     from agent.report.document import build_report
     from agent.report.study import load_study
 
@@ -676,15 +673,25 @@ def test_weights_of_runs_hyperband_stopped_are_marked_stopped(tmp_path, monkeypa
               "early_terminate": {"type": "hyperband", "min_iter": 1, "eta": 2},
               "parameters": {"dataset": {"value": "digits"}, "model": {"value": "dense"},
                              "hidden": {"value": 32}, "epochs": {"value": 4},
-                             "sinks": {"value": []},
+                             **{name: {"value": value} for name, value in fixed.items()},
                              "lr": {"values": [0.1, 0.03, 0.0001, 0.00003]}}}
-    store = create_store(tmp_path / "data" / "sweeps" / "hb", "hb", "hb", config)
+    store = create_store(tmp_path / "data" / "sweeps" / sweep_id, sweep_id, sweep_id, config)
     agent = run_module(tmp_path, "agent.sweep.agent_loop", str(store.directory))
     assert agent.returncode == 0, agent.stderr[-2000:]
     stopped = {r.id: r.epoch for r in store.runs() if r.state == "stopped"}
     assert stopped, [(r.config["lr"], r.state) for r in store.runs()]  # the premise
     monkeypatch.chdir(tmp_path)
-    report = build_report(load_study("hb"), tmp_path / "report")
+    return store, stopped, build_report(load_study(sweep_id), tmp_path / "report")
+
+
+@pytest.mark.timeout(300)
+def test_weights_of_runs_hyperband_stopped_are_marked_stopped(tmp_path, monkeypatch):
+    """A digits grid with hyperband, its good lr values first: the runs at the tiny lr
+    values are stopped after their first epoch, and the weight figure drew them as its
+    worst runs, "W1: lr=0.0001 (val/acc 0.125)", their weights near the initial ones for
+    training one epoch of four, not only for their setting, nothing said. Each such run's
+    label says where it stopped, and a sentence says what that means beside the others."""
+    store, stopped, report = hyperband_report(tmp_path, monkeypatch, "hb", {"sinks": []})
     text = report.path.read_text()
     legends = report.figures["weights_dense.png"].legends[1:]
     assert len(legends) == 4, legends  # B1 to B3, then the last as W1
@@ -720,24 +727,8 @@ def test_a_stopped_runs_bar_stands_at_the_epoch_it_stopped_not_its_last_logged_s
     and its group figure put its bar there, at 0.53 of an epoch, beside a legend entry
     "stopped early at epoch 1 of 4". The bar stands at the end of the epoch it stopped at
     (step 40), reached by a dotted line from its last logged step."""
-    from agent.report.document import build_report
-    from agent.report.study import load_study
-
-    config = {"program": "agent/train.py", "command": COMMAND, "method": "grid",
-              "metric": {"name": "val/acc", "goal": "maximize"},
-              "early_terminate": {"type": "hyperband", "min_iter": 1, "eta": 2},
-              "parameters": {"dataset": {"value": "digits"}, "model": {"value": "dense"},
-                             "hidden": {"value": 32}, "epochs": {"value": 4},
-                             "batch_size": {"value": 32}, "log_interval": {"value": 20},
-                             "sinks": {"value": ["tensorboard"]},
-                             "lr": {"values": [0.1, 0.03, 0.0001, 0.00003]}}}
-    store = create_store(tmp_path / "data" / "sweeps" / "hbs", "hbs", "hbs", config)
-    agent = run_module(tmp_path, "agent.sweep.agent_loop", str(store.directory))
-    assert agent.returncode == 0, agent.stderr[-2000:]
-    stopped = {r.id: r.epoch for r in store.runs() if r.state == "stopped"}
-    assert stopped, [(r.config["lr"], r.state) for r in store.runs()]  # the premise
-    monkeypatch.chdir(tmp_path)
-    report = build_report(load_study("hbs"), tmp_path / "report")
+    _, stopped, report = hyperband_report(tmp_path, monkeypatch, "hbs", {
+        "batch_size": 32, "log_interval": 20, "sinks": ["tensorboard"]})
     groups = {row["run_id"]: row["group"] for row in rows_of(tmp_path / "report" / "runs.csv")}
     for group in {groups[run_id] for run_id in stopped}:
         (ax,) = [ax for ax in report.figures[f"loss_{group}.png"].axes if ax.title]
