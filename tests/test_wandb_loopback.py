@@ -416,7 +416,10 @@ def test_a_ctrl_c_ends_an_agent_on_its_own_as_interrupted(tmp_path, sweep):
             for pid in processes_of_run(tmp_path, "wbrun000"):
                 os.kill(pid, signal.SIGKILL)
     assert code == -signal.SIGINT, process.stderr[-3000:]
-    assert process.stderr.splitlines()[-1] == "interrupted", process.stderr[-3000:]
+    # the agent's last word; another program shares its stderr, and its own traceback of the
+    # Ctrl-C (a wandb thread's at its exit) may still be written as the agent ends, on the
+    # same line ("...^^^^interrupted", seen once in CI)
+    assert process.stderr.rstrip().endswith("interrupted"), process.stderr[-3000:]
     assert list(server.runs) == ["wbrun000"]  # the second run was never taken
     if ours:
         assert server.runs["wbrun000"].preempting
