@@ -318,11 +318,11 @@ def drop_unstarted_proposals(tx, sweep_config: dict, runs: list[Run]) -> list[Ru
     already running do on W&B. Returns the runs left."""
     if not target_reached(sweep_config, runs):
         return runs
-    unstarted = [r for r in runs if r.state == "pending" and not r.requeued_from
-                 and r.started is None and not r.epoch]
-    for run in unstarted:
-        tx.drop_pending(run.id)
-    return [r for r in runs if r not in unstarted] if unstarted else runs
+    unstarted = {r.id for r in runs if r.state == "pending" and not r.requeued_from
+                 and r.started is None and not r.epoch}
+    for run_id in unstarted:
+        tx.drop_pending(run_id)
+    return [r for r in runs if r.id not in unstarted]
 
 
 def drop_after_target(store: SweepStore) -> int:
