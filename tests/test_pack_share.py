@@ -5,7 +5,10 @@ beside it."""
 
 from __future__ import annotations
 
+import errno
+import fcntl
 import json
+import os
 import re
 import signal
 import socket
@@ -144,6 +147,63 @@ def test_a_folder_that_takes_no_lock_file_measures_unshared(tmp_path):
         assert not held
     assert not sizes.save((("model", "dense"),), SizeRecord(throughput={1: 5.0}, settled=1),
                           "h:1")
+
+
+@pytest.mark.parametrize("code", [errno.ENOLCK, errno.ENOSYS, errno.EOPNOTSUPP])
+def test_a_file_system_that_takes_no_lock_measures_unshared(tmp_path, monkeypatch, code):
+    """NFS without its lock service (ENOLCK) or Lustre mounted without flock (ENOSYS): the
+    agent measures unshared, as in a read-only folder, instead of failing its claim."""
+    def no_lock(fd, operation):
+        raise OSError(code, os.strerror(code))
+
+    monkeypatch.setattr(fcntl, "flock", no_lock)  # the kernel's answer on such a mount
+    with SizeFile(tmp_path, "cpu-1threads").turn("h:1", lambda: False, pytest.fail) as held:
+        assert held is False
+
+
+def test_sizes_carried_to_another_folder_add_what_it_lacks_and_keep_what_it_has(tmp_path):
+    """A PBS job's copy of the sweep (agent/cluster/store_copy.py) takes the sweep's sizes
+    and brings its own back: records of every host and device the target lacks are added,
+    one it has stays as it is, and entries that are not settled records are not carried."""
+    from agent.sweep.pack_share import carry_sizes
+
+    job, sweep = tmp_path / "job", tmp_path / "sweep"
+    job.mkdir(), sweep.mkdir()
+    dense, cnn = (("model", "dense"),), (("model", "cnn"),)
+    mine = SizeFile(job, "cpu-2threads", host="node7")
+    assert mine.save(dense, SizeRecord(throughput={1: 10.0, 2: 18.0}, settled=2), "node7:1")
+    assert mine.save(cnn, SizeRecord(throughput={1: 5.0, 4: 9.0}, settled=4), "node7:1")
+    other = SizeFile(job, "cuda-NVIDIA H200", host="node8")
+    assert other.save(dense, SizeRecord(throughput={1: 50.0, 8: 300.0}, settled=8), "node8:3")
+    theirs = SizeFile(sweep, "cpu-2threads", host="node7")
+    assert theirs.save(dense, SizeRecord(throughput={1: 11.0}, settled=1), "node7:9")
+    bad = json.loads(mine.path.read_text())
+    bad["records"]["[[\"model\",\"skip_mlp\"]]"] = {"settled": 0, "by": "node7:1"}
+    mine.path.write_text(json.dumps(bad))
+
+    assert carry_sizes(job, sweep) == 2  # cnn on node7, dense on node8's GPU
+    assert theirs.find(dense)[0].settled == 1 and theirs.find(dense)[1] == "node7:9"
+    assert theirs.find(cnn)[0].settled == 4 and theirs.find(cnn)[1] == "node7:1"
+    assert SizeFile(sweep, "cuda-NVIDIA H200", host="node8").find(dense)[0].settled == 8
+    assert set(json.loads(theirs.path.read_text())["records"]) == {key_text(dense),
+                                                                   key_text(cnn)}
+    assert carry_sizes(job, sweep) == 0  # carried once
+    assert carry_sizes(tmp_path / "nowhere", sweep) == 0
+
+
+def test_sizes_are_not_carried_while_another_agent_measures(tmp_path):
+    """The target's lock held (an agent of the sweep measuring there): nothing is written
+    within the wait; a later merge carries it."""
+    from agent.sweep.pack_share import carry_sizes
+
+    (tmp_path / "job").mkdir(), (tmp_path / "sweep").mkdir()
+    mine = SizeFile(tmp_path / "job", "cpu-1threads", host="node7")
+    assert mine.save((("model", "dense"),), SizeRecord(throughput={1: 1.0}, settled=1), "n:1")
+    theirs = SizeFile(tmp_path / "sweep", "cpu-1threads", host="node7")
+    with theirs.turn("node7:5", lambda: False, pytest.fail) as held:
+        assert held and carry_sizes(tmp_path / "job", tmp_path / "sweep", wait_s=0.3) == 0
+    assert not theirs.path.exists()
+    assert carry_sizes(tmp_path / "job", tmp_path / "sweep") == 1
 
 
 def measured_and_taken(*stderrs: str) -> tuple[list, list]:

@@ -28,6 +28,7 @@ from agent.cluster.schedulers import IMAGE_PYTHON, SCHEDULERS
 from agent.cluster.submit import add_submit_options
 from agent.sweep.store import Run, SweepStore, create_store
 from conftest import ROOT, subprocess_env
+from test_pack_share import measured_and_taken
 from util.errors import UserError
 
 FAKE_ID = "4242.pbs-test"
@@ -503,6 +504,38 @@ def test_a_second_pbs_job_on_a_local_sweep_waits_for_the_first_then_goes_on(work
     assert sorted(r.config["lr"] for r in runs) == [0.05, 0.1, 0.2], runs
     assert all(r.state == "finished" for r in runs) and len({r.owner for r in runs}) == 1
     assert not (workdir / "data" / "sweeps" / "twice" / "pbs-job").exists()
+
+
+@pytest.mark.e2e
+@pytest.mark.slow
+@pytest.mark.timeout(300)
+def test_a_pbs_jobs_pack_sizes_come_back_and_the_next_job_takes_them(workdir, aux):
+    """--pack auto in PBS jobs: the sizes a job's agent measured in its scratch copy go back
+    to the sweep's folder with the store, and the next job's agent, on the same node, takes
+    them instead of measuring the same kind again (before, each job measured anew and its
+    measurement was emptied with its scratch)."""
+    make_sweep(workdir, "sized", {"hidden": {"value": 256}, "batch_size": {"value": 8},
+                                  "train_subset": {"value": 256}, "epochs": {"value": 2000},
+                                  "sinks": {"value": []}, "lr": {"values": [0.01, 0.02, 0.03]}})
+    sweep_dir = workdir / "data" / "sweeps" / "sized"
+    outcomes = []
+    for job_id, scratch in ((FAKE_ID, "scratch-1"), ("4243.pbs-test", "scratch-2")):
+        script = submit_pbs(workdir, aux, "sized", "--pack", "auto", "--walltime", "1:00:00")
+        before = max((run.epoch or 0 for run in stored_runs(sweep_dir / "sweep.db")), default=0)
+        job = pbs_job(workdir, aux, script, scratch=scratch, job_id=job_id)
+        wait_for(lambda scratch=scratch, job_id=job_id, before=before:
+                 scratch_epoch(aux / scratch, "sized", job_id) > before, 200,
+                 "an epoch trained by the job")
+        job.send_signal(signal.SIGTERM)  # as at the walltime: the job merges and ends
+        out, err = job.communicate(timeout=60)
+        assert job.returncode == 0, err[-3000:]
+        outcomes.append(" ".join(err.split()))
+        saved = list((sweep_dir / ".pack_sizes").glob("*.json"))
+        assert len(saved) == 1 and saved[0].name.startswith(f"{socket.gethostname()}-cpu-")
+    (first, _), (second, _) = (measured_and_taken(text) for text in outcomes)
+    assert len(first) == 1 and not measured_and_taken(outcomes[0])[1], outcomes[0][-2000:]
+    (taken,) = measured_and_taken(outcomes[1])[1]  # (kind, size, by)
+    assert not second and taken[:2] == first[0], outcomes[1][-2000:]
 
 
 @pytest.mark.e2e

@@ -27,6 +27,7 @@ import uuid
 from pathlib import Path
 
 from agent.cluster.jobs import MERGE_EVERY_S
+from agent.sweep.pack_share import carry_sizes
 from agent.sweep.store import (
     SCHEMA_VERSION,
     agents_heartbeat_settings,
@@ -171,7 +172,8 @@ def touch_holder(origin: Path, base: Path, remove: bool = False,
 def take_copy(origin: Path, copy: Path, base: Path, wait_s: float = 60) -> None:
     """The sweep's store `origin` as one consistent snapshot (whatever another job merges
     meanwhile) in `copy`, the job's working store, and in `base`, what the job started
-    from (`merge_back` compares with it)."""
+    from (`merge_back` compares with it); the pack sizes settled in the sweep's folder go
+    beside `copy` (--pack auto's agents of the job take them rather than measure again)."""
     db = _open_origin(origin, wait_s)
     try:
         for target in (copy, base):
@@ -180,6 +182,7 @@ def take_copy(origin: Path, copy: Path, base: Path, wait_s: float = 60) -> None:
             out.close()
     finally:
         db.close()
+    carry_sizes(origin.parent, copy.parent)
 
 
 def _rows(db: sqlite3.Connection) -> Rows:
@@ -285,8 +288,11 @@ def merge_back(copy: Path, base: Path, origin: Path, wait_s: float = 60,
     Running again writes nothing new: a merge cut short by a kill is rolled back by SQLite
     and done whole by the next one. The job's agents' heartbeat settings go beside `origin`
     with `every_s`, the time between merges (`merged_every_s`): a running run's heartbeat
-    there is that much older than the job's agents judge it by (agent.status)."""
+    there is that much older than the job's agents judge it by (agent.status); the pack
+    sizes its agents settled (--pack auto) go to the sweep's folder (pack_share.carry_sizes),
+    for a later job on this node to take."""
     _merge_heartbeat_settings(copy.parent, origin.parent, every_s)
+    carry_sizes(copy.parent, origin.parent)
     with sqlite3.connect(f"{copy.resolve().as_uri()}?mode=ro", uri=True, timeout=60) as db:
         mine = _rows(db)
     db.close()

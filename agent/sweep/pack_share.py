@@ -126,6 +126,13 @@ class SizeFile:
         self.lock_path = self.path.with_suffix(".lock")
         self.problem: str | None = None  # why the file could not be read, when it could not
 
+    @classmethod
+    def of_file(cls, path: Path) -> SizeFile:
+        """The SizeFile whose file is `path` (<folder>/.pack_sizes/<host>-<device>.json)."""
+        sizes = cls.__new__(cls)
+        sizes.path, sizes.lock_path, sizes.problem = path, path.with_suffix(".lock"), None
+        return sizes
+
     def records(self) -> dict[str, dict]:
         """The file's records ({} where there is no file); where it cannot be read or is not
         one this module wrote, {} and `problem` says why (the agent measures, and its record
@@ -156,7 +163,10 @@ class SizeFile:
         text = key_text(key)
         if text is None or record.settled is None or not record.throughput:
             return False
-        records = {**self.records(), text: record_json(record, owner)}
+        return self._write({**self.records(), text: record_json(record, owner)})
+
+    def _write(self, records: dict[str, dict]) -> bool:
+        """The file holding `records`, replaced whole at once; whether it was written."""
         partial = self.path.with_name(f".{self.path.name}.{os.getpid()}.partial")
         try:
             self.path.parent.mkdir(exist_ok=True)
@@ -183,20 +193,10 @@ class SizeFile:
             yield False
             return
         try:
-            said = False
-            while True:
-                try:
-                    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-                    break
-                except BlockingIOError:
-                    if interrupted():
-                        raise Stopped("waiting for another agent's measurement") from None
-                    if not said:
-                        said = True
-                        waiting(_holder(fd))
-                    time.sleep(POLL_S)
-            _write_holder(fd, owner)
-            yield True
+            held = _lock(fd, interrupted, waiting)
+            if held:
+                _write_holder(fd, owner)
+            yield held
         finally:
             os.close(fd)  # frees the lock
 
@@ -206,6 +206,57 @@ class SizeFile:
             return os.open(self.lock_path, os.O_CREAT | os.O_RDWR, 0o644)
         except OSError:  # a read-only folder: no lock, no file written
             return None
+
+
+def _lock(fd: int, interrupted: Callable[[], bool], waiting: Callable[[str], None]) -> bool:
+    """SizeFile.turn's lock taken on `fd`, polling while another agent holds it; False where
+    the file system takes no lock (NFS without its lock service: ENOLCK; Lustre mounted
+    without `flock`: ENOSYS): the agent measures unshared there, as in a read-only folder."""
+    said = False
+    while True:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            return True
+        except BlockingIOError:
+            if interrupted():
+                raise Stopped("waiting for another agent's measurement") from None
+            if not said:
+                said = True
+                waiting(_holder(fd))
+            time.sleep(POLL_S)
+        except OSError:
+            return False
+
+
+def carry_sizes(source: Path, target: Path, wait_s: float = 30) -> int:
+    """The sizes settled in folder `source` (its .pack_sizes files, every host and device)
+    added to those of folder `target`: a record `target` lacks is added, one it has stays
+    (both were measured on that host's device; the first stands, as an agent that finds one
+    takes it); the number of records added. A PBS job's copy of a sweep's store in scratch
+    (agent/cluster/store_copy.py) takes the sweep's sizes along and brings its own back, so
+    that a later job on that node takes them instead of measuring each kind again. A file
+    that cannot be read, a folder that takes no file, or a lock not had within `wait_s`
+    (another agent measuring) carries nothing for that file; a later merge carries it."""
+    added = 0
+    for path in sorted((source / PACK_SIZES_DIR).glob("*.json")):
+        records = SizeFile.of_file(path).records()
+        records = {key: saved for key, saved in records.items()
+                   if record_from(saved) is not None}
+        if not records:
+            continue
+        there = SizeFile.of_file(target / PACK_SIZES_DIR / path.name)
+        deadline = time.monotonic() + wait_s
+        try:
+            with there.turn(f"{socket.gethostname()}:{os.getpid()} (a job's copy)",
+                            lambda until=deadline: time.monotonic() > until,
+                            lambda holder: None) as held:
+                theirs = there.records()
+                new = {key: saved for key, saved in records.items() if key not in theirs}
+                if held and new and there._write({**theirs, **new}):
+                    added += len(new)
+        except Stopped:
+            continue
+    return added
 
 
 def _write_holder(fd: int, owner: str) -> None:
