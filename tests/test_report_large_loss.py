@@ -17,8 +17,8 @@ import pytest
 
 from agent.report import document, stats
 from agent.report.study import local_study
-from agent.sweep.controller import claim
 from agent.sweep.store import create_store
+from finished_runs import end_every_run
 
 pytestmark = pytest.mark.timeout(300)
 LRS, DROPOUTS = [0.001, 0.01, 0.1, 0.86], [0.0, 0.3]
@@ -43,16 +43,14 @@ def large_loss_sweep(tmp_path) -> dict:
                              "sinks": {"value": ["console"]},
                              "lr": {"values": LRS}, "dropout": {"values": DROPOUTS}}}
     store = create_store(tmp_path / "data" / "sweeps" / "large", "large", "large", config)
-    ids = {}
-    while (work := claim(store, "host:1", count=64)).kind == "run":
-        for run in work.runs:
-            key = (run.config["lr"], run.config["dropout"])
-            ids[key] = run.run_id
-            epochs = EPOCHS.get(key, SMALL)
-            for epoch, row in enumerate(epochs, 1):
-                assert store.record_epoch(run.run_id, "host:1", epoch, {"epoch": epoch, **row})
-            assert store.finish(run.run_id, "host:1", "finished", {
-                **epochs[-1], "test/acc": TEST_ACC.get(key, 0.88), "epochs_done": 2})
+    def key(config: dict) -> tuple:
+        return config["lr"], config["dropout"]
+
+    def epochs(config: dict) -> list[dict]:
+        return [{"epoch": e, **row} for e, row in enumerate(EPOCHS.get(key(config), SMALL), 1)]
+
+    ids = {key(config): run_id for run_id, config in end_every_run(
+        store, epochs, lambda c: {"test/acc": TEST_ACC.get(key(c), 0.88)}).items()}
     study = local_study(store)
     report = document.build_report(study, tmp_path / "report")
     ctx = document.study_context(study, tmp_path / "ctx", stats.GroupRule())

@@ -20,6 +20,7 @@ from agent.report.repeat import repeat_configs
 from agent.report.study import local_study, repeat_description
 from agent.sweep.controller import claim
 from agent.sweep.store import SweepStore, create_store
+from finished_runs import end_every_run
 
 pytestmark = pytest.mark.timeout(300)
 OPTIMIZERS, LRS, SEEDS = ["sgd", "adam"], [0.1, 0.01], [0, 1, 2]
@@ -152,13 +153,11 @@ STUCK_SWEEP = {"program": "agent/train.py", "method": "grid",
 def finish_stuck(store, stuck) -> None:
     """Finish every run of `store` after one epoch at its value(), or near chance (0.1, so
     the report groups it stuck) where `stuck(config)` holds."""
-    while (work := claim(store, "host:1", count=64)).kind == "run":
-        for run in work.runs:
-            score = 0.1 if stuck(run.config) else value(run.config)
-            row = {"epoch": 1, "val/acc": score, "train/loss": 2.3, "val/loss": 2.3}
-            assert store.record_epoch(run.run_id, "host:1", 1, row)
-            assert store.finish(run.run_id, "host:1", "finished",
-                                {**row, "test/acc": score, "epochs_done": 1})
+    def score(config: dict) -> float:
+        return 0.1 if stuck(config) else value(config)
+
+    end_every_run(store, lambda c: [{"epoch": 1, "val/acc": score(c), "train/loss": 2.3,
+                                     "val/loss": 2.3}], lambda c: {"test/acc": score(c)})
 
 
 def test_repeats_pass_over_settings_stuck_near_chance(tmp_path, monkeypatch, capsys):

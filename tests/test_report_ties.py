@@ -17,6 +17,7 @@ from agent.report.repeat import planned
 from agent.report.study import local_study
 from agent.sweep.controller import claim
 from agent.sweep.store import create_store
+from finished_runs import end_every_run
 
 pytestmark = pytest.mark.timeout(300)
 SIZES, LRS = [32, 128, 512], [0.01, 0.02, 0.04, 0.08]
@@ -39,17 +40,14 @@ def grid(tmp_path, metric: str = "val/acc", goal: str = "maximize", scores=None)
                              "epochs": {"value": 1}, "sinks": {"value": ["console"]},
                              "batch_size": {"values": SIZES}, "lr": {"values": LRS}}}
     store = create_store(tmp_path / "data" / "sweeps" / "ties", "ties", "ties", config)
-    ids = {}
-    while (work := claim(store, "host:1", count=64)).kind == "run":
-        for run in work.runs:
-            key = (run.config["batch_size"], run.config["lr"])
-            ids[key] = run.run_id
-            score = scores[key]
-            acc = score if metric.endswith("acc") else 0.9
-            epoch = {"train/loss": 0.5, "val/loss": 0.5, "val/acc": acc, metric: score}
-            assert store.record_epoch(run.run_id, "host:1", 1, epoch)
-            assert store.finish(run.run_id, "host:1", "finished",
-                                {**epoch, "test/acc": acc, "epochs_done": 1})
+
+    def epoch(config: dict) -> dict:
+        score = scores[(config["batch_size"], config["lr"])]
+        acc = score if metric.endswith("acc") else 0.9
+        return {"train/loss": 0.5, "val/loss": 0.5, "val/acc": acc, metric: score}
+
+    ids = {(config["batch_size"], config["lr"]): run_id for run_id, config in end_every_run(
+        store, lambda c: [epoch(c)], lambda c: {"test/acc": epoch(c)["val/acc"]}).items()}
     order = [run.id for run in local_study(store).runs]
     return store, ids, order
 
@@ -235,13 +233,9 @@ def test_settings_tied_at_the_best_mean_over_fresh_seeds_are_named(tmp_path, mon
     store = create_store(tmp_path / "data" / "sweeps" / "tied", "tied", "tied", config)
 
     def finish(store, score) -> None:
-        while (work := claim(store, "host:1", count=64)).kind == "run":
-            for run in work.runs:
-                row = {"epoch": 1, "val/acc": score(run.config), "train/loss": 0.5,
-                       "val/loss": 0.5}
-                assert store.record_epoch(run.run_id, "host:1", 1, row)
-                assert store.finish(run.run_id, "host:1", "finished",
-                                    {**row, "test/acc": row["val/acc"], "epochs_done": 1})
+        end_every_run(store, lambda c: [{"epoch": 1, "val/acc": score(c), "train/loss": 0.5,
+                                         "val/loss": 0.5}],
+                      lambda c: {"test/acc": score(c)})
 
     finish(store, lambda c: np.mean(REPEATS[(c["optimizer"], c["lr"])]))
     configs = repeat_configs(local_study(store), top=2, by="optimizer", seeds=3)
