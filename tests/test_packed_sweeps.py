@@ -529,3 +529,39 @@ def test_the_reports_wall_time_counts_a_killed_pack_before_its_repeats(workdir):
     lines = hardware_lines(local_study(store))
     assert f"- Wall time of the sweep: {duration_text(took)} from the first run's start to " \
            "the last run's end." in lines, lines
+
+
+
+@pytest.mark.timeout(300)
+def test_runs_are_numbered_in_the_order_they_start_where_a_pack_skips_other_kinds(workdir):
+    """--pack auto keeps a random sweep's next draws as pending runs in the engine's order
+    (controller.keep_proposal), kinds interleaved: sgd, adam, sgd, adam, ... A pack of
+    three sgd runs then takes the runs made 1st, 3rd and 5th. The console names each run's
+    place as the k-th run started, so that pack reads run 1/6, 2/6, 3/6 (it read 1/6, 3/6,
+    5/6: 'run 5/6' while the sweep is a third through, and before 'run 2/6'),
+    and each run's closing line repeats its header's number."""
+    from agent.ids import new_run_id
+
+    store = make_sweep(workdir, "interleaved", {
+        "model": {"value": "dense"}, "hidden": {"value": 24}, "epochs": {"value": 1},
+        "train_subset": {"value": 512}, "sinks": {"value": ["console"]},
+        "lr": {"distribution": "log_uniform_values", "min": 0.01, "max": 0.1},
+        "optimizer": {"values": ["sgd", "adam"]}}, method="random", run_cap=6)
+    with store.transaction() as tx:  # as the look-ahead leaves them
+        for k in range(6):
+            tx.insert_run(new_run_id(), {
+                "dataset": "digits", "data_dir": str(workdir / "data"), "model": "dense",
+                "hidden": 24, "epochs": 1, "train_subset": 512, "sinks": ["console"],
+                "lr": 0.01 * (k + 1), "optimizer": ("sgd", "adam")[k % 2]}, "pending")
+    done = subprocess.run(
+        [sys.executable, "-m", "agent.sweep.agent_loop", str(store.directory), "--pack", "3"],
+        cwd=workdir, env=subprocess_env(OMP_NUM_THREADS="1"), capture_output=True,
+        text=True, timeout=240)
+    assert done.returncode == 0, done.stderr[-3000:]
+    headers = re.findall(r"^run (\d+)/6 (\w{8})  lr=\S+ optimizer=(\w+)$", done.stdout,
+                         re.MULTILINE)
+    assert [int(k) for k, _, _ in headers] == [1, 2, 3, 4, 5, 6], done.stdout
+    assert [optimizer for _, _, optimizer in headers] == ["sgd"] * 3 + ["adam"] * 3
+    ends = {run: int(k) for k, run in re.findall(r"^run (\d+)/6 (\w{8}) finished",
+                                                  done.stdout, re.MULTILINE)}
+    assert ends == {run: int(k) for k, run, _ in headers}, done.stdout

@@ -221,14 +221,23 @@ def target_text(sweep_config: dict, runs: list) -> str | None:
 def sweep_progress(runs: list[Run], sweep_config: dict, run_ids: list[str],
                    now: float | None = None) -> dict:
     """{"index": {run id: k}, "total": N or None, "done": runs ended, "eta_s": seconds or
-    None}: k counts the sweep's runs in creation order (a re-queued copy of a crashed run
-    keeps its original's number); the ETA is the runs left at the pace of the runs ended so
-    far (all agents and packs together), None before the first ends or when N is open."""
+    None}: the run is the k-th of the sweep to start (by its latest start, a resumed run's
+    resumption; runs not started yet follow in creation order; a re-queued copy of a crashed
+    run keeps its original's number); the ETA is the runs left at the pace of the runs ended
+    so far (all agents and packs together), None before the first ends or when N is open.
+
+    Not creation order: --pack auto keeps a random sweep's next draws as pending runs, kinds
+    interleaved, and a pack of one kind then took the runs made 1st, 3rd and 5th, whose
+    headers read 'run 5/6' with the sweep a third through."""
     now = time.time() if now is None else now
     numbers: dict[str, int] = {}
     count = 0
-    for run in sorted(runs, key=lambda r: r.seq):
-        if run.requeued_from and run.requeued_from in numbers:
+    for run in sorted((r for r in runs if not r.requeued_from),
+                      key=lambda r: (r.started is None, r.started or 0.0, r.seq)):
+        count += 1
+        numbers[run.id] = count
+    for run in sorted((r for r in runs if r.requeued_from), key=lambda r: r.seq):
+        if run.requeued_from in numbers:
             numbers[run.id] = numbers[run.requeued_from]
         else:
             count += 1
