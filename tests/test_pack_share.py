@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import errno
 import fcntl
+import io
 import json
 import os
 import re
@@ -332,3 +333,36 @@ def test_an_agent_waiting_for_anothers_measurement_stops_at_once_on_ctrl_c(workd
         first.send_signal(signal.SIGTERM)
         assert first.wait(timeout=60) == 0
     assert store.runs() == []  # nothing claimed, nothing settled
+
+
+class _Writes(io.RawIOBase):
+    """A file descriptor's view of a stream: each write that reaches it."""
+
+    def __init__(self):
+        self.writes: list[bytes] = []
+
+    def writable(self) -> bool:
+        return True
+
+    def write(self, data) -> int:
+        self.writes.append(bytes(data))
+        return len(data)
+
+
+def test_an_agents_lines_reach_a_terminal_it_shares_in_one_write(monkeypatch):
+    """The agents of --agents 2 write to the launcher's terminal at once. An agent's line
+    with lines under it ('packs of 4' and its figures) reached the file in two writes, the
+    text and then its last newline (print writes them apart and a line-buffered stderr
+    flushes at the first), so that another agent's run header landed in between: '...
+    8.12k)run 10/12 doi1r0vj ...' and an empty line after it. Now one write, as Python's
+    stderr (line-buffered) passes it on."""
+    from agent.sweep.agent_loop import say
+
+    raw = _Writes()
+    monkeypatch.setattr(sys, "stderr", io.TextIOWrapper(io.BufferedWriter(raw),
+                                                        line_buffering=True))
+    say("vm:12066", "--pack auto for batch_size=32 optimizer=sgd: packs\u00a0of\u00a04",
+        "(measured by agent vm:12067: images/s by size: 1: 1.41k, 2: 2.74k, 4: 8.12k)")
+    assert raw.writes == [
+        b"agent vm:12066: --pack auto for batch_size=32 optimizer=sgd: packs of 4\n"
+        b"  (measured by agent vm:12067: images/s by size: 1: 1.41k, 2: 2.74k, 4: 8.12k)\n"]

@@ -857,7 +857,10 @@ def say(owner: str, text: str, *more: str) -> None:
     for line in more:
         lines += textwrap.wrap(line, 80, initial_indent="  ", subsequent_indent="   ",
                                break_on_hyphens=False)
-    print("\n".join(lines).replace(NBSP, " "), file=sys.stderr)
+    # one write with its last newline: print writes that apart, and a line-buffered stderr
+    # passes the lines on at the first write, so another agent's line sharing the terminal
+    # could land before that newline
+    print("\n".join(lines).replace(NBSP, " ") + "\n", end="", file=sys.stderr)
 
 
 def pack_sizer(pack: int | None) -> PackSizer:
