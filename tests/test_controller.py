@@ -291,6 +291,38 @@ def test_every_method_proposes_distinct_members_in_one_claim(method, parameters)
     assert len({point(c) for c in work.start}) == 3
 
 
+BAYES_KINDS = {"method": "bayes", "metric": {"name": "val/acc", "goal": "maximize"},
+               "parameters": {"lr": {"min": 0.0001, "max": 0.1},
+                              "optimizer": {"values": ["sgd", "adam", "adamw", "rmsprop"]},
+                              "batch_size": {"values": [16, 32, 64, 128]}}}
+
+
+def optimizer_and_batch(config: dict) -> tuple:
+    return config["optimizer"], config["batch_size"]
+
+
+@pytest.mark.parametrize("pending", [0, 1])
+def test_a_bayes_claim_asks_for_no_more_proposals_than_its_pack_has_places(pending):
+    """Bayes proposes from the results so far: K W&B agents asking at once get K
+    proposals, each seeing the others as running. A claim of a pack of 4 over 16 kinds
+    asked for up to 16 and parked those of other kinds, to be trained after the pack's
+    results were in by proposals made without them. Now it asks for as many as the pack
+    has places left (4, or 3 beside a pending run it takes); a proposal of another kind
+    among them is parked, as a W&B agent would have started it then."""
+    random.seed(0)
+    np.random.seed(0)
+    done = [Run(id=f"d{i}", seq=i + 1, config={"lr": lr, "optimizer": "sgd", "batch_size": 32},
+                state="finished", summary={"val/acc": acc}, history=[{"val/acc": acc}])
+            for i, (lr, acc) in enumerate([(0.05, 0.5), (0.001, 0.9), (0.01, 0.7)])]
+    waiting = [Run(id="w", seq=4, config={"lr": 0.02, "optimizer": "adam", "batch_size": 16},
+                   state="pending")][:pending]
+    work = choose_work(BAYES_KINDS, done + waiting, 4, optimizer_and_batch)
+    assert len(work.take) == pending
+    assert 1 <= len(work.start) + len(work.park) <= 4 - pending, work
+    members = [r.config for r in work.take] + work.start
+    assert len({optimizer_and_batch(m) for m in members}) == 1
+
+
 def test_the_run_cap_counts_parked_proposals_and_ignores_repeats():
     crashed = Run(id="c", seq=1, config=POINTS[0], state="crashed")
     repeat = Run(id="p", seq=2, config=POINTS[0], state="finished", requeued_from="c")
@@ -348,8 +380,8 @@ def test_runs_left_of_a_kind_are_its_open_runs_and_the_points_not_yet_proposed(
 @pytest.mark.parametrize("size", [1, 2, 16, 100])
 def test_a_grid_claim_looks_further_ahead_than_four_proposals_a_member(method, size):
     budget = proposal_budget({"method": method}, size)
-    assert budget == (max(PROPOSALS_PER_MEMBER * size, 256) if method == "grid"
-                      else PROPOSALS_PER_MEMBER * size)
+    assert budget == {"grid": max(PROPOSALS_PER_MEMBER * size, 256), "bayes": size}.get(
+        method, PROPOSALS_PER_MEMBER * size)
 
 
 def test_kinds_that_interleave_in_a_grid_still_fill_their_packs():

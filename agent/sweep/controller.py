@@ -224,9 +224,15 @@ def proposal_budget(sweep_config: dict, size: int) -> int:
     """How many engine proposals a claim of `size` runs may ask for: PROPOSALS_PER_MEMBER a
     member; in a grid at least GRID_LOOKAHEAD, where the engine walks the points with the
     last parameter varying fastest, so that a kind of pack may recur only every few dozen
-    proposals (the others are parked as pending: a grid makes every point a run anyway)."""
+    proposals (the others are parked as pending: a grid makes every point a run anyway).
+    In a bayes sweep `size` itself: bayes proposes from the results so far, and `size` W&B
+    agents asking at once get `size` proposals; more would park runs of other kinds that
+    train after this pack's results are in, proposed without them."""
+    method = sweep_config.get("method")
+    if method == "bayes":
+        return size
     budget = PROPOSALS_PER_MEMBER * size
-    return max(budget, GRID_LOOKAHEAD) if sweep_config.get("method") == "grid" else budget
+    return max(budget, GRID_LOOKAHEAD) if method == "grid" else budget
 
 
 def _repeat(tx, crashed: list[Run], resumable: bool) -> None:
