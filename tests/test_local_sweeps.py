@@ -1337,7 +1337,7 @@ def test_a_sweep_ended_at_its_target_is_finished_to_status_and_to_its_twin(
         assert first.finish(claimed.run_id, "me:1", "finished", {"val/acc": 0.95})
     assert claim(first, "me:1", count=3, pack_key=lambda c: c["model"]).kind == "done"
     shown = status_of(tmp_path, first)
-    assert "3 finished, 3 not started" in shown and "reached: no new runs" in shown, shown
+    assert "3 finished, 3 not proposed" in shown and "reached: no new runs" in shown, shown
     assert "best: " in shown and "so far" not in shown, shown
     listed = subprocess.run([sys.executable, "-m", "agent.status"], cwd=tmp_path,
                             env=subprocess_env(COLUMNS="200"), capture_output=True, text=True,

@@ -530,7 +530,7 @@ def test_a_preempted_run_is_named_preempted_not_pending_or_running(tmp_path):
     assert result.returncode == 0, result.stderr[-2000:]
     text = (tmp_path / "reports" / "cut" / "report.md").read_text()
     assert ("**This sweep is not finished**: 2 of 4 planned runs have ended (1 preempted, "
-            "1 not started).") in text
+            "1 not proposed).") in text
     assert ("ended runs without an epoch or a loss: 0; not ended, so in no group: 1)"
             in text)
     # the same sweep before any run ended: the preempted run has values, no ended run has
@@ -540,7 +540,7 @@ def test_a_preempted_run_is_named_preempted_not_pending_or_running(tmp_path):
     assert only.finish(run.run_id, "host:1", "preempted")
     assert run_module(tmp_path, "agent.report", "cut0").returncode == 0
     text = (tmp_path / "reports" / "cut0" / "report.md").read_text()
-    assert "0 of 4 planned runs have ended (1 preempted, 3 not started)" in text
+    assert "0 of 4 planned runs have ended (1 preempted, 3 not proposed)" in text
     assert "**No ended run has a value of `val/acc`**" in text
 
 

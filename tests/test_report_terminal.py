@@ -434,12 +434,31 @@ def test_a_running_run_without_heartbeats_is_shown_silent_with_what_repairs_it(c
     assert "./run_sweep.sh course1" in " ".join(text.split())
 
 
+def test_counts_tell_runs_proposed_and_waiting_from_runs_not_proposed_yet(tmp_path):
+    """A random sweep of run_cap 10 with two runs running and the proposal --pack auto
+    measured kept as a pending run (controller.keep_proposal): its counts read '2 running, 1
+    pending, 7 not started', two words for runs that have not started, which a newcomer
+    running `agent.status` beside --agents 2 --pack auto cannot tell apart. The runs the
+    engine has not proposed are now 'not proposed'; 'pending' is a run proposed and
+    waiting for an agent (its row in the table)."""
+    from agent.sweep.controller import keep_proposal
+    from agent.sweep.engine import proposed_params
+
+    config = {**COURSE, "method": "random", "run_cap": 10}
+    store = create_store(tmp_path / "r", "rnd10", "rnd", config)
+    claim(store, "host:1", count=2)
+    assert keep_proposal(store, proposed_params(config, store.runs())) == 1
+    text = " ".join(status_text(store).split())
+    assert "10 runs planned): 1 pending, 2 running, 7 not proposed" in text, text
+    assert "not started" not in text
+
+
 def test_counts_say_how_many_planned_runs_have_not_started_and_no_next_steps_before_a_result(
         tmp_path, monkeypatch):
     store = create_store(tmp_path / "r", "rnd1", "rnd", {**COURSE, "method": "random",
                                                          "run_cap": 4})
     claim(store, "host:1", count=3)
-    assert "4 runs planned): 3 running, 1 not started" in " ".join(status_text(store).split())
+    assert "4 runs planned): 3 running, 1 not proposed" in " ".join(status_text(store).split())
     monkeypatch.chdir(tmp_path)
     lines = closing_lines(store)
     assert "Not finished (0 of 4 runs ended): go on where it stopped with" in lines
@@ -599,7 +618,7 @@ def test_the_status_counts_are_never_broken_inside_a_phrase(tmp_path):
     assert max(map(len, lines)) <= 80
     counts = next(i for i, line in enumerate(lines) if "planned)" in line)
     assert lines[counts].endswith("runs planned):")  # the counts go on a line of their own
-    assert lines[counts + 1] == "  3 running, 1 finished, 1 failed, 35 not started"
+    assert lines[counts + 1] == "  3 running, 1 finished, 1 failed, 35 not proposed"
 
 
 @pytest.mark.parametrize("macro", ["${args}", "${args_json_file}", "${args_no_hyphens}"])

@@ -49,7 +49,7 @@ def header_section(report: Report, study: Study) -> None:
     waiting = [f"{n} {s}" + (_silent_text(study) if s == "silent" else "")
                for s, n in sorted(states.items()) if s not in ENDED]
     if planned and planned > len(study.runs):
-        waiting.append(f"{planned - len(study.runs)} not started")
+        waiting.append(f"{planned - len(study.runs)} not proposed")
     reached = target_text(study.sweep_config, study.runs)
     if reached and not open_runs:
         report.add(f"**The sweep stopped early**: {reached} (as W&B stops a sweep), after "

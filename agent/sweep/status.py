@@ -265,11 +265,13 @@ def render_status(store: SweepStore, console: Console | None = None,
     counts = Counter(shown_state(run, silent_after=heartbeats.silent_after(run)) for run in runs)
     total = planned_runs(sweep.config)
     repeated = repeated_runs(runs)
-    unstarted = max(0, (total or 0) - (len(runs) - len(repeated)))  # still to be proposed
+    # runs of the plan the engine has not proposed yet: 'not proposed', not 'not started',
+    # which a pending run (proposed, waiting for an agent) is too
+    unstarted = max(0, (total or 0) - (len(runs) - len(repeated)))
     again = sum(r.state == "crashed" and r.id in repeated for r in runs)
     note = {"crashed": " (repeated)" if again == counts["crashed"] else f" ({again} repeated)"}
     parts = [f"{counts[s]} {s}" + (note.get(s, "") if again else "") for s in SHOWN_STATES
-             if counts[s]] + ([f"{unstarted} not started"] if unstarted else [])
+             if counts[s]] + ([f"{unstarted} not proposed"] if unstarted else [])
     # a Text, not markup: names and values are the user's text ("[/x]" is shown, not parsed)
     head = Text.assemble((f"sweep {sweep.id}", "bold"), f" ({sweep.name}, "
                          f"{sweep.config.get('method')}"
