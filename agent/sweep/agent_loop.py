@@ -344,7 +344,7 @@ class LocalAgent:
         gone = [r for r in self.runs_of_agents_here(running)
                 if not _alive(r.owner.rpartition(":")[2])]
         shown = ", ".join(sorted(ids)[:5]) + (", ..." if len(ids) > 5 else "")
-        line = (f"agent {self.owner}: waiting: nothing left to claim while other agents "
+        line = ("waiting: nothing left to claim while other agents "
                 f"train {len(running)} run(s) ({shown}); one silent for {self.timeout:g} s "
                 "would count as crashed and be repeated here, "
                 + _repeated_how(running, self.ours))
@@ -357,7 +357,7 @@ class LocalAgent:
                      f"crashed in about {max(0.0, latest + self.timeout - now):.0f} s"
                      + (f", then {', '.join(again)} repeated here" if again else
                         f", not repeated ({not_repeated_why(gone[0], self.ours)})"))
-        print(line, file=sys.stderr)
+        say(self.owner, line)  # wrapped within 80 columns, as the agent's other lines
 
     def run(self, count: int | None) -> int:
         stop_at_next_step_of_runs(self.signalled)
