@@ -250,6 +250,18 @@ def test_run_time_counts_a_packed_trial_once_with_its_longest_member():
                      "cnn 41 s, dense 7 s.")
     (alone,) = run_time_lines(runs[-1:])
     assert alone == "- Run time: 4 s summed over 1 run; per run, mean by model: dense 4 s."
+    # a member the trial refused (failed, no epoch) trained nothing: named apart, not a
+    # run trained nor a trial of 0.1 s in the means; one that failed after an epoch counts
+    refused = RunRecord("r", "failed", {"model": "dense"}, validate({"model": "dense"}), {},
+                        [], None, started=1e9 + 50, ended=1e9 + 50.1, pack="p3")
+    late = RunRecord("l", "failed", {"model": "dense"}, validate({"model": "dense"}), {},
+                     [{"epoch": 1}], None, started=1e9 + 50, ended=1e9 + 58, pack="p2")
+    said, packed, times = run_time_lines([*runs, refused, late])
+    assert said == "- 1 run failed before a first epoch ended (not counted below): r."
+    assert packed.startswith("- Packed trials (`--pack`): 6 runs trained as 3 trials")
+    assert times.endswith("mean by model: cnn 41 s, dense 7 s.")
+    assert run_time_lines([refused]) == [
+        "- 1 run failed before a first epoch ended (not counted below): r."]
 
 
 def _lr_study(values: dict[str, list[float]]):

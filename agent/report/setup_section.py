@@ -247,12 +247,21 @@ def hardware_lines(study: Study) -> list[str]:
 
 def run_time_lines(ended: list[RunRecord]) -> list[str]:
     """The device time the runs took. The runs of a packed trial trained together, each
-    over the whole trial's time: a trial counts once, with its longest member."""
+    over the whole trial's time: a trial counts once, with its longest member. A run that
+    failed before its first epoch ended (a configuration the trial refused: a member of a
+    pack fails so alone, the others train) trained nothing: it is named apart, not counted
+    as a run trained nor as a trial of about 0 s in the means."""
+    failed = [r for r in ended if r.state == "failed" and not r.history]
+    ended = [r for r in ended if r not in failed]
+    lines = [f"- {len(failed)} run{'s' if len(failed) != 1 else ''} failed before a first "
+             "epoch ended (not counted below): " + ", ".join(r.id for r in failed[:6])
+             + (", ..." if len(failed) > 6 else "") + "."] if failed else []
+    if not ended:
+        return lines
     trials = _trial_times(ended)
     packs = {r.pack for r in ended if r.pack}
     per = "trial" if packs else "run"
     plural = "s" if len(trials) != 1 else ""
-    lines = []
     if packs:
         largest = max(sum(r.pack == p for r in ended) for p in packs)
         lines.append(f"- Packed trials (`--pack`): {len(ended)} runs trained as {len(trials)} "
