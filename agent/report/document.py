@@ -13,7 +13,6 @@ from __future__ import annotations
 import base64
 import csv
 import json
-import math
 import os
 import re
 import shutil
@@ -25,10 +24,11 @@ from rich.console import Console
 
 from agent import metrics
 from agent.commands import script
-from agent.params import BY_NAME, TEXT_KINDS
+from agent.params import BY_NAME
 from agent.report import stats
 from agent.report.discussion import discussion_section
 from agent.report.markdown import Context, Report
+from agent.report.options import parse_options
 from agent.report.runs_section import (
     ahead_sentence,
     best_run_section,
@@ -48,7 +48,7 @@ from agent.report.setup_section import (
 from agent.report.study import OPEN_STATES, Study, check_our_trainer, load_study
 from agent.report.weights_section import gradcam_section, weights_section
 from agent.sweep_space import swept_parameters
-from util.errors import CommandParser, UserError, brief
+from util.errors import UserError
 
 SUMMARY_COLUMNS = metrics.names(summary=True)
 
@@ -177,26 +177,6 @@ def write_html(markdown_path: Path, html_path: Path, title: str) -> None:
     html_path.write_text(f"<!doctype html><html><head><meta charset='utf-8'><title>{title}"
                          f"</title><style>{style}</style></head><body>{body}</body></html>",
                          encoding="utf-8")
-
-
-def parse_options(argv: list[str] | None):
-    """The report's options, checked (UserError, one line)."""
-    parser = CommandParser(prog="python -m agent.report", description=__doc__.splitlines()[0])
-    parser.add_argument("sweep", help="local sweep id or directory, or entity/project/sweep_id")
-    parser.add_argument("--out", default="reports", help="reports go to OUT/<sweep id>/")
-    parser.add_argument("--explode-factor", type=float, default=stats.GroupRule.explode_factor,
-                        help="diverged: a final loss above this many times ln(classes), "
-                        "its last accuracy at chance")
-    parser.add_argument("--stuck-margin", type=float, default=stats.GroupRule.stuck_margin,
-                        help="stuck: best validation accuracy below 1/classes + this")
-    args = parser.parse_args(argv)
-    if not 1 < args.explode_factor < math.inf or not 0 <= args.stuck_margin < 1:
-        raise UserError(f"--explode-factor={args.explode_factor} and --stuck-margin="
-                        f"{args.stuck_margin}: expected a finite factor > 1 and a margin in [0, 1)")
-    allowed, is_path = TEXT_KINDS["path"]
-    if not is_path(args.out):
-        raise UserError(f"--out={brief(args.out)}: expected {allowed}")
-    return args
 
 
 def checked(argv: list[str] | None):

@@ -12,6 +12,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from agent.report.options import EXPLODE_FACTOR, STUCK_MARGIN
 from agent.report.study import RunRecord
 from agent.sweep_space import log_scaled
 
@@ -229,8 +230,8 @@ class GroupRule:
     (UNIFORM_BAND; its epoch means fall from a first epoch that spiked below that level).
     Converged: every other run."""
 
-    explode_factor: float = 10.0
-    stuck_margin: float = 0.05
+    explode_factor: float = EXPLODE_FACTOR
+    stuck_margin: float = STUCK_MARGIN
     # a loss within 2% of where it was halfway is flat: a run at chance drifting to ln K
     # over 8 epochs (2.324 to 2.302 on digits) is not falling, one that fell 2.56 to 2.36
     # in its second of 2 epochs (8%) is
