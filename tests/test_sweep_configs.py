@@ -126,6 +126,11 @@ HEAD = "method: grid\nmetric: {name: val/acc, goal: maximize}\n"
      ["early_terminat", "did you mean early_terminate?"]),
     (HEAD + "early_terminate: {type: hyperband}\nparameters:\n  lr: {value: 0.1}\n",
      ["early_terminate", "min_iter"]),
+    # the schema takes min_iter alone, but the engine reads max_iter first and then s
+    # (KeyError: 's' at its first stop decision, in W&B's controller too)
+    (HEAD + "early_terminate: {type: hyperband, min_iter: 1, eta: 2, max_iter: 27}\n"
+     "parameters:\n  lr: {value: 0.1}\n",
+     ["early_terminate.max_iter: 27 without s", "add s", "leave max_iter out"]),
     (HEAD + "parameters:\n  lr: {distribution: log_uniform_values, min: -1, max: 0.1}\n",
      ["parameters.lr: min: -1 must be greater than 0"]),
     (HEAD + "parameters:\n  lr: {distribution: log_uniform_values, min: 0, max: 1e-1}\n",

@@ -459,10 +459,19 @@ MAX_BRACKETS = 100  # hyperband's min_iter form makes exactly 100
 def _check_hyperband_brackets(where: str, config: dict) -> None:
     """The engine lists hyperband's brackets one by one (sweeps/hyperband_stopping.py: up to
     `s` of them, dividing max_iter by eta until it is below 1) at every stop decision: count
-    them first, so that s = 10**18 with eta = 1.000001 is refused, not enumerated."""
+    them first, so that s = 10**18 with eta = 1.000001 is refused, not enumerated. max_iter
+    without s passes the schema beside min_iter, but the engine takes the max_iter form
+    whenever max_iter is given and reads s with it (a KeyError at the first stop decision,
+    in `wandb controller` too)."""
     terminate = config.get("early_terminate") or {}
     if terminate.get("type") != "hyperband" or "max_iter" not in terminate:
         return
+    if "s" not in terminate:
+        raise UserError(f"{where}: early_terminate.max_iter: {terminate['max_iter']} without "
+                        "s: hyperband's engine takes its brackets from max_iter and s "
+                        "whenever max_iter is given (min_iter is then not read) and fails "
+                        "without s: add s (the number of brackets), or leave max_iter out "
+                        "to stop runs from min_iter on")
     max_iter, eta, s = terminate["max_iter"], terminate.get("eta", 3), terminate.get("s", 0)
     if max_iter < 1 or eta <= 1:
         return  # the engine refuses these in one line itself
