@@ -468,18 +468,15 @@ def parse_options(argv: list[str] | None) -> argparse.Namespace:
     return args
 
 
-PROJECT_FORBIDDEN = "\\#?%:"  # what W&B refuses in a project name (and "/", below)
-
-
 def check_project(project: str, local: bool = False) -> None:
     """A W&B project name W&B takes (UserError, one line), before a sweep is made: W&B
     refuses a bad one only when each run starts, so every run of the sweep would fail. A
     "/" only passes before a bare W&B sweep id (`--project entity/project`)."""
-    bad = [c for c in project if c in PROJECT_FORBIDDEN or (local and c == "/")
-           or not c.isprintable()]
-    if not project.strip() or len(project) > 128 or bad:
-        raise UserError(f"--project={brief(project)}: not a W&B project name (1 to 128 "
-                        "printable characters, none of / \\ # ? % :)")
+    from agent.sweep.program import PROJECT_RULE, is_project_name
+
+    if not is_project_name(project, slash=not local):
+        raise UserError(f"--project={brief(project)}: not a W&B project name "
+                        f"({PROJECT_RULE})")
 
 
 def pack_tip(args: argparse.Namespace, gpus: list[str], store: SweepStore) -> str | None:

@@ -1036,6 +1036,36 @@ def test_a_project_w_and_b_refuses_is_refused_before_a_sweep_is_made(workdir, pr
         not any((workdir / "data" / "sweeps").iterdir())
 
 
+@pytest.mark.parametrize("project", ["a/b", "my#proj", "x:y", "p" * 129])
+def test_a_sweep_files_project_w_and_b_refuses_is_refused_where_its_runs_go_there(
+        workdir, monkeypatch, project):
+    """The sweep's `project` key is where its runs go when neither WANDB_PROJECT nor
+    --project says otherwise (as with `wandb sweep`); wandb.init refuses such a name as
+    each run starts, so every run would fail ('W&B refused run ... (UsageError: Invalid
+    project name ...)'). Refused in one line naming the key and the rule, the dry runs
+    alike (a batch job's too), nothing created; with WANDB_PROJECT set the key is not used
+    and the file passes."""
+    from agent.launch import main
+
+    monkeypatch.delenv("WANDB_PROJECT", raising=False)
+    sweep_file = workdir / "s.yaml"
+    sweep_file.write_text(yaml.safe_dump({
+        "program": "agent/train.py", "method": "grid", "project": project,
+        "metric": {"name": "val/acc", "goal": "maximize"},
+        "parameters": {"dataset": {"value": "digits"}, "epochs": {"value": 1},
+                       "model": {"value": "dense"}, "hidden": {"value": 8}}}))
+    for dry in ([], ["--dry-run"], ["--slurm", "1", "--dry-run"]):
+        with pytest.raises(UserError) as refused:
+            main([str(sweep_file), *dry])
+        message = str(refused.value)
+        assert "\n" not in message and f"{sweep_file}: project: '{project[:20]}" in message \
+            and "not a W&B project name" in message and "/ \\ # ? % :" in message, message
+    assert not (workdir / "data" / "sweeps").exists() or \
+        not any((workdir / "data" / "sweeps").iterdir())
+    monkeypatch.setenv("WANDB_PROJECT", "study")
+    assert main([str(sweep_file), "--dry-run"]) == 0
+
+
 def test_status_without_a_sweep_lists_the_local_sweeps_newest_first(workdir, monkeypatch,
                                                                      capsys):
     from agent.sweep.status import main

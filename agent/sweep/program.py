@@ -259,6 +259,21 @@ def command_values(sweep_config: dict) -> dict[str, Any]:
         return {}
 
 
+# What wandb.init refuses in a project name (wandb_settings.validate_project raises UsageError),
+# so a run sent there fails at its start; "/" passes only on our command line, before a bare
+# W&B sweep id (--project entity/project), never as a project runs go to.
+PROJECT_FORBIDDEN = "\\#?%:"
+PROJECT_RULE = "1 to 128 printable characters, none of / \\ # ? % :"
+
+
+def is_project_name(project: str, slash: bool = False) -> bool:
+    """Whether W&B takes `project` as a project name (PROJECT_RULE); `slash`: a "/" passes
+    (entity/project before a bare W&B sweep id)."""
+    return bool(project.strip()) and len(project) <= 128 and not any(
+        c in PROJECT_FORBIDDEN or (c == "/" and not slash) or not c.isprintable()
+        for c in project)
+
+
 def local_run_environment(sweep_config: dict) -> None:
     """A local sweep's agent ignores W&B's agent environment (a WANDB_SWEEP_ID left in the
     shell) and sends its runs to the sweep's project/entity unless WANDB_PROJECT/WANDB_ENTITY

@@ -9,6 +9,7 @@ a bare id with a project). No torch is imported.
 from __future__ import annotations
 
 import json
+import os
 import re
 import sqlite3
 import textwrap
@@ -18,7 +19,7 @@ from pathlib import Path
 
 from agent.commands import script
 from agent.sweep.store import STORE_NAME, SWEEPS_DIR, SweepStore, store_paths
-from util.errors import UserError, one_line, without_api_key
+from util.errors import UserError, brief, one_line, without_api_key
 
 YAML_SUFFIXES = (".yaml", ".yml")
 
@@ -144,6 +145,7 @@ def sweep_notes(yaml_path: str | Path) -> list[str]:
 
     notes: list[str] = []
     config = load_sweep_config(yaml_path, notes)
+    check_sweep_project(str(yaml_path), config)
     return notes + creation_notes(config)
 
 
@@ -158,11 +160,27 @@ def checked_sweep_file(yaml_path: str | Path, options: str = "",
 
     notes: list[str] = []
     config = load_sweep_config(yaml_path, notes)
+    check_sweep_project(str(yaml_path), config)
     own = (check(config) or []) if check is not None else []
     options = hint_options(options, config)
     earlier = unfinished_twin(config, options)
     return config, notes + creation_notes(config) + own + ([earlier] if earlier else []), \
         options
+
+
+def check_sweep_project(where: str, config: dict) -> None:
+    """The sweep's `project`, where its runs go unless WANDB_PROJECT (which --project sets)
+    names another (program.local_run_environment; `wandb sweep` alike), must be a name W&B
+    takes: wandb.init refuses any other as each run starts, so every run would fail, each
+    with a line that blames the key or the network. UserError, one line."""
+    from agent.sweep.program import PROJECT_RULE, is_project_name
+
+    project = config.get("project")
+    if not project or os.environ.get("WANDB_PROJECT") or is_project_name(project):
+        return
+    raise UserError(f"{where}: project: {brief(project)} is not a W&B project name "
+                    f"({PROJECT_RULE}): wandb.init refuses it as each run starts, so every "
+                    "run would fail; WANDB_PROJECT or --project, where set, is used instead")
 
 
 def print_notes(notes: list[str]) -> None:
