@@ -43,8 +43,13 @@ METRICS: tuple[Metric, ...] = (
     Metric("train/step_loss", STEP, None, "training loss of the logged step"),
     Metric("train/step_acc", STEP, None, "training accuracy of the logged step's batch"),
     Metric("grad_norm/step_global", STEP, None, "global L2 norm of the logged step's gradient"),
-    Metric("perf/images_per_s", EPOCH, None, "training images per second (per step when "
-           "logged at a step; the epoch's mean after it)", summary=True),
+    # the throughput at the logged steps has a name of its own, as the loss and the gradient
+    # norm have: W&B's hyperband counts the history rows that hold the sweep's metric, and an
+    # epoch metric logged at the steps too would make its bands steps there, epochs offline
+    Metric("perf/step_images_per_s", STEP, None, "training images per second since the "
+           "last logged step"),
+    Metric("perf/images_per_s", EPOCH, None, "training images per second over the epoch",
+           summary=True),
     Metric("train/loss", EPOCH, "minimize", "mean training loss over the epoch (with label "
            "smoothing when it is on)", summary=True, hparams=True),
     Metric("train/acc", EPOCH, "maximize", "training accuracy over the epoch"),

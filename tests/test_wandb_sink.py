@@ -30,6 +30,27 @@ def test_offline_run_is_written_and_read_back(workdir):
 
 
 @pytest.mark.timeout(180)
+def test_each_metric_a_sweep_can_stop_on_is_one_row_an_epoch_in_wandbs_history(workdir):
+    """W&B's hyperband counts a run's history rows that hold the sweep's metric (and its
+    metric.target reads them), where a local sweep reads one row an epoch: so every metric
+    of the catalogue that a sweep may optimise with early_terminate (config.EPOCH_METRICS'
+    names, the scalars logged every epoch) must be logged once an epoch, never again at
+    the logged steps, or a band would mean a logged step on W&B and an epoch offline."""
+    from agent import metrics
+    from agent.sweep.config import SCALARS
+
+    summary = train({"dataset": "digits", "model": "dense", "hidden": 8, "epochs": 2,
+                     "log_interval": 1, "sinks": ["wandb"], "data_dir": str(workdir / "data")})
+    (run,) = closed_offline_runs(workdir / "wandb", 1)
+    assert sum("train/step_loss" in row for row in run.history) > 2  # steps were logged
+    every_epoch = sorted(name for name, when in SCALARS.items() if when == metrics.EPOCH)
+    assert "perf/images_per_s" in every_epoch and "val/acc" in every_epoch
+    rows = {name: [row["epoch"] for row in run.history if name in row] for name in every_epoch}
+    assert rows == {name: [1, 2] for name in every_epoch}, rows
+    assert summary["epochs_done"] == 2
+
+
+@pytest.mark.timeout(180)
 def test_without_wandb_mode_or_credentials_the_run_goes_offline(workdir, monkeypatch):
     monkeypatch.delenv("WANDB_MODE")
     monkeypatch.delenv("WANDB_API_KEY", raising=False)

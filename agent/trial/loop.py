@@ -292,7 +292,7 @@ def _log_step(pack: TrainingPack, losses, hits, grad_norm, rate: float, steps: i
     for k, member in enumerate(pack.members):
         step = member.progress.global_step
         metrics = {"train/step_loss": values[0][k], "train/step_acc": values[1][k],
-                   "grad_norm/step_global": values[2][k], "perf/images_per_s": rate,
+                   "grad_norm/step_global": values[2][k], "perf/step_images_per_s": rate,
                    "epoch": step / steps}
         for sink in member.sinks:
             sink.log_step(step, metrics)

@@ -98,7 +98,7 @@ class ConsoleSink(Sink):
         if self.progress is None:
             return
         live = (f"loss {metrics['train/step_loss']:.3f} acc {metrics['train/step_acc']:.2f} "
-                f"{metrics['perf/images_per_s']:,.0f} img/s")
+                f"{metrics['perf/step_images_per_s']:,.0f} img/s")
         self.progress.update(self.task, completed=step - self.first_step, live=live)
 
     def _stop_bar(self) -> None:
