@@ -77,6 +77,30 @@ def test_a_dry_run_of_an_existing_sweep_or_with_batch_options_is_refused(workdir
 @pytest.mark.e2e
 @pytest.mark.slow
 @pytest.mark.timeout(200)
+@pytest.mark.parametrize("dry", [["--dry-run"], []], ids=["dry run", "launch"])
+@pytest.mark.parametrize("spec, name", [
+    ({"distribution": "normal", "mu": 0.1, "sigma": 0}, "lr"),
+    ({"distribution": "beta", "a": 0, "b": 1}, "dropout"),
+])
+def test_a_distribution_that_draws_nan_is_refused_in_one_line_and_no_warning(tmp_path, dry,
+                                                                              spec, name):
+    """W&B's schema takes sigma 0 and a beta's a 0, from which the engine draws NaN (every
+    run refused): the refusal is one line on stderr. The engine's first proposal, which the
+    file's check asks for, printed scipy's two 'RuntimeWarning: invalid value encountered
+    in multiply' lines, and their source lines, before it."""
+    config = sweep(**{name: spec})
+    config["method"], config["run_cap"] = "random", 2
+    (tmp_path / "s.yaml").write_text(yaml.safe_dump(config))
+    before = files_under(tmp_path)
+    done = subprocess.run([str(ROOT / "run_sweep.sh"), "s.yaml", *dry], cwd=tmp_path,
+                          env=subprocess_env(WANDB_DIR=str(tmp_path)), capture_output=True,
+                          text=True, timeout=150)
+    assert done.returncode == 2 and done.stdout == "", (done.stdout, done.stderr)
+    assert done.stderr.startswith(f"error: s.yaml: parameters.{name}: ") and \
+        "draws NaN" in done.stderr and done.stderr.count("\n") == 1, done.stderr
+    assert files_under(tmp_path) == before
+
+
 def test_a_dry_run_says_what_the_launch_would_run_and_makes_nothing(tmp_path):
     """Through ./run_sweep.sh: exit 0; the notes the launch prints (rho swept where no run
     uses SAM, hyperband past the runs' last epoch), then the method and run count, each

@@ -430,8 +430,10 @@ def proposed_batch(sweep_config: dict, runs: list, n: int) -> list[dict]:
         engine_runs = view.engine_runs(runs)
         # validate=False: `filled` is what validate=True would build (and check) again.
         # A base-e draw past a float (e**1000: inf) is the engine's, which the sweep file's
-        # note names (base_e_drawn); numpy's warning said so again at random proposals.
-        with np.errstate(over="ignore", under="ignore"):
+        # note names (base_e_drawn); numpy's warning said so again at random proposals. A
+        # NaN drawn from sigma 0 (scipy's "invalid value encountered in multiply", two lines
+        # each with its source line) is judged by the sweep file's check, in one line.
+        with np.errstate(over="ignore", under="ignore", invalid="ignore"):
             proposals = sweeps.next_runs(copy.deepcopy(filled), engine_runs, validate=False,
                                          n=max(1, n))
     except Exception as error:  # the engine's own failure, whatever its type
