@@ -52,19 +52,56 @@ class SweptParameter:
 def swept_parameters(sweep_config: dict | None) -> list[SweptParameter]:
     """The parameters `sweep_config` chooses among, in its order. A `value:` is fixed; a
     `values:` list (even of one item: a repeat sweep keeps its original's choices so) or a
-    distribution (`distribution:` or `min`/`max`) is swept."""
-    out = []
-    for name, spec in ((sweep_config or {}).get("parameters") or {}).items():
-        if not isinstance(spec, dict) or "parameters" in spec or "value" in spec \
-                or spec.get("distribution") == "constant":
-            continue  # fixed (the engine adds distribution: constant), or nested
-        if "values" in spec and isinstance(spec["values"], list):
-            out.append(SweptParameter(name, spans_decades(spec["values"]),
-                                      tuple(choice(v) for v in spec["values"])))
-        elif "distribution" in spec or ("min" in spec and "max" in spec):
-            log = "log_" in str(spec.get("distribution", ""))  # log_uniform*, log_normal...
-            out.append(SweptParameter(name, log, None))
-    return out
+    distribution (`distribution:` or `min`/`max`) is swept. Nested `parameters` are left out
+    (swept_leaves names them)."""
+    swept = (_swept(name, spec)
+             for name, spec in ((sweep_config or {}).get("parameters") or {}).items())
+    return [parameter for parameter in swept if parameter is not None]
+
+
+def swept_leaves(sweep_config: dict | None) -> list[SweptParameter]:
+    """swept_parameters with those inside nested `parameters` too, under their dotted names
+    (`opt.lr`, as W&B names a nested key): what the runs of another program differ by, each
+    getting a nested block as one dict (our trainer refuses nested parameters)."""
+    def leaves(parameters: dict, prefix: str) -> list[SweptParameter]:
+        out = []
+        for name, spec in parameters.items():
+            if isinstance(spec, dict) and isinstance(spec.get("parameters"), dict):
+                out += leaves(spec["parameters"], f"{prefix}{name}.")
+            elif (parameter := _swept(f"{prefix}{name}", spec)) is not None:
+                out.append(parameter)
+        return out
+
+    return leaves((sweep_config or {}).get("parameters") or {}, "")
+
+
+def leaf_value(config: dict, name: str, default=""):
+    """A run's value of `name` (swept_leaves): its own key, else the dotted path into the
+    dicts that nested parameters gave it (`opt.lr`: config["opt"]["lr"]); `default` when
+    it has none."""
+    if name in config:
+        return config[name]
+    value = config
+    for part in name.split("."):
+        if not isinstance(value, dict) or part not in value:
+            return default
+        value = value[part]
+    return value
+
+
+def _swept(name: str, spec) -> SweptParameter | None:
+    """The SweptParameter of one parameter's spec; None when fixed (the engine adds
+    distribution: constant to a `value:`) or nested."""
+    if not isinstance(spec, dict) or "parameters" in spec or "value" in spec \
+            or spec.get("distribution") == "constant":
+        return None
+    if "values" in spec and isinstance(spec["values"], list):
+        return SweptParameter(name, spans_decades(spec["values"]),
+                              tuple(choice(v) for v in spec["values"]))
+    if "distribution" in spec or ("min" in spec and "max" in spec):
+        log = "log_" in str(spec.get("distribution", ""))  # log_uniform*, log_normal...
+        return SweptParameter(name, log, None)
+    return None
 
 
 def spans_decades(values) -> bool:

@@ -269,3 +269,34 @@ def test_a_program_runs_with_the_python_of_the_callers_activated_environment(wor
         assert seen["python"].startswith(str(ROOT / ".venv"))
         assert seen["VIRTUAL_ENV"] == str(ROOT / ".venv")
         assert ("has no wandb" in result.stderr) == bool(activated), result.stderr[-2000:]
+
+
+def test_status_and_closing_lines_show_nested_parameters_by_their_dotted_names(workdir):
+    """A nested `parameters` block reaches another program as one dict (--opt={...}), and
+    its runs differ by the values inside it: the status table and the closing lines name
+    them as W&B does (opt.lr), where they showed no column for them, so runs of two lrs
+    read alike ('tied with 1 other run', the table's rows the same)."""
+    import io
+
+    from rich.console import Console
+
+    from agent.sweep.controller import claim
+    from agent.sweep.status import closing_lines, status_table
+
+    store = make_sweep(workdir, {"opt": {"parameters": {"lr": {"values": [0.1, 0.01]},
+                                                        "name": {"value": "sgd"}}},
+                                 "epochs": {"value": 1}})
+    for loss in (0.5, 0.25):
+        (run,) = claim(store, "agent-a").runs
+        store.record_epoch(run.run_id, "agent-a", 1, {"epoch": 1, "val_loss": loss})
+        store.finish(run.run_id, "agent-a", "finished", {"val_loss": loss})
+    runs = store.runs()
+    assert [run_field(r, "config")["opt"]["lr"] for r in runs] == [0.1, 0.01]
+    shown = io.StringIO()
+    Console(file=shown, width=200).print(status_table(store.sweep().config, runs))
+    header, *rows = [line for line in shown.getvalue().splitlines()
+                     if line.strip() and "─" not in line]
+    assert header.split() == ["run", "state", "rows", "val_loss", "opt.lr"], header
+    assert [row.split()[-1] for row in rows] == ["0.1", "0.01"], rows
+    best = next(line for line in closing_lines(store) if line.startswith("Best run:"))
+    assert best.endswith("val_loss=0.2500 (opt.lr=0.01)"), best

@@ -37,7 +37,7 @@ from agent.sweep.store import (
     store_paths,
 )
 from agent.sweep.target import open_store
-from agent.sweep_space import duration_text, short_number, swept_parameters
+from agent.sweep_space import duration_text, leaf_value, short_number, swept_leaves
 from util.errors import CommandParser, UserError
 
 ENDED = ("finished", "failed", "stopped")  # states that count as a run done
@@ -410,7 +410,7 @@ def status_table(sweep_config: dict, runs: list[Run],
     A sweep of another program: the rows its run has logged and the sweep's metric instead
     of our trainer's epochs and accuracies. `silent_after`: a run's silent_after_s
     (AgentHeartbeats.silent_after; None: the default timeout for every run)."""
-    varying = [p.name for p in swept_parameters(sweep_config)]
+    varying = [p.name for p in swept_leaves(sweep_config)]  # opt.lr of nested parameters
     after = silent_after or (lambda run: HEARTBEAT_TIMEOUT_S)
     ours = runs_our_trainer(sweep_config)
     metric = (sweep_config.get("metric") or {}).get("name") or "val/acc"
@@ -441,7 +441,7 @@ def status_table(sweep_config: dict, runs: list[Run],
             value = summary.get(metric, last.get(metric))
             cells = [run.id, shown_state(run, silent_after=after(run)), str(run.epoch),
                      short_number(value) if isinstance(value, (int, float)) else ""]
-            table.add_row(*cells, *(escape(short_number(run.config.get(name, "")))
+            table.add_row(*cells, *(escape(short_number(leaf_value(run.config, name)))
                                     for name in varying))
             continue
         val = summary.get("val/acc", last.get("val/acc"))
@@ -459,7 +459,7 @@ def status_table(sweep_config: dict, runs: list[Run],
             if state == "running" and per_epoch is not None and epochs_of(run):
                 eta = duration_text(per_epoch * (epochs_of(run) - run.epoch))
             cells.append(eta)
-        table.add_row(*cells, *(escape(short_number(run.config.get(name, "")))
+        table.add_row(*cells, *(escape(short_number(leaf_value(run.config, name)))
                                 for name in varying))
     return table
 
@@ -478,6 +478,9 @@ def print_table(console: Console, table: Table) -> None:
             wide.print(table)
             return
     console.print(table)
+
+
+_ABSENT = object()  # a swept name the run's config lacks: left out of its setting
 
 
 def closing_lines(store: SweepStore, options: str = "") -> list[str]:
@@ -499,9 +502,10 @@ def closing_lines(store: SweepStore, options: str = "") -> list[str]:
     if ours and "wandb" in sinks:
         lines.append("  W&B offline runs: wandb/ (upload: wandb sync wandb/offline-run-*)")
     if best is not None:
-        swept = [p.name for p in swept_parameters(sweep.config)]
-        setting = " ".join(f"{n}={short_number(best.run.config[n])}" for n in swept
-                           if n in best.run.config)
+        swept = [p.name for p in swept_leaves(sweep.config)]
+        values = {n: leaf_value(best.run.config, n, _ABSENT) for n in swept}
+        setting = " ".join(f"{n}={short_number(v)}" for n, v in values.items()
+                           if v is not _ABSENT)
         line = f"Best run: {best.run.id} {best.metric}={best.value:.4f}"
         if setting:
             line += f" ({setting})" if len(line) + len(setting) + 3 <= 80 else f"\n  {setting}"
