@@ -131,6 +131,18 @@ HEAD = "method: grid\nmetric: {name: val/acc, goal: maximize}\n"
     (HEAD + "early_terminate: {type: hyperband, min_iter: 1, eta: 2, max_iter: 27}\n"
      "parameters:\n  lr: {value: 0.1}\n",
      ["early_terminate.max_iter: 27 without s", "add s", "leave max_iter out"]),
+    # the schema takes any number for s; the engine counts brackets with range(s)
+    (HEAD + "early_terminate: {type: hyperband, max_iter: 9, s: 2.0}\n"
+     "parameters:\n  lr: {value: 0.1}\n",
+     ["early_terminate.s: 2.0 is not an integer", "range(s)", "write 2"]),
+    (HEAD + "early_terminate: {type: hyperband, max_iter: 9, s: 2.5}\n"
+     "parameters:\n  lr: {value: 0.1}\n",
+     ["early_terminate.s: 2.5 is not an integer", "write an integer"]),
+    # a key of hyperband's own that the schema refuses is named, not only early_terminate
+    (HEAD + "early_terminate: {type: hyperband, min_iter: 1.5}\nparameters:\n"
+     "  lr: {value: 0.1}\n", ["early_terminate.min_iter: 1.5 is not of type 'integer'"]),
+    (HEAD + "early_terminate: {type: hyperband, min_iter: 1, strict: 1}\nparameters:\n"
+     "  lr: {value: 0.1}\n", ["early_terminate.strict: 1 is not of type 'boolean'"]),
     (HEAD + "parameters:\n  lr: {distribution: log_uniform_values, min: -1, max: 0.1}\n",
      ["parameters.lr: min: -1 must be greater than 0"]),
     (HEAD + "parameters:\n  lr: {distribution: log_uniform_values, min: 0, max: 1e-1}\n",

@@ -257,7 +257,10 @@ def _describe(error) -> str:
                 leaves.append(sub)
         if all(leaf.validator == "required" for leaf in leaves):  # hyperband's brackets
             return f"{location}: {_needs(leaves, error.instance)}"
-        return f"{location}: " + " or ".join(dict.fromkeys(leaf.message for leaf in leaves))
+        # each reason at its own key (early_terminate.min_iter), not at the oneOf's
+        return " or ".join(dict.fromkeys(
+            f"{'.'.join(map(str, leaf.absolute_path)) or location}: {_schema_message(leaf)}"
+            for leaf in leaves))
     return f"{location}: {_schema_message(error)}{_number_hint(error.instance, _integer(error))}"
 
 
@@ -462,7 +465,8 @@ def _check_hyperband_brackets(where: str, config: dict) -> None:
     them first, so that s = 10**18 with eta = 1.000001 is refused, not enumerated. max_iter
     without s passes the schema beside min_iter, but the engine takes the max_iter form
     whenever max_iter is given and reads s with it (a KeyError at the first stop decision,
-    in `wandb controller` too)."""
+    in `wandb controller` too), as an integer (range(s): the schema takes s: 2.0, the
+    engine fails on it)."""
     terminate = config.get("early_terminate") or {}
     if terminate.get("type") != "hyperband" or "max_iter" not in terminate:
         return
@@ -472,6 +476,11 @@ def _check_hyperband_brackets(where: str, config: dict) -> None:
                         "whenever max_iter is given (min_iter is then not read) and fails "
                         "without s: add s (the number of brackets), or leave max_iter out "
                         "to stop runs from min_iter on")
+    s = terminate["s"]
+    if isinstance(s, float) and not isinstance(s, bool):  # the schema takes any number
+        raise UserError(f"{where}: early_terminate.s: {s!r} is not an integer: hyperband's "
+                        "engine makes up to s brackets with range(s), which fails on a float: "
+                        + (f"write {int(s)}" if s.is_integer() else "write an integer"))
     max_iter, eta, s = terminate["max_iter"], terminate.get("eta", 3), terminate.get("s", 0)
     if max_iter < 1 or eta <= 1:
         return  # the engine refuses these in one line itself
