@@ -160,3 +160,30 @@ def test_a_device_past_the_cap_is_not_asked_of_this_machine(run_cap):
         return
     with pytest.raises(UserError, match=r"^sweep e/p/abc: parameters.device: device=cuda"):
         check_sweep_devices("sweep e/p/abc", config)
+
+
+def test_a_run_cap_written_as_a_float_caps_as_its_integer(workdir, capfd):
+    """W&B's schema takes run_cap: 2.0 as an integer (JSON Schema draft 7: a number whose
+    fraction is zero), so `wandb sweep` creates the sweep and W&B makes 2 runs. A capped grid
+    asked the engine for run_cap points at once (range(2.0): TypeError), and the dry run and
+    the launch were refused with 'the sweep engine rejects the sweep (proposing the next
+    run): TypeError: ...'; a random sweep said 'run 1/2.0'. Now run_cap: 2.0 is 2."""
+    from agent.launch import main
+    from agent.sweep.target import open_store
+
+    path = workdir / "s.yaml"
+    path.write_text(yaml.safe_dump({
+        **HEAD, "program": "agent/train.py", "run_cap": 2.0,
+        "parameters": {"dataset": {"value": "digits"}, "model": {"value": "dense"},
+                       "hidden": {"value": 8}, "epochs": {"value": 1},
+                       "sinks": {"value": ["console"]},
+                       "lr": {"values": [0.1, 0.01, 0.001]}}}))
+    assert main([str(path), "--dry-run"]) == 0
+    assert "grid: 2 of its 3 points (run_cap)" in capfd.readouterr().out
+    assert main([str(path)]) == 0
+    said = "".join(capfd.readouterr())  # the runs' lines are the agent's, on stderr
+    assert "run 2/2 " in said and "/2.0" not in said, said
+    (store,) = [open_store(str(d)) for d in (workdir / "data" / "sweeps").iterdir()]
+    assert [run.config["lr"] for run in store.runs()] == [0.1, 0.01]
+    assert store.sweep().config["run_cap"] == 2 and \
+        isinstance(store.sweep().config["run_cap"], int)

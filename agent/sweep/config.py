@@ -125,6 +125,8 @@ def load_sweep_config(path: str | Path, notes: list[str] | None = None) -> dict:
                          "schema: left out, as W&B's sweep engine leaves them (`wandb "
                          "sweep` warns of a malformed config and creates the sweep)")
     filled = _engine_validate(where, config, notes)
+    if isinstance(filled.get("run_cap"), float):  # 2.0: an integer to the schema (draft 7),
+        filled["run_cap"] = int(filled["run_cap"])  # and the engine's range(run_cap) wants one
     _check_grid_size(where, filled)
     _check_integer_ranges(where, filled)
     _check_hyperband_brackets(where, filled)
