@@ -199,3 +199,32 @@ def test_every_metric_of_the_catalogue_is_accepted_or_refused_for_its_reason(tmp
     assert "\n" not in text and "metric.name" in text
     if metric.when == metrics.STEP:
         assert "logged at steps" in text
+
+
+def test_a_hyperband_key_outside_the_schema_is_left_out_with_a_note(tmp_path, monkeypatch,
+                                                                    capsys):
+    """The engine drops early_terminate keys its schema lacks before deciding which runs to
+    stop ('to maintain compatibility we will allow them here', sweeps/hyperband_stopping.py),
+    and `wandb sweep` creates such a sweep after its warning: offline the same hyperband, the
+    key left out, and a note naming it; it was refused ('Additional properties are not
+    allowed'). A near miss of hyperband's own keys (etta for eta) is refused naming the key
+    meant, as at the top level: left out, it would stop runs at other epochs (eta 3)."""
+    from agent.sweep.target import create_local_sweep
+
+    monkeypatch.chdir(tmp_path)
+
+    def sweep(terminate: dict):
+        path = tmp_path / "hb.yaml"
+        path.write_text(yaml.safe_dump({
+            **BASE, "early_terminate": {"type": "hyperband", "min_iter": 1, **terminate}}))
+        return path
+
+    store = create_local_sweep(sweep({"eta": 2, "comment": "from our old config"}))
+    assert store.sweep().config["early_terminate"] == {"type": "hyperband", "min_iter": 1,
+                                                      "eta": 2, "strict": True}
+    said = " ".join(capsys.readouterr().out.split())
+    assert "note: " in said and "early_terminate.comment" in said and "left out" in said
+    with pytest.raises(UserError) as refused:
+        load_sweep_config(sweep({"etta": 2}))
+    assert "early_terminate.etta" in str(refused.value) and \
+        "did you mean eta?" in str(refused.value), str(refused.value)

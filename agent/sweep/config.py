@@ -95,6 +95,9 @@ TOP_LEVEL_KEYS = {
                  "{engine: wandb}, the engine used here, is accepted",
     "job": LAUNCH, "image_uri": LAUNCH,
 }
+# The keys of early_terminate (hyperband's) in the engine's schema; the engine deletes any other
+HYPERBAND_KEYS = tuple(dereferenced_sweep_config_jsonschema["definitions"][
+    "hyperband_stopping"]["properties"])
 
 
 def load_sweep_config(path: str | Path, notes: list[str] | None = None) -> dict:
@@ -103,27 +106,16 @@ def load_sweep_config(path: str | Path, notes: list[str] | None = None) -> dict:
     `sweeps.SweepConfig` fills each parameter's `distribution` (categorical, constant,
     int_uniform, uniform, ...) and hyperband's `eta` (3) and `strict` (true);
     `fill_validate_metric` fills the metric's `impute` and `impute_while_running`.
-    A top-level key outside W&B's sweep schema is left out, with a line in `notes`: W&B
-    creates such a sweep after warning ("Malformed sweep config", additional properties) and
-    its engine never reads the key (a `defaults:` key that only holds YAML anchors).
+    A top-level or early_terminate key outside W&B's sweep schema is left out, with a line
+    in `notes`: W&B creates such a sweep after warning ("Malformed sweep config", additional
+    properties) and its engine never reads the key (_without_unknown).
     Raises UserError (one line) for anything wrong.
     """
     where = str(path)
-    config = _read_yaml(where)
-    unknown = [key for key in config if key not in TOP_LEVEL_KEYS]
-    for key in unknown:  # a misspelt key would be left out unnoticed (hyperband never runs)
-        close = difflib.get_close_matches(str(key), TOP_LEVEL_KEYS, n=1, cutoff=0.8)
-        if close:
-            raise UserError(f"{where}: {_path(str(key), '')}: not a key of W&B's sweep schema "
-                            f"(W&B would leave it out after a warning): did you mean "
-                            f"{close[0]}?")
-    if unknown:
-        config = {key: value for key, value in config.items() if key not in unknown}
-        if notes is not None:
-            notes.append(f"note: {where}: " + ", ".join(map(str, unknown))
-                         + f": not {'a key' if len(unknown) == 1 else 'keys'} of W&B's sweep "
-                         "schema: left out, as W&B's sweep engine leaves them (`wandb "
-                         "sweep` warns of a malformed config and creates the sweep)")
+    config = _without_unknown(where, _read_yaml(where), TOP_LEVEL_KEYS, "", notes)
+    if isinstance(config.get("early_terminate"), dict):  # the engine drops those keys too
+        config["early_terminate"] = _without_unknown(
+            where, config["early_terminate"], HYPERBAND_KEYS, "early_terminate", notes)
     filled = _engine_validate(where, config, notes)
     if isinstance(filled.get("run_cap"), float):  # 2.0: an integer to the schema (draft 7),
         filled["run_cap"] = int(filled["run_cap"])  # and the engine's range(run_cap) wants one
@@ -145,6 +137,29 @@ def load_sweep_config(path: str | Path, notes: list[str] | None = None) -> dict:
         _check_trial_configs(where, filled, fixed, notes)
         _check_metric(where, filled, fixed, notes)
     return filled
+
+
+def _without_unknown(where: str, mapping: dict, known, within: str,
+                     notes: list[str] | None) -> dict:
+    """`mapping` (the sweep config, or its early_terminate) without its keys outside W&B's
+    schema (`known`), with a note naming them: W&B creates such a sweep after warning
+    ("Malformed sweep config", additional properties) and its engine never reads the key
+    (a `defaults:` key that only holds YAML anchors; hyperband_stopping.py deletes the
+    early_terminate keys its schema lacks). A near miss of a known key is refused naming the
+    key meant: left out, a misspelt key would go unnoticed (hyperband never runs, eta 3)."""
+    unknown = [key for key in mapping if key not in known]
+    for key in unknown:
+        close = difflib.get_close_matches(str(key), known, n=1, cutoff=0.8)
+        if close:
+            raise UserError(f"{where}: {_path(str(key), within)}: not a key of W&B's sweep "
+                            f"schema (W&B would leave it out after a warning): did you mean "
+                            f"{close[0]}?")
+    if unknown and notes is not None:
+        notes.append(f"note: {where}: " + ", ".join(_path(str(k), within) for k in unknown)
+                     + f": not {'a key' if len(unknown) == 1 else 'keys'} of W&B's sweep "
+                     "schema: left out, as W&B's sweep engine leaves them (`wandb sweep` "
+                     "warns of a malformed config and creates the sweep)")
+    return {key: value for key, value in mapping.items() if key not in unknown}
 
 
 def parameter_names(config: dict) -> set[str]:
