@@ -59,6 +59,20 @@ def signal_actions_of_a_terminal():
     yield
 
 
+@pytest.fixture(autouse=True)
+def environment_of_its_own():
+    """Each test ends with the process environment it started with: a launch in the test's
+    own process (one agent on the CPU runs in the launcher: launch.run_agent_here) sets its
+    slot's CUDA_VISIBLE_DEVICES="" and OMP_NUM_THREADS there, as an agent process gets
+    them, and a later test of the same worker passed them on to the processes it started
+    (a GPU job script's variant then read CUDA_VISIBLE_DEVICES '' where it set none)."""
+    saved = dict(os.environ)
+    yield
+    if os.environ != saved:
+        os.environ.clear()
+        os.environ.update(saved)
+
+
 @pytest.fixture
 def cifar_root(tmp_path, monkeypatch):
     """A data directory holding a small CIFAR-format set, registered with torchvision (whose
