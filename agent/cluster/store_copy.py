@@ -292,7 +292,6 @@ def merge_back(copy: Path, base: Path, origin: Path, wait_s: float = 60,
     sizes its agents settled (--pack auto) go to the sweep's folder (pack_share.carry_sizes),
     for a later job on this node to take."""
     _merge_heartbeat_settings(copy.parent, origin.parent, every_s)
-    carry_sizes(copy.parent, origin.parent)
     with sqlite3.connect(f"{copy.resolve().as_uri()}?mode=ro", uri=True, timeout=60) as db:
         mine = _rows(db)
     db.close()
@@ -340,6 +339,7 @@ def merge_back(copy: Path, base: Path, origin: Path, wait_s: float = 60,
         out.execute("COMMIT")
     finally:
         out.close()
+    carry_sizes(copy.parent, origin.parent)  # after the runs: it may wait for a measurement
     return written
 
 

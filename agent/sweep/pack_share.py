@@ -245,6 +245,8 @@ def carry_sizes(source: Path, target: Path, wait_s: float = 30) -> int:
         if not records:
             continue
         there = SizeFile.of_file(target / PACK_SIZES_DIR / path.name)
+        if records.keys() <= there.records().keys():
+            continue  # nothing new (a job's merges come every 30 s): no lock taken, no wait
         deadline = time.monotonic() + wait_s
         try:
             with there.turn(f"{socket.gethostname()}:{os.getpid()} (a job's copy)",
