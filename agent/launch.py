@@ -471,11 +471,13 @@ def parse_options(argv: list[str] | None) -> argparse.Namespace:
 def check_project(project: str, local: bool = False) -> None:
     """A W&B project name W&B takes (UserError, one line), before a sweep is made: W&B
     refuses a bad one only when each run starts, so every run of the sweep would fail. A
-    "/" only passes before a bare W&B sweep id (`--project entity/project`)."""
+    "/" only passes before a bare W&B sweep id (`--project entity/project`). The line names
+    WANDB_PROJECT when the name is the environment's (--project's default)."""
     from agent.sweep.program import PROJECT_RULE, is_project_name
 
     if not is_project_name(project, slash=not local):
-        raise UserError(f"--project={brief(project)}: not a W&B project name "
+        given = "--project" if project != os.environ.get("WANDB_PROJECT") else "WANDB_PROJECT"
+        raise UserError(f"{given}={brief(project)}: not a W&B project name "
                         f"({PROJECT_RULE})")
 
 

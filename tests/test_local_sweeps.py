@@ -1018,7 +1018,7 @@ def test_the_hints_repeat_every_option_that_shapes_the_agents(monkeypatch):
 
 @pytest.mark.parametrize("project", ["a/b", "a#b", "x:y", "50%", "a\\b", "p" * 129])
 def test_a_project_w_and_b_refuses_is_refused_before_a_sweep_is_made(workdir, project,
-                                                                    capsys):
+                                                                    capsys, monkeypatch):
     """W&B refuses such a project name only as each run starts: every run of the sweep would
     fail. The launcher refuses it in one line, exit 2, nothing created; a "/" is fine
     before a bare W&B sweep id (entity/project)."""
@@ -1032,6 +1032,10 @@ def test_a_project_w_and_b_refuses_is_refused_before_a_sweep_is_made(workdir, pr
         "parameters": {"dataset": {"value": "digits"}, "epochs": {"value": 1}}}))
     with pytest.raises(UserError, match="--project=.*not a W&B project name"):
         main([str(sweep_file), "--project", project])
+    # the same name from the environment (--project's default) is named as such
+    monkeypatch.setenv("WANDB_PROJECT", project)
+    with pytest.raises(UserError, match="^WANDB_PROJECT=.*not a W&B project name"):
+        main([str(sweep_file)])
     assert not (workdir / "data" / "sweeps").exists() or \
         not any((workdir / "data" / "sweeps").iterdir())
 

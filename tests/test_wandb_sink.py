@@ -139,6 +139,30 @@ def test_a_key_wandb_refuses_is_one_line_that_never_shows_the_key(workdir):
                 assert secret.encode() not in handle.read(), path
 
 
+@pytest.mark.e2e
+@pytest.mark.timeout(120)
+def test_an_offline_refusal_names_the_setting_not_the_key(workdir):
+    """Offline, W&B uses no key and no network: a run it refuses there (a project name
+    wandb.init takes no "/" in, set as WANDB_PROJECT for `python -m agent.train`) ends in one
+    line, exit 2, that points to the settings, not to WANDB_API_KEY and the network."""
+    import subprocess
+    import sys
+
+    from conftest import subprocess_env
+
+    result = subprocess.run(
+        [sys.executable, "-m", "agent.train", "--dataset=digits", "--epochs=1", "--model=dense",
+         "--hidden=8", f"--data_dir={workdir / 'data'}", f"--run_dir={workdir / 'runs'}",
+         f"--log_dir={workdir / 'logs'}"], cwd=workdir, text=True, capture_output=True,
+        env=subprocess_env(WANDB_MODE="offline", WANDB_PROJECT="a/b"), timeout=110)
+    assert result.returncode == 2, result.stderr[-2000:]
+    line = result.stderr.strip()
+    assert "\n" not in line and line.startswith("error: W&B refused run"), line
+    assert "offline mode" in line and "Invalid project name" in line, line
+    assert "WANDB_PROJECT" in line and "WANDB_API_KEY" not in line, line
+    assert "network" not in line.replace("no key or network is used", ""), line
+
+
 @pytest.mark.timeout(180)
 def test_a_preempted_run_stays_preempted_when_its_sink_cannot_finish(workdir, monkeypatch):
     """scancel/qdel signal every process of a job, W&B's service too: closing the W&B run

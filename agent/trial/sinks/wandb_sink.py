@@ -141,9 +141,13 @@ class WandbSink(Sink):
                 dir=wandb_dir())
         except wandb.errors.Error as error:
             text = without_api_key(one_line(error))[:160]
+            way_out = ("check WANDB_API_KEY and the network, or log offline with "
+                       "WANDB_MODE=offline (wandb sync sends it later)") if mode == "online" \
+                else ("no key or network is used offline: fix the setting the error names "
+                      "(WANDB_PROJECT, WANDB_ENTITY, WANDB_DIR), or leave W&B out with "
+                      "sinks [tensorboard, console]")
             raise UserError(f"W&B refused run {run.id} in {mode} mode ({type(error).__name__}: "
-                            f"{text}): check WANDB_API_KEY and the network, or log offline "
-                            "with WANDB_MODE=offline (wandb sync sends it later)") from None
+                            f"{text}): {way_out}") from None
 
     def log_step(self, step: int, metrics: dict) -> None:
         self.run.log(metrics, step=step)
