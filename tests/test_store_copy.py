@@ -535,6 +535,16 @@ def test_status_judges_a_jobs_merged_heartbeats_by_its_agents_timeout_and_the_me
         assert shown.returncode == 0, shown.stderr
         return shown.stdout
 
+    narrow = subprocess.run([sys.executable, "-m", "agent.status", str(sweep_dir)],
+                            cwd=tmp_path, env=subprocess_env(COLUMNS="80"),
+                            capture_output=True, text=True, timeout=100).stdout
+    agent_line = narrow[narrow.index("agent node:7"):].splitlines()
+    # the agent's line wrapped between words within 80 columns, its rest indented
+    assert all(len(line) <= 80 for line in narrow.splitlines()), narrow
+    assert agent_line[1].startswith("  ") and not agent_line[1].startswith("   "), narrow
+    assert " ".join(" ".join(agent_line[:3]).split()).startswith(
+        f"agent node:7: 1 running ({running.run_id}); silent after 150 s (its "
+        "--heartbeat-timeout 120, and 30 s between a PBS job's merges)"), narrow
     text = " ".join(status().split())
     assert "1 running, 1 finished" in text and "silent:" not in text, text
     assert f"agent node:7: 1 running ({running.run_id}); silent after 150 s (its " \

@@ -304,13 +304,15 @@ def render_status(store: SweepStore, console: Console | None = None,
         print_table(console, status_table(sweep.config, runs, heartbeats.silent_after))
     else:
         _print_best(console, sweep, runs, limit, heartbeats.silent_after)
-    for line in agent_lines(runs, heartbeats):
-        console.print(escape(line), highlight=False)
+    lines = agent_lines(runs, heartbeats)
     if counts["silent"]:
-        console.print("silent: no heartbeat for longer than its agent's time above: that agent "
-                      "has stopped (or beats less often, --heartbeat); the next agent marks "
-                      f"the run crashed and repeats it: {script('run_sweep.sh')} {sweep.id}",
-                      highlight=False)
+        lines.append("silent: no heartbeat for longer than its agent's time above: that agent "
+                     "has stopped (or beats less often, --heartbeat); the next agent marks "
+                     f"the run crashed and repeats it: {script('run_sweep.sh')} {sweep.id}")
+    for line in lines:  # wrapped between words, the rest indented, not cut inside a word
+        console.print(escape(textwrap.fill(line, console.width, subsequent_indent="  ",
+                                           break_on_hyphens=False, break_long_words=False)),
+                      highlight=False, soft_wrap=True)
 
 
 def _print_best(console: Console, sweep, runs: list[Run], limit: int,
