@@ -565,3 +565,41 @@ def test_runs_are_numbered_in_the_order_they_start_where_a_pack_skips_other_kind
     ends = {run: int(k) for k, run in re.findall(r"^run (\d+)/6 (\w{8}) finished",
                                                   done.stdout, re.MULTILINE)}
     assert ends == {run: int(k) for k, run, _ in headers}, done.stdout
+
+
+@pytest.mark.timeout(300)
+def test_a_member_whose_checkpoint_is_another_runs_fails_alone_and_its_pack_resumes(workdir):
+    # after SIGTERM, one preempted member's checkpoint is replaced by a pack-mate's (a run
+    # folder copied over another): resuming it would train on under values its epoch did not
+    # have; before, the next agent failed the whole pack with that member's refusal
+    store = make_sweep(workdir, "swap", {**GRID, "model": {"value": "dense"},
+                                         "hidden": {"value": 256}, "batch_size": {"value": 8},
+                                         "train_subset": {"value": 1400},
+                                         "optimizer": {"value": "sgd"}, "epochs": {"value": 3}})
+    agent = start_agent(workdir, store, "--pack", "3", "--count", "3")
+    wait_for(lambda: any(r.epoch >= 1 for r in store.runs()), 200, "a first epoch")
+    agent.send_signal(signal.SIGTERM)
+    assert agent.wait(timeout=60) == 0, agent.stderr.read()
+    preempted = sorted((r for r in store.runs() if r.state == "preempted"),
+                       key=lambda r: r.config["lr"])
+    assert len(preempted) == 3 and len({r.epoch for r in preempted}) == 1
+    runs_dir = workdir / "data" / "runs"
+    source, swapped, other = preempted
+    for name in ("checkpoint.pt", "checkpoint.prev.pt"):
+        if (runs_dir / source.id / name).exists():
+            (runs_dir / swapped.id / name).write_bytes((runs_dir / source.id / name).read_bytes())
+    foreign = (runs_dir / swapped.id / "checkpoint.pt").read_bytes()
+    resumer = start_agent(workdir, store, "--pack", "3", "--count", "3")
+    assert resumer.wait(timeout=240) == 0
+    said = resumer.stderr.read()
+    runs = {r.id: r for r in store.runs()}
+    failed = runs[swapped.id]
+    assert failed.state == "failed", said
+    assert failed.error.startswith(f"run {swapped.id}: its checkpoint (epoch {swapped.epoch}) "
+                                   "was trained with lr=0.01 (now 0.03)"), failed.error
+    assert f"run {swapped.id} failed (run {swapped.id}: its checkpoint" in said
+    assert (runs_dir / swapped.id / "checkpoint.pt").read_bytes() == foreign
+    for run in (source, other):  # resumed at their epoch, trained to the end
+        assert runs[run.id].state == "finished", said
+        assert [row["epoch"] for row in runs[run.id].history] == [1, 2, 3]
+        assert f"run {run.id}: the pack resumes together" not in said

@@ -11,6 +11,7 @@ import pytest
 import torch
 
 from agent.trial import Preempted, TrialHooks, train, train_pack
+from agent.trial.checkpoint import SettingsMismatch
 from agent.trial.member import PACK_SHARED, pack_key
 
 BASE = {"dataset": "digits", "sinks": [], "histograms": False, "num_threads": 2,
@@ -245,3 +246,45 @@ def test_what_members_may_differ_in_and_what_they_must_share():
     assert pack_key(a) == pack_key({"model": "cnn", "batch_size": 128})  # the default
     with pytest.raises(ValueError, match="batch_size"):
         train_pack([{**BASE, "batch_size": 32}, {**BASE, "batch_size": 64}])
+
+
+@pytest.mark.timeout(300)
+@pytest.mark.parametrize("move", [False, True])
+def test_a_member_whose_checkpoint_was_trained_with_other_values_fails_alone(workdir, capfd,
+                                                                             move):
+    # member 1's run directory holds another configuration's checkpoint (member 0's, copied
+    # or moved there): resuming it would train on under values its epoch did not have, and
+    # starting over would write over it, so that member is refused with its one line, as a
+    # run alone is, and its pack-mates train as they would without it. Before, the pack's
+    # every member failed with member 1's line (copied), or, where the pack started from
+    # scratch anyway (moved: member 0 has no checkpoint), the file was never checked and
+    # member 1 trained over it.
+    configs = [{**BASE, **dirs(workdir), "model": "dense", **MODEL_KINDS["dense"], **c,
+                "checkpoint": True, "run_id": f"c{k}"} for k, c in enumerate(members("adam"))]
+    first = train_pack([{**c, "epochs": 1} for c in configs])
+    assert [s["state"] for s in first] == ["finished"] * 3
+    runs = workdir / "runs"
+    foreign = (runs / "c0" / "checkpoint.pt").read_bytes()
+    (runs / "c1" / "checkpoint.pt").write_bytes(foreign)
+    if move:
+        (runs / "c0" / "checkpoint.pt").unlink()
+    capfd.readouterr()
+    ended = []
+    packed = train_pack(configs, [TrialHooks(ended=ended.append) for _ in configs])
+    said = capfd.readouterr().err
+    assert packed[1]["state"] == "failed" and packed[1]["run_id"] == "c1"
+    assert packed[1]["error"].startswith("run c1: its checkpoint (epoch 1) was trained with")
+    assert "lr=0.003 (now 0.0015)" in packed[1]["error"]
+    assert ended[0] is packed[1]  # told first, before the others train
+    assert (runs / "c1" / "checkpoint.pt").read_bytes() == foreign  # nothing written over it
+    assert [packed[k]["state"] for k in (0, 2)] == ["finished"] * 2
+    assert packed[0]["epochs_done"] == packed[2]["epochs_done"] == 2
+    assert ("run c2: the pack resumes together at epoch 0" in said) == move
+    for k in (0, 2):  # alone, the same way: 1 epoch, then on to 2 (moved: from scratch)
+        if not move:
+            train({**configs[k], "epochs": 1, "run_id": f"s{k}"})
+    straight = [train({**configs[k], "run_id": f"s{k}"}) for k in (0, 2)]
+    for k, alone in zip((0, 2), straight):
+        assert packed[k]["test/loss"] == pytest.approx(alone["test/loss"], rel=1e-4)
+    with pytest.raises(SettingsMismatch, match="run c1"):  # alone: refused, as before
+        train(configs[1])

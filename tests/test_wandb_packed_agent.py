@@ -169,6 +169,35 @@ def test_runs_that_cannot_share_a_model_train_in_separate_packs_and_a_bad_one_fa
 
 @pytest.mark.e2e
 @pytest.mark.timeout(300)
+def test_a_member_whose_checkpoint_has_other_values_fails_alone_and_its_pack_trains(
+        workdir, monkeypatch, packs, capsys):
+    # wbrun001's run directory holds a checkpoint trained with lr 0.5 (a run W&B hands out
+    # again after its folder was copied over): it fails alone, as a run alone would be
+    # refused; before, every member of its pack failed with its line
+    from agent.trial import train
+
+    train({**base(workdir, lr=0.5, epochs=1), "dataset": "digits", "sinks": [],
+           "run_id": "wbrun001"})
+    foreign = (workdir / "data" / "runs" / "wbrun001" / "checkpoint.pt").read_bytes()
+    server = ScriptedServer([base(workdir, lr=lr) for lr in (0.1, 0.03, 0.01)])
+    server.install(monkeypatch)
+    assert run_wandb_sweep("team/study/sw015", count=None, project=None,
+                           interrupted=lambda: False, sweep_config=sweep_config(),
+                           pack=3) == 0
+    assert packs[1:] == [["wbrun000", "wbrun001", "wbrun002"]]  # after the one that trained it
+    assert "agent: run wbrun001 failed (run wbrun001: its checkpoint (epoch 1) was trained " \
+        "with lr=0.5 (now 0.03)" in capsys.readouterr().err
+    assert (workdir / "data" / "runs" / "wbrun001" / "checkpoint.pt").read_bytes() == foreign
+    runs = {run.run_id: run for run in closed_offline_runs(workdir / "wandb", 3)}
+    assert runs["wbrun001"].exit_code == 1 and "lr=0.5" in runs["wbrun001"].summary["error"]
+    for run_id in ("wbrun000", "wbrun002"):
+        assert runs[run_id].exit_code == 0
+        summary = json.loads((workdir / "data" / "runs" / run_id / "summary.json").read_text())
+        assert summary["state"] == "finished" and summary["epochs_done"] == 2
+
+
+@pytest.mark.e2e
+@pytest.mark.timeout(300)
 def test_count_bounds_the_runs_a_packed_agent_takes(workdir, monkeypatch, packs):
     proposals = [base(workdir, seed=s, epochs=1) for s in range(5)]
     server = ScriptedServer(proposals, exit_when_done=False)

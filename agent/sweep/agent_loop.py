@@ -624,6 +624,10 @@ class LocalAgent:
         def on_end(summary: dict) -> None:
             ended[run_id] = summary
             beat.forget(run_id)  # before the store says it ended: its beats stop here
+            if summary["state"] == "failed":  # refused alone, before training (a checkpoint
+                # of other values): its one line, as a run refused alone; the pack goes on
+                self.record_failure([{"run_id": run_id}], [run_id], UserError(summary["error"]))
+                return
             # A diverged run is a result: finished, with diverged=true in its summary.
             state = {"stopped": "stopped", "preempted": "preempted"}.get(summary["state"],
                                                                        "finished")

@@ -424,8 +424,25 @@ class PackedWandbAgent:
 
     def _ended(self, slot: Slot, run_id: str) -> Callable[[dict], None]:
         def ended(summary: dict) -> None:
+            if summary["state"] == "failed":  # refused alone; the pack trains without it
+                self._refused_member(run_id, summary["error"])
             self._release(slot, run_id)  # its beats say it is over; it may get the next run
         return ended
+
+    def _refused_member(self, run_id: str, line: str) -> None:
+        """A member the trial refused before training (its checkpoints trained with other
+        values): as a run refused alone (_refused), its line on stderr and as its W&B
+        summary's `error`; its W&B run, which no sink took over, ends failed with the pack."""
+        import wandb
+
+        print(f"agent: run {run_id} failed ({line})", file=sys.stderr)
+        run = wandb_sink.STARTED.get(run_id)
+        try:
+            if run is not None:
+                run.summary["error"] = line
+        except wandb.errors.Error as error:  # W&B away: the line above is all there is
+            print(f"agent: W&B did not take run {run_id}'s failure ({type(error).__name__}: "
+                  f"{without_api_key(one_line(error))[:120]})", file=sys.stderr)
 
     def _release(self, slot: Slot, run_id: str | None) -> None:
         """The slot is idle again, if it still holds `run_id` (a slot freed mid-pack may

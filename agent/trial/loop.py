@@ -70,7 +70,8 @@ def train(config: dict, hooks: TrialHooks | None = None, sweep: dict | None = No
 def train_pack(configs: list[dict], hooks: list[TrialHooks] | None = None,
                sweep: dict | None = None) -> list[dict]:
     """Train K compatible configurations as one packed model; one summary per configuration,
-    in order, each with its `state` (finished, stopped, diverged or preempted).
+    in order, each with its `state` (finished, stopped, diverged or preempted; failed, with
+    its `error`, for a member refused alone: its checkpoints trained with other values).
 
     Members must agree in agent/trial/member.py's PACK_SHARED (ValueError otherwise). Each is
     its own run everywhere: sinks, checkpoint, history, summary. A member that hyperband stops
@@ -161,11 +162,12 @@ def _built_and_restored(members: list[Member], data: Splits,
                         device: torch.device) -> TrainingPack:
     """The pack, each member continued from its checkpoint at the newest epoch every member can
     resume from (checkpoint.py keeps two), else from scratch. A checkpoint that is damaged, or
-    loads but does not fit the model, is passed over; each member that resumes from less than
+    loads but does not fit the model, is passed over (one trained with other values refuses
+    its member, _without_refused); each member that resumes from less than
     its newest checkpoint says so on stderr, naming the file and the reason."""
     saved = [checkpoint.load_saved(m.run.run_dir, m.cfg.epochs) if m.cfg.checkpoint
              else checkpoint.Saved() for m in members]
-    mismatch: checkpoint.SettingsMismatch | None = None
+    members, saved = _without_refused(members, saved)
     while True:
         pack = build_pack(members, data, device)  # seeded: the same fresh pack every time
         epoch = max(set.intersection(*(s.epochs() for s in saved)), default=0)
@@ -176,14 +178,8 @@ def _built_and_restored(members: list[Member], data: Splits,
                 if epoch:
                     checkpoint.restore(pack, k, saved[k].state(epoch))
             break
-        except checkpoint.SettingsMismatch as error:  # trained with other values
-            mismatch = mismatch or error
-            saved[k].pass_over(epoch, "trained with other values")
         except Exception as error:  # a checkpoint of another model or optimizer
             saved[k].pass_over(epoch, checkpoint.describe(error))
-    if mismatch is not None and not epoch:
-        # starting over would train a new run over the one the checkpoints hold: refuse
-        raise mismatch
     for member, runs_saved in zip(members, saved):
         member.earlier_s = member.progress.wall_s
         if member.hooks.repeats and member.run.resumed_epoch:
@@ -194,6 +190,39 @@ def _built_and_restored(members: list[Member], data: Splits,
             reasons = runs_saved.problems or [f"the pack resumes together at epoch {epoch}"]
             print(f"run {member.run.id}: {'; '.join(reasons)}: {where}", file=sys.stderr)
     return pack
+
+
+def _without_refused(members: list[Member], saved: list[checkpoint.Saved]
+                     ) -> tuple[list[Member], list[checkpoint.Saved]]:
+    """The members that may train, with their checkpoints. A checkpoint trained with other
+    values than its member's (checkpoint.check_settings) is passed over; a member left with
+    none but such checkpoints is refused: resuming would train on under values its epochs did
+    not have, and starting over would write over the run they hold. Refused, it fails alone
+    (state failed, its one line as `error`, hooks.ended told) and the others train without it,
+    whatever epoch they resume at; a pack of which every member is refused raises the first
+    one's SettingsMismatch (a run alone: its refusal)."""
+    refused = []
+    for member, runs_saved in zip(members, saved):
+        mismatch = None
+        for epoch, _, state in list(runs_saved.loaded):
+            recorded = state.get(checkpoint.SETTINGS_PART)
+            if not isinstance(recorded, dict):  # none recorded (older), or damaged: restore's
+                continue
+            try:
+                checkpoint.check_settings(member.cfg, member.run.id, recorded, epoch)
+            except checkpoint.SettingsMismatch as error:
+                mismatch = mismatch or error
+                runs_saved.pass_over(epoch, "trained with other values")
+        if mismatch is not None and not runs_saved.loaded:
+            refused.append((member, mismatch))
+    if len(refused) == len(members):
+        raise refused[0][1]
+    for member, error in refused:
+        member.state = "failed"
+        member.summary = {"run_id": member.run.id, "state": "failed", "error": str(error)}
+        member.hooks.ended(member.summary)
+    kept = [k for k, member in enumerate(members) if member.active]
+    return [members[k] for k in kept], [saved[k] for k in kept]
 
 
 def _start_sinks(members: list[Member], pack: TrainingPack) -> None:
