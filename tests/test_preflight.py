@@ -3,6 +3,9 @@ configurations no device can train refused in one line before any data or file i
 
 from __future__ import annotations
 
+import subprocess
+import sys
+
 import pytest
 import torch
 
@@ -10,6 +13,7 @@ from agent.params import validate
 from agent.trial import preflight
 from agent.trial.loop import train
 from agent.trial.preflight import IMAGE_SETS, check_fits, model_size, needed_bytes
+from conftest import subprocess_env
 from nn.models import MODELS
 from util.errors import UserError
 
@@ -138,3 +142,27 @@ def test_only_fp16_on_a_cpu_gets_a_note_that_it_is_slow(precision):
     assert (note is not None) == (precision == "fp16")
     if note:
         assert note.startswith("note: precision=fp16 on a CPU") and "\n" not in note
+
+
+@pytest.mark.timeout(120)
+@pytest.mark.parametrize("model, extra", [("resnet", {"width": 2}),
+                                          ("cnn", {"channels": [4, 4, 4, 4]})])
+def test_a_batch_of_one_that_a_batch_norm_cannot_train_is_refused_in_one_line(workdir, model,
+                                                                               extra):
+    # ResNet's last stage, and a cnn's fourth block, see digits' 8x8 images as 1x1 maps: a
+    # batch of one gives their batch norm one value a channel, which torch refuses in
+    # training; before, a ValueError traceback from the first step (a pack's too)
+    config = {**QUICK, "model": model, **extra, "batch_size": 1, "train_subset": 8,
+              "data_dir": str(workdir / "data"), "run_dir": str(workdir / "runs")}
+    with pytest.raises(UserError, match=rf"^batch_size=1 is not allowed with model={model} "
+                                        r"on digits: .* expected batch_size >= 2"):
+        train(config)
+    assert not (workdir / "runs").exists()
+    done = subprocess.run([sys.executable, "-m", "agent.train",
+                           *(f"--{k}={v}" for k, v in config.items())],
+                          capture_output=True, text=True, env=subprocess_env(), timeout=100)
+    assert done.returncode == 2 and done.stderr.startswith("error: batch_size=1 is not")
+    assert len(done.stderr.strip().splitlines()) == 1, done.stderr
+    # where each batch norm sees more than one value a channel, a batch of one trains
+    alone = train({**config, "model": "cnn", "channels": [4, 4]})
+    assert alone["state"] == "finished" and alone["global_step"] == 8

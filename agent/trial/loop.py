@@ -28,6 +28,7 @@ from agent.trial.metering import (
 )
 from agent.trial.pack import TrainingPack, build_pack
 from agent.trial.preflight import (
+    check_batch_of_one,
     check_compilable,
     check_directories,
     check_fits,
@@ -89,6 +90,7 @@ def train_pack(configs: list[dict], hooks: list[TrialHooks] | None = None,
         device = pick_device(cfg.device)
         check_fits([m.cfg for m in members], device)  # before any data or memory is taken
         check_compilable(cfg, device)
+        check_batch_of_one(cfg)
         note = precision_note(cfg, device)
         if note:
             print(note, file=sys.stderr)

@@ -200,6 +200,32 @@ def check_training_set(config, train_images: int) -> None:
                         "or more")
 
 
+def check_batch_of_one(config) -> None:
+    """UserError (one line) when batch_size 1 leaves a batch norm of the model one value a
+    channel: torch refuses to normalise such a batch in training ('Expected more than 1 value
+    per channel'), which came as a traceback from the first step. A map shrunk to 1x1 does
+    it: ResNet's last stage on 8x8 digits, a cnn's fourth block on them. Found by one
+    training-mode forward of one image, as the model size is measured (_measured_size)."""
+    if config.batch_size != 1:  # a larger batch (at least two images: check_training_set)
+        return
+    shape, classes, _ = IMAGE_SETS[config.dataset]
+    with torch.device("meta"):
+        model = MODELS[config.model](config, shape, classes)
+    device = "meta"
+    if sum(p.numel() for p in model.parameters()) <= REAL_FORWARD_PARAMS:
+        with torch.random.fork_rng(devices=[]):  # the build draws initial weights
+            model, device = MODELS[config.model](config, shape, classes), "cpu"
+    try:
+        _activations(model, 1, shape, device)
+    except ValueError as error:
+        if "more than 1 value per channel" not in str(error):
+            raise
+        raise UserError(f"batch_size=1 is not allowed with model={config.model} on "
+                        f"{config.dataset}: a batch norm of it sees its maps at 1x1, one value "
+                        "a channel, which training cannot normalise; expected batch_size >= 2"
+                        ) from None
+
+
 def check_directories(configs: list) -> None:
     """UserError (one line) when a folder a member writes to cannot be made: `data_dir` (the
     decoded cache), `run_dir` (checkpoints, summary) and, with the TensorBoard sink, `log_dir`.
