@@ -189,6 +189,32 @@ HEAD = "method: grid\nmetric: {name: val/acc, goal: maximize}\n"
      ["nesterov=True"]),
     (HEAD + "parameters:\n  optim:\n    parameters:\n      lr: {value: 0.1}\n",
      ["parameters.optim", "nested parameters give a run one dict-valued"]),
+    # inside a nested parameter each problem is named at its own key: all of these read
+    # "parameters.init: expected {value: x}, ...; got keys parameters", which a nested
+    # parameter is allowed to have. The first is a public shape (a bayes sweep of
+    # scripts/launch_run.py with ${args_json_file}: init scales per layer, named
+    # f"{layer_num}.{param_name}", 0.weight, which W&B's schema refuses as a name)
+    (HEAD + "program: prog.py\nparameters:\n  init:\n    parameters:\n      scales:\n"
+     "        parameters:\n          0.weight: {distribution: log_normal, mu: -2.0, "
+     "sigma: 0.5}\n",
+     ["parameters.init.scales: '0.weight' is not a parameter name W&B's schema takes",
+      "a letter or _"]),
+    (HEAD + "program: prog.py\nparameters:\n  opt:\n    parameters:\n"
+     "      lr: {distribution: log_uniform_values, min: 1e-4, max: 0.1}\n",
+     ["parameters.opt.lr: min: '1e-4' is not of type 'number'", "1.0e-4"]),
+    (HEAD + "program: prog.py\nparameters:\n  opt:\n    parameters:\n"
+     "      lr: {vals: [1]}\n      b: {values: [1]}\n", ["parameters.opt.lr: expected",
+                                                         "got keys vals"]),
+    (HEAD + "program: prog.py\nparameters:\n  opt:\n    parameters:\n      lr: 0.1\n",
+     ["parameters.opt.lr: expected a mapping such as {value: x}", "got 0.1"]),
+    (HEAD + "program: prog.py\nparameters:\n  opt:\n    parameters: {}\n",
+     ["parameters.opt.parameters: {} should be non-empty"]),
+    (HEAD + "program: prog.py\nparameters:\n  opt:\n    parameters:\n"
+     "      lr: {values: [1]}\n    values: [2]\n",
+     ["parameters.opt: a nested parameter holds its parameters alone", "got keys parameters, "
+      "values"]),
+    (HEAD + "parameters:\n  0lr: {values: [0.1]}\n",
+     ["parameters: '0lr' is not a parameter name W&B's schema takes"]),
     ("method: grid\nmetric: {name: accuracy, goal: maximize}\nparameters:\n  lr: {value: 0.1}\n",
      ["metric.name", "'accuracy'", "val/acc"]),
     ("method: grid\nmetric: {name: test/acc, goal: maximize}\n"

@@ -263,7 +263,9 @@ def _describe(error) -> str:
     location = ".".join(str(p) for p in error.absolute_path) or "top level"
     path = list(error.absolute_path)
     if len(path) == 2 and path[0] == "parameters" and error.validator == "anyOf":
-        return f"{location}: {_parameter_problem(error.instance)}"
+        return _spec_problem(location, error.instance)
+    if path == ["parameters"] and error.validator == "pattern":  # propertyNames
+        return _name_problem(location, error.instance)
     if error.context:  # oneOf/anyOf elsewhere (early_terminate): the innermost reasons
         leaves, stack = [], list(error.context)
         while stack:
@@ -279,6 +281,46 @@ def _describe(error) -> str:
             f"{'.'.join(map(str, leaf.absolute_path)) or location}: {_schema_message(leaf)}"
             for leaf in leaves))
     return f"{location}: {_schema_message(error)}{_number_hint(error.instance, _integer(error))}"
+
+
+def _spec_problem(location: str, spec: Any) -> str:
+    """Why the parameter at `location` matches none of the schema's forms. A nested parameter
+    ({parameters: {...}}, one of the forms) is judged by its own parameters, each problem at
+    its dotted place (parameters.opt.lr): the schema's anyOf reports only the outer name."""
+    if not isinstance(spec, dict):
+        return (f"{location}: expected a mapping such as {{value: x}} or {{values: [...]}}, "
+                f"got {brief(spec, 40)}")
+    if "parameters" not in spec:
+        return f"{location}: {_parameter_problem(spec)}"
+    if set(spec) != {"parameters"}:
+        return (f"{location}: a nested parameter holds its parameters alone "
+                f"({{parameters: {{...}}}}); got keys {', '.join(map(str, spec))}")
+    inner = spec["parameters"]
+    if not isinstance(inner, dict):
+        return (f"{location}.parameters: expected a mapping of parameter name: spec, "
+                f"got {type(inner).__name__}")
+    schema = dereferenced_sweep_config_jsonschema["definitions"]["parameters"]
+    reasons = []
+    for error in jsonschema.Draft7Validator(schema, format_checker=format_checker)\
+            .iter_errors(inner):
+        path = list(error.absolute_path)
+        where = ".".join([location, *map(str, path)])
+        if len(path) == 1 and error.validator == "anyOf":
+            reasons.append(_spec_problem(where, error.instance))
+        elif not path and error.validator == "pattern":  # propertyNames
+            reasons.append(_name_problem(location, error.instance))
+        elif not path:  # the mapping itself (minProperties)
+            reasons.append(f"{location}.parameters: {_schema_message(error)}")
+        else:
+            reasons.append(f"{where}: {_schema_message(error)}"
+                           f"{_number_hint(error.instance, _integer(error))}")
+    return "; ".join(dict.fromkeys(reasons)) or f"{location}: {_parameter_problem(spec)}"
+
+
+def _name_problem(location: str, name: Any) -> str:
+    """A parameter name outside the schema's propertyNames pattern, in words."""
+    return (f"{location}: {brief(name, 40)} is not a parameter name W&B's schema takes (a "
+            "letter or _, then letters, digits, _ . or -)")
 
 
 def _needs(leaves: list, instance: Any) -> str:
