@@ -249,6 +249,27 @@ def test_run_header_shows_every_swept_parameter_and_the_sweep_pace():
     assert math.isfinite(len(only))
 
 
+def test_run_header_shows_the_swept_leaves_of_nested_parameters():
+    """Another program's sweep of nested parameters (the config: block of
+    Axelisme/NN_TEMPLATE configs/sweep.yaml: lr and batch_size deep inside conf, each run
+    getting --conf={...}): the header named no parameter, 'run 1/? 6hmjoyzb  ', for runs
+    that differ by lr and batch_size; it now names each swept leaf as W&B names a nested key,
+    as the status table and the closing lines do."""
+    nested = {"method": "random", "program": "train.py", "parameters": {"conf": {"parameters": {
+        "runner": {"parameters": {"total_steps": {"value": 100}}},
+        "optimizer": {"parameters": {"kwargs": {"parameters": {
+            "lr": {"values": [0.0001, 0.0003]}}}}},
+        "loader": {"parameters": {"batch_size": {"values": [16, 32, 64]}}}}}}}
+    info = RunInfo("6hmjoyzb", "6hmjoyzb", "nested", "logs", "runs", sweep={
+        "id": "nest1", "name": "nested", "config": nested,
+        "progress": {"index": {"6hmjoyzb": 1}, "total": None, "done": 0}})
+    config = {"conf": {"runner": {"total_steps": 100}, "optimizer": {"kwargs": {"lr": 0.0003}},
+                       "loader": {"batch_size": 64}}}
+    first, _ = header_lines(info, config)
+    assert first == ("run 1/? 6hmjoyzb  conf.optimizer.kwargs.lr=0.0003 "
+                     "conf.loader.batch_size=64")
+
+
 def test_an_unfinished_sweep_ends_with_how_to_go_on(course_store, monkeypatch):
     """Stopped by Ctrl-C or SIGTERM (3 of 80 runs still open): the last lines say so and name
     the command that goes on with the same sweep, before the next steps; no command repeats

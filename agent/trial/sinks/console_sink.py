@@ -14,7 +14,7 @@ from rich.table import Table
 
 from agent import metrics
 from agent.commands import script
-from agent.sweep_space import duration_text, short_number, swept_parameters
+from agent.sweep_space import duration_text, leaf_value, short_number, swept_leaves
 from agent.trial.sinks import RunInfo, Sink, agents_sharing_output, given_values
 from nn.schedules import scheduled_lr
 
@@ -27,10 +27,11 @@ def header_lines(run: RunInfo, config: dict) -> list[str]:
     """`run 12/80 k3x9q0ab  model=cnn optimizer=adam lr=0.001 dropout=0.3` and, in a sweep,
     a second line with the sweep's name, runs done and ETA."""
     sweep = run.sweep or {}
-    swept = [p.name for p in swept_parameters(sweep.get("config"))] if sweep else []
+    # a nested parameter's leaves by their dotted names (another program's runs differ there)
+    swept = [p.name for p in swept_leaves(sweep.get("config"))] if sweep else []
     names = swept or [n for n in LONE_RUN_PARAMETERS if n in config]
     given = given_values(run, config)  # a null as None, as ${args} passes it
-    setting = " ".join(f"{n}={short_number(given.get(n))}" for n in names)
+    setting = " ".join(f"{n}={short_number(leaf_value(given, n, None))}" for n in names)
     progress = sweep.get("progress") or {}
     index = (progress.get("index") or {}).get(run.id)
     place = f"run {index}/{progress.get('total') or '?'}" if index else "run"
