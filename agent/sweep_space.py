@@ -79,14 +79,29 @@ def leaf_value(config: dict, name: str, default=""):
     """A run's value of `name` (swept_leaves): its own key, else the dotted path into the
     dicts that nested parameters gave it (`opt.lr`: config["opt"]["lr"]); `default` when
     it has none."""
-    if name in config:
-        return config[name]
-    value = config
-    for part in name.split("."):
-        if not isinstance(value, dict) or part not in value:
-            return default
-        value = value[part]
-    return value
+    found = _walk(config, name)
+    return default if found is _MISSING else found
+
+
+_MISSING = object()
+
+
+def _walk(value, name: str):
+    """`name` in `value`: the whole name as a key, else a key that is a dotted prefix of it
+    (the longest first) and the rest within its dict; a nested key may hold dots of its own
+    (layer0.weight inside init.scales). _MISSING when nothing matches."""
+    if not isinstance(value, dict):
+        return _MISSING
+    if name in value:
+        return value[name]
+    parts = name.split(".")
+    for cut in range(len(parts) - 1, 0, -1):
+        head = ".".join(parts[:cut])
+        if head in value:
+            found = _walk(value[head], ".".join(parts[cut:]))
+            if found is not _MISSING:
+                return found
+    return _MISSING
 
 
 def _swept(name: str, spec) -> SweptParameter | None:

@@ -300,3 +300,37 @@ def test_status_and_closing_lines_show_nested_parameters_by_their_dotted_names(w
     assert [row.split()[-1] for row in rows] == ["0.1", "0.01"], rows
     best = next(line for line in closing_lines(store) if line.startswith("Best run:"))
     assert best.endswith("val_loss=0.2500 (opt.lr=0.01)"), best
+
+
+def test_a_nested_key_with_a_dot_in_its_name_shows_its_values(workdir):
+    """A nested parameter whose own name holds a dot (a public bayes sweep of
+    scripts/launch_run.py names its init scales per layer, f"{layer}.{param}": here
+    layer0.weight inside init.scales, a name W&B's schema takes): the runs get
+    {"init": {"scales": {"layer0.weight": x}}}, and its column in the status table was blank,
+    the closing line's best run left it out and a run's header read
+    'init.scales.layer0.weight=None', since the dotted name was split at every dot
+    (init -> scales -> layer0 -> weight)."""
+    import io
+
+    from rich.console import Console
+
+    from agent.sweep.controller import claim
+    from agent.sweep.status import closing_lines, status_table
+
+    store = make_sweep(workdir, {"init": {"parameters": {"scales": {"parameters": {
+        "layer0.weight": {"values": [0.1, 0.01]}}}}}, "epochs": {"value": 1}})
+    for loss in (0.5, 0.25):
+        (run,) = claim(store, "agent-a").runs
+        store.record_epoch(run.run_id, "agent-a", 1, {"epoch": 1, "val_loss": loss})
+        store.finish(run.run_id, "agent-a", "finished", {"val_loss": loss})
+    runs = store.runs()
+    assert [run_field(r, "config")["init"]["scales"]["layer0.weight"] for r in runs] == [
+        0.1, 0.01]
+    shown = io.StringIO()
+    Console(file=shown, width=200).print(status_table(store.sweep().config, runs))
+    header, *rows = [line for line in shown.getvalue().splitlines()
+                     if line.strip() and "─" not in line]
+    assert header.split()[-1] == "init.scales.layer0.weight", header
+    assert [row.split()[-1] for row in rows] == ["0.1", "0.01"], rows
+    best = next(line for line in closing_lines(store) if line.startswith("Best run:"))
+    assert best.endswith("val_loss=0.2500 (init.scales.layer0.weight=0.01)"), best
