@@ -160,6 +160,14 @@ HEAD = "method: grid\nmetric: {name: val/acc, goal: maximize}\n"
      ["parameters.lr", "'1e-4'", "1.0e-4"]),
     (HEAD + "parameters:\n  lr: {distribution: log_uniform_values, min: 1.5e3, max: 1.0e+4}\n",
      ["parameters.lr", "'1.5e3'", "signed exponent"]),
+    # min and max without a distribution, as published sweeps write them (Bovey0809/
+    # global_wheat sweep.yaml: learning_rate: {min: 1e-6, max: 1e-3}): YAML reads both as
+    # text, and the line read "'values' is a required property, Additional properties are
+    # not allowed ('max', 'min' were unexpected)", judging the file as a values list
+    ("method: random\nparameters:\n  lr: {min: 1e-6, max: 1e-3}\n",
+     ["parameters.lr: min: '1e-6' is not of type 'number'", "1.0e-6", "max: '1e-3'"]),
+    ("method: random\nparameters:\n  epochs: {min: 2, max: '10'}\n",
+     ["parameters.epochs: max: '10' is not of type", "a number in quotes is text"]),
     (HEAD + "program: prog.py\nparameters:\n  o:\n    parameters:\n"
      "      a: {distribution: int_uniform, min: 1, max: 1000}\n"
      "      b: {distribution: int_uniform, min: 1, max: 1000}\n",

@@ -373,6 +373,10 @@ def _parameter_problem(spec: Any) -> str:
         if not {"value", "values", "min", "max"} & set(spec):
             return f"expected {shapes}; got keys {', '.join(map(str, spec)) or 'none'}"
         candidates = [v for v, _, optional in variants if optional]
+        # judged by the forms that have the spec's keys ({min, max} is a range, not a values
+        # list lacking `values`), a float range before an integer one where both fail alike
+        covering = [v for v in candidates if set(spec) <= set(v.get("properties", {}))]
+        candidates = sorted(covering or candidates, key=lambda v: _integer_form(v))
     elif distribution not in known:
         return f"unknown distribution {distribution!r}: expected one of {', '.join(known)}"
     else:
@@ -385,9 +389,17 @@ def _parameter_problem(spec: Any) -> str:
             best = errors
     if not best:
         return f"not a valid parameter: expected {shapes}"
+    if any(e.validator == "type" for e in best):  # text for a number: its format is moot
+        best = [e for e in best if e.validator != "format"]
     return ", ".join(dict.fromkeys(
         "".join(f"{key}: " for key in e.absolute_path) + _schema_message(e)
         + _number_hint(e.instance, _integer(e)) for e in best))
+
+
+def _integer_form(variant: dict) -> bool:
+    """Whether a parameter form's min is an integer (int_uniform's)."""
+    low = variant.get("properties", {}).get("min", {})
+    return low.get("type") == "integer" or low.get("format") == "integer"
 
 
 def _yaml_float(text: str) -> str:
