@@ -244,6 +244,29 @@ def test_bad_sweep_file_gives_one_line_naming_the_problem(tmp_path, text, words)
         assert word in message
 
 
+@pytest.mark.parametrize("method, spec, words", [
+    ("random", "{min: 0.5, max: 0.1}", "parameters.opt.lr: min 0.5 is not less than max 0.1"),
+    ("grid", "{distribution: uniform, min: 0.1, max: 0.5}",
+     "Parameter parameters.opt.lr is a disallowed type with grid search"),
+])
+def test_the_engines_refusal_inside_a_nested_parameter_names_the_key(tmp_path, monkeypatch,
+                                                                      method, spec, words):
+    """The engine names a nested parameter by its own unnested key, opt.wbnest[599c28ca25da].lr
+    (sweeps/params.py NESTING_DELIMITER), and that key reached the refusal as it was:
+    'ValueError: opt.wbnest[599c28ca25da].lr: min 0.5 is not less than max 0.1'. The shape
+    is that of nested sweeps people publish (Axelisme/NN_TEMPLATE configs/sweep.yaml nests
+    an optimizer's lr in parameters blocks), its range written the wrong way round."""
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "prog.py").write_text("import wandb\nwandb.init()\n")
+    path = tmp_path / "nested.yaml"
+    path.write_text(f"method: {method}\nmetric: {{name: loss, goal: minimize}}\nprogram: prog.py\n"
+                    f"parameters:\n  opt:\n    parameters:\n      lr: {spec}\n")
+    with pytest.raises(UserError) as caught:
+        load_sweep_config(path)
+    message = str(caught.value)
+    assert words in message and "wbnest" not in message, message
+
+
 def test_missing_file_names_the_path(tmp_path):
     path = tmp_path / "absent.yaml"
     with pytest.raises(UserError, match="no such file") as caught:

@@ -12,6 +12,7 @@ import copy
 import itertools
 import json
 import math
+import re
 import warnings
 from dataclasses import dataclass
 from typing import Any
@@ -530,8 +531,15 @@ def target_reached(sweep_config: dict, runs: list) -> bool:
     return False
 
 
+# the engine's key of a nested parameter (sweeps/params.py NESTING_DELIMITER joins its parts)
+_NESTED_KEY = re.compile(r"[\w.-]+?(?:\.wbnest\[[0-9a-f]+\]\.[\w-]+)+")
+
+
 def _failure(doing: str, error: BaseException) -> str:
     text = " ".join(str(error).split()) or "(no message)"
+    # opt.wbnest[599c28ca25da].lr as the file names it: parameters.opt.lr
+    text = _NESTED_KEY.sub(
+        lambda key: "parameters." + re.sub(r"\.wbnest\[[0-9a-f]+\]\.", ".", key.group()), text)
     return f"the sweep engine rejects the sweep ({doing}): {type(error).__name__}: {text}"
 
 
