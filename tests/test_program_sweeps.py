@@ -111,6 +111,24 @@ def test_a_second_ctrl_c_ends_the_agent_and_its_run_of_another_program_at_once(w
 
 @pytest.mark.e2e
 @pytest.mark.timeout(200)
+def test_a_failed_runs_reason_quotes_a_command_item_that_holds_a_space(workdir):
+    """B0neh3ad/FastMRI_2024_shasha's sweep.yaml writes its interpreter and script as one
+    command item (`- python3.8 train.py`), which W&B's agent passes to /usr/bin/env as one
+    word, and every run fails (env: 'python3.8 train.py': No such file, exit 127). The
+    run's reason joined the argv with spaces, '/usr/bin/env python3.8 train.py -b ...
+    exited with code 127', reading as the command that would have worked; it now quotes
+    each item as a shell would."""
+    store = make_sweep(workdir, {"lr": {"values": [0.1]}},
+                       command=["${env}", f"python3 {TOY}", "${args}"])
+    result = run_agent(workdir, store)
+    assert result.returncode == 1, result.stderr[-3000:]
+    (run,) = store.runs()
+    error = run_field(run, "error")
+    assert f"/usr/bin/env 'python3 {TOY}' --lr=0.1 ... exited with code 127" in error, error
+
+
+@pytest.mark.e2e
+@pytest.mark.timeout(200)
 def test_a_failing_program_is_failed_and_an_agent_whose_runs_all_failed_exits_1(workdir):
     store = make_sweep(workdir, {"lr": {"values": [0.1, 0.2]}, "exit_code": {"value": 3}})
     result = run_agent(workdir, store)

@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import shlex
 import signal
 import subprocess
 import sys
@@ -350,7 +351,8 @@ def run_program(run: RunCommand, wandb_dir: str | os.PathLike, metric: str | Non
         return ProgramResult(ending, summary)
     if code == 0:
         return ProgramResult("finished", summary)
-    return ProgramResult("failed", summary, f"{' '.join(run.argv[:4])} ... exited with code "
+    # quoted as a shell would: an item holding a space (`python3.8 train.py`) is one word
+    return ProgramResult("failed", summary, f"{shlex.join(run.argv[:4])} ... exited with code "
                                             f"{code}")
 
 
