@@ -745,6 +745,18 @@ def test_the_closing_table_lists_runs_with_a_result_and_counts_the_rest(tmp_path
         "no run has a result (val/acc) yet: 2 preempted; the best so far at its last epoch: "
         f"{runs[1].run_id} val/acc=0.4800 (epoch 2); all of them: ./util/with_venv.sh "
         "python -m agent.status pre1"), out.getvalue()
+    # in 80 columns: wrapped between words, the rest indented, the command whole on a line
+    for store_, sweep_id in ((store, "stop1"), (none, "none1"), (preempted, "pre1")):
+        out = io.StringIO()
+        render_status(store_, Console(file=out, width=80, color_system=None), limit=10)
+        closing_lines = out.getvalue().splitlines()
+        last = next(i for i, line in enumerate(closing_lines)
+                    if line.startswith(("(the best", "no run has")))
+        tail = closing_lines[last:]
+        assert all(len(line) <= 80 for line in tail) and len(tail) > 1, tail
+        assert all(line.startswith("  ") for line in tail[1:]), tail
+        command = f"./util/with_venv.sh python -m agent.status {sweep_id}"
+        assert any(command in line for line in tail), tail
 
 
 def test_another_programs_sweep_without_a_goal_is_minimized_as_wandb_does(tmp_path):

@@ -333,14 +333,30 @@ def _print_best(console: Console, sweep, runs: list[Run], limit: int,
     states = Counter(shown_state(r, silent_after=silent_after(r)) for r in runs
                      if r.id not in valued)
     without = ", ".join(f"{states[s]} {s}" for s in SHOWN_STATES if states[s])
-    every = f"all of them: {module_command('agent.status')} {sweep.id}"
+    command = f"{module_command('agent.status')} {sweep.id}"
     if not shown:
         so_far = _best_so_far(runs, metric, sign)
-        text = f"no run has a result ({metric}) yet: {without}{so_far}; {every}"
+        text, command = f"no run has a result ({metric}) yet: {without}{so_far}; all of " \
+            "them:", command
     else:
         text = (f"(the best {len(shown)} of {len(runs)} runs"
-                + (f"; without a result: {without}" if without else "") + f"; {every})")
-    console.print(escape(text), highlight=False)
+                + (f"; without a result: {without}" if without else "") + "; all of them:")
+        command += ")"
+    console.print(escape(with_command(text, command, console.width)), highlight=False,
+                  soft_wrap=True)
+
+
+def with_command(text: str, command: str, width: int) -> str:
+    """`text command` wrapped between words within `width` columns, the lines after the
+    first indented by two, the command whole on one line (to be copied): on the last line
+    of the text where it fits there, else on a line of its own."""
+    lines = textwrap.wrap(text, width, subsequent_indent="  ", break_on_hyphens=False,
+                          break_long_words=False)
+    if len(lines[-1]) + 1 + len(command) <= width:
+        lines[-1] += " " + command
+    else:
+        lines.append("  " + command)
+    return "\n".join(lines)
 
 
 def ahead_of_best(runs: list[Run], best: BestRun) -> tuple[Run, float] | None:
