@@ -1140,7 +1140,9 @@ def test_a_groups_rows_go_by_their_mean_over_fresh_seeds(tmp_path, monkeypatch):
     0.1 scored 0.90 in the sweep and 0.77 over fresh seeds, below lr 0.01 (0.85, then 0.81),
     and was listed first. Means equal but for rounding keep the sweep's order, as the bold
     test reads ties: adam at lr 0.01 (0.7, 0.8, 0.9: 0.7999999999999999) before lr 0.001
-    (0.8 three times: 0.8000000000000002), which a plain sort would put first."""
+    (0.8 three times: 0.8000000000000002), which a plain sort would put first. seeds.png draws
+    the rows in the order of the first table, whose heading says so; it drew them by their
+    means alone, the groups interleaved, under "as seeds.png orders them"."""
     sweep = {("sgd", 0.1): 0.90, ("sgd", 0.01): 0.85, ("sgd", 0.001): 0.50,
              ("adam", 0.1): 0.60, ("adam", 0.01): 0.80, ("adam", 0.001): 0.75}
     fresh = {("sgd", 0.1): [0.76, 0.77, 0.78], ("sgd", 0.01): [0.80, 0.81, 0.82],
@@ -1157,7 +1159,8 @@ def test_a_groups_rows_go_by_their_mean_over_fresh_seeds(tmp_path, monkeypatch):
                 seeds.index(run.config["seed"])]
             assert repeat.finish(run.run_id, "host:1", "finished",
                                  {"val/acc": score, "test/acc": score, "epochs_done": 1})
-    text = document.build_report(local_study(store), tmp_path / "report").path.read_text()
+    report = document.build_report(local_study(store), tmp_path / "report")
+    text = report.path.read_text()
     table = text.split("### By optimizer")[1].split("\n### ")[0]
     rows = [tuple(cell.strip() for cell in line.split("|")[1:4])
             for line in table.splitlines() if line.split("|")[1:2] in (
@@ -1167,6 +1170,18 @@ def test_a_groups_rows_go_by_their_mean_over_fresh_seeds(tmp_path, monkeypatch):
     assert [row[2].split(" ± ")[0] for row in rows] == ["0.8100", "0.7700", "0.8000", "0.8000"]
     # the sentence under the table names the first row's setting as the best mean
     assert "Nothing is bold: optimizer=sgd, lr=0.01 has the best mean" in table, table
+    # seeds.png: the rows of the table that says "as seeds.png orders them", a group's
+    # together (it drew them by their means alone: sgd 0.01, adam 0.01, adam 0.001, sgd 0.1)
+    assert "as seeds.png orders them" in table, table
+    labels = [label for ax in report.figures["seeds.png"].axes for label in ax.yticks
+              if "optimizer=" in label]
+    assert labels == ["optimizer=sgd lr=0.01", "optimizer=sgd lr=0.1",
+                      "optimizer=adam lr=0.01", "optimizer=adam lr=0.001"], labels
+    # the By lr table's rows go otherwise (lr 0.01's sgd and adam first): it says whose
+    # order the figure keeps rather than claiming its own
+    by_lr = text.split("### By lr")[1].split("\n### ")[0]
+    assert "as seeds.png orders them" not in by_lr, by_lr
+    assert "seeds.png keeps the order of the table by optimizer" in by_lr, by_lr
 
 
 def test_the_groups_go_by_their_best_mean_over_fresh_seeds_and_the_heading_names_the_repeats(

@@ -135,16 +135,24 @@ def seeds_section(report: Report, ctx: Context) -> None:
                    "no interval, and none is marked best: "
                    f"`{study.repeat_command()}` creates and runs them "
                    f"({_repeat_picks(ctx)}, 5 seeds each).", "")
+    # seeds.png keeps the first table's order (its groups together, each by its mean over
+    # fresh seeds): drawn by the means alone, a group's rows interleaved with another's
+    # under a heading that said "as seeds.png orders them"
+    figure: tuple[str, list[str]] | None = None
     for by in group_parameters(ctx):
-        by_table(report, ctx, by, repeated)
+        order = by_table(report, ctx, by, repeated, figure)
+        figure = figure or (by, order)
+    place = {key: n for n, key in enumerate(figure[1] if figure else [])}
     # a setting whose sweep run hyperband stopped has no full-length sweep value to set
     # against its fresh seeds (no diamond, not in the winner's-curse figure)
-    rows = [SeedRow(config_text(rep.selected, _shown(ctx), " "), rep.values(metric),
-                    *stats.t_interval(rep.values(metric), ctx.level)[:2],
-                    None if _stopped(rep.setting.runs) else
-                    float(np.mean(rep.setting.values(metric))))
-            for rep in repeated.values() if len(rep.values(metric)) >= 2]
-    rows.sort(key=lambda row: row.mean, reverse=study.goal == "maximize")
+    keyed = [(key, SeedRow(config_text(rep.selected, _shown(ctx), " "), rep.values(metric),
+                           *stats.t_interval(rep.values(metric), ctx.level)[:2],
+                           None if _stopped(rep.setting.runs) else
+                           float(np.mean(rep.setting.values(metric)))))
+             for key, rep in repeated.items() if len(rep.values(metric)) >= 2]
+    keyed.sort(key=lambda pair: pair[1].mean, reverse=study.goal == "maximize")
+    keyed.sort(key=lambda pair: place.get(pair[0], len(place)))  # stable: means break ties
+    rows = [row for _, row in keyed]
     short = [config_text(rep.selected, _shown(ctx)) or "the setting"
              for rep in repeated.values() if len(rep.values(metric)) < 2]
     if rows:
@@ -241,7 +249,11 @@ def _seed_list(seeds: list[int]) -> str:
     return ", ".join(map(str, seeds))
 
 
-def by_table(report: Report, ctx: Context, by: str, repeated: dict[str, Repeated]) -> None:
+def by_table(report: Report, ctx: Context, by: str, repeated: dict[str, Repeated],
+             figure: tuple[str, list[str]] | None = None) -> list[str]:
+    """The "By `by`" table. `figure`: the parameter of the table whose order seeds.png
+    keeps and that order (setting keys); None for the first table, whose order it is.
+    Returns the keys of the rows with fresh seeds, in the table's order."""
     study, metric = ctx.study, ctx.study.metric
     others = [a for a in _shown(ctx) if a != by]
     with_seeds, single = [], []
@@ -263,7 +275,10 @@ def by_table(report: Report, ctx: Context, by: str, repeated: dict[str, Repeated
             (with_seeds if rep and len(rep.values(metric)) + len(rep.diverged) >= 2
              else single).append((group, setting))
     with_seeds = _by_fresh_mean(with_seeds, repeated, metric, study.goal)
-    report.add(f"### By {by}", "", _by_heading(ctx, by, groups, repeated, with_seeds), "")
+    keys = [s.key for _, s in with_seeds]
+    same = figure is None or keys == [key for key in figure[1] if key in keys]
+    report.add(f"### By {by}", "", _by_heading(ctx, by, groups, repeated, with_seeds,
+                                                None if same else figure[0]), "")
     if with_seeds:
         samples = {s.key: repeated[s.key].values(metric) for _, s in with_seeds}
         leader, adjusted = stats.supported_best(samples, study.goal, ALPHA)
@@ -311,14 +326,17 @@ def by_table(report: Report, ctx: Context, by: str, repeated: dict[str, Repeated
     if ctx.base is not None:
         report.add(f"Baselines on the test set: chance {ctx.base.chance:.4f}, majority class "
                    f"{ctx.base.majority:.4f}.", "")
+    return keys
 
 
 def _by_heading(ctx: Context, by: str, groups: dict[str, list[stats.Setting]],
-                repeated: dict[str, Repeated], with_seeds: list) -> str:
+                repeated: dict[str, Repeated], with_seeds: list,
+                figure_by: str | None = None) -> str:
     """What a "By ..." table shows: the best BEST_PER_GROUP settings of each group by the
     sweep, and which of them agent.repeat ran again on how many fresh seeds (its --top is
     no record of the repeats: it is read from the settings repeated, the best 1 of each
-    group where each group's first setting is, and no other)."""
+    group where each group's first setting is, and no other). `figure_by`: the parameter of
+    the table whose order seeds.png keeps, where this table's rows go otherwise."""
     metric = ctx.study.metric
     text = f"The best {BEST_PER_GROUP} settings of each {by} by {metric} in the sweep"
     shown = {s.key for settings in groups.values() for s in settings[:BEST_PER_GROUP]}
@@ -343,7 +361,9 @@ def _by_heading(ctx: Context, by: str, groups: dict[str, list[stats.Setting]],
         + f" again on {fresh}")
     if with_seeds:
         text += (": the first table, its rows in the order of their mean over those seeds "
-                 "(a group's best mean first), as seeds.png orders them")
+                 "(a group's best mean first), " + (
+                     "as seeds.png orders them" if figure_by is None else
+                     f"while seeds.png keeps the order of the table by {figure_by}"))
     if len(tried) < sum(map(len, groups.values())):
         text += "; the settings not repeated are in the table after it"
     return text + "."
