@@ -11,6 +11,7 @@ import json
 import math
 import sqlite3
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -227,6 +228,35 @@ def test_progress_counts_runs_and_paces_the_eta(course_store):
     # 77 runs ended in 770 s: 0.1 run/s, 3 left
     assert progress["eta_s"] == pytest.approx(3 / (77 / 770.0))
     assert sweep_progress(runs, {**COURSE, "method": "random"}, [])["eta_s"] is None
+
+
+def test_the_eta_paces_the_runs_by_the_time_they_trained_not_a_pause_between(course_store):
+    """A sweep stopped (Ctrl-C, an agent killed) and taken up again the next day: the ETA
+    paced the runs ended by the time since the first run started, the pause included, so
+    that ten runs of 10 s and a day's pause read 'about 168 h left' for 70 more such runs
+    (and 'about 2 min' for 4 runs of 11 s after a Ctrl-C and 20 s before going on with
+    agent.repeat). The pace is that of the time some run trained: the union of the runs'
+    spans, a crashed run's up to its last heartbeat (its agent went silent there; the claim
+    that marked it crashed came a day later), a running one's up to now."""
+    runs = course_store.runs()
+    t0, day = 1_000_000.0, 86_400.0
+    ended = [replace(run, state="finished", started=t0 + 10 * k, ended=t0 + 10 * (k + 1),
+                     heartbeat=t0 + 10 * (k + 1)) for k, run in enumerate(runs[:10])]
+    crashed = replace(runs[10], state="crashed", started=t0 + 100, heartbeat=t0 + 103,
+                      ended=t0 + 100 + day)
+    again = t0 + 100 + day
+    running = replace(runs[11], state="running", started=again, heartbeat=again + 5,
+                      ended=None)
+    pending = [replace(run, state="pending", started=None, ended=None, heartbeat=None)
+               for run in runs[12:]]
+    progress = sweep_progress([*ended, crashed, running, *pending], COURSE, [running.id],
+                              now=again + 5)
+    assert progress["done"] == 10 and progress["index"] == {running.id: 12}
+    # 10 runs ended in 108 s of training (100 + 3 + 5), 70 left
+    assert progress["eta_s"] == pytest.approx(70 / (10 / 108))
+    info = RunInfo(running.id, running.id, "course", "logs", "runs", sweep={
+        "id": "course1", "name": "course", "config": COURSE, "progress": progress})
+    assert "10 done, about 13 min left" in header_lines(info, running.config)[1]
 
 
 def test_run_header_shows_every_swept_parameter_and_the_sweep_pace():

@@ -224,7 +224,8 @@ def sweep_progress(runs: list[Run], sweep_config: dict, run_ids: list[str],
     None}: the run is the k-th of the sweep to start (by its latest start, a resumed run's
     resumption; runs not started yet follow in creation order; a re-queued copy of a crashed
     run keeps its original's number); the ETA is the runs left at the pace of the runs ended
-    so far (all agents and packs together), None before the first ends or when N is open.
+    so far (all agents and packs together) over the time runs trained (trained_seconds: a
+    pause between is not counted), None before the first ends or when N is open.
 
     Not creation order: --pack auto keeps a random sweep's next draws as pending runs, kinds
     interleaved, and a pack of one kind then took the runs made 1st, 3rd and 5th, whose
@@ -244,13 +245,36 @@ def sweep_progress(runs: list[Run], sweep_config: dict, run_ids: list[str],
             numbers[run.id] = count
     total = planned_runs(sweep_config)
     ended = [r for r in runs if r.state in ENDED]
-    starts = [r.started for r in runs if r.started]
+    busy = trained_seconds(runs, now)
     eta = None
-    if total is not None and ended and starts and now > min(starts):
-        pace = len(ended) / (now - min(starts))  # runs ended per second so far
+    if total is not None and ended and busy > 0:
+        pace = len(ended) / busy  # runs ended per second of training so far
         eta = max(0, total - len(ended)) / pace
     return {"index": {run_id: numbers.get(run_id) for run_id in run_ids}, "total": total,
             "done": len(ended), "eta_s": eta}
+
+
+def trained_seconds(runs: list[Run], now: float) -> float:
+    """Seconds up to `now` in which some run of the sweep was training: the union of the
+    runs' spans from their (latest) start to their end, a running run's to `now`, a crashed
+    one's to its last heartbeat (the claim that marks it crashed may come a day later).
+    A pause with no run training (a Ctrl-C, the sweep taken up again the next day) is no
+    part of it: paced by the time since the first start, ten runs of 10 s and a day's
+    pause read 'about 168 h left' for 70 more."""
+    spans = []
+    for run in runs:
+        if run.started is None:
+            continue
+        end = (now if run.state == "running" else
+               run.heartbeat if run.state == "crashed" else run.ended or run.heartbeat)
+        spans.append((run.started, max(run.started, min(end or run.started, now))))
+    busy, reach = 0.0, None
+    for start, end in sorted(spans):
+        if reach is None or start > reach:  # a span after a gap
+            busy, reach = busy + end - start, end
+        elif end > reach:  # overlaps the spans before it (another agent, a pack)
+            busy, reach = busy + end - reach, end
+    return busy
 
 
 def render_status(store: SweepStore, console: Console | None = None,
