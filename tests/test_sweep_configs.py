@@ -176,6 +176,10 @@ HEAD = "method: grid\nmetric: {name: val/acc, goal: maximize}\n"
      ["run_cap", "a number in quotes is text: write 5 without quotes"]),
     (HEAD + "parameters:\n  lr: {distribution: lognormal, mu: 0, sigma: 1}\n",
      ["unknown distribution 'lognormal'"]),
+    # a near miss names the distribution meant, as a misspelt key or parameter does
+    (HEAD + "parameters:\n  lr: {distribution: log_uniform_value, min: 0.001, max: 0.1}\n",
+     ["parameters.lr", "unknown distribution 'log_uniform_value' (did you mean "
+      "log_uniform_values?)", "expected one of"]),
     (HEAD + "parameters:\n  lr: {vals: [0.1]}\n", ["parameters.lr", "got keys vals"]),
     (HEAD + "parameters:\n  lr: 0.1\n", ["parameters.lr", "expected a mapping"]),
     ("method: random\nparameters:\n  lr: {min: 0.5, max: 0.1}\n", ["not less than max"]),

@@ -378,7 +378,11 @@ def _parameter_problem(spec: Any) -> str:
         covering = [v for v in candidates if set(spec) <= set(v.get("properties", {}))]
         candidates = sorted(covering or candidates, key=lambda v: _integer_form(v))
     elif distribution not in known:
-        return f"unknown distribution {distribution!r}: expected one of {', '.join(known)}"
+        # a near miss (log_uniform_value) names the one meant, as a misspelt key does
+        close = difflib.get_close_matches(str(distribution), known, n=1, cutoff=0.8)
+        return (f"unknown distribution {distribution!r}"
+                + (f" (did you mean {close[0]}?)" if close else "")
+                + f": expected one of {', '.join(known)}")
     else:
         candidates = [v for v, enum, _ in variants if distribution in enum]
     best = None
