@@ -159,7 +159,9 @@ def test_few_epochs_tell_a_falling_loss_from_a_flat_one(sweeps, monkeypatch, cap
     _, _, configs = planned([sweep["id"], "--by", "model", "--top", "2"])
     assert len(configs) == 2 and all(c["parameters"]["lr"] == {"values": [0.3]}
                                       for _, c in configs), configs
-    err = capsys.readouterr().err
+    raw = capsys.readouterr().err
+    assert max(map(len, raw.splitlines())) <= 80, raw  # wrapped, read as text below
+    err = " ".join(raw.split())
     assert ("model=cnn: passed over lr=0.0003: did not leave chance in its epochs, its loss "
             "still falling (its accuracy, see the report): not repeated") in err, err
     assert "model=dense: passed over lr=0.0003: stuck near chance (its best accuracy, see " \

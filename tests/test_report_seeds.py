@@ -366,7 +366,16 @@ def test_ctrl_c_stops_repeat_run_before_the_next_repeat_sweep(tmp_path, signum):
     process.send_signal(signum)
     out, _ = process.communicate(timeout=120)
     text = "".join(lines) + out
-    assert "Stopped with repeat sweep" in text and "Traceback" not in text, text
+    assert "stopped unfinished" in text and "Traceback" not in text, text
+    # the command that goes on is a line of its own, to copy (it was inside a line of 150
+    # columns, between 'go on with' and '(finished repeats are kept)')
+    said = text.splitlines()
+    at = next(n for n, line in enumerate(said) if "stopped unfinished" in line)
+    assert said[at].startswith("Repeat sweep ") and said[at].endswith(
+        " stopped unfinished (its ended runs are kept): go on with"), said[at]
+    assert len(said[at]) <= 80 and said[at + 1].startswith("  ./util/with_venv.sh python -m "
+                                                            "agent.repeat seeded")
+    assert said[at + 1].endswith(" --run"), said[at + 1]
     if signum == signal.SIGINT:
         assert process.returncode == -signal.SIGINT, text
         assert text.splitlines()[-1] == "interrupted" and "--run" in text.splitlines()[-2]
@@ -750,7 +759,7 @@ def test_a_group_whose_every_run_diverged_is_named_not_left_out_silently(tmp_pat
     out, err = capsys.readouterr()
     assert len([line for line in out.splitlines() if "repeat sweep" in line]) == 1, out
     assert err.splitlines() == ["optimizer=sgd: every run with a value of val/acc diverged "
-                                "(see the report): no setting of it to repeat"], err
+                                "(see the report): no", "  setting of it to repeat"], err
 
 
 # optimizer -> lr -> (state, epochs done, how good: higher is better by the goal). sgd's runs
@@ -805,7 +814,10 @@ def test_settings_hyperband_stopped_are_repeated_only_where_no_run_went_the_full
         return [(optimizer, lr) for lr in ranked[:top]]
 
     assert picked == sorted(best("adam", [0.1, 0.01, 0.001]) + [("sgd", 0.1), ("sam", 0.01)])
-    err = capsys.readouterr().err
+    raw = capsys.readouterr().err
+    # each note wrapped within 80 columns (a note of up to 190 was one line), read as text
+    assert max(map(len, raw.splitlines())) <= 80, raw
+    err = " ".join(raw.split())
     assert ("optimizer=sgd: passed over lr=0.001; lr=0.01: stopped early by the sweep's "
             "hyperband (below others at the same epoch), not among its best: not repeated"
             ) in err, err

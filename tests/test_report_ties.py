@@ -96,7 +96,9 @@ def test_ties_that_the_sweeps_order_decides_are_said(tmp_path, monkeypatch, caps
     assert args.by == "batch_size"
     assert ids[(128, 0.02) if shown_lr == 0.02 else (128, 0.04)] in dict(configs)
     assert ids[(128, 0.04) if shown_lr == 0.02 else (128, 0.02)] not in dict(configs)
-    err = capsys.readouterr().err
+    raw = capsys.readouterr().err
+    assert max(map(len, raw.splitlines())) <= 80, raw  # wrapped, read as text below
+    err = " ".join(raw.split())
     assert (f"batch_size=128: 2 settings tie at val/acc 0.9000 for the last of its best 2: "
             f"repeating lr={shown_lr:g}, not lr={left_lr:g} (ties go by the sweep's order of "
             "their first run; --top 3 repeats them all)") in err, err
@@ -366,7 +368,9 @@ def test_settings_whose_means_differ_by_rounding_tie_in_the_sweeps_order(tmp_pat
               if r.id in dict(configs)}
     best_adam = [0.1, 0.03] if goal == "maximize" else [0.01, 0.03]
     assert picked == {("sgd", 0.1), first, *(("adam", lr) for lr in best_adam)}, picked
-    err = capsys.readouterr().err
+    raw = capsys.readouterr().err
+    assert max(map(len, raw.splitlines())) <= 80, raw  # wrapped, read as text below
+    err = " ".join(raw.split())
     assert (f"optimizer=sgd: 2 settings tie at {metric} 0.9028 for the last of its best 2: "
             f"repeating lr={first[1]:g}, not lr={second[1]:g} (ties go by the sweep's order "
             "of their first run; --top 3 repeats them all)") in err, err

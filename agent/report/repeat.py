@@ -16,6 +16,7 @@ confidence intervals. `--run` runs local repeat sweeps right away.
 from __future__ import annotations
 
 import sys
+import textwrap
 from collections.abc import Callable
 from pathlib import Path
 
@@ -350,17 +351,24 @@ def planned(argv: list[str] | None):
                         "nothing to repeat")
     for line in tie_lines(study, args.top, args.by, failed) + stuck_lines(
             study, args.top, args.by, ctx) + cut_lines:
-        print(line, file=sys.stderr)
+        say(line)
     # a group with no setting left would otherwise be missing without a word
     groups: dict[str, list[RunRecord]] = {}
     for run in scored:
         groups.setdefault(str(run.params.get(args.by)), []).append(run)
     for group, runs in sorted(groups.items()):
         if all(unrepeatable(r) for r in runs):
-            print(f"{args.by}={group}: every run with a value of {study.metric} "
-                  f"{_failure_words(ctx, runs)} (see the report): no setting of it to repeat",
-                  file=sys.stderr)
+            say(f"{args.by}={group}: every run with a value of {study.metric} "
+                f"{_failure_words(ctx, runs)} (see the report): no setting of it to repeat")
     return args, study, configs
+
+
+def say(note: str) -> None:
+    """A note on stderr, wrapped within 80 columns as the launcher's and the agents' are:
+    a setting passed over with its reason was one line of up to 190 characters, which a
+    terminal breaks mid-word."""
+    print(textwrap.fill(note, 80, subsequent_indent="  ", break_on_hyphens=False),
+          file=sys.stderr)
 
 
 def varied_parameters(study: Study) -> list[str]:
@@ -496,7 +504,7 @@ def main(argv: list[str] | None = None) -> int:
     args, study, configs = planned(argv)
     unfinished = unfinished_note(study)
     if unfinished:
-        print(unfinished, file=sys.stderr)
+        say(unfinished)
     if study.source == "wandb":
         create_on_wandb(study, configs)
         return 0
@@ -510,8 +518,8 @@ def main(argv: list[str] | None = None) -> int:
         for store in stores:
             code = max(code, run_local_agent(store, sizer=sizer, signalled=signalled))
             if not _finished(store):  # interrupted (Ctrl-C, SIGTERM), or runs failed
-                print(f"Stopped with repeat sweep {store.sweep().id} not finished: go on "
-                      f"with {again_command(args, study)} (finished repeats are kept)")
+                print(f"Repeat sweep {store.sweep().id} stopped unfinished (its ended runs "
+                      f"are kept): go on with\n  {again_command(args, study)}")
                 return interrupted_code(code, signalled)
         print(f"Next: {module_command('agent.report')} {study.sweep_id}")
     else:
