@@ -967,6 +967,36 @@ def test_the_report_of_a_sweep_whose_runs_were_all_preempted_names_the_run_ahead
     assert "Go on where the sweep stopped" not in text
 
 
+def test_the_reports_repeat_hints_wait_for_runs_not_proposed_yet(tmp_path, monkeypatch):
+    """`./run_sweep.sh x.yaml --count 1` on a grid of three lrs: one run ended, two not
+    proposed yet (no row). The closing lines say the repeats come once the sweep has ended;
+    the report's best-run section and its seeds section gave `agent.repeat ... --run` as
+    the next step without a word, since only a pending, running or preempted run counted
+    as one left. Both now wait for the sweep's end, as with a run open."""
+    from agent.report import document
+    from agent.report.study import local_study
+
+    store = three_lr_store(tmp_path, monkeypatch, "count1", "count")
+    (run,) = claim(store, "host:1", count=1).runs
+    assert store.record_epoch(run.run_id, "host:1", 1, {"train/loss": 1.0, "val/loss": 1.0,
+                                                        "val/acc": 0.6})
+    store.finish(run.run_id, "host:1", "finished",
+                 {"val/acc": 0.6, "test/acc": 0.58, "epochs_done": 20})
+    assert len(store.runs()) == 1  # the grid's other two points have no row yet
+    lines = closing_lines(store)
+    assert "Once the sweep has ended: repeat its best runs over 5 seeds (agent.repeat)" in lines
+    text = document.build_report(local_study(store), tmp_path / "report").path.read_text()
+    assert "2 not proposed" in text.split("## Set-up")[0]
+    best = text[text.index(f"## The best run: {run.run_id}"):]
+    best = best[:best.find("\n## ", 1)]
+    assert ("(`./util/with_venv.sh python -m agent.repeat count1 --run`, once the sweep has "
+            "ended: a run it has left may still beat this one)") in best, best
+    seeds = text[text.index("## Best configurations over seeds"):]
+    seeds = seeds[:seeds.find("\n## ", 1)]
+    assert ("`./util/with_venv.sh python -m agent.repeat count1 --run` creates and runs them "
+            "once the sweep has ended") in seeds, seeds
+
+
 def test_the_reports_best_run_names_a_preempted_run_ahead_of_it(tmp_path, monkeypatch):
     """A launch stopped by Ctrl-C after one run ended: the run at lr 0.1 finished at val/acc
     0.6, the one at 0.01 was preempted at 0.8 in its epoch 3 of 20, the one at 0.001 at 0.4.

@@ -413,7 +413,7 @@ def best_run_section(report: Report, ctx: Context) -> None:
     top = ranked[0]
     tied = [r.id for r in ranked[1:] if r.metric(study.metric) == top.metric(study.metric)]
     # repeating the best of a sweep that has runs left is premature: one of them may beat it
-    left = any(r.state in OPEN_STATES for r in study.runs)
+    left = study.runs_left()
     report.add(f"## The best run: {top.id}", "",
                f"{study.metric} = {fmt(top.metric(study.metric))}{stopped_text(top)}, "
                "test/acc = "

@@ -129,11 +129,11 @@ def seeds_section(report: Report, ctx: Context) -> None:
             "mean over the sweep's seeds, but those seeds also picked it, so its mean is "
             "optimistic and none is marked best: "
             f"`{study.repeat_command()}` runs {_repeat_picks(ctx, 'settings')} on 5 fresh "
-            "seeds each.", "")
+            f"seeds each{_once_ended(study)}.", "")
     else:
         report.add("No repeat sweep exists yet, so each configuration below has one run and "
                    "no interval, and none is marked best: "
-                   f"`{study.repeat_command()}` creates and runs them "
+                   f"`{study.repeat_command()}` creates and runs them{_once_ended(study)} "
                    f"({_repeat_picks(ctx)}, 5 seeds each).", "")
     # seeds.png keeps the first table's order (its groups together, each by its mean over
     # fresh seeds): drawn by the means alone, a group's rows interleaved with another's
@@ -168,6 +168,13 @@ def seeds_section(report: Report, ctx: Context) -> None:
 
 MAX_GROUP_VALUES = 8  # a swept parameter with more values gets no "By ..." table
 MAX_GROUP_TABLES = 4
+
+
+def _once_ended(study) -> str:
+    """' once the sweep has ended: ...' where it has runs to come (Study.runs_left), as the
+    launcher's closing lines and the best-run section say: one of them may beat the picks."""
+    return (" once the sweep has ended: a run it has left may still beat those picked now"
+            if study.runs_left() else "")
 
 
 def _repeat_picks(ctx: Context, noun: str = "") -> str:

@@ -15,9 +15,11 @@ from agent.sweep.program import command_values, runs_our_trainer
 from agent.sweep.status import (
     AgentHeartbeats,
     metric_of,
+    planned_runs,
     repeat_description,
     repeated_runs,
     shown_state,
+    target_text,
 )
 from agent.sweep.store import SweepStore, store_paths, sweep_group
 from agent.sweep.target import resolve_target
@@ -113,6 +115,17 @@ class Study:
         largest = max(sizes.values(), default=1)
         pack = f" --pack {largest}" if largest > 1 else ""
         return f"{module_command('agent.repeat')} {self.sweep_id} --run{pack}"
+
+    def runs_left(self) -> bool:
+        """Whether the sweep has runs to come that may beat its best: one pending, running
+        or preempted, or runs of its plan (a grid's points, run_cap) not proposed yet, as
+        after `--count` (no row: they counted as none left), unless metric.target was
+        reached (no new run comes, as on W&B)."""
+        if any(r.state in OPEN_STATES for r in self.runs):
+            return True
+        planned = planned_runs(self.sweep_config)
+        return bool(planned and planned > len(self.runs)) and \
+            not target_text(self.sweep_config, self.runs)
 
     def ended_runs(self) -> list[RunRecord]:
         """Runs that will not change any more (not pending, running or preempted)."""
