@@ -1335,12 +1335,19 @@ def test_a_new_sweep_of_the_same_config_names_the_unfinished_one(tmp_path, monke
     (run,) = claim(first, "agent").runs
     assert first.finish(run.run_id, "agent", "preempted")
     capsys.readouterr()
-    create_local_sweep(path, " --pack 2")
-    said = " ".join(capsys.readouterr().out.split())
+    create_local_sweep(path, " --pack 2 --heartbeat-timeout 120")
+    out = capsys.readouterr().out
+    said = " ".join(out.split())
     first_id = first.sweep().id
     assert (f"note: sweep {first_id}, made earlier from the same config, is not finished "
             f"(0 of 2 runs ended); to go on with it instead: ./run_sweep.sh {first_id} "
-            "--pack 2") in said, said
+            "--pack 2 --heartbeat-timeout 120") in said, said
+    # the command is wrapped as a whole, to copy from one line (it was cut after its id,
+    # its options on the next line), and every line fits 80 columns
+    command = f"./run_sweep.sh {first_id} --pack 2 --heartbeat-timeout 120"
+    assert any(line.strip() == command for line in out.splitlines()), out
+    note = out[:out.index("Created local sweep")].splitlines()
+    assert max(map(len, note)) <= 80 and "\xa0" not in out, out
 
     for store in (SweepStore(p) for p in sorted((tmp_path / "data" / "sweeps").glob("*/sweep.db"))):
         while (work := claim(store, "agent")).kind == "run":

@@ -183,10 +183,16 @@ def check_sweep_project(where: str, config: dict) -> None:
                     "run would fail; WANDB_PROJECT or --project, where set, is used instead")
 
 
+# Between words print_notes keeps on one line (written as a plain space): a command to copy
+NBSP = "\xa0"
+
+
 def print_notes(notes: list[str]) -> None:
-    """Each note wrapped to 80 columns, its lines after the first indented."""
+    """Each note wrapped to 80 columns, its lines after the first indented, never at an
+    NBSP (written as a space)."""
     for note in notes:
-        print(textwrap.fill(note, 80, subsequent_indent="  ", break_on_hyphens=False))
+        print(textwrap.fill(note, 80, subsequent_indent="  ", break_on_hyphens=False)
+              .replace(NBSP, " "))
 
 
 def create_local_sweep(yaml_path: str | Path, options: str = "", announce: bool = True,
@@ -245,7 +251,9 @@ def unfinished_twin(config: dict, options: str = "") -> str | None:
     counts = (f"{progress['done']} of {progress['total']} runs ended"
               if progress["total"] is not None else f"{progress['done']} runs ended")
     return (f"note: sweep {sweep_id}, made earlier from the same config, is not finished "
-            f"({counts}); to go on with it instead: {script('run_sweep.sh')} {sweep_id}{options}")
+            f"({counts}); to go on with it instead: "
+            # wrapped as a whole (print_notes), to copy from one line
+            + f"{script('run_sweep.sh')} {sweep_id}{options}".replace(" ", NBSP))
 
 
 def hint_options(options: str, config: dict) -> str:
