@@ -270,6 +270,12 @@ def test_run_header_shows_every_swept_parameter_and_the_sweep_pace():
     assert second == ("  sweep course (course1): 11 done, about 25 min left; epochs=2 "
                       "batch_size=128")
     assert len(second) <= 80
+    # runs of a fraction of a second: the last run's header says so, not 'about 0 s left'
+    quick = RunInfo("k3x9q0ab", "k3x9q0ab", "course", "logs", "runs", sweep={
+        "id": "course1", "name": "course", "config": COURSE,
+        "progress": {"index": {"k3x9q0ab": 80}, "total": 80, "done": 79, "eta_s": 0.3}})
+    assert header_lines(quick, config)[1].startswith(
+        "  sweep course (course1): 79 done, under a second left;")
     line = end_line(info, {"val/acc": 0.8123, "test/acc": 0.805, "wall_s": 45.2}, "finished")
     assert line == "run 12/80 k3x9q0ab finished: val/acc 0.8123 test/acc 0.8050 (45 s)"
     lone = RunInfo("abc", "abc", "default", "logs", "runs")

@@ -39,8 +39,10 @@ def header_lines(run: RunInfo, config: dict) -> list[str]:
     lines = [f"{place} {run.name}{resumed}  {setting}"]
     if sweep:
         eta = progress.get("eta_s")
-        line = (f"  sweep {sweep.get('name')} ({sweep.get('id')}): {progress.get('done', 0)} "
-                "done" + (f", about {duration_text(eta)} left" if eta is not None else ""))
+        left = "" if eta is None else ", under a second left" if eta < 0.5 else \
+            f", about {duration_text(eta)} left"  # not 'about 0 s' while runs are left
+        line = (f"  sweep {sweep.get('name')} ({sweep.get('id')}): "
+                f"{progress.get('done', 0)} done{left}")
         fixed = _fixed(config, swept)
         lines.append(f"{line}; {fixed}" if fixed and len(line) + len(fixed) < 78 else line)
     return lines
