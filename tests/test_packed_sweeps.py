@@ -572,17 +572,7 @@ def test_a_member_whose_checkpoint_is_another_runs_fails_alone_and_its_pack_resu
     # after SIGTERM, one preempted member's checkpoint is replaced by a pack-mate's (a run
     # folder copied over another): resuming it would train on under values its epoch did not
     # have; before, the next agent failed the whole pack with that member's refusal
-    store = make_sweep(workdir, "swap", {**GRID, "model": {"value": "dense"},
-                                         "hidden": {"value": 256}, "batch_size": {"value": 8},
-                                         "train_subset": {"value": 1400},
-                                         "optimizer": {"value": "sgd"}, "epochs": {"value": 3}})
-    agent = start_agent(workdir, store, "--pack", "3", "--count", "3")
-    wait_for(lambda: any(r.epoch >= 1 for r in store.runs()), 200, "a first epoch")
-    agent.send_signal(signal.SIGTERM)
-    assert agent.wait(timeout=60) == 0, agent.stderr.read()
-    preempted = sorted((r for r in store.runs() if r.state == "preempted"),
-                       key=lambda r: r.config["lr"])
-    assert len(preempted) == 3 and len({r.epoch for r in preempted}) == 1
+    store, preempted = _a_preempted_pack_of_3(workdir)
     runs_dir = workdir / "data" / "runs"
     source, swapped, other = preempted
     for name in ("checkpoint.pt", "checkpoint.prev.pt"):
@@ -603,3 +593,47 @@ def test_a_member_whose_checkpoint_is_another_runs_fails_alone_and_its_pack_resu
         assert runs[run.id].state == "finished", said
         assert [row["epoch"] for row in runs[run.id].history] == [1, 2, 3]
         assert f"run {run.id}: the pack resumes together" not in said
+
+
+def _a_preempted_pack_of_3(workdir):
+    """A sweep of 3 runs (lr 0.01, 0.03, 0.1) whose pack SIGTERM preempted after an epoch:
+    the store, and its runs by lr."""
+    store = make_sweep(workdir, "swap", {**GRID, "model": {"value": "dense"},
+                                         "hidden": {"value": 256}, "batch_size": {"value": 8},
+                                         "train_subset": {"value": 1400},
+                                         "optimizer": {"value": "sgd"}, "epochs": {"value": 3}})
+    agent = start_agent(workdir, store, "--pack", "3", "--count", "3")
+    wait_for(lambda: any(r.epoch >= 1 for r in store.runs()), 200, "a first epoch")
+    agent.send_signal(signal.SIGTERM)
+    assert agent.wait(timeout=60) == 0, agent.stderr.read()
+    preempted = sorted((r for r in store.runs() if r.state == "preempted"),
+                       key=lambda r: r.config["lr"])
+    assert len(preempted) == 3 and len({r.epoch for r in preempted}) == 1
+    return store, preempted
+
+
+@pytest.mark.timeout(300)
+def test_a_pack_whose_every_member_is_refused_records_each_run_with_its_own_line(workdir):
+    # after SIGTERM, the preempted members' checkpoints are swapped round (each folder holds a
+    # pack-mate's): each is refused; before, the next agent recorded all three failed with the
+    # first member's line, naming another run's values
+    store, preempted = _a_preempted_pack_of_3(workdir)
+    runs_dir = workdir / "data" / "runs"
+    files = {r.id: {name: (runs_dir / r.id / name).read_bytes()
+                    for name in ("checkpoint.pt", "checkpoint.prev.pt")
+                    if (runs_dir / r.id / name).exists()} for r in preempted}
+    for k, run in enumerate(preempted):  # each gets the next one's files
+        for name, data in files[preempted[(k + 1) % 3].id].items():
+            (runs_dir / run.id / name).write_bytes(data)
+    resumer = start_agent(workdir, store, "--pack", "3", "--count", "3")
+    assert resumer.wait(timeout=240) == 1
+    said = resumer.stderr.read()
+    assert "Traceback" not in said and "all 3 runs failed" in said, said
+    runs = {r.id: r for r in store.runs()}
+    for k, run in enumerate(preempted):
+        was, now = preempted[(k + 1) % 3].config["lr"], run.config["lr"]
+        line = f"run {run.id}: its checkpoint (epoch {run.epoch}) was trained with lr={was:g} " \
+            f"(now {now:g})"
+        assert runs[run.id].state == "failed", said
+        assert runs[run.id].error.startswith(line), runs[run.id].error
+        assert f"run {run.id} failed ({line}" in said

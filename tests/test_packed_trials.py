@@ -288,3 +288,33 @@ def test_a_member_whose_checkpoint_was_trained_with_other_values_fails_alone(wor
         assert packed[k]["test/loss"] == pytest.approx(alone["test/loss"], rel=1e-4)
     with pytest.raises(SettingsMismatch, match="run c1"):  # alone: refused, as before
         train(configs[1])
+
+
+@pytest.mark.timeout(300)
+def test_a_pack_whose_every_member_is_refused_fails_each_with_its_own_line(workdir, capfd):
+    # every member's run directory holds a pack-mate's checkpoints (the folders swapped
+    # round): each is refused as a run alone would be. Before, the trial raised the first
+    # member's refusal and the agents recorded every member failed with that line, naming
+    # another run's values.
+    configs = [{**BASE, **dirs(workdir), "model": "dense", **MODEL_KINDS["dense"], **c,
+                "checkpoint": True, "run_id": f"c{k}"} for k, c in enumerate(members("adam"))]
+    train_pack([{**c, "epochs": 1} for c in configs])
+    runs = workdir / "runs"
+    files = {k: (runs / f"c{k}" / "checkpoint.pt").read_bytes() for k in range(3)}
+    for k in range(3):  # c0 gets c1's, c1 gets c2's, c2 gets c0's
+        (runs / f"c{k}" / "checkpoint.pt").write_bytes(files[(k + 1) % 3])
+    ended = []
+    capfd.readouterr()
+    packed = train_pack(configs, [TrialHooks(ended=ended.append) for _ in configs])
+    assert [s["state"] for s in packed] == ["failed"] * 3
+    assert ended == packed
+    lrs = [c["lr"] for c in configs]
+    for k, summary in enumerate(packed):
+        assert summary["run_id"] == f"c{k}"
+        assert summary["error"].startswith(f"run c{k}: its checkpoint (epoch 1) was trained "
+                                           "with"), summary["error"]
+        assert f"lr={lrs[(k + 1) % 3]:g} (now {lrs[k]:g})" in summary["error"]
+        assert (runs / f"c{k}" / "checkpoint.pt").read_bytes() == files[(k + 1) % 3]
+    with pytest.raises(SettingsMismatch, match="run c1"):  # alone: refused, as before
+        train(configs[1])
+

@@ -198,6 +198,34 @@ def test_a_member_whose_checkpoint_has_other_values_fails_alone_and_its_pack_tra
 
 @pytest.mark.e2e
 @pytest.mark.timeout(300)
+def test_a_pack_whose_every_member_is_refused_fails_each_run_with_its_own_line(
+        workdir, monkeypatch, packs, capsys):
+    # both runs' folders hold a checkpoint trained with other values (lr 0.5 and 0.3): each
+    # fails with its own line; before, the trial raised the first member's refusal and both
+    # runs failed with a traceback, wbrun001 with no reason of its own
+    from agent.trial import train
+
+    for run_id, lr in (("wbrun000", 0.5), ("wbrun001", 0.3)):
+        train({**base(workdir, lr=lr, epochs=1), "dataset": "digits", "sinks": [],
+               "run_id": run_id})
+    server = ScriptedServer([base(workdir, lr=lr) for lr in (0.1, 0.03)])
+    server.install(monkeypatch)
+    assert run_wandb_sweep("team/study/sw016", count=None, project=None,
+                           interrupted=lambda: False, sweep_config=sweep_config(),
+                           pack=2) == 1
+    said = capsys.readouterr().err
+    assert packs[2:] == [["wbrun000", "wbrun001"]]  # after the two that trained them
+    assert "Traceback" not in said and "agent: all 2 runs failed" in said
+    runs = {run.run_id: run for run in closed_offline_runs(workdir / "wandb", 2)}
+    for run_id, was, now in (("wbrun000", 0.5, 0.1), ("wbrun001", 0.3, 0.03)):
+        line = f"run {run_id}: its checkpoint (epoch 1) was trained with lr={was} (now {now})"
+        assert f"agent: run {run_id} failed ({line}" in said
+        assert runs[run_id].exit_code == 1
+        assert runs[run_id].summary["error"].startswith(line), runs[run_id].summary
+
+
+@pytest.mark.e2e
+@pytest.mark.timeout(300)
 def test_count_bounds_the_runs_a_packed_agent_takes(workdir, monkeypatch, packs):
     proposals = [base(workdir, seed=s, epochs=1) for s in range(5)]
     server = ScriptedServer(proposals, exit_when_done=False)

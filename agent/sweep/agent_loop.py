@@ -521,6 +521,9 @@ class LocalAgent:
                     "progress": progress})
             outcome.preempted = any(s["state"] == "preempted" for s in ended.values()) \
                 and bool(self.signalled)
+            # every member refused before training (its checkpoints of other values), each
+            # recorded failed with its own line as it ended: a failed trial all the same
+            outcome.failed = bool(ended) and all(s["state"] == "failed" for s in ended.values())
         except StoreError:
             raise  # nothing more can be recorded: the agent stops, saying why in one line
         except Exception as error:  # a failing trial is recorded, not fatal to the agent

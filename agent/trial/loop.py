@@ -72,7 +72,8 @@ def train_pack(configs: list[dict], hooks: list[TrialHooks] | None = None,
                sweep: dict | None = None) -> list[dict]:
     """Train K compatible configurations as one packed model; one summary per configuration,
     in order, each with its `state` (finished, stopped, diverged or preempted; failed, with
-    its `error`, for a member refused alone: its checkpoints trained with other values).
+    its own `error`, for a member refused: its checkpoints trained with other values; a pack
+    of which every member is refused trains nothing and returns them all failed).
 
     Members must agree in agent/trial/member.py's PACK_SHARED (ValueError otherwise). Each is
     its own run everywhere: sinks, checkpoint, history, summary. A member that hyperband stops
@@ -98,6 +99,8 @@ def train_pack(configs: list[dict], hooks: list[TrialHooks] | None = None,
         data = device_splits(cfg.dataset, cfg.data_dir, device, cfg.val_split, cfg.dataset_dir)
         check_training_set(cfg, len(data.train_y))
         pack = _built_and_restored(members, data, device)
+        if pack is None:  # every member refused, each failed with its own line
+            return [m.summary for m in members]
         _start_sinks(members, pack)
         if device.type == "cuda":
             torch.cuda.reset_peak_memory_stats(device)
@@ -161,15 +164,18 @@ def _members(configs: list[dict], hooks: list[TrialHooks], sweep: dict | None) -
 
 
 def _built_and_restored(members: list[Member], data: Splits,
-                        device: torch.device) -> TrainingPack:
+                        device: torch.device) -> TrainingPack | None:
     """The pack, each member continued from its checkpoint at the newest epoch every member can
     resume from (checkpoint.py keeps two), else from scratch. A checkpoint that is damaged, or
     loads but does not fit the model, is passed over (one trained with other values refuses
-    its member, _without_refused); each member that resumes from less than
-    its newest checkpoint says so on stderr, naming the file and the reason."""
+    its member, _without_refused; None when that refuses every member); each member that
+    resumes from less than its newest checkpoint says so on stderr, naming the file and the
+    reason."""
     saved = [checkpoint.load_saved(m.run.run_dir, m.cfg.epochs) if m.cfg.checkpoint
              else checkpoint.Saved() for m in members]
     members, saved = _without_refused(members, saved)
+    if not members:
+        return None
     while True:
         pack = build_pack(members, data, device)  # seeded: the same fresh pack every time
         epoch = max(set.intersection(*(s.epochs() for s in saved)), default=0)
@@ -201,8 +207,9 @@ def _without_refused(members: list[Member], saved: list[checkpoint.Saved]
     none but such checkpoints is refused: resuming would train on under values its epochs did
     not have, and starting over would write over the run they hold. Refused, it fails alone
     (state failed, its one line as `error`, hooks.ended told) and the others train without it,
-    whatever epoch they resume at; a pack of which every member is refused raises the first
-    one's SettingsMismatch (a run alone: its refusal)."""
+    whatever epoch they resume at. A pack of which every member is refused trains nothing,
+    each member failed with its own line (none is left: the empty lists); a run alone raises
+    its refusal (train's UserError, exit code 2)."""
     refused = []
     for member, runs_saved in zip(members, saved):
         mismatch = None
@@ -217,7 +224,7 @@ def _without_refused(members: list[Member], saved: list[checkpoint.Saved]
                 runs_saved.pass_over(epoch, "trained with other values")
         if mismatch is not None and not runs_saved.loaded:
             refused.append((member, mismatch))
-    if len(refused) == len(members):
+    if len(members) == 1 and refused:
         raise refused[0][1]
     for member, error in refused:
         member.state = "failed"
