@@ -318,3 +318,35 @@ def test_a_pack_whose_every_member_is_refused_fails_each_with_its_own_line(workd
     with pytest.raises(SettingsMismatch, match="run c1"):  # alone: refused, as before
         train(configs[1])
 
+
+@pytest.mark.slow
+@pytest.mark.timeout(600)
+def test_a_compiled_pack_stays_compiled_once_a_member_leaves(workdir, monkeypatch):
+    # compile=True: member 0 leaves after epoch 1 (a hyperband stop); the two left train
+    # epoch 2 through a compiled forward of the narrowed model, to the same results as
+    # uncompiled. Before, pack.select put the plain model back as the forward, and the rest
+    # of the trial ran uncompiled. torch.compile is only watched: each call counted per
+    # model size, the compiled module doing the work.
+    calls: dict[int, int] = {}
+    real_compile = torch.compile
+
+    def watched(model, *args, **kwargs):
+        compiled = real_compile(model, *args, **kwargs)
+
+        def forward(x):
+            calls[model.members] = calls.get(model.members, 0) + 1
+            return compiled(x)
+        return forward
+
+    configs = [{**BASE, **dirs(workdir), "model": "dense", **MODEL_KINDS["dense"], **c,
+                "train_subset": 256, "num_threads": 2, "run_id": f"m{k}"}
+               for k, c in enumerate(members("sgd"))]
+    stop_first = [TrialHooks(should_stop=lambda epoch, history: "asked" if epoch == 1
+                             else None)] + [TrialHooks() for _ in configs[1:]]
+    plain = train_pack([{**c, "run_id": f"p{k}"} for k, c in enumerate(configs)], stop_first)
+    monkeypatch.setattr(torch, "compile", watched)
+    compiled = train_pack([{**c, "compile": True} for c in configs], stop_first)
+    assert [s["state"] for s in compiled] == ["stopped", "finished", "finished"]
+    assert set(calls) == {3, 2} and calls[2] >= 1, calls  # epoch 2 ran the compiled 2-pack
+    for fast, slow in zip(compiled, plain):
+        assert_same(fast, slow)

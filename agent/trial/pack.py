@@ -46,7 +46,8 @@ class TrainingPack:
         return len(self.members)
 
     def select(self, keep: list[int]) -> None:
-        """Shrink the pack to the members in slots `keep`, each exactly as it was."""
+        """Shrink the pack to the members in slots `keep`, each exactly as it was (its forward
+        compiled again with compile=True)."""
         self.members = [self.members[k] for k in keep]
         if not keep:
             return  # nothing left to train
@@ -59,7 +60,11 @@ class TrainingPack:
         self.meter.model = self.model
         self.meter.select(keep)
         self.lr = self.lr[:, keep]
-        self.ctx.model = self.ctx.forward = self.model
+        self.ctx.model = self.model
+        # the narrowed model compiled again where the pack's was (compile=True): torch.compile
+        # wraps one module, and the plain one here ran the rest of the trial uncompiled
+        self.ctx.forward = torch.compile(self.model) if self.members[0].cfg.compile \
+            else self.model
         self.ctx.optimizer = self.optimizer
         self.ctx.smoothing = self.ctx.smoothing[keep]
 
