@@ -637,3 +637,29 @@ def test_a_pack_whose_every_member_is_refused_records_each_run_with_its_own_line
         assert runs[run.id].state == "failed", said
         assert runs[run.id].error.startswith(line), runs[run.id].error
         assert f"run {run.id} failed ({line}" in said
+
+
+@pytest.mark.timeout(300)
+def test_a_member_left_behind_by_a_damaged_checkpoint_goes_back_to_the_sweep(workdir):
+    # after SIGTERM, one preempted member's newest checkpoint is cut short: its pack-mates
+    # resume at their epoch, and it goes back to the store preempted, for a later claim to
+    # resume from what it has. Before, the pack resumed together at that member's epoch
+    # (from scratch, where that file was its only checkpoint), the others' epochs thrown away.
+    store, preempted = _a_preempted_pack_of_3(workdir)
+    runs_dir = workdir / "data" / "runs"
+    _, damaged, _ = preempted
+    path = runs_dir / damaged.id / "checkpoint.pt"
+    path.write_bytes(path.read_bytes()[:100])
+    resumer = start_agent(workdir, store, "--pack", "3")
+    assert resumer.wait(timeout=240) == 0
+    said = resumer.stderr.read()
+    assert f"run {damaged.id}: data/runs/{damaged.id}/checkpoint.pt is damaged" in said, said
+    assert "Traceback" not in said
+    assert "it goes back to the sweep, to resume from " in said
+    assert f"run {damaged.id} is back in the sweep, preempted: a later claim resumes it" \
+        in said, said
+    runs = {r.id: r for r in store.runs()}
+    for run in preempted:  # every one finished, its history whole
+        assert runs[run.id].state == "finished", said
+        assert [row["epoch"] for row in runs[run.id].history] == [1, 2, 3]
+        assert f"run {run.id}: the pack resumes together" not in said

@@ -226,6 +226,39 @@ def test_a_pack_whose_every_member_is_refused_fails_each_run_with_its_own_line(
 
 @pytest.mark.e2e
 @pytest.mark.timeout(300)
+def test_a_member_left_behind_by_a_damaged_checkpoint_is_preempted_for_wandb_to_hand_out(
+        workdir, monkeypatch, packs, capsys):
+    # both runs trained an epoch before (W&B hands them out again); wbrun001's checkpoint is
+    # cut short: wbrun000 resumes at its epoch 1, and wbrun001, left with no checkpoint of
+    # it, ends preempted (W&B hands it out again) rather than taking wbrun000 back to 0
+    from agent.trial import train
+
+    for run_id, lr in (("wbrun000", 0.1), ("wbrun001", 0.03)):
+        train({**base(workdir, lr=lr, epochs=1), "dataset": "digits", "sinks": [],
+               "run_id": run_id})
+    path = workdir / "data" / "runs" / "wbrun001" / "checkpoint.pt"
+    path.write_bytes(path.read_bytes()[:100])
+    server = ScriptedServer([base(workdir, lr=lr) for lr in (0.1, 0.03)])
+    server.install(monkeypatch)
+    assert run_wandb_sweep("team/study/sw017", count=None, project=None,
+                           interrupted=lambda: False, sweep_config=sweep_config(),
+                           pack=2) == 0
+    said = capsys.readouterr().err
+    assert packs[2:] == [["wbrun000", "wbrun001"]]  # after the two that trained them
+    assert "run wbrun001: " in said and "it goes back to the sweep, to resume from scratch" \
+        in said and "Traceback" not in said, said
+    runs = {run.run_id: run for run in closed_offline_runs(workdir / "wandb", 2)}
+    assert runs["wbrun001"].preempting and runs["wbrun001"].exit_code == 1
+    assert path.stat().st_size == 100  # its file untouched
+    assert runs["wbrun000"].exit_code == 0 and not runs["wbrun000"].preempting
+    summary = json.loads((workdir / "data" / "runs" / "wbrun000" / "summary.json").read_text())
+    assert summary["state"] == "finished" and summary["epochs_done"] == 2
+    assert [row["epoch"] for row in runs["wbrun000"].history if "val/acc" in row] == [2]
+    assert "run wbrun000: the pack resumes together" not in said
+
+
+@pytest.mark.e2e
+@pytest.mark.timeout(300)
 def test_count_bounds_the_runs_a_packed_agent_takes(workdir, monkeypatch, packs):
     proposals = [base(workdir, seed=s, epochs=1) for s in range(5)]
     server = ScriptedServer(proposals, exit_when_done=False)

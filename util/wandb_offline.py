@@ -84,6 +84,7 @@ class OfflineRun:
     summary: dict = field(default_factory=dict)
     history: list[dict] = field(default_factory=list)
     exit_code: int | None = None
+    preempting: bool = False  # run.mark_preempting() was called: W&B hands the run out again
 
 
 def _keys(item) -> list[str]:
@@ -144,6 +145,8 @@ def read_run(path: str | Path) -> OfflineRun:
             run.history.append(row)
         elif kind == "exit":
             run.exit_code = record.exit.exit_code
+        elif kind == "preempting":
+            run.preempting = True
     run.config.pop("_wandb", None)  # wandb's own bookkeeping, not part of wandb.config
     return run
 

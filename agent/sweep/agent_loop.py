@@ -638,6 +638,9 @@ class LocalAgent:
                                                        None if state == "preempted"
                                                        else summary):
                 taken_over(owner, run_id)
+            elif state == "preempted" and summary.get("sent_back"):  # the trial said why
+                print(f"agent {owner}: run {run_id} is back in the sweep, preempted: a later "
+                      "claim resumes it", file=sys.stderr)
             elif state == "preempted" and summary.get("no_checkpoint"):
                 print(f"agent {owner}: run {run_id} preempted after epoch "
                       f"{summary['epochs_done']}, but no checkpoint of it is kept "

@@ -342,9 +342,10 @@ class PackedWandbAgent:
             except wandb.errors.Error as error:
                 self._not_started(group, configs, error)
                 return
+        ends: dict[str, str] = {}  # run id -> the state it ended in
         hooks = [TrialHooks(should_stop=self._stop_check(config.run_id),
                             interrupted=self.interrupted,
-                            ended=self._ended(slot, config.run_id))
+                            ended=self._ended(slot, config.run_id, ends))
                  for slot, config in zip(group, configs)]
         try:
             with self._beating():
@@ -361,8 +362,9 @@ class PackedWandbAgent:
         finally:
             for slot, config in zip(group, configs):
                 left = wandb_sink.STARTED.pop(config.run_id, None)
-                if left is not None:  # the trial ended before its sinks started
-                    self._end_unadopted(left, preempted=False)
+                if left is not None:  # the trial ended before its sinks started (preempted:
+                    # sent back by the trial, for W&B to hand out again)
+                    self._end_unadopted(left, preempted=ends.get(config.run_id) == "preempted")
                 self._release(slot, config.run_id)
 
     def _end_unadopted(self, run, preempted: bool) -> None:
@@ -422,8 +424,9 @@ class PackedWandbAgent:
                 return STOPPED_BY_WANDB if run_id in self.stopped else None
         return should_stop
 
-    def _ended(self, slot: Slot, run_id: str) -> Callable[[dict], None]:
+    def _ended(self, slot: Slot, run_id: str, ends: dict[str, str]) -> Callable[[dict], None]:
         def ended(summary: dict) -> None:
+            ends[run_id] = summary["state"]
             if summary["state"] == "failed":  # refused alone; the pack trains without it
                 self._refused_member(run_id, summary["error"])
             self._release(slot, run_id)  # its beats say it is over; it may get the next run

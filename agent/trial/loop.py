@@ -165,30 +165,37 @@ def _members(configs: list[dict], hooks: list[TrialHooks], sweep: dict | None) -
 
 def _built_and_restored(members: list[Member], data: Splits,
                         device: torch.device) -> TrainingPack | None:
-    """The pack, each member continued from its checkpoint at the newest epoch every member can
-    resume from (checkpoint.py keeps two), else from scratch. A checkpoint that is damaged, or
-    loads but does not fit the model, is passed over (one trained with other values refuses
-    its member, _without_refused; None when that refuses every member); each member that
-    resumes from less than its newest checkpoint says so on stderr, naming the file and the
-    reason."""
+    """The pack, each member continued from its checkpoint at the newest epoch the members
+    whose checkpoints are all sound share (checkpoint.py keeps two; all of them where none
+    is), else from scratch. A checkpoint that is damaged, or loads but does not fit the
+    model, is passed over (one trained with other values refuses its member,
+    _without_refused; None when that refuses every member); a member left without that
+    epoch goes back to its sweep (_sent_back), its pack-mates keeping their epochs; each
+    member that resumes from less than its newest checkpoint says so on stderr, naming the
+    file and the reason."""
     saved = [checkpoint.load_saved(m.run.run_dir, m.cfg.epochs) if m.cfg.checkpoint
              else checkpoint.Saved() for m in members]
     members, saved = _without_refused(members, saved)
     if not members:
         return None
     while True:
-        pack = build_pack(members, data, device)  # seeded: the same fresh pack every time
-        epoch = max(set.intersection(*(s.epochs() for s in saved)), default=0)
-        k = 0
+        epoch, behind = _resume_epoch(saved)
+        kept = [k for k in range(len(members)) if k not in behind]
+        # seeded: the same fresh pack every time
+        pack = build_pack([members[k] for k in kept], data, device)
+        slot = 0
         try:
-            for k, member in enumerate(members):
-                member.restore_progress({})  # from scratch, unless restored below
+            for slot, k in enumerate(kept):
+                members[k].restore_progress({})  # from scratch, unless restored below
                 if epoch:
-                    checkpoint.restore(pack, k, saved[k].state(epoch))
+                    checkpoint.restore(pack, slot, saved[k].state(epoch))
             break
         except Exception as error:  # a checkpoint of another model or optimizer
-            saved[k].pass_over(epoch, checkpoint.describe(error))
+            saved[kept[slot]].pass_over(epoch, checkpoint.describe(error))
+    _sent_back([members[k] for k in behind], [saved[k] for k in behind], epoch)
     for member, runs_saved in zip(members, saved):
+        if not member.active:
+            continue
         member.earlier_s = member.progress.wall_s
         if member.hooks.repeats and member.run.resumed_epoch:
             member.run.replay = list(member.progress.history)
@@ -198,6 +205,36 @@ def _built_and_restored(members: list[Member], data: Splits,
             reasons = runs_saved.problems or [f"the pack resumes together at epoch {epoch}"]
             print(f"run {member.run.id}: {'; '.join(reasons)}: {where}", file=sys.stderr)
     return pack
+
+
+def _resume_epoch(saved: list[checkpoint.Saved]) -> tuple[int, list[int]]:
+    """The epoch a pack resumes at, and the slots of the members that have no checkpoint of
+    it. The epoch is the newest that every member whose checkpoints all loaded has (all the
+    members where none has): one member's damaged file does not take its pack-mates' epochs
+    back with it (to 0 where that was its only checkpoint)."""
+    sound = [runs_saved for runs_saved in saved if not runs_saved.problems] or saved
+    epoch = max(set.intersection(*(s.epochs() for s in sound)), default=0)
+    return epoch, [k for k, runs_saved in enumerate(saved)
+                   if epoch and epoch not in runs_saved.epochs()]
+
+
+def _sent_back(members: list[Member], saved: list[checkpoint.Saved], epoch: int) -> None:
+    """Members that cannot resume at the pack's `epoch` (a damaged checkpoint left them
+    behind) end preempted before training, their files untouched: the sweep gives each to a
+    later claim, which resumes it from what it has (a local agent's store: preempted; W&B:
+    a preempted run, handed out again). Each says so on stderr and in its summary's
+    `sent_back`."""
+    for member, runs_saved in zip(members, saved):
+        has = max(runs_saved.epochs(), default=0)
+        what = f"its checkpoint of epoch {has}" if has else "scratch"
+        line = (f"{'; '.join(runs_saved.problems)}: the pack resumes at epoch {epoch}, which "
+                f"it has no checkpoint of; it goes back to the sweep, to resume from {what} "
+                "in a later claim")
+        print(f"run {member.run.id}: {line}", file=sys.stderr)
+        member.state = "preempted"
+        member.summary = {"run_id": member.run.id, "state": "preempted", "epochs_done": has,
+                          "sent_back": line}
+        member.hooks.ended(member.summary)
 
 
 def _without_refused(members: list[Member], saved: list[checkpoint.Saved]
