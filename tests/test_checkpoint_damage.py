@@ -134,6 +134,39 @@ def test_a_member_left_behind_by_a_damaged_checkpoint_goes_back_and_its_pack_res
             {k: reference[k] for k in COMPARED}, rel=1e-4)
 
 
+@pytest.mark.timeout(180)
+def test_a_member_sent_back_starts_no_sink_and_keeps_its_tensorboard_epochs(workdir, capfd):
+    # m1's newest checkpoint is cut short and the pack sends it back before it trains: its
+    # sinks must not start. Before, they did: the console printed its header (as a run
+    # started over) and a 'preempted' table, and TensorBoard's start of it, from scratch
+    # with earlier files, purged past step 0: the epoch its later claim resumes after was
+    # gone from TensorBoard.
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    configs = [config(workdir, run_id=f"m{k}", lr=lr, epochs=2,
+                      sinks=["console", "tensorboard"]) for k, lr in enumerate((1e-3, 3e-3))]
+    train_pack(configs)
+    DAMAGE["cut short"](workdir / "runs" / "m1" / CHECKPOINT_NAME)
+    capfd.readouterr()
+    summaries = train_pack([{**c, "epochs": 3} for c in configs])
+    assert [s["state"] for s in summaries] == ["finished", "preempted"]
+    out = capfd.readouterr().out
+    assert "run m0" in out and "m1" not in out, out
+    train({**configs[1], "epochs": 3})  # the later claim: m1 from its epoch 1
+    straight = config(workdir / "straight", run_id="s1", lr=3e-3, epochs=3,
+                      sinks=["tensorboard"])
+    train(straight)
+
+    def val_acc(log_dir: Path) -> list[tuple[int, float]]:
+        events = EventAccumulator(str(log_dir), size_guidance={"scalars": 0}).Reload()
+        return [(e.step, e.value) for e in events.Scalars("val/acc")]
+
+    resumed = val_acc(workdir / "logs" / "default" / "m1")
+    reference = val_acc(workdir / "straight" / "logs" / "default" / "s1")
+    assert [step for step, _ in resumed] == [step for step, _ in reference], resumed
+    assert [v for _, v in resumed] == pytest.approx([v for _, v in reference], rel=1e-4)
+
+
 @pytest.mark.e2e
 @pytest.mark.timeout(300)
 def test_an_agent_resumes_a_preempted_run_whose_checkpoint_was_damaged(workdir):

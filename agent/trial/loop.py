@@ -272,8 +272,12 @@ def _without_refused(members: list[Member], saved: list[checkpoint.Saved]
 
 
 def _start_sinks(members: list[Member], pack: TrainingPack) -> None:
+    """The sinks of the members that train. One refused or sent back before training has
+    none: its run is not started again (a console header, TensorBoard's start from scratch,
+    which would hide the epochs its event files hold from the step it resumes at later)."""
     for member in members:
-        member.start_sinks(dict(member.cfg), hyperparameters(member.cfg))
+        if member.active:
+            member.start_sinks(dict(member.cfg), hyperparameters(member.cfg))
 
 
 def _epoch(pack: TrainingPack, data: Splits, device: torch.device, started: float) -> None:
