@@ -663,3 +663,36 @@ def test_a_member_left_behind_by_a_damaged_checkpoint_goes_back_to_the_sweep(wor
         assert runs[run.id].state == "finished", said
         assert [row["epoch"] for row in runs[run.id].history] == [1, 2, 3]
         assert f"run {run.id}: the pack resumes together" not in said
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(400)
+def test_a_member_sent_back_is_not_packed_again_at_an_epoch_it_has_no_checkpoint_of(workdir):
+    # a pack of 4 preempted after epoch 2; the first run's newest checkpoint is cut short, and
+    # the next agent packs 2 at a time: the first claim sends it back (it has epoch 1 only),
+    # and it resumes in a later claim from its epoch 1. Before, the store kept it at epoch 2,
+    # so each claim took it again with the next run preempted at 2 and sent it back again:
+    # three times before it trained alone.
+    store = make_sweep(workdir, "back", {**GRID, "model": {"value": "dense"},
+                                         "hidden": {"value": 256}, "batch_size": {"value": 8},
+                                         "train_subset": {"value": 1400},
+                                         "optimizer": {"value": "sgd"}, "epochs": {"value": 3},
+                                         "lr": {"values": [0.1, 0.03, 0.01, 0.003]}})
+    agent = start_agent(workdir, store, "--pack", "4")
+    wait_for(lambda: all(r.epoch >= 2 for r in store.runs()) and len(store.runs()) == 4, 300,
+             "two epochs")
+    agent.send_signal(signal.SIGTERM)
+    assert agent.wait(timeout=60) == 0, agent.stderr.read()
+    runs = store.runs()
+    assert [r.state for r in runs] == ["preempted"] * 4 and {r.epoch for r in runs} == {2}
+    damaged = runs[0]
+    path = workdir / "data" / "runs" / damaged.id / "checkpoint.pt"
+    path.write_bytes(path.read_bytes()[:100])
+    resumer = start_agent(workdir, store, "--pack", "2")
+    assert resumer.wait(timeout=300) == 0
+    said = resumer.stderr.read()
+    assert said.count("it goes back to the sweep") == 1, said
+    assert said.count(f"run {damaged.id} is back in the sweep") == 1, said
+    for run in store.runs():  # every one finished, its history whole
+        assert run.state == "finished", said
+        assert [row["epoch"] for row in run.history] == [1, 2, 3]

@@ -634,6 +634,10 @@ class LocalAgent:
             # A diverged run is a result: finished, with diverged=true in its summary.
             state = {"stopped": "stopped", "preempted": "preempted"}.get(summary["state"],
                                                                        "finished")
+            if summary.get("sent_back") and not beat.taken.is_set():
+                # the store's epoch is what it has a checkpoint of: a later claim packs it
+                # with runs of that epoch, not again with those it could not resume beside
+                store.forget_epochs(run_id, owner, after=summary["epochs_done"])
             if beat.taken.is_set() or not store.finish(run_id, owner, state,
                                                        None if state == "preempted"
                                                        else summary):

@@ -384,16 +384,17 @@ class SweepStore:
                                [(run_id, n, json.dumps(row, default=float)) for n, row in rows])
         return took == 1
 
-    def forget_epochs(self, run_id: str, owner: str) -> bool:
-        """`owner`'s running run starts over from scratch: its history is cleared and its
-        epoch is 0 (a crashed run's repeat that started with the crashed run's epochs, whose
-        checkpoint is gone). False, and nothing changed, when the run is not `owner`'s
-        running run."""
+    def forget_epochs(self, run_id: str, owner: str, after: int = 0) -> bool:
+        """`owner`'s running run goes on from epoch `after`: its history past it is cleared
+        and its epoch is `after` (0: it starts over from scratch, as a crashed run's repeat
+        that started with the crashed run's epochs, whose checkpoint is gone; a pack member
+        sent back with a checkpoint of an earlier epoch than the store's). False, and nothing
+        changed, when the run is not `owner`'s running run."""
         with self._write() as db:
-            took = db.execute("UPDATE runs SET epoch=0 WHERE id=? AND owner=? AND "
-                              "state='running'", (run_id, owner)).rowcount
+            took = db.execute("UPDATE runs SET epoch=? WHERE id=? AND owner=? AND "
+                              "state='running'", (after, run_id, owner)).rowcount
             if took:
-                db.execute("DELETE FROM history WHERE run_id=?", (run_id,))
+                db.execute("DELETE FROM history WHERE run_id=? AND epoch>?", (run_id, after))
         return took == 1
 
     def finish(self, run_id: str, owner: str, state: str, summary: dict | None = None,
