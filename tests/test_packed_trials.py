@@ -277,14 +277,23 @@ def test_a_member_whose_checkpoint_was_trained_with_other_values_fails_alone(wor
     assert "lr=0.003 (now 0.0015)" in packed[1]["error"]
     assert ended[0] is packed[1]  # told first, before the others train
     assert (runs / "c1" / "checkpoint.pt").read_bytes() == foreign  # nothing written over it
-    assert [packed[k]["state"] for k in (0, 2)] == ["finished"] * 2
-    assert packed[0]["epochs_done"] == packed[2]["epochs_done"] == 2
-    assert ("run c2: the pack resumes together at epoch 0" in said) == move
-    for k in (0, 2):  # alone, the same way: 1 epoch, then on to 2 (moved: from scratch)
-        if not move:
-            train({**configs[k], "epochs": 1, "run_id": f"s{k}"})
-    straight = [train({**configs[k], "run_id": f"s{k}"}) for k in (0, 2)]
-    for k, alone in zip((0, 2), straight):
+    # moved: member 0 has no checkpoint left, member 2 one of epoch 1; member 2 resumes from
+    # it (before, the pack started over from scratch, its epoch thrown away) and member 0,
+    # which has nothing to lose, goes back to the sweep to start in a later claim
+    assert "the pack resumes together" not in said, said
+    trained = (2,) if move else (0, 2)
+    assert all(packed[k]["state"] == "finished" and packed[k]["epochs_done"] == 2
+               for k in trained), packed
+    if move:
+        assert packed[0]["state"] == "preempted" and packed[0]["epochs_done"] == 0
+        assert packed[0]["sent_back"] == ("no checkpoint of it, and its pack resumes at epoch "
+                                          "1: it goes back to the sweep, to start in a later "
+                                          "claim"), packed[0]
+        assert not (runs / "c0" / "checkpoint.pt").exists()
+    for k in trained:  # alone, the same way: 1 epoch, then on to 2
+        train({**configs[k], "epochs": 1, "run_id": f"s{k}"})
+    straight = [train({**configs[k], "run_id": f"s{k}"}) for k in trained]
+    for k, alone in zip(trained, straight):
         assert packed[k]["test/loss"] == pytest.approx(alone["test/loss"], rel=1e-4)
     with pytest.raises(SettingsMismatch, match="run c1"):  # alone: refused, as before
         train(configs[1])

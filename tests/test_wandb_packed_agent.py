@@ -259,6 +259,37 @@ def test_a_member_left_behind_by_a_damaged_checkpoint_is_preempted_for_wandb_to_
 
 @pytest.mark.e2e
 @pytest.mark.timeout(300)
+def test_a_new_run_packed_with_a_resumed_one_goes_back_and_the_resumed_one_keeps_its_epoch(
+        workdir, monkeypatch, packs, capsys):
+    # W&B hands out a preempted run (wbrun000, a checkpoint of epoch 1) beside a new one
+    # (wbrun001): wbrun000 resumes at its epoch, and wbrun001, which has nothing to lose,
+    # ends preempted for W&B to hand out again. Before, the pack started both from scratch
+    # and wrote over wbrun000's checkpoint, which the line sending a damaged member back
+    # had promised it would resume from.
+    from agent.trial import train
+
+    train({**base(workdir, lr=0.1, epochs=1), "dataset": "digits", "sinks": [],
+           "run_id": "wbrun000"})
+    server = ScriptedServer([base(workdir, lr=lr) for lr in (0.1, 0.03)])
+    server.install(monkeypatch)
+    assert run_wandb_sweep("team/study/sw018", count=None, project=None,
+                           interrupted=lambda: False, sweep_config=sweep_config(),
+                           pack=2) == 0
+    said = capsys.readouterr().err
+    assert packs[1:] == [["wbrun000", "wbrun001"]], packs
+    assert ("run wbrun001: no checkpoint of it, and its pack resumes at epoch 1: it goes back "
+            "to the sweep, to start in a later claim") in said, said
+    assert "the pack resumes together" not in said and "Traceback" not in said, said
+    runs = {run.run_id: run for run in closed_offline_runs(workdir / "wandb", 2)}
+    assert runs["wbrun001"].preempting and runs["wbrun001"].exit_code == 1
+    assert not (workdir / "data" / "runs" / "wbrun001" / "checkpoint.pt").exists()
+    summary = json.loads((workdir / "data" / "runs" / "wbrun000" / "summary.json").read_text())
+    assert summary["state"] == "finished" and summary["epochs_done"] == 2
+    assert [row["epoch"] for row in runs["wbrun000"].history if "val/acc" in row] == [2]
+
+
+@pytest.mark.e2e
+@pytest.mark.timeout(300)
 def test_count_bounds_the_runs_a_packed_agent_takes(workdir, monkeypatch, packs):
     proposals = [base(workdir, seed=s, epochs=1) for s in range(5)]
     server = ScriptedServer(proposals, exit_when_done=False)

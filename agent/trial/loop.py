@@ -211,25 +211,30 @@ def _resume_epoch(saved: list[checkpoint.Saved]) -> tuple[int, list[int]]:
     """The epoch a pack resumes at, and the slots of the members that have no checkpoint of
     it. The epoch is the newest that every member whose checkpoints all loaded has (all the
     members where none has): one member's damaged file does not take its pack-mates' epochs
-    back with it (to 0 where that was its only checkpoint)."""
+    back with it (to 0 where that was its only checkpoint), and a member with no checkpoint at
+    all (a new run packed with a resumed one: W&B hands both out) does not take them back to
+    scratch: it has nothing to lose by starting in a later claim."""
     sound = [runs_saved for runs_saved in saved if not runs_saved.problems] or saved
-    epoch = max(set.intersection(*(s.epochs() for s in sound)), default=0)
+    holding = [runs_saved for runs_saved in sound if runs_saved.epochs()]
+    epoch = max(set.intersection(*(s.epochs() for s in holding)), default=0) if holding else 0
     return epoch, [k for k, runs_saved in enumerate(saved)
                    if epoch and epoch not in runs_saved.epochs()]
 
 
 def _sent_back(members: list[Member], saved: list[checkpoint.Saved], epoch: int) -> None:
     """Members that cannot resume at the pack's `epoch` (a damaged checkpoint left them
-    behind) end preempted before training, their files untouched: the sweep gives each to a
-    later claim, which resumes it from what it has (a local agent's store: preempted; W&B:
-    a preempted run, handed out again). Each says so on stderr and in its summary's
-    `sent_back`."""
+    behind, or they have none) end preempted before training, their files untouched: the
+    sweep gives each to a later claim, which resumes it from what it has (a local agent's
+    store: preempted; W&B: a preempted run, handed out again). Each says so on stderr and
+    in its summary's `sent_back`."""
     for member, runs_saved in zip(members, saved):
         has = max(runs_saved.epochs(), default=0)
         what = f"its checkpoint of epoch {has}" if has else "scratch"
         line = (f"{'; '.join(runs_saved.problems)}: the pack resumes at epoch {epoch}, which "
                 f"it has no checkpoint of; it goes back to the sweep, to resume from {what} "
-                "in a later claim")
+                "in a later claim") if runs_saved.problems else (
+            f"no checkpoint of it, and its pack resumes at epoch {epoch}: it goes back to the "
+            "sweep, to start in a later claim")
         print(f"run {member.run.id}: {line}", file=sys.stderr)
         member.state = "preempted"
         member.summary = {"run_id": member.run.id, "state": "preempted", "epochs_done": has,
