@@ -686,7 +686,7 @@ def test_a_heat_map_cell_names_the_group_of_its_run_at_chance(tmp_path, monkeypa
         "best": (base, "val/best_acc", lambda lr, seed: curves[lr],
                  ["0.08\nstuck", "0.16\ncollapsed", "0.50", "0.90"]),
         "seeds": (seeds, "val/acc", lambda lr, seed: [0.8, 0.9] if lr == 0.1
-                  else [[0.08, 0.08], [0.25, 0.3]][seed], ["0.19\n1 at chance", "0.90"])}
+                  else [[0.08, 0.08], [0.25, 0.3]][seed], ["0.19\n1 stuck", "0.90"])}
     for name, (config, metric, curve, texts) in cases.items():
         config = {**config, "metric": {"name": metric, "goal": "maximize"}}
         store = create_store(tmp_path / "data" / "sweeps" / name, name, name, config)

@@ -335,8 +335,9 @@ def _chance_text(ctx: Context, panels: list[HeatPanel]) -> str:
         return ""
     bound = f" {ctx.rule.stuck_below(ctx.classes):.3f}" if ctx.classes else ""
     return (" A cell whose runs the groups below put at chance says so under its value: its "
-            "run's group (stuck, collapsed or falling), or \"2 at chance\" in a cell of "
-            "several runs, whose mean may lie above the bound. The groups read a run's best "
+            "run's group (stuck, collapsed or falling); in a cell of several runs, whose "
+            "mean may lie above the bound, how many and their group (\"2 stuck\"), or "
+            "\"2 at chance\" where their groups differ. The groups read a run's best "
             f"epoch too: a run whose best stayed below{bound} is stuck (or falling), one that "
             "reached it and ended below it collapsed, which a cell's value alone does not "
             "tell apart.")
@@ -384,13 +385,17 @@ def _heat_panels(ctx: Context, facets: list[str], rows: tuple[str, HeatAxis],
 
 def _chance_note(ctx: Context, runs: list[RunRecord]) -> str:
     """What a heat map cell of `runs` says of those the groups put at chance (stuck,
-    collapsed, falling): the run's group where the cell is one run, "2 at chance" where it
-    is a mean of several, "" where none is. The cell's value is each run's last one (its
-    summary); the groups read the best epoch's too, which the cell does not show."""
+    collapsed, falling): the run's group where the cell is one run; in a mean of several,
+    how many and their group where they share one ("2 stuck"), else "2 at chance"; "" where
+    none is. The cell's value is each run's last one (its summary); the groups read the
+    best epoch's too, which the cell does not show."""
     groups = [ctx.group_of(r) for r in runs if ctx.group_of(r) in stats.AT_CHANCE]
     if not groups:
         return ""
-    return groups[0] if len(runs) == 1 else f"{len(groups)} at chance"
+    if len(runs) == 1:
+        return groups[0]
+    # one group names what the runs did ("2 stuck"); "at chance" only where they differ
+    return f"{len(groups)} {groups[0] if len(set(groups)) == 1 else 'at chance'}"
 
 
 def _chance(ctx: Context) -> float | None:
