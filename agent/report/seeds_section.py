@@ -139,7 +139,7 @@ def seeds_section(report: Report, ctx: Context) -> None:
     # fresh seeds): drawn by the means alone, a group's rows interleaved with another's
     # under a heading that said "as seeds.png orders them"
     figure: tuple[str, list[str]] | None = None
-    for by in group_parameters(ctx):
+    for by in _tables(report, ctx):
         order = by_table(report, ctx, by, repeated, figure)
         figure = figure or (by, order)
     place = {key: n for n, key in enumerate(figure[1] if figure else [])}
@@ -203,8 +203,47 @@ def group_parameters(ctx: Context) -> list[str]:
               and varied.get(name) is not None and 1 < len(varied[name]) <= MAX_GROUP_VALUES]
     if "batch_size" in names:
         names = [name for name in names if name != "lr"]
+    # a sweep part-way (or a value whose runs all failed) can leave one value among the
+    # scored runs: a table of one group ranks them all again, under a heading that
+    # promises a comparison (held_values says so where the table would have been)
+    names = [name for name in names if len(_held(ctx, name)) > 1]
     # nothing to group by (one run, one value each): the groups agent.repeat would form
     return names[:MAX_GROUP_TABLES] or [stats.default_by(study)]
+
+
+def _tables(report: Report, ctx: Context) -> list[str]:
+    """The parameters of the "By ..." tables (group_parameters), the sentence on those left
+    out for holding one value (held_values) added to `report` first."""
+    tables = group_parameters(ctx)
+    if note := held_values(ctx, tables):
+        report.add(note, "")
+    return tables
+
+
+def _held(ctx: Context, name: str) -> list[str]:
+    """The values of `name` the scored runs hold (those the "By ..." tables rank), as text,
+    in first-seen order."""
+    return list(dict.fromkeys(str(r.params.get(name)) for r in ctx.scored))
+
+
+def held_values(ctx: Context, shown: list[str]) -> str:
+    """'No "By lr" table: ...' for each swept parameter of a few values that would have
+    had a table (`shown`: the tables made) but whose scored runs hold one value of it:
+    a table of one row per setting, all in one group, compares no value with another."""
+    varied = {p.name: p.values for p in swept_parameters(ctx.study.sweep_config)}
+    notes = []
+    for name in ctx.swept:
+        held = _held(ctx, name)
+        values = varied.get(name)
+        if (name in shown or name == "seed" or len(held) != 1 or values is None
+                or not 1 < len(values) <= MAX_GROUP_VALUES
+                or (name == "lr" and "batch_size" in shown)):
+            continue
+        count = len(ctx.scored)
+        notes.append(f'No "By {name}" table: the {count} run{"s" if count != 1 else ""} '
+                     f"with a {ctx.study.metric} all hold {name}={held[0]} (the sweep has "
+                     f"{len(values)} values), and a table of one {name} compares nothing.")
+    return " ".join(notes)
 
 
 def _shown(ctx: Context) -> list[str]:
