@@ -84,3 +84,13 @@ def test_a_partial_sweep_has_no_table_of_one_value(tmp_path, monkeypatch):
     assert ('No "By lr" table: the 2 runs with a val/acc all hold lr=0.1 (the sweep has 2 '
             "values), and a table of one lr compares nothing.") in best
 
+
+def test_step_curves_reach_the_runs_last_step(sweep):
+    """The converged runs' figure draws their logged step losses to the run's last step,
+    120 of 3 epochs of 40 (log_interval 20: 1, 21, ..., 101, then 120), as TensorBoard
+    holds them; before, each line ended at step 101, epoch 2.5 of 3."""
+    drawn = sweep["report"].figures["loss_converged.png"]
+    (panel,) = [ax for ax in drawn.axes if ax.lines]
+    lines = [line for line in panel.lines if "=" in line[0] and not line[0].startswith("_")]
+    assert panel.xlabel == "training step" and len(lines) == 2
+    assert all(list(x) == [1, 21, 41, 61, 81, 101, 120] for _, x, _ in lines), lines

@@ -281,7 +281,7 @@ def test_a_resumed_run_shows_each_step_once_in_tensorboard(workdir, monkeypatch,
                 (read.__name__, tag)
             assert [v for _, v in points] == pytest.approx([v for _, v in straight[tag]]), \
                 (read.__name__, tag)
-        assert len(resumed["train/step_loss"]) == 12  # every 5th of 60 steps: none twice
+        assert len(resumed["train/step_loss"]) == 13  # 1, 6, ..., 56 and 60: none twice
     # and the run's config text once, at step 0, for both readers (it showed once a start)
     assert [step for step, _ in config_texts(workdir / "logs" / "g" / "resumed")] == [0]
     served = plugin_event_accumulator.EventAccumulator(

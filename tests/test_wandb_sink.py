@@ -232,3 +232,24 @@ def test_a_sink_that_cannot_finish_leaves_the_others_of_every_member_finished(wo
                 for value in event.summary.value]
         assert "_hparams_/session_end_info" in tags, (k, sorted(set(tags)))
         assert "val/acc" in tags, k
+
+
+@pytest.mark.timeout(180)
+def test_the_last_logged_step_is_the_runs_last_in_wandb_and_tensorboard(workdir):
+    """Steps are logged every log_interval-th from the first, and the run's last: 3 epochs of
+    40 steps (batch 32) log steps 1, 21, ..., 101 and 120, in W&B's history (its rows'
+    epoch: 3.0 last) as in TensorBoard's. Before, the last was 101 (epoch 2.525), and a
+    figure of the step losses ended half an epoch short of the epoch means."""
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    summary = train({"dataset": "digits", "model": "dense", "hidden": 8, "epochs": 3,
+                     "batch_size": 32, "sinks": ["wandb", "tensorboard"], "group": "g",
+                     "run_name": "r", "data_dir": str(workdir / "data"),
+                     "log_dir": str(workdir / "logs")})
+    assert summary["global_step"] == 120
+    (run,) = closed_offline_runs(workdir / "wandb", 1)
+    epochs = [row["epoch"] for row in run.history if "train/step_loss" in row]
+    assert epochs == pytest.approx([s / 40 for s in (1, 21, 41, 61, 81, 101, 120)])
+    events = EventAccumulator(str(workdir / "logs" / "g" / "r"),
+                              size_guidance={"scalars": 0}).Reload()
+    assert [e.step for e in events.Scalars("train/step_loss")] == [1, 21, 41, 61, 81, 101, 120]

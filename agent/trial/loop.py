@@ -333,13 +333,17 @@ def _train_epoch(pack: TrainingPack, data: Splits, device: torch.device,
     seen = last_seen = 0
     epoch_started = last_log = time.perf_counter()
     check_every = 1 if device.type == "cpu" else cfg.log_interval
+    final = pack.members[0].progress.epoch + 1 == cfg.epochs  # the run's last epoch
     for step_in_epoch, (images, labels) in enumerate(pack.loader, start=1):
         if any(m.hooks.interrupted() for m in pack.members):
             _preempt(pack)
             return None
         progress = pack.members[0].progress
         pack.optimizer.set_lr(pack.lr[progress.global_step])
-        log_now = progress.global_step % cfg.log_interval == 0
+        # the steps 1, 1 + log_interval, ... and the run's last: without it a step curve
+        # ended up to log_interval - 1 steps short (at 101 of 120: epoch 2.5 of 3)
+        log_now = progress.global_step % cfg.log_interval == 0 or (
+            final and step_in_epoch == len(pack.loader))
         step = pack.step(pack.ctx, images, labels, pack.meter if log_now else None)
         losses, logits = step.losses, step.logits
         for member in pack.members:
