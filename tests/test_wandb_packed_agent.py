@@ -167,6 +167,28 @@ def test_runs_that_cannot_share_a_model_train_in_separate_packs_and_a_bad_one_fa
     assert all(runs[r].exit_code == 0 for r in ("wbrun000", "wbrun001", "wbrun003"))
 
 
+def _trained_alone(workdir, earlier: dict[str, float], damaged: str | None = None) -> None:
+    """Runs `earlier` ({run id: lr}) trained one epoch alone (their checkpoints are there
+    when W&B hands those ids out again), `damaged`'s checkpoint then cut short."""
+    from agent.trial import train
+
+    for run_id, lr in earlier.items():
+        train({**base(workdir, lr=lr, epochs=1), "dataset": "digits", "sinks": [],
+               "run_id": run_id})
+    if damaged:
+        path = workdir / "data" / "runs" / damaged / "checkpoint.pt"
+        path.write_bytes(path.read_bytes()[:100])
+
+
+def _packed_sweep(workdir, monkeypatch, lrs: tuple, sweep_id: str) -> int:
+    """A scripted W&B sweep handing out a run of each lr in `lrs`, packed all together: the
+    agent's exit code."""
+    ScriptedServer([base(workdir, lr=lr) for lr in lrs]).install(monkeypatch)
+    return run_wandb_sweep(f"team/study/{sweep_id}", count=None, project=None,
+                           interrupted=lambda: False, sweep_config=sweep_config(),
+                           pack=len(lrs))
+
+
 @pytest.mark.e2e
 @pytest.mark.timeout(300)
 def test_a_member_whose_checkpoint_has_other_values_fails_alone_and_its_pack_trains(
@@ -174,16 +196,9 @@ def test_a_member_whose_checkpoint_has_other_values_fails_alone_and_its_pack_tra
     # wbrun001's run directory holds a checkpoint trained with lr 0.5 (a run W&B hands out
     # again after its folder was copied over): it fails alone, as a run alone would be
     # refused; before, every member of its pack failed with its line
-    from agent.trial import train
-
-    train({**base(workdir, lr=0.5, epochs=1), "dataset": "digits", "sinks": [],
-           "run_id": "wbrun001"})
+    _trained_alone(workdir, {"wbrun001": 0.5})
     foreign = (workdir / "data" / "runs" / "wbrun001" / "checkpoint.pt").read_bytes()
-    server = ScriptedServer([base(workdir, lr=lr) for lr in (0.1, 0.03, 0.01)])
-    server.install(monkeypatch)
-    assert run_wandb_sweep("team/study/sw015", count=None, project=None,
-                           interrupted=lambda: False, sweep_config=sweep_config(),
-                           pack=3) == 0
+    assert _packed_sweep(workdir, monkeypatch, (0.1, 0.03, 0.01), "sw015") == 0
     assert packs[1:] == [["wbrun000", "wbrun001", "wbrun002"]]  # after the one that trained it
     assert "agent: run wbrun001 failed (run wbrun001: its checkpoint (epoch 1) was trained " \
         "with lr=0.5 (now 0.03)" in capsys.readouterr().err
@@ -203,16 +218,8 @@ def test_a_pack_whose_every_member_is_refused_fails_each_run_with_its_own_line(
     # both runs' folders hold a checkpoint trained with other values (lr 0.5 and 0.3): each
     # fails with its own line; before, the trial raised the first member's refusal and both
     # runs failed with a traceback, wbrun001 with no reason of its own
-    from agent.trial import train
-
-    for run_id, lr in (("wbrun000", 0.5), ("wbrun001", 0.3)):
-        train({**base(workdir, lr=lr, epochs=1), "dataset": "digits", "sinks": [],
-               "run_id": run_id})
-    server = ScriptedServer([base(workdir, lr=lr) for lr in (0.1, 0.03)])
-    server.install(monkeypatch)
-    assert run_wandb_sweep("team/study/sw016", count=None, project=None,
-                           interrupted=lambda: False, sweep_config=sweep_config(),
-                           pack=2) == 1
+    _trained_alone(workdir, {"wbrun000": 0.5, "wbrun001": 0.3})
+    assert _packed_sweep(workdir, monkeypatch, (0.1, 0.03), "sw016") == 1
     said = capsys.readouterr().err
     assert packs[2:] == [["wbrun000", "wbrun001"]]  # after the two that trained them
     assert "Traceback" not in said and "agent: all 2 runs failed" in said
@@ -231,18 +238,9 @@ def test_a_member_left_behind_by_a_damaged_checkpoint_is_preempted_for_wandb_to_
     # both runs trained an epoch before (W&B hands them out again); wbrun001's checkpoint is
     # cut short: wbrun000 resumes at its epoch 1, and wbrun001, left with no checkpoint of
     # it, ends preempted (W&B hands it out again) rather than taking wbrun000 back to 0
-    from agent.trial import train
-
-    for run_id, lr in (("wbrun000", 0.1), ("wbrun001", 0.03)):
-        train({**base(workdir, lr=lr, epochs=1), "dataset": "digits", "sinks": [],
-               "run_id": run_id})
+    _trained_alone(workdir, {"wbrun000": 0.1, "wbrun001": 0.03}, damaged="wbrun001")
+    assert _packed_sweep(workdir, monkeypatch, (0.1, 0.03), "sw017") == 0
     path = workdir / "data" / "runs" / "wbrun001" / "checkpoint.pt"
-    path.write_bytes(path.read_bytes()[:100])
-    server = ScriptedServer([base(workdir, lr=lr) for lr in (0.1, 0.03)])
-    server.install(monkeypatch)
-    assert run_wandb_sweep("team/study/sw017", count=None, project=None,
-                           interrupted=lambda: False, sweep_config=sweep_config(),
-                           pack=2) == 0
     said = capsys.readouterr().err
     assert packs[2:] == [["wbrun000", "wbrun001"]]  # after the two that trained them
     assert "run wbrun001: " in said and "it goes back to the sweep, to resume from scratch" \
@@ -266,15 +264,8 @@ def test_a_new_run_packed_with_a_resumed_one_goes_back_and_the_resumed_one_keeps
     # ends preempted for W&B to hand out again. Before, the pack started both from scratch
     # and wrote over wbrun000's checkpoint, which the line sending a damaged member back
     # had promised it would resume from.
-    from agent.trial import train
-
-    train({**base(workdir, lr=0.1, epochs=1), "dataset": "digits", "sinks": [],
-           "run_id": "wbrun000"})
-    server = ScriptedServer([base(workdir, lr=lr) for lr in (0.1, 0.03)])
-    server.install(monkeypatch)
-    assert run_wandb_sweep("team/study/sw018", count=None, project=None,
-                           interrupted=lambda: False, sweep_config=sweep_config(),
-                           pack=2) == 0
+    _trained_alone(workdir, {"wbrun000": 0.1})
+    assert _packed_sweep(workdir, monkeypatch, (0.1, 0.03), "sw018") == 0
     said = capsys.readouterr().err
     assert packs[1:] == [["wbrun000", "wbrun001"]], packs
     assert ("run wbrun001: no checkpoint of it, and its pack resumes at epoch 1: it goes back "
