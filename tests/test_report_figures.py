@@ -673,9 +673,10 @@ def test_parallel_number_labels_sit_at_their_values_or_are_left_out(tmp_path):
 
 def test_runs_that_logged_fewer_steps_than_epochs_are_drawn_by_their_epochs(tmp_path,
                                                                             monkeypatch):
-    """A digits cnn sweep trained here, 10 steps an epoch (batch 128): at log_interval 20 a
-    run logs one step or fewer an epoch; run for one epoch it had one point, its first
-    step's loss, drawn as a dot on an x axis from 0.96 to 1.04. It is drawn by its epoch
+    """A digits cnn sweep trained here, 10 steps an epoch (batch 128): at log_interval 100 a
+    run logs its first step and its last, no more points than its epochs (at log_interval
+    20, run for one epoch before the last step was logged, it had one point, its first
+    step's loss, drawn as a dot on an x axis from 0.96 to 1.04). It is drawn by its epoch
     means; a run that logged more steps than epochs keeps them, at their share of an epoch;
     the axis runs from 0 to the longest run's planned epochs, from epoch 1 where every run
     is drawn by its epoch means (the first of them is epoch 1's)."""
@@ -693,25 +694,25 @@ def test_runs_that_logged_fewer_steps_than_epochs_are_drawn_by_their_epochs(tmp_
                        "channels": {"value": [8, 16]}, "batch_size": {"value": 128},
                        "optimizer": {"value": "adam"}, "lr": {"value": 0.01},
                        "sinks": {"value": ["tensorboard"]},
-                       "epochs": {"values": [1, 3]}, "log_interval": {"values": [5, 20]}}})
+                       "epochs": {"values": [2, 3]}, "log_interval": {"values": [5, 100]}}})
     assert LocalAgent(store, 5.0, 60.0, PackSizer(fixed=1)).run(None) == 0
     study = local_study(store)
     ctx = document.study_context(study, tmp_path / "report", stats.GroupRule())
     runs = {(r.config["epochs"], r.config["log_interval"]): r for r in study.runs}
     assert len(runs) == 4 and all(r.state == "finished" for r in runs.values())
-    one = runs[(1, 20)]
-    assert len(ctx.curves[one.id].steps) == 1  # the premise: one logged step
+    two = runs[(2, 100)]
+    assert ctx.curves[two.id].steps == [1, 20]  # the premise: its first step and its last
     for group in stats.GROUPS:
         members = [r for r in study.runs if ctx.group_of(r) == group]
         if not members:
             continue
         drawn = group_figure(ctx, group, members)
         lines = {label: (x, y) for ax in drawn.axes for label, x, y in ax.lines}
-        by_epoch = any(r.config["log_interval"] == 20 for r in members)
+        by_epoch = any(r.config["log_interval"] == 100 for r in members)
         for ax in [ax for ax in drawn.axes if ax.title]:
             assert ax.xlabel == ("epoch" if by_epoch else "training step")
             longest = max(r.config["epochs"] for r in members)
-            if all(r.config["log_interval"] == 20 for r in members):  # epoch means alone:
+            if all(r.config["log_interval"] == 100 for r in members):  # epoch means alone:
                 pad = 0.02 * (longest - 1) or 0.5  # from epoch 1, their first point
                 assert ax.xlim == pytest.approx((1 - pad, longest + pad))
                 assert drawn.suptitle.endswith("mean training loss of each epoch")
@@ -721,19 +722,19 @@ def test_runs_that_logged_fewer_steps_than_epochs_are_drawn_by_their_epochs(tmp_
             if run not in members:
                 continue
             x, y = lines[f"epochs={epochs} log_interval={interval}"]
-            if interval == 20:  # fewer logged steps than epochs: the epoch means
+            if interval == 100:  # no more logged steps than epochs: the epoch means
                 assert list(x) == list(range(1, epochs + 1))
                 assert list(y) == pytest.approx([row["train/loss"] for row in run.history])
-            else:  # every 5th step: 2 or 6 points, at their share of an epoch where needed
+            else:  # every 5th step and the last: 5 or 7 points, at their share of an epoch
                 steps = ctx.curves[run.id].steps
-                assert len(steps) == 2 * epochs
+                assert len(steps) == 2 * epochs + 1 and steps[-1] == 10 * epochs
                 assert list(x) == pytest.approx([s / 10 if by_epoch else s for s in steps])
     # the report says which figures mix the two, in words
     from agent.report.runs_section import GROUP_TITLES
 
     mixed = [group for group in stats.GROUPS
              if {r.config["log_interval"] for r in study.runs if ctx.group_of(r) == group}
-             == {5, 20}]
+             == {5, 100}]
     assert mixed  # the premise: runs of both intervals in one group
     text = document.build_report(study, tmp_path / "built").path.read_text()
     titles = " and ".join(f'"{GROUP_TITLES[group]}"' for group in mixed)
