@@ -6,8 +6,26 @@ from __future__ import annotations
 
 import os
 import shlex
+import textwrap
 
 ROOT_VARIABLE = "SWEEP_SCRIPTS_ROOT"  # the project's folder, exported by util/with_venv.sh
+
+# Between words `wrapped` keeps on one line (written as a plain space): a command to copy
+# from one line, "packs of 8" rather than "packs of" over a lone "8"
+NBSP = "\xa0"
+
+
+def whole(text: str) -> str:
+    """`text` (a command to copy) kept on one line by `wrapped`."""
+    return text.replace(" ", NBSP)
+
+
+def wrapped(text: str, width: int = 80, break_long_words: bool = True) -> str:
+    """`text` wrapped between words within `width` columns, the lines after the first
+    indented by two, never at an NBSP (`whole`), which is written as a space; a word longer
+    than a line is cut only where `break_long_words`."""
+    return textwrap.fill(text, width, subsequent_indent="  ", break_on_hyphens=False,
+                         break_long_words=break_long_words).replace(NBSP, " ")
 
 
 def script(name: str) -> str:

@@ -16,13 +16,12 @@ confidence intervals. `--run` runs local repeat sweeps right away.
 from __future__ import annotations
 
 import sys
-import textwrap
 from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
 
-from agent.commands import module_command, script
+from agent.commands import module_command, script, wrapped
 from agent.ids import new_run_id
 from agent.metrics import STOPPED_IN_WANDB, STOPPED_IN_WANDB_OR_FATAL
 from agent.report import stats
@@ -367,8 +366,7 @@ def say(note: str) -> None:
     """A note on stderr, wrapped within 80 columns as the launcher's and the agents' are:
     a setting passed over with its reason was one line of up to 190 characters, which a
     terminal breaks mid-word."""
-    print(textwrap.fill(note, 80, subsequent_indent="  ", break_on_hyphens=False),
-          file=sys.stderr)
+    print(wrapped(note), file=sys.stderr)
 
 
 def varied_parameters(study: Study) -> list[str]:

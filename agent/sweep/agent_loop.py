@@ -28,6 +28,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from agent.commands import NBSP
 from agent.ids import path_safe, run_directory
 from agent.sweep import program
 from agent.sweep.controller import (
@@ -856,11 +857,6 @@ def _adopted(sizer: PackSizer, key, sizes, largest: int | None, kind: str, say_l
     say_line(f"--pack auto for {kind}: packs{NBSP}of{NBSP}{sizer.next_size(key)}",
              f"(measured by agent {found[1]}: {sizer.measured_text(key)})")
     return True
-
-
-# Between words say() keeps on one line (written as a plain space): the outcome of --pack
-# auto, "packs of 8", wrapped as "packs of" over a lone "8" where the kind's text was long
-NBSP = "\xa0"
 
 
 def say(owner: str, text: str, *more: str) -> None:

@@ -21,7 +21,7 @@ from rich.markup import escape
 from rich.table import Table
 from rich.text import Text
 
-from agent.commands import module_command, script
+from agent.commands import module_command, script, whole, wrapped
 from agent.ids import path_safe
 from agent.params import BY_NAME
 from agent.sweep.controller import HEARTBEAT_TIMEOUT_S, not_repeated_why, repeatable
@@ -334,8 +334,7 @@ def render_status(store: SweepStore, console: Console | None = None,
                      "has stopped (or beats less often, --heartbeat); the next agent marks "
                      f"the run crashed and repeats it: {script('run_sweep.sh')} {sweep.id}")
     for line in lines:  # wrapped between words, the rest indented, not cut inside a word
-        console.print(escape(textwrap.fill(line, console.width, subsequent_indent="  ",
-                                           break_on_hyphens=False, break_long_words=False)),
+        console.print(escape(wrapped(line, console.width, break_long_words=False)),
                       highlight=False, soft_wrap=True)
 
 
@@ -357,30 +356,15 @@ def _print_best(console: Console, sweep, runs: list[Run], limit: int,
     states = Counter(shown_state(r, silent_after=silent_after(r)) for r in runs
                      if r.id not in valued)
     without = ", ".join(f"{states[s]} {s}" for s in SHOWN_STATES if states[s])
-    command = f"{module_command('agent.status')} {sweep.id}"
+    every = "all of them: " + whole(f"{module_command('agent.status')} {sweep.id}")
     if not shown:
         so_far = _best_so_far(runs, metric, sign)
-        text, command = f"no run has a result ({metric}) yet: {without}{so_far}; all of " \
-            "them:", command
+        text = f"no run has a result ({metric}) yet: {without}{so_far}; {every}"
     else:
         text = (f"(the best {len(shown)} of {len(runs)} runs"
-                + (f"; without a result: {without}" if without else "") + "; all of them:")
-        command += ")"
-    console.print(escape(with_command(text, command, console.width)), highlight=False,
-                  soft_wrap=True)
-
-
-def with_command(text: str, command: str, width: int) -> str:
-    """`text command` wrapped between words within `width` columns, the lines after the
-    first indented by two, the command whole on one line (to be copied): on the last line
-    of the text where it fits there, else on a line of its own."""
-    lines = textwrap.wrap(text, width, subsequent_indent="  ", break_on_hyphens=False,
-                          break_long_words=False)
-    if len(lines[-1]) + 1 + len(command) <= width:
-        lines[-1] += " " + command
-    else:
-        lines.append("  " + command)
-    return "\n".join(lines)
+                + (f"; without a result: {without}" if without else "") + f"; {every})")
+    console.print(escape(wrapped(text, console.width, break_long_words=False)),
+                  highlight=False, soft_wrap=True)
 
 
 def ahead_of_best(runs: list[Run], best: BestRun) -> tuple[Run, float] | None:

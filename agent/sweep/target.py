@@ -12,12 +12,11 @@ import json
 import os
 import re
 import sqlite3
-import textwrap
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from agent.commands import script
+from agent.commands import script, whole, wrapped
 from agent.sweep.store import STORE_NAME, SWEEPS_DIR, SweepStore, store_paths
 from util.errors import UserError, brief, one_line, without_api_key
 
@@ -183,16 +182,10 @@ def check_sweep_project(where: str, config: dict) -> None:
                     "run would fail; WANDB_PROJECT or --project, where set, is used instead")
 
 
-# Between words print_notes keeps on one line (written as a plain space): a command to copy
-NBSP = "\xa0"
-
-
 def print_notes(notes: list[str]) -> None:
-    """Each note wrapped to 80 columns, its lines after the first indented, never at an
-    NBSP (written as a space)."""
+    """Each note wrapped to 80 columns, its lines after the first indented (commands.wrapped)."""
     for note in notes:
-        print(textwrap.fill(note, 80, subsequent_indent="  ", break_on_hyphens=False)
-              .replace(NBSP, " "))
+        print(wrapped(note))
 
 
 def create_local_sweep(yaml_path: str | Path, options: str = "", announce: bool = True,
@@ -253,7 +246,7 @@ def unfinished_twin(config: dict, options: str = "") -> str | None:
     return (f"note: sweep {sweep_id}, made earlier from the same config, is not finished "
             f"({counts}); to go on with it instead: "
             # wrapped as a whole (print_notes), to copy from one line
-            + f"{script('run_sweep.sh')} {sweep_id}{options}".replace(" ", NBSP))
+            + whole(f"{script('run_sweep.sh')} {sweep_id}{options}"))
 
 
 def hint_options(options: str, config: dict) -> str:
