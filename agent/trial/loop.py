@@ -236,10 +236,15 @@ def _sent_back(members: list[Member], saved: list[checkpoint.Saved], epoch: int)
             f"no checkpoint of it, and its pack resumes at epoch {epoch}: it goes back to the "
             "sweep, to start in a later claim")
         print(f"run {member.run.id}: {line}", file=sys.stderr)
-        member.state = "preempted"
-        member.summary = {"run_id": member.run.id, "state": "preempted", "epochs_done": has,
-                          "sent_back": line}
-        member.hooks.ended(member.summary)
+        _ended_untrained(member, "preempted", epochs_done=has, sent_back=line)
+
+
+def _ended_untrained(member: Member, state: str, **summary) -> None:
+    """The member ends in `state` before the pack trains (refused, sent back): its summary
+    (run id, state, and `summary`), its hooks told; no sink of it has started."""
+    member.state = state
+    member.summary = {"run_id": member.run.id, "state": state, **summary}
+    member.hooks.ended(member.summary)
 
 
 def _without_refused(members: list[Member], saved: list[checkpoint.Saved]
@@ -269,9 +274,7 @@ def _without_refused(members: list[Member], saved: list[checkpoint.Saved]
     if len(members) == 1 and refused:
         raise refused[0][1]
     for member, error in refused:
-        member.state = "failed"
-        member.summary = {"run_id": member.run.id, "state": "failed", "error": str(error)}
-        member.hooks.ended(member.summary)
+        _ended_untrained(member, "failed", error=str(error))
     kept = [k for k, member in enumerate(members) if member.active]
     return [members[k] for k in kept], [saved[k] for k in kept]
 

@@ -61,15 +61,24 @@ REAL_FORWARD_PARAMS = 50_000_000
 PROBE_BATCH = 2  # batch norm in training mode needs two values a channel
 
 
-def _measured_size(config, shape: tuple[int, int, int], classes: int,
-                   batch: int) -> tuple[int, int]:
+def _probe_model(config, shape: tuple[int, int, int], classes: int):
+    """(the model `config` asks for, its parameter count, the device it is on): built on
+    the CPU up to REAL_FORWARD_PARAMS (its initial weights drawn without touching the
+    process's random stream), else left on the meta device."""
     with torch.device("meta"):
         model = MODELS[config.model](config, shape, classes)
     params = sum(p.numel() for p in model.parameters())
-    if params <= REAL_FORWARD_PARAMS:
+    if params > REAL_FORWARD_PARAMS:
+        return model, params, "meta"
+    with torch.random.fork_rng(devices=[]):  # the build draws initial weights
+        return MODELS[config.model](config, shape, classes), params, "cpu"
+
+
+def _measured_size(config, shape: tuple[int, int, int], classes: int,
+                   batch: int) -> tuple[int, int]:
+    model, params, device = _probe_model(config, shape, classes)
+    if device == "cpu":
         # activations grow in proportion to the batch: measure two images, scale
-        with torch.random.fork_rng(devices=[]):  # the build draws initial weights
-            model = MODELS[config.model](config, shape, classes)
         return params, _activations(model, PROBE_BATCH, shape) * batch // PROBE_BATCH
     return params, _activations(model, batch, shape, device="meta")
 
@@ -205,16 +214,11 @@ def check_batch_of_one(config) -> None:
     channel: torch refuses to normalise such a batch in training ('Expected more than 1 value
     per channel'), which came as a traceback from the first step. A map shrunk to 1x1 does
     it: ResNet's last stage on 8x8 digits, a cnn's fourth block on them. Found by one
-    training-mode forward of one image, as the model size is measured (_measured_size)."""
+    training-mode forward of one image of the model _measured_size builds (_probe_model)."""
     if config.batch_size != 1:  # a larger batch (at least two images: check_training_set)
         return
     shape, classes, _ = IMAGE_SETS[config.dataset]
-    with torch.device("meta"):
-        model = MODELS[config.model](config, shape, classes)
-    device = "meta"
-    if sum(p.numel() for p in model.parameters()) <= REAL_FORWARD_PARAMS:
-        with torch.random.fork_rng(devices=[]):  # the build draws initial weights
-            model, device = MODELS[config.model](config, shape, classes), "cpu"
+    model, _, device = _probe_model(config, shape, classes)
     try:
         _activations(model, 1, shape, device)
     except ValueError as error:
