@@ -202,12 +202,15 @@ def test_two_submissions_on_one_local_sweep_share_it_and_both_hold_it(workdir, s
     every run once, and the sweep's record names both jobs (a task on another node waits
     for both to end, not the latest one alone). The W&B key the jobs get from the shell
     (sbatch passes it) is in none of the files they leave (scripts, logs, store, runs)."""
+    LRS = [0.005, 0.01, 0.02, 0.03, 0.05, 0.07, 0.1, 0.15, 0.2, 0.25, 0.3, 0.4]  # noqa: N806
     config = {"program": "agent/train.py", "method": "grid",
               "metric": {"name": "val/acc", "goal": "maximize"},
               "parameters": {"dataset": {"value": "digits"}, "model": {"value": "dense"},
                              "hidden": {"value": 64}, "epochs": {"value": 25},
                              "sinks": {"value": []},
-                             "lr": {"values": [0.01, 0.02, 0.05, 0.1, 0.2, 0.3]}}}
+                             # twelve runs: the first job's agent must not end the sweep
+                             # before the second's starts (of six, it once trained all)
+                             "lr": {"values": LRS}}}
     create_store(workdir / "data" / "sweeps" / "twice", "twice", "twice", config).close()
     secret = "0123456789abcdef0123456789abcdef01234567"
     env = subprocess_env(SLURM_CONF=slurm_cluster["SLURM_CONF"], PATH=slurm_cluster["PATH"],
@@ -229,7 +232,7 @@ def test_two_submissions_on_one_local_sweep_share_it_and_both_hold_it(workdir, s
     assert sorted(re.findall(r"JobState=(\w+).*?ExitCode=(\S+)", shown, re.S)) == [
         ("COMPLETED", "0:0")] * 2, outputs
     runs = SweepStore(workdir / "data" / "sweeps" / "twice" / "sweep.db").runs()
-    assert sorted(r.config["lr"] for r in runs) == [0.01, 0.02, 0.05, 0.1, 0.2, 0.3]
+    assert sorted(r.config["lr"] for r in runs) == LRS
     assert all(r.state == "finished" for r in runs), outputs
     assert len({r.owner for r in runs}) == 2, outputs  # both jobs' agents trained
     record = (workdir / "data" / "sweeps" / "twice" / "node").read_text().split()
