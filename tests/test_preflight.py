@@ -3,8 +3,10 @@ configurations no device can train refused in one line before any data or file i
 
 from __future__ import annotations
 
+import multiprocessing
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -91,6 +93,36 @@ def test_a_folder_that_cannot_be_made_is_one_line_before_training(workdir, name,
     assert message.startswith(f"{name}=") and ("not a folder" in message
                                                or "cannot make" in message), message
     assert sorted(p.name for p in workdir.iterdir()) == ["a_file"]  # nothing else made
+
+
+def _check_many_times(folder: str, times: int, problems) -> None:
+    found = [preflight.folder_problem(Path(folder), written=True) for _ in range(times)]
+    problems.extend([p for p in found if p])
+
+
+@pytest.mark.timeout(120)
+def test_agents_checking_one_missing_folder_at_once_do_not_refuse_each_other(workdir):
+    """`--agents 2` starts two agents on one sweep: both check the same missing run_dir at
+    once, each making and removing its parts. One agent's folder (made, or removed again)
+    is not a problem of the other's (the check used to say "cannot make data: File exists",
+    or "No such file or directory" for a parent removed under it, and fail a run)."""
+    folder = str(workdir / "data" / "runs" / "sweep")
+    with multiprocessing.Manager() as manager:
+        problems = manager.list()
+        agents = [multiprocessing.get_context("fork").Process(
+            target=_check_many_times, args=(folder, 400, problems)) for _ in range(4)]
+        for agent in agents:
+            agent.start()
+        for agent in agents:
+            agent.join(100)
+        assert [a.exitcode for a in agents] == [0] * 4
+        assert list(problems) == []
+    # each removed what it made: at most empty parts of the path stay, made by one agent
+    # while another had a folder in them (which the runs make next anyway)
+    left = sorted(p.relative_to(workdir).as_posix() for p in workdir.rglob("*"))
+    assert left in ([], ["data"], ["data", "data/runs"], ["data", "data/runs",
+                                                              "data/runs/sweep"]), left
+    assert not [p for p in workdir.rglob("*") if p.is_file()]
 
 
 @pytest.mark.e2e

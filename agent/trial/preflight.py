@@ -12,6 +12,7 @@ from __future__ import annotations
 import importlib.util
 import os
 import shutil
+import stat
 import tempfile
 from collections.abc import Callable
 from pathlib import Path
@@ -257,29 +258,55 @@ def folder_problem(folder: Path, written: bool = False) -> str | None:
     """Why `folder` cannot be made (or is not a folder), in a few words; None when it can.
     With `written`, a folder that exists must also take a new entry (a read-only mount, no
     permission): a subfolder is made in it and removed. Leaves nothing behind: the missing
-    parts it makes to find out are removed again."""
+    parts it makes to find out are removed again. Agents started together on one sweep run
+    this check on the same folders at once: where a part vanished under it (as another agent
+    makes and removes it), the check is made again, and only a problem seen every time is
+    one (/proc refuses a new folder as missing every time)."""
+    for _ in range(20):
+        problem, raced = _folder_problem_once(folder, written)
+        if not raced:
+            return problem
+    return problem
+
+
+def _folder_problem_once(folder: Path, written: bool) -> tuple[str | None, bool]:
+    """(why `folder` cannot be made or None, whether a part vanished under the check)."""
     missing, existing = [], folder
-    while not existing.exists() and existing != existing.parent:
+    while (kind := _kind(existing)) is None and existing != existing.parent:
         missing.append(existing)
         existing = existing.parent
-    if not existing.is_dir():
-        return f"{existing} is not a folder"
+    if kind != "folder":
+        return f"{existing} is not a folder", kind is None
     if written and not missing:
         try:
             os.rmdir(tempfile.mkdtemp(prefix=".write-check-", dir=folder))
         except OSError as error:
-            return f"cannot write in {folder}: {error.strerror}"
+            return (f"cannot write in {folder}: {error.strerror}",
+                    isinstance(error, FileNotFoundError))
     made = []
     try:
         for part in reversed(missing):
-            os.mkdir(part)
-            made.append(part)
-    except OSError as error:
-        return f"cannot make {error.filename or part}: {error.strerror}"
+            try:
+                os.mkdir(part)
+                made.append(part)
+            except FileExistsError:
+                if (kind := _kind(part)) != "folder":
+                    return f"{part} is not a folder", kind is None
+    except OSError as error:  # FileNotFoundError: a parent removed under it, or /proc
+        return (f"cannot make {error.filename or part}: {error.strerror}",
+                isinstance(error, FileNotFoundError))
     finally:
         for part in reversed(made):
             try:
                 os.rmdir(part)
             except OSError:
                 pass
-    return None
+    return None, False
+
+
+def _kind(path: Path) -> str | None:
+    """"folder", "other" (a file, a device) or None (missing, or under a file), by one stat."""
+    try:
+        return "folder" if stat.S_ISDIR(os.stat(path).st_mode) else "other"
+    except (FileNotFoundError, NotADirectoryError):
+        return None
