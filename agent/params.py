@@ -376,11 +376,17 @@ def validate(values: dict[str, Any]) -> RunConfig:
 
 
 def _nesterov_needs_sgd(config: dict[str, Any]) -> None:
-    uses_sgd = config["optimizer"] == "sgd" or (
-        config["optimizer"] == "sam" and config["sam_base"] == "sgd")
-    if config["nesterov"] and (not uses_sgd or config["momentum"] == 0):
-        raise UserError(f"nesterov=True is not allowed with optimizer={config['optimizer']!r}"
-                        f" and momentum={config['momentum']}: it needs sgd with momentum > 0")
+    # torch.optim.SGD alone takes nesterov, and only with a momentum (its ValueError)
+    optimizer, base = config["optimizer"], config["sam_base"]
+    uses_sgd = optimizer == "sgd" or (optimizer == "sam" and base == "sgd")
+    if not config["nesterov"] or (uses_sgd and config["momentum"] > 0):
+        return
+    # the values that refuse it: the optimizer (under sam, its base), else the momentum
+    values = [f"optimizer={optimizer!r}"] + ([f"sam_base={base!r}"] if optimizer == "sam" else [])
+    if uses_sgd:
+        values.append(f"momentum={config['momentum']}")
+    raise UserError(f"nesterov=True is not allowed with {', '.join(values)}: it needs sgd, or "
+                    "sam with sam_base=sgd, with momentum > 0")
 
 
 def _odd_kernel(config: dict[str, Any]) -> None:
