@@ -434,6 +434,8 @@ def parse_args(argv: list[str]) -> dict[str, Any]:
             key, sep, value = token[2:].partition("=")
             if not sep:
                 key = _param_name(key)
+                if key not in BY_NAME and key != "config":  # `--amsgrad` last: no value to ask
+                    raise unknown_parameter(key)
                 takes_word = index < len(argv) and str(argv[index]).strip().lower() in (
                     TRUE_WORDS | FALSE_WORDS | {"none"})
                 if key in BY_NAME and BY_NAME[key].type is bool and not takes_word:

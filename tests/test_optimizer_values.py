@@ -9,7 +9,7 @@ import sys
 
 import pytest
 
-from agent.params import validate
+from agent.params import parse_args, validate
 from conftest import subprocess_env
 from util.errors import UserError
 
@@ -74,6 +74,18 @@ def test_nesterov_refused_under_sam_names_the_base_that_refuses_it():
     line = str(refused.value)
     assert line == ("nesterov=True is not allowed with optimizer='sam', sam_base='rmsprop': "
                     "it needs sgd, or sam with sam_base=sgd, with momentum > 0"), line
+
+
+def test_a_bare_flag_of_no_parameter_is_an_unknown_parameter():
+    """`--amsgrad` (torch's Adam flag; ${args_no_boolean_flags} of a sweep's true boolean)
+    last on the line said '--amsgrad needs a value: --amsgrad=VALUE', as if amsgrad were a
+    parameter that took one."""
+    for argv in (["--amsgrad"], ["--lr=0.1", "--centered"]):
+        with pytest.raises(UserError) as refused:
+            validate(parse_args(argv))
+        line = str(refused.value)
+        assert line.startswith(f"unknown parameter '{argv[-1][2:]}'") and "needs a value" \
+            not in line, line
 
 
 @pytest.mark.e2e
