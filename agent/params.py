@@ -511,14 +511,30 @@ ALIASES = {"learning_rate": "lr", "learningrate": "lr", "wd": "weight_decay",
            "num_epochs": "epochs", "n_epochs": "epochs", "max_epochs": "epochs",
            "training_epochs": "epochs", "bs": "batch_size", "train_batch_size": "batch_size",
            "dropout_rate": "dropout", "drop_rate": "dropout", "hidden_size": "hidden",
-           "fc_layer_size": "hidden", "optim": "optimizer"}
+           "fc_layer_size": "hidden", "optim": "optimizer", "beta1": "momentum"}
+# torch.optim's arguments that a run leaves at torch's defaults (nn/optimizers.py,
+# TORCH_EQUIVALENTS): a sweep written for a torch script names them, and was told only the
+# list of parameters, or for eps 'did you mean epochs?'
+TORCH_DEFAULTS_KEPT = {
+    "eps": "fixed at 1e-8 here, torch's default for adam, adamw and rmsprop",
+    "beta2": "fixed at 0.999 here, torch's default for adam and adamw; momentum is beta1",
+    "betas": "momentum is beta1; beta2 is fixed at 0.999 here, torch's default for adam and "
+             "adamw",
+    "alpha": "fixed at 0.99 here, torch's default for rmsprop",
+    "amsgrad": "off here, torch's default for adam and adamw",
+    "centered": "off here, torch's default for rmsprop",
+    "dampening": "fixed at 0 here, torch's default for sgd",
+}
 
 
 def close_parameter(key: str) -> str:
     """` (did you mean model?)` for a key close to a parameter's name (`modle`) or a name
-    others give it (ALIASES: `learning_rate`, lr), else ''."""
+    others give it (ALIASES: `learning_rate`, lr), what a torch.optim argument is here
+    (TORCH_DEFAULTS_KEPT: ` (torch.optim's eps: fixed at 1e-8 here, ...)`), else ''."""
     import difflib
 
+    if key.lower() in TORCH_DEFAULTS_KEPT:
+        return f" (torch.optim's {key.lower()}: {TORCH_DEFAULTS_KEPT[key.lower()]})"
     close = [ALIASES[key.lower()]] if key.lower() in ALIASES else \
         difflib.get_close_matches(key, list(BY_NAME), n=1)
     return f" (did you mean {close[0]}?)" if close else ""

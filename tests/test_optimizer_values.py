@@ -1,6 +1,7 @@
 """What a sweep may set for its optimizer: the values torch.optim (and SAM's paper) refuse are
 refused before training, in one line naming the key, the value and what is allowed (exit code
-2 from the command line); the values torch takes are taken."""
+2 from the command line); the values torch takes are taken; torch's names for what a run
+cannot set say so."""
 
 from __future__ import annotations
 
@@ -86,6 +87,28 @@ def test_a_bare_flag_of_no_parameter_is_an_unknown_parameter():
         line = str(refused.value)
         assert line.startswith(f"unknown parameter '{argv[-1][2:]}'") and "needs a value" \
             not in line, line
+
+
+@pytest.mark.parametrize("name, hint", [
+    ("beta1", "(did you mean momentum?)"),
+    ("eps", "(torch.optim's eps: fixed at 1e-8 here, torch's default for adam, adamw and "
+            "rmsprop)"),
+    ("beta2", "(torch.optim's beta2: fixed at 0.999 here, torch's default for adam and "
+              "adamw; momentum is beta1)"),
+    ("betas", "(torch.optim's betas: momentum is beta1; beta2 is fixed at 0.999 here, "
+              "torch's default for adam and adamw)"),
+    ("alpha", "(torch.optim's alpha: fixed at 0.99 here, torch's default for rmsprop)"),
+    ("amsgrad", "(torch.optim's amsgrad: off here, torch's default for adam and adamw)"),
+    ("centered", "(torch.optim's centered: off here, torch's default for rmsprop)"),
+    ("dampening", "(torch.optim's dampening: fixed at 0 here, torch's default for sgd)"),
+])
+def test_torch_names_a_run_cannot_set_say_what_they_are_here(name, hint):
+    """A torch user's sweep of eps was told 'did you mean epochs?', and one of beta1 or
+    beta2 only the list of parameters."""
+    with pytest.raises(UserError) as refused:
+        validate(parse_args([f"--{name}=0.5"]))
+    assert str(refused.value).startswith(f"unknown parameter '{name}' {hint}: allowed are "), \
+        str(refused.value)
 
 
 @pytest.mark.e2e
