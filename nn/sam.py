@@ -110,7 +110,9 @@ class SAM(Optimizer):
         e = rho * T^2 g / ||T g||, i.e. a step of length rho measured in the T^-1-scaled weight
         space, which makes the sharpness measure invariant to rescaling of the weights.
         The norm is global, over all parameters, as in both papers; in a pack it is global over
-        each member's slices, one norm per member.
+        each member's slices, one norm per member. T scales every parameter, biases and batch
+        norm's included, as the paper's element-wise T_w is written; the authors' code
+        (SamsungLabs/ASAM) leaves parameters without "weight" in their name at T = 1.
         """
         entries = []  # (param, group, w as (K, ...), T or None, T*g as (K, ...))
         for group in self.param_groups:
