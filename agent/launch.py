@@ -156,11 +156,11 @@ def prepare_sweep_data(where: str, config: dict) -> list[str]:
     with the package), are not read. Returns the names
     prepared. Nothing is checked where a distribution draws one of these parameters, or for
     another program's sweep."""
-    from util.datasets import cache_path, load_decoded
+    from util.datasets import is_cached, load_decoded
 
     prepared = []
     for name, data_dir, dataset_dir in sweep_datasets(config):
-        if name == "digits" or cache_path(name, data_dir).is_file():
+        if name == "digits" or is_cached(name, data_dir):
             continue  # digits comes with scikit-learn: nothing to find or download
         existed = Path(data_dir).exists()
         try:

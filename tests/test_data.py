@@ -236,3 +236,25 @@ def test_class_counts_known_without_files_are_those_the_files_decode_to(cifar_ro
     assert (class_count("mnist"), class_count("cifar100")) == (10, 100)
     assert set(DATASETS) == set(here) | {"cifar10", "mnist", "cifar100"}
     assert class_count("imagenet") is None
+
+
+@pytest.mark.e2e
+@pytest.mark.timeout(120)
+def test_a_run_on_a_cut_short_cache_decodes_the_set_again(tmp_path):
+    """A run whose data_dir holds a cache cut short (a copy of data/ interrupted): the run
+    failed with torch.load's traceback, exit code 1, and so did every later one; now it
+    trains (exit 0) after one note naming the file, and leaves a whole cache."""
+    command = [sys.executable, "-m", "agent.train", "--dataset", "digits", "--model", "dense",
+               "--hidden", "8", "--epochs", "1", "--sinks", "[]", "--device", "cpu",
+               "--data_dir", str(tmp_path / "data"), "--run_dir", str(tmp_path / "runs")]
+    first = subprocess.run(command, cwd=ROOT, env=subprocess_env(), capture_output=True,
+                           text=True, timeout=100)
+    assert first.returncode == 0, first.stderr
+    cache = cache_path("digits", tmp_path / "data")
+    cache.write_bytes(cache.read_bytes()[:1000])
+    again = subprocess.run(command + ["--run_id", "again"], cwd=ROOT, env=subprocess_env(),
+                           capture_output=True, text=True, timeout=100)
+    assert again.returncode == 0, again.stderr
+    assert again.stderr.startswith(f"note: dataset='digits': the cache {cache} "), again.stderr
+    assert "Traceback" not in again.stderr
+    assert load_decoded("digits", tmp_path / "data").train_x.shape == (1438, 1, 8, 8)

@@ -327,3 +327,54 @@ def test_write_idx_round_trips_through_torchvision_reader(tmp_path):
     assert np.array_equal(labels.numpy(), arrays["train_labels"])
     write_idx(tmp_path / "x", np.zeros((3, 28, 28), np.uint8), compress=True)
     assert (tmp_path / "x").read_bytes()[:2] == b"\x1f\x8b"
+
+
+# --- the decoded cache ---------------------------------------------------------------------
+
+CACHE_DAMAGE = {
+    # damage: what is done to <data_dir>/cache/<name>.pt (a copy cut short, a disk error,
+    # something else saved under its name)
+    "truncated": lambda p: _truncate(p, 0.5),
+    "empty": lambda p: p.write_bytes(b""),
+    "not-a-torch-file": lambda p: p.write_bytes(b"<html><body>502</body></html>"),
+    "keys-missing": lambda p: torch.save({"version": 2, "train_x": torch.zeros(3)}, p),
+    "not-a-dict": lambda p: torch.save([1, 2, 3], p),
+}
+
+
+@pytest.mark.parametrize("damage", CACHE_DAMAGE)
+def test_a_damaged_cache_is_decoded_again_from_the_files(tmp_path, monkeypatch, capsys, damage):
+    """A cache file cut short or replaced (an interrupted copy of data/ to a node, a disk
+    error): torch.load's RuntimeError or EOFError, or a KeyError, failed every run with a
+    traceback. Now one note names the file, the set is decoded again from its files and the
+    cache written whole again, read by the next call without a note."""
+    data_dir = tmp_path / "data"
+    arrays = write_idx_set(data_dir, train=30, test=10)
+    register_idx_set("mnist", arrays, monkeypatch.setattr)
+    load_decoded("mnist", data_dir)
+    cache = cache_path("mnist", data_dir)
+    CACHE_DAMAGE[damage](cache)
+    capsys.readouterr()
+    assert_same(load_decoded("mnist", data_dir), arrays)
+    err = capsys.readouterr().err.splitlines()
+    assert len(err) == 1 and err[0].startswith(f"note: dataset='mnist': the cache {cache} "), err
+    assert err[0].endswith("decoded again from the files"), err
+    assert_same(load_decoded("mnist", data_dir), arrays)
+    assert capsys.readouterr().err == ""
+    assert sorted(p.name for p in cache.parent.iterdir()) == ["mnist.pt"]
+
+
+def test_a_damaged_cache_without_its_files_is_the_usual_line_and_is_removed(tmp_path,
+                                                                          monkeypatch):
+    """With the files gone too, the usual line for a set that is not there (one line, exit
+    2 from the command line), not the cache's traceback; the damaged file is removed, so
+    nothing half-written stays where a later run looks first."""
+    data_dir, empty = tmp_path / "data", tmp_path / "empty"
+    empty.mkdir()
+    arrays = write_idx_set(data_dir, train=30, test=10)
+    register_idx_set("mnist", arrays, monkeypatch.setattr)
+    load_decoded("mnist", data_dir)
+    for name in IDX_NAMES.values():
+        (data_dir / f"{name}.gz").unlink()
+    _truncate(cache_path("mnist", data_dir), 0.5)
+    fails("mnist", data_dir, "holds no MNIST files", dataset_dir=str(empty))

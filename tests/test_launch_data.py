@@ -160,3 +160,17 @@ def test_an_existing_folder_the_runs_cannot_write_in_is_refused_at_launch_and_in
         check_runnable("s.yaml", sweep(dataset="digits", data_dir=str(place)), None)
         assert list(place.iterdir()) == []
     assert sorted(p.name for p in workdir.iterdir()) == ["ro"]  # nothing else made
+
+
+def test_a_damaged_cache_is_made_again_by_the_launcher(cifar_root, capsys):
+    """The launcher took any file at the cache's path for a cached set and left it, so every
+    run of the sweep failed on it; now a cache that is not a whole torch file is decoded
+    again there, once."""
+    config = sweep(dataset="cifar10", data_dir=str(cifar_root))
+    assert prepare_sweep_data("s.yaml", config) == ["cifar10"]
+    cache = cache_path("cifar10", cifar_root)
+    cache.write_bytes(cache.read_bytes()[:-100])
+    capsys.readouterr()
+    assert prepare_sweep_data("s.yaml", config) == ["cifar10"]
+    assert capsys.readouterr().err.startswith(f"note: dataset='cifar10': the cache {cache} ")
+    assert prepare_sweep_data("s.yaml", config) == []

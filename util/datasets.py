@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 import sys
+import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -347,7 +348,7 @@ def found_without_download(name: str, data_dir: str | os.PathLike,
     True for its cache, or for its files found (data_dir, dataset_dir, an OS package's copy)
     and decoded and checked as load_decoded checks them; False where none are found (load_decoded
     would download them). Raises UserError for missing or bad files, as load_decoded does."""
-    if name == "digits" or cache_path(name, data_dir).is_file():
+    if name == "digits" or is_cached(name, data_dir):
         return True  # digits comes with scikit-learn
     try:
         return DATASETS[name](Path(data_dir), dataset_dir, download=False) is not None
@@ -355,17 +356,64 @@ def found_without_download(name: str, data_dir: str | os.PathLike,
         raise UserError(f"dataset={name!r}: {error}") from None
 
 
-def load_decoded(name: str, data_dir: str | os.PathLike, dataset_dir: str = "") -> DecodedSet:
-    """The dataset as uint8 tensors on the CPU: from the cache file, else found, checked,
-    decoded and cached. Raises UserError (nothing cached) for missing or bad files."""
+def is_cached(name: str, data_dir: str | os.PathLike) -> bool:
+    """Whether the cache of `name` is there and whole: a zip file (torch.save's format) whose
+    end record reads, the tensors not loaded. A file cut short, or of another format, is not
+    cached: load_decoded decodes the set again over it."""
+    path = cache_path(name, data_dir)
+    return path.is_file() and zipfile.is_zipfile(path)
+
+
+def _cached_set(stored) -> DecodedSet | None:
+    """The DecodedSet a loaded cache file holds; None for an older CACHE_VERSION's (decoded
+    again, as its layout may differ). ValueError where it is not the dict to_dict writes."""
+    import torch
+
+    if not isinstance(stored, dict):
+        raise ValueError(f"it holds a {type(stored).__name__}, not a dict")
+    if stored.get("version") != CACHE_VERSION:
+        return None
+    x_y = [stored.get(key) for key in ("train_x", "train_y", "test_x", "test_y")]
+    for x, y in (x_y[:2], x_y[2:]):
+        if not (isinstance(x, torch.Tensor) and isinstance(y, torch.Tensor)
+                and x.dtype == torch.uint8 and x.dim() == 4 and y.dtype == torch.int64
+                and y.dim() == 1 and len(x) == len(y)):
+            raise ValueError("its images or labels are missing or of another shape")
+    if not isinstance(stored.get("classes"), list):
+        raise ValueError("it lists no class names")
+    return DecodedSet(*x_y, stored["classes"], stored.get("source", ""))
+
+
+def _read_cache(name: str, path: Path) -> DecodedSet | None:
+    """The set from its cache file; None where there is none, or an older layout, or the file
+    is damaged: then one note says so and the file is removed, so that nothing half-written
+    is left where the next run looks first (the caller decodes the files again)."""
     import torch  # here, not with the module: the dataset names are read without torch
 
+    if not path.exists():
+        return None
+    try:
+        return _cached_set(torch.load(path, weights_only=True))
+    except Exception as error:  # a copy cut short, a disk error, another file under its name
+        reason = (str(error).splitlines() or [""])[0][:80]
+        print(f"note: dataset={name!r}: the cache {path} is unreadable ("
+              f"{type(error).__name__}{': ' + reason if reason else ''}): decoded again "
+              "from the files", file=sys.stderr)
+        try:
+            path.unlink(missing_ok=True)
+        except OSError:  # read-only storage: a later run reads it, notes it, passes it by
+            pass
+        return None
+
+
+def load_decoded(name: str, data_dir: str | os.PathLike, dataset_dir: str = "") -> DecodedSet:
+    """The dataset as uint8 tensors on the CPU: from the cache file, else found, checked,
+    decoded and cached. Raises UserError (nothing cached) for missing or bad files; a damaged
+    cache file is one note on stderr, removed, and the set decoded from its files again."""
     path = cache_path(name, data_dir)
-    if path.exists():
-        stored = torch.load(path, weights_only=True)
-        if stored.get("version") == CACHE_VERSION:
-            return DecodedSet(stored["train_x"], stored["train_y"], stored["test_x"],
-                              stored["test_y"], stored["classes"], stored.get("source", ""))
+    cached = _read_cache(name, path)
+    if cached is not None:
+        return cached
     try:
         decoded = DATASETS[name](Path(data_dir), dataset_dir)
     except UserError as error:
