@@ -294,6 +294,55 @@ def test_every_cifar_fault_is_one_line_naming_the_file(tmp_path, monkeypatch, fa
     fails("cifar10", data_dir, named, words)
 
 
+FOLDER_CUT_SHORT = {
+    # how torchvision's extraction of cifar-10-python.tar.gz beside it was cut short
+    "batch-missing": (lambda f: (f / "data_batch_5").unlink(), "data_batch_5: missing"),
+    "batch-truncated": (lambda f: _truncate(f / "test_batch", 0.3),
+                        "test_batch: truncated: the pickle ends early"),
+    "folder-empty": (lambda f: [p.unlink() for p in f.iterdir()], "batches.meta: missing"),
+}
+
+
+@pytest.mark.parametrize("cut", FOLDER_CUT_SHORT)
+def test_an_extracted_folder_cut_short_beside_its_archive_reads_the_archive(
+        tmp_path, monkeypatch, capsys, cut):
+    """torchvision's own layout after its extraction was interrupted: data_dir holds the whole
+    cifar-10-python.tar.gz and a cifar-10-batches-py short of files. torchvision finds the
+    folder damaged and extracts the archive again; this loader refused the set (exit 2)
+    over the folder's first fault. It now reads the archive beside it, with one note naming
+    the folder's fault; the set is the archive's, and it is cached."""
+    made = write_cifar10(tmp_path / "made", per_batch=20, test_size=30)
+    content = expected_content(made)
+    register_expected("cifar10", made, monkeypatch.setattr)
+    data_dir = tmp_path / "data"
+    archive = write_archive(made, data_dir / "cifar-10-python.tar.gz")
+    folder = Path(shutil.copytree(made, data_dir / made.name))
+    damage, words = FOLDER_CUT_SHORT[cut]
+    damage(folder)
+    decoded = load_decoded("cifar10", data_dir)
+    assert decoded.source == str(archive)
+    assert {role: sha256(array.numpy()) for role, array in zip(
+        ("train_images", "train_labels", "test_images", "test_labels"),
+        (decoded.train_x, decoded.train_y, decoded.test_x, decoded.test_y))} == \
+        content["sha256"]
+    err = capsys.readouterr().err.splitlines()
+    assert len(err) == 1 and err[0].startswith(f"note: dataset='cifar10': {folder}/{words}"), err
+    assert err[0].endswith(f"; read from {archive} beside it instead"), err
+    assert cache_path("cifar10", data_dir).is_file()
+
+
+def test_a_folder_cut_short_beside_a_damaged_archive_names_the_archive(tmp_path, monkeypatch):
+    made = write_cifar10(tmp_path / "made", per_batch=20, test_size=30)
+    register_expected("cifar10", made, monkeypatch.setattr)
+    data_dir = tmp_path / "data"
+    archive = write_archive(made, data_dir / "cifar-10-python.tar.gz")
+    _truncate(archive, 0.5)
+    shutil.copytree(made, data_dir / made.name)
+    (data_dir / made.name / "data_batch_2").unlink()
+    fails("cifar10", data_dir, f"{data_dir / made.name / 'data_batch_2'}: missing", str(archive),
+          "truncated tar.gz archive")
+
+
 def test_a_truncated_cifar_archive_is_named(tmp_path, monkeypatch):
     made = write_cifar10(tmp_path / "made", per_batch=20, test_size=30)
     register_expected("cifar10", made, monkeypatch.setattr)

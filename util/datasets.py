@@ -232,6 +232,7 @@ class CifarSet(FileSet):
     labels_key: str = ""  # "labels"; CIFAR-100's "fine_labels"
     names_key: str = ""  # in the meta file
     classes: int = 10
+    name: str = ""  # its key in DATASETS, for notes
 
     def file_names(self) -> str:
         return f"{self.archive}, or its folder {self.top}"
@@ -247,6 +248,26 @@ class CifarSet(FileSet):
         return None
 
     def decode(self, found: CifarFolder | CifarArchive) -> DecodedSet:
+        """The set from `found`; from the archive beside an extracted folder that fails
+        (torchvision's layout after an interrupted extraction, which torchvision repairs by
+        extracting again), with a note naming the folder's fault."""
+        try:
+            return self._decode(found)
+        except BadFile as fault:
+            beside = found.folder.parent / self.archive if isinstance(found, CifarFolder) \
+                else None
+            if beside is None or found.folder.name != self.top or not beside.is_file():
+                raise
+            try:
+                decoded = self._decode(CifarArchive(beside, self.top))
+            except BadFile as archive_fault:
+                raise BadFile(fault.where, f"{fault.problem}; and {archive_fault} (the archive "
+                                           "beside it)") from None
+            print(f"note: dataset={self.name!r}: {fault}; read from {beside} beside it "
+                  "instead", file=sys.stderr)
+            return decoded
+
+    def _decode(self, found: CifarFolder | CifarArchive) -> DecodedSet:
         meta = unpickle_batch(found.read(self.meta_file), found.where(self.meta_file))
         names = meta.get(self.names_key)
         if not isinstance(names, list) or len(names) != self.classes:
@@ -298,12 +319,13 @@ DATASETS = {
         "CIFAR-10", "CIFAR10", Expected(50000, 10000, per_class=_balanced(5000, 1000, 10)),
         top="cifar-10-batches-py", archive="cifar-10-python.tar.gz",
         train_files=tuple(f"data_batch_{i}" for i in range(1, 6)), test_file="test_batch",
-        meta_file="batches.meta", labels_key="labels", names_key="label_names", classes=10),
+        meta_file="batches.meta", labels_key="labels", names_key="label_names", classes=10,
+        name="cifar10"),
     "cifar100": CifarSet(
         "CIFAR-100", "CIFAR100", Expected(50000, 10000, per_class=_balanced(500, 100, 100)),
         top="cifar-100-python", archive="cifar-100-python.tar.gz", train_files=("train",),
         test_file="test", meta_file="meta", labels_key="fine_labels",
-        names_key="fine_label_names", classes=100),
+        names_key="fine_label_names", classes=100, name="cifar100"),
     # MNIST's real files were not at hand: no checksums. Its class counts are the widely
     # published ones (they sum to 60,000 and 10,000); they also tell Fashion-MNIST's files,
     # which share MNIST's file names, from MNIST's.
