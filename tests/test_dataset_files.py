@@ -73,6 +73,24 @@ def test_every_idx_layout_decodes_to_the_written_arrays(tmp_path, monkeypatch, n
     assert cached.source == str(folder) and torch.equal(cached.train_x, decoded.train_x)
 
 
+@pytest.mark.parametrize("name", IDX_SETS)
+@pytest.mark.parametrize("given", ["dataset_dir", "data_dir"])
+def test_torchvisions_own_folder_of_the_set_is_found(tmp_path, monkeypatch, name, given):
+    """A torchvision user names the folder torchvision made for the set (data/FashionMNIST,
+    data/MNIST, holding raw/): it was searched for <folder>/<folder>/raw and the folder
+    itself only, so as dataset_dir it was 'holds no ... files' (exit 2) and as data_dir the
+    set was taken elsewhere (Debian's copy) or downloaded again into it. Its raw/ is read."""
+    own = tmp_path / "data" / IDX_SETS[name]
+    arrays = write_idx_set(own / "raw", train=30, test=10, compress=name == "mnist")
+    register_idx_set(name, arrays, monkeypatch.setattr)
+    if given == "dataset_dir":
+        decoded = load_decoded(name, tmp_path / "elsewhere", str(own))
+    else:
+        decoded = load_decoded(name, own)
+    assert decoded.source == str(own / "raw")
+    assert_same(decoded, arrays)
+
+
 def test_gzip_is_told_by_content_not_by_name(tmp_path, monkeypatch):
     arrays = write_idx_set(tmp_path / "made", train=50, test=20, compress=True)
     register_idx_set("fashion_mnist", arrays, monkeypatch.setattr)

@@ -181,7 +181,8 @@ IDX_FILES = {"train_images": "train-images-idx3-ubyte", "train_labels": "train-l
 @dataclass
 class IdxSet(FileSet):
     """MNIST and Fashion-MNIST: four IDX files, each gzip-compressed (as published) or not
-    (as torchvision unpacks them into <data_dir>/<folder>/raw)."""
+    (as torchvision unpacks them into <data_dir>/<folder>/raw), found in a place's
+    <folder>/raw, in its raw/ where the place is torchvision's <folder> itself, or in it."""
 
     folder: str = ""  # torchvision's folder under data_dir
     classes: list[str] = field(default_factory=list)
@@ -190,7 +191,9 @@ class IdxSet(FileSet):
         return ", ".join(f"{name}[.gz]" for name in IDX_FILES.values())
 
     def find_in(self, place: Path) -> dict[str, Path] | None:
-        for folder in (place / self.folder / "raw", place):
+        # place may be torchvision's folder of the set itself (data/FashionMNIST): its raw/
+        own = (place / "raw",) if place.name == self.folder else ()
+        for folder in (place / self.folder / "raw", *own, place):
             found = {}
             for role, name in IDX_FILES.items():
                 for candidate in (folder / name, folder / f"{name}.gz"):
