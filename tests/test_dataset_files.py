@@ -234,6 +234,21 @@ def test_every_cifar10_layout_decodes_to_the_written_arrays(tmp_path, monkeypatc
     assert content["sha256"]["train_images"] == sha256(decoded.train_x.numpy())
 
 
+def test_an_archive_packed_from_dot_holds_the_set(tmp_path, monkeypatch):
+    """cifar-10-python.tar.gz packed again as `tar czf ... ./cifar-10-batches-py` (members
+    ./cifar-10-batches-py/...), which torchvision's extraction reads: 'the archive has no
+    cifar-10-batches-py/batches.meta', exit 2. A member's leading ./ is dropped."""
+    import tarfile
+
+    made = write_cifar10(tmp_path / "made", per_batch=20, test_size=30)
+    register_expected("cifar10", made, monkeypatch.setattr)
+    (tmp_path / "data").mkdir()
+    with tarfile.open(tmp_path / "data" / "cifar-10-python.tar.gz", "w:gz") as tar:
+        tar.add(made, arcname=f"./{made.name}")
+    decoded = load_decoded("cifar10", tmp_path / "data")
+    assert sha256(decoded.test_x.numpy()) == expected_content(made)["sha256"]["test_images"]
+
+
 @pytest.mark.parametrize("packed", [False, True])
 def test_cifar100_folder_and_archive(tmp_path, monkeypatch, packed):
     made = write_cifar100(tmp_path / "made", train=60, test=20)

@@ -182,7 +182,8 @@ class CifarArchive:
         try:
             with tarfile.open(path, "r|*") as archive:  # a stream: one pass over the gzip
                 for member in archive:
-                    folder, _, name = member.name.rpartition("/")
+                    # a leading ./ where it was packed from `.` (tar czf x ./folder)
+                    folder, _, name = member.name.removeprefix("./").rpartition("/")
                     if member.isfile() and folder == top:
                         self.files[name] = archive.extractfile(member).read()
         except (tarfile.TarError, EOFError, zlib.error, OSError) as error:
