@@ -234,6 +234,33 @@ def test_every_cifar10_layout_decodes_to_the_written_arrays(tmp_path, monkeypatc
     assert content["sha256"]["train_images"] == sha256(decoded.train_x.numpy())
 
 
+@pytest.mark.parametrize("packed", [False, True])
+def test_batches_pickled_by_python_2_decode_as_torchvision_reads_them(tmp_path, monkeypatch,
+                                                                      packed):
+    """The real CIFAR-10 files are Python 2 cPickles (byte strings, numpy 1's _reconstruct),
+    which the other tests' files (this Python's pickle) are not: the loader and torchvision's
+    CIFAR10 read the same pixels, labels and class names from them, folder or archive."""
+    import torchvision
+
+    from util.cifar_files import register_with_torchvision
+
+    made = write_cifar10(tmp_path / "made", per_batch=20, test_size=30, python2=True)
+    assert b"\x80\x02}(U\x0bbatch_label" in (made / "data_batch_1").read_bytes()[:20]
+    register_with_torchvision(made, monkeypatch.setattr)
+    register_expected("cifar10", made, monkeypatch.setattr)
+    data_dir = tmp_path / "data"
+    if packed:
+        write_archive(made, data_dir / "cifar-10-python.tar.gz")
+    else:
+        shutil.copytree(made, data_dir / made.name)
+    decoded = load_decoded("cifar10", data_dir)
+    for train, images, labels in ((True, decoded.train_x, decoded.train_y),
+                                  (False, decoded.test_x, decoded.test_y)):
+        real = torchvision.datasets.CIFAR10(str(made.parent), train=train)
+        assert np.array_equal(images.permute(0, 2, 3, 1).numpy(), real.data)
+        assert labels.tolist() == list(real.targets) and decoded.classes == real.classes
+
+
 def test_an_archive_packed_from_dot_holds_the_set(tmp_path, monkeypatch):
     """cifar-10-python.tar.gz packed again as `tar czf ... ./cifar-10-batches-py` (members
     ./cifar-10-batches-py/...), which torchvision's extraction reads: 'the archive has no

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import hashlib
 import pickle
+import struct
 import tarfile
 from pathlib import Path
 
@@ -22,9 +23,11 @@ CIFAR10_CLASSES = ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog
                    "ship", "truck"]
 
 
-def write_cifar10(root: str | Path, per_batch: int, test_size: int, seed: int = 0) -> Path:
+def write_cifar10(root: str | Path, per_batch: int, test_size: int, seed: int = 0,
+                  python2: bool = False) -> Path:
     """Write cifar-10-batches-py under `root`: class k images carry a class colour plus noise,
-    so a model can learn them. Returns the folder."""
+    so a model can learn them. python2: each file pickled as the real ones are, by Python 2's
+    cPickle (python2_pickle), not by this Python's pickle. Returns the folder."""
     rng = np.random.default_rng(seed)
     folder = Path(root) / "cifar-10-batches-py"
     folder.mkdir(parents=True, exist_ok=True)
@@ -39,16 +42,72 @@ def write_cifar10(root: str | Path, per_batch: int, test_size: int, seed: int = 
                 "filenames": [f"{name}_{i}.png" for i in range(n)]}
 
     for i in range(1, 6):
-        _dump(folder / f"data_batch_{i}", batch(per_batch, f"training batch {i} of 5"))
-    _dump(folder / "test_batch", batch(test_size, "testing batch 1 of 1"))
+        _dump(folder / f"data_batch_{i}", batch(per_batch, f"training batch {i} of 5"), python2)
+    _dump(folder / "test_batch", batch(test_size, "testing batch 1 of 1"), python2)
     _dump(folder / "batches.meta", {"label_names": CIFAR10_CLASSES,
-                                    "num_cases_per_batch": per_batch, "num_vis": 3072})
+                                    "num_cases_per_batch": per_batch, "num_vis": 3072}, python2)
     return folder
 
 
-def _dump(path: Path, payload: dict) -> None:
+def _dump(path: Path, payload: dict, python2: bool = False) -> None:
+    if python2:
+        path.write_bytes(python2_pickle(payload))
+        return
     with open(path, "wb") as handle:
         pickle.dump(payload, handle, protocol=2)  # the protocol of the Python 2 originals
+
+
+def python2_pickle(payload) -> bytes:
+    """`payload` (dicts, lists, str, int, 2-d uint8 arrays) pickled as Python 2's cPickle
+    wrote CIFAR's batches (protocol 2): strings as byte strings (SHORT_BINSTRING, BINSTRING),
+    which Python 3 reads back as str through latin1, and an array as numpy 1's
+    numpy.core.multiarray._reconstruct with its data one byte string. Python 3's pickle
+    writes neither (BINUNICODE; bytes through _codecs.encode)."""
+    out = bytearray(b"\x80\x02")
+
+    def text(value: str | bytes) -> None:
+        raw = value.encode("latin1") if isinstance(value, str) else value
+        out.extend(b"U" + bytes([len(raw)]) if len(raw) < 256 else
+                   b"T" + struct.pack("<i", len(raw)))
+        out.extend(raw)
+
+    def number(value: int) -> None:
+        out.extend(b"K" + bytes([value]) if 0 <= value < 256 else
+                   b"M" + struct.pack("<H", value) if 0 <= value < 65536 else
+                   b"J" + struct.pack("<i", value))
+
+    def item(value) -> None:
+        if isinstance(value, dict):
+            out.extend(b"}(")
+            for key, inner in value.items():
+                text(key)
+                item(inner)
+            out.extend(b"u")
+        elif isinstance(value, list):
+            out.extend(b"](")
+            for inner in value:
+                item(inner)
+            out.extend(b"e")
+        elif isinstance(value, (str, bytes)):
+            text(value)
+        elif isinstance(value, np.ndarray):  # (N, 3072) uint8: the only array these hold
+            out.extend(b"cnumpy.core.multiarray\n_reconstruct\ncnumpy\nndarray\nK\x00\x85")
+            text(b"b")
+            out.extend(b"\x87R(K\x01")
+            for size in value.shape:
+                number(size)
+            out.extend(b"\x86cnumpy\ndtype\n")
+            text(b"u1")
+            out.extend(b"K\x00K\x01\x87R(K\x03")
+            text(b"|")
+            out.extend(b"NNNJ\xff\xff\xff\xffJ\xff\xff\xff\xffK\x00tb\x89")
+            text(np.ascontiguousarray(value, np.uint8).tobytes())
+            out.extend(b"tb")
+        else:
+            number(int(value))
+
+    item(payload)
+    return bytes(out + b".")
 
 
 def write_cifar100(root: str | Path, train: int, test: int, seed: int = 0) -> Path:
