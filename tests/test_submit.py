@@ -101,8 +101,8 @@ def pbs_job(workdir: Path, aux: Path, script: Path, scratch: str | None = "scrat
     if scratch is not None:
         (aux / scratch).mkdir(exist_ok=True)
         extra = {"SCRATCHDIR": str(aux / scratch), **extra}
-    env = subprocess_env(PBS_O_WORKDIR=str(workdir), PBS_JOBID=job_id, PBS_JOBNAME="sweep",
-                         OMP_NUM_THREADS="1", **extra)
+    env = subprocess_env(**{"PBS_O_WORKDIR": str(workdir), "PBS_JOBID": job_id,
+                            "PBS_JOBNAME": "sweep", "OMP_NUM_THREADS": "1", **extra})
     for name in ("WANDB_DIR", *unset, *(["SCRATCHDIR"] if scratch is None else [])):
         env.pop(name, None)
     home = aux / "home"
@@ -218,6 +218,31 @@ def test_a_pbs_job_whose_last_merge_fails_leaves_the_sweeps_store_as_it_was(work
     with sqlite3.connect(kept) as db:
         assert db.execute("SELECT state FROM runs").fetchall() == [("finished",)]
     db.close()
+
+
+@pytest.mark.e2e
+@pytest.mark.timeout(200)
+def test_a_pbs_job_resubmitted_from_another_directory_works_in_its_own(workdir, aux):
+    """Each script says `Submit again with: qsub <its absolute path>`, and qsub run from
+    another directory (a home, another checkout) sets PBS_O_WORKDIR there. The job still
+    works on the submit directory it was written for: its checkpoints, logs and dataset
+    cache there, nothing made where qsub ran. Before, PBS_O_WORKDIR won: checkpoints went
+    to <there>/data/runs (a preempted run's next job found none of its own) and logs
+    under <there>/data/logs."""
+    store_path = make_sweep(workdir, "again", {"hidden": {"value": 32},
+                                               "epochs": {"value": 1},
+                                               "sinks": {"value": ["tensorboard"]}})
+    script = submit_pbs(workdir, aux, "again")
+    elsewhere = aux / "elsewhere"
+    elsewhere.mkdir()
+    job = pbs_job(workdir, aux, script, PBS_O_WORKDIR=str(elsewhere))
+    out, err = job.communicate(timeout=180)
+    assert job.returncode == 0, err[-3000:]
+    (run,) = stored_runs(store_path)
+    assert run.state == "finished", (run.error, err[-3000:])
+    assert (workdir / "data" / "runs" / run.id / "checkpoint.pt").is_file()
+    assert (workdir / "data" / "logs" / "again-again" / run.id).is_dir()
+    assert list(elsewhere.iterdir()) == []
 
 
 @pytest.mark.e2e

@@ -18,8 +18,10 @@
 # Submit again with: qsub {{ job_dir }}/pbs-{{ index }}.sh
 
 {% include "environment.sh" %}
+# The directory this script was written for, not PBS_O_WORKDIR (where qsub ran): a script
+# resubmitted by hand from elsewhere (`qsub <its path>`) works on the same sweep, checkpoints
+# and logs
 submit_dir={{ submit_dir }}
-[ -z "${PBS_O_WORKDIR:-}" ] || submit_dir="$PBS_O_WORKDIR"
 # MetaCentrum's scratch (scratch_local), else the directory PBS Pro makes for each job and
 # removes after it (--scratch none asks for no scratch_local, which other sites do not know)
 scratch="${SCRATCHDIR:-${TMPDIR:-}}"
