@@ -314,3 +314,46 @@ def test_a_job_submitted_with_sbatch_export_none_still_trains(workdir, slurm_clu
     assert [r.state for r in runs] == ["finished"], outputs
     # the shell's environment did not reach the job; the settings the script writes did
     assert "marker=unset project=unset" in outputs, outputs
+
+
+@pytest.mark.e2e
+@pytest.mark.timeout(200)
+def test_a_requeued_task_adds_to_its_log_instead_of_emptying_it(workdir, slurm_cluster):
+    """A task requeued (a preemption with PreemptMode=REQUEUE, `scontrol requeue`, a node
+    failure) runs again under its job id and writes the same slurm-%A_%a.out. sbatch opens it
+    as the site's JobFileAppend says, by default truncated: what the first start printed (its
+    epochs, the run it left preempted, the hint to go on) was lost. The log is opened for
+    appending (--open-mode=append): both starts are in it."""
+    config = {"program": "agent/train.py", "method": "grid",
+              "metric": {"name": "val/acc", "goal": "maximize"},
+              "parameters": {"dataset": {"value": "digits"}, "model": {"value": "dense"},
+                             "hidden": {"value": 16}, "epochs": {"value": 200},
+                             "batch_size": {"value": 8}, "sinks": {"value": []},
+                             "lr": {"value": 0.1}}}
+    create_store(workdir / "data" / "sweeps" / "requeue1", "requeue1", "requeue1",
+                 config).close()
+    (workdir / "setup.sh").write_text('echo "start ${SLURM_RESTART_COUNT:-0}"\n')
+    env = subprocess_env(SLURM_CONF=slurm_cluster["SLURM_CONF"], PATH=slurm_cluster["PATH"],
+                         OMP_NUM_THREADS="1")
+    result = subprocess.run(
+        [str(ROOT / "run_sweep.sh"), "requeue1", "--slurm", "1", "--gpus-per-job", "0",
+         "--mem", "1gb", "--walltime", "0:10:00", "--setup", "setup.sh"],
+        cwd=workdir, env=env, capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr
+    job_id = re.search(r"Submitted SLURM job\(s\) (\d+)", result.stdout)[1]
+    client, logs = slurm_cluster["client"], slurm_cluster["logs"]
+    (job_dir,) = (workdir / "data" / "jobs").iterdir()
+    log = job_dir / f"slurm-{job_id}_0.out"
+
+    def printed(text):
+        return lambda: log.exists() and text in log.read_text()
+
+    wait_for(printed("start 0\n"), 100, "the task to start", logs)
+    assert client("scontrol", "requeue", f"{job_id}_0").returncode == 0
+    # requeued tasks wait (BeginTime) before they may start again: now
+    wait_for(lambda: "PENDING" in client("scontrol", "show", "job", job_id).stdout, 60,
+             "the task to be requeued", logs)
+    client("scontrol", "update", f"JobId={job_id}_0", "StartTime=now")
+    wait_for(printed("start 1\n"), 100, "the requeued task to start", logs)
+    client("scancel", job_id)
+    assert log.read_text().startswith("start 0\n"), log.read_text()

@@ -356,8 +356,11 @@ class SLURM(Scheduler):
         options += [f"--tmp={spec.scratch_mb}M"] if spec.scratch_mb else []
         options += [f"--partition={spec.queue}"] if spec.queue else []
         options += [f"--account={spec.account}"] if spec.account else []
-        # both streams into the one log the submission names (SBATCH_ERROR would split them)
-        return [*options, f"--output={log}", f"--error={log}", f"--chdir={spec.submit_dir}"]
+        # both streams into the one log the submission names (SBATCH_ERROR would split them),
+        # appended to: a task requeued (preemption, `scontrol requeue`) writes it again, and
+        # the site's default (JobFileAppend=0) empties what its first start printed
+        return [*options, f"--output={log}", f"--error={log}", "--open-mode=append",
+                f"--chdir={spec.submit_dir}"]
 
     def submit_argv(self, command: str, script: Path, spec: JobSpec) -> list[str]:
         return [command, "--parsable", *self.options(spec), str(script)]
