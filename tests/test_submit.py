@@ -1130,6 +1130,36 @@ def test_bad_options_are_one_line_exit_2(workdir, aux, options, says):
     assert not (aux / "qsub.log").exists() and not (aux / "sbatch.log").exists()
 
 
+@pytest.mark.e2e
+@pytest.mark.timeout(120)
+@pytest.mark.parametrize("kind,command", [("--pbs", "qsub"), ("--slurm", "sbatch")])
+@pytest.mark.parametrize("target", ["cuda.yaml", "cuda1"])
+def test_cpu_jobs_for_a_sweep_whose_runs_need_cuda_are_refused(workdir, aux, kind, command,
+                                                                target):
+    """`--gpus-per-job 0` asks for CPU jobs, whose script hides every GPU
+    (CUDA_VISIBLE_DEVICES=""), and a sweep with device=cuda (a value, or one of its values)
+    cannot run there: each job's launcher refused it with exit 2 once it had waited in the
+    queue and started, in its log. The submission says so: one line, exit 2, nothing
+    submitted or made. The same jobs with a GPU each are taken."""
+    parameters = {"lr": {"value": 0.1}, "device": {"values": ["cpu", "cuda"]}}
+    config = {"program": "agent/train.py", "method": "grid",
+              "metric": {"name": "val/acc", "goal": "maximize"},
+              "parameters": {"dataset": {"value": "digits"}, **parameters}}
+    (workdir / "cuda.yaml").write_text(yaml.safe_dump(config))
+    make_sweep(workdir, "cuda1", parameters)
+    jobs_before = sorted(os.listdir(workdir / "data"))
+    bin_dir = fake_scheduler_bin(aux, command)
+    path = f"{bin_dir}:{os.environ['PATH']}"
+    refused = launch(workdir, target, kind, "1", "--gpus-per-job", "0", path=path)
+    assert refused.returncode == 2, refused.stdout + refused.stderr
+    (line,) = refused.stderr.strip().splitlines()
+    assert "device=cuda" in line and "--gpus-per-job 0" in line, line
+    assert sorted(os.listdir(workdir / "data")) == jobs_before
+    assert not (aux / f"{command}.log").exists()
+    taken = launch(workdir, target, kind, "1", "--gpus-per-job", "1", path=path)
+    assert taken.returncode == 0, taken.stderr
+
+
 # A value each batch-job option takes; the test below derives what it must refuse from these
 VALID_VALUES = {"pbs": "1", "slurm": "1", "walltime": "1:00:00", "gpus_per_job": "1",
                 "cpus_per_job": "2", "mem": "8gb", "scratch": "20gb", "queue": "gpu",

@@ -200,18 +200,21 @@ def submit(scripts: dict[str, str], scheduler: Scheduler, spec: JobSpec,
 
 
 def resolve_job_target(text: str, project: str | None, scheduler: Scheduler, count: int,
-                       dry_run: bool, setup: str | None = None) -> SweepTarget:
-    """The sweep the jobs work on; bad files and unreachable W&B sweeps stop here, before
-    anything is written."""
+                       dry_run: bool, setup: str | None = None, gpus: int = 1) -> SweepTarget:
+    """The sweep the jobs work on; bad files, unreachable W&B sweeps and runs that need a GPU
+    the jobs (`gpus` each) do not ask for stop here, before anything is written."""
     target, config = resolve_target(text, project), None
     if target.kind == "yaml":
         from agent.sweep.config import load_sweep_config
 
         config = load_sweep_config(target.path)
         scheduler.check_program(str(target.path), config)
+        check_job_devices(str(target.path), config, gpus)
     elif target.kind == "wandb":
         if not dry_run:
-            scheduler.check_program(f"sweep {text}", check_wandb_sweep(target))
+            config = check_wandb_sweep(target)
+            scheduler.check_program(f"sweep {text}", config)
+            check_job_devices(f"sweep {text}", config, gpus)
         note = key_note(scheduler, setup)
         if note:
             print(note, file=sys.stderr)
@@ -224,12 +227,32 @@ def resolve_job_target(text: str, project: str | None, scheduler: Scheduler, cou
             store.close()  # a job merges into the store once every connection is closed
         if scheduler.checks_program:
             scheduler.check_program(f"sweep {target.path.name}", config)
+        check_job_devices(f"sweep {target.path.name}", config, gpus)
     notes = [scheduler.check_local_sweep(count),
              key_note(scheduler, setup, local_runs=True)
              if config is not None and runs_log_to_wandb(config) else None]
     for note in filter(None, notes):
         print(note, file=sys.stderr)
     return target
+
+
+def check_job_devices(where: str, config: dict, gpus: int) -> None:
+    """UserError (one line) when CPU jobs (`gpus` 0: their script sets CUDA_VISIBLE_DEVICES
+    empty) are asked for a sweep whose runs of our trainer can take device=cuda: each job's
+    launcher would refuse it (launch.check_sweep_devices) only once queued and started."""
+    from agent.sweep.config import possible_values
+    from agent.sweep.program import runs_our_trainer
+
+    try:
+        wanted = possible_values(config, "device") if runs_our_trainer(config) else None
+    except (UserError, ValueError, TypeError, OSError):  # its runs say what is wrong
+        return
+    if gpus or not wanted or "cuda" not in wanted:
+        return
+    place = "parameters.device" if "device" in (config.get("parameters") or {}) else \
+        "command"
+    raise UserError(f"{where}: {place}: device=cuda needs a GPU, and --gpus-per-job 0 asks "
+                    "for CPU jobs: give --gpus-per-job 1 (or more), or use device auto or cpu")
 
 
 # WANDB_MODE values (which the jobs get, PASSED_SETTINGS) under which runs need no key
@@ -469,7 +492,7 @@ def submit_from_args(args: argparse.Namespace, argv: list[str] | None = None) ->
     for note in filter(None, notes):
         print(note, file=sys.stderr)
     target = resolve_job_target(args.target, args.project, scheduler, count, args.dry_run,
-                                checked.setup)
+                                checked.setup, checked.gpus)
     if not args.dry_run:
         find_command(scheduler)
     local = local_sweep_for_jobs(target, args.dry_run)
