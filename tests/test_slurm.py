@@ -357,3 +357,33 @@ def test_a_requeued_task_adds_to_its_log_instead_of_emptying_it(workdir, slurm_c
     wait_for(printed("start 1\n"), 100, "the requeued task to start", logs)
     client("scancel", job_id)
     assert log.read_text().startswith("start 0\n"), log.read_text()
+
+
+@pytest.mark.e2e
+@pytest.mark.timeout(200)
+@pytest.mark.parametrize("target", ["dry1", "entity/project/abcd1234"])
+def test_a_dry_runs_script_is_one_sbatch_accepts(workdir, slurm_cluster, target):
+    """`--slurm N --dry-run` prints the script it would submit; sbatch --test-only (which
+    checks a script's directives against the cluster and queues nothing) takes it as
+    printed, alone and with the options its 'Submit again with' line names, for a local sweep
+    and a W&B sweep (whose dry run asks no server)."""
+    config = {"program": "agent/train.py", "method": "grid",
+              "metric": {"name": "val/acc", "goal": "maximize"},
+              "parameters": {"dataset": {"value": "digits"}, "lr": {"value": 0.1}}}
+    create_store(workdir / "data" / "sweeps" / "dry1", "dry1", "dry1", config).close()
+    env = subprocess_env(SLURM_CONF=slurm_cluster["SLURM_CONF"], PATH=slurm_cluster["PATH"])
+    result = subprocess.run(
+        [str(ROOT / "run_sweep.sh"), target, "--slurm", "2", "--gpus-per-job", "0",
+         "--agents", "2", "--mem", "1gb", "--walltime", "26:30:00", "--partition", "debug",
+         "--dry-run"], cwd=workdir, env=env, capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr
+    script = result.stdout[result.stdout.index("#!/bin/bash"):]
+    (again,) = re.findall(r"^# Submit again with: sbatch (.*) \S+/slurm\.sh$", script, re.M)
+    path = workdir / "printed.sh"
+    path.write_text(script)
+    for options in ([], again.split()):
+        checked = slurm_cluster["client"]("sbatch", "--test-only", *options, str(path))
+        assert checked.returncode == 0, checked.stderr
+        assert re.search(r"Job \d+ to start at", checked.stderr), checked.stderr
+    assert slurm_cluster["client"]("squeue", "-h").stdout == ""  # nothing queued
+    assert not (workdir / "data" / "jobs").exists()
