@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import multiprocessing
 import os
 import re
 import shlex
@@ -348,6 +349,51 @@ def test_an_agent_started_again_after_a_kill_repeats_its_runs_at_once(workdir):
     (repeat,) = [r for r in store.runs() if r.requeued_from == killed.id]
     assert repeat.state == "finished" and [h["epoch"] for h in repeat.history] == [1, 2, 3, 4]
     assert not (store.directory / ".agents").exists()  # each agent removed its own lock
+
+
+def _start_and_end_agents(folder: str, name: str, times: int, lost) -> None:
+    """`times` agents' starts and ends in one sweep folder, as AgentLock and the heartbeat
+    settings make and remove their files; each file missing after its start is `lost`."""
+    from agent.sweep.agent_loop import AgentLock
+    from agent.sweep.store import (
+        agents_heartbeat_settings,
+        remove_heartbeat_settings,
+        write_heartbeat_settings,
+    )
+
+    for n in range(times):
+        owner = f"host:{name}{n}"
+        lock = AgentLock(Path(folder), owner)
+        write_heartbeat_settings(folder, owner, {"heartbeat_s": 1.0, "timeout_s": 9.0})
+        if lock.fd is None:
+            lost.append(f"{owner}: no lock")
+        if owner not in agents_heartbeat_settings(folder):
+            lost.append(f"{owner}: no settings")
+        remove_heartbeat_settings(folder, owner)
+        lock.release()
+
+
+@pytest.mark.timeout(180)
+def test_agents_starting_as_others_end_keep_their_lock_and_heartbeat_files(workdir):
+    """Agents of one sweep share its .agents and .heartbeats folders, and the last one out
+    removes them: an agent ending as another started (--agents N ending together, a third
+    launcher started as they end) removed the folder between the other's mkdir and its
+    file, which was then not made, or mkdir itself failed ('File exists' for a folder gone
+    by then). That agent ran without a lock (a kill -9 of it waited out the heartbeat
+    timeout instead of being repaired at once) or without its settings (agent.status judged
+    its runs by the default timeout). Four processes start and end 1,500 agents each."""
+    with multiprocessing.Manager() as manager:
+        lost = manager.list()
+        agents = [multiprocessing.get_context("fork").Process(
+            target=_start_and_end_agents, args=(str(workdir), str(k), 1500, lost))
+            for k in range(4)]
+        for agent in agents:
+            agent.start()
+        for agent in agents:
+            agent.join(150)
+        assert [a.exitcode for a in agents] == [0] * 4
+        assert list(lost) == []
+    assert list(workdir.iterdir()) == []  # the last one out removed both folders
 
 
 @pytest.mark.e2e

@@ -54,6 +54,7 @@ from agent.sweep.store import (
     Run,
     StoreError,
     SweepStore,
+    made_in_shared_folder,
     remove_heartbeat_settings,
     write_heartbeat_settings,
 )
@@ -142,8 +143,8 @@ class AgentLock:
         self.path = lock_path(directory, owner)
         self.fd: int | None = None
         try:
-            self.path.parent.mkdir(exist_ok=True)
-            fd = os.open(self.path, os.O_CREAT | os.O_RDWR, 0o644)
+            fd = made_in_shared_folder(self.path.parent, lambda: os.open(
+                self.path, os.O_CREAT | os.O_RDWR, 0o644))
         except OSError:
             return
         try:

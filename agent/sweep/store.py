@@ -16,15 +16,18 @@ import os
 import shutil
 import sqlite3
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TypeVar
 
 from agent.ids import path_safe
 from agent.params import MAX_NAME
 from util.disk_room import room_refused
 from util.errors import UserError
+
+T = TypeVar("T")
 
 STORE_NAME = "sweep.db"
 SWEEPS_DIR = Path("data") / "sweeps"
@@ -443,6 +446,24 @@ HEARTBEAT_KEYS = ("heartbeat_s", "timeout_s", "merged_every_s")
 HEARTBEAT_NAME = "heartbeat.json"
 
 
+def made_in_shared_folder(folder: Path, make: Callable[[], T], tries: int = 20) -> T:
+    """`make()`'s result, `folder` made first (exist_ok). The agents of a sweep share such a
+    folder (.agents, .heartbeats) and the last to leave removes it (rmdir), so another's
+    rmdir can fall between this mkdir and the file `make` creates in it (a FileNotFoundError
+    there), or inside mkdir itself (found there, then gone: Path.mkdir's FileExistsError
+    despite exist_ok): either makes the folder again (`tries` times at most; the last error
+    is raised). Without this, agents starting and ending at once lost a lock file or a
+    settings file now and then (4 processes, 3,000 locks each: 37 to 75 lost a process)."""
+    for attempt in range(tries):
+        try:
+            folder.mkdir(exist_ok=True)
+            return make()
+        except (FileNotFoundError, FileExistsError):
+            if attempt == tries - 1 or not folder.parent.is_dir():
+                raise
+    raise ValueError(f"tries={tries}: at least one")
+
+
 def _heartbeat_path(directory: str | os.PathLike, owner: str) -> Path:
     return Path(directory) / HEARTBEATS_DIR / f"{path_safe(owner)}.json"
 
@@ -458,8 +479,8 @@ def write_heartbeat_settings(directory: str | os.PathLike, owner: str, settings:
     saved = {"owner": owner, **{key: settings[key] for key in HEARTBEAT_KEYS if key in settings},
              **({"merged_from": merged_from} if merged_from else {})}
     try:
-        path.parent.mkdir(exist_ok=True)
-        partial.write_text(json.dumps(saved))
+        # the partial file keeps the folder from another agent's rmdir until it is replaced
+        made_in_shared_folder(path.parent, lambda: partial.write_text(json.dumps(saved)))
         os.replace(partial, path)
     except OSError:
         try:
