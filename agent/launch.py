@@ -294,7 +294,8 @@ def start_agents(command: list[str], slots: list[dict],
     if store is not None:
         repair_left_runs(store, [agent.pid for agent in agents])
     return launcher_exit_code([agent.pid for agent in agents], codes,
-                              interrupted=signal.SIGINT in received)
+                              interrupted=signal.SIGINT in received,
+                              stopped=bool(set(received) & {signal.SIGTERM, signal.SIGHUP}))
 
 
 def repair_left_runs(store: SweepStore, pids: list[int]) -> None:
@@ -353,17 +354,23 @@ def run_agent_here(agent_argv: list[str], slot: dict, store: SweepStore | None =
             repair_left_runs(store, [os.getpid()])
 
 
-def launcher_exit_code(pids: list[int], codes: list[int], interrupted: bool = False) -> int:
+def launcher_exit_code(pids: list[int], codes: list[int], interrupted: bool = False,
+                       stopped: bool = False) -> int:
     """The agents' worst exit code; an agent killed by signal N (Popen's code -N) gives
     128 + N, as a shell reports it, with one line on stderr per agent that died so.
     `interrupted`: the launcher had a Ctrl-C, so the code is at least 130 (as for a Ctrl-C
     at any other moment), and an agent killed by it (SIGINT) or by the SIGTERM passed on for
     it is not named: that agent died before its own handlers were in (its modules loading),
-    with no run claimed, and its end is the Ctrl-C's, nothing else. An agent that a SIGTERM
-    from outside (a scheduler) killed so is still named."""
+    with no run claimed, and its end is the Ctrl-C's, nothing else. `stopped`: the launcher
+    had a SIGTERM or SIGHUP (a scheduler's walltime or preemption signals every process of
+    the job, `timeout` its process group): an agent that one killed so is likewise the
+    stop's, not named, and the launch ends with 0 as a preemption does. An agent that a
+    SIGTERM killed while the launcher had none (sent to that agent alone) is still named."""
     worst = INTERRUPTED_EXIT_CODE if interrupted else 0
     for pid, code in zip(pids, codes):
         if code < 0 and interrupted and -code in (signal.SIGINT, signal.SIGTERM):
+            continue
+        if code < 0 and stopped and -code in (signal.SIGTERM, signal.SIGHUP):
             continue
         if code < 0:
             try:

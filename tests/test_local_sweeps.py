@@ -607,6 +607,45 @@ def test_ctrl_c_stops_every_agent_cleanly_and_keeps_the_runs_resumable(workdir, 
     assert "Results:" in out
 
 
+def children(pid: int) -> list[int]:
+    """The pids of the processes whose parent is `pid` (Linux /proc)."""
+    found = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rpartition(")")[2].split()
+        except OSError:  # ended meanwhile
+            continue
+        if int(fields[1]) == pid:
+            found.append(int(stat.parent.name))
+    return found
+
+
+@pytest.mark.e2e
+@pytest.mark.timeout(240)
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGHUP], ids=["sigterm", "hang-up"])
+def test_a_sigterm_to_the_whole_launch_as_its_agents_start_ends_it_with_0(workdir, signum):
+    """A scheduler's SIGTERM reaches every process of a job (SLURM's preemption or
+    scancel, `timeout` in the job script signals its process group), and a closing
+    terminal's SIGHUP every process of the group: one that lands while the agents still load
+    their modules kills them before their handlers are in, with no run claimed. The launch
+    then ends as a preemption does, with 0 and no 'agent N was killed' line; it ended with
+    143 (129), which marked such a batch job failed, each agent named."""
+    sweep_file = workdir / "long.yaml"
+    write_grid(sweep_file, epochs=30, lrs=[0.01, 0.02, 0.03])
+    launcher = subprocess.Popen([sys.executable, "-m", "agent.launch", str(sweep_file),
+                                 "--agents", "2"], cwd=workdir, env=subprocess_env(),
+                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                                start_new_session=True, preexec_fn=in_a_terminal_session)
+    wait_for(lambda: len(children(launcher.pid)) == 2, 60, "two agent processes")
+    os.killpg(launcher.pid, signum)  # the agents are importing torch: seconds
+    out, err = launcher.communicate(timeout=60)
+    assert launcher.returncode == 0, err[-2000:]
+    assert "was killed" not in err and "Traceback" not in err, err[-2000:]
+    store = launched_store(workdir)
+    assert [r.state for r in store.runs()] in ([], ["preempted"], ["preempted"] * 2)
+    assert "Not finished (0 of 3 runs ended)" in out, out
+
+
 @pytest.mark.e2e
 @pytest.mark.timeout(240)
 @pytest.mark.parametrize("how", ["sigterm", "ctrl-c", "hang-up"])
@@ -999,6 +1038,12 @@ def test_an_agent_killed_by_a_signal_is_never_hidden_by_the_others_exit_codes(ca
     assert launcher_exit_code([11, 12], [0, -signal.SIGTERM], interrupted=True) == 130
     assert launcher_exit_code([11, 12], [-signal.SIGINT, 0], interrupted=True) == 130
     assert launcher_exit_code([11, 12], [-signal.SIGKILL, 1], interrupted=True) == 137
+    assert capsys.readouterr().err.splitlines() == ["agent 11 was killed by SIGKILL"]
+    # after the launcher's own SIGTERM or SIGHUP (a scheduler's, to the whole job): 0, and
+    # the agents it killed before their handlers were in are no news either
+    assert launcher_exit_code([11, 12], [0, -signal.SIGTERM], stopped=True) == 0
+    assert launcher_exit_code([11, 12], [-signal.SIGHUP, 0], stopped=True) == 0
+    assert launcher_exit_code([11, 12], [-signal.SIGKILL, 0], stopped=True) == 137
     assert capsys.readouterr().err.splitlines() == ["agent 11 was killed by SIGKILL"]
 
 
