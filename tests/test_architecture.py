@@ -308,3 +308,47 @@ def test_registry_entries_are_allowed_by_the_parameter_table_and_named_in_the_re
             validate({param.name: [entry] if param.type is list else entry})
             assert re.search(rf"\b{re.escape(entry)}\b", readme.get(param.name, "")), \
                 f"README.md's parameter table does not name {entry!r} for {param.name}"
+
+
+# A path the documents name, in backticks or bare: a file or folder of the repository
+# (`tests/test_x.py`, `agent/sweep/`), a glob (`tests/test_packed*.py`), or a module and one
+# of its names (`util/errors.stop_at_next_step`). Placeholders a reader fills in are not paths.
+DOC_PATH = re.compile(r"(?<![\w/.<$-])((?:\.ci|agent|nn|util|tests|benchmarks|docker|sweeps|docs)"
+                      r"/[\w./*-]*[\w*/])")
+DOC_PLACEHOLDERS = {"sweeps/x.yaml"}
+
+
+def documents() -> list[Path]:
+    return [ROOT / "README.md", ROOT / "BENCHMARKS.md", *sorted((ROOT / "docs").rglob("*.md"))]
+
+
+def missing_doc_paths(text: str, root: Path) -> list[str]:
+    """The repository paths `text` names that `root` lacks: a glob none matches, or a
+    `module.name` whose module file does not define `name`."""
+    missing = []
+    for path in sorted(set(DOC_PATH.findall(text)) - DOC_PLACEHOLDERS):
+        module, _, name = path.rpartition(".")
+        if "*" in path:
+            found = any(root.glob(path))
+        elif (root / path).exists():
+            found = True
+        elif module and (root / f"{module}.py").is_file():
+            source = (root / f"{module}.py").read_text()
+            found = re.search(rf"^(?:class|def) {re.escape(name)}\b", source, re.M) is not None
+        else:
+            found = False
+        if not found:
+            missing.append(path)
+    return missing
+
+
+@pytest.mark.parametrize("document", documents(), ids=lambda p: p.relative_to(ROOT).as_posix())
+def test_every_path_the_documents_name_exists(document):
+    assert missing_doc_paths(document.read_text(), ROOT) == []
+
+
+def test_path_check_finds_a_renamed_file_and_a_missing_name():
+    text = ("`tests/test_architecture.py`, tests/test_gone_away.py, `tests/test_arch*.py`, "
+            "`util/errors.stop_at_next_step`, `util/errors.no_such_function`, `sweeps/x.yaml`")
+    assert missing_doc_paths(text, ROOT) == ["tests/test_gone_away.py",
+                                             "util/errors.no_such_function"]
