@@ -206,6 +206,8 @@ def test_missing_dataset_without_network_names_where_it_looked(tmp_path):
     message = fails("mnist", tmp_path / "nothing-here", "no MNIST files in",
                     "the download failed", "dataset_dir=FOLDER")
     assert str(tmp_path / "nothing-here") in message
+    # the cause, not torchvision's headline alone ("Error downloading ...gz:" said none)
+    assert "urlopen error" in message, message
 
 
 # --- CIFAR ---------------------------------------------------------------------------------

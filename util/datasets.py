@@ -26,7 +26,7 @@ from util.dataset_files import (
     sha256,
     unpickle_batch,
 )
-from util.errors import UserError
+from util.errors import UserError, brief, one_line
 from util.torch_files import write_torch_file
 
 if TYPE_CHECKING:
@@ -151,10 +151,12 @@ class FileSet:
                 cls(str(data_dir), train=train, download=True)
         except Exception as error:  # offline, a proxy, a full disk: the user can act on each
             looked = ", ".join([str(data_dir), *self.system_dirs])
-            first_line = (str(error).splitlines() or [""])[0][:100]
+            # torchvision's MNIST puts the cause after a headline ("Error downloading
+            # x.gz:", then each mirror's error): the headline alone named none
+            cause = brief(one_line(error), 200, quote=False)
             raise UserError(
                 f"no {self.title} files in {looked} and the download failed "
-                f"({type(error).__name__}: {first_line}); put the "
+                f"({type(error).__name__}: {cause}); put the "
                 f"publisher's files ({self.file_names()}) in data_dir, or give their folder as "
                 "dataset_dir=FOLDER") from None
         found = self.find_in(data_dir)
