@@ -208,6 +208,18 @@ def test_missing_dataset_without_network_names_where_it_looked(tmp_path):
     assert str(tmp_path / "nothing-here") in message
     # the cause, not torchvision's headline alone ("Error downloading ...gz:" said none)
     assert "urlopen error" in message, message
+    assert not (tmp_path / "nothing-here").exists()  # the download made it: nothing is left
+
+
+@pytest.mark.parametrize("name", ["mnist", "cifar10"])
+def test_a_failed_download_leaves_data_dir_as_it_was(tmp_path, name):
+    """Offline, torchvision makes its folder (MNIST/raw) before fetching: an empty one was
+    left in data_dir by every failed download of MNIST."""
+    data_dir = tmp_path / "data"
+    data_dir.mkdir()
+    (data_dir / "keep.txt").write_text("the user's")
+    fails(name, data_dir, "the download failed")
+    assert sorted(p.name for p in data_dir.iterdir()) == ["keep.txt"]
 
 
 # --- CIFAR ---------------------------------------------------------------------------------

@@ -9,6 +9,7 @@ decode to (util.dataset_files), and nothing is cached from a file that fails a c
 from __future__ import annotations
 
 import os
+import shutil
 import sys
 import zipfile
 from dataclasses import dataclass, field
@@ -146,10 +147,14 @@ class FileSet:
         import torchvision
 
         cls = getattr(torchvision.datasets, self.torchvision_class)
+        new = [data_dir / name for name in self.download_entries()
+               if not (data_dir / name).exists()]
+        new_dir = not data_dir.exists()
         try:
             for train in (True, False):
                 cls(str(data_dir), train=train, download=True)
         except Exception as error:  # offline, a proxy, a full disk: the user can act on each
+            _remove_made(new, data_dir if new_dir else None)
             looked = ", ".join([str(data_dir), *self.system_dirs])
             # torchvision's MNIST puts the cause after a headline ("Error downloading
             # x.gz:", then each mirror's error): the headline alone named none
@@ -163,6 +168,10 @@ class FileSet:
         if found is None:
             raise UserError(f"torchvision's download left no {self.title} files in {data_dir}")
         return found
+
+    def download_entries(self) -> tuple[str, ...]:
+        """The names torchvision's download of this set makes in data_dir."""
+        raise NotImplementedError
 
     def find_in(self, place: Path):
         """The set's files in `place` (torchvision's layout first, then as published), None
@@ -180,6 +189,23 @@ IDX_FILES = {"train_images": "train-images-idx3-ubyte", "train_labels": "train-l
              "test_images": "t10k-images-idx3-ubyte", "test_labels": "t10k-labels-idx1-ubyte"}
 
 
+def _remove_made(made: list[Path], data_dir: Path | None) -> None:
+    """What a failed download made (torchvision's folder of the set, an archive cut short)
+    removed, and data_dir where the download made it and it is left empty: an empty
+    MNIST/raw was left behind. Only this set's names: another set may be downloading
+    into the same data_dir."""
+    for path in made:
+        if path.is_dir() and not path.is_symlink():
+            shutil.rmtree(path, ignore_errors=True)
+        else:
+            path.unlink(missing_ok=True)
+    if data_dir is not None:
+        try:
+            data_dir.rmdir()
+        except OSError:
+            pass  # not empty: something else is in it now
+
+
 @dataclass
 class IdxSet(FileSet):
     """MNIST and Fashion-MNIST: four IDX files, each gzip-compressed (as published) or not
@@ -191,6 +217,9 @@ class IdxSet(FileSet):
 
     def file_names(self) -> str:
         return ", ".join(f"{name}[.gz]" for name in IDX_FILES.values())
+
+    def download_entries(self) -> tuple[str, ...]:
+        return (self.folder,)  # <folder>/raw, made before the first file is fetched
 
     def find_in(self, place: Path) -> dict[str, Path] | None:
         # place may be torchvision's folder of the set itself (data/FashionMNIST): its raw/
@@ -241,6 +270,9 @@ class CifarSet(FileSet):
 
     def file_names(self) -> str:
         return f"{self.archive}, or its folder {self.top}"
+
+    def download_entries(self) -> tuple[str, ...]:
+        return (self.archive, self.top)
 
     def find_in(self, place: Path) -> CifarFolder | CifarArchive | None:
         if (place / self.top).is_dir():
