@@ -161,9 +161,10 @@ def test_closing_lines_name_the_next_commands(course_store, monkeypatch):
         if run.state == "running":
             course_store.finish(run.id, "host:1", "finished", {"val/acc": 0.2})
     lines = closing_lines(course_store)
-    assert lines[:3] == ["Results: course/sweep.db",
+    assert lines[:4] == ["Results: course/sweep.db",
                          "  TensorBoard logs: data/logs/course-course1/",
-                         "  W&B offline runs: wandb/ (upload: wandb sync wandb/offline-run-*)"]
+                         "  W&B offline runs: wandb/, uploaded to W&B by",
+                         "    ./util/with_venv.sh wandb sync wandb/offline-run-*"]
     assert all(len(line) <= 80 for line in lines)
     assert "{" not in "".join(lines)  # no Python dict
     best = lines.index(next(line for line in lines if line.startswith("Best run:")))

@@ -526,7 +526,9 @@ def closing_lines(store: SweepStore, options: str = "") -> list[str]:
     if ours and "tensorboard" in sinks:
         lines.append(f"  TensorBoard logs: {logs}/")
     if ours and "wandb" in sinks:
-        lines.append("  W&B offline runs: wandb/ (upload: wandb sync wandb/offline-run-*)")
+        # through the venv, as the other hints: `wandb` is on no PATH but the venv's
+        lines += ["  W&B offline runs: wandb/, uploaded to W&B by",
+                  f"    {script('util/with_venv.sh')} wandb sync wandb/offline-run-*"]
     if best is not None:
         swept = [p.name for p in swept_leaves(sweep.config)]
         values = {n: leaf_value(best.run.config, n, _ABSENT) for n in swept}
