@@ -222,6 +222,26 @@ def test_a_run_started_again_with_other_values_is_refused_and_its_checkpoints_ke
     assert summary["epochs_done"] == 3
 
 
+def test_a_run_started_again_with_fewer_epochs_than_it_has_is_refused_and_its_checkpoints_kept(
+        workdir):
+    """The same run id with fewer epochs than its checkpoints hold: both sound checkpoints
+    were called damaged ('its progress says epoch 3, not one of 1..2') and the run started
+    from scratch, writing over them. Now refused in one line, exit code 2, files untouched."""
+    train(config(workdir, run_id="r1", epochs=3))
+    run_dir = workdir / "runs" / "r1"
+    before = {name: (run_dir / name).read_bytes() for name in (CHECKPOINT_NAME, PREVIOUS_NAME)}
+    arguments = [f"--{key}={value}" for key, value in config(workdir, run_id="r1").items()]
+    again = subprocess.run([sys.executable, "-m", "agent.train", *arguments, "--epochs=2"],
+                           cwd=workdir, env=subprocess_env(), capture_output=True, text=True,
+                           timeout=150)
+    assert again.returncode == 2, again.stderr
+    assert again.stderr.strip() == ("error: run r1: its checkpoint is of epoch 3, past "
+                                    "epochs=2: resume it with epochs=3 or more, or start a "
+                                    "new run (another --run_id)"), again.stderr
+    assert {n: (run_dir / n).read_bytes() for n in before} == before
+    assert train(config(workdir, run_id="r1", epochs=4))["epochs_done"] == 4  # trained on
+
+
 @pytest.mark.timeout(180)
 def test_a_run_started_again_after_its_last_checkpoint_ends_finished_at_once(workdir, straight):
     """A run whose last epoch's checkpoint stands (it ended preempted after it: a full disk

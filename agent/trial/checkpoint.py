@@ -60,6 +60,17 @@ def settings(cfg) -> dict:
             if p.hyper and p.name not in NOT_COMPARED}
 
 
+def check_epochs(cfg, run_id: str, past_end: int) -> None:
+    """SettingsMismatch (one line) when the run has a sound checkpoint of epoch `past_end`
+    beyond the epochs `cfg` asks for (Saved.past_end; 0: none). More epochs are allowed
+    (NOT_COMPARED), not fewer: the run trained past its new end, under a schedule laid out
+    for more epochs (its earlier checkpoint too), and starting over would write over it."""
+    if past_end > cfg.epochs:
+        raise SettingsMismatch(
+            f"run {run_id}: its checkpoint is of epoch {past_end}, past epochs={cfg.epochs}: "
+            f"resume it with epochs={past_end} or more, or start a new run (another --run_id)")
+
+
 def check_settings(cfg, run_id: str, saved: dict, epoch: int) -> None:
     """SettingsMismatch (one line) when `cfg` differs from the settings a checkpoint
     recorded."""
@@ -128,12 +139,22 @@ def none_kept(run_dir: str | os.PathLike, enabled: bool = True) -> str | None:
     return f"{Path(run_dir) / CHECKPOINT_NAME} is missing"
 
 
+class PastEnd(ValueError):
+    """A sound checkpoint of an epoch beyond the run's `epochs`: the run was started again
+    with fewer epochs than it has trained (check_epochs refuses it)."""
+
+    def __init__(self, epoch: int):
+        super().__init__(f"epoch {epoch}")
+        self.epoch = epoch
+
+
 @dataclass
 class Saved:
     """A run's checkpoints that load, newest file first, and why any other was passed over."""
 
     loaded: list[tuple[int, Path, dict]] = field(default_factory=list)  # (epoch, file, state)
     problems: list[str] = field(default_factory=list)
+    past_end: int = 0  # the newest sound checkpoint's epoch beyond the run's epochs (PastEnd)
 
     def epochs(self) -> set[int]:
         return {epoch for epoch, _, _ in self.loaded}
@@ -161,6 +182,8 @@ def load_saved(run_dir: str | os.PathLike, epochs: int) -> Saved:
         try:
             state = torch.load(path, weights_only=True, map_location="cpu")
             saved.loaded.append((_checked_epoch(state, epochs), path, state))
+        except PastEnd as past:
+            saved.past_end = max(saved.past_end, past.epoch)
         except Exception as error:  # whatever a damaged file makes torch.load raise
             saved.problems.append(f"{path} is damaged ({describe(error)})")
     return saved
@@ -172,6 +195,10 @@ def _checked_epoch(state: Any, epochs: int) -> int:
         raise ValueError(f"no {', '.join(missing)} in it")
     progress = state["progress"]
     epoch = progress.get("epoch") if isinstance(progress, dict) else None
+    history = progress.get("history") if isinstance(progress, dict) else None
+    if isinstance(epoch, int) and epoch > epochs and isinstance(history, list) \
+            and len(history) == epoch:  # a row an epoch: trained that far, not damaged
+        raise PastEnd(epoch)
     if not isinstance(epoch, int) or not 1 <= epoch <= epochs:
         raise ValueError(f"its progress says epoch {epoch!r}, not one of 1..{epochs}")
     return epoch

@@ -251,7 +251,8 @@ def _without_refused(members: list[Member], saved: list[checkpoint.Saved]
                      ) -> tuple[list[Member], list[checkpoint.Saved]]:
     """The members that may train, with their checkpoints. A checkpoint trained with other
     values than its member's (checkpoint.check_settings) is passed over; a member left with
-    none but such checkpoints is refused: resuming would train on under values its epochs did
+    none but such checkpoints, or whose checkpoints go past its epochs (check_epochs), is
+    refused: resuming would train on under values its epochs did
     not have, and starting over would write over the run they hold. Refused, it fails alone
     (state failed, its one line as `error`, hooks.ended told) and the others train without it,
     whatever epoch they resume at. A pack of which every member is refused trains nothing,
@@ -259,6 +260,11 @@ def _without_refused(members: list[Member], saved: list[checkpoint.Saved]
     its refusal (train's UserError, exit code 2)."""
     refused = []
     for member, runs_saved in zip(members, saved):
+        try:
+            checkpoint.check_epochs(member.cfg, member.run.id, runs_saved.past_end)
+        except checkpoint.SettingsMismatch as error:
+            refused.append((member, error))
+            continue
         mismatch = None
         for epoch, _, state in list(runs_saved.loaded):
             recorded = state.get(checkpoint.SETTINGS_PART)
