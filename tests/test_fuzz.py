@@ -39,7 +39,11 @@ PROFILES = {  # cases per test: (in the worker, as real processes); trainings fo
     "ci": {"sweep": (1500, 30), "train": (1500, 30), "command": (300, 20), "trainings": 12},
 }
 PROFILE = PROFILES[os.environ.get("FUZZ_PROFILE", "default")]
-CASE_LIMIT_S = 10.0  # the worker's own limit; a real process gets the same
+CASE_LIMIT_S = 10.0  # the worker's own limit (a case in its warm process)
+# a real process pays an interpreter and torch's import on top (3-5 s on an idle 2-core machine,
+# over 10 s when other test processes share it: the last CI run under load killed three): it
+# guards against a hang, not a speed
+PROCESS_LIMIT_S = 30.0
 MEMORY_LIMIT_MB = 1024
 PROCESS_ADDRESS_SPACE = 6 << 30  # RLIMIT_AS of a real process (torch maps ~3 GiB on import)
 COMMANDS = {"sweep": ["-m", "agent.launch"], "launch": ["-m", "agent.launch"],
@@ -173,7 +177,7 @@ def test_generated_command_options_are_accepted_or_refused_in_one_line(worker, e
 # --- as real processes -------------------------------------------------------------------------
 
 def run_process(argv: list[str], cwd: Path) -> dict:
-    """Run a command as its own process (RLIMIT_AS, a new session), killed at CASE_LIMIT_S;
+    """Run a command as its own process (RLIMIT_AS, a new session), killed at PROCESS_LIMIT_S;
     exit code, stderr, seconds and its peak resident memory (wait4's ru_maxrss)."""
     err_path = cwd / "inputs" / "stderr.txt"
 
@@ -185,7 +189,7 @@ def run_process(argv: list[str], cwd: Path) -> dict:
         child = subprocess.Popen([sys.executable, *argv], cwd=cwd, env=environment(cwd),
                                  stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
                                  stderr=err, preexec_fn=limit, start_new_session=True)
-    timer = threading.Timer(CASE_LIMIT_S, lambda: os.killpg(child.pid, signal.SIGKILL))
+    timer = threading.Timer(PROCESS_LIMIT_S, lambda: os.killpg(child.pid, signal.SIGKILL))
     timer.start()
     _, status, usage = os.wait4(child.pid, 0)
     timer.cancel()
@@ -266,7 +270,7 @@ def check_as_process(worker: Worker, case: dict) -> None:
     where = f"{' '.join(argv)!r}: "
     assert "Traceback" not in done["stderr"], where + done["stderr"][-3000:]
     assert done["code"] in (0, 2), where + f"exit code {done['code']}: {done['stderr'][-2000:]}"
-    assert done["seconds"] < CASE_LIMIT_S, where + f"{done['seconds']:.1f} s"
+    assert done["seconds"] < PROCESS_LIMIT_S, where + f"{done['seconds']:.1f} s"
     assert done["peak_mb"] < MEMORY_LIMIT_MB, where + f"{done['peak_mb']:.0f} MB"
     if done["code"] == 2:
         lines = done["stderr"].strip().splitlines()
