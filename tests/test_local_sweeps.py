@@ -580,6 +580,17 @@ def test_failing_trials_are_recorded_and_three_in_a_row_stop_the_agent(workdir):
         assert not (workdir / "data" / "runs" / run.id / "traceback.txt").exists()
 
 
+def _two_agents_in_a_terminal(workdir: Path) -> subprocess.Popen:
+    """`run_sweep.sh long.yaml --agents 2` (a grid of 3 runs of 30 epochs) started from a
+    terminal: its own process group, which Ctrl-C or a hang-up signals whole."""
+    sweep_file = workdir / "long.yaml"
+    write_grid(sweep_file, epochs=30, lrs=[0.01, 0.02, 0.03])
+    return subprocess.Popen([sys.executable, "-m", "agent.launch", str(sweep_file),
+                             "--agents", "2"], cwd=workdir, env=subprocess_env(),
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            start_new_session=True, preexec_fn=in_a_terminal_session)
+
+
 @pytest.mark.e2e
 @pytest.mark.timeout(240)
 @pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGHUP], ids=["ctrl-c", "hang-up"])
@@ -588,12 +599,7 @@ def test_ctrl_c_stops_every_agent_cleanly_and_keeps_the_runs_resumable(workdir, 
     every agent mid-trial: runs left `running`, then repeated from scratch). After a Ctrl-C
     the launch ends as interrupted, killed by SIGINT once its closing lines are out (a
     shell reports 130); after a hang-up with 0."""
-    sweep_file = workdir / "long.yaml"
-    write_grid(sweep_file, epochs=30, lrs=[0.01, 0.02, 0.03])
-    launcher = subprocess.Popen([sys.executable, "-m", "agent.launch", str(sweep_file),
-                                 "--agents", "2"], cwd=workdir, env=subprocess_env(),
-                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                                start_new_session=True, preexec_fn=in_a_terminal_session)
+    launcher = _two_agents_in_a_terminal(workdir)
 
     store = wait_for(lambda: launched_store(workdir), 60, "the store")
     wait_for(lambda: sum(r.state == "running" and r.epoch >= 1
@@ -630,12 +636,7 @@ def test_a_sigterm_to_the_whole_launch_as_its_agents_start_ends_it_with_0(workdi
     their modules kills them before their handlers are in, with no run claimed. The launch
     then ends as a preemption does, with 0 and no 'agent N was killed' line; it ended with
     143 (129), which marked such a batch job failed, each agent named."""
-    sweep_file = workdir / "long.yaml"
-    write_grid(sweep_file, epochs=30, lrs=[0.01, 0.02, 0.03])
-    launcher = subprocess.Popen([sys.executable, "-m", "agent.launch", str(sweep_file),
-                                 "--agents", "2"], cwd=workdir, env=subprocess_env(),
-                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                                start_new_session=True, preexec_fn=in_a_terminal_session)
+    launcher = _two_agents_in_a_terminal(workdir)
     wait_for(lambda: len(children(launcher.pid)) == 2, 60, "two agent processes")
     os.killpg(launcher.pid, signum)  # the agents are importing torch: seconds
     out, err = launcher.communicate(timeout=60)

@@ -150,6 +150,15 @@ def slurm_cluster():
         shutil.rmtree(root, ignore_errors=True)
 
 
+def submitted(workdir: Path, env: dict, sweep: str, *options: str, quiet: bool = False) -> str:
+    """`./run_sweep.sh SWEEP OPTIONS --gpus-per-job 0` as a user submits it; its job id (the
+    submission must succeed, and with `quiet` print nothing on stderr)."""
+    result = subprocess.run([str(ROOT / "run_sweep.sh"), sweep, *options, "--gpus-per-job", "0"],
+                            cwd=workdir, env=env, capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0 and not (quiet and result.stderr), result.stderr
+    return re.search(r"Submitted SLURM job\(s\) (\d+)", result.stdout)[1]
+
+
 @pytest.mark.e2e
 @pytest.mark.slow
 @pytest.mark.timeout(300)
@@ -167,13 +176,8 @@ def test_two_slurm_jobs_finish_a_local_sweep(workdir, slurm_cluster):
     (workdir / "setup.sh").write_text("#SBATCH --comment=set-up-7\necho set-up ran\n")
     env = subprocess_env(SLURM_CONF=slurm_cluster["SLURM_CONF"], PATH=slurm_cluster["PATH"],
                          OMP_NUM_THREADS="1")
-    result = subprocess.run(
-        [str(ROOT / "run_sweep.sh"), "slurm8", "--slurm", "2", "--gpus-per-job", "0",
-         "--mem", "1gb", "--walltime", "0:10:00", "--account", "proj-7", "--setup", "setup.sh"],
-        cwd=workdir, env=env,
-        capture_output=True, text=True, timeout=120)
-    assert result.returncode == 0, result.stderr
-    job_id = re.search(r"Submitted SLURM job\(s\) (\d+)", result.stdout)[1]
+    job_id = submitted(workdir, env, "slurm8", "--slurm", "2", "--mem", "1gb", "--walltime",
+                       "0:10:00", "--account", "proj-7", "--setup", "setup.sh")
     client = slurm_cluster["client"]
 
     wait_for(lambda: client("squeue", "-h", "-j", job_id).stdout.strip() == "", 200,
@@ -217,12 +221,8 @@ def test_two_submissions_on_one_local_sweep_share_it_and_both_hold_it(workdir, s
                          OMP_NUM_THREADS="1", WANDB_API_KEY=secret)
     jobs = []
     for _ in range(2):
-        result = subprocess.run(
-            [str(ROOT / "run_sweep.sh"), "twice", "--slurm", "1", "--gpus-per-job", "0",
-             "--mem", "1gb", "--walltime", "0:10:00"],
-            cwd=workdir, env=env, capture_output=True, text=True, timeout=120)
-        assert result.returncode == 0 and result.stderr == "", result.stderr
-        jobs.append(re.search(r"Submitted SLURM job\(s\) (\d+)", result.stdout)[1])
+        jobs.append(submitted(workdir, env, "twice", "--slurm", "1", "--mem", "1gb",
+                              "--walltime", "0:10:00", quiet=True))
     client = slurm_cluster["client"]
     wait_for(lambda: client("squeue", "-h", "-j", ",".join(jobs)).stdout.strip() == "", 250,
              "both jobs to end", slurm_cluster["logs"])
@@ -260,12 +260,8 @@ def test_the_shells_sbatch_variables_do_not_override_what_the_submission_asked(
                 "SBATCH_ERROR": str(workdir / "elsewhere-%j.err")}
     env = subprocess_env(SLURM_CONF=slurm_cluster["SLURM_CONF"], PATH=slurm_cluster["PATH"],
                          **exported)
-    result = subprocess.run(
-        [str(ROOT / "run_sweep.sh"), "env1", "--slurm", "1", "--gpus-per-job", "0",
-         "--walltime", "0:07:00", "--mem", "1gb", "--partition", "debug", "--account",
-         "proj-7"], cwd=workdir, env=env, capture_output=True, text=True, timeout=120)
-    assert result.returncode == 0, result.stderr
-    job_id = re.search(r"Submitted SLURM job\(s\) (\d+)", result.stdout)[1]
+    job_id = submitted(workdir, env, "env1", "--slurm", "1", "--walltime", "0:07:00", "--mem",
+                       "1gb", "--partition", "debug", "--account", "proj-7")
     shown = slurm_cluster["client"]("scontrol", "show", "job", job_id).stdout
     slurm_cluster["client"]("scancel", job_id)
     field = {name: re.findall(rf"\b{name}=(\S*)", shown)
@@ -299,12 +295,8 @@ def test_a_job_submitted_with_sbatch_export_none_still_trains(workdir, slurm_clu
     env = subprocess_env(SLURM_CONF=slurm_cluster["SLURM_CONF"], PATH=slurm_cluster["PATH"],
                          SBATCH_EXPORT="NONE", SWEEP_TEST_MARKER="1",
                          WANDB_PROJECT="kept-project")
-    result = subprocess.run(
-        [str(ROOT / "run_sweep.sh"), "none1", "--slurm", "1", "--gpus-per-job", "0",
-         "--mem", "1gb", "--walltime", "0:10:00", "--setup", "setup.sh"],
-        cwd=workdir, env=env, capture_output=True, text=True, timeout=120)
-    assert result.returncode == 0, result.stderr
-    job_id = re.search(r"Submitted SLURM job\(s\) (\d+)", result.stdout)[1]
+    job_id = submitted(workdir, env, "none1", "--slurm", "1", "--mem", "1gb", "--walltime",
+                       "0:10:00", "--setup", "setup.sh")
     client = slurm_cluster["client"]
     wait_for(lambda: client("squeue", "-h", "-j", job_id).stdout.strip() == "", 200,
              "the job to end", slurm_cluster["logs"])
@@ -335,12 +327,8 @@ def test_a_requeued_task_adds_to_its_log_instead_of_emptying_it(workdir, slurm_c
     (workdir / "setup.sh").write_text('echo "start ${SLURM_RESTART_COUNT:-0}"\n')
     env = subprocess_env(SLURM_CONF=slurm_cluster["SLURM_CONF"], PATH=slurm_cluster["PATH"],
                          OMP_NUM_THREADS="1")
-    result = subprocess.run(
-        [str(ROOT / "run_sweep.sh"), "requeue1", "--slurm", "1", "--gpus-per-job", "0",
-         "--mem", "1gb", "--walltime", "0:10:00", "--setup", "setup.sh"],
-        cwd=workdir, env=env, capture_output=True, text=True, timeout=120)
-    assert result.returncode == 0, result.stderr
-    job_id = re.search(r"Submitted SLURM job\(s\) (\d+)", result.stdout)[1]
+    job_id = submitted(workdir, env, "requeue1", "--slurm", "1", "--mem", "1gb", "--walltime",
+                       "0:10:00", "--setup", "setup.sh")
     client, logs = slurm_cluster["client"], slurm_cluster["logs"]
     (job_dir,) = (workdir / "data" / "jobs").iterdir()
     log = job_dir / f"slurm-{job_id}_0.out"
