@@ -11,6 +11,7 @@ import argparse
 import contextlib
 import json
 import os
+import re
 import shutil
 import signal
 import socket
@@ -643,6 +644,25 @@ def test_dry_run_prints_the_scripts_and_writes_nothing(workdir):
     assert "#PBS -l select=1:ncpus=4:ngpus=1:mem=16gb:scratch_local=50gb" in result.stdout
     assert "#PBS -q gpu_long" in result.stdout and "#PBS -l walltime=4:00:00" in result.stdout
     assert sorted(p.relative_to(workdir) for p in workdir.rglob("*")) == sorted(before)
+
+
+@pytest.mark.e2e
+@pytest.mark.timeout(120)
+@pytest.mark.parametrize("options,queue", [
+    (["--walltime", "4:00:00"], "gpu"), (["--walltime", "24:00:00"], "gpu"),
+    (["--walltime", "24:00:01"], "gpu_long"), (["--walltime", "336:00:00"], "gpu_long"),
+    (["--walltime", "48:00:00", "--queue", "elixir"], "elixir"),
+    (["--walltime", "48:00:00", "--gpus-per-job", "0"], None)])
+def test_a_pbs_gpu_job_goes_to_the_metacentrum_queue_of_its_walltime(workdir, options, queue):
+    """MetaCentrum's `gpu` queue takes GPU jobs of up to 24 h and `gpu_long` up to 336 h
+    (MetaCentrum's GPU clusters page): a GPU job given no --queue goes to the one its
+    walltime fits, where `gpu` alone had qsub refuse a 48 h study. A --queue given is kept;
+    a CPU job names no queue."""
+    make_sweep(workdir, "long", {"lr": {"value": 0.1}})
+    result = launch(workdir, "long", "--pbs", "1", "--dry-run", *options)
+    assert result.returncode == 0, result.stderr
+    queues = re.findall(r"^#PBS -q (\S+)$", result.stdout, re.M)
+    assert queues == ([queue] if queue else []), result.stdout
 
 
 @pytest.mark.e2e

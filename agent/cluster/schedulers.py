@@ -215,6 +215,9 @@ class Scheduler:
         return stdout.strip()
 
 
+GPU_QUEUE_S = 24 * 3600  # the longest job MetaCentrum's `gpu` queue takes
+
+
 class PBS(Scheduler):
     """PBS Pro (MetaCentrum): one script per job; each job works in $SCRATCHDIR on a copy of
     the code and of a local sweep, merges the runs it ended into the sweep's store as it goes
@@ -234,8 +237,13 @@ class PBS(Scheduler):
     NOT_INPUT_DATA = ("sweeps", "runs", "logs", "jobs")
 
     def queue(self, args: argparse.Namespace, gpus: int) -> str | None:
+        """MetaCentrum's GPU queues where GPUs are asked for and no --queue given: `gpu`
+        takes jobs of up to 24 h, `gpu_long` up to 336 h (MetaCentrum's GPU clusters page);
+        qsub refuses a walltime over the queue's."""
         queue = super().queue(args, gpus)
-        return "gpu" if queue is None and gpus else queue  # MetaCentrum's GPU queue
+        if queue is not None or not gpus:
+            return queue
+        return "gpu_long" if parse_walltime(args.walltime or "4:00:00") > GPU_QUEUE_S else "gpu"
 
     def check_local_sweep(self, count: int) -> str | None:
         # Two jobs on copies of one store would train the same configurations, and
