@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import csv
 import itertools
+import re
 import signal
 
 import numpy as np
@@ -570,7 +571,7 @@ def test_settings_with_seeds_of_their_own_and_a_stopped_pick_are_told_apart(tmp_
                if line.startswith("| 0.01 |"))
     assert f"{stopped_id} stopped early at epoch 2 of 4" in row, row
     # only lr 0.1's pick (0.8 against its fresh mean 0.795) is set against its fresh seeds
-    assert "scored above its mean over fresh seeds in 1 of 1 settings (val/acc +0.0050" in text
+    assert "scored above its mean over fresh seeds in 1 of 1 setting (val/acc +0.0050" in text
     with open(tmp_path / "report" / "runs.csv", newline="") as handle:
         rows = list(csv.DictReader(handle))
     # the four runs were claimed together: one packed trial, named in every row
@@ -938,6 +939,11 @@ def test_the_by_tables_show_the_settings_agent_repeat_picked_over_stopped_ones(
     # with its fresh seeds, and no other row
     assert rows(text) == {("adam", "lr=0.01"), ("adam", "lr=0.001"), ("sgd", "lr=0.1"),
                           ("sam", "lr=0.01")}, table
+    # the winner's curse compares the three picks with a full-length sweep value and says
+    # which it left out (it said "in N of 3 settings" with no word of the fourth)
+    assert re.search(r"over fresh seeds in \d of 3 settings \(val/acc [+-][0-9.]+ on average\); "
+                     r"1 setting whose sweep run early termination stopped is left out, its "
+                     r"sweep value being partial: ", text), text
     assert "Settings without a repeat sweep" not in table
     # sam's furthest setting, repeated, ran the full length on its fresh seeds
     assert ("optimizer=sgd: lr=0.001 (epoch 2 of 3); lr=0.01 (epoch 1 of 3); optimizer=sam: "

@@ -268,10 +268,18 @@ def winners_curse(rows: list[SeedRow], metric: str, goal: str) -> str:
                "here the picks were not luckier than their settings; the fresh seeds keep "
                "the estimate fair either way")
     side = "above" if goal == "maximize" else f"below (better: {metric} is minimized)"
+    stopped = len(rows) - len(pairs)
+    left_out = (f"; {_settings(stopped)} whose sweep run early termination stopped "
+                + ("is left out, its sweep value being partial" if stopped == 1 else
+                   "are left out, their sweep values being partial") if stopped else "")
     return (f"The picked setting's sweep value scored {side} its mean over fresh seeds "
-            f"in {luckier} of {len(pairs)} settings"
+            f"in {luckier} of {_settings(len(pairs))}"
             + (f", equal to it in {equal}" if equal else "")
-            + f" ({metric} {mean:+.4f} on average): {verdict}.")
+            + f" ({metric} {mean:+.4f} on average){left_out}: {verdict}.")
+
+
+def _settings(count: int) -> str:
+    return f"{count} setting{'' if count == 1 else 's'}"
 
 
 def _stopped(runs: list[RunRecord]) -> list[RunRecord]:
