@@ -1261,8 +1261,10 @@ def test_a_ctrl_c_as_the_agents_start_ends_the_launch_as_interrupted(workdir, ho
     the launcher's, then killed by SIGINT: a shell reports 130) with no agent named as
     killed and no agent's traceback (a KeyboardInterrupt inside numpy's import is one),
     whether the agents died at once or preempted their runs; nothing runs on. The moment
-    is pinned by stopping the agents (SIGSTOP) while the signal is sent. A SIGTERM from
-    outside (a scheduler) at that moment still names the agents it killed."""
+    is pinned by stopping the agents (SIGSTOP) while the signal is sent. A SIGTERM to the
+    launcher (a scheduler's) at that moment ends the launch as a preemption, with 0: the
+    agents it passed on to died before their handlers, with no run claimed, and are not
+    named (they were, with 143, which marked such a batch job failed)."""
     sweep_file = workdir / "long.yaml"
     write_grid(sweep_file, epochs=30, lrs=[0.01, 0.02, 0.03])
     launcher, agents, unready, out, err = stop_two_agent_launch(sweep_file, workdir, how,
@@ -1273,8 +1275,9 @@ def test_a_ctrl_c_as_the_agents_start_ends_the_launch_as_interrupted(workdir, ho
     if after_s == 0:  # the moment this is about: no agent had its handlers yet
         assert unready == agents
     if how == "sigterm":
-        assert launcher.returncode == 128 + signal.SIGTERM, err[-2000:]
-        assert [f"agent {pid} was killed by SIGTERM" in err for pid in agents] == [True] * 2
+        assert launcher.returncode == 0, err[-2000:]
+        assert "was killed by" not in err, err[-2000:]
+        assert "Not finished" in out, out
         return
     assert launcher.returncode == -signal.SIGINT, (launcher.returncode, err[-2000:])
     assert "was killed by" not in err and err.splitlines()[-1] == "interrupted", err[-2000:]
