@@ -514,7 +514,8 @@ ALIASES = {"learning_rate": "lr", "learningrate": "lr", "wd": "weight_decay",
            "fc_layer_size": "hidden", "optim": "optimizer", "beta1": "momentum"}
 # torch.optim's arguments that a run leaves at torch's defaults (nn/optimizers.py,
 # TORCH_EQUIVALENTS): a sweep written for a torch script names them, and was told only the
-# list of parameters, or for eps 'did you mean epochs?'
+# list of parameters, or for eps 'did you mean epochs?'. Written here, not read from
+# nn.optimizers: parameters are parsed without importing torch
 TORCH_DEFAULTS_KEPT = {
     "eps": "fixed at 1e-8 here, torch's default for adam, adamw and rmsprop",
     "beta2": "fixed at 0.999 here, torch's default for adam and adamw; momentum is beta1",

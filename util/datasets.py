@@ -454,7 +454,7 @@ def _read_cache(name: str, path: Path) -> DecodedSet | None:
     try:
         return _cached_set(torch.load(path, weights_only=True))
     except Exception as error:  # a copy cut short, a disk error, another file under its name
-        reason = (str(error).splitlines() or [""])[0][:80]
+        reason = brief(one_line(error), 80, quote=False)
         print(f"note: dataset={name!r}: the cache {path} is unreadable ("
               f"{type(error).__name__}{': ' + reason if reason else ''}): decoded again "
               "from the files", file=sys.stderr)

@@ -62,13 +62,14 @@ class Scheduler:
         """Validated options as a JobSpec (UserError, one line, for anything wrong)."""
         gpus, cpus, launch_args = self.agents(args)
         container = self.container(args.container)
-        queue = self.queue(args, gpus)
+        walltime_s = parse_walltime(args.walltime or "4:00:00")
+        queue = self.queue(args, gpus, walltime_s)
         scratch = args.scratch if args.scratch is not None else self.default_scratch
         setup, setup_path = read_setup(args.setup)
         spec = JobSpec(
             name=re.sub(r"[^A-Za-z0-9_.-]", "", f"sweep-{Path(sweep).name}")[:15],
             sweep=sweep, local_sweep=local_sweep, launch_args=launch_args, jobs=count,
-            walltime_s=parse_walltime(args.walltime or "4:00:00"), gpus=gpus, cpus=cpus,
+            walltime_s=walltime_s, gpus=gpus, cpus=cpus,
             mem_mb=parse_size_mb("--mem", args.mem or "16gb"),
             scratch_mb=parse_scratch_mb(scratch) if scratch else None, queue=queue,
             account=self.account(args.account), container=container, python=sys.executable,
@@ -148,7 +149,7 @@ class Scheduler:
                             "Agents anywhere)")
         return path
 
-    def queue(self, args: argparse.Namespace, gpus: int) -> str | None:
+    def queue(self, args: argparse.Namespace, gpus: int, walltime_s: int) -> str | None:
         """This scheduler's queue option, checked; the other scheduler's is refused."""
         for other in SCHEDULERS.values():
             if other is not self and getattr(args, other.queue_dest) is not None:
@@ -236,14 +237,14 @@ class PBS(Scheduler):
     # own, logs and job files are outputs.
     NOT_INPUT_DATA = ("sweeps", "runs", "logs", "jobs")
 
-    def queue(self, args: argparse.Namespace, gpus: int) -> str | None:
+    def queue(self, args: argparse.Namespace, gpus: int, walltime_s: int) -> str | None:
         """MetaCentrum's GPU queues where GPUs are asked for and no --queue given: `gpu`
         takes jobs of up to 24 h, `gpu_long` up to 336 h (MetaCentrum's GPU clusters page);
         qsub refuses a walltime over the queue's."""
-        queue = super().queue(args, gpus)
+        queue = super().queue(args, gpus, walltime_s)
         if queue is not None or not gpus:
             return queue
-        return "gpu_long" if parse_walltime(args.walltime or "4:00:00") > GPU_QUEUE_S else "gpu"
+        return "gpu_long" if walltime_s > GPU_QUEUE_S else "gpu"
 
     def check_local_sweep(self, count: int) -> str | None:
         # Two jobs on copies of one store would train the same configurations, and
