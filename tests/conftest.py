@@ -9,6 +9,7 @@ temporary directory and asks the kernel for free ports.
 from __future__ import annotations
 
 import atexit
+import multiprocessing
 import os
 import shutil
 import signal
@@ -112,6 +113,23 @@ def subprocess_env(**extra: str) -> dict:
         env.pop(name)
     env.update(extra)
     return env
+
+
+def in_processes_at_once(target, args: tuple, processes: int = 4, wait_s: float = 150) -> list:
+    """`target(*args, found)` in `processes` forked processes at once (agents of one sweep
+    racing on shared folders); what they appended to `found`, a shared list. Each must end
+    with exit code 0 within `wait_s`."""
+    with multiprocessing.Manager() as manager:
+        found = manager.list()
+        workers = [multiprocessing.get_context("fork").Process(target=target,
+                                                               args=(*args, found))
+                   for _ in range(processes)]
+        for worker in workers:
+            worker.start()
+        for worker in workers:
+            worker.join(wait_s)
+        assert [w.exitcode for w in workers] == [0] * processes
+        return list(found)
 
 
 def sweep_check(path: Path, config: dict) -> tuple[list[str], str | None]:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import multiprocessing
 import os
 import re
 import shlex
@@ -19,7 +18,7 @@ import yaml
 
 from agent.sweep.controller import claim
 from agent.sweep.store import SweepStore, create_store
-from conftest import ROOT, closed_offline_runs, subprocess_env
+from conftest import ROOT, closed_offline_runs, in_processes_at_once, subprocess_env
 from util.errors import SWEEP_CTRL_C_NOTE, UserError
 
 COMMAND = ["${env}", "python", "-m", "agent.train", "${args}"]
@@ -351,9 +350,11 @@ def test_an_agent_started_again_after_a_kill_repeats_its_runs_at_once(workdir):
     assert not (store.directory / ".agents").exists()  # each agent removed its own lock
 
 
-def _start_and_end_agents(folder: str, name: str, times: int, lost) -> None:
+def _start_and_end_agents(folder: str, times: int, lost) -> None:
     """`times` agents' starts and ends in one sweep folder, as AgentLock and the heartbeat
-    settings make and remove their files; each file missing after its start is `lost`."""
+    settings make and remove their files; each file missing after its start is `lost`.
+    The agents are named by this process's pid, as agents on one host are."""
+    name = str(os.getpid())
     from agent.sweep.agent_loop import AgentLock
     from agent.sweep.store import (
         agents_heartbeat_settings,
@@ -382,17 +383,7 @@ def test_agents_starting_as_others_end_keep_their_lock_and_heartbeat_files(workd
     by then). That agent ran without a lock (a kill -9 of it waited out the heartbeat
     timeout instead of being repaired at once) or without its settings (agent.status judged
     its runs by the default timeout). Four processes start and end 1,500 agents each."""
-    with multiprocessing.Manager() as manager:
-        lost = manager.list()
-        agents = [multiprocessing.get_context("fork").Process(
-            target=_start_and_end_agents, args=(str(workdir), str(k), 1500, lost))
-            for k in range(4)]
-        for agent in agents:
-            agent.start()
-        for agent in agents:
-            agent.join(150)
-        assert [a.exitcode for a in agents] == [0] * 4
-        assert list(lost) == []
+    assert in_processes_at_once(_start_and_end_agents, (str(workdir), 1500)) == []
     assert list(workdir.iterdir()) == []  # the last one out removed both folders
 
 

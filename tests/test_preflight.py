@@ -3,7 +3,6 @@ configurations no device can train refused in one line before any data or file i
 
 from __future__ import annotations
 
-import multiprocessing
 import subprocess
 import sys
 from pathlib import Path
@@ -15,7 +14,7 @@ from agent.params import validate
 from agent.trial import preflight
 from agent.trial.loop import train
 from agent.trial.preflight import IMAGE_SETS, check_fits, model_size, needed_bytes
-from conftest import subprocess_env
+from conftest import in_processes_at_once, subprocess_env
 from nn.models import MODELS
 from util.errors import UserError
 
@@ -107,16 +106,7 @@ def test_agents_checking_one_missing_folder_at_once_do_not_refuse_each_other(wor
     is not a problem of the other's (the check used to say "cannot make data: File exists",
     or "No such file or directory" for a parent removed under it, and fail a run)."""
     folder = str(workdir / "data" / "runs" / "sweep")
-    with multiprocessing.Manager() as manager:
-        problems = manager.list()
-        agents = [multiprocessing.get_context("fork").Process(
-            target=_check_many_times, args=(folder, 400, problems)) for _ in range(4)]
-        for agent in agents:
-            agent.start()
-        for agent in agents:
-            agent.join(100)
-        assert [a.exitcode for a in agents] == [0] * 4
-        assert list(problems) == []
+    assert in_processes_at_once(_check_many_times, (folder, 400), wait_s=100) == []
     # each removed what it made: at most empty parts of the path stay, made by one agent
     # while another had a folder in them (which the runs make next anyway)
     left = sorted(p.relative_to(workdir).as_posix() for p in workdir.rglob("*"))
